@@ -1,0 +1,99 @@
+# Top-level Makefile. Each folder adds its sources in its own `module.mk`
+# (LIB_SRCS, CMD_SRCS, TESTS, BENCHES, PROGRAMS); this file only knows how to build them.
+#
+#   make            build everything (library, rlhf CLI, tests, benchmarks, helper programs)
+#   make run        the main job on the embedded default (see README)
+#   make test       install dependencies, build, run every CUnit test binary
+#   make sanitize   ASan + UBSan build of the tests in SAN_TESTS, and run them
+#   make bench      build the benchmarks (run them as docs/PERFORMANCE.md says)
+#   make install    library, public headers and pkg-config file under PREFIX
+
+CC       ?= gcc
+BUILD    ?= build
+PREFIX   ?= /usr/local
+OPT      ?= -O3 -march=native
+SAN      ?=
+CFLAGS_BASE := -std=gnu11 -g -Wall -Wextra -fopenmp -I. -MMD -MP -D_GNU_SOURCE
+ifeq ($(SAN),1)
+  CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+else
+  CFLAGS := $(CFLAGS_BASE) $(OPT)
+endif
+LDFLAGS += -fopenmp -rdynamic
+LDLIBS  := -lzmq -ljansson -lcurl -lopenblas -lseccomp -lmicrohttpd -lpthread -ldl -lm
+
+LIB_SRCS   :=   # everything in librlhf.a
+CMD_SRCS   :=   # rlhf subcommand implementations (linked as objects into the rlhf binary)
+TESTS      :=   # test binary names; NAME_SRCS lists each one's sources (tests/test_main.c is added)
+SAN_TESTS  :=   # the subset `make sanitize` runs
+BENCHES    :=   # benchmark binary names; NAME_SRCS
+PROGRAMS   :=   # other programs (synthetic peers, ...); NAME_SRCS
+HEADERS    :=   # public headers for `make install`
+CLI_ALIASES := rlhf-broker rlhf-generator rlhf-updater
+
+# MODULES restricts the build to some folders (e.g. `make MODULES="common broker" BUILD=build-broker`),
+# so work on one folder is not blocked by another; by default every folder with a module.mk.
+MODULES ?= $(patsubst %/module.mk,%,$(sort $(wildcard */module.mk)))
+include $(addsuffix /module.mk,$(MODULES))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+LIB := $(BUILD)/librlhf.a
+
+.PHONY: all deps run test test-bins sanitize bench install clean
+all: deps $(BUILD)/bin/rlhf test-bins bench
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(call obj,$(LIB_SRCS))
+	@mkdir -p $(@D)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/bin/rlhf: $(call obj,cli/rlhf.c $(CMD_SRCS)) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@for a in $(CLI_ALIASES); do ln -sf rlhf $(BUILD)/bin/$$a; done
+
+define PROG_template
+$(BUILD)/$(2)/$(1): $$(call obj,$$($(1)_SRCS) $(3)) $$(LIB)
+	@mkdir -p $$(@D)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+endef
+$(BUILD)/tests/%: LDLIBS += -lcunit
+$(foreach t,$(TESTS),$(eval $(call PROG_template,$(t),tests,tests/test_main.c)))
+$(foreach b,$(BENCHES),$(eval $(call PROG_template,$(b),bench,)))
+$(foreach p,$(PROGRAMS),$(eval $(call PROG_template,$(p),bin,)))
+
+test-bins: $(BUILD)/bin/rlhf $(addprefix $(BUILD)/tests/,$(TESTS)) $(addprefix $(BUILD)/bin/,$(PROGRAMS))
+
+test: deps
+	@$(MAKE) --no-print-directory test-bins
+	@BUILD=$(BUILD) bash scripts/run-tests.sh $(TESTS)
+
+sanitize: deps
+	@$(MAKE) --no-print-directory BUILD=build-san SAN=1 test-bins
+	@BUILD=build-san ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  bash scripts/run-tests.sh $(SAN_TESTS)
+
+bench: $(addprefix $(BUILD)/bench/,$(BENCHES)) $(BUILD)/bin/rlhf
+
+run: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bin/rlhf $(addprefix $(BUILD)/bin/,$(PROGRAMS))
+	@BUILD=$(BUILD) bash scripts/run-default.sh
+
+install: $(LIB)
+	install -d $(PREFIX)/lib $(PREFIX)/include/rlhf $(PREFIX)/lib/pkgconfig
+	install -m 644 $(LIB) $(PREFIX)/lib/
+	for h in $(HEADERS); do install -D -m 644 $$h $(PREFIX)/include/rlhf/$$h; done
+	sed 's|@PREFIX@|$(PREFIX)|' scripts/rlhf.pc.in > $(PREFIX)/lib/pkgconfig/rlhf.pc
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

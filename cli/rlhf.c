@@ -1,0 +1,83 @@
+/* cli/rlhf.c — the `rlhf` binary: one program, many subcommands.
+ *
+ * Each subcommand is `int cmd_NAME(int argc, char **argv)` (argv[0] is the subcommand name),
+ * implemented in the folder that owns it and linked in through CMD_SRCS. Invoked as
+ * `rlhf-broker`, `rlhf-generator` or `rlhf-updater` (symlinks), the binary runs that subcommand. */
+#include <libgen.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef int (*cmd_fn)(int argc, char **argv);
+
+/* Weak so that the table can list every subcommand while a folder's part is still being built;
+ * a missing one says so instead of failing to link. */
+#define CMDS(X)                                                                                       \
+    X(init, "model", "create a model checkpoint from an architecture JSON")                          \
+    X(pretrain, "model", "pretrain a model on a text/JSONL corpus")                                 \
+    X(sample, "model", "sample completions from a checkpoint (JSONL out)")                          \
+    X(score, "model", "log-probabilities of completions given prompts (JSONL out)")                 \
+    X(bench, "model", "benchmarks: rlhf bench train|sample ...")                                     \
+    X(broker, "broker", "run the broker (prompts, rollouts, weights, replay log)")                  \
+    X(replay_cat, "broker", "print a replay log as JSONL")                                           \
+    X(generator, "generator", "run a trajectory generator process")                                 \
+    X(updater, "updater", "run a policy updater process")                                           \
+    X(run, "updater", "launch a training run from a config (broker + generators + updaters)")       \
+    X(replay, "updater", "train an updater offline from a recorded replay log")                     \
+    X(reward_test, "rewards", "score a JSONL of samples with a reward config")                       \
+    X(sandbox_run, "rewards", "run a program in the code-execution sandbox")                         \
+    X(serve, "rewards", "OpenAI-compatible HTTP server for a checkpoint / reward model")            \
+    X(train_rm, "rewards", "train a reward model from preference pairs")                             \
+    X(prompts, "prompts", "prompt datasets and task generators: rlhf prompts gen|stats ...")
+
+#define DECL(name, mod, help) int cmd_##name(int argc, char **argv) __attribute__((weak));
+CMDS(DECL)
+
+struct command {
+    const char *name;
+    cmd_fn fn;
+    const char *module;
+    const char *help;
+};
+
+static void dashes(char *s) {
+    for (; *s; s++)
+        if (*s == '_') *s = '-';
+}
+
+int main(int argc, char **argv) {
+#define ENTRY(name, mod, help) {#name, cmd_##name, mod, help},
+    struct command cmds[] = {CMDS(ENTRY)};
+    size_t ncmds = sizeof cmds / sizeof cmds[0];
+    char names[sizeof cmds / sizeof cmds[0]][32];
+    for (size_t i = 0; i < ncmds; i++) {
+        snprintf(names[i], sizeof names[i], "%s", cmds[i].name);
+        dashes(names[i]);
+    }
+
+    const char *self = basename(argv[0]);
+    const char *sub = NULL;
+    int shift = 1;
+    if (strncmp(self, "rlhf-", 5) == 0) {
+        sub = self + 5;
+        shift = 0;
+    } else if (argc > 1) {
+        sub = argv[1];
+    }
+    if (!sub || !strcmp(sub, "-h") || !strcmp(sub, "--help") || !strcmp(sub, "help")) {
+        printf("usage: rlhf COMMAND [ARGS...]   (rlhf COMMAND --help for a command's options)\n\ncommands:\n");
+        for (size_t i = 0; i < ncmds; i++)
+            printf("  %-12s %s%s\n", names[i], cmds[i].help, cmds[i].fn ? "" : " [not built]");
+        return sub ? 0 : 2;
+    }
+    for (size_t i = 0; i < ncmds; i++) {
+        if (strcmp(sub, names[i]) != 0) continue;
+        if (!cmds[i].fn) {
+            fprintf(stderr, "rlhf: error: command '%s' is not built into this binary (%s/)\n", sub, cmds[i].module);
+            return 2;
+        }
+        argv[shift] = (char *)names[i];
+        return cmds[i].fn(argc - shift, argv + shift);
+    }
+    fprintf(stderr, "rlhf: error: unknown command '%s' (rlhf --help lists them)\n", sub);
+    return 2;
+}

@@ -1,0 +1,221 @@
+/* common/common.c — errors, CRC-32, atomic writes, clocks, RNG. */
+#define _GNU_SOURCE
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int rlhf_error_set(rlhf_error *err, int code, const char *where, const char *fmt, ...) {
+    if (!err) return code;
+    err->code = code;
+    snprintf(err->where, sizeof err->where, "%s", where ? where : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+void rlhf_error_clear(rlhf_error *err) {
+    if (!err) return;
+    err->code = 0;
+    err->where[0] = 0;
+    err->msg[0] = 0;
+}
+
+void rlhf_error_print(const char *prog, const rlhf_error *err) {
+    if (!err) return;
+    if (err->where[0])
+        fprintf(stderr, "%s: error: %s: %s\n", prog, err->where, err->msg[0] ? err->msg : rlhf_strerror(err->code));
+    else
+        fprintf(stderr, "%s: error: %s\n", prog, err->msg[0] ? err->msg : rlhf_strerror(err->code));
+}
+
+const char *rlhf_strerror(int code) {
+    switch (code) {
+    case RLHF_OK: return "ok";
+    case RLHF_EINVAL: return "invalid argument";
+    case RLHF_EIO: return "I/O error";
+    case RLHF_ECORRUPT: return "corrupt data";
+    case RLHF_ENOMEM: return "out of memory";
+    case RLHF_ETIMEOUT: return "timed out";
+    case RLHF_EPROTO: return "protocol error";
+    case RLHF_ESTATE: return "invalid state";
+    case RLHF_ESYS: return "system call failed";
+    case RLHF_EUNSUPPORTED: return "unsupported";
+    default: return "unknown error";
+    }
+}
+
+static uint32_t crc_table[256];
+static void crc_init_table(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+uint32_t rlhf_crc32(uint32_t crc, const void *data, size_t n) {
+    /* The table is a constant function of nothing: computing it twice from two threads is harmless. */
+    if (crc_table[1] == 0) crc_init_table();
+    const uint8_t *p = data;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static int fsync_dir_of(const char *path) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    char *dir = dirname(buf);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int rlhf_atomic_open(rlhf_atomic_file *af, const char *path, rlhf_error *err) {
+    memset(af, 0, sizeof *af);
+    if (strlen(path) >= sizeof af->path) return rlhf_error_set(err, RLHF_EINVAL, path, "path too long");
+    snprintf(af->path, sizeof af->path, "%s", path);
+    snprintf(af->tmp_path, sizeof af->tmp_path, "%s.tmp.%d", path, (int)getpid());
+    af->fp = fopen(af->tmp_path, "wb");
+    if (!af->fp) return rlhf_error_set(err, RLHF_EIO, af->tmp_path, "cannot create: %s", strerror(errno));
+    return 0;
+}
+
+int rlhf_atomic_commit(rlhf_atomic_file *af, rlhf_error *err) {
+    if (!af->fp) return rlhf_error_set(err, RLHF_ESTATE, af->path, "atomic file not open");
+    int bad = ferror(af->fp);
+    if (fflush(af->fp) != 0) bad = 1;
+    if (!bad && fsync(fileno(af->fp)) != 0) bad = 1;
+    int saved = errno;
+    if (fclose(af->fp) != 0) bad = 1;
+    af->fp = NULL;
+    if (bad) {
+        unlink(af->tmp_path);
+        return rlhf_error_set(err, RLHF_EIO, af->path, "write failed: %s", strerror(saved ? saved : EIO));
+    }
+    if (rename(af->tmp_path, af->path) != 0) {
+        saved = errno;
+        unlink(af->tmp_path);
+        return rlhf_error_set(err, RLHF_EIO, af->path, "rename failed: %s", strerror(saved));
+    }
+    fsync_dir_of(af->path);
+    return 0;
+}
+
+void rlhf_atomic_abort(rlhf_atomic_file *af) {
+    if (af->fp) {
+        fclose(af->fp);
+        af->fp = NULL;
+    }
+    if (af->tmp_path[0]) unlink(af->tmp_path);
+}
+
+int rlhf_write_file_atomic(const char *path, const void *data, size_t n, rlhf_error *err) {
+    rlhf_atomic_file af;
+    int rc = rlhf_atomic_open(&af, path, err);
+    if (rc) return rc;
+    if (n && fwrite(data, 1, n, af.fp) != n) {
+        int saved = errno;
+        rlhf_atomic_abort(&af);
+        return rlhf_error_set(err, RLHF_EIO, path, "write failed: %s", strerror(saved));
+    }
+    return rlhf_atomic_commit(&af, err);
+}
+
+int rlhf_read_file(const char *path, char **data_out, size_t *len_out, rlhf_error *err) {
+    *data_out = NULL;
+    if (len_out) *len_out = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return rlhf_error_set(err, RLHF_EIO, path, "cannot seek: %s", strerror(errno));
+    }
+    long sz = ftell(f);
+    if (sz < 0) {
+        fclose(f);
+        return rlhf_error_set(err, RLHF_EIO, path, "not a regular file");
+    }
+    rewind(f);
+    char *buf = malloc((size_t)sz + 1);
+    if (!buf) {
+        fclose(f);
+        return rlhf_error_set(err, RLHF_ENOMEM, path, "cannot allocate %ld bytes", sz);
+    }
+    if (sz && fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        free(buf);
+        fclose(f);
+        return rlhf_error_set(err, RLHF_EIO, path, "short read");
+    }
+    fclose(f);
+    buf[sz] = 0;
+    *data_out = buf;
+    if (len_out) *len_out = (size_t)sz;
+    return 0;
+}
+
+int rlhf_mkdirs(const char *path, rlhf_error *err) {
+    char buf[4096];
+    if (strlen(path) >= sizeof buf) return rlhf_error_set(err, RLHF_EINVAL, path, "path too long");
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return rlhf_error_set(err, RLHF_EIO, buf, "mkdir failed: %s", strerror(errno));
+            *p = '/';
+        }
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return rlhf_error_set(err, RLHF_EIO, buf, "mkdir failed: %s", strerror(errno));
+    return 0;
+}
+
+double rlhf_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double rlhf_wall_time(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void rlhf_rng_seed(rlhf_rng *r, uint64_t seed) {
+    /* splitmix64 scramble so that small seeds give unrelated streams; never 0 state */
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    r->s = z ? z : 0x2545F4914F6CDD1Dull;
+}
+
+uint64_t rlhf_rng_u64(rlhf_rng *r) {
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1Dull;
+}
+
+float rlhf_rng_uniform(rlhf_rng *r) { return (float)(rlhf_rng_u64(r) >> 40) / 16777216.0f; }
+
+float rlhf_rng_normal(rlhf_rng *r) {
+    float u1 = rlhf_rng_uniform(r), u2 = rlhf_rng_uniform(r);
+    if (u1 < 1e-7f) u1 = 1e-7f;
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}

@@ -1,0 +1,89 @@
+/* common/common.h — what every part of the project shares: the error struct,
+ * CRC-32, atomic file writes, clocks and small JSON helpers.
+ *
+ * Errors follow the jansson/Redis habit: a function returns 0 on success or a
+ * negative RLHF_E* code, and fills a caller-owned rlhf_error with a message and
+ * a location ("runs/x/config.json: rl.k" or "model/safetensors.c:120").
+ * `main` prints it once with rlhf_error_print(). */
+#ifndef RLHF_COMMON_H
+#define RLHF_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    RLHF_OK = 0,
+    RLHF_EINVAL = -1,   /* bad argument, bad config value */
+    RLHF_EIO = -2,      /* read/write/open failed */
+    RLHF_ECORRUPT = -3, /* file or message fails validation */
+    RLHF_ENOMEM = -4,
+    RLHF_ETIMEOUT = -5,
+    RLHF_EPROTO = -6,   /* wire protocol violation */
+    RLHF_ESTATE = -7,   /* call not valid in the current state */
+    RLHF_ESYS = -8,     /* a system call failed (errno in message) */
+    RLHF_EUNSUPPORTED = -9,
+};
+
+typedef struct rlhf_error {
+    int code;           /* 0 or a negative RLHF_E* code */
+    char where[256];    /* what and where: a file[:line], a JSON path, or a source location */
+    char msg[768];
+} rlhf_error;
+
+#define RLHF_STR2(x) #x
+#define RLHF_STR(x) RLHF_STR2(x)
+#define RLHF_HERE __FILE__ ":" RLHF_STR(__LINE__)
+
+/* Fill `err` (may be NULL) and return `code`, so callers can write
+ *   return rlhf_error_set(err, RLHF_EINVAL, path, "dim must be > 0, got %d", dim); */
+int rlhf_error_set(rlhf_error *err, int code, const char *where, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Same, with the source location as `where`. */
+#define RLHF_FAIL(err, code, ...) rlhf_error_set((err), (code), RLHF_HERE, __VA_ARGS__)
+void rlhf_error_clear(rlhf_error *err);
+/* Prints "PROG: error: WHERE: MSG\n" to stderr. */
+void rlhf_error_print(const char *prog, const rlhf_error *err);
+const char *rlhf_strerror(int code);
+
+/* CRC-32 (IEEE 802.3, reflected, as zlib's crc32). Chain with crc = rlhf_crc32(crc, ...), start 0. */
+uint32_t rlhf_crc32(uint32_t crc, const void *data, size_t n);
+
+/* Atomic whole-file write: write to "PATH.tmp.PID", fsync, rename over PATH, fsync the directory.
+ * Readers see either the old file or the complete new one, never a half-written file. */
+int rlhf_write_file_atomic(const char *path, const void *data, size_t n, rlhf_error *err);
+/* Streaming form for large files: open a temp file, write through `fp`, then commit or abort. */
+typedef struct rlhf_atomic_file {
+    FILE *fp;
+    char path[4096];
+    char tmp_path[4096 + 32];
+} rlhf_atomic_file;
+int rlhf_atomic_open(rlhf_atomic_file *af, const char *path, rlhf_error *err);
+int rlhf_atomic_commit(rlhf_atomic_file *af, rlhf_error *err); /* fflush+fsync+close+rename */
+void rlhf_atomic_abort(rlhf_atomic_file *af);                   /* close + unlink temp */
+
+/* Reads a whole file into a malloc'd buffer (NUL-terminated for convenience). */
+int rlhf_read_file(const char *path, char **data_out, size_t *len_out, rlhf_error *err);
+/* mkdir -p */
+int rlhf_mkdirs(const char *path, rlhf_error *err);
+
+/* Monotonic clock in seconds. */
+double rlhf_now(void);
+/* Wall clock in seconds since the epoch. */
+double rlhf_wall_time(void);
+
+/* Deterministic RNG (xorshift64*), explicit state: no hidden globals. */
+typedef struct { uint64_t s; } rlhf_rng;
+void rlhf_rng_seed(rlhf_rng *r, uint64_t seed);
+uint64_t rlhf_rng_u64(rlhf_rng *r);
+float rlhf_rng_uniform(rlhf_rng *r);  /* [0, 1) */
+float rlhf_rng_normal(rlhf_rng *r);   /* N(0, 1) */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

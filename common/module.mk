@@ -1,0 +1,5 @@
+LIB_SRCS += common/common.c
+HEADERS  += common/common.h
+TESTS    += test_common
+SAN_TESTS += test_common
+test_common_SRCS := tests/common/test_common.c

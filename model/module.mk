@@ -1,0 +1,11 @@
+# model/: every model/*.c goes into librlhf.a, except *_cli.c (rlhf subcommands).
+LIB_SRCS += $(filter-out %_cli.c,$(wildcard model/*.c))
+CMD_SRCS += $(wildcard model/*_cli.c)
+HEADERS  += model/model.h
+# Two test binaries: training numerics, and inference (tokenizer, checkpoints, sampling).
+TESTS    += test_model_train test_model_infer
+SAN_TESTS += test_model_train test_model_infer
+test_model_train_SRCS = $(wildcard tests/model_train/*.c)
+test_model_infer_SRCS = $(wildcard tests/model_infer/*.c)
+BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c))
+$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c)),$(eval $(b)_SRCS = bench/$(b).c))
