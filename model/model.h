@@ -98,4 +98,10 @@ int model_copy_weights(model *dst, const model *src, rlhf_error *err);
 #ifdef __cplusplus
 }
 #endif
+
+/* The rest of the public API, kept in two files so the training and inference halves can grow
+ * independently; users include only model/model.h. */
+#include "model/model_train.h" /* forward/backward, log-probs, entropy, AdamW, pretraining */
+#include "model/model_infer.h" /* tokenizer, safetensors checkpoints, KV-cache batched sampling */
+
 #endif
