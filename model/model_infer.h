@@ -1,4 +1,218 @@
-/* model/model_infer.h — inference half of model/'s public API (included by model/model.h). */
+/* model/model_infer.h — inference half of model/'s public API (included by model/model.h):
+ * the tokenizer interface, safetensors files (generic and model checkpoints), and batched
+ * sampling with a KV cache. docs/MODEL.md describes the conventions. */
 #ifndef RLHF_MODEL_INFER_H
 #define RLHF_MODEL_INFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "common/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct model;
+struct model_config;
+
+/* ================================================================ tokenizer
+ *
+ * A tokenizer is a plain struct with a table of operations, so a BPE tokenizer can be added later
+ * without touching callers. The embedded default is byte-level: ids 0..255 are the bytes,
+ * 256 = BOS, 257 = EOS, 258 = PAD; ids 259..vocab_size-1 are unused and decode to nothing. */
+
+typedef struct tokenizer tokenizer;
+
+typedef struct tokenizer_ops {
+    const char *kind; /* "bytes", later "bpe" */
+    /* Appends the ids of text[0..len) to *ids (realloc'd; *n ids in use, *cap allocated). */
+    int (*encode)(const tokenizer *tok, const char *text, size_t len, int32_t **ids, int *n, int *cap,
+                  rlhf_error *err);
+    /* The bytes one token stands for (special and unused ids: none). Returns the byte count, which
+     * may exceed `cap` (then only `cap` bytes were written). */
+    size_t (*token_bytes)(const tokenizer *tok, int32_t id, char *buf, size_t cap);
+    void (*destroy_impl)(void *impl);
+} tokenizer_ops;
+
+struct tokenizer {
+    const tokenizer_ops *ops;
+    void *impl;      /* implementation state (NULL for bytes) */
+    int vocab_size;  /* ids are 0..vocab_size-1; equals the model's vocab_size */
+    int32_t bos_id, eos_id, pad_id;
+};
+
+enum { TOKENIZER_BYTES_BOS = 256, TOKENIZER_BYTES_EOS = 257, TOKENIZER_BYTES_PAD = 258, TOKENIZER_BYTES_MIN_VOCAB = 259 };
+
+/* Byte-level tokenizer for a model with `vocab_size` (>= 259) ids. */
+int tokenizer_create_bytes(tokenizer **out, int vocab_size, rlhf_error *err);
+void tokenizer_destroy(tokenizer **tok);
+/* text -> malloc'd ids (BOS first when add_bos). */
+int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids_out, int *n_out,
+                     rlhf_error *err);
+/* ids -> malloc'd NUL-terminated bytes (special/unused ids contribute nothing; out-of-range ids are an
+ * error). The result is raw bytes and need not be valid UTF-8. */
+int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n, char **text_out, size_t *len_out,
+                     rlhf_error *err);
+
+/* ================================================================ safetensors
+ *
+ * Format: u64 little-endian header length N, N bytes of JSON header (padded with spaces to a multiple
+ * of 8), then the data section. The header maps tensor names to {"dtype","shape","data_offsets":[b,e]}
+ * (offsets relative to the data section) plus an optional "__metadata__" map of strings.
+ * Only F32 tensors are read and written (other dtypes are rejected by name). */
+
+enum { SAFETENSORS_MAX_DIMS = 8 };
+
+typedef struct safetensors_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[SAFETENSORS_MAX_DIMS];
+    const float *data; /* numel floats (row-major) */
+} safetensors_tensor;
+
+/* Writes the tensors (in the given order) atomically (temp + fsync + rename). `metadata` is NULL or a
+ * JSON object whose values are all strings. Names must be unique and not "__metadata__". */
+int safetensors_write(const char *path, const safetensors_tensor *tensors, int n_tensors, const json_t *metadata,
+                      rlhf_error *err);
+/* Same, into a malloc'd memory buffer (for sending weights over the wire). */
+int safetensors_encode(const safetensors_tensor *tensors, int n_tensors, const json_t *metadata, void **buf_out,
+                       size_t *len_out, rlhf_error *err);
+
+/* A loaded, fully validated file: header size, JSON, dtypes, shapes, offsets (in range,
+ * non-overlapping, covering the data section exactly) and total size are checked before
+ * anything is returned. Tensors keep the file's data-offset order. */
+typedef struct safetensors_file {
+    char source[512];           /* path or caller-given name, used in error messages */
+    int n_tensors;
+    safetensors_tensor *tensors; /* names and data point into this object */
+    json_t *metadata;            /* object of strings (empty object when absent) */
+    void *buf;                   /* the whole file */
+    size_t size;
+} safetensors_file;
+
+int safetensors_open(safetensors_file **out, const char *path, rlhf_error *err);
+/* Parses a copy of buf[0..len); `source` names it in errors. */
+int safetensors_open_memory(safetensors_file **out, const void *buf, size_t len, const char *source, rlhf_error *err);
+void safetensors_close(safetensors_file **f);
+const safetensors_tensor *safetensors_find(const safetensors_file *f, const char *name);
+/* A metadata value, or NULL. */
+const char *safetensors_meta(const safetensors_file *f, const char *key);
+
+/* ================================================================ model checkpoints
+ *
+ * Hugging Face Llama tensor names (per layer i: model.layers.{i}.self_attn.{q,k,v,o}_proj.weight, ...;
+ * lm_head.weight omitted when tied). __metadata__: "format" = "pt", "rlhf_model_config" = the config
+ * as JSON (model_config_to_json), "policy_version" = decimal version. */
+#define MODEL_META_CONFIG "rlhf_model_config"
+#define MODEL_META_POLICY_VERSION "policy_version"
+
+/* Writes m atomically. */
+int model_save(const struct model *m, const char *path, rlhf_error *err);
+/* Same to a malloc'd buffer. */
+int model_encode(const struct model *m, void **buf_out, size_t *len_out, rlhf_error *err);
+/* Creates a model from a checkpoint (config from its metadata). If `expect` is not NULL the
+ * checkpoint's config must equal it: a difference is an error naming the key. */
+int model_load(struct model **out, const char *path, const struct model_config *expect, rlhf_error *err);
+/* Builds a model from an already parsed file. */
+int model_from_safetensors(struct model **out, const safetensors_file *f, const struct model_config *expect,
+                           rlhf_error *err);
+/* Overwrites m's weights and version from a checkpoint with exactly m's config. */
+int model_load_into(struct model *m, const char *path, rlhf_error *err);
+/* 0 if equal; otherwise fills err naming the first differing key ("where" = `where`). */
+int model_config_compare(const struct model_config *got, const struct model_config *expect, const char *where,
+                         rlhf_error *err);
+
+/* ================================================================ sampling
+ *
+ * A `sampler` owns a KV cache of `max_batch` slots (each cfg.max_seq_len positions) and scratch
+ * buffers. sampler_run() generates for any number of requests with continuous batching: up to
+ * max_batch sequences decode together (one GEMM per weight matrix per step over all of them); a
+ * finished slot takes the next waiting request. Each request has its own RNG stream seeded from
+ * its seed and draws exactly one uniform number per sampled token, so its tokens do not depend on
+ * which other requests share the batch (up to float rounding differences between GEMM shapes).
+ *
+ * Log-probs returned per sampled token y_t:
+ *   logprobs[t]          = log softmax(logits)[y_t] at temperature 1, no top-k/top-p: the unmodified
+ *                          policy pi(y_t | prefix). This is the behaviour log-prob the RL updater uses.
+ *   sampling_logprobs[t] = log q(y_t), q the distribution actually sampled from (temperature, top-k and
+ *                          top-p applied, renormalised). Equal to logprobs[t] when temperature = 1 and
+ *                          top-k/top-p are off; 0 under greedy decoding (temperature 0). */
+
+typedef enum sample_finish {
+    SAMPLE_FINISH_NONE = 0,
+    SAMPLE_FINISH_STOP,        /* sampled a stop id or produced a stop string */
+    SAMPLE_FINISH_LENGTH,      /* reached max_new_tokens */
+    SAMPLE_FINISH_MAX_SEQ_LEN, /* prompt + completion reached the model's max_seq_len */
+} sample_finish;
+const char *sample_finish_name(sample_finish f); /* "stop", "length", "max_seq_len" */
+
+typedef struct sample_params {
+    float temperature;         /* 0: greedy (argmax); otherwise > 0 */
+    int top_k;                 /* 0: off */
+    float top_p;               /* in (0, 1]; 1: off */
+    int max_new_tokens;        /* >= 0 */
+    uint64_t seed;             /* this request's RNG stream */
+    const int32_t *stop_ids;   /* generation stops after sampling one of these (the id is kept in tokens) */
+    int n_stop_ids;
+    const char *const *stop_strings; /* stops when the completion text contains one (needs a tokenizer) */
+    int n_stop_strings;
+} sample_params;
+
+/* Defaults: temperature 1, top_k 0, top_p 1, max_new_tokens 64, seed 0, no stops. */
+sample_params sample_params_default(void);
+
+typedef struct sample_request {
+    const int32_t *prompt; /* prompt ids (the caller adds BOS if wanted); 1 <= len < max_seq_len */
+    int prompt_len;
+    sample_params params;
+} sample_request;
+
+typedef struct sample_result {
+    int32_t *tokens;          /* (n_tokens) sampled ids, including a final stop id */
+    float *logprobs;          /* (n_tokens) log pi(y_t) at temperature 1 (see above) */
+    float *sampling_logprobs; /* (n_tokens) log q(y_t) of the sampling distribution */
+    int n_tokens;
+    sample_finish finish;
+    int stop_string;          /* index of the stop string that matched, or -1 */
+    char *text;               /* decoded completion (NUL-terminated raw bytes), cut before a matched stop
+                               * string; NULL when sampler_run got no tokenizer */
+    size_t text_len;
+} sample_result;
+
+void sample_result_free(sample_result *r); /* frees the arrays; the struct itself is the caller's */
+
+typedef struct sampler sampler;
+
+/* max_batch >= 1 sequences decode at once. The model must outlive the sampler; its weights may be
+ * replaced between runs (e.g. model_load_into on a new policy version). */
+int sampler_create(sampler **out, const struct model *m, int max_batch, rlhf_error *err);
+void sampler_destroy(sampler **s);
+/* Generates for reqs[0..n); results[i] belongs to reqs[i] (free each with sample_result_free).
+ * `tok` may be NULL unless a request has stop strings. All requests are validated first; a bad one
+ * fails the call with an error naming "request i" and nothing is generated. */
+int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, int n, sample_result *results,
+                rlhf_error *err);
+
+/* Low-level step (used by tests, scoring and custom decoding loops): feeds n_rows tokens, row r being
+ * token tok[r] at position pos[r] of the sequence in cache slot slot[r]; rows of one slot must be
+ * consecutive positions in increasing order and the slot's cache must already hold positions
+ * 0..pos-1 (from earlier steps or earlier rows). Writes logits for rows logit_rows[0..n_logits) to
+ * logits (n_logits, V). n_rows <= sampler_max_rows(s); slots 0..max_batch-1. */
+int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
+                 const int *logit_rows, float *logits, rlhf_error *err);
+int sampler_max_rows(const sampler *s);
+
+/* Plain reference forward (no cache, single thread, simple loops) of one sequence: logits (T, V)
+ * for tokens[0..T). Used by tests as the oracle for the fast path. */
+int model_reference_logits(const struct model *m, const int32_t *tokens, int T, float *logits, rlhf_error *err);
+
+/* `rlhf bench sample ...` (model/sampler_bench.c). */
+int model_bench_sample(int argc, char **argv);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

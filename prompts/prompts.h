@@ -37,6 +37,26 @@ const prompt_record *prompt_dataset_get(const prompt_dataset *ds, size_t index);
 long prompt_dataset_find(const prompt_dataset *ds, const char *id);
 void prompt_dataset_destroy(prompt_dataset **ds);
 
+/* Which records a load keeps. A record's split is its `split` field ("train" or "heldout") when it has
+ * one; otherwise it is decided by hashing its id with split_seed: held-out with probability
+ * heldout_fraction (so the same id always lands on the same side, whatever the file order). */
+enum { PROMPT_SPLIT_ALL = 0, PROMPT_SPLIT_TRAIN = 1, PROMPT_SPLIT_HELDOUT = 2 };
+typedef struct prompt_dataset_opts {
+    int split;               /* PROMPT_SPLIT_*: records kept */
+    double heldout_fraction; /* [0, 1): for records without a `split` field; 0 = all train */
+    uint64_t split_seed;
+    int skip_bad;            /* 1: count and skip bad lines (invalid JSON, no prompt, duplicate id) */
+} prompt_dataset_opts;
+/* prompt_dataset_load(path) is prompt_dataset_load_opts(path, {ALL, 0, 0, 0}). */
+int prompt_dataset_load_opts(prompt_dataset **out, const char *path, const prompt_dataset_opts *opts,
+                             rlhf_error *err);
+/* Lines skipped as bad (skip_bad), and records left out by the split. */
+size_t prompt_dataset_skipped(const prompt_dataset *ds);
+size_t prompt_dataset_other_split(const prompt_dataset *ds);
+/* 1 if the record at index is held-out (by field or hash), else 0. */
+int prompt_dataset_is_heldout(const prompt_dataset *ds, size_t index);
+const char *prompt_dataset_path(const prompt_dataset *ds);
+
 /* ---------------------------------------------------------------- selection */
 
 /* What an updater reports after scoring one rollout group (the PROMPT_STATS message body). */
@@ -60,6 +80,69 @@ int prompt_selector_next(prompt_selector *sel, size_t n, size_t *idx_out, rlhf_e
 /* Feeds back one scored group; an unknown prompt id is an error (counted by the caller). */
 int prompt_selector_update(prompt_selector *sel, const prompt_stats *st, rlhf_error *err);
 void prompt_selector_destroy(prompt_selector **sel);
+
+/* Cohesion and spread of one group, as the selector computes them (docs/PROMPT_SELECTION.md):
+ *   spread   = population std of the finite totals (0 if fewer than 2);
+ *   cohesion = mean over pairs of sources of their agreement on the samples both scored (NaN = not
+ *              scored): Kendall tau-b when both vary; when exactly one is constant (it sees no difference
+ *              where the other ranks), 0 with PROMPT_CONSTANT_PAIR_ZERO or left out with
+ *              PROMPT_CONSTANT_PAIR_SKIP; pairs where both are constant carry no ranking and are left out.
+ *              With no contributing pair (one source, ...) it is `single_source_cohesion` (the documented
+ *              fallback, default 1: nothing disagrees).
+ * Returns the number of source pairs that contributed (0 = the fallback was used). */
+enum { PROMPT_CONSTANT_PAIR_ZERO = 0, PROMPT_CONSTANT_PAIR_SKIP = 1 };
+int prompt_group_cohesion(const prompt_stats *st, double single_source_cohesion, int constant_pair,
+                          double *spread_out, double *cohesion_out);
+/* Kendall tau-b of two length-n vectors (ties handled); NAN if either is constant. */
+double prompt_kendall_tau_b(const float *a, const float *b, int n);
+
+/* Checkpoint state: everything that determines future choices (per-prompt statistics by id, counters,
+ * RNG, epoch order). Loading requires a selector created with the same dataset and policy;
+ * a state naming a prompt id missing from the dataset is an error. Round trip is exact. */
+json_t *prompt_selector_save_json(const prompt_selector *sel);
+int prompt_selector_load_json(prompt_selector *sel, const json_t *state, const char *where, rlhf_error *err);
+int prompt_selector_save(const prompt_selector *sel, const char *path, rlhf_error *err); /* atomic */
+int prompt_selector_load(prompt_selector *sel, const char *path, rlhf_error *err);
+
+/* Metrics (names as in metrics.jsonl): prompts/groups, prompts/zero_spread_share (all groups fed back),
+ * prompts/zero_spread_share_recent (last 256 groups), prompts/mean_cohesion (groups with spread > 0,
+ * i.e. trained), prompts/sampling_entropy (nats, of the current sampling distribution),
+ * prompts/sampling_entropy_norm (/ log N), prompts/unseen, prompts/filtered (zero_variance_filter),
+ * prompts/epoch, prompts/served. New reference. */
+json_t *prompt_selector_metrics(const prompt_selector *sel);
+/* Current sampling probability of each dataset index (n = dataset size). */
+int prompt_selector_probs(const prompt_selector *sel, double *probs_out, rlhf_error *err);
+/* One JSON line per prompt: id, served, groups, mean_reward, spread, cohesion, zero_streak, last_update,
+ * last_served, prob. Written atomically. */
+int prompt_selector_dump_stats(const prompt_selector *sel, const char *path, rlhf_error *err);
+const char *prompt_selector_policy(const prompt_selector *sel);
+
+/* ---------------------------------------------------------------- task generators */
+
+/* Deterministic from seed. Records: {"id", "prompt", "answer", "task", "split", ...task fields}.
+ *   countdown: "nums 3 5 7 target 22:" -> e.g. "3*5+7"; fields numbers (array), target (int).
+ *   arith:     "12+7=" -> "19".
+ * Prompts are distinct within one call and none is in `exclude` (prompt texts; may be NULL), so a
+ * held-out set can be made disjoint from the train set. Returns a JSON array (new reference) in *out. */
+typedef struct prompt_task_opts {
+    int max_num;       /* countdown 3-number problems: numbers from 1..max_num (default 9);
+                        * arith: operands 0..max_num (default 20) */
+    int max_num2;      /* countdown 2-number problems: numbers from 1..max_num2 (default 25, ~760 distinct
+                        * problems with targets <= 100, so train and held-out sets can both have them) */
+    double p_three;    /* countdown: share of 3-number problems (rest 2-number), default 0.5 */
+    double p_correct;  /* corpus: share of lines whose completion is correct (default 0.35) */
+} prompt_task_opts;
+void prompt_task_opts_default(const char *task, prompt_task_opts *o);
+int prompt_task_generate(json_t **out, const char *task, size_t n, uint64_t seed, const char *split,
+                         const prompt_task_opts *opts, const json_t *exclude, rlhf_error *err);
+/* Writes n corpus lines "PROMPT COMPLETION\n"-style (prompt text immediately followed by the completion,
+ * then a newline), p_correct of them correct; atomic. */
+int prompt_task_write_corpus(const char *path, const char *task, size_t n, uint64_t seed,
+                             const prompt_task_opts *opts, rlhf_error *err);
+/* Checks a countdown expression: only digits, + - * ( ) and spaces, each number a distinct use of one of
+ * `numbers` (multiset), value == target. Returns 1 valid, 0 not. Used by tests and the corpus writer;
+ * the reward itself runs the expression in the sandbox (rewards/). */
+int prompt_countdown_check(const char *expr, const int *numbers, int n_numbers, long target, long *value_out);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,1022 @@
+/* broker/broker.c — the broker process: one ROUTER socket, a single-threaded poll loop.
+ *
+ * Why one ROUTER: every peer (generator, updater, observer) connects a DEALER to one endpoint, so the
+ * broker knows each peer's routing id and can address it directly: weights go only to generators that
+ * have consumed the previous version (at most one version in flight per generator: bounded memory),
+ * groups only to updaters that hold credit, and a prompt request can be held back (backpressure)
+ * without blocking anyone else. */
+#include "broker/broker_int.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+static void blog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void blog(const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "[broker %.3f] %s\n", rlhf_wall_time(), buf);
+}
+
+/* ---------------------------------------------------------------- config */
+
+void broker_config_defaults(broker_config *c) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->endpoint, sizeof c->endpoint, "tcp://127.0.0.1:5555");
+    c->max_staleness = 2;
+    c->queue_capacity = 64;
+    snprintf(c->replay_path, sizeof c->replay_path, "rollouts.log");
+    c->replay_fsync = BROKER_FSYNC_EVERY_N;
+    c->replay_fsync_every = 64;
+    c->replay_rotate_bytes = 256ull << 20;
+    c->heartbeat_interval_ms = 500;
+    c->heartbeat_timeout_ms = 5000;
+    c->stats_interval_ms = 5000;
+    c->seed = 1;
+}
+
+void broker_config_release(broker_config *c) {
+    if (!c) return;
+    json_decref(c->selector);
+    c->selector = NULL;
+}
+
+static int cfg_uint(const json_t *v, const char *path, uint64_t min, uint64_t max, uint64_t *out, rlhf_error *err) {
+    if (!json_is_integer(v)) return rlhf_error_set(err, RLHF_EINVAL, path, "must be an integer");
+    json_int_t x = json_integer_value(v);
+    if (x < 0 || (uint64_t)x < min || (uint64_t)x > max)
+        return rlhf_error_set(err, RLHF_EINVAL, path, "%lld out of range [%llu, %llu]", (long long)x,
+                              (unsigned long long)min, (unsigned long long)max);
+    *out = (uint64_t)x;
+    return 0;
+}
+
+static int cfg_str(const json_t *v, const char *path, char *buf, size_t cap, rlhf_error *err) {
+    if (!json_is_string(v)) return rlhf_error_set(err, RLHF_EINVAL, path, "must be a string");
+    if (json_string_length(v) >= cap) return rlhf_error_set(err, RLHF_EINVAL, path, "longer than %zu bytes", cap - 1);
+    snprintf(buf, cap, "%s", json_string_value(v));
+    return 0;
+}
+
+static int parse_replay(broker_config *c, const json_t *obj, const char *path, rlhf_error *err) {
+    if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, path, "must be an object");
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        char p[1024];
+        snprintf(p, sizeof p, "%.500s.%.500s", path, key);
+        uint64_t u;
+        int rc = 0;
+        if (!strcmp(key, "path")) {
+            rc = cfg_str(v, p, c->replay_path, sizeof c->replay_path, err);
+        } else if (!strcmp(key, "fsync")) {
+            char s[16];
+            rc = cfg_str(v, p, s, sizeof s, err);
+            if (rc) return rc;
+            if (!strcmp(s, "always")) c->replay_fsync = BROKER_FSYNC_ALWAYS;
+            else if (!strcmp(s, "every_n")) c->replay_fsync = BROKER_FSYNC_EVERY_N;
+            else if (!strcmp(s, "never")) c->replay_fsync = BROKER_FSYNC_NEVER;
+            else return rlhf_error_set(err, RLHF_EINVAL, p, "\"%s\": expected \"always\", \"every_n\" or \"never\"", s);
+        } else if (!strcmp(key, "fsync_every")) {
+            if (!(rc = cfg_uint(v, p, 1, 1u << 30, &u, err))) c->replay_fsync_every = (uint32_t)u;
+        } else if (!strcmp(key, "rotate_bytes")) {
+            if (!(rc = cfg_uint(v, p, 0, INT64_MAX, &u, err))) c->replay_rotate_bytes = u;
+        } else {
+            return rlhf_error_set(err, RLHF_EINVAL, p, "unknown key (path, fsync, fsync_every, rotate_bytes)");
+        }
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int broker_config_parse(broker_config *c, const json_t *obj, const char *path, rlhf_error *err) {
+    broker_config_defaults(c);
+    if (!path) path = "broker";
+    if (!obj) return 0;
+    if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, path, "must be an object");
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        char p[1024];
+        snprintf(p, sizeof p, "%.500s.%.500s", path, key);
+        uint64_t u = 0;
+        int rc = 0;
+        if (!strcmp(key, "endpoint")) {
+            rc = cfg_str(v, p, c->endpoint, sizeof c->endpoint, err);
+            if (!rc && strncmp(c->endpoint, "tcp://", 6) && strncmp(c->endpoint, "ipc://", 6) &&
+                strncmp(c->endpoint, "inproc://", 9))
+                rc = rlhf_error_set(err, RLHF_EINVAL, p, "\"%s\": expected tcp://HOST:PORT or ipc://PATH", c->endpoint);
+        } else if (!strcmp(key, "max_staleness")) {
+            if (!(rc = cfg_uint(v, p, 0, 1u << 30, &u, err))) c->max_staleness = (uint32_t)u;
+        } else if (!strcmp(key, "queue_capacity")) {
+            if (!(rc = cfg_uint(v, p, 1, 1u << 20, &u, err))) c->queue_capacity = (uint32_t)u;
+        } else if (!strcmp(key, "initial_version")) {
+            if (!(rc = cfg_uint(v, p, 0, INT64_MAX, &u, err))) c->initial_version = u;
+        } else if (!strcmp(key, "replay")) {
+            rc = parse_replay(c, v, p, err);
+        } else if (!strcmp(key, "heartbeat_interval_ms")) {
+            if (!(rc = cfg_uint(v, p, 10, 600000, &u, err))) c->heartbeat_interval_ms = (uint32_t)u;
+        } else if (!strcmp(key, "heartbeat_timeout_ms")) {
+            if (!(rc = cfg_uint(v, p, 20, 3600000, &u, err))) c->heartbeat_timeout_ms = (uint32_t)u;
+        } else if (!strcmp(key, "stats_interval_ms")) {
+            if (!(rc = cfg_uint(v, p, 0, 3600000, &u, err))) c->stats_interval_ms = (uint32_t)u;
+        } else if (!strcmp(key, "dataset")) {
+            rc = cfg_str(v, p, c->dataset, sizeof c->dataset, err);
+        } else if (!strcmp(key, "selector")) {
+            if (!json_is_object(v)) rc = rlhf_error_set(err, RLHF_EINVAL, p, "must be an object");
+            else {
+                json_decref(c->selector);
+                c->selector = json_deep_copy(v);
+            }
+        } else if (!strcmp(key, "seed")) {
+            if (!(rc = cfg_uint(v, p, 0, INT64_MAX, &u, err))) c->seed = u;
+        } else {
+            rc = rlhf_error_set(err, RLHF_EINVAL, p,
+                                "unknown key (endpoint, max_staleness, queue_capacity, initial_version, replay, "
+                                "heartbeat_interval_ms, heartbeat_timeout_ms, stats_interval_ms, dataset, selector, seed)");
+        }
+        if (rc) {
+            broker_config_release(c);
+            return rc;
+        }
+    }
+    if (c->heartbeat_timeout_ms <= c->heartbeat_interval_ms) {
+        broker_config_release(c);
+        return rlhf_error_set(err, RLHF_EINVAL, path, "heartbeat_timeout_ms (%u) must exceed heartbeat_interval_ms (%u)",
+                              c->heartbeat_timeout_ms, c->heartbeat_interval_ms);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- create / destroy */
+
+int broker_create(broker **out, const broker_config *cfg, const char *run_dir, rlhf_error *err) {
+    *out = NULL;
+    broker *b = calloc(1, sizeof *b);
+    if (!b) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    b->cfg = *cfg;
+    b->cfg.selector = cfg->selector ? json_incref(cfg->selector) : NULL;
+    snprintf(b->run_dir, sizeof b->run_dir, "%s", run_dir ? run_dir : ".");
+    b->newest_version = cfg->initial_version;
+    b->started = rlhf_now();
+    int rc;
+    b->zctx = zmq_ctx_new();
+    b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
+    if (!b->router) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "zmq_socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    int one = 1, hwm = 4096, linger = 1000;
+    zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_bind(b->router, cfg->endpoint) != 0) {
+        rc = rlhf_error_set(err, RLHF_EIO, "broker.endpoint", "cannot bind %s: %s", cfg->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    if (cfg->replay_path[0]) {
+        rc = rlhf_mkdirs(b->run_dir, err);
+        if (rc) goto fail;
+        if (cfg->replay_path[0] == '/')
+            snprintf(b->replay_file, sizeof b->replay_file, "%s", cfg->replay_path);
+        else
+            snprintf(b->replay_file, sizeof b->replay_file, "%s/%s", b->run_dir, cfg->replay_path);
+        replay_writer_opts o = {cfg->replay_fsync, cfg->replay_fsync_every, cfg->replay_rotate_bytes};
+        replay_pos torn;
+        uint64_t torn_bytes = 0;
+        rc = replay_writer_open(&b->log, b->replay_file, &o, &torn, &torn_bytes, err);
+        if (rc) goto fail;
+        if (torn_bytes)
+            blog("replay log %s: cut a torn last record (%llu bytes at segment %u offset %llu)", b->replay_file,
+                 (unsigned long long)torn_bytes, torn.segment, (unsigned long long)torn.offset);
+        blog("replay log %s: %llu records recovered", b->replay_file,
+             (unsigned long long)replay_writer_records(b->log));
+    }
+    if (cfg->dataset[0]) {
+        rc = prompt_dataset_load(&b->ds, cfg->dataset, err);
+        if (rc) goto fail;
+        rc = prompt_selector_create(&b->sel, b->ds, cfg->selector, cfg->seed, err);
+        if (rc) goto fail;
+        blog("dataset %s: %zu prompts", cfg->dataset, prompt_dataset_size(b->ds));
+    }
+    blog("listening on %s (max_staleness=%u queue_capacity=%u protocol=%d)", cfg->endpoint, cfg->max_staleness,
+         cfg->queue_capacity, WIRE_PROTOCOL_VERSION);
+    *out = b;
+    return 0;
+fail:
+    broker_destroy(&b);
+    return rc;
+}
+
+static void close_msgs(void *msgs, size_t n) {
+    zmq_msg_t *m = msgs;
+    for (size_t i = 0; i < n; i++) zmq_msg_close(&m[i]);
+    free(msgs);
+}
+
+void broker_destroy(broker **bp) {
+    if (!bp || !*bp) return;
+    broker *b = *bp;
+    if (b->log) {
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        if (replay_writer_close(&b->log, &e)) rlhf_error_print("broker", &e);
+    }
+    for (size_t i = 0; i < b->q_len; i++) {
+        queued_group *g = &b->queue[(b->q_head + i) % b->q_cap];
+        close_msgs(g->msgs, g->n);
+    }
+    free(b->queue);
+    if (b->has_weights) close_msgs(b->w_msgs, b->w_n);
+    free(b->peers);
+    free(b->parked);
+    prompt_selector_destroy(&b->sel);
+    prompt_dataset_destroy(&b->ds);
+    if (b->router) zmq_close(b->router);
+    if (b->zctx) zmq_ctx_term(b->zctx);
+    broker_config_release(&b->cfg);
+    free(b);
+    *bp = NULL;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+/* Sends the routing-id frame then the message; never blocks. Returns 0, or -EAGAIN (peer's pipe full),
+ * -EHOSTUNREACH (gone). On failure nothing was sent. */
+static int send_rid(broker *b, const broker_peer *p) {
+    if (zmq_send(b->router, p->rid, p->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return -errno;
+    return 0;
+}
+
+static int send_out(broker *b, broker_peer *p, const wire_out *o) {
+    int rc = send_rid(b, p);
+    if (rc) {
+        if (rc == -EHOSTUNREACH) p->connected = 0;
+        return rc;
+    }
+    size_t nf = wire_out_nframes(o);
+    for (size_t i = 0; i < nf; i++) {
+        wire_frame f = wire_out_frame(o, i);
+        zmq_send(b->router, f.data, f.len, i + 1 < nf ? ZMQ_SNDMORE : 0);
+        b->ct.bytes_out += f.len;
+    }
+    return 0;
+}
+
+/* Sends frames; copy=1 keeps the originals (zero-copy reference), copy=0 moves them out. */
+static int send_msgs(broker *b, broker_peer *p, void *msgs, size_t n, int copy) {
+    int rc = send_rid(b, p);
+    if (rc) {
+        if (rc == -EHOSTUNREACH) p->connected = 0;
+        return rc;
+    }
+    zmq_msg_t *m = msgs;
+    for (size_t i = 0; i < n; i++) {
+        b->ct.bytes_out += zmq_msg_size(&m[i]);
+        if (copy) {
+            zmq_msg_t t;
+            zmq_msg_init(&t);
+            zmq_msg_copy(&t, &m[i]);
+            if (zmq_msg_send(&t, b->router, i + 1 < n ? ZMQ_SNDMORE : 0) < 0) zmq_msg_close(&t);
+        } else if (zmq_msg_send(&m[i], b->router, i + 1 < n ? ZMQ_SNDMORE : 0) < 0) {
+            zmq_msg_close(&m[i]);
+        }
+    }
+    return 0;
+}
+
+/* Sends frames given by view (routing id of a peer not yet registered, e.g. an ERROR reply). */
+static void reply_raw(broker *b, const wire_frame *rid, const wire_out *o) {
+    if (zmq_send(b->router, rid->data, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return;
+    size_t nf = wire_out_nframes(o);
+    for (size_t i = 0; i < nf; i++) {
+        wire_frame f = wire_out_frame(o, i);
+        zmq_send(b->router, f.data, f.len, i + 1 < nf ? ZMQ_SNDMORE : 0);
+    }
+}
+
+static void reply_error(broker *b, const wire_frame *rid, const char *reason, int peer_version, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void reply_error(broker *b, const wire_frame *rid, const char *reason, int peer_version, const char *fmt, ...) {
+    wire_error_msg e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.reason, sizeof e.reason, "%s", reason);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.detail, sizeof e.detail, fmt, ap);
+    va_end(ap);
+    e.peer_version = peer_version;
+    wire_out o;
+    if (wire_encode_error(&e, &o, NULL) == 0) {
+        reply_raw(b, rid, &o);
+        wire_out_free(&o);
+    }
+}
+
+/* ---------------------------------------------------------------- peers */
+
+static broker_peer *peer_by_rid(broker *b, const wire_frame *rid) {
+    for (size_t i = 0; i < b->n_peers; i++) {
+        broker_peer *p = &b->peers[i];
+        if (p->connected && p->rid_len == rid->len && !memcmp(p->rid, rid->data, rid->len)) return p;
+    }
+    return NULL;
+}
+
+static broker_peer *peer_by_id(broker *b, const char *id) {
+    for (size_t i = 0; i < b->n_peers; i++)
+        if (!strcmp(b->peers[i].id, id)) return &b->peers[i];
+    return NULL;
+}
+
+static void unpark_peer(broker *b, size_t idx) {
+    size_t j = 0;
+    for (size_t i = 0; i < b->n_parked; i++)
+        if (b->parked[i].peer != (int)idx) b->parked[j++] = b->parked[i];
+    b->n_parked = j;
+}
+
+/* A peer that went silent or was replaced: its grants and credit no longer hold anything back. */
+static void peer_release(broker *b, broker_peer *p) {
+    p->outstanding = 0;
+    p->credit = 0;
+    unpark_peer(b, (size_t)(p - b->peers));
+}
+
+static void touch(broker *b, broker_peer *p) {
+    p->last_seen = rlhf_now();
+    if (!p->alive) {
+        p->alive = 1;
+        blog("peer %s (%s) is alive", p->id, wire_role_name(p->role));
+    }
+    (void)b;
+}
+
+/* ---------------------------------------------------------------- weights fan-out */
+
+/* Sends the newest weights to a generator that holds nothing unacknowledged. */
+static void offer_weights(broker *b, broker_peer *p) {
+    if (!b->has_weights || p->role != WIRE_ROLE_GENERATOR || !p->connected) return;
+    if (p->has_sent && p->sent_version >= b->newest_version) return;
+    if (p->has_sent && (!p->has_acked || p->acked_version < p->sent_version)) {
+        b->ct.weights_send_skipped++; /* it gets the newest when it acknowledges the one in flight */
+        return;
+    }
+    int rc = send_msgs(b, p, b->w_msgs, b->w_n, 1);
+    if (rc == 0) {
+        p->sent_version = b->newest_version;
+        p->has_sent = 1;
+        b->ct.weights_sends++;
+    }
+}
+
+/* ---------------------------------------------------------------- queue / delivery */
+
+static uint64_t lag_of(const broker *b, uint64_t v) { return b->newest_version > v ? b->newest_version - v : 0; }
+
+static void queue_pop(broker *b) {
+    queued_group *g = &b->queue[b->q_head];
+    b->q_bytes -= g->bytes;
+    b->q_head = (b->q_head + 1) % b->q_cap;
+    b->q_len--;
+}
+
+/* New weights may have made queued groups too stale: drop them now so they stop holding capacity. */
+static void purge_stale(broker *b) {
+    size_t keep = 0, n = b->q_len;
+    queued_group *tmp = malloc((n + 1) * sizeof *tmp);
+    if (!tmp) return;
+    for (size_t i = 0; i < n; i++) {
+        queued_group g = b->queue[(b->q_head + i) % b->q_cap];
+        if (lag_of(b, g.policy_version) > b->cfg.max_staleness) {
+            close_msgs(g.msgs, g.n);
+            b->q_bytes -= g.bytes;
+            b->ct.dropped_stale_queued++;
+        } else {
+            tmp[keep++] = g;
+        }
+    }
+    for (size_t i = 0; i < keep; i++) b->queue[i] = tmp[i];
+    b->q_head = 0;
+    b->q_len = keep;
+    free(tmp);
+}
+
+static broker_peer *next_updater(broker *b, const int *skip) {
+    for (size_t k = 0; k < b->n_peers; k++) {
+        size_t i = (b->rr_updater + k) % b->n_peers;
+        broker_peer *p = &b->peers[i];
+        if (p->role == WIRE_ROLE_UPDATER && p->connected && p->alive && p->credit > 0 && !skip[i]) {
+            b->rr_updater = i + 1;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void serve_parked(broker *b);
+
+static void deliver(broker *b) {
+    int *skip = calloc(b->n_peers + 1, sizeof *skip);
+    if (!skip) return;
+    while (b->q_len) {
+        queued_group *g = &b->queue[b->q_head];
+        if (lag_of(b, g->policy_version) > b->cfg.max_staleness) {
+            close_msgs(g->msgs, g->n);
+            queue_pop(b);
+            b->ct.dropped_stale_delivery++;
+            continue;
+        }
+        broker_peer *u = next_updater(b, skip);
+        if (!u) break;
+        int rc = send_msgs(b, u, g->msgs, g->n, 0);
+        if (rc) {
+            skip[u - b->peers] = 1;
+            if (rc == -EHOSTUNREACH) peer_release(b, u);
+            continue;
+        }
+        free(g->msgs);
+        queue_pop(b);
+        u->credit--;
+        u->groups_out++;
+        b->ct.groups_delivered++;
+    }
+    free(skip);
+    serve_parked(b);
+}
+
+/* ---------------------------------------------------------------- prompts */
+
+static uint32_t grantable(const broker *b) {
+    if (b->paused || b->stop_requested || !b->sel) return 0;
+    uint64_t used = b->q_len;
+    for (size_t i = 0; i < b->n_peers; i++) used += b->peers[i].outstanding;
+    return used >= b->cfg.queue_capacity ? 0 : (uint32_t)(b->cfg.queue_capacity - used);
+}
+
+/* Serves up to n prompts; returns 1 if served, 0 if it must wait. */
+static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_t n) {
+    uint32_t g = grantable(b);
+    if (g == 0) return 0;
+    if (n > g) n = g;
+    size_t *idx = calloc(n, sizeof *idx);
+    wire_prompt *pr = calloc(n, sizeof *pr);
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int served = 0;
+    if (!idx || !pr) goto out;
+    if (prompt_selector_next(b->sel, n, idx, &e) != 0) {
+        blog("prompt selector failed: %s: %s", e.where, e.msg);
+        goto out;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const prompt_record *r = prompt_dataset_get(b->ds, idx[i]);
+        pr[i].id = (char *)r->id;
+        pr[i].text = (char *)r->prompt;
+        pr[i].index = idx[i];
+        pr[i].record = r->record;
+    }
+    wire_prompt_batch batch = {request_id, b->newest_version, n, pr};
+    wire_out o;
+    if (wire_encode_prompt_batch(&batch, &o, &e) != 0) {
+        blog("cannot encode a prompt batch: %s", e.msg);
+        goto out;
+    }
+    if (send_out(b, p, &o) == 0) {
+        p->outstanding += n;
+        b->ct.prompts_served += n;
+        served = 1;
+    } else {
+        served = 1; /* peer gone or its pipe is full: drop the request rather than spin on it */
+        b->ct.prompt_batches_expired++;
+    }
+    wire_out_free(&o);
+out:
+    free(idx);
+    free(pr);
+    return served;
+}
+
+static void serve_parked(broker *b) {
+    size_t j = 0;
+    for (size_t i = 0; i < b->n_parked; i++) {
+        parked_request *r = &b->parked[i];
+        broker_peer *p = &b->peers[r->peer];
+        if (!p->connected || !p->alive) continue;
+        if (grantable(b) > 0 && serve_prompts(b, p, r->request_id, r->n)) continue;
+        b->parked[j++] = *r;
+    }
+    b->n_parked = j;
+}
+
+static void park(broker *b, broker_peer *p, uint64_t request_id, uint32_t n) {
+    int idx = (int)(p - b->peers);
+    for (size_t i = 0; i < b->n_parked; i++)
+        if (b->parked[i].peer == idx) { /* a retried request replaces the held one */
+            b->parked[i].request_id = request_id;
+            b->parked[i].n = n;
+            return;
+        }
+    if (b->n_parked == b->cap_parked) {
+        size_t cap = b->cap_parked ? b->cap_parked * 2 : 16;
+        parked_request *np = realloc(b->parked, cap * sizeof *np);
+        if (!np) return;
+        b->parked = np;
+        b->cap_parked = cap;
+    }
+    b->parked[b->n_parked++] = (parked_request){idx, request_id, n, rlhf_now()};
+    b->ct.prompt_requests_deferred++;
+}
+
+/* ---------------------------------------------------------------- message handlers */
+
+static void count_reject(broker *b, int reason, const rlhf_error *e) {
+    if (reason > 0 && reason < WIRE_R_END) b->ct.rejected[reason]++;
+    uint64_t total = 0;
+    for (int i = 0; i < WIRE_R_END; i++) total += b->ct.rejected[i];
+    if (total <= 50 || (total & (total - 1)) == 0) /* log the first ones, then sparsely */
+        blog("rejected a message (%s): %s: %s", wire_reason_name(reason), e->where, e->msg);
+}
+
+static void on_hello(broker *b, const wire_frame *rid, const wire_msg *m) {
+    wire_hello h;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int reason = 0;
+    if (wire_decode_hello(m, &h, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        reply_error(b, rid, wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
+        return;
+    }
+    if (rid->len > BROKER_MAX_ROUTING_ID) return;
+    broker_peer *p = peer_by_id(b, h.peer_id);
+    if (!p) {
+        if (b->n_peers == b->cap_peers) {
+            size_t cap = b->cap_peers ? b->cap_peers * 2 : 16;
+            broker_peer *np = realloc(b->peers, cap * sizeof *np);
+            if (!np) return;
+            b->peers = np;
+            b->cap_peers = cap;
+        }
+        p = &b->peers[b->n_peers++];
+        memset(p, 0, sizeof *p);
+        snprintf(p->id, sizeof p->id, "%s", h.peer_id);
+        blog("peer %s joined as %s (pid %lld)", h.peer_id, wire_role_name(h.role), (long long)h.pid);
+    } else {
+        /* Same peer id again: a restarted process. What the old one held is released. */
+        peer_release(b, p);
+        p->restarts++;
+        blog("peer %s rejoined as %s (pid %lld, restart %llu)", h.peer_id, wire_role_name(h.role), (long long)h.pid,
+             (unsigned long long)p->restarts);
+    }
+    p->role = h.role;
+    p->pid = h.pid;
+    memcpy(p->rid, rid->data, rid->len);
+    p->rid_len = rid->len;
+    p->connected = 1;
+    p->has_sent = p->has_acked = 0;
+    p->sent_version = p->acked_version = 0;
+    snprintf(p->state, sizeof p->state, "joined");
+    p->alive = 0;
+    touch(b, p);
+    wire_welcome w = {b->newest_version, b->has_weights && h.role == WIRE_ROLE_GENERATOR, b->cfg.heartbeat_interval_ms,
+                      b->cfg.max_staleness};
+    wire_out o;
+    if (wire_encode_welcome(&w, &o, NULL) == 0) {
+        send_out(b, p, &o);
+        wire_out_free(&o);
+    }
+    offer_weights(b, p); /* a (re)joining generator gets the newest version at once */
+}
+
+static void on_rollout_group(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m) {
+    wire_rollout_group g;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int reason = 0;
+    b->ct.groups_received++;
+    if (wire_decode_rollout_group(m, &g, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        reply_error(b, &rx->views[0], wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
+        return;
+    }
+    if (p->outstanding) p->outstanding--;
+    if (strcmp(g.generator_id, p->id) != 0) {
+        b->ct.rejected_unexpected++;
+        reply_error(b, &rx->views[0], "generator_id_mismatch", 0, "group says generator \"%s\", peer is \"%s\"",
+                    g.generator_id, p->id);
+        wire_rollout_group_free(&g);
+        return;
+    }
+    uint64_t pv = g.policy_version;
+    wire_rollout_group_free(&g);
+    if (pv > b->newest_version) {
+        b->ct.rejected_future_version++;
+        reply_error(b, &rx->views[0], "future_version", 0, "policy_version %llu is newer than the newest published %llu",
+                    (unsigned long long)pv, (unsigned long long)b->newest_version);
+        return;
+    }
+    if (lag_of(b, pv) > b->cfg.max_staleness) {
+        b->ct.dropped_stale_accept++;
+        return;
+    }
+    /* Hard bound against a peer that ignores grants: the queue never exceeds twice its capacity. */
+    if (b->q_len >= 2 * (size_t)b->cfg.queue_capacity) {
+        b->ct.rejected_queue_overflow++;
+        reply_error(b, &rx->views[0], "queue_overflow", 0, "broker queue holds %zu groups (capacity %u): "
+                    "send groups only for granted prompts", b->q_len, b->cfg.queue_capacity);
+        return;
+    }
+    if (b->log) {
+        rlhf_error le;
+        rlhf_error_clear(&le);
+        if (replay_writer_append(b->log, rx->views + 1, rx->n - 1, NULL, &le) != 0) {
+            b->ct.replay_errors++;
+            blog("replay log append failed: %s: %s", le.where, le.msg);
+        } else {
+            b->ct.replay_records++;
+        }
+    }
+    if (b->q_len == b->q_cap) {
+        size_t cap = b->q_cap ? b->q_cap * 2 : 64;
+        queued_group *nq = malloc(cap * sizeof *nq);
+        if (!nq) return;
+        for (size_t i = 0; i < b->q_len; i++) nq[i] = b->queue[(b->q_head + i) % b->q_cap];
+        free(b->queue);
+        b->queue = nq;
+        b->q_head = 0;
+        b->q_cap = cap;
+    }
+    queued_group *q = &b->queue[(b->q_head + b->q_len) % b->q_cap];
+    q->n = rx->n - 1;
+    q->msgs = malloc(q->n * sizeof(zmq_msg_t));
+    if (!q->msgs) return;
+    zmq_msg_t *src = rx->msgs, *dst = q->msgs;
+    q->bytes = 0;
+    for (size_t i = 0; i < q->n; i++) {
+        zmq_msg_init(&dst[i]);
+        zmq_msg_move(&dst[i], &src[i + 1]);
+        q->bytes += zmq_msg_size(&dst[i]);
+    }
+    q->policy_version = pv;
+    b->q_len++;
+    b->q_bytes += q->bytes;
+    p->groups_in++;
+    b->ct.groups_accepted++;
+    if (b->q_len > b->ct.queue_max_depth) b->ct.queue_max_depth = b->q_len;
+    if (b->q_bytes > b->ct.queue_max_bytes) b->ct.queue_max_bytes = b->q_bytes;
+    deliver(b);
+}
+
+static void on_weights(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m) {
+    wire_weights w;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int reason = 0;
+    if (wire_decode_weights_header(m, &w, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        reply_error(b, &rx->views[0], wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
+        return;
+    }
+    uint64_t v = w.version;
+    wire_weights_free(&w);
+    if (b->has_weights ? v <= b->newest_version : v < b->newest_version) {
+        b->ct.rejected_old_weights++;
+        reply_error(b, &rx->views[0], "weights_not_newer", 0, "weights version %llu is not newer than %llu",
+                    (unsigned long long)v, (unsigned long long)b->newest_version);
+        return;
+    }
+    if (b->has_weights) close_msgs(b->w_msgs, b->w_n);
+    b->w_n = rx->n - 1;
+    b->w_msgs = malloc(b->w_n * sizeof(zmq_msg_t));
+    zmq_msg_t *src = rx->msgs, *dst = b->w_msgs;
+    for (size_t i = 0; i < b->w_n; i++) {
+        zmq_msg_init(&dst[i]);
+        zmq_msg_move(&dst[i], &src[i + 1]);
+    }
+    b->has_weights = 1;
+    b->newest_version = v;
+    b->ct.weights_received++;
+    (void)p;
+    for (size_t i = 0; i < b->n_peers; i++) offer_weights(b, &b->peers[i]);
+    purge_stale(b);
+    deliver(b);
+}
+
+static void on_prompt_stats(broker *b, const wire_msg *m, const wire_frame *rid) {
+    wire_prompt_stats s;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int reason = 0;
+    if (wire_decode_prompt_stats(m, &s, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        reply_error(b, rid, wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
+        return;
+    }
+    b->ct.prompt_stats_received++;
+    if (b->sel) {
+        prompt_stats ps = {s.prompt_id, (int)s.k, (int)s.n_sources, s.rewards, s.total, s.policy_version};
+        if (prompt_selector_update(b->sel, &ps, &e) != 0) {
+            b->ct.rejected_prompt_stats++;
+            if (b->ct.rejected_prompt_stats <= 20) blog("prompt stats rejected by the selector: %s: %s", e.where, e.msg);
+        }
+    }
+    wire_prompt_stats_free(&s);
+}
+
+static void handle(broker *b, wire_rx *rx) {
+    if (rx->n < 2) return; /* only a routing id: nothing to say */
+    const wire_frame *rid = &rx->views[0];
+    b->ct.msgs_in++;
+    for (size_t i = 1; i < rx->n; i++) b->ct.bytes_in += rx->views[i].len;
+    wire_msg m;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int reason = 0;
+    if (wire_parse(rx->views + 1, rx->n - 1, &m, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        reply_error(b, rid, wire_reason_name(reason), reason == WIRE_R_VERSION ? m.version : 0, "%s: %s", e.where,
+                    e.msg);
+        return;
+    }
+    broker_peer *p = peer_by_rid(b, rid);
+    if (p) touch(b, p);
+    switch (m.type) {
+    case WIRE_HELLO: on_hello(b, rid, &m); break;
+    case WIRE_HEARTBEAT: {
+        wire_heartbeat h;
+        if (wire_decode_heartbeat(&m, &h, &reason, &e) != 0) {
+            count_reject(b, reason, &e);
+            break;
+        }
+        b->ct.heartbeats++;
+        broker_peer *hp = peer_by_id(b, h.peer_id);
+        if (hp) {
+            touch(b, hp);
+            snprintf(hp->state, sizeof hp->state, "%s", h.state);
+        }
+        break;
+    }
+    case WIRE_STATS_REQUEST: {
+        json_t *s = broker_stats(b);
+        wire_out o;
+        if (wire_encode_stats(s, &o, NULL) == 0) {
+            reply_raw(b, rid, &o);
+            wire_out_free(&o);
+        }
+        json_decref(s);
+        break;
+    }
+    case WIRE_CONTROL: {
+        wire_control c;
+        if (wire_decode_control(&m, &c, &reason, &e) != 0) {
+            count_reject(b, reason, &e);
+            break;
+        }
+        blog("CONTROL %s from %s: %s", c.command == WIRE_CONTROL_STOP ? "stop" : c.command == WIRE_CONTROL_PAUSE ? "pause" : "resume",
+             p ? p->id : "an anonymous peer", c.reason);
+        if (c.command == WIRE_CONTROL_STOP) b->stop_requested = 1;
+        else if (c.command == WIRE_CONTROL_PAUSE) b->paused = 1;
+        else {
+            b->paused = 0;
+            serve_parked(b);
+        }
+        break;
+    }
+    default:
+        if (!p) {
+            b->ct.rejected_no_hello++;
+            reply_error(b, rid, "no_hello", 0, "%s before HELLO", wire_type_name(m.type));
+            break;
+        }
+        switch (m.type) {
+        case WIRE_PROMPT_REQUEST: {
+            wire_prompt_request r;
+            if (wire_decode_prompt_request(&m, &r, &reason, &e) != 0) {
+                count_reject(b, reason, &e);
+                reply_error(b, rid, wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
+                break;
+            }
+            if (p->role != WIRE_ROLE_GENERATOR) {
+                b->ct.rejected_wrong_role++;
+                break;
+            }
+            b->ct.prompt_requests++;
+            if (!b->sel) {
+                reply_error(b, rid, "no_dataset", 0, "this broker serves no prompts (broker.dataset is empty)");
+                break;
+            }
+            if (!serve_prompts(b, p, r.request_id, r.n)) park(b, p, r.request_id, r.n);
+            break;
+        }
+        case WIRE_ROLLOUT_GROUP:
+            if (p->role != WIRE_ROLE_GENERATOR) {
+                b->ct.rejected_wrong_role++;
+                break;
+            }
+            on_rollout_group(b, p, rx, &m);
+            break;
+        case WIRE_CREDIT: {
+            wire_credit c;
+            if (wire_decode_credit(&m, &c, &reason, &e) != 0) {
+                count_reject(b, reason, &e);
+                break;
+            }
+            if (p->role != WIRE_ROLE_UPDATER) {
+                b->ct.rejected_wrong_role++;
+                break;
+            }
+            p->credit += c.n;
+            deliver(b);
+            break;
+        }
+        case WIRE_WEIGHTS:
+            if (p->role != WIRE_ROLE_UPDATER) {
+                b->ct.rejected_wrong_role++;
+                break;
+            }
+            on_weights(b, p, rx, &m);
+            break;
+        case WIRE_WEIGHTS_ACK: {
+            uint64_t v;
+            if (wire_decode_weights_ack(&m, &v, &reason, &e) != 0) {
+                count_reject(b, reason, &e);
+                break;
+            }
+            if (!p->has_acked || v > p->acked_version) p->acked_version = v;
+            p->has_acked = 1;
+            offer_weights(b, p);
+            break;
+        }
+        case WIRE_PROMPT_STATS: on_prompt_stats(b, &m, rid); break;
+        default:
+            b->ct.rejected_unexpected++;
+            reply_error(b, rid, "unexpected_type", 0, "the broker does not accept %s", wire_type_name(m.type));
+        }
+    }
+    wire_msg_release(&m);
+}
+
+/* ---------------------------------------------------------------- stats */
+
+json_t *broker_stats(const broker *b) {
+    const broker_counters *c = &b->ct;
+    uint64_t outstanding = 0;
+    for (size_t i = 0; i < b->n_peers; i++) outstanding += b->peers[i].outstanding;
+    json_t *s = json_object();
+    json_object_set_new(s, "uptime_s", json_real(rlhf_now() - b->started));
+    json_object_set_new(s, "policy_version", json_integer((json_int_t)b->newest_version));
+    json_object_set_new(s, "has_weights", json_boolean(b->has_weights));
+    json_object_set_new(s, "paused", json_boolean(b->paused));
+#define SETI(k, v) json_object_set_new(s, k, json_integer((json_int_t)(v)))
+    SETI("queue/depth", b->q_len);
+    SETI("queue/bytes", b->q_bytes);
+    SETI("queue/capacity", b->cfg.queue_capacity);
+    SETI("queue/max_depth", c->queue_max_depth);
+    SETI("queue/max_bytes", c->queue_max_bytes);
+    SETI("prompts/outstanding", outstanding);
+    SETI("prompts/parked", b->n_parked);
+    SETI("prompts/requests", c->prompt_requests);
+    SETI("prompts/served", c->prompts_served);
+    SETI("prompts/deferred", c->prompt_requests_deferred);
+    SETI("prompts/expired", c->prompt_batches_expired);
+    SETI("groups/received", c->groups_received);
+    SETI("groups/accepted", c->groups_accepted);
+    SETI("groups/delivered", c->groups_delivered);
+    SETI("groups/dropped_stale", c->dropped_stale_accept + c->dropped_stale_queued + c->dropped_stale_delivery);
+    SETI("groups/dropped_stale_accept", c->dropped_stale_accept);
+    SETI("groups/dropped_stale_queued", c->dropped_stale_queued);
+    SETI("groups/dropped_stale_delivery", c->dropped_stale_delivery);
+    uint64_t rej = 0;
+    for (int i = 1; i < WIRE_R_END; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "rejected/%s", wire_reason_name(i));
+        SETI(k, c->rejected[i]);
+        rej += c->rejected[i];
+    }
+    SETI("rejected/future_version", c->rejected_future_version);
+    SETI("rejected/no_hello", c->rejected_no_hello);
+    SETI("rejected/unexpected", c->rejected_unexpected);
+    SETI("rejected/wrong_role", c->rejected_wrong_role);
+    SETI("rejected/queue_overflow", c->rejected_queue_overflow);
+    SETI("rejected/weights_not_newer", c->rejected_old_weights);
+    rej += c->rejected_future_version + c->rejected_no_hello + c->rejected_unexpected + c->rejected_wrong_role +
+           c->rejected_queue_overflow + c->rejected_old_weights;
+    SETI("rejected/total", rej);
+    SETI("weights/received", c->weights_received);
+    SETI("weights/sends", c->weights_sends);
+    SETI("weights/sends_deferred", c->weights_send_skipped);
+    SETI("prompt_stats/received", c->prompt_stats_received);
+    SETI("prompt_stats/rejected", c->rejected_prompt_stats);
+    SETI("heartbeats", c->heartbeats);
+    SETI("msgs/in", c->msgs_in);
+    SETI("bytes/in", c->bytes_in);
+    SETI("bytes/out", c->bytes_out);
+    SETI("replay/records", c->replay_records);
+    SETI("replay/errors", c->replay_errors);
+#undef SETI
+    json_t *peers = json_array();
+    double now = rlhf_now();
+    for (size_t i = 0; i < b->n_peers; i++) {
+        const broker_peer *p = &b->peers[i];
+        json_t *jp = json_pack("{sssssbsbsssfsIsIsIsIsIsI}", "id", p->id, "role", wire_role_name(p->role), "alive",
+                               p->alive, "connected", p->connected, "state", p->state, "silent_s", now - p->last_seen,
+                               "pid", (json_int_t)p->pid, "credit", (json_int_t)p->credit, "outstanding",
+                               (json_int_t)p->outstanding, "groups", (json_int_t)(p->groups_in + p->groups_out),
+                               "weights_version", (json_int_t)(p->has_sent ? p->sent_version : 0), "restarts",
+                               (json_int_t)p->restarts);
+        json_array_append_new(peers, jp);
+    }
+    json_object_set_new(s, "peers", peers);
+    return s;
+}
+
+/* ---------------------------------------------------------------- loop */
+
+static void check_liveness(broker *b) {
+    double now = rlhf_now(), timeout = b->cfg.heartbeat_timeout_ms / 1000.0;
+    for (size_t i = 0; i < b->n_peers; i++) {
+        broker_peer *p = &b->peers[i];
+        if (p->alive && now - p->last_seen > timeout) {
+            p->alive = 0;
+            snprintf(p->state, sizeof p->state, "dead");
+            blog("peer %s (%s) is dead: silent for %.1f s; releasing %u granted prompts, %u credit", p->id,
+                 wire_role_name(p->role), now - p->last_seen, p->outstanding, p->credit);
+            peer_release(b, p);
+        }
+    }
+}
+
+static void broadcast_stop(broker *b, const char *why) {
+    wire_control c = {WIRE_CONTROL_STOP, ""};
+    snprintf(c.reason, sizeof c.reason, "%s", why);
+    wire_out o;
+    if (wire_encode_control(&c, &o, NULL) != 0) return;
+    for (size_t i = 0; i < b->n_peers; i++)
+        if (b->peers[i].connected) send_out(b, &b->peers[i], &o);
+    wire_out_free(&o);
+}
+
+int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
+    wire_rx rx = {0};
+    double next_stats = rlhf_now() + b->cfg.stats_interval_ms / 1000.0, next_live = rlhf_now();
+    int rc = 0;
+    while (!b->stop_requested && !(stop && *stop)) {
+        zmq_pollitem_t it = {b->router, 0, ZMQ_POLLIN, 0};
+        int n = zmq_poll(&it, 1, 100);
+        if (n < 0 && errno != EINTR) {
+            rc = RLHF_FAIL(err, RLHF_EIO, "zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        /* Drain what is there, but come back to housekeeping at least every 256 messages. */
+        for (int i = 0; i < 256 && !b->stop_requested; i++) {
+            int r = wire_rx_recv(b->router, &rx, ZMQ_DONTWAIT, err);
+            if (r < 0) {
+                rc = r;
+                goto out;
+            }
+            if (r == 0) break;
+            handle(b, &rx);
+        }
+        double now = rlhf_now();
+        if (now >= next_live) {
+            check_liveness(b);
+            serve_parked(b);
+            deliver(b);
+            next_live = now + 0.05;
+        }
+        if (b->cfg.stats_interval_ms && now >= next_stats) {
+            json_t *s = broker_stats(b);
+            char *line = json_dumps(s, JSON_COMPACT);
+            blog("stats %s", line ? line : "{}");
+            free(line);
+            json_decref(s);
+            next_stats = now + b->cfg.stats_interval_ms / 1000.0;
+        }
+    }
+out:
+    wire_rx_free(&rx);
+    blog("stopping (%s): accepted %llu, delivered %llu, dropped stale %llu, queued %zu",
+         b->stop_requested ? "CONTROL stop" : (stop && *stop) ? "signal" : "error",
+         (unsigned long long)b->ct.groups_accepted, (unsigned long long)b->ct.groups_delivered,
+         (unsigned long long)(b->ct.dropped_stale_accept + b->ct.dropped_stale_queued + b->ct.dropped_stale_delivery),
+         b->q_len);
+    broadcast_stop(b, b->stop_requested ? "CONTROL stop" : "broker shutting down");
+    if (b->log) {
+        rlhf_error le;
+        rlhf_error_clear(&le);
+        if (replay_writer_sync(b->log, &le) != 0) {
+            if (!rc) rc = rlhf_error_set(err, le.code, le.where, "%s", le.msg);
+        }
+    }
+    return rc;
+}

@@ -1,0 +1,148 @@
+/* broker/broker.h — the broker (ZeroMQ hub) and what other processes use to talk to it.
+ *
+ * Three parts:
+ *   1. the broker itself (config, create/run/destroy) — the `rlhf broker` process;
+ *   2. the CLIENT API used by generators and updaters, so they never touch raw sockets:
+ *      blocking calls with timeouts, heartbeats sent from a background thread so a process busy
+ *      with heavy compute stays alive in the broker's eyes;
+ *   3. the replay log: writer (the broker) and reader (replay-cat, offline updater training).
+ * docs/BROKER.md specifies the protocol, flow control, staleness and the replay log format. */
+#ifndef RLHF_BROKER_H
+#define RLHF_BROKER_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "common/common.h"
+#include "common/wire.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- broker config */
+
+typedef enum broker_fsync { BROKER_FSYNC_ALWAYS = 0, BROKER_FSYNC_EVERY_N = 1, BROKER_FSYNC_NEVER = 2 } broker_fsync;
+
+/* The run config's "broker" object. Every key is optional (defaults in docs/BROKER.md); unknown keys
+ * and wrong types are errors naming the JSON path, e.g. "broker.max_staleness". */
+typedef struct broker_config {
+    char endpoint[256];             /* "endpoint": ROUTER bind address, tcp://127.0.0.1:5555 */
+    uint32_t max_staleness;         /* "max_staleness": lag bound in weight versions (0 = synchronous) */
+    uint32_t queue_capacity;        /* "queue_capacity": groups queued + granted-but-not-returned */
+    uint64_t initial_version;       /* "initial_version": policy version before any WEIGHTS */
+    char replay_path[4096];         /* "replay.path": relative to the run dir; "" disables the log */
+    int replay_fsync;               /* "replay.fsync": "always" | "every_n" | "never" */
+    uint32_t replay_fsync_every;    /* "replay.fsync_every" (every_n) */
+    uint64_t replay_rotate_bytes;   /* "replay.rotate_bytes": start a new segment past this size; 0 = never */
+    uint32_t heartbeat_interval_ms; /* "heartbeat_interval_ms": what clients are told to use */
+    uint32_t heartbeat_timeout_ms;  /* "heartbeat_timeout_ms": silent this long = dead */
+    uint32_t stats_interval_ms;     /* "stats_interval_ms": counters line on stderr; 0 = off */
+    char dataset[4096];             /* "dataset": prompts JSONL (relative paths: to the cwd); "" = no prompts */
+    json_t *selector;               /* "selector": prompts selector config (owned), NULL = uniform */
+    uint64_t seed;                  /* "seed" for the selector */
+} broker_config;
+
+void broker_config_defaults(broker_config *c);
+/* Parses `obj` (the "broker" object; NULL = all defaults). `path` names it in errors ("broker"). */
+int broker_config_parse(broker_config *c, const json_t *obj, const char *path, rlhf_error *err);
+void broker_config_release(broker_config *c);
+
+/* ---------------------------------------------------------------- the broker */
+
+typedef struct broker broker;
+
+/* Binds the endpoint (error naming it when it cannot), opens/recovers the replay log under run_dir,
+ * loads the dataset and selector. */
+int broker_create(broker **out, const broker_config *cfg, const char *run_dir, rlhf_error *err);
+/* Serves until *stop becomes non-zero (a signal handler sets it) or a CONTROL stop arrives; then
+ * tells every peer to stop and flushes the replay log. */
+int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err);
+/* Counters snapshot (new reference): see docs/BROKER.md "Counters". */
+json_t *broker_stats(const broker *b);
+void broker_destroy(broker **b);
+
+/* ---------------------------------------------------------------- client API */
+
+typedef struct broker_client broker_client;
+
+/* Connects and handshakes (HELLO -> WELCOME) within timeout_ms. No broker in time: RLHF_ETIMEOUT naming
+ * the endpoint; a broker speaking another protocol version: RLHF_EPROTO naming both versions. */
+int broker_client_connect(broker_client **out, const char *endpoint, int role, const char *peer_id, int timeout_ms,
+                          rlhf_error *err);
+/* Flushes queued sends (up to 2 s) and closes. */
+void broker_client_close(broker_client **c);
+const wire_welcome *broker_client_welcome(const broker_client *c);
+/* 1 once the broker said CONTROL stop (every blocking call then returns RLHF_ESTATE). */
+int broker_client_stopped(const broker_client *c);
+/* Free-form state string shown in the broker's per-peer report ("generating", "training"). */
+void broker_client_set_state(broker_client *c, const char *state);
+
+/* generator side */
+/* Asks for up to n prompts; blocks until a batch arrives (the broker withholds it while its queue is
+ * full: that is the backpressure) or timeout_ms passes (RLHF_ETIMEOUT). A batch may hold fewer than n. */
+int broker_client_request_prompts(broker_client *c, uint32_t n, wire_prompt_batch *out, int timeout_ms,
+                                  rlhf_error *err);
+int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf_error *err);
+/* Newest weights received and not yet returned: 1 and fills *out (free with wire_weights_free), or 0
+ * when none arrived within timeout_ms (0 = just check). Verified (CRC, tensor table) before returning. */
+int broker_client_poll_weights(broker_client *c, wire_weights *out, int timeout_ms, rlhf_error *err);
+
+/* updater side */
+int broker_client_grant_credit(broker_client *c, uint32_t n, rlhf_error *err);
+/* Next delivered group: 1 and fills *out (wire_rollout_group_free), or 0 after timeout_ms. */
+int broker_client_recv_group(broker_client *c, wire_rollout_group *out, int timeout_ms, rlhf_error *err);
+int broker_client_publish_weights(broker_client *c, const wire_weights *w, rlhf_error *err);
+int broker_client_send_prompt_stats(broker_client *c, const wire_prompt_stats *st, rlhf_error *err);
+
+/* anyone */
+int broker_client_control(broker_client *c, int command, const char *reason, rlhf_error *err);
+/* Counters snapshot from the broker (new reference in *out). */
+int broker_client_get_stats(broker_client *c, json_t **out, int timeout_ms, rlhf_error *err);
+
+/* ---------------------------------------------------------------- replay log */
+
+/* Where a record starts: segment number (0 = PATH, i = PATH.i) and byte offset in it. */
+typedef struct replay_pos {
+    uint32_t segment;
+    uint64_t offset;
+} replay_pos;
+
+typedef struct replay_writer replay_writer;
+typedef struct replay_writer_opts {
+    int fsync_policy;      /* broker_fsync */
+    uint32_t fsync_every;  /* BROKER_FSYNC_EVERY_N */
+    uint64_t rotate_bytes; /* 0 = never rotate */
+} replay_writer_opts;
+
+/* Opens PATH's newest segment for append (creating PATH). A torn last record is cut off; its
+ * position and size are reported through *torn_pos / *torn_bytes (may be NULL; bytes 0 = none). */
+int replay_writer_open(replay_writer **out, const char *path, const replay_writer_opts *opts, replay_pos *torn_pos,
+                       uint64_t *torn_bytes, rlhf_error *err);
+/* Appends one message (frames = header, metadata, payloads) as a record. */
+int replay_writer_append(replay_writer *w, const wire_frame *frames, size_t n, replay_pos *pos, rlhf_error *err);
+int replay_writer_append_group(replay_writer *w, const wire_rollout_group *g, replay_pos *pos, rlhf_error *err);
+int replay_writer_sync(replay_writer *w, rlhf_error *err);
+uint64_t replay_writer_records(const replay_writer *w);
+/* fsync + close. */
+int replay_writer_close(replay_writer **w, rlhf_error *err);
+
+typedef struct replay_reader replay_reader;
+/* A file that is not a replay log: RLHF_ECORRUPT naming the file and offset. */
+int replay_reader_open(replay_reader **out, const char *path, rlhf_error *err);
+/* 1: next record decoded into *g (wire_rollout_group_free) with its position; 0: end of log;
+ * < 0: a corrupt record in the middle of a segment (error names file and offset). A torn last
+ * record of a segment is skipped and remembered (replay_reader_torn). */
+int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos, rlhf_error *err);
+/* Continue from a position previously returned by next (e.g. from a checkpoint). */
+int replay_reader_seek(replay_reader *r, replay_pos pos, rlhf_error *err);
+/* Number of torn tails skipped so far; the last one's position and size. */
+int replay_reader_torn(const replay_reader *r, replay_pos *pos, uint64_t *bytes);
+void replay_reader_close(replay_reader **r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

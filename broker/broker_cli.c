@@ -1,0 +1,165 @@
+/* broker/broker_cli.c — `rlhf broker` (also rlhf-broker) and `rlhf replay-cat`. */
+#include "broker/broker.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+static volatile sig_atomic_t g_stop_signal; /* set by the signal handler only */
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop_signal = 1;
+}
+
+static void broker_usage(FILE *f) {
+    fprintf(f,
+            "usage: rlhf broker --config RUN_CONFIG.json [--run-dir DIR] [--endpoint URL]\n"
+            "  Runs the broker with the run config's \"broker\" section (docs/BROKER.md).\n"
+            "  --run-dir DIR   where the replay log goes (default: .)\n"
+            "  --endpoint URL  overrides broker.endpoint\n"
+            "  Stops cleanly on SIGINT/SIGTERM or a CONTROL stop, flushing the replay log.\n");
+}
+
+int cmd_broker(int argc, char **argv) {
+    const char *config = NULL, *run_dir = ".", *endpoint = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            broker_usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+            config = argv[++i];
+        } else if (!strcmp(argv[i], "--run-dir") && i + 1 < argc) {
+            run_dir = argv[++i];
+        } else if (!strcmp(argv[i], "--endpoint") && i + 1 < argc) {
+            endpoint = argv[++i];
+        } else {
+            fprintf(stderr, "rlhf broker: error: unknown or incomplete argument '%s'\n", argv[i]);
+            broker_usage(stderr);
+            return 2;
+        }
+    }
+    rlhf_error err;
+    rlhf_error_clear(&err);
+    broker_config cfg;
+    broker_config_defaults(&cfg);
+    if (config) {
+        json_error_t je;
+        json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES, &je);
+        if (!root) {
+            fprintf(stderr, "rlhf broker: error: %s:%d: %s\n", config, je.line, je.text);
+            return 1;
+        }
+        if (!json_is_object(root)) {
+            fprintf(stderr, "rlhf broker: error: %s: the run config must be a JSON object\n", config);
+            json_decref(root);
+            return 1;
+        }
+        int rc = broker_config_parse(&cfg, json_object_get(root, "broker"), "broker", &err);
+        json_decref(root);
+        if (rc) {
+            char where[sizeof err.where];
+            snprintf(where, sizeof where, "%s", err.where);
+            snprintf(err.where, sizeof err.where, "%.*s: %.*s", 120, config, 120, where);
+            rlhf_error_print("rlhf broker", &err);
+            return 1;
+        }
+    }
+    if (endpoint) snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    broker *b = NULL;
+    int rc = broker_create(&b, &cfg, run_dir, &err);
+    broker_config_release(&cfg);
+    if (rc) {
+        rlhf_error_print("rlhf broker", &err);
+        return 1;
+    }
+    rc = broker_run(b, &g_stop_signal, &err);
+    json_t *s = broker_stats(b);
+    char *line = json_dumps(s, JSON_COMPACT);
+    fprintf(stderr, "[broker] final stats %s\n", line ? line : "{}");
+    free(line);
+    json_decref(s);
+    broker_destroy(&b);
+    if (rc) {
+        rlhf_error_print("rlhf broker", &err);
+        return 1;
+    }
+    return 0;
+}
+
+int cmd_replay_cat(int argc, char **argv) {
+    const char *path = NULL;
+    int meta_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            printf("usage: rlhf replay-cat [--meta] LOG\n"
+                   "  Prints every rollout group of a replay log (and its later segments LOG.1, LOG.2, ...)\n"
+                   "  as one JSON object per line. --meta leaves out token ids and log-probs.\n");
+            return 0;
+        } else if (!strcmp(argv[i], "--meta")) {
+            meta_only = 1;
+        } else if (!path && argv[i][0] != '-') {
+            path = argv[i];
+        } else {
+            fprintf(stderr, "rlhf replay-cat: error: unexpected argument '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "rlhf replay-cat: error: missing LOG (rlhf replay-cat --help)\n");
+        return 2;
+    }
+    rlhf_error err;
+    rlhf_error_clear(&err);
+    replay_reader *r;
+    if (replay_reader_open(&r, path, &err) != 0) {
+        rlhf_error_print("rlhf replay-cat", &err);
+        return 1;
+    }
+    wire_rollout_group g;
+    replay_pos pos;
+    int rc;
+    uint64_t n = 0;
+    while ((rc = replay_reader_next(r, &g, &pos, &err)) == 1) {
+        json_t *o = wire_rollout_group_to_json(&g);
+        if (meta_only) {
+            json_t *samples = json_object_get(o, "samples");
+            size_t i;
+            json_t *s;
+            json_array_foreach(samples, i, s) {
+                json_object_set_new(s, "n_tokens", json_integer((json_int_t)json_array_size(json_object_get(s, "tokens"))));
+                json_object_del(s, "tokens");
+                json_object_del(s, "logprobs");
+            }
+            json_object_del(o, "prompt_tokens");
+        }
+        json_object_set_new(o, "log_segment", json_integer(pos.segment));
+        json_object_set_new(o, "log_offset", json_integer((json_int_t)pos.offset));
+        char *line = json_dumps(o, JSON_COMPACT);
+        if (line) puts(line);
+        free(line);
+        json_decref(o);
+        wire_rollout_group_free(&g);
+        n++;
+    }
+    replay_pos tp;
+    uint64_t tb;
+    int torn = replay_reader_torn(r, &tp, &tb);
+    replay_reader_close(&r);
+    if (torn)
+        fprintf(stderr, "rlhf replay-cat: warning: %s: skipped a torn last record (%llu bytes at segment %u offset %llu)\n",
+                path, (unsigned long long)tb, tp.segment, (unsigned long long)tp.offset);
+    if (rc < 0) {
+        rlhf_error_print("rlhf replay-cat", &err);
+        return 1;
+    }
+    fprintf(stderr, "rlhf replay-cat: %llu records\n", (unsigned long long)n);
+    return 0;
+}

@@ -1,0 +1,95 @@
+/* broker/broker_int.h — broker internals shared by the broker sources (not installed). */
+#ifndef RLHF_BROKER_INT_H
+#define RLHF_BROKER_INT_H
+
+#include "broker/broker.h"
+#include "prompts/prompts.h"
+
+#define BROKER_MAX_ROUTING_ID 256
+
+/* One peer, keyed by its peer id (HELLO). A restarted process reuses its record with a new routing id. */
+typedef struct broker_peer {
+    char id[WIRE_ID_MAX];
+    int role;
+    int64_t pid;
+    uint8_t rid[BROKER_MAX_ROUTING_ID]; /* ZeroMQ routing id of its main socket */
+    size_t rid_len;
+    int connected;         /* has a routing id we can send to */
+    int alive;             /* heard from within heartbeat_timeout_ms */
+    double last_seen;      /* rlhf_now() */
+    char state[32];        /* from HEARTBEAT */
+    uint32_t credit;       /* updater: groups it asked for and has not been sent */
+    uint32_t outstanding;  /* generator: prompts granted, groups not yet returned */
+    uint64_t sent_version; /* generator: newest weights version sent to it (0 = none) */
+    uint64_t acked_version;/* generator: newest version it acknowledged holding */
+    int has_sent;          /* sent_version is meaningful */
+    int has_acked;
+    uint64_t groups_in;    /* generator: accepted groups */
+    uint64_t groups_out;   /* updater: delivered groups */
+    uint64_t restarts;     /* HELLOs after the first */
+} broker_peer;
+
+/* A prompt request the broker is holding back (queue full, or paused). */
+typedef struct parked_request {
+    int peer; /* index into peers */
+    uint64_t request_id;
+    uint32_t n;
+    double since;
+} parked_request;
+
+/* An accepted group waiting for updater credit: its frames as received (zmq_msg_t). */
+typedef struct queued_group {
+    void *msgs; /* zmq_msg_t[n] */
+    size_t n;
+    uint64_t policy_version;
+    uint64_t bytes;
+} queued_group;
+
+typedef struct broker_counters {
+    uint64_t msgs_in, bytes_in, bytes_out;
+    uint64_t groups_received, groups_accepted, groups_delivered;
+    uint64_t dropped_stale_accept, dropped_stale_queued, dropped_stale_delivery;
+    uint64_t rejected[WIRE_R_END];
+    uint64_t rejected_future_version, rejected_no_hello, rejected_unexpected, rejected_wrong_role;
+    uint64_t rejected_queue_overflow, rejected_old_weights, rejected_prompt_stats;
+    uint64_t prompt_requests, prompts_served, prompt_requests_deferred, prompt_batches_expired;
+    uint64_t weights_received, weights_sends, weights_send_skipped;
+    uint64_t prompt_stats_received, heartbeats;
+    uint64_t queue_max_depth, queue_max_bytes;
+    uint64_t replay_records, replay_errors;
+} broker_counters;
+
+struct broker {
+    broker_config cfg;
+    char run_dir[4096];
+    char replay_file[8300];
+    void *zctx;
+    void *router;
+    prompt_dataset *ds;
+    prompt_selector *sel;
+    replay_writer *log;
+
+    broker_peer *peers;
+    size_t n_peers, cap_peers;
+    size_t rr_updater; /* round-robin cursor */
+
+    parked_request *parked;
+    size_t n_parked, cap_parked;
+
+    queued_group *queue; /* ring */
+    size_t q_head, q_len, q_cap;
+    uint64_t q_bytes;
+
+    /* newest weights: frames as received, forwarded with zmq_msg_copy (no byte copies) */
+    void *w_msgs;
+    size_t w_n;
+    int has_weights;
+    uint64_t newest_version;
+
+    int paused;
+    int stop_requested;
+    double started;
+    broker_counters ct;
+};
+
+#endif

@@ -1,0 +1,459 @@
+/* broker/client.c — the client API generators and updaters use (broker/broker.h).
+ *
+ * One DEALER socket carries everything; messages that arrive while the caller waits for something else
+ * are kept: the newest weights (older ones are superseded), delivered groups and prompt batches in
+ * order, the last STATS reply. Heartbeats go out from a background thread on a second socket of its
+ * own (ZeroMQ sockets are single-threaded), so a process busy sampling or training for longer than the
+ * heartbeat timeout is not declared dead. */
+#include "broker/broker.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+typedef struct group_fifo {
+    wire_rollout_group *items;
+    size_t head, len, cap;
+} group_fifo;
+
+struct broker_client {
+    void *zctx;
+    void *sock;
+    char endpoint[256];
+    char id[WIRE_ID_MAX];
+    int role;
+    wire_welcome welcome;
+    int has_welcome;
+    int stopped;
+
+    wire_rx rx;
+    wire_weights pending_weights; /* newest received, not yet returned */
+    int has_pending_weights;
+    group_fifo groups;
+    wire_prompt_batch *batches;
+    size_t n_batches, cap_batches;
+    json_t *stats_reply;
+    uint64_t next_request_id;
+    int request_in_flight;
+    uint64_t errors_received;
+
+    /* heartbeat thread */
+    pthread_t hb_thread;
+    int hb_running;
+    void *hb_pipe; /* inproc PAIR: closing signal */
+    char hb_pipe_name[64];
+    pthread_mutex_t mu;
+    char state[32];
+    uint32_t hb_interval_ms;
+};
+
+/* ---------------------------------------------------------------- stash */
+
+static int fifo_push(group_fifo *f, wire_rollout_group *g) {
+    if (f->len == f->cap) {
+        size_t cap = f->cap ? f->cap * 2 : 16;
+        wire_rollout_group *n = malloc(cap * sizeof *n);
+        if (!n) return -1;
+        for (size_t i = 0; i < f->len; i++) n[i] = f->items[(f->head + i) % f->cap];
+        free(f->items);
+        f->items = n;
+        f->head = 0;
+        f->cap = cap;
+    }
+    f->items[(f->head + f->len) % f->cap] = *g;
+    f->len++;
+    return 0;
+}
+
+static void fifo_pop(group_fifo *f, wire_rollout_group *out) {
+    *out = f->items[f->head];
+    f->head = (f->head + 1) % f->cap;
+    f->len--;
+}
+
+static int have(const broker_client *c, int type) {
+    switch (type) {
+    case WIRE_WELCOME: return c->has_welcome;
+    case WIRE_WEIGHTS: return c->has_pending_weights;
+    case WIRE_ROLLOUT_GROUP: return c->groups.len > 0;
+    case WIRE_PROMPT_BATCH: return c->n_batches > 0;
+    case WIRE_STATS: return c->stats_reply != NULL;
+    default: return 0;
+    }
+}
+
+/* Handles one received message. Returns 0, or an error that the waiting call should report. */
+static int dispatch(broker_client *c, rlhf_error *err) {
+    wire_msg m;
+    int reason = 0, rc;
+    rc = wire_parse(c->rx.views, c->rx.n, &m, &reason, err);
+    if (rc) {
+        if (reason == WIRE_R_VERSION)
+            return rlhf_error_set(err, RLHF_EPROTO, c->endpoint,
+                                  "broker speaks protocol version %d, this client speaks %d", m.version,
+                                  WIRE_PROTOCOL_VERSION);
+        return rc;
+    }
+    switch (m.type) {
+    case WIRE_WELCOME:
+        rc = wire_decode_welcome(&m, &c->welcome, &reason, err);
+        if (!rc) c->has_welcome = 1;
+        break;
+    case WIRE_WEIGHTS: {
+        wire_weights w;
+        rc = wire_decode_weights(&m, &w, &reason, err);
+        if (rc) break;
+        if (c->has_pending_weights && c->pending_weights.version >= w.version) {
+            wire_weights_free(&w);
+            break;
+        }
+        wire_weights_free(&c->pending_weights);
+        c->pending_weights = w;
+        c->has_pending_weights = 1;
+        break;
+    }
+    case WIRE_ROLLOUT_GROUP: {
+        wire_rollout_group g;
+        rc = wire_decode_rollout_group(&m, &g, &reason, err);
+        if (rc) break;
+        if (fifo_push(&c->groups, &g) != 0) {
+            wire_rollout_group_free(&g);
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        }
+        break;
+    }
+    case WIRE_PROMPT_BATCH: {
+        wire_prompt_batch pb;
+        rc = wire_decode_prompt_batch(&m, &pb, &reason, err);
+        if (rc) break;
+        if (c->n_batches == c->cap_batches) {
+            size_t cap = c->cap_batches ? c->cap_batches * 2 : 4;
+            wire_prompt_batch *nb = realloc(c->batches, cap * sizeof *nb);
+            if (!nb) {
+                wire_prompt_batch_free(&pb);
+                rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+                break;
+            }
+            c->batches = nb;
+            c->cap_batches = cap;
+        }
+        c->batches[c->n_batches++] = pb;
+        c->request_in_flight = 0;
+        break;
+    }
+    case WIRE_STATS: {
+        json_t *s;
+        rc = wire_decode_stats(&m, &s, &reason, err);
+        if (!rc) {
+            json_decref(c->stats_reply);
+            c->stats_reply = s;
+        }
+        break;
+    }
+    case WIRE_CONTROL: {
+        wire_control ctl;
+        rc = wire_decode_control(&m, &ctl, &reason, err);
+        if (!rc && ctl.command == WIRE_CONTROL_STOP) c->stopped = 1;
+        break;
+    }
+    case WIRE_ERROR: {
+        wire_error_msg e;
+        rc = wire_decode_error(&m, &e, &reason, err);
+        if (rc) break;
+        c->errors_received++;
+        if (!strcmp(e.reason, "version_mismatch"))
+            rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "broker rejected protocol version %d: %s",
+                                e.peer_version, e.detail);
+        else
+            rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "broker rejected a message (%s): %s", e.reason,
+                                e.detail);
+        break;
+    }
+    default:
+        rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "unexpected %s from the broker", wire_type_name(m.type));
+    }
+    wire_msg_release(&m);
+    return rc;
+}
+
+/* Receives until something of `want` is stashed (1), timeout (0), or an error (< 0). */
+static int pump(broker_client *c, int want, int timeout_ms, rlhf_error *err) {
+    double deadline = rlhf_now() + (timeout_ms < 0 ? 1e9 : timeout_ms / 1000.0);
+    for (;;) {
+        if (want && have(c, want)) return 1;
+        if (c->stopped) return rlhf_error_set(err, RLHF_ESTATE, c->endpoint, "the broker stopped");
+        double left = deadline - rlhf_now();
+        int r = wire_rx_recv(c->sock, &c->rx, ZMQ_DONTWAIT, err);
+        if (r < 0) return r;
+        if (r == 0) {
+            if (left <= 0) return 0;
+            zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+            long ms = (long)(left * 1000.0) + 1;
+            if (zmq_poll(&it, 1, ms > 1000 ? 1000 : ms) < 0 && errno != EINTR)
+                return rlhf_error_set(err, RLHF_EIO, c->endpoint, "zmq_poll: %s", zmq_strerror(errno));
+            continue;
+        }
+        int rc = dispatch(c, err);
+        if (rc) return rc;
+        if (!want) return 1;
+    }
+}
+
+static int send_out(broker_client *c, wire_out *o, rlhf_error *err) {
+    int rc = wire_out_send(c->sock, o, err);
+    wire_out_free(o);
+    if (rc && err) snprintf(err->where, sizeof err->where, "%s", c->endpoint);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- heartbeat thread */
+
+static void *hb_main(void *arg) {
+    broker_client *c = arg;
+    void *pipe = zmq_socket(c->zctx, ZMQ_PAIR);
+    void *hs = zmq_socket(c->zctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(hs, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(pipe, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(pipe, c->hb_pipe_name);
+    zmq_connect(hs, c->endpoint);
+    wire_heartbeat h;
+    memset(&h, 0, sizeof h);
+    snprintf(h.peer_id, sizeof h.peer_id, "%s", c->id);
+    h.role = c->role;
+    wire_rx rx = {0};
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        snprintf(h.state, sizeof h.state, "%s", c->state);
+        pthread_mutex_unlock(&c->mu);
+        h.seq++;
+        wire_out o;
+        if (wire_encode_heartbeat(&h, &o, NULL) == 0) {
+            size_t nf = wire_out_nframes(&o);
+            for (size_t i = 0; i < nf; i++) {
+                wire_frame f = wire_out_frame(&o, i);
+                zmq_send(hs, f.data, f.len, (i + 1 < nf ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
+            }
+            wire_out_free(&o);
+        }
+        zmq_pollitem_t it[2] = {{pipe, 0, ZMQ_POLLIN, 0}, {hs, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(it, 2, c->hb_interval_ms);
+        if (n > 0 && (it[0].revents & ZMQ_POLLIN)) break;
+        if (n > 0 && (it[1].revents & ZMQ_POLLIN)) /* replies to heartbeats (errors only): drop */
+            while (wire_rx_recv(hs, &rx, ZMQ_DONTWAIT, NULL) == 1) {
+            }
+    }
+    wire_rx_free(&rx);
+    zmq_close(hs);
+    zmq_close(pipe);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- connect / close */
+
+int broker_client_connect(broker_client **out, const char *endpoint, int role, const char *peer_id, int timeout_ms,
+                          rlhf_error *err) {
+    *out = NULL;
+    if (!peer_id || !peer_id[0] || strlen(peer_id) >= WIRE_ID_MAX)
+        return rlhf_error_set(err, RLHF_EINVAL, "peer_id", "must be 1..%d bytes", WIRE_ID_MAX - 1);
+    if (strlen(endpoint) >= 256) return rlhf_error_set(err, RLHF_EINVAL, "endpoint", "too long");
+    broker_client *c = calloc(1, sizeof *c);
+    if (!c) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
+    snprintf(c->id, sizeof c->id, "%s", peer_id);
+    snprintf(c->state, sizeof c->state, "idle");
+    c->role = role;
+    c->next_request_id = 1;
+    pthread_mutex_init(&c->mu, NULL);
+    int rc;
+    c->zctx = zmq_ctx_new();
+    c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
+    if (!c->sock) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "zmq_socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    int linger = 2000, hwm = 4096;
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (zmq_connect(c->sock, endpoint) != 0) {
+        rc = rlhf_error_set(err, RLHF_EINVAL, endpoint, "cannot connect: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    wire_hello h = {{0}, role, (int64_t)getpid()};
+    snprintf(h.peer_id, sizeof h.peer_id, "%s", peer_id);
+    wire_out o;
+    rc = wire_encode_hello(&h, &o, err);
+    if (rc) goto fail;
+    rc = send_out(c, &o, err);
+    if (rc) goto fail;
+    rc = pump(c, WIRE_WELCOME, timeout_ms, err);
+    if (rc < 0) goto fail;
+    if (rc == 0) {
+        rc = rlhf_error_set(err, RLHF_ETIMEOUT, endpoint, "no broker answered HELLO within %d ms", timeout_ms);
+        goto fail;
+    }
+    c->hb_interval_ms = c->welcome.heartbeat_interval_ms ? c->welcome.heartbeat_interval_ms : 500;
+    snprintf(c->hb_pipe_name, sizeof c->hb_pipe_name, "inproc://hb-%p", (void *)c);
+    c->hb_pipe = zmq_socket(c->zctx, ZMQ_PAIR);
+    zmq_setsockopt(c->hb_pipe, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_bind(c->hb_pipe, c->hb_pipe_name);
+    if (pthread_create(&c->hb_thread, NULL, hb_main, c) == 0) c->hb_running = 1;
+    *out = c;
+    return 0;
+fail:
+    {
+        int l0 = 0;
+        if (c->sock) zmq_setsockopt(c->sock, ZMQ_LINGER, &l0, sizeof l0);
+    }
+    broker_client_close(&c);
+    return rc;
+}
+
+void broker_client_close(broker_client **cp) {
+    if (!cp || !*cp) return;
+    broker_client *c = *cp;
+    if (c->hb_running) {
+        zmq_send(c->hb_pipe, "x", 1, 0);
+        pthread_join(c->hb_thread, NULL);
+    }
+    if (c->hb_pipe) zmq_close(c->hb_pipe);
+    if (c->sock) zmq_close(c->sock);
+    if (c->zctx) zmq_ctx_term(c->zctx);
+    wire_rx_free(&c->rx);
+    wire_weights_free(&c->pending_weights);
+    while (c->groups.len) {
+        wire_rollout_group g;
+        fifo_pop(&c->groups, &g);
+        wire_rollout_group_free(&g);
+    }
+    free(c->groups.items);
+    for (size_t i = 0; i < c->n_batches; i++) wire_prompt_batch_free(&c->batches[i]);
+    free(c->batches);
+    json_decref(c->stats_reply);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+    *cp = NULL;
+}
+
+const wire_welcome *broker_client_welcome(const broker_client *c) { return &c->welcome; }
+int broker_client_stopped(const broker_client *c) { return c->stopped; }
+
+void broker_client_set_state(broker_client *c, const char *state) {
+    pthread_mutex_lock(&c->mu);
+    snprintf(c->state, sizeof c->state, "%s", state);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---------------------------------------------------------------- generator side */
+
+int broker_client_request_prompts(broker_client *c, uint32_t n, wire_prompt_batch *out, int timeout_ms,
+                                  rlhf_error *err) {
+    memset(out, 0, sizeof *out);
+    if (n == 0 || n > WIRE_MAX_BATCH) return rlhf_error_set(err, RLHF_EINVAL, "n", "must be 1..%d", WIRE_MAX_BATCH);
+    /* One request in flight at a time: after a timeout the broker still holds it, so wait on, don't resend. */
+    if (!c->n_batches && !c->request_in_flight) {
+        wire_prompt_request r = {c->next_request_id++, n};
+        wire_out o;
+        int rc = wire_encode_prompt_request(&r, &o, err);
+        if (rc) return rc;
+        rc = send_out(c, &o, err);
+        if (rc) return rc;
+        c->request_in_flight = 1;
+    }
+    int rc = pump(c, WIRE_PROMPT_BATCH, timeout_ms, err);
+    if (rc < 0) return rc;
+    if (rc == 0) return rlhf_error_set(err, RLHF_ETIMEOUT, c->endpoint, "no prompt batch within %d ms", timeout_ms);
+    *out = c->batches[0];
+    memmove(c->batches, c->batches + 1, (c->n_batches - 1) * sizeof *c->batches);
+    c->n_batches--;
+    return 0;
+}
+
+int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf_error *err) {
+    if (c->stopped) return rlhf_error_set(err, RLHF_ESTATE, c->endpoint, "the broker stopped");
+    wire_out o;
+    int rc = wire_encode_rollout_group(g, &o, err);
+    if (rc) return rc;
+    return send_out(c, &o, err);
+}
+
+int broker_client_poll_weights(broker_client *c, wire_weights *out, int timeout_ms, rlhf_error *err) {
+    memset(out, 0, sizeof *out);
+    int rc = pump(c, WIRE_WEIGHTS, timeout_ms, err);
+    if (rc < 0 && !(rc == RLHF_ESTATE && c->has_pending_weights)) return rc;
+    if (!c->has_pending_weights) return 0;
+    *out = c->pending_weights;
+    memset(&c->pending_weights, 0, sizeof c->pending_weights);
+    c->has_pending_weights = 0;
+    /* Tell the broker this version is consumed: it sends the next only then (one version in flight). */
+    wire_out o;
+    if (!c->stopped && wire_encode_weights_ack(out->version, &o, NULL) == 0) send_out(c, &o, NULL);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- updater side */
+
+int broker_client_grant_credit(broker_client *c, uint32_t n, rlhf_error *err) {
+    wire_credit cr = {n};
+    wire_out o;
+    int rc = wire_encode_credit(&cr, &o, err);
+    if (rc) return rc;
+    return send_out(c, &o, err);
+}
+
+int broker_client_recv_group(broker_client *c, wire_rollout_group *out, int timeout_ms, rlhf_error *err) {
+    memset(out, 0, sizeof *out);
+    if (!c->groups.len) {
+        int rc = pump(c, WIRE_ROLLOUT_GROUP, timeout_ms, err);
+        if (rc <= 0) return rc;
+    }
+    fifo_pop(&c->groups, out);
+    return 1;
+}
+
+int broker_client_publish_weights(broker_client *c, const wire_weights *w, rlhf_error *err) {
+    wire_out o;
+    int rc = wire_encode_weights(w, &o, err);
+    if (rc) return rc;
+    return send_out(c, &o, err);
+}
+
+int broker_client_send_prompt_stats(broker_client *c, const wire_prompt_stats *st, rlhf_error *err) {
+    wire_out o;
+    int rc = wire_encode_prompt_stats(st, &o, err);
+    if (rc) return rc;
+    return send_out(c, &o, err);
+}
+
+/* ---------------------------------------------------------------- anyone */
+
+int broker_client_control(broker_client *c, int command, const char *reason, rlhf_error *err) {
+    wire_control ctl = {command, ""};
+    snprintf(ctl.reason, sizeof ctl.reason, "%s", reason ? reason : "");
+    wire_out o;
+    int rc = wire_encode_control(&ctl, &o, err);
+    if (rc) return rc;
+    return send_out(c, &o, err);
+}
+
+int broker_client_get_stats(broker_client *c, json_t **out, int timeout_ms, rlhf_error *err) {
+    *out = NULL;
+    json_decref(c->stats_reply);
+    c->stats_reply = NULL;
+    wire_out o;
+    int rc = wire_encode_stats_request(&o, err);
+    if (rc) return rc;
+    rc = send_out(c, &o, err);
+    if (rc) return rc;
+    rc = pump(c, WIRE_STATS, timeout_ms, err);
+    if (rc < 0) return rc;
+    if (rc == 0) return rlhf_error_set(err, RLHF_ETIMEOUT, c->endpoint, "no STATS reply within %d ms", timeout_ms);
+    *out = c->stats_reply;
+    c->stats_reply = NULL;
+    return 0;
+}

@@ -1,0 +1,471 @@
+/* broker/replay_log.c — append-only replay log of accepted rollout groups.
+ *
+ * Segment file (PATH, then PATH.1, PATH.2, ... after rotation):
+ *   16-byte header: "RLHFRLOG", u32 format version (1), u32 segment number
+ *   records: u32 marker "RREC", u32 body length, u32 CRC-32 of the body, body
+ *   body:    u32 frame count, then per frame u32 length + bytes (the wire encoding of the message)
+ * All integers little-endian. A record is written with one write(2) of the whole record, so a crash
+ * leaves at most one torn record at the end of the newest segment; the writer cuts it off on reopen and
+ * readers skip it (reporting it). Anything else that fails validation is corruption, reported with the
+ * file and offset. */
+#include "broker/broker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define LOG_MAGIC "RLHFRLOG"
+#define LOG_FORMAT 1
+#define LOG_HEADER_BYTES 16
+#define REC_MARKER 0x43455252u /* "RREC" little-endian */
+#define REC_HEADER_BYTES 12
+#define REC_MAX_BODY (1u << 31)
+
+static void put32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static void segment_path(char *out, size_t cap, const char *base, uint32_t seg) {
+    if (seg == 0)
+        snprintf(out, cap, "%s", base);
+    else
+        snprintf(out, cap, "%s.%u", base, seg);
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+/* pread everything or fail. */
+static int pread_full(int fd, void *buf, size_t n, uint64_t off) {
+    uint8_t *p = buf;
+    while (n) {
+        ssize_t r = pread(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+static int check_log_header(int fd, const char *fname, uint64_t size, uint32_t want_seg, rlhf_error *err) {
+    uint8_t h[LOG_HEADER_BYTES];
+    if (size < LOG_HEADER_BYTES || pread_full(fd, h, sizeof h, 0) != 0 || memcmp(h, LOG_MAGIC, 8) != 0)
+        return rlhf_error_set(err, RLHF_ECORRUPT, fname, "not a replay log: no \"%s\" header at offset 0", LOG_MAGIC);
+    if (get32(h + 8) != LOG_FORMAT)
+        return rlhf_error_set(err, RLHF_ECORRUPT, fname, "replay log format %u at offset 8, this build reads %u",
+                              get32(h + 8), LOG_FORMAT);
+    if (get32(h + 12) != want_seg)
+        return rlhf_error_set(err, RLHF_ECORRUPT, fname, "segment number %u at offset 12, expected %u", get32(h + 12),
+                              want_seg);
+    return 0;
+}
+
+static int all_zero(int fd, uint64_t off, uint64_t size) {
+    uint8_t buf[4096];
+    while (off < size) {
+        size_t n = size - off < sizeof buf ? (size_t)(size - off) : sizeof buf;
+        if (pread_full(fd, buf, n, off) != 0) return 0;
+        for (size_t i = 0; i < n; i++)
+            if (buf[i]) return 0;
+        off += n;
+    }
+    return 1;
+}
+
+/* Reads the record at `off`. Returns 1 (record: *body malloc'd, *next = following offset), 0 (clean end),
+ * 2 (torn tail: *next = size), or a negative code for corruption. */
+static int read_record(int fd, const char *fname, uint64_t off, uint64_t size, uint8_t **body, uint32_t *body_len,
+                       uint64_t *next, rlhf_error *err) {
+    *body = NULL;
+    if (off == size) return 0;
+    if (size - off < REC_HEADER_BYTES) {
+        *next = size;
+        return 2;
+    }
+    uint8_t h[REC_HEADER_BYTES];
+    char where[4200];
+    snprintf(where, sizeof where, "%s: offset %llu", fname, (unsigned long long)off);
+    if (pread_full(fd, h, sizeof h, off) != 0) return rlhf_error_set(err, RLHF_EIO, where, "read failed: %s", strerror(errno));
+    if (get32(h) != REC_MARKER) {
+        if (all_zero(fd, off, size)) { /* a crash after the size grew but before data reached disk */
+            *next = size;
+            return 2;
+        }
+        return rlhf_error_set(err, RLHF_ECORRUPT, where, "not a replay record (marker 0x%08x)", get32(h));
+    }
+    uint32_t len = get32(h + 4), crc = get32(h + 8);
+    if ((uint64_t)len > size - off - REC_HEADER_BYTES) {
+        *next = size;
+        return 2;
+    }
+    if (len > REC_MAX_BODY) return rlhf_error_set(err, RLHF_ECORRUPT, where, "record length %u too large", len);
+    uint8_t *b = malloc(len ? len : 1);
+    if (!b) return rlhf_error_set(err, RLHF_ENOMEM, where, "out of memory for a %u-byte record", len);
+    if (pread_full(fd, b, len, off + REC_HEADER_BYTES) != 0) {
+        free(b);
+        return rlhf_error_set(err, RLHF_EIO, where, "read failed: %s", strerror(errno));
+    }
+    uint64_t end = off + REC_HEADER_BYTES + len;
+    if (wire_crc32(0, b, len) != crc) {
+        free(b);
+        if (end == size) { /* the last record: torn by a crash mid-write */
+            *next = size;
+            return 2;
+        }
+        return rlhf_error_set(err, RLHF_ECORRUPT, where, "record CRC-32 mismatch (not the last record: corruption)");
+    }
+    *body = b;
+    *body_len = len;
+    *next = end;
+    return 1;
+}
+
+/* Splits a record body into frames (views into body). */
+static int body_frames(const uint8_t *b, uint32_t len, wire_frame **frames, size_t *n, const char *where,
+                       rlhf_error *err) {
+    if (len < 4) return rlhf_error_set(err, RLHF_ECORRUPT, where, "record body too short");
+    uint32_t nf = get32(b);
+    if (nf > WIRE_MAX_PAYLOADS + 2 || nf < 2)
+        return rlhf_error_set(err, RLHF_ECORRUPT, where, "record declares %u frames", nf);
+    wire_frame *f = calloc(nf, sizeof *f);
+    if (!f) return rlhf_error_set(err, RLHF_ENOMEM, where, "out of memory");
+    uint64_t off = 4;
+    for (uint32_t i = 0; i < nf; i++) {
+        if (len - off < 4) goto bad;
+        uint32_t fl = get32(b + off);
+        off += 4;
+        if (fl > len - off) goto bad;
+        f[i].data = b + off;
+        f[i].len = fl;
+        off += fl;
+    }
+    if (off != len) goto bad;
+    *frames = f;
+    *n = nf;
+    return 0;
+bad:
+    free(f);
+    return rlhf_error_set(err, RLHF_ECORRUPT, where, "record frame lengths disagree with the record length");
+}
+
+/* ---------------------------------------------------------------- writer */
+
+struct replay_writer {
+    char base[4096];
+    char cur[4200];
+    uint32_t segment;
+    int fd;
+    uint64_t size;
+    uint64_t records;
+    uint32_t since_sync;
+    replay_writer_opts opts;
+};
+
+static int open_new_segment(replay_writer *w, uint32_t seg, rlhf_error *err) {
+    segment_path(w->cur, sizeof w->cur, w->base, seg);
+    int fd = open(w->cur, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return rlhf_error_set(err, RLHF_EIO, w->cur, "cannot create replay log segment: %s", strerror(errno));
+    uint8_t h[LOG_HEADER_BYTES];
+    memcpy(h, LOG_MAGIC, 8);
+    put32(h + 8, LOG_FORMAT);
+    put32(h + 12, seg);
+    if (write(fd, h, sizeof h) != (ssize_t)sizeof h || fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return rlhf_error_set(err, RLHF_EIO, w->cur, "cannot write replay log header: %s", strerror(e));
+    }
+    w->fd = fd;
+    w->segment = seg;
+    w->size = LOG_HEADER_BYTES;
+    return 0;
+}
+
+int replay_writer_open(replay_writer **out, const char *path, const replay_writer_opts *opts, replay_pos *torn_pos,
+                       uint64_t *torn_bytes, rlhf_error *err) {
+    *out = NULL;
+    if (torn_bytes) *torn_bytes = 0;
+    if (strlen(path) >= 4000) return rlhf_error_set(err, RLHF_EINVAL, path, "replay log path too long");
+    replay_writer *w = calloc(1, sizeof *w);
+    if (!w) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    snprintf(w->base, sizeof w->base, "%s", path);
+    w->fd = -1;
+    if (opts) w->opts = *opts;
+    int rc;
+    if (!file_exists(path)) {
+        rc = open_new_segment(w, 0, err);
+        if (rc) goto fail;
+        *out = w;
+        return 0;
+    }
+    uint32_t seg = 0;
+    char p[4200];
+    for (;;) {
+        segment_path(p, sizeof p, path, seg + 1);
+        if (!file_exists(p)) break;
+        seg++;
+    }
+    segment_path(w->cur, sizeof w->cur, path, seg);
+    int fd = open(w->cur, O_RDWR | O_APPEND | O_CLOEXEC);
+    if (fd < 0) {
+        rc = rlhf_error_set(err, RLHF_EIO, w->cur, "cannot open replay log: %s", strerror(errno));
+        goto fail;
+    }
+    w->fd = fd;
+    w->segment = seg;
+    struct stat st;
+    fstat(fd, &st);
+    uint64_t size = (uint64_t)st.st_size;
+    rc = check_log_header(fd, w->cur, size, seg, err);
+    if (rc) goto fail;
+    uint64_t off = LOG_HEADER_BYTES, next = 0;
+    for (;;) {
+        uint8_t *body;
+        uint32_t len;
+        rc = read_record(fd, w->cur, off, size, &body, &len, &next, err);
+        free(body);
+        if (rc < 0) goto fail;
+        if (rc == 0) break;
+        if (rc == 2) {
+            if (torn_pos) *torn_pos = (replay_pos){seg, off};
+            if (torn_bytes) *torn_bytes = size - off;
+            if (ftruncate(fd, (off_t)off) != 0 || fsync(fd) != 0) {
+                rc = rlhf_error_set(err, RLHF_EIO, w->cur, "cannot cut torn record at offset %llu: %s",
+                                    (unsigned long long)off, strerror(errno));
+                goto fail;
+            }
+            break;
+        }
+        w->records++;
+        off = next;
+    }
+    w->size = off;
+    *out = w;
+    return 0;
+fail:
+    if (w->fd >= 0) close(w->fd);
+    free(w);
+    return rc;
+}
+
+static int writer_sync(replay_writer *w, rlhf_error *err) {
+    if (fdatasync(w->fd) != 0) return rlhf_error_set(err, RLHF_EIO, w->cur, "fdatasync failed: %s", strerror(errno));
+    w->since_sync = 0;
+    return 0;
+}
+
+int replay_writer_sync(replay_writer *w, rlhf_error *err) { return writer_sync(w, err); }
+uint64_t replay_writer_records(const replay_writer *w) { return w->records; }
+
+int replay_writer_append(replay_writer *w, const wire_frame *frames, size_t n, replay_pos *pos, rlhf_error *err) {
+    if (n < 2 || n > WIRE_MAX_PAYLOADS + 2) return RLHF_FAIL(err, RLHF_EINVAL, "replay record of %zu frames", n);
+    uint64_t body = 4;
+    for (size_t i = 0; i < n; i++) body += 4 + frames[i].len;
+    if (body > REC_MAX_BODY) return rlhf_error_set(err, RLHF_EINVAL, w->cur, "record of %llu bytes too large", (unsigned long long)body);
+    if (w->opts.rotate_bytes && w->size > LOG_HEADER_BYTES && w->size + REC_HEADER_BYTES + body > w->opts.rotate_bytes) {
+        int rc = writer_sync(w, err);
+        if (rc) return rc;
+        close(w->fd);
+        w->fd = -1;
+        rc = open_new_segment(w, w->segment + 1, err);
+        if (rc) return rc;
+    }
+    /* One buffer, one write: a crash leaves a prefix of this record, never an interleaving. */
+    uint8_t *buf = malloc(REC_HEADER_BYTES + body);
+    if (!buf) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    uint8_t *p = buf + REC_HEADER_BYTES;
+    put32(p, (uint32_t)n);
+    p += 4;
+    for (size_t i = 0; i < n; i++) {
+        put32(p, (uint32_t)frames[i].len);
+        p += 4;
+        if (frames[i].len) memcpy(p, frames[i].data, frames[i].len);
+        p += frames[i].len;
+    }
+    put32(buf, REC_MARKER);
+    put32(buf + 4, (uint32_t)body);
+    put32(buf + 8, wire_crc32(0, buf + REC_HEADER_BYTES, body));
+    size_t total = REC_HEADER_BYTES + body, done = 0;
+    while (done < total) {
+        ssize_t r = write(w->fd, buf + done, total - done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = errno;
+            free(buf);
+            /* Cut the partial record so the next append starts on a record boundary. */
+            if (ftruncate(w->fd, (off_t)w->size) != 0) { /* nothing more to do: reopen will cut it */
+            }
+            return rlhf_error_set(err, RLHF_EIO, w->cur, "append failed at offset %llu: %s", (unsigned long long)w->size,
+                                  strerror(e));
+        }
+        done += (size_t)r;
+    }
+    free(buf);
+    if (pos) *pos = (replay_pos){w->segment, w->size};
+    w->size += total;
+    w->records++;
+    w->since_sync++;
+    if (w->opts.fsync_policy == BROKER_FSYNC_ALWAYS ||
+        (w->opts.fsync_policy == BROKER_FSYNC_EVERY_N && w->since_sync >= (w->opts.fsync_every ? w->opts.fsync_every : 1)))
+        return writer_sync(w, err);
+    return 0;
+}
+
+int replay_writer_append_group(replay_writer *w, const wire_rollout_group *g, replay_pos *pos, rlhf_error *err) {
+    wire_out o;
+    int rc = wire_encode_rollout_group(g, &o, err);
+    if (rc) return rc;
+    size_t n = wire_out_nframes(&o);
+    wire_frame *f = malloc(n * sizeof *f);
+    if (!f) {
+        wire_out_free(&o);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) f[i] = wire_out_frame(&o, i);
+    rc = replay_writer_append(w, f, n, pos, err);
+    free(f);
+    wire_out_free(&o);
+    return rc;
+}
+
+int replay_writer_close(replay_writer **wp, rlhf_error *err) {
+    if (!wp || !*wp) return 0;
+    replay_writer *w = *wp;
+    int rc = 0;
+    if (w->fd >= 0) {
+        rc = writer_sync(w, err);
+        close(w->fd);
+    }
+    free(w);
+    *wp = NULL;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- reader */
+
+struct replay_reader {
+    char base[4096];
+    char cur[4200];
+    uint32_t segment;
+    int fd;
+    uint64_t size;
+    uint64_t off;
+    int torn_count;
+    replay_pos torn_pos;
+    uint64_t torn_bytes;
+};
+
+static int reader_open_segment(replay_reader *r, uint32_t seg, rlhf_error *err) {
+    if (r->fd >= 0) close(r->fd);
+    r->fd = -1;
+    segment_path(r->cur, sizeof r->cur, r->base, seg);
+    int fd = open(r->cur, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return rlhf_error_set(err, RLHF_EIO, r->cur, "cannot open replay log: %s", strerror(errno));
+    struct stat st;
+    fstat(fd, &st);
+    r->fd = fd;
+    r->segment = seg;
+    r->size = (uint64_t)st.st_size;
+    r->off = LOG_HEADER_BYTES;
+    return check_log_header(fd, r->cur, r->size, seg, err);
+}
+
+int replay_reader_open(replay_reader **out, const char *path, rlhf_error *err) {
+    *out = NULL;
+    if (strlen(path) >= 4000) return rlhf_error_set(err, RLHF_EINVAL, path, "replay log path too long");
+    replay_reader *r = calloc(1, sizeof *r);
+    if (!r) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    snprintf(r->base, sizeof r->base, "%s", path);
+    r->fd = -1;
+    int rc = reader_open_segment(r, 0, err);
+    if (rc) {
+        replay_reader_close(&r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos, rlhf_error *err) {
+    memset(g, 0, sizeof *g);
+    for (;;) {
+        if (r->fd < 0) return 0;
+        uint8_t *body = NULL;
+        uint32_t len = 0;
+        uint64_t next = 0, at = r->off;
+        int rc = read_record(r->fd, r->cur, at, r->size, &body, &len, &next, err);
+        if (rc < 0) return rc;
+        if (rc == 2) {
+            r->torn_count++;
+            r->torn_pos = (replay_pos){r->segment, at};
+            r->torn_bytes = r->size - at;
+            r->off = r->size;
+            continue;
+        }
+        if (rc == 0) {
+            char p[4200];
+            segment_path(p, sizeof p, r->base, r->segment + 1);
+            if (!file_exists(p)) return 0;
+            rc = reader_open_segment(r, r->segment + 1, err);
+            if (rc) return rc;
+            continue;
+        }
+        char where[4300];
+        snprintf(where, sizeof where, "%s: offset %llu", r->cur, (unsigned long long)at);
+        wire_frame *frames = NULL;
+        size_t nf = 0;
+        rc = body_frames(body, len, &frames, &nf, where, err);
+        if (rc == 0) {
+            wire_msg m;
+            rlhf_error e2;
+            rlhf_error_clear(&e2);
+            rc = wire_parse(frames, nf, &m, NULL, &e2);
+            if (rc == 0) {
+                rc = wire_decode_rollout_group(&m, g, NULL, &e2);
+                wire_msg_release(&m);
+            }
+            if (rc) rc = rlhf_error_set(err, RLHF_ECORRUPT, where, "record is not a valid ROLLOUT_GROUP: %s: %s", e2.where, e2.msg);
+        }
+        free(frames);
+        free(body);
+        if (rc) return rc;
+        if (pos) *pos = (replay_pos){r->segment, at};
+        r->off = next;
+        return 1;
+    }
+}
+
+int replay_reader_seek(replay_reader *r, replay_pos pos, rlhf_error *err) {
+    if (pos.segment != r->segment || r->fd < 0) {
+        int rc = reader_open_segment(r, pos.segment, err);
+        if (rc) return rc;
+    }
+    if (pos.offset < LOG_HEADER_BYTES || pos.offset > r->size)
+        return rlhf_error_set(err, RLHF_EINVAL, r->cur, "seek offset %llu outside the segment (%llu bytes)",
+                              (unsigned long long)pos.offset, (unsigned long long)r->size);
+    r->off = pos.offset;
+    return 0;
+}
+
+int replay_reader_torn(const replay_reader *r, replay_pos *pos, uint64_t *bytes) {
+    if (pos) *pos = r->torn_pos;
+    if (bytes) *bytes = r->torn_bytes;
+    return r->torn_count;
+}
+
+void replay_reader_close(replay_reader **rp) {
+    if (!rp || !*rp) return;
+    if ((*rp)->fd >= 0) close((*rp)->fd);
+    free(*rp);
+    *rp = NULL;
+}

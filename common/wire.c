@@ -1,0 +1,1183 @@
+/* common/wire.c — wire protocol: framing, validation, typed encode/decode (see wire.h, docs/BROKER.md). */
+#include "common/wire.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "wire.c assumes a little-endian host (payloads are little-endian arrays)"
+#endif
+
+/* ---------------------------------------------------------------- names */
+
+static const char *const type_names[WIRE_TYPE_END] = {
+    [WIRE_HELLO] = "HELLO",
+    [WIRE_WELCOME] = "WELCOME",
+    [WIRE_PROMPT_REQUEST] = "PROMPT_REQUEST",
+    [WIRE_PROMPT_BATCH] = "PROMPT_BATCH",
+    [WIRE_ROLLOUT_GROUP] = "ROLLOUT_GROUP",
+    [WIRE_CREDIT] = "CREDIT",
+    [WIRE_WEIGHTS] = "WEIGHTS",
+    [WIRE_PROMPT_STATS] = "PROMPT_STATS",
+    [WIRE_CONTROL] = "CONTROL",
+    [WIRE_HEARTBEAT] = "HEARTBEAT",
+    [WIRE_STATS_REQUEST] = "STATS_REQUEST",
+    [WIRE_STATS] = "STATS",
+    [WIRE_ERROR] = "ERROR",
+    [WIRE_WEIGHTS_ACK] = "WEIGHTS_ACK",
+};
+
+const char *wire_type_name(int type) {
+    if (type <= 0 || type >= WIRE_TYPE_END) return "unknown";
+    return type_names[type];
+}
+
+static const char *const reason_names[WIRE_R_END] = {
+    [WIRE_R_OK] = "ok",
+    [WIRE_R_FRAME_COUNT] = "bad_frame_count",
+    [WIRE_R_HEADER] = "bad_header",
+    [WIRE_R_VERSION] = "version_mismatch",
+    [WIRE_R_TYPE] = "unknown_type",
+    [WIRE_R_JSON] = "bad_json",
+    [WIRE_R_FIELD] = "bad_field",
+    [WIRE_R_LENGTH] = "bad_length",
+    [WIRE_R_CRC] = "bad_crc",
+    [WIRE_R_TOO_LARGE] = "too_large",
+};
+
+const char *wire_reason_name(int reason) {
+    if (reason < 0 || reason >= WIRE_R_END) return "unknown";
+    return reason_names[reason];
+}
+
+const char *wire_role_name(int role) {
+    switch (role) {
+    case WIRE_ROLE_GENERATOR: return "generator";
+    case WIRE_ROLE_UPDATER: return "updater";
+    case WIRE_ROLE_OBSERVER: return "observer";
+    default: return "unknown";
+    }
+}
+
+static const char *const finish_names[] = {"stop", "length", "error"};
+const char *wire_finish_name(int finish) {
+    if (finish < 0 || finish > WIRE_FINISH_ERROR) return "unknown";
+    return finish_names[finish];
+}
+
+static const char *const control_names[] = {NULL, "stop", "pause", "resume"};
+
+/* ---------------------------------------------------------------- CRC-32, slicing by 8 */
+
+static uint32_t crc_tab[8][256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_tab_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_tab[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++) crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
+}
+
+uint32_t wire_crc32(uint32_t crc, const void *data, size_t n) {
+    pthread_once(&crc_once, crc_tab_init);
+    const uint8_t *p = data;
+    crc = ~crc;
+    while (n && ((uintptr_t)p & 7)) {
+        crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+        n--;
+    }
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc_tab[7][w & 0xff] ^ crc_tab[6][(w >> 8) & 0xff] ^ crc_tab[5][(w >> 16) & 0xff] ^
+              crc_tab[4][(w >> 24) & 0xff] ^ crc_tab[3][(w >> 32) & 0xff] ^ crc_tab[2][(w >> 40) & 0xff] ^
+              crc_tab[1][(w >> 48) & 0xff] ^ crc_tab[0][w >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static void put_u16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* Reject: set reason + error (where = "TYPE.field" or "frame N"), return the code. */
+static int rej(int *reason, int r, rlhf_error *err, const char *where, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int rej(int *reason, int r, rlhf_error *err, const char *where, const char *fmt, ...) {
+    if (reason) *reason = r;
+    int code = r == WIRE_R_CRC ? RLHF_ECORRUPT : RLHF_EPROTO;
+    if (err) {
+        char msg[sizeof err->msg];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        rlhf_error_set(err, code, where, "%s (%s)", msg, wire_reason_name(r));
+    }
+    return code;
+}
+
+void wire_out_free(wire_out *o) {
+    if (!o) return;
+    free(o->meta);
+    free(o->payloads);
+    memset(o, 0, sizeof *o);
+}
+
+size_t wire_out_nframes(const wire_out *o) { return 2 + o->n_payloads; }
+
+wire_frame wire_out_frame(const wire_out *o, size_t i) {
+    if (i == 0) return (wire_frame){o->header, WIRE_HEADER_BYTES};
+    if (i == 1) return (wire_frame){o->meta, o->meta_len};
+    return o->payloads[i - 2];
+}
+
+int wire_encode_raw(int version, int type, json_t *meta, const wire_frame *payloads, size_t n_payloads, wire_out *o,
+                    rlhf_error *err) {
+    memset(o, 0, sizeof *o);
+    if (!meta) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory building %s metadata", wire_type_name(type));
+    if (n_payloads > WIRE_MAX_PAYLOADS) {
+        json_decref(meta);
+        return RLHF_FAIL(err, RLHF_EINVAL, "%s: %zu payload frames > limit %d", wire_type_name(type), n_payloads,
+                         WIRE_MAX_PAYLOADS);
+    }
+    json_t *decl = json_array();
+    for (size_t i = 0; i < n_payloads; i++)
+        json_array_append_new(decl, json_pack("{sIsI}", "bytes", (json_int_t)payloads[i].len, "crc32",
+                                              (json_int_t)wire_crc32(0, payloads[i].data, payloads[i].len)));
+    json_object_set_new(meta, "payloads", decl);
+    o->meta = json_dumps(meta, JSON_COMPACT);
+    json_decref(meta);
+    if (!o->meta) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot serialise %s metadata", wire_type_name(type));
+    o->meta_len = strlen(o->meta);
+    if (o->meta_len > WIRE_MAX_META_BYTES) {
+        wire_out_free(o);
+        return RLHF_FAIL(err, RLHF_EINVAL, "%s metadata is %zu bytes > limit %u", wire_type_name(type), o->meta_len,
+                         WIRE_MAX_META_BYTES);
+    }
+    if (n_payloads) {
+        o->payloads = malloc(n_payloads * sizeof *o->payloads);
+        if (!o->payloads) {
+            wire_out_free(o);
+            return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        }
+        memcpy(o->payloads, payloads, n_payloads * sizeof *payloads);
+    }
+    o->n_payloads = n_payloads;
+    memcpy(o->header, WIRE_MAGIC, 4);
+    put_u16(o->header + 4, (uint16_t)version);
+    put_u16(o->header + 6, (uint16_t)type);
+    put_u32(o->header + 8, (uint32_t)n_payloads);
+    put_u32(o->header + 12, wire_crc32(0, o->meta, o->meta_len));
+    return 0;
+}
+
+static int encode(int type, json_t *meta, const wire_frame *payloads, size_t n, wire_out *o, rlhf_error *err) {
+    return wire_encode_raw(WIRE_PROTOCOL_VERSION, type, meta, payloads, n, o, err);
+}
+
+int wire_out_send(void *zsock, const wire_out *o, rlhf_error *err) {
+    size_t nf = wire_out_nframes(o);
+    for (size_t i = 0; i < nf; i++) {
+        wire_frame f = wire_out_frame(o, i);
+        int rc;
+        do rc = zmq_send(zsock, f.data, f.len, i + 1 < nf ? ZMQ_SNDMORE : 0);
+        while (rc < 0 && errno == EINTR);
+        if (rc < 0)
+            return RLHF_FAIL(err, RLHF_EIO, "zmq_send of %s frame %zu failed: %s",
+                             wire_type_name(get_u16(o->header + 6)), i, zmq_strerror(errno));
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- receive */
+
+void wire_rx_free(wire_rx *rx) {
+    if (!rx) return;
+    zmq_msg_t *msgs = rx->msgs;
+    for (size_t i = 0; i < rx->n; i++) zmq_msg_close(&msgs[i]);
+    free(rx->msgs);
+    free(rx->views);
+    memset(rx, 0, sizeof *rx);
+}
+
+int wire_rx_recv(void *zsock, wire_rx *rx, int flags, rlhf_error *err) {
+    zmq_msg_t *msgs = rx->msgs;
+    for (size_t i = 0; i < rx->n; i++) zmq_msg_close(&msgs[i]);
+    rx->n = 0;
+    for (;;) {
+        if (rx->n == rx->cap) {
+            size_t cap = rx->cap ? rx->cap * 2 : 8;
+            zmq_msg_t *nm = realloc(rx->msgs, cap * sizeof *nm);
+            if (!nm) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory receiving a message");
+            rx->msgs = nm;
+            wire_frame *nv = realloc(rx->views, cap * sizeof *nv);
+            if (!nv) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory receiving a message");
+            rx->views = nv;
+            rx->cap = cap;
+        }
+        msgs = rx->msgs;
+        zmq_msg_t *m = &msgs[rx->n];
+        zmq_msg_init(m);
+        int rc;
+        /* Later parts of a multipart message are already here: only the first may block or EAGAIN. */
+        do rc = zmq_msg_recv(m, zsock, rx->n == 0 ? flags : 0);
+        while (rc < 0 && errno == EINTR && rx->n > 0);
+        if (rc < 0) {
+            int e = errno;
+            zmq_msg_close(m);
+            if (rx->n == 0 && (e == EAGAIN || e == EINTR)) return 0;
+            return RLHF_FAIL(err, RLHF_EIO, "zmq_msg_recv failed: %s", zmq_strerror(e));
+        }
+        rx->n++;
+        if (!zmq_msg_more(m)) break;
+        if (rx->n > WIRE_MAX_PAYLOADS + 8) {
+            /* Drain the rest so the socket stays usable, keep the count for the rejection. */
+            zmq_msg_t tmp;
+            zmq_msg_init(&tmp);
+            while (zmq_msg_more(m) && zmq_msg_recv(&tmp, zsock, 0) >= 0) {
+                if (!zmq_msg_more(&tmp)) break;
+            }
+            zmq_msg_close(&tmp);
+            break;
+        }
+    }
+    for (size_t i = 0; i < rx->n; i++) {
+        rx->views[i].data = zmq_msg_data(&msgs[i]);
+        rx->views[i].len = zmq_msg_size(&msgs[i]);
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- parse */
+
+void wire_msg_release(wire_msg *m) {
+    if (!m) return;
+    json_decref(m->meta);
+    memset(m, 0, sizeof *m);
+}
+
+int wire_parse(const wire_frame *f, size_t n, wire_msg *m, int *reason, rlhf_error *err) {
+    memset(m, 0, sizeof *m);
+    if (reason) *reason = WIRE_R_OK;
+    if (n < 2) return rej(reason, WIRE_R_FRAME_COUNT, err, "message", "%zu frame(s), need at least 2", n);
+    if (f[0].len != WIRE_HEADER_BYTES || memcmp(f[0].data, WIRE_MAGIC, 4) != 0)
+        return rej(reason, WIRE_R_HEADER, err, "frame 0", "not an rlhf wire header (%zu bytes, want %d with magic %s)",
+                   f[0].len, WIRE_HEADER_BYTES, WIRE_MAGIC);
+    const uint8_t *h = f[0].data;
+    m->version = get_u16(h + 4);
+    m->type = get_u16(h + 6);
+    uint32_t npay = get_u32(h + 8), meta_crc = get_u32(h + 12);
+    if (m->version != WIRE_PROTOCOL_VERSION)
+        return rej(reason, WIRE_R_VERSION, err, "frame 0", "peer speaks protocol version %d, this side speaks %d",
+                   m->version, WIRE_PROTOCOL_VERSION);
+    if (m->type <= 0 || m->type >= WIRE_TYPE_END)
+        return rej(reason, WIRE_R_TYPE, err, "frame 0", "unknown message type %d", m->type);
+    const char *tn = wire_type_name(m->type);
+    if (npay > WIRE_MAX_PAYLOADS)
+        return rej(reason, WIRE_R_TOO_LARGE, err, tn, "header declares %u payload frames > limit %d", npay,
+                   WIRE_MAX_PAYLOADS);
+    if ((size_t)npay + 2 != n)
+        return rej(reason, WIRE_R_FRAME_COUNT, err, tn, "header declares %u payload frames, message has %zu", npay,
+                   n - 2);
+    if (f[1].len > WIRE_MAX_META_BYTES)
+        return rej(reason, WIRE_R_TOO_LARGE, err, tn, "metadata is %zu bytes > limit %u", f[1].len,
+                   WIRE_MAX_META_BYTES);
+    if (wire_crc32(0, f[1].data, f[1].len) != meta_crc)
+        return rej(reason, WIRE_R_CRC, err, tn, "metadata CRC-32 mismatch");
+    json_error_t je;
+    json_t *meta = json_loadb(f[1].data, f[1].len, JSON_REJECT_DUPLICATES, &je);
+    if (!meta) return rej(reason, WIRE_R_JSON, err, tn, "metadata is not valid JSON: %s at byte %d", je.text, je.position);
+    if (!json_is_object(meta)) {
+        json_decref(meta);
+        return rej(reason, WIRE_R_JSON, err, tn, "metadata is not a JSON object");
+    }
+    json_t *decl = json_object_get(meta, "payloads");
+    if (!json_is_array(decl) || json_array_size(decl) != npay) {
+        json_decref(meta);
+        return rej(reason, WIRE_R_FIELD, err, tn, "metadata \"payloads\" must be an array of %u entries", npay);
+    }
+    for (size_t i = 0; i < npay; i++) {
+        json_t *d = json_array_get(decl, i);
+        json_t *jb = json_object_get(d, "bytes"), *jc = json_object_get(d, "crc32");
+        char where[64];
+        snprintf(where, sizeof where, "%s.payloads[%zu]", tn, i);
+        if (!json_is_integer(jb) || !json_is_integer(jc) || json_integer_value(jb) < 0 ||
+            json_integer_value(jc) < 0 || json_integer_value(jc) > 0xffffffffLL) {
+            json_decref(meta);
+            return rej(reason, WIRE_R_FIELD, err, where, "needs integer \"bytes\" and \"crc32\"");
+        }
+        if ((uint64_t)json_integer_value(jb) != f[i + 2].len) {
+            json_decref(meta);
+            return rej(reason, WIRE_R_LENGTH, err, where, "declares %lld bytes, frame has %zu",
+                       (long long)json_integer_value(jb), f[i + 2].len);
+        }
+        if (wire_crc32(0, f[i + 2].data, f[i + 2].len) != (uint32_t)json_integer_value(jc)) {
+            json_decref(meta);
+            return rej(reason, WIRE_R_CRC, err, where, "payload CRC-32 mismatch");
+        }
+    }
+    m->meta = meta;
+    m->n_payloads = npay;
+    m->payloads = f + 2;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- field readers */
+
+typedef struct dctx {
+    const wire_msg *m;
+    int *reason;
+    rlhf_error *err;
+    const char *tn;
+} dctx;
+
+static int dfield(dctx *c, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int dfield(dctx *c, const char *key, const char *fmt, ...) {
+    char where[160], msg[512];
+    snprintf(where, sizeof where, "%s.%s", c->tn, key);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return rej(c->reason, WIRE_R_FIELD, c->err, where, "%s", msg);
+}
+
+static int get_uint(dctx *c, json_t *obj, const char *key, uint64_t max, uint64_t *out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return dfield(c, key, "missing");
+    if (!json_is_integer(v)) return dfield(c, key, "must be an integer");
+    json_int_t x = json_integer_value(v);
+    if (x < 0 || (uint64_t)x > max) return dfield(c, key, "%lld out of range [0, %llu]", (long long)x, (unsigned long long)max);
+    *out = (uint64_t)x;
+    return 0;
+}
+
+static int get_u32f(dctx *c, json_t *obj, const char *key, uint32_t max, uint32_t *out) {
+    uint64_t v;
+    int rc = get_uint(c, obj, key, max, &v);
+    if (rc == 0) *out = (uint32_t)v;
+    return rc;
+}
+
+static int get_real(dctx *c, json_t *obj, const char *key, double *out, int required) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        *out = 0;
+        return required ? dfield(c, key, "missing") : 0;
+    }
+    if (!json_is_number(v)) return dfield(c, key, "must be a number");
+    *out = json_number_value(v);
+    return 0;
+}
+
+/* Copies a string field into buf (size cap) or strdup's it into *dup. */
+static int get_str(dctx *c, json_t *obj, const char *key, char *buf, size_t cap, char **dup, int required) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        if (buf) buf[0] = 0;
+        if (dup) *dup = NULL;
+        return required ? dfield(c, key, "missing") : 0;
+    }
+    if (!json_is_string(v)) return dfield(c, key, "must be a string");
+    const char *s = json_string_value(v);
+    size_t len = json_string_length(v);
+    if (strlen(s) != len) return dfield(c, key, "contains a NUL byte");
+    if (buf) {
+        if (len >= cap) return dfield(c, key, "longer than %zu bytes", cap - 1);
+        memcpy(buf, s, len + 1);
+    }
+    if (dup) {
+        *dup = strdup(s);
+        if (!*dup) return RLHF_FAIL(c->err, RLHF_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static int check_type(dctx *c, int want) {
+    if (!c->m || !c->m->meta || c->m->type != want)
+        return rej(c->reason, WIRE_R_TYPE, c->err, wire_type_name(want), "expected a %s message, got %s",
+                   wire_type_name(want), c->m ? wire_type_name(c->m->type) : "nothing");
+    if (c->reason) *c->reason = WIRE_R_OK;
+    return 0;
+}
+
+static int want_payloads(dctx *c, size_t n) {
+    if (c->m->n_payloads != n)
+        return rej(c->reason, WIRE_R_FRAME_COUNT, c->err, c->tn, "%zu payload frames, this type has %zu",
+                   c->m->n_payloads, n);
+    return 0;
+}
+
+static int payload_len(dctx *c, size_t i, uint64_t count, size_t elem, const char *what) {
+    if (c->m->payloads[i].len != count * elem) {
+        char where[160];
+        snprintf(where, sizeof where, "%s.payloads[%zu]", c->tn, i);
+        return rej(c->reason, WIRE_R_LENGTH, c->err, where, "%s: %zu bytes, metadata implies %llu x %zu", what,
+                   c->m->payloads[i].len, (unsigned long long)count, elem);
+    }
+    return 0;
+}
+
+static void *dup_bytes(const void *p, size_t n) {
+    void *q = malloc(n ? n : 1);
+    if (q && n) memcpy(q, p, n);
+    return q;
+}
+
+#define DCTX(type_)                                                                                                   \
+    dctx c_ = {m, reason, err, wire_type_name(type_)};                                                                \
+    dctx *c = &c_;                                                                                                    \
+    int rc_ = check_type(c, type_);                                                                                   \
+    if (rc_) return rc_;
+#define TRY(x)                                                                                                        \
+    do {                                                                                                              \
+        int rc__ = (x);                                                                                               \
+        if (rc__) goto fail;                                                                                          \
+    } while (0)
+
+/* ---------------------------------------------------------------- HELLO / WELCOME */
+
+int wire_encode_hello(const wire_hello *x, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_HELLO, json_pack("{sssssI}", "peer_id", x->peer_id, "role", wire_role_name(x->role), "pid",
+                                        (json_int_t)x->pid),
+                  NULL, 0, o, err);
+}
+
+static int role_from(dctx *c, json_t *obj, const char *key, int *role) {
+    char buf[32];
+    int rc = get_str(c, obj, key, buf, sizeof buf, NULL, 1);
+    if (rc) return rc;
+    for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++)
+        if (!strcmp(buf, wire_role_name(r))) {
+            *role = r;
+            return 0;
+        }
+    return dfield(c, key, "unknown role \"%s\" (generator, updater, observer)", buf);
+}
+
+int wire_decode_hello(const wire_msg *m, wire_hello *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_HELLO);
+    memset(x, 0, sizeof *x);
+    uint64_t pid;
+    TRY(want_payloads(c, 0));
+    TRY(get_str(c, m->meta, "peer_id", x->peer_id, sizeof x->peer_id, NULL, 1));
+    if (!x->peer_id[0]) {
+        dfield(c, "peer_id", "must not be empty");
+        goto fail;
+    }
+    TRY(role_from(c, m->meta, "role", &x->role));
+    TRY(get_uint(c, m->meta, "pid", INT64_MAX, &pid));
+    x->pid = (int64_t)pid;
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_encode_welcome(const wire_welcome *x, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_WELCOME,
+                  json_pack("{sIsbsIsI}", "newest_version", (json_int_t)x->newest_version, "has_weights",
+                            x->has_weights, "heartbeat_interval_ms", (json_int_t)x->heartbeat_interval_ms,
+                            "max_staleness", (json_int_t)x->max_staleness),
+                  NULL, 0, o, err);
+}
+
+int wire_decode_welcome(const wire_msg *m, wire_welcome *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_WELCOME);
+    memset(x, 0, sizeof *x);
+    TRY(want_payloads(c, 0));
+    TRY(get_uint(c, m->meta, "newest_version", INT64_MAX, &x->newest_version));
+    json_t *hw = json_object_get(m->meta, "has_weights");
+    if (!json_is_boolean(hw)) {
+        dfield(c, "has_weights", "must be a boolean");
+        goto fail;
+    }
+    x->has_weights = json_is_true(hw);
+    TRY(get_u32f(c, m->meta, "heartbeat_interval_ms", UINT32_MAX, &x->heartbeat_interval_ms));
+    TRY(get_u32f(c, m->meta, "max_staleness", UINT32_MAX, &x->max_staleness));
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+/* ---------------------------------------------------------------- PROMPT_REQUEST / PROMPT_BATCH */
+
+int wire_encode_prompt_request(const wire_prompt_request *x, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_PROMPT_REQUEST, json_pack("{sIsI}", "request_id", (json_int_t)x->request_id, "n", (json_int_t)x->n),
+                  NULL, 0, o, err);
+}
+
+int wire_decode_prompt_request(const wire_msg *m, wire_prompt_request *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_PROMPT_REQUEST);
+    memset(x, 0, sizeof *x);
+    TRY(want_payloads(c, 0));
+    TRY(get_uint(c, m->meta, "request_id", INT64_MAX, &x->request_id));
+    TRY(get_u32f(c, m->meta, "n", WIRE_MAX_BATCH, &x->n));
+    if (x->n == 0) {
+        dfield(c, "n", "must be >= 1");
+        goto fail;
+    }
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_encode_prompt_batch(const wire_prompt_batch *x, wire_out *o, rlhf_error *err) {
+    json_t *arr = json_array();
+    for (uint32_t i = 0; i < x->n; i++) {
+        const wire_prompt *p = &x->prompts[i];
+        json_t *jp = json_pack("{sssssI}", "id", p->id ? p->id : "", "text", p->text ? p->text : "", "index",
+                               (json_int_t)p->index);
+        if (p->record) json_object_set(jp, "record", p->record);
+        json_array_append_new(arr, jp);
+    }
+    return encode(WIRE_PROMPT_BATCH,
+                  json_pack("{sIsIso}", "request_id", (json_int_t)x->request_id, "newest_version",
+                            (json_int_t)x->newest_version, "prompts", arr),
+                  NULL, 0, o, err);
+}
+
+void wire_prompt_batch_free(wire_prompt_batch *x) {
+    if (!x) return;
+    if (x->prompts)
+        for (uint32_t i = 0; i < x->n; i++) {
+            free(x->prompts[i].id);
+            free(x->prompts[i].text);
+            json_decref(x->prompts[i].record);
+        }
+    free(x->prompts);
+    memset(x, 0, sizeof *x);
+}
+
+int wire_decode_prompt_batch(const wire_msg *m, wire_prompt_batch *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_PROMPT_BATCH);
+    memset(x, 0, sizeof *x);
+    TRY(want_payloads(c, 0));
+    TRY(get_uint(c, m->meta, "request_id", INT64_MAX, &x->request_id));
+    TRY(get_uint(c, m->meta, "newest_version", INT64_MAX, &x->newest_version));
+    json_t *arr = json_object_get(m->meta, "prompts");
+    if (!json_is_array(arr)) {
+        dfield(c, "prompts", "must be an array");
+        goto fail;
+    }
+    if (json_array_size(arr) > WIRE_MAX_BATCH) {
+        rej(reason, WIRE_R_TOO_LARGE, err, "PROMPT_BATCH.prompts", "%zu prompts > limit %d", json_array_size(arr),
+            WIRE_MAX_BATCH);
+        goto fail;
+    }
+    x->prompts = calloc(json_array_size(arr) + 1, sizeof *x->prompts);
+    if (!x->prompts) {
+        RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *jp = json_array_get(arr, i);
+        char key[48];
+        snprintf(key, sizeof key, "prompts[%zu]", i);
+        if (!json_is_object(jp)) {
+            dfield(c, key, "must be an object");
+            goto fail;
+        }
+        wire_prompt *p = &x->prompts[i];
+        x->n = (uint32_t)i + 1; /* so _free releases what was filled */
+        TRY(get_str(c, jp, "id", NULL, 0, &p->id, 1));
+        TRY(get_str(c, jp, "text", NULL, 0, &p->text, 1));
+        TRY(get_uint(c, jp, "index", INT64_MAX, &p->index));
+        json_t *rec = json_object_get(jp, "record");
+        if (rec) {
+            if (!json_is_object(rec)) {
+                dfield(c, key, "record must be an object");
+                goto fail;
+            }
+            p->record = json_incref(rec);
+        }
+    }
+    x->n = (uint32_t)json_array_size(arr);
+    return 0;
+fail:
+    wire_prompt_batch_free(x);
+    return err ? err->code : RLHF_EPROTO;
+}
+
+/* ---------------------------------------------------------------- ROLLOUT_GROUP */
+
+uint64_t wire_rollout_group_total_tokens(const wire_rollout_group *g) {
+    uint64_t t = 0;
+    for (uint32_t i = 0; i < g->k; i++) t += g->n_tokens[i];
+    return t;
+}
+
+int wire_encode_rollout_group(const wire_rollout_group *x, wire_out *o, rlhf_error *err) {
+    memset(o, 0, sizeof *o);
+    if (x->k == 0 || x->k > WIRE_MAX_K)
+        return RLHF_FAIL(err, RLHF_EINVAL, "rollout group k=%u out of range [1, %d]", x->k, WIRE_MAX_K);
+    json_t *samples = json_array();
+    for (uint32_t i = 0; i < x->k; i++) {
+        json_t *s = json_pack("{sIss}", "n_tokens", (json_int_t)x->n_tokens[i], "finish",
+                              wire_finish_name(x->finish ? x->finish[i] : WIRE_FINISH_STOP));
+        if (x->texts && x->texts[i]) json_object_set_new(s, "text", json_string(x->texts[i]));
+        json_array_append_new(samples, s);
+    }
+    json_t *meta = json_pack("{sssssssIsIsIsIsIsfsfso}", "prompt_id", x->prompt_id ? x->prompt_id : "", "prompt_text",
+                             x->prompt_text ? x->prompt_text : "", "generator_id",
+                             x->generator_id ? x->generator_id : "", "seq", (json_int_t)x->seq, "policy_version",
+                             (json_int_t)x->policy_version, "k", (json_int_t)x->k, "n_prompt_tokens",
+                             (json_int_t)x->n_prompt_tokens, "total_tokens",
+                             (json_int_t)wire_rollout_group_total_tokens(x), "gen_seconds", x->gen_seconds,
+                             "created_at", x->created_at, "samples", samples);
+    if (!meta) return RLHF_FAIL(err, RLHF_EINVAL, "rollout group: a string field is not valid UTF-8");
+    if (x->prompt_record) json_object_set(meta, "prompt_record", x->prompt_record);
+    uint64_t total = wire_rollout_group_total_tokens(x);
+    wire_frame pay[3] = {
+        {x->prompt_tokens, (size_t)x->n_prompt_tokens * 4},
+        {x->tokens, (size_t)total * 4},
+        {x->logprobs, (size_t)total * 4},
+    };
+    return encode(WIRE_ROLLOUT_GROUP, meta, pay, 3, o, err);
+}
+
+void wire_rollout_group_free(wire_rollout_group *x) {
+    if (!x) return;
+    free(x->prompt_id);
+    free(x->prompt_text);
+    json_decref(x->prompt_record);
+    free(x->generator_id);
+    free(x->prompt_tokens);
+    free(x->n_tokens);
+    free(x->tokens);
+    free(x->logprobs);
+    free(x->finish);
+    if (x->texts)
+        for (uint32_t i = 0; i < x->k; i++) free(x->texts[i]);
+    free(x->texts);
+    memset(x, 0, sizeof *x);
+}
+
+int wire_decode_rollout_group(const wire_msg *m, wire_rollout_group *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_ROLLOUT_GROUP);
+    memset(x, 0, sizeof *x);
+    uint64_t total = 0, declared_total = 0;
+    uint32_t k = 0;
+    TRY(want_payloads(c, 3));
+    TRY(get_uint(c, m->meta, "seq", INT64_MAX, &x->seq));
+    TRY(get_uint(c, m->meta, "policy_version", INT64_MAX, &x->policy_version));
+    json_t *jk = json_object_get(m->meta, "k");
+    if (json_is_integer(jk) && (json_integer_value(jk) > WIRE_MAX_K)) {
+        rej(reason, WIRE_R_TOO_LARGE, err, "ROLLOUT_GROUP.k", "k=%lld > limit %d", (long long)json_integer_value(jk),
+            WIRE_MAX_K);
+        goto fail;
+    }
+    TRY(get_u32f(c, m->meta, "k", WIRE_MAX_K, &k));
+    if (k == 0) {
+        dfield(c, "k", "must be >= 1");
+        goto fail;
+    }
+    json_t *jnp = json_object_get(m->meta, "n_prompt_tokens");
+    if (json_is_integer(jnp) && json_integer_value(jnp) > (json_int_t)WIRE_MAX_PROMPT_TOKENS) {
+        rej(reason, WIRE_R_TOO_LARGE, err, "ROLLOUT_GROUP.n_prompt_tokens", "%lld > limit %u",
+            (long long)json_integer_value(jnp), WIRE_MAX_PROMPT_TOKENS);
+        goto fail;
+    }
+    TRY(get_u32f(c, m->meta, "n_prompt_tokens", WIRE_MAX_PROMPT_TOKENS, &x->n_prompt_tokens));
+    TRY(get_uint(c, m->meta, "total_tokens", INT64_MAX, &declared_total));
+    if (declared_total > WIRE_MAX_GROUP_TOKENS) {
+        rej(reason, WIRE_R_TOO_LARGE, err, "ROLLOUT_GROUP.total_tokens", "%llu > limit %u",
+            (unsigned long long)declared_total, WIRE_MAX_GROUP_TOKENS);
+        goto fail;
+    }
+    json_t *samples = json_object_get(m->meta, "samples");
+    if (!json_is_array(samples) || json_array_size(samples) != k) {
+        dfield(c, "samples", "must be an array of k=%u objects", k);
+        goto fail;
+    }
+    /* Check every count against the payload sizes before allocating anything. */
+    for (uint32_t i = 0; i < k; i++) {
+        json_t *s = json_array_get(samples, i);
+        json_t *nt = json_object_get(s, "n_tokens");
+        if (!json_is_integer(nt) || json_integer_value(nt) < 0) {
+            char key[48];
+            snprintf(key, sizeof key, "samples[%u].n_tokens", i);
+            dfield(c, key, "must be a non-negative integer");
+            goto fail;
+        }
+        total += (uint64_t)json_integer_value(nt);
+        if (total > WIRE_MAX_GROUP_TOKENS) {
+            rej(reason, WIRE_R_TOO_LARGE, err, "ROLLOUT_GROUP.samples", "token count above limit %u",
+                WIRE_MAX_GROUP_TOKENS);
+            goto fail;
+        }
+    }
+    if (total != declared_total) {
+        rej(reason, WIRE_R_LENGTH, err, "ROLLOUT_GROUP.total_tokens", "declares %llu, samples sum to %llu",
+            (unsigned long long)declared_total, (unsigned long long)total);
+        goto fail;
+    }
+    TRY(payload_len(c, 0, x->n_prompt_tokens, 4, "prompt token ids"));
+    TRY(payload_len(c, 1, total, 4, "completion token ids"));
+    TRY(payload_len(c, 2, total, 4, "behaviour log-probs"));
+    TRY(get_str(c, m->meta, "prompt_id", NULL, 0, &x->prompt_id, 1));
+    TRY(get_str(c, m->meta, "prompt_text", NULL, 0, &x->prompt_text, 1));
+    TRY(get_str(c, m->meta, "generator_id", NULL, 0, &x->generator_id, 1));
+    TRY(get_real(c, m->meta, "gen_seconds", &x->gen_seconds, 0));
+    TRY(get_real(c, m->meta, "created_at", &x->created_at, 0));
+    json_t *rec = json_object_get(m->meta, "prompt_record");
+    if (rec) {
+        if (!json_is_object(rec)) {
+            dfield(c, "prompt_record", "must be an object");
+            goto fail;
+        }
+        x->prompt_record = json_incref(rec);
+    }
+    x->k = k;
+    x->n_tokens = calloc(k, sizeof *x->n_tokens);
+    x->finish = calloc(k, 1);
+    x->texts = calloc(k, sizeof *x->texts);
+    x->prompt_tokens = dup_bytes(m->payloads[0].data, m->payloads[0].len);
+    x->tokens = dup_bytes(m->payloads[1].data, m->payloads[1].len);
+    x->logprobs = dup_bytes(m->payloads[2].data, m->payloads[2].len);
+    if (!x->n_tokens || !x->finish || !x->texts || !x->prompt_tokens || !x->tokens || !x->logprobs) {
+        RLHF_FAIL(err, RLHF_ENOMEM, "out of memory decoding a rollout group");
+        goto fail;
+    }
+    int any_text = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        json_t *s = json_array_get(samples, i);
+        x->n_tokens[i] = (uint32_t)json_integer_value(json_object_get(s, "n_tokens"));
+        char key[48], fin[16];
+        snprintf(key, sizeof key, "samples[%u]", i);
+        dctx cs = *c;
+        char tn[64];
+        snprintf(tn, sizeof tn, "ROLLOUT_GROUP.%s", key);
+        cs.tn = tn;
+        TRY(get_str(&cs, s, "finish", fin, sizeof fin, NULL, 1));
+        int f = -1;
+        for (int j = 0; j <= WIRE_FINISH_ERROR; j++)
+            if (!strcmp(fin, finish_names[j])) f = j;
+        if (f < 0) {
+            dfield(&cs, "finish", "unknown finish reason \"%s\" (stop, length, error)", fin);
+            goto fail;
+        }
+        x->finish[i] = (uint8_t)f;
+        TRY(get_str(&cs, s, "text", NULL, 0, &x->texts[i], 0));
+        any_text |= x->texts[i] != NULL;
+    }
+    if (!any_text) {
+        free(x->texts);
+        x->texts = NULL;
+    }
+    for (uint64_t t = 0; t < total; t++)
+        if (!isfinite(x->logprobs[t]) || x->logprobs[t] > 0) {
+            rej(reason, WIRE_R_FIELD, err, "ROLLOUT_GROUP.payloads[2]",
+                "behaviour log-prob %llu is %g (must be finite and <= 0)", (unsigned long long)t, x->logprobs[t]);
+            goto fail;
+        }
+    return 0;
+fail:
+    wire_rollout_group_free(x);
+    return err ? err->code : RLHF_EPROTO;
+}
+
+json_t *wire_rollout_group_to_json(const wire_rollout_group *g) {
+    json_t *samples = json_array();
+    uint64_t off = 0;
+    for (uint32_t i = 0; i < g->k; i++) {
+        json_t *toks = json_array(), *lps = json_array();
+        for (uint32_t t = 0; t < g->n_tokens[i]; t++) {
+            json_array_append_new(toks, json_integer(g->tokens[off + t]));
+            json_array_append_new(lps, json_real(g->logprobs[off + t]));
+        }
+        off += g->n_tokens[i];
+        json_t *s = json_pack("{sssoso}", "finish", wire_finish_name(g->finish[i]), "tokens", toks, "logprobs", lps);
+        if (g->texts && g->texts[i]) json_object_set_new(s, "text", json_string(g->texts[i]));
+        json_array_append_new(samples, s);
+    }
+    json_t *ptoks = json_array();
+    for (uint32_t t = 0; t < g->n_prompt_tokens; t++) json_array_append_new(ptoks, json_integer(g->prompt_tokens[t]));
+    json_t *o = json_pack("{sssssssIsIsIsosfsfso}", "prompt_id", g->prompt_id, "prompt_text", g->prompt_text,
+                          "generator_id", g->generator_id, "seq", (json_int_t)g->seq, "policy_version",
+                          (json_int_t)g->policy_version, "k", (json_int_t)g->k, "prompt_tokens", ptoks,
+                          "gen_seconds", g->gen_seconds, "created_at", g->created_at, "samples", samples);
+    if (o && g->prompt_record) json_object_set(o, "prompt_record", g->prompt_record);
+    return o;
+}
+
+/* ---------------------------------------------------------------- CREDIT */
+
+int wire_encode_credit(const wire_credit *x, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_CREDIT, json_pack("{sI}", "n", (json_int_t)x->n), NULL, 0, o, err);
+}
+
+int wire_decode_credit(const wire_msg *m, wire_credit *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_CREDIT);
+    memset(x, 0, sizeof *x);
+    TRY(want_payloads(c, 0));
+    TRY(get_u32f(c, m->meta, "n", 1u << 20, &x->n));
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+/* ---------------------------------------------------------------- WEIGHTS */
+
+int wire_encode_weights(const wire_weights *x, wire_out *o, rlhf_error *err) {
+    memset(o, 0, sizeof *o);
+    uint64_t chunk = x->chunk_bytes ? x->chunk_bytes : WIRE_DEFAULT_CHUNK_BYTES;
+    uint64_t nchunks = (x->nbytes + chunk - 1) / chunk;
+    if (nchunks > WIRE_MAX_PAYLOADS)
+        return RLHF_FAIL(err, RLHF_EINVAL, "weights: %llu bytes in %llu-byte chunks needs %llu frames > limit %d",
+                         (unsigned long long)x->nbytes, (unsigned long long)chunk, (unsigned long long)nchunks,
+                         WIRE_MAX_PAYLOADS);
+    json_t *tensors = json_array();
+    for (uint32_t i = 0; i < x->n_tensors; i++) {
+        const wire_tensor *t = &x->tensors[i];
+        json_t *shape = json_array();
+        for (uint32_t d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer((json_int_t)t->shape[d]));
+        json_array_append_new(tensors, json_pack("{sssosIsI}", "name", t->name, "shape", shape, "offset",
+                                                 (json_int_t)t->offset, "nbytes", (json_int_t)t->nbytes));
+    }
+    wire_frame *pay = calloc(nchunks + 1, sizeof *pay);
+    if (!pay) {
+        json_decref(tensors);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    for (uint64_t i = 0; i < nchunks; i++) {
+        uint64_t off = i * chunk;
+        pay[i].data = x->data + off;
+        pay[i].len = (size_t)(x->nbytes - off < chunk ? x->nbytes - off : chunk);
+    }
+    int rc = encode(WIRE_WEIGHTS,
+                    json_pack("{sIsssIsIso}", "version", (json_int_t)x->version, "dtype", "f32", "nbytes",
+                              (json_int_t)x->nbytes, "chunk_bytes", (json_int_t)chunk, "tensors", tensors),
+                    pay, (size_t)nchunks, o, err);
+    free(pay);
+    return rc;
+}
+
+void wire_weights_free(wire_weights *x) {
+    if (!x) return;
+    free(x->tensors);
+    free(x->owned_data);
+    memset(x, 0, sizeof *x);
+}
+
+static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *reason, rlhf_error *err);
+int wire_decode_weights(const wire_msg *m, wire_weights *x, int *reason, rlhf_error *err) {
+    return decode_weights(m, x, 1, reason, err);
+}
+int wire_decode_weights_header(const wire_msg *m, wire_weights *x, int *reason, rlhf_error *err) {
+    return decode_weights(m, x, 0, reason, err);
+}
+
+static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *reason, rlhf_error *err) {
+    DCTX(WIRE_WEIGHTS);
+    memset(x, 0, sizeof *x);
+    uint64_t chunk = 0;
+    char dtype[8];
+    TRY(get_uint(c, m->meta, "version", INT64_MAX, &x->version));
+    TRY(get_str(c, m->meta, "dtype", dtype, sizeof dtype, NULL, 1));
+    if (strcmp(dtype, "f32") != 0) {
+        dfield(c, "dtype", "\"%s\" unsupported (only f32)", dtype);
+        goto fail;
+    }
+    TRY(get_uint(c, m->meta, "nbytes", INT64_MAX, &x->nbytes));
+    if (x->nbytes > WIRE_MAX_WEIGHT_BYTES) {
+        rej(reason, WIRE_R_TOO_LARGE, err, "WEIGHTS.nbytes", "%llu > limit %llu", (unsigned long long)x->nbytes,
+            (unsigned long long)WIRE_MAX_WEIGHT_BYTES);
+        goto fail;
+    }
+    TRY(get_uint(c, m->meta, "chunk_bytes", UINT32_MAX, &chunk));
+    if (chunk == 0) {
+        dfield(c, "chunk_bytes", "must be >= 1");
+        goto fail;
+    }
+    /* Every chunk but the last is exactly chunk_bytes; together they are nbytes. */
+    uint64_t want_chunks = (x->nbytes + chunk - 1) / chunk;
+    if (m->n_payloads != want_chunks) {
+        rej(reason, WIRE_R_FRAME_COUNT, err, "WEIGHTS", "%zu chunk frames, nbytes/chunk_bytes implies %llu",
+            m->n_payloads, (unsigned long long)want_chunks);
+        goto fail;
+    }
+    for (size_t i = 0; i < m->n_payloads; i++) {
+        uint64_t want = i + 1 < m->n_payloads ? chunk : x->nbytes - i * chunk;
+        if (m->payloads[i].len != want) {
+            char where[64];
+            snprintf(where, sizeof where, "WEIGHTS.payloads[%zu]", i);
+            rej(reason, WIRE_R_LENGTH, err, where, "chunk is %zu bytes, expected %llu", m->payloads[i].len,
+                (unsigned long long)want);
+            goto fail;
+        }
+    }
+    json_t *jt = json_object_get(m->meta, "tensors");
+    if (!json_is_array(jt)) {
+        dfield(c, "tensors", "must be an array");
+        goto fail;
+    }
+    if (json_array_size(jt) > WIRE_MAX_TENSORS) {
+        rej(reason, WIRE_R_TOO_LARGE, err, "WEIGHTS.tensors", "%zu tensors > limit %d", json_array_size(jt),
+            WIRE_MAX_TENSORS);
+        goto fail;
+    }
+    x->n_tensors = (uint32_t)json_array_size(jt);
+    x->tensors = calloc(x->n_tensors + 1, sizeof *x->tensors);
+    if (!x->tensors) {
+        RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    uint64_t prev_end = 0;
+    for (uint32_t i = 0; i < x->n_tensors; i++) {
+        json_t *t = json_array_get(jt, i);
+        char tn[64];
+        snprintf(tn, sizeof tn, "WEIGHTS.tensors[%u]", i);
+        dctx ct = *c;
+        ct.tn = tn;
+        wire_tensor *w = &x->tensors[i];
+        if (!json_is_object(t)) {
+            dfield(&ct, "name", "tensor entry must be an object");
+            goto fail;
+        }
+        TRY(get_str(&ct, t, "name", w->name, sizeof w->name, NULL, 1));
+        TRY(get_uint(&ct, t, "offset", INT64_MAX, &w->offset));
+        TRY(get_uint(&ct, t, "nbytes", INT64_MAX, &w->nbytes));
+        json_t *shape = json_object_get(t, "shape");
+        if (!json_is_array(shape) || json_array_size(shape) > WIRE_MAX_NDIM) {
+            dfield(&ct, "shape", "must be an array of at most %d dims", WIRE_MAX_NDIM);
+            goto fail;
+        }
+        w->ndim = (uint32_t)json_array_size(shape);
+        uint64_t numel = 1;
+        for (uint32_t d = 0; d < w->ndim; d++) {
+            json_t *jd = json_array_get(shape, d);
+            if (!json_is_integer(jd) || json_integer_value(jd) < 0 || json_integer_value(jd) > (1LL << 40)) {
+                dfield(&ct, "shape", "dim %u must be an integer in [0, 2^40]", d);
+                goto fail;
+            }
+            w->shape[d] = (uint64_t)json_integer_value(jd);
+            numel *= w->shape[d];
+            if (numel > x->nbytes) break; /* also avoids overflow; caught below */
+        }
+        if (numel > x->nbytes / 4 + 1 || numel * 4 != w->nbytes) {
+            rej(reason, WIRE_R_LENGTH, err, tn, "nbytes %llu != 4 x prod(shape)", (unsigned long long)w->nbytes);
+            goto fail;
+        }
+        if (w->offset < prev_end || w->offset > x->nbytes || w->nbytes > x->nbytes - w->offset) {
+            rej(reason, WIRE_R_LENGTH, err, tn, "bytes [%llu, %llu) overlap a previous tensor or leave the %llu-byte blob",
+                (unsigned long long)w->offset, (unsigned long long)(w->offset + w->nbytes),
+                (unsigned long long)x->nbytes);
+            goto fail;
+        }
+        prev_end = w->offset + w->nbytes;
+    }
+    x->chunk_bytes = (uint32_t)chunk;
+    if (!copy) return 0;
+    x->owned_data = malloc(x->nbytes ? x->nbytes : 1);
+    if (!x->owned_data) {
+        RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for %llu weight bytes", (unsigned long long)x->nbytes);
+        goto fail;
+    }
+    for (size_t i = 0; i < m->n_payloads; i++)
+        memcpy(x->owned_data + i * chunk, m->payloads[i].data, m->payloads[i].len);
+    x->data = x->owned_data;
+    return 0;
+fail:
+    wire_weights_free(x);
+    return err ? err->code : RLHF_EPROTO;
+}
+
+/* ---------------------------------------------------------------- PROMPT_STATS */
+
+int wire_encode_prompt_stats(const wire_prompt_stats *x, wire_out *o, rlhf_error *err) {
+    json_t *meta = json_pack("{sssIsIsI}", "prompt_id", x->prompt_id ? x->prompt_id : "", "policy_version",
+                             (json_int_t)x->policy_version, "k", (json_int_t)x->k, "n_sources",
+                             (json_int_t)x->n_sources);
+    if (meta && x->source_names) {
+        json_t *names = json_array();
+        for (uint32_t i = 0; i < x->n_sources; i++) json_array_append_new(names, json_string(x->source_names[i]));
+        json_object_set_new(meta, "sources", names);
+    }
+    wire_frame pay[2] = {{x->rewards, (size_t)x->n_sources * x->k * 4}, {x->total, (size_t)x->k * 4}};
+    return encode(WIRE_PROMPT_STATS, meta, pay, 2, o, err);
+}
+
+void wire_prompt_stats_free(wire_prompt_stats *x) {
+    if (!x) return;
+    free(x->prompt_id);
+    if (x->source_names)
+        for (uint32_t i = 0; i < x->n_sources; i++) free(x->source_names[i]);
+    free(x->source_names);
+    free(x->rewards);
+    free(x->total);
+    memset(x, 0, sizeof *x);
+}
+
+int wire_decode_prompt_stats(const wire_msg *m, wire_prompt_stats *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_PROMPT_STATS);
+    memset(x, 0, sizeof *x);
+    uint32_t k = 0, ns = 0;
+    TRY(want_payloads(c, 2));
+    TRY(get_str(c, m->meta, "prompt_id", NULL, 0, &x->prompt_id, 1));
+    TRY(get_uint(c, m->meta, "policy_version", INT64_MAX, &x->policy_version));
+    TRY(get_u32f(c, m->meta, "k", WIRE_MAX_K, &k));
+    TRY(get_u32f(c, m->meta, "n_sources", WIRE_MAX_SOURCES, &ns));
+    if (k == 0) {
+        dfield(c, "k", "must be >= 1");
+        goto fail;
+    }
+    TRY(payload_len(c, 0, (uint64_t)ns * k, 4, "rewards"));
+    TRY(payload_len(c, 1, k, 4, "total rewards"));
+    json_t *names = json_object_get(m->meta, "sources");
+    if (names && (!json_is_array(names) || json_array_size(names) != ns)) {
+        dfield(c, "sources", "must be an array of n_sources=%u strings", ns);
+        goto fail;
+    }
+    x->k = k;
+    if (names) {
+        x->source_names = calloc(ns + 1, sizeof *x->source_names);
+        if (!x->source_names) goto fail;
+        x->n_sources = ns;
+        for (uint32_t i = 0; i < ns; i++) {
+            json_t *s = json_array_get(names, i);
+            if (!json_is_string(s)) {
+                dfield(c, "sources", "entry %u must be a string", i);
+                goto fail;
+            }
+            x->source_names[i] = strdup(json_string_value(s));
+        }
+    }
+    x->n_sources = ns;
+    x->rewards = dup_bytes(m->payloads[0].data, m->payloads[0].len);
+    x->total = dup_bytes(m->payloads[1].data, m->payloads[1].len);
+    if (!x->rewards || !x->total) {
+        RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    return 0;
+fail:
+    wire_prompt_stats_free(x);
+    return err ? err->code : RLHF_EPROTO;
+}
+
+/* ---------------------------------------------------------------- CONTROL / HEARTBEAT / STATS / ERROR */
+
+int wire_encode_control(const wire_control *x, wire_out *o, rlhf_error *err) {
+    if (x->command < WIRE_CONTROL_STOP || x->command > WIRE_CONTROL_RESUME)
+        return RLHF_FAIL(err, RLHF_EINVAL, "unknown control command %d", x->command);
+    return encode(WIRE_CONTROL, json_pack("{ssss}", "command", control_names[x->command], "reason", x->reason), NULL, 0,
+                  o, err);
+}
+
+int wire_decode_control(const wire_msg *m, wire_control *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_CONTROL);
+    memset(x, 0, sizeof *x);
+    char cmd[16];
+    TRY(want_payloads(c, 0));
+    TRY(get_str(c, m->meta, "command", cmd, sizeof cmd, NULL, 1));
+    for (int i = WIRE_CONTROL_STOP; i <= WIRE_CONTROL_RESUME; i++)
+        if (!strcmp(cmd, control_names[i])) x->command = i;
+    if (!x->command) {
+        dfield(c, "command", "unknown command \"%s\" (stop, pause, resume)", cmd);
+        goto fail;
+    }
+    TRY(get_str(c, m->meta, "reason", x->reason, sizeof x->reason, NULL, 0));
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_encode_heartbeat(const wire_heartbeat *x, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_HEARTBEAT,
+                  json_pack("{sssssIss}", "peer_id", x->peer_id, "role", wire_role_name(x->role), "seq",
+                            (json_int_t)x->seq, "state", x->state),
+                  NULL, 0, o, err);
+}
+
+int wire_decode_heartbeat(const wire_msg *m, wire_heartbeat *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_HEARTBEAT);
+    memset(x, 0, sizeof *x);
+    TRY(want_payloads(c, 0));
+    TRY(get_str(c, m->meta, "peer_id", x->peer_id, sizeof x->peer_id, NULL, 1));
+    TRY(role_from(c, m->meta, "role", &x->role));
+    TRY(get_uint(c, m->meta, "seq", INT64_MAX, &x->seq));
+    TRY(get_str(c, m->meta, "state", x->state, sizeof x->state, NULL, 0));
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_encode_stats_request(wire_out *o, rlhf_error *err) {
+    return encode(WIRE_STATS_REQUEST, json_object(), NULL, 0, o, err);
+}
+
+int wire_encode_stats(const json_t *stats, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_STATS, json_pack("{sO}", "stats", (json_t *)stats), NULL, 0, o, err);
+}
+
+int wire_decode_stats(const wire_msg *m, json_t **out, int *reason, rlhf_error *err) {
+    DCTX(WIRE_STATS);
+    *out = NULL;
+    TRY(want_payloads(c, 0));
+    json_t *s = json_object_get(m->meta, "stats");
+    if (!json_is_object(s)) {
+        dfield(c, "stats", "must be an object");
+        goto fail;
+    }
+    *out = json_incref(s);
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_encode_error(const wire_error_msg *x, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_ERROR,
+                  json_pack("{sssssi}", "reason", x->reason, "detail", x->detail, "peer_version", x->peer_version), NULL,
+                  0, o, err);
+}
+
+int wire_decode_error(const wire_msg *m, wire_error_msg *x, int *reason, rlhf_error *err) {
+    DCTX(WIRE_ERROR);
+    memset(x, 0, sizeof *x);
+    uint64_t pv = 0;
+    TRY(want_payloads(c, 0));
+    TRY(get_str(c, m->meta, "reason", x->reason, sizeof x->reason, NULL, 1));
+    TRY(get_str(c, m->meta, "detail", x->detail, sizeof x->detail, NULL, 0));
+    TRY(get_uint(c, m->meta, "peer_version", 65535, &pv));
+    x->peer_version = (int)pv;
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_encode_weights_ack(uint64_t version, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_WEIGHTS_ACK, json_pack("{sI}", "version", (json_int_t)version), NULL, 0, o, err);
+}
+
+int wire_decode_weights_ack(const wire_msg *m, uint64_t *version, int *reason, rlhf_error *err) {
+    DCTX(WIRE_WEIGHTS_ACK);
+    TRY(want_payloads(c, 0));
+    TRY(get_uint(c, m->meta, "version", INT64_MAX, version));
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}

@@ -1,0 +1,145 @@
+/* generator/generator.c — sampling rollout groups, and moving weights between a model and WEIGHTS
+ * messages. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "generator/generator.h"
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return x;
+}
+
+int generate_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
+                    const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
+                    rlhf_error *err) {
+    int k = gp->k, R = n * k, rc = 0;
+    sample_request *reqs = calloc((size_t)R, sizeof *reqs);
+    sample_result *res = calloc((size_t)R, sizeof *res);
+    int32_t **pids = calloc((size_t)n, sizeof *pids);
+    int *plen = calloc((size_t)n, sizeof *plen);
+    /* a completion is one line: newline or EOS ends it */
+    static const int32_t stop_ids[2] = {'\n', TOKENIZER_BYTES_EOS};
+    if (!reqs || !res || !pids || !plen) {
+        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        goto done;
+    }
+    double t0 = rlhf_now();
+    for (int i = 0; i < n; i++) {
+        if ((rc = tokenizer_encode(tok, prompts[i].text, strlen(prompts[i].text), 1, &pids[i], &plen[i], err)))
+            goto done;
+        int room = m->cfg.max_seq_len - plen[i];
+        if (room < 1) {
+            rc = rlhf_error_set(err, RLHF_EINVAL, prompts[i].id, "prompt is %d tokens, model max_seq_len is %d",
+                                plen[i], m->cfg.max_seq_len);
+            goto done;
+        }
+        for (int j = 0; j < k; j++) {
+            sample_request *r = &reqs[i * k + j];
+            r->prompt = pids[i];
+            r->prompt_len = plen[i];
+            r->params = sample_params_default();
+            r->params.temperature = gp->temperature;
+            r->params.top_p = gp->top_p;
+            r->params.max_new_tokens = gp->max_tokens < room ? gp->max_tokens : room;
+            r->params.seed = gp->seed ^ mix64((seq0 + (uint64_t)i) * 1000003ull + (uint64_t)j);
+            r->params.stop_ids = stop_ids;
+            r->params.n_stop_ids = 2;
+        }
+    }
+    if ((rc = sampler_run(s, tok, reqs, R, res, err))) goto done;
+    double dt = rlhf_now() - t0;
+    double wall = rlhf_wall_time();
+    for (int i = 0; i < n; i++) {
+        wire_rollout_group *g = &groups[i];
+        memset(g, 0, sizeof *g);
+        g->prompt_id = strdup(prompts[i].id);
+        g->prompt_text = strdup(prompts[i].text);
+        g->prompt_record = prompts[i].record ? json_incref(prompts[i].record) : NULL;
+        g->generator_id = strdup(generator_id);
+        g->seq = seq0 + (uint64_t)i;
+        g->policy_version = m->version;
+        g->k = (uint32_t)k;
+        g->n_prompt_tokens = (uint32_t)plen[i];
+        g->prompt_tokens = malloc(sizeof(int32_t) * (size_t)plen[i]);
+        memcpy(g->prompt_tokens, pids[i], sizeof(int32_t) * (size_t)plen[i]);
+        g->n_tokens = calloc((size_t)k, sizeof(uint32_t));
+        g->finish = calloc((size_t)k, 1);
+        g->texts = calloc((size_t)k, sizeof(char *));
+        size_t total = 0;
+        for (int j = 0; j < k; j++) total += (size_t)res[i * k + j].n_tokens;
+        g->tokens = malloc(sizeof(int32_t) * (total ? total : 1));
+        g->logprobs = malloc(sizeof(float) * (total ? total : 1));
+        size_t off = 0;
+        for (int j = 0; j < k; j++) {
+            sample_result *r = &res[i * k + j];
+            g->n_tokens[j] = (uint32_t)r->n_tokens;
+            memcpy(g->tokens + off, r->tokens, sizeof(int32_t) * (size_t)r->n_tokens);
+            memcpy(g->logprobs + off, r->logprobs, sizeof(float) * (size_t)r->n_tokens);
+            off += (size_t)r->n_tokens;
+            g->finish[j] = r->finish == SAMPLE_FINISH_STOP ? WIRE_FINISH_STOP : WIRE_FINISH_LENGTH;
+            g->texts[j] = strdup(r->text ? r->text : "");
+        }
+        g->gen_seconds = dt / n;
+        g->created_at = wall;
+    }
+done:
+    for (int i = 0; i < R && res; i++) sample_result_free(&res[i]);
+    for (int i = 0; i < n && pids; i++) free(pids[i]);
+    free(pids);
+    free(plen);
+    free(reqs);
+    free(res);
+    return rc;
+}
+
+int generator_weights_from_model(const model *m, wire_weights *w, rlhf_error *err) {
+    memset(w, 0, sizeof *w);
+    w->version = m->version;
+    w->n_tensors = (uint32_t)m->n_tensors;
+    w->tensors = calloc((size_t)m->n_tensors, sizeof *w->tensors);
+    if (!w->tensors) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor_info *ti = &m->tensors[i];
+        wire_tensor *t = &w->tensors[i];
+        snprintf(t->name, sizeof t->name, "%s", ti->name);
+        if (ti->per_layer) {
+            t->ndim = 3;
+            t->shape[0] = (uint64_t)m->cfg.n_layers;
+            t->shape[1] = (uint64_t)ti->rows;
+            t->shape[2] = (uint64_t)ti->cols;
+        } else {
+            t->ndim = 2;
+            t->shape[0] = (uint64_t)ti->rows;
+            t->shape[1] = (uint64_t)ti->cols;
+        }
+        t->offset = ti->offset * sizeof(float);
+        t->nbytes = ti->numel * sizeof(float);
+    }
+    w->nbytes = m->n_params * sizeof(float);
+    w->data = (const uint8_t *)m->params_mem;
+    return 0;
+}
+
+int generator_apply_weights(model *m, const wire_weights *w, rlhf_error *err) {
+    if (w->nbytes != m->n_params * sizeof(float) || (int)w->n_tensors != m->n_tensors)
+        return rlhf_error_set(err, RLHF_EPROTO, "WEIGHTS", "version %llu has %llu bytes in %u tensors; this model needs "
+                              "%zu bytes in %d tensors (another model?)",
+                              (unsigned long long)w->version, (unsigned long long)w->nbytes, w->n_tensors,
+                              m->n_params * sizeof(float), m->n_tensors);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor_info *ti = &m->tensors[i];
+        const wire_tensor *t = &w->tensors[i];
+        if (strcmp(t->name, ti->name) != 0 || t->offset != ti->offset * sizeof(float) ||
+            t->nbytes != ti->numel * sizeof(float))
+            return rlhf_error_set(err, RLHF_EPROTO, "WEIGHTS", "tensor %d is '%s' (%llu bytes), expected '%s' (%zu bytes)",
+                                  i, t->name, (unsigned long long)t->nbytes, ti->name, ti->numel * sizeof(float));
+    }
+    memcpy(m->params_mem, w->data, w->nbytes);
+    m->version = w->version;
+    return 0;
+}

@@ -1,0 +1,144 @@
+/* model/adamw.c — AdamW with decoupled weight decay, global-norm clipping and a warmup + cosine or
+ * constant LR schedule, with its state (m, v, step) exposed as named tensors for checkpoints. */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct adamw {
+    adamw_config cfg;
+    const model *m;      /* for the tensor table (names, offsets, decay mask) */
+    size_t n;            /* parameters */
+    float *mom;          /* first moment, model layout */
+    float *var;          /* second moment */
+    long step;           /* steps taken */
+    float step_f;        /* "adamw.step" as a float tensor, synced on save/restore */
+};
+
+void adamw_config_default(adamw_config *c) {
+    memset(c, 0, sizeof *c);
+    c->lr = 3e-4f;
+    c->beta1 = 0.9f;
+    c->beta2 = 0.95f;
+    c->eps = 1e-8f;
+    c->weight_decay = 0.1f;
+    c->grad_clip = 1.0f;
+    c->warmup_steps = 0;
+    c->total_steps = 0;
+    c->min_lr_ratio = 0.1f;
+    c->schedule = ADAMW_SCHEDULE_CONSTANT;
+}
+
+float adamw_lr_at(const adamw_config *c, long step) {
+    if (step < c->warmup_steps) return c->lr * (float)(step + 1) / (float)c->warmup_steps;
+    if (c->schedule == ADAMW_SCHEDULE_CONSTANT || c->total_steps <= c->warmup_steps) return c->lr;
+    double progress = (double)(step - c->warmup_steps) / (double)(c->total_steps - c->warmup_steps);
+    if (progress > 1.0) progress = 1.0;
+    double floor_lr = (double)c->lr * c->min_lr_ratio;
+    return (float)(floor_lr + 0.5 * ((double)c->lr - floor_lr) * (1.0 + cos(M_PI * progress)));
+}
+
+int adamw_create(adamw **out, const model *m, const adamw_config *cfg, rlhf_error *err) {
+    *out = NULL;
+    if (!(cfg->lr >= 0) || !(cfg->beta1 >= 0 && cfg->beta1 < 1) || !(cfg->beta2 >= 0 && cfg->beta2 < 1) ||
+        !(cfg->eps > 0) || !(cfg->weight_decay >= 0) || cfg->warmup_steps < 0)
+        return RLHF_FAIL(err, RLHF_EINVAL,
+                         "bad AdamW config: lr %g beta1 %g beta2 %g eps %g weight_decay %g warmup %d", cfg->lr,
+                         cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, cfg->warmup_steps);
+    adamw *o = calloc(1, sizeof *o);
+    if (!o) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    o->cfg = *cfg;
+    o->m = m;
+    o->n = m->n_params;
+    o->mom = calloc(o->n ? o->n : 1, sizeof(float));
+    o->var = calloc(o->n ? o->n : 1, sizeof(float));
+    if (!o->mom || !o->var) {
+        adamw_destroy(&o);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate AdamW state for %zu parameters", m->n_params);
+    }
+    *out = o;
+    return 0;
+}
+
+void adamw_destroy(adamw **po) {
+    if (!po || !*po) return;
+    free((*po)->mom);
+    free((*po)->var);
+    free(*po);
+    *po = NULL;
+}
+
+long adamw_get_step(const adamw *o) { return o->step; }
+adamw_config *adamw_get_config(adamw *o) { return &o->cfg; }
+
+int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr_out, rlhf_error *err) {
+    if (m->n_params != o->n) return RLHF_FAIL(err, RLHF_EINVAL, "AdamW state is for a different model");
+    size_t n = o->n;
+    double ss = 0.0;
+#pragma omp parallel for simd reduction(+ : ss) schedule(static)
+    for (size_t i = 0; i < n; i++) ss += (double)grads[i] * grads[i];
+    float norm = (float)sqrt(ss);
+    if (!isfinite(norm)) return RLHF_FAIL(err, RLHF_EINVAL, "gradient norm is not finite (%g)", norm);
+    float clip = 1.0f;
+    if (o->cfg.grad_clip > 0) {
+        float coef = o->cfg.grad_clip / (norm + 1e-6f);
+        if (coef < 1.0f) clip = coef;
+    }
+    float lr = adamw_lr_at(&o->cfg, o->step);
+    o->step++;
+    float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
+    double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);
+    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float *params = m->params_mem;
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const model_tensor_info *ti_ = &m->tensors[ti];
+        /* norm weights (vectors) are not decayed */
+        float decay = ti_->cols > 1 ? 1.0f - lr * o->cfg.weight_decay : 1.0f;
+        float *p = params + ti_->offset, *g = grads + ti_->offset;
+        float *mm = o->mom + ti_->offset, *vv = o->var + ti_->offset;
+        size_t len = ti_->numel;
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < len; i++) {
+            float gi = g[i] * clip;
+            g[i] = gi;
+            float mi = b1 * mm[i] + (1.0f - b1) * gi;
+            float vi = b2 * vv[i] + (1.0f - b2) * gi * gi;
+            mm[i] = mi;
+            vv[i] = vi;
+            p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        }
+    }
+    if (grad_norm_out) *grad_norm_out = norm;
+    if (lr_out) *lr_out = lr;
+    return 0;
+}
+
+int adamw_state_tensors(adamw *o, adamw_state_tensor *out, int max) {
+    const model *m = o->m;
+    int k = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < m->n_tensors; i++) {
+            if (k < max) {
+                snprintf(out[k].name, sizeof out[k].name, "adamw.%s.%s", pass ? "v" : "m", m->tensors[i].name);
+                out[k].data = (pass ? o->var : o->mom) + m->tensors[i].offset;
+                out[k].numel = m->tensors[i].numel;
+            }
+            k++;
+        }
+    o->step_f = (float)o->step;
+    if (k < max) {
+        snprintf(out[k].name, sizeof out[k].name, "adamw.step");
+        out[k].data = &o->step_f;
+        out[k].numel = 1;
+    }
+    return k + 1;
+}
+
+int adamw_state_loaded(adamw *o, rlhf_error *err) {
+    float s = o->step_f;
+    if (!(s >= 0) || s > 16777216.0f || s != floorf(s))
+        return RLHF_FAIL(err, RLHF_ECORRUPT, "adamw.step must be a non-negative integer, got %g", s);
+    o->step = (long)s;
+    return 0;
+}

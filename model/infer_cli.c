@@ -1,0 +1,459 @@
+/* model/infer_cli.c — `rlhf init` (a fresh checkpoint from an architecture JSON) and `rlhf sample`
+ * (JSONL completions from a checkpoint). */
+#include "model/model.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- argument helpers */
+
+static int parse_int_arg(const char *prog, const char *opt, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "%s: error: %s: expected an integer in %ld..%ld, got '%s'\n", prog, opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_u64_arg(const char *prog, const char *opt, const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (!*s || *end || errno || s[0] == '-') {
+        fprintf(stderr, "%s: error: %s: expected a non-negative integer, got '%s'\n", prog, opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float_arg(const char *prog, const char *opt, const char *s, double lo, double hi, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "%s: error: %s: expected a number in [%g, %g], got '%s'\n", prog, opt, lo, hi, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+/* The value after option argv[*i], or NULL with a message. */
+static const char *opt_value(const char *prog, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "%s: error: option %s needs a value\n", prog, argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+/* ---------------------------------------------------------------- rlhf init */
+
+static void init_usage(FILE *f) {
+    fprintf(f, "usage: rlhf init --arch ARCH.json --out M.safetensors [--seed S]\n"
+               "  ARCH.json keys: dim, n_layers, n_heads, n_kv_heads, ffn_dim, vocab_size, max_seq_len,\n"
+               "  rope_theta, norm_eps, tie_embeddings. Weights: N(0, 0.02), output projections / sqrt(2L).\n");
+}
+
+int cmd_init(int argc, char **argv) {
+    const char *prog = "rlhf init", *arch = NULL, *out = NULL;
+    uint64_t seed = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            init_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--arch")) {
+            if (!(arch = opt_value(prog, argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--out")) {
+            if (!(out = opt_value(prog, argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--seed")) {
+            if (!(v = opt_value(prog, argc, argv, &i)) || parse_u64_arg(prog, a, v, &seed)) return 2;
+        } else {
+            fprintf(stderr, "%s: error: unknown option '%s'\n", prog, a);
+            init_usage(stderr);
+            return 2;
+        }
+    }
+    if (!arch || !out) {
+        fprintf(stderr, "%s: error: --arch and --out are required\n", prog);
+        init_usage(stderr);
+        return 2;
+    }
+    rlhf_error err = {0};
+    json_error_t jerr;
+    json_t *j = json_load_file(arch, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        if (jerr.line < 1)
+            rlhf_error_set(&err, RLHF_EIO, arch, "%s", jerr.text);
+        else
+            rlhf_error_set(&err, RLHF_EINVAL, arch, "line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+        rlhf_error_print(prog, &err);
+        return 1;
+    }
+    model_config cfg;
+    model *m = NULL;
+    int rc = model_config_from_json(&cfg, j, arch, &err);
+    json_decref(j);
+    if (!rc) rc = model_create(&m, &cfg, &err);
+    if (!rc) {
+        model_init_random(m, seed);
+        rc = model_save(m, out, &err);
+    }
+    if (rc) {
+        rlhf_error_print(prog, &err);
+        model_destroy(&m);
+        return 1;
+    }
+    fprintf(stderr, "%s: wrote %s (%zu parameters, seed %" PRIu64 ")\n", prog, out, m->n_params, seed);
+    model_destroy(&m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- rlhf sample */
+
+static void sample_usage(FILE *f) {
+    fprintf(f,
+            "usage: rlhf sample --model M.safetensors (--prompt TEXT | --prompts FILE.jsonl) [options]\n"
+            "  -n K               samples per prompt (default 1)\n"
+            "  --temperature T    0 = greedy (default 1)\n"
+            "  --top-p P          nucleus mass in (0, 1] (default 1 = off)\n"
+            "  --top-k K          0 = off (default)\n"
+            "  --max-tokens N     new tokens per sample (default 64)\n"
+            "  --seed S           sample j of prompt i uses its own stream derived from (S, i*K + j)\n"
+            "  --stop STR         stop string (repeatable); EOS always stops unless --no-eos-stop\n"
+            "  --batch B          sequences decoded together (default 64)\n"
+            "  --threads N        OpenMP/OpenBLAS threads (default: OMP_NUM_THREADS or all cores)\n"
+            "FILE.jsonl: one object per line with a string \"prompt\" (other keys such as \"id\" are echoed).\n"
+            "Output, one JSON line per sample: prompt_index, sample_index, [id], text, tokens, logprobs\n"
+            "(log pi at temperature 1), sampling_logprobs (log of the distribution sampled from), finish_reason,\n"
+            "policy_version.\n");
+}
+
+typedef struct prompt_item {
+    char *text;
+    size_t len;
+    json_t *id; /* echoed when present */
+} prompt_item;
+
+static void free_prompts(prompt_item *ps, int n) {
+    for (int i = 0; i < n; i++) {
+        free(ps[i].text);
+        json_decref(ps[i].id);
+    }
+    free(ps);
+}
+
+/* Reads FILE.jsonl: each non-blank line an object with a string "prompt". */
+static int read_prompts(const char *path, prompt_item **out, int *n_out, rlhf_error *err) {
+    *out = NULL;
+    *n_out = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+    prompt_item *ps = NULL;
+    int n = 0, cap = 0, lineno = 0, rc = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    char where[600];
+    while ((len = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
+        size_t k = 0;
+        while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t' || line[k] == '\n' || line[k] == '\r')) k++;
+        if (k == (size_t)len) continue;
+        json_error_t jerr;
+        json_t *j = json_loadb(line, (size_t)len, 0, &jerr);
+        if (!j) {
+            rc = rlhf_error_set(err, RLHF_EINVAL, where, "invalid JSON: %s", jerr.text);
+            break;
+        }
+        json_t *p = json_object_get(j, "prompt");
+        if (!json_is_object(j) || !json_is_string(p)) {
+            json_decref(j);
+            rc = rlhf_error_set(err, RLHF_EINVAL, where, "expected an object with a string \"prompt\"");
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            prompt_item *np = realloc(ps, (size_t)cap * sizeof *ps);
+            if (!np) {
+                json_decref(j);
+                rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+                break;
+            }
+            ps = np;
+        }
+        size_t pl = json_string_length(p);
+        ps[n].text = malloc(pl + 1);
+        if (!ps[n].text) {
+            json_decref(j);
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+            break;
+        }
+        memcpy(ps[n].text, json_string_value(p), pl + 1);
+        ps[n].len = pl;
+        ps[n].id = json_incref(json_object_get(j, "id"));
+        n++;
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+    if (!rc && n == 0) rc = rlhf_error_set(err, RLHF_EINVAL, path, "no prompts in file");
+    if (rc) {
+        free_prompts(ps, n);
+        return rc;
+    }
+    *out = ps;
+    *n_out = n;
+    return 0;
+}
+
+/* Raw bytes -> valid UTF-8 (invalid sequences become U+FFFD), so the JSON output is always valid. */
+static char *utf8_sanitize(const char *s, size_t n, size_t *out_len) {
+    char *o = malloc(3 * n + 1);
+    if (!o) return NULL;
+    size_t k = 0, i = 0;
+    const unsigned char *u = (const unsigned char *)s;
+    while (i < n) {
+        unsigned c = u[i];
+        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + (size_t)len <= n;
+        for (int j = 1; ok && j < len; j++) ok = (u[i + j] & 0xC0) == 0x80;
+        if (ok && len > 1) { /* reject overlong forms, surrogates and > U+10FFFF */
+            uint32_t cp = c & (0x7F >> len);
+            for (int j = 1; j < len; j++) cp = (cp << 6) | (u[i + j] & 0x3F);
+            ok = !(len == 2 && cp < 0x80) && !(len == 3 && cp < 0x800) && !(len == 4 && cp < 0x10000) &&
+                 !(cp >= 0xD800 && cp <= 0xDFFF) && cp <= 0x10FFFF;
+        }
+        if (c == 0) ok = 0; /* NUL: not representable in a C string for jansson */
+        if (ok) {
+            memcpy(o + k, s + i, (size_t)len);
+            k += (size_t)len;
+            i += (size_t)len;
+        } else {
+            memcpy(o + k, "\xEF\xBF\xBD", 3);
+            k += 3;
+            i++;
+        }
+    }
+    o[k] = 0;
+    *out_len = k;
+    return o;
+}
+
+int cmd_sample(int argc, char **argv) {
+    const char *prog = "rlhf sample", *model_path = NULL, *prompt = NULL, *prompts_path = NULL;
+    long n_samples = 1, max_tokens = 64, top_k = 0, batch = 64, threads = 0;
+    float temperature = 1.0f, top_p = 1.0f;
+    uint64_t seed = 0;
+    int eos_stop = 1;
+    const char **stops = calloc((size_t)argc + 1, sizeof *stops);
+    int n_stops = 0, status = 2;
+    if (!stops) return 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            sample_usage(stdout);
+            free(stops);
+            return 0;
+        }
+#define VAL() \
+    if (!(v = opt_value(prog, argc, argv, &i))) goto done
+        if (!strcmp(a, "--model")) {
+            VAL();
+            model_path = v;
+        } else if (!strcmp(a, "--prompt")) {
+            VAL();
+            prompt = v;
+        } else if (!strcmp(a, "--prompts")) {
+            VAL();
+            prompts_path = v;
+        } else if (!strcmp(a, "-n")) {
+            VAL();
+            if (parse_int_arg(prog, a, v, 1, 1 << 20, &n_samples)) goto done;
+        } else if (!strcmp(a, "--temperature")) {
+            VAL();
+            if (parse_float_arg(prog, a, v, 0.0, 1e6, &temperature)) goto done;
+        } else if (!strcmp(a, "--top-p")) {
+            VAL();
+            if (parse_float_arg(prog, a, v, 1e-9, 1.0, &top_p)) goto done;
+        } else if (!strcmp(a, "--top-k")) {
+            VAL();
+            if (parse_int_arg(prog, a, v, 0, INT_MAX, &top_k)) goto done;
+        } else if (!strcmp(a, "--max-tokens")) {
+            VAL();
+            if (parse_int_arg(prog, a, v, 0, INT_MAX, &max_tokens)) goto done;
+        } else if (!strcmp(a, "--seed")) {
+            VAL();
+            if (parse_u64_arg(prog, a, v, &seed)) goto done;
+        } else if (!strcmp(a, "--stop")) {
+            VAL();
+            if (!v[0]) {
+                fprintf(stderr, "%s: error: --stop: empty stop string\n", prog);
+                goto done;
+            }
+            stops[n_stops++] = v;
+        } else if (!strcmp(a, "--no-eos-stop")) {
+            eos_stop = 0;
+        } else if (!strcmp(a, "--batch")) {
+            VAL();
+            if (parse_int_arg(prog, a, v, 1, 4096, &batch)) goto done;
+        } else if (!strcmp(a, "--threads")) {
+            VAL();
+            if (parse_int_arg(prog, a, v, 1, 1024, &threads)) goto done;
+        } else {
+            fprintf(stderr, "%s: error: unknown option '%s'\n", prog, a);
+            sample_usage(stderr);
+            goto done;
+        }
+#undef VAL
+    }
+    if (!model_path || (!prompt == !prompts_path)) {
+        fprintf(stderr, "%s: error: --model and exactly one of --prompt / --prompts are required\n", prog);
+        sample_usage(stderr);
+        goto done;
+    }
+    if (threads > 0) omp_set_num_threads((int)threads);
+    status = 1;
+
+    rlhf_error err = {0};
+    model *m = NULL;
+    tokenizer *tok = NULL;
+    sampler *s = NULL;
+    prompt_item *ps = NULL;
+    int n_prompts = 0;
+    int32_t **ids = NULL;
+    int *n_ids = NULL;
+    sample_request *reqs = NULL;
+    sample_result *res = NULL;
+    int n_req = 0;
+    if (prompts_path) {
+        if (read_prompts(prompts_path, &ps, &n_prompts, &err)) goto fail;
+    } else {
+        ps = calloc(1, sizeof *ps);
+        if (!ps || !(ps[0].text = strdup(prompt))) {
+            RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory");
+            goto fail;
+        }
+        ps[0].len = strlen(prompt);
+        n_prompts = 1;
+    }
+    if (model_load(&m, model_path, NULL, &err)) goto fail;
+    if (tokenizer_create_bytes(&tok, m->cfg.vocab_size, &err)) goto fail;
+    ids = calloc((size_t)n_prompts, sizeof *ids);
+    n_ids = calloc((size_t)n_prompts, sizeof *n_ids);
+    if ((size_t)n_prompts * (size_t)n_samples > (1u << 24)) {
+        rlhf_error_set(&err, RLHF_EINVAL, prog, "%d prompts x %ld samples is too many for one run", n_prompts,
+                       n_samples);
+        goto fail;
+    }
+    n_req = n_prompts * (int)n_samples;
+    reqs = calloc((size_t)n_req, sizeof *reqs);
+    res = calloc((size_t)n_req, sizeof *res);
+    if (!ids || !n_ids || !reqs || !res) {
+        RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    int32_t eos = tok->eos_id;
+    for (int p = 0; p < n_prompts; p++) {
+        if (tokenizer_encode(tok, ps[p].text, ps[p].len, 1, &ids[p], &n_ids[p], &err)) goto fail;
+        if (n_ids[p] >= m->cfg.max_seq_len) {
+            char where[600];
+            if (prompts_path)
+                snprintf(where, sizeof where, "%s: prompt %d", prompts_path, p);
+            else
+                snprintf(where, sizeof where, "--prompt");
+            rlhf_error_set(&err, RLHF_EINVAL, where,
+                           "prompt is %d tokens (with BOS) but the model's max_seq_len is %d: at most %d fit", n_ids[p],
+                           m->cfg.max_seq_len, m->cfg.max_seq_len - 1);
+            goto fail;
+        }
+        for (int k = 0; k < n_samples; k++) {
+            sample_request *rq = &reqs[p * n_samples + k];
+            rq->prompt = ids[p];
+            rq->prompt_len = n_ids[p];
+            rq->params = sample_params_default();
+            rq->params.temperature = temperature;
+            rq->params.top_p = top_p;
+            rq->params.top_k = (int)top_k;
+            rq->params.max_new_tokens = (int)max_tokens;
+            rq->params.seed = seed ^ ((uint64_t)(p * n_samples + k) * 0x9E3779B97F4A7C15ull);
+            rq->params.stop_ids = eos_stop ? &eos : NULL;
+            rq->params.n_stop_ids = eos_stop;
+            rq->params.stop_strings = n_stops ? stops : NULL;
+            rq->params.n_stop_strings = n_stops;
+        }
+    }
+    if (batch > n_req) batch = n_req;
+    if (sampler_create(&s, m, (int)batch, &err)) goto fail;
+    double t0 = rlhf_now();
+    if (sampler_run(s, tok, reqs, n_req, res, &err)) goto fail;
+    double dt = rlhf_now() - t0;
+    long total_tokens = 0;
+    for (int r = 0; r < n_req; r++) {
+        sample_result *o = &res[r];
+        total_tokens += o->n_tokens;
+        size_t tl;
+        char *text = utf8_sanitize(o->text ? o->text : "", o->text_len, &tl);
+        json_t *toks = json_array(), *lps = json_array(), *slps = json_array();
+        for (int t = 0; t < o->n_tokens; t++) {
+            json_array_append_new(toks, json_integer(o->tokens[t]));
+            json_array_append_new(lps, json_real(o->logprobs[t]));
+            json_array_append_new(slps, json_real(o->sampling_logprobs[t]));
+        }
+        json_t *line = json_object();
+        json_object_set_new(line, "prompt_index", json_integer(r / n_samples));
+        json_object_set_new(line, "sample_index", json_integer(r % n_samples));
+        if (ps[r / n_samples].id) json_object_set(line, "id", ps[r / n_samples].id);
+        json_object_set_new(line, "text", text ? json_stringn(text, tl) : json_null());
+        json_object_set_new(line, "tokens", toks);
+        json_object_set_new(line, "logprobs", lps);
+        json_object_set_new(line, "sampling_logprobs", slps);
+        json_object_set_new(line, "finish_reason", json_string(sample_finish_name(o->finish)));
+        if (o->stop_string >= 0) json_object_set_new(line, "stop", json_string(stops[o->stop_string]));
+        json_object_set_new(line, "policy_version", json_integer((json_int_t)m->version));
+        char *js = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(9));
+        json_decref(line);
+        free(text);
+        if (!js || printf("%s\n", js) < 0) {
+            free(js);
+            rlhf_error_set(&err, RLHF_EIO, "stdout", "write failed");
+            goto fail;
+        }
+        free(js);
+    }
+    if (fflush(stdout)) {
+        rlhf_error_set(&err, RLHF_EIO, "stdout", "write failed: %s", strerror(errno));
+        goto fail;
+    }
+    fprintf(stderr, "%s: %d samples, %ld tokens in %.2f s (%.1f tokens/s, %d threads)\n", prog, n_req, total_tokens, dt,
+            dt > 0 ? total_tokens / dt : 0.0, omp_get_max_threads());
+    status = 0;
+fail:
+    if (status) rlhf_error_print(prog, &err);
+    if (res)
+        for (int r = 0; r < n_req; r++) sample_result_free(&res[r]);
+    free(res);
+    free(reqs);
+    if (ids)
+        for (int p = 0; p < n_prompts; p++) free(ids[p]);
+    free(ids);
+    free(n_ids);
+    free_prompts(ps, n_prompts);
+    sampler_destroy(&s);
+    tokenizer_destroy(&tok);
+    model_destroy(&m);
+done:
+    free(stops);
+    return status;
+}

@@ -1,0 +1,91 @@
+/* model/ops.h — private fp32 kernels of the training path (model/ only; tests include it too).
+ *
+ * Conventions (llm.c-like): every op is a pair x_forward / x_backward with arguments in the fixed
+ * order outputs, inputs, sizes. Backward kernels ACCUMULATE (+=) into every gradient they write, so
+ * a tensor consumed twice (the residual stream) simply receives two contributions; the trainer zeroes
+ * activation gradients once before replaying the tape. Every fast kernel is OpenMP-parallel in forward
+ * and backward; the `_ref` twin beside it is a plain single-threaded loop used only by tests.
+ * Shapes: N = B*T rows, C = channels, V = vocab, H/KVH = query/key-value heads, D = head_dim. */
+#ifndef RLHF_MODEL_OPS_H
+#define RLHF_MODEL_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- embedding: out[n] = embed[tokens[n]] */
+void embedding_forward(float *out, const int32_t *tokens, const float *embed, int N, int C);
+void embedding_backward(float *dembed, const float *dout, const int32_t *tokens, int N, int C);
+void embedding_forward_ref(float *out, const int32_t *tokens, const float *embed, int N, int C);
+void embedding_backward_ref(float *dembed, const float *dout, const int32_t *tokens, int N, int C);
+
+/* ---- RMSNorm: out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps); rstd (N) is saved */
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int N, int C);
+void rmsnorm_forward_ref(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void rmsnorm_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          const float *rstd, int N, int C);
+
+/* ---- linear without bias: out (N, OC) = inp (N, IC) · weight^T, weight (OC, IC) (HF layout).
+ * Fast versions call OpenBLAS sgemm (OpenMP build: shares our thread pool). */
+void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
+void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
+                     int IC, int OC);
+void matmul_forward_ref(float *out, const float *inp, const float *weight, int N, int IC, int OC);
+void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                         int N, int IC, int OC);
+
+/* ---- RoPE, Hugging Face "rotate_half" convention: for i < D/2, pairs (i, i + D/2) rotate by
+ * angle pos * theta^(-2i/D). inp/out (B, T, NH, D); positions are 0..T-1 per sequence.
+ * cos/sin tables are (T, D/2), built by rope_tables. */
+void rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
+void rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t, int B, int T, int NH, int D);
+void rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
+                   int D);
+void rope_forward_ref(float *out, const float *inp, const float *cos_t, const float *sin_t, int B, int T, int NH,
+                      int D);
+void rope_backward_ref(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
+                       int D);
+
+/* ---- causal self-attention with grouped KV heads (query head h reads kv head h / (H/KVH)).
+ * q (B, T, H, D), k/v (B, T, KVH, D), out (B, T, H, D); att (B, H, T, T) saves the softmax
+ * probabilities (zero above the diagonal). scratch: at least attention_scratch_floats(T) floats per
+ * OpenMP thread (omp_get_max_threads()). */
+size_t attention_scratch_floats(int T);
+void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
+                       int KVH, int D);
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
+                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D);
+void attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
+                           int H, int KVH, int D);
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
+                            const float *k, const float *v, int B, int T, int H, int KVH, int D);
+
+/* ---- SwiGLU: out = silu(gate) * up, all (N) elements */
+void swiglu_forward(float *out, const float *gate, const float *up, size_t N);
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t N);
+void swiglu_forward_ref(float *out, const float *gate, const float *up, size_t N);
+void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t N);
+
+/* ---- residual: out = a + b */
+void residual_forward(float *out, const float *a, const float *b, size_t N);
+void residual_backward(float *da, float *db, const float *dout, size_t N);
+void residual_forward_ref(float *out, const float *a, const float *b, size_t N);
+void residual_backward_ref(float *da, float *db, const float *dout, size_t N);
+
+/* ---- log-softmax over the vocabulary, read at the targets.
+ * logits (N, V); targets (N), -1 = masked. Outputs per row: logp (N) = log p(target) (0 when masked),
+ * entropy (N) = -sum p log p (computed for every row, masked or not), lse (N) = logsumexp (saved).
+ * Backward from arbitrary per-row weights: dlogits += dlogp[n] * d logp/d logits
+ * + dentropy[n] * d entropy/d logits; dlogp or dentropy may be NULL (= zero). Masked rows get
+ * no logp gradient. */
+void logsoftmax_forward(float *logp, float *entropy, float *lse, const float *logits, const int32_t *targets, int N,
+                        int V);
+void logsoftmax_backward(float *dlogits, const float *dlogp, const float *dentropy, const float *logits,
+                         const float *lse, const float *entropy, const int32_t *targets, int N, int V);
+void logsoftmax_forward_ref(float *logp, float *entropy, float *lse, const float *logits, const int32_t *targets,
+                            int N, int V);
+void logsoftmax_backward_ref(float *dlogits, const float *dlogp, const float *dentropy, const float *logits,
+                             const float *lse, const float *entropy, const int32_t *targets, int N, int V);
+
+#endif

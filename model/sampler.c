@@ -1,0 +1,694 @@
+/* model/sampler.c — batched generation with a KV cache.
+ *
+ * One forward "step" processes a ragged batch of rows: each row is one token of one sequence
+ * (cache slot) at one position. Prefill rows (many per sequence) and decode rows (one per
+ * sequence) share the same step, so every weight matrix is read once per step for all rows
+ * (sgemm over the rows; sgemv when there is a single row, the GEMV-bound single-stream case).
+ * Within a step all rows' keys/values are written to the cache before attention, so a prefill
+ * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
+ * 0..pos". Attention is OpenMP-parallel over (row, head).
+ *
+ * Sampling of each sequence draws from its own RNG stream (one uniform per token), so a
+ * sequence's tokens depend on its seed and logits, not on its batch neighbours. */
+#include "model.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct sampler {
+    const model *m;
+    int max_batch; /* cache slots */
+    int max_rows;  /* rows per step: max_batch decode rows + a prefill budget */
+    int T;         /* max_seq_len */
+    size_t slot_stride; /* floats per (layer, slot) in the caches: T * KVH * D */
+    float *k_cache;  /* (L, max_batch, T, KVH*D) */
+    float *v_cache;  /* (L, max_batch, T, KVH*D) */
+    float *rope_cos; /* (T, D/2) */
+    float *rope_sin; /* (T, D/2) */
+    /* per-step scratch, R = max_rows */
+    float *x;        /* (R, C) residual stream */
+    float *xn;       /* (R, C) normalised */
+    float *q;        /* (R, H*D) */
+    float *k;        /* (R, KVH*D) */
+    float *v;        /* (R, KVH*D) */
+    float *att;      /* (R, H*D) attention output */
+    float *gate;     /* (R, F) */
+    float *up;       /* (R, F) */
+    float *xl;       /* (R, C) normalised rows that need logits */
+    float *logits;   /* (max_batch, V) for sampler_run */
+    int *row_slot, *row_pos, *logit_rows; /* (R) step bookkeeping for sampler_run */
+    int32_t *row_tok;                     /* (R) */
+};
+
+/* ---------------------------------------------------------------- kernels */
+
+/* out (R, OC) = in (R, IC) @ W^T, W (OC, IC); accumulate: out += ... (not "I": complex.h via cblas.h) */
+static void matmul_forward(float *out, const float *in, const float *W, int R, int IC, int OC, int accumulate) {
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (R == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, IC, 1.0f, W, IC, in, 1, beta, out, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
+}
+
+/* out (R, C) = in (R, C) / rms(in) * w (C) */
+static void rmsnorm_forward(float *out, const float *in, const float *w, int R, int C, float eps) {
+#pragma omp parallel for if (R >= 8) schedule(static)
+    for (int r = 0; r < R; r++) {
+        const float *x = in + (size_t)r * C;
+        float *y = out + (size_t)r * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += x[i] * x[i];
+        float s = 1.0f / sqrtf(ss / (float)C + eps);
+        for (int i = 0; i < C; i++) y[i] = x[i] * s * w[i];
+    }
+}
+
+/* In place on x (R, NH*D): rotate pairs (i, i + D/2) of every head by pos[r] * freq_i (HF rotate_half). */
+static void rope_forward(float *x, const int *pos, const float *cos_t, const float *sin_t, int R, int NH, int D) {
+    int half = D / 2;
+#pragma omp parallel for if (R >= 8) schedule(static)
+    for (int r = 0; r < R; r++) {
+        const float *c = cos_t + (size_t)pos[r] * half, *s = sin_t + (size_t)pos[r] * half;
+        for (int h = 0; h < NH; h++) {
+            float *v = x + ((size_t)r * NH + h) * D;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
+/* gate (R, F) = silu(gate) * up */
+static void swiglu_forward(float *gate, const float *up, int R, int F) {
+    size_t n = (size_t)R * F;
+#pragma omp parallel for if (n >= 16384) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* out (R, H*D): row r, head h attends over positions 0..pos[r] of its slot's cache
+ * (kc, vc: (max_batch, T, KVH*D) for this layer). */
+static void attention_forward(float *out, const float *q, const float *kc, const float *vc, const int *slot,
+                              const int *pos, int R, int H, int KVH, int D, size_t slot_stride) {
+    int group = H / KVH, KD = KVH * D;
+    float scale = 1.0f / sqrtf((float)D);
+    int maxp = 0;
+    for (int r = 0; r < R; r++) maxp = pos[r] > maxp ? pos[r] : maxp;
+#pragma omp parallel if (R * H > 1)
+    {
+        float *sc = malloc(((size_t)maxp + 1) * sizeof(float));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int r = 0; r < R; r++) {
+            for (int h = 0; h < H; h++) {
+                const float *qh = q + ((size_t)r * H + h) * D;
+                const float *kb = kc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D;
+                const float *vb = vc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D;
+                float *o = out + ((size_t)r * H + h) * D;
+                int n = pos[r] + 1;
+                float mx = -INFINITY;
+                for (int t = 0; t < n; t++) {
+                    const float *kt = kb + (size_t)t * KD;
+                    float d = 0.0f;
+                    for (int i = 0; i < D; i++) d += qh[i] * kt[i];
+                    d *= scale;
+                    sc[t] = d;
+                    mx = d > mx ? d : mx;
+                }
+                float sum = 0.0f;
+                for (int t = 0; t < n; t++) {
+                    sc[t] = expf(sc[t] - mx);
+                    sum += sc[t];
+                }
+                float inv = 1.0f / sum;
+                for (int i = 0; i < D; i++) o[i] = 0.0f;
+                for (int t = 0; t < n; t++) {
+                    const float *vt = vb + (size_t)t * KD;
+                    float p = sc[t] * inv;
+                    for (int i = 0; i < D; i++) o[i] += p * vt[i];
+                }
+            }
+        }
+        free(sc);
+    }
+}
+
+/* ---------------------------------------------------------------- create / destroy */
+
+int sampler_max_rows(const sampler *s) { return s->max_rows; }
+
+int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err) {
+    *out = NULL;
+    if (max_batch < 1 || max_batch > 65536)
+        return RLHF_FAIL(err, RLHF_EINVAL, "sampler max_batch must be in 1..65536, got %d", max_batch);
+    const model_config *c = &m->cfg;
+    sampler *s = calloc(1, sizeof *s);
+    if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    s->m = m;
+    s->max_batch = max_batch;
+    s->T = c->max_seq_len;
+    s->max_rows = max_batch + (c->max_seq_len < 512 ? c->max_seq_len : 512);
+    int D = model_head_dim(c), KD = c->n_kv_heads * D, HD = c->n_heads * D;
+    size_t R = (size_t)s->max_rows, C = (size_t)c->dim, F = (size_t)c->ffn_dim, V = (size_t)c->vocab_size;
+    s->slot_stride = (size_t)s->T * KD;
+    size_t cache = (size_t)c->n_layers * max_batch * s->slot_stride;
+    s->k_cache = malloc(cache * sizeof(float));
+    s->v_cache = malloc(cache * sizeof(float));
+    s->rope_cos = malloc((size_t)s->T * (D / 2) * sizeof(float));
+    s->rope_sin = malloc((size_t)s->T * (D / 2) * sizeof(float));
+    s->x = malloc(R * C * sizeof(float));
+    s->xn = malloc(R * C * sizeof(float));
+    s->q = malloc(R * HD * sizeof(float));
+    s->k = malloc(R * KD * sizeof(float));
+    s->v = malloc(R * KD * sizeof(float));
+    s->att = malloc(R * HD * sizeof(float));
+    s->gate = malloc(R * F * sizeof(float));
+    s->up = malloc(R * F * sizeof(float));
+    s->xl = malloc(R * C * sizeof(float));
+    s->logits = malloc((size_t)max_batch * V * sizeof(float));
+    s->row_slot = malloc(R * sizeof(int));
+    s->row_pos = malloc(R * sizeof(int));
+    s->logit_rows = malloc(R * sizeof(int));
+    s->row_tok = malloc(R * sizeof(int32_t));
+    if (!s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->q || !s->k || !s->v ||
+        !s->att || !s->gate || !s->up || !s->xl || !s->logits || !s->row_slot || !s->row_pos || !s->logit_rows ||
+        !s->row_tok) {
+        sampler_destroy(&s);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate the sampler (KV cache %zu MiB for %d slots x %d positions)",
+                         2 * cache * sizeof(float) >> 20, max_batch, c->max_seq_len);
+    }
+    /* angle = pos * theta^(-2i/D), computed in double then rounded once */
+    for (int p = 0; p < s->T; p++)
+        for (int i = 0; i < D / 2; i++) {
+            double ang = (double)p * pow((double)c->rope_theta, -2.0 * i / (double)D);
+            s->rope_cos[(size_t)p * (D / 2) + i] = (float)cos(ang);
+            s->rope_sin[(size_t)p * (D / 2) + i] = (float)sin(ang);
+        }
+    *out = s;
+    return 0;
+}
+
+void sampler_destroy(sampler **ps) {
+    if (!ps || !*ps) return;
+    sampler *s = *ps;
+    free(s->k_cache);
+    free(s->v_cache);
+    free(s->rope_cos);
+    free(s->rope_sin);
+    free(s->x);
+    free(s->xn);
+    free(s->q);
+    free(s->k);
+    free(s->v);
+    free(s->att);
+    free(s->gate);
+    free(s->up);
+    free(s->xl);
+    free(s->logits);
+    free(s->row_slot);
+    free(s->row_pos);
+    free(s->logit_rows);
+    free(s->row_tok);
+    free(s);
+    *ps = NULL;
+}
+
+/* ---------------------------------------------------------------- forward step */
+
+/* Unchecked step: see sampler_step. */
+static void forward_rows(sampler *s, int R, const int *slot, const int *pos, const int32_t *tok, int n_logits,
+                         const int *logit_rows, float *logits) {
+    const model *m = s->m;
+    const model_config *c = &m->cfg;
+    const model_params *p = &m->p;
+    int C = c->dim, H = c->n_heads, KVH = c->n_kv_heads, D = model_head_dim(c), F = c->ffn_dim, V = c->vocab_size;
+    int HD = H * D, KD = KVH * D;
+    float *x = s->x;   // (R, C)
+    float *xn = s->xn; // (R, C)
+    for (int r = 0; r < R; r++) memcpy(x + (size_t)r * C, p->embed + (size_t)tok[r] * C, (size_t)C * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        rmsnorm_forward(xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
+        matmul_forward(s->q, xn, p->wq + (size_t)l * HD * C, R, C, HD, 0); // (R, H*D)
+        matmul_forward(s->k, xn, p->wk + (size_t)l * KD * C, R, C, KD, 0); // (R, KVH*D)
+        matmul_forward(s->v, xn, p->wv + (size_t)l * KD * C, R, C, KD, 0); // (R, KVH*D)
+        rope_forward(s->q, pos, s->rope_cos, s->rope_sin, R, H, D);
+        rope_forward(s->k, pos, s->rope_cos, s->rope_sin, R, KVH, D);
+        float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
+        float *vc = s->v_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
+        for (int r = 0; r < R; r++) {
+            size_t at = (size_t)slot[r] * s->slot_stride + (size_t)pos[r] * KD;
+            memcpy(kc + at, s->k + (size_t)r * KD, (size_t)KD * sizeof(float));
+            memcpy(vc + at, s->v + (size_t)r * KD, (size_t)KD * sizeof(float));
+        }
+        attention_forward(s->att, s->q, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride);
+        matmul_forward(x, s->att, p->wo + (size_t)l * C * HD, R, HD, C, 1); // x += att @ wo^T
+        rmsnorm_forward(xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
+        matmul_forward(s->gate, xn, p->w_gate + (size_t)l * F * C, R, C, F, 0); // (R, F)
+        matmul_forward(s->up, xn, p->w_up + (size_t)l * F * C, R, C, F, 0);     // (R, F)
+        swiglu_forward(s->gate, s->up, R, F);
+        matmul_forward(x, s->gate, p->w_down + (size_t)l * C * F, R, F, C, 1); // x += h @ w_down^T
+    }
+    /* only the rows whose next-token distribution is wanted go through the final norm and lm_head */
+    for (int i = 0; i < n_logits; i++)
+        rmsnorm_forward(s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
+    if (n_logits > 0) matmul_forward(logits, s->xl, p->lm_head, n_logits, C, V, 0); // (n_logits, V)
+}
+
+int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
+                 const int *logit_rows, float *logits, rlhf_error *err) {
+    if (n_rows < 1 || n_rows > s->max_rows)
+        return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: n_rows must be in 1..%d, got %d", s->max_rows, n_rows);
+    if (n_logits < 0 || n_logits > n_rows)
+        return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: n_logits must be in 0..%d, got %d", n_rows, n_logits);
+    for (int r = 0; r < n_rows; r++) {
+        if (slot[r] < 0 || slot[r] >= s->max_batch)
+            return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: row %d: slot %d out of range 0..%d", r, slot[r],
+                             s->max_batch - 1);
+        if (pos[r] < 0 || pos[r] >= s->T)
+            return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: row %d: position %d out of range 0..%d", r, pos[r],
+                             s->T - 1);
+        if (tok[r] < 0 || tok[r] >= s->m->cfg.vocab_size)
+            return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: row %d: token %d outside the vocabulary", r, tok[r]);
+    }
+    for (int i = 0; i < n_logits; i++)
+        if (logit_rows[i] < 0 || logit_rows[i] >= n_rows)
+            return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: logit row %d out of range", logit_rows[i]);
+    forward_rows(s, n_rows, slot, pos, tok, n_logits, logit_rows, logits);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- token choice */
+
+sample_params sample_params_default(void) {
+    sample_params p;
+    memset(&p, 0, sizeof p);
+    p.temperature = 1.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.max_new_tokens = 64;
+    return p;
+}
+
+const char *sample_finish_name(sample_finish f) {
+    switch (f) {
+    case SAMPLE_FINISH_STOP: return "stop";
+    case SAMPLE_FINISH_LENGTH: return "length";
+    case SAMPLE_FINISH_MAX_SEQ_LEN: return "max_seq_len";
+    default: return "none";
+    }
+}
+
+typedef struct cand {
+    float z; /* temperature-scaled logit */
+    int id;
+} cand;
+
+/* descending z, ties by ascending id (deterministic whatever qsort does) */
+static int cand_cmp(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (x->z != y->z) return x->z > y->z ? -1 : 1;
+    return x->id - y->id;
+}
+
+/* min-heap on (z, -id) ordering used to keep the k best candidates */
+static int cand_worse(const cand *a, const cand *b) { return a->z < b->z || (a->z == b->z && a->id > b->id); }
+
+static void heap_sift_down(cand *h, int n, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && cand_worse(&h[l], &h[w])) w = l;
+        if (r < n && cand_worse(&h[r], &h[w])) w = r;
+        if (w == i) return;
+        cand t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
+static double rng_uniform53(rlhf_rng *r) { return (double)(rlhf_rng_u64(r) >> 11) * 0x1.0p-53; }
+
+/* Chooses the next token from logits (V). Writes log pi(y) at temperature 1 and log q(y) under the
+ * actual sampling distribution. `scratch` holds V cands. One uniform is drawn unless greedy. */
+static int32_t choose_token(const float *logits, int V, const sample_params *sp, rlhf_rng *rng, cand *scratch,
+                            float *lp_pi, float *lp_q) {
+    float mx = logits[0];
+    int amax = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > mx) {
+            mx = logits[i];
+            amax = i;
+        }
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) sum += exp((double)(logits[i] - mx));
+    double lse = (double)mx + log(sum);
+    if (sp->temperature == 0.0f) {
+        *lp_pi = (float)((double)logits[amax] - lse);
+        *lp_q = 0.0f;
+        return amax;
+    }
+    double u = rng_uniform53(rng);
+    int plain = sp->temperature == 1.0f && (sp->top_k <= 0 || sp->top_k >= V) && sp->top_p >= 1.0f;
+    if (plain) {
+        double target = u * sum, acc = 0.0;
+        int y = V - 1;
+        for (int i = 0; i < V; i++) {
+            acc += exp((double)(logits[i] - mx));
+            if (acc > target) {
+                y = i;
+                break;
+            }
+        }
+        *lp_pi = (float)((double)logits[y] - lse);
+        *lp_q = *lp_pi;
+        return y;
+    }
+    /* candidates: the top-k (or all), sorted by scaled logit, descending */
+    double inv_t = 1.0 / (double)sp->temperature;
+    int n;
+    double all_total = -1.0; /* sum of exp(z - zmax) over the whole vocabulary when not top-k truncated */
+    if (sp->top_k > 0 && sp->top_k < V) {
+        int k = sp->top_k;
+        for (int i = 0; i < k; i++) scratch[i] = (cand){(float)(logits[i] * inv_t), i};
+        for (int i = k / 2 - 1; i >= 0; i--) heap_sift_down(scratch, k, i);
+        for (int i = k; i < V; i++) {
+            cand c = {(float)(logits[i] * inv_t), i};
+            if (cand_worse(&scratch[0], &c)) {
+                scratch[0] = c;
+                heap_sift_down(scratch, k, 0);
+            }
+        }
+        n = k;
+    } else {
+        n = 0;
+        /* A token with probability below (1 - top_p) / (V - 1) can never be inside the nucleus (all such
+         * tokens together hold less than 1 - top_p), so only the rest needs sorting. */
+        double zmax = (float)(mx * inv_t), zsum = 0.0; /* == the largest candidate's z below */
+        for (int i = 0; i < V; i++) zsum += exp((double)(float)(logits[i] * inv_t) - zmax);
+        all_total = zsum;
+        double cut = sp->top_p < 1.0f && V > 1 ? (1.0 - (double)sp->top_p) / (double)(V - 1) : 0.0;
+        for (int i = 0; i < V; i++) {
+            float z = (float)(logits[i] * inv_t);
+            if (cut > 0.0 && exp((double)z - zmax) / zsum < cut) continue;
+            scratch[n++] = (cand){z, i};
+        }
+    }
+    qsort(scratch, (size_t)n, sizeof *scratch, cand_cmp);
+    /* probabilities over the candidates (renormalised), then the nucleus */
+    double zmax = scratch[0].z, total = 0.0;
+    if (all_total > 0.0)
+        total = all_total; /* candidates may be a filtered subset: the nucleus is measured on the full mass */
+    else
+        for (int i = 0; i < n; i++) total += exp((double)scratch[i].z - zmax);
+    int keep = n;
+    if (sp->top_p < 1.0f) {
+        double acc = 0.0;
+        for (int i = 0; i < n; i++) {
+            acc += exp((double)scratch[i].z - zmax) / total;
+            if (acc >= (double)sp->top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    double kept = 0.0;
+    for (int i = 0; i < keep; i++) kept += exp((double)scratch[i].z - zmax);
+    double target = u * kept, acc = 0.0;
+    int pick = keep - 1;
+    for (int i = 0; i < keep; i++) {
+        acc += exp((double)scratch[i].z - zmax);
+        if (acc > target) {
+            pick = i;
+            break;
+        }
+    }
+    int32_t y = scratch[pick].id;
+    *lp_pi = (float)((double)logits[y] - lse);
+    *lp_q = (float)(((double)scratch[pick].z - zmax) - log(kept));
+    return y;
+}
+
+/* ---------------------------------------------------------------- sampler_run */
+
+typedef struct slot_state {
+    int req;        /* request index, -1 when free */
+    int fed;        /* prompt tokens already in the cache */
+    int32_t last;   /* last sampled token (fed at the next decode step) */
+    int cap;        /* capacity of the result arrays */
+    size_t text_cap;
+    rlhf_rng rng;
+} slot_state;
+
+void sample_result_free(sample_result *r) {
+    if (!r) return;
+    free(r->tokens);
+    free(r->logprobs);
+    free(r->sampling_logprobs);
+    free(r->text);
+    memset(r, 0, sizeof *r);
+    r->stop_string = -1;
+}
+
+static int validate_request(const sampler *s, const tokenizer *tok, const sample_request *rq, int i,
+                            rlhf_error *err) {
+    char where[64];
+    snprintf(where, sizeof where, "request %d", i);
+    const sample_params *p = &rq->params;
+    if (!rq->prompt || rq->prompt_len < 1) return rlhf_error_set(err, RLHF_EINVAL, where, "empty prompt");
+    if (rq->prompt_len >= s->T)
+        return rlhf_error_set(err, RLHF_EINVAL, where,
+                              "prompt has %d tokens but max_seq_len is %d (at most %d prompt tokens leave room to "
+                              "generate)",
+                              rq->prompt_len, s->T, s->T - 1);
+    for (int t = 0; t < rq->prompt_len; t++)
+        if (rq->prompt[t] < 0 || rq->prompt[t] >= s->m->cfg.vocab_size)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "prompt token %d at index %d is outside the vocabulary",
+                                  rq->prompt[t], t);
+    if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "temperature must be >= 0, got %g", (double)p->temperature);
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "top_p must be in (0, 1], got %g", (double)p->top_p);
+    if (p->top_k < 0) return rlhf_error_set(err, RLHF_EINVAL, where, "top_k must be >= 0, got %d", p->top_k);
+    if (p->max_new_tokens < 0)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "max_new_tokens must be >= 0, got %d", p->max_new_tokens);
+    if (p->n_stop_ids < 0 || (p->n_stop_ids && !p->stop_ids))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "bad stop id list");
+    for (int j = 0; j < p->n_stop_ids; j++)
+        if (p->stop_ids[j] < 0 || p->stop_ids[j] >= s->m->cfg.vocab_size)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "stop id %d is outside the vocabulary", p->stop_ids[j]);
+    if (p->n_stop_strings < 0 || (p->n_stop_strings && !p->stop_strings))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "bad stop string list");
+    if (p->n_stop_strings && !tok) return rlhf_error_set(err, RLHF_EINVAL, where, "stop strings need a tokenizer");
+    for (int j = 0; j < p->n_stop_strings; j++)
+        if (!p->stop_strings[j] || !p->stop_strings[j][0])
+            return rlhf_error_set(err, RLHF_EINVAL, where, "stop string %d is empty", j);
+    return 0;
+}
+
+static int grow_text(sample_result *res, size_t *cap, size_t need) {
+    if (need + 1 <= *cap) return 0;
+    size_t nc = *cap ? *cap : 64;
+    while (nc < need + 1) nc *= 2;
+    char *p = realloc(res->text, nc);
+    if (!p) return RLHF_ENOMEM;
+    res->text = p;
+    *cap = nc;
+    return 0;
+}
+
+/* Records token y for the slot's request; returns 1 when the sequence is finished. */
+static int accept_token(sampler *s, const tokenizer *tok, const sample_request *rq, sample_result *res,
+                        slot_state *st, int32_t y, float lp_pi, float lp_q, int *oom) {
+    const sample_params *p = &rq->params;
+    res->tokens[res->n_tokens] = y;
+    res->logprobs[res->n_tokens] = lp_pi;
+    res->sampling_logprobs[res->n_tokens] = lp_q;
+    res->n_tokens++;
+    st->last = y;
+    if (tok) {
+        char piece[64];
+        size_t k = tok->ops->token_bytes(tok, y, piece, sizeof piece);
+        size_t old = res->text_len;
+        if (grow_text(res, &st->text_cap, old + k)) {
+            *oom = 1;
+            return 1;
+        }
+        if (k <= sizeof piece)
+            memcpy(res->text + old, piece, k);
+        else
+            tok->ops->token_bytes(tok, y, res->text + old, k);
+        res->text_len = old + k;
+        res->text[res->text_len] = 0;
+        /* a stop string can only newly appear in a window ending in the new bytes; take the earliest */
+        size_t best = (size_t)-1;
+        for (int j = 0; j < p->n_stop_strings && k; j++) {
+            size_t sl = strlen(p->stop_strings[j]);
+            size_t from = old + 1 > sl ? old + 1 - sl : 0;
+            const char *hit = memmem(res->text + from, res->text_len - from, p->stop_strings[j], sl);
+            if (hit && (size_t)(hit - res->text) < best) {
+                best = (size_t)(hit - res->text);
+                res->stop_string = j;
+            }
+        }
+        if (best != (size_t)-1) {
+            res->text_len = best;
+            res->text[best] = 0;
+            res->finish = SAMPLE_FINISH_STOP;
+            return 1;
+        }
+    }
+    for (int j = 0; j < p->n_stop_ids; j++)
+        if (y == p->stop_ids[j]) {
+            res->finish = SAMPLE_FINISH_STOP;
+            return 1;
+        }
+    if (res->n_tokens >= p->max_new_tokens) {
+        res->finish = SAMPLE_FINISH_LENGTH;
+        return 1;
+    }
+    if (rq->prompt_len + res->n_tokens >= s->T) {
+        res->finish = SAMPLE_FINISH_MAX_SEQ_LEN;
+        return 1;
+    }
+    return 0;
+}
+
+int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, int n, sample_result *results,
+                rlhf_error *err) {
+    int rc;
+    if (n < 0) return RLHF_FAIL(err, RLHF_EINVAL, "negative request count");
+    if (tok && tok->vocab_size != s->m->cfg.vocab_size)
+        return RLHF_FAIL(err, RLHF_EINVAL, "tokenizer vocab_size %d differs from the model's %d", tok->vocab_size,
+                         s->m->cfg.vocab_size);
+    for (int i = 0; i < n; i++)
+        if ((rc = validate_request(s, tok, &reqs[i], i, err))) return rc;
+    for (int i = 0; i < n; i++) {
+        memset(&results[i], 0, sizeof results[i]);
+        results[i].stop_string = -1;
+    }
+    int V = s->m->cfg.vocab_size, B = s->max_batch;
+    slot_state *st = calloc((size_t)B, sizeof *st);
+    int *logit_slot = malloc((size_t)B * sizeof(int));
+    if (!st || !logit_slot) {
+        free(st);
+        free(logit_slot);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    for (int b = 0; b < B; b++) st[b].req = -1;
+    int next = 0, active = 0, oom = 0;
+    rc = 0;
+    while (!rc && (next < n || active > 0)) {
+        /* admit waiting requests into free slots */
+        for (int b = 0; b < B && next < n; b++) {
+            if (st[b].req >= 0) continue;
+            while (next < n) {
+                int i = next++;
+                sample_result *res = &results[i];
+                const sample_request *rq = &reqs[i];
+                if (tok && !(res->text = calloc(1, 64))) oom = 1;
+                st[b].text_cap = 64;
+                if (rq->params.max_new_tokens == 0) {
+                    res->finish = SAMPLE_FINISH_LENGTH;
+                    continue;
+                }
+                int cap = rq->params.max_new_tokens;
+                if (cap > s->T - rq->prompt_len) cap = s->T - rq->prompt_len;
+                res->tokens = malloc((size_t)cap * sizeof(int32_t));
+                res->logprobs = malloc((size_t)cap * sizeof(float));
+                res->sampling_logprobs = malloc((size_t)cap * sizeof(float));
+                if (!res->tokens || !res->logprobs || !res->sampling_logprobs) oom = 1;
+                st[b].req = i;
+                st[b].fed = 0;
+                st[b].cap = cap;
+                rlhf_rng_seed(&st[b].rng, rq->params.seed);
+                active++;
+                break;
+            }
+        }
+        if (oom) {
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampling results");
+            break;
+        }
+        if (active == 0) break;
+        /* rows: one decode row per generating slot, then prompt rows within the remaining budget */
+        int R = 0, NL = 0;
+        for (int b = 0; b < B; b++) {
+            if (st[b].req < 0 || st[b].fed < reqs[st[b].req].prompt_len) continue;
+            const sample_request *rq = &reqs[st[b].req];
+            s->row_slot[R] = b;
+            s->row_pos[R] = rq->prompt_len + results[st[b].req].n_tokens - 1;
+            s->row_tok[R] = st[b].last;
+            logit_slot[NL] = b;
+            s->logit_rows[NL++] = R++;
+        }
+        for (int b = 0; b < B && R < s->max_rows; b++) {
+            if (st[b].req < 0) continue;
+            const sample_request *rq = &reqs[st[b].req];
+            if (st[b].fed >= rq->prompt_len) continue;
+            int chunk = rq->prompt_len - st[b].fed;
+            if (chunk > s->max_rows - R) chunk = s->max_rows - R;
+            for (int t = 0; t < chunk; t++) {
+                s->row_slot[R] = b;
+                s->row_pos[R] = st[b].fed + t;
+                s->row_tok[R] = rq->prompt[st[b].fed + t];
+                R++;
+            }
+            st[b].fed += chunk;
+            if (st[b].fed == rq->prompt_len) {
+                logit_slot[NL] = b;
+                s->logit_rows[NL++] = R - 1;
+            }
+        }
+        forward_rows(s, R, s->row_slot, s->row_pos, s->row_tok, NL, s->logit_rows, s->logits);
+        /* choose tokens: independent per sequence, so parallel and order-free */
+        int32_t *ys = malloc((size_t)(NL ? NL : 1) * sizeof(int32_t));
+        float *lps = malloc((size_t)(NL ? NL : 1) * 2 * sizeof(float));
+        if (!ys || !lps) {
+            free(ys);
+            free(lps);
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+            break;
+        }
+#pragma omp parallel if (NL > 1)
+        {
+            cand *scratch = malloc((size_t)V * sizeof(cand));
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < NL; i++) {
+                slot_state *ss = &st[logit_slot[i]];
+                if (!scratch) {
+                    ys[i] = -1;
+                    continue;
+                }
+                ys[i] = choose_token(s->logits + (size_t)i * V, V, &reqs[ss->req].params, &ss->rng, scratch,
+                                     &lps[2 * i], &lps[2 * i + 1]);
+            }
+            free(scratch);
+        }
+        for (int i = 0; i < NL && !rc; i++) {
+            slot_state *ss = &st[logit_slot[i]];
+            if (ys[i] < 0) {
+                rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampling scratch");
+                break;
+            }
+            if (accept_token(s, tok, &reqs[ss->req], &results[ss->req], ss, ys[i], lps[2 * i], lps[2 * i + 1], &oom)) {
+                ss->req = -1;
+                active--;
+            }
+            if (oom) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampled text");
+        }
+        free(ys);
+        free(lps);
+    }
+    free(st);
+    free(logit_slot);
+    if (rc)
+        for (int i = 0; i < n; i++) sample_result_free(&results[i]);
+    return rc;
+}

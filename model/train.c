@@ -1,0 +1,459 @@
+/* model/train.c — the training forward/backward: a tape of ops recorded during the forward pass and
+ * replayed in reverse. Each tape entry names an op kind and the buffers its backward needs; every
+ * activation lives in one arena and its gradient at the same offset in a twin arena, so an op only
+ * records value pointers and finds gradients by offset (GRAD(t, p)). */
+#include "model/model.h"
+#include "model/ops.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum {
+    OP_EMBEDDING,
+    OP_RMSNORM,
+    OP_MATMUL,
+    OP_ROPE,
+    OP_ATTENTION,
+    OP_SWIGLU,
+    OP_RESIDUAL,
+    OP_LOGSOFTMAX,
+} op_kind;
+
+typedef struct tape_op {
+    op_kind kind;
+    float *out;        /* activation written by the op (its gradient is GRAD(out)) */
+    float *out2;       /* second output (entropy for OP_LOGSOFTMAX), or NULL */
+    size_t out_numel;  /* floats of `out` (and of out2) */
+    float *in[3];      /* activation inputs */
+    const float *w;    /* parameter read (matmul/norm weight, embedding table) */
+    float *dw;         /* its gradient */
+    float *aux;        /* saved statistics: rstd, attention probabilities, lse */
+    int n, ic, oc;     /* rows and matmul sizes / C for norms and embedding, V for log-softmax */
+} tape_op;
+
+typedef struct layer_acts {
+    float *ln1, *rstd1;        // (N, C), (N)
+    float *q, *k, *v;          // (N, H*D), (N, KVH*D), (N, KVH*D) before RoPE (v never rotates)
+    float *qr, *kr;            // after RoPE
+    float *att;                // (B, H, T, T) probabilities
+    float *atty;               // (N, H*D)
+    float *attproj, *res1;     // (N, C)
+    float *ln2, *rstd2;        // (N, C), (N)
+    float *gate, *up, *swi;    // (N, F)
+    float *mlp, *res2;         // (N, C)
+} layer_acts;
+
+struct model_trainer {
+    model *m;
+    int max_B, max_T;
+    int B, T;                  /* of the last forward */
+    float *act, *act_grad;     /* twin arenas */
+    size_t act_numel;
+    float *grads;              /* parameter gradients, model layout */
+    model_params dp;           /* views into grads */
+    float *scratch;            /* attention backward, per thread */
+    float *rope_cos, *rope_sin; // (max_T, D/2)
+    int32_t *tokens, *targets; // (max_B * max_T)
+    layer_acts *layers;
+    float *x0;                 // (N, C) embedding output
+    float *lnf, *rstdf;        // (N, C), (N)
+    float *logits;             // (N, V)
+    float *logp, *ent, *lse;   // (N)
+    tape_op *tape;
+    int tape_len, tape_cap;
+    int hidden_end;            /* tape entries up to and including the final norm */
+    int has_head, has_targets;
+    double loss_sum;
+    int loss_count;
+    int backward_pending;      /* a tape exists that has not been replayed */
+};
+
+#define GRAD(t, p) ((t)->act_grad + ((p) - (t)->act))
+
+static void *alloc64(size_t bytes) {
+    bytes = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rlhf_error *err) {
+    *out = NULL;
+    const model_config *c = &m->cfg;
+    if (max_B <= 0 || max_T <= 0)
+        return RLHF_FAIL(err, RLHF_EINVAL, "trainer batch shape must be positive, got B=%d T=%d", max_B, max_T);
+    if (max_T > c->max_seq_len)
+        return RLHF_FAIL(err, RLHF_EINVAL, "trainer max_T %d exceeds the model's max_seq_len %d", max_T,
+                         c->max_seq_len);
+    model_trainer *t = calloc(1, sizeof *t);
+    if (!t) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    t->m = m;
+    t->max_B = max_B;
+    t->max_T = max_T;
+    size_t N = (size_t)max_B * max_T, C = c->dim, L = c->n_layers, H = c->n_heads, KVH = c->n_kv_heads;
+    size_t D = model_head_dim(c), F = c->ffn_dim, V = c->vocab_size, T = max_T;
+    size_t HD = H * D, KD = KVH * D;
+    /* Arena offsets: every tensor at its max size, 16-float aligned. */
+    size_t per_layer_sizes[] = {N * C, N, N * HD, N * KD, N * KD, N * HD, N * KD, (size_t)max_B * H * T * T,
+                                N * HD, N * C, N * C, N * C, N, N * F, N * F, N * F, N * C, N * C};
+    enum { PER_LAYER = sizeof per_layer_sizes / sizeof per_layer_sizes[0] };
+    size_t top_sizes[] = {N * C, N * C, N, N * V, N, N, N};
+    size_t total = 0;
+    for (size_t i = 0; i < PER_LAYER; i++) total += L * ((per_layer_sizes[i] + 15) & ~(size_t)15);
+    for (size_t i = 0; i < sizeof top_sizes / sizeof top_sizes[0]; i++) total += (top_sizes[i] + 15) & ~(size_t)15;
+    t->act_numel = total;
+    t->act = alloc64(total * sizeof(float));
+    t->act_grad = alloc64(total * sizeof(float));
+    t->grads = alloc64(m->n_params * sizeof(float));
+    t->scratch = alloc64((size_t)omp_get_max_threads() * attention_scratch_floats(max_T) * sizeof(float));
+    t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
+    t->rope_sin = alloc64(T * (D / 2) * sizeof(float));
+    t->tokens = alloc64(N * sizeof(int32_t));
+    t->targets = alloc64(N * sizeof(int32_t));
+    t->layers = calloc(L, sizeof *t->layers);
+    t->tape_cap = (int)(14 * L + 8);
+    t->tape = calloc((size_t)t->tape_cap, sizeof *t->tape);
+    if (!t->act || !t->act_grad || !t->grads || !t->scratch || !t->rope_cos || !t->rope_sin || !t->tokens ||
+        !t->targets || !t->layers || !t->tape) {
+        model_trainer_destroy(&t);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate trainer for B=%d T=%d (%zu activation floats)", max_B,
+                         max_T, total);
+    }
+    float *p = t->act;
+#define TAKE(dst, n)                                  \
+    do {                                              \
+        (dst) = p;                                    \
+        p += ((size_t)(n) + 15) & ~(size_t)15;        \
+    } while (0)
+    TAKE(t->x0, N * C);
+    for (size_t l = 0; l < L; l++) {
+        layer_acts *a = &t->layers[l];
+        float **slots[PER_LAYER] = {&a->ln1, &a->rstd1, &a->q,       &a->k,    &a->v,   &a->qr,
+                                    &a->kr,  &a->att,   &a->atty,    &a->attproj, &a->res1, &a->ln2,
+                                    &a->rstd2, &a->gate, &a->up,     &a->swi,  &a->mlp, &a->res2};
+        for (size_t i = 0; i < PER_LAYER; i++) TAKE(*slots[i], per_layer_sizes[i]);
+    }
+    TAKE(t->lnf, N * C);
+    TAKE(t->rstdf, N);
+    TAKE(t->logits, N * V);
+    TAKE(t->logp, N);
+    TAKE(t->ent, N);
+    TAKE(t->lse, N);
+#undef TAKE
+    model_params_view(m, t->grads, &t->dp);
+    rope_tables(t->rope_cos, t->rope_sin, max_T, (int)D, c->rope_theta);
+    *out = t;
+    return 0;
+}
+
+void model_trainer_destroy(model_trainer **pt) {
+    if (!pt || !*pt) return;
+    model_trainer *t = *pt;
+    free(t->act);
+    free(t->act_grad);
+    free(t->grads);
+    free(t->scratch);
+    free(t->rope_cos);
+    free(t->rope_sin);
+    free(t->tokens);
+    free(t->targets);
+    free(t->layers);
+    free(t->tape);
+    free(t);
+    *pt = NULL;
+}
+
+size_t model_trainer_bytes(const model_trainer *t) {
+    const model_config *c = &t->m->cfg;
+    size_t D = model_head_dim(c), N = (size_t)t->max_B * t->max_T;
+    return 2 * t->act_numel * sizeof(float) + t->m->n_params * sizeof(float) +
+           (size_t)omp_get_max_threads() * attention_scratch_floats(t->max_T) * sizeof(float) +
+           2 * (size_t)t->max_T * (D / 2) * sizeof(float) + 2 * N * sizeof(int32_t);
+}
+
+/* ------------------------------------------------------------------ the tape */
+
+static tape_op *push(model_trainer *t, op_kind kind, float *out, size_t out_numel) {
+    tape_op *op = &t->tape[t->tape_len++]; /* capacity is fixed by the architecture: 14 per layer + head */
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    op->out = out;
+    op->out_numel = out_numel;
+    return op;
+}
+
+static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, const float *w, float *dw, int N) {
+    int C = t->m->cfg.dim;
+    rmsnorm_forward(out, rstd, inp, w, N, C, t->m->cfg.norm_eps);
+    tape_op *op = push(t, OP_RMSNORM, out, (size_t)N * C);
+    op->in[0] = inp;
+    op->w = w;
+    op->dw = dw;
+    op->aux = rstd;
+    op->n = N;
+    op->ic = C;
+}
+
+static void rec_matmul(model_trainer *t, float *out, float *inp, const float *w, float *dw, int N, int IC, int OC) {
+    matmul_forward(out, inp, w, N, IC, OC);
+    tape_op *op = push(t, OP_MATMUL, out, (size_t)N * OC);
+    op->in[0] = inp;
+    op->w = w;
+    op->dw = dw;
+    op->n = N;
+    op->ic = IC;
+    op->oc = OC;
+}
+
+static void rec_rope(model_trainer *t, float *out, float *inp, int NH) {
+    int D = model_head_dim(&t->m->cfg);
+    rope_forward(out, inp, t->rope_cos, t->rope_sin, t->B, t->T, NH, D);
+    tape_op *op = push(t, OP_ROPE, out, (size_t)t->B * t->T * NH * D);
+    op->in[0] = inp;
+    op->ic = NH;
+}
+
+static void rec_residual(model_trainer *t, float *out, float *a, float *b, size_t n) {
+    residual_forward(out, a, b, n);
+    tape_op *op = push(t, OP_RESIDUAL, out, n);
+    op->in[0] = a;
+    op->in[1] = b;
+}
+
+static void zero_floats(float *p, size_t n) {
+    const size_t chunk = 1 << 14;
+    size_t nchunks = (n + chunk - 1) / chunk;
+    if (nchunks <= 1) {
+        memset(p, 0, n * sizeof(float));
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < nchunks; i++) {
+        size_t a = i * chunk, len = a + chunk <= n ? chunk : n - a;
+        memset(p + a, 0, len * sizeof(float));
+    }
+}
+
+/* Replays tape entries [0, end) in reverse. Output gradients of those entries must be set. */
+static void replay_backward(model_trainer *t, int end) {
+    const model_config *c = &t->m->cfg;
+    int D = model_head_dim(c);
+    for (int i = end - 1; i >= 0; i--) {
+        tape_op *op = &t->tape[i];
+        float *dout = GRAD(t, op->out);
+        switch (op->kind) {
+        case OP_EMBEDDING:
+            embedding_backward(op->dw, dout, t->tokens, op->n, op->ic);
+            break;
+        case OP_RMSNORM:
+            rmsnorm_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->aux, op->n, op->ic);
+            break;
+        case OP_MATMUL:
+            matmul_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->n, op->ic, op->oc);
+            break;
+        case OP_ROPE:
+            rope_backward(GRAD(t, op->in[0]), dout, t->rope_cos, t->rope_sin, t->B, t->T, op->ic, D);
+            break;
+        case OP_ATTENTION:
+            attention_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), GRAD(t, op->in[2]), dout, op->aux, op->in[0],
+                               op->in[1], op->in[2], t->scratch, t->B, t->T, c->n_heads, c->n_kv_heads, D);
+            break;
+        case OP_SWIGLU:
+            swiglu_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), dout, op->in[0], op->in[1], op->out_numel);
+            break;
+        case OP_RESIDUAL:
+            residual_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), dout, op->out_numel);
+            break;
+        case OP_LOGSOFTMAX:
+            logsoftmax_backward(GRAD(t, op->in[0]), dout, GRAD(t, op->out2), op->in[0], op->aux, op->out2,
+                                t->targets, op->n, op->oc);
+            break;
+        }
+    }
+}
+
+/* Zeroes the output gradients of tape entries [0, end). */
+static void zero_act_grads(model_trainer *t, int end) {
+    for (int i = 0; i < end; i++) {
+        tape_op *op = &t->tape[i];
+        zero_floats(GRAD(t, op->out), op->out_numel);
+        if (op->out2) zero_floats(GRAD(t, op->out2), op->out_numel);
+    }
+}
+
+/* ------------------------------------------------------------------ forward */
+
+static int check_batch(model_trainer *t, const int32_t *tokens, const int32_t *targets, int B, int T,
+                       rlhf_error *err) {
+    const model_config *c = &t->m->cfg;
+    if (B <= 0 || T <= 0 || B > t->max_B || T > t->max_T)
+        return RLHF_FAIL(err, RLHF_EINVAL, "batch (B=%d, T=%d) outside the trainer's (1..%d, 1..%d)", B, T, t->max_B,
+                         t->max_T);
+    for (long i = 0; i < (long)B * T; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return RLHF_FAIL(err, RLHF_EINVAL, "token id %d at (b=%ld, t=%ld) outside [0, %d)", tokens[i], i / T,
+                             i % T, c->vocab_size);
+        if (targets && (targets[i] < -1 || targets[i] >= c->vocab_size))
+            return RLHF_FAIL(err, RLHF_EINVAL, "target id %d at (b=%ld, t=%ld) outside [-1, %d)", targets[i], i / T,
+                             i % T, c->vocab_size);
+    }
+    return 0;
+}
+
+static void forward_body(model_trainer *t) {
+    model *m = t->m;
+    const model_config *c = &m->cfg;
+    int B = t->B, T = t->T, N = B * T;
+    int C = c->dim, H = c->n_heads, KVH = c->n_kv_heads, D = model_head_dim(c), F = c->ffn_dim;
+    int HD = H * D, KD = KVH * D;
+    const model_params *p = &m->p;
+    model_params *dp = &t->dp;
+    t->tape_len = 0;
+
+    embedding_forward(t->x0, t->tokens, p->embed, N, C);
+    tape_op *op = push(t, OP_EMBEDDING, t->x0, (size_t)N * C);
+    op->w = p->embed;
+    op->dw = dp->embed;
+    op->n = N;
+    op->ic = C;
+
+    float *x = t->x0; // (N, C) residual stream
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_acts *a = &t->layers[l];
+        size_t lc = (size_t)l * C, lqc = (size_t)l * HD * C, lkc = (size_t)l * KD * C, lfc = (size_t)l * F * C;
+        rec_rmsnorm(t, a->ln1, a->rstd1, x, p->attn_norm + lc, dp->attn_norm + lc, N);
+        rec_matmul(t, a->q, a->ln1, p->wq + lqc, dp->wq + lqc, N, C, HD);
+        rec_matmul(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, N, C, KD);
+        rec_matmul(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, N, C, KD);
+        rec_rope(t, a->qr, a->q, H);
+        rec_rope(t, a->kr, a->k, KVH);
+        attention_forward(a->atty, a->att, a->qr, a->kr, a->v, B, T, H, KVH, D);
+        op = push(t, OP_ATTENTION, a->atty, (size_t)N * HD);
+        op->in[0] = a->qr;
+        op->in[1] = a->kr;
+        op->in[2] = a->v;
+        op->aux = a->att;
+        rec_matmul(t, a->attproj, a->atty, p->wo + lqc, dp->wo + lqc, N, HD, C);
+        rec_residual(t, a->res1, x, a->attproj, (size_t)N * C);
+        rec_rmsnorm(t, a->ln2, a->rstd2, a->res1, p->ffn_norm + lc, dp->ffn_norm + lc, N);
+        rec_matmul(t, a->gate, a->ln2, p->w_gate + lfc, dp->w_gate + lfc, N, C, F);
+        rec_matmul(t, a->up, a->ln2, p->w_up + lfc, dp->w_up + lfc, N, C, F);
+        swiglu_forward(a->swi, a->gate, a->up, (size_t)N * F);
+        op = push(t, OP_SWIGLU, a->swi, (size_t)N * F);
+        op->in[0] = a->gate;
+        op->in[1] = a->up;
+        rec_matmul(t, a->mlp, a->swi, p->w_down + lfc, dp->w_down + lfc, N, F, C);
+        rec_residual(t, a->res2, a->res1, a->mlp, (size_t)N * C);
+        x = a->res2;
+    }
+    rec_rmsnorm(t, t->lnf, t->rstdf, x, p->final_norm, dp->final_norm, N);
+    t->hidden_end = t->tape_len;
+    t->has_head = 0;
+    t->has_targets = 0;
+    t->backward_pending = 1;
+}
+
+static int forward_setup(model_trainer *t, const int32_t *tokens, const int32_t *targets, int B, int T,
+                         rlhf_error *err) {
+    int rc = check_batch(t, tokens, targets, B, T, err);
+    if (rc) return rc;
+    t->B = B;
+    t->T = T;
+    memcpy(t->tokens, tokens, (size_t)B * T * sizeof(int32_t));
+    if (targets) memcpy(t->targets, targets, (size_t)B * T * sizeof(int32_t));
+    return 0;
+}
+
+int model_forward_hidden(model_trainer *t, const int32_t *tokens, int B, int T, rlhf_error *err) {
+    int rc = forward_setup(t, tokens, NULL, B, T, err);
+    if (rc) return rc;
+    forward_body(t);
+    return 0;
+}
+
+int model_forward(model_trainer *t, const int32_t *tokens, const int32_t *targets, int B, int T, rlhf_error *err) {
+    int rc = forward_setup(t, tokens, targets, B, T, err);
+    if (rc) return rc;
+    forward_body(t);
+    const model_config *c = &t->m->cfg;
+    int N = B * T, C = c->dim, V = c->vocab_size;
+    rec_matmul(t, t->logits, t->lnf, t->m->p.lm_head, t->dp.lm_head, N, C, V);
+    t->has_head = 1;
+    t->loss_sum = 0.0;
+    t->loss_count = 0;
+    if (!targets) return 0;
+    logsoftmax_forward(t->logp, t->ent, t->lse, t->logits, t->targets, N, V);
+    tape_op *op = push(t, OP_LOGSOFTMAX, t->logp, (size_t)N);
+    op->out2 = t->ent;
+    op->in[0] = t->logits;
+    op->aux = t->lse;
+    op->n = N;
+    op->oc = V;
+    t->has_targets = 1;
+    for (int i = 0; i < N; i++)
+        if (t->targets[i] >= 0) {
+            t->loss_sum -= t->logp[i];
+            t->loss_count++;
+        }
+    return 0;
+}
+
+int model_forward_logits(model_trainer *t, const int32_t *tokens, int B, int T, float *logits_out, rlhf_error *err) {
+    int rc = model_forward(t, tokens, NULL, B, T, err);
+    if (rc) return rc;
+    memcpy(logits_out, t->logits, (size_t)B * T * t->m->cfg.vocab_size * sizeof(float));
+    return 0;
+}
+
+const float *model_trainer_logits(const model_trainer *t) { return t->logits; }
+const float *model_trainer_logprobs(const model_trainer *t) { return t->logp; }
+const float *model_trainer_entropy(const model_trainer *t) { return t->ent; }
+const float *model_trainer_hidden(const model_trainer *t) { return t->lnf; }
+
+float model_trainer_loss(const model_trainer *t, int *n_tokens_out) {
+    if (n_tokens_out) *n_tokens_out = t->loss_count;
+    return t->loss_count ? (float)(t->loss_sum / t->loss_count) : 0.0f;
+}
+
+/* ------------------------------------------------------------------ backward */
+
+int model_backward_logprobs(model_trainer *t, const float *dlogp, const float *dentropy, rlhf_error *err) {
+    if (!t->backward_pending || !t->has_targets)
+        return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_logprobs needs a model_forward with targets first");
+    size_t N = (size_t)t->B * t->T;
+    zero_act_grads(t, t->tape_len);
+    if (dlogp) memcpy(GRAD(t, t->logp), dlogp, N * sizeof(float));
+    if (dentropy) memcpy(GRAD(t, t->ent), dentropy, N * sizeof(float));
+    replay_backward(t, t->tape_len);
+    t->backward_pending = 0;
+    return 0;
+}
+
+int model_backward_loss(model_trainer *t, rlhf_error *err) {
+    if (!t->backward_pending || !t->has_targets)
+        return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_loss needs a model_forward with targets first");
+    size_t N = (size_t)t->B * t->T;
+    zero_act_grads(t, t->tape_len);
+    float *g = GRAD(t, t->logp);
+    float w = t->loss_count ? -1.0f / (float)t->loss_count : 0.0f;
+    for (size_t i = 0; i < N; i++) g[i] = t->targets[i] >= 0 ? w : 0.0f;
+    replay_backward(t, t->tape_len);
+    t->backward_pending = 0;
+    return 0;
+}
+
+int model_backward_hidden(model_trainer *t, const float *dhidden, rlhf_error *err) {
+    if (!t->backward_pending)
+        return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_hidden needs a forward first");
+    zero_act_grads(t, t->hidden_end);
+    memcpy(GRAD(t, t->lnf), dhidden, (size_t)t->B * t->T * t->m->cfg.dim * sizeof(float));
+    replay_backward(t, t->hidden_end);
+    t->backward_pending = 0;
+    return 0;
+}
+
+float *model_trainer_grads(model_trainer *t) { return t->grads; }
+
+void model_trainer_zero_grad(model_trainer *t) { zero_floats(t->grads, t->m->n_params); }

@@ -1,0 +1,176 @@
+/* prompts/prompts_cli.c — `rlhf prompts gen|corpus|check`: task datasets, pretraining corpora and
+ * dataset validation. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prompts/prompts.h"
+
+static const char *PROG = "rlhf prompts";
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: rlhf prompts gen --task countdown|arith --n N --out FILE.jsonl [--seed S]\n"
+            "                        [--heldout FILE.jsonl --n-heldout M] [--max-num K] [--max-num2 K] [--p-three P]\n"
+            "       rlhf prompts corpus --task countdown|arith --n N --out CORPUS.txt [--seed S]\n"
+            "                        [--p-correct P] [--max-num K] [--max-num2 K] [--p-three P]\n"
+            "       rlhf prompts check FILE.jsonl [--heldout-fraction F] [--split-seed S] [--skip-bad]\n"
+            "\n"
+            "gen writes distinct prompts (held-out ones disjoint from the train ones); corpus writes one\n"
+            "\"PROMPT+COMPLETION\" line per example, a share --p-correct of them correct (docs/PROMPT_SELECTION.md).\n");
+}
+
+/* Parses a number option value; errors name the option. */
+static int num_arg(const char *opt, const char *val, double lo, double hi, int integer, double *out, rlhf_error *err) {
+    if (!val) return rlhf_error_set(err, RLHF_EINVAL, opt, "needs a value");
+    char *end;
+    errno = 0;
+    double x = strtod(val, &end);
+    if (errno || end == val || *end || !(x >= lo && x <= hi) || (integer && x != (double)(long long)x))
+        return rlhf_error_set(err, RLHF_EINVAL, opt, "expected %s in [%g, %g], got \"%s\"",
+                              integer ? "an integer" : "a number", lo, hi, val);
+    *out = x;
+    return 0;
+}
+
+typedef struct cli_opts {
+    const char *task, *out, *heldout, *file;
+    double n, n_heldout, seed, heldout_fraction, split_seed;
+    int n_set, skip_bad;
+    prompt_task_opts topts;
+    int max_num_set, max_num2_set, p_three_set, p_correct_set;
+    double max_num, max_num2, p_three, p_correct;
+} cli_opts;
+
+static int parse(int argc, char **argv, cli_opts *o, rlhf_error *err) {
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = 0, used = 1;
+        if (!strcmp(a, "--task")) o->task = v;
+        else if (!strcmp(a, "--out")) o->out = v;
+        else if (!strcmp(a, "--heldout")) o->heldout = v;
+        else if (!strcmp(a, "--n")) rc = num_arg(a, v, 1, 1e8, 1, &o->n, err), o->n_set = 1;
+        else if (!strcmp(a, "--n-heldout")) rc = num_arg(a, v, 1, 1e8, 1, &o->n_heldout, err);
+        else if (!strcmp(a, "--seed")) rc = num_arg(a, v, 0, 9007199254740992.0, 1, &o->seed, err);
+        else if (!strcmp(a, "--split-seed")) rc = num_arg(a, v, 0, 9007199254740992.0, 1, &o->split_seed, err);
+        else if (!strcmp(a, "--heldout-fraction")) rc = num_arg(a, v, 0, 0.999999, 0, &o->heldout_fraction, err);
+        else if (!strcmp(a, "--max-num")) rc = num_arg(a, v, 1, 1000, 1, &o->max_num, err), o->max_num_set = 1;
+        else if (!strcmp(a, "--max-num2")) rc = num_arg(a, v, 1, 1000, 1, &o->max_num2, err), o->max_num2_set = 1;
+        else if (!strcmp(a, "--p-three")) rc = num_arg(a, v, 0, 1, 0, &o->p_three, err), o->p_three_set = 1;
+        else if (!strcmp(a, "--p-correct")) rc = num_arg(a, v, 0, 1, 0, &o->p_correct, err), o->p_correct_set = 1;
+        else if (!strcmp(a, "--skip-bad")) o->skip_bad = 1, used = 0;
+        else if (a[0] == '-') return rlhf_error_set(err, RLHF_EINVAL, a, "unknown option (see rlhf prompts --help)");
+        else if (!o->file) o->file = a, used = 0;
+        else return rlhf_error_set(err, RLHF_EINVAL, a, "unexpected argument");
+        if (rc) return rc;
+        if (used) {
+            if (!v) return rlhf_error_set(err, RLHF_EINVAL, a, "needs a value");
+            i++;
+        }
+    }
+    if (o->task) {
+        prompt_task_opts_default(o->task, &o->topts);
+        if (o->max_num_set) o->topts.max_num = (int)o->max_num;
+        if (o->max_num2_set) o->topts.max_num2 = (int)o->max_num2;
+        if (o->p_three_set) o->topts.p_three = o->p_three;
+        if (o->p_correct_set) o->topts.p_correct = o->p_correct;
+    }
+    return 0;
+}
+
+static int write_jsonl(const char *path, const json_t *arr, rlhf_error *err) {
+    rlhf_atomic_file af;
+    int rc = rlhf_atomic_open(&af, path, err);
+    if (rc) return rc;
+    size_t i;
+    json_t *r;
+    json_array_foreach(arr, i, r) {
+        char *line = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (!line) {
+            rlhf_atomic_abort(&af);
+            return rlhf_error_set(err, RLHF_ENOMEM, path, "cannot serialise record %zu", i);
+        }
+        fprintf(af.fp, "%s\n", line);
+        free(line);
+    }
+    return rlhf_atomic_commit(&af, err);
+}
+
+static int cmd_gen(cli_opts *o, rlhf_error *err) {
+    if (!o->task) return rlhf_error_set(err, RLHF_EINVAL, "--task", "required (countdown, arith)");
+    if (!o->n_set) return rlhf_error_set(err, RLHF_EINVAL, "--n", "required");
+    if (!o->out) return rlhf_error_set(err, RLHF_EINVAL, "--out", "required");
+    if (!o->heldout != !o->n_heldout)
+        return rlhf_error_set(err, RLHF_EINVAL, o->heldout ? "--n-heldout" : "--heldout",
+                              "--heldout and --n-heldout go together");
+    /* the held-out set is drawn first, from the task's distribution; the train set then avoids its prompts
+     * (the other way round, a large train set would use up the small 2-number problem space) */
+    json_t *train = NULL, *held = NULL, *exclude = json_array();
+    int rc = 0;
+    if (o->heldout) {
+        rc = prompt_task_generate(&held, o->task, (size_t)o->n_heldout, (uint64_t)o->seed, "heldout", &o->topts,
+                                  NULL, err);
+        size_t i;
+        json_t *r;
+        if (rc == 0) json_array_foreach(held, i, r) json_array_append(exclude, json_object_get(r, "prompt"));
+    }
+    if (rc == 0)
+        rc = prompt_task_generate(&train, o->task, (size_t)o->n, (uint64_t)o->seed, "train", &o->topts, exclude, err);
+    if (rc == 0) rc = write_jsonl(o->out, train, err);
+    if (rc == 0 && held) rc = write_jsonl(o->heldout, held, err);
+    if (rc == 0)
+        fprintf(stderr, "%s: wrote %zu %s prompts to %s%s%s%s\n", PROG, json_array_size(train), o->task, o->out,
+                held ? " and held-out ones to " : "", held ? o->heldout : "", "");
+    json_decref(train);
+    json_decref(held);
+    json_decref(exclude);
+    return rc;
+}
+
+static int cmd_corpus(cli_opts *o, rlhf_error *err) {
+    if (!o->task) return rlhf_error_set(err, RLHF_EINVAL, "--task", "required (countdown, arith)");
+    if (!o->n_set) return rlhf_error_set(err, RLHF_EINVAL, "--n", "required");
+    if (!o->out) return rlhf_error_set(err, RLHF_EINVAL, "--out", "required");
+    int rc = prompt_task_write_corpus(o->out, o->task, (size_t)o->n, (uint64_t)o->seed, &o->topts, err);
+    if (rc == 0)
+        fprintf(stderr, "%s: wrote %zu %s corpus lines to %s (%.0f%% correct completions)\n", PROG, (size_t)o->n,
+                o->task, o->out, 100 * o->topts.p_correct);
+    return rc;
+}
+
+static int cmd_check(cli_opts *o, rlhf_error *err) {
+    if (!o->file) return rlhf_error_set(err, RLHF_EINVAL, "check", "needs a dataset FILE.jsonl");
+    prompt_dataset_opts dopts = {.split = PROMPT_SPLIT_ALL, .heldout_fraction = o->heldout_fraction,
+                                 .split_seed = (uint64_t)o->split_seed, .skip_bad = o->skip_bad};
+    prompt_dataset *ds = NULL;
+    int rc = prompt_dataset_load_opts(&ds, o->file, &dopts, err);
+    if (rc) return rc;
+    size_t held = 0;
+    for (size_t i = 0; i < prompt_dataset_size(ds); i++) held += prompt_dataset_is_heldout(ds, i);
+    printf("%s: %zu records (train %zu, heldout %zu), %zu bad lines skipped\n", o->file, prompt_dataset_size(ds),
+           prompt_dataset_size(ds) - held, held, prompt_dataset_skipped(ds));
+    prompt_dataset_destroy(&ds);
+    return 0;
+}
+
+int cmd_prompts(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    cli_opts o = {.seed = 1};
+    rlhf_error err = {0};
+    int rc = parse(argc, argv, &o, &err);
+    if (rc == 0) {
+        if (!strcmp(argv[1], "gen")) rc = cmd_gen(&o, &err);
+        else if (!strcmp(argv[1], "corpus")) rc = cmd_corpus(&o, &err);
+        else if (!strcmp(argv[1], "check")) rc = cmd_check(&o, &err);
+        else rc = rlhf_error_set(&err, RLHF_EINVAL, argv[1], "unknown prompts command (gen, corpus, check)");
+    }
+    if (rc) {
+        rlhf_error_print(PROG, &err);
+        return 1;
+    }
+    return 0;
+}

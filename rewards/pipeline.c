@@ -1,0 +1,365 @@
+/* rewards/pipeline.c — composition of reward sources: build from a JSON array, score batches,
+ * apply per-source timeout, normalisation, weight and on_error policy, keep every raw score and
+ * status for metrics and prompt selection. */
+#include <dlfcn.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rewards/rewards_int.h"
+
+enum { NORM_NONE, NORM_BATCH, NORM_RUNNING };
+enum { ON_ERROR_ZERO, ON_ERROR_SKIP_GROUP, ON_ERROR_FAIL };
+
+typedef struct pipeline_source {
+    char name[64];
+    char type[32];
+    double weight;
+    int normalize;
+    int on_error;
+    int64_t timeout_ms;
+    reward_source_impl impl;
+    /* running normalisation (Welford) over every OK score seen */
+    double run_n, run_mean, run_m2;
+    int64_t errors_total;
+} pipeline_source;
+
+struct reward_pipeline {
+    pipeline_source *src; // (n_sources,)
+    size_t n_sources;
+    pthread_mutex_t mu; // serialises reward_pipeline_score (sources' ctx are single-threaded)
+    /* per-call scratch, reused */
+    rlhf_reward_item *items_buf;
+    size_t items_cap;
+};
+
+static void source_release(pipeline_source *s) {
+    if (s->impl.plugin && s->impl.plugin->destroy && s->impl.ctx) s->impl.plugin->destroy(s->impl.ctx);
+    s->impl.ctx = NULL;
+    if (s->impl.dl_handle) {
+        dlclose(s->impl.dl_handle);
+        s->impl.dl_handle = NULL;
+    }
+}
+
+void reward_pipeline_destroy(reward_pipeline **pp) {
+    if (!pp || !*pp) return;
+    reward_pipeline *p = *pp;
+    for (size_t i = 0; i < p->n_sources; i++) source_release(&p->src[i]);
+    free(p->src);
+    free(p->items_buf);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    *pp = NULL;
+}
+
+static int parse_source(pipeline_source *s, const json_t *obj, const char *where, rlhf_error *err) {
+    if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, where, "a reward source must be a JSON object");
+    const char *type = NULL;
+    int rc = reward_get_string(obj, "type", where, 1, &type, err);
+    if (rc) return rc;
+    const reward_source_type *t = reward_source_type_find(type);
+    char w[300];
+    if (!t) {
+        size_t nt;
+        const reward_source_type *tab = reward_source_type_table(&nt);
+        char known[512] = "";
+        size_t off = 0;
+        for (size_t i = 0; i < nt && off < sizeof known; i++)
+            off += (size_t)snprintf(known + off, sizeof known - off, "%s%s", i ? ", " : "", tab[i].type);
+        snprintf(w, sizeof w, "%s.%s", where, "type");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "unknown reward source type '%s' (known: %s)", type, known);
+    }
+    snprintf(s->type, sizeof s->type, "%s", type);
+    const char *name = type;
+    if ((rc = reward_get_string(obj, "name", where, 0, &name, err))) return rc;
+    if (!name[0] || strlen(name) >= sizeof s->name) {
+        snprintf(w, sizeof w, "%s.%s", where, "name");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "name must be 1..%zu characters", sizeof s->name - 1);
+    }
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->weight = 1.0;
+    if ((rc = reward_get_number(obj, "weight", where, 0, &s->weight, err))) return rc;
+    if (!(s->weight >= 0) || !isfinite(s->weight)) {
+        snprintf(w, sizeof w, "%s.%s", where, "weight");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "weight must be a finite number >= 0, got %g", s->weight);
+    }
+    const char *norm = "none";
+    if ((rc = reward_get_string(obj, "normalize", where, 0, &norm, err))) return rc;
+    if (!strcmp(norm, "none")) s->normalize = NORM_NONE;
+    else if (!strcmp(norm, "batch")) s->normalize = NORM_BATCH;
+    else if (!strcmp(norm, "running")) s->normalize = NORM_RUNNING;
+    else {
+        snprintf(w, sizeof w, "%s.%s", where, "normalize");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "expected \"none\", \"batch\" or \"running\", got \"%s\"", norm);
+    }
+    s->timeout_ms = 10000;
+    if ((rc = reward_get_int(obj, "timeout_ms", where, 0, &s->timeout_ms, err))) return rc;
+    if (s->timeout_ms <= 0 || s->timeout_ms > 86400000) {
+        snprintf(w, sizeof w, "%s.%s", where, "timeout_ms");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "timeout_ms must be in 1..86400000, got %lld",
+                              (long long)s->timeout_ms);
+    }
+    const char *oe = "zero";
+    if ((rc = reward_get_string(obj, "on_error", where, 0, &oe, err))) return rc;
+    if (!strcmp(oe, "zero")) s->on_error = ON_ERROR_ZERO;
+    else if (!strcmp(oe, "skip_group")) s->on_error = ON_ERROR_SKIP_GROUP;
+    else if (!strcmp(oe, "fail")) s->on_error = ON_ERROR_FAIL;
+    else {
+        snprintf(w, sizeof w, "%s.%s", where, "on_error");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "expected \"zero\", \"skip_group\" or \"fail\", got \"%s\"", oe);
+    }
+    if (!t->create) {
+        snprintf(w, sizeof w, "%s.%s", where, "type");
+        return rlhf_error_set(err, RLHF_EUNSUPPORTED, w, "reward source type '%s' is not built into this binary", type);
+    }
+    s->impl.timeout_ms = s->timeout_ms;
+    rc = t->create(obj, where, &s->impl, err);
+    if (rc) return rc;
+    if (!s->impl.plugin || !s->impl.plugin->score_batch)
+        return rlhf_error_set(err, RLHF_ESTATE, where, "source type '%s' constructor returned no score_batch", type);
+    return 0;
+}
+
+int reward_pipeline_create(reward_pipeline **out, const json_t *sources, const char *where, rlhf_error *err) {
+    *out = NULL;
+    if (!where) where = "rewards";
+    if (!json_is_array(sources))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "reward sources must be a JSON array of objects");
+    if (json_array_size(sources) == 0)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "at least one reward source is required");
+    reward_pipeline *p = calloc(1, sizeof *p);
+    if (!p) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    pthread_mutex_init(&p->mu, NULL);
+    size_t n = json_array_size(sources);
+    p->src = calloc(n, sizeof *p->src);
+    if (!p->src) {
+        reward_pipeline_destroy(&p);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        char w[256];
+        snprintf(w, sizeof w, "%s[%zu]", where, i);
+        int rc = parse_source(&p->src[i], json_array_get(sources, i), w, err);
+        p->n_sources = i + 1; // so destroy releases what was created
+        if (rc) {
+            reward_pipeline_destroy(&p);
+            return rc;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(p->src[j].name, p->src[i].name)) {
+                char wn[300];
+                snprintf(wn, sizeof wn, "%s.name", w);
+                rc = rlhf_error_set(err, RLHF_EINVAL, wn, "duplicate source name '%s' (also %s[%zu]); set \"name\"",
+                                    p->src[i].name, where, j);
+                reward_pipeline_destroy(&p);
+                return rc;
+            }
+    }
+    *out = p;
+    return 0;
+}
+
+int reward_pipeline_create_str(reward_pipeline **out, const char *sources_json, const char *where, rlhf_error *err) {
+    *out = NULL;
+    json_error_t je;
+    json_t *j = json_loads(sources_json ? sources_json : "", JSON_REJECT_DUPLICATES, &je);
+    if (!j) {
+        char w[300];
+        snprintf(w, sizeof w, "%s:%d:%d", where ? where : "rewards", je.line, je.column);
+        return rlhf_error_set(err, RLHF_EINVAL, w, "invalid JSON: %s", je.text);
+    }
+    int rc = reward_pipeline_create(out, j, where, err);
+    json_decref(j);
+    return rc;
+}
+
+size_t reward_pipeline_n_sources(const reward_pipeline *p) { return p->n_sources; }
+const char *reward_pipeline_source_name(const reward_pipeline *p, size_t s) {
+    return s < p->n_sources ? p->src[s].name : NULL;
+}
+double reward_pipeline_source_weight(const reward_pipeline *p, size_t s) {
+    return s < p->n_sources ? p->src[s].weight : 0.0;
+}
+int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s) {
+    return s < p->n_sources ? __atomic_load_n(&p->src[s].errors_total, __ATOMIC_RELAXED) : 0;
+}
+
+void reward_scores_free(reward_scores *s) {
+    if (!s) return;
+    free(s->raw);
+    free(s->normalized);
+    free(s->status);
+    free(s->total);
+    free(s->item_status);
+    free(s->source_ms);
+    free(s->source_errors);
+    memset(s, 0, sizeof *s);
+}
+
+static int scores_alloc(reward_scores *s, size_t n, size_t S) {
+    reward_scores_free(s);
+    s->n_items = n;
+    s->n_sources = S;
+    size_t nn = n ? n : 1, ss = S ? S : 1;
+    s->raw = calloc(nn * ss, sizeof *s->raw);
+    s->normalized = calloc(nn * ss, sizeof *s->normalized);
+    s->status = calloc(nn * ss, sizeof *s->status);
+    s->total = calloc(nn, sizeof *s->total);
+    s->item_status = calloc(nn, sizeof *s->item_status);
+    s->source_ms = calloc(ss, sizeof *s->source_ms);
+    s->source_errors = calloc(ss, sizeof *s->source_errors);
+    if (!s->raw || !s->normalized || !s->status || !s->total || !s->item_status || !s->source_ms ||
+        !s->source_errors) {
+        reward_scores_free(s);
+        return RLHF_ENOMEM;
+    }
+    return 0;
+}
+
+/* Runs one source over the batch; fills scores (n,) and status (n,). Never fails: every failure
+ * becomes per-item ERROR statuses. */
+static void run_source(pipeline_source *s, rlhf_reward_item *items, const rlhf_reward_item *in, size_t n,
+                       double *scores, rlhf_reward_status *status, double *ms_out) {
+    double t0 = rlhf_now();
+    double deadline = t0 + (double)s->timeout_ms / 1000.0;
+    for (size_t i = 0; i < n; i++) {
+        items[i] = in[i];
+        if (!items[i].record_json) items[i].record_json = "{}";
+        if (!items[i].prompt) items[i].prompt = "";
+        if (!items[i].completion) items[i].completion = "";
+        if (items[i].deadline <= 0 || items[i].deadline > deadline) items[i].deadline = deadline;
+        scores[i] = 0;
+        memset(&status[i], 0, sizeof status[i]);
+    }
+    int rc = s->impl.plugin->score_batch(s->impl.ctx, items, n, scores, status);
+    double t1 = rlhf_now();
+    *ms_out = (t1 - t0) * 1000.0;
+    if (rc != 0) {
+        char reason[RLHF_REWARD_REASON_MAX];
+        snprintf(reason, sizeof reason, "%s", n && status[0].reason[0] ? status[0].reason : "score_batch failed");
+        for (size_t i = 0; i < n; i++) rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "%s", reason);
+        return;
+    }
+    /* in-process sources cannot be interrupted: a batch that overran its budget is late, and late
+     * answers are errors (the updater must not wait on them next time either) */
+    int late = t1 > deadline + 0.05;
+    for (size_t i = 0; i < n; i++) {
+        status[i].reason[RLHF_REWARD_REASON_MAX - 1] = 0;
+        if (status[i].code != RLHF_REWARD_OK && status[i].code != RLHF_REWARD_ERROR &&
+            status[i].code != RLHF_REWARD_SKIP)
+            rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "invalid status code %d", status[i].code);
+        else if (status[i].code == RLHF_REWARD_OK && !isfinite(scores[i]))
+            rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "non-finite score");
+        else if (status[i].code == RLHF_REWARD_OK && late)
+            rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "timeout: batch took %.0f ms > timeout_ms %lld",
+                                   *ms_out, (long long)s->timeout_ms);
+        if (status[i].code != RLHF_REWARD_OK) scores[i] = 0;
+    }
+}
+
+static void normalise(pipeline_source *s, const double *raw, const rlhf_reward_status *st, size_t n, size_t stride,
+                      double *out) {
+    /* raw/st/out are strided columns of (n, S) arrays */
+    if (s->normalize == NORM_NONE) {
+        for (size_t i = 0; i < n; i++) out[i * stride] = raw[i * stride];
+        return;
+    }
+    double mean = 0, m2 = 0, cnt = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (st[i * stride].code != RLHF_REWARD_OK) continue;
+        double x = raw[i * stride];
+        cnt += 1;
+        double d = x - mean;
+        mean += d / cnt;
+        m2 += d * (x - mean);
+        if (s->normalize == NORM_RUNNING) {
+            s->run_n += 1;
+            double e = x - s->run_mean;
+            s->run_mean += e / s->run_n;
+            s->run_m2 += e * (x - s->run_mean);
+        }
+    }
+    double mu, sd;
+    if (s->normalize == NORM_BATCH) {
+        mu = mean;
+        sd = cnt > 1 ? sqrt(m2 / cnt) : 0;
+    } else {
+        mu = s->run_mean;
+        sd = s->run_n > 1 ? sqrt(s->run_m2 / s->run_n) : 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (st[i * stride].code != RLHF_REWARD_OK) {
+            out[i * stride] = 0;
+            continue;
+        }
+        /* with no spread there is nothing to scale: centred value 0 rather than a division blow-up */
+        out[i * stride] = sd > 1e-12 ? (raw[i * stride] - mu) / sd : 0.0;
+    }
+}
+
+int reward_pipeline_score(reward_pipeline *p, const rlhf_reward_item *items, size_t n, reward_scores *out,
+                          rlhf_error *err) {
+    if (!p || !out || (n && !items)) return RLHF_FAIL(err, RLHF_EINVAL, "reward_pipeline_score: NULL argument");
+    size_t S = p->n_sources;
+    if (out->n_items != n || out->n_sources != S || !out->raw) {
+        if (scores_alloc(out, n, S)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for %zu x %zu scores", n, S);
+    }
+    memset(out->item_status, 0, (n ? n : 1) * sizeof *out->item_status);
+    pthread_mutex_lock(&p->mu);
+    if (p->items_cap < n) {
+        rlhf_reward_item *nb = realloc(p->items_buf, n * sizeof *nb);
+        if (!nb) {
+            pthread_mutex_unlock(&p->mu);
+            return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        }
+        p->items_buf = nb;
+        p->items_cap = n;
+    }
+    double *col = malloc((n ? n : 1) * sizeof *col);
+    rlhf_reward_status *cst = malloc((n ? n : 1) * sizeof *cst);
+    if (!col || !cst) {
+        free(col);
+        free(cst);
+        pthread_mutex_unlock(&p->mu);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) out->total[i] = 0;
+    for (size_t s = 0; s < S; s++) {
+        pipeline_source *src = &p->src[s];
+        if (n) run_source(src, p->items_buf, items, n, col, cst, &out->source_ms[s]);
+        else out->source_ms[s] = 0;
+        int64_t errs = 0;
+        for (size_t i = 0; i < n; i++) {
+            out->raw[i * S + s] = col[i];
+            out->status[i * S + s] = cst[i];
+            if (cst[i].code == RLHF_REWARD_ERROR) errs++;
+        }
+        out->source_errors[s] = errs;
+        __atomic_add_fetch(&src->errors_total, errs, __ATOMIC_RELAXED);
+        normalise(src, out->raw + s, out->status + s, n, S, out->normalized + s);
+        for (size_t i = 0; i < n; i++) {
+            const rlhf_reward_status *st = &out->status[i * S + s];
+            if (st->code == RLHF_REWARD_OK) {
+                out->total[i] += src->weight * out->normalized[i * S + s];
+                continue;
+            }
+            if (st->code != RLHF_REWARD_ERROR) continue;
+            if (src->on_error == ON_ERROR_SKIP_GROUP) {
+                for (size_t j = 0; j < n; j++) {
+                    int same = j == i || (items[i].group_id >= 0 && items[j].group_id == items[i].group_id);
+                    if (same && out->item_status[j].code == RLHF_REWARD_OK)
+                        rlhf_reward_status_set(&out->item_status[j], RLHF_REWARD_SKIP, "%s: %s", src->name, st->reason);
+                }
+            } else if (src->on_error == ON_ERROR_FAIL && rc == 0) {
+                rc = rlhf_error_set(err, RLHF_EIO, src->name, "reward source failed on item %zu: %s", i, st->reason);
+            }
+        }
+    }
+    free(col);
+    free(cst);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}

@@ -1,0 +1,165 @@
+/* rewards/rewards.h — the reward interface: the versioned plugin ABI every reward source implements
+ * (built-ins, shared-object plugins, process plugins, the execution sandbox, judges, reward models),
+ * and the composition object (`reward_pipeline`) the updater scores rollouts with.
+ *
+ * Two audiences:
+ *   - plugin authors need only the "plugin ABI" half: fill an rlhf_reward_plugin_v1 and export
+ *     `const rlhf_reward_plugin_v1 *rlhf_reward_plugin_entry(void)` from a .so (see
+ *     docs/REWARD_PLUGINS.md, examples/reward-plugin/). No other project header or library is needed.
+ *   - the updater (and `rlhf reward-test`) uses the "pipeline" half: build a pipeline from the
+ *     config's JSON array of sources, score batches of items, read per-source raw scores and statuses
+ *     plus the weighted total. That half needs common/common.h (rlhf_error) and jansson for the
+ *     json_t form of the constructor.
+ *
+ * Scores are doubles; "higher is better". A status of ERROR means the scorer failed (sandbox broke,
+ * plugin crashed, timed out): it is never the same thing as a reward of 0, and the pipeline counts it
+ * and applies the source's on_error policy. */
+#ifndef RLHF_REWARDS_H
+#define RLHF_REWARDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------------
+ * Plugin ABI, version 1. Bump RLHF_REWARD_ABI_VERSION on any incompatible change of the structs
+ * below; a loader refuses a plugin whose abi_version differs from the host's.
+ * ---------------------------------------------------------------------------------------------- */
+#define RLHF_REWARD_ABI_VERSION 1u
+/* The symbol a shared-object plugin exports: const rlhf_reward_plugin_v1 *rlhf_reward_plugin_entry(void); */
+#define RLHF_REWARD_PLUGIN_ENTRY "rlhf_reward_plugin_entry"
+
+typedef enum rlhf_reward_status_code {
+    RLHF_REWARD_OK = 0,    /* score is valid */
+    RLHF_REWARD_ERROR = 1, /* the scorer failed on this item: NOT a zero reward; counted, on_error applies */
+    RLHF_REWARD_SKIP = 2,  /* the source does not apply to this item (e.g. record has no "answer"): the
+                              source contributes nothing to the total and is left out of normalisation */
+} rlhf_reward_status_code;
+
+#define RLHF_REWARD_REASON_MAX 160
+typedef struct rlhf_reward_status {
+    int32_t code;                          /* rlhf_reward_status_code */
+    char reason[RLHF_REWARD_REASON_MAX];   /* short, human-readable; "" when OK. E.g. "timeout",
+                                              "sandbox_error: clone: EPERM", "no answer field" */
+} rlhf_reward_status;
+
+/* One completion to score. All pointers are borrowed for the duration of score_batch only. */
+typedef struct rlhf_reward_item {
+    const char *prompt;             /* prompt text (UTF-8, NUL-terminated) */
+    const char *completion;         /* completion text, detokenised, without the EOS marker */
+    const int32_t *completion_ids;  /* (n_completion_ids,) completion token ids; may be NULL */
+    int64_t n_completion_ids;
+    const char *record_json;        /* the dataset record as a JSON object text, e.g.
+                                       {"answer":"42","tests":[...],"metadata":{...},"numbers":[..],"target":24};
+                                       "{}" when there is none; never NULL */
+    int64_t group_id;               /* rollout group (one prompt's k samples); -1 when ungrouped.
+                                       on_error "skip_group" marks every item of the group SKIP */
+    double deadline;                /* absolute time on the rlhf_now()/CLOCK_MONOTONIC clock, in seconds,
+                                       by which the source should answer; 0 = no deadline */
+} rlhf_reward_item;
+
+typedef struct rlhf_reward_plugin_v1 {
+    uint32_t abi_version;  /* = RLHF_REWARD_ABI_VERSION */
+    uint32_t struct_size;  /* = sizeof(rlhf_reward_plugin_v1), a second guard against mismatched headers */
+    const char *name;      /* short identifier, e.g. "my_reward" */
+    /* Parse `config_json` (a JSON value as text; "{}" when the config gave none) and create the
+     * scorer's state. Return 0 and set *ctx_out, or non-zero with a one-line message in errbuf. */
+    int (*init)(const char *config_json, void **ctx_out, char *errbuf, size_t errbuf_len);
+    /* Score n items: write scores_out[i] and status_out[i] for every i (status_out arrives zeroed,
+     * i.e. OK with reason ""). Return 0, or non-zero if the whole batch failed (every item is then
+     * treated as ERROR with the reason in status_out[0].reason when set). A ctx is only ever used by
+     * one thread at a time; different ctx may be used concurrently. */
+    int (*score_batch)(void *ctx, const rlhf_reward_item *items, size_t n, double *scores_out,
+                       rlhf_reward_status *status_out);
+    void (*destroy)(void *ctx);
+} rlhf_reward_plugin_v1;
+
+typedef const rlhf_reward_plugin_v1 *(*rlhf_reward_plugin_entry_fn)(void);
+
+/* Sets a status (reason printf-style, truncated to fit). Inline so plugins need no library. */
+#include <stdarg.h>
+#include <stdio.h>
+static inline void rlhf_reward_status_set(rlhf_reward_status *st, int code, const char *fmt, ...) {
+    st->code = code;
+    st->reason[0] = 0;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(st->reason, sizeof st->reason, fmt, ap);
+        va_end(ap);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Composition: the reward pipeline (needs librlhf, common/common.h for rlhf_error).
+ *
+ * Config: a JSON array of sources. Keys every source accepts:
+ *   "type"       string, required: a registered type (see reward_source_types()):
+ *                  exact_match, numeric_match, regex, length_penalty, countdown, exec, plugin, process,
+ *                  and (from the judge/RM work) judge, rm, remote_rm
+ *   "name"       string, default = type; must be unique; metrics use it: reward/<name>/mean, reward_errors/<name>
+ *   "weight"     number >= 0, default 1
+ *   "normalize"  "none" (default) | "batch" (z-score over the batch's OK items) |
+ *                "running" (z-score with running mean/std over everything scored so far)
+ *   "timeout_ms" integer > 0, default 10000: the per-batch budget of this source; items get
+ *                deadline = start + timeout; a late or unanswered item is ERROR "timeout"
+ *   "on_error"   "zero" (default: the item's contribution from this source is 0, counted as an error) |
+ *                "skip_group" (the item and every item with the same group_id get item_status SKIP) |
+ *                "fail" (reward_pipeline_score returns an error naming the source)
+ * plus the type's own keys (documented in docs/REWARD_PLUGINS.md). Unknown keys are errors naming
+ * the JSON path, e.g. "config.json: rewards[2].wieght: unknown key".
+ *
+ * Thread safety: no globals. One pipeline may be called from several threads; calls on the same
+ * pipeline are serialised by its mutex. For parallel scoring make one pipeline per thread.
+ * ---------------------------------------------------------------------------------------------- */
+struct json_t;          /* jansson's json_t */
+struct rlhf_error;      /* common/common.h */
+
+typedef struct reward_pipeline reward_pipeline;
+
+/* Scores of one batch. Arrays are owned by the struct: free with reward_scores_free(). */
+typedef struct reward_scores {
+    size_t n_items, n_sources;
+    double *raw;                /* (n_items, n_sources) what each source returned (0 when not OK) */
+    double *normalized;         /* (n_items, n_sources) after the source's normalisation */
+    rlhf_reward_status *status; /* (n_items, n_sources) per-source status of each item */
+    double *total;              /* (n_items,) sum over sources of weight * normalized (OK sources;
+                                   ERROR with on_error "zero" adds 0) */
+    rlhf_reward_status *item_status; /* (n_items,) OK, or SKIP (a skip_group policy fired; reason names the source) */
+    double *source_ms;          /* (n_sources,) wall time spent in each source for this batch */
+    int64_t *source_errors;     /* (n_sources,) ERROR items per source in this batch */
+} reward_scores;
+
+/* Builds a pipeline from a JSON array of sources. `where` names the array for error messages
+ * (e.g. "runs/x/config.json: rewards"). Loads plugins, starts process plugins, probes the sandbox. */
+int reward_pipeline_create(reward_pipeline **out, const struct json_t *sources, const char *where,
+                           struct rlhf_error *err);
+/* Same, from JSON text. */
+int reward_pipeline_create_str(reward_pipeline **out, const char *sources_json, const char *where,
+                               struct rlhf_error *err);
+void reward_pipeline_destroy(reward_pipeline **p);
+
+size_t reward_pipeline_n_sources(const reward_pipeline *p);
+const char *reward_pipeline_source_name(const reward_pipeline *p, size_t s);
+double reward_pipeline_source_weight(const reward_pipeline *p, size_t s);
+/* Errors counted per source since creation (reward_errors/<name>). */
+int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s);
+
+/* Scores n items with every source. Fills *out (allocating its arrays; reuse across calls is fine,
+ * reward_scores_free releases). Returns 0; or a negative RLHF_E* code when a source with
+ * on_error "fail" had an error (err names the source and item), or on bad arguments. A failing
+ * source never crashes the caller. */
+int reward_pipeline_score(reward_pipeline *p, const rlhf_reward_item *items, size_t n, reward_scores *out,
+                          struct rlhf_error *err);
+void reward_scores_free(reward_scores *s);
+
+/* Names of the registered source types, NULL-terminated (for help texts). */
+const char *const *reward_source_types(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

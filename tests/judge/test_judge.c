@@ -1,0 +1,558 @@
+/* tests/judge/test_judge.c — the LLM-judge client against a real HTTP peer: the fault-injecting server
+ * (bin/fault_http_server, a separate process) answering or failing per request. */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "rewards/judge.h"
+#include "rewards/rewards.h"
+#include "judge_peer.h"
+
+/* ------------------------------------------------------------------------------------ helpers */
+
+static int start_fault_server(peer *p, const char *extra1, const char *extra2, const char *extra3,
+                              const char *extra4) {
+    char bin[4096];
+    peer_bin_path("fault_http_server", bin, sizeof bin);
+    char *argv[16] = {bin, "--port", "0"};
+    char *owned[4] = {0};
+    int k = 3;
+    const char *ex[] = {extra1, extra2, extra3, extra4};
+    for (int i = 0; i < 4; i++)
+        if (ex[i]) {
+            /* each extra is "--flag value" or "--flag" */
+            char *dup = owned[i] = strdup(ex[i]);
+            char *sp = strchr(dup, ' ');
+            if (sp) {
+                *sp = 0;
+                argv[k++] = dup;
+                argv[k++] = sp + 1;
+            } else {
+                argv[k++] = dup;
+            }
+        }
+    argv[k] = NULL;
+    int rc = peer_start(p, argv, 10.0);
+    for (int i = 0; i < 4; i++) free(owned[i]);
+    return rc;
+}
+
+static judge_client *make_client(const char *base_url, int retries, int timeout_ms, int conc, FILE *log) {
+    judge_config cfg;
+    judge_config_init(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", base_url);
+    snprintf(cfg.model, sizeof cfg.model, "fault-injector");
+    free(cfg.template_text);
+    cfg.template_text = strdup("Q: {prompt}\nA: {completion}");
+    cfg.retries = retries;
+    cfg.call_timeout_ms = timeout_ms;
+    cfg.concurrency = conc;
+    cfg.backoff_ms = 10;
+    cfg.backoff_max_ms = 40;
+    judge_client *jc = NULL;
+    rlhf_error err = {0};
+    int rc = judge_client_create(&jc, &cfg, "test", log, &err);
+    judge_config_free(&cfg);
+    if (rc) fprintf(stderr, "judge_client_create: %s: %s\n", err.where, err.msg);
+    return jc;
+}
+
+/* ------------------------------------------------------------------------------- pure helpers */
+
+static void test_render(void) {
+    json_t *rec = json_pack("{s:s, s:i, s:[i,i]}", "answer", "42", "n", 7, "list", 1, 2);
+    char *missing = NULL;
+    char *s = judge_render("P={prompt} C={completion} A={answer} N={n} L={list} {{x} {not a field} {}", "p1", "c1",
+                           rec, &missing);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_STRING_EQUAL(s, "P=p1 C=c1 A=42 N=7 L=[1,2] {x} {not a field} {}");
+    free(s);
+    s = judge_render("{prompt} {reference}", "p", "c", rec, &missing);
+    CU_ASSERT_PTR_NULL(s);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(missing);
+    CU_ASSERT_STRING_EQUAL(missing, "reference");
+    free(missing);
+    json_decref(rec);
+}
+
+static void test_extract(void) {
+    double x = -1;
+    CU_ASSERT_EQUAL(judge_extract_score("{\"score\": 7}", &x), 0);
+    CU_ASSERT_DOUBLE_EQUAL(x, 7, 0);
+    CU_ASSERT_EQUAL(judge_extract_score("```json\n{\"score\": 3.5}\n```", &x), 0);
+    CU_ASSERT_DOUBLE_EQUAL(x, 3.5, 0);
+    CU_ASSERT_EQUAL(judge_extract_score("Fine.\nScore: 8", &x), 0);
+    CU_ASSERT_DOUBLE_EQUAL(x, 8, 0);
+    CU_ASSERT_EQUAL(judge_extract_score("a score: 2 at first, final **Score:** 9/10", &x), 0);
+    CU_ASSERT_DOUBLE_EQUAL(x, 9, 0); /* the last occurrence wins */
+    CU_ASSERT_EQUAL(judge_extract_score("score=0.25", &x), 0);
+    CU_ASSERT_DOUBLE_EQUAL(x, 0.25, 0);
+    CU_ASSERT_EQUAL(judge_extract_score("no number here", &x), -1);
+    CU_ASSERT_EQUAL(judge_extract_score("score: high", &x), -1);
+    CU_ASSERT_EQUAL(judge_extract_score("the scores are 5", &x), -1);
+}
+
+static void test_config_errors(void) {
+    rlhf_error err = {0};
+    judge_config cfg;
+    struct {
+        const char *json, *where_part, *msg_part;
+    } cases[] = {
+        {"{\"model\":\"m\"}", "rewards[0]", "base_url"},
+        {"{\"base_url\":\"http://127.0.0.1:1\"}", "rewards[0]", "model"},
+        {"{\"base_url\":\"not a url\",\"model\":\"m\"}", "rewards[0].base_url", "not a valid URL"},
+        {"{\"base_url\":\"ftp://h/x\",\"model\":\"m\"}", "rewards[0].base_url", "not http or https"},
+        {"{\"base_url\":\"http://h\",\"model\":\"m\",\"retires\":3}", "rewards[0].retires", "unknown key"},
+        {"{\"base_url\":\"http://h\",\"model\":\"m\",\"concurrency\":0}", "rewards[0].concurrency", "outside"},
+        {"{\"base_url\":\"http://h\",\"model\":\"m\",\"score_min\":5,\"score_max\":5}", "rewards[0]", "score_max"},
+        {"{\"base_url\":\"http://h\",\"model\":\"m\",\"response_format\":\"xml\"}", "rewards[0].response_format", "expected"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        judge_config_init(&cfg);
+        json_t *j = json_loads(cases[i].json, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+        int rc = judge_config_from_json(&cfg, j, "config.json: rewards[0]", &err);
+        CU_ASSERT_EQUAL(rc, RLHF_EINVAL);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.where, cases[i].where_part));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, cases[i].msg_part) ? strstr(err.msg, cases[i].msg_part)
+                                                                   : strstr(err.where, cases[i].msg_part));
+        json_decref(j);
+        judge_config_free(&cfg);
+    }
+    /* A missing API-key variable is a construction error naming the variable and the config path. */
+    unsetenv("RLHF_TEST_NO_SUCH_KEY");
+    reward_pipeline *p = NULL;
+    int rc = reward_pipeline_create_str(
+        &p, "[{\"type\":\"judge\",\"base_url\":\"http://127.0.0.1:9\",\"model\":\"m\",\"api_key_env\":\"RLHF_TEST_NO_SUCH_KEY\"}]",
+        "cfg.json: rewards", &err);
+    CU_ASSERT_NOT_EQUAL(rc, 0);
+    CU_ASSERT_PTR_NULL(p);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "RLHF_TEST_NO_SUCH_KEY"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "cfg.json: rewards[0].api_key_env"));
+}
+
+/* ---------------------------------------------------------------------------- against a server */
+
+static void test_scores_ok(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    judge_client *jc = make_client(srv.base_url, 1, 5000, 4, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(jc);
+    enum { N = 11 };
+    judge_item it[N];
+    char comp[N][32];
+    memset(it, 0, sizeof it);
+    for (int i = 0; i < N; i++) {
+        snprintf(comp[i], sizeof comp[i], "answer %d score=%d", i, i);
+        it[i].prompt = "what?";
+        it[i].completion = comp[i];
+    }
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 1);
+        CU_ASSERT_DOUBLE_EQUAL(it[i].raw_score, i, 1e-12);
+        CU_ASSERT_DOUBLE_EQUAL(it[i].score, i / 10.0, 1e-12);
+        CU_ASSERT_EQUAL(it[i].attempts, 1);
+    }
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "chat_requests")), N);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "rf_requests")), N); /* schema asked for */
+    json_decref(st);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+static void test_each_fault(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--slow-ms 1500", NULL, NULL, NULL), 0);
+    judge_client *jc = make_client(srv.base_url, 2, 400, 16, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(jc);
+    struct {
+        const char *completion;
+        int ok;
+        judge_reason reason;
+        int attempts; /* expected HTTP attempts */
+    } cases[] = {
+        {"fault=429 retry_after=0 score=3", 0, JUDGE_ERR_HTTP_429, 3},
+        {"fault=429 times=1 retry_after=1 score=4", 1, JUDGE_OK, 2},
+        {"fault=500 score=3", 0, JUDGE_ERR_HTTP_5XX, 3},
+        {"fault=503 times=2 retry_after=0 score=6", 1, JUDGE_OK, 3},
+        {"fault=503 retry_after=0 score=6", 0, JUDGE_ERR_HTTP_5XX, 3},
+        {"fault=slow score=3", 0, JUDGE_ERR_TIMEOUT, 3},
+        {"fault=truncate score=3", 0, JUDGE_ERR_TRUNCATED, 3},
+        {"fault=truncate times=1 score=2", 1, JUDGE_OK, 2},
+        {"fault=nonjson score=3", 0, JUDGE_ERR_NON_JSON, 1},
+        {"fault=wrongshape score=3", 0, JUDGE_ERR_BAD_SHAPE, 1},
+        {"fault=outofrange score=3", 0, JUDGE_ERR_OUT_OF_RANGE, 1},
+        {"fault=noscore", 0, JUDGE_ERR_NO_SCORE, 1},
+        {"fault=big", 0, JUDGE_ERR_TOO_LARGE, 1},
+        {"score=10", 1, JUDGE_OK, 1},
+    };
+    enum { N = sizeof cases / sizeof cases[0] };
+    judge_item it[N];
+    memset(it, 0, sizeof it);
+    for (int i = 0; i < N; i++) {
+        it[i].prompt = "grade";
+        it[i].completion = cases[i].completion;
+    }
+    double t0 = rlhf_now();
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    double took = rlhf_now() - t0;
+    uint64_t by_reason[JUDGE_N_REASONS] = {0};
+    for (int i = 0; i < N; i++) {
+        if (it[i].ok != cases[i].ok || it[i].reason != cases[i].reason || it[i].attempts != cases[i].attempts)
+            fprintf(stderr, "case '%s': ok=%d reason=%s attempts=%d detail='%s'\n", cases[i].completion, it[i].ok,
+                    judge_reason_name(it[i].reason), it[i].attempts, it[i].detail);
+        CU_ASSERT_EQUAL(it[i].ok, cases[i].ok);
+        CU_ASSERT_EQUAL(it[i].reason, cases[i].reason);
+        CU_ASSERT_EQUAL(it[i].attempts, cases[i].attempts);
+        if (!it[i].ok) {
+            CU_ASSERT(isnan(it[i].score)); /* never a silent 0 */
+            const char *name = judge_reason_name(cases[i].reason);
+            CU_ASSERT_EQUAL(strncmp(it[i].detail, name, strlen(name)), 0);
+            by_reason[it[i].reason]++;
+        }
+    }
+    CU_ASSERT_DOUBLE_EQUAL(it[1].raw_score, 4, 0);
+    CU_ASSERT_DOUBLE_EQUAL(it[3].raw_score, 6, 0);
+    CU_ASSERT(took >= 1.0); /* the Retry-After: 1 was honoured before the successful retry */
+    const judge_stats *s = judge_client_stats(jc);
+    for (int r = 1; r < JUDGE_N_REASONS; r++) CU_ASSERT_EQUAL(s->errors_by_reason[r], by_reason[r]);
+    CU_ASSERT_EQUAL(s->scored + s->errors, (uint64_t)N);
+    judge_client_destroy(&jc);
+
+    /* Connection refused: a closed port; retried, then an error with its reason. */
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", peer_closed_port());
+    jc = make_client(url, 2, 400, 4, NULL);
+    judge_item one = {.prompt = "p", .completion = "c"};
+    CU_ASSERT_EQUAL(judge_score(jc, &one, 1, NULL), 0);
+    CU_ASSERT_EQUAL(one.ok, 0);
+    CU_ASSERT_EQUAL(one.reason, JUDGE_ERR_CONNECT);
+    CU_ASSERT_EQUAL(one.attempts, 3);
+    CU_ASSERT_EQUAL(judge_client_stats(jc)->errors_by_reason[JUDGE_ERR_CONNECT], 1);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+static void test_response_format_fallback(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--no-response-format", NULL, NULL, NULL), 0);
+    judge_client *jc = make_client(srv.base_url, 0, 5000, 4, NULL);
+    enum { N = 8 };
+    judge_item it[N];
+    char comp[N][32];
+    memset(it, 0, sizeof it);
+    for (int i = 0; i < N; i++) {
+        snprintf(comp[i], sizeof comp[i], "x%d score=%d", i, i + 1);
+        it[i].prompt = "p";
+        it[i].completion = comp[i];
+    }
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 1); /* retries = 0, yet the schema refusal did not use one up */
+        CU_ASSERT_DOUBLE_EQUAL(it[i].raw_score, i + 1, 0);
+    }
+    CU_ASSERT_EQUAL(judge_client_stats(jc)->rf_fallbacks, 1);
+    json_t *st = peer_stats(&srv);
+    long rf_before = (long)json_integer_value(json_object_get(st, "rf_requests"));
+    json_decref(st);
+    /* Later batches use the text pattern straight away. */
+    it[0].completion = "fresh score=2";
+    CU_ASSERT_EQUAL(judge_score(jc, it, 1, NULL), 0);
+    CU_ASSERT_EQUAL(it[0].ok, 1);
+    st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "rf_requests")), rf_before);
+    json_decref(st);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+static void test_cache(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    judge_client *jc = make_client(srv.base_url, 0, 5000, 4, NULL);
+    enum { N = 12 };
+    judge_item it[N];
+    char comp[N][32];
+    memset(it, 0, sizeof it);
+    for (int i = 0; i < N; i++) {
+        snprintf(comp[i], sizeof comp[i], "a%d score=%d", i % 4, i % 4); /* 4 distinct judgements */
+        it[i].prompt = "p";
+        it[i].completion = comp[i];
+    }
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "chat_requests")), 4);
+    json_decref(st);
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 1);
+        CU_ASSERT_DOUBLE_EQUAL(it[i].raw_score, i % 4, 0);
+    }
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0); /* all from the cache now */
+    st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "chat_requests")), 4);
+    json_decref(st);
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(it[i].from_cache, 1);
+        CU_ASSERT_DOUBLE_EQUAL(it[i].raw_score, i % 4, 0);
+    }
+    /* A different prompt is a different key. */
+    it[0].prompt = "other";
+    CU_ASSERT_EQUAL(judge_score(jc, it, 1, NULL), 0);
+    CU_ASSERT_EQUAL(it[0].from_cache, 0);
+    st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "chat_requests")), 5);
+    json_decref(st);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+static void test_breaker(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    judge_config cfg;
+    judge_config_init(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+    snprintf(cfg.model, sizeof cfg.model, "m");
+    cfg.retries = 0;
+    cfg.concurrency = 1;
+    cfg.breaker_failures = 3;
+    cfg.breaker_cooldown_ms = 300;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "breaker", NULL, NULL), 0);
+    judge_config_free(&cfg);
+    enum { N = 8 };
+    judge_item it[N];
+    char comp[N][40];
+    memset(it, 0, sizeof it);
+    for (int i = 0; i < N; i++) {
+        snprintf(comp[i], sizeof comp[i], i < 3 ? "b%d fault=500" : "b%d score=1", i);
+        it[i].prompt = "p";
+        it[i].completion = comp[i];
+    }
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 0);
+        CU_ASSERT_EQUAL(it[i].reason, i < 3 ? JUDGE_ERR_HTTP_5XX : JUDGE_ERR_CIRCUIT_OPEN);
+    }
+    CU_ASSERT_EQUAL(judge_client_stats(jc)->breaker_opens, 1);
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "chat_requests")), 3); /* failed fast: no calls */
+    json_decref(st);
+    /* After the cooldown one probe goes out; it succeeds, the circuit closes, the rest follow. */
+    usleep(350 * 1000);
+    CU_ASSERT_EQUAL(judge_score(jc, it + 3, N - 3, NULL), 0);
+    for (int i = 3; i < N; i++) CU_ASSERT_EQUAL(it[i].ok, 1);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+static void test_deadline(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--slow-ms 3000", NULL, NULL, NULL), 0);
+    judge_client *jc = make_client(srv.base_url, 5, 10000, 4, NULL);
+    judge_item it = {.prompt = "p", .completion = "fault=slow"};
+    it.deadline = rlhf_now() + 0.3;
+    double t0 = rlhf_now();
+    CU_ASSERT_EQUAL(judge_score(jc, &it, 1, NULL), 0);
+    CU_ASSERT(rlhf_now() - t0 < 2.5); /* ended at the deadline, not at the server's 3 s */
+    CU_ASSERT_EQUAL(it.ok, 0);
+    CU_ASSERT_EQUAL(it.reason, JUDGE_ERR_TIMEOUT);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+/* 200 judgements with 30% of all requests failing at random: every item ends scored (with the right
+ * score) or as an error with a reason; the counters add up. */
+static void test_batch_under_faults(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--fault-rate 0.3", "--slow-ms 1500", "--seed 7", NULL), 0);
+    judge_config cfg;
+    judge_config_init(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+    snprintf(cfg.model, sizeof cfg.model, "m");
+    cfg.retries = 3;
+    cfg.call_timeout_ms = 500;
+    cfg.concurrency = 32;
+    cfg.backoff_ms = 20;
+    cfg.backoff_max_ms = 200;
+    cfg.breaker_failures = 1000;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "batch", NULL, NULL), 0);
+    judge_config_free(&cfg);
+    enum { N = 200 };
+    judge_item *it = calloc(N, sizeof *it);
+    char (*comp)[40] = calloc(N, sizeof *comp);
+    for (int i = 0; i < N; i++) {
+        snprintf(comp[i], sizeof comp[i], "item %d score=%d", i, i % 11);
+        it[i].prompt = "p";
+        it[i].completion = comp[i];
+    }
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    int n_ok = 0, n_err = 0;
+    for (int i = 0; i < N; i++) {
+        if (it[i].ok) {
+            n_ok++;
+            CU_ASSERT_DOUBLE_EQUAL(it[i].raw_score, i % 11, 0);
+            CU_ASSERT_EQUAL(it[i].reason, JUDGE_OK);
+        } else {
+            n_err++;
+            CU_ASSERT(it[i].reason > JUDGE_OK && it[i].reason < JUDGE_N_REASONS);
+            CU_ASSERT(it[i].detail[0] != 0);
+            CU_ASSERT(isnan(it[i].score));
+        }
+    }
+    CU_ASSERT_EQUAL(n_ok + n_err, N);
+    const judge_stats *s = judge_client_stats(jc);
+    uint64_t sum = 0;
+    for (int r = 0; r < JUDGE_N_REASONS; r++) sum += s->errors_by_reason[r];
+    CU_ASSERT_EQUAL(sum, (uint64_t)n_err);
+    CU_ASSERT(s->retries > 0);
+    /* Non-retryable faults (non-JSON, wrong shape, out of range) are ~11% of attempts; retries recover
+     * the rest, so well over half must be scored. */
+    CU_ASSERT(n_ok >= 140);
+    CU_ASSERT(n_err >= 5);
+    json_t *st = peer_stats(&srv);
+    long faults = 0, total = (long)json_integer_value(json_object_get(st, "chat_requests"));
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(st, "faults"), k, v) if (strcmp(k, "none")) faults += (long)json_integer_value(v);
+    CU_ASSERT((uint64_t)total == s->http_requests);
+    CU_ASSERT(faults > total / 5 && faults < total * 2 / 5); /* the injector really injected ~30% */
+    fprintf(stderr, "\n  batch under 30%% faults: %d scored, %d errors, %ld requests, %ld faults\n", n_ok, n_err,
+            total, faults);
+    json_decref(st);
+    free(it);
+    free(comp);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+/* ------------------------------------------------------------------------------ API key hygiene */
+
+static int file_contains(const char *path, const char *needle) {
+    char *data = NULL;
+    size_t len = 0;
+    if (rlhf_read_file(path, &data, &len, NULL) != 0) return 0;
+    int found = memmem(data, len, needle, strlen(needle)) != NULL;
+    free(data);
+    return found;
+}
+
+static void test_api_key_never_leaks(void) {
+    const char *key = "sk-test-9f8e7d6c5b4a-SECRET";
+    setenv("RLHF_TEST_JUDGE_KEY", key, 1);
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--require-key-env RLHF_TEST_JUDGE_KEY", NULL, NULL, NULL), 0);
+    char dir[] = "/tmp/rlhf-judge-key-XXXXXX";
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    char log_path[256], cfg_path[256], err_path[256], out_path[256];
+    snprintf(log_path, sizeof log_path, "%s/judge.log", dir);
+    snprintf(cfg_path, sizeof cfg_path, "%s/rewards.json", dir);
+    snprintf(err_path, sizeof err_path, "%s/stderr.log", dir);
+    snprintf(out_path, sizeof out_path, "%s/scores.txt", dir);
+
+    /* 1. The client directly, logging retries to a file. */
+    FILE *log = fopen(log_path, "w");
+    judge_config cfg;
+    judge_config_init(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+    snprintf(cfg.model, sizeof cfg.model, "m");
+    snprintf(cfg.api_key_env, sizeof cfg.api_key_env, "RLHF_TEST_JUDGE_KEY");
+    cfg.retries = 1;
+    cfg.backoff_ms = 5;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "keyed", log, NULL), 0);
+    judge_config_free(&cfg);
+    judge_item it[3] = {{.prompt = "p", .completion = "score=8"},
+                        {.prompt = "p", .completion = "fault=echo_auth"}, /* 401 echoing the header */
+                        {.prompt = "p", .completion = "fault=500 retry_after=0"}};
+    CU_ASSERT_EQUAL(judge_score(jc, it, 3, NULL), 0);
+    CU_ASSERT_EQUAL(it[0].ok, 1); /* the key was sent: the server demands it */
+    CU_ASSERT_EQUAL(it[1].ok, 0);
+    CU_ASSERT_EQUAL(it[1].reason, JUDGE_ERR_HTTP_4XX);
+    CU_ASSERT_PTR_NOT_NULL(strstr(it[1].detail, "Incorrect API key")); /* the echo arrived ... */
+    CU_ASSERT_PTR_NULL(strstr(it[1].detail, key));                      /* ... with the key masked */
+    CU_ASSERT_PTR_NULL(strstr(it[2].detail, key));
+    fclose(log);
+    judge_client_destroy(&jc);
+    CU_ASSERT(file_contains(log_path, "retry")); /* the log was written ... */
+    CU_ASSERT(!file_contains(log_path, key));    /* ... without the key */
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "auth_failures")), 0);
+    json_decref(st);
+
+    /* 2. Through the reward pipeline, with its stderr captured: reasons and log lines. */
+    char cfg_json[1024];
+    snprintf(cfg_json, sizeof cfg_json,
+             "[{\"type\":\"judge\",\"name\":\"judge_keyed\",\"base_url\":\"%s\",\"model\":\"m\","
+             "\"api_key_env\":\"RLHF_TEST_JUDGE_KEY\",\"retries\":1,\"backoff_ms\":5}]",
+             srv.base_url);
+    CU_ASSERT_EQUAL(rlhf_write_file_atomic(cfg_path, cfg_json, strlen(cfg_json), NULL), 0);
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *ef = fopen(err_path, "w");
+    dup2(fileno(ef), 2);
+    reward_pipeline *p = NULL;
+    rlhf_error err = {0};
+    int rc = reward_pipeline_create_str(&p, cfg_json, "rewards.json", &err);
+    reward_scores sc = {0};
+    rlhf_reward_item items[3] = {
+        {.prompt = "p", .completion = "pipe score=6", .record_json = "{}", .group_id = -1},
+        {.prompt = "p", .completion = "pipe fault=echo_auth", .record_json = "{}", .group_id = -1},
+        {.prompt = "p", .completion = "pipe fault=503 retry_after=0", .record_json = "{}", .group_id = -1},
+    };
+    if (rc == 0) rc = reward_pipeline_score(p, items, 3, &sc, &err);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    fclose(ef);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_OK);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 0.6, 1e-12);
+    CU_ASSERT_EQUAL(sc.status[1].code, RLHF_REWARD_ERROR);
+    CU_ASSERT_EQUAL(sc.status[2].code, RLHF_REWARD_ERROR);
+    CU_ASSERT_EQUAL(strncmp(sc.status[2].reason, "http_5xx", 8), 0);
+    CU_ASSERT_EQUAL(reward_pipeline_source_errors_total(p, 0), 2);
+    FILE *of = fopen(out_path, "w");
+    for (int i = 0; i < 3; i++) fprintf(of, "%d %g %s\n", sc.status[i].code, sc.raw[i], sc.status[i].reason);
+    fclose(of);
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+    CU_ASSERT(file_contains(err_path, "judge[judge_keyed]"));
+
+    /* 3. Nothing the run wrote holds the key. */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "grep -rqF -- '%s' '%s'", key, dir);
+    CU_ASSERT_NOT_EQUAL(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "grep -rqF -- 'Incorrect API key' '%s'", dir); /* the grep can find things */
+    CU_ASSERT_EQUAL(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+    peer_stop(&srv);
+    unsetenv("RLHF_TEST_JUDGE_KEY");
+}
+
+int register_suites(void) {
+    signal(SIGPIPE, SIG_IGN);
+    CU_pSuite s = CU_add_suite("judge_unit", NULL, NULL);
+    CU_add_test(s, "render", test_render);
+    CU_add_test(s, "extract_score", test_extract);
+    CU_add_test(s, "config_errors", test_config_errors);
+    CU_pSuite h = CU_add_suite("judge_http", NULL, NULL);
+    CU_add_test(h, "scores_ok", test_scores_ok);
+    CU_add_test(h, "each_fault", test_each_fault);
+    CU_add_test(h, "response_format_fallback", test_response_format_fallback);
+    CU_add_test(h, "cache", test_cache);
+    CU_add_test(h, "breaker", test_breaker);
+    CU_add_test(h, "deadline", test_deadline);
+    CU_add_test(h, "batch_200_under_30pct_faults", test_batch_under_faults);
+    CU_add_test(h, "api_key_never_leaks", test_api_key_never_leaks);
+    return 0;
+}

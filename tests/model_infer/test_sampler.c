@@ -1,0 +1,527 @@
+/* tests/model_infer/test_sampler.c — the KV-cache forward against the plain reference forward and
+ * model-train's full forward; batched sampling against per-sequence sampling; seeds; top-k, top-p,
+ * stops and limits; returned log-probs against the reference. */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "tests/model_infer/infer_test.h"
+
+/* max |a - b| / max(1, max |b|) */
+static double rel_diff(const float *a, const float *b, size_t n) {
+    double d = 0.0, mx = 1.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (e > d || isnan(e)) d = isnan(e) ? INFINITY : e;
+        if (fabs(b[i]) > mx) mx = fabs(b[i]);
+    }
+    return d / mx;
+}
+
+static void random_tokens(int32_t *t, int n, int V, uint64_t seed) {
+    rlhf_rng r;
+    rlhf_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) t[i] = (int32_t)(rlhf_rng_u64(&r) % (uint64_t)V);
+}
+
+/* log-softmax of the reference forward's row at each of n positions of seq (T tokens). */
+static float *reference_logits(const model *m, const int32_t *seq, int T) {
+    float *lg = malloc((size_t)T * m->cfg.vocab_size * sizeof(float));
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL(model_reference_logits(m, seq, T, lg, &err), 0);
+    return lg;
+}
+
+static double log_softmax_at(const float *row, int V, int y, double temperature) {
+    double mx = -INFINITY, s = 0.0;
+    for (int i = 0; i < V; i++) mx = fmax(mx, row[i] / temperature);
+    for (int i = 0; i < V; i++) s += exp(row[i] / temperature - mx);
+    return row[y] / temperature - mx - log(s);
+}
+
+/* ---------------------------------------------------------------- KV cache vs full forward */
+
+static void check_kv_cache(int tie, int kvh) {
+    model_config c = infer_test_config(tie, kvh);
+    model *m = infer_test_model(&c, 21);
+    int V = c.vocab_size, T = 30;
+    int32_t a[40], b[40];
+    random_tokens(a, T, V, 1);
+    random_tokens(b, T, V, 2);
+    float *ref_a = reference_logits(m, a, T), *ref_b = reference_logits(m, b, T);
+    sampler *s = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 3, &err), 0);
+    float *lg = malloc((size_t)T * V * sizeof(float));
+    int slot[40], pos[40], rows[40];
+    /* scenario 1: prefill 10 tokens of a in slot 1 (logits at every prompt row), then decode one by one */
+    for (int i = 0; i < 10; i++) {
+        slot[i] = 1;
+        pos[i] = i;
+        rows[i] = i;
+    }
+    CU_ASSERT_EQUAL_FATAL(sampler_step(s, 10, slot, pos, a, 10, rows, lg, &err), 0);
+    double worst = rel_diff(lg, ref_a, (size_t)10 * V);
+    for (int t = 10; t < T; t++) {
+        int sl = 1, p = t, r0 = 0;
+        CU_ASSERT_EQUAL_FATAL(sampler_step(s, 1, &sl, &p, &a[t], 1, &r0, lg, &err), 0);
+        worst = fmax(worst, rel_diff(lg, ref_a + (size_t)t * V, (size_t)V));
+    }
+    CU_ASSERT(worst < 1e-4);
+    if (!(worst < 1e-4)) printf("\n  KV-cache vs reference (scenario 1): %g\n", worst);
+    /* scenario 2: one step mixes a decode row of a (slot 0) with a 4-token prefill chunk of b in slot 1
+     * (whose stale cache from scenario 1 must not leak in) */
+    CU_ASSERT_EQUAL_FATAL(sampler_step(s, 1, (int[]){0}, (int[]){0}, a, 0, NULL, NULL, &err), 0);
+    int fed_b = 0;
+    worst = 0.0;
+    for (int t = 1; t < T; t++) {
+        int R = 0, NL = 0, lrows[8];
+        slot[R] = 0;
+        pos[R] = t;
+        int32_t toks[8];
+        toks[R] = a[t];
+        lrows[NL++] = R++;
+        int chunk = fed_b < T ? (T - fed_b < 4 ? T - fed_b : 4) : 0;
+        for (int j = 0; j < chunk; j++) {
+            slot[R] = 1;
+            pos[R] = fed_b + j;
+            toks[R] = b[fed_b + j];
+            lrows[NL++] = R++;
+        }
+        CU_ASSERT_EQUAL_FATAL(sampler_step(s, R, slot, pos, toks, NL, lrows, lg, &err), 0);
+        worst = fmax(worst, rel_diff(lg, ref_a + (size_t)t * V, (size_t)V));
+        for (int j = 0; j < chunk; j++)
+            worst = fmax(worst, rel_diff(lg + (size_t)(1 + j) * V, ref_b + (size_t)(fed_b + j) * V, (size_t)V));
+        fed_b += chunk;
+    }
+    CU_ASSERT(worst < 1e-4);
+    if (!(worst < 1e-4)) printf("\n  KV-cache vs reference (scenario 2): %g\n", worst);
+    /* bad rows are refused */
+    int bad_pos = c.max_seq_len;
+    CU_ASSERT_EQUAL(sampler_step(s, 1, (int[]){0}, &bad_pos, a, 0, NULL, NULL, &err), RLHF_EINVAL);
+    CU_ASSERT_EQUAL(sampler_step(s, 1, (int[]){3}, (int[]){0}, a, 0, NULL, NULL, &err), RLHF_EINVAL);
+    free(lg);
+    free(ref_a);
+    free(ref_b);
+    sampler_destroy(&s);
+    CU_ASSERT_PTR_NULL(s);
+    model_destroy(&m);
+}
+
+static void test_kv_cache_matches_reference(void) {
+    check_kv_cache(0, 2); /* GQA, untied */
+    check_kv_cache(1, 4); /* MHA, tied */
+}
+
+/* Three independent implementations agree: the reference forward, the sampler's KV-cache path and
+ * model-train's full (B, T) forward with its tape. */
+static void test_reference_matches_train_forward(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 31);
+    int V = c.vocab_size, T = 24, B = 2;
+    int32_t toks[48];
+    random_tokens(toks, B * T, V, 3);
+    model_trainer *t = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&t, m, B, T, &err), 0);
+    float *lg = malloc((size_t)B * T * V * sizeof(float));
+    CU_ASSERT_EQUAL_FATAL(model_forward_logits(t, toks, B, T, lg, &err), 0);
+    for (int b = 0; b < B; b++) {
+        float *ref = reference_logits(m, toks + b * T, T);
+        double d = rel_diff(lg + (size_t)b * T * V, ref, (size_t)T * V);
+        CU_ASSERT(d < 1e-4);
+        if (!(d < 1e-4)) printf("\n  train forward vs reference, sequence %d: %g\n", b, d);
+        free(ref);
+    }
+    free(lg);
+    model_trainer_destroy(&t);
+    model_destroy(&m);
+}
+
+/* ---------------------------------------------------------------- sampling */
+
+typedef struct run_set {
+    int n;
+    int32_t prompts[8][40];
+    sample_request reqs[8];
+    sample_result res[8];
+} run_set;
+
+static const int prompt_lens[6] = {3, 10, 1, 17, 6, 25};
+
+static void make_requests(run_set *rs, int V, uint64_t seed_base) {
+    rs->n = 6;
+    for (int i = 0; i < rs->n; i++) {
+        random_tokens(rs->prompts[i], prompt_lens[i], V, 100 + i);
+        rs->reqs[i].prompt = rs->prompts[i];
+        rs->reqs[i].prompt_len = prompt_lens[i];
+        rs->reqs[i].params = sample_params_default();
+        rs->reqs[i].params.max_new_tokens = 12;
+        rs->reqs[i].params.seed = seed_base + (uint64_t)i;
+    }
+    /* mixed sampling settings in one batch */
+    rs->reqs[1].params.temperature = 0.8f;
+    rs->reqs[1].params.top_k = 8;
+    rs->reqs[3].params.top_p = 0.7f;
+    rs->reqs[4].params.temperature = 0.0f;
+}
+
+static void run_all(const model *m, int max_batch, run_set *rs) {
+    sampler *s = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, max_batch, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, NULL, rs->reqs, rs->n, rs->res, &err), 0);
+    sampler_destroy(&s);
+}
+
+static void free_all(run_set *rs) {
+    for (int i = 0; i < rs->n; i++) sample_result_free(&rs->res[i]);
+}
+
+static void test_batched_equals_single(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 41);
+    static run_set batched, single;
+    make_requests(&batched, c.vocab_size, 1000);
+    make_requests(&single, c.vocab_size, 1000);
+    run_all(m, 4, &batched); /* 6 requests in 4 slots: continuous batching refills slots */
+    rlhf_error err = {0};
+    sampler *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 1, &err), 0);
+    for (int i = 0; i < single.n; i++)
+        CU_ASSERT_EQUAL_FATAL(sampler_run(s, NULL, &single.reqs[i], 1, &single.res[i], &err), 0);
+    sampler_destroy(&s);
+    for (int i = 0; i < single.n; i++) {
+        sample_result *a = &batched.res[i], *b = &single.res[i];
+        CU_ASSERT_EQUAL(a->n_tokens, 12);
+        CU_ASSERT_EQUAL(a->finish, SAMPLE_FINISH_LENGTH);
+        CU_ASSERT_EQUAL_FATAL(a->n_tokens, b->n_tokens);
+        CU_ASSERT_EQUAL(memcmp(a->tokens, b->tokens, (size_t)a->n_tokens * sizeof(int32_t)), 0);
+        CU_ASSERT(rel_diff(a->logprobs, b->logprobs, (size_t)a->n_tokens) < 1e-4);
+        CU_ASSERT(rel_diff(a->sampling_logprobs, b->sampling_logprobs, (size_t)a->n_tokens) < 1e-4);
+    }
+    free_all(&batched);
+    free_all(&single);
+    model_destroy(&m);
+}
+
+static void test_same_seed_same_tokens(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 43);
+    static run_set r1, r2, r3;
+    make_requests(&r1, c.vocab_size, 5);
+    make_requests(&r2, c.vocab_size, 5);
+    make_requests(&r3, c.vocab_size, 6);
+    run_all(m, 6, &r1);
+    run_all(m, 6, &r2);
+    run_all(m, 6, &r3);
+    int differ = 0;
+    for (int i = 0; i < r1.n; i++) {
+        CU_ASSERT_EQUAL_FATAL(r1.res[i].n_tokens, r2.res[i].n_tokens);
+        CU_ASSERT_EQUAL(memcmp(r1.res[i].tokens, r2.res[i].tokens, (size_t)r1.res[i].n_tokens * 4), 0);
+        CU_ASSERT_EQUAL(memcmp(r1.res[i].logprobs, r2.res[i].logprobs, (size_t)r1.res[i].n_tokens * 4), 0);
+        if (i != 4) /* request 4 is greedy: seed-independent */
+            differ += memcmp(r1.res[i].tokens, r3.res[i].tokens, (size_t)r1.res[i].n_tokens * 4) != 0;
+        else
+            CU_ASSERT_EQUAL(memcmp(r1.res[i].tokens, r3.res[i].tokens, (size_t)r1.res[i].n_tokens * 4), 0);
+    }
+    CU_ASSERT(differ >= 4); /* other seeds give other samples */
+    free_all(&r1);
+    free_all(&r2);
+    free_all(&r3);
+    model_destroy(&m);
+}
+
+/* For each sampled token: logprobs = log-softmax of the reference at T=1, sampling_logprobs = log of the
+ * truncated, temperature-scaled, renormalised distribution, and the token lies in the allowed set. */
+static void check_against_reference(const model *m, const sample_request *rq, const sample_result *res) {
+    int V = m->cfg.vocab_size, P = rq->prompt_len, n = res->n_tokens;
+    int32_t seq[64];
+    memcpy(seq, rq->prompt, (size_t)P * sizeof(int32_t));
+    memcpy(seq + P, res->tokens, (size_t)n * sizeof(int32_t));
+    float *ref = reference_logits(m, seq, P + n - 1);
+    const sample_params *sp = &rq->params;
+    int *order = malloc((size_t)V * sizeof(int));
+    for (int t = 0; t < n; t++) {
+        const float *row = ref + (size_t)(P - 1 + t) * V;
+        int y = res->tokens[t];
+        CU_ASSERT(fabs(res->logprobs[t] - log_softmax_at(row, V, y, 1.0)) < 1e-4);
+        if (sp->temperature == 0.0f) {
+            int am = 0;
+            for (int i = 1; i < V; i++)
+                if (row[i] > row[am]) am = i;
+            CU_ASSERT_EQUAL(y, am);
+            CU_ASSERT_EQUAL(res->sampling_logprobs[t], 0.0f);
+            continue;
+        }
+        /* rank all ids by logit (descending) */
+        for (int i = 0; i < V; i++) order[i] = i;
+        for (int i = 1; i < V; i++) /* insertion sort: V is small */
+            for (int j = i; j > 0 && row[order[j]] > row[order[j - 1]]; j--) {
+                int tmp = order[j];
+                order[j] = order[j - 1];
+                order[j - 1] = tmp;
+            }
+        int k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
+        double temp = sp->temperature, mx = row[order[0]] / temp, total = 0.0;
+        for (int i = 0; i < k; i++) total += exp(row[order[i]] / temp - mx);
+        int keep = k;
+        if (sp->top_p < 1.0f) {
+            double acc = 0.0;
+            for (int i = 0; i < k; i++) {
+                acc += exp(row[order[i]] / temp - mx) / total;
+                if (acc >= sp->top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        double kept = 0.0;
+        int rank = -1;
+        for (int i = 0; i < keep; i++) {
+            kept += exp(row[order[i]] / temp - mx);
+            if (order[i] == y) rank = i;
+        }
+        CU_ASSERT(rank >= 0); /* inside top-k and the nucleus */
+        double lq = row[y] / temp - mx - log(kept);
+        CU_ASSERT(fabs(res->sampling_logprobs[t] - lq) < 1e-4);
+        if (!(fabs(res->sampling_logprobs[t] - lq) < 1e-4)) printf("\n  T=%g k=%d p=%g: %g vs %g\n", temp, sp->top_k, (double)sp->top_p, res->sampling_logprobs[t], lq);
+    }
+    free(order);
+    free(ref);
+}
+
+static void test_logprobs_match_reference(void) {
+    model_config c = infer_test_config(1, 2);
+    model *m = infer_test_model(&c, 47);
+    static run_set rs;
+    make_requests(&rs, c.vocab_size, 77);
+    rs.reqs[0].params.temperature = 1.0f; /* plain: both log-probs coincide */
+    rs.reqs[2].params.temperature = 0.7f;
+    rs.reqs[2].params.top_k = 5;
+    rs.reqs[5].params.temperature = 1.3f;
+    rs.reqs[5].params.top_p = 0.6f;
+    rs.reqs[3].params.top_k = 20;
+    rs.reqs[3].params.top_p = 0.5f;
+    run_all(m, 3, &rs);
+    for (int i = 0; i < rs.n; i++) check_against_reference(m, &rs.reqs[i], &rs.res[i]);
+    for (int t = 0; t < rs.res[0].n_tokens; t++) CU_ASSERT_EQUAL(rs.res[0].logprobs[t], rs.res[0].sampling_logprobs[t]);
+    free_all(&rs);
+    model_destroy(&m);
+}
+
+/* Frequencies of many one-token samples match the (top-k truncated) distribution. */
+static void test_sampling_distribution(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 53);
+    int V = c.vocab_size, N = 3000;
+    int32_t prompt[5];
+    random_tokens(prompt, 5, V, 9);
+    float *ref = reference_logits(m, prompt, 5);
+    const float *row = ref + 4 * (size_t)V;
+    sample_request *reqs = calloc((size_t)N, sizeof *reqs);
+    sample_result *res = calloc((size_t)N, sizeof *res);
+    for (int variant = 0; variant < 2; variant++) {
+        for (int i = 0; i < N; i++) {
+            reqs[i].prompt = prompt;
+            reqs[i].prompt_len = 5;
+            reqs[i].params = sample_params_default();
+            reqs[i].params.max_new_tokens = 1;
+            reqs[i].params.seed = 5000 + (uint64_t)i;
+            reqs[i].params.top_k = variant ? 4 : 0;
+        }
+        sampler *s = NULL;
+        rlhf_error err = {0};
+        CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 64, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(sampler_run(s, NULL, reqs, N, res, &err), 0);
+        sampler_destroy(&s);
+        int *count = calloc((size_t)V, sizeof(int));
+        for (int i = 0; i < N; i++) {
+            CU_ASSERT_EQUAL(res[i].n_tokens, 1);
+            count[res[i].tokens[0]]++;
+            sample_result_free(&res[i]);
+        }
+        /* probabilities under the reference (top-4 renormalised for variant 1) */
+        double *p = calloc((size_t)V, sizeof(double)), mx = -INFINITY, z = 0.0;
+        for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
+        for (int i = 0; i < V; i++) p[i] = exp(row[i] - mx);
+        if (variant) {
+            for (int i = 0; i < V; i++) { /* keep the 4 largest */
+                int above = 0;
+                for (int j = 0; j < V; j++) above += row[j] > row[i];
+                if (above >= 4) p[i] = 0.0;
+            }
+        }
+        for (int i = 0; i < V; i++) z += p[i];
+        int bad = 0;
+        for (int i = 0; i < V; i++) {
+            double q = p[i] / z, f = (double)count[i] / N, tol = 5.0 * sqrt(q * (1 - q) / N) + 2.0 / N;
+            if (fabs(f - q) > tol) bad++;
+            if (variant && q == 0.0) CU_ASSERT_EQUAL(count[i], 0);
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        free(p);
+        free(count);
+    }
+    free(reqs);
+    free(res);
+    free(ref);
+    model_destroy(&m);
+}
+
+static void test_stops_and_limits(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 59);
+    int V = c.vocab_size;
+    tokenizer *tok = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_bytes(&tok, V, &err), 0);
+    sampler *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 4, &err), 0);
+    int32_t prompt[40];
+    random_tokens(prompt, 40, 256, 13);
+    /* greedy reference run */
+    sample_request rq = {.prompt = prompt, .prompt_len = 4, .params = sample_params_default()};
+    rq.params.temperature = 0.0f;
+    rq.params.max_new_tokens = 20;
+    sample_result g;
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, &rq, 1, &g, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(g.n_tokens, 20);
+    CU_ASSERT_EQUAL(g.finish, SAMPLE_FINISH_LENGTH);
+    check_against_reference(m, &rq, &g); /* greedy = reference argmax */
+    char *full;
+    size_t full_len;
+    CU_ASSERT_EQUAL_FATAL(tokenizer_decode(tok, g.tokens, g.n_tokens, &full, &full_len, &err), 0);
+    CU_ASSERT_EQUAL(g.text_len, full_len);
+    CU_ASSERT_EQUAL(memcmp(g.text, full, full_len), 0);
+
+    /* stop id: generation ends at its first occurrence, which is kept */
+    int32_t stop_id = g.tokens[5];
+    int first = 0;
+    while (g.tokens[first] != stop_id) first++;
+    sample_request r2 = rq;
+    r2.params.stop_ids = &stop_id;
+    r2.params.n_stop_ids = 1;
+    sample_result a;
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, &r2, 1, &a, &err), 0);
+    CU_ASSERT_EQUAL(a.finish, SAMPLE_FINISH_STOP);
+    CU_ASSERT_EQUAL(a.n_tokens, first + 1);
+    CU_ASSERT_EQUAL(memcmp(a.tokens, g.tokens, (size_t)a.n_tokens * 4), 0);
+    CU_ASSERT_EQUAL(a.stop_string, -1);
+    sample_result_free(&a);
+
+    /* stop string: text is cut before it; tokens end with the one that completed it */
+    CU_ASSERT_FATAL(full_len >= 8);
+    char stop[3] = {full[4], full[5], 0};
+    const char *stops[2] = {"\x01\x02\x03 never", stop};
+    size_t at = (size_t)((char *)memmem(full, full_len, stop, 2) - full);
+    int need = 0;
+    size_t bytes = 0;
+    while (bytes < at + 2) bytes += g.tokens[need++] < 256;
+    sample_request r3 = rq;
+    r3.params.stop_strings = stops;
+    r3.params.n_stop_strings = 2;
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, &r3, 1, &a, &err), 0);
+    CU_ASSERT_EQUAL(a.finish, SAMPLE_FINISH_STOP);
+    CU_ASSERT_EQUAL(a.stop_string, 1);
+    CU_ASSERT_EQUAL(a.text_len, at);
+    CU_ASSERT_EQUAL(memcmp(a.text, full, at), 0);
+    CU_ASSERT_EQUAL(a.n_tokens, need);
+    sample_result_free(&a);
+
+    /* limits: max_new_tokens, max_seq_len, zero tokens */
+    sample_request r4[3] = {rq, rq, rq};
+    r4[0].params.max_new_tokens = 5;
+    r4[1].prompt_len = 36;
+    r4[1].params.max_new_tokens = 100;
+    r4[2].params.max_new_tokens = 0;
+    sample_result lr[3];
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, r4, 3, lr, &err), 0);
+    CU_ASSERT_EQUAL(lr[0].finish, SAMPLE_FINISH_LENGTH);
+    CU_ASSERT_EQUAL(lr[0].n_tokens, 5);
+    CU_ASSERT_EQUAL(lr[1].finish, SAMPLE_FINISH_MAX_SEQ_LEN);
+    CU_ASSERT_EQUAL(lr[1].n_tokens, c.max_seq_len - 36);
+    CU_ASSERT_EQUAL(lr[2].finish, SAMPLE_FINISH_LENGTH);
+    CU_ASSERT_EQUAL(lr[2].n_tokens, 0);
+    CU_ASSERT_STRING_EQUAL(sample_finish_name(lr[1].finish), "max_seq_len");
+    for (int i = 0; i < 3; i++) sample_result_free(&lr[i]);
+
+    /* top_k = 1 is greedy */
+    sample_request r5 = rq;
+    r5.params.temperature = 1.0f;
+    r5.params.top_k = 1;
+    r5.params.seed = 99;
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, &r5, 1, &a, &err), 0);
+    CU_ASSERT_EQUAL(memcmp(a.tokens, g.tokens, 20 * 4), 0);
+    for (int t = 0; t < a.n_tokens; t++) CU_ASSERT(fabsf(a.sampling_logprobs[t]) < 1e-6f);
+    sample_result_free(&a);
+
+    free(full);
+    sample_result_free(&g);
+    sampler_destroy(&s);
+    tokenizer_destroy(&tok);
+    model_destroy(&m);
+}
+
+static void test_bad_requests(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 61);
+    sampler *s = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 2, &err), 0);
+    int32_t prompt[64] = {0};
+    sample_request rq[2] = {{.prompt = prompt, .prompt_len = 3, .params = sample_params_default()},
+                            {.prompt = prompt, .prompt_len = 40, .params = sample_params_default()}};
+    sample_result res[2];
+    memset(res, 0x5a, sizeof res);
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    CU_ASSERT_STRING_EQUAL(err.where, "request 1");
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "max_seq_len is 40"));
+    rq[1].prompt_len = 41;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    rq[1].prompt_len = 3;
+    rq[1].params.top_p = 0.0f;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "top_p"));
+    rq[1].params = sample_params_default();
+    prompt[2] = c.vocab_size;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "outside the vocabulary"));
+    prompt[2] = 0;
+    const char *stops[1] = {"x"};
+    rq[0].params.stop_strings = stops;
+    rq[0].params.n_stop_strings = 1;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "tokenizer"));
+    rq[0].params = sample_params_default();
+    rq[0].params.temperature = -1.0f;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    rq[0].prompt_len = 0;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    sampler_destroy(&s);
+    CU_ASSERT_EQUAL(sampler_create(&s, m, 0, &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NULL(s);
+    model_destroy(&m);
+}
+
+void infer_register_sampler(void) {
+    CU_pSuite s = CU_add_suite("kv_cache", NULL, NULL);
+    CU_add_test(s, "incremental and mixed-batch decoding equal the reference forward", test_kv_cache_matches_reference);
+    CU_add_test(s, "reference forward equals model-train's full forward", test_reference_matches_train_forward);
+    s = CU_add_suite("sampler", NULL, NULL);
+    CU_add_test(s, "batched mixed-length sampling equals per-sequence", test_batched_equals_single);
+    CU_add_test(s, "same seed same tokens", test_same_seed_same_tokens);
+    CU_add_test(s, "log-probs, top-k, top-p against the reference", test_logprobs_match_reference);
+    CU_add_test(s, "sample frequencies match the distribution", test_sampling_distribution);
+    CU_add_test(s, "stop ids, stop strings, limits, greedy", test_stops_and_limits);
+    CU_add_test(s, "bad requests rejected", test_bad_requests);
+}
+
+int register_suites(void) {
+    infer_register_checkpoint();
+    infer_register_sampler();
+    return 0;
+}

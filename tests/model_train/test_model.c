@@ -1,0 +1,364 @@
+/* tests/model_train/test_model.c — the whole model: gradients of every parameter tensor against
+ * finite differences (MHA, GQA, tied embeddings), batched+padded == unbatched, the RL entry points
+ * (per-token log-prob/entropy weights, hidden-state backward), bad input, AdamW and its state. */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "tests/model_train/helpers.h"
+
+static model *small_model(int tie, int n_kv_heads, uint64_t seed, float scale) {
+    model_config c = {.dim = 16, .n_layers = 2, .n_heads = 4, .n_kv_heads = n_kv_heads, .ffn_dim = 24,
+                      .vocab_size = 19, .max_seq_len = 12, .rope_theta = 10000.0f, .norm_eps = 1e-5f,
+                      .tie_embeddings = tie};
+    model *m = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_create(&m, &c, &err), 0);
+    model_init_random(m, seed);
+    /* larger weights than the 0.02 init so every path (attention, SwiGLU) is far from linear */
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, seed + 1);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor_info *t = &m->tensors[i];
+        float *w = m->params_mem + t->offset;
+        for (size_t j = 0; j < t->numel; j++)
+            w[j] = t->cols == 1 ? 1.0f + 0.2f * rlhf_rng_normal(&rng) : w[j] * scale;
+    }
+    return m;
+}
+
+static void random_batch(rlhf_rng *rng, int32_t *tok, int32_t *tg, int B, int T, int V, int mask_every) {
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(rlhf_rng_u64(rng) % V);
+        tg[i] = (mask_every && i % mask_every == 0) ? -1 : (int32_t)(rlhf_rng_u64(rng) % V);
+    }
+}
+
+typedef struct {
+    model_trainer *tr;
+    const int32_t *tok, *tg;
+    const float *wl, *we, *rh;
+    int B, T, hidden;
+} model_ctx;
+
+static double model_objective(void *p) {
+    model_ctx *c = p;
+    rlhf_error err = {0};
+    int N = c->B * c->T;
+    if (c->hidden) {
+        model_forward_hidden(c->tr, c->tok, c->B, c->T, &err);
+        return dot_rd(model_trainer_hidden(c->tr), c->rh, (size_t)N * 16);
+    }
+    model_forward(c->tr, c->tok, c->tg, c->B, c->T, &err);
+    return dot_rd(model_trainer_logprobs(c->tr), c->wl, N) + (c->we ? dot_rd(model_trainer_entropy(c->tr), c->we, N) : 0);
+}
+
+/* Every parameter tensor's gradient against central differences at sampled coordinates. */
+static void whole_model_fd(int tie, int kv, int hidden, uint64_t seed) {
+    model *m = small_model(tie, kv, seed, 10.0f);
+    model_trainer *tr = NULL;
+    rlhf_error err = {0};
+    int B = 2, T = 6, N = B * T;
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&tr, m, B, 8, &err), 0);
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, seed + 7);
+    int32_t tok[12], tg[12];
+    random_batch(&rng, tok, tg, B, T, m->cfg.vocab_size, 5);
+    float *wl = rand_buf(&rng, N, 1.0f), *we = rand_buf(&rng, N, 0.5f), *rh = rand_buf(&rng, (size_t)N * 16, 1.0f);
+    model_ctx c = {tr, tok, tg, wl, we, rh, B, T, hidden};
+    model_objective(&c);
+    model_trainer_zero_grad(tr);
+    int rc = hidden ? model_backward_hidden(tr, rh, &err) : model_backward_logprobs(tr, wl, we, &err);
+    CU_ASSERT_EQUAL(rc, 0);
+    float *g = malloc(m->n_params * sizeof(float));
+    memcpy(g, model_trainer_grads(tr), m->n_params * sizeof(float));
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor_info *t = &m->tensors[i];
+        if (hidden && !strcmp(t->name, "lm_head")) {
+            CU_ASSERT(max_abs(g + t->offset, t->numel) == 0.0); /* not on the hidden path */
+            continue;
+        }
+        CU_ASSERT(max_abs(g + t->offset, t->numel) > 0.0);
+        char what[64];
+        snprintf(what, sizeof what, "model %s%s", t->name, tie ? " (tied)" : "");
+        fd_check(what, model_objective, &c, m->params_mem + t->offset, t->numel, g + t->offset, 1e-2, 2e-2, 24,
+                 &rng);
+    }
+    free(g), free(wl), free(we), free(rh);
+    model_trainer_destroy(&tr);
+    model_destroy(&m);
+}
+
+static void test_fd_mha_untied(void) { whole_model_fd(0, 4, 0, 100); }
+static void test_fd_gqa_tied(void) { whole_model_fd(1, 2, 0, 200); }
+static void test_fd_hidden_gqa(void) { whole_model_fd(0, 1, 1, 300); }
+
+/* Right-padded batched sequences give the same log-probs, entropies and gradients as one at a time. */
+static void test_batched_padded_equals_unbatched(void) {
+    model *m = small_model(0, 2, 11, 5.0f);
+    rlhf_error err = {0};
+    model_trainer *tb = NULL, *t1 = NULL;
+    int B = 3, T = 10, V = m->cfg.vocab_size, lens[3] = {4, 10, 7};
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&tb, m, B, T, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&t1, m, 1, T, &err), 0);
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 12);
+    int32_t tok[30], tg[30];
+    float w[30];
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int i = b * T + t, real = t < lens[b];
+            tok[i] = real ? (int32_t)(rlhf_rng_u64(&rng) % V) : 17; /* 17 plays PAD */
+            tg[i] = real && t > 0 ? (int32_t)(rlhf_rng_u64(&rng) % V) : -1;
+            w[i] = real ? rlhf_rng_normal(&rng) : 0.0f;
+        }
+    model_trainer_zero_grad(tb);
+    CU_ASSERT_EQUAL_FATAL(model_forward(tb, tok, tg, B, T, &err), 0);
+    float lpb[30], enb[30];
+    memcpy(lpb, model_trainer_logprobs(tb), sizeof lpb);
+    memcpy(enb, model_trainer_entropy(tb), sizeof enb);
+    CU_ASSERT_EQUAL(model_backward_logprobs(tb, w, NULL, &err), 0);
+    model_trainer_zero_grad(t1);
+    double worst_lp = 0, worst_en = 0;
+    for (int b = 0; b < B; b++) {
+        CU_ASSERT_EQUAL_FATAL(model_forward(t1, tok + b * T, tg + b * T, 1, lens[b], &err), 0);
+        const float *lp = model_trainer_logprobs(t1), *en = model_trainer_entropy(t1);
+        for (int t = 0; t < lens[b]; t++) {
+            worst_lp = fmax(worst_lp, fabs(lp[t] - lpb[b * T + t]) / fmax(fabs(lp[t]), 1e-3));
+            worst_en = fmax(worst_en, fabs(en[t] - enb[b * T + t]) / fmax(fabs(en[t]), 1e-3));
+        }
+        CU_ASSERT_EQUAL(model_backward_logprobs(t1, w + b * T, NULL, &err), 0); /* accumulates */
+    }
+    CU_ASSERT(worst_lp < 1e-5);
+    CU_ASSERT(worst_en < 1e-5);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor_info *t = &m->tensors[i];
+        double e = rel_err(model_trainer_grads(tb) + t->offset, model_trainer_grads(t1) + t->offset, t->numel);
+        if (e >= 1e-5) fprintf(stderr, "  grad %s batched vs unbatched: %.3g\n", t->name, e);
+        CU_ASSERT(e < 1e-5);
+    }
+    model_trainer_destroy(&tb);
+    model_trainer_destroy(&t1);
+    model_destroy(&m);
+}
+
+/* The mean masked cross-entropy and its backward agree with the log-prob path. */
+static void test_loss_matches_logprobs(void) {
+    model *m = small_model(1, 4, 21, 3.0f);
+    rlhf_error err = {0};
+    model_trainer *tr = NULL;
+    int B = 2, T = 8, N = B * T;
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&tr, m, B, T, &err), 0);
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 22);
+    int32_t tok[16], tg[16];
+    random_batch(&rng, tok, tg, B, T, m->cfg.vocab_size, 3);
+    CU_ASSERT_EQUAL_FATAL(model_forward(tr, tok, tg, B, T, &err), 0);
+    int n = 0;
+    float loss = model_trainer_loss(tr, &n);
+    double s = 0;
+    int cnt = 0;
+    float w[16];
+    for (int i = 0; i < N; i++) {
+        if (tg[i] >= 0) s -= model_trainer_logprobs(tr)[i], cnt++;
+    }
+    for (int i = 0; i < N; i++) w[i] = tg[i] >= 0 ? -1.0f / (float)cnt : 0.0f;
+    CU_ASSERT_EQUAL(n, cnt);
+    CU_ASSERT_EQUAL(cnt, 10); /* every third of 16 masked */
+    CU_ASSERT(fabs(loss - s / cnt) < 1e-5 * fabs(loss));
+    CU_ASSERT(loss > 0);
+    model_trainer_zero_grad(tr);
+    CU_ASSERT_EQUAL(model_backward_loss(tr, &err), 0);
+    float *g1 = malloc(m->n_params * sizeof(float));
+    memcpy(g1, model_trainer_grads(tr), m->n_params * sizeof(float));
+    model_trainer_zero_grad(tr);
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, B, T, &err), 0);
+    CU_ASSERT_EQUAL(model_backward_logprobs(tr, w, NULL, &err), 0);
+    CU_ASSERT(rel_err(g1, model_trainer_grads(tr), m->n_params) < 1e-6);
+    /* logits are what the log-probs come from */
+    const float *z = model_trainer_logits(tr);
+    int V = m->cfg.vocab_size;
+    double lse = 0, mx = -1e30;
+    for (int j = 0; j < V; j++) mx = fmax(mx, z[V + j]);
+    for (int j = 0; j < V; j++) lse += exp(z[V + j] - mx);
+    lse = mx + log(lse);
+    if (tg[1] >= 0) CU_ASSERT(fabs((z[V + tg[1]] - lse) - model_trainer_logprobs(tr)[1]) < 1e-5);
+    float *logits = malloc((size_t)N * V * sizeof(float));
+    CU_ASSERT_EQUAL(model_forward_logits(tr, tok, B, T, logits, &err), 0);
+    CU_ASSERT(memcmp(logits, z, (size_t)N * V * sizeof(float)) == 0);
+    free(logits), free(g1);
+    model_trainer_destroy(&tr);
+    model_destroy(&m);
+}
+
+static void test_bad_input(void) {
+    model *m = small_model(0, 4, 31, 1.0f);
+    rlhf_error err = {0};
+    model_trainer *tr = NULL;
+    CU_ASSERT_EQUAL(model_trainer_create(&tr, m, 2, 13, &err), RLHF_EINVAL); /* > max_seq_len 12 */
+    CU_ASSERT_PTR_NULL(tr);
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&tr, m, 2, 4, &err), 0);
+    int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8}, tg[8] = {1, 2, 3, 4, 5, 6, 7, -1};
+    float w[8] = {0};
+    CU_ASSERT_EQUAL(model_backward_logprobs(tr, w, NULL, &err), RLHF_ESTATE);
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, 3, 4, &err), RLHF_EINVAL);
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, 2, 5, &err), RLHF_EINVAL);
+    tok[3] = 19;
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, 2, 4, &err), RLHF_EINVAL);
+    CU_ASSERT(strstr(err.msg, "token id 19") != NULL);
+    tok[3] = 4;
+    tg[5] = -2;
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, 2, 4, &err), RLHF_EINVAL);
+    tg[5] = 6;
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, 2, 4, &err), 0);
+    CU_ASSERT_EQUAL(model_backward_logprobs(tr, w, NULL, &err), 0);
+    CU_ASSERT_EQUAL(model_backward_logprobs(tr, w, NULL, &err), RLHF_ESTATE); /* tape already consumed */
+    CU_ASSERT_EQUAL(model_forward_hidden(tr, tok, 2, 4, &err), 0);
+    CU_ASSERT_EQUAL(model_backward_loss(tr, &err), RLHF_ESTATE); /* no head, no targets */
+    model_trainer_destroy(&tr);
+    model_destroy(&m);
+}
+
+/* ------------------------------------------------------------------ AdamW */
+
+static void test_lr_schedule(void) {
+    adamw_config c;
+    adamw_config_default(&c);
+    c.lr = 1.0f;
+    c.warmup_steps = 4;
+    c.total_steps = 14;
+    c.min_lr_ratio = 0.1f;
+    c.schedule = ADAMW_SCHEDULE_COSINE;
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 0), 0.25, 1e-7);
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 3), 1.0, 1e-7);
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 4), 1.0, 1e-7);
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 9), 0.1 + 0.9 * 0.5, 1e-6); /* half way: cos(pi/2) = 0 */
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 14), 0.1, 1e-6);
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 100), 0.1, 1e-6);
+    c.schedule = ADAMW_SCHEDULE_CONSTANT;
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 9), 1.0, 1e-7);
+    CU_ASSERT_DOUBLE_EQUAL(adamw_lr_at(&c, 1), 0.5, 1e-7);
+}
+
+/* One AdamW step against the closed form, decay only on matrices, and clipping. */
+static void test_adamw_closed_form(void) {
+    model *m = small_model(0, 4, 41, 1.0f);
+    rlhf_error err = {0};
+    adamw_config c;
+    adamw_config_default(&c);
+    c.lr = 0.01f;
+    c.weight_decay = 0.5f;
+    c.grad_clip = 0.0f;
+    adamw *o = NULL;
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&o, m, &c, &err), 0);
+    float *p0 = malloc(m->n_params * sizeof(float)), *g = malloc(m->n_params * sizeof(float));
+    memcpy(p0, m->params_mem, m->n_params * sizeof(float));
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 42);
+    for (size_t i = 0; i < m->n_params; i++) g[i] = 0.1f * rlhf_rng_normal(&rng);
+    float norm = 0, lr = 0;
+    CU_ASSERT_EQUAL(adamw_step(o, m, g, &norm, &lr, &err), 0);
+    CU_ASSERT_DOUBLE_EQUAL(lr, 0.01, 1e-9);
+    /* first step: m_hat = g, v_hat = g^2, so p1 = p0 (1 - lr wd) - lr g / (|g| + eps) */
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const model_tensor_info *t = &m->tensors[ti];
+        double wd = t->cols > 1 ? 0.5 : 0.0, worst = 0;
+        for (size_t j = t->offset; j < t->offset + t->numel; j++) {
+            double want = p0[j] * (1 - 0.01 * wd) - 0.01 * g[j] / (fabs(g[j]) + 1e-8);
+            worst = fmax(worst, fabs(m->params_mem[j] - want));
+        }
+        CU_ASSERT(worst < 1e-6);
+    }
+    /* clipping: grads scaled by max_norm / (norm + 1e-6) */
+    adamw_get_config(o)->grad_clip = 0.5f;
+    double ss = 0;
+    for (size_t i = 0; i < m->n_params; i++) ss += (double)g[i] * g[i];
+    float g0 = g[0];
+    CU_ASSERT_EQUAL(adamw_step(o, m, g, &norm, NULL, &err), 0);
+    CU_ASSERT(fabs(norm - sqrt(ss)) < 1e-4 * sqrt(ss));
+    CU_ASSERT(fabs(g[0] - g0 * 0.5 / (sqrt(ss) + 1e-6)) < 1e-6 * fabs(g0) + 1e-9);
+    CU_ASSERT_EQUAL(adamw_get_step(o), 2);
+    g[3] = NAN;
+    CU_ASSERT_EQUAL(adamw_step(o, m, g, NULL, NULL, &err), RLHF_EINVAL);
+    free(p0), free(g);
+    adamw_destroy(&o);
+    model_destroy(&m);
+}
+
+/* Saving the state mid-run and restoring it into a fresh optimizer continues bit-exactly. */
+static void test_adamw_state_roundtrip(void) {
+    model *a = small_model(1, 2, 51, 1.0f), *b = small_model(1, 2, 51, 1.0f);
+    rlhf_error err = {0};
+    adamw_config c;
+    adamw_config_default(&c);
+    c.lr = 0.01f, c.warmup_steps = 2, c.total_steps = 10, c.schedule = ADAMW_SCHEDULE_COSINE;
+    adamw *oa = NULL, *ob = NULL;
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&oa, a, &c, &err), 0);
+    float *g = malloc(a->n_params * sizeof(float));
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 52);
+    for (int s = 0; s < 3; s++) {
+        for (size_t i = 0; i < a->n_params; i++) g[i] = rlhf_rng_normal(&rng);
+        CU_ASSERT_EQUAL(adamw_step(oa, a, g, NULL, NULL, &err), 0);
+    }
+    /* "save": copy every state tensor out by name */
+    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
+    int n = adamw_state_tensors(oa, st, ADAMW_MAX_STATE_TENSORS);
+    CU_ASSERT_EQUAL(n, 2 * a->n_tensors + 1);
+    CU_ASSERT_STRING_EQUAL(st[0].name, "adamw.m.embed");
+    CU_ASSERT_STRING_EQUAL(st[n - 1].name, "adamw.step");
+    float *saved[ADAMW_MAX_STATE_TENSORS];
+    for (int i = 0; i < n; i++) {
+        saved[i] = malloc(st[i].numel * sizeof(float));
+        memcpy(saved[i], st[i].data, st[i].numel * sizeof(float));
+    }
+    CU_ASSERT_EQUAL(saved[n - 1][0], 3.0f);
+    memcpy(b->params_mem, a->params_mem, a->n_params * sizeof(float));
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&ob, b, &c, &err), 0);
+    adamw_state_tensor sb[ADAMW_MAX_STATE_TENSORS];
+    CU_ASSERT_EQUAL(adamw_state_tensors(ob, sb, ADAMW_MAX_STATE_TENSORS), n);
+    for (int i = 0; i < n; i++) {
+        CU_ASSERT_STRING_EQUAL(sb[i].name, st[i].name);
+        memcpy(sb[i].data, saved[i], sb[i].numel * sizeof(float));
+    }
+    CU_ASSERT_EQUAL(adamw_state_loaded(ob, &err), 0);
+    CU_ASSERT_EQUAL(adamw_get_step(ob), 3);
+    for (int s = 0; s < 2; s++) {
+        for (size_t i = 0; i < a->n_params; i++) g[i] = rlhf_rng_normal(&rng);
+        float *g2 = malloc(a->n_params * sizeof(float));
+        memcpy(g2, g, a->n_params * sizeof(float));
+        CU_ASSERT_EQUAL(adamw_step(oa, a, g, NULL, NULL, &err), 0);
+        CU_ASSERT_EQUAL(adamw_step(ob, b, g2, NULL, NULL, &err), 0);
+        free(g2);
+    }
+    CU_ASSERT(memcmp(a->params_mem, b->params_mem, a->n_params * sizeof(float)) == 0);
+    /* a corrupt step count is rejected */
+    sb[n - 1].data[0] = 2.5f;
+    CU_ASSERT_EQUAL(adamw_state_loaded(ob, &err), RLHF_ECORRUPT);
+    for (int i = 0; i < n; i++) free(saved[i]);
+    free(g);
+    adamw_destroy(&oa);
+    adamw_destroy(&ob);
+    model_destroy(&a);
+    model_destroy(&b);
+}
+
+void register_model_suite(void);
+void register_model_suite(void) {
+    CU_pSuite s = CU_add_suite("model", NULL, NULL);
+    CU_add_test(s, "every parameter gradient == finite differences (MHA, untied, logp+entropy weights)",
+                test_fd_mha_untied);
+    CU_add_test(s, "every parameter gradient == finite differences (GQA, tied embeddings)", test_fd_gqa_tied);
+    CU_add_test(s, "hidden-state backward == finite differences (MQA)", test_fd_hidden_gqa);
+    CU_add_test(s, "batched right-padded log-probs, entropies, grads == unbatched",
+                test_batched_padded_equals_unbatched);
+    CU_add_test(s, "mean masked CE and its backward == log-prob path", test_loss_matches_logprobs);
+    CU_add_test(s, "bad batch shapes, ids and call order are rejected", test_bad_input);
+    CU_pSuite a = CU_add_suite("adamw", NULL, NULL);
+    CU_add_test(a, "warmup + cosine / constant schedule", test_lr_schedule);
+    CU_add_test(a, "first step == closed form, decay on matrices only, clipping, NaN rejected",
+                test_adamw_closed_form);
+    CU_add_test(a, "state save/restore continues bit-exactly", test_adamw_state_roundtrip);
+}

@@ -1,0 +1,344 @@
+/* tests/model_train/test_ops.c — every training op: fast kernel == reference kernel (forward and
+ * backward), and the backward == central finite differences of sum(out * r) for random r. */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/ops.h"
+#include "tests/model_train/helpers.h"
+
+#define FD_TOL 2e-2   /* float32 forward; eps ~1e-2 of O(1) inputs */
+#define SAME_TOL 2e-5 /* fast vs reference kernel, relative (max-abs norm) */
+
+/* ------------------------------------------------------------------ embedding */
+
+typedef struct {
+    int32_t *tok;
+    float *emb, *out, *r;
+    int N, C;
+} emb_ctx;
+static double emb_loss(void *p) {
+    emb_ctx *c = p;
+    embedding_forward_ref(c->out, c->tok, c->emb, c->N, c->C);
+    return dot_rd(c->out, c->r, (size_t)c->N * c->C);
+}
+
+static void test_embedding(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 1);
+    int V = 11, C = 40, N = 23; /* C not a multiple of the column chunk */
+    emb_ctx c = {.N = N, .C = C};
+    c.tok = malloc(N * sizeof(int32_t));
+    for (int i = 0; i < N; i++) c.tok[i] = (int32_t)(rlhf_rng_u64(&rng) % 4); /* many repeats */
+    c.emb = rand_buf(&rng, (size_t)V * C, 1.0f);
+    c.out = zeros((size_t)N * C);
+    c.r = rand_buf(&rng, (size_t)N * C, 1.0f);
+    float *out2 = zeros((size_t)N * C), *g1 = zeros((size_t)V * C), *g2 = zeros((size_t)V * C);
+    embedding_forward(out2, c.tok, c.emb, N, C);
+    embedding_forward_ref(c.out, c.tok, c.emb, N, C);
+    CU_ASSERT(memcmp(out2, c.out, (size_t)N * C * sizeof(float)) == 0);
+    embedding_backward(g1, c.r, c.tok, N, C);
+    embedding_backward_ref(g2, c.r, c.tok, N, C);
+    CU_ASSERT(rel_err(g1, g2, (size_t)V * C) < SAME_TOL);
+    fd_check("dembed", emb_loss, &c, c.emb, (size_t)V * C, g1, 1e-2, FD_TOL, 200, &rng);
+    free(c.tok), free(c.emb), free(c.out), free(c.r), free(out2), free(g1), free(g2);
+}
+
+/* ------------------------------------------------------------------ RMSNorm */
+
+typedef struct {
+    float *x, *w, *out, *rstd, *r;
+    int N, C;
+} norm_ctx;
+static double norm_loss(void *p) {
+    norm_ctx *c = p;
+    rmsnorm_forward_ref(c->out, c->rstd, c->x, c->w, c->N, c->C, 1e-5f);
+    return dot_rd(c->out, c->r, (size_t)c->N * c->C);
+}
+
+static void test_rmsnorm(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 2);
+    int N = 7, C = 37;
+    norm_ctx c = {.N = N, .C = C};
+    c.x = rand_buf(&rng, (size_t)N * C, 1.0f);
+    c.w = rand_buf(&rng, C, 1.0f);
+    c.out = zeros((size_t)N * C);
+    c.rstd = zeros(N);
+    c.r = rand_buf(&rng, (size_t)N * C, 1.0f);
+    float *out2 = zeros((size_t)N * C), *rstd2 = zeros(N);
+    rmsnorm_forward(out2, rstd2, c.x, c.w, N, C, 1e-5f);
+    rmsnorm_forward_ref(c.out, c.rstd, c.x, c.w, N, C, 1e-5f);
+    CU_ASSERT(rel_err(out2, c.out, (size_t)N * C) < SAME_TOL);
+    CU_ASSERT(rel_err(rstd2, c.rstd, N) < SAME_TOL);
+    float *dx1 = zeros((size_t)N * C), *dw1 = zeros(C), *dx2 = zeros((size_t)N * C), *dw2 = zeros(C);
+    rmsnorm_backward(dx1, dw1, c.r, c.x, c.w, rstd2, N, C);
+    rmsnorm_backward_ref(dx2, dw2, c.r, c.x, c.w, c.rstd, N, C);
+    CU_ASSERT(rel_err(dx1, dx2, (size_t)N * C) < SAME_TOL);
+    CU_ASSERT(rel_err(dw1, dw2, C) < SAME_TOL);
+    fd_check("rmsnorm dinp", norm_loss, &c, c.x, (size_t)N * C, dx1, 1e-2, FD_TOL, 300, &rng);
+    fd_check("rmsnorm dweight", norm_loss, &c, c.w, C, dw1, 1e-2, FD_TOL, 300, &rng);
+    free(c.x), free(c.w), free(c.out), free(c.rstd), free(c.r), free(out2), free(rstd2);
+    free(dx1), free(dw1), free(dx2), free(dw2);
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+typedef struct {
+    float *x, *w, *out, *r;
+    int N, IC, OC;
+} mm_ctx;
+static double mm_loss(void *p) {
+    mm_ctx *c = p;
+    matmul_forward_ref(c->out, c->x, c->w, c->N, c->IC, c->OC);
+    return dot_rd(c->out, c->r, (size_t)c->N * c->OC);
+}
+
+static void test_matmul(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 3);
+    int N = 9, IC = 21, OC = 13;
+    mm_ctx c = {.N = N, .IC = IC, .OC = OC};
+    c.x = rand_buf(&rng, (size_t)N * IC, 1.0f);
+    c.w = rand_buf(&rng, (size_t)OC * IC, 1.0f);
+    c.out = zeros((size_t)N * OC);
+    c.r = rand_buf(&rng, (size_t)N * OC, 1.0f);
+    float *out2 = zeros((size_t)N * OC);
+    matmul_forward(out2, c.x, c.w, N, IC, OC);
+    matmul_forward_ref(c.out, c.x, c.w, N, IC, OC);
+    CU_ASSERT(rel_err(out2, c.out, (size_t)N * OC) < SAME_TOL);
+    float *dx1 = zeros((size_t)N * IC), *dw1 = zeros((size_t)OC * IC);
+    float *dx2 = zeros((size_t)N * IC), *dw2 = zeros((size_t)OC * IC);
+    /* accumulation: start from a non-zero gradient in both */
+    for (int i = 0; i < N * IC; i++) dx1[i] = dx2[i] = 0.5f;
+    matmul_backward(dx1, dw1, c.r, c.x, c.w, N, IC, OC);
+    matmul_backward_ref(dx2, dw2, c.r, c.x, c.w, N, IC, OC);
+    CU_ASSERT(rel_err(dx1, dx2, (size_t)N * IC) < SAME_TOL);
+    CU_ASSERT(rel_err(dw1, dw2, (size_t)OC * IC) < SAME_TOL);
+    for (int i = 0; i < N * IC; i++) dx1[i] -= 0.5f;
+    fd_check("matmul dinp", mm_loss, &c, c.x, (size_t)N * IC, dx1, 1e-2, FD_TOL, 200, &rng);
+    fd_check("matmul dweight", mm_loss, &c, c.w, (size_t)OC * IC, dw1, 1e-2, FD_TOL, 200, &rng);
+    free(c.x), free(c.w), free(c.out), free(c.r), free(out2), free(dx1), free(dw1), free(dx2), free(dw2);
+}
+
+/* ------------------------------------------------------------------ RoPE */
+
+typedef struct {
+    float *x, *out, *r, *cs, *sn;
+    int B, T, NH, D;
+} rope_ctx;
+static double rope_loss(void *p) {
+    rope_ctx *c = p;
+    rope_forward_ref(c->out, c->x, c->cs, c->sn, c->B, c->T, c->NH, c->D);
+    return dot_rd(c->out, c->r, (size_t)c->B * c->T * c->NH * c->D);
+}
+
+static void test_rope(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 4);
+    int B = 2, T = 5, NH = 3, D = 8;
+    size_t n = (size_t)B * T * NH * D;
+    rope_ctx c = {.B = B, .T = T, .NH = NH, .D = D};
+    c.cs = zeros((size_t)T * D / 2);
+    c.sn = zeros((size_t)T * D / 2);
+    rope_tables(c.cs, c.sn, T, D, 10000.0f);
+    /* the HF convention, spelled out: position 3, pair (1, 1 + D/2), angle 3 * 10000^(-2/8) */
+    double ang = 3.0 * pow(10000.0, -2.0 / 8.0);
+    CU_ASSERT(fabs(c.cs[3 * 4 + 1] - cos(ang)) < 1e-6 && fabs(c.sn[3 * 4 + 1] - sin(ang)) < 1e-6);
+    c.x = rand_buf(&rng, n, 1.0f);
+    c.out = zeros(n);
+    c.r = rand_buf(&rng, n, 1.0f);
+    float *out2 = zeros(n);
+    rope_forward(out2, c.x, c.cs, c.sn, B, T, NH, D);
+    rope_forward_ref(c.out, c.x, c.cs, c.sn, B, T, NH, D);
+    CU_ASSERT(rel_err(out2, c.out, n) < SAME_TOL);
+    /* element (b=1, t=3, h=2, i=1): out_i = x_i cos - x_{i+4} sin; out_{i+4} = x_{i+4} cos + x_i sin */
+    size_t o = ((size_t)(1 * T + 3) * NH + 2) * D;
+    CU_ASSERT(fabs(out2[o + 1] - (c.x[o + 1] * cos(ang) - c.x[o + 5] * sin(ang))) < 1e-5);
+    CU_ASSERT(fabs(out2[o + 5] - (c.x[o + 5] * cos(ang) + c.x[o + 1] * sin(ang))) < 1e-5);
+    float *d1 = zeros(n), *d2 = zeros(n);
+    rope_backward(d1, c.r, c.cs, c.sn, B, T, NH, D);
+    rope_backward_ref(d2, c.r, c.cs, c.sn, B, T, NH, D);
+    CU_ASSERT(rel_err(d1, d2, n) < SAME_TOL);
+    fd_check("rope dinp", rope_loss, &c, c.x, n, d1, 1e-2, FD_TOL, 300, &rng);
+    free(c.x), free(c.out), free(c.r), free(c.cs), free(c.sn), free(out2), free(d1), free(d2);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+typedef struct {
+    float *q, *k, *v, *out, *att, *r;
+    int B, T, H, KVH, D;
+} att_ctx;
+static double att_loss(void *p) {
+    att_ctx *c = p;
+    attention_forward_ref(c->out, c->att, c->q, c->k, c->v, c->B, c->T, c->H, c->KVH, c->D);
+    return dot_rd(c->out, c->r, (size_t)c->B * c->T * c->H * c->D);
+}
+
+static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, seed);
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KVH * D, na = (size_t)B * H * T * T;
+    att_ctx c = {.B = B, .T = T, .H = H, .KVH = KVH, .D = D};
+    c.q = rand_buf(&rng, nq, 1.0f);
+    c.k = rand_buf(&rng, nk, 1.0f);
+    c.v = rand_buf(&rng, nk, 1.0f);
+    c.out = zeros(nq);
+    c.att = zeros(na);
+    c.r = rand_buf(&rng, nq, 1.0f);
+    float *out2 = zeros(nq), *att2 = zeros(na);
+    attention_forward(out2, att2, c.q, c.k, c.v, B, T, H, KVH, D);
+    attention_forward_ref(c.out, c.att, c.q, c.k, c.v, B, T, H, KVH, D);
+    CU_ASSERT(rel_err(out2, c.out, nq) < SAME_TOL);
+    CU_ASSERT(rel_err(att2, c.att, na) < SAME_TOL);
+    float *dq1 = zeros(nq), *dk1 = zeros(nk), *dv1 = zeros(nk), *dq2 = zeros(nq), *dk2 = zeros(nk), *dv2 = zeros(nk);
+    int nthreads = 1;
+#ifdef _OPENMP
+    extern int omp_get_max_threads(void);
+    nthreads = omp_get_max_threads();
+#endif
+    float *scratch = zeros((size_t)nthreads * attention_scratch_floats(T));
+    attention_backward(dq1, dk1, dv1, c.r, att2, c.q, c.k, c.v, scratch, B, T, H, KVH, D);
+    attention_backward_ref(dq2, dk2, dv2, c.r, c.att, c.q, c.k, c.v, B, T, H, KVH, D);
+    CU_ASSERT(rel_err(dq1, dq2, nq) < SAME_TOL);
+    CU_ASSERT(rel_err(dk1, dk2, nk) < SAME_TOL);
+    CU_ASSERT(rel_err(dv1, dv2, nk) < SAME_TOL);
+    fd_check("attention dq", att_loss, &c, c.q, nq, dq1, 1e-2, FD_TOL, 150, &rng);
+    fd_check("attention dk", att_loss, &c, c.k, nk, dk1, 1e-2, FD_TOL, 150, &rng);
+    fd_check("attention dv", att_loss, &c, c.v, nk, dv1, 1e-2, FD_TOL, 150, &rng);
+    /* causality: changing the last position's k and v leaves every earlier output unchanged */
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < (size_t)KVH * D; i++) {
+            c.k[((size_t)b * T + T - 1) * KVH * D + i] += 3.0f;
+            c.v[((size_t)b * T + T - 1) * KVH * D + i] -= 3.0f;
+        }
+    float *out3 = zeros(nq);
+    attention_forward(out3, att2, c.q, c.k, c.v, B, T, H, KVH, D);
+    int same = 1, changed = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (size_t i = 0; i < (size_t)H * D; i++) {
+                size_t o = ((size_t)b * T + t) * H * D + i;
+                if (t < T - 1) same &= out3[o] == out2[o];
+                else changed |= out3[o] != out2[o];
+            }
+    CU_ASSERT(same && changed);
+    free(c.q), free(c.k), free(c.v), free(c.out), free(c.att), free(c.r), free(out2), free(att2), free(out3);
+    free(dq1), free(dk1), free(dv1), free(dq2), free(dk2), free(dv2), free(scratch);
+}
+
+static void test_attention_mha(void) { attention_case(2, 7, 2, 2, 4, 5); }
+static void test_attention_gqa(void) { attention_case(3, 6, 6, 2, 4, 6); }
+static void test_attention_mqa_long(void) { attention_case(1, 33, 4, 1, 8, 7); }
+
+/* ------------------------------------------------------------------ SwiGLU and residual */
+
+typedef struct {
+    float *g, *u, *out, *r;
+    size_t n;
+} sw_ctx;
+static double sw_loss(void *p) {
+    sw_ctx *c = p;
+    swiglu_forward_ref(c->out, c->g, c->u, c->n);
+    return dot_rd(c->out, c->r, c->n);
+}
+static double res_loss(void *p) {
+    sw_ctx *c = p;
+    residual_forward_ref(c->out, c->g, c->u, c->n);
+    return dot_rd(c->out, c->r, c->n);
+}
+
+static void test_swiglu_residual(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 8);
+    size_t n = 301;
+    sw_ctx c = {.n = n};
+    c.g = rand_buf(&rng, n, 2.0f);
+    c.u = rand_buf(&rng, n, 1.0f);
+    c.out = zeros(n);
+    c.r = rand_buf(&rng, n, 1.0f);
+    float *out2 = zeros(n), *dg1 = zeros(n), *du1 = zeros(n), *dg2 = zeros(n), *du2 = zeros(n);
+    swiglu_forward(out2, c.g, c.u, n);
+    swiglu_forward_ref(c.out, c.g, c.u, n);
+    CU_ASSERT(rel_err(out2, c.out, n) < SAME_TOL);
+    swiglu_backward(dg1, du1, c.r, c.g, c.u, n);
+    swiglu_backward_ref(dg2, du2, c.r, c.g, c.u, n);
+    CU_ASSERT(rel_err(dg1, dg2, n) < SAME_TOL);
+    CU_ASSERT(rel_err(du1, du2, n) < SAME_TOL);
+    fd_check("swiglu dgate", sw_loss, &c, c.g, n, dg1, 1e-2, FD_TOL, 301, &rng);
+    fd_check("swiglu dup", sw_loss, &c, c.u, n, du1, 1e-2, FD_TOL, 301, &rng);
+
+    memset(dg1, 0, n * sizeof(float)), memset(du1, 0, n * sizeof(float));
+    memset(dg2, 0, n * sizeof(float)), memset(du2, 0, n * sizeof(float));
+    residual_forward(out2, c.g, c.u, n);
+    residual_forward_ref(c.out, c.g, c.u, n);
+    CU_ASSERT(memcmp(out2, c.out, n * sizeof(float)) == 0);
+    residual_backward(dg1, du1, c.r, n);
+    residual_backward_ref(dg2, du2, c.r, n);
+    CU_ASSERT(memcmp(dg1, dg2, n * sizeof(float)) == 0 && memcmp(du1, du2, n * sizeof(float)) == 0);
+    fd_check("residual da", res_loss, &c, c.g, n, dg1, 1e-2, FD_TOL, 100, &rng);
+    fd_check("residual db", res_loss, &c, c.u, n, du1, 1e-2, FD_TOL, 100, &rng);
+    free(c.g), free(c.u), free(c.out), free(c.r), free(out2), free(dg1), free(du1), free(dg2), free(du2);
+}
+
+/* ------------------------------------------------------------------ log-softmax */
+
+typedef struct {
+    float *z, *logp, *ent, *lse, *wl, *we;
+    int32_t *tg;
+    int N, V;
+} ls_ctx;
+static double ls_loss(void *p) {
+    ls_ctx *c = p;
+    logsoftmax_forward_ref(c->logp, c->ent, c->lse, c->z, c->tg, c->N, c->V);
+    return dot_rd(c->logp, c->wl, c->N) + dot_rd(c->ent, c->we, c->N);
+}
+
+static void test_logsoftmax(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 9);
+    int N = 6, V = 29;
+    ls_ctx c = {.N = N, .V = V};
+    c.z = rand_buf(&rng, (size_t)N * V, 2.0f);
+    c.logp = zeros(N), c.ent = zeros(N), c.lse = zeros(N);
+    c.wl = rand_buf(&rng, N, 1.0f);
+    c.we = rand_buf(&rng, N, 1.0f);
+    c.tg = malloc(N * sizeof(int32_t));
+    for (int i = 0; i < N; i++) c.tg[i] = (int32_t)(rlhf_rng_u64(&rng) % V);
+    c.tg[2] = -1; /* masked row: no logp term, entropy still defined */
+    float *lp2 = zeros(N), *en2 = zeros(N), *ls2 = zeros(N);
+    logsoftmax_forward(lp2, en2, ls2, c.z, c.tg, N, V);
+    logsoftmax_forward_ref(c.logp, c.ent, c.lse, c.z, c.tg, N, V);
+    CU_ASSERT(rel_err(lp2, c.logp, N) < SAME_TOL);
+    CU_ASSERT(rel_err(en2, c.ent, N) < SAME_TOL);
+    CU_ASSERT(lp2[2] == 0.0f && en2[2] > 0.0f);
+    /* entropy bounds: 0 < H <= log V */
+    for (int i = 0; i < N; i++) CU_ASSERT(en2[i] > 0 && en2[i] <= logf((float)V) + 1e-5f);
+    float *d1 = zeros((size_t)N * V), *d2 = zeros((size_t)N * V);
+    logsoftmax_backward(d1, c.wl, c.we, c.z, ls2, en2, c.tg, N, V);
+    logsoftmax_backward_ref(d2, c.wl, c.we, c.z, c.lse, c.ent, c.tg, N, V);
+    CU_ASSERT(rel_err(d1, d2, (size_t)N * V) < SAME_TOL);
+    fd_check("logsoftmax dlogits", ls_loss, &c, c.z, (size_t)N * V, d1, 1e-2, FD_TOL, 174, &rng);
+    /* NULL weights = zero */
+    float *d3 = zeros((size_t)N * V);
+    logsoftmax_backward(d3, NULL, NULL, c.z, ls2, en2, c.tg, N, V);
+    CU_ASSERT(max_abs(d3, (size_t)N * V) == 0.0);
+    free(c.z), free(c.logp), free(c.ent), free(c.lse), free(c.wl), free(c.we), free(c.tg);
+    free(lp2), free(en2), free(ls2), free(d1), free(d2), free(d3);
+}
+
+void register_ops_suite(void);
+void register_ops_suite(void) {
+    CU_pSuite s = CU_add_suite("ops", NULL, NULL);
+    CU_add_test(s, "embedding fast == ref, backward == finite differences", test_embedding);
+    CU_add_test(s, "rmsnorm fast == ref, backward == finite differences", test_rmsnorm);
+    CU_add_test(s, "matmul (sgemm) == ref, backward == finite differences", test_matmul);
+    CU_add_test(s, "rope HF rotate_half, backward == finite differences", test_rope);
+    CU_add_test(s, "attention MHA fast == ref, causal, finite differences", test_attention_mha);
+    CU_add_test(s, "attention GQA (6 heads, 2 kv) fast == ref, finite differences", test_attention_gqa);
+    CU_add_test(s, "attention MQA T=33 fast == ref, finite differences", test_attention_mqa_long);
+    CU_add_test(s, "swiglu and residual, backward == finite differences", test_swiglu_residual);
+    CU_add_test(s, "logsoftmax logp+entropy weights, masked rows, finite differences", test_logsoftmax);
+}

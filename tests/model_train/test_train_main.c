@@ -1,0 +1,12 @@
+/* tests/model_train/test_train_main.c — registers the suites of test_model_train. */
+void register_ops_suite(void);
+void register_model_suite(void);
+void register_oracle_suite(void);
+int register_suites(void);
+
+int register_suites(void) {
+    register_ops_suite();
+    register_model_suite();
+    register_oracle_suite();
+    return 0;
+}

@@ -1,0 +1,208 @@
+#!/usr/bin/python3
+"""tests/oracle/llama_ref.py - an independent PyTorch implementation of the project's Llama-style model,
+used as the oracle of test_model_train and as the PyTorch peer of bench/bench_model_train.sh.
+
+    llama_ref.py oracle DIR   read DIR/case.json, params.bin, tokens.bin, targets.bin; compute in float64
+                              the logits, log-probs, entropies, mean masked cross-entropy, every parameter
+                              gradient, then run the case's AdamW steps; write *.f64 files back to DIR.
+    llama_ref.py bench ARCH_JSON B T STEPS THREADS
+                              time float32 training steps (forward + backward + AdamW), print JSON.
+
+Parameter file layout (float32, one flat buffer, the order of model/model.h): embed (V,C), then per layer
+stacked: attn_norm (L,C), wq (L,H*D,C), wk (L,KVH*D,C), wv (L,KVH*D,C), wo (L,C,H*D), ffn_norm (L,C),
+w_gate (L,F,C), w_up (L,F,C), w_down (L,C,F), then final_norm (C), lm_head (V,C) unless tied.
+"""
+import array
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as Fn
+
+
+def layout(cfg):
+    C, L, H = cfg["dim"], cfg["n_layers"], cfg["n_heads"]
+    KVH = cfg.get("n_kv_heads", H)
+    D, F, V = C // H, cfg["ffn_dim"], cfg["vocab_size"]
+    spec = [("embed", (V, C)), ("attn_norm", (L, C)), ("wq", (L, H * D, C)), ("wk", (L, KVH * D, C)),
+            ("wv", (L, KVH * D, C)), ("wo", (L, C, H * D)), ("ffn_norm", (L, C)), ("w_gate", (L, F, C)),
+            ("w_up", (L, F, C)), ("w_down", (L, C, F)), ("final_norm", (C,))]
+    if not cfg.get("tie_embeddings", False):
+        spec.append(("lm_head", (V, C)))
+    return spec
+
+
+class Llama(torch.nn.Module):
+    def __init__(self, cfg, flat, dtype):
+        super().__init__()
+        self.cfg = cfg
+        self.names = []
+        off = 0
+        for name, shape in layout(cfg):
+            n = math.prod(shape)
+            t = torch.tensor(flat[off:off + n], dtype=dtype).reshape(shape)
+            setattr(self, name, torch.nn.Parameter(t))
+            self.names.append(name)
+            off += n
+        assert off == len(flat), f"parameter file has {len(flat)} floats, layout wants {off}"
+
+    def head(self):
+        return self.embed if self.cfg.get("tie_embeddings", False) else self.lm_head
+
+    @staticmethod
+    def rmsnorm(x, w, eps):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    @staticmethod
+    def rotate_half(x):
+        h = x.shape[-1] // 2
+        return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+    def forward(self, tokens):
+        cfg = self.cfg
+        B, T = tokens.shape
+        C, H = cfg["dim"], cfg["n_heads"]
+        KVH = cfg.get("n_kv_heads", H)
+        D = C // H
+        eps = cfg.get("norm_eps", 1e-5)
+        theta = cfg.get("rope_theta", 10000.0)
+        dt = self.embed.dtype
+        inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+        ang = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
+        emb = torch.cat((ang, ang), dim=-1)
+        cos, sin = emb.cos().to(dt)[None, None], emb.sin().to(dt)[None, None]  # (1, 1, T, D)
+        mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        x = self.embed[tokens]  # (B, T, C)
+        for l in range(cfg["n_layers"]):
+            h = self.rmsnorm(x, self.attn_norm[l], eps)
+            q = (h @ self.wq[l].T).view(B, T, H, D).transpose(1, 2)
+            k = (h @ self.wk[l].T).view(B, T, KVH, D).transpose(1, 2)
+            v = (h @ self.wv[l].T).view(B, T, KVH, D).transpose(1, 2)
+            q = q * cos + self.rotate_half(q) * sin
+            k = k * cos + self.rotate_half(k) * sin
+            k = k.repeat_interleave(H // KVH, dim=1)
+            v = v.repeat_interleave(H // KVH, dim=1)
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+            s = s.masked_fill(mask, float("-inf"))
+            y = torch.softmax(s, dim=-1) @ v  # (B, H, T, D)
+            y = y.transpose(1, 2).reshape(B, T, H * D)
+            x = x + y @ self.wo[l].T
+            h = self.rmsnorm(x, self.ffn_norm[l], eps)
+            x = x + (Fn.silu(h @ self.w_gate[l].T) * (h @ self.w_up[l].T)) @ self.w_down[l].T
+        hidden = self.rmsnorm(x, self.final_norm, eps)
+        return hidden @ self.head().T  # (B, T, V)
+
+
+def masked_ce(logits, targets):
+    V = logits.shape[-1]
+    return Fn.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1, reduction="mean")
+
+
+def make_optimizer(model, oc):
+    # norm weights are not decayed (they are 2-D here only because layers are stacked)
+    norms = ("attn_norm", "ffn_norm", "final_norm")
+    decay = [p for n, p in model.named_parameters() if n not in norms]
+    no_decay = [p for n, p in model.named_parameters() if n in norms]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": oc["weight_decay"]},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=oc["lr"], betas=(oc["beta1"], oc["beta2"]), eps=oc["eps"])
+
+
+def lr_at(oc, step):
+    """Warmup then constant or cosine (written from the description in model_train.h)."""
+    if step < oc["warmup_steps"]:
+        return oc["lr"] * (step + 1) / oc["warmup_steps"]
+    if oc["schedule"] != "cosine" or oc["total_steps"] <= oc["warmup_steps"]:
+        return oc["lr"]
+    prog = min(1.0, (step - oc["warmup_steps"]) / (oc["total_steps"] - oc["warmup_steps"]))
+    lo = oc["lr"] * oc["min_lr_ratio"]
+    return lo + 0.5 * (oc["lr"] - lo) * (1 + math.cos(math.pi * prog))
+
+
+def read(path, dtype):
+    return torch.frombuffer(bytearray(open(path, "rb").read()), dtype=dtype)
+
+
+def write(path, t):
+    # no numpy on the test machine: go through the array module
+    with open(path, "wb") as f:
+        f.write(array.array("d", t.detach().to(torch.float64).reshape(-1).tolist()).tobytes())
+
+
+def flat_grads(model):
+    return torch.cat([getattr(model, n).grad.reshape(-1) for n in model.names])
+
+
+def flat_params(model):
+    return torch.cat([getattr(model, n).detach().reshape(-1) for n in model.names])
+
+
+def oracle(d):
+    case = json.load(open(os.path.join(d, "case.json")))
+    cfg, oc, B, T = case["model"], case["adamw"], case["B"], case["T"]
+    flat = read(os.path.join(d, "params.bin"), torch.float32).tolist()
+    tokens = read(os.path.join(d, "tokens.bin"), torch.int32).long().view(B, T)
+    targets = read(os.path.join(d, "targets.bin"), torch.int32).long().view(B, T)
+    model = Llama(cfg, flat, torch.float64)
+    logits = model(tokens)
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * (targets >= 0)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    loss = masked_ce(logits, targets)
+    loss.backward()
+    write(os.path.join(d, "logits.f64"), logits)
+    write(os.path.join(d, "logp.f64"), logp)
+    write(os.path.join(d, "entropy.f64"), entropy)
+    write(os.path.join(d, "loss.f64"), loss.reshape(1))
+    write(os.path.join(d, "grads.f64"), flat_grads(model))
+    opt = make_optimizer(model, oc)
+    for step in range(case["steps"]):
+        opt.zero_grad()
+        loss = masked_ce(model(tokens), targets)
+        loss.backward()
+        if oc["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), oc["grad_clip"])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(oc, step)
+        opt.step()
+    write(os.path.join(d, "params_after.f64"), flat_params(model))
+
+
+def bench(arch_path, B, T, steps, threads):
+    torch.set_num_threads(threads)
+    cfg = json.load(open(arch_path))
+    n = sum(math.prod(s) for _, s in layout(cfg))
+    g = torch.Generator().manual_seed(1)
+    flat = (torch.randn(n, generator=g) * 0.02).tolist()
+    model = Llama(cfg, flat, torch.float32)
+    with torch.no_grad():
+        model.attn_norm.fill_(1.0), model.ffn_norm.fill_(1.0), model.final_norm.fill_(1.0)
+    oc = {"lr": 3e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
+    opt = make_optimizer(model, oc)
+    tokens = torch.randint(0, cfg["vocab_size"], (B, T), generator=g)
+    targets = torch.randint(0, cfg["vocab_size"], (B, T), generator=g)
+    times = []
+    for i in range(steps + 2):  # two warm-up steps
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        loss = masked_ce(model(tokens), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[2:])
+    med = times[len(times) // 2]
+    print(json.dumps({"peer": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "params": n, "median_ms": med * 1e3, "tokens_per_s": B * T / med}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "oracle":
+        oracle(sys.argv[2])
+    elif len(sys.argv) == 7 and sys.argv[1] == "bench":
+        bench(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+    else:
+        sys.exit("usage: llama_ref.py oracle DIR | bench ARCH_JSON B T STEPS THREADS")

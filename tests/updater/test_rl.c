@@ -1,0 +1,191 @@
+/* tests/updater/test_rl.c — RL math against hand-computed values, PPO gradient against finite
+ * differences of its own objective, and run-config validation (errors name the JSON path). */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "updater/updater.h"
+
+#define NEAR(a, b) CU_ASSERT(fabs((double)(a) - (double)(b)) < 1e-5)
+
+static void test_rloo_hand_computed(void) {
+    /* group 0: [1,0,0,1]: A_0 = 1 - (0+0+1)/3 = 2/3, A_1 = 0 - (1+0+1)/3 = -2/3
+     * group 1: all 0.5 -> no spread, dropped
+     * group 2: [2,0,1,1]: A_0 = 2 - 2/3 = 4/3, A_1 = 0 - 4/3, A_2 = 1 - 3/3 = 0 */
+    float r[12] = {1, 0, 0, 1, 0.5f, 0.5f, 0.5f, 0.5f, 2, 0, 1, 1};
+    float a[12];
+    int keep[3];
+    int dropped = rloo_advantages(a, keep, r, 3, 4);
+    CU_ASSERT_EQUAL(dropped, 1);
+    CU_ASSERT_EQUAL(keep[0], 1);
+    CU_ASSERT_EQUAL(keep[1], 0);
+    CU_ASSERT_EQUAL(keep[2], 1);
+    NEAR(a[0], 2.0 / 3);
+    NEAR(a[1], -2.0 / 3);
+    NEAR(a[2], -2.0 / 3);
+    NEAR(a[3], 2.0 / 3);
+    for (int i = 4; i < 8; i++) NEAR(a[i], 0);
+    NEAR(a[8], 4.0 / 3);
+    NEAR(a[9], -4.0 / 3);
+    NEAR(a[10], 0);
+    NEAR(a[11], 0);
+    /* RLOO advantages of a kept group sum to zero */
+    NEAR(a[8] + a[9] + a[10] + a[11], 0);
+}
+
+/* B=2, T=3; rho = [0.5, 3, (masked)], [1, 1.5, 2.5]; A = [1, -2]; N = 5 masked tokens. */
+static float LOGMU[6] = {-1.0f, -2.0f, -1.0f, -0.7f, -1.2f, -3.0f};
+static float MASK[6] = {1, 1, 0, 1, 1, 1};
+static float ADV[2] = {1, -2};
+static void make_logp(float *logp) {
+    double rho[6] = {0.5, 3, 1, 1, 1.5, 2.5};
+    for (int i = 0; i < 6; i++) logp[i] = (float)(LOGMU[i] + log(rho[i]));
+}
+
+static void test_tis_truncation(void) {
+    float logp[6], coef[6];
+    make_logp(logp);
+    rl_loss_config lc = {.loss = RL_LOSS_TIS, .is_cap = 2.0f, .clip_eps = 0.2f};
+    rl_step_stats st;
+    rl_token_coeffs(coef, &st, logp, LOGMU, MASK, ADV, 2, 3, &lc);
+    /* coef = -min(rho, 2) * A / 5 */
+    NEAR(coef[0], -0.5 * 1 / 5);
+    NEAR(coef[1], -2.0 * 1 / 5); /* rho 3 truncated to 2 */
+    NEAR(coef[2], 0);            /* masked */
+    NEAR(coef[3], -1.0 * -2 / 5);
+    NEAR(coef[4], -1.5 * -2 / 5);
+    NEAR(coef[5], -2.0 * -2 / 5); /* rho 2.5 truncated */
+    CU_ASSERT_EQUAL(st.n_tokens, 5);
+    NEAR(st.ratio_mean, (0.5 + 3 + 1 + 1.5 + 2.5) / 5);
+    NEAR(st.ratio_max, 3);
+    NEAR(st.clip_frac, 2.0 / 5);
+}
+
+static double ppo_objective(const float *logp, const rl_loss_config *lc) {
+    float coef[6];
+    rl_step_stats st;
+    rl_token_coeffs(coef, &st, logp, LOGMU, MASK, ADV, 2, 3, lc);
+    return st.loss;
+}
+
+static void test_ppo_clip(void) {
+    float logp[6], coef[6];
+    make_logp(logp);
+    rl_loss_config lc = {.loss = RL_LOSS_PPO_CLIP, .is_cap = 2.0f, .clip_eps = 0.2f};
+    rl_step_stats st;
+    rl_token_coeffs(coef, &st, logp, LOGMU, MASK, ADV, 2, 3, &lc);
+    /* A=1:  rho 0.5 -> min(0.5, 0.8) unclipped: coef -0.5/5; rho 3 -> min(3, 1.2) clipped: 0
+     * A=-2: rho 1 -> -2 both; rho 1.5 -> min(-3, -2.4) unclipped; rho 2.5 -> min(-5, -2.4) unclipped */
+    NEAR(coef[0], -0.1);
+    NEAR(coef[1], 0);
+    NEAR(coef[2], 0);
+    NEAR(coef[3], 0.4);
+    NEAR(coef[4], 0.6);
+    NEAR(coef[5], 1.0);
+    NEAR(st.clip_frac, 1.0 / 5);
+    NEAR(st.loss, -(0.5 + 1.2 - 2 - 3 - 5) / 5);
+    /* independent oracle: central finite differences of the PPO objective w.r.t. each logp */
+    for (int i = 0; i < 6; i++) {
+        float lp[6];
+        memcpy(lp, logp, sizeof lp);
+        double h = 1e-3;
+        lp[i] = (float)(logp[i] + h);
+        double up = ppo_objective(lp, &lc);
+        lp[i] = (float)(logp[i] - h);
+        double dn = ppo_objective(lp, &lc);
+        double fd = (up - dn) / (2 * h);
+        CU_ASSERT(fabs(fd - coef[i]) < 2e-3);
+    }
+}
+
+static void test_kl_penalty(void) {
+    float logp[6] = {-1, -2, -3, -0.5f, -0.5f, -0.5f};
+    float logref[6] = {-1.5f, -1, -9, -1, -1, -1};
+    float kl[2];
+    rl_kl_penalty(kl, logp, logref, MASK, 2, 3);
+    NEAR(kl[0], 0.5 - 1.0); /* third token masked */
+    NEAR(kl[1], 1.5);
+}
+
+/* ---------------------------------------------------------------- config */
+
+static const char *BASE =
+    "{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"m.safetensors\"},\"task\":{\"train\":\"p.jsonl\"},"
+    "\"rewards\":[{\"type\":\"exact_match\"}]}";
+
+static int parse_with(const char *json, const char *set, rlhf_error *err, run_config *cfg) {
+    json_error_t jerr;
+    json_t *doc = json_loads(json, 0, &jerr);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
+    int rc = 0;
+    if (set) rc = run_config_apply_override(doc, set, err);
+    if (!rc) rc = run_config_from_json(cfg, doc, "cfg.json", err);
+    json_decref(doc);
+    return rc;
+}
+
+static void expect_error(const char *set, const char *where, const char *msg_part) {
+    rlhf_error err = {0};
+    run_config cfg;
+    int rc = parse_with(BASE, set, &err, &cfg);
+    CU_ASSERT_EQUAL(rc, RLHF_EINVAL);
+    if (rc == 0) {
+        run_config_free(&cfg);
+        return;
+    }
+    CU_ASSERT_STRING_EQUAL(err.where, where);
+    if (!strstr(err.msg, msg_part)) fprintf(stderr, "\n  got '%s: %s'\n", err.where, err.msg);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, msg_part));
+}
+
+static void test_config_defaults_and_overrides(void) {
+    rlhf_error err = {0};
+    run_config cfg;
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "rl.lr=0.003", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.max_staleness, 4);
+    CU_ASSERT_EQUAL(cfg.k, 8);
+    CU_ASSERT_EQUAL(cfg.loss, RL_LOSS_TIS);
+    NEAR(cfg.lr, 0.003);
+    CU_ASSERT_STRING_EQUAL(cfg.run_dir, "runs/t");
+    /* the resolved document carries the defaults */
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(cfg.resolved, "rl"), "max_staleness")), 4);
+    run_config_free(&cfg);
+    /* sync mode forces max_staleness 0; a bare word override is a string */
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "mode=sync", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.mode, RUN_MODE_SYNC);
+    CU_ASSERT_EQUAL(cfg.max_staleness, 0);
+    run_config_free(&cfg);
+}
+
+static void test_config_errors_name_path(void) {
+    expect_error("rl.max_staleness=-1", "cfg.json: rl.max_staleness", "must be an integer >= 0");
+    expect_error("rl.k=\"eight\"", "cfg.json: rl.k", "must be an integer");
+    expect_error("rl.colour=3", "cfg.json: rl.colour", "unknown key");
+    expect_error("generators.top_p=1.5", "cfg.json: generators.top_p", "in [0.01, 1]");
+    expect_error("rl.loss=grpo", "cfg.json: rl.loss", "\"tis\" or \"ppo_clip\"");
+    expect_error("mode=fast", "cfg.json: mode", "async");
+    expect_error("updaters.count=2", "cfg.json: updaters.count", "all-reduce");
+    expect_error("task=3", "cfg.json: task", "must be an object");
+    expect_error("rewards=[]", "cfg.json: rewards", "at least one");
+    expect_error("extra=1", "cfg.json: extra", "unknown key");
+    rlhf_error err = {0};
+    run_config cfg;
+    CU_ASSERT_EQUAL(parse_with("{\"rewards\":[1]}", NULL, &err, &cfg), RLHF_EINVAL);
+    CU_ASSERT_STRING_EQUAL(err.where, "cfg.json: task");
+    CU_ASSERT_EQUAL(run_config_apply_override(json_object(), "novalue", &err), RLHF_EINVAL);
+}
+
+int register_loop_suite(void);
+
+int register_suites(void) {
+    CU_pSuite s = CU_add_suite("rl_math", NULL, NULL);
+    CU_add_test(s, "rloo_hand_computed", test_rloo_hand_computed);
+    CU_add_test(s, "tis_truncation", test_tis_truncation);
+    CU_add_test(s, "ppo_clip", test_ppo_clip);
+    CU_add_test(s, "kl_penalty", test_kl_penalty);
+    CU_pSuite c = CU_add_suite("run_config", NULL, NULL);
+    CU_add_test(c, "defaults_and_overrides", test_config_defaults_and_overrides);
+    CU_add_test(c, "errors_name_path", test_config_errors_name_path);
+    return register_loop_suite();
+}

@@ -1,0 +1,238 @@
+/* updater/checkpoint.c — updater checkpoints and metrics.jsonl.
+ *
+ * A checkpoint is a directory RUN_DIR/checkpoints/step_N/ with
+ *   model.safetensors      the policy (HF Llama names, policy_version in the metadata)
+ *   optimizer.safetensors  AdamW moments and step (adamw.m.*, adamw.v.*, adamw.step)
+ *   state.json             step, policy_version, RNG, replay-log records consumed, counters, wall_s,
+ *                          and "extra" (e.g. the launcher's bookkeeping)
+ * written into step_N.tmp/ and renamed into place; then RUN_DIR/checkpoints/latest (the name
+ * "step_N") is replaced atomically. A kill at any moment leaves `latest` naming a complete
+ * checkpoint. The two newest checkpoints are kept. */
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "updater/updater_int.h"
+
+static int rm_rf(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return unlink(path);
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        rm_rf(p);
+    }
+    closedir(d);
+    return rmdir(path);
+}
+
+int updater_latest_checkpoint_step(const char *run_dir) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
+    char *txt = NULL;
+    size_t n = 0;
+    if (rlhf_read_file(p, &txt, &n, NULL)) return -1;
+    int step = -1;
+    if (sscanf(txt, "step_%d", &step) != 1) step = -1;
+    free(txt);
+    return step;
+}
+
+int checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err) {
+    char ck[4096], tmp[4200], p[4400];
+    snprintf(ck, sizeof ck, "%s/checkpoints", dir);
+    int rc = rlhf_mkdirs(ck, err);
+    if (rc) return rc;
+    snprintf(tmp, sizeof tmp, "%s/step_%ld.tmp", ck, ps->step);
+    rm_rf(tmp);
+    if ((rc = rlhf_mkdirs(tmp, err))) return rc;
+    snprintf(p, sizeof p, "%s/model.safetensors", tmp);
+    ps->m->version = ps->version;
+    if ((rc = model_save(ps->m, p, err))) return rc;
+    adamw_state_tensor ost[ADAMW_MAX_STATE_TENSORS];
+    int no = adamw_state_tensors(ps->opt, ost, ADAMW_MAX_STATE_TENSORS);
+    safetensors_tensor st[ADAMW_MAX_STATE_TENSORS];
+    for (int i = 0; i < no; i++) {
+        st[i].name = ost[i].name;
+        st[i].ndim = 1;
+        st[i].shape[0] = (int64_t)ost[i].numel;
+        st[i].data = ost[i].data;
+    }
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
+    if ((rc = safetensors_write(p, st, no, NULL, err))) return rc;
+    json_t *s = json_object();
+    json_object_set_new(s, "step", json_integer(ps->step));
+    json_object_set_new(s, "policy_version", json_integer((json_int_t)ps->version));
+    char rng[32];
+    snprintf(rng, sizeof rng, "%016llx", (unsigned long long)ps->rng.s);
+    json_object_set_new(s, "rng", json_string(rng));
+    json_object_set_new(s, "log_records", json_integer((json_int_t)ps->log_records));
+    json_object_set_new(s, "groups_total", json_integer(ps->groups_total));
+    json_object_set_new(s, "groups_dropped_stale", json_integer(ps->groups_dropped_stale));
+    json_object_set_new(s, "groups_dropped_zero_var", json_integer(ps->groups_dropped_zero_var));
+    json_object_set_new(s, "groups_skipped", json_integer(ps->groups_skipped));
+    json_object_set_new(s, "wall_s", json_real(ps->wall_offset + rlhf_now() - ps->wall_start));
+    if (extra) json_object_set(s, "extra", extra);
+    char *txt = json_dumps(s, JSON_INDENT(2));
+    json_decref(s);
+    snprintf(p, sizeof p, "%s/state.json", tmp);
+    rc = rlhf_write_file_atomic(p, txt, strlen(txt), err);
+    free(txt);
+    if (rc) return rc;
+    snprintf(p, sizeof p, "%s/step_%ld", ck, ps->step);
+    rm_rf(p);
+    if (rename(tmp, p) != 0) return rlhf_error_set(err, RLHF_ESYS, p, "rename: %s", strerror(errno));
+    char name[64];
+    int nl = snprintf(name, sizeof name, "step_%ld\n", ps->step);
+    int prev = updater_latest_checkpoint_step(dir);
+    snprintf(p, sizeof p, "%s/latest", ck);
+    if ((rc = rlhf_write_file_atomic(p, name, (size_t)nl, err))) return rc;
+    /* keep the previous checkpoint too; remove the rest */
+    DIR *d = opendir(ck);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            long sn;
+            char tail[8];
+            if (sscanf(e->d_name, "step_%ld%7s", &sn, tail) == 1 && sn != ps->step && sn != prev) {
+                snprintf(p, sizeof p, "%s/%s", ck, e->d_name);
+                rm_rf(p);
+            }
+        }
+        closedir(d);
+    }
+    return 0;
+}
+
+int checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err) {
+    if (extra_out) *extra_out = NULL;
+    int step = updater_latest_checkpoint_step(dir);
+    if (step < 0) return 0;
+    char ck[4096], p[4400];
+    snprintf(ck, sizeof ck, "%s/checkpoints/step_%d", dir, step);
+    snprintf(p, sizeof p, "%s/model.safetensors", ck);
+    int rc = model_load_into(ps->m, p, err);
+    if (rc) return rc;
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", ck);
+    safetensors_file *f = NULL;
+    if ((rc = safetensors_open(&f, p, err))) return rc;
+    adamw_state_tensor ost[ADAMW_MAX_STATE_TENSORS];
+    int no = adamw_state_tensors(ps->opt, ost, ADAMW_MAX_STATE_TENSORS);
+    for (int i = 0; i < no; i++) {
+        const safetensors_tensor *t = safetensors_find(f, ost[i].name);
+        size_t numel = 1;
+        if (t)
+            for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
+        if (!t || numel != ost[i].numel) {
+            safetensors_close(&f);
+            return rlhf_error_set(err, RLHF_ECORRUPT, p, "tensor %s missing or of the wrong size", ost[i].name);
+        }
+        memcpy(ost[i].data, t->data, numel * sizeof(float));
+    }
+    safetensors_close(&f);
+    if ((rc = adamw_state_loaded(ps->opt, err))) return rc;
+    snprintf(p, sizeof p, "%s/state.json", ck);
+    json_error_t jerr;
+    json_t *s = json_load_file(p, 0, &jerr);
+    if (!s) return rlhf_error_set(err, RLHF_ECORRUPT, p, "invalid JSON: %s", jerr.text);
+    ps->step = (long)json_integer_value(json_object_get(s, "step"));
+    ps->version = (uint64_t)json_integer_value(json_object_get(s, "policy_version"));
+    ps->m->version = ps->version;
+    const char *rng = json_string_value(json_object_get(s, "rng"));
+    if (rng) ps->rng.s = strtoull(rng, NULL, 16);
+    ps->log_records = (uint64_t)json_integer_value(json_object_get(s, "log_records"));
+    ps->groups_total = (long)json_integer_value(json_object_get(s, "groups_total"));
+    ps->groups_dropped_stale = (long)json_integer_value(json_object_get(s, "groups_dropped_stale"));
+    ps->groups_dropped_zero_var = (long)json_integer_value(json_object_get(s, "groups_dropped_zero_var"));
+    ps->groups_skipped = (long)json_integer_value(json_object_get(s, "groups_skipped"));
+    ps->wall_offset = json_number_value(json_object_get(s, "wall_s"));
+    ps->wall_start = rlhf_now();
+    if (ps->step != step) {
+        json_decref(s);
+        return rlhf_error_set(err, RLHF_ECORRUPT, p, "step %ld does not match directory step_%d", ps->step, step);
+    }
+    if (extra_out) {
+        json_t *x = json_object_get(s, "extra");
+        *extra_out = x ? json_incref(x) : NULL;
+    }
+    json_decref(s);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- metrics.jsonl */
+
+json_t *metrics_last_record(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return NULL;
+    }
+    long size = ftell(f);
+    long start = size > 65536 ? size - 65536 : 0;
+    fseek(f, start, SEEK_SET);
+    size_t n = (size_t)(size - start);
+    char *buf = malloc(n + 1);
+    n = fread(buf, 1, n, f);
+    fclose(f);
+    buf[n] = 0;
+    /* last complete line */
+    while (n > 0 && buf[n - 1] != '\n') n--;
+    if (n == 0) {
+        free(buf);
+        return NULL;
+    }
+    buf[n - 1] = 0;
+    char *line = strrchr(buf, '\n');
+    line = line ? line + 1 : buf;
+    json_error_t jerr;
+    json_t *j = json_loads(line, 0, &jerr);
+    free(buf);
+    return j;
+}
+
+int metrics_append(const char *path, json_t *rec, rlhf_error *err) {
+    char *txt = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
+    if (!txt) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot serialise metrics");
+    FILE *f = fopen(path, "ab");
+    if (!f) {
+        free(txt);
+        return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+    }
+    fprintf(f, "%s\n", txt);
+    free(txt);
+    fflush(f);
+    fsync(fileno(f));
+    if (fclose(f) != 0) return rlhf_error_set(err, RLHF_EIO, path, "write failed: %s", strerror(errno));
+    return 0;
+}
+
+int metrics_truncate_after(const char *path, long step, rlhf_error *err) {
+    char *txt = NULL;
+    size_t n = 0;
+    if (rlhf_read_file(path, &txt, &n, NULL)) return 0; /* no metrics yet */
+    size_t cap = n + 1, len = 0;
+    char *out = malloc(cap);
+    char *save = NULL;
+    for (char *line = strtok_r(txt, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_error_t jerr;
+        json_t *j = json_loads(line, 0, &jerr);
+        if (!j) continue; /* a torn last line from a kill -9 */
+        long s = (long)json_integer_value(json_object_get(j, "step"));
+        json_decref(j);
+        if (s > step) continue;
+        size_t l = strlen(line);
+        memcpy(out + len, line, l);
+        len += l;
+        out[len++] = '\n';
+    }
+    int rc = rlhf_write_file_atomic(path, out, len, err);
+    free(out);
+    free(txt);
+    return rc;
+}

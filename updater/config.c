@@ -1,0 +1,358 @@
+/* updater/config.c — the run configuration: parse, validate (errors name the JSON path), apply
+ * `--set a.b=c` overrides, write the resolved copy. Every key is listed in one table below, so
+ * config keys are greppable and an unknown key is always an error. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "updater/updater.h"
+
+enum { K_INT, K_NUM, K_STR, K_BOOL, K_OBJ, K_ARR, K_ANY_OBJ };
+
+typedef struct key_spec {
+    const char *path;   /* "rl.max_staleness" */
+    int type;
+    double lo, hi;      /* inclusive range for numbers */
+    const char *dflt;   /* default as JSON text, NULL = required (unless section-optional) */
+} key_spec;
+
+#define BIG 1e9
+/* Every accepted key. Sections ("model", "rl", ...) are objects whose keys must all be listed. */
+static const key_spec SPEC[] = {
+    {"name", K_STR, 0, 0, "\"run\""},
+    {"run_dir", K_STR, 0, 0, "\"\""},
+    {"mode", K_STR, 0, 0, "\"async\""},
+    {"model", K_OBJ, 0, 0, "{}"},
+    {"model.base_checkpoint", K_STR, 0, 0, "\"\""},
+    {"model.arch", K_ANY_OBJ, 0, 0, "null"},
+    {"model.threads", K_INT, 0, 256, "0"},
+    {"task", K_OBJ, 0, 0, NULL},
+    {"task.name", K_STR, 0, 0, "\"custom\""},
+    {"task.train", K_STR, 0, 0, NULL},
+    {"task.eval", K_STR, 0, 0, "\"\""},
+    {"task.eval_prompts", K_INT, 0, BIG, "0"},
+    {"rewards", K_ARR, 0, 0, NULL},
+    {"broker", K_ANY_OBJ, 0, 0, "{}"},
+    {"prompts", K_OBJ, 0, 0, "{}"},
+    {"prompts.selector", K_ANY_OBJ, 0, 0, "{\"policy\": \"uniform\"}"},
+    {"rl", K_OBJ, 0, 0, "{}"},
+    {"rl.k", K_INT, 2, 1024, "8"},
+    {"rl.prompts_per_step", K_INT, 1, 65536, "8"},
+    {"rl.lr", K_NUM, 0, 1, "1e-4"},
+    {"rl.lr_min_ratio", K_NUM, 0, 1, "1.0"},
+    {"rl.warmup_steps", K_INT, 0, BIG, "0"},
+    {"rl.weight_decay", K_NUM, 0, 1, "0.0"},
+    {"rl.grad_clip", K_NUM, 0, 1e6, "1.0"},
+    {"rl.max_staleness", K_INT, 0, BIG, "4"},
+    {"rl.is_cap", K_NUM, 1, 1e6, "2.0"},
+    {"rl.loss", K_STR, 0, 0, "\"tis\""},
+    {"rl.clip_eps", K_NUM, 0, 1, "0.2"},
+    {"rl.kl_beta", K_NUM, 0, 1e6, "0.0"},
+    {"rl.publish_every", K_INT, 1, BIG, "1"},
+    {"rl.steps", K_INT, 1, BIG, "100"},
+    {"rl.checkpoint_every", K_INT, 1, BIG, "10"},
+    {"rl.seed", K_INT, 0, 9.0e15, "1"},
+    {"generators", K_OBJ, 0, 0, "{}"},
+    {"generators.count", K_INT, 1, 256, "1"},
+    {"generators.temperature", K_NUM, 0.01, 100, "1.0"},
+    {"generators.top_p", K_NUM, 0.01, 1, "1.0"},
+    {"generators.max_tokens", K_INT, 1, 1 << 20, "32"},
+    {"generators.batch", K_INT, 1, 65536, "4"},
+    {"generators.threads", K_INT, 0, 256, "1"},
+    {"updaters", K_OBJ, 0, 0, "{}"},
+    {"updaters.count", K_INT, 1, 256, "1"},
+    {"updaters.reward_threads", K_INT, 1, 256, "1"},
+    {"launcher", K_OBJ, 0, 0, "{}"},
+    {"launcher.auto_endpoint", K_BOOL, 0, 0, "false"},
+};
+#define NSPEC (sizeof SPEC / sizeof SPEC[0])
+
+static const char *type_name(int t) {
+    switch (t) {
+    case K_INT: return "an integer";
+    case K_NUM: return "a number";
+    case K_STR: return "a string";
+    case K_BOOL: return "true or false";
+    case K_OBJ: case K_ANY_OBJ: return "an object";
+    case K_ARR: return "an array";
+    }
+    return "?";
+}
+
+static const key_spec *find_spec(const char *path) {
+    for (size_t i = 0; i < NSPEC; i++)
+        if (!strcmp(SPEC[i].path, path)) return &SPEC[i];
+    return NULL;
+}
+
+static json_t *get_path(json_t *doc, const char *path) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *cur = doc;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ".", &save); tok; tok = strtok_r(NULL, ".", &save)) {
+        if (!json_is_object(cur)) return NULL;
+        cur = json_object_get(cur, tok);
+        if (!cur) return NULL;
+    }
+    return cur;
+}
+
+/* Unknown keys: walk each section (top level and K_OBJ sections) and check every key is listed. */
+static int check_unknown(json_t *obj, const char *prefix, const char *where, rlhf_error *err) {
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val) {
+        char path[256];
+        if (prefix[0]) snprintf(path, sizeof path, "%s.%s", prefix, key);
+        else snprintf(path, sizeof path, "%s", key);
+        const key_spec *s = find_spec(path);
+        if (!s) {
+            char w[512];
+            snprintf(w, sizeof w, "%s: %s", where, path);
+            return rlhf_error_set(err, RLHF_EINVAL, w, "unknown key");
+        }
+        if (s->type == K_OBJ && json_is_object(val)) {
+            int rc = check_unknown(val, path, where, err);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
+static int set_path(json_t *doc, const char *path, json_t *val) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *cur = doc;
+    char *save = NULL;
+    char *tok = strtok_r(buf, ".", &save);
+    while (tok) {
+        char *next = strtok_r(NULL, ".", &save);
+        if (!next) return json_object_set_new(cur, tok, val);
+        json_t *child = json_object_get(cur, tok);
+        if (!json_is_object(child)) {
+            child = json_object();
+            json_object_set_new(cur, tok, child);
+        }
+        cur = child;
+        tok = next;
+    }
+    json_decref(val);
+    return -1;
+}
+
+int run_config_apply_override(json_t *doc, const char *assignment, rlhf_error *err) {
+    const char *eq = strchr(assignment, '=');
+    if (!eq || eq == assignment)
+        return rlhf_error_set(err, RLHF_EINVAL, "--set", "expected KEY.PATH=VALUE, got '%s'", assignment);
+    char path[256];
+    size_t n = (size_t)(eq - assignment);
+    if (n >= sizeof path) return rlhf_error_set(err, RLHF_EINVAL, "--set", "key path too long");
+    memcpy(path, assignment, n);
+    path[n] = 0;
+    const char *vtext = eq + 1;
+    json_error_t jerr;
+    json_t *val = json_loads(vtext, JSON_DECODE_ANY, &jerr);
+    if (!val) val = json_string(vtext); /* bare words are strings: --set mode=sync */
+    if (set_path(doc, path, val) != 0)
+        return rlhf_error_set(err, RLHF_EINVAL, "--set", "cannot set '%s'", path);
+    return 0;
+}
+
+static int fill_defaults_and_types(json_t *doc, const char *where, rlhf_error *err) {
+    for (size_t i = 0; i < NSPEC; i++) {
+        const key_spec *s = &SPEC[i];
+        char w[512];
+        snprintf(w, sizeof w, "%s: %s", where, s->path);
+        /* a key inside an optional absent section: the section default ({}) was inserted first */
+        json_t *v = get_path(doc, s->path);
+        if (!v) {
+            if (!s->dflt) return rlhf_error_set(err, RLHF_EINVAL, w, "missing required key");
+            json_error_t jerr;
+            json_t *d = json_loads(s->dflt, JSON_DECODE_ANY, &jerr);
+            set_path(doc, s->path, d);
+            continue;
+        }
+        int ok = 0;
+        switch (s->type) {
+        case K_INT: ok = json_is_integer(v); break;
+        case K_NUM: ok = json_is_number(v); break;
+        case K_STR: ok = json_is_string(v); break;
+        case K_BOOL: ok = json_is_boolean(v); break;
+        case K_OBJ: ok = json_is_object(v); break;
+        case K_ANY_OBJ: ok = json_is_object(v) || json_is_null(v); break;
+        case K_ARR: ok = json_is_array(v); break;
+        }
+        if (!ok) return rlhf_error_set(err, RLHF_EINVAL, w, "must be %s", type_name(s->type));
+        if (s->type == K_INT || s->type == K_NUM) {
+            double x = json_number_value(v);
+            if (!isfinite(x) || x < s->lo || x > s->hi) {
+                if (s->hi >= BIG)
+                    return rlhf_error_set(err, RLHF_EINVAL, w, "must be %s >= %g, got %g", type_name(s->type), s->lo, x);
+                return rlhf_error_set(err, RLHF_EINVAL, w, "must be %s in [%g, %g], got %g", type_name(s->type), s->lo,
+                                      s->hi, x);
+            }
+        }
+    }
+    return 0;
+}
+
+static int geti(json_t *doc, const char *p) { return (int)json_integer_value(get_path(doc, p)); }
+static float getf(json_t *doc, const char *p) { return (float)json_number_value(get_path(doc, p)); }
+static const char *gets(json_t *doc, const char *p) { return json_string_value(get_path(doc, p)); }
+
+static int copy_str(char *dst, size_t cap, const char *src, const char *where, const char *path, rlhf_error *err) {
+    if (strlen(src) >= cap) {
+        char w[512];
+        snprintf(w, sizeof w, "%s: %s", where, path);
+        return rlhf_error_set(err, RLHF_EINVAL, w, "string longer than %zu bytes", cap - 1);
+    }
+    memcpy(dst, src, strlen(src) + 1);
+    return 0;
+}
+
+int run_config_from_json(run_config *cfg, json_t *in, const char *where, rlhf_error *err) {
+    memset(cfg, 0, sizeof *cfg);
+    if (!json_is_object(in)) return rlhf_error_set(err, RLHF_EINVAL, where, "config must be a JSON object");
+    json_t *doc = json_deep_copy(in);
+    int rc = check_unknown(doc, "", where, err);
+    if (!rc) rc = fill_defaults_and_types(doc, where, err);
+    if (rc) {
+        json_decref(doc);
+        return rc;
+    }
+    char w[512];
+#define FAIL_AT(path, ...)                                                                                    \
+    do {                                                                                                      \
+        snprintf(w, sizeof w, "%s: %s", where, path);                                                         \
+        rc = rlhf_error_set(err, RLHF_EINVAL, w, __VA_ARGS__);                                                \
+        goto fail;                                                                                            \
+    } while (0)
+    if ((rc = copy_str(cfg->name, sizeof cfg->name, gets(doc, "name"), where, "name", err))) goto fail;
+    if (!cfg->name[0] || strchr(cfg->name, '/')) FAIL_AT("name", "must be a non-empty name without '/'");
+    if ((rc = copy_str(cfg->run_dir, sizeof cfg->run_dir, gets(doc, "run_dir"), where, "run_dir", err))) goto fail;
+    if (!cfg->run_dir[0]) {
+        snprintf(cfg->run_dir, sizeof cfg->run_dir, "runs/%s", cfg->name);
+        json_object_set_new(doc, "run_dir", json_string(cfg->run_dir));
+    }
+    const char *mode = gets(doc, "mode");
+    if (!strcmp(mode, "async")) cfg->mode = RUN_MODE_ASYNC;
+    else if (!strcmp(mode, "sync")) cfg->mode = RUN_MODE_SYNC;
+    else FAIL_AT("mode", "must be \"async\" or \"sync\", got \"%s\"", mode);
+
+    if ((rc = copy_str(cfg->base_checkpoint, sizeof cfg->base_checkpoint, gets(doc, "model.base_checkpoint"), where,
+                       "model.base_checkpoint", err)))
+        goto fail;
+    json_t *arch = get_path(doc, "model.arch");
+    if (json_is_object(arch)) cfg->arch = json_incref(arch);
+    if (!cfg->base_checkpoint[0] && !cfg->arch)
+        FAIL_AT("model", "needs \"base_checkpoint\" (a safetensors file) or \"arch\" (a model config)");
+    cfg->train_threads = geti(doc, "model.threads");
+
+    if ((rc = copy_str(cfg->task_name, sizeof cfg->task_name, gets(doc, "task.name"), where, "task.name", err)))
+        goto fail;
+    if ((rc = copy_str(cfg->train_path, sizeof cfg->train_path, gets(doc, "task.train"), where, "task.train", err)))
+        goto fail;
+    if (!cfg->train_path[0]) FAIL_AT("task.train", "must name a prompt JSONL file");
+    if ((rc = copy_str(cfg->eval_path, sizeof cfg->eval_path, gets(doc, "task.eval"), where, "task.eval", err)))
+        goto fail;
+    cfg->eval_prompts = geti(doc, "task.eval_prompts");
+
+    cfg->rewards = json_incref(get_path(doc, "rewards"));
+    if (json_array_size(cfg->rewards) == 0) FAIL_AT("rewards", "must list at least one reward source");
+    json_t *b = get_path(doc, "broker");
+    cfg->broker = json_is_object(b) ? json_incref(b) : json_object();
+    json_t *sel = get_path(doc, "prompts.selector");
+    cfg->selector = json_is_object(sel) ? json_incref(sel) : NULL;
+
+    cfg->k = geti(doc, "rl.k");
+    cfg->prompts_per_step = geti(doc, "rl.prompts_per_step");
+    cfg->lr = getf(doc, "rl.lr");
+    cfg->lr_min_ratio = getf(doc, "rl.lr_min_ratio");
+    cfg->warmup_steps = geti(doc, "rl.warmup_steps");
+    cfg->weight_decay = getf(doc, "rl.weight_decay");
+    cfg->grad_clip = getf(doc, "rl.grad_clip");
+    cfg->max_staleness = geti(doc, "rl.max_staleness");
+    cfg->is_cap = getf(doc, "rl.is_cap");
+    const char *loss = gets(doc, "rl.loss");
+    if (!strcmp(loss, "tis")) cfg->loss = RL_LOSS_TIS;
+    else if (!strcmp(loss, "ppo_clip")) cfg->loss = RL_LOSS_PPO_CLIP;
+    else FAIL_AT("rl.loss", "must be \"tis\" or \"ppo_clip\", got \"%s\"", loss);
+    cfg->clip_eps = getf(doc, "rl.clip_eps");
+    cfg->kl_beta = getf(doc, "rl.kl_beta");
+    cfg->publish_every = geti(doc, "rl.publish_every");
+    cfg->steps = geti(doc, "rl.steps");
+    cfg->checkpoint_every = geti(doc, "rl.checkpoint_every");
+    cfg->seed = (uint64_t)json_integer_value(get_path(doc, "rl.seed"));
+
+    cfg->gen_count = geti(doc, "generators.count");
+    cfg->temperature = getf(doc, "generators.temperature");
+    cfg->top_p = getf(doc, "generators.top_p");
+    cfg->max_tokens = geti(doc, "generators.max_tokens");
+    cfg->gen_batch = geti(doc, "generators.batch");
+    cfg->gen_threads = geti(doc, "generators.threads");
+
+    cfg->upd_count = geti(doc, "updaters.count");
+    if (cfg->upd_count != 1)
+        FAIL_AT("updaters.count", "must be 1: several updaters need a gradient all-reduce, which is not built");
+    cfg->reward_threads = geti(doc, "updaters.reward_threads");
+
+    /* the synchronous baseline: generation waits for each new version, nothing stale is used */
+    if (cfg->mode == RUN_MODE_SYNC) {
+        cfg->max_staleness = 0;
+        json_object_set_new(get_path(doc, "rl"), "max_staleness", json_integer(0));
+    }
+    cfg->resolved = doc;
+    return 0;
+fail:
+    json_decref(doc);
+    run_config_free(cfg);
+    return rc;
+#undef FAIL_AT
+}
+
+int run_config_load(run_config *cfg, const char *path, char *const *overrides, int n_overrides, rlhf_error *err) {
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, 0, &jerr);
+    if (!doc) {
+        char w[1200];
+        snprintf(w, sizeof w, "%s:%d", path, jerr.line);
+        return rlhf_error_set(err, RLHF_EINVAL, w, "invalid JSON: %s", jerr.text);
+    }
+    for (int i = 0; i < n_overrides; i++) {
+        int rc = run_config_apply_override(doc, overrides[i], err);
+        if (rc) {
+            json_decref(doc);
+            return rc;
+        }
+    }
+    int rc = run_config_from_json(cfg, doc, path, err);
+    json_decref(doc);
+    return rc;
+}
+
+int run_config_write(const run_config *cfg, const char *path, rlhf_error *err) {
+    char *text = json_dumps(cfg->resolved, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (!text) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot serialise config");
+    size_t n = strlen(text);
+    char *buf = realloc(text, n + 2);
+    if (!buf) {
+        free(text);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    buf[n] = '\n';
+    buf[n + 1] = 0;
+    int rc = rlhf_write_file_atomic(path, buf, n + 1, err);
+    free(buf);
+    return rc;
+}
+
+void run_config_free(run_config *cfg) {
+    json_decref(cfg->arch);
+    json_decref(cfg->rewards);
+    json_decref(cfg->broker);
+    json_decref(cfg->selector);
+    json_decref(cfg->resolved);
+    cfg->arch = cfg->rewards = cfg->broker = cfg->selector = cfg->resolved = NULL;
+}

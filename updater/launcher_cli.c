@@ -1,0 +1,340 @@
+/* updater/launcher_cli.c — `rlhf run CONFIG [--set a.b=c ...] | --resume RUN_DIR`: the launcher.
+ *
+ * Validates the whole config before any process starts, creates the run directory, writes the
+ * resolved config, then starts the broker, G generators and one updater as child processes of
+ * this same binary (/proc/self/exe), each logging to logs/<proc>.log. It supervises them:
+ *   - a generator that dies is restarted (its in-flight prompts are re-served by the broker);
+ *   - an updater that dies is restarted and resumes from its last checkpoint, then re-reads the
+ *     replay log from the checkpoint's offset, so accepted rollouts are not lost;
+ *   - a broker that dies is restarted; it reopens the append-only replay log.
+ * The run ends when the updater exits 0 after rl.steps steps. SIGINT/SIGTERM: the updater is asked
+ * to stop (it writes a final checkpoint), then generators and broker are stopped. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "updater/updater_int.h"
+
+static volatile sig_atomic_t g_stop_requested;
+static void on_stop_signal(int sig) {
+    (void)sig;
+    g_stop_requested++;
+}
+
+typedef struct child {
+    char name[32];     /* "broker", "generator-0", "updater" */
+    char *argv[16];
+    int argc;
+    pid_t pid;
+    int restarts;
+    double started;
+} child;
+
+static int spawn(child *c, const char *run_dir, rlhf_error *err) {
+    char log_path[2048];
+    snprintf(log_path, sizeof log_path, "%s/logs/%s.log", run_dir, c->name);
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return rlhf_error_set(err, RLHF_ESYS, log_path, "cannot open log: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd);
+        return RLHF_FAIL(err, RLHF_ESYS, "fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) dup2(nul, 0);
+        /* children get the default SIGINT: the launcher decides who stops when (terminal ^C goes to
+         * the whole process group, so children ignore SIGINT and wait for the launcher's SIGTERM) */
+        signal(SIGINT, SIG_IGN);
+        setenv("RLHF_PROC_NAME", c->name, 1);
+        execv("/proc/self/exe", c->argv);
+        fprintf(stderr, "exec /proc/self/exe: %s\n", strerror(errno));
+        _exit(127);
+    }
+    close(fd);
+    c->pid = pid;
+    c->started = rlhf_now();
+    return 0;
+}
+
+static void child_args(child *c, const char *name, const char *const *args) {
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->argc = 0;
+    c->argv[c->argc++] = strdup("rlhf");
+    for (int i = 0; args[i] && c->argc < 15; i++) c->argv[c->argc++] = strdup(args[i]);
+    c->argv[c->argc] = NULL;
+}
+
+static void child_free(child *c) {
+    for (int i = 0; i < c->argc; i++) free(c->argv[i]);
+    c->argc = 0;
+}
+
+static const char *status_text(int st, char *buf, size_t n) {
+    if (WIFEXITED(st)) snprintf(buf, n, "exit %d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st)) snprintf(buf, n, "signal %d", WTERMSIG(st));
+    else snprintf(buf, n, "status %d", st);
+    return buf;
+}
+
+/* Waits up to `timeout` seconds for pid; SIGKILL after that. */
+static void stop_child(child *c, int sig, double timeout) {
+    if (c->pid <= 0) return;
+    kill(c->pid, sig);
+    double t0 = rlhf_now();
+    int st;
+    while (rlhf_now() - t0 < timeout) {
+        pid_t r = waitpid(c->pid, &st, WNOHANG);
+        if (r == c->pid || (r < 0 && errno == ECHILD)) {
+            c->pid = 0;
+            return;
+        }
+        usleep(20000);
+    }
+    kill(c->pid, SIGKILL);
+    waitpid(c->pid, &st, 0);
+    c->pid = 0;
+}
+
+static void fmt_duration(char *buf, size_t n, double s) {
+    if (s < 0 || s > 1e7) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), ((int)s % 3600) / 60);
+    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(buf, n, "%ds", (int)s);
+}
+
+/* One progress line from the last metrics.jsonl record. */
+static void progress(const run_config *cfg, double t_start, int start_step, int tty) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run_dir);
+    json_t *m = metrics_last_record(path);
+    if (!m) {
+        if (tty) fprintf(stderr, "\r[rlhf run] waiting for the first step (%.0fs)   ", rlhf_now() - t_start);
+        return;
+    }
+    int step = (int)json_integer_value(json_object_get(m, "step"));
+    double el = rlhf_now() - t_start;
+    double per = step > start_step ? el / (step - start_step) : -1;
+    char eta[32];
+    fmt_duration(eta, sizeof eta, per > 0 ? per * (cfg->steps - step) : -1);
+    double pr = json_number_value(json_object_get(m, "pass_rate"));
+    fprintf(stderr,
+            "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
+            "ETA %s   %s",
+            tty ? "\r" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr,
+            json_number_value(json_object_get(m, "staleness/mean")),
+            json_number_value(json_object_get(m, "gen/tokens_per_s")),
+            json_number_value(json_object_get(m, "train/tokens_per_s")), eta, tty ? "" : "\n");
+    json_decref(m);
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: rlhf run CONFIG.json [--set a.b=VALUE ...]\n"
+                    "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...]\n"
+                    "Starts the broker, generators and updater of a training run and supervises them.\n");
+}
+
+int cmd_run(int argc, char **argv) {
+    const char *config_path = NULL, *resume_dir = NULL;
+    char *sets[64];
+    int nsets = 0;
+    int quiet = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--set") && i + 1 < argc && nsets < 64) sets[nsets++] = argv[++i];
+        else if (!strcmp(argv[i], "--resume") && i + 1 < argc) resume_dir = argv[++i];
+        else if (!strcmp(argv[i], "--quiet")) quiet = 1;
+        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage();
+            return 0;
+        } else if (argv[i][0] != '-' && !config_path) config_path = argv[i];
+        else {
+            fprintf(stderr, "rlhf run: error: unexpected argument '%s'\n", argv[i]);
+            usage();
+            return 2;
+        }
+    }
+    if (!config_path == !resume_dir) {
+        usage();
+        return 2;
+    }
+    char resume_cfg[2048];
+    if (resume_dir) {
+        snprintf(resume_cfg, sizeof resume_cfg, "%s/config.json", resume_dir);
+        config_path = resume_cfg;
+    }
+    rlhf_error err = {0};
+    run_config cfg;
+    if (run_config_load(&cfg, config_path, sets, nsets, &err)) {
+        rlhf_error_print("rlhf run", &err);
+        return 1;
+    }
+    if (resume_dir && strcmp(cfg.run_dir, resume_dir) != 0) {
+        /* the run directory moved: follow the directory given on the command line */
+        snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", resume_dir);
+        json_object_set_new(cfg.resolved, "run_dir", json_string(resume_dir));
+    }
+    char path[2048];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg.run_dir);
+    if (!resume_dir && access(path, F_OK) == 0) {
+        rlhf_error_set(&err, RLHF_EINVAL, cfg.run_dir,
+                       "run directory already holds a run; continue it with --resume %s or choose another name",
+                       cfg.run_dir);
+        rlhf_error_print("rlhf run", &err);
+        run_config_free(&cfg);
+        return 1;
+    }
+    /* everything the children will need is checked here, before any process starts */
+    if (run_prepare(&cfg, &err)) {
+        rlhf_error_print("rlhf run", &err);
+        run_config_free(&cfg);
+        return 1;
+    }
+    char cfg_out[2048];
+    snprintf(cfg_out, sizeof cfg_out, "%s/config.json", cfg.run_dir);
+    if (run_config_write(&cfg, cfg_out, &err)) {
+        rlhf_error_print("rlhf run", &err);
+        run_config_free(&cfg);
+        return 1;
+    }
+
+    int start_step = updater_latest_checkpoint_step(cfg.run_dir);
+    if (start_step < 0) start_step = 0;
+    if (start_step >= cfg.steps) {
+        fprintf(stderr, "rlhf run: %s already reached step %d of rl.steps=%d (raise it with --set rl.steps=N)\n",
+                cfg.run_dir, start_step, cfg.steps);
+        run_config_free(&cfg);
+        return 0;
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    int G = cfg.gen_count;
+    child *kids = calloc((size_t)G + 2, sizeof *kids);
+    child *broker = &kids[0], *upd = &kids[1], *gens = &kids[2];
+    {
+        const char *a[] = {"broker", "--config", cfg_out, NULL};
+        child_args(broker, "broker", a);
+    }
+    {
+        const char *a[] = {"updater", "--config", cfg_out, NULL};
+        child_args(upd, "updater", a);
+    }
+    for (int g = 0; g < G; g++) {
+        char id[16], name[32];
+        snprintf(id, sizeof id, "%d", g);
+        snprintf(name, sizeof name, "generator-%d", g);
+        const char *a[] = {"generator", "--config", cfg_out, "--id", id, NULL};
+        child_args(&gens[g], name, a);
+    }
+    int rc = 0;
+    fprintf(stderr, "[rlhf run] %s: %s mode, %d generator(s), 1 updater, steps %d..%d; logs in %s/logs/\n",
+            cfg.name, cfg.mode == RUN_MODE_SYNC ? "sync" : "async", G, start_step, cfg.steps, cfg.run_dir);
+    if (spawn(broker, cfg.run_dir, &err)) goto fail;
+    usleep(200000); /* let the broker bind before peers connect (they retry anyway) */
+    if (spawn(upd, cfg.run_dir, &err)) goto fail;
+    for (int g = 0; g < G; g++)
+        if (spawn(&gens[g], cfg.run_dir, &err)) goto fail;
+
+    int tty = isatty(2) && !quiet;
+    double t_start = rlhf_now(), last_progress = 0;
+    int updater_done = 0, stopping = 0;
+    double stop_sent = 0;
+    while (!updater_done) {
+        if (g_stop_requested && !stopping) {
+            stopping = 1;
+            stop_sent = rlhf_now();
+            fprintf(stderr, "\n[rlhf run] stopping: asking the updater for a final checkpoint\n");
+            if (upd->pid > 0) kill(upd->pid, SIGTERM);
+        }
+        if (stopping && rlhf_now() - stop_sent > 60 && upd->pid > 0) {
+            fprintf(stderr, "[rlhf run] updater did not stop in 60 s: killing it\n");
+            kill(upd->pid, SIGKILL);
+        }
+        int st;
+        pid_t pid;
+        while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+            char why[64];
+            status_text(st, why, sizeof why);
+            child *c = NULL;
+            for (int i = 0; i < G + 2; i++)
+                if (kids[i].pid == pid) c = &kids[i];
+            if (!c) continue;
+            c->pid = 0;
+            if (c == upd) {
+                if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+                    updater_done = 1;
+                    break;
+                }
+                if (stopping) {
+                    updater_done = 1;
+                    rc = 1;
+                    fprintf(stderr, "[rlhf run] updater ended with %s while stopping\n", why);
+                    break;
+                }
+                if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
+                    /* exit 2 = a configuration/input error: restarting would fail the same way */
+                    fprintf(stderr, "\n[rlhf run] updater failed (%s); see %s/logs/updater.log\n", why, cfg.run_dir);
+                    rc = 1;
+                    updater_done = 1;
+                    break;
+                }
+            } else if (stopping) {
+                continue;
+            }
+            if (c->restarts >= 50) {
+                fprintf(stderr, "\n[rlhf run] %s died %d times; giving up (see %s/logs/%s.log)\n", c->name,
+                        c->restarts, cfg.run_dir, c->name);
+                rc = 1;
+                updater_done = 1;
+                break;
+            }
+            c->restarts++;
+            fprintf(stderr, "\n[rlhf run] %s (pid %d) ended with %s: restarting (restart #%d)\n", c->name, pid, why,
+                    c->restarts);
+            if (c != upd && rlhf_now() - c->started < 1.0) usleep(500000); /* crash loop: back off */
+            if (spawn(c, cfg.run_dir, &err)) goto fail;
+        }
+        if (updater_done) break;
+        double now = rlhf_now();
+        if (!quiet && now - last_progress > (tty ? 1.0 : 15.0)) {
+            progress(&cfg, t_start, start_step, tty);
+            last_progress = now;
+        }
+        usleep(50000);
+    }
+    if (!quiet) {
+        progress(&cfg, t_start, start_step, 0);
+    }
+    for (int g = 0; g < G; g++) stop_child(&gens[g], SIGTERM, 5);
+    stop_child(upd, SIGTERM, 30);
+    stop_child(broker, SIGTERM, 10);
+    int final_step = updater_latest_checkpoint_step(cfg.run_dir);
+    if (stopping)
+        fprintf(stderr, "[rlhf run] stopped at step %d; continue with: rlhf run --resume %s\n", final_step,
+                cfg.run_dir);
+    else if (!rc)
+        fprintf(stderr, "[rlhf run] done: %d steps in %.1f s; checkpoints in %s/checkpoints/\n", final_step,
+                rlhf_now() - t_start, cfg.run_dir);
+    for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
+    free(kids);
+    run_config_free(&cfg);
+    return rc;
+fail:
+    rlhf_error_print("rlhf run", &err);
+    for (int i = 0; i < G + 2; i++) stop_child(&kids[i], SIGTERM, 5);
+    for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
+    free(kids);
+    run_config_free(&cfg);
+    return 1;
+}

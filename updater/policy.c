@@ -1,0 +1,239 @@
+/* updater/policy.c — the policy being trained: model, trainer, AdamW, optional reference model, and
+ * one RL optimizer step over a set of scored rollout groups.
+ *
+ * One step, for the kept groups (each with reward spread, none too stale):
+ *   1. (kl_beta > 0) reference forward: kl_i = sum_t (log mu_t - log ref_t) over the completion,
+ *      the k1 estimate of KL(mu || ref) on mu's own samples; r_i -= kl_beta * kl_i;
+ *   2. RLOO advantages per group;
+ *   3. per micro-batch of sequences: policy forward -> log pi (B,T), entropy (B,T);
+ *      rl_token_coeffs -> dL/dlog pi with the per-token mean over ALL completion tokens of the step
+ *      (so micro-batching does not change the loss); backward accumulates parameter gradients;
+ *   4. AdamW step (global-norm clipping, schedule). */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "updater/updater_int.h"
+
+void set_threads(int n) {
+    if (n > 0) omp_set_num_threads(n);
+}
+
+int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
+    model_config arch, *expect = NULL;
+    if (cfg->arch) {
+        char w[1200];
+        snprintf(w, sizeof w, "%s/config.json: model.arch", cfg->run_dir);
+        int rc = model_config_from_json(&arch, cfg->arch, w, err);
+        if (rc) return rc;
+        expect = &arch;
+    }
+    if (!cfg->base_checkpoint[0]) return rlhf_error_set(err, RLHF_EINVAL, "model.base_checkpoint", "not set");
+    return model_load(out, cfg->base_checkpoint, expect, err);
+}
+
+int policy_create(policy_state *ps, run_config *cfg, rlhf_error *err) {
+    memset(ps, 0, sizeof *ps);
+    ps->cfg = cfg;
+    int rc = run_load_base(cfg, &ps->m, err);
+    if (rc) return rc;
+    ps->m->version = 0;
+    int total = cfg->prompts_per_step * cfg->k;
+    ps->micro_batch = total < 16 ? total : 16;
+    int T = ps->m->cfg.max_seq_len;
+    if ((rc = model_trainer_create(&ps->tr, ps->m, ps->micro_batch, T, err))) goto fail;
+    adamw_config ac;
+    adamw_config_default(&ac);
+    ac.lr = cfg->lr;
+    ac.weight_decay = cfg->weight_decay;
+    ac.grad_clip = cfg->grad_clip;
+    ac.warmup_steps = cfg->warmup_steps;
+    ac.total_steps = cfg->steps;
+    ac.min_lr_ratio = cfg->lr_min_ratio;
+    ac.schedule = cfg->lr_min_ratio < 1.0f ? ADAMW_SCHEDULE_COSINE : ADAMW_SCHEDULE_CONSTANT;
+    if ((rc = adamw_create(&ps->opt, ps->m, &ac, err))) goto fail;
+    if (cfg->kl_beta > 0) {
+        if ((rc = run_load_base(cfg, &ps->ref, err))) goto fail;
+        if ((rc = model_trainer_create(&ps->ref_tr, ps->ref, ps->micro_batch, T, err))) goto fail;
+    }
+    rlhf_rng_seed(&ps->rng, cfg->seed * 0x9E3779B97F4A7C15ull + 17);
+    ps->wall_start = rlhf_now();
+    return 0;
+fail:
+    policy_destroy(ps);
+    return rc;
+}
+
+void policy_destroy(policy_state *ps) {
+    model_trainer_destroy(&ps->tr);
+    model_trainer_destroy(&ps->ref_tr);
+    adamw_destroy(&ps->opt);
+    model_destroy(&ps->m);
+    model_destroy(&ps->ref);
+}
+
+/* A flat view of the step's sequences: sample s is completion i of group g. */
+typedef struct seq_ref {
+    const wire_rollout_group *g;
+    int i;            /* sample within the group */
+    size_t tok_off;   /* offset of its completion in g->tokens */
+} seq_ref;
+
+/* Builds a right-padded micro-batch: tokens/targets (B, T), logmu/mask (B, T). Returns T. */
+static int build_batch(const seq_ref *seqs, int B, int32_t *tokens, int32_t *targets, float *logmu, float *mask,
+                       int max_T) {
+    int T = 1;
+    for (int b = 0; b < B; b++) {
+        int L = (int)seqs[b].g->n_prompt_tokens + (int)seqs[b].g->n_tokens[seqs[b].i];
+        if (L - 1 > T) T = L - 1;
+    }
+    if (T > max_T) T = max_T;
+    for (int b = 0; b < B; b++) {
+        const wire_rollout_group *g = seqs[b].g;
+        int P = (int)g->n_prompt_tokens, n = (int)g->n_tokens[seqs[b].i];
+        const int32_t *comp = g->tokens + seqs[b].tok_off;
+        const float *lp = g->logprobs + seqs[b].tok_off;
+        for (int t = 0; t < T; t++) {
+            size_t o = (size_t)b * T + t;
+            /* position t reads token t and predicts token t+1 of prompt ++ completion */
+            int in_pos = t, out_pos = t + 1;
+            tokens[o] = in_pos < P ? g->prompt_tokens[in_pos] : in_pos < P + n ? comp[in_pos - P] : 0;
+            int j = out_pos - P; /* completion index of the predicted token */
+            if (j >= 0 && j < n) {
+                targets[o] = comp[j];
+                logmu[o] = lp[j];
+                mask[o] = 1.0f;
+            } else {
+                targets[o] = -1;
+                logmu[o] = 0.0f;
+                mask[o] = 0.0f;
+            }
+        }
+    }
+    return T;
+}
+
+int policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
+                      rlhf_error *err) {
+    (void)src_names;
+    const run_config *cfg = ps->cfg;
+    double t0 = rlhf_now();
+    int k_max = 0, S = 0;
+    for (int g = 0; g < n; g++) {
+        S += (int)groups[g]->g.k;
+        if ((int)groups[g]->g.k > k_max) k_max = (int)groups[g]->g.k;
+    }
+    seq_ref *seqs = calloc((size_t)S, sizeof *seqs);
+    float *reward = calloc((size_t)S, sizeof(float));  // (S) per-sample reward incl. KL penalty
+    float *adv = calloc((size_t)S, sizeof(float));     // (S)
+    float *kl = calloc((size_t)S, sizeof(float));      // (S)
+    int MB = ps->micro_batch, maxT = ps->m->cfg.max_seq_len;
+    size_t bt = (size_t)MB * maxT;
+    int32_t *tokens = malloc(bt * sizeof(int32_t));    // (MB, T)
+    int32_t *targets = malloc(bt * sizeof(int32_t));   // (MB, T)
+    float *logmu = malloc(bt * sizeof(float));         // (MB, T)
+    float *mask = malloc(bt * sizeof(float));          // (MB, T)
+    float *coef = malloc(bt * sizeof(float));          // (MB, T)
+    int *keep = calloc((size_t)n, sizeof(int));
+    int rc = 0;
+    if (!seqs || !reward || !adv || !kl || !tokens || !targets || !logmu || !mask || !coef || !keep) {
+        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
+        goto done;
+    }
+    long n_tok_total = 0;
+    {
+        int s = 0;
+        for (int g = 0; g < n; g++) {
+            const wire_rollout_group *wg = &groups[g]->g;
+            size_t off = 0;
+            for (uint32_t i = 0; i < wg->k; i++) {
+                seqs[s].g = wg;
+                seqs[s].i = (int)i;
+                seqs[s].tok_off = off;
+                reward[s] = groups[g]->total[i];
+                off += wg->n_tokens[i];
+                n_tok_total += wg->n_tokens[i];
+                s++;
+            }
+        }
+    }
+    /* 1. KL penalty against the reference model */
+    double kl_sum = 0;
+    if (ps->ref) {
+        for (int s0 = 0; s0 < S; s0 += MB) {
+            int B = S - s0 < MB ? S - s0 : MB;
+            int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
+            if ((rc = model_forward(ps->ref_tr, tokens, targets, B, T, err))) goto done;
+            rl_kl_penalty(kl + s0, logmu, model_trainer_logprobs(ps->ref_tr), mask, B, T);
+        }
+        for (int s = 0; s < S; s++) {
+            reward[s] -= cfg->kl_beta * kl[s];
+            kl_sum += kl[s];
+        }
+    }
+    /* 2. RLOO advantages (groups of possibly different k are handled one at a time) */
+    {
+        int s = 0;
+        for (int g = 0; g < n; g++) {
+            int k = (int)groups[g]->g.k;
+            rloo_advantages(adv + s, &keep[g], reward + s, 1, k);
+            s += k;
+        }
+    }
+    /* 3. forward/backward per micro-batch, loss normalised by the step's token count */
+    rl_loss_config lc = {.loss = cfg->loss, .is_cap = cfg->is_cap, .clip_eps = cfg->clip_eps};
+    double loss = 0, ratio_sum = 0, ratio_max = 0, clip_sum = 0, ent_sum = 0;
+    long ntok = 0;
+    model_trainer_zero_grad(ps->tr);
+    for (int s0 = 0; s0 < S; s0 += MB) {
+        int B = S - s0 < MB ? S - s0 : MB;
+        int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
+        if ((rc = model_forward(ps->tr, tokens, targets, B, T, err))) goto done;
+        const float *logp = model_trainer_logprobs(ps->tr); // (B, T)
+        const float *ent = model_trainer_entropy(ps->tr);   // (B, T)
+        rl_step_stats st;
+        rl_token_coeffs(coef, &st, logp, logmu, mask, adv + s0, B, T, &lc);
+        if (st.n_tokens == 0) continue;
+        /* rl_token_coeffs normalised by this micro-batch's tokens; rescale to the whole step's */
+        float scale = (float)((double)st.n_tokens / (double)n_tok_total);
+        for (size_t i = 0; i < (size_t)B * T; i++) coef[i] *= scale;
+        loss += st.loss * scale;
+        ratio_sum += st.ratio_mean * st.n_tokens;
+        clip_sum += st.clip_frac * st.n_tokens;
+        if (st.ratio_max > ratio_max) ratio_max = st.ratio_max;
+        for (size_t i = 0; i < (size_t)B * T; i++)
+            if (mask[i] != 0.0f) ent_sum += ent[i];
+        ntok += st.n_tokens;
+        if ((rc = model_backward_logprobs(ps->tr, coef, NULL, err))) goto done;
+    }
+    /* 4. optimizer */
+    float gnorm = 0, lr = 0;
+    if ((rc = adamw_step(ps->opt, ps->m, model_trainer_grads(ps->tr), &gnorm, &lr, err))) goto done;
+    model_trainer_zero_grad(ps->tr);
+    ps->step++;
+    double dt = rlhf_now() - t0;
+    json_object_set_new(metrics, "loss", json_real(loss));
+    json_object_set_new(metrics, "is_ratio/mean", json_real(ntok ? ratio_sum / ntok : 1.0));
+    json_object_set_new(metrics, "is_ratio/max", json_real(ratio_max));
+    json_object_set_new(metrics, "is_ratio/clip_frac", json_real(ntok ? clip_sum / ntok : 0.0));
+    json_object_set_new(metrics, "entropy", json_real(ntok ? ent_sum / ntok : 0.0));
+    json_object_set_new(metrics, "kl", json_real(ps->ref ? kl_sum / S : 0.0));
+    json_object_set_new(metrics, "grad_norm", json_real(gnorm));
+    json_object_set_new(metrics, "lr", json_real(lr));
+    json_object_set_new(metrics, "train/tokens", json_integer(ntok));
+    json_object_set_new(metrics, "train/seconds", json_real(dt));
+    json_object_set_new(metrics, "train/tokens_per_s", json_real(dt > 0 ? ntok / dt : 0));
+done:
+    free(seqs);
+    free(reward);
+    free(adv);
+    free(kl);
+    free(tokens);
+    free(targets);
+    free(logmu);
+    free(mask);
+    free(coef);
+    free(keep);
+    return rc;
+}

@@ -1,0 +1,134 @@
+/* updater/prepare.c — everything a run needs, checked before any process starts: prompt datasets,
+ * the selector config, every reward source, the broker config, the base checkpoint against
+ * model.arch. Also fills the broker section from the rest of the config (dataset, selector, seed,
+ * max_staleness, replay log) so the three kinds of process agree on one document. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker/broker.h"
+#include "prompts/prompts.h"
+#include "updater/updater_int.h"
+
+static int free_tcp_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static void set_default(json_t *obj, const char *key, json_t *val) {
+    if (!json_object_get(obj, key)) json_object_set_new(obj, key, val);
+    else json_decref(val);
+}
+
+int run_prepare_base(run_config *cfg, rlhf_error *err) {
+    char p[1100], w[64];
+    int rc = rlhf_mkdirs(cfg->run_dir, err);
+    if (rc) return rc;
+    /* base model */
+    if (!cfg->base_checkpoint[0]) {
+        model_config arch;
+        snprintf(w, sizeof w, "model.arch");
+        if ((rc = model_config_from_json(&arch, cfg->arch, w, err))) return rc;
+        snprintf(p, sizeof p, "%.1000s/base.safetensors", cfg->run_dir);
+        if (access(p, F_OK) != 0) {
+            model *m = NULL;
+            if ((rc = model_create(&m, &arch, err))) return rc;
+            model_init_random(m, cfg->seed);
+            rc = model_save(m, p, err);
+            model_destroy(&m);
+            if (rc) return rc;
+        }
+        snprintf(cfg->base_checkpoint, sizeof cfg->base_checkpoint, "%.1000s", p);
+        json_object_set_new(json_object_get(cfg->resolved, "model"), "base_checkpoint", json_string(p));
+    }
+    return 0;
+}
+
+int run_prepare(run_config *cfg, rlhf_error *err) {
+    char p[4096], w[1200];
+    int rc;
+    snprintf(p, sizeof p, "%s/logs", cfg->run_dir);
+    if ((rc = rlhf_mkdirs(p, err))) return rc;
+    snprintf(p, sizeof p, "%s/checkpoints", cfg->run_dir);
+    if ((rc = rlhf_mkdirs(p, err))) return rc;
+
+    /* prompts */
+    prompt_dataset *ds = NULL;
+    if ((rc = prompt_dataset_load(&ds, cfg->train_path, err))) return rc;
+    prompt_selector *sel = NULL;
+    rc = prompt_selector_create(&sel, ds, cfg->selector, cfg->seed, err);
+    prompt_selector_destroy(&sel);
+    prompt_dataset_destroy(&ds);
+    if (rc) {
+        snprintf(w, sizeof w, "prompts.selector: %.200s", err->where);
+        snprintf(err->where, sizeof err->where, "%.250s", w);
+        return rc;
+    }
+    if (cfg->eval_path[0]) {
+        if ((rc = prompt_dataset_load(&ds, cfg->eval_path, err))) return rc;
+        prompt_dataset_destroy(&ds);
+    }
+    /* rewards */
+    reward_pipeline *pipe = NULL;
+    snprintf(w, sizeof w, "%s: rewards", cfg->name);
+    if ((rc = reward_pipeline_create(&pipe, cfg->rewards, w, err))) return rc;
+    reward_pipeline_destroy(&pipe);
+
+    if ((rc = run_prepare_base(cfg, err))) return rc;
+    model *m = NULL;
+    if ((rc = run_load_base(cfg, &m, err))) return rc;
+    int vocab = m->cfg.vocab_size, seq = m->cfg.max_seq_len;
+    model_destroy(&m);
+    if (vocab < TOKENIZER_BYTES_MIN_VOCAB)
+        return rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint,
+                              "vocab_size %d is too small for the byte tokenizer (needs >= %d)", vocab,
+                              TOKENIZER_BYTES_MIN_VOCAB);
+    if (seq < 8) return rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint, "max_seq_len %d is too short", seq);
+
+    /* broker: what the rest of the config already says, unless the broker section says otherwise */
+    json_t *b = cfg->broker;
+    set_default(b, "dataset", json_string(cfg->train_path));
+    if (cfg->selector) set_default(b, "selector", json_incref(cfg->selector));
+    set_default(b, "seed", json_integer((json_int_t)cfg->seed));
+    /* the broker bounds staleness too (it drops what the updater would drop anyway) */
+    json_object_set_new(b, "max_staleness", json_integer(cfg->max_staleness));
+    json_t *replay = json_object_get(b, "replay");
+    if (!replay) {
+        replay = json_object();
+        json_object_set_new(b, "replay", replay);
+    }
+    if (json_is_object(replay)) set_default(replay, "path", json_string("rollouts.log"));
+    /* an endpoint of our own choosing is re-chosen at every launch (a resumed run's old port may be
+     * taken); launcher.auto_endpoint remembers that the user did not pick one */
+    json_t *launcher = json_object_get(cfg->resolved, "launcher");
+    int auto_ep = !json_object_get(b, "endpoint") || json_is_true(json_object_get(launcher, "auto_endpoint"));
+    if (auto_ep) {
+        int port = free_tcp_port();
+        if (port < 0) return RLHF_FAIL(err, RLHF_ESYS, "cannot find a free TCP port for the broker");
+        char e[64];
+        snprintf(e, sizeof e, "tcp://127.0.0.1:%d", port);
+        json_object_set_new(b, "endpoint", json_string(e));
+        json_object_set_new(launcher, "auto_endpoint", json_true());
+    }
+    broker_config bc;
+    broker_config_defaults(&bc);
+    rc = broker_config_parse(&bc, b, "broker", err);
+    broker_config_release(&bc);
+    if (rc) return rc;
+    json_object_set(cfg->resolved, "broker", b);
+    return 0;
+}

@@ -1,0 +1,157 @@
+/* updater/replay_cli.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--set a.b=c]`:
+ * trains an updater from a recorded replay log, with no broker and no generators.
+ *
+ * Deterministic: records are taken in log order, scored synchronously on the calling thread, and
+ * trained with the same session code as the online updater; the same log, config, seed and thread
+ * count give bit-identical weights. Every record is checked against the model (token ids inside
+ * the vocabulary, prompt + completion within max_seq_len) before training starts, so a log from
+ * another model is an error naming the log and the record. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "updater/session.h"
+
+static void usage(void) {
+    fprintf(stderr, "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] "
+                    "[--set a.b=VALUE ...]\n"
+                    "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
+                    "checkpoints under DIR (default: <log's directory>/replay).\n");
+}
+
+int cmd_replay(int argc, char **argv) {
+    const char *log_path = NULL, *config_path = NULL, *out_dir = NULL;
+    int threads = -1;
+    char *sets[64];
+    int nsets = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) config_path = argv[++i];
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_dir = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--set") && i + 1 < argc && nsets < 64) sets[nsets++] = argv[++i];
+        else if (argv[i][0] != '-' && !log_path) log_path = argv[i];
+        else {
+            usage();
+            return 2;
+        }
+    }
+    if (!log_path || !config_path) {
+        usage();
+        return 2;
+    }
+    rlhf_error err = {0};
+    run_config cfg;
+    if (run_config_load(&cfg, config_path, sets, nsets, &err)) {
+        rlhf_error_print("rlhf replay", &err);
+        return 2;
+    }
+    char dir[1024];
+    if (out_dir) snprintf(dir, sizeof dir, "%s", out_dir);
+    else {
+        const char *slash = strrchr(log_path, '/');
+        int n = slash ? (int)(slash - log_path) : 1;
+        snprintf(dir, sizeof dir, "%.*s/replay", n, slash ? log_path : ".");
+    }
+    snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
+    set_threads(threads >= 0 ? threads : cfg.train_threads);
+    if (rlhf_mkdirs(dir, &err)) {
+        rlhf_error_print("rlhf replay", &err);
+        run_config_free(&cfg);
+        return 1;
+    }
+    updater_session u;
+    if (session_create(&u, &cfg, 0, &err)) {
+        rlhf_error_print("rlhf replay", &err);
+        run_config_free(&cfg);
+        return 2;
+    }
+    int rc = 0;
+    replay_reader *rr = NULL;
+    /* a fresh output: replays must not continue an older replay's checkpoints or metrics */
+    if (updater_latest_checkpoint_step(dir) >= 0) {
+        rc = rlhf_error_set(&err, RLHF_EINVAL, dir, "already holds a replay's checkpoints; choose another --out");
+        goto out;
+    }
+    remove(u.metrics_path);
+    char cfg_out[1100];
+    snprintf(cfg_out, sizeof cfg_out, "%s/config.json", dir);
+    if ((rc = run_config_write(&cfg, cfg_out, &err))) goto out;
+    /* pass 1: every record must fit this model */
+    if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
+    long n_records = 0;
+    const model_config *mc = &u.ps.m->cfg;
+    for (;;) {
+        wire_rollout_group g;
+        memset(&g, 0, sizeof g);
+        replay_pos pos;
+        int r = replay_reader_next(rr, &g, &pos, &err);
+        if (r < 0) {
+            rc = r;
+            goto out;
+        }
+        if (r == 0) break;
+        char where[1200];
+        snprintf(where, sizeof where, "%s: record %ld (segment %u, offset %llu)", log_path, n_records, pos.segment,
+                 (unsigned long long)pos.offset);
+        size_t off = 0;
+        for (uint32_t i = 0; i < g.k && !rc; i++) {
+            if ((int)(g.n_prompt_tokens + g.n_tokens[i]) > mc->max_seq_len)
+                rc = rlhf_error_set(&err, RLHF_EINVAL, where,
+                                    "sample %u has %u prompt + %u completion tokens, more than the model's "
+                                    "max_seq_len %d (a log from another model?)",
+                                    i, g.n_prompt_tokens, g.n_tokens[i], mc->max_seq_len);
+            for (uint32_t t = 0; t < g.n_tokens[i] && !rc; t++)
+                if (g.tokens[off + t] < 0 || g.tokens[off + t] >= mc->vocab_size)
+                    rc = rlhf_error_set(&err, RLHF_EINVAL, where,
+                                        "token id %d is outside the model's vocabulary of %d (a log from another model?)",
+                                        g.tokens[off + t], mc->vocab_size);
+            off += g.n_tokens[i];
+        }
+        for (uint32_t t = 0; t < g.n_prompt_tokens && !rc; t++)
+            if (g.prompt_tokens[t] < 0 || g.prompt_tokens[t] >= mc->vocab_size)
+                rc = rlhf_error_set(&err, RLHF_EINVAL, where, "prompt token id %d is outside the vocabulary of %d",
+                                    g.prompt_tokens[t], mc->vocab_size);
+        wire_rollout_group_free(&g);
+        if (rc) goto out;
+        n_records++;
+    }
+    replay_reader_close(&rr);
+    fprintf(stderr, "rlhf replay: %ld records in %s; training up to %d steps into %s\n", n_records, log_path,
+            cfg.steps, dir);
+    /* pass 2: train */
+    if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
+    while (u.ps.step < cfg.steps) {
+        scored_group *sg = calloc(1, sizeof *sg);
+        replay_pos pos;
+        int r = replay_reader_next(rr, &sg->g, &pos, &err);
+        if (r <= 0) {
+            free(sg);
+            rc = r < 0 ? r : 0;
+            break;
+        }
+        if (scorer_score_now(u.sc, sg, &err)) {
+            rlhf_error_print("rlhf replay: scoring", &err);
+            sg->skipped = 1;
+        }
+        if (!session_offer(&u, sg)) continue;
+        json_t *m = NULL;
+        if ((rc = session_step(&u, &m, &err))) break;
+        /* timings vary run to run; the replay's metrics keep only what the data determines */
+        rc = session_write_metrics(&u, m, &err);
+        json_decref(m);
+        if (rc) break;
+        if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
+            if ((rc = checkpoint_save(&u.ps, dir, NULL, &err))) break;
+    }
+    if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
+        rc = checkpoint_save(&u.ps, dir, NULL, &err);
+    if (!rc)
+        fprintf(stderr, "rlhf replay: %ld steps; final checkpoint %s/checkpoints/step_%ld/model.safetensors\n",
+                u.ps.step, dir, u.ps.step);
+out:
+    if (rc) rlhf_error_print("rlhf replay", &err);
+    replay_reader_close(&rr);
+    session_destroy(&u);
+    run_config_free(&cfg);
+    return rc ? 1 : 0;
+}

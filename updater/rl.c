@@ -1,0 +1,95 @@
+/* updater/rl.c — the RL math of one update: RLOO advantages, importance ratios, truncated IS,
+ * PPO-clip and the KL penalty. Plain loops over small arrays: the cost is negligible next to the
+ * forward/backward pass, and plain code is easy to check against hand-computed values. */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "updater/updater.h"
+
+int rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k) {
+    int dropped = 0;
+    for (int g = 0; g < G; g++) {
+        const float *r = rewards + (size_t)g * k; // (k)
+        float *a = adv + (size_t)g * k;           // (k)
+        double sum = 0;
+        float lo = r[0], hi = r[0];
+        for (int i = 0; i < k; i++) {
+            sum += r[i];
+            if (r[i] < lo) lo = r[i];
+            if (r[i] > hi) hi = r[i];
+        }
+        /* no spread = no learning signal: every leave-one-out baseline equals the reward */
+        if (k < 2 || hi - lo <= 1e-6f) {
+            keep[g] = 0;
+            dropped++;
+            for (int i = 0; i < k; i++) a[i] = 0.0f;
+            continue;
+        }
+        keep[g] = 1;
+        for (int i = 0; i < k; i++) a[i] = (float)(r[i] - (sum - r[i]) / (k - 1));
+    }
+    return dropped;
+}
+
+void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *mask,
+                     const float *adv, int B, int T, const rl_loss_config *cfg) {
+    long n = 0;
+    for (size_t i = 0; i < (size_t)B * T; i++) n += mask[i] != 0.0f;
+    memset(st, 0, sizeof *st);
+    st->n_tokens = n;
+    if (n == 0) {
+        memset(coef, 0, sizeof(float) * (size_t)B * T);
+        return;
+    }
+    double inv_n = 1.0 / (double)n;
+    double ratio_sum = 0, ratio_max = 0, loss = 0;
+    long clipped = 0;
+    for (int b = 0; b < B; b++) {
+        double A = adv[b];
+        for (int t = 0; t < T; t++) {
+            size_t i = (size_t)b * T + t;
+            if (mask[i] == 0.0f) {
+                coef[i] = 0.0f;
+                continue;
+            }
+            double rho = exp((double)logp[i] - (double)logmu[i]);
+            ratio_sum += rho;
+            if (rho > ratio_max) ratio_max = rho;
+            double c;
+            if (cfg->loss == RL_LOSS_PPO_CLIP) {
+                double lo = 1.0 - cfg->clip_eps, hi = 1.0 + cfg->clip_eps;
+                double rc = rho < lo ? lo : rho > hi ? hi : rho;
+                double unclipped = rho * A, clippedv = rc * A;
+                /* the objective is min(unclipped, clipped); its gradient flows only when the
+                 * unclipped term is the minimum (strictly smaller, or equal with rho in range) */
+                int clip_active = clippedv < unclipped;
+                if (clip_active) clipped++;
+                c = clip_active ? 0.0 : rho * A;
+                loss -= (clip_active ? clippedv : unclipped) * inv_n;
+            } else {
+                double w = rho < cfg->is_cap ? rho : cfg->is_cap;
+                if (rho > cfg->is_cap) clipped++;
+                c = w * A;
+                /* surrogate whose gradient is -w A grad log pi: report -w A log pi */
+                loss -= w * A * logp[i] * inv_n;
+            }
+            coef[i] = (float)(-c * inv_n);
+        }
+    }
+    st->loss = loss;
+    st->ratio_mean = ratio_sum / n;
+    st->ratio_max = ratio_max;
+    st->clip_frac = (double)clipped / n;
+}
+
+void rl_kl_penalty(float *kl, const float *logp, const float *logref, const float *mask, int B, int T) {
+    for (int b = 0; b < B; b++) {
+        double s = 0;
+        for (int t = 0; t < T; t++) {
+            size_t i = (size_t)b * T + t;
+            if (mask[i] != 0.0f) s += (double)logp[i] - (double)logref[i];
+        }
+        kl[b] = (float)s;
+    }
+}

@@ -1,0 +1,226 @@
+/* updater/session.c — what the online updater and offline replay share: collecting scored groups
+ * into steps, the staleness and zero-spread filters, one training step with its metrics line, and
+ * checkpoints.
+ *
+ * A step is rl.prompts_per_step scored groups that are fresh enough (lag = newest published
+ * version - the group's policy_version <= rl.max_staleness; older ones are dropped and counted in
+ * groups/dropped_stale). Groups whose k rewards are all equal carry no RLOO signal: counted in
+ * groups/dropped_zero_var, not trained on (they still count toward the step's prompts, so sync and
+ * async runs spend the same number of samples per step). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "updater/session.h"
+
+int session_create(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err) {
+    memset(u, 0, sizeof *u);
+    u->cfg = cfg;
+    int rc = policy_create(&u->ps, cfg, err);
+    if (rc) return rc;
+    char where[1200];
+    snprintf(where, sizeof where, "%s/config.json: rewards", cfg->run_dir);
+    if ((rc = scorer_create(&u->sc, cfg->rewards, where, with_threads ? cfg->reward_threads : 1, err))) {
+        policy_destroy(&u->ps);
+        return rc;
+    }
+    u->n_sources = scorer_n_sources(u->sc);
+    for (int s = 0; s < u->n_sources && s < SESSION_MAX_SOURCES; s++) u->src_names[s] = scorer_source_name(u->sc, s);
+    snprintf(u->metrics_path, sizeof u->metrics_path, "%s/metrics.jsonl", cfg->run_dir);
+    u->window_start = rlhf_now();
+    u->consumed = json_object();
+    return 0;
+}
+
+void session_mark_consumed(updater_session *u, const scored_group *sg) {
+    const char *gid = sg->g.generator_id ? sg->g.generator_id : "";
+    json_t *cur = json_object_get(u->consumed, gid);
+    if (!cur || (uint64_t)json_integer_value(cur) < sg->g.seq)
+        json_object_set_new(u->consumed, gid, json_integer((json_int_t)sg->g.seq));
+    if (u->consumed_log) fprintf(u->consumed_log, "%s %llu %ld\n", gid, (unsigned long long)sg->g.seq, u->ps.step);
+}
+
+void session_destroy(updater_session *u) {
+    for (int i = 0; i < u->n_window; i++) scored_group_free(u->window[i]);
+    free(u->window);
+    u->window = NULL;
+    u->n_window = 0;
+    scorer_destroy(&u->sc);
+    policy_destroy(&u->ps);
+    json_decref(u->consumed);
+    u->consumed = NULL;
+}
+
+int session_offer(updater_session *u, scored_group *sg) {
+    u->ps.log_records++;
+    u->ps.groups_total++;
+    if (sg->skipped) {
+        u->ps.groups_skipped++;
+        u->w_skipped++;
+        session_mark_consumed(u, sg);
+        scored_group_free(sg);
+        return u->n_window >= u->cfg->prompts_per_step;
+    }
+    long lag = group_lag(&u->ps, sg);
+    if (lag > u->cfg->max_staleness) {
+        u->ps.groups_dropped_stale++;
+        u->w_stale++;
+        session_mark_consumed(u, sg);
+        scored_group_free(sg);
+        return u->n_window >= u->cfg->prompts_per_step;
+    }
+    if (u->n_window == u->cap_window) {
+        u->cap_window = u->cap_window ? 2 * u->cap_window : 64;
+        u->window = realloc(u->window, sizeof *u->window * (size_t)u->cap_window);
+    }
+    u->window[u->n_window++] = sg;
+    return u->n_window >= u->cfg->prompts_per_step;
+}
+
+void metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names) {
+    double sum = 0, sq = 0, pass = 0;
+    long cnt = 0;
+    for (int g = 0; g < n; g++) {
+        scored_group *s = groups[g];
+        for (uint32_t i = 0; i < s->g.k; i++) {
+            double r = s->total[i];
+            sum += r;
+            sq += r * r;
+            cnt++;
+            /* pass: the first source (the task's check) gave its full score */
+            float v = s->src[i];
+            if (!isnan(v) && v >= 1.0f - 1e-6f) pass++;
+        }
+    }
+    double mean = cnt ? sum / cnt : 0;
+    json_object_set_new(m, "reward/mean", json_real(mean));
+    json_object_set_new(m, "reward/std", json_real(cnt ? sqrt(fmax(0, sq / cnt - mean * mean)) : 0));
+    for (int s = 0; s < n_sources; s++) {
+        double ss = 0;
+        long c = 0, errs = 0;
+        for (int g = 0; g < n; g++) {
+            scored_group *x = groups[g];
+            errs += x->src_errors ? x->src_errors[s] : 0;
+            for (uint32_t i = 0; i < x->g.k; i++) {
+                float v = x->src[(size_t)s * x->g.k + i];
+                if (!isnan(v)) {
+                    ss += v;
+                    c++;
+                }
+            }
+        }
+        char key[256];
+        snprintf(key, sizeof key, "reward/%s/mean", src_names[s]);
+        json_object_set_new(m, key, json_real(c ? ss / c : 0));
+        snprintf(key, sizeof key, "reward_errors/%s", src_names[s]);
+        json_object_set_new(m, key, json_integer(errs));
+    }
+    json_object_set_new(m, "pass_rate", json_real(cnt ? pass / cnt : 0));
+}
+
+int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
+    const run_config *cfg = u->cfg;
+    policy_state *ps = &u->ps;
+    int P = cfg->prompts_per_step < u->n_window ? cfg->prompts_per_step : u->n_window;
+    scored_group **groups = u->window;
+    /* split the step's groups: with reward spread (trained) and without (dropped_zero_var) */
+    scored_group **kept = calloc((size_t)P + 1, sizeof *kept);
+    int n_kept = 0, n_zero = 0;
+    long lag_min = 0, lag_max = 0;
+    double lag_sum = 0, gen_tok = 0, gen_s = 0, score_s = 0;
+    for (int g = 0; g < P; g++) {
+        scored_group *s = groups[g];
+        float lo = s->total[0], hi = s->total[0];
+        for (uint32_t i = 1; i < s->g.k; i++) {
+            if (s->total[i] < lo) lo = s->total[i];
+            if (s->total[i] > hi) hi = s->total[i];
+        }
+        long lag = group_lag(ps, s);
+        if (g == 0 || lag < lag_min) lag_min = lag;
+        if (g == 0 || lag > lag_max) lag_max = lag;
+        lag_sum += (double)lag;
+        gen_tok += (double)wire_rollout_group_total_tokens(&s->g);
+        gen_s += s->g.gen_seconds;
+        score_s += s->score_seconds;
+        if (s->g.k >= 2 && hi - lo > 1e-6f) kept[n_kept++] = s;
+        else n_zero++;
+    }
+    ps->groups_dropped_zero_var += n_zero;
+    double t_wait_end = rlhf_now();
+    json_t *m = json_object();
+    json_object_set_new(m, "step", json_integer(ps->step + 1));
+    json_object_set_new(m, "policy_version", json_integer((json_int_t)ps->version));
+    metrics_rewards(m, groups, P, u->n_sources, u->src_names);
+    int rc = 0;
+    if (n_kept > 0) {
+        rc = policy_train_step(ps, kept, n_kept, m, u->src_names, err);
+    } else {
+        /* nothing to learn from: the step is counted (so sync generators are released) but the
+         * weights do not move */
+        ps->step++;
+        json_object_set_new(m, "train/tokens_per_s", json_real(0));
+        json_object_set_new(m, "train/seconds", json_real(0));
+    }
+    if (rc) {
+        json_decref(m);
+        free(kept);
+        return rc;
+    }
+    double t_end = rlhf_now();
+    if (ps->step % cfg->publish_every == 0) ps->version++;
+    json_object_set_new(m, "kl_beta", json_real(cfg->kl_beta));
+    json_object_set_new(m, "staleness/min", json_integer(lag_min));
+    json_object_set_new(m, "staleness/mean", json_real(P ? lag_sum / P : 0));
+    json_object_set_new(m, "staleness/max", json_integer(lag_max));
+    json_object_set_new(m, "groups/step", json_integer(P));
+    json_object_set_new(m, "groups/kept", json_integer(n_kept));
+    json_object_set_new(m, "groups/dropped_stale", json_integer(u->w_stale));
+    json_object_set_new(m, "groups/dropped_zero_var", json_integer(n_zero));
+    json_object_set_new(m, "groups/skipped", json_integer(u->w_skipped));
+    json_object_set_new(m, "groups/total", json_integer(ps->groups_total));
+    json_object_set_new(m, "groups/dropped_stale_total", json_integer(ps->groups_dropped_stale));
+    json_object_set_new(m, "groups/dropped_zero_var_total", json_integer(ps->groups_dropped_zero_var));
+    double window = t_end - u->window_start;
+    json_object_set_new(m, "gen/tokens", json_integer((json_int_t)gen_tok));
+    json_object_set_new(m, "gen/tokens_per_s", json_real(window > 0 ? gen_tok / window : 0));
+    json_object_set_new(m, "gen/seconds", json_real(gen_s));
+    json_object_set_new(m, "time/wait_s", json_real(u->wait_seconds));
+    json_object_set_new(m, "time/score_s", json_real(score_s));
+    json_object_set_new(m, "time/step_s", json_real(window));
+    json_object_set_new(m, "time/publish_s", json_real(0));
+    json_object_set_new(m, "queue/depth", json_integer(u->queue_depth + (u->n_window - P)));
+    json_object_set_new(m, "wall_s", json_real(ps->wall_offset + t_end - ps->wall_start));
+    (void)t_wait_end;
+    /* the step's groups are done; later ones stay for the next step */
+    for (int g = 0; g < P; g++) {
+        session_mark_consumed(u, groups[g]);
+        scored_group_free(groups[g]);
+    }
+    memmove(u->window, u->window + P, sizeof *u->window * (size_t)(u->n_window - P));
+    u->n_window -= P;
+    /* leftovers may have become too stale with the new version */
+    int j = 0;
+    for (int g = 0; g < u->n_window; g++) {
+        if (group_lag(ps, u->window[g]) > cfg->max_staleness) {
+            ps->groups_dropped_stale++;
+            session_mark_consumed(u, u->window[g]);
+            scored_group_free(u->window[g]);
+            u->w_stale_carry++;
+        } else {
+            u->window[j++] = u->window[g];
+        }
+    }
+    u->n_window = j;
+    u->w_stale = u->w_stale_carry;
+    u->w_stale_carry = 0;
+    u->w_skipped = 0;
+    u->wait_seconds = 0;
+    u->window_start = rlhf_now();
+    free(kept);
+    *metrics_out = m;
+    return 0;
+}
+
+int session_write_metrics(updater_session *u, json_t *m, rlhf_error *err) {
+    return metrics_append(u->metrics_path, m, err);
+}

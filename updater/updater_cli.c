@@ -1,0 +1,268 @@
+/* updater/updater_cli.c — `rlhf updater --config RUN_DIR/config.json` (also `rlhf-updater`): the
+ * online policy updater process.
+ *
+ * Threads: the main thread talks to the broker and runs the optimizer; updaters.reward_threads
+ * scoring threads run the reward pipeline on received groups meanwhile, so a slow reward overlaps
+ * with training. Flow control: the updater grants the broker credit for at most
+ * 2 * rl.prompts_per_step groups beyond those it holds, so the broker never queues without bound.
+ *
+ * Resume: the newest checkpoint in RUN_DIR/checkpoints is loaded (model, optimizer, RNG, step,
+ * version, and per generator the highest sequence number already finished). The replay log is then
+ * read from the start and every group not yet finished is scored and trained on, so groups that
+ * were delivered to a previous incarnation that died are not lost. Groups the broker later
+ * delivers again are recognised by (generator_id, seq) and skipped.
+ *
+ * SIGTERM/SIGINT: finish the current step, write a checkpoint, exit 0. Exit 2: bad config/input. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker/broker.h"
+#include "generator/generator.h"
+#include "updater/session.h"
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+/* seen = highest seq per generator already scored/queued in this process (or finished before) */
+static int seen_before(json_t *seen, const wire_rollout_group *g) {
+    json_t *v = json_object_get(seen, g->generator_id ? g->generator_id : "");
+    return v && (uint64_t)json_integer_value(v) >= g->seq;
+}
+static void mark_seen(json_t *seen, const wire_rollout_group *g) {
+    const char *gid = g->generator_id ? g->generator_id : "";
+    json_t *v = json_object_get(seen, gid);
+    if (!v || (uint64_t)json_integer_value(v) < g->seq) json_object_set_new(seen, gid, json_integer((json_int_t)g->seq));
+}
+
+static int publish(broker_client *bc, model *m, double *seconds, rlhf_error *err) {
+    double t0 = rlhf_now();
+    wire_weights w;
+    int rc = generator_weights_from_model(m, &w, err);
+    if (rc) return rc;
+    rc = broker_client_publish_weights(bc, &w, err);
+    free(w.tensors);
+    *seconds = rlhf_now() - t0;
+    return rc;
+}
+
+static int send_stats(broker_client *bc, const scored_group *s, int n_sources, const char *const *names,
+                      rlhf_error *err) {
+    wire_prompt_stats st;
+    memset(&st, 0, sizeof st);
+    st.prompt_id = s->g.prompt_id;
+    st.policy_version = s->g.policy_version;
+    st.k = s->g.k;
+    st.n_sources = (uint32_t)n_sources;
+    st.source_names = (char **)names;
+    st.rewards = s->src;
+    st.total = s->total;
+    return broker_client_send_prompt_stats(bc, &st, err);
+}
+
+static int updater_checkpoint(updater_session *u, rlhf_error *err) {
+    json_t *extra = json_object();
+    json_object_set(extra, "consumed", u->consumed);
+    int rc = checkpoint_save(&u->ps, u->cfg->run_dir, extra, err);
+    json_decref(extra);
+    return rc;
+}
+
+int cmd_updater(int argc, char **argv) {
+    const char *config_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) config_path = argv[++i];
+        else {
+            fprintf(stderr, "usage: rlhf updater --config RUN_DIR/config.json\n");
+            return 2;
+        }
+    }
+    if (!config_path) {
+        fprintf(stderr, "usage: rlhf updater --config RUN_DIR/config.json\n");
+        return 2;
+    }
+    rlhf_error err = {0};
+    run_config cfg;
+    if (run_config_load(&cfg, config_path, NULL, 0, &err)) {
+        rlhf_error_print("updater", &err);
+        return 2;
+    }
+    set_threads(cfg.train_threads);
+    broker_config bcfg;
+    broker_config_defaults(&bcfg);
+    if (broker_config_parse(&bcfg, cfg.broker, "broker", &err)) {
+        rlhf_error_print("updater", &err);
+        run_config_free(&cfg);
+        return 2;
+    }
+    updater_session u;
+    if (session_create(&u, &cfg, 1, &err)) {
+        rlhf_error_print("updater", &err);
+        broker_config_release(&bcfg);
+        run_config_free(&cfg);
+        return 2;
+    }
+    int rc = 0;
+    broker_client *bc = NULL;
+    json_t *seen = NULL, *extra = NULL;
+    int loaded = checkpoint_load_latest(&u.ps, cfg.run_dir, &extra, &err);
+    if (loaded < 0) {
+        rc = 2;
+        goto out;
+    }
+    if (loaded && extra && json_is_object(json_object_get(extra, "consumed"))) {
+        json_decref(u.consumed);
+        u.consumed = json_deep_copy(json_object_get(extra, "consumed"));
+    }
+    json_decref(extra);
+    seen = json_deep_copy(u.consumed);
+    if (metrics_truncate_after(u.metrics_path, u.ps.step, &err)) {
+        rc = 1;
+        goto out;
+    }
+    char path[8400];
+    snprintf(path, sizeof path, "%s/consumed.log", cfg.run_dir);
+    u.consumed_log = fopen(path, "a");
+    if (u.consumed_log) setvbuf(u.consumed_log, NULL, _IOLBF, 0);
+    fprintf(stderr, "updater: pid %d, %s at step %ld, policy_version %llu\n", (int)getpid(),
+            loaded ? "resumed" : "starting", u.ps.step, (unsigned long long)u.ps.version);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    char peer[64];
+    snprintf(peer, sizeof peer, "updater.%d", (int)getpid());
+    if (broker_client_connect(&bc, bcfg.endpoint, WIRE_ROLE_UPDATER, peer, 60000, &err)) {
+        rc = 1;
+        goto out;
+    }
+    broker_client_set_state(bc, "starting");
+    double pub_s = 0;
+    /* generators (re)started against a broker that lost its weights must get the current version */
+    if (u.ps.version > 0) {
+        u.ps.m->version = u.ps.version;
+        if (publish(bc, u.ps.m, &pub_s, &err)) {
+            rc = 1;
+            goto out;
+        }
+    }
+    /* recover accepted groups that a previous incarnation received but never finished */
+    long recovered = 0;
+    if (loaded && bcfg.replay_path[0]) {
+        snprintf(path, sizeof path, "%s/%s", cfg.run_dir, bcfg.replay_path);
+        replay_reader *rr = NULL;
+        if (access(path, F_OK) == 0 && replay_reader_open(&rr, path, &err) == 0) {
+            for (;;) {
+                scored_group *sg = calloc(1, sizeof *sg);
+                replay_pos pos;
+                int r = replay_reader_next(rr, &sg->g, &pos, &err);
+                if (r <= 0) {
+                    free(sg);
+                    if (r < 0) rlhf_error_print("updater: replay log (continuing)", &err);
+                    break;
+                }
+                if (seen_before(seen, &sg->g)) {
+                    scored_group_free(sg);
+                    continue;
+                }
+                mark_seen(seen, &sg->g);
+                scorer_submit(u.sc, sg);
+                recovered++;
+            }
+            replay_reader_close(&rr);
+        }
+        fprintf(stderr, "updater: recovered %ld accepted group(s) from the replay log\n", recovered);
+    }
+
+    int cap = 2 * cfg.prompts_per_step;
+    long granted_outstanding = 0; /* credit granted, group not yet received */
+    double wait_t0 = rlhf_now();
+    while (!g_stop && u.ps.step < cfg.steps) {
+        if (broker_client_stopped(bc)) {
+            fprintf(stderr, "updater: the broker said stop\n");
+            break;
+        }
+        int holding = scorer_in_flight(u.sc) + u.n_window;
+        long want = cap - holding - granted_outstanding;
+        if (want > 0) {
+            if ((rc = broker_client_grant_credit(bc, (uint32_t)want, &err))) break;
+            granted_outstanding += want;
+        }
+        broker_client_set_state(bc, "waiting");
+        wire_rollout_group g;
+        memset(&g, 0, sizeof g);
+        int r = broker_client_recv_group(bc, &g, 20, &err);
+        if (r < 0) {
+            if (r == RLHF_ESTATE || broker_client_stopped(bc)) break;
+            rlhf_error_print("updater: receive", &err);
+            rc = 0;
+            continue;
+        }
+        if (r == 1) {
+            if (granted_outstanding > 0) granted_outstanding--;
+            if (seen_before(seen, &g)) {
+                wire_rollout_group_free(&g);
+            } else {
+                mark_seen(seen, &g);
+                scored_group *sg = calloc(1, sizeof *sg);
+                sg->g = g;
+                sg->log_index = UINT64_MAX;
+                scorer_submit(u.sc, sg);
+            }
+        }
+        scored_group *sg;
+        int ready = 0;
+        while ((sg = scorer_take(u.sc, 0)) != NULL) {
+            if (!sg->skipped && send_stats(bc, sg, u.n_sources, u.src_names, &err))
+                rlhf_error_print("updater: prompt stats", &err);
+            ready |= session_offer(&u, sg);
+        }
+        if (!ready) continue;
+        /* one optimizer step */
+        u.wait_seconds += rlhf_now() - wait_t0;
+        u.queue_depth = scorer_in_flight(u.sc);
+        broker_client_set_state(bc, "training");
+        uint64_t v_before = u.ps.version;
+        json_t *m = NULL;
+        if ((rc = session_step(&u, &m, &err))) break;
+        if (u.ps.version != v_before) {
+            u.ps.m->version = u.ps.version;
+            if ((rc = publish(bc, u.ps.m, &pub_s, &err))) {
+                json_decref(m);
+                break;
+            }
+            json_object_set_new(m, "time/publish_s", json_real(pub_s));
+        }
+        json_object_set_new(m, "recovered_groups", json_integer(recovered));
+        if ((rc = session_write_metrics(&u, m, &err))) {
+            json_decref(m);
+            break;
+        }
+        json_decref(m);
+        if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
+            if ((rc = updater_checkpoint(&u, &err))) break;
+        wait_t0 = rlhf_now();
+    }
+    if (rc == 0 && updater_latest_checkpoint_step(cfg.run_dir) != u.ps.step) rc = updater_checkpoint(&u, &err);
+    if (!rc)
+        fprintf(stderr, "updater: %s at step %ld (policy_version %llu)\n",
+                u.ps.step >= cfg.steps ? "finished" : "stopped", u.ps.step, (unsigned long long)u.ps.version);
+out:
+    if (rc) rlhf_error_print("updater", &err);
+    broker_client_close(&bc);
+    if (u.consumed_log) fclose(u.consumed_log);
+    u.consumed_log = NULL;
+    json_decref(seen);
+    session_destroy(&u);
+    broker_config_release(&bcfg);
+    run_config_free(&cfg);
+    return rc == 0 ? 0 : rc == 2 ? 2 : 1;
+}
