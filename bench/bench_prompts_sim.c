@@ -10,7 +10,7 @@
  *    has been trained up), learnable (bias in [-3, 1]) and subjective (the two reward sources are
  *    independent coins that ignore the answer and disagree — like graders on a matter of taste);
  *  - two reward sources: a checker that flips the true outcome with probability 0.05 and a judge that
- *    flips it with 0.15; the total is their mean;
+ *    flips it with 0.15 (--flip-checker, --flip-judge); the total is their mean;
  *  - a generated sample costs `tokens` tokens whether or not it teaches anything;
  *  - training = RLOO on the group: theta[skill] += lr * mean_j A_j * (y_j - p); zero-spread groups are
  *    dropped (no update), exactly as the updater does;
@@ -34,7 +34,7 @@ typedef struct world {
 
 typedef struct sim_opts {
     int n_train, n_held, skills, k, batch, budget_groups, eval_every, tokens, seeds;
-    double lr, p_easy, p_hard, p_subjective;
+    double lr, p_easy, p_hard, p_subjective, flip_checker, flip_judge;
     const char *cohesion_config; /* extra knobs (JSON object) for the cohesion policy */
     const char *zvf_config;      /* extra knobs for zero_variance_filter */
 } sim_opts;
@@ -135,8 +135,8 @@ static int run(const sim_opts *o, const world *w, const char *policy, uint64_t s
                     rewards[j] = unif(&r) < 0.5;
                     rewards[k + j] = unif(&r) < 0.5;
                 } else {
-                    rewards[j] = (float)(unif(&r) < 0.05 ? !y[j] : y[j]);
-                    rewards[k + j] = (float)(unif(&r) < 0.15 ? !y[j] : y[j]);
+                    rewards[j] = (float)(unif(&r) < o->flip_checker ? !y[j] : y[j]);
+                    rewards[k + j] = (float)(unif(&r) < o->flip_judge ? !y[j] : y[j]);
                 }
                 total[j] = 0.5f * (rewards[j] + rewards[k + j]);
                 mean += total[j];
@@ -190,8 +190,8 @@ static int first_reach(const run_result *r, double target) {
 
 int main(int argc, char **argv) {
     sim_opts o = {.n_train = 1000, .n_held = 300, .skills = 20, .k = 8, .batch = 16, .budget_groups = 4000,
-                  .eval_every = 100, .tokens = 24, .seeds = 9, .lr = 1.0, .p_easy = 0.3, .p_hard = 0.25,
-                  .p_subjective = 0.15};
+                  .eval_every = 50, .tokens = 24, .seeds = 9, .lr = 1.0, .p_easy = 0.3, .p_hard = 0.25,
+                  .p_subjective = 0.15, .flip_checker = 0.05, .flip_judge = 0.15};
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--seeds")) o.seeds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--budget-groups")) o.budget_groups = atoi(argv[i + 1]);
@@ -201,6 +201,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--p-subjective")) o.p_subjective = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--p-easy")) o.p_easy = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--p-hard")) o.p_hard = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--flip-checker")) o.flip_checker = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--flip-judge")) o.flip_judge = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--cohesion-config")) o.cohesion_config = argv[i + 1];
         else if (!strcmp(argv[i], "--zvf-config")) o.zvf_config = argv[i + 1];
         else {
@@ -215,9 +217,9 @@ int main(int argc, char **argv) {
     const char *policies[3] = {"uniform", "zero_variance_filter", "cohesion"};
     printf("SIMULATION (toy policy, not a language model): %d train / %d held-out prompts, %d skills, k=%d,\n"
            "%d groups x %d samples x %d tokens budget, %.0f%% easy, %.0f%% hard, %.0f%% subjective (sources disagree),\n"
-           "checker flips 5%%, judge flips 15%%; %d seeds; medians over seeds.\n\n",
+           "checker flips %.0f%%, judge flips %.0f%%; %d seeds; medians over seeds.\n\n",
            o.n_train, o.n_held, o.skills, o.k, o.budget_groups, o.k, o.tokens, 100 * o.p_easy, 100 * o.p_hard,
-           100 * o.p_subjective, o.seeds);
+           100 * o.p_subjective, 100 * o.flip_checker, 100 * o.flip_judge, o.seeds);
     run_result *res = calloc((size_t)3 * o.seeds, sizeof *res);
     for (int s = 0; s < o.seeds; s++) {
         world w;
@@ -258,9 +260,10 @@ int main(int argc, char **argv) {
         }
         int n = o.seeds < 64 ? o.seeds : 64;
         double mr = median(ratio, n), mt = median(toks, n);
-        printf("%-22s %10.4f %14.0f %14.3f %12.3f %14.3f%s\n", policies[p], median(fin, n),
-               isinf(mt) ? -1.0 : mt, mr, median(zs, n), median(mc, n),
-               never ? "  (some seeds never reach uniform's final)" : "");
+        printf("%-22s %10.4f %14.0f %14.3f %12.3f %14.3f", policies[p], median(fin, n), isinf(mt) ? -1.0 : mt, mr,
+               median(zs, n), median(mc, n));
+        if (never) printf("  (%d of %d seeds never reach uniform's final; -1/inf = median never)", never, n);
+        printf("\n");
     }
     printf("\nratio_vs_U = generated tokens to reach uniform's final held-out reward / uniform's tokens for it\n"
            "(per seed, then median). Target from issue 7 (for the REAL ablation): cohesion <= 0.70, final not lower.\n");

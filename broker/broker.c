@@ -73,7 +73,7 @@ static int parse_replay(broker_config *c, const json_t *obj, const char *path, r
     json_object_foreach((json_t *)obj, key, v) {
         char p[1024];
         snprintf(p, sizeof p, "%.500s.%.500s", path, key);
-        uint64_t u;
+        uint64_t u = 0;
         int rc = 0;
         if (!strcmp(key, "path")) {
             rc = cfg_str(v, p, c->replay_path, sizeof c->replay_path, err);
@@ -169,6 +169,8 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
     b->started = rlhf_now();
     int rc;
     b->zctx = zmq_ctx_new();
+    /* Two I/O threads: a weights fan-out to several generators is sent on several connections at once. */
+    zmq_ctx_set(b->zctx, ZMQ_IO_THREADS, 2);
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
     if (!b->router) {
         rc = RLHF_FAIL(err, RLHF_ESYS, "zmq_socket: %s", zmq_strerror(errno));
@@ -356,7 +358,7 @@ static void touch(broker *b, broker_peer *p) {
     p->last_seen = rlhf_now();
     if (!p->alive) {
         p->alive = 1;
-        blog("peer %s (%s) is alive", p->id, wire_role_name(p->role));
+        if (p->role != WIRE_ROLE_OBSERVER) blog("peer %s (%s) is alive", p->id, wire_role_name(p->role));
     }
     (void)b;
 }
@@ -575,8 +577,9 @@ static void on_hello(broker *b, const wire_frame *rid, const wire_msg *m) {
         /* Same peer id again: a restarted process. What the old one held is released. */
         peer_release(b, p);
         p->restarts++;
-        blog("peer %s rejoined as %s (pid %lld, restart %llu)", h.peer_id, wire_role_name(h.role), (long long)h.pid,
-             (unsigned long long)p->restarts);
+        if (h.role != WIRE_ROLE_OBSERVER) /* observers (stats probes) reconnect all the time */
+            blog("peer %s rejoined as %s (pid %lld, restart %llu)", h.peer_id, wire_role_name(h.role),
+                 (long long)h.pid, (unsigned long long)p->restarts);
     }
     p->role = h.role;
     p->pid = h.pid;
@@ -604,7 +607,7 @@ static void on_rollout_group(broker *b, broker_peer *p, wire_rx *rx, const wire_
     rlhf_error_clear(&e);
     int reason = 0;
     b->ct.groups_received++;
-    if (wire_decode_rollout_group(m, &g, &reason, &e) != 0) {
+    if (wire_validate_rollout_group(m, &g, &reason, &e) != 0) {
         count_reject(b, reason, &e);
         reply_error(b, &rx->views[0], wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
         return;

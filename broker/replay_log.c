@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <limits.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -119,7 +120,8 @@ static int read_record(int fd, const char *fname, uint64_t off, uint64_t size, u
     uint64_t end = off + REC_HEADER_BYTES + len;
     if (wire_crc32(0, b, len) != crc) {
         free(b);
-        if (end == size) { /* the last record: torn by a crash mid-write */
+        /* The last record (nothing but zeros after it): torn by a crash mid-write. */
+        if (end == size || all_zero(fd, end, size)) {
             *next = size;
             return 2;
         }
@@ -280,28 +282,40 @@ int replay_writer_append(replay_writer *w, const wire_frame *frames, size_t n, r
         rc = open_new_segment(w, w->segment + 1, err);
         if (rc) return rc;
     }
-    /* One buffer, one write: a crash leaves a prefix of this record, never an interleaving. */
-    uint8_t *buf = malloc(REC_HEADER_BYTES + body);
-    if (!buf) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-    uint8_t *p = buf + REC_HEADER_BYTES;
-    put32(p, (uint32_t)n);
-    p += 4;
-    for (size_t i = 0; i < n; i++) {
-        put32(p, (uint32_t)frames[i].len);
-        p += 4;
-        if (frames[i].len) memcpy(p, frames[i].data, frames[i].len);
-        p += frames[i].len;
+    /* One writev per record (the header, then each frame behind its length): a crash leaves a prefix of
+     * this record, never an interleaving; no copy of the payload bytes. */
+    uint8_t head[REC_HEADER_BYTES + 4];
+    uint8_t *lens = malloc(4 * n);
+    struct iovec *iov = malloc((2 * n + 1) * sizeof *iov);
+    if (!lens || !iov) {
+        free(lens);
+        free(iov);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
-    put32(buf, REC_MARKER);
-    put32(buf + 4, (uint32_t)body);
-    put32(buf + 8, wire_crc32(0, buf + REC_HEADER_BYTES, body));
+    put32(head + REC_HEADER_BYTES, (uint32_t)n);
+    uint32_t crc = wire_crc32(0, head + REC_HEADER_BYTES, 4);
+    size_t niov = 0;
+    iov[niov++] = (struct iovec){head, sizeof head};
+    for (size_t i = 0; i < n; i++) {
+        put32(lens + 4 * i, (uint32_t)frames[i].len);
+        crc = wire_crc32(crc, lens + 4 * i, 4);
+        crc = wire_crc32(crc, frames[i].data, frames[i].len);
+        iov[niov++] = (struct iovec){lens + 4 * i, 4};
+        if (frames[i].len) iov[niov++] = (struct iovec){(void *)frames[i].data, frames[i].len};
+    }
+    put32(head, REC_MARKER);
+    put32(head + 4, (uint32_t)body);
+    put32(head + 8, crc);
     size_t total = REC_HEADER_BYTES + body, done = 0;
+    struct iovec *cur = iov;
+    int left = (int)niov;
     while (done < total) {
-        ssize_t r = write(w->fd, buf + done, total - done);
+        ssize_t r = writev(w->fd, cur, left > IOV_MAX ? IOV_MAX : left);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
             int e = errno;
-            free(buf);
+            free(lens);
+            free(iov);
             /* Cut the partial record so the next append starts on a record boundary. */
             if (ftruncate(w->fd, (off_t)w->size) != 0) { /* nothing more to do: reopen will cut it */
             }
@@ -309,8 +323,20 @@ int replay_writer_append(replay_writer *w, const wire_frame *frames, size_t n, r
                                   strerror(e));
         }
         done += (size_t)r;
+        /* short write: skip what went out */
+        size_t adv = (size_t)r;
+        while (left && adv >= cur->iov_len) {
+            adv -= cur->iov_len;
+            cur++;
+            left--;
+        }
+        if (left && adv) {
+            cur->iov_base = (uint8_t *)cur->iov_base + adv;
+            cur->iov_len -= adv;
+        }
     }
-    free(buf);
+    free(lens);
+    free(iov);
     if (pos) *pos = (replay_pos){w->segment, w->size};
     w->size += total;
     w->records++;

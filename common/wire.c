@@ -87,10 +87,86 @@ static void crc_tab_init(void) {
         for (int t = 1; t < 8; t++) crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
 }
 
-uint32_t wire_crc32(uint32_t crc, const void *data, size_t n) {
-    pthread_once(&crc_once, crc_tab_init);
-    const uint8_t *p = data;
-    crc = ~crc;
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* Carry-less multiplication folding (Intel's "Fast CRC Computation Using PCLMULQDQ"), 64 bytes per
+ * step; constants are x^(k) mod P for the reflected IEEE polynomial. Takes and returns the raw
+ * (non-inverted) CRC state; n >= 64 and a multiple of 16. ~10x the table method on 40 MB weights. */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc32_clmul(uint32_t crc, const uint8_t *p, size_t n) {
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL);
+    const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124LL);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
+    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8, y5, y6, y7, y8;
+    x1 = _mm_loadu_si128((const __m128i *)(p + 0x00));
+    x2 = _mm_loadu_si128((const __m128i *)(p + 0x10));
+    x3 = _mm_loadu_si128((const __m128i *)(p + 0x20));
+    x4 = _mm_loadu_si128((const __m128i *)(p + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    x0 = k1k2;
+    p += 64;
+    n -= 64;
+    while (n >= 64) {
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, x0, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, x0, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, x0, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, x0, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, x0, 0x11);
+        y5 = _mm_loadu_si128((const __m128i *)(p + 0x00));
+        y6 = _mm_loadu_si128((const __m128i *)(p + 0x10));
+        y7 = _mm_loadu_si128((const __m128i *)(p + 0x20));
+        y8 = _mm_loadu_si128((const __m128i *)(p + 0x30));
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), y5);
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), y6);
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), y7);
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), y8);
+        p += 64;
+        n -= 64;
+    }
+    x0 = k3k4;
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+    x1 = _mm_xor_si128(_mm_xor_si128(x1, x4), x5);
+    while (n >= 16) {
+        x2 = _mm_loadu_si128((const __m128i *)p);
+        x5 = _mm_clmulepi64_si128(x1, x0, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, x0, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x2), x5);
+        p += 16;
+        n -= 16;
+    }
+    /* 128 -> 64 bits */
+    x2 = _mm_clmulepi64_si128(x1, x0, 0x10);
+    x3 = _mm_setr_epi32(~0, 0, ~0, 0);
+    x1 = _mm_srli_si128(x1, 8);
+    x1 = _mm_xor_si128(x1, x2);
+    x0 = k5k0;
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_and_si128(x1, x3);
+    x1 = _mm_clmulepi64_si128(x1, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    /* Barrett reduction to 32 bits */
+    x0 = poly;
+    x2 = _mm_and_si128(x1, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x10);
+    x2 = _mm_and_si128(x2, x3);
+    x2 = _mm_clmulepi64_si128(x2, x0, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
+
+/* The table-driven reference kernel (slicing by 8) on raw state; also the tail of the fast one. */
+static uint32_t crc32_tables(uint32_t crc, const uint8_t *p, size_t n) {
     while (n && ((uintptr_t)p & 7)) {
         crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
         n--;
@@ -106,7 +182,27 @@ uint32_t wire_crc32(uint32_t crc, const void *data, size_t n) {
         n -= 8;
     }
     while (n--) crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return crc;
+}
+
+uint32_t wire_crc32_reference(uint32_t crc, const void *data, size_t n) {
+    pthread_once(&crc_once, crc_tab_init);
+    return ~crc32_tables(~crc, data, n);
+}
+
+uint32_t wire_crc32(uint32_t crc, const void *data, size_t n) {
+    pthread_once(&crc_once, crc_tab_init);
+    const uint8_t *p = data;
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (n >= 256 && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1")) {
+        size_t bulk = n & ~(size_t)15;
+        crc = crc32_clmul(crc, p, bulk);
+        p += bulk;
+        n -= bulk;
+    }
+#endif
+    return ~crc32_tables(crc, p, n);
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -367,6 +463,7 @@ static int dfield(dctx *c, const char *key, const char *fmt, ...) {
 }
 
 static int get_uint(dctx *c, json_t *obj, const char *key, uint64_t max, uint64_t *out) {
+    *out = 0;
     json_t *v = json_object_get(obj, key);
     if (!v) return dfield(c, key, "missing");
     if (!json_is_integer(v)) return dfield(c, key, "must be an integer");
@@ -377,7 +474,7 @@ static int get_uint(dctx *c, json_t *obj, const char *key, uint64_t max, uint64_
 }
 
 static int get_u32f(dctx *c, json_t *obj, const char *key, uint32_t max, uint32_t *out) {
-    uint64_t v;
+    uint64_t v = 0;
     int rc = get_uint(c, obj, key, max, &v);
     if (rc == 0) *out = (uint32_t)v;
     return rc;
@@ -482,7 +579,7 @@ static int role_from(dctx *c, json_t *obj, const char *key, int *role) {
 int wire_decode_hello(const wire_msg *m, wire_hello *x, int *reason, rlhf_error *err) {
     DCTX(WIRE_HELLO);
     memset(x, 0, sizeof *x);
-    uint64_t pid;
+    uint64_t pid = 0;
     TRY(want_payloads(c, 0));
     TRY(get_str(c, m->meta, "peer_id", x->peer_id, sizeof x->peer_id, NULL, 1));
     if (!x->peer_id[0]) {
@@ -634,21 +731,25 @@ int wire_encode_rollout_group(const wire_rollout_group *x, wire_out *o, rlhf_err
     memset(o, 0, sizeof *o);
     if (x->k == 0 || x->k > WIRE_MAX_K)
         return RLHF_FAIL(err, RLHF_EINVAL, "rollout group k=%u out of range [1, %d]", x->k, WIRE_MAX_K);
-    json_t *samples = json_array();
+    /* Per-sample fields as parallel arrays, not an array of objects: a quarter of the JSON work. */
+    json_t *lens = json_array(), *fins = json_array(), *texts = x->texts ? json_array() : NULL;
     for (uint32_t i = 0; i < x->k; i++) {
-        json_t *s = json_pack("{sIss}", "n_tokens", (json_int_t)x->n_tokens[i], "finish",
-                              wire_finish_name(x->finish ? x->finish[i] : WIRE_FINISH_STOP));
-        if (x->texts && x->texts[i]) json_object_set_new(s, "text", json_string(x->texts[i]));
-        json_array_append_new(samples, s);
+        json_array_append_new(lens, json_integer((json_int_t)x->n_tokens[i]));
+        json_array_append_new(fins, json_string(wire_finish_name(x->finish ? x->finish[i] : WIRE_FINISH_STOP)));
+        if (texts) json_array_append_new(texts, x->texts[i] ? json_string(x->texts[i]) : json_null());
     }
-    json_t *meta = json_pack("{sssssssIsIsIsIsIsfsfso}", "prompt_id", x->prompt_id ? x->prompt_id : "", "prompt_text",
+    json_t *meta = json_pack("{sssssssIsIsIsIsIsfsfsoso}", "prompt_id", x->prompt_id ? x->prompt_id : "", "prompt_text",
                              x->prompt_text ? x->prompt_text : "", "generator_id",
                              x->generator_id ? x->generator_id : "", "seq", (json_int_t)x->seq, "policy_version",
                              (json_int_t)x->policy_version, "k", (json_int_t)x->k, "n_prompt_tokens",
                              (json_int_t)x->n_prompt_tokens, "total_tokens",
                              (json_int_t)wire_rollout_group_total_tokens(x), "gen_seconds", x->gen_seconds,
-                             "created_at", x->created_at, "samples", samples);
-    if (!meta) return RLHF_FAIL(err, RLHF_EINVAL, "rollout group: a string field is not valid UTF-8");
+                             "created_at", x->created_at, "n_tokens", lens, "finish", fins);
+    if (!meta) {
+        json_decref(texts);
+        return RLHF_FAIL(err, RLHF_EINVAL, "rollout group: a string field is not valid UTF-8");
+    }
+    if (texts) json_object_set_new(meta, "texts", texts);
     if (x->prompt_record) json_object_set(meta, "prompt_record", x->prompt_record);
     uint64_t total = wire_rollout_group_total_tokens(x);
     wire_frame pay[3] = {
@@ -676,7 +777,9 @@ void wire_rollout_group_free(wire_rollout_group *x) {
     memset(x, 0, sizeof *x);
 }
 
-int wire_decode_rollout_group(const wire_msg *m, wire_rollout_group *x, int *reason, rlhf_error *err) {
+/* copy = 0: validate everything but keep only the scalar fields and the two ids (the broker forwards
+ * the frames it received and needs no arrays). */
+static int decode_group(const wire_msg *m, wire_rollout_group *x, int copy, int *reason, rlhf_error *err) {
     DCTX(WIRE_ROLLOUT_GROUP);
     memset(x, 0, sizeof *x);
     uint64_t total = 0, declared_total = 0;
@@ -708,96 +811,129 @@ int wire_decode_rollout_group(const wire_msg *m, wire_rollout_group *x, int *rea
             (unsigned long long)declared_total, WIRE_MAX_GROUP_TOKENS);
         goto fail;
     }
-    json_t *samples = json_object_get(m->meta, "samples");
-    if (!json_is_array(samples) || json_array_size(samples) != k) {
-        dfield(c, "samples", "must be an array of k=%u objects", k);
+    json_t *lens = json_object_get(m->meta, "n_tokens"), *fins = json_object_get(m->meta, "finish");
+    json_t *texts = json_object_get(m->meta, "texts");
+    if (!json_is_array(lens) || json_array_size(lens) != k) {
+        dfield(c, "n_tokens", "must be an array of k=%u integers", k);
+        goto fail;
+    }
+    if (!json_is_array(fins) || json_array_size(fins) != k) {
+        dfield(c, "finish", "must be an array of k=%u strings", k);
+        goto fail;
+    }
+    if (texts && (!json_is_array(texts) || json_array_size(texts) != k)) {
+        dfield(c, "texts", "must be an array of k=%u strings or nulls", k);
         goto fail;
     }
     /* Check every count against the payload sizes before allocating anything. */
     for (uint32_t i = 0; i < k; i++) {
-        json_t *s = json_array_get(samples, i);
-        json_t *nt = json_object_get(s, "n_tokens");
-        if (!json_is_integer(nt) || json_integer_value(nt) < 0) {
-            char key[48];
-            snprintf(key, sizeof key, "samples[%u].n_tokens", i);
-            dfield(c, key, "must be a non-negative integer");
+        json_t *nt = json_array_get(lens, i);
+        if (!json_is_integer(nt) || json_integer_value(nt) < 0 ||
+            json_integer_value(nt) > (json_int_t)WIRE_MAX_GROUP_TOKENS) {
+            dfield(c, "n_tokens", "entry %u must be an integer in [0, %u]", i, WIRE_MAX_GROUP_TOKENS);
             goto fail;
         }
         total += (uint64_t)json_integer_value(nt);
-        if (total > WIRE_MAX_GROUP_TOKENS) {
-            rej(reason, WIRE_R_TOO_LARGE, err, "ROLLOUT_GROUP.samples", "token count above limit %u",
-                WIRE_MAX_GROUP_TOKENS);
-            goto fail;
-        }
+    }
+    if (total > WIRE_MAX_GROUP_TOKENS) {
+        rej(reason, WIRE_R_TOO_LARGE, err, "ROLLOUT_GROUP.n_tokens", "token count above limit %u", WIRE_MAX_GROUP_TOKENS);
+        goto fail;
     }
     if (total != declared_total) {
-        rej(reason, WIRE_R_LENGTH, err, "ROLLOUT_GROUP.total_tokens", "declares %llu, samples sum to %llu",
+        rej(reason, WIRE_R_LENGTH, err, "ROLLOUT_GROUP.total_tokens", "declares %llu, n_tokens sum to %llu",
             (unsigned long long)declared_total, (unsigned long long)total);
         goto fail;
     }
     TRY(payload_len(c, 0, x->n_prompt_tokens, 4, "prompt token ids"));
     TRY(payload_len(c, 1, total, 4, "completion token ids"));
     TRY(payload_len(c, 2, total, 4, "behaviour log-probs"));
-    TRY(get_str(c, m->meta, "prompt_id", NULL, 0, &x->prompt_id, 1));
-    TRY(get_str(c, m->meta, "prompt_text", NULL, 0, &x->prompt_text, 1));
+    uint8_t fin_codes[WIRE_MAX_K];
+    for (uint32_t i = 0; i < k; i++) {
+        const char *fs = json_string_value(json_array_get(fins, i));
+        int f = -1;
+        for (int j = 0; fs && j <= WIRE_FINISH_ERROR; j++)
+            if (!strcmp(fs, finish_names[j])) f = j;
+        if (f < 0) {
+            dfield(c, "finish", "entry %u: unknown finish reason (stop, length, error)", i);
+            goto fail;
+        }
+        fin_codes[i] = (uint8_t)f;
+        if (texts) {
+            json_t *t = json_array_get(texts, i);
+            if (!json_is_null(t) && !json_is_string(t)) {
+                dfield(c, "texts", "entry %u must be a string or null", i);
+                goto fail;
+            }
+        }
+    }
+    /* Log-probs: finite and <= 0 (read unaligned from the frame). */
+    const uint8_t *lp = m->payloads[2].data;
+    for (uint64_t t = 0; t < total; t++) {
+        float v;
+        memcpy(&v, lp + 4 * t, 4);
+        if (!isfinite(v) || v > 0) {
+            rej(reason, WIRE_R_FIELD, err, "ROLLOUT_GROUP.payloads[2]",
+                "behaviour log-prob %llu is %g (must be finite and <= 0)", (unsigned long long)t, v);
+            goto fail;
+        }
+    }
     TRY(get_str(c, m->meta, "generator_id", NULL, 0, &x->generator_id, 1));
+    TRY(get_str(c, m->meta, "prompt_id", NULL, 0, &x->prompt_id, 1));
     TRY(get_real(c, m->meta, "gen_seconds", &x->gen_seconds, 0));
     TRY(get_real(c, m->meta, "created_at", &x->created_at, 0));
     json_t *rec = json_object_get(m->meta, "prompt_record");
-    if (rec) {
-        if (!json_is_object(rec)) {
-            dfield(c, "prompt_record", "must be an object");
-            goto fail;
-        }
-        x->prompt_record = json_incref(rec);
+    if (rec && !json_is_object(rec)) {
+        dfield(c, "prompt_record", "must be an object");
+        goto fail;
+    }
+    json_t *pt = json_object_get(m->meta, "prompt_text");
+    if (!json_is_string(pt)) {
+        dfield(c, "prompt_text", "must be a string");
+        goto fail;
     }
     x->k = k;
-    x->n_tokens = calloc(k, sizeof *x->n_tokens);
-    x->finish = calloc(k, 1);
-    x->texts = calloc(k, sizeof *x->texts);
+    if (!copy) return 0;
+    TRY(get_str(c, m->meta, "prompt_text", NULL, 0, &x->prompt_text, 1));
+    if (rec) x->prompt_record = json_incref(rec);
+    x->n_tokens = malloc(k * sizeof *x->n_tokens);
+    x->finish = malloc(k);
     x->prompt_tokens = dup_bytes(m->payloads[0].data, m->payloads[0].len);
     x->tokens = dup_bytes(m->payloads[1].data, m->payloads[1].len);
     x->logprobs = dup_bytes(m->payloads[2].data, m->payloads[2].len);
-    if (!x->n_tokens || !x->finish || !x->texts || !x->prompt_tokens || !x->tokens || !x->logprobs) {
+    if (!x->n_tokens || !x->finish || !x->prompt_tokens || !x->tokens || !x->logprobs) {
         RLHF_FAIL(err, RLHF_ENOMEM, "out of memory decoding a rollout group");
         goto fail;
     }
-    int any_text = 0;
     for (uint32_t i = 0; i < k; i++) {
-        json_t *s = json_array_get(samples, i);
-        x->n_tokens[i] = (uint32_t)json_integer_value(json_object_get(s, "n_tokens"));
-        char key[48], fin[16];
-        snprintf(key, sizeof key, "samples[%u]", i);
-        dctx cs = *c;
-        char tn[64];
-        snprintf(tn, sizeof tn, "ROLLOUT_GROUP.%s", key);
-        cs.tn = tn;
-        TRY(get_str(&cs, s, "finish", fin, sizeof fin, NULL, 1));
-        int f = -1;
-        for (int j = 0; j <= WIRE_FINISH_ERROR; j++)
-            if (!strcmp(fin, finish_names[j])) f = j;
-        if (f < 0) {
-            dfield(&cs, "finish", "unknown finish reason \"%s\" (stop, length, error)", fin);
+        x->n_tokens[i] = (uint32_t)json_integer_value(json_array_get(lens, i));
+        x->finish[i] = fin_codes[i];
+    }
+    if (texts) {
+        x->texts = calloc(k, sizeof *x->texts);
+        if (!x->texts) {
+            RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
             goto fail;
         }
-        x->finish[i] = (uint8_t)f;
-        TRY(get_str(&cs, s, "text", NULL, 0, &x->texts[i], 0));
-        any_text |= x->texts[i] != NULL;
-    }
-    if (!any_text) {
-        free(x->texts);
-        x->texts = NULL;
-    }
-    for (uint64_t t = 0; t < total; t++)
-        if (!isfinite(x->logprobs[t]) || x->logprobs[t] > 0) {
-            rej(reason, WIRE_R_FIELD, err, "ROLLOUT_GROUP.payloads[2]",
-                "behaviour log-prob %llu is %g (must be finite and <= 0)", (unsigned long long)t, x->logprobs[t]);
-            goto fail;
+        for (uint32_t i = 0; i < k; i++) {
+            json_t *t = json_array_get(texts, i);
+            if (json_is_string(t) && !(x->texts[i] = strdup(json_string_value(t)))) {
+                RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+                goto fail;
+            }
         }
+    }
     return 0;
 fail:
     wire_rollout_group_free(x);
     return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_decode_rollout_group(const wire_msg *m, wire_rollout_group *x, int *reason, rlhf_error *err) {
+    return decode_group(m, x, 1, reason, err);
+}
+
+int wire_validate_rollout_group(const wire_msg *m, wire_rollout_group *x, int *reason, rlhf_error *err) {
+    return decode_group(m, x, 0, reason, err);
 }
 
 json_t *wire_rollout_group_to_json(const wire_rollout_group *g) {

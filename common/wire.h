@@ -141,9 +141,12 @@ typedef struct wire_rx {
 int wire_rx_recv(void *zsock, wire_rx *rx, int flags, rlhf_error *err);
 void wire_rx_free(wire_rx *rx);
 
-/* CRC-32 identical to rlhf_crc32 (IEEE, zlib's), computed 8 bytes at a time: payload checksums
- * of 40 MB weight versions are on the fan-out's critical path. */
+/* CRC-32 identical to rlhf_crc32 (IEEE, zlib's): carry-less-multiply folding (PCLMULQDQ) when the CPU
+ * has it, else 8 bytes at a time: payload checksums of 40 MB weight versions are on the fan-out's
+ * critical path. */
 uint32_t wire_crc32(uint32_t crc, const void *data, size_t n);
+/* The plain table kernel (slicing by 8) the fast path is tested against. */
+uint32_t wire_crc32_reference(uint32_t crc, const void *data, size_t n);
 
 /* ---------------------------------------------------------------- typed messages
  *
@@ -273,6 +276,9 @@ int wire_decode_welcome(const wire_msg *m, wire_welcome *x, int *reason, rlhf_er
 int wire_decode_prompt_request(const wire_msg *m, wire_prompt_request *x, int *reason, rlhf_error *err);
 int wire_decode_prompt_batch(const wire_msg *m, wire_prompt_batch *x, int *reason, rlhf_error *err);
 int wire_decode_rollout_group(const wire_msg *m, wire_rollout_group *x, int *reason, rlhf_error *err);
+/* Validates a ROLLOUT_GROUP as completely as the decoder but fills only the scalars, k, generator_id
+ * and prompt_id (free with wire_rollout_group_free): what the broker needs to route the frames. */
+int wire_validate_rollout_group(const wire_msg *m, wire_rollout_group *x, int *reason, rlhf_error *err);
 int wire_decode_credit(const wire_msg *m, wire_credit *x, int *reason, rlhf_error *err);
 int wire_decode_weights(const wire_msg *m, wire_weights *x, int *reason, rlhf_error *err);
 /* Validates a WEIGHTS message completely (tensor table, chunk sizes) without copying the blob:

@@ -101,7 +101,7 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < len; i++) {
             float gi = g[i] * clip;
-            g[i] = gi;
+            g[i] = 0.0f; /* consumed: the next accumulation starts from zero without a separate pass */
             float mi = b1 * mm[i] + (1.0f - b1) * gi;
             float vi = b2 * vv[i] + (1.0f - b2) * gi * gi;
             mm[i] = mi;

@@ -190,6 +190,11 @@ typedef struct sampler sampler;
  * replaced between runs (e.g. model_load_into on a new policy version). */
 int sampler_create(sampler **out, const struct model *m, int max_batch, rlhf_error *err);
 void sampler_destroy(sampler **s);
+/* The sampler runs on its own repacked copy of the model's matrices (a layout its matmul kernel
+ * streams; it doubles the weight memory). sampler_run and sampler_step refresh the copy when a
+ * fingerprint of the weights (policy version + 256 sampled values per tensor) changed; call this
+ * after modifying weights in some other way the fingerprint could miss. */
+void sampler_sync_weights(sampler *s);
 /* Generates for reqs[0..n); results[i] belongs to reqs[i] (free each with sample_result_free).
  * `tok` may be NULL unless a request has stop strings. All requests are validated first; a bad one
  * fails the call with an error naming "request i" and nothing is generated. */

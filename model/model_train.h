@@ -94,8 +94,11 @@ float adamw_lr_at(const adamw_config *c, long step);
 typedef struct adamw adamw;
 int adamw_create(adamw **out, const struct model *m, const adamw_config *cfg, rlhf_error *err);
 void adamw_destroy(adamw **o);
-/* One step on m->params_mem with gradients `grads` (model layout; clipped in place). Writes the
- * pre-clip global gradient norm and the LR used to *grad_norm_out / *lr_out (either may be NULL). */
+/* One step on m->params_mem with gradients `grads` (model layout). The gradients are CONSUMED: on
+ * return they are all zero, ready for the next accumulation (this saves a separate zero_grad pass
+ * over memory; model_trainer_zero_grad is then unnecessary). Writes the pre-clip global gradient norm
+ * and the LR used to *grad_norm_out / *lr_out (either may be NULL). A non-finite norm is an error and
+ * leaves parameters, state and gradients untouched. */
 int adamw_step(adamw *o, struct model *m, float *grads, float *grad_norm_out, float *lr_out, rlhf_error *err);
 long adamw_get_step(const adamw *o);
 adamw_config *adamw_get_config(adamw *o);

@@ -9,3 +9,4 @@ test_model_train_SRCS = $(wildcard tests/model_train/*.c)
 test_model_infer_SRCS = $(wildcard tests/model_infer/*.c)
 BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c))
 $(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c)),$(eval $(b)_SRCS = bench/$(b).c))
+$(BUILD)/obj/model/%.o: CFLAGS += -fno-math-errno # sqrtf/expf loops vectorize; nothing here reads errno

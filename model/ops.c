@@ -7,6 +7,23 @@
 #include <omp.h>
 #include <string.h>
 
+/* exp for the fast kernels: range reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial,
+ * relative error ~2e-7 (a few ulp), written with plain float/int arithmetic so `omp simd` loops
+ * vectorize (libm's expf is a scalar call here). Inputs are clamped to [-87.3, 88.7]. */
+static inline float fast_expf(float x) {
+    x = x < -87.3f ? -87.3f : x; /* not fminf/fmaxf: those are library calls that block vectorization */
+    x = x > 88.7f ? 88.7f : x;
+    float k = rintf(x * 1.44269504088896341f);
+    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666418f + r * (0.00833336543f +
+                                                                                        r * 0.00138878601f)))));
+    union {
+        int32_t i;
+        float f;
+    } u = {.i = ((int32_t)k + 127) << 23};
+    return p * u.f;
+}
+
 /* Rows per OpenMP chunk for element-wise/row kernels; channels per chunk for column reductions
  * (16 floats = one cache line, so two threads never write the same line). */
 #define COL_CHUNK 16
@@ -261,8 +278,9 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
             float mx = -INFINITY;
             for (int j = 0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
             float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
             for (int j = 0; j <= t; j++) {
-                row[j] = expf(row[j] - mx);
+                row[j] = fast_expf(row[j] - mx);
                 sum += row[j];
             }
             float inv = 1.0f / sum;
@@ -304,6 +322,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                 const float *pr = P + (size_t)t * T;
                 float *dr = dS + (size_t)t * T;
                 float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
                 for (int j = 0; j <= t; j++) dot += pr[j] * dr[j];
                 for (int j = 0; j <= t; j++) dr[j] = pr[j] * (dr[j] - dot);
                 for (int j = t + 1; j < T; j++) dr[j] = 0.0f;
@@ -384,7 +403,7 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
 
 /* ------------------------------------------------------------------ SwiGLU */
 
-static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float sigmoidf_(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
 
 void swiglu_forward(float *out, const float *gate, const float *up, size_t N) {
     // out, gate, up (N)
@@ -450,8 +469,9 @@ void logsoftmax_forward(float *logp, float *entropy, float *lse, const float *lo
         float mx = -INFINITY;
         for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
         float sum = 0.0f, pz = 0.0f;
+#pragma omp simd reduction(+ : sum, pz)
         for (int j = 0; j < V; j++) {
-            float e = expf(z[j] - mx);
+            float e = fast_expf(z[j] - mx);
             sum += e;
             pz += e * (z[j] - mx);
         }
@@ -474,8 +494,9 @@ void logsoftmax_backward(float *dlogits, const float *dlogp, const float *dentro
         const float *z = logits + (size_t)n * V;
         float *dz = dlogits + (size_t)n * V;
         float l = lse[n], Hn = entropy[n];
+#pragma omp simd
         for (int j = 0; j < V; j++) {
-            float lp = z[j] - l, p = expf(lp);
+            float lp = z[j] - l, p = fast_expf(lp);
             dz[j] += -a * p - e * p * (lp + Hn);
         }
         if (a != 0.0f) dz[targets[n]] += a;

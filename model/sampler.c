@@ -12,7 +12,9 @@
  * sequence's tokens depend on its seed and logits, not on its batch neighbours. */
 #include "model.h"
 
-#include <cblas.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -41,17 +43,145 @@ struct sampler {
     float *logits;   /* (max_batch, V) for sampler_run */
     int *row_slot, *row_pos, *logit_rows; /* (R) step bookkeeping for sampler_run */
     int32_t *row_tok;                     /* (R) */
+    /* The model's matrices repacked for matmul_packed: an (O, I) matrix becomes ceil(O/32) panels of
+     * (I, 32), so the kernel streams each panel contiguously. Per layer: q, k, v, o, gate, up, down. */
+    float *wpack;
+    size_t pk_off[7];     /* offsets of the 7 per-layer matrices within a layer's block */
+    size_t pk_layer;      /* floats per layer */
+    size_t pk_head;       /* offset of the packed lm_head */
+    uint64_t packed_fingerprint; /* weights_fingerprint() when wpack was filled */
 };
 
 /* ---------------------------------------------------------------- kernels */
 
-/* out (R, OC) = in (R, IC) @ W^T, W (OC, IC); accumulate: out += ... (not "I": complex.h via cblas.h) */
-static void matmul_forward(float *out, const float *in, const float *W, int R, int IC, int OC, int accumulate) {
-    float beta = accumulate ? 1.0f : 0.0f;
-    if (R == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, IC, 1.0f, W, IC, in, 1, beta, out, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
+enum { PANEL = 32 }; /* output columns per packed panel: two AVX-512 vectors */
+
+static size_t packed_size(int O, int I) { return (size_t)((O + PANEL - 1) / PANEL) * PANEL * (size_t)I; }
+
+/* Wp (ceil(O/32), I, 32) <- W (O, I), zero-padded past O. */
+static void pack_matrix(float *Wp, const float *W, int O, int I) {
+    int np = (O + PANEL - 1) / PANEL;
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < np; p++)
+        for (int i = 0; i < I; i++)
+            for (int j = 0; j < PANEL; j++) {
+                int o = p * PANEL + j;
+                Wp[((size_t)p * I + i) * PANEL + j] = o < O ? W[(size_t)o * I + i] : 0.0f;
+            }
+}
+
+#ifdef __AVX512F__
+/* out rows [0, nr) x columns [o0, o0+32) (masked past O) = x (nr, I) @ panel (I, 32); += when accumulate.
+ * Row r's sums run over i in order with one FMA chain per output, whatever nr is, so a row's result
+ * does not depend on which other rows share the call. */
+static inline __attribute__((always_inline)) void panel_kernel(float *out, const float *x, const float *wp, int nr,
+                                                               int IC, int OC, int o0, int accumulate) {
+    __m512 a0[12], a1[12];
+#pragma GCC unroll 12
+    for (int r = 0; r < 12; r++)
+        if (r < nr) {
+            a0[r] = _mm512_setzero_ps();
+            a1[r] = _mm512_setzero_ps();
+        }
+    for (int i = 0; i < IC; i++) {
+        __m512 w0 = _mm512_load_ps(wp + (size_t)i * PANEL), w1 = _mm512_load_ps(wp + (size_t)i * PANEL + 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < 12; r++)
+            if (r < nr) {
+                __m512 xb = _mm512_set1_ps(x[(size_t)r * IC + i]);
+                a0[r] = _mm512_fmadd_ps(xb, w0, a0[r]);
+                a1[r] = _mm512_fmadd_ps(xb, w1, a1[r]);
+            }
+    }
+    int rem = OC - o0;
+    __mmask16 m0 = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+    __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
+#pragma GCC unroll 12
+    for (int r = 0; r < 12; r++)
+        if (r < nr) {
+            float *y = out + (size_t)r * OC + o0;
+            if (accumulate) {
+                a0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, y), a0[r]);
+                a1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, y + 16), a1[r]);
+            }
+            _mm512_mask_storeu_ps(y, m0, a0[r]);
+            _mm512_mask_storeu_ps(y + 16, m1, a1[r]);
+        }
+}
+#endif
+
+/* out (R, OC) = in (R, IC) @ W^T with W packed by pack_matrix; out += ... when accumulate.
+ * OpenMP over panels; within a panel, blocks of up to 12 rows share each loaded weight vector. */
+static void matmul_packed(float *out, const float *in, const float *Wp, int R, int IC, int OC, int accumulate) {
+    int np = (OC + PANEL - 1) / PANEL;
+#pragma omp parallel for schedule(static) if (np > 1 && (size_t)R * IC * OC > 32768)
+    for (int p = 0; p < np; p++) {
+        const float *wp = Wp + (size_t)p * IC * PANEL;
+        for (int r0 = 0; r0 < R; r0 += 12) {
+            int nr = R - r0 < 12 ? R - r0 : 12;
+            float *o = out + (size_t)r0 * OC;
+            const float *x = in + (size_t)r0 * IC;
+#ifdef __AVX512F__
+            switch (nr) {
+#define PANEL_CASE(n) \
+    case n: panel_kernel(o, x, wp, n, IC, OC, p * PANEL, accumulate); break;
+                PANEL_CASE(1) PANEL_CASE(2) PANEL_CASE(3) PANEL_CASE(4) PANEL_CASE(5) PANEL_CASE(6)
+                PANEL_CASE(7) PANEL_CASE(8) PANEL_CASE(9) PANEL_CASE(10) PANEL_CASE(11) PANEL_CASE(12)
+#undef PANEL_CASE
+            }
+#else
+            for (int r = 0; r < nr; r++)
+                for (int j = 0; j < PANEL && p * PANEL + j < OC; j++) {
+                    float acc = 0.0f;
+                    for (int i = 0; i < IC; i++) acc += x[(size_t)r * IC + i] * wp[(size_t)i * PANEL + j];
+                    float *y = o + (size_t)r * OC + p * PANEL + j;
+                    *y = accumulate ? *y + acc : acc;
+                }
+#endif
+        }
+    }
+}
+
+/* A cheap fingerprint of the weights: the policy version and 256 evenly spaced values of every
+ * tensor. Any training step or checkpoint load changes it, so a stale packed copy is noticed. */
+static uint64_t weights_fingerprint(const model *m) {
+    uint64_t h = 0xcbf29ce484222325ull ^ m->version;
+    for (int t = 0; t < m->n_tensors; t++) {
+        const model_tensor_info *ti = &m->tensors[t];
+        const float *w = m->params_mem + ti->offset;
+        for (size_t j = 0; j < 256; j++) {
+            uint32_t bits;
+            memcpy(&bits, &w[j * ti->numel / 256], sizeof bits);
+            h = (h ^ bits) * 0x100000001b3ull;
+        }
+        uint32_t last;
+        memcpy(&last, &w[ti->numel - 1], sizeof last);
+        h = (h ^ last) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+void sampler_sync_weights(sampler *s) {
+    const model *m = s->m;
+    const model_config *c = &m->cfg;
+    const model_params *p = &m->p;
+    int C = c->dim, D = model_head_dim(c), HD = c->n_heads * D, KD = c->n_kv_heads * D, F = c->ffn_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        float *base = s->wpack + (size_t)l * s->pk_layer;
+        pack_matrix(base + s->pk_off[0], p->wq + (size_t)l * HD * C, HD, C);
+        pack_matrix(base + s->pk_off[1], p->wk + (size_t)l * KD * C, KD, C);
+        pack_matrix(base + s->pk_off[2], p->wv + (size_t)l * KD * C, KD, C);
+        pack_matrix(base + s->pk_off[3], p->wo + (size_t)l * C * HD, C, HD);
+        pack_matrix(base + s->pk_off[4], p->w_gate + (size_t)l * F * C, F, C);
+        pack_matrix(base + s->pk_off[5], p->w_up + (size_t)l * F * C, F, C);
+        pack_matrix(base + s->pk_off[6], p->w_down + (size_t)l * C * F, C, F);
+    }
+    pack_matrix(s->wpack + s->pk_head, p->lm_head, c->vocab_size, C);
+    s->packed_fingerprint = weights_fingerprint(m);
+}
+
+static void ensure_packed(sampler *s) {
+    if (weights_fingerprint(s->m) != s->packed_fingerprint) sampler_sync_weights(s);
 }
 
 /* out (R, C) = in (R, C) / rms(in) * w (C) */
@@ -177,13 +307,28 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
     s->row_pos = malloc(R * sizeof(int));
     s->logit_rows = malloc(R * sizeof(int));
     s->row_tok = malloc(R * sizeof(int32_t));
-    if (!s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->q || !s->k || !s->v ||
+    {
+        int HDs = c->n_heads * D;
+        size_t sizes[7] = {packed_size(HDs, c->dim), packed_size(KD, c->dim),    packed_size(KD, c->dim),
+                           packed_size(c->dim, HDs), packed_size(c->ffn_dim, c->dim), packed_size(c->ffn_dim, c->dim),
+                           packed_size(c->dim, c->ffn_dim)};
+        size_t off = 0;
+        for (int i = 0; i < 7; i++) {
+            s->pk_off[i] = off;
+            off += sizes[i];
+        }
+        s->pk_layer = off;
+        s->pk_head = off * (size_t)c->n_layers;
+        s->wpack = aligned_alloc(64, ((s->pk_head + packed_size(c->vocab_size, c->dim)) * sizeof(float) + 63) & ~(size_t)63);
+    }
+    if (!s->wpack || !s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->q || !s->k || !s->v ||
         !s->att || !s->gate || !s->up || !s->xl || !s->logits || !s->row_slot || !s->row_pos || !s->logit_rows ||
         !s->row_tok) {
         sampler_destroy(&s);
         return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate the sampler (KV cache %zu MiB for %d slots x %d positions)",
                          2 * cache * sizeof(float) >> 20, max_batch, c->max_seq_len);
     }
+    sampler_sync_weights(s);
     /* angle = pos * theta^(-2i/D), computed in double then rounded once */
     for (int p = 0; p < s->T; p++)
         for (int i = 0; i < D / 2; i++) {
@@ -198,6 +343,7 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
 void sampler_destroy(sampler **ps) {
     if (!ps || !*ps) return;
     sampler *s = *ps;
+    free(s->wpack);
     free(s->k_cache);
     free(s->v_cache);
     free(s->rope_cos);
@@ -234,10 +380,11 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
     float *xn = s->xn; // (R, C)
     for (int r = 0; r < R; r++) memcpy(x + (size_t)r * C, p->embed + (size_t)tok[r] * C, (size_t)C * sizeof(float));
     for (int l = 0; l < c->n_layers; l++) {
+        const float *pk = s->wpack + (size_t)l * s->pk_layer; /* this layer's packed matrices */
         rmsnorm_forward(xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
-        matmul_forward(s->q, xn, p->wq + (size_t)l * HD * C, R, C, HD, 0); // (R, H*D)
-        matmul_forward(s->k, xn, p->wk + (size_t)l * KD * C, R, C, KD, 0); // (R, KVH*D)
-        matmul_forward(s->v, xn, p->wv + (size_t)l * KD * C, R, C, KD, 0); // (R, KVH*D)
+        matmul_packed(s->q, xn, pk + s->pk_off[0], R, C, HD, 0); // (R, H*D)
+        matmul_packed(s->k, xn, pk + s->pk_off[1], R, C, KD, 0); // (R, KVH*D)
+        matmul_packed(s->v, xn, pk + s->pk_off[2], R, C, KD, 0); // (R, KVH*D)
         rope_forward(s->q, pos, s->rope_cos, s->rope_sin, R, H, D);
         rope_forward(s->k, pos, s->rope_cos, s->rope_sin, R, KVH, D);
         float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
@@ -248,17 +395,17 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
             memcpy(vc + at, s->v + (size_t)r * KD, (size_t)KD * sizeof(float));
         }
         attention_forward(s->att, s->q, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride);
-        matmul_forward(x, s->att, p->wo + (size_t)l * C * HD, R, HD, C, 1); // x += att @ wo^T
+        matmul_packed(x, s->att, pk + s->pk_off[3], R, HD, C, 1); // x += att @ wo^T
         rmsnorm_forward(xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
-        matmul_forward(s->gate, xn, p->w_gate + (size_t)l * F * C, R, C, F, 0); // (R, F)
-        matmul_forward(s->up, xn, p->w_up + (size_t)l * F * C, R, C, F, 0);     // (R, F)
+        matmul_packed(s->gate, xn, pk + s->pk_off[4], R, C, F, 0); // (R, F)
+        matmul_packed(s->up, xn, pk + s->pk_off[5], R, C, F, 0); // (R, F)
         swiglu_forward(s->gate, s->up, R, F);
-        matmul_forward(x, s->gate, p->w_down + (size_t)l * C * F, R, F, C, 1); // x += h @ w_down^T
+        matmul_packed(x, s->gate, pk + s->pk_off[6], R, F, C, 1); // x += h @ w_down^T
     }
     /* only the rows whose next-token distribution is wanted go through the final norm and lm_head */
     for (int i = 0; i < n_logits; i++)
         rmsnorm_forward(s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
-    if (n_logits > 0) matmul_forward(logits, s->xl, p->lm_head, n_logits, C, V, 0); // (n_logits, V)
+    if (n_logits > 0) matmul_packed(logits, s->xl, s->wpack + s->pk_head, n_logits, C, V, 0); // (n_logits, V)
 }
 
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
@@ -280,6 +427,7 @@ int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const 
     for (int i = 0; i < n_logits; i++)
         if (logit_rows[i] < 0 || logit_rows[i] >= n_rows)
             return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: logit row %d out of range", logit_rows[i]);
+    ensure_packed(s);
     forward_rows(s, n_rows, slot, pos, tok, n_logits, logit_rows, logits);
     return 0;
 }
@@ -335,19 +483,76 @@ static void heap_sift_down(cand *h, int n, int i) {
 
 static double rng_uniform53(rlhf_rng *r) { return (double)(rlhf_rng_u64(r) >> 11) * 0x1.0p-53; }
 
-/* Chooses the next token from logits (V). Writes log pi(y) at temperature 1 and log q(y) under the
- * actual sampling distribution. `scratch` holds V cands. One uniform is drawn unless greedy. */
-static int32_t choose_token(const float *logits, int V, const sample_params *sp, rlhf_rng *rng, cand *scratch,
-                            float *lp_pi, float *lp_q) {
-    float mx = logits[0];
-    int amax = 0;
-    for (int i = 1; i < V; i++)
-        if (logits[i] > mx) {
-            mx = logits[i];
-            amax = i;
-        }
+/* e[i] = exp(scale * (x[i] - shift)) for x[i] <= shift (so e in (0, 1]); returns sum(e) accumulated in
+ * double. AVX-512 path: Cody-Waite range reduction and a degree-6 polynomial (relative error ~1e-7);
+ * the scalar loop is the reference and the fallback. */
+static double exp_shifted(float *e, const float *x, int n, float shift, float scale) {
+    int i = 0;
     double sum = 0.0;
-    for (int i = 0; i < V; i++) sum += exp((double)(logits[i] - mx));
+#ifdef __AVX512F__
+    const __m512 vshift = _mm512_set1_ps(shift), vscale = _mm512_set1_ps(scale);
+    const __m512 lo = _mm512_set1_ps(-87.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+    const __m512 c6 = _mm512_set1_ps(1.9875691500e-4f), c5 = _mm512_set1_ps(1.3981999507e-3f),
+                 c4 = _mm512_set1_ps(8.3334519073e-3f), c3 = _mm512_set1_ps(4.1665795894e-2f),
+                 c2 = _mm512_set1_ps(1.6666665459e-1f), c1 = _mm512_set1_ps(5.0000001201e-1f),
+                 one = _mm512_set1_ps(1.0f);
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    for (; i + 16 <= n; i += 16) {
+        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vshift), vscale);
+        t = _mm512_max_ps(t, lo);
+        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(k, ln2_hi, t);
+        r = _mm512_fnmadd_ps(k, ln2_lo, r);
+        __m512 p = _mm512_fmadd_ps(c6, r, c5);
+        p = _mm512_fmadd_ps(p, r, c4);
+        p = _mm512_fmadd_ps(p, r, c3);
+        p = _mm512_fmadd_ps(p, r, c2);
+        p = _mm512_fmadd_ps(p, r, c1);
+        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
+        p = _mm512_scalef_ps(p, k);
+        _mm512_storeu_ps(e + i, p);
+        acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
+        acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
+    }
+    sum = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+#endif
+    for (; i < n; i++) {
+        float t = (x[i] - shift) * scale;
+        e[i] = expf(t < -87.0f ? -87.0f : t);
+        sum += e[i];
+    }
+    return sum;
+}
+
+/* Smallest i with e[0] + ... + e[i] > target (blocks of 16 first), or the last nonzero entry when
+ * rounding leaves the running sum short of target. */
+static int walk_cdf(const float *e, int n, double target) {
+    double acc = 0.0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        double bs = 0.0;
+        for (int j = 0; j < 16; j++) bs += e[i + j];
+        if (acc + bs > target) break;
+        acc += bs;
+    }
+    for (; i < n; i++) {
+        acc += e[i];
+        if (acc > target) return i;
+    }
+    for (i = n - 1; i > 0 && e[i] == 0.0f; i--) {}
+    return i;
+}
+
+/* Chooses the next token from logits (V). Writes log pi(y) at temperature 1 and log q(y) under the
+ * actual sampling distribution. Scratch: V cands and V floats. One uniform is drawn unless greedy. */
+static int32_t choose_token(const float *logits, int V, const sample_params *sp, rlhf_rng *rng, cand *scratch,
+                            float *e, float *lp_pi, float *lp_q) {
+    float mx = logits[0];
+    for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
+    int amax = 0;
+    while (logits[amax] != mx) amax++;
+    double sum = exp_shifted(e, logits, V, mx, 1.0f); /* e = exp(logits - max) */
     double lse = (double)mx + log(sum);
     if (sp->temperature == 0.0f) {
         *lp_pi = (float)((double)logits[amax] - lse);
@@ -357,61 +562,45 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
     double u = rng_uniform53(rng);
     int plain = sp->temperature == 1.0f && (sp->top_k <= 0 || sp->top_k >= V) && sp->top_p >= 1.0f;
     if (plain) {
-        double target = u * sum, acc = 0.0;
-        int y = V - 1;
-        for (int i = 0; i < V; i++) {
-            acc += exp((double)(logits[i] - mx));
-            if (acc > target) {
-                y = i;
-                break;
-            }
-        }
+        int y = walk_cdf(e, V, u * sum);
         *lp_pi = (float)((double)logits[y] - lse);
         *lp_q = *lp_pi;
         return y;
     }
-    /* candidates: the top-k (or all), sorted by scaled logit, descending */
-    double inv_t = 1.0 / (double)sp->temperature;
+    /* scaled logits z = (logit - max) / temperature <= 0; candidates sorted by z, descending */
+    float inv_t = 1.0f / sp->temperature;
     int n;
-    double all_total = -1.0; /* sum of exp(z - zmax) over the whole vocabulary when not top-k truncated */
+    double total;
     if (sp->top_k > 0 && sp->top_k < V) {
         int k = sp->top_k;
-        for (int i = 0; i < k; i++) scratch[i] = (cand){(float)(logits[i] * inv_t), i};
+        for (int i = 0; i < k; i++) scratch[i] = (cand){(logits[i] - mx) * inv_t, i};
         for (int i = k / 2 - 1; i >= 0; i--) heap_sift_down(scratch, k, i);
         for (int i = k; i < V; i++) {
-            cand c = {(float)(logits[i] * inv_t), i};
+            cand c = {(logits[i] - mx) * inv_t, i};
             if (cand_worse(&scratch[0], &c)) {
                 scratch[0] = c;
                 heap_sift_down(scratch, k, 0);
             }
         }
         n = k;
+        total = 0.0;
+        for (int i = 0; i < n; i++) total += expf(scratch[i].z);
     } else {
-        n = 0;
         /* A token with probability below (1 - top_p) / (V - 1) can never be inside the nucleus (all such
          * tokens together hold less than 1 - top_p), so only the rest needs sorting. */
-        double zmax = (float)(mx * inv_t), zsum = 0.0; /* == the largest candidate's z below */
-        for (int i = 0; i < V; i++) zsum += exp((double)(float)(logits[i] * inv_t) - zmax);
-        all_total = zsum;
-        double cut = sp->top_p < 1.0f && V > 1 ? (1.0 - (double)sp->top_p) / (double)(V - 1) : 0.0;
-        for (int i = 0; i < V; i++) {
-            float z = (float)(logits[i] * inv_t);
-            if (cut > 0.0 && exp((double)z - zmax) / zsum < cut) continue;
-            scratch[n++] = (cand){z, i};
-        }
+        total = inv_t == 1.0f ? sum : exp_shifted(e, logits, V, mx, inv_t);
+        double cut = sp->top_p < 1.0f && V > 1 ? (1.0 - (double)sp->top_p) / (double)(V - 1) * total : 0.0;
+        n = 0;
+        for (int i = 0; i < V; i++)
+            if (!(e[i] < cut)) scratch[n++] = (cand){(logits[i] - mx) * inv_t, i};
     }
     qsort(scratch, (size_t)n, sizeof *scratch, cand_cmp);
-    /* probabilities over the candidates (renormalised), then the nucleus */
-    double zmax = scratch[0].z, total = 0.0;
-    if (all_total > 0.0)
-        total = all_total; /* candidates may be a filtered subset: the nucleus is measured on the full mass */
-    else
-        for (int i = 0; i < n; i++) total += exp((double)scratch[i].z - zmax);
+    /* the nucleus: smallest prefix holding top_p of the (top-k renormalised or full) mass */
     int keep = n;
     if (sp->top_p < 1.0f) {
         double acc = 0.0;
         for (int i = 0; i < n; i++) {
-            acc += exp((double)scratch[i].z - zmax) / total;
+            acc += expf(scratch[i].z) / total;
             if (acc >= (double)sp->top_p) {
                 keep = i + 1;
                 break;
@@ -419,11 +608,11 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
         }
     }
     double kept = 0.0;
-    for (int i = 0; i < keep; i++) kept += exp((double)scratch[i].z - zmax);
+    for (int i = 0; i < keep; i++) kept += expf(scratch[i].z);
     double target = u * kept, acc = 0.0;
     int pick = keep - 1;
     for (int i = 0; i < keep; i++) {
-        acc += exp((double)scratch[i].z - zmax);
+        acc += expf(scratch[i].z);
         if (acc > target) {
             pick = i;
             break;
@@ -431,7 +620,7 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
     }
     int32_t y = scratch[pick].id;
     *lp_pi = (float)((double)logits[y] - lse);
-    *lp_q = (float)(((double)scratch[pick].z - zmax) - log(kept));
+    *lp_q = (float)((double)scratch[pick].z - log(kept));
     return y;
 }
 
@@ -582,6 +771,7 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
     for (int b = 0; b < B; b++) st[b].req = -1;
+    ensure_packed(s);
     int next = 0, active = 0, oom = 0;
     rc = 0;
     while (!rc && (next < n || active > 0)) {
@@ -659,17 +849,19 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
 #pragma omp parallel if (NL > 1)
         {
             cand *scratch = malloc((size_t)V * sizeof(cand));
+            float *e = malloc((size_t)V * sizeof(float));
 #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < NL; i++) {
                 slot_state *ss = &st[logit_slot[i]];
-                if (!scratch) {
+                if (!scratch || !e) {
                     ys[i] = -1;
                     continue;
                 }
-                ys[i] = choose_token(s->logits + (size_t)i * V, V, &reqs[ss->req].params, &ss->rng, scratch,
+                ys[i] = choose_token(s->logits + (size_t)i * V, V, &reqs[ss->req].params, &ss->rng, scratch, e,
                                      &lps[2 * i], &lps[2 * i + 1]);
             }
             free(scratch);
+            free(e);
         }
         for (int i = 0; i < NL && !rc; i++) {
             slot_state *ss = &st[logit_slot[i]];

@@ -132,7 +132,7 @@ int model_bench_train(int argc, char **argv) {
     float loss0 = 0, loss1 = 0;
     for (int s = -2; s < steps && !rc; s++) {
         double t0 = rlhf_now();
-        model_trainer_zero_grad(tr);
+        /* no zero_grad: adamw_step leaves the gradients zeroed */
         rc = model_forward(tr, tok, tg, B, T, &err);
         double t1 = rlhf_now();
         if (!rc) rc = model_backward_loss(tr, &err);

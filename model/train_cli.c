@@ -285,7 +285,7 @@ int cmd_pretrain(int argc, char **argv) {
             memcpy(tokens + (size_t)b * T, corpus.ids + start, (size_t)T * sizeof *tokens);
             memcpy(targets + (size_t)b * T, corpus.ids + start + 1, (size_t)T * sizeof *targets);
         }
-        model_trainer_zero_grad(tr);
+        /* no zero_grad: adamw_step leaves the gradients zeroed */
         rc = model_forward(tr, tokens, targets, B, T, &err);
         if (!rc) rc = model_backward_loss(tr, &err);
         float norm = 0, lr = 0;

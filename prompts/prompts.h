@@ -135,8 +135,10 @@ typedef struct prompt_task_opts {
 void prompt_task_opts_default(const char *task, prompt_task_opts *o);
 int prompt_task_generate(json_t **out, const char *task, size_t n, uint64_t seed, const char *split,
                          const prompt_task_opts *opts, const json_t *exclude, rlhf_error *err);
-/* Writes n corpus lines "PROMPT COMPLETION\n"-style (prompt text immediately followed by the completion,
- * then a newline), p_correct of them correct; atomic. */
+/* Writes n corpus examples, p_correct of them with a correct completion, the rest with a plausible wrong
+ * one (docs/PROMPT_SELECTION.md); atomic. A path ending in .jsonl gets {"prompt", "completion"} lines (the
+ * completion ends with "\n"), any other path plain text: the prompt immediately followed by the
+ * completion and a newline, one example per line. */
 int prompt_task_write_corpus(const char *path, const char *task, size_t n, uint64_t seed,
                              const prompt_task_opts *opts, rlhf_error *err);
 /* Checks a countdown expression: only digits, + - * ( ) and spaces, each number a distinct use of one of

@@ -150,10 +150,10 @@ static int parse_config(selector_config *c, const json_t *config, rlhf_error *er
         .zero_spread_eps = 1e-6,
         .single_source_cohesion = 1.0,
         .floor = 0.05,
-        .explore_bonus = 0.05,
+        .explore_bonus = 0.005,
         .cohesion_power = 1.0,
         .stale_after_epochs = 2.0,
-        .optimism = 1.0,
+        .optimism = 0.0,
         .zv_window = 1,
         .readmit_after_epochs = 1.0,
     };

@@ -337,6 +337,8 @@ int prompt_task_write_corpus(const char *path, const char *task, size_t n, uint6
     rlhf_rng rng;
     /* a different stream from the dataset generator's, so corpus lines are not the train prompts in order */
     rlhf_rng_seed(&rng, prompts_mix64(seed ^ 0xC0C0u) ^ (uint64_t)kind);
+    size_t plen = strlen(path);
+    int jsonl = plen > 6 && !strcmp(path + plen - 6, ".jsonl");
     rlhf_atomic_file af;
     if ((rc = rlhf_atomic_open(&af, path, err))) return rc;
     for (size_t i = 0; i < n; i++) {
@@ -352,7 +354,23 @@ int prompt_task_write_corpus(const char *path, const char *task, size_t n, uint6
         }
         if (prompts_rng_double(&rng) >= o.p_correct)
             wrong_completion(&rng, kind, nums, c, target, completion, sizeof completion);
-        fprintf(af.fp, "%s%s\n", prompt, completion);
+        if (jsonl) {
+            /* the completion keeps its newline, so a model stops at "\n" or at EOS alike */
+            size_t cl = strlen(completion);
+            completion[cl] = '\n';
+            completion[cl + 1] = 0;
+            json_t *o = json_pack("{s:s, s:s}", "prompt", prompt, "completion", completion);
+            char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            json_decref(o);
+            if (!line) {
+                rlhf_atomic_abort(&af);
+                return rlhf_error_set(err, RLHF_ENOMEM, path, "out of memory");
+            }
+            fprintf(af.fp, "%s\n", line);
+            free(line);
+        } else {
+            fprintf(af.fp, "%s%s\n", prompt, completion);
+        }
     }
     return rlhf_atomic_commit(&af, err);
 }

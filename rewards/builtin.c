@@ -291,7 +291,7 @@ static int length_penalty_score(void *vctx, const rlhf_reward_item *items, size_
         double over = len > c->budget ? (double)(len - c->budget) : 0.0;
         double pen = over * c->per_unit;
         if (c->max_penalty > 0 && pen > c->max_penalty) pen = c->max_penalty;
-        scores[i] = -pen;
+        scores[i] = pen > 0 ? -pen : 0.0;
     }
     return 0;
 }

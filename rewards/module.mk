@@ -5,6 +5,9 @@ HEADERS  += rewards/rewards.h
 TESTS    += test_rewards test_judge
 test_rewards_SRCS = $(wildcard tests/rewards/*.c)
 test_judge_SRCS = $(wildcard tests/judge/*.c)
+SAN_TESTS += test_rewards
+BENCHES  += bench_sandbox
+bench_sandbox_SRCS = bench/bench_sandbox.c
 # --- targets added by the judge/serve/reward-model work go below this line ---
 # The fault-injecting chat server the judge tests and bench_judge talk to (a test peer, not a model).
 PROGRAMS += fault_http_server

@@ -125,8 +125,13 @@ static char *proc_recv_line(process_ctx *c, double deadline, char *reason, size_
             return NULL;
         }
         if (r == 0) {
+            /* EOF: give an exiting child a moment to be reaped so the reason can say how it ended */
             int st = 0;
-            pid_t w = waitpid(c->pid, &st, WNOHANG);
+            pid_t w = 0;
+            for (int k = 0; k < 50 && w == 0; k++) {
+                w = waitpid(c->pid, &st, WNOHANG);
+                if (w == 0) usleep(2000);
+            }
             if (w == c->pid) {
                 c->pid = 0;
                 if (WIFSIGNALED(st)) snprintf(reason, rlen, "process plugin died (signal %d)", WTERMSIG(st));
@@ -230,8 +235,8 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
     json_object_set_new(req, "items", arr);
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_object();
-        json_object_set_new(it, "prompt", json_string(items[i].prompt));
-        json_object_set_new(it, "completion", json_string(items[i].completion));
+        json_object_set_new(it, "prompt", reward_json_string_lossy(items[i].prompt));
+        json_object_set_new(it, "completion", reward_json_string_lossy(items[i].completion));
         json_t *ids = json_array();
         for (int64_t k = 0; items[i].completion_ids && k < items[i].n_completion_ids; k++)
             json_array_append_new(ids, json_integer(items[i].completion_ids[k]));

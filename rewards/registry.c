@@ -1,5 +1,6 @@
 /* rewards/registry.c — the table mapping a source's "type" string to its constructor, and the
  * helpers constructors use to read their JSON config (each error names the JSON path). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "rewards/rewards_int.h"
@@ -15,8 +16,8 @@ static const reward_source_type source_types[] = {
     {"plugin", reward_source_plugin_create, "shared-object plugin (dlopen, ABI-checked)"},
     {"process", reward_source_process_create, "long-lived child process speaking JSON lines"},
     {"judge", reward_source_judge_create, "LLM judge over HTTP"},
-    /* {"rm", reward_source_rm_create, "local reward model"}, */
-    /* {"remote_rm", reward_source_remote_rm_create, "reward model behind an HTTP server"}, */
+    {"rm", reward_source_rm_create, "local reward model"},
+    {"remote_rm", reward_source_remote_rm_create, "reward model behind an HTTP server"},
 };
 
 #define N_SOURCE_TYPES (sizeof source_types / sizeof source_types[0])
@@ -126,4 +127,36 @@ json_t *reward_item_record(const rlhf_reward_item *item, rlhf_reward_status *st)
         return NULL;
     }
     return r;
+}
+
+json_t *reward_json_string_lossy(const char *s) {
+    json_t *j = json_string(s ? s : "");
+    if (j) return j;
+    /* not valid UTF-8: keep the valid sequences, replace each bad byte with U+FFFD */
+    size_t n = strlen(s), o = 0;
+    char *buf = malloc(n * 3 + 1);
+    if (!buf) return NULL;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] >> 6) == 2;
+        if (ok && len > 1) { /* let jansson judge overlongs and surrogates */
+            json_t *t = json_stringn(s + i, len);
+            ok = t != NULL;
+            json_decref(t);
+        }
+        if (ok) {
+            memcpy(buf + o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(buf + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    j = json_stringn(buf, o);
+    free(buf);
+    return j;
 }

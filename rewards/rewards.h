@@ -42,8 +42,9 @@ typedef enum rlhf_reward_status_code {
 #define RLHF_REWARD_REASON_MAX 160
 typedef struct rlhf_reward_status {
     int32_t code;                          /* rlhf_reward_status_code */
-    char reason[RLHF_REWARD_REASON_MAX];   /* short, human-readable; "" when OK. E.g. "timeout",
-                                              "sandbox_error: clone: EPERM", "no answer field" */
+    char reason[RLHF_REWARD_REASON_MAX];   /* short, human-readable. For ERROR/SKIP why, e.g. "timeout",
+                                              "sandbox_error: ...", "record has no \"answer\""; for OK
+                                              "" or a note such as the execution verdict ("fail 2/3") */
 } rlhf_reward_status;
 
 /* One completion to score. All pointers are borrowed for the duration of score_batch only. */

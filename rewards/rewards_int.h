@@ -79,6 +79,9 @@ int reward_source_remote_rm_create(const json_t *src, const char *where, reward_
 int reward_plugin_load(const char *path, const char *config_json, const char *where, reward_source_impl *impl,
                        rlhf_error *err);
 
+/* A JSON string of s; invalid UTF-8 bytes become U+FFFD (model output is not always valid UTF-8). */
+json_t *reward_json_string_lossy(const char *s);
+
 /* Parses item->record_json; returns a new reference or NULL (and sets the status to ERROR) when the
  * record is not a JSON object. */
 json_t *reward_item_record(const rlhf_reward_item *item, rlhf_reward_status *st);

@@ -40,6 +40,9 @@ enum {
     SANDBOX_F_CGROUP = 1 << 4,  /* per-run cgroup (pids + memory limits), v1 or v2 */
 };
 
+/* A setup step for sandbox_config.fault_fail_step (the value of the child's step enum). */
+#define SANDBOX_FAULT_STEP_PIVOT_ROOT 16
+
 typedef struct sandbox_config {
     char interpreter[256];      /* default /usr/bin/python3 */
     int64_t wall_ms;            /* wall-clock limit, default 5000 */
@@ -55,6 +58,8 @@ typedef struct sandbox_config {
     int pool_size;              /* concurrent sandboxes; default = online cores */
     unsigned allow_degraded;    /* SANDBOX_F_* bits allowed to be missing */
     unsigned want;              /* SANDBOX_F_* bits to use when available; default all but CGROUP */
+    int fault_fail_step;        /* FAULT INJECTION for tests only (0 = off): every run's setup fails
+                                   at this step as if the kernel refused it (JSON "fault_inject_step") */
     char binds[8][256];         /* extra read-only bind mounts (host path = sandbox path) */
     int n_binds;
 } sandbox_config;

@@ -50,9 +50,9 @@ static int spawn(child *c, const char *run_dir, rlhf_error *err) {
         dup2(fd, 2);
         int nul = open("/dev/null", O_RDONLY);
         if (nul >= 0) dup2(nul, 0);
-        /* children get the default SIGINT: the launcher decides who stops when (terminal ^C goes to
-         * the whole process group, so children ignore SIGINT and wait for the launcher's SIGTERM) */
-        signal(SIGINT, SIG_IGN);
+        /* a process group of its own: a terminal ^C reaches only the launcher, which decides who
+         * stops when (the updater first, for its final checkpoint) */
+        setpgid(0, 0);
         setenv("RLHF_PROC_NAME", c->name, 1);
         execv("/proc/self/exe", c->argv);
         fprintf(stderr, "exec /proc/self/exe: %s\n", strerror(errno));
@@ -223,7 +223,7 @@ int cmd_run(int argc, char **argv) {
     child *kids = calloc((size_t)G + 2, sizeof *kids);
     child *broker = &kids[0], *upd = &kids[1], *gens = &kids[2];
     {
-        const char *a[] = {"broker", "--config", cfg_out, NULL};
+        const char *a[] = {"broker", "--config", cfg_out, "--run-dir", cfg.run_dir, NULL};
         child_args(broker, "broker", a);
     }
     {

@@ -54,7 +54,8 @@ int cmd_replay(int argc, char **argv) {
     }
     snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
     set_threads(threads >= 0 ? threads : cfg.train_threads);
-    if (rlhf_mkdirs(dir, &err)) {
+    /* a config with only model.arch gets its base initialised (from rl.seed) in the output dir */
+    if (rlhf_mkdirs(dir, &err) || run_prepare_base(&cfg, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_config_free(&cfg);
         return 1;

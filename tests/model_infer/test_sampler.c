@@ -118,6 +118,44 @@ static void test_kv_cache_matches_reference(void) {
 
 /* Three independent implementations agree: the reference forward, the sampler's KV-cache path and
  * model-train's full (B, T) forward with its tape. */
+/* Changing the model's weights (as a training step or checkpoint load does) is picked up by the
+ * sampler's packed copy without any call. */
+static void test_weight_update_visible(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 37);
+    int V = c.vocab_size, T = 6;
+    int32_t toks[6];
+    random_tokens(toks, T, V, 4);
+    sampler *s = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 1, &err), 0);
+    float *lg = malloc((size_t)T * V * sizeof(float));
+    int slot[6] = {0}, pos[6] = {0, 1, 2, 3, 4, 5}, rows[6] = {0, 1, 2, 3, 4, 5};
+    CU_ASSERT_EQUAL_FATAL(sampler_step(s, T, slot, pos, toks, T, rows, lg, &err), 0);
+    float *ref = reference_logits(m, toks, T);
+    CU_ASSERT(rel_diff(lg, ref, (size_t)T * V) < 1e-4);
+    free(ref);
+    for (size_t i = 0; i < m->n_params; i++) m->params_mem[i] *= 0.9f; /* an in-place update */
+    CU_ASSERT_EQUAL_FATAL(sampler_step(s, T, slot, pos, toks, T, rows, lg, &err), 0);
+    ref = reference_logits(m, toks, T);
+    CU_ASSERT(rel_diff(lg, ref, (size_t)T * V) < 1e-4);
+    free(ref);
+    /* a checkpoint load of other weights into the same model */
+    model *other = infer_test_model(&c, 38);
+    const char *path = "/tmp/rlhf_infer_weights_update.safetensors";
+    CU_ASSERT_EQUAL_FATAL(model_save(other, path, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(model_load_into(m, path, &err), 0);
+    remove(path);
+    CU_ASSERT_EQUAL_FATAL(sampler_step(s, T, slot, pos, toks, T, rows, lg, &err), 0);
+    ref = reference_logits(other, toks, T);
+    CU_ASSERT(rel_diff(lg, ref, (size_t)T * V) < 1e-4);
+    free(ref);
+    free(lg);
+    model_destroy(&other);
+    sampler_destroy(&s);
+    model_destroy(&m);
+}
+
 static void test_reference_matches_train_forward(void) {
     model_config c = infer_test_config(0, 2);
     model *m = infer_test_model(&c, 31);
@@ -200,8 +238,9 @@ static void test_batched_equals_single(void) {
         CU_ASSERT_EQUAL(a->finish, SAMPLE_FINISH_LENGTH);
         CU_ASSERT_EQUAL_FATAL(a->n_tokens, b->n_tokens);
         CU_ASSERT_EQUAL(memcmp(a->tokens, b->tokens, (size_t)a->n_tokens * sizeof(int32_t)), 0);
-        CU_ASSERT(rel_diff(a->logprobs, b->logprobs, (size_t)a->n_tokens) < 1e-4);
-        CU_ASSERT(rel_diff(a->sampling_logprobs, b->sampling_logprobs, (size_t)a->n_tokens) < 1e-4);
+        /* every kernel computes a row the same way whatever shares the step: bit-identical */
+        CU_ASSERT_EQUAL(memcmp(a->logprobs, b->logprobs, (size_t)a->n_tokens * sizeof(float)), 0);
+        CU_ASSERT_EQUAL(memcmp(a->sampling_logprobs, b->sampling_logprobs, (size_t)a->n_tokens * sizeof(float)), 0);
     }
     free_all(&batched);
     free_all(&single);
@@ -511,6 +550,7 @@ void infer_register_sampler(void) {
     CU_pSuite s = CU_add_suite("kv_cache", NULL, NULL);
     CU_add_test(s, "incremental and mixed-batch decoding equal the reference forward", test_kv_cache_matches_reference);
     CU_add_test(s, "reference forward equals model-train's full forward", test_reference_matches_train_forward);
+    CU_add_test(s, "weight updates reach the sampler's packed copy", test_weight_update_visible);
     s = CU_add_suite("sampler", NULL, NULL);
     CU_add_test(s, "batched mixed-length sampling equals per-sequence", test_batched_equals_single);
     CU_add_test(s, "same seed same tokens", test_same_seed_same_tokens);

@@ -259,6 +259,8 @@ static void test_adamw_closed_form(void) {
     rlhf_rng_seed(&rng, 42);
     for (size_t i = 0; i < m->n_params; i++) g[i] = 0.1f * rlhf_rng_normal(&rng);
     float norm = 0, lr = 0;
+    float *gsave = malloc(m->n_params * sizeof(float));
+    memcpy(gsave, g, m->n_params * sizeof(float));
     CU_ASSERT_EQUAL(adamw_step(o, m, g, &norm, &lr, &err), 0);
     CU_ASSERT_DOUBLE_EQUAL(lr, 0.01, 1e-9);
     /* first step: m_hat = g, v_hat = g^2, so p1 = p0 (1 - lr wd) - lr g / (|g| + eps) */
@@ -266,19 +268,37 @@ static void test_adamw_closed_form(void) {
         const model_tensor_info *t = &m->tensors[ti];
         double wd = t->cols > 1 ? 0.5 : 0.0, worst = 0;
         for (size_t j = t->offset; j < t->offset + t->numel; j++) {
-            double want = p0[j] * (1 - 0.01 * wd) - 0.01 * g[j] / (fabs(g[j]) + 1e-8);
+            double want = p0[j] * (1 - 0.01 * wd) - 0.01 * gsave[j] / (fabs(gsave[j]) + 1e-8);
             worst = fmax(worst, fabs(m->params_mem[j] - want));
         }
         CU_ASSERT(worst < 1e-6);
     }
-    /* clipping: grads scaled by max_norm / (norm + 1e-6) */
+    /* the gradients were consumed */
+    CU_ASSERT(max_abs(g, m->n_params) == 0.0);
+    /* second step with clipping: g scaled by c = max_norm / (norm + 1e-6), then the Adam update with
+     * m1 = (1-b1) g, v1 = (1-b2) g^2 from the first step and bias corrections for step 2 */
+    float *p1 = malloc(m->n_params * sizeof(float)), *g1 = malloc(m->n_params * sizeof(float));
+    memcpy(p1, m->params_mem, m->n_params * sizeof(float));
+    rlhf_rng_seed(&rng, 42);
+    for (size_t i = 0; i < m->n_params; i++) g1[i] = g[i] = 0.1f * rlhf_rng_normal(&rng);
     adamw_get_config(o)->grad_clip = 0.5f;
     double ss = 0;
     for (size_t i = 0; i < m->n_params; i++) ss += (double)g[i] * g[i];
-    float g0 = g[0];
     CU_ASSERT_EQUAL(adamw_step(o, m, g, &norm, NULL, &err), 0);
     CU_ASSERT(fabs(norm - sqrt(ss)) < 1e-4 * sqrt(ss));
-    CU_ASSERT(fabs(g[0] - g0 * 0.5 / (sqrt(ss) + 1e-6)) < 1e-6 * fabs(g0) + 1e-9);
+    double cf = 0.5 / (sqrt(ss) + 1e-6), b1 = 0.9, b2 = 0.95, worst2 = 0;
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const model_tensor_info *t = &m->tensors[ti];
+        double wd = t->cols > 1 ? 0.5 : 0.0;
+        for (size_t j = t->offset; j < t->offset + t->numel; j++) {
+            double gc = g1[j] * cf, m2 = b1 * (1 - b1) * g1[j] + (1 - b1) * gc;
+            double v2 = b2 * (1 - b2) * (double)g1[j] * g1[j] + (1 - b2) * gc * gc;
+            double want = p1[j] * (1 - 0.01 * wd) - 0.01 / (1 - b1 * b1) * m2 / (sqrt(v2 / (1 - b2 * b2)) + 1e-8);
+            worst2 = fmax(worst2, fabs(m->params_mem[j] - want));
+        }
+    }
+    CU_ASSERT(worst2 < 1e-6);
+    free(p1), free(g1), free(gsave);
     CU_ASSERT_EQUAL(adamw_get_step(o), 2);
     g[3] = NAN;
     CU_ASSERT_EQUAL(adamw_step(o, m, g, NULL, NULL, &err), RLHF_EINVAL);

@@ -2,11 +2,13 @@
 void register_ops_suite(void);
 void register_model_suite(void);
 void register_oracle_suite(void);
+void register_cli_suite(void);
 int register_suites(void);
 
 int register_suites(void) {
     register_ops_suite();
     register_model_suite();
     register_oracle_suite();
+    register_cli_suite();
     return 0;
 }

@@ -36,15 +36,22 @@ def layout(cfg):
 
 
 class Llama(torch.nn.Module):
-    def __init__(self, cfg, flat, dtype):
+    def __init__(self, cfg, flat, dtype, split_layers=False):
+        """split_layers: one Parameter per layer (a ParameterList) instead of one stacked (L, ...) tensor;
+        the same numbers, but indexing a stacked Parameter makes autograd build a full-size gradient per
+        layer, which the benchmark peer should not pay for."""
         super().__init__()
         self.cfg = cfg
         self.names = []
         off = 0
+        stacked = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
         for name, shape in layout(cfg):
             n = math.prod(shape)
             t = torch.tensor(flat[off:off + n], dtype=dtype).reshape(shape)
-            setattr(self, name, torch.nn.Parameter(t))
+            if split_layers and name in stacked:
+                setattr(self, name, torch.nn.ParameterList([torch.nn.Parameter(t[l].clone()) for l in range(shape[0])]))
+            else:
+                setattr(self, name, torch.nn.Parameter(t))
             self.names.append(name)
             off += n
         assert off == len(flat), f"parameter file has {len(flat)} floats, layout wants {off}"
@@ -104,8 +111,8 @@ def masked_ce(logits, targets):
 def make_optimizer(model, oc):
     # norm weights are not decayed (they are 2-D here only because layers are stacked)
     norms = ("attn_norm", "ffn_norm", "final_norm")
-    decay = [p for n, p in model.named_parameters() if n not in norms]
-    no_decay = [p for n, p in model.named_parameters() if n in norms]
+    decay = [p for n, p in model.named_parameters() if n.split(".")[0] not in norms]
+    no_decay = [p for n, p in model.named_parameters() if n.split(".")[0] in norms]
     return torch.optim.AdamW([{"params": decay, "weight_decay": oc["weight_decay"]},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=oc["lr"], betas=(oc["beta1"], oc["beta2"]), eps=oc["eps"])
@@ -177,9 +184,10 @@ def bench(arch_path, B, T, steps, threads):
     n = sum(math.prod(s) for _, s in layout(cfg))
     g = torch.Generator().manual_seed(1)
     flat = (torch.randn(n, generator=g) * 0.02).tolist()
-    model = Llama(cfg, flat, torch.float32)
+    model = Llama(cfg, flat, torch.float32, split_layers=True)
     with torch.no_grad():
-        model.attn_norm.fill_(1.0), model.ffn_norm.fill_(1.0), model.final_norm.fill_(1.0)
+        for p in list(model.attn_norm) + list(model.ffn_norm) + [model.final_norm]:
+            p.fill_(1.0)
     oc = {"lr": 3e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
     opt = make_optimizer(model, oc)
     tokens = torch.randint(0, cfg["vocab_size"], (B, T), generator=g)

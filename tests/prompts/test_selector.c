@@ -74,7 +74,7 @@ static void test_group_cohesion_and_spread(void) {
     float total[4] = {0, 1, 1, 2}; /* mean 1, population variance 0.5 */
     prompt_stats st = {.prompt_id = "x", .k = 4, .n_sources = 3, .rewards = r, .total = total};
     double spread, coh;
-    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, &spread, &coh), 3);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 3);
     NEAR(spread, sqrt(0.5));
     NEAR(coh, -1.0 / 3);
 
@@ -82,23 +82,40 @@ static void test_group_cohesion_and_spread(void) {
     float r2[8] = {1, 2, NAN, 4, /**/ 1, 3, 2, 0};
     float t2[4] = {1, 2.5f, NAN, 2};
     st = (prompt_stats){.prompt_id = "x", .k = 4, .n_sources = 2, .rewards = r2, .total = t2};
-    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, &spread, &coh), 1);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 1);
     NEAR(coh, -1.0 / 3);
     /* spread over the finite totals 1, 2.5, 2: mean 11/6 */
     double m = 11.0 / 6, var = ((1 - m) * (1 - m) + (2.5 - m) * (2.5 - m) + (2 - m) * (2 - m)) / 3;
     NEAR(spread, sqrt(var));
 
-    /* a constant source is left out; the remaining pair has ties: 2/sqrt(12) */
+    /* a constant source: its two pairs score 0 (zero) or are left out (skip); the varying pair has ties:
+     * 2/sqrt(12) */
     float r3[12] = {1, 1, 1, 1, /**/ 0, 1, 0, 1, /**/ 0, 1, 1, 1};
     float t3[4] = {0.25f, 1, 0.5f, 1};
     st = (prompt_stats){.prompt_id = "x", .k = 4, .n_sources = 3, .rewards = r3, .total = t3};
-    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, &spread, &coh), 1);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 3);
+    NEAR(coh, 2.0 / sqrt(12.0) / 3);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_SKIP, &spread, &coh), 1);
     NEAR(coh, 2.0 / sqrt(12.0));
+
+    /* checker says all equal, judge ranks one sample lower (noise): no agreement */
+    float r5[8] = {1, 1, 1, 1, /**/ 1, 1, 0, 1};
+    float t5[4] = {1, 1, 0.5f, 1};
+    st = (prompt_stats){.prompt_id = "x", .k = 4, .n_sources = 2, .rewards = r5, .total = t5};
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 1);
+    NEAR(coh, 0.0);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_SKIP, &spread, &coh), 0);
+    NEAR(coh, 1.0);
+    /* both constant: no ranking at all, the fallback */
+    float r6[8] = {1, 1, 1, 1, /**/ 0, 0, 0, 0};
+    st = (prompt_stats){.prompt_id = "x", .k = 4, .n_sources = 2, .rewards = r6, .total = t5};
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 0.5, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 0);
+    NEAR(coh, 0.5);
 
     /* zero spread */
     float r4[4] = {1, 1, 1, 1};
     st = (prompt_stats){.prompt_id = "x", .k = 4, .n_sources = 1, .rewards = r4, .total = r4};
-    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, &spread, &coh), 0);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 0);
     NEAR(spread, 0.0);
 }
 
@@ -107,10 +124,10 @@ static void test_one_source(void) {
     float r[4] = {0, 1, 0, 1};
     prompt_stats st = {.prompt_id = "x", .k = 4, .n_sources = 1, .rewards = r, .total = NULL};
     double spread, coh;
-    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, &spread, &coh), 0);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 1.0, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 0);
     NEAR(coh, 1.0);
     NEAR(spread, 0.5);
-    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 0.25, &spread, &coh), 0);
+    CU_ASSERT_EQUAL(prompt_group_cohesion(&st, 0.25, PROMPT_CONSTANT_PAIR_ZERO, &spread, &coh), 0);
     NEAR(coh, 0.25);
 
     prompt_dataset *ds = make_dataset(4);
@@ -374,6 +391,7 @@ static void test_config_errors(void) {
         {"{\"floor\":1.5}", "selector.floor"},
         {"{\"decay\":\"x\"}", "selector.decay"},
         {"{\"zv_window\":1.5}", "selector.zv_window"},
+        {"{\"constant_pair\":\"drop\"}", "selector.constant_pair"},
         {"[1]", "selector"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -178,6 +178,34 @@ static void test_corpus(void) {
     }
 }
 
+/* The JSONL form: {"prompt", "completion"} with the completion ending in a newline, same mix. */
+static void test_corpus_jsonl(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/corpus_arith.jsonl", tmpdir);
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(prompt_task_write_corpus(path, "arith", 1000, 9, NULL, &err), 0);
+    FILE *f = fopen(path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[512];
+    int n = 0, correct = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+        const char *p = json_string_value(json_object_get(o, "prompt"));
+        const char *c = json_string_value(json_object_get(o, "completion"));
+        CU_ASSERT_TRUE_FATAL(p && c && strlen(c) >= 2 && c[strlen(c) - 1] == '\n');
+        long x, y;
+        char op;
+        CU_ASSERT_EQUAL(sscanf(p, "%ld%c%ld=", &x, &op, &y), 3);
+        correct += strtol(c, NULL, 10) == (op == '+' ? x + y : op == '-' ? x - y : x * y);
+        json_decref(o);
+        n++;
+    }
+    fclose(f);
+    CU_ASSERT_EQUAL(n, 1000);
+    CU_ASSERT_TRUE(correct > 280 && correct < 420);
+}
+
 static int suite_init(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_prompts_tasks.XXXXXX");
     return mkdtemp(tmpdir) ? 0 : -1;
@@ -197,5 +225,6 @@ int register_task_suites(void) {
     CU_add_test(s, "deterministic_and_heldout_disjoint", test_deterministic_and_heldout_disjoint);
     CU_add_test(s, "arith_records_valid", test_arith_records_valid);
     CU_add_test(s, "corpus", test_corpus);
+    CU_add_test(s, "corpus_jsonl", test_corpus_jsonl);
     return 0;
 }

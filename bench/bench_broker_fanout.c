@@ -1,0 +1,193 @@
+/* bench/bench_broker_fanout.c — weight fan-out latency: one updater publishes a 40 MB version
+ * (10M fp32 parameters, 2 tensors), the broker forwards it to 4 generator processes.
+ *
+ *   bench_broker_fanout [N_FLOATS] [GENERATORS] [REPEATS]
+ *
+ * Latency = from the updater's publish call (encode + checksums + send) to the moment the last generator
+ * holds the decoded tensors with every chunk's CRC-32 and the tensor table verified (wall clock, same
+ * host). Generators report their receive time through a pipe. Prints the median, min and max; the
+ * peer figure is one raw ZeroMQ PUSH of the same 40 MB to one PULL in the same run. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "broker/broker.h"
+#include "tests/broker/synth_common.h"
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static pid_t fork_broker(const char *endpoint) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        broker_config cfg;
+        broker_config_defaults(&cfg);
+        snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
+        cfg.replay_path[0] = 0;
+        cfg.stats_interval_ms = 0;
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        broker *b;
+        if (broker_create(&b, &cfg, "/tmp", &e) != 0) {
+            rlhf_error_print("bench broker", &e);
+            _exit(1);
+        }
+        static volatile sig_atomic_t never;
+        int rc = broker_run(b, &never, &e);
+        broker_destroy(&b);
+        _exit(rc ? 1 : 0);
+    }
+    return pid;
+}
+
+/* Generator: receive versions, report (version, wall time) on the pipe. */
+static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        char id[32];
+        snprintf(id, sizeof id, "fan-gen-%d", idx);
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        broker_client *c;
+        if (broker_client_connect(&c, endpoint, WIRE_ROLE_GENERATOR, id, 10000, &e) != 0) {
+            rlhf_error_print("bench generator", &e);
+            _exit(1);
+        }
+        double ready[2] = {-1, rlhf_wall_time()};
+        if (write(fd, ready, sizeof ready) != sizeof ready) _exit(1);
+        for (int got = 0; got < versions;) {
+            wire_weights w;
+            int r = broker_client_poll_weights(c, &w, 30000, &e);
+            if (r != 1) {
+                rlhf_error_print("bench generator", &e);
+                _exit(1);
+            }
+            double msg[2] = {(double)w.version, rlhf_wall_time()};
+            wire_weights_free(&w);
+            if (write(fd, msg, sizeof msg) != sizeof msg) _exit(1);
+            got++;
+        }
+        broker_client_close(&c);
+        _exit(0);
+    }
+    return pid;
+}
+
+static double raw_push_once(const wire_out *o, int port) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    int p[2];
+    if (pipe(p) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        void *ctx = zmq_ctx_new();
+        void *pull = zmq_socket(ctx, ZMQ_PULL);
+        zmq_bind(pull, ep);
+        double ready = 0;
+        if (write(p[1], &ready, sizeof ready) != sizeof ready) _exit(1);
+        wire_rx rx = {0};
+        wire_rx_recv(pull, &rx, 0, NULL);
+        double t = rlhf_wall_time();
+        if (write(p[1], &t, sizeof t) != sizeof t) _exit(1);
+        wire_rx_free(&rx);
+        zmq_close(pull);
+        zmq_ctx_term(ctx);
+        _exit(0);
+    }
+    close(p[1]);
+    double ready, t1;
+    if (read(p[0], &ready, sizeof ready) != sizeof ready) return -1;
+    void *ctx = zmq_ctx_new();
+    void *push = zmq_socket(ctx, ZMQ_PUSH);
+    zmq_connect(push, ep);
+    usleep(100000); /* connected before timing */
+    double t0 = rlhf_wall_time();
+    wire_out_send(push, o, NULL);
+    if (read(p[0], &t1, sizeof t1) != sizeof t1) t1 = t0 - 1;
+    close(p[0]);
+    zmq_close(push);
+    zmq_ctx_term(ctx);
+    waitpid(pid, NULL, 0);
+    return t1 - t0;
+}
+
+int main(int argc, char **argv) {
+    long n_floats = argc > 1 ? atol(argv[1]) : 10000000L;
+    int n_gen = argc > 2 ? atoi(argv[2]) : 4;
+    int repeats = argc > 3 ? atoi(argv[3]) : 7;
+    if (n_floats < 2 || n_gen < 1 || n_gen > 64 || repeats < 1 || repeats > 64) {
+        fprintf(stderr, "usage: bench_broker_fanout [N_FLOATS] [GENERATORS 1..64] [REPEATS 1..64]\n");
+        return 2;
+    }
+    int port = 30000 + getpid() % 20000;
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    pid_t brk = fork_broker(endpoint);
+    int p[2];
+    if (pipe(p) != 0) return 1;
+    pid_t gens[64];
+    for (int i = 0; i < n_gen; i++) gens[i] = fork_generator(endpoint, i, p[1], repeats);
+    close(p[1]);
+    for (int i = 0; i < n_gen; i++) { /* every generator connected */
+        double m[2];
+        if (read(p[0], m, sizeof m) != sizeof m) return 1;
+    }
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    broker_client *c;
+    if (broker_client_connect(&c, endpoint, WIRE_ROLE_UPDATER, "fan-upd", 10000, &e) != 0) {
+        rlhf_error_print("bench updater", &e);
+        return 1;
+    }
+    /* the weights are prepared once; each repeat publishes a new version of the same bytes */
+    wire_weights w;
+    wire_tensor t[2];
+    synth_weights_make(&w, t, 1, (uint64_t)n_floats);
+    double lat[64], lo = 1e9, hi = 0;
+    for (int r = 0; r < repeats; r++) {
+        w.version = (uint64_t)r + 1;
+        usleep(200000);
+        double t0 = rlhf_wall_time();
+        if (broker_client_publish_weights(c, &w, &e) != 0) {
+            rlhf_error_print("bench updater", &e);
+            return 1;
+        }
+        double last = 0;
+        for (int i = 0; i < n_gen; i++) {
+            double m[2];
+            if (read(p[0], m, sizeof m) != sizeof m) return 1;
+            if ((uint64_t)m[0] != w.version) fprintf(stderr, "generator got version %.0f, want %llu\n", m[0], (unsigned long long)w.version);
+            if (m[1] > last) last = m[1];
+        }
+        lat[r] = last - t0;
+        if (lat[r] < lo) lo = lat[r];
+        if (lat[r] > hi) hi = lat[r];
+        fprintf(stderr, "version %d: %.1f ms\n", r + 1, lat[r] * 1e3);
+    }
+    for (int i = 0; i < n_gen; i++) waitpid(gens[i], NULL, 0);
+    broker_client_close(&c);
+    kill(brk, SIGTERM);
+    waitpid(brk, NULL, 0);
+    /* peer: the same encoded message, raw PUSH -> PULL, one receiver, no checks */
+    wire_out o;
+    wire_encode_weights(&w, &o, NULL);
+    double raw[64];
+    for (int r = 0; r < repeats; r++) raw[r] = raw_push_once(&o, port + 1);
+    wire_out_free(&o);
+    free((void *)w.data);
+    qsort(lat, repeats, sizeof *lat, cmp_d);
+    qsort(raw, repeats, sizeof *raw, cmp_d);
+    printf("weights: %.1f MB (%ld fp32), %d generators, %d versions\n", n_floats * 4 / 1e6, n_floats, n_gen, repeats);
+    printf("fan-out publish -> last generator verified: median %.1f ms (min %.1f, max %.1f)\n",
+           lat[repeats / 2] * 1e3, lo * 1e3, hi * 1e3);
+    printf("raw ZeroMQ PUSH -> 1 PULL of the same bytes, unverified: median %.1f ms\n", raw[repeats / 2] * 1e3);
+    return 0;
+}

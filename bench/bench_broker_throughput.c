@@ -1,0 +1,275 @@
+/* bench/bench_broker_throughput.c — rollout throughput through the broker against raw ZeroMQ.
+ *
+ *   bench_broker_throughput [GROUPS_PER_RUN] [REPEATS]
+ *
+ * Broker path: a generator process (client API: prompt requests + pushes) -> broker process (validates,
+ * appends to the replay log, queues, delivers on credit) -> this process as the updater (client API:
+ * credit, receive, decode). Peer: one process PUSHing the same encoded bytes to this process PULLing
+ * them over raw ZeroMQ (no validation, no log). Groups are 8 samples x 256 tokens. Each repeat runs both
+ * paths, alternating; the medians and their ratio are printed. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "broker/broker.h"
+#include "tests/broker/synth_common.h"
+
+#define K 8
+#define TOKENS 256
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static size_t group_bytes(void) {
+    wire_rollout_group g;
+    synth_group_make(&g, "bench-gen", 0, 0, K, TOKENS, "p0", "a prompt of moderate length for the benchmark");
+    wire_out o;
+    wire_encode_rollout_group(&g, &o, NULL);
+    size_t n = 0;
+    for (size_t i = 0; i < wire_out_nframes(&o); i++) n += wire_out_frame(&o, i).len;
+    wire_out_free(&o);
+    synth_group_free(&g);
+    return n;
+}
+
+/* ---------------------------------------------------------------- broker path */
+
+static pid_t fork_broker(const char *endpoint, const char *dir, const char *dataset) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        broker_config cfg;
+        broker_config_defaults(&cfg);
+        snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
+        snprintf(cfg.dataset, sizeof cfg.dataset, "%s", dataset);
+        cfg.max_staleness = 1000;
+        cfg.queue_capacity = 256;
+        cfg.stats_interval_ms = 0;
+        cfg.replay_fsync = BROKER_FSYNC_NEVER;
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        broker *b;
+        if (broker_create(&b, &cfg, dir, &e) != 0) {
+            rlhf_error_print("bench broker", &e);
+            _exit(1);
+        }
+        static volatile sig_atomic_t never;
+        int rc = broker_run(b, &never, &e);
+        broker_destroy(&b);
+        _exit(rc ? 1 : 0);
+    }
+    return pid;
+}
+
+static pid_t fork_generator(const char *endpoint, int groups) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        broker_client *c;
+        if (broker_client_connect(&c, endpoint, WIRE_ROLE_GENERATOR, "bench-gen", 10000, &e) != 0) {
+            rlhf_error_print("bench generator", &e);
+            _exit(1);
+        }
+        /* payload made once: the benchmark measures transport, not payload synthesis */
+        wire_rollout_group g;
+        synth_group_make(&g, "bench-gen", 0, 0, K, TOKENS, "p0", "a prompt of moderate length for the benchmark");
+        int sent = 0;
+        while (sent < groups) {
+            wire_prompt_batch pb;
+            uint32_t want = groups - sent < 32 ? (uint32_t)(groups - sent) : 32;
+            if (broker_client_request_prompts(c, want, &pb, 10000, &e) != 0) {
+                rlhf_error_print("bench generator", &e);
+                _exit(1);
+            }
+            for (uint32_t i = 0; i < pb.n && sent < groups; i++, sent++) {
+                g.seq = (uint64_t)sent;
+                g.prompt_id = pb.prompts[i].id;
+                broker_client_push_group(c, &g, &e);
+            }
+            wire_prompt_batch_free(&pb);
+        }
+        g.prompt_id = NULL;
+        synth_group_free(&g);
+        broker_client_close(&c);
+        _exit(0);
+    }
+    return pid;
+}
+
+/* seconds from the first to the last group received by this updater */
+static double run_broker_path(const char *endpoint, int groups) {
+    pid_t gen = fork_generator(endpoint, groups);
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    broker_client *c;
+    char id[64];
+    snprintf(id, sizeof id, "bench-upd-%d", (int)gen);
+    if (broker_client_connect(&c, endpoint, WIRE_ROLE_UPDATER, id, 10000, &e) != 0) {
+        rlhf_error_print("bench updater", &e);
+        exit(1);
+    }
+    broker_client_grant_credit(c, 128, &e);
+    double t0 = 0;
+    for (int i = 0; i < groups; i++) {
+        wire_rollout_group g;
+        if (broker_client_recv_group(c, &g, 20000, &e) != 1) {
+            fprintf(stderr, "bench updater: group %d did not arrive\n", i);
+            exit(1);
+        }
+        if (i == 0) t0 = rlhf_now();
+        wire_rollout_group_free(&g);
+        if ((i + 1) % 32 == 0) broker_client_grant_credit(c, 32, &e); /* credit in batches, as an updater would */
+    }
+    double dt = rlhf_now() - t0;
+    broker_client_close(&c);
+    waitpid(gen, NULL, 0);
+    return dt;
+}
+
+/* ---------------------------------------------------------------- raw ZeroMQ PUSH/PULL */
+
+static double run_raw(int port, int groups) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    pid_t pid = fork();
+    if (pid == 0) {
+        void *ctx = zmq_ctx_new();
+        void *push = zmq_socket(ctx, ZMQ_PUSH);
+        zmq_connect(push, ep);
+        wire_rollout_group g;
+        synth_group_make(&g, "bench-gen", 0, 0, K, TOKENS, "p0", "a prompt of moderate length for the benchmark");
+        wire_out o;
+        wire_encode_rollout_group(&g, &o, NULL);
+        for (int i = 0; i < groups; i++) wire_out_send(push, &o, NULL);
+        wire_out_free(&o);
+        synth_group_free(&g);
+        zmq_close(push);
+        zmq_ctx_term(ctx);
+        _exit(0);
+    }
+    void *ctx = zmq_ctx_new();
+    void *pull = zmq_socket(ctx, ZMQ_PULL);
+    if (zmq_bind(pull, ep) != 0) {
+        fprintf(stderr, "bench raw: cannot bind %s\n", ep);
+        exit(1);
+    }
+    wire_rx rx = {0};
+    double t0 = 0;
+    for (int i = 0; i < groups; i++) {
+        wire_rx_recv(pull, &rx, 0, NULL);
+        if (i == 0) t0 = rlhf_now();
+    }
+    double dt = rlhf_now() - t0;
+    wire_rx_free(&rx);
+    zmq_close(pull);
+    zmq_ctx_term(ctx);
+    waitpid(pid, NULL, 0);
+    return dt;
+}
+
+/* The same bytes through a raw relay process (PULL -> PUSH, what zmq_proxy does): the broker's topology
+ * (two hops) without validation, logging, credit or prompts. */
+static double run_relay(int port, int groups) {
+    char in_ep[64], out_ep[64];
+    snprintf(in_ep, sizeof in_ep, "tcp://127.0.0.1:%d", port);
+    snprintf(out_ep, sizeof out_ep, "tcp://127.0.0.1:%d", port + 1);
+    pid_t relay = fork();
+    if (relay == 0) {
+        void *ctx = zmq_ctx_new();
+        void *in = zmq_socket(ctx, ZMQ_PULL), *out = zmq_socket(ctx, ZMQ_PUSH);
+        zmq_bind(in, in_ep);
+        zmq_bind(out, out_ep);
+        zmq_proxy(in, out, NULL); /* until killed */
+        _exit(0);
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        void *ctx = zmq_ctx_new();
+        void *push = zmq_socket(ctx, ZMQ_PUSH);
+        zmq_connect(push, in_ep);
+        wire_rollout_group g;
+        synth_group_make(&g, "bench-gen", 0, 0, K, TOKENS, "p0", "a prompt of moderate length for the benchmark");
+        wire_out o;
+        wire_encode_rollout_group(&g, &o, NULL);
+        for (int i = 0; i < groups; i++) wire_out_send(push, &o, NULL);
+        wire_out_free(&o);
+        synth_group_free(&g);
+        zmq_close(push);
+        zmq_ctx_term(ctx);
+        _exit(0);
+    }
+    void *ctx = zmq_ctx_new();
+    void *pull = zmq_socket(ctx, ZMQ_PULL);
+    zmq_connect(pull, out_ep);
+    wire_rx rx = {0};
+    double t0 = 0;
+    for (int i = 0; i < groups; i++) {
+        wire_rx_recv(pull, &rx, 0, NULL);
+        if (i == 0) t0 = rlhf_now();
+    }
+    double dt = rlhf_now() - t0;
+    wire_rx_free(&rx);
+    zmq_close(pull);
+    zmq_ctx_term(ctx);
+    waitpid(pid, NULL, 0);
+    kill(relay, SIGKILL);
+    waitpid(relay, NULL, 0);
+    return dt;
+}
+
+int main(int argc, char **argv) {
+    int groups = argc > 1 ? atoi(argv[1]) : 5000;
+    int repeats = argc > 2 ? atoi(argv[2]) : 5;
+    if (groups < 10 || repeats < 1 || repeats > 64) {
+        fprintf(stderr, "usage: bench_broker_throughput [GROUPS_PER_RUN>=10] [REPEATS 1..64]\n");
+        return 2;
+    }
+    char dir[] = "/tmp/bench_broker.XXXXXX";
+    if (!mkdtemp(dir)) return 1;
+    char dataset[256];
+    snprintf(dataset, sizeof dataset, "%s/prompts.jsonl", dir);
+    FILE *f = fopen(dataset, "w");
+    for (int i = 0; i < 100; i++) fprintf(f, "{\"id\": \"p%d\", \"prompt\": \"prompt number %d\"}\n", i, i);
+    fclose(f);
+    int port = 30000 + getpid() % 20000;
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    pid_t brk = fork_broker(endpoint, dir, dataset);
+    size_t gb = group_bytes();
+    double tb[64], tr[64], tl[64];
+    for (int r = 0; r < repeats; r++) {
+        tr[r] = run_raw(port + 1, groups);
+        tl[r] = run_relay(port + 2, groups);
+        tb[r] = run_broker_path(endpoint, groups);
+        fprintf(stderr, "repeat %d: broker %.3f s, raw %.3f s, raw relay %.3f s\n", r, tb[r], tr[r], tl[r]);
+    }
+    kill(brk, SIGTERM); /* the forked broker installs no handler: default action ends it */
+    waitpid(brk, NULL, 0);
+    double mb = median(tb, repeats), mr = median(tr, repeats), ml = median(tl, repeats);
+    double gps_b = (groups - 1) / mb, gps_r = (groups - 1) / mr, gps_l = (groups - 1) / ml;
+    printf("group: %d samples x %d tokens, %zu bytes on the wire; %d groups per run, %d repeats (medians)\n", K,
+           TOKENS, gb, groups, repeats);
+    printf("broker path (gen -> broker -> updater, validated, replay-logged): %8.0f groups/s  %7.1f MB/s\n", gps_b,
+           gps_b * gb / 1e6);
+    printf("raw ZeroMQ PUSH/PULL (same bytes, one hop, no checks):           %8.0f groups/s  %7.1f MB/s\n", gps_r,
+           gps_r * gb / 1e6);
+    printf("raw ZeroMQ relay PUSH -> PULL|PUSH -> PULL (two hops, no checks):  %8.0f groups/s  %7.1f MB/s\n", gps_l,
+           gps_l * gb / 1e6);
+    printf("ratio broker/raw: %.2f   broker/raw-relay: %.2f\n", gps_b / gps_r, gps_b / gps_l);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    return 0;
+}

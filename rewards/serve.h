@@ -1,0 +1,55 @@
+/* rewards/serve.h — `rlhf serve`: an OpenAI-compatible HTTP server (libmicrohttpd) for a project
+ * checkpoint and/or a reward model (rewards/'s private header; the CLI is rewards/serve_cli.c).
+ *
+ * Routes:
+ *   GET  /health                {"status":"ok","queued":N}
+ *   GET  /v1/models             the model (and reward model) ids
+ *   POST /v1/chat/completions   messages -> one completion; "stream": true answers Server-Sent Events
+ *                               (chat.completion.chunk objects, then "data: [DONE]")
+ *   POST /v1/completions        prompt (a string) -> one completion; "stream" as above
+ *   POST /get_reward            {"query":[text...]} -> {"rewards":[...]} (OpenRLHF API; needs a reward model)
+ * Request fields used: max_tokens (or max_completion_tokens), temperature (default 1), top_p, top_k, seed,
+ * stop (string or up to 4 strings), stream, n (must be 1). "model" is echoed, not checked. A
+ * response_format other than {"type":"text"} is refused with 400 (so a judge client falls back to its
+ * text pattern).
+ * Chat prompt: each message as "<|ROLE|>\nCONTENT\n", then "<|assistant|>\n"; generation stops at EOS,
+ * a stop string, max_tokens or the model's max_seq_len.
+ * Batching: every handler thread queues its request; one worker takes all waiting requests and runs
+ * them through the model's batched sampler together (continuous batching over max_batch slots).
+ * Limits: bodies over max_body bytes get 413, more than max_queue waiting requests get 503 with
+ * Retry-After; malformed requests get 400; errors use OpenAI's {"error":{"message","type","param","code"}}. */
+#ifndef RLHF_REWARDS_SERVE_H
+#define RLHF_REWARDS_SERVE_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "common/common.h"
+
+typedef struct serve_config {
+    char model_path[1024];  /* checkpoint to generate with; "" = none (reward model only) */
+    char rm_path[1024];     /* reward model checkpoint; "" = none */
+    char model_id[128];     /* id in /v1/models and responses; "" = file name without extension */
+    char host[64];          /* default "127.0.0.1" */
+    int port;               /* 0 = any free port (see serve_port) */
+    int max_batch;          /* sampler slots and RM batch (default 8) */
+    int max_queue;          /* waiting requests before 503 (default 64) */
+    size_t max_body;        /* request body bytes (default 1 MiB) */
+    int max_tokens_default; /* when a request gives none (default 128) */
+    int max_connections;    /* concurrent connections (default 256) */
+} serve_config;
+
+void serve_config_init(serve_config *cfg);
+
+typedef struct serve_server serve_server;
+
+/* Loads the model(s), starts the worker and the HTTP daemon. `log` (may be NULL) gets one line per
+ * rejected request. */
+int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_error *err);
+int serve_port(const serve_server *s);
+void serve_destroy(serve_server **s);
+
+/* Replaces invalid UTF-8 in s[0..n) by U+FFFD; returns a malloc'd NUL-terminated string. */
+char *serve_utf8_sanitize(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,731 @@
+/* tests/broker/test_broker_proc.c — the broker as a real process over tcp loopback, with synthetic
+ * generators and updaters as real processes (tests/broker/synth_*.c): exactly-once delivery,
+ * kill -9 and restart, backpressure; plus config errors, bind errors and protocol version errors.
+ *
+ * The "fake" peers here (raw ZeroMQ sockets speaking protocol version 99) exist only to inject faults
+ * a real peer cannot produce. */
+#include <CUnit/CUnit.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "broker/broker.h"
+#include "tests/broker/synth_common.h"
+
+static char tmpdir[256];
+static char bindir[4096];
+static int port_seq;
+
+static int suite_init(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_broker_proc.XXXXXX");
+    if (!mkdtemp(tmpdir)) return -1;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return -1;
+    exe[n] = 0;
+    snprintf(bindir, sizeof bindir, "%s/../bin", dirname(exe));
+    /* the dataset the broker serves */
+    char p[512];
+    snprintf(p, sizeof p, "%s/prompts.jsonl", tmpdir);
+    FILE *f = fopen(p, "w");
+    if (!f) return -1;
+    for (int i = 0; i < 40; i++) fprintf(f, "{\"id\": \"p%d\", \"prompt\": \"What is %d + %d?\", \"answer\": \"%d\"}\n", i, i, i, 2 * i);
+    fclose(f);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+static int suite_clean(void) {
+    if (getenv("TEST_BROKER_KEEP")) { /* keep logs for debugging */
+        fprintf(stderr, "kept %s\n", tmpdir);
+        return 0;
+    }
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int next_port(void) { return 20000 + (int)((getpid() * 131 + port_seq++ * 17) % 30000); }
+
+/* fork + exec with stdout/stderr into LOG */
+static pid_t spawn(char *const argv[], const char *log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Exit status, or -1 after a timeout (the process is then killed). */
+static int wait_exit(pid_t pid, double timeout_s) {
+    double end = rlhf_now() + timeout_s;
+    int st;
+    while (rlhf_now() < end) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        sleep_ms(20);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+typedef struct run {
+    char dir[512];
+    char endpoint[64];
+    pid_t broker;
+} run;
+
+/* Writes a config and starts `rlhf broker`; waits until it answers. extra: more JSON keys for "broker". */
+static int start_broker(run *r, const char *name, const char *extra) {
+    snprintf(r->dir, sizeof r->dir, "%s/%s", tmpdir, name);
+    mkdir(r->dir, 0755);
+    for (int attempt = 0; attempt < 5; attempt++) {
+        snprintf(r->endpoint, sizeof r->endpoint, "tcp://127.0.0.1:%d", next_port());
+        char cfg[600], text[2048], log[600], bin[4200];
+        snprintf(cfg, sizeof cfg, "%s/config.json", r->dir);
+        snprintf(text, sizeof text,
+                 "{\"broker\": {\"endpoint\": \"%s\", \"dataset\": \"%s/prompts.jsonl\", "
+                 "\"heartbeat_interval_ms\": 100, \"heartbeat_timeout_ms\": 800, \"stats_interval_ms\": 0%s%s}, "
+                 "\"other_section\": {\"ignored\": true}}",
+                 r->endpoint, tmpdir, extra ? ", " : "", extra ? extra : "");
+        FILE *f = fopen(cfg, "w");
+        fputs(text, f);
+        fclose(f);
+        snprintf(log, sizeof log, "%s/broker.log", r->dir);
+        snprintf(bin, sizeof bin, "%s/rlhf", bindir);
+        char *argv[] = {bin, "broker", "--config", cfg, "--run-dir", r->dir, NULL};
+        r->broker = spawn(argv, log);
+        broker_client *c;
+        rlhf_error e;
+        for (int i = 0; i < 50; i++) {
+            int st;
+            if (waitpid(r->broker, &st, WNOHANG) == r->broker) break; /* exited: port in use? retry */
+            rlhf_error_clear(&e);
+            if (broker_client_connect(&c, r->endpoint, WIRE_ROLE_OBSERVER, "probe", 100, &e) == 0) {
+                broker_client_close(&c);
+                /* still ours? (if it could not bind, the probe may have reached someone else's broker) */
+                if (waitpid(r->broker, &st, WNOHANG) == r->broker) break;
+                return 0;
+            }
+        }
+        kill(r->broker, SIGKILL);
+        waitpid(r->broker, NULL, 0);
+    }
+    return -1;
+}
+
+static pid_t start_gen(const run *r, const char *id, const char *extra_args) {
+    char bin[4200], out[600], log[600], cmd[1024];
+    snprintf(bin, sizeof bin, "%s/synth_generator", bindir);
+    snprintf(out, sizeof out, "%s/%s.out", r->dir, id);
+    snprintf(log, sizeof log, "%s/%s.log", r->dir, id);
+    snprintf(cmd, sizeof cmd, "%s", extra_args ? extra_args : "");
+    char *argv[32] = {bin, "--endpoint", (char *)r->endpoint, "--id", (char *)id, "--out", out};
+    int n = 7;
+    for (char *tok = strtok(cmd, " "); tok && n < 30; tok = strtok(NULL, " ")) argv[n++] = strdup(tok);
+    argv[n] = NULL;
+    pid_t pid = spawn(argv, log);
+    for (int i = 7; i < n; i++) free(argv[i]);
+    return pid;
+}
+
+static pid_t start_upd(const run *r, const char *id, const char *extra_args) {
+    char bin[4200], out[600], log[600], cmd[1024];
+    snprintf(bin, sizeof bin, "%s/synth_updater", bindir);
+    snprintf(out, sizeof out, "%s/%s.out", r->dir, id);
+    snprintf(log, sizeof log, "%s/%s.log", r->dir, id);
+    snprintf(cmd, sizeof cmd, "%s", extra_args ? extra_args : "");
+    char *argv[32] = {bin, "--endpoint", (char *)r->endpoint, "--id", (char *)id, "--out", out};
+    int n = 7;
+    for (char *tok = strtok(cmd, " "); tok && n < 30; tok = strtok(NULL, " ")) argv[n++] = strdup(tok);
+    argv[n] = NULL;
+    pid_t pid = spawn(argv, log);
+    for (int i = 7; i < n; i++) free(argv[i]);
+    return pid;
+}
+
+static json_t *get_stats(const run *r) {
+    broker_client *c;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    if (broker_client_connect(&c, r->endpoint, WIRE_ROLE_OBSERVER, "test-observer", 3000, &e) != 0) return NULL;
+    json_t *s = NULL;
+    broker_client_get_stats(c, &s, 3000, &e);
+    broker_client_close(&c);
+    return s;
+}
+
+static long stat_i(json_t *s, const char *k) { return (long)json_integer_value(json_object_get(s, k)); }
+
+static json_t *peer_of(json_t *s, const char *id) {
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(s, "peers"), i, p) if (!strcmp(json_string_value(json_object_get(p, "id")), id)) return p;
+    return NULL;
+}
+
+static int send_stop(const run *r) {
+    broker_client *c;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    if (broker_client_connect(&c, r->endpoint, WIRE_ROLE_OBSERVER, "test-stopper", 3000, &e) != 0) return -1;
+    int rc = broker_client_control(c, WIRE_CONTROL_STOP, "test done", &e);
+    broker_client_close(&c);
+    return rc;
+}
+
+/* Lines "GEN SEQ PV" from FILE into keys "GEN/SEQ" (malloc'd array); returns count. */
+static size_t read_keys(const char *path, char ***keys) {
+    *keys = NULL;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = 0, cap = 0;
+    char gen[128];
+    unsigned long long seq, pv;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "%127s %llu %llu", gen, &seq, &pv) != 3 || !strcmp(gen, "weights")) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            *keys = realloc(*keys, cap * sizeof **keys);
+        }
+        char k[160];
+        snprintf(k, sizeof k, "%s/%llu", gen, seq);
+        (*keys)[n++] = strdup(k);
+    }
+    fclose(f);
+    return n;
+}
+
+static void free_keys(char **k, size_t n) {
+    for (size_t i = 0; i < n; i++) free(k[i]);
+    free(k);
+}
+
+static int cmpstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int contains(char **sorted, size_t n, const char *k) {
+    return bsearch(&k, sorted, n, sizeof *sorted, cmpstr) != NULL;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+/* 1 broker, 3 generators, 2 updaters: every accepted group delivered exactly once or counted stale. */
+static void test_exactly_once(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "exact", "\"max_staleness\": 1, \"queue_capacity\": 12"), 0);
+    pid_t u0 = start_upd(&r, "u0", "--credit 3 --publish-every 7 --stats");
+    pid_t u1 = start_upd(&r, "u1", "--credit 3 --stats");
+    pid_t g[3];
+    const char *gid[3] = {"g0", "g1", "g2"};
+    for (int i = 0; i < 3; i++) g[i] = start_gen(&r, gid[i], "--groups 40 --k 4 --tokens 24 --batch 2");
+    for (int i = 0; i < 3; i++) CU_ASSERT_EQUAL(wait_exit(g[i], 40), 0);
+    /* all pushed groups received by the broker, and the queue drained (delivered or dropped) */
+    json_t *s = NULL;
+    for (int i = 0; i < 200; i++) {
+        json_decref(s);
+        s = get_stats(&r);
+        if (s && stat_i(s, "groups/received") == 120 && stat_i(s, "queue/depth") == 0) break;
+        sleep_ms(50);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(stat_i(s, "groups/received"), 120);
+    CU_ASSERT_EQUAL(stat_i(s, "queue/depth"), 0);
+    CU_ASSERT_EQUAL(stat_i(s, "rejected/total"), 0);
+    CU_ASSERT_TRUE(stat_i(s, "weights/received") >= 1);
+    CU_ASSERT_TRUE(stat_i(s, "prompt_stats/received") > 0);
+    CU_ASSERT_EQUAL(stat_i(s, "prompt_stats/rejected"), 0);
+    long dropped_accept = stat_i(s, "groups/dropped_stale_accept");
+    long dropped_later = stat_i(s, "groups/dropped_stale_queued") + stat_i(s, "groups/dropped_stale_delivery");
+    long delivered = stat_i(s, "groups/delivered");
+    json_t *pu = peer_of(s, "u1");
+    CU_ASSERT_TRUE(pu && json_is_true(json_object_get(pu, "alive")));
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+    CU_ASSERT_EQUAL(wait_exit(u1, 10), 0);
+    json_decref(s);
+
+    char p[600];
+    char **sent = NULL, **got0, **got1;
+    size_t n_sent = 0;
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s.out", r.dir, gid[i]);
+        char **k;
+        size_t n = read_keys(p, &k);
+        CU_ASSERT_EQUAL(n, 40);
+        sent = realloc(sent, (n_sent + n) * sizeof *sent);
+        memcpy(sent + n_sent, k, n * sizeof *k);
+        n_sent += n;
+        free(k);
+    }
+    snprintf(p, sizeof p, "%s/u0.out", r.dir);
+    size_t n0 = read_keys(p, &got0);
+    snprintf(p, sizeof p, "%s/u1.out", r.dir);
+    size_t n1 = read_keys(p, &got1);
+    /* accepted = what the replay log holds */
+    snprintf(p, sizeof p, "%s/rollouts.log", r.dir);
+    replay_reader *rr;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(replay_reader_open(&rr, p, &e), 0);
+    char **acc = NULL;
+    size_t n_acc = 0;
+    wire_rollout_group gg;
+    while (replay_reader_next(rr, &gg, NULL, &e) == 1) {
+        char k[160];
+        snprintf(k, sizeof k, "%s/%llu", gg.generator_id, (unsigned long long)gg.seq);
+        acc = realloc(acc, (n_acc + 1) * sizeof *acc);
+        acc[n_acc++] = strdup(k);
+        wire_rollout_group_free(&gg);
+    }
+    replay_reader_close(&rr);
+
+    size_t n_del = n0 + n1;
+    char **del = malloc((n_del + 1) * sizeof *del);
+    memcpy(del, got0, n0 * sizeof *del);
+    memcpy(del + n0, got1, n1 * sizeof *del);
+    qsort(sent, n_sent, sizeof *sent, cmpstr);
+    qsort(acc, n_acc, sizeof *acc, cmpstr);
+    qsort(del, n_del, sizeof *del, cmpstr);
+    CU_ASSERT_TRUE(n0 > 0 && n1 > 0); /* both updaters got work */
+    CU_ASSERT_EQUAL((long)n_del, delivered);
+    size_t dups = 0, not_accepted = 0, not_sent = 0;
+    for (size_t i = 1; i < n_del; i++) dups += !strcmp(del[i - 1], del[i]);
+    for (size_t i = 0; i < n_del; i++) not_accepted += !contains(acc, n_acc, del[i]);
+    for (size_t i = 0; i < n_acc; i++) not_sent += !contains(sent, n_sent, acc[i]);
+    CU_ASSERT_EQUAL(dups, 0);
+    CU_ASSERT_EQUAL(not_accepted, 0);
+    CU_ASSERT_EQUAL(not_sent, 0);
+    /* none lost: sent = accepted + dropped at accept; accepted = delivered + dropped later */
+    CU_ASSERT_EQUAL((long)n_sent, (long)n_acc + dropped_accept);
+    CU_ASSERT_EQUAL((long)n_acc, (long)n_del + dropped_later);
+    free_keys(sent, n_sent);
+    free_keys(acc, n_acc);
+    free_keys(del, n_del);
+    free(got0);
+    free(got1);
+}
+
+/* max_staleness = 0: only groups sampled with the newest weights get through. */
+static void test_staleness_zero(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "sync", "\"max_staleness\": 0, \"queue_capacity\": 8"), 0);
+    pid_t u0 = start_upd(&r, "u0", "--credit 2 --publish-every 3");
+    pid_t g0 = start_gen(&r, "g0", "--groups 30 --k 2 --tokens 8 --batch 3");
+    CU_ASSERT_EQUAL(wait_exit(g0, 30), 0);
+    json_t *s = NULL;
+    for (int i = 0; i < 100; i++) {
+        json_decref(s);
+        s = get_stats(&r);
+        if (s && stat_i(s, "groups/received") == 30 && stat_i(s, "queue/depth") == 0) break;
+        sleep_ms(50);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    long pv_newest = stat_i(s, "policy_version");
+    CU_ASSERT_TRUE(pv_newest >= 1);
+    CU_ASSERT_EQUAL(stat_i(s, "groups/received"),
+                    stat_i(s, "groups/delivered") + stat_i(s, "groups/dropped_stale"));
+    json_decref(s);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+    /* the updater only ever saw groups of the version that was newest when each was delivered:
+     * versions it received never decrease and lag its own publishes by at most 0 */
+    char p[600];
+    snprintf(p, sizeof p, "%s/u0.out", r.dir);
+    FILE *f = fopen(p, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char gen[64];
+    unsigned long long seq, pv, prev = 0;
+    long n = 0, published = 0;
+    while (fscanf(f, "%63s %llu %llu", gen, &seq, &pv) == 3) {
+        /* u0 publishes version v after its (3v)-th group. Only groups already in flight then (credit 2 < 3)
+         * can carry v - 1; everything the broker delivers after seeing v carries v. */
+        CU_ASSERT_TRUE(pv >= prev);
+        CU_ASSERT_TRUE((long)pv >= published - 1);
+        prev = pv;
+        n++;
+        if (n % 3 == 0) published++;
+    }
+    fclose(f);
+    CU_ASSERT_TRUE(n > 0);
+}
+
+/* kill -9 a generator mid-stream: the broker keeps serving; a restarted one gets the newest weights. */
+static void test_kill_and_restart(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "kill", "\"max_staleness\": 4, \"queue_capacity\": 16"), 0);
+    pid_t u0 = start_upd(&r, "u0", "--credit 4 --publish-every 5 --weights-floats 100000");
+    pid_t victim = start_gen(&r, "g-victim", "--groups 0 --k 4 --tokens 16 --delay-ms 10");
+    pid_t g1 = start_gen(&r, "g1", "--groups 60 --k 4 --tokens 16 --delay-ms 5");
+    char p[600];
+    snprintf(p, sizeof p, "%s/g-victim.out", r.dir);
+    for (int i = 0; i < 300; i++) {
+        char **k;
+        size_t n = read_keys(p, &k);
+        free_keys(k, n);
+        if (n >= 8) break;
+        sleep_ms(20);
+    }
+    CU_ASSERT_EQUAL(kill(victim, SIGKILL), 0);
+    CU_ASSERT_EQUAL(wait_exit(victim, 5), 128 + SIGKILL);
+    /* the other generator finishes, every one of its groups reaches the broker */
+    CU_ASSERT_EQUAL(wait_exit(g1, 40), 0);
+    json_t *s = NULL;
+    for (int i = 0; i < 100; i++) {
+        json_decref(s);
+        s = get_stats(&r);
+        json_t *pv = s ? peer_of(s, "g-victim") : NULL;
+        if (pv && !json_is_true(json_object_get(pv, "alive")) && stat_i(s, "queue/depth") == 0) break;
+        sleep_ms(50);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    json_t *pv = peer_of(s, "g-victim");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(pv);
+    CU_ASSERT_FALSE(json_is_true(json_object_get(pv, "alive"))); /* declared dead by heartbeat timeout */
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(pv, "outstanding")), 0);
+    json_t *p1 = peer_of(s, "g1");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(p1, "groups")), 60);
+    long newest = stat_i(s, "policy_version");
+    CU_ASSERT_TRUE(newest >= 2);
+    json_decref(s);
+    /* restart: it receives the newest version right after the handshake */
+    pid_t again = start_gen(&r, "g-victim", "--check-weights");
+    CU_ASSERT_EQUAL(wait_exit(again, 10), 0);
+    FILE *f = fopen(p, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[256], last[256] = "";
+    while (fgets(line, sizeof line, f)) snprintf(last, sizeof last, "%s", line);
+    fclose(f);
+    char want[64];
+    snprintf(want, sizeof want, "weights %ld\n", newest);
+    CU_ASSERT_STRING_EQUAL(last, want);
+    s = get_stats(&r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    pv = peer_of(s, "g-victim");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(pv, "restarts")), 1);
+    json_decref(s);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+}
+
+/* A slow updater: the queue stays within its capacity and generators are held back. */
+static void test_backpressure(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "slow", "\"max_staleness\": 100, \"queue_capacity\": 4"), 0);
+    pid_t u0 = start_upd(&r, "u0", "--credit 1 --sleep-ms 25");
+    pid_t g0 = start_gen(&r, "g0", "--groups 24 --k 8 --tokens 64 --batch 2");
+    pid_t g1 = start_gen(&r, "g1", "--groups 24 --k 8 --tokens 64 --batch 2");
+    long max_backlog = 0, samples = 0;
+    double t0 = rlhf_now();
+    int done0 = 0, done1 = 0;
+    while ((!done0 || !done1) && rlhf_now() - t0 < 40) {
+        json_t *s = get_stats(&r);
+        if (s) {
+            /* groups accepted but not yet delivered, plus prompts granted but not returned */
+            long backlog = stat_i(s, "queue/depth") + stat_i(s, "prompts/outstanding");
+            if (backlog > max_backlog) max_backlog = backlog;
+            CU_ASSERT_TRUE(stat_i(s, "groups/accepted") - stat_i(s, "groups/delivered") <= 4);
+            samples++;
+            json_decref(s);
+        }
+        int st;
+        if (!done0 && waitpid(g0, &st, WNOHANG) == g0) done0 = 1;
+        if (!done1 && waitpid(g1, &st, WNOHANG) == g1) done1 = 1;
+        sleep_ms(30);
+    }
+    CU_ASSERT_TRUE(done0 && done1);
+    CU_ASSERT_TRUE(samples > 5);
+    CU_ASSERT_TRUE(max_backlog <= 4);
+    json_t *s = get_stats(&r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_TRUE(stat_i(s, "queue/max_depth") <= 4);
+    CU_ASSERT_TRUE(stat_i(s, "queue/max_depth") >= 1);
+    CU_ASSERT_TRUE(stat_i(s, "prompts/deferred") > 0); /* generators had to wait */
+    /* bounded memory: never more than capacity groups of this size queued */
+    CU_ASSERT_TRUE(stat_i(s, "queue/max_bytes") <= 4 * (8 * 64 * 8 + 2048));
+    CU_ASSERT_EQUAL(stat_i(s, "rejected/queue_overflow"), 0);
+    json_decref(s);
+    /* the slow updater eventually gets everything */
+    for (int i = 0; i < 200; i++) {
+        s = get_stats(&r);
+        long d = s ? stat_i(s, "groups/delivered") : 0;
+        json_decref(s);
+        if (d == 48) break;
+        sleep_ms(50);
+    }
+    s = get_stats(&r);
+    CU_ASSERT_EQUAL(stat_i(s, "groups/delivered"), 48);
+    json_decref(s);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+}
+
+/* Raw socket speaking protocol version 99: the broker rejects it, counts it, and says both versions. */
+static void test_other_protocol_version(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "ver", NULL), 0);
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, tmo = 3000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    CU_ASSERT_EQUAL(zmq_connect(s, r.endpoint), 0);
+    wire_out o;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_raw(99, WIRE_HELLO, json_pack("{sssssi}", "peer_id", "fake", "role", "generator",
+                                                                    "pid", 1),
+                                          NULL, 0, &o, NULL),
+                          0);
+    CU_ASSERT_EQUAL(wire_out_send(s, &o, NULL), 0);
+    wire_out_free(&o);
+    wire_rx rx = {0};
+    CU_ASSERT_EQUAL_FATAL(wire_rx_recv(s, &rx, 0, NULL), 1);
+    wire_msg m;
+    CU_ASSERT_EQUAL_FATAL(wire_parse(rx.views, rx.n, &m, NULL, NULL), 0);
+    wire_error_msg em;
+    CU_ASSERT_EQUAL_FATAL(wire_decode_error(&m, &em, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(em.reason, "version_mismatch");
+    CU_ASSERT_EQUAL(em.peer_version, 99);
+    CU_ASSERT_PTR_NOT_NULL(strstr(em.detail, "version 99"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(em.detail, "speaks 1"));
+    wire_msg_release(&m);
+    wire_rx_free(&rx);
+    zmq_close(s);
+    json_t *st = get_stats(&r);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/version_mismatch"), 1);
+    CU_ASSERT_PTR_NULL(peer_of(st, "fake"));
+    json_decref(st);
+    /* a message before HELLO, and garbage frames, are rejected too, and the broker keeps serving */
+    s = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(s, r.endpoint);
+    zmq_send(s, "garbage", 7, 0);
+    wire_credit cr = {5};
+    wire_encode_credit(&cr, &o, NULL);
+    wire_out_send(s, &o, NULL);
+    wire_out_free(&o);
+    sleep_ms(200);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    st = get_stats(&r);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/bad_frame_count"), 1);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/no_hello"), 1);
+    json_decref(st);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+}
+
+/* Client side: a fake broker answering in protocol version 7 -> connect fails naming both versions. */
+static void *fake_broker(void *arg) {
+    void *router = arg;
+    wire_rx rx = {0};
+    if (wire_rx_recv(router, &rx, 0, NULL) == 1) {
+        wire_out o;
+        wire_encode_raw(7, WIRE_WELCOME, json_pack("{sisbsisi}", "newest_version", 0, "has_weights", 0,
+                                                   "heartbeat_interval_ms", 100, "max_staleness", 1),
+                        NULL, 0, &o, NULL);
+        zmq_send(router, rx.views[0].data, rx.views[0].len, ZMQ_SNDMORE);
+        wire_out_send(router, &o, NULL);
+        wire_out_free(&o);
+    }
+    wire_rx_free(&rx);
+    return NULL;
+}
+
+#include <pthread.h>
+static void test_client_sees_other_version(void) {
+    void *ctx = zmq_ctx_new();
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    char ep[64];
+    int bound = -1;
+    for (int i = 0; i < 5 && bound != 0; i++) {
+        snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", next_port());
+        bound = zmq_bind(router, ep);
+    }
+    CU_ASSERT_EQUAL_FATAL(bound, 0);
+    pthread_t th;
+    pthread_create(&th, NULL, fake_broker, router);
+    broker_client *c = NULL;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL(broker_client_connect(&c, ep, WIRE_ROLE_GENERATOR, "g", 3000, &e), RLHF_EPROTO);
+    CU_ASSERT_PTR_NULL(c);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "version 7"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "speaks 1"));
+    CU_ASSERT_STRING_EQUAL(e.where, ep);
+    pthread_join(th, NULL);
+    int linger = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+    /* nobody there at all: a timeout naming the endpoint */
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL(broker_client_connect(&c, ep, WIRE_ROLE_GENERATOR, "g", 200, &e), RLHF_ETIMEOUT);
+    CU_ASSERT_STRING_EQUAL(e.where, ep);
+}
+
+static void test_bind_errors(void) {
+    /* in use */
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_ROUTER);
+    char ep[64];
+    int bound = -1;
+    for (int i = 0; i < 5 && bound != 0; i++) {
+        snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", next_port());
+        bound = zmq_bind(s, ep);
+    }
+    CU_ASSERT_EQUAL_FATAL(bound, 0);
+    broker_config cfg;
+    broker_config_defaults(&cfg);
+    snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", ep);
+    cfg.replay_path[0] = 0;
+    broker *b = NULL;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL(broker_create(&b, &cfg, tmpdir, &e), RLHF_EIO);
+    CU_ASSERT_PTR_NULL(b);
+    CU_ASSERT_STRING_EQUAL(e.where, "broker.endpoint");
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, ep));
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    /* a bad address */
+    snprintf(cfg.endpoint, sizeof cfg.endpoint, "tcp://no.such.host.invalid:80");
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL(broker_create(&b, &cfg, tmpdir, &e), RLHF_EIO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "tcp://no.such.host.invalid:80"));
+    /* the CLI says the same and exits non-zero */
+    char cfgp[600], text[512], log[600], bin[4200];
+    snprintf(cfgp, sizeof cfgp, "%s/badbind.json", tmpdir);
+    snprintf(text, sizeof text, "{\"broker\": {\"endpoint\": \"tcp://256.0.0.1:1\"}}");
+    FILE *f = fopen(cfgp, "w");
+    fputs(text, f);
+    fclose(f);
+    snprintf(log, sizeof log, "%s/badbind.log", tmpdir);
+    snprintf(bin, sizeof bin, "%s/rlhf", bindir);
+    char *argv[] = {bin, "broker", "--config", cfgp, "--run-dir", tmpdir, NULL};
+    CU_ASSERT_EQUAL(wait_exit(spawn(argv, log), 10), 1);
+    char *out = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(log, &out, &n, NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "broker.endpoint: cannot bind tcp://256.0.0.1:1"));
+    free(out);
+}
+
+static void test_config_errors(void) {
+    broker_config c;
+    rlhf_error e;
+    struct {
+        const char *json, *where;
+    } cases[] = {
+        {"{\"max_staleness\": \"two\"}", "broker.max_staleness"},
+        {"{\"max_stalenes\": 2}", "broker.max_stalenes"},
+        {"{\"queue_capacity\": 0}", "broker.queue_capacity"},
+        {"{\"replay\": {\"fsync\": \"sometimes\"}}", "broker.replay.fsync"},
+        {"{\"replay\": {\"rotate\": 5}}", "broker.replay.rotate"},
+        {"{\"endpoint\": \"http://x\"}", "broker.endpoint"},
+        {"{\"selector\": []}", "broker.selector"},
+        {"{\"heartbeat_interval_ms\": 1000, \"heartbeat_timeout_ms\": 500}", "broker"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *j = json_loads(cases[i].json, 0, NULL);
+        rlhf_error_clear(&e);
+        CU_ASSERT_EQUAL(broker_config_parse(&c, j, "broker", &e), RLHF_EINVAL);
+        CU_ASSERT_STRING_EQUAL(e.where, cases[i].where);
+        json_decref(j);
+    }
+    json_t *j = json_loads("{\"max_staleness\": 0, \"queue_capacity\": 3, \"replay\": {\"fsync\": \"never\", "
+                           "\"rotate_bytes\": 1000}, \"selector\": {\"policy\": \"uniform\"}}",
+                           0, NULL);
+    CU_ASSERT_EQUAL(broker_config_parse(&c, j, "broker", &e), 0);
+    CU_ASSERT_EQUAL(c.max_staleness, 0);
+    CU_ASSERT_EQUAL(c.queue_capacity, 3);
+    CU_ASSERT_EQUAL(c.replay_fsync, BROKER_FSYNC_NEVER);
+    CU_ASSERT_EQUAL(c.replay_rotate_bytes, 1000);
+    CU_ASSERT_PTR_NOT_NULL(c.selector);
+    broker_config_release(&c);
+    json_decref(j);
+}
+
+/* SIGTERM: the broker stops cleanly, tells peers, and the log holds every accepted group. */
+static void test_sigterm_flushes(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "term", "\"replay\": {\"fsync\": \"never\"}"), 0);
+    pid_t u0 = start_upd(&r, "u0", "--credit 100");
+    pid_t g0 = start_gen(&r, "g0", "--groups 20 --k 2 --tokens 8");
+    CU_ASSERT_EQUAL(wait_exit(g0, 20), 0);
+    json_t *s = NULL;
+    for (int i = 0; i < 100; i++) {
+        json_decref(s);
+        s = get_stats(&r);
+        if (s && stat_i(s, "groups/accepted") == 20) break;
+        sleep_ms(30);
+    }
+    json_decref(s);
+    kill(r.broker, SIGTERM);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0); /* the updater was told to stop */
+    char p[600];
+    snprintf(p, sizeof p, "%s/rollouts.log", r.dir);
+    replay_reader *rr;
+    rlhf_error e;
+    CU_ASSERT_EQUAL_FATAL(replay_reader_open(&rr, p, &e), 0);
+    wire_rollout_group g;
+    int n = 0;
+    while (replay_reader_next(rr, &g, NULL, &e) == 1) {
+        n++;
+        wire_rollout_group_free(&g);
+    }
+    CU_ASSERT_EQUAL(replay_reader_torn(rr, NULL, NULL), 0);
+    replay_reader_close(&rr);
+    CU_ASSERT_EQUAL(n, 20);
+    /* replay-cat prints one JSON line per record */
+    char cmd[5000];
+    snprintf(cmd, sizeof cmd, "'%s/rlhf' replay-cat --meta '%s' 2>/dev/null | wc -l", bindir, p);
+    FILE *f = popen(cmd, "r");
+    int lines = -1;
+    CU_ASSERT_EQUAL(fscanf(f, "%d", &lines), 1);
+    pclose(f);
+    CU_ASSERT_EQUAL(lines, 20);
+}
+
+int register_broker_suites(void) {
+    CU_pSuite s = CU_add_suite("broker", suite_init, suite_clean);
+    if (!s) return -1;
+    CU_add_test(s, "config errors name the JSON path", test_config_errors);
+    CU_add_test(s, "endpoint that cannot be bound: error naming it", test_bind_errors);
+    CU_add_test(s, "peer speaking another protocol version: both versions named", test_other_protocol_version);
+    CU_add_test(s, "client facing another protocol version / no broker", test_client_sees_other_version);
+    CU_add_test(s, "3 generators + 2 updaters: exactly once or dropped-stale", test_exactly_once);
+    CU_add_test(s, "max_staleness = 0", test_staleness_zero);
+    CU_add_test(s, "kill -9 a generator; restart gets newest weights", test_kill_and_restart);
+    CU_add_test(s, "backpressure with a slow updater", test_backpressure);
+    CU_add_test(s, "SIGTERM flushes the replay log; replay-cat", test_sigterm_flushes);
+    return 0;
+}

@@ -1,0 +1,556 @@
+/* tests/broker/test_wire.c — wire protocol: round trips of every message type, and malformed input
+ * (each rejected with its reason). Also register_suites() for the test_broker binary. */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/wire.h"
+#include "tests/broker/synth_common.h"
+
+int register_replay_suites(void);
+int register_broker_suites(void);
+
+/* frames of an encoded message, copied so tests can corrupt them */
+typedef struct msgbuf {
+    size_t n;
+    uint8_t *data[WIRE_MAX_PAYLOADS + 2];
+    wire_frame f[WIRE_MAX_PAYLOADS + 2];
+} msgbuf;
+
+static void mb_from(msgbuf *mb, const wire_out *o) {
+    mb->n = wire_out_nframes(o);
+    for (size_t i = 0; i < mb->n; i++) {
+        wire_frame f = wire_out_frame(o, i);
+        mb->data[i] = malloc(f.len + 1);
+        if (f.len) memcpy(mb->data[i], f.data, f.len);
+        mb->f[i].data = mb->data[i];
+        mb->f[i].len = f.len;
+    }
+}
+
+static void mb_free(msgbuf *mb) {
+    for (size_t i = 0; i < mb->n; i++) free(mb->data[i]);
+    mb->n = 0;
+}
+
+/* Replace frame 1 by new JSON text and fix the header's metadata CRC (so the JSON check is reached). */
+static void mb_set_meta(msgbuf *mb, const char *json) {
+    free(mb->data[1]);
+    size_t n = strlen(json);
+    mb->data[1] = malloc(n + 1);
+    memcpy(mb->data[1], json, n);
+    mb->f[1].data = mb->data[1];
+    mb->f[1].len = n;
+    uint32_t crc = wire_crc32(0, json, n);
+    for (int i = 0; i < 4; i++) mb->data[0][12 + i] = (uint8_t)(crc >> (8 * i));
+}
+
+static int parse_reason(const msgbuf *mb, rlhf_error *e) {
+    wire_msg m;
+    int reason = -1;
+    rlhf_error_clear(e);
+    int rc = wire_parse(mb->f, mb->n, &m, &reason, e);
+    if (rc == 0) wire_msg_release(&m);
+    return rc == 0 ? WIRE_R_OK : reason;
+}
+
+static void test_crc_matches_reference(void) {
+    rlhf_rng r;
+    rlhf_rng_seed(&r, 7);
+    uint8_t buf[4099];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)rlhf_rng_u64(&r);
+    for (size_t off = 0; off < 9; off++)
+        for (size_t n = 0; n < 300; n += 7)
+            CU_ASSERT_EQUAL(wire_crc32(0, buf + off, n), rlhf_crc32(0, buf + off, n));
+    CU_ASSERT_EQUAL(wire_crc32(0, buf, sizeof buf), rlhf_crc32(0, buf, sizeof buf));
+    /* chaining */
+    CU_ASSERT_EQUAL(wire_crc32(wire_crc32(0, buf, 1000), buf + 1000, 3099), rlhf_crc32(0, buf, 4099));
+    CU_ASSERT_EQUAL(wire_crc32(0, "123456789", 9), 0xCBF43926u); /* the standard check value */
+    /* the folding path (n >= 256) at every alignment and tail length, against both references */
+    for (size_t off = 0; off < 17; off++)
+        for (size_t n = 256; n < 4099 - off; n += 61) {
+            uint32_t want = rlhf_crc32(0, buf + off, n);
+            CU_ASSERT_EQUAL(wire_crc32(0, buf + off, n), want);
+            CU_ASSERT_EQUAL(wire_crc32_reference(0, buf + off, n), want);
+            CU_ASSERT_EQUAL(wire_crc32(0x12345678u, buf + off, n), rlhf_crc32(0x12345678u, buf + off, n));
+        }
+}
+
+/* encode -> frames -> parse -> decode */
+#define ROUNDTRIP(enc_call, type_, mb)                                                                               \
+    do {                                                                                                             \
+        wire_out o_;                                                                                                 \
+        rlhf_error e_;                                                                                               \
+        CU_ASSERT_EQUAL_FATAL(enc_call, 0);                                                                          \
+        mb_from(&(mb), &o_);                                                                                         \
+        wire_out_free(&o_);                                                                                          \
+        CU_ASSERT_EQUAL(parse_reason(&(mb), &e_), WIRE_R_OK);                                                        \
+        (void)type_;                                                                                                 \
+    } while (0)
+
+static void parse_ok(const msgbuf *mb, wire_msg *m) {
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(wire_parse(mb->f, mb->n, m, NULL, &e), 0);
+}
+
+static void test_roundtrip_rollout_group(void) {
+    wire_rollout_group g;
+    synth_group_make(&g, "gen-7", 42, 3, 8, 256, "p17", "What is 2+2?");
+    char *texts[8] = {"four", NULL, "4", NULL, NULL, "x", NULL, "é"};
+    g.texts = texts;
+    g.prompt_record = json_pack("{ssss}", "id", "p17", "answer", "4");
+    g.gen_seconds = 1.25;
+    g.created_at = 1700000000.5;
+    msgbuf mb;
+    wire_out o;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group(&g, &o, NULL), 0);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    wire_msg m;
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(m.type, WIRE_ROLLOUT_GROUP);
+    wire_rollout_group d;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(wire_decode_rollout_group(&m, &d, NULL, &e), 0);
+    CU_ASSERT_STRING_EQUAL(d.prompt_id, "p17");
+    CU_ASSERT_STRING_EQUAL(d.prompt_text, "What is 2+2?");
+    CU_ASSERT_STRING_EQUAL(d.generator_id, "gen-7");
+    CU_ASSERT_EQUAL(d.seq, 42);
+    CU_ASSERT_EQUAL(d.policy_version, 3);
+    CU_ASSERT_EQUAL(d.k, 8);
+    CU_ASSERT_EQUAL(d.n_prompt_tokens, 5);
+    CU_ASSERT_EQUAL(memcmp(d.prompt_tokens, g.prompt_tokens, 5 * 4), 0);
+    uint64_t total = wire_rollout_group_total_tokens(&g);
+    CU_ASSERT_EQUAL(wire_rollout_group_total_tokens(&d), total);
+    CU_ASSERT_EQUAL(memcmp(d.n_tokens, g.n_tokens, 8 * 4), 0);
+    CU_ASSERT_EQUAL(memcmp(d.tokens, g.tokens, total * 4), 0);
+    CU_ASSERT_EQUAL(memcmp(d.logprobs, g.logprobs, total * 4), 0);
+    CU_ASSERT_EQUAL(memcmp(d.finish, g.finish, 8), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d.texts);
+    CU_ASSERT_STRING_EQUAL(d.texts[0], "four");
+    CU_ASSERT_PTR_NULL(d.texts[1]);
+    CU_ASSERT_STRING_EQUAL(d.texts[7], "é");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(d.prompt_record, "answer")), "4");
+    CU_ASSERT_DOUBLE_EQUAL(d.gen_seconds, 1.25, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(d.created_at, 1700000000.5, 1e-3);
+    CU_ASSERT_TRUE(synth_group_check(&d));
+    wire_rollout_group_free(&d);
+    /* the broker's validate-only path sees the same routing fields and copies no arrays */
+    CU_ASSERT_EQUAL_FATAL(wire_validate_rollout_group(&m, &d, NULL, &e), 0);
+    CU_ASSERT_STRING_EQUAL(d.generator_id, "gen-7");
+    CU_ASSERT_EQUAL(d.seq, 42);
+    CU_ASSERT_EQUAL(d.policy_version, 3);
+    CU_ASSERT_PTR_NULL(d.tokens);
+    wire_rollout_group_free(&d);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    json_decref(g.prompt_record);
+    g.texts = NULL;
+    synth_group_free(&g);
+}
+
+static void test_roundtrip_weights(void) {
+    wire_weights w;
+    wire_tensor t[2];
+    synth_weights_make(&w, t, 9, 100003); /* odd size: last chunk short */
+    w.chunk_bytes = 65536;
+    msgbuf mb;
+    wire_out o;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_weights(&w, &o, NULL), 0);
+    CU_ASSERT_EQUAL(o.n_payloads, (100003 * 4 + 65535) / 65536);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    wire_msg m;
+    parse_ok(&mb, &m);
+    wire_weights d;
+    CU_ASSERT_EQUAL_FATAL(wire_decode_weights(&m, &d, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(d.version, 9);
+    CU_ASSERT_EQUAL(d.nbytes, w.nbytes);
+    CU_ASSERT_EQUAL(d.n_tensors, 2);
+    CU_ASSERT_STRING_EQUAL(d.tensors[1].name, "layer1.w");
+    CU_ASSERT_EQUAL(d.tensors[1].ndim, 2);
+    CU_ASSERT_EQUAL(d.tensors[1].shape[1], t[1].shape[1]);
+    CU_ASSERT_EQUAL(d.tensors[1].offset, t[1].offset);
+    CU_ASSERT_EQUAL(memcmp(d.data, w.data, w.nbytes), 0);
+    CU_ASSERT_TRUE(synth_weights_check(&d));
+    wire_weights_free(&d);
+    /* header-only validation leaves the blob alone */
+    CU_ASSERT_EQUAL(wire_decode_weights_header(&m, &d, NULL, NULL), 0);
+    CU_ASSERT_PTR_NULL(d.data);
+    CU_ASSERT_EQUAL(d.version, 9);
+    wire_weights_free(&d);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    free((void *)w.data);
+}
+
+static void test_roundtrip_small_types(void) {
+    msgbuf mb;
+    wire_msg m;
+    /* HELLO */
+    wire_hello h = {"gen-1", WIRE_ROLE_GENERATOR, 1234}, hd;
+    ROUNDTRIP(wire_encode_hello(&h, &o_, NULL), WIRE_HELLO, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_hello(&m, &hd, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(hd.peer_id, "gen-1");
+    CU_ASSERT_EQUAL(hd.role, WIRE_ROLE_GENERATOR);
+    CU_ASSERT_EQUAL(hd.pid, 1234);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* WELCOME */
+    wire_welcome w = {17, 1, 250, 0}, wd;
+    ROUNDTRIP(wire_encode_welcome(&w, &o_, NULL), WIRE_WELCOME, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_welcome(&m, &wd, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(wd.newest_version, 17);
+    CU_ASSERT_EQUAL(wd.has_weights, 1);
+    CU_ASSERT_EQUAL(wd.heartbeat_interval_ms, 250);
+    CU_ASSERT_EQUAL(wd.max_staleness, 0);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* PROMPT_REQUEST */
+    wire_prompt_request pr = {99, 4}, prd;
+    ROUNDTRIP(wire_encode_prompt_request(&pr, &o_, NULL), WIRE_PROMPT_REQUEST, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_prompt_request(&m, &prd, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(prd.request_id, 99);
+    CU_ASSERT_EQUAL(prd.n, 4);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* PROMPT_BATCH */
+    wire_prompt ps[2] = {{"a", "first \"quoted\"", 3, NULL}, {"b", "second", 5, json_pack("{ss}", "answer", "42")}};
+    wire_prompt_batch pb = {99, 4, 2, ps}, pbd;
+    ROUNDTRIP(wire_encode_prompt_batch(&pb, &o_, NULL), WIRE_PROMPT_BATCH, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL_FATAL(wire_decode_prompt_batch(&m, &pbd, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(pbd.n, 2);
+    CU_ASSERT_EQUAL(pbd.request_id, 99);
+    CU_ASSERT_EQUAL(pbd.newest_version, 4);
+    CU_ASSERT_STRING_EQUAL(pbd.prompts[0].text, "first \"quoted\"");
+    CU_ASSERT_EQUAL(pbd.prompts[1].index, 5);
+    CU_ASSERT_PTR_NULL(pbd.prompts[0].record);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(pbd.prompts[1].record, "answer")), "42");
+    wire_prompt_batch_free(&pbd);
+    json_decref(ps[1].record);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* CREDIT */
+    wire_credit cr = {7}, crd;
+    ROUNDTRIP(wire_encode_credit(&cr, &o_, NULL), WIRE_CREDIT, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_credit(&m, &crd, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(crd.n, 7);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* PROMPT_STATS */
+    float rewards[6] = {1, 0, NAN, 0.5f, 0.25f, 1}, total[3] = {1.5f, 0.25f, 1};
+    char *names[2] = {"exact", "judge"};
+    wire_prompt_stats st = {"p9", 5, 3, 2, names, rewards, total}, std;
+    ROUNDTRIP(wire_encode_prompt_stats(&st, &o_, NULL), WIRE_PROMPT_STATS, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL_FATAL(wire_decode_prompt_stats(&m, &std, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(std.prompt_id, "p9");
+    CU_ASSERT_EQUAL(std.k, 3);
+    CU_ASSERT_EQUAL(std.n_sources, 2);
+    CU_ASSERT_EQUAL(std.policy_version, 5);
+    CU_ASSERT_STRING_EQUAL(std.source_names[1], "judge");
+    CU_ASSERT_TRUE(isnan(std.rewards[2])); /* NaN survives: rewards travel as binary, not JSON */
+    CU_ASSERT_EQUAL(std.rewards[3], 0.5f);
+    CU_ASSERT_EQUAL(memcmp(std.total, total, sizeof total), 0);
+    wire_prompt_stats_free(&std);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* CONTROL */
+    wire_control c = {WIRE_CONTROL_PAUSE, "maintenance"}, cd;
+    ROUNDTRIP(wire_encode_control(&c, &o_, NULL), WIRE_CONTROL, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_control(&m, &cd, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(cd.command, WIRE_CONTROL_PAUSE);
+    CU_ASSERT_STRING_EQUAL(cd.reason, "maintenance");
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* HEARTBEAT */
+    wire_heartbeat hb = {"upd-0", WIRE_ROLE_UPDATER, 77, "training"}, hbd;
+    ROUNDTRIP(wire_encode_heartbeat(&hb, &o_, NULL), WIRE_HEARTBEAT, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_heartbeat(&m, &hbd, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(hbd.peer_id, "upd-0");
+    CU_ASSERT_EQUAL(hbd.role, WIRE_ROLE_UPDATER);
+    CU_ASSERT_EQUAL(hbd.seq, 77);
+    CU_ASSERT_STRING_EQUAL(hbd.state, "training");
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* STATS */
+    json_t *s = json_pack("{sisi}", "queue/depth", 3, "groups/delivered", 10), *sd;
+    ROUNDTRIP(wire_encode_stats(s, &o_, NULL), WIRE_STATS, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL_FATAL(wire_decode_stats(&m, &sd, NULL, NULL), 0);
+    CU_ASSERT_TRUE(json_equal(s, sd));
+    json_decref(sd);
+    json_decref(s);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    /* STATS_REQUEST, ERROR, WEIGHTS_ACK */
+    ROUNDTRIP(wire_encode_stats_request(&o_, NULL), WIRE_STATS_REQUEST, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(m.type, WIRE_STATS_REQUEST);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    wire_error_msg er = {"bad_crc", "payload 2", 3}, erd;
+    ROUNDTRIP(wire_encode_error(&er, &o_, NULL), WIRE_ERROR, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_error(&m, &erd, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(erd.reason, "bad_crc");
+    CU_ASSERT_STRING_EQUAL(erd.detail, "payload 2");
+    CU_ASSERT_EQUAL(erd.peer_version, 3);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    uint64_t v = 0;
+    ROUNDTRIP(wire_encode_weights_ack(12, &o_, NULL), WIRE_WEIGHTS_ACK, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_weights_ack(&m, &v, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(v, 12);
+    /* a decoder refuses a message of another type */
+    int reason = 0;
+    CU_ASSERT_NOT_EQUAL(wire_decode_credit(&m, &crd, &reason, NULL), 0);
+    CU_ASSERT_EQUAL(reason, WIRE_R_TYPE);
+    wire_msg_release(&m);
+    mb_free(&mb);
+}
+
+/* ---------------------------------------------------------------- malformed input */
+
+static void group_msg(msgbuf *mb) {
+    wire_rollout_group g;
+    synth_group_make(&g, "g", 1, 0, 4, 16, "p", "t");
+    wire_out o;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group(&g, &o, NULL), 0);
+    mb_from(mb, &o);
+    wire_out_free(&o);
+    synth_group_free(&g);
+}
+
+/* parse + decode as a rollout group; returns the reason */
+static int group_reason(const msgbuf *mb, rlhf_error *e) {
+    int r = parse_reason(mb, e);
+    if (r != WIRE_R_OK) return r;
+    wire_msg m;
+    wire_parse(mb->f, mb->n, &m, NULL, NULL);
+    wire_rollout_group g;
+    int reason = WIRE_R_OK;
+    rlhf_error_clear(e);
+    if (wire_decode_rollout_group(&m, &g, &reason, e) == 0) wire_rollout_group_free(&g);
+    int reason2 = WIRE_R_OK;
+    if (wire_validate_rollout_group(&m, &g, &reason2, NULL) == 0) wire_rollout_group_free(&g);
+    CU_ASSERT_EQUAL(reason2, reason); /* the broker's path rejects exactly what the decoder rejects */
+    wire_msg_release(&m);
+    return reason;
+}
+
+static void test_reject_frame_counts(void) {
+    msgbuf mb;
+    rlhf_error e;
+    group_msg(&mb);
+    size_t n = mb.n;
+    mb.n = 1;
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_FRAME_COUNT);
+    mb.n = n - 1; /* a payload frame missing */
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_FRAME_COUNT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "bad_frame_count"));
+    mb.n = n;
+    mb_free(&mb);
+}
+
+static void test_reject_declared_length(void) {
+    msgbuf mb;
+    rlhf_error e;
+    group_msg(&mb);
+    /* the frame is shorter than the metadata declares */
+    mb.f[3].len -= 4;
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_LENGTH);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "payloads[1]"));
+    mb_free(&mb);
+    /* consistent frames, but sample counts disagree with the payload size */
+    group_msg(&mb);
+    wire_msg m;
+    parse_ok(&mb, &m);
+    json_t *meta = json_deep_copy(m.meta);
+    wire_msg_release(&m);
+    json_t *lens = json_object_get(meta, "n_tokens");
+    json_array_set_new(lens, 0, json_integer(json_integer_value(json_array_get(lens, 0)) + 1000));
+    json_object_set_new(meta, "total_tokens", json_integer(json_integer_value(json_object_get(meta, "total_tokens")) + 1000));
+    char *txt = json_dumps(meta, JSON_COMPACT);
+    mb_set_meta(&mb, txt);
+    free(txt);
+    json_decref(meta);
+    CU_ASSERT_EQUAL(group_reason(&mb, &e), WIRE_R_LENGTH);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "ROLLOUT_GROUP.payloads[1]"));
+    mb_free(&mb);
+}
+
+static void test_reject_huge_counts(void) {
+    msgbuf mb;
+    rlhf_error e;
+    group_msg(&mb);
+    wire_msg m;
+    parse_ok(&mb, &m);
+    json_t *meta = json_deep_copy(m.meta);
+    wire_msg_release(&m);
+    json_object_set_new(meta, "k", json_integer(1000000000LL));
+    char *txt = json_dumps(meta, JSON_COMPACT);
+    mb_set_meta(&mb, txt);
+    free(txt);
+    CU_ASSERT_EQUAL(group_reason(&mb, &e), WIRE_R_TOO_LARGE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "ROLLOUT_GROUP.k"));
+    json_object_set_new(meta, "k", json_integer(4));
+    json_object_set_new(meta, "total_tokens", json_integer(1LL << 40));
+    txt = json_dumps(meta, JSON_COMPACT);
+    mb_set_meta(&mb, txt);
+    free(txt);
+    CU_ASSERT_EQUAL(group_reason(&mb, &e), WIRE_R_TOO_LARGE);
+    json_decref(meta);
+    /* a header declaring a huge number of payload frames */
+    uint32_t big = 1u << 30;
+    memcpy(mb.data[0] + 8, &big, 4);
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_TOO_LARGE);
+    mb_free(&mb);
+    /* a weights table claiming a tensor larger than the blob */
+    wire_weights w;
+    wire_tensor t[2];
+    synth_weights_make(&w, t, 1, 1000);
+    t[1].shape[1] = 1ull << 39;
+    t[1].nbytes = (1ull << 39) * 4;
+    wire_out o;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_weights(&w, &o, NULL), 0);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    parse_ok(&mb, &m);
+    wire_weights d;
+    int reason = 0;
+    CU_ASSERT_NOT_EQUAL(wire_decode_weights(&m, &d, &reason, &e), 0);
+    CU_ASSERT_EQUAL(reason, WIRE_R_LENGTH);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "WEIGHTS.tensors[1]"));
+    wire_msg_release(&m);
+    mb_free(&mb);
+    free((void *)w.data);
+}
+
+static void test_reject_invalid_json(void) {
+    msgbuf mb;
+    rlhf_error e;
+    group_msg(&mb);
+    mb_set_meta(&mb, "{\"payloads\": [1, 2");
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_JSON);
+    mb_set_meta(&mb, "[1, 2, 3]");
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_JSON);
+    mb_set_meta(&mb, "{\"a\": 1, \"a\": 2}"); /* duplicate keys */
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_JSON);
+    mb_free(&mb);
+    /* valid JSON, wrong field type */
+    wire_credit c = {3};
+    wire_out o;
+    wire_encode_credit(&c, &o, NULL);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    mb_set_meta(&mb, "{\"n\": \"three\", \"payloads\": []}");
+    wire_msg m;
+    parse_ok(&mb, &m);
+    wire_credit d;
+    int reason = 0;
+    CU_ASSERT_NOT_EQUAL(wire_decode_credit(&m, &d, &reason, &e), 0);
+    CU_ASSERT_EQUAL(reason, WIRE_R_FIELD);
+    CU_ASSERT_STRING_EQUAL(e.where, "CREDIT.n");
+    wire_msg_release(&m);
+    mb_free(&mb);
+}
+
+static void test_reject_unknown_type_and_version(void) {
+    msgbuf mb;
+    rlhf_error e;
+    group_msg(&mb);
+    mb.data[0][6] = 200; /* type 200 */
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_TYPE);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "200"));
+    mb.data[0][6] = WIRE_ROLLOUT_GROUP;
+    mb.data[0][4] = 2; /* protocol version 2 */
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_VERSION);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "version 2"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "speaks 1"));
+    mb.data[0][4] = 1;
+    mb.data[0][0] = 'X';
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_HEADER);
+    mb.data[0][0] = 'R';
+    mb.f[0].len = 15;
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_HEADER);
+    mb.f[0].len = 16;
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_OK);
+    mb_free(&mb);
+}
+
+static void test_reject_bad_crc(void) {
+    msgbuf mb;
+    rlhf_error e;
+    group_msg(&mb);
+    mb.data[4][5] ^= 0x40; /* a log-prob bit */
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_CRC);
+    CU_ASSERT_EQUAL(e.code, RLHF_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "payloads[2]"));
+    mb.data[4][5] ^= 0x40;
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_OK);
+    mb.data[1][3] ^= 1; /* metadata byte */
+    CU_ASSERT_EQUAL(parse_reason(&mb, &e), WIRE_R_CRC);
+    mb_free(&mb);
+}
+
+static void test_reject_bad_values(void) {
+    msgbuf mb;
+    rlhf_error e;
+    /* positive log-probs cannot come from a sampler */
+    wire_rollout_group g;
+    synth_group_make(&g, "g", 1, 0, 2, 4, "p", "t");
+    g.logprobs[3] = 0.5f;
+    wire_out o;
+    wire_encode_rollout_group(&g, &o, NULL);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    synth_group_free(&g);
+    CU_ASSERT_EQUAL(group_reason(&mb, &e), WIRE_R_FIELD);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "log-prob 3"));
+    mb_free(&mb);
+    /* empty peer id, unknown role */
+    wire_hello h = {"x", WIRE_ROLE_GENERATOR, 1};
+    wire_encode_hello(&h, &o, NULL);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    mb_set_meta(&mb, "{\"peer_id\":\"x\",\"role\":\"king\",\"pid\":1,\"payloads\":[]}");
+    wire_msg m;
+    parse_ok(&mb, &m);
+    wire_hello hd;
+    int reason = 0;
+    CU_ASSERT_NOT_EQUAL(wire_decode_hello(&m, &hd, &reason, &e), 0);
+    CU_ASSERT_EQUAL(reason, WIRE_R_FIELD);
+    CU_ASSERT_STRING_EQUAL(e.where, "HELLO.role");
+    wire_msg_release(&m);
+    mb_free(&mb);
+}
+
+int register_suites(void) {
+    CU_pSuite s = CU_add_suite("wire", NULL, NULL);
+    if (!s) return -1;
+    CU_add_test(s, "crc32 (PCLMUL folding, slicing-by-8) equals rlhf_crc32", test_crc_matches_reference);
+    CU_add_test(s, "ROLLOUT_GROUP round trip", test_roundtrip_rollout_group);
+    CU_add_test(s, "WEIGHTS round trip (chunked)", test_roundtrip_weights);
+    CU_add_test(s, "every other type round trips", test_roundtrip_small_types);
+    CU_add_test(s, "wrong frame counts rejected", test_reject_frame_counts);
+    CU_add_test(s, "declared lengths larger than frames rejected", test_reject_declared_length);
+    CU_add_test(s, "huge counts rejected before allocating", test_reject_huge_counts);
+    CU_add_test(s, "invalid JSON / wrong field types rejected", test_reject_invalid_json);
+    CU_add_test(s, "unknown type, other version, bad header rejected", test_reject_unknown_type_and_version);
+    CU_add_test(s, "bad CRC rejected", test_reject_bad_crc);
+    CU_add_test(s, "impossible values rejected", test_reject_bad_values);
+    if (register_replay_suites() != 0) return -1;
+    return register_broker_suites();
+}

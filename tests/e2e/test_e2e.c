@@ -1,0 +1,446 @@
+/* tests/e2e/test_e2e.c — the whole system as real processes: `rlhf run` starts a broker, two
+ * generators and an updater (fork/exec of the rlhf binary, ZeroMQ over loopback TCP), on an easy
+ * task a tiny random model learns in a few dozen steps (a completion containing a digit).
+ *
+ *   run_with_faults:  reward rises; kill -9 of a generator -> restarted, run completes; kill -9 of the
+ *                     updater -> resumes from its checkpoint, metrics continue step by step, and no
+ *                     accepted rollout is lost (every replay-log record at or below the highest finished
+ *                     sequence number of its generator was trained on or counted as dropped);
+ *   resume_after_sigint: SIGINT stops with a final checkpoint; --resume continues the step count and
+ *                     the metrics;
+ *   replay_deterministic: two `rlhf replay` of one log -> bit-identical checkpoints;
+ *   bad_input:        config errors name the JSON path before any process starts; a base checkpoint
+ *                     that does not match model.arch; a replay log from another model. */
+#include <CUnit/CUnit.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "broker/broker.h"
+#include "common/common.h"
+
+static char g_dir[64];
+static char g_rlhf[1024];
+
+/* ---------------------------------------------------------------- helpers */
+
+static int write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+/* Starts `rlhf ARGS...` with stdout+stderr to log_path; returns the pid. */
+static pid_t start(const char *log_path, const char *const *args) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        char *argv[32];
+        int n = 0;
+        argv[n++] = g_rlhf;
+        for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
+        argv[n] = NULL;
+        execv(g_rlhf, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits for pid up to timeout seconds (then kills it); returns the exit code, or -1. */
+static int wait_exit(pid_t pid, double timeout) {
+    double t0 = rlhf_now();
+    int st;
+    while (rlhf_now() - t0 < timeout) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+static int run_cmd(const char *log_path, const char *const *args, double timeout) {
+    return wait_exit(start(log_path, args), timeout);
+}
+
+static char *slurp(const char *path) {
+    char *d = NULL;
+    size_t n = 0;
+    if (rlhf_read_file(path, &d, &n, NULL)) return NULL;
+    return d;
+}
+
+static int file_contains(const char *path, const char *needle) {
+    char *d = slurp(path);
+    int r = d && strstr(d, needle);
+    free(d);
+    return r;
+}
+
+/* The child of `parent` whose command line contains every one of `words`. */
+static pid_t find_child(pid_t parent, const char *w1, const char *w2) {
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    pid_t found = 0;
+    while (d && (e = readdir(d))) {
+        int pid = atoi(e->d_name);
+        if (pid <= 0) continue;
+        char p[64], buf[4096];
+        snprintf(p, sizeof p, "/proc/%d/stat", pid);
+        FILE *f = fopen(p, "r");
+        if (!f) continue;
+        int ppid = 0;
+        char comm[256], state;
+        int ok = fscanf(f, "%*d %255s %c %d", comm, &state, &ppid) == 3;
+        fclose(f);
+        if (!ok || ppid != parent) continue;
+        snprintf(p, sizeof p, "/proc/%d/cmdline", pid);
+        int fd = open(p, O_RDONLY);
+        if (fd < 0) continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) continue;
+        for (ssize_t i = 0; i < n; i++)
+            if (!buf[i]) buf[i] = ' ';
+        buf[n] = 0;
+        if (strstr(buf, w1) && (!w2 || strstr(buf, w2))) found = pid;
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+typedef struct metrics {
+    int n;
+    long step[4096];
+    double reward[4096];
+    double wall[4096];
+} metrics;
+
+static void read_metrics(const char *run_dir, metrics *m) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run_dir);
+    m->n = 0;
+    char *d = slurp(p);
+    if (!d) return;
+    char *save = NULL;
+    for (char *line = strtok_r(d, "\n", &save); line && m->n < 4096; line = strtok_r(NULL, "\n", &save)) {
+        json_error_t je;
+        json_t *j = json_loads(line, 0, &je);
+        if (!j) continue;
+        m->step[m->n] = (long)json_integer_value(json_object_get(j, "step"));
+        m->reward[m->n] = json_number_value(json_object_get(j, "reward/mean"));
+        m->wall[m->n] = json_number_value(json_object_get(j, "wall_s"));
+        m->n++;
+        json_decref(j);
+    }
+    free(d);
+}
+
+static long last_step(const char *run_dir) {
+    metrics *m = malloc(sizeof *m);
+    read_metrics(run_dir, m);
+    long s = m->n ? m->step[m->n - 1] : 0;
+    free(m);
+    return s;
+}
+
+static int wait_step(const char *run_dir, long step, pid_t launcher, double timeout) {
+    double t0 = rlhf_now();
+    while (rlhf_now() - t0 < timeout) {
+        if (last_step(run_dir) >= step) return 1;
+        if (waitpid(launcher, NULL, WNOHANG) == launcher) return 0;
+        usleep(20000);
+    }
+    return 0;
+}
+
+static int latest_ckpt(const char *run_dir) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
+    char *d = slurp(p);
+    int s = -1;
+    if (d && sscanf(d, "step_%d", &s) != 1) s = -1;
+    free(d);
+    return s;
+}
+
+/* A run config for the easy task; `name` is the run dir under g_dir. */
+static void write_config(const char *path, const char *name, int steps, const char *extra_rl) {
+    char doc[4096];
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"%s\",\"run_dir\":\"%s/%s\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":16},\"threads\":1},\n"
+             " \"task\":{\"train\":\"%s/prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"[0-9]\"}],\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":8,\"lr\":0.01,\"steps\":%d,\"checkpoint_every\":2,\"seed\":5%s},\n"
+             " \"generators\":{\"count\":2,\"max_tokens\":4,\"batch\":4,\"threads\":1}}\n",
+             name, g_dir, name, g_dir, steps, extra_rl ? extra_rl : "");
+    write_text(path, doc);
+}
+
+static int suite_init(void) {
+    snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_e2e_XXXXXX");
+    if (!mkdtemp(g_dir)) return -1;
+    /* the rlhf binary of this build: BUILD/tests/test_e2e -> BUILD/bin/rlhf */
+    char self[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return -1;
+    self[n] = 0;
+    snprintf(g_rlhf, sizeof g_rlhf, "%s/../bin/rlhf", dirname(self));
+    if (access(g_rlhf, X_OK) != 0) return -1;
+    char p[256], lines[2048] = "";
+    for (int i = 0; i < 16; i++) {
+        char l[96];
+        snprintf(l, sizeof l, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
+        strcat(lines, l);
+    }
+    snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
+    return write_text(p, lines);
+}
+
+/* ---------------------------------------------------------------- tests */
+
+static void test_run_with_faults(void) {
+    char cfg[256], run[256], log[256], p[512];
+    snprintf(cfg, sizeof cfg, "%s/faults.json", g_dir);
+    snprintf(run, sizeof run, "%s/faults", g_dir);
+    snprintf(log, sizeof log, "%s/faults.out", g_dir);
+    /* a generous staleness bound: nothing is dropped as stale, so every accepted group must be
+     * trained on or still be waiting when the run ends */
+    write_config(cfg, "faults", 40, ",\"max_staleness\":1000");
+    const char *args[] = {"run", cfg, "--quiet", NULL};
+    pid_t launcher = start(log, args);
+    CU_ASSERT_FATAL(wait_step(run, 3, launcher, 60));
+    pid_t gen0 = find_child(launcher, "generator", "--id 0");
+    CU_ASSERT_FATAL(gen0 > 0);
+    kill(gen0, SIGKILL);
+    CU_ASSERT_FATAL(wait_step(run, 9, launcher, 60));
+    CU_ASSERT(latest_ckpt(run) >= 2);
+    pid_t upd = find_child(launcher, "updater", NULL);
+    CU_ASSERT_FATAL(upd > 0);
+    kill(upd, SIGKILL);
+    int rc = wait_exit(launcher, 120);
+    CU_ASSERT_EQUAL(rc, 0);
+    if (rc != 0) {
+        char *out = slurp(log);
+        fprintf(stderr, "\nlauncher output:\n%s\n", out ? out : "(none)");
+        free(out);
+    }
+    /* supervision happened and the processes say so */
+    CU_ASSERT(file_contains(log, "generator-0 (pid"));
+    CU_ASSERT(file_contains(log, "updater (pid"));
+    snprintf(p, sizeof p, "%s/logs/updater.log", run);
+    CU_ASSERT(file_contains(p, "resumed at step"));
+    snprintf(p, sizeof p, "%s/logs/generator-0.log", run);
+    char *glog = slurp(p);
+    int connects = 0;
+    for (char *s = glog; s && (s = strstr(s, "connected to")); s++) connects++;
+    free(glog);
+    CU_ASSERT_EQUAL(connects, 2);
+    /* metrics: every step exactly once, in order, despite the updater's restart */
+    metrics *m = malloc(sizeof *m);
+    read_metrics(run, m);
+    CU_ASSERT_EQUAL(m->n, 40);
+    for (int i = 0; i < m->n; i++) CU_ASSERT_EQUAL(m->step[i], i + 1);
+    /* reward rises: a random model rarely writes a digit, the trained one nearly always */
+    double first = 0, last = 0;
+    for (int i = 0; i < 3 && i < m->n; i++) first += m->reward[i] / 3;
+    for (int i = m->n - 5; i < m->n; i++)
+        if (i >= 0) last += m->reward[i] / 5;
+    CU_ASSERT(last > first + 0.3);
+    CU_ASSERT(last > 0.7);
+    free(m);
+    CU_ASSERT_EQUAL(latest_ckpt(run), 40);
+
+    /* no accepted rollout lost: read the replay log, the updater's finished list, and the final
+     * checkpoint's highest finished seq per generator */
+    snprintf(p, sizeof p, "%s/checkpoints/step_40/state.json", run);
+    json_error_t je;
+    json_t *state = json_load_file(p, 0, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(state);
+    json_t *consumed_max = json_object_get(json_object_get(state, "extra"), "consumed");
+    CU_ASSERT_FATAL(json_object_size(consumed_max) >= 3); /* generator-0 twice (restart), generator-1 */
+    snprintf(p, sizeof p, "%s/consumed.log", run);
+    char *cons = slurp(p);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cons);
+    json_t *finished = json_object(); /* "gen seq" -> true */
+    char *save = NULL;
+    for (char *line = strtok_r(cons, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char gid[128];
+        unsigned long long seq;
+        if (sscanf(line, "%127s %llu", gid, &seq) == 2) {
+            char key[200];
+            snprintf(key, sizeof key, "%s %llu", gid, seq);
+            json_object_set_new(finished, key, json_true());
+        }
+    }
+    free(cons);
+    snprintf(p, sizeof p, "%s/rollouts.log", run);
+    replay_reader *rr = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(replay_reader_open(&rr, p, &err), 0);
+    long records = 0, below = 0, lost = 0;
+    for (;;) {
+        wire_rollout_group g;
+        memset(&g, 0, sizeof g);
+        replay_pos pos;
+        int r = replay_reader_next(rr, &g, &pos, &err);
+        CU_ASSERT(r >= 0);
+        if (r <= 0) break;
+        records++;
+        json_t *mx = json_object_get(consumed_max, g.generator_id);
+        if (mx && g.seq <= (uint64_t)json_integer_value(mx)) {
+            below++;
+            char key[200];
+            snprintf(key, sizeof key, "%s %llu", g.generator_id, (unsigned long long)g.seq);
+            if (!json_object_get(finished, key)) lost++;
+        }
+        wire_rollout_group_free(&g);
+    }
+    replay_reader_close(&rr);
+    CU_ASSERT(records >= 40 * 8);
+    CU_ASSERT(below >= 40 * 8);
+    CU_ASSERT_EQUAL(lost, 0);
+    json_decref(finished);
+    json_decref(state);
+    snprintf(p, sizeof p, "%s/logs/updater.log", run);
+    char *ulog = slurp(p);
+    long recovered = -1;
+    char *rp = ulog ? strstr(ulog, "recovered ") : NULL;
+    if (rp) recovered = atol(rp + 10);
+    free(ulog);
+    /* the killed updater held groups it had not finished: the restart took them from the log */
+    CU_ASSERT(recovered > 0);
+}
+
+static void test_resume_after_sigint(void) {
+    char cfg[256], run[256], log[256];
+    snprintf(cfg, sizeof cfg, "%s/resume.json", g_dir);
+    snprintf(run, sizeof run, "%s/resume", g_dir);
+    snprintf(log, sizeof log, "%s/resume.out", g_dir);
+    write_config(cfg, "resume", 14, NULL);
+    const char *args[] = {"run", cfg, "--quiet", NULL};
+    pid_t launcher = start(log, args);
+    CU_ASSERT_FATAL(wait_step(run, 4, launcher, 60));
+    kill(launcher, SIGINT);
+    CU_ASSERT_EQUAL(wait_exit(launcher, 60), 0);
+    CU_ASSERT(file_contains(log, "continue with: rlhf run --resume"));
+    int stopped = latest_ckpt(run);
+    long stopped_metrics = last_step(run);
+    CU_ASSERT(stopped >= 4 && stopped < 14);
+    CU_ASSERT_EQUAL(stopped_metrics, stopped); /* the final checkpoint is the last step logged */
+    /* starting it again without --resume is refused: the run dir holds a run */
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, args, 30), 0);
+    CU_ASSERT(file_contains(log, "--resume"));
+    const char *rargs[] = {"run", "--resume", run, "--quiet", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, rargs, 90), 0);
+    metrics *m = malloc(sizeof *m);
+    read_metrics(run, m);
+    CU_ASSERT_EQUAL(m->n, 14);
+    for (int i = 0; i < m->n; i++) {
+        CU_ASSERT_EQUAL(m->step[i], i + 1);
+        if (i > 0) CU_ASSERT(m->wall[i] >= m->wall[i - 1]); /* wall_s continues across the resume */
+    }
+    free(m);
+    CU_ASSERT_EQUAL(latest_ckpt(run), 14);
+}
+
+static int files_equal(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    int eq = rlhf_read_file(a, &x, &nx, NULL) == 0 && rlhf_read_file(b, &y, &ny, NULL) == 0 && nx == ny &&
+             memcmp(x, y, nx) == 0;
+    free(x);
+    free(y);
+    return eq;
+}
+
+static void test_replay_deterministic(void) {
+    char cfg[256], logf[256], out1[256], out2[256], log[256], a[512], b[512];
+    snprintf(cfg, sizeof cfg, "%s/faults/config.json", g_dir);
+    snprintf(logf, sizeof logf, "%s/faults/rollouts.log", g_dir);
+    snprintf(out1, sizeof out1, "%s/replay1", g_dir);
+    snprintf(out2, sizeof out2, "%s/replay2", g_dir);
+    snprintf(log, sizeof log, "%s/replay.out", g_dir);
+    CU_ASSERT_FATAL(access(logf, F_OK) == 0);
+    const char *r1[] = {"replay", logf, "--config", cfg, "--out", out1, "--threads", "2", "--set", "rl.steps=12", NULL};
+    const char *r2[] = {"replay", logf, "--config", cfg, "--out", out2, "--threads", "2", "--set", "rl.steps=12", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(log, r1, 60), 0);
+    CU_ASSERT_EQUAL_FATAL(run_cmd(log, r2, 60), 0);
+    snprintf(a, sizeof a, "%s/checkpoints/step_12/model.safetensors", out1);
+    snprintf(b, sizeof b, "%s/checkpoints/step_12/model.safetensors", out2);
+    CU_ASSERT(access(a, F_OK) == 0);
+    CU_ASSERT(files_equal(a, b));
+    snprintf(a, sizeof a, "%s/checkpoints/step_12/optimizer.safetensors", out1);
+    snprintf(b, sizeof b, "%s/checkpoints/step_12/optimizer.safetensors", out2);
+    CU_ASSERT(files_equal(a, b));
+    /* and the weights did move away from the base */
+    snprintf(a, sizeof a, "%s/checkpoints/step_12/model.safetensors", out1);
+    snprintf(b, sizeof b, "%s/faults/base.safetensors", g_dir);
+    CU_ASSERT(!files_equal(a, b));
+    CU_ASSERT_EQUAL(last_step(out1), 12);
+}
+
+static void test_bad_input(void) {
+    char cfg[256], log[256], p[512];
+    snprintf(cfg, sizeof cfg, "%s/bad.json", g_dir);
+    snprintf(log, sizeof log, "%s/bad.out", g_dir);
+    /* a bad range: named by JSON path, nothing started */
+    write_config(cfg, "bad", 10, ",\"max_staleness\":-1");
+    const char *args[] = {"run", cfg, "--quiet", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, args, 30), 0);
+    CU_ASSERT(file_contains(log, "rl.max_staleness: must be an integer >= 0"));
+    snprintf(p, sizeof p, "%s/bad/logs", g_dir);
+    CU_ASSERT(access(p, F_OK) != 0);
+    /* an unknown key and a wrong type through --set */
+    write_config(cfg, "bad", 10, NULL);
+    const char *a2[] = {"run", cfg, "--set", "generators.colour=1", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, a2, 30), 0);
+    CU_ASSERT(file_contains(log, "generators.colour: unknown key"));
+    const char *a3[] = {"run", cfg, "--set", "rl.k=\"many\"", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, a3, 30), 0);
+    CU_ASSERT(file_contains(log, "rl.k: must be an integer"));
+    /* a base checkpoint that does not match model.arch */
+    char base[512], set[700];
+    snprintf(base, sizeof base, "%s/faults/base.safetensors", g_dir);
+    snprintf(set, sizeof set, "model.base_checkpoint=%s", base);
+    const char *a4[] = {"run", cfg, "--set", set, "--set", "model.arch.dim=64", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, a4, 30), 0);
+    CU_ASSERT(file_contains(log, "dim"));
+    CU_ASSERT(file_contains(log, base));
+    /* a replay log recorded with another model: vocabulary too small for its token ids */
+    char logf[256], fcfg[256], out[256];
+    snprintf(logf, sizeof logf, "%s/faults/rollouts.log", g_dir);
+    snprintf(fcfg, sizeof fcfg, "%s/faults/config.json", g_dir);
+    snprintf(out, sizeof out, "%s/replay_bad", g_dir);
+    const char *a5[] = {"replay", logf, "--config", fcfg, "--out", out, "--set", "model.base_checkpoint=",
+                        "--set", "model.arch.max_seq_len=6", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, a5, 30), 0);
+    CU_ASSERT(file_contains(log, "a log from another model?"));
+    CU_ASSERT(file_contains(log, "record 0"));
+}
+
+int register_suites(void) {
+    CU_pSuite s = CU_add_suite("e2e", suite_init, NULL);
+    CU_add_test(s, "run_with_faults", test_run_with_faults);
+    CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);
+    CU_add_test(s, "replay_deterministic", test_replay_deterministic);
+    CU_add_test(s, "bad_input", test_bad_input);
+    return 0;
+}

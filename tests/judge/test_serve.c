@@ -1,0 +1,459 @@
+/* tests/judge/test_serve.c — `rlhf serve` over real HTTP (a separate process) with a real model: a tiny
+ * model briefly trained here to answer every chat with "score: 7" acts as the judge; malformed and
+ * oversized requests; SSE streaming; reward models (training accuracy on the synthetic preference task,
+ * in-process vs remote scores, bad preference files). */
+#include <CUnit/CUnit.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "model/model.h"
+#include "rewards/judge.h"
+#include "rewards/rewards.h"
+#include "rewards/rm.h"
+#include "judge_peer.h"
+
+static char g_dir[64];           /* scratch directory for checkpoints */
+static char g_judge_model[256];  /* the briefly trained "score: 7" model */
+
+static const char judge_template[] = "Q: {prompt}\nA: {completion}";
+
+/* Trains a tiny model on "<|user|>\nQ: ...\nA: ...\n<|assistant|>\n" -> "score: 7\n" EOS (loss on the answer
+ * only), the same chat layout rlhf serve renders, and saves it. Greedy decoding then answers "score: 7". */
+static int train_judge_model(const char *path) {
+    model_config cfg = {.dim = 32, .n_layers = 2, .n_heads = 2, .n_kv_heads = 2, .ffn_dim = 64, .vocab_size = 259,
+                        .max_seq_len = 128, .rope_theta = 10000, .norm_eps = 1e-5f, .tie_embeddings = 0};
+    model *m = NULL;
+    rlhf_error err = {0};
+    if (model_create(&m, &cfg, &err)) return -1;
+    model_init_random(m, 11);
+    tokenizer *tok = NULL;
+    tokenizer_create_bytes(&tok, 259, &err);
+    enum { B = 8, T = 128 };
+    model_trainer *tr = NULL;
+    adamw *opt = NULL;
+    adamw_config ac;
+    adamw_config_default(&ac);
+    ac.lr = 1e-2f;
+    ac.weight_decay = 0;
+    if (model_trainer_create(&tr, m, B, T, &err) || adamw_create(&opt, m, &ac, &err)) return -1;
+    int32_t *tokens = malloc(sizeof(int32_t) * B * T), *targets = malloc(sizeof(int32_t) * B * T);
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 5);
+    const char *answer = "score: 7\n";
+    int rc = 0;
+    for (int step = 0; step < 120 && !rc; step++) {
+        int maxlen = 0;
+        for (int b = 0; b < B; b++) {
+            char text[160], comp[48];
+            int nc = 3 + (int)(rlhf_rng_u64(&rng) % 20);
+            for (int i = 0; i < nc; i++) comp[i] = (char)(" abcdefghij=0123456789"[rlhf_rng_u64(&rng) % 22]);
+            comp[nc] = 0;
+            int np = snprintf(text, sizeof text, "<|user|>\nQ: %s\nA: %s\n<|assistant|>\n",
+                              rlhf_rng_uniform(&rng) < 0.5f ? "grade" : "p", comp);
+            snprintf(text + np, sizeof text - (size_t)np, "%s", answer);
+            int32_t *ids;
+            int n;
+            tokenizer_encode(tok, text, strlen(text), 1, &ids, &n, &err);
+            int prompt_tokens = np + 1; /* BOS + prompt bytes */
+            for (int t = 0; t < T; t++) {
+                tokens[b * T + t] = t < n ? ids[t] : tok->eos_id;
+                int next = t + 1 < n ? ids[t + 1] : (t + 1 == n ? tok->eos_id : -1);
+                targets[b * T + t] = (t + 1 >= prompt_tokens && next >= 0) ? next : -1;
+            }
+            if (n + 1 > maxlen) maxlen = n + 1;
+            free(ids);
+        }
+        /* compact to the longest row */
+        int Tb = maxlen < T ? maxlen : T;
+        for (int b = 1; b < B; b++) {
+            memmove(tokens + b * Tb, tokens + b * T, sizeof(int32_t) * Tb);
+            memmove(targets + b * Tb, targets + b * T, sizeof(int32_t) * Tb);
+        }
+        model_trainer_zero_grad(tr);
+        rc = model_forward(tr, tokens, targets, B, Tb, &err) || model_backward_loss(tr, &err) ||
+             adamw_step(opt, m, model_trainer_grads(tr), NULL, NULL, &err);
+    }
+    if (!rc) rc = model_save(m, path, &err);
+    if (rc) fprintf(stderr, "train_judge_model: %s: %s\n", err.where, err.msg);
+    free(tokens);
+    free(targets);
+    adamw_destroy(&opt);
+    model_trainer_destroy(&tr);
+    tokenizer_destroy(&tok);
+    model_destroy(&m);
+    return rc ? -1 : 0;
+}
+
+static int start_serve(peer *p, const char *a1, const char *v1, const char *a2, const char *v2) {
+    char bin[4096];
+    peer_bin_path("rlhf", bin, sizeof bin);
+    char *argv[12] = {bin, "serve", "--port", "0"};
+    int k = 4;
+    if (a1) argv[k++] = (char *)a1, argv[k++] = (char *)v1;
+    if (a2) argv[k++] = (char *)a2, argv[k++] = (char *)v2;
+    argv[k] = NULL;
+    return peer_start(p, argv, 20.0);
+}
+
+static int suite_init(void) {
+    /* Tiny models: extra threads only cost (and the machine is shared). The variable is for the child
+     * processes (rlhf serve, rlhf train-rm); this process's runtime has read it already. */
+    if (!getenv("OMP_NUM_THREADS")) {
+        setenv("OMP_NUM_THREADS", "1", 1);
+        omp_set_num_threads(1);
+    }
+    snprintf(g_dir, sizeof g_dir, "/tmp/rlhf-serve-test-XXXXXX");
+    if (!mkdtemp(g_dir)) return -1;
+    snprintf(g_judge_model, sizeof g_judge_model, "%s/judge-model.safetensors", g_dir);
+    double t0 = rlhf_now();
+    int rc = train_judge_model(g_judge_model);
+    fprintf(stderr, "\n  trained the judge model in %.1f s\n", rlhf_now() - t0);
+    return rc;
+}
+
+static int suite_clean(void) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------------------ rlhf serve */
+
+static void test_judge_against_serve(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, "--max-batch", "4"), 0);
+    char *body = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "GET", "/v1/models", NULL, &body), 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "\"judge-model\""));
+    free(body);
+    CU_ASSERT_EQUAL(peer_http(&srv, "GET", "/health", NULL, &body), 200);
+    free(body);
+
+    judge_config cfg;
+    judge_config_init(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s/", srv.base_url); /* trailing slash tolerated */
+    snprintf(cfg.model, sizeof cfg.model, "judge-model");
+    free(cfg.template_text);
+    cfg.template_text = strdup(judge_template);
+    cfg.max_tokens = 16;
+    cfg.concurrency = 16;
+    cfg.call_timeout_ms = 60000;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "served", NULL, NULL), 0);
+    judge_config_free(&cfg);
+    enum { N = 16 };
+    judge_item it[N];
+    char comp[N][32];
+    memset(it, 0, sizeof it);
+    for (int i = 0; i < N; i++) {
+        snprintf(comp[i], sizeof comp[i], "answer %d", i * 37);
+        it[i].prompt = "grade";
+        it[i].completion = comp[i];
+    }
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        if (!it[i].ok) fprintf(stderr, "item %d: %s\n", i, it[i].detail);
+        ok += it[i].ok && it[i].raw_score == 7;
+    }
+    CU_ASSERT_EQUAL(ok, N); /* 16 concurrent requests, batched by the server, all answered by the model */
+    CU_ASSERT_EQUAL(judge_client_stats(jc)->rf_fallbacks, 1); /* serve refuses json_schema: text pattern used */
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+static void test_serve_completions_and_stream(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, NULL, NULL), 0);
+    const char *req = "{\"model\":\"x\",\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,"
+                      "\"temperature\":0}";
+    char *body = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", req, &body), 200);
+    json_t *j = json_loads(body, 0, NULL);
+    free(body);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    const char *text = json_string_value(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_STRING_EQUAL(text, "score: 7\n");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "object")), "text_completion");
+    CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) > 0);
+
+    /* The same request streamed: the deltas concatenate to the same text; [DONE] closes it. */
+    const char *sreq = "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"Q: p\\nA: 12\"}],"
+                       "\"max_tokens\":12,\"temperature\":0,\"stream\":true}";
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", sreq, &body), 200);
+    char acc[256] = "";
+    int events = 0, done = 0, finish_seen = 0;
+    for (char *line = strtok(body, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "data: ", 6) != 0) continue;
+        if (!strcmp(line + 6, "[DONE]")) {
+            done = 1;
+            continue;
+        }
+        json_t *ev = json_loads(line + 6, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ev);
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(ev, "object")), "chat.completion.chunk");
+        json_t *ch = json_array_get(json_object_get(ev, "choices"), 0);
+        const char *piece = json_string_value(json_object_get(json_object_get(ch, "delta"), "content"));
+        if (piece) strncat(acc, piece, sizeof acc - strlen(acc) - 1);
+        if (json_is_string(json_object_get(ch, "finish_reason"))) finish_seen = 1;
+        events++;
+        json_decref(ev);
+    }
+    free(body);
+    CU_ASSERT(done);
+    CU_ASSERT(finish_seen);
+    CU_ASSERT(events >= 3);
+    CU_ASSERT_STRING_EQUAL(acc, text);
+    json_decref(j);
+    peer_stop(&srv);
+}
+
+static void test_serve_rejects_bad_requests(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, "--max-body", "4096"), 0);
+    struct {
+        const char *method, *path, *body;
+        long status;
+        const char *msg_part;
+    } cases[] = {
+        {"POST", "/v1/chat/completions", "{not json", 400, "not JSON"},
+        {"POST", "/v1/chat/completions", "[1,2]", 400, "JSON object"},
+        {"POST", "/v1/chat/completions", "{\"model\":\"x\"}", 400, "messages"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\"}]}", 400, "content"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":\"hot\"}",
+         400, "temperature"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":3}", 400, "n = 1"},
+        {"POST", "/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"response_format\":{\"type\":\"json_schema\"}}", 400,
+         "response_format"},
+        {"POST", "/v1/completions", "{\"prompt\":42}", 400, "prompt"},
+        {"POST", "/get_reward", "{\"query\":[\"a\"]}", 404, "reward model"},
+        {"GET", "/v1/chat/completions", NULL, 405, "POST"},
+        {"GET", "/nope", NULL, 404, "no route"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *body = NULL;
+        long st = peer_http(&srv, cases[i].method, cases[i].path, cases[i].body, &body);
+        CU_ASSERT_EQUAL(st, cases[i].status);
+        json_t *j = json_loads(body, 0, NULL);
+        const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        CU_ASSERT_PTR_NOT_NULL(msg);
+        CU_ASSERT_PTR_NOT_NULL(json_object_get(json_object_get(j, "error"), "type"));
+        if (!msg || !strstr(msg, cases[i].msg_part))
+            fprintf(stderr, "case %zu: status %ld body %s\n", i, st, body);
+        else
+            CU_ASSERT_PTR_NOT_NULL(strstr(msg, cases[i].msg_part));
+        json_decref(j);
+        free(body);
+    }
+    /* Oversized: 8 KiB > --max-body 4096. */
+    size_t big_n = 8192;
+    char *big = malloc(big_n + 64);
+    int off = sprintf(big, "{\"prompt\":\"");
+    memset(big + off, 'a', big_n);
+    strcpy(big + off + big_n, "\"}");
+    char *body = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", big, &body), 413);
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "exceeds"));
+    free(body);
+    free(big);
+    /* A prompt longer than max_seq_len (128) is a 400 naming the limit. */
+    char longp[512];
+    off = sprintf(longp, "{\"prompt\":\"");
+    memset(longp + off, 'b', 300);
+    strcpy(longp + off + 300, "\"}");
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", longp, &body), 400);
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "max_seq_len"));
+    free(body);
+    /* ... and the server keeps serving. */
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":4}", &body), 200);
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "\"choices\""));
+    free(body);
+    peer_stop(&srv);
+}
+
+/* ------------------------------------------------------------------------------ reward models */
+
+static char g_rm_path[256], g_prefs[256];
+
+static void test_rm_training_accuracy(void) {
+    char base[256], arch[256];
+    snprintf(base, sizeof base, "%s/rm-base.safetensors", g_dir);
+    snprintf(arch, sizeof arch, "%s/arch.json", g_dir);
+    snprintf(g_prefs, sizeof g_prefs, "%s/prefs.jsonl", g_dir);
+    snprintf(g_rm_path, sizeof g_rm_path, "%s/rm.safetensors", g_dir);
+    model_config cfg = {.dim = 32, .n_layers = 1, .n_heads = 2, .n_kv_heads = 2, .ffn_dim = 64, .vocab_size = 259,
+                        .max_seq_len = 64, .rope_theta = 10000, .norm_eps = 1e-5f};
+    model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(model_create(&m, &cfg, NULL), 0);
+    model_init_random(m, 3);
+    CU_ASSERT_EQUAL_FATAL(model_save(m, base, NULL), 0);
+    model_destroy(&m);
+    CU_ASSERT_EQUAL_FATAL(rm_synthetic_write(g_prefs, 600, 9, NULL), 0);
+    /* the generator's promise: every chosen is mostly capitals, every rejected is not */
+    rm_pair *pr = NULL;
+    int np = 0;
+    CU_ASSERT_EQUAL_FATAL(rm_pairs_load(g_prefs, &pr, &np, NULL), 0);
+    CU_ASSERT_EQUAL(np, 600);
+    for (int i = 0; i < np; i++) {
+        CU_ASSERT(rm_synthetic_truth(pr[i].chosen) > 0.5);
+        CU_ASSERT(rm_synthetic_truth(pr[i].rejected) < 0.5);
+    }
+    /* through the CLI, as a user would */
+    char bin[4096], cmd[8192];
+    peer_bin_path("rlhf", bin, sizeof bin);
+    snprintf(cmd, sizeof cmd,
+             "'%s' train-rm --model '%s' --data '%s' --out '%s' --steps 40 --batch-pairs 8 --lr 3e-3 --seed 2 "
+             "--log-every 0 > '%s/train.json'",
+             bin, base, g_prefs, g_rm_path, g_dir);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    char jpath[300];
+    snprintf(jpath, sizeof jpath, "%s/train.json", g_dir);
+    json_t *rep = json_load_file(jpath, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rep);
+    double acc = json_number_value(json_object_get(rep, "heldout_accuracy"));
+    double acc0 = json_number_value(json_object_get(rep, "initial_heldout_accuracy"));
+    fprintf(stderr, "\n  RM held-out pairwise accuracy %.3f (before training %.3f, %lld held-out pairs)\n", acc, acc0,
+            (long long)json_integer_value(json_object_get(rep, "n_heldout")));
+    CU_ASSERT(acc >= 0.9); /* chance is 0.5 */
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(rep, "n_heldout")), 120);
+    json_decref(rep);
+    /* The trained RM prefers capitals on fresh text, independent of the pairs it saw. */
+    reward_model *rm = NULL;
+    CU_ASSERT_EQUAL_FATAL(reward_model_load(&rm, g_rm_path, 8, NULL), 0);
+    const char *t[2] = {"Answer in capitals: describe the sea.\nBLUE DEEP COLD.",
+                        "Answer in capitals: describe the sea.\nblue deep cold."};
+    double r[2];
+    CU_ASSERT_EQUAL(reward_model_score(rm, t, 2, r, NULL), 0);
+    CU_ASSERT(r[0] > r[1]);
+    /* batching (padding) does not change a reward */
+    double one;
+    CU_ASSERT_EQUAL(reward_model_score_one(rm, t[1], &one, NULL), 0);
+    CU_ASSERT_DOUBLE_EQUAL(one, r[1], 1e-4 * (1 + fabs(one)));
+    reward_model_destroy(&rm);
+    rm_pairs_free(pr, np);
+    /* A plain model checkpoint is not a reward model. */
+    rlhf_error err = {0};
+    CU_ASSERT_NOT_EQUAL(reward_model_load(&rm, base, 8, &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "rm-base.safetensors"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "score.weight"));
+}
+
+static void test_rm_inprocess_vs_remote(void) {
+    CU_ASSERT_FATAL(access(g_rm_path, R_OK) == 0);
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--reward-model", g_rm_path, "--max-batch", "8"), 0);
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg,
+             "[{\"type\":\"rm\",\"name\":\"rm_local\",\"path\":\"%s\",\"batch_size\":8},"
+             " {\"type\":\"remote_rm\",\"name\":\"rm_remote\",\"url\":\"%s\",\"batch_size\":8}]",
+             g_rm_path, srv.base_url);
+    reward_pipeline *p = NULL;
+    rlhf_error err = {0};
+    int rc = reward_pipeline_create_str(&p, cfg, "test", &err);
+    if (rc) fprintf(stderr, "%s: %s\n", err.where, err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    rm_pair *pr = NULL;
+    int np = 0;
+    CU_ASSERT_EQUAL_FATAL(rm_pairs_load(g_prefs, &pr, &np, NULL), 0);
+    enum { N = 20 };
+    rlhf_reward_item items[N];
+    memset(items, 0, sizeof items);
+    for (int i = 0; i < N; i++) {
+        items[i].prompt = pr[i].prompt;
+        items[i].completion = i % 2 ? pr[i].chosen : pr[i].rejected;
+        items[i].record_json = "{}";
+        items[i].group_id = -1;
+    }
+    reward_scores sc = {0};
+    CU_ASSERT_EQUAL_FATAL(reward_pipeline_score(p, items, N, &sc, &err), 0);
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(sc.status[i * 2].code, RLHF_REWARD_OK);
+        CU_ASSERT_EQUAL(sc.status[i * 2 + 1].code, RLHF_REWARD_OK);
+        double a = sc.raw[i * 2], b = sc.raw[i * 2 + 1];
+        CU_ASSERT_DOUBLE_EQUAL(a, b, 1e-5 * (1 + fabs(a)));
+    }
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+    rm_pairs_free(pr, np);
+    peer_stop(&srv);
+
+    /* The remote source against nothing: every item an ERROR naming the failure, never a 0 reward. */
+    snprintf(cfg, sizeof cfg, "[{\"type\":\"remote_rm\",\"url\":\"http://127.0.0.1:%d\",\"retries\":1}]",
+             peer_closed_port());
+    CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, cfg, "test", &err), 0);
+    memset(&sc, 0, sizeof sc);
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 3, &sc, &err), 0);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(sc.status[i].code, RLHF_REWARD_ERROR);
+        CU_ASSERT_EQUAL(strncmp(sc.status[i].reason, "connect", 7), 0);
+    }
+    CU_ASSERT_EQUAL(reward_pipeline_source_errors_total(p, 0), 3);
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+    /* A bad URL is a config error naming the key. */
+    CU_ASSERT_NOT_EQUAL(reward_pipeline_create_str(&p, "[{\"type\":\"remote_rm\",\"url\":\"nonsense\"}]", "c.json: rewards",
+                                                   &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "c.json: rewards[0].url"));
+}
+
+static void test_bad_preference_files(void) {
+    struct {
+        const char *content;
+        const char *where_suffix;
+        const char *msg_part;
+    } cases[] = {
+        {"{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}\n{\"prompt\":\"p\",\"rejected\":\"b\"}\n", ":2",
+         "missing \"chosen\""},
+        {"\n{\"prompt\":\"p\",\"chosen\":\"\",\"rejected\":\"b\"}\n", ":2", "\"chosen\" is empty"},
+        {"{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":7}\n", ":1", "\"rejected\" is not a string"},
+        {"{\"prompt\":\"p\",\"chosen\":\"a\",\"rejected\":\"b\"}\n{oops\n", ":2", "not JSON"},
+        {"", "prefs-bad.jsonl", "no preference pairs"},
+    };
+    char path[256];
+    snprintf(path, sizeof path, "%s/prefs-bad.jsonl", g_dir);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CU_ASSERT_EQUAL_FATAL(rlhf_write_file_atomic(path, cases[i].content, strlen(cases[i].content), NULL), 0);
+        rm_pair *pr = NULL;
+        int np = 0;
+        rlhf_error err = {0};
+        CU_ASSERT_NOT_EQUAL(rm_pairs_load(path, &pr, &np, &err), 0);
+        size_t wl = strlen(err.where), sl = strlen(cases[i].where_suffix);
+        CU_ASSERT(wl >= sl && !strcmp(err.where + wl - sl, cases[i].where_suffix));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, cases[i].msg_part));
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "prefs-bad.jsonl"));
+    }
+    /* through the CLI: one line on stderr naming file and line, exit 1 */
+    const char *bad = "{\"prompt\":\"p\",\"chosen\":\"a\"}\n";
+    rlhf_write_file_atomic(path, bad, strlen(bad), NULL);
+    char bin[4096], cmd[8192], errp[300];
+    peer_bin_path("rlhf", bin, sizeof bin);
+    snprintf(errp, sizeof errp, "%s/err.txt", g_dir);
+    snprintf(cmd, sizeof cmd, "'%s' train-rm --model '%s' --data '%s' --out '%s/x.safetensors' 2> '%s'", bin,
+             g_judge_model, path, g_dir, errp);
+    int st = system(cmd);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    char *msg = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL(rlhf_read_file(errp, &msg, &len, NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(msg && strstr(msg, "prefs-bad.jsonl:1: missing \"rejected\""));
+    free(msg);
+}
+
+int register_serve_suites(void);
+int register_serve_suites(void) {
+    CU_pSuite s = CU_add_suite("serve", suite_init, suite_clean);
+    CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
+    CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);
+    CU_add_test(s, "rejects_bad_requests", test_serve_rejects_bad_requests);
+    CU_add_test(s, "rm_training_accuracy", test_rm_training_accuracy);
+    CU_add_test(s, "rm_inprocess_vs_remote", test_rm_inprocess_vs_remote);
+    CU_add_test(s, "bad_preference_files", test_bad_preference_files);
+    return 0;
+}

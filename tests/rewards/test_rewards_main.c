@@ -1,0 +1,49 @@
+/* tests/rewards/test_rewards_main.c — register_suites for test_rewards and the shared helpers. */
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tests/rewards/rewards_test.h"
+
+static char root_dir[PATH_MAX];
+static char scratch_dir[PATH_MAX];
+
+const char *rt_root(void) { return root_dir; }
+const char *rt_scratch(void) { return scratch_dir; }
+
+int rt_build_so(const char *src, const char *flags, const char *name, char *out, size_t cap) {
+    snprintf(out, cap, "%s/%s", scratch_dir, name);
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "cc -shared -fPIC -O1 -w -I%s %s -o %s %s/%s -ljansson", root_dir, flags, out, root_dir, src);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+rlhf_reward_item rt_item(const char *completion, const char *record_json) {
+    rlhf_reward_item it = {"prompt", completion, NULL, 0, record_json ? record_json : "{}", -1, 0};
+    return it;
+}
+
+static void cleanup_scratch(void) {
+    if (!scratch_dir[0]) return;
+    char cmd[PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch_dir);
+    if (system(cmd)) {
+    }
+}
+
+int register_suites(void) {
+    /* the binary lives in ROOT/BUILD/tests/: run from ROOT so fixtures are found */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return -1;
+    exe[n] = 0;
+    snprintf(root_dir, sizeof root_dir, "%s", dirname(dirname(dirname(exe))));
+    if (chdir(root_dir)) return -1;
+    snprintf(scratch_dir, sizeof scratch_dir, "/tmp/rlhf-test-rewards-XXXXXX");
+    if (!mkdtemp(scratch_dir)) return -1;
+    atexit(cleanup_scratch);
+    if (rt_register_pipeline() || rt_register_plugins() || rt_register_sandbox() || rt_register_exec()) return -1;
+    return 0;
+}
