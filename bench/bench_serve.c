@@ -3,7 +3,7 @@
  * The peer is 1 client in the same run (ratio column). The server is a separate process started here on a
  * random-init model (or --model PATH), so the figures are HTTP + batching + sampling end to end.
  *
- *   bench_serve [--model CKPT] [--clients 1,8,32] [--requests 64] [--max-tokens 32] [--max-batch 32] [--reps 3]
+ *   bench_serve [--model CKPT] [--clients 1,8,32] [--per-client 8] [--max-tokens 32] [--max-batch 32] [--reps 3]
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -76,10 +76,10 @@ static int cmp_double(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const char *model_path = NULL;
-    int clients[8] = {1, 8, 32}, n_clients = 3, total = 64, max_tokens = 32, reps = 3, max_batch = 32;
+    int clients[8] = {1, 8, 32}, n_clients = 3, per_client = 8, max_tokens = 32, reps = 3, max_batch = 32;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model")) model_path = argv[i + 1];
-        else if (!strcmp(argv[i], "--requests")) total = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--per-client")) per_client = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--max-tokens")) max_tokens = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--max-batch")) max_batch = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
@@ -87,12 +87,12 @@ int main(int argc, char **argv) {
             n_clients = 0;
             for (char *s = strtok(argv[i + 1], ","); s && n_clients < 8; s = strtok(NULL, ",")) clients[n_clients++] = atoi(s);
         } else {
-            fprintf(stderr, "usage: bench_serve [--model CKPT] [--clients 1,8,32] [--requests 64] [--max-tokens 32] "
+            fprintf(stderr, "usage: bench_serve [--model CKPT] [--clients 1,8,32] [--per-client 8] [--max-tokens 32] "
                             "[--max-batch 32] [--reps 3]\n");
             return 2;
         }
     }
-    if (reps < 1 || reps > 20 || total < 1) return 2;
+    if (reps < 1 || reps > 20 || per_client < 1) return 2;
     char tmp_model[] = "/tmp/bench-serve-XXXXXX";
     char model_file[128] = "";
     rlhf_error err = {0};
@@ -123,8 +123,9 @@ int main(int argc, char **argv) {
     char url[128];
     snprintf(url, sizeof url, "%s/v1/completions", srv.base_url);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    printf("rlhf serve --max-batch %d, model %s, %d requests of max_tokens %d per run, median of %d runs\n", max_batch,
-           model_path == model_file ? "random dim=128 L=4 (bench-made)" : model_path, total, max_tokens, reps);
+    printf("rlhf serve --max-batch %d, model %s, %d requests per client of max_tokens %d, median of %d runs\n",
+           max_batch, model_path == model_file ? "random dim=128 L=4 (bench-made)" : model_path, per_client, max_tokens,
+           reps);
     printf("%8s %12s %12s %14s %10s\n", "clients", "requests/s", "tokens/s", "mean latency", "vs 1");
     double base = 0;
     for (int ci = 0; ci < n_clients; ci++) {
@@ -133,7 +134,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < reps; r++) {
             client_arg *args = calloc((size_t)nc, sizeof *args);
             pthread_t *th = calloc((size_t)nc, sizeof *th);
-            int per = (total + nc - 1) / nc;
+            int per = per_client;
             double t0 = rlhf_now();
             for (int i = 0; i < nc; i++) {
                 args[i] = (client_arg){.url = url, .n_requests = per, .max_tokens = max_tokens, .id = i};

@@ -1,5 +1,4 @@
 /* common/common.c — errors, CRC-32, atomic writes, clocks, RNG. */
-#define _GNU_SOURCE
 #include "common.h"
 
 #include <errno.h>

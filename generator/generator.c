@@ -69,7 +69,9 @@ int generate_groups(model *m, sampler *s, const tokenizer *tok, const wire_promp
         memcpy(g->prompt_tokens, pids[i], sizeof(int32_t) * (size_t)plen[i]);
         g->n_tokens = calloc((size_t)k, sizeof(uint32_t));
         g->finish = calloc((size_t)k, 1);
-        g->texts = calloc((size_t)k, sizeof(char *));
+        /* texts are not sent: completions are raw bytes (not always valid UTF-8, which JSON metadata
+         * cannot carry); the updater decodes the token ids itself */
+        g->texts = NULL;
         size_t total = 0;
         for (int j = 0; j < k; j++) total += (size_t)res[i * k + j].n_tokens;
         g->tokens = malloc(sizeof(int32_t) * (total ? total : 1));
@@ -82,7 +84,6 @@ int generate_groups(model *m, sampler *s, const tokenizer *tok, const wire_promp
             memcpy(g->logprobs + off, r->logprobs, sizeof(float) * (size_t)r->n_tokens);
             off += (size_t)r->n_tokens;
             g->finish[j] = r->finish == SAMPLE_FINISH_STOP ? WIRE_FINISH_STOP : WIRE_FINISH_LENGTH;
-            g->texts[j] = strdup(r->text ? r->text : "");
         }
         g->gen_seconds = dt / n;
         g->created_at = wall;

@@ -131,8 +131,9 @@ int model_config_compare(const struct model_config *got, const struct model_conf
  * buffers. sampler_run() generates for any number of requests with continuous batching: up to
  * max_batch sequences decode together (one GEMM per weight matrix per step over all of them); a
  * finished slot takes the next waiting request. Each request has its own RNG stream seeded from
- * its seed and draws exactly one uniform number per sampled token, so its tokens do not depend on
- * which other requests share the batch (up to float rounding differences between GEMM shapes).
+ * its seed and draws exactly one uniform number per sampled token, and every kernel computes a row
+ * the same way whatever shares the step and however many threads run, so a request's tokens and
+ * log-probs are bit-identical whichever other requests share the batch, and for any thread count.
  *
  * Log-probs returned per sampled token y_t:
  *   logprobs[t]          = log softmax(logits)[y_t] at temperature 1, no top-k/top-p: the unmodified

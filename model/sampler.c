@@ -3,14 +3,17 @@
  * One forward "step" processes a ragged batch of rows: each row is one token of one sequence
  * (cache slot) at one position. Prefill rows (many per sequence) and decode rows (one per
  * sequence) share the same step, so every weight matrix is read once per step for all rows
- * (sgemm over the rows; sgemv when there is a single row, the GEMV-bound single-stream case).
+ * (sampler_matmul_packed: weights repacked into 32-column panels, AVX-512, measured faster than
+ * OpenBLAS sgemv for one row and sgemm for 64 rows by `rlhf bench sample`).
  * Within a step all rows' keys/values are written to the cache before attention, so a prefill
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).
  *
- * Sampling of each sequence draws from its own RNG stream (one uniform per token), so a
- * sequence's tokens depend on its seed and logits, not on its batch neighbours. */
+ * Sampling of each sequence draws from its own RNG stream (one uniform per token), and no kernel
+ * lets one row's arithmetic depend on the others or on the thread count, so a sequence's tokens
+ * depend on its seed and the weights only, not on its batch neighbours. */
 #include "model.h"
+#include "model/sampler_int.h"
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -20,62 +23,85 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct cand {
+    float z; /* temperature-scaled logit minus the largest: <= 0 */
+    float w; /* exp(z): unnormalised probability */
+    int id;
+} cand;
+
 struct sampler {
     const model *m;
     int max_batch; /* cache slots */
     int max_rows;  /* rows per step: max_batch decode rows + a prefill budget */
     int T;         /* max_seq_len */
     size_t slot_stride; /* floats per (layer, slot) in the caches: T * KVH * D */
-    float *k_cache;  /* (L, max_batch, T, KVH*D) */
+    float *k_cache;  /* (L, max_batch, KVH, D, T) keys, transposed per head (see attend_head) */
     float *v_cache;  /* (L, max_batch, T, KVH*D) */
     float *rope_cos; /* (T, D/2) */
     float *rope_sin; /* (T, D/2) */
     /* per-step scratch, R = max_rows */
     float *x;        /* (R, C) residual stream */
     float *xn;       /* (R, C) normalised */
-    float *q;        /* (R, H*D) */
-    float *k;        /* (R, KVH*D) */
-    float *v;        /* (R, KVH*D) */
+    float *qkv;      /* (R, H*D + 2*KVH*D) queries, keys, values of each row side by side */
     float *att;      /* (R, H*D) attention output */
-    float *gate;     /* (R, F) */
-    float *up;       /* (R, F) */
+    float *gu;       /* (R, 2F) gate | up; swiglu writes its result over the gate half */
     float *xl;       /* (R, C) normalised rows that need logits */
     float *logits;   /* (max_batch, V) for sampler_run */
     int *row_slot, *row_pos, *logit_rows; /* (R) step bookkeeping for sampler_run */
     int32_t *row_tok;                     /* (R) */
     /* The model's matrices repacked for matmul_packed: an (O, I) matrix becomes ceil(O/32) panels of
-     * (I, 32), so the kernel streams each panel contiguously. Per layer: q, k, v, o, gate, up, down. */
+     * (I, 32), so the kernel streams each panel contiguously. Per layer four matrices: q|k|v stacked
+     * (one matmul instead of three), o, gate|up stacked, down. */
     float *wpack;
-    size_t pk_off[7];     /* offsets of the 7 per-layer matrices within a layer's block */
+    size_t pk_off[4];     /* offsets of qkv, o, gate|up, down within a layer's block */
     size_t pk_layer;      /* floats per layer */
     size_t pk_head;       /* offset of the packed lm_head */
     uint64_t packed_fingerprint; /* weights_fingerprint() when wpack was filled */
+    /* per-thread scratch, allocated up front so no kernel allocates: n_threads = omp_get_max_threads()
+     * at create; parallel regions use at most that many threads */
+    int n_threads;
+    float *att_scratch;  /* (n_threads, T + 128 + D) attention scores (padded) and scaled query */
+    cand *pick_cands;    /* (n_threads, V) token choice candidates */
+    float *pick_e;       /* (n_threads, V) exponentials */
+    int32_t *pick_tok;   /* (max_batch) tokens chosen in a step */
+    float *pick_lp;      /* (max_batch, 2) their log pi, log q */
 };
+
+static int region_threads(const sampler *s) {
+    int t = omp_get_max_threads();
+    return t < s->n_threads ? t : s->n_threads;
+}
 
 /* ---------------------------------------------------------------- kernels */
 
 enum { PANEL = 32 }; /* output columns per packed panel: two AVX-512 vectors */
 
-static size_t packed_size(int O, int I) { return (size_t)((O + PANEL - 1) / PANEL) * PANEL * (size_t)I; }
+size_t sampler_packed_size(int O, int I) { return (size_t)((O + PANEL - 1) / PANEL) * PANEL * (size_t)I; }
 
-/* Wp (ceil(O/32), I, 32) <- W (O, I), zero-padded past O. */
-static void pack_matrix(float *Wp, const float *W, int O, int I) {
-    int np = (O + PANEL - 1) / PANEL;
+/* Wp (ceil(O/32), I, 32) <- the rows of W0 (O0, I) then W1 (O1, I) then W2 (O2, I) stacked into one
+ * (O, I) matrix, O = O0 + O1 + O2, zero-padded past O. */
+void sampler_pack_matrix(float *Wp, int I, const float *W0, int O0, const float *W1, int O1, const float *W2,
+                         int O2) {
+    int O = O0 + O1 + O2, np = (O + PANEL - 1) / PANEL;
 #pragma omp parallel for schedule(static)
     for (int p = 0; p < np; p++)
-        for (int i = 0; i < I; i++)
-            for (int j = 0; j < PANEL; j++) {
-                int o = p * PANEL + j;
-                Wp[((size_t)p * I + i) * PANEL + j] = o < O ? W[(size_t)o * I + i] : 0.0f;
-            }
+        for (int j = 0; j < PANEL; j++) {
+            int o = p * PANEL + j;
+            const float *row = o < O0 ? W0 + (size_t)o * I
+                               : o < O0 + O1 ? W1 + (size_t)(o - O0) * I
+                               : o < O ? W2 + (size_t)(o - O0 - O1) * I
+                                       : NULL;
+            for (int i = 0; i < I; i++) Wp[((size_t)p * I + i) * PANEL + j] = row ? row[i] : 0.0f;
+        }
 }
 
 #ifdef __AVX512F__
 /* out rows [0, nr) x columns [o0, o0+32) (masked past O) = x (nr, I) @ panel (I, 32); += when accumulate.
  * Row r's sums run over i in order with one FMA chain per output, whatever nr is, so a row's result
  * does not depend on which other rows share the call. */
-static inline __attribute__((always_inline)) void panel_kernel(float *out, const float *x, const float *wp, int nr,
-                                                               int IC, int OC, int o0, int accumulate) {
+static inline __attribute__((always_inline)) void panel_kernel(float *out, const float *x, int ld_in,
+                                                               const float *wp, int nr, int IC, int OC, int o0,
+                                                               int accumulate) {
     __m512 a0[12], a1[12];
 #pragma GCC unroll 12
     for (int r = 0; r < 12; r++)
@@ -88,7 +114,7 @@ static inline __attribute__((always_inline)) void panel_kernel(float *out, const
 #pragma GCC unroll 12
         for (int r = 0; r < 12; r++)
             if (r < nr) {
-                __m512 xb = _mm512_set1_ps(x[(size_t)r * IC + i]);
+                __m512 xb = _mm512_set1_ps(x[(size_t)r * ld_in + i]);
                 a0[r] = _mm512_fmadd_ps(xb, w0, a0[r]);
                 a1[r] = _mm512_fmadd_ps(xb, w1, a1[r]);
             }
@@ -110,9 +136,10 @@ static inline __attribute__((always_inline)) void panel_kernel(float *out, const
 }
 #endif
 
-/* out (R, OC) = in (R, IC) @ W^T with W packed by pack_matrix; out += ... when accumulate.
- * OpenMP over panels; within a panel, blocks of up to 12 rows share each loaded weight vector. */
-static void matmul_packed(float *out, const float *in, const float *Wp, int R, int IC, int OC, int accumulate) {
+/* out (R, OC) = in (R, IC; rows ld_in apart) @ W^T with W packed by pack_matrix; out += ... when
+ * accumulate. OpenMP over panels; within a panel, blocks of up to 12 rows share each weight load. */
+void sampler_matmul_packed(float *out, const float *in, int ld_in, const float *Wp, int R, int IC, int OC,
+                           int accumulate) {
     int np = (OC + PANEL - 1) / PANEL;
 #pragma omp parallel for schedule(static) if (np > 1 && (size_t)R * IC * OC > 32768)
     for (int p = 0; p < np; p++) {
@@ -120,11 +147,11 @@ static void matmul_packed(float *out, const float *in, const float *Wp, int R, i
         for (int r0 = 0; r0 < R; r0 += 12) {
             int nr = R - r0 < 12 ? R - r0 : 12;
             float *o = out + (size_t)r0 * OC;
-            const float *x = in + (size_t)r0 * IC;
+            const float *x = in + (size_t)r0 * ld_in;
 #ifdef __AVX512F__
             switch (nr) {
 #define PANEL_CASE(n) \
-    case n: panel_kernel(o, x, wp, n, IC, OC, p * PANEL, accumulate); break;
+    case n: panel_kernel(o, x, ld_in, wp, n, IC, OC, p * PANEL, accumulate); break;
                 PANEL_CASE(1) PANEL_CASE(2) PANEL_CASE(3) PANEL_CASE(4) PANEL_CASE(5) PANEL_CASE(6)
                 PANEL_CASE(7) PANEL_CASE(8) PANEL_CASE(9) PANEL_CASE(10) PANEL_CASE(11) PANEL_CASE(12)
 #undef PANEL_CASE
@@ -133,7 +160,7 @@ static void matmul_packed(float *out, const float *in, const float *Wp, int R, i
             for (int r = 0; r < nr; r++)
                 for (int j = 0; j < PANEL && p * PANEL + j < OC; j++) {
                     float acc = 0.0f;
-                    for (int i = 0; i < IC; i++) acc += x[(size_t)r * IC + i] * wp[(size_t)i * PANEL + j];
+                    for (int i = 0; i < IC; i++) acc += x[(size_t)r * ld_in + i] * wp[(size_t)i * PANEL + j];
                     float *y = o + (size_t)r * OC + p * PANEL + j;
                     *y = accumulate ? *y + acc : acc;
                 }
@@ -168,15 +195,13 @@ void sampler_sync_weights(sampler *s) {
     int C = c->dim, D = model_head_dim(c), HD = c->n_heads * D, KD = c->n_kv_heads * D, F = c->ffn_dim;
     for (int l = 0; l < c->n_layers; l++) {
         float *base = s->wpack + (size_t)l * s->pk_layer;
-        pack_matrix(base + s->pk_off[0], p->wq + (size_t)l * HD * C, HD, C);
-        pack_matrix(base + s->pk_off[1], p->wk + (size_t)l * KD * C, KD, C);
-        pack_matrix(base + s->pk_off[2], p->wv + (size_t)l * KD * C, KD, C);
-        pack_matrix(base + s->pk_off[3], p->wo + (size_t)l * C * HD, C, HD);
-        pack_matrix(base + s->pk_off[4], p->w_gate + (size_t)l * F * C, F, C);
-        pack_matrix(base + s->pk_off[5], p->w_up + (size_t)l * F * C, F, C);
-        pack_matrix(base + s->pk_off[6], p->w_down + (size_t)l * C * F, C, F);
+        sampler_pack_matrix(base + s->pk_off[0], C, p->wq + (size_t)l * HD * C, HD, p->wk + (size_t)l * KD * C, KD,
+                    p->wv + (size_t)l * KD * C, KD);
+        sampler_pack_matrix(base + s->pk_off[1], HD, p->wo + (size_t)l * C * HD, C, NULL, 0, NULL, 0);
+        sampler_pack_matrix(base + s->pk_off[2], C, p->w_gate + (size_t)l * F * C, F, p->w_up + (size_t)l * F * C, F, NULL, 0);
+        sampler_pack_matrix(base + s->pk_off[3], F, p->w_down + (size_t)l * C * F, C, NULL, 0, NULL, 0);
     }
-    pack_matrix(s->wpack + s->pk_head, p->lm_head, c->vocab_size, C);
+    sampler_pack_matrix(s->wpack + s->pk_head, C, p->lm_head, c->vocab_size, NULL, 0, NULL, 0);
     s->packed_fingerprint = weights_fingerprint(m);
 }
 
@@ -197,14 +222,16 @@ static void rmsnorm_forward(float *out, const float *in, const float *w, int R, 
     }
 }
 
-/* In place on x (R, NH*D): rotate pairs (i, i + D/2) of every head by pos[r] * freq_i (HF rotate_half). */
-static void rope_forward(float *x, const int *pos, const float *cos_t, const float *sin_t, int R, int NH, int D) {
+/* In place on x (R, NH*D; rows ld apart): rotate pairs (i, i + D/2) of every head by pos[r] * freq_i
+ * (HF rotate_half). */
+static void rope_forward(float *x, int ld, const int *pos, const float *cos_t, const float *sin_t, int R, int NH,
+                         int D) {
     int half = D / 2;
 #pragma omp parallel for if (R >= 8) schedule(static)
     for (int r = 0; r < R; r++) {
         const float *c = cos_t + (size_t)pos[r] * half, *s = sin_t + (size_t)pos[r] * half;
         for (int h = 0; h < NH; h++) {
-            float *v = x + ((size_t)r * NH + h) * D;
+            float *v = x + (size_t)r * ld + (size_t)h * D;
             for (int i = 0; i < half; i++) {
                 float a = v[i], b = v[i + half];
                 v[i] = a * c[i] - b * s[i];
@@ -214,59 +241,166 @@ static void rope_forward(float *x, const int *pos, const float *cos_t, const flo
     }
 }
 
-/* gate (R, F) = silu(gate) * up */
-static void swiglu_forward(float *gate, const float *up, int R, int F) {
-    size_t n = (size_t)R * F;
-#pragma omp parallel for if (n >= 16384) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+/* gu (R, 2F): gate half <- silu(gate) * up */
+static void swiglu_forward(float *gu, int R, int F) {
+#pragma omp parallel for if ((size_t)R * F >= 16384) schedule(static)
+    for (int r = 0; r < R; r++) {
+        float *g = gu + (size_t)r * 2 * F, *u = g + F;
+        for (int i = 0; i < F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 
-/* out (R, H*D): row r, head h attends over positions 0..pos[r] of its slot's cache
- * (kc, vc: (max_batch, T, KVH*D) for this layer). */
-static void attention_forward(float *out, const float *q, const float *kc, const float *vc, const int *slot,
-                              const int *pos, int R, int H, int KVH, int D, size_t slot_stride) {
+/* e[i] = exp(scale * (x[i] - shift)) for x[i] <= shift (so e in (0, 1]); returns sum(e) accumulated in
+ * double. AVX-512 path: Cody-Waite range reduction and a degree-6 polynomial (relative error ~1e-7);
+ * the scalar loop is the reference and the fallback. */
+static double exp_shifted(float *e, const float *x, int n, float shift, float scale) {
+    int i = 0;
+    double sum = 0.0;
+#ifdef __AVX512F__
+    const __m512 vshift = _mm512_set1_ps(shift), vscale = _mm512_set1_ps(scale);
+    const __m512 lo = _mm512_set1_ps(-87.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+    const __m512 c6 = _mm512_set1_ps(1.9875691500e-4f), c5 = _mm512_set1_ps(1.3981999507e-3f),
+                 c4 = _mm512_set1_ps(8.3334519073e-3f), c3 = _mm512_set1_ps(4.1665795894e-2f),
+                 c2 = _mm512_set1_ps(1.6666665459e-1f), c1 = _mm512_set1_ps(5.0000001201e-1f),
+                 one = _mm512_set1_ps(1.0f);
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    for (; i + 16 <= n; i += 16) {
+        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vshift), vscale);
+        t = _mm512_max_ps(t, lo);
+        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(k, ln2_hi, t);
+        r = _mm512_fnmadd_ps(k, ln2_lo, r);
+        __m512 p = _mm512_fmadd_ps(c6, r, c5);
+        p = _mm512_fmadd_ps(p, r, c4);
+        p = _mm512_fmadd_ps(p, r, c3);
+        p = _mm512_fmadd_ps(p, r, c2);
+        p = _mm512_fmadd_ps(p, r, c1);
+        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
+        p = _mm512_scalef_ps(p, k);
+        _mm512_storeu_ps(e + i, p);
+        acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
+        acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
+    }
+    sum = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+#endif
+    for (; i < n; i++) {
+        float t = (x[i] - shift) * scale;
+        e[i] = expf(t < -87.0f ? -87.0f : t);
+        sum += e[i];
+    }
+    return sum;
+}
+
+static float max_value(const float *x, int n) {
+    float mx = x[0];
+    int i = 0;
+#ifdef __AVX512F__
+    if (n >= 16) {
+        __m512 m = _mm512_loadu_ps(x);
+        for (i = 16; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+        mx = _mm512_reduce_max_ps(m);
+    }
+#endif
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+/* One query head against its cache: scores, softmax, weighted values.
+ *   q (D) already scaled by 1/sqrt(D); kT (D, T) keys TRANSPOSED (row d holds dimension d of every
+ *   position, so 16 positions' scores are one vector FMA per dimension); v (T, ldv) values by position;
+ *   n positions; sc (T) scratch; o (D) output.
+ * The plain loops are the reference and the fallback (no AVX-512, or head_dim > 128). */
+static void attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int n, int D, int T,
+                        float *sc) {
+#ifdef __AVX512F__
+    if (D <= 128) {
+        /* scores, 128 positions (8 vectors) at a time */
+        for (int t0 = 0; t0 < n; t0 += 128) {
+            int nv = (n - t0 + 15) / 16;
+            if (nv > 8) nv = 8;
+            __m512 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm512_setzero_ps();
+            int left = n - t0;
+            __mmask16 tail = left >= 16 * nv ? 0xffff : (__mmask16)((1u << (left - 16 * (nv - 1))) - 1);
+            for (int d = 0; d < D; d++) {
+                __m512 qd = _mm512_set1_ps(q[d]);
+                const float *row = kT + (size_t)d * T + t0;
+                for (int j = 0; j < nv - 1; j++) acc[j] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 16 * j), acc[j]);
+                acc[nv - 1] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(tail, row + 16 * (nv - 1)), acc[nv - 1]);
+            }
+            for (int j = 0; j < nv - 1; j++) _mm512_storeu_ps(sc + t0 + 16 * j, acc[j]);
+            _mm512_mask_storeu_ps(sc + t0 + 16 * (nv - 1), tail, acc[nv - 1]);
+        }
+        float mx = max_value(sc, n);
+        double sum = exp_shifted(sc, sc, n, mx, 1.0f);
+        float inv = (float)(1.0 / sum);
+        /* o = sum_t p_t v_t: two accumulator sets (even/odd t) to halve the FMA dependency chains */
+        int nd = (D + 15) / 16;
+        __mmask16 dm = D % 16 ? (__mmask16)((1u << (D % 16)) - 1) : 0xffff;
+        __m512 a0[8], a1[8];
+        for (int j = 0; j < 8; j++) a0[j] = a1[j] = _mm512_setzero_ps();
+        int t = 0;
+        for (; t + 2 <= n; t += 2) {
+            __m512 p0 = _mm512_set1_ps(sc[t]), p1 = _mm512_set1_ps(sc[t + 1]);
+            const float *v0 = v + (size_t)t * ldv, *v1 = v0 + ldv;
+            for (int j = 0; j < nd; j++) {
+                __mmask16 m = j == nd - 1 ? dm : 0xffff;
+                a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, v0 + 16 * j), a0[j]);
+                a1[j] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, v1 + 16 * j), a1[j]);
+            }
+        }
+        if (t < n) {
+            __m512 p0 = _mm512_set1_ps(sc[t]);
+            const float *v0 = v + (size_t)t * ldv;
+            for (int j = 0; j < nd; j++)
+                a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(j == nd - 1 ? dm : 0xffff, v0 + 16 * j), a0[j]);
+        }
+        __m512 vinv = _mm512_set1_ps(inv);
+        for (int j = 0; j < nd; j++)
+            _mm512_mask_storeu_ps(o + 16 * j, j == nd - 1 ? dm : 0xffff,
+                                  _mm512_mul_ps(_mm512_add_ps(a0[j], a1[j]), vinv));
+        return;
+    }
+#endif
+    float mx = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        float d = 0.0f;
+        for (int i = 0; i < D; i++) d += q[i] * kT[(size_t)i * T + t];
+        sc[t] = d;
+        mx = d > mx ? d : mx;
+    }
+    double sum = 0.0;
+    for (int t = 0; t < n; t++) sum += (sc[t] = expf(sc[t] - mx));
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < D; i++) o[i] = 0.0f;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < D; i++) o[i] += sc[t] * v[(size_t)t * ldv + i];
+    for (int i = 0; i < D; i++) o[i] *= inv;
+}
+
+/* out (R, H*D): row r, head h attends over positions 0..pos[r] of its slot's cache. For this layer:
+ * kc (max_batch, KVH, D, T) keys transposed, vc (max_batch, T, KVH*D) values; slot_stride floats per
+ * slot in both. OpenMP over (row, head); per-thread scratch (T) scores. */
+static void attention_forward(float *out, const float *q, int ldq, const float *kc, const float *vc, const int *slot,
+                              const int *pos, int R, int H, int KVH, int D, size_t slot_stride, float *scratch,
+                              int T, int n_threads) {
     int group = H / KVH, KD = KVH * D;
     float scale = 1.0f / sqrtf((float)D);
-    int maxp = 0;
-    for (int r = 0; r < R; r++) maxp = pos[r] > maxp ? pos[r] : maxp;
-#pragma omp parallel if (R * H > 1)
+#pragma omp parallel if (R * H > 1) num_threads(n_threads)
     {
-        float *sc = malloc(((size_t)maxp + 1) * sizeof(float));
+        float *sc = scratch + (size_t)omp_get_thread_num() * (T + 128 + D); // (T) scores, then (D) scaled query
+        float *qs = sc + T + 128;
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (int r = 0; r < R; r++) {
             for (int h = 0; h < H; h++) {
-                const float *qh = q + ((size_t)r * H + h) * D;
-                const float *kb = kc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D;
+                const float *qh = q + (size_t)r * ldq + (size_t)h * D;
+                for (int i = 0; i < D; i++) qs[i] = qh[i] * scale;
+                const float *kT = kc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D * T;
                 const float *vb = vc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D;
-                float *o = out + ((size_t)r * H + h) * D;
-                int n = pos[r] + 1;
-                float mx = -INFINITY;
-                for (int t = 0; t < n; t++) {
-                    const float *kt = kb + (size_t)t * KD;
-                    float d = 0.0f;
-                    for (int i = 0; i < D; i++) d += qh[i] * kt[i];
-                    d *= scale;
-                    sc[t] = d;
-                    mx = d > mx ? d : mx;
-                }
-                float sum = 0.0f;
-                for (int t = 0; t < n; t++) {
-                    sc[t] = expf(sc[t] - mx);
-                    sum += sc[t];
-                }
-                float inv = 1.0f / sum;
-                for (int i = 0; i < D; i++) o[i] = 0.0f;
-                for (int t = 0; t < n; t++) {
-                    const float *vt = vb + (size_t)t * KD;
-                    float p = sc[t] * inv;
-                    for (int i = 0; i < D; i++) o[i] += p * vt[i];
-                }
+                attend_head(out + ((size_t)r * H + h) * D, qs, kT, vb, KD, pos[r] + 1, D, T, sc);
             }
         }
-        free(sc);
     }
 }
 
@@ -295,35 +429,37 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
     s->rope_sin = malloc((size_t)s->T * (D / 2) * sizeof(float));
     s->x = malloc(R * C * sizeof(float));
     s->xn = malloc(R * C * sizeof(float));
-    s->q = malloc(R * HD * sizeof(float));
-    s->k = malloc(R * KD * sizeof(float));
-    s->v = malloc(R * KD * sizeof(float));
+    s->qkv = malloc(R * (HD + 2 * KD) * sizeof(float));
     s->att = malloc(R * HD * sizeof(float));
-    s->gate = malloc(R * F * sizeof(float));
-    s->up = malloc(R * F * sizeof(float));
+    s->gu = malloc(R * 2 * F * sizeof(float));
     s->xl = malloc(R * C * sizeof(float));
     s->logits = malloc((size_t)max_batch * V * sizeof(float));
     s->row_slot = malloc(R * sizeof(int));
     s->row_pos = malloc(R * sizeof(int));
     s->logit_rows = malloc(R * sizeof(int));
     s->row_tok = malloc(R * sizeof(int32_t));
+    s->n_threads = omp_get_max_threads();
+    s->att_scratch = malloc((size_t)s->n_threads * (s->T + 128 + D) * sizeof(float));
+    s->pick_cands = malloc((size_t)s->n_threads * V * sizeof(cand));
+    s->pick_e = malloc((size_t)s->n_threads * V * sizeof(float));
+    s->pick_tok = malloc((size_t)max_batch * sizeof(int32_t));
+    s->pick_lp = malloc((size_t)max_batch * 2 * sizeof(float));
     {
         int HDs = c->n_heads * D;
-        size_t sizes[7] = {packed_size(HDs, c->dim), packed_size(KD, c->dim),    packed_size(KD, c->dim),
-                           packed_size(c->dim, HDs), packed_size(c->ffn_dim, c->dim), packed_size(c->ffn_dim, c->dim),
-                           packed_size(c->dim, c->ffn_dim)};
+        size_t sizes[4] = {sampler_packed_size(HDs + 2 * KD, c->dim), sampler_packed_size(c->dim, HDs),
+                           sampler_packed_size(2 * c->ffn_dim, c->dim), sampler_packed_size(c->dim, c->ffn_dim)};
         size_t off = 0;
-        for (int i = 0; i < 7; i++) {
+        for (int i = 0; i < 4; i++) {
             s->pk_off[i] = off;
             off += sizes[i];
         }
         s->pk_layer = off;
         s->pk_head = off * (size_t)c->n_layers;
-        s->wpack = aligned_alloc(64, ((s->pk_head + packed_size(c->vocab_size, c->dim)) * sizeof(float) + 63) & ~(size_t)63);
+        s->wpack = aligned_alloc(64, ((s->pk_head + sampler_packed_size(c->vocab_size, c->dim)) * sizeof(float) + 63) & ~(size_t)63);
     }
-    if (!s->wpack || !s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->q || !s->k || !s->v ||
-        !s->att || !s->gate || !s->up || !s->xl || !s->logits || !s->row_slot || !s->row_pos || !s->logit_rows ||
-        !s->row_tok) {
+    if (!s->wpack || !s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->qkv ||
+        !s->att || !s->gu || !s->xl || !s->logits || !s->row_slot || !s->row_pos || !s->logit_rows ||
+        !s->row_tok || !s->att_scratch || !s->pick_cands || !s->pick_e || !s->pick_tok || !s->pick_lp) {
         sampler_destroy(&s);
         return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate the sampler (KV cache %zu MiB for %d slots x %d positions)",
                          2 * cache * sizeof(float) >> 20, max_batch, c->max_seq_len);
@@ -350,18 +486,20 @@ void sampler_destroy(sampler **ps) {
     free(s->rope_sin);
     free(s->x);
     free(s->xn);
-    free(s->q);
-    free(s->k);
-    free(s->v);
+    free(s->qkv);
     free(s->att);
-    free(s->gate);
-    free(s->up);
+    free(s->gu);
     free(s->xl);
     free(s->logits);
     free(s->row_slot);
     free(s->row_pos);
     free(s->logit_rows);
     free(s->row_tok);
+    free(s->att_scratch);
+    free(s->pick_cands);
+    free(s->pick_e);
+    free(s->pick_tok);
+    free(s->pick_lp);
     free(s);
     *ps = NULL;
 }
@@ -375,37 +513,38 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
     const model_config *c = &m->cfg;
     const model_params *p = &m->p;
     int C = c->dim, H = c->n_heads, KVH = c->n_kv_heads, D = model_head_dim(c), F = c->ffn_dim, V = c->vocab_size;
-    int HD = H * D, KD = KVH * D;
+    int HD = H * D, KD = KVH * D, QKV = HD + 2 * KD;
     float *x = s->x;   // (R, C)
     float *xn = s->xn; // (R, C)
     for (int r = 0; r < R; r++) memcpy(x + (size_t)r * C, p->embed + (size_t)tok[r] * C, (size_t)C * sizeof(float));
     for (int l = 0; l < c->n_layers; l++) {
         const float *pk = s->wpack + (size_t)l * s->pk_layer; /* this layer's packed matrices */
         rmsnorm_forward(xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
-        matmul_packed(s->q, xn, pk + s->pk_off[0], R, C, HD, 0); // (R, H*D)
-        matmul_packed(s->k, xn, pk + s->pk_off[1], R, C, KD, 0); // (R, KVH*D)
-        matmul_packed(s->v, xn, pk + s->pk_off[2], R, C, KD, 0); // (R, KVH*D)
-        rope_forward(s->q, pos, s->rope_cos, s->rope_sin, R, H, D);
-        rope_forward(s->k, pos, s->rope_cos, s->rope_sin, R, KVH, D);
-        float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
+        sampler_matmul_packed(s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
+        float *q = s->qkv, *k = s->qkv + HD, *v = s->qkv + HD + KD;     // rows QKV apart
+        rope_forward(q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
+        rope_forward(k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
+        float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, KVH, D, T)
         float *vc = s->v_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
         for (int r = 0; r < R; r++) {
-            size_t at = (size_t)slot[r] * s->slot_stride + (size_t)pos[r] * KD;
-            memcpy(kc + at, s->k + (size_t)r * KD, (size_t)KD * sizeof(float));
-            memcpy(vc + at, s->v + (size_t)r * KD, (size_t)KD * sizeof(float));
+            const float *kr = k + (size_t)r * QKV;
+            float *kT = kc + (size_t)slot[r] * s->slot_stride + pos[r];
+            for (int j = 0; j < KD; j++) kT[(size_t)j * s->T] = kr[j]; /* (KVH*D) -> column pos of (KVH, D, T) */
+            memcpy(vc + (size_t)slot[r] * s->slot_stride + (size_t)pos[r] * KD, v + (size_t)r * QKV,
+                   (size_t)KD * sizeof(float));
         }
-        attention_forward(s->att, s->q, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride);
-        matmul_packed(x, s->att, pk + s->pk_off[3], R, HD, C, 1); // x += att @ wo^T
+        attention_forward(s->att, q, QKV, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride, s->att_scratch, s->T,
+                          region_threads(s));
+        sampler_matmul_packed(x, s->att, HD, pk + s->pk_off[1], R, HD, C, 1); // x += att @ wo^T
         rmsnorm_forward(xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
-        matmul_packed(s->gate, xn, pk + s->pk_off[4], R, C, F, 0); // (R, F)
-        matmul_packed(s->up, xn, pk + s->pk_off[5], R, C, F, 0); // (R, F)
-        swiglu_forward(s->gate, s->up, R, F);
-        matmul_packed(x, s->gate, pk + s->pk_off[6], R, F, C, 1); // x += h @ w_down^T
+        sampler_matmul_packed(s->gu, xn, C, pk + s->pk_off[2], R, C, 2 * F, 0); // (R, F | F)
+        swiglu_forward(s->gu, R, F);
+        sampler_matmul_packed(x, s->gu, 2 * F, pk + s->pk_off[3], R, F, C, 1); // x += h @ w_down^T
     }
     /* only the rows whose next-token distribution is wanted go through the final norm and lm_head */
     for (int i = 0; i < n_logits; i++)
         rmsnorm_forward(s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
-    if (n_logits > 0) matmul_packed(logits, s->xl, s->wpack + s->pk_head, n_logits, C, V, 0); // (n_logits, V)
+    if (n_logits > 0) sampler_matmul_packed(logits, s->xl, C, s->wpack + s->pk_head, n_logits, C, V, 0); // (n_logits, V)
 }
 
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
@@ -453,17 +592,6 @@ const char *sample_finish_name(sample_finish f) {
     }
 }
 
-typedef struct cand {
-    float z; /* temperature-scaled logit */
-    int id;
-} cand;
-
-/* descending z, ties by ascending id (deterministic whatever qsort does) */
-static int cand_cmp(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    if (x->z != y->z) return x->z > y->z ? -1 : 1;
-    return x->id - y->id;
-}
 
 /* min-heap on (z, -id) ordering used to keep the k best candidates */
 static int cand_worse(const cand *a, const cand *b) { return a->z < b->z || (a->z == b->z && a->id > b->id); }
@@ -481,49 +609,46 @@ static void heap_sift_down(cand *h, int n, int i) {
     }
 }
 
-static double rng_uniform53(rlhf_rng *r) { return (double)(rlhf_rng_u64(r) >> 11) * 0x1.0p-53; }
+/* a comes before b in the nucleus order: more probable first, ties by smaller id */
+static inline int cand_before(const cand *a, const cand *b) { return a->w > b->w || (a->w == b->w && a->id < b->id); }
 
-/* e[i] = exp(scale * (x[i] - shift)) for x[i] <= shift (so e in (0, 1]); returns sum(e) accumulated in
- * double. AVX-512 path: Cody-Waite range reduction and a degree-6 polynomial (relative error ~1e-7);
- * the scalar loop is the reference and the fallback. */
-static double exp_shifted(float *e, const float *x, int n, float shift, float scale) {
-    int i = 0;
-    double sum = 0.0;
-#ifdef __AVX512F__
-    const __m512 vshift = _mm512_set1_ps(shift), vscale = _mm512_set1_ps(scale);
-    const __m512 lo = _mm512_set1_ps(-87.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
-    const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
-    const __m512 c6 = _mm512_set1_ps(1.9875691500e-4f), c5 = _mm512_set1_ps(1.3981999507e-3f),
-                 c4 = _mm512_set1_ps(8.3334519073e-3f), c3 = _mm512_set1_ps(4.1665795894e-2f),
-                 c2 = _mm512_set1_ps(1.6666665459e-1f), c1 = _mm512_set1_ps(5.0000001201e-1f),
-                 one = _mm512_set1_ps(1.0f);
-    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
-    for (; i + 16 <= n; i += 16) {
-        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vshift), vscale);
-        t = _mm512_max_ps(t, lo);
-        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(k, ln2_hi, t);
-        r = _mm512_fnmadd_ps(k, ln2_lo, r);
-        __m512 p = _mm512_fmadd_ps(c6, r, c5);
-        p = _mm512_fmadd_ps(p, r, c4);
-        p = _mm512_fmadd_ps(p, r, c3);
-        p = _mm512_fmadd_ps(p, r, c2);
-        p = _mm512_fmadd_ps(p, r, c1);
-        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
-        p = _mm512_scalef_ps(p, k);
-        _mm512_storeu_ps(e + i, p);
-        acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
-        acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
-    }
-    sum = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
-#endif
-    for (; i < n; i++) {
-        float t = (x[i] - shift) * scale;
-        e[i] = expf(t < -87.0f ? -87.0f : t);
-        sum += e[i];
-    }
-    return sum;
+static inline void cand_swap(cand *a, cand *b) {
+    cand t = *a;
+    *a = *b;
+    *b = t;
 }
+
+/* Reorders c[0..n) so that c[0..keep) is the smallest prefix, in cand_before order, whose mass (sum of w)
+ * reaches `need`, and returns keep. Quickselect with a median-of-three pivot: expected O(n). */
+static int nucleus_select(cand *c, int n, double need) {
+    int lo = 0, hi = n;
+    double acc = 0.0; /* mass of c[0..lo), all inside the nucleus */
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, last = hi - 1;
+        /* median of three to c[last] */
+        if (cand_before(&c[mid], &c[lo])) cand_swap(&c[mid], &c[lo]);
+        if (cand_before(&c[last], &c[lo])) cand_swap(&c[last], &c[lo]);
+        if (cand_before(&c[mid], &c[last])) cand_swap(&c[mid], &c[last]);
+        int store = lo;
+        double mass = 0.0;
+        for (int i = lo; i < last; i++)
+            if (cand_before(&c[i], &c[last])) {
+                mass += c[i].w;
+                cand_swap(&c[i], &c[store++]);
+            }
+        cand_swap(&c[store], &c[last]); /* pivot in place: c[lo..store) come before it */
+        if (acc + mass >= need) {
+            hi = store;
+        } else {
+            acc += mass + c[store].w;
+            if (acc >= need) return store + 1;
+            lo = store + 1;
+        }
+    }
+    return lo > 0 ? lo : 1;
+}
+
+static double rng_uniform53(rlhf_rng *r) { return (double)(rlhf_rng_u64(r) >> 11) * 0x1.0p-53; }
 
 /* Smallest i with e[0] + ... + e[i] > target (blocks of 16 first), or the last nonzero entry when
  * rounding leaves the running sum short of target. */
@@ -531,8 +656,12 @@ static int walk_cdf(const float *e, int n, double target) {
     double acc = 0.0;
     int i = 0;
     for (; i + 16 <= n; i += 16) {
+#ifdef __AVX512F__
+        double bs = _mm512_reduce_add_ps(_mm512_loadu_ps(e + i));
+#else
         double bs = 0.0;
         for (int j = 0; j < 16; j++) bs += e[i + j];
+#endif
         if (acc + bs > target) break;
         acc += bs;
     }
@@ -548,10 +677,9 @@ static int walk_cdf(const float *e, int n, double target) {
  * actual sampling distribution. Scratch: V cands and V floats. One uniform is drawn unless greedy. */
 static int32_t choose_token(const float *logits, int V, const sample_params *sp, rlhf_rng *rng, cand *scratch,
                             float *e, float *lp_pi, float *lp_q) {
-    float mx = logits[0];
-    for (int i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
+    float mx = max_value(logits, V);
     int amax = 0;
-    while (logits[amax] != mx) amax++;
+    while (amax < V - 1 && logits[amax] != mx) amax++; /* bounded: NaN logits must not run off */
     double sum = exp_shifted(e, logits, V, mx, 1.0f); /* e = exp(logits - max) */
     double lse = (double)mx + log(sum);
     if (sp->temperature == 0.0f) {
@@ -573,10 +701,10 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
     double total;
     if (sp->top_k > 0 && sp->top_k < V) {
         int k = sp->top_k;
-        for (int i = 0; i < k; i++) scratch[i] = (cand){(logits[i] - mx) * inv_t, i};
+        for (int i = 0; i < k; i++) scratch[i] = (cand){(logits[i] - mx) * inv_t, 0.0f, i};
         for (int i = k / 2 - 1; i >= 0; i--) heap_sift_down(scratch, k, i);
         for (int i = k; i < V; i++) {
-            cand c = {(logits[i] - mx) * inv_t, i};
+            cand c = {(logits[i] - mx) * inv_t, 0.0f, i};
             if (cand_worse(&scratch[0], &c)) {
                 scratch[0] = c;
                 heap_sift_down(scratch, k, 0);
@@ -584,35 +712,25 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
         }
         n = k;
         total = 0.0;
-        for (int i = 0; i < n; i++) total += expf(scratch[i].z);
+        for (int i = 0; i < n; i++) total += (scratch[i].w = expf(scratch[i].z));
     } else {
         /* A token with probability below (1 - top_p) / (V - 1) can never be inside the nucleus (all such
-         * tokens together hold less than 1 - top_p), so only the rest needs sorting. */
+         * tokens together hold less than 1 - top_p), so it is not even a candidate. */
         total = inv_t == 1.0f ? sum : exp_shifted(e, logits, V, mx, inv_t);
         double cut = sp->top_p < 1.0f && V > 1 ? (1.0 - (double)sp->top_p) / (double)(V - 1) * total : 0.0;
         n = 0;
         for (int i = 0; i < V; i++)
-            if (!(e[i] < cut)) scratch[n++] = (cand){(logits[i] - mx) * inv_t, i};
+            if (!(e[i] < cut)) scratch[n++] = (cand){(logits[i] - mx) * inv_t, e[i], i};
     }
-    qsort(scratch, (size_t)n, sizeof *scratch, cand_cmp);
-    /* the nucleus: smallest prefix holding top_p of the (top-k renormalised or full) mass */
-    int keep = n;
-    if (sp->top_p < 1.0f) {
-        double acc = 0.0;
-        for (int i = 0; i < n; i++) {
-            acc += expf(scratch[i].z) / total;
-            if (acc >= (double)sp->top_p) {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
+    /* the nucleus: smallest set of most likely candidates holding top_p of the (top-k renormalised or
+     * full) mass, found by selection, not sorting; it ends up in scratch[0..keep) */
+    int keep = sp->top_p < 1.0f ? nucleus_select(scratch, n, (double)sp->top_p * total) : n;
     double kept = 0.0;
-    for (int i = 0; i < keep; i++) kept += expf(scratch[i].z);
+    for (int i = 0; i < keep; i++) kept += scratch[i].w;
     double target = u * kept, acc = 0.0;
     int pick = keep - 1;
     for (int i = 0; i < keep; i++) {
-        acc += expf(scratch[i].z);
+        acc += scratch[i].w;
         if (acc > target) {
             pick = i;
             break;
@@ -620,7 +738,7 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
     }
     int32_t y = scratch[pick].id;
     *lp_pi = (float)((double)logits[y] - lse);
-    *lp_q = (float)((double)scratch[pick].z - log(kept));
+    *lp_q = (float)(log((double)scratch[pick].w) - log(kept));
     return y;
 }
 
@@ -838,45 +956,27 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
         }
         forward_rows(s, R, s->row_slot, s->row_pos, s->row_tok, NL, s->logit_rows, s->logits);
         /* choose tokens: independent per sequence, so parallel and order-free */
-        int32_t *ys = malloc((size_t)(NL ? NL : 1) * sizeof(int32_t));
-        float *lps = malloc((size_t)(NL ? NL : 1) * 2 * sizeof(float));
-        if (!ys || !lps) {
-            free(ys);
-            free(lps);
-            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-            break;
-        }
-#pragma omp parallel if (NL > 1)
+        int32_t *ys = s->pick_tok; // (NL)
+        float *lps = s->pick_lp;   // (NL, 2)
+#pragma omp parallel if (NL > 1) num_threads(region_threads(s))
         {
-            cand *scratch = malloc((size_t)V * sizeof(cand));
-            float *e = malloc((size_t)V * sizeof(float));
+            cand *scratch = s->pick_cands + (size_t)omp_get_thread_num() * V; // (V)
+            float *e = s->pick_e + (size_t)omp_get_thread_num() * V;          // (V)
 #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < NL; i++) {
                 slot_state *ss = &st[logit_slot[i]];
-                if (!scratch || !e) {
-                    ys[i] = -1;
-                    continue;
-                }
                 ys[i] = choose_token(s->logits + (size_t)i * V, V, &reqs[ss->req].params, &ss->rng, scratch, e,
                                      &lps[2 * i], &lps[2 * i + 1]);
             }
-            free(scratch);
-            free(e);
         }
         for (int i = 0; i < NL && !rc; i++) {
             slot_state *ss = &st[logit_slot[i]];
-            if (ys[i] < 0) {
-                rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampling scratch");
-                break;
-            }
             if (accept_token(s, tok, &reqs[ss->req], &results[ss->req], ss, ys[i], lps[2 * i], lps[2 * i + 1], &oom)) {
                 ss->req = -1;
                 active--;
             }
             if (oom) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampled text");
         }
-        free(ys);
-        free(lps);
     }
     free(st);
     free(logit_slot);

@@ -3,6 +3,10 @@
  * single-stream tokens/s and the aggregate tokens/s of a batch of sequences decoded together, as
  * medians over repeats, with their ratio. */
 #include "model/model.h"
+#include "model/sampler_int.h"
+
+#include <cblas.h>
+#undef I /* complex.h via cblas.h */
 
 #include <errno.h>
 #include <omp.h>
@@ -23,6 +27,50 @@ static int cmp_double(const void *a, const void *b) {
 static double median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* The matmul kernel against its named peer, OpenBLAS, on the LM-head shape (V, C) in the same process:
+ * sgemv for one row (the single-stream case), sgemm for `rows` rows (batched decode). Medians. */
+static void kernel_vs_openblas(const float *W, int V, int C, int rows, int repeats) {
+    float *Wp = aligned_alloc(64, (sampler_packed_size(V, C) * sizeof(float) + 63) & ~(size_t)63);
+    float *x = malloc((size_t)rows * C * sizeof(float)), *y = malloc((size_t)rows * V * sizeof(float));
+    if (!Wp || !x || !y) {
+        free(Wp);
+        free(x);
+        free(y);
+        return;
+    }
+    sampler_pack_matrix(Wp, C, W, V, NULL, 0, NULL, 0);
+    for (int i = 0; i < rows * C; i++) x[i] = 0.01f * (float)(i % 101) - 0.5f;
+    int nrep = 5 * repeats;
+    double *t_ours = calloc((size_t)nrep, sizeof(double)), *t_blas = calloc((size_t)nrep, sizeof(double));
+    for (int pass = 0; pass < 2; pass++) {
+        int R = pass ? rows : 1;
+        int inner = pass ? 4 : 40;
+        for (int r = 0; r < nrep; r++) { /* interleaved so machine noise hits both alike */
+            double t0 = rlhf_now();
+            for (int k = 0; k < inner; k++)
+                if (R == 1)
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, W, C, x, 1, 0.0f, y, 1);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, V, C, 1.0f, x, C, W, C, 0.0f, y, V);
+            double t1 = rlhf_now();
+            for (int k = 0; k < inner; k++) sampler_matmul_packed(y, x, C, Wp, R, C, V, 0);
+            double t2 = rlhf_now();
+            t_blas[r] = (t1 - t0) / inner;
+            t_ours[r] = (t2 - t1) / inner;
+        }
+        double tb = median(t_blas, nrep), to = median(t_ours, nrep), flop = 2.0 * R * V * C;
+        printf("kernel %s (%d x %d) x %d rows: packed %.3f ms (%.1f GFLOP/s), OpenBLAS %s %.3f ms (%.1f GFLOP/s): "
+               "%.2fx\n",
+               "lm_head", V, C, R, to * 1e3, flop / to / 1e9, R == 1 ? "sgemv" : "sgemm", tb * 1e3, flop / tb / 1e9,
+               tb / to);
+    }
+    free(t_ours);
+    free(t_blas);
+    free(Wp);
+    free(x);
+    free(y);
 }
 
 /* Generates n sequences of new_tokens each (no stops); returns seconds. */
@@ -138,6 +186,7 @@ int model_bench_sample(int argc, char **argv) {
                batch_tps[r]);
         fflush(stdout);
     }
+    if (!rc) kernel_vs_openblas(m->p.lm_head, c.vocab_size, c.dim, batch, repeats);
     if (!rc) {
         double s1 = median(single_tps, repeats), sb = median(batch_tps, repeats);
         printf("single-stream: median %.1f tokens/s (%.2f ms/token; weights read per token %.1f MB -> %.1f GB/s)\n", s1,

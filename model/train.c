@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,6 +73,10 @@ struct model_trainer {
 
 #define GRAD(t, p) ((t)->act_grad + ((p) - (t)->act))
 
+/* Tape entries one forward records: per layer norm, q, k, v, rope q, rope k, attention, o, residual,
+ * norm, gate, up, swiglu, down, residual; outside: embedding, final norm, lm_head, log-softmax. */
+enum { TAPE_OPS_PER_LAYER = 15, TAPE_OPS_OUTSIDE_LAYERS = 4 };
+
 static void *alloc64(size_t bytes) {
     bytes = (bytes + 63) & ~(size_t)63;
     void *p = aligned_alloc(64, bytes ? bytes : 64);
@@ -113,7 +118,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->tokens = alloc64(N * sizeof(int32_t));
     t->targets = alloc64(N * sizeof(int32_t));
     t->layers = calloc(L, sizeof *t->layers);
-    t->tape_cap = (int)(14 * L + 8);
+    t->tape_cap = (int)(TAPE_OPS_PER_LAYER * L + TAPE_OPS_OUTSIDE_LAYERS);
     t->tape = calloc((size_t)t->tape_cap, sizeof *t->tape);
     if (!t->act || !t->act_grad || !t->grads || !t->scratch || !t->rope_cos || !t->rope_sin || !t->tokens ||
         !t->targets || !t->layers || !t->tape) {
@@ -176,7 +181,11 @@ size_t model_trainer_bytes(const model_trainer *t) {
 /* ------------------------------------------------------------------ the tape */
 
 static tape_op *push(model_trainer *t, op_kind kind, float *out, size_t out_numel) {
-    tape_op *op = &t->tape[t->tape_len++]; /* capacity is fixed by the architecture: 14 per layer + head */
+    if (t->tape_len >= t->tape_cap) { /* an internal invariant: the capacity is exact for the architecture */
+        fprintf(stderr, "model/train.c: tape overflow (%d entries)\n", t->tape_cap);
+        abort();
+    }
+    tape_op *op = &t->tape[t->tape_len++];
     memset(op, 0, sizeof *op);
     op->kind = kind;
     op->out = out;

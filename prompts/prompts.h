@@ -130,7 +130,7 @@ typedef struct prompt_task_opts {
     int max_num2;      /* countdown 2-number problems: numbers from 1..max_num2 (default 25, ~760 distinct
                         * problems with targets <= 100, so train and held-out sets can both have them) */
     double p_three;    /* countdown: share of 3-number problems (rest 2-number), default 0.5 */
-    double p_correct;  /* corpus: share of lines whose completion is correct (default 0.35) */
+    double p_correct;  /* corpus: share of lines whose completion is correct (default 0.5) */
 } prompt_task_opts;
 void prompt_task_opts_default(const char *task, prompt_task_opts *o);
 int prompt_task_generate(json_t **out, const char *task, size_t n, uint64_t seed, const char *split,

@@ -16,9 +16,14 @@ static void usage(FILE *f) {
             "       rlhf prompts corpus --task countdown|arith --n N --out CORPUS.txt [--seed S]\n"
             "                        [--p-correct P] [--max-num K] [--max-num2 K] [--p-three P]\n"
             "       rlhf prompts check FILE.jsonl [--heldout-fraction F] [--split-seed S] [--skip-bad]\n"
+            "       rlhf prompts stats --data TRAIN.jsonl --state SELECTOR_STATE.json --out STATS.jsonl\n"
+            "                        [--config SELECTOR.json]\n"
             "\n"
             "gen writes distinct prompts (held-out ones disjoint from the train ones); corpus writes one\n"
-            "\"PROMPT+COMPLETION\" line per example, a share --p-correct of them correct (docs/PROMPT_SELECTION.md).\n");
+            "\"PROMPT+COMPLETION\" line per example (or {prompt, completion} JSONL if CORPUS ends in .jsonl), a\n"
+            "share --p-correct of them correct; check validates a dataset; stats dumps per-prompt selector\n"
+            "statistics from a saved selector state as JSONL and prints the selection metrics\n"
+            "(docs/PROMPT_SELECTION.md).\n");
 }
 
 /* Parses a number option value; errors name the option. */
@@ -35,7 +40,7 @@ static int num_arg(const char *opt, const char *val, double lo, double hi, int i
 }
 
 typedef struct cli_opts {
-    const char *task, *out, *heldout, *file;
+    const char *task, *out, *heldout, *file, *data, *state, *config;
     double n, n_heldout, seed, heldout_fraction, split_seed;
     int n_set, skip_bad;
     prompt_task_opts topts;
@@ -50,6 +55,9 @@ static int parse(int argc, char **argv, cli_opts *o, rlhf_error *err) {
         if (!strcmp(a, "--task")) o->task = v;
         else if (!strcmp(a, "--out")) o->out = v;
         else if (!strcmp(a, "--heldout")) o->heldout = v;
+        else if (!strcmp(a, "--data")) o->data = v;
+        else if (!strcmp(a, "--state")) o->state = v;
+        else if (!strcmp(a, "--config")) o->config = v;
         else if (!strcmp(a, "--n")) rc = num_arg(a, v, 1, 1e8, 1, &o->n, err), o->n_set = 1;
         else if (!strcmp(a, "--n-heldout")) rc = num_arg(a, v, 1, 1e8, 1, &o->n_heldout, err);
         else if (!strcmp(a, "--seed")) rc = num_arg(a, v, 0, 9007199254740992.0, 1, &o->seed, err);
@@ -154,6 +162,50 @@ static int cmd_check(cli_opts *o, rlhf_error *err) {
     return 0;
 }
 
+static int cmd_stats(cli_opts *o, rlhf_error *err) {
+    if (!o->data) return rlhf_error_set(err, RLHF_EINVAL, "--data", "required (the selector's train dataset)");
+    if (!o->state) return rlhf_error_set(err, RLHF_EINVAL, "--state", "required (a saved selector state)");
+    if (!o->out) return rlhf_error_set(err, RLHF_EINVAL, "--out", "required");
+    json_error_t jerr;
+    json_t *state = json_load_file(o->state, 0, &jerr), *cfg = NULL;
+    if (!state) {
+        char w[300];
+        snprintf(w, sizeof w, "%s:%d", o->state, jerr.line);
+        return rlhf_error_set(err, RLHF_ECORRUPT, w, "invalid JSON: %s", jerr.text);
+    }
+    if (o->config) {
+        cfg = json_load_file(o->config, 0, &jerr);
+        if (!cfg) {
+            json_decref(state);
+            char w[300];
+            snprintf(w, sizeof w, "%s:%d", o->config, jerr.line);
+            return rlhf_error_set(err, RLHF_ECORRUPT, w, "invalid JSON: %s", jerr.text);
+        }
+    } else {
+        /* without the run's knobs, the state's policy with default knobs (affects only the `prob` column) */
+        json_t *pol = json_object_get(state, "policy");
+        cfg = json_pack("{s:s}", "policy", json_is_string(pol) ? json_string_value(pol) : "uniform");
+    }
+    prompt_dataset *ds = NULL;
+    prompt_selector *sel = NULL;
+    int rc = prompt_dataset_load(&ds, o->data, err);
+    if (rc == 0) rc = prompt_selector_create(&sel, ds, cfg, 0, err);
+    if (rc == 0) rc = prompt_selector_load_json(sel, state, o->state, err);
+    if (rc == 0) rc = prompt_selector_dump_stats(sel, o->out, err);
+    if (rc == 0) {
+        json_t *m = prompt_selector_metrics(sel);
+        char *s = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
+        printf("%s\n", s ? s : "{}");
+        free(s);
+        json_decref(m);
+    }
+    prompt_selector_destroy(&sel);
+    prompt_dataset_destroy(&ds);
+    json_decref(state);
+    json_decref(cfg);
+    return rc;
+}
+
 int cmd_prompts(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
@@ -166,7 +218,8 @@ int cmd_prompts(int argc, char **argv) {
         if (!strcmp(argv[1], "gen")) rc = cmd_gen(&o, &err);
         else if (!strcmp(argv[1], "corpus")) rc = cmd_corpus(&o, &err);
         else if (!strcmp(argv[1], "check")) rc = cmd_check(&o, &err);
-        else rc = rlhf_error_set(&err, RLHF_EINVAL, argv[1], "unknown prompts command (gen, corpus, check)");
+        else if (!strcmp(argv[1], "stats")) rc = cmd_stats(&o, &err);
+        else rc = rlhf_error_set(&err, RLHF_EINVAL, argv[1], "unknown prompts command (gen, corpus, check, stats)");
     }
     if (rc) {
         rlhf_error_print(PROG, &err);

@@ -19,7 +19,7 @@ void prompt_task_opts_default(const char *task, prompt_task_opts *o) {
     o->max_num = task_kind(task) == TASK_ARITH ? 20 : 9;
     o->max_num2 = 25;
     o->p_three = 0.5;
-    o->p_correct = 0.35;
+    o->p_correct = 0.5;
 }
 
 static int check_opts(const char *task, const prompt_task_opts *o, rlhf_error *err) {

@@ -423,7 +423,7 @@ static int countdown_score(void *vctx, const rlhf_reward_item *items, size_t n, 
     size_t lo[257];
     char argbuf[32];
     snprintf(argbuf, sizeof argbuf, "%lld", (long long)c->max_chars);
-    const char *args[] = {"-I", "{file}", argbuf, c->exact ? "exact" : "at_most", NULL};
+    const char *args[] = {"-I", "-S", "{file}", argbuf, c->exact ? "exact" : "at_most", NULL};
     if (nchunks > 256) nchunks = 256;
     for (size_t k = 0; k <= nchunks; k++) lo[k] = nchunks ? m * k / nchunks : 0;
     int oom = 0;

@@ -1013,9 +1013,13 @@ int judge_score(judge_client *jc, judge_item *items, int n, rlhf_error *err) {
         /* Sleep until curl has work, a retry becomes ready or a deadline passes (at most 100 ms). */
         now = rlhf_now();
         double wait = 0.1;
+        /* Waiting requests only shorten the sleep when they could start: not while all slots are busy or
+         * a half-open probe is out (that would spin until it returns). */
+        int can_start = in_flight < jc->cfg.concurrency &&
+                        !(jc->breaker_state == BREAKER_HALF_OPEN && jc->probe_in_flight);
         for (int q = 0; q < nreq; q++) {
             judge_req *r = &reqs[q];
-            if (r->state == REQ_WAITING && in_flight < jc->cfg.concurrency && r->ready_at - now < wait)
+            if (r->state == REQ_WAITING && can_start && r->ready_at - now < wait)
                 wait = r->ready_at - now;
             double dl = items[r->item].deadline;
             if (r->state != REQ_DONE && dl > 0 && dl - now < wait) wait = dl - now;

@@ -116,15 +116,10 @@ int cmd_reward_test(int argc, char **argv) {
         fprintf(stderr, "rlhf reward-test: error: %s:%d:%d: %s\n", cfg_path, je.line, je.column, je.text);
         return 2;
     }
+    /* a bare array is named like the run config's "rewards" key, so paths read the same */
     char where[300];
-    json_t *sources = cfg;
-    if (json_is_object(cfg)) {
-        sources = json_object_get(cfg, "rewards");
-        snprintf(where, sizeof where, "%s: rewards", cfg_path);
-    } else {
-        snprintf(where, sizeof where, "%s: ", cfg_path);
-        where[strlen(where) - 1] = 0;
-    }
+    snprintf(where, sizeof where, "%s: rewards", cfg_path);
+    json_t *sources = json_is_object(cfg) ? json_object_get(cfg, "rewards") : cfg;
     reward_pipeline *p = NULL;
     if (reward_pipeline_create(&p, sources, where, &err)) {
         rlhf_error_print("rlhf reward-test", &err);

@@ -144,13 +144,26 @@ static int remote_call(remote_rm *s, const rlhf_reward_item *items, size_t n, do
     json_t *req = json_pack("{s:o, s:o, s:o}", "query", q, "prompts", p, "labels", l);
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
+    reason[0] = 0;
     if (!body) {
         snprintf(reason, rcap, "internal: could not encode the request (texts must be UTF-8)");
         return -1;
     }
+    double deadline = 0; /* the earliest item deadline bounds every attempt */
+    for (size_t i = 0; i < n; i++)
+        if (items[i].deadline > 0 && (deadline == 0 || items[i].deadline < deadline)) deadline = items[i].deadline;
     int rc = -1;
     for (int attempt = 0; attempt <= s->retries; attempt++) {
         if (attempt) usleep((useconds_t)(100000u << (attempt - 1 < 6 ? attempt - 1 : 6)));
+        long timeout_ms = s->call_timeout_ms;
+        if (deadline > 0) {
+            double left = (deadline - rlhf_now()) * 1000.0;
+            if (left < 1) {
+                if (attempt == 0 || !reason[0]) snprintf(reason, rcap, "timeout: the deadline passed before the call");
+                break;
+            }
+            if (left < timeout_ms) timeout_ms = (long)left;
+        }
         body_buf b = {0};
         char cerr[CURL_ERROR_SIZE] = "";
         curl_easy_reset(s->easy);
@@ -160,7 +173,7 @@ static int remote_call(remote_rm *s, const rlhf_reward_item *items, size_t n, do
         curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
         curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, remote_on_body);
         curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, &b);
-        curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS, (long)s->call_timeout_ms);
+        curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
         curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(s->easy, CURLOPT_ERRORBUFFER, cerr);
         CURLcode res = curl_easy_perform(s->easy);

@@ -42,6 +42,9 @@ enum {
 
 /* A setup step for sandbox_config.fault_fail_step (the value of the child's step enum). */
 #define SANDBOX_FAULT_STEP_PIVOT_ROOT 16
+/* Injected at this step, the fault also applies to the start-up probe while seccomp is in use:
+ * it emulates a host that cannot load seccomp filters (tests of the refuse/degrade logic). */
+#define SANDBOX_FAULT_STEP_SECCOMP 25
 
 typedef struct sandbox_config {
     char interpreter[256];      /* default /usr/bin/python3 */
@@ -54,7 +57,7 @@ typedef struct sandbox_config {
     int64_t tmp_bytes;          /* size of the private /tmp tmpfs, default 16 MiB */
     int64_t stdout_cap;         /* bytes, default 1 MiB */
     int64_t stderr_cap;         /* bytes, default 64 KiB */
-    int64_t host_uid_base;      /* slot i runs as host uid/gid base+i; default 100000 */
+    int64_t host_uid_base;      /* slot i runs as host uid/gid base+i; default 100000 + (pid % 8192) * 256 */
     int pool_size;              /* concurrent sandboxes; default = online cores */
     unsigned allow_degraded;    /* SANDBOX_F_* bits allowed to be missing */
     unsigned want;              /* SANDBOX_F_* bits to use when available; default all but CGROUP */
@@ -92,6 +95,7 @@ typedef struct sandbox_result {
     char *err;                  /* stderr, up to stderr_cap */
     size_t err_len;
     double wall_ms;
+    double setup_ms;            /* from the start to the namespaces/filesystem being ready (program not yet forked) */
     char reason[160];           /* for SANDBOX_ERROR and limits: what happened */
 } sandbox_result;
 

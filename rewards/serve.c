@@ -1,7 +1,7 @@
-/* rewards/serve.c — `rlhf serve`: OpenAI-compatible HTTP front end (libmicrohttpd, one thread per
- * connection) over one worker thread that batches all waiting requests into the model's sampler and
- * the reward model. See rewards/serve.h. */
-#include "rewards/serve.h"
+/* rewards/serve.c — `rlhf serve`: the OpenAI-compatible HTTP front end (libmicrohttpd, one thread per
+ * connection): parsing, validation, responses and SSE streams. The worker that batches requests into the
+ * model is rewards/serve_decode.c. See rewards/serve.h and rewards/serve_int.h. */
+#include "rewards/serve_int.h"
 
 #include <arpa/inet.h>
 #include <libgen.h>
@@ -17,48 +17,6 @@
 
 #include "model/model.h"
 #include "rewards/rm.h"
-
-enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
-enum { MAX_STOPS = 4 };
-
-typedef struct serve_job {
-    int kind;
-    /* generate */
-    int32_t *prompt_ids;          // (prompt_len)
-    int prompt_len;
-    sample_params params;
-    char *stops[MAX_STOPS];
-    const char *stop_ptrs[MAX_STOPS];
-    sample_result result;
-    /* reward */
-    char **texts;                 // (n_texts)
-    int n_texts;
-    double *rewards;              // (n_texts)
-    /* completion */
-    int done, failed;
-    char errmsg[256];
-    struct serve_job *next;
-} serve_job;
-
-struct serve_server {
-    serve_config cfg;
-    FILE *log;
-    model *m;
-    tokenizer *tok;
-    sampler *smp;
-    reward_model *rm;
-    char rm_id[128];
-    struct MHD_Daemon *daemon;
-    int port;
-    pthread_t worker;
-    int worker_started;
-    pthread_mutex_t mu;
-    pthread_cond_t work_cv, done_cv;
-    serve_job *head, *tail; /* waiting jobs */
-    int queued;
-    int stopping;
-    unsigned long serial;   /* request ids and default seeds */
-};
 
 void serve_config_init(serve_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -100,118 +58,6 @@ char *serve_utf8_sanitize(const char *s, size_t n) {
     }
     out[o] = 0;
     return out;
-}
-
-/* ------------------------------------------------------------------------------------- worker */
-
-static void job_free(serve_job *j) {
-    if (!j) return;
-    free(j->prompt_ids);
-    for (int i = 0; i < MAX_STOPS; i++) free(j->stops[i]);
-    sample_result_free(&j->result);
-    for (int i = 0; j->texts && i < j->n_texts; i++) free(j->texts[i]);
-    free(j->texts);
-    free(j->rewards);
-    free(j);
-}
-
-static void run_generate(serve_server *s, serve_job **jobs, int n) {
-    sample_request *reqs = calloc((size_t)n, sizeof *reqs);
-    sample_result *res = calloc((size_t)n, sizeof *res);
-    rlhf_error err = {0};
-    int rc = (!reqs || !res) ? RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory") : 0;
-    for (int i = 0; !rc && i < n; i++) {
-        reqs[i].prompt = jobs[i]->prompt_ids;
-        reqs[i].prompt_len = jobs[i]->prompt_len;
-        reqs[i].params = jobs[i]->params;
-    }
-    if (!rc) rc = sampler_run(s->smp, s->tok, reqs, n, res, &err);
-    for (int i = 0; i < n; i++) {
-        if (rc) {
-            jobs[i]->failed = 1;
-            snprintf(jobs[i]->errmsg, sizeof jobs[i]->errmsg, "generation failed: %.200s", err.msg);
-        } else {
-            jobs[i]->result = res[i];
-        }
-    }
-    free(reqs);
-    free(res);
-}
-
-static void run_reward(serve_server *s, serve_job **jobs, int n) {
-    int total = 0;
-    for (int i = 0; i < n; i++) total += jobs[i]->n_texts;
-    const char **texts = malloc((size_t)(total ? total : 1) * sizeof *texts);
-    double *r = malloc((size_t)(total ? total : 1) * sizeof *r);
-    rlhf_error err = {0};
-    int rc = (!texts || !r) ? RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory") : 0;
-    for (int i = 0, k = 0; !rc && i < n; i++)
-        for (int t = 0; t < jobs[i]->n_texts; t++) texts[k++] = jobs[i]->texts[t];
-    if (!rc) rc = reward_model_score(s->rm, texts, total, r, &err);
-    for (int i = 0, k = 0; i < n; i++) {
-        if (rc) {
-            jobs[i]->failed = 1;
-            snprintf(jobs[i]->errmsg, sizeof jobs[i]->errmsg, "reward model failed: %.200s", err.msg);
-        } else {
-            memcpy(jobs[i]->rewards, r + k, (size_t)jobs[i]->n_texts * sizeof *r);
-        }
-        k += jobs[i]->n_texts;
-    }
-    free(texts);
-    free(r);
-}
-
-static void *worker_main(void *arg) {
-    serve_server *s = arg;
-    pthread_mutex_lock(&s->mu);
-    for (;;) {
-        while (!s->head && !s->stopping) pthread_cond_wait(&s->work_cv, &s->mu);
-        if (!s->head && s->stopping) break;
-        /* Take every waiting job: the sampler keeps max_batch of them decoding at once and refills
-         * finished slots from the rest. */
-        serve_job *list = s->head;
-        s->head = s->tail = NULL;
-        s->queued = 0;
-        pthread_mutex_unlock(&s->mu);
-        int n = 0;
-        for (serve_job *j = list; j; j = j->next) n++;
-        serve_job **gen = malloc((size_t)n * sizeof *gen), **rew = malloc((size_t)n * sizeof *rew);
-        int ng = 0, nr = 0;
-        for (serve_job *j = list; j; j = j->next) {
-            if (!gen || !rew) {
-                j->failed = 1;
-                snprintf(j->errmsg, sizeof j->errmsg, "out of memory");
-            } else if (j->kind == JOB_GENERATE) gen[ng++] = j;
-            else rew[nr++] = j;
-        }
-        if (ng) run_generate(s, gen, ng);
-        if (nr) run_reward(s, rew, nr);
-        free(gen);
-        free(rew);
-        pthread_mutex_lock(&s->mu);
-        for (serve_job *j = list; j; j = j->next) j->done = 1;
-        pthread_cond_broadcast(&s->done_cv);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
-/* Queues j and waits for it. Returns 0, or -1 when the queue is full (j not queued). */
-static int submit_and_wait(serve_server *s, serve_job *j) {
-    pthread_mutex_lock(&s->mu);
-    if (s->queued >= s->cfg.max_queue || s->stopping) {
-        pthread_mutex_unlock(&s->mu);
-        return -1;
-    }
-    j->next = NULL;
-    if (s->tail) s->tail->next = j;
-    else s->head = j;
-    s->tail = j;
-    s->queued++;
-    pthread_cond_signal(&s->work_cv);
-    while (!j->done) pthread_cond_wait(&s->done_cv, &s->mu);
-    pthread_mutex_unlock(&s->mu);
-    return 0;
 }
 
 /* ------------------------------------------------------------------------------------ HTTP */
@@ -272,11 +118,11 @@ static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, un
 }
 
 /* Reads the sampling fields shared by both completion routes. 0, or -1 after replying 400. */
-static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req, serve_job *j, int *stream,
-                          enum MHD_Result *ret) {
+static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req, serve_job *j, unsigned long id,
+                          int *stream, enum MHD_Result *ret) {
     sample_params p = sample_params_default();
     p.max_new_tokens = s->cfg.max_tokens_default;
-    p.seed = 0x5eed0000ull + s->serial;
+    p.seed = 0x5eed0000ull + id; /* distinct per request unless the client gives one */
     const char *key;
     json_t *v;
     *stream = 0;
@@ -313,7 +159,7 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
             int ns = 0;
             if (json_is_string(v)) {
                 j->stops[ns++] = strdup(json_string_value(v));
-            } else if (json_is_array(v) && json_array_size(v) <= MAX_STOPS) {
+            } else if (json_is_array(v) && json_array_size(v) <= SERVE_MAX_STOPS) {
                 size_t i;
                 json_t *x;
                 json_array_foreach(v, i, x) {
@@ -321,14 +167,11 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
                     j->stops[ns++] = strdup(json_string_value(x));
                 }
             } else if (!json_is_null(v)) {
-                BAD(key, "stop must be a string or an array of up to %d strings", MAX_STOPS);
+                BAD(key, "stop must be a string or an array of up to %d strings", SERVE_MAX_STOPS);
             }
-            for (int i = 0; i < ns; i++) {
+            j->n_stops = ns;
+            for (int i = 0; i < ns; i++)
                 if (!j->stops[i] || !j->stops[i][0]) BAD(key, "stop strings must be non-empty");
-                j->stop_ptrs[i] = j->stops[i];
-            }
-            p.stop_strings = ns ? j->stop_ptrs : NULL;
-            p.n_stop_strings = ns;
         } else if (!strcmp(key, "response_format")) {
             json_t *t = json_object_get(v, "type");
             if (!(json_is_string(t) && !strcmp(json_string_value(t), "text")))
@@ -337,10 +180,33 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         /* other OpenAI fields (model, user, logprobs, presence_penalty, ...) are accepted and ignored */
     }
 #undef BAD
-    p.stop_ids = &s->tok->eos_id;
-    p.n_stop_ids = 1;
-    j->params = p;
+    j->params = p; /* EOS and the stop strings end generation (rewards/serve_decode.c) */
     return 0;
+}
+
+/* A message's text: a string, or OpenAI's list of parts of which the {"type":"text","text":...} ones count.
+ * Returns a new reference to a JSON string, or NULL when malformed. */
+static json_t *message_text(json_t *content) {
+    if (json_is_string(content)) return json_incref(content);
+    if (!json_is_array(content)) return NULL;
+    size_t i, len = 0;
+    json_t *part;
+    json_array_foreach(content, i, part) {
+        json_t *t = json_object_get(part, "text");
+        if (!json_is_string(json_object_get(part, "type")) || !json_is_string(t)) return NULL;
+        len += json_string_length(t);
+    }
+    char *buf = malloc(len + 1);
+    if (!buf) return NULL;
+    len = 0;
+    json_array_foreach(content, i, part) {
+        json_t *t = json_object_get(part, "text");
+        memcpy(buf + len, json_string_value(t), json_string_length(t));
+        len += json_string_length(t);
+    }
+    json_t *s = json_stringn(buf, len);
+    free(buf);
+    return s;
 }
 
 static char *chat_prompt(json_t *msgs, const char **bad) {
@@ -351,9 +217,11 @@ static char *chat_prompt(json_t *msgs, const char **bad) {
     size_t i;
     json_t *m;
     json_array_foreach(msgs, i, m) {
-        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
-        if (!json_is_string(role) || !json_is_string(content)) {
-            *bad = "each message needs string \"role\" and \"content\"";
+        json_t *role = json_object_get(m, "role");
+        json_t *content = message_text(json_object_get(m, "content"));
+        if (!json_is_string(role) || !content) {
+            *bad = "each message needs a string \"role\" and a \"content\" string (or list of text parts)";
+            json_decref(content);
             free(out);
             return NULL;
         }
@@ -362,12 +230,14 @@ static char *chat_prompt(json_t *msgs, const char **bad) {
             while (cap < need) cap *= 2;
             char *q = realloc(out, cap);
             if (!q) {
+                json_decref(content);
                 free(out);
                 return NULL;
             }
             out = q;
         }
         len += (size_t)sprintf(out + len, "<|%s|>\n%s\n", json_string_value(role), json_string_value(content));
+        json_decref(content);
     }
     char *q = realloc(out, len + 32);
     if (!q) {
@@ -378,25 +248,38 @@ static char *chat_prompt(json_t *msgs, const char **bad) {
     return q;
 }
 
-static const char *finish_name(sample_finish f) { return f == SAMPLE_FINISH_STOP ? "stop" : "length"; }
+static const char *finish_name(int f) { return f == SAMPLE_FINISH_STOP ? "stop" : "length"; }
 
-/* One SSE event "data: JSON\n\n" appended to *buf. */
-static void sse_add(char **buf, size_t *len, size_t *cap, json_t *j) {
-    char *s = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (!s) return;
-    size_t n = strlen(s) + 8;
-    if (*len + n + 1 > *cap) {
-        while (*len + n + 1 > *cap) *cap = *cap ? *cap * 2 : 1024;
-        char *q = realloc(*buf, *cap);
-        if (!q) {
-            free(s);
-            return;
-        }
-        *buf = q;
+/* Streaming: the connection thread sends the job's SSE bytes as the worker appends them. */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    serve_job *j = cls;
+    serve_server *s = j->server;
+    (void)pos;
+    pthread_mutex_lock(&s->mu);
+    while (j->sse_sent == j->sse_len && !j->done) pthread_cond_wait(&s->stream_cv, &s->mu);
+    ssize_t n;
+    if (j->sse_sent < j->sse_len) {
+        size_t k = j->sse_len - j->sse_sent < max ? j->sse_len - j->sse_sent : max;
+        memcpy(buf, j->sse + j->sse_sent, k);
+        j->sse_sent += k;
+        n = (ssize_t)k;
+    } else {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
     }
-    *len += (size_t)sprintf(*buf + *len, "data: %s\n\n", s);
-    free(s);
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* The response is done with the job (sent, or the client went away): stop generating, wait for the
+ * worker to let go of it, free it. */
+static void stream_free(void *cls) {
+    serve_job *j = cls;
+    serve_server *s = j->server;
+    pthread_mutex_lock(&s->mu);
+    j->cancelled = 1;
+    while (!j->done) pthread_cond_wait(&s->done_cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    serve_job_free(j);
 }
 
 static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, json_t *req, int chat) {
@@ -411,19 +294,19 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
     if (chat) {
         json_t *msgs = json_object_get(req, "messages");
         if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
-            job_free(j);
+            serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "messages", "messages must be a non-empty array");
         }
         prompt = chat_prompt(msgs, &bad);
         if (!prompt) {
-            job_free(j);
+            serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "messages", "%s", bad ? bad : "out of memory");
         }
     } else {
         json_t *p = json_object_get(req, "prompt");
         if (json_is_array(p) && json_array_size(p) == 1) p = json_array_get(p, 0);
         if (!json_is_string(p)) {
-            job_free(j);
+            serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "prompt", "prompt must be a string");
         }
         prompt = strdup(json_string_value(p));
@@ -432,15 +315,15 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
     unsigned long id = ++s->serial;
     pthread_mutex_unlock(&s->mu);
     int stream = 0;
-    if (parse_sampling(s, c, req, j, &stream, &ret) != 0) {
+    if (parse_sampling(s, c, req, j, id, &stream, &ret) != 0) {
         free(prompt);
-        job_free(j);
+        serve_job_free(j);
         return ret;
     }
     rlhf_error err = {0};
     if (!prompt || tokenizer_encode(s->tok, prompt, strlen(prompt), 1, &j->prompt_ids, &j->prompt_len, &err) != 0) {
         free(prompt);
-        job_free(j);
+        serve_job_free(j);
         return reply_error(s, c, 400, "invalid_request_error", chat ? "messages" : "prompt", "cannot tokenise: %s",
                            err.msg);
     }
@@ -448,79 +331,71 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
     int max_seq = s->m->cfg.max_seq_len;
     if (j->prompt_len >= max_seq) {
         int pl = j->prompt_len;
-        job_free(j);
+        serve_job_free(j);
         return reply_error(s, c, 400, "invalid_request_error", chat ? "messages" : "prompt",
                            "the prompt is %d tokens; this model's max_seq_len is %d", pl, max_seq);
     }
     j->kind = JOB_GENERATE;
-    if (submit_and_wait(s, j) != 0) {
-        job_free(j);
-        return reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
-    }
-    if (j->failed) {
-        ret = reply_error(s, c, 500, "server_error", NULL, "%s", j->errmsg);
-        job_free(j);
+    j->stream = stream;
+    j->chat = chat;
+    j->server = s;
+    j->created = (long long)time(NULL);
+    snprintf(j->rid, sizeof j->rid, "%s-%lu", chat ? "chatcmpl" : "cmpl", id);
+    if (stream) {
+        /* The first chunk (the assistant role) goes out at once; the worker appends the rest. */
+        if (chat) {
+            json_t *ev = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", j->rid, "object",
+                                   "chat.completion.chunk", "created", (json_int_t)j->created, "model",
+                                   s->cfg.model_id, "choices", "index", 0, "delta", "role", "assistant", "content", "",
+                                   "finish_reason");
+            char *t = json_dumps(ev, JSON_COMPACT);
+            json_decref(ev);
+            size_t n = t ? strlen(t) + 9 : 0;
+            j->sse = malloc(n + 1);
+            if (t && j->sse) {
+                j->sse_len = (size_t)sprintf(j->sse, "data: %s\n\n", t);
+                j->sse_cap = n + 1;
+            }
+            free(t);
+        }
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, j, stream_free);
+        if (!r) {
+            serve_job_free(j);
+            return reply_error(s, c, 500, "server_error", NULL, "out of memory");
+        }
+        if (serve_submit(s, j) != 0) {
+            j->done = 1; /* never queued: stream_free may free it */
+            MHD_destroy_response(r);
+            return reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
+        }
+        MHD_add_response_header(r, "Content-Type", "text/event-stream");
+        MHD_add_response_header(r, "Cache-Control", "no-cache");
+        ret = MHD_queue_response(c, 200, r);
+        MHD_destroy_response(r); /* the daemon holds its own reference until the stream ends */
         return ret;
     }
-    sample_result *r = &j->result;
-    char *text = serve_utf8_sanitize(r->text ? r->text : "", r->text ? r->text_len : 0);
-    char rid[64];
-    snprintf(rid, sizeof rid, "%s-%lu", chat ? "chatcmpl" : "cmpl", id);
-    json_int_t created = (json_int_t)time(NULL);
-    const char *model_id = s->cfg.model_id;
-    if (!stream) {
-        json_t *choice = chat ? json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", 0, "message", "role", "assistant",
-                                          "content", text ? text : "", "finish_reason", finish_name(r->finish))
-                              : json_pack("{s:i, s:s, s:s}", "index", 0, "text", text ? text : "", "finish_reason",
-                                          finish_name(r->finish));
-        json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:{s:i, s:i, s:i}}", "id", rid, "object",
-                                 chat ? "chat.completion" : "text_completion", "created", created, "model", model_id,
-                                 "choices", choice, "usage", "prompt_tokens", j->prompt_len, "completion_tokens",
-                                 r->n_tokens, "total_tokens", j->prompt_len + r->n_tokens);
-        ret = reply_json(c, 200, resp);
-    } else {
-        /* SSE: one chunk per UTF-8 character of the completion, then the finish chunk and [DONE]. */
-        const char *obj = chat ? "chat.completion.chunk" : "text_completion";
-        char *buf = NULL;
-        size_t len = 0, cap = 0;
-        if (chat)
-            sse_add(&buf, &len, &cap,
-                    json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", rid, "object", obj, "created",
-                              created, "model", model_id, "choices", "index", 0, "delta", "role", "assistant", "content",
-                              "", "finish_reason"));
-        const unsigned char *t = (const unsigned char *)(text ? text : "");
-        for (size_t i = 0; t[i];) {
-            size_t n = t[i] < 0x80 ? 1 : (t[i] >> 5) == 6 ? 2 : (t[i] >> 4) == 14 ? 3 : 4;
-            char piece[8];
-            memcpy(piece, t + i, n);
-            piece[n] = 0;
-            i += n;
-            json_t *ch = chat ? json_pack("{s:i, s:{s:s}, s:n}", "index", 0, "delta", "content", piece, "finish_reason")
-                              : json_pack("{s:i, s:s, s:n}", "index", 0, "text", piece, "finish_reason");
-            sse_add(&buf, &len, &cap,
-                    json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", rid, "object", obj, "created", created, "model",
-                              model_id, "choices", ch));
-        }
-        json_t *last = chat ? json_pack("{s:i, s:{}, s:s}", "index", 0, "delta", "finish_reason", finish_name(r->finish))
-                            : json_pack("{s:i, s:s, s:s}", "index", 0, "text", "", "finish_reason", finish_name(r->finish));
-        sse_add(&buf, &len, &cap,
-                json_pack("{s:s, s:s, s:I, s:s, s:[o], s:{s:i, s:i, s:i}}", "id", rid, "object", obj, "created", created,
-                          "model", model_id, "choices", last, "usage", "prompt_tokens", j->prompt_len,
-                          "completion_tokens", r->n_tokens, "total_tokens", j->prompt_len + r->n_tokens));
-        size_t need = len + 16;
-        char *q = realloc(buf, need + 1);
-        if (q) {
-            buf = q;
-            strcpy(buf + len, "data: [DONE]\n\n");
-            ret = reply(c, 200, "text/event-stream", buf, NULL);
-        } else {
-            free(buf);
-            ret = reply_error(s, c, 500, "server_error", NULL, "out of memory");
-        }
+    if (serve_submit(s, j) != 0) {
+        serve_job_free(j);
+        return reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
     }
+    serve_wait(s, j);
+    if (j->failed) {
+        ret = reply_error(s, c, 500, "server_error", NULL, "%s", j->errmsg);
+        serve_job_free(j);
+        return ret;
+    }
+    char *text = serve_utf8_sanitize(j->text ? j->text : "", j->text_len);
+    json_t *choice = chat ? json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", 0, "message", "role", "assistant", "content",
+                                      text ? text : "", "finish_reason", finish_name(j->finish))
+                          : json_pack("{s:i, s:s, s:s}", "index", 0, "text", text ? text : "", "finish_reason",
+                                      finish_name(j->finish));
+    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:{s:i, s:i, s:i}}", "id", j->rid, "object",
+                             chat ? "chat.completion" : "text_completion", "created", (json_int_t)j->created, "model",
+                             s->cfg.model_id, "choices", choice, "usage", "prompt_tokens", j->prompt_len,
+                             "completion_tokens", j->n_tokens, "total_tokens", j->prompt_len + j->n_tokens);
     free(text);
-    job_free(j);
-    return ret;
+    serve_job_free(j);
+    return reply_json(c, 200, resp);
 }
 
 static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, json_t *req) {
@@ -537,7 +412,7 @@ static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, 
         j->rewards = calloc(n, sizeof *j->rewards);
     }
     if (!j || !j->texts || !j->rewards) {
-        job_free(j);
+        serve_job_free(j);
         return reply_error(s, c, 500, "server_error", NULL, "out of memory");
     }
     j->kind = JOB_REWARD;
@@ -545,15 +420,16 @@ static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, 
     for (size_t i = 0; i < n; i++) {
         json_t *x = json_array_get(q, i);
         if (!json_is_string(x)) {
-            job_free(j);
+            serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "query", "query[%zu] is not a string", i);
         }
         j->texts[i] = strdup(json_string_value(x));
     }
-    if (submit_and_wait(s, j) != 0) {
-        job_free(j);
+    if (serve_submit(s, j) != 0) {
+        serve_job_free(j);
         return reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
     }
+    serve_wait(s, j);
     enum MHD_Result ret;
     if (j->failed) {
         ret = reply_error(s, c, 500, "server_error", NULL, "%s", j->errmsg);
@@ -562,7 +438,7 @@ static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, 
         for (size_t i = 0; i < n; i++) json_array_append_new(arr, json_real(j->rewards[i]));
         ret = reply_json(c, 200, json_pack("{s:o}", "rewards", arr));
     }
-    job_free(j);
+    serve_job_free(j);
     return ret;
 }
 
@@ -658,17 +534,17 @@ static void id_from_path(const char *path, char *out, size_t cap) {
 int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_error *err) {
     *out = NULL;
     if (!cfg->model_path[0] && !cfg->rm_path[0])
-        return rlhf_error_set(err, RLHF_EINVAL, "rlhf serve", "give --model and/or --reward-model");
+        return rlhf_error_set(err, RLHF_EINVAL, "", "give --model and/or --reward-model");
     if (cfg->port < 0 || cfg->port > 65535)
-        return rlhf_error_set(err, RLHF_EINVAL, "rlhf serve", "--port %d is not in 0..65535", cfg->port);
+        return rlhf_error_set(err, RLHF_EINVAL, "", "--port %d is not in 0..65535", cfg->port);
     if (cfg->max_batch < 1 || cfg->max_queue < 1 || cfg->max_body < 16 || cfg->max_tokens_default < 0 ||
         cfg->max_connections < 1)
-        return rlhf_error_set(err, RLHF_EINVAL, "rlhf serve", "limits must be positive");
+        return rlhf_error_set(err, RLHF_EINVAL, "", "limits must be positive");
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)cfg->port);
     if (inet_pton(AF_INET, cfg->host, &addr.sin_addr) != 1)
-        return rlhf_error_set(err, RLHF_EINVAL, "rlhf serve", "--host '%s' is not an IPv4 address", cfg->host);
+        return rlhf_error_set(err, RLHF_EINVAL, "", "--host '%s' is not an IPv4 address", cfg->host);
     serve_server *s = calloc(1, sizeof *s);
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     s->cfg = *cfg;
@@ -676,6 +552,7 @@ int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_er
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
+    pthread_cond_init(&s->stream_cv, NULL);
     int rc = 0;
     if (cfg->model_path[0]) {
         if (!s->cfg.model_id[0]) id_from_path(cfg->model_path, s->cfg.model_id, sizeof s->cfg.model_id);
@@ -693,7 +570,7 @@ int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_er
             return rc;
         }
     }
-    if (pthread_create(&s->worker, NULL, worker_main, s) != 0) {
+    if (pthread_create(&s->worker, NULL, serve_worker_main, s) != 0) {
         serve_destroy(&s);
         return RLHF_FAIL(err, RLHF_ESYS, "cannot start the worker thread");
     }
@@ -706,7 +583,7 @@ int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_er
     if (!s->daemon) {
         int port = cfg->port;
         serve_destroy(&s);
-        return rlhf_error_set(err, RLHF_ESYS, "rlhf serve", "cannot listen on %s:%d (in use?)", cfg->host, port);
+        return rlhf_error_set(err, RLHF_ESYS, "", "cannot listen on %s:%d (in use?)", cfg->host, port);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info ? info->port : cfg->port;
@@ -734,6 +611,7 @@ void serve_destroy(serve_server **ps) {
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->work_cv);
     pthread_cond_destroy(&s->done_cv);
+    pthread_cond_destroy(&s->stream_cv);
     free(s);
     *ps = NULL;
 }

@@ -14,8 +14,9 @@
  * text pattern).
  * Chat prompt: each message as "<|ROLE|>\nCONTENT\n", then "<|assistant|>\n"; generation stops at EOS,
  * a stop string, max_tokens or the model's max_seq_len.
- * Batching: every handler thread queues its request; one worker takes all waiting requests and runs
- * them through the model's batched sampler together (continuous batching over max_batch slots).
+ * Batching: every handler thread queues its request; one worker admits waiting requests into the
+ * sampler's max_batch KV-cache slots at every step and decodes all running sequences together with
+ * sampler_step (continuous batching); streamed tokens go out as they are chosen (rewards/serve_int.h).
  * Limits: bodies over max_body bytes get 413, more than max_queue waiting requests get 503 with
  * Retry-After; malformed requests get 400; errors use OpenAI's {"error":{"message","type","param","code"}}. */
 #ifndef RLHF_REWARDS_SERVE_H

@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -53,6 +54,9 @@ static int spawn(child *c, const char *run_dir, rlhf_error *err) {
         /* a process group of its own: a terminal ^C reaches only the launcher, which decides who
          * stops when (the updater first, for its final checkpoint) */
         setpgid(0, 0);
+        /* if the launcher itself dies (kill -9), its children stop too instead of running orphaned */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() == 1) _exit(1);
         setenv("RLHF_PROC_NAME", c->name, 1);
         execv("/proc/self/exe", c->argv);
         fprintf(stderr, "exec /proc/self/exe: %s\n", strerror(errno));

@@ -104,8 +104,9 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     set_default(b, "dataset", json_string(cfg->train_path));
     if (cfg->selector) set_default(b, "selector", json_incref(cfg->selector));
     set_default(b, "seed", json_integer((json_int_t)cfg->seed));
-    /* a short broker queue keeps staleness low: two steps' worth of groups */
-    set_default(b, "queue_capacity", json_integer(2 * cfg->prompts_per_step));
+    /* a short broker queue keeps staleness low: one step's worth of groups waits there, one more
+     * sits in the updater (being scored or waiting for its step) */
+    set_default(b, "queue_capacity", json_integer(cfg->prompts_per_step));
     /* the broker bounds staleness too (it drops what the updater would drop anyway) */
     json_object_set_new(b, "max_staleness", json_integer(cfg->max_staleness));
     json_t *replay = json_object_get(b, "replay");

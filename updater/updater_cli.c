@@ -146,6 +146,15 @@ int cmd_updater(int argc, char **argv) {
     }
     broker_client_set_state(bc, "starting");
     double pub_s = 0;
+    /* A restarted updater may be behind the broker: its previous incarnation published versions after
+     * the checkpoint it resumed from. Those weights are discarded, so the restored weights become a
+     * new, higher version (versions only grow; staleness stays meaningful). */
+    const wire_welcome *wel = broker_client_welcome(bc);
+    if (loaded && wel && wel->has_weights && wel->newest_version >= u.ps.version) {
+        fprintf(stderr, "updater: broker is at version %llu; continuing as version %llu\n",
+                (unsigned long long)wel->newest_version, (unsigned long long)wel->newest_version + 1);
+        u.ps.version = wel->newest_version + 1;
+    }
     /* generators (re)started against a broker that lost its weights must get the current version */
     if (u.ps.version > 0) {
         u.ps.m->version = u.ps.version;
@@ -225,7 +234,8 @@ int cmd_updater(int argc, char **argv) {
                 rlhf_error_print("updater: prompt stats", &err);
             ready |= session_offer(&u, sg);
         }
-        if (!ready) continue;
+        /* leftovers (e.g. groups recovered from the log) may already fill the next step */
+        if (!ready && u.n_window < cfg.prompts_per_step) continue;
         /* one optimizer step */
         u.wait_seconds += rlhf_now() - wait_t0;
         u.queue_depth = scorer_in_flight(u.sc);

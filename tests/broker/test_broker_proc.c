@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -65,6 +66,7 @@ static int next_port(void) { return 20000 + (int)((getpid() * 131 + port_seq++ *
 static pid_t spawn(char *const argv[], const char *log) {
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a test that aborts leaves no broker or peer behind */
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -186,6 +188,18 @@ static json_t *peer_of(json_t *s, const char *id) {
     return NULL;
 }
 
+/* Waits until the broker knows peer `id` (a process we just started); 0 when it does. */
+static int wait_peer(const run *r, const char *id) {
+    for (int i = 0; i < 300; i++) {
+        json_t *s = get_stats(r);
+        int ok = s && peer_of(s, id) != NULL;
+        json_decref(s);
+        if (ok) return 0;
+        sleep_ms(30);
+    }
+    return -1;
+}
+
 static int send_stop(const run *r) {
     broker_client *c;
     rlhf_error e;
@@ -237,7 +251,9 @@ static void test_exactly_once(void) {
     run r;
     CU_ASSERT_EQUAL_FATAL(start_broker(&r, "exact", "\"max_staleness\": 1, \"queue_capacity\": 12"), 0);
     pid_t u0 = start_upd(&r, "u0", "--credit 3 --publish-every 7 --stats");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t u1 = start_upd(&r, "u1", "--credit 3 --stats");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u1"), 0);
     pid_t g[3];
     const char *gid[3] = {"g0", "g1", "g2"};
     for (int i = 0; i < 3; i++) g[i] = start_gen(&r, gid[i], "--groups 40 --k 4 --tokens 24 --batch 2");
@@ -334,6 +350,7 @@ static void test_staleness_zero(void) {
     run r;
     CU_ASSERT_EQUAL_FATAL(start_broker(&r, "sync", "\"max_staleness\": 0, \"queue_capacity\": 8"), 0);
     pid_t u0 = start_upd(&r, "u0", "--credit 2 --publish-every 3");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t g0 = start_gen(&r, "g0", "--groups 30 --k 2 --tokens 8 --batch 3");
     CU_ASSERT_EQUAL(wait_exit(g0, 30), 0);
     json_t *s = NULL;
@@ -379,6 +396,7 @@ static void test_kill_and_restart(void) {
     run r;
     CU_ASSERT_EQUAL_FATAL(start_broker(&r, "kill", "\"max_staleness\": 4, \"queue_capacity\": 16"), 0);
     pid_t u0 = start_upd(&r, "u0", "--credit 4 --publish-every 5 --weights-floats 100000");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t victim = start_gen(&r, "g-victim", "--groups 0 --k 4 --tokens 16 --delay-ms 10");
     pid_t g1 = start_gen(&r, "g1", "--groups 60 --k 4 --tokens 16 --delay-ms 5");
     char p[600];
@@ -438,6 +456,7 @@ static void test_backpressure(void) {
     run r;
     CU_ASSERT_EQUAL_FATAL(start_broker(&r, "slow", "\"max_staleness\": 100, \"queue_capacity\": 4"), 0);
     pid_t u0 = start_upd(&r, "u0", "--credit 1 --sleep-ms 25");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t g0 = start_gen(&r, "g0", "--groups 24 --k 8 --tokens 64 --batch 2");
     pid_t g1 = start_gen(&r, "g1", "--groups 24 --k 8 --tokens 64 --batch 2");
     long max_backlog = 0, samples = 0;
@@ -678,13 +697,14 @@ static void test_sigterm_flushes(void) {
     run r;
     CU_ASSERT_EQUAL_FATAL(start_broker(&r, "term", "\"replay\": {\"fsync\": \"never\"}"), 0);
     pid_t u0 = start_upd(&r, "u0", "--credit 100");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t g0 = start_gen(&r, "g0", "--groups 20 --k 2 --tokens 8");
     CU_ASSERT_EQUAL(wait_exit(g0, 20), 0);
     json_t *s = NULL;
     for (int i = 0; i < 100; i++) {
         json_decref(s);
         s = get_stats(&r);
-        if (s && stat_i(s, "groups/accepted") == 20) break;
+        if (s && stat_i(s, "groups/delivered") == 20) break;
         sleep_ms(30);
     }
     json_decref(s);

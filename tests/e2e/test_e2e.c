@@ -169,6 +169,20 @@ static int wait_step(const char *run_dir, long step, pid_t launcher, double time
     return 0;
 }
 
+/* Stops a launcher left running by a failed check (SIGTERM: it stops its children). */
+static void abandon(pid_t launcher) {
+    kill(launcher, SIGTERM);
+    if (wait_exit(launcher, 30) == -1) kill(launcher, SIGKILL);
+}
+#define REQUIRE(cond, launcher)                                                                        \
+    do {                                                                                               \
+        if (!(cond)) {                                                                                 \
+            CU_FAIL(#cond);                                                                            \
+            abandon(launcher);                                                                         \
+            return;                                                                                    \
+        }                                                                                              \
+    } while (0)
+
 static int latest_ckpt(const char *run_dir) {
     char p[512];
     snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
@@ -226,14 +240,14 @@ static void test_run_with_faults(void) {
     write_config(cfg, "faults", 40, ",\"max_staleness\":1000");
     const char *args[] = {"run", cfg, "--quiet", NULL};
     pid_t launcher = start(log, args);
-    CU_ASSERT_FATAL(wait_step(run, 3, launcher, 60));
+    REQUIRE(wait_step(run, 3, launcher, 60), launcher);
     pid_t gen0 = find_child(launcher, "generator", "--id 0");
-    CU_ASSERT_FATAL(gen0 > 0);
+    REQUIRE(gen0 > 0, launcher);
     kill(gen0, SIGKILL);
-    CU_ASSERT_FATAL(wait_step(run, 9, launcher, 60));
+    REQUIRE(wait_step(run, 9, launcher, 60), launcher);
     CU_ASSERT(latest_ckpt(run) >= 2);
     pid_t upd = find_child(launcher, "updater", NULL);
-    CU_ASSERT_FATAL(upd > 0);
+    REQUIRE(upd > 0, launcher);
     kill(upd, SIGKILL);
     int rc = wait_exit(launcher, 120);
     CU_ASSERT_EQUAL(rc, 0);
@@ -337,7 +351,7 @@ static void test_resume_after_sigint(void) {
     write_config(cfg, "resume", 14, NULL);
     const char *args[] = {"run", cfg, "--quiet", NULL};
     pid_t launcher = start(log, args);
-    CU_ASSERT_FATAL(wait_step(run, 4, launcher, 60));
+    REQUIRE(wait_step(run, 4, launcher, 60), launcher);
     kill(launcher, SIGINT);
     CU_ASSERT_EQUAL(wait_exit(launcher, 60), 0);
     CU_ASSERT(file_contains(log, "continue with: rlhf run --resume"));

@@ -527,7 +527,22 @@ static void test_api_key_never_leaks(void) {
     reward_pipeline_destroy(&p);
     CU_ASSERT(file_contains(err_path, "judge[judge_keyed]"));
 
-    /* 3. Nothing the run wrote holds the key. */
+    /* 3. A program in the code-execution sandbox, started while the key is in our environment, does not
+     *    see it (the sandbox gets a fixed, clean environment). */
+    char prog[300], sb_out[300], bin[4096];
+    snprintf(prog, sizeof prog, "%s/env.py", dir);
+    snprintf(sb_out, sizeof sb_out, "%s/sandbox-env.txt", dir);
+    const char *py = "import os\nprint(sorted(os.environ.items()))\n";
+    CU_ASSERT_EQUAL(rlhf_write_file_atomic(prog, py, strlen(py), NULL), 0);
+    peer_bin_path("rlhf", bin, sizeof bin);
+    char sbcmd[8192];
+    snprintf(sbcmd, sizeof sbcmd, "'%s' sandbox-run '%s' > '%s' 2>&1", bin, prog, sb_out);
+    CU_ASSERT_EQUAL(system(sbcmd), 0);
+    CU_ASSERT(file_contains(sb_out, "'PATH'")); /* the program ran and printed its environment */
+    CU_ASSERT(!file_contains(sb_out, key));
+    CU_ASSERT(!file_contains(sb_out, "RLHF_TEST_JUDGE_KEY"));
+
+    /* 4. Nothing the run wrote holds the key. */
     char cmd[512];
     snprintf(cmd, sizeof cmd, "grep -rqF -- '%s' '%s'", key, dir);
     CU_ASSERT_NOT_EQUAL(system(cmd), 0);

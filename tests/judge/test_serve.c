@@ -5,6 +5,7 @@
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -15,9 +16,11 @@
 #include "rewards/judge.h"
 #include "rewards/rewards.h"
 #include "rewards/rm.h"
+#include "rewards/serve_int.h"
 #include "judge_peer.h"
 
 static char g_dir[64];           /* scratch directory for checkpoints */
+static char g_random_model[256]; /* an untrained model: varied greedy output to compare decoders on */
 static char g_judge_model[256];  /* the briefly trained "score: 7" model */
 
 static const char judge_template[] = "Q: {prompt}\nA: {completion}";
@@ -110,6 +113,16 @@ static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf-serve-test-XXXXXX");
     if (!mkdtemp(g_dir)) return -1;
     snprintf(g_judge_model, sizeof g_judge_model, "%s/judge-model.safetensors", g_dir);
+    snprintf(g_random_model, sizeof g_random_model, "%s/random-model.safetensors", g_dir);
+    model_config rc_cfg = {.dim = 32, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1, .ffn_dim = 64, .vocab_size = 259,
+                           .max_seq_len = 96, .rope_theta = 10000, .norm_eps = 1e-5f};
+    model *rm_ = NULL;
+    if (model_create(&rm_, &rc_cfg, NULL)) return -1;
+    model_init_random(rm_, 21);
+    /* larger weights than the default init, so greedy choices are far from ties */
+    for (size_t i = 0; i < rm_->n_params; i++) rm_->params_mem[i] *= 4.0f;
+    if (model_save(rm_, g_random_model, NULL)) return -1;
+    model_destroy(&rm_);
     double t0 = rlhf_now();
     int rc = train_judge_model(g_judge_model);
     fprintf(stderr, "\n  trained the judge model in %.1f s\n", rlhf_now() - t0);
@@ -210,6 +223,40 @@ static void test_serve_completions_and_stream(void) {
     CU_ASSERT(finish_seen);
     CU_ASSERT(events >= 3);
     CU_ASSERT_STRING_EQUAL(acc, text);
+    /* A stop string ends the completion before it, streamed or not; the stream never leaks it. */
+    const char *stop_req[2] = {
+        "{\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,\"temperature\":0,\"stop\":[\": 7\"]}",
+        "{\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,\"temperature\":0,\"stop\":\": 7\","
+        "\"stream\":true}"};
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", stop_req[0], &body), 200);
+    json_t *sj = json_loads(body, 0, NULL);
+    free(body);
+    json_t *c0 = json_array_get(json_object_get(sj, "choices"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(c0, "text")), "score");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(c0, "finish_reason")), "stop");
+    json_decref(sj);
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", stop_req[1], &body), 200);
+    char sacc[64] = "";
+    for (char *line = strtok(body, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "data: {", 7) != 0) continue;
+        json_t *ev = json_loads(line + 6, 0, NULL);
+        const char *piece = json_string_value(json_object_get(json_array_get(json_object_get(ev, "choices"), 0), "text"));
+        if (piece) strncat(sacc, piece, sizeof sacc - strlen(sacc) - 1);
+        json_decref(ev);
+    }
+    free(body);
+    CU_ASSERT_STRING_EQUAL(sacc, "score");
+    /* Content as a list of text parts (newer OpenAI clients) renders the same prompt. */
+    const char *preq = "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Q: p\\n\"},"
+                       "{\"type\":\"text\",\"text\":\"A: 12\"}]}],\"max_tokens\":12,\"temperature\":0}";
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", preq, &body), 200);
+    json_t *pj = json_loads(body, 0, NULL);
+    free(body);
+    const char *ptext = json_string_value(
+        json_object_get(json_object_get(json_array_get(json_object_get(pj, "choices"), 0), "message"), "content"));
+    CU_ASSERT_PTR_NOT_NULL(ptext);
+    if (ptext) CU_ASSERT_STRING_EQUAL(ptext, text);
+    json_decref(pj);
     json_decref(j);
     peer_stop(&srv);
 }
@@ -274,6 +321,173 @@ static void test_serve_rejects_bad_requests(void) {
     /* ... and the server keeps serving. */
     CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":4}", &body), 200);
     CU_ASSERT_PTR_NOT_NULL(strstr(body, "\"choices\""));
+    free(body);
+    peer_stop(&srv);
+}
+
+typedef struct greedy_call {
+    const peer *srv;
+    const char *prompt;
+    int max_tokens;
+    long status;
+    char *text;
+} greedy_call;
+
+static void *greedy_thread(void *arg) {
+    greedy_call *g = arg;
+    char req[512], *body = NULL;
+    snprintf(req, sizeof req, "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0}", g->prompt, g->max_tokens);
+    g->status = peer_http(g->srv, "POST", "/v1/completions", req, &body);
+    json_t *j = json_loads(body, 0, NULL);
+    const char *t = json_string_value(json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text"));
+    g->text = t ? strdup(t) : NULL;
+    json_decref(j);
+    free(body);
+    return NULL;
+}
+
+/* rlhf serve decodes with its own continuous-batching loop over sampler_step; under greedy decoding it must
+ * produce exactly what model/'s sampler_run produces for each prompt alone (the oracle), even when the
+ * requests arrive together and share steps. */
+static void test_serve_matches_sampler_run(void) {
+    const char *prompts[] = {"hello", "the quick brown fox", "1 2 3 4", "a much longer prompt than the others, to "
+                             "make the prefill chunks differ in size"};
+    enum { NP = 4, NEW = 24 };
+    model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(model_load(&m, g_random_model, NULL, NULL), 0);
+    tokenizer *tok = NULL;
+    tokenizer_create_bytes(&tok, m->cfg.vocab_size, NULL);
+    sampler *smp = NULL;
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&smp, m, 1, NULL), 0);
+    char *expect[NP];
+    for (int i = 0; i < NP; i++) {
+        sample_request rq = {0};
+        int32_t *ids;
+        tokenizer_encode(tok, prompts[i], strlen(prompts[i]), 1, &ids, &rq.prompt_len, NULL);
+        rq.prompt = ids;
+        rq.params = sample_params_default();
+        rq.params.temperature = 0;
+        rq.params.max_new_tokens = NEW;
+        rq.params.stop_ids = &tok->eos_id;
+        rq.params.n_stop_ids = 1;
+        sample_result res = {0};
+        CU_ASSERT_EQUAL_FATAL(sampler_run(smp, tok, &rq, 1, &res, NULL), 0);
+        expect[i] = serve_utf8_sanitize(res.text, res.text_len);
+        sample_result_free(&res);
+        free(ids);
+    }
+    sampler_destroy(&smp);
+    tokenizer_destroy(&tok);
+    model_destroy(&m);
+
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_random_model, "--max-batch", "3"), 0);
+    /* Round 0: the four requests at once from four threads (they share decode steps on the server, one
+     * waits for a free slot); round 1: one after another. */
+    for (int round = 0; round < 2; round++) {
+        greedy_call calls[NP];
+        pthread_t th[NP];
+        for (int i = 0; i < NP; i++) {
+            calls[i] = (greedy_call){.srv = &srv, .prompt = prompts[i], .max_tokens = NEW};
+            if (round == 0) pthread_create(&th[i], NULL, greedy_thread, &calls[i]);
+            else greedy_thread(&calls[i]);
+        }
+        for (int i = 0; i < NP; i++) {
+            if (round == 0) pthread_join(th[i], NULL);
+            CU_ASSERT_EQUAL(calls[i].status, 200);
+            CU_ASSERT_PTR_NOT_NULL(calls[i].text);
+            if (calls[i].text) {
+                if (strcmp(calls[i].text, expect[i]))
+                    fprintf(stderr, "round %d prompt %d: serve '%s' vs sampler_run '%s'\n", round, i, calls[i].text,
+                            expect[i]);
+                CU_ASSERT_STRING_EQUAL(calls[i].text, expect[i]);
+            }
+            free(calls[i].text);
+        }
+    }
+    for (int i = 0; i < NP; i++) free(expect[i]);
+    peer_stop(&srv);
+}
+
+/* The reference token chooser: greedy is argmax; top-k / top-p keep only the allowed ids, and the
+ * frequencies follow the renormalised softmax. */
+static void test_choose_token(void) {
+    float logits[6] = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, 1.9f};
+    float scratch[12];
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 3);
+    sample_params p = sample_params_default();
+    p.temperature = 0;
+    CU_ASSERT_EQUAL(serve_choose_token(logits, 6, &p, &rng, scratch), 0);
+    p.temperature = 1;
+    p.top_k = 2; /* ids 0 and 5 */
+    int counts[6] = {0};
+    enum { N = 20000 };
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch)]++;
+    CU_ASSERT_EQUAL(counts[0] + counts[5], N);
+    double p0 = 1.0 / (1.0 + exp(1.9 - 2.0));
+    CU_ASSERT_DOUBLE_EQUAL((double)counts[0] / N, p0, 0.02);
+    /* top_p = 0.5: the nucleus is {0, 5} (0 alone holds ~0.29 of the mass) */
+    p.top_k = 0;
+    p.top_p = 0.5f;
+    memset(counts, 0, sizeof counts);
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch)]++;
+    CU_ASSERT_EQUAL(counts[0] + counts[5], N);
+    /* plain temperature 1: every id appears, at its softmax frequency */
+    p.top_p = 1;
+    memset(counts, 0, sizeof counts);
+    double z = 0;
+    for (int v = 0; v < 6; v++) z += exp(logits[v]);
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch)]++;
+    for (int v = 0; v < 6; v++) CU_ASSERT_DOUBLE_EQUAL((double)counts[v] / N, exp(logits[v]) / z, 0.015);
+}
+
+/* A full queue answers 503 with Retry-After; a judge client without retries reports those as http_5xx
+ * errors, one with retries waits them out and gets every answer. */
+static void test_serve_queue_bound(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, "--max-queue", "1"), 0);
+    for (int with_retries = 0; with_retries < 2; with_retries++) {
+        judge_config cfg;
+        judge_config_init(&cfg);
+        snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+        snprintf(cfg.model, sizeof cfg.model, "judge-model");
+        free(cfg.template_text);
+        cfg.template_text = strdup(judge_template);
+        cfg.response_format = JUDGE_RF_NONE;
+        cfg.max_tokens = 16;
+        cfg.concurrency = 24;
+        cfg.retries = with_retries ? 20 : 0;
+        cfg.breaker_failures = 1000;
+        judge_client *jc = NULL;
+        CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "queue", NULL, NULL), 0);
+        judge_config_free(&cfg);
+        enum { N = 24 };
+        judge_item it[N];
+        char comp[N][32];
+        memset(it, 0, sizeof it);
+        for (int i = 0; i < N; i++) {
+            snprintf(comp[i], sizeof comp[i], "q%d answer %d", with_retries, i);
+            it[i].prompt = "grade";
+            it[i].completion = comp[i];
+        }
+        CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+        int ok = 0, busy = 0;
+        for (int i = 0; i < N; i++) {
+            if (it[i].ok) ok += it[i].raw_score == 7;
+            else if (it[i].reason == JUDGE_ERR_HTTP_5XX && strstr(it[i].detail, "HTTP 503")) busy++;
+        }
+        if (!with_retries) {
+            CU_ASSERT(busy > 0);      /* 24 at once against a queue of 1 */
+            CU_ASSERT_EQUAL(ok + busy, N);
+        } else {
+            CU_ASSERT_EQUAL(ok, N);   /* Retry-After honoured until each got through */
+            CU_ASSERT(judge_client_stats(jc)->retries > 0);
+        }
+        judge_client_destroy(&jc);
+    }
+    char *body = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "GET", "/health", NULL, &body), 200);
     free(body);
     peer_stop(&srv);
 }
@@ -381,7 +595,6 @@ static void test_rm_inprocess_vs_remote(void) {
     }
     reward_scores_free(&sc);
     reward_pipeline_destroy(&p);
-    rm_pairs_free(pr, np);
     peer_stop(&srv);
 
     /* The remote source against nothing: every item an ERROR naming the failure, never a 0 reward. */
@@ -397,6 +610,7 @@ static void test_rm_inprocess_vs_remote(void) {
     CU_ASSERT_EQUAL(reward_pipeline_source_errors_total(p, 0), 3);
     reward_scores_free(&sc);
     reward_pipeline_destroy(&p);
+    rm_pairs_free(pr, np);
     /* A bad URL is a config error naming the key. */
     CU_ASSERT_NOT_EQUAL(reward_pipeline_create_str(&p, "[{\"type\":\"remote_rm\",\"url\":\"nonsense\"}]", "c.json: rewards",
                                                    &err), 0);
@@ -452,6 +666,9 @@ int register_serve_suites(void) {
     CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
     CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);
     CU_add_test(s, "rejects_bad_requests", test_serve_rejects_bad_requests);
+    CU_add_test(s, "queue_bound", test_serve_queue_bound);
+    CU_add_test(s, "greedy_matches_sampler_run", test_serve_matches_sampler_run);
+    CU_add_test(s, "choose_token", test_choose_token);
     CU_add_test(s, "rm_training_accuracy", test_rm_training_accuracy);
     CU_add_test(s, "rm_inprocess_vs_remote", test_rm_inprocess_vs_remote);
     CU_add_test(s, "bad_preference_files", test_bad_preference_files);

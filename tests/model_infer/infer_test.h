@@ -10,4 +10,5 @@ model *infer_test_model(const model_config *c, uint64_t seed);
 
 void infer_register_checkpoint(void);
 void infer_register_sampler(void);
+void infer_register_cli(void);
 #endif

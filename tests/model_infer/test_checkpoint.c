@@ -17,9 +17,9 @@
 static char tmpdir[256];
 
 static const char *tmp_path(const char *name) {
-    static char buf[4][512];
+    static char buf[32][512]; /* rotating, so a test can hold several paths at once */
     static int i;
-    i = (i + 1) % 4;
+    i = (i + 1) % 32;
     if (!tmpdir[0]) {
         snprintf(tmpdir, sizeof tmpdir, "/tmp/rlhf_infer_test_XXXXXX");
         if (!mkdtemp(tmpdir)) abort();

@@ -417,6 +417,31 @@ static void test_config_errors(void) {
     prompt_dataset_destroy(&ds);
 }
 
+/* Edge cases: a batch larger than the dataset, and every prompt filtered. */
+static void test_edges(void) {
+    prompt_dataset *ds = make_dataset(3);
+    prompt_selector *c = make_selector(ds, "{\"policy\":\"cohesion\"}", 8);
+    size_t idx[7];
+    CU_ASSERT_EQUAL(prompt_selector_next(c, 7, idx, NULL), 0);
+    int seen[3] = {0};
+    for (int j = 0; j < 3; j++) seen[idx[j]]++; /* the first 3 draws cover every prompt once */
+    CU_ASSERT_TRUE(seen[0] == 1 && seen[1] == 1 && seen[2] == 1);
+    for (int j = 0; j < 7; j++) CU_ASSERT_TRUE(idx[j] < 3);
+    prompt_selector_destroy(&c);
+    prompt_selector *z = make_selector(ds, "{\"policy\":\"zero_variance_filter\"}", 8);
+    float zero[4] = {1, 1, 1, 1};
+    feed(z, "p0", 1, 4, zero);
+    feed(z, "p1", 1, 4, zero);
+    feed(z, "p2", 1, 4, zero);
+    double p[3];
+    prompt_selector_probs(z, p, NULL);
+    NEAR(p[0] + p[1] + p[2], 1.0); /* all filtered: plain uniform */
+    CU_ASSERT_EQUAL(prompt_selector_next(z, 7, idx, NULL), 0);
+    for (int j = 0; j < 7; j++) CU_ASSERT_TRUE(idx[j] < 3);
+    prompt_selector_destroy(&z);
+    prompt_dataset_destroy(&ds);
+}
+
 static void test_dump_stats(void) {
     prompt_dataset *ds = make_dataset(3);
     prompt_selector *sel = make_selector(ds, "{\"policy\":\"cohesion\"}", 1);
@@ -475,6 +500,7 @@ int register_selector_suites(void) {
     CU_add_test(s, "round_trip_zvf", test_round_trip_zvf);
     CU_add_test(s, "load_rejects_mismatch", test_load_rejects_mismatch);
     CU_add_test(s, "config_errors", test_config_errors);
+    CU_add_test(s, "edges", test_edges);
     CU_add_test(s, "dump_stats", test_dump_stats);
     return 0;
 }

@@ -10,6 +10,8 @@
 /* The project root (the tests chdir there at start) and a private scratch directory. */
 const char *rt_root(void);
 const char *rt_scratch(void);
+/* The build directory this test binary belongs to (ROOT/BUILD), for bin/rlhf. */
+const char *rt_build_dir(void);
 /* Builds a shared object from a source file under the root with extra cc flags; returns its path
  * (static buffer per call site is the caller's: copies into out). 0 on success. */
 int rt_build_so(const char *src, const char *flags, const char *name, char *out, size_t cap);
@@ -20,5 +22,6 @@ int rt_register_pipeline(void);
 int rt_register_plugins(void);
 int rt_register_sandbox(void);
 int rt_register_exec(void);
+int rt_register_cli(void);
 
 #endif

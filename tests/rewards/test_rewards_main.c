@@ -9,9 +9,11 @@
 
 static char root_dir[PATH_MAX];
 static char scratch_dir[PATH_MAX];
+static char build_dir[PATH_MAX];
 
 const char *rt_root(void) { return root_dir; }
 const char *rt_scratch(void) { return scratch_dir; }
+const char *rt_build_dir(void) { return build_dir; }
 
 int rt_build_so(const char *src, const char *flags, const char *name, char *out, size_t cap) {
     snprintf(out, cap, "%s/%s", scratch_dir, name);
@@ -39,11 +41,14 @@ int register_suites(void) {
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return -1;
     exe[n] = 0;
-    snprintf(root_dir, sizeof root_dir, "%s", dirname(dirname(dirname(exe))));
+    snprintf(build_dir, sizeof build_dir, "%s", dirname(dirname(exe))); /* ROOT/BUILD */
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", build_dir); /* dirname() works in place: on a copy */
+    snprintf(root_dir, sizeof root_dir, "%s", dirname(tmp));
     if (chdir(root_dir)) return -1;
     snprintf(scratch_dir, sizeof scratch_dir, "/tmp/rlhf-test-rewards-XXXXXX");
     if (!mkdtemp(scratch_dir)) return -1;
     atexit(cleanup_scratch);
-    if (rt_register_pipeline() || rt_register_plugins() || rt_register_sandbox() || rt_register_exec()) return -1;
+    if (rt_register_pipeline() || rt_register_plugins() || rt_register_sandbox() || rt_register_exec() || rt_register_cli()) return -1;
     return 0;
 }

@@ -101,8 +101,12 @@ static void test_probe_and_identity(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(r.out, "65534 65534 2 "));
     CU_ASSERT_PTR_NULL(strstr(r.out, "'root'"));
     CU_ASSERT_PTR_NULL(strstr(r.out, "'work'"));
-    /* uid 65534 inside maps to an unprivileged host uid, never 0 */
-    CU_ASSERT_PTR_NOT_NULL(strstr(r.out, "['65534', '100000', '1']") ? r.out : strstr(r.out, "['65534', '100001', '1']"));
+    /* uid 65534 inside maps to this pool's unprivileged host uid (one per slot), never 0 */
+    char m0[64], m1[64];
+    snprintf(m0, sizeof m0, "['65534', '%lld', '1']", (long long)cfg.host_uid_base);
+    snprintf(m1, sizeof m1, "['65534', '%lld', '1']", (long long)cfg.host_uid_base + 1);
+    CU_ASSERT(cfg.host_uid_base >= 100000);
+    CU_ASSERT(strstr(r.out, m0) || strstr(r.out, m1));
     sandbox_result_free(&r);
 }
 
@@ -385,6 +389,31 @@ static void test_setup_fault_is_sandbox_error(void) {
     sandbox_pool_destroy(&fp);
 }
 
+static void test_probe_refuses_missing_layer(void) {
+    /* FAULT INJECTION: a host that cannot load seccomp filters. Refused by default, naming what is
+     * missing; accepted (and reported as degraded) only when the config allows it. */
+    sandbox_config c;
+    sandbox_config_default(&c);
+    c.pool_size = 1;
+    c.fault_fail_step = SANDBOX_FAULT_STEP_SECCOMP;
+    rlhf_error err = {0};
+    sandbox_pool *p = NULL;
+    CU_ASSERT_EQUAL(sandbox_pool_create(&p, &c, &err), RLHF_EUNSUPPORTED);
+    CU_ASSERT_PTR_NULL(p);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "does not allow: seccomp"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "allow_degraded"));
+    c.allow_degraded = SANDBOX_F_SECCOMP;
+    CU_ASSERT_EQUAL_FATAL(sandbox_pool_create(&p, &c, &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(sandbox_pool_features(p), "DEGRADED"));
+    CU_ASSERT_PTR_NULL(strstr(sandbox_pool_features(p), "+seccomp"));
+    sandbox_request req = {.program = "print('ran')\n"};
+    sandbox_result r;
+    sandbox_pool_run(p, &req, &r);
+    CU_ASSERT_EQUAL(r.verdict, SANDBOX_PASS);
+    sandbox_result_free(&r);
+    sandbox_pool_destroy(&p);
+}
+
 static void test_config_refusals(void) {
     sandbox_config c;
     sandbox_config_default(&c);
@@ -428,6 +457,7 @@ int rt_register_sandbox(void) {
     CU_add_test(s, "nested user namespace refused", test_nested_userns);
     CU_add_test(s, "stdin and batch through the pool", test_stdin_and_batch);
     CU_add_test(s, "setup failure (fault injection) is sandbox_error", test_setup_fault_is_sandbox_error);
+    CU_add_test(s, "probe refuses a missing layer unless allowed degraded", test_probe_refuses_missing_layer);
     CU_add_test(s, "bad sandbox configs refused", test_config_refusals);
     return 0;
 }

@@ -1,0 +1,444 @@
+/* rewards/serve_decode.c — the worker of `rlhf serve`: continuous batching over the sampler's KV-cache
+ * slots with sampler_step, token choice, stop handling, SSE events as tokens appear, and batched
+ * reward-model scoring. See rewards/serve_int.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "rewards/serve_int.h"
+
+/* ------------------------------------------------------------------------------------------ jobs */
+
+void serve_job_free(serve_job *j) {
+    if (!j) return;
+    free(j->prompt_ids);
+    for (int i = 0; i < SERVE_MAX_STOPS; i++) free(j->stops[i]);
+    free(j->text);
+    free(j->sse);
+    for (int i = 0; j->texts && i < j->n_texts; i++) free(j->texts[i]);
+    free(j->texts);
+    free(j->rewards);
+    free(j);
+}
+
+int serve_submit(serve_server *s, serve_job *j) {
+    pthread_mutex_lock(&s->mu);
+    if (s->queued >= s->cfg.max_queue || s->stopping) {
+        pthread_mutex_unlock(&s->mu);
+        return -1;
+    }
+    j->next = NULL;
+    if (s->tail) s->tail->next = j;
+    else s->head = j;
+    s->tail = j;
+    s->queued++;
+    pthread_cond_signal(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+void serve_wait(serve_server *s, serve_job *j) {
+    pthread_mutex_lock(&s->mu);
+    while (!j->done) pthread_cond_wait(&s->done_cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* --------------------------------------------------------------------------------- token choice */
+
+typedef struct cand {
+    float p;
+    int id;
+} cand;
+
+static int cand_desc(const void *a, const void *b) {
+    float x = ((const cand *)a)->p, y = ((const cand *)b)->p;
+    return x < y ? 1 : x > y ? -1 : ((const cand *)a)->id - ((const cand *)b)->id;
+}
+
+int32_t serve_choose_token(const float *logits, int V, const sample_params *p, rlhf_rng *rng, float *scratch) {
+    int amax = 0;
+    for (int v = 1; v < V; v++)
+        if (logits[v] > logits[amax]) amax = v;
+    if (p->temperature <= 0.0f) return amax;
+    /* softmax at the temperature */
+    float *e = scratch; // (V)
+    double sum = 0;
+    for (int v = 0; v < V; v++) {
+        e[v] = expf((logits[v] - logits[amax]) / p->temperature);
+        sum += e[v];
+    }
+    int filtered = (p->top_k > 0 && p->top_k < V) || p->top_p < 1.0f;
+    if (!filtered) {
+        double u = rlhf_rng_uniform(rng) * sum, acc = 0;
+        for (int v = 0; v < V; v++) {
+            acc += e[v];
+            if (u < acc) return v;
+        }
+        return amax;
+    }
+    cand *tmp = malloc((size_t)V * sizeof *tmp);
+    if (!tmp) return amax;
+    for (int v = 0; v < V; v++) tmp[v] = (cand){(float)(e[v] / sum), v};
+    qsort(tmp, (size_t)V, sizeof *tmp, cand_desc);
+    int k = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
+    double mass = 0;
+    for (int i = 0; i < k; i++) mass += tmp[i].p;
+    if (p->top_p < 1.0f) { /* smallest prefix of the (top-k renormalised) distribution holding top_p */
+        double acc = 0;
+        for (int i = 0; i < k; i++) {
+            acc += tmp[i].p / mass;
+            if (acc >= p->top_p) {
+                k = i + 1;
+                break;
+            }
+        }
+        mass = 0;
+        for (int i = 0; i < k; i++) mass += tmp[i].p;
+    }
+    double u = rlhf_rng_uniform(rng) * mass, acc = 0;
+    int32_t pick = tmp[k - 1].id;
+    for (int i = 0; i < k; i++) {
+        acc += tmp[i].p;
+        if (u < acc) {
+            pick = tmp[i].id;
+            break;
+        }
+    }
+    free(tmp);
+    return pick;
+}
+
+/* ------------------------------------------------------------------------------------------ SSE */
+
+/* Appends "data: JSON\n\n" to the job's SSE buffer (caller holds s->mu). */
+static void sse_event(serve_job *j, json_t *ev) {
+    char *txt = json_dumps(ev, JSON_COMPACT);
+    json_decref(ev);
+    if (!txt) return;
+    size_t n = strlen(txt) + 8;
+    if (j->sse_len + n + 1 > j->sse_cap) {
+        size_t cap = j->sse_cap ? j->sse_cap : 1024;
+        while (cap < j->sse_len + n + 1) cap *= 2;
+        char *q = realloc(j->sse, cap);
+        if (!q) {
+            free(txt);
+            return;
+        }
+        j->sse = q;
+        j->sse_cap = cap;
+    }
+    j->sse_len += (size_t)sprintf(j->sse + j->sse_len, "data: %s\n\n", txt);
+    free(txt);
+}
+
+static void sse_raw(serve_job *j, const char *line) {
+    size_t n = strlen(line);
+    if (j->sse_len + n + 1 > j->sse_cap) {
+        size_t cap = j->sse_cap ? j->sse_cap : 1024;
+        while (cap < j->sse_len + n + 1) cap *= 2;
+        char *q = realloc(j->sse, cap);
+        if (!q) return;
+        j->sse = q;
+        j->sse_cap = cap;
+    }
+    memcpy(j->sse + j->sse_len, line, n + 1);
+    j->sse_len += n;
+}
+
+static json_t *chunk(serve_server *s, serve_job *j, json_t *choice) {
+    return json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", j->rid, "object",
+                     j->chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)j->created, "model",
+                     s->cfg.model_id, "choices", choice);
+}
+
+/* Length of the longest prefix of t[0..n) that does not end inside a UTF-8 sequence. */
+static size_t utf8_complete(const char *t, size_t n) {
+    size_t i = n, back = 0;
+    while (i > 0 && back < 4 && ((unsigned char)t[i - 1] & 0xC0) == 0x80) i--, back++;
+    if (i == 0) return n;
+    unsigned c = (unsigned char)t[i - 1];
+    size_t need = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+    return (back + 1 < need) ? i - 1 : n;
+}
+
+/* Sends newly generated text as delta events. While generating, text that could still turn out to
+ * be the start of a stop string, or an incomplete UTF-8 character, is held back. */
+static void stream_progress(serve_server *s, serve_job *j, int final) {
+    size_t upto = j->text_len;
+    if (!final) {
+        size_t hold = 0;
+        for (int i = 0; i < j->n_stops; i++) {
+            size_t l = strlen(j->stops[i]);
+            if (l - 1 > hold) hold = l - 1;
+        }
+        upto = upto > hold ? upto - hold : 0;
+        upto = utf8_complete(j->text, upto);
+    }
+    if (upto <= j->emitted) return;
+    char *piece = serve_utf8_sanitize(j->text + j->emitted, upto - j->emitted);
+    if (!piece) return;
+    j->emitted = upto;
+    json_t *choice = j->chat ? json_pack("{s:i, s:{s:s}, s:n}", "index", 0, "delta", "content", piece, "finish_reason")
+                             : json_pack("{s:i, s:s, s:n}", "index", 0, "text", piece, "finish_reason");
+    free(piece);
+    pthread_mutex_lock(&s->mu);
+    sse_event(j, chunk(s, j, choice));
+    pthread_cond_broadcast(&s->stream_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static const char *finish_str(int f) { return f == SAMPLE_FINISH_STOP ? "stop" : "length"; }
+
+/* Marks a generation job finished (after its last text went out). */
+static void finish_job(serve_server *s, serve_job *j, int finish) {
+    j->finish = finish;
+    if (j->stream) {
+        stream_progress(s, j, 1);
+        json_t *choice = j->chat ? json_pack("{s:i, s:{}, s:s}", "index", 0, "delta", "finish_reason", finish_str(finish))
+                                 : json_pack("{s:i, s:s, s:s}", "index", 0, "text", "", "finish_reason", finish_str(finish));
+        json_t *ev = chunk(s, j, choice);
+        json_object_set_new(ev, "usage", json_pack("{s:i, s:i, s:i}", "prompt_tokens", j->prompt_len,
+                                                   "completion_tokens", j->n_tokens, "total_tokens",
+                                                   j->prompt_len + j->n_tokens));
+        pthread_mutex_lock(&s->mu);
+        sse_event(j, ev);
+        sse_raw(j, "data: [DONE]\n\n");
+    } else {
+        pthread_mutex_lock(&s->mu);
+    }
+    j->done = 1;
+    pthread_cond_broadcast(&s->stream_cv);
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void fail_job(serve_server *s, serve_job *j, const char *msg) {
+    j->failed = 1;
+    snprintf(j->errmsg, sizeof j->errmsg, "%s", msg);
+    if (j->stream) { /* headers are out: report in-band, as OpenAI does */
+        pthread_mutex_lock(&s->mu);
+        sse_event(j, json_pack("{s:{s:s, s:s}}", "error", "message", j->errmsg, "type", "server_error"));
+        sse_raw(j, "data: [DONE]\n\n");
+        pthread_mutex_unlock(&s->mu);
+    }
+    pthread_mutex_lock(&s->mu);
+    j->done = 1;
+    pthread_cond_broadcast(&s->stream_cv);
+    pthread_cond_broadcast(&s->done_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ------------------------------------------------------------------------------------- rewards */
+
+static void run_rewards(serve_server *s, serve_job **jobs, int n) {
+    int total = 0;
+    for (int i = 0; i < n; i++) total += jobs[i]->n_texts;
+    const char **texts = malloc((size_t)(total ? total : 1) * sizeof *texts);
+    double *r = malloc((size_t)(total ? total : 1) * sizeof *r);
+    rlhf_error err = {0};
+    int rc = (!texts || !r) ? RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory") : 0;
+    for (int i = 0, k = 0; !rc && i < n; i++)
+        for (int t = 0; t < jobs[i]->n_texts; t++) texts[k++] = jobs[i]->texts[t];
+    if (!rc) rc = reward_model_score(s->rm, texts, total, r, &err);
+    for (int i = 0, k = 0; i < n; i++) {
+        if (rc) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "reward model failed: %.200s", err.msg);
+            fail_job(s, jobs[i], msg);
+        } else {
+            memcpy(jobs[i]->rewards, r + k, (size_t)jobs[i]->n_texts * sizeof *r);
+            pthread_mutex_lock(&s->mu);
+            jobs[i]->done = 1;
+            pthread_cond_broadcast(&s->done_cv);
+            pthread_mutex_unlock(&s->mu);
+        }
+        k += jobs[i]->n_texts;
+    }
+    free(texts);
+    free(r);
+}
+
+/* ------------------------------------------------------------------------------ the decode loop */
+
+typedef struct slot_state {
+    serve_job *job;   /* NULL: free */
+    int fed;          /* positions already in this slot's KV cache */
+    int32_t next;     /* token to feed at position `fed` once the prompt is in */
+    rlhf_rng rng;
+} slot_state;
+
+/* Appends token bytes to the job's text; returns 1 when a stop string completed (text cut before it). */
+static int append_token(serve_server *s, serve_job *j, int32_t id) {
+    char b[64];
+    size_t n = s->tok->ops->token_bytes(s->tok, id, b, sizeof b);
+    if (n > sizeof b) n = sizeof b;
+    if (j->text_len + n + 1 > j->text_cap) {
+        size_t cap = j->text_cap ? j->text_cap * 2 : 256;
+        while (cap < j->text_len + n + 1) cap *= 2;
+        char *q = realloc(j->text, cap);
+        if (!q) return 0;
+        j->text = q;
+        j->text_cap = cap;
+    }
+    memcpy(j->text + j->text_len, b, n);
+    j->text_len += n;
+    j->text[j->text_len] = 0;
+    for (int i = 0; i < j->n_stops; i++) {
+        size_t l = strlen(j->stops[i]);
+        size_t from = j->text_len >= l + n ? j->text_len - l - n : 0; /* only new matches */
+        char *hit = memmem(j->text + from, j->text_len - from, j->stops[i], l);
+        if (hit) {
+            j->text_len = (size_t)(hit - j->text);
+            j->text[j->text_len] = 0;
+            if (j->emitted > j->text_len) j->emitted = j->text_len;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void *serve_worker_main(void *arg) {
+    serve_server *s = arg;
+    int B = s->cfg.max_batch, V = s->m ? s->m->cfg.vocab_size : 0, T = s->m ? s->m->cfg.max_seq_len : 0;
+    int R = s->smp ? sampler_max_rows(s->smp) : 0;
+    slot_state *slots = calloc((size_t)B, sizeof *slots);
+    int *row_slot = malloc((size_t)(R ? R : 1) * sizeof(int)), *row_pos = malloc((size_t)(R ? R : 1) * sizeof(int));
+    int32_t *row_tok = malloc((size_t)(R ? R : 1) * sizeof(int32_t));
+    int *logit_rows = malloc((size_t)B * sizeof(int)), *logit_slot = malloc((size_t)B * sizeof(int));
+    float *logits = malloc((size_t)B * (V ? V : 1) * sizeof(float)); // (B, V)
+    float *scratch = malloc((size_t)2 * (V ? V : 1) * sizeof(float));
+    serve_job **rew = NULL;
+    int rew_cap = 0;
+    int n_active = 0;
+    for (;;) {
+        /* Admit: rewards all at once; generation jobs into free slots (the rest keep waiting). */
+        int nr = 0;
+        pthread_mutex_lock(&s->mu);
+        while (!s->head && n_active == 0 && !s->stopping) pthread_cond_wait(&s->work_cv, &s->mu);
+        if (!s->head && n_active == 0 && s->stopping) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        serve_job **pp = &s->head;
+        while (*pp) {
+            serve_job *j = *pp;
+            int take = j->kind == JOB_REWARD || n_active < B;
+            if (!take) {
+                pp = &j->next;
+                continue;
+            }
+            *pp = j->next;
+            s->queued--;
+            if (j->kind == JOB_REWARD) {
+                if (nr == rew_cap) {
+                    rew_cap = rew_cap ? rew_cap * 2 : 16;
+                    serve_job **q = realloc(rew, (size_t)rew_cap * sizeof *q);
+                    if (!q) { /* cannot happen in practice; leave it queued */
+                        j->next = *pp;
+                        *pp = j;
+                        s->queued++;
+                        break;
+                    }
+                    rew = q;
+                }
+                rew[nr++] = j;
+            } else {
+                int b = 0;
+                while (slots[b].job) b++;
+                slots[b] = (slot_state){.job = j, .fed = 0};
+                rlhf_rng_seed(&slots[b].rng, j->params.seed);
+                n_active++;
+            }
+        }
+        s->tail = NULL; /* the kept jobs stay in order; find the new tail */
+        for (serve_job *j = s->head; j; j = j->next) s->tail = j;
+        pthread_mutex_unlock(&s->mu);
+        if (nr) run_rewards(s, rew, nr);
+
+        /* Jobs that need no step: nothing to generate, or the client left. */
+        for (int b = 0; b < B; b++) {
+            serve_job *j = slots[b].job;
+            if (!j) continue;
+            pthread_mutex_lock(&s->mu);
+            int cancelled = j->cancelled;
+            pthread_mutex_unlock(&s->mu);
+            if (j->params.max_new_tokens == 0 || cancelled) {
+                finish_job(s, j, SAMPLE_FINISH_LENGTH);
+                slots[b].job = NULL;
+                n_active--;
+            }
+        }
+        if (!n_active) continue;
+
+        /* One step: a decode row per running sequence first, then prompt chunks in the remaining rows. */
+        int nrow = 0, nlog = 0;
+        for (int b = 0; b < B; b++) {
+            slot_state *st = &slots[b];
+            if (!st->job || st->fed < st->job->prompt_len) continue;
+            row_slot[nrow] = b, row_pos[nrow] = st->fed, row_tok[nrow] = st->next;
+            logit_rows[nlog] = nrow, logit_slot[nlog] = b;
+            nrow++, nlog++;
+        }
+        for (int b = 0; b < B && nrow < R; b++) {
+            slot_state *st = &slots[b];
+            if (!st->job || st->fed >= st->job->prompt_len) continue;
+            int chunk_len = st->job->prompt_len - st->fed;
+            if (chunk_len > R - nrow) chunk_len = R - nrow;
+            for (int t = 0; t < chunk_len; t++) {
+                row_slot[nrow] = b, row_pos[nrow] = st->fed + t, row_tok[nrow] = st->job->prompt_ids[st->fed + t];
+                nrow++;
+            }
+            st->fed += chunk_len;
+            if (st->fed == st->job->prompt_len) logit_rows[nlog] = nrow - 1, logit_slot[nlog] = b, nlog++;
+        }
+        rlhf_error err = {0};
+        if (sampler_step(s->smp, nrow, row_slot, row_pos, row_tok, nlog, logit_rows, logits, &err) != 0) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "generation failed: %.200s", err.msg);
+            for (int b = 0; b < B; b++)
+                if (slots[b].job) {
+                    fail_job(s, slots[b].job, msg);
+                    slots[b].job = NULL;
+                }
+            n_active = 0;
+            continue;
+        }
+        /* Decode rows advanced their sequence by one position. */
+        for (int i = 0; i < nlog; i++) {
+            slot_state *st = &slots[logit_slot[i]];
+            if (row_pos[logit_rows[i]] == st->fed && st->fed >= st->job->prompt_len) st->fed++;
+        }
+        for (int i = 0; i < nlog; i++) {
+            int b = logit_slot[i];
+            slot_state *st = &slots[b];
+            serve_job *j = st->job;
+            int32_t id = serve_choose_token(logits + (size_t)i * V, V, &j->params, &st->rng, scratch);
+            j->n_tokens++;
+            int finish = SAMPLE_FINISH_NONE;
+            if (id == s->tok->eos_id) finish = SAMPLE_FINISH_STOP;
+            else if (append_token(s, j, id)) finish = SAMPLE_FINISH_STOP;
+            else if (j->n_tokens >= j->params.max_new_tokens) finish = SAMPLE_FINISH_LENGTH;
+            else if (j->prompt_len + j->n_tokens >= T) finish = SAMPLE_FINISH_MAX_SEQ_LEN; /* as sampler_run */
+            if (finish) {
+                finish_job(s, j, finish);
+                st->job = NULL;
+                n_active--;
+            } else {
+                st->next = id;
+                if (j->stream) stream_progress(s, j, 0);
+            }
+        }
+    }
+    free(slots);
+    free(row_slot);
+    free(row_pos);
+    free(row_tok);
+    free(logit_rows);
+    free(logit_slot);
+    free(logits);
+    free(scratch);
+    free(rew);
+    return NULL;
+}

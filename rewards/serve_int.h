@@ -1,0 +1,90 @@
+/* rewards/serve_int.h — private to rewards/serve*.c: the server object, the request ("job") it
+ * queues for the worker, and the worker (rewards/serve_decode.c).
+ *
+ * Threads: libmicrohttpd runs one thread per connection; each handler builds a job and queues it. One
+ * worker thread owns the model: it admits waiting generation jobs into free KV-cache slots of the
+ * sampler at every step (continuous batching: a request that arrives while others decode joins at the
+ * next step), feeds prompt chunks and one decode row per running sequence through sampler_step, picks
+ * each sequence's next token, and scores waiting /get_reward jobs as one batched RM forward. Streaming
+ * jobs receive their SSE events as tokens are produced; the connection thread sends them from a content
+ * reader that waits on `stream_cv`. Everything a job shares with a connection thread is guarded by the
+ * server's `mu`. */
+#ifndef RLHF_REWARDS_SERVE_INT_H
+#define RLHF_REWARDS_SERVE_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "model/model.h"
+#include "rewards/rm.h"
+#include "rewards/serve.h"
+
+enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
+enum { SERVE_MAX_STOPS = 4 };
+
+typedef struct serve_job {
+    int kind;
+    /* generate: inputs */
+    int32_t *prompt_ids;          // (prompt_len)
+    int prompt_len;
+    sample_params params;         /* temperature, top_k, top_p, max_new_tokens, seed; stops below */
+    char *stops[SERVE_MAX_STOPS];
+    int n_stops;
+    int stream, chat;
+    struct serve_server *server;  /* for the streaming callbacks */
+    char rid[64];                 /* response id */
+    long long created;
+    /* generate: outputs (worker-owned until done) */
+    char *text;                   /* completion bytes so far (raw, may be invalid UTF-8) */
+    size_t text_len, text_cap;
+    size_t emitted;               /* bytes of text already sent as SSE */
+    int n_tokens;
+    int finish;                   /* sample_finish */
+    /* streaming: SSE bytes produced (under mu) and sent by the connection thread */
+    char *sse;
+    size_t sse_len, sse_cap, sse_sent;
+    int cancelled;                /* the client went away: stop generating */
+    /* reward */
+    char **texts;                 // (n_texts)
+    int n_texts;
+    double *rewards;              // (n_texts)
+    /* completion */
+    int done, failed;
+    char errmsg[256];
+    struct serve_job *next;
+} serve_job;
+
+struct serve_server {
+    serve_config cfg;
+    FILE *log;
+    model *m;
+    tokenizer *tok;
+    sampler *smp;
+    reward_model *rm;
+    char rm_id[128];
+    struct MHD_Daemon *daemon;
+    int port;
+    pthread_t worker;
+    int worker_started;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv;       /* worker: a job was queued */
+    pthread_cond_t done_cv;       /* handlers: a job finished */
+    pthread_cond_t stream_cv;     /* streaming readers: SSE bytes appended or a job finished */
+    serve_job *head, *tail;       /* waiting jobs */
+    int queued;
+    int stopping;
+    unsigned long serial;         /* request ids and default seeds */
+};
+
+void serve_job_free(serve_job *j);
+/* Queues j (0), or refuses when max_queue jobs wait or the server stops (-1). Caller holds no lock. */
+int serve_submit(serve_server *s, serve_job *j);
+/* Blocks until j is done. */
+void serve_wait(serve_server *s, serve_job *j);
+void *serve_worker_main(void *arg);
+
+/* Picks a token from logits (V) under p's temperature / top_k / top_p with one uniform draw from rng
+ * (temperature 0: argmax). `scratch` holds 2*V floats. The plain reference sampler of rlhf serve. */
+int32_t serve_choose_token(const float *logits, int V, const sample_params *p, rlhf_rng *rng, float *scratch);
+
+#endif

@@ -1,0 +1,233 @@
+/* tests/model_infer/test_cli.c — `rlhf init` and `rlhf sample` as real processes (the rlhf binary beside
+ * this test binary: BUILD/tests/../bin/rlhf): init writes exactly the seeded random model; sample's JSONL
+ * equals an in-process sampler_run with the documented seeds; bad input exits non-zero with one error
+ * line naming what and where, and init leaves no output file. */
+#include <CUnit/CUnit.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "model/model.h"
+#include "tests/model_infer/infer_test.h"
+
+static char rlhf_bin[PATH_MAX + 32];
+static char dir[64];
+
+static int run_rlhf(const char *const *args, const char *out_path, const char *err_path) {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (o < 0 || e < 0) _exit(126);
+        dup2(o, 1);
+        dup2(e, 2);
+        char *argv[40];
+        int n = 0;
+        argv[n++] = "rlhf";
+        for (; args[n - 1] && n < 39; n++) argv[n] = (char *)args[n - 1];
+        argv[n] = NULL;
+        setenv("OMP_NUM_THREADS", "2", 1);
+        execv(rlhf_bin, argv);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static const char *in_dir(const char *name) {
+    static char buf[32][256]; /* rotating: argument arrays keep pointers to earlier results */
+    static int i;
+    i = (i + 1) % 32;
+    snprintf(buf[i], sizeof buf[i], "%s/%s", dir, name);
+    return buf[i];
+}
+
+static int write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+/* stderr must be exactly one line containing each needle */
+static void expect_one_error_line(const char *err_path, const char *n1, const char *n2) {
+    char *s;
+    size_t len;
+    rlhf_error e = {0};
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(err_path, &s, &len, &e), 0);
+    int lines = 0;
+    for (size_t i = 0; i < len; i++) lines += s[i] == '\n';
+    CU_ASSERT_EQUAL(lines, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(s, "error"));
+    if (n1 && !strstr(s, n1)) printf("\n  missing '%s' in: %s", n1, s);
+    CU_ASSERT(!n1 || strstr(s, n1));
+    CU_ASSERT(!n2 || strstr(s, n2));
+    free(s);
+}
+
+static int suite_init(void) {
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return -1;
+    exe[n] = 0;
+    *strrchr(exe, '/') = 0;
+    snprintf(rlhf_bin, sizeof rlhf_bin, "%s/../bin/rlhf", exe);
+    if (access(rlhf_bin, X_OK) != 0) {
+        fprintf(stderr, "test_model_infer: %s not built\n", rlhf_bin);
+        return -1;
+    }
+    snprintf(dir, sizeof dir, "/tmp/rlhf_infer_cli_XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static const char *arch_json = "{\"dim\": 32, \"n_layers\": 2, \"n_heads\": 4, \"n_kv_heads\": 2, \"ffn_dim\": 48,"
+                               " \"vocab_size\": 259, \"max_seq_len\": 24, \"tie_embeddings\": true}";
+
+static void test_init(void) {
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("arch.json"), arch_json), 0);
+    const char *args[] = {"init", "--arch", in_dir("arch.json"), "--out", in_dir("m.safetensors"), "--seed", "42", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_rlhf(args, NULL, in_dir("init.err")), 0);
+    model *m = NULL, *want = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_load(&m, in_dir("m.safetensors"), NULL, &err), 0);
+    CU_ASSERT_EQUAL(m->cfg.dim, 32);
+    CU_ASSERT_EQUAL(m->cfg.n_kv_heads, 2);
+    CU_ASSERT_EQUAL(m->cfg.tie_embeddings, 1);
+    CU_ASSERT_EQUAL_FATAL(model_create(&want, &m->cfg, &err), 0);
+    model_init_random(want, 42);
+    CU_ASSERT_EQUAL(memcmp(want->params_mem, m->params_mem, m->n_params * sizeof(float)), 0);
+    model_destroy(&m);
+    model_destroy(&want);
+
+    /* bad architectures: one line naming the key, no output file */
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("bad.json"), "{\"dim\": 32, \"n_layer\": 2}"), 0);
+    const char *bad[] = {"init", "--arch", in_dir("bad.json"), "--out", in_dir("bad.safetensors"), NULL};
+    CU_ASSERT_NOT_EQUAL(run_rlhf(bad, NULL, in_dir("bad.err")), 0);
+    expect_one_error_line(in_dir("bad.err"), "n_layer", "bad.json");
+    CU_ASSERT_EQUAL(access(in_dir("bad.safetensors"), F_OK), -1);
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("bad.json"), "{\"dim\": 30, \"n_layers\": 1, \"n_heads\": 4, \"ffn_dim\": 8,"
+                                                         " \"vocab_size\": 259, \"max_seq_len\": 8}"), 0);
+    CU_ASSERT_NOT_EQUAL(run_rlhf(bad, NULL, in_dir("bad.err")), 0);
+    expect_one_error_line(in_dir("bad.err"), "not divisible", NULL);
+    CU_ASSERT_EQUAL(access(in_dir("bad.safetensors"), F_OK), -1);
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("bad.json"), "{\"dim\": 32,"), 0);
+    CU_ASSERT_NOT_EQUAL(run_rlhf(bad, NULL, in_dir("bad.err")), 0);
+    expect_one_error_line(in_dir("bad.err"), "bad.json", NULL);
+    const char *missing[] = {"init", "--out", in_dir("x.safetensors"), NULL};
+    CU_ASSERT_NOT_EQUAL(run_rlhf(missing, NULL, in_dir("bad.err")), 0);
+    CU_ASSERT_EQUAL(access(in_dir("x.safetensors"), F_OK), -1);
+}
+
+static void test_sample_matches_library(void) {
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("p.jsonl"), "{\"prompt\": \"ab\", \"id\": \"first\"}\n\n{\"prompt\": \"xyz\"}\n"),
+                          0);
+    const char *args[] = {"sample", "--model", in_dir("m.safetensors"), "--prompts", in_dir("p.jsonl"), "-n", "3",
+                          "--max-tokens", "10", "--seed", "7", "--temperature", "0.9", "--top-k", "50", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_rlhf(args, in_dir("out.jsonl"), in_dir("sample.err")), 0);
+    /* the same requests in-process */
+    model *m = NULL;
+    tokenizer *tok = NULL;
+    sampler *s = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_load(&m, in_dir("m.safetensors"), NULL, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_bytes(&tok, m->cfg.vocab_size, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 4, &err), 0);
+    const char *texts[2] = {"ab", "xyz"};
+    int32_t *ids[2];
+    int n_ids[2];
+    sample_request rq[6];
+    sample_result res[6];
+    int32_t eos = tok->eos_id;
+    for (int p = 0; p < 2; p++) {
+        CU_ASSERT_EQUAL_FATAL(tokenizer_encode(tok, texts[p], strlen(texts[p]), 1, &ids[p], &n_ids[p], &err), 0);
+        for (int k = 0; k < 3; k++) {
+            sample_request *r = &rq[p * 3 + k];
+            r->prompt = ids[p];
+            r->prompt_len = n_ids[p];
+            r->params = sample_params_default();
+            r->params.temperature = 0.9f;
+            r->params.top_k = 50;
+            r->params.max_new_tokens = 10;
+            r->params.seed = 7ull ^ ((uint64_t)(p * 3 + k) * 0x9E3779B97F4A7C15ull);
+            r->params.stop_ids = &eos;
+            r->params.n_stop_ids = 1;
+        }
+    }
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, rq, 6, res, &err), 0);
+    FILE *f = fopen(in_dir("out.jsonl"), "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[65536];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_error_t jerr;
+        json_t *j = json_loads(line, 0, &jerr);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+        CU_ASSERT_FATAL(n < 6);
+        const sample_result *r = &res[n];
+        CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "prompt_index")), n / 3);
+        CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "sample_index")), n % 3);
+        if (n < 3) CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "id")), "first");
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "finish_reason")), sample_finish_name(r->finish));
+        json_t *toks = json_object_get(j, "tokens"), *lps = json_object_get(j, "logprobs"),
+               *slps = json_object_get(j, "sampling_logprobs");
+        CU_ASSERT_EQUAL_FATAL(json_array_size(toks), (size_t)r->n_tokens);
+        for (int t = 0; t < r->n_tokens; t++) {
+            CU_ASSERT_EQUAL(json_integer_value(json_array_get(toks, t)), r->tokens[t]);
+            CU_ASSERT(fabs(json_real_value(json_array_get(lps, t)) - r->logprobs[t]) < 1e-6);
+            CU_ASSERT(fabs(json_real_value(json_array_get(slps, t)) - r->sampling_logprobs[t]) < 1e-6);
+        }
+        json_decref(j);
+        n++;
+    }
+    fclose(f);
+    CU_ASSERT_EQUAL(n, 6);
+    for (int i = 0; i < 6; i++) sample_result_free(&res[i]);
+    free(ids[0]);
+    free(ids[1]);
+    sampler_destroy(&s);
+    tokenizer_destroy(&tok);
+    model_destroy(&m);
+}
+
+static void test_sample_bad_input(void) {
+    /* max_seq_len is 24: a 23-byte prompt plus BOS does not leave room */
+    const char *too_long[] = {"sample", "--model", in_dir("m.safetensors"), "--prompt", "abcdefghijklmnopqrstuvw", NULL};
+    CU_ASSERT_EQUAL(run_rlhf(too_long, NULL, in_dir("e1")), 1);
+    expect_one_error_line(in_dir("e1"), "max_seq_len is 24", "--prompt");
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("bad.jsonl"), "{\"prompt\": \"ok\"}\n{\"text\": \"no prompt key\"}\n"), 0);
+    const char *bad_file[] = {"sample", "--model", in_dir("m.safetensors"), "--prompts", in_dir("bad.jsonl"), NULL};
+    CU_ASSERT_EQUAL(run_rlhf(bad_file, NULL, in_dir("e2")), 1);
+    expect_one_error_line(in_dir("e2"), "bad.jsonl:2", "prompt");
+    const char *no_model[] = {"sample", "--model", in_dir("none.safetensors"), "--prompt", "a", NULL};
+    CU_ASSERT_EQUAL(run_rlhf(no_model, NULL, in_dir("e3")), 1);
+    expect_one_error_line(in_dir("e3"), "none.safetensors", NULL);
+    const char *bad_opt[] = {"sample", "--model", in_dir("m.safetensors"), "--prompt", "a", "--top-p", "1.5", NULL};
+    CU_ASSERT_EQUAL(run_rlhf(bad_opt, NULL, in_dir("e4")), 2);
+    expect_one_error_line(in_dir("e4"), "--top-p", NULL);
+    /* a corrupt checkpoint: truncated */
+    char *data;
+    size_t len;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(in_dir("m.safetensors"), &data, &len, &err), 0);
+    FILE *f = fopen(in_dir("cut.safetensors"), "wb");
+    fwrite(data, 1, len - 10, f);
+    fclose(f);
+    free(data);
+    const char *cut[] = {"sample", "--model", in_dir("cut.safetensors"), "--prompt", "a", NULL};
+    CU_ASSERT_EQUAL(run_rlhf(cut, NULL, in_dir("e5")), 1);
+    expect_one_error_line(in_dir("e5"), "cut.safetensors", "truncated");
+}
+
+void infer_register_cli(void) {
+    CU_pSuite s = CU_add_suite("cli", suite_init, NULL);
+    CU_add_test(s, "rlhf init writes the seeded model; bad arch rejected", test_init);
+    CU_add_test(s, "rlhf sample JSONL equals in-process sampling", test_sample_matches_library);
+    CU_add_test(s, "rlhf sample bad input", test_sample_bad_input);
+}
