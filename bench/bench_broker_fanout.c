@@ -90,12 +90,12 @@ static double raw_push_once(const wire_out *o, int port) {
         close(p[0]);
         void *ctx = zmq_ctx_new();
         void *pull = zmq_socket(ctx, ZMQ_PULL);
-        zmq_bind(pull, ep);
-        double ready = 0;
+        int tmo = 30000;
+        zmq_setsockopt(pull, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+        double ready = zmq_bind(pull, ep) == 0 ? 0 : -1;
         if (write(p[1], &ready, sizeof ready) != sizeof ready) _exit(1);
         wire_rx rx = {0};
-        wire_rx_recv(pull, &rx, 0, NULL);
-        double t = rlhf_wall_time();
+        double t = wire_rx_recv(pull, &rx, 0, NULL) == 1 ? rlhf_wall_time() : 0;
         if (write(p[1], &t, sizeof t) != sizeof t) _exit(1);
         wire_rx_free(&rx);
         zmq_close(pull);
@@ -104,7 +104,11 @@ static double raw_push_once(const wire_out *o, int port) {
     }
     close(p[1]);
     double ready, t1;
-    if (read(p[0], &ready, sizeof ready) != sizeof ready) return -1;
+    if (read(p[0], &ready, sizeof ready) != sizeof ready || ready < 0) {
+        fprintf(stderr, "raw peer: cannot bind %s\n", ep);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
     void *ctx = zmq_ctx_new();
     void *push = zmq_socket(ctx, ZMQ_PUSH);
     zmq_connect(push, ep);

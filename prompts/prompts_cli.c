@@ -16,12 +16,15 @@ static void usage(FILE *f) {
             "       rlhf prompts corpus --task countdown|arith --n N --out CORPUS.txt [--seed S]\n"
             "                        [--p-correct P] [--max-num K] [--max-num2 K] [--p-three P]\n"
             "       rlhf prompts check FILE.jsonl [--heldout-fraction F] [--split-seed S] [--skip-bad]\n"
+            "       rlhf prompts eval --data HELDOUT.jsonl --samples SAMPLES.jsonl\n"
             "       rlhf prompts stats --data TRAIN.jsonl --state SELECTOR_STATE.json --out STATS.jsonl\n"
             "                        [--config SELECTOR.json]\n"
             "\n"
             "gen writes distinct prompts (held-out ones disjoint from the train ones); corpus writes one\n"
             "\"PROMPT+COMPLETION\" line per example (or {prompt, completion} JSONL if CORPUS ends in .jsonl), a\n"
-            "share --p-correct of them correct; check validates a dataset; stats dumps per-prompt selector\n"
+            "share --p-correct of them correct; check validates a dataset; eval scores `rlhf sample` output against\n"
+            "the task's reference checker (countdown rule, else exact match with `answer`) and prints the pass rate;\n"
+            "stats dumps per-prompt selector\n"
             "statistics from a saved selector state as JSONL and prints the selection metrics\n"
             "(docs/PROMPT_SELECTION.md).\n");
 }
@@ -40,7 +43,7 @@ static int num_arg(const char *opt, const char *val, double lo, double hi, int i
 }
 
 typedef struct cli_opts {
-    const char *task, *out, *heldout, *file, *data, *state, *config;
+    const char *task, *out, *heldout, *file, *data, *state, *config, *samples;
     double n, n_heldout, seed, heldout_fraction, split_seed;
     int n_set, skip_bad;
     prompt_task_opts topts;
@@ -57,6 +60,7 @@ static int parse(int argc, char **argv, cli_opts *o, rlhf_error *err) {
         else if (!strcmp(a, "--heldout")) o->heldout = v;
         else if (!strcmp(a, "--data")) o->data = v;
         else if (!strcmp(a, "--state")) o->state = v;
+        else if (!strcmp(a, "--samples")) o->samples = v;
         else if (!strcmp(a, "--config")) o->config = v;
         else if (!strcmp(a, "--n")) rc = num_arg(a, v, 1, 1e8, 1, &o->n, err), o->n_set = 1;
         else if (!strcmp(a, "--n-heldout")) rc = num_arg(a, v, 1, 1e8, 1, &o->n_heldout, err);
@@ -105,7 +109,7 @@ static int write_jsonl(const char *path, const json_t *arr, rlhf_error *err) {
     return rlhf_atomic_commit(&af, err);
 }
 
-static int cmd_gen(cli_opts *o, rlhf_error *err) {
+static int prompts_gen(cli_opts *o, rlhf_error *err) {
     if (!o->task) return rlhf_error_set(err, RLHF_EINVAL, "--task", "required (countdown, arith)");
     if (!o->n_set) return rlhf_error_set(err, RLHF_EINVAL, "--n", "required");
     if (!o->out) return rlhf_error_set(err, RLHF_EINVAL, "--out", "required");
@@ -136,7 +140,7 @@ static int cmd_gen(cli_opts *o, rlhf_error *err) {
     return rc;
 }
 
-static int cmd_corpus(cli_opts *o, rlhf_error *err) {
+static int prompts_corpus(cli_opts *o, rlhf_error *err) {
     if (!o->task) return rlhf_error_set(err, RLHF_EINVAL, "--task", "required (countdown, arith)");
     if (!o->n_set) return rlhf_error_set(err, RLHF_EINVAL, "--n", "required");
     if (!o->out) return rlhf_error_set(err, RLHF_EINVAL, "--out", "required");
@@ -147,7 +151,7 @@ static int cmd_corpus(cli_opts *o, rlhf_error *err) {
     return rc;
 }
 
-static int cmd_check(cli_opts *o, rlhf_error *err) {
+static int prompts_check(cli_opts *o, rlhf_error *err) {
     if (!o->file) return rlhf_error_set(err, RLHF_EINVAL, "check", "needs a dataset FILE.jsonl");
     prompt_dataset_opts dopts = {.split = PROMPT_SPLIT_ALL, .heldout_fraction = o->heldout_fraction,
                                  .split_seed = (uint64_t)o->split_seed, .skip_bad = o->skip_bad};
@@ -162,7 +166,86 @@ static int cmd_check(cli_opts *o, rlhf_error *err) {
     return 0;
 }
 
-static int cmd_stats(cli_opts *o, rlhf_error *err) {
+/* 1 if a sample's text (up to its first newline, surrounding spaces ignored) solves the record. */
+static int solves(const json_t *rec, const char *text) {
+    char buf[256];
+    size_t n = strcspn(text, "\n");
+    while (n && text[n - 1] == ' ') n--;
+    while (n && *text == ' ') text++, n--;
+    if (n >= sizeof buf) return 0;
+    memcpy(buf, text, n);
+    buf[n] = 0;
+    json_t *nums = json_object_get(rec, "numbers"), *target = json_object_get(rec, "target");
+    if (json_is_array(nums) && json_is_integer(target)) {
+        int v[3], c = (int)json_array_size(nums);
+        if (c < 1 || c > 3) return 0;
+        for (int i = 0; i < c; i++) v[i] = (int)json_integer_value(json_array_get(nums, (size_t)i));
+        return prompt_countdown_check(buf, v, c, (long)json_integer_value(target), NULL);
+    }
+    const char *ans = json_string_value(json_object_get(rec, "answer"));
+    return ans && !strcmp(buf, ans);
+}
+
+static int prompts_eval(cli_opts *o, rlhf_error *err) {
+    if (!o->data) return rlhf_error_set(err, RLHF_EINVAL, "--data", "required (the prompts that were sampled)");
+    if (!o->samples) return rlhf_error_set(err, RLHF_EINVAL, "--samples", "required (`rlhf sample` output)");
+    prompt_dataset *ds = NULL;
+    int rc = prompt_dataset_load(&ds, o->data, err);
+    if (rc) return rc;
+    FILE *f = fopen(o->samples, "r");
+    if (!f) {
+        prompt_dataset_destroy(&ds);
+        return rlhf_error_set(err, RLHF_EIO, o->samples, "cannot open: %s", strerror(errno));
+    }
+    size_t n = prompt_dataset_size(ds), samples = 0, passed = 0;
+    unsigned *ok = calloc(n, sizeof *ok), *tot = calloc(n, sizeof *tot);
+    char *line = NULL;
+    size_t cap = 0;
+    long lineno = 0;
+    while (rc == 0 && ok && tot && getline(&line, &cap, f) >= 0) {
+        lineno++;
+        char where[600];
+        snprintf(where, sizeof where, "%s:%ld", o->samples, lineno);
+        json_t *s = json_loads(line, 0, NULL);
+        const char *text = json_string_value(json_object_get(s, "text"));
+        const char *id = json_string_value(json_object_get(s, "id"));
+        json_t *pi = json_object_get(s, "prompt_index");
+        long idx = id ? prompt_dataset_find(ds, id) : json_is_integer(pi) ? (long)json_integer_value(pi) : -1;
+        if (!s || !text) rc = rlhf_error_set(err, RLHF_ECORRUPT, where, "need a JSON object with a string \"text\"");
+        else if (idx < 0 || (size_t)idx >= n)
+            rc = rlhf_error_set(err, RLHF_ECORRUPT, where, "sample names no record of %s (by id or prompt_index)", o->data);
+        else {
+            int good = solves(prompt_dataset_get(ds, (size_t)idx)->record, text);
+            ok[idx] += good;
+            tot[idx]++;
+            passed += good;
+            samples++;
+        }
+        json_decref(s);
+    }
+    free(line);
+    fclose(f);
+    if (rc == 0 && (!ok || !tot)) rc = rlhf_error_set(err, RLHF_ENOMEM, o->samples, "out of memory");
+    if (rc == 0 && samples == 0) rc = rlhf_error_set(err, RLHF_EINVAL, o->samples, "no samples");
+    if (rc == 0) {
+        size_t prompts = 0, any = 0, mixed = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!tot[i]) continue;
+            prompts++;
+            any += ok[i] > 0;
+            mixed += ok[i] > 0 && ok[i] < tot[i];
+        }
+        printf("{\"pass_rate\": %.6f, \"samples\": %zu, \"passed\": %zu, \"prompts\": %zu, \"prompts_any_pass\": %zu, "
+               "\"prompts_mixed\": %zu}\n",
+               (double)passed / (double)samples, samples, passed, prompts, any, mixed);
+    }
+    free(ok);
+    free(tot);
+    prompt_dataset_destroy(&ds);
+    return rc;
+}
+
+static int prompts_stats(cli_opts *o, rlhf_error *err) {
     if (!o->data) return rlhf_error_set(err, RLHF_EINVAL, "--data", "required (the selector's train dataset)");
     if (!o->state) return rlhf_error_set(err, RLHF_EINVAL, "--state", "required (a saved selector state)");
     if (!o->out) return rlhf_error_set(err, RLHF_EINVAL, "--out", "required");
@@ -215,11 +298,12 @@ int cmd_prompts(int argc, char **argv) {
     rlhf_error err = {0};
     int rc = parse(argc, argv, &o, &err);
     if (rc == 0) {
-        if (!strcmp(argv[1], "gen")) rc = cmd_gen(&o, &err);
-        else if (!strcmp(argv[1], "corpus")) rc = cmd_corpus(&o, &err);
-        else if (!strcmp(argv[1], "check")) rc = cmd_check(&o, &err);
-        else if (!strcmp(argv[1], "stats")) rc = cmd_stats(&o, &err);
-        else rc = rlhf_error_set(&err, RLHF_EINVAL, argv[1], "unknown prompts command (gen, corpus, check, stats)");
+        if (!strcmp(argv[1], "gen")) rc = prompts_gen(&o, &err);
+        else if (!strcmp(argv[1], "corpus")) rc = prompts_corpus(&o, &err);
+        else if (!strcmp(argv[1], "check")) rc = prompts_check(&o, &err);
+        else if (!strcmp(argv[1], "stats")) rc = prompts_stats(&o, &err);
+        else if (!strcmp(argv[1], "eval")) rc = prompts_eval(&o, &err);
+        else rc = rlhf_error_set(&err, RLHF_EINVAL, argv[1], "unknown prompts command (gen, corpus, check, eval, stats)");
     }
     if (rc) {
         rlhf_error_print(PROG, &err);

@@ -145,8 +145,8 @@ static char *proc_recv_line(process_ctx *c, double deadline, char *reason, size_
     }
 }
 
-/* Starts the child and performs the init handshake. */
-static int proc_start(process_ctx *c, char *reason, size_t rlen) {
+/* Starts the child and performs the init handshake, which must finish by `deadline`. */
+static int proc_start(process_ctx *c, double deadline, char *reason, size_t rlen) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         snprintf(reason, rlen, "socketpair: %s", strerror(errno));
@@ -184,7 +184,6 @@ static int proc_start(process_ctx *c, char *reason, size_t rlen) {
     c->fd = sv[0];
     c->buf_len = 0;
     c->starts++;
-    double deadline = rlhf_now() + (double)c->start_timeout_ms / 1000.0;
     if (proc_send(c, c->init_line, strlen(c->init_line), deadline, reason, rlen)) {
         proc_kill(c);
         return -1;
@@ -220,14 +219,16 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
     process_ctx *c = vctx;
     char reason[RLHF_REWARD_REASON_MAX] = "";
     if (n == 0) return 0;
+    double deadline = items[0].deadline > 0 ? items[0].deadline : rlhf_now() + (double)c->timeout_ms / 1000.0;
     if (c->pid <= 0) {
+        /* a restart inside a batch shares the batch's budget */
         if (c->starts > 0) c->restarts++;
-        if (proc_start(c, reason, sizeof reason)) {
+        double start_by = rlhf_now() + (double)c->start_timeout_ms / 1000.0;
+        if (proc_start(c, start_by < deadline ? start_by : deadline, reason, sizeof reason)) {
             all_error(status, n, reason);
             return 0;
         }
     }
-    double deadline = items[0].deadline > 0 ? items[0].deadline : rlhf_now() + (double)c->timeout_ms / 1000.0;
     uint64_t id = ++c->next_id;
     json_t *req = json_object();
     json_t *arr = json_array();
@@ -353,8 +354,7 @@ int reward_source_process_create(const json_t *src, const char *where, reward_so
     }
     json_t *init = json_object();
     json_t *cfg = json_object_get(src, "config");
-    json_object_set(init, "init", cfg ? cfg : json_object());
-    if (!cfg) json_decref(json_object_get(init, "init")); // set() took its own reference
+    json_object_set_new(init, "init", cfg ? json_incref(cfg) : json_object());
     json_object_set_new(init, "abi_version", json_integer(RLHF_REWARD_ABI_VERSION));
     char *t = json_dumps(init, JSON_COMPACT);
     json_decref(init);
@@ -368,7 +368,7 @@ int reward_source_process_create(const json_t *src, const char *where, reward_so
     free(t);
     /* start now so a broken command or a bad config is a create-time error naming the source */
     char reason[RLHF_REWARD_REASON_MAX];
-    if (proc_start(c, reason, sizeof reason)) {
+    if (proc_start(c, rlhf_now() + (double)c->start_timeout_ms / 1000.0, reason, sizeof reason)) {
         process_destroy(c);
         return rlhf_error_set(err, RLHF_EIO, where, "%s", reason);
     }

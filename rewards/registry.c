@@ -18,6 +18,7 @@ static const reward_source_type source_types[] = {
     {"judge", reward_source_judge_create, "LLM judge over HTTP"},
     {"rm", reward_source_rm_create, "local reward model"},
     {"remote_rm", reward_source_remote_rm_create, "reward model behind an HTTP server"},
+    {"capitals", reward_source_capitals_create, "ground truth of the synthetic RM task: share of upper-case letters"},
 };
 
 #define N_SOURCE_TYPES (sizeof source_types / sizeof source_types[0])

@@ -15,7 +15,8 @@ static void usage(FILE *f) {
             "  SAMPLES.jsonl  one object per line: \"completion\" (required), \"prompt\", \"completion_ids\",\n"
             "                 \"group_id\", and \"record\" (the dataset record; when absent, the line's\n"
             "                 other keys such as answer/tests/numbers/target are the record)\n"
-            "  --batch N      items per score call (default 64)\n"
+            "  --batch N      items per score call (default 64; sources' times are per batch, so\n"
+            "                 --batch 1 gives per-item timings)\n"
             "  --jsonl        one JSON object per item instead of the table\n"
             "exit status: 0 scored, 1 a source with on_error \"fail\" failed, 2 bad config or samples\n");
 }

@@ -73,6 +73,7 @@ int reward_source_countdown_create(const json_t *src, const char *where, reward_
 int reward_source_judge_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 int reward_source_rm_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 int reward_source_remote_rm_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
+int reward_source_capitals_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 
 /* Loads a shared-object plugin: dlopen, look up RLHF_REWARD_PLUGIN_ENTRY, check abi_version and
  * struct_size, call init(config_json). Errors name `where` and the path. */

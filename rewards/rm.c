@@ -501,3 +501,28 @@ int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error 
     }
     return rlhf_atomic_commit(&af, err);
 }
+
+int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err) {
+    if (n < 1) return rlhf_error_set(err, RLHF_EINVAL, path, "need at least one prompt, got %d", n);
+    rlhf_atomic_file af;
+    int rc = rlhf_atomic_open(&af, path, err);
+    if (rc) return rc;
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, seed);
+    for (int i = 0; i < n; i++) {
+        char prompt[128], id[32];
+        snprintf(prompt, sizeof prompt, "Answer in capitals: describe %s.\n",
+                 syn_topics[rlhf_rng_u64(&rng) % (sizeof syn_topics / sizeof syn_topics[0])]);
+        snprintf(id, sizeof id, "caps-%d", i);
+        json_t *j = json_pack("{s:s, s:s}", "id", id, "prompt", prompt);
+        char *line = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        if (!line || fprintf(af.fp, "%s\n", line) < 0) {
+            free(line);
+            rlhf_atomic_abort(&af);
+            return rlhf_error_set(err, RLHF_EIO, path, "write failed");
+        }
+        free(line);
+    }
+    return rlhf_atomic_commit(&af, err);
+}

@@ -85,6 +85,8 @@ int rm_pairwise_accuracy(reward_model *rm, const rm_pair *pairs, const int *idx,
  * lower-case (each a few random words). Ground truth for a completion: rm_synthetic_truth = fraction of
  * its letters that are upper case (> 0.5 for every chosen, < 0.5 for every rejected completion). */
 int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err);
+/* The task's prompts alone, {"id":"caps-N","prompt":...} per line, for an RL run against the RM. */
+int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err);
 double rm_synthetic_truth(const char *completion);
 
 #endif

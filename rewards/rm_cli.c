@@ -12,6 +12,7 @@ static void usage(FILE *f) {
             "                     [--steps 200] [--batch-pairs 16] [--lr 1e-3] [--heldout 0.2] [--seed 1]\n"
             "                     [--log-every 20]\n"
             "       rlhf train-rm --make-synthetic PREFS.jsonl [--pairs 2000] [--seed 1]\n"
+            "       rlhf train-rm --make-synthetic-prompts PROMPTS.jsonl [--pairs N] [--seed 1]\n"
             "  PREFS.jsonl: one {\"prompt\",\"chosen\",\"rejected\"} object per line (non-empty strings).\n"
             "  Prints one JSON summary line (held-out pairwise accuracy, ...) on stdout.\n");
 }
@@ -29,7 +30,7 @@ static int num(const char *opt, const char *v, double lo, double hi, double *out
 }
 
 int cmd_train_rm(int argc, char **argv) {
-    const char *base = NULL, *data = NULL, *out = NULL, *synth = NULL;
+    const char *base = NULL, *data = NULL, *out = NULL, *synth = NULL, *synth_prompts = NULL;
     rm_train_config tc;
     rm_train_config_default(&tc);
     tc.log_every = 20;
@@ -49,6 +50,7 @@ int cmd_train_rm(int argc, char **argv) {
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--make-synthetic")) synth = v;
+        else if (!strcmp(a, "--make-synthetic-prompts")) synth_prompts = v;
         else if (!strcmp(a, "--pairs")) { if (num(a, v, 1, 1e7, &pairs)) return 2; }
         else if (!strcmp(a, "--steps")) { if (num(a, v, 0, 1e7, &x)) return 2; tc.steps = (int)x; }
         else if (!strcmp(a, "--batch-pairs")) { if (num(a, v, 1, 4096, &x)) return 2; tc.batch_pairs = (int)x; }
@@ -63,6 +65,14 @@ int cmd_train_rm(int argc, char **argv) {
         }
     }
     rlhf_error err = {0};
+    if (synth_prompts) {
+        if (rm_synthetic_prompts_write(synth_prompts, (int)pairs, tc.seed, &err)) {
+            rlhf_error_print("rlhf train-rm", &err);
+            return 1;
+        }
+        printf("{\"wrote\":\"%s\",\"prompts\":%d}\n", synth_prompts, (int)pairs);
+        if (!synth) return 0;
+    }
     if (synth) {
         if (rm_synthetic_write(synth, (int)pairs, tc.seed, &err)) {
             rlhf_error_print("rlhf train-rm", &err);

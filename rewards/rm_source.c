@@ -7,7 +7,11 @@
  *    "label_field":"answer"}
  *       POST {url}/get_reward  {"query":[prompt+completion...], "prompts":[prompt...], "labels":[record[label_field]
  *       or ""...]}  ->  {"rewards":[...]}; served by `rlhf serve --reward-model RM`. A failed call (after the
- *       retries on connection errors and 5xx) marks every item of that request ERROR with the reason. */
+ *       retries on connection errors and 5xx) marks every item of that request ERROR with the reason.
+ *   {"type":"capitals"}
+ *       the synthetic preference task's ground truth (rm_synthetic_truth): the share of the completion's
+ *       letters in upper case, 0 when it has none. Give it weight 0 to log it next to an RM's reward
+ *       (reward/capitals/mean) and see whether optimising the RM improves the real property. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -307,5 +311,32 @@ int reward_source_remote_rm_create(const json_t *src, const char *where, reward_
     }
     impl->plugin = &remote_rm_vtable;
     impl->ctx = s;
+    return 0;
+}
+
+/* -------------------------------------------------------------------------------- capitals */
+
+static int capitals_score(void *ctx, const rlhf_reward_item *items, size_t n, double *scores_out,
+                          rlhf_reward_status *status_out) {
+    (void)ctx, (void)status_out;
+    for (size_t i = 0; i < n; i++) scores_out[i] = rm_synthetic_truth(items[i].completion ? items[i].completion : "");
+    return 0;
+}
+
+static void capitals_destroy(void *ctx) { (void)ctx; }
+
+static const rlhf_reward_plugin_v1 capitals_vtable = {
+    .abi_version = RLHF_REWARD_ABI_VERSION,
+    .struct_size = sizeof(rlhf_reward_plugin_v1),
+    .name = "capitals",
+    .score_batch = capitals_score,
+    .destroy = capitals_destroy,
+};
+
+int reward_source_capitals_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err) {
+    int rc = reward_check_keys(src, where, NULL, err);
+    if (rc) return rc;
+    impl->plugin = &capitals_vtable;
+    impl->ctx = NULL;
     return 0;
 }

@@ -364,6 +364,9 @@ static int child_main(const run_plan *pl) {
      * capabilities for the mounts below; they are dropped before the program runs */
     if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) || syscall(SYS_setresuid, SB_UID, SB_UID, SB_UID)) child_fail(ctl, ST_SETUID);
     if (set_caps(0xffffffffu, 0xffffffffu, 1)) child_fail(ctl, ST_CAPS);
+    /* if the supervisor dies (the updater crashed), take the whole namespace down with it. Set
+     * after the uid change, which clears it; before that, a dead supervisor shows as EOF on ctl */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)) child_fail(ctl, ST_CAPS);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) child_fail(ctl, ST_MNT_PRIVATE);
     const sandbox_pool *pool = pl->pool;
     if (mount("sandbox", pool->root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=512,mode=0755"))

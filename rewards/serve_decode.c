@@ -243,18 +243,19 @@ static void run_rewards(serve_server *s, serve_job **jobs, int n) {
         for (int t = 0; t < jobs[i]->n_texts; t++) texts[k++] = jobs[i]->texts[t];
     if (!rc) rc = reward_model_score(s->rm, texts, total, r, &err);
     for (int i = 0, k = 0; i < n; i++) {
+        int nt = jobs[i]->n_texts; /* read first: once done, the handler frees the job */
         if (rc) {
             char msg[300];
             snprintf(msg, sizeof msg, "reward model failed: %.200s", err.msg);
             fail_job(s, jobs[i], msg);
         } else {
-            memcpy(jobs[i]->rewards, r + k, (size_t)jobs[i]->n_texts * sizeof *r);
+            memcpy(jobs[i]->rewards, r + k, (size_t)nt * sizeof *r);
             pthread_mutex_lock(&s->mu);
             jobs[i]->done = 1;
             pthread_cond_broadcast(&s->done_cv);
             pthread_mutex_unlock(&s->mu);
         }
-        k += jobs[i]->n_texts;
+        k += nt;
     }
     free(texts);
     free(r);

@@ -617,6 +617,28 @@ static void test_rm_inprocess_vs_remote(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "c.json: rewards[0].url"));
 }
 
+/* The ground-truth source of the synthetic task scores the share of upper-case letters. */
+static void test_capitals_source(void) {
+    reward_pipeline *p = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, "[{\"type\":\"capitals\",\"weight\":0}]", "t", &err), 0);
+    rlhf_reward_item items[3] = {
+        {.prompt = "p", .completion = "BLUE sky", .record_json = "{}", .group_id = -1},
+        {.prompt = "p", .completion = "QUIET.", .record_json = "{}", .group_id = -1},
+        {.prompt = "p", .completion = "123 ...", .record_json = "{}", .group_id = -1},
+    };
+    reward_scores sc = {0};
+    CU_ASSERT_EQUAL_FATAL(reward_pipeline_score(p, items, 3, &sc, &err), 0);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 4.0 / 7.0, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[1], 1.0, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[2], 0.0, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(sc.total[1], 0.0, 1e-12); /* weight 0: logged, not optimised */
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+    CU_ASSERT_NOT_EQUAL(reward_pipeline_create_str(&p, "[{\"type\":\"capitals\",\"x\":1}]", "t", &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "t[0].x"));
+}
+
 static void test_bad_preference_files(void) {
     struct {
         const char *content;
@@ -671,6 +693,7 @@ int register_serve_suites(void) {
     CU_add_test(s, "choose_token", test_choose_token);
     CU_add_test(s, "rm_training_accuracy", test_rm_training_accuracy);
     CU_add_test(s, "rm_inprocess_vs_remote", test_rm_inprocess_vs_remote);
+    CU_add_test(s, "capitals_ground_truth", test_capitals_source);
     CU_add_test(s, "bad_preference_files", test_bad_preference_files);
     return 0;
 }

@@ -419,14 +419,16 @@ static void test_sampling_distribution(void) {
     const float *row = ref + 4 * (size_t)V;
     sample_request *reqs = calloc((size_t)N, sizeof *reqs);
     sample_result *res = calloc((size_t)N, sizeof *res);
-    for (int variant = 0; variant < 2; variant++) {
+    for (int variant = 0; variant < 3; variant++) { /* plain; top-k 4; temperature 1.2 with top-p 0.8 */
         for (int i = 0; i < N; i++) {
             reqs[i].prompt = prompt;
             reqs[i].prompt_len = 5;
             reqs[i].params = sample_params_default();
             reqs[i].params.max_new_tokens = 1;
             reqs[i].params.seed = 5000 + (uint64_t)i;
-            reqs[i].params.top_k = variant ? 4 : 0;
+            reqs[i].params.top_k = variant == 1 ? 4 : 0;
+            reqs[i].params.temperature = variant == 2 ? 1.2f : 1.0f;
+            reqs[i].params.top_p = variant == 2 ? 0.8f : 1.0f;
         }
         sampler *s = NULL;
         rlhf_error err = {0};
@@ -440,10 +442,29 @@ static void test_sampling_distribution(void) {
             sample_result_free(&res[i]);
         }
         /* probabilities under the reference (top-4 renormalised for variant 1) */
-        double *p = calloc((size_t)V, sizeof(double)), mx = -INFINITY, z = 0.0;
+        double *p = calloc((size_t)V, sizeof(double)), mx = -INFINITY, z = 0.0, temp = variant == 2 ? 1.2 : 1.0;
         for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
-        for (int i = 0; i < V; i++) p[i] = exp(row[i] - mx);
-        if (variant) {
+        for (int i = 0; i < V; i++) p[i] = exp((row[i] - mx) / temp);
+        if (variant == 2) { /* the nucleus: most probable first until 0.8 of the mass */
+            double all = 0.0, acc = 0.0;
+            for (int i = 0; i < V; i++) all += p[i];
+            double *q = malloc((size_t)V * sizeof(double));
+            memcpy(q, p, (size_t)V * sizeof(double));
+            int kept = 0;
+            while (acc < 0.8 * all) {
+                int best = -1;
+                for (int i = 0; i < V; i++)
+                    if (q[i] >= 0 && (best < 0 || q[i] > q[best])) best = i;
+                acc += q[best];
+                q[best] = -1.0;
+                kept++;
+            }
+            for (int i = 0; i < V; i++)
+                if (q[i] >= 0) p[i] = 0.0; /* outside the nucleus */
+            CU_ASSERT(kept > 4); /* a real nucleus, not a near-greedy one */
+            free(q);
+        }
+        if (variant == 1) {
             for (int i = 0; i < V; i++) { /* keep the 4 largest */
                 int above = 0;
                 for (int j = 0; j < V; j++) above += row[j] > row[i];
@@ -456,6 +477,7 @@ static void test_sampling_distribution(void) {
             double q = p[i] / z, f = (double)count[i] / N, tol = 5.0 * sqrt(q * (1 - q) / N) + 2.0 / N;
             if (fabs(f - q) > tol) bad++;
             if (variant && q == 0.0) CU_ASSERT_EQUAL(count[i], 0);
+            if (!(fabs(f - q) <= tol)) printf("\n  variant %d id %d: freq %.4f vs p %.4f\n", variant, i, f, q);
         }
         CU_ASSERT_EQUAL(bad, 0);
         free(p);

@@ -1,6 +1,9 @@
 /* tests/rewards/test_cli.c — `rlhf reward-test` and `rlhf sandbox-run` as a user runs them: output,
  * exit status, one-line errors naming the file and JSON path. */
+#include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <sys/wait.h>
 
@@ -71,10 +74,54 @@ static void test_sandbox_run_cli(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "--set.wall_mss: unknown key"));
 }
 
+/* Host processes whose real uid is `uid`. */
+static int procs_with_uid(long uid) {
+    char cmd[128], out[64];
+    snprintf(cmd, sizeof cmd, "awk '/^Uid:/ && $2 == %ld' /proc/[0-9]*/status 2>/dev/null | wc -l", uid);
+    FILE *f = popen(cmd, "r");
+    if (!f) return -1;
+    int n = fgets(out, sizeof out, f) ? atoi(out) : -1;
+    pclose(f);
+    return n;
+}
+
+static void test_supervisor_death_kills_sandbox(void) {
+    /* the updater dying mid-run must not leave the sandboxed program running on the host */
+    char prog[512], bin[600];
+    snprintf(prog, sizeof prog, "%s/sleeper.py", rt_scratch());
+    write_text(prog, "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(60)\n");
+    snprintf(bin, sizeof bin, "%s/bin/rlhf", rt_build_dir());
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execl(bin, bin, "sandbox-run", "--set", "{\"wall_ms\":60000}", prog, (char *)NULL);
+        _exit(127);
+    }
+    long uid = 100000 + (long)(pid % 8192) * 256; /* slot 0 of that process's pool */
+    int seen = 0;
+    for (int i = 0; i < 100 && seen < 2; i++) { /* program and its daemon child are up */
+        usleep(20000);
+        seen = procs_with_uid(uid);
+    }
+    CU_ASSERT(seen >= 2);
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    int left = -1;
+    for (int i = 0; i < 100 && left != 0; i++) {
+        usleep(20000);
+        left = procs_with_uid(uid);
+    }
+    CU_ASSERT_EQUAL(left, 0);
+}
+
 int rt_register_cli(void) {
     CU_pSuite s = CU_add_suite("cli", NULL, NULL);
     if (!s) return -1;
     CU_add_test(s, "rlhf reward-test", test_reward_test_cli);
     CU_add_test(s, "rlhf sandbox-run", test_sandbox_run_cli);
+    CU_add_test(s, "killing the supervisor kills the sandbox", test_supervisor_death_kills_sandbox);
     return 0;
 }

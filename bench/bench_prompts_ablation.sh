@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# bench/bench_prompts_ablation.sh — the REAL prompt-selection ablation (issue 7): uniform vs
+# zero_variance_filter vs cohesion on the countdown task, same base model, seeds and step budget,
+# two reward sources that can disagree (the exact sandboxed `countdown` check and a sloppy grader,
+# bench/bench_prompts_noisy_grader.py, wrong 15% of the time). Reports held-out pass rate (the
+# countdown check, `rlhf eval`) against generated tokens (sum of the updater's gen/tokens metric up to
+# each checkpoint), and the tokens each policy needs to reach uniform's final pass rate.
+#
+#   BUILD=build bash bench/bench_prompts_ablation.sh
+# Knobs (environment): DATA (runs/data/countdown; prepared by scripts/prepare-countdown.sh if absent),
+# OUT (runs/ablation-prompts), STEPS (150), CKPT_EVERY (25), SEEDS ("1 2"), N_TRAIN (256 prompts:
+# a prompt must come back within the budget for its statistics to matter), EVAL_N (200), EVAL_SAMPLES
+# (4, at temperature 1), FLIP (0.15), POLICIES ("uniform zero_variance_filter cohesion").
+set -euo pipefail
+BUILD=${BUILD:-build}
+R="$BUILD/bin/rlhf"
+DATA=${DATA:-runs/data/countdown}
+OUT=${OUT:-runs/ablation-prompts}
+STEPS=${STEPS:-150}
+CKPT_EVERY=${CKPT_EVERY:-25}
+SEEDS=${SEEDS:-"1 2"}
+N_TRAIN=${N_TRAIN:-256}
+EVAL_N=${EVAL_N:-200}
+EVAL_SAMPLES=${EVAL_SAMPLES:-4}
+FLIP=${FLIP:-0.15}
+POLICIES=${POLICIES:-"uniform zero_variance_filter cohesion"}
+CONFIG=${CONFIG:-examples/configs/countdown.json}
+
+[ -x "$R" ] || { echo "bench_prompts_ablation: error: $R not built (make BUILD=$BUILD)" >&2; exit 1; }
+[ -s "$DATA/base.safetensors" ] || BUILD="$BUILD" bash scripts/prepare-countdown.sh "$DATA"
+mkdir -p "$OUT"
+head -n "$N_TRAIN" "$DATA/train.jsonl" > "$OUT/train.jsonl"
+GRADER=$(readlink -f bench/bench_prompts_noisy_grader.py)
+
+eval_ckpt() { # CONFIG CHECKPOINT -> pass rate
+  "$R" eval --config "$1" --checkpoint "$2" --data "$DATA/heldout.jsonl" --n "$EVAL_N" \
+       --samples "$EVAL_SAMPLES" --temperature 1 2>/dev/null |
+    python3 -c 'import json,sys; print(json.loads(sys.stdin.readlines()[-1])["pass_rate"])'
+}
+
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+for seed in $SEEDS; do
+  for policy in $POLICIES; do
+    name="abl-$policy-s$seed"
+    run_dir="$OUT/$name"
+    rm -rf "$run_dir"
+    echo "== $name"
+    "$R" run "$CONFIG" --quiet \
+      --set name="$name" --set run_dir="$run_dir" --set task.train="$OUT/train.jsonl" \
+      --set task.eval="$DATA/heldout.jsonl" --set model.base_checkpoint="$DATA/base.safetensors" \
+      --set "prompts.selector={\"policy\":\"$policy\"}" \
+      --set "rewards=[{\"type\":\"countdown\",\"name\":\"countdown\",\"weight\":1},{\"type\":\"process\",\"name\":\"grader\",\"weight\":1,\"command\":[\"python3\",\"$GRADER\"],\"config\":{\"flip\":$FLIP,\"seed\":$seed}}]" \
+      --set rl.steps="$STEPS" --set rl.checkpoint_every="$CKPT_EVERY" --set rl.seed="$seed" \
+      > "$OUT/$name.log" 2>&1 || { echo "run failed, see $OUT/$name.log" >&2; tail -5 "$OUT/$name.log" >&2; exit 1; }
+    base_rate=$(eval_ckpt "$run_dir/config.json" "$DATA/base.safetensors")
+    echo "{\"policy\":\"$policy\",\"seed\":$seed,\"step\":0,\"pass_rate\":$base_rate}" >> "$RESULTS"
+    for ck in "$run_dir"/checkpoints/step_*; do
+      step=${ck##*step_}
+      rate=$(eval_ckpt "$run_dir/config.json" "$ck/model.safetensors")
+      echo "{\"policy\":\"$policy\",\"seed\":$seed,\"step\":$step,\"pass_rate\":$rate}" >> "$RESULTS"
+      echo "   step $step: held-out pass rate $rate"
+    done
+  done
+done
+
+python3 - "$OUT" "$RESULTS" <<'EOF'
+import json, sys, os, statistics
+out, results = sys.argv[1], sys.argv[2]
+rows = [json.loads(l) for l in open(results)]
+def tokens(policy, seed):  # cumulative generated tokens by step, from the updater's metrics
+    cum, t = {0: 0}, 0
+    for l in open(os.path.join(out, f"abl-{policy}-s{seed}", "metrics.jsonl")):
+        m = json.loads(l); t += m.get("gen/tokens", 0); cum[m["step"]] = t
+    return cum
+def zero_share(policy, seed):
+    last = [json.loads(l) for l in open(os.path.join(out, f"abl-{policy}-s{seed}", "metrics.jsonl"))][-1]
+    return last.get("groups/dropped_zero_var_total", 0) / max(1, last.get("groups/total", 1))
+policies = list(dict.fromkeys(r["policy"] for r in rows)); seeds = sorted({r["seed"] for r in rows})
+curves = {}
+for p in policies:
+    for s in seeds:
+        cum = tokens(p, s)
+        pts = sorted((r["step"], r["pass_rate"]) for r in rows if r["policy"] == p and r["seed"] == s)
+        curves[p, s] = [(cum.get(st, max(cum.values())), pr) for st, pr in pts]
+print("\nheld-out pass rate vs generated tokens (per seed):")
+for (p, s), c in curves.items():
+    print(f"  {p:22s} seed {s}: " + "  ".join(f"{t/1000:.0f}k:{r:.3f}" for t, r in c))
+print(f"\n{'policy':22s} {'final':>8s} {'tokens_to_U':>12s} {'ratio_vs_U':>10s} {'zero_share':>10s}")
+for p in policies:
+    fin, ratios, toks = [], [], []
+    for s in seeds:
+        u = curves["uniform", s] if ("uniform", s) in curves else None
+        c = curves[p, s]; fin.append(c[-1][1])
+        if u:
+            target = u[-1][1]
+            tu = next(t for t, r in u if r >= target)
+            tp = next((t for t, r in c if r >= target), None)
+            toks.append(tp if tp is not None else float("inf")); ratios.append(tp / tu if tp is not None and tu else float("inf"))
+    zs = statistics.median(zero_share(p, s) for s in seeds)
+    med = lambda v: statistics.median(v) if v else float("nan")
+    print(f"{p:22s} {med(fin):8.3f} {med(toks):12.0f} {med(ratios):10.3f} {zs:10.3f}")
+print("\nratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
+      "\nper seed, median over seeds (inf = never within the budget). Issue 7 target: cohesion <= 0.70, final not lower.")
+EOF
