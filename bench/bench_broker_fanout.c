@@ -47,8 +47,8 @@ static pid_t fork_broker(const char *endpoint) {
     return pid;
 }
 
-/* Generator: receive versions, report (version, wall time) on the pipe. */
-static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions) {
+/* Generator: receive versions into its (reused) parameter buffer, report (version, wall time). */
+static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions, long n_floats) {
     pid_t pid = fork();
     if (pid == 0) {
         char id[32];
@@ -62,9 +62,13 @@ static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions)
         }
         double ready[2] = {-1, rlhf_wall_time()};
         if (write(fd, ready, sizeof ready) != sizeof ready) _exit(1);
+        /* the generator's parameter memory, reused for every version (as a real generator would) */
+        size_t cap = (size_t)n_floats * 4;
+        uint8_t *params = malloc(cap);
+        memset(params, 0, cap);
         for (int got = 0; got < versions;) {
             wire_weights w;
-            int r = broker_client_poll_weights(c, &w, 30000, &e);
+            int r = broker_client_poll_weights_into(c, &w, params, cap, 30000, &e);
             if (r != 1) {
                 rlhf_error_print("bench generator", &e);
                 _exit(1);
@@ -74,6 +78,7 @@ static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions)
             if (write(fd, msg, sizeof msg) != sizeof msg) _exit(1);
             got++;
         }
+        free(params);
         broker_client_close(&c);
         _exit(0);
     }
@@ -138,7 +143,7 @@ int main(int argc, char **argv) {
     int p[2];
     if (pipe(p) != 0) return 1;
     pid_t gens[64];
-    for (int i = 0; i < n_gen; i++) gens[i] = fork_generator(endpoint, i, p[1], repeats);
+    for (int i = 0; i < n_gen; i++) gens[i] = fork_generator(endpoint, i, p[1], repeats, n_floats);
     close(p[1]);
     for (int i = 0; i < n_gen; i++) { /* every generator connected */
         double m[2];

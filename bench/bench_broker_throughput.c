@@ -1,6 +1,6 @@
 /* bench/bench_broker_throughput.c — rollout throughput through the broker against raw ZeroMQ.
  *
- *   bench_broker_throughput [GROUPS_PER_RUN] [REPEATS]
+ *   bench_broker_throughput [GROUPS_PER_RUN] [REPEATS] [nolog]
  *
  * Broker path: a generator process (client API: prompt requests + pushes) -> broker process (validates,
  * appends to the replay log, queues, delivers on credit) -> this process as the updater (client API:
@@ -46,7 +46,7 @@ static size_t group_bytes(void) {
 
 /* ---------------------------------------------------------------- broker path */
 
-static pid_t fork_broker(const char *endpoint, const char *dir, const char *dataset) {
+static pid_t fork_broker(const char *endpoint, const char *dir, const char *dataset, int log) {
     pid_t pid = fork();
     if (pid == 0) {
         broker_config cfg;
@@ -54,9 +54,10 @@ static pid_t fork_broker(const char *endpoint, const char *dir, const char *data
         snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
         snprintf(cfg.dataset, sizeof cfg.dataset, "%s", dataset);
         cfg.max_staleness = 1000;
-        cfg.queue_capacity = 256;
+        cfg.queue_capacity = 512;
         cfg.stats_interval_ms = 0;
         cfg.replay_fsync = BROKER_FSYNC_NEVER;
+        if (!log) cfg.replay_path[0] = 0;
         rlhf_error e;
         rlhf_error_clear(&e);
         broker *b;
@@ -88,7 +89,7 @@ static pid_t fork_generator(const char *endpoint, int groups) {
         int sent = 0;
         while (sent < groups) {
             wire_prompt_batch pb;
-            uint32_t want = groups - sent < 32 ? (uint32_t)(groups - sent) : 32;
+            uint32_t want = groups - sent < 128 ? (uint32_t)(groups - sent) : 128;
             if (broker_client_request_prompts(c, want, &pb, 10000, &e) != 0) {
                 rlhf_error_print("bench generator", &e);
                 _exit(1);
@@ -232,6 +233,7 @@ static double run_relay(int port, int groups) {
 int main(int argc, char **argv) {
     int groups = argc > 1 ? atoi(argv[1]) : 5000;
     int repeats = argc > 2 ? atoi(argv[2]) : 5;
+    int log = !(argc > 3 && !strcmp(argv[3], "nolog")); /* nolog: measure without the replay log */
     if (groups < 10 || repeats < 1 || repeats > 64) {
         fprintf(stderr, "usage: bench_broker_throughput [GROUPS_PER_RUN>=10] [REPEATS 1..64]\n");
         return 2;
@@ -246,7 +248,7 @@ int main(int argc, char **argv) {
     int port = 30000 + getpid() % 20000;
     char endpoint[64];
     snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
-    pid_t brk = fork_broker(endpoint, dir, dataset);
+    pid_t brk = fork_broker(endpoint, dir, dataset, log);
     size_t gb = group_bytes();
     double tb[64], tr[64], tl[64];
     for (int r = 0; r < repeats; r++) {
@@ -261,7 +263,8 @@ int main(int argc, char **argv) {
     double gps_b = (groups - 1) / mb, gps_r = (groups - 1) / mr, gps_l = (groups - 1) / ml;
     printf("group: %d samples x %d tokens, %zu bytes on the wire; %d groups per run, %d repeats (medians)\n", K,
            TOKENS, gb, groups, repeats);
-    printf("broker path (gen -> broker -> updater, validated, replay-logged): %8.0f groups/s  %7.1f MB/s\n", gps_b,
+    printf("broker path (gen -> broker -> updater, validated, %s):     %8.0f groups/s  %7.1f MB/s\n",
+           log ? "replay-logged" : "no replay log", gps_b,
            gps_b * gb / 1e6);
     printf("raw ZeroMQ PUSH/PULL (same bytes, one hop, no checks):           %8.0f groups/s  %7.1f MB/s\n", gps_r,
            gps_r * gb / 1e6);

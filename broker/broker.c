@@ -366,11 +366,11 @@ static void touch(broker *b, broker_peer *p) {
 /* ---------------------------------------------------------------- weights fan-out */
 
 /* Sends the newest weights to a generator that holds nothing unacknowledged. */
-static void offer_weights(broker *b, broker_peer *p) {
+static void offer_weights(broker *b, broker_peer *p, int count_deferred) {
     if (!b->has_weights || p->role != WIRE_ROLE_GENERATOR || !p->connected) return;
     if (p->has_sent && p->sent_version >= b->newest_version) return;
     if (p->has_sent && (!p->has_acked || p->acked_version < p->sent_version)) {
-        b->ct.weights_send_skipped++; /* it gets the newest when it acknowledges the one in flight */
+        if (count_deferred) b->ct.weights_send_skipped++; /* it gets the newest once it acknowledges */
         return;
     }
     int rc = send_msgs(b, p, b->w_msgs, b->w_n, 1);
@@ -478,6 +478,9 @@ static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_
     if (!idx || !pr) goto out;
     if (prompt_selector_next(b->sel, n, idx, &e) != 0) {
         blog("prompt selector failed: %s: %s", e.where, e.msg);
+        wire_frame rid = {p->rid, p->rid_len};
+        reply_error(b, &rid, "selector_failed", 0, "%s: %s", e.where, e.msg);
+        served = 1; /* answered (with an error): do not park it */
         goto out;
     }
     for (uint32_t i = 0; i < n; i++) {
@@ -598,7 +601,7 @@ static void on_hello(broker *b, const wire_frame *rid, const wire_msg *m) {
         send_out(b, p, &o);
         wire_out_free(&o);
     }
-    offer_weights(b, p); /* a (re)joining generator gets the newest version at once */
+    offer_weights(b, p, 0); /* a (re)joining generator gets the newest version at once */
 }
 
 static void on_rollout_group(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m) {
@@ -652,7 +655,11 @@ static void on_rollout_group(broker *b, broker_peer *p, wire_rx *rx, const wire_
     if (b->q_len == b->q_cap) {
         size_t cap = b->q_cap ? b->q_cap * 2 : 64;
         queued_group *nq = malloc(cap * sizeof *nq);
-        if (!nq) return;
+        if (!nq) {
+            b->ct.rejected_queue_overflow++; /* counted, and the sender is told */
+            reply_error(b, &rx->views[0], "queue_overflow", 0, "broker out of memory");
+            return;
+        }
         for (size_t i = 0; i < b->q_len; i++) nq[i] = b->queue[(b->q_head + i) % b->q_cap];
         free(b->queue);
         b->queue = nq;
@@ -662,7 +669,11 @@ static void on_rollout_group(broker *b, broker_peer *p, wire_rx *rx, const wire_
     queued_group *q = &b->queue[(b->q_head + b->q_len) % b->q_cap];
     q->n = rx->n - 1;
     q->msgs = malloc(q->n * sizeof(zmq_msg_t));
-    if (!q->msgs) return;
+    if (!q->msgs) {
+        b->ct.rejected_queue_overflow++;
+        reply_error(b, &rx->views[0], "queue_overflow", 0, "broker out of memory");
+        return;
+    }
     zmq_msg_t *src = rx->msgs, *dst = q->msgs;
     q->bytes = 0;
     for (size_t i = 0; i < q->n; i++) {
@@ -699,8 +710,13 @@ static void on_weights(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m
         return;
     }
     if (b->has_weights) close_msgs(b->w_msgs, b->w_n);
+    b->has_weights = 0;
     b->w_n = rx->n - 1;
     b->w_msgs = malloc(b->w_n * sizeof(zmq_msg_t));
+    if (!b->w_msgs) {
+        blog("out of memory holding weights version %llu", (unsigned long long)v);
+        return;
+    }
     zmq_msg_t *src = rx->msgs, *dst = b->w_msgs;
     for (size_t i = 0; i < b->w_n; i++) {
         zmq_msg_init(&dst[i]);
@@ -710,7 +726,7 @@ static void on_weights(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m
     b->newest_version = v;
     b->ct.weights_received++;
     (void)p;
-    for (size_t i = 0; i < b->n_peers; i++) offer_weights(b, &b->peers[i]);
+    for (size_t i = 0; i < b->n_peers; i++) offer_weights(b, &b->peers[i], 1);
     purge_stale(b);
     deliver(b);
 }
@@ -857,7 +873,7 @@ static void handle(broker *b, wire_rx *rx) {
             }
             if (!p->has_acked || v > p->acked_version) p->acked_version = v;
             p->has_acked = 1;
-            offer_weights(b, p);
+            offer_weights(b, p, 0);
             break;
         }
         case WIRE_PROMPT_STATS: on_prompt_stats(b, &m, rid); break;
@@ -952,8 +968,9 @@ static void check_liveness(broker *b) {
         if (p->alive && now - p->last_seen > timeout) {
             p->alive = 0;
             snprintf(p->state, sizeof p->state, "dead");
-            blog("peer %s (%s) is dead: silent for %.1f s; releasing %u granted prompts, %u credit", p->id,
-                 wire_role_name(p->role), now - p->last_seen, p->outstanding, p->credit);
+            if (p->role != WIRE_ROLE_OBSERVER)
+                blog("peer %s (%s) is dead: silent for %.1f s; releasing %u granted prompts, %u credit", p->id,
+                     wire_role_name(p->role), now - p->last_seen, p->outstanding, p->credit);
             peer_release(b, p);
         }
     }
@@ -993,6 +1010,9 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
         double now = rlhf_now();
         if (now >= next_live) {
             check_liveness(b);
+            /* a weights send that found a generator's pipe full is retried here */
+            for (size_t i = 0; i < b->n_peers; i++)
+                if (b->peers[i].alive) offer_weights(b, &b->peers[i], 0);
             serve_parked(b);
             deliver(b);
             next_live = now + 0.05;

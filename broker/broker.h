@@ -75,6 +75,10 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
 /* Flushes queued sends (up to 2 s) and closes. */
 void broker_client_close(broker_client **c);
 const wire_welcome *broker_client_welcome(const broker_client *c);
+/* How many of this client's messages the broker rejected (ERROR replies to pushes, weights, stats:
+ * future_version, weights_not_newer, bad_crc, ...) and the last one's reason. These do not fail the
+ * call that happens to receive them; a protocol version mismatch or no_hello/no_dataset does. */
+uint64_t broker_client_rejections(const broker_client *c, rlhf_error *last);
 /* 1 once the broker said CONTROL stop (every blocking call then returns RLHF_ESTATE). */
 int broker_client_stopped(const broker_client *c);
 /* Free-form state string shown in the broker's per-peer report ("generating", "training"). */
@@ -89,6 +93,11 @@ int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf
 /* Newest weights received and not yet returned: 1 and fills *out (free with wire_weights_free), or 0
  * when none arrived within timeout_ms (0 = just check). Verified (CRC, tensor table) before returning. */
 int broker_client_poll_weights(broker_client *c, wire_weights *out, int timeout_ms, rlhf_error *err);
+/* Same, but the blob is copied into the caller's buffer (e.g. its parameter memory, reused across
+ * versions: no allocation, no page faults); out->data = dst, out->owned_data = NULL. A version larger
+ * than dst_cap is an error (the version stays pending). */
+int broker_client_poll_weights_into(broker_client *c, wire_weights *out, void *dst, size_t dst_cap, int timeout_ms,
+                                    rlhf_error *err);
 
 /* updater side */
 int broker_client_grant_credit(broker_client *c, uint32_t n, rlhf_error *err);

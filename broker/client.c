@@ -31,7 +31,8 @@ struct broker_client {
     int stopped;
 
     wire_rx rx;
-    wire_weights pending_weights; /* newest received, not yet returned */
+    wire_weights pending_weights; /* newest received, not yet returned: validated table, no blob */
+    wire_rx pending_rx;           /* its frames (header, metadata, chunks) */
     int has_pending_weights;
     group_fifo groups;
     wire_prompt_batch *batches;
@@ -40,11 +41,14 @@ struct broker_client {
     uint64_t next_request_id;
     int request_in_flight;
     uint64_t errors_received;
+    rlhf_error last_rejection;
 
     /* heartbeat thread */
     pthread_t hb_thread;
     int hb_running;
     void *hb_pipe; /* inproc PAIR: closing signal */
+    void *hb_thread_pipe; /* the thread's end */
+    void *hb_sock;        /* the thread's DEALER */
     char hb_pipe_name[64];
     pthread_mutex_t mu;
     char state[32];
@@ -104,8 +108,10 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         if (!rc) c->has_welcome = 1;
         break;
     case WIRE_WEIGHTS: {
+        /* Checksums were verified by wire_parse; validate the table now, copy the blob only when the
+         * caller takes it (into its own buffer if it has one). The frames are kept by swapping rx. */
         wire_weights w;
-        rc = wire_decode_weights(&m, &w, &reason, err);
+        rc = wire_decode_weights_header(&m, &w, &reason, err);
         if (rc) break;
         if (c->has_pending_weights && c->pending_weights.version >= w.version) {
             wire_weights_free(&w);
@@ -114,6 +120,9 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         wire_weights_free(&c->pending_weights);
         c->pending_weights = w;
         c->has_pending_weights = 1;
+        wire_rx t = c->pending_rx;
+        c->pending_rx = c->rx;
+        c->rx = t;
         break;
     }
     case WIRE_ROLLOUT_GROUP: {
@@ -165,12 +174,19 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         rc = wire_decode_error(&m, &e, &reason, err);
         if (rc) break;
         c->errors_received++;
+        rlhf_error_set(&c->last_rejection, RLHF_EPROTO, c->endpoint, "broker rejected a message (%s): %s", e.reason,
+                       e.detail);
+        /* Rejections of fire-and-forget sends (a group, weights, stats) are kept for the caller to ask
+         * about; only the ones that mean this session cannot work end the current call. */
         if (!strcmp(e.reason, "version_mismatch"))
             rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "broker rejected protocol version %d: %s",
                                 e.peer_version, e.detail);
-        else
+        else if (!strcmp(e.reason, "no_hello") || !strcmp(e.reason, "no_dataset") ||
+                 !strcmp(e.reason, "selector_failed")) {
+            c->request_in_flight = 0; /* that request was answered, with an error */
             rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "broker rejected a message (%s): %s", e.reason,
                                 e.detail);
+        }
         break;
     }
     default:
@@ -214,13 +230,10 @@ static int send_out(broker_client *c, wire_out *o, rlhf_error *err) {
 
 static void *hb_main(void *arg) {
     broker_client *c = arg;
-    void *pipe = zmq_socket(c->zctx, ZMQ_PAIR);
-    void *hs = zmq_socket(c->zctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(hs, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(pipe, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_connect(pipe, c->hb_pipe_name);
-    zmq_connect(hs, c->endpoint);
+    /* Both sockets were created and connected by the main thread (handed over by pthread_create's
+     * memory barrier), so closing can never race with the thread still setting up. */
+    void *pipe = c->hb_thread_pipe;
+    void *hs = c->hb_sock;
     wire_heartbeat h;
     memset(&h, 0, sizeof h);
     snprintf(h.peer_id, sizeof h.peer_id, "%s", c->id);
@@ -248,8 +261,6 @@ static void *hb_main(void *arg) {
             }
     }
     wire_rx_free(&rx);
-    zmq_close(hs);
-    zmq_close(pipe);
     return NULL;
 }
 
@@ -299,10 +310,23 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
     }
     c->hb_interval_ms = c->welcome.heartbeat_interval_ms ? c->welcome.heartbeat_interval_ms : 500;
     snprintf(c->hb_pipe_name, sizeof c->hb_pipe_name, "inproc://hb-%p", (void *)c);
+    int l0 = 0;
     c->hb_pipe = zmq_socket(c->zctx, ZMQ_PAIR);
-    zmq_setsockopt(c->hb_pipe, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_bind(c->hb_pipe, c->hb_pipe_name);
-    if (pthread_create(&c->hb_thread, NULL, hb_main, c) == 0) c->hb_running = 1;
+    c->hb_thread_pipe = zmq_socket(c->zctx, ZMQ_PAIR);
+    c->hb_sock = zmq_socket(c->zctx, ZMQ_DEALER);
+    zmq_setsockopt(c->hb_pipe, ZMQ_LINGER, &l0, sizeof l0);
+    zmq_setsockopt(c->hb_thread_pipe, ZMQ_LINGER, &l0, sizeof l0);
+    zmq_setsockopt(c->hb_sock, ZMQ_LINGER, &l0, sizeof l0);
+    if (zmq_bind(c->hb_pipe, c->hb_pipe_name) != 0 || zmq_connect(c->hb_thread_pipe, c->hb_pipe_name) != 0 ||
+        zmq_connect(c->hb_sock, endpoint) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "heartbeat sockets: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (pthread_create(&c->hb_thread, NULL, hb_main, c) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "cannot start the heartbeat thread");
+        goto fail;
+    }
+    c->hb_running = 1;
     *out = c;
     return 0;
 fail:
@@ -322,10 +346,13 @@ void broker_client_close(broker_client **cp) {
         pthread_join(c->hb_thread, NULL);
     }
     if (c->hb_pipe) zmq_close(c->hb_pipe);
+    if (c->hb_thread_pipe) zmq_close(c->hb_thread_pipe);
+    if (c->hb_sock) zmq_close(c->hb_sock);
     if (c->sock) zmq_close(c->sock);
     if (c->zctx) zmq_ctx_term(c->zctx);
     wire_rx_free(&c->rx);
     wire_weights_free(&c->pending_weights);
+    wire_rx_free(&c->pending_rx);
     while (c->groups.len) {
         wire_rollout_group g;
         fifo_pop(&c->groups, &g);
@@ -341,6 +368,11 @@ void broker_client_close(broker_client **cp) {
 }
 
 const wire_welcome *broker_client_welcome(const broker_client *c) { return &c->welcome; }
+
+uint64_t broker_client_rejections(const broker_client *c, rlhf_error *last) {
+    if (last) *last = c->last_rejection;
+    return c->errors_received;
+}
 int broker_client_stopped(const broker_client *c) { return c->stopped; }
 
 void broker_client_set_state(broker_client *c, const char *state) {
@@ -382,18 +414,42 @@ int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf
     return send_out(c, &o, err);
 }
 
-int broker_client_poll_weights(broker_client *c, wire_weights *out, int timeout_ms, rlhf_error *err) {
+static int take_weights(broker_client *c, wire_weights *out, uint8_t *dst, size_t dst_cap, int timeout_ms,
+                        rlhf_error *err) {
     memset(out, 0, sizeof *out);
     int rc = pump(c, WIRE_WEIGHTS, timeout_ms, err);
     if (rc < 0 && !(rc == RLHF_ESTATE && c->has_pending_weights)) return rc;
     if (!c->has_pending_weights) return 0;
-    *out = c->pending_weights;
-    memset(&c->pending_weights, 0, sizeof c->pending_weights);
+    wire_weights *w = &c->pending_weights;
+    if (dst && dst_cap < w->nbytes)
+        return rlhf_error_set(err, RLHF_EINVAL, c->endpoint, "weights version %llu has %llu bytes, buffer holds %zu",
+                              (unsigned long long)w->version, (unsigned long long)w->nbytes, dst_cap);
+    uint8_t *buf = dst;
+    if (!buf && !(buf = malloc(w->nbytes ? w->nbytes : 1)))
+        return rlhf_error_set(err, RLHF_ENOMEM, c->endpoint, "out of memory for %llu weight bytes",
+                              (unsigned long long)w->nbytes);
+    /* frames: [0] header, [1] metadata, [2..] chunks of chunk_bytes */
+    for (size_t i = 2; i < c->pending_rx.n; i++)
+        memcpy(buf + (i - 2) * (size_t)w->chunk_bytes, c->pending_rx.views[i].data, c->pending_rx.views[i].len);
+    *out = *w;
+    out->data = buf;
+    out->owned_data = dst ? NULL : buf;
+    memset(w, 0, sizeof *w);
     c->has_pending_weights = 0;
     /* Tell the broker this version is consumed: it sends the next only then (one version in flight). */
     wire_out o;
     if (!c->stopped && wire_encode_weights_ack(out->version, &o, NULL) == 0) send_out(c, &o, NULL);
     return 1;
+}
+
+int broker_client_poll_weights(broker_client *c, wire_weights *out, int timeout_ms, rlhf_error *err) {
+    return take_weights(c, out, NULL, 0, timeout_ms, err);
+}
+
+int broker_client_poll_weights_into(broker_client *c, wire_weights *out, void *dst, size_t dst_cap, int timeout_ms,
+                                    rlhf_error *err) {
+    if (!dst) return rlhf_error_set(err, RLHF_EINVAL, c->endpoint, "poll_weights_into: no buffer");
+    return take_weights(c, out, dst, dst_cap, timeout_ms, err);
 }
 
 /* ---------------------------------------------------------------- updater side */

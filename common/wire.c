@@ -205,6 +205,15 @@ uint32_t wire_crc32(uint32_t crc, const void *data, size_t n) {
     return ~crc32_tables(crc, p, n);
 }
 
+/* CRC-32 of each frame into crcs[]. Large messages (weights) are checksummed one chunk per thread:
+ * the chunks carry independent checksums precisely so this can happen. */
+static void crc_frames(const wire_frame *f, size_t n, uint32_t *crcs) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += f[i].len;
+#pragma omp parallel for schedule(dynamic, 1) if (total >= (8u << 20) && n > 1)
+    for (size_t i = 0; i < n; i++) crcs[i] = wire_crc32(0, f[i].data, f[i].len);
+}
+
 /* ---------------------------------------------------------------- helpers */
 
 static void put_u16(uint8_t *p, uint16_t v) {
@@ -260,10 +269,17 @@ int wire_encode_raw(int version, int type, json_t *meta, const wire_frame *paylo
         return RLHF_FAIL(err, RLHF_EINVAL, "%s: %zu payload frames > limit %d", wire_type_name(type), n_payloads,
                          WIRE_MAX_PAYLOADS);
     }
+    uint32_t *crcs = malloc((n_payloads + 1) * sizeof *crcs);
+    if (!crcs) {
+        json_decref(meta);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    crc_frames(payloads, n_payloads, crcs);
     json_t *decl = json_array();
     for (size_t i = 0; i < n_payloads; i++)
         json_array_append_new(decl, json_pack("{sIsI}", "bytes", (json_int_t)payloads[i].len, "crc32",
-                                              (json_int_t)wire_crc32(0, payloads[i].data, payloads[i].len)));
+                                              (json_int_t)crcs[i]));
+    free(crcs);
     json_object_set_new(meta, "payloads", decl);
     o->meta = json_dumps(meta, JSON_COMPACT);
     json_decref(meta);
@@ -416,6 +432,23 @@ int wire_parse(const wire_frame *f, size_t n, wire_msg *m, int *reason, rlhf_err
         json_decref(meta);
         return rej(reason, WIRE_R_FIELD, err, tn, "metadata \"payloads\" must be an array of %u entries", npay);
     }
+    /* lengths first (cheap), then every checksum (in parallel for big messages) */
+    for (size_t i = 0; i < npay; i++) {
+        json_t *jb = json_object_get(json_array_get(decl, i), "bytes");
+        if (json_is_integer(jb) && (uint64_t)json_integer_value(jb) != f[i + 2].len) {
+            char where[64];
+            snprintf(where, sizeof where, "%s.payloads[%zu]", tn, i);
+            json_decref(meta);
+            return rej(reason, WIRE_R_LENGTH, err, where, "declares %lld bytes, frame has %zu",
+                       (long long)json_integer_value(jb), f[i + 2].len);
+        }
+    }
+    uint32_t crcs_small[8], *crcs = npay <= 8 ? crcs_small : malloc(npay * sizeof *crcs);
+    if (!crcs) {
+        json_decref(meta);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    crc_frames(f + 2, npay, crcs);
     for (size_t i = 0; i < npay; i++) {
         json_t *d = json_array_get(decl, i);
         json_t *jb = json_object_get(d, "bytes"), *jc = json_object_get(d, "crc32");
@@ -423,19 +456,17 @@ int wire_parse(const wire_frame *f, size_t n, wire_msg *m, int *reason, rlhf_err
         snprintf(where, sizeof where, "%s.payloads[%zu]", tn, i);
         if (!json_is_integer(jb) || !json_is_integer(jc) || json_integer_value(jb) < 0 ||
             json_integer_value(jc) < 0 || json_integer_value(jc) > 0xffffffffLL) {
+            if (crcs != crcs_small) free(crcs);
             json_decref(meta);
             return rej(reason, WIRE_R_FIELD, err, where, "needs integer \"bytes\" and \"crc32\"");
         }
-        if ((uint64_t)json_integer_value(jb) != f[i + 2].len) {
-            json_decref(meta);
-            return rej(reason, WIRE_R_LENGTH, err, where, "declares %lld bytes, frame has %zu",
-                       (long long)json_integer_value(jb), f[i + 2].len);
-        }
-        if (wire_crc32(0, f[i + 2].data, f[i + 2].len) != (uint32_t)json_integer_value(jc)) {
+        if (crcs[i] != (uint32_t)json_integer_value(jc)) {
+            if (crcs != crcs_small) free(crcs);
             json_decref(meta);
             return rej(reason, WIRE_R_CRC, err, where, "payload CRC-32 mismatch");
         }
     }
+    if (crcs != crcs_small) free(crcs);
     m->meta = meta;
     m->n_payloads = npay;
     m->payloads = f + 2;

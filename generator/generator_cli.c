@@ -9,10 +9,10 @@
 #include "generator/generator.h"
 #include "updater/updater_int.h"
 
-static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_stop, g_reconnect;
 static void on_signal(int sig) {
-    (void)sig;
-    g_stop = 1;
+    if (sig == SIGUSR1) g_reconnect = 1; /* the launcher restarted the broker */
+    else g_stop = 1;
 }
 
 /* Applies the newest weights the broker fanned out, if any arrived (waits up to timeout_ms). */
@@ -71,6 +71,7 @@ int cmd_generator(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 
     /* the pid makes ids unique across restarts, so (generator_id, seq) names one group for good */
     char peer[64];
@@ -90,7 +91,14 @@ int cmd_generator(int argc, char **argv) {
     long sampled_version = -1; /* sync: the version whose quota is done */
     int quota_left = per_batch;
     double tok_total = 0, t_start = rlhf_now();
-    while (!g_stop && !broker_client_stopped(bc)) {
+    while (!g_stop) {
+        if (g_reconnect) {
+            g_reconnect = 0;
+            broker_client_close(&bc);
+            if ((rc = broker_client_connect(&bc, bcfg.endpoint, WIRE_ROLE_GENERATOR, peer, 60000, &err))) goto out;
+            fprintf(stderr, "generator %s: reconnected to a restarted broker\n", peer);
+        }
+        if (broker_client_stopped(bc)) break;
         int r = take_weights(bc, m, 0, &err);
         if (r < 0) {
             rlhf_error_print("generator: weights (ignored)", &err);

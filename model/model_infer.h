@@ -188,7 +188,9 @@ void sample_result_free(sample_result *r); /* frees the arrays; the struct itsel
 typedef struct sampler sampler;
 
 /* max_batch >= 1 sequences decode at once. The model must outlive the sampler; its weights may be
- * replaced between runs (e.g. model_load_into on a new policy version). */
+ * replaced between runs (e.g. model_load_into on a new policy version). One call at a time per sampler
+ * (it is not thread-safe); it uses OpenMP threads itself. KV cache: 2 * L * max_batch * max_seq_len *
+ * n_kv_heads * head_dim floats. */
 int sampler_create(sampler **out, const struct model *m, int max_batch, rlhf_error *err);
 void sampler_destroy(sampler **s);
 /* The sampler runs on its own repacked copy of the model's matrices (a layout its matmul kernel

@@ -78,7 +78,7 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
 }
 
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
-                      const float *rstd, int N, int C) {
+                      const float *rstd, int N, int C, int acc_inp) {
     // dinp (N, C), dweight (C), dout (N, C), inp (N, C), weight (C), rstd (N)
     /* dx_i = r*w_i*dy_i - x_i * r^3/C * sum_j w_j dy_j x_j ;  dw_i = sum_n dy_ni x_ni r_n */
     int nchunks = (C + COL_CHUNK - 1) / COL_CHUNK;
@@ -91,7 +91,10 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
             float r = rstd[n], dot = 0.0f;
             for (int c = 0; c < C; c++) dot += weight[c] * dy[c] * x[c];
             float k = dot * r * r * r / (float)C;
-            for (int c = 0; c < C; c++) dx[c] += r * weight[c] * dy[c] - x[c] * k;
+            if (acc_inp)
+                for (int c = 0; c < C; c++) dx[c] += r * weight[c] * dy[c] - x[c] * k;
+            else
+                for (int c = 0; c < C; c++) dx[c] = r * weight[c] * dy[c] - x[c] * k;
         }
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nchunks; ch++) {
@@ -138,10 +141,11 @@ void matmul_forward(float *out, const float *inp, const float *weight, int N, in
 }
 
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
-                     int IC, int OC) {
-    // dinp (N, IC) += dout (N, OC) · weight (OC, IC)
+                     int IC, int OC, int acc_inp) {
+    // dinp (N, IC) (+)= dout (N, OC) · weight (OC, IC)
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC,
+                    acc_inp ? 1.0f : 0.0f, dinp, IC);
     // dweight (OC, IC) += dout^T (OC, N) · inp (N, IC)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
 }
@@ -203,7 +207,7 @@ void rope_forward(float *out, const float *inp, const float *cos_t, const float 
 }
 
 void rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
-                   int D) {
+                   int D, int acc_inp) {
     /* The rotation is orthogonal: the gradient is the inverse rotation of dout. */
     int half = D / 2;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -213,10 +217,16 @@ void rope_backward(float *dinp, const float *dout, const float *cos_t, const flo
                 size_t o = (((size_t)b * T + t) * NH + h) * D;
                 const float *g = dout + o, *c = cos_t + (size_t)t * half, *s = sin_t + (size_t)t * half;
                 float *d = dinp + o;
-                for (int i = 0; i < half; i++) {
-                    d[i] += g[i] * c[i] + g[i + half] * s[i];
-                    d[i + half] += g[i + half] * c[i] - g[i] * s[i];
-                }
+                if (acc_inp)
+                    for (int i = 0; i < half; i++) {
+                        d[i] += g[i] * c[i] + g[i + half] * s[i];
+                        d[i + half] += g[i + half] * c[i] - g[i] * s[i];
+                    }
+                else
+                    for (int i = 0; i < half; i++) {
+                        d[i] = g[i] * c[i] + g[i + half] * s[i];
+                        d[i + half] = g[i + half] * c[i] - g[i] * s[i];
+                    }
             }
 }
 
@@ -293,7 +303,8 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
-                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D) {
+                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D,
+                        int acc_q, int acc_k, int acc_v) {
     // dq (B, T, H, D), dk/dv (B, T, KVH, D), dout (B, T, H, D), att (B, H, T, T)
     int G = H / KVH;
     int HD = H * D, KD = KVH * D;
@@ -313,8 +324,10 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             const float *dO = dout + (size_t)b * T * HD + h * D;
             float *dQ = dq + (size_t)b * T * HD + h * D;
             const float *P = att + ((size_t)b * H + h) * T * T;
-            // dV (T, D) += P^T · dO
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, P, T, dO, HD, 1.0f, dV, KD);
+            /* the first query head of the group writes dK/dV when not accumulating, the rest add */
+            float beta_kv_v = (g > 0 || acc_v) ? 1.0f : 0.0f, beta_kv_k = (g > 0 || acc_k) ? 1.0f : 0.0f;
+            // dV (T, D) (+)= P^T · dO
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, P, T, dO, HD, beta_kv_v, dV, KD);
             // dP (T, T) = dO · V^T
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dO, HD, Vv, KD, 0.0f, dS, T);
             // dS = P * (dP - sum_j P dP)   (zero above the diagonal since P is)
@@ -328,8 +341,9 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                 for (int j = t + 1; j < T; j++) dr[j] = 0.0f;
             }
             // dQ (T, D) += scale * dS · K ;  dK (T, D) += scale * dS^T · Q
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dS, T, K, KD, 1.0f, dQ, HD);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, dS, T, Q, HD, 1.0f, dK, KD);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dS, T, K, KD, acc_q ? 1.0f : 0.0f,
+                        dQ, HD);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, dS, T, Q, HD, beta_kv_k, dK, KD);
         }
     }
 }
@@ -411,12 +425,16 @@ void swiglu_forward(float *out, const float *gate, const float *up, size_t N) {
     for (size_t i = 0; i < N; i++) out[i] = gate[i] * sigmoidf_(gate[i]) * up[i];
 }
 
-void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t N) {
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t N,
+                     int acc_gate, int acc_up) {
+    float kg = acc_gate ? 1.0f : 0.0f, ku = acc_up ? 1.0f : 0.0f;
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         float g = gate[i], s = sigmoidf_(g);
-        dgate[i] += dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
-        dup[i] += dout[i] * g * s;
+        /* kg/ku are 0 or 1; with 0 the old value is not read (it may be uninitialised) */
+        float og = kg != 0.0f ? dgate[i] : 0.0f, ou = ku != 0.0f ? dup[i] : 0.0f;
+        dgate[i] = og + dout[i] * up[i] * s * (1.0f + g * (1.0f - s));
+        dup[i] = ou + dout[i] * g * s;
     }
 }
 
@@ -439,11 +457,21 @@ void residual_forward(float *out, const float *a, const float *b, size_t N) {
     for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
 }
 
-void residual_backward(float *da, float *db, const float *dout, size_t N) {
+void residual_backward(float *da, float *db, const float *dout, size_t N, int acc_a, int acc_b) {
+    if (acc_a && acc_b) {
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < N; i++) {
+            da[i] += dout[i];
+            db[i] += dout[i];
+        }
+        return;
+    }
+    float ka = acc_a ? 1.0f : 0.0f, kb = acc_b ? 1.0f : 0.0f;
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
-        da[i] += dout[i];
-        db[i] += dout[i];
+        float oa = ka != 0.0f ? da[i] : 0.0f, ob = kb != 0.0f ? db[i] : 0.0f;
+        da[i] = oa + dout[i];
+        db[i] = ob + dout[i];
     }
 }
 
@@ -484,20 +512,32 @@ void logsoftmax_forward(float *logp, float *entropy, float *lse, const float *lo
 }
 
 void logsoftmax_backward(float *dlogits, const float *dlogp, const float *dentropy, const float *logits,
-                         const float *lse, const float *entropy, const int32_t *targets, int N, int V) {
+                         const float *lse, const float *entropy, const int32_t *targets, int N, int V,
+                         int acc_logits) {
     // dlogits (N, V) += dlogp_n (1[j=y] - p_j) + dentropy_n (-p_j (log p_j + H_n))
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float a = (dlogp && targets[n] >= 0) ? dlogp[n] : 0.0f;
         float e = dentropy ? dentropy[n] : 0.0f;
-        if (a == 0.0f && e == 0.0f) continue;
-        const float *z = logits + (size_t)n * V;
         float *dz = dlogits + (size_t)n * V;
+        if (a == 0.0f && e == 0.0f) {
+            if (!acc_logits) memset(dz, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        const float *z = logits + (size_t)n * V;
         float l = lse[n], Hn = entropy[n];
+        if (acc_logits) {
 #pragma omp simd
-        for (int j = 0; j < V; j++) {
-            float lp = z[j] - l, p = fast_expf(lp);
-            dz[j] += -a * p - e * p * (lp + Hn);
+            for (int j = 0; j < V; j++) {
+                float lp = z[j] - l, p = fast_expf(lp);
+                dz[j] += -a * p - e * p * (lp + Hn);
+            }
+        } else {
+#pragma omp simd
+            for (int j = 0; j < V; j++) {
+                float lp = z[j] - l, p = fast_expf(lp);
+                dz[j] = -a * p - e * p * (lp + Hn);
+            }
         }
         if (a != 0.0f) dz[targets[n]] += a;
     }

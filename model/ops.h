@@ -1,9 +1,12 @@
 /* model/ops.h — private fp32 kernels of the training path (model/ only; tests include it too).
  *
  * Conventions (llm.c-like): every op is a pair x_forward / x_backward with arguments in the fixed
- * order outputs, inputs, sizes. Backward kernels ACCUMULATE (+=) into every gradient they write, so
- * a tensor consumed twice (the residual stream) simply receives two contributions; the trainer zeroes
- * activation gradients once before replaying the tape. Every fast kernel is OpenMP-parallel in forward
+ * order outputs, inputs, sizes, then flags. Parameter gradients are always ACCUMULATED (+=). Each
+ * activation gradient a fast backward writes has an `acc_*` flag: 1 = accumulate (+=), 0 = overwrite
+ * (=, the buffer's old contents are ignored). The tape passes 0 for the first contribution to a
+ * gradient and 1 afterwards, so a tensor consumed twice (the residual stream) gets both contributions
+ * and no gradient buffer needs zeroing before the backward pass. Reference kernels always accumulate.
+ * Every fast kernel is OpenMP-parallel in forward
  * and backward; the `_ref` twin beside it is a plain single-threaded loop used only by tests.
  * Shapes: N = B*T rows, C = channels, V = vocab, H/KVH = query/key-value heads, D = head_dim. */
 #ifndef RLHF_MODEL_OPS_H
@@ -21,7 +24,7 @@ void embedding_backward_ref(float *dembed, const float *dout, const int32_t *tok
 /* ---- RMSNorm: out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps); rstd (N) is saved */
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
-                      const float *rstd, int N, int C);
+                      const float *rstd, int N, int C, int acc_inp);
 void rmsnorm_forward_ref(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
 void rmsnorm_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                           const float *rstd, int N, int C);
@@ -30,7 +33,7 @@ void rmsnorm_backward_ref(float *dinp, float *dweight, const float *dout, const 
  * Fast versions call OpenBLAS sgemm (OpenMP build: shares our thread pool). */
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
-                     int IC, int OC);
+                     int IC, int OC, int acc_inp);
 void matmul_forward_ref(float *out, const float *inp, const float *weight, int N, int IC, int OC);
 void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                          int N, int IC, int OC);
@@ -41,7 +44,7 @@ void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const f
 void rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
 void rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t, int B, int T, int NH, int D);
 void rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
-                   int D);
+                   int D, int acc_inp);
 void rope_forward_ref(float *out, const float *inp, const float *cos_t, const float *sin_t, int B, int T, int NH,
                       int D);
 void rope_backward_ref(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
@@ -55,7 +58,8 @@ size_t attention_scratch_floats(int T);
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
                        int KVH, int D);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
-                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D);
+                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D,
+                        int acc_q, int acc_k, int acc_v);
 void attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
                            int H, int KVH, int D);
 void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
@@ -63,13 +67,14 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
 
 /* ---- SwiGLU: out = silu(gate) * up, all (N) elements */
 void swiglu_forward(float *out, const float *gate, const float *up, size_t N);
-void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t N);
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t N,
+                     int acc_gate, int acc_up);
 void swiglu_forward_ref(float *out, const float *gate, const float *up, size_t N);
 void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t N);
 
 /* ---- residual: out = a + b */
 void residual_forward(float *out, const float *a, const float *b, size_t N);
-void residual_backward(float *da, float *db, const float *dout, size_t N);
+void residual_backward(float *da, float *db, const float *dout, size_t N, int acc_a, int acc_b);
 void residual_forward_ref(float *out, const float *a, const float *b, size_t N);
 void residual_backward_ref(float *da, float *db, const float *dout, size_t N);
 
@@ -82,7 +87,8 @@ void residual_backward_ref(float *da, float *db, const float *dout, size_t N);
 void logsoftmax_forward(float *logp, float *entropy, float *lse, const float *logits, const int32_t *targets, int N,
                         int V);
 void logsoftmax_backward(float *dlogits, const float *dlogp, const float *dentropy, const float *logits,
-                         const float *lse, const float *entropy, const int32_t *targets, int N, int V);
+                         const float *lse, const float *entropy, const int32_t *targets, int N, int V,
+                         int acc_logits);
 void logsoftmax_forward_ref(float *logp, float *entropy, float *lse, const float *logits, const int32_t *targets,
                             int N, int V);
 void logsoftmax_backward_ref(float *dlogits, const float *dlogp, const float *dentropy, const float *logits,

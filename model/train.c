@@ -28,6 +28,7 @@ typedef struct tape_op {
     float *out2;       /* second output (entropy for OP_LOGSOFTMAX), or NULL */
     size_t out_numel;  /* floats of `out` (and of out2) */
     float *in[3];      /* activation inputs */
+    int prod[3];       /* tape index of the op that produced in[k] (-1: none) */
     const float *w;    /* parameter read (matmul/norm weight, embedding table) */
     float *dw;         /* its gradient */
     float *aux;        /* saved statistics: rstd, attention probabilities, lse */
@@ -64,6 +65,7 @@ struct model_trainer {
     float *logp, *ent, *lse;   // (N)
     tape_op *tape;
     int tape_len, tape_cap;
+    unsigned char *touched;    /* during a backward: tape entry i's output gradient has been written */
     int hidden_end;            /* tape entries up to and including the final norm */
     int has_head, has_targets;
     double loss_sum;
@@ -77,10 +79,14 @@ struct model_trainer {
  * norm, gate, up, swiglu, down, residual; outside: embedding, final norm, lm_head, log-softmax. */
 enum { TAPE_OPS_PER_LAYER = 15, TAPE_OPS_OUTSIDE_LAYERS = 4 };
 
-static void *alloc64(size_t bytes) {
+static void *alloc64_raw(size_t bytes) {
     bytes = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, bytes ? bytes : 64);
-    if (p) memset(p, 0, bytes);
+    return aligned_alloc(64, bytes ? bytes : 64);
+}
+
+static void *alloc64(size_t bytes) {
+    void *p = alloc64_raw(bytes);
+    if (p) memset(p, 0, (bytes + 63) & ~(size_t)63);
     return p;
 }
 
@@ -109,8 +115,11 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     for (size_t i = 0; i < PER_LAYER; i++) total += L * ((per_layer_sizes[i] + 15) & ~(size_t)15);
     for (size_t i = 0; i < sizeof top_sizes / sizeof top_sizes[0]; i++) total += (top_sizes[i] + 15) & ~(size_t)15;
     t->act_numel = total;
-    t->act = alloc64(total * sizeof(float));
-    t->act_grad = alloc64(total * sizeof(float));
+    /* Not zeroed: every activation is written before it is read, and every activation gradient is
+     * overwritten by its first contribution. Slots that never get a gradient (attention
+     * probabilities, rstd, lse) are never touched, so those pages cost no resident memory. */
+    t->act = alloc64_raw(total * sizeof(float));
+    t->act_grad = alloc64_raw(total * sizeof(float));
     t->grads = alloc64(m->n_params * sizeof(float));
     t->scratch = alloc64((size_t)omp_get_max_threads() * attention_scratch_floats(max_T) * sizeof(float));
     t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
@@ -120,8 +129,9 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->layers = calloc(L, sizeof *t->layers);
     t->tape_cap = (int)(TAPE_OPS_PER_LAYER * L + TAPE_OPS_OUTSIDE_LAYERS);
     t->tape = calloc((size_t)t->tape_cap, sizeof *t->tape);
+    t->touched = calloc((size_t)t->tape_cap, 1);
     if (!t->act || !t->act_grad || !t->grads || !t->scratch || !t->rope_cos || !t->rope_sin || !t->tokens ||
-        !t->targets || !t->layers || !t->tape) {
+        !t->targets || !t->layers || !t->tape || !t->touched) {
         model_trainer_destroy(&t);
         return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate trainer for B=%d T=%d (%zu activation floats)", max_B,
                          max_T, total);
@@ -166,6 +176,7 @@ void model_trainer_destroy(model_trainer **pt) {
     free(t->targets);
     free(t->layers);
     free(t->tape);
+    free(t->touched);
     free(t);
     *pt = NULL;
 }
@@ -245,50 +256,82 @@ static void zero_floats(float *p, size_t n) {
     }
 }
 
-/* Replays tape entries [0, end) in reverse. Output gradients of those entries must be set. */
+/* Links every recorded input to the tape entry that produced it (inputs are always outputs of
+ * earlier entries), so the backward knows which gradient a contribution is the first to. */
+static void link_producers(model_trainer *t) {
+    for (int i = 0; i < t->tape_len; i++) {
+        tape_op *op = &t->tape[i];
+        for (int k = 0; k < 3; k++) {
+            op->prod[k] = -1;
+            for (int j = i - 1; op->in[k] && j >= 0; j--)
+                if (t->tape[j].out == op->in[k]) {
+                    op->prod[k] = j;
+                    break;
+                }
+        }
+    }
+}
+
+/* The accumulate flag for input k of op: 0 for the first contribution to that gradient (overwrite). */
+static int acc_flag(model_trainer *t, tape_op *op, int k) {
+    int j = op->prod[k];
+    if (j < 0) return 1;
+    int acc = t->touched[j];
+    t->touched[j] = 1;
+    return acc;
+}
+
+/* Replays tape entries [0, end) in reverse. The caller has written the output gradient of entry
+ * end - 1 (the seed). Activation gradients are never zeroed: each op overwrites a gradient on its
+ * first contribution and accumulates afterwards (ops.h). */
 static void replay_backward(model_trainer *t, int end) {
     const model_config *c = &t->m->cfg;
     int D = model_head_dim(c);
+    memset(t->touched, 0, (size_t)t->tape_cap);
+    t->touched[end - 1] = 1;
     for (int i = end - 1; i >= 0; i--) {
         tape_op *op = &t->tape[i];
         float *dout = GRAD(t, op->out);
+        if (!t->touched[i]) zero_floats(dout, op->out_numel); /* no consumer (not in this architecture) */
         switch (op->kind) {
         case OP_EMBEDDING:
             embedding_backward(op->dw, dout, t->tokens, op->n, op->ic);
             break;
         case OP_RMSNORM:
-            rmsnorm_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->aux, op->n, op->ic);
+            rmsnorm_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->aux, op->n, op->ic,
+                             acc_flag(t, op, 0));
             break;
         case OP_MATMUL:
-            matmul_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->n, op->ic, op->oc);
+            matmul_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->n, op->ic, op->oc,
+                            acc_flag(t, op, 0));
             break;
         case OP_ROPE:
-            rope_backward(GRAD(t, op->in[0]), dout, t->rope_cos, t->rope_sin, t->B, t->T, op->ic, D);
+            rope_backward(GRAD(t, op->in[0]), dout, t->rope_cos, t->rope_sin, t->B, t->T, op->ic, D,
+                          acc_flag(t, op, 0));
             break;
-        case OP_ATTENTION:
+        case OP_ATTENTION: {
+            int aq = acc_flag(t, op, 0), ak = acc_flag(t, op, 1), av = acc_flag(t, op, 2);
             attention_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), GRAD(t, op->in[2]), dout, op->aux, op->in[0],
-                               op->in[1], op->in[2], t->scratch, t->B, t->T, c->n_heads, c->n_kv_heads, D);
-            break;
-        case OP_SWIGLU:
-            swiglu_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), dout, op->in[0], op->in[1], op->out_numel);
-            break;
-        case OP_RESIDUAL:
-            residual_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), dout, op->out_numel);
-            break;
-        case OP_LOGSOFTMAX:
-            logsoftmax_backward(GRAD(t, op->in[0]), dout, GRAD(t, op->out2), op->in[0], op->aux, op->out2,
-                                t->targets, op->n, op->oc);
+                               op->in[1], op->in[2], t->scratch, t->B, t->T, c->n_heads, c->n_kv_heads, D, aq, ak,
+                               av);
             break;
         }
-    }
-}
-
-/* Zeroes the output gradients of tape entries [0, end). */
-static void zero_act_grads(model_trainer *t, int end) {
-    for (int i = 0; i < end; i++) {
-        tape_op *op = &t->tape[i];
-        zero_floats(GRAD(t, op->out), op->out_numel);
-        if (op->out2) zero_floats(GRAD(t, op->out2), op->out_numel);
+        case OP_SWIGLU: {
+            int ag = acc_flag(t, op, 0), au = acc_flag(t, op, 1);
+            swiglu_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), dout, op->in[0], op->in[1], op->out_numel, ag,
+                            au);
+            break;
+        }
+        case OP_RESIDUAL: {
+            int aa = acc_flag(t, op, 0), ab = acc_flag(t, op, 1);
+            residual_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), dout, op->out_numel, aa, ab);
+            break;
+        }
+        case OP_LOGSOFTMAX:
+            logsoftmax_backward(GRAD(t, op->in[0]), dout, GRAD(t, op->out2), op->in[0], op->aux, op->out2,
+                                t->targets, op->n, op->oc, acc_flag(t, op, 0));
+            break;
+        }
     }
 }
 
@@ -359,6 +402,7 @@ static void forward_body(model_trainer *t) {
     }
     rec_rmsnorm(t, t->lnf, t->rstdf, x, p->final_norm, dp->final_norm, N);
     t->hidden_end = t->tape_len;
+    link_producers(t);
     t->has_head = 0;
     t->has_targets = 0;
     t->backward_pending = 1;
@@ -389,6 +433,7 @@ int model_forward(model_trainer *t, const int32_t *tokens, const int32_t *target
     const model_config *c = &t->m->cfg;
     int N = B * T, C = c->dim, V = c->vocab_size;
     rec_matmul(t, t->logits, t->lnf, t->m->p.lm_head, t->dp.lm_head, N, C, V);
+    link_producers(t);
     t->has_head = 1;
     t->loss_sum = 0.0;
     t->loss_count = 0;
@@ -400,6 +445,7 @@ int model_forward(model_trainer *t, const int32_t *tokens, const int32_t *target
     op->aux = t->lse;
     op->n = N;
     op->oc = V;
+    link_producers(t);
     t->has_targets = 1;
     for (int i = 0; i < N; i++)
         if (t->targets[i] >= 0) {
@@ -432,9 +478,10 @@ int model_backward_logprobs(model_trainer *t, const float *dlogp, const float *d
     if (!t->backward_pending || !t->has_targets)
         return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_logprobs needs a model_forward with targets first");
     size_t N = (size_t)t->B * t->T;
-    zero_act_grads(t, t->tape_len);
     if (dlogp) memcpy(GRAD(t, t->logp), dlogp, N * sizeof(float));
+    else memset(GRAD(t, t->logp), 0, N * sizeof(float));
     if (dentropy) memcpy(GRAD(t, t->ent), dentropy, N * sizeof(float));
+    else memset(GRAD(t, t->ent), 0, N * sizeof(float));
     replay_backward(t, t->tape_len);
     t->backward_pending = 0;
     return 0;
@@ -444,7 +491,7 @@ int model_backward_loss(model_trainer *t, rlhf_error *err) {
     if (!t->backward_pending || !t->has_targets)
         return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_loss needs a model_forward with targets first");
     size_t N = (size_t)t->B * t->T;
-    zero_act_grads(t, t->tape_len);
+    memset(GRAD(t, t->ent), 0, N * sizeof(float));
     float *g = GRAD(t, t->logp);
     float w = t->loss_count ? -1.0f / (float)t->loss_count : 0.0f;
     for (size_t i = 0; i < N; i++) g[i] = t->targets[i] >= 0 ? w : 0.0f;
@@ -456,7 +503,6 @@ int model_backward_loss(model_trainer *t, rlhf_error *err) {
 int model_backward_hidden(model_trainer *t, const float *dhidden, rlhf_error *err) {
     if (!t->backward_pending)
         return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_hidden needs a forward first");
-    zero_act_grads(t, t->hidden_end);
     memcpy(GRAD(t, t->lnf), dhidden, (size_t)t->B * t->T * t->m->cfg.dim * sizeof(float));
     replay_backward(t, t->hidden_end);
     t->backward_pending = 0;

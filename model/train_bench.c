@@ -5,8 +5,10 @@
  * (forward + backward = 3x forward; attention counts the full T x T score and value products, as
  * PaLM's accounting does). Matmul parameters exclude norm weights and the embedding lookup but include
  * lm_head (the tied embedding counts once, as lm_head).
- * Memory formula (bytes): 16 * P (weights, grads, Adam m and v) + activations and their gradients
- *   8 * B*T * [ L (6C + 2 + 3 H D + 3 KVH D + 3F + H T) + 2C + V + 4 ]. */
+ * Memory formula (bytes): 16 * P (weights, grads, Adam m and v) + 4 * activation floats
+ *   B*T * [ L (6C + 2 + 3 H D + 3 KVH D + 3F + H T) + 2C + V + 4 ] + 4 * activation-gradient floats
+ *   B*T * [ L (6C + 3 H D + 3 KVH D + 3F) + 2C + V + 2 ] (no gradient for attention probabilities,
+ *   rstd, lse: those pages are never touched). */
 #include "model/model.h"
 
 #include <cblas.h>
@@ -32,22 +34,29 @@ static long max_rss_kb(void) {
     return ru.ru_maxrss;
 }
 
-/* GFLOP/s of out (M, N) = A (M, K) · B (N, K)^T, the shape every linear layer uses. */
-static double sgemm_gflops(int M, int N, int K, int reps) {
-    float *a = malloc((size_t)M * K * sizeof(float)), *b = malloc((size_t)N * K * sizeof(float));
-    float *c = malloc((size_t)M * N * sizeof(float));
-    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)((i * 7) % 13) * 0.01f;
-    for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)((i * 5) % 11) * 0.01f;
-    double *t = malloc((size_t)reps * sizeof(double));
-    for (int r = -2; r < reps; r++) {
-        double t0 = rlhf_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
-        if (r >= 0) t[r] = rlhf_now() - t0;
-    }
-    double med = median(t, reps);
-    free(a), free(b), free(c), free(t);
-    return 2.0 * M * N * K / med / 1e9;
+/* A timed sgemm out (M, N) = A (M, K) · B (N, K)^T, the shape every linear layer uses. */
+typedef struct {
+    int M, N, K;
+    float *a, *b, *c;
+} gemm_probe;
+
+static void probe_init(gemm_probe *g, int M, int N, int K) {
+    g->M = M, g->N = N, g->K = K;
+    g->a = malloc((size_t)M * K * sizeof(float));
+    g->b = malloc((size_t)N * K * sizeof(float));
+    g->c = malloc((size_t)M * N * sizeof(float));
+    for (size_t i = 0; i < (size_t)M * K; i++) g->a[i] = (float)((i * 7) % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)N * K; i++) g->b[i] = (float)((i * 5) % 11) * 0.01f;
 }
+
+static double probe_run(gemm_probe *g) { /* seconds */
+    double t0 = rlhf_now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->M, g->N, g->K, 1.0f, g->a, g->K, g->b, g->K, 0.0f, g->c,
+                g->N);
+    return rlhf_now() - t0;
+}
+
+static void probe_free(gemm_probe *g) { free(g->a), free(g->b), free(g->c); }
 
 static int opt_int(const char *name, const char *v, int *out) {
     char *end = NULL;
@@ -102,7 +111,7 @@ int model_bench_train(int argc, char **argv) {
         fprintf(stderr, "rlhf bench train: error: --steps, --batch and --seq must be >= 1\n");
         return 2;
     }
-    long rss0 = max_rss_kb();
+    long rss0 = max_rss_kb(), rss1 = 0;
     rlhf_error err = {0};
     model *m = NULL;
     model_trainer *tr = NULL;
@@ -129,6 +138,11 @@ int model_bench_train(int argc, char **argv) {
     for (int i = 0; i < N; i++) tok[i] = (int32_t)(rlhf_rng_u64(&rng) % V), tg[i] = (int32_t)(rlhf_rng_u64(&rng) % V);
     double *t_step = malloc((size_t)steps * sizeof(double)), *t_fwd = malloc((size_t)steps * sizeof(double));
     double *t_bwd = malloc((size_t)steps * sizeof(double)), *t_opt = malloc((size_t)steps * sizeof(double));
+    /* The sgemm yardstick runs interleaved with the steps (one of each probe after every step), so
+     * machine noise hits both alike; its buffers are allocated after the RSS reading. */
+    double *t_big = malloc((size_t)steps * sizeof(double)), *t_small = malloc((size_t)steps * sizeof(double));
+    gemm_probe big = {0}, small = {0};
+    int probes_ready = 0;
     float loss0 = 0, loss1 = 0;
     for (int s = -2; s < steps && !rc; s++) {
         double t0 = rlhf_now();
@@ -142,19 +156,36 @@ int model_bench_train(int argc, char **argv) {
         if (s == -2) loss0 = model_trainer_loss(tr, NULL);
         loss1 = model_trainer_loss(tr, NULL);
         if (s >= 0) t_step[s] = t3 - t0, t_fwd[s] = t1 - t0, t_bwd[s] = t2 - t1, t_opt[s] = t3 - t2;
+        if (s == -1) { /* after the warm-up steps: the training peak RSS is reached */
+            rss1 = max_rss_kb();
+            probe_init(&big, sgemm_n, sgemm_n, sgemm_n);
+            probe_init(&small, N, F, C); /* the step's largest linear: (B*T, C) x (F, C)^T */
+            probe_run(&big), probe_run(&small);
+            probes_ready = 1;
+        }
+        if (s >= 0) t_big[s] = probe_run(&big), t_small[s] = probe_run(&small);
     }
-    long rss1 = max_rss_kb();
-    if (rc) rlhf_error_print("rlhf bench train", &err);
+    if (rc) {
+        rlhf_error_print("rlhf bench train", &err);
+        free(tok), free(tg), free(t_step), free(t_fwd), free(t_bwd), free(t_opt), free(t_big), free(t_small);
+        if (probes_ready) probe_free(&big), probe_free(&small);
+        adamw_destroy(&opt);
+        model_trainer_destroy(&tr);
+        model_destroy(&m);
+        return 1;
+    }
     double ms = median(t_step, steps) * 1e3, ms_f = median(t_fwd, steps) * 1e3;
     double ms_b = median(t_bwd, steps) * 1e3, ms_o = median(t_opt, steps) * 1e3;
     double mm_params = (double)L * ((double)H * D * C * 2 + 2.0 * KVH * D * C + 3.0 * F * C) + (double)V * C;
     double flops = 6.0 * mm_params * N + 12.0 * L * B * H * (double)T * T * D;
     double gflops = flops / (ms * 1e-3) / 1e9;
-    double sg_big = sgemm_gflops(sgemm_n, sgemm_n, sgemm_n, 10);
-    double sg_step = sgemm_gflops(N, F, C, 20); /* the step's largest linear: (B*T, C) x (F, C)^T */
+    double sg_big = probes_ready ? 2.0 * sgemm_n * sgemm_n * sgemm_n / median(t_big, steps) / 1e9 : 0;
+    double sg_step = probes_ready ? 2.0 * N * F * C / median(t_small, steps) / 1e9 : 0;
+    /* activations, and their gradients (none for attention probabilities, rstd and lse) */
     double act_floats = (double)N * ((double)L * (6.0 * C + 2 + 3.0 * H * D + 3.0 * KVH * D + 3.0 * F + (double)H * T) +
                                      2.0 * C + V + 4);
-    double formula_mb = (16.0 * m->n_params + 8.0 * act_floats) / 1048576.0;
+    double grad_floats = (double)N * ((double)L * (6.0 * C + 3.0 * H * D + 3.0 * KVH * D + 3.0 * F) + 2.0 * C + V + 2);
+    double formula_mb = (16.0 * m->n_params + 4.0 * act_floats + 4.0 * grad_floats) / 1048576.0;
     double rss_mb = (rss1 - rss0) / 1024.0;
     printf("model: dim %d layers %d heads %d kv_heads %d ffn %d vocab %d tied %d, %zu params (%.0f in matmuls)\n", C,
            L, H, KVH, F, V, cfg.tie_embeddings, m->n_params, mm_params);
@@ -165,14 +196,15 @@ int model_bench_train(int argc, char **argv) {
            ms_f, ms_b, ms_o, steps, loss0, loss1);
     printf("tokens/s %.0f, model GFLOP/s %.1f; sgemm %dx%dx%d %.1f GFLOP/s (%.0f%%), step-shaped %dx%dx%d %.1f GFLOP/s\n",
            N / (ms * 1e-3), gflops, sgemm_n, sgemm_n, sgemm_n, sg_big, 100.0 * gflops / sg_big, N, F, C, sg_step);
-    printf("peak RSS growth %.1f MiB vs formula %.1f MiB (16 B/param + 8 B/activation float)\n", rss_mb, formula_mb);
+    printf("peak RSS growth (after warm-up) %.1f MiB vs formula %.1f MiB (16 B/param + 4 B/activation + 4 B/activation gradient)\n", rss_mb, formula_mb);
     printf("{\"bench\":\"train\",\"params\":%zu,\"matmul_params\":%.0f,\"B\":%d,\"T\":%d,\"threads\":%d,"
            "\"median_ms\":%.3f,\"forward_ms\":%.3f,\"backward_ms\":%.3f,\"adamw_ms\":%.3f,\"tokens_per_s\":%.1f,"
            "\"model_gflops\":%.2f,\"sgemm_gflops\":%.2f,\"sgemm_step_gflops\":%.2f,\"rss_mb\":%.1f,"
            "\"formula_mb\":%.1f}\n",
            m->n_params, mm_params, B, T, omp_get_max_threads(), ms, ms_f, ms_b, ms_o, N / (ms * 1e-3), gflops, sg_big,
            sg_step, rss_mb, formula_mb);
-    free(tok), free(tg), free(t_step), free(t_fwd), free(t_bwd), free(t_opt);
+    free(tok), free(tg), free(t_step), free(t_fwd), free(t_bwd), free(t_opt), free(t_big), free(t_small);
+    if (probes_ready) probe_free(&big), probe_free(&small);
     adamw_destroy(&opt);
     model_trainer_destroy(&tr);
     model_destroy(&m);

@@ -479,3 +479,7 @@ int cmd_score(int argc, char **argv) {
     model_destroy(&m);
     return rc ? 1 : 0;
 }
+
+/* cmd_bench (model/bench_cli.c) refers to model_bench_train weakly, and a weak reference does not pull
+ * an object out of librlhf.a; this strong reference from an object always linked into rlhf does. */
+int (*const model_bench_train_link)(int, char **) = model_bench_train;

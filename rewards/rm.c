@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* --------------------------------------------------------------------------------- construction */
 
@@ -460,6 +461,27 @@ static const char *const syn_words[] = {"blue", "quick", "warm", "small", "brigh
                                         "tall", "round", "sharp", "calm", "wild", "sweet", "cold", "happy",
                                         "slow", "loud", "deep", "light", "dark", "fresh", "old", "new"};
 
+double rm_synthetic_word_share(const char *completion) {
+    int words = 0, known = 0;
+    const char *s = completion;
+    while (*s) {
+        while (*s == ' ' || *s == '\n' || *s == '\t') s++;
+        if (!*s) break;
+        const char *e = s;
+        while (*e && *e != ' ' && *e != '\n' && *e != '\t') e++;
+        size_t n = (size_t)(e - s);
+        if (n > 0 && s[n - 1] == '.') n--;
+        words++;
+        for (size_t w = 0; n > 0 && w < sizeof syn_words / sizeof syn_words[0]; w++)
+            if (strlen(syn_words[w]) == n && !strncasecmp(syn_words[w], s, n)) {
+                known++;
+                break;
+            }
+        s = e;
+    }
+    return words ? (double)known / words : 0.0;
+}
+
 /* A few random words; each letter upper case with probability p_upper. */
 static void syn_completion(rlhf_rng *rng, float p_upper, char *out, size_t cap) {
     int nw = 2 + (int)(rlhf_rng_u64(rng) % 3);
@@ -515,6 +537,32 @@ int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_erro
                  syn_topics[rlhf_rng_u64(&rng) % (sizeof syn_topics / sizeof syn_topics[0])]);
         snprintf(id, sizeof id, "caps-%d", i);
         json_t *j = json_pack("{s:s, s:s}", "id", id, "prompt", prompt);
+        char *line = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        if (!line || fprintf(af.fp, "%s\n", line) < 0) {
+            free(line);
+            rlhf_atomic_abort(&af);
+            return rlhf_error_set(err, RLHF_EIO, path, "write failed");
+        }
+        free(line);
+    }
+    return rlhf_atomic_commit(&af, err);
+}
+
+int rm_synthetic_corpus_write(const char *path, int n, uint64_t seed, rlhf_error *err) {
+    if (n < 1) return rlhf_error_set(err, RLHF_EINVAL, path, "need at least one document, got %d", n);
+    rlhf_atomic_file af;
+    int rc = rlhf_atomic_open(&af, path, err);
+    if (rc) return rc;
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, seed);
+    for (int i = 0; i < n; i++) {
+        char prompt[128], completion[100];
+        snprintf(prompt, sizeof prompt, "Answer in capitals: describe %s.\n",
+                 syn_topics[rlhf_rng_u64(&rng) % (sizeof syn_topics / sizeof syn_topics[0])]);
+        syn_completion(&rng, rlhf_rng_uniform(&rng), completion, sizeof completion - 1);
+        strcat(completion, "\n");
+        json_t *j = json_pack("{s:s, s:s}", "prompt", prompt, "completion", completion);
         char *line = json_dumps(j, JSON_COMPACT);
         json_decref(j);
         if (!line || fprintf(af.fp, "%s\n", line) < 0) {

@@ -13,6 +13,7 @@ static void usage(FILE *f) {
             "                     [--log-every 20]\n"
             "       rlhf train-rm --make-synthetic PREFS.jsonl [--pairs 2000] [--seed 1]\n"
             "       rlhf train-rm --make-synthetic-prompts PROMPTS.jsonl [--pairs N] [--seed 1]\n"
+            "       rlhf train-rm --make-synthetic-corpus CORPUS.jsonl [--pairs N] [--seed 1]\n"
             "  PREFS.jsonl: one {\"prompt\",\"chosen\",\"rejected\"} object per line (non-empty strings).\n"
             "  Prints one JSON summary line (held-out pairwise accuracy, ...) on stdout.\n");
 }
@@ -30,7 +31,7 @@ static int num(const char *opt, const char *v, double lo, double hi, double *out
 }
 
 int cmd_train_rm(int argc, char **argv) {
-    const char *base = NULL, *data = NULL, *out = NULL, *synth = NULL, *synth_prompts = NULL;
+    const char *base = NULL, *data = NULL, *out = NULL, *synth = NULL, *synth_prompts = NULL, *synth_corpus = NULL;
     rm_train_config tc;
     rm_train_config_default(&tc);
     tc.log_every = 20;
@@ -51,6 +52,7 @@ int cmd_train_rm(int argc, char **argv) {
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--make-synthetic")) synth = v;
         else if (!strcmp(a, "--make-synthetic-prompts")) synth_prompts = v;
+        else if (!strcmp(a, "--make-synthetic-corpus")) synth_corpus = v;
         else if (!strcmp(a, "--pairs")) { if (num(a, v, 1, 1e7, &pairs)) return 2; }
         else if (!strcmp(a, "--steps")) { if (num(a, v, 0, 1e7, &x)) return 2; tc.steps = (int)x; }
         else if (!strcmp(a, "--batch-pairs")) { if (num(a, v, 1, 4096, &x)) return 2; tc.batch_pairs = (int)x; }
@@ -65,6 +67,14 @@ int cmd_train_rm(int argc, char **argv) {
         }
     }
     rlhf_error err = {0};
+    if (synth_corpus) {
+        if (rm_synthetic_corpus_write(synth_corpus, (int)pairs, tc.seed, &err)) {
+            rlhf_error_print("rlhf train-rm", &err);
+            return 1;
+        }
+        printf("{\"wrote\":\"%s\",\"documents\":%d}\n", synth_corpus, (int)pairs);
+        if (!synth && !synth_prompts) return 0;
+    }
     if (synth_prompts) {
         if (rm_synthetic_prompts_write(synth_prompts, (int)pairs, tc.seed, &err)) {
             rlhf_error_print("rlhf train-rm", &err);

@@ -8,10 +8,12 @@
  *       POST {url}/get_reward  {"query":[prompt+completion...], "prompts":[prompt...], "labels":[record[label_field]
  *       or ""...]}  ->  {"rewards":[...]}; served by `rlhf serve --reward-model RM`. A failed call (after the
  *       retries on connection errors and 5xx) marks every item of that request ERROR with the reason.
- *   {"type":"capitals"}
- *       the synthetic preference task's ground truth (rm_synthetic_truth): the share of the completion's
- *       letters in upper case, 0 when it has none. Give it weight 0 to log it next to an RM's reward
- *       (reward/capitals/mean) and see whether optimising the RM improves the real property. */
+ *   {"type":"capitals", "measure":"capitals"|"words"}
+ *       the synthetic preference task's ground truth: "capitals" (default, rm_synthetic_truth) the share
+ *       of the completion's letters in upper case, 0 when it has none; "words" (rm_synthetic_word_share)
+ *       the share of its words that are real words of the task. Give them weight 0 to log them next to
+ *       an RM's reward (reward/<name>/mean) and see whether optimising the RM improves the real property
+ *       or games it. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -316,14 +318,22 @@ int reward_source_remote_rm_create(const json_t *src, const char *where, reward_
 
 /* -------------------------------------------------------------------------------- capitals */
 
+typedef struct capitals_source {
+    int words; /* 0: share of capitals, 1: share of real words */
+} capitals_source;
+
 static int capitals_score(void *ctx, const rlhf_reward_item *items, size_t n, double *scores_out,
                           rlhf_reward_status *status_out) {
-    (void)ctx, (void)status_out;
-    for (size_t i = 0; i < n; i++) scores_out[i] = rm_synthetic_truth(items[i].completion ? items[i].completion : "");
+    const capitals_source *c = ctx;
+    (void)status_out;
+    for (size_t i = 0; i < n; i++) {
+        const char *t = items[i].completion ? items[i].completion : "";
+        scores_out[i] = c->words ? rm_synthetic_word_share(t) : rm_synthetic_truth(t);
+    }
     return 0;
 }
 
-static void capitals_destroy(void *ctx) { (void)ctx; }
+static void capitals_destroy(void *ctx) { free(ctx); }
 
 static const rlhf_reward_plugin_v1 capitals_vtable = {
     .abi_version = RLHF_REWARD_ABI_VERSION,
@@ -334,9 +344,20 @@ static const rlhf_reward_plugin_v1 capitals_vtable = {
 };
 
 int reward_source_capitals_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err) {
-    int rc = reward_check_keys(src, where, NULL, err);
+    static const char *const keys[] = {"measure", NULL};
+    int rc = reward_check_keys(src, where, keys, err);
     if (rc) return rc;
+    const char *measure = "capitals";
+    if ((rc = reward_get_string(src, "measure", where, 0, &measure, err))) return rc;
+    if (strcmp(measure, "capitals") != 0 && strcmp(measure, "words") != 0) {
+        char w[300];
+        snprintf(w, sizeof w, "%s.measure", where);
+        return rlhf_error_set(err, RLHF_EINVAL, w, "expected \"capitals\" or \"words\", got \"%s\"", measure);
+    }
+    capitals_source *c = calloc(1, sizeof *c);
+    if (!c) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    c->words = !strcmp(measure, "words");
     impl->plugin = &capitals_vtable;
-    impl->ctx = NULL;
+    impl->ctx = c;
     return 0;
 }

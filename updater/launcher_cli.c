@@ -57,6 +57,8 @@ static int spawn(child *c, const char *run_dir, rlhf_error *err) {
         /* if the launcher itself dies (kill -9), its children stop too instead of running orphaned */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() == 1) _exit(1);
+        /* SIGUSR1 means "reconnect" once a child has installed its handler; ignored until then */
+        signal(SIGUSR1, SIG_IGN);
         setenv("RLHF_PROC_NAME", c->name, 1);
         execv("/proc/self/exe", c->argv);
         fprintf(stderr, "exec /proc/self/exe: %s\n", strerror(errno));
@@ -308,6 +310,12 @@ int cmd_run(int argc, char **argv) {
                     c->restarts);
             if (c != upd && rlhf_now() - c->started < 1.0) usleep(500000); /* crash loop: back off */
             if (spawn(c, cfg.run_dir, &err)) goto fail;
+            if (c == broker) {
+                /* the new broker knows no peers: tell everyone to connect and say HELLO again */
+                usleep(300000);
+                for (int i = 1; i < G + 2; i++)
+                    if (kids[i].pid > 0) kill(kids[i].pid, SIGUSR1);
+            }
         }
         if (updater_done) break;
         double now = rlhf_now();

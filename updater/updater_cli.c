@@ -23,10 +23,10 @@
 #include "generator/generator.h"
 #include "updater/session.h"
 
-static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_stop, g_reconnect;
 static void on_signal(int sig) {
-    (void)sig;
-    g_stop = 1;
+    if (sig == SIGUSR1) g_reconnect = 1; /* the launcher restarted the broker */
+    else g_stop = 1;
 }
 
 /* seen = highest seq per generator already scored/queued in this process (or finished before) */
@@ -137,6 +137,7 @@ int cmd_updater(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 
     char peer[64];
     snprintf(peer, sizeof peer, "updater.%d", (int)getpid());
@@ -193,8 +194,18 @@ int cmd_updater(int argc, char **argv) {
 
     int cap = 2 * cfg.prompts_per_step;
     long granted_outstanding = 0; /* credit granted, group not yet received */
-    double wait_t0 = rlhf_now();
+    double wait_t0 = rlhf_now(), last_group = rlhf_now();
     while (!g_stop && u.ps.step < cfg.steps) {
+        if (g_reconnect) {
+            /* a new broker: new session, no credit outstanding, and it needs the current weights */
+            g_reconnect = 0;
+            broker_client_close(&bc);
+            if ((rc = broker_client_connect(&bc, bcfg.endpoint, WIRE_ROLE_UPDATER, peer, 60000, &err))) break;
+            granted_outstanding = 0;
+            last_group = rlhf_now();
+            fprintf(stderr, "updater: reconnected to a restarted broker\n");
+            if (u.ps.version > 0 && (rc = publish(bc, u.ps.m, &pub_s, &err))) break;
+        }
         if (broker_client_stopped(bc)) {
             fprintf(stderr, "updater: the broker said stop\n");
             break;
@@ -215,7 +226,13 @@ int cmd_updater(int argc, char **argv) {
             rc = 0;
             continue;
         }
+        if (r == 0 && granted_outstanding > 0 && rlhf_now() - last_group > 10.0) {
+            /* nothing for a long while: credit may have been lost with a broker that went away */
+            granted_outstanding = 0;
+            last_group = rlhf_now();
+        }
         if (r == 1) {
+            last_group = rlhf_now();
             if (granted_outstanding > 0) granted_outstanding--;
             if (seen_before(seen, &g)) {
                 wire_rollout_group_free(&g);

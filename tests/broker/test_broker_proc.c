@@ -735,6 +735,123 @@ static void test_sigterm_flushes(void) {
     CU_ASSERT_EQUAL(lines, 20);
 }
 
+/* Client API against a broker process: pause/resume parks and answers the same request; rejections
+ * (future version, old weights, unknown prompt) are counted and reported; new weights purge queued
+ * groups that became too stale; credit delivers what is left. */
+static void test_control_and_rejections(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "ctl", "\"max_staleness\": 1, \"queue_capacity\": 8"), 0);
+    broker_client *gen, *upd;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-ctl", 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-ctl", 3000, &e), 0);
+    CU_ASSERT_EQUAL(broker_client_welcome(gen)->max_staleness, 1);
+    CU_ASSERT_EQUAL(broker_client_welcome(gen)->has_weights, 0);
+    /* paused: the request is held, not answered */
+    CU_ASSERT_EQUAL(broker_client_control(upd, WIRE_CONTROL_PAUSE, "test", &e), 0);
+    json_t *s = NULL;
+    for (int i = 0; i < 100; i++) { /* other connections are not ordered with it: wait until it took effect */
+        json_decref(s);
+        s = get_stats(&r);
+        if (s && json_is_true(json_object_get(s, "paused"))) break;
+        sleep_ms(20);
+    }
+    json_decref(s);
+    wire_prompt_batch pb;
+    CU_ASSERT_EQUAL(broker_client_request_prompts(gen, 2, &pb, 300, &e), RLHF_ETIMEOUT);
+    s = get_stats(&r);
+    CU_ASSERT_EQUAL(stat_i(s, "prompts/parked"), 1);
+    CU_ASSERT_TRUE(json_is_true(json_object_get(s, "paused")));
+    json_decref(s);
+    CU_ASSERT_EQUAL(broker_client_control(upd, WIRE_CONTROL_RESUME, "test", &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_request_prompts(gen, 2, &pb, 3000, &e), 0);
+    CU_ASSERT_EQUAL(pb.request_id, 1); /* the held request, not a second one */
+    CU_ASSERT_EQUAL(pb.n, 2);
+    CU_ASSERT_PTR_NOT_NULL(pb.prompts[0].record);
+    /* a group claiming a version nobody published */
+    wire_rollout_group g;
+    synth_group_make(&g, "g-ctl", 0, 5, 2, 4, pb.prompts[0].id, pb.prompts[0].text);
+    CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
+    synth_group_free(&g);
+    /* version 0 is accepted and queued (no credit yet) */
+    synth_group_make(&g, "g-ctl", 1, 0, 2, 4, pb.prompts[1].id, pb.prompts[1].text);
+    CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
+    synth_group_free(&g);
+    wire_prompt_batch_free(&pb);
+    /* weights v1: the generator gets them; v1 again is refused */
+    wire_weights w, got;
+    wire_tensor t[2];
+    synth_weights_make(&w, t, 1, 5000);
+    CU_ASSERT_EQUAL(broker_client_publish_weights(upd, &w, &e), 0);
+    /* into a caller's buffer: too small is an error and the version stays pending */
+    float small[100], params[5000];
+    CU_ASSERT_EQUAL(broker_client_poll_weights_into(gen, &got, small, sizeof small, 3000, &e), RLHF_EINVAL);
+    CU_ASSERT_EQUAL_FATAL(broker_client_poll_weights_into(gen, &got, params, sizeof params, 0, &e), 1);
+    CU_ASSERT_EQUAL(got.version, 1);
+    CU_ASSERT_PTR_EQUAL(got.data, (const uint8_t *)params);
+    CU_ASSERT_EQUAL(got.n_tensors, 2);
+    CU_ASSERT_TRUE(synth_weights_check(&got));
+    wire_weights_free(&got); /* frees the table, not the caller's buffer */
+    CU_ASSERT_EQUAL(broker_client_publish_weights(upd, &w, &e), 0);
+    wire_rollout_group rg;
+    CU_ASSERT_EQUAL(broker_client_recv_group(upd, &rg, 500, &e), 0); /* takes in the ERROR reply, fails nothing */
+    rlhf_error last;
+    CU_ASSERT_EQUAL(broker_client_rejections(upd, &last), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(last.msg, "weights_not_newer"));
+    CU_ASSERT_EQUAL(broker_client_rejections(gen, &last), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(last.msg, "future_version"));
+    free((void *)w.data);
+    /* v2, v3: the queued version-0 group now lags 3 > 1 and is purged */
+    for (uint64_t v = 2; v <= 3; v++) {
+        synth_weights_make(&w, t, v, 5000);
+        CU_ASSERT_EQUAL(broker_client_publish_weights(upd, &w, &e), 0);
+        free((void *)w.data);
+    }
+    /* stats for a prompt the dataset does not have */
+    float rw[2] = {1, 0}, tot[2] = {1, 0};
+    wire_prompt_stats st = {"no-such-prompt", 3, 2, 1, NULL, rw, tot};
+    CU_ASSERT_EQUAL(broker_client_send_prompt_stats(upd, &st, &e), 0);
+    sleep_ms(300);
+    s = get_stats(&r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(stat_i(s, "rejected/future_version"), 1);
+    CU_ASSERT_EQUAL(stat_i(s, "rejected/weights_not_newer"), 1);
+    CU_ASSERT_EQUAL(stat_i(s, "groups/accepted"), 1);
+    CU_ASSERT_EQUAL(stat_i(s, "groups/dropped_stale_queued"), 1);
+    CU_ASSERT_EQUAL(stat_i(s, "queue/depth"), 0);
+    CU_ASSERT_EQUAL(stat_i(s, "policy_version"), 3);
+    CU_ASSERT_EQUAL(stat_i(s, "prompt_stats/received"), 1);
+    CU_ASSERT_EQUAL(stat_i(s, "prompt_stats/rejected"), 1);
+    json_decref(s);
+    /* a fresh group of the newest version goes to the updater once it gives credit */
+    CU_ASSERT_EQUAL_FATAL(broker_client_request_prompts(gen, 1, &pb, 3000, &e), 0);
+    wire_weights_free(&got);
+    while (broker_client_poll_weights(gen, &got, 500, &e) == 1) {
+        uint64_t v = got.version;
+        wire_weights_free(&got);
+        if (v == 3) break;
+    }
+    synth_group_make(&g, "g-ctl", 2, 3, 2, 4, pb.prompts[0].id, pb.prompts[0].text);
+    CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
+    synth_group_free(&g);
+    wire_prompt_batch_free(&pb);
+    CU_ASSERT_EQUAL(broker_client_recv_group(upd, &rg, 300, &e), 0); /* no credit: nothing */
+    CU_ASSERT_EQUAL(broker_client_grant_credit(upd, 1, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_recv_group(upd, &rg, 3000, &e), 1);
+    CU_ASSERT_EQUAL(rg.seq, 2);
+    CU_ASSERT_EQUAL(rg.policy_version, 3);
+    CU_ASSERT_TRUE(synth_group_check(&rg));
+    wire_rollout_group_free(&rg);
+    /* stop: both clients learn it */
+    CU_ASSERT_EQUAL(broker_client_control(gen, WIRE_CONTROL_STOP, "done", &e), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(broker_client_recv_group(upd, &rg, 3000, &e), RLHF_ESTATE);
+    CU_ASSERT_TRUE(broker_client_stopped(upd));
+    broker_client_close(&gen);
+    broker_client_close(&upd);
+}
+
 int register_broker_suites(void) {
     CU_pSuite s = CU_add_suite("broker", suite_init, suite_clean);
     if (!s) return -1;
@@ -747,5 +864,6 @@ int register_broker_suites(void) {
     CU_add_test(s, "kill -9 a generator; restart gets newest weights", test_kill_and_restart);
     CU_add_test(s, "backpressure with a slow updater", test_backpressure);
     CU_add_test(s, "SIGTERM flushes the replay log; replay-cat", test_sigterm_flushes);
+    CU_add_test(s, "pause/resume, rejections, stale purge, credit (client API)", test_control_and_rejections);
     return 0;
 }

@@ -635,6 +635,19 @@ static void test_capitals_source(void) {
     CU_ASSERT_DOUBLE_EQUAL(sc.total[1], 0.0, 1e-12); /* weight 0: logged, not optimised */
     reward_scores_free(&sc);
     reward_pipeline_destroy(&p);
+    CU_ASSERT_EQUAL_FATAL(
+        reward_pipeline_create_str(&p, "[{\"type\":\"capitals\",\"measure\":\"words\",\"weight\":0}]", "t", &err), 0);
+    rlhf_reward_item w[2] = {
+        {.prompt = "p", .completion = "BLUE Quick sky.", .record_json = "{}", .group_id = -1}, /* sky: not a task word */
+        {.prompt = "p", .completion = "WEWEWEWE", .record_json = "{}", .group_id = -1},
+    };
+    CU_ASSERT_EQUAL_FATAL(reward_pipeline_score(p, w, 2, &sc, &err), 0);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 2.0 / 3.0, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[1], 0.0, 1e-12);
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+    CU_ASSERT_NOT_EQUAL(reward_pipeline_create_str(&p, "[{\"type\":\"capitals\",\"measure\":\"x\"}]", "t", &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "t[0].measure"));
     CU_ASSERT_NOT_EQUAL(reward_pipeline_create_str(&p, "[{\"type\":\"capitals\",\"x\":1}]", "t", &err), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "t[0].x"));
 }

@@ -330,6 +330,13 @@ static void test_same_seed_same_tokens(void) {
     model_destroy(&m);
 }
 
+static int by_logit_desc(const void *a, const void *b, void *row_) {
+    const float *row = row_;
+    int x = *(const int *)a, y = *(const int *)b;
+    if (row[x] != row[y]) return row[x] > row[y] ? -1 : 1;
+    return x - y;
+}
+
 /* For each sampled token: logprobs = log-softmax of the reference at T=1, sampling_logprobs = log of the
  * truncated, temperature-scaled, renormalised distribution, and the token lies in the allowed set. */
 static void check_against_reference(const model *m, const sample_request *rq, const sample_result *res) {
@@ -352,14 +359,9 @@ static void check_against_reference(const model *m, const sample_request *rq, co
             CU_ASSERT_EQUAL(res->sampling_logprobs[t], 0.0f);
             continue;
         }
-        /* rank all ids by logit (descending) */
+        /* rank all ids by logit (descending, ties by id) */
         for (int i = 0; i < V; i++) order[i] = i;
-        for (int i = 1; i < V; i++) /* insertion sort: V is small */
-            for (int j = i; j > 0 && row[order[j]] > row[order[j - 1]]; j--) {
-                int tmp = order[j];
-                order[j] = order[j - 1];
-                order[j - 1] = tmp;
-            }
+        qsort_r(order, (size_t)V, sizeof(int), by_logit_desc, (void *)row);
         int k = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
         double temp = sp->temperature, mx = row[order[0]] / temp, total = 0.0;
         for (int i = 0; i < k; i++) total += exp(row[order[i]] / temp - mx);
@@ -404,6 +406,23 @@ static void test_logprobs_match_reference(void) {
     run_all(m, 3, &rs);
     for (int i = 0; i < rs.n; i++) check_against_reference(m, &rs.reqs[i], &rs.res[i]);
     for (int t = 0; t < rs.res[0].n_tokens; t++) CU_ASSERT_EQUAL(rs.res[0].logprobs[t], rs.res[0].sampling_logprobs[t]);
+    free_all(&rs);
+    model_destroy(&m);
+    /* a large vocabulary with a flat distribution: the nucleus holds thousands of candidates (the
+     * bucketed selection path) */
+    c.vocab_size = 6000;
+    m = infer_test_model(&c, 49);
+    for (float *w = m->p.lm_head; w < m->p.lm_head + (size_t)c.vocab_size * c.dim; w++) *w *= 0.05f;
+    make_requests(&rs, c.vocab_size, 91);
+    for (int i = 0; i < rs.n; i++) {
+        rs.reqs[i].params = sample_params_default();
+        rs.reqs[i].params.max_new_tokens = 6;
+        rs.reqs[i].params.seed = 300 + (uint64_t)i;
+        rs.reqs[i].params.top_p = i % 2 ? 0.9f : 0.5f;
+        rs.reqs[i].params.temperature = i % 3 ? 1.0f : 1.3f;
+    }
+    run_all(m, 6, &rs);
+    for (int i = 0; i < rs.n; i++) check_against_reference(m, &rs.reqs[i], &rs.res[i]);
     free_all(&rs);
     model_destroy(&m);
 }

@@ -73,7 +73,7 @@ static void test_rmsnorm(void) {
     CU_ASSERT(rel_err(out2, c.out, (size_t)N * C) < SAME_TOL);
     CU_ASSERT(rel_err(rstd2, c.rstd, N) < SAME_TOL);
     float *dx1 = zeros((size_t)N * C), *dw1 = zeros(C), *dx2 = zeros((size_t)N * C), *dw2 = zeros(C);
-    rmsnorm_backward(dx1, dw1, c.r, c.x, c.w, rstd2, N, C);
+    rmsnorm_backward(dx1, dw1, c.r, c.x, c.w, rstd2, N, C, 1);
     rmsnorm_backward_ref(dx2, dw2, c.r, c.x, c.w, c.rstd, N, C);
     CU_ASSERT(rel_err(dx1, dx2, (size_t)N * C) < SAME_TOL);
     CU_ASSERT(rel_err(dw1, dw2, C) < SAME_TOL);
@@ -112,7 +112,7 @@ static void test_matmul(void) {
     float *dx2 = zeros((size_t)N * IC), *dw2 = zeros((size_t)OC * IC);
     /* accumulation: start from a non-zero gradient in both */
     for (int i = 0; i < N * IC; i++) dx1[i] = dx2[i] = 0.5f;
-    matmul_backward(dx1, dw1, c.r, c.x, c.w, N, IC, OC);
+    matmul_backward(dx1, dw1, c.r, c.x, c.w, N, IC, OC, 1);
     matmul_backward_ref(dx2, dw2, c.r, c.x, c.w, N, IC, OC);
     CU_ASSERT(rel_err(dx1, dx2, (size_t)N * IC) < SAME_TOL);
     CU_ASSERT(rel_err(dw1, dw2, (size_t)OC * IC) < SAME_TOL);
@@ -158,7 +158,7 @@ static void test_rope(void) {
     CU_ASSERT(fabs(out2[o + 1] - (c.x[o + 1] * cos(ang) - c.x[o + 5] * sin(ang))) < 1e-5);
     CU_ASSERT(fabs(out2[o + 5] - (c.x[o + 5] * cos(ang) + c.x[o + 1] * sin(ang))) < 1e-5);
     float *d1 = zeros(n), *d2 = zeros(n);
-    rope_backward(d1, c.r, c.cs, c.sn, B, T, NH, D);
+    rope_backward(d1, c.r, c.cs, c.sn, B, T, NH, D, 1);
     rope_backward_ref(d2, c.r, c.cs, c.sn, B, T, NH, D);
     CU_ASSERT(rel_err(d1, d2, n) < SAME_TOL);
     fd_check("rope dinp", rope_loss, &c, c.x, n, d1, 1e-2, FD_TOL, 300, &rng);
@@ -200,7 +200,7 @@ static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
     nthreads = omp_get_max_threads();
 #endif
     float *scratch = zeros((size_t)nthreads * attention_scratch_floats(T));
-    attention_backward(dq1, dk1, dv1, c.r, att2, c.q, c.k, c.v, scratch, B, T, H, KVH, D);
+    attention_backward(dq1, dk1, dv1, c.r, att2, c.q, c.k, c.v, scratch, B, T, H, KVH, D, 1, 1, 1);
     attention_backward_ref(dq2, dk2, dv2, c.r, c.att, c.q, c.k, c.v, B, T, H, KVH, D);
     CU_ASSERT(rel_err(dq1, dq2, nq) < SAME_TOL);
     CU_ASSERT(rel_err(dk1, dk2, nk) < SAME_TOL);
@@ -263,7 +263,7 @@ static void test_swiglu_residual(void) {
     swiglu_forward(out2, c.g, c.u, n);
     swiglu_forward_ref(c.out, c.g, c.u, n);
     CU_ASSERT(rel_err(out2, c.out, n) < SAME_TOL);
-    swiglu_backward(dg1, du1, c.r, c.g, c.u, n);
+    swiglu_backward(dg1, du1, c.r, c.g, c.u, n, 1, 1);
     swiglu_backward_ref(dg2, du2, c.r, c.g, c.u, n);
     CU_ASSERT(rel_err(dg1, dg2, n) < SAME_TOL);
     CU_ASSERT(rel_err(du1, du2, n) < SAME_TOL);
@@ -275,7 +275,7 @@ static void test_swiglu_residual(void) {
     residual_forward(out2, c.g, c.u, n);
     residual_forward_ref(c.out, c.g, c.u, n);
     CU_ASSERT(memcmp(out2, c.out, n * sizeof(float)) == 0);
-    residual_backward(dg1, du1, c.r, n);
+    residual_backward(dg1, du1, c.r, n, 1, 1);
     residual_backward_ref(dg2, du2, c.r, n);
     CU_ASSERT(memcmp(dg1, dg2, n * sizeof(float)) == 0 && memcmp(du1, du2, n * sizeof(float)) == 0);
     fd_check("residual da", res_loss, &c, c.g, n, dg1, 1e-2, FD_TOL, 100, &rng);
@@ -317,17 +317,93 @@ static void test_logsoftmax(void) {
     /* entropy bounds: 0 < H <= log V */
     for (int i = 0; i < N; i++) CU_ASSERT(en2[i] > 0 && en2[i] <= logf((float)V) + 1e-5f);
     float *d1 = zeros((size_t)N * V), *d2 = zeros((size_t)N * V);
-    logsoftmax_backward(d1, c.wl, c.we, c.z, ls2, en2, c.tg, N, V);
+    logsoftmax_backward(d1, c.wl, c.we, c.z, ls2, en2, c.tg, N, V, 1);
     logsoftmax_backward_ref(d2, c.wl, c.we, c.z, c.lse, c.ent, c.tg, N, V);
     CU_ASSERT(rel_err(d1, d2, (size_t)N * V) < SAME_TOL);
     fd_check("logsoftmax dlogits", ls_loss, &c, c.z, (size_t)N * V, d1, 1e-2, FD_TOL, 174, &rng);
     /* NULL weights = zero */
     float *d3 = zeros((size_t)N * V);
-    logsoftmax_backward(d3, NULL, NULL, c.z, ls2, en2, c.tg, N, V);
+    logsoftmax_backward(d3, NULL, NULL, c.z, ls2, en2, c.tg, N, V, 1);
     CU_ASSERT(max_abs(d3, (size_t)N * V) == 0.0);
     free(c.z), free(c.logp), free(c.ent), free(c.lse), free(c.wl), free(c.we), free(c.tg);
     free(lp2), free(en2), free(ls2), free(d1), free(d2), free(d3);
 }
+
+/* ------------------------------------------------------------------ overwrite mode */
+
+static float *nan_buf(size_t n) {
+    float *p = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = NAN; /* stale contents an overwriting kernel must not read */
+    return p;
+}
+
+/* acc = 0: every activation gradient is written as if it started from zero, whatever it held. */
+static void test_overwrite_mode(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 10);
+    int N = 6, C = 20, OC = 12, B = 2, T = 5, H = 4, KVH = 2, D = 4, V = 17;
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KVH * D, na = (size_t)B * H * T * T;
+    float *x = rand_buf(&rng, (size_t)N * C, 1.0f), *w = rand_buf(&rng, (size_t)OC * C, 1.0f);
+    float *dy = rand_buf(&rng, (size_t)N * OC, 1.0f), *dyc = rand_buf(&rng, (size_t)N * C, 1.0f);
+    float *rstd = zeros(N), *tmp = zeros((size_t)N * C);
+    /* rmsnorm */
+    float *want = zeros((size_t)N * C), *got = nan_buf((size_t)N * C), *dw1 = zeros(C), *dw2 = zeros(C);
+    rmsnorm_forward(tmp, rstd, x, w, N, C, 1e-5f);
+    rmsnorm_backward_ref(want, dw1, dyc, x, w, rstd, N, C);
+    rmsnorm_backward(got, dw2, dyc, x, w, rstd, N, C, 0);
+    CU_ASSERT(rel_err(got, want, (size_t)N * C) < SAME_TOL);
+    /* matmul */
+    float *dwm1 = zeros((size_t)OC * C), *dwm2 = zeros((size_t)OC * C);
+    memset(want, 0, (size_t)N * C * sizeof(float));
+    for (size_t i = 0; i < (size_t)N * C; i++) got[i] = NAN;
+    matmul_backward_ref(want, dwm1, dy, x, w, N, C, OC);
+    matmul_backward(got, dwm2, dy, x, w, N, C, OC, 0);
+    CU_ASSERT(rel_err(got, want, (size_t)N * C) < SAME_TOL);
+    /* rope */
+    float *cs = zeros((size_t)T * D / 2), *sn = zeros((size_t)T * D / 2), *g = rand_buf(&rng, nq, 1.0f);
+    rope_tables(cs, sn, T, D, 10000.0f);
+    float *rw = zeros(nq), *rg = nan_buf(nq);
+    rope_backward_ref(rw, g, cs, sn, B, T, H, D);
+    rope_backward(rg, g, cs, sn, B, T, H, D, 0);
+    CU_ASSERT(rel_err(rg, rw, nq) < SAME_TOL);
+    /* attention (GQA: the first head of each group writes dk/dv, the second adds) */
+    float *q = rand_buf(&rng, nq, 1.0f), *k = rand_buf(&rng, nk, 1.0f), *v = rand_buf(&rng, nk, 1.0f);
+    float *out = zeros(nq), *att = zeros(na), *scratch = zeros(64 * attention_scratch_floats(T));
+    attention_forward(out, att, q, k, v, B, T, H, KVH, D);
+    float *dq1 = zeros(nq), *dk1 = zeros(nk), *dv1 = zeros(nk), *dq2 = nan_buf(nq), *dk2 = nan_buf(nk), *dv2 = nan_buf(nk);
+    attention_backward_ref(dq1, dk1, dv1, g, att, q, k, v, B, T, H, KVH, D);
+    attention_backward(dq2, dk2, dv2, g, att, q, k, v, scratch, B, T, H, KVH, D, 0, 0, 0);
+    CU_ASSERT(rel_err(dq2, dq1, nq) < SAME_TOL && rel_err(dk2, dk1, nk) < SAME_TOL && rel_err(dv2, dv1, nk) < SAME_TOL);
+    /* swiglu and residual */
+    float *sg1 = zeros(nq), *su1 = zeros(nq), *sg2 = nan_buf(nq), *su2 = nan_buf(nq);
+    swiglu_backward_ref(sg1, su1, g, q, out, nq);
+    swiglu_backward(sg2, su2, g, q, out, nq, 0, 0);
+    CU_ASSERT(rel_err(sg2, sg1, nq) < SAME_TOL && rel_err(su2, su1, nq) < SAME_TOL);
+    float *ra = nan_buf(nq), *rb = zeros(nq);
+    for (size_t i = 0; i < nq; i++) rb[i] = 1.0f;
+    residual_backward(ra, rb, g, nq, 0, 1); /* a overwritten, b accumulated */
+    int ok = 1;
+    for (size_t i = 0; i < nq; i++) ok &= ra[i] == g[i] && rb[i] == 1.0f + g[i];
+    CU_ASSERT(ok);
+    /* log-softmax, including a row with zero weights (must still be written as zeros) */
+    float *z = rand_buf(&rng, (size_t)N * V, 2.0f), *lp = zeros(N), *en = zeros(N), *lse = zeros(N);
+    float *wl = rand_buf(&rng, N, 1.0f);
+    int32_t tg[6] = {1, 2, 3, -1, 5, 6};
+    wl[4] = 0.0f;
+    logsoftmax_forward(lp, en, lse, z, tg, N, V);
+    float *l1 = zeros((size_t)N * V), *l2 = nan_buf((size_t)N * V);
+    logsoftmax_backward_ref(l1, wl, NULL, z, lse, en, tg, N, V);
+    logsoftmax_backward(l2, wl, NULL, z, lse, en, tg, N, V, 0);
+    CU_ASSERT(rel_err(l2, l1, (size_t)N * V) < SAME_TOL);
+    free(x), free(w), free(dy), free(dyc), free(rstd), free(tmp), free(want), free(got), free(dw1), free(dw2);
+    free(dwm1), free(dwm2), free(cs), free(sn), free(g), free(rw), free(rg), free(q), free(k), free(v), free(out);
+    free(att), free(scratch), free(dq1), free(dk1), free(dv1), free(dq2), free(dk2), free(dv2), free(sg1), free(su1);
+    free(sg2), free(su2), free(ra), free(rb), free(z), free(lp), free(en), free(lse), free(wl), free(l1), free(l2);
+}
+
+/* GEMMs must share the project's OpenMP pool: the OpenMP build of OpenBLAS reports parallel mode 2. */
+int openblas_get_parallel(void);
+static void test_openblas_is_openmp(void) { CU_ASSERT_EQUAL(openblas_get_parallel(), 2); }
 
 void register_ops_suite(void);
 void register_ops_suite(void) {
@@ -341,4 +417,6 @@ void register_ops_suite(void) {
     CU_add_test(s, "attention MQA T=33 fast == ref, finite differences", test_attention_mqa_long);
     CU_add_test(s, "swiglu and residual, backward == finite differences", test_swiglu_residual);
     CU_add_test(s, "logsoftmax logp+entropy weights, masked rows, finite differences", test_logsoftmax);
+    CU_add_test(s, "overwrite mode (acc=0) ignores stale gradient contents", test_overwrite_mode);
+    CU_add_test(s, "OpenBLAS is the OpenMP build (one thread pool)", test_openblas_is_openmp);
 }
