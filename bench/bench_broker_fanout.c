@@ -169,7 +169,7 @@ int main(int argc, char **argv) {
             rlhf_error_print("bench updater", &e);
             return 1;
         }
-        double last = 0;
+        double t_sent = rlhf_wall_time(), last = 0;
         for (int i = 0; i < n_gen; i++) {
             double m[2];
             if (read(p[0], m, sizeof m) != sizeof m) return 1;
@@ -179,7 +179,7 @@ int main(int argc, char **argv) {
         lat[r] = last - t0;
         if (lat[r] < lo) lo = lat[r];
         if (lat[r] > hi) hi = lat[r];
-        fprintf(stderr, "version %d: %.1f ms\n", r + 1, lat[r] * 1e3);
+        fprintf(stderr, "version %d: %.1f ms (publish call %.1f ms)\n", r + 1, lat[r] * 1e3, (t_sent - t0) * 1e3);
     }
     for (int i = 0; i < n_gen; i++) waitpid(gens[i], NULL, 0);
     broker_client_close(&c);

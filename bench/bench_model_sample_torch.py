@@ -87,7 +87,7 @@ def generate(w, heads, batch, prompt_len, new_tokens, seed):
     prompt = (torch.arange(prompt_len) * 7919 + 13) % vocab
     tokens = prompt.unsqueeze(0).repeat(batch, 1)
     g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     logits = dec.step(tokens, 0)
     pos = prompt_len
     n = 0
@@ -98,7 +98,7 @@ def generate(w, heads, batch, prompt_len, new_tokens, seed):
         if i + 1 < new_tokens:
             logits = dec.step(nxt, pos)
             pos += 1
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main():
@@ -112,18 +112,23 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with torch.inference_mode():
         generate(w, a.heads, 1, a.prompt_len, 16, 0)  # warm-up
-        single, batched = [], []
+        single, batched, single_cpu, batched_cpu = [], [], [], []
         for r in range(a.repeats):
-            n, t = generate(w, a.heads, 1, a.prompt_len, a.new_tokens, 1000 + r)
+            n, t, c = generate(w, a.heads, 1, a.prompt_len, a.new_tokens, 1000 + r)
             single.append(n / t)
-            print(f"  torch single-stream run {r}: {n} tokens in {t:.3f} s = {n / t:.1f} tokens/s", flush=True)
+            single_cpu.append(n / c)
+            print(f"  torch single-stream run {r}: {n} tokens in {t:.3f} s = {n / t:.1f} tokens/s "
+                  f"({n / c:.1f} tokens per CPU-second)", flush=True)
         for r in range(a.repeats):
-            n, t = generate(w, a.heads, a.batch, a.prompt_len, a.new_tokens, 2000 + r)
+            n, t, c = generate(w, a.heads, a.batch, a.prompt_len, a.new_tokens, 2000 + r)
             batched.append(n / t)
-            print(f"  torch batch {a.batch} run {r}: {n} tokens in {t:.3f} s = {n / t:.1f} tokens/s aggregate",
-                  flush=True)
+            batched_cpu.append(n / c)
+            print(f"  torch batch {a.batch} run {r}: {n} tokens in {t:.3f} s = {n / t:.1f} tokens/s aggregate "
+                  f"({n / c:.1f} tokens per CPU-second)", flush=True)
     print(f"torch single-stream: median {statistics.median(single):.1f} tokens/s")
     print(f"torch batched x{a.batch}: median {statistics.median(batched):.1f} tokens/s aggregate")
+    print(f"torch per CPU-second: single-stream {statistics.median(single_cpu):.1f}, "
+          f"batched x{a.batch} {statistics.median(batched_cpu):.1f} tokens")
 
 
 if __name__ == "__main__":

@@ -44,18 +44,33 @@ for seed in $SEEDS; do
   for policy in $POLICIES; do
     name="abl-$policy-s$seed"
     run_dir="$OUT/$name"
-    rm -rf "$run_dir"
+    rm -rf "$run_dir" "$OUT/$name.ckpts"
     echo "== $name"
+    # the run keeps only its two newest checkpoints: copy each one aside as it appears
+    mkdir -p "$OUT/$name.ckpts"
     "$R" run "$CONFIG" --quiet \
       --set name="$name" --set run_dir="$run_dir" --set task.train="$OUT/train.jsonl" \
       --set task.eval="$DATA/heldout.jsonl" --set model.base_checkpoint="$DATA/base.safetensors" \
       --set "prompts.selector={\"policy\":\"$policy\"}" \
       --set "rewards=[{\"type\":\"countdown\",\"name\":\"countdown\",\"weight\":1},{\"type\":\"process\",\"name\":\"grader\",\"weight\":1,\"command\":[\"python3\",\"$GRADER\"],\"config\":{\"flip\":$FLIP,\"seed\":$seed}}]" \
       --set rl.steps="$STEPS" --set rl.checkpoint_every="$CKPT_EVERY" --set rl.seed="$seed" \
-      > "$OUT/$name.log" 2>&1 || { echo "run failed, see $OUT/$name.log" >&2; tail -5 "$OUT/$name.log" >&2; exit 1; }
+      > "$OUT/$name.log" 2>&1 &
+    run_pid=$!
+    harvest() {
+      for ck in "$run_dir"/checkpoints/step_*; do
+        case "$ck" in *.tmp) continue ;; esac
+        [ -s "$ck/model.safetensors" ] && [ ! -d "$OUT/$name.ckpts/${ck##*/}" ] &&
+          rm -rf "$OUT/$name.ckpts/${ck##*/}.part" && cp -r "$ck" "$OUT/$name.ckpts/${ck##*/}.part" 2>/dev/null &&
+          mv "$OUT/$name.ckpts/${ck##*/}.part" "$OUT/$name.ckpts/${ck##*/}"
+      done
+      return 0
+    }
+    while kill -0 "$run_pid" 2>/dev/null; do harvest; sleep 1; done
+    wait "$run_pid" || { echo "run failed, see $OUT/$name.log" >&2; tail -5 "$OUT/$name.log" >&2; exit 1; }
+    harvest
     base_rate=$(eval_ckpt "$run_dir/config.json" "$DATA/base.safetensors")
     echo "{\"policy\":\"$policy\",\"seed\":$seed,\"step\":0,\"pass_rate\":$base_rate}" >> "$RESULTS"
-    for ck in "$run_dir"/checkpoints/step_*; do
+    for ck in "$OUT/$name.ckpts"/step_*; do
       step=${ck##*step_}
       rate=$(eval_ckpt "$run_dir/config.json" "$ck/model.safetensors")
       echo "{\"policy\":\"$policy\",\"seed\":$seed,\"step\":$step,\"pass_rate\":$rate}" >> "$RESULTS"

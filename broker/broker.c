@@ -782,6 +782,9 @@ static void handle(broker *b, wire_rx *rx) {
         if (hp) {
             touch(b, hp);
             snprintf(hp->state, sizeof hp->state, "%s", h.state);
+        } else if (h.role != WIRE_ROLE_OBSERVER) {
+            /* a peer of a previous broker process: tell it to introduce itself */
+            reply_error(b, rid, "no_hello", 0, "unknown peer %s: send HELLO", h.peer_id);
         }
         break;
     }

@@ -103,6 +103,8 @@ int broker_client_poll_weights_into(broker_client *c, wire_weights *out, void *d
 int broker_client_grant_credit(broker_client *c, uint32_t n, rlhf_error *err);
 /* Next delivered group: 1 and fills *out (wire_rollout_group_free), or 0 after timeout_ms. */
 int broker_client_recv_group(broker_client *c, wire_rollout_group *out, int timeout_ms, rlhf_error *err);
+/* Copies the blob into the client's reused send buffer (ZeroMQ sends the chunks from there without
+ * further copies) and returns; w->data may be changed right after. */
 int broker_client_publish_weights(broker_client *c, const wire_weights *w, rlhf_error *err);
 int broker_client_send_prompt_stats(broker_client *c, const wire_prompt_stats *st, rlhf_error *err);
 

@@ -41,6 +41,10 @@ struct broker_client {
     uint64_t next_request_id;
     int request_in_flight;
     uint64_t errors_received;
+    uint64_t rehellos; /* HELLOs resent after a broker restart */
+    uint32_t credit_outstanding; /* credit granted minus groups received */
+    int need_rehello;            /* set by the heartbeat thread (atomic): the broker does not know us */
+    struct pub_buf *pub;         /* weights send buffer, reused across publishes */
     rlhf_error last_rejection;
 
     /* heartbeat thread */
@@ -90,6 +94,24 @@ static int have(const broker_client *c, int type) {
     }
 }
 
+static int send_out(broker_client *c, wire_out *o, rlhf_error *err);
+static void pub_buf_unref(void *data, void *hint);
+
+/* The broker restarted (our DEALER reconnected by itself) and does not know us: introduce ourselves
+ * again, re-grant the credit it lost; a prompt request it never saw is sent again by the next call. */
+static void rehello(broker_client *c) {
+    wire_hello h = {{0}, c->role, (int64_t)getpid()};
+    snprintf(h.peer_id, sizeof h.peer_id, "%s", c->id);
+    wire_out o;
+    if (wire_encode_hello(&h, &o, NULL) == 0) send_out(c, &o, NULL);
+    c->request_in_flight = 0;
+    c->rehellos++;
+    if (c->role == WIRE_ROLE_UPDATER && c->credit_outstanding) {
+        wire_credit cr = {c->credit_outstanding};
+        if (wire_encode_credit(&cr, &o, NULL) == 0) send_out(c, &o, NULL);
+    }
+}
+
 /* Handles one received message. Returns 0, or an error that the waiting call should report. */
 static int dispatch(broker_client *c, rlhf_error *err) {
     wire_msg m;
@@ -129,6 +151,7 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         wire_rollout_group g;
         rc = wire_decode_rollout_group(&m, &g, &reason, err);
         if (rc) break;
+        if (c->credit_outstanding) c->credit_outstanding--;
         if (fifo_push(&c->groups, &g) != 0) {
             wire_rollout_group_free(&g);
             rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
@@ -181,8 +204,10 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         if (!strcmp(e.reason, "version_mismatch"))
             rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "broker rejected protocol version %d: %s",
                                 e.peer_version, e.detail);
+        else if (!strcmp(e.reason, "no_hello") && c->has_welcome)
+            rehello(c);
         else if (!strcmp(e.reason, "no_hello") || !strcmp(e.reason, "no_dataset") ||
-                 !strcmp(e.reason, "selector_failed")) {
+                   !strcmp(e.reason, "selector_failed")) {
             c->request_in_flight = 0; /* that request was answered, with an error */
             rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "broker rejected a message (%s): %s", e.reason,
                                 e.detail);
@@ -200,6 +225,7 @@ static int dispatch(broker_client *c, rlhf_error *err) {
 static int pump(broker_client *c, int want, int timeout_ms, rlhf_error *err) {
     double deadline = rlhf_now() + (timeout_ms < 0 ? 1e9 : timeout_ms / 1000.0);
     for (;;) {
+        if (__atomic_exchange_n(&c->need_rehello, 0, __ATOMIC_ACQ_REL) && c->has_welcome) rehello(c);
         if (want && have(c, want)) return 1;
         if (c->stopped) return rlhf_error_set(err, RLHF_ESTATE, c->endpoint, "the broker stopped");
         double left = deadline - rlhf_now();
@@ -209,7 +235,7 @@ static int pump(broker_client *c, int want, int timeout_ms, rlhf_error *err) {
             if (left <= 0) return 0;
             zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
             long ms = (long)(left * 1000.0) + 1;
-            if (zmq_poll(&it, 1, ms > 1000 ? 1000 : ms) < 0 && errno != EINTR)
+            if (zmq_poll(&it, 1, ms > 200 ? 200 : ms) < 0 && errno != EINTR)
                 return rlhf_error_set(err, RLHF_EIO, c->endpoint, "zmq_poll: %s", zmq_strerror(errno));
             continue;
         }
@@ -256,8 +282,14 @@ static void *hb_main(void *arg) {
         zmq_pollitem_t it[2] = {{pipe, 0, ZMQ_POLLIN, 0}, {hs, 0, ZMQ_POLLIN, 0}};
         int n = zmq_poll(it, 2, c->hb_interval_ms);
         if (n > 0 && (it[0].revents & ZMQ_POLLIN)) break;
-        if (n > 0 && (it[1].revents & ZMQ_POLLIN)) /* replies to heartbeats (errors only): drop */
+        if (n > 0 && (it[1].revents & ZMQ_POLLIN)) /* replies to heartbeats: only errors */
             while (wire_rx_recv(hs, &rx, ZMQ_DONTWAIT, NULL) == 1) {
+                wire_msg m;
+                wire_error_msg em;
+                if (wire_parse(rx.views, rx.n, &m, NULL, NULL) != 0) continue;
+                if (wire_decode_error(&m, &em, NULL, NULL) == 0 && !strcmp(em.reason, "no_hello"))
+                    __atomic_store_n(&c->need_rehello, 1, __ATOMIC_RELEASE); /* a restarted broker */
+                wire_msg_release(&m);
             }
     }
     wire_rx_free(&rx);
@@ -349,6 +381,7 @@ void broker_client_close(broker_client **cp) {
     if (c->hb_thread_pipe) zmq_close(c->hb_thread_pipe);
     if (c->hb_sock) zmq_close(c->hb_sock);
     if (c->sock) zmq_close(c->sock);
+    if (c->pub) pub_buf_unref(NULL, c->pub); /* queued chunks keep it alive until sent (linger) */
     if (c->zctx) zmq_ctx_term(c->zctx);
     wire_rx_free(&c->rx);
     wire_weights_free(&c->pending_weights);
@@ -459,7 +492,9 @@ int broker_client_grant_credit(broker_client *c, uint32_t n, rlhf_error *err) {
     wire_out o;
     int rc = wire_encode_credit(&cr, &o, err);
     if (rc) return rc;
-    return send_out(c, &o, err);
+    rc = send_out(c, &o, err);
+    if (!rc) c->credit_outstanding += n;
+    return rc;
 }
 
 int broker_client_recv_group(broker_client *c, wire_rollout_group *out, int timeout_ms, rlhf_error *err) {
@@ -472,11 +507,66 @@ int broker_client_recv_group(broker_client *c, wire_rollout_group *out, int time
     return 1;
 }
 
+/* The send buffer for weights: ZeroMQ sends the chunks straight from it (no copy into fresh 4 MiB
+ * messages, no page faults) and drops one reference per chunk when the bytes are out; the client holds
+ * one more. It is reused by the next publish once only the client's reference is left. */
+typedef struct pub_buf {
+    uint8_t *data;
+    size_t cap;
+    int refs; /* atomic */
+} pub_buf;
+
+static void pub_buf_unref(void *data, void *hint) {
+    (void)data;
+    pub_buf *b = hint;
+    if (__atomic_sub_fetch(&b->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        free(b->data);
+        free(b);
+    }
+}
+
 int broker_client_publish_weights(broker_client *c, const wire_weights *w, rlhf_error *err) {
+    pub_buf *b = c->pub;
+    if (b && (__atomic_load_n(&b->refs, __ATOMIC_ACQUIRE) != 1 || b->cap < w->nbytes)) {
+        pub_buf_unref(NULL, b); /* still being sent, or too small: let the last chunk free it */
+        b = c->pub = NULL;
+    }
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (!b || !(b->data = malloc(w->nbytes ? w->nbytes : 1))) {
+            free(b);
+            return rlhf_error_set(err, RLHF_ENOMEM, c->endpoint, "out of memory for a %llu-byte weights buffer",
+                                  (unsigned long long)w->nbytes);
+        }
+        b->cap = w->nbytes;
+        b->refs = 1;
+        c->pub = b;
+    }
+    if (w->nbytes) memcpy(b->data, w->data, w->nbytes);
+    wire_weights copy = *w;
+    copy.data = b->data;
     wire_out o;
-    int rc = wire_encode_weights(w, &o, err);
+    int rc = wire_encode_weights(&copy, &o, err);
     if (rc) return rc;
-    return send_out(c, &o, err);
+    size_t nf = wire_out_nframes(&o);
+    for (size_t i = 0; i < nf && !rc; i++) {
+        wire_frame f = wire_out_frame(&o, i);
+        int flags = i + 1 < nf ? ZMQ_SNDMORE : 0;
+        if (i < 2) { /* header and metadata: small, copied */
+            if (zmq_send(c->sock, f.data, f.len, flags) < 0) rc = -1;
+            continue;
+        }
+        zmq_msg_t m;
+        __atomic_add_fetch(&b->refs, 1, __ATOMIC_ACQ_REL);
+        zmq_msg_init_data(&m, (void *)f.data, f.len, pub_buf_unref, b);
+        if (zmq_msg_send(&m, c->sock, flags) < 0) {
+            zmq_msg_close(&m); /* drops the reference */
+            rc = -1;
+        }
+    }
+    wire_out_free(&o);
+    if (rc) return rlhf_error_set(err, RLHF_EIO, c->endpoint, "sending weights: %s", zmq_strerror(errno));
+    return 0;
 }
 
 int broker_client_send_prompt_stats(broker_client *c, const wire_prompt_stats *st, rlhf_error *err) {

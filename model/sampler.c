@@ -725,7 +725,8 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
         *lp_q = *lp_pi;
         return y;
     }
-    /* scaled logits z = (logit - max) / temperature <= 0; candidates sorted by z, descending */
+    /* scaled logits z = (logit - max) / temperature <= 0; the candidates: top-k (heap order) or all that
+     * could be in the nucleus (id order) */
     float inv_t = 1.0f / sp->temperature;
     int n;
     double total;

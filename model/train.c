@@ -56,6 +56,7 @@ struct model_trainer {
     float *grads;              /* parameter gradients, model layout */
     model_params dp;           /* views into grads */
     float *scratch;            /* attention backward, per thread */
+    int scratch_threads;       /* threads `scratch` has room for */
     float *rope_cos, *rope_sin; // (max_T, D/2)
     int32_t *tokens, *targets; // (max_B * max_T)
     layer_acts *layers;
@@ -121,7 +122,8 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->act = alloc64_raw(total * sizeof(float));
     t->act_grad = alloc64_raw(total * sizeof(float));
     t->grads = alloc64(m->n_params * sizeof(float));
-    t->scratch = alloc64((size_t)omp_get_max_threads() * attention_scratch_floats(max_T) * sizeof(float));
+    t->scratch_threads = omp_get_max_threads();
+    t->scratch = alloc64((size_t)t->scratch_threads * attention_scratch_floats(max_T) * sizeof(float));
     t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
     t->rope_sin = alloc64(T * (D / 2) * sizeof(float));
     t->tokens = alloc64(N * sizeof(int32_t));
@@ -185,7 +187,7 @@ size_t model_trainer_bytes(const model_trainer *t) {
     const model_config *c = &t->m->cfg;
     size_t D = model_head_dim(c), N = (size_t)t->max_B * t->max_T;
     return 2 * t->act_numel * sizeof(float) + t->m->n_params * sizeof(float) +
-           (size_t)omp_get_max_threads() * attention_scratch_floats(t->max_T) * sizeof(float) +
+           (size_t)t->scratch_threads * attention_scratch_floats(t->max_T) * sizeof(float) +
            2 * (size_t)t->max_T * (D / 2) * sizeof(float) + 2 * N * sizeof(int32_t);
 }
 
@@ -284,9 +286,17 @@ static int acc_flag(model_trainer *t, tape_op *op, int k) {
 /* Replays tape entries [0, end) in reverse. The caller has written the output gradient of entry
  * end - 1 (the seed). Activation gradients are never zeroed: each op overwrites a gradient on its
  * first contribution and accumulates afterwards (ops.h). */
-static void replay_backward(model_trainer *t, int end) {
+static int replay_backward(model_trainer *t, int end, rlhf_error *err) {
     const model_config *c = &t->m->cfg;
     int D = model_head_dim(c);
+    if (omp_get_max_threads() > t->scratch_threads) { /* the caller raised the thread count since create */
+        int n = omp_get_max_threads();
+        float *p = alloc64((size_t)n * attention_scratch_floats(t->max_T) * sizeof(float));
+        if (!p) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot grow attention scratch to %d threads", n);
+        free(t->scratch);
+        t->scratch = p;
+        t->scratch_threads = n;
+    }
     memset(t->touched, 0, (size_t)t->tape_cap);
     t->touched[end - 1] = 1;
     for (int i = end - 1; i >= 0; i--) {
@@ -333,6 +343,7 @@ static void replay_backward(model_trainer *t, int end) {
             break;
         }
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ forward */
@@ -482,9 +493,9 @@ int model_backward_logprobs(model_trainer *t, const float *dlogp, const float *d
     else memset(GRAD(t, t->logp), 0, N * sizeof(float));
     if (dentropy) memcpy(GRAD(t, t->ent), dentropy, N * sizeof(float));
     else memset(GRAD(t, t->ent), 0, N * sizeof(float));
-    replay_backward(t, t->tape_len);
+    int rc = replay_backward(t, t->tape_len, err);
     t->backward_pending = 0;
-    return 0;
+    return rc;
 }
 
 int model_backward_loss(model_trainer *t, rlhf_error *err) {
@@ -495,18 +506,18 @@ int model_backward_loss(model_trainer *t, rlhf_error *err) {
     float *g = GRAD(t, t->logp);
     float w = t->loss_count ? -1.0f / (float)t->loss_count : 0.0f;
     for (size_t i = 0; i < N; i++) g[i] = t->targets[i] >= 0 ? w : 0.0f;
-    replay_backward(t, t->tape_len);
+    int rc = replay_backward(t, t->tape_len, err);
     t->backward_pending = 0;
-    return 0;
+    return rc;
 }
 
 int model_backward_hidden(model_trainer *t, const float *dhidden, rlhf_error *err) {
     if (!t->backward_pending)
         return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_hidden needs a forward first");
     memcpy(GRAD(t, t->lnf), dhidden, (size_t)t->B * t->T * t->m->cfg.dim * sizeof(float));
-    replay_backward(t, t->hidden_end);
+    int rc = replay_backward(t, t->hidden_end, err);
     t->backward_pending = 0;
-    return 0;
+    return rc;
 }
 
 float *model_trainer_grads(model_trainer *t) { return t->grads; }

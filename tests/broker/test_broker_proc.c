@@ -852,6 +852,72 @@ static void test_control_and_rejections(void) {
     broker_client_close(&upd);
 }
 
+/* kill -9 the broker and start it again on the same endpoint: clients say HELLO again by themselves
+ * (the updater re-grants its credit), the replay log is recovered and appended to. */
+static void test_broker_restart(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "restart", "\"max_staleness\": 10"), 0);
+    broker_client *gen, *upd;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-rs", 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-rs", 3000, &e), 0);
+    CU_ASSERT_EQUAL(broker_client_grant_credit(upd, 10, &e), 0);
+    uint64_t seq = 0;
+    wire_prompt_batch pb;
+    wire_rollout_group g, rg;
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {
+            kill(r.broker, SIGKILL);
+            CU_ASSERT_EQUAL(wait_exit(r.broker, 5), 128 + SIGKILL);
+            char cfg[600], log[600], bin[4200];
+            snprintf(cfg, sizeof cfg, "%s/config.json", r.dir);
+            snprintf(log, sizeof log, "%s/broker.log", r.dir);
+            snprintf(bin, sizeof bin, "%s/rlhf", bindir);
+            char *argv[] = {bin, "broker", "--config", cfg, "--run-dir", r.dir, NULL};
+            r.broker = spawn(argv, log);
+        }
+        int got = 0;
+        for (int attempt = 0; attempt < 20 && !got; attempt++) {
+            int rc = broker_client_request_prompts(gen, 3, &pb, 500, &e);
+            if (rc == 0) got = 1;
+            else CU_ASSERT_EQUAL(rc, RLHF_ETIMEOUT);
+        }
+        CU_ASSERT_TRUE_FATAL(got);
+        for (uint32_t i = 0; i < pb.n; i++) {
+            synth_group_make(&g, "g-rs", seq++, 0, 2, 4, pb.prompts[i].id, pb.prompts[i].text);
+            CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
+            synth_group_free(&g);
+        }
+        for (uint32_t i = 0; i < pb.n; i++) {
+            CU_ASSERT_EQUAL_FATAL(broker_client_recv_group(upd, &rg, 5000, &e), 1);
+            CU_ASSERT_TRUE(synth_group_check(&rg));
+            wire_rollout_group_free(&rg);
+        }
+        wire_prompt_batch_free(&pb);
+    }
+    json_t *s = get_stats(&r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(stat_i(s, "groups/delivered"), 3); /* the new broker's share */
+    json_decref(s);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    broker_client_close(&gen);
+    broker_client_close(&upd);
+    char p[600];
+    snprintf(p, sizeof p, "%s/rollouts.log", r.dir);
+    replay_reader *rr;
+    CU_ASSERT_EQUAL_FATAL(replay_reader_open(&rr, p, &e), 0);
+    int n = 0;
+    while (replay_reader_next(rr, &g, NULL, &e) == 1) {
+        CU_ASSERT_EQUAL(g.seq, (uint64_t)n);
+        wire_rollout_group_free(&g);
+        n++;
+    }
+    replay_reader_close(&rr);
+    CU_ASSERT_EQUAL(n, 6);
+}
+
 int register_broker_suites(void) {
     CU_pSuite s = CU_add_suite("broker", suite_init, suite_clean);
     if (!s) return -1;
@@ -865,5 +931,6 @@ int register_broker_suites(void) {
     CU_add_test(s, "backpressure with a slow updater", test_backpressure);
     CU_add_test(s, "SIGTERM flushes the replay log; replay-cat", test_sigterm_flushes);
     CU_add_test(s, "pause/resume, rejections, stale purge, credit (client API)", test_control_and_rejections);
+    CU_add_test(s, "broker kill -9 and restart: clients rejoin, log recovered", test_broker_restart);
     return 0;
 }

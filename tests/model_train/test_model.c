@@ -197,6 +197,36 @@ static void test_loss_matches_logprobs(void) {
     model_destroy(&m);
 }
 
+/* Gradients do not depend on the thread count, including one raised after the trainer was made. */
+extern void omp_set_num_threads(int);
+extern int omp_get_max_threads(void);
+static void test_threads_raised_after_create(void) {
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    model *m = small_model(0, 2, 61, 3.0f);
+    rlhf_error err = {0};
+    model_trainer *tr = NULL;
+    int B = 4, T = 9;
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&tr, m, B, T, &err), 0);
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 62);
+    int32_t tok[36], tg[36];
+    random_batch(&rng, tok, tg, B, T, m->cfg.vocab_size, 4);
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, B, T, &err), 0);
+    CU_ASSERT_EQUAL(model_backward_loss(tr, &err), 0);
+    float *g1 = malloc(m->n_params * sizeof(float));
+    memcpy(g1, model_trainer_grads(tr), m->n_params * sizeof(float));
+    omp_set_num_threads(6); /* more threads than the attention scratch was sized for */
+    model_trainer_zero_grad(tr);
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, B, T, &err), 0);
+    CU_ASSERT_EQUAL(model_backward_loss(tr, &err), 0);
+    CU_ASSERT(rel_err(model_trainer_grads(tr), g1, m->n_params) < 1e-5);
+    omp_set_num_threads(saved);
+    free(g1);
+    model_trainer_destroy(&tr);
+    model_destroy(&m);
+}
+
 static void test_bad_input(void) {
     model *m = small_model(0, 4, 31, 1.0f);
     rlhf_error err = {0};
@@ -380,6 +410,7 @@ void register_model_suite(void) {
                 test_batched_padded_equals_unbatched);
     CU_add_test(s, "mean masked CE and its backward == log-prob path", test_loss_matches_logprobs);
     CU_add_test(s, "bad batch shapes, ids and call order are rejected", test_bad_input);
+    CU_add_test(s, "1 thread at create, 6 at backward: same gradients", test_threads_raised_after_create);
     CU_pSuite a = CU_add_suite("adamw", NULL, NULL);
     CU_add_test(a, "warmup + cosine / constant schedule", test_lr_schedule);
     CU_add_test(a, "first step == closed form, decay on matrices only, clipping, NaN rejected",
