@@ -13,7 +13,8 @@ BUILD    ?= build
 PREFIX   ?= /usr/local
 OPT      ?= -O3 -march=native
 SAN      ?=
-CFLAGS_BASE := -std=gnu11 -g -Wall -Wextra -fopenmp -I. -MMD -MP -D_GNU_SOURCE
+# RLHF_SOURCE_ROOT lets tests find fixtures under the source tree wherever BUILD is.
+CFLAGS_BASE := -std=gnu11 -g -Wall -Wextra -fopenmp -I. -MMD -MP -D_GNU_SOURCE -DRLHF_SOURCE_ROOT='"$(CURDIR)"'
 ifeq ($(SAN),1)
   CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined

@@ -10,6 +10,10 @@ WINDOW = 10  # steps in the moving average of reward/mean
 def load(run):
     rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()]
     ev = json.load(open(f"{run}/eval.json"))
+    try:
+        ev["sampled"] = json.load(open(f"{run}/eval_sampled.json"))["pass_rate"]
+    except OSError:
+        ev["sampled"] = float("nan")
     return rows, ev
 
 
@@ -58,14 +62,18 @@ def main():
         base = None
     print(f"target: the sync run's final mean reward (last {WINDOW} steps) = {target:.4f}")
     print(f"{'run':6} {'steps':>5} {'wall_s':>8} {'t_target_s':>10} {'at_step':>7} {'final_reward':>12} "
-          f"{'heldout_pass':>12}")
+          f"{'pass_greedy':>12} {'pass_sampled':>12}")
     for name, rows, ev, t, st in (("sync", srows, sev, ts, ss), ("async", arows, aev, ta, sa)):
         fr = moving(rows, "reward/mean")[-1]
         tt = f"{t:.1f}" if t is not None else "not reached"
         print(f"{name:6} {rows[-1]['step']:>5} {rows[-1]['wall_s']:>8.1f} {tt:>10} {str(st):>7} {fr:>12.4f} "
-              f"{ev['pass_rate']:>12.3f}")
+              f"{ev['pass_rate']:>12.3f} {ev['sampled']:>12.3f}")
     if base:
-        print(f"base model held-out pass rate: {base['pass_rate']:.3f}")
+        try:
+            bs = json.load(open(f"{sync_dir}/eval_base_sampled.json"))["pass_rate"]
+        except OSError:
+            bs = float("nan")
+        print(f"base model held-out pass rate: greedy {base['pass_rate']:.3f}, sampled {bs:.3f}")
     if ts and ta:
         print(f"speedup to the sync run's final reward: {ts / ta:.2f}x  (wall: {srows[-1]['wall_s'] / arows[-1]['wall_s']:.2f}x for the same steps)")
     print("\nwhere the time went (seconds, summed over steps; gen_busy = generator sampling time of the groups used):")

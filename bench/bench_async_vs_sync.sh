@@ -23,7 +23,11 @@ for mode in sync async; do
   last=$(cat "runs/$name/checkpoints/latest")
   "$R" eval --config "runs/$name/config.json" --checkpoint "runs/$name/checkpoints/$last/model.safetensors" \
       --threads "$THREADS" > "runs/$name/eval.json"
+  "$R" eval --config "runs/$name/config.json" --checkpoint "runs/$name/checkpoints/$last/model.safetensors" \
+      --threads "$THREADS" --samples 4 --temperature 1 > "runs/$name/eval_sampled.json"
 done
 "$R" eval --config "runs/bench-sync-$STAMP/config.json" --checkpoint "$BASE" --threads "$THREADS" \
     > "runs/bench-sync-$STAMP/eval_base.json"
+"$R" eval --config "runs/bench-sync-$STAMP/config.json" --checkpoint "$BASE" --threads "$THREADS" \
+    --samples 4 --temperature 1 > "runs/bench-sync-$STAMP/eval_base_sampled.json"
 python3 bench/async_vs_sync_report.py "runs/bench-sync-$STAMP" "runs/bench-async-$STAMP"

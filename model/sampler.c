@@ -22,6 +22,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 typedef struct cand {
     float z; /* temperature-scaled logit minus the largest: <= 0 */
@@ -110,6 +111,8 @@ static inline __attribute__((always_inline)) void panel_kernel(float *out, const
             a1[r] = _mm512_setzero_ps();
         }
     for (int i = 0; i < IC; i++) {
+        _mm_prefetch((const char *)(wp + (size_t)(i + 16) * PANEL), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wp + (size_t)(i + 16) * PANEL + 16), _MM_HINT_T0);
         __m512 w0 = _mm512_load_ps(wp + (size_t)i * PANEL), w1 = _mm512_load_ps(wp + (size_t)i * PANEL + 16);
 #pragma GCC unroll 12
         for (int r = 0; r < 12; r++)
@@ -406,6 +409,15 @@ static void attention_forward(float *out, const float *q, int ldq, const float *
 
 /* ---------------------------------------------------------------- create / destroy */
 
+/* Large buffers (packed weights, KV cache) on 2 MiB boundaries with transparent huge pages requested:
+ * fewer TLB misses when streaming tens of MB per token and writing keys with a stride of T floats. */
+static void *big_alloc(size_t bytes) {
+    size_t huge = (size_t)2 << 20, rounded = (bytes + huge - 1) / huge * huge;
+    void *p = aligned_alloc(huge, rounded ? rounded : huge);
+    if (p) madvise(p, rounded, MADV_HUGEPAGE); /* advice only: ignore failure */
+    return p;
+}
+
 int sampler_max_rows(const sampler *s) { return s->max_rows; }
 
 int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err) {
@@ -423,8 +435,8 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
     size_t R = (size_t)s->max_rows, C = (size_t)c->dim, F = (size_t)c->ffn_dim, V = (size_t)c->vocab_size;
     s->slot_stride = (size_t)s->T * KD;
     size_t cache = (size_t)c->n_layers * max_batch * s->slot_stride;
-    s->k_cache = malloc(cache * sizeof(float));
-    s->v_cache = malloc(cache * sizeof(float));
+    s->k_cache = big_alloc(cache * sizeof(float));
+    s->v_cache = big_alloc(cache * sizeof(float));
     s->rope_cos = malloc((size_t)s->T * (D / 2) * sizeof(float));
     s->rope_sin = malloc((size_t)s->T * (D / 2) * sizeof(float));
     s->x = malloc(R * C * sizeof(float));
@@ -433,7 +445,7 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
     s->att = malloc(R * HD * sizeof(float));
     s->gu = malloc(R * 2 * F * sizeof(float));
     s->xl = malloc(R * C * sizeof(float));
-    s->logits = malloc((size_t)max_batch * V * sizeof(float));
+    s->logits = big_alloc((size_t)max_batch * V * sizeof(float));
     s->row_slot = malloc(R * sizeof(int));
     s->row_pos = malloc(R * sizeof(int));
     s->logit_rows = malloc(R * sizeof(int));
@@ -455,7 +467,7 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
         }
         s->pk_layer = off;
         s->pk_head = off * (size_t)c->n_layers;
-        s->wpack = aligned_alloc(64, ((s->pk_head + sampler_packed_size(c->vocab_size, c->dim)) * sizeof(float) + 63) & ~(size_t)63);
+        s->wpack = big_alloc((s->pk_head + sampler_packed_size(c->vocab_size, c->dim)) * sizeof(float));
     }
     if (!s->wpack || !s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->qkv ||
         !s->att || !s->gu || !s->xl || !s->logits || !s->row_slot || !s->row_pos || !s->logit_rows ||

@@ -25,15 +25,17 @@ echo "== asynchronous RLOO run: runs/$RUN_NAME (config $CONFIG)"
 
 RUN="runs/$RUN_NAME"
 LAST=$(cat "$RUN/checkpoints/latest")
-echo "== held-out pass rate (greedy, 200 held-out prompts)"
-BASE_JSON=$("$R" eval --config "$RUN/config.json" --checkpoint "$DATA/base.safetensors" --threads "$THREADS")
-TRAINED_JSON=$("$R" eval --config "$RUN/config.json" --checkpoint "$RUN/checkpoints/$LAST/model.safetensors" \
-               --threads "$THREADS")
-echo "base:    $BASE_JSON"
-echo "trained: $TRAINED_JSON"
-python3 - "$BASE_JSON" "$TRAINED_JSON" <<'EOF' || true
+TRAINED="$RUN/checkpoints/$LAST/model.safetensors"
+echo "== held-out pass rate, 200 held-out prompts: greedy, and sampled (temperature 1, 4 samples per prompt)"
+ev() { "$R" eval --config "$RUN/config.json" --threads "$THREADS" --checkpoint "$@"; }
+BG=$(ev "$DATA/base.safetensors")
+TG=$(ev "$TRAINED")
+BS=$(ev "$DATA/base.safetensors" --samples 4 --temperature 1)
+TS=$(ev "$TRAINED" --samples 4 --temperature 1)
+printf 'base    greedy:  %s\ntrained greedy:  %s\nbase    sampled: %s\ntrained sampled: %s\n' "$BG" "$TG" "$BS" "$TS"
+python3 - "$BG" "$TG" "$BS" "$TS" <<'EOF2' || true
 import json, sys
-b, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"held-out pass rate: base {100*b['pass_rate']:.1f}% -> trained {100*t['pass_rate']:.1f}% "
-      f"(reward {b['reward_mean']:.3f} -> {t['reward_mean']:.3f}, {t['prompts']} prompts)")
-EOF
+bg, tg, bs, ts = (json.loads(a) for a in sys.argv[1:5])
+print(f"held-out pass rate, greedy:  base {100*bg['pass_rate']:.1f}% -> trained {100*tg['pass_rate']:.1f}%")
+print(f"held-out pass rate, sampled: base {100*bs['pass_rate']:.1f}% -> trained {100*ts['pass_rate']:.1f}%")
+EOF2

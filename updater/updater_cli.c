@@ -166,7 +166,7 @@ int cmd_updater(int argc, char **argv) {
     }
     /* recover accepted groups that a previous incarnation received but never finished */
     long recovered = 0;
-    if (loaded && bcfg.replay_path[0]) {
+    if (bcfg.replay_path[0]) {
         snprintf(path, sizeof path, "%s/%s", cfg.run_dir, bcfg.replay_path);
         replay_reader *rr = NULL;
         if (access(path, F_OK) == 0 && replay_reader_open(&rr, path, &err) == 0) {

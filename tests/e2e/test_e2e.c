@@ -336,8 +336,8 @@ static void test_run_with_faults(void) {
     snprintf(p, sizeof p, "%s/logs/updater.log", run);
     char *ulog = slurp(p);
     long recovered = -1;
-    char *rp = ulog ? strstr(ulog, "recovered ") : NULL;
-    if (rp) recovered = atol(rp + 10);
+    /* the restarted incarnation's line (every incarnation reports one) */
+    for (char *rp = ulog; rp && (rp = strstr(rp, "recovered ")); rp += 10) recovered = atol(rp + 10);
     free(ulog);
     /* the killed updater held groups it had not finished: the restart took them from the log */
     CU_ASSERT(recovered > 0);

@@ -36,15 +36,13 @@ static void cleanup_scratch(void) {
 }
 
 int register_suites(void) {
-    /* the binary lives in ROOT/BUILD/tests/: run from ROOT so fixtures are found */
+    /* the binary lives in BUILD/tests/; fixtures are under the source root: run from there */
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return -1;
     exe[n] = 0;
-    snprintf(build_dir, sizeof build_dir, "%s", dirname(dirname(exe))); /* ROOT/BUILD */
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", build_dir); /* dirname() works in place: on a copy */
-    snprintf(root_dir, sizeof root_dir, "%s", dirname(tmp));
+    snprintf(build_dir, sizeof build_dir, "%s", dirname(dirname(exe))); /* BUILD (may be outside ROOT) */
+    snprintf(root_dir, sizeof root_dir, "%s", RLHF_SOURCE_ROOT);
     if (chdir(root_dir)) return -1;
     snprintf(scratch_dir, sizeof scratch_dir, "/tmp/rlhf-test-rewards-XXXXXX");
     if (!mkdtemp(scratch_dir)) return -1;
