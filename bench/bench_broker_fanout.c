@@ -1,7 +1,7 @@
 /* bench/bench_broker_fanout.c — weight fan-out latency: one updater publishes a 40 MB version
  * (10M fp32 parameters, 2 tensors), the broker forwards it to 4 generator processes.
  *
- *   bench_broker_fanout [N_FLOATS] [GENERATORS] [REPEATS]
+ *   bench_broker_fanout [N_FLOATS] [GENERATORS] [REPEATS] [tcp|ipc]
  *
  * Latency = from the updater's publish call (encode + checksums + send) to the moment the last generator
  * holds the decoded tensors with every chunk's CRC-32 and the tensor table verified (wall clock, same
@@ -85,9 +85,14 @@ static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions,
     return pid;
 }
 
+static int use_ipc; /* every path over ipc:///tmp/... instead of tcp loopback */
+
 static double raw_push_once(const wire_out *o, int port) {
     char ep[64];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    if (use_ipc)
+        snprintf(ep, sizeof ep, "ipc:///tmp/bench_fanout_raw.%d", port);
+    else
+        snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
     int p[2];
     if (pipe(p) != 0) return -1;
     pid_t pid = fork();
@@ -132,13 +137,18 @@ int main(int argc, char **argv) {
     long n_floats = argc > 1 ? atol(argv[1]) : 10000000L;
     int n_gen = argc > 2 ? atoi(argv[2]) : 4;
     int repeats = argc > 3 ? atoi(argv[3]) : 7;
-    if (n_floats < 2 || n_gen < 1 || n_gen > 64 || repeats < 1 || repeats > 64) {
-        fprintf(stderr, "usage: bench_broker_fanout [N_FLOATS] [GENERATORS 1..64] [REPEATS 1..64]\n");
+    use_ipc = argc > 4 && !strcmp(argv[4], "ipc");
+    if (n_floats < 2 || n_gen < 1 || n_gen > 64 || repeats < 1 || repeats > 64 ||
+        (argc > 4 && !use_ipc && strcmp(argv[4], "tcp"))) {
+        fprintf(stderr, "usage: bench_broker_fanout [N_FLOATS] [GENERATORS 1..64] [REPEATS 1..64] [tcp|ipc]\n");
         return 2;
     }
     int port = 30000 + getpid() % 20000;
     char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
+    if (use_ipc)
+        snprintf(endpoint, sizeof endpoint, "ipc:///tmp/bench_fanout_broker.%d", port);
+    else
+        snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
     pid_t brk = fork_broker(endpoint);
     int p[2];
     if (pipe(p) != 0) return 1;
@@ -194,7 +204,14 @@ int main(int argc, char **argv) {
     free((void *)w.data);
     qsort(lat, repeats, sizeof *lat, cmp_d);
     qsort(raw, repeats, sizeof *raw, cmp_d);
-    printf("weights: %.1f MB (%ld fp32), %d generators, %d versions\n", n_floats * 4 / 1e6, n_floats, n_gen, repeats);
+    printf("weights: %.1f MB (%ld fp32), %d generators, %d versions, %s\n", n_floats * 4 / 1e6, n_floats, n_gen, repeats,
+           use_ipc ? "ipc://" : "tcp://127.0.0.1");
+    if (use_ipc) {
+        snprintf(endpoint, sizeof endpoint, "/tmp/bench_fanout_broker.%d", port);
+        unlink(endpoint);
+        snprintf(endpoint, sizeof endpoint, "/tmp/bench_fanout_raw.%d", port + 1);
+        unlink(endpoint);
+    }
     printf("fan-out publish -> last generator verified: median %.1f ms (min %.1f, max %.1f)\n",
            lat[repeats / 2] * 1e3, lo * 1e3, hi * 1e3);
     printf("raw ZeroMQ PUSH -> 1 PULL of the same bytes, unverified: median %.1f ms\n", raw[repeats / 2] * 1e3);

@@ -8,6 +8,7 @@
 #include "broker/broker_int.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -158,6 +159,11 @@ int broker_config_parse(broker_config *c, const json_t *obj, const char *path, r
 
 /* ---------------------------------------------------------------- create / destroy */
 
+void broker_keep_freed_memory(void) {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);  /* frames up to 32 MiB come from the heap (glibc's cap) ... */
+    mallopt(M_TRIM_THRESHOLD, 512 << 20); /* ... and freed heap stays for the next version's frames */
+}
+
 int broker_create(broker **out, const broker_config *cfg, const char *run_dir, rlhf_error *err) {
     *out = NULL;
     broker *b = calloc(1, sizeof *b);
@@ -168,6 +174,7 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
     b->newest_version = cfg->initial_version;
     b->started = rlhf_now();
     int rc;
+    broker_keep_freed_memory();
     b->zctx = zmq_ctx_new();
     /* Two I/O threads: a weights fan-out to several generators is sent on several connections at once. */
     zmq_ctx_set(b->zctx, ZMQ_IO_THREADS, 2);

@@ -7,6 +7,13 @@
 
 #define BROKER_MAX_ROUTING_ID 256
 
+/* Keeps freed memory in the process for reuse (mallopt, process-wide). ZeroMQ mallocs every received
+ * frame larger than its 8 KB read batch; with glibc's defaults a 4 MiB weights chunk is mmap'ed or its
+ * heap is trimmed when freed, so every 40 MB version page-faults ~10k fresh pages in each receiving
+ * process (the fan-out benchmark: ~35% of its time). Called by the broker and by generator clients,
+ * the processes that receive weights. */
+void broker_keep_freed_memory(void);
+
 /* One peer, keyed by its peer id (HELLO). A restarted process reuses its record with a new routing id. */
 typedef struct broker_peer {
     char id[WIRE_ID_MAX];

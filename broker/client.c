@@ -6,6 +6,7 @@
  * own (ZeroMQ sockets are single-threaded), so a process busy sampling or training for longer than the
  * heartbeat timeout is not declared dead. */
 #include "broker/broker.h"
+#include "broker/broker_int.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -313,6 +314,7 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
     c->next_request_id = 1;
     pthread_mutex_init(&c->mu, NULL);
     int rc;
+    if (role == WIRE_ROLE_GENERATOR) broker_keep_freed_memory(); /* weights arrive here: no page faults per version */
     c->zctx = zmq_ctx_new();
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
     if (!c->sock) {

@@ -260,7 +260,10 @@ int wire_encode_hello(const wire_hello *x, wire_out *o, rlhf_error *err);
 int wire_encode_welcome(const wire_welcome *x, wire_out *o, rlhf_error *err);
 int wire_encode_prompt_request(const wire_prompt_request *x, wire_out *o, rlhf_error *err);
 int wire_encode_prompt_batch(const wire_prompt_batch *x, wire_out *o, rlhf_error *err);
+/* Writes the metadata JSON directly (no jansson tree): the generator's per-group cost. */
 int wire_encode_rollout_group(const wire_rollout_group *x, wire_out *o, rlhf_error *err);
+/* The same message built with jansson: the reference the fast encoder is tested against. */
+int wire_encode_rollout_group_reference(const wire_rollout_group *x, wire_out *o, rlhf_error *err);
 int wire_encode_credit(const wire_credit *x, wire_out *o, rlhf_error *err);
 int wire_encode_weights(const wire_weights *x, wire_out *o, rlhf_error *err);
 int wire_encode_prompt_stats(const wire_prompt_stats *x, wire_out *o, rlhf_error *err);

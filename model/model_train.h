@@ -8,7 +8,9 @@
  * the id predicted at each position, or -1 for positions that carry no loss (prompt, padding).
  *
  * Threads: every kernel uses OpenMP (omp_set_num_threads / OMP_NUM_THREADS); GEMMs go through
- * OpenBLAS's OpenMP build, which shares the same pool. */
+ * OpenBLAS's OpenMP build, which shares the same pool. When other processes share the cores, start
+ * the process with OMP_WAIT_POLICY=passive: spinning OpenMP threads made a training step ~10x slower
+ * under load (docs/PERFORMANCE.md, "Thread wait policy"). */
 #ifndef RLHF_MODEL_TRAIN_H
 #define RLHF_MODEL_TRAIN_H
 

@@ -111,8 +111,6 @@ static inline __attribute__((always_inline)) void panel_kernel(float *out, const
             a1[r] = _mm512_setzero_ps();
         }
     for (int i = 0; i < IC; i++) {
-        _mm_prefetch((const char *)(wp + (size_t)(i + 16) * PANEL), _MM_HINT_T0);
-        _mm_prefetch((const char *)(wp + (size_t)(i + 16) * PANEL + 16), _MM_HINT_T0);
         __m512 w0 = _mm512_load_ps(wp + (size_t)i * PANEL), w1 = _mm512_load_ps(wp + (size_t)i * PANEL + 16);
 #pragma GCC unroll 12
         for (int r = 0; r < 12; r++)

@@ -76,20 +76,25 @@ int cmd_eval(int argc, char **argv) {
         }
         wire_rollout_group *gs = calloc((size_t)b, sizeof *gs);
         rc = generate_groups(m, smp, tok, pr, b, &gp, "eval", (uint64_t)i0, gs, &err);
-        for (int i = 0; i < b && !rc; i++) {
-            scored_group sg;
-            memset(&sg, 0, sizeof sg);
-            sg.g = gs[i];
-            rc = scorer_score_now(sc, &sg, &err);
+        scored_group *sgs = calloc((size_t)b, sizeof *sgs);
+        scored_group **ps = calloc((size_t)b, sizeof *ps);
+        for (int i = 0; i < b; i++) {
+            sgs[i].g = gs[i];
+            ps[i] = &sgs[i];
+        }
+        if (!rc) rc = scorer_score_batch_now(sc, ps, b, &err);
+        for (int i = 0; i < b; i++) {
             for (int j = 0; j < samples && !rc; j++) {
                 total++;
-                rsum += sg.total[j];
-                if (!isnan(sg.src[j]) && sg.src[j] >= 1.0f - 1e-6f) pass++;
+                rsum += sgs[i].total[j];
+                if (!isnan(sgs[i].src[j]) && sgs[i].src[j] >= 1.0f - 1e-6f) pass++;
             }
-            free(sg.src);
-            free(sg.total);
-            free(sg.src_errors);
+            free(sgs[i].src);
+            free(sgs[i].total);
+            free(sgs[i].src_errors);
         }
+        free(sgs);
+        free(ps);
         for (int i = 0; i < b; i++) wire_rollout_group_free(&gs[i]);
         free(gs);
         free(pr);

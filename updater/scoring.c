@@ -85,6 +85,8 @@ void group_queue_close(group_queue *q) {
 
 /* ---------------------------------------------------------------- scorer */
 
+#define SCORER_MAX_BATCH 32
+
 struct scorer {
     int n_threads;
     reward_pipeline **pipes; /* (n_threads) */
@@ -95,71 +97,98 @@ struct scorer {
     int n_sources;
 };
 
-static int score_group(reward_pipeline *pipe, scored_group *sg, rlhf_error *err) {
-    wire_rollout_group *g = &sg->g;
-    int k = (int)g->k, S = (int)reward_pipeline_n_sources(pipe);
+/* Scores n groups with ONE pipeline call: sandboxed sources start one checker process per call
+ * (per pool slot), so batching whatever groups are waiting amortises that start-up. Each group's
+ * samples share its group_id (the on_error "skip_group" policy acts per group). */
+static int score_groups(reward_pipeline *pipe, scored_group **gs, int n, rlhf_error *err) {
+    int S = (int)reward_pipeline_n_sources(pipe);
     double t0 = rlhf_now();
-    rlhf_reward_item *items = calloc((size_t)k, sizeof *items);
-    char **texts = calloc((size_t)k, sizeof *texts);
-    char *rec = g->prompt_record ? json_dumps(g->prompt_record, JSON_COMPACT) : NULL;
-    sg->n_sources = S;
-    sg->src = calloc((size_t)S * k, sizeof(float));
-    sg->total = calloc((size_t)k, sizeof(float));
-    sg->src_errors = calloc((size_t)S, sizeof(int));
+    size_t N = 0;
+    for (int g = 0; g < n; g++) N += gs[g]->g.k;
+    rlhf_reward_item *items = calloc(N ? N : 1, sizeof *items);
+    char **texts = calloc(N ? N : 1, sizeof *texts);
+    char **recs = calloc(n > 0 ? (size_t)n : 1, sizeof *recs);
     int rc = 0;
-    if (!items || !texts || !sg->src || !sg->total || !sg->src_errors) {
-        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory scoring a group");
+    if (!items || !texts || !recs) {
+        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory scoring groups");
         goto done;
     }
-    size_t off = 0;
-    for (int i = 0; i < k; i++) {
-        int n = (int)g->n_tokens[i];
-        const int32_t *ids = g->tokens + off;
-        if (g->texts && g->texts[i]) {
-            texts[i] = strdup(g->texts[i]);
-        } else {
-            /* byte-level ids: 0..255 are bytes, specials decode to nothing */
-            texts[i] = malloc((size_t)n + 1);
-            int m = 0;
-            for (int t = 0; t < n; t++)
-                if (ids[t] >= 0 && ids[t] < 256) texts[i][m++] = (char)ids[t];
-            texts[i][m] = 0;
+    size_t it = 0;
+    for (int gi = 0; gi < n; gi++) {
+        scored_group *sg = gs[gi];
+        wire_rollout_group *g = &sg->g;
+        int k = (int)g->k;
+        recs[gi] = g->prompt_record ? json_dumps(g->prompt_record, JSON_COMPACT) : NULL;
+        sg->n_sources = S;
+        sg->src = calloc((size_t)S * k + 1, sizeof(float));
+        sg->total = calloc((size_t)k + 1, sizeof(float));
+        sg->src_errors = calloc((size_t)S + 1, sizeof(int));
+        if (!sg->src || !sg->total || !sg->src_errors) {
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory scoring a group");
+            goto done;
         }
-        /* the completion's stop byte (newline) is not part of the answer */
-        size_t tl = strlen(texts[i]);
-        while (tl > 0 && (texts[i][tl - 1] == '\n' || texts[i][tl - 1] == '\r')) texts[i][--tl] = 0;
-        items[i].prompt = g->prompt_text ? g->prompt_text : "";
-        items[i].completion = texts[i];
-        items[i].completion_ids = ids;
-        items[i].n_completion_ids = n;
-        items[i].record_json = rec ? rec : "{}";
-        items[i].group_id = 0;
-        items[i].deadline = 0;
-        off += (size_t)n;
+        size_t off = 0;
+        for (int i = 0; i < k; i++, it++) {
+            int nt = (int)g->n_tokens[i];
+            const int32_t *ids = g->tokens + off;
+            if (g->texts && g->texts[i]) {
+                texts[it] = strdup(g->texts[i]);
+            } else {
+                /* byte-level ids: 0..255 are bytes, specials decode to nothing */
+                texts[it] = malloc((size_t)nt + 1);
+                int m = 0;
+                for (int t = 0; t < nt; t++)
+                    if (ids[t] >= 0 && ids[t] < 256) texts[it][m++] = (char)ids[t];
+                texts[it][m] = 0;
+            }
+            /* the completion's stop byte (newline) is not part of the answer */
+            size_t tl = strlen(texts[it]);
+            while (tl > 0 && (texts[it][tl - 1] == '\n' || texts[it][tl - 1] == '\r')) texts[it][--tl] = 0;
+            items[it].prompt = g->prompt_text ? g->prompt_text : "";
+            items[it].completion = texts[it];
+            items[it].completion_ids = ids;
+            items[it].n_completion_ids = nt;
+            items[it].record_json = recs[gi] ? recs[gi] : "{}";
+            items[it].group_id = gi;
+            items[it].deadline = 0;
+            off += (size_t)nt;
+        }
     }
     reward_scores sc;
     memset(&sc, 0, sizeof sc);
-    rc = reward_pipeline_score(pipe, items, (size_t)k, &sc, err);
+    rc = reward_pipeline_score(pipe, items, N, &sc, err);
     if (rc == 0) {
-        for (int i = 0; i < k; i++) {
-            sg->total[i] = (float)sc.total[i];
-            if (sc.item_status[i].code == RLHF_REWARD_SKIP) sg->skipped = 1;
-            for (int s = 0; s < S; s++) {
-                const rlhf_reward_status *st = &sc.status[(size_t)i * S + s];
-                float v = st->code == RLHF_REWARD_OK ? (float)sc.raw[(size_t)i * S + s] : NAN;
-                sg->src[(size_t)s * k + i] = v;
-                if (st->code == RLHF_REWARD_ERROR) sg->src_errors[s]++;
+        it = 0;
+        for (int gi = 0; gi < n; gi++) {
+            scored_group *sg = gs[gi];
+            int k = (int)sg->g.k;
+            for (int i = 0; i < k; i++, it++) {
+                sg->total[i] = (float)sc.total[it];
+                if (sc.item_status[it].code == RLHF_REWARD_SKIP) sg->skipped = 1;
+                for (int s = 0; s < S; s++) {
+                    const rlhf_reward_status *st = &sc.status[it * S + s];
+                    float v = st->code == RLHF_REWARD_OK ? (float)sc.raw[it * S + s] : NAN;
+                    sg->src[(size_t)s * k + i] = v;
+                    if (st->code == RLHF_REWARD_ERROR) sg->src_errors[s]++;
+                }
             }
         }
     }
     reward_scores_free(&sc);
 done:
-    for (int i = 0; i < k && texts; i++) free(texts[i]);
+    for (size_t i = 0; i < N && texts; i++) free(texts[i]);
+    for (int g = 0; g < n && recs; g++) free(recs[g]);
     free(texts);
+    free(recs);
     free(items);
-    free(rec);
-    sg->score_seconds = rlhf_now() - t0;
+    double dt = rlhf_now() - t0;
+    /* the batch's scoring time, shared out by samples */
+    for (int g = 0; g < n; g++) gs[g]->score_seconds = N ? dt * gs[g]->g.k / (double)N : 0;
     return rc;
+}
+
+static int score_group(reward_pipeline *pipe, scored_group *sg, rlhf_error *err) {
+    return score_groups(pipe, &sg, 1, err);
 }
 
 typedef struct worker_arg {
@@ -172,6 +201,7 @@ static void *scorer_main(void *p) {
     scorer *s = wa->s;
     reward_pipeline *pipe = s->pipes[wa->idx];
     free(wa);
+    scored_group *batch[SCORER_MAX_BATCH];
     for (;;) {
         scored_group *g = group_queue_pop(&s->in, 1.0);
         if (!g) {
@@ -181,13 +211,17 @@ static void *scorer_main(void *p) {
             if (closed) break;
             continue;
         }
+        /* take whatever else is already waiting: one pipeline call for all of it */
+        int n = 0;
+        batch[n++] = g;
+        while (n < SCORER_MAX_BATCH && (g = group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
         rlhf_error err = {0};
-        if (score_group(pipe, g, &err) != 0) {
-            /* an on_error "fail" source: the group carries no usable reward; it is counted as skipped */
+        if (score_groups(pipe, batch, n, &err) != 0) {
+            /* an on_error "fail" source: the groups carry no usable reward; they are counted as skipped */
             rlhf_error_print("updater: scoring", &err);
-            g->skipped = 1;
+            for (int i = 0; i < n; i++) batch[i]->skipped = 1;
         }
-        group_queue_push(&s->out, g);
+        for (int i = 0; i < n; i++) group_queue_push(&s->out, batch[i]);
     }
     return NULL;
 }
@@ -275,3 +309,6 @@ int scorer_n_sources(const scorer *s) { return s->n_sources; }
 const char *scorer_source_name(const scorer *s, int i) { return reward_pipeline_source_name(s->pipes[0], (size_t)i); }
 
 int scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], g, err); }
+int scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err) {
+    return score_groups(s->pipes[0], gs, n, err);
+}

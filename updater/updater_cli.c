@@ -3,8 +3,8 @@
  *
  * Threads: the main thread talks to the broker and runs the optimizer; updaters.reward_threads
  * scoring threads run the reward pipeline on received groups meanwhile, so a slow reward overlaps
- * with training. Flow control: the updater grants the broker credit for at most
- * 2 * rl.prompts_per_step groups beyond those it holds, so the broker never queues without bound.
+ * with training. Flow control: the updater grants the broker credit so that it holds at most
+ * 1.5 * rl.prompts_per_step groups (received, being scored, or waiting for a step).
  *
  * Resume: the newest checkpoint in RUN_DIR/checkpoints is loaded (model, optimizer, RNG, step,
  * version, and per generator the highest sequence number already finished). The replay log is then
@@ -192,7 +192,9 @@ int cmd_updater(int argc, char **argv) {
         fprintf(stderr, "updater: recovered %ld accepted group(s) from the replay log\n", recovered);
     }
 
-    int cap = 2 * cfg.prompts_per_step;
+    /* hold at most 1.5 steps of groups: enough for the scoring threads to work on the next step's
+     * groups during training, few enough to keep staleness low (each held step adds one version) */
+    int cap = cfg.prompts_per_step + (cfg.prompts_per_step + 1) / 2;
     long granted_outstanding = 0; /* credit granted, group not yet received */
     double wait_t0 = rlhf_now(), last_group = rlhf_now();
     while (!g_stop && u.ps.step < cfg.steps) {

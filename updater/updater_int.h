@@ -53,6 +53,8 @@ int scorer_n_sources(const scorer *s);
 const char *scorer_source_name(const scorer *s, int i);
 /* Scores synchronously on the caller's thread (replay: deterministic). */
 int scorer_score_now(scorer *s, scored_group *g, rlhf_error *err);
+/* Same for n groups in one pipeline call (eval). */
+int scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err);
 
 /* ---------------------------------------------------------------- the policy and its optimizer */
 

@@ -1,6 +1,7 @@
 /* tests/broker/test_wire.c — wire protocol: round trips of every message type, and malformed input
  * (each rejected with its reason). Also register_suites() for the test_broker binary. */
 #include <CUnit/CUnit.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -537,6 +538,156 @@ static void test_reject_bad_values(void) {
     mb_free(&mb);
 }
 
+/* The fast (direct-writing) ROLLOUT_GROUP encoder against the jansson reference: the same JSON value
+ * (compared as parsed JSON, reals bit for bit), the same header fields and the same payload frames. */
+static void check_fast_matches_reference(const wire_rollout_group *g) {
+    wire_out of, orf;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group(g, &of, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group_reference(g, &orf, &e), 0);
+    json_error_t je;
+    json_t *a = json_loadb(of.meta, of.meta_len, JSON_REJECT_DUPLICATES, &je);
+    json_t *b = json_loadb(orf.meta, orf.meta_len, JSON_REJECT_DUPLICATES, &je);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_TRUE(json_equal(a, b));
+    CU_ASSERT_TRUE(json_is_real(json_object_get(a, "gen_seconds")));
+    CU_ASSERT_TRUE(json_is_real(json_object_get(a, "created_at")));
+    json_decref(a);
+    json_decref(b);
+    CU_ASSERT_EQUAL(memcmp(of.header, orf.header, 12), 0); /* magic, version, type, payload count */
+    CU_ASSERT_EQUAL(wire_crc32(0, of.meta, of.meta_len),
+                    (uint32_t)(of.header[12] | of.header[13] << 8 | of.header[14] << 16 | (uint32_t)of.header[15] << 24));
+    CU_ASSERT_EQUAL_FATAL(of.n_payloads, orf.n_payloads);
+    for (size_t i = 0; i < of.n_payloads; i++) {
+        CU_ASSERT_EQUAL(of.payloads[i].len, orf.payloads[i].len);
+        CU_ASSERT_PTR_EQUAL(of.payloads[i].data, orf.payloads[i].data);
+    }
+    /* and it parses and decodes like any message */
+    msgbuf mb;
+    mb_from(&mb, &of);
+    wire_msg m;
+    parse_ok(&mb, &m);
+    wire_rollout_group d;
+    CU_ASSERT_EQUAL(wire_decode_rollout_group(&m, &d, NULL, &e), 0);
+    CU_ASSERT_EQUAL(d.k, g->k);
+    CU_ASSERT_STRING_EQUAL(d.prompt_text, g->prompt_text ? g->prompt_text : "");
+    CU_ASSERT_EQUAL(d.gen_seconds, g->gen_seconds);
+    CU_ASSERT_EQUAL(d.created_at, g->created_at);
+    wire_rollout_group_free(&d);
+    wire_msg_release(&m);
+    mb_free(&mb);
+    wire_out_free(&of);
+    wire_out_free(&orf);
+}
+
+static void test_fast_group_encoder_matches_reference(void) {
+    static const char *const strs[] = {
+        "plain", "", "quote \" backslash \\ slash /", "controls \x01\x1f\n\t\r\b\f\x7f end", "caf\xc3\xa9",
+        "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e", "emoji \xf0\x9f\x98\x80 (4 bytes)", "\xef\xbf\xbf max BMP",
+        "\xf4\x8f\xbf\xbf max code point"};
+    static const double reals[] = {0.0, 0.1, 1e-300, -2.5, 1700000000.123456, 123.0, DBL_MAX, 5e-324, 1.0 / 3.0};
+    size_t ns = sizeof strs / sizeof *strs, nr = sizeof reals / sizeof *reals;
+    for (size_t i = 0; i < ns; i++) {
+        wire_rollout_group g;
+        uint32_t k = (uint32_t)(1 + i % 4);
+        synth_group_make(&g, strs[(i + 1) % ns], i, i / 2, k, (uint32_t)(3 + i), strs[i], strs[(i + 2) % ns]);
+        char *texts[4] = {(char *)strs[i], NULL, (char *)strs[(i + 3) % ns], (char *)strs[(i + 4) % ns]};
+        if (i % 2) g.texts = texts;
+        if (i % 3 == 0) g.prompt_record = json_pack("{sssis[sf]}", "answer", strs[i], "n", (int)i, "tests", strs[(i + 5) % ns], 0.5);
+        g.gen_seconds = reals[i % nr];
+        g.created_at = reals[(i + 4) % nr];
+        check_fast_matches_reference(&g);
+        json_decref(g.prompt_record);
+        g.prompt_record = NULL;
+        g.texts = NULL;
+        synth_group_free(&g);
+    }
+    /* NULL strings encode as "" in both */
+    wire_rollout_group g;
+    synth_group_make(&g, "gen", 0, 0, 2, 4, NULL, NULL);
+    g.generator_id = NULL;
+    check_fast_matches_reference(&g);
+    synth_group_free(&g);
+}
+
+/* Invalid UTF-8 in any string field and non-finite reals: both encoders refuse, nothing is produced. */
+static void test_fast_group_encoder_rejects(void) {
+    static const char *const bad[] = {"trunc \xc3", "overlong \xc0\xaf", "overlong3 \xe0\x80\xaf", "surrogate \xed\xa0\x80",
+                                      "too big \xf4\x90\x80\x80", "lead \xff", "cont \x80", "short4 \xf0\x9f\x98"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        for (int field = 0; field < 4; field++) {
+            wire_rollout_group g;
+            synth_group_make(&g, "gen", 1, 0, 2, 4, "p", "t");
+            char *texts[2] = {"ok", (char *)bad[i]};
+            if (field == 0) g.prompt_id = (char *)bad[i];
+            if (field == 1) g.prompt_text = (char *)bad[i];
+            if (field == 2) g.generator_id = (char *)bad[i];
+            if (field == 3) g.texts = texts;
+            wire_out o;
+            rlhf_error e;
+            rlhf_error_clear(&e);
+            CU_ASSERT_EQUAL(wire_encode_rollout_group(&g, &o, &e), RLHF_EINVAL);
+            CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "UTF-8"));
+            CU_ASSERT_PTR_NULL(o.meta);
+            CU_ASSERT_NOT_EQUAL(wire_encode_rollout_group_reference(&g, &o, &e), 0);
+            g.texts = NULL;
+            synth_group_free(&g);
+        }
+    const double nonfinite[] = {NAN, INFINITY, -INFINITY};
+    for (int i = 0; i < 3; i++) {
+        wire_rollout_group g;
+        synth_group_make(&g, "gen", 1, 0, 2, 4, "p", "t");
+        g.gen_seconds = nonfinite[i];
+        wire_out o;
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        CU_ASSERT_EQUAL(wire_encode_rollout_group(&g, &o, &e), RLHF_EINVAL);
+        CU_ASSERT_PTR_NULL(o.meta);
+        CU_ASSERT_NOT_EQUAL(wire_encode_rollout_group_reference(&g, &o, &e), 0);
+        synth_group_free(&g);
+    }
+}
+
+/* The branch-free log-prob check: NaN, +inf, -inf and positives are rejected with their index; -0.0,
+ * 0.0 and -FLT_MAX are valid. */
+static void test_logprob_bounds(void) {
+    const float bad[] = {NAN, INFINITY, -INFINITY, 1e-30f, FLT_MAX};
+    const float good[] = {-0.0f, 0.0f, -FLT_MAX, -1e-38f};
+    for (int i = 0; i < 5 + 4; i++) {
+        wire_rollout_group g;
+        synth_group_make(&g, "g", 1, 0, 3, 40, "p", "t");
+        uint32_t at = (uint32_t)(7 * i + 3);
+        g.logprobs[at] = i < 5 ? bad[i] : good[i - 5];
+        wire_out o;
+        CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group(&g, &o, NULL), 0);
+        msgbuf mb;
+        mb_from(&mb, &o);
+        wire_out_free(&o);
+        synth_group_free(&g);
+        wire_msg m;
+        parse_ok(&mb, &m);
+        wire_rollout_group d;
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        int reason = 0;
+        int rc = wire_validate_rollout_group(&m, &d, &reason, &e);
+        if (i < 5) {
+            char want[64];
+            snprintf(want, sizeof want, "log-prob %u ", at);
+            CU_ASSERT_NOT_EQUAL(rc, 0);
+            CU_ASSERT_EQUAL(reason, WIRE_R_FIELD);
+            CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, want));
+        } else {
+            CU_ASSERT_EQUAL(rc, 0);
+            wire_rollout_group_free(&d);
+        }
+        wire_msg_release(&m);
+        mb_free(&mb);
+    }
+}
+
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("wire", NULL, NULL);
     if (!s) return -1;
@@ -551,6 +702,9 @@ int register_suites(void) {
     CU_add_test(s, "unknown type, other version, bad header rejected", test_reject_unknown_type_and_version);
     CU_add_test(s, "bad CRC rejected", test_reject_bad_crc);
     CU_add_test(s, "impossible values rejected", test_reject_bad_values);
+    CU_add_test(s, "fast ROLLOUT_GROUP encoder equals the jansson reference", test_fast_group_encoder_matches_reference);
+    CU_add_test(s, "fast ROLLOUT_GROUP encoder rejects bad UTF-8 and non-finite reals", test_fast_group_encoder_rejects);
+    CU_add_test(s, "log-prob bounds (branch-free check): NaN, inf, positive rejected", test_logprob_bounds);
     if (register_replay_suites() != 0) return -1;
     return register_broker_suites();
 }

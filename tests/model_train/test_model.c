@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model/model.h"
 #include "tests/model_train/helpers.h"
@@ -357,17 +358,36 @@ static void test_adamw_state_roundtrip(void) {
         for (size_t i = 0; i < a->n_params; i++) g[i] = rlhf_rng_normal(&rng);
         CU_ASSERT_EQUAL(adamw_step(oa, a, g, NULL, NULL, &err), 0);
     }
-    /* "save": copy every state tensor out by name */
+    /* save: every state tensor, by name, into a safetensors companion file, then read it back */
     adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
     int n = adamw_state_tensors(oa, st, ADAMW_MAX_STATE_TENSORS);
     CU_ASSERT_EQUAL(n, 2 * a->n_tensors + 1);
     CU_ASSERT_STRING_EQUAL(st[0].name, "adamw.m.embed");
     CU_ASSERT_STRING_EQUAL(st[n - 1].name, "adamw.step");
+    safetensors_tensor sf[ADAMW_MAX_STATE_TENSORS];
+    for (int i = 0; i < n; i++) {
+        sf[i].name = st[i].name;
+        sf[i].ndim = 1;
+        sf[i].shape[0] = (int64_t)st[i].numel;
+        sf[i].data = st[i].data;
+    }
+    char path[] = "/tmp/rlhf_adamw_state_XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    close(fd);
+    CU_ASSERT_EQUAL_FATAL(safetensors_write(path, sf, n, NULL, &err), 0);
+    safetensors_file *file = NULL;
+    CU_ASSERT_EQUAL_FATAL(safetensors_open(&file, path, &err), 0);
+    unlink(path);
     float *saved[ADAMW_MAX_STATE_TENSORS];
     for (int i = 0; i < n; i++) {
+        const safetensors_tensor *ft = safetensors_find(file, st[i].name);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ft);
+        CU_ASSERT_EQUAL(ft->shape[0], (int64_t)st[i].numel);
         saved[i] = malloc(st[i].numel * sizeof(float));
-        memcpy(saved[i], st[i].data, st[i].numel * sizeof(float));
+        memcpy(saved[i], ft->data, st[i].numel * sizeof(float));
     }
+    safetensors_close(&file);
     CU_ASSERT_EQUAL(saved[n - 1][0], 3.0f);
     memcpy(b->params_mem, a->params_mem, a->n_params * sizeof(float));
     CU_ASSERT_EQUAL_FATAL(adamw_create(&ob, b, &c, &err), 0);
@@ -415,5 +435,5 @@ void register_model_suite(void) {
     CU_add_test(a, "warmup + cosine / constant schedule", test_lr_schedule);
     CU_add_test(a, "first step == closed form, decay on matrices only, clipping, NaN rejected",
                 test_adamw_closed_form);
-    CU_add_test(a, "state save/restore continues bit-exactly", test_adamw_state_roundtrip);
+    CU_add_test(a, "state through a safetensors file: restore continues bit-exactly", test_adamw_state_roundtrip);
 }
