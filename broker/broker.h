@@ -69,7 +69,10 @@ void broker_destroy(broker **b);
 typedef struct broker_client broker_client;
 
 /* Connects and handshakes (HELLO -> WELCOME) within timeout_ms. No broker in time: RLHF_ETIMEOUT naming
- * the endpoint; a broker speaking another protocol version: RLHF_EPROTO naming both versions. */
+ * the endpoint; a broker speaking another protocol version: RLHF_EPROTO naming both versions.
+ * A GENERATOR client also makes its process keep freed heap for reuse (mallopt, process-wide; the
+ * broker does the same): each weights version then reuses the previous one's pages instead of
+ * page-faulting ~10k fresh ones per 40 MB (docs/BROKER.md, "Weights fan-out"). */
 int broker_client_connect(broker_client **out, const char *endpoint, int role, const char *peer_id, int timeout_ms,
                           rlhf_error *err);
 /* Flushes queued sends (up to 2 s) and closes. */

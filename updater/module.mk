@@ -4,6 +4,6 @@ LIB_SRCS += $(filter-out %_cli.c,$(wildcard updater/*.c))
 CMD_SRCS += $(wildcard updater/*_cli.c)
 HEADERS  += updater/updater.h
 TESTS    += test_updater test_e2e
-SAN_TESTS += test_updater
+SAN_TESTS += test_updater test_e2e
 test_updater_SRCS = $(wildcard tests/updater/*.c)
 test_e2e_SRCS = $(wildcard tests/e2e/*.c)

@@ -73,6 +73,40 @@ static int updater_checkpoint(updater_session *u, rlhf_error *err) {
     return rc;
 }
 
+/* Submits for scoring every group of the replay log not seen yet (by generator id and seq): after
+ * a restart of this process, the groups a dead incarnation held; after a broker restart, the groups
+ * the old broker had accepted but not delivered. Returns how many. */
+static long recover_from_log(const char *log_path, json_t *seen, scorer *sc) {
+    if (access(log_path, F_OK) != 0) return 0;
+    rlhf_error err = {0};
+    replay_reader *rr = NULL;
+    if (replay_reader_open(&rr, log_path, &err) != 0) {
+        rlhf_error_print("updater: replay log (not recovering from it)", &err);
+        return 0;
+    }
+    long n = 0;
+    for (;;) {
+        scored_group *sg = calloc(1, sizeof *sg);
+        replay_pos pos;
+        int r = replay_reader_next(rr, &sg->g, &pos, &err);
+        if (r <= 0) {
+            free(sg);
+            if (r < 0) rlhf_error_print("updater: replay log (continuing)", &err);
+            break;
+        }
+        if (seen_before(seen, &sg->g)) {
+            scored_group_free(sg);
+            continue;
+        }
+        mark_seen(seen, &sg->g);
+        sg->log_index = UINT64_MAX;
+        scorer_submit(sc, sg);
+        n++;
+    }
+    replay_reader_close(&rr);
+    return n;
+}
+
 int cmd_updater(int argc, char **argv) {
     const char *config_path = NULL;
     for (int i = 1; i < argc; i++) {
@@ -168,27 +202,7 @@ int cmd_updater(int argc, char **argv) {
     long recovered = 0;
     if (bcfg.replay_path[0]) {
         snprintf(path, sizeof path, "%s/%s", cfg.run_dir, bcfg.replay_path);
-        replay_reader *rr = NULL;
-        if (access(path, F_OK) == 0 && replay_reader_open(&rr, path, &err) == 0) {
-            for (;;) {
-                scored_group *sg = calloc(1, sizeof *sg);
-                replay_pos pos;
-                int r = replay_reader_next(rr, &sg->g, &pos, &err);
-                if (r <= 0) {
-                    free(sg);
-                    if (r < 0) rlhf_error_print("updater: replay log (continuing)", &err);
-                    break;
-                }
-                if (seen_before(seen, &sg->g)) {
-                    scored_group_free(sg);
-                    continue;
-                }
-                mark_seen(seen, &sg->g);
-                scorer_submit(u.sc, sg);
-                recovered++;
-            }
-            replay_reader_close(&rr);
-        }
+        recovered = recover_from_log(path, seen, u.sc);
         fprintf(stderr, "updater: recovered %ld accepted group(s) from the replay log\n", recovered);
     }
 
@@ -205,7 +219,14 @@ int cmd_updater(int argc, char **argv) {
             if ((rc = broker_client_connect(&bc, bcfg.endpoint, WIRE_ROLE_UPDATER, peer, 60000, &err))) break;
             granted_outstanding = 0;
             last_group = rlhf_now();
-            fprintf(stderr, "updater: reconnected to a restarted broker\n");
+            long more = 0;
+            if (bcfg.replay_path[0]) {
+                snprintf(path, sizeof path, "%s/%s", cfg.run_dir, bcfg.replay_path);
+                more = recover_from_log(path, seen, u.sc);
+                recovered += more;
+            }
+            fprintf(stderr, "updater: reconnected to a restarted broker; %ld accepted group(s) recovered from the "
+                            "replay log\n", more);
             if (u.ps.version > 0 && (rc = publish(bc, u.ps.m, &pub_s, &err))) break;
         }
         if (broker_client_stopped(bc)) {

@@ -3,7 +3,8 @@
  * task a tiny random model learns in a few dozen steps (a completion containing a digit).
  *
  *   run_with_faults:  reward rises; kill -9 of a generator -> restarted, run completes; kill -9 of the
- *                     updater -> resumes from its checkpoint, metrics continue step by step, and no
+ *                     updater -> resumes from its checkpoint, metrics continue step by step; kill -9 of
+ *                     the broker -> restarted, peers reconnect; and no
  *                     accepted rollout is lost (every replay-log record at or below the highest finished
  *                     sequence number of its generator was trained on or counted as dropped);
  *   resume_after_sigint: SIGINT stops with a final checkpoint; --resume continues the step count and
@@ -249,6 +250,11 @@ static void test_run_with_faults(void) {
     pid_t upd = find_child(launcher, "updater", NULL);
     REQUIRE(upd > 0, launcher);
     kill(upd, SIGKILL);
+    /* and the broker: accepted groups it held are in the replay log, where the updater finds them */
+    REQUIRE(wait_step(run, 20, launcher, 60), launcher);
+    pid_t brk = find_child(launcher, "broker", NULL);
+    REQUIRE(brk > 0, launcher);
+    kill(brk, SIGKILL);
     int rc = wait_exit(launcher, 120);
     CU_ASSERT_EQUAL(rc, 0);
     if (rc != 0) {
@@ -259,6 +265,7 @@ static void test_run_with_faults(void) {
     /* supervision happened and the processes say so */
     CU_ASSERT(file_contains(log, "generator-0 (pid"));
     CU_ASSERT(file_contains(log, "updater (pid"));
+    CU_ASSERT(file_contains(log, "broker (pid"));
     snprintf(p, sizeof p, "%s/logs/updater.log", run);
     CU_ASSERT(file_contains(p, "resumed at step"));
     snprintf(p, sizeof p, "%s/logs/generator-0.log", run);
@@ -337,7 +344,7 @@ static void test_run_with_faults(void) {
     char *ulog = slurp(p);
     long recovered = -1;
     /* the restarted incarnation's line (every incarnation reports one) */
-    for (char *rp = ulog; rp && (rp = strstr(rp, "recovered ")); rp += 10) recovered = atol(rp + 10);
+    for (char *rp = ulog; rp && (rp = strstr(rp, "updater: recovered ")); rp += 19) recovered = atol(rp + 19);
     free(ulog);
     /* the killed updater held groups it had not finished: the restart took them from the log */
     CU_ASSERT(recovered > 0);

@@ -12,6 +12,10 @@
 #include "model/model.h"
 #include "tests/model_infer/infer_test.h"
 
+#ifndef RLHF_SOURCE_ROOT /* the Makefile defines it: where tests find their scripts whatever the cwd */
+#define RLHF_SOURCE_ROOT "."
+#endif
+
 /* ---------------------------------------------------------------- helpers */
 
 static char tmpdir[256];
@@ -482,7 +486,7 @@ static void test_python_reader(void) {
     CU_ASSERT_EQUAL_FATAL(model_save(m, p, &err), 0);
     char cmd[1024];
     const char *out = tmp_path("py.json");
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/model_infer/st_read.py %s > %s", p, out);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/model_infer/st_read.py %s > %s", RLHF_SOURCE_ROOT, p, out);
     CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
     char *js;
     size_t len;

@@ -173,7 +173,9 @@ static void test_config_errors_name_path(void) {
     run_config cfg;
     CU_ASSERT_EQUAL(parse_with("{\"rewards\":[1]}", NULL, &err, &cfg), RLHF_EINVAL);
     CU_ASSERT_STRING_EQUAL(err.where, "cfg.json: task");
-    CU_ASSERT_EQUAL(run_config_apply_override(json_object(), "novalue", &err), RLHF_EINVAL);
+    json_t *empty = json_object();
+    CU_ASSERT_EQUAL(run_config_apply_override(empty, "novalue", &err), RLHF_EINVAL);
+    json_decref(empty);
 }
 
 int register_loop_suite(void);
