@@ -5,7 +5,9 @@
  * `rlhf-broker`, `rlhf-generator` or `rlhf-updater` (symlinks), the binary runs that subcommand. */
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int (*cmd_fn)(int argc, char **argv);
 
@@ -46,6 +48,15 @@ static void dashes(char *s) {
 }
 
 int main(int argc, char **argv) {
+    /* A run puts a broker, generators and updaters on few cores. With OpenMP's default (active)
+     * waiting, idle worker threads spin and steal the cores the other processes need: a training
+     * step measured 1332 ms spinning vs 135 ms passive under that contention. libgomp reads the
+     * setting before main(), so set it and re-execute once; an explicit OMP_WAIT_POLICY wins. */
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        execv("/proc/self/exe", argv);
+        /* if re-exec fails, carry on with the default policy */
+    }
 #define ENTRY(name, mod, help) {#name, cmd_##name, mod, help},
     struct command cmds[] = {CMDS(ENTRY)};
     size_t ncmds = sizeof cmds / sizeof cmds[0];

@@ -316,22 +316,27 @@ static void attend_head(float *o, const float *q, const float *kT, const float *
                         float *sc) {
 #ifdef __AVX512F__
     if (D <= 128) {
-        /* scores, 128 positions (8 vectors) at a time */
+        /* scores, 128 positions (8 vectors) at a time; loops over vectors are unrolled with constant
+         * indices so the accumulators stay in registers */
         for (int t0 = 0; t0 < n; t0 += 128) {
-            int nv = (n - t0 + 15) / 16;
+            int left = n - t0, nv = (left + 15) / 16;
             if (nv > 8) nv = 8;
-            __m512 acc[8];
-            for (int j = 0; j < 8; j++) acc[j] = _mm512_setzero_ps();
-            int left = n - t0;
             __mmask16 tail = left >= 16 * nv ? 0xffff : (__mmask16)((1u << (left - 16 * (nv - 1))) - 1);
+            __m512 acc[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) acc[j] = _mm512_setzero_ps();
             for (int d = 0; d < D; d++) {
                 __m512 qd = _mm512_set1_ps(q[d]);
                 const float *row = kT + (size_t)d * T + t0;
-                for (int j = 0; j < nv - 1; j++) acc[j] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(row + 16 * j), acc[j]);
-                acc[nv - 1] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(tail, row + 16 * (nv - 1)), acc[nv - 1]);
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++)
+                    if (j < nv)
+                        acc[j] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(j == nv - 1 ? tail : 0xffff, row + 16 * j),
+                                                 acc[j]);
             }
-            for (int j = 0; j < nv - 1; j++) _mm512_storeu_ps(sc + t0 + 16 * j, acc[j]);
-            _mm512_mask_storeu_ps(sc + t0 + 16 * (nv - 1), tail, acc[nv - 1]);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                if (j < nv) _mm512_mask_storeu_ps(sc + t0 + 16 * j, j == nv - 1 ? tail : 0xffff, acc[j]);
         }
         float mx = max_value(sc, n);
         double sum = exp_shifted(sc, sc, n, mx, 1.0f);
@@ -340,27 +345,33 @@ static void attend_head(float *o, const float *q, const float *kT, const float *
         int nd = (D + 15) / 16;
         __mmask16 dm = D % 16 ? (__mmask16)((1u << (D % 16)) - 1) : 0xffff;
         __m512 a0[8], a1[8];
+#pragma GCC unroll 8
         for (int j = 0; j < 8; j++) a0[j] = a1[j] = _mm512_setzero_ps();
         int t = 0;
         for (; t + 2 <= n; t += 2) {
             __m512 p0 = _mm512_set1_ps(sc[t]), p1 = _mm512_set1_ps(sc[t + 1]);
             const float *v0 = v + (size_t)t * ldv, *v1 = v0 + ldv;
-            for (int j = 0; j < nd; j++) {
-                __mmask16 m = j == nd - 1 ? dm : 0xffff;
-                a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, v0 + 16 * j), a0[j]);
-                a1[j] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, v1 + 16 * j), a1[j]);
-            }
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                if (j < nd) {
+                    __mmask16 m = j == nd - 1 ? dm : 0xffff;
+                    a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, v0 + 16 * j), a0[j]);
+                    a1[j] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, v1 + 16 * j), a1[j]);
+                }
         }
         if (t < n) {
             __m512 p0 = _mm512_set1_ps(sc[t]);
             const float *v0 = v + (size_t)t * ldv;
-            for (int j = 0; j < nd; j++)
-                a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(j == nd - 1 ? dm : 0xffff, v0 + 16 * j), a0[j]);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                if (j < nd) a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(j == nd - 1 ? dm : 0xffff, v0 + 16 * j), a0[j]);
         }
         __m512 vinv = _mm512_set1_ps(inv);
-        for (int j = 0; j < nd; j++)
-            _mm512_mask_storeu_ps(o + 16 * j, j == nd - 1 ? dm : 0xffff,
-                                  _mm512_mul_ps(_mm512_add_ps(a0[j], a1[j]), vinv));
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            if (j < nd)
+                _mm512_mask_storeu_ps(o + 16 * j, j == nd - 1 ? dm : 0xffff,
+                                      _mm512_mul_ps(_mm512_add_ps(a0[j], a1[j]), vinv));
         return;
     }
 #endif

@@ -304,6 +304,7 @@ int run_config_from_json(run_config *cfg, json_t *in, const char *where, rlhf_er
         json_object_set_new(get_path(doc, "rl"), "max_staleness", json_integer(0));
     }
     cfg->resolved = doc;
+    snprintf(cfg->source, sizeof cfg->source, "%s", where);
     return 0;
 fail:
     json_decref(doc);

@@ -174,6 +174,10 @@ int cmd_run(int argc, char **argv) {
     if (resume_dir) {
         snprintf(resume_cfg, sizeof resume_cfg, "%s/config.json", resume_dir);
         config_path = resume_cfg;
+        if (access(resume_cfg, F_OK) != 0) {
+            fprintf(stderr, "rlhf run: error: %s: no config.json here (not a run directory?)\n", resume_dir);
+            return 1;
+        }
     }
     rlhf_error err = {0};
     run_config cfg;

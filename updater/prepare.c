@@ -36,13 +36,13 @@ static void set_default(json_t *obj, const char *key, json_t *val) {
 
 int run_prepare_base(run_config *cfg, rlhf_error *err) {
     char p[1100], w[64];
-    int rc = rlhf_mkdirs(cfg->run_dir, err);
-    if (rc) return rc;
+    int rc;
     /* base model */
     if (!cfg->base_checkpoint[0]) {
         model_config arch;
         snprintf(w, sizeof w, "model.arch");
         if ((rc = model_config_from_json(&arch, cfg->arch, w, err))) return rc;
+        if ((rc = rlhf_mkdirs(cfg->run_dir, err))) return rc;
         snprintf(p, sizeof p, "%.1000s/base.safetensors", cfg->run_dir);
         if (access(p, F_OK) != 0) {
             model *m = NULL;
@@ -61,10 +61,7 @@ int run_prepare_base(run_config *cfg, rlhf_error *err) {
 int run_prepare(run_config *cfg, rlhf_error *err) {
     char p[4096], w[1200];
     int rc;
-    snprintf(p, sizeof p, "%s/logs", cfg->run_dir);
-    if ((rc = rlhf_mkdirs(p, err))) return rc;
-    snprintf(p, sizeof p, "%s/checkpoints", cfg->run_dir);
-    if ((rc = rlhf_mkdirs(p, err))) return rc;
+    /* everything is checked before anything is created: a bad config leaves no run directory */
 
     /* prompts */
     prompt_dataset *ds = NULL;
@@ -74,7 +71,7 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     prompt_selector_destroy(&sel);
     prompt_dataset_destroy(&ds);
     if (rc) {
-        snprintf(w, sizeof w, "prompts.selector: %.200s", err->where);
+        snprintf(w, sizeof w, "%.200s: prompts.selector: %.200s", cfg->source, err->where);
         snprintf(err->where, sizeof err->where, "%.250s", w);
         return rc;
     }
@@ -84,15 +81,23 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     }
     /* rewards */
     reward_pipeline *pipe = NULL;
-    snprintf(w, sizeof w, "%s: rewards", cfg->name);
+    snprintf(w, sizeof w, "%.1000s: rewards", cfg->source);
     if ((rc = reward_pipeline_create(&pipe, cfg->rewards, w, err))) return rc;
     reward_pipeline_destroy(&pipe);
 
-    if ((rc = run_prepare_base(cfg, err))) return rc;
-    model *m = NULL;
-    if ((rc = run_load_base(cfg, &m, err))) return rc;
-    int vocab = m->cfg.vocab_size, seq = m->cfg.max_seq_len;
-    model_destroy(&m);
+    int vocab, seq;
+    if (cfg->base_checkpoint[0]) {
+        model *m = NULL;
+        if ((rc = run_load_base(cfg, &m, err))) return rc;
+        vocab = m->cfg.vocab_size;
+        seq = m->cfg.max_seq_len;
+        model_destroy(&m);
+    } else {
+        model_config arch;
+        if ((rc = model_config_from_json(&arch, cfg->arch, "model.arch", err))) return rc;
+        vocab = arch.vocab_size;
+        seq = arch.max_seq_len;
+    }
     if (vocab < TOKENIZER_BYTES_MIN_VOCAB)
         return rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint,
                               "vocab_size %d is too small for the byte tokenizer (needs >= %d)", vocab,
@@ -133,5 +138,10 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     broker_config_release(&bc);
     if (rc) return rc;
     json_object_set(cfg->resolved, "broker", b);
-    return 0;
+
+    snprintf(p, sizeof p, "%s/logs", cfg->run_dir);
+    if ((rc = rlhf_mkdirs(p, err))) return rc;
+    snprintf(p, sizeof p, "%s/checkpoints", cfg->run_dir);
+    if ((rc = rlhf_mkdirs(p, err))) return rc;
+    return run_prepare_base(cfg, err);
 }

@@ -84,6 +84,7 @@ typedef struct run_config {
     int reward_threads;        /* updaters.reward_threads: scoring threads beside the optimizer */
 
     json_t *resolved;          /* the whole resolved document (owned) */
+    char source[1024];         /* where the config came from (file name), for error messages */
 } run_config;
 
 /* Parses and validates a config document. `where` names the source (file name) for messages;

@@ -229,6 +229,16 @@ static int suite_init(void) {
     return write_text(p, lines);
 }
 
+/* Removes the scratch directory when every check passed (kept for a look otherwise). */
+static int suite_cleanup(void) {
+    if (CU_get_number_of_failures() == 0 && g_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+        if (system(cmd) != 0) return 0;
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- tests */
 
 static void test_run_with_faults(void) {
@@ -271,7 +281,7 @@ static void test_run_with_faults(void) {
     snprintf(p, sizeof p, "%s/logs/generator-0.log", run);
     char *glog = slurp(p);
     int connects = 0;
-    for (char *s = glog; s && (s = strstr(s, "connected to")); s++) connects++;
+    for (char *s = glog; s && (s = strstr(s, "connected to tcp")); s++) connects++;
     free(glog);
     CU_ASSERT_EQUAL(connects, 2);
     /* metrics: every step exactly once, in order, despite the updater's restart */
@@ -427,8 +437,8 @@ static void test_bad_input(void) {
     const char *args[] = {"run", cfg, "--quiet", NULL};
     CU_ASSERT_NOT_EQUAL(run_cmd(log, args, 30), 0);
     CU_ASSERT(file_contains(log, "rl.max_staleness: must be an integer >= 0"));
-    snprintf(p, sizeof p, "%s/bad/logs", g_dir);
-    CU_ASSERT(access(p, F_OK) != 0);
+    snprintf(p, sizeof p, "%s/bad", g_dir);
+    CU_ASSERT(access(p, F_OK) != 0); /* nothing created */
     /* an unknown key and a wrong type through --set */
     write_config(cfg, "bad", 10, NULL);
     const char *a2[] = {"run", cfg, "--set", "generators.colour=1", NULL};
@@ -437,6 +447,11 @@ static void test_bad_input(void) {
     const char *a3[] = {"run", cfg, "--set", "rl.k=\"many\"", NULL};
     CU_ASSERT_NOT_EQUAL(run_cmd(log, a3, 30), 0);
     CU_ASSERT(file_contains(log, "rl.k: must be an integer"));
+    /* a reward source the pipeline does not know, named by file and JSON path */
+    const char *a3b[] = {"run", cfg, "--set", "rewards=[{\"type\":\"no_such_reward\"}]", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, a3b, 30), 0);
+    CU_ASSERT(file_contains(log, "bad.json: rewards[0].type"));
+    CU_ASSERT(access(p, F_OK) != 0);
     /* a base checkpoint that does not match model.arch */
     char base[512], set[700];
     snprintf(base, sizeof base, "%s/faults/base.safetensors", g_dir);
@@ -458,7 +473,7 @@ static void test_bad_input(void) {
 }
 
 int register_suites(void) {
-    CU_pSuite s = CU_add_suite("e2e", suite_init, NULL);
+    CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);
     CU_add_test(s, "replay_deterministic", test_replay_deterministic);

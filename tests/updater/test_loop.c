@@ -58,6 +58,16 @@ static int suite_init(void) {
     return mkdtemp(g_dir) ? 0 : -1;
 }
 
+/* Removes the scratch directory when every check passed (kept for a look otherwise). */
+static int suite_cleanup(void) {
+    if (CU_get_number_of_failures() == 0 && g_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+        if (system(cmd) != 0) return 0;
+    }
+    return 0;
+}
+
 static void sample_step(updater_session *u, sampler *smp, tokenizer *tok, prompt_dataset *ds, uint64_t *seq,
                         int *ready) {
     wire_prompt pr[8];
@@ -157,7 +167,7 @@ static void test_stale_groups_dropped(void) {
 }
 
 int register_loop_suite(void) {
-    CU_pSuite s = CU_add_suite("updater_loop", suite_init, NULL);
+    CU_pSuite s = CU_add_suite("updater_loop", suite_init, suite_cleanup);
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
     return 0;
