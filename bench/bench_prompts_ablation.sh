@@ -39,7 +39,8 @@ eval_ckpt() { # CONFIG CHECKPOINT -> pass rate
 }
 
 RESULTS="$OUT/results.jsonl"
-: > "$RESULTS"
+[ "${SUMMARY_ONLY:-0}" = 1 ] || : > "$RESULTS"
+[ "${SUMMARY_ONLY:-0}" = 1 ] && SEEDS=""  # re-print the summary of an earlier OUT
 for seed in $SEEDS; do
   for policy in $POLICIES; do
     name="abl-$policy-s$seed"
@@ -101,10 +102,11 @@ for p in policies:
 print("\nheld-out pass rate vs generated tokens (per seed):")
 for (p, s), c in curves.items():
     print(f"  {p:22s} seed {s}: " + "  ".join(f"{t/1000:.0f}k:{r:.3f}" for t, r in c))
-print(f"\n{'policy':22s} {'final':>8s} {'tokens_to_U':>12s} {'ratio_vs_U':>10s} {'zero_share':>10s}")
+print(f"\n{'policy':22s} {'final':>8s} {'mean_ckpts':>10s} {'tokens_to_U':>12s} {'ratio_vs_U':>10s} {'zero_share':>10s}")
 for p in policies:
-    fin, ratios, toks = [], [], []
+    fin, ratios, toks, means = [], [], [], []
     for s in seeds:
+        means.append(statistics.mean(r for _, r in curves[p, s][1:]))  # every checkpoint after the base
         u = curves["uniform", s] if ("uniform", s) in curves else None
         c = curves[p, s]; fin.append(c[-1][1])
         if u:
@@ -116,7 +118,8 @@ for p in policies:
             ratios.append(float("nan") if tu == 0 else tp / tu if tp is not None else float("inf"))
     zs = statistics.median(zero_share(p, s) for s in seeds)
     med = lambda v: statistics.median(v) if v else float("nan")
-    print(f"{p:22s} {med(fin):8.3f} {med(toks):12.0f} {med(ratios):10.3f} {zs:10.3f}")
-print("\nratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
+    print(f"{p:22s} {med(fin):8.3f} {statistics.mean(means):10.3f} {med(toks):12.0f} {med(ratios):10.3f} {zs:10.3f}")
+print("\nmean_ckpts: held-out pass rate averaged over the checkpoints after the base and over seeds (less noisy than"
+      "\nthe final point). ratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
       "\nper seed, median over seeds (inf = never within the budget; nan = uniform did not beat the base). Issue 7 target: cohesion <= 0.70, final not lower.")
 EOF
