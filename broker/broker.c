@@ -174,6 +174,29 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
     b->newest_version = cfg->initial_version;
     b->started = rlhf_now();
     int rc;
+    /* Inputs first: a bad dataset, selector or selector state fails before the broker binds its endpoint
+     * or creates a replay log, so a rejected config leaves nothing behind. */
+    if (cfg->dataset[0]) {
+        rc = prompt_dataset_load(&b->ds, cfg->dataset, err);
+        if (rc) goto fail;
+        rc = prompt_selector_create(&b->sel, b->ds, cfg->selector, cfg->seed, err);
+        if (rc && err && !strncmp(err->where, "selector", 8)) { /* name it as the run config does */
+            char where[sizeof err->where];
+            snprintf(where, sizeof where, "broker.%.240s", err->where);
+            snprintf(err->where, sizeof err->where, "%s", where);
+        }
+        if (rc) goto fail;
+        blog("dataset %s: %zu prompts", cfg->dataset, prompt_dataset_size(b->ds));
+        /* A run directory that already has a selector state is a resumed run: continue its statistics.
+         * A state that does not fit this dataset/policy is an error naming the file, not a silent reset. */
+        snprintf(b->selector_file, sizeof b->selector_file, "%s/%s", b->run_dir, BROKER_SELECTOR_STATE);
+        if (access(b->selector_file, F_OK) == 0) {
+            rc = prompt_selector_load(b->sel, b->selector_file, err);
+            if (rc) goto fail;
+            b->selector_restored = 1;
+            blog("selector state restored from %s", b->selector_file);
+        }
+    }
     broker_keep_freed_memory();
     b->zctx = zmq_ctx_new();
     /* Two I/O threads: a weights fan-out to several generators is sent on several connections at once. */
@@ -209,13 +232,6 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
                  (unsigned long long)torn_bytes, torn.segment, (unsigned long long)torn.offset);
         blog("replay log %s: %llu records recovered", b->replay_file,
              (unsigned long long)replay_writer_records(b->log));
-    }
-    if (cfg->dataset[0]) {
-        rc = prompt_dataset_load(&b->ds, cfg->dataset, err);
-        if (rc) goto fail;
-        rc = prompt_selector_create(&b->sel, b->ds, cfg->selector, cfg->seed, err);
-        if (rc) goto fail;
-        blog("dataset %s: %zu prompts", cfg->dataset, prompt_dataset_size(b->ds));
     }
     blog("listening on %s (max_staleness=%u queue_capacity=%u protocol=%d)", cfg->endpoint, cfg->max_staleness,
          cfg->queue_capacity, WIRE_PROTOCOL_VERSION);
@@ -483,6 +499,7 @@ static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_
     rlhf_error_clear(&e);
     int served = 0;
     if (!idx || !pr) goto out;
+    b->selector_changes++;
     if (prompt_selector_next(b->sel, n, idx, &e) != 0) {
         blog("prompt selector failed: %s: %s", e.where, e.msg);
         wire_frame rid = {p->rid, p->rid_len};
@@ -751,6 +768,7 @@ static void on_prompt_stats(broker *b, const wire_msg *m, const wire_frame *rid)
     b->ct.prompt_stats_received++;
     if (b->sel) {
         prompt_stats ps = {s.prompt_id, (int)s.k, (int)s.n_sources, s.rewards, s.total, s.policy_version};
+        b->selector_changes++;
         if (prompt_selector_update(b->sel, &ps, &e) != 0) {
             b->ct.rejected_prompt_stats++;
             if (b->ct.rejected_prompt_stats <= 20) blog("prompt stats rejected by the selector: %s: %s", e.where, e.msg);
@@ -952,6 +970,15 @@ json_t *broker_stats(const broker *b) {
     SETI("bytes/out", c->bytes_out);
     SETI("replay/records", c->replay_records);
     SETI("replay/errors", c->replay_errors);
+    if (b->sel) {
+        SETI("selector/saves", b->selector_saves);
+        SETI("selector/save_errors", b->selector_save_errors);
+        json_object_set_new(s, "selector/restored", json_boolean(b->selector_restored));
+        /* the selector's own metrics (prompts/zero_spread_share, prompts/mean_cohesion,
+         * prompts/sampling_entropy, ...), grouped so the updater can copy them into metrics.jsonl */
+        json_t *sm = prompt_selector_metrics(b->sel);
+        if (sm) json_object_set_new(s, "selector", sm);
+    }
 #undef SETI
     json_t *peers = json_array();
     double now = rlhf_now();
@@ -996,6 +1023,22 @@ static void broadcast_stop(broker *b, const char *why) {
     wire_out_free(&o);
 }
 
+/* Writes the selector state if it changed since the last write (prompt_selector_save is atomic:
+ * temp file, fsync, rename). A failed write is counted and logged; the run goes on. */
+static int save_selector(broker *b, rlhf_error *err) {
+    if (!b->sel || b->selector_changes == b->selector_saved_changes) return 0;
+    int rc = rlhf_mkdirs(b->run_dir, err); /* exists already unless the replay log is off */
+    if (!rc) rc = prompt_selector_save(b->sel, b->selector_file, err);
+    b->selector_saved_at = rlhf_now();
+    if (rc) {
+        b->selector_save_errors++;
+        return rc;
+    }
+    b->selector_saved_changes = b->selector_changes;
+    b->selector_saves++;
+    return 0;
+}
+
 int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
     wire_rx rx = {0};
     double next_stats = rlhf_now() + b->cfg.stats_interval_ms / 1000.0, next_live = rlhf_now();
@@ -1027,6 +1070,12 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
             deliver(b);
             next_live = now + 0.05;
         }
+        if (b->sel && now - b->selector_saved_at >= 1.0 && b->selector_changes != b->selector_saved_changes) {
+            rlhf_error se;
+            rlhf_error_clear(&se);
+            if (save_selector(b, &se) != 0 && b->selector_save_errors <= 5)
+                blog("cannot save the selector state: %s: %s", se.where, se.msg);
+        }
         if (b->cfg.stats_interval_ms && now >= next_stats) {
             json_t *s = broker_stats(b);
             char *line = json_dumps(s, JSON_COMPACT);
@@ -1049,6 +1098,16 @@ out:
         rlhf_error_clear(&le);
         if (replay_writer_sync(b->log, &le) != 0) {
             if (!rc) rc = rlhf_error_set(err, le.code, le.where, "%s", le.msg);
+        }
+    }
+    {
+        rlhf_error se;
+        rlhf_error_clear(&se);
+        uint64_t saves = b->selector_saves;
+        if (save_selector(b, &se) != 0) {
+            if (!rc) rc = rlhf_error_set(err, se.code, se.where, "%s", se.msg);
+        } else if (b->selector_saves != saves) {
+            blog("selector state saved to %s", b->selector_file);
         }
     }
     return rc;

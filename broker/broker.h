@@ -54,11 +54,16 @@ void broker_config_release(broker_config *c);
 
 typedef struct broker broker;
 
+/* The prompt selector's state file inside the run directory (docs/PROMPT_SELECTION.md "Checkpoints"). */
+#define BROKER_SELECTOR_STATE "selector_state.json"
+
 /* Binds the endpoint (error naming it when it cannot), opens/recovers the replay log under run_dir,
- * loads the dataset and selector. */
+ * loads the dataset and selector; if run_dir holds BROKER_SELECTOR_STATE, the selector continues from
+ * it (a state that does not fit the dataset or policy is an error naming the file). */
 int broker_create(broker **out, const broker_config *cfg, const char *run_dir, rlhf_error *err);
 /* Serves until *stop becomes non-zero (a signal handler sets it) or a CONTROL stop arrives; then
- * tells every peer to stop and flushes the replay log. */
+ * tells every peer to stop, flushes the replay log and saves the selector state. While serving, the
+ * selector state is saved (atomically) at most once a second when it changed. */
 int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err);
 /* Counters snapshot (new reference): see docs/BROKER.md "Counters". */
 json_t *broker_stats(const broker *b);

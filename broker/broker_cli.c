@@ -44,10 +44,9 @@ int cmd_broker(int argc, char **argv) {
     broker_config cfg;
     broker_config_defaults(&cfg);
     if (config) {
-        json_error_t je;
-        json_t *root = json_load_file(config, JSON_REJECT_DUPLICATES, &je);
+        json_t *root = rlhf_json_load_file(config, JSON_REJECT_DUPLICATES, &err);
         if (!root) {
-            fprintf(stderr, "rlhf broker: error: %s:%d: %s\n", config, je.line, je.text);
+            rlhf_error_print("rlhf broker", &err);
             return 1;
         }
         if (!json_is_object(root)) {

@@ -97,6 +97,14 @@ struct broker {
     int stop_requested;
     double started;
     broker_counters ct;
+
+    /* Selector checkpoint (RUN_DIR/selector_state.json): the selector changes with every batch served
+     * and every PROMPT_STATS; it is written when it changed and a second has passed, and at shutdown. */
+    char selector_file[4200];
+    uint64_t selector_changes, selector_saved_changes;
+    double selector_saved_at;
+    uint64_t selector_saves, selector_save_errors;
+    int selector_restored; /* 1 if the state was loaded from selector_file at start */
 };
 
 #endif

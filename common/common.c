@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
@@ -89,8 +90,33 @@ int rlhf_atomic_open(rlhf_atomic_file *af, const char *path, rlhf_error *err) {
     snprintf(af->path, sizeof af->path, "%s", path);
     snprintf(af->tmp_path, sizeof af->tmp_path, "%s.tmp.%d", path, (int)getpid());
     af->fp = fopen(af->tmp_path, "wb");
-    if (!af->fp) return rlhf_error_set(err, RLHF_EIO, af->tmp_path, "cannot create: %s", strerror(errno));
+    if (!af->fp) return rlhf_error_set(err, RLHF_EIO, af->path, "cannot create %s: %s", af->tmp_path, strerror(errno));
     return 0;
+}
+
+int rlhf_check_writable(const char *path, rlhf_error *err) {
+    rlhf_atomic_file af;
+    int rc = rlhf_atomic_open(&af, path, err);
+    if (rc) return rc;
+    rlhf_atomic_abort(&af);
+    return 0;
+}
+
+json_t *rlhf_json_load_file(const char *path, size_t flags, rlhf_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    json_error_t je;
+    json_t *j = json_loadf(f, flags, &je);
+    fclose(f);
+    if (!j) {
+        char where[sizeof err->where];
+        snprintf(where, sizeof where, "%.200s:%d:%d", path, je.line, je.column);
+        rlhf_error_set(err, RLHF_EINVAL, where, "%s", je.text);
+    }
+    return j;
 }
 
 int rlhf_atomic_commit(rlhf_atomic_file *af, rlhf_error *err) {

@@ -66,6 +66,17 @@ int rlhf_atomic_open(rlhf_atomic_file *af, const char *path, rlhf_error *err);
 int rlhf_atomic_commit(rlhf_atomic_file *af, rlhf_error *err); /* fflush+fsync+close+rename */
 void rlhf_atomic_abort(rlhf_atomic_file *af);                   /* close + unlink temp */
 
+/* Fails early, naming PATH, when no file can be created there (missing or read-only directory), by
+ * opening and discarding the temp file rlhf_atomic_open would write. Long jobs (pretrain, train-rm)
+ * call it before they start, so a bad --out is reported before the work, not after it. */
+int rlhf_check_writable(const char *path, rlhf_error *err);
+
+/* Loads a JSON document from a file with jansson `flags` (e.g. JSON_REJECT_DUPLICATES). Errors name
+ * the file: where = "PATH" ("cannot open: ...") or "PATH:LINE:COLUMN" (the parser's message).
+ * Returns a new reference or NULL. */
+struct json_t;
+struct json_t *rlhf_json_load_file(const char *path, size_t flags, rlhf_error *err);
+
 /* Reads a whole file into a malloc'd buffer (NUL-terminated for convenience). */
 int rlhf_read_file(const char *path, char **data_out, size_t *len_out, rlhf_error *err);
 /* mkdir -p */

@@ -90,13 +90,8 @@ int cmd_init(int argc, char **argv) {
         return 2;
     }
     rlhf_error err = {0};
-    json_error_t jerr;
-    json_t *j = json_load_file(arch, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *j = rlhf_json_load_file(arch, JSON_REJECT_DUPLICATES, &err);
     if (!j) {
-        if (jerr.line < 1)
-            rlhf_error_set(&err, RLHF_EIO, arch, "%s", jerr.text);
-        else
-            rlhf_error_set(&err, RLHF_EINVAL, arch, "line %d column %d: %s", jerr.line, jerr.column, jerr.text);
         rlhf_error_print(prog, &err);
         return 1;
     }
@@ -104,6 +99,11 @@ int cmd_init(int argc, char **argv) {
     model *m = NULL;
     int rc = model_config_from_json(&cfg, j, arch, &err);
     json_decref(j);
+    /* every command that reads a checkpoint uses the byte-level tokenizer: refuse a model none could use */
+    if (!rc && cfg.vocab_size < TOKENIZER_BYTES_MIN_VOCAB)
+        rc = rlhf_error_set(&err, RLHF_EINVAL, arch,
+                            "vocab_size %d is below the byte-level tokenizer's %d (256 bytes + BOS, EOS, PAD)",
+                            cfg.vocab_size, TOKENIZER_BYTES_MIN_VOCAB);
     if (!rc) rc = model_create(&m, &cfg, &err);
     if (!rc) {
         model_init_random(m, seed);

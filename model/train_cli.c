@@ -265,6 +265,7 @@ int cmd_pretrain(int argc, char **argv) {
     if (!rc && corpus.n < T + 1)
         rc = rlhf_error_set(&err, RLHF_EINVAL, data_path, "corpus has %d tokens, fewer than --seq + 1 = %d", corpus.n,
                             T + 1);
+    if (!rc) rc = rlhf_check_writable(out_path, &err); /* before the steps, not after them */
     if (!rc) rc = model_trainer_create(&tr, m, B, T, &err);
     if (!rc) rc = adamw_create(&opt, m, &oc, &err);
     if (!rc) {

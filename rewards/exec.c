@@ -12,13 +12,15 @@
 #include "rewards/sandbox_int.h"
 
 /* ---- shared: the source's sandbox pool ---- */
-static int make_pool(const json_t *src, const char *where, sandbox_pool **pool, rlhf_error *err) {
+/* The source's sandbox pool from its "sandbox" settings; *wall_ms is the per-run wall limit they set. */
+static int make_pool(const json_t *src, const char *where, sandbox_pool **pool, int64_t *wall_ms, rlhf_error *err) {
     sandbox_config cfg;
     sandbox_config_default(&cfg);
     char w[300];
     snprintf(w, sizeof w, "%s.%s", where, "sandbox");
     int rc = sandbox_config_parse(&cfg, json_object_get(src, "sandbox"), w, err);
     if (rc) return rc;
+    *wall_ms = cfg.wall_ms;
     rc = sandbox_pool_create(pool, &cfg, err);
     if (rc && err && !strstr(err->where, where)) {
         char msg[768];
@@ -265,15 +267,10 @@ int reward_source_exec_create(const json_t *src, const char *where, reward_sourc
         snprintf(w, sizeof w, "%s.%s", where, "extract");
         return rlhf_error_set(err, RLHF_EINVAL, w, "expected \"code_block\" or \"full\", got \"%s\"", ex);
     }
-    if ((rc = make_pool(src, where, &c->pool, err))) {
+    if ((rc = make_pool(src, where, &c->pool, &c->wall_ms, err))) {
         free(c);
         return rc;
     }
-    sandbox_config d;
-    sandbox_config_default(&d);
-    json_t *sb = json_object_get(src, "sandbox");
-    c->wall_ms = d.wall_ms;
-    if (json_is_integer(json_object_get(sb, "wall_ms"))) c->wall_ms = (int64_t)json_integer_value(json_object_get(sb, "wall_ms"));
     impl->plugin = &exec_plugin;
     impl->ctx = c;
     return 0;
@@ -530,15 +527,10 @@ int reward_source_countdown_create(const json_t *src, const char *where, reward_
         snprintf(w, sizeof w, "%s.%s", where, "max_expression_chars");
         return rlhf_error_set(err, RLHF_EINVAL, w, "must be in 1..10000");
     }
-    if ((rc = make_pool(src, where, &c->pool, err))) {
+    if ((rc = make_pool(src, where, &c->pool, &c->wall_ms, err))) {
         free(c);
         return rc;
     }
-    sandbox_config d;
-    sandbox_config_default(&d);
-    json_t *sb = json_object_get(src, "sandbox");
-    c->wall_ms = d.wall_ms;
-    if (json_is_integer(json_object_get(sb, "wall_ms"))) c->wall_ms = (int64_t)json_integer_value(json_object_get(sb, "wall_ms"));
     impl->plugin = &countdown_plugin;
     impl->ctx = c;
     return 0;

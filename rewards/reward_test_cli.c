@@ -111,10 +111,9 @@ int cmd_reward_test(int argc, char **argv) {
     }
     const char *cfg_path = argv[argi], *samples_path = argv[argi + 1];
     rlhf_error err = {0};
-    json_error_t je;
-    json_t *cfg = json_load_file(cfg_path, JSON_REJECT_DUPLICATES, &je);
+    json_t *cfg = rlhf_json_load_file(cfg_path, JSON_REJECT_DUPLICATES, &err);
     if (!cfg) {
-        fprintf(stderr, "rlhf reward-test: error: %s:%d:%d: %s\n", cfg_path, je.line, je.column, je.text);
+        rlhf_error_print("rlhf reward-test", &err);
         return 2;
     }
     /* a bare array is named like the run config's "rewards" key, so paths read the same */

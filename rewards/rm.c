@@ -496,6 +496,19 @@ static void syn_completion(rlhf_rng *rng, float p_upper, char *out, size_t cap) 
     out[o] = 0;
 }
 
+/* Appends `j` (consumed) as one compact JSON line to a synthetic-data file; on failure aborts the file,
+ * so no partial output is left, and names it. */
+static int write_json_line(rlhf_atomic_file *af, json_t *j, rlhf_error *err) {
+    char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    int bad = !line || fprintf(af->fp, "%s\n", line) < 0;
+    free(line);
+    if (!bad) return 0;
+    rlhf_error_set(err, RLHF_EIO, af->path, "write failed");
+    rlhf_atomic_abort(af);
+    return RLHF_EIO;
+}
+
 int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err) {
     if (n_pairs < 1) return rlhf_error_set(err, RLHF_EINVAL, path, "need at least one pair, got %d", n_pairs);
     rlhf_atomic_file af;
@@ -512,14 +525,8 @@ int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error 
         do syn_completion(&rng, 0.15f, rejected, sizeof rejected);
         while (!(rm_synthetic_truth(rejected) < 0.5));
         json_t *j = json_pack("{s:s, s:s, s:s}", "prompt", prompt, "chosen", chosen, "rejected", rejected);
-        char *line = json_dumps(j, JSON_COMPACT);
-        json_decref(j);
-        if (!line || fprintf(af.fp, "%s\n", line) < 0) {
-            free(line);
-            rlhf_atomic_abort(&af);
-            return rlhf_error_set(err, RLHF_EIO, path, "write failed");
-        }
-        free(line);
+        rc = write_json_line(&af, j, err);
+        if (rc) return rc;
     }
     return rlhf_atomic_commit(&af, err);
 }
@@ -537,14 +544,8 @@ int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_erro
                  syn_topics[rlhf_rng_u64(&rng) % (sizeof syn_topics / sizeof syn_topics[0])]);
         snprintf(id, sizeof id, "caps-%d", i);
         json_t *j = json_pack("{s:s, s:s}", "id", id, "prompt", prompt);
-        char *line = json_dumps(j, JSON_COMPACT);
-        json_decref(j);
-        if (!line || fprintf(af.fp, "%s\n", line) < 0) {
-            free(line);
-            rlhf_atomic_abort(&af);
-            return rlhf_error_set(err, RLHF_EIO, path, "write failed");
-        }
-        free(line);
+        rc = write_json_line(&af, j, err);
+        if (rc) return rc;
     }
     return rlhf_atomic_commit(&af, err);
 }
@@ -563,14 +564,8 @@ int rm_synthetic_corpus_write(const char *path, int n, uint64_t seed, rlhf_error
         syn_completion(&rng, rlhf_rng_uniform(&rng), completion, sizeof completion - 1);
         strcat(completion, "\n");
         json_t *j = json_pack("{s:s, s:s}", "prompt", prompt, "completion", completion);
-        char *line = json_dumps(j, JSON_COMPACT);
-        json_decref(j);
-        if (!line || fprintf(af.fp, "%s\n", line) < 0) {
-            free(line);
-            rlhf_atomic_abort(&af);
-            return rlhf_error_set(err, RLHF_EIO, path, "write failed");
-        }
-        free(line);
+        rc = write_json_line(&af, j, err);
+        if (rc) return rc;
     }
     return rlhf_atomic_commit(&af, err);
 }

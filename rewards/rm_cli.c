@@ -96,6 +96,10 @@ int cmd_train_rm(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (rlhf_check_writable(out, &err)) { /* before training, not after it */
+        rlhf_error_print("rlhf train-rm", &err);
+        return 1;
+    }
     rm_pair *pr = NULL;
     int np = 0;
     if (rm_pairs_load(data, &pr, &np, &err)) {

@@ -37,12 +37,15 @@ int cmd_sandbox_run(int argc, char **argv) {
             return 0;
         } else if ((!strcmp(a, "--config") || !strcmp(a, "--set")) && argi + 1 < argc) {
             json_error_t je;
-            json_t *j = !strcmp(a, "--config") ? json_load_file(argv[argi + 1], JSON_REJECT_DUPLICATES, &je)
-                                               : json_loads(argv[argi + 1], JSON_REJECT_DUPLICATES, &je);
-            if (!j) {
-                fprintf(stderr, "rlhf sandbox-run: error: %s: line %d: %s\n", argv[argi + 1], je.line, je.text);
-                return 2;
+            json_t *j = NULL;
+            if (!strcmp(a, "--config")) {
+                j = rlhf_json_load_file(argv[argi + 1], JSON_REJECT_DUPLICATES, &err);
+                if (!j) rlhf_error_print("rlhf sandbox-run", &err);
+            } else {
+                j = json_loads(argv[argi + 1], JSON_REJECT_DUPLICATES, &je);
+                if (!j) fprintf(stderr, "rlhf sandbox-run: error: --set: column %d: %s\n", je.column, je.text);
             }
+            if (!j) return 2;
             int rc = sandbox_config_parse(&cfg, j, !strcmp(a, "--config") ? argv[argi + 1] : "--set", &err);
             json_decref(j);
             if (rc) {

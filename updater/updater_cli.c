@@ -51,6 +51,27 @@ static int publish(broker_client *bc, model *m, double *seconds, rlhf_error *err
     return rc;
 }
 
+/* Copies the broker's selector metrics (prompts/zero_spread_share, prompts/mean_cohesion,
+ * prompts/sampling_entropy, ...: the "selector" object of its STATS) into this step's metrics record.
+ * A broker that does not answer in time (restarting) or serves no dataset leaves them out of this
+ * step and counts it in prompts/stats_unavailable. */
+static void add_selector_metrics(broker_client *bc, json_t *m, uint64_t *unavailable) {
+    json_t *st = NULL;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    json_t *sel = NULL;
+    if (broker_client_get_stats(bc, &st, 2000, &e) == 0) sel = json_object_get(st, "selector");
+    if (json_is_object(sel)) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(sel, k, v) json_object_set(m, k, v);
+    } else {
+        (*unavailable)++;
+    }
+    json_object_set_new(m, "prompts/stats_unavailable", json_integer((json_int_t)*unavailable));
+    json_decref(st);
+}
+
 static int send_stats(broker_client *bc, const scored_group *s, int n_sources, const char *const *names,
                       rlhf_error *err) {
     wire_prompt_stats st;
@@ -200,6 +221,7 @@ int cmd_updater(int argc, char **argv) {
     }
     /* recover accepted groups that a previous incarnation received but never finished */
     long recovered = 0;
+    uint64_t selector_stats_unavailable = 0;
     if (bcfg.replay_path[0]) {
         snprintf(path, sizeof path, "%s/%s", cfg.run_dir, bcfg.replay_path);
         recovered = recover_from_log(path, seen, u.sc);
@@ -292,6 +314,7 @@ int cmd_updater(int argc, char **argv) {
             json_object_set_new(m, "time/publish_s", json_real(pub_s));
         }
         json_object_set_new(m, "recovered_groups", json_integer(recovered));
+        add_selector_metrics(bc, m, &selector_stats_unavailable);
         if ((rc = session_write_metrics(&u, m, &err))) {
             json_decref(m);
             break;

@@ -7,7 +7,6 @@
 #include <CUnit/CUnit.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -25,6 +24,7 @@
 #include "broker/broker.h"
 #include "broker/broker_int.h"
 #include "tests/broker/synth_common.h"
+#include "tests/test_paths.h"
 
 static char tmpdir[256];
 static char bindir[4096];
@@ -33,11 +33,9 @@ static int port_seq;
 static int suite_init(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_broker_proc.XXXXXX");
     if (!mkdtemp(tmpdir)) return -1;
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return -1;
-    exe[n] = 0;
-    snprintf(bindir, sizeof bindir, "%s/../bin", dirname(exe));
+    char build[4000];
+    if (test_build_dir(build, sizeof build)) return -1;
+    snprintf(bindir, sizeof bindir, "%s/bin", build);
     /* the dataset the broker serves */
     char p[512];
     snprintf(p, sizeof p, "%s/prompts.jsonl", tmpdir);
@@ -696,6 +694,31 @@ static void test_config_errors(void) {
     json_decref(j);
 }
 
+/* A dataset that cannot be read fails broker_create before it binds or creates a replay log: the run
+ * directory is left empty and the endpoint stays free. */
+static void test_bad_dataset_leaves_nothing(void) {
+    char run_dir[256], log[300];
+    snprintf(run_dir, sizeof run_dir, "%.200s/bad_dataset_run", tmpdir);
+    snprintf(log, sizeof log, "%s/rollouts.log", run_dir);
+    broker_config c;
+    broker_config_defaults(&c);
+    snprintf(c.endpoint, sizeof c.endpoint, "ipc://%.200s/bad_dataset.sock", tmpdir);
+    snprintf(c.dataset, sizeof c.dataset, "%.200s/no_such_prompts.jsonl", tmpdir);
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    broker *b = NULL;
+    CU_ASSERT_NOT_EQUAL(broker_create(&b, &c, run_dir, &e), 0);
+    CU_ASSERT_PTR_NULL(b);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "no_such_prompts.jsonl"));
+    CU_ASSERT_NOT_EQUAL(access(log, F_OK), 0);
+    CU_ASSERT_NOT_EQUAL(access(run_dir, F_OK), 0);
+    /* the endpoint was never bound: a broker without the dataset binds it */
+    c.dataset[0] = 0;
+    CU_ASSERT_EQUAL(broker_create(&b, &c, run_dir, &e), 0);
+    broker_destroy(&b);
+    broker_config_release(&c);
+}
+
 /* SIGTERM: the broker stops cleanly, tells peers, and the log holds every accepted group. */
 static void test_sigterm_flushes(void) {
     run r;
@@ -737,6 +760,77 @@ static void test_sigterm_flushes(void) {
     CU_ASSERT_EQUAL(fscanf(f, "%d", &lines), 1);
     pclose(f);
     CU_ASSERT_EQUAL(lines, 20);
+}
+
+/* The prompt selector's state outlives the broker process: SIGTERM saves RUN_DIR/selector_state.json,
+ * a broker started on the same run dir continues from it (usage counts and fed-back groups not
+ * reset); a state that does not fit the dataset stops the broker with an error naming the file. */
+static void test_selector_state_restart(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "selstate", NULL), 0);
+    json_t *s = get_stats(&r);
+    CU_ASSERT(s && json_is_false(json_object_get(s, "selector/restored")));
+    json_decref(s);
+    pid_t u0 = start_upd(&r, "u0", "--credit 100 --stats");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
+    pid_t g0 = start_gen(&r, "g0", "--groups 20 --k 2 --tokens 8");
+    CU_ASSERT_EQUAL(wait_exit(g0, 20), 0);
+    long served = -1, groups = -1;
+    s = NULL;
+    for (int i = 0; i < 200; i++) {
+        json_decref(s);
+        s = get_stats(&r);
+        json_t *sel = json_object_get(s, "selector");
+        served = (long)json_integer_value(json_object_get(sel, "prompts/served"));
+        groups = (long)json_integer_value(json_object_get(sel, "prompts/groups"));
+        if (groups == 20) break;
+        sleep_ms(30);
+    }
+    CU_ASSERT_EQUAL(groups, 20);
+    CU_ASSERT(served >= 20);
+    json_t *sel = json_object_get(s, "selector");
+    CU_ASSERT(json_is_number(json_object_get(sel, "prompts/zero_spread_share")));
+    CU_ASSERT(json_is_number(json_object_get(sel, "prompts/mean_cohesion")));
+    CU_ASSERT(json_number_value(json_object_get(sel, "prompts/sampling_entropy")) > 0);
+    json_decref(s);
+    kill(r.broker, SIGTERM);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", r.dir, BROKER_SELECTOR_STATE);
+    json_t *st = json_load_file(p, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(st);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "served")), served);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "updates")), 20);
+    json_decref(st);
+
+    /* same run dir, new process: the counts continue */
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "selstate", NULL), 0);
+    s = get_stats(&r);
+    CU_ASSERT(s && json_is_true(json_object_get(s, "selector/restored")));
+    sel = json_object_get(s, "selector");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(sel, "prompts/served")), served);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(sel, "prompts/groups")), 20);
+    json_decref(s);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+
+    /* a state naming prompts this dataset does not have: refused, file named */
+    run bad;
+    snprintf(bad.dir, sizeof bad.dir, "%s/selstate_bad", tmpdir);
+    mkdir(bad.dir, 0755);
+    snprintf(p, sizeof p, "%s/%s", bad.dir, BROKER_SELECTOR_STATE);
+    FILE *f = fopen(p, "w");
+    fputs("{\"version\": 1, \"policy\": \"uniform\", \"n_prompts\": 3}\n", f);
+    fclose(f);
+    CU_ASSERT_NOT_EQUAL(start_broker(&bad, "selstate_bad", NULL), 0);
+    char log[600];
+    snprintf(log, sizeof log, "%s/broker.log", bad.dir);
+    char *txt = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(log, &txt, &n, NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(txt, BROKER_SELECTOR_STATE));
+    free(txt);
 }
 
 /* Client API against a broker process: pause/resume parks and answers the same request; rejections
@@ -989,6 +1083,7 @@ int register_broker_suites(void) {
     if (!s) return -1;
     CU_add_test(s, "config errors name the JSON path", test_config_errors);
     CU_add_test(s, "endpoint that cannot be bound: error naming it", test_bind_errors);
+    CU_add_test(s, "unreadable dataset: no replay log, endpoint not bound", test_bad_dataset_leaves_nothing);
     CU_add_test(s, "peer speaking another protocol version: both versions named", test_other_protocol_version);
     CU_add_test(s, "client facing another protocol version / no broker", test_client_sees_other_version);
     CU_add_test(s, "3 generators + 2 updaters: exactly once or dropped-stale", test_exactly_once);
@@ -998,6 +1093,7 @@ int register_broker_suites(void) {
     CU_add_test(s, "SIGTERM flushes the replay log; replay-cat", test_sigterm_flushes);
     CU_add_test(s, "pause/resume, rejections, stale purge, credit (client API)", test_control_and_rejections);
     CU_add_test(s, "broker kill -9 and restart: clients rejoin, log recovered", test_broker_restart);
+    CU_add_test(s, "selector state survives a broker restart", test_selector_state_restart);
 #ifndef __SANITIZE_ADDRESS__
     CU_add_test(s, "keep freed memory: a second weights version does not page-fault", test_keep_freed_memory);
 #endif

@@ -5,6 +5,9 @@
 #include <unistd.h>
 #include <math.h>
 
+#include <jansson.h>
+#include <dirent.h>
+
 #include "common/common.h"
 
 static void test_crc32_known_vector(void) {
@@ -48,6 +51,57 @@ static void test_atomic_write_and_read(void) {
     CU_ASSERT_EQUAL(system(cmd), 0);
 }
 
+/* Output paths are checked before long jobs: a missing directory is an error naming the destination
+ * (not the temp file), and a good directory is left exactly as it was. */
+static void test_check_writable(void) {
+    char dir[] = "/tmp/rlhf_common_XXXXXX";
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    char path[512];
+    rlhf_error err;
+    rlhf_error_clear(&err);
+    snprintf(path, sizeof path, "%s/missing/out.bin", dir);
+    CU_ASSERT_EQUAL(rlhf_check_writable(path, &err), RLHF_EIO);
+    CU_ASSERT_STRING_EQUAL(err.where, path);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "No such file or directory"));
+    snprintf(path, sizeof path, "%s/out.bin", dir);
+    CU_ASSERT_EQUAL(rlhf_check_writable(path, &err), 0);
+    DIR *d = opendir(dir);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) entries++;
+    closedir(d);
+    CU_ASSERT_EQUAL(entries, 0);
+    rmdir(dir);
+}
+
+/* JSON files: a missing file and a syntax error both name the file (the latter with line and column). */
+static void test_json_load_file(void) {
+    char dir[] = "/tmp/rlhf_common_XXXXXX";
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    char path[512], want[600];
+    rlhf_error err;
+    rlhf_error_clear(&err);
+    snprintf(path, sizeof path, "%s/none.json", dir);
+    CU_ASSERT_PTR_NULL(rlhf_json_load_file(path, 0, &err));
+    CU_ASSERT_EQUAL(err.code, RLHF_EIO);
+    CU_ASSERT_STRING_EQUAL(err.where, path);
+    CU_ASSERT_STRING_EQUAL(err.msg, "cannot open: No such file or directory");
+    snprintf(path, sizeof path, "%s/bad.json", dir);
+    CU_ASSERT_EQUAL(rlhf_write_file_atomic(path, "{\"a\": 1,\n \"a\": 2}", 17, &err), 0);
+    CU_ASSERT_PTR_NULL(rlhf_json_load_file(path, JSON_REJECT_DUPLICATES, &err));
+    CU_ASSERT_EQUAL(err.code, RLHF_EINVAL);
+    snprintf(want, sizeof want, "%s:2:", path);
+    CU_ASSERT_EQUAL(strncmp(err.where, want, strlen(want)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "duplicate"));
+    json_t *j = rlhf_json_load_file(path, 0, &err); /* duplicates allowed: the last wins */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "a")), 2);
+    json_decref(j);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void test_rng_deterministic(void) {
     rlhf_rng a, b;
     rlhf_rng_seed(&a, 42);
@@ -69,5 +123,7 @@ int register_suites(void) {
     CU_add_test(s, "crc32 known vector", test_crc32_known_vector);
     CU_add_test(s, "atomic write and read", test_atomic_write_and_read);
     CU_add_test(s, "rng deterministic", test_rng_deterministic);
+    CU_add_test(s, "check_writable: missing dir names the destination, good dir untouched", test_check_writable);
+    CU_add_test(s, "json_load_file: errors name the file (and line:column)", test_json_load_file);
     return 0;
 }

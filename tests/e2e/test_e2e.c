@@ -8,7 +8,8 @@
  *                     accepted rollout is lost (every replay-log record at or below the highest finished
  *                     sequence number of its generator was trained on or counted as dropped);
  *   resume_after_sigint: SIGINT stops with a final checkpoint; --resume continues the step count and
- *                     the metrics;
+ *                     the metrics; the prompt selector's metrics are in metrics.jsonl and its state
+ *                     (RUN_DIR/selector_state.json) survives the resume (usage counts not reset);
  *   replay_deterministic: two `rlhf replay` of one log -> bit-identical checkpoints;
  *   bad_input:        config errors name the JSON path before any process starts; a base checkpoint
  *                     that does not match model.arch; a replay log from another model. */
@@ -158,6 +159,36 @@ static long last_step(const char *run_dir) {
     long s = m->n ? m->step[m->n - 1] : 0;
     free(m);
     return s;
+}
+
+/* The value of `key` in the metrics record of `step` (the last such record), or NAN. */
+static double metric_at(const char *run_dir, long step, const char *key) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run_dir);
+    char *d = slurp(p);
+    double v = NAN;
+    char *save = NULL;
+    for (char *line = d ? strtok_r(d, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (j && json_integer_value(json_object_get(j, "step")) == step) {
+            json_t *x = json_object_get(j, key);
+            v = json_is_number(x) ? json_number_value(x) : NAN;
+        }
+        json_decref(j);
+    }
+    free(d);
+    return v;
+}
+
+/* A top-level integer of RUN_DIR/selector_state.json, or -1. */
+static long selector_state_int(const char *run_dir, const char *key) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", run_dir, BROKER_SELECTOR_STATE);
+    json_t *j = json_load_file(p, 0, NULL);
+    json_t *x = json_object_get(j, key);
+    long v = json_is_integer(x) ? (long)json_integer_value(x) : -1;
+    json_decref(j);
+    return v;
 }
 
 static int wait_step(const char *run_dir, long step, pid_t launcher, double timeout) {
@@ -376,6 +407,17 @@ static void test_resume_after_sigint(void) {
     long stopped_metrics = last_step(run);
     CU_ASSERT(stopped >= 4 && stopped < 14);
     CU_ASSERT_EQUAL(stopped_metrics, stopped); /* the final checkpoint is the last step logged */
+    /* the selector's metrics are in every step's record, and its state was saved at shutdown */
+    for (long st = 1; st <= stopped; st++) {
+        CU_ASSERT(metric_at(run, st, "prompts/groups") >= 1);
+        CU_ASSERT(isfinite(metric_at(run, st, "prompts/zero_spread_share")));
+        CU_ASSERT(isfinite(metric_at(run, st, "prompts/mean_cohesion")));
+        CU_ASSERT(metric_at(run, st, "prompts/sampling_entropy") > 0);
+    }
+    long served_before = selector_state_int(run, "served"), updates_before = selector_state_int(run, "updates");
+    CU_ASSERT(served_before >= 8L * stopped); /* every trained group was served first */
+    CU_ASSERT(updates_before >= stopped);
+    CU_ASSERT(metric_at(run, stopped, "prompts/groups") <= updates_before);
     /* starting it again without --resume is refused: the run dir holds a run */
     CU_ASSERT_NOT_EQUAL(run_cmd(log, args, 30), 0);
     CU_ASSERT(file_contains(log, "--resume"));
@@ -390,6 +432,14 @@ static void test_resume_after_sigint(void) {
     }
     free(m);
     CU_ASSERT_EQUAL(latest_ckpt(run), 14);
+    /* the resumed broker continued the selector's statistics instead of starting them over: the
+     * first resumed step already counts every group fed back before the stop */
+    char blog_path[512];
+    snprintf(blog_path, sizeof blog_path, "%s/logs/broker.log", run);
+    CU_ASSERT(file_contains(blog_path, "selector state restored from"));
+    CU_ASSERT(metric_at(run, stopped + 1, "prompts/groups") > updates_before);
+    CU_ASSERT(selector_state_int(run, "served") > served_before);
+    CU_ASSERT(selector_state_int(run, "updates") >= updates_before + 8L * (14 - stopped));
 }
 
 static int files_equal(const char *a, const char *b) {

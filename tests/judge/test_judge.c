@@ -145,7 +145,7 @@ static void test_scores_ok(void) {
     CU_ASSERT_PTR_NOT_NULL_FATAL(jc);
     enum { N = 11 };
     judge_item it[N];
-    char comp[N][32];
+    char comp[N][48];
     memset(it, 0, sizeof it);
     for (int i = 0; i < N; i++) {
         snprintf(comp[i], sizeof comp[i], "answer %d score=%d", i, i);

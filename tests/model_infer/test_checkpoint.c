@@ -11,10 +11,7 @@
 
 #include "model/model.h"
 #include "tests/model_infer/infer_test.h"
-
-#ifndef RLHF_SOURCE_ROOT /* the Makefile defines it: where tests find their scripts whatever the cwd */
-#define RLHF_SOURCE_ROOT "."
-#endif
+#include "tests/test_paths.h"
 
 /* ---------------------------------------------------------------- helpers */
 

@@ -14,6 +14,7 @@
 
 #include "model/model.h"
 #include "tests/model_infer/infer_test.h"
+#include "tests/test_paths.h"
 
 static char rlhf_bin[PATH_MAX + 32];
 static char dir[64];
@@ -73,13 +74,7 @@ static void expect_one_error_line(const char *err_path, const char *n1, const ch
 }
 
 static int suite_init(void) {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return -1;
-    exe[n] = 0;
-    *strrchr(exe, '/') = 0;
-    snprintf(rlhf_bin, sizeof rlhf_bin, "%s/../bin/rlhf", exe);
-    if (access(rlhf_bin, X_OK) != 0) {
+    if (test_bin_path("rlhf", rlhf_bin, sizeof rlhf_bin) || access(rlhf_bin, X_OK) != 0) {
         fprintf(stderr, "test_model_infer: %s not built\n", rlhf_bin);
         return -1;
     }
@@ -116,6 +111,12 @@ static void test_init(void) {
                                                          " \"vocab_size\": 259, \"max_seq_len\": 8}"), 0);
     CU_ASSERT_NOT_EQUAL(run_rlhf(bad, NULL, in_dir("bad.err")), 0);
     expect_one_error_line(in_dir("bad.err"), "not divisible", NULL);
+    CU_ASSERT_EQUAL(access(in_dir("bad.safetensors"), F_OK), -1);
+    /* a vocabulary the byte-level tokenizer cannot use: rejected by init, naming the arch file */
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("bad.json"), "{\"dim\": 32, \"n_layers\": 1, \"n_heads\": 4, \"ffn_dim\": 8,"
+                                                         " \"vocab_size\": 100, \"max_seq_len\": 8}"), 0);
+    CU_ASSERT_NOT_EQUAL(run_rlhf(bad, NULL, in_dir("bad.err")), 0);
+    expect_one_error_line(in_dir("bad.err"), "bad.json: vocab_size 100", "259");
     CU_ASSERT_EQUAL(access(in_dir("bad.safetensors"), F_OK), -1);
     CU_ASSERT_EQUAL_FATAL(write_text(in_dir("bad.json"), "{\"dim\": 32,"), 0);
     CU_ASSERT_NOT_EQUAL(run_rlhf(bad, NULL, in_dir("bad.err")), 0);

@@ -13,6 +13,7 @@
 
 #include "model/model.h"
 #include "tests/model_train/helpers.h"
+#include "tests/test_paths.h"
 
 static char rlhf_bin[PATH_MAX + 32];
 static char tmpdir[64];
@@ -43,13 +44,7 @@ static int run_rlhf(const char *const *args, const char *out_path, const char *e
 static void path_in(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", tmpdir, name); }
 
 static int suite_init(void) {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return -1;
-    exe[n] = 0;
-    *strrchr(exe, '/') = 0;
-    snprintf(rlhf_bin, sizeof rlhf_bin, "%s/../bin/rlhf", exe);
-    if (access(rlhf_bin, X_OK) != 0) {
+    if (test_bin_path("rlhf", rlhf_bin, sizeof rlhf_bin) || access(rlhf_bin, X_OK) != 0) {
         fprintf(stderr, "test_cli: %s not built\n", rlhf_bin);
         return -1;
     }
@@ -231,6 +226,12 @@ static void test_bad_input_exits_cleanly(void) {
     path_in(sout, sizeof sout, "never.jsonl");
     const char *a5[] = {"score", "--model", base, "--data", corpus, "--out", sout, NULL}; /* not JSONL */
     expect_failure(a5, sout, "corpus.txt:1: invalid JSON");
+    /* an --out directory that does not exist is reported before training (one line, no step logs) */
+    char nodir[PATH_MAX];
+    path_in(nodir, sizeof nodir, "no_such_dir/out.safetensors");
+    const char *a6[] = {"pretrain", "--model", base, "--data", corpus, "--steps", "2", "--batch", "1", "--seq", "8",
+                        "--lr", "1e-3", "--out", nodir, NULL};
+    expect_failure(a6, nodir, "no_such_dir/out.safetensors: cannot create");
 }
 
 void register_cli_suite(void);
@@ -238,5 +239,5 @@ void register_cli_suite(void) {
     CU_pSuite s = CU_add_suite("cli", suite_init, suite_clean);
     CU_add_test(s, "rlhf pretrain lowers the loss, writes model + optimizer state", test_pretrain_lowers_loss);
     CU_add_test(s, "rlhf score JSONL == in-process log-probs", test_score_matches_in_process);
-    CU_add_test(s, "bad input: one error line, non-zero exit, no output file", test_bad_input_exits_cleanly);
+    CU_add_test(s, "bad input (incl. unwritable --out): one error line, non-zero exit, no output file", test_bad_input_exits_cleanly);
 }

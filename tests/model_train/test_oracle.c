@@ -15,6 +15,7 @@
 
 #include "model/model.h"
 #include "tests/model_train/helpers.h"
+#include "tests/test_paths.h"
 
 #define ORACLE_TOL 1e-4
 
@@ -60,22 +61,12 @@ static void check(const char *what, const float *a, const double *b, size_t n) {
     CU_ASSERT(e <= ORACLE_TOL);
 }
 
-/* The script: $RLHF_ORACLE, else tests/oracle/llama_ref.py from the working directory, else from the
- * source tree the test binary was built in (BUILD/tests/../../tests/oracle). */
+/* The script: $RLHF_ORACLE, else tests/oracle/llama_ref.py in the source tree this test was built from
+ * (RLHF_SOURCE_ROOT), wherever BUILD and the working directory are. */
 static int find_script(char *out, size_t cap) {
     const char *env = getenv("RLHF_ORACLE");
     if (env) return snprintf(out, cap, "%s", env), access(out, R_OK) == 0;
-    snprintf(out, cap, "tests/oracle/llama_ref.py");
-    if (access(out, R_OK) == 0) return 1;
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return 0;
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    if (!slash) return 0;
-    *slash = 0;
-    snprintf(out, cap, "%s/../../tests/oracle/llama_ref.py", exe);
-    return access(out, R_OK) == 0;
+    return test_source_path("tests/oracle/llama_ref.py", out, cap) == 0 && access(out, R_OK) == 0;
 }
 
 static int run_oracle(const char *dir) {

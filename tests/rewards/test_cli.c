@@ -74,6 +74,35 @@ static void test_sandbox_run_cli(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "--set.wall_mss: unknown key"));
 }
 
+/* Config files that cannot be read or parsed, and an --out that cannot be written, are one error line
+ * naming the file (and line:column) with the documented exit status; train-rm reports a bad --out before
+ * it loads data or trains. */
+static void test_cli_file_errors(void) {
+    char cfg[512], samples[512], prog[512], args[2048], out[16384], want[700];
+    snprintf(cfg, sizeof cfg, "%s/cli_bad.json", rt_scratch());
+    snprintf(samples, sizeof samples, "%s/cli_bad_samples.jsonl", rt_scratch());
+    snprintf(prog, sizeof prog, "%s/cli_bad_prog.py", rt_scratch());
+    write_text(cfg, "[{\"type\": \"exact_match\"}\n");
+    write_text(samples, "{\"completion\": \"a\", \"answer\": \"a\"}\n");
+    write_text(prog, "print(1)\n");
+    snprintf(args, sizeof args, "reward-test %s %s", cfg, samples);
+    CU_ASSERT_EQUAL(run_rlhf(args, out, sizeof out), 2);
+    snprintf(want, sizeof want, "rlhf reward-test: error: %s:2:0: ", cfg);
+    CU_ASSERT_EQUAL(strncmp(out, want, strlen(want)), 0);
+    CU_ASSERT_PTR_EQUAL(strchr(out, '\n'), out + strlen(out) - 1);
+    snprintf(args, sizeof args, "sandbox-run --config %s/none.json %s", rt_scratch(), prog);
+    CU_ASSERT_EQUAL(run_rlhf(args, out, sizeof out), 2);
+    snprintf(want, sizeof want, "rlhf sandbox-run: error: %s/none.json: cannot open: No such file or directory\n",
+             rt_scratch());
+    CU_ASSERT_STRING_EQUAL(out, want);
+    snprintf(args, sizeof args, "train-rm --model %s/none.safetensors --data %s --out %s/no_dir/rm.safetensors",
+             rt_scratch(), samples, rt_scratch());
+    CU_ASSERT_EQUAL(run_rlhf(args, out, sizeof out), 1);
+    snprintf(want, sizeof want, "rlhf train-rm: error: %s/no_dir/rm.safetensors: cannot create ", rt_scratch());
+    CU_ASSERT_EQUAL(strncmp(out, want, strlen(want)), 0);
+    CU_ASSERT_PTR_EQUAL(strchr(out, '\n'), out + strlen(out) - 1);
+}
+
 /* Host processes whose real uid is `uid`. */
 static int procs_with_uid(long uid) {
     char cmd[128], out[64];
@@ -122,6 +151,7 @@ int rt_register_cli(void) {
     if (!s) return -1;
     CU_add_test(s, "rlhf reward-test", test_reward_test_cli);
     CU_add_test(s, "rlhf sandbox-run", test_sandbox_run_cli);
+    CU_add_test(s, "config / output file errors: one line naming the file", test_cli_file_errors);
     CU_add_test(s, "killing the supervisor kills the sandbox", test_supervisor_death_kills_sandbox);
     return 0;
 }

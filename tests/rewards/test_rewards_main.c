@@ -1,11 +1,11 @@
 /* tests/rewards/test_rewards_main.c — register_suites for test_rewards and the shared helpers. */
-#include <libgen.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "tests/rewards/rewards_test.h"
+#include "tests/test_paths.h"
 
 static char root_dir[PATH_MAX];
 static char scratch_dir[PATH_MAX];
@@ -37,11 +37,7 @@ static void cleanup_scratch(void) {
 
 int register_suites(void) {
     /* the binary lives in BUILD/tests/; fixtures are under the source root: run from there */
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return -1;
-    exe[n] = 0;
-    snprintf(build_dir, sizeof build_dir, "%s", dirname(dirname(exe))); /* BUILD (may be outside ROOT) */
+    if (test_build_dir(build_dir, sizeof build_dir)) return -1; /* BUILD (may be outside ROOT) */
     snprintf(root_dir, sizeof root_dir, "%s", RLHF_SOURCE_ROOT);
     if (chdir(root_dir)) return -1;
     snprintf(scratch_dir, sizeof scratch_dir, "/tmp/rlhf-test-rewards-XXXXXX");
