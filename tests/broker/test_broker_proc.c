@@ -712,6 +712,14 @@ static void test_bad_dataset_leaves_nothing(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "no_such_prompts.jsonl"));
     CU_ASSERT_NOT_EQUAL(access(log, F_OK), 0);
     CU_ASSERT_NOT_EQUAL(access(run_dir, F_OK), 0);
+    /* a selector the prompts module rejects: the same, and the error names the run-config path */
+    snprintf(c.dataset, sizeof c.dataset, "%.200s/prompts.jsonl", tmpdir);
+    c.selector = json_pack("{s:s}", "policy", "nope");
+    CU_ASSERT_NOT_EQUAL(broker_create(&b, &c, run_dir, &e), 0);
+    CU_ASSERT_STRING_EQUAL(e.where, "broker.selector.policy");
+    CU_ASSERT_NOT_EQUAL(access(run_dir, F_OK), 0);
+    json_decref(c.selector);
+    c.selector = NULL;
     /* the endpoint was never bound: a broker without the dataset binds it */
     c.dataset[0] = 0;
     CU_ASSERT_EQUAL(broker_create(&b, &c, run_dir, &e), 0);
@@ -1083,7 +1091,7 @@ int register_broker_suites(void) {
     if (!s) return -1;
     CU_add_test(s, "config errors name the JSON path", test_config_errors);
     CU_add_test(s, "endpoint that cannot be bound: error naming it", test_bind_errors);
-    CU_add_test(s, "unreadable dataset: no replay log, endpoint not bound", test_bad_dataset_leaves_nothing);
+    CU_add_test(s, "unreadable dataset / bad selector: no replay log, endpoint not bound", test_bad_dataset_leaves_nothing);
     CU_add_test(s, "peer speaking another protocol version: both versions named", test_other_protocol_version);
     CU_add_test(s, "client facing another protocol version / no broker", test_client_sees_other_version);
     CU_add_test(s, "3 generators + 2 updaters: exactly once or dropped-stale", test_exactly_once);
