@@ -8,6 +8,7 @@
  * host). Generators report their receive time through a pipe. Prints the median, min and max; the
  * peer figure is one raw ZeroMQ PUSH of the same 40 MB to one PULL in the same run. */
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,13 +20,26 @@
 #include "broker/broker.h"
 #include "tests/broker/synth_common.h"
 
+/* fork() for the benchmark's peer processes: a child dies with the benchmark, so a benchmark
+ * killed by `timeout` (or a crash) never leaves peers behind holding its output pipe. */
+static pid_t fork_peer(void) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(1); /* the parent died before prctl took effect */
+    }
+    return pid;
+}
+
+
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
 
 static pid_t fork_broker(const char *endpoint) {
-    pid_t pid = fork();
+    pid_t pid = fork_peer();
     if (pid == 0) {
         broker_config cfg;
         broker_config_defaults(&cfg);
@@ -49,7 +63,7 @@ static pid_t fork_broker(const char *endpoint) {
 
 /* Generator: receive versions into its (reused) parameter buffer, report (version, wall time). */
 static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions, long n_floats) {
-    pid_t pid = fork();
+    pid_t pid = fork_peer();
     if (pid == 0) {
         char id[32];
         snprintf(id, sizeof id, "fan-gen-%d", idx);
@@ -95,7 +109,7 @@ static double raw_push_once(const wire_out *o, int port) {
         snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
     int p[2];
     if (pipe(p) != 0) return -1;
-    pid_t pid = fork();
+    pid_t pid = fork_peer();
     if (pid == 0) {
         close(p[0]);
         void *ctx = zmq_ctx_new();

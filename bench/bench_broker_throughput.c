@@ -13,6 +13,7 @@
  * broker's own work costs, independent of how the scheduler interleaves the processes. */
 #include <dirent.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,19 @@
 
 #include "broker/broker.h"
 #include "tests/broker/synth_common.h"
+
+/* fork() for the benchmark's peer processes: a child dies with the benchmark, so a benchmark
+ * killed by `timeout` (or a crash) never leaves peers behind holding its output pipe. */
+static pid_t fork_peer(void) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(1); /* the parent died before prctl took effect */
+    }
+    return pid;
+}
+
 
 #define K 8
 #define TOKENS 256
@@ -98,7 +112,7 @@ static double read_child_cpu(int fd) {
 /* ---------------------------------------------------------------- broker path */
 
 static pid_t fork_broker(const char *endpoint, const char *dir, const char *dataset, int log) {
-    pid_t pid = fork();
+    pid_t pid = fork_peer();
     if (pid == 0) {
         broker_config cfg;
         broker_config_defaults(&cfg);
@@ -125,7 +139,7 @@ static pid_t fork_broker(const char *endpoint, const char *dir, const char *data
 }
 
 static pid_t fork_generator(const char *endpoint, int groups, int cpu_fd) {
-    pid_t pid = fork();
+    pid_t pid = fork_peer();
     if (pid == 0) {
         rlhf_error e;
         rlhf_error_clear(&e);
@@ -214,7 +228,7 @@ static double run_raw(int port, int groups, double *cpu) {
     int cp[2];
     if (pipe(cp) != 0) exit(1);
     double cpu_self0 = self_cpu();
-    pid_t pid = fork();
+    pid_t pid = fork_peer();
     if (pid == 0) {
         void *ctx = zmq_ctx_new();
         void *push = zmq_socket(ctx, ZMQ_PUSH);
@@ -261,7 +275,7 @@ static double run_relay(int port, int groups, double *cpu) {
     int cp[2];
     if (pipe(cp) != 0) exit(1);
     double cpu_self0 = self_cpu();
-    pid_t relay = fork();
+    pid_t relay = fork_peer();
     if (relay == 0) {
         void *ctx = zmq_ctx_new();
         void *in = zmq_socket(ctx, ZMQ_PULL), *out = zmq_socket(ctx, ZMQ_PUSH);
@@ -270,7 +284,7 @@ static double run_relay(int port, int groups, double *cpu) {
         zmq_proxy(in, out, NULL); /* until killed */
         _exit(0);
     }
-    pid_t pid = fork();
+    pid_t pid = fork_peer();
     if (pid == 0) {
         void *ctx = zmq_ctx_new();
         void *push = zmq_socket(ctx, ZMQ_PUSH);
