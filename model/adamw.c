@@ -89,8 +89,13 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
     o->step++;
     float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
     double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);
-    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    /* m̂ / (sqrt(v̂) + eps) with v̂ = v / bc2 equals sqrt(bc2) · m / (sqrt(v) + eps · sqrt(bc2)): one
+     * division per element instead of two (the update loop is bound by divide/sqrt throughput). */
+    float bc2_sqrt = (float)sqrt(bc2);
+    float step_size = (float)(lr / bc1 * sqrt(bc2)), eps_scaled = eps * bc2_sqrt;
     float *params = m->params_mem;
+    /* One parallel region for all tensors; tensors are independent, so no barrier between them. */
+#pragma omp parallel
     for (int ti = 0; ti < m->n_tensors; ti++) {
         const model_tensor_info *ti_ = &m->tensors[ti];
         /* norm weights (vectors) are not decayed */
@@ -98,7 +103,7 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
         float *p = params + ti_->offset, *g = grads + ti_->offset;
         float *mm = o->mom + ti_->offset, *vv = o->var + ti_->offset;
         size_t len = ti_->numel;
-#pragma omp parallel for simd schedule(static)
+#pragma omp for simd schedule(static) nowait
         for (size_t i = 0; i < len; i++) {
             float gi = g[i] * clip;
             g[i] = 0.0f; /* consumed: the next accumulation starts from zero without a separate pass */
@@ -106,7 +111,7 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
             float vi = b2 * vv[i] + (1.0f - b2) * gi * gi;
             mm[i] = mi;
             vv[i] = vi;
-            p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+            p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) + eps_scaled);
         }
     }
     if (grad_norm_out) *grad_norm_out = norm;

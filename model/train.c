@@ -229,6 +229,25 @@ static void rec_matmul(model_trainer *t, float *out, float *inp, const float *w,
     op->oc = OC;
 }
 
+/* Two matmuls of the same input and shape (q|k, gate|up), computed side by side; recorded as two
+ * ordinary tape entries. */
+static void rec_matmul_pair(model_trainer *t, float *out_a, float *out_b, float *inp, const float *w_a, float *dw_a,
+                            const float *w_b, float *dw_b, int N, int IC, int OC) {
+    matmul_forward_pair(out_a, out_b, inp, w_a, w_b, N, IC, OC);
+    float *outs[2] = {out_a, out_b};
+    const float *ws[2] = {w_a, w_b};
+    float *dws[2] = {dw_a, dw_b};
+    for (int i = 0; i < 2; i++) {
+        tape_op *op = push(t, OP_MATMUL, outs[i], (size_t)N * OC);
+        op->in[0] = inp;
+        op->w = ws[i];
+        op->dw = dws[i];
+        op->n = N;
+        op->ic = IC;
+        op->oc = OC;
+    }
+}
+
 static void rec_rope(model_trainer *t, float *out, float *inp, int NH) {
     int D = model_head_dim(&t->m->cfg);
     rope_forward(out, inp, t->rope_cos, t->rope_sin, t->B, t->T, NH, D);
@@ -387,8 +406,12 @@ static void forward_body(model_trainer *t) {
         layer_acts *a = &t->layers[l];
         size_t lc = (size_t)l * C, lqc = (size_t)l * HD * C, lkc = (size_t)l * KD * C, lfc = (size_t)l * F * C;
         rec_rmsnorm(t, a->ln1, a->rstd1, x, p->attn_norm + lc, dp->attn_norm + lc, N);
-        rec_matmul(t, a->q, a->ln1, p->wq + lqc, dp->wq + lqc, N, C, HD);
-        rec_matmul(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, N, C, KD);
+        if (HD == KD)
+            rec_matmul_pair(t, a->q, a->k, a->ln1, p->wq + lqc, dp->wq + lqc, p->wk + lkc, dp->wk + lkc, N, C, HD);
+        else {
+            rec_matmul(t, a->q, a->ln1, p->wq + lqc, dp->wq + lqc, N, C, HD);
+            rec_matmul(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, N, C, KD);
+        }
         rec_matmul(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, N, C, KD);
         rec_rope(t, a->qr, a->q, H);
         rec_rope(t, a->kr, a->k, KVH);
@@ -401,8 +424,8 @@ static void forward_body(model_trainer *t) {
         rec_matmul(t, a->attproj, a->atty, p->wo + lqc, dp->wo + lqc, N, HD, C);
         rec_residual(t, a->res1, x, a->attproj, (size_t)N * C);
         rec_rmsnorm(t, a->ln2, a->rstd2, a->res1, p->ffn_norm + lc, dp->ffn_norm + lc, N);
-        rec_matmul(t, a->gate, a->ln2, p->w_gate + lfc, dp->w_gate + lfc, N, C, F);
-        rec_matmul(t, a->up, a->ln2, p->w_up + lfc, dp->w_up + lfc, N, C, F);
+        rec_matmul_pair(t, a->gate, a->up, a->ln2, p->w_gate + lfc, dp->w_gate + lfc, p->w_up + lfc, dp->w_up + lfc,
+                        N, C, F);
         swiglu_forward(a->swi, a->gate, a->up, (size_t)N * F);
         op = push(t, OP_SWIGLU, a->swi, (size_t)N * F);
         op->in[0] = a->gate;

@@ -2,6 +2,7 @@
  * backward), and the backward == central finite differences of sum(out * r) for random r. */
 #include <CUnit/CUnit.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,6 +121,52 @@ static void test_matmul(void) {
     fd_check("matmul dinp", mm_loss, &c, c.x, (size_t)N * IC, dx1, 1e-2, FD_TOL, 200, &rng);
     fd_check("matmul dweight", mm_loss, &c, c.w, (size_t)OC * IC, dw1, 1e-2, FD_TOL, 200, &rng);
     free(c.x), free(c.w), free(c.out), free(c.r), free(out2), free(dx1), free(dw1), free(dx2), free(dw2);
+}
+
+/* The fast matmul paths that split work between threads (row blocks in the forward, the two
+ * products of the backward and of matmul_forward_pair side by side) only start at N >= 32 per
+ * thread and at 2 threads: check them at such sizes and 1..3 threads against the references. */
+static void test_matmul_threaded_paths(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 11);
+    int saved = omp_get_max_threads();
+    int shapes[][3] = {{97, 21, 13}, {256, 64, 48}, {64, 40, 72}};
+    for (int si = 0; si < 3; si++) {
+        int N = shapes[si][0], IC = shapes[si][1], OC = shapes[si][2];
+        float *x = rand_buf(&rng, (size_t)N * IC, 1.0f);            // (N, IC)
+        float *wa = rand_buf(&rng, (size_t)OC * IC, 1.0f);          // (OC, IC)
+        float *wb = rand_buf(&rng, (size_t)OC * IC, 1.0f);          // (OC, IC)
+        float *dy = rand_buf(&rng, (size_t)N * OC, 1.0f);           // (N, OC)
+        float *want_a = zeros((size_t)N * OC), *want_b = zeros((size_t)N * OC);
+        matmul_forward_ref(want_a, x, wa, N, IC, OC);
+        matmul_forward_ref(want_b, x, wb, N, IC, OC);
+        float *want_dx = zeros((size_t)N * IC), *want_dw = zeros((size_t)OC * IC);
+        matmul_backward_ref(want_dx, want_dw, dy, x, wa, N, IC, OC);
+        for (int threads = 1; threads <= 3; threads++) {
+            omp_set_num_threads(threads);
+            float *a = zeros((size_t)N * OC), *b = zeros((size_t)N * OC);
+            matmul_forward(a, x, wa, N, IC, OC);
+            CU_ASSERT(rel_err(a, want_a, (size_t)N * OC) < SAME_TOL);
+            memset(a, 0, sizeof(float) * (size_t)N * OC);
+            matmul_forward_pair(a, b, x, wa, wb, N, IC, OC);
+            CU_ASSERT(rel_err(a, want_a, (size_t)N * OC) < SAME_TOL);
+            CU_ASSERT(rel_err(b, want_b, (size_t)N * OC) < SAME_TOL);
+            for (int acc = 0; acc <= 1; acc++) {
+                float *dx = zeros((size_t)N * IC), *dw = zeros((size_t)OC * IC);
+                /* overwrite mode must ignore what is there; accumulate mode must add to it */
+                for (size_t i = 0; i < (size_t)N * IC; i++) dx[i] = acc ? 0.25f : NAN;
+                matmul_backward(dx, dw, dy, x, wa, N, IC, OC, acc);
+                if (acc)
+                    for (size_t i = 0; i < (size_t)N * IC; i++) dx[i] -= 0.25f;
+                CU_ASSERT(rel_err(dx, want_dx, (size_t)N * IC) < SAME_TOL);
+                CU_ASSERT(rel_err(dw, want_dw, (size_t)OC * IC) < SAME_TOL);
+                free(dx), free(dw);
+            }
+            free(a), free(b);
+        }
+        free(x), free(wa), free(wb), free(dy), free(want_a), free(want_b), free(want_dx), free(want_dw);
+    }
+    omp_set_num_threads(saved);
 }
 
 /* ------------------------------------------------------------------ RoPE */
@@ -411,6 +458,7 @@ void register_ops_suite(void) {
     CU_add_test(s, "embedding fast == ref, backward == finite differences", test_embedding);
     CU_add_test(s, "rmsnorm fast == ref, backward == finite differences", test_rmsnorm);
     CU_add_test(s, "matmul (sgemm) == ref, backward == finite differences", test_matmul);
+    CU_add_test(s, "matmul threaded paths (N >= 64, 1..3 threads, pair, acc/overwrite) == ref", test_matmul_threaded_paths);
     CU_add_test(s, "rope HF rotate_half, backward == finite differences", test_rope);
     CU_add_test(s, "attention MHA fast == ref, causal, finite differences", test_attention_mha);
     CU_add_test(s, "attention GQA (6 heads, 2 kv) fast == ref, finite differences", test_attention_gqa);
