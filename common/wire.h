@@ -147,6 +147,9 @@ void wire_rx_free(wire_rx *rx);
 uint32_t wire_crc32(uint32_t crc, const void *data, size_t n);
 /* The plain table kernel (slicing by 8) the fast path is tested against. */
 uint32_t wire_crc32_reference(uint32_t crc, const void *data, size_t n);
+/* One kernel on purpose (tests, benchmarks); a kernel the CPU lacks falls back to the next simpler one. */
+typedef enum { WIRE_CRC_TABLES = 0, WIRE_CRC_PCLMUL = 1, WIRE_CRC_VPCLMUL = 2 } wire_crc_kernel;
+uint32_t wire_crc32_kernel(wire_crc_kernel kernel, uint32_t crc, const void *data, size_t n);
 
 /* ---------------------------------------------------------------- typed messages
  *

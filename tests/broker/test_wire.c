@@ -2,6 +2,7 @@
  * (each rejected with its reason). Also register_suites() for the test_broker binary. */
 #include <CUnit/CUnit.h>
 #include <float.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,30 @@ static void test_crc_matches_reference(void) {
             CU_ASSERT_EQUAL(wire_crc32_reference(0, buf + off, n), want);
             CU_ASSERT_EQUAL(wire_crc32(0x12345678u, buf + off, n), rlhf_crc32(0x12345678u, buf + off, n));
         }
+    /* each kernel on its own (the dispatcher picks one by size), every length 0..1100 at several
+     * alignments, with a chained start value */
+    for (int k = WIRE_CRC_TABLES; k <= WIRE_CRC_VPCLMUL; k++)
+        for (size_t off = 0; off < 5; off++)
+            for (size_t n = 0; n <= 1100; n++) {
+                uint32_t want = rlhf_crc32(0xdeadbeefu, buf + off, n);
+                uint32_t got = wire_crc32_kernel((wire_crc_kernel)k, 0xdeadbeefu, buf + off, n);
+                if (got != want) {
+                    CU_FAIL("kernel CRC differs from the bitwise reference");
+                    printf("\n  kernel %d off %zu n %zu: %08x != %08x\n", k, off, n, got, want);
+                    return;
+                }
+            }
+    /* large buffer through the vector kernel in pieces of odd sizes = in one piece */
+    size_t big = 1 << 20;
+    uint8_t *b = malloc(big);
+    for (size_t i = 0; i < big; i++) b[i] = (uint8_t)rlhf_rng_u64(&r);
+    uint32_t whole = rlhf_crc32(0, b, big), chained = 0;
+    for (size_t o = 0, step = 1; o < big; o += step, step = step * 3 + 1)
+        chained = wire_crc32_kernel(WIRE_CRC_VPCLMUL, chained, b + o, (o + step > big ? big - o : step));
+    CU_ASSERT_EQUAL(chained, whole);
+    CU_ASSERT_EQUAL(wire_crc32_kernel(WIRE_CRC_VPCLMUL, 0, b, big), whole);
+    CU_ASSERT_EQUAL(wire_crc32_kernel(WIRE_CRC_PCLMUL, 0, b, big), whole);
+    free(b);
 }
 
 /* encode -> frames -> parse -> decode */
@@ -691,7 +716,7 @@ static void test_logprob_bounds(void) {
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("wire", NULL, NULL);
     if (!s) return -1;
-    CU_add_test(s, "crc32 (PCLMUL folding, slicing-by-8) equals rlhf_crc32", test_crc_matches_reference);
+    CU_add_test(s, "crc32 (VPCLMULQDQ and PCLMULQDQ folding, slicing-by-8) equals rlhf_crc32", test_crc_matches_reference);
     CU_add_test(s, "ROLLOUT_GROUP round trip", test_roundtrip_rollout_group);
     CU_add_test(s, "WEIGHTS round trip (chunked)", test_roundtrip_weights);
     CU_add_test(s, "every other type round trips", test_roundtrip_small_types);
