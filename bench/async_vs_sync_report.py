@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Report for bench/bench_async_vs_sync.sh: reads two run directories (sync, async) and prints
+"""Report for bench/bench_async_vs_sync.sh: reads the run directories (sync, async[, sync2]) and prints
 time-to-reward, speedup, held-out pass rates and the time breakdown from metrics.jsonl."""
 import json
 import sys
@@ -50,38 +50,56 @@ def breakdown(rows):
 
 
 def main():
-    sync_dir, async_dir = sys.argv[1], sys.argv[2]
-    srows, sev = load(sync_dir)
-    arows, aev = load(async_dir)
+    args = sys.argv[1:]
+    steps = None
+    if len(args) >= 2 and args[0] == "--steps":
+        steps, args = int(args[1]), args[2:]
+    runs = [("sync", args[0]), ("async", args[1])] + ([("sync2", args[2])] if len(args) > 2 else [])
+    data = {}
+    for name, d in runs:
+        rows, ev = load(d)
+        data[name] = (rows, ev)
+    srows = data["sync"][0]
+    steps = steps or srows[-1]["step"]
     target = moving(srows, "reward/mean")[-1]
-    ts, ss = time_to(srows, target)
-    ta, sa = time_to(arows, target)
     try:
-        base = json.load(open(f"{sync_dir}/eval_base.json"))
+        base = json.load(open(f"{args[0]}/eval_base.json"))
     except OSError:
         base = None
     print(f"target: the sync run's final mean reward (last {WINDOW} steps) = {target:.4f}")
-    print(f"{'run':6} {'steps':>5} {'wall_s':>8} {'t_target_s':>10} {'at_step':>7} {'final_reward':>12} "
-          f"{'pass_greedy':>12} {'pass_sampled':>12}")
-    for name, rows, ev, t, st in (("sync", srows, sev, ts, ss), ("async", arows, aev, ta, sa)):
-        fr = moving(rows, "reward/mean")[-1]
-        tt = f"{t:.1f}" if t is not None else "not reached"
-        print(f"{name:6} {rows[-1]['step']:>5} {rows[-1]['wall_s']:>8.1f} {tt:>10} {str(st):>7} {fr:>12.4f} "
+    print(f"{'run':6} {'steps':>5} {'wall_s@' + str(steps):>10} {'t_target_s':>10} {'at_step':>7} "
+          f"{'reward@' + str(steps):>11} {'pass_greedy':>12} {'pass_sampled':>12}  (pass rates at step {steps})")
+    tt = {}
+    for name, _ in runs:
+        rows, ev = data[name]
+        upto = [r for r in rows if r["step"] <= steps]
+        t, st = time_to(rows, target)
+        tt[name] = t
+        fr = moving(upto, "reward/mean")[-1]
+        ts = f"{t:.1f}" if t is not None else "not reached"
+        print(f"{name:6} {rows[-1]['step']:>5} {upto[-1]['wall_s']:>10.1f} {ts:>10} {str(st):>7} {fr:>11.4f} "
               f"{ev['pass_rate']:>12.3f} {ev['sampled']:>12.3f}")
     if base:
         try:
-            bs = json.load(open(f"{sync_dir}/eval_base_sampled.json"))["pass_rate"]
+            bs = json.load(open(f"{args[0]}/eval_base_sampled.json"))["pass_rate"]
         except OSError:
             bs = float("nan")
         print(f"base model held-out pass rate: greedy {base['pass_rate']:.3f}, sampled {bs:.3f}")
-    if ts and ta:
-        print(f"speedup to the sync run's final reward: {ts / ta:.2f}x  (wall: {srows[-1]['wall_s'] / arows[-1]['wall_s']:.2f}x for the same steps)")
-    print("\nwhere the time went (seconds, summed over steps; gen_busy = generator sampling time of the groups used):")
+    wall_at = lambda name: [r for r in data[name][0] if r["step"] <= steps][-1]["wall_s"]
+    for ref in [n for n, _ in runs if n != "async"]:
+        if tt[ref] and tt["async"]:
+            print(f"speedup of async over {ref}: {tt[ref] / tt['async']:.2f}x to the sync run's final reward; "
+                  f"{wall_at(ref) / wall_at('async'):.2f}x in wall time for the same {steps} steps")
+        else:
+            print(f"speedup of async over {ref}: target not reached by one of them; "
+                  f"{wall_at(ref) / wall_at('async'):.2f}x in wall time for the same {steps} steps")
+    print(f"\nwhere the time went over the first {steps} steps (seconds, summed over steps; gen_busy = generator "
+          "sampling time of the groups used):")
     keys = ["wall_s", "train_s", "wait_s", "score_s", "publish_s", "gen_busy_s", "gen_tokens", "staleness_mean",
             "dropped_stale"]
     print(f"{'run':6} " + " ".join(f"{k:>14}" for k in keys))
-    for name, rows in (("sync", srows), ("async", arows)):
-        b = breakdown(rows)
+    for name, _ in runs:
+        b = breakdown([r for r in data[name][0] if r["step"] <= steps])
         print(f"{name:6} " + " ".join(f"{b[k]:>14.1f}" for k in keys))
 
 

@@ -10,7 +10,8 @@
 # Knobs (environment): DATA (runs/data/countdown; prepared by scripts/prepare-countdown.sh if absent),
 # OUT (runs/ablation-prompts), STEPS (150), CKPT_EVERY (25), SEEDS ("1 2"), N_TRAIN (256 prompts:
 # a prompt must come back within the budget for its statistics to matter), EVAL_N (200), EVAL_SAMPLES
-# (4, at temperature 1), FLIP (0.15), POLICIES ("uniform zero_variance_filter cohesion").
+# (4, at temperature 1), FLIP (0.15), CONFUSED (0: share of prompts on which the grader guesses),
+# CONFUSED_FLIP (0.5), POLICIES ("uniform zero_variance_filter cohesion").
 set -euo pipefail
 BUILD=${BUILD:-build}
 R="$BUILD/bin/rlhf"
@@ -23,6 +24,8 @@ N_TRAIN=${N_TRAIN:-256}
 EVAL_N=${EVAL_N:-200}
 EVAL_SAMPLES=${EVAL_SAMPLES:-4}
 FLIP=${FLIP:-0.15}
+CONFUSED=${CONFUSED:-0}
+CONFUSED_FLIP=${CONFUSED_FLIP:-0.5}
 POLICIES=${POLICIES:-"uniform zero_variance_filter cohesion"}
 CONFIG=${CONFIG:-examples/configs/countdown.json}
 
@@ -53,7 +56,7 @@ for seed in $SEEDS; do
       --set name="$name" --set run_dir="$run_dir" --set task.train="$OUT/train.jsonl" \
       --set task.eval="$DATA/heldout.jsonl" --set model.base_checkpoint="$DATA/base.safetensors" \
       --set "prompts.selector={\"policy\":\"$policy\"}" \
-      --set "rewards=[{\"type\":\"countdown\",\"name\":\"countdown\",\"weight\":1},{\"type\":\"process\",\"name\":\"grader\",\"weight\":1,\"command\":[\"python3\",\"$GRADER\"],\"config\":{\"flip\":$FLIP,\"seed\":$seed}}]" \
+      --set "rewards=[{\"type\":\"countdown\",\"name\":\"countdown\",\"weight\":1},{\"type\":\"process\",\"name\":\"grader\",\"weight\":1,\"command\":[\"python3\",\"$GRADER\"],\"config\":{\"flip\":$FLIP,\"confused\":$CONFUSED,\"confused_flip\":$CONFUSED_FLIP,\"seed\":$seed}}]" \
       --set rl.steps="$STEPS" --set rl.checkpoint_every="$CKPT_EVERY" --set rl.seed="$seed" \
       > "$OUT/$name.log" 2>&1 &
     run_pid=$!

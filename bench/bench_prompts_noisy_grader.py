@@ -5,10 +5,13 @@ ablation (bench/bench_prompts_ablation.sh), speaking the `process` reward protoc
 
 It stands in for a sloppy grader (a cheap judge, a hurried human) on the countdown task: it checks
 the expression itself (digits, + - * ( ) only, each given number at most once, value == target) and
-then gets the verdict wrong with probability `flip` (config, default 0.15). The flip is a
-deterministic function of (seed, prompt, completion), so the same completion always gets the same
-grade, as a real grader's opinion would. Where it flips, it disagrees with the exact `countdown`
-source: that is the disagreement the cohesion selector is meant to notice.
+then gets the verdict wrong with probability `flip` (config, default 0.15). On a share `confused`
+of the prompts (config, default 0: chosen by a hash of seed and prompt) it is instead wrong with
+probability `confused_flip` (default 0.5, i.e. it guesses): the prompt-dependent disagreement of
+graders on subjective items. Flips are a deterministic function of (seed, prompt, completion), so the
+same completion always gets the same grade, as a real grader's opinion would. Where it flips, it
+disagrees with the exact `countdown` source: that is the disagreement the cohesion selector is meant
+to notice.
 """
 import hashlib
 import json
@@ -36,13 +39,15 @@ def correct(completion, record):
 
 
 def main():
-    flip, seed = 0.15, 0
+    flip, seed, confused, confused_flip = 0.15, 0, 0.0, 0.5
     for line in sys.stdin:
         msg = json.loads(line)
         if "init" in msg:
             cfg = msg["init"] or {}
             flip = float(cfg.get("flip", flip))
             seed = int(cfg.get("seed", seed))
+            confused = float(cfg.get("confused", confused))
+            confused_flip = float(cfg.get("confused_flip", confused_flip))
             print(json.dumps({"ok": True}), flush=True)
             continue
         results = []
@@ -51,8 +56,10 @@ def main():
             if isinstance(rec, str):
                 rec = json.loads(rec)
             ok = correct(item.get("completion", ""), rec)
+            hp = hashlib.sha256(f"{seed}\0confused\0{item.get('prompt', '')}".encode()).digest()
+            p_flip = confused_flip if int.from_bytes(hp[:8], "little") / 2.0**64 < confused else flip
             h = hashlib.sha256(f"{seed}\0{item.get('prompt', '')}\0{item.get('completion', '')}".encode()).digest()
-            if int.from_bytes(h[:8], "little") / 2.0**64 < flip:
+            if int.from_bytes(h[:8], "little") / 2.0**64 < p_flip:
                 ok = not ok
             results.append({"score": 1.0 if ok else 0.0})
         print(json.dumps({"id": msg.get("id"), "results": results}), flush=True)

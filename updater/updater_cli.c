@@ -1,10 +1,13 @@
 /* updater/updater_cli.c — `rlhf updater --config RUN_DIR/config.json` (also `rlhf-updater`): the
  * online policy updater process.
  *
- * Threads: the main thread talks to the broker and runs the optimizer; updaters.reward_threads
- * scoring threads run the reward pipeline on received groups meanwhile, so a slow reward overlaps
- * with training. Flow control: the updater grants the broker credit so that it holds at most
- * 1.5 * rl.prompts_per_step groups (received, being scored, or waiting for a step).
+ * Threads: the main thread talks to the broker (credit, groups, prompt stats, weights); one trainer
+ * thread runs the optimizer steps; updaters.reward_threads scoring threads run the reward pipeline.
+ * While a step trains, the main thread keeps receiving the next step's groups and the scorers score
+ * them, so neither a slow reward nor the broker round trip waits behind the optimizer (before the
+ * trainer thread, the next step's groups sat in the socket until the step ended and scoring was on
+ * the critical path of every step). Flow control: the updater grants the broker credit so that it
+ * holds at most 1.5 * rl.prompts_per_step groups (received, being scored, or waiting for a step).
  *
  * Resume: the newest checkpoint in RUN_DIR/checkpoints is loaded (model, optimizer, RNG, step,
  * version, and per generator the highest sequence number already finished). The replay log is then
@@ -14,6 +17,7 @@
  *
  * SIGTERM/SIGINT: finish the current step, write a checkpoint, exit 0. Exit 2: bad config/input. */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +42,101 @@ static void mark_seen(json_t *seen, const wire_rollout_group *g) {
     const char *gid = g->generator_id ? g->generator_id : "";
     json_t *v = json_object_get(seen, gid);
     if (!v || (uint64_t)json_integer_value(v) < g->seq) json_object_set_new(seen, gid, json_integer((json_int_t)g->seq));
+}
+
+/* The optimizer thread: runs session_step on request. The main thread does not touch the session's
+ * window or policy while a step is in flight (job set, done not yet seen). */
+typedef struct trainer {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int job, done, quit, threads;
+    updater_session *u;
+    json_t *metrics; /* the finished step's record */
+    int rc;
+    rlhf_error err;
+} trainer;
+
+static void *trainer_main(void *arg) {
+    trainer *t = arg;
+    set_threads(t->threads); /* the OpenMP thread count is per thread: set it on this one */
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        while (!t->job && !t->quit) pthread_cond_wait(&t->cv, &t->mu);
+        if (t->quit) break;
+        pthread_mutex_unlock(&t->mu);
+        json_t *m = NULL;
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        int rc = session_step(t->u, &m, &e);
+        pthread_mutex_lock(&t->mu);
+        t->metrics = m;
+        t->rc = rc;
+        t->err = e;
+        t->job = 0;
+        t->done = 1;
+        pthread_cond_broadcast(&t->cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+static int trainer_create(trainer **out, updater_session *u, int threads, rlhf_error *err) {
+    trainer *t = calloc(1, sizeof *t);
+    if (!t) return rlhf_error_set(err, RLHF_ENOMEM, "updater", "out of memory");
+    t->u = u;
+    t->threads = threads;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    if (pthread_create(&t->thread, NULL, trainer_main, t) != 0) {
+        pthread_mutex_destroy(&t->mu);
+        pthread_cond_destroy(&t->cv);
+        free(t);
+        return rlhf_error_set(err, RLHF_EIO, "updater", "cannot start the trainer thread");
+    }
+    *out = t;
+    return 0;
+}
+
+static void trainer_start(trainer *t) {
+    pthread_mutex_lock(&t->mu);
+    t->job = 1;
+    t->done = 0;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* 1 when the step in flight has finished (waiting up to wait_ms), 0 if not yet. */
+static int trainer_finished(trainer *t, int wait_ms) {
+    pthread_mutex_lock(&t->mu);
+    if (!t->done && wait_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)wait_ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        while (!t->done && pthread_cond_timedwait(&t->cv, &t->mu, &ts) == 0) {
+        }
+    }
+    int d = t->done;
+    pthread_mutex_unlock(&t->mu);
+    return d;
+}
+
+static void trainer_destroy(trainer **tp) {
+    trainer *t = *tp;
+    if (!t) return;
+    pthread_mutex_lock(&t->mu);
+    while (t->job) pthread_cond_wait(&t->cv, &t->mu); /* never abandon a step mid-way */
+    t->quit = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    pthread_join(t->thread, NULL);
+    json_decref(t->metrics);
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    free(t);
+    *tp = NULL;
 }
 
 static int publish(broker_client *bc, model *m, double *seconds, rlhf_error *err) {
@@ -233,8 +332,16 @@ int cmd_updater(int argc, char **argv) {
     int cap = cfg.prompts_per_step + (cfg.prompts_per_step + 1) / 2;
     long granted_outstanding = 0; /* credit granted, group not yet received */
     double wait_t0 = rlhf_now(), last_group = rlhf_now();
-    while (!g_stop && u.ps.step < cfg.steps) {
-        if (g_reconnect) {
+    trainer *tr = NULL;
+    if ((rc = trainer_create(&tr, &u, cfg.train_threads, &err))) goto out;
+    int training = 0;           /* a step is in flight on the trainer thread */
+    int held_leftover = 0;      /* groups beyond the step's own in the window when it started */
+    long steps_done = u.ps.step; /* u.ps.step as of the last finished step (main thread's copy) */
+    scored_group **pending = calloc((size_t)cap + 64, sizeof *pending); /* scored during training */
+    int n_pending = 0, cap_pending = cap + 64;
+    uint64_t v_before = u.ps.version; /* policy_version when the step in flight started */
+    while (training || (!g_stop && steps_done < cfg.steps)) {
+        if (g_reconnect && !training) {
             /* a new broker: new session, no credit outstanding, and it needs the current weights */
             g_reconnect = 0;
             broker_client_close(&bc);
@@ -251,25 +358,27 @@ int cmd_updater(int argc, char **argv) {
                             "replay log\n", more);
             if (u.ps.version > 0 && (rc = publish(bc, u.ps.m, &pub_s, &err))) break;
         }
-        if (broker_client_stopped(bc)) {
+        if (!training && broker_client_stopped(bc)) {
             fprintf(stderr, "updater: the broker said stop\n");
             break;
         }
-        int holding = scorer_in_flight(u.sc) + u.n_window;
-        long want = cap - holding - granted_outstanding;
+        int holding = scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
+        long want = g_stop ? 0 : cap - holding - granted_outstanding;
         if (want > 0) {
             if ((rc = broker_client_grant_credit(bc, (uint32_t)want, &err))) break;
             granted_outstanding += want;
         }
-        broker_client_set_state(bc, "waiting");
+        if (!training) broker_client_set_state(bc, "waiting");
         wire_rollout_group g;
         memset(&g, 0, sizeof g);
-        int r = broker_client_recv_group(bc, &g, 20, &err);
+        /* while a step trains, poll briefly so its end is noticed at once */
+        int r = broker_client_recv_group(bc, &g, training ? 2 : 20, &err);
         if (r < 0) {
-            if (r == RLHF_ESTATE || broker_client_stopped(bc)) break;
-            rlhf_error_print("updater: receive", &err);
+            if (!training && (r == RLHF_ESTATE || broker_client_stopped(bc))) break;
+            if (r != RLHF_ESTATE) rlhf_error_print("updater: receive", &err);
             rc = 0;
-            continue;
+            r = 0;
+            if (training) trainer_finished(tr, 5); /* do not spin on a failing socket */
         }
         if (r == 0 && granted_outstanding > 0 && rlhf_now() - last_group > 10.0) {
             /* nothing for a long while: credit may have been lost with a broker that went away */
@@ -294,36 +403,72 @@ int cmd_updater(int argc, char **argv) {
         while ((sg = scorer_take(u.sc, 0)) != NULL) {
             if (!sg->skipped && send_stats(bc, sg, u.n_sources, u.src_names, &err))
                 rlhf_error_print("updater: prompt stats", &err);
-            ready |= session_offer(&u, sg);
+            if (training) {
+                if (n_pending == cap_pending) {
+                    cap_pending *= 2;
+                    pending = realloc(pending, sizeof *pending * (size_t)cap_pending);
+                }
+                pending[n_pending++] = sg;
+            } else {
+                ready |= session_offer(&u, sg);
+            }
         }
-        /* leftovers (e.g. groups recovered from the log) may already fill the next step */
-        if (!ready && u.n_window < cfg.prompts_per_step) continue;
-        /* one optimizer step */
-        u.wait_seconds += rlhf_now() - wait_t0;
-        u.queue_depth = scorer_in_flight(u.sc);
-        broker_client_set_state(bc, "training");
-        uint64_t v_before = u.ps.version;
-        json_t *m = NULL;
-        if ((rc = session_step(&u, &m, &err))) break;
-        if (u.ps.version != v_before) {
-            u.ps.m->version = u.ps.version;
-            if ((rc = publish(bc, u.ps.m, &pub_s, &err))) {
+        if (training) {
+            if (!trainer_finished(tr, 0)) continue;
+            /* the step is done: publish, metrics, checkpoint, then hand over what was scored meanwhile */
+            training = 0;
+            json_t *m = tr->metrics;
+            tr->metrics = NULL;
+            if ((rc = tr->rc)) {
+                err = tr->err;
+                break;
+            }
+            steps_done = u.ps.step;
+            if (u.ps.version != v_before) {
+                u.ps.m->version = u.ps.version;
+                if ((rc = publish(bc, u.ps.m, &pub_s, &err))) {
+                    json_decref(m);
+                    break;
+                }
+                json_object_set_new(m, "time/publish_s", json_real(pub_s));
+            }
+            json_object_set_new(m, "recovered_groups", json_integer(recovered));
+            add_selector_metrics(bc, m, &selector_stats_unavailable);
+            if ((rc = session_write_metrics(&u, m, &err))) {
                 json_decref(m);
                 break;
             }
-            json_object_set_new(m, "time/publish_s", json_real(pub_s));
-        }
-        json_object_set_new(m, "recovered_groups", json_integer(recovered));
-        add_selector_metrics(bc, m, &selector_stats_unavailable);
-        if ((rc = session_write_metrics(&u, m, &err))) {
             json_decref(m);
-            break;
+            if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
+                if ((rc = updater_checkpoint(&u, &err))) break;
+            wait_t0 = rlhf_now();
+            for (int i = 0; i < n_pending; i++) ready |= session_offer(&u, pending[i]);
+            n_pending = 0;
+            ready |= u.n_window >= cfg.prompts_per_step;
         }
-        json_decref(m);
-        if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
-            if ((rc = updater_checkpoint(&u, &err))) break;
-        wait_t0 = rlhf_now();
+        if (g_stop || steps_done >= cfg.steps) continue;
+        /* leftovers (e.g. groups recovered from the log) may already fill the next step */
+        if (!ready && u.n_window < cfg.prompts_per_step) continue;
+        /* start one optimizer step on the trainer thread */
+        u.wait_seconds += rlhf_now() - wait_t0;
+        u.queue_depth = scorer_in_flight(u.sc);
+        broker_client_set_state(bc, "training");
+        v_before = u.ps.version;
+        held_leftover = u.n_window > cfg.prompts_per_step ? u.n_window - cfg.prompts_per_step : 0;
+        training = 1;
+        trainer_start(tr);
     }
+    if (training) {
+        /* an error on the main thread while a step was in flight: let it finish (it owns the session) */
+        while (!trainer_finished(tr, 100)) {
+        }
+        json_decref(tr->metrics);
+        tr->metrics = NULL;
+        if (tr->rc == 0) steps_done = u.ps.step;
+    }
+    trainer_destroy(&tr);
+    for (int i = 0; i < n_pending; i++) scored_group_free(pending[i]);
+    free(pending);
     if (rc == 0 && updater_latest_checkpoint_step(cfg.run_dir) != u.ps.step) rc = updater_checkpoint(&u, &err);
     if (!rc)
         fprintf(stderr, "updater: %s at step %ld (policy_version %llu)\n",
