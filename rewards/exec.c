@@ -370,6 +370,7 @@ typedef struct countdown_ctx {
     double format_score;
     int exact;
     int64_t max_chars;
+    int64_t items_per_run; /* items one checker process takes before a batch is split over slots */
 } countdown_ctx;
 
 static int countdown_score(void *vctx, const rlhf_reward_item *items, size_t n, double *scores,
@@ -412,8 +413,13 @@ static int countdown_score(void *vctx, const rlhf_reward_item *items, size_t n, 
         if (w < wall) wall = w;
         idx[m++] = i;
     }
-    /* split the checked items into one chunk per pool slot */
-    size_t nchunks = m < (size_t)nslots ? m : (size_t)nslots;
+    /* Split the checked items over the pool's slots only when each chunk gets items_per_run of them:
+     * checking one expression takes microseconds and starting the interpreter ~15 ms, so splitting a
+     * small batch buys no latency and doubles the CPU, which an asynchronous run needs for training
+     * and generation. */
+    size_t want_chunks = (m + (size_t)c->items_per_run - 1) / (size_t)c->items_per_run;
+    size_t nchunks = want_chunks < (size_t)nslots ? want_chunks : (size_t)nslots;
+    if (nchunks > m) nchunks = m;
     sandbox_request req[256];
     sandbox_result res[256];
     char *inputs[256];
@@ -503,14 +509,17 @@ static const rlhf_reward_plugin_v1 countdown_plugin = {
     RLHF_REWARD_ABI_VERSION, sizeof(rlhf_reward_plugin_v1), "countdown", NULL, countdown_score, countdown_destroy};
 
 int reward_source_countdown_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err) {
-    static const char *const keys[] = {"sandbox", "format_score", "use_all_numbers", "max_expression_chars", NULL};
+    static const char *const keys[] = {"sandbox", "format_score", "use_all_numbers", "max_expression_chars",
+                                       "items_per_run", NULL};
     int rc = reward_check_keys(src, where, keys, err);
     if (rc) return rc;
     countdown_ctx *c = calloc(1, sizeof *c);
     if (!c) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     c->format_score = 0.1;
     c->max_chars = 200;
+    c->items_per_run = 256;
     if ((rc = reward_get_number(src, "format_score", where, 0, &c->format_score, err)) ||
+        (rc = reward_get_int(src, "items_per_run", where, 0, &c->items_per_run, err)) ||
         (rc = reward_get_bool(src, "use_all_numbers", where, 0, &c->exact, err)) ||
         (rc = reward_get_int(src, "max_expression_chars", where, 0, &c->max_chars, err))) {
         free(c);
@@ -521,6 +530,11 @@ int reward_source_countdown_create(const json_t *src, const char *where, reward_
         free(c);
         snprintf(w, sizeof w, "%s.%s", where, "format_score");
         return rlhf_error_set(err, RLHF_EINVAL, w, "must be in [0, 1]");
+    }
+    if (c->items_per_run < 1 || c->items_per_run > 1000000) {
+        free(c);
+        snprintf(w, sizeof w, "%s.%s", where, "items_per_run");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "must be in 1..1000000");
     }
     if (c->max_chars < 1 || c->max_chars > 10000) {
         free(c);

@@ -7,7 +7,8 @@
  * them, so neither a slow reward nor the broker round trip waits behind the optimizer (before the
  * trainer thread, the next step's groups sat in the socket until the step ended and scoring was on
  * the critical path of every step). Flow control: the updater grants the broker credit so that it
- * holds at most 1.5 * rl.prompts_per_step groups (received, being scored, or waiting for a step).
+ * holds at most rl.prompts_per_step groups besides the training step's (received, being scored, or
+ * waiting for the next step).
  *
  * Resume: the newest checkpoint in RUN_DIR/checkpoints is loaded (model, optimizer, RNG, step,
  * version, and per generator the highest sequence number already finished). The replay log is then
@@ -327,9 +328,10 @@ int cmd_updater(int argc, char **argv) {
         fprintf(stderr, "updater: recovered %ld accepted group(s) from the replay log\n", recovered);
     }
 
-    /* hold at most 1.5 steps of groups: enough for the scoring threads to work on the next step's
-     * groups during training, few enough to keep staleness low (each held step adds one version) */
-    int cap = cfg.prompts_per_step + (cfg.prompts_per_step + 1) / 2;
+    /* hold at most one step of groups beyond the one training: the main thread receives them and
+     * the scorers score them while the trainer thread trains, so they are ready when the step ends;
+     * holding more only adds staleness (every step held adds one version) */
+    int cap = cfg.prompts_per_step;
     long granted_outstanding = 0; /* credit granted, group not yet received */
     double wait_t0 = rlhf_now(), last_group = rlhf_now();
     trainer *tr = NULL;

@@ -14,8 +14,10 @@ static reward_pipeline *make(const char *json) {
     return p;
 }
 
-static void test_countdown_verdicts(void) {
-    reward_pipeline *p = make("[{\"type\":\"countdown\",\"format_score\":0.1}]");
+/* The same verdicts whether the batch goes to one checker process (default items_per_run) or is split
+ * over the sandbox slots (items_per_run 1: one chunk per slot, items in order across chunks). */
+static void countdown_verdicts(const char *config) {
+    reward_pipeline *p = make(config);
     if (!p) return;
     const char *rec = "{\"numbers\":[3,5,3,7],\"target\":24}";
     rlhf_reward_item items[] = {
@@ -51,6 +53,12 @@ static void test_countdown_verdicts(void) {
     }
     reward_scores_free(&sc);
     reward_pipeline_destroy(&p);
+}
+
+static void test_countdown_verdicts(void) {
+    countdown_verdicts("[{\"type\":\"countdown\",\"format_score\":0.1}]");
+    countdown_verdicts("[{\"type\":\"countdown\",\"format_score\":0.1,\"items_per_run\":1,"
+                       "\"sandbox\":{\"pool_size\":2}}]");
 }
 
 static void test_countdown_exact_numbers(void) {
@@ -128,7 +136,7 @@ static void test_exec_outputs_and_tests(void) {
 int rt_register_exec(void) {
     CU_pSuite s = CU_add_suite("exec_rewards", NULL, NULL);
     if (!s) return -1;
-    CU_add_test(s, "countdown verdicts and partial credit", test_countdown_verdicts);
+    CU_add_test(s, "countdown verdicts and partial credit (one checker, split over slots)", test_countdown_verdicts);
     CU_add_test(s, "countdown use_all_numbers", test_countdown_exact_numbers);
     CU_add_test(s, "sandbox failure is a reward ERROR", test_sandbox_failure_is_error);
     CU_add_test(s, "exec: stdout, test cases, test code, partial credit", test_exec_outputs_and_tests);
