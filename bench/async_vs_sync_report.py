@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
-"""Report for bench/bench_async_vs_sync.sh: reads the run directories (sync, async[, sync2]) and prints
-time-to-reward, speedup, held-out pass rates and the time breakdown from metrics.jsonl."""
+"""Report for bench/bench_async_vs_sync.sh: reads OUT/{sync,async[,sync2]}-sSEED run directories and
+prints time-to-reward, speedup, held-out pass rates and the time breakdown from metrics.jsonl.
+
+Time to reward: the target is the sync runs' final mean reward (10-step moving average of the
+seed-averaged reward/mean at step STEPS); a mode reaches it at the first step where its own
+seed-averaged moving average does, at the median over seeds of the wall time of that step."""
+import glob
 import json
+import os
+import statistics
 import sys
 
-WINDOW = 10  # steps in the moving average of reward/mean
+WINDOW = int(os.environ.get("WINDOW", "20"))  # steps in the moving average of reward/mean (seed-averaged)
 
 
 def load(run):
@@ -17,27 +24,15 @@ def load(run):
     return rows, ev
 
 
-def moving(rows, key):
-    out = []
-    for i in range(len(rows)):
-        w = rows[max(0, i - WINDOW + 1): i + 1]
-        out.append(sum(r[key] for r in w) / len(w))
-    return out
-
-
-def time_to(rows, target):
-    avg = moving(rows, "reward/mean")
-    for r, a in zip(rows, avg):
-        if a >= target:
-            return r["wall_s"], r["step"]
-    return None, None
+def moving(vals):
+    return [sum(vals[max(0, i - WINDOW + 1): i + 1]) / len(vals[max(0, i - WINDOW + 1): i + 1])
+            for i in range(len(vals))]
 
 
 def breakdown(rows):
-    wall = rows[-1]["wall_s"]
     s = lambda k: sum(r.get(k, 0.0) or 0.0 for r in rows)
     return {
-        "wall_s": wall,
+        "wall_s": rows[-1]["wall_s"],
         "train_s": s("train/seconds"),
         "wait_s": s("time/wait_s"),
         "score_s": s("time/score_s"),
@@ -54,53 +49,62 @@ def main():
     steps = None
     if len(args) >= 2 and args[0] == "--steps":
         steps, args = int(args[1]), args[2:]
-    runs = [("sync", args[0]), ("async", args[1])] + ([("sync2", args[2])] if len(args) > 2 else [])
-    data = {}
-    for name, d in runs:
-        rows, ev = load(d)
-        data[name] = (rows, ev)
-    srows = data["sync"][0]
-    steps = steps or srows[-1]["step"]
-    target = moving(srows, "reward/mean")[-1]
-    try:
-        base = json.load(open(f"{args[0]}/eval_base.json"))
-    except OSError:
-        base = None
-    print(f"target: the sync run's final mean reward (last {WINDOW} steps) = {target:.4f}")
-    print(f"{'run':6} {'steps':>5} {'wall_s@' + str(steps):>10} {'t_target_s':>10} {'at_step':>7} "
-          f"{'reward@' + str(steps):>11} {'pass_greedy':>12} {'pass_sampled':>12}  (pass rates at step {steps})")
+    out = args[0]
+    modes = {}
+    for d in sorted(glob.glob(os.path.join(out, "*-s*"))):
+        mode, seed = os.path.basename(d).rsplit("-s", 1)
+        if os.path.exists(f"{d}/eval.json"):
+            modes.setdefault(mode, {})[int(seed)] = load(d)
+    order = [m for m in ("sync", "async", "sync2") if m in modes]
+    seeds = sorted(set.intersection(*(set(modes[m]) for m in order)))
+    if not seeds:
+        sys.exit("async_vs_sync_report: no seed has every mode")
+    steps = steps or min(r[-1]["step"] for r, _ in modes["sync"].values())
+    curve, wall_at = {}, {}
+    for m in order:
+        n = min(len(modes[m][s][0]) for s in seeds)
+        avg = [statistics.mean(modes[m][s][0][i]["reward/mean"] for s in seeds) for i in range(n)]
+        curve[m] = moving(avg)
+        wall_at[m] = [statistics.median(modes[m][s][0][i]["wall_s"] for s in seeds) for i in range(n)]
+    target = curve["sync"][steps - 1]
+    print(f"seeds {seeds}; target: the sync runs' final mean reward (seed-averaged, last {WINDOW} steps, "
+          f"step {steps}) = {target:.4f}")
+    print(f"{'mode':6} {'wall@' + str(steps):>9} {'reward@' + str(steps):>10} {'t_target_s':>10} {'at_step':>7} "
+          f"{'pass_greedy':>11} {'pass_sampled':>12}   (wall: median over seeds; pass rates: mean over seeds, at step {steps})")
     tt = {}
-    for name, _ in runs:
-        rows, ev = data[name]
-        upto = [r for r in rows if r["step"] <= steps]
-        t, st = time_to(rows, target)
-        tt[name] = t
-        fr = moving(upto, "reward/mean")[-1]
-        ts = f"{t:.1f}" if t is not None else "not reached"
-        print(f"{name:6} {rows[-1]['step']:>5} {upto[-1]['wall_s']:>10.1f} {ts:>10} {str(st):>7} {fr:>11.4f} "
-              f"{ev['pass_rate']:>12.3f} {ev['sampled']:>12.3f}")
-    if base:
-        try:
-            bs = json.load(open(f"{args[0]}/eval_base_sampled.json"))["pass_rate"]
-        except OSError:
-            bs = float("nan")
-        print(f"base model held-out pass rate: greedy {base['pass_rate']:.3f}, sampled {bs:.3f}")
-    wall_at = lambda name: [r for r in data[name][0] if r["step"] <= steps][-1]["wall_s"]
-    for ref in [n for n, _ in runs if n != "async"]:
+    for m in order:
+        hit = next((i for i, v in enumerate(curve[m]) if v >= target), None)
+        tt[m] = wall_at[m][hit] if hit is not None else None
+        pg = statistics.mean(modes[m][s][1]["pass_rate"] for s in seeds)
+        ps = statistics.mean(modes[m][s][1]["sampled"] for s in seeds)
+        ts = f"{tt[m]:.1f}" if tt[m] is not None else "not reached"
+        print(f"{m:6} {wall_at[m][steps - 1]:>9.1f} {curve[m][steps - 1]:>10.4f} {ts:>10} "
+              f"{str(hit + 1 if hit is not None else None):>7} {pg:>11.3f} {ps:>12.3f}")
+    try:
+        base = json.load(open(f"{out}/eval_base.json"))["pass_rate"]
+        bs = json.load(open(f"{out}/eval_base_sampled.json"))["pass_rate"]
+        print(f"base model held-out pass rate: greedy {base:.3f}, sampled {bs:.3f}")
+    except OSError:
+        pass
+    for ref in [m for m in order if m != "async"]:
+        thr = wall_at[ref][steps - 1] / wall_at["async"][steps - 1]
         if tt[ref] and tt["async"]:
-            print(f"speedup of async over {ref}: {tt[ref] / tt['async']:.2f}x to the sync run's final reward; "
-                  f"{wall_at(ref) / wall_at('async'):.2f}x in wall time for the same {steps} steps")
+            print(f"speedup of async over {ref}: {tt[ref] / tt['async']:.2f}x to the sync runs' final reward; "
+                  f"{thr:.2f}x in wall time for the same {steps} steps")
         else:
-            print(f"speedup of async over {ref}: target not reached by one of them; "
-                  f"{wall_at(ref) / wall_at('async'):.2f}x in wall time for the same {steps} steps")
-    print(f"\nwhere the time went over the first {steps} steps (seconds, summed over steps; gen_busy = generator "
-          "sampling time of the groups used):")
+            print(f"speedup of async over {ref}: target not reached by one of them; {thr:.2f}x in wall time for the "
+                  f"same {steps} steps")
+    print("\nreward curve (seed-averaged 10-step moving mean, every 25 steps):")
+    for m in order:
+        print(f"  {m:6} " + " ".join(f"{curve[m][i]:.3f}" for i in range(24, len(curve[m]), 25)))
+    print(f"\nwhere the time went over the first {steps} steps (seconds, summed over steps, mean over seeds; gen_busy ="
+          " generator sampling time of the groups used):")
     keys = ["wall_s", "train_s", "wait_s", "score_s", "publish_s", "gen_busy_s", "gen_tokens", "staleness_mean",
             "dropped_stale"]
-    print(f"{'run':6} " + " ".join(f"{k:>14}" for k in keys))
-    for name, _ in runs:
-        b = breakdown([r for r in data[name][0] if r["step"] <= steps])
-        print(f"{name:6} " + " ".join(f"{b[k]:>14.1f}" for k in keys))
+    print(f"{'mode':6} " + " ".join(f"{k:>14}" for k in keys))
+    for m in order:
+        bs = [breakdown([r for r in modes[m][s][0] if r["step"] <= steps]) for s in seeds]
+        print(f"{m:6} " + " ".join(f"{statistics.mean(b[k] for b in bs):>14.1f}" for k in keys))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,27 @@ for p in policies:
     zs = statistics.median(zero_share(p, s) for s in seeds)
     med = lambda v: statistics.median(v) if v else float("nan")
     print(f"{p:22s} {med(fin):8.3f} {statistics.mean(means):10.3f} {med(toks):12.0f} {med(ratios):10.3f} {zs:10.3f}")
+# pooled over seeds: average each policy's curve point by point (checkpoints are at the same steps; tokens
+# averaged too), then the tokens at which the averaged curve first reaches uniform's averaged final
+print("\npooled over seeds (curves averaged point by point):")
+pooled = {}
+for p in policies:
+    cs = [curves[p, s] for s in seeds]
+    n = min(len(c) for c in cs)
+    pooled[p] = [(statistics.mean(c[i][0] for c in cs), statistics.mean(c[i][1] for c in cs)) for i in range(n)]
+if "uniform" in pooled:
+    target = pooled["uniform"][-1][1]
+    tu = next(t for t, r in pooled["uniform"] if r >= target)
+    for p in policies:
+        tp = next((t for t, r in pooled[p] if r >= target), None)
+        ratio = (tp / tu if tp is not None else float("inf")) if tu else float("nan")
+        per_seed = []
+        for s in seeds:
+            u, c = curves["uniform", s], curves[p, s]
+            tus = next(t for t, r in u if r >= u[-1][1]); tps = next((t for t, r in c if r >= u[-1][1]), None)
+            per_seed.append("nan" if tus == 0 else "inf" if tps is None else f"{tps / tus:.2f}")
+        print(f"  {p:22s} " + "  ".join(f"{t/1000:.0f}k:{r:.3f}" for t, r in pooled[p]) +
+              f"   ratio_vs_U {ratio:.3f}   per seed: {' '.join(per_seed)}")
 print("\nmean_ckpts: held-out pass rate averaged over the checkpoints after the base and over seeds (less noisy than"
       "\nthe final point). ratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
       "\nper seed, median over seeds (inf = never within the budget; nan = uniform did not beat the base). Issue 7 target: cohesion <= 0.70, final not lower.")
