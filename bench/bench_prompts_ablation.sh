@@ -143,6 +143,34 @@ if "uniform" in pooled:
             per_seed.append("nan" if tus == 0 else "inf" if tps is None else f"{tps / tus:.2f}")
         print(f"  {p:22s} " + "  ".join(f"{t/1000:.0f}k:{r:.3f}" for t, r in pooled[p]) +
               f"   ratio_vs_U {ratio:.3f}   per seed: {' '.join(per_seed)}")
+# how sure: bootstrap over seeds (resample the seeds with replacement, recompute the pooled ratio with
+# the crossing interpolated linearly between checkpoints)
+import random
+def crossing(curve, target):
+    for i, (t, r) in enumerate(curve):
+        if r >= target:
+            if i == 0:
+                return t
+            t0, r0 = curve[i - 1]
+            return t0 + (t - t0) * (target - r0) / (r - r0)
+    return None
+def pooled_ratio(p, ss):
+    pc = lambda q: [(statistics.mean(curves[q, s][i][0] for s in ss), statistics.mean(curves[q, s][i][1] for s in ss))
+                    for i in range(min(len(curves[q, s]) for s in ss))]
+    u, c = pc("uniform"), pc(p)
+    tu, tp = crossing(u, u[-1][1]), crossing(c, u[-1][1])
+    return float("nan") if not tu else (tp / tu if tp is not None else float("inf"))
+if "uniform" in pooled and len(seeds) > 1:
+    rng = random.Random(12345)
+    print("\nbootstrap over seeds (2000 resamples; crossing interpolated between checkpoints):")
+    for p in policies:
+        if p == "uniform":
+            continue
+        point = pooled_ratio(p, seeds)
+        rs = sorted(pooled_ratio(p, [rng.choice(seeds) for _ in seeds]) for _ in range(2000))
+        share = sum(1 for r in rs if r <= 0.70) / len(rs)
+        print(f"  {p:22s} pooled ratio {point:.3f}; 5%..95%: {rs[100]:.3f}..{rs[1899]:.3f}; "
+              f"share of resamples <= 0.70: {share:.2f}")
 print("\nmean_ckpts: held-out pass rate averaged over the checkpoints after the base and over seeds (less noisy than"
       "\nthe final point). ratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
       "\nper seed, median over seeds (inf = never within the budget; nan = uniform did not beat the base). Issue 7 target: cohesion <= 0.70, final not lower.")

@@ -13,7 +13,7 @@ R="$BUILD/bin/rlhf"
 CONFIG=${CONFIG:-examples/configs/countdown.json}
 DATA=runs/data/countdown
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1000}
-RL_STEPS=${RL_STEPS:-600}   # about 2 minutes of RL on 2 idle cores; the config says 150
+RL_STEPS=${RL_STEPS:-600}   # about 80 s of RL on 2 idle cores; the config says 150
 RUN_NAME=${RUN_NAME:-countdown-$(date +%Y%m%d-%H%M%S)}
 THREADS=${THREADS:-2}
 PRETRAIN_STEPS=$PRETRAIN_STEPS THREADS=$THREADS BUILD=$BUILD bash scripts/prepare-countdown.sh "$DATA"
