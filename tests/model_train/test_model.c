@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "model/model.h"
@@ -419,6 +421,47 @@ static void test_adamw_state_roundtrip(void) {
     model_destroy(&b);
 }
 
+/* 1 if ADDR lies in a mapping of this process (/proc/self/maps), else 0; -1 if maps is unreadable */
+static int address_mapped(const void *addr) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return -1;
+    unsigned long lo, hi, a = (unsigned long)addr;
+    char line[512];
+    int found = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && a >= lo && a < hi) found = 1;
+    fclose(f);
+    return found;
+}
+
+/* The activation arenas are not inherited by a forked child (the updater forks a sandbox per
+ * reward-checker run; copying and re-faulting the arenas at every fork cost more than the checker). */
+static void test_arenas_not_inherited_by_fork(void) {
+    model *m = small_model(0, 4, 11, 1.0f);
+    model_trainer *tr = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_trainer_create(&tr, m, 2, 8, &err), 0);
+    int32_t tok[16], tg[16];
+    for (int i = 0; i < 16; i++) tok[i] = tg[i] = i % 19;
+    CU_ASSERT_EQUAL_FATAL(model_forward(tr, tok, tg, 2, 8, &err), 0);
+    const float *logits = model_trainer_logits(tr); /* inside the activation arena */
+    float before = logits[5];
+    CU_ASSERT_EQUAL(address_mapped(logits), 1);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) _exit(address_mapped(logits) == 0 ? 0 : 1);
+    CU_ASSERT_FATAL(pid > 0);
+    int status = 0;
+    CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* the parent's arena is intact and usable after the fork */
+    CU_ASSERT_EQUAL(logits[5], before);
+    CU_ASSERT_EQUAL(model_forward(tr, tok, tg, 2, 8, &err), 0);
+    CU_ASSERT_EQUAL(model_trainer_logits(tr)[5], before);
+    model_trainer_destroy(&tr);
+    model_destroy(&m);
+}
+
 void register_model_suite(void);
 void register_model_suite(void) {
     CU_pSuite s = CU_add_suite("model", NULL, NULL);
@@ -431,6 +474,7 @@ void register_model_suite(void) {
     CU_add_test(s, "mean masked CE and its backward == log-prob path", test_loss_matches_logprobs);
     CU_add_test(s, "bad batch shapes, ids and call order are rejected", test_bad_input);
     CU_add_test(s, "1 thread at create, 6 at backward: same gradients", test_threads_raised_after_create);
+    CU_add_test(s, "activation arenas are not inherited by a forked child", test_arenas_not_inherited_by_fork);
     CU_pSuite a = CU_add_suite("adamw", NULL, NULL);
     CU_add_test(a, "warmup + cosine / constant schedule", test_lr_schedule);
     CU_add_test(a, "first step == closed form, decay on matrices only, clipping, NaN rejected",
