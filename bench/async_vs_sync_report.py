@@ -94,7 +94,7 @@ def main():
         else:
             print(f"speedup of async over {ref}: target not reached by one of them; {thr:.2f}x in wall time for the "
                   f"same {steps} steps")
-    print("\nreward curve (seed-averaged 10-step moving mean, every 25 steps):")
+    print(f"\nreward curve (seed-averaged {WINDOW}-step moving mean, every 25 steps):")
     for m in order:
         print(f"  {m:6} " + " ".join(f"{curve[m][i]:.3f}" for i in range(24, len(curve[m]), 25)))
     print(f"\nwhere the time went over the first {steps} steps (seconds, summed over steps, mean over seeds; gen_busy ="
