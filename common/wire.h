@@ -141,8 +141,8 @@ typedef struct wire_rx {
 int wire_rx_recv(void *zsock, wire_rx *rx, int flags, rlhf_error *err);
 void wire_rx_free(wire_rx *rx);
 
-/* CRC-32 identical to rlhf_crc32 (IEEE, zlib's): carry-less-multiply folding (PCLMULQDQ) when the CPU
- * has it, else 8 bytes at a time: payload checksums of 40 MB weight versions are on the fan-out's
+/* CRC-32 identical to rlhf_crc32 (IEEE, zlib's): carry-less-multiply folding (512-bit VPCLMULQDQ, else
+ * PCLMULQDQ) when the CPU has it, else 8 bytes at a time: payload checksums of 40 MB weight versions are on the fan-out's
  * critical path. */
 uint32_t wire_crc32(uint32_t crc, const void *data, size_t n);
 /* The plain table kernel (slicing by 8) the fast path is tested against. */
