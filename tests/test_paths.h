@@ -5,6 +5,7 @@
 #ifndef RLHF_TEST_PATHS_H
 #define RLHF_TEST_PATHS_H
 
+#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,17 @@
 
 #ifndef RLHF_SOURCE_ROOT /* the Makefile defines it for every object */
 #define RLHF_SOURCE_ROOT "."
+static inline int test_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* Removes a test's scratch directory and everything in it (no symlinks followed). 0 on success. */
+static inline int test_remove_tree(const char *dir) {
+    if (!dir || !dir[0] || !strcmp(dir, "/")) return -1;
+    return nftw(dir, test_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 #endif
 
 /* BUILD: the directory whose tests/ holds this binary. 0, or -1 when it cannot be found or does not fit. */
@@ -38,6 +50,17 @@ static inline int test_bin_path(const char *prog, char *out, size_t cap) {
 /* RLHF_SOURCE_ROOT/REL: a fixture or script in the source tree. */
 static inline int test_source_path(const char *rel, char *out, size_t cap) {
     return snprintf(out, cap, "%s/%s", RLHF_SOURCE_ROOT, rel) < (int)cap ? 0 : -1;
+}
+
+static inline int test_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* Removes a test's scratch directory and everything in it (no symlinks followed). 0 on success. */
+static inline int test_remove_tree(const char *dir) {
+    if (!dir || !dir[0] || !strcmp(dir, "/")) return -1;
+    return nftw(dir, test_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 #endif

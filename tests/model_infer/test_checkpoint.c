@@ -17,6 +17,8 @@
 
 static char tmpdir[256];
 
+static void remove_tmpdir(void) { test_remove_tree(tmpdir); }
+
 static const char *tmp_path(const char *name) {
     static char buf[32][512]; /* rotating, so a test can hold several paths at once */
     static int i;
@@ -24,6 +26,7 @@ static const char *tmp_path(const char *name) {
     if (!tmpdir[0]) {
         snprintf(tmpdir, sizeof tmpdir, "/tmp/rlhf_infer_test_XXXXXX");
         if (!mkdtemp(tmpdir)) abort();
+        atexit(remove_tmpdir);
     }
     snprintf(buf[i], sizeof buf[i], "%s/%s", tmpdir, name);
     return buf[i];

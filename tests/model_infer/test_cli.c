@@ -82,6 +82,11 @@ static int suite_init(void) {
     return mkdtemp(dir) ? 0 : -1;
 }
 
+static int suite_cleanup(void) {
+    test_remove_tree(dir);
+    return 0;
+}
+
 static const char *arch_json = "{\"dim\": 32, \"n_layers\": 2, \"n_heads\": 4, \"n_kv_heads\": 2, \"ffn_dim\": 48,"
                                " \"vocab_size\": 259, \"max_seq_len\": 24, \"tie_embeddings\": true}";
 
@@ -227,7 +232,7 @@ static void test_sample_bad_input(void) {
 }
 
 void infer_register_cli(void) {
-    CU_pSuite s = CU_add_suite("cli", suite_init, NULL);
+    CU_pSuite s = CU_add_suite("cli", suite_init, suite_cleanup);
     CU_add_test(s, "rlhf init writes the seeded model; bad arch rejected", test_init);
     CU_add_test(s, "rlhf sample JSONL equals in-process sampling", test_sample_matches_library);
     CU_add_test(s, "rlhf sample bad input", test_sample_bad_input);
