@@ -34,6 +34,7 @@ void broker_config_defaults(broker_config *c) {
     snprintf(c->endpoint, sizeof c->endpoint, "tcp://127.0.0.1:5555");
     c->max_staleness = 2;
     c->queue_capacity = 64;
+    c->max_generation_lag = -1;
     snprintf(c->replay_path, sizeof c->replay_path, "rollouts.log");
     c->replay_fsync = BROKER_FSYNC_EVERY_N;
     c->replay_fsync_every = 64;
@@ -119,6 +120,9 @@ int broker_config_parse(broker_config *c, const json_t *obj, const char *path, r
             if (!(rc = cfg_uint(v, p, 0, 1u << 30, &u, err))) c->max_staleness = (uint32_t)u;
         } else if (!strcmp(key, "queue_capacity")) {
             if (!(rc = cfg_uint(v, p, 1, 1u << 20, &u, err))) c->queue_capacity = (uint32_t)u;
+        } else if (!strcmp(key, "max_generation_lag")) {
+            if (json_is_integer(v) && json_integer_value(v) == -1) c->max_generation_lag = -1;
+            else if (!(rc = cfg_uint(v, p, 0, 1u << 30, &u, err))) c->max_generation_lag = (int64_t)u;
         } else if (!strcmp(key, "initial_version")) {
             if (!(rc = cfg_uint(v, p, 0, INT64_MAX, &u, err))) c->initial_version = u;
         } else if (!strcmp(key, "replay")) {
@@ -141,7 +145,7 @@ int broker_config_parse(broker_config *c, const json_t *obj, const char *path, r
             if (!(rc = cfg_uint(v, p, 0, INT64_MAX, &u, err))) c->seed = u;
         } else {
             rc = rlhf_error_set(err, RLHF_EINVAL, p,
-                                "unknown key (endpoint, max_staleness, queue_capacity, initial_version, replay, "
+                                "unknown key (endpoint, max_staleness, queue_capacity, max_generation_lag, initial_version, replay, "
                                 "heartbeat_interval_ms, heartbeat_timeout_ms, stats_interval_ms, dataset, selector, seed)");
         }
         if (rc) {
@@ -488,10 +492,23 @@ static uint32_t grantable(const broker *b) {
     return used >= b->cfg.queue_capacity ? 0 : (uint32_t)(b->cfg.queue_capacity - used);
 }
 
+/* 1 if this generator's weights are too far behind the newest version to be given prompts now: what it
+ * would generate would be that much staler by the time it is trained on. It gets them once it
+ * acknowledges a fresh enough version (WEIGHTS_ACK serves parked requests). */
+static int generator_lagging(const broker *b, const broker_peer *p) {
+    if (b->cfg.max_generation_lag < 0 || !b->has_weights) return 0;
+    uint64_t held = p->has_acked ? p->acked_version : 0;
+    return lag_of(b, held) > (uint64_t)b->cfg.max_generation_lag;
+}
+
 /* Serves up to n prompts; returns 1 if served, 0 if it must wait. */
 static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_t n) {
     uint32_t g = grantable(b);
     if (g == 0) return 0;
+    if (generator_lagging(b, p)) {
+        b->ct.prompt_requests_lagging++;
+        return 0;
+    }
     if (n > g) n = g;
     size_t *idx = calloc(n, sizeof *idx);
     wire_prompt *pr = calloc(n, sizeof *pr);
@@ -902,6 +919,7 @@ static void handle(broker *b, wire_rx *rx) {
             if (!p->has_acked || v > p->acked_version) p->acked_version = v;
             p->has_acked = 1;
             offer_weights(b, p, 0);
+            if (b->cfg.max_generation_lag >= 0) serve_parked(b); /* its parked request may be fresh enough now */
             break;
         }
         case WIRE_PROMPT_STATS: on_prompt_stats(b, &m, rid); break;
@@ -935,6 +953,7 @@ json_t *broker_stats(const broker *b) {
     SETI("prompts/requests", c->prompt_requests);
     SETI("prompts/served", c->prompts_served);
     SETI("prompts/deferred", c->prompt_requests_deferred);
+    SETI("prompts/deferred_generator_lag", c->prompt_requests_lagging);
     SETI("prompts/expired", c->prompt_batches_expired);
     SETI("groups/received", c->groups_received);
     SETI("groups/accepted", c->groups_accepted);

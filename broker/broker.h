@@ -32,6 +32,8 @@ typedef struct broker_config {
     char endpoint[256];             /* "endpoint": ROUTER bind address, tcp://127.0.0.1:5555 */
     uint32_t max_staleness;         /* "max_staleness": lag bound in weight versions (0 = synchronous) */
     uint32_t queue_capacity;        /* "queue_capacity": groups queued + granted-but-not-returned */
+    int64_t max_generation_lag;     /* "max_generation_lag": prompts go only to a generator holding a version at
+                                     * most this far behind the newest (-1 = no limit) */
     uint64_t initial_version;       /* "initial_version": policy version before any WEIGHTS */
     char replay_path[4096];         /* "replay.path": relative to the run dir; "" disables the log */
     int replay_fsync;               /* "replay.fsync": "always" | "every_n" | "never" */
@@ -97,6 +99,10 @@ void broker_client_set_state(broker_client *c, const char *state);
  * full: that is the backpressure) or timeout_ms passes (RLHF_ETIMEOUT). A batch may hold fewer than n. */
 int broker_client_request_prompts(broker_client *c, uint32_t n, wire_prompt_batch *out, int timeout_ms,
                                   rlhf_error *err);
+/* on = 1: broker_client_request_prompts also returns RLHF_ETIMEOUT as soon as a new weights version
+ * arrives, so the caller can take (acknowledge) it — a broker with max_generation_lag holds the request
+ * until then. Off by default. */
+void broker_client_wake_on_weights(broker_client *c, int on);
 int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf_error *err);
 /* Newest weights received and not yet returned: 1 and fills *out (free with wire_weights_free), or 0
  * when none arrived within timeout_ms (0 = just check). Verified (CRC, tensor table) before returning. */

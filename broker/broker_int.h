@@ -60,6 +60,7 @@ typedef struct broker_counters {
     uint64_t rejected_future_version, rejected_no_hello, rejected_unexpected, rejected_wrong_role;
     uint64_t rejected_queue_overflow, rejected_old_weights, rejected_prompt_stats;
     uint64_t prompt_requests, prompts_served, prompt_requests_deferred, prompt_batches_expired;
+    uint64_t prompt_requests_lagging; /* serve attempts held back by max_generation_lag */
     uint64_t weights_received, weights_sends, weights_send_skipped;
     uint64_t prompt_stats_received, heartbeats;
     uint64_t queue_max_depth, queue_max_bytes;

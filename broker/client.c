@@ -35,6 +35,8 @@ struct broker_client {
     wire_weights pending_weights; /* newest received, not yet returned: validated table, no blob */
     wire_rx pending_rx;           /* its frames (header, metadata, chunks) */
     int has_pending_weights;
+    uint64_t weights_arrivals;   /* WEIGHTS messages accepted so far: wakes a waiting prompt request */
+    int wake_on_weights;         /* broker_client_wake_on_weights */
     group_fifo groups;
     wire_prompt_batch *batches;
     size_t n_batches, cap_batches;
@@ -143,6 +145,7 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         wire_weights_free(&c->pending_weights);
         c->pending_weights = w;
         c->has_pending_weights = 1;
+        c->weights_arrivals++;
         wire_rx t = c->pending_rx;
         c->pending_rx = c->rx;
         c->rx = t;
@@ -223,11 +226,14 @@ static int dispatch(broker_client *c, rlhf_error *err) {
 }
 
 /* Receives until something of `want` is stashed (1), timeout (0), or an error (< 0). */
-static int pump(broker_client *c, int want, int timeout_ms, rlhf_error *err) {
+/* Receives until a message of type `want` is available (1), the timeout passes (0) or an error. With
+ * wake_after != NULL it also returns 0 as soon as a WEIGHTS message beyond *wake_after arrives. */
+static int pump_ex(broker_client *c, int want, int timeout_ms, const uint64_t *wake_after, rlhf_error *err) {
     double deadline = rlhf_now() + (timeout_ms < 0 ? 1e9 : timeout_ms / 1000.0);
     for (;;) {
         if (__atomic_exchange_n(&c->need_rehello, 0, __ATOMIC_ACQ_REL) && c->has_welcome) rehello(c);
         if (want && have(c, want)) return 1;
+        if (wake_after && c->weights_arrivals != *wake_after) return 0;
         if (c->stopped) return rlhf_error_set(err, RLHF_ESTATE, c->endpoint, "the broker stopped");
         double left = deadline - rlhf_now();
         int r = wire_rx_recv(c->sock, &c->rx, ZMQ_DONTWAIT, err);
@@ -244,6 +250,10 @@ static int pump(broker_client *c, int want, int timeout_ms, rlhf_error *err) {
         if (rc) return rc;
         if (!want) return 1;
     }
+}
+
+static int pump(broker_client *c, int want, int timeout_ms, rlhf_error *err) {
+    return pump_ex(c, want, timeout_ms, NULL, err);
 }
 
 static int send_out(broker_client *c, wire_out *o, rlhf_error *err) {
@@ -432,14 +442,21 @@ int broker_client_request_prompts(broker_client *c, uint32_t n, wire_prompt_batc
         if (rc) return rc;
         c->request_in_flight = 1;
     }
-    int rc = pump(c, WIRE_PROMPT_BATCH, timeout_ms, err);
+    /* New weights end the wait early: a broker with max_generation_lag holds the request until this
+     * generator acknowledges fresh enough weights, which the caller does between calls. */
+    uint64_t arrivals = c->weights_arrivals;
+    int rc = pump_ex(c, WIRE_PROMPT_BATCH, timeout_ms, c->wake_on_weights ? &arrivals : NULL, err);
     if (rc < 0) return rc;
+    if (rc == 0 && c->weights_arrivals != arrivals)
+        return rlhf_error_set(err, RLHF_ETIMEOUT, c->endpoint, "new weights arrived before the prompt batch");
     if (rc == 0) return rlhf_error_set(err, RLHF_ETIMEOUT, c->endpoint, "no prompt batch within %d ms", timeout_ms);
     *out = c->batches[0];
     memmove(c->batches, c->batches + 1, (c->n_batches - 1) * sizeof *c->batches);
     c->n_batches--;
     return 0;
 }
+
+void broker_client_wake_on_weights(broker_client *c, int on) { c->wake_on_weights = on; }
 
 int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf_error *err) {
     if (c->stopped) return rlhf_error_set(err, RLHF_ESTATE, c->endpoint, "the broker stopped");

@@ -77,6 +77,7 @@ int cmd_generator(int argc, char **argv) {
     char peer[64];
     snprintf(peer, sizeof peer, "generator-%d.%d", id, (int)getpid());
     if ((rc = broker_client_connect(&bc, bcfg.endpoint, WIRE_ROLE_GENERATOR, peer, 60000, &err))) goto out;
+    broker_client_wake_on_weights(bc, 1); /* take new weights while a prompt request waits (max_generation_lag) */
     fprintf(stderr, "generator %s: connected to %s, %s mode, %d prompt(s) x k=%d per batch\n", peer, bcfg.endpoint,
             cfg.mode == RUN_MODE_SYNC ? "sync" : "async", per_batch, cfg.k);
     /* a restarted generator joins at the newest version: the broker sends it right after WELCOME */
@@ -96,6 +97,7 @@ int cmd_generator(int argc, char **argv) {
             g_reconnect = 0;
             broker_client_close(&bc);
             if ((rc = broker_client_connect(&bc, bcfg.endpoint, WIRE_ROLE_GENERATOR, peer, 60000, &err))) goto out;
+            broker_client_wake_on_weights(bc, 1);
             fprintf(stderr, "generator %s: reconnected to a restarted broker\n", peer);
         }
         if (broker_client_stopped(bc)) break;

@@ -844,6 +844,59 @@ static void test_selector_state_restart(void) {
 /* Client API against a broker process: pause/resume parks and answers the same request; rejections
  * (future version, old weights, unknown prompt) are counted and reported; new weights purge queued
  * groups that became too stale; credit delivers what is left. */
+/* max_generation_lag 0: a generator holding older weights than the newest gets no prompts; its request
+ * is parked, the arrival of the new weights ends its wait early, and once it acknowledges them the
+ * parked request is served. */
+static void test_generation_lag(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "lag", "\"max_staleness\": 4, \"queue_capacity\": 8, "
+                                                 "\"max_generation_lag\": 0"), 0);
+    broker_client *gen, *upd;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-lag", 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-lag", 3000, &e), 0);
+    broker_client_wake_on_weights(gen, 1);
+    wire_prompt_batch pb;
+    /* no weights published yet: nothing to lag behind */
+    CU_ASSERT_EQUAL_FATAL(broker_client_request_prompts(gen, 1, &pb, 3000, &e), 0);
+    wire_prompt_batch_free(&pb);
+    wire_weights w, got;
+    wire_tensor t[2];
+    synth_weights_make(&w, t, 1, 500);
+    CU_ASSERT_EQUAL(broker_client_publish_weights(upd, &w, &e), 0);
+    free((void *)w.data);
+    json_t *s = NULL;
+    for (int i = 0; i < 100; i++) { /* the two connections are not ordered: wait until the broker has v1 */
+        json_decref(s);
+        s = get_stats(&r);
+        if (s && stat_i(s, "policy_version") == 1) break;
+        sleep_ms(20);
+    }
+    json_decref(s);
+    /* the request waits only until version 1 arrives (ends early), then stays parked: not acknowledged */
+    int r1 = broker_client_request_prompts(gen, 1, &pb, 3000, &e);
+    CU_ASSERT_EQUAL(r1, RLHF_ETIMEOUT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "new weights arrived"));
+    CU_ASSERT_EQUAL(broker_client_request_prompts(gen, 1, &pb, 300, &e), RLHF_ETIMEOUT);
+    s = get_stats(&r);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(stat_i(s, "prompts/parked"), 1);
+    CU_ASSERT_TRUE(stat_i(s, "prompts/deferred_generator_lag") >= 1);
+    json_decref(s);
+    /* taking (acknowledging) version 1 releases the parked request */
+    CU_ASSERT_EQUAL_FATAL(broker_client_poll_weights(gen, &got, 3000, &e), 1);
+    CU_ASSERT_EQUAL(got.version, 1);
+    wire_weights_free(&got);
+    CU_ASSERT_EQUAL_FATAL(broker_client_request_prompts(gen, 1, &pb, 3000, &e), 0);
+    CU_ASSERT_EQUAL(pb.n, 1);
+    wire_prompt_batch_free(&pb);
+    CU_ASSERT_EQUAL(broker_client_control(upd, WIRE_CONTROL_STOP, "done", &e), 0);
+    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    broker_client_close(&gen);
+    broker_client_close(&upd);
+}
+
 static void test_control_and_rejections(void) {
     run r;
     CU_ASSERT_EQUAL_FATAL(start_broker(&r, "ctl", "\"max_staleness\": 1, \"queue_capacity\": 8"), 0);
@@ -1100,6 +1153,7 @@ int register_broker_suites(void) {
     CU_add_test(s, "backpressure with a slow updater", test_backpressure);
     CU_add_test(s, "SIGTERM flushes the replay log; replay-cat", test_sigterm_flushes);
     CU_add_test(s, "pause/resume, rejections, stale purge, credit (client API)", test_control_and_rejections);
+    CU_add_test(s, "max_generation_lag: prompts wait for the newest weights", test_generation_lag);
     CU_add_test(s, "broker kill -9 and restart: clients rejoin, log recovered", test_broker_restart);
     CU_add_test(s, "selector state survives a broker restart", test_selector_state_restart);
 #ifndef __SANITIZE_ADDRESS__
