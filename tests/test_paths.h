@@ -13,17 +13,6 @@
 
 #ifndef RLHF_SOURCE_ROOT /* the Makefile defines it for every object */
 #define RLHF_SOURCE_ROOT "."
-static inline int test_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-/* Removes a test's scratch directory and everything in it (no symlinks followed). 0 on success. */
-static inline int test_remove_tree(const char *dir) {
-    if (!dir || !dir[0] || !strcmp(dir, "/")) return -1;
-    return nftw(dir, test_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 #endif
 
 /* BUILD: the directory whose tests/ holds this binary. 0, or -1 when it cannot be found or does not fit. */
