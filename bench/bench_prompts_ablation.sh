@@ -11,7 +11,8 @@
 # OUT (runs/ablation-prompts), STEPS (150), CKPT_EVERY (25), SEEDS ("1 2"), N_TRAIN (256 prompts:
 # a prompt must come back within the budget for its statistics to matter), EVAL_N (200), EVAL_SAMPLES
 # (4, at temperature 1), FLIP (0.15), CONFUSED (0: share of prompts on which the grader guesses),
-# CONFUSED_FLIP (0.5), POLICIES ("uniform zero_variance_filter cohesion").
+# CONFUSED_FLIP (0.5), CORRUPT (0: share of train prompts whose record "target" - the exact checker's
+# answer key - is wrong; the grader then reads the target from the prompt text), POLICIES ("uniform zero_variance_filter cohesion").
 set -euo pipefail
 BUILD=${BUILD:-build}
 R="$BUILD/bin/rlhf"
@@ -26,6 +27,7 @@ EVAL_SAMPLES=${EVAL_SAMPLES:-4}
 FLIP=${FLIP:-0.15}
 CONFUSED=${CONFUSED:-0}
 CONFUSED_FLIP=${CONFUSED_FLIP:-0.5}
+CORRUPT=${CORRUPT:-0}
 POLICIES=${POLICIES:-"uniform zero_variance_filter cohesion"}
 CONFIG=${CONFIG:-examples/configs/countdown.json}
 
@@ -33,6 +35,23 @@ CONFIG=${CONFIG:-examples/configs/countdown.json}
 [ -s "$DATA/base.safetensors" ] || BUILD="$BUILD" bash scripts/prepare-countdown.sh "$DATA"
 mkdir -p "$OUT"
 head -n "$N_TRAIN" "$DATA/train.jsonl" > "$OUT/train.jsonl"
+FROM_PROMPT=false
+if [ "$CORRUPT" != 0 ]; then
+  FROM_PROMPT=true
+  python3 - "$OUT/train.jsonl" "$CORRUPT" <<'PY'
+import hashlib, json, sys
+path, share = sys.argv[1], float(sys.argv[2])
+rows = [json.loads(l) for l in open(path)]
+for r in rows:  # a fixed subset by id; the key moves by 1..3 either way, the prompt text keeps the truth
+    h = hashlib.sha256(("corrupt\0" + r["id"]).encode()).digest()
+    if int.from_bytes(h[:8], "little") / 2.0**64 < share:
+        d = 1 + h[8] % 3
+        r["target"] = r["target"] + (d if h[9] % 2 else -d)
+with open(path, "w") as f:
+    for r in rows:
+        f.write(json.dumps(r) + "\n")
+PY
+fi
 GRADER=$(readlink -f bench/bench_prompts_noisy_grader.py)
 
 eval_ckpt() { # CONFIG CHECKPOINT -> pass rate
@@ -56,7 +75,7 @@ for seed in $SEEDS; do
       --set name="$name" --set run_dir="$run_dir" --set task.train="$OUT/train.jsonl" \
       --set task.eval="$DATA/heldout.jsonl" --set model.base_checkpoint="$DATA/base.safetensors" \
       --set "prompts.selector={\"policy\":\"$policy\"}" \
-      --set "rewards=[{\"type\":\"countdown\",\"name\":\"countdown\",\"weight\":1},{\"type\":\"process\",\"name\":\"grader\",\"weight\":1,\"command\":[\"python3\",\"$GRADER\"],\"config\":{\"flip\":$FLIP,\"confused\":$CONFUSED,\"confused_flip\":$CONFUSED_FLIP,\"seed\":$seed}}]" \
+      --set "rewards=[{\"type\":\"countdown\",\"name\":\"countdown\",\"weight\":1},{\"type\":\"process\",\"name\":\"grader\",\"weight\":1,\"command\":[\"python3\",\"$GRADER\"],\"config\":{\"flip\":$FLIP,\"confused\":$CONFUSED,\"confused_flip\":$CONFUSED_FLIP,\"target_from_prompt\":$FROM_PROMPT,\"seed\":$seed}}]" \
       --set rl.steps="$STEPS" --set rl.checkpoint_every="$CKPT_EVERY" --set rl.seed="$seed" \
       > "$OUT/$name.log" 2>&1 &
     run_pid=$!

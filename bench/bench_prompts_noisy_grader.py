@@ -11,7 +11,9 @@ probability `confused_flip` (default 0.5, i.e. it guesses): the prompt-dependent
 graders on subjective items. Flips are a deterministic function of (seed, prompt, completion), so the
 same completion always gets the same grade, as a real grader's opinion would. Where it flips, it
 disagrees with the exact `countdown` source: that is the disagreement the cohesion selector is meant
-to notice.
+to notice. With `target_from_prompt` it takes the target from the prompt text instead of the record:
+where the dataset's answer key is wrong (the ablation's `CORRUPT` share), it disagrees with the
+exact checker, which trusts the key.
 """
 import hashlib
 import json
@@ -21,7 +23,10 @@ import sys
 EXPR = re.compile(r"[0-9+\-*() ]+")
 
 
-def correct(completion, record):
+TARGET_IN_PROMPT = re.compile(r"target (-?[0-9]+)")
+
+
+def correct(completion, record, target):
     expr = completion.split("\n", 1)[0].strip()
     if not expr or not EXPR.fullmatch(expr) or "**" in expr:
         return False
@@ -33,13 +38,13 @@ def correct(completion, record):
         else:
             return False
     try:
-        return eval(expr, {"__builtins__": {}}, {}) == record.get("target")  # digits/operators only
+        return eval(expr, {"__builtins__": {}}, {}) == target  # digits/operators only
     except Exception:
         return False
 
 
 def main():
-    flip, seed, confused, confused_flip = 0.15, 0, 0.0, 0.5
+    flip, seed, confused, confused_flip, from_prompt = 0.15, 0, 0.0, 0.5, False
     for line in sys.stdin:
         msg = json.loads(line)
         if "init" in msg:
@@ -48,6 +53,7 @@ def main():
             seed = int(cfg.get("seed", seed))
             confused = float(cfg.get("confused", confused))
             confused_flip = float(cfg.get("confused_flip", confused_flip))
+            from_prompt = bool(cfg.get("target_from_prompt", from_prompt))
             print(json.dumps({"ok": True}), flush=True)
             continue
         results = []
@@ -55,7 +61,11 @@ def main():
             rec = item.get("record") or {}
             if isinstance(rec, str):
                 rec = json.loads(rec)
-            ok = correct(item.get("completion", ""), rec)
+            target = rec.get("target")
+            if from_prompt:  # the grader reads the question itself, not the dataset's answer key
+                mt = TARGET_IN_PROMPT.search(item.get("prompt", ""))
+                target = int(mt.group(1)) if mt else None
+            ok = correct(item.get("completion", ""), rec, target)
             hp = hashlib.sha256(f"{seed}\0confused\0{item.get('prompt', '')}".encode()).digest()
             p_flip = confused_flip if int.from_bytes(hp[:8], "little") / 2.0**64 < confused else flip
             h = hashlib.sha256(f"{seed}\0{item.get('prompt', '')}\0{item.get('completion', '')}".encode()).digest()
