@@ -28,6 +28,7 @@ FLIP=${FLIP:-0.15}
 CONFUSED=${CONFUSED:-0}
 CONFUSED_FLIP=${CONFUSED_FLIP:-0.5}
 CORRUPT=${CORRUPT:-0}
+UNSOLVABLE=${UNSOLVABLE:-0}
 POLICIES=${POLICIES:-"uniform zero_variance_filter cohesion"}
 CONFIG=${CONFIG:-examples/configs/countdown.json}
 
@@ -50,6 +51,53 @@ for r in rows:  # a fixed subset by id; the key moves by 1..3 either way, the pr
 with open(path, "w") as f:
     for r in rows:
         f.write(json.dumps(r) + "\n")
+PY
+fi
+if [ "$UNSOLVABLE" != 0 ]; then
+  python3 - "$OUT/train.jsonl" "$UNSOLVABLE" <<'PY'
+import hashlib, json, sys
+from fractions import Fraction
+from itertools import combinations
+path, share = sys.argv[1], float(sys.argv[2])
+def reachable(nums):  # every value of an expression using each given number at most once
+    memo = {}
+    def vals(ms):     # ms: tuple of indices, all used
+        if ms in memo:
+            return memo[ms]
+        out = {Fraction(nums[ms[0]])} if len(ms) == 1 else set()
+        for r in range(1, len(ms)):
+            for left in combinations(ms, r):
+                right = tuple(i for i in ms if i not in left)
+                for a in vals(left):
+                    for b in vals(right):
+                        out |= {a + b, a - b, a * b}
+                        if b != 0:
+                            out.add(a / b)
+        memo[ms] = out
+        return out
+    idx = range(len(nums))
+    return set().union(*(vals(c) for r in range(1, len(nums) + 1) for c in combinations(idx, r)))
+rows = [json.loads(l) for l in open(path)]
+n = 0
+for r in rows:  # a fixed subset by id; the prompt and the record get the same unreachable target
+    h = hashlib.sha256(("unsolvable\0" + r["id"]).encode()).digest()
+    if int.from_bytes(h[:8], "little") / 2.0**64 >= share:
+        continue
+    reach = reachable(r["numbers"])
+    cands = sorted((abs(t - r["target"]), t) for t in range(1, 101) if Fraction(t) not in reach)
+    if not cands:
+        continue
+    old = f"target {r['target']}:"
+    assert r["prompt"].endswith(old), r["prompt"]
+    r["target"] = cands[0][1]
+    r["prompt"] = r["prompt"][: -len(old)] + f"target {r['target']}:"
+    r.pop("answer", None)
+    r["unsolvable"] = True
+    n += 1
+with open(path, "w") as f:
+    for r in rows:
+        f.write(json.dumps(r) + "\n")
+print(f"unsolvable: {n} of {len(rows)} train prompts", file=sys.stderr)
 PY
 fi
 GRADER=$(readlink -f bench/bench_prompts_noisy_grader.py)

@@ -8,7 +8,9 @@
  *    where theta is the toy policy (one logit per skill) and bias the prompt's own difficulty;
  *  - prompt kinds: easy (bias +5, solved from the start), hard (bias -7: zero spread until its skill
  *    has been trained up), learnable (bias in [-3, 1]) and subjective (the two reward sources are
- *    independent coins that ignore the answer and disagree — like graders on a matter of taste);
+ *    independent coins that ignore the answer and disagree — like graders on a matter of taste) and
+ *    unsolvable (--p-unsolvable, default 0: no answer is right whatever the policy, so the true outcome is
+ *    always 0 and only the sources' flips give spread — a broken or impossible item in the dataset);
  *  - two reward sources: a checker that flips the true outcome with probability 0.05 and a judge that
  *    flips it with 0.15 (--flip-checker, --flip-judge); the total is their mean;
  *  - a generated sample costs `tokens` tokens whether or not it teaches anything;
@@ -30,11 +32,12 @@ typedef struct world {
     int *skill;      /* (n_train + n_held) */
     double *bias;    /* (n_train + n_held) */
     int *subjective; /* (n_train + n_held) */
+    int *unsolvable; /* (n_train + n_held) */
 } world;
 
 typedef struct sim_opts {
     int n_train, n_held, skills, k, batch, budget_groups, eval_every, tokens, seeds;
-    double lr, p_easy, p_hard, p_subjective, flip_checker, flip_judge;
+    double lr, p_easy, p_hard, p_subjective, p_unsolvable, flip_checker, flip_judge;
     const char *cohesion_config; /* extra knobs (JSON object) for the cohesion policy */
     const char *zvf_config;      /* extra knobs for zero_variance_filter */
 } sim_opts;
@@ -52,12 +55,15 @@ static void world_make(world *w, const sim_opts *o, uint64_t seed) {
     w->skill = malloc(n * sizeof *w->skill);
     w->bias = malloc(n * sizeof *w->bias);
     w->subjective = calloc(n, sizeof *w->subjective);
+    w->unsolvable = calloc(n, sizeof *w->unsolvable);
     for (int i = 0; i < n; i++) {
         w->skill[i] = (int)(rlhf_rng_u64(&r) % (uint64_t)o->skills);
         double u = unif(&r);
         if (u < o->p_easy) w->bias[i] = 5;
         else if (u < o->p_easy + o->p_hard) w->bias[i] = -7;
         else if (u < o->p_easy + o->p_hard + o->p_subjective && i < o->n_train) w->subjective[i] = 1, w->bias[i] = 0;
+        else if (u < o->p_easy + o->p_hard + o->p_subjective + o->p_unsolvable && i < o->n_train)
+            w->unsolvable[i] = 1, w->bias[i] = 0;
         else w->bias[i] = -3 + 4 * unif(&r);
     }
 }
@@ -66,6 +72,7 @@ static void world_free(world *w) {
     free(w->skill);
     free(w->bias);
     free(w->subjective);
+    free(w->unsolvable);
 }
 
 static double heldout_reward(const world *w, const double *theta) {
@@ -127,7 +134,7 @@ static int run(const sim_opts *o, const world *w, const char *policy, uint64_t s
         prompt_selector_next(sel, (size_t)o->batch, idx, NULL);
         for (int b = 0; b < o->batch && groups < o->budget_groups; b++) {
             int i = (int)idx[b];
-            double p = sigmoid(theta[w->skill[i]] + w->bias[i]);
+            double p = w->unsolvable[i] ? 0 : sigmoid(theta[w->skill[i]] + w->bias[i]);
             double mean = 0;
             for (int j = 0; j < k; j++) {
                 y[j] = unif(&r) < p;
@@ -199,6 +206,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--k")) o.k = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--lr")) o.lr = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--p-subjective")) o.p_subjective = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--p-unsolvable")) o.p_unsolvable = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--p-easy")) o.p_easy = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--p-hard")) o.p_hard = atof(argv[i + 1]);
         else if (!strcmp(argv[i], "--flip-checker")) o.flip_checker = atof(argv[i + 1]);
@@ -210,16 +218,18 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (o.seeds < 1 || o.budget_groups < o.eval_every || o.k < 2 || o.k > 64 || o.n_train < 16) {
+    if (o.seeds < 1 || o.budget_groups < o.eval_every || o.k < 2 || o.k > 64 || o.n_train < 16 ||
+        o.p_easy + o.p_hard + o.p_subjective + o.p_unsolvable > 1) {
         fprintf(stderr, "bench_prompts_sim: error: bad option values\n");
         return 2;
     }
     const char *policies[3] = {"uniform", "zero_variance_filter", "cohesion"};
     printf("SIMULATION (toy policy, not a language model): %d train / %d held-out prompts, %d skills, k=%d,\n"
            "%d groups x %d samples x %d tokens budget, %.0f%% easy, %.0f%% hard, %.0f%% subjective (sources disagree),\n"
+           "%.0f%% unsolvable, "
            "checker flips %.0f%%, judge flips %.0f%%; %d seeds; medians over seeds.\n\n",
            o.n_train, o.n_held, o.skills, o.k, o.budget_groups, o.k, o.tokens, 100 * o.p_easy, 100 * o.p_hard,
-           100 * o.p_subjective, 100 * o.flip_checker, 100 * o.flip_judge, o.seeds);
+           100 * o.p_subjective, 100 * o.p_unsolvable, 100 * o.flip_checker, 100 * o.flip_judge, o.seeds);
     run_result *res = calloc((size_t)3 * o.seeds, sizeof *res);
     for (int s = 0; s < o.seeds; s++) {
         world w;

@@ -37,6 +37,7 @@ typedef struct prompt_stat {
     double mean_reward;     /* EMA of the group's mean total reward */
     double spread;          /* EMA of the group's total-reward std */
     double cohesion;        /* EMA of the group's cohesion */
+    double learnability;    /* EMA of the group's spread * cohesion^power, sign kept (score: max(0, this)) */
 } prompt_stat;
 
 struct prompt_selector {
@@ -272,10 +273,17 @@ static int is_filtered(const prompt_selector *sel, const prompt_stat *s) {
     return s->zero_streak >= (uint64_t)sel->cfg.zv_window && !is_stale(sel, s, sel->cfg.readmit_after_epochs);
 }
 
-/* Learnability of a prompt with fresh statistics: spread, scaled by how much the sources agree. */
-static double learnability(const selector_config *c, const prompt_stat *s) {
-    double coh = s->cohesion > 0 ? s->cohesion : 0;
-    return s->spread * (c->cohesion_power == 1.0 ? coh : pow(coh, c->cohesion_power));
+/* Learnability of one group: its spread, scaled by how much the sources agree on it (signed: sources
+ * that rank a group's samples in opposite orders count against the prompt). The selector averages this
+ * per group and clips the average at 0, rather than multiplying the averaged spread by the averaged
+ * cohesion: an unsolvable prompt whose spread comes from a noisy grader (cohesion 0) in some groups and
+ * that shows no spread at all (both sources constant, cohesion left to the fallback) in others would
+ * otherwise score spread/2 * cohesion/2 although no group of it ever taught anything. The sign is kept
+ * until the average so that a prompt on which the sources agree and disagree by turns (coins) cancels
+ * out instead of scoring its agreeing half. */
+static double group_learnability(const selector_config *c, double spread, double cohesion) {
+    double mag = c->cohesion_power == 1.0 ? fabs(cohesion) : pow(fabs(cohesion), c->cohesion_power);
+    return spread * (cohesion < 0 ? -mag : mag);
 }
 
 /* Sampling probabilities of every prompt into p (n). */
@@ -303,7 +311,7 @@ static void compute_probs(const prompt_selector *sel, double *p) {
             p[i] = -1;
             continue;
         }
-        p[i] = learnability(c, s) + c->explore_bonus / sqrt((double)s->groups);
+        p[i] = (s->learnability > 0 ? s->learnability : 0) + c->explore_bonus / sqrt((double)s->groups);
         if (p[i] > best) best = p[i];
         sum += p[i];
         fresh++;
@@ -418,11 +426,13 @@ int prompt_selector_update(prompt_selector *sel, const prompt_stats *st, rlhf_er
         s->mean_reward = mean;
         s->spread = spread;
         s->cohesion = cohesion;
+        s->learnability = group_learnability(&sel->cfg, spread, cohesion);
     } else {
         double d = sel->cfg.decay;
         s->mean_reward = d * s->mean_reward + (1 - d) * mean;
         s->spread = d * s->spread + (1 - d) * spread;
         s->cohesion = d * s->cohesion + (1 - d) * cohesion;
+        s->learnability = d * s->learnability + (1 - d) * group_learnability(&sel->cfg, spread, cohesion);
     }
     s->groups++;
     s->zero_streak = zero ? s->zero_streak + 1 : 0;
@@ -485,10 +495,11 @@ int prompt_selector_dump_stats(const prompt_selector *sel, const char *path, rlh
     }
     for (size_t i = 0; i < sel->n; i++) {
         const prompt_stat *s = &sel->st[i];
-        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:I, s:I, s:f}", "id",
+        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:f}", "id",
                               prompt_dataset_get(sel->ds, i)->id, "served", (json_int_t)s->served, "groups",
                               (json_int_t)s->groups, "zero_groups", (json_int_t)s->zero_groups, "mean_reward",
-                              s->mean_reward, "spread", s->spread, "cohesion", s->cohesion, "zero_streak",
+                              s->mean_reward, "spread", s->spread, "cohesion", s->cohesion, "learnability",
+                              s->learnability, "zero_streak",
                               (json_int_t)s->zero_streak, "last_update", (json_int_t)s->last_update, "last_served",
                               (json_int_t)s->last_served, "prob", p[i]);
         char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -520,12 +531,12 @@ json_t *prompt_selector_save_json(const prompt_selector *sel) {
         const prompt_stat *s = &sel->st[i];
         if (!s->served && !s->groups) continue;
         json_array_append_new(
-            prompts, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f}", "id",
+            prompts, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f}", "id",
                                prompt_dataset_get(sel->ds, i)->id, "served", (json_int_t)s->served, "groups",
                                (json_int_t)s->groups, "zero_groups", (json_int_t)s->zero_groups, "zero_streak",
                                (json_int_t)s->zero_streak, "last_update", (json_int_t)s->last_update,
                                "last_served", (json_int_t)s->last_served, "mean_reward", s->mean_reward, "spread",
-                               s->spread, "cohesion", s->cohesion));
+                               s->spread, "cohesion", s->cohesion, "learnability", s->learnability));
     }
     return json_pack("{s:i, s:s, s:I, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:s, s:I, s:o}", "version", 1,
                      "policy", policy_names[sel->cfg.policy], "n_prompts", (json_int_t)sel->n, "rng", rng, "perm",
@@ -629,6 +640,10 @@ int prompt_selector_load_json(prompt_selector *sel, const json_t *state, const c
             (rc = get_real(o, "mean_reward", &s->mean_reward, w, err)) ||
             (rc = get_real(o, "spread", &s->spread, w, err)) || (rc = get_real(o, "cohesion", &s->cohesion, w, err)))
             break;
+        /* states written before the per-group average have no `learnability`: start it from the
+         * averages they kept (the score those runs used), the next group moves it as usual */
+        if (!json_object_get(o, "learnability")) s->learnability = group_learnability(&sel->cfg, s->spread, s->cohesion);
+        else if ((rc = get_real(o, "learnability", &s->learnability, w, err))) break;
     }
     free(seen);
     if (rc) {

@@ -195,6 +195,38 @@ static void test_zero_spread_and_incoherent_downweighted(void) {
     prompt_dataset_destroy(&ds);
 }
 
+/* An unsolvable prompt: the exact checker gives 0 to every sample, a noisy grader sometimes passes one
+ * (spread, cohesion 0) and sometimes passes none (no spread; both sources constant, so no pair counts
+ * and cohesion falls back to 1). No group of it teaches anything, so its score is the exploration bonus
+ * alone; averaging spread and cohesion separately would have scored it like half a good prompt. */
+static void test_never_learnable_in_one_group(void) {
+    prompt_dataset *ds = make_dataset(4);
+    prompt_selector *sel = make_selector(ds, "{\"policy\":\"cohesion\",\"floor\":0}", 4);
+    float grader_flips[8] = {0, 0, 0, 0, /**/ 0, 1, 0, 0}; /* exact | grader */
+    float all_zero[8] = {0, 0, 0, 0, /**/ 0, 0, 0, 0};
+    float good[8] = {0, 1, 0, 1, /**/ 0, 1, 0, 1};         /* spread 0.5, cohesion 1 */
+    for (int rep = 0; rep < 4; rep++) {
+        feed(sel, "p0", 2, 4, grader_flips);
+        feed(sel, "p0", 2, 4, all_zero);
+        feed(sel, "p1", 2, 4, good);
+        feed(sel, "p1", 2, 4, good);
+        feed(sel, "p2", 2, 4, all_zero);
+        feed(sel, "p2", 2, 4, all_zero);
+        feed(sel, "p3", 2, 4, good);
+        feed(sel, "p3", 2, 4, good);
+    }
+    double p[4];
+    prompt_selector_probs(sel, p, NULL);
+    /* scores: p0, p2 = bonus 0.005/sqrt(8); p1, p3 = 0.5 + that */
+    double bonus = 0.005 / sqrt(8.0), total = 2 * bonus + 2 * (0.5 + bonus);
+    NEAR(p[0], bonus / total);
+    NEAR(p[2], bonus / total);
+    NEAR(p[1], (0.5 + bonus) / total);
+    CU_ASSERT_TRUE(p[0] < p[1] / 50);
+    prompt_selector_destroy(&sel);
+    prompt_dataset_destroy(&ds);
+}
+
 static void test_uniform_epochs(void) {
     prompt_dataset *ds = make_dataset(10);
     prompt_selector *sel = make_selector(ds, NULL, 3);
@@ -345,6 +377,45 @@ static void test_round_trip_cohesion(void) { round_trip("{\"policy\":\"cohesion\
 static void test_round_trip_uniform(void) { round_trip("{\"policy\":\"uniform\"}"); }
 static void test_round_trip_zvf(void) { round_trip("{\"policy\":\"zero_variance_filter\"}"); }
 
+/* A state saved before per-prompt `learnability` existed loads with the score those runs used,
+ * spread * max(0, cohesion); a present but malformed value is rejected. */
+static void test_load_state_without_learnability(void) {
+    prompt_dataset *ds = make_dataset(3);
+    prompt_selector *a = make_selector(ds, "{\"policy\":\"cohesion\",\"floor\":0,\"explore_bonus\":0}", 1);
+    float flips[8] = {0, 0, 0, 0, /**/ 0, 1, 0, 0}, none[8] = {0}, good[8] = {0, 1, 0, 1, /**/ 0, 1, 1, 1};
+    feed(a, "p0", 2, 4, flips);
+    feed(a, "p0", 2, 4, none);
+    feed(a, "p1", 2, 4, good);
+    feed(a, "p2", 2, 4, good);
+    json_t *st = prompt_selector_save_json(a);
+    json_t *prompts = json_object_get(st, "prompts");
+    double expect[3], total = 0;
+    size_t i;
+    json_t *o;
+    json_array_foreach(prompts, i, o) {
+        double sp = json_real_value(json_object_get(o, "spread")), co = json_real_value(json_object_get(o, "cohesion"));
+        expect[i] = sp * (co > 0 ? co : 0);
+        total += expect[i];
+        CU_ASSERT_EQUAL(json_object_del(o, "learnability"), 0);
+    }
+    CU_ASSERT_TRUE(expect[0] > 0); /* the old score credited p0 */
+    prompt_selector *b = make_selector(ds, "{\"policy\":\"cohesion\",\"floor\":0,\"explore_bonus\":0}", 2);
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(prompt_selector_load_json(b, st, "old state", &err), 0);
+    double p[3];
+    prompt_selector_probs(b, p, NULL);
+    for (int j = 0; j < 3; j++) NEAR(p[j], expect[j] / total);
+    prompt_selector_probs(a, p, NULL);
+    NEAR(p[0], 0); /* the current score does not */
+    json_object_set_new(json_array_get(prompts, 0), "learnability", json_string("high"));
+    CU_ASSERT_NOT_EQUAL(prompt_selector_load_json(b, st, "bad state", &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "learnability"));
+    json_decref(st);
+    prompt_selector_destroy(&a);
+    prompt_selector_destroy(&b);
+    prompt_dataset_destroy(&ds);
+}
+
 static void test_load_rejects_mismatch(void) {
     prompt_dataset *ds = make_dataset(5), *ds6 = make_dataset(6);
     prompt_selector *a = make_selector(ds, "{\"policy\":\"cohesion\"}", 1);
@@ -492,12 +563,14 @@ int register_selector_suites(void) {
     CU_add_test(s, "group_cohesion_and_spread", test_group_cohesion_and_spread);
     CU_add_test(s, "one_source", test_one_source);
     CU_add_test(s, "zero_spread_and_incoherent_downweighted", test_zero_spread_and_incoherent_downweighted);
+    CU_add_test(s, "never_learnable_in_one_group", test_never_learnable_in_one_group);
     CU_add_test(s, "uniform_epochs", test_uniform_epochs);
     CU_add_test(s, "zero_variance_filter", test_zero_variance_filter);
     CU_add_test(s, "no_starvation", test_no_starvation);
     CU_add_test(s, "round_trip_cohesion", test_round_trip_cohesion);
     CU_add_test(s, "round_trip_uniform", test_round_trip_uniform);
     CU_add_test(s, "round_trip_zvf", test_round_trip_zvf);
+    CU_add_test(s, "load_state_without_learnability", test_load_state_without_learnability);
     CU_add_test(s, "load_rejects_mismatch", test_load_rejects_mismatch);
     CU_add_test(s, "config_errors", test_config_errors);
     CU_add_test(s, "edges", test_edges);
