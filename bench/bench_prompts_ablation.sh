@@ -12,7 +12,15 @@
 # a prompt must come back within the budget for its statistics to matter), EVAL_N (200), EVAL_SAMPLES
 # (4, at temperature 1), FLIP (0.15), CONFUSED (0: share of prompts on which the grader guesses),
 # CONFUSED_FLIP (0.5), CORRUPT (0: share of train prompts whose record "target" - the exact checker's
-# answer key - is wrong; the grader then reads the target from the prompt text), POLICIES ("uniform zero_variance_filter cohesion").
+# answer key - is wrong; the grader then reads the target from the prompt text), UNSOLVABLE (0: share
+# of train prompts whose target is moved to the nearest value in [1, 100] that no expression over the
+# numbers reaches - exhaustive search with + - * / as the exact checker allows - so no completion is
+# right and the sources' only spread there is the grader's error; held-out prompts stay solvable),
+# POLICIES ("uniform zero_variance_filter cohesion"). SUMMARY_ONLY=1 re-prints the summary of an
+# existing OUT (its results.jsonl, run directories and train.jsonl; seeds from several OUTs can be
+# pooled by linking their run directories into one OUT and concatenating their results.jsonl).
+# The summary ends with, per kind of train prompt (clean / unsolvable / corrupt), how often each
+# policy served it and the selector's cohesion estimate at the end.
 set -euo pipefail
 BUILD=${BUILD:-build}
 R="$BUILD/bin/rlhf"
@@ -35,10 +43,13 @@ CONFIG=${CONFIG:-examples/configs/countdown.json}
 [ -x "$R" ] || { echo "bench_prompts_ablation: error: $R not built (make BUILD=$BUILD)" >&2; exit 1; }
 [ -s "$DATA/base.safetensors" ] || BUILD="$BUILD" bash scripts/prepare-countdown.sh "$DATA"
 mkdir -p "$OUT"
-head -n "$N_TRAIN" "$DATA/train.jsonl" > "$OUT/train.jsonl"
+# SUMMARY_ONLY=1 re-reports an earlier OUT: its train.jsonl (with the kinds of prompts) stays as it was
+PREPARE=1
+[ "${SUMMARY_ONLY:-0}" = 1 ] && PREPARE=0
+[ "$PREPARE" = 1 ] && head -n "$N_TRAIN" "$DATA/train.jsonl" > "$OUT/train.jsonl"
 FROM_PROMPT=false
-if [ "$CORRUPT" != 0 ]; then
-  FROM_PROMPT=true
+[ "$CORRUPT" != 0 ] && FROM_PROMPT=true
+if [ "$PREPARE" = 1 ] && [ "$CORRUPT" != 0 ]; then
   python3 - "$OUT/train.jsonl" "$CORRUPT" <<'PY'
 import hashlib, json, sys
 path, share = sys.argv[1], float(sys.argv[2])
@@ -48,12 +59,13 @@ for r in rows:  # a fixed subset by id; the key moves by 1..3 either way, the pr
     if int.from_bytes(h[:8], "little") / 2.0**64 < share:
         d = 1 + h[8] % 3
         r["target"] = r["target"] + (d if h[9] % 2 else -d)
+        r["corrupt"] = True  # for the summary only; the reward sources do not read it
 with open(path, "w") as f:
     for r in rows:
         f.write(json.dumps(r) + "\n")
 PY
 fi
-if [ "$UNSOLVABLE" != 0 ]; then
+if [ "$PREPARE" = 1 ] && [ "$UNSOLVABLE" != 0 ]; then
   python3 - "$OUT/train.jsonl" "$UNSOLVABLE" <<'PY'
 import hashlib, json, sys
 from fractions import Fraction
@@ -84,6 +96,8 @@ for r in rows:  # a fixed subset by id; the prompt and the record get the same u
     if int.from_bytes(h[:8], "little") / 2.0**64 >= share:
         continue
     reach = reachable(r["numbers"])
+    # the generator built each target from an expression: the search must find it (checks the search)
+    assert Fraction(r["target"]) in reach, (r["id"], r["numbers"], r["target"])
     cands = sorted((abs(t - r["target"]), t) for t in range(1, 101) if Fraction(t) not in reach)
     if not cands:
         continue
@@ -238,6 +252,31 @@ if "uniform" in pooled and len(seeds) > 1:
         share = sum(1 for r in rs if r <= 0.70) / len(rs)
         print(f"  {p:22s} pooled ratio {point:.3f}; 5%..95%: {rs[100]:.3f}..{rs[1899]:.3f}; "
               f"share of resamples <= 0.70: {share:.2f}")
+# per kind of train prompt (UNSOLVABLE / CORRUPT runs): how often each policy served it, and the
+# selector's cohesion estimate at the end of the run (selector_state.json), mean over seeds
+kind = {}
+for l in open(os.path.join(out, "train.jsonl")):
+    r = json.loads(l)
+    kind[r["id"]] = "unsolvable" if r.get("unsolvable") else "corrupt" if r.get("corrupt") else "clean"
+kinds = sorted(set(kind.values()))
+if len(kinds) > 1:
+    print("\nper kind of train prompt (mean over seeds): groups served per prompt, cohesion estimate at the end")
+    for p in policies:
+        acc = {k: ([], []) for k in kinds}
+        for s in seeds:
+            path = os.path.join(out, f"abl-{p}-s{s}", "selector_state.json")
+            if not os.path.exists(path):
+                continue
+            st = {q["id"]: q for q in json.load(open(path))["prompts"]}
+            for k in kinds:
+                ids = [i for i in kind if kind[i] == k]
+                acc[k][0].append(statistics.mean(st[i]["served"] if i in st else 0 for i in ids))
+                seen = [st[i]["cohesion"] for i in ids if i in st and st[i]["groups"]]
+                if seen:
+                    acc[k][1].append(statistics.mean(seen))
+        print(f"  {p:22s} " + "   ".join(f"{k} ({sum(1 for i in kind if kind[i] == k)}): served "
+              f"{statistics.mean(acc[k][0]):.2f}, cohesion {statistics.mean(acc[k][1]):.2f}"
+              for k in kinds if acc[k][0] and acc[k][1]))
 print("\nmean_ckpts: held-out pass rate averaged over the checkpoints after the base and over seeds (less noisy than"
       "\nthe final point). ratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
       "\nper seed, median over seeds (inf = never within the budget; nan = uniform did not beat the base). Issue 7 target: cohesion <= 0.70, final not lower.")
