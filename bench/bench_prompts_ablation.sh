@@ -16,7 +16,8 @@
 # of train prompts whose target is moved to the nearest value in [1, 100] that no expression over the
 # numbers reaches - exhaustive search with + - * / as the exact checker allows - so no completion is
 # right and the sources' only spread there is the grader's error; held-out prompts stay solvable),
-# POLICIES ("uniform zero_variance_filter cohesion"). SUMMARY_ONLY=1 re-prints the summary of an
+# POLICIES ("uniform zero_variance_filter cohesion"), COHESION_KNOBS (extra selector keys for the
+# cohesion runs, as JSON members: '"stale_after_epochs":4,"decay":0.3'). SUMMARY_ONLY=1 re-prints the summary of an
 # existing OUT (its results.jsonl, run directories and train.jsonl; seeds from several OUTs can be
 # pooled by linking their run directories into one OUT and concatenating their results.jsonl).
 # The summary ends with, per kind of train prompt (clean / unsolvable / corrupt), how often each
@@ -39,6 +40,7 @@ CONFUSED_FLIP=${CONFUSED_FLIP:-0.5}
 CORRUPT=${CORRUPT:-0}
 UNSOLVABLE=${UNSOLVABLE:-0}
 POLICIES=${POLICIES:-"uniform zero_variance_filter cohesion"}
+COHESION_KNOBS=${COHESION_KNOBS:-}
 CONFIG=${CONFIG:-examples/configs/countdown.json}
 
 [ -x "$R" ] || { echo "bench_prompts_ablation: error: $R not built (make BUILD=$BUILD)" >&2; exit 1; }
@@ -137,7 +139,7 @@ for seed in $SEEDS; do
     "$R" run "$CONFIG" --quiet \
       --set name="$name" --set run_dir="$run_dir" --set task.train="$OUT/train.jsonl" \
       --set task.eval="$DATA/heldout.jsonl" --set model.base_checkpoint="$DATA/base.safetensors" \
-      --set "prompts.selector={\"policy\":\"$policy\"}" \
+      --set "prompts.selector={\"policy\":\"$policy\"$([ "$policy" = cohesion ] && [ -n "$COHESION_KNOBS" ] && echo ",$COHESION_KNOBS")}" \
       --set "rewards=[{\"type\":\"countdown\",\"name\":\"countdown\",\"weight\":1},{\"type\":\"process\",\"name\":\"grader\",\"weight\":1,\"command\":[\"python3\",\"$GRADER\"],\"config\":{\"flip\":$FLIP,\"confused\":$CONFUSED,\"confused_flip\":$CONFUSED_FLIP,\"target_from_prompt\":$FROM_PROMPT,\"seed\":$seed}}]" \
       --set rl.steps="$STEPS" --set rl.checkpoint_every="$CKPT_EVERY" --set rl.seed="$seed" \
       > "$OUT/$name.log" 2>&1 &
