@@ -274,7 +274,7 @@ if len(kinds) > 1:
             for k in kinds:
                 ids = [i for i in kind if kind[i] == k]
                 acc[k][0].append(statistics.mean(st[i]["served"] if i in st else 0 for i in ids))
-                seen = [st[i]["cohesion"] for i in ids if i in st and st[i]["groups"]]
+                seen = [st[i]["cohesion"] for i in ids if i in st and st[i].get("cohesion_n", st[i]["groups"])]
                 if seen:
                     acc[k][1].append(statistics.mean(seen))
         print(f"  {p:22s} " + "   ".join(f"{k} ({sum(1 for i in kind if kind[i] == k)}): served "

@@ -112,8 +112,9 @@ int prompt_selector_load(prompt_selector *sel, const char *path, rlhf_error *err
 json_t *prompt_selector_metrics(const prompt_selector *sel);
 /* Current sampling probability of each dataset index (n = dataset size). */
 int prompt_selector_probs(const prompt_selector *sel, double *probs_out, rlhf_error *err);
-/* One JSON line per prompt: id, served, groups, mean_reward, spread, cohesion, zero_streak, last_update,
- * last_served, prob. Written atomically. */
+/* One JSON line per prompt: id, served, groups, zero_groups, mean_reward, spread, cohesion (null until a
+ * group of it could show agreement), learnability, zero_streak, last_update, last_served, prob.
+ * Written atomically. */
 int prompt_selector_dump_stats(const prompt_selector *sel, const char *path, rlhf_error *err);
 const char *prompt_selector_policy(const prompt_selector *sel);
 

@@ -36,7 +36,8 @@ typedef struct prompt_stat {
     uint64_t last_served;   /* value of sel->served after this prompt was last served */
     double mean_reward;     /* EMA of the group's mean total reward */
     double spread;          /* EMA of the group's total-reward std */
-    double cohesion;        /* EMA of the group's cohesion */
+    double cohesion;        /* EMA of the group's cohesion, over the groups that carried any (cohesion_n) */
+    uint64_t cohesion_n;    /* groups in that average since it (re)started; 0 = no agreement seen yet */
     double learnability;    /* EMA of the group's spread * cohesion^power, sign kept (score: max(0, this)) */
 } prompt_stat;
 
@@ -416,7 +417,12 @@ int prompt_selector_update(prompt_selector *sel, const prompt_stats *st, rlhf_er
     }
     if (!m) return rlhf_error_set(err, RLHF_EINVAL, "PROMPT_STATS", "prompt \"%s\": no finite total reward", id);
     double spread, cohesion;
-    prompt_group_cohesion(st, sel->cfg.single_source_cohesion, sel->cfg.constant_pair, &spread, &cohesion);
+    int pairs = prompt_group_cohesion(st, sel->cfg.single_source_cohesion, sel->cfg.constant_pair, &spread, &cohesion);
+    /* with two or more sources and no contributing pair (e.g. both gave every sample the same reward)
+     * the group says nothing about agreement: it must not pull the reported cohesion toward the
+     * one-source fallback. (Its learnability is unaffected: such a group has no spread, or its only
+     * varying source was set aside by constant_pair "skip".) */
+    int informs_cohesion = pairs > 0 || st->n_sources < 2;
     double mean = sum / m;
     int zero = spread <= sel->cfg.zero_spread_eps;
 
@@ -425,14 +431,17 @@ int prompt_selector_update(prompt_selector *sel, const prompt_stats *st, rlhf_er
     if (s->groups == 0 || is_stale(sel, s, sel->cfg.stale_after_epochs)) {
         s->mean_reward = mean;
         s->spread = spread;
-        s->cohesion = cohesion;
+        s->cohesion_n = 0;
         s->learnability = group_learnability(&sel->cfg, spread, cohesion);
     } else {
         double d = sel->cfg.decay;
         s->mean_reward = d * s->mean_reward + (1 - d) * mean;
         s->spread = d * s->spread + (1 - d) * spread;
-        s->cohesion = d * s->cohesion + (1 - d) * cohesion;
         s->learnability = d * s->learnability + (1 - d) * group_learnability(&sel->cfg, spread, cohesion);
+    }
+    if (informs_cohesion) {
+        s->cohesion = s->cohesion_n ? sel->cfg.decay * s->cohesion + (1 - sel->cfg.decay) * cohesion : cohesion;
+        s->cohesion_n++;
     }
     s->groups++;
     s->zero_streak = zero ? s->zero_streak + 1 : 0;
@@ -495,10 +504,11 @@ int prompt_selector_dump_stats(const prompt_selector *sel, const char *path, rlh
     }
     for (size_t i = 0; i < sel->n; i++) {
         const prompt_stat *s = &sel->st[i];
-        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:f}", "id",
+        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:f, s:f, s:o, s:f, s:I, s:I, s:I, s:f}", "id",
                               prompt_dataset_get(sel->ds, i)->id, "served", (json_int_t)s->served, "groups",
                               (json_int_t)s->groups, "zero_groups", (json_int_t)s->zero_groups, "mean_reward",
-                              s->mean_reward, "spread", s->spread, "cohesion", s->cohesion, "learnability",
+                              s->mean_reward, "spread", s->spread, "cohesion",
+                              s->cohesion_n ? json_real(s->cohesion) : json_null(), "learnability",
                               s->learnability, "zero_streak",
                               (json_int_t)s->zero_streak, "last_update", (json_int_t)s->last_update, "last_served",
                               (json_int_t)s->last_served, "prob", p[i]);
@@ -531,12 +541,13 @@ json_t *prompt_selector_save_json(const prompt_selector *sel) {
         const prompt_stat *s = &sel->st[i];
         if (!s->served && !s->groups) continue;
         json_array_append_new(
-            prompts, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f}", "id",
+            prompts, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:f}", "id",
                                prompt_dataset_get(sel->ds, i)->id, "served", (json_int_t)s->served, "groups",
                                (json_int_t)s->groups, "zero_groups", (json_int_t)s->zero_groups, "zero_streak",
                                (json_int_t)s->zero_streak, "last_update", (json_int_t)s->last_update,
                                "last_served", (json_int_t)s->last_served, "mean_reward", s->mean_reward, "spread",
-                               s->spread, "cohesion", s->cohesion, "learnability", s->learnability));
+                               s->spread, "cohesion", s->cohesion, "cohesion_n", (json_int_t)s->cohesion_n,
+                               "learnability", s->learnability));
     }
     return json_pack("{s:i, s:s, s:I, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:s, s:I, s:o}", "version", 1,
                      "policy", policy_names[sel->cfg.policy], "n_prompts", (json_int_t)sel->n, "rng", rng, "perm",
@@ -644,6 +655,9 @@ int prompt_selector_load_json(prompt_selector *sel, const json_t *state, const c
          * averages they kept (the score those runs used), the next group moves it as usual */
         if (!json_object_get(o, "learnability")) s->learnability = group_learnability(&sel->cfg, s->spread, s->cohesion);
         else if ((rc = get_real(o, "learnability", &s->learnability, w, err))) break;
+        /* likewise `cohesion_n`: those states averaged cohesion over every group */
+        if (!json_object_get(o, "cohesion_n")) s->cohesion_n = s->groups;
+        else if ((rc = get_u64(o, "cohesion_n", &s->cohesion_n, w, err))) break;
     }
     free(seen);
     if (rc) {

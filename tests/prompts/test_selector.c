@@ -223,6 +223,40 @@ static void test_never_learnable_in_one_group(void) {
     NEAR(p[2], bonus / total);
     NEAR(p[1], (0.5 + bonus) / total);
     CU_ASSERT_TRUE(p[0] < p[1] / 50);
+    /* the reported cohesion of p0 comes only from the groups where the sources could disagree (all 0);
+     * p2's groups never could: unknown (null), not the one-source fallback */
+    json_t *st = prompt_selector_save_json(sel);
+    size_t i;
+    json_t *o;
+    json_array_foreach(json_object_get(st, "prompts"), i, o) {
+        const char *id = json_string_value(json_object_get(o, "id"));
+        if (!strcmp(id, "p0")) {
+            NEAR(json_real_value(json_object_get(o, "cohesion")), 0);
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "cohesion_n")), 4);
+        }
+        if (!strcmp(id, "p2")) CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "cohesion_n")), 0);
+        if (!strcmp(id, "p1")) NEAR(json_real_value(json_object_get(o, "cohesion")), 1);
+    }
+    json_decref(st);
+    char path[512];
+    snprintf(path, sizeof path, "%s/never_stats.jsonl", tmpdir);
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(prompt_selector_dump_stats(sel, path, &err), 0);
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    int seen = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        json_t *d = json_loads(line, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+        if (!strcmp(json_string_value(json_object_get(d, "id")), "p2")) {
+            CU_ASSERT_TRUE(json_is_null(json_object_get(d, "cohesion")));
+            NEAR(json_real_value(json_object_get(d, "learnability")), 0);
+            seen++;
+        }
+        json_decref(d);
+    }
+    if (f) fclose(f);
+    CU_ASSERT_EQUAL(seen, 1);
     prompt_selector_destroy(&sel);
     prompt_dataset_destroy(&ds);
 }
@@ -393,6 +427,10 @@ static void test_load_state_without_learnability(void) {
     size_t i;
     json_t *o;
     json_array_foreach(prompts, i, o) {
+        /* as the earlier code saved it: cohesion averaged over every group (p0: 0 then the fallback 1) */
+        if (!strcmp(json_string_value(json_object_get(o, "id")), "p0"))
+            json_object_set_new(o, "cohesion", json_real(0.5));
+        CU_ASSERT_EQUAL(json_object_del(o, "cohesion_n"), 0);
         double sp = json_real_value(json_object_get(o, "spread")), co = json_real_value(json_object_get(o, "cohesion"));
         expect[i] = sp * (co > 0 ? co : 0);
         total += expect[i];
