@@ -50,6 +50,25 @@ static void feed(prompt_selector *sel, const char *id, int n_sources, int k, con
     CU_ASSERT_EQUAL(prompt_selector_update(sel, &st, &err), 0);
 }
 
+/* Dumps the per-prompt statistics to tmpdir/NAME and returns its lines, parsed, as a JSON array. */
+static json_t *dump_lines(const prompt_selector *sel, const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(prompt_selector_dump_stats(sel, path, &err), 0);
+    FILE *f = fopen(path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    json_t *lines = json_array();
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+        json_array_append_new(lines, o);
+    }
+    fclose(f);
+    return lines;
+}
+
 static void test_kendall_hand_values(void) {
     float inc[4] = {1, 2, 3, 4}, dec[4] = {4, 3, 2, 1};
     NEAR(prompt_kendall_tau_b(inc, inc, 4), 1.0);
@@ -238,24 +257,16 @@ static void test_never_learnable_in_one_group(void) {
         if (!strcmp(id, "p1")) NEAR(json_real_value(json_object_get(o, "cohesion")), 1);
     }
     json_decref(st);
-    char path[512];
-    snprintf(path, sizeof path, "%s/never_stats.jsonl", tmpdir);
-    rlhf_error err = {0};
-    CU_ASSERT_EQUAL_FATAL(prompt_selector_dump_stats(sel, path, &err), 0);
-    FILE *f = fopen(path, "r");
-    char line[1024];
+    json_t *lines = dump_lines(sel, "never_stats.jsonl"), *d;
     int seen = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        json_t *d = json_loads(line, 0, NULL);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    json_array_foreach(lines, i, d) {
         if (!strcmp(json_string_value(json_object_get(d, "id")), "p2")) {
             CU_ASSERT_TRUE(json_is_null(json_object_get(d, "cohesion")));
             NEAR(json_real_value(json_object_get(d, "learnability")), 0);
             seen++;
         }
-        json_decref(d);
     }
-    if (f) fclose(f);
+    json_decref(lines);
     CU_ASSERT_EQUAL(seen, 1);
     prompt_selector_destroy(&sel);
     prompt_dataset_destroy(&ds);
@@ -556,28 +567,20 @@ static void test_dump_stats(void) {
     prompt_selector *sel = make_selector(ds, "{\"policy\":\"cohesion\"}", 1);
     float r[4] = {0, 1, 0, 1};
     feed(sel, "p1", 1, 4, r);
-    char path[512];
-    snprintf(path, sizeof path, "%s/stats.jsonl", tmpdir);
-    rlhf_error err = {0};
-    CU_ASSERT_EQUAL_FATAL(prompt_selector_dump_stats(sel, path, &err), 0);
-    FILE *f = fopen(path, "r");
-    char line[1024];
-    int n = 0;
+    json_t *lines = dump_lines(sel, "stats.jsonl"), *o;
+    size_t n;
     double psum = 0;
-    while (fgets(line, sizeof line, f)) {
-        json_t *o = json_loads(line, 0, NULL);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    json_array_foreach(lines, n, o) {
         psum += json_real_value(json_object_get(o, "prob"));
         if (n == 1) {
             CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o, "id")), "p1");
             CU_ASSERT_EQUAL(json_integer_value(json_object_get(o, "groups")), 1);
             NEAR(json_real_value(json_object_get(o, "spread")), 0.5);
+            NEAR(json_real_value(json_object_get(o, "cohesion")), 1); /* one source: the fallback */
         }
-        json_decref(o);
-        n++;
     }
-    fclose(f);
-    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_EQUAL(json_array_size(lines), 3);
+    json_decref(lines);
     NEAR(psum, 1.0);
     prompt_selector_destroy(&sel);
     prompt_dataset_destroy(&ds);
