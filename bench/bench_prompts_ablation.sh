@@ -22,7 +22,7 @@
 # pooled by linking their run directories into one OUT and concatenating their results.jsonl).
 # The summary ends with, per kind of train prompt (clean / unsolvable / corrupt), how often each
 # policy served it and the selector's cohesion estimate at the end, and what the generated groups were
-# by the countdown rule applied to the replay log (some samples right / all / none / unsolvable).
+# by the countdown reward applied to the replay log (some samples right / all / none / unsolvable).
 set -euo pipefail
 BUILD=${BUILD:-build}
 R="$BUILD/bin/rlhf"
@@ -280,49 +280,55 @@ if len(kinds) > 1:
         print(f"  {p:22s} " + "   ".join(f"{k} ({sum(1 for i in kind if kind[i] == k)}): served "
               f"{statistics.mean(acc[k][0]):.2f}, cohesion {statistics.mean(acc[k][1]):.2f}"
               for k in kinds if acc[k][0] and acc[k][1]))
-# what the generated groups were, by the countdown rule on the recorded samples (replay log): "mixed"
-# (some samples right: the groups RLOO can learn from), "solved" (all right), "failed" (none right,
-# the prompt solvable), "unsolvable" - the share of generation that went to prompts that could teach
-import ast, subprocess
+# what the generated groups were, by the countdown reward itself (`rlhf reward-test`, the sandboxed
+# checker) on the recorded samples of the replay log: "mixed" (some samples right: the groups RLOO can
+# learn from), "solved" (all right), "failed" (none right, the prompt solvable), "unsolvable" - the
+# share of generation that went to prompts that could teach. (About a second per run.)
+import subprocess, tempfile
 from collections import Counter
-from fractions import Fraction
-OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-       ast.Div: lambda a, b: a / b}
-def value(node, used):  # the countdown reward's rule: integers, + - * / and parentheses
-    if isinstance(node, ast.BinOp) and type(node.op) in OPS:
-        return OPS[type(node.op)](value(node.left, used), value(node.right, used))
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        used.append(node.value)
-        return Fraction(node.value)
-    raise ValueError("not a countdown expression")
-def right(text, rec):
-    lines = [l for l in text.splitlines() if l.strip()]
-    try:
-        used = []
-        v = value(ast.parse(lines[0].strip(), mode="eval").body, used)
-    except (IndexError, SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return False
-    have, want = Counter(used), Counter(rec["numbers"])
-    return all(have[k] <= want[k] for k in have) and v == rec["target"]
-records = {json.loads(l)["id"]: json.loads(l) for l in open(os.path.join(out, "train.jsonl"))}
-print("\ngenerated groups by the countdown rule on the recorded samples (share, all seeds): mixed = some right")
+records = {}
+for l in open(os.path.join(out, "train.jsonl")):
+    r = json.loads(l)
+    records[r["id"]] = r
+print("\ngenerated groups by the countdown reward on the recorded samples (share, all seeds): mixed = some right")
 for p in policies:
-    c = Counter()
-    for s in seeds:
-        log = os.path.join(out, f"abl-{p}-s{s}", "rollouts.log")
-        if not os.path.exists(log):
-            continue
-        for line in subprocess.run([rlhf, "replay-cat", log], capture_output=True, text=True).stdout.splitlines():
-            g = json.loads(line)
-            rec = records.get(g["prompt_id"])
-            if rec is None:
+    groups = []  # (prompt id, number of samples)
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for s in seeds:
+            log = os.path.join(out, f"abl-{p}-s{s}", "rollouts.log")
+            if not os.path.exists(log):
                 continue
-            ys = [right(bytes(t for t in x["tokens"] if t < 256).decode("latin-1"), rec) for x in g["samples"]]
-            c["unsolvable" if rec.get("unsolvable") else "solved" if all(ys) else "failed" if not any(ys) else "mixed"] += 1
-    n = sum(c.values())
-    if n:
-        print(f"  {p:22s} " + "  ".join(f"{k} {c[k] / n:.3f}" for k in ("mixed", "solved", "failed", "unsolvable")) +
-              f"   ({n} groups)")
+            cat = subprocess.run([rlhf, "replay-cat", log], capture_output=True, text=True, check=True).stdout
+            for line in cat.splitlines():
+                g = json.loads(line)
+                if g["prompt_id"] not in records:
+                    continue
+                groups.append((g["prompt_id"], len(g["samples"])))
+                for x in g["samples"]:
+                    # as the updater builds it: byte ids, a C string (ends at a NUL byte)
+                    text = bytes(t for t in x["tokens"] if t < 256).split(b"\0", 1)[0].decode("latin-1")
+                    f.write(json.dumps({"completion": text, "record": records[g["prompt_id"]]}) + "\n")
+        samples = f.name
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump([{"type": "countdown", "name": "countdown"}], f)
+        reward_config = f.name
+    try:
+        scored = subprocess.run([rlhf, "reward-test", "--batch", "256", "--jsonl", reward_config, samples],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+    finally:
+        os.unlink(samples)
+        os.unlink(reward_config)
+    right = [json.loads(l)["sources"]["countdown"].get("reason") == "correct" for l in scored]
+    if len(right) != sum(n for _, n in groups):
+        sys.exit(f"bench_prompts_ablation: error: reward-test scored {len(right)} samples, expected {sum(n for _, n in groups)}")
+    c, i = Counter(), 0
+    for pid, n in groups:
+        ys = right[i:i + n]
+        i += n
+        c["unsolvable" if records[pid].get("unsolvable") else "solved" if all(ys) else "failed" if not any(ys) else "mixed"] += 1
+    if groups:
+        print(f"  {p:22s} " + "  ".join(f"{k} {c[k] / len(groups):.3f}" for k in ("mixed", "solved", "failed", "unsolvable")) +
+              f"   ({len(groups)} groups)")
 print("\nmean_ckpts: held-out pass rate averaged over the checkpoints after the base and over seeds (less noisy than"
       "\nthe final point). ratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
       "\nper seed, median over seeds (inf = never within the budget; nan = uniform did not beat the base). Issue 7 target: cohesion <= 0.70, final not lower.")
