@@ -257,10 +257,11 @@ if "uniform" in pooled and len(seeds) > 1:
               f"share of resamples <= 0.70: {share:.2f}")
 # per kind of train prompt (UNSOLVABLE / CORRUPT runs): how often each policy served it, and the
 # selector's cohesion estimate at the end of the run (selector_state.json), mean over seeds
-kind = {}
+records = {}
 for l in open(os.path.join(out, "train.jsonl")):
     r = json.loads(l)
-    kind[r["id"]] = "unsolvable" if r.get("unsolvable") else "corrupt" if r.get("corrupt") else "clean"
+    records[r["id"]] = r
+kind = {i: "unsolvable" if r.get("unsolvable") else "corrupt" if r.get("corrupt") else "clean" for i, r in records.items()}
 kinds = sorted(set(kind.values()))
 if len(kinds) > 1:
     print("\nper kind of train prompt (mean over seeds): groups served per prompt, cohesion estimate at the end")
@@ -286,10 +287,6 @@ if len(kinds) > 1:
 # share of generation that went to prompts that could teach. (About a second per run.)
 import subprocess, tempfile
 from collections import Counter
-records = {}
-for l in open(os.path.join(out, "train.jsonl")):
-    r = json.loads(l)
-    records[r["id"]] = r
 print("\ngenerated groups by the countdown reward on the recorded samples (share, all seeds): mixed = some right")
 for p in policies:
     groups = []  # (prompt id, number of samples)
