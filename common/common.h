@@ -82,6 +82,11 @@ int rlhf_read_file(const char *path, char **data_out, size_t *len_out, rlhf_erro
 /* mkdir -p */
 int rlhf_mkdirs(const char *path, rlhf_error *err);
 
+/* s[0..n) as a malloc'd NUL-terminated string of valid UTF-8: every byte that does not start a valid
+ * sequence (stray continuation bytes, truncated or overlong forms, surrogates, > U+10FFFF, and NUL,
+ * which a C string cannot carry) becomes U+FFFD. NULL when out of memory. */
+char *rlhf_utf8_sanitize(const char *s, size_t n);
+
 /* Monotonic clock in seconds. */
 double rlhf_now(void);
 /* Wall clock in seconds since the epoch. */

@@ -50,7 +50,8 @@ typedef struct rlhf_reward_status {
 /* One completion to score. All pointers are borrowed for the duration of score_batch only. */
 typedef struct rlhf_reward_item {
     const char *prompt;             /* prompt text (UTF-8, NUL-terminated) */
-    const char *completion;         /* completion text, detokenised, without the EOS marker */
+    const char *completion;         /* completion text, detokenised, without the EOS marker; valid UTF-8
+                                       (invalid and NUL bytes arrive as U+FFFD, nothing is cut off) */
     const int32_t *completion_ids;  /* (n_completion_ids,) completion token ids; may be NULL */
     int64_t n_completion_ids;
     const char *record_json;        /* the dataset record as a JSON object text, e.g.

@@ -28,38 +28,6 @@ void serve_config_init(serve_config *cfg) {
     cfg->max_connections = 256;
 }
 
-/* ------------------------------------------------------------------------------------- UTF-8 */
-
-char *serve_utf8_sanitize(const char *s, size_t n) {
-    char *out = malloc(n * 3 + 1); /* each bad byte becomes 3 bytes of U+FFFD at most */
-    if (!out) return NULL;
-    size_t o = 0;
-    const unsigned char *p = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n && c != 0;
-        for (int k = 1; ok && k < len; k++) ok = (p[i + k] & 0xC0) == 0x80;
-        if (ok && len > 1) { /* reject overlong forms, surrogates and values past U+10FFFF */
-            unsigned cp = len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-            for (int k = 1; k < len; k++) cp = (cp << 6) | (p[i + k] & 0x3F);
-            ok = !((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-                   (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF);
-        }
-        if (ok) {
-            memcpy(out + o, p + i, (size_t)len);
-            o += (size_t)len;
-            i += (size_t)len;
-        } else {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i++;
-        }
-    }
-    out[o] = 0;
-    return out;
-}
-
 /* ------------------------------------------------------------------------------------ HTTP */
 
 typedef struct conn_state {
@@ -105,7 +73,7 @@ static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, un
                 param ? ")" : "");
         fflush(s->log);
     }
-    char *safe = serve_utf8_sanitize(msg, strlen(msg));
+    char *safe = rlhf_utf8_sanitize(msg, strlen(msg));
     json_t *j = json_pack("{s:{s:s, s:s, s:o, s:n}}", "error", "message", safe ? safe : "error", "type", type,
                           "param", param ? json_string(param) : json_null(), "code");
     free(safe);
@@ -384,7 +352,7 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
         serve_job_free(j);
         return ret;
     }
-    char *text = serve_utf8_sanitize(j->text ? j->text : "", j->text_len);
+    char *text = rlhf_utf8_sanitize(j->text ? j->text : "", j->text_len);
     json_t *choice = chat ? json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", 0, "message", "role", "assistant", "content",
                                       text ? text : "", "finish_reason", finish_name(j->finish))
                           : json_pack("{s:i, s:s, s:s}", "index", 0, "text", text ? text : "", "finish_reason",

@@ -50,7 +50,5 @@ int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_er
 int serve_port(const serve_server *s);
 void serve_destroy(serve_server **s);
 
-/* Replaces invalid UTF-8 in s[0..n) by U+FFFD; returns a malloc'd NUL-terminated string. */
-char *serve_utf8_sanitize(const char *s, size_t n);
 
 #endif

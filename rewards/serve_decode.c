@@ -177,7 +177,7 @@ static void stream_progress(serve_server *s, serve_job *j, int final) {
         upto = utf8_complete(j->text, upto);
     }
     if (upto <= j->emitted) return;
-    char *piece = serve_utf8_sanitize(j->text + j->emitted, upto - j->emitted);
+    char *piece = rlhf_utf8_sanitize(j->text + j->emitted, upto - j->emitted);
     if (!piece) return;
     j->emitted = upto;
     json_t *choice = j->chat ? json_pack("{s:i, s:{s:s}, s:n}", "index", 0, "delta", "content", piece, "finish_reason")

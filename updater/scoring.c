@@ -134,12 +134,20 @@ static int score_groups(reward_pipeline *pipe, scored_group **gs, int n, rlhf_er
             if (g->texts && g->texts[i]) {
                 texts[it] = strdup(g->texts[i]);
             } else {
-                /* byte-level ids: 0..255 are bytes, specials decode to nothing */
-                texts[it] = malloc((size_t)nt + 1);
+                /* byte-level ids: 0..255 are bytes, specials decode to nothing. The reward sources get
+                 * a C string of valid UTF-8: a NUL byte would otherwise cut the completion short (and
+                 * could turn "3+3\0junk" into a right answer), so it and any invalid byte arrive as
+                 * U+FFFD; completion_ids keeps the exact tokens. */
+                char *bytes = malloc((size_t)nt + 1);
                 int m = 0;
-                for (int t = 0; t < nt; t++)
-                    if (ids[t] >= 0 && ids[t] < 256) texts[it][m++] = (char)ids[t];
-                texts[it][m] = 0;
+                for (int t = 0; bytes && t < nt; t++)
+                    if (ids[t] >= 0 && ids[t] < 256) bytes[m++] = (char)ids[t];
+                texts[it] = bytes ? rlhf_utf8_sanitize(bytes, (size_t)m) : NULL;
+                free(bytes);
+            }
+            if (!texts[it]) {
+                rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory scoring a group");
+                goto done;
             }
             /* the completion's stop byte (newline) is not part of the answer */
             size_t tl = strlen(texts[it]);

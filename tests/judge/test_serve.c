@@ -372,7 +372,7 @@ static void test_serve_matches_sampler_run(void) {
         rq.params.n_stop_ids = 1;
         sample_result res = {0};
         CU_ASSERT_EQUAL_FATAL(sampler_run(smp, tok, &rq, 1, &res, NULL), 0);
-        expect[i] = serve_utf8_sanitize(res.text, res.text_len);
+        expect[i] = rlhf_utf8_sanitize(res.text, res.text_len);
         sample_result_free(&res);
         free(ids);
     }

@@ -138,6 +138,41 @@ static void test_reward_rises_in_process(void) {
     run_config_free(&cfg);
 }
 
+/* The reward sources see a completion as a C string of valid UTF-8: a NUL byte the model sampled must
+ * not cut it short (which would score "3+3\0junk" as "3+3"), and it and an invalid byte arrive as U+FFFD. */
+static void test_nul_and_invalid_bytes_reach_rewards(void) {
+    json_t *rewards = json_loads("[{\"type\":\"exact_match\",\"extract\":\"full\"}]", 0, NULL);
+    scorer *sc = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(scorer_create(&sc, rewards, "rewards", 1, &err), 0);
+    static const char *const samples[3] = {"3+3\0junk", "3+3", "3+3\xffjunk"};
+    static const int lens[3] = {8, 3, 8};
+    scored_group *sg = calloc(1, sizeof *sg);
+    wire_rollout_group *g = &sg->g;
+    g->prompt_id = strdup("p");
+    g->prompt_text = strdup("q:");
+    g->generator_id = strdup("test");
+    g->prompt_record = json_pack("{s:s}", "answer", "3+3\xEF\xBF\xBDjunk"); /* U+FFFD in the middle */
+    g->k = 3;
+    g->n_tokens = calloc(3, sizeof *g->n_tokens);
+    g->tokens = calloc(19, sizeof *g->tokens);
+    g->logprobs = calloc(19, sizeof *g->logprobs);
+    g->finish = calloc(3, 1);
+    int off = 0;
+    for (int i = 0; i < 3; i++) {
+        g->n_tokens[i] = (uint32_t)lens[i];
+        for (int t = 0; t < lens[i]; t++) g->tokens[off++] = (unsigned char)samples[i][t];
+    }
+    CU_ASSERT_EQUAL_FATAL(scorer_score_now(sc, sg, &err), 0);
+    CU_ASSERT_EQUAL(sg->n_sources, 1);
+    CU_ASSERT_DOUBLE_EQUAL(sg->src[0], 1, 1e-9); /* whole completion, NUL as U+FFFD */
+    CU_ASSERT_DOUBLE_EQUAL(sg->src[1], 0, 1e-9); /* the prefix alone is not the answer */
+    CU_ASSERT_DOUBLE_EQUAL(sg->src[2], 1, 1e-9); /* an invalid byte likewise */
+    scored_group_free(sg);
+    scorer_destroy(&sc);
+    json_decref(rewards);
+}
+
 static void test_stale_groups_dropped(void) {
     run_config cfg;
     CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, "rl.max_staleness=1"), 0);
@@ -170,5 +205,6 @@ int register_loop_suite(void) {
     CU_pSuite s = CU_add_suite("updater_loop", suite_init, suite_cleanup);
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
+    CU_add_test(s, "nul_and_invalid_bytes_reach_rewards", test_nul_and_invalid_bytes_reach_rewards);
     return 0;
 }
