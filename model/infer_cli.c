@@ -218,39 +218,6 @@ static int read_prompts(const char *path, prompt_item **out, int *n_out, rlhf_er
     return 0;
 }
 
-/* Raw bytes -> valid UTF-8 (invalid sequences become U+FFFD), so the JSON output is always valid. */
-static char *utf8_sanitize(const char *s, size_t n, size_t *out_len) {
-    char *o = malloc(3 * n + 1);
-    if (!o) return NULL;
-    size_t k = 0, i = 0;
-    const unsigned char *u = (const unsigned char *)s;
-    while (i < n) {
-        unsigned c = u[i];
-        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n;
-        for (int j = 1; ok && j < len; j++) ok = (u[i + j] & 0xC0) == 0x80;
-        if (ok && len > 1) { /* reject overlong forms, surrogates and > U+10FFFF */
-            uint32_t cp = c & (0x7F >> len);
-            for (int j = 1; j < len; j++) cp = (cp << 6) | (u[i + j] & 0x3F);
-            ok = !(len == 2 && cp < 0x80) && !(len == 3 && cp < 0x800) && !(len == 4 && cp < 0x10000) &&
-                 !(cp >= 0xD800 && cp <= 0xDFFF) && cp <= 0x10FFFF;
-        }
-        if (c == 0) ok = 0; /* NUL: not representable in a C string for jansson */
-        if (ok) {
-            memcpy(o + k, s + i, (size_t)len);
-            k += (size_t)len;
-            i += (size_t)len;
-        } else {
-            memcpy(o + k, "\xEF\xBF\xBD", 3);
-            k += 3;
-            i++;
-        }
-    }
-    o[k] = 0;
-    *out_len = k;
-    return o;
-}
-
 int cmd_sample(int argc, char **argv) {
     const char *prog = "rlhf sample", *model_path = NULL, *prompt = NULL, *prompts_path = NULL;
     long n_samples = 1, max_tokens = 64, top_k = 0, batch = 64, threads = 0;
@@ -403,8 +370,8 @@ int cmd_sample(int argc, char **argv) {
     for (int r = 0; r < n_req; r++) {
         sample_result *o = &res[r];
         total_tokens += o->n_tokens;
-        size_t tl;
-        char *text = utf8_sanitize(o->text ? o->text : "", o->text_len, &tl);
+        /* raw bytes -> valid UTF-8 (invalid bytes and NUL become U+FFFD): the JSON output is always valid */
+        char *text = rlhf_utf8_sanitize(o->text ? o->text : "", o->text_len);
         json_t *toks = json_array(), *lps = json_array(), *slps = json_array();
         for (int t = 0; t < o->n_tokens; t++) {
             json_array_append_new(toks, json_integer(o->tokens[t]));
@@ -415,7 +382,7 @@ int cmd_sample(int argc, char **argv) {
         json_object_set_new(line, "prompt_index", json_integer(r / n_samples));
         json_object_set_new(line, "sample_index", json_integer(r % n_samples));
         if (ps[r / n_samples].id) json_object_set(line, "id", ps[r / n_samples].id);
-        json_object_set_new(line, "text", text ? json_stringn(text, tl) : json_null());
+        json_object_set_new(line, "text", text ? json_string(text) : json_null());
         json_object_set_new(line, "tokens", toks);
         json_object_set_new(line, "logprobs", lps);
         json_object_set_new(line, "sampling_logprobs", slps);

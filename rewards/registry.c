@@ -134,30 +134,8 @@ json_t *reward_json_string_lossy(const char *s) {
     json_t *j = json_string(s ? s : "");
     if (j) return j;
     /* not valid UTF-8: keep the valid sequences, replace each bad byte with U+FFFD */
-    size_t n = strlen(s), o = 0;
-    char *buf = malloc(n * 3 + 1);
-    if (!buf) return NULL;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + len <= n;
-        for (size_t k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] >> 6) == 2;
-        if (ok && len > 1) { /* let jansson judge overlongs and surrogates */
-            json_t *t = json_stringn(s + i, len);
-            ok = t != NULL;
-            json_decref(t);
-        }
-        if (ok) {
-            memcpy(buf + o, s + i, len);
-            o += len;
-            i += len;
-        } else {
-            memcpy(buf + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        }
-    }
-    j = json_stringn(buf, o);
-    free(buf);
+    char *clean = rlhf_utf8_sanitize(s, strlen(s));
+    j = clean ? json_string(clean) : NULL;
+    free(clean);
     return j;
 }
