@@ -16,7 +16,7 @@
 #include <jansson.h>
 
 #include "common/common.h"
-#include "common/wire.h"
+#include "broker/wire.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,7 +1,7 @@
 # broker/: the ZeroMQ hub, its client API and the replay log. Public header: broker/broker.h.
 LIB_SRCS  += $(filter-out %_cli.c,$(wildcard broker/*.c))
 CMD_SRCS  += $(wildcard broker/*_cli.c)
-HEADERS   += broker/broker.h
+HEADERS   += broker/broker.h broker/wire.h
 TESTS     += test_broker
 SAN_TESTS += test_broker
 test_broker_SRCS = $(filter-out tests/broker/synth_%.c,$(wildcard tests/broker/*.c))

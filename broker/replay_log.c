@@ -118,7 +118,7 @@ static int read_record(int fd, const char *fname, uint64_t off, uint64_t size, u
         return rlhf_error_set(err, RLHF_EIO, where, "read failed: %s", strerror(errno));
     }
     uint64_t end = off + REC_HEADER_BYTES + len;
-    if (wire_crc32(0, b, len) != crc) {
+    if (rlhf_crc32(0, b, len) != crc) {
         free(b);
         /* The last record (nothing but zeros after it): torn by a crash mid-write. */
         if (end == size || all_zero(fd, end, size)) {
@@ -293,13 +293,13 @@ int replay_writer_append(replay_writer *w, const wire_frame *frames, size_t n, r
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
     put32(head + REC_HEADER_BYTES, (uint32_t)n);
-    uint32_t crc = wire_crc32(0, head + REC_HEADER_BYTES, 4);
+    uint32_t crc = rlhf_crc32(0, head + REC_HEADER_BYTES, 4);
     size_t niov = 0;
     iov[niov++] = (struct iovec){head, sizeof head};
     for (size_t i = 0; i < n; i++) {
         put32(lens + 4 * i, (uint32_t)frames[i].len);
-        crc = wire_crc32(crc, lens + 4 * i, 4);
-        crc = wire_crc32(crc, frames[i].data, frames[i].len);
+        crc = rlhf_crc32(crc, lens + 4 * i, 4);
+        crc = rlhf_crc32(crc, frames[i].data, frames[i].len);
         iov[niov++] = (struct iovec){lens + 4 * i, 4};
         if (frames[i].len) iov[niov++] = (struct iovec){(void *)frames[i].data, frames[i].len};
     }

@@ -1,4 +1,4 @@
-/* common/common.c — errors, CRC-32, atomic writes, clocks, RNG. */
+/* common/common.c — errors, atomic writes, files, UTF-8, clocks, RNG (CRC-32 is in common/crc32.c). */
 #include "common.h"
 
 #include <errno.h>
@@ -53,24 +53,6 @@ const char *rlhf_strerror(int code) {
     case RLHF_EUNSUPPORTED: return "unsupported";
     default: return "unknown error";
     }
-}
-
-static uint32_t crc_table[256];
-static void crc_init_table(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-uint32_t rlhf_crc32(uint32_t crc, const void *data, size_t n) {
-    /* The table is a constant function of nothing: computing it twice from two threads is harmless. */
-    if (crc_table[1] == 0) crc_init_table();
-    const uint8_t *p = data;
-    crc = ~crc;
-    for (size_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return ~crc;
 }
 
 static int fsync_dir_of(const char *path) {
@@ -247,24 +229,32 @@ float rlhf_rng_normal(rlhf_rng *r) {
 
 /* ---------------------------------------------------------------- UTF-8 */
 
+int rlhf_utf8_char_len(const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s;
+    if (n == 0) return -1;
+    unsigned c = p[0];
+    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len <= 1) return len;
+    uint32_t cp = len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+    for (int k = 1; k < len; k++) {
+        if ((size_t)k >= n) return -1;
+        if ((p[k] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (p[k] & 0x3F);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+        return 0;
+    return len;
+}
+
 char *rlhf_utf8_sanitize(const char *s, size_t n) {
     char *out = malloc(n * 3 + 1); /* each bad byte becomes 3 bytes of U+FFFD at most */
     if (!out) return NULL;
     size_t o = 0;
-    const unsigned char *p = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n && c != 0;
-        for (int k = 1; ok && k < len; k++) ok = (p[i + k] & 0xC0) == 0x80;
-        if (ok && len > 1) { /* reject overlong forms, surrogates and values past U+10FFFF */
-            unsigned cp = len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-            for (int k = 1; k < len; k++) cp = (cp << 6) | (p[i + k] & 0x3F);
-            ok = !((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-                   (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF);
-        }
-        if (ok) {
-            memcpy(out + o, p + i, (size_t)len);
+        int len = s[i] ? rlhf_utf8_char_len(s + i, n - i) : 0; /* NUL: a C string cannot carry it */
+        if (len > 0) {
+            memcpy(out + o, s + i, (size_t)len);
             o += (size_t)len;
             i += (size_t)len;
         } else {

@@ -50,8 +50,15 @@ void rlhf_error_clear(rlhf_error *err);
 void rlhf_error_print(const char *prog, const rlhf_error *err);
 const char *rlhf_strerror(int code);
 
-/* CRC-32 (IEEE 802.3, reflected, as zlib's crc32). Chain with crc = rlhf_crc32(crc, ...), start 0. */
+/* CRC-32 (IEEE 802.3, reflected, as zlib's crc32). Chain with crc = rlhf_crc32(crc, ...), start 0.
+ * Carry-less-multiply folding (512-bit VPCLMULQDQ, else PCLMULQDQ) when the CPU has it, chosen at run
+ * time, else slicing by 8 (common/crc32.c). */
 uint32_t rlhf_crc32(uint32_t crc, const void *data, size_t n);
+/* One kernel on purpose (tests, benchmarks); a kernel the CPU lacks falls back to the next simpler one. */
+typedef enum { RLHF_CRC_TABLES = 0, RLHF_CRC_PCLMUL = 1, RLHF_CRC_VPCLMUL = 2 } rlhf_crc_kernel;
+uint32_t rlhf_crc32_kernel(rlhf_crc_kernel kernel, uint32_t crc, const void *data, size_t n);
+/* One table look-up per byte: the oracle the fast kernels are tested against. */
+uint32_t rlhf_crc32_bytewise(uint32_t crc, const void *data, size_t n);
 
 /* Atomic whole-file write: write to "PATH.tmp.PID", fsync, rename over PATH, fsync the directory.
  * Readers see either the old file or the complete new one, never a half-written file. */
@@ -86,6 +93,14 @@ int rlhf_mkdirs(const char *path, rlhf_error *err);
  * sequence (stray continuation bytes, truncated or overlong forms, surrogates, > U+10FFFF, and NUL,
  * which a C string cannot carry) becomes U+FFFD. NULL when out of memory. */
 char *rlhf_utf8_sanitize(const char *s, size_t n);
+/* The one UTF-8 decoder: the length of the character at p, of which at most n bytes may be read.
+ *   1..4  a valid character (ASCII, NUL included, is 1);
+ *   0     invalid: a continuation byte where a character starts, a byte that starts nothing, a bad
+ *         continuation, an overlong form, a surrogate, or a code point past U+10FFFF;
+ *   -1    cut short by n: the lead byte announces more bytes than n and those present continue it.
+ * Bytes are read in order and reading stops at the first one that is not a continuation, so a
+ * NUL-terminated string can be passed with n = 4 without reading past its end. */
+int rlhf_utf8_char_len(const char *p, size_t n);
 
 /* Monotonic clock in seconds. */
 double rlhf_now(void);

@@ -1,5 +1,5 @@
-LIB_SRCS += common/common.c common/wire.c
-HEADERS  += common/common.h common/wire.h
+LIB_SRCS += common/common.c common/crc32.c
+HEADERS  += common/common.h
 TESTS    += test_common
 SAN_TESTS += test_common
 test_common_SRCS := tests/common/test_common.c

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "common/common.h"
-#include "common/wire.h"
+#include "broker/wire.h"
 #include "model/model.h"
 
 #ifdef __cplusplus

@@ -4,7 +4,7 @@
 
 #include <pthread.h>
 
-#include "common/wire.h"
+#include "broker/wire.h"
 #include "model/model.h"
 #include "rewards/rewards.h"
 #include "updater/updater.h"

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/wire.h"
+#include "broker/wire.h"
 
 static inline uint32_t synth_hash(const char *s) {
     uint32_t h = 2166136261u;

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/wire.h"
+#include "broker/wire.h"
 #include "tests/broker/synth_common.h"
 
 int register_replay_suites(void);
@@ -44,7 +44,7 @@ static void mb_set_meta(msgbuf *mb, const char *json) {
     memcpy(mb->data[1], json, n);
     mb->f[1].data = mb->data[1];
     mb->f[1].len = n;
-    uint32_t crc = wire_crc32(0, json, n);
+    uint32_t crc = rlhf_crc32(0, json, n);
     for (int i = 0; i < 4; i++) mb->data[0][12 + i] = (uint8_t)(crc >> (8 * i));
 }
 
@@ -55,52 +55,6 @@ static int parse_reason(const msgbuf *mb, rlhf_error *e) {
     int rc = wire_parse(mb->f, mb->n, &m, &reason, e);
     if (rc == 0) wire_msg_release(&m);
     return rc == 0 ? WIRE_R_OK : reason;
-}
-
-static void test_crc_matches_reference(void) {
-    rlhf_rng r;
-    rlhf_rng_seed(&r, 7);
-    uint8_t buf[4099];
-    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)rlhf_rng_u64(&r);
-    for (size_t off = 0; off < 9; off++)
-        for (size_t n = 0; n < 300; n += 7)
-            CU_ASSERT_EQUAL(wire_crc32(0, buf + off, n), rlhf_crc32(0, buf + off, n));
-    CU_ASSERT_EQUAL(wire_crc32(0, buf, sizeof buf), rlhf_crc32(0, buf, sizeof buf));
-    /* chaining */
-    CU_ASSERT_EQUAL(wire_crc32(wire_crc32(0, buf, 1000), buf + 1000, 3099), rlhf_crc32(0, buf, 4099));
-    CU_ASSERT_EQUAL(wire_crc32(0, "123456789", 9), 0xCBF43926u); /* the standard check value */
-    /* the folding path (n >= 256) at every alignment and tail length, against both references */
-    for (size_t off = 0; off < 17; off++)
-        for (size_t n = 256; n < 4099 - off; n += 61) {
-            uint32_t want = rlhf_crc32(0, buf + off, n);
-            CU_ASSERT_EQUAL(wire_crc32(0, buf + off, n), want);
-            CU_ASSERT_EQUAL(wire_crc32_reference(0, buf + off, n), want);
-            CU_ASSERT_EQUAL(wire_crc32(0x12345678u, buf + off, n), rlhf_crc32(0x12345678u, buf + off, n));
-        }
-    /* each kernel on its own (the dispatcher picks one by size), every length 0..1100 at several
-     * alignments, with a chained start value */
-    for (int k = WIRE_CRC_TABLES; k <= WIRE_CRC_VPCLMUL; k++)
-        for (size_t off = 0; off < 5; off++)
-            for (size_t n = 0; n <= 1100; n++) {
-                uint32_t want = rlhf_crc32(0xdeadbeefu, buf + off, n);
-                uint32_t got = wire_crc32_kernel((wire_crc_kernel)k, 0xdeadbeefu, buf + off, n);
-                if (got != want) {
-                    CU_FAIL("kernel CRC differs from the bitwise reference");
-                    printf("\n  kernel %d off %zu n %zu: %08x != %08x\n", k, off, n, got, want);
-                    return;
-                }
-            }
-    /* large buffer through the vector kernel in pieces of odd sizes = in one piece */
-    size_t big = 1 << 20;
-    uint8_t *b = malloc(big);
-    for (size_t i = 0; i < big; i++) b[i] = (uint8_t)rlhf_rng_u64(&r);
-    uint32_t whole = rlhf_crc32(0, b, big), chained = 0;
-    for (size_t o = 0, step = 1; o < big; o += step, step = step * 3 + 1)
-        chained = wire_crc32_kernel(WIRE_CRC_VPCLMUL, chained, b + o, (o + step > big ? big - o : step));
-    CU_ASSERT_EQUAL(chained, whole);
-    CU_ASSERT_EQUAL(wire_crc32_kernel(WIRE_CRC_VPCLMUL, 0, b, big), whole);
-    CU_ASSERT_EQUAL(wire_crc32_kernel(WIRE_CRC_PCLMUL, 0, b, big), whole);
-    free(b);
 }
 
 /* encode -> frames -> parse -> decode */
@@ -582,7 +536,7 @@ static void check_fast_matches_reference(const wire_rollout_group *g) {
     json_decref(a);
     json_decref(b);
     CU_ASSERT_EQUAL(memcmp(of.header, orf.header, 12), 0); /* magic, version, type, payload count */
-    CU_ASSERT_EQUAL(wire_crc32(0, of.meta, of.meta_len),
+    CU_ASSERT_EQUAL(rlhf_crc32(0, of.meta, of.meta_len),
                     (uint32_t)(of.header[12] | of.header[13] << 8 | of.header[14] << 16 | (uint32_t)of.header[15] << 24));
     CU_ASSERT_EQUAL_FATAL(of.n_payloads, orf.n_payloads);
     for (size_t i = 0; i < of.n_payloads; i++) {
@@ -716,7 +670,6 @@ static void test_logprob_bounds(void) {
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("wire", NULL, NULL);
     if (!s) return -1;
-    CU_add_test(s, "crc32 (VPCLMULQDQ and PCLMULQDQ folding, slicing-by-8) equals rlhf_crc32", test_crc_matches_reference);
     CU_add_test(s, "ROLLOUT_GROUP round trip", test_roundtrip_rollout_group);
     CU_add_test(s, "WEIGHTS round trip (chunked)", test_roundtrip_weights);
     CU_add_test(s, "every other type round trips", test_roundtrip_small_types);

@@ -1,4 +1,6 @@
 #include <CUnit/CUnit.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,6 +17,74 @@ static void test_crc32_known_vector(void) {
     CU_ASSERT_EQUAL(rlhf_crc32(0, "123456789", 9), 0xCBF43926u);
     uint32_t c = rlhf_crc32(0, "1234", 4);
     CU_ASSERT_EQUAL(rlhf_crc32(c, "56789", 5), 0xCBF43926u);
+    CU_ASSERT_EQUAL(rlhf_crc32_bytewise(0, "123456789", 9), 0xCBF43926u);
+}
+
+static void test_crc_kernels_match_bytewise(void) {
+    rlhf_rng r;
+    rlhf_rng_seed(&r, 7);
+    uint8_t buf[4099];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)rlhf_rng_u64(&r);
+    for (size_t off = 0; off < 9; off++)
+        for (size_t n = 0; n < 300; n += 7)
+            CU_ASSERT_EQUAL(rlhf_crc32(0, buf + off, n), rlhf_crc32_bytewise(0, buf + off, n));
+    CU_ASSERT_EQUAL(rlhf_crc32(0, buf, sizeof buf), rlhf_crc32_bytewise(0, buf, sizeof buf));
+    /* chaining */
+    CU_ASSERT_EQUAL(rlhf_crc32(rlhf_crc32(0, buf, 1000), buf + 1000, 3099), rlhf_crc32_bytewise(0, buf, 4099));
+    CU_ASSERT_EQUAL(rlhf_crc32(0, "123456789", 9), 0xCBF43926u); /* the standard check value */
+    /* the folding path (n >= 256) at every alignment and tail length, against both references */
+    for (size_t off = 0; off < 17; off++)
+        for (size_t n = 256; n < 4099 - off; n += 61) {
+            uint32_t want = rlhf_crc32_bytewise(0, buf + off, n);
+            CU_ASSERT_EQUAL(rlhf_crc32(0, buf + off, n), want);
+            CU_ASSERT_EQUAL(rlhf_crc32_kernel(RLHF_CRC_TABLES, 0, buf + off, n), want);
+            CU_ASSERT_EQUAL(rlhf_crc32(0x12345678u, buf + off, n), rlhf_crc32_bytewise(0x12345678u, buf + off, n));
+        }
+    /* each kernel on its own (the dispatcher picks one by size), every length 0..1100 at several
+     * alignments, with a chained start value */
+    for (int k = RLHF_CRC_TABLES; k <= RLHF_CRC_VPCLMUL; k++)
+        for (size_t off = 0; off < 5; off++)
+            for (size_t n = 0; n <= 1100; n++) {
+                uint32_t want = rlhf_crc32_bytewise(0xdeadbeefu, buf + off, n);
+                uint32_t got = rlhf_crc32_kernel((rlhf_crc_kernel)k, 0xdeadbeefu, buf + off, n);
+                if (got != want) {
+                    CU_FAIL("kernel CRC differs from the bitwise reference");
+                    printf("\n  kernel %d off %zu n %zu: %08x != %08x\n", k, off, n, got, want);
+                    return;
+                }
+            }
+    /* large buffer through the vector kernel in pieces of odd sizes = in one piece */
+    size_t big = 1 << 20;
+    uint8_t *b = malloc(big);
+    for (size_t i = 0; i < big; i++) b[i] = (uint8_t)rlhf_rng_u64(&r);
+    uint32_t whole = rlhf_crc32_bytewise(0, b, big), chained = 0;
+    for (size_t o = 0, step = 1; o < big; o += step, step = step * 3 + 1)
+        chained = rlhf_crc32_kernel(RLHF_CRC_VPCLMUL, chained, b + o, (o + step > big ? big - o : step));
+    CU_ASSERT_EQUAL(chained, whole);
+    CU_ASSERT_EQUAL(rlhf_crc32_kernel(RLHF_CRC_VPCLMUL, 0, b, big), whole);
+    CU_ASSERT_EQUAL(rlhf_crc32_kernel(RLHF_CRC_PCLMUL, 0, b, big), whole);
+    free(b);
+}
+
+static void test_utf8_char_len(void) {
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("a", 1), 1);
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("", 1), 1);                  /* NUL is a character */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xC3\xA9", 2), 2);          /* U+00E9 */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xE2\x82\xAC", 3), 3);      /* U+20AC */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xF0\x9F\x98\x80", 4), 4);  /* U+1F600 */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xE2\x82", 2), -1);         /* cut short */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xF0\x9F\x98", 3), -1);
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xE2\x82", 4), 0);          /* the NUL after it is no continuation */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\x80", 1), 0);               /* stray continuation */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xC0\x80", 2), 0);          /* overlong NUL */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xE0\x80\x80", 3), 0);      /* overlong */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xED\xA0\x80", 3), 0);      /* surrogate U+D800 */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xF4\x90\x80\x80", 4), 0);  /* U+110000 */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("\xF8\x88\x80\x80", 4), 0);  /* no such lead byte */
+    CU_ASSERT_EQUAL(rlhf_utf8_char_len("x", 0), -1);
+    char *s = rlhf_utf8_sanitize("a\xC3\xA9\x80" "b\0c\xE2\x82", 9);
+    CU_ASSERT_STRING_EQUAL(s, "a\xC3\xA9\xEF\xBF\xBD" "b\xEF\xBF\xBD" "c\xEF\xBF\xBD\xEF\xBF\xBD");
+    free(s);
 }
 
 static void test_atomic_write_and_read(void) {
@@ -121,6 +191,8 @@ int register_suites(void) {
     CU_pSuite s = CU_add_suite("common", NULL, NULL);
     if (!s) return -1;
     CU_add_test(s, "crc32 known vector", test_crc32_known_vector);
+    CU_add_test(s, "crc32 kernels (VPCLMULQDQ, PCLMULQDQ folding, slicing by 8) equal the bytewise one", test_crc_kernels_match_bytewise);
+    CU_add_test(s, "utf8 decoder: valid, cut short, invalid; sanitize", test_utf8_char_len);
     CU_add_test(s, "atomic write and read", test_atomic_write_and_read);
     CU_add_test(s, "rng deterministic", test_rng_deterministic);
     CU_add_test(s, "check_writable: missing dir names the destination, good dir untouched", test_check_writable);

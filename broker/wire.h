@@ -1,4 +1,4 @@
-/* common/wire.h — the wire protocol shared by broker, generators and updaters.
+/* broker/wire.h — the wire protocol shared by broker, generators and updaters.
  *
  * A message is a ZeroMQ multipart message:
  *   frame 0      16-byte header: "RLHF", u16 protocol version, u16 message type,
@@ -11,8 +11,8 @@
  * then checks every field it reads (types, ranges, counts against payload sizes). A rejected message
  * yields a reason (wire_reason, a short counter name such as "bad_crc") and a one-line error.
  * docs/BROKER.md is the full specification. */
-#ifndef RLHF_WIRE_H
-#define RLHF_WIRE_H
+#ifndef RLHF_BROKER_WIRE_H
+#define RLHF_BROKER_WIRE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -140,16 +140,6 @@ typedef struct wire_rx {
  * 0 on EAGAIN/EINTR (nothing received), or a negative code. Previous contents are released. */
 int wire_rx_recv(void *zsock, wire_rx *rx, int flags, rlhf_error *err);
 void wire_rx_free(wire_rx *rx);
-
-/* CRC-32 identical to rlhf_crc32 (IEEE, zlib's): carry-less-multiply folding (512-bit VPCLMULQDQ, else
- * PCLMULQDQ) when the CPU has it, else 8 bytes at a time: payload checksums of 40 MB weight versions are on the fan-out's
- * critical path. */
-uint32_t wire_crc32(uint32_t crc, const void *data, size_t n);
-/* The plain table kernel (slicing by 8) the fast path is tested against. */
-uint32_t wire_crc32_reference(uint32_t crc, const void *data, size_t n);
-/* One kernel on purpose (tests, benchmarks); a kernel the CPU lacks falls back to the next simpler one. */
-typedef enum { WIRE_CRC_TABLES = 0, WIRE_CRC_PCLMUL = 1, WIRE_CRC_VPCLMUL = 2 } wire_crc_kernel;
-uint32_t wire_crc32_kernel(wire_crc_kernel kernel, uint32_t crc, const void *data, size_t n);
 
 /* ---------------------------------------------------------------- typed messages
  *
