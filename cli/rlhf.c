@@ -23,9 +23,9 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(replay_cat, "broker", "print a replay log as JSONL")                                           \
     X(generator, "generator", "run a trajectory generator process")                                 \
     X(updater, "updater", "run a policy updater process")                                           \
-    X(run, "updater", "launch a training run from a config (broker + generators + updaters)")       \
-    X(replay, "updater", "train an updater offline from a recorded replay log")                     \
-    X(eval, "updater", "held-out pass rate of a checkpoint (sample + reward)")                      \
+    X(run, "cli", "launch a training run from a config (broker + generators + updaters)")       \
+    X(replay, "cli", "train an updater offline from a recorded replay log")                     \
+    X(eval, "cli", "held-out pass rate of a checkpoint (sample + reward)")                      \
     X(reward_test, "rewards", "score a JSONL of samples with a reward config")                       \
     X(sandbox_run, "rewards", "run a program in the code-execution sandbox")                         \
     X(serve, "rewards", "OpenAI-compatible HTTP server for a checkpoint / reward model")            \

@@ -7,10 +7,12 @@
  * prompt with token ids, behaviour log-probs, finish reasons and the policy version that sampled
  * them. In sync mode it samples one batch per policy version and then waits for the next version.
  *
- * The sampling step is a library function so tests, `rlhf eval` and the process share it. */
-#ifndef RLHF_GENERATOR_H
-#define RLHF_GENERATOR_H
+ * The sampling step and the process body are library functions, so tests, `rlhf eval` and the
+ * process share them; generator_cli.c keeps only the command line. */
+#ifndef RLHF_GENERATOR_GENERATOR_H
+#define RLHF_GENERATOR_GENERATOR_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "common/common.h"
@@ -38,11 +40,17 @@ int generate_groups(model *m, sampler *s, const tokenizer *tok, const wire_promp
                     const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
                     rlhf_error *err);
 
-/* Applies a WEIGHTS message to m: the tensor table must match m's tensors (names, sizes) exactly. */
-int generator_apply_weights(model *m, const wire_weights *w, rlhf_error *err);
-/* Builds a WEIGHTS message body from m (borrowing m's parameter memory; tensors owned by *w:
- * free with free(w->tensors)). */
-int generator_weights_from_model(const model *m, wire_weights *w, rlhf_error *err);
+/* What `rlhf generator` runs: loads the run's config and base model, connects to the broker as
+ * generator-ID.PID and samples until *stop is set or the broker says stop; *reconnect (set by the
+ * caller's signal handler when the launcher restarted the broker) starts a new broker session and
+ * is cleared. Returns 0, 2 for a config error, 1 for any other failure (err filled). */
+typedef struct generator_options {
+    const char *config_path;                  /* RUN_DIR/config.json */
+    int id;                                   /* generator index in the run (>= 0) */
+    volatile const sig_atomic_t *stop;        /* may be NULL */
+    volatile sig_atomic_t *reconnect;         /* may be NULL */
+} generator_options;
+int generator_main(const generator_options *o, rlhf_error *err);
 
 #ifdef __cplusplus
 }

@@ -20,19 +20,6 @@ void set_threads(int n) {
     if (n > 0) omp_set_num_threads(n);
 }
 
-int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
-    model_config arch, *expect = NULL;
-    if (cfg->arch) {
-        char w[1200];
-        snprintf(w, sizeof w, "%s/config.json: model.arch", cfg->run_dir);
-        int rc = model_config_from_json(&arch, cfg->arch, w, err);
-        if (rc) return rc;
-        expect = &arch;
-    }
-    if (!cfg->base_checkpoint[0]) return rlhf_error_set(err, RLHF_EINVAL, "model.base_checkpoint", "not set");
-    return model_load(out, cfg->base_checkpoint, expect, err);
-}
-
 int policy_create(policy_state *ps, run_config *cfg, rlhf_error *err) {
     memset(ps, 0, sizeof *ps);
     ps->cfg = cfg;

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "updater/session.h"
+#include "updater/updater_int.h"
 
 int session_create(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err) {
     memset(u, 0, sizeof *u);

@@ -1,104 +1,35 @@
-/* updater/updater.h — policy updaters and the launcher (updater/'s public header).
+/* updater/updater.h — policy updaters (updater/'s public header).
  *
  * What this folder offers:
- *   - the run configuration: one JSON document for a whole training run (model, task, rewards, RL
- *     hyper-parameters, process counts, broker, prompt selection, run directory), validated up front
- *     with errors naming the JSON path, `--set a.b=c` overrides, the resolved copy in the run dir;
  *   - the RL math of one update: RLOO advantages, per-token importance ratios, truncated IS or
  *     PPO-clip, the KL-to-reference reward penalty, and the statistics logged per step;
- *   - the processes: `rlhf updater` (train on rollout groups from the broker), `rlhf run` (the
- *     launcher that starts and supervises broker + generators + updaters), `rlhf replay` (train
- *     offline from a replay log), `rlhf eval` (held-out pass rate of a checkpoint).
+ *   - scoring rollout groups through the reward pipeline on threads beside the optimizer;
+ *   - the policy, its optimizer step, checkpoints and the metrics log;
+ *   - the updater session (what the online process and offline replay share) and updater_main,
+ *     the body of the `rlhf updater` process.
  *
  * Loss normalisation (documented in docs/ARCHITECTURE.md): the policy loss is the per-token mean
  * over every completion token of every kept sample in the step,
  *     L = -(1/N_tok) * sum_i sum_t c_{i,t} * log pi_theta(y_{i,t})
  * where c_{i,t} is the stop-gradient coefficient computed by rl_token_coeffs(). */
-#ifndef RLHF_UPDATER_H
-#define RLHF_UPDATER_H
+#ifndef RLHF_UPDATER_UPDATER_H
+#define RLHF_UPDATER_UPDATER_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include <signal.h>
+
 #include <jansson.h>
 
+#include "broker/wire.h"
 #include "common/common.h"
+#include "model/model.h"
+#include "run/run.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* ---------------------------------------------------------------- run configuration */
-
-enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1 };
-enum { RUN_MODE_ASYNC = 0, RUN_MODE_SYNC = 1 };
-
-typedef struct run_config {
-    char name[128];          /* "name": run name; run_dir defaults to runs/<name> */
-    char run_dir[1024];      /* "run_dir" */
-    int mode;                /* "mode": RUN_MODE_ASYNC | RUN_MODE_SYNC */
-
-    /* "model" */
-    char base_checkpoint[1024]; /* "model.base_checkpoint": safetensors file of the base policy */
-    json_t *arch;               /* "model.arch": model_config JSON (used to create a base when no checkpoint) */
-    int train_threads;          /* "model.threads": OpenMP threads of the updater (0 = all cores) */
-
-    /* "task" */
-    char task_name[64];        /* "task.name": countdown | arith | custom */
-    char train_path[1024];     /* "task.train": prompt JSONL */
-    char eval_path[1024];      /* "task.eval": held-out prompt JSONL (optional) */
-    int eval_prompts;          /* "task.eval_prompts": how many held-out prompts to score (0 = all) */
-
-    json_t *rewards;           /* "rewards": array given to the reward pipeline */
-    json_t *broker;            /* "broker": object given to the broker's own parser */
-    json_t *selector;          /* "prompts.selector": object given to prompt_selector_create */
-
-    /* "rl" */
-    int k;                     /* rl.k: samples per prompt (>= 2 for RLOO) */
-    int prompts_per_step;      /* rl.prompts_per_step: groups per optimizer step */
-    float lr;                  /* rl.lr */
-    float lr_min_ratio;        /* rl.lr_min_ratio: cosine schedule floor as a fraction of lr */
-    int warmup_steps;          /* rl.warmup_steps */
-    float weight_decay;        /* rl.weight_decay */
-    float grad_clip;           /* rl.grad_clip: global L2 norm, 0 = off */
-    int max_staleness;         /* rl.max_staleness (sync mode forces 0) */
-    float is_cap;              /* rl.is_cap: truncation c of the IS ratio */
-    int loss;                  /* rl.loss: RL_LOSS_TIS | RL_LOSS_PPO_CLIP */
-    float clip_eps;            /* rl.clip_eps: PPO clip epsilon */
-    float kl_beta;             /* rl.kl_beta: weight of the KL-to-reference reward penalty */
-    int publish_every;         /* rl.publish_every: steps between weight versions */
-    int steps;                 /* rl.steps: optimizer steps in the run */
-    int checkpoint_every;      /* rl.checkpoint_every */
-    uint64_t seed;             /* rl.seed */
-
-    /* "generators" */
-    int gen_count;             /* generators.count */
-    float temperature;         /* generators.temperature */
-    float top_p;               /* generators.top_p */
-    int max_tokens;            /* generators.max_tokens */
-    int gen_batch;             /* generators.batch: prompts per sampling batch */
-    int gen_threads;           /* generators.threads: OpenMP threads per generator */
-
-    /* "updaters" */
-    int upd_count;             /* updaters.count (only 1 supported: no gradient all-reduce yet) */
-    int reward_threads;        /* updaters.reward_threads: scoring threads beside the optimizer */
-
-    json_t *resolved;          /* the whole resolved document (owned) */
-    char source[1024];         /* where the config came from (file name), for error messages */
-} run_config;
-
-/* Parses and validates a config document. `where` names the source (file name) for messages;
- * errors name the JSON path, e.g. "cfg.json: rl.max_staleness: must be an integer >= 0".
- * Takes its own reference to `doc`. */
-int run_config_from_json(run_config *cfg, json_t *doc, const char *where, rlhf_error *err);
-/* Loads FILE, applies overrides ("a.b=VALUE": VALUE parsed as JSON, else taken as a string),
- * then parses. */
-int run_config_load(run_config *cfg, const char *path, char *const *overrides, int n_overrides, rlhf_error *err);
-/* Applies one "a.b.c=VALUE" override to a document (creating objects on the way). */
-int run_config_apply_override(json_t *doc, const char *assignment, rlhf_error *err);
-/* Writes the resolved document (pretty JSON) atomically to PATH. */
-int run_config_write(const run_config *cfg, const char *path, rlhf_error *err);
-void run_config_free(run_config *cfg);
 
 /* ---------------------------------------------------------------- RL math */
 
@@ -140,6 +71,145 @@ void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const fl
  * (an unbiased estimate of KL(pi || ref) for y ~ pi). Writes kl (B); the caller subtracts
  * kl_beta * kl_i from the sample's reward before computing advantages. */
 void rl_kl_penalty(float *kl, const float *logp, const float *logref, const float *mask, int B, int T);
+
+/* ---------------------------------------------------------------- scored groups */
+
+/* One rollout group with its rewards, as the optimizer consumes it. */
+typedef struct scored_group {
+    wire_rollout_group g;   /* owned (wire_rollout_group_free) */
+    int n_sources;
+    float *src;             // (n_sources, k) per-source raw reward, NaN when that source failed
+    float *total;           // (k) weighted total
+    int *src_errors;        // (n_sources) ERROR items in this group
+    int skipped;            /* a skip_group on_error policy fired: not trained */
+    double score_seconds;   /* wall time spent scoring it */
+    uint64_t log_index;     /* position in the replay log (records), or UINT64_MAX when unknown */
+    struct scored_group *next;
+} scored_group;
+void scored_group_free(scored_group *s);
+
+/* Scores groups on `n_threads` threads beside the optimizer: raw groups in, scored groups out.
+ * One reward_pipeline per thread (a pipeline serialises its calls). */
+typedef struct scorer scorer;
+int scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, rlhf_error *err);
+void scorer_destroy(scorer **s);
+void scorer_submit(scorer *s, scored_group *g);  /* takes ownership */
+scored_group *scorer_take(scorer *s, double timeout_s);
+int scorer_in_flight(scorer *s);                /* submitted, not yet taken */
+int scorer_n_sources(const scorer *s);
+const char *scorer_source_name(const scorer *s, int i);
+/* Scores synchronously on the caller's thread (replay: deterministic). */
+int scorer_score_now(scorer *s, scored_group *g, rlhf_error *err);
+/* Same for n groups in one pipeline call (eval). */
+int scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err);
+
+/* ---------------------------------------------------------------- the policy and its optimizer */
+
+typedef struct policy_state {
+    run_config *cfg;           /* borrowed */
+    model *m;                  /* the policy being trained */
+    model *ref;                /* reference (base) model for the KL penalty, NULL when kl_beta = 0 */
+    model_trainer *tr;
+    model_trainer *ref_tr;
+    adamw *opt;
+    int micro_batch;           /* sequences per forward/backward */
+    long step;                 /* optimizer steps done */
+    uint64_t version;          /* newest published policy_version */
+    rlhf_rng rng;
+    uint64_t log_records;      /* replay-log records consumed (trained or dropped) */
+    /* counters carried across steps for metrics */
+    long groups_total, groups_dropped_stale, groups_dropped_zero_var, groups_skipped;
+    double gen_seconds_acc, gen_tokens_acc;
+    double wall_start;
+    double wall_offset;        /* wall_s of the run before this process (resume) */
+} policy_state;
+
+int policy_create(policy_state *ps, run_config *cfg, rlhf_error *err);
+void policy_destroy(policy_state *ps);
+
+/* Staleness lag of a group against the newest published version. */
+static inline long group_lag(const policy_state *ps, const scored_group *s) {
+    return (long)ps->version - (long)s->g.policy_version;
+}
+
+/* One optimizer step on `n` kept groups (each has spread, none stale). Fills `metrics` with the
+ * step's training metrics (train/..., is_ratio/..., kl, entropy). Does not bump version. */
+int policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
+                      rlhf_error *err);
+
+/* ---------------------------------------------------------------- checkpoints */
+
+/* RUN_DIR/checkpoints/step_N/{model.safetensors, optimizer.safetensors, state.json}, written into
+ * step_N.tmp and renamed; RUN_DIR/checkpoints/latest names the newest (written atomically). */
+int checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err);
+/* Loads the newest checkpoint of DIR into ps (model, optimizer, rng, counters). Returns 1 when a
+ * checkpoint was loaded, 0 when there is none, negative on error. *extra_out (may be NULL) gets
+ * state.json's "extra" object (new reference or NULL). */
+int checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err);
+/* Step of the newest checkpoint in RUN_DIR/checkpoints, or -1. */
+int updater_latest_checkpoint_step(const char *run_dir);
+
+/* ---------------------------------------------------------------- metrics */
+
+/* The last complete line of metrics.jsonl as a JSON object (new reference), or NULL. */
+json_t *metrics_last_record(const char *path);
+/* Appends one line (fsync'd, so a kill -9 leaves whole lines). */
+int metrics_append(const char *path, json_t *rec, rlhf_error *err);
+/* Drops lines whose "step" is greater than `step` (resume from an older checkpoint). */
+int metrics_truncate_after(const char *path, long step, rlhf_error *err);
+/* Fills the reward metrics of a step from its groups: reward/mean, reward/std, reward/<source>/mean,
+ * pass_rate, reward_errors/<source>. */
+void metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names);
+
+/* ---------------------------------------------------------------- the updater session
+ *
+ * The part of an updater shared by the online process (updater_main) and offline replay (`rlhf replay`). */
+
+#define SESSION_MAX_SOURCES 64
+
+typedef struct updater_session {
+    run_config *cfg;            /* borrowed */
+    policy_state ps;
+    scorer *sc;
+    int n_sources;
+    const char *src_names[SESSION_MAX_SOURCES];
+    char metrics_path[2048];
+    scored_group **window;      /* fresh scored groups waiting for the next step, in arrival order */
+    int n_window, cap_window;
+    long w_stale, w_stale_carry, w_skipped; /* per-step counters */
+    double window_start;        /* when the current step's collection began */
+    double wait_seconds;        /* time the optimizer thread spent waiting for groups this step (caller adds) */
+    int queue_depth;            /* groups received but not yet scored (caller sets) */
+    json_t *consumed;           /* {generator_id: highest seq finished (trained or dropped)} (owned) */
+    FILE *consumed_log;         /* optional: one line "generator_id seq step" per finished group */
+} updater_session;
+/* Marks a group finished (consumed map, consumed log). */
+void session_mark_consumed(updater_session *u, const scored_group *sg);
+
+/* with_threads: scoring threads = updaters.reward_threads (online); else one pipeline, used
+ * synchronously (replay). */
+int session_create(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err);
+void session_destroy(updater_session *u);
+/* Takes a scored group (ownership). Returns 1 when a step's worth of groups is waiting. */
+int session_offer(updater_session *u, scored_group *sg);
+/* Trains one step on the oldest rl.prompts_per_step waiting groups; *metrics_out gets the step's
+ * metrics record (new reference; the caller adds what it knows, then writes it). */
+int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err);
+int session_write_metrics(updater_session *u, json_t *m, rlhf_error *err);
+
+/* ---------------------------------------------------------------- the updater process */
+
+/* What `rlhf updater` runs: connects to the broker, trains rl.steps steps (resuming from the newest
+ * checkpoint), publishes weights, and returns 0 when done or stopped; 2 for a config or input error,
+ * 1 for any other failure (err filled). The flags are read between steps and polls: *stop asks for
+ * a final checkpoint and exit; *reconnect for a new broker session (the launcher restarted the
+ * broker); the caller's signal handlers set them. */
+typedef struct updater_options {
+    const char *config_path;                 /* RUN_DIR/config.json */
+    volatile const sig_atomic_t *stop;        /* may be NULL */
+    volatile sig_atomic_t *reconnect;         /* may be NULL; cleared when handled */
+} updater_options;
+int updater_main(const updater_options *o, rlhf_error *err);
 
 #ifdef __cplusplus
 }

@@ -11,7 +11,8 @@
 
 #include "generator/generator.h"
 #include "prompts/prompts.h"
-#include "updater/session.h"
+#include "run/run.h"
+#include "updater/updater.h"
 
 static char g_dir[64];
 

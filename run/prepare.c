@@ -1,4 +1,4 @@
-/* updater/prepare.c — everything a run needs, checked before any process starts: prompt datasets,
+/* run/prepare.c — everything a run needs, checked before any process starts: prompt datasets,
  * the selector config, every reward source, the broker config, the base checkpoint against
  * model.arch. Also fills the broker section from the rest of the config (dataset, selector, seed,
  * max_staleness, replay log) so the three kinds of process agree on one document. */
@@ -9,9 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "broker/broker.h"
 #include "prompts/prompts.h"
-#include "updater/updater_int.h"
+#include "rewards/rewards.h"
+#include "run/run.h"
 
 static int free_tcp_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -146,4 +146,17 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     snprintf(p, sizeof p, "%s/checkpoints", cfg->run_dir);
     if ((rc = rlhf_mkdirs(p, err))) return rc;
     return run_prepare_base(cfg, err);
+}
+
+int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
+    model_config arch, *expect = NULL;
+    if (cfg->arch) {
+        char w[1200];
+        snprintf(w, sizeof w, "%s/config.json: model.arch", cfg->run_dir);
+        int rc = model_config_from_json(&arch, cfg->arch, w, err);
+        if (rc) return rc;
+        expect = &arch;
+    }
+    if (!cfg->base_checkpoint[0]) return rlhf_error_set(err, RLHF_EINVAL, "model.base_checkpoint", "not set");
+    return model_load(out, cfg->base_checkpoint, expect, err);
 }

@@ -1,4 +1,4 @@
-/* updater/eval_cli.c — `rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--n N]
+/* cli/eval.c — `rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--n N]
  * [--samples S] [--temperature T] [--data FILE]`: held-out pass rate of a checkpoint.
  *
  * Samples S completions (greedy by default) for the first N prompts of task.eval (or --data),
@@ -11,7 +11,8 @@
 
 #include "generator/generator.h"
 #include "prompts/prompts.h"
-#include "updater/updater_int.h"
+#include "run/run.h"
+#include "updater/updater.h"
 
 int cmd_eval(int argc, char **argv) {
     const char *config_path = NULL, *ckpt = NULL, *data = NULL;

@@ -1,4 +1,4 @@
-/* updater/launcher_cli.c — `rlhf run CONFIG [--set a.b=c ...] | --resume RUN_DIR`: the launcher.
+/* cli/launcher.c — `rlhf run CONFIG [--set a.b=c ...] | --resume RUN_DIR`: the launcher.
  *
  * Validates the whole config before any process starts, creates the run directory, writes the
  * resolved config, then starts the broker, G generators and one updater as child processes of
@@ -19,7 +19,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "updater/updater_int.h"
+#include "run/run.h"
+#include "updater/updater.h"
 
 static volatile sig_atomic_t g_stop_requested;
 static void on_stop_signal(int sig) {

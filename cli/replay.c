@@ -1,4 +1,4 @@
-/* updater/replay_cli.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--set a.b=c]`:
+/* cli/replay.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--set a.b=c]`:
  * trains an updater from a recorded replay log, with no broker and no generators.
  *
  * Deterministic: records are taken in log order, scored synchronously on the calling thread, and
@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
-#include "updater/session.h"
+#include "updater/updater.h"
 
 static void usage(void) {
     fprintf(stderr, "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] "

@@ -1,4 +1,4 @@
-/* updater/config.c — the run configuration: parse, validate (errors name the JSON path), apply
+/* run/config.c — the run configuration: parse, validate (errors name the JSON path), apply
  * `--set a.b=c` overrides, write the resolved copy. Every key is listed in one table below, so
  * config keys are greppable and an unknown key is always an error. */
 #include <errno.h>
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "updater/updater.h"
+#include "run/run.h"
 
 enum { K_INT, K_NUM, K_STR, K_BOOL, K_OBJ, K_ARR, K_ANY_OBJ };
 

@@ -1,0 +1,8 @@
+# cli/: the `rlhf` binary. cli/rlhf.c is its subcommand table; the commands that belong to no single
+# folder live here: `rlhf run` (cli/launcher.c), `rlhf replay` (cli/replay.c), `rlhf eval` (cli/eval.c).
+# Every other subcommand is a *_cli.c in the folder it runs. Linked into the rlhf binary only.
+CMD_SRCS += cli/launcher.c cli/replay.c cli/eval.c
+# The end-to-end test: `rlhf run`, `rlhf replay`, `rlhf eval` and the processes they start.
+TESTS    += test_e2e
+SAN_TESTS += test_e2e
+test_e2e_SRCS = $(wildcard tests/e2e/*.c)

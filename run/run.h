@@ -1,0 +1,143 @@
+/* run/run.h — what every process of a training run shares (run/'s public header).
+ *
+ *   - the run configuration: one JSON document for a whole training run (model, task, rewards, RL
+ *     hyper-parameters, process counts, broker, prompt selection, run directory), validated up front
+ *     with errors naming the JSON path, `--set a.b=c` overrides, the resolved copy in the run dir;
+ *     every key is in the one table of run/config.c;
+ *   - preparation: everything a run needs checked before any process starts, and the base model
+ *     (created from model.arch when no checkpoint is named) loaded the same way by every process;
+ *   - the policy's weights to and from WEIGHTS messages (the updater publishes, generators apply);
+ *   - run_process_open: the start-up that the generator and the updater processes share (config,
+ *     thread count, broker section).
+ *
+ * Generators, updaters and the `rlhf` commands (cli/) are built on it; it knows nothing of them. */
+#ifndef RLHF_RUN_RUN_H
+#define RLHF_RUN_RUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "broker/broker.h"
+#include "broker/wire.h"
+#include "common/common.h"
+#include "model/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- run configuration */
+
+enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1 };
+enum { RUN_MODE_ASYNC = 0, RUN_MODE_SYNC = 1 };
+
+typedef struct run_config {
+    char name[128];          /* "name": run name; run_dir defaults to runs/<name> */
+    char run_dir[1024];      /* "run_dir" */
+    int mode;                /* "mode": RUN_MODE_ASYNC | RUN_MODE_SYNC */
+
+    /* "model" */
+    char base_checkpoint[1024]; /* "model.base_checkpoint": safetensors file of the base policy */
+    json_t *arch;               /* "model.arch": model_config JSON (used to create a base when no checkpoint) */
+    int train_threads;          /* "model.threads": OpenMP threads of the updater (0 = all cores) */
+
+    /* "task" */
+    char task_name[64];        /* "task.name": countdown | arith | custom */
+    char train_path[1024];     /* "task.train": prompt JSONL */
+    char eval_path[1024];      /* "task.eval": held-out prompt JSONL (optional) */
+    int eval_prompts;          /* "task.eval_prompts": how many held-out prompts to score (0 = all) */
+
+    json_t *rewards;           /* "rewards": array given to the reward pipeline */
+    json_t *broker;            /* "broker": object given to the broker's own parser */
+    json_t *selector;          /* "prompts.selector": object given to prompt_selector_create */
+
+    /* "rl" */
+    int k;                     /* rl.k: samples per prompt (>= 2 for RLOO) */
+    int prompts_per_step;      /* rl.prompts_per_step: groups per optimizer step */
+    float lr;                  /* rl.lr */
+    float lr_min_ratio;        /* rl.lr_min_ratio: cosine schedule floor as a fraction of lr */
+    int warmup_steps;          /* rl.warmup_steps */
+    float weight_decay;        /* rl.weight_decay */
+    float grad_clip;           /* rl.grad_clip: global L2 norm, 0 = off */
+    int max_staleness;         /* rl.max_staleness (sync mode forces 0) */
+    float is_cap;              /* rl.is_cap: truncation c of the IS ratio */
+    int loss;                  /* rl.loss: RL_LOSS_TIS | RL_LOSS_PPO_CLIP */
+    float clip_eps;            /* rl.clip_eps: PPO clip epsilon */
+    float kl_beta;             /* rl.kl_beta: weight of the KL-to-reference reward penalty */
+    int publish_every;         /* rl.publish_every: steps between weight versions */
+    int steps;                 /* rl.steps: optimizer steps in the run */
+    int checkpoint_every;      /* rl.checkpoint_every */
+    uint64_t seed;             /* rl.seed */
+
+    /* "generators" */
+    int gen_count;             /* generators.count */
+    float temperature;         /* generators.temperature */
+    float top_p;               /* generators.top_p */
+    int max_tokens;            /* generators.max_tokens */
+    int gen_batch;             /* generators.batch: prompts per sampling batch */
+    int gen_threads;           /* generators.threads: OpenMP threads per generator */
+
+    /* "updaters" */
+    int upd_count;             /* updaters.count (only 1 supported: no gradient all-reduce yet) */
+    int reward_threads;        /* updaters.reward_threads: scoring threads beside the optimizer */
+
+    json_t *resolved;          /* the whole resolved document (owned) */
+    char source[1024];         /* where the config came from (file name), for error messages */
+} run_config;
+
+/* Parses and validates a config document. `where` names the source (file name) for messages;
+ * errors name the JSON path, e.g. "cfg.json: rl.max_staleness: must be an integer >= 0".
+ * Takes its own reference to `doc`. */
+int run_config_from_json(run_config *cfg, json_t *doc, const char *where, rlhf_error *err);
+/* Loads FILE, applies overrides ("a.b=VALUE": VALUE parsed as JSON, else taken as a string),
+ * then parses. */
+int run_config_load(run_config *cfg, const char *path, char *const *overrides, int n_overrides, rlhf_error *err);
+/* Applies one "a.b.c=VALUE" override to a document (creating objects on the way). */
+int run_config_apply_override(json_t *doc, const char *assignment, rlhf_error *err);
+/* Writes the resolved document (pretty JSON) atomically to PATH. */
+int run_config_write(const run_config *cfg, const char *path, rlhf_error *err);
+void run_config_free(run_config *cfg);
+
+/* ---------------------------------------------------------------- preparation and the base model */
+
+/* Checks everything the processes of a run will need (datasets, selector config, reward sources,
+ * broker config, base checkpoint vs arch) and creates the run directory layout. A config with
+ * "model.arch" and no checkpoint gets a freshly initialised base at RUN_DIR/base.safetensors and
+ * cfg->base_checkpoint is set to it. */
+int run_prepare(run_config *cfg, rlhf_error *err);
+/* Only the run directory and the base checkpoint part of run_prepare. */
+int run_prepare_base(run_config *cfg, rlhf_error *err);
+/* Loads the base policy named by the config (checking it against model.arch when both are given). */
+int run_load_base(const run_config *cfg, model **out, rlhf_error *err);
+
+/* Sets the OpenMP thread count (0 = leave the default). */
+void set_threads(int n);
+
+/* ---------------------------------------------------------------- weights */
+
+/* Applies a WEIGHTS message to m: the tensor table must match m's tensors (names, sizes) exactly. */
+int run_weights_apply(model *m, const wire_weights *w, rlhf_error *err);
+/* Builds a WEIGHTS message body from m (borrowing m's parameter memory; tensors owned by *w:
+ * free with free(w->tensors)). */
+int run_weights_from_model(const model *m, wire_weights *w, rlhf_error *err);
+
+/* ---------------------------------------------------------------- process start-up */
+
+/* What a generator or updater process starts from. */
+typedef struct run_process {
+    run_config cfg;           /* the run's resolved config.json */
+    broker_config broker;     /* its "broker" section: endpoint, replay log, initial version */
+} run_process;
+
+/* Loads CONFIG_PATH, sets this thread's OpenMP thread count for ROLE (WIRE_ROLE_GENERATOR:
+ * generators.threads; WIRE_ROLE_UPDATER: model.threads) and parses the broker section. On error
+ * nothing is left to free. */
+int run_process_open(run_process *p, const char *config_path, int role, rlhf_error *err);
+void run_process_close(run_process *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
