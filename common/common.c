@@ -1,5 +1,5 @@
 /* common/common.c — errors, atomic writes, files, UTF-8, clocks, RNG (CRC-32 is in common/crc32.c). */
-#include "common.h"
+#include "common/common.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -1,5 +1,5 @@
 /* model/model.c — model configuration and the flat parameter buffer. */
-#include "model.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <stdlib.h>

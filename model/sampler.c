@@ -12,7 +12,7 @@
  * Sampling of each sequence draws from its own RNG stream (one uniform per token), and no kernel
  * lets one row's arithmetic depend on the others or on the thread count, so a sequence's tokens
  * depend on its seed and the weights only, not on its batch neighbours. */
-#include "model.h"
+#include "model/model.h"
 #include "model/sampler_int.h"
 
 #ifdef __AVX512F__

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""scripts/check_includes.py — the include rule of the tree, checked by `make test`.
+
+Layout is the data flow: each folder is on a floor, and a file includes only headers of its own
+folder and of folders on LOWER floors. A folder never reaches into another folder's private
+`*_int.h`. Every project include names its folder ("broker/wire.h", never "wire.h").
+
+    python3 scripts/check_includes.py [ROOT]      check the tree (default: this checkout); exit 1 on a violation
+    python3 scripts/check_includes.py --self-test plant violations in a scratch copy and check each is caught
+
+An exception goes in ALLOWED with the reason it is right; there are none today.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# floor of each folder of the library and the binary; a sub-package is its own folder
+FLOORS = {
+    "common": 0,
+    "model": 1,
+    "prompts": 1,
+    "rewards/sandbox": 2,
+    "rewards/judge": 2,
+    "rewards/rm": 2,
+    "rewards": 3,
+    "broker": 3,
+    "serve": 4,
+    "run": 4,
+    "generator": 5,
+    "updater": 5,
+    "cli": 6,
+}
+
+# tests/ and bench/ may include every folder's public header; a private *_int.h only of the folder
+# they test, named here by their own folder (tests/NAME) or file-name prefix (bench/bench_NAME).
+TESTED = {
+    "tests/common": "common",
+    "tests/model_train": "model",
+    "tests/model_infer": "model",
+    "tests/model": "model",
+    "tests/prompts": "prompts",
+    "tests/rewards": "rewards",
+    "tests/sandbox": "rewards/sandbox",
+    "tests/judge": "rewards/judge",
+    "tests/rm": "rewards/rm",
+    "tests/broker": "broker",
+    "tests/serve": "serve",
+    "tests/run": "run",
+    "tests/generator": "generator",
+    "tests/updater": "updater",
+    "tests/e2e": "cli",
+    "bench/bench_model": "model",
+    "bench/bench_prompts": "prompts",
+    "bench/bench_sandbox": "rewards/sandbox",
+    "bench/bench_judge": "rewards/judge",
+    "bench/bench_rm": "rewards/rm",
+    "bench/bench_broker": "broker",
+    "bench/bench_serve": "serve",
+}
+
+# (including file, included header): reason. Every entry must say why the rule does not fit.
+ALLOWED = {}
+
+# folders whose C files are not part of the layout: fixtures compiled on their own, plugin examples
+OUTSIDE = ("examples/", "build", ".git/", "node_modules/")
+
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def folder_of(path):
+    """The longest FLOORS folder that contains path, or None."""
+    best = None
+    for f in FLOORS:
+        if path.startswith(f + "/") and (best is None or len(f) > len(best)):
+            best = f
+    return best
+
+
+def tested_by(path):
+    best = None
+    for prefix, f in TESTED.items():
+        if path.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, f)
+    return best[1] if best else None
+
+
+def check(root):
+    problems = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = [d for d in dirnames if not (rel_dir + d + "/").startswith(OUTSIDE) and not d.startswith(".")
+                       and not d.startswith("build")]
+        for name in filenames:
+            if not name.endswith((".c", ".h")):
+                continue
+            rel = rel_dir + name
+            if rel.startswith(OUTSIDE):
+                continue
+            src = folder_of(rel)
+            in_tests = rel.startswith(("tests/", "bench/"))
+            if src is None and not in_tests:
+                top = rel.split("/")[0]
+                problems.append(f"{rel}: folder '{top}/' has no floor in scripts/check_includes.py (FLOORS)")
+                continue
+            with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+            for m in INCLUDE.finditer(text):
+                inc = m.group(1)
+                line = text.count("\n", 0, m.start()) + 1
+                where = f"{rel}:{line}"
+                if (rel, inc) in ALLOWED:
+                    continue
+                if "/" not in inc:
+                    problems.append(f'{where}: #include "{inc}" names no folder (write "{rel.rsplit("/", 1)[0]}/{inc}")')
+                    continue
+                if inc.startswith(("tests/", "bench/")):
+                    if not in_tests:
+                        problems.append(f'{where}: the library includes test code "{inc}"')
+                    continue
+                dst = folder_of(inc)
+                if dst is None:
+                    problems.append(f'{where}: #include "{inc}" is in no folder of the layout')
+                    continue
+                private = os.path.basename(inc).endswith("_int.h")
+                if in_tests:
+                    if private and tested_by(rel) != dst:
+                        problems.append(f'{where}: includes {dst}/\'s private header "{inc}" '
+                                        f"(tests and benchmarks may use only the private headers of what they test)")
+                    continue
+                if dst == src:
+                    continue
+                if private:
+                    problems.append(f'{where}: {src}/ includes {dst}/\'s private header "{inc}"')
+                elif FLOORS[dst] >= FLOORS[src]:
+                    rel_word = "beside" if FLOORS[dst] == FLOORS[src] else "above"
+                    problems.append(f'{where}: {src}/ (floor {FLOORS[src]}) includes "{inc}" from {dst}/ '
+                                    f"(floor {FLOORS[dst]}), a folder {rel_word} it; move the shared thing down")
+    return problems
+
+
+def self_test():
+    """Plants one violation of each kind in a scratch copy of the tree; each must be reported."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    plants = [
+        ("model/model.c", '#include "updater/updater.h"\n', "includes \"updater/updater.h\" from updater/"),
+        ("broker/broker.c", '#include "rewards/rewards.h"\n', "a folder beside it"),
+        ("run/process.c", '#include "broker/broker_int.h"\n', "private header"),
+        ("common/common.c", '#include "common.h"\n', "names no folder"),
+        ("generator/generator.c", '#include "tests/test_paths.h"\n', "includes test code"),
+    ]
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in list(FLOORS) + ["tests", "bench"]:
+            top = d.split("/")[0]
+            if os.path.isdir(os.path.join(here, top)) and not os.path.exists(os.path.join(tmp, top)):
+                shutil.copytree(os.path.join(here, top), os.path.join(tmp, top),
+                                ignore=shutil.ignore_patterns("*.o", "*.d", "build*"))
+        clean = check(tmp)
+        if clean:
+            print("self-test: the unplanted copy already fails:\n  " + "\n  ".join(clean))
+            return 1
+        for path, line, expect in plants:
+            full = os.path.join(tmp, path)
+            with open(full) as fh:
+                orig = fh.read()
+            with open(full, "w") as fh:
+                fh.write(line + orig)
+            got = check(tmp)
+            with open(full, "w") as fh:
+                fh.write(orig)
+            hit = [p for p in got if p.startswith(path + ":1:") and expect in p]
+            status = "caught" if hit and len(got) == 1 else "MISSED"
+            if status == "MISSED":
+                failures += 1
+            print(f"self-test: {line.strip()} planted in {path}: {status}" + (f" ({hit[0]})" if hit else f" {got}"))
+    print(f"check_includes self-test: {len(plants) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+def main(argv):
+    if len(argv) > 1 and argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if len(argv) > 1 and argv[1] == "--self-test":
+        return self_test()
+    if len(argv) > 2:
+        print("usage: check_includes.py [ROOT] | --self-test", file=sys.stderr)
+        return 2
+    root = argv[1] if len(argv) > 1 else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    problems = check(root)
+    for p in problems:
+        print(p)
+    print(f"check_includes: {len(problems)} violation(s) of the include rule" if problems
+          else "check_includes: every include follows the floors")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
