@@ -4,7 +4,12 @@
  * broker knows each peer's routing id and can address it directly: weights go only to generators that
  * have consumed the previous version (at most one version in flight per generator: bounded memory),
  * groups only to updaters that hold credit, and a prompt request can be held back (backpressure)
- * without blocking anyone else. */
+ * without blocking anyone else.
+ *
+ * Longer than the project's ~1,000 lines on purpose: the poll loop, the message handlers (dispatched
+ * by the table `handlers`: type, allowed role, HELLO needed) and the peer/queue/parked-request state
+ * they share are one unit whose invariants are read together; splitting it would put those
+ * invariants in two places. */
 #include "broker/broker_int.h"
 
 #include <errno.h>
@@ -593,7 +598,8 @@ static void count_reject(broker *b, int reason, const rlhf_error *e) {
         blog("rejected a message (%s): %s: %s", wire_reason_name(reason), e->where, e->msg);
 }
 
-static void on_hello(broker *b, const wire_frame *rid, const wire_msg *m) {
+static void on_hello(broker *b, broker_peer *sender, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)sender, (void)rx; /* the peer is found by the id it names, not by its routing id */
     wire_hello h;
     rlhf_error e;
     rlhf_error_clear(&e);
@@ -645,7 +651,8 @@ static void on_hello(broker *b, const wire_frame *rid, const wire_msg *m) {
     offer_weights(b, p, 0); /* a (re)joining generator gets the newest version at once */
 }
 
-static void on_rollout_group(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m) {
+static void on_rollout_group(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)rid;
     wire_rollout_group g;
     rlhf_error e;
     rlhf_error_clear(&e);
@@ -732,7 +739,8 @@ static void on_rollout_group(broker *b, broker_peer *p, wire_rx *rx, const wire_
     deliver(b);
 }
 
-static void on_weights(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m) {
+static void on_weights(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)rid;
     wire_weights w;
     rlhf_error e;
     rlhf_error_clear(&e);
@@ -772,7 +780,8 @@ static void on_weights(broker *b, broker_peer *p, wire_rx *rx, const wire_msg *m
     deliver(b);
 }
 
-static void on_prompt_stats(broker *b, const wire_msg *m, const wire_frame *rid) {
+static void on_prompt_stats(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)p, (void)rx;
     wire_prompt_stats s;
     rlhf_error e;
     rlhf_error_clear(&e);
@@ -794,6 +803,125 @@ static void on_prompt_stats(broker *b, const wire_msg *m, const wire_frame *rid)
     wire_prompt_stats_free(&s);
 }
 
+static void on_heartbeat(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)p, (void)rx;
+    wire_heartbeat h;
+    rlhf_error e = {0};
+    int reason = 0;
+    if (wire_decode_heartbeat(m, &h, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        return;
+    }
+    b->ct.heartbeats++;
+    broker_peer *hp = peer_by_id(b, h.peer_id);
+    if (hp) {
+        touch(b, hp);
+        snprintf(hp->state, sizeof hp->state, "%s", h.state);
+    } else if (h.role != WIRE_ROLE_OBSERVER) {
+        /* a peer of a previous broker process: tell it to introduce itself */
+        reply_error(b, rid, "no_hello", 0, "unknown peer %s: send HELLO", h.peer_id);
+    }
+}
+
+static void on_stats_request(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)p, (void)rx, (void)m;
+    json_t *s = broker_stats(b);
+    wire_out o;
+    if (wire_encode_stats(s, &o, NULL) == 0) {
+        reply_raw(b, rid, &o);
+        wire_out_free(&o);
+    }
+    json_decref(s);
+}
+
+static void on_control(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)rid, (void)rx;
+    wire_control c;
+    rlhf_error e = {0};
+    int reason = 0;
+    if (wire_decode_control(m, &c, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        return;
+    }
+    blog("CONTROL %s from %s: %s", c.command == WIRE_CONTROL_STOP ? "stop" : c.command == WIRE_CONTROL_PAUSE ? "pause" : "resume",
+         p ? p->id : "an anonymous peer", c.reason);
+    if (c.command == WIRE_CONTROL_STOP) b->stop_requested = 1;
+    else if (c.command == WIRE_CONTROL_PAUSE) b->paused = 1;
+    else {
+        b->paused = 0;
+        serve_parked(b);
+    }
+}
+
+static void on_prompt_request(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)rx;
+    wire_prompt_request r;
+    rlhf_error e = {0};
+    int reason = 0;
+    if (wire_decode_prompt_request(m, &r, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        reply_error(b, rid, wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
+        return;
+    }
+    b->ct.prompt_requests++;
+    if (!b->sel) {
+        reply_error(b, rid, "no_dataset", 0, "this broker serves no prompts (broker.dataset is empty)");
+        return;
+    }
+    if (!serve_prompts(b, p, r.request_id, r.n)) park(b, p, r.request_id, r.n);
+}
+
+static void on_credit(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)rid, (void)rx;
+    wire_credit c;
+    rlhf_error e = {0};
+    int reason = 0;
+    if (wire_decode_credit(m, &c, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        return;
+    }
+    p->credit += c.n;
+    deliver(b);
+}
+
+static void on_weights_ack(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)rid, (void)rx;
+    uint64_t v;
+    rlhf_error e = {0};
+    int reason = 0;
+    if (wire_decode_weights_ack(m, &v, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        return;
+    }
+    if (!p->has_acked || v > p->acked_version) p->acked_version = v;
+    p->has_acked = 1;
+    offer_weights(b, p, 0);
+    if (b->cfg.max_generation_lag >= 0) serve_parked(b); /* its parked request may be fresh enough now */
+}
+
+/* Who may send what. A message from a peer without HELLO, when `hello` says one is needed, is
+ * answered no_hello; from a peer of another role it is counted in rejected/wrong_role and dropped,
+ * before its body is decoded. Anything not listed is answered unexpected_type. */
+#define ANY_ROLE (-1)
+typedef void (*msg_handler)(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m);
+static const struct {
+    int type;
+    int role;  /* WIRE_ROLE_* or ANY_ROLE */
+    int hello; /* the sender must have introduced itself */
+    msg_handler fn;
+} handlers[] = {
+    {WIRE_HELLO, ANY_ROLE, 0, on_hello},
+    {WIRE_HEARTBEAT, ANY_ROLE, 0, on_heartbeat},
+    {WIRE_STATS_REQUEST, ANY_ROLE, 0, on_stats_request},
+    {WIRE_CONTROL, ANY_ROLE, 0, on_control},
+    {WIRE_PROMPT_REQUEST, WIRE_ROLE_GENERATOR, 1, on_prompt_request},
+    {WIRE_ROLLOUT_GROUP, WIRE_ROLE_GENERATOR, 1, on_rollout_group},
+    {WIRE_CREDIT, WIRE_ROLE_UPDATER, 1, on_credit},
+    {WIRE_WEIGHTS, WIRE_ROLE_UPDATER, 1, on_weights},
+    {WIRE_WEIGHTS_ACK, ANY_ROLE, 1, on_weights_ack},
+    {WIRE_PROMPT_STATS, ANY_ROLE, 1, on_prompt_stats},
+};
+
 static void handle(broker *b, wire_rx *rx) {
     if (rx->n < 2) return; /* only a routing id: nothing to say */
     const wire_frame *rid = &rx->views[0];
@@ -811,122 +939,23 @@ static void handle(broker *b, wire_rx *rx) {
     }
     broker_peer *p = peer_by_rid(b, rid);
     if (p) touch(b, p);
-    switch (m.type) {
-    case WIRE_HELLO: on_hello(b, rid, &m); break;
-    case WIRE_HEARTBEAT: {
-        wire_heartbeat h;
-        if (wire_decode_heartbeat(&m, &h, &reason, &e) != 0) {
-            count_reject(b, reason, &e);
-            break;
-        }
-        b->ct.heartbeats++;
-        broker_peer *hp = peer_by_id(b, h.peer_id);
-        if (hp) {
-            touch(b, hp);
-            snprintf(hp->state, sizeof hp->state, "%s", h.state);
-        } else if (h.role != WIRE_ROLE_OBSERVER) {
-            /* a peer of a previous broker process: tell it to introduce itself */
-            reply_error(b, rid, "no_hello", 0, "unknown peer %s: send HELLO", h.peer_id);
-        }
-        break;
-    }
-    case WIRE_STATS_REQUEST: {
-        json_t *s = broker_stats(b);
-        wire_out o;
-        if (wire_encode_stats(s, &o, NULL) == 0) {
-            reply_raw(b, rid, &o);
-            wire_out_free(&o);
-        }
-        json_decref(s);
-        break;
-    }
-    case WIRE_CONTROL: {
-        wire_control c;
-        if (wire_decode_control(&m, &c, &reason, &e) != 0) {
-            count_reject(b, reason, &e);
-            break;
-        }
-        blog("CONTROL %s from %s: %s", c.command == WIRE_CONTROL_STOP ? "stop" : c.command == WIRE_CONTROL_PAUSE ? "pause" : "resume",
-             p ? p->id : "an anonymous peer", c.reason);
-        if (c.command == WIRE_CONTROL_STOP) b->stop_requested = 1;
-        else if (c.command == WIRE_CONTROL_PAUSE) b->paused = 1;
-        else {
-            b->paused = 0;
-            serve_parked(b);
-        }
-        break;
-    }
-    default:
+    size_t i = 0, n = sizeof handlers / sizeof handlers[0];
+    while (i < n && handlers[i].type != m.type) i++;
+    if (i < n && handlers[i].hello && !p) {
+        b->ct.rejected_no_hello++;
+        reply_error(b, rid, "no_hello", 0, "%s before HELLO", wire_type_name(m.type));
+    } else if (i == n) {
         if (!p) {
             b->ct.rejected_no_hello++;
             reply_error(b, rid, "no_hello", 0, "%s before HELLO", wire_type_name(m.type));
-            break;
-        }
-        switch (m.type) {
-        case WIRE_PROMPT_REQUEST: {
-            wire_prompt_request r;
-            if (wire_decode_prompt_request(&m, &r, &reason, &e) != 0) {
-                count_reject(b, reason, &e);
-                reply_error(b, rid, wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
-                break;
-            }
-            if (p->role != WIRE_ROLE_GENERATOR) {
-                b->ct.rejected_wrong_role++;
-                break;
-            }
-            b->ct.prompt_requests++;
-            if (!b->sel) {
-                reply_error(b, rid, "no_dataset", 0, "this broker serves no prompts (broker.dataset is empty)");
-                break;
-            }
-            if (!serve_prompts(b, p, r.request_id, r.n)) park(b, p, r.request_id, r.n);
-            break;
-        }
-        case WIRE_ROLLOUT_GROUP:
-            if (p->role != WIRE_ROLE_GENERATOR) {
-                b->ct.rejected_wrong_role++;
-                break;
-            }
-            on_rollout_group(b, p, rx, &m);
-            break;
-        case WIRE_CREDIT: {
-            wire_credit c;
-            if (wire_decode_credit(&m, &c, &reason, &e) != 0) {
-                count_reject(b, reason, &e);
-                break;
-            }
-            if (p->role != WIRE_ROLE_UPDATER) {
-                b->ct.rejected_wrong_role++;
-                break;
-            }
-            p->credit += c.n;
-            deliver(b);
-            break;
-        }
-        case WIRE_WEIGHTS:
-            if (p->role != WIRE_ROLE_UPDATER) {
-                b->ct.rejected_wrong_role++;
-                break;
-            }
-            on_weights(b, p, rx, &m);
-            break;
-        case WIRE_WEIGHTS_ACK: {
-            uint64_t v;
-            if (wire_decode_weights_ack(&m, &v, &reason, &e) != 0) {
-                count_reject(b, reason, &e);
-                break;
-            }
-            if (!p->has_acked || v > p->acked_version) p->acked_version = v;
-            p->has_acked = 1;
-            offer_weights(b, p, 0);
-            if (b->cfg.max_generation_lag >= 0) serve_parked(b); /* its parked request may be fresh enough now */
-            break;
-        }
-        case WIRE_PROMPT_STATS: on_prompt_stats(b, &m, rid); break;
-        default:
+        } else {
             b->ct.rejected_unexpected++;
             reply_error(b, rid, "unexpected_type", 0, "the broker does not accept %s", wire_type_name(m.type));
         }
+    } else if (handlers[i].role != ANY_ROLE && p->role != handlers[i].role) {
+        b->ct.rejected_wrong_role++;
+    } else {
+        handlers[i].fn(b, p, rid, rx, &m);
     }
     wire_msg_release(&m);
 }
