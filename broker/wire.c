@@ -1,4 +1,10 @@
-/* broker/wire.c — wire protocol: framing, validation, typed encode/decode (see wire.h, docs/BROKER.md). */
+/* broker/wire.c — the wire protocol: framing, validation, typed encode/decode (see broker/wire.h,
+ * docs/BROKER.md).
+ *
+ * Longer than the project's ~1,000 lines on purpose: it is one codec. Every message's decoder is
+ * built from the same static field readers (dfield, get_uint, get_str, payload_len, ...) that
+ * enforce the rule "nothing from the wire is trusted"; keeping them file-local means no other code
+ * can decode a field without them. */
 #include "broker/wire.h"
 
 #include <errno.h>
