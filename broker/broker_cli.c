@@ -12,33 +12,19 @@ static void on_signal(int sig) {
     g_stop_signal = 1;
 }
 
-static void broker_usage(FILE *f) {
-    fprintf(f,
-            "usage: rlhf broker --config RUN_CONFIG.json [--run-dir DIR] [--endpoint URL]\n"
-            "  Runs the broker with the run config's \"broker\" section (docs/BROKER.md).\n"
-            "  --run-dir DIR   where the replay log goes (default: .)\n"
-            "  --endpoint URL  overrides broker.endpoint\n"
-            "  Stops cleanly on SIGINT/SIGTERM or a CONTROL stop, flushing the replay log.\n");
-}
+static const char broker_usage[] =
+    "usage: rlhf broker --config RUN_CONFIG.json [--run-dir DIR] [--endpoint URL]\n"
+    "  Runs the broker with the run config's \"broker\" section (docs/BROKER.md).\n"
+    "  --run-dir DIR   where the replay log goes (default: .)\n"
+    "  --endpoint URL  overrides broker.endpoint\n"
+    "  Stops cleanly on SIGINT/SIGTERM or a CONTROL stop, flushing the replay log.\n";
 
 int cmd_broker(int argc, char **argv) {
     const char *config = NULL, *run_dir = ".", *endpoint = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            broker_usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-            config = argv[++i];
-        } else if (!strcmp(argv[i], "--run-dir") && i + 1 < argc) {
-            run_dir = argv[++i];
-        } else if (!strcmp(argv[i], "--endpoint") && i + 1 < argc) {
-            endpoint = argv[++i];
-        } else {
-            fprintf(stderr, "rlhf broker: error: unknown or incomplete argument '%s'\n", argv[i]);
-            broker_usage(stderr);
-            return 2;
-        }
-    }
+    const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config), RLHF_OPT("--run-dir", RLHF_OPT_STR, &run_dir),
+                             RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint), RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf broker", broker_usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
     rlhf_error err;
     rlhf_error_clear(&err);
     broker_config cfg;
@@ -93,24 +79,17 @@ int cmd_broker(int argc, char **argv) {
     return 0;
 }
 
+static const char replay_cat_usage[] =
+    "usage: rlhf replay-cat [--meta] LOG\n"
+    "  Prints every rollout group of a replay log (and its later segments LOG.1, LOG.2, ...)\n"
+    "  as one JSON object per line. --meta leaves out token ids and log-probs.\n";
+
 int cmd_replay_cat(int argc, char **argv) {
     const char *path = NULL;
-    int meta_only = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: rlhf replay-cat [--meta] LOG\n"
-                   "  Prints every rollout group of a replay log (and its later segments LOG.1, LOG.2, ...)\n"
-                   "  as one JSON object per line. --meta leaves out token ids and log-probs.\n");
-            return 0;
-        } else if (!strcmp(argv[i], "--meta")) {
-            meta_only = 1;
-        } else if (!path && argv[i][0] != '-') {
-            path = argv[i];
-        } else {
-            fprintf(stderr, "rlhf replay-cat: error: unexpected argument '%s'\n", argv[i]);
-            return 2;
-        }
-    }
+    int meta_only = 0, npos = 0;
+    const rlhf_opt opts[] = {RLHF_OPT("--meta", RLHF_OPT_FLAG, &meta_only), RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf replay-cat", replay_cat_usage, opts, &path, 1, &npos);
+    if (prc >= 0) return prc;
     if (!path) {
         fprintf(stderr, "rlhf replay-cat: error: missing LOG (rlhf replay-cat --help)\n");
         return 2;

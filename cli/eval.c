@@ -14,26 +14,23 @@
 #include "run/run.h"
 #include "updater/updater.h"
 
+static const char usage[] =
+    "usage: rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--data FILE] [--n N]\n"
+    "                 [--samples S] [--temperature T] [--threads N]\n";
+
 int cmd_eval(int argc, char **argv) {
     const char *config_path = NULL, *ckpt = NULL, *data = NULL;
     int n = 0, samples = 1, threads = 0;
     float temperature = 0.0f;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config") && i + 1 < argc) config_path = argv[++i];
-        else if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc) ckpt = argv[++i];
-        else if (!strcmp(argv[i], "--data") && i + 1 < argc) data = argv[++i];
-        else if (!strcmp(argv[i], "--n") && i + 1 < argc) n = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--samples") && i + 1 < argc) samples = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--temperature") && i + 1 < argc) temperature = (float)atof(argv[++i]);
-        else {
-            fprintf(stderr, "usage: rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--data FILE] [--n N]\n"
-                            "                 [--samples S] [--temperature T] [--threads N]\n");
-            return 2;
-        }
-    }
+    const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--checkpoint", RLHF_OPT_STR, &ckpt),
+                             RLHF_OPT("--data", RLHF_OPT_STR, &data),          RLHF_OPT("--n", RLHF_OPT_INT, &n),
+                             RLHF_OPT("--samples", RLHF_OPT_INT, &samples),    RLHF_OPT("--threads", RLHF_OPT_INT, &threads),
+                             RLHF_OPT("--temperature", RLHF_OPT_FLOAT, &temperature), RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf eval", usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
     if (!config_path || samples < 1 || n < 0 || temperature < 0) {
-        fprintf(stderr, "usage: rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--n N] ...\n");
+        fprintf(stderr, "rlhf eval: error: %s\n%s",
+                !config_path ? "missing --config" : "--samples must be >= 1, --n and --temperature >= 0", usage);
         return 2;
     }
     rlhf_error err = {0};

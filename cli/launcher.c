@@ -142,33 +142,21 @@ static void progress(const run_config *cfg, double t_start, int start_step, int 
     json_decref(m);
 }
 
-static void usage(void) {
-    fprintf(stderr, "usage: rlhf run CONFIG.json [--set a.b=VALUE ...]\n"
-                    "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...]\n"
-                    "Starts the broker, generators and updater of a training run and supervises them.\n");
-}
+static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet]\n"
+                            "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...] [--quiet]\n"
+                            "Starts the broker, generators and updater of a training run and supervises them.\n";
 
 int cmd_run(int argc, char **argv) {
     const char *config_path = NULL, *resume_dir = NULL;
     char *sets[64];
-    int nsets = 0;
-    int quiet = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--set") && i + 1 < argc && nsets < 64) sets[nsets++] = argv[++i];
-        else if (!strcmp(argv[i], "--resume") && i + 1 < argc) resume_dir = argv[++i];
-        else if (!strcmp(argv[i], "--quiet")) quiet = 1;
-        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage();
-            return 0;
-        } else if (argv[i][0] != '-' && !config_path) config_path = argv[i];
-        else {
-            fprintf(stderr, "rlhf run: error: unexpected argument '%s'\n", argv[i]);
-            usage();
-            return 2;
-        }
-    }
+    rlhf_opt_strs set = {sets, 0, 64};
+    int quiet = 0, npos = 0;
+    const rlhf_opt opts[] = {RLHF_OPT("--set", RLHF_OPT_STRS, &set), RLHF_OPT("--resume", RLHF_OPT_STR, &resume_dir),
+                             RLHF_OPT("--quiet", RLHF_OPT_FLAG, &quiet), RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf run", usage, opts, &config_path, 1, &npos);
+    if (prc >= 0) return prc;
     if (!config_path == !resume_dir) {
-        usage();
+        fprintf(stderr, "rlhf run: error: give either CONFIG.json or --resume RUN_DIR\n%s", usage);
         return 2;
     }
     char resume_cfg[2048];
@@ -182,7 +170,7 @@ int cmd_run(int argc, char **argv) {
     }
     rlhf_error err = {0};
     run_config cfg;
-    if (run_config_load(&cfg, config_path, sets, nsets, &err)) {
+    if (run_config_load(&cfg, config_path, sets, set.n, &err)) {
         rlhf_error_print("rlhf run", &err);
         return 1;
     }

@@ -12,36 +12,28 @@
 #include "broker/broker.h"
 #include "updater/updater.h"
 
-static void usage(void) {
-    fprintf(stderr, "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] "
-                    "[--set a.b=VALUE ...]\n"
-                    "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
-                    "checkpoints under DIR (default: <log's directory>/replay).\n");
-}
+static const char usage[] =
+    "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] [--set a.b=VALUE ...]\n"
+    "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
+    "checkpoints under DIR (default: <log's directory>/replay).\n";
 
 int cmd_replay(int argc, char **argv) {
     const char *log_path = NULL, *config_path = NULL, *out_dir = NULL;
-    int threads = -1;
+    int threads = -1, npos = 0;
     char *sets[64];
-    int nsets = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--config") && i + 1 < argc) config_path = argv[++i];
-        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_dir = argv[++i];
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--set") && i + 1 < argc && nsets < 64) sets[nsets++] = argv[++i];
-        else if (argv[i][0] != '-' && !log_path) log_path = argv[i];
-        else {
-            usage();
-            return 2;
-        }
-    }
+    rlhf_opt_strs set = {sets, 0, 64};
+    const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--out", RLHF_OPT_STR, &out_dir),
+                             RLHF_OPT("--threads", RLHF_OPT_INT, &threads), RLHF_OPT("--set", RLHF_OPT_STRS, &set),
+                             RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf replay", usage, opts, &log_path, 1, &npos);
+    if (prc >= 0) return prc;
     if (!log_path || !config_path) {
-        usage();
+        fprintf(stderr, "rlhf replay: error: %s\n%s", !log_path ? "missing LOG" : "missing --config", usage);
         return 2;
     }
     rlhf_error err = {0};
     run_config cfg;
-    if (run_config_load(&cfg, config_path, sets, nsets, &err)) {
+    if (run_config_load(&cfg, config_path, sets, set.n, &err)) {
         rlhf_error_print("rlhf replay", &err);
         return 2;
     }

@@ -102,6 +102,39 @@ char *rlhf_utf8_sanitize(const char *s, size_t n);
  * NUL-terminated string can be passed with n = 4 without reading past its end. */
 int rlhf_utf8_char_len(const char *p, size_t n);
 
+/* Command-line options from a table: every `rlhf` subcommand parses its argv with it.
+ * "--name VALUE" and "--name=VALUE"; a FLAG takes no value; anything not starting with '-' is a
+ * positional argument. A number that does not parse whole is a usage error, not a silent 0. */
+typedef enum {
+    RLHF_OPT_STR,    /* out: const char ** (points into argv) */
+    RLHF_OPT_INT,    /* out: int * */
+    RLHF_OPT_U64,    /* out: uint64_t * */
+    RLHF_OPT_FLOAT,  /* out: float * */
+    RLHF_OPT_DOUBLE, /* out: double * */
+    RLHF_OPT_FLAG,   /* out: int *, set to 1 */
+    RLHF_OPT_STRS,   /* out: rlhf_opt_strs *: a repeatable option (e.g. --set a.b=c) */
+} rlhf_opt_kind;
+typedef struct rlhf_opt_strs {
+    char **v; /* caller's array of cap entries */
+    int n, cap;
+} rlhf_opt_strs;
+typedef struct rlhf_opt {
+    const char *name; /* "--config"; a {NULL} entry ends the table */
+    rlhf_opt_kind kind;
+    void *out;
+    double lo, hi;    /* numbers: the allowed range, inclusive, when lo < hi (else any value) */
+    int *given;       /* may be NULL: set to 1 when the option appears */
+} rlhf_opt;
+/* Table entries: RLHF_OPT("--n", RLHF_OPT_INT, &n), RLHF_OPT_RANGE("--n", RLHF_OPT_INT, &n, 1, 100), RLHF_OPT_END. */
+#define RLHF_OPT(name_, kind_, out_) {.name = (name_), .kind = (kind_), .out = (out_)}
+#define RLHF_OPT_RANGE(name_, kind_, out_, lo_, hi_) {.name = (name_), .kind = (kind_), .out = (out_), .lo = (lo_), .hi = (hi_)}
+#define RLHF_OPT_END {.name = NULL}
+/* Parses argv[1..argc). Positional arguments go to pos[0..max_pos), their count to *n_pos.
+ * Returns -1 when the command should go on; otherwise the exit status to return: 0 after --help/-h
+ * (USAGE printed to stdout), 2 after a usage error ("PROG: error: ..." and USAGE on stderr). */
+int rlhf_opts_parse(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
+                    const char **pos, int max_pos, int *n_pos);
+
 /* Monotonic clock in seconds. */
 double rlhf_now(void);
 /* Wall clock in seconds since the epoch. */

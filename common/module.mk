@@ -1,4 +1,4 @@
-LIB_SRCS += common/common.c common/crc32.c
+LIB_SRCS += common/common.c common/crc32.c common/opts.c
 HEADERS  += common/common.h
 TESTS    += test_common
 SAN_TESTS += test_common

@@ -3,7 +3,6 @@
  * itself is generator_main (generator/process.c). SIGTERM/SIGINT: stop after the current batch.
  * SIGUSR1: the launcher restarted the broker; reconnect. */
 #include <signal.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "generator/generator.h"
@@ -16,21 +15,13 @@ static void on_signal(int sig) {
 
 int cmd_generator(int argc, char **argv);
 int cmd_generator(int argc, char **argv) {
+    static const char usage[] = "usage: rlhf generator --config RUN_DIR/config.json --id N\n";
     generator_options o = {.id = -1, .stop = &g_stop, .reconnect = &g_reconnect};
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: rlhf generator --config RUN_DIR/config.json --id N\n");
-            return 0;
-        }
-        if (!strcmp(argv[i], "--config") && i + 1 < argc) o.config_path = argv[++i];
-        else if (!strcmp(argv[i], "--id") && i + 1 < argc) o.id = atoi(argv[++i]);
-        else {
-            o.config_path = NULL;
-            break;
-        }
-    }
+    const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &o.config_path), RLHF_OPT("--id", RLHF_OPT_INT, &o.id), RLHF_OPT_END};
+    int rc = rlhf_opts_parse(argc, argv, "rlhf generator", usage, opts, NULL, 0, NULL);
+    if (rc >= 0) return rc;
     if (!o.config_path || o.id < 0) {
-        fprintf(stderr, "usage: rlhf generator --config RUN_DIR/config.json --id N\n");
+        fputs(usage, stderr);
         return 2;
     }
     struct sigaction sa;
@@ -40,7 +31,7 @@ int cmd_generator(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     rlhf_error err = {0};
-    int rc = generator_main(&o, &err);
+    rc = generator_main(&o, &err);
     if (rc) rlhf_error_print("generator", &err);
     return rc;
 }

@@ -9,86 +9,70 @@
 
 static const char *PROG = "rlhf prompts";
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: rlhf prompts gen --task countdown|arith --n N --out FILE.jsonl [--seed S]\n"
-            "                        [--heldout FILE.jsonl --n-heldout M] [--max-num K] [--max-num2 K] [--p-three P]\n"
-            "       rlhf prompts corpus --task countdown|arith --n N --out CORPUS.txt [--seed S]\n"
-            "                        [--p-correct P] [--max-num K] [--max-num2 K] [--p-three P]\n"
-            "       rlhf prompts check FILE.jsonl [--heldout-fraction F] [--split-seed S] [--skip-bad]\n"
-            "       rlhf prompts eval --data HELDOUT.jsonl --samples SAMPLES.jsonl\n"
-            "       rlhf prompts stats --data TRAIN.jsonl --state SELECTOR_STATE.json --out STATS.jsonl\n"
-            "                        [--config SELECTOR.json]\n"
-            "\n"
-            "gen writes distinct prompts (held-out ones disjoint from the train ones); corpus writes one\n"
-            "\"PROMPT+COMPLETION\" line per example (or {prompt, completion} JSONL if CORPUS ends in .jsonl), a\n"
-            "share --p-correct of them correct; check validates a dataset; eval scores `rlhf sample` output against\n"
-            "the task's reference checker (countdown rule, else exact match with `answer`) and prints the pass rate;\n"
-            "stats dumps per-prompt selector\n"
-            "statistics from a saved selector state as JSONL and prints the selection metrics\n"
-            "(docs/PROMPT_SELECTION.md).\n");
-}
-
-/* Parses a number option value; errors name the option. */
-static int num_arg(const char *opt, const char *val, double lo, double hi, int integer, double *out, rlhf_error *err) {
-    if (!val) return rlhf_error_set(err, RLHF_EINVAL, opt, "needs a value");
-    char *end;
-    errno = 0;
-    double x = strtod(val, &end);
-    if (errno || end == val || *end || !(x >= lo && x <= hi) || (integer && x != (double)(long long)x))
-        return rlhf_error_set(err, RLHF_EINVAL, opt, "expected %s in [%g, %g], got \"%s\"",
-                              integer ? "an integer" : "a number", lo, hi, val);
-    *out = x;
-    return 0;
-}
+static const char usage_text[] =
+    "usage: rlhf prompts gen --task countdown|arith --n N --out FILE.jsonl [--seed S]\n"
+    "                        [--heldout FILE.jsonl --n-heldout M] [--max-num K] [--max-num2 K] [--p-three P]\n"
+    "       rlhf prompts corpus --task countdown|arith --n N --out CORPUS.txt [--seed S]\n"
+    "                        [--p-correct P] [--max-num K] [--max-num2 K] [--p-three P]\n"
+    "       rlhf prompts check FILE.jsonl [--heldout-fraction F] [--split-seed S] [--skip-bad]\n"
+    "       rlhf prompts eval --data HELDOUT.jsonl --samples SAMPLES.jsonl\n"
+    "       rlhf prompts stats --data TRAIN.jsonl --state SELECTOR_STATE.json --out STATS.jsonl\n"
+    "                        [--config SELECTOR.json]\n"
+    "\n"
+    "gen writes distinct prompts (held-out ones disjoint from the train ones); corpus writes one\n"
+    "\"PROMPT+COMPLETION\" line per example (or {prompt, completion} JSONL if CORPUS ends in .jsonl), a\n"
+    "share --p-correct of them correct; check validates a dataset; eval scores `rlhf sample` output against\n"
+    "the task's reference checker (countdown rule, else exact match with `answer`) and prints the pass rate;\n"
+    "stats dumps per-prompt selector\n"
+    "statistics from a saved selector state as JSONL and prints the selection metrics\n"
+    "(docs/PROMPT_SELECTION.md).\n";
 
 typedef struct cli_opts {
     const char *task, *out, *heldout, *file, *data, *state, *config, *samples;
-    double n, n_heldout, seed, heldout_fraction, split_seed;
+    int n, n_heldout;
+    uint64_t seed, split_seed;
+    double heldout_fraction;
     int n_set, skip_bad;
     prompt_task_opts topts;
     int max_num_set, max_num2_set, p_three_set, p_correct_set;
-    double max_num, max_num2, p_three, p_correct;
+    int max_num, max_num2;
+    double p_three, p_correct;
 } cli_opts;
 
-static int parse(int argc, char **argv, cli_opts *o, rlhf_error *err) {
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int rc = 0, used = 1;
-        if (!strcmp(a, "--task")) o->task = v;
-        else if (!strcmp(a, "--out")) o->out = v;
-        else if (!strcmp(a, "--heldout")) o->heldout = v;
-        else if (!strcmp(a, "--data")) o->data = v;
-        else if (!strcmp(a, "--state")) o->state = v;
-        else if (!strcmp(a, "--samples")) o->samples = v;
-        else if (!strcmp(a, "--config")) o->config = v;
-        else if (!strcmp(a, "--n")) rc = num_arg(a, v, 1, 1e8, 1, &o->n, err), o->n_set = 1;
-        else if (!strcmp(a, "--n-heldout")) rc = num_arg(a, v, 1, 1e8, 1, &o->n_heldout, err);
-        else if (!strcmp(a, "--seed")) rc = num_arg(a, v, 0, 9007199254740992.0, 1, &o->seed, err);
-        else if (!strcmp(a, "--split-seed")) rc = num_arg(a, v, 0, 9007199254740992.0, 1, &o->split_seed, err);
-        else if (!strcmp(a, "--heldout-fraction")) rc = num_arg(a, v, 0, 0.999999, 0, &o->heldout_fraction, err);
-        else if (!strcmp(a, "--max-num")) rc = num_arg(a, v, 1, 1000, 1, &o->max_num, err), o->max_num_set = 1;
-        else if (!strcmp(a, "--max-num2")) rc = num_arg(a, v, 1, 1000, 1, &o->max_num2, err), o->max_num2_set = 1;
-        else if (!strcmp(a, "--p-three")) rc = num_arg(a, v, 0, 1, 0, &o->p_three, err), o->p_three_set = 1;
-        else if (!strcmp(a, "--p-correct")) rc = num_arg(a, v, 0, 1, 0, &o->p_correct, err), o->p_correct_set = 1;
-        else if (!strcmp(a, "--skip-bad")) o->skip_bad = 1, used = 0;
-        else if (a[0] == '-') return rlhf_error_set(err, RLHF_EINVAL, a, "unknown option (see rlhf prompts --help)");
-        else if (!o->file) o->file = a, used = 0;
-        else return rlhf_error_set(err, RLHF_EINVAL, a, "unexpected argument");
-        if (rc) return rc;
-        if (used) {
-            if (!v) return rlhf_error_set(err, RLHF_EINVAL, a, "needs a value");
-            i++;
-        }
-    }
+/* argv[0] is the prompts command (gen, corpus, ...). Returns -1 to go on, else the exit status. */
+static int parse(int argc, char **argv, cli_opts *o) {
+    const double max_seed = 9007199254740992.0; /* 2^53: seeds are kept exactly in JSON numbers */
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--task", RLHF_OPT_STR, &o->task),
+        RLHF_OPT("--out", RLHF_OPT_STR, &o->out),
+        RLHF_OPT("--heldout", RLHF_OPT_STR, &o->heldout),
+        RLHF_OPT("--data", RLHF_OPT_STR, &o->data),
+        RLHF_OPT("--state", RLHF_OPT_STR, &o->state),
+        RLHF_OPT("--samples", RLHF_OPT_STR, &o->samples),
+        RLHF_OPT("--config", RLHF_OPT_STR, &o->config),
+        {.name = "--n", .kind = RLHF_OPT_INT, .out = &o->n, .lo = 1, .hi = 1e8, .given = &o->n_set},
+        RLHF_OPT_RANGE("--n-heldout", RLHF_OPT_INT, &o->n_heldout, 1, 1e8),
+        RLHF_OPT_RANGE("--seed", RLHF_OPT_U64, &o->seed, 0, max_seed),
+        RLHF_OPT_RANGE("--split-seed", RLHF_OPT_U64, &o->split_seed, 0, max_seed),
+        RLHF_OPT_RANGE("--heldout-fraction", RLHF_OPT_DOUBLE, &o->heldout_fraction, 0, 0.999999),
+        {.name = "--max-num", .kind = RLHF_OPT_INT, .out = &o->max_num, .lo = 1, .hi = 1000, .given = &o->max_num_set},
+        {.name = "--max-num2", .kind = RLHF_OPT_INT, .out = &o->max_num2, .lo = 1, .hi = 1000, .given = &o->max_num2_set},
+        {.name = "--p-three", .kind = RLHF_OPT_DOUBLE, .out = &o->p_three, .lo = 0, .hi = 1, .given = &o->p_three_set},
+        {.name = "--p-correct", .kind = RLHF_OPT_DOUBLE, .out = &o->p_correct, .lo = 0, .hi = 1, .given = &o->p_correct_set},
+        RLHF_OPT("--skip-bad", RLHF_OPT_FLAG, &o->skip_bad),
+        RLHF_OPT_END,
+    };
+    int npos = 0;
+    int rc = rlhf_opts_parse(argc, argv, PROG, usage_text, opts, &o->file, 1, &npos);
+    if (rc >= 0) return rc;
     if (o->task) {
         prompt_task_opts_default(o->task, &o->topts);
-        if (o->max_num_set) o->topts.max_num = (int)o->max_num;
-        if (o->max_num2_set) o->topts.max_num2 = (int)o->max_num2;
+        if (o->max_num_set) o->topts.max_num = o->max_num;
+        if (o->max_num2_set) o->topts.max_num2 = o->max_num2;
         if (o->p_three_set) o->topts.p_three = o->p_three;
         if (o->p_correct_set) o->topts.p_correct = o->p_correct;
     }
-    return 0;
+    return -1;
 }
 
 static int write_jsonl(const char *path, const json_t *arr, rlhf_error *err) {
@@ -291,13 +275,15 @@ static int prompts_stats(cli_opts *o, rlhf_error *err) {
 
 int cmd_prompts(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        usage(argc < 2 ? stderr : stdout);
+        fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     cli_opts o = {.seed = 1};
     rlhf_error err = {0};
-    int rc = parse(argc, argv, &o, &err);
-    if (rc == 0) {
+    int rc = parse(argc - 1, argv + 1, &o);
+    if (rc >= 0) return rc;
+    rc = 0;
+    {
         if (!strcmp(argv[1], "gen")) rc = prompts_gen(&o, &err);
         else if (!strcmp(argv[1], "corpus")) rc = prompts_corpus(&o, &err);
         else if (!strcmp(argv[1], "check")) rc = prompts_check(&o, &err);

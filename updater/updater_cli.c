@@ -15,21 +15,13 @@ static void on_signal(int sig) {
 
 int cmd_updater(int argc, char **argv);
 int cmd_updater(int argc, char **argv) {
+    static const char usage[] = "usage: rlhf updater --config RUN_DIR/config.json\n";
     updater_options o = {.stop = &g_stop, .reconnect = &g_reconnect};
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: rlhf updater --config RUN_DIR/config.json\n");
-            return 0;
-        }
-        if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-            o.config_path = argv[++i];
-        } else {
-            o.config_path = NULL;
-            break;
-        }
-    }
+    const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &o.config_path), RLHF_OPT_END};
+    int rc = rlhf_opts_parse(argc, argv, "rlhf updater", usage, opts, NULL, 0, NULL);
+    if (rc >= 0) return rc;
     if (!o.config_path) {
-        fprintf(stderr, "usage: rlhf updater --config RUN_DIR/config.json\n");
+        fputs(usage, stderr);
         return 2;
     }
     struct sigaction sa;
@@ -39,7 +31,7 @@ int cmd_updater(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
     rlhf_error err = {0};
-    int rc = updater_main(&o, &err);
+    rc = updater_main(&o, &err);
     if (rc) rlhf_error_print("updater", &err);
     return rc;
 }

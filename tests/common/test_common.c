@@ -87,6 +87,69 @@ static void test_utf8_char_len(void) {
     free(s);
 }
 
+/* argv from a string literal list; rlhf_opts_parse does not modify it */
+#define ARGV(...) ((char *[]){"prog", __VA_ARGS__, NULL})
+static int ARGC(char **v) {
+    int n = 0;
+    while (v[n]) n++;
+    return n;
+}
+
+static void test_opts_parse(void) {
+    const char *config = NULL, *pos[2];
+    int n = 7, quiet = 0, npos = -1;
+    float t = 0;
+    char *sets[2];
+    rlhf_opt_strs set = {sets, 0, 2};
+    rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config), RLHF_OPT("--n", RLHF_OPT_INT, &n),
+                       RLHF_OPT("--temperature", RLHF_OPT_FLOAT, &t), RLHF_OPT("--quiet", RLHF_OPT_FLAG, &quiet),
+                       RLHF_OPT("--set", RLHF_OPT_STRS, &set), RLHF_OPT_END};
+    char **a = ARGV("LOG", "--config", "c.json", "--n=12", "--set", "x=1", "--quiet", "--temperature", "0.5",
+                    "--set=y.z=2", "OUT");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(a), a, "prog", "usage\n", opts, pos, 2, &npos), -1);
+    CU_ASSERT_STRING_EQUAL(config, "c.json");
+    CU_ASSERT_EQUAL(n, 12);
+    CU_ASSERT_EQUAL(quiet, 1);
+    CU_ASSERT_DOUBLE_EQUAL(t, 0.5, 1e-9);
+    CU_ASSERT_EQUAL(set.n, 2);
+    CU_ASSERT_STRING_EQUAL(sets[1], "y.z=2");
+    CU_ASSERT_EQUAL(npos, 2);
+    CU_ASSERT_STRING_EQUAL(pos[0], "LOG");
+    CU_ASSERT_STRING_EQUAL(pos[1], "OUT");
+    /* usage errors: exit status 2, nothing silently defaulted */
+    FILE *saved = stderr;
+    stderr = fopen("/dev/null", "w");
+    char **bad_int = ARGV("--n", "12x");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(bad_int), bad_int, "prog", "", opts, pos, 2, &npos), 2);
+    char **missing = ARGV("--config");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(missing), missing, "prog", "", opts, pos, 2, &npos), 2);
+    char **unknown = ARGV("--nope=3");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(unknown), unknown, "prog", "", opts, pos, 2, &npos), 2);
+    char **extra = ARGV("a", "b", "c");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(extra), extra, "prog", "", opts, pos, 2, &npos), 2);
+    char **flag_value = ARGV("--quiet=1");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(flag_value), flag_value, "prog", "", opts, pos, 2, &npos), 2);
+    set.n = 0;
+    char **too_many = ARGV("--set", "a=1", "--set", "b=2", "--set", "c=3");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(too_many), too_many, "prog", "", opts, pos, 2, &npos), 2);
+    rlhf_opt ranged[] = {RLHF_OPT_RANGE("--n", RLHF_OPT_INT, &n, 1, 10), RLHF_OPT_END};
+    char **out_of_range = ARGV("--n", "11");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(out_of_range), out_of_range, "prog", "", ranged, pos, 2, &npos), 2);
+    char **in_range = ARGV("--n", "10");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(in_range), in_range, "prog", "", ranged, pos, 2, &npos), -1);
+    CU_ASSERT_EQUAL(n, 10);
+    char **bad_float = ARGV("--temperature", "nan");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(bad_float), bad_float, "prog", "", opts, pos, 2, &npos), 2);
+    fclose(stderr);
+    stderr = saved;
+    FILE *saved_out = stdout;
+    stdout = fopen("/dev/null", "w");
+    char **help = ARGV("--config", "x", "--help");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(help), help, "prog", "", opts, pos, 2, &npos), 0);
+    fclose(stdout);
+    stdout = saved_out;
+}
+
 static void test_atomic_write_and_read(void) {
     char dir[] = "/tmp/rlhf_common_XXXXXX";
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
@@ -193,6 +256,7 @@ int register_suites(void) {
     CU_add_test(s, "crc32 known vector", test_crc32_known_vector);
     CU_add_test(s, "crc32 kernels (VPCLMULQDQ, PCLMULQDQ folding, slicing by 8) equal the bytewise one", test_crc_kernels_match_bytewise);
     CU_add_test(s, "utf8 decoder: valid, cut short, invalid; sanitize", test_utf8_char_len);
+    CU_add_test(s, "opts: values, =values, flags, repeats, positionals; usage errors exit 2", test_opts_parse);
     CU_add_test(s, "atomic write and read", test_atomic_write_and_read);
     CU_add_test(s, "rng deterministic", test_rng_deterministic);
     CU_add_test(s, "check_writable: missing dir names the destination, good dir untouched", test_check_writable);

@@ -1,0 +1,111 @@
+/* common/opts.c — command-line options from a table, for every `rlhf` subcommand (see common/common.h). */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/common.h"
+
+static int usage_error(const char *prog, const char *usage, const char *fmt, const char *a, const char *b) {
+    fprintf(stderr, "%s: error: ", prog);
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, "\n%s", usage ? usage : "");
+    return 2;
+}
+
+static int out_of_range(const rlhf_opt *o, double x, const char *v, const char *prog, const char *usage) {
+    if (!(o->lo < o->hi) || (x >= o->lo && x <= o->hi)) return 0;
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s: expected a value in [%g, %g], got", o->name, o->lo, o->hi);
+    return usage_error(prog, usage, "%s '%s'", msg, v);
+}
+
+static int set_value(const rlhf_opt *o, const char *v, const char *prog, const char *usage) {
+    char *end = NULL;
+    if (o->given) *o->given = 1;
+    switch (o->kind) {
+    case RLHF_OPT_STR: *(const char **)o->out = v; return -1;
+    case RLHF_OPT_INT: {
+        errno = 0;
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno || x < INT_MIN || x > INT_MAX)
+            return usage_error(prog, usage, "%s: expected an integer, got '%s'", o->name, v);
+        if (out_of_range(o, (double)x, v, prog, usage)) return 2;
+        *(int *)o->out = (int)x;
+        return -1;
+    }
+    case RLHF_OPT_U64: {
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (!*v || *end || errno || v[0] == '-')
+            return usage_error(prog, usage, "%s: expected an integer >= 0, got '%s'", o->name, v);
+        if (out_of_range(o, (double)x, v, prog, usage)) return 2;
+        *(uint64_t *)o->out = (uint64_t)x;
+        return -1;
+    }
+    case RLHF_OPT_FLOAT:
+    case RLHF_OPT_DOUBLE: {
+        errno = 0;
+        double x = strtod(v, &end);
+        if (!*v || *end || errno || !isfinite(x))
+            return usage_error(prog, usage, "%s: expected a number, got '%s'", o->name, v);
+        if (out_of_range(o, x, v, prog, usage)) return 2;
+        if (o->kind == RLHF_OPT_FLOAT) *(float *)o->out = (float)x;
+        else *(double *)o->out = x;
+        return -1;
+    }
+    case RLHF_OPT_STRS: {
+        rlhf_opt_strs *l = o->out;
+        if (l->n >= l->cap) {
+            char cap[32];
+            snprintf(cap, sizeof cap, "%d", l->cap);
+            return usage_error(prog, usage, "%s: given more than %s times", o->name, cap);
+        }
+        l->v[l->n++] = (char *)v;
+        return -1;
+    }
+    case RLHF_OPT_FLAG: break;
+    }
+    return -1;
+}
+
+int rlhf_opts_parse(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
+                    const char **pos, int max_pos, int *n_pos) {
+    int np = 0;
+    if (n_pos) *n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage ? usage : "", stdout);
+            return 0;
+        }
+        if (a[0] != '-' || !a[1]) { /* a positional argument ("-" alone is one too: stdin) */
+            if (np >= max_pos) return usage_error(prog, usage, "unexpected argument '%s'%s", a, "");
+            pos[np++] = a;
+            continue;
+        }
+        const char *eq = strchr(a, '=');
+        size_t len = eq ? (size_t)(eq - a) : strlen(a);
+        const rlhf_opt *o = opts;
+        while (o && o->name && !(strlen(o->name) == len && !strncmp(o->name, a, len))) o++;
+        if (!o || !o->name) {
+            char name[80];
+            snprintf(name, sizeof name, "%.*s", (int)(len < 64 ? len : 64), a);
+            return usage_error(prog, usage, "unknown option '%s'%s", name, "");
+        }
+        if (o->kind == RLHF_OPT_FLAG) {
+            if (eq) return usage_error(prog, usage, "%s takes no value%s", o->name, "");
+            *(int *)o->out = 1;
+            if (o->given) *o->given = 1;
+            continue;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) return usage_error(prog, usage, "%s needs a value%s", o->name, "");
+        int rc = set_value(o, v, prog, usage);
+        if (rc >= 0) return rc;
+    }
+    if (n_pos) *n_pos = np;
+    return -1;
+}
