@@ -42,7 +42,7 @@ static pid_t fork_broker(const char *endpoint) {
     pid_t pid = fork_peer();
     if (pid == 0) {
         broker_config cfg;
-        broker_config_defaults(&cfg);
+        broker_config_default(&cfg);
         snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
         cfg.replay_path[0] = 0;
         cfg.stats_interval_ms = 0;

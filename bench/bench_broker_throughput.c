@@ -115,7 +115,7 @@ static pid_t fork_broker(const char *endpoint, const char *dir, const char *data
     pid_t pid = fork_peer();
     if (pid == 0) {
         broker_config cfg;
-        broker_config_defaults(&cfg);
+        broker_config_default(&cfg);
         snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
         snprintf(cfg.dataset, sizeof cfg.dataset, "%s", dataset);
         cfg.max_staleness = 1000;

@@ -34,7 +34,7 @@ static void blog(const char *fmt, ...) {
 
 /* ---------------------------------------------------------------- config */
 
-void broker_config_defaults(broker_config *c) {
+void broker_config_default(broker_config *c) {
     memset(c, 0, sizeof *c);
     snprintf(c->endpoint, sizeof c->endpoint, "tcp://127.0.0.1:5555");
     c->max_staleness = 2;
@@ -50,7 +50,7 @@ void broker_config_defaults(broker_config *c) {
     c->seed = 1;
 }
 
-void broker_config_release(broker_config *c) {
+void broker_config_free(broker_config *c) {
     if (!c) return;
     json_decref(c->selector);
     c->selector = NULL;
@@ -105,7 +105,7 @@ static int parse_replay(broker_config *c, const json_t *obj, const char *path, r
 }
 
 int broker_config_parse(broker_config *c, const json_t *obj, const char *path, rlhf_error *err) {
-    broker_config_defaults(c);
+    broker_config_default(c);
     if (!path) path = "broker";
     if (!obj) return 0;
     if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, path, "must be an object");
@@ -154,12 +154,12 @@ int broker_config_parse(broker_config *c, const json_t *obj, const char *path, r
                                 "heartbeat_interval_ms, heartbeat_timeout_ms, stats_interval_ms, dataset, selector, seed)");
         }
         if (rc) {
-            broker_config_release(c);
+            broker_config_free(c);
             return rc;
         }
     }
     if (c->heartbeat_timeout_ms <= c->heartbeat_interval_ms) {
-        broker_config_release(c);
+        broker_config_free(c);
         return rlhf_error_set(err, RLHF_EINVAL, path, "heartbeat_timeout_ms (%u) must exceed heartbeat_interval_ms (%u)",
                               c->heartbeat_timeout_ms, c->heartbeat_interval_ms);
     }
@@ -277,7 +277,7 @@ void broker_destroy(broker **bp) {
     prompt_dataset_destroy(&b->ds);
     if (b->router) zmq_close(b->router);
     if (b->zctx) zmq_ctx_term(b->zctx);
-    broker_config_release(&b->cfg);
+    broker_config_free(&b->cfg);
     free(b);
     *bp = NULL;
 }
@@ -957,7 +957,7 @@ static void handle(broker *b, wire_rx *rx) {
     } else {
         handlers[i].fn(b, p, rid, rx, &m);
     }
-    wire_msg_release(&m);
+    wire_msg_free(&m);
 }
 
 /* ---------------------------------------------------------------- stats */

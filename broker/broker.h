@@ -47,10 +47,10 @@ typedef struct broker_config {
     uint64_t seed;                  /* "seed" for the selector */
 } broker_config;
 
-void broker_config_defaults(broker_config *c);
+void broker_config_default(broker_config *c);
 /* Parses `obj` (the "broker" object; NULL = all defaults). `path` names it in errors ("broker"). */
 int broker_config_parse(broker_config *c, const json_t *obj, const char *path, rlhf_error *err);
-void broker_config_release(broker_config *c);
+void broker_config_free(broker_config *c);
 
 /* ---------------------------------------------------------------- the broker */
 

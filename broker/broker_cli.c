@@ -28,7 +28,7 @@ int cmd_broker(int argc, char **argv) {
     rlhf_error err;
     rlhf_error_clear(&err);
     broker_config cfg;
-    broker_config_defaults(&cfg);
+    broker_config_default(&cfg);
     if (config) {
         json_t *root = rlhf_json_load_file(config, JSON_REJECT_DUPLICATES, &err);
         if (!root) {
@@ -60,7 +60,7 @@ int cmd_broker(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     broker *b = NULL;
     int rc = broker_create(&b, &cfg, run_dir, &err);
-    broker_config_release(&cfg);
+    broker_config_free(&cfg);
     if (rc) {
         rlhf_error_print("rlhf broker", &err);
         return 1;

@@ -221,7 +221,7 @@ static int dispatch(broker_client *c, rlhf_error *err) {
     default:
         rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "unexpected %s from the broker", wire_type_name(m.type));
     }
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     return rc;
 }
 
@@ -300,7 +300,7 @@ static void *hb_main(void *arg) {
                 if (wire_parse(rx.views, rx.n, &m, NULL, NULL) != 0) continue;
                 if (wire_decode_error(&m, &em, NULL, NULL) == 0 && !strcmp(em.reason, "no_hello"))
                     __atomic_store_n(&c->need_rehello, 1, __ATOMIC_RELEASE); /* a restarted broker */
-                wire_msg_release(&m);
+                wire_msg_free(&m);
             }
     }
     wire_rx_free(&rx);

@@ -458,7 +458,7 @@ int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos,
             rc = wire_parse(frames, nf, &m, NULL, &e2);
             if (rc == 0) {
                 rc = wire_decode_rollout_group(&m, g, NULL, &e2);
-                wire_msg_release(&m);
+                wire_msg_free(&m);
             }
             if (rc) rc = rlhf_error_set(err, RLHF_ECORRUPT, where, "record is not a valid ROLLOUT_GROUP: %s: %s", e2.where, e2.msg);
         }

@@ -257,7 +257,7 @@ int wire_rx_recv(void *zsock, wire_rx *rx, int flags, rlhf_error *err) {
 
 /* ---------------------------------------------------------------- parse */
 
-void wire_msg_release(wire_msg *m) {
+void wire_msg_free(wire_msg *m) {
     if (!m) return;
     json_decref(m->meta);
     memset(m, 0, sizeof *m);

@@ -108,7 +108,7 @@ typedef struct wire_msg {
  * RLHF_ECORRUPT for bad_crc), sets *reason (may be NULL) and err. A version mismatch is reported
  * with both versions; m->version/type are still filled from the header when it was readable. */
 int wire_parse(const wire_frame *frames, size_t n, wire_msg *m, int *reason, rlhf_error *err);
-void wire_msg_release(wire_msg *m);
+void wire_msg_free(wire_msg *m);
 
 /* An encoded message ready to send: header + metadata (owned) + payloads (borrowed from the struct
  * that was encoded, which must outlive the send). */

@@ -53,7 +53,7 @@ int cmd_replay(int argc, char **argv) {
         return 1;
     }
     updater_session u;
-    if (session_create(&u, &cfg, 0, &err)) {
+    if (session_init(&u, &cfg, 0, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_config_free(&cfg);
         return 2;
@@ -144,7 +144,7 @@ int cmd_replay(int argc, char **argv) {
 out:
     if (rc) rlhf_error_print("rlhf replay", &err);
     replay_reader_close(&rr);
-    session_destroy(&u);
+    session_fini(&u);
     run_config_free(&cfg);
     return rc ? 1 : 0;
 }

@@ -135,9 +135,9 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
         json_object_set_new(launcher, "auto_endpoint", json_true());
     }
     broker_config bc;
-    broker_config_defaults(&bc);
+    broker_config_default(&bc);
     rc = broker_config_parse(&bc, b, "broker", err);
-    broker_config_release(&bc);
+    broker_config_free(&bc);
     if (rc) return rc;
     json_object_set(cfg->resolved, "broker", b);
 

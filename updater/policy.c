@@ -20,7 +20,7 @@ void set_threads(int n) {
     if (n > 0) omp_set_num_threads(n);
 }
 
-int policy_create(policy_state *ps, run_config *cfg, rlhf_error *err) {
+int policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     memset(ps, 0, sizeof *ps);
     ps->cfg = cfg;
     int rc = run_load_base(cfg, &ps->m, err);
@@ -48,11 +48,11 @@ int policy_create(policy_state *ps, run_config *cfg, rlhf_error *err) {
     ps->wall_start = rlhf_now();
     return 0;
 fail:
-    policy_destroy(ps);
+    policy_fini(ps);
     return rc;
 }
 
-void policy_destroy(policy_state *ps) {
+void policy_fini(policy_state *ps) {
     model_trainer_destroy(&ps->tr);
     model_trainer_destroy(&ps->ref_tr);
     adamw_destroy(&ps->opt);

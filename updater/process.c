@@ -231,7 +231,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
     run_config *cfg = &proc.cfg;
     broker_config *bcfg = &proc.broker;
     updater_session u;
-    if (session_create(&u, cfg, 1, err)) {
+    if (session_init(&u, cfg, 1, err)) {
         run_process_close(&proc);
         return 2;
     }
@@ -446,7 +446,7 @@ out:
     if (u.consumed_log) fclose(u.consumed_log);
     u.consumed_log = NULL;
     json_decref(seen);
-    session_destroy(&u);
+    session_fini(&u);
     run_process_close(&proc);
     return rc == 0 ? 0 : rc == 2 ? 2 : 1;
 }

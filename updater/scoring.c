@@ -24,7 +24,7 @@ void group_queue_init(group_queue *q) {
     pthread_cond_init(&q->cv, NULL);
 }
 
-void group_queue_destroy(group_queue *q) {
+void group_queue_fini(group_queue *q) {
     scored_group *s = q->head;
     while (s) {
         scored_group *nx = s->next;
@@ -279,8 +279,8 @@ void scorer_destroy(scorer **sp) {
     for (int i = 0; i < s->n_threads; i++)
         if (s->threads[i]) pthread_join(s->threads[i], NULL);
     for (int i = 0; i < s->n_threads; i++) reward_pipeline_destroy(&s->pipes[i]);
-    group_queue_destroy(&s->in);
-    group_queue_destroy(&s->out);
+    group_queue_fini(&s->in);
+    group_queue_fini(&s->out);
     pthread_mutex_destroy(&s->mu);
     free(s->pipes);
     free(s->threads);

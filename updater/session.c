@@ -13,15 +13,15 @@
 
 #include "updater/updater_int.h"
 
-int session_create(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err) {
+int session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err) {
     memset(u, 0, sizeof *u);
     u->cfg = cfg;
-    int rc = policy_create(&u->ps, cfg, err);
+    int rc = policy_init(&u->ps, cfg, err);
     if (rc) return rc;
     char where[1200];
     snprintf(where, sizeof where, "%s/config.json: rewards", cfg->run_dir);
     if ((rc = scorer_create(&u->sc, cfg->rewards, where, with_threads ? cfg->reward_threads : 1, err))) {
-        policy_destroy(&u->ps);
+        policy_fini(&u->ps);
         return rc;
     }
     u->n_sources = scorer_n_sources(u->sc);
@@ -40,13 +40,13 @@ void session_mark_consumed(updater_session *u, const scored_group *sg) {
     if (u->consumed_log) fprintf(u->consumed_log, "%s %llu %ld\n", gid, (unsigned long long)sg->g.seq, u->ps.step);
 }
 
-void session_destroy(updater_session *u) {
+void session_fini(updater_session *u) {
     for (int i = 0; i < u->n_window; i++) scored_group_free(u->window[i]);
     free(u->window);
     u->window = NULL;
     u->n_window = 0;
     scorer_destroy(&u->sc);
-    policy_destroy(&u->ps);
+    policy_fini(&u->ps);
     json_decref(u->consumed);
     u->consumed = NULL;
 }

@@ -124,8 +124,8 @@ typedef struct policy_state {
     double wall_offset;        /* wall_s of the run before this process (resume) */
 } policy_state;
 
-int policy_create(policy_state *ps, run_config *cfg, rlhf_error *err);
-void policy_destroy(policy_state *ps);
+int policy_init(policy_state *ps, run_config *cfg, rlhf_error *err);
+void policy_fini(policy_state *ps);
 
 /* Staleness lag of a group against the newest published version. */
 static inline long group_lag(const policy_state *ps, const scored_group *s) {
@@ -188,8 +188,8 @@ void session_mark_consumed(updater_session *u, const scored_group *sg);
 
 /* with_threads: scoring threads = updaters.reward_threads (online); else one pipeline, used
  * synchronously (replay). */
-int session_create(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err);
-void session_destroy(updater_session *u);
+int session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err);
+void session_fini(updater_session *u);
 /* Takes a scored group (ownership). Returns 1 when a step's worth of groups is waiting. */
 int session_offer(updater_session *u, scored_group *sg);
 /* Trains one step on the oldest rl.prompts_per_step waiting groups; *metrics_out gets the step's

@@ -16,7 +16,7 @@ typedef struct group_queue {
     int closed;
 } group_queue;
 void group_queue_init(group_queue *q);
-void group_queue_destroy(group_queue *q);
+void group_queue_fini(group_queue *q);
 void group_queue_push(group_queue *q, scored_group *s);
 /* Pops one; waits up to timeout_s (0 = don't wait). NULL when empty (or closed and empty). */
 scored_group *group_queue_pop(group_queue *q, double timeout_s);

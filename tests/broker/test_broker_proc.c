@@ -534,7 +534,7 @@ static void test_other_protocol_version(void) {
     CU_ASSERT_EQUAL(em.peer_version, 99);
     CU_ASSERT_PTR_NOT_NULL(strstr(em.detail, "version 99"));
     CU_ASSERT_PTR_NOT_NULL(strstr(em.detail, "speaks 1"));
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     wire_rx_free(&rx);
     zmq_close(s);
     json_t *st = get_stats(&r);
@@ -622,7 +622,7 @@ static void test_bind_errors(void) {
     }
     CU_ASSERT_EQUAL_FATAL(bound, 0);
     broker_config cfg;
-    broker_config_defaults(&cfg);
+    broker_config_default(&cfg);
     snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", ep);
     cfg.replay_path[0] = 0;
     broker *b = NULL;
@@ -690,7 +690,7 @@ static void test_config_errors(void) {
     CU_ASSERT_EQUAL(c.replay_fsync, BROKER_FSYNC_NEVER);
     CU_ASSERT_EQUAL(c.replay_rotate_bytes, 1000);
     CU_ASSERT_PTR_NOT_NULL(c.selector);
-    broker_config_release(&c);
+    broker_config_free(&c);
     json_decref(j);
 }
 
@@ -701,7 +701,7 @@ static void test_bad_dataset_leaves_nothing(void) {
     snprintf(run_dir, sizeof run_dir, "%.200s/bad_dataset_run", tmpdir);
     snprintf(log, sizeof log, "%s/rollouts.log", run_dir);
     broker_config c;
-    broker_config_defaults(&c);
+    broker_config_default(&c);
     snprintf(c.endpoint, sizeof c.endpoint, "ipc://%.200s/bad_dataset.sock", tmpdir);
     snprintf(c.dataset, sizeof c.dataset, "%.200s/no_such_prompts.jsonl", tmpdir);
     rlhf_error e;
@@ -724,7 +724,7 @@ static void test_bad_dataset_leaves_nothing(void) {
     c.dataset[0] = 0;
     CU_ASSERT_EQUAL(broker_create(&b, &c, run_dir, &e), 0);
     broker_destroy(&b);
-    broker_config_release(&c);
+    broker_config_free(&c);
 }
 
 /* SIGTERM: the broker stops cleanly, tells peers, and the log holds every accepted group. */

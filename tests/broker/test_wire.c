@@ -53,7 +53,7 @@ static int parse_reason(const msgbuf *mb, rlhf_error *e) {
     int reason = -1;
     rlhf_error_clear(e);
     int rc = wire_parse(mb->f, mb->n, &m, &reason, e);
-    if (rc == 0) wire_msg_release(&m);
+    if (rc == 0) wire_msg_free(&m);
     return rc == 0 ? WIRE_R_OK : reason;
 }
 
@@ -125,7 +125,7 @@ static void test_roundtrip_rollout_group(void) {
     CU_ASSERT_EQUAL(d.policy_version, 3);
     CU_ASSERT_PTR_NULL(d.tokens);
     wire_rollout_group_free(&d);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     json_decref(g.prompt_record);
     g.texts = NULL;
@@ -162,7 +162,7 @@ static void test_roundtrip_weights(void) {
     CU_ASSERT_PTR_NULL(d.data);
     CU_ASSERT_EQUAL(d.version, 9);
     wire_weights_free(&d);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     free((void *)w.data);
 }
@@ -178,7 +178,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_STRING_EQUAL(hd.peer_id, "gen-1");
     CU_ASSERT_EQUAL(hd.role, WIRE_ROLE_GENERATOR);
     CU_ASSERT_EQUAL(hd.pid, 1234);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* WELCOME */
     wire_welcome w = {17, 1, 250, 0}, wd;
@@ -189,7 +189,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_EQUAL(wd.has_weights, 1);
     CU_ASSERT_EQUAL(wd.heartbeat_interval_ms, 250);
     CU_ASSERT_EQUAL(wd.max_staleness, 0);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* PROMPT_REQUEST */
     wire_prompt_request pr = {99, 4}, prd;
@@ -198,7 +198,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_EQUAL(wire_decode_prompt_request(&m, &prd, NULL, NULL), 0);
     CU_ASSERT_EQUAL(prd.request_id, 99);
     CU_ASSERT_EQUAL(prd.n, 4);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* PROMPT_BATCH */
     wire_prompt ps[2] = {{"a", "first \"quoted\"", 3, NULL}, {"b", "second", 5, json_pack("{ss}", "answer", "42")}};
@@ -215,7 +215,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(pbd.prompts[1].record, "answer")), "42");
     wire_prompt_batch_free(&pbd);
     json_decref(ps[1].record);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* CREDIT */
     wire_credit cr = {7}, crd;
@@ -223,7 +223,7 @@ static void test_roundtrip_small_types(void) {
     parse_ok(&mb, &m);
     CU_ASSERT_EQUAL(wire_decode_credit(&m, &crd, NULL, NULL), 0);
     CU_ASSERT_EQUAL(crd.n, 7);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* PROMPT_STATS */
     float rewards[6] = {1, 0, NAN, 0.5f, 0.25f, 1}, total[3] = {1.5f, 0.25f, 1};
@@ -241,7 +241,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_EQUAL(std.rewards[3], 0.5f);
     CU_ASSERT_EQUAL(memcmp(std.total, total, sizeof total), 0);
     wire_prompt_stats_free(&std);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* CONTROL */
     wire_control c = {WIRE_CONTROL_PAUSE, "maintenance"}, cd;
@@ -250,7 +250,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_EQUAL(wire_decode_control(&m, &cd, NULL, NULL), 0);
     CU_ASSERT_EQUAL(cd.command, WIRE_CONTROL_PAUSE);
     CU_ASSERT_STRING_EQUAL(cd.reason, "maintenance");
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* HEARTBEAT */
     wire_heartbeat hb = {"upd-0", WIRE_ROLE_UPDATER, 77, "training"}, hbd;
@@ -261,7 +261,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_EQUAL(hbd.role, WIRE_ROLE_UPDATER);
     CU_ASSERT_EQUAL(hbd.seq, 77);
     CU_ASSERT_STRING_EQUAL(hbd.state, "training");
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* STATS */
     json_t *s = json_pack("{sisi}", "queue/depth", 3, "groups/delivered", 10), *sd;
@@ -271,13 +271,13 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_TRUE(json_equal(s, sd));
     json_decref(sd);
     json_decref(s);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     /* STATS_REQUEST, ERROR, WEIGHTS_ACK */
     ROUNDTRIP(wire_encode_stats_request(&o_, NULL), WIRE_STATS_REQUEST, mb);
     parse_ok(&mb, &m);
     CU_ASSERT_EQUAL(m.type, WIRE_STATS_REQUEST);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     wire_error_msg er = {"bad_crc", "payload 2", 3}, erd;
     ROUNDTRIP(wire_encode_error(&er, &o_, NULL), WIRE_ERROR, mb);
@@ -286,7 +286,7 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_STRING_EQUAL(erd.reason, "bad_crc");
     CU_ASSERT_STRING_EQUAL(erd.detail, "payload 2");
     CU_ASSERT_EQUAL(erd.peer_version, 3);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     uint64_t v = 0;
     ROUNDTRIP(wire_encode_weights_ack(12, &o_, NULL), WIRE_WEIGHTS_ACK, mb);
@@ -297,7 +297,7 @@ static void test_roundtrip_small_types(void) {
     int reason = 0;
     CU_ASSERT_NOT_EQUAL(wire_decode_credit(&m, &crd, &reason, NULL), 0);
     CU_ASSERT_EQUAL(reason, WIRE_R_TYPE);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
 }
 
@@ -326,7 +326,7 @@ static int group_reason(const msgbuf *mb, rlhf_error *e) {
     int reason2 = WIRE_R_OK;
     if (wire_validate_rollout_group(&m, &g, &reason2, NULL) == 0) wire_rollout_group_free(&g);
     CU_ASSERT_EQUAL(reason2, reason); /* the broker's path rejects exactly what the decoder rejects */
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     return reason;
 }
 
@@ -358,7 +358,7 @@ static void test_reject_declared_length(void) {
     wire_msg m;
     parse_ok(&mb, &m);
     json_t *meta = json_deep_copy(m.meta);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     json_t *lens = json_object_get(meta, "n_tokens");
     json_array_set_new(lens, 0, json_integer(json_integer_value(json_array_get(lens, 0)) + 1000));
     json_object_set_new(meta, "total_tokens", json_integer(json_integer_value(json_object_get(meta, "total_tokens")) + 1000));
@@ -378,7 +378,7 @@ static void test_reject_huge_counts(void) {
     wire_msg m;
     parse_ok(&mb, &m);
     json_t *meta = json_deep_copy(m.meta);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     json_object_set_new(meta, "k", json_integer(1000000000LL));
     char *txt = json_dumps(meta, JSON_COMPACT);
     mb_set_meta(&mb, txt);
@@ -413,7 +413,7 @@ static void test_reject_huge_counts(void) {
     CU_ASSERT_NOT_EQUAL(wire_decode_weights(&m, &d, &reason, &e), 0);
     CU_ASSERT_EQUAL(reason, WIRE_R_LENGTH);
     CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "WEIGHTS.tensors[1]"));
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     free((void *)w.data);
 }
@@ -443,7 +443,7 @@ static void test_reject_invalid_json(void) {
     CU_ASSERT_NOT_EQUAL(wire_decode_credit(&m, &d, &reason, &e), 0);
     CU_ASSERT_EQUAL(reason, WIRE_R_FIELD);
     CU_ASSERT_STRING_EQUAL(e.where, "CREDIT.n");
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
 }
 
@@ -513,7 +513,7 @@ static void test_reject_bad_values(void) {
     CU_ASSERT_NOT_EQUAL(wire_decode_hello(&m, &hd, &reason, &e), 0);
     CU_ASSERT_EQUAL(reason, WIRE_R_FIELD);
     CU_ASSERT_STRING_EQUAL(e.where, "HELLO.role");
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
 }
 
@@ -555,7 +555,7 @@ static void check_fast_matches_reference(const wire_rollout_group *g) {
     CU_ASSERT_EQUAL(d.gen_seconds, g->gen_seconds);
     CU_ASSERT_EQUAL(d.created_at, g->created_at);
     wire_rollout_group_free(&d);
-    wire_msg_release(&m);
+    wire_msg_free(&m);
     mb_free(&mb);
     wire_out_free(&of);
     wire_out_free(&orf);
@@ -662,7 +662,7 @@ static void test_logprob_bounds(void) {
             CU_ASSERT_EQUAL(rc, 0);
             wire_rollout_group_free(&d);
         }
-        wire_msg_release(&m);
+        wire_msg_free(&m);
         mb_free(&mb);
     }
 }

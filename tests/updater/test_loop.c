@@ -98,7 +98,7 @@ static void test_reward_rises_in_process(void) {
     CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, NULL), 0);
     rlhf_error err = {0};
     updater_session u;
-    CU_ASSERT_EQUAL_FATAL(session_create(&u, &cfg, 0, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(session_init(&u, &cfg, 0, &err), 0);
     prompt_dataset *ds = NULL;
     CU_ASSERT_EQUAL_FATAL(prompt_dataset_load(&ds, cfg.train_path, &err), 0);
     tokenizer *tok = NULL;
@@ -135,7 +135,7 @@ static void test_reward_rises_in_process(void) {
     sampler_destroy(&smp);
     tokenizer_destroy(&tok);
     prompt_dataset_destroy(&ds);
-    session_destroy(&u);
+    session_fini(&u);
     run_config_free(&cfg);
 }
 
@@ -179,7 +179,7 @@ static void test_stale_groups_dropped(void) {
     CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, "rl.max_staleness=1"), 0);
     rlhf_error err = {0};
     updater_session u;
-    CU_ASSERT_EQUAL_FATAL(session_create(&u, &cfg, 0, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(session_init(&u, &cfg, 0, &err), 0);
     u.ps.version = 5;
     /* versions 3, 4, 5: lags 2 (dropped), 1 and 0 (kept) */
     for (int v = 3; v <= 5; v++) {
@@ -198,7 +198,7 @@ static void test_stale_groups_dropped(void) {
     CU_ASSERT_EQUAL(u.ps.groups_total, 3);
     /* the finished (dropped) group is recorded as consumed */
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(u.consumed, "g")), 3);
-    session_destroy(&u);
+    session_fini(&u);
     run_config_free(&cfg);
 }
 
