@@ -28,7 +28,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(eval, "updater", "held-out pass rate of a checkpoint (sample + reward)")                      \
     X(reward_test, "rewards", "score a JSONL of samples with a reward config")                       \
     X(sandbox_run, "rewards", "run a program in the code-execution sandbox")                         \
-    X(serve, "rewards", "OpenAI-compatible HTTP server for a checkpoint / reward model")            \
+    X(serve, "serve", "OpenAI-compatible HTTP server for a checkpoint / reward model")              \
     X(train_rm, "rewards", "train a reward model from preference pairs")                             \
     X(prompts, "prompts", "prompt datasets and task generators: rlhf prompts gen|stats ...")
 

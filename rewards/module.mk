@@ -13,6 +13,6 @@ bench_sandbox_SRCS = bench/bench_sandbox.c
 PROGRAMS += fault_http_server
 fault_http_server_SRCS = tests/judge/fault/fault_http_server.c
 # Benchmarks start their peers (fault_http_server, rlhf serve) with the tests' process helpers.
-BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_judge*.c bench/bench_serve*.c bench/bench_rm*.c))
-$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_judge*.c bench/bench_serve*.c bench/bench_rm*.c)),$(eval $(b)_SRCS = bench/$(b).c tests/judge/judge_peer.c))
+BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_judge*.c bench/bench_rm*.c))
+$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_judge*.c bench/bench_rm*.c)),$(eval $(b)_SRCS = bench/$(b).c tests/judge/judge_peer.c))
 SAN_TESTS += test_judge
