@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "rewards/judge.h"
+#include "rewards/judge/judge.h"
 #include "tests/judge/judge_peer.h"
 
 static int cmp_double(const void *a, const void *b) {

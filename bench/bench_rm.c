@@ -13,7 +13,7 @@
 #include "common/common.h"
 #include "model/model.h"
 #include "rewards/rewards.h"
-#include "rewards/rm.h"
+#include "rewards/rm/rm.h"
 #include "tests/judge/judge_peer.h"
 
 static int cmp_double(const void *a, const void *b) {

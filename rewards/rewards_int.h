@@ -4,7 +4,7 @@
  * Adding a source type (e.g. "judge"): write
  *     int reward_source_judge_create(const json_t *src, const char *where, reward_source_impl *impl,
  *                                    rlhf_error *err);
- * in your own file (rewards/judge.c), and add one line to the table in rewards/registry.c
+ * in your own file (rewards/judge/judge.c), and add one line to the table in rewards/registry.c
  * (judge, rm and remote_rm are there, commented out: uncomment yours).
  *
  * A constructor:

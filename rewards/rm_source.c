@@ -2,7 +2,7 @@
  * reward sources.
  *
  *   {"type":"rm", "path":"RM.safetensors", "batch_size":16}
- *       r = the RM's scalar for prompt + completion (rewards/rm.h), batched forward in this process.
+ *       r = the RM's scalar for prompt + completion (rewards/rm/rm.h), batched forward in this process.
  *   {"type":"remote_rm", "url":"http://host:port", "batch_size":64, "call_timeout_ms":30000, "retries":2,
  *    "label_field":"answer"}
  *       POST {url}/get_reward  {"query":[prompt+completion...], "prompts":[prompt...], "labels":[record[label_field]
@@ -22,7 +22,7 @@
 
 #include <curl/curl.h>
 
-#include "rewards/rm.h"
+#include "rewards/rm/rm.h"
 #include "rewards/rewards_int.h"
 
 /* -------------------------------------------------------------------------------------- rm */

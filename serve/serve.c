@@ -16,7 +16,7 @@
 #include <microhttpd.h>
 
 #include "model/model.h"
-#include "rewards/rm.h"
+#include "rewards/rm/rm.h"
 
 void serve_config_init(serve_config *cfg) {
     memset(cfg, 0, sizeof *cfg);

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #include "model/model.h"
-#include "rewards/rm.h"
+#include "rewards/rm/rm.h"
 #include "serve/serve.h"
 
 enum { JOB_GENERATE = 0, JOB_REWARD = 1 };

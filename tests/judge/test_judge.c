@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "rewards/judge.h"
+#include "rewards/judge/judge.h"
 #include "rewards/rewards.h"
 #include "judge_peer.h"
 

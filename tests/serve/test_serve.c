@@ -14,9 +14,9 @@
 
 #include "common/common.h"
 #include "model/model.h"
-#include "rewards/judge.h"
+#include "rewards/judge/judge.h"
 #include "rewards/rewards.h"
-#include "rewards/rm.h"
+#include "rewards/rm/rm.h"
 #include "serve/serve_int.h"
 #include "tests/judge/judge_peer.h"
 

@@ -1,6 +1,6 @@
-/* rewards/rm.c — reward models: checkpoint I/O, batched scoring, Bradley-Terry training, and the
- * synthetic "answer in capitals" preference task. See rewards/rm.h. */
-#include "rewards/rm.h"
+/* rewards/rm/rm.c — reward models: checkpoint I/O, batched scoring, Bradley-Terry training, and the
+ * synthetic "answer in capitals" preference task. See rewards/rm/rm.h. */
+#include "rewards/rm/rm.h"
 
 #include <ctype.h>
 #include <errno.h>

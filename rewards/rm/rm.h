@@ -1,5 +1,5 @@
-/* rewards/rm.h — reward models (rewards/'s private header for the "rm" and "remote_rm" source types,
- * `rlhf train-rm` and `rlhf serve --reward-model`).
+/* rewards/rm/rm.h — reward models (rewards/rm/'s public header): what the "rm" reward source
+ * (rewards/rm_source.c), `rlhf train-rm` and `rlhf serve --reward-model` use.
  *
  * A reward model is the shared model build (model/) with a scalar head on the last token:
  *   r(text) = score_w . h[T-1],   h = final-norm hidden states (T, C) of BOS + tokens(text)
@@ -10,8 +10,8 @@
  *
  * Training (rm_train): Bradley-Terry, loss = mean over pairs of -log sigmoid(r(chosen) - r(rejected)),
  * AdamW on the model (model/'s optimizer) and Adam on the head, pairs sampled with replacement. */
-#ifndef RLHF_REWARDS_RM_H
-#define RLHF_REWARDS_RM_H
+#ifndef RLHF_REWARDS_RM_RM_H
+#define RLHF_REWARDS_RM_RM_H
 
 #include <stdint.h>
 #include <stdio.h>
