@@ -12,6 +12,7 @@
 
 #include "common/common.h"
 #include "model/model.h"
+#include "prompts/prompts.h"
 #include "rewards/rewards.h"
 #include "rewards/rm/rm.h"
 #include "tests/judge/judge_peer.h"

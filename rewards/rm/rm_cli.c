@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "prompts/prompts.h"
 #include "rewards/rm/rm.h"
 
 static void usage(FILE *f) {

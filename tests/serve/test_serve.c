@@ -14,6 +14,7 @@
 
 #include "common/common.h"
 #include "model/model.h"
+#include "prompts/prompts.h"
 #include "rewards/judge/judge.h"
 #include "rewards/rewards.h"
 #include "rewards/rm/rm.h"
