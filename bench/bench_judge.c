@@ -12,7 +12,7 @@
 
 #include "common/common.h"
 #include "rewards/judge/judge.h"
-#include "tests/judge/judge_peer.h"
+#include "tests/peer/peer.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

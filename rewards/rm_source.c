@@ -9,11 +9,11 @@
  *       or ""...]}  ->  {"rewards":[...]}; served by `rlhf serve --reward-model RM`. A failed call (after the
  *       retries on connection errors and 5xx) marks every item of that request ERROR with the reason.
  *   {"type":"capitals", "measure":"capitals"|"words"}
- *       the synthetic preference task's ground truth (prompts/prompts.h): "capitals" (default, rm_synthetic_truth) the share
- *       of the completion's letters in upper case, 0 when it has none; "words" (rm_synthetic_word_share)
- *       the share of its words that are real words of the task. Give them weight 0 to log them next to
- *       an RM's reward (reward/<name>/mean) and see whether optimising the RM improves the real property
- *       or games it. */
+ *       the synthetic preference task's ground truth (prompts/prompts.h): "capitals" (default,
+ *       rm_synthetic_truth) the share of the completion's letters in upper case, 0 when it has none;
+ *       "words" (rm_synthetic_word_share) the share of its words that are real words of the task. Give
+ *       them weight 0 to log them next to an RM's reward (reward/<name>/mean) and see whether optimising
+ *       the RM improves the real property or games it. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>

@@ -6,7 +6,7 @@ CMD_SRCS  += $(wildcard serve/*_cli.c)
 HEADERS   += serve/serve.h
 TESTS     += test_serve
 SAN_TESTS += test_serve
-test_serve_SRCS = $(wildcard tests/serve/*.c) tests/judge/judge_peer.c
+test_serve_SRCS = $(wildcard tests/serve/*.c) tests/peer/peer.c
 # bench_serve starts `rlhf serve` with the tests' process helpers.
 BENCHES   += $(patsubst bench/%.c,%,$(wildcard bench/bench_serve*.c))
-$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_serve*.c)),$(eval $(b)_SRCS = bench/$(b).c tests/judge/judge_peer.c))
+$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_serve*.c)),$(eval $(b)_SRCS = bench/$(b).c tests/peer/peer.c))

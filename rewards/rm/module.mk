@@ -7,4 +7,4 @@ CMD_SRCS += $(wildcard rewards/rm/*_cli.c)
 HEADERS  += rewards/rm/rm.h
 # bench_rm starts `rlhf serve --reward-model` with the tests' process helpers.
 BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_rm*.c))
-$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_rm*.c)),$(eval $(b)_SRCS = bench/$(b).c tests/judge/judge_peer.c))
+$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_rm*.c)),$(eval $(b)_SRCS = bench/$(b).c tests/peer/peer.c))

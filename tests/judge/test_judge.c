@@ -11,7 +11,7 @@
 #include "common/common.h"
 #include "rewards/judge/judge.h"
 #include "rewards/rewards.h"
-#include "judge_peer.h"
+#include "tests/peer/peer.h"
 
 /* ------------------------------------------------------------------------------------ helpers */
 

@@ -19,7 +19,7 @@
 #include "rewards/rewards.h"
 #include "rewards/rm/rm.h"
 #include "serve/serve_int.h"
-#include "tests/judge/judge_peer.h"
+#include "tests/peer/peer.h"
 
 static char g_dir[64];           /* scratch directory for checkpoints */
 static char g_random_model[256]; /* an untrained model: varied greedy output to compare decoders on */
