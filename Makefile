@@ -34,8 +34,9 @@ HEADERS    :=   # public headers for `make install`
 CLI_ALIASES := rlhf-broker rlhf-generator rlhf-updater
 
 # MODULES restricts the build to some folders (e.g. `make MODULES="common broker" BUILD=build-broker`),
-# so work on one folder is not blocked by another; by default every folder with a module.mk.
-MODULES ?= $(patsubst %/module.mk,%,$(sort $(wildcard */module.mk)))
+# so work on one folder is not blocked by another; by default every folder and sub-folder (rewards/judge,
+# ...) with a module.mk.
+MODULES ?= $(sort $(patsubst %/module.mk,%,$(wildcard */module.mk */*/module.mk)))
 include $(addsuffix /module.mk,$(MODULES))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))

@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "rewards/judge.h"
-#include "tests/judge/judge_peer.h"
+#include "rewards/judge/judge.h"
+#include "tests/peer/peer.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

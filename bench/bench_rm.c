@@ -12,9 +12,10 @@
 
 #include "common/common.h"
 #include "model/model.h"
+#include "prompts/prompts.h"
 #include "rewards/rewards.h"
-#include "rewards/rm.h"
-#include "tests/judge/judge_peer.h"
+#include "rewards/rm/rm.h"
+#include "tests/peer/peer.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

@@ -16,7 +16,7 @@
 
 #include "common/common.h"
 #include "model/model.h"
-#include "tests/judge/judge_peer.h"
+#include "tests/peer/peer.h"
 
 typedef struct client_arg {
     const char *url;

@@ -27,9 +27,9 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(replay, "cli", "train an updater offline from a recorded replay log")                     \
     X(eval, "cli", "held-out pass rate of a checkpoint (sample + reward)")                      \
     X(reward_test, "rewards", "score a JSONL of samples with a reward config")                       \
-    X(sandbox_run, "rewards", "run a program in the code-execution sandbox")                         \
-    X(serve, "rewards", "OpenAI-compatible HTTP server for a checkpoint / reward model")            \
-    X(train_rm, "rewards", "train a reward model from preference pairs")                             \
+    X(sandbox_run, "rewards/sandbox", "run a program in the code-execution sandbox")                 \
+    X(serve, "serve", "OpenAI-compatible HTTP server for a checkpoint / reward model")              \
+    X(train_rm, "rewards/rm", "train a reward model from preference pairs")                          \
     X(prompts, "prompts", "prompt datasets and task generators: rlhf prompts gen|stats ...")
 
 #define DECL(name, mod, help) int cmd_##name(int argc, char **argv) __attribute__((weak));

@@ -1,4 +1,5 @@
-/* prompts/prompts.h — prompt datasets, task generators and prompt selection (prompts/'s public header).
+/* prompts/prompts.h — prompt datasets, task generators (and the synthetic preference task) and prompt
+ * selection (prompts/'s public header).
  *
  * The broker serves prompts through this seam: it loads a dataset, creates a selector, asks the
  * selector for dataset indices when a generator requests a batch, and feeds back the PROMPT_STATS
@@ -146,6 +147,25 @@ int prompt_task_write_corpus(const char *path, const char *task, size_t n, uint6
  * `numbers` (multiset), value == target. Returns 1 valid, 0 not. Used by tests and the corpus writer;
  * the reward itself runs the expression in the sandbox (rewards/). */
 int prompt_countdown_check(const char *expr, const int *numbers, int n_numbers, long target, long *value_out);
+
+/* ---------------------------------------------------------------- the synthetic preference task
+ * "Answer in capitals" (prompts/capitals.c), for reward-model training and RL against a reward model:
+ * the preferred completion is mostly upper-case letters, the rejected one mostly lower-case (each a few
+ * random words). Ground truth for a completion: rm_synthetic_truth = fraction of its letters that are
+ * upper case (> 0.5 for every chosen, < 0.5 for every rejected completion). All writers are atomic and
+ * deterministic from the seed. */
+/* n_pairs {"prompt","chosen","rejected"} lines (the input of rlhf train-rm). */
+int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err);
+/* The task's prompts alone, {"id":"caps-N","prompt":...} per line, for an RL run against the RM. */
+int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err);
+/* A pretraining corpus for a base policy of the task: {"prompt","completion"} lines whose completions
+ * (ending in "\n") have a share of capitals drawn uniformly from [0, 1], so the base writes words in
+ * mixed case and an RL run has room to move the share either way. */
+int rm_synthetic_corpus_write(const char *path, int n, uint64_t seed, rlhf_error *err);
+double rm_synthetic_truth(const char *completion);
+/* Share of the completion's words (split at spaces, a final '.' dropped) that are words of the task's
+ * vocabulary in any case: a policy that games the RM with capital gibberish scores low here. */
+double rm_synthetic_word_share(const char *completion);
 
 #ifdef __cplusplus
 }

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "rewards/rewards_int.h"
-#include "rewards/sandbox_int.h"
+#include "rewards/sandbox/sandbox.h"
 
 /* ---- shared: the source's sandbox pool ---- */
 /* The source's sandbox pool from its "sandbox" settings; *wall_ms is the per-run wall limit they set. */

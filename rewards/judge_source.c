@@ -1,12 +1,12 @@
 /* rewards/judge_source.c — the "judge" reward source: the pipeline's adapter around the judge client
- * (rewards/judge.h). Scores are the judge's normalised score in [0, 1]; a failed judgement is an ERROR
+ * (rewards/judge/judge.h). Scores are the judge's normalised score in [0, 1]; a failed judgement is an ERROR
  * whose reason starts with the failure class ("http_5xx: HTTP 503 after 4 attempts"), so the pipeline
  * counts it under reward_errors/<name> and never sees a 0 for it. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "rewards/judge.h"
+#include "rewards/judge/judge.h"
 #include "rewards/rewards_int.h"
 
 typedef struct judge_source {

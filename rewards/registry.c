@@ -5,7 +5,7 @@
 
 #include "rewards/rewards_int.h"
 
-/* One line per source type. The judge / reward-model work uncomments its lines. */
+/* One line per source type; the constructors are declared in rewards/rewards_int.h. */
 static const reward_source_type source_types[] = {
     {"exact_match", reward_source_exact_match_create, "completion's answer equals the record's \"answer\""},
     {"numeric_match", reward_source_numeric_match_create, "last number in the completion equals \"answer\" within tolerance"},

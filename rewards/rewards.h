@@ -101,7 +101,7 @@ static inline void rlhf_reward_status_set(rlhf_reward_status *st, int code, cons
  * Config: a JSON array of sources. Keys every source accepts:
  *   "type"       string, required: a registered type (see reward_source_types()):
  *                  exact_match, numeric_match, regex, length_penalty, countdown, exec, plugin, process,
- *                  and (from the judge/RM work) judge, rm, remote_rm
+ *                  judge, rm, remote_rm, capitals
  *   "name"       string, default = type; must be unique; metrics use it: reward/<name>/mean, reward_errors/<name>
  *   "weight"     number >= 0, default 1
  *   "normalize"  "none" (default) | "batch" (z-score over the batch's OK items) |

@@ -1,11 +1,12 @@
 /* rewards/rewards_int.h — private to rewards/: the source-type registry and helpers for source
  * constructors.
  *
- * Adding a source type (e.g. "judge"): write
- *     int reward_source_judge_create(const json_t *src, const char *where, reward_source_impl *impl,
- *                                    rlhf_error *err);
- * in your own file (rewards/judge.c), and add one line to the table in rewards/registry.c
- * (judge, rm and remote_rm are there, commented out: uncomment yours).
+ * Adding a source type (e.g. "foo"): write
+ *     int reward_source_foo_create(const json_t *src, const char *where, reward_source_impl *impl,
+ *                                  rlhf_error *err);
+ * in its own file under rewards/ (a source built on a sub-package is an adapter here, like
+ * rewards/judge_source.c over rewards/judge/), declare it below and add one line to the table in
+ * rewards/registry.c.
  *
  * A constructor:
  *   - checks the source object's type-specific keys with reward_check_keys() (the common keys
@@ -67,9 +68,9 @@ int reward_source_plugin_create(const json_t *src, const char *where, reward_sou
 int reward_source_process_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 int reward_source_exec_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 int reward_source_countdown_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
-/* From the judge / reward-model work (rewards/judge*.c, rewards/rm*.c): their table lines in
- * rewards/registry.c are enabled when these are written (a weak reference would not pull the object
- * out of librlhf.a, so the table names them directly). */
+/* Adapters of the sub-packages: rewards/judge_source.c (rewards/judge/) and rewards/rm_source.c
+ * (rewards/rm/, and the synthetic task's ground truth from prompts/). The table in rewards/registry.c
+ * names every constructor directly: a weak reference would not pull the object out of librlhf.a. */
 int reward_source_judge_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 int reward_source_rm_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 int reward_source_remote_rm_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);

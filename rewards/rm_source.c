@@ -2,18 +2,18 @@
  * reward sources.
  *
  *   {"type":"rm", "path":"RM.safetensors", "batch_size":16}
- *       r = the RM's scalar for prompt + completion (rewards/rm.h), batched forward in this process.
+ *       r = the RM's scalar for prompt + completion (rewards/rm/rm.h), batched forward in this process.
  *   {"type":"remote_rm", "url":"http://host:port", "batch_size":64, "call_timeout_ms":30000, "retries":2,
  *    "label_field":"answer"}
  *       POST {url}/get_reward  {"query":[prompt+completion...], "prompts":[prompt...], "labels":[record[label_field]
  *       or ""...]}  ->  {"rewards":[...]}; served by `rlhf serve --reward-model RM`. A failed call (after the
  *       retries on connection errors and 5xx) marks every item of that request ERROR with the reason.
  *   {"type":"capitals", "measure":"capitals"|"words"}
- *       the synthetic preference task's ground truth: "capitals" (default, rm_synthetic_truth) the share
- *       of the completion's letters in upper case, 0 when it has none; "words" (rm_synthetic_word_share)
- *       the share of its words that are real words of the task. Give them weight 0 to log them next to
- *       an RM's reward (reward/<name>/mean) and see whether optimising the RM improves the real property
- *       or games it. */
+ *       the synthetic preference task's ground truth (prompts/prompts.h): "capitals" (default,
+ *       rm_synthetic_truth) the share of the completion's letters in upper case, 0 when it has none;
+ *       "words" (rm_synthetic_word_share) the share of its words that are real words of the task. Give
+ *       them weight 0 to log them next to an RM's reward (reward/<name>/mean) and see whether optimising
+ *       the RM improves the real property or games it. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -22,7 +22,8 @@
 
 #include <curl/curl.h>
 
-#include "rewards/rm.h"
+#include "prompts/prompts.h"
+#include "rewards/rm/rm.h"
 #include "rewards/rewards_int.h"
 
 /* -------------------------------------------------------------------------------------- rm */

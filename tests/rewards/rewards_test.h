@@ -5,7 +5,7 @@
 #include <CUnit/CUnit.h>
 
 #include "rewards/rewards_int.h"
-#include "rewards/sandbox_int.h"
+#include "rewards/sandbox/sandbox.h"
 
 /* The project root (the tests chdir there at start) and a private scratch directory. */
 const char *rt_root(void);

@@ -1,5 +1,5 @@
-/* rewards/serve.h — `rlhf serve`: an OpenAI-compatible HTTP server (libmicrohttpd) for a project
- * checkpoint and/or a reward model (rewards/'s private header; the CLI is rewards/serve_cli.c).
+/* serve/serve.h — `rlhf serve`: an OpenAI-compatible HTTP server (libmicrohttpd) for a project
+ * checkpoint and/or a reward model (serve/'s public header; the CLI is serve/serve_cli.c).
  *
  * Routes:
  *   GET  /health                {"status":"ok","queued":N}
@@ -16,11 +16,11 @@
  * a stop string, max_tokens or the model's max_seq_len.
  * Batching: every handler thread queues its request; one worker admits waiting requests into the
  * sampler's max_batch KV-cache slots at every step and decodes all running sequences together with
- * sampler_step (continuous batching); streamed tokens go out as they are chosen (rewards/serve_int.h).
+ * sampler_step (continuous batching); streamed tokens go out as they are chosen (serve/serve_int.h).
  * Limits: bodies over max_body bytes get 413, more than max_queue waiting requests get 503 with
  * Retry-After; malformed requests get 400; errors use OpenAI's {"error":{"message","type","param","code"}}. */
-#ifndef RLHF_REWARDS_SERVE_H
-#define RLHF_REWARDS_SERVE_H
+#ifndef RLHF_SERVE_SERVE_H
+#define RLHF_SERVE_SERVE_H
 
 #include <stddef.h>
 #include <stdio.h>

@@ -1,4 +1,4 @@
-/* rewards/serve_cli.c — `rlhf serve`: parse options, start the server (rewards/serve.h), print
+/* serve/serve_cli.c — `rlhf serve`: parse options, start the server (serve/serve.h), print
  * "rlhf serve: listening on HOST:PORT" on stdout, run until SIGINT/SIGTERM. */
 #include <pthread.h>
 #include <signal.h>
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rewards/serve.h"
+#include "serve/serve.h"
 
 static void usage(FILE *f) {
     fprintf(f,

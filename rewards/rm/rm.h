@@ -1,5 +1,5 @@
-/* rewards/rm.h — reward models (rewards/'s private header for the "rm" and "remote_rm" source types,
- * `rlhf train-rm` and `rlhf serve --reward-model`).
+/* rewards/rm/rm.h — reward models (rewards/rm/'s public header): what the "rm" reward source
+ * (rewards/rm_source.c), `rlhf train-rm` and `rlhf serve --reward-model` use.
  *
  * A reward model is the shared model build (model/) with a scalar head on the last token:
  *   r(text) = score_w . h[T-1],   h = final-norm hidden states (T, C) of BOS + tokens(text)
@@ -10,8 +10,8 @@
  *
  * Training (rm_train): Bradley-Terry, loss = mean over pairs of -log sigmoid(r(chosen) - r(rejected)),
  * AdamW on the model (model/'s optimizer) and Adam on the head, pairs sampled with replacement. */
-#ifndef RLHF_REWARDS_RM_H
-#define RLHF_REWARDS_RM_H
+#ifndef RLHF_REWARDS_RM_RM_H
+#define RLHF_REWARDS_RM_RM_H
 
 #include <stdint.h>
 #include <stdio.h>
@@ -79,21 +79,5 @@ int rm_train(reward_model *rm, const rm_pair *pairs, int n_pairs, const rm_train
              FILE *log, rlhf_error *err);
 /* Fraction of pairs with r(prompt + chosen) > r(prompt + rejected). */
 int rm_pairwise_accuracy(reward_model *rm, const rm_pair *pairs, const int *idx, int n, double *acc, rlhf_error *err);
-
-/* ------------------------------------------------------------------ the synthetic preference task
- * "Answer in capitals": the preferred completion is mostly upper-case letters, the rejected one mostly
- * lower-case (each a few random words). Ground truth for a completion: rm_synthetic_truth = fraction of
- * its letters that are upper case (> 0.5 for every chosen, < 0.5 for every rejected completion). */
-int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err);
-/* The task's prompts alone, {"id":"caps-N","prompt":...} per line, for an RL run against the RM. */
-int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err);
-/* A pretraining corpus for a base policy of the task: {"prompt","completion"} lines whose completions
- * (ending in "\n") have a share of capitals drawn uniformly from [0, 1], so the base writes words in
- * mixed case and an RL run has room to move the share either way. */
-int rm_synthetic_corpus_write(const char *path, int n, uint64_t seed, rlhf_error *err);
-double rm_synthetic_truth(const char *completion);
-/* Share of the completion's words (split at spaces, a final '.' dropped) that are words of the task's
- * vocabulary in any case: a policy that games the RM with capital gibberish scores low here. */
-double rm_synthetic_word_share(const char *completion);
 
 #endif

@@ -1,11 +1,10 @@
-/* rewards/sandbox_cli.c — `rlhf sandbox-run`: run one program in the code-execution sandbox. */
+/* rewards/sandbox/sandbox_cli.c — `rlhf sandbox-run`: run one program in the code-execution sandbox. */
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
-#include "rewards/rewards_int.h"
-#include "rewards/sandbox_int.h"
+#include "rewards/sandbox/sandbox.h"
 
 static void usage(FILE *f) {
     fprintf(f,

@@ -1,5 +1,5 @@
-/* tests/judge/judge_peer.c — see judge_peer.h. */
-#include "judge_peer.h"
+/* tests/peer/peer.c — real server processes for tests and benchmarks (see tests/peer/peer.h). */
+#include "tests/peer/peer.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-/* tests/judge/test_serve.c — `rlhf serve` over real HTTP (a separate process) with a real model: a tiny
+/* tests/serve/test_serve.c — `rlhf serve` over real HTTP (a separate process) with a real model: a tiny
  * model briefly trained here to answer every chat with "score: 7" acts as the judge; malformed and
  * oversized requests; SSE streaming; reward models (training accuracy on the synthetic preference task,
  * in-process vs remote scores, bad preference files). */
@@ -6,6 +6,7 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -13,11 +14,12 @@
 
 #include "common/common.h"
 #include "model/model.h"
-#include "rewards/judge.h"
+#include "prompts/prompts.h"
+#include "rewards/judge/judge.h"
 #include "rewards/rewards.h"
-#include "rewards/rm.h"
-#include "rewards/serve_int.h"
-#include "judge_peer.h"
+#include "rewards/rm/rm.h"
+#include "serve/serve_int.h"
+#include "tests/peer/peer.h"
 
 static char g_dir[64];           /* scratch directory for checkpoints */
 static char g_random_model[256]; /* an untrained model: varied greedy output to compare decoders on */
@@ -695,8 +697,8 @@ static void test_bad_preference_files(void) {
     free(msg);
 }
 
-int register_serve_suites(void);
-int register_serve_suites(void) {
+int register_suites(void) {
+    signal(SIGPIPE, SIG_IGN);
     CU_pSuite s = CU_add_suite("serve", suite_init, suite_clean);
     CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
     CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);

@@ -1,4 +1,5 @@
-/* rewards/judge.h — the LLM-judge client (rewards/'s private header for the "judge" source type).
+/* rewards/judge/judge.h — the LLM-judge client (rewards/judge/'s public header; the "judge" reward
+ * source, rewards/judge_source.c, plugs it into the pipeline).
  *
  * A judge asks an OpenAI-compatible chat endpoint, POST {base_url}/v1/chat/completions, to grade a
  * completion, and turns the answer into a score in [0, 1]. Judges are slow, flaky network services, so
@@ -40,8 +41,8 @@
  * Score extraction: with a schema, the message content is the JSON object {"score": N}. Otherwise (or
  * when the content is not such an object) the LAST occurrence of `score` followed by optional spaces,
  * ':' or '=', optional spaces and a number (case-insensitive, e.g. "Score: 7", "score=0.5") is the score. */
-#ifndef RLHF_REWARDS_JUDGE_H
-#define RLHF_REWARDS_JUDGE_H
+#ifndef RLHF_REWARDS_JUDGE_JUDGE_H
+#define RLHF_REWARDS_JUDGE_JUDGE_H
 
 #include <stdint.h>
 #include <stdio.h>

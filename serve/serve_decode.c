@@ -1,13 +1,13 @@
-/* rewards/serve_decode.c — the worker of `rlhf serve`: continuous batching over the sampler's KV-cache
+/* serve/serve_decode.c — the worker of `rlhf serve`: continuous batching over the sampler's KV-cache
  * slots with sampler_step, token choice, stop handling, SSE events as tokens appear, and batched
- * reward-model scoring. See rewards/serve_int.h. */
+ * reward-model scoring. See serve/serve_int.h. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
 
-#include "rewards/serve_int.h"
+#include "serve/serve_int.h"
 
 /* ------------------------------------------------------------------------------------------ jobs */
 

@@ -1,4 +1,4 @@
-/* rewards/sandbox.c — the code-execution sandbox supervisor (see rewards/sandbox_int.h and
+/* rewards/sandbox/sandbox.c — the code-execution sandbox supervisor (see rewards/sandbox/sandbox.h and
  * docs/SANDBOX.md).
  *
  * The child side (everything after clone) runs in a copy of a possibly multi-threaded process, so it
@@ -28,8 +28,7 @@
 
 #include <jansson.h>
 
-#include "rewards/rewards_int.h"
-#include "rewards/sandbox_int.h"
+#include "rewards/sandbox/sandbox.h"
 
 #define SB_UID 65534 /* uid and gid inside the sandbox: "nobody", never 0 */
 #define SB_MAX_OPS 48

@@ -1,10 +1,11 @@
-/* rewards/rm_cli.c — `rlhf train-rm`: train a reward model from preference pairs (Bradley-Terry) and
+/* rewards/rm/rm_cli.c — `rlhf train-rm`: train a reward model from preference pairs (Bradley-Terry) and
  * report held-out pairwise accuracy; `--make-synthetic` writes the synthetic preference task. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "rewards/rm.h"
+#include "prompts/prompts.h"
+#include "rewards/rm/rm.h"
 
 static void usage(FILE *f) {
     fprintf(f,

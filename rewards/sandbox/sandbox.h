@@ -1,4 +1,5 @@
-/* rewards/sandbox_int.h — private to rewards/: the code-execution sandbox supervisor.
+/* rewards/sandbox/sandbox.h — the code-execution sandbox supervisor (rewards/sandbox/'s public header;
+ * the "exec" and "countdown" reward sources, rewards/exec.c, run programs with it).
  * See docs/SANDBOX.md for the isolation layers and what the start-up probe checks.
  *
  * A run: clone into new user/pid/net/mount/ipc/uts namespaces; the first process (pid 1 in the new
@@ -8,8 +9,8 @@
  * pid 1 exits when the program exits, which kills every process left in the namespace. The
  * supervisor (the calling thread) enforces the wall-clock limit and the output caps by SIGKILLing
  * pid 1. No global state: everything lives in a sandbox_pool. */
-#ifndef RLHF_SANDBOX_INT_H
-#define RLHF_SANDBOX_INT_H
+#ifndef RLHF_REWARDS_SANDBOX_SANDBOX_H
+#define RLHF_REWARDS_SANDBOX_SANDBOX_H
 
 #include <pthread.h>
 #include <stddef.h>

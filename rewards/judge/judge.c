@@ -1,6 +1,6 @@
-/* rewards/judge.c — the LLM-judge client: libcurl multi interface, retries with backoff and jitter,
- * Retry-After, circuit breaker, (model, rendered prompt) cache. See rewards/judge.h. */
-#include "rewards/judge.h"
+/* rewards/judge/judge.c — the LLM-judge client: libcurl multi interface, retries with backoff and jitter,
+ * Retry-After, circuit breaker, (model, rendered prompt) cache. See rewards/judge/judge.h. */
+#include "rewards/judge/judge.h"
 
 #include <ctype.h>
 #include <errno.h>

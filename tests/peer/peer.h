@@ -1,8 +1,9 @@
-/* tests/judge/judge_peer.h — starting and stopping real server processes for the judge/serve tests:
- * the fault-injecting chat server (bin/fault_http_server) and `rlhf serve`, both found next to the test
- * binary ($BUILD/tests/.. /bin). Each prints "... listening on 127.0.0.1:PORT" once ready. */
-#ifndef TESTS_JUDGE_PEER_H
-#define TESTS_JUDGE_PEER_H
+/* tests/peer/peer.h — starting and stopping real server processes for the judge and serve tests and
+ * the judge/serve/rm benchmarks: the fault-injecting chat server (bin/fault_http_server) and
+ * `rlhf serve`, both found next to the test binary ($BUILD/tests/.. /bin). Each prints
+ * "... listening on 127.0.0.1:PORT" once ready. */
+#ifndef RLHF_TESTS_PEER_PEER_H
+#define RLHF_TESTS_PEER_PEER_H
 
 #include <jansson.h>
 #include <sys/types.h>

@@ -1,5 +1,5 @@
-/* rewards/serve_int.h — private to rewards/serve*.c: the server object, the request ("job") it
- * queues for the worker, and the worker (rewards/serve_decode.c).
+/* serve/serve_int.h — private to serve/ (and its test, tests/serve): the server object, the request
+ * ("job") it queues for the worker, and the worker (serve/serve_decode.c).
  *
  * Threads: libmicrohttpd runs one thread per connection; each handler builds a job and queues it. One
  * worker thread owns the model: it admits waiting generation jobs into free KV-cache slots of the
@@ -9,15 +9,15 @@
  * jobs receive their SSE events as tokens are produced; the connection thread sends them from a content
  * reader that waits on `stream_cv`. Everything a job shares with a connection thread is guarded by the
  * server's `mu`. */
-#ifndef RLHF_REWARDS_SERVE_INT_H
-#define RLHF_REWARDS_SERVE_INT_H
+#ifndef RLHF_SERVE_SERVE_INT_H
+#define RLHF_SERVE_SERVE_INT_H
 
 #include <pthread.h>
 #include <stdint.h>
 
 #include "model/model.h"
-#include "rewards/rm.h"
-#include "rewards/serve.h"
+#include "rewards/rm/rm.h"
+#include "serve/serve.h"
 
 enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
 enum { SERVE_MAX_STOPS = 4 };

@@ -1,7 +1,7 @@
-/* rewards/serve.c — `rlhf serve`: the OpenAI-compatible HTTP front end (libmicrohttpd, one thread per
+/* serve/serve.c — `rlhf serve`: the OpenAI-compatible HTTP front end (libmicrohttpd, one thread per
  * connection): parsing, validation, responses and SSE streams. The worker that batches requests into the
- * model is rewards/serve_decode.c. See rewards/serve.h and rewards/serve_int.h. */
-#include "rewards/serve_int.h"
+ * model is serve/serve_decode.c. See serve/serve.h and serve/serve_int.h. */
+#include "serve/serve_int.h"
 
 #include <arpa/inet.h>
 #include <libgen.h>
@@ -16,7 +16,7 @@
 #include <microhttpd.h>
 
 #include "model/model.h"
-#include "rewards/rm.h"
+#include "rewards/rm/rm.h"
 
 void serve_config_init(serve_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -148,7 +148,7 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         /* other OpenAI fields (model, user, logprobs, presence_penalty, ...) are accepted and ignored */
     }
 #undef BAD
-    j->params = p; /* EOS and the stop strings end generation (rewards/serve_decode.c) */
+    j->params = p; /* EOS and the stop strings end generation (serve/serve_decode.c) */
     return 0;
 }
 

@@ -1,0 +1,9 @@
+# rewards/sandbox/: the code-execution sandbox (namespaces, seccomp, rlimits, cgroups) and
+# `rlhf sandbox-run`. Public header: rewards/sandbox/sandbox.h. Every rewards/sandbox/*.c goes into
+# librlhf.a, except *_cli.c. Its tests run in test_rewards (tests/rewards/test_sandbox.c), next to the
+# exec sources that use it.
+LIB_SRCS += $(filter-out %_cli.c,$(wildcard rewards/sandbox/*.c))
+CMD_SRCS += $(wildcard rewards/sandbox/*_cli.c)
+HEADERS  += rewards/sandbox/sandbox.h
+BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_sandbox*.c))
+$(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_sandbox*.c)),$(eval $(b)_SRCS = bench/$(b).c))
