@@ -119,6 +119,14 @@ int adamw_state_tensors(adamw *o, adamw_state_tensor *out, int max);
 int adamw_state_loaded(adamw *o, rlhf_error *err);
 enum { ADAMW_MAX_STATE_TENSORS = 2 * 12 + 1 };
 
+/* The optimizer-state file (as model_save / model_load for weights): a safetensors file holding the
+ * adamw_state_tensors above and __metadata__ {"format": "rlhf-adamw"}. Written atomically. */
+int adamw_save(const adamw *o, const char *path, rlhf_error *err);
+/* Restores o's state (for a model of the same config) from a file written by adamw_save, or by an
+ * older writer without the "format" key. A different "format" or a missing tensor or one of the wrong
+ * size is an error naming the file, as is a bad step count (adamw_state_loaded); all RLHF_ECORRUPT. */
+int adamw_load(adamw *o, const char *path, rlhf_error *err);
+
 /* ================================================================ CLI hooks */
 
 /* `rlhf bench train ...` (dispatched by cmd_bench in model/). */

@@ -168,22 +168,6 @@ static void optim_path(char *out, size_t cap, const char *model_path) {
         snprintf(out, cap, "%s.optim.safetensors", model_path);
 }
 
-static int save_optimizer(adamw *o, const char *path, rlhf_error *err) {
-    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
-    int n = adamw_state_tensors(o, st, ADAMW_MAX_STATE_TENSORS);
-    safetensors_tensor t[ADAMW_MAX_STATE_TENSORS];
-    for (int i = 0; i < n; i++) {
-        t[i].name = st[i].name;
-        t[i].ndim = 1;
-        t[i].shape[0] = (int64_t)st[i].numel;
-        t[i].data = st[i].data;
-    }
-    json_t *meta = json_pack("{s:s}", "format", "rlhf-adamw");
-    int rc = safetensors_write(path, t, n, meta, err);
-    json_decref(meta);
-    return rc;
-}
-
 /* ------------------------------------------------------------------ rlhf pretrain */
 
 static void pretrain_usage(void) {
@@ -308,7 +292,7 @@ int cmd_pretrain(int argc, char **argv) {
     if (!rc) {
         char op[4200];
         optim_path(op, sizeof op, out_path);
-        rc = save_optimizer(opt, op, &err);
+        rc = adamw_save(opt, op, &err);
         if (!rc)
             fprintf(stderr, "%s: wrote %s and %s (%.1f s)\n", prog, out_path, op, rlhf_now() - t_start);
     }
