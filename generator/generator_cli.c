@@ -48,7 +48,7 @@ int cmd_generator(int argc, char **argv) {
         rlhf_error_print("generator", &err);
         return 2;
     }
-    set_threads(cfg.gen_threads);
+    model_set_threads(cfg.gen_threads);
     broker_config bcfg;
     broker_config_defaults(&bcfg);
     model *m = NULL;

@@ -95,6 +95,14 @@ void model_params_view(const model *m, float *base, model_params *out);
 /* Copies weights between two models of the same config. */
 int model_copy_weights(model *dst, const model *src, rlhf_error *err);
 
+/* ---------------------------------------------------------------- threads */
+
+/* Threads for the kernels of the calling thread: n > 0 sets the OpenMP count (omp_set_num_threads) and
+ * OpenBLAS's (openblas_set_num_threads); n <= 0 leaves the defaults (OMP_NUM_THREADS, else all cores).
+ * The OpenMP count is a per-thread setting: it applies to parallel regions the CALLING thread starts,
+ * so a thread that runs the model (e.g. the updater's trainer thread) calls this itself. */
+void model_set_threads(int n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,7 +7,7 @@
  * padding after them and their log-probs equal those of the unpadded sequence. targets (B, T) hold
  * the id predicted at each position, or -1 for positions that carry no loss (prompt, padding).
  *
- * Threads: every kernel uses OpenMP (omp_set_num_threads / OMP_NUM_THREADS); GEMMs go through
+ * Threads: every kernel uses OpenMP (model_set_threads / OMP_NUM_THREADS); GEMMs go through
  * OpenBLAS's OpenMP build, which shares the same pool. When other processes share the cores, start
  * the process with OMP_WAIT_POLICY=passive: spinning OpenMP threads made a training step ~10x slower
  * under load (docs/PERFORMANCE.md, "Thread wait policy"). */

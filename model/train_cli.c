@@ -12,7 +12,6 @@
  *     (logprob = sum over completion tokens of log p(token | BOS + prompt + earlier tokens)). */
 #include "model/model.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -41,12 +40,6 @@ static int arg_float(const char *prog, const char *name, const char *v, double l
     }
     *out = (float)x;
     return 0;
-}
-
-static void set_threads(int n) {
-    if (n <= 0) return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
 }
 
 static int ends_with(const char *s, const char *suf) {
@@ -231,7 +224,7 @@ int cmd_pretrain(int argc, char **argv) {
         return 2;
     }
     oc.total_steps = steps;
-    set_threads(threads);
+    model_set_threads(threads);
 
     rlhf_error err = {0};
     model *m = NULL;
@@ -390,7 +383,7 @@ int cmd_score(int argc, char **argv) {
         fprintf(stderr, "%s: error: --model and --data are required\n", prog);
         return 2;
     }
-    set_threads(threads);
+    model_set_threads(threads);
     rlhf_error err = {0};
     model *m = NULL;
     tokenizer *tok = NULL;

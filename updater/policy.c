@@ -10,15 +10,10 @@
  *      (so micro-batching does not change the loss); backward accumulates parameter gradients;
  *   4. AdamW step (global-norm clipping, schedule). */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "updater/updater_int.h"
-
-void set_threads(int n) {
-    if (n > 0) omp_set_num_threads(n);
-}
 
 int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
     model_config arch, *expect = NULL;

@@ -60,7 +60,7 @@ typedef struct trainer {
 
 static void *trainer_main(void *arg) {
     trainer *t = arg;
-    set_threads(t->threads); /* the OpenMP thread count is per thread: set it on this one */
+    model_set_threads(t->threads); /* the OpenMP thread count is per thread: set it on this one */
     pthread_mutex_lock(&t->mu);
     for (;;) {
         while (!t->job && !t->quit) pthread_cond_wait(&t->cv, &t->mu);
@@ -247,7 +247,7 @@ int cmd_updater(int argc, char **argv) {
         rlhf_error_print("updater", &err);
         return 2;
     }
-    set_threads(cfg.train_threads);
+    model_set_threads(cfg.train_threads);
     broker_config bcfg;
     broker_config_defaults(&bcfg);
     if (broker_config_parse(&bcfg, cfg.broker, "broker", &err)) {
