@@ -127,11 +127,6 @@ int adamw_save(const adamw *o, const char *path, rlhf_error *err);
  * size is an error naming the file, as is a bad step count (adamw_state_loaded); all RLHF_ECORRUPT. */
 int adamw_load(adamw *o, const char *path, rlhf_error *err);
 
-/* ================================================================ CLI hooks */
-
-/* `rlhf bench train ...` (dispatched by cmd_bench in model/). */
-int model_bench_train(int argc, char **argv);
-
 #ifdef __cplusplus
 }
 #endif

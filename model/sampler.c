@@ -4,7 +4,7 @@
  * (cache slot) at one position. Prefill rows (many per sequence) and decode rows (one per
  * sequence) share the same step, so every weight matrix is read once per step for all rows
  * (sampler_matmul_packed: weights repacked into 32-column panels, AVX-512, measured faster than
- * OpenBLAS sgemv for one row and sgemm for 64 rows by `rlhf bench sample`).
+ * OpenBLAS sgemv for one row and sgemm for 64 rows by bench/bench_model_sample).
  * Within a step all rows' keys/values are written to the cache before attention, so a prefill
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).

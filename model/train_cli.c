@@ -1,4 +1,4 @@
-/* model/train_cli.c — `rlhf pretrain`, `rlhf score` and `rlhf bench train`.
+/* model/train_cli.c — `rlhf pretrain` and `rlhf score`.
  *
  *   rlhf pretrain --model M --data CORPUS(.txt|.jsonl) --steps N --batch B --seq T --lr LR --out OUT
  *                 [--seed S --warmup W --schedule cosine|constant --min-lr-ratio R --weight-decay WD
@@ -457,7 +457,3 @@ int cmd_score(int argc, char **argv) {
     model_destroy(&m);
     return rc ? 1 : 0;
 }
-
-/* cmd_bench (model/bench_cli.c) refers to model_bench_train weakly, and a weak reference does not pull
- * an object out of librlhf.a; this strong reference from an object always linked into rlhf does. */
-int (*const model_bench_train_link)(int, char **) = model_bench_train;
