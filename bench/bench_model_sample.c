@@ -3,6 +3,7 @@
  * single-stream tokens/s and the aggregate tokens/s of a batch of sequences decoded together, as
  * medians over repeats, with their ratio; and the sampler's matmul kernel against OpenBLAS.
  * bench/bench_model_sample.sh runs it beside the PyTorch peer. */
+#include "bench/bench_util.h"
 #include "model/model.h"
 #include "model/sampler_int.h"
 
@@ -19,16 +20,6 @@ static void bench_usage(FILE *f) {
     fprintf(f, "usage: bench_model_sample [--dim 288] [--layers 6] [--heads 6] [--kv-heads H] [--ffn 768]\n"
                "         [--vocab 32000] [--untied] [--prompt-len 8] [--new-tokens 256] [--batch 64]\n"
                "         [--threads N] [--repeats 3]\n");
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* The matmul kernel against its named peer, OpenBLAS, on the LM-head shape (V, C) in the same process:

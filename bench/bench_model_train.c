@@ -10,6 +10,7 @@
  *   B*T * [ L (6C + 2 + 3 H D + 3 KVH D + 3F + H T) + 2C + V + 4 ] + 4 * activation-gradient floats
  *   B*T * [ L (6C + 3 H D + 3 KVH D + 3F) + 2C + V + 2 ] (no gradient for attention probabilities,
  *   rstd, lse: those pages are never touched). */
+#include "bench/bench_util.h"
 #include "model/model.h"
 
 #include <cblas.h>
@@ -18,16 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static long max_rss_kb(void) {
     struct rusage ru;
