@@ -11,8 +11,8 @@
 
 typedef int (*cmd_fn)(int argc, char **argv);
 
-/* Weak so that the table can list every subcommand while a folder's part is still being built;
- * a missing one says so instead of failing to link. */
+/* Weak so that rlhf links when only some folders are built (make MODULES="..."): a subcommand whose
+ * folder is left out says so when run instead of failing the link. */
 #define CMDS(X)                                                                                       \
     X(init, "model", "create a model checkpoint from an architecture JSON")                          \
     X(pretrain, "model", "pretrain a model on a text/JSONL corpus")                                 \

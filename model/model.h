@@ -6,9 +6,10 @@
  *   RoPE rotates pairs (i, i + head_dim/2) ("rotate_half"), not interleaved pairs;
  *   per-layer tensors are stacked along a leading L axis in one flat parameter buffer.
  *
- * Sections below are filled in by model/ as it grows: configuration and parameters (model.c),
- * training — forward/backward/log-probs/AdamW (train.c, ops.c, adamw.c), tokenizer (tokenizer.c),
- * checkpoints (safetensors.c), sampling with a KV cache (sampler.c). */
+ * This file: configuration and parameters (model.c) and the kernels' thread count. Included from it:
+ * model/model_train.h — training: forward/backward, log-probs, AdamW and its state file (train.c,
+ * ops.c, adamw.c); model/model_infer.h — tokenizer (tokenizer.c), safetensors checkpoints
+ * (safetensors.c), sampling with a KV cache (sampler.c). */
 #ifndef RLHF_MODEL_H
 #define RLHF_MODEL_H
 

@@ -3,7 +3,7 @@
  *
  * Readers trust nothing: every length, offset, dtype and shape is checked against the bytes
  * actually present before a tensor pointer is handed out, and every error names the file. */
-#include "model.h"
+#include "model/model.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,7 +1,7 @@
 /* model/sampler_ref.c — the plain reference forward pass the sampler's fast path is tested against:
  * one sequence, no cache, no BLAS, no threads, straight loops over fp32 tensors (dot products
  * accumulate in double so the reference is at least as accurate as the fast path). */
-#include "model.h"
+#include "model/model.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  *
  * Callers only use tokenizer_encode/decode and the id fields, so a BPE tokenizer can be added as
  * another tokenizer_ops table without changing them. */
-#include "model.h"
+#include "model/model.h"
 
 #include <stdlib.h>
 #include <string.h>
