@@ -17,6 +17,7 @@
 
 #include <zmq.h>
 
+#include "bench/bench_util.h"
 #include "broker/broker.h"
 #include "tests/broker/synth_common.h"
 
@@ -30,12 +31,6 @@ static pid_t fork_peer(void) {
         if (getppid() != parent) _exit(1); /* the parent died before prctl took effect */
     }
     return pid;
-}
-
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 static pid_t fork_broker(const char *endpoint) {
@@ -216,8 +211,8 @@ int main(int argc, char **argv) {
     for (int r = 0; r < repeats; r++) raw[r] = raw_push_once(&o, port + 1);
     wire_out_free(&o);
     free((void *)w.data);
-    qsort(lat, repeats, sizeof *lat, cmp_d);
-    qsort(raw, repeats, sizeof *raw, cmp_d);
+    qsort(lat, repeats, sizeof *lat, cmp_double);
+    qsort(raw, repeats, sizeof *raw, cmp_double);
     printf("weights: %.1f MB (%ld fp32), %d generators, %d versions, %s\n", n_floats * 4 / 1e6, n_floats, n_gen, repeats,
            use_ipc ? "ipc://" : "tcp://127.0.0.1");
     if (use_ipc) {

@@ -23,6 +23,7 @@
 
 #include <zmq.h>
 
+#include "bench/bench_util.h"
 #include "broker/broker.h"
 #include "tests/broker/synth_common.h"
 
@@ -41,16 +42,6 @@ static pid_t fork_peer(void) {
 
 #define K 8
 #define TOKENS 256
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static size_t group_bytes(void) {
     wire_rollout_group g;

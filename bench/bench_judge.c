@@ -10,14 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "common/common.h"
 #include "rewards/judge/judge.h"
 #include "tests/peer/peer.h"
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     int latency_ms = 100, reps = 3;

@@ -1,5 +1,216 @@
-/* bench/bench_model_sample.c — the sampling benchmark as a standalone program; same options as
- * `rlhf bench sample` (see docs/PERFORMANCE.md, "Model core", "Sampling"). */
+/* bench/bench_model_sample.c — the sampling benchmark: KV-cache sampling speed on the stories15M shape
+ * (dim 288, 6 layers, 6 heads, ffn 768, vocab 32000, tied head; random weights), 256 new tokens:
+ * single-stream tokens/s and the aggregate tokens/s of a batch of sequences decoded together, as
+ * medians over repeats, with their ratio; and the sampler's matmul kernel against OpenBLAS.
+ * bench/bench_model_sample.sh runs it beside the PyTorch peer. */
+#include "bench/bench_util.h"
 #include "model/model.h"
+#include "model/sampler_int.h"
 
-int main(int argc, char **argv) { return model_bench_sample(argc, argv); }
+#include <cblas.h>
+#undef I /* complex.h via cblas.h */
+
+#include <errno.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void bench_usage(FILE *f) {
+    fprintf(f, "usage: bench_model_sample [--dim 288] [--layers 6] [--heads 6] [--kv-heads H] [--ffn 768]\n"
+               "         [--vocab 32000] [--untied] [--prompt-len 8] [--new-tokens 256] [--batch 64]\n"
+               "         [--threads N] [--repeats 3]\n");
+}
+
+/* The matmul kernel against its named peer, OpenBLAS, on the LM-head shape (V, C) in the same process:
+ * sgemv for one row (the single-stream case), sgemm for `rows` rows (batched decode). Medians. */
+static void kernel_vs_openblas(const float *W, int V, int C, int rows, int repeats) {
+    float *Wp = aligned_alloc(64, (sampler_packed_size(V, C) * sizeof(float) + 63) & ~(size_t)63);
+    float *x = malloc((size_t)rows * C * sizeof(float)), *y = malloc((size_t)rows * V * sizeof(float));
+    if (!Wp || !x || !y) {
+        free(Wp);
+        free(x);
+        free(y);
+        return;
+    }
+    sampler_pack_matrix(Wp, C, W, V, NULL, 0, NULL, 0);
+    for (int i = 0; i < rows * C; i++) x[i] = 0.01f * (float)(i % 101) - 0.5f;
+    int nrep = 5 * repeats;
+    double *t_ours = calloc((size_t)nrep, sizeof(double)), *t_blas = calloc((size_t)nrep, sizeof(double));
+    for (int pass = 0; pass < 2; pass++) {
+        int R = pass ? rows : 1;
+        int inner = pass ? 4 : 40;
+        for (int r = 0; r < nrep; r++) { /* interleaved so machine noise hits both alike */
+            double t0 = rlhf_now();
+            for (int k = 0; k < inner; k++)
+                if (R == 1)
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.0f, W, C, x, 1, 0.0f, y, 1);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, V, C, 1.0f, x, C, W, C, 0.0f, y, V);
+            double t1 = rlhf_now();
+            for (int k = 0; k < inner; k++) sampler_matmul_packed(y, x, C, Wp, R, C, V, 0);
+            double t2 = rlhf_now();
+            t_blas[r] = (t1 - t0) / inner;
+            t_ours[r] = (t2 - t1) / inner;
+        }
+        double tb = median(t_blas, nrep), to = median(t_ours, nrep), flop = 2.0 * R * V * C;
+        printf("kernel %s (%d x %d) x %d rows: packed %.3f ms (%.1f GFLOP/s), OpenBLAS %s %.3f ms (%.1f GFLOP/s): "
+               "%.2fx\n",
+               "lm_head", V, C, R, to * 1e3, flop / to / 1e9, R == 1 ? "sgemv" : "sgemm", tb * 1e3, flop / tb / 1e9,
+               tb / to);
+    }
+    free(t_ours);
+    free(t_blas);
+    free(Wp);
+    free(x);
+    free(y);
+}
+
+/* CPU seconds of all this process's threads: on a shared, oversubscribed machine tokens per CPU-second
+ * is a steadier figure than wall time (it still includes memory-bandwidth contention). */
+static double process_cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Generates n sequences of new_tokens each (no stops); returns seconds. */
+static int timed_run(sampler *s, const int32_t *prompt, int prompt_len, int n, int new_tokens, uint64_t seed,
+                     double *secs, double *cpu_secs, long *tokens, rlhf_error *err) {
+    sample_request *reqs = calloc((size_t)n, sizeof *reqs);
+    sample_result *res = calloc((size_t)n, sizeof *res);
+    if (!reqs || !res) {
+        free(reqs);
+        free(res);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        reqs[i].prompt = prompt;
+        reqs[i].prompt_len = prompt_len;
+        reqs[i].params = sample_params_default();
+        reqs[i].params.max_new_tokens = new_tokens;
+        reqs[i].params.seed = seed + (uint64_t)i;
+    }
+    double t0 = rlhf_now(), c0 = process_cpu_seconds();
+    int rc = sampler_run(s, NULL, reqs, n, res, err);
+    *secs = rlhf_now() - t0;
+    *cpu_secs = process_cpu_seconds() - c0;
+    *tokens = 0;
+    for (int i = 0; i < n && !rc; i++) *tokens += res[i].n_tokens;
+    for (int i = 0; i < n && !rc; i++) sample_result_free(&res[i]);
+    free(reqs);
+    free(res);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    const char *prog = "bench_model_sample";
+    model_config c = {.dim = 288, .n_layers = 6, .n_heads = 6, .n_kv_heads = 0, .ffn_dim = 768, .vocab_size = 32000,
+                      .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tie_embeddings = 1};
+    int prompt_len = 8, new_tokens = 256, batch = 64, threads = 0, repeats = 3;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            bench_usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--untied")) {
+            c.tie_embeddings = 0;
+            continue;
+        }
+        int *dst = !strcmp(a, "--dim")          ? &c.dim
+                   : !strcmp(a, "--layers")     ? &c.n_layers
+                   : !strcmp(a, "--heads")      ? &c.n_heads
+                   : !strcmp(a, "--kv-heads")   ? &c.n_kv_heads
+                   : !strcmp(a, "--ffn")        ? &c.ffn_dim
+                   : !strcmp(a, "--vocab")      ? &c.vocab_size
+                   : !strcmp(a, "--prompt-len") ? &prompt_len
+                   : !strcmp(a, "--new-tokens") ? &new_tokens
+                   : !strcmp(a, "--batch")      ? &batch
+                   : !strcmp(a, "--threads")    ? &threads
+                   : !strcmp(a, "--repeats")    ? &repeats
+                                                : NULL;
+        if (!dst) {
+            fprintf(stderr, "%s: error: unknown option '%s'\n", prog, a);
+            bench_usage(stderr);
+            return 2;
+        }
+        char *end;
+        errno = 0;
+        long v = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : -1;
+        if (i + 1 >= argc || *end || errno || v < 1 || v > (1 << 24)) {
+            fprintf(stderr, "%s: error: %s needs a positive integer\n", prog, a);
+            return 2;
+        }
+        *dst = (int)v;
+        i++;
+    }
+    if (!c.n_kv_heads) c.n_kv_heads = c.n_heads;
+    c.max_seq_len = prompt_len + new_tokens;
+    model_set_threads(threads);
+    threads = omp_get_max_threads();
+    rlhf_error err = {0};
+    model *m = NULL;
+    sampler *single = NULL, *batched = NULL;
+    int32_t *prompt = NULL;
+    int rc = model_create(&m, &c, &err);
+    if (!rc) rc = sampler_create(&single, m, 1, &err);
+    if (!rc) rc = sampler_create(&batched, m, batch, &err);
+    if (rc) {
+        rlhf_error_print(prog, &err);
+        model_destroy(&m);
+        sampler_destroy(&single);
+        return 1;
+    }
+    model_init_random(m, 1234);
+    prompt = malloc((size_t)prompt_len * sizeof *prompt);
+    for (int i = 0; i < prompt_len; i++) prompt[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
+    double weight_mb = (double)(m->n_params - (size_t)c.vocab_size * c.dim * !c.tie_embeddings) * 4.0 / 1e6;
+    printf("sample bench: dim %d, layers %d, heads %d/%d, ffn %d, vocab %d, %s head, %.1fM params; prompt %d, "
+           "%d new tokens, %d threads\n",
+           c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab_size, c.tie_embeddings ? "tied" : "untied",
+           (double)m->n_params / 1e6, prompt_len, new_tokens, threads);
+    double *single_tps = calloc((size_t)repeats, sizeof(double)), *batch_tps = calloc((size_t)repeats, sizeof(double));
+    double secs = 0.0, cpu = 0.0;
+    double *single_cpu = calloc((size_t)repeats, sizeof(double)), *batch_cpu = calloc((size_t)repeats, sizeof(double));
+    long toks = 0;
+    /* warm-up: page in weights, start the thread pools */
+    rc = timed_run(single, prompt, prompt_len, 1, new_tokens < 32 ? new_tokens : 32, 99, &secs, &cpu, &toks, &err);
+    for (int r = 0; r < repeats && !rc; r++) {
+        rc = timed_run(single, prompt, prompt_len, 1, new_tokens, 1000 + (uint64_t)r, &secs, &cpu, &toks, &err);
+        single_tps[r] = toks / secs;
+        single_cpu[r] = toks / cpu;
+        printf("  single-stream run %d: %ld tokens in %.3f s = %.1f tokens/s (%.1f tokens per CPU-second)\n", r, toks,
+               secs, single_tps[r], single_cpu[r]);
+        fflush(stdout);
+    }
+    for (int r = 0; r < repeats && !rc; r++) {
+        rc = timed_run(batched, prompt, prompt_len, batch, new_tokens, 2000 + (uint64_t)r * batch, &secs, &cpu, &toks,
+                       &err);
+        batch_tps[r] = toks / secs;
+        batch_cpu[r] = toks / cpu;
+        printf("  batch %d run %d: %ld tokens in %.3f s = %.1f tokens/s aggregate (%.1f tokens per CPU-second)\n", batch,
+               r, toks, secs, batch_tps[r], batch_cpu[r]);
+        fflush(stdout);
+    }
+    if (!rc) kernel_vs_openblas(m->p.lm_head, c.vocab_size, c.dim, batch, repeats);
+    if (!rc) {
+        double s1 = median(single_tps, repeats), sb = median(batch_tps, repeats);
+        printf("single-stream: median %.1f tokens/s (%.2f ms/token; weights read per token %.1f MB -> %.1f GB/s)\n", s1,
+               1e3 / s1, weight_mb, weight_mb * s1 / 1e3);
+        printf("batched x%d: median %.1f tokens/s aggregate = %.2fx single-stream\n", batch, sb, sb / s1);
+        double c1 = median(single_cpu, repeats), cb = median(batch_cpu, repeats);
+        printf("per CPU-second: single-stream %.1f, batched x%d %.1f tokens (%.2fx)\n", c1, batch, cb, cb / c1);
+    } else {
+        rlhf_error_print(prog, &err);
+    }
+    free(single_tps);
+    free(batch_tps);
+    free(single_cpu);
+    free(batch_cpu);
+    free(prompt);
+    sampler_destroy(&single);
+    sampler_destroy(&batched);
+    model_destroy(&m);
+    return rc ? 1 : 0;
+}

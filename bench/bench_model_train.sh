@@ -9,7 +9,7 @@
 #
 # The C run and the torch run alternate REPS times per size and each side reports its fastest median,
 # so a burst of load from other processes on the shared machine does not decide the ratio.
-# Prints one table: ms/step, tokens/s, model GFLOP/s (formula in model/train_bench.c), OpenBLAS sgemm
+# Prints one table: ms/step, tokens/s, model GFLOP/s (formula in bench/bench_model_train.c), OpenBLAS sgemm
 # GFLOP/s measured in the same process (1024^3), the PyTorch peer's ms/step, the speed ratio, and
 # peak RSS growth against the memory formula.
 set -euo pipefail

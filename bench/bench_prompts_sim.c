@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "prompts/prompts.h"
 
 typedef struct world {
@@ -176,16 +177,6 @@ static int run(const sim_opts *o, const world *w, const char *policy, uint64_t s
     prompt_selector_destroy(&sel);
     prompt_dataset_destroy(&ds);
     return 0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* First evaluation index whose reward reaches `target`, or -1. */

@@ -10,17 +10,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/bench_util.h"
 #include "common/common.h"
 #include "model/model.h"
 #include "prompts/prompts.h"
 #include "rewards/rewards.h"
 #include "rewards/rm/rm.h"
 #include "tests/peer/peer.h"
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static double run(reward_pipeline *p, const rlhf_reward_item *items, int n, double *scores) {
     reward_scores sc = {0};

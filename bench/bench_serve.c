@@ -14,6 +14,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "bench/bench_util.h"
 #include "common/common.h"
 #include "model/model.h"
 #include "tests/peer/peer.h"
@@ -67,11 +68,6 @@ static void *client_main(void *arg) {
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     return NULL;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 int main(int argc, char **argv) {

@@ -39,7 +39,7 @@ int cmd_eval(int argc, char **argv) {
         rlhf_error_print("rlhf eval", &err);
         return 2;
     }
-    set_threads(threads);
+    model_set_threads(threads);
     if (!data) data = cfg.eval_path[0] ? cfg.eval_path : cfg.train_path;
     if (!n) n = cfg.eval_prompts;
     if (ckpt) snprintf(cfg.base_checkpoint, sizeof cfg.base_checkpoint, "%s", ckpt);

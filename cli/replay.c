@@ -45,7 +45,7 @@ int cmd_replay(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%.*s/replay", n, slash ? log_path : ".");
     }
     snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
-    set_threads(threads >= 0 ? threads : cfg.train_threads);
+    model_set_threads(threads >= 0 ? threads : cfg.train_threads);
     /* a config with only model.arch gets its base initialised (from rl.seed) in the output dir */
     if (rlhf_mkdirs(dir, &err) || run_prepare_base(&cfg, &err)) {
         rlhf_error_print("rlhf replay", &err);

@@ -11,14 +11,13 @@
 
 typedef int (*cmd_fn)(int argc, char **argv);
 
-/* Weak so that the table can list every subcommand while a folder's part is still being built;
- * a missing one says so instead of failing to link. */
+/* Weak so that rlhf links when only some folders are built (make MODULES="..."): a subcommand whose
+ * folder is left out says so when run instead of failing the link. */
 #define CMDS(X)                                                                                       \
     X(init, "model", "create a model checkpoint from an architecture JSON")                          \
     X(pretrain, "model", "pretrain a model on a text/JSONL corpus")                                 \
     X(sample, "model", "sample completions from a checkpoint (JSONL out)")                          \
     X(score, "model", "log-probabilities of completions given prompts (JSONL out)")                 \
-    X(bench, "model", "benchmarks: rlhf bench train|sample ...")                                     \
     X(broker, "broker", "run the broker (prompts, rollouts, weights, replay log)")                  \
     X(replay_cat, "broker", "print a replay log as JSONL")                                           \
     X(generator, "generator", "run a trajectory generator process")                                 \

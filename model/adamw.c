@@ -1,5 +1,6 @@
 /* model/adamw.c — AdamW with decoupled weight decay, global-norm clipping and a warmup + cosine or
- * constant LR schedule, with its state (m, v, step) exposed as named tensors for checkpoints. */
+ * constant LR schedule, with its state (m, v, step) exposed as named tensors and saved to / loaded
+ * from one safetensors file format (adamw_save / adamw_load). */
 #include "model/model.h"
 
 #include <math.h>
@@ -119,7 +120,8 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
     return 0;
 }
 
-int adamw_state_tensors(adamw *o, adamw_state_tensor *out, int max) {
+/* The state tensors of o, with the step count read from / written to *step_f. */
+static int state_tensors(const adamw *o, adamw_state_tensor *out, int max, float *step_f) {
     const model *m = o->m;
     int k = 0;
     for (int pass = 0; pass < 2; pass++)
@@ -131,13 +133,17 @@ int adamw_state_tensors(adamw *o, adamw_state_tensor *out, int max) {
             }
             k++;
         }
-    o->step_f = (float)o->step;
+    *step_f = (float)o->step;
     if (k < max) {
         snprintf(out[k].name, sizeof out[k].name, "adamw.step");
-        out[k].data = &o->step_f;
+        out[k].data = step_f;
         out[k].numel = 1;
     }
     return k + 1;
+}
+
+int adamw_state_tensors(adamw *o, adamw_state_tensor *out, int max) {
+    return state_tensors(o, out, max, &o->step_f);
 }
 
 int adamw_state_loaded(adamw *o, rlhf_error *err) {
@@ -146,4 +152,53 @@ int adamw_state_loaded(adamw *o, rlhf_error *err) {
         return RLHF_FAIL(err, RLHF_ECORRUPT, "adamw.step must be a non-negative integer, got %g", s);
     o->step = (long)s;
     return 0;
+}
+
+/* The "format" metadata value of an optimizer-state file. Files written before adamw_save existed
+ * (updater checkpoints) have no "format" key; adamw_load accepts them too. */
+#define ADAMW_FILE_FORMAT "rlhf-adamw"
+
+int adamw_save(const adamw *o, const char *path, rlhf_error *err) {
+    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
+    float step_f;
+    int n = state_tensors(o, st, ADAMW_MAX_STATE_TENSORS, &step_f);
+    safetensors_tensor t[ADAMW_MAX_STATE_TENSORS];
+    for (int i = 0; i < n; i++) {
+        t[i].name = st[i].name;
+        t[i].ndim = 1;
+        t[i].shape[0] = (int64_t)st[i].numel;
+        t[i].data = st[i].data;
+    }
+    json_t *meta = json_pack("{s:s}", "format", ADAMW_FILE_FORMAT);
+    int rc = safetensors_write(path, t, n, meta, err);
+    json_decref(meta);
+    return rc;
+}
+
+int adamw_load(adamw *o, const char *path, rlhf_error *err) {
+    safetensors_file *f = NULL;
+    int rc = safetensors_open(&f, path, err);
+    if (rc) return rc;
+    const char *format = safetensors_meta(f, "format");
+    if (format && strcmp(format, ADAMW_FILE_FORMAT) != 0) {
+        rc = rlhf_error_set(err, RLHF_ECORRUPT, path, "not an AdamW state file: format is \"%s\", expected \"%s\"",
+                            format, ADAMW_FILE_FORMAT);
+        safetensors_close(&f);
+        return rc;
+    }
+    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
+    int n = adamw_state_tensors(o, st, ADAMW_MAX_STATE_TENSORS);
+    for (int i = 0; i < n; i++) {
+        const safetensors_tensor *t = safetensors_find(f, st[i].name);
+        size_t numel = 1;
+        if (t)
+            for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
+        if (!t || numel != st[i].numel) {
+            safetensors_close(&f);
+            return rlhf_error_set(err, RLHF_ECORRUPT, path, "tensor %s missing or of the wrong size", st[i].name);
+        }
+        memcpy(st[i].data, t->data, numel * sizeof(float));
+    }
+    safetensors_close(&f);
+    return adamw_state_loaded(o, err);
 }

@@ -1,7 +1,9 @@
-/* model/model.c — model configuration and the flat parameter buffer. */
+/* model/model.c — model configuration, the flat parameter buffer, and the kernels' thread count. */
 #include "model/model.h"
 
+#include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -172,4 +174,16 @@ int model_copy_weights(model *dst, const model *src, rlhf_error *err) {
     memcpy(dst->params_mem, src->params_mem, src->n_params * sizeof(float));
     dst->version = src->version;
     return 0;
+}
+
+/* Both counts, because this works with either OpenBLAS build. With the OpenMP build (the one
+ * scripts/install-deps.sh installs) GEMMs run on the caller's OpenMP pool: OpenBLAS reads
+ * omp_get_max_threads() of the calling thread at every call, so the per-thread OpenMP count is what
+ * counts and different threads may use different counts; openblas_set_num_threads only sets that same
+ * OpenMP count again. With a pthreads build OpenBLAS has its own process-wide count, which
+ * omp_set_num_threads alone would leave at all cores. */
+void model_set_threads(int n) {
+    if (n <= 0) return;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
 }

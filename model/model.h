@@ -6,9 +6,10 @@
  *   RoPE rotates pairs (i, i + head_dim/2) ("rotate_half"), not interleaved pairs;
  *   per-layer tensors are stacked along a leading L axis in one flat parameter buffer.
  *
- * Sections below are filled in by model/ as it grows: configuration and parameters (model.c),
- * training — forward/backward/log-probs/AdamW (train.c, ops.c, adamw.c), tokenizer (tokenizer.c),
- * checkpoints (safetensors.c), sampling with a KV cache (sampler.c). */
+ * This file: configuration and parameters (model.c) and the kernels' thread count. Included from it:
+ * model/model_train.h — training: forward/backward, log-probs, AdamW and its state file (train.c,
+ * ops.c, adamw.c); model/model_infer.h — tokenizer (tokenizer.c), safetensors checkpoints
+ * (safetensors.c), sampling with a KV cache (sampler.c). */
 #ifndef RLHF_MODEL_H
 #define RLHF_MODEL_H
 
@@ -94,6 +95,14 @@ void model_init_random(model *m, uint64_t seed);
 void model_params_view(const model *m, float *base, model_params *out);
 /* Copies weights between two models of the same config. */
 int model_copy_weights(model *dst, const model *src, rlhf_error *err);
+
+/* ---------------------------------------------------------------- threads */
+
+/* Threads for the kernels of the calling thread: n > 0 sets the OpenMP count (omp_set_num_threads) and
+ * OpenBLAS's (openblas_set_num_threads); n <= 0 leaves the defaults (OMP_NUM_THREADS, else all cores).
+ * The OpenMP count is a per-thread setting: it applies to parallel regions the CALLING thread starts,
+ * so a thread that runs the model (e.g. the updater's trainer thread) calls this itself. */
+void model_set_threads(int n);
 
 #ifdef __cplusplus
 }

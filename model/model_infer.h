@@ -217,9 +217,6 @@ int sampler_max_rows(const sampler *s);
  * for tokens[0..T). Used by tests as the oracle for the fast path. */
 int model_reference_logits(const struct model *m, const int32_t *tokens, int T, float *logits, rlhf_error *err);
 
-/* `rlhf bench sample ...` (model/sampler_bench.c). */
-int model_bench_sample(int argc, char **argv);
-
 #ifdef __cplusplus
 }
 #endif

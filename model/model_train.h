@@ -7,7 +7,7 @@
  * padding after them and their log-probs equal those of the unpadded sequence. targets (B, T) hold
  * the id predicted at each position, or -1 for positions that carry no loss (prompt, padding).
  *
- * Threads: every kernel uses OpenMP (omp_set_num_threads / OMP_NUM_THREADS); GEMMs go through
+ * Threads: every kernel uses OpenMP (model_set_threads / OMP_NUM_THREADS); GEMMs go through
  * OpenBLAS's OpenMP build, which shares the same pool. When other processes share the cores, start
  * the process with OMP_WAIT_POLICY=passive: spinning OpenMP threads made a training step ~10x slower
  * under load (docs/PERFORMANCE.md, "Thread wait policy"). */
@@ -119,10 +119,13 @@ int adamw_state_tensors(adamw *o, adamw_state_tensor *out, int max);
 int adamw_state_loaded(adamw *o, rlhf_error *err);
 enum { ADAMW_MAX_STATE_TENSORS = 2 * 12 + 1 };
 
-/* ================================================================ CLI hooks */
-
-/* `rlhf bench train ...` (dispatched by cmd_bench in model/). */
-int model_bench_train(int argc, char **argv);
+/* The optimizer-state file (as model_save / model_load for weights): a safetensors file holding the
+ * adamw_state_tensors above and __metadata__ {"format": "rlhf-adamw"}. Written atomically. */
+int adamw_save(const adamw *o, const char *path, rlhf_error *err);
+/* Restores o's state (for a model of the same config) from a file written by adamw_save, or by an
+ * older writer without the "format" key. A different "format" or a missing tensor or one of the wrong
+ * size is an error naming the file, as is a bad step count (adamw_state_loaded); all RLHF_ECORRUPT. */
+int adamw_load(adamw *o, const char *path, rlhf_error *err);
 
 #ifdef __cplusplus
 }

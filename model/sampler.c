@@ -4,7 +4,7 @@
  * (cache slot) at one position. Prefill rows (many per sequence) and decode rows (one per
  * sequence) share the same step, so every weight matrix is read once per step for all rows
  * (sampler_matmul_packed: weights repacked into 32-column panels, AVX-512, measured faster than
- * OpenBLAS sgemv for one row and sgemm for 64 rows by `rlhf bench sample`).
+ * OpenBLAS sgemv for one row and sgemm for 64 rows by bench/bench_model_sample).
  * Within a step all rows' keys/values are written to the cache before attention, so a prefill
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).
@@ -210,8 +210,11 @@ static void ensure_packed(sampler *s) {
     if (weights_fingerprint(s->m) != s->packed_fingerprint) sampler_sync_weights(s);
 }
 
+/* The sampler's own forward kernels (smp_*): ragged rows of (slot, position) reading the KV cache, no
+ * tape, no backward. The training kernels of the same names without the prefix are in model/ops.c. */
+
 /* out (R, C) = in (R, C) / rms(in) * w (C) */
-static void rmsnorm_forward(float *out, const float *in, const float *w, int R, int C, float eps) {
+static void smp_rmsnorm_forward(float *out, const float *in, const float *w, int R, int C, float eps) {
 #pragma omp parallel for if (R >= 8) schedule(static)
     for (int r = 0; r < R; r++) {
         const float *x = in + (size_t)r * C;
@@ -225,8 +228,8 @@ static void rmsnorm_forward(float *out, const float *in, const float *w, int R, 
 
 /* In place on x (R, NH*D; rows ld apart): rotate pairs (i, i + D/2) of every head by pos[r] * freq_i
  * (HF rotate_half). */
-static void rope_forward(float *x, int ld, const int *pos, const float *cos_t, const float *sin_t, int R, int NH,
-                         int D) {
+static void smp_rope_forward(float *x, int ld, const int *pos, const float *cos_t, const float *sin_t, int R,
+                             int NH, int D) {
     int half = D / 2;
 #pragma omp parallel for if (R >= 8) schedule(static)
     for (int r = 0; r < R; r++) {
@@ -243,7 +246,7 @@ static void rope_forward(float *x, int ld, const int *pos, const float *cos_t, c
 }
 
 /* gu (R, 2F): gate half <- silu(gate) * up */
-static void swiglu_forward(float *gu, int R, int F) {
+static void smp_swiglu_forward(float *gu, int R, int F) {
 #pragma omp parallel for if ((size_t)R * F >= 16384) schedule(static)
     for (int r = 0; r < R; r++) {
         float *g = gu + (size_t)r * 2 * F, *u = g + F;
@@ -394,9 +397,9 @@ static void attend_head(float *o, const float *q, const float *kT, const float *
 /* out (R, H*D): row r, head h attends over positions 0..pos[r] of its slot's cache. For this layer:
  * kc (max_batch, KVH, D, T) keys transposed, vc (max_batch, T, KVH*D) values; slot_stride floats per
  * slot in both. OpenMP over (row, head); per-thread scratch (T) scores. */
-static void attention_forward(float *out, const float *q, int ldq, const float *kc, const float *vc, const int *slot,
-                              const int *pos, int R, int H, int KVH, int D, size_t slot_stride, float *scratch,
-                              int T, int n_threads) {
+static void smp_attention_forward(float *out, const float *q, int ldq, const float *kc, const float *vc,
+                                  const int *slot, const int *pos, int R, int H, int KVH, int D, size_t slot_stride,
+                                  float *scratch, int T, int n_threads) {
     int group = H / KVH, KD = KVH * D;
     float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel if (R * H > 1) num_threads(n_threads)
@@ -540,11 +543,11 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
     for (int r = 0; r < R; r++) memcpy(x + (size_t)r * C, p->embed + (size_t)tok[r] * C, (size_t)C * sizeof(float));
     for (int l = 0; l < c->n_layers; l++) {
         const float *pk = s->wpack + (size_t)l * s->pk_layer; /* this layer's packed matrices */
-        rmsnorm_forward(xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
+        smp_rmsnorm_forward(xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
         sampler_matmul_packed(s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
         float *q = s->qkv, *k = s->qkv + HD, *v = s->qkv + HD + KD;     // rows QKV apart
-        rope_forward(q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
-        rope_forward(k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
+        smp_rope_forward(q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
+        smp_rope_forward(k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
         float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, KVH, D, T)
         float *vc = s->v_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
         for (int r = 0; r < R; r++) {
@@ -554,17 +557,17 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
             memcpy(vc + (size_t)slot[r] * s->slot_stride + (size_t)pos[r] * KD, v + (size_t)r * QKV,
                    (size_t)KD * sizeof(float));
         }
-        attention_forward(s->att, q, QKV, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride, s->att_scratch, s->T,
+        smp_attention_forward(s->att, q, QKV, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride, s->att_scratch, s->T,
                           region_threads(s));
         sampler_matmul_packed(x, s->att, HD, pk + s->pk_off[1], R, HD, C, 1); // x += att @ wo^T
-        rmsnorm_forward(xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
+        smp_rmsnorm_forward(xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
         sampler_matmul_packed(s->gu, xn, C, pk + s->pk_off[2], R, C, 2 * F, 0); // (R, F | F)
-        swiglu_forward(s->gu, R, F);
+        smp_swiglu_forward(s->gu, R, F);
         sampler_matmul_packed(x, s->gu, 2 * F, pk + s->pk_off[3], R, F, C, 1); // x += h @ w_down^T
     }
     /* only the rows whose next-token distribution is wanted go through the final norm and lm_head */
     for (int i = 0; i < n_logits; i++)
-        rmsnorm_forward(s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
+        smp_rmsnorm_forward(s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
     if (n_logits > 0) sampler_matmul_packed(logits, s->xl, C, s->wpack + s->pk_head, n_logits, C, V, 0); // (n_logits, V)
 }
 

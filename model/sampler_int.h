@@ -1,4 +1,4 @@
-/* model/sampler_int.h — internals of the sampler shared with its benchmark (model/sampler_bench.c);
+/* model/sampler_int.h — internals of the sampler shared with its benchmark (bench/bench_model_sample.c);
  * not part of model/'s public API. */
 #ifndef RLHF_SAMPLER_INT_H
 #define RLHF_SAMPLER_INT_H

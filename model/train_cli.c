@@ -1,4 +1,4 @@
-/* model/train_cli.c — `rlhf pretrain`, `rlhf score` and `rlhf bench train`.
+/* model/train_cli.c — `rlhf pretrain` and `rlhf score`.
  *
  *   rlhf pretrain --model M --data CORPUS(.txt|.jsonl) --steps N --batch B --seq T --lr LR --out OUT
  *                 [--seed S --warmup W --schedule cosine|constant --min-lr-ratio R --weight-decay WD
@@ -12,7 +12,6 @@
  *     (logprob = sum over completion tokens of log p(token | BOS + prompt + earlier tokens)). */
 #include "model/model.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -41,12 +40,6 @@ static int arg_float(const char *prog, const char *name, const char *v, double l
     }
     *out = (float)x;
     return 0;
-}
-
-static void set_threads(int n) {
-    if (n <= 0) return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
 }
 
 static int ends_with(const char *s, const char *suf) {
@@ -168,22 +161,6 @@ static void optim_path(char *out, size_t cap, const char *model_path) {
         snprintf(out, cap, "%s.optim.safetensors", model_path);
 }
 
-static int save_optimizer(adamw *o, const char *path, rlhf_error *err) {
-    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
-    int n = adamw_state_tensors(o, st, ADAMW_MAX_STATE_TENSORS);
-    safetensors_tensor t[ADAMW_MAX_STATE_TENSORS];
-    for (int i = 0; i < n; i++) {
-        t[i].name = st[i].name;
-        t[i].ndim = 1;
-        t[i].shape[0] = (int64_t)st[i].numel;
-        t[i].data = st[i].data;
-    }
-    json_t *meta = json_pack("{s:s}", "format", "rlhf-adamw");
-    int rc = safetensors_write(path, t, n, meta, err);
-    json_decref(meta);
-    return rc;
-}
-
 /* ------------------------------------------------------------------ rlhf pretrain */
 
 static void pretrain_usage(void) {
@@ -247,7 +224,7 @@ int cmd_pretrain(int argc, char **argv) {
         return 2;
     }
     oc.total_steps = steps;
-    set_threads(threads);
+    model_set_threads(threads);
 
     rlhf_error err = {0};
     model *m = NULL;
@@ -308,7 +285,7 @@ int cmd_pretrain(int argc, char **argv) {
     if (!rc) {
         char op[4200];
         optim_path(op, sizeof op, out_path);
-        rc = save_optimizer(opt, op, &err);
+        rc = adamw_save(opt, op, &err);
         if (!rc)
             fprintf(stderr, "%s: wrote %s and %s (%.1f s)\n", prog, out_path, op, rlhf_now() - t_start);
     }
@@ -406,7 +383,7 @@ int cmd_score(int argc, char **argv) {
         fprintf(stderr, "%s: error: --model and --data are required\n", prog);
         return 2;
     }
-    set_threads(threads);
+    model_set_threads(threads);
     rlhf_error err = {0};
     model *m = NULL;
     tokenizer *tok = NULL;
@@ -480,7 +457,3 @@ int cmd_score(int argc, char **argv) {
     model_destroy(&m);
     return rc ? 1 : 0;
 }
-
-/* cmd_bench (model/bench_cli.c) refers to model_bench_train weakly, and a weak reference does not pull
- * an object out of librlhf.a; this strong reference from an object always linked into rlhf does. */
-int (*const model_bench_train_link)(int, char **) = model_bench_train;

@@ -112,9 +112,6 @@ int run_prepare_base(run_config *cfg, rlhf_error *err);
 /* Loads the base policy named by the config (checking it against model.arch when both are given). */
 int run_load_base(const run_config *cfg, model **out, rlhf_error *err);
 
-/* Sets the OpenMP thread count (0 = leave the default). */
-void set_threads(int n);
-
 /* ---------------------------------------------------------------- weights */
 
 /* Applies a WEIGHTS message to m: the tensor table must match m's tensors (names, sizes) exactly. */

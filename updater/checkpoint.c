@@ -54,17 +54,8 @@ int checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf
     snprintf(p, sizeof p, "%s/model.safetensors", tmp);
     ps->m->version = ps->version;
     if ((rc = model_save(ps->m, p, err))) return rc;
-    adamw_state_tensor ost[ADAMW_MAX_STATE_TENSORS];
-    int no = adamw_state_tensors(ps->opt, ost, ADAMW_MAX_STATE_TENSORS);
-    safetensors_tensor st[ADAMW_MAX_STATE_TENSORS];
-    for (int i = 0; i < no; i++) {
-        st[i].name = ost[i].name;
-        st[i].ndim = 1;
-        st[i].shape[0] = (int64_t)ost[i].numel;
-        st[i].data = ost[i].data;
-    }
     snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
-    if ((rc = safetensors_write(p, st, no, NULL, err))) return rc;
+    if ((rc = adamw_save(ps->opt, p, err))) return rc;
     json_t *s = json_object();
     json_object_set_new(s, "step", json_integer(ps->step));
     json_object_set_new(s, "policy_version", json_integer((json_int_t)ps->version));
@@ -119,23 +110,7 @@ int checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out
     int rc = model_load_into(ps->m, p, err);
     if (rc) return rc;
     snprintf(p, sizeof p, "%s/optimizer.safetensors", ck);
-    safetensors_file *f = NULL;
-    if ((rc = safetensors_open(&f, p, err))) return rc;
-    adamw_state_tensor ost[ADAMW_MAX_STATE_TENSORS];
-    int no = adamw_state_tensors(ps->opt, ost, ADAMW_MAX_STATE_TENSORS);
-    for (int i = 0; i < no; i++) {
-        const safetensors_tensor *t = safetensors_find(f, ost[i].name);
-        size_t numel = 1;
-        if (t)
-            for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
-        if (!t || numel != ost[i].numel) {
-            safetensors_close(&f);
-            return rlhf_error_set(err, RLHF_ECORRUPT, p, "tensor %s missing or of the wrong size", ost[i].name);
-        }
-        memcpy(ost[i].data, t->data, numel * sizeof(float));
-    }
-    safetensors_close(&f);
-    if ((rc = adamw_state_loaded(ps->opt, err))) return rc;
+    if ((rc = adamw_load(ps->opt, p, err))) return rc;
     snprintf(p, sizeof p, "%s/state.json", ck);
     json_error_t jerr;
     json_t *s = json_load_file(p, 0, &jerr);

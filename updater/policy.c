@@ -16,10 +16,6 @@
 
 #include "updater/updater_int.h"
 
-void set_threads(int n) {
-    if (n > 0) omp_set_num_threads(n);
-}
-
 int policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     memset(ps, 0, sizeof *ps);
     ps->cfg = cfg;

@@ -54,7 +54,7 @@ typedef struct trainer {
 
 static void *trainer_main(void *arg) {
     trainer *t = arg;
-    set_threads(t->threads); /* the OpenMP thread count is per thread: set it on this one */
+    model_set_threads(t->threads); /* the OpenMP thread count is per thread: set it on this one */
     pthread_mutex_lock(&t->mu);
     for (;;) {
         while (!t->job && !t->quit) pthread_cond_wait(&t->cv, &t->mu);

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,6 +24,7 @@
 #include "broker/broker_int.h"
 #include "tests/broker/synth_common.h"
 #include "tests/test_paths.h"
+#include "tests/test_proc.h"
 
 static char tmpdir[256];
 static char bindir[4096];
@@ -64,35 +64,10 @@ static void sleep_ms(long ms) {
 
 static int next_port(void) { return 20000 + (int)((getpid() * 131 + port_seq++ * 17) % 30000); }
 
-/* fork + exec with stdout/stderr into LOG */
+/* fork + exec with stdout/stderr appended to LOG; a test that aborts leaves no broker or peer behind */
 static pid_t spawn(char *const argv[], const char *log) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a test that aborts leaves no broker or peer behind */
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Exit status, or -1 after a timeout (the process is then killed). */
-static int wait_exit(pid_t pid, double timeout_s) {
-    double end = rlhf_now() + timeout_s;
-    int st;
-    while (rlhf_now() < end) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        sleep_ms(20);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
+    test_proc_opts o = {.out = log, .err = log, .append = 1, .die_with_parent = 1};
+    return test_proc_spawn(NULL, argv, &o);
 }
 
 typedef struct run {
@@ -134,15 +109,16 @@ static int start_broker(run *r, const char *name, const char *extra) {
                 return 0;
             }
         }
-        kill(r->broker, SIGKILL);
-        waitpid(r->broker, NULL, 0);
+        test_proc_kill(r->broker);
     }
     return -1;
 }
 
-static pid_t start_gen(const run *r, const char *id, const char *extra_args) {
+/* Starts the synthetic peer PROG (synth_generator or synth_updater) with --id ID, its output file and
+ * log in the run's directory, and EXTRA_ARGS (space-separated). */
+static pid_t start_synth(const run *r, const char *prog, const char *id, const char *extra_args) {
     char bin[4200], out[600], log[600], cmd[1024];
-    snprintf(bin, sizeof bin, "%s/synth_generator", bindir);
+    snprintf(bin, sizeof bin, "%s/%s", bindir, prog);
     snprintf(out, sizeof out, "%s/%s.out", r->dir, id);
     snprintf(log, sizeof log, "%s/%s.log", r->dir, id);
     snprintf(cmd, sizeof cmd, "%s", extra_args ? extra_args : "");
@@ -155,19 +131,12 @@ static pid_t start_gen(const run *r, const char *id, const char *extra_args) {
     return pid;
 }
 
+static pid_t start_gen(const run *r, const char *id, const char *extra_args) {
+    return start_synth(r, "synth_generator", id, extra_args);
+}
+
 static pid_t start_upd(const run *r, const char *id, const char *extra_args) {
-    char bin[4200], out[600], log[600], cmd[1024];
-    snprintf(bin, sizeof bin, "%s/synth_updater", bindir);
-    snprintf(out, sizeof out, "%s/%s.out", r->dir, id);
-    snprintf(log, sizeof log, "%s/%s.log", r->dir, id);
-    snprintf(cmd, sizeof cmd, "%s", extra_args ? extra_args : "");
-    char *argv[32] = {bin, "--endpoint", (char *)r->endpoint, "--id", (char *)id, "--out", out};
-    int n = 7;
-    for (char *tok = strtok(cmd, " "); tok && n < 30; tok = strtok(NULL, " ")) argv[n++] = strdup(tok);
-    argv[n] = NULL;
-    pid_t pid = spawn(argv, log);
-    for (int i = 7; i < n; i++) free(argv[i]);
-    return pid;
+    return start_synth(r, "synth_updater", id, extra_args);
 }
 
 static json_t *get_stats(const run *r) {
@@ -259,7 +228,7 @@ static void test_exactly_once(void) {
     pid_t g[3];
     const char *gid[3] = {"g0", "g1", "g2"};
     for (int i = 0; i < 3; i++) g[i] = start_gen(&r, gid[i], "--groups 40 --k 4 --tokens 24 --batch 2");
-    for (int i = 0; i < 3; i++) CU_ASSERT_EQUAL(wait_exit(g[i], 40), 0);
+    for (int i = 0; i < 3; i++) CU_ASSERT_EQUAL(test_proc_wait(g[i], 40), 0);
     /* all pushed groups received by the broker, and the queue drained (delivered or dropped) */
     json_t *s = NULL;
     for (int i = 0; i < 200; i++) {
@@ -281,9 +250,9 @@ static void test_exactly_once(void) {
     json_t *pu = peer_of(s, "u1");
     CU_ASSERT_TRUE(pu && json_is_true(json_object_get(pu, "alive")));
     CU_ASSERT_EQUAL(send_stop(&r), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
-    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
-    CU_ASSERT_EQUAL(wait_exit(u1, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u1, 10), 0);
     json_decref(s);
 
     char p[600];
@@ -354,7 +323,7 @@ static void test_staleness_zero(void) {
     pid_t u0 = start_upd(&r, "u0", "--credit 2 --publish-every 3");
     CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t g0 = start_gen(&r, "g0", "--groups 30 --k 2 --tokens 8 --batch 3");
-    CU_ASSERT_EQUAL(wait_exit(g0, 30), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(g0, 30), 0);
     json_t *s = NULL;
     for (int i = 0; i < 100; i++) {
         json_decref(s);
@@ -369,8 +338,8 @@ static void test_staleness_zero(void) {
                     stat_i(s, "groups/delivered") + stat_i(s, "groups/dropped_stale"));
     json_decref(s);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
-    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
     /* the updater only ever saw groups of the version that was newest when each was delivered:
      * versions it received never decrease and lag its own publishes by at most 0 */
     char p[600];
@@ -411,9 +380,9 @@ static void test_kill_and_restart(void) {
         sleep_ms(20);
     }
     CU_ASSERT_EQUAL(kill(victim, SIGKILL), 0);
-    CU_ASSERT_EQUAL(wait_exit(victim, 5), 128 + SIGKILL);
+    CU_ASSERT_EQUAL(test_proc_wait(victim, 5), 128 + SIGKILL);
     /* the other generator finishes, every one of its groups reaches the broker */
-    CU_ASSERT_EQUAL(wait_exit(g1, 40), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(g1, 40), 0);
     json_t *s = NULL;
     for (int i = 0; i < 100; i++) {
         json_decref(s);
@@ -434,7 +403,7 @@ static void test_kill_and_restart(void) {
     json_decref(s);
     /* restart: it receives the newest version right after the handshake */
     pid_t again = start_gen(&r, "g-victim", "--check-weights");
-    CU_ASSERT_EQUAL(wait_exit(again, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(again, 10), 0);
     FILE *f = fopen(p, "r");
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
     char line[256], last[256] = "";
@@ -449,8 +418,8 @@ static void test_kill_and_restart(void) {
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(pv, "restarts")), 1);
     json_decref(s);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
-    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
 }
 
 /* A slow updater: the queue stays within its capacity and generators are held back. */
@@ -503,8 +472,8 @@ static void test_backpressure(void) {
     CU_ASSERT_EQUAL(stat_i(s, "groups/delivered"), 48);
     json_decref(s);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
-    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
 }
 
 /* Raw socket speaking protocol version 99: the broker rejects it, counts it, and says both versions. */
@@ -558,7 +527,7 @@ static void test_other_protocol_version(void) {
     CU_ASSERT_EQUAL(stat_i(st, "rejected/no_hello"), 1);
     json_decref(st);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
 }
 
 /* Client side: a fake broker answering in protocol version 7 -> connect fails naming both versions. */
@@ -651,7 +620,7 @@ static void test_bind_errors(void) {
     snprintf(log, sizeof log, "%s/badbind.log", tmpdir);
     snprintf(bin, sizeof bin, "%s/rlhf", bindir);
     char *argv[] = {bin, "broker", "--config", cfgp, "--run-dir", tmpdir, NULL};
-    CU_ASSERT_EQUAL(wait_exit(spawn(argv, log), 10), 1);
+    CU_ASSERT_EQUAL(test_proc_wait(spawn(argv, log), 10), 1);
     char *out = NULL;
     size_t n = 0;
     CU_ASSERT_EQUAL_FATAL(rlhf_read_file(log, &out, &n, NULL), 0);
@@ -734,7 +703,7 @@ static void test_sigterm_flushes(void) {
     pid_t u0 = start_upd(&r, "u0", "--credit 100");
     CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t g0 = start_gen(&r, "g0", "--groups 20 --k 2 --tokens 8");
-    CU_ASSERT_EQUAL(wait_exit(g0, 20), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(g0, 20), 0);
     json_t *s = NULL;
     for (int i = 0; i < 100; i++) {
         json_decref(s);
@@ -744,8 +713,8 @@ static void test_sigterm_flushes(void) {
     }
     json_decref(s);
     kill(r.broker, SIGTERM);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
-    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0); /* the updater was told to stop */
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0); /* the updater was told to stop */
     char p[600];
     snprintf(p, sizeof p, "%s/rollouts.log", r.dir);
     replay_reader *rr;
@@ -782,7 +751,7 @@ static void test_selector_state_restart(void) {
     pid_t u0 = start_upd(&r, "u0", "--credit 100 --stats");
     CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "u0"), 0);
     pid_t g0 = start_gen(&r, "g0", "--groups 20 --k 2 --tokens 8");
-    CU_ASSERT_EQUAL(wait_exit(g0, 20), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(g0, 20), 0);
     long served = -1, groups = -1;
     s = NULL;
     for (int i = 0; i < 200; i++) {
@@ -802,8 +771,8 @@ static void test_selector_state_restart(void) {
     CU_ASSERT(json_number_value(json_object_get(sel, "prompts/sampling_entropy")) > 0);
     json_decref(s);
     kill(r.broker, SIGTERM);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
-    CU_ASSERT_EQUAL(wait_exit(u0, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
     char p[600];
     snprintf(p, sizeof p, "%s/%s", r.dir, BROKER_SELECTOR_STATE);
     json_t *st = json_load_file(p, 0, NULL);
@@ -821,7 +790,7 @@ static void test_selector_state_restart(void) {
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(sel, "prompts/groups")), 20);
     json_decref(s);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
 
     /* a state naming prompts this dataset does not have: refused, file named */
     run bad;
@@ -892,7 +861,7 @@ static void test_generation_lag(void) {
     CU_ASSERT_EQUAL(pb.n, 1);
     wire_prompt_batch_free(&pb);
     CU_ASSERT_EQUAL(broker_client_control(upd, WIRE_CONTROL_STOP, "done", &e), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
     broker_client_close(&gen);
     broker_client_close(&upd);
 }
@@ -1011,7 +980,7 @@ static void test_control_and_rejections(void) {
     wire_rollout_group_free(&rg);
     /* stop: both clients learn it */
     CU_ASSERT_EQUAL(broker_client_control(gen, WIRE_CONTROL_STOP, "done", &e), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
     CU_ASSERT_EQUAL(broker_client_recv_group(upd, &rg, 3000, &e), RLHF_ESTATE);
     CU_ASSERT_TRUE(broker_client_stopped(upd));
     broker_client_close(&gen);
@@ -1035,7 +1004,7 @@ static void test_broker_restart(void) {
     for (int round = 0; round < 2; round++) {
         if (round == 1) {
             kill(r.broker, SIGKILL);
-            CU_ASSERT_EQUAL(wait_exit(r.broker, 5), 128 + SIGKILL);
+            CU_ASSERT_EQUAL(test_proc_wait(r.broker, 5), 128 + SIGKILL);
             char cfg[600], log[600], bin[4200];
             snprintf(cfg, sizeof cfg, "%s/config.json", r.dir);
             snprintf(log, sizeof log, "%s/broker.log", r.dir);
@@ -1067,7 +1036,7 @@ static void test_broker_restart(void) {
     CU_ASSERT_EQUAL(stat_i(s, "groups/delivered"), 3); /* the new broker's share */
     json_decref(s);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
-    CU_ASSERT_EQUAL(wait_exit(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
     broker_client_close(&gen);
     broker_client_close(&upd);
     char p[600];

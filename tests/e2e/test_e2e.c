@@ -29,6 +29,7 @@
 
 #include "broker/broker.h"
 #include "common/common.h"
+#include "tests/test_proc.h"
 
 static char g_dir[64];
 static char g_rlhf[1024];
@@ -44,40 +45,12 @@ static int write_text(const char *path, const char *text) {
 
 /* Starts `rlhf ARGS...` with stdout+stderr to log_path; returns the pid. */
 static pid_t start(const char *log_path, const char *const *args) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        char *argv[32];
-        int n = 0;
-        argv[n++] = g_rlhf;
-        for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
-        argv[n] = NULL;
-        execv(g_rlhf, argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits for pid up to timeout seconds (then kills it); returns the exit code, or -1. */
-static int wait_exit(pid_t pid, double timeout) {
-    double t0 = rlhf_now();
-    int st;
-    while (rlhf_now() - t0 < timeout) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        usleep(20000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
+    test_proc_opts o = {.out = log_path, .err = log_path};
+    return test_proc_spawn_args(g_rlhf, g_rlhf, args, &o);
 }
 
 static int run_cmd(const char *log_path, const char *const *args, double timeout) {
-    return wait_exit(start(log_path, args), timeout);
+    return test_proc_wait(start(log_path, args), timeout);
 }
 
 static char *slurp(const char *path) {
@@ -202,10 +175,7 @@ static int wait_step(const char *run_dir, long step, pid_t launcher, double time
 }
 
 /* Stops a launcher left running by a failed check (SIGTERM: it stops its children). */
-static void abandon(pid_t launcher) {
-    kill(launcher, SIGTERM);
-    if (wait_exit(launcher, 30) == -1) kill(launcher, SIGKILL);
-}
+static void abandon(pid_t launcher) { test_proc_stop(launcher, 30); }
 #define REQUIRE(cond, launcher)                                                                        \
     do {                                                                                               \
         if (!(cond)) {                                                                                 \
@@ -296,7 +266,7 @@ static void test_run_with_faults(void) {
     pid_t brk = find_child(launcher, "broker", NULL);
     REQUIRE(brk > 0, launcher);
     kill(brk, SIGKILL);
-    int rc = wait_exit(launcher, 120);
+    int rc = test_proc_wait(launcher, 120);
     CU_ASSERT_EQUAL(rc, 0);
     if (rc != 0) {
         char *out = slurp(log);
@@ -401,7 +371,7 @@ static void test_resume_after_sigint(void) {
     pid_t launcher = start(log, args);
     REQUIRE(wait_step(run, 4, launcher, 60), launcher);
     kill(launcher, SIGINT);
-    CU_ASSERT_EQUAL(wait_exit(launcher, 60), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(launcher, 60), 0);
     CU_ASSERT(file_contains(log, "continue with: rlhf run --resume"));
     int stopped = latest_ckpt(run);
     long stopped_metrics = last_step(run);

@@ -3,43 +3,25 @@
  * equals an in-process sampler_run with the documented seeds; bad input exits non-zero with one error
  * line naming what and where, and init leaves no output file. */
 #include <CUnit/CUnit.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "model/model.h"
 #include "tests/model_infer/infer_test.h"
 #include "tests/test_paths.h"
+#include "tests/test_proc.h"
 
 static char rlhf_bin[PATH_MAX + 32];
 static char dir[64];
 
 static int run_rlhf(const char *const *args, const char *out_path, const char *err_path) {
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (o < 0 || e < 0) _exit(126);
-        dup2(o, 1);
-        dup2(e, 2);
-        char *argv[40];
-        int n = 0;
-        argv[n++] = "rlhf";
-        for (; args[n - 1] && n < 39; n++) argv[n] = (char *)args[n - 1];
-        argv[n] = NULL;
-        setenv("OMP_NUM_THREADS", "2", 1);
-        execv(rlhf_bin, argv);
-        _exit(127);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    static const char *const env[] = {"OMP_NUM_THREADS=2", NULL};
+    test_proc_opts o = {.out = out_path ? out_path : "/dev/null", .err = err_path ? err_path : "/dev/null", .env = env};
+    return test_proc_run_args(rlhf_bin, "rlhf", args, &o, 0);
 }
 
 static const char *in_dir(const char *name) {

@@ -3,42 +3,25 @@
  * checkpoint plus optimizer state; score's JSONL equals log-probs computed in-process; bad input
  * exits non-zero with one error line and leaves no output file. */
 #include <CUnit/CUnit.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "model/model.h"
 #include "tests/model_train/helpers.h"
 #include "tests/test_paths.h"
+#include "tests/test_proc.h"
 
 static char rlhf_bin[PATH_MAX + 32];
 static char tmpdir[64];
 
 /* Runs rlhf with args; stdout to out_path (or /dev/null), stderr to err_path. Returns the exit status. */
 static int run_rlhf(const char *const *args, const char *out_path, const char *err_path) {
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (o < 0 || e < 0) _exit(126);
-        dup2(o, 1), dup2(e, 2);
-        char *argv[32];
-        int n = 0;
-        argv[n++] = "rlhf";
-        for (; args[n - 1] && n < 31; n++) argv[n] = (char *)args[n - 1];
-        argv[n] = NULL;
-        setenv("OMP_NUM_THREADS", "2", 1);
-        execv(rlhf_bin, argv);
-        _exit(127);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    static const char *const env[] = {"OMP_NUM_THREADS=2", NULL};
+    test_proc_opts o = {.out = out_path ? out_path : "/dev/null", .err = err_path ? err_path : "/dev/null", .env = env};
+    return test_proc_run_args(rlhf_bin, "rlhf", args, &o, 0);
 }
 
 static void path_in(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", tmpdir, name); }

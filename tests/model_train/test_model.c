@@ -421,6 +421,107 @@ static void test_adamw_state_roundtrip(void) {
     model_destroy(&b);
 }
 
+/* Takes `steps` AdamW steps on a with random gradients. */
+static void adamw_take_steps(adamw *oa, model *a, int steps, rlhf_rng *rng) {
+    rlhf_error err = {0};
+    float *g = malloc(a->n_params * sizeof(float));
+    for (int s = 0; s < steps; s++) {
+        for (size_t i = 0; i < a->n_params; i++) g[i] = rlhf_rng_normal(rng);
+        CU_ASSERT_EQUAL(adamw_step(oa, a, g, NULL, NULL, &err), 0);
+    }
+    free(g);
+}
+
+/* 1 if the two optimizers' state tensors (moments and step) are bitwise equal. */
+static int adamw_state_equal(adamw *x, adamw *y) {
+    adamw_state_tensor sx[ADAMW_MAX_STATE_TENSORS], sy[ADAMW_MAX_STATE_TENSORS];
+    int n = adamw_state_tensors(x, sx, ADAMW_MAX_STATE_TENSORS);
+    if (adamw_state_tensors(y, sy, ADAMW_MAX_STATE_TENSORS) != n) return 0;
+    for (int i = 0; i < n; i++)
+        if (strcmp(sx[i].name, sy[i].name) || sx[i].numel != sy[i].numel ||
+            memcmp(sx[i].data, sy[i].data, sx[i].numel * sizeof(float)))
+            return 0;
+    return adamw_get_step(x) == adamw_get_step(y);
+}
+
+/* adamw_save writes a file tagged {"format":"rlhf-adamw"} that adamw_load restores exactly; an
+ * untagged file (as updater checkpoints were written before adamw_save) still loads; another format
+ * tag, a missing tensor and a model of another size are errors naming the file. */
+static void test_adamw_save_load(void) {
+    model *a = small_model(0, 2, 53, 1.0f), *small = small_model_layers(1, 0, 2, 53, 1.0f);
+    rlhf_error err = {0};
+    adamw_config c;
+    adamw_config_default(&c);
+    adamw *oa = NULL, *ob = NULL, *oc = NULL, *osmall = NULL;
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&oa, a, &c, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&ob, a, &c, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&oc, a, &c, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&osmall, small, &c, &err), 0);
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 54);
+    adamw_take_steps(oa, a, 3, &rng);
+    CU_ASSERT_FALSE(adamw_state_equal(oa, ob));
+    char path[] = "/tmp/rlhf_adamw_save_XXXXXX";
+    int fd = mkstemp(path);
+    CU_ASSERT_FATAL(fd >= 0);
+    close(fd);
+
+    /* tagged round trip */
+    CU_ASSERT_EQUAL_FATAL(adamw_save(oa, path, &err), 0);
+    safetensors_file *f = NULL;
+    CU_ASSERT_EQUAL_FATAL(safetensors_open(&f, path, &err), 0);
+    CU_ASSERT_STRING_EQUAL(safetensors_meta(f, "format"), "rlhf-adamw");
+    CU_ASSERT_EQUAL(f->n_tensors, 2 * a->n_tensors + 1);
+    safetensors_close(&f);
+    CU_ASSERT_EQUAL(adamw_load(ob, path, &err), 0);
+    CU_ASSERT_EQUAL(adamw_get_step(ob), 3);
+    CU_ASSERT(adamw_state_equal(oa, ob));
+
+    /* a model of another size: an error naming the file */
+    memset(&err, 0, sizeof err);
+    CU_ASSERT_EQUAL(adamw_load(osmall, path, &err), RLHF_ECORRUPT);
+    CU_ASSERT_STRING_EQUAL(err.where, path);
+
+    /* the old untagged way: the same tensors through safetensors_write without metadata */
+    adamw_take_steps(oa, a, 2, &rng);
+    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
+    int n = adamw_state_tensors(oa, st, ADAMW_MAX_STATE_TENSORS);
+    safetensors_tensor sf[ADAMW_MAX_STATE_TENSORS];
+    for (int i = 0; i < n; i++) {
+        sf[i].name = st[i].name;
+        sf[i].ndim = 1;
+        sf[i].shape[0] = (int64_t)st[i].numel;
+        sf[i].data = st[i].data;
+    }
+    CU_ASSERT_EQUAL_FATAL(safetensors_write(path, sf, n, NULL, &err), 0);
+    CU_ASSERT_EQUAL(adamw_load(oc, path, &err), 0);
+    CU_ASSERT_EQUAL(adamw_get_step(oc), 5);
+    CU_ASSERT(adamw_state_equal(oa, oc));
+
+    /* a file with a missing tensor */
+    memset(&err, 0, sizeof err);
+    CU_ASSERT_EQUAL_FATAL(safetensors_write(path, sf, n - 1, NULL, &err), 0);
+    CU_ASSERT_EQUAL(adamw_load(oc, path, &err), RLHF_ECORRUPT);
+    CU_ASSERT(strstr(err.msg, "adamw.step") != NULL);
+
+    /* another format tag */
+    memset(&err, 0, sizeof err);
+    json_t *meta = json_pack("{s:s}", "format", "pt");
+    CU_ASSERT_EQUAL_FATAL(safetensors_write(path, sf, n, meta, &err), 0);
+    json_decref(meta);
+    CU_ASSERT_EQUAL(adamw_load(oc, path, &err), RLHF_ECORRUPT);
+    CU_ASSERT_STRING_EQUAL(err.where, path);
+    CU_ASSERT(strstr(err.msg, "pt") != NULL);
+
+    unlink(path);
+    adamw_destroy(&oa);
+    adamw_destroy(&ob);
+    adamw_destroy(&oc);
+    adamw_destroy(&osmall);
+    model_destroy(&a);
+    model_destroy(&small);
+}
+
 /* 1 if ADDR lies in a mapping of this process (/proc/self/maps), else 0; -1 if maps is unreadable */
 static int address_mapped(const void *addr) {
     FILE *f = fopen("/proc/self/maps", "r");
@@ -480,4 +581,6 @@ void register_model_suite(void) {
     CU_add_test(a, "first step == closed form, decay on matrices only, clipping, NaN rejected",
                 test_adamw_closed_form);
     CU_add_test(a, "state through a safetensors file: restore continues bit-exactly", test_adamw_state_roundtrip);
+    CU_add_test(a, "adamw_save / adamw_load round trip; untagged (old) files load; bad files named",
+                test_adamw_save_load);
 }

@@ -16,6 +16,7 @@
 #include "model/model.h"
 #include "tests/model_train/helpers.h"
 #include "tests/test_paths.h"
+#include "tests/test_proc.h"
 
 #define ORACLE_TOL 1e-4
 
@@ -75,15 +76,9 @@ static int run_oracle(const char *dir) {
         fprintf(stderr, "  cannot find tests/oracle/llama_ref.py (set RLHF_ORACLE)\n");
         return -1;
     }
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        execl("/usr/bin/python3", "python3", script, "oracle", dir, (char *)NULL);
-        _exit(127);
-    }
-    int st = 0;
-    if (waitpid(pid, &st, 0) < 0) return -1;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    char *argv[] = {"python3", script, "oracle", (char *)dir, NULL};
+    int st = test_proc_run("/usr/bin/python3", argv, NULL, 0);
+    if (st != 0) {
         fprintf(stderr, "  /usr/bin/python3 %s oracle %s failed (status %d); is python3-torch installed?\n", script,
                 dir, st);
         return -1;

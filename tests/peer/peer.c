@@ -18,6 +18,7 @@
 
 #include "common/common.h"
 #include "tests/test_paths.h"
+#include "tests/test_proc.h"
 
 void peer_bin_path(const char *prog, char *out, size_t cap) {
     if (test_bin_path(prog, out, cap)) snprintf(out, cap, "%s", prog); /* not found: exec fails, naming it */
@@ -59,8 +60,7 @@ int peer_start(peer *p, char *const argv[], double timeout_s) {
         }
     }
     close(fds[0]);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    test_proc_kill(pid);
     return -1;
 }
 
@@ -68,16 +68,7 @@ void peer_stop(peer *p) {
     if (p->out_fd > 0) close(p->out_fd);
     p->out_fd = 0;
     if (p->pid <= 0) return;
-    kill(p->pid, SIGTERM);
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(p->pid, NULL, WNOHANG) == p->pid) {
-            p->pid = 0;
-            return;
-        }
-        usleep(20000);
-    }
-    kill(p->pid, SIGKILL);
-    waitpid(p->pid, NULL, 0);
+    test_proc_stop(p->pid, 2.0); /* SIGTERM; SIGKILL after 2 s */
     p->pid = 0;
 }
 

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include "tests/rewards/rewards_test.h"
+#include "tests/test_proc.h"
 
 /* Runs `rlhf ARGS` (the binary next to this test's build dir) capturing stdout+stderr. */
 static int run_rlhf(const char *args, char *out, size_t cap) {
@@ -120,14 +121,9 @@ static void test_supervisor_death_kills_sandbox(void) {
     snprintf(prog, sizeof prog, "%s/sleeper.py", rt_scratch());
     write_text(prog, "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(60)\n");
     snprintf(bin, sizeof bin, "%s/bin/rlhf", rt_build_dir());
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        dup2(devnull, 2);
-        execl(bin, bin, "sandbox-run", "--set", "{\"wall_ms\":60000}", prog, (char *)NULL);
-        _exit(127);
-    }
+    char *argv[] = {bin, "sandbox-run", "--set", "{\"wall_ms\":60000}", prog, NULL};
+    test_proc_opts o = {.out = "/dev/null", .err = "/dev/null"};
+    pid_t pid = test_proc_spawn(NULL, argv, &o);
     long uid = 100000 + (long)(pid % 8192) * 256; /* slot 0 of that process's pool */
     int seen = 0;
     for (int i = 0; i < 100 && seen < 2; i++) { /* program and its daemon child are up */
@@ -135,9 +131,7 @@ static void test_supervisor_death_kills_sandbox(void) {
         seen = procs_with_uid(uid);
     }
     CU_ASSERT(seen >= 2);
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
+    test_proc_kill(pid);
     int left = -1;
     for (int i = 0; i < 100 && left != 0; i++) {
         usleep(20000);

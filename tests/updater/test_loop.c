@@ -55,7 +55,7 @@ static int make_cfg(run_config *cfg, const char *extra_set) {
 
 static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_loop_XXXXXX");
-    set_threads(1); /* a tiny model: threads only add synchronisation on a shared 2-core machine */
+    model_set_threads(1); /* a tiny model: threads only add synchronisation on a shared 2-core machine */
     return mkdtemp(g_dir) ? 0 : -1;
 }
 
