@@ -3,7 +3,7 @@
 #
 #   make            build everything (library, rlhf CLI, tests, benchmarks, helper programs)
 #   make run        the main job on the embedded default (see README)
-#   make test       install dependencies, build, run every CUnit test binary
+#   make test       install dependencies, build, check the layout (scripts/check_includes.py), run every CUnit test binary
 #   make sanitize   ASan + UBSan build of the tests in SAN_TESTS, and run them
 #   make bench      build the benchmarks (run them as docs/PERFORMANCE.md says)
 #   make install    library, public headers and pkg-config file under PREFIX
@@ -42,7 +42,7 @@ include $(addsuffix /module.mk,$(MODULES))
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB := $(BUILD)/librlhf.a
 
-.PHONY: all deps run test test-bins sanitize bench install clean
+.PHONY: all deps run test test-bins check-layout sanitize bench install clean
 all: deps $(BUILD)/bin/rlhf test-bins bench
 
 deps:
@@ -76,7 +76,14 @@ test-bins: $(BUILD)/bin/rlhf $(addprefix $(BUILD)/tests/,$(TESTS)) $(addprefix $
 
 test: deps
 	@$(MAKE) --no-print-directory test-bins
+	@$(MAKE) --no-print-directory check-layout
 	@BUILD=$(BUILD) bash scripts/run-tests.sh $(TESTS)
+
+# The floors of the tree (docs/ARCHITECTURE.md): includes, symbol prefixes, and the checker's own test.
+check-layout:
+	@python3 scripts/check_includes.py
+	@python3 scripts/check_includes.py --symbols $(BUILD)
+	@bash -o pipefail -c 'python3 scripts/check_includes.py --self-test | tail -n 1'
 
 sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build-san SAN=1 test-bins

@@ -63,7 +63,7 @@ int main(int argc, char **argv) {
     reward_model *rm = NULL;
     if (model_create(&m, &cfg, &err) || (model_init_random(m, 1), model_save(m, base, &err)) ||
         reward_model_from_base(&rm, base, batch, 1, &err) || reward_model_save(rm, rmp, &err) ||
-        rm_synthetic_write(prefs, n, 3, &err)) {
+        prompt_capitals_write(prefs, n, 3, &err)) {
         rlhf_error_print("bench_rm", &err);
         return 1;
     }

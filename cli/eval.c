@@ -56,7 +56,7 @@ int cmd_eval(int argc, char **argv) {
     if (n > 0 && n < N) N = n;
     int batch = 32;
     if ((rc = sampler_create(&smp, m, batch * samples > 256 ? 256 : batch * samples, &err))) goto out;
-    if ((rc = scorer_create(&sc, cfg.rewards, "rewards", 1, &err))) goto out;
+    if ((rc = updater_scorer_create(&sc, cfg.rewards, "rewards", 1, &err))) goto out;
     gen_params gp = {.k = samples, .temperature = temperature, .top_p = 1.0f, .max_tokens = cfg.max_tokens,
                      .seed = cfg.seed + 424242};
     long total = 0, pass = 0;
@@ -73,14 +73,14 @@ int cmd_eval(int argc, char **argv) {
             pr[i].record = r->record;
         }
         wire_rollout_group *gs = calloc((size_t)b, sizeof *gs);
-        rc = generate_groups(m, smp, tok, pr, b, &gp, "eval", (uint64_t)i0, gs, &err);
+        rc = generator_sample_groups(m, smp, tok, pr, b, &gp, "eval", (uint64_t)i0, gs, &err);
         scored_group *sgs = calloc((size_t)b, sizeof *sgs);
         scored_group **ps = calloc((size_t)b, sizeof *ps);
         for (int i = 0; i < b; i++) {
             sgs[i].g = gs[i];
             ps[i] = &sgs[i];
         }
-        if (!rc) rc = scorer_score_batch_now(sc, ps, b, &err);
+        if (!rc) rc = updater_scorer_score_batch_now(sc, ps, b, &err);
         for (int i = 0; i < b; i++) {
             for (int j = 0; j < samples && !rc; j++) {
                 total++;
@@ -108,7 +108,7 @@ int cmd_eval(int argc, char **argv) {
     }
 out:
     if (rc) rlhf_error_print("rlhf eval", &err);
-    scorer_destroy(&sc);
+    updater_scorer_destroy(&sc);
     sampler_destroy(&smp);
     tokenizer_destroy(&tok);
     model_destroy(&m);

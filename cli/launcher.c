@@ -121,7 +121,7 @@ static void fmt_duration(char *buf, size_t n, double s) {
 static void progress(const run_config *cfg, double t_start, int start_step, int tty) {
     char path[2048];
     snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run_dir);
-    json_t *m = metrics_last_record(path);
+    json_t *m = updater_metrics_last_record(path);
     if (!m) {
         if (tty) fprintf(stderr, "\r[rlhf run] waiting for the first step (%.0fs)   ", rlhf_now() - t_start);
         return;

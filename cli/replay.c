@@ -53,7 +53,7 @@ int cmd_replay(int argc, char **argv) {
         return 1;
     }
     updater_session u;
-    if (session_init(&u, &cfg, 0, &err)) {
+    if (updater_session_init(&u, &cfg, 0, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_config_free(&cfg);
         return 2;
@@ -122,29 +122,29 @@ int cmd_replay(int argc, char **argv) {
             rc = r < 0 ? r : 0;
             break;
         }
-        if (scorer_score_now(u.sc, sg, &err)) {
+        if (updater_scorer_score_now(u.sc, sg, &err)) {
             rlhf_error_print("rlhf replay: scoring", &err);
             sg->skipped = 1;
         }
-        if (!session_offer(&u, sg)) continue;
+        if (!updater_session_offer(&u, sg)) continue;
         json_t *m = NULL;
-        if ((rc = session_step(&u, &m, &err))) break;
+        if ((rc = updater_session_step(&u, &m, &err))) break;
         /* timings vary run to run; the replay's metrics keep only what the data determines */
-        rc = session_write_metrics(&u, m, &err);
+        rc = updater_session_write_metrics(&u, m, &err);
         json_decref(m);
         if (rc) break;
         if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
-            if ((rc = checkpoint_save(&u.ps, dir, NULL, &err))) break;
+            if ((rc = updater_checkpoint_save(&u.ps, dir, NULL, &err))) break;
     }
     if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
-        rc = checkpoint_save(&u.ps, dir, NULL, &err);
+        rc = updater_checkpoint_save(&u.ps, dir, NULL, &err);
     if (!rc)
         fprintf(stderr, "rlhf replay: %ld steps; final checkpoint %s/checkpoints/step_%ld/model.safetensors\n",
                 u.ps.step, dir, u.ps.step);
 out:
     if (rc) rlhf_error_print("rlhf replay", &err);
     replay_reader_close(&rr);
-    session_fini(&u);
+    updater_session_fini(&u);
     run_config_free(&cfg);
     return rc ? 1 : 0;
 }

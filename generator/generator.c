@@ -14,7 +14,7 @@ static uint64_t mix64(uint64_t x) {
     return x;
 }
 
-int generate_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
+int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
                     const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
                     rlhf_error *err) {
     int k = gp->k, R = n * k, rc = 0;

@@ -36,7 +36,7 @@ typedef struct gen_params {
  * or EOS. The behaviour log-probs recorded are the policy's own (temperature 1) log-probs of the
  * sampled tokens; policy_version = m->version; seq numbers are seq0, seq0+1, ... Sample j of prompt i
  * uses the RNG stream seed ^ hash(seq0 + i, j), so a batch is reproducible from its seq numbers. */
-int generate_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
+int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
                     const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
                     rlhf_error *err);
 

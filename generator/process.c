@@ -101,7 +101,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         }
         broker_client_set_state(bc, "generating");
         wire_rollout_group *groups = calloc(pb.n, sizeof *groups);
-        rc = generate_groups(m, smp, tok, pb.prompts, (int)pb.n, &gp, peer, seq, groups, err);
+        rc = generator_sample_groups(m, smp, tok, pb.prompts, (int)pb.n, &gp, peer, seq, groups, err);
         if (rc) {
             free(groups);
             wire_prompt_batch_free(&pb);

@@ -222,7 +222,7 @@ void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const f
 
 /* ------------------------------------------------------------------ RoPE */
 
-void rope_tables(float *cos_t, float *sin_t, int T, int D, float theta) {
+void ops_rope_tables(float *cos_t, float *sin_t, int T, int D, float theta) {
     // cos_t, sin_t (T, D/2)
     int half = D / 2;
     for (int t = 0; t < T; t++)
@@ -313,7 +313,7 @@ void rope_backward_ref(float *dinp, const float *dout, const float *cos_t, const
 
 /* ------------------------------------------------------------------ attention */
 
-size_t attention_scratch_floats(int T) { return (size_t)T * T; }
+size_t ops_attention_scratch_floats(int T) { return (size_t)T * T; }
 
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
                        int KVH, int D) {
@@ -362,7 +362,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 #pragma omp parallel for schedule(static)
     for (int bk = 0; bk < B * KVH; bk++) {
         int b = bk / KVH, kh = bk % KVH;
-        float *dS = scratch + (size_t)omp_get_thread_num() * attention_scratch_floats(T); // (T, T)
+        float *dS = scratch + (size_t)omp_get_thread_num() * ops_attention_scratch_floats(T); // (T, T)
         const float *K = k + (size_t)b * T * KD + kh * D;
         const float *Vv = v + (size_t)b * T * KD + kh * D;
         float *dK = dk + (size_t)b * T * KD + kh * D;

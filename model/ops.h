@@ -44,8 +44,8 @@ void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const f
 
 /* ---- RoPE, Hugging Face "rotate_half" convention: for i < D/2, pairs (i, i + D/2) rotate by
  * angle pos * theta^(-2i/D). inp/out (B, T, NH, D); positions are 0..T-1 per sequence.
- * cos/sin tables are (T, D/2), built by rope_tables. */
-void rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
+ * cos/sin tables are (T, D/2), built by ops_rope_tables. */
+void ops_rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
 void rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t, int B, int T, int NH, int D);
 void rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
                    int D, int acc_inp);
@@ -56,9 +56,9 @@ void rope_backward_ref(float *dinp, const float *dout, const float *cos_t, const
 
 /* ---- causal self-attention with grouped KV heads (query head h reads kv head h / (H/KVH)).
  * q (B, T, H, D), k/v (B, T, KVH, D), out (B, T, H, D); att (B, H, T, T) saves the softmax
- * probabilities (zero above the diagonal). scratch: at least attention_scratch_floats(T) floats per
+ * probabilities (zero above the diagonal). scratch: at least ops_attention_scratch_floats(T) floats per
  * OpenMP thread (omp_get_max_threads()). */
-size_t attention_scratch_floats(int T);
+size_t ops_attention_scratch_floats(int T);
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
                        int KVH, int D);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,

@@ -141,7 +141,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->act_grad = arena_alloc(total * sizeof(float));
     t->grads = alloc64(m->n_params * sizeof(float));
     t->scratch_threads = omp_get_max_threads();
-    t->scratch = alloc64((size_t)t->scratch_threads * attention_scratch_floats(max_T) * sizeof(float));
+    t->scratch = alloc64((size_t)t->scratch_threads * ops_attention_scratch_floats(max_T) * sizeof(float));
     t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
     t->rope_sin = alloc64(T * (D / 2) * sizeof(float));
     t->tokens = alloc64(N * sizeof(int32_t));
@@ -178,7 +178,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     TAKE(t->lse, N);
 #undef TAKE
     model_params_view(m, t->grads, &t->dp);
-    rope_tables(t->rope_cos, t->rope_sin, max_T, (int)D, c->rope_theta);
+    ops_rope_tables(t->rope_cos, t->rope_sin, max_T, (int)D, c->rope_theta);
     *out = t;
     return 0;
 }
@@ -205,7 +205,7 @@ size_t model_trainer_bytes(const model_trainer *t) {
     const model_config *c = &t->m->cfg;
     size_t D = model_head_dim(c), N = (size_t)t->max_B * t->max_T;
     return 2 * t->act_numel * sizeof(float) + t->m->n_params * sizeof(float) +
-           (size_t)t->scratch_threads * attention_scratch_floats(t->max_T) * sizeof(float) +
+           (size_t)t->scratch_threads * ops_attention_scratch_floats(t->max_T) * sizeof(float) +
            2 * (size_t)t->max_T * (D / 2) * sizeof(float) + 2 * N * sizeof(int32_t);
 }
 
@@ -328,7 +328,7 @@ static int replay_backward(model_trainer *t, int end, rlhf_error *err) {
     int D = model_head_dim(c);
     if (omp_get_max_threads() > t->scratch_threads) { /* the caller raised the thread count since create */
         int n = omp_get_max_threads();
-        float *p = alloc64((size_t)n * attention_scratch_floats(t->max_T) * sizeof(float));
+        float *p = alloc64((size_t)n * ops_attention_scratch_floats(t->max_T) * sizeof(float));
         if (!p) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot grow attention scratch to %d threads", n);
         free(t->scratch);
         t->scratch = p;

@@ -13,7 +13,7 @@
 #include "common/common.h"
 #include "prompts/prompts.h"
 
-double rm_synthetic_truth(const char *completion) {
+double prompt_capitals_truth(const char *completion) {
     int up = 0, letters = 0;
     for (const char *s = completion; *s; s++) {
         if (isupper((unsigned char)*s)) up++, letters++;
@@ -28,7 +28,7 @@ static const char *const syn_words[] = {"blue", "quick", "warm", "small", "brigh
                                         "tall", "round", "sharp", "calm", "wild", "sweet", "cold", "happy",
                                         "slow", "loud", "deep", "light", "dark", "fresh", "old", "new"};
 
-double rm_synthetic_word_share(const char *completion) {
+double prompt_capitals_word_share(const char *completion) {
     int words = 0, known = 0;
     const char *s = completion;
     while (*s) {
@@ -76,7 +76,7 @@ static int write_json_line(rlhf_atomic_file *af, json_t *j, rlhf_error *err) {
     return RLHF_EIO;
 }
 
-int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err) {
+int prompt_capitals_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err) {
     if (n_pairs < 1) return rlhf_error_set(err, RLHF_EINVAL, path, "need at least one pair, got %d", n_pairs);
     rlhf_atomic_file af;
     int rc = rlhf_atomic_open(&af, path, err);
@@ -88,9 +88,9 @@ int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error 
         snprintf(prompt, sizeof prompt, "Answer in capitals: describe %s.\n",
                  syn_topics[rlhf_rng_u64(&rng) % (sizeof syn_topics / sizeof syn_topics[0])]);
         do syn_completion(&rng, 0.85f, chosen, sizeof chosen);
-        while (!(rm_synthetic_truth(chosen) > 0.5));
+        while (!(prompt_capitals_truth(chosen) > 0.5));
         do syn_completion(&rng, 0.15f, rejected, sizeof rejected);
-        while (!(rm_synthetic_truth(rejected) < 0.5));
+        while (!(prompt_capitals_truth(rejected) < 0.5));
         json_t *j = json_pack("{s:s, s:s, s:s}", "prompt", prompt, "chosen", chosen, "rejected", rejected);
         rc = write_json_line(&af, j, err);
         if (rc) return rc;
@@ -98,7 +98,7 @@ int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error 
     return rlhf_atomic_commit(&af, err);
 }
 
-int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err) {
+int prompt_capitals_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err) {
     if (n < 1) return rlhf_error_set(err, RLHF_EINVAL, path, "need at least one prompt, got %d", n);
     rlhf_atomic_file af;
     int rc = rlhf_atomic_open(&af, path, err);
@@ -117,7 +117,7 @@ int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_erro
     return rlhf_atomic_commit(&af, err);
 }
 
-int rm_synthetic_corpus_write(const char *path, int n, uint64_t seed, rlhf_error *err) {
+int prompt_capitals_corpus_write(const char *path, int n, uint64_t seed, rlhf_error *err) {
     if (n < 1) return rlhf_error_set(err, RLHF_EINVAL, path, "need at least one document, got %d", n);
     rlhf_atomic_file af;
     int rc = rlhf_atomic_open(&af, path, err);

@@ -151,21 +151,21 @@ int prompt_countdown_check(const char *expr, const int *numbers, int n_numbers, 
 /* ---------------------------------------------------------------- the synthetic preference task
  * "Answer in capitals" (prompts/capitals.c), for reward-model training and RL against a reward model:
  * the preferred completion is mostly upper-case letters, the rejected one mostly lower-case (each a few
- * random words). Ground truth for a completion: rm_synthetic_truth = fraction of its letters that are
+ * random words). Ground truth for a completion: prompt_capitals_truth = fraction of its letters that are
  * upper case (> 0.5 for every chosen, < 0.5 for every rejected completion). All writers are atomic and
  * deterministic from the seed. */
 /* n_pairs {"prompt","chosen","rejected"} lines (the input of rlhf train-rm). */
-int rm_synthetic_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err);
+int prompt_capitals_write(const char *path, int n_pairs, uint64_t seed, rlhf_error *err);
 /* The task's prompts alone, {"id":"caps-N","prompt":...} per line, for an RL run against the RM. */
-int rm_synthetic_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err);
+int prompt_capitals_prompts_write(const char *path, int n, uint64_t seed, rlhf_error *err);
 /* A pretraining corpus for a base policy of the task: {"prompt","completion"} lines whose completions
  * (ending in "\n") have a share of capitals drawn uniformly from [0, 1], so the base writes words in
  * mixed case and an RL run has room to move the share either way. */
-int rm_synthetic_corpus_write(const char *path, int n, uint64_t seed, rlhf_error *err);
-double rm_synthetic_truth(const char *completion);
+int prompt_capitals_corpus_write(const char *path, int n, uint64_t seed, rlhf_error *err);
+double prompt_capitals_truth(const char *completion);
 /* Share of the completion's words (split at spaces, a final '.' dropped) that are words of the task's
  * vocabulary in any case: a policy that games the RM with capital gibberish scores low here. */
-double rm_synthetic_word_share(const char *completion);
+double prompt_capitals_word_share(const char *completion);
 
 #ifdef __cplusplus
 }

@@ -10,8 +10,8 @@
  *       retries on connection errors and 5xx) marks every item of that request ERROR with the reason.
  *   {"type":"capitals", "measure":"capitals"|"words"}
  *       the synthetic preference task's ground truth (prompts/prompts.h): "capitals" (default,
- *       rm_synthetic_truth) the share of the completion's letters in upper case, 0 when it has none;
- *       "words" (rm_synthetic_word_share) the share of its words that are real words of the task. Give
+ *       prompt_capitals_truth) the share of the completion's letters in upper case, 0 when it has none;
+ *       "words" (prompt_capitals_word_share) the share of its words that are real words of the task. Give
  *       them weight 0 to log them next to an RM's reward (reward/<name>/mean) and see whether optimising
  *       the RM improves the real property or games it. */
 #include <ctype.h>
@@ -329,7 +329,7 @@ static int capitals_score(void *ctx, const rlhf_reward_item *items, size_t n, do
     (void)status_out;
     for (size_t i = 0; i < n; i++) {
         const char *t = items[i].completion ? items[i].completion : "";
-        scores_out[i] = c->words ? rm_synthetic_word_share(t) : rm_synthetic_truth(t);
+        scores_out[i] = c->words ? prompt_capitals_word_share(t) : prompt_capitals_truth(t);
     }
     return 0;
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""scripts/check_includes.py — the include rule of the tree, checked by `make test`.
+"""scripts/check_includes.py — the include rule and the symbol prefixes of the tree, checked by `make test`.
 
 Layout is the data flow: each folder is on a floor, and a file includes only headers of its own
 folder and of folders on LOWER floors. A folder never reaches into another folder's private
@@ -7,6 +7,8 @@ folder and of folders on LOWER floors. A folder never reaches into another folde
 
     python3 scripts/check_includes.py [ROOT]      check the tree (default: this checkout); exit 1 on a violation
     python3 scripts/check_includes.py --self-test plant violations in a scratch copy and check each is caught
+    python3 scripts/check_includes.py --symbols BUILD   every external symbol of BUILD/obj/FOLDER/*.o carries
+                                                        one of FOLDER's prefixes (PREFIXES below)
 
 An exception goes in ALLOWED with the reason it is right; there are none today.
 """
@@ -60,6 +62,29 @@ TESTED = {
     "bench/bench_broker": "broker",
     "bench/bench_serve": "serve",
 }
+
+# The prefixes of each folder's external symbols (functions and globals; types are not linked).
+# A folder has one name; a second prefix is a family the folder owns, named for what it is.
+PREFIXES = {
+    "common": ["rlhf_"],
+    # the op pairs of model/ops.h keep llm.c's names: x_forward / x_backward, and their plain
+    # reference kernels x_forward_ref / x_backward_ref (a regex: "re:...")
+    "model": ["model_", "sampler_", "sample_", "tokenizer_", "adamw_", "safetensors_", "ops_",
+              r"re:^[a-z0-9]+_(forward|backward)(_ref|_pair)?$"],
+    "prompts": ["prompt_"],
+    "rewards": ["reward_"],
+    "rewards/sandbox": ["sandbox_"],
+    "rewards/judge": ["judge_"],
+    "rewards/rm": ["rm_", "reward_model_"],
+    "broker": ["broker_", "wire_", "replay_"],  # the broker, its wire protocol, its replay log
+    "serve": ["serve_"],
+    "run": ["run_"],
+    "generator": ["generator_"],
+    "updater": ["updater_", "rl_"],  # rl_: the RL math of one update (updater/rl.c)
+    "cli": ["re:^main$"],
+}
+# *_cli.c files (and cli/) define the subcommands cmd_NAME that cli/rlhf.c's table links.
+CMD_PREFIX = "cmd_"
 
 # (including file, included header): reason. Every entry must say why the rule does not fit.
 ALLOWED = {}
@@ -142,6 +167,32 @@ def check(root):
     return problems
 
 
+def check_symbols(build, source_root):
+    problems = []
+    for folder, prefixes in PREFIXES.items():
+        objdir = os.path.join(build, "obj", folder)
+        if not os.path.isdir(objdir):  # a build restricted with MODULES=...
+            continue
+        for name in sorted(os.listdir(objdir)):
+            # objects of sources that no longer exist (an old build directory) are not the tree's
+            if not name.endswith(".o") or not os.path.exists(os.path.join(source_root, folder, name[:-2] + ".c")):
+                continue
+            out = subprocess.run(["nm", "-g", "--defined-only", os.path.join(objdir, name)], capture_output=True,
+                                 text=True, check=True).stdout
+            for line in out.splitlines():
+                parts = line.split()
+                if len(parts) != 3:
+                    continue
+                sym = parts[2]
+                ok = any(re.search(p[3:], sym) if p.startswith("re:") else sym.startswith(p) for p in prefixes)
+                if sym.startswith(CMD_PREFIX) and (name.endswith("_cli.o") or folder == "cli"):
+                    ok = True
+                if not ok:
+                    want = ", ".join(prefixes) or CMD_PREFIX
+                    problems.append(f"{folder}/{name[:-2]}.c: external symbol {sym} has none of {folder}/'s prefixes ({want})")
+    return problems
+
+
 def self_test():
     """Plants one violation of each kind in a scratch copy of the tree; each must be reported."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,6 +228,27 @@ def self_test():
             if status == "MISSED":
                 failures += 1
             print(f"self-test: {line.strip()} planted in {path}: {status}" + (f" ({hit[0]})" if hit else f" {got}"))
+    # symbols: a good and a bad object compiled into a scratch build directory
+    with tempfile.TemporaryDirectory() as tmp:
+        src_root, build = os.path.join(tmp, "src"), os.path.join(tmp, "build")
+        cases = [("updater", "good", "int updater_fine(void) { return 0; }", None),
+                 ("updater", "bad", "int policy_stray(void) { return 0; }", "policy_stray"),
+                 ("model", "ops", "void matmul_forward(void) {} void matmul_forward_ref(void) {} void ops_x(void) {}", None),
+                 ("model", "shadow", "void scratch_floats(void) {}", "scratch_floats")]
+        for folder, name, code, _ in cases:
+            os.makedirs(os.path.join(src_root, folder), exist_ok=True)
+            os.makedirs(os.path.join(build, "obj", folder), exist_ok=True)
+            c = os.path.join(src_root, folder, name + ".c")
+            with open(c, "w") as fh:
+                fh.write(code + "\n")
+            subprocess.run(["cc", "-c", "-o", os.path.join(build, "obj", folder, name + ".o"), c], check=True)
+        got = check_symbols(build, src_root)
+        for folder, name, _, bad in cases:
+            hit = [g for g in got if g.startswith(f"{folder}/{name}.c:")]
+            ok = (bad is None and not hit) or (bad is not None and len(hit) == 1 and bad in hit[0])
+            failures += 0 if ok else 1
+            plants.append(None)
+            print(f"self-test: symbols of {folder}/{name}.c: {'as expected' if ok else 'WRONG ' + str(hit)}")
     print(f"check_includes self-test: {len(plants) - failures} passed, {failures} failed")
     return 1 if failures else 0
 
@@ -187,6 +259,13 @@ def main(argv):
         return 0
     if len(argv) > 1 and argv[1] == "--self-test":
         return self_test()
+    if len(argv) == 3 and argv[1] == "--symbols":
+        problems = check_symbols(argv[2], os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        for p in problems:
+            print(p)
+        print(f"check_symbols: {len(problems)} symbol(s) without their folder's prefix" if problems
+              else "check_symbols: every external symbol carries its folder's prefix")
+        return 1 if problems else 0
     if len(argv) > 2:
         print("usage: check_includes.py [ROOT] | --self-test", file=sys.stderr)
         return 2

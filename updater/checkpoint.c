@@ -43,7 +43,7 @@ int updater_latest_checkpoint_step(const char *run_dir) {
     return step;
 }
 
-int checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err) {
+int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err) {
     char ck[4096], tmp[4200], p[4400];
     snprintf(ck, sizeof ck, "%s/checkpoints", dir);
     int rc = rlhf_mkdirs(ck, err);
@@ -100,7 +100,7 @@ int checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf
     return 0;
 }
 
-int checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err) {
+int updater_checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err) {
     if (extra_out) *extra_out = NULL;
     int step = updater_latest_checkpoint_step(dir);
     if (step < 0) return 0;
@@ -141,7 +141,7 @@ int checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out
 
 /* ---------------------------------------------------------------- metrics.jsonl */
 
-json_t *metrics_last_record(const char *path) {
+json_t *updater_metrics_last_record(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     if (fseek(f, 0, SEEK_END) != 0) {
@@ -171,7 +171,7 @@ json_t *metrics_last_record(const char *path) {
     return j;
 }
 
-int metrics_append(const char *path, json_t *rec, rlhf_error *err) {
+int updater_metrics_append(const char *path, json_t *rec, rlhf_error *err) {
     char *txt = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
     if (!txt) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot serialise metrics");
     FILE *f = fopen(path, "ab");
@@ -187,7 +187,7 @@ int metrics_append(const char *path, json_t *rec, rlhf_error *err) {
     return 0;
 }
 
-int metrics_truncate_after(const char *path, long step, rlhf_error *err) {
+int updater_metrics_truncate_after(const char *path, long step, rlhf_error *err) {
     char *txt = NULL;
     size_t n = 0;
     if (rlhf_read_file(path, &txt, &n, NULL)) return 0; /* no metrics yet */

@@ -16,7 +16,7 @@
 
 #include "updater/updater_int.h"
 
-int policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
+int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     memset(ps, 0, sizeof *ps);
     ps->cfg = cfg;
     int rc = run_load_base(cfg, &ps->m, err);
@@ -44,11 +44,11 @@ int policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     ps->wall_start = rlhf_now();
     return 0;
 fail:
-    policy_fini(ps);
+    updater_policy_fini(ps);
     return rc;
 }
 
-void policy_fini(policy_state *ps) {
+void updater_policy_fini(policy_state *ps) {
     model_trainer_destroy(&ps->tr);
     model_trainer_destroy(&ps->ref_tr);
     adamw_destroy(&ps->opt);
@@ -97,7 +97,7 @@ static int build_batch(const seq_ref *seqs, int B, int32_t *tokens, int32_t *tar
     return T;
 }
 
-int policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
+int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
                       rlhf_error *err) {
     (void)src_names;
     const run_config *cfg = ps->cfg;
@@ -160,7 +160,7 @@ int policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         int s = 0;
         for (int g = 0; g < n; g++) {
             int k = (int)groups[g]->g.k;
-            rloo_advantages(adv + s, &keep[g], reward + s, 1, k);
+            rl_rloo_advantages(adv + s, &keep[g], reward + s, 1, k);
             s += k;
         }
     }

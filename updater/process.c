@@ -39,7 +39,7 @@ static void mark_seen(json_t *seen, const wire_rollout_group *g) {
     if (!v || (uint64_t)json_integer_value(v) < g->seq) json_object_set_new(seen, gid, json_integer((json_int_t)g->seq));
 }
 
-/* The optimizer thread: runs session_step on request. The main thread does not touch the session's
+/* The optimizer thread: runs updater_session_step on request. The main thread does not touch the session's
  * window or policy while a step is in flight (job set, done not yet seen). */
 typedef struct trainer {
     pthread_t thread;
@@ -63,7 +63,7 @@ static void *trainer_main(void *arg) {
         json_t *m = NULL;
         rlhf_error e;
         rlhf_error_clear(&e);
-        int rc = session_step(t->u, &m, &e);
+        int rc = updater_session_step(t->u, &m, &e);
         pthread_mutex_lock(&t->mu);
         t->metrics = m;
         t->rc = rc;
@@ -183,7 +183,7 @@ static int send_stats(broker_client *bc, const scored_group *s, int n_sources, c
 static int updater_checkpoint(updater_session *u, rlhf_error *err) {
     json_t *extra = json_object();
     json_object_set(extra, "consumed", u->consumed);
-    int rc = checkpoint_save(&u->ps, u->cfg->run_dir, extra, err);
+    int rc = updater_checkpoint_save(&u->ps, u->cfg->run_dir, extra, err);
     json_decref(extra);
     return rc;
 }
@@ -210,12 +210,12 @@ static long recover_from_log(const char *log_path, json_t *seen, scorer *sc) {
             break;
         }
         if (seen_before(seen, &sg->g)) {
-            scored_group_free(sg);
+            updater_scored_group_free(sg);
             continue;
         }
         mark_seen(seen, &sg->g);
         sg->log_index = UINT64_MAX;
-        scorer_submit(sc, sg);
+        updater_scorer_submit(sc, sg);
         n++;
     }
     replay_reader_close(&rr);
@@ -231,14 +231,14 @@ int updater_main(const updater_options *o, rlhf_error *err) {
     run_config *cfg = &proc.cfg;
     broker_config *bcfg = &proc.broker;
     updater_session u;
-    if (session_init(&u, cfg, 1, err)) {
+    if (updater_session_init(&u, cfg, 1, err)) {
         run_process_close(&proc);
         return 2;
     }
     int rc = 0;
     broker_client *bc = NULL;
     json_t *seen = NULL, *extra = NULL;
-    int loaded = checkpoint_load_latest(&u.ps, cfg->run_dir, &extra, err);
+    int loaded = updater_checkpoint_load_latest(&u.ps, cfg->run_dir, &extra, err);
     if (loaded < 0) {
         rc = 2;
         goto out;
@@ -249,7 +249,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
     }
     json_decref(extra);
     seen = json_deep_copy(u.consumed);
-    if (metrics_truncate_after(u.metrics_path, u.ps.step, err)) {
+    if (updater_metrics_truncate_after(u.metrics_path, u.ps.step, err)) {
         rc = 1;
         goto out;
     }
@@ -330,7 +330,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             fprintf(stderr, "updater: the broker said stop\n");
             break;
         }
-        int holding = scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
+        int holding = updater_scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
         long want = STOP_REQUESTED() ? 0 : cap - holding - granted_outstanding;
         if (want > 0) {
             if ((rc = broker_client_grant_credit(bc, (uint32_t)want, err))) break;
@@ -363,12 +363,12 @@ int updater_main(const updater_options *o, rlhf_error *err) {
                 scored_group *sg = calloc(1, sizeof *sg);
                 sg->g = g;
                 sg->log_index = UINT64_MAX;
-                scorer_submit(u.sc, sg);
+                updater_scorer_submit(u.sc, sg);
             }
         }
         scored_group *sg;
         int ready = 0;
-        while ((sg = scorer_take(u.sc, 0)) != NULL) {
+        while ((sg = updater_scorer_take(u.sc, 0)) != NULL) {
             if (!sg->skipped && send_stats(bc, sg, u.n_sources, u.src_names, err))
                 rlhf_error_print("updater: prompt stats", err);
             if (training) {
@@ -378,7 +378,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
                 }
                 pending[n_pending++] = sg;
             } else {
-                ready |= session_offer(&u, sg);
+                ready |= updater_session_offer(&u, sg);
             }
         }
         if (training) {
@@ -402,7 +402,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             }
             json_object_set_new(m, "recovered_groups", json_integer(recovered));
             add_selector_metrics(bc, m, &selector_stats_unavailable);
-            if ((rc = session_write_metrics(&u, m, err))) {
+            if ((rc = updater_session_write_metrics(&u, m, err))) {
                 json_decref(m);
                 break;
             }
@@ -410,7 +410,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             if (u.ps.step % cfg->checkpoint_every == 0 || u.ps.step == cfg->steps)
                 if ((rc = updater_checkpoint(&u, err))) break;
             wait_t0 = rlhf_now();
-            for (int i = 0; i < n_pending; i++) ready |= session_offer(&u, pending[i]);
+            for (int i = 0; i < n_pending; i++) ready |= updater_session_offer(&u, pending[i]);
             n_pending = 0;
             ready |= u.n_window >= cfg->prompts_per_step;
         }
@@ -419,7 +419,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
         if (!ready && u.n_window < cfg->prompts_per_step) continue;
         /* start one optimizer step on the trainer thread */
         u.wait_seconds += rlhf_now() - wait_t0;
-        u.queue_depth = scorer_in_flight(u.sc);
+        u.queue_depth = updater_scorer_in_flight(u.sc);
         broker_client_set_state(bc, "training");
         v_before = u.ps.version;
         held_leftover = u.n_window > cfg->prompts_per_step ? u.n_window - cfg->prompts_per_step : 0;
@@ -435,7 +435,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
         if (tr->rc == 0) steps_done = u.ps.step;
     }
     trainer_destroy(&tr);
-    for (int i = 0; i < n_pending; i++) scored_group_free(pending[i]);
+    for (int i = 0; i < n_pending; i++) updater_scored_group_free(pending[i]);
     free(pending);
     if (rc == 0 && updater_latest_checkpoint_step(cfg->run_dir) != u.ps.step) rc = updater_checkpoint(&u, err);
     if (!rc)
@@ -446,7 +446,7 @@ out:
     if (u.consumed_log) fclose(u.consumed_log);
     u.consumed_log = NULL;
     json_decref(seen);
-    session_fini(&u);
+    updater_session_fini(&u);
     run_process_close(&proc);
     return rc == 0 ? 0 : rc == 2 ? 2 : 1;
 }

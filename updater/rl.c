@@ -7,7 +7,7 @@
 
 #include "updater/updater.h"
 
-int rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k) {
+int rl_rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k) {
     int dropped = 0;
     for (int g = 0; g < G; g++) {
         const float *r = rewards + (size_t)g * k; // (k)

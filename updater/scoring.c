@@ -1,6 +1,6 @@
 /* updater/scoring.c — scoring rollout groups through the reward pipeline on threads beside the
  * optimizer, so a slow reward (sandbox runs, HTTP judges) overlaps with training instead of
- * stalling it. Raw groups go in through scorer_submit, scored ones come out of scorer_take. */
+ * stalling it. Raw groups go in through updater_scorer_submit, scored ones come out of updater_scorer_take. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -9,7 +9,7 @@
 
 #include "updater/updater_int.h"
 
-void scored_group_free(scored_group *s) {
+void updater_scored_group_free(scored_group *s) {
     if (!s) return;
     wire_rollout_group_free(&s->g);
     free(s->src);
@@ -18,17 +18,17 @@ void scored_group_free(scored_group *s) {
     free(s);
 }
 
-void group_queue_init(group_queue *q) {
+void updater_group_queue_init(group_queue *q) {
     memset(q, 0, sizeof *q);
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->cv, NULL);
 }
 
-void group_queue_fini(group_queue *q) {
+void updater_group_queue_fini(group_queue *q) {
     scored_group *s = q->head;
     while (s) {
         scored_group *nx = s->next;
-        scored_group_free(s);
+        updater_scored_group_free(s);
         s = nx;
     }
     q->head = q->tail = NULL;
@@ -36,7 +36,7 @@ void group_queue_fini(group_queue *q) {
     pthread_cond_destroy(&q->cv);
 }
 
-void group_queue_push(group_queue *q, scored_group *s) {
+void updater_group_queue_push(group_queue *q, scored_group *s) {
     s->next = NULL;
     pthread_mutex_lock(&q->mu);
     if (q->tail) q->tail->next = s;
@@ -47,7 +47,7 @@ void group_queue_push(group_queue *q, scored_group *s) {
     pthread_mutex_unlock(&q->mu);
 }
 
-scored_group *group_queue_pop(group_queue *q, double timeout_s) {
+scored_group *updater_group_queue_pop(group_queue *q, double timeout_s) {
     pthread_mutex_lock(&q->mu);
     if (!q->head && !q->closed && timeout_s > 0) {
         struct timespec ts;
@@ -69,14 +69,14 @@ scored_group *group_queue_pop(group_queue *q, double timeout_s) {
     return s;
 }
 
-int group_queue_len(group_queue *q) {
+int updater_group_queue_len(group_queue *q) {
     pthread_mutex_lock(&q->mu);
     int n = q->n;
     pthread_mutex_unlock(&q->mu);
     return n;
 }
 
-void group_queue_close(group_queue *q) {
+void updater_group_queue_close(group_queue *q) {
     pthread_mutex_lock(&q->mu);
     q->closed = 1;
     pthread_cond_broadcast(&q->cv);
@@ -211,7 +211,7 @@ static void *scorer_main(void *p) {
     free(wa);
     scored_group *batch[SCORER_MAX_BATCH];
     for (;;) {
-        scored_group *g = group_queue_pop(&s->in, 1.0);
+        scored_group *g = updater_group_queue_pop(&s->in, 1.0);
         if (!g) {
             pthread_mutex_lock(&s->in.mu);
             int closed = s->in.closed && !s->in.head;
@@ -222,26 +222,26 @@ static void *scorer_main(void *p) {
         /* take whatever else is already waiting: one pipeline call for all of it */
         int n = 0;
         batch[n++] = g;
-        while (n < SCORER_MAX_BATCH && (g = group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
+        while (n < SCORER_MAX_BATCH && (g = updater_group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
         rlhf_error err = {0};
         if (score_groups(pipe, batch, n, &err) != 0) {
             /* an on_error "fail" source: the groups carry no usable reward; they are counted as skipped */
             rlhf_error_print("updater: scoring", &err);
             for (int i = 0; i < n; i++) batch[i]->skipped = 1;
         }
-        for (int i = 0; i < n; i++) group_queue_push(&s->out, batch[i]);
+        for (int i = 0; i < n; i++) updater_group_queue_push(&s->out, batch[i]);
     }
     return NULL;
 }
 
-int scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, rlhf_error *err) {
+int updater_scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, rlhf_error *err) {
     scorer *s = calloc(1, sizeof *s);
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     s->n_threads = n_threads;
     s->pipes = calloc((size_t)n_threads, sizeof *s->pipes);
     s->threads = calloc((size_t)n_threads, sizeof *s->threads);
-    group_queue_init(&s->in);
-    group_queue_init(&s->out);
+    updater_group_queue_init(&s->in);
+    updater_group_queue_init(&s->out);
     pthread_mutex_init(&s->mu, NULL);
     for (int i = 0; i < n_threads; i++) {
         int rc = reward_pipeline_create(&s->pipes[i], rewards, where, err);
@@ -249,7 +249,7 @@ int scorer_create(scorer **out, const json_t *rewards, const char *where, int n_
             s->n_threads = i;
             for (int j = 0; j < i; j++) reward_pipeline_destroy(&s->pipes[j]);
             s->n_threads = 0;
-            scorer_destroy(&s);
+            updater_scorer_destroy(&s);
             return rc;
         }
     }
@@ -272,15 +272,15 @@ static int scorer_start(scorer *s) {
     return 0;
 }
 
-void scorer_destroy(scorer **sp) {
+void updater_scorer_destroy(scorer **sp) {
     scorer *s = *sp;
     if (!s) return;
-    group_queue_close(&s->in);
+    updater_group_queue_close(&s->in);
     for (int i = 0; i < s->n_threads; i++)
         if (s->threads[i]) pthread_join(s->threads[i], NULL);
     for (int i = 0; i < s->n_threads; i++) reward_pipeline_destroy(&s->pipes[i]);
-    group_queue_fini(&s->in);
-    group_queue_fini(&s->out);
+    updater_group_queue_fini(&s->in);
+    updater_group_queue_fini(&s->out);
     pthread_mutex_destroy(&s->mu);
     free(s->pipes);
     free(s->threads);
@@ -288,16 +288,16 @@ void scorer_destroy(scorer **sp) {
     *sp = NULL;
 }
 
-void scorer_submit(scorer *s, scored_group *g) {
+void updater_scorer_submit(scorer *s, scored_group *g) {
     scorer_start(s);
     pthread_mutex_lock(&s->mu);
     s->in_flight++;
     pthread_mutex_unlock(&s->mu);
-    group_queue_push(&s->in, g);
+    updater_group_queue_push(&s->in, g);
 }
 
-scored_group *scorer_take(scorer *s, double timeout_s) {
-    scored_group *g = group_queue_pop(&s->out, timeout_s);
+scored_group *updater_scorer_take(scorer *s, double timeout_s) {
+    scored_group *g = updater_group_queue_pop(&s->out, timeout_s);
     if (g) {
         pthread_mutex_lock(&s->mu);
         s->in_flight--;
@@ -306,17 +306,17 @@ scored_group *scorer_take(scorer *s, double timeout_s) {
     return g;
 }
 
-int scorer_in_flight(scorer *s) {
+int updater_scorer_in_flight(scorer *s) {
     pthread_mutex_lock(&s->mu);
     int n = s->in_flight;
     pthread_mutex_unlock(&s->mu);
     return n;
 }
 
-int scorer_n_sources(const scorer *s) { return s->n_sources; }
-const char *scorer_source_name(const scorer *s, int i) { return reward_pipeline_source_name(s->pipes[0], (size_t)i); }
+int updater_scorer_n_sources(const scorer *s) { return s->n_sources; }
+const char *updater_scorer_source_name(const scorer *s, int i) { return reward_pipeline_source_name(s->pipes[0], (size_t)i); }
 
-int scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], g, err); }
-int scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err) {
+int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], g, err); }
+int updater_scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err) {
     return score_groups(s->pipes[0], gs, n, err);
 }

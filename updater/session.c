@@ -13,26 +13,26 @@
 
 #include "updater/updater_int.h"
 
-int session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err) {
+int updater_session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err) {
     memset(u, 0, sizeof *u);
     u->cfg = cfg;
-    int rc = policy_init(&u->ps, cfg, err);
+    int rc = updater_policy_init(&u->ps, cfg, err);
     if (rc) return rc;
     char where[1200];
     snprintf(where, sizeof where, "%s/config.json: rewards", cfg->run_dir);
-    if ((rc = scorer_create(&u->sc, cfg->rewards, where, with_threads ? cfg->reward_threads : 1, err))) {
-        policy_fini(&u->ps);
+    if ((rc = updater_scorer_create(&u->sc, cfg->rewards, where, with_threads ? cfg->reward_threads : 1, err))) {
+        updater_policy_fini(&u->ps);
         return rc;
     }
-    u->n_sources = scorer_n_sources(u->sc);
-    for (int s = 0; s < u->n_sources && s < SESSION_MAX_SOURCES; s++) u->src_names[s] = scorer_source_name(u->sc, s);
+    u->n_sources = updater_scorer_n_sources(u->sc);
+    for (int s = 0; s < u->n_sources && s < SESSION_MAX_SOURCES; s++) u->src_names[s] = updater_scorer_source_name(u->sc, s);
     snprintf(u->metrics_path, sizeof u->metrics_path, "%s/metrics.jsonl", cfg->run_dir);
     u->window_start = rlhf_now();
     u->consumed = json_object();
     return 0;
 }
 
-void session_mark_consumed(updater_session *u, const scored_group *sg) {
+void updater_session_mark_consumed(updater_session *u, const scored_group *sg) {
     const char *gid = sg->g.generator_id ? sg->g.generator_id : "";
     json_t *cur = json_object_get(u->consumed, gid);
     if (!cur || (uint64_t)json_integer_value(cur) < sg->g.seq)
@@ -40,33 +40,33 @@ void session_mark_consumed(updater_session *u, const scored_group *sg) {
     if (u->consumed_log) fprintf(u->consumed_log, "%s %llu %ld\n", gid, (unsigned long long)sg->g.seq, u->ps.step);
 }
 
-void session_fini(updater_session *u) {
-    for (int i = 0; i < u->n_window; i++) scored_group_free(u->window[i]);
+void updater_session_fini(updater_session *u) {
+    for (int i = 0; i < u->n_window; i++) updater_scored_group_free(u->window[i]);
     free(u->window);
     u->window = NULL;
     u->n_window = 0;
-    scorer_destroy(&u->sc);
-    policy_fini(&u->ps);
+    updater_scorer_destroy(&u->sc);
+    updater_policy_fini(&u->ps);
     json_decref(u->consumed);
     u->consumed = NULL;
 }
 
-int session_offer(updater_session *u, scored_group *sg) {
+int updater_session_offer(updater_session *u, scored_group *sg) {
     u->ps.log_records++;
     u->ps.groups_total++;
     if (sg->skipped) {
         u->ps.groups_skipped++;
         u->w_skipped++;
-        session_mark_consumed(u, sg);
-        scored_group_free(sg);
+        updater_session_mark_consumed(u, sg);
+        updater_scored_group_free(sg);
         return u->n_window >= u->cfg->prompts_per_step;
     }
     long lag = group_lag(&u->ps, sg);
     if (lag > u->cfg->max_staleness) {
         u->ps.groups_dropped_stale++;
         u->w_stale++;
-        session_mark_consumed(u, sg);
-        scored_group_free(sg);
+        updater_session_mark_consumed(u, sg);
+        updater_scored_group_free(sg);
         return u->n_window >= u->cfg->prompts_per_step;
     }
     if (u->n_window == u->cap_window) {
@@ -77,7 +77,7 @@ int session_offer(updater_session *u, scored_group *sg) {
     return u->n_window >= u->cfg->prompts_per_step;
 }
 
-void metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names) {
+void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names) {
     double sum = 0, sq = 0, pass = 0;
     long cnt = 0;
     for (int g = 0; g < n; g++) {
@@ -118,7 +118,7 @@ void metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, con
     json_object_set_new(m, "pass_rate", json_real(cnt ? pass / cnt : 0));
 }
 
-int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
+int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
     const run_config *cfg = u->cfg;
     policy_state *ps = &u->ps;
     int P = cfg->prompts_per_step < u->n_window ? cfg->prompts_per_step : u->n_window;
@@ -150,10 +150,10 @@ int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
     json_t *m = json_object();
     json_object_set_new(m, "step", json_integer(ps->step + 1));
     json_object_set_new(m, "policy_version", json_integer((json_int_t)ps->version));
-    metrics_rewards(m, groups, P, u->n_sources, u->src_names);
+    updater_metrics_rewards(m, groups, P, u->n_sources, u->src_names);
     int rc = 0;
     if (n_kept > 0) {
-        rc = policy_train_step(ps, kept, n_kept, m, u->src_names, err);
+        rc = updater_policy_train_step(ps, kept, n_kept, m, u->src_names, err);
     } else {
         /* nothing to learn from: the step is counted (so sync generators are released) but the
          * weights do not move */
@@ -193,8 +193,8 @@ int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
     (void)t_wait_end;
     /* the step's groups are done; later ones stay for the next step */
     for (int g = 0; g < P; g++) {
-        session_mark_consumed(u, groups[g]);
-        scored_group_free(groups[g]);
+        updater_session_mark_consumed(u, groups[g]);
+        updater_scored_group_free(groups[g]);
     }
     memmove(u->window, u->window + P, sizeof *u->window * (size_t)(u->n_window - P));
     u->n_window -= P;
@@ -203,8 +203,8 @@ int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
     for (int g = 0; g < u->n_window; g++) {
         if (group_lag(ps, u->window[g]) > cfg->max_staleness) {
             ps->groups_dropped_stale++;
-            session_mark_consumed(u, u->window[g]);
-            scored_group_free(u->window[g]);
+            updater_session_mark_consumed(u, u->window[g]);
+            updater_scored_group_free(u->window[g]);
             u->w_stale_carry++;
         } else {
             u->window[j++] = u->window[g];
@@ -221,6 +221,6 @@ int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
     return 0;
 }
 
-int session_write_metrics(updater_session *u, json_t *m, rlhf_error *err) {
-    return metrics_append(u->metrics_path, m, err);
+int updater_session_write_metrics(updater_session *u, json_t *m, rlhf_error *err) {
+    return updater_metrics_append(u->metrics_path, m, err);
 }

@@ -36,7 +36,7 @@ extern "C" {
 /* RLOO advantages for G groups of k samples: A_i = r_i - mean_{j != i} r_j.
  * rewards (G, k) -> adv (G, k); keep (G): 0 when the group's rewards have no spread
  * (max - min <= 1e-6), whose advantages are then all 0. Returns the number of dropped groups. */
-int rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k);
+int rl_rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k);
 
 typedef struct rl_loss_config {
     int loss;        /* RL_LOSS_TIS | RL_LOSS_PPO_CLIP */
@@ -86,22 +86,22 @@ typedef struct scored_group {
     uint64_t log_index;     /* position in the replay log (records), or UINT64_MAX when unknown */
     struct scored_group *next;
 } scored_group;
-void scored_group_free(scored_group *s);
+void updater_scored_group_free(scored_group *s);
 
 /* Scores groups on `n_threads` threads beside the optimizer: raw groups in, scored groups out.
  * One reward_pipeline per thread (a pipeline serialises its calls). */
 typedef struct scorer scorer;
-int scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, rlhf_error *err);
-void scorer_destroy(scorer **s);
-void scorer_submit(scorer *s, scored_group *g);  /* takes ownership */
-scored_group *scorer_take(scorer *s, double timeout_s);
-int scorer_in_flight(scorer *s);                /* submitted, not yet taken */
-int scorer_n_sources(const scorer *s);
-const char *scorer_source_name(const scorer *s, int i);
+int updater_scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, rlhf_error *err);
+void updater_scorer_destroy(scorer **s);
+void updater_scorer_submit(scorer *s, scored_group *g);  /* takes ownership */
+scored_group *updater_scorer_take(scorer *s, double timeout_s);
+int updater_scorer_in_flight(scorer *s);                /* submitted, not yet taken */
+int updater_scorer_n_sources(const scorer *s);
+const char *updater_scorer_source_name(const scorer *s, int i);
 /* Scores synchronously on the caller's thread (replay: deterministic). */
-int scorer_score_now(scorer *s, scored_group *g, rlhf_error *err);
+int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err);
 /* Same for n groups in one pipeline call (eval). */
-int scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err);
+int updater_scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err);
 
 /* ---------------------------------------------------------------- the policy and its optimizer */
 
@@ -124,8 +124,8 @@ typedef struct policy_state {
     double wall_offset;        /* wall_s of the run before this process (resume) */
 } policy_state;
 
-int policy_init(policy_state *ps, run_config *cfg, rlhf_error *err);
-void policy_fini(policy_state *ps);
+int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err);
+void updater_policy_fini(policy_state *ps);
 
 /* Staleness lag of a group against the newest published version. */
 static inline long group_lag(const policy_state *ps, const scored_group *s) {
@@ -134,32 +134,32 @@ static inline long group_lag(const policy_state *ps, const scored_group *s) {
 
 /* One optimizer step on `n` kept groups (each has spread, none stale). Fills `metrics` with the
  * step's training metrics (train/..., is_ratio/..., kl, entropy). Does not bump version. */
-int policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
+int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
                       rlhf_error *err);
 
 /* ---------------------------------------------------------------- checkpoints */
 
 /* RUN_DIR/checkpoints/step_N/{model.safetensors, optimizer.safetensors, state.json}, written into
  * step_N.tmp and renamed; RUN_DIR/checkpoints/latest names the newest (written atomically). */
-int checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err);
+int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err);
 /* Loads the newest checkpoint of DIR into ps (model, optimizer, rng, counters). Returns 1 when a
  * checkpoint was loaded, 0 when there is none, negative on error. *extra_out (may be NULL) gets
  * state.json's "extra" object (new reference or NULL). */
-int checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err);
+int updater_checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err);
 /* Step of the newest checkpoint in RUN_DIR/checkpoints, or -1. */
 int updater_latest_checkpoint_step(const char *run_dir);
 
 /* ---------------------------------------------------------------- metrics */
 
 /* The last complete line of metrics.jsonl as a JSON object (new reference), or NULL. */
-json_t *metrics_last_record(const char *path);
+json_t *updater_metrics_last_record(const char *path);
 /* Appends one line (fsync'd, so a kill -9 leaves whole lines). */
-int metrics_append(const char *path, json_t *rec, rlhf_error *err);
+int updater_metrics_append(const char *path, json_t *rec, rlhf_error *err);
 /* Drops lines whose "step" is greater than `step` (resume from an older checkpoint). */
-int metrics_truncate_after(const char *path, long step, rlhf_error *err);
+int updater_metrics_truncate_after(const char *path, long step, rlhf_error *err);
 /* Fills the reward metrics of a step from its groups: reward/mean, reward/std, reward/<source>/mean,
  * pass_rate, reward_errors/<source>. */
-void metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names);
+void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names);
 
 /* ---------------------------------------------------------------- the updater session
  *
@@ -184,18 +184,18 @@ typedef struct updater_session {
     FILE *consumed_log;         /* optional: one line "generator_id seq step" per finished group */
 } updater_session;
 /* Marks a group finished (consumed map, consumed log). */
-void session_mark_consumed(updater_session *u, const scored_group *sg);
+void updater_session_mark_consumed(updater_session *u, const scored_group *sg);
 
 /* with_threads: scoring threads = updaters.reward_threads (online); else one pipeline, used
  * synchronously (replay). */
-int session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err);
-void session_fini(updater_session *u);
+int updater_session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err);
+void updater_session_fini(updater_session *u);
 /* Takes a scored group (ownership). Returns 1 when a step's worth of groups is waiting. */
-int session_offer(updater_session *u, scored_group *sg);
+int updater_session_offer(updater_session *u, scored_group *sg);
 /* Trains one step on the oldest rl.prompts_per_step waiting groups; *metrics_out gets the step's
  * metrics record (new reference; the caller adds what it knows, then writes it). */
-int session_step(updater_session *u, json_t **metrics_out, rlhf_error *err);
-int session_write_metrics(updater_session *u, json_t *m, rlhf_error *err);
+int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *err);
+int updater_session_write_metrics(updater_session *u, json_t *m, rlhf_error *err);
 
 /* ---------------------------------------------------------------- the updater process */
 

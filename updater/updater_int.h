@@ -15,12 +15,12 @@ typedef struct group_queue {
     int n;
     int closed;
 } group_queue;
-void group_queue_init(group_queue *q);
-void group_queue_fini(group_queue *q);
-void group_queue_push(group_queue *q, scored_group *s);
+void updater_group_queue_init(group_queue *q);
+void updater_group_queue_fini(group_queue *q);
+void updater_group_queue_push(group_queue *q, scored_group *s);
 /* Pops one; waits up to timeout_s (0 = don't wait). NULL when empty (or closed and empty). */
-scored_group *group_queue_pop(group_queue *q, double timeout_s);
-int group_queue_len(group_queue *q);
-void group_queue_close(group_queue *q);
+scored_group *updater_group_queue_pop(group_queue *q, double timeout_s);
+int updater_group_queue_len(group_queue *q);
+void updater_group_queue_close(group_queue *q);
 
 #endif

@@ -69,7 +69,7 @@ int cmd_train_rm(int argc, char **argv) {
     }
     rlhf_error err = {0};
     if (synth_corpus) {
-        if (rm_synthetic_corpus_write(synth_corpus, (int)pairs, tc.seed, &err)) {
+        if (prompt_capitals_corpus_write(synth_corpus, (int)pairs, tc.seed, &err)) {
             rlhf_error_print("rlhf train-rm", &err);
             return 1;
         }
@@ -77,7 +77,7 @@ int cmd_train_rm(int argc, char **argv) {
         if (!synth && !synth_prompts) return 0;
     }
     if (synth_prompts) {
-        if (rm_synthetic_prompts_write(synth_prompts, (int)pairs, tc.seed, &err)) {
+        if (prompt_capitals_prompts_write(synth_prompts, (int)pairs, tc.seed, &err)) {
             rlhf_error_print("rlhf train-rm", &err);
             return 1;
         }
@@ -85,7 +85,7 @@ int cmd_train_rm(int argc, char **argv) {
         if (!synth) return 0;
     }
     if (synth) {
-        if (rm_synthetic_write(synth, (int)pairs, tc.seed, &err)) {
+        if (prompt_capitals_write(synth, (int)pairs, tc.seed, &err)) {
             rlhf_error_print("rlhf train-rm", &err);
             return 1;
         }

@@ -189,7 +189,7 @@ static void test_rope(void) {
     rope_ctx c = {.B = B, .T = T, .NH = NH, .D = D};
     c.cs = zeros((size_t)T * D / 2);
     c.sn = zeros((size_t)T * D / 2);
-    rope_tables(c.cs, c.sn, T, D, 10000.0f);
+    ops_rope_tables(c.cs, c.sn, T, D, 10000.0f);
     /* the HF convention, spelled out: position 3, pair (1, 1 + D/2), angle 3 * 10000^(-2/8) */
     double ang = 3.0 * pow(10000.0, -2.0 / 8.0);
     CU_ASSERT(fabs(c.cs[3 * 4 + 1] - cos(ang)) < 1e-6 && fabs(c.sn[3 * 4 + 1] - sin(ang)) < 1e-6);
@@ -246,7 +246,7 @@ static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
     extern int omp_get_max_threads(void);
     nthreads = omp_get_max_threads();
 #endif
-    float *scratch = zeros((size_t)nthreads * attention_scratch_floats(T));
+    float *scratch = zeros((size_t)nthreads * ops_attention_scratch_floats(T));
     attention_backward(dq1, dk1, dv1, c.r, att2, c.q, c.k, c.v, scratch, B, T, H, KVH, D, 1, 1, 1);
     attention_backward_ref(dq2, dk2, dv2, c.r, c.att, c.q, c.k, c.v, B, T, H, KVH, D);
     CU_ASSERT(rel_err(dq1, dq2, nq) < SAME_TOL);
@@ -408,14 +408,14 @@ static void test_overwrite_mode(void) {
     CU_ASSERT(rel_err(got, want, (size_t)N * C) < SAME_TOL);
     /* rope */
     float *cs = zeros((size_t)T * D / 2), *sn = zeros((size_t)T * D / 2), *g = rand_buf(&rng, nq, 1.0f);
-    rope_tables(cs, sn, T, D, 10000.0f);
+    ops_rope_tables(cs, sn, T, D, 10000.0f);
     float *rw = zeros(nq), *rg = nan_buf(nq);
     rope_backward_ref(rw, g, cs, sn, B, T, H, D);
     rope_backward(rg, g, cs, sn, B, T, H, D, 0);
     CU_ASSERT(rel_err(rg, rw, nq) < SAME_TOL);
     /* attention (GQA: the first head of each group writes dk/dv, the second adds) */
     float *q = rand_buf(&rng, nq, 1.0f), *k = rand_buf(&rng, nk, 1.0f), *v = rand_buf(&rng, nk, 1.0f);
-    float *out = zeros(nq), *att = zeros(na), *scratch = zeros(64 * attention_scratch_floats(T));
+    float *out = zeros(nq), *att = zeros(na), *scratch = zeros(64 * ops_attention_scratch_floats(T));
     attention_forward(out, att, q, k, v, B, T, H, KVH, D);
     float *dq1 = zeros(nq), *dk1 = zeros(nk), *dv1 = zeros(nk), *dq2 = nan_buf(nq), *dk2 = nan_buf(nk), *dv2 = nan_buf(nk);
     attention_backward_ref(dq1, dk1, dv1, g, att, q, k, v, B, T, H, KVH, D);

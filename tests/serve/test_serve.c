@@ -511,15 +511,15 @@ static void test_rm_training_accuracy(void) {
     model_init_random(m, 3);
     CU_ASSERT_EQUAL_FATAL(model_save(m, base, NULL), 0);
     model_destroy(&m);
-    CU_ASSERT_EQUAL_FATAL(rm_synthetic_write(g_prefs, 600, 9, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(prompt_capitals_write(g_prefs, 600, 9, NULL), 0);
     /* the generator's promise: every chosen is mostly capitals, every rejected is not */
     rm_pair *pr = NULL;
     int np = 0;
     CU_ASSERT_EQUAL_FATAL(rm_pairs_load(g_prefs, &pr, &np, NULL), 0);
     CU_ASSERT_EQUAL(np, 600);
     for (int i = 0; i < np; i++) {
-        CU_ASSERT(rm_synthetic_truth(pr[i].chosen) > 0.5);
-        CU_ASSERT(rm_synthetic_truth(pr[i].rejected) < 0.5);
+        CU_ASSERT(prompt_capitals_truth(pr[i].chosen) > 0.5);
+        CU_ASSERT(prompt_capitals_truth(pr[i].rejected) < 0.5);
     }
     /* through the CLI, as a user would */
     char bin[4096], cmd[8192];

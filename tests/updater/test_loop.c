@@ -83,13 +83,13 @@ static void sample_step(updater_session *u, sampler *smp, tokenizer *tok, prompt
     gen_params gp = {.k = 4, .temperature = 1, .top_p = 1, .max_tokens = 4, .seed = 11};
     rlhf_error err = {0};
     u->ps.m->version = u->ps.version;
-    CU_ASSERT_EQUAL_FATAL(generate_groups(u->ps.m, smp, tok, pr, 8, &gp, "g", *seq, gs, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(generator_sample_groups(u->ps.m, smp, tok, pr, 8, &gp, "g", *seq, gs, &err), 0);
     *seq += 8;
     for (int i = 0; i < 8; i++) {
         scored_group *sg = calloc(1, sizeof *sg);
         sg->g = gs[i];
-        CU_ASSERT_EQUAL(scorer_score_now(u->sc, sg, &err), 0);
-        *ready = session_offer(u, sg);
+        CU_ASSERT_EQUAL(updater_scorer_score_now(u->sc, sg, &err), 0);
+        *ready = updater_session_offer(u, sg);
     }
 }
 
@@ -98,7 +98,7 @@ static void test_reward_rises_in_process(void) {
     CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, NULL), 0);
     rlhf_error err = {0};
     updater_session u;
-    CU_ASSERT_EQUAL_FATAL(session_init(&u, &cfg, 0, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &cfg, 0, &err), 0);
     prompt_dataset *ds = NULL;
     CU_ASSERT_EQUAL_FATAL(prompt_dataset_load(&ds, cfg.train_path, &err), 0);
     tokenizer *tok = NULL;
@@ -113,7 +113,7 @@ static void test_reward_rises_in_process(void) {
         sample_step(&u, smp, tok, ds, &seq, &ready);
         CU_ASSERT_EQUAL_FATAL(ready, 1);
         json_t *m = NULL;
-        CU_ASSERT_EQUAL_FATAL(session_step(&u, &m, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(updater_session_step(&u, &m, &err), 0);
         double r = json_number_value(json_object_get(m, "reward/mean"));
         zero_var += json_integer_value(json_object_get(m, "groups/dropped_zero_var"));
         if (json_integer_value(json_object_get(m, "groups/kept")) > 0) {
@@ -135,7 +135,7 @@ static void test_reward_rises_in_process(void) {
     sampler_destroy(&smp);
     tokenizer_destroy(&tok);
     prompt_dataset_destroy(&ds);
-    session_fini(&u);
+    updater_session_fini(&u);
     run_config_free(&cfg);
 }
 
@@ -145,7 +145,7 @@ static void test_nul_and_invalid_bytes_reach_rewards(void) {
     json_t *rewards = json_loads("[{\"type\":\"exact_match\",\"extract\":\"full\"}]", 0, NULL);
     scorer *sc = NULL;
     rlhf_error err = {0};
-    CU_ASSERT_EQUAL_FATAL(scorer_create(&sc, rewards, "rewards", 1, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(updater_scorer_create(&sc, rewards, "rewards", 1, &err), 0);
     static const char *const samples[3] = {"3+3\0junk", "3+3", "3+3\xffjunk"};
     static const int lens[3] = {8, 3, 8};
     scored_group *sg = calloc(1, sizeof *sg);
@@ -164,13 +164,13 @@ static void test_nul_and_invalid_bytes_reach_rewards(void) {
         g->n_tokens[i] = (uint32_t)lens[i];
         for (int t = 0; t < lens[i]; t++) g->tokens[off++] = (unsigned char)samples[i][t];
     }
-    CU_ASSERT_EQUAL_FATAL(scorer_score_now(sc, sg, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(updater_scorer_score_now(sc, sg, &err), 0);
     CU_ASSERT_EQUAL(sg->n_sources, 1);
     CU_ASSERT_DOUBLE_EQUAL(sg->src[0], 1, 1e-9); /* whole completion, NUL as U+FFFD */
     CU_ASSERT_DOUBLE_EQUAL(sg->src[1], 0, 1e-9); /* the prefix alone is not the answer */
     CU_ASSERT_DOUBLE_EQUAL(sg->src[2], 1, 1e-9); /* an invalid byte likewise */
-    scored_group_free(sg);
-    scorer_destroy(&sc);
+    updater_scored_group_free(sg);
+    updater_scorer_destroy(&sc);
     json_decref(rewards);
 }
 
@@ -179,7 +179,7 @@ static void test_stale_groups_dropped(void) {
     CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, "rl.max_staleness=1"), 0);
     rlhf_error err = {0};
     updater_session u;
-    CU_ASSERT_EQUAL_FATAL(session_init(&u, &cfg, 0, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &cfg, 0, &err), 0);
     u.ps.version = 5;
     /* versions 3, 4, 5: lags 2 (dropped), 1 and 0 (kept) */
     for (int v = 3; v <= 5; v++) {
@@ -191,14 +191,14 @@ static void test_stale_groups_dropped(void) {
         sg->n_sources = 1;
         sg->total = calloc(2, sizeof(float));
         sg->src = calloc(2, sizeof(float));
-        CU_ASSERT_EQUAL(session_offer(&u, sg), 0);
+        CU_ASSERT_EQUAL(updater_session_offer(&u, sg), 0);
     }
     CU_ASSERT_EQUAL(u.ps.groups_dropped_stale, 1);
     CU_ASSERT_EQUAL(u.n_window, 2);
     CU_ASSERT_EQUAL(u.ps.groups_total, 3);
     /* the finished (dropped) group is recorded as consumed */
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(u.consumed, "g")), 3);
-    session_fini(&u);
+    updater_session_fini(&u);
     run_config_free(&cfg);
 }
 

@@ -16,7 +16,7 @@ static void test_rloo_hand_computed(void) {
     float r[12] = {1, 0, 0, 1, 0.5f, 0.5f, 0.5f, 0.5f, 2, 0, 1, 1};
     float a[12];
     int keep[3];
-    int dropped = rloo_advantages(a, keep, r, 3, 4);
+    int dropped = rl_rloo_advantages(a, keep, r, 3, 4);
     CU_ASSERT_EQUAL(dropped, 1);
     CU_ASSERT_EQUAL(keep[0], 1);
     CU_ASSERT_EQUAL(keep[1], 0);
