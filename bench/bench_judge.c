@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
         double rate[50];
         for (int r = 0; r < reps; r++) {
             judge_config cfg;
-            judge_config_init(&cfg);
+            judge_config_default(&cfg);
             snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
             snprintf(cfg.model, sizeof cfg.model, "bench");
             cfg.concurrency = conc;

@@ -97,7 +97,7 @@ int cmd_init(int argc, char **argv) {
     }
     model_config cfg;
     model *m = NULL;
-    int rc = model_config_from_json(&cfg, j, arch, &err);
+    int rc = model_config_parse(&cfg, j, arch, &err);
     json_decref(j);
     /* every command that reads a checkpoint uses the byte-level tokenizer: refuse a model none could use */
     if (!rc && cfg.vocab_size < TOKENIZER_BYTES_MIN_VOCAB)

@@ -33,7 +33,7 @@ static int get_float(const json_t *obj, const char *key, float *out, const char 
     return 0;
 }
 
-int model_config_from_json(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {
+int model_config_parse(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, where, "model config must be a JSON object");
     const char *key;

@@ -42,7 +42,7 @@ typedef struct model_config {
 /* Parses {"dim":..,"n_layers":..,...}; unknown or mistyped keys and dimensions that do not divide
  * are errors naming the key and `where` (a file name or JSON path). Missing optional keys take
  * documented defaults (n_kv_heads = n_heads, rope_theta = 10000, norm_eps = 1e-5, tie_embeddings = 0). */
-int model_config_from_json(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err);
+int model_config_parse(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err);
 json_t *model_config_to_json(const model_config *cfg);
 int model_config_validate(const model_config *cfg, const char *where, rlhf_error *err);
 static inline int model_head_dim(const model_config *c) { return c->dim / c->n_heads; }

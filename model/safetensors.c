@@ -553,7 +553,7 @@ static int read_config(const safetensors_file *f, model_config *cfg, uint64_t *v
     char where[600];
     snprintf(where, sizeof where, "%s: __metadata__.%s", f->source, MODEL_META_CONFIG);
     if (!j) return rlhf_error_set(err, RLHF_ECORRUPT, where, "not valid JSON: %s", jerr.text);
-    int rc = model_config_from_json(cfg, j, where, err);
+    int rc = model_config_parse(cfg, j, where, err);
     json_decref(j);
     if (rc) return rc;
     *version = 0;

@@ -66,8 +66,8 @@ static const rlhf_reward_plugin_v1 judge_vtable = {
 
 int reward_source_judge_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err) {
     judge_config cfg;
-    judge_config_init(&cfg);
-    int rc = judge_config_from_json(&cfg, src, where, err);
+    judge_config_default(&cfg);
+    int rc = judge_config_parse(&cfg, src, where, err);
     if (rc) {
         judge_config_free(&cfg);
         return rc;

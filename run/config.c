@@ -212,7 +212,7 @@ static int copy_str(char *dst, size_t cap, const char *src, const char *where, c
     return 0;
 }
 
-int run_config_from_json(run_config *cfg, json_t *in, const char *where, rlhf_error *err) {
+int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error *err) {
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(in)) return rlhf_error_set(err, RLHF_EINVAL, where, "config must be a JSON object");
     json_t *doc = json_deep_copy(in);
@@ -328,7 +328,7 @@ int run_config_load(run_config *cfg, const char *path, char *const *overrides, i
             return rc;
         }
     }
-    int rc = run_config_from_json(cfg, doc, path, err);
+    int rc = run_config_parse(cfg, doc, path, err);
     json_decref(doc);
     return rc;
 }

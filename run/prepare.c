@@ -41,7 +41,7 @@ int run_prepare_base(run_config *cfg, rlhf_error *err) {
     if (!cfg->base_checkpoint[0]) {
         model_config arch;
         snprintf(w, sizeof w, "model.arch");
-        if ((rc = model_config_from_json(&arch, cfg->arch, w, err))) return rc;
+        if ((rc = model_config_parse(&arch, cfg->arch, w, err))) return rc;
         if ((rc = rlhf_mkdirs(cfg->run_dir, err))) return rc;
         snprintf(p, sizeof p, "%.1000s/base.safetensors", cfg->run_dir);
         if (access(p, F_OK) != 0) {
@@ -94,7 +94,7 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
         model_destroy(&m);
     } else {
         model_config arch;
-        if ((rc = model_config_from_json(&arch, cfg->arch, "model.arch", err))) return rc;
+        if ((rc = model_config_parse(&arch, cfg->arch, "model.arch", err))) return rc;
         vocab = arch.vocab_size;
         seq = arch.max_seq_len;
     }
@@ -153,7 +153,7 @@ int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
     if (cfg->arch) {
         char w[1200];
         snprintf(w, sizeof w, "%s/config.json: model.arch", cfg->run_dir);
-        int rc = model_config_from_json(&arch, cfg->arch, w, err);
+        int rc = model_config_parse(&arch, cfg->arch, w, err);
         if (rc) return rc;
         expect = &arch;
     }

@@ -90,7 +90,7 @@ typedef struct run_config {
 /* Parses and validates a config document. `where` names the source (file name) for messages;
  * errors name the JSON path, e.g. "cfg.json: rl.max_staleness: must be an integer >= 0".
  * Takes its own reference to `doc`. */
-int run_config_from_json(run_config *cfg, json_t *doc, const char *where, rlhf_error *err);
+int run_config_parse(run_config *cfg, json_t *doc, const char *where, rlhf_error *err);
 /* Loads FILE, applies overrides ("a.b=VALUE": VALUE parsed as JSON, else taken as a string),
  * then parses. */
 int run_config_load(run_config *cfg, const char *path, char *const *overrides, int n_overrides, rlhf_error *err);

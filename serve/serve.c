@@ -18,7 +18,7 @@
 #include "model/model.h"
 #include "rewards/rm/rm.h"
 
-void serve_config_init(serve_config *cfg) {
+void serve_config_default(serve_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     snprintf(cfg->host, sizeof cfg->host, "127.0.0.1");
     cfg->max_batch = 8;
@@ -499,7 +499,7 @@ static void id_from_path(const char *path, char *out, size_t cap) {
     snprintf(out, cap, "%s", b);
 }
 
-int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_error *err) {
+int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_error *err) {
     *out = NULL;
     if (!cfg->model_path[0] && !cfg->rm_path[0])
         return rlhf_error_set(err, RLHF_EINVAL, "", "give --model and/or --reward-model");
@@ -527,19 +527,19 @@ int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_er
         if ((rc = model_load(&s->m, cfg->model_path, NULL, err)) ||
             (rc = tokenizer_create_bytes(&s->tok, s->m->cfg.vocab_size, err)) ||
             (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err))) {
-            serve_destroy(&s);
+            serve_server_destroy(&s);
             return rc;
         }
     }
     if (cfg->rm_path[0]) {
         id_from_path(cfg->rm_path, s->rm_id, sizeof s->rm_id);
         if ((rc = reward_model_load(&s->rm, cfg->rm_path, cfg->max_batch, err))) {
-            serve_destroy(&s);
+            serve_server_destroy(&s);
             return rc;
         }
     }
     if (pthread_create(&s->worker, NULL, serve_worker_main, s) != 0) {
-        serve_destroy(&s);
+        serve_server_destroy(&s);
         return RLHF_FAIL(err, RLHF_ESYS, "cannot start the worker thread");
     }
     s->worker_started = 1;
@@ -550,7 +550,7 @@ int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_er
                                  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
     if (!s->daemon) {
         int port = cfg->port;
-        serve_destroy(&s);
+        serve_server_destroy(&s);
         return rlhf_error_set(err, RLHF_ESYS, "", "cannot listen on %s:%d (in use?)", cfg->host, port);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
@@ -561,7 +561,7 @@ int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_er
 
 int serve_port(const serve_server *s) { return s->port; }
 
-void serve_destroy(serve_server **ps) {
+void serve_server_destroy(serve_server **ps) {
     if (!ps || !*ps) return;
     serve_server *s = *ps;
     if (s->daemon) MHD_stop_daemon(s->daemon); /* waits for handler threads, which wait for the worker */

@@ -40,15 +40,15 @@ typedef struct serve_config {
     int max_connections;    /* concurrent connections (default 256) */
 } serve_config;
 
-void serve_config_init(serve_config *cfg);
+void serve_config_default(serve_config *cfg);
 
 typedef struct serve_server serve_server;
 
 /* Loads the model(s), starts the worker and the HTTP daemon. `log` (may be NULL) gets one line per
  * rejected request. */
-int serve_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_error *err);
+int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, rlhf_error *err);
 int serve_port(const serve_server *s);
-void serve_destroy(serve_server **s);
+void serve_server_destroy(serve_server **s);
 
 
 #endif

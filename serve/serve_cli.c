@@ -31,7 +31,7 @@ static int parse_int(const char *opt, const char *v, long lo, long hi, long *out
 
 int cmd_serve(int argc, char **argv) {
     serve_config cfg;
-    serve_config_init(&cfg);
+    serve_config_default(&cfg);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x;
@@ -81,7 +81,7 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     serve_server *s = NULL;
     rlhf_error err = {0};
-    if (serve_create(&s, &cfg, stderr, &err) != 0) {
+    if (serve_server_create(&s, &cfg, stderr, &err) != 0) {
         rlhf_error_print("rlhf serve", &err);
         return 1;
     }
@@ -90,6 +90,6 @@ int cmd_serve(int argc, char **argv) {
     int sig = 0;
     sigwait(&set, &sig);
     fprintf(stderr, "rlhf serve: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    serve_destroy(&s);
+    serve_server_destroy(&s);
     return 0;
 }

@@ -29,7 +29,7 @@ static const char default_template[] =
     "Rate the answer's correctness and quality on a scale from 0 to 10. "
     "End your reply with one line of the form `score: N`.";
 
-void judge_config_init(judge_config *cfg) {
+void judge_config_default(judge_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->template_text = strdup(default_template);
     cfg->temperature = 0.0;
@@ -98,7 +98,7 @@ static int check_base_url(const char *url, const char *where, rlhf_error *err) {
     return rc;
 }
 
-int judge_config_from_json(judge_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {
+int judge_config_parse(judge_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {
     if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, where, "judge config must be an object");
     const char *key;
     json_t *v;

@@ -94,9 +94,9 @@ typedef struct judge_config {
 } judge_config;
 
 /* Defaults, and the built-in template. */
-void judge_config_init(judge_config *cfg);
+void judge_config_default(judge_config *cfg);
 /* Parses the keys above; `where` names the object in errors ("config.json: rewards[1]"). */
-int judge_config_from_json(judge_config *cfg, const json_t *obj, const char *where, rlhf_error *err);
+int judge_config_parse(judge_config *cfg, const json_t *obj, const char *where, rlhf_error *err);
 void judge_config_free(judge_config *cfg);
 
 /* One judgement. Inputs are borrowed for the call. */

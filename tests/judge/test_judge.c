@@ -44,7 +44,7 @@ static int start_fault_server(peer *p, const char *extra1, const char *extra2, c
 
 static judge_client *make_client(const char *base_url, int retries, int timeout_ms, int conc, FILE *log) {
     judge_config cfg;
-    judge_config_init(&cfg);
+    judge_config_default(&cfg);
     snprintf(cfg.base_url, sizeof cfg.base_url, "%s", base_url);
     snprintf(cfg.model, sizeof cfg.model, "fault-injector");
     free(cfg.template_text);
@@ -113,10 +113,10 @@ static void test_config_errors(void) {
         {"{\"base_url\":\"http://h\",\"model\":\"m\",\"response_format\":\"xml\"}", "rewards[0].response_format", "expected"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        judge_config_init(&cfg);
+        judge_config_default(&cfg);
         json_t *j = json_loads(cases[i].json, 0, NULL);
         CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-        int rc = judge_config_from_json(&cfg, j, "config.json: rewards[0]", &err);
+        int rc = judge_config_parse(&cfg, j, "config.json: rewards[0]", &err);
         CU_ASSERT_EQUAL(rc, RLHF_EINVAL);
         CU_ASSERT_PTR_NOT_NULL(strstr(err.where, cases[i].where_part));
         CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, cases[i].msg_part) ? strstr(err.msg, cases[i].msg_part)
@@ -317,7 +317,7 @@ static void test_breaker(void) {
     peer srv;
     CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
     judge_config cfg;
-    judge_config_init(&cfg);
+    judge_config_default(&cfg);
     snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
     snprintf(cfg.model, sizeof cfg.model, "m");
     cfg.retries = 0;
@@ -374,7 +374,7 @@ static void test_batch_under_faults(void) {
     peer srv;
     CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--fault-rate 0.3", "--slow-ms 1500", "--seed 7", NULL), 0);
     judge_config cfg;
-    judge_config_init(&cfg);
+    judge_config_default(&cfg);
     snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
     snprintf(cfg.model, sizeof cfg.model, "m");
     cfg.retries = 3;
@@ -461,7 +461,7 @@ static void test_api_key_never_leaks(void) {
     /* 1. The client directly, logging retries to a file. */
     FILE *log = fopen(log_path, "w");
     judge_config cfg;
-    judge_config_init(&cfg);
+    judge_config_default(&cfg);
     snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
     snprintf(cfg.model, sizeof cfg.model, "m");
     snprintf(cfg.api_key_env, sizeof cfg.api_key_env, "RLHF_TEST_JUDGE_KEY");

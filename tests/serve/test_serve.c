@@ -150,7 +150,7 @@ static void test_judge_against_serve(void) {
     free(body);
 
     judge_config cfg;
-    judge_config_init(&cfg);
+    judge_config_default(&cfg);
     snprintf(cfg.base_url, sizeof cfg.base_url, "%s/", srv.base_url); /* trailing slash tolerated */
     snprintf(cfg.model, sizeof cfg.model, "judge-model");
     free(cfg.template_text);
@@ -451,7 +451,7 @@ static void test_serve_queue_bound(void) {
     CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, "--max-queue", "1"), 0);
     for (int with_retries = 0; with_retries < 2; with_retries++) {
         judge_config cfg;
-        judge_config_init(&cfg);
+        judge_config_default(&cfg);
         snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
         snprintf(cfg.model, sizeof cfg.model, "judge-model");
         free(cfg.template_text);

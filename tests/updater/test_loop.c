@@ -46,7 +46,7 @@ static int make_cfg(run_config *cfg, const char *extra_set) {
     json_t *j = json_loads(doc, 0, &jerr);
     rlhf_error err = {0};
     if (extra_set) run_config_apply_override(j, extra_set, &err);
-    int rc = run_config_from_json(cfg, j, "loop.json", &err);
+    int rc = run_config_parse(cfg, j, "loop.json", &err);
     json_decref(j);
     if (rc) return rc;
     if ((rc = run_prepare_base(cfg, &err))) rlhf_error_print("test", &err);

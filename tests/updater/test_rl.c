@@ -120,7 +120,7 @@ static int parse_with(const char *json, const char *set, rlhf_error *err, run_co
     CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
     int rc = 0;
     if (set) rc = run_config_apply_override(doc, set, err);
-    if (!rc) rc = run_config_from_json(cfg, doc, "cfg.json", err);
+    if (!rc) rc = run_config_parse(cfg, doc, "cfg.json", err);
     json_decref(doc);
     return rc;
 }
