@@ -25,18 +25,6 @@ typedef struct client_arg {
     long tokens, ok;
 } client_arg;
 
-typedef struct { char *p; size_t n; } buf;
-static size_t on_data(char *d, size_t s, size_t m, void *ud) {
-    buf *b = ud;
-    char *q = realloc(b->p, b->n + s * m + 1);
-    if (!q) return 0;
-    b->p = q;
-    memcpy(b->p + b->n, d, s * m);
-    b->n += s * m;
-    b->p[b->n] = 0;
-    return s * m;
-}
-
 static void *client_main(void *arg) {
     client_arg *a = arg;
     CURL *c = curl_easy_init();
@@ -47,11 +35,11 @@ static void *client_main(void *arg) {
                  "{\"model\":\"bench\",\"prompt\":\"client %d request %d: once upon a time\",\"max_tokens\":%d,"
                  "\"temperature\":1.0,\"seed\":%d}",
                  a->id, i, a->max_tokens, a->id * 100000 + i);
-        buf b = {0};
+        peer_body b = {0};
         curl_easy_setopt(c, CURLOPT_URL, a->url);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, peer_body_write);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 600L);

@@ -51,12 +51,7 @@ int cmd_broker(int argc, char **argv) {
         }
     }
     if (endpoint) snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    rlhf_on_signals(on_signal, (const int[]){SIGINT, SIGTERM, 0});
     signal(SIGPIPE, SIG_IGN);
     broker *b = NULL;
     int rc = broker_create(&b, &cfg, run_dir, &err);

@@ -212,11 +212,7 @@ int cmd_run(int argc, char **argv) {
         return 0;
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    rlhf_on_signals(on_stop_signal, (const int[]){SIGINT, SIGTERM, 0});
 
     int G = cfg.gen_count;
     child *kids = calloc((size_t)G + 2, sizeof *kids);

@@ -1,6 +1,8 @@
 /* common/common.c — errors, atomic writes, files, UTF-8, clocks, RNG (CRC-32 is in common/crc32.c). */
 #include "common/common.h"
 
+#include <signal.h>
+
 #include <errno.h>
 #include <jansson.h>
 #include <fcntl.h>
@@ -265,4 +267,12 @@ char *rlhf_utf8_sanitize(const char *s, size_t n) {
     }
     out[o] = 0;
     return out;
+}
+
+void rlhf_on_signals(void (*handler)(int), const int *sigs) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    for (; *sigs; sigs++) sigaction(*sigs, &sa, NULL);
 }

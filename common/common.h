@@ -135,6 +135,10 @@ typedef struct rlhf_opt {
 int rlhf_opts_parse(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
                     const char **pos, int max_pos, int *n_pos);
 
+/* Installs HANDLER for each signal of SIGS (a 0-terminated list), with no SA_RESTART, so that a
+ * blocking call returns EINTR and the process notices the flag its handler set. */
+void rlhf_on_signals(void (*handler)(int), const int *sigs);
+
 /* Monotonic clock in seconds. */
 double rlhf_now(void);
 /* Wall clock in seconds since the epoch. */

@@ -24,12 +24,7 @@ int cmd_generator(int argc, char **argv) {
         fputs(usage, stderr);
         return 2;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
+    rlhf_on_signals(on_signal, (const int[]){SIGTERM, SIGINT, SIGUSR1, 0});
     rlhf_error err = {0};
     rc = generator_main(&o, &err);
     if (rc) rlhf_error_print("generator", &err);

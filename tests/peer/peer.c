@@ -72,9 +72,8 @@ void peer_stop(peer *p) {
     p->pid = 0;
 }
 
-typedef struct { char *p; size_t n; } grow;
-static size_t on_data(char *d, size_t s, size_t m, void *ud) {
-    grow *g = ud;
+size_t peer_body_write(char *d, size_t s, size_t m, void *ud) {
+    peer_body *g = ud;
     char *q = realloc(g->p, g->n + s * m + 1);
     if (!q) return 0;
     g->p = q;
@@ -88,7 +87,7 @@ long peer_http(const peer *p, const char *method, const char *path, const char *
     CURL *c = curl_easy_init();
     char url[256];
     snprintf(url, sizeof url, "%s%s", p->base_url, path);
-    grow g = {0};
+    peer_body g = {0};
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
@@ -97,7 +96,7 @@ long peer_http(const peer *p, const char *method, const char *path, const char *
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
     }
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, peer_body_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &g);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

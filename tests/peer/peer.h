@@ -23,6 +23,13 @@ int peer_start(peer *p, char *const argv[], double timeout_s);
 void peer_stop(peer *p);
 /* GET/POST on the peer with libcurl: returns the HTTP status (or -1), body in *body (malloc'd). */
 long peer_http(const peer *p, const char *method, const char *path, const char *body, char **resp);
+/* A libcurl CURLOPT_WRITEFUNCTION that appends the body to a peer_body (CURLOPT_WRITEDATA), kept
+ * NUL-terminated; for callers that reuse one curl handle (the serve benchmark). Free body.p. */
+typedef struct peer_body {
+    char *p;
+    size_t n;
+} peer_body;
+size_t peer_body_write(char *data, size_t size, size_t nmemb, void *body);
 /* GET /stats of the fault server as JSON (new reference, NULL on failure). */
 json_t *peer_stats(const peer *p);
 /* A TCP port on 127.0.0.1 with nothing listening (bound, then closed). */
