@@ -20,7 +20,6 @@ rlhf_reward_item rt_item(const char *completion, const char *record_json);
 
 int rt_register_pipeline(void);
 int rt_register_plugins(void);
-int rt_register_sandbox(void);
 int rt_register_exec(void);
 int rt_register_cli(void);
 

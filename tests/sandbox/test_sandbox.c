@@ -1,4 +1,4 @@
-/* tests/rewards/test_sandbox.c — the attack suite: each hostile program runs in the sandbox, gets
+/* tests/sandbox/test_sandbox.c — the attack suite: each hostile program runs in the sandbox, gets
  * its expected verdict, the runner returns within its limit, and the host is checked afterwards
  * (no process left under the sandbox uids, files unchanged, listener untouched, secrets unseen). */
 #include <dirent.h>
@@ -13,7 +13,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "tests/rewards/rewards_test.h"
+#include <CUnit/CUnit.h>
+#include <jansson.h>
+#include <limits.h>
+
+#include "rewards/sandbox/sandbox.h"
+#include "tests/test_paths.h"
+
+/* The project root (the tests chdir there at start) and a private scratch directory. */
+static char root_dir[512], scratch_dir[64]; /* sized for the paths the tests build from them */
+static const char *rt_root(void) { return root_dir; }
+static const char *rt_scratch(void) { return scratch_dir; }
 
 #define WALL_MS 1500
 
@@ -437,7 +447,16 @@ static void test_config_refusals(void) {
     CU_ASSERT_PTR_NULL(p);
 }
 
-int rt_register_sandbox(void) {
+static void cleanup_scratch(void) {
+    if (scratch_dir[0]) test_remove_tree(scratch_dir);
+}
+
+int register_suites(void) {
+    if (snprintf(root_dir, sizeof root_dir, "%s", RLHF_SOURCE_ROOT) >= (int)sizeof root_dir) return -1;
+    if (chdir(root_dir)) return -1;
+    snprintf(scratch_dir, sizeof scratch_dir, "/tmp/rlhf-test-sandbox-XXXXXX");
+    if (!mkdtemp(scratch_dir)) return -1;
+    atexit(cleanup_scratch);
     CU_pSuite s = CU_add_suite("sandbox", suite_init, suite_clean);
     if (!s) return -1;
     CU_add_test(s, "probe: all layers; uid 65534 inside, unprivileged outside", test_probe_and_identity);
