@@ -24,7 +24,7 @@ static int value_error(const char *prog, const char *fmt, const char *a, const c
 static int out_of_range(const rlhf_opt *o, double x, const char *v, const char *prog) {
     if (!(o->lo < o->hi) || (x >= o->lo && x <= o->hi)) return 0;
     char msg[160];
-    snprintf(msg, sizeof msg, "%s: expected a value in [%g, %g], got", o->name, o->lo, o->hi);
+    snprintf(msg, sizeof msg, "%s: expected a value in [%.15g, %.15g], got", o->name, o->lo, o->hi);
     return value_error(prog, "%s '%s'", msg, v);
 }
 
