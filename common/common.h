@@ -129,11 +129,19 @@ typedef struct rlhf_opt {
 #define RLHF_OPT(name_, kind_, out_) {.name = (name_), .kind = (kind_), .out = (out_)}
 #define RLHF_OPT_RANGE(name_, kind_, out_, lo_, hi_) {.name = (name_), .kind = (kind_), .out = (out_), .lo = (lo_), .hi = (hi_)}
 #define RLHF_OPT_END {.name = NULL}
-/* Parses argv[1..argc). Positional arguments go to pos[0..max_pos), their count to *n_pos.
+/* Parses argv[1..argc). Positional arguments go to pos[0..max_pos), their count to *n_pos; "--" ends
+ * the options (every later argument is positional, even one starting with '-').
  * Returns -1 when the command should go on; otherwise the exit status to return: 0 after --help/-h
- * (USAGE printed to stdout), 2 after a usage error ("PROG: error: ..." and USAGE on stderr). */
+ * (USAGE printed to stdout), 2 after a usage error ("PROG: error: ..." on stderr, followed by USAGE
+ * for an unknown option, a missing value or an unexpected argument; a bad value of a known option is
+ * the one error line naming the option and what it takes). */
 int rlhf_opts_parse(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
                     const char **pos, int max_pos, int *n_pos);
+/* The same for commands that pass the rest of their arguments on (a program and its arguments):
+ * options are parsed up to the first positional argument or up to "--" (which is skipped), and *rest
+ * gets the index of the first argument not parsed (argc when none is left). */
+int rlhf_opts_parse_leading(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
+                            int *rest);
 
 /* Installs HANDLER for each signal of SIGS (a 0-terminated list), with no SA_RESTART, so that a
  * blocking call returns EINTR and the process notices the flag its handler set. */

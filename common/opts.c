@@ -15,14 +15,20 @@ static int usage_error(const char *prog, const char *usage, const char *fmt, con
     return 2;
 }
 
-static int out_of_range(const rlhf_opt *o, double x, const char *v, const char *prog, const char *usage) {
-    if (!(o->lo < o->hi) || (x >= o->lo && x <= o->hi)) return 0;
-    char msg[160];
-    snprintf(msg, sizeof msg, "%s: expected a value in [%g, %g], got", o->name, o->lo, o->hi);
-    return usage_error(prog, usage, "%s '%s'", msg, v);
+/* A bad value of a known option: the line names the option and what it takes, so no usage follows
+ * (the error stays one line, like the commands' other errors). */
+static int value_error(const char *prog, const char *fmt, const char *a, const char *b) {
+    return usage_error(prog, NULL, fmt, a, b);
 }
 
-static int set_value(const rlhf_opt *o, const char *v, const char *prog, const char *usage) {
+static int out_of_range(const rlhf_opt *o, double x, const char *v, const char *prog) {
+    if (!(o->lo < o->hi) || (x >= o->lo && x <= o->hi)) return 0;
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s: expected a value in [%.15g, %.15g], got", o->name, o->lo, o->hi);
+    return value_error(prog, "%s '%s'", msg, v);
+}
+
+static int set_value(const rlhf_opt *o, const char *v, const char *prog) {
     char *end = NULL;
     if (o->given) *o->given = 1;
     switch (o->kind) {
@@ -31,8 +37,8 @@ static int set_value(const rlhf_opt *o, const char *v, const char *prog, const c
         errno = 0;
         long x = strtol(v, &end, 10);
         if (!*v || *end || errno || x < INT_MIN || x > INT_MAX)
-            return usage_error(prog, usage, "%s: expected an integer, got '%s'", o->name, v);
-        if (out_of_range(o, (double)x, v, prog, usage)) return 2;
+            return value_error(prog, "%s: expected an integer, got '%s'", o->name, v);
+        if (out_of_range(o, (double)x, v, prog)) return 2;
         *(int *)o->out = (int)x;
         return -1;
     }
@@ -40,8 +46,8 @@ static int set_value(const rlhf_opt *o, const char *v, const char *prog, const c
         errno = 0;
         unsigned long long x = strtoull(v, &end, 10);
         if (!*v || *end || errno || v[0] == '-')
-            return usage_error(prog, usage, "%s: expected an integer >= 0, got '%s'", o->name, v);
-        if (out_of_range(o, (double)x, v, prog, usage)) return 2;
+            return value_error(prog, "%s: expected an integer >= 0, got '%s'", o->name, v);
+        if (out_of_range(o, (double)x, v, prog)) return 2;
         *(uint64_t *)o->out = (uint64_t)x;
         return -1;
     }
@@ -50,8 +56,8 @@ static int set_value(const rlhf_opt *o, const char *v, const char *prog, const c
         errno = 0;
         double x = strtod(v, &end);
         if (!*v || *end || errno || !isfinite(x))
-            return usage_error(prog, usage, "%s: expected a number, got '%s'", o->name, v);
-        if (out_of_range(o, x, v, prog, usage)) return 2;
+            return value_error(prog, "%s: expected a number, got '%s'", o->name, v);
+        if (out_of_range(o, x, v, prog)) return 2;
         if (o->kind == RLHF_OPT_FLOAT) *(float *)o->out = (float)x;
         else *(double *)o->out = x;
         return -1;
@@ -61,7 +67,7 @@ static int set_value(const rlhf_opt *o, const char *v, const char *prog, const c
         if (l->n >= l->cap) {
             char cap[32];
             snprintf(cap, sizeof cap, "%d", l->cap);
-            return usage_error(prog, usage, "%s: given more than %s times", o->name, cap);
+            return value_error(prog, "%s: given more than %s times", o->name, cap);
         }
         l->v[l->n++] = (char *)v;
         return -1;
@@ -71,17 +77,32 @@ static int set_value(const rlhf_opt *o, const char *v, const char *prog, const c
     return -1;
 }
 
-int rlhf_opts_parse(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
-                    const char **pos, int max_pos, int *n_pos) {
-    int np = 0;
+/* The one option loop. leading: stop at the first positional argument (*rest = its index) instead of
+ * collecting positionals. "--" ends the options either way: what follows it is positional. */
+static int parse(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts, const char **pos,
+                 int max_pos, int *n_pos, int leading, int *rest) {
+    int np = 0, only_pos = 0;
     if (n_pos) *n_pos = 0;
+    if (rest) *rest = argc;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+        if (!only_pos && !strcmp(a, "--")) {
+            only_pos = 1;
+            if (leading) {
+                *rest = i + 1;
+                break;
+            }
+            continue;
+        }
+        if (!only_pos && (!strcmp(a, "-h") || !strcmp(a, "--help"))) {
             fputs(usage ? usage : "", stdout);
             return 0;
         }
-        if (a[0] != '-' || !a[1]) { /* a positional argument ("-" alone is one too: stdin) */
+        if (only_pos || a[0] != '-' || !a[1]) { /* a positional argument ("-" alone is one too: stdin) */
+            if (leading) {
+                *rest = i;
+                break;
+            }
             if (np >= max_pos) return usage_error(prog, usage, "unexpected argument '%s'%s", a, "");
             pos[np++] = a;
             continue;
@@ -103,9 +124,19 @@ int rlhf_opts_parse(int argc, char **argv, const char *prog, const char *usage, 
         }
         const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
         if (!v) return usage_error(prog, usage, "%s needs a value%s", o->name, "");
-        int rc = set_value(o, v, prog, usage);
+        int rc = set_value(o, v, prog);
         if (rc >= 0) return rc;
     }
     if (n_pos) *n_pos = np;
     return -1;
+}
+
+int rlhf_opts_parse(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
+                    const char **pos, int max_pos, int *n_pos) {
+    return parse(argc, argv, prog, usage, opts, pos, max_pos, n_pos, 0, NULL);
+}
+
+int rlhf_opts_parse_leading(int argc, char **argv, const char *prog, const char *usage, const rlhf_opt *opts,
+                            int *rest) {
+    return parse(argc, argv, prog, usage, opts, NULL, 0, NULL, 1, rest);
 }

@@ -9,84 +9,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---------------------------------------------------------------- argument helpers */
-
-static int parse_int_arg(const char *prog, const char *opt, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "%s: error: %s: expected an integer in %ld..%ld, got '%s'\n", prog, opt, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_u64_arg(const char *prog, const char *opt, const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!*s || *end || errno || s[0] == '-') {
-        fprintf(stderr, "%s: error: %s: expected a non-negative integer, got '%s'\n", prog, opt, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float_arg(const char *prog, const char *opt, const char *s, double lo, double hi, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "%s: error: %s: expected a number in [%g, %g], got '%s'\n", prog, opt, lo, hi, s);
-        return -1;
-    }
-    *out = (float)v;
-    return 0;
-}
-
-/* The value after option argv[*i], or NULL with a message. */
-static const char *opt_value(const char *prog, int argc, char **argv, int *i) {
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "%s: error: option %s needs a value\n", prog, argv[*i]);
-        return NULL;
-    }
-    return argv[++*i];
-}
-
 /* ---------------------------------------------------------------- rlhf init */
 
-static void init_usage(FILE *f) {
-    fprintf(f, "usage: rlhf init --arch ARCH.json --out M.safetensors [--seed S]\n"
-               "  ARCH.json keys: dim, n_layers, n_heads, n_kv_heads, ffn_dim, vocab_size, max_seq_len,\n"
-               "  rope_theta, norm_eps, tie_embeddings. Weights: N(0, 0.02), output projections / sqrt(2L).\n");
-}
+static const char init_usage[] =
+    "usage: rlhf init --arch ARCH.json --out M.safetensors [--seed S]\n"
+    "  ARCH.json keys: dim, n_layers, n_heads, n_kv_heads, ffn_dim, vocab_size, max_seq_len,\n"
+    "  rope_theta, norm_eps, tie_embeddings. Weights: N(0, 0.02), output projections / sqrt(2L).\n";
 
 int cmd_init(int argc, char **argv) {
     const char *prog = "rlhf init", *arch = NULL, *out = NULL;
     uint64_t seed = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            init_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--arch")) {
-            if (!(arch = opt_value(prog, argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "--out")) {
-            if (!(out = opt_value(prog, argc, argv, &i))) return 2;
-        } else if (!strcmp(a, "--seed")) {
-            if (!(v = opt_value(prog, argc, argv, &i)) || parse_u64_arg(prog, a, v, &seed)) return 2;
-        } else {
-            fprintf(stderr, "%s: error: unknown option '%s'\n", prog, a);
-            init_usage(stderr);
-            return 2;
-        }
-    }
+    const rlhf_opt opts[] = {RLHF_OPT("--arch", RLHF_OPT_STR, &arch), RLHF_OPT("--out", RLHF_OPT_STR, &out),
+                             RLHF_OPT("--seed", RLHF_OPT_U64, &seed), RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, prog, init_usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
     if (!arch || !out) {
-        fprintf(stderr, "%s: error: --arch and --out are required\n", prog);
-        init_usage(stderr);
+        fprintf(stderr, "%s: error: --arch and --out are required\n%s", prog, init_usage);
         return 2;
     }
     rlhf_error err = {0};
@@ -121,23 +59,21 @@ int cmd_init(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- rlhf sample */
 
-static void sample_usage(FILE *f) {
-    fprintf(f,
-            "usage: rlhf sample --model M.safetensors (--prompt TEXT | --prompts FILE.jsonl) [options]\n"
-            "  -n K               samples per prompt (default 1)\n"
-            "  --temperature T    0 = greedy (default 1)\n"
-            "  --top-p P          nucleus mass in (0, 1] (default 1 = off)\n"
-            "  --top-k K          0 = off (default)\n"
-            "  --max-tokens N     new tokens per sample (default 64)\n"
-            "  --seed S           sample j of prompt i uses its own stream derived from (S, i*K + j)\n"
-            "  --stop STR         stop string (repeatable); EOS always stops unless --no-eos-stop\n"
-            "  --batch B          sequences decoded together (default 64)\n"
-            "  --threads N        OpenMP/OpenBLAS threads (default: OMP_NUM_THREADS or all cores)\n"
-            "FILE.jsonl: one object per line with a string \"prompt\" (other keys such as \"id\" are echoed).\n"
-            "Output, one JSON line per sample: prompt_index, sample_index, [id], text, tokens, logprobs\n"
-            "(log pi at temperature 1), sampling_logprobs (log of the distribution sampled from), finish_reason,\n"
-            "policy_version.\n");
-}
+static const char sample_usage[] =
+    "usage: rlhf sample --model M.safetensors (--prompt TEXT | --prompts FILE.jsonl) [options]\n"
+    "  -n K               samples per prompt (default 1)\n"
+    "  --temperature T    0 = greedy (default 1)\n"
+    "  --top-p P          nucleus mass in (0, 1] (default 1 = off)\n"
+    "  --top-k K          0 = off (default)\n"
+    "  --max-tokens N     new tokens per sample (default 64)\n"
+    "  --seed S           sample j of prompt i uses its own stream derived from (S, i*K + j)\n"
+    "  --stop STR         stop string (repeatable); EOS always stops unless --no-eos-stop\n"
+    "  --batch B          sequences decoded together (default 64)\n"
+    "  --threads N        OpenMP/OpenBLAS threads (default: OMP_NUM_THREADS or all cores)\n"
+    "FILE.jsonl: one object per line with a string \"prompt\" (other keys such as \"id\" are echoed).\n"
+    "Output, one JSON line per sample: prompt_index, sample_index, [id], text, tokens, logprobs\n"
+    "(log pi at temperature 1), sampling_logprobs (log of the distribution sampled from), finish_reason,\n"
+    "policy_version.\n";
 
 typedef struct prompt_item {
     char *text;
@@ -220,77 +156,47 @@ static int read_prompts(const char *path, prompt_item **out, int *n_out, rlhf_er
 
 int cmd_sample(int argc, char **argv) {
     const char *prog = "rlhf sample", *model_path = NULL, *prompt = NULL, *prompts_path = NULL;
-    long n_samples = 1, max_tokens = 64, top_k = 0, batch = 64, threads = 0;
+    int n_samples = 1, max_tokens = 64, top_k = 0, batch = 64, threads = 0;
     float temperature = 1.0f, top_p = 1.0f;
     uint64_t seed = 0;
-    int eos_stop = 1;
-    const char **stops = calloc((size_t)argc + 1, sizeof *stops);
-    int n_stops = 0, status = 2;
+    int no_eos_stop = 0;
+    char **stops = calloc((size_t)argc + 1, sizeof *stops);
+    rlhf_opt_strs stop = {stops, 0, argc};
+    int status = 2;
     if (!stops) return 1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            sample_usage(stdout);
-            free(stops);
-            return 0;
-        }
-#define VAL() \
-    if (!(v = opt_value(prog, argc, argv, &i))) goto done
-        if (!strcmp(a, "--model")) {
-            VAL();
-            model_path = v;
-        } else if (!strcmp(a, "--prompt")) {
-            VAL();
-            prompt = v;
-        } else if (!strcmp(a, "--prompts")) {
-            VAL();
-            prompts_path = v;
-        } else if (!strcmp(a, "-n")) {
-            VAL();
-            if (parse_int_arg(prog, a, v, 1, 1 << 20, &n_samples)) goto done;
-        } else if (!strcmp(a, "--temperature")) {
-            VAL();
-            if (parse_float_arg(prog, a, v, 0.0, 1e6, &temperature)) goto done;
-        } else if (!strcmp(a, "--top-p")) {
-            VAL();
-            if (parse_float_arg(prog, a, v, 1e-9, 1.0, &top_p)) goto done;
-        } else if (!strcmp(a, "--top-k")) {
-            VAL();
-            if (parse_int_arg(prog, a, v, 0, INT_MAX, &top_k)) goto done;
-        } else if (!strcmp(a, "--max-tokens")) {
-            VAL();
-            if (parse_int_arg(prog, a, v, 0, INT_MAX, &max_tokens)) goto done;
-        } else if (!strcmp(a, "--seed")) {
-            VAL();
-            if (parse_u64_arg(prog, a, v, &seed)) goto done;
-        } else if (!strcmp(a, "--stop")) {
-            VAL();
-            if (!v[0]) {
-                fprintf(stderr, "%s: error: --stop: empty stop string\n", prog);
-                goto done;
-            }
-            stops[n_stops++] = v;
-        } else if (!strcmp(a, "--no-eos-stop")) {
-            eos_stop = 0;
-        } else if (!strcmp(a, "--batch")) {
-            VAL();
-            if (parse_int_arg(prog, a, v, 1, 4096, &batch)) goto done;
-        } else if (!strcmp(a, "--threads")) {
-            VAL();
-            if (parse_int_arg(prog, a, v, 1, 1024, &threads)) goto done;
-        } else {
-            fprintf(stderr, "%s: error: unknown option '%s'\n", prog, a);
-            sample_usage(stderr);
-            goto done;
-        }
-#undef VAL
-    }
-    if (!model_path || (!prompt == !prompts_path)) {
-        fprintf(stderr, "%s: error: --model and exactly one of --prompt / --prompts are required\n", prog);
-        sample_usage(stderr);
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--model", RLHF_OPT_STR, &model_path),
+        RLHF_OPT("--prompt", RLHF_OPT_STR, &prompt),
+        RLHF_OPT("--prompts", RLHF_OPT_STR, &prompts_path),
+        RLHF_OPT_RANGE("-n", RLHF_OPT_INT, &n_samples, 1, 1 << 20),
+        RLHF_OPT_RANGE("--temperature", RLHF_OPT_FLOAT, &temperature, 0.0, 1e6),
+        RLHF_OPT_RANGE("--top-p", RLHF_OPT_FLOAT, &top_p, 1e-9, 1.0),
+        RLHF_OPT_RANGE("--top-k", RLHF_OPT_INT, &top_k, 0, INT_MAX),
+        RLHF_OPT_RANGE("--max-tokens", RLHF_OPT_INT, &max_tokens, 0, INT_MAX),
+        RLHF_OPT("--seed", RLHF_OPT_U64, &seed),
+        RLHF_OPT("--stop", RLHF_OPT_STRS, &stop),
+        RLHF_OPT("--no-eos-stop", RLHF_OPT_FLAG, &no_eos_stop),
+        RLHF_OPT_RANGE("--batch", RLHF_OPT_INT, &batch, 1, 4096),
+        RLHF_OPT_RANGE("--threads", RLHF_OPT_INT, &threads, 1, 1024),
+        RLHF_OPT_END,
+    };
+    int prc = rlhf_opts_parse(argc, argv, prog, sample_usage, opts, NULL, 0, NULL);
+    if (prc >= 0) {
+        status = prc;
         goto done;
     }
-    if (threads > 0) omp_set_num_threads((int)threads);
+    const int eos_stop = !no_eos_stop, n_stops = stop.n;
+    for (int i = 0; i < n_stops; i++)
+        if (!stops[i][0]) {
+            fprintf(stderr, "%s: error: --stop: empty stop string\n", prog);
+            goto done;
+        }
+    if (!model_path || (!prompt == !prompts_path)) {
+        fprintf(stderr, "%s: error: --model and exactly one of --prompt / --prompts are required\n%s", prog,
+                sample_usage);
+        goto done;
+    }
+    if (threads > 0) omp_set_num_threads(threads);
     status = 1;
 
     rlhf_error err = {0};
@@ -320,11 +226,11 @@ int cmd_sample(int argc, char **argv) {
     ids = calloc((size_t)n_prompts, sizeof *ids);
     n_ids = calloc((size_t)n_prompts, sizeof *n_ids);
     if ((size_t)n_prompts * (size_t)n_samples > (1u << 24)) {
-        rlhf_error_set(&err, RLHF_EINVAL, prog, "%d prompts x %ld samples is too many for one run", n_prompts,
+        rlhf_error_set(&err, RLHF_EINVAL, prog, "%d prompts x %d samples is too many for one run", n_prompts,
                        n_samples);
         goto fail;
     }
-    n_req = n_prompts * (int)n_samples;
+    n_req = n_prompts * n_samples;
     reqs = calloc((size_t)n_req, sizeof *reqs);
     res = calloc((size_t)n_req, sizeof *res);
     if (!ids || !n_ids || !reqs || !res) {
@@ -352,17 +258,17 @@ int cmd_sample(int argc, char **argv) {
             rq->params = sample_params_default();
             rq->params.temperature = temperature;
             rq->params.top_p = top_p;
-            rq->params.top_k = (int)top_k;
-            rq->params.max_new_tokens = (int)max_tokens;
+            rq->params.top_k = top_k;
+            rq->params.max_new_tokens = max_tokens;
             rq->params.seed = seed ^ ((uint64_t)(p * n_samples + k) * 0x9E3779B97F4A7C15ull);
             rq->params.stop_ids = eos_stop ? &eos : NULL;
             rq->params.n_stop_ids = eos_stop;
-            rq->params.stop_strings = n_stops ? stops : NULL;
+            rq->params.stop_strings = n_stops ? (const char *const *)stops : NULL;
             rq->params.n_stop_strings = n_stops;
         }
     }
     if (batch > n_req) batch = n_req;
-    if (sampler_create(&s, m, (int)batch, &err)) goto fail;
+    if (sampler_create(&s, m, batch, &err)) goto fail;
     double t0 = rlhf_now();
     if (sampler_run(s, tok, reqs, n_req, res, &err)) goto fail;
     double dt = rlhf_now() - t0;

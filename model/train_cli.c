@@ -18,29 +18,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
-/* ------------------------------------------------------------------ small argument helpers */
-
-static int arg_int(const char *prog, const char *name, const char *v, long lo, long hi, int *out) {
-    char *end = NULL;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || !*v || *end || x < lo || x > hi) {
-        fprintf(stderr, "%s: error: %s must be an integer in %ld..%ld, got '%s'\n", prog, name, lo, hi, v ? v : "");
-        return -1;
-    }
-    *out = (int)x;
-    return 0;
-}
-
-static int arg_float(const char *prog, const char *name, const char *v, double lo, double hi, float *out) {
-    char *end = NULL;
-    double x = v ? strtod(v, &end) : 0;
-    if (!v || !*v || *end || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "%s: error: %s must be a number in %g..%g, got '%s'\n", prog, name, lo, hi, v ? v : "");
-        return -1;
-    }
-    *out = (float)x;
-    return 0;
-}
+/* ------------------------------------------------------------------ small helpers */
 
 static int ends_with(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
@@ -163,12 +141,10 @@ static void optim_path(char *out, size_t cap, const char *model_path) {
 
 /* ------------------------------------------------------------------ rlhf pretrain */
 
-static void pretrain_usage(void) {
-    fprintf(stderr,
-            "usage: rlhf pretrain --model M.safetensors --data CORPUS(.txt|.jsonl) --steps N --batch B --seq T\n"
-            "                     --lr LR --out OUT.safetensors [--seed S] [--warmup W] [--schedule cosine|constant]\n"
-            "                     [--min-lr-ratio R] [--weight-decay WD] [--grad-clip G] [--threads N] [--log-every K]\n");
-}
+static const char pretrain_usage[] =
+    "usage: rlhf pretrain --model M.safetensors --data CORPUS(.txt|.jsonl) --steps N --batch B --seq T\n"
+    "                     --lr LR --out OUT.safetensors [--seed S] [--warmup W] [--schedule cosine|constant]\n"
+    "                     [--min-lr-ratio R] [--weight-decay WD] [--grad-clip G] [--threads N] [--log-every K]\n";
 
 int cmd_pretrain(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv) {
@@ -179,48 +155,36 @@ int cmd_pretrain(int argc, char **argv) {
     adamw_config_default(&oc);
     oc.lr = 0;
     oc.schedule = ADAMW_SCHEDULE_COSINE;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            pretrain_usage();
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, "%s: error: option %s needs a value\n", prog, a);
-            return 2;
-        }
-        if (!strcmp(a, "--model")) model_path = v;
-        else if (!strcmp(a, "--data")) data_path = v;
-        else if (!strcmp(a, "--out")) out_path = v;
-        else if (!strcmp(a, "--steps")) bad = arg_int(prog, a, v, 1, 100000000, &steps);
-        else if (!strcmp(a, "--batch")) bad = arg_int(prog, a, v, 1, 1 << 16, &B);
-        else if (!strcmp(a, "--seq")) bad = arg_int(prog, a, v, 1, 1 << 20, &T);
-        else if (!strcmp(a, "--seed")) bad = arg_int(prog, a, v, 0, 2147483647, &seed);
-        else if (!strcmp(a, "--warmup")) bad = arg_int(prog, a, v, 0, 100000000, &oc.warmup_steps);
-        else if (!strcmp(a, "--threads")) bad = arg_int(prog, a, v, 1, 1024, &threads);
-        else if (!strcmp(a, "--log-every")) bad = arg_int(prog, a, v, 1, 100000000, &log_every);
-        else if (!strcmp(a, "--lr")) bad = arg_float(prog, a, v, 1e-12, 10, &oc.lr);
-        else if (!strcmp(a, "--min-lr-ratio")) bad = arg_float(prog, a, v, 0, 1, &oc.min_lr_ratio);
-        else if (!strcmp(a, "--weight-decay")) bad = arg_float(prog, a, v, 0, 10, &oc.weight_decay);
-        else if (!strcmp(a, "--grad-clip")) bad = arg_float(prog, a, v, 0, 1e9, &oc.grad_clip);
-        else if (!strcmp(a, "--schedule")) {
-            if (!strcmp(v, "cosine")) oc.schedule = ADAMW_SCHEDULE_COSINE;
-            else if (!strcmp(v, "constant")) oc.schedule = ADAMW_SCHEDULE_CONSTANT;
-            else {
-                fprintf(stderr, "%s: error: --schedule must be cosine or constant, got '%s'\n", prog, v);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "%s: error: unknown option '%s' (--help lists them)\n", prog, a);
-            return 2;
-        }
-        if (bad) return 2;
-        i++;
+    const char *schedule = NULL;
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--model", RLHF_OPT_STR, &model_path),
+        RLHF_OPT("--data", RLHF_OPT_STR, &data_path),
+        RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
+        RLHF_OPT_RANGE("--steps", RLHF_OPT_INT, &steps, 1, 100000000),
+        RLHF_OPT_RANGE("--batch", RLHF_OPT_INT, &B, 1, 1 << 16),
+        RLHF_OPT_RANGE("--seq", RLHF_OPT_INT, &T, 1, 1 << 20),
+        RLHF_OPT_RANGE("--seed", RLHF_OPT_INT, &seed, 0, 2147483647),
+        RLHF_OPT_RANGE("--warmup", RLHF_OPT_INT, &oc.warmup_steps, 0, 100000000),
+        RLHF_OPT_RANGE("--threads", RLHF_OPT_INT, &threads, 1, 1024),
+        RLHF_OPT_RANGE("--log-every", RLHF_OPT_INT, &log_every, 1, 100000000),
+        RLHF_OPT_RANGE("--lr", RLHF_OPT_FLOAT, &oc.lr, 1e-12, 10),
+        RLHF_OPT_RANGE("--min-lr-ratio", RLHF_OPT_FLOAT, &oc.min_lr_ratio, 0, 1),
+        RLHF_OPT_RANGE("--weight-decay", RLHF_OPT_FLOAT, &oc.weight_decay, 0, 10),
+        RLHF_OPT_RANGE("--grad-clip", RLHF_OPT_FLOAT, &oc.grad_clip, 0, 1e9),
+        RLHF_OPT("--schedule", RLHF_OPT_STR, &schedule),
+        RLHF_OPT_END,
+    };
+    int prc = rlhf_opts_parse(argc, argv, prog, pretrain_usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
+    if (schedule && !strcmp(schedule, "cosine")) oc.schedule = ADAMW_SCHEDULE_COSINE;
+    else if (schedule && !strcmp(schedule, "constant")) oc.schedule = ADAMW_SCHEDULE_CONSTANT;
+    else if (schedule) {
+        fprintf(stderr, "%s: error: --schedule must be cosine or constant, got '%s'\n", prog, schedule);
+        return 2;
     }
     if (!model_path || !data_path || !out_path || !steps || !B || !T || !(oc.lr > 0)) {
-        fprintf(stderr, "%s: error: --model, --data, --out, --steps, --batch, --seq and --lr are required\n", prog);
-        pretrain_usage();
+        fprintf(stderr, "%s: error: --model, --data, --out, --steps, --batch, --seq and --lr are required\n%s", prog,
+                pretrain_usage);
         return 2;
     }
     oc.total_steps = steps;
@@ -350,37 +314,26 @@ static int score_line(void *p, json_t *obj, const char *where, rlhf_error *err) 
     return rc;
 }
 
+static const char score_usage[] =
+    "usage: rlhf score --model M.safetensors --data FILE.jsonl [--out FILE] [--batch B] [--threads N]\n";
+
 int cmd_score(int argc, char **argv);
 int cmd_score(int argc, char **argv) {
     const char *prog = "rlhf score";
     const char *model_path = NULL, *data_path = NULL, *out_path = NULL;
     int B = 8, threads = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fprintf(stderr, "usage: rlhf score --model M.safetensors --data FILE.jsonl [--out FILE] [--batch B] "
-                            "[--threads N]\n");
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, "%s: error: option %s needs a value\n", prog, a);
-            return 2;
-        }
-        if (!strcmp(a, "--model")) model_path = v;
-        else if (!strcmp(a, "--data")) data_path = v;
-        else if (!strcmp(a, "--out")) out_path = v;
-        else if (!strcmp(a, "--batch")) bad = arg_int(prog, a, v, 1, 4096, &B);
-        else if (!strcmp(a, "--threads")) bad = arg_int(prog, a, v, 1, 1024, &threads);
-        else {
-            fprintf(stderr, "%s: error: unknown option '%s'\n", prog, a);
-            return 2;
-        }
-        if (bad) return 2;
-        i++;
-    }
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--model", RLHF_OPT_STR, &model_path),
+        RLHF_OPT("--data", RLHF_OPT_STR, &data_path),
+        RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
+        RLHF_OPT_RANGE("--batch", RLHF_OPT_INT, &B, 1, 4096),
+        RLHF_OPT_RANGE("--threads", RLHF_OPT_INT, &threads, 1, 1024),
+        RLHF_OPT_END,
+    };
+    int prc = rlhf_opts_parse(argc, argv, prog, score_usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
     if (!model_path || !data_path) {
-        fprintf(stderr, "%s: error: --model and --data are required\n", prog);
+        fprintf(stderr, "%s: error: --model and --data are required\n%s", prog, score_usage);
         return 2;
     }
     model_set_threads(threads);

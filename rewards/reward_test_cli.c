@@ -8,18 +8,16 @@
 
 #include "rewards/rewards_int.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: rlhf reward-test [--batch N] [--jsonl] REWARD_CONFIG SAMPLES.jsonl\n"
-            "  REWARD_CONFIG  a JSON array of reward sources, or an object with a \"rewards\" array\n"
-            "  SAMPLES.jsonl  one object per line: \"completion\" (required), \"prompt\", \"completion_ids\",\n"
-            "                 \"group_id\", and \"record\" (the dataset record; when absent, the line's\n"
-            "                 other keys such as answer/tests/numbers/target are the record)\n"
-            "  --batch N      items per score call (default 64; sources' times are per batch, so\n"
-            "                 --batch 1 gives per-item timings)\n"
-            "  --jsonl        one JSON object per item instead of the table\n"
-            "exit status: 0 scored, 1 a source with on_error \"fail\" failed, 2 bad config or samples\n");
-}
+static const char usage[] =
+    "usage: rlhf reward-test [--batch N] [--jsonl] REWARD_CONFIG SAMPLES.jsonl\n"
+    "  REWARD_CONFIG  a JSON array of reward sources, or an object with a \"rewards\" array\n"
+    "  SAMPLES.jsonl  one object per line: \"completion\" (required), \"prompt\", \"completion_ids\",\n"
+    "                 \"group_id\", and \"record\" (the dataset record; when absent, the line's\n"
+    "                 other keys such as answer/tests/numbers/target are the record)\n"
+    "  --batch N      items per score call (default 64; sources' times are per batch, so\n"
+    "                 --batch 1 gives per-item timings)\n"
+    "  --jsonl        one JSON object per item instead of the table\n"
+    "exit status: 0 scored, 1 a source with on_error \"fail\" failed, 2 bad config or samples\n";
 
 typedef struct sample {
     char *prompt, *completion, *record;
@@ -85,31 +83,17 @@ static const char *status_name(int code) {
 }
 
 int cmd_reward_test(int argc, char **argv) {
-    int batch = 64, jsonl = 0, argi = 1;
-    for (; argi < argc; argi++) {
-        if (!strcmp(argv[argi], "-h") || !strcmp(argv[argi], "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[argi], "--batch") && argi + 1 < argc) {
-            batch = atoi(argv[++argi]);
-            if (batch < 1 || batch > 100000) {
-                fprintf(stderr, "rlhf reward-test: error: --batch: expected 1..100000, got %s\n", argv[argi]);
-                return 2;
-            }
-        } else if (!strcmp(argv[argi], "--jsonl")) {
-            jsonl = 1;
-        } else if (argv[argi][0] == '-' && argv[argi][1]) {
-            fprintf(stderr, "rlhf reward-test: error: unknown option %s (see --help)\n", argv[argi]);
-            return 2;
-        } else {
-            break;
-        }
-    }
-    if (argc - argi != 2) {
-        usage(stderr);
+    int batch = 64, jsonl = 0, npos = 0;
+    const char *pos[2];
+    const rlhf_opt opts[] = {RLHF_OPT_RANGE("--batch", RLHF_OPT_INT, &batch, 1, 100000),
+                             RLHF_OPT("--jsonl", RLHF_OPT_FLAG, &jsonl), RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf reward-test", usage, opts, pos, 2, &npos);
+    if (prc >= 0) return prc;
+    if (npos != 2) {
+        fprintf(stderr, "rlhf reward-test: error: missing %s\n%s", npos ? "SAMPLES.jsonl" : "REWARD_CONFIG", usage);
         return 2;
     }
-    const char *cfg_path = argv[argi], *samples_path = argv[argi + 1];
+    const char *cfg_path = pos[0], *samples_path = pos[1];
     rlhf_error err = {0};
     json_t *cfg = rlhf_json_load_file(cfg_path, JSON_REJECT_DUPLICATES, &err);
     if (!cfg) {

@@ -8,70 +8,39 @@
 
 #include "serve/serve.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: rlhf serve --model CKPT [--reward-model RM] [--port P] [--host 127.0.0.1] [--model-id NAME]\n"
-            "                  [--max-batch 8] [--max-queue 64] [--max-body BYTES] [--max-tokens 128]\n"
-            "                  [--max-connections 256]\n"
-            "  OpenAI-compatible: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions;\n"
-            "  with --reward-model also POST /get_reward {\"query\":[...]} -> {\"rewards\":[...]}.\n"
-            "  --model may be left out when --reward-model is given. --port 0 picks a free port.\n");
-}
-
-static int parse_int(const char *opt, const char *v, long lo, long hi, long *out) {
-    char *end;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || !*v || *end || x < lo || x > hi) {
-        fprintf(stderr, "rlhf serve: error: %s: expected an integer in %ld..%ld, got '%s'\n", opt, lo, hi, v ? v : "");
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
+static const char usage[] =
+    "usage: rlhf serve --model CKPT [--reward-model RM] [--port P] [--host 127.0.0.1] [--model-id NAME]\n"
+    "                  [--max-batch 8] [--max-queue 64] [--max-body BYTES] [--max-tokens 128]\n"
+    "                  [--max-connections 256]\n"
+    "  OpenAI-compatible: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions;\n"
+    "  with --reward-model also POST /get_reward {\"query\":[...]} -> {\"rewards\":[...]}.\n"
+    "  --model may be left out when --reward-model is given. --port 0 picks a free port.\n";
 
 int cmd_serve(int argc, char **argv) {
     serve_config cfg;
     serve_config_default(&cfg);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long x;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, "rlhf serve: error: %s needs a value\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model")) snprintf(cfg.model_path, sizeof cfg.model_path, "%s", v);
-        else if (!strcmp(a, "--reward-model")) snprintf(cfg.rm_path, sizeof cfg.rm_path, "%s", v);
-        else if (!strcmp(a, "--model-id")) snprintf(cfg.model_id, sizeof cfg.model_id, "%s", v);
-        else if (!strcmp(a, "--host")) snprintf(cfg.host, sizeof cfg.host, "%s", v);
-        else if (!strcmp(a, "--port")) {
-            if (parse_int(a, v, 0, 65535, &x)) return 2;
-            cfg.port = (int)x;
-        } else if (!strcmp(a, "--max-batch")) {
-            if (parse_int(a, v, 1, 1024, &x)) return 2;
-            cfg.max_batch = (int)x;
-        } else if (!strcmp(a, "--max-queue")) {
-            if (parse_int(a, v, 1, 1000000, &x)) return 2;
-            cfg.max_queue = (int)x;
-        } else if (!strcmp(a, "--max-body")) {
-            if (parse_int(a, v, 16, 1L << 30, &x)) return 2;
-            cfg.max_body = (size_t)x;
-        } else if (!strcmp(a, "--max-tokens")) {
-            if (parse_int(a, v, 0, 1000000, &x)) return 2;
-            cfg.max_tokens_default = (int)x;
-        } else if (!strcmp(a, "--max-connections")) {
-            if (parse_int(a, v, 1, 100000, &x)) return 2;
-            cfg.max_connections = (int)x;
-        } else {
-            fprintf(stderr, "rlhf serve: error: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        }
-    }
+    const char *model = NULL, *rm = NULL, *model_id = NULL, *host = NULL;
+    int max_body = (int)cfg.max_body;
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--model", RLHF_OPT_STR, &model),
+        RLHF_OPT("--reward-model", RLHF_OPT_STR, &rm),
+        RLHF_OPT("--model-id", RLHF_OPT_STR, &model_id),
+        RLHF_OPT("--host", RLHF_OPT_STR, &host),
+        RLHF_OPT_RANGE("--port", RLHF_OPT_INT, &cfg.port, 0, 65535),
+        RLHF_OPT_RANGE("--max-batch", RLHF_OPT_INT, &cfg.max_batch, 1, 1024),
+        RLHF_OPT_RANGE("--max-queue", RLHF_OPT_INT, &cfg.max_queue, 1, 1000000),
+        RLHF_OPT_RANGE("--max-body", RLHF_OPT_INT, &max_body, 16, 1 << 30),
+        RLHF_OPT_RANGE("--max-tokens", RLHF_OPT_INT, &cfg.max_tokens_default, 0, 1000000),
+        RLHF_OPT_RANGE("--max-connections", RLHF_OPT_INT, &cfg.max_connections, 1, 100000),
+        RLHF_OPT_END,
+    };
+    int prc = rlhf_opts_parse(argc, argv, "rlhf serve", usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
+    if (model) snprintf(cfg.model_path, sizeof cfg.model_path, "%s", model);
+    if (rm) snprintf(cfg.rm_path, sizeof cfg.rm_path, "%s", rm);
+    if (model_id) snprintf(cfg.model_id, sizeof cfg.model_id, "%s", model_id);
+    if (host) snprintf(cfg.host, sizeof cfg.host, "%s", host);
+    cfg.max_body = (size_t)max_body;
     /* Every thread started from here on (HTTP, worker, OpenMP) inherits the blocked set; main waits. */
     sigset_t set;
     sigemptyset(&set);

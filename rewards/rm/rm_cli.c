@@ -7,66 +7,46 @@
 #include "prompts/prompts.h"
 #include "rewards/rm/rm.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: rlhf train-rm --model BASE.safetensors --data PREFS.jsonl --out RM.safetensors\n"
-            "                     [--steps 200] [--batch-pairs 16] [--lr 1e-3] [--heldout 0.2] [--seed 1]\n"
-            "                     [--log-every 20]\n"
-            "       rlhf train-rm --make-synthetic PREFS.jsonl [--pairs 2000] [--seed 1]\n"
-            "       rlhf train-rm --make-synthetic-prompts PROMPTS.jsonl [--pairs N] [--seed 1]\n"
-            "       rlhf train-rm --make-synthetic-corpus CORPUS.jsonl [--pairs N] [--seed 1]\n"
-            "  PREFS.jsonl: one {\"prompt\",\"chosen\",\"rejected\"} object per line (non-empty strings).\n"
-            "  Prints one JSON summary line (held-out pairwise accuracy, ...) on stdout.\n");
-}
-
-static int num(const char *opt, const char *v, double lo, double hi, double *out) {
-    char *end;
-    double x = v ? strtod(v, &end) : 0;
-    if (!v || !*v || *end || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "rlhf train-rm: error: %s: expected a number in [%g, %g], got '%s'\n", opt, lo, hi,
-                v ? v : "");
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
+static const char usage[] =
+    "usage: rlhf train-rm --model BASE.safetensors --data PREFS.jsonl --out RM.safetensors\n"
+    "                     [--steps 200] [--batch-pairs 16] [--lr 1e-3] [--heldout 0.2] [--seed 1]\n"
+    "                     [--log-every 20]\n"
+    "       rlhf train-rm --make-synthetic PREFS.jsonl [--pairs 2000] [--seed 1]\n"
+    "       rlhf train-rm --make-synthetic-prompts PROMPTS.jsonl [--pairs N] [--seed 1]\n"
+    "       rlhf train-rm --make-synthetic-corpus CORPUS.jsonl [--pairs N] [--seed 1]\n"
+    "  PREFS.jsonl: one {\"prompt\",\"chosen\",\"rejected\"} object per line (non-empty strings).\n"
+    "  Prints one JSON summary line (held-out pairwise accuracy, ...) on stdout.\n";
 
 int cmd_train_rm(int argc, char **argv) {
     const char *base = NULL, *data = NULL, *out = NULL, *synth = NULL, *synth_prompts = NULL, *synth_corpus = NULL;
     rm_train_config tc;
     rm_train_config_default(&tc);
     tc.log_every = 20;
-    double pairs = 2000, x;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, "rlhf train-rm: error: %s needs a value\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model")) base = v;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--make-synthetic")) synth = v;
-        else if (!strcmp(a, "--make-synthetic-prompts")) synth_prompts = v;
-        else if (!strcmp(a, "--make-synthetic-corpus")) synth_corpus = v;
-        else if (!strcmp(a, "--pairs")) { if (num(a, v, 1, 1e7, &pairs)) return 2; }
-        else if (!strcmp(a, "--steps")) { if (num(a, v, 0, 1e7, &x)) return 2; tc.steps = (int)x; }
-        else if (!strcmp(a, "--batch-pairs")) { if (num(a, v, 1, 4096, &x)) return 2; tc.batch_pairs = (int)x; }
-        else if (!strcmp(a, "--lr")) { if (num(a, v, 1e-9, 1, &x)) return 2; tc.lr = (float)x; }
-        else if (!strcmp(a, "--heldout")) { if (num(a, v, 0, 0.95, &x)) return 2; tc.heldout_frac = (float)x; }
-        else if (!strcmp(a, "--seed")) { if (num(a, v, 0, 1e18, &x)) return 2; tc.seed = (uint64_t)x; }
-        else if (!strcmp(a, "--log-every")) { if (num(a, v, 0, 1e9, &x)) return 2; tc.log_every = (int)x; }
-        else {
-            fprintf(stderr, "rlhf train-rm: error: unknown option %s\n", a);
-            usage(stderr);
-            return 2;
-        }
-    }
+    /* numbers are read as numbers (1e3 is a step count too) and kept as the config's integers */
+    double pairs = 2000, steps = tc.steps, batch_pairs = tc.batch_pairs, seed = (double)tc.seed,
+           log_every = tc.log_every;
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--model", RLHF_OPT_STR, &base),
+        RLHF_OPT("--data", RLHF_OPT_STR, &data),
+        RLHF_OPT("--out", RLHF_OPT_STR, &out),
+        RLHF_OPT("--make-synthetic", RLHF_OPT_STR, &synth),
+        RLHF_OPT("--make-synthetic-prompts", RLHF_OPT_STR, &synth_prompts),
+        RLHF_OPT("--make-synthetic-corpus", RLHF_OPT_STR, &synth_corpus),
+        RLHF_OPT_RANGE("--pairs", RLHF_OPT_DOUBLE, &pairs, 1, 1e7),
+        RLHF_OPT_RANGE("--steps", RLHF_OPT_DOUBLE, &steps, 0, 1e7),
+        RLHF_OPT_RANGE("--batch-pairs", RLHF_OPT_DOUBLE, &batch_pairs, 1, 4096),
+        RLHF_OPT_RANGE("--lr", RLHF_OPT_FLOAT, &tc.lr, 1e-9, 1),
+        RLHF_OPT_RANGE("--heldout", RLHF_OPT_FLOAT, &tc.heldout_frac, 0, 0.95),
+        RLHF_OPT_RANGE("--seed", RLHF_OPT_DOUBLE, &seed, 0, 1e18),
+        RLHF_OPT_RANGE("--log-every", RLHF_OPT_DOUBLE, &log_every, 0, 1e9),
+        RLHF_OPT_END,
+    };
+    int prc = rlhf_opts_parse(argc, argv, "rlhf train-rm", usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
+    tc.steps = (int)steps;
+    tc.batch_pairs = (int)batch_pairs;
+    tc.seed = (uint64_t)seed;
+    tc.log_every = (int)log_every;
     rlhf_error err = {0};
     if (synth_corpus) {
         if (prompt_capitals_corpus_write(synth_corpus, (int)pairs, tc.seed, &err)) {
@@ -93,8 +73,7 @@ int cmd_train_rm(int argc, char **argv) {
         return 0;
     }
     if (!base || !data || !out) {
-        fprintf(stderr, "rlhf train-rm: error: --model, --data and --out are required\n");
-        usage(stderr);
+        fprintf(stderr, "rlhf train-rm: error: --model, --data and --out are required\n%s", usage);
         return 2;
     }
     if (rlhf_check_writable(out, &err)) { /* before training, not after it */

@@ -6,19 +6,28 @@
 
 #include "rewards/sandbox/sandbox.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: rlhf sandbox-run [options] PROGRAM_FILE [ARGS...]\n"
-            "  runs PROGRAM_FILE with the sandbox's interpreter (default /usr/bin/python3); the program's\n"
-            "  stdout/stderr are copied to ours and a summary line goes to stderr.\n"
-            "options:\n"
-            "  --config FILE       sandbox settings as a JSON object (keys in docs/SANDBOX.md)\n"
-            "  --set JSON          the same, inline, e.g. --set '{\"wall_ms\":2000,\"memory_mb\":256}'\n"
-            "  --stdin FILE        feed FILE as the program's stdin (default: empty)\n"
-            "  --json              print one JSON object (verdict, exit_code, signal, wall_ms, reason,\n"
-            "                      stdout, stderr) instead of copying the streams\n"
-            "  --probe             only probe the host and print the layers in use\n"
-            "exit status: 0 pass, 1 any other verdict, 2 usage or sandbox creation error\n");
+static const char usage[] =
+    "usage: rlhf sandbox-run [options] [--] PROGRAM_FILE [ARGS...]\n"
+    "  runs PROGRAM_FILE with the sandbox's interpreter (default /usr/bin/python3); the program's\n"
+    "  stdout/stderr are copied to ours and a summary line goes to stderr. Options end at\n"
+    "  PROGRAM_FILE (or at \"--\"): ARGS are the program's, whatever they look like.\n"
+    "options:\n"
+    "  --config FILE       sandbox settings as a JSON object (keys in docs/SANDBOX.md)\n"
+    "  --set JSON          the same, inline, e.g. --set '{\"wall_ms\":2000,\"memory_mb\":256}'\n"
+    "                      (applied after the --config files, so --set wins)\n"
+    "  --stdin FILE        feed FILE as the program's stdin (default: empty)\n"
+    "  --json              print one JSON object (verdict, exit_code, signal, wall_ms, reason,\n"
+    "                      stdout, stderr) instead of copying the streams\n"
+    "  --probe             only probe the host and print the layers in use\n"
+    "exit status: 0 pass, 1 any other verdict, 2 usage or sandbox creation error\n";
+
+/* Applies the sandbox settings in JSON object j (from WHERE) to cfg; prints the error. 0 or 2. */
+static int apply_settings(sandbox_config *cfg, json_t *j, const char *where) {
+    rlhf_error err = {0};
+    int rc = sandbox_config_parse(cfg, j, where, &err);
+    json_decref(j);
+    if (rc) rlhf_error_print("rlhf sandbox-run", &err);
+    return rc ? 2 : 0;
 }
 
 int cmd_sandbox_run(int argc, char **argv) {
@@ -27,48 +36,34 @@ int cmd_sandbox_run(int argc, char **argv) {
     sandbox_config_default(&cfg);
     cfg.pool_size = 1;
     const char *stdin_file = NULL, *prog_file = NULL;
-    int as_json = 0, only_probe = 0, argi = 1;
-    json_t *settings = NULL;
-    for (; argi < argc; argi++) {
-        const char *a = argv[argi];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if ((!strcmp(a, "--config") || !strcmp(a, "--set")) && argi + 1 < argc) {
-            json_error_t je;
-            json_t *j = NULL;
-            if (!strcmp(a, "--config")) {
-                j = rlhf_json_load_file(argv[argi + 1], JSON_REJECT_DUPLICATES, &err);
-                if (!j) rlhf_error_print("rlhf sandbox-run", &err);
-            } else {
-                j = json_loads(argv[argi + 1], JSON_REJECT_DUPLICATES, &je);
-                if (!j) fprintf(stderr, "rlhf sandbox-run: error: --set: column %d: %s\n", je.column, je.text);
-            }
-            if (!j) return 2;
-            int rc = sandbox_config_parse(&cfg, j, !strcmp(a, "--config") ? argv[argi + 1] : "--set", &err);
-            json_decref(j);
-            if (rc) {
-                rlhf_error_print("rlhf sandbox-run", &err);
-                return 2;
-            }
-            argi++;
-        } else if (!strcmp(a, "--stdin") && argi + 1 < argc) {
-            stdin_file = argv[++argi];
-        } else if (!strcmp(a, "--json")) {
-            as_json = 1;
-        } else if (!strcmp(a, "--probe")) {
-            only_probe = 1;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "rlhf sandbox-run: error: unknown option %s (see --help)\n", a);
-            return 2;
-        } else {
-            break;
-        }
+    int as_json = 0, only_probe = 0, argi = argc;
+    char **configs = calloc((size_t)argc + 1, sizeof *configs), **sets = calloc((size_t)argc + 1, sizeof *sets);
+    rlhf_opt_strs config = {configs, 0, argc}, set = {sets, 0, argc};
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--config", RLHF_OPT_STRS, &config), RLHF_OPT("--set", RLHF_OPT_STRS, &set),
+        RLHF_OPT("--stdin", RLHF_OPT_STR, &stdin_file), RLHF_OPT("--json", RLHF_OPT_FLAG, &as_json),
+        RLHF_OPT("--probe", RLHF_OPT_FLAG, &only_probe), RLHF_OPT_END,
+    };
+    int prc = configs && sets ? rlhf_opts_parse_leading(argc, argv, "rlhf sandbox-run", usage, opts, &argi) : 1;
+    for (int i = 0; prc < 0 && i < config.n; i++) {
+        json_t *j = rlhf_json_load_file(configs[i], JSON_REJECT_DUPLICATES, &err);
+        if (!j) rlhf_error_print("rlhf sandbox-run", &err);
+        prc = j ? apply_settings(&cfg, j, configs[i]) : 2;
+        if (!prc) prc = -1;
     }
-    (void)settings;
+    for (int i = 0; prc < 0 && i < set.n; i++) {
+        json_error_t je;
+        json_t *j = json_loads(sets[i], JSON_REJECT_DUPLICATES, &je);
+        if (!j) fprintf(stderr, "rlhf sandbox-run: error: --set: column %d: %s\n", je.column, je.text);
+        prc = j ? apply_settings(&cfg, j, "--set") : 2;
+        if (!prc) prc = -1;
+    }
+    free(configs);
+    free(sets);
+    if (prc >= 0) return prc;
     if (!only_probe) {
         if (argi >= argc) {
-            usage(stderr);
+            fprintf(stderr, "rlhf sandbox-run: error: missing PROGRAM_FILE\n%s", usage);
             return 2;
         }
         prog_file = argv[argi++];

@@ -16,26 +16,31 @@
 #include "broker/broker.h"
 #include "tests/broker/synth_common.h"
 
+static const char usage[] =
+    "usage: synth_generator --endpoint E --id ID [--groups N] [--k K] [--tokens T] [--batch B]\n"
+    "                       [--delay-ms D] [--out FILE] [--check-weights]\n"
+    "  --groups 0 (default) pushes until the broker stops; --out gets \"ID SEQ POLICY_VERSION\" per group\n"
+    "  and \"weights V\" per verified weights version. Exit codes: 0 ok, 1 error, 2 usage, 3 bad weights.\n";
+
 int main(int argc, char **argv) {
     const char *endpoint = NULL, *id = "gen", *out_path = NULL;
-    long groups = 0, k = 8, tokens = 32, batch = 2, delay_ms = 0;
+    int groups = 0, k = 8, tokens = 32, batch = 2, delay_ms = 0;
     int check_weights = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--check-weights")) { check_weights = 1; continue; }
-        if (!v) { fprintf(stderr, "synth_generator: %s needs a value\n", a); return 2; }
-        i++;
-        if (!strcmp(a, "--endpoint")) endpoint = v;
-        else if (!strcmp(a, "--id")) id = v;
-        else if (!strcmp(a, "--out")) out_path = v;
-        else if (!strcmp(a, "--groups")) groups = atol(v);
-        else if (!strcmp(a, "--k")) k = atol(v);
-        else if (!strcmp(a, "--tokens")) tokens = atol(v);
-        else if (!strcmp(a, "--batch")) batch = atol(v);
-        else if (!strcmp(a, "--delay-ms")) delay_ms = atol(v);
-        else { fprintf(stderr, "synth_generator: unknown option %s\n", a); return 2; }
-    }
-    if (!endpoint) { fprintf(stderr, "synth_generator: --endpoint is required\n"); return 2; }
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint),
+        RLHF_OPT("--id", RLHF_OPT_STR, &id),
+        RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
+        RLHF_OPT("--groups", RLHF_OPT_INT, &groups),
+        RLHF_OPT("--k", RLHF_OPT_INT, &k),
+        RLHF_OPT("--tokens", RLHF_OPT_INT, &tokens),
+        RLHF_OPT("--batch", RLHF_OPT_INT, &batch),
+        RLHF_OPT("--delay-ms", RLHF_OPT_INT, &delay_ms),
+        RLHF_OPT("--check-weights", RLHF_OPT_FLAG, &check_weights),
+        RLHF_OPT_END,
+    };
+    int prc = rlhf_opts_parse(argc, argv, "synth_generator", usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
+    if (!endpoint) { fprintf(stderr, "synth_generator: error: --endpoint is required\n%s", usage); return 2; }
     FILE *out = out_path ? fopen(out_path, "a") : NULL;
     rlhf_error err;
     rlhf_error_clear(&err);

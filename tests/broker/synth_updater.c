@@ -13,26 +13,31 @@
 #include "broker/broker.h"
 #include "tests/broker/synth_common.h"
 
+static const char usage[] =
+    "usage: synth_updater --endpoint E --id ID [--credit C] [--sleep-ms S] [--publish-every P]\n"
+    "                     [--weights-floats F] [--first-version V] [--out FILE] [--stats]\n"
+    "  --out gets \"GENERATOR SEQ POLICY_VERSION\" per received group; runs until the broker stops.\n"
+    "  Exit codes: 0 ok, 1 error, 2 usage, 4 a group's payload did not verify.\n";
+
 int main(int argc, char **argv) {
     const char *endpoint = NULL, *id = "upd", *out_path = NULL;
-    long credit = 4, sleep_ms = 0, publish_every = 0, floats = 1000, first_version = 1;
+    int credit = 4, sleep_ms = 0, publish_every = 0, floats = 1000, first_version = 1;
     int send_stats = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--stats")) { send_stats = 1; continue; }
-        if (!v) { fprintf(stderr, "synth_updater: %s needs a value\n", a); return 2; }
-        i++;
-        if (!strcmp(a, "--endpoint")) endpoint = v;
-        else if (!strcmp(a, "--id")) id = v;
-        else if (!strcmp(a, "--out")) out_path = v;
-        else if (!strcmp(a, "--credit")) credit = atol(v);
-        else if (!strcmp(a, "--sleep-ms")) sleep_ms = atol(v);
-        else if (!strcmp(a, "--publish-every")) publish_every = atol(v);
-        else if (!strcmp(a, "--weights-floats")) floats = atol(v);
-        else if (!strcmp(a, "--first-version")) first_version = atol(v);
-        else { fprintf(stderr, "synth_updater: unknown option %s\n", a); return 2; }
-    }
-    if (!endpoint) { fprintf(stderr, "synth_updater: --endpoint is required\n"); return 2; }
+    const rlhf_opt opts[] = {
+        RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint),
+        RLHF_OPT("--id", RLHF_OPT_STR, &id),
+        RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
+        RLHF_OPT("--credit", RLHF_OPT_INT, &credit),
+        RLHF_OPT("--sleep-ms", RLHF_OPT_INT, &sleep_ms),
+        RLHF_OPT("--publish-every", RLHF_OPT_INT, &publish_every),
+        RLHF_OPT("--weights-floats", RLHF_OPT_INT, &floats),
+        RLHF_OPT("--first-version", RLHF_OPT_INT, &first_version),
+        RLHF_OPT("--stats", RLHF_OPT_FLAG, &send_stats),
+        RLHF_OPT_END,
+    };
+    int prc = rlhf_opts_parse(argc, argv, "synth_updater", usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
+    if (!endpoint) { fprintf(stderr, "synth_updater: error: --endpoint is required\n%s", usage); return 2; }
     FILE *out = out_path ? fopen(out_path, "a") : NULL;
     rlhf_error err;
     rlhf_error_clear(&err);

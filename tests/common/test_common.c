@@ -150,6 +150,49 @@ static void test_opts_parse(void) {
     stdout = saved_out;
 }
 
+/* "--" ends the options; rlhf_opts_parse_leading stops at the first positional argument so that a
+ * program's own arguments (which may start with '-') are passed on untouched. */
+static void test_opts_parse_rest(void) {
+    const char *pos[3];
+    int n = 0, quiet = 0, npos = -1, rest = -1;
+    rlhf_opt opts[] = {RLHF_OPT("--n", RLHF_OPT_INT, &n), RLHF_OPT("--quiet", RLHF_OPT_FLAG, &quiet), RLHF_OPT_END};
+    char **dashes = ARGV("--n", "3", "--", "--quiet", "-x");
+    CU_ASSERT_EQUAL(rlhf_opts_parse(ARGC(dashes), dashes, "prog", "", opts, pos, 3, &npos), -1);
+    CU_ASSERT_EQUAL(n, 3);
+    CU_ASSERT_EQUAL(quiet, 0);
+    CU_ASSERT_EQUAL(npos, 2);
+    CU_ASSERT_STRING_EQUAL(pos[0], "--quiet");
+    CU_ASSERT_STRING_EQUAL(pos[1], "-x");
+    char **prog_args = ARGV("--quiet", "prog.py", "--n", "x", "--");
+    CU_ASSERT_EQUAL(rlhf_opts_parse_leading(ARGC(prog_args), prog_args, "prog", "", opts, &rest), -1);
+    CU_ASSERT_EQUAL(quiet, 1);
+    CU_ASSERT_EQUAL(rest, 2);
+    n = 0;
+    char **after_dashes = ARGV("--n=5", "--", "--help", "a");
+    CU_ASSERT_EQUAL(rlhf_opts_parse_leading(ARGC(after_dashes), after_dashes, "prog", "", opts, &rest), -1);
+    CU_ASSERT_EQUAL(n, 5);
+    CU_ASSERT_EQUAL(rest, 3);
+    char **none = ARGV("--n", "1");
+    CU_ASSERT_EQUAL(rlhf_opts_parse_leading(ARGC(none), none, "prog", "", opts, &rest), -1);
+    CU_ASSERT_EQUAL(rest, 3);
+    /* a bad value is one error line (no usage after it); an unknown option is followed by the usage */
+    FILE *saved = stderr;
+    stderr = tmpfile();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(stderr);
+    char **bad = ARGV("--n", "x", "prog.py");
+    CU_ASSERT_EQUAL(rlhf_opts_parse_leading(ARGC(bad), bad, "prog", "USAGE\n", opts, &rest), 2);
+    char **unknown = ARGV("--m", "prog.py");
+    CU_ASSERT_EQUAL(rlhf_opts_parse_leading(ARGC(unknown), unknown, "prog", "USAGE\n", opts, &rest), 2);
+    char text[512] = {0};
+    rewind(stderr);
+    size_t len = fread(text, 1, sizeof text - 1, stderr);
+    fclose(stderr);
+    stderr = saved;
+    CU_ASSERT_STRING_EQUAL(text, "prog: error: --n: expected an integer, got 'x'\n"
+                                 "prog: error: unknown option '--m'\nUSAGE\n");
+    CU_ASSERT(len > 0);
+}
+
 static void test_atomic_write_and_read(void) {
     char dir[] = "/tmp/rlhf_common_XXXXXX";
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
@@ -257,6 +300,7 @@ int register_suites(void) {
     CU_add_test(s, "crc32 kernels (VPCLMULQDQ, PCLMULQDQ folding, slicing by 8) equal the bytewise one", test_crc_kernels_match_bytewise);
     CU_add_test(s, "utf8 decoder: valid, cut short, invalid; sanitize", test_utf8_char_len);
     CU_add_test(s, "opts: values, =values, flags, repeats, positionals; usage errors exit 2", test_opts_parse);
+    CU_add_test(s, "opts: \"--\" ends the options; leading options before a program's arguments", test_opts_parse_rest);
     CU_add_test(s, "atomic write and read", test_atomic_write_and_read);
     CU_add_test(s, "rng deterministic", test_rng_deterministic);
     CU_add_test(s, "check_writable: missing dir names the destination, good dir untouched", test_check_writable);
