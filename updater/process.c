@@ -4,9 +4,9 @@
  * Threads: the main thread talks to the broker (credit, groups, prompt stats, weights); one trainer
  * thread runs the optimizer steps; updaters.reward_threads scoring threads run the reward pipeline.
  * While a step trains, the main thread keeps receiving the next step's groups and the scorers score
- * them, so neither a slow reward nor the broker round trip waits behind the optimizer (before the
- * trainer thread, the next step's groups sat in the socket until the step ended and scoring was on
- * the critical path of every step). Flow control: the updater grants the broker credit so that it
+ * them, so neither a slow reward nor the broker round trip waits behind the optimizer: with one
+ * thread, the next step's groups would sit in the socket until the step ended and scoring would be
+ * on the critical path of every step. Flow control: the updater grants the broker credit so that it
  * holds at most rl.prompts_per_step groups besides the training step's (received, being scored, or
  * waiting for the next step).
  *
@@ -222,7 +222,7 @@ static long recover_from_log(const char *log_path, json_t *seen, scorer *sc) {
     return n;
 }
 
-/* The stop and reconnect flags, read where the loop used to read its signal flags. */
+/* Set by the caller (its SIGTERM/SIGINT handler): finish the step in flight, checkpoint, return. */
 #define STOP_REQUESTED() (o->stop && *o->stop)
 
 int updater_main(const updater_options *o, rlhf_error *err) {
