@@ -11,7 +11,11 @@
  *
  * Sampling of each sequence draws from its own RNG stream (one uniform per token), and no kernel
  * lets one row's arithmetic depend on the others or on the thread count, so a sequence's tokens
- * depend on its seed and the weights only, not on its batch neighbours. */
+ * depend on its seed and the weights only, not on its batch neighbours.
+ *
+ * One file over ~1,000 lines on purpose: one forward step's kernels, the packed weights and the KV
+ * cache share a memory layout that stays private to this file; split apart, that layout would have to
+ * move into a shared internal header that every piece depends on. */
 #include "model/model.h"
 #include "model/sampler_int.h"
 
