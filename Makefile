@@ -79,11 +79,13 @@ test: deps
 	@$(MAKE) --no-print-directory check-layout
 	@BUILD=$(BUILD) bash scripts/run-tests.sh $(TESTS)
 
-# The floors of the tree (docs/ARCHITECTURE.md): includes, symbol prefixes, and the checker's own test.
+# The floors of the tree (docs/ARCHITECTURE.md): includes, symbol prefixes, the checker's own test,
+# and every installed public header compiling on its own.
 check-layout:
 	@python3 scripts/check_includes.py
 	@python3 scripts/check_includes.py --symbols $(BUILD)
 	@bash -o pipefail -c 'python3 scripts/check_includes.py --self-test | tail -n 1'
+	@BUILD=$(BUILD) bash scripts/check_headers.sh
 
 sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build-san SAN=1 test-bins

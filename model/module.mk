@@ -1,7 +1,7 @@
 # model/: every model/*.c goes into librlhf.a, except *_cli.c (rlhf subcommands).
 LIB_SRCS += $(filter-out %_cli.c,$(wildcard model/*.c))
 CMD_SRCS += $(wildcard model/*_cli.c)
-HEADERS  += model/model.h
+HEADERS  += model/model.h model/model_train.h model/model_infer.h
 # Two test binaries: training numerics, and inference (tokenizer, checkpoints, sampling).
 TESTS    += test_model_train test_model_infer
 SAN_TESTS += test_model_train test_model_infer
