@@ -941,17 +941,12 @@ static void handle(broker *b, wire_rx *rx) {
     if (p) touch(b, p);
     size_t i = 0, n = sizeof handlers / sizeof handlers[0];
     while (i < n && handlers[i].type != m.type) i++;
-    if (i < n && handlers[i].hello && !p) {
+    if (!p && (i == n || handlers[i].hello)) {
         b->ct.rejected_no_hello++;
         reply_error(b, rid, "no_hello", 0, "%s before HELLO", wire_type_name(m.type));
     } else if (i == n) {
-        if (!p) {
-            b->ct.rejected_no_hello++;
-            reply_error(b, rid, "no_hello", 0, "%s before HELLO", wire_type_name(m.type));
-        } else {
-            b->ct.rejected_unexpected++;
-            reply_error(b, rid, "unexpected_type", 0, "the broker does not accept %s", wire_type_name(m.type));
-        }
+        b->ct.rejected_unexpected++;
+        reply_error(b, rid, "unexpected_type", 0, "the broker does not accept %s", wire_type_name(m.type));
     } else if (handlers[i].role != ANY_ROLE && p->role != handlers[i].role) {
         b->ct.rejected_wrong_role++;
     } else {

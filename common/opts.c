@@ -2,30 +2,32 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/common.h"
 
-static int usage_error(const char *prog, const char *usage, const char *fmt, const char *a, const char *b) {
+/* Prints "PROG: error: MESSAGE" and, when USAGE is given, the usage; returns the exit status 2. */
+static int usage_error(const char *prog, const char *usage, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int usage_error(const char *prog, const char *usage, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "%s: error: ", prog);
-    fprintf(stderr, fmt, a, b);
+    vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n%s", usage ? usage : "");
+    va_end(ap);
     return 2;
 }
 
 /* A bad value of a known option: the line names the option and what it takes, so no usage follows
  * (the error stays one line, like the commands' other errors). */
-static int value_error(const char *prog, const char *fmt, const char *a, const char *b) {
-    return usage_error(prog, NULL, fmt, a, b);
-}
+#define value_error(prog, ...) usage_error((prog), NULL, __VA_ARGS__)
 
 static int out_of_range(const rlhf_opt *o, double x, const char *v, const char *prog) {
     if (!(o->lo < o->hi) || (x >= o->lo && x <= o->hi)) return 0;
-    char msg[160];
-    snprintf(msg, sizeof msg, "%s: expected a value in [%.15g, %.15g], got", o->name, o->lo, o->hi);
-    return value_error(prog, "%s '%s'", msg, v);
+    return value_error(prog, "%s: expected a value in [%.15g, %.15g], got '%s'", o->name, o->lo, o->hi, v);
 }
 
 static int set_value(const rlhf_opt *o, const char *v, const char *prog) {
@@ -65,9 +67,7 @@ static int set_value(const rlhf_opt *o, const char *v, const char *prog) {
     case RLHF_OPT_STRS: {
         rlhf_opt_strs *l = o->out;
         if (l->n >= l->cap) {
-            char cap[32];
-            snprintf(cap, sizeof cap, "%d", l->cap);
-            return value_error(prog, "%s: given more than %s times", o->name, cap);
+            return value_error(prog, "%s: given more than %d times", o->name, l->cap);
         }
         l->v[l->n++] = (char *)v;
         return -1;
@@ -103,7 +103,7 @@ static int parse(int argc, char **argv, const char *prog, const char *usage, con
                 *rest = i;
                 break;
             }
-            if (np >= max_pos) return usage_error(prog, usage, "unexpected argument '%s'%s", a, "");
+            if (np >= max_pos) return usage_error(prog, usage, "unexpected argument '%s'", a);
             pos[np++] = a;
             continue;
         }
@@ -112,18 +112,16 @@ static int parse(int argc, char **argv, const char *prog, const char *usage, con
         const rlhf_opt *o = opts;
         while (o && o->name && !(strlen(o->name) == len && !strncmp(o->name, a, len))) o++;
         if (!o || !o->name) {
-            char name[80];
-            snprintf(name, sizeof name, "%.*s", (int)(len < 64 ? len : 64), a);
-            return usage_error(prog, usage, "unknown option '%s'%s", name, "");
+            return usage_error(prog, usage, "unknown option '%.*s'", (int)(len < 64 ? len : 64), a);
         }
         if (o->kind == RLHF_OPT_FLAG) {
-            if (eq) return usage_error(prog, usage, "%s takes no value%s", o->name, "");
+            if (eq) return usage_error(prog, usage, "%s takes no value", o->name);
             *(int *)o->out = 1;
             if (o->given) *o->given = 1;
             continue;
         }
         const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-        if (!v) return usage_error(prog, usage, "%s needs a value%s", o->name, "");
+        if (!v) return usage_error(prog, usage, "%s needs a value", o->name);
         int rc = set_value(o, v, prog);
         if (rc >= 0) return rc;
     }

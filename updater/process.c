@@ -223,7 +223,7 @@ static long recover_from_log(const char *log_path, json_t *seen, scorer *sc) {
 }
 
 /* Set by the caller (its SIGTERM/SIGINT handler): finish the step in flight, checkpoint, return. */
-#define STOP_REQUESTED() (o->stop && *o->stop)
+static int stop_requested(const updater_options *o) { return o->stop && *o->stop; }
 
 int updater_main(const updater_options *o, rlhf_error *err) {
     run_process proc;
@@ -308,7 +308,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
     scored_group **pending = calloc((size_t)cap + 64, sizeof *pending); /* scored during training */
     int n_pending = 0, cap_pending = cap + 64;
     uint64_t v_before = u.ps.version; /* policy_version when the step in flight started */
-    while (training || (!STOP_REQUESTED() && steps_done < cfg->steps)) {
+    while (training || (!stop_requested(o) && steps_done < cfg->steps)) {
         if (o->reconnect && *o->reconnect && !training) {
             /* a new broker: new session, no credit outstanding, and it needs the current weights */
             *o->reconnect = 0;
@@ -331,7 +331,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             break;
         }
         int holding = updater_scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
-        long want = STOP_REQUESTED() ? 0 : cap - holding - granted_outstanding;
+        long want = stop_requested(o) ? 0 : cap - holding - granted_outstanding;
         if (want > 0) {
             if ((rc = broker_client_grant_credit(bc, (uint32_t)want, err))) break;
             granted_outstanding += want;
@@ -414,7 +414,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             n_pending = 0;
             ready |= u.n_window >= cfg->prompts_per_step;
         }
-        if (STOP_REQUESTED() || steps_done >= cfg->steps) continue;
+        if (stop_requested(o) || steps_done >= cfg->steps) continue;
         /* leftovers (e.g. groups recovered from the log) may already fill the next step */
         if (!ready && u.n_window < cfg->prompts_per_step) continue;
         /* start one optimizer step on the trainer thread */
