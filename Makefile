@@ -11,7 +11,11 @@
 CC       ?= gcc
 BUILD    ?= build
 PREFIX   ?= /usr/local
-OPT      ?= -O3 -march=native
+# x86-64-v3 (AVX2, FMA: every CPU kind this project runs on) rather than -march=native, so a binary built
+# on one machine runs on the others; the sampling kernels carry AVX-512 themselves and are chosen at run
+# time (model/kernels_int.h). For a CPU without AVX2: make OPT=-O3 (the sampler then runs its reference
+# kernels; `rlhf` refuses to start on such a CPU when built with the default).
+OPT      ?= -O3 -march=x86-64-v3
 SAN      ?=
 # RLHF_SOURCE_ROOT lets tests find fixtures under the source tree wherever BUILD is.
 CFLAGS_BASE := -std=gnu11 -g -Wall -Wextra -fopenmp -I. -MMD -MP -D_GNU_SOURCE -DRLHF_SOURCE_ROOT='"$(CURDIR)"'

@@ -5,6 +5,7 @@
  * bench/bench_model_sample.sh runs it beside the PyTorch peer. */
 #include "bench/bench_util.h"
 #include "model/model.h"
+#include "model/kernels_int.h"
 #include "model/sampler_int.h"
 
 #include <cblas.h>
@@ -33,6 +34,9 @@ static void kernel_vs_openblas(const float *W, int V, int C, int rows, int repea
         free(y);
         return;
     }
+    const model_kernels *kern = &model_kernels_ref;
+    rlhf_error err = {0};
+    if (model_kernels_select(&kern, &err)) rlhf_error_print("bench_model_sample", &err);
     sampler_pack_matrix(Wp, C, W, V, NULL, 0, NULL, 0);
     for (int i = 0; i < rows * C; i++) x[i] = 0.01f * (float)(i % 101) - 0.5f;
     int nrep = 5 * repeats;
@@ -48,15 +52,15 @@ static void kernel_vs_openblas(const float *W, int V, int C, int rows, int repea
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, V, C, 1.0f, x, C, W, C, 0.0f, y, V);
             double t1 = rlhf_now();
-            for (int k = 0; k < inner; k++) sampler_matmul_packed(y, x, C, Wp, R, C, V, 0);
+            for (int k = 0; k < inner; k++) sampler_matmul_packed(kern, y, x, C, Wp, R, C, V, 0);
             double t2 = rlhf_now();
             t_blas[r] = (t1 - t0) / inner;
             t_ours[r] = (t2 - t1) / inner;
         }
         double tb = median(t_blas, nrep), to = median(t_ours, nrep), flop = 2.0 * R * V * C;
-        printf("kernel %s (%d x %d) x %d rows: packed %.3f ms (%.1f GFLOP/s), OpenBLAS %s %.3f ms (%.1f GFLOP/s): "
+        printf("kernel %s (%d x %d) x %d rows: packed [%s] %.3f ms (%.1f GFLOP/s), OpenBLAS %s %.3f ms (%.1f GFLOP/s): "
                "%.2fx\n",
-               "lm_head", V, C, R, to * 1e3, flop / to / 1e9, R == 1 ? "sgemv" : "sgemm", tb * 1e3, flop / tb / 1e9,
+               "lm_head", V, C, R, kern->name, to * 1e3, flop / to / 1e9, R == 1 ? "sgemv" : "sgemm", tb * 1e3, flop / tb / 1e9,
                tb / to);
     }
     free(t_ours);

@@ -9,6 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "model/model.h"
+
+#ifndef RLHF_GIT_VERSION
+#define RLHF_GIT_VERSION "unknown"
+#endif
+
 typedef int (*cmd_fn)(int argc, char **argv);
 
 /* Weak so that rlhf links when only some folders are built (make MODULES="..."): a subcommand whose
@@ -47,6 +53,15 @@ static void dashes(char *s) {
 }
 
 int main(int argc, char **argv) {
+#if defined(__AVX2__) && defined(__x86_64__)
+    /* built for x86-64-v3 (the Makefile's default OPT): say so instead of dying on an illegal instruction */
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+        fprintf(stderr, "rlhf: error: this binary was built for x86-64-v3 (AVX2 + FMA) and this CPU lacks them; "
+                        "rebuild with: make OPT=-O3\n");
+        return 1;
+    }
+#endif
 #define ENTRY(name, mod, help) {#name, cmd_##name, mod, help},
     struct command cmds[] = {CMDS(ENTRY)};
     size_t ncmds = sizeof cmds / sizeof cmds[0];
@@ -65,8 +80,21 @@ int main(int argc, char **argv) {
     } else if (argc > 1) {
         sub = argv[1];
     }
+    if (sub && (!strcmp(sub, "--version") || !strcmp(sub, "version"))) {
+        /* the build, then the kernels sampling runs on this machine (chosen at run time) */
+        char kernels[512];
+        rlhf_error err = {0};
+        printf("rlhf %s (gcc %s)\n", RLHF_GIT_VERSION, __VERSION__);
+        if (model_kernels_describe(kernels, sizeof kernels, &err)) {
+            rlhf_error_print("rlhf", &err);
+            return 1;
+        }
+        printf("sampling kernels: %s\n", kernels);
+        return 0;
+    }
     if (!sub || !strcmp(sub, "-h") || !strcmp(sub, "--help") || !strcmp(sub, "help")) {
-        printf("usage: rlhf COMMAND [ARGS...]   (rlhf COMMAND --help for a command's options)\n\ncommands:\n");
+        printf("usage: rlhf COMMAND [ARGS...]   (rlhf COMMAND --help for a command's options)\n"
+               "       rlhf --version         (the build and the kernels chosen for this CPU)\n\ncommands:\n");
         for (size_t i = 0; i < ncmds; i++)
             printf("  %-12s %s%s\n", names[i], cmds[i].help, cmds[i].fn ? "" : " [not built]");
         return sub ? 0 : 2;

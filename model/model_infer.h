@@ -212,6 +212,14 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
                  const int *logit_rows, float *logits, rlhf_error *err);
 int sampler_max_rows(const sampler *s);
+/* The kernel set this sampler runs: "ref", "avx2" or "avx512". sampler_create takes the best the CPU
+ * has, or the one the environment variable RLHF_ISA=ref|avx2|avx512 names (an unknown name, or one the
+ * CPU cannot run, fails sampler_create with an error naming it). Speed does not depend on the -march
+ * the binary was built with: the vector kernels carry their instruction set themselves. */
+const char *sampler_kernels_name(const sampler *s);
+/* One line for `rlhf --version`: the kernels a sampler would run here and why, the instruction sets
+ * this CPU runs, and the CPU's model name. */
+int model_kernels_describe(char *buf, size_t n, rlhf_error *err);
 
 /* Plain reference forward (no cache, single thread, simple loops) of one sequence: logits (T, V)
  * for tokens[0..T). Used by tests as the oracle for the fast path. */

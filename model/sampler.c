@@ -3,8 +3,9 @@
  * One forward "step" processes a ragged batch of rows: each row is one token of one sequence
  * (cache slot) at one position. Prefill rows (many per sequence) and decode rows (one per
  * sequence) share the same step, so every weight matrix is read once per step for all rows
- * (sampler_matmul_packed: weights repacked into 32-column panels, AVX-512, measured faster than
- * OpenBLAS sgemv for one row and sgemm for 64 rows by bench/bench_model_sample).
+ * (sampler_matmul_packed: weights repacked into 32-column panels that the kernels stream; the kernels
+ * exist per instruction set, chosen at run time, in kernels*.c; bench/bench_model_sample measures the
+ * packed matmul against OpenBLAS sgemv for one row and sgemm for 64 rows).
  * Within a step all rows' keys/values are written to the cache before attention, so a prefill
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).
@@ -12,16 +13,11 @@
  * Sampling of each sequence draws from its own RNG stream (one uniform per token), and no kernel
  * lets one row's arithmetic depend on the others or on the thread count, so a sequence's tokens
  * depend on its seed and the weights only, not on its batch neighbours.
- *
- * One file over ~1,000 lines on purpose: one forward step's kernels, the packed weights and the KV
- * cache share a memory layout that stays private to this file; split apart, that layout would have to
- * move into a shared internal header that every piece depends on. */
+ */
+#include "model/kernels_int.h"
 #include "model/model.h"
 #include "model/sampler_int.h"
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -36,6 +32,7 @@ typedef struct cand {
 
 struct sampler {
     const model *m;
+    const model_kernels *k; /* the kernel table: chosen from the CPU's flags or RLHF_ISA at create */
     int max_batch; /* cache slots */
     int max_rows;  /* rows per step: max_batch decode rows + a prefill budget */
     int T;         /* max_seq_len */
@@ -79,7 +76,7 @@ static int region_threads(const sampler *s) {
 
 /* ---------------------------------------------------------------- kernels */
 
-enum { PANEL = 32 }; /* output columns per packed panel: two AVX-512 vectors */
+enum { PANEL = KERNEL_PANEL }; /* output columns per packed panel (kernels_int.h) */
 
 size_t sampler_packed_size(int O, int I) { return (size_t)((O + PANEL - 1) / PANEL) * PANEL * (size_t)I; }
 
@@ -100,77 +97,18 @@ void sampler_pack_matrix(float *Wp, int I, const float *W0, int O0, const float 
         }
 }
 
-#ifdef __AVX512F__
-/* out rows [0, nr) x columns [o0, o0+32) (masked past O) = x (nr, I) @ panel (I, 32); += when accumulate.
- * Row r's sums run over i in order with one FMA chain per output, whatever nr is, so a row's result
- * does not depend on which other rows share the call. */
-static inline __attribute__((always_inline)) void panel_kernel(float *out, const float *x, int ld_in,
-                                                               const float *wp, int nr, int IC, int OC, int o0,
-                                                               int accumulate) {
-    __m512 a0[12], a1[12];
-#pragma GCC unroll 12
-    for (int r = 0; r < 12; r++)
-        if (r < nr) {
-            a0[r] = _mm512_setzero_ps();
-            a1[r] = _mm512_setzero_ps();
-        }
-    for (int i = 0; i < IC; i++) {
-        __m512 w0 = _mm512_load_ps(wp + (size_t)i * PANEL), w1 = _mm512_load_ps(wp + (size_t)i * PANEL + 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < 12; r++)
-            if (r < nr) {
-                __m512 xb = _mm512_set1_ps(x[(size_t)r * ld_in + i]);
-                a0[r] = _mm512_fmadd_ps(xb, w0, a0[r]);
-                a1[r] = _mm512_fmadd_ps(xb, w1, a1[r]);
-            }
-    }
-    int rem = OC - o0;
-    __mmask16 m0 = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
-    __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
-#pragma GCC unroll 12
-    for (int r = 0; r < 12; r++)
-        if (r < nr) {
-            float *y = out + (size_t)r * OC + o0;
-            if (accumulate) {
-                a0[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, y), a0[r]);
-                a1[r] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, y + 16), a1[r]);
-            }
-            _mm512_mask_storeu_ps(y, m0, a0[r]);
-            _mm512_mask_storeu_ps(y + 16, m1, a1[r]);
-        }
-}
-#endif
 
 /* out (R, OC) = in (R, IC; rows ld_in apart) @ W^T with W packed by pack_matrix; out += ... when
  * accumulate. OpenMP over panels; within a panel, blocks of up to 12 rows share each weight load. */
-void sampler_matmul_packed(float *out, const float *in, int ld_in, const float *Wp, int R, int IC, int OC,
-                           int accumulate) {
-    int np = (OC + PANEL - 1) / PANEL;
+void sampler_matmul_packed(const model_kernels *k, float *out, const float *in, int ld_in, const float *Wp, int R,
+                           int IC, int OC, int accumulate) {
+    int np = (OC + PANEL - 1) / PANEL, rows = k->panel_rows;
 #pragma omp parallel for schedule(static) if (np > 1 && (size_t)R * IC * OC > 32768)
     for (int p = 0; p < np; p++) {
         const float *wp = Wp + (size_t)p * IC * PANEL;
-        for (int r0 = 0; r0 < R; r0 += 12) {
-            int nr = R - r0 < 12 ? R - r0 : 12;
-            float *o = out + (size_t)r0 * OC;
-            const float *x = in + (size_t)r0 * ld_in;
-#ifdef __AVX512F__
-            switch (nr) {
-#define PANEL_CASE(n) \
-    case n: panel_kernel(o, x, ld_in, wp, n, IC, OC, p * PANEL, accumulate); break;
-                PANEL_CASE(1) PANEL_CASE(2) PANEL_CASE(3) PANEL_CASE(4) PANEL_CASE(5) PANEL_CASE(6)
-                PANEL_CASE(7) PANEL_CASE(8) PANEL_CASE(9) PANEL_CASE(10) PANEL_CASE(11) PANEL_CASE(12)
-#undef PANEL_CASE
-            }
-#else
-            for (int r = 0; r < nr; r++)
-                for (int j = 0; j < PANEL && p * PANEL + j < OC; j++) {
-                    float acc = 0.0f;
-                    for (int i = 0; i < IC; i++) acc += x[(size_t)r * ld_in + i] * wp[(size_t)i * PANEL + j];
-                    float *y = o + (size_t)r * OC + p * PANEL + j;
-                    *y = accumulate ? *y + acc : acc;
-                }
-#endif
-        }
+        for (int r0 = 0; r0 < R; r0 += rows)
+            k->panel(out + (size_t)r0 * OC, in + (size_t)r0 * ld_in, ld_in, wp, R - r0 < rows ? R - r0 : rows, IC, OC,
+                     p * PANEL, accumulate);
     }
 }
 
@@ -218,190 +156,32 @@ static void ensure_packed(sampler *s) {
  * tape, no backward. The training kernels of the same names without the prefix are in model/ops.c. */
 
 /* out (R, C) = in (R, C) / rms(in) * w (C) */
-static void smp_rmsnorm_forward(float *out, const float *in, const float *w, int R, int C, float eps) {
+static void smp_rmsnorm_forward(const model_kernels *k, float *out, const float *in, const float *w, int R, int C,
+                                float eps) {
 #pragma omp parallel for if (R >= 8) schedule(static)
-    for (int r = 0; r < R; r++) {
-        const float *x = in + (size_t)r * C;
-        float *y = out + (size_t)r * C;
-        float ss = 0.0f;
-        for (int i = 0; i < C; i++) ss += x[i] * x[i];
-        float s = 1.0f / sqrtf(ss / (float)C + eps);
-        for (int i = 0; i < C; i++) y[i] = x[i] * s * w[i];
-    }
+    for (int r = 0; r < R; r++) k->rmsnorm(out + (size_t)r * C, in + (size_t)r * C, w, C, eps);
 }
 
 /* In place on x (R, NH*D; rows ld apart): rotate pairs (i, i + D/2) of every head by pos[r] * freq_i
  * (HF rotate_half). */
-static void smp_rope_forward(float *x, int ld, const int *pos, const float *cos_t, const float *sin_t, int R,
-                             int NH, int D) {
+static void smp_rope_forward(const model_kernels *k, float *x, int ld, const int *pos, const float *cos_t,
+                             const float *sin_t, int R, int NH, int D) {
     int half = D / 2;
 #pragma omp parallel for if (R >= 8) schedule(static)
-    for (int r = 0; r < R; r++) {
-        const float *c = cos_t + (size_t)pos[r] * half, *s = sin_t + (size_t)pos[r] * half;
-        for (int h = 0; h < NH; h++) {
-            float *v = x + (size_t)r * ld + (size_t)h * D;
-            for (int i = 0; i < half; i++) {
-                float a = v[i], b = v[i + half];
-                v[i] = a * c[i] - b * s[i];
-                v[i + half] = b * c[i] + a * s[i];
-            }
-        }
-    }
+    for (int r = 0; r < R; r++)
+        k->rope(x + (size_t)r * ld, cos_t + (size_t)pos[r] * half, sin_t + (size_t)pos[r] * half, NH, D);
 }
 
 /* gu (R, 2F): gate half <- silu(gate) * up */
-static void smp_swiglu_forward(float *gu, int R, int F) {
+static void smp_swiglu_forward(const model_kernels *k, float *gu, int R, int F) {
 #pragma omp parallel for if ((size_t)R * F >= 16384) schedule(static)
-    for (int r = 0; r < R; r++) {
-        float *g = gu + (size_t)r * 2 * F, *u = g + F;
-        for (int i = 0; i < F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-    }
-}
-
-/* e[i] = exp(scale * (x[i] - shift)) for x[i] <= shift (so e in (0, 1]); returns sum(e) accumulated in
- * double. AVX-512 path: Cody-Waite range reduction and a degree-6 polynomial (relative error ~1e-7);
- * the scalar loop is the reference and the fallback. */
-static double exp_shifted(float *e, const float *x, int n, float shift, float scale) {
-    int i = 0;
-    double sum = 0.0;
-#ifdef __AVX512F__
-    const __m512 vshift = _mm512_set1_ps(shift), vscale = _mm512_set1_ps(scale);
-    const __m512 lo = _mm512_set1_ps(-87.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
-    const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
-    const __m512 c6 = _mm512_set1_ps(1.9875691500e-4f), c5 = _mm512_set1_ps(1.3981999507e-3f),
-                 c4 = _mm512_set1_ps(8.3334519073e-3f), c3 = _mm512_set1_ps(4.1665795894e-2f),
-                 c2 = _mm512_set1_ps(1.6666665459e-1f), c1 = _mm512_set1_ps(5.0000001201e-1f),
-                 one = _mm512_set1_ps(1.0f);
-    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
-    for (; i + 16 <= n; i += 16) {
-        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vshift), vscale);
-        t = _mm512_max_ps(t, lo);
-        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(k, ln2_hi, t);
-        r = _mm512_fnmadd_ps(k, ln2_lo, r);
-        __m512 p = _mm512_fmadd_ps(c6, r, c5);
-        p = _mm512_fmadd_ps(p, r, c4);
-        p = _mm512_fmadd_ps(p, r, c3);
-        p = _mm512_fmadd_ps(p, r, c2);
-        p = _mm512_fmadd_ps(p, r, c1);
-        p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, one));
-        p = _mm512_scalef_ps(p, k);
-        _mm512_storeu_ps(e + i, p);
-        acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
-        acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
-    }
-    sum = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
-#endif
-    for (; i < n; i++) {
-        float t = (x[i] - shift) * scale;
-        e[i] = expf(t < -87.0f ? -87.0f : t);
-        sum += e[i];
-    }
-    return sum;
-}
-
-static float max_value(const float *x, int n) {
-    float mx = x[0];
-    int i = 0;
-#ifdef __AVX512F__
-    if (n >= 16) {
-        __m512 m = _mm512_loadu_ps(x);
-        for (i = 16; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
-        mx = _mm512_reduce_max_ps(m);
-    }
-#endif
-    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    return mx;
-}
-
-/* One query head against its cache: scores, softmax, weighted values.
- *   q (D) already scaled by 1/sqrt(D); kT (D, T) keys TRANSPOSED (row d holds dimension d of every
- *   position, so 16 positions' scores are one vector FMA per dimension); v (T, ldv) values by position;
- *   n positions; sc (T) scratch; o (D) output.
- * The plain loops are the reference and the fallback (no AVX-512, or head_dim > 128). */
-static void attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int n, int D, int T,
-                        float *sc) {
-#ifdef __AVX512F__
-    if (D <= 128) {
-        /* scores, 128 positions (8 vectors) at a time; loops over vectors are unrolled with constant
-         * indices so the accumulators stay in registers */
-        for (int t0 = 0; t0 < n; t0 += 128) {
-            int left = n - t0, nv = (left + 15) / 16;
-            if (nv > 8) nv = 8;
-            __mmask16 tail = left >= 16 * nv ? 0xffff : (__mmask16)((1u << (left - 16 * (nv - 1))) - 1);
-            __m512 acc[8];
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) acc[j] = _mm512_setzero_ps();
-            for (int d = 0; d < D; d++) {
-                __m512 qd = _mm512_set1_ps(q[d]);
-                const float *row = kT + (size_t)d * T + t0;
-#pragma GCC unroll 8
-                for (int j = 0; j < 8; j++)
-                    if (j < nv)
-                        acc[j] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(j == nv - 1 ? tail : 0xffff, row + 16 * j),
-                                                 acc[j]);
-            }
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                if (j < nv) _mm512_mask_storeu_ps(sc + t0 + 16 * j, j == nv - 1 ? tail : 0xffff, acc[j]);
-        }
-        float mx = max_value(sc, n);
-        double sum = exp_shifted(sc, sc, n, mx, 1.0f);
-        float inv = (float)(1.0 / sum);
-        /* o = sum_t p_t v_t: two accumulator sets (even/odd t) to halve the FMA dependency chains */
-        int nd = (D + 15) / 16;
-        __mmask16 dm = D % 16 ? (__mmask16)((1u << (D % 16)) - 1) : 0xffff;
-        __m512 a0[8], a1[8];
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) a0[j] = a1[j] = _mm512_setzero_ps();
-        int t = 0;
-        for (; t + 2 <= n; t += 2) {
-            __m512 p0 = _mm512_set1_ps(sc[t]), p1 = _mm512_set1_ps(sc[t + 1]);
-            const float *v0 = v + (size_t)t * ldv, *v1 = v0 + ldv;
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                if (j < nd) {
-                    __mmask16 m = j == nd - 1 ? dm : 0xffff;
-                    a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, v0 + 16 * j), a0[j]);
-                    a1[j] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, v1 + 16 * j), a1[j]);
-                }
-        }
-        if (t < n) {
-            __m512 p0 = _mm512_set1_ps(sc[t]);
-            const float *v0 = v + (size_t)t * ldv;
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                if (j < nd) a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(j == nd - 1 ? dm : 0xffff, v0 + 16 * j), a0[j]);
-        }
-        __m512 vinv = _mm512_set1_ps(inv);
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++)
-            if (j < nd)
-                _mm512_mask_storeu_ps(o + 16 * j, j == nd - 1 ? dm : 0xffff,
-                                      _mm512_mul_ps(_mm512_add_ps(a0[j], a1[j]), vinv));
-        return;
-    }
-#endif
-    float mx = -INFINITY;
-    for (int t = 0; t < n; t++) {
-        float d = 0.0f;
-        for (int i = 0; i < D; i++) d += q[i] * kT[(size_t)i * T + t];
-        sc[t] = d;
-        mx = d > mx ? d : mx;
-    }
-    double sum = 0.0;
-    for (int t = 0; t < n; t++) sum += (sc[t] = expf(sc[t] - mx));
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < D; i++) o[i] = 0.0f;
-    for (int t = 0; t < n; t++)
-        for (int i = 0; i < D; i++) o[i] += sc[t] * v[(size_t)t * ldv + i];
-    for (int i = 0; i < D; i++) o[i] *= inv;
+    for (int r = 0; r < R; r++) k->swiglu(gu + (size_t)r * 2 * F, gu + (size_t)r * 2 * F + F, F);
 }
 
 /* out (R, H*D): row r, head h attends over positions 0..pos[r] of its slot's cache. For this layer:
  * kc (max_batch, KVH, D, T) keys transposed, vc (max_batch, T, KVH*D) values; slot_stride floats per
  * slot in both. OpenMP over (row, head); per-thread scratch (T) scores. */
-static void smp_attention_forward(float *out, const float *q, int ldq, const float *kc, const float *vc,
+static void smp_attention_forward(const model_kernels *k, float *out, const float *q, int ldq, const float *kc, const float *vc,
                                   const int *slot, const int *pos, int R, int H, int KVH, int D, size_t slot_stride,
                                   float *scratch, int T, int n_threads) {
     int group = H / KVH, KD = KVH * D;
@@ -417,7 +197,7 @@ static void smp_attention_forward(float *out, const float *q, int ldq, const flo
                 for (int i = 0; i < D; i++) qs[i] = qh[i] * scale;
                 const float *kT = kc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D * T;
                 const float *vb = vc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D;
-                attend_head(out + ((size_t)r * H + h) * D, qs, kT, vb, KD, pos[r] + 1, D, T, sc);
+                k->attend_head(out + ((size_t)r * H + h) * D, qs, kT, vb, KD, pos[r] + 1, D, T, sc);
             }
         }
     }
@@ -436,14 +216,20 @@ static void *big_alloc(size_t bytes) {
 
 int sampler_max_rows(const sampler *s) { return s->max_rows; }
 
+const char *sampler_kernels_name(const sampler *s) { return s->k->name; }
+
 int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err) {
     *out = NULL;
     if (max_batch < 1 || max_batch > 65536)
         return RLHF_FAIL(err, RLHF_EINVAL, "sampler max_batch must be in 1..65536, got %d", max_batch);
     const model_config *c = &m->cfg;
+    const model_kernels *kern;
+    int rc = model_kernels_select(&kern, err);
+    if (rc) return rc;
     sampler *s = calloc(1, sizeof *s);
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     s->m = m;
+    s->k = kern;
     s->max_batch = max_batch;
     s->T = c->max_seq_len;
     s->max_rows = max_batch + (c->max_seq_len < 512 ? c->max_seq_len : 512);
@@ -547,11 +333,11 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
     for (int r = 0; r < R; r++) memcpy(x + (size_t)r * C, p->embed + (size_t)tok[r] * C, (size_t)C * sizeof(float));
     for (int l = 0; l < c->n_layers; l++) {
         const float *pk = s->wpack + (size_t)l * s->pk_layer; /* this layer's packed matrices */
-        smp_rmsnorm_forward(xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
-        sampler_matmul_packed(s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
+        smp_rmsnorm_forward(s->k, xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
+        sampler_matmul_packed(s->k, s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
         float *q = s->qkv, *k = s->qkv + HD, *v = s->qkv + HD + KD;     // rows QKV apart
-        smp_rope_forward(q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
-        smp_rope_forward(k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
+        smp_rope_forward(s->k, q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
+        smp_rope_forward(s->k, k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
         float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, KVH, D, T)
         float *vc = s->v_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
         for (int r = 0; r < R; r++) {
@@ -561,18 +347,18 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
             memcpy(vc + (size_t)slot[r] * s->slot_stride + (size_t)pos[r] * KD, v + (size_t)r * QKV,
                    (size_t)KD * sizeof(float));
         }
-        smp_attention_forward(s->att, q, QKV, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride, s->att_scratch, s->T,
+        smp_attention_forward(s->k, s->att, q, QKV, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride, s->att_scratch, s->T,
                           region_threads(s));
-        sampler_matmul_packed(x, s->att, HD, pk + s->pk_off[1], R, HD, C, 1); // x += att @ wo^T
-        smp_rmsnorm_forward(xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
-        sampler_matmul_packed(s->gu, xn, C, pk + s->pk_off[2], R, C, 2 * F, 0); // (R, F | F)
-        smp_swiglu_forward(s->gu, R, F);
-        sampler_matmul_packed(x, s->gu, 2 * F, pk + s->pk_off[3], R, F, C, 1); // x += h @ w_down^T
+        sampler_matmul_packed(s->k, x, s->att, HD, pk + s->pk_off[1], R, HD, C, 1); // x += att @ wo^T
+        smp_rmsnorm_forward(s->k, xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
+        sampler_matmul_packed(s->k, s->gu, xn, C, pk + s->pk_off[2], R, C, 2 * F, 0); // (R, F | F)
+        smp_swiglu_forward(s->k, s->gu, R, F);
+        sampler_matmul_packed(s->k, x, s->gu, 2 * F, pk + s->pk_off[3], R, F, C, 1); // x += h @ w_down^T
     }
     /* only the rows whose next-token distribution is wanted go through the final norm and lm_head */
     for (int i = 0; i < n_logits; i++)
-        smp_rmsnorm_forward(s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
-    if (n_logits > 0) sampler_matmul_packed(logits, s->xl, C, s->wpack + s->pk_head, n_logits, C, V, 0); // (n_logits, V)
+        smp_rmsnorm_forward(s->k, s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
+    if (n_logits > 0) sampler_matmul_packed(s->k, logits, s->xl, C, s->wpack + s->pk_head, n_logits, C, V, 0); // (n_logits, V)
 }
 
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
@@ -710,16 +496,11 @@ static double rng_uniform53(rlhf_rng *r) { return (double)(rlhf_rng_u64(r) >> 11
 
 /* Smallest i with e[0] + ... + e[i] > target (blocks of 16 first), or the last nonzero entry when
  * rounding leaves the running sum short of target. */
-static int walk_cdf(const float *e, int n, double target) {
+static int walk_cdf(const model_kernels *k, const float *e, int n, double target) {
     double acc = 0.0;
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-#ifdef __AVX512F__
-        double bs = _mm512_reduce_add_ps(_mm512_loadu_ps(e + i));
-#else
-        double bs = 0.0;
-        for (int j = 0; j < 16; j++) bs += e[i + j];
-#endif
+        double bs = k->sum16(e + i);
         if (acc + bs > target) break;
         acc += bs;
     }
@@ -733,12 +514,12 @@ static int walk_cdf(const float *e, int n, double target) {
 
 /* Chooses the next token from logits (V). Writes log pi(y) at temperature 1 and log q(y) under the
  * actual sampling distribution. Scratch: V cands and V floats. One uniform is drawn unless greedy. */
-static int32_t choose_token(const float *logits, int V, const sample_params *sp, rlhf_rng *rng, cand *scratch,
+static int32_t choose_token(const model_kernels *k, const float *logits, int V, const sample_params *sp, rlhf_rng *rng, cand *scratch,
                             float *e, float *lp_pi, float *lp_q) {
-    float mx = max_value(logits, V);
+    float mx = k->max_value(logits, V);
     int amax = 0;
     while (amax < V - 1 && logits[amax] != mx) amax++; /* bounded: NaN logits must not run off */
-    double sum = exp_shifted(e, logits, V, mx, 1.0f); /* e = exp(logits - max) */
+    double sum = k->exp_shifted(e, logits, V, mx, 1.0f); /* e = exp(logits - max) */
     double lse = (double)mx + log(sum);
     if (sp->temperature == 0.0f) {
         *lp_pi = (float)((double)logits[amax] - lse);
@@ -748,7 +529,7 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
     double u = rng_uniform53(rng);
     int plain = sp->temperature == 1.0f && (sp->top_k <= 0 || sp->top_k >= V) && sp->top_p >= 1.0f;
     if (plain) {
-        int y = walk_cdf(e, V, u * sum);
+        int y = walk_cdf(k, e, V, u * sum);
         *lp_pi = (float)((double)logits[y] - lse);
         *lp_q = *lp_pi;
         return y;
@@ -775,7 +556,7 @@ static int32_t choose_token(const float *logits, int V, const sample_params *sp,
     } else {
         /* A token with probability below (1 - top_p) / (V - 1) can never be inside the nucleus (all such
          * tokens together hold less than 1 - top_p), so it is not even a candidate. */
-        total = inv_t == 1.0f ? sum : exp_shifted(e, logits, V, mx, inv_t);
+        total = inv_t == 1.0f ? sum : k->exp_shifted(e, logits, V, mx, inv_t);
         double cut = sp->top_p < 1.0f && V > 1 ? (1.0 - (double)sp->top_p) / (double)(V - 1) * total : 0.0;
         n = 0;
         for (int i = 0; i < V; i++)
@@ -1024,7 +805,7 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
 #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < NL; i++) {
                 slot_state *ss = &st[logit_slot[i]];
-                ys[i] = choose_token(s->logits + (size_t)i * V, V, &reqs[ss->req].params, &ss->rng, scratch, e,
+                ys[i] = choose_token(s->k, s->logits + (size_t)i * V, V, &reqs[ss->req].params, &ss->rng, scratch, e,
                                      &lps[2 * i], &lps[2 * i + 1]);
             }
         }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "model/model.h"
+#include "model/kernels_int.h"
 #include "model/sampler_int.h"
 #include "tests/model_infer/infer_test.h"
 
@@ -46,7 +47,7 @@ static double log_softmax_at(const float *row, int V, int y, double temperature)
 
 /* ---------------------------------------------------------------- the matmul kernel */
 
-/* The packed AVX-512 matmul against a plain double-precision loop, for shapes that leave partial panels
+/* The packed matmul (the kernels RLHF_ISA selects) against a plain double-precision loop, for shapes that leave partial panels
  * and partial row blocks, stacked sources, strided input and accumulation; and a row's result is
  * bit-identical whether computed alone or among 30 rows. */
 static void test_packed_matmul(void) {
@@ -59,12 +60,15 @@ static void test_packed_matmul(void) {
     float *Wp = aligned_alloc(64, (sampler_packed_size(O, I) * sizeof(float) + 63) & ~(size_t)63);
     sampler_pack_matrix(Wp, I, W, O0, W + (size_t)O0 * I, O1, W + (size_t)(O0 + O1) * I, O2);
     float *y = malloc((size_t)Rmax * O * sizeof(float)), *y1 = malloc((size_t)O * sizeof(float));
+    const model_kernels *kern = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_kernels_select(&kern, &err), 0);
     int Rs[4] = {1, 5, 13, 30};
     for (int k = 0; k < 4; k++) {
         int R = Rs[k];
         for (int acc = 0; acc < 2; acc++) {
             for (int i = 0; i < R * O; i++) y[i] = acc ? 0.5f * (float)i : -1.0f;
-            sampler_matmul_packed(y, x, ld, Wp, R, I, O, acc);
+            sampler_matmul_packed(kern, y, x, ld, Wp, R, I, O, acc);
             double worst = 0.0;
             for (int r = 0; r < R; r++)
                 for (int o = 0; o < O; o++) {
@@ -76,8 +80,8 @@ static void test_packed_matmul(void) {
         }
     }
     /* row 17 of the 30-row call equals the same row alone, bit for bit */
-    sampler_matmul_packed(y, x, ld, Wp, 30, I, O, 0);
-    sampler_matmul_packed(y1, x + 17 * ld, ld, Wp, 1, I, O, 0);
+    sampler_matmul_packed(kern, y, x, ld, Wp, 30, I, O, 0);
+    sampler_matmul_packed(kern, y1, x + 17 * ld, ld, Wp, 1, I, O, 0);
     CU_ASSERT_EQUAL(memcmp(y1, y + 17 * O, (size_t)O * sizeof(float)), 0);
     free(W);
     free(x);
@@ -643,17 +647,40 @@ static void test_bad_requests(void) {
     model_destroy(&m);
 }
 
+/* Suites that run once per kernel table this CPU can run: their init selects it through RLHF_ISA
+ * (as a user would force it), their cleanup restores the choice from the CPU's flags. */
+static int isa_ref(void) { return setenv("RLHF_ISA", "ref", 1); }
+static int isa_avx2(void) { return setenv("RLHF_ISA", "avx2", 1); }
+static int isa_avx512(void) { return setenv("RLHF_ISA", "avx512", 1); }
+static int isa_clear(void) { return unsetenv("RLHF_ISA"); }
+
 void infer_register_sampler(void) {
     CU_pSuite s = CU_add_suite("kernels", NULL, NULL);
-    CU_add_test(s, "packed matmul equals a plain loop; rows independent of the batch", test_packed_matmul);
+    infer_register_kernel_tests(s, 0);
+    static int (*const init[3])(void) = {isa_ref, isa_avx2, isa_avx512};
+    for (int isa = MODEL_ISA_REF; isa <= MODEL_ISA_AVX512; isa++) {
+        const char *name = model_kernels_of((model_isa)isa)->name;
+        char title[64];
+        if (!model_isa_supported((model_isa)isa)) {
+            printf("note: the %s kernels are not tested here: this CPU cannot run them\n", name);
+            continue;
+        }
+        if (isa != MODEL_ISA_REF) {
+            snprintf(title, sizeof title, "kernels[%s]", name);
+            infer_register_kernel_tests(CU_add_suite(title, init[isa], isa_clear), 1);
+        }
+        snprintf(title, sizeof title, "kv_cache[%s]", name);
+        s = CU_add_suite(title, init[isa], isa_clear);
+        CU_add_test(s, "packed matmul equals a plain loop; rows independent of the batch", test_packed_matmul);
+        CU_add_test(s, "incremental and mixed-batch decoding equal the reference forward", test_kv_cache_matches_reference);
+        CU_add_test(s, "batched mixed-length sampling equals per-sequence", test_batched_equals_single);
+        CU_add_test(s, "same seed same tokens", test_same_seed_same_tokens);
+        CU_add_test(s, "log-probs, top-k, top-p against the reference", test_logprobs_match_reference);
+    }
     s = CU_add_suite("kv_cache", NULL, NULL);
-    CU_add_test(s, "incremental and mixed-batch decoding equal the reference forward", test_kv_cache_matches_reference);
     CU_add_test(s, "reference forward equals model-train's full forward", test_reference_matches_train_forward);
     CU_add_test(s, "weight updates reach the sampler's packed copy", test_weight_update_visible);
     s = CU_add_suite("sampler", NULL, NULL);
-    CU_add_test(s, "batched mixed-length sampling equals per-sequence", test_batched_equals_single);
-    CU_add_test(s, "same seed same tokens", test_same_seed_same_tokens);
-    CU_add_test(s, "log-probs, top-k, top-p against the reference", test_logprobs_match_reference);
     CU_add_test(s, "sample frequencies match the distribution", test_sampling_distribution);
     CU_add_test(s, "stop ids, stop strings, limits, greedy", test_stops_and_limits);
     CU_add_test(s, "bad requests rejected", test_bad_requests);
