@@ -19,6 +19,18 @@ static void ref_panel(float *out, const float *x, int ld_in, const float *wp, in
         }
 }
 
+static void ref_panel_bf16(float *out, const float *x, int ld_in, const uint16_t *wp, int nr, int IC, int OC,
+                           int o0, int accumulate) {
+    for (int r = 0; r < nr; r++)
+        for (int j = 0; j < KERNEL_PANEL && o0 + j < OC; j++) {
+            float acc = 0.0f;
+            for (int i = 0; i < IC; i++)
+                acc += x[(size_t)r * ld_in + i] * model_bf16_to_f32(wp[(size_t)i * KERNEL_PANEL + j]);
+            float *y = out + (size_t)r * OC + o0 + j;
+            *y = accumulate ? *y + acc : acc;
+        }
+}
+
 static float ref_max_value(const float *x, int n) {
     float mx = x[0];
     for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
@@ -84,6 +96,7 @@ const model_kernels model_kernels_ref = {
     .name = "ref",
     .panel_rows = 1,
     .panel = ref_panel,
+    .panel_bf16 = ref_panel_bf16,
     .attend_head = ref_attend_head,
     .exp_shifted = ref_exp_shifted,
     .max_value = ref_max_value,

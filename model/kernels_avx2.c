@@ -47,17 +47,26 @@ static inline __m256 exp256(__m256 t) {
 
 /* ---------------------------------------------------------------- packed matmul */
 
+/* 8 weights of a panel row as fp32: a load from an fp32 panel, or 8 bf16 widened exactly (bf16 is the
+ * top half of a float). `bf16` is a constant wherever this is inlined, so the test folds away. */
+static inline __attribute__((always_inline)) __m256 load8(const void *w, size_t j, int bf16) {
+    if (bf16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + j))), 16));
+    return _mm256_load_ps((const float *)w + j);
+}
+
 /* nr (1 or 2) rows x the whole 32-column panel: 4 vectors per row. Row r's sums run over i in order
  * with one FMA chain per output, as in panel_half, so a row's result does not depend on nr. */
 static inline __attribute__((always_inline)) void panel_wide(float *out, const float *x, int ld_in,
-                                                             const float *wp, int nr, int IC, int OC, int o0,
-                                                             int accumulate) {
+                                                             const void *wp, int bf16, int nr, int IC, int OC,
+                                                             int o0, int accumulate) {
     __m256 a[2][4];
     for (int j = 0; j < 4; j++) a[0][j] = a[1][j] = _mm256_setzero_ps();
     for (int i = 0; i < IC; i++) {
-        const float *w = wp + (size_t)i * KERNEL_PANEL;
-        __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8), w2 = _mm256_load_ps(w + 16),
-               w3 = _mm256_load_ps(w + 24);
+        size_t w = (size_t)i * KERNEL_PANEL;
+        __m256 w0 = load8(wp, w, bf16), w1 = load8(wp, w + 8, bf16), w2 = load8(wp, w + 16, bf16),
+               w3 = load8(wp, w + 24, bf16);
 #pragma GCC unroll 2
         for (int r = 0; r < 2; r++)
             if (r < nr) {
@@ -91,13 +100,13 @@ static inline __attribute__((always_inline)) void panel_wide(float *out, const f
 
 /* nr (3..6) rows x 16 columns (half h of the panel): 12 accumulators, 2 weight vectors, 1 broadcast. */
 static inline __attribute__((always_inline)) void panel_half(float *out, const float *x, int ld_in,
-                                                             const float *wp, int nr, int IC, int OC, int o0,
-                                                             int accumulate) {
+                                                             const void *wp, int bf16, int nr, int IC, int OC,
+                                                             int o0, int accumulate) {
     __m256 a0[6], a1[6];
 #pragma GCC unroll 6
     for (int r = 0; r < 6; r++) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int i = 0; i < IC; i++) {
-        __m256 w0 = _mm256_load_ps(wp + (size_t)i * KERNEL_PANEL), w1 = _mm256_load_ps(wp + (size_t)i * KERNEL_PANEL + 8);
+        __m256 w0 = load8(wp, (size_t)i * KERNEL_PANEL, bf16), w1 = load8(wp, (size_t)i * KERNEL_PANEL + 8, bf16);
 #pragma GCC unroll 6
         for (int r = 0; r < 6; r++)
             if (r < nr) {
@@ -127,22 +136,34 @@ static inline __attribute__((always_inline)) void panel_half(float *out, const f
         }
 }
 
-static void avx2_panel(float *out, const float *x, int ld_in, const float *wp, int nr, int IC, int OC, int o0,
-                       int accumulate) {
+/* wp: panel base; the half h starts 16 columns in (elements of 4 or 2 bytes) */
+static inline __attribute__((always_inline)) void panel_any(float *out, const float *x, int ld_in, const void *wp,
+                                                            int bf16, int nr, int IC, int OC, int o0,
+                                                            int accumulate) {
     switch (nr) {
-    case 1: panel_wide(out, x, ld_in, wp, 1, IC, OC, o0, accumulate); return;
-    case 2: panel_wide(out, x, ld_in, wp, 2, IC, OC, o0, accumulate); return;
+    case 1: panel_wide(out, x, ld_in, wp, bf16, 1, IC, OC, o0, accumulate); return;
+    case 2: panel_wide(out, x, ld_in, wp, bf16, 2, IC, OC, o0, accumulate); return;
     }
     for (int h = 0; h < 2 && o0 + 16 * h < OC; h++) {
-        const float *w = wp + 16 * h;
+        const void *w = (const char *)wp + (size_t)16 * h * (bf16 ? 2 : 4);
         int oh = o0 + 16 * h;
         switch (nr) {
-        case 3: panel_half(out, x, ld_in, w, 3, IC, OC, oh, accumulate); break;
-        case 4: panel_half(out, x, ld_in, w, 4, IC, OC, oh, accumulate); break;
-        case 5: panel_half(out, x, ld_in, w, 5, IC, OC, oh, accumulate); break;
-        default: panel_half(out, x, ld_in, w, 6, IC, OC, oh, accumulate); break;
+        case 3: panel_half(out, x, ld_in, w, bf16, 3, IC, OC, oh, accumulate); break;
+        case 4: panel_half(out, x, ld_in, w, bf16, 4, IC, OC, oh, accumulate); break;
+        case 5: panel_half(out, x, ld_in, w, bf16, 5, IC, OC, oh, accumulate); break;
+        default: panel_half(out, x, ld_in, w, bf16, 6, IC, OC, oh, accumulate); break;
         }
     }
+}
+
+static void avx2_panel(float *out, const float *x, int ld_in, const float *wp, int nr, int IC, int OC, int o0,
+                       int accumulate) {
+    panel_any(out, x, ld_in, wp, 0, nr, IC, OC, o0, accumulate);
+}
+
+static void avx2_panel_bf16(float *out, const float *x, int ld_in, const uint16_t *wp, int nr, int IC, int OC, int o0,
+                            int accumulate) {
+    panel_any(out, x, ld_in, wp, 1, nr, IC, OC, o0, accumulate);
 }
 
 /* ---------------------------------------------------------------- softmax pieces */
@@ -294,6 +315,7 @@ const model_kernels model_kernels_avx2 = {
     .name = "avx2",
     .panel_rows = 6,
     .panel = avx2_panel,
+    .panel_bf16 = avx2_panel_bf16,
     .attend_head = avx2_attend_head,
     .exp_shifted = avx2_exp_shifted,
     .max_value = avx2_max_value,

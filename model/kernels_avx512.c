@@ -28,17 +28,26 @@ static inline __m512 exp512(__m512 t) {
 
 /* ---------------------------------------------------------------- packed matmul */
 
+/* 16 weights of a panel row as fp32: a load from an fp32 panel, or 16 bf16 widened exactly. `bf16` is a
+ * constant wherever this is inlined. */
+static inline __attribute__((always_inline)) __m512 load16(const void *w, size_t j, int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + j))), 16));
+    return _mm512_load_ps((const float *)w + j);
+}
+
 /* nr (1..12) rows x the 32-column panel: two vectors per row, so each weight load serves nr FMAs. Row
  * r's sums run over i in order with one FMA chain per output, whatever nr is. */
 static inline __attribute__((always_inline)) void panel_kernel(float *out, const float *x, int ld_in,
-                                                               const float *wp, int nr, int IC, int OC, int o0,
-                                                               int accumulate) {
+                                                               const void *wp, int bf16, int nr, int IC, int OC,
+                                                               int o0, int accumulate) {
     __m512 a0[12], a1[12];
 #pragma GCC unroll 12
     for (int r = 0; r < 12; r++)
         if (r < nr) a0[r] = a1[r] = _mm512_setzero_ps();
     for (int i = 0; i < IC; i++) {
-        __m512 w0 = _mm512_load_ps(wp + (size_t)i * KERNEL_PANEL), w1 = _mm512_load_ps(wp + (size_t)i * KERNEL_PANEL + 16);
+        __m512 w0 = load16(wp, (size_t)i * KERNEL_PANEL, bf16), w1 = load16(wp, (size_t)i * KERNEL_PANEL + 16, bf16);
 #pragma GCC unroll 12
         for (int r = 0; r < 12; r++)
             if (r < nr) {
@@ -62,15 +71,31 @@ static inline __attribute__((always_inline)) void panel_kernel(float *out, const
         }
 }
 
+#define PANEL_CASES(BF16)                                                                                       \
+    switch (nr) {                                                                                               \
+    case 1: panel_kernel(out, x, ld_in, wp, BF16, 1, IC, OC, o0, accumulate); break;                            \
+    case 2: panel_kernel(out, x, ld_in, wp, BF16, 2, IC, OC, o0, accumulate); break;                            \
+    case 3: panel_kernel(out, x, ld_in, wp, BF16, 3, IC, OC, o0, accumulate); break;                            \
+    case 4: panel_kernel(out, x, ld_in, wp, BF16, 4, IC, OC, o0, accumulate); break;                            \
+    case 5: panel_kernel(out, x, ld_in, wp, BF16, 5, IC, OC, o0, accumulate); break;                            \
+    case 6: panel_kernel(out, x, ld_in, wp, BF16, 6, IC, OC, o0, accumulate); break;                            \
+    case 7: panel_kernel(out, x, ld_in, wp, BF16, 7, IC, OC, o0, accumulate); break;                            \
+    case 8: panel_kernel(out, x, ld_in, wp, BF16, 8, IC, OC, o0, accumulate); break;                            \
+    case 9: panel_kernel(out, x, ld_in, wp, BF16, 9, IC, OC, o0, accumulate); break;                            \
+    case 10: panel_kernel(out, x, ld_in, wp, BF16, 10, IC, OC, o0, accumulate); break;                          \
+    case 11: panel_kernel(out, x, ld_in, wp, BF16, 11, IC, OC, o0, accumulate); break;                          \
+    default: panel_kernel(out, x, ld_in, wp, BF16, 12, IC, OC, o0, accumulate); break;                          \
+    }
+
+/* the row count as a constant in each instance, so the accumulators stay in registers */
 static void avx512_panel(float *out, const float *x, int ld_in, const float *wp, int nr, int IC, int OC, int o0,
                          int accumulate) {
-    switch (nr) {
-#define PANEL_CASE(n) \
-    case n: panel_kernel(out, x, ld_in, wp, n, IC, OC, o0, accumulate); break;
-        PANEL_CASE(1) PANEL_CASE(2) PANEL_CASE(3) PANEL_CASE(4) PANEL_CASE(5) PANEL_CASE(6)
-        PANEL_CASE(7) PANEL_CASE(8) PANEL_CASE(9) PANEL_CASE(10) PANEL_CASE(11) PANEL_CASE(12)
-#undef PANEL_CASE
-    }
+    PANEL_CASES(0)
+}
+
+static void avx512_panel_bf16(float *out, const float *x, int ld_in, const uint16_t *wp, int nr, int IC, int OC,
+                              int o0, int accumulate) {
+    PANEL_CASES(1)
 }
 
 /* ---------------------------------------------------------------- softmax pieces */
@@ -217,6 +242,7 @@ const model_kernels model_kernels_avx512 = {
     .name = "avx512",
     .panel_rows = 12,
     .panel = avx512_panel,
+    .panel_bf16 = avx512_panel_bf16,
     .attend_head = avx512_attend_head,
     .exp_shifted = avx512_exp_shifted,
     .max_value = avx512_max_value,

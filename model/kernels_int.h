@@ -21,6 +21,20 @@
  * zero-padded past O (sampler_pack_matrix), so a kernel streams each panel contiguously. */
 enum { KERNEL_PANEL = 32 };
 
+/* bfloat16: the top half of an IEEE float. Rounding to nearest, ties to even; NaN stays NaN. */
+static inline uint16_t model_bf16_round(float f) {
+    uint32_t u;
+    __builtin_memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static inline float model_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+
 typedef enum model_isa { MODEL_ISA_REF = 0, MODEL_ISA_AVX2 = 1, MODEL_ISA_AVX512 = 2 } model_isa;
 
 typedef struct model_kernels {
@@ -30,6 +44,10 @@ typedef struct model_kernels {
      * apart) @ panel (IC, 32); += when accumulate. 1 <= nr <= panel_rows. */
     void (*panel)(float *out, const float *x, int ld_in, const float *wp, int nr, int IC, int OC, int o0,
                   int accumulate);
+    /* The same with a bf16 panel (IC, 32): each weight widened to fp32 exactly, products and sums in fp32
+     * in the same order as panel, so the result equals panel on the bf16-rounded weights. */
+    void (*panel_bf16)(float *out, const float *x, int ld_in, const uint16_t *wp, int nr, int IC, int OC, int o0,
+                       int accumulate);
     /* One query head over its cache: q (D) already scaled by 1/sqrt(D); kT (D, T) keys transposed; v (n,
      * ldv) values by position; n positions; sc (T + 128) scratch; o (D) output. */
     void (*attend_head)(float *o, const float *q, const float *kT, const float *v, int ldv, int n, int D, int T,

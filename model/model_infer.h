@@ -192,6 +192,21 @@ typedef struct sampler sampler;
  * (it is not thread-safe); it uses OpenMP threads itself. KV cache: 2 * L * max_batch * max_seq_len *
  * n_kv_heads * head_dim floats. */
 int sampler_create(sampler **out, const struct model *m, int max_batch, rlhf_error *err);
+
+/* The precision of the sampler's copy of the weights. BF16: every matrix (embedding, projections, head)
+ * rounded to bfloat16 (nearest even), the norm weights, activations, KV cache and sums fp32; half the
+ * bytes per token that single-stream decoding is bound by. The log-probs a bf16 sampler returns are
+ * those of the bf16 weights, which are the weights it sampled with. */
+typedef enum sampler_weights { SAMPLER_WEIGHTS_FP32 = 0, SAMPLER_WEIGHTS_BF16 = 1 } sampler_weights;
+typedef struct sampler_options {
+    int max_batch;           /* slots, >= 1 */
+    sampler_weights weights; /* SAMPLER_WEIGHTS_FP32 by default */
+} sampler_options;
+int sampler_create_with(sampler **out, const struct model *m, const sampler_options *opt, rlhf_error *err);
+const char *sampler_weights_name(sampler_weights w); /* "fp32", "bf16" */
+/* "fp32" or "bf16"; anything else is an error naming `where` */
+int sampler_weights_parse(sampler_weights *w, const char *name, const char *where, rlhf_error *err);
+sampler_weights sampler_weights_of(const sampler *s);
 void sampler_destroy(sampler **s);
 /* The sampler runs on its own repacked copy of the model's matrices (a layout its matmul kernel
  * streams; it doubles the weight memory). sampler_run and sampler_step refresh the copy when a

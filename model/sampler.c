@@ -54,9 +54,10 @@ struct sampler {
     /* The model's matrices repacked for matmul_packed: an (O, I) matrix becomes ceil(O/32) panels of
      * (I, 32), so the kernel streams each panel contiguously. Per layer four matrices: q|k|v stacked
      * (one matmul instead of three), o, gate|up stacked, down. */
-    float *wpack;
-    size_t pk_off[4];     /* offsets of qkv, o, gate|up, down within a layer's block */
-    size_t pk_layer;      /* floats per layer */
+    void *wpack;          /* float, or uint16_t bf16 when bf16 (sampler_weights) */
+    int bf16;
+    size_t pk_off[4];     /* offsets (in elements) of qkv, o, gate|up, down within a layer's block */
+    size_t pk_layer;      /* elements per layer */
     size_t pk_head;       /* offset of the packed lm_head */
     uint64_t packed_fingerprint; /* weights_fingerprint() when wpack was filled */
     /* per-thread scratch, allocated up front so no kernel allocates: n_threads = omp_get_max_threads()
@@ -100,6 +101,34 @@ void sampler_pack_matrix(float *Wp, int I, const float *W0, int O0, const float 
 
 /* out (R, OC) = in (R, IC; rows ld_in apart) @ W^T with W packed by pack_matrix; out += ... when
  * accumulate. OpenMP over panels; within a panel, blocks of up to 12 rows share each weight load. */
+/* The same packing into bf16 (rounded to nearest even). */
+void sampler_pack_matrix_bf16(uint16_t *Wp, int I, const float *W0, int O0, const float *W1, int O1, const float *W2,
+                              int O2) {
+    int O = O0 + O1 + O2, np = (O + PANEL - 1) / PANEL;
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < np; p++)
+        for (int j = 0; j < PANEL; j++) {
+            int o = p * PANEL + j;
+            const float *row = o < O0 ? W0 + (size_t)o * I
+                               : o < O0 + O1 ? W1 + (size_t)(o - O0) * I
+                               : o < O ? W2 + (size_t)(o - O0 - O1) * I
+                                       : NULL;
+            for (int i = 0; i < I; i++) Wp[((size_t)p * I + i) * PANEL + j] = row ? model_bf16_round(row[i]) : 0;
+        }
+}
+
+void sampler_matmul_packed_bf16(const model_kernels *k, float *out, const float *in, int ld_in, const uint16_t *Wp,
+                                int R, int IC, int OC, int accumulate) {
+    int np = (OC + PANEL - 1) / PANEL, rows = k->panel_rows;
+#pragma omp parallel for schedule(static) if (np > 1 && (size_t)R * IC * OC > 32768)
+    for (int p = 0; p < np; p++) {
+        const uint16_t *wp = Wp + (size_t)p * IC * PANEL;
+        for (int r0 = 0; r0 < R; r0 += rows)
+            k->panel_bf16(out + (size_t)r0 * OC, in + (size_t)r0 * ld_in, ld_in, wp, R - r0 < rows ? R - r0 : rows, IC,
+                          OC, p * PANEL, accumulate);
+    }
+}
+
 void sampler_matmul_packed(const model_kernels *k, float *out, const float *in, int ld_in, const float *Wp, int R,
                            int IC, int OC, int accumulate) {
     int np = (OC + PANEL - 1) / PANEL, rows = k->panel_rows;
@@ -131,20 +160,29 @@ static uint64_t weights_fingerprint(const model *m) {
     return h;
 }
 
+/* Packs (O0 + O1 + O2, I) stacked at element offset `off` of the sampler's packed copy, in its precision. */
+static void pack_into(sampler *s, size_t off, int I, const float *W0, int O0, const float *W1, int O1,
+                      const float *W2, int O2) {
+    if (s->bf16)
+        sampler_pack_matrix_bf16((uint16_t *)s->wpack + off, I, W0, O0, W1, O1, W2, O2);
+    else
+        sampler_pack_matrix((float *)s->wpack + off, I, W0, O0, W1, O1, W2, O2);
+}
+
 void sampler_sync_weights(sampler *s) {
     const model *m = s->m;
     const model_config *c = &m->cfg;
     const model_params *p = &m->p;
     int C = c->dim, D = model_head_dim(c), HD = c->n_heads * D, KD = c->n_kv_heads * D, F = c->ffn_dim;
     for (int l = 0; l < c->n_layers; l++) {
-        float *base = s->wpack + (size_t)l * s->pk_layer;
-        sampler_pack_matrix(base + s->pk_off[0], C, p->wq + (size_t)l * HD * C, HD, p->wk + (size_t)l * KD * C, KD,
-                    p->wv + (size_t)l * KD * C, KD);
-        sampler_pack_matrix(base + s->pk_off[1], HD, p->wo + (size_t)l * C * HD, C, NULL, 0, NULL, 0);
-        sampler_pack_matrix(base + s->pk_off[2], C, p->w_gate + (size_t)l * F * C, F, p->w_up + (size_t)l * F * C, F, NULL, 0);
-        sampler_pack_matrix(base + s->pk_off[3], F, p->w_down + (size_t)l * C * F, C, NULL, 0, NULL, 0);
+        size_t base = (size_t)l * s->pk_layer;
+        pack_into(s, base + s->pk_off[0], C, p->wq + (size_t)l * HD * C, HD, p->wk + (size_t)l * KD * C, KD,
+                  p->wv + (size_t)l * KD * C, KD);
+        pack_into(s, base + s->pk_off[1], HD, p->wo + (size_t)l * C * HD, C, NULL, 0, NULL, 0);
+        pack_into(s, base + s->pk_off[2], C, p->w_gate + (size_t)l * F * C, F, p->w_up + (size_t)l * F * C, F, NULL, 0);
+        pack_into(s, base + s->pk_off[3], F, p->w_down + (size_t)l * C * F, C, NULL, 0, NULL, 0);
     }
-    sampler_pack_matrix(s->wpack + s->pk_head, C, p->lm_head, c->vocab_size, NULL, 0, NULL, 0);
+    pack_into(s, s->pk_head, C, p->lm_head, c->vocab_size, NULL, 0, NULL, 0);
     s->packed_fingerprint = weights_fingerprint(m);
 }
 
@@ -218,8 +256,27 @@ int sampler_max_rows(const sampler *s) { return s->max_rows; }
 
 const char *sampler_kernels_name(const sampler *s) { return s->k->name; }
 
+sampler_weights sampler_weights_of(const sampler *s) { return s->bf16 ? SAMPLER_WEIGHTS_BF16 : SAMPLER_WEIGHTS_FP32; }
+
+const char *sampler_weights_name(sampler_weights w) { return w == SAMPLER_WEIGHTS_BF16 ? "bf16" : "fp32"; }
+
+int sampler_weights_parse(sampler_weights *w, const char *name, const char *where, rlhf_error *err) {
+    if (!strcmp(name, "fp32")) *w = SAMPLER_WEIGHTS_FP32;
+    else if (!strcmp(name, "bf16")) *w = SAMPLER_WEIGHTS_BF16;
+    else return rlhf_error_set(err, RLHF_EINVAL, where, "weights must be \"fp32\" or \"bf16\", got \"%s\"", name);
+    return 0;
+}
+
 int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err) {
+    sampler_options o = {.max_batch = max_batch, .weights = SAMPLER_WEIGHTS_FP32};
+    return sampler_create_with(out, m, &o, err);
+}
+
+int sampler_create_with(sampler **out, const model *m, const sampler_options *opt, rlhf_error *err) {
     *out = NULL;
+    int max_batch = opt->max_batch;
+    if (opt->weights != SAMPLER_WEIGHTS_FP32 && opt->weights != SAMPLER_WEIGHTS_BF16)
+        return RLHF_FAIL(err, RLHF_EINVAL, "sampler weights: unknown precision %d", (int)opt->weights);
     if (max_batch < 1 || max_batch > 65536)
         return RLHF_FAIL(err, RLHF_EINVAL, "sampler max_batch must be in 1..65536, got %d", max_batch);
     const model_config *c = &m->cfg;
@@ -230,6 +287,7 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     s->m = m;
     s->k = kern;
+    s->bf16 = opt->weights == SAMPLER_WEIGHTS_BF16;
     s->max_batch = max_batch;
     s->T = c->max_seq_len;
     s->max_rows = max_batch + (c->max_seq_len < 512 ? c->max_seq_len : 512);
@@ -269,7 +327,8 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
         }
         s->pk_layer = off;
         s->pk_head = off * (size_t)c->n_layers;
-        s->wpack = big_alloc((s->pk_head + sampler_packed_size(c->vocab_size, c->dim)) * sizeof(float));
+        s->wpack = big_alloc((s->pk_head + sampler_packed_size(c->vocab_size, c->dim)) *
+                             (s->bf16 ? sizeof(uint16_t) : sizeof(float)));
     }
     if (!s->wpack || !s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->qkv ||
         !s->att || !s->gu || !s->xl || !s->logits || !s->row_slot || !s->row_pos || !s->logit_rows ||
@@ -320,6 +379,15 @@ void sampler_destroy(sampler **ps) {
 
 /* ---------------------------------------------------------------- forward step */
 
+/* out (R, OC) (+)= in (R, IC) @ W^T for the packed matrix at element offset off, in the sampler's precision */
+static void packed_matmul(sampler *s, float *out, const float *in, int ld_in, size_t off, int R, int IC, int OC,
+                          int accumulate) {
+    if (s->bf16)
+        sampler_matmul_packed_bf16(s->k, out, in, ld_in, (const uint16_t *)s->wpack + off, R, IC, OC, accumulate);
+    else
+        sampler_matmul_packed(s->k, out, in, ld_in, (const float *)s->wpack + off, R, IC, OC, accumulate);
+}
+
 /* Unchecked step: see sampler_step. */
 static void forward_rows(sampler *s, int R, const int *slot, const int *pos, const int32_t *tok, int n_logits,
                          const int *logit_rows, float *logits) {
@@ -330,11 +398,15 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
     int HD = H * D, KD = KVH * D, QKV = HD + 2 * KD;
     float *x = s->x;   // (R, C)
     float *xn = s->xn; // (R, C)
-    for (int r = 0; r < R; r++) memcpy(x + (size_t)r * C, p->embed + (size_t)tok[r] * C, (size_t)C * sizeof(float));
+    for (int r = 0; r < R; r++) {
+        memcpy(x + (size_t)r * C, p->embed + (size_t)tok[r] * C, (size_t)C * sizeof(float));
+        if (s->bf16) /* every matrix of a bf16 sampler is bf16, the embedding too */
+            for (int i = 0; i < C; i++) x[(size_t)r * C + i] = model_bf16_to_f32(model_bf16_round(x[(size_t)r * C + i]));
+    }
     for (int l = 0; l < c->n_layers; l++) {
-        const float *pk = s->wpack + (size_t)l * s->pk_layer; /* this layer's packed matrices */
+        size_t pk = (size_t)l * s->pk_layer; /* this layer's packed matrices */
         smp_rmsnorm_forward(s->k, xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
-        sampler_matmul_packed(s->k, s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
+        packed_matmul(s, s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
         float *q = s->qkv, *k = s->qkv + HD, *v = s->qkv + HD + KD;     // rows QKV apart
         smp_rope_forward(s->k, q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
         smp_rope_forward(s->k, k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
@@ -349,16 +421,16 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
         }
         smp_attention_forward(s->k, s->att, q, QKV, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride, s->att_scratch, s->T,
                           region_threads(s));
-        sampler_matmul_packed(s->k, x, s->att, HD, pk + s->pk_off[1], R, HD, C, 1); // x += att @ wo^T
+        packed_matmul(s, x, s->att, HD, pk + s->pk_off[1], R, HD, C, 1); // x += att @ wo^T
         smp_rmsnorm_forward(s->k, xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
-        sampler_matmul_packed(s->k, s->gu, xn, C, pk + s->pk_off[2], R, C, 2 * F, 0); // (R, F | F)
+        packed_matmul(s, s->gu, xn, C, pk + s->pk_off[2], R, C, 2 * F, 0); // (R, F | F)
         smp_swiglu_forward(s->k, s->gu, R, F);
-        sampler_matmul_packed(s->k, x, s->gu, 2 * F, pk + s->pk_off[3], R, F, C, 1); // x += h @ w_down^T
+        packed_matmul(s, x, s->gu, 2 * F, pk + s->pk_off[3], R, F, C, 1); // x += h @ w_down^T
     }
     /* only the rows whose next-token distribution is wanted go through the final norm and lm_head */
     for (int i = 0; i < n_logits; i++)
         smp_rmsnorm_forward(s->k, s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
-    if (n_logits > 0) sampler_matmul_packed(s->k, logits, s->xl, C, s->wpack + s->pk_head, n_logits, C, V, 0); // (n_logits, V)
+    if (n_logits > 0) packed_matmul(s, logits, s->xl, C, s->pk_head, n_logits, C, V, 0); // (n_logits, V)
 }
 
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,

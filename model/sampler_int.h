@@ -11,6 +11,10 @@ size_t sampler_packed_size(int O, int I);
 /* Wp <- rows of W0 (O0, I), W1 (O1, I), W2 (O2, I) stacked (W1/W2 may be NULL with 0 rows), packed. */
 void sampler_pack_matrix(float *Wp, int I, const float *W0, int O0, const float *W1, int O1, const float *W2,
                          int O2);
+void sampler_pack_matrix_bf16(uint16_t *Wp, int I, const float *W0, int O0, const float *W1, int O1, const float *W2,
+                              int O2);
+void sampler_matmul_packed_bf16(const model_kernels *k, float *out, const float *in, int ld_in, const uint16_t *Wp,
+                                int R, int IC, int OC, int accumulate);
 /* out (R, OC) (+)= in (R, IC; rows ld_in apart) @ W^T, W packed; k's panel kernel, OpenMP over panels. */
 void sampler_matmul_packed(const model_kernels *k, float *out, const float *in, int ld_in, const float *Wp, int R,
                            int IC, int OC, int accumulate);

@@ -73,6 +73,53 @@ static void test_panel(void) {
     free(want);
 }
 
+/* The bf16 panel: weights widened exactly and summed in the fp32 kernel's order, so it equals the fp32
+ * panel on the bf16-rounded weights bit for bit, every row count, accumulate or not. */
+static void test_panel_bf16(void) {
+    const model_kernels *k = under_test();
+    int O = 45, I = 37, ld = 41, rows = k->panel_rows;
+    rlhf_rng g;
+    rlhf_rng_seed(&g, 15);
+    float *W = malloc((size_t)O * I * sizeof(float)), *x = malloc((size_t)rows * ld * sizeof(float));
+    fill_normal(W, (size_t)O * I, &g, 1.0f);
+    fill_normal(x, (size_t)rows * ld, &g, 1.0f);
+    float *Wr = malloc((size_t)O * I * sizeof(float)); /* W rounded to bf16, as floats */
+    int changed = 0;
+    for (int i = 0; i < O * I; i++) {
+        Wr[i] = model_bf16_to_f32(model_bf16_round(W[i]));
+        changed += Wr[i] != W[i];
+    }
+    CU_ASSERT(changed > O * I / 2); /* the rounding is real: the test could tell fp32 from bf16 */
+    float *Wp = aligned_alloc(64, (sampler_packed_size(O, I) * sizeof(float) + 63) & ~(size_t)63);
+    uint16_t *Wb = aligned_alloc(64, (sampler_packed_size(O, I) * sizeof(uint16_t) + 63) & ~(size_t)63);
+    sampler_pack_matrix(Wp, I, Wr, O, NULL, 0, NULL, 0);
+    sampler_pack_matrix_bf16(Wb, I, W, O, NULL, 0, NULL, 0);
+    float *y = malloc((size_t)rows * O * sizeof(float)), *want = malloc((size_t)rows * O * sizeof(float));
+    for (int nr = 1; nr <= rows; nr++)
+        for (int acc = 0; acc < 2; acc++) {
+            for (int i = 0; i < nr * O; i++) y[i] = want[i] = acc ? 0.5f * (float)(i % 5) : NAN;
+            for (int p = 0; p < 2; p++) {
+                k->panel_bf16(y, x, ld, Wb + (size_t)p * I * KERNEL_PANEL, nr, I, O, p * KERNEL_PANEL, acc);
+                k->panel(want, x, ld, Wp + (size_t)p * I * KERNEL_PANEL, nr, I, O, p * KERNEL_PANEL, acc);
+            }
+            CU_ASSERT_EQUAL(memcmp(y, want, (size_t)nr * O * sizeof(float)), 0);
+        }
+    /* round to nearest even, and NaN stays NaN */
+    CU_ASSERT_EQUAL(model_bf16_round(1.0f), 0x3f80);
+    CU_ASSERT_EQUAL(model_bf16_round(1.0f + 0x1p-8f), 0x3f80);          /* tie: to even */
+    CU_ASSERT_EQUAL(model_bf16_round(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81); /* above the tie: up */
+    CU_ASSERT_EQUAL(model_bf16_round(1.0f + 3 * 0x1p-8f), 0x3f82);      /* tie from odd: to even */
+    CU_ASSERT(isnan(model_bf16_to_f32(model_bf16_round(NAN))));
+    CU_ASSERT(isinf(model_bf16_to_f32(model_bf16_round(INFINITY))));
+    free(W);
+    free(Wr);
+    free(x);
+    free(Wp);
+    free(Wb);
+    free(y);
+    free(want);
+}
+
 /* Head dims with and without a partial vector and above one block of dimensions; cache lengths
  * around the score block sizes (8, 16, 64, 128 positions), up to the whole cache (n = T, not a multiple
  * of 8: the keys buffer ends exactly there, so an unmasked read past it is an overflow that the
@@ -232,10 +279,12 @@ static void test_isa_choice(void) {
 void infer_register_kernel_tests(CU_pSuite s, int vector_table) {
     if (vector_table) {
         CU_add_test(s, "panel matmul equals a double loop (every row count, partial panel, accumulate)", test_panel);
+        CU_add_test(s, "bf16 panel equals the fp32 panel on the rounded weights, bit for bit", test_panel_bf16);
         CU_add_test(s, "attention over the cache equals the reference kernel", test_attend_head);
         CU_add_test(s, "max, exp and sums equal the reference kernels", test_softmax_pieces);
         CU_add_test(s, "rmsnorm, rope, swiglu equal the reference kernels", test_elementwise);
     } else {
+        CU_add_test(s, "bf16 panel equals the fp32 panel on the rounded weights (reference)", test_panel_bf16);
         CU_add_test(s, "RLHF_ISA chooses a table; bad names and missing CPU features are errors", test_isa_choice);
     }
 }

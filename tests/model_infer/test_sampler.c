@@ -173,6 +173,68 @@ static void test_kv_cache_matches_reference(void) {
     check_kv_cache(&c, 150);
 }
 
+/* A bf16 sampler computes the model whose matrices are rounded to bf16: against the reference forward of
+ * that rounded copy (prefill then decode, GQA untied and MHA tied), and measurably not the fp32 model. */
+static void check_bf16(const model_config *cfg, int T) {
+    model_config c = *cfg;
+    model *m = infer_test_model(&c, 23), *mr = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_create(&mr, &c, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(model_copy_weights(mr, m, &err), 0);
+    for (int t = 0; t < mr->n_tensors; t++) {
+        const model_tensor_info *ti = &mr->tensors[t];
+        if (ti->cols == 1) continue; /* norm weights stay fp32 */
+        for (size_t i = 0; i < ti->numel; i++) {
+            float *w = &mr->params_mem[ti->offset + i];
+            *w = model_bf16_to_f32(model_bf16_round(*w));
+        }
+    }
+    int V = c.vocab_size;
+    int32_t a[64];
+    random_tokens(a, T, V, 3);
+    float *ref = reference_logits(mr, a, T), *ref32 = reference_logits(m, a, T);
+    sampler *s = NULL;
+    sampler_options o = {.max_batch = 2, .weights = SAMPLER_WEIGHTS_BF16};
+    CU_ASSERT_EQUAL_FATAL(sampler_create_with(&s, m, &o, &err), 0);
+    CU_ASSERT_EQUAL(sampler_weights_of(s), SAMPLER_WEIGHTS_BF16);
+    float *lg = malloc((size_t)T * V * sizeof(float));
+    int slot[64], pos[64], rows[64];
+    for (int i = 0; i < 8; i++) {
+        slot[i] = 1;
+        pos[i] = i;
+        rows[i] = i;
+    }
+    CU_ASSERT_EQUAL_FATAL(sampler_step(s, 8, slot, pos, a, 8, rows, lg, &err), 0);
+    double worst = rel_diff(lg, ref, (size_t)8 * V), gap = rel_diff(lg, ref32, (size_t)8 * V);
+    for (int t = 8; t < T; t++) {
+        int sl = 1, p = t, r0 = 0;
+        CU_ASSERT_EQUAL_FATAL(sampler_step(s, 1, &sl, &p, &a[t], 1, &r0, lg, &err), 0);
+        worst = fmax(worst, rel_diff(lg, ref + (size_t)t * V, (size_t)V));
+    }
+    CU_ASSERT(worst < 1e-4);
+    CU_ASSERT(gap > 1e-3); /* the fp32 model is distinguishable at this tolerance */
+    if (!(worst < 1e-4) || !(gap > 1e-3)) printf("\n  bf16 vs rounded reference %g, vs fp32 %g\n", worst, gap);
+    free(lg);
+    free(ref);
+    free(ref32);
+    sampler_destroy(&s);
+    model_destroy(&m);
+    model_destroy(&mr);
+}
+
+static void test_bf16_matches_rounded_reference(void) {
+    model_config c = infer_test_config(0, 2);
+    check_bf16(&c, 30);
+    c = infer_test_config(1, 4);
+    check_bf16(&c, 30);
+    rlhf_error err = {0};
+    sampler_weights w;
+    CU_ASSERT_EQUAL(sampler_weights_parse(&w, "bf16", "x", &err), 0);
+    CU_ASSERT_EQUAL(w, SAMPLER_WEIGHTS_BF16);
+    CU_ASSERT_EQUAL(sampler_weights_parse(&w, "fp16", "generators.weights", &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "generators.weights"));
+}
+
 /* Three independent implementations agree: the reference forward, the sampler's KV-cache path and
  * model-train's full (B, T) forward with its tape. */
 /* Changing the model's weights (as a training step or checkpoint load does) is picked up by the
@@ -673,6 +735,7 @@ void infer_register_sampler(void) {
         s = CU_add_suite(title, init[isa], isa_clear);
         CU_add_test(s, "packed matmul equals a plain loop; rows independent of the batch", test_packed_matmul);
         CU_add_test(s, "incremental and mixed-batch decoding equal the reference forward", test_kv_cache_matches_reference);
+        CU_add_test(s, "bf16 weights: the reference forward of the bf16-rounded model", test_bf16_matches_rounded_reference);
         CU_add_test(s, "batched mixed-length sampling equals per-sequence", test_batched_equals_single);
         CU_add_test(s, "same seed same tokens", test_same_seed_same_tokens);
         CU_add_test(s, "log-probs, top-k, top-p against the reference", test_logprobs_match_reference);
