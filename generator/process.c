@@ -40,15 +40,17 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     if (cfg->mode == RUN_MODE_SYNC) per_batch = (cfg->prompts_per_step + cfg->gen_count - 1) / cfg->gen_count;
     int slots = per_batch * cfg->k;
     if (slots > 256) slots = 256;
-    if ((rc = sampler_create(&smp, m, slots, err))) goto out;
+    sampler_options so = {.max_batch = slots, .weights = cfg->gen_weights};
+    if ((rc = sampler_create_with(&smp, m, &so, err))) goto out;
 
     /* the pid makes ids unique across restarts, so (generator_id, seq) names one group for good */
     char peer[64];
     snprintf(peer, sizeof peer, "generator-%d.%d", id, (int)getpid());
     if ((rc = broker_client_connect(&bc, bcfg->endpoint, WIRE_ROLE_GENERATOR, peer, 60000, err))) goto out;
     broker_client_wake_on_weights(bc, 1); /* take new weights while a prompt request waits (max_generation_lag) */
-    fprintf(stderr, "generator %s: connected to %s, %s mode, %d prompt(s) x k=%d per batch\n", peer, bcfg->endpoint,
-            cfg->mode == RUN_MODE_SYNC ? "sync" : "async", per_batch, cfg->k);
+    fprintf(stderr, "generator %s: connected to %s, %s mode, %d prompt(s) x k=%d per batch, %s weights, %s kernels\n",
+            peer, bcfg->endpoint, cfg->mode == RUN_MODE_SYNC ? "sync" : "async", per_batch, cfg->k,
+            sampler_weights_name(cfg->gen_weights), sampler_kernels_name(smp));
     /* a restarted generator joins at the newest version: the broker sends it right after WELCOME */
     const wire_welcome *wel = broker_client_welcome(bc);
     if (wel && wel->has_weights) {

@@ -60,6 +60,7 @@ static const key_spec SPEC[] = {
     {"generators.max_tokens", K_INT, 1, 1 << 20, "32"},
     {"generators.batch", K_INT, 1, 65536, "4"},
     {"generators.threads", K_INT, 0, 256, "1"},
+    {"generators.weights", K_STR, 0, 0, "\"fp32\""},
     {"updaters", K_OBJ, 0, 0, "{}"},
     {"updaters.count", K_INT, 1, 256, "1"},
     {"updaters.reward_threads", K_INT, 1, 256, "1"},
@@ -292,6 +293,8 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->max_tokens = geti(doc, "generators.max_tokens");
     cfg->gen_batch = geti(doc, "generators.batch");
     cfg->gen_threads = geti(doc, "generators.threads");
+    snprintf(w, sizeof w, "%s: generators.weights", where);
+    if ((rc = sampler_weights_parse(&cfg->gen_weights, gets(doc, "generators.weights"), w, err))) goto fail;
 
     cfg->upd_count = geti(doc, "updaters.count");
     if (cfg->upd_count != 1)

@@ -78,6 +78,7 @@ typedef struct run_config {
     int max_tokens;            /* generators.max_tokens */
     int gen_batch;             /* generators.batch: prompts per sampling batch */
     int gen_threads;           /* generators.threads: OpenMP threads per generator */
+    sampler_weights gen_weights; /* generators.weights: "fp32" | "bf16" copy of the policy to sample with */
 
     /* "updaters" */
     int upd_count;             /* updaters.count (only 1 supported: no gradient all-reduce yet) */

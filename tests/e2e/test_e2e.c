@@ -367,7 +367,8 @@ static void test_resume_after_sigint(void) {
     snprintf(run, sizeof run, "%s/resume", g_dir);
     snprintf(log, sizeof log, "%s/resume.out", g_dir);
     write_config(cfg, "resume", 14, NULL);
-    const char *args[] = {"run", cfg, "--quiet", NULL};
+    /* this run's generators sample with bf16 weights (the updater trains fp32) */
+    const char *args[] = {"run", cfg, "--quiet", "--set", "generators.weights=\"bf16\"", NULL};
     pid_t launcher = start(log, args);
     REQUIRE(wait_step(run, 4, launcher, 60), launcher);
     kill(launcher, SIGINT);
@@ -407,6 +408,8 @@ static void test_resume_after_sigint(void) {
     char blog_path[512];
     snprintf(blog_path, sizeof blog_path, "%s/logs/broker.log", run);
     CU_ASSERT(file_contains(blog_path, "selector state restored from"));
+    snprintf(blog_path, sizeof blog_path, "%s/logs/generator-0.log", run);
+    CU_ASSERT(file_contains(blog_path, "bf16 weights")); /* kept across the resume (config.json) */
     CU_ASSERT(metric_at(run, stopped + 1, "prompts/groups") > updates_before);
     CU_ASSERT(selector_state_int(run, "served") > served_before);
     CU_ASSERT(selector_state_int(run, "updates") >= updates_before + 8L * (14 - stopped));
@@ -467,6 +470,10 @@ static void test_bad_input(void) {
     const char *a3[] = {"run", cfg, "--set", "rl.k=\"many\"", NULL};
     CU_ASSERT_NOT_EQUAL(run_cmd(log, a3, 30), 0);
     CU_ASSERT(file_contains(log, "rl.k: must be an integer"));
+    const char *a3c[] = {"run", cfg, "--set", "generators.weights=\"fp16\"", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, a3c, 30), 0);
+    CU_ASSERT(file_contains(log, "bad.json: generators.weights"));
+    CU_ASSERT(file_contains(log, "\"fp16\""));
     /* a reward source the pipeline does not know, named by file and JSON path */
     const char *a3b[] = {"run", cfg, "--set", "rewards=[{\"type\":\"no_such_reward\"}]", NULL};
     CU_ASSERT_NOT_EQUAL(run_cmd(log, a3b, 30), 0);
