@@ -219,6 +219,26 @@ void sampler_sync_weights(sampler *s);
 int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, int n, sample_result *results,
                 rlhf_error *err);
 
+/* Streaming generation, for callers whose requests arrive while others are decoding (a generator
+ * refilling finished slots from its prompt queue). Before every forward step the sampler calls
+ * before_step (if set; it may replace the model's weights and then returns 1, and the sampler repacks
+ * them; negative stops the run with that error), then next() for each free slot until next() returns 0
+ * (nothing waiting now: asked again before the next step; when nothing is in flight either, the run
+ * ends and sampler_run_stream returns 0) or negative (an error, err filled: the run stops). Requests are
+ * validated as they are admitted (an invalid one stops the run with an error naming its admission
+ * index). When a request finishes, done() gets its admission index (0, 1, ... in next() order) and its
+ * result, which is then the callee's to free (sample_result_free); a negative return stops the run. A
+ * request's arrays (prompt, stop ids and strings) must stay valid until its done(). Everything
+ * sampler_run promises holds per request: its tokens depend on its seed and the weights it was
+ * sampled with only. On an error, sequences still in flight are freed without a done(). */
+typedef struct sampler_source {
+    void *ctx;
+    int (*next)(void *ctx, sample_request *req, rlhf_error *err);
+    int (*done)(void *ctx, long index, sample_result *res, rlhf_error *err);
+    int (*before_step)(void *ctx, rlhf_error *err);
+} sampler_source;
+int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *src, rlhf_error *err);
+
 /* Low-level step (used by tests, scoring and custom decoding loops): feeds n_rows tokens, row r being
  * token tok[r] at position pos[r] of the sequence in cache slot slot[r]; rows of one slot must be
  * consecutive positions in increasing order and the slot's cache must already hold positions

@@ -657,10 +657,11 @@ static int32_t choose_token(const model_kernels *k, const float *logits, int V, 
 /* ---------------------------------------------------------------- sampler_run */
 
 typedef struct slot_state {
-    int req;        /* request index, -1 when free */
+    long req;       /* admission index of the request in this slot, -1 when free */
+    sample_request rq;  /* the request (its arrays are the caller's until done) */
+    sample_result res;  /* its result so far */
     int fed;        /* prompt tokens already in the cache */
     int32_t last;   /* last sampled token (fed at the next decode step) */
-    int cap;        /* capacity of the result arrays */
     size_t text_cap;
     rlhf_rng rng;
 } slot_state;
@@ -779,19 +780,26 @@ static int accept_token(sampler *s, const tokenizer *tok, const sample_request *
     return 0;
 }
 
-int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, int n, sample_result *results,
-                rlhf_error *err) {
-    int rc;
-    if (n < 0) return RLHF_FAIL(err, RLHF_EINVAL, "negative request count");
+/* Starts result res for request rq: arrays sized for the most tokens it can produce. */
+static int result_start(sampler *s, const tokenizer *tok, const sample_request *rq, sample_result *res,
+                        size_t *text_cap) {
+    memset(res, 0, sizeof *res);
+    res->stop_string = -1;
+    *text_cap = 64;
+    if (tok && !(res->text = calloc(1, 64))) return RLHF_ENOMEM;
+    int cap = rq->params.max_new_tokens;
+    if (cap > s->T - rq->prompt_len) cap = s->T - rq->prompt_len;
+    if (cap < 1) cap = 1;
+    res->tokens = malloc((size_t)cap * sizeof(int32_t));
+    res->logprobs = malloc((size_t)cap * sizeof(float));
+    res->sampling_logprobs = malloc((size_t)cap * sizeof(float));
+    return res->tokens && res->logprobs && res->sampling_logprobs ? 0 : RLHF_ENOMEM;
+}
+
+int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *src, rlhf_error *err) {
     if (tok && tok->vocab_size != s->m->cfg.vocab_size)
         return RLHF_FAIL(err, RLHF_EINVAL, "tokenizer vocab_size %d differs from the model's %d", tok->vocab_size,
                          s->m->cfg.vocab_size);
-    for (int i = 0; i < n; i++)
-        if ((rc = validate_request(s, tok, &reqs[i], i, err))) return rc;
-    for (int i = 0; i < n; i++) {
-        memset(&results[i], 0, sizeof results[i]);
-        results[i].stop_string = -1;
-    }
     int V = s->m->cfg.vocab_size, B = s->max_batch;
     slot_state *st = calloc((size_t)B, sizeof *st);
     int *logit_slot = malloc((size_t)B * sizeof(int));
@@ -802,55 +810,64 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
     }
     for (int b = 0; b < B; b++) st[b].req = -1;
     ensure_packed(s);
-    int next = 0, active = 0, oom = 0;
-    rc = 0;
-    while (!rc && (next < n || active > 0)) {
-        /* admit waiting requests into free slots */
-        for (int b = 0; b < B && next < n; b++) {
+    long admitted = 0;
+    int active = 0, source_empty = 0, rc = 0;
+    for (;;) {
+        if (src->before_step) {
+            int r = src->before_step(src->ctx, err);
+            if (r < 0) {
+                rc = r;
+                break;
+            }
+            if (r > 0) ensure_packed(s); /* the weights may have changed */
+        }
+        /* admit waiting requests into free slots; asked again before every step while any is in flight */
+        source_empty = 0;
+        for (int b = 0; b < B && !source_empty && !rc; b++) {
             if (st[b].req >= 0) continue;
-            while (next < n) {
-                int i = next++;
-                sample_result *res = &results[i];
-                const sample_request *rq = &reqs[i];
-                if (tok && !(res->text = calloc(1, 64))) oom = 1;
-                st[b].text_cap = 64;
-                if (rq->params.max_new_tokens == 0) {
-                    res->finish = SAMPLE_FINISH_LENGTH;
+            while (!rc) {
+                sample_request rq;
+                int got = src->next(src->ctx, &rq, err);
+                if (got <= 0) {
+                    if (got < 0) rc = got;
+                    source_empty = 1;
+                    break;
+                }
+                if ((rc = validate_request(s, tok, &rq, (int)admitted, err))) break;
+                long index = admitted++;
+                st[b].rq = rq;
+                if (result_start(s, tok, &rq, &st[b].res, &st[b].text_cap)) {
+                    sample_result_free(&st[b].res);
+                    rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampling results");
+                    break;
+                }
+                if (rq.params.max_new_tokens == 0) { /* nothing to generate: finished at once */
+                    st[b].res.finish = SAMPLE_FINISH_LENGTH;
+                    rc = src->done(src->ctx, index, &st[b].res, err);
+                    memset(&st[b].res, 0, sizeof st[b].res);
                     continue;
                 }
-                int cap = rq->params.max_new_tokens;
-                if (cap > s->T - rq->prompt_len) cap = s->T - rq->prompt_len;
-                res->tokens = malloc((size_t)cap * sizeof(int32_t));
-                res->logprobs = malloc((size_t)cap * sizeof(float));
-                res->sampling_logprobs = malloc((size_t)cap * sizeof(float));
-                if (!res->tokens || !res->logprobs || !res->sampling_logprobs) oom = 1;
-                st[b].req = i;
+                st[b].req = index;
                 st[b].fed = 0;
-                st[b].cap = cap;
-                rlhf_rng_seed(&st[b].rng, rq->params.seed);
+                rlhf_rng_seed(&st[b].rng, rq.params.seed);
                 active++;
                 break;
             }
         }
-        if (oom) {
-            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampling results");
-            break;
-        }
-        if (active == 0) break;
+        if (rc || active == 0) break;
         /* rows: one decode row per generating slot, then prompt rows within the remaining budget */
         int R = 0, NL = 0;
         for (int b = 0; b < B; b++) {
-            if (st[b].req < 0 || st[b].fed < reqs[st[b].req].prompt_len) continue;
-            const sample_request *rq = &reqs[st[b].req];
+            if (st[b].req < 0 || st[b].fed < st[b].rq.prompt_len) continue;
             s->row_slot[R] = b;
-            s->row_pos[R] = rq->prompt_len + results[st[b].req].n_tokens - 1;
+            s->row_pos[R] = st[b].rq.prompt_len + st[b].res.n_tokens - 1;
             s->row_tok[R] = st[b].last;
             logit_slot[NL] = b;
             s->logit_rows[NL++] = R++;
         }
         for (int b = 0; b < B && R < s->max_rows; b++) {
             if (st[b].req < 0) continue;
-            const sample_request *rq = &reqs[st[b].req];
+            const sample_request *rq = &st[b].rq;
             if (st[b].fed >= rq->prompt_len) continue;
             int chunk = rq->prompt_len - st[b].fed;
             if (chunk > s->max_rows - R) chunk = s->max_rows - R;
@@ -877,21 +894,70 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
 #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < NL; i++) {
                 slot_state *ss = &st[logit_slot[i]];
-                ys[i] = choose_token(s->k, s->logits + (size_t)i * V, V, &reqs[ss->req].params, &ss->rng, scratch, e,
+                ys[i] = choose_token(s->k, s->logits + (size_t)i * V, V, &ss->rq.params, &ss->rng, scratch, e,
                                      &lps[2 * i], &lps[2 * i + 1]);
             }
         }
+        int oom = 0;
         for (int i = 0; i < NL && !rc; i++) {
             slot_state *ss = &st[logit_slot[i]];
-            if (accept_token(s, tok, &reqs[ss->req], &results[ss->req], ss, ys[i], lps[2 * i], lps[2 * i + 1], &oom)) {
+            if (accept_token(s, tok, &ss->rq, &ss->res, ss, ys[i], lps[2 * i], lps[2 * i + 1], &oom)) {
+                if (oom) {
+                    rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampled text");
+                    break;
+                }
+                long index = ss->req;
                 ss->req = -1;
                 active--;
+                rc = src->done(src->ctx, index, &ss->res, err); /* the result is the callee's now */
+                memset(&ss->res, 0, sizeof ss->res);
             }
-            if (oom) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampled text");
         }
     }
+    for (int b = 0; b < B; b++) sample_result_free(&st[b].res); /* sequences cut short by an error */
     free(st);
     free(logit_slot);
+    return rc;
+}
+
+/* sampler_run as a stream over an array: requests in order, results into their places */
+typedef struct array_source {
+    const sample_request *reqs;
+    int n, next;
+    sample_result *results;
+} array_source;
+
+static int array_next(void *ctx, sample_request *req, rlhf_error *err) {
+    (void)err;
+    array_source *a = ctx;
+    if (a->next >= a->n) return 0;
+    *req = a->reqs[a->next++];
+    return 1;
+}
+
+static int array_done(void *ctx, long index, sample_result *res, rlhf_error *err) {
+    (void)err;
+    array_source *a = ctx;
+    a->results[index] = *res;
+    return 0;
+}
+
+int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, int n, sample_result *results,
+                rlhf_error *err) {
+    int rc;
+    if (n < 0) return RLHF_FAIL(err, RLHF_EINVAL, "negative request count");
+    if (tok && tok->vocab_size != s->m->cfg.vocab_size)
+        return RLHF_FAIL(err, RLHF_EINVAL, "tokenizer vocab_size %d differs from the model's %d", tok->vocab_size,
+                         s->m->cfg.vocab_size);
+    for (int i = 0; i < n; i++)
+        if ((rc = validate_request(s, tok, &reqs[i], i, err))) return rc;
+    for (int i = 0; i < n; i++) {
+        memset(&results[i], 0, sizeof results[i]);
+        results[i].stop_string = -1;
+    }
+    array_source a = {.reqs = reqs, .n = n, .results = results};
+    sampler_source src = {.ctx = &a, .next = array_next, .done = array_done};
+    rc = sampler_run_stream(s, tok, &src, err);
     if (rc)
         for (int i = 0; i < n; i++) sample_result_free(&results[i]);
     return rc;

@@ -366,6 +366,110 @@ static void test_batched_equals_single(void) {
     model_destroy(&m);
 }
 
+/* A stream source for the tests: request i becomes available before step avail[i]; the weights are
+ * scaled by 0.9 before step swap_step (as a new policy version arriving mid-run); next() fails when
+ * asked for request fail_at. */
+typedef struct trickle {
+    run_set *rs;
+    model *m;
+    int step, next, avail[8], swap_step, fail_at;
+    long order[8];
+    int n_done;
+    sample_result res[8];
+} trickle;
+
+static int trickle_before(void *ctx, rlhf_error *err) {
+    (void)err;
+    trickle *t = ctx;
+    t->step++;
+    if (t->step != t->swap_step) return 0;
+    for (size_t i = 0; i < t->m->n_params; i++) t->m->params_mem[i] *= 0.9f;
+    t->m->version++;
+    return 1;
+}
+
+static int trickle_next(void *ctx, sample_request *req, rlhf_error *err) {
+    trickle *t = ctx;
+    if (t->next >= t->rs->n || t->avail[t->next] > t->step) return 0;
+    if (t->next == t->fail_at) return rlhf_error_set(err, RLHF_EINVAL, "test", "source failed");
+    *req = t->rs->reqs[t->next++];
+    return 1;
+}
+
+static int trickle_done(void *ctx, long index, sample_result *res, rlhf_error *err) {
+    (void)err;
+    trickle *t = ctx;
+    t->order[t->n_done++] = index;
+    t->res[index] = *res;
+    return 0;
+}
+
+/* Requests arriving while others decode give the same tokens and log-probs as sampler_run, each handed
+ * back as it finishes; weights replaced between steps reach the requests admitted after; a failing
+ * source stops the run with its error and frees what was in flight. */
+static void test_stream(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 47);
+    static run_set want, got;
+    make_requests(&want, c.vocab_size, 3000);
+    make_requests(&got, c.vocab_size, 3000);
+    run_all(m, 4, &want);
+    rlhf_error err = {0};
+    sampler *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 3, &err), 0);
+    static trickle t;
+    memset(&t, 0, sizeof t);
+    t.rs = &got;
+    t.m = m;
+    t.swap_step = -1;
+    t.fail_at = -1;
+    int avail[6] = {1, 1, 4, 9, 9, 16}; /* steps before which each request is available */
+    memcpy(t.avail, avail, sizeof avail);
+    sampler_source src = {.ctx = &t, .next = trickle_next, .done = trickle_done, .before_step = trickle_before};
+    CU_ASSERT_EQUAL_FATAL(sampler_run_stream(s, NULL, &src, &err), 0);
+    CU_ASSERT_EQUAL(t.n_done, 6);
+    for (int i = 0; i < 6; i++) {
+        CU_ASSERT_EQUAL_FATAL(t.res[i].n_tokens, want.res[i].n_tokens);
+        CU_ASSERT_EQUAL(memcmp(t.res[i].tokens, want.res[i].tokens, (size_t)want.res[i].n_tokens * 4), 0);
+        CU_ASSERT_EQUAL(memcmp(t.res[i].logprobs, want.res[i].logprobs, (size_t)want.res[i].n_tokens * 4), 0);
+        CU_ASSERT_EQUAL(t.res[i].finish, want.res[i].finish);
+        sample_result_free(&t.res[i]);
+    }
+    /* handed back as they finish: request 2 (1-token prompt) before request 3 (17-token prompt, later) */
+    int pos2 = -1, pos5 = -1;
+    for (int i = 0; i < 6; i++) pos2 = t.order[i] == 2 ? i : pos2, pos5 = t.order[i] == 5 ? i : pos5;
+    CU_ASSERT(pos5 == 5 && pos2 >= 0);
+    /* new weights before step 12: request 5 (arriving at step 16, while 3 and 4 decode) samples with them */
+    static run_set want2;
+    make_requests(&want2, c.vocab_size, 3000);
+    memset(&t, 0, sizeof t);
+    t.rs = &got;
+    t.m = m;
+    t.swap_step = 12;
+    t.fail_at = -1;
+    memcpy(t.avail, avail, sizeof avail);
+    CU_ASSERT_EQUAL_FATAL(sampler_run_stream(s, NULL, &src, &err), 0);
+    CU_ASSERT_EQUAL(m->version, 1);
+    run_all(m, 4, &want2); /* the scaled weights */
+    CU_ASSERT_EQUAL(memcmp(t.res[5].logprobs, want2.res[5].logprobs, (size_t)want2.res[5].n_tokens * 4), 0);
+    CU_ASSERT_NOT_EQUAL(memcmp(t.res[5].logprobs, want.res[5].logprobs, (size_t)want.res[5].n_tokens * 4), 0);
+    for (int i = 0; i < 6; i++) sample_result_free(&t.res[i]);
+    free_all(&want2);
+    /* a source error: the run stops with it; nothing leaks (the sanitizer build checks) */
+    memset(&t, 0, sizeof t);
+    t.rs = &got;
+    t.m = m;
+    t.swap_step = -1;
+    t.fail_at = 3;
+    memcpy(t.avail, avail, sizeof avail);
+    CU_ASSERT_EQUAL(sampler_run_stream(s, NULL, &src, &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "source failed"));
+    for (int i = 0; i < 6; i++) sample_result_free(&t.res[i]);
+    free_all(&want);
+    sampler_destroy(&s);
+    model_destroy(&m);
+}
+
 static void test_same_seed_same_tokens(void) {
     model_config c = infer_test_config(0, 2);
     model *m = infer_test_model(&c, 43);
@@ -738,6 +842,7 @@ void infer_register_sampler(void) {
         CU_add_test(s, "bf16 weights: the reference forward of the bf16-rounded model", test_bf16_matches_rounded_reference);
         CU_add_test(s, "batched mixed-length sampling equals per-sequence", test_batched_equals_single);
         CU_add_test(s, "same seed same tokens", test_same_seed_same_tokens);
+        CU_add_test(s, "streaming: requests arriving mid-run, weights replaced between steps", test_stream);
         CU_add_test(s, "log-probs, top-k, top-p against the reference", test_logprobs_match_reference);
     }
     s = CU_add_suite("kv_cache", NULL, NULL);
