@@ -14,80 +14,99 @@ static uint64_t mix64(uint64_t x) {
     return x;
 }
 
+/* a completion is one line: newline or EOS ends it */
+static const int32_t stop_ids[2] = {'\n', TOKENIZER_BYTES_EOS};
+
+int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_prompt *p, const gen_params *gp,
+                              uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, rlhf_error *err) {
+    int rc = tokenizer_encode(tok, p->text, strlen(p->text), 1, pids, plen, err);
+    if (rc) return rc;
+    int room = m->cfg.max_seq_len - *plen;
+    if (room < 1) {
+        rc = rlhf_error_set(err, RLHF_EINVAL, p->id, "prompt is %d tokens, model max_seq_len is %d", *plen,
+                            m->cfg.max_seq_len);
+        free(*pids);
+        *pids = NULL;
+        return rc;
+    }
+    for (int j = 0; j < gp->k; j++) {
+        sample_request *r = &reqs[j];
+        r->prompt = *pids;
+        r->prompt_len = *plen;
+        r->params = sample_params_default();
+        r->params.temperature = gp->temperature;
+        r->params.top_p = gp->top_p;
+        r->params.max_new_tokens = gp->max_tokens < room ? gp->max_tokens : room;
+        r->params.seed = gp->seed ^ mix64(seq * 1000003ull + (uint64_t)j);
+        r->params.stop_ids = stop_ids;
+        r->params.n_stop_ids = 2;
+    }
+    return 0;
+}
+
+int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int32_t *pids, int plen,
+                         const sample_result *res, int k, const char *generator_id, uint64_t seq,
+                         uint64_t policy_version, double gen_seconds) {
+    memset(g, 0, sizeof *g);
+    g->prompt_id = strdup(p->id);
+    g->prompt_text = strdup(p->text);
+    g->prompt_record = p->record ? json_incref(p->record) : NULL;
+    g->generator_id = strdup(generator_id);
+    g->seq = seq;
+    g->policy_version = policy_version;
+    g->k = (uint32_t)k;
+    g->n_prompt_tokens = (uint32_t)plen;
+    g->prompt_tokens = malloc(sizeof(int32_t) * (size_t)(plen ? plen : 1));
+    g->n_tokens = calloc((size_t)k, sizeof(uint32_t));
+    g->finish = calloc((size_t)k, 1);
+    /* texts are not sent: completions are raw bytes (not always valid UTF-8, which JSON metadata
+     * cannot carry); the updater decodes the token ids itself */
+    g->texts = NULL;
+    size_t total = 0;
+    for (int j = 0; j < k; j++) total += (size_t)res[j].n_tokens;
+    g->tokens = malloc(sizeof(int32_t) * (total ? total : 1));
+    g->logprobs = malloc(sizeof(float) * (total ? total : 1));
+    if (!g->prompt_id || !g->prompt_text || !g->generator_id || !g->prompt_tokens || !g->n_tokens || !g->finish ||
+        !g->tokens || !g->logprobs)
+        return RLHF_ENOMEM;
+    memcpy(g->prompt_tokens, pids, sizeof(int32_t) * (size_t)plen);
+    size_t off = 0;
+    for (int j = 0; j < k; j++) {
+        const sample_result *r = &res[j];
+        g->n_tokens[j] = (uint32_t)r->n_tokens;
+        memcpy(g->tokens + off, r->tokens, sizeof(int32_t) * (size_t)r->n_tokens);
+        memcpy(g->logprobs + off, r->logprobs, sizeof(float) * (size_t)r->n_tokens);
+        off += (size_t)r->n_tokens;
+        g->finish[j] = r->finish == SAMPLE_FINISH_STOP ? WIRE_FINISH_STOP : WIRE_FINISH_LENGTH;
+    }
+    g->gen_seconds = gen_seconds;
+    g->created_at = rlhf_wall_time();
+    return 0;
+}
+
 int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
-                    const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
-                    rlhf_error *err) {
+                            const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
+                            rlhf_error *err) {
     int k = gp->k, R = n * k, rc = 0;
     sample_request *reqs = calloc((size_t)R, sizeof *reqs);
     sample_result *res = calloc((size_t)R, sizeof *res);
     int32_t **pids = calloc((size_t)n, sizeof *pids);
     int *plen = calloc((size_t)n, sizeof *plen);
-    /* a completion is one line: newline or EOS ends it */
-    static const int32_t stop_ids[2] = {'\n', TOKENIZER_BYTES_EOS};
     if (!reqs || !res || !pids || !plen) {
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
         goto done;
     }
     double t0 = rlhf_now();
-    for (int i = 0; i < n; i++) {
-        if ((rc = tokenizer_encode(tok, prompts[i].text, strlen(prompts[i].text), 1, &pids[i], &plen[i], err)))
+    for (int i = 0; i < n; i++)
+        if ((rc = generator_prompt_requests(m, tok, &prompts[i], gp, seq0 + (uint64_t)i, &pids[i], &plen[i],
+                                            &reqs[i * k], err)))
             goto done;
-        int room = m->cfg.max_seq_len - plen[i];
-        if (room < 1) {
-            rc = rlhf_error_set(err, RLHF_EINVAL, prompts[i].id, "prompt is %d tokens, model max_seq_len is %d",
-                                plen[i], m->cfg.max_seq_len);
-            goto done;
-        }
-        for (int j = 0; j < k; j++) {
-            sample_request *r = &reqs[i * k + j];
-            r->prompt = pids[i];
-            r->prompt_len = plen[i];
-            r->params = sample_params_default();
-            r->params.temperature = gp->temperature;
-            r->params.top_p = gp->top_p;
-            r->params.max_new_tokens = gp->max_tokens < room ? gp->max_tokens : room;
-            r->params.seed = gp->seed ^ mix64((seq0 + (uint64_t)i) * 1000003ull + (uint64_t)j);
-            r->params.stop_ids = stop_ids;
-            r->params.n_stop_ids = 2;
-        }
-    }
     if ((rc = sampler_run(s, tok, reqs, R, res, err))) goto done;
     double dt = rlhf_now() - t0;
-    double wall = rlhf_wall_time();
-    for (int i = 0; i < n; i++) {
-        wire_rollout_group *g = &groups[i];
-        memset(g, 0, sizeof *g);
-        g->prompt_id = strdup(prompts[i].id);
-        g->prompt_text = strdup(prompts[i].text);
-        g->prompt_record = prompts[i].record ? json_incref(prompts[i].record) : NULL;
-        g->generator_id = strdup(generator_id);
-        g->seq = seq0 + (uint64_t)i;
-        g->policy_version = m->version;
-        g->k = (uint32_t)k;
-        g->n_prompt_tokens = (uint32_t)plen[i];
-        g->prompt_tokens = malloc(sizeof(int32_t) * (size_t)plen[i]);
-        memcpy(g->prompt_tokens, pids[i], sizeof(int32_t) * (size_t)plen[i]);
-        g->n_tokens = calloc((size_t)k, sizeof(uint32_t));
-        g->finish = calloc((size_t)k, 1);
-        /* texts are not sent: completions are raw bytes (not always valid UTF-8, which JSON metadata
-         * cannot carry); the updater decodes the token ids itself */
-        g->texts = NULL;
-        size_t total = 0;
-        for (int j = 0; j < k; j++) total += (size_t)res[i * k + j].n_tokens;
-        g->tokens = malloc(sizeof(int32_t) * (total ? total : 1));
-        g->logprobs = malloc(sizeof(float) * (total ? total : 1));
-        size_t off = 0;
-        for (int j = 0; j < k; j++) {
-            sample_result *r = &res[i * k + j];
-            g->n_tokens[j] = (uint32_t)r->n_tokens;
-            memcpy(g->tokens + off, r->tokens, sizeof(int32_t) * (size_t)r->n_tokens);
-            memcpy(g->logprobs + off, r->logprobs, sizeof(float) * (size_t)r->n_tokens);
-            off += (size_t)r->n_tokens;
-            g->finish[j] = r->finish == SAMPLE_FINISH_STOP ? WIRE_FINISH_STOP : WIRE_FINISH_LENGTH;
-        }
-        g->gen_seconds = dt / n;
-        g->created_at = wall;
-    }
+    for (int i = 0; i < n && !rc; i++)
+        if (generator_group_fill(&groups[i], &prompts[i], pids[i], plen[i], &res[i * k], k, generator_id,
+                                 seq0 + (uint64_t)i, m->version, dt / n))
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
 done:
     for (int i = 0; i < R && res; i++) sample_result_free(&res[i]);
     for (int i = 0; i < n && pids; i++) free(pids[i]);

@@ -1,11 +1,15 @@
 /* generator/generator.h — trajectory generators (generator/'s public header).
  *
  * A generator process (`rlhf generator --config RUN/config.json --id N`, also `rlhf-generator`)
- * loads the base checkpoint, connects to the broker, and loops: take the newest WEIGHTS version the
- * broker has fanned out (between sampling batches, never during one), request a PROMPT_BATCH,
- * sample k completions per prompt with the batched KV-cache sampler, and push one ROLLOUT_GROUP per
- * prompt with token ids, behaviour log-probs, finish reasons and the policy version that sampled
- * them. In sync mode it samples one batch per policy version and then waits for the next version.
+ * loads the base checkpoint, connects to the broker, requests PROMPT_BATCHes, samples k completions
+ * per prompt with the batched KV-cache sampler, and pushes one ROLLOUT_GROUP per prompt with token ids,
+ * behaviour log-probs, finish reasons and a policy version. Async mode streams (sampler_run_stream):
+ * the sampler's slots stay full across batches (the next batch is asked for, without waiting, once
+ * the prompts in hand are all admitted), a group is pushed when its k samples are done, and new
+ * WEIGHTS are taken between forward steps; a group's policy_version is the oldest version any of its
+ * tokens saw, and each token's behaviour log-prob is that of the weights that sampled it. Sync mode
+ * samples one batch per policy version (weights taken between batches only) and then waits for the
+ * next version.
  *
  * The sampling step and the process body are library functions, so tests, `rlhf eval` and the
  * process share them; generator_cli.c keeps only the command line. */
@@ -39,6 +43,16 @@ typedef struct gen_params {
 int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
                     const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
                     rlhf_error *err);
+
+/* The two halves of generator_sample_groups, for callers that admit prompts one at a time (the
+ * generator process's streaming loop): the k requests of prompt p with sequence number seq (pids gets
+ * the encoded prompt, freed by the caller; reqs (k) point into it), and the group from its k results. */
+int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_prompt *p, const gen_params *gp,
+                              uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, rlhf_error *err);
+/* g (overwritten) <- the group; RLHF_ENOMEM when an allocation failed (free g with wire_rollout_group_free). */
+int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int32_t *pids, int plen,
+                         const sample_result *res, int k, const char *generator_id, uint64_t seq,
+                         uint64_t policy_version, double gen_seconds);
 
 /* What `rlhf generator` runs: loads the run's config and base model, connects to the broker as
  * generator-ID.PID and samples until *stop is set or the broker says stop; *reconnect (set by the

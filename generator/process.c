@@ -22,6 +22,170 @@ static int take_weights(broker_client *bc, model *m, int timeout_ms, rlhf_error 
     return rc ? rc : 1;
 }
 
+/* ---------------------------------------------------------------- the streaming loop (async mode)
+ *
+ * The sampler keeps its slots full across prompt batches: once every request of the prompts in hand is
+ * admitted and a slot is free, the next batch is asked for without waiting (one request in flight; the
+ * broker answers it while decoding goes on), and a group is pushed as soon as its k completions are
+ * done. New weights are taken between forward steps, so a sequence may finish under a newer version
+ * than it started with: every token's behaviour log-prob is the one of the weights that sampled it,
+ * and the group carries the OLDEST version any of its tokens saw (the version when its first sample
+ * was admitted), so the broker's and the updater's staleness counts are upper bounds. */
+
+typedef struct pending_prompt pending_prompt;
+typedef struct sample_tag {
+    pending_prompt *pp;
+    int j; /* which of its k samples */
+} sample_tag;
+
+struct pending_prompt {
+    wire_prompt p;            /* owned copies */
+    int32_t *pids;
+    int plen;
+    sample_request *reqs;     /* (k); reqs[j].user = &tags[j] */
+    sample_result *res;       /* (k) */
+    sample_tag *tags;         /* (k) */
+    int admitted, done;
+    uint64_t seq, version;    /* version: when its first sample was admitted */
+    double t_start;
+};
+
+typedef struct stream_ctx {
+    model *m;
+    const tokenizer *tok;
+    broker_client *bc;
+    const gen_params *gp;
+    const char *peer;
+    int per_batch;
+    volatile const sig_atomic_t *stop;
+    pending_prompt **q;       /* prompts in hand, in arrival order; q[0..nq) */
+    int nq, capq;
+    uint64_t *seq;            /* the process's next group sequence number */
+    double *tok_total;
+    uint64_t last_version;    /* m->version at the last weights check */
+    int prompt_errors;
+} stream_ctx;
+
+static void pending_free(pending_prompt *pp, int k) {
+    if (!pp) return;
+    for (int j = 0; j < k && pp->res; j++) sample_result_free(&pp->res[j]);
+    free(pp->res);
+    free(pp->reqs);
+    free(pp->tags);
+    free(pp->pids);
+    free(pp->p.id);
+    free(pp->p.text);
+    json_decref(pp->p.record);
+    free(pp);
+}
+
+/* Appends the prompts of pb to the queue (copies; pb stays the caller's). */
+static int stream_take_batch(stream_ctx *c, const wire_prompt_batch *pb, rlhf_error *err) {
+    int k = c->gp->k;
+    for (uint32_t i = 0; i < pb->n; i++) {
+        if (c->nq == c->capq) {
+            int cap = c->capq ? 2 * c->capq : 16;
+            pending_prompt **nq = realloc(c->q, (size_t)cap * sizeof *nq);
+            if (!nq) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+            c->q = nq;
+            c->capq = cap;
+        }
+        pending_prompt *pp = calloc(1, sizeof *pp);
+        if (!pp) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        pp->p.id = strdup(pb->prompts[i].id);
+        pp->p.text = strdup(pb->prompts[i].text);
+        pp->p.index = pb->prompts[i].index;
+        pp->p.record = pb->prompts[i].record ? json_incref(pb->prompts[i].record) : NULL;
+        pp->reqs = calloc((size_t)k, sizeof *pp->reqs);
+        pp->res = calloc((size_t)k, sizeof *pp->res);
+        pp->tags = calloc((size_t)k, sizeof *pp->tags);
+        pp->seq = (*c->seq)++;
+        int rc = !pp->p.id || !pp->p.text || !pp->reqs || !pp->res || !pp->tags
+                     ? RLHF_FAIL(err, RLHF_ENOMEM, "out of memory")
+                     : generator_prompt_requests(c->m, c->tok, &pp->p, c->gp, pp->seq, &pp->pids, &pp->plen,
+                                                 pp->reqs, err);
+        if (rc) {
+            pending_free(pp, k);
+            return rc;
+        }
+        for (int j = 0; j < k; j++) {
+            pp->tags[j] = (sample_tag){pp, j};
+            pp->reqs[j].user = &pp->tags[j];
+        }
+        c->q[c->nq++] = pp;
+    }
+    return 0;
+}
+
+static int stream_next(void *ctx, sample_request *req, rlhf_error *err) {
+    stream_ctx *c = ctx;
+    int k = c->gp->k, open = 0;
+    while (open < c->nq && c->q[open]->admitted == k) open++;
+    if (open == c->nq) {
+        /* everything in hand is admitted and a slot is free: ask for the next batch without waiting */
+        if ((c->stop && *c->stop) || broker_client_stopped(c->bc)) return 0;
+        wire_prompt_batch pb;
+        memset(&pb, 0, sizeof pb);
+        rlhf_error perr = {0};
+        int r = broker_client_request_prompts(c->bc, (uint32_t)c->per_batch, &pb, 0, &perr);
+        if (r < 0) {
+            if (r != RLHF_ETIMEOUT && !c->prompt_errors++) rlhf_error_print("generator: prompts", &perr);
+            return 0; /* nothing now; the outer loop handles a lasting failure once the slots drain */
+        }
+        r = stream_take_batch(c, &pb, err);
+        wire_prompt_batch_free(&pb);
+        if (r) return r;
+        if (open == c->nq) return 0;
+    }
+    pending_prompt *pp = c->q[open];
+    if (pp->admitted == 0) {
+        pp->version = c->m->version;
+        pp->t_start = rlhf_now();
+    }
+    *req = pp->reqs[pp->admitted++];
+    return 1;
+}
+
+static int stream_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err) {
+    (void)index;
+    stream_ctx *c = ctx;
+    int k = c->gp->k;
+    const sample_tag *tag = req->user;
+    pending_prompt *pp = tag->pp;
+    pp->res[tag->j] = *res;
+    if (++pp->done < k) return 0;
+    /* the group is complete: push it now and drop the prompt from the queue */
+    wire_rollout_group g;
+    if (generator_group_fill(&g, &pp->p, pp->pids, pp->plen, pp->res, k, c->peer, pp->seq, pp->version,
+                             rlhf_now() - pp->t_start)) {
+        wire_rollout_group_free(&g);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for a rollout group");
+    }
+    *c->tok_total += (double)wire_rollout_group_total_tokens(&g);
+    rlhf_error perr = {0};
+    if (broker_client_push_group(c->bc, &g, &perr)) rlhf_error_print("generator: push", &perr);
+    wire_rollout_group_free(&g);
+    for (int i = 0; i < c->nq; i++)
+        if (c->q[i] == pp) {
+            memmove(c->q + i, c->q + i + 1, (size_t)(c->nq - i - 1) * sizeof *c->q);
+            c->nq--;
+            break;
+        }
+    pending_free(pp, k);
+    return 0;
+}
+
+/* Between forward steps: the newest weights, if any arrived (never waits). 1 = the weights changed. */
+static int stream_before_step(void *ctx, rlhf_error *err) {
+    (void)err;
+    stream_ctx *c = ctx;
+    rlhf_error werr = {0};
+    if (take_weights(c->bc, c->m, 0, &werr) < 0) rlhf_error_print("generator: weights (ignored)", &werr);
+    if (c->m->version == c->last_version) return 0;
+    c->last_version = c->m->version;
+    return 1;
+}
+
 int generator_main(const generator_options *o, rlhf_error *err) {
     run_process proc;
     if (run_process_open(&proc, o->config_path, WIRE_ROLE_GENERATOR, err)) return 2;
@@ -102,6 +266,19 @@ int generator_main(const generator_options *o, rlhf_error *err) {
             continue;
         }
         broker_client_set_state(bc, "generating");
+        if (cfg->mode == RUN_MODE_ASYNC) {
+            stream_ctx sc = {.m = m, .tok = tok, .bc = bc, .gp = &gp, .peer = peer, .per_batch = per_batch,
+                             .stop = o->stop, .seq = &seq, .tok_total = &tok_total, .last_version = m->version};
+            rc = stream_take_batch(&sc, &pb, err);
+            wire_prompt_batch_free(&pb);
+            sampler_source src = {.ctx = &sc, .next = stream_next, .done = stream_done,
+                                  .before_step = stream_before_step};
+            if (!rc) rc = sampler_run_stream(smp, tok, &src, err);
+            for (int i = 0; i < sc.nq; i++) pending_free(sc.q[i], cfg->k); /* left only after an error */
+            free(sc.q);
+            if (rc) goto out;
+            continue;
+        }
         wire_rollout_group *groups = calloc(pb.n, sizeof *groups);
         rc = generator_sample_groups(m, smp, tok, pb.prompts, (int)pb.n, &gp, peer, seq, groups, err);
         if (rc) {

@@ -169,6 +169,7 @@ typedef struct sample_request {
     const int32_t *prompt; /* prompt ids (the caller adds BOS if wanted); 1 <= len < max_seq_len */
     int prompt_len;
     sample_params params;
+    void *user;            /* the caller's: sampler_run_stream hands it back to done(), untouched */
 } sample_request;
 
 typedef struct sample_result {
@@ -226,15 +227,15 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
  * (nothing waiting now: asked again before the next step; when nothing is in flight either, the run
  * ends and sampler_run_stream returns 0) or negative (an error, err filled: the run stops). Requests are
  * validated as they are admitted (an invalid one stops the run with an error naming its admission
- * index). When a request finishes, done() gets its admission index (0, 1, ... in next() order) and its
- * result, which is then the callee's to free (sample_result_free); a negative return stops the run. A
+ * index). When a request finishes, done() gets the request as next() gave it (with its `user`
+ * pointer), its admission index (0, 1, ... in next() order) and its result, which is then the callee's to free (sample_result_free); a negative return stops the run. A
  * request's arrays (prompt, stop ids and strings) must stay valid until its done(). Everything
  * sampler_run promises holds per request: its tokens depend on its seed and the weights it was
  * sampled with only. On an error, sequences still in flight are freed without a done(). */
 typedef struct sampler_source {
     void *ctx;
     int (*next)(void *ctx, sample_request *req, rlhf_error *err);
-    int (*done)(void *ctx, long index, sample_result *res, rlhf_error *err);
+    int (*done)(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err);
     int (*before_step)(void *ctx, rlhf_error *err);
 } sampler_source;
 int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *src, rlhf_error *err);

@@ -843,7 +843,7 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
                 }
                 if (rq.params.max_new_tokens == 0) { /* nothing to generate: finished at once */
                     st[b].res.finish = SAMPLE_FINISH_LENGTH;
-                    rc = src->done(src->ctx, index, &st[b].res, err);
+                    rc = src->done(src->ctx, &st[b].rq, index, &st[b].res, err);
                     memset(&st[b].res, 0, sizeof st[b].res);
                     continue;
                 }
@@ -909,7 +909,7 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
                 long index = ss->req;
                 ss->req = -1;
                 active--;
-                rc = src->done(src->ctx, index, &ss->res, err); /* the result is the callee's now */
+                rc = src->done(src->ctx, &ss->rq, index, &ss->res, err); /* the result is the callee's now */
                 memset(&ss->res, 0, sizeof ss->res);
             }
         }
@@ -935,8 +935,9 @@ static int array_next(void *ctx, sample_request *req, rlhf_error *err) {
     return 1;
 }
 
-static int array_done(void *ctx, long index, sample_result *res, rlhf_error *err) {
+static int array_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err) {
     (void)err;
+    (void)req;
     array_source *a = ctx;
     a->results[index] = *res;
     return 0;

@@ -392,13 +392,15 @@ static int trickle_next(void *ctx, sample_request *req, rlhf_error *err) {
     trickle *t = ctx;
     if (t->next >= t->rs->n || t->avail[t->next] > t->step) return 0;
     if (t->next == t->fail_at) return rlhf_error_set(err, RLHF_EINVAL, "test", "source failed");
-    *req = t->rs->reqs[t->next++];
+    *req = t->rs->reqs[t->next];
+    req->user = &t->rs->reqs[t->next++];
     return 1;
 }
 
-static int trickle_done(void *ctx, long index, sample_result *res, rlhf_error *err) {
+static int trickle_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err) {
     (void)err;
     trickle *t = ctx;
+    CU_ASSERT_PTR_EQUAL(req->user, &t->rs->reqs[index]); /* handed back untouched */
     t->order[t->n_done++] = index;
     t->res[index] = *res;
     return 0;
