@@ -2,7 +2,9 @@
  * (dim 288, 6 layers, 6 heads, ffn 768, vocab 32000, tied head; random weights), 256 new tokens:
  * single-stream tokens/s and the aggregate tokens/s of a batch of sequences decoded together, as
  * medians over repeats, with their ratio; and the sampler's matmul kernel against OpenBLAS.
- * bench/bench_model_sample.sh runs it beside the PyTorch peer. */
+ * bench/bench_model_sample.sh runs it beside the PyTorch peer; bench/bench_generate_peers.sh beside
+ * llama2.c and llama.cpp, on the weights --llama2c-out writes (--cpu-name names the CPU above each
+ * group of result lines). */
 #include "bench/bench_util.h"
 #include "model/model.h"
 #include "model/kernels_int.h"
@@ -12,15 +14,128 @@
 #undef I /* complex.h via cblas.h */
 
 #include <errno.h>
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void bench_usage(FILE *f) {
     fprintf(f, "usage: bench_model_sample [--dim 288] [--layers 6] [--heads 6] [--kv-heads H] [--ffn 768]\n"
                "         [--vocab 32000] [--untied] [--prompt-len 8] [--new-tokens 256] [--batch 64]\n"
-               "         [--threads N] [--repeats 3]\n");
+               "         [--threads N] [--repeats 3] [--llama2c-out PATH] [--cpu-name]\n"
+               "  --llama2c-out PATH  also write the random weights as a llama2.c checkpoint (run.c's format)\n"
+               "  --cpu-name          print 'cpu: MODEL' (from /proc/cpuinfo) above each group of result lines\n");
+}
+
+/* The CPU's "model name" from /proc/cpuinfo (the first one), with its family and model numbers (a virtual
+ * machine may report only "AMD EPYC"), e.g. "AMD EPYC (family 26, model 2)"; "unknown" without one. */
+static void cpu_model_name(char *out, size_t n) {
+    snprintf(out, n, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512], name[256] = "", family[32] = "", model_no[32] = "";
+    while (fgets(line, sizeof line, f) && !(name[0] && family[0] && model_no[0])) {
+        char *v = strchr(line, ':');
+        if (!v) continue;
+        v++;
+        while (*v == ' ' || *v == '\t') v++;
+        v[strcspn(v, "\n")] = 0;
+        if (!strncmp(line, "model name", 10) && !name[0]) snprintf(name, sizeof name, "%s", v);
+        else if (!strncmp(line, "cpu family", 10) && !family[0]) snprintf(family, sizeof family, "%s", v);
+        else if (!strncmp(line, "model\t", 6) && !model_no[0]) snprintf(model_no, sizeof model_no, "%s", v);
+    }
+    fclose(f);
+    if (name[0] && family[0] && model_no[0]) snprintf(out, n, "%s (family %s, model %s)", name, family, model_no);
+    else if (name[0]) snprintf(out, n, "%s", name);
+}
+
+/* Writes m's weights as a llama2.c checkpoint, the legacy version-0 format karpathy/llama2.c run.c reads:
+ * the int header {dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative = separate
+ * classifier), seq_len}, then float32 token_embedding (V,C), rms_att (L,C), wq (L,H*D,C), wk (L,KVH*D,C),
+ * wv (L,KVH*D,C), wo (L,C,H*D), rms_ffn (L,C), w1 = gate (L,F,C), w2 = down (L,C,F), w3 = up (L,F,C),
+ * rms_final (C), the two RoPE tables cos/sin (seq_len, D/2) that run.c skips, and wcls (V,C) only when
+ * the head is untied. Every matrix is (out, in) row-major in both programs.
+ * RoPE: this project rotates pairs (i, i + D/2) (Hugging Face "rotate_half"); run.c rotates interleaved
+ * pairs (2i, 2i+1) with the same frequencies. The rows of wq and wk are written permuted within each
+ * head (row 2i+s of the file = row s*D/2 + i of ours, the permutation llama.cpp's HF converter applies),
+ * so run.c computes the same function as this project; speed is the same either way.
+ * Written to a temporary file in the same directory, then renamed. Returns 0, or -1 after one line on stderr. */
+static int write_llama2c(const model *m, const char *path, const char *prog) {
+    const model_config *c = &m->cfg;
+    const int C = c->dim, L = c->n_layers, H = c->n_heads, KVH = c->n_kv_heads, F = c->ffn_dim, V = c->vocab_size;
+    const int D = model_head_dim(c), T = c->max_seq_len;
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16);
+    if (!tmp) {
+        fprintf(stderr, "%s: error: --llama2c-out %s: out of memory\n", prog, path);
+        return -1;
+    }
+    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    mode_t mask = umask(0);
+    umask(mask);
+    if (fd >= 0) (void)fchmod(fd, 0666 & ~mask); /* mkstemp creates 0600; the final file gets the usual mode */
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "wb");
+    if (!f) {
+        fprintf(stderr, "%s: error: --llama2c-out %s: cannot create %s: %s\n", prog, path, tmp, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
+        free(tmp);
+        return -1;
+    }
+    int hdr[7] = {C, F, L, H, KVH, c->tie_embeddings ? V : -V, T};
+    int ok = fwrite(hdr, sizeof hdr, 1, f) == 1;
+#define W(ptr, count) (ok = ok && fwrite((ptr), sizeof(float), (size_t)(count), f) == (size_t)(count))
+    const model_params *p = &m->p;
+    W(p->embed, (size_t)V * C);
+    W(p->attn_norm, (size_t)L * C);
+    for (int w = 0; w < 2; w++) { /* wq, then wk: rows permuted within each head (see above) */
+        const int nh = w ? KVH : H;
+        const float *base = w ? p->wk : p->wq;
+        for (int l = 0; l < L; l++)
+            for (int h = 0; h < nh; h++)
+                for (int r = 0; r < D; r++) W(base + (((size_t)l * nh + h) * D + (size_t)(r % 2) * (D / 2) + r / 2) * C, C);
+    }
+    W(p->wv, (size_t)L * KVH * D * C);
+    W(p->wo, (size_t)L * C * H * D);
+    W(p->ffn_norm, (size_t)L * C);
+    W(p->w_gate, (size_t)L * F * C);
+    W(p->w_down, (size_t)L * C * F);
+    W(p->w_up, (size_t)L * F * C);
+    W(p->final_norm, C);
+    for (int t = 0; t < 2; t++) /* freq_cis_real, freq_cis_imag: unused by run.c, written for completeness */
+        for (int pos = 0; pos < T; pos++)
+            for (int i = 0; i < D / 2; i++) {
+                double a = pos * pow((double)c->rope_theta, -2.0 * i / D);
+                float v = (float)(t ? sin(a) : cos(a));
+                W(&v, 1);
+            }
+    if (!c->tie_embeddings) W(p->lm_head, (size_t)V * C);
+#undef W
+    int saved = errno;
+    if (fflush(f) || fsync(fileno(f))) {
+        saved = errno;
+        ok = 0;
+    }
+    if (fclose(f)) {
+        if (ok) saved = errno;
+        ok = 0;
+    }
+    if (ok && rename(tmp, path)) {
+        saved = errno;
+        ok = 0;
+    }
+    if (!ok) {
+        fprintf(stderr, "%s: error: --llama2c-out %s: write failed: %s\n", prog, path, strerror(saved));
+        unlink(tmp);
+    }
+    free(tmp);
+    return ok ? 0 : -1;
 }
 
 /* The matmul kernel against its named peer, OpenBLAS, on the LM-head shape (V, C) in the same process:
@@ -111,7 +226,8 @@ int main(int argc, char **argv) {
     const char *prog = "bench_model_sample";
     model_config c = {.dim = 288, .n_layers = 6, .n_heads = 6, .n_kv_heads = 0, .ffn_dim = 768, .vocab_size = 32000,
                       .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tie_embeddings = 1};
-    int prompt_len = 8, new_tokens = 256, batch = 64, threads = 0, repeats = 3;
+    int prompt_len = 8, new_tokens = 256, batch = 64, threads = 0, repeats = 3, show_cpu = 0;
+    const char *llama2c_out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -120,6 +236,18 @@ int main(int argc, char **argv) {
         }
         if (!strcmp(a, "--untied")) {
             c.tie_embeddings = 0;
+            continue;
+        }
+        if (!strcmp(a, "--cpu-name")) {
+            show_cpu = 1;
+            continue;
+        }
+        if (!strcmp(a, "--llama2c-out")) {
+            if (i + 1 >= argc || !argv[i + 1][0]) {
+                fprintf(stderr, "%s: error: --llama2c-out needs a path\n", prog);
+                return 2;
+            }
+            llama2c_out = argv[++i];
             continue;
         }
         int *dst = !strcmp(a, "--dim")          ? &c.dim
@@ -167,6 +295,18 @@ int main(int argc, char **argv) {
         return 1;
     }
     model_init_random(m, 1234);
+    if (llama2c_out && write_llama2c(m, llama2c_out, prog)) {
+        sampler_destroy(&single);
+        sampler_destroy(&batched);
+        model_destroy(&m);
+        return 1;
+    }
+    char cpu_name[256];
+    cpu_model_name(cpu_name, sizeof cpu_name);
+#define CPU_LINE() \
+    do { \
+        if (show_cpu) printf("cpu: %s\n", cpu_name); \
+    } while (0)
     prompt = malloc((size_t)prompt_len * sizeof *prompt);
     for (int i = 0; i < prompt_len; i++) prompt[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
     double weight_mb = (double)(m->n_params - (size_t)c.vocab_size * c.dim * !c.tie_embeddings) * 4.0 / 1e6;
@@ -180,6 +320,7 @@ int main(int argc, char **argv) {
     long toks = 0;
     /* warm-up: page in weights, start the thread pools */
     rc = timed_run(single, prompt, prompt_len, 1, new_tokens < 32 ? new_tokens : 32, 99, &secs, &cpu, &toks, &err);
+    if (!rc) CPU_LINE();
     for (int r = 0; r < repeats && !rc; r++) {
         rc = timed_run(single, prompt, prompt_len, 1, new_tokens, 1000 + (uint64_t)r, &secs, &cpu, &toks, &err);
         single_tps[r] = toks / secs;
@@ -188,6 +329,7 @@ int main(int argc, char **argv) {
                secs, single_tps[r], single_cpu[r]);
         fflush(stdout);
     }
+    if (!rc) CPU_LINE();
     for (int r = 0; r < repeats && !rc; r++) {
         rc = timed_run(batched, prompt, prompt_len, batch, new_tokens, 2000 + (uint64_t)r * batch, &secs, &cpu, &toks,
                        &err);
@@ -197,8 +339,10 @@ int main(int argc, char **argv) {
                r, toks, secs, batch_tps[r], batch_cpu[r]);
         fflush(stdout);
     }
+    if (!rc) CPU_LINE();
     if (!rc) kernel_vs_openblas(m->p.lm_head, c.vocab_size, c.dim, batch, repeats);
     if (!rc) {
+        CPU_LINE();
         double s1 = median(single_tps, repeats), sb = median(batch_tps, repeats);
         printf("single-stream: median %.1f tokens/s (%.2f ms/token; weights read per token %.1f MB -> %.1f GB/s)\n", s1,
                1e3 / s1, weight_mb, weight_mb * s1 / 1e3);
