@@ -9,6 +9,8 @@
 #   LLAMA_CPP_DIR    llama.cpp's source tree (gguf-py/ and the vocab files in models/, for bench/peer_weights.py)
 #   LLAMA_CPP_BUILD  its CMake build directory (bin/llama-bench, bin/llama-batched-bench)
 #   BUILD            this project's build directory (default build; make BUILD=... bench)
+#   OURS             this project's variants KERNELS-WEIGHTS (default: the best kernels and, on AVX-512, avx2 too,
+#                    each with fp32 and bf16 weights; KERNELS is what RLHF_ISA gets)
 #   SHAPES           default "stories15M smollm2-135m"; NPL llama-batched-bench's batch sizes (default 16,64);
 #                    BATCH this project's batched size (default 64); BATCHED_REPEATS llama-batched-bench's runs
 #                    (default REPEATS); LLAMA_BATCHED_FLAGS extra llama-batched-bench flags (e.g. -fa)
@@ -49,6 +51,13 @@ BATCHED_REPEATS=${BATCHED_REPEATS:-$REPEATS}
 LLAMA_BATCHED_FLAGS=${LLAMA_BATCHED_FLAGS:-}
 PROMPT_LEN=8
 NEW_TOKENS=256
+# this project's single-stream variants, KERNELS-WEIGHTS: the best kernels this CPU runs, and AVX2 forced
+# (on an AVX-512 machine, what an AVX2-only CPU would run), each with fp32 and bf16 weights
+BEST=$(RLHF_ISA= "${BUILD:-build}/bin/rlhf" --version 2>/dev/null | sed -nE 's/^sampling kernels: ([a-z0-9]+).*/\1/p')
+BEST=${BEST:-avx2}
+OURS=${OURS:-"$BEST-fp32 $BEST-bf16"}
+[ "$BEST" = avx2 ] || OURS="$OURS avx2-fp32 avx2-bf16"
+READ_RATE=--read-rate
 me=bench_generate_peers.sh
 die() { echo "$me: error: $*" >&2; exit 1; }
 
@@ -106,17 +115,23 @@ for shape in $SHAPES; do
   [ "$vocab" = 32000 ] || tok="$tmp/$shape/tokenizer.bin"
   seq=$((PROMPT_LEN + NEW_TOKENS))
   for t in $THREADS_LIST; do
+    READ_RATE=--read-rate # once per shape and thread count
     declare -A got=()
     echo "== $shape, $t threads: single stream, $REPEATS alternating rounds"
     for r in $(seq 1 "$REPEATS"); do
-      out="$tmp/ours.$t.$r.txt"
-      # shellcheck disable=SC2086
-      "$BIN" $flags --threads "$t" --repeats 1 --batch 1 --prompt-len $PROMPT_LEN --new-tokens $NEW_TOKENS \
-        --cpu-name >"$out" || { cat "$out"; die "bench_model_sample failed"; }
-      v=$(sed -nE 's/^single-stream: median ([0-9.]+).*/\1/p' "$out")
-      need "bench_model_sample's single-stream median" "$v" "$out"
-      got[ours]+=" $v"
-      line="round $r: rlhf $v"
+      line="round $r:"
+      for variant in $OURS; do
+        isa=${variant%%-*}
+        w=${variant##*-}
+        out="$tmp/ours.$variant.$t.$r.txt"
+        # shellcheck disable=SC2086
+        env ${isa:+RLHF_ISA=$isa} "$BIN" $flags --threads "$t" --repeats 1 --batch 1 --prompt-len $PROMPT_LEN \
+          --new-tokens $NEW_TOKENS --weights "$w" --cpu-name >"$out" || { cat "$out"; die "bench_model_sample failed"; }
+        v=$(sed -nE 's/^single-stream: median ([0-9.]+).*/\1/p' "$out")
+        need "bench_model_sample's single-stream median" "$v" "$out"
+        got[$variant]+=" $v"
+        line+=" rlhf[$variant] $v,"
+      done
       for b in "${RUNS[@]}"; do
         err="$tmp/$b.$t.$r.txt"
         OMP_NUM_THREADS=$t "$LLAMA2C_DIR/$b" "$ckpt" -z "$tok" -n $seq -t 1.0 -p 1.0 -s $((1000 + r)) \
@@ -137,20 +152,33 @@ for shape in $SHAPES; do
       done
       echo "  $line tokens/s"
     done
-    ours=$(median <<<"${got[ours]}")
-    for p in "${RUNS[@]}" f32 bf16; do
-      m=$(median <<<"${got[$p]}")
-      echo "RESULT | cpu $CPU | $shape | threads $t | $(peer_name "$p") | single-stream tokens/s (median of $REPEATS):" \
-           "rlhf $ours vs peer $m = $(ratio "$ours" "$m")"
+    for variant in $OURS; do
+      ours=$(median <<<"${got[$variant]}")
+      echo "RESULT | cpu $CPU | $shape | threads $t | rlhf kernels ${variant%%-*} weights ${variant##*-} | single-stream tokens/s (median of $REPEATS): $ours"
+      for p in "${RUNS[@]}" f32 bf16; do
+        m=$(median <<<"${got[$p]}")
+        echo "RESULT | cpu $CPU | $shape | threads $t | rlhf[$variant] vs $(peer_name "$p") | single-stream tokens/s (median of $REPEATS):" \
+             "rlhf $ours vs peer $m = $(ratio "$ours" "$m")"
+      done
     done
+    f=$(median <<<"${got[$BEST-fp32]}")
+    b=$(median <<<"${got[$BEST-bf16]}")
+    echo "RESULT | cpu $CPU | $shape | threads $t | rlhf bf16 vs fp32 ($BEST kernels) | single-stream: $b vs $f = $(ratio "$b" "$f")"
 
     echo "== $shape, $t threads: batched (rlhf --batch $BATCH, then llama-batched-bench -npl $NPL $LLAMA_BATCHED_FLAGS)"
-    out="$tmp/ours.batch.$t.txt"
-    # shellcheck disable=SC2086
-    "$BIN" $flags --threads "$t" --repeats "$REPEATS" --batch "$BATCH" --prompt-len $PROMPT_LEN \
-      --new-tokens $NEW_TOKENS --cpu-name | tee "$out" || die "bench_model_sample failed"
-    ob=$(sed -nE "s/^batched x$BATCH: median ([0-9.]+).*/\1/p" "$out")
-    need "bench_model_sample's batched median" "$ob" "$out"
+    declare -A ourb=()
+    for B in $(tr ',' ' ' <<<"$NPL"); do
+      for w in fp32 bf16; do
+        out="$tmp/ours.batch.$B.$w.$t.txt"
+        # shellcheck disable=SC2086
+        "$BIN" $flags --threads "$t" --repeats "$REPEATS" --batch "$B" --prompt-len $PROMPT_LEN \
+          --new-tokens $NEW_TOKENS --weights $w --cpu-name $READ_RATE | tee "$out" || die "bench_model_sample failed"
+        ourb[$B.$w]=$(sed -nE "s/^batched x$B: median ([0-9.]+).*/\1/p" "$out")
+        need "bench_model_sample's batched median" "${ourb[$B.$w]}" "$out"
+        READ_RATE=""
+      done
+    done
+    ob=${ourb[$BATCH.fp32]:-0}
     maxb=$(tr ',' '\n' <<<"$NPL" | sort -n | tail -1)
     declare -A tg=() tot=()
     for r in $(seq 1 "$BATCHED_REPEATS"); do
@@ -169,15 +197,11 @@ for shape in $SHAPES; do
       [ -n "${tot[$B]:-}" ] || die "llama-batched-bench printed no row for B=$B (kept in $tmp)"
       m=$(median <<<"${tot[$B]}")
       s=$(median <<<"${tg[$B]}")
-      if [ "$B" = "$BATCH" ]; then
-        cmp="rlhf x$BATCH $ob vs peer $m = $(ratio "$ob" "$m")"
-      else
-        cmp="peer $m (rlhf measured at x$BATCH only)"
-      fi
+      cmp="rlhf x$B fp32 ${ourb[$B.fp32]} vs peer $m = $(ratio "${ourb[$B.fp32]}" "$m"); rlhf x$B bf16 ${ourb[$B.bf16]}"
       echo "RESULT | cpu $CPU | $shape | threads $t | llama.cpp llama-batched-bench F32${LLAMA_BATCHED_FLAGS:+ $LLAMA_BATCHED_FLAGS} B=$B | batched aggregate tokens/s" \
            "(median of $BATCHED_REPEATS; peer S_TG decode-only $s): $cmp"
     done
-    unset got tg tot
+    unset got tg tot ourb
   done
 done
 echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

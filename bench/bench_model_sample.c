@@ -19,13 +19,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* n floats, 2 MiB aligned (huge pages where the kernel gives them, as the sampler's buffers), written */
+static float *big_buffer(size_t n) {
+    size_t bytes = (n * sizeof(float) + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+    float *p = aligned_alloc((size_t)2 << 20, bytes);
+    if (!p) return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(i & 1023) * 1e-3f;
+    return p;
+}
 
 static void bench_usage(FILE *f) {
     fprintf(f, "usage: bench_model_sample [--dim 288] [--layers 6] [--heads 6] [--kv-heads H] [--ffn 768]\n"
                "         [--vocab 32000] [--untied] [--prompt-len 8] [--new-tokens 256] [--batch 64]\n"
-               "         [--threads N] [--repeats 3] [--llama2c-out PATH] [--cpu-name]\n"
+               "         [--threads N] [--repeats 3] [--weights fp32|bf16] [--read-rate] [--llama2c-out PATH] [--cpu-name]\n"
+               "  --read-rate         also measure the memory read rate and the single-stream bound it sets\n"
+               "  --weights bf16      the samplers hold bf16 weights (default fp32); RLHF_ISA=ref|avx2|avx512 forces the\n"
+               "                      kernels (default: the best this CPU runs)\n"
                "  --llama2c-out PATH  also write the random weights as a llama2.c checkpoint (run.c's format)\n"
                "  --cpu-name          print 'cpu: MODEL' (from /proc/cpuinfo) above each group of result lines\n");
 }
@@ -185,6 +199,29 @@ static void kernel_vs_openblas(const float *W, int V, int C, int rows, int repea
     free(y);
 }
 
+/* The machine's memory read rate with `threads` threads: the median of 5 sums over a 512 MiB buffer (far
+ * larger than any cache), in GB/s. Single-stream decode reads every weight once per token, so this rate
+ * divided by the weight bytes per token bounds its tokens/s. */
+static double read_rate_gbs(int threads) {
+    size_t n = (size_t)128 << 20; /* floats */
+    float *buf = big_buffer(n);
+    if (!buf) return 0.0;
+    double t[5];
+    volatile uint32_t sink = 0;
+    const uint32_t *words = (const uint32_t *)buf; /* integer sums: associative, so the loop vectorises */
+    for (int r = 0; r < 5; r++) {
+        double t0 = rlhf_now();
+        uint32_t total = 0;
+#pragma omp parallel for reduction(+ : total) num_threads(threads) schedule(static)
+        for (size_t i = 0; i < n; i++) total += words[i];
+        t[r] = rlhf_now() - t0;
+        sink += total;
+    }
+    (void)sink;
+    free(buf);
+    return (double)n * sizeof(float) / median(t, 5) / 1e9;
+}
+
 /* CPU seconds of all this process's threads: on a shared, oversubscribed machine tokens per CPU-second
  * is a steadier figure than wall time (it still includes memory-bandwidth contention). */
 static double process_cpu_seconds(void) {
@@ -228,6 +265,9 @@ int main(int argc, char **argv) {
                       .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tie_embeddings = 1};
     int prompt_len = 8, new_tokens = 256, batch = 64, threads = 0, repeats = 3, show_cpu = 0;
     const char *llama2c_out = NULL;
+    sampler_weights weights = SAMPLER_WEIGHTS_FP32;
+    int read_rate = 0;
+    rlhf_error werr = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -238,8 +278,21 @@ int main(int argc, char **argv) {
             c.tie_embeddings = 0;
             continue;
         }
+        if (!strcmp(a, "--read-rate")) {
+            read_rate = 1;
+            continue;
+        }
         if (!strcmp(a, "--cpu-name")) {
             show_cpu = 1;
+            continue;
+        }
+        if (!strcmp(a, "--weights")) {
+            if (i + 1 >= argc || sampler_weights_parse(&weights, argv[i + 1], "--weights", &werr)) {
+                if (i + 1 >= argc) fprintf(stderr, "%s: error: --weights needs fp32 or bf16\n", prog);
+                else rlhf_error_print(prog, &werr);
+                return 2;
+            }
+            i++;
             continue;
         }
         if (!strcmp(a, "--llama2c-out")) {
@@ -286,8 +339,9 @@ int main(int argc, char **argv) {
     sampler *single = NULL, *batched = NULL;
     int32_t *prompt = NULL;
     int rc = model_create(&m, &c, &err);
-    if (!rc) rc = sampler_create(&single, m, 1, &err);
-    if (!rc) rc = sampler_create(&batched, m, batch, &err);
+    sampler_options o1 = {.max_batch = 1, .weights = weights}, ob = {.max_batch = batch, .weights = weights};
+    if (!rc) rc = sampler_create_with(&single, m, &o1, &err);
+    if (!rc) rc = sampler_create_with(&batched, m, &ob, &err);
     if (rc) {
         rlhf_error_print(prog, &err);
         model_destroy(&m);
@@ -309,7 +363,10 @@ int main(int argc, char **argv) {
     } while (0)
     prompt = malloc((size_t)prompt_len * sizeof *prompt);
     for (int i = 0; i < prompt_len; i++) prompt[i] = (int32_t)((i * 7919 + 13) % c.vocab_size);
-    double weight_mb = (double)(m->n_params - (size_t)c.vocab_size * c.dim * !c.tie_embeddings) * 4.0 / 1e6;
+    double weight_mb = (double)(m->n_params - (size_t)c.vocab_size * c.dim * !c.tie_embeddings) *
+                       (weights == SAMPLER_WEIGHTS_BF16 ? 2.0 : 4.0) / 1e6;
+    CPU_LINE();
+    printf("kernels: %s, weights %s\n", sampler_kernels_name(single), sampler_weights_name(weights));
     printf("sample bench: dim %d, layers %d, heads %d/%d, ffn %d, vocab %d, %s head, %.1fM params; prompt %d, "
            "%d new tokens, %d threads\n",
            c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim, c.vocab_size, c.tie_embeddings ? "tied" : "untied",
@@ -346,7 +403,16 @@ int main(int argc, char **argv) {
         double s1 = median(single_tps, repeats), sb = median(batch_tps, repeats);
         printf("single-stream: median %.1f tokens/s (%.2f ms/token; weights read per token %.1f MB -> %.1f GB/s)\n", s1,
                1e3 / s1, weight_mb, weight_mb * s1 / 1e3);
-        printf("batched x%d: median %.1f tokens/s aggregate = %.2fx single-stream\n", batch, sb, sb / s1);
+        /* matmul FLOPs per token: 2 per weight of every packed matrix (the embedding lookup reads one row) */
+        double flop_tok = 2.0 * (double)(m->n_params - (size_t)c.vocab_size * c.dim * !c.tie_embeddings);
+        printf("batched x%d: median %.1f tokens/s aggregate = %.2fx single-stream (%.1f GFLOP/s in the matmuls)\n",
+               batch, sb, sb / s1, sb * flop_tok / 1e9);
+        if (read_rate) {
+            double gbs = read_rate_gbs(threads);
+            printf("memory read rate: %.1f GB/s (%d threads, sum over 512 MiB); single-stream bound %.0f tokens/s at "
+                   "%.1f MB per token: measured %.0f%% of it\n",
+                   gbs, threads, gbs * 1e3 / weight_mb, weight_mb, 100.0 * s1 / (gbs * 1e3 / weight_mb));
+        }
         double c1 = median(single_cpu, repeats), cb = median(batch_cpu, repeats);
         printf("per CPU-second: single-stream %.1f, batched x%d %.1f tokens (%.2fx)\n", c1, batch, cb, cb / c1);
     } else {
