@@ -47,7 +47,6 @@ struct pending_prompt {
     sample_tag *tags;         /* (k) */
     int admitted, done;
     uint64_t seq, version;    /* version: when its first sample was admitted */
-    double t_start;
 };
 
 typedef struct stream_ctx {
@@ -63,6 +62,7 @@ typedef struct stream_ctx {
     uint64_t *seq;            /* the process's next group sequence number */
     double *tok_total;
     uint64_t last_version;    /* m->version at the last weights check */
+    double last_push;         /* when the stream started or last completed a group */
     int prompt_errors;
 } stream_ctx;
 
@@ -138,10 +138,7 @@ static int stream_next(void *ctx, sample_request *req, rlhf_error *err) {
         if (open == c->nq) return 0;
     }
     pending_prompt *pp = c->q[open];
-    if (pp->admitted == 0) {
-        pp->version = c->m->version;
-        pp->t_start = rlhf_now();
-    }
+    if (pp->admitted == 0) pp->version = c->m->version;
     *req = pp->reqs[pp->admitted++];
     return 1;
 }
@@ -156,8 +153,13 @@ static int stream_done(void *ctx, const sample_request *req, long index, sample_
     if (++pp->done < k) return 0;
     /* the group is complete: push it now and drop the prompt from the queue */
     wire_rollout_group g;
+    /* gen_seconds: the sampling time since the previous group was completed, so that the groups' times
+     * add up to the generator's sampling time, as a batch's time divided among its groups does */
+    double now = rlhf_now();
+    double gen_seconds = now - c->last_push;
+    c->last_push = now;
     if (generator_group_fill(&g, &pp->p, pp->pids, pp->plen, pp->res, k, c->peer, pp->seq, pp->version,
-                             rlhf_now() - pp->t_start)) {
+                             gen_seconds)) {
         wire_rollout_group_free(&g);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for a rollout group");
     }
@@ -268,7 +270,8 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         broker_client_set_state(bc, "generating");
         if (cfg->mode == RUN_MODE_ASYNC) {
             stream_ctx sc = {.m = m, .tok = tok, .bc = bc, .gp = &gp, .peer = peer, .per_batch = per_batch,
-                             .stop = o->stop, .seq = &seq, .tok_total = &tok_total, .last_version = m->version};
+                             .stop = o->stop, .seq = &seq, .tok_total = &tok_total, .last_version = m->version,
+                             .last_push = rlhf_now()};
             rc = stream_take_batch(&sc, &pb, err);
             wire_prompt_batch_free(&pb);
             sampler_source src = {.ctx = &sc, .next = stream_next, .done = stream_done,
