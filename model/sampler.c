@@ -82,63 +82,68 @@ enum { PANEL = KERNEL_PANEL }; /* output columns per packed panel (kernels_int.h
 size_t sampler_packed_size(int O, int I) { return (size_t)((O + PANEL - 1) / PANEL) * PANEL * (size_t)I; }
 
 /* Wp (ceil(O/32), I, 32) <- the rows of W0 (O0, I) then W1 (O1, I) then W2 (O2, I) stacked into one
- * (O, I) matrix, O = O0 + O1 + O2, zero-padded past O. */
+ * (O, I) matrix, O = O0 + O1 + O2, zero-padded past O; floats, or bf16 (rounded to nearest even). */
+static void pack_any(void *Wp, int bf16, int I, const float *W0, int O0, const float *W1, int O1, const float *W2,
+                     int O2) {
+    int O = O0 + O1 + O2, np = (O + PANEL - 1) / PANEL;
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < np; p++)
+        for (int j = 0; j < PANEL; j++) {
+            int o = p * PANEL + j;
+            const float *row = o < O0 ? W0 + (size_t)o * I
+                               : o < O0 + O1 ? W1 + (size_t)(o - O0) * I
+                               : o < O ? W2 + (size_t)(o - O0 - O1) * I
+                                       : NULL;
+            for (int i = 0; i < I; i++) {
+                size_t at = ((size_t)p * I + i) * PANEL + j;
+                float v = row ? row[i] : 0.0f;
+                if (bf16)
+                    ((uint16_t *)Wp)[at] = model_bf16_round(v);
+                else
+                    ((float *)Wp)[at] = v;
+            }
+        }
+}
+
 void sampler_pack_matrix(float *Wp, int I, const float *W0, int O0, const float *W1, int O1, const float *W2,
                          int O2) {
-    int O = O0 + O1 + O2, np = (O + PANEL - 1) / PANEL;
-#pragma omp parallel for schedule(static)
-    for (int p = 0; p < np; p++)
-        for (int j = 0; j < PANEL; j++) {
-            int o = p * PANEL + j;
-            const float *row = o < O0 ? W0 + (size_t)o * I
-                               : o < O0 + O1 ? W1 + (size_t)(o - O0) * I
-                               : o < O ? W2 + (size_t)(o - O0 - O1) * I
-                                       : NULL;
-            for (int i = 0; i < I; i++) Wp[((size_t)p * I + i) * PANEL + j] = row ? row[i] : 0.0f;
-        }
+    pack_any(Wp, 0, I, W0, O0, W1, O1, W2, O2);
 }
 
-
-/* out (R, OC) = in (R, IC; rows ld_in apart) @ W^T with W packed by pack_matrix; out += ... when
- * accumulate. OpenMP over panels; within a panel, blocks of up to 12 rows share each weight load. */
-/* The same packing into bf16 (rounded to nearest even). */
 void sampler_pack_matrix_bf16(uint16_t *Wp, int I, const float *W0, int O0, const float *W1, int O1, const float *W2,
                               int O2) {
-    int O = O0 + O1 + O2, np = (O + PANEL - 1) / PANEL;
-#pragma omp parallel for schedule(static)
-    for (int p = 0; p < np; p++)
-        for (int j = 0; j < PANEL; j++) {
-            int o = p * PANEL + j;
-            const float *row = o < O0 ? W0 + (size_t)o * I
-                               : o < O0 + O1 ? W1 + (size_t)(o - O0) * I
-                               : o < O ? W2 + (size_t)(o - O0 - O1) * I
-                                       : NULL;
-            for (int i = 0; i < I; i++) Wp[((size_t)p * I + i) * PANEL + j] = row ? model_bf16_round(row[i]) : 0;
-        }
+    pack_any(Wp, 1, I, W0, O0, W1, O1, W2, O2);
 }
 
-void sampler_matmul_packed_bf16(const model_kernels *k, float *out, const float *in, int ld_in, const uint16_t *Wp,
-                                int R, int IC, int OC, int accumulate) {
+/* out (R, OC) = in (R, IC; rows ld_in apart) @ W^T with W packed (fp32 or bf16 panels); out += ... when
+ * accumulate. OpenMP over panels (output rows, never a sum); within a panel, blocks of up to
+ * k->panel_rows rows share each weight load. */
+static void matmul_any(const model_kernels *k, float *out, const float *in, int ld_in, const void *Wp, int bf16,
+                       int R, int IC, int OC, int accumulate) {
     int np = (OC + PANEL - 1) / PANEL, rows = k->panel_rows;
 #pragma omp parallel for schedule(static) if (np > 1 && (size_t)R * IC * OC > 32768)
     for (int p = 0; p < np; p++) {
-        const uint16_t *wp = Wp + (size_t)p * IC * PANEL;
-        for (int r0 = 0; r0 < R; r0 += rows)
-            k->panel_bf16(out + (size_t)r0 * OC, in + (size_t)r0 * ld_in, ld_in, wp, R - r0 < rows ? R - r0 : rows, IC,
-                          OC, p * PANEL, accumulate);
+        size_t panel = (size_t)p * IC * PANEL;
+        for (int r0 = 0; r0 < R; r0 += rows) {
+            int nr = R - r0 < rows ? R - r0 : rows;
+            if (bf16)
+                k->panel_bf16(out + (size_t)r0 * OC, in + (size_t)r0 * ld_in, ld_in, (const uint16_t *)Wp + panel, nr,
+                              IC, OC, p * PANEL, accumulate);
+            else
+                k->panel(out + (size_t)r0 * OC, in + (size_t)r0 * ld_in, ld_in, (const float *)Wp + panel, nr, IC, OC,
+                         p * PANEL, accumulate);
+        }
     }
 }
 
 void sampler_matmul_packed(const model_kernels *k, float *out, const float *in, int ld_in, const float *Wp, int R,
                            int IC, int OC, int accumulate) {
-    int np = (OC + PANEL - 1) / PANEL, rows = k->panel_rows;
-#pragma omp parallel for schedule(static) if (np > 1 && (size_t)R * IC * OC > 32768)
-    for (int p = 0; p < np; p++) {
-        const float *wp = Wp + (size_t)p * IC * PANEL;
-        for (int r0 = 0; r0 < R; r0 += rows)
-            k->panel(out + (size_t)r0 * OC, in + (size_t)r0 * ld_in, ld_in, wp, R - r0 < rows ? R - r0 : rows, IC, OC,
-                     p * PANEL, accumulate);
-    }
+    matmul_any(k, out, in, ld_in, Wp, 0, R, IC, OC, accumulate);
+}
+
+void sampler_matmul_packed_bf16(const model_kernels *k, float *out, const float *in, int ld_in, const uint16_t *Wp,
+                                int R, int IC, int OC, int accumulate) {
+    matmul_any(k, out, in, ld_in, Wp, 1, R, IC, OC, accumulate);
 }
 
 /* A cheap fingerprint of the weights: the policy version and 256 evenly spaced values of every
@@ -163,10 +168,8 @@ static uint64_t weights_fingerprint(const model *m) {
 /* Packs (O0 + O1 + O2, I) stacked at element offset `off` of the sampler's packed copy, in its precision. */
 static void pack_into(sampler *s, size_t off, int I, const float *W0, int O0, const float *W1, int O1,
                       const float *W2, int O2) {
-    if (s->bf16)
-        sampler_pack_matrix_bf16((uint16_t *)s->wpack + off, I, W0, O0, W1, O1, W2, O2);
-    else
-        sampler_pack_matrix((float *)s->wpack + off, I, W0, O0, W1, O1, W2, O2);
+    pack_any((char *)s->wpack + off * (s->bf16 ? sizeof(uint16_t) : sizeof(float)), s->bf16, I, W0, O0, W1, O1, W2,
+             O2);
 }
 
 void sampler_sync_weights(sampler *s) {
@@ -382,10 +385,8 @@ void sampler_destroy(sampler **ps) {
 /* out (R, OC) (+)= in (R, IC) @ W^T for the packed matrix at element offset off, in the sampler's precision */
 static void packed_matmul(sampler *s, float *out, const float *in, int ld_in, size_t off, int R, int IC, int OC,
                           int accumulate) {
-    if (s->bf16)
-        sampler_matmul_packed_bf16(s->k, out, in, ld_in, (const uint16_t *)s->wpack + off, R, IC, OC, accumulate);
-    else
-        sampler_matmul_packed(s->k, out, in, ld_in, (const float *)s->wpack + off, R, IC, OC, accumulate);
+    matmul_any(s->k, out, in, ld_in, (const char *)s->wpack + off * (s->bf16 ? sizeof(uint16_t) : sizeof(float)),
+               s->bf16, R, IC, OC, accumulate);
 }
 
 /* Unchecked step: see sampler_step. */
