@@ -6,5 +6,6 @@ CMD_SRCS += cli/launcher.c cli/replay.c cli/eval.c
 TESTS    += test_e2e
 SAN_TESTS += test_e2e
 test_e2e_SRCS = $(wildcard tests/e2e/*.c)
-# `rlhf --version` names the commit it was built from (the object is rebuilt when its sources change)
+# `rlhf --version` names the commit it was built from (rebuilt when git's index or HEAD moves)
 $(BUILD)/obj/cli/rlhf.o: CFLAGS += -DRLHF_GIT_VERSION='"$(shell git describe --always --dirty 2>/dev/null || echo unknown)"'
+$(BUILD)/obj/cli/rlhf.o: $(wildcard .git/HEAD .git/index)
