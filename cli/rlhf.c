@@ -14,6 +14,21 @@
 #ifndef RLHF_GIT_VERSION
 #define RLHF_GIT_VERSION "unknown"
 #endif
+#ifndef RLHF_BUILD_MARCH
+#define RLHF_BUILD_MARCH "" /* the -march of the build's OPT (cli/module.mk), "" when none */
+#endif
+
+/* 1 unless the build targeted an x86-64 level (the Makefile's default: x86-64-v3) that this CPU lacks:
+ * then say so instead of dying on an illegal instruction. Any other -march is the builder's choice. */
+static int cpu_runs_build(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!strcmp(RLHF_BUILD_MARCH, "x86-64-v2")) return __builtin_cpu_supports("x86-64-v2");
+    if (!strcmp(RLHF_BUILD_MARCH, "x86-64-v3")) return __builtin_cpu_supports("x86-64-v3");
+    if (!strcmp(RLHF_BUILD_MARCH, "x86-64-v4")) return __builtin_cpu_supports("x86-64-v4");
+#endif
+    return 1;
+}
 
 typedef int (*cmd_fn)(int argc, char **argv);
 
@@ -53,15 +68,11 @@ static void dashes(char *s) {
 }
 
 int main(int argc, char **argv) {
-#if defined(__AVX2__) && defined(__x86_64__)
-    /* built for x86-64-v3 (the Makefile's default OPT): say so instead of dying on an illegal instruction */
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
-        fprintf(stderr, "rlhf: error: this binary was built for x86-64-v3 (AVX2 + FMA) and this CPU lacks them; "
-                        "rebuild with: make OPT=-O3\n");
+    if (!cpu_runs_build()) {
+        fprintf(stderr, "rlhf: error: this binary was built with -march=%s and this CPU lacks that level's "
+                        "instructions; rebuild with: make OPT=-O3\n", RLHF_BUILD_MARCH);
         return 1;
     }
-#endif
 #define ENTRY(name, mod, help) {#name, cmd_##name, mod, help},
     struct command cmds[] = {CMDS(ENTRY)};
     size_t ncmds = sizeof cmds / sizeof cmds[0];
