@@ -64,6 +64,7 @@ typedef struct stream_ctx {
     uint64_t last_version;    /* m->version at the last weights check */
     double last_push;         /* when the stream started or last completed a group */
     int prompt_errors;
+    int asked_this_step;      /* the broker was polled for prompts since the last forward step */
 } stream_ctx;
 
 static void pending_free(pending_prompt *pp, int k) {
@@ -123,7 +124,8 @@ static int stream_next(void *ctx, sample_request *req, rlhf_error *err) {
     while (open < c->nq && c->q[open]->admitted == k) open++;
     if (open == c->nq) {
         /* everything in hand is admitted and a slot is free: ask for the next batch without waiting */
-        if ((c->stop && *c->stop) || broker_client_stopped(c->bc)) return 0;
+        if ((c->stop && *c->stop) || broker_client_stopped(c->bc) || c->asked_this_step) return 0;
+        c->asked_this_step = 1; /* once per step, not once per free slot */
         wire_prompt_batch pb;
         memset(&pb, 0, sizeof pb);
         rlhf_error perr = {0};
@@ -181,6 +183,7 @@ static int stream_done(void *ctx, const sample_request *req, long index, sample_
 static int stream_before_step(void *ctx, rlhf_error *err) {
     (void)err;
     stream_ctx *c = ctx;
+    c->asked_this_step = 0;
     rlhf_error werr = {0};
     if (take_weights(c->bc, c->m, 0, &werr) < 0) rlhf_error_print("generator: weights (ignored)", &werr);
     if (c->m->version == c->last_version) return 0;
