@@ -133,13 +133,11 @@ const model_kernels *model_kernels_of(model_isa isa) {
     }
 }
 
-static const char *const isa_names[] = {"ref", "avx2", "avx512"};
-
 int model_kernels_select(const model_kernels **out, rlhf_error *err) {
     const char *want = getenv("RLHF_ISA");
     if (want && *want) {
         for (int i = 0; i < 3; i++) {
-            if (strcmp(want, isa_names[i]) != 0) continue;
+            if (strcmp(want, model_kernels_of((model_isa)i)->name) != 0) continue;
             if (!model_isa_supported((model_isa)i))
                 return rlhf_error_set(err, RLHF_EINVAL, "RLHF_ISA",
                                       "'%s' kernels need CPU features this machine lacks (it runs: %s)", want,
@@ -178,7 +176,9 @@ int model_kernels_describe(char *buf, size_t n, rlhf_error *err) {
     char runs[32] = "";
     for (int i = 0; i < 3; i++)
         if (model_isa_supported((model_isa)i))
-            snprintf(runs + strlen(runs), sizeof runs - strlen(runs), "%s%s", *runs ? " " : "", isa_names[i]);
-    snprintf(buf, n, "%s%s (this CPU runs: %s; CPU: %s)", k->name, getenv("RLHF_ISA") && *getenv("RLHF_ISA") ? ", forced by RLHF_ISA" : "", runs, cpu);
+            snprintf(runs + strlen(runs), sizeof runs - strlen(runs), "%s%s", *runs ? " " : "", model_kernels_of((model_isa)i)->name);
+    const char *forced = getenv("RLHF_ISA");
+    snprintf(buf, n, "%s%s (this CPU runs: %s; CPU: %s)", k->name, forced && *forced ? ", forced by RLHF_ISA" : "",
+             runs, cpu);
     return 0;
 }
