@@ -7,8 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const config_keys[] = {"dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size",
-                                          "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings", NULL};
+static const char *const config_keys[] = {"dim",          "n_layers",   "n_heads",        "n_kv_heads", "ffn_dim",
+                                          "vocab_size",   "max_seq_len", "rope_theta",    "norm_eps",   "tie_embeddings",
+                                          "head_dim",     "attn_bias",   "qk_norm",       "rope_scaling", NULL};
 
 static int get_int(const json_t *obj, const char *key, int *out, int required, const char *where, rlhf_error *err) {
     json_t *v = json_object_get(obj, key);
@@ -31,6 +32,46 @@ static int get_float(const json_t *obj, const char *key, float *out, const char 
     if (!(x > 0) || !isfinite(x)) return rlhf_error_set(err, RLHF_EINVAL, where, "key '%s' must be > 0, got %g", key, x);
     *out = (float)x;
     return 0;
+}
+
+static int get_bool(const json_t *obj, const char *key, int *out, const char *where, rlhf_error *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return 0;
+    if (!json_is_boolean(v)) return rlhf_error_set(err, RLHF_EINVAL, where, "key '%s' must be true or false", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int parse_rope_scaling(model_config *cfg, const json_t *rs, const char *where, rlhf_error *err) {
+    if (!json_is_object(rs))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'rope_scaling' must be an object or null");
+    static const char *const keys[] = {"type", "factor", "low_freq_factor", "high_freq_factor",
+                                       "original_max_position_embeddings", NULL};
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)rs, key, val) {
+        int known = 0;
+        for (int i = 0; keys[i]; i++) known |= !strcmp(key, keys[i]);
+        if (!known) return rlhf_error_set(err, RLHF_EINVAL, where, "unknown key 'rope_scaling.%s'", key);
+    }
+    const char *type = json_string_value(json_object_get(rs, "type"));
+    if (!type) return rlhf_error_set(err, RLHF_EINVAL, where, "key 'rope_scaling.type' must be \"linear\" or \"llama3\"");
+    int rc;
+    if (!strcmp(type, "linear")) {
+        cfg->rope_scaling = MODEL_ROPE_LINEAR;
+    } else if (!strcmp(type, "llama3")) {
+        cfg->rope_scaling = MODEL_ROPE_LLAMA3;
+        if ((rc = get_float(rs, "low_freq_factor", &cfg->rope_low_freq_factor, where, err)) ||
+            (rc = get_float(rs, "high_freq_factor", &cfg->rope_high_freq_factor, where, err)) ||
+            (rc = get_int(rs, "original_max_position_embeddings", &cfg->rope_original_max_pos, 1, where, err)))
+            return rc;
+        if (!json_object_get(rs, "low_freq_factor") || !json_object_get(rs, "high_freq_factor"))
+            return rlhf_error_set(err, RLHF_EINVAL, where, "rope_scaling type llama3 needs low_freq_factor and high_freq_factor");
+    } else {
+        return rlhf_error_set(err, RLHF_EINVAL, where, "rope_scaling.type '%s' is not implemented (linear, llama3)", type);
+    }
+    if (!json_object_get(rs, "factor")) return rlhf_error_set(err, RLHF_EINVAL, where, "rope_scaling needs 'factor'");
+    return get_float(rs, "factor", &cfg->rope_factor, where, err);
 }
 
 int model_config_parse(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {
@@ -56,11 +97,17 @@ int model_config_parse(model_config *cfg, const json_t *obj, const char *where, 
     cfg->norm_eps = 1e-5f;
     if ((rc = get_float(obj, "rope_theta", &cfg->rope_theta, where, err))) return rc;
     if ((rc = get_float(obj, "norm_eps", &cfg->norm_eps, where, err))) return rc;
-    json_t *tie = json_object_get(obj, "tie_embeddings");
-    if (tie) {
-        if (!json_is_boolean(tie)) return rlhf_error_set(err, RLHF_EINVAL, where, "key 'tie_embeddings' must be true or false");
-        cfg->tie_embeddings = json_is_true(tie);
-    }
+    if ((rc = get_bool(obj, "tie_embeddings", &cfg->tie_embeddings, where, err)) ||
+        (rc = get_bool(obj, "attn_bias", &cfg->attn_bias, where, err)) ||
+        (rc = get_bool(obj, "qk_norm", &cfg->qk_norm, where, err)))
+        return rc;
+    cfg->head_dim = cfg->dim % cfg->n_heads ? 0 : cfg->dim / cfg->n_heads;
+    if ((rc = get_int(obj, "head_dim", &cfg->head_dim, 0, where, err))) return rc;
+    if (!cfg->head_dim)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "dim (%d) is not divisible by n_heads (%d) and no head_dim is given",
+                              cfg->dim, cfg->n_heads);
+    json_t *rs = json_object_get(obj, "rope_scaling");
+    if (rs && !json_is_null(rs) && (rc = parse_rope_scaling(cfg, rs, where, err))) return rc;
     return model_config_validate(cfg, where, err);
 }
 
@@ -68,58 +115,146 @@ int model_config_validate(const model_config *c, const char *where, rlhf_error *
     if (c->dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->ffn_dim <= 0 ||
         c->vocab_size <= 0 || c->max_seq_len <= 0)
         return rlhf_error_set(err, RLHF_EINVAL, where, "all model dimensions must be positive");
-    if (c->dim % c->n_heads)
-        return rlhf_error_set(err, RLHF_EINVAL, where, "dim (%d) is not divisible by n_heads (%d)", c->dim, c->n_heads);
+    if (c->head_dim < 0) return rlhf_error_set(err, RLHF_EINVAL, where, "head_dim must be positive");
+    if (!c->head_dim && c->dim % c->n_heads)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "dim (%d) is not divisible by n_heads (%d) and no head_dim is given",
+                              c->dim, c->n_heads);
     if (c->n_heads % c->n_kv_heads)
         return rlhf_error_set(err, RLHF_EINVAL, where, "n_heads (%d) is not divisible by n_kv_heads (%d)", c->n_heads,
                               c->n_kv_heads);
-    if ((c->dim / c->n_heads) % 2)
-        return rlhf_error_set(err, RLHF_EINVAL, where, "head_dim (%d) must be even for RoPE", c->dim / c->n_heads);
+    if (model_head_dim(c) % 2)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "head_dim (%d) must be even for RoPE", model_head_dim(c));
     if (!(c->rope_theta > 0) || !(c->norm_eps > 0))
         return rlhf_error_set(err, RLHF_EINVAL, where, "rope_theta and norm_eps must be > 0");
+    if (c->rope_scaling != MODEL_ROPE_NONE && !(c->rope_factor > 0))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "rope_scaling.factor must be > 0");
+    if (c->rope_scaling == MODEL_ROPE_LLAMA3 &&
+        (!(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor) ||
+         c->rope_original_max_pos <= 0))
+        return rlhf_error_set(err, RLHF_EINVAL, where,
+                              "rope_scaling llama3 needs 0 < low_freq_factor < high_freq_factor and "
+                              "original_max_position_embeddings > 0");
+    if (c->rope_scaling < MODEL_ROPE_NONE || c->rope_scaling > MODEL_ROPE_LLAMA3)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "unknown rope_scaling kind %d", (int)c->rope_scaling);
     return 0;
 }
 
-json_t *model_config_to_json(const model_config *c) {
-    return json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:b}", "dim", c->dim, "n_layers", c->n_layers, "n_heads",
-                     c->n_heads, "n_kv_heads", c->n_kv_heads, "ffn_dim", c->ffn_dim, "vocab_size", c->vocab_size,
-                     "max_seq_len", c->max_seq_len, "rope_theta", (double)c->rope_theta, "norm_eps",
-                     (double)c->norm_eps, "tie_embeddings", c->tie_embeddings);
+double model_rope_inv_freq(const model_config *c, int i) {
+    int D = model_head_dim(c);
+    double f = pow((double)c->rope_theta, -2.0 * i / (double)D);
+    if (c->rope_scaling == MODEL_ROPE_LINEAR) return f / c->rope_factor;
+    if (c->rope_scaling == MODEL_ROPE_LLAMA3) {
+        /* wavelengths shorter than original/high_freq_factor keep their frequency, longer than
+         * original/low_freq_factor are divided by factor, and the band between blends linearly in
+         * original/wavelength. */
+        const double pi = 3.14159265358979323846;
+        double wavelen = 2.0 * pi / f, orig = c->rope_original_max_pos;
+        double lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+        if (wavelen < orig / hi) return f;
+        if (wavelen > orig / lo) return f / c->rope_factor;
+        double smooth = (orig / wavelen - lo) / (hi - lo);
+        return (1.0 - smooth) * f / c->rope_factor + smooth * f;
+    }
+    return f;
 }
+
+json_t *model_config_to_json(const model_config *c) {
+    json_t *j = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:b}", "dim", c->dim, "n_layers", c->n_layers,
+                          "n_heads", c->n_heads, "n_kv_heads", c->n_kv_heads, "ffn_dim", c->ffn_dim, "vocab_size",
+                          c->vocab_size, "max_seq_len", c->max_seq_len, "rope_theta", (double)c->rope_theta,
+                          "norm_eps", (double)c->norm_eps, "tie_embeddings", c->tie_embeddings);
+    if (!j) return NULL;
+    if (model_head_dim(c) * c->n_heads != c->dim) json_object_set_new(j, "head_dim", json_integer(c->head_dim));
+    if (c->attn_bias) json_object_set_new(j, "attn_bias", json_true());
+    if (c->qk_norm) json_object_set_new(j, "qk_norm", json_true());
+    if (c->rope_scaling == MODEL_ROPE_LINEAR) {
+        json_object_set_new(j, "rope_scaling", json_pack("{s:s,s:f}", "type", "linear", "factor", (double)c->rope_factor));
+    } else if (c->rope_scaling == MODEL_ROPE_LLAMA3) {
+        json_object_set_new(j, "rope_scaling",
+                            json_pack("{s:s,s:f,s:f,s:f,s:i}", "type", "llama3", "factor", (double)c->rope_factor,
+                                      "low_freq_factor", (double)c->rope_low_freq_factor, "high_freq_factor",
+                                      (double)c->rope_high_freq_factor, "original_max_position_embeddings",
+                                      c->rope_original_max_pos));
+    }
+    return j;
+}
+
+/* Every tensor kind in buffer order: name, Hugging Face name, per layer, norm weight. */
+static const struct {
+    const char *name, *hf_name;
+    int per_layer, is_norm;
+} tensor_spec[MODEL_N_PARAM_TENSORS] = {
+    [MODEL_T_EMBED] = {"embed", "model.embed_tokens.weight", 0, 0},
+    [MODEL_T_ATTN_NORM] = {"attn_norm", "model.layers.%d.input_layernorm.weight", 1, 1},
+    [MODEL_T_WQ] = {"wq", "model.layers.%d.self_attn.q_proj.weight", 1, 0},
+    [MODEL_T_WK] = {"wk", "model.layers.%d.self_attn.k_proj.weight", 1, 0},
+    [MODEL_T_WV] = {"wv", "model.layers.%d.self_attn.v_proj.weight", 1, 0},
+    [MODEL_T_BQ] = {"bq", "model.layers.%d.self_attn.q_proj.bias", 1, 0},
+    [MODEL_T_BK] = {"bk", "model.layers.%d.self_attn.k_proj.bias", 1, 0},
+    [MODEL_T_BV] = {"bv", "model.layers.%d.self_attn.v_proj.bias", 1, 0},
+    [MODEL_T_Q_NORM] = {"q_norm", "model.layers.%d.self_attn.q_norm.weight", 1, 1},
+    [MODEL_T_K_NORM] = {"k_norm", "model.layers.%d.self_attn.k_norm.weight", 1, 1},
+    [MODEL_T_WO] = {"wo", "model.layers.%d.self_attn.o_proj.weight", 1, 0},
+    [MODEL_T_FFN_NORM] = {"ffn_norm", "model.layers.%d.post_attention_layernorm.weight", 1, 1},
+    [MODEL_T_W_GATE] = {"w_gate", "model.layers.%d.mlp.gate_proj.weight", 1, 0},
+    [MODEL_T_W_UP] = {"w_up", "model.layers.%d.mlp.up_proj.weight", 1, 0},
+    [MODEL_T_W_DOWN] = {"w_down", "model.layers.%d.mlp.down_proj.weight", 1, 0},
+    [MODEL_T_FINAL_NORM] = {"final_norm", "model.norm.weight", 0, 1},
+    [MODEL_T_LM_HEAD] = {"lm_head", "lm_head.weight", 0, 0},
+};
 
 static void layout(model *m) {
     const model_config *c = &m->cfg;
     size_t C = c->dim, L = c->n_layers, D = model_head_dim(c), H = c->n_heads, KVH = c->n_kv_heads;
     size_t F = c->ffn_dim, V = c->vocab_size;
-    struct {
-        const char *name;
-        int per_layer;
-        size_t rows, cols;
-    } spec[MODEL_N_PARAM_TENSORS] = {
-        {"embed", 0, V, C},     {"attn_norm", 1, C, 1}, {"wq", 1, H * D, C},     {"wk", 1, KVH * D, C},
-        {"wv", 1, KVH * D, C},  {"wo", 1, C, H * D},    {"ffn_norm", 1, C, 1},   {"w_gate", 1, F, C},
-        {"w_up", 1, F, C},      {"w_down", 1, C, F},    {"final_norm", 0, C, 1}, {"lm_head", 0, V, C},
+    size_t shape[MODEL_N_PARAM_TENSORS][2] = {
+        [MODEL_T_EMBED] = {V, C},      [MODEL_T_ATTN_NORM] = {C, 1},  [MODEL_T_WQ] = {H * D, C},
+        [MODEL_T_WK] = {KVH * D, C},   [MODEL_T_WV] = {KVH * D, C},   [MODEL_T_BQ] = {H * D, 1},
+        [MODEL_T_BK] = {KVH * D, 1},   [MODEL_T_BV] = {KVH * D, 1},   [MODEL_T_Q_NORM] = {D, 1},
+        [MODEL_T_K_NORM] = {D, 1},     [MODEL_T_WO] = {C, H * D},     [MODEL_T_FFN_NORM] = {C, 1},
+        [MODEL_T_W_GATE] = {F, C},     [MODEL_T_W_UP] = {F, C},       [MODEL_T_W_DOWN] = {C, F},
+        [MODEL_T_FINAL_NORM] = {C, 1}, [MODEL_T_LM_HEAD] = {V, C},
     };
     size_t off = 0;
-    m->n_tensors = c->tie_embeddings ? MODEL_N_PARAM_TENSORS - 1 : MODEL_N_PARAM_TENSORS;
-    for (int i = 0; i < m->n_tensors; i++) {
-        model_tensor_info *t = &m->tensors[i];
-        t->name = spec[i].name;
-        t->per_layer = spec[i].per_layer;
-        t->rows = (int)spec[i].rows;
-        t->cols = (int)spec[i].cols;
-        t->numel = spec[i].rows * spec[i].cols * (spec[i].per_layer ? L : 1);
+    m->n_tensors = 0;
+    for (int id = 0; id < MODEL_N_PARAM_TENSORS; id++) {
+        int present = 1;
+        if (id == MODEL_T_BQ || id == MODEL_T_BK || id == MODEL_T_BV) present = c->attn_bias;
+        if (id == MODEL_T_Q_NORM || id == MODEL_T_K_NORM) present = c->qk_norm;
+        if (id == MODEL_T_LM_HEAD) present = !c->tie_embeddings;
+        if (!present) continue;
+        model_tensor_info *t = &m->tensors[m->n_tensors++];
+        t->id = (model_tensor_id)id;
+        t->name = tensor_spec[id].name;
+        t->hf_name = tensor_spec[id].hf_name;
+        t->per_layer = tensor_spec[id].per_layer;
+        t->is_norm = tensor_spec[id].is_norm;
+        t->rows = (int)shape[id][0];
+        t->cols = (int)shape[id][1];
+        t->numel = shape[id][0] * shape[id][1] * (t->per_layer ? L : 1);
         t->offset = off;
         off += t->numel;
     }
     m->n_params = off;
 }
 
+const model_tensor_info *model_tensor(const model *m, model_tensor_id id) {
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].id == id) return &m->tensors[i];
+    return NULL;
+}
+
 void model_params_view(const model *m, float *base, model_params *p) {
-    float **slots[MODEL_N_PARAM_TENSORS] = {&p->embed,    &p->attn_norm, &p->wq,     &p->wk,
-                                            &p->wv,       &p->wo,        &p->ffn_norm, &p->w_gate,
-                                            &p->w_up,     &p->w_down,    &p->final_norm, &p->lm_head};
-    for (int i = 0; i < m->n_tensors; i++) *slots[i] = base + m->tensors[i].offset;
+    float **slots[MODEL_N_PARAM_TENSORS] = {
+        [MODEL_T_EMBED] = &p->embed,   [MODEL_T_ATTN_NORM] = &p->attn_norm, [MODEL_T_WQ] = &p->wq,
+        [MODEL_T_WK] = &p->wk,         [MODEL_T_WV] = &p->wv,               [MODEL_T_BQ] = &p->bq,
+        [MODEL_T_BK] = &p->bk,         [MODEL_T_BV] = &p->bv,               [MODEL_T_Q_NORM] = &p->q_norm,
+        [MODEL_T_K_NORM] = &p->k_norm, [MODEL_T_WO] = &p->wo,               [MODEL_T_FFN_NORM] = &p->ffn_norm,
+        [MODEL_T_W_GATE] = &p->w_gate, [MODEL_T_W_UP] = &p->w_up,           [MODEL_T_W_DOWN] = &p->w_down,
+        [MODEL_T_FINAL_NORM] = &p->final_norm, [MODEL_T_LM_HEAD] = &p->lm_head,
+    };
+    memset(p, 0, sizeof *p);
+    for (int i = 0; i < m->n_tensors; i++) *slots[m->tensors[i].id] = base + m->tensors[i].offset;
     if (m->cfg.tie_embeddings) p->lm_head = p->embed;
 }
 
@@ -130,6 +265,7 @@ int model_create(model **out, const model_config *cfg, rlhf_error *err) {
     model *m = calloc(1, sizeof *m);
     if (!m) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     m->cfg = *cfg;
+    m->cfg.head_dim = model_head_dim(cfg); /* 0 (= dim / n_heads) made explicit */
     layout(m);
     /* 64-byte alignment for SIMD loads; zeroed so norms etc. are defined before init */
     size_t bytes = (m->n_params * sizeof(float) + 63) & ~(size_t)63;
@@ -159,8 +295,8 @@ void model_init_random(model *m, uint64_t seed) {
     for (int i = 0; i < m->n_tensors; i++) {
         const model_tensor_info *t = &m->tensors[i];
         float *w = m->params_mem + t->offset;
-        if (t->cols == 1) { /* norm weights */
-            for (size_t j = 0; j < t->numel; j++) w[j] = 1.0f;
+        if (t->is_norm || t->cols == 1) { /* norm weights 1, biases 0 */
+            for (size_t j = 0; j < t->numel; j++) w[j] = t->is_norm ? 1.0f : 0.0f;
             continue;
         }
         float std = (!strcmp(t->name, "wo") || !strcmp(t->name, "w_down")) ? out_scale : 0.02f;

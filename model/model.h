@@ -26,10 +26,15 @@ extern "C" {
 
 /* ---------------------------------------------------------------- configuration */
 
+/* RoPE frequency scaling (Hugging Face config.json "rope_scaling"): none, "linear" (every inverse
+ * frequency divided by factor) or "llama3" (long wavelengths divided by factor, short ones kept, a
+ * smooth blend between; see model_rope_inv_freq). */
+typedef enum model_rope_scaling { MODEL_ROPE_NONE = 0, MODEL_ROPE_LINEAR = 1, MODEL_ROPE_LLAMA3 = 2 } model_rope_scaling;
+
 typedef struct model_config {
     int dim;            /* C: model width */
     int n_layers;       /* L */
-    int n_heads;        /* H: query heads; head_dim = dim / n_heads */
+    int n_heads;        /* H: query heads */
     int n_kv_heads;     /* KVH: key/value heads (GQA); n_heads % n_kv_heads == 0 */
     int ffn_dim;        /* F: SwiGLU hidden width */
     int vocab_size;     /* V */
@@ -37,26 +42,49 @@ typedef struct model_config {
     float rope_theta;   /* RoPE base, e.g. 10000 */
     float norm_eps;     /* RMSNorm epsilon, e.g. 1e-5 */
     int tie_embeddings; /* 1: lm_head shares embed_tokens */
+    int head_dim;       /* D: per-head width; 0 = dim / n_heads (Qwen3 has 128 at dim 1024, 16 heads) */
+    int attn_bias;      /* 1: the q, k and v projections add a bias (Qwen2) */
+    int qk_norm;        /* 1: RMSNorm over each head of q and of k, before RoPE, weight (D) per layer (Qwen3) */
+    model_rope_scaling rope_scaling;
+    float rope_factor;           /* linear, llama3: > 0 */
+    float rope_low_freq_factor;  /* llama3 */
+    float rope_high_freq_factor; /* llama3: > rope_low_freq_factor */
+    int rope_original_max_pos;   /* llama3: original_max_position_embeddings */
 } model_config;
 
 /* Parses {"dim":..,"n_layers":..,...}; unknown or mistyped keys and dimensions that do not divide
  * are errors naming the key and `where` (a file name or JSON path). Missing optional keys take
- * documented defaults (n_kv_heads = n_heads, rope_theta = 10000, norm_eps = 1e-5, tie_embeddings = 0). */
+ * documented defaults (n_kv_heads = n_heads, rope_theta = 10000, norm_eps = 1e-5, tie_embeddings = 0,
+ * head_dim = dim / n_heads, attn_bias = qk_norm = false, no rope_scaling). rope_scaling is an object
+ * {"type": "linear"|"llama3", "factor", "low_freq_factor", "high_freq_factor",
+ * "original_max_position_embeddings"} (the last three for llama3 only). model_config_to_json writes
+ * the keys added for Hugging Face models only when they differ from their defaults, so the config of
+ * a Llama-shaped model reads the same as before they existed. */
 int model_config_parse(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err);
 json_t *model_config_to_json(const model_config *cfg);
 int model_config_validate(const model_config *cfg, const char *where, rlhf_error *err);
-static inline int model_head_dim(const model_config *c) { return c->dim / c->n_heads; }
+static inline int model_head_dim(const model_config *c) { return c->head_dim ? c->head_dim : c->dim / c->n_heads; }
+/* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2): rope_theta^(-2i/D), scaled as
+ * rope_scaling says. Every RoPE table of the project (training, sampling, reference) is built from it. */
+double model_rope_inv_freq(const model_config *c, int i);
 
 /* ---------------------------------------------------------------- parameters */
 
 /* Pointers into one contiguous buffer; the order below is the buffer order. Shapes use
- * C = dim, L = n_layers, H = n_heads, KVH = n_kv_heads, D = head_dim, F = ffn_dim, V = vocab_size. */
+ * C = dim, L = n_layers, H = n_heads, KVH = n_kv_heads, D = head_dim, F = ffn_dim, V = vocab_size.
+ * The optional tensors (bq, bk, bv with attn_bias; q_norm, k_norm with qk_norm; lm_head unless tied)
+ * take no room when absent and their pointers are NULL (lm_head then equals embed). */
 typedef struct model_params {
     float *embed;      /* (V, C)        model.embed_tokens.weight */
     float *attn_norm;  /* (L, C)        model.layers.{i}.input_layernorm.weight */
     float *wq;         /* (L, H*D, C)   model.layers.{i}.self_attn.q_proj.weight */
     float *wk;         /* (L, KVH*D, C) model.layers.{i}.self_attn.k_proj.weight */
     float *wv;         /* (L, KVH*D, C) model.layers.{i}.self_attn.v_proj.weight */
+    float *bq;         /* (L, H*D)      model.layers.{i}.self_attn.q_proj.bias   (attn_bias) */
+    float *bk;         /* (L, KVH*D)    model.layers.{i}.self_attn.k_proj.bias   (attn_bias) */
+    float *bv;         /* (L, KVH*D)    model.layers.{i}.self_attn.v_proj.bias   (attn_bias) */
+    float *q_norm;     /* (L, D)        model.layers.{i}.self_attn.q_norm.weight (qk_norm) */
+    float *k_norm;     /* (L, D)        model.layers.{i}.self_attn.k_norm.weight (qk_norm) */
     float *wo;         /* (L, C, H*D)   model.layers.{i}.self_attn.o_proj.weight */
     float *ffn_norm;   /* (L, C)        model.layers.{i}.post_attention_layernorm.weight */
     float *w_gate;     /* (L, F, C)     model.layers.{i}.mlp.gate_proj.weight */
@@ -66,15 +94,24 @@ typedef struct model_params {
     float *lm_head;    /* (V, C)        lm_head.weight; == embed when tie_embeddings */
 } model_params;
 
-enum { MODEL_N_PARAM_TENSORS = 12 };
+/* Every tensor kind, in buffer order (the order of model_params' fields). */
+typedef enum model_tensor_id {
+    MODEL_T_EMBED, MODEL_T_ATTN_NORM, MODEL_T_WQ, MODEL_T_WK, MODEL_T_WV, MODEL_T_BQ, MODEL_T_BK, MODEL_T_BV,
+    MODEL_T_Q_NORM, MODEL_T_K_NORM, MODEL_T_WO, MODEL_T_FFN_NORM, MODEL_T_W_GATE, MODEL_T_W_UP, MODEL_T_W_DOWN,
+    MODEL_T_FINAL_NORM, MODEL_T_LM_HEAD,
+    MODEL_N_PARAM_TENSORS
+} model_tensor_id;
 
-/* One entry per parameter tensor (in buffer order), for checkpoints, optimizers and tests. */
+/* One entry per parameter tensor present (in buffer order), for checkpoints, optimizers and tests. */
 typedef struct model_tensor_info {
+    model_tensor_id id;
     const char *name;  /* "embed", "wq", ... (field name above) */
+    const char *hf_name; /* Hugging Face name; "%d" stands for the layer in per-layer tensors */
     size_t offset;     /* in floats, from the start of the buffer */
     size_t numel;      /* all layers together */
     int per_layer;     /* 1: stacked (L, ...) */
     int rows, cols;    /* per-layer matrix shape (cols = 1 for vectors) */
+    int is_norm;       /* an RMSNorm weight (initialised to 1; no weight decay) */
 } model_tensor_info;
 
 typedef struct model {
@@ -83,7 +120,7 @@ typedef struct model {
     float *params_mem;    /* owns all parameters */
     model_params p;
     model_tensor_info tensors[MODEL_N_PARAM_TENSORS];
-    int n_tensors;        /* MODEL_N_PARAM_TENSORS, or one fewer when tied */
+    int n_tensors;        /* tensors present (see model_params) */
     uint64_t version;     /* policy_version of these weights (0 = base) */
 } model;
 
@@ -93,6 +130,8 @@ void model_destroy(model **m);
 void model_init_random(model *m, uint64_t seed);
 /* Points a model_params at an arbitrary buffer laid out like params_mem (e.g. a gradient buffer). */
 void model_params_view(const model *m, float *base, model_params *out);
+/* The entry of a tensor kind, or NULL when this model has none. */
+const model_tensor_info *model_tensor(const model *m, model_tensor_id id);
 /* Copies weights between two models of the same config. */
 int model_copy_weights(model *dst, const model *src, rlhf_error *err);
 

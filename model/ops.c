@@ -1,5 +1,6 @@
 /* model/ops.c — fp32 training kernels: fast (OpenMP + OpenBLAS) and plain reference versions.
  * See ops.h for the conventions (outputs, inputs, sizes; backward accumulates). */
+#include "model/model.h"
 #include "model/ops.h"
 
 #include <cblas.h>
@@ -222,13 +223,13 @@ void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const f
 
 /* ------------------------------------------------------------------ RoPE */
 
-void ops_rope_tables(float *cos_t, float *sin_t, int T, int D, float theta) {
+void ops_rope_tables(float *cos_t, float *sin_t, int T, const model_config *c) {
     // cos_t, sin_t (T, D/2)
-    int half = D / 2;
+    int half = model_head_dim(c) / 2;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
             /* angles in double so long contexts keep accurate phases */
-            double a = (double)t * pow((double)theta, -2.0 * i / D);
+            double a = (double)t * model_rope_inv_freq(c, i);
             cos_t[(size_t)t * half + i] = (float)cos(a);
             sin_t[(size_t)t * half + i] = (float)sin(a);
         }

@@ -45,7 +45,8 @@ void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const f
 /* ---- RoPE, Hugging Face "rotate_half" convention: for i < D/2, pairs (i, i + D/2) rotate by
  * angle pos * theta^(-2i/D). inp/out (B, T, NH, D); positions are 0..T-1 per sequence.
  * cos/sin tables are (T, D/2), built by ops_rope_tables. */
-void ops_rope_tables(float *cos_t, float *sin_t, int T, int D, float theta);
+struct model_config;
+void ops_rope_tables(float *cos_t, float *sin_t, int T, const struct model_config *c);
 void rope_forward(float *out, const float *inp, const float *cos_t, const float *sin_t, int B, int T, int NH, int D);
 void rope_backward(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
                    int D, int acc_inp);

@@ -413,43 +413,29 @@ typedef struct ckpt_entry {
     size_t offset; /* floats from params_mem */
 } ckpt_entry;
 
-/* The checkpoint's tensors in file order: embed, then per layer, then final norm and lm_head. */
+/* The checkpoint's tensors in file order: embed, then per layer (in model_params order), then the
+ * final norm and lm_head; names and shapes come from the model's tensor table. */
 static int ckpt_layout(const model *m, ckpt_entry **out, int *n_out) {
     const model_config *c = &m->cfg;
-    int L = c->n_layers;
-    int n = 1 + 9 * L + 1 + (c->tie_embeddings ? 0 : 1);
+    int L = c->n_layers, n = 0;
+    for (int t = 0; t < m->n_tensors; t++) n += m->tensors[t].per_layer ? L : 1;
     ckpt_entry *e = calloc((size_t)n, sizeof *e);
     if (!e) return RLHF_ENOMEM;
     int k = 0;
-#define ADD(nm_fmt, layer, tidx, r, cdim)                                                           \
-    do {                                                                                           \
-        const model_tensor_info *ti = &m->tensors[tidx];                                           \
-        snprintf(e[k].name, HF_NAME_MAX, nm_fmt, layer);                                           \
-        e[k].ndim = (cdim) ? 2 : 1;                                                                \
-        e[k].shape[0] = (r);                                                                       \
-        e[k].shape[1] = (cdim);                                                                    \
-        e[k].offset = ti->offset + (ti->per_layer ? (size_t)(layer) * ti->rows * ti->cols : 0);    \
-        k++;                                                                                       \
-    } while (0)
-    /* tensor indices follow model_params' order: embed, attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up,
-     * w_down, final_norm, lm_head */
-    int C = c->dim, HD = c->n_heads * model_head_dim(c), KD = c->n_kv_heads * model_head_dim(c), F = c->ffn_dim;
-    /* "%.0d" prints nothing for 0: the non-layer names share the macro */
-    ADD("model.embed_tokens.weight%.0d", 0, 0, c->vocab_size, C);
-    for (int i = 0; i < L; i++) {
-        ADD("model.layers.%d.input_layernorm.weight", i, 1, C, 0);
-        ADD("model.layers.%d.self_attn.q_proj.weight", i, 2, HD, C);
-        ADD("model.layers.%d.self_attn.k_proj.weight", i, 3, KD, C);
-        ADD("model.layers.%d.self_attn.v_proj.weight", i, 4, KD, C);
-        ADD("model.layers.%d.self_attn.o_proj.weight", i, 5, C, HD);
-        ADD("model.layers.%d.post_attention_layernorm.weight", i, 6, C, 0);
-        ADD("model.layers.%d.mlp.gate_proj.weight", i, 7, F, C);
-        ADD("model.layers.%d.mlp.up_proj.weight", i, 8, F, C);
-        ADD("model.layers.%d.mlp.down_proj.weight", i, 9, C, F);
+    for (int pass = 0; pass < 3; pass++) { /* tensors before the layers, the layers, after them */
+        for (int layer = 0; layer < (pass == 1 ? L : 1); layer++)
+            for (int t = 0; t < m->n_tensors; t++) {
+                const model_tensor_info *ti = &m->tensors[t];
+                int before = ti->id == MODEL_T_EMBED;
+                if (pass == 1 ? !ti->per_layer : (ti->per_layer || before != (pass == 0))) continue;
+                snprintf(e[k].name, HF_NAME_MAX, ti->hf_name, layer);
+                e[k].ndim = ti->cols > 1 ? 2 : 1;
+                e[k].shape[0] = ti->rows;
+                e[k].shape[1] = ti->cols > 1 ? ti->cols : 0;
+                e[k].offset = ti->offset + (ti->per_layer ? (size_t)layer * ti->rows * ti->cols : 0);
+                k++;
+            }
     }
-    ADD("model.norm.weight%.0d", 0, 10, C, 0);
-    if (!c->tie_embeddings) ADD("lm_head.weight%.0d", 0, 11, c->vocab_size, C);
-#undef ADD
     *out = e;
     *n_out = k;
     return 0;
@@ -539,6 +525,16 @@ int model_config_compare(const model_config *got, const model_config *exp, const
     if (!got->tie_embeddings != !exp->tie_embeddings)
         return rlhf_error_set(err, RLHF_EINVAL, where, "model config key 'tie_embeddings' is %s, expected %s",
                               got->tie_embeddings ? "true" : "false", exp->tie_embeddings ? "true" : "false");
+    if (model_head_dim(got) != model_head_dim(exp))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "model config key 'head_dim' is %d, expected %d",
+                              model_head_dim(got), model_head_dim(exp));
+    CMP_INT(attn_bias)
+    CMP_INT(qk_norm)
+    if (got->rope_scaling != exp->rope_scaling || got->rope_factor != exp->rope_factor ||
+        got->rope_low_freq_factor != exp->rope_low_freq_factor ||
+        got->rope_high_freq_factor != exp->rope_high_freq_factor ||
+        got->rope_original_max_pos != exp->rope_original_max_pos)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "model config key 'rope_scaling' differs");
 #undef CMP_INT
     return 0;
 }

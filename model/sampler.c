@@ -278,6 +278,8 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
 int sampler_create_with(sampler **out, const model *m, const sampler_options *opt, rlhf_error *err) {
     *out = NULL;
     int max_batch = opt->max_batch;
+    if (m->cfg.attn_bias || m->cfg.qk_norm)
+        return RLHF_FAIL(err, RLHF_EINVAL, "sampler: q/k/v biases and q/k norms are not implemented yet");
     if (opt->weights != SAMPLER_WEIGHTS_FP32 && opt->weights != SAMPLER_WEIGHTS_BF16)
         return RLHF_FAIL(err, RLHF_EINVAL, "sampler weights: unknown precision %d", (int)opt->weights);
     if (max_batch < 1 || max_batch > 65536)
@@ -341,10 +343,10 @@ int sampler_create_with(sampler **out, const model *m, const sampler_options *op
                          2 * cache * sizeof(float) >> 20, max_batch, c->max_seq_len);
     }
     sampler_sync_weights(s);
-    /* angle = pos * theta^(-2i/D), computed in double then rounded once */
+    /* angle = pos * inverse frequency, computed in double then rounded once */
     for (int p = 0; p < s->T; p++)
         for (int i = 0; i < D / 2; i++) {
-            double ang = (double)p * pow((double)c->rope_theta, -2.0 * i / (double)D);
+            double ang = (double)p * model_rope_inv_freq(c, i);
             s->rope_cos[(size_t)p * (D / 2) + i] = (float)cos(ang);
             s->rope_sin[(size_t)p * (D / 2) + i] = (float)sin(ang);
         }

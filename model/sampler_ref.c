@@ -24,9 +24,9 @@ static void ref_rmsnorm(float *y, const float *x, const float *w, int C, float e
 }
 
 /* HF rotate_half: pairs (i, i + D/2), angle pos * theta^(-2i/D) */
-static void ref_rope(float *v, int pos, int D, float theta) {
+static void ref_rope(float *v, int pos, int D, const model_config *cfg) {
     for (int i = 0; i < D / 2; i++) {
-        double ang = pos * pow(theta, -2.0 * i / D);
+        double ang = pos * model_rope_inv_freq(cfg, i);
         double c = cos(ang), s = sin(ang), a = v[i], b = v[i + D / 2];
         v[i] = (float)(a * c - b * s);
         v[i + D / 2] = (float)(b * c + a * s);
@@ -36,6 +36,8 @@ static void ref_rope(float *v, int pos, int D, float theta) {
 int model_reference_logits(const model *m, const int32_t *tokens, int T, float *logits, rlhf_error *err) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->p;
+    if (m->cfg.attn_bias || m->cfg.qk_norm)
+        return RLHF_FAIL(err, RLHF_EINVAL, "reference forward: q/k/v biases and q/k norms are not implemented yet");
     if (T < 1 || T > c->max_seq_len)
         return RLHF_FAIL(err, RLHF_EINVAL, "reference forward: T must be in 1..%d, got %d", c->max_seq_len, T);
     for (int t = 0; t < T; t++)
@@ -67,8 +69,8 @@ int model_reference_logits(const model *m, const int32_t *tokens, int T, float *
             ref_matvec(q + (size_t)t * HD, wq, xn, HD, C);
             ref_matvec(k + (size_t)t * KD, wk, xn, KD, C);
             ref_matvec(v + (size_t)t * KD, wv, xn, KD, C);
-            for (int h = 0; h < H; h++) ref_rope(q + (size_t)t * HD + h * D, t, D, c->rope_theta);
-            for (int h = 0; h < KVH; h++) ref_rope(k + (size_t)t * KD + h * D, t, D, c->rope_theta);
+            for (int h = 0; h < H; h++) ref_rope(q + (size_t)t * HD + h * D, t, D, c);
+            for (int h = 0; h < KVH; h++) ref_rope(k + (size_t)t * KD + h * D, t, D, c);
         }
         for (int t = 0; t < T; t++) {
             for (int h = 0; h < H; h++) {

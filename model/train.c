@@ -112,6 +112,8 @@ static void *alloc64(size_t bytes) {
 int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rlhf_error *err) {
     *out = NULL;
     const model_config *c = &m->cfg;
+    if (m->cfg.attn_bias || m->cfg.qk_norm)
+        return RLHF_FAIL(err, RLHF_EINVAL, "trainer: q/k/v biases and q/k norms are not implemented yet");
     if (max_B <= 0 || max_T <= 0)
         return RLHF_FAIL(err, RLHF_EINVAL, "trainer batch shape must be positive, got B=%d T=%d", max_B, max_T);
     if (max_T > c->max_seq_len)
@@ -178,7 +180,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     TAKE(t->lse, N);
 #undef TAKE
     model_params_view(m, t->grads, &t->dp);
-    ops_rope_tables(t->rope_cos, t->rope_sin, max_T, (int)D, c->rope_theta);
+    ops_rope_tables(t->rope_cos, t->rope_sin, max_T, c);
     *out = t;
     return 0;
 }

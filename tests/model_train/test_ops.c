@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/model.h"
 #include "model/ops.h"
 #include "tests/model_train/helpers.h"
 
@@ -189,7 +190,8 @@ static void test_rope(void) {
     rope_ctx c = {.B = B, .T = T, .NH = NH, .D = D};
     c.cs = zeros((size_t)T * D / 2);
     c.sn = zeros((size_t)T * D / 2);
-    ops_rope_tables(c.cs, c.sn, T, D, 10000.0f);
+    model_config rc = {.rope_theta = 10000.0f, .head_dim = D};
+    ops_rope_tables(c.cs, c.sn, T, &rc);
     /* the HF convention, spelled out: position 3, pair (1, 1 + D/2), angle 3 * 10000^(-2/8) */
     double ang = 3.0 * pow(10000.0, -2.0 / 8.0);
     CU_ASSERT(fabs(c.cs[3 * 4 + 1] - cos(ang)) < 1e-6 && fabs(c.sn[3 * 4 + 1] - sin(ang)) < 1e-6);
@@ -408,7 +410,8 @@ static void test_overwrite_mode(void) {
     CU_ASSERT(rel_err(got, want, (size_t)N * C) < SAME_TOL);
     /* rope */
     float *cs = zeros((size_t)T * D / 2), *sn = zeros((size_t)T * D / 2), *g = rand_buf(&rng, nq, 1.0f);
-    ops_rope_tables(cs, sn, T, D, 10000.0f);
+    model_config rcfg = {.rope_theta = 10000.0f, .head_dim = D};
+    ops_rope_tables(cs, sn, T, &rcfg);
     float *rw = zeros(nq), *rg = nan_buf(nq);
     rope_backward_ref(rw, g, cs, sn, B, T, H, D);
     rope_backward(rg, g, cs, sn, B, T, H, D, 0);
