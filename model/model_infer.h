@@ -37,11 +37,17 @@ typedef struct tokenizer_ops {
     void (*destroy_impl)(void *impl);
 } tokenizer_ops;
 
+enum { TOKENIZER_MAX_EOS = 8 };
+
 struct tokenizer {
     const tokenizer_ops *ops;
     void *impl;      /* implementation state (NULL for bytes) */
     int vocab_size;  /* ids are 0..vocab_size-1; equals the model's vocab_size */
-    int32_t bos_id, eos_id, pad_id;
+    int32_t bos_id, eos_id, pad_id; /* -1 when the tokenizer has none */
+    /* Every id that ends a completion (eos_id first; a model's generation config may name more, e.g.
+     * Llama-3's <|eot_id|> beside <|end_of_text|>). */
+    int32_t eos_ids[TOKENIZER_MAX_EOS];
+    int n_eos_ids;
 };
 
 enum { TOKENIZER_BYTES_BOS = 256, TOKENIZER_BYTES_EOS = 257, TOKENIZER_BYTES_PAD = 258, TOKENIZER_BYTES_MIN_VOCAB = 259 };

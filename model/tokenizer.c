@@ -58,6 +58,8 @@ int tokenizer_create_bytes(tokenizer **out, int vocab_size, rlhf_error *err) {
     t->bos_id = TOKENIZER_BYTES_BOS;
     t->eos_id = TOKENIZER_BYTES_EOS;
     t->pad_id = TOKENIZER_BYTES_PAD;
+    t->eos_ids[0] = TOKENIZER_BYTES_EOS;
+    t->n_eos_ids = 1;
     *out = t;
     return 0;
 }
