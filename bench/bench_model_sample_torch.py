@@ -4,7 +4,9 @@ RoPE, RMSNorm, SwiGLU, tied head), random weights, KV-cache decoding with multin
 temperature 1, in eager PyTorch with the given thread count.
 
 Usage: bench_model_sample_torch.py [--threads 2] [--batch 64] [--new-tokens 256] [--prompt-len 8]
-       [--dim 288 --layers 6 --heads 6 --ffn 768 --vocab 32000] [--repeats 3]
+       [--dim 288 --layers 6 --heads 6 --kv-heads 0 --ffn 768 --vocab 32000] [--repeats 3]
+       (--kv-heads 0: as many as --heads; fewer: grouped-query attention, each K/V head serving
+       heads / kv_heads query heads, as in SmolLM2 and Llama-3)
 Prints per-run lines and, last, "torch single-stream: median X tokens/s" and
 "torch batched xB: median Y tokens/s aggregate".
 """
@@ -16,15 +18,16 @@ import time
 import torch
 
 
-def build(dim, layers, heads, ffn, vocab, seed=1234):
+def build(dim, layers, heads, kv_heads, ffn, vocab, seed=1234):
+    kvd = dim // heads * kv_heads
     g = torch.Generator().manual_seed(seed)
     w = {"embed": torch.randn(vocab, dim, generator=g) * 0.02, "norm": torch.ones(dim), "layers": []}
     out_scale = 0.02 / math.sqrt(2 * layers)
     for _ in range(layers):
         w["layers"].append({
             "attn_norm": torch.ones(dim), "ffn_norm": torch.ones(dim),
-            "wq": torch.randn(dim, dim, generator=g) * 0.02, "wk": torch.randn(dim, dim, generator=g) * 0.02,
-            "wv": torch.randn(dim, dim, generator=g) * 0.02, "wo": torch.randn(dim, dim, generator=g) * out_scale,
+            "wq": torch.randn(dim, dim, generator=g) * 0.02, "wk": torch.randn(kvd, dim, generator=g) * 0.02,
+            "wv": torch.randn(kvd, dim, generator=g) * 0.02, "wo": torch.randn(dim, dim, generator=g) * out_scale,
             "gate": torch.randn(ffn, dim, generator=g) * 0.02, "up": torch.randn(ffn, dim, generator=g) * 0.02,
             "down": torch.randn(dim, ffn, generator=g) * out_scale,
         })
@@ -41,8 +44,8 @@ def rotate_half(x):
 
 
 class Decoder:
-    def __init__(self, w, heads, max_len, batch):
-        self.w, self.heads = w, heads
+    def __init__(self, w, heads, kv_heads, max_len, batch):
+        self.w, self.heads, self.kvh = w, heads, kv_heads
         dim = w["embed"].shape[1]
         self.hd = dim // heads
         inv = 1.0 / (10000.0 ** (torch.arange(0, self.hd, 2).float() / self.hd))
@@ -50,8 +53,8 @@ class Decoder:
         ang = torch.cat((ang, ang), dim=-1)
         self.cos, self.sin = ang.cos(), ang.sin()
         L = len(w["layers"])
-        self.k = torch.zeros(L, batch, heads, max_len, self.hd)
-        self.v = torch.zeros(L, batch, heads, max_len, self.hd)
+        self.k = torch.zeros(L, batch, kv_heads, max_len, self.hd)
+        self.v = torch.zeros(L, batch, kv_heads, max_len, self.hd)
 
     def step(self, tokens, start):
         """tokens (B, T) at positions start..start+T-1 -> logits of the last position (B, V)."""
@@ -64,13 +67,16 @@ class Decoder:
         for l, lw in enumerate(self.w["layers"]):
             h = rmsnorm(x, lw["attn_norm"])
             q = (h @ lw["wq"].T).view(B, T, self.heads, self.hd).transpose(1, 2)
-            k = (h @ lw["wk"].T).view(B, T, self.heads, self.hd).transpose(1, 2)
-            v = (h @ lw["wv"].T).view(B, T, self.heads, self.hd).transpose(1, 2)
+            k = (h @ lw["wk"].T).view(B, T, self.kvh, self.hd).transpose(1, 2)
+            v = (h @ lw["wv"].T).view(B, T, self.kvh, self.hd).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             self.k[l, :B, :, start:start + T] = k
             self.v[l, :B, :, start:start + T] = v
             kk, vv = self.k[l, :B, :, :start + T], self.v[l, :B, :, :start + T]
+            if self.kvh != self.heads:  # each cached K/V head serves heads / kv_heads query heads
+                kk = kk.repeat_interleave(self.heads // self.kvh, dim=1)
+                vv = vv.repeat_interleave(self.heads // self.kvh, dim=1)
             att = (q @ kk.transpose(-1, -2)) / math.sqrt(self.hd)
             if mask is not None:
                 att = att + mask
@@ -81,8 +87,8 @@ class Decoder:
         return rmsnorm(x[:, -1], self.w["norm"]) @ self.w["embed"].T
 
 
-def generate(w, heads, batch, prompt_len, new_tokens, seed):
-    dec = Decoder(w, heads, prompt_len + new_tokens, batch)
+def generate(w, heads, kv_heads, batch, prompt_len, new_tokens, seed):
+    dec = Decoder(w, heads, kv_heads, prompt_len + new_tokens, batch)
     vocab = w["embed"].shape[0]
     prompt = (torch.arange(prompt_len) * 7919 + 13) % vocab
     tokens = prompt.unsqueeze(0).repeat(batch, 1)
@@ -104,23 +110,24 @@ def generate(w, heads, batch, prompt_len, new_tokens, seed):
 def main():
     ap = argparse.ArgumentParser()
     for name, d in [("threads", 2), ("batch", 64), ("new-tokens", 256), ("prompt-len", 8), ("dim", 288),
-                    ("layers", 6), ("heads", 6), ("ffn", 768), ("vocab", 32000), ("repeats", 3)]:
+                    ("layers", 6), ("heads", 6), ("kv-heads", 0), ("ffn", 768), ("vocab", 32000), ("repeats", 3)]:
         ap.add_argument("--" + name, type=int, default=d)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    w = build(a.dim, a.layers, a.heads, a.ffn, a.vocab)
+    kvh = a.kv_heads or a.heads
+    w = build(a.dim, a.layers, a.heads, kvh, a.ffn, a.vocab)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with torch.inference_mode():
-        generate(w, a.heads, 1, a.prompt_len, 16, 0)  # warm-up
+        generate(w, a.heads, kvh, 1, a.prompt_len, 16, 0)  # warm-up
         single, batched, single_cpu, batched_cpu = [], [], [], []
         for r in range(a.repeats):
-            n, t, c = generate(w, a.heads, 1, a.prompt_len, a.new_tokens, 1000 + r)
+            n, t, c = generate(w, a.heads, kvh, 1, a.prompt_len, a.new_tokens, 1000 + r)
             single.append(n / t)
             single_cpu.append(n / c)
             print(f"  torch single-stream run {r}: {n} tokens in {t:.3f} s = {n / t:.1f} tokens/s "
                   f"({n / c:.1f} tokens per CPU-second)", flush=True)
         for r in range(a.repeats):
-            n, t, c = generate(w, a.heads, a.batch, a.prompt_len, a.new_tokens, 2000 + r)
+            n, t, c = generate(w, a.heads, kvh, a.batch, a.prompt_len, a.new_tokens, 2000 + r)
             batched.append(n / t)
             batched_cpu.append(n / c)
             print(f"  torch batch {a.batch} run {r}: {n} tokens in {t:.3f} s = {n / t:.1f} tokens/s aggregate "

@@ -25,13 +25,15 @@ export OMP_NUM_THREADS=$THREADS
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# name dim layers heads kv_heads ffn vocab batch seq c_steps torch_steps
+# name dim layers heads kv_heads ffn vocab batch seq c_steps torch_steps tied
+# smollm2: the SmolLM2-135M shape (tied embeddings, 3 KV heads) at the issue's B 4, T 256
 spec() {
   case $1 in
-    ref)  echo "256 4 4 4 688 512 4 64 30 10" ;;
-    1m)   echo "128 4 4 4 352 512 4 64 30 10" ;;
-    10m)  echo "384 5 6 6 1024 1024 4 64 15 5" ;;
-    100m) echo "768 12 12 12 2048 8192 4 64 5 2" ;;
+    ref)  echo "256 4 4 4 688 512 4 64 30 10 0" ;;
+    1m)   echo "128 4 4 4 352 512 4 64 30 10 0" ;;
+    10m)  echo "384 5 6 6 1024 1024 4 64 15 5 0" ;;
+    100m) echo "768 12 12 12 2048 8192 4 64 5 2 0" ;;
+    smollm2) echo "576 30 9 3 1536 49152 4 256 4 3 1" ;;
     *) echo "unknown size $1" >&2; exit 1 ;;
   esac
 }
@@ -39,14 +41,16 @@ spec() {
 printf '%-5s %9s | %9s %8s %8s %8s %5s | %10s %8s %6s | %8s %8s\n' size params "C ms" "C tok/s" "C GF/s" \
   "sgemm" "%" "torch ms" "tok/s" "C/torch" "RSS MiB" "formula"
 for s in $SIZES; do
-  read -r dim layers heads kvh ffn vocab batch seq csteps tsteps <<<"$(spec "$s")"
-  printf '{"dim":%d,"n_layers":%d,"n_heads":%d,"n_kv_heads":%d,"ffn_dim":%d,"vocab_size":%d,"max_seq_len":%d}\n' \
-    "$dim" "$layers" "$heads" "$kvh" "$ffn" "$vocab" "$seq" >"$tmp/arch.json"
+  read -r dim layers heads kvh ffn vocab batch seq csteps tsteps tied <<<"$(spec "$s")"
+  tie_json=false
+  [ "$tied" = 1 ] && tie_json=true
+  printf '{"dim":%d,"n_layers":%d,"n_heads":%d,"n_kv_heads":%d,"ffn_dim":%d,"vocab_size":%d,"max_seq_len":%d,"tie_embeddings":%s}\n' \
+    "$dim" "$layers" "$heads" "$kvh" "$ffn" "$vocab" "$seq" "$tie_json" >"$tmp/arch.json"
   : >"$tmp/c.txt"
   : >"$tmp/t.txt"
   for _ in $(seq "$REPS"); do
     "$BIN" --dim "$dim" --layers "$layers" --heads "$heads" --kv-heads "$kvh" --ffn "$ffn" --vocab "$vocab" \
-      --batch "$batch" --seq "$seq" --steps "$csteps" --threads "$THREADS" | grep '^{' >>"$tmp/c.txt"
+      --batch "$batch" --seq "$seq" --steps "$csteps" --threads "$THREADS" --tie "$tied" | grep '^{' >>"$tmp/c.txt"
     "$PY" tests/oracle/llama_ref.py bench "$tmp/arch.json" "$batch" "$seq" "$tsteps" "$THREADS" >>"$tmp/t.txt" ||
       echo "bench_model_train.sh: the PyTorch peer failed for $s" >&2
   done
