@@ -51,12 +51,12 @@ int cmd_eval(int argc, char **argv) {
     int rc = 0;
     if ((rc = prompt_dataset_load(&ds, data, &err))) goto out;
     if ((rc = run_load_base(&cfg, &m, &err))) goto out;
-    if ((rc = tokenizer_create_bytes(&tok, m->cfg.vocab_size, &err))) goto out;
+    if ((rc = run_load_tokenizer(&cfg, m, &tok, &err))) goto out;
     int N = (int)prompt_dataset_size(ds);
     if (n > 0 && n < N) N = n;
     int batch = 32;
     if ((rc = sampler_create(&smp, m, batch * samples > 256 ? 256 : batch * samples, &err))) goto out;
-    if ((rc = updater_scorer_create(&sc, cfg.rewards, "rewards", 1, &err))) goto out;
+    if ((rc = updater_scorer_create(&sc, cfg.rewards, "rewards", 1, tok, &err))) goto out;
     gen_params gp = {.k = samples, .temperature = temperature, .top_p = 1.0f, .max_tokens = cfg.max_tokens,
                      .seed = cfg.seed + 424242};
     long total = 0, pass = 0;

@@ -204,7 +204,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     int rc = 0;
     if ((rc = run_load_base(cfg, &m, err))) goto out;
     m->version = bcfg->initial_version;
-    if ((rc = tokenizer_create_bytes(&tok, m->cfg.vocab_size, err))) goto out;
+    if ((rc = run_load_tokenizer(cfg, m, &tok, err))) goto out;
     int per_batch = cfg->gen_batch;
     if (cfg->mode == RUN_MODE_SYNC) per_batch = (cfg->prompts_per_step + cfg->gen_count - 1) / cfg->gen_count;
     int slots = per_batch * cfg->k;

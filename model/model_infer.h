@@ -55,6 +55,13 @@ enum { TOKENIZER_BYTES_BOS = 256, TOKENIZER_BYTES_EOS = 257, TOKENIZER_BYTES_PAD
 /* Byte-level tokenizer for a model with `vocab_size` (>= 259) ids. */
 int tokenizer_create_bytes(tokenizer **out, int vocab_size, rlhf_error *err);
 void tokenizer_destroy(tokenizer **tok);
+/* The tokenizer of a model: `spec` "bytes" (byte-level), a directory holding tokenizer.json, or
+ * NULL/"" for the model's own — the tokenizer.json of a Hugging Face model directory, the tokenizer a
+ * project checkpoint names in its __metadata__ (MODEL_META_TOKENIZER), else byte-level. Its ids must
+ * fit the model's vocabulary (model_vocab); vocab_size is set to model_vocab (ids past the
+ * tokenizer's own decode to nothing). */
+int tokenizer_load_for_model(tokenizer **out, const char *spec, const char *model_path, int model_vocab,
+                             rlhf_error *err);
 /* text -> malloc'd ids (BOS first when add_bos). */
 int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids_out, int *n_out,
                      rlhf_error *err);
@@ -114,6 +121,8 @@ const char *safetensors_meta(const safetensors_file *f, const char *key);
  * as JSON (model_config_to_json), "policy_version" = decimal version. */
 #define MODEL_META_CONFIG "rlhf_model_config"
 #define MODEL_META_POLICY_VERSION "policy_version"
+/* the tokenizer directory of the run that wrote the checkpoint (absent or "bytes": byte-level) */
+#define MODEL_META_TOKENIZER "rlhf_tokenizer"
 
 /* Writes m atomically. */
 int model_save(const struct model *m, const char *path, rlhf_error *err);

@@ -6,6 +6,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int ids_reserve(int32_t **ids, int *cap, int need, rlhf_error *err) {
     if (need <= *cap) return 0;
@@ -120,5 +122,63 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n, char **tex
     s[len] = 0;
     *text_out = s;
     if (len_out) *len_out = len;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- choosing a model's tokenizer */
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int has_tokenizer_json(const char *dir) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    return access(p, R_OK) == 0;
+}
+
+int tokenizer_load_for_model(tokenizer **out, const char *spec, const char *model_path, int model_vocab,
+                             rlhf_error *err) {
+    *out = NULL;
+    char dir[4096] = "";
+    const char *where = spec && spec[0] ? "tokenizer" : model_path;
+    if (spec && !strcmp(spec, "bytes")) {
+        /* byte-level, asked for by name */
+    } else if (spec && spec[0]) {
+        if (!is_dir(spec) || !has_tokenizer_json(spec))
+            return rlhf_error_set(err, RLHF_EINVAL, spec, "not a directory holding tokenizer.json (a tokenizer is "
+                                                          "\"bytes\" or a Hugging Face tokenizer directory)");
+        snprintf(dir, sizeof dir, "%s", spec);
+    } else if (model_path && is_dir(model_path)) {
+        if (!has_tokenizer_json(model_path))
+            return rlhf_error_set(err, RLHF_EINVAL, model_path,
+                                  "the model directory has no tokenizer.json: name a tokenizer directory (or \"bytes\")");
+        snprintf(dir, sizeof dir, "%s", model_path);
+    } else if (model_path && model_path[0]) {
+        /* a project checkpoint names the tokenizer of the run that wrote it */
+        safetensors_file *f = NULL;
+        int rc = safetensors_open(&f, model_path, err);
+        if (rc) return rc;
+        const char *t = safetensors_meta(f, MODEL_META_TOKENIZER);
+        if (t && strcmp(t, "bytes") != 0) snprintf(dir, sizeof dir, "%s", t);
+        safetensors_close(&f);
+        if (dir[0] && (!is_dir(dir) || !has_tokenizer_json(dir)))
+            return rlhf_error_set(err, RLHF_EINVAL, model_path,
+                                  "the checkpoint's tokenizer %s (__metadata__.%s) has no tokenizer.json", dir,
+                                  MODEL_META_TOKENIZER);
+    }
+    tokenizer *t = NULL;
+    int rc = dir[0] ? tokenizer_create_hf(&t, dir, err) : tokenizer_create_bytes(&t, model_vocab, err);
+    if (rc) return rc;
+    if (t->vocab_size > model_vocab) {
+        rc = rlhf_error_set(err, RLHF_EINVAL, dir[0] ? dir : where,
+                            "the tokenizer has %d ids but the model's vocabulary only %d", t->vocab_size, model_vocab);
+        tokenizer_destroy(&t);
+        return rc;
+    }
+    /* a model's vocabulary is often padded past the tokenizer's (ids the tokenizer never produces) */
+    t->vocab_size = model_vocab;
+    *out = t;
     return 0;
 }

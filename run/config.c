@@ -27,6 +27,8 @@ static const key_spec SPEC[] = {
     {"model.base_checkpoint", K_STR, 0, 0, "\"\""},
     {"model.arch", K_ANY_OBJ, 0, 0, "null"},
     {"model.threads", K_INT, 0, 256, "0"},
+    {"model.tokenizer", K_STR, 0, 0, "\"\""},
+    {"model.max_seq_len", K_INT, 0, 1 << 24, "0"},
     {"task", K_OBJ, 0, 0, NULL},
     {"task.name", K_STR, 0, 0, "\"custom\""},
     {"task.train", K_STR, 0, 0, NULL},
@@ -250,6 +252,10 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     if (!cfg->base_checkpoint[0] && !cfg->arch)
         FAIL_AT("model", "needs \"base_checkpoint\" (a safetensors file) or \"arch\" (a model config)");
     cfg->train_threads = geti(doc, "model.threads");
+    if ((rc = copy_str(cfg->tokenizer_path, sizeof cfg->tokenizer_path, gets(doc, "model.tokenizer"), where,
+                       "model.tokenizer", err)))
+        goto fail;
+    cfg->max_seq_len = geti(doc, "model.max_seq_len");
 
     if ((rc = copy_str(cfg->task_name, sizeof cfg->task_name, gets(doc, "task.name"), where, "task.name", err)))
         goto fail;

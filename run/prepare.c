@@ -85,23 +85,31 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     if ((rc = reward_pipeline_create(&pipe, cfg->rewards, w, err))) return rc;
     reward_pipeline_destroy(&pipe);
 
-    int vocab, seq;
+    int seq;
     if (cfg->base_checkpoint[0]) {
         model *m = NULL;
         if ((rc = run_load_base(cfg, &m, err))) return rc;
-        vocab = m->cfg.vocab_size;
+        tokenizer *tok = NULL;
+        rc = run_load_tokenizer(cfg, m, &tok, err);
+        tokenizer_destroy(&tok);
         seq = m->cfg.max_seq_len;
         model_destroy(&m);
+        if (rc) return rc;
     } else {
         model_config arch;
         if ((rc = model_config_parse(&arch, cfg->arch, "model.arch", err))) return rc;
-        vocab = arch.vocab_size;
+        if (cfg->max_seq_len > 0 && cfg->max_seq_len < arch.max_seq_len) arch.max_seq_len = cfg->max_seq_len;
         seq = arch.max_seq_len;
+        /* the tokenizer the run will use must fit the vocabulary the base model will be created with */
+        tokenizer *tok = NULL;
+        rc = tokenizer_load_for_model(&tok, cfg->tokenizer_path, NULL, arch.vocab_size, err);
+        tokenizer_destroy(&tok);
+        if (rc) {
+            snprintf(w, sizeof w, "%.200s: model.arch / model.tokenizer: %.200s", cfg->source, err->where);
+            snprintf(err->where, sizeof err->where, "%.250s", w);
+            return rc;
+        }
     }
-    if (vocab < TOKENIZER_BYTES_MIN_VOCAB)
-        return rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint,
-                              "vocab_size %d is too small for the byte tokenizer (needs >= %d)", vocab,
-                              TOKENIZER_BYTES_MIN_VOCAB);
     if (seq < 8) return rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint, "max_seq_len %d is too short", seq);
 
     /* broker: what the rest of the config already says, unless the broker section says otherwise */
@@ -159,4 +167,8 @@ int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
     }
     if (!cfg->base_checkpoint[0]) return rlhf_error_set(err, RLHF_EINVAL, "model.base_checkpoint", "not set");
     return model_load(out, cfg->base_checkpoint, expect, err);
+}
+
+int run_load_tokenizer(const run_config *cfg, const model *m, tokenizer **out, rlhf_error *err) {
+    return tokenizer_load_for_model(out, cfg->tokenizer_path, cfg->base_checkpoint, m->cfg.vocab_size, err);
 }

@@ -42,6 +42,10 @@ typedef struct run_config {
     char base_checkpoint[1024]; /* "model.base_checkpoint": safetensors file of the base policy */
     json_t *arch;               /* "model.arch": model_config JSON (used to create a base when no checkpoint) */
     int train_threads;          /* "model.threads": OpenMP threads of the updater (0 = all cores) */
+    char tokenizer_path[1024];  /* "model.tokenizer": "" = the base model's own (the tokenizer.json of an HF
+                                 * directory, else byte-level); "bytes"; or a directory holding tokenizer.json */
+    int max_seq_len;            /* "model.max_seq_len": 0 = the model's; else caps it (an HF model's
+                                 * max_position_embeddings sizes every KV cache and activation buffer) */
 
     /* "task" */
     char task_name[64];        /* "task.name": countdown | arith | custom */
@@ -112,6 +116,9 @@ int run_prepare(run_config *cfg, rlhf_error *err);
 int run_prepare_base(run_config *cfg, rlhf_error *err);
 /* Loads the base policy named by the config (checking it against model.arch when both are given). */
 int run_load_base(const run_config *cfg, model **out, rlhf_error *err);
+/* The run's tokenizer for its base model m (model.tokenizer above); the same in every process. Its ids
+ * must fit m's vocabulary. */
+int run_load_tokenizer(const run_config *cfg, const model *m, tokenizer **out, rlhf_error *err);
 
 /* ---------------------------------------------------------------- weights */
 

@@ -22,6 +22,7 @@ int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     int rc = run_load_base(cfg, &ps->m, err);
     if (rc) return rc;
     ps->m->version = 0;
+    if ((rc = run_load_tokenizer(cfg, ps->m, &ps->tok, err))) goto fail;
     int total = cfg->prompts_per_step * cfg->k;
     ps->micro_batch = total < 16 ? total : 16;
     int T = ps->m->cfg.max_seq_len;
@@ -54,6 +55,7 @@ void updater_policy_fini(policy_state *ps) {
     adamw_destroy(&ps->opt);
     model_destroy(&ps->m);
     model_destroy(&ps->ref);
+    tokenizer_destroy(&ps->tok);
 }
 
 /* A flat view of the step's sequences: sample s is completion i of group g. */

@@ -95,12 +95,13 @@ struct scorer {
     pthread_mutex_t mu;
     int in_flight;
     int n_sources;
+    const tokenizer *tok; /* turns completion ids into the text the reward sources see */
 };
 
 /* Scores n groups with ONE pipeline call: sandboxed sources start one checker process per call
  * (per pool slot), so batching whatever groups are waiting amortises that start-up. Each group's
  * samples share its group_id (the on_error "skip_group" policy acts per group). */
-static int score_groups(reward_pipeline *pipe, scored_group **gs, int n, rlhf_error *err) {
+static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_group **gs, int n, rlhf_error *err) {
     int S = (int)reward_pipeline_n_sources(pipe);
     double t0 = rlhf_now();
     size_t N = 0;
@@ -134,15 +135,19 @@ static int score_groups(reward_pipeline *pipe, scored_group **gs, int n, rlhf_er
             if (g->texts && g->texts[i]) {
                 texts[it] = strdup(g->texts[i]);
             } else {
-                /* byte-level ids: 0..255 are bytes, specials decode to nothing. The reward sources get
-                 * a C string of valid UTF-8: a NUL byte would otherwise cut the completion short (and
-                 * could turn "3+3\0junk" into a right answer), so it and any invalid byte arrive as
-                 * U+FFFD; completion_ids keeps the exact tokens. */
-                char *bytes = malloc((size_t)nt + 1);
-                int m = 0;
-                for (int t = 0; bytes && t < nt; t++)
-                    if (ids[t] >= 0 && ids[t] < 256) bytes[m++] = (char)ids[t];
-                texts[it] = bytes ? rlhf_utf8_sanitize(bytes, (size_t)m) : NULL;
+                /* The tokenizer's bytes (special ids decode to nothing). The reward sources get a C
+                 * string of valid UTF-8: a NUL byte would otherwise cut the completion short (and could
+                 * turn "3+3\0junk" into a right answer), so it and any invalid byte arrive as U+FFFD;
+                 * completion_ids keeps the exact tokens. */
+                char *bytes = NULL;
+                size_t m = 0;
+                rlhf_error derr = {0};
+                if (tokenizer_decode(tok, ids, nt, &bytes, &m, &derr) != 0) {
+                    rc = rlhf_error_set(err, derr.code, g->prompt_id ? g->prompt_id : "group",
+                                        "cannot decode completion %d: %s", i, derr.msg);
+                    goto done;
+                }
+                texts[it] = rlhf_utf8_sanitize(bytes, m);
                 free(bytes);
             }
             if (!texts[it]) {
@@ -195,8 +200,8 @@ done:
     return rc;
 }
 
-static int score_group(reward_pipeline *pipe, scored_group *sg, rlhf_error *err) {
-    return score_groups(pipe, &sg, 1, err);
+static int score_group(reward_pipeline *pipe, const tokenizer *tok, scored_group *sg, rlhf_error *err) {
+    return score_groups(pipe, tok, &sg, 1, err);
 }
 
 typedef struct worker_arg {
@@ -224,7 +229,7 @@ static void *scorer_main(void *p) {
         batch[n++] = g;
         while (n < SCORER_MAX_BATCH && (g = updater_group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
         rlhf_error err = {0};
-        if (score_groups(pipe, batch, n, &err) != 0) {
+        if (score_groups(pipe, s->tok, batch, n, &err) != 0) {
             /* an on_error "fail" source: the groups carry no usable reward; they are counted as skipped */
             rlhf_error_print("updater: scoring", &err);
             for (int i = 0; i < n; i++) batch[i]->skipped = 1;
@@ -234,9 +239,11 @@ static void *scorer_main(void *p) {
     return NULL;
 }
 
-int updater_scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, rlhf_error *err) {
+int updater_scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, const tokenizer *tok,
+                          rlhf_error *err) {
     scorer *s = calloc(1, sizeof *s);
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    s->tok = tok;
     s->n_threads = n_threads;
     s->pipes = calloc((size_t)n_threads, sizeof *s->pipes);
     s->threads = calloc((size_t)n_threads, sizeof *s->threads);
@@ -316,7 +323,7 @@ int updater_scorer_in_flight(scorer *s) {
 int updater_scorer_n_sources(const scorer *s) { return s->n_sources; }
 const char *updater_scorer_source_name(const scorer *s, int i) { return reward_pipeline_source_name(s->pipes[0], (size_t)i); }
 
-int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], g, err); }
+int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], s->tok, g, err); }
 int updater_scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err) {
-    return score_groups(s->pipes[0], gs, n, err);
+    return score_groups(s->pipes[0], s->tok, gs, n, err);
 }

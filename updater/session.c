@@ -20,7 +20,8 @@ int updater_session_init(updater_session *u, run_config *cfg, int with_threads, 
     if (rc) return rc;
     char where[1200];
     snprintf(where, sizeof where, "%s/config.json: rewards", cfg->run_dir);
-    if ((rc = updater_scorer_create(&u->sc, cfg->rewards, where, with_threads ? cfg->reward_threads : 1, err))) {
+    if ((rc = updater_scorer_create(&u->sc, cfg->rewards, where, with_threads ? cfg->reward_threads : 1, u->ps.tok,
+                                    err))) {
         updater_policy_fini(&u->ps);
         return rc;
     }

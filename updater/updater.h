@@ -91,7 +91,8 @@ void updater_scored_group_free(scored_group *s);
 /* Scores groups on `n_threads` threads beside the optimizer: raw groups in, scored groups out.
  * One reward_pipeline per thread (a pipeline serialises its calls). */
 typedef struct scorer scorer;
-int updater_scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, rlhf_error *err);
+int updater_scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, const tokenizer *tok,
+                          rlhf_error *err);
 void updater_scorer_destroy(scorer **s);
 void updater_scorer_submit(scorer *s, scored_group *g);  /* takes ownership */
 scored_group *updater_scorer_take(scorer *s, double timeout_s);
@@ -109,6 +110,7 @@ typedef struct policy_state {
     run_config *cfg;           /* borrowed */
     model *m;                  /* the policy being trained */
     model *ref;                /* reference (base) model for the KL penalty, NULL when kl_beta = 0 */
+    tokenizer *tok;            /* the run's tokenizer (model.tokenizer): decodes completions for scoring */
     model_trainer *tr;
     model_trainer *ref_tr;
     adamw *opt;

@@ -145,7 +145,9 @@ static void test_nul_and_invalid_bytes_reach_rewards(void) {
     json_t *rewards = json_loads("[{\"type\":\"exact_match\",\"extract\":\"full\"}]", 0, NULL);
     scorer *sc = NULL;
     rlhf_error err = {0};
-    CU_ASSERT_EQUAL_FATAL(updater_scorer_create(&sc, rewards, "rewards", 1, &err), 0);
+    tokenizer *tok = NULL;
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_bytes(&tok, 259, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(updater_scorer_create(&sc, rewards, "rewards", 1, tok, &err), 0);
     static const char *const samples[3] = {"3+3\0junk", "3+3", "3+3\xffjunk"};
     static const int lens[3] = {8, 3, 8};
     scored_group *sg = calloc(1, sizeof *sg);
@@ -171,6 +173,7 @@ static void test_nul_and_invalid_bytes_reach_rewards(void) {
     CU_ASSERT_DOUBLE_EQUAL(sg->src[2], 1, 1e-9); /* an invalid byte likewise */
     updater_scored_group_free(sg);
     updater_scorer_destroy(&sc);
+    tokenizer_destroy(&tok);
     json_decref(rewards);
 }
 
