@@ -641,10 +641,9 @@ static int export_into(const model *m, const char *tmp, const model_export_optio
             ts[i].shape[0] = e[i].shape[0];
             ts[i].shape[1] = e[i].shape[1];
             ts[i].data = m->params_mem + e[i].offset;
-            ts[i].dtype = o->dtype;
         }
         join(p, sizeof p, tmp, "model.safetensors");
-        rc = safetensors_write(p, ts, n, meta, err);
+        rc = safetensors_write_as(p, ts, n, meta, o->dtype, err);
     }
     json_decref(meta);
     free(ts);

@@ -79,12 +79,12 @@ typedef struct safetensors_tensor {
     const char *name;
     int ndim;
     int64_t shape[SAFETENSORS_MAX_DIMS];
-    /* Writing: the values (numel floats, row-major), stored as `dtype`. Reading: the values when the
-     * stored dtype is F32, NULL otherwise (convert with safetensors_tensor_to_f32). */
+    /* Writing: the values (numel floats, row-major). Reading: the values when the stored dtype is F32,
+     * NULL otherwise (convert with safetensors_tensor_to_f32). */
     const float *data;
-    /* Writing: how to store (F32, the zero value, or BF16: rounded to nearest even). Reading: as stored. */
-    safetensors_dtype dtype;
-    const void *raw; /* reading: the stored bytes, numel * safetensors_dtype_size(dtype); writing: unused */
+    /* Reading only (writers ignore both, so callers that fill just name/ndim/shape/data still write F32): */
+    safetensors_dtype dtype; /* as stored */
+    const void *raw;         /* the stored bytes, numel * safetensors_dtype_size(dtype) */
 } safetensors_tensor;
 
 const char *safetensors_dtype_name(safetensors_dtype d); /* "F32", "BF16", "F16" */
@@ -98,7 +98,10 @@ int safetensors_tensor_to_f32(const safetensors_tensor *t, float *dst, const cha
  * JSON object whose values are all strings. Names must be unique and not "__metadata__". */
 int safetensors_write(const char *path, const safetensors_tensor *tensors, int n_tensors, const json_t *metadata,
                       rlhf_error *err);
-/* Same, into a malloc'd memory buffer (for sending weights over the wire). */
+/* Same with every tensor stored as dt: SAFETENSORS_F32 or SAFETENSORS_BF16 (rounded to nearest even). */
+int safetensors_write_as(const char *path, const safetensors_tensor *tensors, int n_tensors, const json_t *metadata,
+                         safetensors_dtype dt, rlhf_error *err);
+/* safetensors_write into a malloc'd memory buffer (for sending weights over the wire). */
 int safetensors_encode(const safetensors_tensor *tensors, int n_tensors, const json_t *metadata, void **buf_out,
                        size_t *len_out, rlhf_error *err);
 

@@ -34,8 +34,8 @@ int64_t safetensors_numel(const safetensors_tensor *t) {
     return n;
 }
 
-static size_t stored_bytes(const safetensors_tensor *t) {
-    return (size_t)safetensors_numel(t) * safetensors_dtype_size(t->dtype);
+static size_t stored_bytes(const safetensors_tensor *t, safetensors_dtype dt) {
+    return (size_t)safetensors_numel(t) * safetensors_dtype_size(dt);
 }
 
 /* IEEE half -> float, exactly (subnormals, infinities and NaN included). */
@@ -87,10 +87,12 @@ static void store_values(unsigned char *dst, const float *src, size_t n, safeten
 }
 
 /* Builds the padded header (JSON, spaces to a multiple of 8) and the data-section size. */
-static int build_header(const safetensors_tensor *ts, int n, const json_t *metadata, char **hdr_out, size_t *hdr_len,
-                        size_t *data_len, rlhf_error *err) {
+static int build_header(const safetensors_tensor *ts, int n, const json_t *metadata, safetensors_dtype dt,
+                        char **hdr_out, size_t *hdr_len, size_t *data_len, rlhf_error *err) {
     *hdr_out = NULL;
     if (n < 0) return RLHF_FAIL(err, RLHF_EINVAL, "negative tensor count");
+    if (dt != SAFETENSORS_F32 && dt != SAFETENSORS_BF16)
+        return RLHF_FAIL(err, RLHF_EINVAL, "only F32 and BF16 are written, not %s", safetensors_dtype_name(dt));
     if (metadata) {
         if (!json_is_object(metadata)) return RLHF_FAIL(err, RLHF_EINVAL, "safetensors metadata must be an object");
         const char *k;
@@ -123,11 +125,9 @@ static int build_header(const safetensors_tensor *ts, int n, const json_t *metad
             if (t->shape[d] < 0) rc = RLHF_FAIL(err, RLHF_EINVAL, "tensor '%s' has a negative dimension", t->name);
             json_array_append_new(shape, json_integer(t->shape[d]));
         }
-        if (!rc && t->dtype != SAFETENSORS_F32 && t->dtype != SAFETENSORS_BF16)
-            rc = RLHF_FAIL(err, RLHF_EINVAL, "tensor '%s': only F32 and BF16 are written", t->name);
-        size_t bytes = rc ? 0 : stored_bytes(t);
+        size_t bytes = stored_bytes(t, dt);
         if (!rc && bytes && !t->data) rc = RLHF_FAIL(err, RLHF_EINVAL, "tensor '%s' has no data", t->name);
-        json_t *ent = json_pack("{s:s,s:o,s:[I,I]}", "dtype", safetensors_dtype_name(t->dtype), "shape", shape,
+        json_t *ent = json_pack("{s:s,s:o,s:[I,I]}", "dtype", safetensors_dtype_name(dt), "shape", shape,
                                 "data_offsets", (json_int_t)off,
                                 (json_int_t)(off + bytes));
         if (!ent || json_object_set_new(root, t->name, ent)) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
@@ -159,11 +159,12 @@ static void put_le64(unsigned char *p, uint64_t v) {
 
 int safetensors_encode(const safetensors_tensor *ts, int n, const json_t *metadata, void **buf_out, size_t *len_out,
                        rlhf_error *err) {
+    const safetensors_dtype dt = SAFETENSORS_F32;
     *buf_out = NULL;
     *len_out = 0;
     char *hdr;
     size_t hlen, dlen;
-    int rc = build_header(ts, n, metadata, &hdr, &hlen, &dlen, err);
+    int rc = build_header(ts, n, metadata, dt, &hdr, &hlen, &dlen, err);
     if (rc) return rc;
     unsigned char *buf = malloc(8 + hlen + dlen);
     if (!buf) {
@@ -175,8 +176,8 @@ int safetensors_encode(const safetensors_tensor *ts, int n, const json_t *metada
     free(hdr);
     size_t off = 8 + hlen;
     for (int i = 0; i < n; i++) {
-        store_values(buf + off, ts[i].data, (size_t)safetensors_numel(&ts[i]), ts[i].dtype);
-        off += stored_bytes(&ts[i]);
+        store_values(buf + off, ts[i].data, (size_t)safetensors_numel(&ts[i]), dt);
+        off += stored_bytes(&ts[i], dt);
     }
     *buf_out = buf;
     *len_out = off;
@@ -185,9 +186,14 @@ int safetensors_encode(const safetensors_tensor *ts, int n, const json_t *metada
 
 int safetensors_write(const char *path, const safetensors_tensor *ts, int n, const json_t *metadata,
                       rlhf_error *err) {
+    return safetensors_write_as(path, ts, n, metadata, SAFETENSORS_F32, err);
+}
+
+int safetensors_write_as(const char *path, const safetensors_tensor *ts, int n, const json_t *metadata,
+                         safetensors_dtype dt, rlhf_error *err) {
     char *hdr;
     size_t hlen, dlen;
-    int rc = build_header(ts, n, metadata, &hdr, &hlen, &dlen, err);
+    int rc = build_header(ts, n, metadata, dt, &hdr, &hlen, &dlen, err);
     if (rc) return rc;
     rlhf_atomic_file af;
     if ((rc = rlhf_atomic_open(&af, path, err))) {
@@ -202,7 +208,7 @@ int safetensors_write(const char *path, const safetensors_tensor *ts, int n, con
     unsigned char *conv = NULL;
     for (int i = 0; i < n && ok; i++) {
         size_t numel = (size_t)safetensors_numel(&ts[i]);
-        if (ts[i].dtype == SAFETENSORS_F32) {
+        if (dt == SAFETENSORS_F32) {
             if (numel) ok = fwrite(ts[i].data, sizeof(float), numel, af.fp) == numel;
             continue;
         }
@@ -213,7 +219,7 @@ int safetensors_write(const char *path, const safetensors_tensor *ts, int n, con
         }
         for (size_t at = 0; at < numel && ok; at += CHUNK) { /* BF16: converted a chunk at a time */
             size_t k = numel - at < CHUNK ? numel - at : CHUNK;
-            store_values(conv, ts[i].data + at, k, ts[i].dtype);
+            store_values(conv, ts[i].data + at, k, dt);
             ok = fwrite(conv, 2, k, af.fp) == k;
         }
     }
