@@ -29,16 +29,19 @@ static const struct {
     [HF_QWEN3] = {"Qwen3ForCausalLM", "qwen3"},
 };
 
-/* Keys that describe the file or a runtime choice of transformers, not the function computed. */
+/* Keys that describe the file or a runtime choice of transformers, not the function computed
+ * (max_window_layers matters only with a sliding window, refused below; pretraining_tp splits the same
+ * matmuls; is_llama_config is a nanotron export marker that transformers does not read). */
 static const char *const hf_inert_keys[] = {"_name_or_path", "transformers_version", "initializer_range", "use_cache",
-                                            "torch_dtype", "dtype", "max_window_layers", "pretraining_tp", NULL};
+                                            "torch_dtype", "dtype", "max_window_layers", "pretraining_tp",
+                                            "is_llama_config", NULL};
 /* Keys read below. */
 static const char *const hf_model_keys[] = {
     "architectures",     "model_type",          "hidden_size",      "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "head_dim",       "rms_norm_eps",      "rope_theta",
     "rope_scaling",      "max_position_embeddings", "tie_word_embeddings", "attention_bias", "hidden_act",
     "bos_token_id",      "eos_token_id",        "pad_token_id",     "sliding_window",    "use_sliding_window",
-    "vocab_size",        "layer_types",         "attention_dropout", "mlp_bias",         NULL};
+    "vocab_size",        "layer_types",         "attention_dropout", "mlp_bias",         "rope_interleaved", NULL};
 
 static int in_list(const char *const *list, const char *s) {
     for (int i = 0; list[i]; i++)
@@ -233,6 +236,10 @@ static int hf_parse_config(model_config *cfg, const json_t *j, const char *file,
     json_t *ad = json_object_get(j, "attention_dropout");
     if (ad && !(json_is_number(ad) && json_number_value(ad) == 0))
         return bad_value(err, RLHF_EUNSUPPORTED, file, "attention_dropout", ad, "dropout is not implemented (0 is)");
+    /* nanotron's flag (SmolLM2 configs carry false); transformers always rotates halves, as this model does */
+    json_t *ri = json_object_get(j, "rope_interleaved");
+    if (ri && !json_is_false(ri))
+        return bad_value(err, RLHF_EUNSUPPORTED, file, "rope_interleaved", ri, "interleaved RoPE is not implemented");
     json_t *lt = json_object_get(j, "layer_types");
     if (lt) {
         int ok = json_is_array(lt);

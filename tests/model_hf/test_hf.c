@@ -394,6 +394,14 @@ static void test_config_errors(void) {
     expect_fail(d, NULL, RLHF_EUNSUPPORTED, "'rope_scaling.beta'", "config.json");
     d = patched("llama_f32", "{\"rope_scaling\":{\"rope_type\":\"default\"}}", "ropedefault");
     expect_ok(d, NULL);
+    d = patched("llama_f32", "{\"is_llama_config\":true,\"rope_interleaved\":false,\"pretraining_tp\":1}", "smollm");
+    expect_ok(d, NULL);
+    d = patched("llama_f32", "{\"rope_interleaved\":true}", "interleaved");
+    expect_fail(d, NULL, RLHF_EUNSUPPORTED, "'rope_interleaved' = true", "config.json");
+    /* the weights file alone is no checkpoint: the error says to load the directory */
+    char wf[800];
+    snprintf(wf, sizeof wf, "%s/model.safetensors", fixture("llama_f32"));
+    expect_fail(wf, NULL, RLHF_ECORRUPT, "loaded from its directory", "llama_f32/model.safetensors");
     d = patched("llama_f32", "{\"hidden_act\":\"gelu\"}", "act");
     expect_fail(d, NULL, RLHF_EUNSUPPORTED, "'hidden_act' = \"gelu\"", "config.json");
     d = patched("llama_f32", "{\"attention_bias\":true}", "obias");
