@@ -417,8 +417,6 @@ static int hf_fill(model *m, const hf_shards *s, const char *dir, rlhf_error *er
             if (!strcmp(t->name, "lm_head.weight") && m->cfg.tie_embeddings) {
                 /* tied, yet stored: accepted only as an exact copy of the embedding */
                 const model_tensor_info *em = model_tensor(m, MODEL_T_EMBED);
-                model_ckpt_entry le = {.ndim = 2, .shape = {em->rows, em->cols}};
-                snprintf(le.name, sizeof le.name, "lm_head.weight");
                 if (!tmp && !(tmp = malloc(em->numel * sizeof *tmp))) {
                     rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
                     break;

@@ -692,7 +692,10 @@ static void test_export_project_model(void) {
     CU_ASSERT_EQUAL_FATAL(model_create(&m, &c, &err), 0);
     CU_ASSERT_EQUAL(model_export_hf(m, scratch("exp_both"), NULL, &err), RLHF_EUNSUPPORTED);
     struct stat st;
-    CU_ASSERT_NOT_EQUAL(stat(scratch("exp_both"), &st), 0); /* nothing left behind */
+    CU_ASSERT_NOT_EQUAL(stat(scratch("exp_both"), &st), 0); /* nothing left behind, not even the temp */
+    char tmpn[900];
+    snprintf(tmpn, sizeof tmpn, "%s.tmp-%ld", scratch("exp_both"), (long)getpid());
+    CU_ASSERT_NOT_EQUAL(stat(tmpn, &st), 0);
     model_destroy(&m);
     c.attn_bias = 0;
     CU_ASSERT_EQUAL_FATAL(model_create(&m, &c, &err), 0);
@@ -720,6 +723,11 @@ static void test_export_source_config(void) {
     CU_ASSERT_PTR_NOT_NULL_FATAL(m2->hf_config);
     CU_ASSERT_STRING_EQUAL(m2->hf_config, m->hf_config);
     CU_ASSERT_EQUAL(m2->cfg.max_seq_len, 20);
+    model *m3 = NULL;
+    model_load_options cap = {.max_seq_len = 10}; /* the cap applies to project checkpoints too */
+    CU_ASSERT_EQUAL_FATAL(model_load_with(&m3, ck, &cap, &err), 0);
+    CU_ASSERT_EQUAL(m3->cfg.max_seq_len, 10);
+    model_destroy(&m3);
     /* tokenizer source */
     const char *tk = scratch("tok_src");
     char cmd[1024];
