@@ -39,6 +39,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(pretrain, "model", "pretrain a model on a text/JSONL corpus")                                 \
     X(sample, "model", "sample completions from a checkpoint (JSONL out)")                          \
     X(score, "model", "log-probabilities of completions given prompts (JSONL out)")                 \
+    X(export, "model", "write a checkpoint as a Hugging Face model directory")                      \
     X(broker, "broker", "run the broker (prompts, rollouts, weights, replay log)")                  \
     X(replay_cat, "broker", "print a replay log as JSONL")                                           \
     X(generator, "generator", "run a trajectory generator process")                                 \

@@ -163,6 +163,7 @@ int adamw_save(const adamw *o, const char *path, rlhf_error *err) {
     float step_f;
     int n = state_tensors(o, st, ADAMW_MAX_STATE_TENSORS, &step_f);
     safetensors_tensor t[ADAMW_MAX_STATE_TENSORS];
+    memset(t, 0, sizeof t); /* dtype F32 */
     for (int i = 0; i < n; i++) {
         t[i].name = st[i].name;
         t[i].ndim = 1;
@@ -197,7 +198,10 @@ int adamw_load(adamw *o, const char *path, rlhf_error *err) {
             safetensors_close(&f);
             return rlhf_error_set(err, RLHF_ECORRUPT, path, "tensor %s missing or of the wrong size", st[i].name);
         }
-        memcpy(st[i].data, t->data, numel * sizeof(float));
+        if ((rc = safetensors_tensor_to_f32(t, st[i].data, path, err))) {
+            safetensors_close(&f);
+            return rc;
+        }
     }
     safetensors_close(&f);
     return adamw_state_loaded(o, err);

@@ -284,6 +284,7 @@ int model_create(model **out, const model_config *cfg, rlhf_error *err) {
 void model_destroy(model **pm) {
     if (!pm || !*pm) return;
     free((*pm)->params_mem);
+    free((*pm)->hf_config);
     free(*pm);
     *pm = NULL;
 }

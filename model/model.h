@@ -122,6 +122,10 @@ typedef struct model {
     model_tensor_info tensors[MODEL_N_PARAM_TENSORS];
     int n_tensors;        /* tensors present (see model_params) */
     uint64_t version;     /* policy_version of these weights (0 = base) */
+    /* The Hugging Face config.json this model was loaded from (compact JSON, owned), or NULL. Kept
+     * through project checkpoints (__metadata__ "rlhf_hf_config") so model_export_hf can write it back
+     * with the source's architecture, token ids and other keys. */
+    char *hf_config;
 } model;
 
 int model_create(model **out, const model_config *cfg, rlhf_error *err);

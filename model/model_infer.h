@@ -75,35 +75,57 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n, char **tex
  * Format: u64 little-endian header length N, N bytes of JSON header (padded with spaces to a multiple
  * of 8), then the data section. The header maps tensor names to {"dtype","shape","data_offsets":[b,e]}
  * (offsets relative to the data section) plus an optional "__metadata__" map of strings.
- * Only F32 tensors are read and written (other dtypes are rejected by name). */
+ * F32, BF16 and F16 tensors are read; F32 and BF16 are written. Other dtypes are rejected naming the
+ * tensor and the dtype. */
 
 enum { SAFETENSORS_MAX_DIMS = 8 };
+
+typedef enum safetensors_dtype { SAFETENSORS_F32 = 0, SAFETENSORS_BF16 = 1, SAFETENSORS_F16 = 2 } safetensors_dtype;
 
 typedef struct safetensors_tensor {
     const char *name;
     int ndim;
     int64_t shape[SAFETENSORS_MAX_DIMS];
-    const float *data; /* numel floats (row-major) */
+    /* Writing: the values (numel floats, row-major). Reading: the values when the stored dtype is F32,
+     * NULL otherwise (convert with safetensors_tensor_to_f32). */
+    const float *data;
+    /* Reading only (writers ignore both, so callers that fill just name/ndim/shape/data still write F32): */
+    safetensors_dtype dtype; /* as stored */
+    const void *raw;         /* the stored bytes, numel * safetensors_dtype_size(dtype) */
 } safetensors_tensor;
+
+const char *safetensors_dtype_name(safetensors_dtype d); /* "F32", "BF16", "F16" */
+size_t safetensors_dtype_size(safetensors_dtype d);      /* 4, 2, 2 */
+int64_t safetensors_numel(const safetensors_tensor *t);
+/* Converts a read tensor's numel values to fp32 into dst (exact for every dtype). A BF16 or F16 value
+ * that is not finite is an error naming `source` and the tensor. */
+int safetensors_tensor_to_f32(const safetensors_tensor *t, float *dst, const char *source, rlhf_error *err);
 
 /* Writes the tensors (in the given order) atomically (temp + fsync + rename). `metadata` is NULL or a
  * JSON object whose values are all strings. Names must be unique and not "__metadata__". */
 int safetensors_write(const char *path, const safetensors_tensor *tensors, int n_tensors, const json_t *metadata,
                       rlhf_error *err);
-/* Same, into a malloc'd memory buffer (for sending weights over the wire). */
+/* Same with every tensor stored as dt: SAFETENSORS_F32 or SAFETENSORS_BF16 (rounded to nearest even). */
+int safetensors_write_as(const char *path, const safetensors_tensor *tensors, int n_tensors, const json_t *metadata,
+                         safetensors_dtype dt, rlhf_error *err);
+/* safetensors_write into a malloc'd memory buffer (for sending weights over the wire). */
 int safetensors_encode(const safetensors_tensor *tensors, int n_tensors, const json_t *metadata, void **buf_out,
                        size_t *len_out, rlhf_error *err);
 
-/* A loaded, fully validated file: header size, JSON, dtypes, shapes, offsets (in range,
+/* An opened, fully validated file: header size, JSON, dtypes, shapes, offsets (in range,
  * non-overlapping, covering the data section exactly) and total size are checked before
- * anything is returned. Tensors keep the file's data-offset order. */
+ * anything is returned. Tensors keep the file's data-offset order. safetensors_open maps the file
+ * read-only (pages are read when touched, so a large checkpoint costs no copy); a data section not
+ * aligned to 4 bytes (another writer's header padding) is copied once to aligned memory instead. */
 typedef struct safetensors_file {
     char source[512];           /* path or caller-given name, used in error messages */
     int n_tensors;
     safetensors_tensor *tensors; /* names and data point into this object */
     json_t *metadata;            /* object of strings (empty object when absent) */
-    void *buf;                   /* the whole file */
+    void *buf;                   /* the whole file (mapped, or malloc'd by safetensors_open_memory) */
     size_t size;
+    int mapped;                  /* buf is an mmap of the file */
+    void *data_copy;             /* the aligned copy of a misaligned data section, or NULL */
 } safetensors_file;
 
 int safetensors_open(safetensors_file **out, const char *path, rlhf_error *err);
@@ -123,17 +145,54 @@ const char *safetensors_meta(const safetensors_file *f, const char *key);
 #define MODEL_META_POLICY_VERSION "policy_version"
 /* the tokenizer directory of the run that wrote the checkpoint (absent or "bytes": byte-level) */
 #define MODEL_META_TOKENIZER "rlhf_tokenizer"
+#define MODEL_META_HF_CONFIG "rlhf_hf_config" /* model->hf_config, when the model came from a HF directory */
 
 /* Writes m atomically. */
 int model_save(const struct model *m, const char *path, rlhf_error *err);
 /* Same to a malloc'd buffer. */
 int model_encode(const struct model *m, void **buf_out, size_t *len_out, rlhf_error *err);
-/* Creates a model from a checkpoint (config from its metadata). If `expect` is not NULL the
- * checkpoint's config must equal it: a difference is an error naming the key. */
+
+typedef struct model_load_options {
+    /* NULL, or the config the loaded model must have (after the max_seq_len cap): a difference is an
+     * error naming the key */
+    const struct model_config *expect;
+    /* > 0: the loaded config's max_seq_len becomes min(its own, this). Hugging Face configs state the
+     * longest context the model was trained for (Qwen3: 40960), and the sampler sizes its KV cache by
+     * max_seq_len. 0: keep it. */
+    int max_seq_len;
+} model_load_options;
+
+/* Creates a model from PATH, which is either
+ *   - a project checkpoint: one .safetensors file whose __metadata__ holds the config (model_save), or
+ *   - a Hugging Face model directory: config.json (architectures LlamaForCausalLM, MistralForCausalLM,
+ *     Qwen2ForCausalLM, Qwen3ForCausalLM) and model.safetensors, or model.safetensors.index.json and
+ *     its shards; tensors F32, BF16 or F16 (converted to fp32). Every config key is checked: one the
+ *     model does not implement (another architecture, hidden_act, rope_scaling type, an active sliding
+ *     window, o_proj biases, ...) is an error naming the file, key and value. docs/MODEL.md lists them.
+ * Every error names the file (and key or tensor); on error nothing is returned. */
+int model_load_with(struct model **out, const char *path, const model_load_options *opt, rlhf_error *err);
+/* model_load_with with {expect} and no max_seq_len cap. */
 int model_load(struct model **out, const char *path, const struct model_config *expect, rlhf_error *err);
-/* Builds a model from an already parsed file. */
+/* Builds a model from an already parsed project checkpoint. */
 int model_from_safetensors(struct model **out, const safetensors_file *f, const struct model_config *expect,
                            rlhf_error *err);
+
+typedef struct model_export_options {
+    safetensors_dtype dtype;    /* SAFETENSORS_F32 (the zero value; lossless) or SAFETENSORS_BF16 */
+    /* NULL, or a Hugging Face directory whose tokenizer files (tokenizer.json, tokenizer_config.json,
+     * special_tokens_map.json, vocab.json, merges.txt, tokenizer.model, added_tokens.json,
+     * chat_template.jinja, generation_config.json) are copied; it must hold tokenizer.json,
+     * tokenizer.model or vocab.json */
+    const char *tokenizer_from;
+} model_export_options;
+
+/* Writes m as a Hugging Face model directory DIR: config.json (m->hf_config with the model's
+ * dimensions and torch_dtype updated, or, for a model created here, Qwen3ForCausalLM when qk_norm,
+ * Qwen2ForCausalLM when attn_bias, else LlamaForCausalLM), model.safetensors (standard tensor names,
+ * __metadata__ {"format": "pt"}; lm_head.weight omitted when tied), generation_config.json (unless
+ * copied from tokenizer_from) and the tokenizer files. Everything is written into a temporary sibling
+ * directory, synced, and renamed to DIR; DIR must not exist or be empty. opt may be NULL (F32). */
+int model_export_hf(const struct model *m, const char *dir, const model_export_options *opt, rlhf_error *err);
 /* Overwrites m's weights and version from a checkpoint with exactly m's config. */
 int model_load_into(struct model *m, const char *path, rlhf_error *err);
 /* 0 if equal; otherwise fills err naming the first differing key ("where" = `where`). */

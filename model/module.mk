@@ -7,6 +7,10 @@ TESTS    += test_model_train test_model_infer
 SAN_TESTS += test_model_train test_model_infer
 test_model_train_SRCS = $(wildcard tests/model_train/*.c)
 test_model_infer_SRCS = $(wildcard tests/model_infer/*.c)
+# Hugging Face directories against the PyTorch oracle tests/oracle/hf_fixture.py.
+TESTS    += test_model_hf
+SAN_TESTS += test_model_hf
+test_model_hf_SRCS = $(wildcard tests/model_hf/*.c)
 BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c))
 $(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c)),$(eval $(b)_SRCS = bench/$(b).c))
 $(BUILD)/obj/model/%.o: CFLAGS += -fno-math-errno # sqrtf/expf loops vectorize; nothing here reads errno

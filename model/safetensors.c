@@ -1,31 +1,98 @@
-/* model/safetensors.c — safetensors files: a generic F32 reader/writer, and model checkpoints
- * with Hugging Face Llama tensor names.
+/* model/safetensors.c — safetensors files: a generic reader (F32, BF16, F16; memory-mapped) and
+ * writer (F32, BF16), and model checkpoints with Hugging Face Llama tensor names.
  *
  * Readers trust nothing: every length, offset, dtype and shape is checked against the bytes
  * actually present before a tensor pointer is handed out, and every error names the file. */
 #include "model/model.h"
+#include "model/checkpoint_int.h"
+#include "model/kernels_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* A header larger than this is treated as corrupt rather than trusted with an allocation. */
 #define SAFETENSORS_MAX_HEADER (64u << 20)
 
 /* ---------------------------------------------------------------- writing */
 
-static int64_t tensor_numel(const safetensors_tensor *t) {
+const char *safetensors_dtype_name(safetensors_dtype d) {
+    return d == SAFETENSORS_F32 ? "F32" : d == SAFETENSORS_BF16 ? "BF16" : d == SAFETENSORS_F16 ? "F16" : "?";
+}
+
+size_t safetensors_dtype_size(safetensors_dtype d) { return d == SAFETENSORS_F32 ? 4 : 2; }
+
+int64_t safetensors_numel(const safetensors_tensor *t) {
     int64_t n = 1;
     for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
     return n;
 }
 
+static size_t stored_bytes(const safetensors_tensor *t, safetensors_dtype dt) {
+    return (size_t)safetensors_numel(t) * safetensors_dtype_size(dt);
+}
+
+/* IEEE half -> float, exactly (subnormals, infinities and NaN included). */
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, ex = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (ex == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else if (ex) {
+        u = sign | ((ex + 112) << 23) | (man << 13);
+    } else {
+        float f = ldexpf((float)man, -24); /* subnormal or zero: man * 2^-24, exact in fp32 */
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+int safetensors_tensor_to_f32(const safetensors_tensor *t, float *dst, const char *source, rlhf_error *err) {
+    size_t n = (size_t)safetensors_numel(t);
+    const unsigned char *raw = t->raw ? t->raw : (const void *)t->data;
+    if (t->dtype == SAFETENSORS_F32) {
+        if (n) memcpy(dst, raw, n * sizeof(float));
+        return 0;
+    }
+    if (t->dtype != SAFETENSORS_BF16 && t->dtype != SAFETENSORS_F16)
+        return rlhf_error_set(err, RLHF_EUNSUPPORTED, source, "tensor '%s' has an unsupported dtype", t->name);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, raw + 2 * i, 2); /* the data section need not be 2-byte aligned */
+        dst[i] = t->dtype == SAFETENSORS_BF16 ? model_bf16_to_f32(h) : f16_to_f32(h);
+        if (!isfinite(dst[i]))
+            return rlhf_error_set(err, RLHF_ECORRUPT, source, "tensor '%s' (%s) holds a non-finite value (%g) at flat "
+                                  "index %zu", t->name, safetensors_dtype_name(t->dtype), (double)dst[i], i);
+    }
+    return 0;
+}
+
+/* Stores n floats of src as dtype into dst (F32 copy; BF16 rounded to nearest even). */
+static void store_values(unsigned char *dst, const float *src, size_t n, safetensors_dtype dtype) {
+    if (dtype == SAFETENSORS_F32) {
+        if (n) memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = model_bf16_round(src[i]);
+        memcpy(dst + 2 * i, &h, 2);
+    }
+}
+
 /* Builds the padded header (JSON, spaces to a multiple of 8) and the data-section size. */
-static int build_header(const safetensors_tensor *ts, int n, const json_t *metadata, char **hdr_out, size_t *hdr_len,
-                        size_t *data_len, rlhf_error *err) {
+static int build_header(const safetensors_tensor *ts, int n, const json_t *metadata, safetensors_dtype dt,
+                        char **hdr_out, size_t *hdr_len, size_t *data_len, rlhf_error *err) {
     *hdr_out = NULL;
     if (n < 0) return RLHF_FAIL(err, RLHF_EINVAL, "negative tensor count");
+    if (dt != SAFETENSORS_F32 && dt != SAFETENSORS_BF16)
+        return RLHF_FAIL(err, RLHF_EINVAL, "only F32 and BF16 are written, not %s", safetensors_dtype_name(dt));
     if (metadata) {
         if (!json_is_object(metadata)) return RLHF_FAIL(err, RLHF_EINVAL, "safetensors metadata must be an object");
         const char *k;
@@ -58,9 +125,10 @@ static int build_header(const safetensors_tensor *ts, int n, const json_t *metad
             if (t->shape[d] < 0) rc = RLHF_FAIL(err, RLHF_EINVAL, "tensor '%s' has a negative dimension", t->name);
             json_array_append_new(shape, json_integer(t->shape[d]));
         }
-        size_t bytes = (size_t)tensor_numel(t) * sizeof(float);
+        size_t bytes = stored_bytes(t, dt);
         if (!rc && bytes && !t->data) rc = RLHF_FAIL(err, RLHF_EINVAL, "tensor '%s' has no data", t->name);
-        json_t *ent = json_pack("{s:s,s:o,s:[I,I]}", "dtype", "F32", "shape", shape, "data_offsets", (json_int_t)off,
+        json_t *ent = json_pack("{s:s,s:o,s:[I,I]}", "dtype", safetensors_dtype_name(dt), "shape", shape,
+                                "data_offsets", (json_int_t)off,
                                 (json_int_t)(off + bytes));
         if (!ent || json_object_set_new(root, t->name, ent)) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
         off += bytes;
@@ -91,11 +159,12 @@ static void put_le64(unsigned char *p, uint64_t v) {
 
 int safetensors_encode(const safetensors_tensor *ts, int n, const json_t *metadata, void **buf_out, size_t *len_out,
                        rlhf_error *err) {
+    const safetensors_dtype dt = SAFETENSORS_F32;
     *buf_out = NULL;
     *len_out = 0;
     char *hdr;
     size_t hlen, dlen;
-    int rc = build_header(ts, n, metadata, &hdr, &hlen, &dlen, err);
+    int rc = build_header(ts, n, metadata, dt, &hdr, &hlen, &dlen, err);
     if (rc) return rc;
     unsigned char *buf = malloc(8 + hlen + dlen);
     if (!buf) {
@@ -107,9 +176,8 @@ int safetensors_encode(const safetensors_tensor *ts, int n, const json_t *metada
     free(hdr);
     size_t off = 8 + hlen;
     for (int i = 0; i < n; i++) {
-        size_t bytes = (size_t)tensor_numel(&ts[i]) * sizeof(float);
-        if (bytes) memcpy(buf + off, ts[i].data, bytes);
-        off += bytes;
+        store_values(buf + off, ts[i].data, (size_t)safetensors_numel(&ts[i]), dt);
+        off += stored_bytes(&ts[i], dt);
     }
     *buf_out = buf;
     *len_out = off;
@@ -118,9 +186,14 @@ int safetensors_encode(const safetensors_tensor *ts, int n, const json_t *metada
 
 int safetensors_write(const char *path, const safetensors_tensor *ts, int n, const json_t *metadata,
                       rlhf_error *err) {
+    return safetensors_write_as(path, ts, n, metadata, SAFETENSORS_F32, err);
+}
+
+int safetensors_write_as(const char *path, const safetensors_tensor *ts, int n, const json_t *metadata,
+                         safetensors_dtype dt, rlhf_error *err) {
     char *hdr;
     size_t hlen, dlen;
-    int rc = build_header(ts, n, metadata, &hdr, &hlen, &dlen, err);
+    int rc = build_header(ts, n, metadata, dt, &hdr, &hlen, &dlen, err);
     if (rc) return rc;
     rlhf_atomic_file af;
     if ((rc = rlhf_atomic_open(&af, path, err))) {
@@ -131,10 +204,26 @@ int safetensors_write(const char *path, const safetensors_tensor *ts, int n, con
     put_le64(lenb, hlen);
     int ok = fwrite(lenb, 1, 8, af.fp) == 8 && fwrite(hdr, 1, hlen, af.fp) == hlen;
     free(hdr);
+    enum { CHUNK = 1 << 16 };
+    unsigned char *conv = NULL;
     for (int i = 0; i < n && ok; i++) {
-        size_t numel = (size_t)tensor_numel(&ts[i]);
-        if (numel) ok = fwrite(ts[i].data, sizeof(float), numel, af.fp) == numel;
+        size_t numel = (size_t)safetensors_numel(&ts[i]);
+        if (dt == SAFETENSORS_F32) {
+            if (numel) ok = fwrite(ts[i].data, sizeof(float), numel, af.fp) == numel;
+            continue;
+        }
+        if (!conv && !(conv = malloc(2 * CHUNK))) {
+            errno = ENOMEM;
+            ok = 0;
+            break;
+        }
+        for (size_t at = 0; at < numel && ok; at += CHUNK) { /* BF16: converted a chunk at a time */
+            size_t k = numel - at < CHUNK ? numel - at : CHUNK;
+            store_values(conv, ts[i].data + at, k, dt);
+            ok = fwrite(conv, 2, k, af.fp) == k;
+        }
     }
+    free(conv);
     if (!ok) {
         int e = errno;
         rlhf_atomic_abort(&af);
@@ -156,6 +245,7 @@ static const char *const known_dtypes[] = {"BOOL", "U8", "I8", "F8_E5M2", "F8_E4
 
 typedef struct parsed_entry {
     const char *name; /* into the header JSON */
+    safetensors_dtype dtype;
     int ndim;
     int64_t shape[SAFETENSORS_MAX_DIMS];
     uint64_t begin, end;
@@ -182,8 +272,16 @@ static int parse_entry(parsed_entry *pe, const char *name, json_t *v, uint64_t d
     int known = 0;
     for (int i = 0; known_dtypes[i]; i++) known |= !strcmp(dts, known_dtypes[i]);
     if (!known) return rlhf_error_set(err, RLHF_ECORRUPT, src, "tensor '%s' has unknown dtype '%s'", name, dts);
-    if (strcmp(dts, "F32"))
-        return rlhf_error_set(err, RLHF_EUNSUPPORTED, src, "tensor '%s' has dtype %s; only F32 is supported", name, dts);
+    if (!strcmp(dts, "F32"))
+        pe->dtype = SAFETENSORS_F32;
+    else if (!strcmp(dts, "BF16"))
+        pe->dtype = SAFETENSORS_BF16;
+    else if (!strcmp(dts, "F16"))
+        pe->dtype = SAFETENSORS_F16;
+    else
+        return rlhf_error_set(err, RLHF_EUNSUPPORTED, src, "tensor '%s' has dtype %s; only F32, BF16 and F16 are "
+                              "supported", name, dts);
+    uint64_t esize = safetensors_dtype_size(pe->dtype);
     if (!json_is_array(sh) || json_array_size(sh) > SAFETENSORS_MAX_DIMS)
         return rlhf_error_set(err, RLHF_ECORRUPT, src, "tensor '%s' has no valid 'shape' array (at most %d dims)",
                               name, SAFETENSORS_MAX_DIMS);
@@ -210,17 +308,27 @@ static int parse_entry(parsed_entry *pe, const char *name, json_t *v, uint64_t d
                               "tensor '%s' data_offsets end %lld is beyond the %" PRIu64
                               "-byte data section (truncated file?)",
                               name, (long long)e, data_len);
-    if ((uint64_t)(e - b) != numel * sizeof(float))
+    if ((uint64_t)(e - b) != numel * esize)
         return rlhf_error_set(err, RLHF_ECORRUPT, src,
                               "tensor '%s' shape needs %" PRIu64 " bytes but data_offsets span %lld bytes", name,
-                              numel * (uint64_t)sizeof(float), (long long)(e - b));
+                              numel * esize, (long long)(e - b));
     pe->begin = (uint64_t)b;
     pe->end = (uint64_t)e;
     return 0;
 }
 
-/* Takes ownership of buf (malloc'd, size bytes). */
-static int parse_owned(safetensors_file **out, void *buf, size_t size, const char *src, rlhf_error *err) {
+/* Frees or unmaps a file image. */
+static void release_image(void *buf, size_t size, int mapped) {
+    if (!buf) return;
+    if (mapped)
+        munmap(buf, size);
+    else
+        free(buf);
+}
+
+/* Takes ownership of buf (size bytes; an mmap of the file when mapped, else malloc'd). */
+static int parse_owned(safetensors_file **out, void *buf, size_t size, int mapped, const char *src,
+                       rlhf_error *err) {
     *out = NULL;
     int rc = 0;
     json_t *hdr = NULL;
@@ -314,25 +422,21 @@ static int parse_owned(safetensors_file **out, void *buf, size_t size, const cha
         goto fail;
     }
     snprintf(f->source, sizeof f->source, "%s", src);
-    /* The data section must be float-aligned; another writer may pad the header differently. */
-    unsigned char *data = (unsigned char *)buf + 8 + hlen;
-    if (((uintptr_t)data & 3) != 0) {
-        unsigned char *nb = malloc(size + 8);
-        if (!nb) {
-            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-            goto fail;
-        }
-        /* keep header bytes first, put the data at an aligned offset */
-        size_t aligned = (8 + hlen + 7) & ~(size_t)7;
-        memcpy(nb, buf, 8 + hlen);
-        memcpy(nb + aligned, data, data_len);
-        free(buf);
-        buf = nb;
-        data = nb + aligned;
-    }
     f->buf = buf;
     f->size = size;
+    f->mapped = mapped;
     buf = NULL;
+    /* F32 data is handed out as float pointers, so it must be 4-byte aligned; another writer may pad
+     * the header differently: then the data section is copied once to aligned memory. */
+    unsigned char *data = (unsigned char *)f->buf + 8 + hlen;
+    if (((uintptr_t)data & 3) != 0 && data_len) {
+        if (!(f->data_copy = malloc(data_len))) {
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for %" PRIu64 " bytes", data_len);
+            goto fail;
+        }
+        memcpy(f->data_copy, data, data_len);
+        data = f->data_copy;
+    }
     f->n_tensors = (int)n_ent;
     for (i = 0; i < n_ent; i++) {
         safetensors_tensor *t = &f->tensors[i];
@@ -343,7 +447,9 @@ static int parse_owned(safetensors_file **out, void *buf, size_t size, const cha
         }
         t->ndim = ents[i].ndim;
         memcpy(t->shape, ents[i].shape, sizeof t->shape);
-        t->data = (const float *)(data + ents[i].begin);
+        t->dtype = ents[i].dtype;
+        t->raw = data + ents[i].begin;
+        t->data = t->dtype == SAFETENSORS_F32 ? (const float *)t->raw : NULL;
     }
     f->metadata = meta ? json_deep_copy(meta) : json_object();
     if (!f->metadata) {
@@ -357,18 +463,35 @@ static int parse_owned(safetensors_file **out, void *buf, size_t size, const cha
 fail:
     free(ents);
     json_decref(hdr);
-    free(buf);
+    release_image(buf, size, mapped);
     safetensors_close(&f);
     return rc;
 }
 
 int safetensors_open(safetensors_file **out, const char *path, rlhf_error *err) {
     *out = NULL;
-    char *data;
-    size_t len;
-    int rc = rlhf_read_file(path, &data, &len, err);
-    if (rc) return rc;
-    return parse_owned(out, data, len, path, err);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int e = errno;
+        close(fd);
+        return rlhf_error_set(err, RLHF_EIO, path, "%s", S_ISDIR(st.st_mode) ? "is a directory" : e ? strerror(e)
+                                                                                          : "not a regular file");
+    }
+    size_t len = (size_t)st.st_size;
+    if (len < 8) { /* mmap cannot map an empty file; the parser names the problem */
+        close(fd);
+        char *data;
+        size_t n;
+        int rc = rlhf_read_file(path, &data, &n, err);
+        return rc ? rc : parse_owned(out, data, n, 0, path, err);
+    }
+    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (map == MAP_FAILED) return rlhf_error_set(err, RLHF_EIO, path, "cannot map %zu bytes: %s", len, strerror(e));
+    return parse_owned(out, map, len, 1, path, err);
 }
 
 int safetensors_open_memory(safetensors_file **out, const void *buf, size_t len, const char *source, rlhf_error *err) {
@@ -376,7 +499,7 @@ int safetensors_open_memory(safetensors_file **out, const void *buf, size_t len,
     void *copy = malloc(len ? len : 1);
     if (!copy) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for %zu bytes", len);
     memcpy(copy, buf, len);
-    return parse_owned(out, copy, len, source ? source : "(memory)", err);
+    return parse_owned(out, copy, len, 0, source ? source : "(memory)", err);
 }
 
 void safetensors_close(safetensors_file **pf) {
@@ -386,7 +509,8 @@ void safetensors_close(safetensors_file **pf) {
         for (int i = 0; i < f->n_tensors; i++) free((char *)f->tensors[i].name);
     free(f->tensors);
     json_decref(f->metadata);
-    free(f->buf);
+    release_image(f->buf, f->size, f->mapped);
+    free(f->data_copy);
     free(f);
     *pf = NULL;
 }
@@ -403,23 +527,13 @@ const char *safetensors_meta(const safetensors_file *f, const char *key) {
 
 /* ---------------------------------------------------------------- model checkpoints */
 
-enum { HF_NAME_MAX = 96 };
-
-/* One checkpoint tensor: HF name, shape and where it lives in the parameter buffer. */
-typedef struct ckpt_entry {
-    char name[HF_NAME_MAX];
-    int ndim;
-    int64_t shape[2];
-    size_t offset; /* floats from params_mem */
-} ckpt_entry;
-
 /* The checkpoint's tensors in file order: embed, then per layer (in model_params order), then the
  * final norm and lm_head; names and shapes come from the model's tensor table. */
-static int ckpt_layout(const model *m, ckpt_entry **out, int *n_out) {
+int model_ckpt_layout(const model *m, model_ckpt_entry **out, int *n_out) {
     const model_config *c = &m->cfg;
     int L = c->n_layers, n = 0;
     for (int t = 0; t < m->n_tensors; t++) n += m->tensors[t].per_layer ? L : 1;
-    ckpt_entry *e = calloc((size_t)n, sizeof *e);
+    model_ckpt_entry *e = calloc((size_t)n, sizeof *e);
     if (!e) return RLHF_ENOMEM;
     int k = 0;
     for (int pass = 0; pass < 3; pass++) { /* tensors before the layers, the layers, after them */
@@ -428,7 +542,7 @@ static int ckpt_layout(const model *m, ckpt_entry **out, int *n_out) {
                 const model_tensor_info *ti = &m->tensors[t];
                 int before = ti->id == MODEL_T_EMBED;
                 if (pass == 1 ? !ti->per_layer : (ti->per_layer || before != (pass == 0))) continue;
-                snprintf(e[k].name, HF_NAME_MAX, ti->hf_name, layer);
+                snprintf(e[k].name, MODEL_CKPT_NAME_MAX, ti->hf_name, layer);
                 e[k].ndim = ti->cols > 1 ? 2 : 1;
                 e[k].shape[0] = ti->rows;
                 e[k].shape[1] = ti->cols > 1 ? ti->cols : 0;
@@ -442,9 +556,9 @@ static int ckpt_layout(const model *m, ckpt_entry **out, int *n_out) {
 }
 
 static int model_tensors(const model *m, safetensors_tensor **ts_out, int *n_out, json_t **meta_out, rlhf_error *err) {
-    ckpt_entry *e;
+    model_ckpt_entry *e;
     int n;
-    if (ckpt_layout(m, &e, &n)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    if (model_ckpt_layout(m, &e, &n)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     safetensors_tensor *ts = calloc((size_t)n, sizeof *ts);
     json_t *cfg = model_config_to_json(&m->cfg);
     char *cfg_s = cfg ? json_dumps(cfg, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
@@ -455,6 +569,10 @@ static int model_tensors(const model *m, safetensors_tensor **ts_out, int *n_out
                                      MODEL_META_POLICY_VERSION, ver)
                          : NULL;
     free(cfg_s);
+    if (meta && m->hf_config && json_object_set_new(meta, MODEL_META_HF_CONFIG, json_string(m->hf_config))) {
+        json_decref(meta);
+        meta = NULL;
+    }
     if (!ts || !meta) {
         free(ts);
         free(e);
@@ -542,7 +660,8 @@ int model_config_compare(const model_config *got, const model_config *exp, const
 static int read_config(const safetensors_file *f, model_config *cfg, uint64_t *version, rlhf_error *err) {
     const char *s = safetensors_meta(f, MODEL_META_CONFIG);
     if (!s)
-        return rlhf_error_set(err, RLHF_ECORRUPT, f->source, "no model config in __metadata__ (key '%s')",
+        return rlhf_error_set(err, RLHF_ECORRUPT, f->source, "no model config in __metadata__ (key '%s'); a Hugging "
+                              "Face model is loaded from its directory (config.json beside the weights)",
                               MODEL_META_CONFIG);
     json_error_t jerr;
     json_t *j = json_loads(s, 0, &jerr);
@@ -566,11 +685,27 @@ static int read_config(const safetensors_file *f, model_config *cfg, uint64_t *v
     return 0;
 }
 
+int model_ckpt_fill(model *m, const model_ckpt_entry *e, const safetensors_tensor *t, const char *source,
+                    rlhf_error *err) {
+    int same = t->ndim == e->ndim;
+    for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == e->shape[d];
+    if (!same) {
+        char got[128] = "", *g = got;
+        for (int d = 0; d < t->ndim && g < got + 100; d++) g += sprintf(g, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        if (e->ndim == 2)
+            return rlhf_error_set(err, RLHF_ECORRUPT, source, "tensor '%s' has shape [%s], expected [%lld, %lld]",
+                                  e->name, got, (long long)e->shape[0], (long long)e->shape[1]);
+        return rlhf_error_set(err, RLHF_ECORRUPT, source, "tensor '%s' has shape [%s], expected [%lld]", e->name, got,
+                              (long long)e->shape[0]);
+    }
+    return safetensors_tensor_to_f32(t, m->params_mem + e->offset, source, err);
+}
+
 /* Copies the file's tensors into m (same config), checking names and shapes. */
 static int fill_weights(model *m, const safetensors_file *f, rlhf_error *err) {
-    ckpt_entry *e;
+    model_ckpt_entry *e;
     int n;
-    if (ckpt_layout(m, &e, &n)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    if (model_ckpt_layout(m, &e, &n)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     int rc = 0;
     for (int i = 0; i < n && !rc; i++) {
         const safetensors_tensor *t = safetensors_find(f, e[i].name);
@@ -578,20 +713,7 @@ static int fill_weights(model *m, const safetensors_file *f, rlhf_error *err) {
             rc = rlhf_error_set(err, RLHF_ECORRUPT, f->source, "missing tensor '%s'", e[i].name);
             break;
         }
-        int same = t->ndim == e[i].ndim;
-        for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == e[i].shape[d];
-        if (!same) {
-            char got[128] = "", *g = got;
-            for (int d = 0; d < t->ndim && g < got + 100; d++) g += sprintf(g, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-            if (e[i].ndim == 2)
-                rc = rlhf_error_set(err, RLHF_ECORRUPT, f->source, "tensor '%s' has shape [%s], expected [%lld, %lld]",
-                                    e[i].name, got, (long long)e[i].shape[0], (long long)e[i].shape[1]);
-            else
-                rc = rlhf_error_set(err, RLHF_ECORRUPT, f->source, "tensor '%s' has shape [%s], expected [%lld]",
-                                    e[i].name, got, (long long)e[i].shape[0]);
-            break;
-        }
-        memcpy(m->params_mem + e[i].offset, t->data, (size_t)(e[i].shape[0] * (e[i].ndim == 2 ? e[i].shape[1] : 1)) * sizeof(float));
+        rc = model_ckpt_fill(m, &e[i], t, f->source, err);
     }
     if (!rc && f->n_tensors != n) {
         /* name the first tensor we did not expect */
@@ -609,16 +731,20 @@ static int fill_weights(model *m, const safetensors_file *f, rlhf_error *err) {
     return rc;
 }
 
-int model_from_safetensors(model **out, const safetensors_file *f, const model_config *expect, rlhf_error *err) {
+/* model_from_safetensors with the load options. */
+static int from_checkpoint(model **out, const safetensors_file *f, const model_load_options *opt, rlhf_error *err) {
     *out = NULL;
     model_config cfg;
     uint64_t version;
     int rc = read_config(f, &cfg, &version, err);
     if (rc) return rc;
-    if (expect && (rc = model_config_compare(&cfg, expect, f->source, err))) return rc;
+    if (opt && opt->max_seq_len > 0 && cfg.max_seq_len > opt->max_seq_len) cfg.max_seq_len = opt->max_seq_len;
+    if (opt && opt->expect && (rc = model_config_compare(&cfg, opt->expect, f->source, err))) return rc;
     model *m;
     if ((rc = model_create(&m, &cfg, err))) return rc;
-    if ((rc = fill_weights(m, f, err))) {
+    const char *hf = safetensors_meta(f, MODEL_META_HF_CONFIG);
+    if (hf && !(m->hf_config = strdup(hf))) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    if (rc || (rc = fill_weights(m, f, err))) {
         model_destroy(&m);
         return rc;
     }
@@ -627,14 +753,26 @@ int model_from_safetensors(model **out, const safetensors_file *f, const model_c
     return 0;
 }
 
-int model_load(model **out, const char *path, const model_config *expect, rlhf_error *err) {
+int model_from_safetensors(model **out, const safetensors_file *f, const model_config *expect, rlhf_error *err) {
+    model_load_options opt = {.expect = expect};
+    return from_checkpoint(out, f, &opt, err);
+}
+
+int model_load_with(model **out, const char *path, const model_load_options *opt, rlhf_error *err) {
     *out = NULL;
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return model_hf_load_dir(out, path, opt, err);
     safetensors_file *f;
     int rc = safetensors_open(&f, path, err);
     if (rc) return rc;
-    rc = model_from_safetensors(out, f, expect, err);
+    rc = from_checkpoint(out, f, opt, err);
     safetensors_close(&f);
     return rc;
+}
+
+int model_load(model **out, const char *path, const model_config *expect, rlhf_error *err) {
+    model_load_options opt = {.expect = expect};
+    return model_load_with(out, path, &opt, err);
 }
 
 int model_load_into(model *m, const char *path, rlhf_error *err) {

@@ -104,9 +104,10 @@ int reward_model_load(reward_model **out, const char *path, int max_batch, rlhf_
         safetensors_close(&f);
         return rc;
     }
-    memcpy((*out)->head, h->data, (size_t)m->cfg.dim * sizeof(float));
+    rc = safetensors_tensor_to_f32(h, (*out)->head, path, err);
     safetensors_close(&f);
-    return 0;
+    if (rc) reward_model_destroy(out);
+    return rc;
 }
 
 int reward_model_save(const reward_model *rm, const char *path, rlhf_error *err) {

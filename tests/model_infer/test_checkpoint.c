@@ -293,8 +293,8 @@ static void test_reject_corrupt_header(void) {
 static void test_reject_wrong_dtype(void) {
     uint16_t h[2] = {0x3c00, 0x4000};
     const char *p = tmp_path("f16.safetensors");
-    write_raw(p, "{\"x\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}", h, 4);
-    expect_reject(p, RLHF_EUNSUPPORTED, "F16");
+    write_raw(p, "{\"x\":{\"dtype\":\"I16\",\"shape\":[2],\"data_offsets\":[0,4]}}", h, 4);
+    expect_reject(p, RLHF_EUNSUPPORTED, "tensor 'x' has dtype I16");
     write_raw(p, "{\"x\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,4]}}", h, 4);
     expect_reject(p, RLHF_ECORRUPT, "unknown dtype 'Q4'");
 }

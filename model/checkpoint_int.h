@@ -1,0 +1,27 @@
+/* model/checkpoint_int.h — private to model/: the checkpoint tensor table shared by project checkpoints
+ * (safetensors.c) and Hugging Face directories (hf.c). */
+#ifndef RLHF_MODEL_CHECKPOINT_INT_H
+#define RLHF_MODEL_CHECKPOINT_INT_H
+
+#include "model/model.h"
+
+enum { MODEL_CKPT_NAME_MAX = 96 };
+
+/* One checkpoint tensor: HF name, shape and where it lives in the parameter buffer. */
+typedef struct model_ckpt_entry {
+    char name[MODEL_CKPT_NAME_MAX];
+    int ndim;
+    int64_t shape[2];
+    size_t offset; /* floats from params_mem */
+} model_ckpt_entry;
+
+/* The model's tensors in file order (embed, per layer, final norm, lm_head); *out is malloc'd.
+ * Returns 0 or RLHF_ENOMEM. */
+int model_ckpt_layout(const model *m, model_ckpt_entry **out, int *n_out);
+/* Checks t's shape against e and converts its values (any read dtype) into m's buffer. */
+int model_ckpt_fill(model *m, const model_ckpt_entry *e, const safetensors_tensor *t, const char *source,
+                    rlhf_error *err);
+/* Loads a Hugging Face model directory (hf.c). */
+int model_hf_load_dir(model **out, const char *dir, const model_load_options *opt, rlhf_error *err);
+
+#endif
