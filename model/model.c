@@ -285,6 +285,7 @@ void model_destroy(model **pm) {
     if (!pm || !*pm) return;
     free((*pm)->params_mem);
     free((*pm)->hf_config);
+    free((*pm)->tokenizer_dir);
     free(*pm);
     *pm = NULL;
 }

@@ -126,6 +126,10 @@ typedef struct model {
      * through project checkpoints (__metadata__ "rlhf_hf_config") so model_export_hf can write it back
      * with the source's architecture, token ids and other keys. */
     char *hf_config;
+    /* The directory of the Hugging Face tokenizer this model is used with (owned), or NULL
+     * (byte-level). Kept through project checkpoints (__metadata__ "rlhf_tokenizer"), so a checkpoint
+     * of a run on a BPE model finds its tokenizer (tokenizer_load_for_model). */
+    char *tokenizer_dir;
 } model;
 
 int model_create(model **out, const model_config *cfg, rlhf_error *err);

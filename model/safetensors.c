@@ -569,7 +569,8 @@ static int model_tensors(const model *m, safetensors_tensor **ts_out, int *n_out
                                      MODEL_META_POLICY_VERSION, ver)
                          : NULL;
     free(cfg_s);
-    if (meta && m->hf_config && json_object_set_new(meta, MODEL_META_HF_CONFIG, json_string(m->hf_config))) {
+    if (meta && ((m->hf_config && json_object_set_new(meta, MODEL_META_HF_CONFIG, json_string(m->hf_config))) ||
+                 (m->tokenizer_dir && json_object_set_new(meta, MODEL_META_TOKENIZER, json_string(m->tokenizer_dir))))) {
         json_decref(meta);
         meta = NULL;
     }
@@ -744,6 +745,9 @@ static int from_checkpoint(model **out, const safetensors_file *f, const model_l
     if ((rc = model_create(&m, &cfg, err))) return rc;
     const char *hf = safetensors_meta(f, MODEL_META_HF_CONFIG);
     if (hf && !(m->hf_config = strdup(hf))) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    const char *tk = safetensors_meta(f, MODEL_META_TOKENIZER);
+    if (!rc && tk && strcmp(tk, "bytes") != 0 && !(m->tokenizer_dir = strdup(tk)))
+        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     if (rc || (rc = fill_weights(m, f, err))) {
         model_destroy(&m);
         return rc;

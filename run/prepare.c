@@ -166,7 +166,19 @@ int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
         expect = &arch;
     }
     if (!cfg->base_checkpoint[0]) return rlhf_error_set(err, RLHF_EINVAL, "model.base_checkpoint", "not set");
-    return model_load(out, cfg->base_checkpoint, expect, err);
+    model_load_options lo = {.expect = expect, .max_seq_len = cfg->max_seq_len};
+    int rc = model_load_with(out, cfg->base_checkpoint, &lo, err);
+    if (rc) return rc;
+    /* an HF model states the longest context it was trained for, and every KV cache and training
+     * buffer is sized by max_seq_len: a long one must be capped on purpose */
+    if (!cfg->max_seq_len && (*out)->cfg.max_seq_len > RUN_MAX_SEQ_LEN_UNCAPPED) {
+        rc = rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint,
+                            "the model allows %d positions; set model.max_seq_len to the longest prompt + "
+                            "completion the run needs (KV caches and training buffers are sized by it)",
+                            (*out)->cfg.max_seq_len);
+        model_destroy(out);
+    }
+    return rc;
 }
 
 int run_load_tokenizer(const run_config *cfg, const model *m, tokenizer **out, rlhf_error *err) {

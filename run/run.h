@@ -114,6 +114,8 @@ void run_config_free(run_config *cfg);
 int run_prepare(run_config *cfg, rlhf_error *err);
 /* Only the run directory and the base checkpoint part of run_prepare. */
 int run_prepare_base(run_config *cfg, rlhf_error *err);
+/* A base model allowing more positions than this needs model.max_seq_len (its buffers would not fit). */
+enum { RUN_MAX_SEQ_LEN_UNCAPPED = 8192 };
 /* Loads the base policy named by the config (checking it against model.arch when both are given). */
 int run_load_base(const run_config *cfg, model **out, rlhf_error *err);
 /* The run's tokenizer for its base model m (model.tokenizer above); the same in every process. Its ids
