@@ -20,14 +20,15 @@ struct model_config;
 
 /* ================================================================ tokenizer
  *
- * A tokenizer is a plain struct with a table of operations, so a BPE tokenizer can be added later
- * without touching callers. The embedded default is byte-level: ids 0..255 are the bytes,
+ * A tokenizer is a plain struct with a table of operations (the byte-level default, and Hugging
+ * Face BPE from tokenizer_create_hf), so callers never look at the kind. The embedded default is
+ * byte-level: ids 0..255 are the bytes,
  * 256 = BOS, 257 = EOS, 258 = PAD; ids 259..vocab_size-1 are unused and decode to nothing. */
 
 typedef struct tokenizer tokenizer;
 
 typedef struct tokenizer_ops {
-    const char *kind; /* "bytes", later "bpe" */
+    const char *kind; /* "bytes" or "bpe" */
     /* Appends the ids of text[0..len) to *ids (realloc'd; *n ids in use, *cap allocated). */
     int (*encode)(const tokenizer *tok, const char *text, size_t len, int32_t **ids, int *n, int *cap,
                   rlhf_error *err);
@@ -35,6 +36,14 @@ typedef struct tokenizer_ops {
      * may exceed `cap` (then only `cap` bytes were written). */
     size_t (*token_bytes)(const tokenizer *tok, int32_t id, char *buf, size_t cap);
     void (*destroy_impl)(void *impl);
+    /* Optional (NULL for "bytes"). encode_special: encodes text with the tokenizer's own special-token
+     * rule (add_special: BOS/EOS as the tokenizer's post-processor says) instead of "BOS then encode".
+     * strip_start: how many leading spaces decoding drops at the start of a sequence (SentencePiece's
+     * prefix space). special_text: the text of a special token (NULL when `id` is not one). */
+    int (*encode_special)(const tokenizer *tok, const char *text, size_t len, int add_special, int32_t **ids,
+                          int *n, int *cap, rlhf_error *err);
+    int (*strip_start)(const tokenizer *tok);
+    const char *(*special_text)(const tokenizer *tok, int32_t id);
 } tokenizer_ops;
 
 enum { TOKENIZER_MAX_EOS = 8 };
@@ -63,12 +72,38 @@ void tokenizer_destroy(tokenizer **tok);
 int tokenizer_load_for_model(tokenizer **out, const char *spec, const char *model_path, int model_vocab,
                              rlhf_error *err);
 /* text -> malloc'd ids (BOS first when add_bos). */
+/* A Hugging Face tokenizer from dir/tokenizer.json and dir/tokenizer_config.json (and
+ * dir/generation_config.json when present, for more eos ids). Kind "bpe": byte-level BPE (GPT-2,
+ * Llama-3, Qwen2/3, SmolLM) and SentencePiece-style BPE (Llama-2, Mistral, TinyLlama). Other models
+ * (Unigram, WordPiece, WordLevel) and unknown normalizer/pre-tokenizer/decoder types are refused with
+ * an error naming the file and key. vocab_size is the tokenizer's (largest id + 1), which may be
+ * below the model's; ids in between decode to nothing. docs/MODEL.md has the semantics. */
+int tokenizer_create_hf(tokenizer **out, const char *dir, rlhf_error *err);
+/* text -> malloc'd ids. add_bos: "bytes" puts BOS first; "bpe" gives Hugging Face's
+ * encode(text, add_special_tokens=add_bos) ids (its post-processor template, else tokenizer_config's
+ * add_bos_token/add_eos_token). Added-token strings in the text (e.g. "<|im_start|>") always map to
+ * their ids, as in Hugging Face. */
 int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids_out, int *n_out,
                      rlhf_error *err);
 /* ids -> malloc'd NUL-terminated bytes (special/unused ids contribute nothing; out-of-range ids are an
  * error). The result is raw bytes and need not be valid UTF-8. */
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n, char **text_out, size_t *len_out,
                      rlhf_error *err);
+/* The text of special token `id` (e.g. "<|im_end|>"), which decoding leaves out; NULL when `id` is
+ * not a special token of this tokenizer. */
+const char *tokenizer_special_text(const tokenizer *tok, int32_t id);
+
+/* Streaming decoder: push ids as they are sampled and get the text they complete. Output is held back
+ * only while it ends in an incomplete UTF-8 sequence (never replaced by U+FFFD); flush hands out what
+ * is held. The concatenated output of push...flush equals tokenizer_decode of the same ids. Text
+ * pointers stay valid until the next call on the stream. */
+typedef struct tokenizer_stream tokenizer_stream;
+int tokenizer_stream_create(tokenizer_stream **out, const tokenizer *tok, rlhf_error *err);
+int tokenizer_stream_push(tokenizer_stream *s, int32_t id, const char **text, size_t *len, rlhf_error *err);
+void tokenizer_stream_flush(tokenizer_stream *s, const char **text, size_t *len);
+/* Back to the start of a sequence (SentencePiece's leading-space strip applies again). */
+void tokenizer_stream_reset(tokenizer_stream *s);
+void tokenizer_stream_destroy(tokenizer_stream **s);
 
 /* ================================================================ safetensors
  *

