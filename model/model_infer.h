@@ -57,6 +57,7 @@ struct tokenizer {
      * Llama-3's <|eot_id|> beside <|end_of_text|>). */
     int32_t eos_ids[TOKENIZER_MAX_EOS];
     int n_eos_ids;
+    char *source_dir; /* absolute path of the directory it was read from (owned), NULL for "bytes" */
 };
 
 enum { TOKENIZER_BYTES_BOS = 256, TOKENIZER_BYTES_EOS = 257, TOKENIZER_BYTES_PAD = 258, TOKENIZER_BYTES_MIN_VOCAB = 259 };
@@ -71,6 +72,11 @@ void tokenizer_destroy(tokenizer **tok);
  * tokenizer's own decode to nothing). */
 int tokenizer_load_for_model(tokenizer **out, const char *spec, const char *model_path, int model_vocab,
                              rlhf_error *err);
+/* What the one-model commands (sample, score, serve, pretrain) do: the model at PATH (a checkpoint or a
+ * Hugging Face directory; max_seq_len > 0 caps its context) and its tokenizer (tokenizer_spec as above).
+ * On error neither is returned. */
+int model_load_for_inference(struct model **m_out, tokenizer **tok_out, const char *path,
+                             const char *tokenizer_spec, int max_seq_len, rlhf_error *err);
 /* text -> malloc'd ids (BOS first when add_bos). */
 /* A Hugging Face tokenizer from dir/tokenizer.json and dir/tokenizer_config.json (and
  * dir/generation_config.json when present, for more eos ids). Kind "bpe": byte-level BPE (GPT-2,

@@ -4,6 +4,7 @@
  * Callers only use tokenizer_encode/decode/stream and the id fields, never the kind. */
 #include "model/model.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -70,6 +71,7 @@ void tokenizer_destroy(tokenizer **pt) {
     if (!pt || !*pt) return;
     tokenizer *t = *pt;
     if (t->ops && t->ops->destroy_impl) t->ops->destroy_impl(t->impl);
+    free(t->source_dir);
     free(t);
     *pt = NULL;
 }
@@ -200,6 +202,11 @@ int tokenizer_load_for_model(tokenizer **out, const char *spec, const char *mode
     }
     /* a model's vocabulary is often padded past the tokenizer's (ids the tokenizer never produces) */
     t->vocab_size = model_vocab;
+    if (dir[0] && !(t->source_dir = realpath(dir, NULL))) {
+        rc = rlhf_error_set(err, RLHF_ESYS, dir, "cannot resolve the path: %s", strerror(errno));
+        tokenizer_destroy(&t);
+        return rc;
+    }
     *out = t;
     return 0;
 }
@@ -290,4 +297,15 @@ void tokenizer_stream_destroy(tokenizer_stream **ps) {
     free((*ps)->buf);
     free(*ps);
     *ps = NULL;
+}
+
+int model_load_for_inference(model **m_out, tokenizer **tok_out, const char *path, const char *tokenizer_spec,
+                             int max_seq_len, rlhf_error *err) {
+    *m_out = NULL;
+    *tok_out = NULL;
+    model_load_options lo = {.expect = NULL, .max_seq_len = max_seq_len};
+    int rc = model_load_with(m_out, path, &lo, err);
+    if (rc) return rc;
+    if ((rc = tokenizer_load_for_model(tok_out, tokenizer_spec, path, (*m_out)->cfg.vocab_size, err))) model_destroy(m_out);
+    return rc;
 }

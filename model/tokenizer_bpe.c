@@ -906,6 +906,7 @@ int tokenizer_create_hf(tokenizer **out, const char *dir, rlhf_error *err) {
         tokenizer_destroy(&t);
         return rc;
     }
+    b->n_ids = t->vocab_size; /* a caller may widen vocab_size to the model's; tables stop here */
     *out = t;
     return 0;
 }

@@ -545,7 +545,7 @@ static int bpe_encode(const tokenizer *tok, const char *text, size_t len, int32_
 
 static size_t bpe_token_bytes(const tokenizer *tok, int32_t id, char *buf, size_t cap) {
     const tokenizer_bpe *b = tok->impl;
-    if (id < 0 || id >= tok->vocab_size || !b->dec_off) return 0;
+    if (id < 0 || id >= b->n_ids || !b->dec_off) return 0;
     size_t o = b->dec_off[id], k = b->dec_off[id + 1] - o;
     memcpy(buf, b->dec_pool + o, k < cap ? k : cap);
     return k;
@@ -555,7 +555,7 @@ static int bpe_strip_start(const tokenizer *tok) { return ((const tokenizer_bpe 
 
 static const char *bpe_special_text(const tokenizer *tok, int32_t id) {
     const tokenizer_bpe *b = tok->impl;
-    if (id < 0 || id >= tok->vocab_size || b->added_of_id[id] < 0) return NULL;
+    if (id < 0 || id >= b->n_ids || b->added_of_id[id] < 0) return NULL;
     const tokenizer_added *a = &b->added[b->added_of_id[id]];
     return a->special ? a->content : NULL;
 }

@@ -66,6 +66,7 @@ typedef struct tokenizer_cache_entry {
 } tokenizer_cache_entry;
 
 typedef struct tokenizer_bpe {
+    int n_ids;             /* ids with a table entry: 0..n_ids-1 (tok->vocab_size may be larger) */
     /* vocab: id -> lookup key (byte-level: raw bytes; SentencePiece: the vocab string); map key -> id */
     tokenizer_strmap vocab;
     int32_t byte_id[256];  /* byte-level: the id of each single byte */

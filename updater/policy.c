@@ -23,6 +23,13 @@ int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     if (rc) return rc;
     ps->m->version = 0;
     if ((rc = run_load_tokenizer(cfg, ps->m, &ps->tok, err))) goto fail;
+    /* checkpoints name the tokenizer, so `rlhf sample --model CKPT` and friends find it */
+    free(ps->m->tokenizer_dir);
+    ps->m->tokenizer_dir = NULL;
+    if (ps->tok->source_dir && !(ps->m->tokenizer_dir = strdup(ps->tok->source_dir))) {
+        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        goto fail;
+    }
     int total = cfg->prompts_per_step * cfg->k;
     ps->micro_batch = total < 16 ? total : 16;
     int T = ps->m->cfg.max_seq_len;
