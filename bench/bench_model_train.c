@@ -119,7 +119,7 @@ int main(int argc, char **argv) {
         model_destroy(&m);
         return 1;
     }
-    int N = B * T, C = cfg.dim, L = cfg.n_layers, H = cfg.n_heads, KVH = cfg.n_kv_heads, D = C / H;
+    int N = B * T, C = cfg.dim, L = cfg.n_layers, H = cfg.n_heads, KVH = cfg.n_kv_heads, D = model_head_dim(&cfg);
     int F = cfg.ffn_dim, V = cfg.vocab_size;
     int32_t *tok = malloc((size_t)N * sizeof *tok), *tg = malloc((size_t)N * sizeof *tg);
     rlhf_rng rng;

@@ -14,7 +14,8 @@
 static const char init_usage[] =
     "usage: rlhf init --arch ARCH.json --out M.safetensors [--seed S]\n"
     "  ARCH.json keys: dim, n_layers, n_heads, n_kv_heads, ffn_dim, vocab_size, max_seq_len,\n"
-    "  rope_theta, norm_eps, tie_embeddings. Weights: N(0, 0.02), output projections / sqrt(2L).\n";
+    "  rope_theta, norm_eps, tie_embeddings, head_dim, attn_bias, qk_norm, rope_scaling (docs/MODEL.md).\n"
+    "  Weights: N(0, 0.02), output projections / sqrt(2L); biases 0, norms 1.\n";
 
 int cmd_init(int argc, char **argv) {
     const char *prog = "rlhf init", *arch = NULL, *out = NULL;

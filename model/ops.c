@@ -221,6 +221,46 @@ void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const f
         }
 }
 
+/* ------------------------------------------------------------------ bias (Qwen2 q/k/v projections) */
+
+void bias_forward(float *out, const float *bias, int N, int OC) {
+    // out (N, OC) += bias (OC) on every row
+#pragma omp parallel for schedule(static) if ((size_t)N * OC >= 16384)
+    for (int n = 0; n < N; n++) {
+        float *y = out + (size_t)n * OC;
+        for (int o = 0; o < OC; o++) y[o] += bias[o];
+    }
+}
+
+void bias_backward(float *dbias, const float *dout, int N, int OC) {
+    // dbias (OC) += column sums of dout (N, OC)
+    /* split the columns across threads (whole cache lines each), so no two threads sum into one slot */
+    int nchunks = (OC + COL_CHUNK - 1) / COL_CHUNK;
+#pragma omp parallel for schedule(static) if ((size_t)N * OC >= 16384)
+    for (int ch = 0; ch < nchunks; ch++) {
+        int o0 = ch * COL_CHUNK, o1 = o0 + COL_CHUNK < OC ? o0 + COL_CHUNK : OC;
+        float acc[COL_CHUNK] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *g = dout + (size_t)n * OC;
+            for (int o = o0; o < o1; o++) acc[o - o0] += g[o];
+        }
+        for (int o = o0; o < o1; o++) dbias[o] += acc[o - o0];
+    }
+}
+
+void bias_forward_ref(float *out, const float *bias, int N, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];
+}
+
+void bias_backward_ref(float *dbias, const float *dout, int N, int OC) {
+    for (int o = 0; o < OC; o++) {
+        double s = 0.0;
+        for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
+        dbias[o] += (float)s;
+    }
+}
+
 /* ------------------------------------------------------------------ RoPE */
 
 void ops_rope_tables(float *cos_t, float *sin_t, int T, const model_config *c) {

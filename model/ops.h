@@ -42,6 +42,13 @@ void matmul_forward_ref(float *out, const float *inp, const float *weight, int N
 void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                          int N, int IC, int OC);
 
+/* ---- bias of a linear layer (Qwen2's q/k/v projections): out (N, OC) += bias (OC) on every row; the
+ * backward adds the column sums of dout to dbias (dout itself passes through unchanged). */
+void bias_forward(float *out, const float *bias, int N, int OC);
+void bias_backward(float *dbias, const float *dout, int N, int OC);
+void bias_forward_ref(float *out, const float *bias, int N, int OC);
+void bias_backward_ref(float *dbias, const float *dout, int N, int OC);
+
 /* ---- RoPE, Hugging Face "rotate_half" convention: for i < D/2, pairs (i, i + D/2) rotate by
  * angle pos * theta^(-2i/D). inp/out (B, T, NH, D); positions are 0..T-1 per sequence.
  * cos/sin tables are (T, D/2), built by ops_rope_tables. */

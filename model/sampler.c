@@ -213,6 +213,31 @@ static void smp_rope_forward(const model_kernels *k, float *x, int ld, const int
         k->rope(x + (size_t)r * ld, cos_t + (size_t)pos[r] * half, sin_t + (size_t)pos[r] * half, NH, D);
 }
 
+/* In place on qkv (R, H*D | KVH*D | KVH*D; rows ld apart): + bq, bk, bv (Qwen2's projection biases; fp32
+ * in both weight precisions, like the norm weights). */
+static void smp_qkv_bias_forward(float *qkv, int ld, const float *bq, const float *bk, const float *bv, int R, int HD,
+                                 int KD) {
+#pragma omp parallel for if ((size_t)R * ld >= 16384) schedule(static)
+    for (int r = 0; r < R; r++) {
+        float *q = qkv + (size_t)r * ld, *k = q + HD, *v = k + KD;
+        for (int i = 0; i < HD; i++) q[i] += bq[i];
+        for (int i = 0; i < KD; i++) k[i] += bk[i];
+        for (int i = 0; i < KD; i++) v[i] += bv[i];
+    }
+}
+
+/* In place on x (R, NH*D; rows ld apart): RMSNorm over each head's D values with weight w (D) (Qwen3's
+ * q/k norm), by the table's rmsnorm kernel one head at a time. */
+static void smp_head_rmsnorm_forward(const model_kernels *k, float *x, int ld, const float *w, int R, int NH, int D,
+                                     float eps) {
+#pragma omp parallel for if (R >= 8) schedule(static)
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < NH; h++) {
+            float *xh = x + (size_t)r * ld + (size_t)h * D;
+            k->rmsnorm(xh, xh, w, D, eps);
+        }
+}
+
 /* gu (R, 2F): gate half <- silu(gate) * up */
 static void smp_swiglu_forward(const model_kernels *k, float *gu, int R, int F) {
 #pragma omp parallel for if ((size_t)R * F >= 16384) schedule(static)
@@ -278,8 +303,6 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
 int sampler_create_with(sampler **out, const model *m, const sampler_options *opt, rlhf_error *err) {
     *out = NULL;
     int max_batch = opt->max_batch;
-    if (m->cfg.attn_bias || m->cfg.qk_norm)
-        return RLHF_FAIL(err, RLHF_EINVAL, "sampler: q/k/v biases and q/k norms are not implemented yet");
     if (opt->weights != SAMPLER_WEIGHTS_FP32 && opt->weights != SAMPLER_WEIGHTS_BF16)
         return RLHF_FAIL(err, RLHF_EINVAL, "sampler weights: unknown precision %d", (int)opt->weights);
     if (max_batch < 1 || max_batch > 65536)
@@ -411,6 +434,13 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
         smp_rmsnorm_forward(s->k, xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
         packed_matmul(s, s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
         float *q = s->qkv, *k = s->qkv + HD, *v = s->qkv + HD + KD;     // rows QKV apart
+        if (c->attn_bias)
+            smp_qkv_bias_forward(s->qkv, QKV, p->bq + (size_t)l * HD, p->bk + (size_t)l * KD, p->bv + (size_t)l * KD,
+                                 R, HD, KD);
+        if (c->qk_norm) { /* per head, before RoPE */
+            smp_head_rmsnorm_forward(s->k, q, QKV, p->q_norm + (size_t)l * D, R, H, D, c->norm_eps);
+            smp_head_rmsnorm_forward(s->k, k, QKV, p->k_norm + (size_t)l * D, R, KVH, D, c->norm_eps);
+        }
         smp_rope_forward(s->k, q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
         smp_rope_forward(s->k, k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
         float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, KVH, D, T)

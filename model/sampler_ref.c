@@ -36,8 +36,6 @@ static void ref_rope(float *v, int pos, int D, const model_config *cfg) {
 int model_reference_logits(const model *m, const int32_t *tokens, int T, float *logits, rlhf_error *err) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->p;
-    if (m->cfg.attn_bias || m->cfg.qk_norm)
-        return RLHF_FAIL(err, RLHF_EINVAL, "reference forward: q/k/v biases and q/k norms are not implemented yet");
     if (T < 1 || T > c->max_seq_len)
         return RLHF_FAIL(err, RLHF_EINVAL, "reference forward: T must be in 1..%d, got %d", c->max_seq_len, T);
     for (int t = 0; t < T; t++)
@@ -69,6 +67,19 @@ int model_reference_logits(const model *m, const int32_t *tokens, int T, float *
             ref_matvec(q + (size_t)t * HD, wq, xn, HD, C);
             ref_matvec(k + (size_t)t * KD, wk, xn, KD, C);
             ref_matvec(v + (size_t)t * KD, wv, xn, KD, C);
+            if (c->attn_bias) { /* Qwen2 */
+                for (int i = 0; i < HD; i++) q[(size_t)t * HD + i] += p->bq[(size_t)l * HD + i];
+                for (int i = 0; i < KD; i++) k[(size_t)t * KD + i] += p->bk[(size_t)l * KD + i];
+                for (int i = 0; i < KD; i++) v[(size_t)t * KD + i] += p->bv[(size_t)l * KD + i];
+            }
+            if (c->qk_norm) { /* Qwen3: per head, before RoPE */
+                for (int h = 0; h < H; h++)
+                    ref_rmsnorm(q + (size_t)t * HD + h * D, q + (size_t)t * HD + h * D, p->q_norm + (size_t)l * D, D,
+                                c->norm_eps);
+                for (int h = 0; h < KVH; h++)
+                    ref_rmsnorm(k + (size_t)t * KD + h * D, k + (size_t)t * KD + h * D, p->k_norm + (size_t)l * D, D,
+                                c->norm_eps);
+            }
             for (int h = 0; h < H; h++) ref_rope(q + (size_t)t * HD + h * D, t, D, c);
             for (int h = 0; h < KVH; h++) ref_rope(k + (size_t)t * KD + h * D, t, D, c);
         }

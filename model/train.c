@@ -32,13 +32,17 @@ typedef struct tape_op {
     int prod[3];       /* tape index of the op that produced in[k] (-1: none) */
     const float *w;    /* parameter read (matmul/norm weight, embedding table) */
     float *dw;         /* its gradient */
+    const float *b;    /* matmul bias added to every output row (attn_bias), or NULL */
+    float *db;         /* its gradient */
     float *aux;        /* saved statistics: rstd, attention probabilities, lse */
     int n, ic, oc;     /* rows and matmul sizes / C for norms and embedding, V for log-softmax */
 } tape_op;
 
 typedef struct layer_acts {
     float *ln1, *rstd1;        // (N, C), (N)
-    float *q, *k, *v;          // (N, H*D), (N, KVH*D), (N, KVH*D) before RoPE (v never rotates)
+    float *q, *k, *v;          // (N, H*D), (N, KVH*D), (N, KVH*D) projections (+ bias) (v never rotates)
+    float *qn, *kn;            // (N, H*D), (N, KVH*D) per-head RMSNorm of q, k (qk_norm only)
+    float *rstdq, *rstdk;      // (N*H), (N*KVH) their saved 1/rms (qk_norm only)
     float *qr, *kr;            // after RoPE
     float *att;                // (B, H, T, T) probabilities
     float *atty;               // (N, H*D)
@@ -78,8 +82,9 @@ struct model_trainer {
 #define GRAD(t, p) ((t)->act_grad + ((p) - (t)->act))
 
 /* Tape entries one forward records: per layer norm, q, k, v, rope q, rope k, attention, o, residual,
- * norm, gate, up, swiglu, down, residual; outside: embedding, final norm, lm_head, log-softmax. */
-enum { TAPE_OPS_PER_LAYER = 15, TAPE_OPS_OUTSIDE_LAYERS = 4 };
+ * norm, gate, up, swiglu, down, residual (+ q norm, k norm with qk_norm; biases ride on their matmul's
+ * entry); outside: embedding, final norm, lm_head, log-softmax. */
+enum { TAPE_OPS_PER_LAYER = 15, TAPE_OPS_QK_NORM = 2, TAPE_OPS_OUTSIDE_LAYERS = 4 };
 
 static void *alloc64_raw(size_t bytes) {
     bytes = (bytes + 63) & ~(size_t)63;
@@ -112,8 +117,6 @@ static void *alloc64(size_t bytes) {
 int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rlhf_error *err) {
     *out = NULL;
     const model_config *c = &m->cfg;
-    if (m->cfg.attn_bias || m->cfg.qk_norm)
-        return RLHF_FAIL(err, RLHF_EINVAL, "trainer: q/k/v biases and q/k norms are not implemented yet");
     if (max_B <= 0 || max_T <= 0)
         return RLHF_FAIL(err, RLHF_EINVAL, "trainer batch shape must be positive, got B=%d T=%d", max_B, max_T);
     if (max_T > c->max_seq_len)
@@ -126,10 +129,13 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->max_T = max_T;
     size_t N = (size_t)max_B * max_T, C = c->dim, L = c->n_layers, H = c->n_heads, KVH = c->n_kv_heads;
     size_t D = model_head_dim(c), F = c->ffn_dim, V = c->vocab_size, T = max_T;
-    size_t HD = H * D, KD = KVH * D;
-    /* Arena offsets: every tensor at its max size, 16-float aligned. */
-    size_t per_layer_sizes[] = {N * C, N, N * HD, N * KD, N * KD, N * HD, N * KD, (size_t)max_B * H * T * T,
-                                N * HD, N * C, N * C, N * C, N, N * F, N * F, N * F, N * C, N * C};
+    size_t HD = H * D, KD = KVH * D, QKN = c->qk_norm ? 1 : 0;
+    /* Arena offsets: every tensor at its max size, 16-float aligned (the q/k norm slots are empty
+     * without qk_norm). */
+    size_t per_layer_sizes[] = {N * C,       N,           N * HD,     N * KD, N * KD, QKN * N * HD, QKN * N * KD,
+                                QKN * N * H, QKN * N * KVH, N * HD,   N * KD, (size_t)max_B * H * T * T,
+                                N * HD,      N * C,       N * C,      N * C,  N,      N * F,        N * F,
+                                N * F,       N * C,       N * C};
     enum { PER_LAYER = sizeof per_layer_sizes / sizeof per_layer_sizes[0] };
     size_t top_sizes[] = {N * C, N * C, N, N * V, N, N, N};
     size_t total = 0;
@@ -149,7 +155,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->tokens = alloc64(N * sizeof(int32_t));
     t->targets = alloc64(N * sizeof(int32_t));
     t->layers = calloc(L, sizeof *t->layers);
-    t->tape_cap = (int)(TAPE_OPS_PER_LAYER * L + TAPE_OPS_OUTSIDE_LAYERS);
+    t->tape_cap = (int)((TAPE_OPS_PER_LAYER + QKN * TAPE_OPS_QK_NORM) * L + TAPE_OPS_OUTSIDE_LAYERS);
     t->tape = calloc((size_t)t->tape_cap, sizeof *t->tape);
     t->touched = calloc((size_t)t->tape_cap, 1);
     if (!t->act || !t->act_grad || !t->grads || !t->scratch || !t->rope_cos || !t->rope_sin || !t->tokens ||
@@ -167,9 +173,10 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     TAKE(t->x0, N * C);
     for (size_t l = 0; l < L; l++) {
         layer_acts *a = &t->layers[l];
-        float **slots[PER_LAYER] = {&a->ln1, &a->rstd1, &a->q,       &a->k,    &a->v,   &a->qr,
-                                    &a->kr,  &a->att,   &a->atty,    &a->attproj, &a->res1, &a->ln2,
-                                    &a->rstd2, &a->gate, &a->up,     &a->swi,  &a->mlp, &a->res2};
+        float **slots[PER_LAYER] = {&a->ln1,   &a->rstd1, &a->q,    &a->k,       &a->v,    &a->qn,
+                                    &a->kn,    &a->rstdq, &a->rstdk, &a->qr,     &a->kr,   &a->att,
+                                    &a->atty,  &a->attproj, &a->res1, &a->ln2,   &a->rstd2, &a->gate,
+                                    &a->up,    &a->swi,   &a->mlp,  &a->res2};
         for (size_t i = 0; i < PER_LAYER; i++) TAKE(*slots[i], per_layer_sizes[i]);
     }
     TAKE(t->lnf, N * C);
@@ -226,8 +233,9 @@ static tape_op *push(model_trainer *t, op_kind kind, float *out, size_t out_nume
     return op;
 }
 
-static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, const float *w, float *dw, int N) {
-    int C = t->m->cfg.dim;
+/* RMSNorm of N rows of C: the residual stream (C = dim) or every head of q/k (N*H rows of head_dim). */
+static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, const float *w, float *dw, int N,
+                        int C) {
     rmsnorm_forward(out, rstd, inp, w, N, C, t->m->cfg.norm_eps);
     tape_op *op = push(t, OP_RMSNORM, out, (size_t)N * C);
     op->in[0] = inp;
@@ -238,30 +246,43 @@ static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, c
     op->ic = C;
 }
 
-static void rec_matmul(model_trainer *t, float *out, float *inp, const float *w, float *dw, int N, int IC, int OC) {
+/* out (N, OC) = inp (N, IC) · w^T (+ b (OC) on every row when b is not NULL) */
+static void rec_matmul_bias(model_trainer *t, float *out, float *inp, const float *w, float *dw, const float *b,
+                            float *db, int N, int IC, int OC) {
     matmul_forward(out, inp, w, N, IC, OC);
+    if (b) bias_forward(out, b, N, OC);
     tape_op *op = push(t, OP_MATMUL, out, (size_t)N * OC);
     op->in[0] = inp;
     op->w = w;
     op->dw = dw;
+    op->b = b;
+    op->db = db;
     op->n = N;
     op->ic = IC;
     op->oc = OC;
 }
 
+static void rec_matmul(model_trainer *t, float *out, float *inp, const float *w, float *dw, int N, int IC, int OC) {
+    rec_matmul_bias(t, out, inp, w, dw, NULL, NULL, N, IC, OC);
+}
+
 /* Two matmuls of the same input and shape (q|k, gate|up), computed side by side; recorded as two
- * ordinary tape entries. */
+ * ordinary tape entries. Biases b_a, b_b (OC) as in rec_matmul_bias, or NULL. */
 static void rec_matmul_pair(model_trainer *t, float *out_a, float *out_b, float *inp, const float *w_a, float *dw_a,
-                            const float *w_b, float *dw_b, int N, int IC, int OC) {
+                            const float *b_a, float *db_a, const float *w_b, float *dw_b, const float *b_b,
+                            float *db_b, int N, int IC, int OC) {
     matmul_forward_pair(out_a, out_b, inp, w_a, w_b, N, IC, OC);
     float *outs[2] = {out_a, out_b};
-    const float *ws[2] = {w_a, w_b};
-    float *dws[2] = {dw_a, dw_b};
+    const float *ws[2] = {w_a, w_b}, *bs[2] = {b_a, b_b};
+    float *dws[2] = {dw_a, dw_b}, *dbs[2] = {db_a, db_b};
     for (int i = 0; i < 2; i++) {
+        if (bs[i]) bias_forward(outs[i], bs[i], N, OC);
         tape_op *op = push(t, OP_MATMUL, outs[i], (size_t)N * OC);
         op->in[0] = inp;
         op->w = ws[i];
         op->dw = dws[i];
+        op->b = bs[i];
+        op->db = dbs[i];
         op->n = N;
         op->ic = IC;
         op->oc = OC;
@@ -353,6 +374,7 @@ static int replay_backward(model_trainer *t, int end, rlhf_error *err) {
         case OP_MATMUL:
             matmul_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->n, op->ic, op->oc,
                             acc_flag(t, op, 0));
+            if (op->db) bias_backward(op->db, dout, op->n, op->oc);
             break;
         case OP_ROPE:
             rope_backward(GRAD(t, op->in[0]), dout, t->rope_cos, t->rope_sin, t->B, t->T, op->ic, D,
@@ -425,16 +447,30 @@ static void forward_body(model_trainer *t) {
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *a = &t->layers[l];
         size_t lc = (size_t)l * C, lqc = (size_t)l * HD * C, lkc = (size_t)l * KD * C, lfc = (size_t)l * F * C;
-        rec_rmsnorm(t, a->ln1, a->rstd1, x, p->attn_norm + lc, dp->attn_norm + lc, N);
+        size_t lq = (size_t)l * HD, lk = (size_t)l * KD, ld = (size_t)l * D;
+        /* Qwen2's q/k/v biases (NULL for Llama: the plain matmuls) */
+        const float *bq = c->attn_bias ? p->bq + lq : NULL, *bk = c->attn_bias ? p->bk + lk : NULL;
+        const float *bv = c->attn_bias ? p->bv + lk : NULL;
+        float *dbq = c->attn_bias ? dp->bq + lq : NULL, *dbk = c->attn_bias ? dp->bk + lk : NULL;
+        float *dbv = c->attn_bias ? dp->bv + lk : NULL;
+        rec_rmsnorm(t, a->ln1, a->rstd1, x, p->attn_norm + lc, dp->attn_norm + lc, N, C);
         if (HD == KD)
-            rec_matmul_pair(t, a->q, a->k, a->ln1, p->wq + lqc, dp->wq + lqc, p->wk + lkc, dp->wk + lkc, N, C, HD);
+            rec_matmul_pair(t, a->q, a->k, a->ln1, p->wq + lqc, dp->wq + lqc, bq, dbq, p->wk + lkc, dp->wk + lkc, bk,
+                            dbk, N, C, HD);
         else {
-            rec_matmul(t, a->q, a->ln1, p->wq + lqc, dp->wq + lqc, N, C, HD);
-            rec_matmul(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, N, C, KD);
+            rec_matmul_bias(t, a->q, a->ln1, p->wq + lqc, dp->wq + lqc, bq, dbq, N, C, HD);
+            rec_matmul_bias(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, bk, dbk, N, C, KD);
         }
-        rec_matmul(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, N, C, KD);
-        rec_rope(t, a->qr, a->q, H);
-        rec_rope(t, a->kr, a->k, KVH);
+        rec_matmul_bias(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, bv, dbv, N, C, KD);
+        float *q = a->q, *k = a->k; // (N, H*D), (N, KVH*D): what RoPE rotates
+        if (c->qk_norm) { /* Qwen3: RMSNorm over each head's D values, before RoPE */
+            rec_rmsnorm(t, a->qn, a->rstdq, a->q, p->q_norm + ld, dp->q_norm + ld, N * H, D);
+            rec_rmsnorm(t, a->kn, a->rstdk, a->k, p->k_norm + ld, dp->k_norm + ld, N * KVH, D);
+            q = a->qn;
+            k = a->kn;
+        }
+        rec_rope(t, a->qr, q, H);
+        rec_rope(t, a->kr, k, KVH);
         attention_forward(a->atty, a->att, a->qr, a->kr, a->v, B, T, H, KVH, D);
         op = push(t, OP_ATTENTION, a->atty, (size_t)N * HD);
         op->in[0] = a->qr;
@@ -443,9 +479,9 @@ static void forward_body(model_trainer *t) {
         op->aux = a->att;
         rec_matmul(t, a->attproj, a->atty, p->wo + lqc, dp->wo + lqc, N, HD, C);
         rec_residual(t, a->res1, x, a->attproj, (size_t)N * C);
-        rec_rmsnorm(t, a->ln2, a->rstd2, a->res1, p->ffn_norm + lc, dp->ffn_norm + lc, N);
-        rec_matmul_pair(t, a->gate, a->up, a->ln2, p->w_gate + lfc, dp->w_gate + lfc, p->w_up + lfc, dp->w_up + lfc,
-                        N, C, F);
+        rec_rmsnorm(t, a->ln2, a->rstd2, a->res1, p->ffn_norm + lc, dp->ffn_norm + lc, N, C);
+        rec_matmul_pair(t, a->gate, a->up, a->ln2, p->w_gate + lfc, dp->w_gate + lfc, NULL, NULL, p->w_up + lfc,
+                        dp->w_up + lfc, NULL, NULL, N, C, F);
         swiglu_forward(a->swi, a->gate, a->up, (size_t)N * F);
         op = push(t, OP_SWIGLU, a->swi, (size_t)N * F);
         op->in[0] = a->gate;
@@ -454,7 +490,7 @@ static void forward_body(model_trainer *t) {
         rec_residual(t, a->res2, a->res1, a->mlp, (size_t)N * C);
         x = a->res2;
     }
-    rec_rmsnorm(t, t->lnf, t->rstdf, x, p->final_norm, dp->final_norm, N);
+    rec_rmsnorm(t, t->lnf, t->rstdf, x, p->final_norm, dp->final_norm, N, C);
     t->hidden_end = t->tape_len;
     link_producers(t);
     t->has_head = 0;

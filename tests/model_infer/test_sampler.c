@@ -45,6 +45,29 @@ static double log_softmax_at(const float *row, int V, int y, double temperature)
     return row[y] / temperature - mx - log(s);
 }
 
+/* The architectures beyond Llama, each with GQA: Qwen2's q/k/v biases, Qwen3's per-head q/k norms,
+ * head_dim 12 at dim 32 with 4 heads (H*D = 48 != C; half a head = 6, a partial vector), the three
+ * together, and RoPE scaling (llama3 with a band in each regime, linear). Returns how many. */
+enum { N_ARCH_VARIANTS = 6 };
+static int arch_variants(model_config out[N_ARCH_VARIANTS]) {
+    for (int i = 0; i < N_ARCH_VARIANTS; i++) out[i] = infer_test_config(i % 2, 2);
+    out[0].attn_bias = 1;
+    out[1].qk_norm = 1;
+    out[2].head_dim = 12;
+    out[3].head_dim = 12;
+    out[3].attn_bias = 1;
+    out[3].qk_norm = 1;
+    out[3].n_kv_heads = 1;
+    out[4].rope_scaling = MODEL_ROPE_LLAMA3;
+    out[4].rope_factor = 8.0f;
+    out[4].rope_low_freq_factor = 1.0f;
+    out[4].rope_high_freq_factor = 4.0f;
+    out[4].rope_original_max_pos = 128;
+    out[5].rope_scaling = MODEL_ROPE_LINEAR;
+    out[5].rope_factor = 4.0f;
+    return N_ARCH_VARIANTS;
+}
+
 /* ---------------------------------------------------------------- the matmul kernel */
 
 /* The packed matmul (the kernels RLHF_ISA selects) against a plain double-precision loop, for shapes that leave partial panels
@@ -171,6 +194,8 @@ static void test_kv_cache_matches_reference(void) {
     c.n_kv_heads = 1;
     c.max_seq_len = 200;
     check_kv_cache(&c, 150);
+    model_config v[N_ARCH_VARIANTS];
+    for (int i = 0, n = arch_variants(v); i < n; i++) check_kv_cache(&v[i], 30);
 }
 
 /* A bf16 sampler computes the model whose matrices are rounded to bf16: against the reference forward of
@@ -227,6 +252,8 @@ static void test_bf16_matches_rounded_reference(void) {
     check_bf16(&c, 30);
     c = infer_test_config(1, 4);
     check_bf16(&c, 30);
+    model_config v[N_ARCH_VARIANTS];
+    for (int i = 0, n = arch_variants(v); i < n; i++) check_bf16(&v[i], 30);
     rlhf_error err = {0};
     sampler_weights w;
     CU_ASSERT_EQUAL(sampler_weights_parse(&w, "bf16", "x", &err), 0);
@@ -275,8 +302,8 @@ static void test_weight_update_visible(void) {
     model_destroy(&m);
 }
 
-static void test_reference_matches_train_forward(void) {
-    model_config c = infer_test_config(0, 2);
+static void check_reference_train(const model_config *cfg) {
+    model_config c = *cfg;
     model *m = infer_test_model(&c, 31);
     int V = c.vocab_size, T = 24, B = 2;
     int32_t toks[48];
@@ -296,6 +323,13 @@ static void test_reference_matches_train_forward(void) {
     free(lg);
     model_trainer_destroy(&t);
     model_destroy(&m);
+}
+
+static void test_reference_matches_train_forward(void) {
+    model_config c = infer_test_config(0, 2);
+    check_reference_train(&c);
+    model_config v[N_ARCH_VARIANTS];
+    for (int i = 0, n = arch_variants(v); i < n; i++) check_reference_train(&v[i]);
 }
 
 /* ---------------------------------------------------------------- sampling */
@@ -338,8 +372,8 @@ static void free_all(run_set *rs) {
     for (int i = 0; i < rs->n; i++) sample_result_free(&rs->res[i]);
 }
 
-static void test_batched_equals_single(void) {
-    model_config c = infer_test_config(0, 2);
+static void check_batched_equals_single(const model_config *cfg) {
+    model_config c = *cfg;
     model *m = infer_test_model(&c, 41);
     static run_set batched, single;
     make_requests(&batched, c.vocab_size, 1000);
@@ -364,6 +398,13 @@ static void test_batched_equals_single(void) {
     free_all(&batched);
     free_all(&single);
     model_destroy(&m);
+}
+
+static void test_batched_equals_single(void) {
+    model_config c = infer_test_config(0, 2), v[N_ARCH_VARIANTS];
+    check_batched_equals_single(&c);
+    arch_variants(v);
+    check_batched_equals_single(&v[3]); /* biases, q/k norms, head_dim 12, one KV head */
 }
 
 /* A stream source for the tests: request i becomes available before step avail[i]; the weights are

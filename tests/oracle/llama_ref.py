@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """tests/oracle/llama_ref.py - an independent PyTorch implementation of the project's Llama-style model,
 used as the oracle of test_model_train and as the PyTorch peer of bench/bench_model_train.sh.
+Written from the Hugging Face model definitions: Llama, Qwen2 (q/k/v Linear layers with bias=True) and
+Qwen3 (q_norm/k_norm: RMSNorm(head_dim) over each head of q and k, before the rotary embedding); any
+head_dim (not necessarily dim / n_heads); rope_scaling "linear" and "llama3".
 
     llama_ref.py oracle DIR   read DIR/case.json, params.bin, tokens.bin, targets.bin; compute in float64
                               the logits, log-probs, entropies, mean masked cross-entropy, every parameter
@@ -9,7 +12,8 @@ used as the oracle of test_model_train and as the PyTorch peer of bench/bench_mo
                               time float32 training steps (forward + backward + AdamW), print JSON.
 
 Parameter file layout (float32, one flat buffer, the order of model/model.h): embed (V,C), then per layer
-stacked: attn_norm (L,C), wq (L,H*D,C), wk (L,KVH*D,C), wv (L,KVH*D,C), wo (L,C,H*D), ffn_norm (L,C),
+stacked: attn_norm (L,C), wq (L,H*D,C), wk (L,KVH*D,C), wv (L,KVH*D,C), [bq (L,H*D), bk (L,KVH*D),
+bv (L,KVH*D) with attn_bias], [q_norm (L,D), k_norm (L,D) with qk_norm], wo (L,C,H*D), ffn_norm (L,C),
 w_gate (L,F,C), w_up (L,F,C), w_down (L,C,F), then final_norm (C), lm_head (V,C) unless tied.
 """
 import array
@@ -23,13 +27,22 @@ import torch
 import torch.nn.functional as Fn
 
 
+def head_dim(cfg):
+    return cfg.get("head_dim") or cfg["dim"] // cfg["n_heads"]
+
+
 def layout(cfg):
     C, L, H = cfg["dim"], cfg["n_layers"], cfg["n_heads"]
     KVH = cfg.get("n_kv_heads", H)
-    D, F, V = C // H, cfg["ffn_dim"], cfg["vocab_size"]
+    D, F, V = head_dim(cfg), cfg["ffn_dim"], cfg["vocab_size"]
     spec = [("embed", (V, C)), ("attn_norm", (L, C)), ("wq", (L, H * D, C)), ("wk", (L, KVH * D, C)),
-            ("wv", (L, KVH * D, C)), ("wo", (L, C, H * D)), ("ffn_norm", (L, C)), ("w_gate", (L, F, C)),
-            ("w_up", (L, F, C)), ("w_down", (L, C, F)), ("final_norm", (C,))]
+            ("wv", (L, KVH * D, C))]
+    if cfg.get("attn_bias", False):
+        spec += [("bq", (L, H * D)), ("bk", (L, KVH * D)), ("bv", (L, KVH * D))]
+    if cfg.get("qk_norm", False):
+        spec += [("q_norm", (L, D)), ("k_norm", (L, D))]
+    spec += [("wo", (L, C, H * D)), ("ffn_norm", (L, C)), ("w_gate", (L, F, C)), ("w_up", (L, F, C)),
+             ("w_down", (L, C, F)), ("final_norm", (C,))]
     if not cfg.get("tie_embeddings", False):
         spec.append(("lm_head", (V, C)))
     return spec
@@ -44,7 +57,8 @@ class Llama(torch.nn.Module):
         self.cfg = cfg
         self.names = []
         off = 0
-        stacked = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
+        stacked = ("attn_norm", "wq", "wk", "wv", "bq", "bk", "bv", "q_norm", "k_norm", "wo", "ffn_norm", "w_gate",
+                   "w_up", "w_down")
         for name, shape in layout(cfg):
             n = math.prod(shape)
             t = torch.tensor(flat[off:off + n], dtype=dtype).reshape(shape)
@@ -68,16 +82,37 @@ class Llama(torch.nn.Module):
         h = x.shape[-1] // 2
         return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
+    @staticmethod
+    def inv_freq(cfg):
+        """RoPE inverse frequencies, with Hugging Face's rope_scaling rules ("linear": positions divided by
+        factor, i.e. every frequency; "llama3": per band of wavelength)."""
+        D = head_dim(cfg)
+        theta = cfg.get("rope_theta", 10000.0)
+        f = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+        rs = cfg.get("rope_scaling")
+        if not rs:
+            return f
+        factor = rs["factor"]
+        if rs["type"] == "linear":
+            return f / factor
+        assert rs["type"] == "llama3", rs
+        orig, lo, hi = rs["original_max_position_embeddings"], rs["low_freq_factor"], rs["high_freq_factor"]
+        wavelen = 2 * math.pi / f
+        scaled = torch.where(wavelen > orig / lo, f / factor, f)  # long wavelengths: slowed down
+        smooth = (orig / wavelen - lo) / (hi - lo)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= orig / hi) & (wavelen <= orig / lo)
+        return torch.where(medium, blended, scaled)
+
     def forward(self, tokens):
         cfg = self.cfg
         B, T = tokens.shape
-        C, H = cfg["dim"], cfg["n_heads"]
+        H = cfg["n_heads"]
         KVH = cfg.get("n_kv_heads", H)
-        D = C // H
+        D = head_dim(cfg)
         eps = cfg.get("norm_eps", 1e-5)
-        theta = cfg.get("rope_theta", 10000.0)
         dt = self.embed.dtype
-        inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+        inv_freq = self.inv_freq(cfg)
         ang = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
         emb = torch.cat((ang, ang), dim=-1)
         cos, sin = emb.cos().to(dt)[None, None], emb.sin().to(dt)[None, None]  # (1, 1, T, D)
@@ -85,9 +120,13 @@ class Llama(torch.nn.Module):
         x = self.embed[tokens]  # (B, T, C)
         for l in range(cfg["n_layers"]):
             h = self.rmsnorm(x, self.attn_norm[l], eps)
-            q = (h @ self.wq[l].T).view(B, T, H, D).transpose(1, 2)
-            k = (h @ self.wk[l].T).view(B, T, KVH, D).transpose(1, 2)
-            v = (h @ self.wv[l].T).view(B, T, KVH, D).transpose(1, 2)
+            q, k, v = h @ self.wq[l].T, h @ self.wk[l].T, h @ self.wv[l].T
+            if cfg.get("attn_bias", False):  # Qwen2
+                q, k, v = q + self.bq[l], k + self.bk[l], v + self.bv[l]
+            q, k, v = q.view(B, T, H, D), k.view(B, T, KVH, D), v.view(B, T, KVH, D)
+            if cfg.get("qk_norm", False):  # Qwen3: each head of q and k, before the rotary embedding
+                q, k = self.rmsnorm(q, self.q_norm[l], eps), self.rmsnorm(k, self.k_norm[l], eps)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             q = q * cos + self.rotate_half(q) * sin
             k = k * cos + self.rotate_half(k) * sin
             k = k.repeat_interleave(H // KVH, dim=1)
@@ -109,8 +148,9 @@ def masked_ce(logits, targets):
 
 
 def make_optimizer(model, oc):
-    # norm weights are not decayed (they are 2-D here only because layers are stacked)
-    norms = ("attn_norm", "ffn_norm", "final_norm")
+    # norm weights and biases are not decayed (the project decays matrices only; they are 2-D here only
+    # because layers are stacked)
+    norms = ("attn_norm", "ffn_norm", "final_norm", "q_norm", "k_norm", "bq", "bk", "bv")
     decay = [p for n, p in model.named_parameters() if n.split(".")[0] not in norms]
     no_decay = [p for n, p in model.named_parameters() if n.split(".")[0] in norms]
     return torch.optim.AdamW([{"params": decay, "weight_decay": oc["weight_decay"]},
