@@ -1,8 +1,11 @@
 /* cli/eval.c — `rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--n N]
- * [--samples S] [--temperature T] [--data FILE]`: held-out pass rate of a checkpoint.
+ * [--samples S] [--temperature T] [--top-p P] [--top-k K] [--min-p M] [--data FILE]`: held-out pass
+ * rate of a checkpoint.
  *
- * Samples S completions (greedy by default) for the first N prompts of task.eval (or --data),
- * scores them with the run's reward pipeline, and prints one JSON line:
+ * Samples S completions (greedy by default; the sampling filters are off unless given: the
+ * generators' settings are not inherited) for the first N prompts of task.eval (or --data), ending
+ * them by the task's rules (EOS, task.stop, task.include_stop, generators.max_tokens), scores the
+ * texts with the run's reward pipeline, and prints one JSON line:
  *   {"checkpoint": ..., "prompts": N, "samples": S, "pass_rate": ..., "reward_mean": ...}
  * A sample passes when the first reward source (the task's check) gives its full score (>= 1). */
 #include <math.h>
@@ -16,16 +19,26 @@
 
 static const char usage[] =
     "usage: rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--data FILE] [--n N]\n"
-    "                 [--samples S] [--temperature T] [--threads N]\n";
+    "                 [--samples S] [--temperature T] [--top-p P] [--top-k K] [--min-p M] [--threads N]\n"
+    "  --temperature T   0 = greedy (default)\n"
+    "  --top-p P         nucleus mass in (0, 1] (default 1 = off)\n"
+    "  --top-k K         0 = off (default)\n"
+    "  --min-p M         in [0, 1]: keep tokens with p >= M * max p (default 0 = off)\n"
+    "Completions end as the config's task says (EOS, task.stop, task.include_stop) or after\n"
+    "generators.max_tokens tokens.\n";
 
 int cmd_eval(int argc, char **argv) {
     const char *config_path = NULL, *ckpt = NULL, *data = NULL;
-    int n = 0, samples = 1, threads = 0;
-    float temperature = 0.0f;
+    int n = 0, samples = 1, threads = 0, top_k = 0;
+    float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--checkpoint", RLHF_OPT_STR, &ckpt),
                              RLHF_OPT("--data", RLHF_OPT_STR, &data),          RLHF_OPT("--n", RLHF_OPT_INT, &n),
                              RLHF_OPT("--samples", RLHF_OPT_INT, &samples),    RLHF_OPT("--threads", RLHF_OPT_INT, &threads),
-                             RLHF_OPT("--temperature", RLHF_OPT_FLOAT, &temperature), RLHF_OPT_END};
+                             RLHF_OPT("--temperature", RLHF_OPT_FLOAT, &temperature),
+                             RLHF_OPT_RANGE("--top-p", RLHF_OPT_FLOAT, &top_p, 1e-9, 1.0),
+                             RLHF_OPT_RANGE("--top-k", RLHF_OPT_INT, &top_k, 0, 1 << 30),
+                             RLHF_OPT_RANGE("--min-p", RLHF_OPT_FLOAT, &min_p, 0.0, 1.0),
+                             RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf eval", usage, opts, NULL, 0, NULL);
     if (prc >= 0) return prc;
     if (!config_path || samples < 1 || n < 0 || temperature < 0) {
@@ -57,8 +70,14 @@ int cmd_eval(int argc, char **argv) {
     int batch = 32;
     if ((rc = sampler_create(&smp, m, batch * samples > 256 ? 256 : batch * samples, &err))) goto out;
     if ((rc = updater_scorer_create(&sc, cfg.rewards, "rewards", 1, tok, &err))) goto out;
-    gen_params gp = {.k = samples, .temperature = temperature, .top_p = 1.0f, .max_tokens = cfg.max_tokens,
-                     .seed = cfg.seed + 424242};
+    gen_params gp;
+    generator_params_from_config(&cfg, &gp); /* the task's stop rules and max_tokens */
+    gp.k = samples;
+    gp.temperature = temperature;
+    gp.top_p = top_p;
+    gp.top_k = top_k;
+    gp.min_p = min_p;
+    gp.seed = cfg.seed + 424242;
     long total = 0, pass = 0;
     double rsum = 0;
     double t0 = rlhf_now();

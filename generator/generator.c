@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "generator/generator.h"
+#include "run/run.h"
 
 static uint64_t mix64(uint64_t x) {
     x ^= x >> 30;
@@ -14,8 +15,19 @@ static uint64_t mix64(uint64_t x) {
     return x;
 }
 
-/* a completion is one line: newline or EOS ends it */
-static const int32_t stop_ids[2] = {'\n', TOKENIZER_BYTES_EOS};
+void generator_params_from_config(const run_config *cfg, gen_params *gp) {
+    memset(gp, 0, sizeof *gp);
+    gp->k = cfg->k;
+    gp->temperature = cfg->temperature;
+    gp->top_p = cfg->top_p;
+    gp->top_k = cfg->top_k;
+    gp->min_p = cfg->min_p;
+    gp->max_tokens = cfg->max_tokens;
+    gp->stop = (const char *const *)cfg->stop;
+    gp->n_stop = cfg->n_stop;
+    gp->include_stop = cfg->include_stop;
+    gp->policy_logprobs = cfg->behaviour_logprobs == RUN_BEHAVIOUR_POLICY;
+}
 
 int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_prompt *p, const gen_params *gp,
                               uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, rlhf_error *err) {
@@ -36,17 +48,23 @@ int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_p
         r->params = sample_params_default();
         r->params.temperature = gp->temperature;
         r->params.top_p = gp->top_p;
+        r->params.top_k = gp->top_k;
+        r->params.min_p = gp->min_p;
         r->params.max_new_tokens = gp->max_tokens < room ? gp->max_tokens : room;
         r->params.seed = gp->seed ^ mix64(seq * 1000003ull + (uint64_t)j);
-        r->params.stop_ids = stop_ids;
-        r->params.n_stop_ids = 2;
+        r->params.stop_ids = tok->eos_ids;
+        r->params.n_stop_ids = tok->n_eos_ids;
+        r->params.stop_strings = gp->n_stop ? gp->stop : NULL;
+        r->params.n_stop_strings = gp->n_stop;
+        r->params.include_stop = gp->include_stop;
     }
     return 0;
 }
 
 int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int32_t *pids, int plen,
-                         const sample_result *res, int k, const char *generator_id, uint64_t seq,
+                         const sample_result *res, const gen_params *gp, const char *generator_id, uint64_t seq,
                          uint64_t policy_version, double gen_seconds) {
+    int k = gp->k;
     memset(g, 0, sizeof *g);
     g->prompt_id = strdup(p->id);
     g->prompt_text = strdup(p->text);
@@ -59,15 +77,20 @@ int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int3
     g->prompt_tokens = malloc(sizeof(int32_t) * (size_t)(plen ? plen : 1));
     g->n_tokens = calloc((size_t)k, sizeof(uint32_t));
     g->finish = calloc((size_t)k, 1);
-    /* texts are not sent: completions are raw bytes (not always valid UTF-8, which JSON metadata
-     * cannot carry); the updater decodes the token ids itself */
-    g->texts = NULL;
+    /* The texts go with the group: only the generator has the tokenizer that decoded them and knows
+     * where a stop string cut them (the token ids run on to the end of the token that completed it).
+     * JSON metadata carries only valid UTF-8, so invalid bytes arrive as U+FFFD, as the updater's own
+     * decoding of byte ids would give them. */
+    g->texts = calloc((size_t)k, sizeof *g->texts);
+    for (int j = 0; j < k && g->texts; j++)
+        if (!(g->texts[j] = rlhf_utf8_sanitize(res[j].text ? res[j].text : "", res[j].text ? res[j].text_len : 0)))
+            return RLHF_ENOMEM;
     size_t total = 0;
     for (int j = 0; j < k; j++) total += (size_t)res[j].n_tokens;
     g->tokens = malloc(sizeof(int32_t) * (total ? total : 1));
     g->logprobs = malloc(sizeof(float) * (total ? total : 1));
     if (!g->prompt_id || !g->prompt_text || !g->generator_id || !g->prompt_tokens || !g->n_tokens || !g->finish ||
-        !g->tokens || !g->logprobs)
+        !g->texts || !g->tokens || !g->logprobs)
         return RLHF_ENOMEM;
     memcpy(g->prompt_tokens, pids, sizeof(int32_t) * (size_t)plen);
     size_t off = 0;
@@ -75,7 +98,9 @@ int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int3
         const sample_result *r = &res[j];
         g->n_tokens[j] = (uint32_t)r->n_tokens;
         memcpy(g->tokens + off, r->tokens, sizeof(int32_t) * (size_t)r->n_tokens);
-        memcpy(g->logprobs + off, r->logprobs, sizeof(float) * (size_t)r->n_tokens);
+        /* the behaviour log-prob: log q by default (the ratio's mu must be what was sampled from) */
+        memcpy(g->logprobs + off, gp->policy_logprobs ? r->logprobs : r->sampling_logprobs,
+               sizeof(float) * (size_t)r->n_tokens);
         off += (size_t)r->n_tokens;
         g->finish[j] = r->finish == SAMPLE_FINISH_STOP ? WIRE_FINISH_STOP : WIRE_FINISH_LENGTH;
     }
@@ -104,7 +129,7 @@ int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wi
     if ((rc = sampler_run(s, tok, reqs, R, res, err))) goto done;
     double dt = rlhf_now() - t0;
     for (int i = 0; i < n && !rc; i++)
-        if (generator_group_fill(&groups[i], &prompts[i], pids[i], plen[i], &res[i * k], k, generator_id,
+        if (generator_group_fill(&groups[i], &prompts[i], pids[i], plen[i], &res[i * k], gp, generator_id,
                                  seq0 + (uint64_t)i, m->version, dt / n))
             rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
 done:

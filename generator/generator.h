@@ -27,19 +27,33 @@
 extern "C" {
 #endif
 
+/* How completions are sampled and when they end. A completion ends at one of the tokenizer's EOS ids
+ * (tok->eos_ids, kept as its last token), at a stop string (matched on the decoded bytes, across token
+ * boundaries: the tokens end with the one that completed it), or after max_tokens. */
 typedef struct gen_params {
     int k;                 /* completions per prompt */
     float temperature;
-    float top_p;
+    float top_p;           /* 1: off */
+    int top_k;             /* 0: off */
+    float min_p;           /* 0: off */
     int max_tokens;        /* completion budget (also capped by the model's max_seq_len) */
     uint64_t seed;         /* base of the per-sample RNG streams */
+    const char *const *stop; /* stop strings (the run's task.stop; "\n" for the one-line tasks); may be NULL */
+    int n_stop;
+    int include_stop;      /* 1: the matched stop string stays in the completion's text */
+    /* 0: the behaviour log-prob recorded per token is log q, q the distribution sampled from (temperature,
+     * top-k, top-p, min-p; sample_result.sampling_logprobs); 1: log pi at temperature 1, unfiltered
+     * (sample_result.logprobs). See generators.behaviour_logprobs in docs/RUNNING.md. */
+    int policy_logprobs;
 } gen_params;
 
 /* Samples k completions for each of prompts[0..n) with `s` (a sampler over `m`) and fills
- * groups[0..n) (caller-zeroed; free each with wire_rollout_group_free). Completions stop at a newline
- * or EOS. The behaviour log-probs recorded are the policy's own (temperature 1) log-probs of the
- * sampled tokens; policy_version = m->version; seq numbers are seq0, seq0+1, ... Sample j of prompt i
- * uses the RNG stream seed ^ hash(seq0 + i, j), so a batch is reproducible from its seq numbers. */
+ * groups[0..n) (caller-zeroed; free each with wire_rollout_group_free). Completions end as gen_params
+ * says. Each group carries the token ids, the behaviour log-probs gp->policy_logprobs selects, the
+ * finish reasons and the completion texts (decoded, cut at a stop string unless include_stop, invalid
+ * UTF-8 as U+FFFD), which the reward sources score; policy_version = m->version; seq numbers are seq0,
+ * seq0+1, ... Sample j of prompt i uses the RNG stream seed ^ hash(seq0 + i, j), so a batch is
+ * reproducible from its seq numbers. */
 int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
                     const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
                     rlhf_error *err);
@@ -51,7 +65,7 @@ int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_p
                               uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, rlhf_error *err);
 /* g (overwritten) <- the group; RLHF_ENOMEM when an allocation failed (free g with wire_rollout_group_free). */
 int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int32_t *pids, int plen,
-                         const sample_result *res, int k, const char *generator_id, uint64_t seq,
+                         const sample_result *res, const gen_params *gp, const char *generator_id, uint64_t seq,
                          uint64_t policy_version, double gen_seconds);
 
 /* What `rlhf generator` runs: loads the run's config and base model, connects to the broker as
@@ -65,6 +79,11 @@ typedef struct generator_options {
     volatile sig_atomic_t *reconnect;         /* may be NULL */
 } generator_options;
 int generator_main(const generator_options *o, rlhf_error *err);
+
+/* gp <- the sampling settings of a run config: rl.k, generators.{temperature, top_p, top_k, min_p,
+ * max_tokens, behaviour_logprobs}, task.{stop, include_stop} (gp->stop points into cfg); seed 0. */
+struct run_config;
+void generator_params_from_config(const struct run_config *cfg, gen_params *gp);
 
 #ifdef __cplusplus
 }

@@ -160,7 +160,7 @@ static int stream_done(void *ctx, const sample_request *req, long index, sample_
     double now = rlhf_now();
     double gen_seconds = now - c->last_push;
     c->last_push = now;
-    if (generator_group_fill(&g, &pp->p, pp->pids, pp->plen, pp->res, k, c->peer, pp->seq, pp->version,
+    if (generator_group_fill(&g, &pp->p, pp->pids, pp->plen, pp->res, c->gp, c->peer, pp->seq, pp->version,
                              gen_seconds)) {
         wire_rollout_group_free(&g);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for a rollout group");
@@ -226,8 +226,9 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         if ((rc = take_weights(bc, m, 5000, err)) < 0) goto out;
         rc = 0;
     }
-    gen_params gp = {.k = cfg->k, .temperature = cfg->temperature, .top_p = cfg->top_p, .max_tokens = cfg->max_tokens,
-                     .seed = cfg->seed * 7919u + (uint64_t)id * 104729u + (uint64_t)getpid()};
+    gen_params gp;
+    generator_params_from_config(cfg, &gp);
+    gp.seed = cfg->seed * 7919u + (uint64_t)id * 104729u + (uint64_t)getpid();
     uint64_t seq = 0;
     long sampled_version = -1; /* sync: the version whose quota is done */
     int quota_left = per_batch;

@@ -66,15 +66,20 @@ static const char sample_usage[] =
     "  --temperature T    0 = greedy (default 1)\n"
     "  --top-p P          nucleus mass in (0, 1] (default 1 = off)\n"
     "  --top-k K          0 = off (default)\n"
+    "  --min-p M          in [0, 1]: keep tokens with p >= M * max p (default 0 = off); the filters\n"
+    "                     apply in the order top-k, top-p, min-p, after the temperature\n"
     "  --max-tokens N     new tokens per sample (default 64)\n"
     "  --seed S           sample j of prompt i uses its own stream derived from (S, i*K + j)\n"
-    "  --stop STR         stop string (repeatable); EOS always stops unless --no-eos-stop\n"
+    "  --stop STR         stop string (repeatable): the text is cut before it, the tokens end with the\n"
+    "                     token that completed it\n"
+    "  --include-stop     keep the matched stop string at the end of the text\n"
+    "  --no-eos-stop      do not stop at the tokenizer's EOS ids (by default any of them ends a sample)\n"
     "  --batch B          sequences decoded together (default 64)\n"
     "  --threads N        OpenMP/OpenBLAS threads (default: OMP_NUM_THREADS or all cores)\n"
     "FILE.jsonl: one object per line with a string \"prompt\" (other keys such as \"id\" are echoed).\n"
     "Output, one JSON line per sample: prompt_index, sample_index, [id], text, tokens, logprobs\n"
-    "(log pi at temperature 1), sampling_logprobs (log of the distribution sampled from), finish_reason,\n"
-    "policy_version.\n";
+    "(log pi at temperature 1, no filters), sampling_logprobs (log q, q the distribution sampled from:\n"
+    "the behaviour log-prob an RL generator records), finish_reason, [stop], policy_version.\n";
 
 typedef struct prompt_item {
     char *text;
@@ -158,9 +163,9 @@ static int read_prompts(const char *path, prompt_item **out, int *n_out, rlhf_er
 int cmd_sample(int argc, char **argv) {
     const char *prog = "rlhf sample", *model_path = NULL, *prompt = NULL, *prompts_path = NULL;
     int n_samples = 1, max_tokens = 64, top_k = 0, batch = 64, threads = 0;
-    float temperature = 1.0f, top_p = 1.0f;
+    float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f;
     uint64_t seed = 0;
-    int no_eos_stop = 0;
+    int no_eos_stop = 0, include_stop = 0;
     char **stops = calloc((size_t)argc + 1, sizeof *stops);
     rlhf_opt_strs stop = {stops, 0, argc};
     int status = 2;
@@ -173,10 +178,12 @@ int cmd_sample(int argc, char **argv) {
         RLHF_OPT_RANGE("--temperature", RLHF_OPT_FLOAT, &temperature, 0.0, 1e6),
         RLHF_OPT_RANGE("--top-p", RLHF_OPT_FLOAT, &top_p, 1e-9, 1.0),
         RLHF_OPT_RANGE("--top-k", RLHF_OPT_INT, &top_k, 0, INT_MAX),
+        RLHF_OPT_RANGE("--min-p", RLHF_OPT_FLOAT, &min_p, 0.0, 1.0),
         RLHF_OPT_RANGE("--max-tokens", RLHF_OPT_INT, &max_tokens, 0, INT_MAX),
         RLHF_OPT("--seed", RLHF_OPT_U64, &seed),
         RLHF_OPT("--stop", RLHF_OPT_STRS, &stop),
         RLHF_OPT("--no-eos-stop", RLHF_OPT_FLAG, &no_eos_stop),
+        RLHF_OPT("--include-stop", RLHF_OPT_FLAG, &include_stop),
         RLHF_OPT_RANGE("--batch", RLHF_OPT_INT, &batch, 1, 4096),
         RLHF_OPT_RANGE("--threads", RLHF_OPT_INT, &threads, 1, 1024),
         RLHF_OPT_END,
@@ -238,7 +245,6 @@ int cmd_sample(int argc, char **argv) {
         RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory");
         goto fail;
     }
-    int32_t eos = tok->eos_id;
     for (int p = 0; p < n_prompts; p++) {
         if (tokenizer_encode(tok, ps[p].text, ps[p].len, 1, &ids[p], &n_ids[p], &err)) goto fail;
         if (n_ids[p] >= m->cfg.max_seq_len) {
@@ -260,12 +266,14 @@ int cmd_sample(int argc, char **argv) {
             rq->params.temperature = temperature;
             rq->params.top_p = top_p;
             rq->params.top_k = top_k;
+            rq->params.min_p = min_p;
             rq->params.max_new_tokens = max_tokens;
             rq->params.seed = seed ^ ((uint64_t)(p * n_samples + k) * 0x9E3779B97F4A7C15ull);
-            rq->params.stop_ids = eos_stop ? &eos : NULL;
-            rq->params.n_stop_ids = eos_stop;
+            rq->params.stop_ids = eos_stop ? tok->eos_ids : NULL;
+            rq->params.n_stop_ids = eos_stop ? tok->n_eos_ids : 0;
             rq->params.stop_strings = n_stops ? (const char *const *)stops : NULL;
             rq->params.n_stop_strings = n_stops;
+            rq->params.include_stop = include_stop;
         }
     }
     if (batch > n_req) batch = n_req;
@@ -294,7 +302,11 @@ int cmd_sample(int argc, char **argv) {
         json_object_set_new(line, "logprobs", lps);
         json_object_set_new(line, "sampling_logprobs", slps);
         json_object_set_new(line, "finish_reason", json_string(sample_finish_name(o->finish)));
-        if (o->stop_string >= 0) json_object_set_new(line, "stop", json_string(stops[o->stop_string]));
+        if (o->stop_string >= 0) { /* a stop string given as raw bytes need not be UTF-8 either */
+            char *st = rlhf_utf8_sanitize(stops[o->stop_string], strlen(stops[o->stop_string]));
+            json_object_set_new(line, "stop", st ? json_string(st) : json_null());
+            free(st);
+        }
         json_object_set_new(line, "policy_version", json_integer((json_int_t)m->version));
         char *js = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(9));
         json_decref(line);

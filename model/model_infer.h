@@ -251,11 +251,13 @@ int model_config_compare(const struct model_config *got, const struct model_conf
  * log-probs are bit-identical whichever other requests share the batch, and for any thread count.
  *
  * Log-probs returned per sampled token y_t:
- *   logprobs[t]          = log softmax(logits)[y_t] at temperature 1, no top-k/top-p: the unmodified
- *                          policy pi(y_t | prefix). This is the behaviour log-prob the RL updater uses.
- *   sampling_logprobs[t] = log q(y_t), q the distribution actually sampled from (temperature, top-k and
- *                          top-p applied, renormalised). Equal to logprobs[t] when temperature = 1 and
- *                          top-k/top-p are off; 0 under greedy decoding (temperature 0). */
+ *   logprobs[t]          = log softmax(logits)[y_t] at temperature 1, no filters: the unmodified
+ *                          policy pi(y_t | prefix), what the trainer's log-prob forward computes.
+ *   sampling_logprobs[t] = log q(y_t), q the distribution actually sampled from (temperature, top-k,
+ *                          top-p and min-p applied, renormalised). Equal to logprobs[t] when temperature = 1
+ *                          and the filters are off; 0 under greedy decoding (temperature 0). This is the
+ *                          behaviour log-prob a generator records for the RL updater's importance ratio
+ *                          (docs/ARCHITECTURE.md "The RL step"). */
 
 typedef enum sample_finish {
     SAMPLE_FINISH_NONE = 0,
@@ -265,19 +267,31 @@ typedef enum sample_finish {
 } sample_finish;
 const char *sample_finish_name(sample_finish f); /* "stop", "length", "max_seq_len" */
 
+/* Token filters, applied in this order to the temperature-scaled distribution p_T = softmax(logits / T):
+ *   1. top_k: keep the k most probable tokens (ties by smaller id);
+ *   2. top_p: of those, keep the smallest most-probable-first prefix holding top_p of their
+ *      (renormalised) mass;
+ *   3. min_p: of those, keep the tokens with p_T(y) >= min_p * max p_T (the most probable token is
+ *      always kept, so the ratio is the same before or after renormalising).
+ * The token is drawn from what is left, renormalised: that is q. Greedy decoding ignores all three. */
 typedef struct sample_params {
     float temperature;         /* 0: greedy (argmax); otherwise > 0 */
     int top_k;                 /* 0: off */
     float top_p;               /* in (0, 1]; 1: off */
+    float min_p;               /* in [0, 1]; 0: off */
     int max_new_tokens;        /* >= 0 */
     uint64_t seed;             /* this request's RNG stream */
     const int32_t *stop_ids;   /* generation stops after sampling one of these (the id is kept in tokens) */
     int n_stop_ids;
-    const char *const *stop_strings; /* stops when the completion text contains one (needs a tokenizer) */
+    /* Generation stops when the completion's decoded bytes contain one of these (needs a tokenizer). The
+     * match is on bytes, so it spans token boundaries and partial UTF-8 sequences; the earliest match
+     * wins (at one position, the first listed). The tokens end with the token that completed it. */
+    const char *const *stop_strings;
     int n_stop_strings;
+    int include_stop;          /* 0: the text is cut before the matched stop string; 1: it ends with it */
 } sample_params;
 
-/* Defaults: temperature 1, top_k 0, top_p 1, max_new_tokens 64, seed 0, no stops. */
+/* Defaults: temperature 1, top_k 0, top_p 1, min_p 0, max_new_tokens 64, seed 0, no stops. */
 sample_params sample_params_default(void);
 
 typedef struct sample_request {
@@ -295,7 +309,8 @@ typedef struct sample_result {
     sample_finish finish;
     int stop_string;          /* index of the stop string that matched, or -1 */
     char *text;               /* decoded completion (NUL-terminated raw bytes), cut before a matched stop
-                               * string; NULL when sampler_run got no tokenizer */
+                               * string (or just after it with include_stop); NULL when sampler_run got no
+                               * tokenizer */
     size_t text_len;
 } sample_result;
 

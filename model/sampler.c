@@ -498,6 +498,7 @@ sample_params sample_params_default(void) {
     p.temperature = 1.0f;
     p.top_k = 0;
     p.top_p = 1.0f;
+    p.min_p = 0.0f;
     p.max_new_tokens = 64;
     return p;
 }
@@ -618,7 +619,8 @@ static int walk_cdf(const model_kernels *k, const float *e, int n, double target
 }
 
 /* Chooses the next token from logits (V). Writes log pi(y) at temperature 1 and log q(y) under the
- * actual sampling distribution. Scratch: V cands and V floats. One uniform is drawn unless greedy. */
+ * actual sampling distribution: temperature, then top-k, then top-p, then min-p (model_infer.h), then
+ * renormalised. Scratch: V cands and V floats. One uniform is drawn unless greedy. */
 static int32_t choose_token(const model_kernels *k, const float *logits, int V, const sample_params *sp, rlhf_rng *rng, cand *scratch,
                             float *e, float *lp_pi, float *lp_q) {
     float mx = k->max_value(logits, V);
@@ -632,7 +634,8 @@ static int32_t choose_token(const model_kernels *k, const float *logits, int V, 
         return amax;
     }
     double u = rng_uniform53(rng);
-    int plain = sp->temperature == 1.0f && (sp->top_k <= 0 || sp->top_k >= V) && sp->top_p >= 1.0f;
+    int plain = sp->temperature == 1.0f && (sp->top_k <= 0 || sp->top_k >= V) && sp->top_p >= 1.0f &&
+                sp->min_p <= 0.0f;
     if (plain) {
         int y = walk_cdf(k, e, V, u * sum);
         *lp_pi = (float)((double)logits[y] - lse);
@@ -660,9 +663,12 @@ static int32_t choose_token(const model_kernels *k, const float *logits, int V, 
         for (int i = 0; i < n; i++) total += (scratch[i].w = expf(scratch[i].z));
     } else {
         /* A token with probability below (1 - top_p) / (V - 1) can never be inside the nucleus (all such
-         * tokens together hold less than 1 - top_p), so it is not even a candidate. */
+         * tokens together hold less than 1 - top_p), so it is not even a candidate; nor is one below
+         * min_p times the most probable token's weight e[amax] (the min-p filter below would drop it, and
+         * dropping it first leaves the nucleus of the rest unchanged: it is a suffix in nucleus order). */
         total = inv_t == 1.0f ? sum : k->exp_shifted(e, logits, V, mx, inv_t);
         double cut = sp->top_p < 1.0f && V > 1 ? (1.0 - (double)sp->top_p) / (double)(V - 1) * total : 0.0;
+        if (sp->min_p > 0.0f && (double)sp->min_p * e[amax] > cut) cut = (double)sp->min_p * e[amax];
         n = 0;
         for (int i = 0; i < V; i++)
             if (!(e[i] < cut)) scratch[n++] = (cand){(logits[i] - mx) * inv_t, e[i], i};
@@ -670,6 +676,17 @@ static int32_t choose_token(const model_kernels *k, const float *logits, int V, 
     /* the nucleus: smallest set of most likely candidates holding top_p of the (top-k renormalised or
      * full) mass, found by selection, not sorting; it ends up in scratch[0..keep) */
     int keep = sp->top_p < 1.0f ? nucleus_select(scratch, n, (double)sp->top_p * total) : n;
+    if (sp->min_p > 0.0f) {
+        /* min-p against the most probable survivor, compacting in place (order kept: the draw below
+         * walks the survivors in the order the selection left them) */
+        float wmax = 0.0f;
+        for (int i = 0; i < keep; i++) wmax = scratch[i].w > wmax ? scratch[i].w : wmax;
+        float floor_w = sp->min_p * wmax;
+        int m = 0;
+        for (int i = 0; i < keep; i++)
+            if (scratch[i].w >= floor_w) scratch[m++] = scratch[i];
+        keep = m;
+    }
     double kept = 0.0;
     for (int i = 0; i < keep; i++) kept += scratch[i].w;
     double target = u * kept, acc = 0.0;
@@ -729,6 +746,8 @@ static int validate_request(const sampler *s, const tokenizer *tok, const sample
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
         return rlhf_error_set(err, RLHF_EINVAL, where, "top_p must be in (0, 1], got %g", (double)p->top_p);
     if (p->top_k < 0) return rlhf_error_set(err, RLHF_EINVAL, where, "top_k must be >= 0, got %d", p->top_k);
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "min_p must be in [0, 1], got %g", (double)p->min_p);
     if (p->max_new_tokens < 0)
         return rlhf_error_set(err, RLHF_EINVAL, where, "max_new_tokens must be >= 0, got %d", p->max_new_tokens);
     if (p->n_stop_ids < 0 || (p->n_stop_ids && !p->stop_ids))
@@ -791,6 +810,7 @@ static int accept_token(sampler *s, const tokenizer *tok, const sample_request *
             }
         }
         if (best != (size_t)-1) {
+            if (p->include_stop) best += strlen(p->stop_strings[res->stop_string]);
             res->text_len = best;
             res->text[best] = 0;
             res->finish = SAMPLE_FINISH_STOP;

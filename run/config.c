@@ -34,6 +34,8 @@ static const key_spec SPEC[] = {
     {"task.train", K_STR, 0, 0, NULL},
     {"task.eval", K_STR, 0, 0, "\"\""},
     {"task.eval_prompts", K_INT, 0, BIG, "0"},
+    {"task.stop", K_ARR, 0, 0, "[\"\\n\"]"},
+    {"task.include_stop", K_BOOL, 0, 0, "false"},
     {"rewards", K_ARR, 0, 0, NULL},
     {"broker", K_ANY_OBJ, 0, 0, "{}"},
     {"prompts", K_OBJ, 0, 0, "{}"},
@@ -59,6 +61,9 @@ static const key_spec SPEC[] = {
     {"generators.count", K_INT, 1, 256, "1"},
     {"generators.temperature", K_NUM, 0.01, 100, "1.0"},
     {"generators.top_p", K_NUM, 0.01, 1, "1.0"},
+    {"generators.top_k", K_INT, 0, 1 << 30, "0"},
+    {"generators.min_p", K_NUM, 0, 1, "0.0"},
+    {"generators.behaviour_logprobs", K_STR, 0, 0, "\"sampling\""},
     {"generators.max_tokens", K_INT, 1, 1 << 20, "32"},
     {"generators.batch", K_INT, 1, 65536, "4"},
     {"generators.threads", K_INT, 0, 256, "1"},
@@ -265,6 +270,22 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     if ((rc = copy_str(cfg->eval_path, sizeof cfg->eval_path, gets(doc, "task.eval"), where, "task.eval", err)))
         goto fail;
     cfg->eval_prompts = geti(doc, "task.eval_prompts");
+    json_t *stops = get_path(doc, "task.stop");
+    if (json_array_size(stops) > RUN_MAX_STOPS)
+        FAIL_AT("task.stop", "at most %d stop strings, got %zu", RUN_MAX_STOPS, json_array_size(stops));
+    for (size_t i = 0; i < json_array_size(stops); i++) {
+        json_t *si = json_array_get(stops, i);
+        char p[64];
+        snprintf(p, sizeof p, "task.stop[%zu]", i);
+        if (!json_is_string(si) || !json_string_length(si)) FAIL_AT(p, "must be a non-empty string");
+        if (strlen(json_string_value(si)) != json_string_length(si)) FAIL_AT(p, "must not contain a NUL character");
+        if (!(cfg->stop[i] = strdup(json_string_value(si)))) {
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+            goto fail;
+        }
+        cfg->n_stop++;
+    }
+    cfg->include_stop = json_is_true(get_path(doc, "task.include_stop"));
 
     cfg->rewards = json_incref(get_path(doc, "rewards"));
     if (json_array_size(cfg->rewards) == 0) FAIL_AT("rewards", "must list at least one reward source");
@@ -296,6 +317,12 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->gen_count = geti(doc, "generators.count");
     cfg->temperature = getf(doc, "generators.temperature");
     cfg->top_p = getf(doc, "generators.top_p");
+    cfg->top_k = geti(doc, "generators.top_k");
+    cfg->min_p = getf(doc, "generators.min_p");
+    const char *blp = gets(doc, "generators.behaviour_logprobs");
+    if (!strcmp(blp, "sampling")) cfg->behaviour_logprobs = RUN_BEHAVIOUR_SAMPLING;
+    else if (!strcmp(blp, "policy")) cfg->behaviour_logprobs = RUN_BEHAVIOUR_POLICY;
+    else FAIL_AT("generators.behaviour_logprobs", "must be \"sampling\" or \"policy\", got \"%s\"", blp);
     cfg->max_tokens = geti(doc, "generators.max_tokens");
     cfg->gen_batch = geti(doc, "generators.batch");
     cfg->gen_threads = geti(doc, "generators.threads");
@@ -365,4 +392,6 @@ void run_config_free(run_config *cfg) {
     json_decref(cfg->selector);
     json_decref(cfg->resolved);
     cfg->arch = cfg->rewards = cfg->broker = cfg->selector = cfg->resolved = NULL;
+    for (int i = 0; i < cfg->n_stop; i++) free(cfg->stop[i]);
+    cfg->n_stop = 0;
 }

@@ -32,6 +32,13 @@ extern "C" {
 
 enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1 };
 enum { RUN_MODE_ASYNC = 0, RUN_MODE_SYNC = 1 };
+/* generators.behaviour_logprobs: which log-prob of each sampled token a rollout group carries as
+ * log mu, the behaviour policy of the updater's importance ratio pi_theta / mu (docs/ARCHITECTURE.md) */
+enum {
+    RUN_BEHAVIOUR_SAMPLING = 0, /* log q: the distribution actually sampled from (temperature and filters) */
+    RUN_BEHAVIOUR_POLICY = 1,   /* log pi at temperature 1, unfiltered: the ratio then measures policy lag only */
+};
+enum { RUN_MAX_STOPS = 16 };
 
 typedef struct run_config {
     char name[128];          /* "name": run name; run_dir defaults to runs/<name> */
@@ -52,6 +59,9 @@ typedef struct run_config {
     char train_path[1024];     /* "task.train": prompt JSONL */
     char eval_path[1024];      /* "task.eval": held-out prompt JSONL (optional) */
     int eval_prompts;          /* "task.eval_prompts": how many held-out prompts to score (0 = all) */
+    char *stop[RUN_MAX_STOPS]; /* "task.stop": stop strings of a completion (owned; default one: "\n") */
+    int n_stop;
+    int include_stop;          /* "task.include_stop": the matched stop string stays in the completion */
 
     json_t *rewards;           /* "rewards": array given to the reward pipeline */
     json_t *broker;            /* "broker": object given to the broker's own parser */
@@ -79,6 +89,9 @@ typedef struct run_config {
     int gen_count;             /* generators.count */
     float temperature;         /* generators.temperature */
     float top_p;               /* generators.top_p */
+    int top_k;                 /* generators.top_k (0 = off) */
+    float min_p;               /* generators.min_p (0 = off) */
+    int behaviour_logprobs;    /* generators.behaviour_logprobs: RUN_BEHAVIOUR_* */
     int max_tokens;            /* generators.max_tokens */
     int gen_batch;             /* generators.batch: prompts per sampling batch */
     int gen_threads;           /* generators.threads: OpenMP threads per generator */

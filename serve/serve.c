@@ -113,8 +113,14 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
                 BAD(key, "top_p must be a number in (0, 1]");
             p.top_p = (float)json_number_value(v);
         } else if (!strcmp(key, "top_k")) {
-            if (!json_is_integer(v) || json_integer_value(v) < 0) BAD(key, "top_k must be a non-negative integer");
-            p.top_k = (int)json_integer_value(v);
+            /* -1 is "off" in vLLM's API, as 0 is here */
+            if (!json_is_integer(v) || json_integer_value(v) < -1 || json_integer_value(v) > 1000000000)
+                BAD(key, "top_k must be an integer in -1..1000000000 (0 or -1: off)");
+            p.top_k = json_integer_value(v) < 0 ? 0 : (int)json_integer_value(v);
+        } else if (!strcmp(key, "min_p")) {
+            if (!json_is_number(v) || !(json_number_value(v) >= 0 && json_number_value(v) <= 1))
+                BAD(key, "min_p must be a number in [0, 1]");
+            p.min_p = (float)json_number_value(v);
         } else if (!strcmp(key, "seed")) {
             if (!json_is_integer(v)) BAD(key, "seed must be an integer");
             p.seed = (uint64_t)json_integer_value(v);
@@ -140,13 +146,29 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
             j->n_stops = ns;
             for (int i = 0; i < ns; i++)
                 if (!j->stops[i] || !j->stops[i][0]) BAD(key, "stop strings must be non-empty");
+        } else if (!strcmp(key, "logprobs")) {
+            /* chat: a boolean; completions (the legacy API): an integer, the count of alternatives per
+             * token, of which only 0 (each sampled token's own log-prob) is offered */
+            if (j->chat) {
+                if (!json_is_boolean(v) && !json_is_null(v)) BAD(key, "logprobs must be true or false");
+                j->logprobs = json_is_true(v);
+            } else {
+                if (!json_is_integer(v) && !json_is_null(v)) BAD(key, "logprobs must be an integer (0) or null");
+                if (json_is_integer(v) && json_integer_value(v) != 0)
+                    BAD(key, "logprobs must be 0: alternatives per token (top log-probs) are not offered");
+                j->logprobs = json_is_integer(v);
+            }
+        } else if (!strcmp(key, "top_logprobs")) {
+            if (!json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 0))
+                BAD(key, "top_logprobs must be 0 or null: alternatives per token are not offered");
         } else if (!strcmp(key, "response_format")) {
             json_t *t = json_object_get(v, "type");
             if (!(json_is_string(t) && !strcmp(json_string_value(t), "text")))
                 BAD(key, "response_format is not supported by this server (only {\"type\":\"text\"})");
         }
-        /* other OpenAI fields (model, user, logprobs, presence_penalty, ...) are accepted and ignored */
+        /* other OpenAI fields (model, user, presence_penalty, ...) are accepted and ignored */
     }
+    if (*stream && j->logprobs) BAD("logprobs", "logprobs are not offered with stream: true");
 #undef BAD
     j->params = p; /* EOS and the stop strings end generation (serve/serve_decode.c) */
     return 0;
@@ -250,6 +272,51 @@ static void stream_free(void *cls) {
     serve_job_free(j);
 }
 
+/* The response's "logprobs": per sampled token (all of them, also the one that completed a stop string
+ * and a final EOS), its text, "logprob" = log pi at temperature 1, unfiltered (the model's own log-prob, as
+ * OpenAI and vLLM report it), and "sampling_logprob" = log q of the distribution actually drawn from
+ * (temperature, top-k, top-p, min-p; 0 under greedy decoding): the behaviour log-prob an importance ratio
+ * needs, what a generator of `rlhf run` records. Chat: {"content": [{token, logprob, bytes, top_logprobs,
+ * sampling_logprob}]}; completions: {tokens, token_logprobs, sampling_logprobs, top_logprobs: null,
+ * text_offset}. */
+static json_t *logprobs_json(serve_server *s, const serve_job *j) {
+    int n = j->n_tokens < j->out_cap ? j->n_tokens : j->out_cap;
+    json_t *content = json_array(), *toks = json_array(), *lps = json_array(), *lqs = json_array(),
+           *offs = json_array();
+    size_t off = 0;
+    for (int t = 0; t < n; t++) {
+        char b[256];
+        size_t nb = s->tok->ops->token_bytes(s->tok, j->out_ids[t], b, sizeof b);
+        if (nb > sizeof b) nb = sizeof b; /* a token's text is shown whole up to 256 bytes */
+        char *txt = rlhf_utf8_sanitize(b, nb);
+        json_t *bytes = json_array();
+        for (size_t i = 0; i < nb; i++) json_array_append_new(bytes, json_integer((unsigned char)b[i]));
+        if (j->chat) {
+            json_array_append_new(content, json_pack("{s:s, s:f, s:o, s:[], s:f}", "token", txt ? txt : "", "logprob",
+                                                     (double)j->out_lp[t], "bytes", bytes, "top_logprobs",
+                                                     "sampling_logprob", (double)j->out_lq[t]));
+        } else {
+            json_decref(bytes);
+            json_array_append_new(toks, json_string(txt ? txt : ""));
+            json_array_append_new(lps, json_real(j->out_lp[t]));
+            json_array_append_new(lqs, json_real(j->out_lq[t]));
+            json_array_append_new(offs, json_integer((json_int_t)off));
+        }
+        off += nb;
+        free(txt);
+    }
+    if (j->chat) {
+        json_decref(toks);
+        json_decref(lps);
+        json_decref(lqs);
+        json_decref(offs);
+        return json_pack("{s:o}", "content", content);
+    }
+    json_decref(content);
+    return json_pack("{s:o, s:o, s:o, s:n, s:o}", "tokens", toks, "token_logprobs", lps, "sampling_logprobs", lqs,
+                     "top_logprobs", "text_offset", offs);
+}
+
 static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, json_t *req, int chat) {
     if (!s->m)
         return reply_error(s, c, 404, "invalid_request_error", "model",
@@ -283,6 +350,7 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
     unsigned long id = ++s->serial;
     pthread_mutex_unlock(&s->mu);
     int stream = 0;
+    j->chat = chat;
     if (parse_sampling(s, c, req, j, id, &stream, &ret) != 0) {
         free(prompt);
         serve_job_free(j);
@@ -357,6 +425,7 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
                                       text ? text : "", "finish_reason", finish_name(j->finish))
                           : json_pack("{s:i, s:s, s:s}", "index", 0, "text", text ? text : "", "finish_reason",
                                       finish_name(j->finish));
+    if (j->logprobs && choice) json_object_set_new(choice, "logprobs", logprobs_json(s, j));
     json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:{s:i, s:i, s:i}}", "id", j->rid, "object",
                              chat ? "chat.completion" : "text_completion", "created", (json_int_t)j->created, "model",
                              s->cfg.model_id, "choices", choice, "usage", "prompt_tokens", j->prompt_len,

@@ -8,12 +8,15 @@
  *                               (chat.completion.chunk objects, then "data: [DONE]")
  *   POST /v1/completions        prompt (a string) -> one completion; "stream" as above
  *   POST /get_reward            {"query":[text...]} -> {"rewards":[...]} (OpenRLHF API; needs a reward model)
- * Request fields used: max_tokens (or max_completion_tokens), temperature (default 1), top_p, top_k, seed,
- * stop (string or up to 4 strings), stream, n (must be 1). "model" is echoed, not checked. A
- * response_format other than {"type":"text"} is refused with 400 (so a judge client falls back to its
- * text pattern).
- * Chat prompt: each message as "<|ROLE|>\nCONTENT\n", then "<|assistant|>\n"; generation stops at EOS,
- * a stop string, max_tokens or the model's max_seq_len.
+ * Request fields used: max_tokens (or max_completion_tokens), temperature in [0, 100] (default 1), top_p
+ * in (0, 1], top_k (0 or -1: off), min_p in [0, 1] (filters in that order after the temperature, as
+ * model/'s sampler), seed, stop (string or up to 4 strings), stream, n (must be 1), logprobs (chat: true;
+ * completions: 0) with top_logprobs 0: each sampled token's "logprob" (temperature 1, unfiltered) and
+ * "sampling_logprob" (log q of the distribution drawn from; not with stream). "model" is echoed, not
+ * checked. A response_format other than {"type":"text"} is refused with 400 (so a judge client falls
+ * back to its text pattern); so is a value out of range, naming the field.
+ * Chat prompt: each message as "<|ROLE|>\nCONTENT\n", then "<|assistant|>\n"; generation stops at any of
+ * the tokenizer's EOS ids, a stop string (the earliest match), max_tokens or the model's max_seq_len.
  * Batching: every handler thread queues its request; one worker admits waiting requests into the
  * sampler's max_batch KV-cache slots at every step and decodes all running sequences together with
  * sampler_step (continuous batching); streamed tokens go out as they are chosen (serve/serve_int.h).

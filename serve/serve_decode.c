@@ -16,6 +16,9 @@ void serve_job_free(serve_job *j) {
     free(j->prompt_ids);
     for (int i = 0; i < SERVE_MAX_STOPS; i++) free(j->stops[i]);
     free(j->text);
+    free(j->out_ids);
+    free(j->out_lp);
+    free(j->out_lq);
     free(j->sse);
     for (int i = 0; j->texts && i < j->n_texts; i++) free(j->texts[i]);
     free(j->texts);
@@ -57,11 +60,25 @@ static int cand_desc(const void *a, const void *b) {
     return x < y ? 1 : x > y ? -1 : ((const cand *)a)->id - ((const cand *)b)->id;
 }
 
-int32_t serve_choose_token(const float *logits, int V, const sample_params *p, rlhf_rng *rng, float *scratch) {
+static double log_softmax_at(const float *logits, int V, float mx, int32_t y) {
+    double s = 0;
+    for (int v = 0; v < V; v++) s += exp((double)logits[v] - mx);
+    return (double)logits[y] - mx - log(s);
+}
+
+int32_t serve_choose_token(const float *logits, int V, const sample_params *p, rlhf_rng *rng, float *scratch,
+                           float *lp_pi, float *lp_q) {
+    float dummy;
+    if (!lp_pi) lp_pi = &dummy;
+    if (!lp_q) lp_q = &dummy;
     int amax = 0;
     for (int v = 1; v < V; v++)
         if (logits[v] > logits[amax]) amax = v;
-    if (p->temperature <= 0.0f) return amax;
+    if (p->temperature <= 0.0f) {
+        *lp_pi = (float)log_softmax_at(logits, V, logits[amax], amax);
+        *lp_q = 0.0f;
+        return amax;
+    }
     /* softmax at the temperature */
     float *e = scratch; // (V)
     double sum = 0;
@@ -69,17 +86,27 @@ int32_t serve_choose_token(const float *logits, int V, const sample_params *p, r
         e[v] = expf((logits[v] - logits[amax]) / p->temperature);
         sum += e[v];
     }
-    int filtered = (p->top_k > 0 && p->top_k < V) || p->top_p < 1.0f;
+    int filtered = (p->top_k > 0 && p->top_k < V) || p->top_p < 1.0f || p->min_p > 0.0f;
     if (!filtered) {
         double u = rlhf_rng_uniform(rng) * sum, acc = 0;
+        int32_t y = amax;
         for (int v = 0; v < V; v++) {
             acc += e[v];
-            if (u < acc) return v;
+            if (u < acc) {
+                y = v;
+                break;
+            }
         }
-        return amax;
+        *lp_pi = (float)log_softmax_at(logits, V, logits[amax], y);
+        *lp_q = (float)(((double)logits[y] - logits[amax]) / p->temperature - log(sum));
+        return y;
     }
     cand *tmp = malloc((size_t)V * sizeof *tmp);
-    if (!tmp) return amax;
+    if (!tmp) {
+        *lp_pi = (float)log_softmax_at(logits, V, logits[amax], amax);
+        *lp_q = 0.0f;
+        return amax;
+    }
     for (int v = 0; v < V; v++) tmp[v] = (cand){(float)(e[v] / sum), v};
     qsort(tmp, (size_t)V, sizeof *tmp, cand_desc);
     int k = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
@@ -97,15 +124,25 @@ int32_t serve_choose_token(const float *logits, int V, const sample_params *p, r
         mass = 0;
         for (int i = 0; i < k; i++) mass += tmp[i].p;
     }
+    if (p->min_p > 0.0f) { /* then tokens at least min_p times as probable as the most probable one */
+        int keep = 1;
+        while (keep < k && tmp[keep].p >= p->min_p * tmp[0].p) keep++;
+        k = keep;
+        mass = 0;
+        for (int i = 0; i < k; i++) mass += tmp[i].p;
+    }
     double u = rlhf_rng_uniform(rng) * mass, acc = 0;
-    int32_t pick = tmp[k - 1].id;
+    int at = k - 1;
     for (int i = 0; i < k; i++) {
         acc += tmp[i].p;
         if (u < acc) {
-            pick = tmp[i].id;
+            at = i;
             break;
         }
     }
+    int32_t pick = tmp[at].id;
+    *lp_pi = (float)log_softmax_at(logits, V, logits[amax], pick);
+    *lp_q = (float)(log((double)tmp[at].p) - log(mass));
     free(tmp);
     return pick;
 }
@@ -270,11 +307,11 @@ typedef struct slot_state {
     rlhf_rng rng;
 } slot_state;
 
-/* Appends token bytes to the job's text; returns 1 when a stop string completed (text cut before it). */
+/* Appends token bytes to the job's text; returns 1 when a stop string completed (text cut before the
+ * earliest match: with several stop strings the one that starts first, the first listed at a tie). */
 static int append_token(serve_server *s, serve_job *j, int32_t id) {
     char b[64];
     size_t n = s->tok->ops->token_bytes(s->tok, id, b, sizeof b);
-    if (n > sizeof b) n = sizeof b;
     if (j->text_len + n + 1 > j->text_cap) {
         size_t cap = j->text_cap ? j->text_cap * 2 : 256;
         while (cap < j->text_len + n + 1) cap *= 2;
@@ -283,21 +320,23 @@ static int append_token(serve_server *s, serve_job *j, int32_t id) {
         j->text = q;
         j->text_cap = cap;
     }
-    memcpy(j->text + j->text_len, b, n);
+    if (n <= sizeof b) memcpy(j->text + j->text_len, b, n);
+    else s->tok->ops->token_bytes(s->tok, id, j->text + j->text_len, n); /* a long token: straight in */
+    size_t old = j->text_len;
     j->text_len += n;
     j->text[j->text_len] = 0;
-    for (int i = 0; i < j->n_stops; i++) {
+    size_t best = (size_t)-1;
+    for (int i = 0; i < j->n_stops && n; i++) {
         size_t l = strlen(j->stops[i]);
-        size_t from = j->text_len >= l + n ? j->text_len - l - n : 0; /* only new matches */
+        size_t from = old + 1 > l ? old + 1 - l : 0; /* only matches that end in the new bytes */
         char *hit = memmem(j->text + from, j->text_len - from, j->stops[i], l);
-        if (hit) {
-            j->text_len = (size_t)(hit - j->text);
-            j->text[j->text_len] = 0;
-            if (j->emitted > j->text_len) j->emitted = j->text_len;
-            return 1;
-        }
+        if (hit && (size_t)(hit - j->text) < best) best = (size_t)(hit - j->text);
     }
-    return 0;
+    if (best == (size_t)-1) return 0;
+    j->text_len = best;
+    j->text[j->text_len] = 0;
+    if (j->emitted > j->text_len) j->emitted = j->text_len;
+    return 1;
 }
 
 void *serve_worker_main(void *arg) {
@@ -415,10 +454,28 @@ void *serve_worker_main(void *arg) {
             int b = logit_slot[i];
             slot_state *st = &slots[b];
             serve_job *j = st->job;
-            int32_t id = serve_choose_token(logits + (size_t)i * V, V, &j->params, &st->rng, scratch);
+            float lp = 0.0f, lq = 0.0f;
+            int32_t id = serve_choose_token(logits + (size_t)i * V, V, &j->params, &st->rng, scratch, &lp, &lq);
+            if (j->logprobs && j->n_tokens == j->out_cap) {
+                int cap = j->out_cap ? 2 * j->out_cap : 64;
+                int32_t *ni = realloc(j->out_ids, (size_t)cap * sizeof *ni);
+                if (ni) j->out_ids = ni;
+                float *nl = realloc(j->out_lp, (size_t)cap * sizeof *nl);
+                if (nl) j->out_lp = nl;
+                float *nq = realloc(j->out_lq, (size_t)cap * sizeof *nq);
+                if (nq) j->out_lq = nq;
+                if (ni && nl && nq) j->out_cap = cap;
+            }
+            if (j->logprobs && j->n_tokens < j->out_cap) {
+                j->out_ids[j->n_tokens] = id;
+                j->out_lp[j->n_tokens] = lp;
+                j->out_lq[j->n_tokens] = lq;
+            }
             j->n_tokens++;
             int finish = SAMPLE_FINISH_NONE;
-            if (id == s->tok->eos_id) finish = SAMPLE_FINISH_STOP;
+            int eos = 0;
+            for (int e = 0; e < s->tok->n_eos_ids; e++) eos |= id == s->tok->eos_ids[e];
+            if (eos) finish = SAMPLE_FINISH_STOP;
             else if (append_token(s, j, id)) finish = SAMPLE_FINISH_STOP;
             else if (j->n_tokens >= j->params.max_new_tokens) finish = SAMPLE_FINISH_LENGTH;
             else if (j->prompt_len + j->n_tokens >= T) finish = SAMPLE_FINISH_MAX_SEQ_LEN; /* as sampler_run */

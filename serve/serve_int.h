@@ -31,6 +31,7 @@ typedef struct serve_job {
     char *stops[SERVE_MAX_STOPS];
     int n_stops;
     int stream, chat;
+    int logprobs;                 /* the response lists each token with its log-probs (not streamed) */
     struct serve_server *server;  /* for the streaming callbacks */
     char rid[64];                 /* response id */
     long long created;
@@ -39,6 +40,10 @@ typedef struct serve_job {
     size_t text_len, text_cap;
     size_t emitted;               /* bytes of text already sent as SSE */
     int n_tokens;
+    int32_t *out_ids;             // (n_tokens) with logprobs: the sampled ids,
+    float *out_lp;                // (n_tokens) log pi(y) at temperature 1, unfiltered,
+    float *out_lq;                // (n_tokens) log q(y) of the distribution sampled from (0 when greedy)
+    int out_cap;
     int finish;                   /* sample_finish */
     /* streaming: SSE bytes produced (under mu) and sent by the connection thread */
     char *sse;
@@ -83,8 +88,11 @@ int serve_submit(serve_server *s, serve_job *j);
 void serve_wait(serve_server *s, serve_job *j);
 void *serve_worker_main(void *arg);
 
-/* Picks a token from logits (V) under p's temperature / top_k / top_p with one uniform draw from rng
- * (temperature 0: argmax). `scratch` holds 2*V floats. The plain reference sampler of rlhf serve. */
-int32_t serve_choose_token(const float *logits, int V, const sample_params *p, rlhf_rng *rng, float *scratch);
+/* Picks a token from logits (V) under p's temperature, then top_k, top_p, min_p (the order of model/'s
+ * sampler) with one uniform draw from rng (temperature 0: argmax). `scratch` holds 2*V floats. Writes
+ * log pi(y) at temperature 1, unfiltered, to *lp_pi and log q(y), q the distribution drawn from (0 when
+ * greedy), to *lp_q (either may be NULL). The plain reference sampler of rlhf serve. */
+int32_t serve_choose_token(const float *logits, int V, const sample_params *p, rlhf_rng *rng, float *scratch,
+                           float *lp_pi, float *lp_q);
 
 #endif

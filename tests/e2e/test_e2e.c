@@ -499,7 +499,10 @@ static void test_bad_input(void) {
     CU_ASSERT(file_contains(log, "record 0"));
 }
 
+void e2e_register_generation(void); /* tests/e2e/test_generation.c */
+
 int register_suites(void) {
+    e2e_register_generation();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);

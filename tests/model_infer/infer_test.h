@@ -11,6 +11,7 @@ model *infer_test_model(const model_config *c, uint64_t seed);
 void infer_register_checkpoint(void);
 void infer_register_sampler(void);
 void infer_register_cli(void);
+void infer_register_stops(void);
 /* test_kernels.c: the vector-table tests (vector_table) or the table-choice test, into suite s */
 #include <CUnit/CUnit.h>
 void infer_register_kernel_tests(CU_pSuite s, int vector_table);

@@ -116,8 +116,21 @@ static void test_init(void) {
 static void test_sample_matches_library(void) {
     CU_ASSERT_EQUAL_FATAL(write_text(in_dir("p.jsonl"), "{\"prompt\": \"ab\", \"id\": \"first\"}\n\n{\"prompt\": \"xyz\"}\n"),
                           0);
-    const char *args[] = {"sample", "--model", in_dir("m.safetensors"), "--prompts", in_dir("p.jsonl"), "-n", "3",
-                          "--max-tokens", "10", "--seed", "7", "--temperature", "0.9", "--top-k", "50", NULL};
+    /* 20 one-byte stop strings (bytes 0x80..0x93: halves of UTF-8 characters to the JSON output), so that
+     * some samples of this random model end at one */
+    static char stops_buf[20][2];
+    static const char *stops[20];
+    const char *args[18 + 40 + 1] = {"sample", "--model", in_dir("m.safetensors"), "--prompts", in_dir("p.jsonl"), "-n",
+                                 "3", "--max-tokens", "10", "--seed", "7", "--temperature", "0.9", "--top-k", "50",
+                                 "--min-p", "0.05", "--include-stop"};
+    int na = 18;
+    for (int i = 0; i < 20; i++) {
+        stops_buf[i][0] = (char)(0x80 + i);
+        stops[i] = stops_buf[i];
+        args[na++] = "--stop";
+        args[na++] = stops[i];
+    }
+    args[na] = NULL;
     CU_ASSERT_EQUAL_FATAL(run_rlhf(args, in_dir("out.jsonl"), in_dir("sample.err")), 0);
     /* the same requests in-process */
     model *m = NULL;
@@ -132,7 +145,6 @@ static void test_sample_matches_library(void) {
     int n_ids[2];
     sample_request rq[6];
     sample_result res[6];
-    int32_t eos = tok->eos_id;
     for (int p = 0; p < 2; p++) {
         CU_ASSERT_EQUAL_FATAL(tokenizer_encode(tok, texts[p], strlen(texts[p]), 1, &ids[p], &n_ids[p], &err), 0);
         for (int k = 0; k < 3; k++) {
@@ -142,17 +154,21 @@ static void test_sample_matches_library(void) {
             r->params = sample_params_default();
             r->params.temperature = 0.9f;
             r->params.top_k = 50;
+            r->params.min_p = 0.05f;
             r->params.max_new_tokens = 10;
             r->params.seed = 7ull ^ ((uint64_t)(p * 3 + k) * 0x9E3779B97F4A7C15ull);
-            r->params.stop_ids = &eos;
-            r->params.n_stop_ids = 1;
+            r->params.stop_ids = tok->eos_ids;
+            r->params.n_stop_ids = tok->n_eos_ids;
+            r->params.stop_strings = stops;
+            r->params.n_stop_strings = 20;
+            r->params.include_stop = 1;
         }
     }
     CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, rq, 6, res, &err), 0);
     FILE *f = fopen(in_dir("out.jsonl"), "r");
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
     char line[65536];
-    int n = 0;
+    int n = 0, stopped = 0;
     while (fgets(line, sizeof line, f)) {
         json_error_t jerr;
         json_t *j = json_loads(line, 0, &jerr);
@@ -163,6 +179,17 @@ static void test_sample_matches_library(void) {
         CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "sample_index")), n % 3);
         if (n < 3) CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "id")), "first");
         CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "finish_reason")), sample_finish_name(r->finish));
+        char *want = rlhf_utf8_sanitize(r->text, r->text_len);
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "text")), want);
+        free(want);
+        if (r->stop_string >= 0) {
+            char *want_stop = rlhf_utf8_sanitize(stops[r->stop_string], 1);
+            CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "stop")), want_stop);
+            free(want_stop);
+            stopped++;
+        } else {
+            CU_ASSERT_PTR_NULL(json_object_get(j, "stop"));
+        }
         json_t *toks = json_object_get(j, "tokens"), *lps = json_object_get(j, "logprobs"),
                *slps = json_object_get(j, "sampling_logprobs");
         CU_ASSERT_EQUAL_FATAL(json_array_size(toks), (size_t)r->n_tokens);
@@ -176,6 +203,8 @@ static void test_sample_matches_library(void) {
     }
     fclose(f);
     CU_ASSERT_EQUAL(n, 6);
+    printf(" (%d of 6 samples ended at a stop string) ", stopped);
+    CU_ASSERT(stopped >= 1);
     for (int i = 0; i < 6; i++) sample_result_free(&res[i]);
     free(ids[0]);
     free(ids[1]);
@@ -199,6 +228,12 @@ static void test_sample_bad_input(void) {
     const char *bad_opt[] = {"sample", "--model", in_dir("m.safetensors"), "--prompt", "a", "--top-p", "1.5", NULL};
     CU_ASSERT_EQUAL(run_rlhf(bad_opt, NULL, in_dir("e4")), 2);
     expect_one_error_line(in_dir("e4"), "--top-p", NULL);
+    const char *bad_min_p[] = {"sample", "--model", in_dir("m.safetensors"), "--prompt", "a", "--min-p", "1.5", NULL};
+    CU_ASSERT_EQUAL(run_rlhf(bad_min_p, NULL, in_dir("e4")), 2);
+    expect_one_error_line(in_dir("e4"), "--min-p", NULL);
+    const char *bad_min_p2[] = {"sample", "--model", in_dir("m.safetensors"), "--prompt", "a", "--min-p", "x", NULL};
+    CU_ASSERT_EQUAL(run_rlhf(bad_min_p2, NULL, in_dir("e4")), 2);
+    expect_one_error_line(in_dir("e4"), "--min-p", NULL);
     /* a corrupt checkpoint: truncated */
     char *data;
     size_t len;

@@ -358,6 +358,7 @@ static void make_requests(run_set *rs, int V, uint64_t seed_base) {
     rs->reqs[1].params.top_k = 8;
     rs->reqs[3].params.top_p = 0.7f;
     rs->reqs[4].params.temperature = 0.0f;
+    rs->reqs[5].params.min_p = 0.05f;
 }
 
 static void run_all(const model *m, int max_batch, run_set *rs) {
@@ -589,16 +590,24 @@ static void check_against_reference(const model *m, const sample_request *rq, co
                 }
             }
         }
+        /* min-p: a prefix again (order is by probability), against the most probable token */
+        if (sp->min_p > 0.0f) {
+            int m = 0;
+            while (m < keep && exp(row[order[m]] / temp - mx) >= (double)sp->min_p) m++;
+            keep = m;
+        }
         double kept = 0.0;
         int rank = -1;
         for (int i = 0; i < keep; i++) {
             kept += exp(row[order[i]] / temp - mx);
             if (order[i] == y) rank = i;
         }
-        CU_ASSERT(rank >= 0); /* inside top-k and the nucleus */
+        CU_ASSERT(rank >= 0); /* inside top-k, the nucleus and above the min-p floor */
         double lq = row[y] / temp - mx - log(kept);
         CU_ASSERT(fabs(res->sampling_logprobs[t] - lq) < 1e-4);
-        if (!(fabs(res->sampling_logprobs[t] - lq) < 1e-4)) printf("\n  T=%g k=%d p=%g: %g vs %g\n", temp, sp->top_k, (double)sp->top_p, res->sampling_logprobs[t], lq);
+        if (!(fabs(res->sampling_logprobs[t] - lq) < 1e-4))
+            printf("\n  T=%g k=%d p=%g min_p=%g: %g vs %g\n", temp, sp->top_k, (double)sp->top_p, (double)sp->min_p,
+                   res->sampling_logprobs[t], lq);
     }
     free(order);
     free(ref);
@@ -616,6 +625,9 @@ static void test_logprobs_match_reference(void) {
     rs.reqs[5].params.top_p = 0.6f;
     rs.reqs[3].params.top_k = 20;
     rs.reqs[3].params.top_p = 0.5f;
+    rs.reqs[1].params.min_p = 0.2f;  /* top-k, then min-p */
+    rs.reqs[3].params.min_p = 0.3f;  /* top-k, top-p, then min-p */
+    rs.reqs[5].params.min_p = 0.1f;  /* top-p, then min-p */
     run_all(m, 3, &rs);
     for (int i = 0; i < rs.n; i++) check_against_reference(m, &rs.reqs[i], &rs.res[i]);
     for (int t = 0; t < rs.res[0].n_tokens; t++) CU_ASSERT_EQUAL(rs.res[0].logprobs[t], rs.res[0].sampling_logprobs[t]);
@@ -633,6 +645,10 @@ static void test_logprobs_match_reference(void) {
         rs.reqs[i].params.seed = 300 + (uint64_t)i;
         rs.reqs[i].params.top_p = i % 2 ? 0.9f : 0.5f;
         rs.reqs[i].params.temperature = i % 3 ? 1.0f : 1.3f;
+        if (i >= 4) { /* min-p alone, and min-p with a flat nucleus (the bucketed path, then the floor) */
+            rs.reqs[i].params.top_p = i == 4 ? 1.0f : 0.9f;
+            rs.reqs[i].params.min_p = 0.9f;
+        }
     }
     run_all(m, 6, &rs);
     for (int i = 0; i < rs.n; i++) check_against_reference(m, &rs.reqs[i], &rs.res[i]);
@@ -651,7 +667,8 @@ static void test_sampling_distribution(void) {
     const float *row = ref + 4 * (size_t)V;
     sample_request *reqs = calloc((size_t)N, sizeof *reqs);
     sample_result *res = calloc((size_t)N, sizeof *res);
-    for (int variant = 0; variant < 3; variant++) { /* plain; top-k 4; temperature 1.2 with top-p 0.8 */
+    /* plain; top-k 4; temperature 1.2 with top-p 0.8; temperature 1.5 with min-p 0.3 */
+    for (int variant = 0; variant < 4; variant++) {
         for (int i = 0; i < N; i++) {
             reqs[i].prompt = prompt;
             reqs[i].prompt_len = 5;
@@ -659,8 +676,9 @@ static void test_sampling_distribution(void) {
             reqs[i].params.max_new_tokens = 1;
             reqs[i].params.seed = 5000 + (uint64_t)i;
             reqs[i].params.top_k = variant == 1 ? 4 : 0;
-            reqs[i].params.temperature = variant == 2 ? 1.2f : 1.0f;
+            reqs[i].params.temperature = variant == 2 ? 1.2f : variant == 3 ? 1.5f : 1.0f;
             reqs[i].params.top_p = variant == 2 ? 0.8f : 1.0f;
+            reqs[i].params.min_p = variant == 3 ? 0.3f : 0.0f;
         }
         sampler *s = NULL;
         rlhf_error err = {0};
@@ -674,7 +692,8 @@ static void test_sampling_distribution(void) {
             sample_result_free(&res[i]);
         }
         /* probabilities under the reference (top-4 renormalised for variant 1) */
-        double *p = calloc((size_t)V, sizeof(double)), mx = -INFINITY, z = 0.0, temp = variant == 2 ? 1.2 : 1.0;
+        double *p = calloc((size_t)V, sizeof(double)), mx = -INFINITY, z = 0.0,
+               temp = variant == 2 ? 1.2 : variant == 3 ? 1.5 : 1.0;
         for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
         for (int i = 0; i < V; i++) p[i] = exp((row[i] - mx) / temp);
         if (variant == 2) { /* the nucleus: most probable first until 0.8 of the mass */
@@ -695,6 +714,15 @@ static void test_sampling_distribution(void) {
                 if (q[i] >= 0) p[i] = 0.0; /* outside the nucleus */
             CU_ASSERT(kept > 4); /* a real nucleus, not a near-greedy one */
             free(q);
+        }
+        if (variant == 3) { /* p[i] is relative to the most probable token (its p is exp(0) = 1) */
+            int kept = 0;
+            for (int i = 0; i < V; i++) {
+                if (p[i] < 0.3) p[i] = 0.0;
+                kept += p[i] > 0.0;
+            }
+            CU_ASSERT(kept > 2 && kept < V / 2); /* the floor cuts, but not down to greedy */
+            if (!(kept > 2 && kept < V / 2)) printf("\n  min-p keeps %d of %d\n", kept, V);
         }
         if (variant == 1) {
             for (int i = 0; i < V; i++) { /* keep the 4 largest */
@@ -836,6 +864,12 @@ static void test_bad_requests(void) {
     CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "top_p"));
     rq[1].params = sample_params_default();
+    rq[1].params.min_p = 1.5f;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "min_p must be in [0, 1]"));
+    rq[1].params.min_p = -0.1f;
+    CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
+    rq[1].params = sample_params_default();
     prompt[2] = c.vocab_size;
     CU_ASSERT_EQUAL(sampler_run(s, NULL, rq, 2, res, &err), RLHF_EINVAL);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "outside the vocabulary"));
@@ -900,6 +934,7 @@ void infer_register_sampler(void) {
 int register_suites(void) {
     infer_register_checkpoint();
     infer_register_sampler();
+    infer_register_stops();
     infer_register_cli();
     return 0;
 }

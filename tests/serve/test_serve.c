@@ -248,6 +248,24 @@ static void test_serve_completions_and_stream(void) {
     }
     free(body);
     CU_ASSERT_STRING_EQUAL(sacc, "score");
+    /* Two stop strings completed by one token ("e" of "score"): the earlier match wins, whatever the order. */
+    const char *two_stops = "{\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,"
+                            "\"temperature\":0,\"stop\":[\"e\",\"core\"]}";
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", two_stops, &body), 200);
+    sj = json_loads(body, 0, NULL);
+    free(body);
+    c0 = json_array_get(json_object_get(sj, "choices"), 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(c0, "text")), "s");
+    json_decref(sj);
+    /* min_p and top_k are accepted; greedy ignores them */
+    const char *filters = "{\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,"
+                          "\"temperature\":0,\"min_p\":0.5,\"top_k\":-1,\"top_p\":0.9}";
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", filters, &body), 200);
+    sj = json_loads(body, 0, NULL);
+    free(body);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(json_object_get(sj, "choices"), 0), "text")),
+                           "score: 7\n");
+    json_decref(sj);
     /* Content as a list of text parts (newer OpenAI clients) renders the same prompt. */
     const char *preq = "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Q: p\\n\"},"
                        "{\"type\":\"text\",\"text\":\"A: 12\"}]}],\"max_tokens\":12,\"temperature\":0}";
@@ -278,6 +296,15 @@ static void test_serve_rejects_bad_requests(void) {
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":\"hot\"}",
          400, "temperature"},
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":3}", 400, "n = 1"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"min_p\":1.5}", 400,
+         "min_p must be a number in [0, 1]"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"min_p\":-0.1}", 400,
+         "min_p must be a number in [0, 1]"},
+        {"POST", "/v1/completions", "{\"prompt\":\"a\",\"min_p\":\"lots\"}", 400, "min_p"},
+        {"POST", "/v1/completions", "{\"prompt\":\"a\",\"top_p\":0}", 400, "top_p must be a number in (0, 1]"},
+        {"POST", "/v1/completions", "{\"prompt\":\"a\",\"top_p\":1.01}", 400, "top_p"},
+        {"POST", "/v1/completions", "{\"prompt\":\"a\",\"top_k\":-2}", 400, "top_k must be an integer"},
+        {"POST", "/v1/completions", "{\"prompt\":\"a\",\"top_k\":0.5}", 400, "top_k"},
         {"POST", "/v1/chat/completions",
          "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"response_format\":{\"type\":\"json_schema\"}}", 400,
          "response_format"},
@@ -411,6 +438,137 @@ static void test_serve_matches_sampler_run(void) {
     peer_stop(&srv);
 }
 
+/* Reference log-probs at one position: log pi (temperature 1, unfiltered) and log q (temperature, top-k with
+ * ties by smaller id, min-p; no top-p), by plain loops over the reference forward's logits. */
+static void ref_logprobs(const float *row, int V, int y, double temp, int top_k, double min_p, double *lp, double *lq) {
+    double mx = -INFINITY, s = 0.0, kept = 0.0;
+    for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
+    for (int i = 0; i < V; i++) s += exp(row[i] - mx);
+    *lp = row[y] - mx - log(s);
+    for (int i = 0; i < V; i++) {
+        int above = 0;
+        for (int j = 0; j < V; j++) above += row[j] > row[i] || (row[j] == row[i] && j < i);
+        double w = exp((row[i] - mx) / temp);
+        if ((top_k > 0 && above >= top_k) || w < min_p) continue;
+        kept += w;
+    }
+    *lq = (row[y] - mx) / temp - log(kept);
+}
+
+/* "logprobs": per sampled token the model's log-prob (temperature 1) and sampling_logprob = log q of the
+ * distribution drawn from, both against the reference forward; greedy: log q = 0 and the log-probs equal
+ * sampler_run's. Streaming with log-probs, and top log-probs, are refused. */
+static void test_serve_logprobs(void) {
+    model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(model_load(&m, g_random_model, NULL, NULL), 0);
+    tokenizer *tok = NULL;
+    tokenizer_create_bytes(&tok, m->cfg.vocab_size, NULL);
+    int V = m->cfg.vocab_size;
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_random_model, NULL, NULL), 0);
+    const char *prompt = "<|user|>\nhi\n<|assistant|>\n";
+    for (int variant = 0; variant < 2; variant++) { /* sampled chat; greedy completions */
+        char *body = NULL;
+        const char *req = variant == 0
+                              ? "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":12,\"seed\":9,"
+                                "\"temperature\":4,\"top_k\":5,\"min_p\":0.05,\"logprobs\":true}"
+                              : "{\"prompt\":\"<|user|>\\nhi\\n<|assistant|>\\n\",\"max_tokens\":12,\"temperature\":0,"
+                                "\"logprobs\":0}";
+        CU_ASSERT_EQUAL(peer_http(&srv, "POST", variant == 0 ? "/v1/chat/completions" : "/v1/completions", req, &body),
+                        200);
+        json_t *j = json_loads(body, 0, NULL);
+        free(body);
+        json_t *lpj = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+        CU_ASSERT_PTR_NOT_NULL_FATAL(lpj);
+        int n = (int)json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+        /* the sampled ids: chat gives each token's bytes (byte-level: one byte, or none for EOS); greedy
+         * completions are sampler_run's tokens (greedy_matches_sampler_run shows they agree) */
+        int32_t ids[64], *pids = NULL;
+        int plen = 0;
+        float lp[64], lq[64];
+        tokenizer_encode(tok, prompt, strlen(prompt), 1, &pids, &plen, NULL);
+        CU_ASSERT_FATAL(n > 0 && n <= 12);
+        if (variant == 0) {
+            json_t *content = json_object_get(lpj, "content");
+            CU_ASSERT_EQUAL_FATAL(json_array_size(content), (size_t)n);
+            for (int t = 0; t < n; t++) {
+                json_t *e = json_array_get(content, t), *bytes = json_object_get(e, "bytes");
+                ids[t] = json_array_size(bytes) == 1 ? (int32_t)json_integer_value(json_array_get(bytes, 0))
+                                                     : TOKENIZER_BYTES_EOS;
+                lp[t] = (float)json_real_value(json_object_get(e, "logprob"));
+                lq[t] = (float)json_real_value(json_object_get(e, "sampling_logprob"));
+                CU_ASSERT(json_is_array(json_object_get(e, "top_logprobs")));
+            }
+        } else {
+            sampler *smp = NULL;
+            CU_ASSERT_EQUAL_FATAL(sampler_create(&smp, m, 1, NULL), 0);
+            sample_request rq = {.prompt = pids, .prompt_len = plen, .params = sample_params_default()};
+            rq.params.temperature = 0;
+            rq.params.max_new_tokens = 12;
+            rq.params.stop_ids = tok->eos_ids;
+            rq.params.n_stop_ids = tok->n_eos_ids;
+            sample_result res = {0};
+            CU_ASSERT_EQUAL_FATAL(sampler_run(smp, tok, &rq, 1, &res, NULL), 0);
+            CU_ASSERT_EQUAL_FATAL(res.n_tokens, n);
+            json_t *tl = json_object_get(lpj, "token_logprobs"), *sl = json_object_get(lpj, "sampling_logprobs");
+            CU_ASSERT_EQUAL_FATAL(json_array_size(tl), (size_t)n);
+            CU_ASSERT_EQUAL(json_array_size(json_object_get(lpj, "tokens")), (size_t)n);
+            for (int t = 0; t < n; t++) {
+                ids[t] = res.tokens[t];
+                lp[t] = (float)json_real_value(json_array_get(tl, t));
+                lq[t] = (float)json_real_value(json_array_get(sl, t));
+                CU_ASSERT(fabsf(lp[t] - res.logprobs[t]) < 1e-4f);
+                CU_ASSERT_EQUAL(lq[t], 0.0f);
+            }
+            sample_result_free(&res);
+            sampler_destroy(&smp);
+        }
+        int T = plen + n;
+        int32_t *seq = malloc((size_t)T * sizeof *seq);
+        float *lg = malloc((size_t)T * V * sizeof(float));
+        memcpy(seq, pids, (size_t)plen * sizeof *seq);
+        memcpy(seq + plen, ids, (size_t)n * sizeof *seq);
+        CU_ASSERT_EQUAL_FATAL(model_reference_logits(m, seq, T, lg, NULL), 0);
+        for (int t = 0; t < n; t++) {
+            double rp, rq;
+            ref_logprobs(lg + (size_t)(plen - 1 + t) * V, V, ids[t], 4.0, 5, 0.05, &rp, &rq);
+            CU_ASSERT(fabs(lp[t] - rp) < 1e-4);
+            if (variant == 0) CU_ASSERT(fabs(lq[t] - rq) < 1e-4);
+            if (!(fabs(lp[t] - rp) < 1e-4) || (variant == 0 && !(fabs(lq[t] - rq) < 1e-4)))
+                fprintf(stderr, "\n  variant %d token %d: %g %g vs reference %g %g\n", variant, t, lp[t], lq[t], rp, rq);
+        }
+        if (variant == 0) { /* a real spread: several tokens drawn with q well below 1 */
+            int spread = 0;
+            for (int t = 0; t < n; t++) spread += lq[t] < -0.1f;
+            printf(" (%d of %d sampled tokens had q < 0.9) ", spread, n);
+            CU_ASSERT(spread >= 2);
+        }
+        free(seq);
+        free(lg);
+        free(pids);
+        json_decref(j);
+    }
+    const char *bad[][3] = {
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":true,\"stream\":true}",
+         "not offered with stream"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":\"yes\"}",
+         "logprobs must be true or false"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":true,\"top_logprobs\":3}",
+         "top_logprobs must be 0"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"logprobs\":2}", "logprobs must be 0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *body = NULL;
+        CU_ASSERT_EQUAL(peer_http(&srv, "POST", bad[i][0], bad[i][1], &body), 400);
+        CU_ASSERT_PTR_NOT_NULL(body && strstr(body, bad[i][2]));
+        if (!body || !strstr(body, bad[i][2])) fprintf(stderr, "\n  case %zu: %s\n", i, body ? body : "(none)");
+        free(body);
+    }
+    peer_stop(&srv);
+    tokenizer_destroy(&tok);
+    model_destroy(&m);
+}
+
 /* The reference token chooser: greedy is argmax; top-k / top-p keep only the allowed ids, and the
  * frequencies follow the renormalised softmax. */
 static void test_choose_token(void) {
@@ -420,12 +578,12 @@ static void test_choose_token(void) {
     rlhf_rng_seed(&rng, 3);
     sample_params p = sample_params_default();
     p.temperature = 0;
-    CU_ASSERT_EQUAL(serve_choose_token(logits, 6, &p, &rng, scratch), 0);
+    CU_ASSERT_EQUAL(serve_choose_token(logits, 6, &p, &rng, scratch, NULL, NULL), 0);
     p.temperature = 1;
     p.top_k = 2; /* ids 0 and 5 */
     int counts[6] = {0};
     enum { N = 20000 };
-    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch)]++;
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch, NULL, NULL)]++;
     CU_ASSERT_EQUAL(counts[0] + counts[5], N);
     double p0 = 1.0 / (1.0 + exp(1.9 - 2.0));
     CU_ASSERT_DOUBLE_EQUAL((double)counts[0] / N, p0, 0.02);
@@ -433,14 +591,29 @@ static void test_choose_token(void) {
     p.top_k = 0;
     p.top_p = 0.5f;
     memset(counts, 0, sizeof counts);
-    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch)]++;
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch, NULL, NULL)]++;
     CU_ASSERT_EQUAL(counts[0] + counts[5], N);
+    /* min_p = 0.5: ids within ln 2 of the best logit, {0, 5}, at their renormalised frequencies; with
+     * temperature 2 the floor lets id 1 in too (its p / p_max = exp(-0.5) >= 0.5) */
+    p.top_p = 1;
+    p.min_p = 0.5f;
+    memset(counts, 0, sizeof counts);
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch, NULL, NULL)]++;
+    CU_ASSERT_EQUAL(counts[0] + counts[5], N);
+    CU_ASSERT_DOUBLE_EQUAL((double)counts[0] / N, p0, 0.02);
+    p.temperature = 2;
+    memset(counts, 0, sizeof counts);
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch, NULL, NULL)]++;
+    CU_ASSERT_EQUAL(counts[0] + counts[5] + counts[1], N);
+    CU_ASSERT(counts[1] > N / 5);
+    p.temperature = 1;
+    p.min_p = 0;
     /* plain temperature 1: every id appears, at its softmax frequency */
     p.top_p = 1;
     memset(counts, 0, sizeof counts);
     double z = 0;
     for (int v = 0; v < 6; v++) z += exp(logits[v]);
-    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch)]++;
+    for (int i = 0; i < N; i++) counts[serve_choose_token(logits, 6, &p, &rng, scratch, NULL, NULL)]++;
     for (int v = 0; v < 6; v++) CU_ASSERT_DOUBLE_EQUAL((double)counts[v] / N, exp(logits[v]) / z, 0.015);
 }
 
@@ -706,6 +879,7 @@ int register_suites(void) {
     CU_add_test(s, "queue_bound", test_serve_queue_bound);
     CU_add_test(s, "greedy_matches_sampler_run", test_serve_matches_sampler_run);
     CU_add_test(s, "choose_token", test_choose_token);
+    CU_add_test(s, "logprobs", test_serve_logprobs);
     CU_add_test(s, "rm_training_accuracy", test_rm_training_accuracy);
     CU_add_test(s, "rm_inprocess_vs_remote", test_rm_inprocess_vs_remote);
     CU_add_test(s, "capitals_ground_truth", test_capitals_source);

@@ -80,7 +80,8 @@ static void sample_step(updater_session *u, sampler *smp, tokenizer *tok, prompt
         pr[i].record = r->record;
     }
     memset(gs, 0, sizeof gs);
-    gen_params gp = {.k = 4, .temperature = 1, .top_p = 1, .max_tokens = 4, .seed = 11};
+    static const char *const one_line[1] = {"\n"};
+    gen_params gp = {.k = 4, .temperature = 1, .top_p = 1, .max_tokens = 4, .seed = 11, .stop = one_line, .n_stop = 1};
     rlhf_error err = {0};
     u->ps.m->version = u->ps.version;
     CU_ASSERT_EQUAL_FATAL(generator_sample_groups(u->ps.m, smp, tok, pr, 8, &gp, "g", *seq, gs, &err), 0);

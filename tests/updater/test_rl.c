@@ -148,6 +148,13 @@ static void test_config_defaults_and_overrides(void) {
     CU_ASSERT_EQUAL(cfg.loss, RL_LOSS_TIS);
     NEAR(cfg.lr, 0.003);
     CU_ASSERT_STRING_EQUAL(cfg.run_dir, "runs/t");
+    /* generation defaults: one line (stop "\n", cut), no filters, log q as the behaviour log-prob */
+    CU_ASSERT_EQUAL_FATAL(cfg.n_stop, 1);
+    CU_ASSERT_STRING_EQUAL(cfg.stop[0], "\n");
+    CU_ASSERT_EQUAL(cfg.include_stop, 0);
+    CU_ASSERT_EQUAL(cfg.top_k, 0);
+    NEAR(cfg.min_p, 0.0);
+    CU_ASSERT_EQUAL(cfg.behaviour_logprobs, RUN_BEHAVIOUR_SAMPLING);
     /* the resolved document carries the defaults */
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(cfg.resolved, "rl"), "max_staleness")), 4);
     run_config_free(&cfg);
@@ -155,6 +162,27 @@ static void test_config_defaults_and_overrides(void) {
     CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "mode=sync", &err, &cfg), 0);
     CU_ASSERT_EQUAL(cfg.mode, RUN_MODE_SYNC);
     CU_ASSERT_EQUAL(cfg.max_staleness, 0);
+    run_config_free(&cfg);
+    /* a task's own stop strings, kept in the text; the filters; the policy's log-probs */
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "task.stop=[\"</s>\",\"\\n\\n\"]", &err, &cfg), 0);
+    CU_ASSERT_EQUAL_FATAL(cfg.n_stop, 2);
+    CU_ASSERT_STRING_EQUAL(cfg.stop[0], "</s>");
+    CU_ASSERT_STRING_EQUAL(cfg.stop[1], "\n\n");
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "task.stop=[]", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.n_stop, 0); /* EOS and max_tokens only */
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "task.include_stop=true", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.include_stop, 1);
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "generators.behaviour_logprobs=policy", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.behaviour_logprobs, RUN_BEHAVIOUR_POLICY);
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "generators.min_p=0.1", &err, &cfg), 0);
+    NEAR(cfg.min_p, 0.1);
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "generators.top_k=50", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.top_k, 50);
     run_config_free(&cfg);
 }
 
@@ -169,6 +197,19 @@ static void test_config_errors_name_path(void) {
     expect_error("task=3", "cfg.json: task", "must be an object");
     expect_error("rewards=[]", "cfg.json: rewards", "at least one");
     expect_error("extra=1", "cfg.json: extra", "unknown key");
+    expect_error("task.stop=\"\\n\"", "cfg.json: task.stop", "must be an array");
+    expect_error("task.stop=[\"a\",\"\"]", "cfg.json: task.stop[1]", "must be a non-empty string");
+    expect_error("task.stop=[\"a\",3]", "cfg.json: task.stop[1]", "must be a non-empty string");
+    expect_error("task.stop=[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\",\"11\",\"12\",\"13\",\"14\","
+                 "\"15\",\"16\",\"17\"]",
+                 "cfg.json: task.stop", "at most 16");
+    expect_error("task.include_stop=1", "cfg.json: task.include_stop", "must be true or false");
+    expect_error("generators.min_p=1.5", "cfg.json: generators.min_p", "in [0, 1]");
+    expect_error("generators.min_p=-0.5", "cfg.json: generators.min_p", "in [0, 1]");
+    expect_error("generators.top_k=-1", "cfg.json: generators.top_k", "must be an integer >= 0");
+    expect_error("generators.top_k=0.5", "cfg.json: generators.top_k", "must be an integer");
+    expect_error("generators.behaviour_logprobs=q", "cfg.json: generators.behaviour_logprobs",
+                 "\"sampling\" or \"policy\"");
     rlhf_error err = {0};
     run_config cfg;
     CU_ASSERT_EQUAL(parse_with("{\"rewards\":[1]}", NULL, &err, &cfg), RLHF_EINVAL);

@@ -1,0 +1,264 @@
+/* tests/e2e/test_generation.c — what the generator processes of a real run (`rlhf run`: broker, generator
+ * and updater over ZeroMQ) put into the rollout groups, read back from the run's replay log:
+ *
+ *   stop_rules:          every completion ends at an EOS id, at its first task.stop string (tokens end with
+ *                        the token that completed it; the group's text is cut before it, or ends with it
+ *                        under task.include_stop), or after generators.max_tokens; recomputed from the
+ *                        token ids by a plain search, not by the sampler's incremental matching;
+ *   behaviour_logprobs:  the recorded log-probs of groups sampled by the base weights (policy_version 0)
+ *                        equal log q of a plain reference of the sampling distribution (temperature, top-k,
+ *                        min-p on model_reference_logits) with "sampling", and the temperature-1 log-softmax
+ *                        with "policy". */
+#include <CUnit/CUnit.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "broker/broker.h"
+#include "common/common.h"
+#include "model/model.h"
+#include "tests/test_proc.h"
+
+static char g_dir[64];
+static char g_rlhf[1024];
+
+static int suite_init(void) {
+    snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_gen_XXXXXX");
+    if (!mkdtemp(g_dir)) return -1;
+    char self[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return -1;
+    self[n] = 0;
+    snprintf(g_rlhf, sizeof g_rlhf, "%s/../bin/rlhf", dirname(self));
+    if (access(g_rlhf, X_OK) != 0) return -1;
+    char p[256];
+    snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
+    FILE *f = fopen(p, "w");
+    if (!f) return -1;
+    for (int i = 0; i < 16; i++) fprintf(f, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
+    return fclose(f);
+}
+
+static int suite_cleanup(void) {
+    if (CU_get_number_of_failures() == 0 && g_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+        if (system(cmd) != 0) return 0;
+    }
+    return 0;
+}
+
+/* Stop strings the random tiny model hits often: 16 one-byte strings and a two-byte one. */
+static const char *const STOPS[] = {"A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "xy"};
+enum { N_STOPS = sizeof STOPS / sizeof STOPS[0], MAX_TOKENS = 8 };
+
+/* Runs a 2-step job with these generator settings; returns the run directory's path in run_dir. */
+static int run_job(const char *name, const char *behaviour, int include_stop, char *run_dir, size_t cap) {
+    snprintf(run_dir, cap, "%s/%s", g_dir, name);
+    char stops[512] = "";
+    for (int i = 0; i < N_STOPS; i++) {
+        strcat(stops, i ? ",\"" : "\"");
+        strcat(stops, STOPS[i]);
+        strcat(stops, "\"");
+    }
+    char cfg[4096], path[256], log[256];
+    snprintf(cfg, sizeof cfg,
+             "{\"name\":\"%s\",\"run_dir\":\"%s\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":24},\"threads\":1},\n"
+             " \"task\":{\"train\":\"%s/prompts.jsonl\",\"stop\":[%s],\"include_stop\":%s},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"[0-9]\"}],\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"lr\":0.01,\"steps\":2,\"checkpoint_every\":1,\"seed\":3},\n"
+             " \"generators\":{\"count\":1,\"max_tokens\":%d,\"batch\":4,\"threads\":1,\"temperature\":0.7,"
+             "\"top_k\":40,\"min_p\":0.02,\"behaviour_logprobs\":\"%s\"}}\n",
+             name, run_dir, g_dir, stops, include_stop ? "true" : "false", MAX_TOKENS, behaviour);
+    snprintf(path, sizeof path, "%s/%s.json", g_dir, name);
+    snprintf(log, sizeof log, "%s/%s.out", g_dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fputs(cfg, f);
+    fclose(f);
+    const char *args[] = {"run", path, "--quiet", NULL};
+    test_proc_opts o = {.out = log, .err = log};
+    int st = test_proc_run_args(g_rlhf, g_rlhf, args, &o, 120);
+    if (st != 0) fprintf(stderr, "\n  rlhf run %s: status %d (log %s)\n", name, st, log);
+    return st;
+}
+
+/* Reference log q(y) at one position: temperature, top-k (ties by smaller id), min-p; no top-p. */
+static double ref_log_q(const float *row, int V, int y, double temp, int top_k, double min_p) {
+    double mx = -INFINITY;
+    for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
+    double kept = 0.0;
+    int in = 0;
+    for (int i = 0; i < V; i++) {
+        int above = 0; /* ids ranked before i */
+        for (int j = 0; j < V; j++) above += row[j] > row[i] || (row[j] == row[i] && j < i);
+        double w = exp((row[i] - mx) / temp);
+        if (above >= top_k || w < min_p) continue;
+        kept += w;
+        in |= i == y;
+    }
+    if (!in) return NAN;
+    return (row[y] - mx) / temp - log(kept);
+}
+
+static double ref_log_pi(const float *row, int V, int y) {
+    double mx = -INFINITY, s = 0.0;
+    for (int i = 0; i < V; i++) mx = fmax(mx, row[i]);
+    for (int i = 0; i < V; i++) s += exp(row[i] - mx);
+    return row[y] - mx - log(s);
+}
+
+/* Checks every record of the run's replay log; returns the number of samples checked. */
+static int check_log(const char *run_dir, int policy_logprobs, int include_stop, int *n_stop_string, int *n_length,
+                     int *n_lp_checked) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/rollouts.log", run_dir);
+    replay_reader *r = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(replay_reader_open(&r, path, &err), 0);
+    snprintf(path, sizeof path, "%s/base.safetensors", run_dir);
+    model *m = NULL;
+    CU_ASSERT_EQUAL_FATAL(model_load(&m, path, NULL, &err), 0);
+    int V = m->cfg.vocab_size, samples = 0;
+    wire_rollout_group g;
+    replay_pos pos;
+    memset(&g, 0, sizeof g);
+    while (replay_reader_next(r, &g, &pos, &err) == 1) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(g.texts);
+        size_t off = 0;
+        for (uint32_t j = 0; j < g.k; j++) {
+            const int32_t *t = g.tokens + off;
+            int n = (int)g.n_tokens[j];
+            /* the decoded bytes (byte-level ids) and the first stop string in them, by a plain search */
+            char bytes[64];
+            int nb = 0, stop_tok = -1;
+            size_t cut = 0;
+            const char *which = NULL;
+            for (int i = 0; i < n && stop_tok < 0; i++) {
+                if (t[i] < 256) bytes[nb++] = (char)t[i];
+                for (size_t at = 0; at < (size_t)nb && stop_tok < 0; at++)
+                    for (int s = 0; s < N_STOPS; s++) {
+                        size_t sl = strlen(STOPS[s]);
+                        if (at + sl <= (size_t)nb && !memcmp(bytes + at, STOPS[s], sl)) {
+                            stop_tok = i;
+                            cut = at;
+                            which = STOPS[s];
+                            break;
+                        }
+                    }
+            }
+            int eos_at_end = n > 0 && t[n - 1] == TOKENIZER_BYTES_EOS;
+            if (stop_tok >= 0) { /* a stop string: the tokens end with the one that completed it */
+                CU_ASSERT_EQUAL(stop_tok, n - 1);
+                CU_ASSERT_EQUAL(g.finish[j], WIRE_FINISH_STOP);
+                size_t keep = cut + (include_stop ? strlen(which) : 0);
+                char *want = rlhf_utf8_sanitize(bytes, keep);
+                CU_ASSERT_STRING_EQUAL(g.texts[j], want);
+                if (strcmp(g.texts[j], want)) fprintf(stderr, "\n  text '%s' vs '%s'\n", g.texts[j], want);
+                free(want);
+                (*n_stop_string)++;
+            } else if (eos_at_end) {
+                CU_ASSERT_EQUAL(g.finish[j], WIRE_FINISH_STOP);
+            } else { /* no stop: the budget ran out */
+                CU_ASSERT_EQUAL(n, MAX_TOKENS);
+                CU_ASSERT_EQUAL(g.finish[j], WIRE_FINISH_LENGTH);
+                char *want = rlhf_utf8_sanitize(bytes, (size_t)nb);
+                CU_ASSERT_STRING_EQUAL(g.texts[j], want);
+                free(want);
+                (*n_length)++;
+            }
+            for (int i = 0; i < n - 1; i++) CU_ASSERT(t[i] != TOKENIZER_BYTES_EOS); /* EOS ends it */
+            /* behaviour log-probs of the base weights' samples against the reference */
+            if (g.policy_version == 0 && *n_lp_checked < 24) {
+                int T = (int)g.n_prompt_tokens + n;
+                int32_t *seq = malloc((size_t)T * sizeof *seq);
+                float *lg = malloc((size_t)T * V * sizeof(float));
+                memcpy(seq, g.prompt_tokens, g.n_prompt_tokens * sizeof *seq);
+                memcpy(seq + g.n_prompt_tokens, t, (size_t)n * sizeof *seq);
+                CU_ASSERT_EQUAL_FATAL(model_reference_logits(m, seq, T, lg, &err), 0);
+                for (int i = 0; i < n; i++) {
+                    const float *row = lg + (size_t)(g.n_prompt_tokens - 1 + i) * V;
+                    double want = policy_logprobs ? ref_log_pi(row, V, t[i]) : ref_log_q(row, V, t[i], 0.7, 40, 0.02);
+                    CU_ASSERT(fabs(g.logprobs[off + i] - want) < 1e-4);
+                    if (!(fabs(g.logprobs[off + i] - want) < 1e-4))
+                        fprintf(stderr, "\n  token %d: recorded %g, reference %g\n", i, g.logprobs[off + i], want);
+                }
+                free(seq);
+                free(lg);
+                (*n_lp_checked)++;
+            }
+            off += (size_t)n;
+            samples++;
+        }
+        wire_rollout_group_free(&g);
+    }
+    replay_reader_close(&r);
+    model_destroy(&m);
+    return samples;
+}
+
+static void test_generation_rules(void) {
+    static const struct {
+        const char *name, *behaviour;
+        int include_stop;
+    } jobs[2] = {{"gen_sampling", "sampling", 0}, {"gen_policy", "policy", 1}};
+    for (int i = 0; i < 2; i++) {
+        char run_dir[256];
+        CU_ASSERT_EQUAL_FATAL(run_job(jobs[i].name, jobs[i].behaviour, jobs[i].include_stop, run_dir, sizeof run_dir),
+                              0);
+        int n_stop = 0, n_length = 0, n_lp = 0;
+        int n = check_log(run_dir, i == 1, jobs[i].include_stop, &n_stop, &n_length, &n_lp);
+        printf("\n  %s: %d samples, %d ended at a stop string, %d at max_tokens; log-probs of %d checked ",
+               jobs[i].name, n, n_stop, n_length, n_lp);
+        CU_ASSERT(n >= 8);
+        CU_ASSERT(n_stop >= 1); /* both kinds of end occurred */
+        CU_ASSERT(n_length >= 1);
+        CU_ASSERT(n_lp >= 4);
+    }
+}
+
+/* rlhf eval: the sampling options, and their bad values (usage errors: exit 2, one line naming the option) */
+static void test_eval_options(void) {
+    char cfg[256], out[256], err[256];
+    snprintf(cfg, sizeof cfg, "%s/gen_sampling/config.json", g_dir);
+    snprintf(out, sizeof out, "%s/eval.out", g_dir);
+    snprintf(err, sizeof err, "%s/eval.err", g_dir);
+    CU_ASSERT_FATAL(access(cfg, F_OK) == 0);
+    test_proc_opts o = {.out = out, .err = err};
+    const char *ok[] = {"eval", "--config", cfg, "--n", "4", "--samples", "2", "--temperature", "1", "--top-k", "5",
+                        "--top-p", "0.9", "--min-p", "0.1", NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, ok, &o, 60), 0);
+    char *text = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(out, &text, &n, NULL), 0);
+    json_t *j = json_loads(text, 0, NULL);
+    free(text);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "prompts")), 4);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "samples")), 2);
+    json_decref(j);
+    static const char *const bad[][2] = {{"--min-p", "1.5"}, {"--min-p", "-0.1"}, {"--top-p", "0"},
+                                         {"--top-p", "2"},   {"--top-k", "-1"},   {"--top-k", "x"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *args[] = {"eval", "--config", cfg, bad[i][0], bad[i][1], NULL};
+        CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, args, &o, 60), 2);
+        char *e = NULL;
+        CU_ASSERT_EQUAL_FATAL(rlhf_read_file(err, &e, &n, NULL), 0);
+        CU_ASSERT_PTR_NOT_NULL(strstr(e, bad[i][0]));
+        if (!strstr(e, bad[i][0])) fprintf(stderr, "\n  %s %s: %s\n", bad[i][0], bad[i][1], e);
+        free(e);
+    }
+}
+
+void e2e_register_generation(void) {
+    CU_pSuite s = CU_add_suite("generation", suite_init, suite_cleanup);
+    CU_add_test(s, "stop rules and behaviour log-probs in a run's rollout groups", test_generation_rules);
+    CU_add_test(s, "rlhf eval sampling options; bad values exit 2", test_eval_options);
+}
