@@ -462,6 +462,11 @@ int model_hf_load_dir(model **out, const char *dir, const model_load_options *op
     }
     shards_free(&s);
     free(text);
+    /* the directory's tokenizer goes with the model (into its checkpoints, e.g. a reward model's) */
+    char tp[4200];
+    snprintf(tp, sizeof tp, "%s/tokenizer.json", dir);
+    if (!rc && access(tp, R_OK) == 0 && !(m->tokenizer_dir = realpath(dir, NULL)))
+        rc = rlhf_error_set(err, RLHF_ESYS, dir, "cannot resolve the path: %s", strerror(errno));
     if (rc) {
         model_destroy(&m);
         return rc;

@@ -61,7 +61,11 @@ int cmd_init(int argc, char **argv) {
 /* ---------------------------------------------------------------- rlhf sample */
 
 static const char sample_usage[] =
-    "usage: rlhf sample --model M.safetensors (--prompt TEXT | --prompts FILE.jsonl) [options]\n"
+    "usage: rlhf sample --model M (--prompt TEXT | --prompts FILE.jsonl) [options]\n"
+    "  --model M          a checkpoint (.safetensors) or a Hugging Face model directory\n"
+    "  --tokenizer T      \"bytes\" or a Hugging Face tokenizer directory (default: the model's own: an\n"
+    "                     HF directory's tokenizer.json, the one a run checkpoint names, else byte-level)\n"
+    "  --max-seq-len N    cap the model's context (an HF model's max_position_embeddings sizes buffers)\n"
     "  -n K               samples per prompt (default 1)\n"
     "  --temperature T    0 = greedy (default 1)\n"
     "  --top-p P          nucleus mass in (0, 1] (default 1 = off)\n"
@@ -161,7 +165,8 @@ static int read_prompts(const char *path, prompt_item **out, int *n_out, rlhf_er
 }
 
 int cmd_sample(int argc, char **argv) {
-    const char *prog = "rlhf sample", *model_path = NULL, *prompt = NULL, *prompts_path = NULL;
+    const char *prog = "rlhf sample", *model_path = NULL, *prompt = NULL, *prompts_path = NULL, *tok_spec = NULL;
+    int max_seq_len = 0;
     int n_samples = 1, max_tokens = 64, top_k = 0, batch = 64, threads = 0;
     float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f;
     uint64_t seed = 0;
@@ -172,6 +177,8 @@ int cmd_sample(int argc, char **argv) {
     if (!stops) return 1;
     const rlhf_opt opts[] = {
         RLHF_OPT("--model", RLHF_OPT_STR, &model_path),
+        RLHF_OPT("--tokenizer", RLHF_OPT_STR, &tok_spec),
+        RLHF_OPT_RANGE("--max-seq-len", RLHF_OPT_INT, &max_seq_len, 2, 1 << 24),
         RLHF_OPT("--prompt", RLHF_OPT_STR, &prompt),
         RLHF_OPT("--prompts", RLHF_OPT_STR, &prompts_path),
         RLHF_OPT_RANGE("-n", RLHF_OPT_INT, &n_samples, 1, 1 << 20),
@@ -229,8 +236,7 @@ int cmd_sample(int argc, char **argv) {
         ps[0].len = strlen(prompt);
         n_prompts = 1;
     }
-    if (model_load(&m, model_path, NULL, &err)) goto fail;
-    if (tokenizer_create_bytes(&tok, m->cfg.vocab_size, &err)) goto fail;
+    if (model_load_for_inference(&m, &tok, model_path, tok_spec, max_seq_len, &err)) goto fail;
     ids = calloc((size_t)n_prompts, sizeof *ids);
     n_ids = calloc((size_t)n_prompts, sizeof *n_ids);
     if ((size_t)n_prompts * (size_t)n_samples > (1u << 24)) {

@@ -142,15 +142,20 @@ static void optim_path(char *out, size_t cap, const char *model_path) {
 /* ------------------------------------------------------------------ rlhf pretrain */
 
 static const char pretrain_usage[] =
-    "usage: rlhf pretrain --model M.safetensors --data CORPUS(.txt|.jsonl) --steps N --batch B --seq T\n"
+    "usage: rlhf pretrain --model M --data CORPUS(.txt|.jsonl) --steps N --batch B --seq T\n"
     "                     --lr LR --out OUT.safetensors [--seed S] [--warmup W] [--schedule cosine|constant]\n"
-    "                     [--min-lr-ratio R] [--weight-decay WD] [--grad-clip G] [--threads N] [--log-every K]\n";
+    "                     [--min-lr-ratio R] [--weight-decay WD] [--grad-clip G] [--threads N] [--log-every K]\n"
+    "                     [--tokenizer T] [--max-seq-len N]\n"
+    "  --model M          a checkpoint (.safetensors) or a Hugging Face model directory\n"
+    "  --tokenizer T      \"bytes\" or a Hugging Face tokenizer directory (default: the model's own: an\n"
+    "                     HF directory's tokenizer.json, the one a run checkpoint names, else byte-level)\n"
+    "  --max-seq-len N    cap the model's context (an HF model's max_position_embeddings sizes buffers)\n";
 
 int cmd_pretrain(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv) {
     const char *prog = "rlhf pretrain";
-    const char *model_path = NULL, *data_path = NULL, *out_path = NULL;
-    int steps = 0, B = 0, T = 0, seed = 1, threads = 0, log_every = 10;
+    const char *model_path = NULL, *data_path = NULL, *out_path = NULL, *tok_spec = NULL;
+    int steps = 0, B = 0, T = 0, seed = 1, threads = 0, log_every = 10, max_seq_len = 0;
     adamw_config oc;
     adamw_config_default(&oc);
     oc.lr = 0;
@@ -158,6 +163,8 @@ int cmd_pretrain(int argc, char **argv) {
     const char *schedule = NULL;
     const rlhf_opt opts[] = {
         RLHF_OPT("--model", RLHF_OPT_STR, &model_path),
+        RLHF_OPT("--tokenizer", RLHF_OPT_STR, &tok_spec),
+        RLHF_OPT_RANGE("--max-seq-len", RLHF_OPT_INT, &max_seq_len, 2, 1 << 24),
         RLHF_OPT("--data", RLHF_OPT_STR, &data_path),
         RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
         RLHF_OPT_RANGE("--steps", RLHF_OPT_INT, &steps, 1, 100000000),
@@ -197,11 +204,10 @@ int cmd_pretrain(int argc, char **argv) {
     adamw *opt = NULL;
     id_buf corpus = {0};
     int32_t *tokens = NULL, *targets = NULL;
-    int rc = model_load(&m, model_path, NULL, &err);
+    int rc = model_load_for_inference(&m, &tok, model_path, tok_spec, max_seq_len, &err);
     if (!rc && T > m->cfg.max_seq_len)
         rc = rlhf_error_set(&err, RLHF_EINVAL, "--seq", "%d exceeds the model's max_seq_len %d (%s)", T,
                             m->cfg.max_seq_len, model_path);
-    if (!rc) rc = tokenizer_create_bytes(&tok, m->cfg.vocab_size, &err);
     if (!rc) rc = load_corpus(data_path, tok, &corpus, &err);
     if (!rc && corpus.n < T + 1)
         rc = rlhf_error_set(&err, RLHF_EINVAL, data_path, "corpus has %d tokens, fewer than --seq + 1 = %d", corpus.n,
@@ -315,15 +321,22 @@ static int score_line(void *p, json_t *obj, const char *where, rlhf_error *err) 
 }
 
 static const char score_usage[] =
-    "usage: rlhf score --model M.safetensors --data FILE.jsonl [--out FILE] [--batch B] [--threads N]\n";
+    "usage: rlhf score --model M --data FILE.jsonl [--out FILE] [--batch B] [--threads N] [--tokenizer T]\n"
+    "                  [--max-seq-len N]\n"
+    "  --model M          a checkpoint (.safetensors) or a Hugging Face model directory\n"
+    "  --tokenizer T      \"bytes\" or a Hugging Face tokenizer directory (default: the model's own: an\n"
+    "                     HF directory's tokenizer.json, the one a run checkpoint names, else byte-level)\n"
+    "  --max-seq-len N    cap the model's context (an HF model's max_position_embeddings sizes buffers)\n";
 
 int cmd_score(int argc, char **argv);
 int cmd_score(int argc, char **argv) {
     const char *prog = "rlhf score";
-    const char *model_path = NULL, *data_path = NULL, *out_path = NULL;
-    int B = 8, threads = 0;
+    const char *model_path = NULL, *data_path = NULL, *out_path = NULL, *tok_spec = NULL;
+    int B = 8, threads = 0, max_seq_len = 0;
     const rlhf_opt opts[] = {
         RLHF_OPT("--model", RLHF_OPT_STR, &model_path),
+        RLHF_OPT("--tokenizer", RLHF_OPT_STR, &tok_spec),
+        RLHF_OPT_RANGE("--max-seq-len", RLHF_OPT_INT, &max_seq_len, 2, 1 << 24),
         RLHF_OPT("--data", RLHF_OPT_STR, &data_path),
         RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
         RLHF_OPT_RANGE("--batch", RLHF_OPT_INT, &B, 1, 4096),
@@ -346,8 +359,7 @@ int cmd_score(int argc, char **argv) {
     size_t len = 0, outlen = 0;
     FILE *mem = NULL;
     int32_t *tokens = NULL, *targets = NULL;
-    int rc = model_load(&m, model_path, NULL, &err);
-    if (!rc) rc = tokenizer_create_bytes(&tok, m->cfg.vocab_size, &err);
+    int rc = model_load_for_inference(&m, &tok, model_path, tok_spec, max_seq_len, &err);
     if (!rc) rc = rlhf_read_file(data_path, &data, &len, &err);
     if (!rc) {
         sc.tok = tok;

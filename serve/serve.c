@@ -593,8 +593,7 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     int rc = 0;
     if (cfg->model_path[0]) {
         if (!s->cfg.model_id[0]) id_from_path(cfg->model_path, s->cfg.model_id, sizeof s->cfg.model_id);
-        if ((rc = model_load(&s->m, cfg->model_path, NULL, err)) ||
-            (rc = tokenizer_create_bytes(&s->tok, s->m->cfg.vocab_size, err)) ||
+        if ((rc = model_load_for_inference(&s->m, &s->tok, cfg->model_path, cfg->tokenizer, cfg->max_seq_len, err)) ||
             (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err))) {
             serve_server_destroy(&s);
             return rc;

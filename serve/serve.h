@@ -33,6 +33,8 @@
 typedef struct serve_config {
     char model_path[1024];  /* checkpoint to generate with; "" = none (reward model only) */
     char rm_path[1024];     /* reward model checkpoint; "" = none */
+    char tokenizer[1024];   /* "" = the model's own, "bytes", or a Hugging Face tokenizer directory */
+    int max_seq_len;        /* > 0: caps the model's context (KV cache per slot); 0 = the model's */
     char model_id[128];     /* id in /v1/models and responses; "" = file name without extension */
     char host[64];          /* default "127.0.0.1" */
     int port;               /* 0 = any free port (see serve_port) */

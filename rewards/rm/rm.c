@@ -32,7 +32,9 @@ static int rm_wrap(reward_model **out, model *m, int max_batch, rlhf_error *err)
         reward_model_destroy(&rm);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
-    if ((rc = tokenizer_create_bytes(&rm->tok, m->cfg.vocab_size, err)) ||
+    /* the tokenizer the base model came with (an HF directory's, or the one its checkpoint names) */
+    if ((rc = tokenizer_load_for_model(&rm->tok, m->tokenizer_dir ? m->tokenizer_dir : "bytes", NULL,
+                                       m->cfg.vocab_size, err)) ||
         (rc = model_trainer_create(&rm->tr, m, rm->max_B, rm->max_T, err))) {
         reward_model_destroy(&rm);
         return rc;
