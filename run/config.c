@@ -56,6 +56,7 @@ static const key_spec SPEC[] = {
     {"rl.publish_every", K_INT, 1, BIG, "1"},
     {"rl.steps", K_INT, 1, BIG, "100"},
     {"rl.checkpoint_every", K_INT, 1, BIG, "10"},
+    {"rl.export_hf", K_STR, 0, 0, "\"none\""},
     {"rl.seed", K_INT, 0, 9.0e15, "1"},
     {"generators", K_OBJ, 0, 0, "{}"},
     {"generators.count", K_INT, 1, 256, "1"},
@@ -307,6 +308,11 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     if (!strcmp(loss, "tis")) cfg->loss = RL_LOSS_TIS;
     else if (!strcmp(loss, "ppo_clip")) cfg->loss = RL_LOSS_PPO_CLIP;
     else FAIL_AT("rl.loss", "must be \"tis\" or \"ppo_clip\", got \"%s\"", loss);
+    const char *exp_hf = gets(doc, "rl.export_hf");
+    if (!strcmp(exp_hf, "none")) cfg->export_hf = RUN_EXPORT_HF_NONE;
+    else if (!strcmp(exp_hf, "bf16")) cfg->export_hf = RUN_EXPORT_HF_BF16;
+    else if (!strcmp(exp_hf, "f32")) cfg->export_hf = RUN_EXPORT_HF_F32;
+    else FAIL_AT("rl.export_hf", "must be \"none\", \"bf16\" or \"f32\", got \"%s\"", exp_hf);
     cfg->clip_eps = getf(doc, "rl.clip_eps");
     cfg->kl_beta = getf(doc, "rl.kl_beta");
     cfg->publish_every = geti(doc, "rl.publish_every");

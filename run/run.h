@@ -32,6 +32,7 @@ extern "C" {
 
 enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1 };
 enum { RUN_MODE_ASYNC = 0, RUN_MODE_SYNC = 1 };
+enum { RUN_EXPORT_HF_NONE = 0, RUN_EXPORT_HF_BF16 = 1, RUN_EXPORT_HF_F32 = 2 };
 /* generators.behaviour_logprobs: which log-prob of each sampled token a rollout group carries as
  * log mu, the behaviour policy of the updater's importance ratio pi_theta / mu (docs/ARCHITECTURE.md) */
 enum {
@@ -53,6 +54,8 @@ typedef struct run_config {
                                  * directory, else byte-level); "bytes"; or a directory holding tokenizer.json */
     int max_seq_len;            /* "model.max_seq_len": 0 = the model's; else caps it (an HF model's
                                  * max_position_embeddings sizes every KV cache and activation buffer) */
+    int export_hf;              /* "rl.export_hf": "none" | "bf16" | "f32": each checkpoint also as a
+                                 * Hugging Face directory, checkpoints/step_N/hf (RUN_EXPORT_HF_*) */
 
     /* "task" */
     char task_name[64];        /* "task.name": countdown | arith | custom */

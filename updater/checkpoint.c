@@ -56,6 +56,15 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
     if ((rc = model_save(ps->m, p, err))) return rc;
     snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
     if ((rc = adamw_save(ps->opt, p, err))) return rc;
+    if (ps->cfg && ps->cfg->export_hf != RUN_EXPORT_HF_NONE) {
+        /* the same weights as a Hugging Face directory, to serve or evaluate elsewhere */
+        snprintf(p, sizeof p, "%s/hf", tmp);
+        model_export_options eo = {
+            .dtype = ps->cfg->export_hf == RUN_EXPORT_HF_BF16 ? SAFETENSORS_BF16 : SAFETENSORS_F32,
+            .tokenizer_from = ps->m->tokenizer_dir,
+        };
+        if ((rc = model_export_hf(ps->m, p, &eo, err))) return rc;
+    }
     json_t *s = json_object();
     json_object_set_new(s, "step", json_integer(ps->step));
     json_object_set_new(s, "policy_version", json_integer((json_int_t)ps->version));
