@@ -37,6 +37,9 @@ static void bench_usage(FILE *f) {
     fprintf(f, "usage: bench_model_sample [--dim 288] [--layers 6] [--heads 6] [--kv-heads H] [--ffn 768]\n"
                "         [--vocab 32000] [--untied] [--prompt-len 8] [--new-tokens 256] [--batch 64]\n"
                "         [--threads N] [--repeats 3] [--weights fp32|bf16] [--read-rate] [--llama2c-out PATH] [--cpu-name]\n"
+               "         [--model PATH]\n"
+               "  --model PATH        sample from this checkpoint or Hugging Face model directory (its shape; the\n"
+               "                      shape options are then ignored) instead of random weights\n"
                "  --read-rate         also measure the memory read rate and the single-stream bound it sets\n"
                "  --weights bf16      the samplers hold bf16 weights (default fp32); RLHF_ISA=ref|avx2|avx512 forces the\n"
                "                      kernels (default: the best this CPU runs)\n"
@@ -264,7 +267,7 @@ int main(int argc, char **argv) {
     model_config c = {.dim = 288, .n_layers = 6, .n_heads = 6, .n_kv_heads = 0, .ffn_dim = 768, .vocab_size = 32000,
                       .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tie_embeddings = 1};
     int prompt_len = 8, new_tokens = 256, batch = 64, threads = 0, repeats = 3, show_cpu = 0;
-    const char *llama2c_out = NULL;
+    const char *llama2c_out = NULL, *model_path = NULL;
     sampler_weights weights = SAMPLER_WEIGHTS_FP32;
     int read_rate = 0;
     rlhf_error werr = {0};
@@ -293,6 +296,14 @@ int main(int argc, char **argv) {
                 return 2;
             }
             i++;
+            continue;
+        }
+        if (!strcmp(a, "--model")) {
+            if (i + 1 >= argc || !argv[i + 1][0]) {
+                fprintf(stderr, "%s: error: --model needs a path\n", prog);
+                return 2;
+            }
+            model_path = argv[++i];
             continue;
         }
         if (!strcmp(a, "--llama2c-out")) {
@@ -338,7 +349,14 @@ int main(int argc, char **argv) {
     model *m = NULL;
     sampler *single = NULL, *batched = NULL;
     int32_t *prompt = NULL;
-    int rc = model_create(&m, &c, &err);
+    int rc;
+    if (model_path) {
+        model_load_options lo = {.max_seq_len = prompt_len + new_tokens};
+        rc = model_load_with(&m, model_path, &lo, &err);
+        if (!rc) c = m->cfg;
+    } else {
+        rc = model_create(&m, &c, &err);
+    }
     sampler_options o1 = {.max_batch = 1, .weights = weights}, ob = {.max_batch = batch, .weights = weights};
     if (!rc) rc = sampler_create_with(&single, m, &o1, &err);
     if (!rc) rc = sampler_create_with(&batched, m, &ob, &err);
@@ -348,7 +366,7 @@ int main(int argc, char **argv) {
         sampler_destroy(&single);
         return 1;
     }
-    model_init_random(m, 1234);
+    if (!model_path) model_init_random(m, 1234);
     if (llama2c_out && write_llama2c(m, llama2c_out, prog)) {
         sampler_destroy(&single);
         sampler_destroy(&batched);
