@@ -4,10 +4,10 @@ CMD_SRCS += $(wildcard model/*_cli.c)
 HEADERS  += model/model.h model/model_train.h model/model_infer.h
 # Hugging Face tokenizers: PCRE2 (JIT, UTF/UCP) for pre-tokenizer regexes, utf8proc for NFC.
 LDLIBS   += -lpcre2-8 -lutf8proc
-# Two test binaries: training numerics, and inference (tokenizer, checkpoints, sampling).
-# Tokenizers are a third: their oracle is Hugging Face's `tokenizers` (node) over a generated corpus.
+# Test binaries: training numerics; inference (byte tokenizer, checkpoints, sampling);
+# Hugging Face tokenizers, whose oracle is Hugging Face's `tokenizers` (node) over a generated corpus.
 TESTS    += test_model_train test_model_infer test_model_tokenizer
-SAN_TESTS += test_model_train test_model_infer
+SAN_TESTS += test_model_train test_model_infer test_model_tokenizer
 test_model_train_SRCS = $(wildcard tests/model_train/*.c)
 test_model_infer_SRCS = $(wildcard tests/model_infer/*.c)
 # Hugging Face directories against the PyTorch oracle tests/oracle/hf_fixture.py.

@@ -537,16 +537,31 @@ static int build_decoder_table(loader *L, tokenizer *t) {
         int32_t id = (int32_t)json_integer_value(v);
         str[id] = k, len[id] = strlen(k);
     }
-    for (int i = 0; i < b->n_added; i++) { /* special: nothing; others: their content */
+    /* special: nothing; others: their content, normalized when they match normalized text (Hugging Face
+     * decodes them as that: Llama-2's "World" -> "▁World" -> " World") */
+    char **norm_content = calloc(b->n_added + 1, sizeof *norm_content);
+    if (!norm_content) goto oom;
+    for (int i = 0; i < b->n_added; i++) {
         tokenizer_added *a = &b->added[i];
         str[a->id] = a->special ? NULL : a->content;
         len[a->id] = a->special ? 0 : a->len;
+        if (!a->special && a->normalized && b->n_norm) {
+            int rc = tokenizer_bpe_normalize(b, a->content, a->len, &norm_content[i], &len[a->id], L->err);
+            if (rc) {
+                for (int k = 0; k < i; k++) free(norm_content[k]);
+                free(norm_content), free(str), free(len);
+                return rc;
+            }
+            str[a->id] = norm_content[i];
+        }
     }
     for (int i = 0; i < V; i++) total += len[i], longest = len[i] > longest ? len[i] : longest;
     b->dec_pool = malloc(total + 1);
     char *scratch = malloc(8 * longest + 16);
     if (!b->dec_pool || !scratch) {
         free(scratch);
+        for (int i = 0; i < b->n_added; i++) free(norm_content[i]);
+        free(norm_content);
         goto oom;
     }
     size_t off = 0;
@@ -558,7 +573,8 @@ static int build_decoder_table(loader *L, tokenizer *t) {
         off += m;
     }
     b->dec_off[V] = (uint32_t)off;
-    free(scratch), free(str), free(len);
+    for (int i = 0; i < b->n_added; i++) free(norm_content[i]);
+    free(norm_content), free(scratch), free(str), free(len);
     return 0;
 oom:
     free(str), free(len);
@@ -733,6 +749,7 @@ static int load_added(loader *L, tokenizer *t, const json_t *arr) {
     size_t n = json_array_size(arr), i;
     if (!(b->added = calloc(n + 1, sizeof *b->added))) return BAD(L, RLHF_ENOMEM, "out of memory");
     json_t *a;
+    int64_t n_vocab = (int64_t)json_object_size(L->vocab_json), max_added = -1;
     json_array_foreach(arr, i, a) {
         const json_t *id = json_object_get(a, "id"), *c = json_object_get(a, "content");
         if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= (1 << 28) || !json_is_string(c) ||
@@ -742,6 +759,16 @@ static int load_added(loader *L, tokenizer *t, const json_t *arr) {
         x->id = (int32_t)json_integer_value(id);
         x->content = dup_n(json_string_value(c), x->len = json_string_length(c));
         if (!x->content) return BAD(L, RLHF_ENOMEM, "out of memory");
+        /* Hugging Face gives an added token the vocab's id when its content is a vocab entry (whatever
+         * "id" says), else the next id after the vocab and the added tokens so far; a file whose "id"
+         * disagrees with the latter would not encode as it says, so it is refused. */
+        const json_t *in_vocab = json_object_get(L->vocab_json, x->content);
+        int32_t hf_id = (int32_t)(max_added >= n_vocab ? max_added + 1 : n_vocab);
+        if (json_is_integer(in_vocab)) x->id = (int32_t)json_integer_value(in_vocab);
+        else if (x->id != hf_id)
+            return BAD(L, RLHF_ECORRUPT, "%s: added_tokens[%zu] \"%s\" has id %d, but Hugging Face assigns it %d", L->file,
+                       i, x->content, x->id, hf_id);
+        if (x->id > max_added) max_added = x->id;
         int f[5], rc;
         const char *names[5] = {"special", "lstrip", "rstrip", "normalized", "single_word"};
         char where[48];

@@ -57,7 +57,7 @@ static int sb_append(enc_ctx *c, const char *s, size_t n, uint32_t *off) {
         c->sb = p;
         c->sb_cap = nc;
     }
-    if (s) memcpy(c->sb + c->sb_len, s, n);
+    if (s && n) memcpy(c->sb + c->sb_len, s, n);
     *off = (uint32_t)c->sb_len;
     c->sb_len += n;
     return 0;
@@ -110,8 +110,20 @@ static int is_ws(uint32_t c) {
            c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
+/* A regex \w character (Hugging Face's single_word test): letters, marks, decimal digits, letter numbers,
+ * connector punctuation, joiners. */
 static int is_word_char(uint32_t c) {
-    return (c < 0x80 && ((c | 32) - 'a' < 26 || c - '0' < 10 || c == '_')) || (c >= 0x80 && !is_ws(c));
+    if (c < 0x80) return (c | 32) - 'a' < 26 || c - '0' < 10 || c == '_';
+    if (c == 0x200C || c == 0x200D) return 1;
+    if (c > 0x10FFFF) return 0;
+    switch (utf8proc_category((utf8proc_int32_t)c)) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT: case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* The character ending at s[end) (its start in *start). */

