@@ -299,6 +299,32 @@ static double res_loss(void *p) {
     return dot_rd(c->out, c->r, c->n);
 }
 
+/* bias: forward adds the same vector to every row; backward adds the column sums (a parallel path and a
+ * partial column chunk at 200 x 100, a serial one at 3 x 5), onto what dbias already holds */
+static void test_bias(void) {
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 12);
+    int shapes[2][2] = {{200, 100}, {3, 5}};
+    for (int k = 0; k < 2; k++) {
+        int N = shapes[k][0], OC = shapes[k][1];
+        size_t n = (size_t)N * OC;
+        float *x = rand_buf(&rng, n, 1.0f), *b = rand_buf(&rng, OC, 1.0f), *dy = rand_buf(&rng, n, 1.0f);
+        float *y1 = malloc(n * sizeof(float)), *y2 = malloc(n * sizeof(float));
+        memcpy(y1, x, n * sizeof(float));
+        memcpy(y2, x, n * sizeof(float));
+        bias_forward(y1, b, N, OC);
+        bias_forward_ref(y2, b, N, OC);
+        CU_ASSERT(memcmp(y1, y2, n * sizeof(float)) == 0);
+        CU_ASSERT(y1[(size_t)(N - 1) * OC + 2] == x[(size_t)(N - 1) * OC + 2] + b[2]);
+        float *db1 = rand_buf(&rng, OC, 1.0f), *db2 = malloc(OC * sizeof(float));
+        memcpy(db2, db1, OC * sizeof(float));
+        bias_backward(db1, dy, N, OC);
+        bias_backward_ref(db2, dy, N, OC);
+        CU_ASSERT(rel_err(db1, db2, OC) < SAME_TOL);
+        free(x), free(b), free(dy), free(y1), free(y2), free(db1), free(db2);
+    }
+}
+
 static void test_swiglu_residual(void) {
     rlhf_rng rng;
     rlhf_rng_seed(&rng, 8);
@@ -466,6 +492,7 @@ void register_ops_suite(void) {
     CU_add_test(s, "attention MHA fast == ref, causal, finite differences", test_attention_mha);
     CU_add_test(s, "attention GQA (6 heads, 2 kv) fast == ref, finite differences", test_attention_gqa);
     CU_add_test(s, "attention MQA T=33 fast == ref, finite differences", test_attention_mqa_long);
+    CU_add_test(s, "bias forward/backward fast == ref (parallel and serial, accumulating)", test_bias);
     CU_add_test(s, "swiglu and residual, backward == finite differences", test_swiglu_residual);
     CU_add_test(s, "logsoftmax logp+entropy weights, masked rows, finite differences", test_logsoftmax);
     CU_add_test(s, "overwrite mode (acc=0) ignores stale gradient contents", test_overwrite_mode);
