@@ -56,7 +56,7 @@ typedef struct model_kernels {
     double (*exp_shifted)(float *e, const float *x, int n, float shift, float scale);
     float (*max_value)(const float *x, int n); /* n >= 1 */
     float (*sum16)(const float *x);           /* x[0] + ... + x[15] */
-    /* y (C) = x (C) / rms(x) * w (C) */
+    /* y (C) = x (C) / rms(x) * w (C); y may be x (the q/k norms run in place) */
     void (*rmsnorm)(float *y, const float *x, const float *w, int C, float eps);
     /* In place on v (NH, D): rotate pairs (i, i + D/2) of every head by the angles whose cosines and sines
      * are c, s (D/2) (HF rotate_half). */

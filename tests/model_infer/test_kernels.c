@@ -209,6 +209,10 @@ static void test_elementwise(void) {
         k->rmsnorm(y, x, w, C, 1e-5f);
         model_kernels_ref.rmsnorm(y_ref, x, w, C, 1e-5f);
         CU_ASSERT(close_all(y, y_ref, (size_t)C + 1, 1e-5));
+        /* in place (the sampler's per-head q/k norms): the same values as out of place */
+        memcpy(u, x, ((size_t)C + 1) * sizeof(float));
+        k->rmsnorm(u, u, w, C, 1e-5f);
+        CU_ASSERT(memcmp(u, y, (size_t)C * sizeof(float)) == 0);
         /* swiglu over gate values far into both tails of the sigmoid */
         fill_normal(y, (size_t)C, &g, 40.0f);
         memcpy(y_ref, y, (size_t)C * sizeof(float));
