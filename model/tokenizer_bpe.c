@@ -735,6 +735,10 @@ static int load_model(loader *L, tokenizer *t, const json_t *model) {
         if (b->byte_fallback && b->fallback_id[c] < 0)
             return BAD(L, RLHF_ECORRUPT, "%s: model.byte_fallback is set but model.vocab lacks %s", L->file, name);
     }
+    for (int c = 0; c < 128; c++) {
+        char ch = (char)c;
+        b->ascii_id[c] = tokenizer_strmap_get(&b->vocab, &ch, 1);
+    }
     const json_t *unk = json_object_get(model, "unk_token");
     b->unk_id = -1;
     if (json_is_string(unk) && (b->unk_id = tokenizer_strmap_get(&b->vocab, json_string_value(unk), json_string_length(unk))) < 0)

@@ -182,6 +182,7 @@ int tokenizer_bpe_normalize(const tokenizer_bpe *b, const char *text, size_t len
         cur = next, n = nn;
     }
     if (!cur) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    cur[n] = 0; /* every buffer above has room for it */
     *out = cur;
     *out_len = n;
     return 0;
@@ -310,7 +311,7 @@ static int bpe_word(enc_ctx *c, const char *s, size_t n) {
     } else {
         for (size_t i = 0; i < n;) {
             size_t k = u8len(u + i, n - i);
-            int32_t id = tokenizer_strmap_get(&b->vocab, s + i, k);
+            int32_t id = k == 1 && u[i] < 0x80 ? b->ascii_id[u[i]] : tokenizer_strmap_get(&b->vocab, s + i, k);
             if (id >= 0) rc = add_sym(c, &ns, id, (int32_t)k);
             else if (b->byte_fallback)
                 for (size_t j = 0; j < k && !rc; j++) rc = add_sym(c, &ns, b->fallback_id[u[i + j]], 1);

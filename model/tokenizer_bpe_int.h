@@ -71,6 +71,7 @@ typedef struct tokenizer_bpe {
     tokenizer_strmap vocab;
     int32_t byte_id[256];  /* byte-level: the id of each single byte */
     int32_t fallback_id[256]; /* byte_fallback: the id of <0xNN>, -1 missing */
+    int32_t ascii_id[128];    /* SentencePiece: the id of each one-character ASCII token (-1 none) */
     int byte_level;        /* words are raw bytes with one initial symbol per byte */
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t unk_id;
