@@ -51,7 +51,8 @@ enum { TOKENIZER_MAX_EOS = 8 };
 struct tokenizer {
     const tokenizer_ops *ops;
     void *impl;      /* implementation state (NULL for bytes) */
-    int vocab_size;  /* ids are 0..vocab_size-1; equals the model's vocab_size */
+    int vocab_size;  /* ids are 0..vocab_size-1; "bytes": the model's vocab_size; "bpe": the tokenizer's
+                      * (may be below the model's; a caller may raise it, extra ids decode to nothing) */
     int32_t bos_id, eos_id, pad_id; /* -1 when the tokenizer has none */
     /* Every id that ends a completion (eos_id first; a model's generation config may name more, e.g.
      * Llama-3's <|eot_id|> beside <|end_of_text|>). */
@@ -92,7 +93,9 @@ int tokenizer_create_hf(tokenizer **out, const char *dir, rlhf_error *err);
 int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids_out, int *n_out,
                      rlhf_error *err);
 /* ids -> malloc'd NUL-terminated bytes (special/unused ids contribute nothing; out-of-range ids are an
- * error). The result is raw bytes and need not be valid UTF-8. */
+ * error). The result is raw bytes and need not be valid UTF-8. The ids are one sequence: a
+ * SentencePiece tokenizer drops the space its first piece starts with (Hugging Face's Strip decoder),
+ * so decode token by token with a tokenizer_stream, not token_bytes, to get the same text. */
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n, char **text_out, size_t *len_out,
                      rlhf_error *err);
 /* The text of special token `id` (e.g. "<|im_end|>"), which decoding leaves out; NULL when `id` is
