@@ -10,6 +10,10 @@
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).
  *
+ * Why one file of ~1,000 lines: the forward step, the slot bookkeeping of continuous batching and the
+ * per-request sampling and stop rules all work on the same private sampler state; the parts that
+ * stand alone already live elsewhere (kernels*.c, sampler_ref.c, sampler_int.h).
+ *
  * Sampling of each sequence draws from its own RNG stream (one uniform per token), and no kernel
  * lets one row's arithmetic depend on the others or on the thread count, so a sequence's tokens
  * depend on its seed and the weights only, not on its batch neighbours.
