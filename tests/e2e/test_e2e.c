@@ -16,7 +16,6 @@
 #include <CUnit/CUnit.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -29,6 +28,7 @@
 
 #include "broker/broker.h"
 #include "common/common.h"
+#include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
 static char g_dir[64];
@@ -214,11 +214,7 @@ static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_e2e_XXXXXX");
     if (!mkdtemp(g_dir)) return -1;
     /* the rlhf binary of this build: BUILD/tests/test_e2e -> BUILD/bin/rlhf */
-    char self[1024];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return -1;
-    self[n] = 0;
-    snprintf(g_rlhf, sizeof g_rlhf, "%s/../bin/rlhf", dirname(self));
+    if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf)) return -1;
     if (access(g_rlhf, X_OK) != 0) return -1;
     char p[256], lines[2048] = "";
     for (int i = 0; i < 16; i++) {
@@ -232,11 +228,7 @@ static int suite_init(void) {
 
 /* Removes the scratch directory when every check passed (kept for a look otherwise). */
 static int suite_cleanup(void) {
-    if (CU_get_number_of_failures() == 0 && g_dir[0]) {
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-        if (system(cmd) != 0) return 0;
-    }
+    if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
     return 0;
 }
 

@@ -10,7 +10,6 @@
  *                        min-p on model_reference_logits) with "sampling", and the temperature-1 log-softmax
  *                        with "policy". */
 #include <CUnit/CUnit.h>
-#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,7 @@
 #include "broker/broker.h"
 #include "common/common.h"
 #include "model/model.h"
+#include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
 static char g_dir[64];
@@ -30,11 +30,7 @@ static char g_rlhf[1024];
 static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_gen_XXXXXX");
     if (!mkdtemp(g_dir)) return -1;
-    char self[1024];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return -1;
-    self[n] = 0;
-    snprintf(g_rlhf, sizeof g_rlhf, "%s/../bin/rlhf", dirname(self));
+    if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf)) return -1;
     if (access(g_rlhf, X_OK) != 0) return -1;
     char p[256];
     snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
@@ -45,11 +41,7 @@ static int suite_init(void) {
 }
 
 static int suite_cleanup(void) {
-    if (CU_get_number_of_failures() == 0 && g_dir[0]) {
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-        if (system(cmd) != 0) return 0;
-    }
+    if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
     return 0;
 }
 

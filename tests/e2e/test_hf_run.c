@@ -13,7 +13,6 @@
  *     - `rlhf replay` of the log trains the same steps again;
  *     - a tokenizer whose ids do not fit the model's vocabulary is refused before anything starts. */
 #include <CUnit/CUnit.h>
-#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,11 +74,7 @@ static long last_step(const char *run_dir) {
 static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_hfrun_XXXXXX");
     if (!mkdtemp(g_dir)) return -1;
-    char self[1024];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return -1;
-    self[n] = 0;
-    snprintf(g_rlhf, sizeof g_rlhf, "%s/../bin/rlhf", dirname(self));
+    if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf)) return -1;
     if (access(g_rlhf, X_OK) != 0) return -1;
     /* prompts of the easy task, and a corpus to learn merges from ("q12:", " 345", "digits") */
     char p[512], cmd[2048];
@@ -120,11 +115,7 @@ static int suite_init(void) {
 }
 
 static int suite_cleanup(void) {
-    if (CU_get_number_of_failures() == 0 && g_dir[0]) {
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-        if (system(cmd) != 0) return 0;
-    }
+    if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
     return 0;
 }
 
