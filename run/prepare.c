@@ -85,7 +85,7 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     if ((rc = reward_pipeline_create(&pipe, cfg->rewards, w, err))) return rc;
     reward_pipeline_destroy(&pipe);
 
-    int seq;
+    int seq, both_bias_and_qk_norm;
     if (cfg->base_checkpoint[0]) {
         model *m = NULL;
         if ((rc = run_load_base(cfg, &m, err))) return rc;
@@ -93,11 +93,13 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
         rc = run_load_tokenizer(cfg, m, &tok, err);
         tokenizer_destroy(&tok);
         seq = m->cfg.max_seq_len;
+        both_bias_and_qk_norm = m->cfg.attn_bias && m->cfg.qk_norm;
         model_destroy(&m);
         if (rc) return rc;
     } else {
         model_config arch;
         if ((rc = model_config_parse(&arch, cfg->arch, "model.arch", err))) return rc;
+        both_bias_and_qk_norm = arch.attn_bias && arch.qk_norm;
         if (cfg->max_seq_len > 0 && cfg->max_seq_len < arch.max_seq_len) arch.max_seq_len = cfg->max_seq_len;
         seq = arch.max_seq_len;
         /* the tokenizer the run will use must fit the vocabulary the base model will be created with */
@@ -111,6 +113,11 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
         }
     }
     if (seq < 8) return rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint, "max_seq_len %d is too short", seq);
+    /* found now, not at the first checkpoint: no Hugging Face architecture has both */
+    if (cfg->export_hf != RUN_EXPORT_HF_NONE && both_bias_and_qk_norm)
+        return rlhf_error_set(err, RLHF_EINVAL, "rl.export_hf",
+                              "the model has both q/k/v biases and q/k norms, which no Hugging Face architecture "
+                              "has: it cannot be exported");
 
     /* broker: what the rest of the config already says, unless the broker section says otherwise */
     json_t *b = cfg->broker;

@@ -266,6 +266,12 @@ static void test_hf_bpe_run(void) {
     const char *ba[] = {"run", bad, "--quiet", "--set", q, NULL};
     CU_ASSERT_NOT_EQUAL(run_cmd(log, ba, 30), 0);
     CU_ASSERT(file_contains(log, "but the model's vocabulary only 300"));
+    /* a model no Hugging Face architecture describes cannot ask for HF checkpoints: refused up front */
+    const char *bb[] = {"run", bad, "--quiet", "--set", "model.base_checkpoint=\"\"", "--set",
+                        "model.arch={\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":300,"
+                        "\"max_seq_len\":24,\"attn_bias\":true,\"qk_norm\":true}", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, bb, 30), 0);
+    CU_ASSERT(file_contains(log, "rl.export_hf"));
     snprintf(p, sizeof p, "%s/bad/metrics.jsonl", g_dir);
     CU_ASSERT(access(p, F_OK) != 0);
 }
