@@ -221,7 +221,10 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
     if (zmq_bind(b->router, cfg->endpoint) != 0) {
-        rc = rlhf_error_set(err, RLHF_EIO, "broker.endpoint", "cannot bind %s: %s", cfg->endpoint, zmq_strerror(errno));
+        /* a port in use may free up (a restart may help); any other refusal is the value's fault */
+        int e = errno;
+        rc = rlhf_error_set(err, e == EADDRINUSE ? RLHF_EIO : RLHF_EINVAL, "broker.endpoint", "cannot bind %s: %s",
+                            cfg->endpoint, zmq_strerror(e));
         goto fail;
     }
     if (cfg->replay_path[0]) {

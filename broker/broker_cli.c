@@ -12,6 +12,13 @@ static void on_signal(int sig) {
     g_stop_signal = 1;
 }
 
+/* The exit status class of a failed broker (docs/RUNNING.md): an endpoint it cannot bind is a config
+ * error (broker.c), a full disk under the replay log an environment error; 1 (transient) otherwise. */
+static int broker_exit_status(const rlhf_error *err) {
+    int st = rlhf_exit_status(err);
+    return st == RLHF_EXIT_OK ? RLHF_EXIT_TRANSIENT : st;
+}
+
 static const char broker_usage[] =
     "usage: rlhf broker --config RUN_CONFIG.json [--run-dir DIR] [--endpoint URL]\n"
     "  Runs the broker with the run config's \"broker\" section (docs/BROKER.md).\n"
@@ -33,12 +40,12 @@ int cmd_broker(int argc, char **argv) {
         json_t *root = rlhf_json_load_file(config, JSON_REJECT_DUPLICATES, &err);
         if (!root) {
             rlhf_error_print("rlhf broker", &err);
-            return 1;
+            return err.code == RLHF_EIO ? rlhf_exit_status(&err) : RLHF_EXIT_CONFIG;
         }
         if (!json_is_object(root)) {
             fprintf(stderr, "rlhf broker: error: %s: the run config must be a JSON object\n", config);
             json_decref(root);
-            return 1;
+            return RLHF_EXIT_CONFIG;
         }
         int rc = broker_config_parse(&cfg, json_object_get(root, "broker"), "broker", &err);
         json_decref(root);
@@ -47,7 +54,7 @@ int cmd_broker(int argc, char **argv) {
             snprintf(where, sizeof where, "%s", err.where);
             snprintf(err.where, sizeof err.where, "%.*s: %.*s", 120, config, 120, where);
             rlhf_error_print("rlhf broker", &err);
-            return 1;
+            return RLHF_EXIT_CONFIG;
         }
     }
     if (endpoint) snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
@@ -57,8 +64,9 @@ int cmd_broker(int argc, char **argv) {
     int rc = broker_create(&b, &cfg, run_dir, &err);
     broker_config_free(&cfg);
     if (rc) {
+        /* the exit status tells the launcher whether a restart can help (docs/RUNNING.md) */
         rlhf_error_print("rlhf broker", &err);
-        return 1;
+        return broker_exit_status(&err);
     }
     rc = broker_run(b, &g_stop_signal, &err);
     json_t *s = broker_stats(b);
@@ -69,7 +77,7 @@ int cmd_broker(int argc, char **argv) {
     broker_destroy(&b);
     if (rc) {
         rlhf_error_print("rlhf broker", &err);
-        return 1;
+        return broker_exit_status(&err);
     }
     return 0;
 }

@@ -8,7 +8,14 @@
  *     replay log from the checkpoint's offset, so accepted rollouts are not lost;
  *   - a broker that dies is restarted; it reopens the append-only replay log.
  * The run ends when the updater exits 0 after rl.steps steps. SIGINT/SIGTERM: the updater is asked
- * to stop (it writes a final checkpoint), then generators and broker are stopped. */
+ * to stop (it writes a final checkpoint), then generators and broker are stopped.
+ *
+ * Supervision reads each exit status as a class (RLHF_EXIT_*, common/common.h; docs/RUNNING.md "When
+ * things go wrong"): config (2), environment (3) and plugin (4) failures repeat at every restart, so
+ * the first one stops the whole run and its cause is printed once (process, status, the last lines of
+ * its log, the file or key it names); anything else (exit 1, a signal) is transient: the process is
+ * restarted after an exponential backoff, and a crash loop (RESTART_QUICK_MAX quick deaths in a row)
+ * stops the run. Every restart and stop is one line of RUN_DIR/restarts.jsonl. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -35,7 +42,18 @@ typedef struct child {
     pid_t pid;
     int restarts;
     double started;
+    int quick;         /* deaths in a row, each within RESTART_QUICK_S of its start */
+    double restart_at; /* > 0: dead, to be started again at this rlhf_now() */
 } child;
+
+/* A child that lived less than this died "quickly"; its next restart waits twice as long as the last,
+ * from RESTART_DELAY0_S up to RESTART_DELAY_MAX_S; RESTART_QUICK_MAX quick deaths in a row is a crash
+ * loop and stops the run (about a minute and a half of trying). A child that ran longer starts over. */
+#define RESTART_QUICK_S 30.0
+#define RESTART_DELAY0_S 0.25
+#define RESTART_DELAY_MAX_S 30.0
+#define RESTART_QUICK_MAX 8
+#define RESTART_TOTAL_MAX 50
 
 static int spawn(child *c, const char *run_dir, rlhf_error *err) {
     char log_path[2048];
@@ -85,10 +103,97 @@ static void child_free(child *c) {
 }
 
 static const char *status_text(int st, char *buf, size_t n) {
-    if (WIFEXITED(st)) snprintf(buf, n, "exit %d", WEXITSTATUS(st));
-    else if (WIFSIGNALED(st)) snprintf(buf, n, "signal %d", WTERMSIG(st));
+    if (WIFEXITED(st))
+        snprintf(buf, n, "exit status %d (%s)", WEXITSTATUS(st), rlhf_exit_class_name(WEXITSTATUS(st)));
+    else if (WIFSIGNALED(st)) {
+        const char *abbrev = sigabbrev_np(WTERMSIG(st));
+        snprintf(buf, n, "signal %d (SIG%s)", WTERMSIG(st), abbrev ? abbrev : "?");
+    }
     else snprintf(buf, n, "status %d", st);
     return buf;
+}
+
+/* 1 when a child's wait status is one a restart cannot cure: the config, environment and plugin
+ * classes. Exit 1, other codes (127: exec failed) and signals are transient. */
+static int status_fatal(int st) {
+    if (!WIFEXITED(st)) return 0;
+    int c = WEXITSTATUS(st);
+    return c == RLHF_EXIT_CONFIG || c == RLHF_EXIT_ENV || c == RLHF_EXIT_PLUGIN;
+}
+
+static const char *class_meaning(int st) {
+    if (WIFSIGNALED(st)) return "killed by a signal";
+    switch (WIFEXITED(st) ? WEXITSTATUS(st) : -1) {
+    case RLHF_EXIT_CONFIG: return "a configuration error: fix the config or the --set value";
+    case RLHF_EXIT_ENV: return "an environment error: disk space, permissions or a missing file";
+    case RLHF_EXIT_PLUGIN: return "a reward plugin crashed";
+    default: return "a transient failure";
+    }
+}
+
+/* One line of RUN_DIR/restarts.jsonl: what ended, how, and what the launcher did about it. */
+static void log_supervision(const char *run_dir, const child *c, pid_t pid, int st, const char *action,
+                            double delay_s) {
+    json_t *r = json_object();
+    json_object_set_new(r, "time", json_real(rlhf_wall_time()));
+    json_object_set_new(r, "process", json_string(c->name));
+    json_object_set_new(r, "pid", json_integer(pid));
+    if (WIFEXITED(st)) {
+        json_object_set_new(r, "exit_status", json_integer(WEXITSTATUS(st)));
+        json_object_set_new(r, "class", json_string(rlhf_exit_class_name(WEXITSTATUS(st))));
+    } else if (WIFSIGNALED(st)) {
+        json_object_set_new(r, "signal", json_integer(WTERMSIG(st)));
+        json_object_set_new(r, "class", json_string("signal"));
+    }
+    json_object_set_new(r, "action", json_string(action));
+    json_object_set_new(r, "restarts", json_integer(c->restarts));
+    if (delay_s >= 0) json_object_set_new(r, "delay_s", json_real(delay_s));
+    json_object_set_new(r, "uptime_s", json_real(rlhf_now() - c->started));
+    char path[2048];
+    snprintf(path, sizeof path, "%s/restarts.jsonl", run_dir);
+    char *line = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    FILE *f = fopen(path, "a");
+    if (f && line) fprintf(f, "%s\n", line);
+    if (f) fclose(f);
+    free(line);
+    json_decref(r);
+}
+
+/* The cause of a fatal exit, printed once: the process, its status and class, the last lines of its log,
+ * and the file or key of its last "error: WHERE: message" line. */
+static void print_cause(const char *run_dir, const child *c, pid_t pid, int st) {
+    char why[96], path[2048];
+    status_text(st, why, sizeof why);
+    snprintf(path, sizeof path, "%s/logs/%s.log", run_dir, c->name);
+    fprintf(stderr, "\n[rlhf run] %s (pid %d) ended with %s: %s; stopping the run\n", c->name, (int)pid, why,
+            class_meaning(st));
+    char *text = NULL;
+    size_t n = 0;
+    if (rlhf_read_file(path, &text, &n, NULL)) {
+        fprintf(stderr, "[rlhf run]   (no log at %s)\n", path);
+        return;
+    }
+    while (n > 0 && text[n - 1] == '\n') text[--n] = 0;
+    const char *tail = text + n;
+    for (int lines = 0; tail > text && lines < 8;)
+        if (*--tail == '\n' && ++lines == 8) tail++;
+    fprintf(stderr, "[rlhf run]   last lines of %s:\n", path);
+    for (const char *l = tail; *l;) {
+        const char *e = strchr(l, '\n');
+        int len = e ? (int)(e - l) : (int)strlen(l);
+        fprintf(stderr, "[rlhf run]   | %.*s\n", len > 300 ? 300 : len, l);
+        l = e ? e + 1 : l + len;
+    }
+    /* the last "error: WHERE: ..." line names the file or key */
+    const char *last = NULL;
+    for (const char *p = text; (p = strstr(p, "error: ")) != NULL; p++) last = p + 7;
+    if (last) {
+        const char *end = strstr(last, ": ");
+        const char *nl = strchr(last, '\n');
+        if (end && (!nl || end < nl))
+            fprintf(stderr, "[rlhf run]   involves: %.*s\n", (int)(end - last), last);
+    }
+    free(text);
 }
 
 /* Waits up to `timeout` seconds for pid; SIGKILL after that. */
@@ -118,7 +223,7 @@ static void fmt_duration(char *buf, size_t n, double s) {
 }
 
 /* One progress line from the last metrics.jsonl record. */
-static void progress(const run_config *cfg, double t_start, int start_step, int tty) {
+static void progress(const run_config *cfg, double t_start, int start_step, int tty, int restarts) {
     char path[2048];
     snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run_dir);
     json_t *m = updater_metrics_last_record(path);
@@ -132,14 +237,23 @@ static void progress(const run_config *cfg, double t_start, int start_step, int 
     char eta[32];
     fmt_duration(eta, sizeof eta, per > 0 ? per * (cfg->steps - step) : -1);
     double pr = json_number_value(json_object_get(m, "pass_rate"));
+    char restarts_text[32] = "";
+    if (restarts) snprintf(restarts_text, sizeof restarts_text, "  restarts %d", restarts);
     fprintf(stderr,
             "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
-            "ETA %s   %s",
+            "ETA %s%s   %s",
             tty ? "\r" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr,
             json_number_value(json_object_get(m, "staleness/mean")),
             json_number_value(json_object_get(m, "gen/tokens_per_s")),
-            json_number_value(json_object_get(m, "train/tokens_per_s")), eta, tty ? "" : "\n");
+            json_number_value(json_object_get(m, "train/tokens_per_s")), eta, restarts_text, tty ? "" : "\n");
     json_decref(m);
+}
+
+/* The launcher's own exit status for a failure before any process starts: its class (2 config, 3
+ * environment), as the children's. */
+static int prestart_status(const rlhf_error *err) {
+    int st = rlhf_exit_status(err);
+    return st == RLHF_EXIT_OK ? RLHF_EXIT_TRANSIENT : st;
 }
 
 static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet]\n"
@@ -172,7 +286,7 @@ int cmd_run(int argc, char **argv) {
     run_config cfg;
     if (run_config_load(&cfg, config_path, sets, set.n, &err)) {
         rlhf_error_print("rlhf run", &err);
-        return 1;
+        return prestart_status(&err);
     }
     if (resume_dir && strcmp(cfg.run_dir, resume_dir) != 0) {
         /* the run directory moved: follow the directory given on the command line */
@@ -193,14 +307,14 @@ int cmd_run(int argc, char **argv) {
     if (run_prepare(&cfg, &err)) {
         rlhf_error_print("rlhf run", &err);
         run_config_free(&cfg);
-        return 1;
+        return prestart_status(&err);
     }
     char cfg_out[2048];
     snprintf(cfg_out, sizeof cfg_out, "%s/config.json", cfg.run_dir);
     if (run_config_write(&cfg, cfg_out, &err)) {
         rlhf_error_print("rlhf run", &err);
         run_config_free(&cfg);
-        return 1;
+        return prestart_status(&err);
     }
 
     int start_step = updater_latest_checkpoint_step(cfg.run_dir);
@@ -243,7 +357,7 @@ int cmd_run(int argc, char **argv) {
 
     int tty = isatty(2) && !quiet;
     double t_start = rlhf_now(), last_progress = 0;
-    int updater_done = 0, stopping = 0;
+    int updater_done = 0, stopping = 0, fatal = 0, total_restarts = 0;
     double stop_sent = 0;
     while (!updater_done) {
         if (g_stop_requested && !stopping) {
@@ -259,7 +373,7 @@ int cmd_run(int argc, char **argv) {
         int st;
         pid_t pid;
         while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-            char why[64];
+            char why[96];
             status_text(st, why, sizeof why);
             child *c = NULL;
             for (int i = 0; i < G + 2; i++)
@@ -277,56 +391,80 @@ int cmd_run(int argc, char **argv) {
                     fprintf(stderr, "[rlhf run] updater ended with %s while stopping\n", why);
                     break;
                 }
-                if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
-                    /* exit 2 = a configuration/input error: restarting would fail the same way */
-                    fprintf(stderr, "\n[rlhf run] updater failed (%s); see %s/logs/updater.log\n", why, cfg.run_dir);
-                    rc = 1;
-                    updater_done = 1;
-                    break;
-                }
             } else if (stopping) {
                 continue;
             }
-            if (c->restarts >= 50) {
-                fprintf(stderr, "\n[rlhf run] %s died %d times; giving up (see %s/logs/%s.log)\n", c->name,
-                        c->restarts, cfg.run_dir, c->name);
-                rc = 1;
+            if (status_fatal(st)) {
+                /* the same failure would come back at every restart: stop with its cause, once */
+                print_cause(cfg.run_dir, c, pid, st);
+                log_supervision(cfg.run_dir, c, pid, st, "stop", -1);
+                rc = WEXITSTATUS(st);
+                fatal = 1;
                 updater_done = 1;
                 break;
             }
+            double lived = rlhf_now() - c->started;
+            c->quick = lived < RESTART_QUICK_S ? c->quick + 1 : 1;
+            if (c->quick > RESTART_QUICK_MAX || c->restarts >= RESTART_TOTAL_MAX) {
+                print_cause(cfg.run_dir, c, pid, st);
+                fprintf(stderr, "[rlhf run] %s died %d times in a row within %.0f s of starting (%d restarts in all): "
+                                "giving up\n", c->name, c->quick, RESTART_QUICK_S, c->restarts);
+                log_supervision(cfg.run_dir, c, pid, st, "stop", -1);
+                rc = 1;
+                fatal = 1;
+                updater_done = 1;
+                break;
+            }
+            double delay = RESTART_DELAY0_S;
+            for (int q = 1; q < c->quick && delay < RESTART_DELAY_MAX_S; q++) delay *= 2;
+            if (delay > RESTART_DELAY_MAX_S) delay = RESTART_DELAY_MAX_S;
             c->restarts++;
-            fprintf(stderr, "\n[rlhf run] %s (pid %d) ended with %s: restarting (restart #%d)\n", c->name, pid, why,
-                    c->restarts);
-            if (c != upd && rlhf_now() - c->started < 1.0) usleep(500000); /* crash loop: back off */
+            total_restarts++;
+            c->restart_at = rlhf_now() + delay;
+            fprintf(stderr, "\n[rlhf run] %s (pid %d) ended with %s: %s; restarting in %.2g s (restart #%d)\n",
+                    c->name, (int)pid, why, class_meaning(st), delay, c->restarts);
+            log_supervision(cfg.run_dir, c, pid, st, "restart", delay);
+        }
+        if (updater_done) break;
+        /* restarts whose backoff has passed */
+        for (int i = 0; i < G + 2 && !stopping; i++) {
+            child *c = &kids[i];
+            if (c->restart_at <= 0 || rlhf_now() < c->restart_at) continue;
+            c->restart_at = 0;
             if (spawn(c, cfg.run_dir, &err)) goto fail;
             if (c == broker) {
                 /* the new broker knows no peers: tell everyone to connect and say HELLO again */
                 usleep(300000);
-                for (int i = 1; i < G + 2; i++)
-                    if (kids[i].pid > 0) kill(kids[i].pid, SIGUSR1);
+                for (int j = 1; j < G + 2; j++)
+                    if (kids[j].pid > 0) kill(kids[j].pid, SIGUSR1);
             }
         }
         if (updater_done) break;
         double now = rlhf_now();
         if (!quiet && now - last_progress > (tty ? 1.0 : 15.0)) {
-            progress(&cfg, t_start, start_step, tty);
+            progress(&cfg, t_start, start_step, tty, total_restarts);
             last_progress = now;
         }
         usleep(50000);
     }
     if (!quiet) {
-        progress(&cfg, t_start, start_step, 0);
+        progress(&cfg, t_start, start_step, 0, total_restarts);
     }
     for (int g = 0; g < G; g++) stop_child(&gens[g], SIGTERM, 5);
     stop_child(upd, SIGTERM, 30);
     stop_child(broker, SIGTERM, 10);
     int final_step = updater_latest_checkpoint_step(cfg.run_dir);
-    if (stopping)
+    if (fatal)
+        fprintf(stderr, "[rlhf run] run stopped at step %d; after fixing the cause continue with: rlhf run --resume %s\n",
+                final_step < 0 ? 0 : final_step, cfg.run_dir);
+    else if (stopping)
         fprintf(stderr, "[rlhf run] stopped at step %d; continue with: rlhf run --resume %s\n", final_step,
                 cfg.run_dir);
     else if (!rc)
         fprintf(stderr, "[rlhf run] done: %d steps in %.1f s; checkpoints in %s/checkpoints/\n", final_step,
                 rlhf_now() - t_start, cfg.run_dir);
+    if (total_restarts)
+        fprintf(stderr, "[rlhf run] %d restart(s) during the run: %s/restarts.jsonl\n", total_restarts, cfg.run_dir);
     for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
     free(kids);
     run_config_free(&cfg);

@@ -57,6 +57,36 @@ const char *rlhf_strerror(int code) {
     }
 }
 
+int rlhf_exit_status(const rlhf_error *err) {
+    if (!err) return RLHF_EXIT_TRANSIENT;
+    switch (err->code) {
+    case RLHF_OK: return RLHF_EXIT_OK;
+    case RLHF_EINVAL:
+    case RLHF_EUNSUPPORTED: return RLHF_EXIT_CONFIG;
+    case RLHF_ECORRUPT: return RLHF_EXIT_ENV;
+    case RLHF_EIO:
+    case RLHF_ESYS: {
+        /* the errno is only in the message (strerror text): these say the machine, not chance, is at fault */
+        static const int env_errnos[] = {ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOENT, ENOTDIR};
+        for (size_t i = 0; i < sizeof env_errnos / sizeof env_errnos[0]; i++)
+            if (strstr(err->msg, strerror(env_errnos[i]))) return RLHF_EXIT_ENV;
+        return RLHF_EXIT_TRANSIENT;
+    }
+    default: return RLHF_EXIT_TRANSIENT;
+    }
+}
+
+const char *rlhf_exit_class_name(int status) {
+    switch (status) {
+    case RLHF_EXIT_OK: return "ok";
+    case RLHF_EXIT_TRANSIENT: return "transient";
+    case RLHF_EXIT_CONFIG: return "config";
+    case RLHF_EXIT_ENV: return "environment";
+    case RLHF_EXIT_PLUGIN: return "plugin";
+    default: return "unknown";
+    }
+}
+
 static int fsync_dir_of(const char *path) {
     char buf[4096];
     snprintf(buf, sizeof buf, "%s", path);

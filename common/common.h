@@ -50,6 +50,22 @@ void rlhf_error_clear(rlhf_error *err);
 void rlhf_error_print(const char *prog, const rlhf_error *err);
 const char *rlhf_strerror(int code);
 
+/* Exit status classes of every process of a run (the launcher's supervision reads them; documented in
+ * docs/RUNNING.md, "When things go wrong"). A signal is its own class (the shell's 128+N). */
+enum {
+    RLHF_EXIT_OK = 0,
+    RLHF_EXIT_TRANSIENT = 1, /* internal or transient failure: restarting may help */
+    RLHF_EXIT_CONFIG = 2,    /* usage or configuration error: restarting fails the same way */
+    RLHF_EXIT_ENV = 3,       /* environment: disk full, permission denied, missing file, corrupt file */
+    RLHF_EXIT_PLUGIN = 4,    /* a reward plugin / reward source crashed or failed */
+};
+/* The exit status class of a failure: EINVAL/EUNSUPPORTED -> CONFIG; ECORRUPT -> ENV; EIO/ESYS -> ENV
+ * when the message carries the text of ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOENT or ENOTDIR (every
+ * failing call site puts strerror(errno) in it), else TRANSIENT; everything else TRANSIENT. */
+int rlhf_exit_status(const rlhf_error *err);
+/* "transient", "config", "environment", "plugin" for 1..4; "ok" for 0; "unknown" otherwise. */
+const char *rlhf_exit_class_name(int status);
+
 /* CRC-32 (IEEE 802.3, reflected, as zlib's crc32). Chain with crc = rlhf_crc32(crc, ...), start 0.
  * Carry-less-multiply folding (512-bit VPCLMULQDQ, else PCLMULQDQ) when the CPU has it, chosen at run
  * time, else slicing by 8 (common/crc32.c). */

@@ -78,6 +78,8 @@ typedef struct generator_options {
     volatile const sig_atomic_t *stop;        /* may be NULL */
     volatile sig_atomic_t *reconnect;         /* may be NULL */
 } generator_options;
+/* Returns the process's exit status: 0 stopped cleanly, else an RLHF_EXIT_* class (common/common.h):
+ * 2 an unreadable or invalid config, 3 environment (missing base checkpoint, disk), 1 transient. */
 int generator_main(const generator_options *o, rlhf_error *err);
 
 /* gp <- the sampling settings of a run config: rl.k, generators.{temperature, top_p, top_k, min_p,

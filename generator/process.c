@@ -193,7 +193,9 @@ static int stream_before_step(void *ctx, rlhf_error *err) {
 
 int generator_main(const generator_options *o, rlhf_error *err) {
     run_process proc;
-    if (run_process_open(&proc, o->config_path, WIRE_ROLE_GENERATOR, err)) return 2;
+    /* the run config is unreadable or invalid: the same at every restart */
+    if (run_process_open(&proc, o->config_path, WIRE_ROLE_GENERATOR, err))
+        return rlhf_exit_status(err) == RLHF_EXIT_ENV ? RLHF_EXIT_ENV : RLHF_EXIT_CONFIG;
     const run_config *cfg = &proc.cfg;
     const broker_config *bcfg = &proc.broker;
     int id = o->id;
@@ -317,5 +319,7 @@ out:
     tokenizer_destroy(&tok);
     model_destroy(&m);
     run_process_close(&proc);
-    return rc ? 1 : 0;
+    if (!rc) return RLHF_EXIT_OK;
+    int st = rlhf_exit_status(err); /* the class of the failure tells the launcher whether to restart */
+    return st == RLHF_EXIT_OK ? RLHF_EXIT_TRANSIENT : st;
 }

@@ -190,9 +190,10 @@ int updater_metrics_append(const char *path, json_t *rec, rlhf_error *err) {
     }
     fprintf(f, "%s\n", txt);
     free(txt);
-    fflush(f);
-    fsync(fileno(f));
-    if (fclose(f) != 0) return rlhf_error_set(err, RLHF_EIO, path, "write failed: %s", strerror(errno));
+    /* a full disk shows at the flush; fclose after a failed flush may report success */
+    int bad = fflush(f) != 0 || fsync(fileno(f)) != 0 ? errno : 0;
+    if (fclose(f) != 0 && !bad) bad = errno;
+    if (bad) return rlhf_error_set(err, RLHF_EIO, path, "write failed: %s", strerror(bad));
     return 0;
 }
 

@@ -222,18 +222,24 @@ static long recover_from_log(const char *log_path, json_t *seen, scorer *sc) {
     return n;
 }
 
+/* A failure before the loop (config, reward sources, checkpoint) repeats at every restart: environment
+ * when the class says so, else config, never transient. */
+static int start_failure_status(const rlhf_error *err) {
+    return rlhf_exit_status(err) == RLHF_EXIT_ENV ? RLHF_EXIT_ENV : RLHF_EXIT_CONFIG;
+}
+
 /* Set by the caller (its SIGTERM/SIGINT handler): finish the step in flight, checkpoint, return. */
 static int stop_requested(const updater_options *o) { return o->stop && *o->stop; }
 
 int updater_main(const updater_options *o, rlhf_error *err) {
     run_process proc;
-    if (run_process_open(&proc, o->config_path, WIRE_ROLE_UPDATER, err)) return 2;
+    if (run_process_open(&proc, o->config_path, WIRE_ROLE_UPDATER, err)) return start_failure_status(err);
     run_config *cfg = &proc.cfg;
     broker_config *bcfg = &proc.broker;
     updater_session u;
     if (updater_session_init(&u, cfg, 1, err)) {
         run_process_close(&proc);
-        return 2;
+        return start_failure_status(err);
     }
     int rc = 0;
     broker_client *bc = NULL;
@@ -448,5 +454,8 @@ out:
     json_decref(seen);
     updater_session_fini(&u);
     run_process_close(&proc);
-    return rc == 0 ? 0 : rc == 2 ? 2 : 1;
+    if (rc == 0) return RLHF_EXIT_OK;
+    if (rc == 2) return start_failure_status(err);
+    int st = rlhf_exit_status(err);
+    return st == RLHF_EXIT_OK ? RLHF_EXIT_TRANSIENT : st;
 }

@@ -211,6 +211,9 @@ typedef struct updater_options {
     volatile const sig_atomic_t *stop;        /* may be NULL */
     volatile sig_atomic_t *reconnect;         /* may be NULL; cleared when handled */
 } updater_options;
+/* Returns the process's exit status: 0 after rl.steps or a requested stop, else an RLHF_EXIT_* class
+ * (common/common.h): 2 config (also any failure while starting: reward sources, checkpoint), 3
+ * environment (a full disk under metrics or checkpoints, permission, missing file), 1 transient. */
 int updater_main(const updater_options *o, rlhf_error *err);
 
 #ifdef __cplusplus

@@ -337,9 +337,9 @@ static void test_bind_errors(void) {
     /* a bad address */
     snprintf(cfg.endpoint, sizeof cfg.endpoint, "tcp://no.such.host.invalid:80");
     rlhf_error_clear(&e);
-    CU_ASSERT_EQUAL(broker_create(&b, &cfg, tmpdir, &e), RLHF_EIO);
+    CU_ASSERT_EQUAL(broker_create(&b, &cfg, tmpdir, &e), RLHF_EINVAL); /* the value's fault, not chance's */
     CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "tcp://no.such.host.invalid:80"));
-    /* the CLI says the same and exits non-zero */
+    /* the CLI says the same and exits with the config class (2): a launcher does not restart it */
     char cfgp[600], text[512], log[600], bin[4200];
     snprintf(cfgp, sizeof cfgp, "%s/badbind.json", tmpdir);
     snprintf(text, sizeof text, "{\"broker\": {\"endpoint\": \"tcp://256.0.0.1:1\"}}");
@@ -349,7 +349,7 @@ static void test_bind_errors(void) {
     snprintf(log, sizeof log, "%s/badbind.log", tmpdir);
     snprintf(bin, sizeof bin, "%s/rlhf", bindir);
     char *argv[] = {bin, "broker", "--config", cfgp, "--run-dir", tmpdir, NULL};
-    CU_ASSERT_EQUAL(test_proc_wait(spawn(argv, log), 10), 1);
+    CU_ASSERT_EQUAL(test_proc_wait(spawn(argv, log), 10), RLHF_EXIT_CONFIG);
     char *out = NULL;
     size_t n = 0;
     CU_ASSERT_EQUAL_FATAL(rlhf_read_file(log, &out, &n, NULL), 0);

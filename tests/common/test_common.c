@@ -1,4 +1,5 @@
 #include <CUnit/CUnit.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,6 +294,41 @@ static void test_rng_deterministic(void) {
     CU_ASSERT(fabs(sq / 20000 - 1.0) < 0.05);
 }
 
+/* The status classes the launcher acts on, from errors real calls produce where possible. */
+static void test_exit_status(void) {
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_OK);
+    char *d = NULL;
+    size_t n = 0;
+    CU_ASSERT_NOT_EQUAL(rlhf_read_file("/nonexistent-dir-rlhf/x.json", &d, &n, &err), 0);
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_ENV); /* ENOENT */
+    CU_ASSERT_NOT_EQUAL(rlhf_check_writable("/nonexistent-dir-rlhf/out.bin", &err), 0);
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_ENV);
+    /* a write to a full device: /dev/full fails every write with ENOSPC */
+    FILE *f = fopen("/dev/full", "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("x", f);
+    int wrc = fflush(f);
+    int saved = errno;
+    fclose(f);
+    CU_ASSERT_EQUAL(wrc, EOF);
+    rlhf_error_set(&err, RLHF_EIO, "/dev/full", "write failed: %s", strerror(saved));
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_ENV);
+    rlhf_error_set(&err, RLHF_EIO, "x", "write failed: %s", strerror(EACCES));
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_ENV);
+    rlhf_error_set(&err, RLHF_EIO, "tcp://127.0.0.1:1", "connect: %s", strerror(ECONNREFUSED));
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_TRANSIENT);
+    rlhf_error_set(&err, RLHF_EINVAL, "cfg.json: broker.max_staleness", "must be >= 0");
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_CONFIG);
+    rlhf_error_set(&err, RLHF_ECORRUPT, "step_2/model.safetensors", "bad header");
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_ENV);
+    rlhf_error_set(&err, RLHF_ETIMEOUT, "broker", "no answer");
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_TRANSIENT);
+    CU_ASSERT_EQUAL(rlhf_exit_status(NULL), RLHF_EXIT_TRANSIENT);
+    CU_ASSERT_STRING_EQUAL(rlhf_exit_class_name(RLHF_EXIT_PLUGIN), "plugin");
+    CU_ASSERT_STRING_EQUAL(rlhf_exit_class_name(RLHF_EXIT_ENV), "environment");
+}
+
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("common", NULL, NULL);
     if (!s) return -1;
@@ -305,5 +341,6 @@ int register_suites(void) {
     CU_add_test(s, "rng deterministic", test_rng_deterministic);
     CU_add_test(s, "check_writable: missing dir names the destination, good dir untouched", test_check_writable);
     CU_add_test(s, "json_load_file: errors name the file (and line:column)", test_json_load_file);
+    CU_add_test(s, "exit status classes: config, environment (ENOENT, ENOSPC, EACCES), transient", test_exit_status);
     return 0;
 }
