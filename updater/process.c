@@ -228,6 +228,21 @@ static int start_failure_status(const rlhf_error *err) {
     return rlhf_exit_status(err) == RLHF_EXIT_ENV ? RLHF_EXIT_ENV : RLHF_EXIT_CONFIG;
 }
 
+/* The launcher's restarts so far: the "restart" lines of RUN_DIR/restarts.jsonl (cli/launcher.c writes
+ * one line per restart or stop). Logged each step as supervision/restarts, so a metrics plot shows
+ * when processes crashed. */
+static long count_restarts(const char *run_dir) {
+    char path[8400], line[1024];
+    snprintf(path, sizeof path, "%s/restarts.jsonl", run_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    long n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, "\"action\":\"restart\"")) n++;
+    fclose(f);
+    return n;
+}
+
 /* Set by the caller (its SIGTERM/SIGINT handler): finish the step in flight, checkpoint, return. */
 static int stop_requested(const updater_options *o) { return o->stop && *o->stop; }
 
@@ -408,6 +423,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             }
             json_object_set_new(m, "recovered_groups", json_integer(recovered));
             add_selector_metrics(bc, m, &selector_stats_unavailable);
+            json_object_set_new(m, "supervision/restarts", json_integer(count_restarts(cfg->run_dir)));
             if ((rc = updater_session_write_metrics(&u, m, err))) {
                 json_decref(m);
                 break;

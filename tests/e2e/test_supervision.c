@@ -8,7 +8,8 @@
  *   plugin:      a reward plugin that segfaults on every call -> the updater exits 4 naming the .so,
  *                the run stops instead of restarting it;
  *   transient:   a generator killed with SIGSEGV -> restarted after a backoff, the restart printed with
- *                its signal and recorded in RUN_DIR/restarts.jsonl, and the run completes.
+ *                its signal, recorded in RUN_DIR/restarts.jsonl and counted in the step metrics
+ *                (supervision/restarts), and the run completes.
  * test_e2e.c's run_with_faults covers SIGKILL of each process (transient, restarted). */
 #include <CUnit/CUnit.h>
 #include <signal.h>
@@ -235,7 +236,7 @@ static void test_transient_restarted_and_counted(void) {
     snprintf(cfg, sizeof cfg, "%s/segv.json", s_dir);
     snprintf(run, sizeof run, "%s/segv", s_dir);
     snprintf(out, sizeof out, "%s/segv.out", s_dir);
-    write_config(cfg, "segv", 12, NULL);
+    write_config(cfg, "segv", 30, NULL);
     pid_t launcher = start_run(cfg, out, NULL);
     pid_t gen = 0;
     for (double t0 = test_proc_now(); test_proc_now() - t0 < 60 && (gen <= 0 || last_step(run) < 1);) {
@@ -263,6 +264,17 @@ static void test_transient_restarted_and_counted(void) {
     CU_ASSERT(json_real_value(json_object_get(rec, "delay_s")) > 0);
     json_decref(rec);
     CU_ASSERT_EQUAL(supervision_records(run, "", "stop", NULL), 0);
+    /* and in the metrics: the last step counts the restart */
+    char p[512];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run);
+    char *d = slurp(p);
+    char *lastrec = d ? strrchr(d, '{') : NULL;
+    while (lastrec && lastrec > d && lastrec[-1] != '\n') lastrec--; /* start of the last line */
+    json_t *m = lastrec ? json_loads(lastrec, JSON_DISABLE_EOF_CHECK, NULL) : NULL;
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(m, "supervision/restarts")), 1);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(m, "step")), 30);
+    json_decref(m);
+    free(d);
     show_on_failure(rc == 0, out);
 }
 
