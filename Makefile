@@ -8,6 +8,8 @@
 #   make bench      build the benchmarks (run them as docs/PERFORMANCE.md says)
 #   make install    library, public headers and pkg-config file under PREFIX
 
+# `make` alone builds everything: module.mk files add rules of their own before `all` is defined
+.DEFAULT_GOAL := all
 CC       ?= gcc
 BUILD    ?= build
 PREFIX   ?= /usr/local

@@ -8,6 +8,6 @@ SAN_TESTS += test_e2e
 test_e2e_SRCS = $(wildcard tests/e2e/*.c)
 # `rlhf --version` names the commit it was built from (rebuilt when git's index or HEAD moves)
 $(BUILD)/obj/cli/rlhf.o: CFLAGS += -DRLHF_GIT_VERSION='"$(shell git describe --always --dirty 2>/dev/null || echo unknown)"'
-$(BUILD)/obj/cli/rlhf.o: $(wildcard .git/HEAD .git/index)
+$(BUILD)/obj/cli/rlhf.o: $(wildcard $(addprefix $(shell git rev-parse --git-dir 2>/dev/null)/,HEAD index))
 # and refuses, with one line, a CPU below the x86-64 level OPT's -march names
 $(BUILD)/obj/cli/rlhf.o: CFLAGS += -DRLHF_BUILD_MARCH='"$(patsubst -march=%,%,$(lastword $(filter -march=%,$(OPT))))"'
