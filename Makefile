@@ -6,8 +6,11 @@
 #   make test       install dependencies, build, check the layout (scripts/check_includes.py), run every CUnit test binary
 #   make sanitize   ASan + UBSan build of the tests in SAN_TESTS, and run them
 #   make bench      build the benchmarks (run them as docs/PERFORMANCE.md says)
-#   make install    library, public headers and pkg-config file under PREFIX
+#   make install    the rlhf binary (and its rlhf-broker/-generator/-updater names), library, public
+#                   headers and pkg-config file under PREFIX (default /usr/local)
 
+# `make` alone builds everything: module.mk files add rules of their own before `all` is defined
+.DEFAULT_GOAL := all
 CC       ?= gcc
 BUILD    ?= build
 PREFIX   ?= /usr/local
@@ -102,8 +105,10 @@ run: deps
 	@$(MAKE) --no-print-directory $(BUILD)/bin/rlhf $(addprefix $(BUILD)/bin/,$(PROGRAMS))
 	@BUILD=$(BUILD) bash scripts/run-default.sh
 
-install: $(LIB)
-	install -d $(PREFIX)/lib $(PREFIX)/include/rlhf $(PREFIX)/lib/pkgconfig
+install: $(LIB) $(BUILD)/bin/rlhf
+	install -d $(PREFIX)/bin $(PREFIX)/lib $(PREFIX)/include/rlhf $(PREFIX)/lib/pkgconfig
+	install -m 755 $(BUILD)/bin/rlhf $(PREFIX)/bin/
+	for a in $(CLI_ALIASES); do ln -sf rlhf $(PREFIX)/bin/$$a; done
 	install -m 644 $(LIB) $(PREFIX)/lib/
 	for h in $(HEADERS); do install -D -m 644 $$h $(PREFIX)/include/rlhf/$$h; done
 	sed 's|@PREFIX@|$(PREFIX)|' scripts/rlhf.pc.in > $(PREFIX)/lib/pkgconfig/rlhf.pc

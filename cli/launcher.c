@@ -293,6 +293,14 @@ int cmd_run(int argc, char **argv) {
         snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", resume_dir);
         json_object_set_new(cfg.resolved, "run_dir", json_string(resume_dir));
     }
+    /* one run per directory, before anything is written there; held until this process ends (see
+     * run/lock.c for why the processes it starts share it) */
+    run_dir_lock lock;
+    if (run_dir_lock_acquire(&lock, cfg.run_dir, resume_dir ? "rlhf run --resume" : "rlhf run", &err)) {
+        rlhf_error_print("rlhf run", &err);
+        run_config_free(&cfg);
+        return 1;
+    }
     char path[2048];
     snprintf(path, sizeof path, "%s/metrics.jsonl", cfg.run_dir);
     if (!resume_dir && access(path, F_OK) == 0) {
@@ -300,12 +308,14 @@ int cmd_run(int argc, char **argv) {
                        "run directory already holds a run; continue it with --resume %s or choose another name",
                        cfg.run_dir);
         rlhf_error_print("rlhf run", &err);
+        run_dir_lock_release(&lock);
         run_config_free(&cfg);
         return 1;
     }
     /* everything the children will need is checked here, before any process starts */
     if (run_prepare(&cfg, &err)) {
         rlhf_error_print("rlhf run", &err);
+        run_dir_lock_release_unused(&lock);
         run_config_free(&cfg);
         return prestart_status(&err);
     }

@@ -1,5 +1,6 @@
 /* cli/replay.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--set a.b=c]`:
- * trains an updater from a recorded replay log, with no broker and no generators.
+ * trains an updater from a recorded replay log, with no broker and no generators. DIR is locked
+ * for the replay's life (run_dir_lock_acquire): one run or replay per directory.
  *
  * Deterministic: records are taken in log order, scored synchronously on the calling thread, and
  * trained with the same session code as the online updater; the same log, config, seed and thread
@@ -46,15 +47,24 @@ int cmd_replay(int argc, char **argv) {
     }
     snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
     model_set_threads(threads >= 0 ? threads : cfg.train_threads);
-    /* a config with only model.arch gets its base initialised (from rl.seed) in the output dir */
-    if (rlhf_mkdirs(dir, &err) || run_prepare_base(&cfg, &err)) {
+    /* one run per directory: a replay into a directory a run or another replay is writing is refused */
+    run_dir_lock lock;
+    if (run_dir_lock_acquire(&lock, dir, "rlhf replay", &err)) {
         rlhf_error_print("rlhf replay", &err);
+        run_config_free(&cfg);
+        return 1;
+    }
+    /* a config with only model.arch gets its base initialised (from rl.seed) in the output dir */
+    if (run_prepare_base(&cfg, &err)) {
+        rlhf_error_print("rlhf replay", &err);
+        run_dir_lock_release_unused(&lock);
         run_config_free(&cfg);
         return 1;
     }
     updater_session u;
     if (updater_session_init(&u, &cfg, 0, &err)) {
         rlhf_error_print("rlhf replay", &err);
+        run_dir_lock_release(&lock);
         run_config_free(&cfg);
         return 2;
     }
@@ -145,6 +155,7 @@ out:
     if (rc) rlhf_error_print("rlhf replay", &err);
     replay_reader_close(&rr);
     updater_session_fini(&u);
+    run_dir_lock_release(&lock);
     run_config_free(&cfg);
     return rc ? 1 : 0;
 }

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <zmq.h>
+
 #include "model/model.h"
 
 #ifndef RLHF_GIT_VERSION
@@ -102,13 +104,20 @@ int main(int argc, char **argv) {
             return 1;
         }
         printf("sampling kernels: %s\n", kernels);
+        /* what this build can do, for bug reports and for choosing a config */
+        int zmaj, zmin, zpatch;
+        zmq_version(&zmaj, &zmin, &zpatch);
+        printf("features: bf16 sampling weights: yes (every kernel set; generators.weights); libzmq %d.%d.%d "
+               "CURVE: %s; MPI: no (one updater process, no gradient all-reduce)\n",
+               zmaj, zmin, zpatch, zmq_has("curve") ? "yes" : "no");
         return 0;
     }
     if (!sub || !strcmp(sub, "-h") || !strcmp(sub, "--help") || !strcmp(sub, "help")) {
-        printf("usage: rlhf COMMAND [ARGS...]   (rlhf COMMAND --help for a command's options)\n"
-               "       rlhf --version         (the build and the kernels chosen for this CPU)\n\ncommands:\n");
+        FILE *o = sub ? stdout : stderr; /* no command is a usage error: exit 2, usage on stderr */
+        fprintf(o, "usage: rlhf COMMAND [ARGS...]   (rlhf COMMAND --help for a command's options)\n"
+               "       rlhf --version         (the build, the kernels chosen for this CPU, the build's features)\n\ncommands:\n");
         for (size_t i = 0; i < ncmds; i++)
-            printf("  %-12s %s%s\n", names[i], cmds[i].help, cmds[i].fn ? "" : " [not built]");
+            fprintf(o, "  %-12s %s%s\n", names[i], cmds[i].help, cmds[i].fn ? "" : " [not built]");
         return sub ? 0 : 2;
     }
     /* A run puts a broker, generators and updaters on few cores. With OpenMP's default waiting, idle

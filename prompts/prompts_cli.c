@@ -278,6 +278,13 @@ int cmd_prompts(int argc, char **argv) {
         fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    static const char *const subs[] = {"gen", "corpus", "check", "stats", "eval", NULL};
+    int known = 0;
+    for (int i = 0; subs[i]; i++) known |= !strcmp(argv[1], subs[i]);
+    if (!known) { /* a usage error like any other: exit 2 */
+        fprintf(stderr, "%s: error: unknown prompts command '%s' (gen, corpus, check, eval, stats)\n", PROG, argv[1]);
+        return 2;
+    }
     cli_opts o = {.seed = 1};
     rlhf_error err = {0};
     int rc = parse(argc - 1, argv + 1, &o);
@@ -288,8 +295,7 @@ int cmd_prompts(int argc, char **argv) {
         else if (!strcmp(argv[1], "corpus")) rc = prompts_corpus(&o, &err);
         else if (!strcmp(argv[1], "check")) rc = prompts_check(&o, &err);
         else if (!strcmp(argv[1], "stats")) rc = prompts_stats(&o, &err);
-        else if (!strcmp(argv[1], "eval")) rc = prompts_eval(&o, &err);
-        else rc = rlhf_error_set(&err, RLHF_EINVAL, argv[1], "unknown prompts command (gen, corpus, check, eval, stats)");
+        else rc = prompts_eval(&o, &err);
     }
     if (rc) {
         rlhf_error_print(PROG, &err);

@@ -7,6 +7,7 @@
  *   - preparation: everything a run needs checked before any process starts, and the base model
  *     (created from model.arch when no checkpoint is named) loaded the same way by every process;
  *   - the policy's weights to and from WEIGHTS messages (the updater publishes, generators apply);
+ *   - one run per directory: the run directory's lock (run_dir_lock_*);
  *   - run_process_open: the start-up that the generator and the updater processes share (config,
  *     thread count, broker section).
  *
@@ -145,6 +146,28 @@ int run_weights_apply(model *m, const wire_weights *w, rlhf_error *err);
 /* Builds a WEIGHTS message body from m (borrowing m's parameter memory; tensors owned by *w:
  * free with free(w->tensors)). */
 int run_weights_from_model(const model *m, wire_weights *w, rlhf_error *err);
+
+/* ---------------------------------------------------------------- one run per directory */
+
+/* An exclusive flock(2) on RUN_DIR/.lock, held by `rlhf run` (and shared by the processes it starts)
+ * or `rlhf replay` for the life of the run, so that a second run, resume or replay into the same
+ * directory is refused at once instead of interleaving its writes. The kernel drops the lock when
+ * the last process holding it ends, so a kill -9 leaves nothing that blocks the next start. */
+typedef struct run_dir_lock {
+    int fd;              /* the locked file (-1: not held); inherited by the processes the holder starts */
+    char dir[1024];
+    char path[1100];     /* RUN_DIR/.lock: "pid N started YYYY-MM-DDTHH:MM:SSZ by COMMAND" */
+    char created[1024];  /* the highest folder acquire created ("" when run_dir existed) */
+} run_dir_lock;
+/* Creates run_dir if needed and locks it. COMMAND says who holds it ("rlhf run --resume"). When
+ * another process holds it: RLHF_ESTATE, one line naming the directory and the holder's command, pid
+ * and start time; nothing is written. */
+int run_dir_lock_acquire(run_dir_lock *l, const char *run_dir, const char *command, rlhf_error *err);
+/* Unlocks (the lock file stays: its inode is the lock). Process exit does the same. */
+void run_dir_lock_release(run_dir_lock *l);
+/* For a start that failed before it wrote anything: also removes the lock file and the folders
+ * acquire created when they are empty, so a refused config leaves no run directory behind. */
+void run_dir_lock_release_unused(run_dir_lock *l);
 
 /* ---------------------------------------------------------------- process start-up */
 
