@@ -19,6 +19,8 @@ typedef struct pipeline_source {
     int normalize;
     int on_error;
     int64_t timeout_ms;
+    double max_error_rate;  /* the run stops when more than this share of the last error_window items failed */
+    int64_t error_window;
     reward_source_impl impl;
     /* running normalisation (Welford) over every OK score seen */
     double run_n, run_mean, run_m2;
@@ -101,7 +103,9 @@ static int parse_source(pipeline_source *s, const json_t *obj, const char *where
         return rlhf_error_set(err, RLHF_EINVAL, w, "timeout_ms must be in 1..86400000, got %lld",
                               (long long)s->timeout_ms);
     }
-    const char *oe = "zero";
+    /* the default is the careful choice: a failed scoring is neither trained on as a 0 nor silent;
+     * the item's group is left out of the step and counted */
+    const char *oe = "skip_group";
     if ((rc = reward_get_string(obj, "on_error", where, 0, &oe, err))) return rc;
     if (!strcmp(oe, "zero")) s->on_error = ON_ERROR_ZERO;
     else if (!strcmp(oe, "skip_group")) s->on_error = ON_ERROR_SKIP_GROUP;
@@ -109,6 +113,20 @@ static int parse_source(pipeline_source *s, const json_t *obj, const char *where
     else {
         snprintf(w, sizeof w, "%s.%s", where, "on_error");
         return rlhf_error_set(err, RLHF_EINVAL, w, "expected \"zero\", \"skip_group\" or \"fail\", got \"%s\"", oe);
+    }
+    s->max_error_rate = 0.5;
+    if ((rc = reward_get_number(obj, "max_error_rate", where, 0, &s->max_error_rate, err))) return rc;
+    if (!(s->max_error_rate >= 0 && s->max_error_rate <= 1)) {
+        snprintf(w, sizeof w, "%s.%s", where, "max_error_rate");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "max_error_rate must be in [0, 1] (1 = never stop), got %g",
+                              s->max_error_rate);
+    }
+    s->error_window = 200;
+    if ((rc = reward_get_int(obj, "error_window", where, 0, &s->error_window, err))) return rc;
+    if (s->error_window < 1 || s->error_window > 1000000) {
+        snprintf(w, sizeof w, "%s.%s", where, "error_window");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "error_window must be in 1..1000000 items, got %lld",
+                              (long long)s->error_window);
     }
     if (!t->create) {
         snprintf(w, sizeof w, "%s.%s", where, "type");
@@ -182,6 +200,30 @@ const char *reward_pipeline_source_name(const reward_pipeline *p, size_t s) {
 double reward_pipeline_source_weight(const reward_pipeline *p, size_t s) {
     return s < p->n_sources ? p->src[s].weight : 0.0;
 }
+double reward_pipeline_source_max_error_rate(const reward_pipeline *p, size_t s, int64_t *window) {
+    if (s >= p->n_sources) return 1.0;
+    if (window) *window = p->src[s].error_window;
+    return p->src[s].max_error_rate;
+}
+
+void reward_reason_kind(const char *reason, char *out, size_t cap) {
+    size_t o = 0;
+    int sep = 0;
+    if (!cap) return;
+    for (const char *c = reason ? reason : ""; *c && *c != ':' && *c != '(' && o + 1 < cap; c++) {
+        unsigned char ch = (unsigned char)*c;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) {
+            if (sep && o) out[o++] = '_';
+            if (o + 1 < cap) out[o++] = (char)(ch | 0x20);
+            sep = 0;
+        } else {
+            sep = 1; /* digits too: "result 3 has no score" and "result 4 ..." are one kind */
+        }
+    }
+    out[o] = 0;
+    if (!o) snprintf(out, cap, "unknown");
+}
+
 int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s) {
     return s < p->n_sources ? __atomic_load_n(&p->src[s].errors_total, __ATOMIC_RELAXED) : 0;
 }
