@@ -28,6 +28,7 @@ typedef struct pipeline_source {
 } pipeline_source;
 
 struct reward_pipeline {
+    volatile int cancel;  // reward_pipeline_cancel: sources stop waiting (read by their impl.cancel)
     pipeline_source *src; // (n_sources,)
     size_t n_sources;
     pthread_mutex_t mu; // serialises reward_pipeline_score (sources' ctx are single-threaded)
@@ -56,7 +57,8 @@ void reward_pipeline_destroy(reward_pipeline **pp) {
     *pp = NULL;
 }
 
-static int parse_source(pipeline_source *s, const json_t *obj, const char *where, rlhf_error *err) {
+static int parse_source(pipeline_source *s, const json_t *obj, const char *where, const volatile int *cancel,
+                        rlhf_error *err) {
     if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, where, "a reward source must be a JSON object");
     const char *type = NULL;
     int rc = reward_get_string(obj, "type", where, 1, &type, err);
@@ -133,6 +135,7 @@ static int parse_source(pipeline_source *s, const json_t *obj, const char *where
         return rlhf_error_set(err, RLHF_EUNSUPPORTED, w, "reward source type '%s' is not built into this binary", type);
     }
     s->impl.timeout_ms = s->timeout_ms;
+    s->impl.cancel = cancel;
     rc = t->create(obj, where, &s->impl, err);
     if (rc) return rc;
     if (!s->impl.plugin || !s->impl.plugin->score_batch)
@@ -159,7 +162,7 @@ int reward_pipeline_create(reward_pipeline **out, const json_t *sources, const c
     for (size_t i = 0; i < n; i++) {
         char w[256];
         snprintf(w, sizeof w, "%s[%zu]", where, i);
-        int rc = parse_source(&p->src[i], json_array_get(sources, i), w, err);
+        int rc = parse_source(&p->src[i], json_array_get(sources, i), w, &p->cancel, err);
         p->n_sources = i + 1; // so destroy releases what was created
         if (rc) {
             reward_pipeline_destroy(&p);
@@ -194,6 +197,10 @@ int reward_pipeline_create_str(reward_pipeline **out, const char *sources_json, 
 }
 
 size_t reward_pipeline_n_sources(const reward_pipeline *p) { return p->n_sources; }
+
+void reward_pipeline_cancel(reward_pipeline *p) {
+    if (p) __atomic_store_n(&p->cancel, 1, __ATOMIC_SEQ_CST);
+}
 const char *reward_pipeline_source_name(const reward_pipeline *p, size_t s) {
     return s < p->n_sources ? p->src[s].name : NULL;
 }
@@ -266,6 +273,14 @@ static void run_source(pipeline_source *s, rlhf_reward_item *items, const rlhf_r
                        double *scores, rlhf_reward_status *status, double *ms_out) {
     double t0 = rlhf_now();
     double deadline = t0 + (double)s->timeout_ms / 1000.0;
+    if (s->impl.cancel && __atomic_load_n(s->impl.cancel, __ATOMIC_RELAXED)) {
+        for (size_t i = 0; i < n; i++) {
+            scores[i] = 0;
+            rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "cancelled: the pipeline is stopping");
+        }
+        *ms_out = 0;
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         items[i] = in[i];
         if (!items[i].record_json) items[i].record_json = "{}";

@@ -167,6 +167,10 @@ int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s);
 int reward_pipeline_score(reward_pipeline *p, const rlhf_reward_item *items, size_t n, reward_scores *out,
                           struct rlhf_error *err);
 void reward_scores_free(reward_scores *s);
+/* Stops the pipeline for good, from any thread (e.g. at shutdown): a call in progress stops waiting
+ * for its sources within about 0.1 s (their items become ERROR "cancelled" — an in-process plugin
+ * stuck in score_batch is abandoned as after a timeout), and later calls return such ERRORs at once. */
+void reward_pipeline_cancel(reward_pipeline *p);
 
 /* Names of the registered source types, NULL-terminated (for help texts). */
 const char *const *reward_source_types(void);

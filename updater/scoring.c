@@ -319,6 +319,9 @@ void updater_scorer_destroy(scorer **sp) {
     scorer *s = *sp;
     if (!s) return;
     updater_group_queue_close(&s->in);
+    /* what is still being scored is dropped: a source waiting on a hung plugin or process stops
+     * waiting now rather than at its timeout_ms, so stopping takes well under a second */
+    for (int i = 0; i < s->n_threads; i++) reward_pipeline_cancel(s->pipes[i]);
     for (int i = 0; i < s->n_threads; i++)
         if (s->threads[i]) pthread_join(s->threads[i], NULL);
     for (int i = 0; i < s->n_threads; i++) reward_pipeline_destroy(&s->pipes[i]);
