@@ -222,6 +222,26 @@ static void fmt_duration(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%ds", (int)s);
 }
 
+/* The step's reward errors for the progress line: "errors 0", or "errors 7 (judge: timeout 5)" naming
+ * the source and reason kind with the most (reward/<source>/errors/<kind> in the record). */
+static void progress_errors(json_t *m, char *buf, size_t n) {
+    long all = (long)json_integer_value(json_object_get(m, "reward/errors"));
+    snprintf(buf, n, "errors %ld", all);
+    const char *key, *best = NULL;
+    json_t *v;
+    long most = 0;
+    json_object_foreach(m, key, v) {
+        const char *e = strstr(key, "/errors/");
+        if (strncmp(key, "reward/", 7) != 0 || !e || json_integer_value(v) <= most) continue;
+        most = (long)json_integer_value(v);
+        best = key;
+    }
+    if (best) {
+        const char *e = strstr(best, "/errors/");
+        snprintf(buf + strlen(buf), n - strlen(buf), " (%.*s: %s %ld)", (int)(e - best - 7), best + 7, e + 8, most);
+    }
+}
+
 /* One progress line from the last metrics.jsonl record. */
 static void progress(const run_config *cfg, double t_start, int start_step, int tty, int restarts) {
     char path[2048];
@@ -239,10 +259,12 @@ static void progress(const run_config *cfg, double t_start, int start_step, int 
     double pr = json_number_value(json_object_get(m, "pass_rate"));
     char restarts_text[32] = "";
     if (restarts) snprintf(restarts_text, sizeof restarts_text, "  restarts %d", restarts);
+    char errs[160];
+    progress_errors(m, errs, sizeof errs);
     fprintf(stderr,
-            "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
+            "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f  %s  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
             "ETA %s%s   %s",
-            tty ? "\r" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr,
+            tty ? "" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr, errs,
             json_number_value(json_object_get(m, "staleness/mean")),
             json_number_value(json_object_get(m, "gen/tokens_per_s")),
             json_number_value(json_object_get(m, "train/tokens_per_s")), eta, restarts_text, tty ? "" : "\n");

@@ -136,7 +136,13 @@ int cmd_replay(int argc, char **argv) {
             rlhf_error_print("rlhf replay: scoring", &err);
             sg->skipped = 1;
         }
-        if (!updater_session_offer(&u, sg)) continue;
+        int ready = updater_session_offer(&u, sg);
+        if (u.failed) { /* a reward source broke its max_error_rate */
+            err = u.failed_err;
+            rc = err.code ? err.code : RLHF_EIO;
+            break;
+        }
+        if (!ready) continue;
         json_t *m = NULL;
         if ((rc = updater_session_step(&u, &m, &err))) break;
         /* timings vary run to run; the replay's metrics keep only what the data determines */

@@ -19,6 +19,8 @@ typedef struct pipeline_source {
     int normalize;
     int on_error;
     int64_t timeout_ms;
+    double max_error_rate;  /* the run stops when more than this share of the last error_window items failed */
+    int64_t error_window;
     reward_source_impl impl;
     /* running normalisation (Welford) over every OK score seen */
     double run_n, run_mean, run_m2;
@@ -26,6 +28,7 @@ typedef struct pipeline_source {
 } pipeline_source;
 
 struct reward_pipeline {
+    volatile int cancel;  // reward_pipeline_cancel: sources stop waiting (read by their impl.cancel)
     pipeline_source *src; // (n_sources,)
     size_t n_sources;
     pthread_mutex_t mu; // serialises reward_pipeline_score (sources' ctx are single-threaded)
@@ -54,7 +57,8 @@ void reward_pipeline_destroy(reward_pipeline **pp) {
     *pp = NULL;
 }
 
-static int parse_source(pipeline_source *s, const json_t *obj, const char *where, rlhf_error *err) {
+static int parse_source(pipeline_source *s, const json_t *obj, const char *where, const volatile int *cancel,
+                        rlhf_error *err) {
     if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, where, "a reward source must be a JSON object");
     const char *type = NULL;
     int rc = reward_get_string(obj, "type", where, 1, &type, err);
@@ -101,7 +105,9 @@ static int parse_source(pipeline_source *s, const json_t *obj, const char *where
         return rlhf_error_set(err, RLHF_EINVAL, w, "timeout_ms must be in 1..86400000, got %lld",
                               (long long)s->timeout_ms);
     }
-    const char *oe = "zero";
+    /* the default is the careful choice: a failed scoring is neither trained on as a 0 nor silent;
+     * the item's group is left out of the step and counted */
+    const char *oe = "skip_group";
     if ((rc = reward_get_string(obj, "on_error", where, 0, &oe, err))) return rc;
     if (!strcmp(oe, "zero")) s->on_error = ON_ERROR_ZERO;
     else if (!strcmp(oe, "skip_group")) s->on_error = ON_ERROR_SKIP_GROUP;
@@ -110,11 +116,26 @@ static int parse_source(pipeline_source *s, const json_t *obj, const char *where
         snprintf(w, sizeof w, "%s.%s", where, "on_error");
         return rlhf_error_set(err, RLHF_EINVAL, w, "expected \"zero\", \"skip_group\" or \"fail\", got \"%s\"", oe);
     }
+    s->max_error_rate = 0.5;
+    if ((rc = reward_get_number(obj, "max_error_rate", where, 0, &s->max_error_rate, err))) return rc;
+    if (!(s->max_error_rate >= 0 && s->max_error_rate <= 1)) {
+        snprintf(w, sizeof w, "%s.%s", where, "max_error_rate");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "max_error_rate must be in [0, 1] (1 = never stop), got %g",
+                              s->max_error_rate);
+    }
+    s->error_window = 200;
+    if ((rc = reward_get_int(obj, "error_window", where, 0, &s->error_window, err))) return rc;
+    if (s->error_window < 1 || s->error_window > 1000000) {
+        snprintf(w, sizeof w, "%s.%s", where, "error_window");
+        return rlhf_error_set(err, RLHF_EINVAL, w, "error_window must be in 1..1000000 items, got %lld",
+                              (long long)s->error_window);
+    }
     if (!t->create) {
         snprintf(w, sizeof w, "%s.%s", where, "type");
         return rlhf_error_set(err, RLHF_EUNSUPPORTED, w, "reward source type '%s' is not built into this binary", type);
     }
     s->impl.timeout_ms = s->timeout_ms;
+    s->impl.cancel = cancel;
     rc = t->create(obj, where, &s->impl, err);
     if (rc) return rc;
     if (!s->impl.plugin || !s->impl.plugin->score_batch)
@@ -141,7 +162,7 @@ int reward_pipeline_create(reward_pipeline **out, const json_t *sources, const c
     for (size_t i = 0; i < n; i++) {
         char w[256];
         snprintf(w, sizeof w, "%s[%zu]", where, i);
-        int rc = parse_source(&p->src[i], json_array_get(sources, i), w, err);
+        int rc = parse_source(&p->src[i], json_array_get(sources, i), w, &p->cancel, err);
         p->n_sources = i + 1; // so destroy releases what was created
         if (rc) {
             reward_pipeline_destroy(&p);
@@ -176,12 +197,40 @@ int reward_pipeline_create_str(reward_pipeline **out, const char *sources_json, 
 }
 
 size_t reward_pipeline_n_sources(const reward_pipeline *p) { return p->n_sources; }
+
+void reward_pipeline_cancel(reward_pipeline *p) {
+    if (p) __atomic_store_n(&p->cancel, 1, __ATOMIC_SEQ_CST);
+}
 const char *reward_pipeline_source_name(const reward_pipeline *p, size_t s) {
     return s < p->n_sources ? p->src[s].name : NULL;
 }
 double reward_pipeline_source_weight(const reward_pipeline *p, size_t s) {
     return s < p->n_sources ? p->src[s].weight : 0.0;
 }
+double reward_pipeline_source_max_error_rate(const reward_pipeline *p, size_t s, int64_t *window) {
+    if (s >= p->n_sources) return 1.0;
+    if (window) *window = p->src[s].error_window;
+    return p->src[s].max_error_rate;
+}
+
+void reward_reason_kind(const char *reason, char *out, size_t cap) {
+    size_t o = 0;
+    int sep = 0;
+    if (!cap) return;
+    for (const char *c = reason ? reason : ""; *c && *c != ':' && *c != '(' && o + 1 < cap; c++) {
+        unsigned char ch = (unsigned char)*c;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) {
+            if (sep && o) out[o++] = '_';
+            if (o + 1 < cap) out[o++] = (char)(ch | 0x20);
+            sep = 0;
+        } else {
+            sep = 1; /* digits too: "result 3 has no score" and "result 4 ..." are one kind */
+        }
+    }
+    out[o] = 0;
+    if (!o) snprintf(out, cap, "unknown");
+}
+
 int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s) {
     return s < p->n_sources ? __atomic_load_n(&p->src[s].errors_total, __ATOMIC_RELAXED) : 0;
 }
@@ -224,6 +273,14 @@ static void run_source(pipeline_source *s, rlhf_reward_item *items, const rlhf_r
                        double *scores, rlhf_reward_status *status, double *ms_out) {
     double t0 = rlhf_now();
     double deadline = t0 + (double)s->timeout_ms / 1000.0;
+    if (s->impl.cancel && __atomic_load_n(s->impl.cancel, __ATOMIC_RELAXED)) {
+        for (size_t i = 0; i < n; i++) {
+            scores[i] = 0;
+            rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "cancelled: the pipeline is stopping");
+        }
+        *ms_out = 0;
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         items[i] = in[i];
         if (!items[i].record_json) items[i].record_json = "{}";

@@ -1,8 +1,20 @@
 /* rewards/plugin.c — shared-object reward plugins: dlopen the .so named by the config, look up
- * rlhf_reward_plugin_entry, check the ABI version and struct size, init with the "config" JSON. */
+ * rlhf_reward_plugin_entry, check the ABI version and struct size, init with the "config" JSON.
+ *
+ * The watchdog: each score_batch runs on a thread of its own, on private copies of the items, while
+ * the caller waits until the batch deadline (timeout_ms). A call still running then cannot be
+ * stopped safely (a thread cannot be killed without leaving the plugin's locks and memory in an
+ * unknown state), so it is abandoned: its items are ERROR "timeout", the thread keeps its copies
+ * and frees them if it ever returns, and its ctx is never used, destroyed or dlclose'd again. The
+ * source then runs the plugin isolated: a worker process `rlhf reward-plugin-host PATH` (the host
+ * binary is $RLHF_PLUGIN_HOST, else this executable) that loads the same .so and speaks the
+ * process-plugin protocol, so from then on a hang costs one timeout and a kill, not a thread. */
 #include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rewards/rewards_int.h"
 
@@ -57,6 +69,225 @@ int reward_plugin_load(const char *path, const char *config_json, const char *wh
     return 0;
 }
 
+/* One score_batch call on its own thread. Owned jointly by the waiting caller and the thread (refs);
+ * the last one out frees it, so an abandoned thread never touches freed memory. */
+typedef struct guard_call {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs, done, rc;
+    const rlhf_reward_plugin_v1 *plugin;
+    void *ctx;
+    size_t n;
+    rlhf_reward_item *items; // (n) pointing into the copies below
+    char **strs;             // (3n) prompt, completion, record copies
+    int32_t **ids;           // (n)
+    double *scores;          // (n)
+    rlhf_reward_status *status; // (n)
+} guard_call;
+
+static void call_unref(guard_call *c) {
+    pthread_mutex_lock(&c->mu);
+    int left = --c->refs;
+    pthread_mutex_unlock(&c->mu);
+    if (left) return;
+    for (size_t i = 0; c->strs && i < 3 * c->n; i++) free(c->strs[i]);
+    for (size_t i = 0; c->ids && i < c->n; i++) free(c->ids[i]);
+    free(c->strs);
+    free(c->ids);
+    free(c->items);
+    free(c->scores);
+    free(c->status);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+}
+
+static void *call_main(void *arg) {
+    guard_call *c = arg;
+    int rc = c->plugin->score_batch(c->ctx, c->items, c->n, c->scores, c->status);
+    pthread_mutex_lock(&c->mu);
+    c->rc = rc;
+    c->done = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    call_unref(c);
+    return NULL;
+}
+
+typedef struct plugin_guard {
+    reward_source_impl inner;  /* the loaded plugin (dl_handle owned here) */
+    char *path, *config_json;
+    int64_t timeout_ms;
+    const volatile int *cancel;
+    int abandoned;             /* a call was abandoned: inner.ctx and the .so stay as they are, for good */
+    reward_source_impl proc;   /* the worker process once isolated (proc.plugin != NULL) */
+} plugin_guard;
+
+
+/* A call on private copies of the items: the caller's pointers die with its batch. */
+static guard_call *call_new(const reward_source_impl *inner, const rlhf_reward_item *items, size_t n) {
+    guard_call *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    c->refs = 1;
+    c->plugin = inner->plugin;
+    c->ctx = inner->ctx;
+    c->n = n;
+    size_t nn = n ? n : 1;
+    c->items = calloc(nn, sizeof *c->items);
+    c->strs = calloc(3 * nn, sizeof *c->strs);
+    c->ids = calloc(nn, sizeof *c->ids);
+    c->scores = calloc(nn, sizeof *c->scores);
+    c->status = calloc(nn, sizeof *c->status);
+    int ok = c->items && c->strs && c->ids && c->scores && c->status;
+    for (size_t i = 0; ok && i < n; i++) {
+        c->items[i] = items[i];
+        ok = (c->strs[3 * i] = strdup(items[i].prompt)) && (c->strs[3 * i + 1] = strdup(items[i].completion)) &&
+             (c->strs[3 * i + 2] = strdup(items[i].record_json));
+        if (!ok) break;
+        c->items[i].prompt = c->strs[3 * i];
+        c->items[i].completion = c->strs[3 * i + 1];
+        c->items[i].record_json = c->strs[3 * i + 2];
+        if (items[i].completion_ids && items[i].n_completion_ids > 0) {
+            size_t b = (size_t)items[i].n_completion_ids * sizeof(int32_t);
+            ok = (c->ids[i] = malloc(b)) != NULL;
+            if (ok) memcpy(c->ids[i], items[i].completion_ids, b);
+            c->items[i].completion_ids = c->ids[i];
+        }
+    }
+    if (!ok) {
+        call_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* The host binary of the worker process: $RLHF_PLUGIN_HOST, else this executable. */
+static int host_program(char *out, size_t cap) {
+    const char *env = getenv("RLHF_PLUGIN_HOST");
+    if (env && env[0]) return snprintf(out, cap, "%s", env) < (int)cap ? 0 : -1;
+    ssize_t n = readlink("/proc/self/exe", out, cap - 1);
+    if (n <= 0) return -1;
+    out[n] = 0;
+    return 0;
+}
+
+/* Moves the plugin into a worker process; 0, or -1 with reason. */
+static int guard_isolate(plugin_guard *g, char *reason, size_t rlen) {
+    char host[PATH_MAX];
+    if (host_program(host, sizeof host)) {
+        snprintf(reason, rlen, "cannot find the plugin host program");
+        return -1;
+    }
+    json_error_t je;
+    json_t *cfg = json_loads(g->config_json, JSON_DECODE_ANY, &je);
+    json_t *src = json_pack("{s:[s,s,s],s:o}", "command", host, "reward-plugin-host", g->path, "config",
+                            cfg ? cfg : json_object());
+    reward_source_impl proc = {.timeout_ms = g->timeout_ms, .cancel = g->cancel};
+    rlhf_error err = {0};
+    int rc = src ? reward_source_process_create(src, "plugin worker", &proc, &err) : RLHF_ENOMEM;
+    json_decref(src);
+    if (rc) {
+        snprintf(reason, rlen, "plugin worker process did not start: %.100s", err.msg);
+        return -1;
+    }
+    g->proc = proc;
+    fprintf(stderr, "rewards: plugin %s overran its timeout_ms (%lld); it now runs in a worker process (%s "
+                    "reward-plugin-host)\n", g->path, (long long)g->timeout_ms, host);
+    return 0;
+}
+
+static int guard_score(void *vctx, const rlhf_reward_item *items, size_t n, double *scores,
+                       rlhf_reward_status *status) {
+    plugin_guard *g = vctx;
+    char reason[RLHF_REWARD_REASON_MAX] = "";
+    if (n == 0) return 0;
+    if (g->proc.plugin) return g->proc.plugin->score_batch(g->proc.ctx, items, n, scores, status);
+    if (g->abandoned) {
+        /* the worker could not be started at the last timeout: try again, never the abandoned ctx */
+        if (guard_isolate(g, reason, sizeof reason) == 0)
+            return g->proc.plugin->score_batch(g->proc.ctx, items, n, scores, status);
+        for (size_t i = 0; i < n; i++) rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "%s", reason);
+        return 0;
+    }
+    guard_call *c = call_new(&g->inner, items, n);
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (!c) {
+        snprintf(status[0].reason, sizeof status[0].reason, "out of memory");
+        pthread_attr_destroy(&at);
+        return -1;
+    }
+    c->refs = 2; /* this caller and the thread */
+    if (pthread_create(&th, &at, call_main, c) != 0) {
+        pthread_attr_destroy(&at);
+        c->refs = 1;
+        call_unref(c);
+        snprintf(status[0].reason, sizeof status[0].reason, "cannot start the plugin's watchdog thread");
+        return -1;
+    }
+    pthread_attr_destroy(&at);
+    /* the pipeline's late-answer check allows 50 ms; the wait allows the same */
+    double deadline = (items[0].deadline > 0 ? items[0].deadline : rlhf_now() + (double)g->timeout_ms / 1000.0) + 0.05;
+    int cancelled = 0;
+    pthread_mutex_lock(&c->mu);
+    while (!c->done) {
+        if (g->cancel && __atomic_load_n(g->cancel, __ATOMIC_RELAXED)) {
+            cancelled = 1;
+            break;
+        }
+        double left = deadline - rlhf_now();
+        if (left <= 0) break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double slice = left < 0.1 ? left : 0.1; /* slices: a cancel is seen within 0.1 s */
+        long ns = ts.tv_nsec + (long)(slice * 1e9);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+    }
+    int done = c->done, rc = c->rc;
+    if (done) {
+        memcpy(scores, c->scores, n * sizeof *scores);
+        memcpy(status, c->status, n * sizeof *status);
+    }
+    pthread_mutex_unlock(&c->mu);
+    call_unref(c);
+    if (done) return rc;
+    /* abandoned: the thread may run on with the ctx, so neither is touched again */
+    g->abandoned = 1;
+    if (cancelled) snprintf(reason, sizeof reason, "cancelled: the pipeline is stopping");
+    else snprintf(reason, sizeof reason, "timeout: score_batch did not return within %lld ms",
+                  (long long)g->timeout_ms);
+    for (size_t i = 0; i < n; i++) {
+        scores[i] = 0;
+        rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "%s", reason);
+    }
+    char why[RLHF_REWARD_REASON_MAX];
+    if (!cancelled && guard_isolate(g, why, sizeof why)) fprintf(stderr, "rewards: %s: %s\n", g->path, why);
+    return 0;
+}
+
+static void guard_destroy(void *vctx) {
+    plugin_guard *g = vctx;
+    if (!g) return;
+    if (g->proc.plugin && g->proc.plugin->destroy) g->proc.plugin->destroy(g->proc.ctx);
+    if (!g->abandoned) {
+        if (g->inner.plugin->destroy && g->inner.ctx) g->inner.plugin->destroy(g->inner.ctx);
+        if (g->inner.dl_handle) dlclose(g->inner.dl_handle);
+    }
+    /* else: a thread may still be running the plugin's code on its ctx; the .so stays mapped */
+    free(g->path);
+    free(g->config_json);
+    free(g);
+}
+
+static const rlhf_reward_plugin_v1 guard_plugin = {
+    RLHF_REWARD_ABI_VERSION, sizeof(rlhf_reward_plugin_v1), "plugin", NULL, guard_score, guard_destroy};
+
 int reward_source_plugin_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err) {
     static const char *const keys[] = {"path", "config", NULL};
     int rc = reward_check_keys(src, where, keys, err);
@@ -64,9 +295,27 @@ int reward_source_plugin_create(const json_t *src, const char *where, reward_sou
     const char *path = NULL;
     if ((rc = reward_get_string(src, "path", where, 1, &path, err))) return rc;
     json_t *cfg = json_object_get(src, "config");
-    char *cfg_txt = cfg ? json_dumps(cfg, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
-    if (!cfg_txt) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-    rc = reward_plugin_load(path, cfg_txt, where, impl, err);
-    free(cfg_txt);
-    return rc;
+    plugin_guard *g = calloc(1, sizeof *g);
+    if (!g) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    g->config_json = cfg ? json_dumps(cfg, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
+    g->path = strdup(path);
+    g->timeout_ms = impl->timeout_ms;
+    g->cancel = impl->cancel;
+    if (!g->config_json || !g->path) {
+        free(g->config_json);
+        free(g->path);
+        free(g);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    g->inner.timeout_ms = impl->timeout_ms;
+    if ((rc = reward_plugin_load(path, g->config_json, where, &g->inner, err))) {
+        free(g->config_json);
+        free(g->path);
+        free(g);
+        return rc;
+    }
+    impl->plugin = &guard_plugin;
+    impl->ctx = g;
+    impl->dl_handle = NULL; /* the guard owns it */
+    return 0;
 }

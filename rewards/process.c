@@ -38,7 +38,19 @@ typedef struct process_ctx {
     uint64_t next_id;
     int64_t restarts;     // times the child was (re)started after the first
     int64_t starts;
+    const volatile int *cancel; // the pipeline's cancel flag: stop waiting for the child
 } process_ctx;
+
+/* Waits for fd events like poll, but at most 100 ms at a time so a cancelled pipeline is noticed;
+ * returns -2 (reason set) once it is cancelled. */
+static int proc_poll(process_ctx *c, struct pollfd *pfd, double left, char *reason, size_t rlen) {
+    if (c->cancel && __atomic_load_n(c->cancel, __ATOMIC_RELAXED)) {
+        snprintf(reason, rlen, "cancelled: the pipeline is stopping");
+        return -2;
+    }
+    int ms = (int)(left * 1000) + 1;
+    return poll(pfd, 1, ms < 100 ? ms : 100);
+}
 
 static void proc_kill(process_ctx *c) {
     if (c->pid > 0) {
@@ -64,7 +76,8 @@ static int proc_send(process_ctx *c, const char *data, size_t len, double deadli
             return -1;
         }
         struct pollfd pfd = {c->fd, POLLOUT, 0};
-        int pr = poll(&pfd, 1, (int)(left * 1000) + 1);
+        int pr = proc_poll(c, &pfd, left, reason, rlen);
+        if (pr == -2) return -1;
         if (pr < 0 && errno == EINTR) continue;
         if (pr <= 0) continue;
         ssize_t w = send(c->fd, data + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -105,7 +118,8 @@ static char *proc_recv_line(process_ctx *c, double deadline, char *reason, size_
             return NULL;
         }
         struct pollfd pfd = {c->fd, POLLIN, 0};
-        int pr = poll(&pfd, 1, (int)(left * 1000) + 1);
+        int pr = proc_poll(c, &pfd, left, reason, rlen);
+        if (pr == -2) return NULL;
         if (pr < 0 && errno == EINTR) continue;
         if (pr <= 0) continue;
         if (c->buf_cap - c->buf_len < 65536) {
@@ -333,6 +347,7 @@ int reward_source_process_create(const json_t *src, const char *where, reward_so
     if (!c) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     c->fd = -1;
     c->timeout_ms = impl->timeout_ms;
+    c->cancel = impl->cancel;
     c->start_timeout_ms = 10000;
     c->argv = calloc(json_array_size(cmd) + 1, sizeof *c->argv);
     if (!c->argv) {

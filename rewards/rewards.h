@@ -108,9 +108,13 @@ static inline void rlhf_reward_status_set(rlhf_reward_status *st, int code, cons
  *                "running" (z-score with running mean/std over everything scored so far)
  *   "timeout_ms" integer > 0, default 10000: the per-batch budget of this source; items get
  *                deadline = start + timeout; a late or unanswered item is ERROR "timeout"
- *   "on_error"   "zero" (default: the item's contribution from this source is 0, counted as an error) |
- *                "skip_group" (the item and every item with the same group_id get item_status SKIP) |
- *                "fail" (reward_pipeline_score returns an error naming the source)
+ *   "on_error"   "skip_group" (default: the item and every item with the same group_id get item_status
+ *                SKIP; the updater does not train on that group and counts it) |
+ *                "zero" (the item's contribution from this source is 0, counted as an error) |
+ *                "fail" (reward_pipeline_score returns an error naming the source; the updater stops)
+ *   "max_error_rate" number in [0, 1], default 0.5; "error_window" integer, default 200: the updater
+ *                stops the run when more than max_error_rate of the source's last error_window scored
+ *                (non-SKIP) items were ERROR (1 = never). Read with reward_pipeline_source_max_error_rate.
  * plus the type's own keys (documented in docs/REWARD_PLUGINS.md). Unknown keys are errors naming
  * the JSON path, e.g. "config.json: rewards[2].wieght: unknown key".
  *
@@ -147,6 +151,12 @@ void reward_pipeline_destroy(reward_pipeline **p);
 size_t reward_pipeline_n_sources(const reward_pipeline *p);
 const char *reward_pipeline_source_name(const reward_pipeline *p, size_t s);
 double reward_pipeline_source_weight(const reward_pipeline *p, size_t s);
+/* The source's max_error_rate; *window (may be NULL) gets its error_window. */
+double reward_pipeline_source_max_error_rate(const reward_pipeline *p, size_t s, int64_t *window);
+/* The kind of an ERROR reason, for metric names: the text before the first ':' or '(', lower-case
+ * words joined by '_', digits dropped ("timeout: no reply within 2000 ms" -> "timeout",
+ * "process plugin exited (status 3)" -> "process_plugin_exited"); "unknown" when empty. */
+void reward_reason_kind(const char *reason, char *out, size_t cap);
 /* Errors counted per source since creation (reward_errors/<name>). */
 int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s);
 
@@ -157,6 +167,10 @@ int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s);
 int reward_pipeline_score(reward_pipeline *p, const rlhf_reward_item *items, size_t n, reward_scores *out,
                           struct rlhf_error *err);
 void reward_scores_free(reward_scores *s);
+/* Stops the pipeline for good, from any thread (e.g. at shutdown): a call in progress stops waiting
+ * for its sources within about 0.1 s (their items become ERROR "cancelled" — an in-process plugin
+ * stuck in score_batch is abandoned as after a timeout), and later calls return such ERRORs at once. */
+void reward_pipeline_cancel(reward_pipeline *p);
 
 /* Names of the registered source types, NULL-terminated (for help texts). */
 const char *const *reward_source_types(void);

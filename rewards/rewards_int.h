@@ -29,6 +29,8 @@ typedef struct reward_source_impl {
     void *ctx;                           /* given to score_batch/destroy */
     void *dl_handle;                     /* dlopen handle to dlclose after destroy, or NULL */
     int64_t timeout_ms;                  /* the source's timeout_ms (input to the constructor) */
+    const volatile int *cancel;          /* the pipeline's cancel flag (input): when it becomes non-zero,
+                                            sources that wait (process, plugin watchdog) stop waiting */
 } reward_source_impl;
 
 typedef int (*reward_source_create_fn)(const json_t *src, const char *where, reward_source_impl *impl,
@@ -77,7 +79,8 @@ int reward_source_remote_rm_create(const json_t *src, const char *where, reward_
 int reward_source_capitals_create(const json_t *src, const char *where, reward_source_impl *impl, rlhf_error *err);
 
 /* Loads a shared-object plugin: dlopen, look up RLHF_REWARD_PLUGIN_ENTRY, check abi_version and
- * struct_size, call init(config_json). Errors name `where` and the path. */
+ * struct_size, call init(config_json). Errors name `where` and the path. The plugin is called
+ * directly (no watchdog): `rlhf reward-plugin-host` uses it; the "plugin" source wraps it. */
 int reward_plugin_load(const char *path, const char *config_json, const char *where, reward_source_impl *impl,
                        rlhf_error *err);
 

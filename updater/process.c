@@ -402,6 +402,12 @@ int updater_main(const updater_options *o, rlhf_error *err) {
                 ready |= updater_session_offer(&u, sg);
             }
         }
+        /* a source with on_error "fail" failed, or one failed more than its max_error_rate: training
+         * on would learn from a broken reward; stop with the cause (exit 2: a restart fails alike) */
+        if (updater_scorer_failed(u.sc, err) || (u.failed && (*err = u.failed_err, 1))) {
+            rc = 2;
+            break;
+        }
         if (training) {
             if (!trainer_finished(tr, 0)) continue;
             /* the step is done: publish, metrics, checkpoint, then hand over what was scored meanwhile */
@@ -434,6 +440,11 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             wait_t0 = rlhf_now();
             for (int i = 0; i < n_pending; i++) ready |= updater_session_offer(&u, pending[i]);
             n_pending = 0;
+            if (u.failed) {
+                *err = u.failed_err;
+                rc = 2;
+                break;
+            }
             ready |= u.n_window >= cfg->prompts_per_step;
         }
         if (stop_requested(o) || steps_done >= cfg->steps) continue;

@@ -15,6 +15,7 @@ void updater_scored_group_free(scored_group *s) {
     free(s->src);
     free(s->total);
     free(s->src_errors);
+    free(s->src_status);
     free(s);
 }
 
@@ -96,6 +97,8 @@ struct scorer {
     int in_flight;
     int n_sources;
     const tokenizer *tok; /* turns completion ids into the text the reward sources see */
+    int failed;           /* an on_error "fail" source failed (under mu); failed_err says where */
+    rlhf_error failed_err;
 };
 
 /* Scores n groups with ONE pipeline call: sandboxed sources start one checker process per call
@@ -170,11 +173,18 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_grou
     reward_scores sc;
     memset(&sc, 0, sizeof sc);
     rc = reward_pipeline_score(pipe, items, N, &sc, err);
-    if (rc == 0) {
+    /* an on_error "fail" error still leaves every score and status filled: the groups carry their
+     * errors to the metrics like under any other policy */
+    if (sc.n_items == N && sc.status) {
         it = 0;
         for (int gi = 0; gi < n; gi++) {
             scored_group *sg = gs[gi];
             int k = (int)sg->g.k;
+            if (rc) sg->skipped = 1;
+            for (int i = 0; i < k; i++)
+                for (int s = 0; s < S; s++)
+                    if (sc.status[(it + i) * S + s].code == RLHF_REWARD_ERROR && !sg->src_status)
+                        sg->src_status = calloc((size_t)S * k, sizeof *sg->src_status);
             for (int i = 0; i < k; i++, it++) {
                 sg->total[i] = (float)sc.total[it];
                 if (sc.item_status[it].code == RLHF_REWARD_SKIP) sg->skipped = 1;
@@ -183,9 +193,29 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_grou
                     float v = st->code == RLHF_REWARD_OK ? (float)sc.raw[it * S + s] : NAN;
                     sg->src[(size_t)s * k + i] = v;
                     if (st->code == RLHF_REWARD_ERROR) sg->src_errors[s]++;
+                    if (sg->src_status) sg->src_status[(size_t)s * k + i] = *st;
                 }
             }
         }
+    }
+    if (rc && sc.n_items == N && sc.status) {
+        /* name the prompt: the pipeline only knows the item's index in this batch */
+        int fs = -1;
+        for (int s = 0; s < S; s++)
+            if (!strcmp(reward_pipeline_source_name(pipe, (size_t)s), err->where)) fs = s;
+        it = 0;
+        for (int gi = 0; gi < n && fs >= 0; gi++)
+            for (uint32_t i = 0; i < gs[gi]->g.k; i++, it++)
+                if (sc.status[it * S + fs].code == RLHF_REWARD_ERROR) {
+                    char msg[sizeof err->msg], wh[sizeof err->where];
+                    snprintf(wh, sizeof wh, "%s", err->where);
+                    snprintf(msg, sizeof msg, "on_error \"fail\": reward source '%s' failed on prompt %s (sample %u): %s",
+                             wh, gs[gi]->g.prompt_id ? gs[gi]->g.prompt_id : "?", i,
+                             sc.status[it * S + fs].reason);
+                    rlhf_error_set(err, rc, wh, "%s", msg);
+                    gi = n;
+                    break;
+                }
     }
     reward_scores_free(&sc);
 done:
@@ -230,9 +260,15 @@ static void *scorer_main(void *p) {
         while (n < SCORER_MAX_BATCH && (g = updater_group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
         rlhf_error err = {0};
         if (score_groups(pipe, s->tok, batch, n, &err) != 0) {
-            /* an on_error "fail" source: the groups carry no usable reward; they are counted as skipped */
-            rlhf_error_print("updater: scoring", &err);
+            /* an on_error "fail" source (or no memory): the groups carry no usable reward and are
+             * counted as skipped; the updater stops the run with the first such error */
             for (int i = 0; i < n; i++) batch[i]->skipped = 1;
+            pthread_mutex_lock(&s->mu);
+            if (!s->failed) {
+                s->failed = 1;
+                s->failed_err = err;
+            }
+            pthread_mutex_unlock(&s->mu);
         }
         for (int i = 0; i < n; i++) updater_group_queue_push(&s->out, batch[i]);
     }
@@ -283,6 +319,9 @@ void updater_scorer_destroy(scorer **sp) {
     scorer *s = *sp;
     if (!s) return;
     updater_group_queue_close(&s->in);
+    /* what is still being scored is dropped: a source waiting on a hung plugin or process stops
+     * waiting now rather than at its timeout_ms, so stopping takes well under a second */
+    for (int i = 0; i < s->n_threads; i++) reward_pipeline_cancel(s->pipes[i]);
     for (int i = 0; i < s->n_threads; i++)
         if (s->threads[i]) pthread_join(s->threads[i], NULL);
     for (int i = 0; i < s->n_threads; i++) reward_pipeline_destroy(&s->pipes[i]);
@@ -321,6 +360,16 @@ int updater_scorer_in_flight(scorer *s) {
 }
 
 int updater_scorer_n_sources(const scorer *s) { return s->n_sources; }
+int updater_scorer_failed(scorer *s, rlhf_error *err) {
+    pthread_mutex_lock(&s->mu);
+    int f = s->failed;
+    if (f && err) *err = s->failed_err;
+    pthread_mutex_unlock(&s->mu);
+    return f;
+}
+double updater_scorer_max_error_rate(const scorer *s, int i, int64_t *window) {
+    return reward_pipeline_source_max_error_rate(s->pipes[0], (size_t)i, window);
+}
 const char *updater_scorer_source_name(const scorer *s, int i) { return reward_pipeline_source_name(s->pipes[0], (size_t)i); }
 
 int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], s->tok, g, err); }

@@ -13,6 +13,109 @@
 
 #include "updater/updater_int.h"
 
+/* Reward errors of one source: counts per reason kind (for metrics), how many of each kind were
+ * logged, and the ERROR flags of its last error_window scored items (for max_error_rate). */
+#define SESSION_MAX_KINDS 16
+#define SESSION_LOG_PER_KIND 5
+typedef struct session_reason {
+    char kind[48];
+    long step, total, logged;
+} session_reason;
+struct session_errors {
+    long step, total;
+    session_reason kinds[SESSION_MAX_KINDS];
+    int n_kinds;
+    double max_rate;
+    int64_t window;
+    unsigned char *ring; /* (window) 1 = the item failed */
+    int64_t ring_pos, ring_n, ring_err;
+    char sample[RLHF_REWARD_REASON_MAX + 96]; /* the latest failure, "prompt ID: reason" */
+};
+
+static session_reason *reason_slot(struct session_errors *e, const char *kind) {
+    for (int i = 0; i < e->n_kinds; i++)
+        if (!strcmp(e->kinds[i].kind, kind)) return &e->kinds[i];
+    /* kinds are few in practice; past the table every new one is counted as "other" */
+    if (e->n_kinds == SESSION_MAX_KINDS - 1) kind = "other";
+    for (int i = 0; i < e->n_kinds; i++)
+        if (!strcmp(e->kinds[i].kind, kind)) return &e->kinds[i];
+    session_reason *r = &e->kinds[e->n_kinds++];
+    snprintf(r->kind, sizeof r->kind, "%s", kind);
+    return r;
+}
+
+static void count_errors(updater_session *u, const scored_group *sg) {
+    if (!u->errs) return;
+    int S = sg->n_sources < u->n_sources ? sg->n_sources : u->n_sources;
+    for (int s = 0; s < S && sg->src && !u->failed; s++) {
+        struct session_errors *e = &u->errs[s];
+        for (uint32_t i = 0; i < sg->g.k; i++) {
+            const rlhf_reward_status *st = sg->src_status ? &sg->src_status[(size_t)s * sg->g.k + i] : NULL;
+            int failed = st && st->code == RLHF_REWARD_ERROR;
+            if (!failed && !(sg->src && !isnan(sg->src[(size_t)s * sg->g.k + i]))) continue; /* SKIP */
+            if (e->ring_n == e->window) e->ring_err -= e->ring[e->ring_pos];
+            else e->ring_n++;
+            e->ring[e->ring_pos] = (unsigned char)failed;
+            e->ring_pos = (e->ring_pos + 1) % e->window;
+            e->ring_err += failed;
+            if (!failed) continue;
+            const char *pid = sg->g.prompt_id ? sg->g.prompt_id : "?";
+            char kind[48];
+            reward_reason_kind(st->reason, kind, sizeof kind);
+            session_reason *r = reason_slot(e, kind);
+            e->step++;
+            e->total++;
+            r->step++;
+            r->total++;
+            snprintf(e->sample, sizeof e->sample, "prompt %s: %s", pid, st->reason);
+            if (r->logged < SESSION_LOG_PER_KIND) {
+                r->logged++;
+                fprintf(stderr, "updater: reward source '%s' failed on prompt %s (sample %u): %s%s\n", u->src_names[s],
+                        pid, i, st->reason,
+                        r->logged == SESSION_LOG_PER_KIND ? " (further errors of this kind are only counted: metrics "
+                                                            "reward/<source>/errors/<kind>)"
+                                                          : "");
+            }
+            /* errors alone already past the limit over the window: stop, even before the window fills */
+            if ((double)e->ring_err > e->max_rate * (double)e->window) {
+                u->failed = 1;
+                rlhf_error_set(&u->failed_err, RLHF_EIO, u->src_names[s],
+                               "reward source '%s' failed on %lld of its last %lld scored items (%.0f%%), more than "
+                               "max_error_rate %g over error_window %lld; e.g. %s",
+                               u->src_names[s], (long long)e->ring_err, (long long)e->ring_n,
+                               100.0 * (double)e->ring_err / (double)e->ring_n, e->max_rate, (long long)e->window,
+                               e->sample);
+                fprintf(stderr, "updater: %s\n", u->failed_err.msg);
+                break;
+            }
+        }
+    }
+}
+
+/* The step's error metrics: reward/<source>/errors (this step), .../errors_total, one
+ * .../errors/<kind> per kind seen so far, reward_errors/<source> (the older name), reward/errors. */
+static void error_metrics(updater_session *u, json_t *m) {
+    long all = 0;
+    for (int s = 0; s < u->n_sources && u->errs; s++) {
+        struct session_errors *e = &u->errs[s];
+        char key[256];
+        snprintf(key, sizeof key, "reward/%s/errors", u->src_names[s]);
+        json_object_set_new(m, key, json_integer(e->step));
+        snprintf(key, sizeof key, "reward/%s/errors_total", u->src_names[s]);
+        json_object_set_new(m, key, json_integer(e->total));
+        snprintf(key, sizeof key, "reward_errors/%s", u->src_names[s]);
+        json_object_set_new(m, key, json_integer(e->step));
+        for (int k = 0; k < e->n_kinds; k++) {
+            snprintf(key, sizeof key, "reward/%s/errors/%s", u->src_names[s], e->kinds[k].kind);
+            json_object_set_new(m, key, json_integer(e->kinds[k].step));
+            e->kinds[k].step = 0;
+        }
+        all += e->step;
+        e->step = 0;
+    }
+    json_object_set_new(m, "reward/errors", json_integer(all));
+}
+
 int updater_session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err) {
     memset(u, 0, sizeof *u);
     u->cfg = cfg;
@@ -27,6 +130,19 @@ int updater_session_init(updater_session *u, run_config *cfg, int with_threads, 
     }
     u->n_sources = updater_scorer_n_sources(u->sc);
     for (int s = 0; s < u->n_sources && s < SESSION_MAX_SOURCES; s++) u->src_names[s] = updater_scorer_source_name(u->sc, s);
+    u->errs = calloc((size_t)u->n_sources + 1, sizeof *u->errs);
+    for (int s = 0; u->errs && s < u->n_sources; s++) {
+        u->errs[s].max_rate = updater_scorer_max_error_rate(u->sc, s, &u->errs[s].window);
+        if (u->errs[s].window < 1) u->errs[s].window = 1;
+        if (!(u->errs[s].ring = calloc((size_t)u->errs[s].window, 1))) {
+            updater_session_fini(u);
+            return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        }
+    }
+    if (!u->errs) {
+        updater_session_fini(u);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
     snprintf(u->metrics_path, sizeof u->metrics_path, "%s/metrics.jsonl", cfg->run_dir);
     u->window_start = rlhf_now();
     u->consumed = json_object();
@@ -46,6 +162,9 @@ void updater_session_fini(updater_session *u) {
     free(u->window);
     u->window = NULL;
     u->n_window = 0;
+    for (int s = 0; u->errs && s < u->n_sources; s++) free(u->errs[s].ring);
+    free(u->errs);
+    u->errs = NULL;
     updater_scorer_destroy(&u->sc);
     updater_policy_fini(&u->ps);
     json_decref(u->consumed);
@@ -55,6 +174,7 @@ void updater_session_fini(updater_session *u) {
 int updater_session_offer(updater_session *u, scored_group *sg) {
     u->ps.log_records++;
     u->ps.groups_total++;
+    count_errors(u, sg);
     if (sg->skipped) {
         u->ps.groups_skipped++;
         u->w_skipped++;
@@ -98,10 +218,9 @@ void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sour
     json_object_set_new(m, "reward/std", json_real(cnt ? sqrt(fmax(0, sq / cnt - mean * mean)) : 0));
     for (int s = 0; s < n_sources; s++) {
         double ss = 0;
-        long c = 0, errs = 0;
+        long c = 0;
         for (int g = 0; g < n; g++) {
             scored_group *x = groups[g];
-            errs += x->src_errors ? x->src_errors[s] : 0;
             for (uint32_t i = 0; i < x->g.k; i++) {
                 float v = x->src[(size_t)s * x->g.k + i];
                 if (!isnan(v)) {
@@ -112,9 +231,8 @@ void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sour
         }
         char key[256];
         snprintf(key, sizeof key, "reward/%s/mean", src_names[s]);
-        json_object_set_new(m, key, json_real(c ? ss / c : 0));
-        snprintf(key, sizeof key, "reward_errors/%s", src_names[s]);
-        json_object_set_new(m, key, json_integer(errs));
+        /* no OK item: there is no mean (a 0 would read as a scored 0) */
+        json_object_set_new(m, key, c ? json_real(ss / c) : json_null());
     }
     json_object_set_new(m, "pass_rate", json_real(cnt ? pass / cnt : 0));
 }
@@ -152,6 +270,7 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     json_object_set_new(m, "step", json_integer(ps->step + 1));
     json_object_set_new(m, "policy_version", json_integer((json_int_t)ps->version));
     updater_metrics_rewards(m, groups, P, u->n_sources, u->src_names);
+    error_metrics(u, m);
     int rc = 0;
     if (n_kept > 0) {
         rc = updater_policy_train_step(ps, kept, n_kept, m, u->src_names, err);

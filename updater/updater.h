@@ -25,6 +25,7 @@
 #include "broker/wire.h"
 #include "common/common.h"
 #include "model/model.h"
+#include "rewards/rewards.h"
 #include "run/run.h"
 
 #ifdef __cplusplus
@@ -81,6 +82,7 @@ typedef struct scored_group {
     float *src;             // (n_sources, k) per-source raw reward, NaN when that source failed
     float *total;           // (k) weighted total
     int *src_errors;        // (n_sources) ERROR items in this group
+    rlhf_reward_status *src_status; // (n_sources, k) each source's status per sample; NULL when none failed
     int skipped;            /* a skip_group on_error policy fired: not trained */
     double score_seconds;   /* wall time spent scoring it */
     uint64_t log_index;     /* position in the replay log (records), or UINT64_MAX when unknown */
@@ -99,6 +101,11 @@ scored_group *updater_scorer_take(scorer *s, double timeout_s);
 int updater_scorer_in_flight(scorer *s);                /* submitted, not yet taken */
 int updater_scorer_n_sources(const scorer *s);
 const char *updater_scorer_source_name(const scorer *s, int i);
+/* 0, or the first failure of a source with on_error "fail" seen by the scoring threads (err filled):
+ * the caller stops the run with it. */
+int updater_scorer_failed(scorer *s, rlhf_error *err);
+/* The source's max_error_rate and error_window (reward_pipeline_source_max_error_rate). */
+double updater_scorer_max_error_rate(const scorer *s, int i, int64_t *window);
 /* Scores synchronously on the caller's thread (replay: deterministic). */
 int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err);
 /* Same for n groups in one pipeline call (eval). */
@@ -160,7 +167,7 @@ int updater_metrics_append(const char *path, json_t *rec, rlhf_error *err);
 /* Drops lines whose "step" is greater than `step` (resume from an older checkpoint). */
 int updater_metrics_truncate_after(const char *path, long step, rlhf_error *err);
 /* Fills the reward metrics of a step from its groups: reward/mean, reward/std, reward/<source>/mean,
- * pass_rate, reward_errors/<source>. */
+ * pass_rate (a source with no OK item in the step has mean null). The error counts come from the session. */
 void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names);
 
 /* ---------------------------------------------------------------- the updater session
@@ -184,6 +191,9 @@ typedef struct updater_session {
     int queue_depth;            /* groups received but not yet scored (caller sets) */
     json_t *consumed;           /* {generator_id: highest seq finished (trained or dropped)} (owned) */
     FILE *consumed_log;         /* optional: one line "generator_id seq step" per finished group */
+    struct session_errors *errs; /* (n_sources) reward error counters, reasons and windows (session.c) */
+    int failed;                 /* a source broke its max_error_rate: failed_err says which; stop the run */
+    rlhf_error failed_err;
 } updater_session;
 /* Marks a group finished (consumed map, consumed log). */
 void updater_session_mark_consumed(updater_session *u, const scored_group *sg);
@@ -192,7 +202,9 @@ void updater_session_mark_consumed(updater_session *u, const scored_group *sg);
  * synchronously (replay). */
 int updater_session_init(updater_session *u, run_config *cfg, int with_threads, rlhf_error *err);
 void updater_session_fini(updater_session *u);
-/* Takes a scored group (ownership). Returns 1 when a step's worth of groups is waiting. */
+/* Takes a scored group (ownership). Returns 1 when a step's worth of groups is waiting. Counts the
+ * group's reward errors (per source and reason kind, for the step's metrics), logs the first few of
+ * each kind to stderr with the prompt id, and sets u->failed when a source exceeds its max_error_rate. */
 int updater_session_offer(updater_session *u, scored_group *sg);
 /* Trains one step on the oldest rl.prompts_per_step waiting groups; *metrics_out gets the step's
  * metrics record (new reference; the caller adds what it knows, then writes it). */

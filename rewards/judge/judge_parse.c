@@ -108,7 +108,8 @@ int judge_config_parse(judge_config *cfg, const json_t *obj, const char *where, 
         char w[320];
         snprintf(w, sizeof w, "%s.%s", where, key);
         if (!strcmp(key, "type") || !strcmp(key, "name") || !strcmp(key, "weight") || !strcmp(key, "normalize") ||
-            !strcmp(key, "timeout_ms") || !strcmp(key, "on_error")) {
+            !strcmp(key, "timeout_ms") || !strcmp(key, "on_error") || !strcmp(key, "max_error_rate") ||
+            !strcmp(key, "error_window")) {
             continue; /* the pipeline's keys */
         } else if (!strcmp(key, "base_url")) {
             rc = get_str_key(v, w, key, cfg->base_url, sizeof cfg->base_url, 1, err);

@@ -41,6 +41,10 @@ static void test_config_errors(void) {
     expect_config_error("[{\"type\":\"regex\",\"pattern\":\"a\"},{\"type\":\"regex\",\"pattern\":\"b\"}]",
                         "rewards[1].name", "duplicate");
     expect_config_error("[{\"type\":\"length_penalty\"}]", "rewards[0].budget", "required");
+    expect_config_error("[{\"type\":\"regex\",\"pattern\":\"a\",\"max_error_rate\":1.5}]", "rewards[0].max_error_rate",
+                        "[0, 1]");
+    expect_config_error("[{\"type\":\"regex\",\"pattern\":\"a\",\"error_window\":0}]", "rewards[0].error_window",
+                        "1..1000000");
     expect_config_error("[{\"type\":\"exact_match\",\"extract\":\"first_word\"}]", "rewards[0].extract", "last_line");
     expect_config_error("{\"type\":\"regex\"}", "cfg: rewards", "array");
     expect_config_error("[{\"type\":\"regex\",", "cfg: rewards:", "invalid JSON");
@@ -142,6 +146,51 @@ static void test_on_error_skip_group(void) {
     CU_ASSERT_DOUBLE_EQUAL(sc.total[2], 1.0, 1e-12);
     reward_scores_free(&sc);
     reward_pipeline_destroy(&p);
+}
+
+/* Without on_error the policy is skip_group: a failed scoring is neither trained on nor a silent 0. */
+static void test_on_error_default_skips(void) {
+    reward_pipeline *p = make("[{\"type\":\"exact_match\"}]");
+    rlhf_reward_item items[3] = {rt_item("1", BAD_RECORD), rt_item("1", "{\"answer\":1}"), rt_item("1", "{\"answer\":1}")};
+    items[0].group_id = items[1].group_id = 3;
+    items[2].group_id = 4;
+    reward_scores sc = {0};
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 3, &sc, &err), 0);
+    CU_ASSERT_EQUAL(sc.source_errors[0], 1);
+    CU_ASSERT_EQUAL(sc.item_status[0].code, RLHF_REWARD_SKIP);
+    CU_ASSERT_EQUAL(sc.item_status[1].code, RLHF_REWARD_SKIP);
+    CU_ASSERT_EQUAL(sc.item_status[2].code, RLHF_REWARD_OK);
+    int64_t window = 0;
+    CU_ASSERT_DOUBLE_EQUAL(reward_pipeline_source_max_error_rate(p, 0, &window), 0.5, 0);
+    CU_ASSERT_EQUAL(window, 200);
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+    p = make("[{\"type\":\"exact_match\",\"max_error_rate\":0.1,\"error_window\":30}]");
+    CU_ASSERT_DOUBLE_EQUAL(reward_pipeline_source_max_error_rate(p, 0, &window), 0.1, 0);
+    CU_ASSERT_EQUAL(window, 30);
+    reward_pipeline_destroy(&p);
+}
+
+/* Metric names group reasons by kind: the words before ':' or '(', digits dropped. */
+static void test_reason_kinds(void) {
+    static const char *const cases[][2] = {
+        {"timeout: no reply within 2000 ms", "timeout"},
+        {"process plugin exited (status 3)", "process_plugin_exited"},
+        {"sandbox_error: cannot fork", "sandbox_error"},
+        {"result 3 has no numeric \"score\"", "result_has_no_numeric_score"},
+        {"Non-finite score", "non_finite_score"},
+        {"", "unknown"},
+        {"(503)", "unknown"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char k[48];
+        reward_reason_kind(cases[i][0], k, sizeof k);
+        CU_ASSERT_STRING_EQUAL(k, cases[i][1]);
+    }
+    char small[8];
+    reward_reason_kind("process plugin exited", small, sizeof small);
+    CU_ASSERT_STRING_EQUAL(small, "process");
 }
 
 static void test_on_error_fail(void) {
@@ -260,6 +309,8 @@ int rt_register_pipeline(void) {
     CU_add_test(s, "on_error zero counts and adds 0", test_on_error_zero);
     CU_add_test(s, "on_error skip_group marks the group", test_on_error_skip_group);
     CU_add_test(s, "on_error fail returns an error naming the source", test_on_error_fail);
+    CU_add_test(s, "on_error defaults to skip_group; max_error_rate read back", test_on_error_default_skips);
+    CU_add_test(s, "reason kinds for metric names", test_reason_kinds);
     CU_add_test(s, "exact_match and numeric_match", test_exact_and_numeric);
     CU_add_test(s, "length_penalty over token ids", test_length_penalty_tokens);
     CU_add_test(s, "one pipeline, four scoring threads", test_concurrent_callers);

@@ -1,7 +1,10 @@
 /* tests/rewards/test_plugins.c — shared-object plugins (the documented example, ABI mismatch,
  * missing symbol, failing init, unloadable path) and process plugins (working, crashing, hanging,
  * printing garbage, refusing init). */
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests/rewards/rewards_test.h"
 
@@ -128,6 +131,90 @@ static void test_process_hang(void) {
     reward_pipeline_destroy(&p);
 }
 
+/* An in-process plugin that loops forever: the watchdog returns at timeout_ms with ERROR "timeout",
+ * the plugin then runs in a worker process (rlhf reward-plugin-host), which scores the next batches,
+ * and a second hang there is again a timeout followed by a restart. */
+static void test_so_hang_watchdog(void) {
+    char so[512], json[1024], host[4200];
+    CU_ASSERT_EQUAL_FATAL(rt_build_so("tests/rewards/fixtures/hang_fixture.c", "", "hang.so", so, sizeof so), 0);
+    snprintf(host, sizeof host, "%s/bin/rlhf", rt_build_dir());
+    CU_ASSERT_EQUAL_FATAL(access(host, X_OK), 0);
+    setenv("RLHF_PLUGIN_HOST", host, 1); /* this test binary is not rlhf */
+    snprintf(json, sizeof json, "[{\"type\":\"plugin\",\"name\":\"hang\",\"path\":\"%s\",\"timeout_ms\":300}]", so);
+    reward_pipeline *p = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, json, "cfg: rewards", &err), 0);
+    rlhf_reward_item items[2] = {rt_item("x", NULL), rt_item("HANG", NULL)};
+    reward_scores sc = {0};
+    double t0 = rlhf_now();
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 2, &sc, &err), 0);
+    CU_ASSERT(rlhf_now() - t0 < 2.0);
+    for (int i = 0; i < 2; i++) {
+        CU_ASSERT_EQUAL(sc.status[i].code, RLHF_REWARD_ERROR);
+        char kind[48];
+        reward_reason_kind(sc.status[i].reason, kind, sizeof kind);
+        CU_ASSERT_STRING_EQUAL(kind, "timeout");
+    }
+    /* isolated: the worker process scores */
+    rlhf_reward_item ok[2] = {rt_item("abc", NULL), rt_item("zz", NULL)};
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, ok, 2, &sc, &err), 0);
+    CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_OK);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 3, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[1], 2, 1e-12);
+    /* a hang in the worker: killed at the timeout, restarted for the next batch */
+    t0 = rlhf_now();
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, items + 1, 1, &sc, &err), 0);
+    CU_ASSERT(rlhf_now() - t0 < 2.0);
+    CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_ERROR);
+    CU_ASSERT_PTR_NOT_NULL(strstr(sc.status[0].reason, "timeout"));
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, ok, 1, &sc, &err), 0);
+    CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_OK);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 3, 1e-12);
+    CU_ASSERT_EQUAL(reward_pipeline_source_errors_total(p, 0), 3);
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+}
+
+static void *cancel_later(void *arg) {
+    usleep(300000);
+    reward_pipeline_cancel(arg);
+    return NULL;
+}
+
+/* reward_pipeline_cancel ends a wait on a hung plugin (in-process or process) long before its
+ * timeout_ms: what lets a stopping updater exit within seconds whatever a plugin does. */
+static void test_cancel_ends_waits(void) {
+    char so[512], json[1024];
+    CU_ASSERT_EQUAL_FATAL(rt_build_so("tests/rewards/fixtures/hang_fixture.c", "", "hang.so", so, sizeof so), 0);
+    for (int kind = 0; kind < 2; kind++) {
+        if (kind == 0)
+            snprintf(json, sizeof json, "[{\"type\":\"plugin\",\"path\":\"%s\",\"timeout_ms\":60000}]", so);
+        else
+            snprintf(json, sizeof json, "[{\"type\":\"process\"," PROC_CMD ",\"timeout_ms\":60000}]");
+        reward_pipeline *p = NULL;
+        rlhf_error err = {0};
+        CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, json, "cfg: rewards", &err), 0);
+        rlhf_reward_item items[1] = {rt_item("HANG", NULL)};
+        reward_scores sc = {0};
+        pthread_t th;
+        double t0 = rlhf_now();
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, cancel_later, p), 0);
+        CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 1, &sc, &err), 0);
+        double dt = rlhf_now() - t0;
+        pthread_join(th, NULL);
+        CU_ASSERT(dt >= 0.25 && dt < 1.5);
+        CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_ERROR);
+        CU_ASSERT_PTR_NOT_NULL(strstr(sc.status[0].reason, "cancelled"));
+        /* and a later call does not wait at all */
+        t0 = rlhf_now();
+        CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 1, &sc, &err), 0);
+        CU_ASSERT(rlhf_now() - t0 < 0.1);
+        CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_ERROR);
+        reward_scores_free(&sc);
+        reward_pipeline_destroy(&p);
+    }
+}
+
 static void test_process_garbage_and_bad_init(void) {
     reward_pipeline *p = make_proc("garbage", 5000);
     if (!p) return;
@@ -157,5 +244,7 @@ int rt_register_plugins(void) {
     CU_add_test(s, "process plugin scores; crash is ERROR then restart", test_process_ok_and_crash);
     CU_add_test(s, "process plugin hang is a timeout ERROR", test_process_hang);
     CU_add_test(s, "process plugin garbage and refused init", test_process_garbage_and_bad_init);
+    CU_add_test(s, ".so that loops forever: watchdog timeout, then a worker process", test_so_hang_watchdog);
+    CU_add_test(s, "cancel ends the wait on a hung plugin", test_cancel_ends_waits);
     return 0;
 }

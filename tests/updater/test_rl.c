@@ -220,6 +220,7 @@ static void test_config_errors_name_path(void) {
 }
 
 int register_loop_suite(void);
+int register_reward_errors_suite(void);
 
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("rl_math", NULL, NULL);
@@ -230,5 +231,5 @@ int register_suites(void) {
     CU_pSuite c = CU_add_suite("run_config", NULL, NULL);
     CU_add_test(c, "defaults_and_overrides", test_config_defaults_and_overrides);
     CU_add_test(c, "errors_name_path", test_config_errors_name_path);
-    return register_loop_suite();
+    return register_loop_suite() || register_reward_errors_suite();
 }

@@ -1,0 +1,117 @@
+/* rewards/plugin_host_cli.c — `rlhf reward-plugin-host PLUGIN.so`: serves a shared-object reward
+ * plugin over the process-plugin protocol (docs/REWARD_PLUGINS.md) on stdin/stdout. A "plugin"
+ * source moves its plugin here after a score_batch overran timeout_ms (rewards/plugin.c), so a
+ * plugin that hangs again is killed with this process instead of stalling the updater. Not meant to
+ * be started by hand; stdout carries only protocol lines, messages go to stderr. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rewards/rewards_int.h"
+
+static int reply(json_t *j) {
+    char *t = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!t) return -1;
+    int rc = printf("%s\n", t) < 0 || fflush(stdout) ? -1 : 0;
+    free(t);
+    return rc;
+}
+
+/* Scores one request {"id", "items": [...]} and writes its reply. */
+static int serve_request(const reward_source_impl *impl, json_t *req) {
+    json_t *arr = json_object_get(req, "items");
+    size_t n = json_array_size(arr);
+    rlhf_reward_item *items = calloc(n ? n : 1, sizeof *items);
+    char **recs = calloc(n ? n : 1, sizeof *recs);
+    int32_t **ids = calloc(n ? n : 1, sizeof *ids);
+    double *scores = calloc(n ? n : 1, sizeof *scores);
+    rlhf_reward_status *st = calloc(n ? n : 1, sizeof *st);
+    if (!items || !recs || !ids || !scores || !st) return -1;
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_array_get(arr, i);
+        items[i].prompt = json_string_value(json_object_get(it, "prompt"));
+        items[i].completion = json_string_value(json_object_get(it, "completion"));
+        if (!items[i].prompt) items[i].prompt = "";
+        if (!items[i].completion) items[i].completion = "";
+        json_t *rec = json_object_get(it, "record");
+        recs[i] = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+        items[i].record_json = recs[i] ? recs[i] : "{}";
+        json_t *jids = json_object_get(it, "completion_ids");
+        size_t m = json_array_size(jids);
+        if (m && (ids[i] = malloc(m * sizeof(int32_t)))) {
+            for (size_t k = 0; k < m; k++) ids[i][k] = (int32_t)json_integer_value(json_array_get(jids, k));
+            items[i].completion_ids = ids[i];
+            items[i].n_completion_ids = (int64_t)m;
+        }
+        json_t *gid = json_object_get(it, "group_id");
+        items[i].group_id = json_is_integer(gid) ? (int64_t)json_integer_value(gid) : -1;
+    }
+    int rc = n ? impl->plugin->score_batch(impl->ctx, items, n, scores, st) : 0;
+    json_t *res = json_array();
+    for (size_t i = 0; i < n; i++) {
+        st[i].reason[RLHF_REWARD_REASON_MAX - 1] = 0;
+        if (rc != 0)
+            json_array_append_new(res, json_pack("{s:s}", "error", st[0].reason[0] ? st[0].reason : "score_batch failed"));
+        else if (st[i].code == RLHF_REWARD_ERROR)
+            json_array_append_new(res, json_pack("{s:s}", "error", st[i].reason));
+        else if (st[i].code == RLHF_REWARD_SKIP)
+            json_array_append_new(res, json_pack("{s:s}", "skip", st[i].reason));
+        else if (st[i].code != RLHF_REWARD_OK)
+            json_array_append_new(res, json_pack("{s:s}", "error", "invalid status code"));
+        else if (!isfinite(scores[i]))
+            json_array_append_new(res, json_pack("{s:s}", "error", "non-finite score"));
+        else
+            json_array_append_new(res, json_pack("{s:f}", "score", scores[i]));
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(recs[i]);
+        free(ids[i]);
+    }
+    free(items);
+    free(recs);
+    free(ids);
+    free(scores);
+    free(st);
+    return reply(json_pack("{s:O,s:o}", "id", json_object_get(req, "id"), "results", res));
+}
+
+int cmd_reward_plugin_host(int argc, char **argv);
+int cmd_reward_plugin_host(int argc, char **argv) {
+    if (argc != 2 || argv[1][0] == '-') {
+        fputs("usage: rlhf reward-plugin-host PLUGIN.so   (started by the reward pipeline; speaks the "
+              "process-plugin protocol on stdin/stdout)\n",
+              argc == 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
+        return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    if (getline(&line, &cap, stdin) < 0) return 1;
+    json_error_t je;
+    json_t *init = json_loads(line, 0, &je);
+    json_t *cfg = json_object_get(init, "init");
+    char *cfg_txt = cfg ? json_dumps(cfg, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    reward_source_impl impl = {0};
+    rlhf_error err = {0};
+    if (reward_plugin_load(argv[1], cfg_txt ? cfg_txt : "{}", "reward-plugin-host", &impl, &err)) {
+        free(cfg_txt);
+        json_decref(init);
+        free(line);
+        reply(json_pack("{s:s}", "error", err.msg));
+        return 1;
+    }
+    free(cfg_txt);
+    json_decref(init);
+    if (reply(json_pack("{s:b}", "ok", 1))) return 1;
+    int rc = 0;
+    while (getline(&line, &cap, stdin) >= 0) {
+        json_t *req = json_loads(line, 0, &je);
+        if (!req || serve_request(&impl, req)) rc = 1;
+        json_decref(req);
+        if (rc) break;
+    }
+    free(line);
+    if (impl.plugin->destroy && impl.ctx) impl.plugin->destroy(impl.ctx);
+    return rc;
+}
