@@ -174,11 +174,14 @@ int cmd_run(int argc, char **argv) {
         rlhf_error_print("rlhf run", &err);
         return 1;
     }
-    if (resume_dir && strcmp(cfg.run_dir, resume_dir) != 0) {
-        /* the run directory moved: follow the directory given on the command line */
-        snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", resume_dir);
-        json_object_set_new(cfg.resolved, "run_dir", json_string(resume_dir));
+    char *resume_abs = resume_dir ? realpath(resume_dir, NULL) : NULL;
+    if (resume_abs && strcmp(cfg.run_dir, resume_abs) != 0) {
+        /* the run directory moved: follow the directory given on the command line (saved absolute, as
+         * every path of the resolved config) */
+        snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", resume_abs);
+        json_object_set_new(cfg.resolved, "run_dir", json_string(resume_abs));
     }
+    free(resume_abs);
     char path[2048];
     snprintf(path, sizeof path, "%s/metrics.jsonl", cfg.run_dir);
     if (!resume_dir && access(path, F_OK) == 0) {
