@@ -264,7 +264,8 @@ static void progress(const run_config *cfg, double t_start, int start_step, int 
     fprintf(stderr,
             "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f  %s  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
             "ETA %s%s   %s",
-            tty ? "" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr, errs,
+            tty ? "
+" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr, errs,
             json_number_value(json_object_get(m, "staleness/mean")),
             json_number_value(json_object_get(m, "gen/tokens_per_s")),
             json_number_value(json_object_get(m, "train/tokens_per_s")), eta, restarts_text, tty ? "" : "\n");
@@ -310,11 +311,14 @@ int cmd_run(int argc, char **argv) {
         rlhf_error_print("rlhf run", &err);
         return prestart_status(&err);
     }
-    if (resume_dir && strcmp(cfg.run_dir, resume_dir) != 0) {
-        /* the run directory moved: follow the directory given on the command line */
-        snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", resume_dir);
-        json_object_set_new(cfg.resolved, "run_dir", json_string(resume_dir));
+    char *resume_abs = resume_dir ? realpath(resume_dir, NULL) : NULL;
+    if (resume_abs && strcmp(cfg.run_dir, resume_abs) != 0) {
+        /* the run directory moved: follow the directory given on the command line (saved absolute, as
+         * every path of the resolved config) */
+        snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", resume_abs);
+        json_object_set_new(cfg.resolved, "run_dir", json_string(resume_abs));
     }
+    free(resume_abs);
     /* one run per directory, before anything is written there; held until this process ends (see
      * run/lock.c for why the processes it starts share it) */
     run_dir_lock lock;

@@ -74,6 +74,7 @@ static const key_spec SPEC[] = {
     {"updaters.reward_threads", K_INT, 1, 256, "1"},
     {"launcher", K_OBJ, 0, 0, "{}"},
     {"launcher.auto_endpoint", K_BOOL, 0, 0, "false"},
+    {"launcher.resolved", K_BOOL, 0, 0, "false"},
 };
 #define NSPEC (sizeof SPEC / sizeof SPEC[0])
 
@@ -151,6 +152,37 @@ static int set_path(json_t *doc, const char *path, json_t *val) {
     return -1;
 }
 
+/* The value of `--set PATH=TEXT`, typed by the key's entry in SPEC: a string key takes TEXT as it is
+ * (`--set name=2024` is the string "2024"; a quoted JSON string is unquoted), a number key must be a
+ * JSON number, an array/object key JSON of that kind. A path below a free-form section (model.arch.dim,
+ * broker.endpoint, prompts.selector.policy) has no entry: TEXT is parsed as JSON when it can be, else
+ * taken as a string. NULL on a mismatch, with the error naming the key. */
+static json_t *typed_value(const char *path, const char *vtext, rlhf_error *err) {
+    json_error_t jerr;
+    json_t *val = json_loads(vtext, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+    const key_spec *s = find_spec(path);
+    char w[300];
+    snprintf(w, sizeof w, "--set %s", path);
+    if (!s) return val ? val : json_string(vtext);
+    int ok = 0;
+    switch (s->type) {
+    case K_STR:
+        if (json_is_string(val)) return val;
+        json_decref(val);
+        return json_string(vtext);
+    case K_INT: ok = json_is_integer(val); break;
+    case K_NUM: ok = json_is_number(val); break;
+    case K_BOOL: ok = json_is_boolean(val); break;
+    case K_OBJ: ok = json_is_object(val); break;
+    case K_ANY_OBJ: ok = json_is_object(val) || json_is_null(val); break;
+    case K_ARR: ok = json_is_array(val); break;
+    }
+    if (ok) return val;
+    json_decref(val);
+    rlhf_error_set(err, RLHF_EINVAL, w, "must be %s, got '%.100s'", type_name(s->type), vtext);
+    return NULL;
+}
+
 int run_config_apply_override(json_t *doc, const char *assignment, rlhf_error *err) {
     const char *eq = strchr(assignment, '=');
     if (!eq || eq == assignment)
@@ -160,10 +192,8 @@ int run_config_apply_override(json_t *doc, const char *assignment, rlhf_error *e
     if (n >= sizeof path) return rlhf_error_set(err, RLHF_EINVAL, "--set", "key path too long");
     memcpy(path, assignment, n);
     path[n] = 0;
-    const char *vtext = eq + 1;
-    json_error_t jerr;
-    json_t *val = json_loads(vtext, JSON_DECODE_ANY, &jerr);
-    if (!val) val = json_string(vtext); /* bare words are strings: --set mode=sync */
+    json_t *val = typed_value(path, eq + 1, err);
+    if (!val) return RLHF_EINVAL;
     if (set_path(doc, path, val) != 0)
         return rlhf_error_set(err, RLHF_EINVAL, "--set", "cannot set '%s'", path);
     return 0;
@@ -342,6 +372,10 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
 
     /* the synchronous baseline: generation waits for each new version, nothing stale is used */
     if (cfg->mode == RUN_MODE_SYNC) {
+        json_t *given = get_path(in, "rl.max_staleness");
+        if (json_is_integer(given) && json_integer_value(given) != 0)
+            fprintf(stderr, "rlhf: warning: %s: rl.max_staleness: %lld is replaced by 0 in sync mode\n", where,
+                    (long long)json_integer_value(given));
         cfg->max_staleness = 0;
         json_object_set_new(get_path(doc, "rl"), "max_staleness", json_integer(0));
     }
@@ -355,24 +389,81 @@ fail:
 #undef FAIL_AT
 }
 
+/* Keys naming files or directories. A relative one in a config file is relative to that file's folder
+ * (so a run starts the same from any directory); one given with --set, to the working directory. The
+ * resolved config saves them absolute, so `--resume` works from anywhere. */
+static const char *const PATH_KEYS[] = {"run_dir", "model.base_checkpoint", "model.tokenizer", "task.train",
+                                        "task.eval", "broker.dataset"};
+
+static int is_path_key(const char *path) {
+    for (size_t i = 0; i < sizeof PATH_KEYS / sizeof PATH_KEYS[0]; i++)
+        if (!strcmp(PATH_KEYS[i], path)) return 1;
+    return 0;
+}
+
+/* Makes the string at `key` absolute against `base` when it is a relative path ("" and the tokenizer
+ * name "bytes" are not paths). */
+static int resolve_path_key(json_t *doc, const char *key, const char *base, rlhf_error *err) {
+    json_t *v = get_path(doc, key);
+    const char *s = json_string_value(v);
+    if (!s || !s[0] || s[0] == '/' || (!strcmp(key, "model.tokenizer") && !strcmp(s, "bytes"))) return 0;
+    size_t n = strlen(base) + strlen(s) + 2;
+    char *abs = malloc(n);
+    if (!abs) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    snprintf(abs, n, "%s/%s", base, s);
+    json_string_set(v, abs);
+    free(abs);
+    return 0;
+}
+
 int run_config_load(run_config *cfg, const char *path, char *const *overrides, int n_overrides, rlhf_error *err) {
     json_error_t jerr;
-    json_t *doc = json_load_file(path, 0, &jerr);
+    /* a key given twice is a mistake either way round: jansson would silently keep the last one */
+    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!doc) {
         char w[1200];
         snprintf(w, sizeof w, "%s:%d", path, jerr.line);
         return rlhf_error_set(err, RLHF_EINVAL, w, "invalid JSON: %s", jerr.text);
     }
-    for (int i = 0; i < n_overrides; i++) {
-        int rc = run_config_apply_override(doc, overrides[i], err);
-        if (rc) {
-            json_decref(doc);
-            return rc;
+    char dir[4096], cwd[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    char *real_dir = realpath(dir, NULL);
+    if (!getcwd(cwd, sizeof cwd) || !real_dir) {
+        free(real_dir);
+        json_decref(doc);
+        return rlhf_error_set(err, RLHF_ESYS, path, "cannot resolve the config's folder: %s", strerror(errno));
+    }
+    int rc = 0;
+    for (size_t i = 0; i < sizeof PATH_KEYS / sizeof PATH_KEYS[0] && !rc; i++)
+        rc = resolve_path_key(doc, PATH_KEYS[i], real_dir, err);
+    free(real_dir);
+    for (int i = 0; i < n_overrides && !rc; i++) {
+        rc = run_config_apply_override(doc, overrides[i], err);
+        char key[256];
+        const char *eq = strchr(overrides[i], '=');
+        if (!rc && eq && (size_t)(eq - overrides[i]) < sizeof key) {
+            memcpy(key, overrides[i], (size_t)(eq - overrides[i]));
+            key[eq - overrides[i]] = 0;
+            if (is_path_key(key)) rc = resolve_path_key(doc, key, cwd, err);
         }
     }
-    int rc = run_config_parse(cfg, doc, path, err);
+    if (!rc) rc = run_config_parse(cfg, doc, path, err);
     json_decref(doc);
-    return rc;
+    if (rc) return rc;
+    /* the default runs/<name> is under the working directory; saved absolute like the other paths */
+    if (cfg->run_dir[0] != '/') {
+        char abs[sizeof cfg->run_dir];
+        if (snprintf(abs, sizeof abs, "%s/%s", cwd, cfg->run_dir) >= (int)sizeof abs) {
+            run_config_free(cfg);
+            return rlhf_error_set(err, RLHF_EINVAL, path, "run_dir: path too long");
+        }
+        memcpy(cfg->run_dir, abs, sizeof abs);
+        json_object_set_new(cfg->resolved, "run_dir", json_string(abs));
+    }
+    return 0;
 }
 
 int run_config_write(const run_config *cfg, const char *path, rlhf_error *err) {

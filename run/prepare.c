@@ -58,26 +58,91 @@ int run_prepare_base(run_config *cfg, rlhf_error *err) {
     return 0;
 }
 
+/* Every prompt of `path`, tokenized as a generator will (with BOS), must leave generators.max_tokens
+ * positions in the model's context of `seq`: a longer one would get a shorter completion budget, or none,
+ * in the middle of a run. The first offending prompt is named with its length. */
+static int check_prompt_lengths(const run_config *cfg, const char *key, const char *path, const tokenizer *tok,
+                                int seq, rlhf_error *err) {
+    prompt_dataset *ds = NULL;
+    int rc = prompt_dataset_load(&ds, path, err);
+    if (rc) return rc;
+    size_t n = prompt_dataset_size(ds);
+    for (size_t i = 0; i < n && !rc; i++) {
+        const prompt_record *r = prompt_dataset_get(ds, i);
+        int32_t *ids = NULL;
+        int len = 0;
+        if ((rc = tokenizer_encode(tok, r->prompt, strlen(r->prompt), 1, &ids, &len, err))) break;
+        free(ids);
+        if (len + cfg->max_tokens > seq) {
+            char w[1200];
+            snprintf(w, sizeof w, "%.300s: %s: %.400s", cfg->source, key, path);
+            rc = rlhf_error_set(err, RLHF_EINVAL, w,
+                                "prompt \"%.100s\" (line %zu) is %d tokens; with generators.max_tokens %d that is %d, "
+                                "more than the model's context of %d positions",
+                                r->id, i + 1, len, cfg->max_tokens, len + cfg->max_tokens, seq);
+        }
+    }
+    prompt_dataset_destroy(&ds);
+    return rc;
+}
+
+/* A dataset and the selector that will serve it: both must load. */
+static int check_dataset_and_selector(const run_config *cfg, const char *dataset_key, const char *path,
+                                      const char *selector_key, json_t *selector, rlhf_error *err) {
+    char w[1200];
+    prompt_dataset *ds = NULL;
+    int rc = prompt_dataset_load(&ds, path, err);
+    if (rc) {
+        snprintf(w, sizeof w, "%.200s: %s: %.200s", cfg->source, dataset_key, err->where);
+        snprintf(err->where, sizeof err->where, "%.250s", w);
+        return rc;
+    }
+    prompt_selector *sel = NULL;
+    rc = prompt_selector_create(&sel, ds, selector, cfg->seed, err);
+    prompt_selector_destroy(&sel);
+    prompt_dataset_destroy(&ds);
+    if (rc) {
+        snprintf(w, sizeof w, "%.200s: %s: %.200s", cfg->source, selector_key, err->where);
+        snprintf(err->where, sizeof err->where, "%.250s", w);
+    }
+    return rc;
+}
+
 int run_prepare(run_config *cfg, rlhf_error *err) {
     char p[4096], w[1200];
     int rc;
     /* everything is checked before anything is created: a bad config leaves no run directory */
 
-    /* prompts */
-    prompt_dataset *ds = NULL;
-    if ((rc = prompt_dataset_load(&ds, cfg->train_path, err))) return rc;
-    prompt_selector *sel = NULL;
-    rc = prompt_selector_create(&sel, ds, cfg->selector, cfg->seed, err);
-    prompt_selector_destroy(&sel);
-    prompt_dataset_destroy(&ds);
-    if (rc) {
-        snprintf(w, sizeof w, "%.200s: prompts.selector: %.200s", cfg->source, err->where);
-        snprintf(err->where, sizeof err->where, "%.250s", w);
+    /* prompts: the training set with the selector that serves it (the broker's own when it names them) */
+    json_t *b = cfg->broker;
+    const char *b_dataset = json_string_value(json_object_get(b, "dataset"));
+    json_t *b_selector = json_object_get(b, "selector");
+    if (json_object_get(b, "dataset") && !b_dataset)
+        return rlhf_error_set(err, RLHF_EINVAL, "broker.dataset", "must be a string (a prompt JSONL file)");
+    if (b_selector && !json_is_object(b_selector))
+        return rlhf_error_set(err, RLHF_EINVAL, "broker.selector", "must be an object");
+    const char *train = b_dataset ? b_dataset : cfg->train_path;
+    if ((rc = check_dataset_and_selector(cfg, b_dataset ? "broker.dataset" : "task.train", train,
+                                         b_selector ? "broker.selector" : "prompts.selector",
+                                         b_selector ? b_selector : cfg->selector, err)))
         return rc;
-    }
+    if (b_dataset && strcmp(b_dataset, cfg->train_path) != 0 &&
+        (rc = check_dataset_and_selector(cfg, "task.train", cfg->train_path, "prompts.selector", cfg->selector, err)))
+        return rc;
+    prompt_dataset *ds = NULL;
     if (cfg->eval_path[0]) {
         if ((rc = prompt_dataset_load(&ds, cfg->eval_path, err))) return rc;
         prompt_dataset_destroy(&ds);
+    }
+    /* the broker serves max_staleness = rl.max_staleness, always: a different value of the user's own is
+     * refused rather than replaced (a config the launcher wrote carries its own copy, refreshed below) */
+    json_t *b_stale = json_object_get(b, "max_staleness");
+    if (b_stale && !json_is_true(json_object_get(json_object_get(cfg->resolved, "launcher"), "resolved")) &&
+        !(json_is_integer(b_stale) && json_integer_value(b_stale) == cfg->max_staleness)) {
+        snprintf(w, sizeof w, "%.1000s: broker.max_staleness", cfg->source);
+        return rlhf_error_set(err, RLHF_EINVAL, w,
+                              "the broker always uses rl.max_staleness (%d%s); set that instead of this key",
+                              cfg->max_staleness, cfg->mode == RUN_MODE_SYNC ? " in sync mode" : "");
     }
     /* rewards */
     reward_pipeline *pipe = NULL;
@@ -86,12 +151,11 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     reward_pipeline_destroy(&pipe);
 
     int seq, both_bias_and_qk_norm;
+    tokenizer *tok = NULL;
     if (cfg->base_checkpoint[0]) {
         model *m = NULL;
         if ((rc = run_load_base(cfg, &m, err))) return rc;
-        tokenizer *tok = NULL;
         rc = run_load_tokenizer(cfg, m, &tok, err);
-        tokenizer_destroy(&tok);
         seq = m->cfg.max_seq_len;
         both_bias_and_qk_norm = m->cfg.attn_bias && m->cfg.qk_norm;
         model_destroy(&m);
@@ -103,15 +167,19 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
         if (cfg->max_seq_len > 0 && cfg->max_seq_len < arch.max_seq_len) arch.max_seq_len = cfg->max_seq_len;
         seq = arch.max_seq_len;
         /* the tokenizer the run will use must fit the vocabulary the base model will be created with */
-        tokenizer *tok = NULL;
         rc = tokenizer_load_for_model(&tok, cfg->tokenizer_path, NULL, arch.vocab_size, err);
-        tokenizer_destroy(&tok);
         if (rc) {
             snprintf(w, sizeof w, "%.200s: model.arch / model.tokenizer: %.200s", cfg->source, err->where);
             snprintf(err->where, sizeof err->where, "%.250s", w);
             return rc;
         }
     }
+    rc = check_prompt_lengths(cfg, b_dataset ? "broker.dataset" : "task.train", train, tok, seq, err);
+    if (!rc && b_dataset && strcmp(b_dataset, cfg->train_path) != 0)
+        rc = check_prompt_lengths(cfg, "task.train", cfg->train_path, tok, seq, err);
+    if (!rc && cfg->eval_path[0]) rc = check_prompt_lengths(cfg, "task.eval", cfg->eval_path, tok, seq, err);
+    tokenizer_destroy(&tok);
+    if (rc) return rc;
     if (seq < 8) return rlhf_error_set(err, RLHF_EINVAL, cfg->base_checkpoint, "max_seq_len %d is too short", seq);
     /* found now, not at the first checkpoint: no Hugging Face architecture has both */
     if (cfg->export_hf != RUN_EXPORT_HF_NONE && both_bias_and_qk_norm)
@@ -120,7 +188,6 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
                               "has: it cannot be exported");
 
     /* broker: what the rest of the config already says, unless the broker section says otherwise */
-    json_t *b = cfg->broker;
     set_default(b, "dataset", json_string(cfg->train_path));
     if (cfg->selector) set_default(b, "selector", json_incref(cfg->selector));
     set_default(b, "seed", json_integer((json_int_t)cfg->seed));
@@ -155,6 +222,8 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     broker_config_free(&bc);
     if (rc) return rc;
     json_object_set(cfg->resolved, "broker", b);
+    /* what is written from here on is the launcher's resolved config: its broker section is its own */
+    json_object_set_new(launcher, "resolved", json_true());
 
     snprintf(p, sizeof p, "%s/logs", cfg->run_dir);
     if ((rc = rlhf_mkdirs(p, err))) return rc;

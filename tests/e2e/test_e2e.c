@@ -12,7 +12,12 @@
  *                     (RUN_DIR/selector_state.json) survives the resume (usage counts not reset);
  *   replay_deterministic: two `rlhf replay` of one log -> bit-identical checkpoints;
  *   bad_input:        config errors name the JSON path before any process starts; a base checkpoint
- *                     that does not match model.arch; a replay log from another model. */
+ *                     that does not match model.arch; a replay log from another model;
+ *   checks_before_start: a prompt too long for the context with generators.max_tokens (the first one,
+ *                     with its length), a bad broker.dataset or broker.selector, a broker.max_staleness
+ *                     the launcher would replace: refused, nothing created;
+ *   relative_paths_resume: a config's relative paths are relative to its folder (started from another
+ *                     directory), and --resume works from a third one. */
 #include <CUnit/CUnit.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -513,6 +518,73 @@ static void test_bad_input(void) {
     CU_ASSERT(file_contains(log, "record 0"));
 }
 
+/* Checks before start: each refused with one line naming the key, before any run directory exists. */
+static void test_checks_before_start(void) {
+    char cfg[256], log[256], p[512];
+    snprintf(cfg, sizeof cfg, "%s/check.json", g_dir);
+    snprintf(log, sizeof log, "%s/check.out", g_dir);
+    snprintf(p, sizeof p, "%s/check", g_dir);
+    write_config(cfg, "check", 10, NULL);
+    /* context 16: "qN:" is BOS + 3 bytes = 4 tokens, 4 + 12 fits; "q10:" is 5 tokens, 5 + 12 = 17 does not */
+    const char *a1[] = {"run", cfg, "--quiet", "--set", "generators.max_tokens=12", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a1, 30), 1);
+    CU_ASSERT(file_contains(log, "check.json: task.train"));
+    CU_ASSERT(file_contains(log, "prompt \"p10\" (line 11) is 5 tokens; with generators.max_tokens 12 that is 17, "
+                                 "more than the model's context of 16 positions"));
+    CU_ASSERT(access(p, F_OK) != 0);
+    const char *a2[] = {"run", cfg, "--quiet", "--set", "broker.dataset=no_such.jsonl", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a2, 30), 1);
+    CU_ASSERT(file_contains(log, "broker.dataset"));
+    CU_ASSERT(file_contains(log, "no_such.jsonl"));
+    const char *a3[] = {"run", cfg, "--quiet", "--set", "broker.selector={\"policy\":\"nope\"}", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a3, 30), 1);
+    CU_ASSERT(file_contains(log, "check.json: broker.selector"));
+    const char *a4[] = {"run", cfg, "--quiet", "--set", "broker.max_staleness=2", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a4, 30), 1);
+    CU_ASSERT(file_contains(log, "check.json: broker.max_staleness: the broker always uses rl.max_staleness (4)"));
+    const char *a5[] = {"run", cfg, "--quiet", "--set", "rl.lr=abc", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a5, 30), 1);
+    CU_ASSERT(file_contains(log, "--set rl.lr: must be a number, got 'abc'"));
+    CU_ASSERT(access(p, F_OK) != 0);
+}
+
+/* A config whose paths are relative to its own folder, started from another directory; then --resume
+ * from a third. The sync-mode replacement of rl.max_staleness is printed with the value used. */
+static void test_relative_paths_resume(void) {
+    char sub[128], cfg[256], log[256], run_dir[256], cwd[1024];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(getcwd(cwd, sizeof cwd));
+    snprintf(sub, sizeof sub, "%s/cfgdir", g_dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(sub, 0755), 0);
+    snprintf(cfg, sizeof cfg, "%s/rel.json", sub);
+    snprintf(log, sizeof log, "%s/rel.out", g_dir);
+    CU_ASSERT_EQUAL_FATAL(write_text(cfg, "{\"name\":\"rel\",\"run_dir\":\"../relrun\",\"mode\":\"sync\",\n"
+                                          " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,"
+                                          "\"vocab_size\":259,\"max_seq_len\":16},\"threads\":1},\n"
+                                          " \"task\":{\"train\":\"../prompts.jsonl\"},\n"
+                                          " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"[0-9]\"}],\n"
+                                          " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"steps\":2,\"checkpoint_every\":1,"
+                                          "\"max_staleness\":3},\n"
+                                          " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4}}\n"),
+                          0);
+    snprintf(run_dir, sizeof run_dir, "%s/relrun", g_dir);
+    CU_ASSERT_EQUAL_FATAL(chdir("/"), 0); /* neither the config's folder nor its parent */
+    const char *a1[] = {"run", cfg, "--quiet", NULL};
+    int rc1 = run_cmd(log, a1, 120);
+    CU_ASSERT_EQUAL(rc1, 0);
+    CU_ASSERT(file_contains(log, "rl.max_staleness: 3 is replaced by 0 in sync mode"));
+    CU_ASSERT_EQUAL(latest_ckpt(run_dir), 2);
+    /* the saved config names the prompts by an absolute path */
+    char saved[600], want[600];
+    snprintf(saved, sizeof saved, "%s/config.json", run_dir);
+    snprintf(want, sizeof want, "\"train\": \"%s/cfgdir/../prompts.jsonl\"", g_dir);
+    CU_ASSERT(file_contains(saved, want));
+    CU_ASSERT_EQUAL_FATAL(chdir(sub), 0);
+    const char *a2[] = {"run", "--resume", "../relrun", "--quiet", "--set", "rl.steps=3", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a2, 120), 0);
+    CU_ASSERT_EQUAL(latest_ckpt(run_dir), 3);
+    CU_ASSERT_EQUAL_FATAL(chdir(cwd), 0);
+}
+
 void e2e_register_generation(void); /* tests/e2e/test_generation.c */
 void e2e_register_hf_run(void);     /* tests/e2e/test_hf_run.c */
 void e2e_register_supervision(void); /* tests/e2e/test_supervision.c */
@@ -530,5 +602,7 @@ int register_suites(void) {
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);
     CU_add_test(s, "replay_deterministic", test_replay_deterministic);
     CU_add_test(s, "bad_input", test_bad_input);
+    CU_add_test(s, "checks_before_start", test_checks_before_start);
+    CU_add_test(s, "relative_paths_resume", test_relative_paths_resume);
     return 0;
 }

@@ -4,7 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "tests/test_paths.h"
 #include "updater/updater.h"
 
 #define NEAR(a, b) CU_ASSERT(fabs((double)(a) - (double)(b)) < 1e-5)
@@ -188,26 +190,26 @@ static void test_config_defaults_and_overrides(void) {
 
 static void test_config_errors_name_path(void) {
     expect_error("rl.max_staleness=-1", "cfg.json: rl.max_staleness", "must be an integer >= 0");
-    expect_error("rl.k=\"eight\"", "cfg.json: rl.k", "must be an integer");
+    expect_error("rl.k=\"eight\"", "--set rl.k", "must be an integer");
     expect_error("rl.colour=3", "cfg.json: rl.colour", "unknown key");
     expect_error("generators.top_p=1.5", "cfg.json: generators.top_p", "in [0.01, 1]");
     expect_error("rl.loss=grpo", "cfg.json: rl.loss", "\"tis\" or \"ppo_clip\"");
     expect_error("mode=fast", "cfg.json: mode", "async");
     expect_error("updaters.count=2", "cfg.json: updaters.count", "all-reduce");
-    expect_error("task=3", "cfg.json: task", "must be an object");
+    expect_error("task=3", "--set task", "must be an object");
     expect_error("rewards=[]", "cfg.json: rewards", "at least one");
     expect_error("extra=1", "cfg.json: extra", "unknown key");
-    expect_error("task.stop=\"\\n\"", "cfg.json: task.stop", "must be an array");
+    expect_error("task.stop=\"\\n\"", "--set task.stop", "must be an array");
     expect_error("task.stop=[\"a\",\"\"]", "cfg.json: task.stop[1]", "must be a non-empty string");
     expect_error("task.stop=[\"a\",3]", "cfg.json: task.stop[1]", "must be a non-empty string");
     expect_error("task.stop=[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\",\"11\",\"12\",\"13\",\"14\","
                  "\"15\",\"16\",\"17\"]",
                  "cfg.json: task.stop", "at most 16");
-    expect_error("task.include_stop=1", "cfg.json: task.include_stop", "must be true or false");
+    expect_error("task.include_stop=1", "--set task.include_stop", "must be true or false");
     expect_error("generators.min_p=1.5", "cfg.json: generators.min_p", "in [0, 1]");
     expect_error("generators.min_p=-0.5", "cfg.json: generators.min_p", "in [0, 1]");
     expect_error("generators.top_k=-1", "cfg.json: generators.top_k", "must be an integer >= 0");
-    expect_error("generators.top_k=0.5", "cfg.json: generators.top_k", "must be an integer");
+    expect_error("generators.top_k=0.5", "--set generators.top_k", "must be an integer");
     expect_error("generators.behaviour_logprobs=q", "cfg.json: generators.behaviour_logprobs",
                  "\"sampling\" or \"policy\"");
     rlhf_error err = {0};
@@ -217,6 +219,86 @@ static void test_config_errors_name_path(void) {
     json_t *empty = json_object();
     CU_ASSERT_EQUAL(run_config_apply_override(empty, "novalue", &err), RLHF_EINVAL);
     json_decref(empty);
+}
+
+/* --set values take the type the key has in the config table, not whatever JSON they happen to parse as */
+static void test_config_set_typed_by_schema(void) {
+    rlhf_error err = {0};
+    run_config cfg;
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "name=2024", &err, &cfg), 0);
+    CU_ASSERT_STRING_EQUAL(cfg.name, "2024");
+    CU_ASSERT(json_is_string(json_object_get(cfg.resolved, "name")));
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "task.eval=true", &err, &cfg), 0);
+    CU_ASSERT_STRING_EQUAL(cfg.eval_path, "true");
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "name=\"quoted\"", &err, &cfg), 0);
+    CU_ASSERT_STRING_EQUAL(cfg.name, "quoted");
+    run_config_free(&cfg);
+    /* below a free-form section the value is still JSON when it parses */
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "broker.queue_capacity=3", &err, &cfg), 0);
+    CU_ASSERT(json_is_integer(json_object_get(cfg.broker, "queue_capacity")));
+    run_config_free(&cfg);
+    expect_error("rl.lr=abc", "--set rl.lr", "must be a number, got 'abc'");
+    expect_error("rl.k=4.5", "--set rl.k", "must be an integer");
+    expect_error("task.include_stop=yes", "--set task.include_stop", "must be true or false");
+    expect_error("task.stop=x", "--set task.stop", "must be an array");
+    expect_error("rewards={\"a\":1,\"a\":2}", "--set rewards", "must be an array");
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A key given twice in a config file is refused, naming the file and the line. */
+static void test_config_duplicate_keys(void) {
+    char dir[] = "/tmp/rlhf_cfg_XXXXXX", p[256];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(p, sizeof p, "%s/dup.json", dir);
+    write_file(p, "{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"m.safetensors\"},\"task\":{\"train\":\"p.jsonl\"},\n"
+                  " \"rl\":{\"lr\":0.1,\n \"lr\":0.2},\"rewards\":[{\"type\":\"exact_match\"}]}\n");
+    rlhf_error err = {0};
+    run_config cfg;
+    CU_ASSERT_EQUAL(run_config_load(&cfg, p, NULL, 0, &err), RLHF_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "dup.json:3"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "duplicate"));
+    if (!strstr(err.msg, "duplicate")) fprintf(stderr, "\n  got '%s: %s'\n", err.where, err.msg);
+    test_remove_tree(dir);
+}
+
+/* Relative paths in a config file are relative to its folder; with --set, to the working directory.
+ * Either way the resolved config holds them absolute (what --resume from elsewhere needs). */
+static void test_config_relative_paths(void) {
+    char dir[] = "/tmp/rlhf_cfg_XXXXXX", sub[256], p[512], want[2048], cwd[1024];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(getcwd(cwd, sizeof cwd));
+    snprintf(sub, sizeof sub, "%s/configs", dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(sub, 0755), 0);
+    snprintf(p, sizeof p, "%s/run.json", sub);
+    write_file(p, "{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"../data/m.safetensors\",\"tokenizer\":\"bytes\"},"
+                  "\"task\":{\"train\":\"p.jsonl\",\"eval\":\"/abs/e.jsonl\"},"
+                  "\"broker\":{\"dataset\":\"b.jsonl\"},\"rewards\":[{\"type\":\"exact_match\"}]}\n");
+    rlhf_error err = {0};
+    run_config cfg;
+    char *sets[] = {"task.eval=rel/e.jsonl"};
+    CU_ASSERT_EQUAL_FATAL(run_config_load(&cfg, p, sets, 1, &err), 0);
+    snprintf(want, sizeof want, "%s/configs/../data/m.safetensors", dir);
+    CU_ASSERT_STRING_EQUAL(cfg.base_checkpoint, want);
+    snprintf(want, sizeof want, "%s/configs/p.jsonl", dir);
+    CU_ASSERT_STRING_EQUAL(cfg.train_path, want);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_object_get(cfg.resolved, "task"), "train")), want);
+    snprintf(want, sizeof want, "%s/configs/b.jsonl", dir);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(cfg.broker, "dataset")), want);
+    CU_ASSERT_STRING_EQUAL(cfg.tokenizer_path, "bytes"); /* a name, not a path */
+    snprintf(want, sizeof want, "%s/rel/e.jsonl", cwd);
+    CU_ASSERT_STRING_EQUAL(cfg.eval_path, want);
+    snprintf(want, sizeof want, "%s/runs/t", cwd); /* the default run directory: under the working directory */
+    CU_ASSERT_STRING_EQUAL(cfg.run_dir, want);
+    run_config_free(&cfg);
+    test_remove_tree(dir);
 }
 
 int register_loop_suite(void);
@@ -231,5 +313,8 @@ int register_suites(void) {
     CU_pSuite c = CU_add_suite("run_config", NULL, NULL);
     CU_add_test(c, "defaults_and_overrides", test_config_defaults_and_overrides);
     CU_add_test(c, "errors_name_path", test_config_errors_name_path);
+    CU_add_test(c, "set_typed_by_schema", test_config_set_typed_by_schema);
+    CU_add_test(c, "duplicate_keys", test_config_duplicate_keys);
+    CU_add_test(c, "relative_paths", test_config_relative_paths);
     return register_loop_suite() || register_reward_errors_suite();
 }
