@@ -264,8 +264,7 @@ static void progress(const run_config *cfg, double t_start, int start_step, int 
     fprintf(stderr,
             "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f  %s  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
             "ETA %s%s   %s",
-            tty ? "
-" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr, errs,
+            tty ? "\r" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr, errs,
             json_number_value(json_object_get(m, "staleness/mean")),
             json_number_value(json_object_get(m, "gen/tokens_per_s")),
             json_number_value(json_object_get(m, "train/tokens_per_s")), eta, restarts_text, tty ? "" : "\n");
