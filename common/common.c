@@ -122,6 +122,12 @@ json_t *rlhf_json_load_file(const char *path, size_t flags, rlhf_error *err) {
         rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
         return NULL;
     }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) { /* it opens, and parses as an empty document */
+        fclose(f);
+        rlhf_error_set(err, RLHF_EIO, path, "is a directory, not a file");
+        return NULL;
+    }
     json_error_t je;
     json_t *j = json_loadf(f, flags, &je);
     fclose(f);
@@ -179,6 +185,11 @@ int rlhf_read_file(const char *path, char **data_out, size_t *len_out, rlhf_erro
     if (len_out) *len_out = 0;
     FILE *f = fopen(path, "rb");
     if (!f) return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) { /* its "size" would be LONG_MAX */
+        fclose(f);
+        return rlhf_error_set(err, RLHF_EIO, path, "is a directory, not a file");
+    }
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return rlhf_error_set(err, RLHF_EIO, path, "cannot seek: %s", strerror(errno));

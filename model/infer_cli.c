@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---------------------------------------------------------------- rlhf init */
 
@@ -105,6 +106,11 @@ static int read_prompts(const char *path, prompt_item **out, int *n_out, rlhf_er
     *n_out = 0;
     FILE *f = fopen(path, "r");
     if (!f) return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) { /* it opens, and reads as "no prompts" */
+        fclose(f);
+        return rlhf_error_set(err, RLHF_EIO, path, "is a directory, not a file");
+    }
     prompt_item *ps = NULL;
     int n = 0, cap = 0, lineno = 0, rc = 0;
     char *line = NULL;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "prompts/prompts.h"
 
@@ -177,6 +178,12 @@ static int prompts_eval(cli_opts *o, rlhf_error *err) {
     int rc = prompt_dataset_load(&ds, o->data, err);
     if (rc) return rc;
     FILE *f = fopen(o->samples, "r");
+    struct stat st;
+    if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) { /* it opens, and reads as empty */
+        fclose(f);
+        f = NULL;
+        errno = EISDIR;
+    }
     if (!f) {
         prompt_dataset_destroy(&ds);
         return rlhf_error_set(err, RLHF_EIO, o->samples, "cannot open: %s", strerror(errno));

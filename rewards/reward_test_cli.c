@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <sys/stat.h>
 
 #include "rewards/rewards_int.h"
 
@@ -112,6 +113,12 @@ int cmd_reward_test(int argc, char **argv) {
     }
     json_decref(cfg);
     FILE *f = fopen(samples_path, "r");
+    struct stat st;
+    if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) { /* it opens, and reads as empty */
+        fclose(f);
+        f = NULL;
+        errno = EISDIR;
+    }
     if (!f) {
         fprintf(stderr, "rlhf reward-test: error: %s: cannot open: %s\n", samples_path, strerror(errno));
         reward_pipeline_destroy(&p);

@@ -9,7 +9,10 @@
  *   version:          `rlhf --version` names the build's features: bf16 kernels, CURVE as libzmq
  *                     reports it (zmq_has in this process), MPI;
  *   make_install:     `make install PREFIX=DIR` installs the binary (and its aliases) beside the
- *                     library, and the installed rlhf runs. */
+ *                     library, and the installed rlhf runs;
+ *   directory_for_a_file: a directory given where a file is read (--data, --prompts, --arch, or a
+ *                     --model that is no Hugging Face directory) is one line naming it, not
+ *                     "cannot allocate 9223372036854775807 bytes" or "no prompts". */
 #include <CUnit/CUnit.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,6 +209,42 @@ static void test_make_install(void) {
     free(out);
 }
 
+static void test_directory_for_a_file(void) {
+    /* a model to get past --model, and a directory where each command wants a file */
+    char arch[256], model[256], dir[256], p[256];
+    snprintf(arch, sizeof arch, "%s/arch.json", g_dir);
+    snprintf(model, sizeof model, "%s/m.safetensors", g_dir);
+    snprintf(dir, sizeof dir, "%s/adir", g_dir);
+    snprintf(p, sizeof p, "%s/out.safetensors", g_dir);
+    FILE *f = fopen(arch, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs("{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,\"max_seq_len\":16}", f);
+    fclose(f);
+    CU_ASSERT_FATAL(mkdir(dir, 0755) == 0);
+    char *out, *err;
+    const char *init[] = {"init", "--arch", arch, "--out", model, NULL};
+    CU_ASSERT_FATAL(rlhf(init, &out, &err) == 0);
+    free(out);
+    free(err);
+    const char *const cases[][16] = {
+        {"score", "--model", model, "--data", dir, NULL},
+        {"pretrain", "--model", model, "--data", dir, "--out", p, "--steps", "1", "--batch", "1", "--seq", "8", "--lr",
+         "1e-3", NULL},
+        {"sample", "--model", model, "--prompts", dir, NULL},
+        {"init", "--arch", dir, "--out", p, NULL},
+        {"score", "--model", dir, "--data", dir, NULL}, /* a directory that is no Hugging Face model */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = rlhf(cases[i], &out, &err);
+        int ok = rc == 1 && count_lines(err) == 1 && strstr(err, dir) && !strstr(err, "allocate") &&
+                 (strstr(err, "is a directory, not a file") || strstr(err, "a model directory needs config.json"));
+        CU_ASSERT(ok);
+        if (!ok) fprintf(stderr, "rlhf %s ... (case %zu): exit %d, stderr '%.300s'\n", cases[i][0], i, rc, err);
+        free(out);
+        free(err);
+    }
+}
+
 void e2e_register_cli(void);
 void e2e_register_cli(void) {
     CU_pSuite s = CU_add_suite("cli", suite_init, suite_cleanup);
@@ -213,4 +252,5 @@ void e2e_register_cli(void) {
     CU_add_test(s, "bad_numbers", test_bad_numbers);
     CU_add_test(s, "version", test_version);
     CU_add_test(s, "make_install", test_make_install);
+    CU_add_test(s, "directory_for_a_file", test_directory_for_a_file);
 }
