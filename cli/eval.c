@@ -1,16 +1,23 @@
-/* cli/eval.c — `rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--n N]
- * [--samples S] [--temperature T] [--top-p P] [--top-k K] [--min-p M] [--data FILE]`: held-out pass
- * rate of a checkpoint.
+/* cli/eval.c — `rlhf eval RUN_DIR | --config CONFIG [--checkpoint base|latest|N|PATH] [--split eval|train]
+ * [--data FILE] [--n N] [--samples S] [--temperature T] [--top-p P] [--top-k K] [--min-p M]`: held-out
+ * pass rate of a checkpoint of a run.
+ *
+ * The checkpoint is the run's latest by default (RUN_DIR/checkpoints/latest); `base` is the run's base
+ * model, N the run's step_N, anything else a model file or Hugging Face directory. The prompts are
+ * task.eval's, and a config without one is an error rather than a quiet switch to the training
+ * prompts: `--split train` asks for those, `--data FILE` names any file.
  *
  * Samples S completions (greedy by default; the sampling filters are off unless given: the
- * generators' settings are not inherited) for the first N prompts of task.eval (or --data), ending
- * them by the task's rules (EOS, task.stop, task.include_stop, generators.max_tokens), scores the
- * texts with the run's reward pipeline, and prints one JSON line:
- *   {"checkpoint": ..., "prompts": N, "samples": S, "pass_rate": ..., "reward_mean": ...}
+ * generators' settings are not inherited) for the first N prompts, ending them by the task's rules
+ * (EOS, task.stop, task.include_stop, generators.max_tokens), scores the texts with the run's reward
+ * pipeline, and prints one JSON line:
+ *   {"checkpoint": ..., "data": ..., "prompts": N, "samples": S, "pass_rate": ..., "reward_mean": ...}
  * A sample passes when the first reward source (the task's check) gives its full score (>= 1). */
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "generator/generator.h"
 #include "prompts/prompts.h"
@@ -18,8 +25,13 @@
 #include "updater/updater.h"
 
 static const char usage[] =
-    "usage: rlhf eval --config CONFIG [--checkpoint MODEL.safetensors] [--data FILE] [--n N]\n"
+    "usage: rlhf eval RUN_DIR [--checkpoint base|latest|N|PATH] [--split eval|train] [--data FILE] [--n N]\n"
     "                 [--samples S] [--temperature T] [--top-p P] [--top-k K] [--min-p M] [--threads N]\n"
+    "       rlhf eval --config CONFIG [the same options]\n"
+    "  --checkpoint C    latest (default): the run's newest checkpoint; base: its base model;\n"
+    "                    N: checkpoints/step_N; else a model file or Hugging Face directory\n"
+    "  --split S         eval (default): task.eval's prompts (an error when the config has none);\n"
+    "                    train: task.train's\n"
     "  --temperature T   0 = greedy (default)\n"
     "  --top-p P         nucleus mass in (0, 1] (default 1 = off)\n"
     "  --top-k K         0 = off (default)\n"
@@ -27,24 +39,68 @@ static const char usage[] =
     "Completions end as the config's task says (EOS, task.stop, task.include_stop) or after\n"
     "generators.max_tokens tokens.\n";
 
+/* The model file --checkpoint names, into cfg->base_checkpoint. */
+static int pick_checkpoint(run_config *cfg, const char *which, rlhf_error *err) {
+    char p[2200];
+    const char *end = which;
+    while (isdigit((unsigned char)*end)) end++;
+    int step = -1;
+    if (!strcmp(which, "base")) return 0;
+    if (!strcmp(which, "latest")) {
+        step = updater_latest_checkpoint_step(cfg->run_dir);
+        if (step < 0)
+            return rlhf_error_set(err, RLHF_EINVAL, cfg->run_dir,
+                                  "no checkpoint yet (checkpoints/latest); --checkpoint base evaluates the base model");
+    } else if (!strcmp(which, "best")) {
+        return rlhf_error_set(err, RLHF_EINVAL, "--checkpoint best",
+                              "no held-out evaluation runs during training, so no checkpoint is marked best");
+    } else if (which[0] && !*end) {
+        step = atoi(which);
+    } else {
+        snprintf(cfg->base_checkpoint, sizeof cfg->base_checkpoint, "%s", which);
+        return 0;
+    }
+    snprintf(p, sizeof p, "%s/checkpoints/step_%d/model.safetensors", cfg->run_dir, step);
+    if (access(p, F_OK) != 0)
+        return rlhf_error_set(err, RLHF_EINVAL, p, "no such checkpoint (checkpoint.keep keeps the newest %d)",
+                              cfg->checkpoint_keep);
+    snprintf(cfg->base_checkpoint, sizeof cfg->base_checkpoint, "%.1000s", p);
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv) {
-    const char *config_path = NULL, *ckpt = NULL, *data = NULL;
+    const char *config_path = NULL, *ckpt = "latest", *data = NULL, *split = "eval", *run_dir = NULL;
     int n = 0, samples = 1, threads = 0, top_k = 0;
     float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--checkpoint", RLHF_OPT_STR, &ckpt),
-                             RLHF_OPT("--data", RLHF_OPT_STR, &data),          RLHF_OPT("--n", RLHF_OPT_INT, &n),
+                             RLHF_OPT("--data", RLHF_OPT_STR, &data),          RLHF_OPT("--split", RLHF_OPT_STR, &split),          RLHF_OPT("--n", RLHF_OPT_INT, &n),
                              RLHF_OPT("--samples", RLHF_OPT_INT, &samples),    RLHF_OPT("--threads", RLHF_OPT_INT, &threads),
                              RLHF_OPT("--temperature", RLHF_OPT_FLOAT, &temperature),
                              RLHF_OPT_RANGE("--top-p", RLHF_OPT_FLOAT, &top_p, 1e-9, 1.0),
                              RLHF_OPT_RANGE("--top-k", RLHF_OPT_INT, &top_k, 0, 1 << 30),
                              RLHF_OPT_RANGE("--min-p", RLHF_OPT_FLOAT, &min_p, 0.0, 1.0),
                              RLHF_OPT_END};
-    int prc = rlhf_opts_parse(argc, argv, "rlhf eval", usage, opts, NULL, 0, NULL);
+    int npos = 0;
+    int prc = rlhf_opts_parse(argc, argv, "rlhf eval", usage, opts, &run_dir, 1, &npos);
     if (prc >= 0) return prc;
-    if (!config_path || samples < 1 || n < 0 || temperature < 0) {
+    if (!config_path == !run_dir || samples < 1 || n < 0 || temperature < 0 ||
+        (strcmp(split, "eval") && strcmp(split, "train"))) {
         fprintf(stderr, "rlhf eval: error: %s\n%s",
-                !config_path ? "missing --config" : "--samples must be >= 1, --n and --temperature >= 0", usage);
+                !config_path == !run_dir ? "give either RUN_DIR or --config CONFIG"
+                : strcmp(split, "eval") && strcmp(split, "train")
+                    ? "--split must be eval or train"
+                    : "--samples must be >= 1, --n and --temperature >= 0",
+                usage);
         return 2;
+    }
+    char run_cfg[2048];
+    if (run_dir) {
+        snprintf(run_cfg, sizeof run_cfg, "%s/config.json", run_dir);
+        if (access(run_cfg, F_OK) != 0) {
+            fprintf(stderr, "rlhf eval: error: %s: no config.json here (not a run directory?)\n", run_dir);
+            return 1;
+        }
+        config_path = run_cfg;
     }
     rlhf_error err = {0};
     run_config cfg;
@@ -53,15 +109,28 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     model_set_threads(threads);
-    if (!data) data = cfg.eval_path[0] ? cfg.eval_path : cfg.train_path;
-    if (!n) n = cfg.eval_prompts;
-    if (ckpt) snprintf(cfg.base_checkpoint, sizeof cfg.base_checkpoint, "%s", ckpt);
     prompt_dataset *ds = NULL;
     model *m = NULL;
     tokenizer *tok = NULL;
     sampler *smp = NULL;
     scorer *sc = NULL;
     int rc = 0;
+    if (!data) {
+        if (!strcmp(split, "train")) {
+            data = cfg.train_path;
+        } else if (cfg.eval_path[0]) {
+            data = cfg.eval_path;
+        } else {
+            char w[1200];
+            snprintf(w, sizeof w, "%.1000s: task.eval", config_path);
+            rc = rlhf_error_set(&err, RLHF_EINVAL, w,
+                                "not set: no held-out prompts to score (--data FILE names some; --split train "
+                                "scores the training prompts)");
+            goto out;
+        }
+    }
+    if (!n) n = cfg.eval_prompts;
+    if ((rc = pick_checkpoint(&cfg, ckpt, &err))) goto out;
     if ((rc = prompt_dataset_load(&ds, data, &err))) goto out;
     if ((rc = run_load_base(&cfg, &m, &err))) goto out;
     if ((rc = run_load_tokenizer(&cfg, m, &tok, &err))) goto out;

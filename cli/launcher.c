@@ -278,6 +278,36 @@ static int prestart_status(const rlhf_error *err) {
     return st == RLHF_EXIT_OK ? RLHF_EXIT_TRANSIENT : st;
 }
 
+/* The newest samples.jsonl record (log.samples_every), once: the prompt and the first completion with
+ * its rewards, cut to one short line; the whole record stays in the file. */
+static void print_new_sample(const run_config *cfg, long *last_step, int tty) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/samples.jsonl", cfg->run_dir);
+    json_t *r = updater_metrics_last_record(path);
+    if (!r) return;
+    long step = (long)json_integer_value(json_object_get(r, "step"));
+    json_t *one = json_array_get(json_object_get(r, "samples"), 0);
+    if (step > *last_step && one) {
+        *last_step = step;
+        const char *t = json_string_value(json_object_get(one, "text"));
+        size_t n = t ? strlen(t) : 0;
+        if (n > 60) /* cut at a character boundary */
+            for (n = 60; n > 0 && ((unsigned char)t[n] & 0xC0) == 0x80; n--) {
+            }
+        json_t *short_text = t ? json_stringn(t, n) : NULL;
+        char *text = short_text ? json_dumps(short_text, JSON_ENCODE_ANY) : NULL;
+        char *rewards = json_dumps(json_object_get(one, "rewards"), JSON_COMPACT | JSON_PRESERVE_ORDER |
+                                                                      JSON_REAL_PRECISION(3));
+        fprintf(stderr, "%s[rlhf run] sample at step %ld, prompt %s: %s  reward %.3f %s\n", tty ? "\n" : "", step,
+                json_string_value(json_object_get(r, "prompt_id")), text ? text : "?",
+                json_number_value(json_object_get(one, "reward")), rewards ? rewards : "");
+        free(text);
+        free(rewards);
+        json_decref(short_text);
+    }
+    json_decref(r);
+}
+
 static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet]\n"
                             "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...] [--quiet]\n"
                             "Starts the broker, generators and updater of a training run and supervises them.\n";
@@ -392,6 +422,7 @@ int cmd_run(int argc, char **argv) {
 
     int tty = isatty(2) && !quiet;
     double t_start = rlhf_now(), last_progress = 0;
+    long last_sample = start_step; /* samples of earlier launches were shown then */
     int updater_done = 0, stopping = 0, fatal = 0, total_restarts = 0;
     double stop_sent = 0;
     while (!updater_done) {
@@ -477,12 +508,14 @@ int cmd_run(int argc, char **argv) {
         if (updater_done) break;
         double now = rlhf_now();
         if (!quiet && now - last_progress > (tty ? 1.0 : 15.0)) {
+            print_new_sample(&cfg, &last_sample, tty);
             progress(&cfg, t_start, start_step, tty, total_restarts);
             last_progress = now;
         }
         usleep(50000);
     }
     if (!quiet) {
+        print_new_sample(&cfg, &last_sample, 0);
         progress(&cfg, t_start, start_step, 0, total_restarts);
     }
     for (int g = 0; g < G; g++) stop_child(&gens[g], SIGTERM, 5);

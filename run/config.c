@@ -72,6 +72,10 @@ static const key_spec SPEC[] = {
     {"updaters", K_OBJ, 0, 0, "{}"},
     {"updaters.count", K_INT, 1, 256, "1"},
     {"updaters.reward_threads", K_INT, 1, 256, "1"},
+    {"checkpoint", K_OBJ, 0, 0, "{}"},
+    {"checkpoint.keep", K_INT, 1, BIG, "5"}, /* RUN_CHECKPOINT_KEEP_DEFAULT */
+    {"log", K_OBJ, 0, 0, "{}"},
+    {"log.samples_every", K_INT, 0, BIG, "10"},
     {"launcher", K_OBJ, 0, 0, "{}"},
     {"launcher.auto_endpoint", K_BOOL, 0, 0, "false"},
     {"launcher.resolved", K_BOOL, 0, 0, "false"},
@@ -348,6 +352,8 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->publish_every = geti(doc, "rl.publish_every");
     cfg->steps = geti(doc, "rl.steps");
     cfg->checkpoint_every = geti(doc, "rl.checkpoint_every");
+    cfg->checkpoint_keep = geti(doc, "checkpoint.keep");
+    cfg->samples_every = geti(doc, "log.samples_every");
     cfg->seed = (uint64_t)json_integer_value(get_path(doc, "rl.seed"));
 
     cfg->gen_count = geti(doc, "generators.count");
@@ -436,9 +442,13 @@ int run_config_load(run_config *cfg, const char *path, char *const *overrides, i
         json_decref(doc);
         return rlhf_error_set(err, RLHF_ESYS, path, "cannot resolve the config's folder: %s", strerror(errno));
     }
+    /* RUN_DIR/config.json of a run started before paths were resolved (a launcher section without
+     * "resolved") holds paths relative to the directory that run was started from: kept so */
+    json_t *launcher = json_object_get(doc, "launcher");
+    int old_run_config = json_is_object(launcher) && !json_object_get(launcher, "resolved");
     int rc = 0;
     for (size_t i = 0; i < sizeof PATH_KEYS / sizeof PATH_KEYS[0] && !rc; i++)
-        rc = resolve_path_key(doc, PATH_KEYS[i], real_dir, err);
+        rc = resolve_path_key(doc, PATH_KEYS[i], old_run_config ? cwd : real_dir, err);
     free(real_dir);
     for (int i = 0; i < n_overrides && !rc; i++) {
         rc = run_config_apply_override(doc, overrides[i], err);

@@ -41,6 +41,7 @@ enum {
     RUN_BEHAVIOUR_POLICY = 1,   /* log pi at temperature 1, unfiltered: the ratio then measures policy lag only */
 };
 enum { RUN_MAX_STOPS = 16 };
+enum { RUN_CHECKPOINT_KEEP_DEFAULT = 5 }; /* checkpoint.keep's default */
 
 typedef struct run_config {
     char name[128];          /* "name": run name; run_dir defaults to runs/<name> */
@@ -87,6 +88,8 @@ typedef struct run_config {
     int publish_every;         /* rl.publish_every: steps between weight versions */
     int steps;                 /* rl.steps: optimizer steps in the run */
     int checkpoint_every;      /* rl.checkpoint_every */
+    int checkpoint_keep;       /* checkpoint.keep: the newest N checkpoints stay, older ones are removed */
+    int samples_every;         /* log.samples_every: steps between sample records in samples.jsonl (0 = none) */
     uint64_t seed;             /* rl.seed */
 
     /* "generators" */

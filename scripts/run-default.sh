@@ -24,7 +24,7 @@ echo "== asynchronous RLOO run: runs/$RUN_NAME (config $CONFIG)"
 "$R" run "$CONFIG" "${SETS[@]}"
 
 RUN="runs/$RUN_NAME"
-LAST=$(cat "$RUN/checkpoints/latest")
+LAST=$(readlink "$RUN/checkpoints/latest")  # a symlink to step_N
 TRAINED="$RUN/checkpoints/$LAST/model.safetensors"
 echo "== held-out pass rate, 200 held-out prompts: greedy, and sampled (temperature 1, 4 samples per prompt)"
 ev() { "$R" eval --config "$RUN/config.json" --threads "$THREADS" --checkpoint "$@"; }

@@ -45,7 +45,7 @@ SETS=(--set "name=$RUN_NAME")
 echo "== asynchronous RLOO run on the HF directory: runs/$RUN_NAME (config $CONFIG)"
 "$R" run "$CONFIG" "${SETS[@]}"
 RUN="runs/$RUN_NAME"
-LAST=$(cat "$RUN/checkpoints/latest")
+LAST=$(readlink "$RUN/checkpoints/latest")  # a symlink to step_N
 echo "== held-out pass rate, 200 held-out prompts (greedy; sampled at temperature 1, 4 samples per prompt)"
 ev() { "$R" eval --config "$RUN/config.json" --threads "$THREADS" --checkpoint "$@"; }
 BG=$(ev "$BPE/base-hf")

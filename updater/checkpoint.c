@@ -5,9 +5,10 @@
  *   optimizer.safetensors  AdamW moments and step (adamw.m.*, adamw.v.*, adamw.step)
  *   state.json             step, policy_version, RNG, replay-log records consumed, counters, wall_s,
  *                          and "extra" (e.g. the launcher's bookkeeping)
- * written into step_N.tmp/ and renamed into place; then RUN_DIR/checkpoints/latest (the name
- * "step_N") is replaced atomically. A kill at any moment leaves `latest` naming a complete
- * checkpoint. The two newest checkpoints are kept. */
+ * written into step_N.tmp/ and renamed into place; then RUN_DIR/checkpoints/latest, a symbolic link to
+ * "step_N" (so tools can follow it), is replaced atomically (a new link renamed over it). A kill at any
+ * moment leaves `latest` naming a complete checkpoint. Runs from before the link kept `latest` as a
+ * text file holding "step_N"; it is still read. The newest checkpoint.keep checkpoints are kept. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -32,15 +33,49 @@ static int rm_rf(const char *path) {
 }
 
 int updater_latest_checkpoint_step(const char *run_dir) {
-    char p[4096];
+    char p[4096], target[256];
     snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
-    char *txt = NULL;
-    size_t n = 0;
-    if (rlhf_read_file(p, &txt, &n, NULL)) return -1;
     int step = -1;
+    ssize_t n = readlink(p, target, sizeof target - 1);
+    if (n >= 0) {
+        target[n] = 0;
+        if (sscanf(target, "step_%d", &step) != 1) step = -1;
+        return step;
+    }
+    /* the text-file form of older runs */
+    char *txt = NULL;
+    size_t len = 0;
+    if (rlhf_read_file(p, &txt, &len, NULL)) return -1;
     if (sscanf(txt, "step_%d", &step) != 1) step = -1;
     free(txt);
     return step;
+}
+
+static int cmp_long_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Removes every step_N directory but the `keep` newest (the one just written, `current`, always stays). */
+static void prune_checkpoints(const char *ck, long current, int keep) {
+    DIR *d = opendir(ck);
+    if (!d) return;
+    long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096) {
+        long sn;
+        char tail[8];
+        if (sscanf(e->d_name, "step_%ld%7s", &sn, tail) == 1) steps[n++] = sn;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof steps[0], cmp_long_desc);
+    char p[4400];
+    for (int i = keep; i < n; i++) {
+        if (steps[i] == current) continue;
+        snprintf(p, sizeof p, "%s/step_%ld", ck, steps[i]);
+        rm_rf(p);
+    }
 }
 
 int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err) {
@@ -87,25 +122,15 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
     snprintf(p, sizeof p, "%s/step_%ld", ck, ps->step);
     rm_rf(p);
     if (rename(tmp, p) != 0) return rlhf_error_set(err, RLHF_ESYS, p, "rename: %s", strerror(errno));
-    char name[64];
-    int nl = snprintf(name, sizeof name, "step_%ld\n", ps->step);
-    int prev = updater_latest_checkpoint_step(dir);
+    char name[64], tmp_link[4400];
+    snprintf(name, sizeof name, "step_%ld", ps->step);
+    snprintf(tmp_link, sizeof tmp_link, "%s/latest.tmp", ck);
     snprintf(p, sizeof p, "%s/latest", ck);
-    if ((rc = rlhf_write_file_atomic(p, name, (size_t)nl, err))) return rc;
-    /* keep the previous checkpoint too; remove the rest */
-    DIR *d = opendir(ck);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            long sn;
-            char tail[8];
-            if (sscanf(e->d_name, "step_%ld%7s", &sn, tail) == 1 && sn != ps->step && sn != prev) {
-                snprintf(p, sizeof p, "%s/%s", ck, e->d_name);
-                rm_rf(p);
-            }
-        }
-        closedir(d);
-    }
+    unlink(tmp_link);
+    if (symlink(name, tmp_link) != 0)
+        return rlhf_error_set(err, RLHF_ESYS, tmp_link, "symlink: %s", strerror(errno));
+    if (rename(tmp_link, p) != 0) return rlhf_error_set(err, RLHF_ESYS, p, "rename: %s", strerror(errno));
+    prune_checkpoints(ck, ps->step, ps->cfg ? ps->cfg->checkpoint_keep : RUN_CHECKPOINT_KEEP_DEFAULT);
     return 0;
 }
 

@@ -237,6 +237,49 @@ void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sour
     json_object_set_new(m, "pass_rate", json_real(cnt ? pass / cnt : 0));
 }
 
+/* log.samples_every: one group of the step (its first) with each completion's text, total reward and
+ * per-source rewards (null where the source failed), appended to samples.jsonl beside metrics.jsonl. A
+ * failure to write it is reported to the log and does not stop training. */
+static void write_sample(updater_session *u, const scored_group *s, long step) {
+    char path[2100];
+    snprintf(path, sizeof path, "%s", u->metrics_path);
+    char *slash = strrchr(path, '/');
+    snprintf(slash ? slash + 1 : path, sizeof path - (size_t)(slash ? slash + 1 - path : 0), "samples.jsonl");
+    json_t *rec = json_object();
+    json_object_set_new(rec, "step", json_integer(step));
+    json_object_set_new(rec, "policy_version", json_integer((json_int_t)s->g.policy_version));
+    json_object_set_new(rec, "prompt_id", json_string(s->g.prompt_id ? s->g.prompt_id : ""));
+    char *prompt = s->g.prompt_text ? rlhf_utf8_sanitize(s->g.prompt_text, strlen(s->g.prompt_text)) : NULL;
+    json_object_set_new(rec, "prompt", json_string(prompt ? prompt : ""));
+    free(prompt);
+    json_t *arr = json_array();
+    size_t off = 0;
+    for (uint32_t i = 0; i < s->g.k; i++) {
+        char *text = NULL, *bytes = NULL;
+        size_t m = 0;
+        if (s->g.texts && s->g.texts[i]) text = rlhf_utf8_sanitize(s->g.texts[i], strlen(s->g.texts[i]));
+        else if (!tokenizer_decode(u->ps.tok, s->g.tokens + off, (int)s->g.n_tokens[i], &bytes, &m, NULL))
+            text = rlhf_utf8_sanitize(bytes, m);
+        free(bytes);
+        off += s->g.n_tokens[i];
+        json_t *one = json_object();
+        json_object_set_new(one, "text", text ? json_string(text) : json_null());
+        free(text);
+        json_object_set_new(one, "reward", json_real(s->total[i]));
+        json_t *per = json_object();
+        for (int j = 0; j < u->n_sources && j < s->n_sources; j++) {
+            float v = s->src[(size_t)j * s->g.k + i];
+            json_object_set_new(per, u->src_names[j], isnan(v) ? json_null() : json_real(v));
+        }
+        json_object_set_new(one, "rewards", per);
+        json_array_append_new(arr, one);
+    }
+    json_object_set_new(rec, "samples", arr);
+    rlhf_error err = {0};
+    if (updater_metrics_append(path, rec, &err)) rlhf_error_print("updater: samples.jsonl", &err);
+    json_decref(rec);
+}
+
 int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
     const run_config *cfg = u->cfg;
     policy_state *ps = &u->ps;
@@ -311,6 +354,7 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     json_object_set_new(m, "queue/depth", json_integer(u->queue_depth + (u->n_window - P)));
     json_object_set_new(m, "wall_s", json_real(ps->wall_offset + t_end - ps->wall_start));
     (void)t_wait_end;
+    if (cfg->samples_every > 0 && P > 0 && ps->step % cfg->samples_every == 0) write_sample(u, groups[0], ps->step);
     /* the step's groups are done; later ones stay for the next step */
     for (int g = 0; g < P; g++) {
         updater_session_mark_consumed(u, groups[g]);

@@ -149,13 +149,15 @@ int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, js
 /* ---------------------------------------------------------------- checkpoints */
 
 /* RUN_DIR/checkpoints/step_N/{model.safetensors, optimizer.safetensors, state.json}, written into
- * step_N.tmp and renamed; RUN_DIR/checkpoints/latest names the newest (written atomically). */
+ * step_N.tmp and renamed; RUN_DIR/checkpoints/latest, a symlink to step_N, names the newest (replaced
+ * atomically); the newest checkpoint.keep are kept. */
 int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err);
 /* Loads the newest checkpoint of DIR into ps (model, optimizer, rng, counters). Returns 1 when a
  * checkpoint was loaded, 0 when there is none, negative on error. *extra_out (may be NULL) gets
  * state.json's "extra" object (new reference or NULL). */
 int updater_checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err);
-/* Step of the newest checkpoint in RUN_DIR/checkpoints, or -1. */
+/* Step of the newest checkpoint in RUN_DIR/checkpoints (`latest` as a symlink, or the text file of older
+ * runs), or -1. */
 int updater_latest_checkpoint_step(const char *run_dir);
 
 /* ---------------------------------------------------------------- metrics */

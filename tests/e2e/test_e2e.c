@@ -17,7 +17,8 @@
  *                     with its length), a bad broker.dataset or broker.selector, a broker.max_staleness
  *                     the launcher would replace: refused, nothing created;
  *   relative_paths_resume: a config's relative paths are relative to its folder (started from another
- *                     directory), and --resume works from a third one. */
+ *                     directory), and --resume works from a third one; checkpoint.keep;
+ *                     log.samples_every's samples.jsonl (rewards checked against the regex on the text). */
 #include <CUnit/CUnit.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -193,10 +194,13 @@ static void abandon(pid_t launcher) { test_proc_stop(launcher, 30); }
 static int latest_ckpt(const char *run_dir) {
     char p[512];
     snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
-    char *d = slurp(p);
+    char target[64];
+    ssize_t n = readlink(p, target, sizeof target - 1); /* a symlink to step_N */
     int s = -1;
-    if (d && sscanf(d, "step_%d", &s) != 1) s = -1;
-    free(d);
+    if (n > 0) {
+        target[n] = 0;
+        if (sscanf(target, "step_%d", &s) != 1) s = -1;
+    }
     return s;
 }
 
@@ -562,27 +566,71 @@ static void test_relative_paths_resume(void) {
                                           "\"vocab_size\":259,\"max_seq_len\":16},\"threads\":1},\n"
                                           " \"task\":{\"train\":\"../prompts.jsonl\"},\n"
                                           " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"[0-9]\"}],\n"
-                                          " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"steps\":2,\"checkpoint_every\":1,"
+                                          " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"steps\":3,\"checkpoint_every\":1,"
                                           "\"max_staleness\":3},\n"
+                                          " \"log\":{\"samples_every\":2},\n"
                                           " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4}}\n"),
                           0);
     snprintf(run_dir, sizeof run_dir, "%s/relrun", g_dir);
     CU_ASSERT_EQUAL_FATAL(chdir("/"), 0); /* neither the config's folder nor its parent */
-    const char *a1[] = {"run", cfg, "--quiet", NULL};
+    const char *a1[] = {"run", cfg, NULL};
     int rc1 = run_cmd(log, a1, 120);
     CU_ASSERT_EQUAL(rc1, 0);
     CU_ASSERT(file_contains(log, "rl.max_staleness: 3 is replaced by 0 in sync mode"));
-    CU_ASSERT_EQUAL(latest_ckpt(run_dir), 2);
+    CU_ASSERT(file_contains(log, "[rlhf run] sample at step 2, prompt p")); /* the terminal's short line */
+    CU_ASSERT_EQUAL(latest_ckpt(run_dir), 3);
+    /* checkpoint.keep's default keeps more than the last two */
+    char ck[400];
+    for (int i = 1; i <= 3; i++) {
+        snprintf(ck, sizeof ck, "%s/checkpoints/step_%d/model.safetensors", run_dir, i);
+        CU_ASSERT(access(ck, F_OK) == 0);
+    }
     /* the saved config names the prompts by an absolute path */
     char saved[600], want[600];
     snprintf(saved, sizeof saved, "%s/config.json", run_dir);
     snprintf(want, sizeof want, "\"train\": \"%s/cfgdir/../prompts.jsonl\"", g_dir);
     CU_ASSERT(file_contains(saved, want));
     CU_ASSERT_EQUAL_FATAL(chdir(sub), 0);
-    const char *a2[] = {"run", "--resume", "../relrun", "--quiet", "--set", "rl.steps=3", NULL};
+    const char *a2[] = {"run", "--resume", "../relrun", "--quiet", "--set", "rl.steps=4", "--set", "checkpoint.keep=2",
+                        NULL};
     CU_ASSERT_EQUAL(run_cmd(log, a2, 120), 0);
-    CU_ASSERT_EQUAL(latest_ckpt(run_dir), 3);
+    CU_ASSERT_EQUAL(latest_ckpt(run_dir), 4);
+    for (int i = 1; i <= 4; i++) {
+        snprintf(ck, sizeof ck, "%s/checkpoints/step_%d", run_dir, i);
+        CU_ASSERT_EQUAL(access(ck, F_OK) == 0, i >= 3); /* checkpoint.keep=2: the two newest */
+    }
     CU_ASSERT_EQUAL_FATAL(chdir(cwd), 0);
+    /* log.samples_every=2: a group of steps 2 and 4, each completion with the digit source's reward,
+     * which must be what the regex [0-9] says of the text recorded */
+    char sp[300];
+    snprintf(sp, sizeof sp, "%s/samples.jsonl", run_dir);
+    char *txt = slurp(sp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
+    int n_rec = 0, n_samples = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(txt, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *r = json_loads(line, 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+        CU_ASSERT_EQUAL(json_integer_value(json_object_get(r, "step")), 2 * (n_rec + 1));
+        CU_ASSERT_PTR_NOT_NULL(strstr(json_string_value(json_object_get(r, "prompt")), "q"));
+        json_t *arr = json_object_get(r, "samples");
+        CU_ASSERT_EQUAL(json_array_size(arr), 4);
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            json_t *one = json_array_get(arr, i);
+            const char *text = json_string_value(json_object_get(one, "text"));
+            CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+            double want = strpbrk(text, "0123456789") ? 1.0 : 0.0;
+            CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(json_object_get(one, "rewards"), "digit")), want,
+                                   1e-6);
+            CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(one, "reward")), want, 1e-6);
+            n_samples++;
+        }
+        json_decref(r);
+        n_rec++;
+    }
+    free(txt);
+    CU_ASSERT_EQUAL(n_rec, 2);
+    CU_ASSERT_EQUAL(n_samples, 8);
 }
 
 void e2e_register_generation(void); /* tests/e2e/test_generation.c */

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -224,8 +225,8 @@ static void test_eval_options(void) {
     snprintf(err, sizeof err, "%s/eval.err", g_dir);
     CU_ASSERT_FATAL(access(cfg, F_OK) == 0);
     test_proc_opts o = {.out = out, .err = err};
-    const char *ok[] = {"eval", "--config", cfg, "--n", "4", "--samples", "2", "--temperature", "1", "--top-k", "5",
-                        "--top-p", "0.9", "--min-p", "0.1", NULL};
+    const char *ok[] = {"eval", "--config", cfg, "--split", "train", "--n", "4", "--samples", "2", "--temperature", "1",
+                        "--top-k", "5", "--top-p", "0.9", "--min-p", "0.1", NULL};
     CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, ok, &o, 60), 0);
     char *text = NULL;
     size_t n = 0;
@@ -249,8 +250,90 @@ static void test_eval_options(void) {
     }
 }
 
+/* Runs `rlhf eval ARGS`; returns its exit status, *json its output (or NULL), stderr in g_dir/evalc.err. */
+static int eval_run(const char *const *args, json_t **json) {
+    char out[256], err[256];
+    snprintf(out, sizeof out, "%s/evalc.out", g_dir);
+    snprintf(err, sizeof err, "%s/evalc.err", g_dir);
+    test_proc_opts o = {.out = out, .err = err};
+    int rc = test_proc_run_args(g_rlhf, g_rlhf, args, &o, 60);
+    char *text = NULL;
+    size_t n = 0;
+    *json = NULL;
+    if (rlhf_read_file(out, &text, &n, NULL) == 0) {
+        *json = json_loads(text, 0, NULL);
+        free(text);
+    }
+    return rc;
+}
+
+static int eval_err_contains(const char *needle) {
+    char p[256], *e = NULL;
+    size_t n = 0;
+    snprintf(p, sizeof p, "%s/evalc.err", g_dir);
+    if (rlhf_read_file(p, &e, &n, NULL)) return 0;
+    int r = strstr(e, needle) != NULL;
+    if (!r) fprintf(stderr, "\n  stderr has no '%s': %s\n", needle, e);
+    free(e);
+    return r;
+}
+
+/* rlhf eval RUN_DIR: the latest checkpoint by default (checkpoints/latest is a symlink; the text file of
+ * older runs is still read), --checkpoint base|N, and no quiet switch to the training prompts. */
+static void test_eval_checkpoints(void) {
+    char run[256], latest[300], want[400];
+    snprintf(run, sizeof run, "%s/gen_sampling", g_dir);
+    snprintf(latest, sizeof latest, "%s/checkpoints/latest", run);
+    struct stat st;
+    CU_ASSERT_FATAL(lstat(latest, &st) == 0);
+    CU_ASSERT(S_ISLNK(st.st_mode));
+    json_t *j = NULL;
+    const char *a1[] = {"eval", run, "--split", "train", "--n", "2", NULL};
+    CU_ASSERT_EQUAL(eval_run(a1, &j), 0);
+    snprintf(want, sizeof want, "%s/checkpoints/step_2/model.safetensors", run);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "checkpoint")), want);
+    json_decref(j);
+    const char *a2[] = {"eval", run, "--split", "train", "--n", "2", "--checkpoint", "1", NULL};
+    CU_ASSERT_EQUAL(eval_run(a2, &j), 0);
+    snprintf(want, sizeof want, "%s/checkpoints/step_1/model.safetensors", run);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "checkpoint")), want);
+    json_decref(j);
+    const char *a3[] = {"eval", run, "--split", "train", "--n", "2", "--checkpoint", "base", NULL};
+    CU_ASSERT_EQUAL(eval_run(a3, &j), 0);
+    snprintf(want, sizeof want, "%s/base.safetensors", run);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "checkpoint")), want);
+    json_decref(j);
+    const char *a4[] = {"eval", run, "--split", "train", "--checkpoint", "7", NULL};
+    CU_ASSERT_EQUAL(eval_run(a4, &j), 1);
+    json_decref(j);
+    CU_ASSERT(eval_err_contains("step_7/model.safetensors: no such checkpoint"));
+    /* no task.eval: an error naming the key and the way out, not the training prompts */
+    const char *a5[] = {"eval", run, "--n", "2", NULL};
+    CU_ASSERT_EQUAL(eval_run(a5, &j), 1);
+    json_decref(j);
+    CU_ASSERT(eval_err_contains("config.json: task.eval: not set"));
+    CU_ASSERT(eval_err_contains("--split train"));
+    /* `latest` as the text file older runs wrote */
+    CU_ASSERT_EQUAL_FATAL(unlink(latest), 0);
+    FILE *f = fopen(latest, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("step_1\n", f);
+    fclose(f);
+    CU_ASSERT_EQUAL(eval_run(a1, &j), 0);
+    snprintf(want, sizeof want, "%s/checkpoints/step_1/model.safetensors", run);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "checkpoint")), want);
+    json_decref(j);
+    unlink(latest);
+    CU_ASSERT_EQUAL(symlink("step_2", latest), 0);
+}
+
 void e2e_register_generation(void) {
     CU_pSuite s = CU_add_suite("generation", suite_init, suite_cleanup);
     CU_add_test(s, "stop rules and behaviour log-probs in a run's rollout groups", test_generation_rules);
     CU_add_test(s, "rlhf eval sampling options; bad values exit 2", test_eval_options);
+    CU_add_test(s, "rlhf eval RUN_DIR: which checkpoint, which prompts", test_eval_checkpoints);
 }

@@ -298,6 +298,13 @@ static void test_config_relative_paths(void) {
     snprintf(want, sizeof want, "%s/runs/t", cwd); /* the default run directory: under the working directory */
     CU_ASSERT_STRING_EQUAL(cfg.run_dir, want);
     run_config_free(&cfg);
+    /* a run's config.json from before the rule (launcher section, no "resolved"): working directory */
+    write_file(p, "{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"m.safetensors\"},\"task\":{\"train\":\"p.jsonl\"},"
+                  "\"rewards\":[{\"type\":\"exact_match\"}],\"launcher\":{\"auto_endpoint\":true}}\n");
+    CU_ASSERT_EQUAL_FATAL(run_config_load(&cfg, p, NULL, 0, &err), 0);
+    snprintf(want, sizeof want, "%s/p.jsonl", cwd);
+    CU_ASSERT_STRING_EQUAL(cfg.train_path, want);
+    run_config_free(&cfg);
     test_remove_tree(dir);
 }
 
