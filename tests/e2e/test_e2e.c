@@ -531,23 +531,23 @@ static void test_checks_before_start(void) {
     write_config(cfg, "check", 10, NULL);
     /* context 16: "qN:" is BOS + 3 bytes = 4 tokens, 4 + 12 fits; "q10:" is 5 tokens, 5 + 12 = 17 does not */
     const char *a1[] = {"run", cfg, "--quiet", "--set", "generators.max_tokens=12", NULL};
-    CU_ASSERT_EQUAL(run_cmd(log, a1, 30), 1);
+    CU_ASSERT_EQUAL(run_cmd(log, a1, 30), RLHF_EXIT_CONFIG); /* status class */
     CU_ASSERT(file_contains(log, "check.json: task.train"));
     CU_ASSERT(file_contains(log, "prompt \"p10\" (line 11) is 5 tokens; with generators.max_tokens 12 that is 17, "
                                  "more than the model's context of 16 positions"));
     CU_ASSERT(access(p, F_OK) != 0);
     const char *a2[] = {"run", cfg, "--quiet", "--set", "broker.dataset=no_such.jsonl", NULL};
-    CU_ASSERT_EQUAL(run_cmd(log, a2, 30), 1);
+    CU_ASSERT_EQUAL(run_cmd(log, a2, 30), RLHF_EXIT_ENV); /* status class */
     CU_ASSERT(file_contains(log, "broker.dataset"));
     CU_ASSERT(file_contains(log, "no_such.jsonl"));
     const char *a3[] = {"run", cfg, "--quiet", "--set", "broker.selector={\"policy\":\"nope\"}", NULL};
-    CU_ASSERT_EQUAL(run_cmd(log, a3, 30), 1);
+    CU_ASSERT_EQUAL(run_cmd(log, a3, 30), RLHF_EXIT_CONFIG); /* status class */
     CU_ASSERT(file_contains(log, "check.json: broker.selector"));
     const char *a4[] = {"run", cfg, "--quiet", "--set", "broker.max_staleness=2", NULL};
-    CU_ASSERT_EQUAL(run_cmd(log, a4, 30), 1);
+    CU_ASSERT_EQUAL(run_cmd(log, a4, 30), RLHF_EXIT_CONFIG); /* status class */
     CU_ASSERT(file_contains(log, "check.json: broker.max_staleness: the broker always uses rl.max_staleness (4)"));
     const char *a5[] = {"run", cfg, "--quiet", "--set", "rl.lr=abc", NULL};
-    CU_ASSERT_EQUAL(run_cmd(log, a5, 30), 1);
+    CU_ASSERT_EQUAL(run_cmd(log, a5, 30), RLHF_EXIT_CONFIG); /* status class */
     CU_ASSERT(file_contains(log, "--set rl.lr: must be a number, got 'abc'"));
     CU_ASSERT(access(p, F_OK) != 0);
 }
