@@ -515,10 +515,12 @@ static void test_bad_input(void) {
 
 void e2e_register_generation(void); /* tests/e2e/test_generation.c */
 void e2e_register_hf_run(void);     /* tests/e2e/test_hf_run.c */
+int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
 
 int register_suites(void) {
     e2e_register_generation();
     e2e_register_hf_run();
+    register_plugin_faults_suite();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);
