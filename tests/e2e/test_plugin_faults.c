@@ -2,7 +2,9 @@
  * (tests/rewards/fixtures/hang_fixture.c built with -DFIXTURE_HANG_ALWAYS):
  *   - with a long timeout_ms, SIGTERM to the launcher ends the whole run within 5 s;
  *   - with a short one, every item is ERROR "timeout", the plugin moves to a worker process, and the
- *     source's error rate stops the run with the cause in the updater's log. */
+ *     source's error rate stops the run with the cause in the updater's log.
+ * And a run whose process plugin (tests/rewards/fixtures/proc_plugin.py) fails every other item under
+ * on_error "zero": the counts reach metrics.jsonl and the progress line. */
 #include <CUnit/CUnit.h>
 #include <signal.h>
 #include <stdio.h>
@@ -124,10 +126,37 @@ static void test_timeouts_stop_the_run(void) {
     CU_ASSERT(file_contains(out, "updater failed"));
 }
 
+static void test_errors_in_metrics_and_progress(void) {
+    char cfg[256], out[256], py[1024], doc[4096], met[256];
+    snprintf(cfg, sizeof cfg, "%s/flaky.json", g_dir);
+    snprintf(out, sizeof out, "%s/flaky.out", g_dir);
+    snprintf(met, sizeof met, "%s/flaky/metrics.jsonl", g_dir);
+    CU_ASSERT_EQUAL_FATAL(test_source_path("tests/rewards/fixtures/proc_plugin.py", py, sizeof py), 0);
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"flaky\",\"run_dir\":\"%s/flaky\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":16},\"threads\":1},\n"
+             " \"task\":{\"train\":\"%s/prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"[0-9]\"},\n"
+             "   {\"type\":\"process\",\"name\":\"flaky\",\"command\":[\"/usr/bin/python3\",\"%s\"],"
+             "\"on_error\":\"zero\",\"max_error_rate\":1,\"config\":{\"fail_every\":2}}],\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":8,\"lr\":0.01,\"steps\":2,\"seed\":5},\n"
+             " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4,\"threads\":1}}\n",
+             g_dir, g_dir, py);
+    write_text(cfg, doc);
+    test_proc_opts o = {.out = out, .err = out, .die_with_parent = 1};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, (const char *const[]){"run", cfg, NULL}, &o, 120), 0);
+    CU_ASSERT(file_contains(met, "\"reward/flaky/errors/flaky_backend\""));
+    CU_ASSERT(file_contains(met, "\"reward/digit/errors\":0"));
+    /* the final progress line names the source and the reason kind */
+    CU_ASSERT(file_contains(out, " (flaky: flaky_backend "));
+}
+
 int register_plugin_faults_suite(void);
 int register_plugin_faults_suite(void) {
     CU_pSuite s = CU_add_suite("e2e_plugin_faults", suite_init, suite_cleanup);
     CU_add_test(s, "sigterm_with_hung_plugin", test_sigterm_with_hung_plugin);
     CU_add_test(s, "timeouts_stop_the_run", test_timeouts_stop_the_run);
+    CU_add_test(s, "errors_in_metrics_and_progress", test_errors_in_metrics_and_progress);
     return 0;
 }
