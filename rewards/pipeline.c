@@ -299,7 +299,8 @@ static void run_source(pipeline_source *s, rlhf_reward_item *items, const rlhf_r
         for (size_t i = 0; i < n; i++) rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "%s", reason);
         return;
     }
-    /* in-process sources cannot be interrupted: a batch that overran its budget is late, and late
+    /* built-in in-process sources are not interrupted (plugins are, by their watchdog in plugin.c):
+     * a batch that overran its budget is late, and late
      * answers are errors (the updater must not wait on them next time either) */
     int late = t1 > deadline + 0.05;
     for (size_t i = 0; i < n; i++) {

@@ -4,9 +4,11 @@
  * plugin that hangs again is killed with this process instead of stalling the updater. Not meant to
  * be started by hand; stdout carries only protocol lines, messages go to stderr. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "rewards/rewards_int.h"
 
@@ -85,6 +87,8 @@ int cmd_reward_plugin_host(int argc, char **argv) {
               argc == 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
         return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
     }
+    /* a hung plugin would not notice its host's death on stdin: die with the host instead */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     char *line = NULL;
     size_t cap = 0;
     if (getline(&line, &cap, stdin) < 0) return 1;

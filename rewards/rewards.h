@@ -73,7 +73,9 @@ typedef struct rlhf_reward_plugin_v1 {
     /* Score n items: write scores_out[i] and status_out[i] for every i (status_out arrives zeroed,
      * i.e. OK with reason ""). Return 0, or non-zero if the whole batch failed (every item is then
      * treated as ERROR with the reason in status_out[0].reason when set). A ctx is only ever used by
-     * one thread at a time; different ctx may be used concurrently. */
+     * one thread at a time, but successive calls may come from different threads (a watchdog runs
+     * each call on a thread of its own and abandons one that overruns timeout_ms); different ctx
+     * may be used concurrently. */
     int (*score_batch)(void *ctx, const rlhf_reward_item *items, size_t n, double *scores_out,
                        rlhf_reward_status *status_out);
     void (*destroy)(void *ctx);
