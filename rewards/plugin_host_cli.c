@@ -81,11 +81,19 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
 
 int cmd_reward_plugin_host(int argc, char **argv);
 int cmd_reward_plugin_host(int argc, char **argv) {
-    if (argc != 2 || argv[1][0] == '-') {
-        fputs("usage: rlhf reward-plugin-host PLUGIN.so   (started by the reward pipeline; speaks the "
-              "process-plugin protocol on stdin/stdout)\n",
-              argc == 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
-        return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;
+    static const char usage[] = "usage: rlhf reward-plugin-host PLUGIN.so   (started by the reward pipeline; speaks the "
+                                "process-plugin protocol on stdin/stdout)\n";
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (argc == 2 && argv[1][0] == '-') {
+        fprintf(stderr, "rlhf reward-plugin-host: error: unknown option '%s'\n%s", argv[1], usage);
+        return 2;
+    }
+    if (argc != 2) {
+        fputs(usage, stderr);
+        return 2;
     }
     /* a hung plugin would not notice its host's death on stdin: die with the host instead */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
