@@ -73,10 +73,13 @@ static long last_step(const char *run_dir) {
 static int latest_ckpt(const char *run_dir) {
     char p[512];
     snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
-    char *d = slurp(p);
+    char target[64];
+    ssize_t n = readlink(p, target, sizeof target - 1); /* a symlink to step_N */
     int s = -1;
-    if (d && sscanf(d, "step_%d", &s) != 1) s = -1;
-    free(d);
+    if (n > 0) {
+        target[n] = 0;
+        if (sscanf(target, "step_%d", &s) != 1) s = -1;
+    }
     return s;
 }
 
