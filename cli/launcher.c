@@ -370,6 +370,11 @@ int cmd_run(int argc, char **argv) {
             fprintf(stderr, "[rlhf run] updater did not stop in 60 s: killing it\n");
             kill(upd->pid, SIGKILL);
         }
+        if (stopping && upd->pid <= 0) {
+            /* the updater was dead, waiting out its restart backoff: its last checkpoint is the final one */
+            upd->restart_at = 0;
+            break;
+        }
         int st;
         pid_t pid;
         while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {

@@ -278,6 +278,37 @@ static void test_transient_restarted_and_counted(void) {
     show_on_failure(rc == 0, out);
 }
 
+/* SIGTERM while the updater waits out its restart backoff: the launcher still stops (it used to wait
+ * for an updater that would never be started again). */
+static void test_stop_during_backoff(void) {
+    char cfg[256], run[256], out[256];
+    snprintf(cfg, sizeof cfg, "%s/backoff.json", s_dir);
+    snprintf(run, sizeof run, "%s/backoff", s_dir);
+    snprintf(out, sizeof out, "%s/backoff.out", s_dir);
+    write_config(cfg, "backoff", 400, NULL);
+    pid_t launcher = start_run(cfg, out, NULL);
+    pid_t upd = 0;
+    for (double t0 = test_proc_now(); test_proc_now() - t0 < 60 && (upd <= 0 || last_step(run) < 2);) {
+        if (upd <= 0) upd = child_of(launcher, "updater", "--config");
+        if (waitpid(launcher, NULL, WNOHANG) == launcher) break;
+        usleep(20000);
+    }
+    if (upd <= 0 || last_step(run) < 2) {
+        CU_FAIL("the run did not start");
+        test_proc_stop(launcher, 30);
+        show_on_failure(0, out);
+        return;
+    }
+    kill(upd, SIGKILL);
+    /* the launcher reaps it within its 50 ms poll and schedules the restart 0.25 s later */
+    usleep(120000);
+    kill(launcher, SIGTERM);
+    int rc = test_proc_wait(launcher, 30);
+    CU_ASSERT_NOT_EQUAL(rc, -1); /* -1: still running after 30 s (killed by test_proc_wait) */
+    CU_ASSERT(contains(out, "continue with: rlhf run --resume"));
+    show_on_failure(rc != -1, out);
+}
+
 void e2e_register_supervision(void);
 void e2e_register_supervision(void) {
     CU_pSuite s = CU_add_suite("e2e_supervision", suite_init, suite_cleanup);
@@ -287,4 +318,5 @@ void e2e_register_supervision(void) {
     CU_add_test(s, "plugin class: a reward plugin that segfaults stops the run, naming it", test_plugin_class_crash_stops);
     CU_add_test(s, "transient: a SIGSEGV'd generator is restarted after a backoff and counted",
                 test_transient_restarted_and_counted);
+    CU_add_test(s, "SIGTERM while the updater waits out its backoff still stops the run", test_stop_during_backoff);
 }
