@@ -279,7 +279,7 @@ int cmd_run(int argc, char **argv) {
         config_path = resume_cfg;
         if (access(resume_cfg, F_OK) != 0) {
             fprintf(stderr, "rlhf run: error: %s: no config.json here (not a run directory?)\n", resume_dir);
-            return 1;
+            return RLHF_EXIT_ENV;
         }
     }
     rlhf_error err = {0};
@@ -301,7 +301,7 @@ int cmd_run(int argc, char **argv) {
                        cfg.run_dir);
         rlhf_error_print("rlhf run", &err);
         run_config_free(&cfg);
-        return 1;
+        return RLHF_EXIT_CONFIG;
     }
     /* everything the children will need is checked here, before any process starts */
     if (run_prepare(&cfg, &err)) {
