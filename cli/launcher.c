@@ -331,7 +331,7 @@ int cmd_run(int argc, char **argv) {
         config_path = resume_cfg;
         if (access(resume_cfg, F_OK) != 0) {
             fprintf(stderr, "rlhf run: error: %s: no config.json here (not a run directory?)\n", resume_dir);
-            return 1;
+            return RLHF_EXIT_ENV;
         }
     }
     rlhf_error err = {0};
@@ -365,7 +365,7 @@ int cmd_run(int argc, char **argv) {
         rlhf_error_print("rlhf run", &err);
         run_dir_lock_release(&lock);
         run_config_free(&cfg);
-        return 1;
+        return RLHF_EXIT_CONFIG;
     }
     /* everything the children will need is checked here, before any process starts */
     if (run_prepare(&cfg, &err)) {
@@ -435,6 +435,11 @@ int cmd_run(int argc, char **argv) {
         if (stopping && rlhf_now() - stop_sent > 60 && upd->pid > 0) {
             fprintf(stderr, "[rlhf run] updater did not stop in 60 s: killing it\n");
             kill(upd->pid, SIGKILL);
+        }
+        if (stopping && upd->pid <= 0) {
+            /* the updater was dead, waiting out its restart backoff: its last checkpoint is the final one */
+            upd->restart_at = 0;
+            break;
         }
         int st;
         pid_t pid;

@@ -10,7 +10,8 @@
  *   transient:   a generator killed with SIGSEGV -> restarted after a backoff, the restart printed with
  *                its signal, recorded in RUN_DIR/restarts.jsonl and counted in the step metrics
  *                (supervision/restarts), and the run completes.
- * test_e2e.c's run_with_faults covers SIGKILL of each process (transient, restarted). */
+ * Also: `rlhf run`'s own status for what its checks before start find (3 missing file, 2 bad value), and
+ * SIGTERM while a dead updater waits out its backoff. test_e2e.c's run_with_faults covers SIGKILL of each process (transient, restarted). */
 #include <CUnit/CUnit.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -278,6 +279,66 @@ static void test_transient_restarted_and_counted(void) {
     show_on_failure(rc == 0, out);
 }
 
+/* `rlhf run` itself: the class of what its checks before start find, no process started. */
+static void test_launcher_prestart_classes(void) {
+    char cfg[256], out[256], missing[256], doc[1024];
+    snprintf(out, sizeof out, "%s/prestart.out", s_dir);
+    snprintf(missing, sizeof missing, "%s/no-such-run", s_dir);
+    const char *a1[] = {"run", "--resume", missing, NULL};
+    test_proc_opts o = {.out = out, .err = out};
+    CU_ASSERT_EQUAL(test_proc_run_args(s_rlhf, s_rlhf, a1, &o, 30), RLHF_EXIT_ENV);
+    CU_ASSERT(contains(out, "no config.json here"));
+    /* a dataset that is not there: environment */
+    snprintf(cfg, sizeof cfg, "%s/nodata.json", s_dir);
+    write_config(cfg, "nodata", 4, NULL);
+    char *d = slurp(cfg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    char *at = strstr(d, "prompts.jsonl");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+    snprintf(doc, sizeof doc, "%.*smissing.jsonl%s", (int)(at - d), d, at + strlen("prompts.jsonl"));
+    free(d);
+    write_text(cfg, doc);
+    const char *a2[] = {"run", cfg, "--quiet", NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(s_rlhf, s_rlhf, a2, &o, 30), RLHF_EXIT_ENV);
+    CU_ASSERT(contains(out, "missing.jsonl"));
+    /* a bad value: config */
+    write_config(cfg, "badvalue", 4, NULL);
+    const char *a3[] = {"run", cfg, "--quiet", "--set", "rl.k=0", NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(s_rlhf, s_rlhf, a3, &o, 30), RLHF_EXIT_CONFIG);
+    CU_ASSERT(contains(out, "rl.k"));
+}
+
+/* SIGTERM while the updater waits out its restart backoff: the launcher still stops (it used to wait
+ * for an updater that would never be started again). */
+static void test_stop_during_backoff(void) {
+    char cfg[256], run[256], out[256];
+    snprintf(cfg, sizeof cfg, "%s/backoff.json", s_dir);
+    snprintf(run, sizeof run, "%s/backoff", s_dir);
+    snprintf(out, sizeof out, "%s/backoff.out", s_dir);
+    write_config(cfg, "backoff", 400, NULL);
+    pid_t launcher = start_run(cfg, out, NULL);
+    pid_t upd = 0;
+    for (double t0 = test_proc_now(); test_proc_now() - t0 < 60 && (upd <= 0 || last_step(run) < 2);) {
+        if (upd <= 0) upd = child_of(launcher, "updater", "--config");
+        if (waitpid(launcher, NULL, WNOHANG) == launcher) break;
+        usleep(20000);
+    }
+    if (upd <= 0 || last_step(run) < 2) {
+        CU_FAIL("the run did not start");
+        test_proc_stop(launcher, 30);
+        show_on_failure(0, out);
+        return;
+    }
+    kill(upd, SIGKILL);
+    /* the launcher reaps it within its 50 ms poll and schedules the restart 0.25 s later */
+    usleep(120000);
+    kill(launcher, SIGTERM);
+    int rc = test_proc_wait(launcher, 30);
+    CU_ASSERT_NOT_EQUAL(rc, -1); /* -1: still running after 30 s (killed by test_proc_wait) */
+    CU_ASSERT(contains(out, "continue with: rlhf run --resume"));
+    show_on_failure(rc != -1, out);
+}
+
 void e2e_register_supervision(void);
 void e2e_register_supervision(void) {
     CU_pSuite s = CU_add_suite("e2e_supervision", suite_init, suite_cleanup);
@@ -287,4 +348,6 @@ void e2e_register_supervision(void) {
     CU_add_test(s, "plugin class: a reward plugin that segfaults stops the run, naming it", test_plugin_class_crash_stops);
     CU_add_test(s, "transient: a SIGSEGV'd generator is restarted after a backoff and counted",
                 test_transient_restarted_and_counted);
+    CU_add_test(s, "SIGTERM while the updater waits out its backoff still stops the run", test_stop_during_backoff);
+    CU_add_test(s, "rlhf run before start: missing run dir or dataset -> 3, bad value -> 2", test_launcher_prestart_classes);
 }
