@@ -64,6 +64,7 @@ int rlhf_exit_status(const rlhf_error *err) {
     case RLHF_EINVAL:
     case RLHF_EUNSUPPORTED: return RLHF_EXIT_CONFIG;
     case RLHF_ECORRUPT: return RLHF_EXIT_ENV;
+    case RLHF_EREWARD: return RLHF_EXIT_PLUGIN;
     case RLHF_EIO:
     case RLHF_ESYS: {
         /* the errno is only in the message (strerror text): these say the machine, not chance, is at fault */

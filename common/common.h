@@ -27,6 +27,7 @@ enum {
     RLHF_ESTATE = -7,   /* call not valid in the current state */
     RLHF_ESYS = -8,     /* a system call failed (errno in message) */
     RLHF_EUNSUPPORTED = -9,
+    RLHF_EREWARD = -10, /* a reward source failed beyond its on_error policy (max_error_rate, "fail"): exit class 4 */
 };
 
 typedef struct rlhf_error {
@@ -57,7 +58,7 @@ enum {
     RLHF_EXIT_TRANSIENT = 1, /* internal or transient failure: restarting may help */
     RLHF_EXIT_CONFIG = 2,    /* usage or configuration error: restarting fails the same way */
     RLHF_EXIT_ENV = 3,       /* environment: disk full, permission denied, missing file, corrupt file */
-    RLHF_EXIT_PLUGIN = 4,    /* a reward plugin / reward source crashed or failed */
+    RLHF_EXIT_PLUGIN = 4,    /* a reward plugin / reward source crashed or failed (RLHF_EREWARD) */
 };
 /* The exit status class of a failure: EINVAL/EUNSUPPORTED -> CONFIG; ECORRUPT -> ENV; EIO/ESYS -> ENV
  * when the message carries the text of ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOENT or ENOTDIR (every

@@ -403,9 +403,10 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             }
         }
         /* a source with on_error "fail" failed, or one failed more than its max_error_rate: training
-         * on would learn from a broken reward; stop with the cause (exit 2: a restart fails alike) */
+         * on would learn from a broken reward; stop with the cause (exit class 4, RLHF_EREWARD: a restart
+         * fails alike) */
         if (updater_scorer_failed(u.sc, err) || (u.failed && (*err = u.failed_err, 1))) {
-            rc = 2;
+            rc = RLHF_EREWARD;
             break;
         }
         if (training) {
@@ -442,7 +443,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             n_pending = 0;
             if (u.failed) {
                 *err = u.failed_err;
-                rc = 2;
+                rc = RLHF_EREWARD;
                 break;
             }
             ready |= u.n_window >= cfg->prompts_per_step;

@@ -212,7 +212,7 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_grou
                     snprintf(msg, sizeof msg, "on_error \"fail\": reward source '%s' failed on prompt %s (sample %u): %s",
                              wh, gs[gi]->g.prompt_id ? gs[gi]->g.prompt_id : "?", i,
                              sc.status[it * S + fs].reason);
-                    rlhf_error_set(err, rc, wh, "%s", msg);
+                    rlhf_error_set(err, RLHF_EREWARD, wh, "%s", msg);
                     gi = n;
                     break;
                 }

@@ -79,7 +79,7 @@ static void count_errors(updater_session *u, const scored_group *sg) {
             /* errors alone already past the limit over the window: stop, even before the window fills */
             if ((double)e->ring_err > e->max_rate * (double)e->window) {
                 u->failed = 1;
-                rlhf_error_set(&u->failed_err, RLHF_EIO, u->src_names[s],
+                rlhf_error_set(&u->failed_err, RLHF_EREWARD, u->src_names[s],
                                "reward source '%s' failed on %lld of its last %lld scored items (%.0f%%), more than "
                                "max_error_rate %g over error_window %lld; e.g. %s",
                                u->src_names[s], (long long)e->ring_err, (long long)e->ring_n,

@@ -123,7 +123,10 @@ static void test_timeouts_stop_the_run(void) {
     CU_ASSERT(file_contains(ulog, "reward source 'stuck' failed on prompt p"));
     CU_ASSERT(file_contains(ulog, "timeout: score_batch did not return within 300 ms"));
     CU_ASSERT(file_contains(ulog, "more than max_error_rate 0.5 over error_window 200; e.g. prompt p"));
-    CU_ASSERT(file_contains(out, "updater failed"));
+    /* the launcher stops the run once, with the reward-source class and the cause on the terminal */
+    CU_ASSERT_EQUAL(rc, RLHF_EXIT_PLUGIN);
+    CU_ASSERT(file_contains(out, "ended with exit status 4 (plugin)"));
+    CU_ASSERT(file_contains(out, "more than max_error_rate 0.5"));
 }
 
 static void test_errors_in_metrics_and_progress(void) {
