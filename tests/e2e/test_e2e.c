@@ -34,6 +34,7 @@
 
 #include "broker/broker.h"
 #include "common/common.h"
+#include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
@@ -41,13 +42,6 @@ static char g_dir[64];
 static char g_rlhf[1024];
 
 /* ---------------------------------------------------------------- helpers */
-
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    return fclose(f);
-}
 
 /* Starts `rlhf ARGS...` with stdout+stderr to log_path; returns the pid. */
 static pid_t start(const char *log_path, const char *const *args) {
@@ -191,19 +185,6 @@ static void abandon(pid_t launcher) { test_proc_stop(launcher, 30); }
         }                                                                                              \
     } while (0)
 
-static int latest_ckpt(const char *run_dir) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
-    char target[64];
-    ssize_t n = readlink(p, target, sizeof target - 1); /* a symlink to step_N */
-    int s = -1;
-    if (n > 0) {
-        target[n] = 0;
-        if (sscanf(target, "step_%d", &s) != 1) s = -1;
-    }
-    return s;
-}
-
 /* A run config for the easy task; `name` is the run dir under g_dir. */
 static void write_config(const char *path, const char *name, int steps, const char *extra_rl) {
     char doc[4096];
@@ -225,14 +206,7 @@ static int suite_init(void) {
     /* the rlhf binary of this build: BUILD/tests/test_e2e -> BUILD/bin/rlhf */
     if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf)) return -1;
     if (access(g_rlhf, X_OK) != 0) return -1;
-    char p[256], lines[2048] = "";
-    for (int i = 0; i < 16; i++) {
-        char l[96];
-        snprintf(l, sizeof l, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
-        strcat(lines, l);
-    }
-    snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
-    return write_text(p, lines);
+    return e2e_write_prompts(g_dir);
 }
 
 /* Removes the scratch directory when every check passed (kept for a look otherwise). */

@@ -22,6 +22,7 @@
 #include "broker/broker.h"
 #include "common/common.h"
 #include "model/model.h"
+#include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
@@ -33,12 +34,7 @@ static int suite_init(void) {
     if (!mkdtemp(g_dir)) return -1;
     if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf)) return -1;
     if (access(g_rlhf, X_OK) != 0) return -1;
-    char p[256];
-    snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
-    FILE *f = fopen(p, "w");
-    if (!f) return -1;
-    for (int i = 0; i < 16; i++) fprintf(f, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
-    return fclose(f);
+    return e2e_write_prompts(g_dir);
 }
 
 static int suite_cleanup(void) {

@@ -25,19 +25,13 @@
 #include "broker/broker.h"
 #include "common/common.h"
 #include "model/model.h"
+#include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
 static char g_dir[64];
 static char g_rlhf[1024];
 static int g_vocab; /* the tokenizer's ids */
-
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    return fclose(f);
-}
 
 static int run_cmd(const char *log_path, const char *const *args, double timeout) {
     test_proc_opts o = {.out = log_path, .err = log_path};
@@ -78,13 +72,10 @@ static int suite_init(void) {
     if (access(g_rlhf, X_OK) != 0) return -1;
     /* prompts of the easy task, and a corpus to learn merges from ("q12:", " 345", "digits") */
     char p[512], cmd[2048];
-    snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
+    if (e2e_write_prompts(g_dir)) return -1;
+    snprintf(p, sizeof p, "%s/corpus.txt", g_dir);
     FILE *f = fopen(p, "w");
     if (!f) return -1;
-    for (int i = 0; i < 16; i++) fprintf(f, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
-    fclose(f);
-    snprintf(p, sizeof p, "%s/corpus.txt", g_dir);
-    if (!(f = fopen(p, "w"))) return -1;
     for (int i = 0; i < 400; i++) fprintf(f, "q%d: %d digits %d and %d\n", i % 16, i * 7 % 1000, i % 10, i * 13 % 97);
     fclose(f);
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/scripts/train_bpe_tokenizer.py %s/corpus.txt %s/tok --merges 120 "

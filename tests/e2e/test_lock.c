@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "common/common.h"
+#include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
@@ -34,13 +35,6 @@ static char *slurp(const char *path) {
     size_t n = 0;
     if (rlhf_read_file(path, &d, &n, NULL)) return NULL;
     return d;
-}
-
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    return fclose(f);
 }
 
 /* the number of lines of a file (0 when missing) */
@@ -70,19 +64,6 @@ static long last_step(const char *run_dir) {
     return s;
 }
 
-static int latest_ckpt(const char *run_dir) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/checkpoints/latest", run_dir);
-    char target[64];
-    ssize_t n = readlink(p, target, sizeof target - 1); /* a symlink to step_N */
-    int s = -1;
-    if (n > 0) {
-        target[n] = 0;
-        if (sscanf(target, "step_%d", &s) != 1) s = -1;
-    }
-    return s;
-}
-
 /* names of the files in RUN_DIR/logs, concatenated: what a refused start must not add to */
 static void list_logs(char *out, size_t n) {
     char p[512];
@@ -101,14 +82,8 @@ static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_lock_XXXXXX");
     if (!mkdtemp(g_dir)) return -1;
     if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf) || access(g_rlhf, X_OK) != 0) return -1;
-    char p[256], lines[2048] = "", doc[4096];
-    for (int i = 0; i < 16; i++) {
-        char l[96];
-        snprintf(l, sizeof l, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
-        strcat(lines, l);
-    }
-    snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
-    if (write_text(p, lines)) return -1;
+    char doc[4096];
+    if (e2e_write_prompts(g_dir)) return -1;
     snprintf(g_run, sizeof g_run, "%s/locked", g_dir);
     snprintf(g_cfg, sizeof g_cfg, "%s/locked.json", g_dir);
     /* long enough (rl.steps) that it is still training when the second launches come */

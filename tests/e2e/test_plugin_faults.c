@@ -13,19 +13,13 @@
 #include <unistd.h>
 
 #include "common/common.h"
+#include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
 static char g_dir[64];
 static char g_rlhf[1024];
 static char g_so[256];
-
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    return fclose(f);
-}
 
 static int file_contains(const char *path, const char *needle) {
     char *d = NULL;
@@ -40,18 +34,12 @@ static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_pfault_XXXXXX");
     if (!mkdtemp(g_dir)) return -1;
     if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf) || access(g_rlhf, X_OK) != 0) return -1;
-    char src[1024], cmd[4096], p[256], lines[2048] = "";
+    char src[1024], cmd[4096];
     if (test_source_path("tests/rewards/fixtures/hang_fixture.c", src, sizeof src)) return -1;
     snprintf(g_so, sizeof g_so, "%s/hang_always.so", g_dir);
     snprintf(cmd, sizeof cmd, "cc -shared -fPIC -O1 -DFIXTURE_HANG_ALWAYS -I%s -o %s %s", RLHF_SOURCE_ROOT, g_so, src);
     if (system(cmd) != 0) return -1;
-    for (int i = 0; i < 16; i++) {
-        char l[96];
-        snprintf(l, sizeof l, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
-        strcat(lines, l);
-    }
-    snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
-    return write_text(p, lines);
+    return e2e_write_prompts(g_dir);
 }
 
 static int suite_cleanup(void) {

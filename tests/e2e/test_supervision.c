@@ -22,18 +22,12 @@
 #include <jansson.h>
 
 #include "common/common.h"
+#include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
 
 static char s_dir[64];
 static char s_rlhf[1024];
-
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    return fclose(f);
-}
 
 static char *slurp(const char *path) {
     char *d = NULL;
@@ -115,14 +109,7 @@ static int suite_init(void) {
     snprintf(s_dir, sizeof s_dir, "/tmp/rlhf_sup_XXXXXX");
     if (!mkdtemp(s_dir)) return -1;
     if (test_bin_path("rlhf", s_rlhf, sizeof s_rlhf) || access(s_rlhf, X_OK) != 0) return -1;
-    char p[256], lines[2048] = "";
-    for (int i = 0; i < 16; i++) {
-        char l[96];
-        snprintf(l, sizeof l, "{\"id\":\"p%d\",\"prompt\":\"q%d:\"}\n", i, i);
-        strcat(lines, l);
-    }
-    snprintf(p, sizeof p, "%s/prompts.jsonl", s_dir);
-    return write_text(p, lines);
+    return e2e_write_prompts(s_dir);
 }
 
 static int suite_cleanup(void) {
