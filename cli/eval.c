@@ -12,7 +12,13 @@
  * (EOS, task.stop, task.include_stop, generators.max_tokens), scores the texts with the run's reward
  * pipeline, and prints one JSON line:
  *   {"checkpoint": ..., "data": ..., "prompts": N, "samples": S, "pass_rate": ..., "reward_mean": ...}
- * A sample passes when the first reward source (the task's check) gives its full score (>= 1). */
+ * A sample passes when the first reward source (the task's check) gives its full score (>= 1).
+ *
+ * `--record` (what the launcher runs for eval.every): evaluates checkpoint N of RUN_DIR exactly as the
+ * run's "eval" section says (eval.samples, eval.temperature, task.eval_prompts of task.eval; the
+ * options that would change that are refused, so every recorded figure is comparable) and records it
+ * (updater_checkpoint_record_eval): step_N/eval.json, a line of RUN_DIR/eval.jsonl, and
+ * RUN_DIR/checkpoints/best. `--checkpoint best` then names that checkpoint. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -25,11 +31,15 @@
 #include "updater/updater.h"
 
 static const char usage[] =
-    "usage: rlhf eval RUN_DIR [--checkpoint base|latest|N|PATH] [--split eval|train] [--data FILE] [--n N]\n"
+    "usage: rlhf eval RUN_DIR [--checkpoint base|latest|best|N|PATH] [--split eval|train] [--data FILE] [--n N]\n"
     "                 [--samples S] [--temperature T] [--top-p P] [--top-k K] [--min-p M] [--threads N]\n"
     "       rlhf eval --config CONFIG [the same options]\n"
-    "  --checkpoint C    latest (default): the run's newest checkpoint; base: its base model;\n"
-    "                    N: checkpoints/step_N; else a model file or Hugging Face directory\n"
+    "       rlhf eval RUN_DIR --checkpoint N|latest --record [--threads N]\n"
+    "  --checkpoint C    latest (default): the run's newest checkpoint; best: the one with the highest\n"
+    "                    held-out pass rate of those evaluated during training (eval.every);\n"
+    "                    base: its base model; N: checkpoints/step_N; else a model file or HF directory\n"
+    "  --record          evaluate as the run's \"eval\" section says and record the result in\n"
+    "                    checkpoints/step_N/eval.json, RUN_DIR/eval.jsonl and checkpoints/best\n"
     "  --split S         eval (default): task.eval's prompts (an error when the config has none);\n"
     "                    train: task.train's\n"
     "  --temperature T   0 = greedy (default)\n"
@@ -40,7 +50,7 @@ static const char usage[] =
     "generators.max_tokens tokens.\n";
 
 /* The model file --checkpoint names, into cfg->base_checkpoint. */
-static int pick_checkpoint(run_config *cfg, const char *which, rlhf_error *err) {
+static int pick_checkpoint(run_config *cfg, const char *which, int *step_out, rlhf_error *err) {
     char p[2200];
     const char *end = which;
     while (isdigit((unsigned char)*end)) end++;
@@ -52,8 +62,13 @@ static int pick_checkpoint(run_config *cfg, const char *which, rlhf_error *err) 
             return rlhf_error_set(err, RLHF_EINVAL, cfg->run_dir,
                                   "no checkpoint yet (checkpoints/latest); --checkpoint base evaluates the base model");
     } else if (!strcmp(which, "best")) {
-        return rlhf_error_set(err, RLHF_EINVAL, "--checkpoint best",
-                              "no held-out evaluation runs during training, so no checkpoint is marked best");
+        long best;
+        if (updater_checkpoint_ranking(cfg->run_dir, &best, 1) != 1)
+            return rlhf_error_set(err, RLHF_EINVAL, "--checkpoint best",
+                                  "no checkpoint of %s has a held-out evaluation yet (eval.every in the config "
+                                  "evaluates during training; rlhf eval RUN_DIR --checkpoint N --record adds one)",
+                                  cfg->run_dir);
+        step = (int)best;
     } else if (which[0] && !*end) {
         step = atoi(which);
     } else {
@@ -65,13 +80,15 @@ static int pick_checkpoint(run_config *cfg, const char *which, rlhf_error *err) 
         return rlhf_error_set(err, RLHF_EINVAL, p, "no such checkpoint (checkpoint.keep keeps the newest %d)",
                               cfg->checkpoint_keep);
     snprintf(cfg->base_checkpoint, sizeof cfg->base_checkpoint, "%.1000s", p);
+    *step_out = step;
     return 0;
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *config_path = NULL, *ckpt = "latest", *data = NULL, *split = "eval", *run_dir = NULL;
-    int n = 0, samples = 1, threads = 0, top_k = 0;
-    float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
+    const char *config_path = NULL, *ckpt = "latest", *data = NULL, *split = NULL, *run_dir = NULL;
+    /* -1 / NULL: not given (--record refuses what would change its comparable setting) */
+    int n = -1, samples = -1, threads = 0, top_k = -1, record = 0;
+    float temperature = -1.0f, top_p = -1.0f, min_p = -1.0f;
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--checkpoint", RLHF_OPT_STR, &ckpt),
                              RLHF_OPT("--data", RLHF_OPT_STR, &data),          RLHF_OPT("--split", RLHF_OPT_STR, &split),          RLHF_OPT("--n", RLHF_OPT_INT, &n),
                              RLHF_OPT("--samples", RLHF_OPT_INT, &samples),    RLHF_OPT("--threads", RLHF_OPT_INT, &threads),
@@ -79,10 +96,24 @@ int cmd_eval(int argc, char **argv) {
                              RLHF_OPT_RANGE("--top-p", RLHF_OPT_FLOAT, &top_p, 1e-9, 1.0),
                              RLHF_OPT_RANGE("--top-k", RLHF_OPT_INT, &top_k, 0, 1 << 30),
                              RLHF_OPT_RANGE("--min-p", RLHF_OPT_FLOAT, &min_p, 0.0, 1.0),
+                             RLHF_OPT("--record", RLHF_OPT_FLAG, &record),
                              RLHF_OPT_END};
     int npos = 0;
     int prc = rlhf_opts_parse(argc, argv, "rlhf eval", usage, opts, &run_dir, 1, &npos);
     if (prc >= 0) return prc;
+    if (record && (!run_dir || data || split || n >= 0 || samples >= 0 || temperature >= 0 || top_p >= 0 ||
+                   top_k >= 0 || min_p >= 0)) {
+        fprintf(stderr, "rlhf eval: error: --record takes RUN_DIR, --checkpoint and --threads only: it evaluates as "
+                        "the run's \"eval\" section says, so every recorded figure is comparable\n%s", usage);
+        return 2;
+    }
+    if (!split) split = "eval";
+    if (n < 0) n = 0;
+    if (samples < 0) samples = 1;
+    if (temperature < 0) temperature = 0.0f;
+    if (top_p < 0) top_p = 1.0f;
+    if (top_k < 0) top_k = 0;
+    if (min_p < 0) min_p = 0.0f;
     if (!config_path == !run_dir || samples < 1 || n < 0 || temperature < 0 ||
         (strcmp(split, "eval") && strcmp(split, "train"))) {
         fprintf(stderr, "rlhf eval: error: %s\n%s",
@@ -108,6 +139,10 @@ int cmd_eval(int argc, char **argv) {
         rlhf_error_print("rlhf eval", &err);
         return 2;
     }
+    if (record) {
+        samples = cfg.eval_samples;
+        temperature = cfg.eval_temperature;
+    }
     model_set_threads(threads);
     prompt_dataset *ds = NULL;
     model *m = NULL;
@@ -130,7 +165,13 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     if (!n) n = cfg.eval_prompts;
-    if ((rc = pick_checkpoint(&cfg, ckpt, &err))) goto out;
+    int step = -1;
+    if ((rc = pick_checkpoint(&cfg, ckpt, &step, &err))) goto out;
+    if (record && step < 0) {
+        rc = rlhf_error_set(&err, RLHF_EINVAL, "--record", "records the evaluation of one of the run's checkpoints "
+                            "(--checkpoint N or latest), not of %s", ckpt);
+        goto out;
+    }
     if ((rc = prompt_dataset_load(&ds, data, &err))) goto out;
     if ((rc = run_load_base(&cfg, &m, &err))) goto out;
     if ((rc = run_load_tokenizer(&cfg, m, &tok, &err))) goto out;
@@ -189,8 +230,19 @@ int cmd_eval(int argc, char **argv) {
         json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:f, s:f, s:f}", "checkpoint", cfg.base_checkpoint, "data", data,
                               "prompts", N, "samples", samples, "pass_rate", total ? (double)pass / total : 0.0,
                               "reward_mean", total ? rsum / total : 0.0, "seconds", rlhf_now() - t0);
+        json_object_set_new(o, "temperature", json_real(temperature));
+        int is_best = 0;
+        if (record) {
+            json_t *r = json_deep_copy(o);
+            json_object_del(r, "checkpoint"); /* the step names it; the path changes when the run moves */
+            rc = updater_checkpoint_record_eval(cfg.run_dir, step, r, cfg.checkpoint_keep, cfg.checkpoint_keep_best,
+                                                &is_best, &err);
+            json_decref(r);
+            json_object_set_new(o, "step", json_integer(step));
+            json_object_set_new(o, "best", json_boolean(is_best));
+        }
         char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        printf("%s\n", s);
+        if (!rc) printf("%s\n", s);
         free(s);
         json_decref(o);
     }

@@ -161,12 +161,12 @@ static void log_supervision(const char *run_dir, const child *c, pid_t pid, int 
 
 /* The cause of a fatal exit, printed once: the process, its status and class, the last lines of its log,
  * and the file or key of its last "error: WHERE: message" line. */
-static void print_cause(const char *run_dir, const child *c, pid_t pid, int st) {
+static void print_cause(const char *run_dir, const child *c, pid_t pid, int st, const char *consequence) {
     char why[96], path[2048];
     status_text(st, why, sizeof why);
     snprintf(path, sizeof path, "%s/logs/%s.log", run_dir, c->name);
-    fprintf(stderr, "\n[rlhf run] %s (pid %d) ended with %s: %s; stopping the run\n", c->name, (int)pid, why,
-            class_meaning(st));
+    fprintf(stderr, "\n[rlhf run] %s (pid %d) ended with %s: %s; %s\n", c->name, (int)pid, why,
+            class_meaning(st), consequence);
     char *text = NULL;
     size_t n = 0;
     if (rlhf_read_file(path, &text, &n, NULL)) {
@@ -308,6 +308,72 @@ static void print_new_sample(const run_config *cfg, long *last_step, int tty) {
     json_decref(r);
 }
 
+/* Held-out evaluation during training (eval.every): the updater marks the checkpoints due for it
+ * (step_N/eval.pending); one `rlhf eval RUN_DIR --checkpoint N --record` child at a time evaluates
+ * the oldest, with one thread so training keeps the rest of the machine. A failed evaluation is
+ * printed with its cause and marked step_N/eval.failed; training goes on (the run's product, the
+ * checkpoints, is unaffected). */
+typedef struct evaluator {
+    child c;
+    long step;      /* the checkpoint being evaluated, -1 when idle */
+    double next_scan;
+} evaluator;
+
+static int eval_start(evaluator *ev, const run_config *cfg, rlhf_error *err) {
+    ev->step = updater_checkpoint_pending_eval(cfg->run_dir);
+    if (ev->step < 0) return 0;
+    char step[32];
+    snprintf(step, sizeof step, "%ld", ev->step);
+    child_free(&ev->c);
+    const char *a[] = {"eval", cfg->run_dir, "--checkpoint", step, "--record", "--threads", "1", NULL};
+    child_args(&ev->c, "eval", a);
+    return spawn(&ev->c, cfg->run_dir, err);
+}
+
+/* The evaluator child ended with status st: print its result (or its cause). */
+static void eval_finished(evaluator *ev, const run_config *cfg, pid_t pid, int st) {
+    char p[2200], q[2200];
+    ev->c.pid = 0;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        print_cause(cfg->run_dir, &ev->c, pid, st, "training goes on; step_N/eval.failed marks the checkpoint");
+        snprintf(p, sizeof p, "%s/checkpoints/step_%ld/eval.pending", cfg->run_dir, ev->step);
+        snprintf(q, sizeof q, "%s/checkpoints/step_%ld/eval.failed", cfg->run_dir, ev->step);
+        rename(p, q);
+        ev->step = -1;
+        return;
+    }
+    /* eval.jsonl, not step_N/eval.json: the evaluation may have pruned a checkpoint that is neither
+     * among the newest nor the best */
+    snprintf(p, sizeof p, "%s/eval.jsonl", cfg->run_dir);
+    json_t *r = updater_metrics_last_record(p);
+    if (json_integer_value(json_object_get(r, "step")) != ev->step) {
+        json_decref(r);
+        r = NULL;
+    }
+    long best = -1;
+    updater_checkpoint_ranking(cfg->run_dir, &best, 1);
+    fprintf(stderr, "\n[rlhf run] held-out eval of step %ld: pass rate %.1f%%, reward mean %.3f (%lld prompts x %lld)%s\n",
+            ev->step, 100.0 * json_number_value(json_object_get(r, "pass_rate")),
+            json_number_value(json_object_get(r, "reward_mean")),
+            (long long)json_integer_value(json_object_get(r, "prompts")),
+            (long long)json_integer_value(json_object_get(r, "samples")),
+            best == ev->step ? ": the best so far (checkpoints/best)" : "");
+    json_decref(r);
+    ev->step = -1;
+}
+
+/* The best checkpoint, said once at the end of a run that evaluated any. */
+static void eval_summary(const run_config *cfg) {
+    long best;
+    if (updater_checkpoint_ranking(cfg->run_dir, &best, 1) != 1) return;
+    char p[2200];
+    snprintf(p, sizeof p, "%s/checkpoints/step_%ld/eval.json", cfg->run_dir, best);
+    json_t *r = json_load_file(p, 0, NULL);
+    fprintf(stderr, "[rlhf run] best held-out pass rate: %.1f%% at step %ld (%s/checkpoints/best; all in eval.jsonl)\n",
+            100.0 * json_number_value(json_object_get(r, "pass_rate")), best, cfg->run_dir);
+    json_decref(r);
+}
+
 static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet]\n"
                             "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...] [--quiet]\n"
                             "Starts the broker, generators and updater of a training run and supervises them.\n";
@@ -412,6 +478,7 @@ int cmd_run(int argc, char **argv) {
         child_args(&gens[g], name, a);
     }
     int rc = 0;
+    evaluator ev = {.step = -1};
     fprintf(stderr, "[rlhf run] %s: %s mode, %d generator(s), 1 updater, steps %d..%d; logs in %s/logs/\n",
             cfg.name, cfg.mode == RUN_MODE_SYNC ? "sync" : "async", G, start_step, cfg.steps, cfg.run_dir);
     if (spawn(broker, cfg.run_dir, &err)) goto fail;
@@ -447,6 +514,10 @@ int cmd_run(int argc, char **argv) {
             char why[96];
             status_text(st, why, sizeof why);
             child *c = NULL;
+            if (ev.c.pid == pid) {
+                eval_finished(&ev, &cfg, pid, st);
+                continue;
+            }
             for (int i = 0; i < G + 2; i++)
                 if (kids[i].pid == pid) c = &kids[i];
             if (!c) continue;
@@ -467,7 +538,7 @@ int cmd_run(int argc, char **argv) {
             }
             if (status_fatal(st)) {
                 /* the same failure would come back at every restart: stop with its cause, once */
-                print_cause(cfg.run_dir, c, pid, st);
+                print_cause(cfg.run_dir, c, pid, st, "stopping the run");
                 log_supervision(cfg.run_dir, c, pid, st, "stop", -1);
                 rc = WEXITSTATUS(st);
                 fatal = 1;
@@ -477,7 +548,7 @@ int cmd_run(int argc, char **argv) {
             double lived = rlhf_now() - c->started;
             c->quick = lived < RESTART_QUICK_S ? c->quick + 1 : 1;
             if (c->quick > RESTART_QUICK_MAX || c->restarts >= RESTART_TOTAL_MAX) {
-                print_cause(cfg.run_dir, c, pid, st);
+                print_cause(cfg.run_dir, c, pid, st, "stopping the run");
                 fprintf(stderr, "[rlhf run] %s died %d times in a row within %.0f s of starting (%d restarts in all): "
                                 "giving up\n", c->name, c->quick, RESTART_QUICK_S, c->restarts);
                 log_supervision(cfg.run_dir, c, pid, st, "stop", -1);
@@ -512,6 +583,10 @@ int cmd_run(int argc, char **argv) {
         }
         if (updater_done) break;
         double now = rlhf_now();
+        if (cfg.eval_every > 0 && !stopping && ev.c.pid <= 0 && now >= ev.next_scan) {
+            ev.next_scan = now + 1.0;
+            if (eval_start(&ev, &cfg, &err)) goto fail;
+        }
         if (!quiet && now - last_progress > (tty ? 1.0 : 15.0)) {
             print_new_sample(&cfg, &last_sample, tty);
             progress(&cfg, t_start, start_step, tty, total_restarts);
@@ -526,6 +601,20 @@ int cmd_run(int argc, char **argv) {
     for (int g = 0; g < G; g++) stop_child(&gens[g], SIGTERM, 5);
     stop_child(upd, SIGTERM, 30);
     stop_child(broker, SIGTERM, 10);
+    /* a run that reached its end evaluates what is still due (its last checkpoint at least) before it says
+     * done; a stopped one leaves them marked, and --resume evaluates them */
+    if (cfg.eval_every > 0 && !fatal && !stopping && !g_stop_requested) {
+        while (!g_stop_requested) {
+            if (ev.c.pid <= 0 && (eval_start(&ev, &cfg, &err) || ev.step < 0)) break;
+            int st;
+            pid_t pid = waitpid(ev.c.pid, &st, WNOHANG);
+            if (pid == ev.c.pid) eval_finished(&ev, &cfg, pid, st);
+            else usleep(50000);
+        }
+        if (err.code) rlhf_error_print("rlhf run", &err);
+    }
+    stop_child(&ev.c, SIGTERM, 5);
+    child_free(&ev.c);
     int final_step = updater_latest_checkpoint_step(cfg.run_dir);
     if (fatal)
         fprintf(stderr, "[rlhf run] run stopped at step %d; after fixing the cause continue with: rlhf run --resume %s\n",
@@ -538,12 +627,15 @@ int cmd_run(int argc, char **argv) {
                 rlhf_now() - t_start, cfg.run_dir);
     if (total_restarts)
         fprintf(stderr, "[rlhf run] %d restart(s) during the run: %s/restarts.jsonl\n", total_restarts, cfg.run_dir);
+    if (cfg.eval_every > 0) eval_summary(&cfg);
     for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
     free(kids);
     run_config_free(&cfg);
     return rc;
 fail:
     rlhf_error_print("rlhf run", &err);
+    stop_child(&ev.c, SIGTERM, 5);
+    child_free(&ev.c);
     for (int i = 0; i < G + 2; i++) stop_child(&kids[i], SIGTERM, 5);
     for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
     free(kids);

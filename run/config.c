@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "run/run.h"
 
@@ -74,6 +75,11 @@ static const key_spec SPEC[] = {
     {"updaters.reward_threads", K_INT, 1, 256, "1"},
     {"checkpoint", K_OBJ, 0, 0, "{}"},
     {"checkpoint.keep", K_INT, 1, BIG, "5"}, /* RUN_CHECKPOINT_KEEP_DEFAULT */
+    {"checkpoint.keep_best", K_INT, 0, BIG, "1"},
+    {"eval", K_OBJ, 0, 0, "{}"},
+    {"eval.every", K_INT, 0, BIG, "0"},
+    {"eval.samples", K_INT, 1, 1024, "1"},
+    {"eval.temperature", K_NUM, 0, 100, "0"},
     {"log", K_OBJ, 0, 0, "{}"},
     {"log.samples_every", K_INT, 0, BIG, "10"},
     {"launcher", K_OBJ, 0, 0, "{}"},
@@ -353,6 +359,15 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->steps = geti(doc, "rl.steps");
     cfg->checkpoint_every = geti(doc, "rl.checkpoint_every");
     cfg->checkpoint_keep = geti(doc, "checkpoint.keep");
+    cfg->checkpoint_keep_best = geti(doc, "checkpoint.keep_best");
+    cfg->eval_every = geti(doc, "eval.every");
+    cfg->eval_samples = geti(doc, "eval.samples");
+    cfg->eval_temperature = getf(doc, "eval.temperature");
+    if (cfg->eval_every > 0 && !cfg->eval_path[0])
+        FAIL_AT("eval.every", "needs task.eval: the held-out prompts evaluated during training");
+    if (cfg->eval_every > 0 && cfg->eval_every % cfg->checkpoint_every != 0)
+        FAIL_AT("eval.every", "must be a multiple of rl.checkpoint_every (%d): each evaluation scores a checkpoint",
+                cfg->checkpoint_every);
     cfg->samples_every = geti(doc, "log.samples_every");
     cfg->seed = (uint64_t)json_integer_value(get_path(doc, "rl.seed"));
 
@@ -407,6 +422,60 @@ static int is_path_key(const char *path) {
     return 0;
 }
 
+/* Collapses "." and ".." segments and repeated slashes of an absolute path in place
+ * ("/a/cfg/../../runs/x" -> "/runs/x"), so the saved config and every message name the file plainly.
+ * Lexical: the base it is joined to is already realpath'd, so only a symbolic link inside the
+ * config's own relative text could make ".." mean something else, and then the kernel's meaning is
+ * kept by leaving such a path as written (see resolve_path_key). */
+static void normalize_abs_path(char *path) {
+    char *out = path, *in = path;
+    size_t n = 0; /* length of out */
+    while (*in) {
+        while (*in == '/') in++;
+        if (!*in) break;
+        const char *seg = in;
+        while (*in && *in != '/') in++;
+        size_t len = (size_t)(in - seg);
+        if (len == 1 && seg[0] == '.') continue;
+        if (len == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (n > 0 && out[n - 1] != '/') n--;
+            if (n > 0) n--; /* the slash before the dropped segment; "/.." stays "/" */
+            continue;
+        }
+        out[n++] = '/';
+        memmove(out + n, seg, len);
+        n += len;
+    }
+    if (n == 0) out[n++] = '/';
+    out[n] = 0;
+}
+
+/* 1 when some directory named by the first segments of `rel` (relative to base) is a symbolic link
+ * followed by "..": lexical normalisation would then change which file is meant. */
+static int dotdot_after_symlink(const char *base, const char *rel) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", base);
+    size_t n = strlen(p);
+    int after_link = 0;
+    for (const char *s = rel; *s;) {
+        while (*s == '/') s++;
+        const char *e = s;
+        while (*e && *e != '/') e++;
+        size_t len = (size_t)(e - s);
+        if (len == 2 && s[0] == '.' && s[1] == '.' && after_link) return 1;
+        if (len && n + len + 2 < sizeof p) {
+            p[n++] = '/';
+            memcpy(p + n, s, len);
+            n += len;
+            p[n] = 0;
+            struct stat st;
+            if (lstat(p, &st) == 0 && S_ISLNK(st.st_mode)) after_link = 1;
+        }
+        s = e;
+    }
+    return 0;
+}
+
 /* Makes the string at `key` absolute against `base` when it is a relative path ("" and the tokenizer
  * name "bytes" are not paths). */
 static int resolve_path_key(json_t *doc, const char *key, const char *base, rlhf_error *err) {
@@ -417,6 +486,7 @@ static int resolve_path_key(json_t *doc, const char *key, const char *base, rlhf
     char *abs = malloc(n);
     if (!abs) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     snprintf(abs, n, "%s/%s", base, s);
+    if (!dotdot_after_symlink(base, s)) normalize_abs_path(abs);
     json_string_set(v, abs);
     free(abs);
     return 0;

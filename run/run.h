@@ -89,6 +89,11 @@ typedef struct run_config {
     int steps;                 /* rl.steps: optimizer steps in the run */
     int checkpoint_every;      /* rl.checkpoint_every */
     int checkpoint_keep;       /* checkpoint.keep: the newest N checkpoints stay, older ones are removed */
+    int checkpoint_keep_best;  /* checkpoint.keep_best: the N best by held-out pass rate also stay (eval.every) */
+    int eval_every;            /* eval.every: steps between held-out evaluations of a checkpoint (0 = none);
+                                * a multiple of checkpoint_every; needs task.eval */
+    int eval_samples;          /* eval.samples: completions per held-out prompt */
+    float eval_temperature;    /* eval.temperature: 0 = greedy */
     int samples_every;         /* log.samples_every: steps between sample records in samples.jsonl (0 = none) */
     uint64_t seed;             /* rl.seed */
 

@@ -8,7 +8,15 @@
  * written into step_N.tmp/ and renamed into place; then RUN_DIR/checkpoints/latest, a symbolic link to
  * "step_N" (so tools can follow it), is replaced atomically (a new link renamed over it). A kill at any
  * moment leaves `latest` naming a complete checkpoint. Runs from before the link kept `latest` as a
- * text file holding "step_N"; it is still read. The newest checkpoint.keep checkpoints are kept. */
+ * text file holding "step_N"; it is still read. The newest checkpoint.keep checkpoints are kept.
+ *
+ * Held-out evaluation during training (eval.every): the live updater marks a checkpoint due for it with
+ * an empty file step_N/eval.pending (inside step_N.tmp, so it is there from the moment step_N is); the
+ * launcher runs `rlhf eval RUN_DIR --checkpoint N --record` on it, which writes step_N/eval.json,
+ * appends RUN_DIR/eval.jsonl, removes eval.pending and points RUN_DIR/checkpoints/best at the
+ * checkpoint with the highest held-out pass rate (ties: the higher reward mean, then the earlier step —
+ * `best` moves only when a checkpoint beats it). Pruning keeps, besides the newest checkpoint.keep,
+ * every checkpoint still waiting for its evaluation and the checkpoint.keep_best best evaluated ones. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -56,26 +64,136 @@ static int cmp_long_desc(const void *a, const void *b) {
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
-/* Removes every step_N directory but the `keep` newest (the one just written, `current`, always stays). */
-static void prune_checkpoints(const char *ck, long current, int keep) {
+/* Steps of the step_N directories of CK (at most cap), newest first. */
+static int list_steps(const char *ck, long *steps, int cap) {
     DIR *d = opendir(ck);
-    if (!d) return;
-    long steps[4096];
+    if (!d) return 0;
     int n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) && n < 4096) {
+    while ((e = readdir(d)) && n < cap) {
         long sn;
         char tail[8];
         if (sscanf(e->d_name, "step_%ld%7s", &sn, tail) == 1) steps[n++] = sn;
     }
     closedir(d);
     qsort(steps, (size_t)n, sizeof steps[0], cmp_long_desc);
-    char p[4400];
+    return n;
+}
+
+typedef struct evaluated {
+    long step;
+    double pass_rate, reward_mean;
+} evaluated;
+
+/* best first: pass rate, then reward mean, then the earlier step */
+static int cmp_evaluated(const void *a, const void *b) {
+    const evaluated *x = a, *y = b;
+    if (x->pass_rate != y->pass_rate) return x->pass_rate < y->pass_rate ? 1 : -1;
+    if (x->reward_mean != y->reward_mean) return x->reward_mean < y->reward_mean ? 1 : -1;
+    return x->step < y->step ? -1 : x->step > y->step;
+}
+
+int updater_checkpoint_ranking(const char *run_dir, long *steps_out, int cap) {
+    char ck[4096], p[4400];
+    snprintf(ck, sizeof ck, "%s/checkpoints", run_dir);
+    long steps[4096];
+    int n = list_steps(ck, steps, 4096), m = 0;
+    evaluated *ev = malloc(sizeof *ev * (size_t)(n ? n : 1));
+    if (!ev) return 0;
+    for (int i = 0; i < n; i++) {
+        snprintf(p, sizeof p, "%s/step_%ld/eval.json", ck, steps[i]);
+        json_t *o = json_load_file(p, 0, NULL);
+        json_t *pr = json_object_get(o, "pass_rate");
+        if (json_is_number(pr)) {
+            ev[m].step = steps[i];
+            ev[m].pass_rate = json_number_value(pr);
+            ev[m].reward_mean = json_number_value(json_object_get(o, "reward_mean"));
+            m++;
+        }
+        json_decref(o);
+    }
+    qsort(ev, (size_t)m, sizeof *ev, cmp_evaluated);
+    int k = m < cap ? m : cap;
+    for (int i = 0; i < k; i++) steps_out[i] = ev[i].step;
+    free(ev);
+    return k;
+}
+
+/* Removes every step_N directory but the `keep` newest (the one just written, `current`, always stays),
+ * those still waiting for their evaluation, and the `keep_best` best evaluated ones. */
+static void prune_checkpoints(const char *run_dir, long current, int keep, int keep_best) {
+    char ck[4096], p[4400];
+    snprintf(ck, sizeof ck, "%s/checkpoints", run_dir);
+    long steps[4096], best[64];
+    int n = list_steps(ck, steps, 4096);
+    int nb = updater_checkpoint_ranking(run_dir, best, keep_best < 64 ? keep_best : 64);
     for (int i = keep; i < n; i++) {
-        if (steps[i] == current) continue;
+        int stays = steps[i] == current;
+        for (int b = 0; b < nb && !stays; b++) stays = best[b] == steps[i];
+        snprintf(p, sizeof p, "%s/step_%ld/eval.pending", ck, steps[i]);
+        if (stays || access(p, F_OK) == 0) continue;
         snprintf(p, sizeof p, "%s/step_%ld", ck, steps[i]);
         rm_rf(p);
     }
+}
+
+long updater_checkpoint_pending_eval(const char *run_dir) {
+    char ck[4096], p[4400];
+    snprintf(ck, sizeof ck, "%s/checkpoints", run_dir);
+    long steps[4096];
+    int n = list_steps(ck, steps, 4096);
+    for (int i = n - 1; i >= 0; i--) {
+        snprintf(p, sizeof p, "%s/step_%ld/eval.pending", ck, steps[i]);
+        if (access(p, F_OK) == 0) return steps[i];
+    }
+    return -1;
+}
+
+/* RUN_DIR/checkpoints/NAME -> step_STEP, replaced atomically (a new link renamed over the old one). */
+static int point_link(const char *ck, const char *name, long step, rlhf_error *err) {
+    char target[64], tmp_link[4400], p[4400];
+    snprintf(target, sizeof target, "step_%ld", step);
+    snprintf(tmp_link, sizeof tmp_link, "%s/%s.tmp", ck, name);
+    snprintf(p, sizeof p, "%s/%s", ck, name);
+    unlink(tmp_link);
+    if (symlink(target, tmp_link) != 0)
+        return rlhf_error_set(err, RLHF_ESYS, tmp_link, "symlink: %s", strerror(errno));
+    if (rename(tmp_link, p) != 0) return rlhf_error_set(err, RLHF_ESYS, p, "rename: %s", strerror(errno));
+    return 0;
+}
+
+int updater_checkpoint_record_eval(const char *run_dir, long step, json_t *result, int keep, int keep_best,
+                                   int *is_best, rlhf_error *err) {
+    char ck[4096], p[4400];
+    if (is_best) *is_best = 0;
+    snprintf(ck, sizeof ck, "%s/checkpoints", run_dir);
+    snprintf(p, sizeof p, "%s/step_%ld", ck, step);
+    if (access(p, F_OK) != 0) return rlhf_error_set(err, RLHF_EINVAL, p, "no such checkpoint");
+    json_t *rec = json_object();
+    json_object_set_new(rec, "step", json_integer(step));
+    json_object_set_new(rec, "time", json_integer((json_int_t)rlhf_wall_time())); /* unix seconds */
+    json_object_update(rec, result);
+    char *txt = json_dumps(rec, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    snprintf(p, sizeof p, "%s/step_%ld/eval.json", ck, step);
+    int rc = txt ? rlhf_write_file_atomic(p, txt, strlen(txt), err) : RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    free(txt);
+    if (!rc) {
+        snprintf(p, sizeof p, "%s/eval.jsonl", run_dir);
+        rc = updater_metrics_append(p, rec, err);
+    }
+    json_decref(rec);
+    if (rc) return rc;
+    snprintf(p, sizeof p, "%s/step_%ld/eval.pending", ck, step);
+    unlink(p);
+    long best;
+    if (updater_checkpoint_ranking(run_dir, &best, 1) == 1) {
+        if ((rc = point_link(ck, "best", best, err))) return rc;
+        if (is_best) *is_best = best == step;
+    }
+    /* what the last save could not yet know: this checkpoint is no longer pending, and is or is not among
+     * the best */
+    prune_checkpoints(run_dir, updater_latest_checkpoint_step(run_dir), keep, keep_best);
+    return 0;
 }
 
 int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *extra, rlhf_error *err) {
@@ -112,6 +230,14 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
     json_object_set_new(s, "groups_dropped_zero_var", json_integer(ps->groups_dropped_zero_var));
     json_object_set_new(s, "groups_skipped", json_integer(ps->groups_skipped));
     json_object_set_new(s, "wall_s", json_real(ps->wall_offset + rlhf_now() - ps->wall_start));
+    if (ps->mark_eval && ps->cfg && ps->cfg->eval_every > 0 &&
+        (ps->step % ps->cfg->eval_every == 0 || ps->step == ps->cfg->steps)) {
+        snprintf(p, sizeof p, "%s/eval.pending", tmp);
+        if ((rc = rlhf_write_file_atomic(p, "", 0, err))) {
+            json_decref(s);
+            return rc;
+        }
+    }
     if (extra) json_object_set(s, "extra", extra);
     char *txt = json_dumps(s, JSON_INDENT(2));
     json_decref(s);
@@ -122,15 +248,9 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
     snprintf(p, sizeof p, "%s/step_%ld", ck, ps->step);
     rm_rf(p);
     if (rename(tmp, p) != 0) return rlhf_error_set(err, RLHF_ESYS, p, "rename: %s", strerror(errno));
-    char name[64], tmp_link[4400];
-    snprintf(name, sizeof name, "step_%ld", ps->step);
-    snprintf(tmp_link, sizeof tmp_link, "%s/latest.tmp", ck);
-    snprintf(p, sizeof p, "%s/latest", ck);
-    unlink(tmp_link);
-    if (symlink(name, tmp_link) != 0)
-        return rlhf_error_set(err, RLHF_ESYS, tmp_link, "symlink: %s", strerror(errno));
-    if (rename(tmp_link, p) != 0) return rlhf_error_set(err, RLHF_ESYS, p, "rename: %s", strerror(errno));
-    prune_checkpoints(ck, ps->step, ps->cfg ? ps->cfg->checkpoint_keep : RUN_CHECKPOINT_KEEP_DEFAULT);
+    if ((rc = point_link(ck, "latest", ps->step, err))) return rc;
+    prune_checkpoints(dir, ps->step, ps->cfg ? ps->cfg->checkpoint_keep : RUN_CHECKPOINT_KEEP_DEFAULT,
+                      ps->cfg ? ps->cfg->checkpoint_keep_best : 1);
     return 0;
 }
 

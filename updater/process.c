@@ -256,6 +256,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
         run_process_close(&proc);
         return start_failure_status(err);
     }
+    u.ps.mark_eval = 1; /* the launcher evaluates the checkpoints eval.every marks */
     int rc = 0;
     broker_client *bc = NULL;
     json_t *seen = NULL, *extra = NULL;

@@ -131,6 +131,7 @@ typedef struct policy_state {
     double gen_seconds_acc, gen_tokens_acc;
     double wall_start;
     double wall_offset;        /* wall_s of the run before this process (resume) */
+    int mark_eval;             /* 1 (the live updater): checkpoints due for eval.every get eval.pending */
 } policy_state;
 
 int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err);
@@ -156,6 +157,20 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
  * checkpoint was loaded, 0 when there is none, negative on error. *extra_out (may be NULL) gets
  * state.json's "extra" object (new reference or NULL). */
 int updater_checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err);
+/* Evaluated checkpoints (those with step_N/eval.json) best first — held-out pass rate, then reward
+ * mean, then the earlier step: steps_out[0] is what RUN_DIR/checkpoints/best names. Returns how many
+ * (at most cap). */
+int updater_checkpoint_ranking(const char *run_dir, long *steps_out, int cap);
+/* The oldest checkpoint still waiting for its held-out evaluation (step_N/eval.pending), or -1. */
+long updater_checkpoint_pending_eval(const char *run_dir);
+/* Records the held-out evaluation of checkpoint STEP (`rlhf eval --record`): result (an object with
+ * at least "pass_rate" and "reward_mean") goes to step_N/eval.json (atomically) and, with "step"
+ * and "time", as one line of RUN_DIR/eval.jsonl; eval.pending is removed; RUN_DIR/checkpoints/best
+ * is pointed (atomically) at the best evaluated checkpoint, and the checkpoints are pruned as a save
+ * prunes them (keep newest, keep_best best, the pending). *is_best (may be NULL) is set when STEP is
+ * now the best. */
+int updater_checkpoint_record_eval(const char *run_dir, long step, json_t *result, int keep, int keep_best,
+                                   int *is_best, rlhf_error *err);
 /* Step of the newest checkpoint in RUN_DIR/checkpoints (`latest` as a symlink, or the text file of older
  * runs), or -1. */
 int updater_latest_checkpoint_step(const char *run_dir);

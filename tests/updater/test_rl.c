@@ -285,7 +285,7 @@ static void test_config_relative_paths(void) {
     run_config cfg;
     char *sets[] = {"task.eval=rel/e.jsonl"};
     CU_ASSERT_EQUAL_FATAL(run_config_load(&cfg, p, sets, 1, &err), 0);
-    snprintf(want, sizeof want, "%s/configs/../data/m.safetensors", dir);
+    snprintf(want, sizeof want, "%s/data/m.safetensors", dir); /* ".." collapsed: the file named plainly */
     CU_ASSERT_STRING_EQUAL(cfg.base_checkpoint, want);
     snprintf(want, sizeof want, "%s/configs/p.jsonl", dir);
     CU_ASSERT_STRING_EQUAL(cfg.train_path, want);
@@ -305,11 +305,29 @@ static void test_config_relative_paths(void) {
     snprintf(want, sizeof want, "%s/p.jsonl", cwd);
     CU_ASSERT_STRING_EQUAL(cfg.train_path, want);
     run_config_free(&cfg);
+    /* ".." after a symbolic link means the link target's parent to the kernel: such a path is kept as
+     * written, not collapsed to a different file */
+    char real_deep[300], link[300];
+    snprintf(real_deep, sizeof real_deep, "%s/real", dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(real_deep, 0755), 0);
+    snprintf(real_deep, sizeof real_deep, "%s/real/deep", dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(real_deep, 0755), 0);
+    snprintf(link, sizeof link, "%s/ln", sub);
+    CU_ASSERT_EQUAL_FATAL(symlink(real_deep, link), 0);
+    write_file(p, "{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"ln/../m.safetensors\"},"
+                  "\"task\":{\"train\":\"./a/./b/../p.jsonl\"},\"rewards\":[{\"type\":\"exact_match\"}]}\n");
+    CU_ASSERT_EQUAL_FATAL(run_config_load(&cfg, p, NULL, 0, &err), 0);
+    snprintf(want, sizeof want, "%s/configs/ln/../m.safetensors", dir);
+    CU_ASSERT_STRING_EQUAL(cfg.base_checkpoint, want);
+    snprintf(want, sizeof want, "%s/configs/a/p.jsonl", dir);
+    CU_ASSERT_STRING_EQUAL(cfg.train_path, want);
+    run_config_free(&cfg);
     test_remove_tree(dir);
 }
 
 int register_loop_suite(void);
 int register_reward_errors_suite(void);
+int register_checkpoint_suite(void); /* tests/updater/test_checkpoint.c */
 
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("rl_math", NULL, NULL);
@@ -323,5 +341,5 @@ int register_suites(void) {
     CU_add_test(c, "set_typed_by_schema", test_config_set_typed_by_schema);
     CU_add_test(c, "duplicate_keys", test_config_duplicate_keys);
     CU_add_test(c, "relative_paths", test_config_relative_paths);
-    return register_loop_suite() || register_reward_errors_suite();
+    return register_loop_suite() || register_reward_errors_suite() || register_checkpoint_suite();
 }
