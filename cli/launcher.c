@@ -375,16 +375,19 @@ static void eval_summary(const run_config *cfg) {
 }
 
 static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet]\n"
-                            "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...] [--quiet]\n"
+                            "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...] [--quiet] [--continue-live]\n"
+                            "  --continue-live  RUN_DIR is the output of `rlhf replay`: continue it as a live run\n"
+                            "                   (generators, a new replay log) from its last checkpoint\n"
                             "Starts the broker, generators and updater of a training run and supervises them.\n";
 
 int cmd_run(int argc, char **argv) {
     const char *config_path = NULL, *resume_dir = NULL;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
-    int quiet = 0, npos = 0;
+    int quiet = 0, npos = 0, continue_live = 0;
     const rlhf_opt opts[] = {RLHF_OPT("--set", RLHF_OPT_STRS, &set), RLHF_OPT("--resume", RLHF_OPT_STR, &resume_dir),
-                             RLHF_OPT("--quiet", RLHF_OPT_FLAG, &quiet), RLHF_OPT_END};
+                             RLHF_OPT("--quiet", RLHF_OPT_FLAG, &quiet),
+                             RLHF_OPT("--continue-live", RLHF_OPT_FLAG, &continue_live), RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf run", usage, opts, &config_path, 1, &npos);
     if (prc >= 0) return prc;
     if (!config_path == !resume_dir) {
@@ -405,6 +408,23 @@ int cmd_run(int argc, char **argv) {
     if (run_config_load(&cfg, config_path, sets, set.n, &err)) {
         rlhf_error_print("rlhf run", &err);
         return prestart_status(&err);
+    }
+    const char *replay_of = json_string_value(json_object_get(json_object_get(cfg.resolved, "launcher"), "replay_of"));
+    if (resume_dir && replay_of && replay_of[0]) {
+        if (!continue_live) {
+            fprintf(stderr, "rlhf run: error: %s: the output of `rlhf replay` of %s; --resume would continue it as a "
+                            "live run (generators, a new replay log); say --continue-live to do that\n",
+                    resume_dir, replay_of);
+            run_config_free(&cfg);
+            return RLHF_EXIT_CONFIG;
+        }
+        /* from here on it is a live run: its later metrics lines carry no "replayed" mark */
+        fprintf(stderr, "[rlhf run] %s: continuing the replay of %s as a live run\n", resume_dir, replay_of);
+        json_object_set_new(json_object_get(cfg.resolved, "launcher"), "replay_of", json_string(""));
+    } else if (continue_live) {
+        fprintf(stderr, "rlhf run: error: --continue-live is for --resume of a replay's output directory\n%s", usage);
+        run_config_free(&cfg);
+        return 2;
     }
     char *resume_abs = resume_dir ? realpath(resume_dir, NULL) : NULL;
     if (resume_abs && strcmp(cfg.run_dir, resume_abs) != 0) {

@@ -11,21 +11,26 @@
 #include <string.h>
 
 #include "broker/broker.h"
-#include "updater/updater.h"
+#include "cli/replay_int.h"
 
 static const char usage[] =
     "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] [--set a.b=VALUE ...]\n"
+    "                   [--allow-other-model]\n"
     "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
-    "checkpoints under DIR (default: <log's directory>/replay).\n";
+    "checkpoints under DIR (default: <log's directory>/replay).\n"
+    "Before training it compares the config with the recording's (RUN_DIR/config.json), printing\n"
+    "every key that differs and what that means, and refusing those that cannot change anything at\n"
+    "replay (rl.k, generators.*, the task's stop rules); and the base model with the one that sampled\n"
+    "the log (RUN_DIR/model_identity.json): another is refused unless --allow-other-model.\n";
 
 int cmd_replay(int argc, char **argv) {
     const char *log_path = NULL, *config_path = NULL, *out_dir = NULL;
-    int threads = -1, npos = 0;
+    int threads = -1, npos = 0, allow_other = 0;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--out", RLHF_OPT_STR, &out_dir),
                              RLHF_OPT("--threads", RLHF_OPT_INT, &threads), RLHF_OPT("--set", RLHF_OPT_STRS, &set),
-                             RLHF_OPT_END};
+                             RLHF_OPT("--allow-other-model", RLHF_OPT_FLAG, &allow_other), RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf replay", usage, opts, &log_path, 1, &npos);
     if (prc >= 0) return prc;
     if (!log_path || !config_path) {
@@ -46,6 +51,12 @@ int cmd_replay(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%.*s/replay", n, slash ? log_path : ".");
     }
     snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
+    int recorded_clock = 0;
+    if (cmd_replay_check_config(log_path, &cfg, &recorded_clock, &err)) {
+        rlhf_error_print("rlhf replay", &err);
+        run_config_free(&cfg);
+        return 2;
+    }
     model_set_threads(threads >= 0 ? threads : cfg.train_threads);
     /* one run per directory: a replay into a directory a run or another replay is writing is refused */
     run_dir_lock lock;
@@ -68,8 +79,10 @@ int cmd_replay(int argc, char **argv) {
         run_config_free(&cfg);
         return 2;
     }
-    int rc = 0;
+    int rc = 0, other_model = 0;
     replay_reader *rr = NULL;
+    u.ps.recorded_clock = recorded_clock;
+    if ((rc = cmd_replay_check_model(log_path, &u.ps, allow_other, &other_model, &err))) goto out;
     /* a fresh output: replays must not continue an older replay's checkpoints or metrics */
     if (updater_latest_checkpoint_step(dir) >= 0) {
         rc = rlhf_error_set(&err, RLHF_EINVAL, dir, "already holds a replay's checkpoints; choose another --out");
@@ -78,6 +91,11 @@ int cmd_replay(int argc, char **argv) {
     remove(u.metrics_path);
     char cfg_out[1100];
     snprintf(cfg_out, sizeof cfg_out, "%s/config.json", dir);
+    /* marks the directory as a replay's: `rlhf run --resume` of it then asks before going live */
+    json_t *launcher = json_object_get(cfg.resolved, "launcher");
+    char *log_abs = realpath(log_path, NULL);
+    if (json_is_object(launcher)) json_object_set_new(launcher, "replay_of", json_string(log_abs ? log_abs : log_path));
+    free(log_abs);
     if ((rc = run_config_write(&cfg, cfg_out, &err))) goto out;
     /* pass 1: every record must fit this model */
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
@@ -132,6 +150,8 @@ int cmd_replay(int argc, char **argv) {
             rc = r < 0 ? r : 0;
             break;
         }
+        if (u.ps.recorded_clock && sg->g.policy_version > u.ps.recorded_version)
+            u.ps.recorded_version = sg->g.policy_version;
         if (updater_scorer_score_now(u.sc, sg, &err)) {
             rlhf_error_print("rlhf replay: scoring", &err);
             sg->skipped = 1;
@@ -145,7 +165,13 @@ int cmd_replay(int argc, char **argv) {
         if (!ready) continue;
         json_t *m = NULL;
         if ((rc = updater_session_step(&u, &m, &err))) break;
+        if (other_model && u.ps.step <= 3)
+            fprintf(stderr, "rlhf replay: warning: step %ld on another model's log: is_ratio/mean %.4g, "
+                            "is_ratio/clip_frac %.4g\n", u.ps.step,
+                    json_number_value(json_object_get(m, "is_ratio/mean")),
+                    json_number_value(json_object_get(m, "is_ratio/clip_frac")));
         /* timings vary run to run; the replay's metrics keep only what the data determines */
+        json_object_set_new(m, "replayed", json_true());
         rc = updater_session_write_metrics(&u, m, &err);
         json_decref(m);
         if (rc) break;
@@ -154,6 +180,10 @@ int cmd_replay(int argc, char **argv) {
     }
     if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
         rc = updater_checkpoint_save(&u.ps, dir, NULL, &err);
+    if (!rc && u.ps.step < cfg.steps)
+        fprintf(stderr, "rlhf replay: the log ran out at step %ld of rl.steps=%d: all %ld records read (%ld groups "
+                        "held back, fewer than rl.prompts_per_step=%d)\n", u.ps.step, cfg.steps, n_records,
+                (long)u.n_window, cfg.prompts_per_step);
     if (!rc)
         fprintf(stderr, "rlhf replay: %ld steps; final checkpoint %s/checkpoints/step_%ld/model.safetensors\n",
                 u.ps.step, dir, u.ps.step);

@@ -85,6 +85,7 @@ static const key_spec SPEC[] = {
     {"launcher", K_OBJ, 0, 0, "{}"},
     {"launcher.auto_endpoint", K_BOOL, 0, 0, "false"},
     {"launcher.resolved", K_BOOL, 0, 0, "false"},
+    {"launcher.replay_of", K_STR, 0, 0, "\"\""},
 };
 #define NSPEC (sizeof SPEC / sizeof SPEC[0])
 

@@ -132,6 +132,17 @@ void run_config_free(run_config *cfg);
 
 /* ---------------------------------------------------------------- preparation and the base model */
 
+/* The identity of a run's base model (run/identity.c): content hashes of its config, weights and
+ * tokenizer, and of the three together — {"model","config","weights","tokenizer","n_params"}, hex
+ * strings ("tokenizer" is "bytes" for the byte-level one). The live updater writes it to
+ * RUN_DIR/model_identity.json (RUN_MODEL_IDENTITY_FILE); `rlhf replay` compares. */
+#define RUN_MODEL_IDENTITY_FILE "model_identity.json"
+int run_model_identity(const model *m, const tokenizer *tok, json_t **out, rlhf_error *err);
+/* 0 when two identities name the same model; else 1 and `what` says which parts differ and how
+ * ("weights 1a2b... vs 3c4d..."). */
+int run_model_identity_compare(const json_t *recorded, const json_t *mine, char *what, size_t cap);
+
+
 /* Checks everything the processes of a run will need (datasets, selector config, reward sources,
  * broker config, base checkpoint vs arch) and creates the run directory layout. A config with
  * "model.arch" and no checkpoint gets a freshly initialised base at RUN_DIR/base.safetensors and

@@ -180,6 +180,31 @@ static int send_stats(broker_client *bc, const scored_group *s, int n_sources, c
     return broker_client_send_prompt_stats(bc, &st, err);
 }
 
+/* RUN_DIR/model_identity.json from the base model just loaded (before any checkpoint): what the replay
+ * log's token ids and log-probs belong to (run/identity.c). Written once; a resume whose base differs
+ * says so on its log (the rollouts of the two parts then come from different models). */
+static int updater_record_model_identity(const policy_state *ps, const char *run_dir, rlhf_error *err) {
+    json_t *mine = NULL;
+    int rc = run_model_identity(ps->m, ps->tok, &mine, err);
+    if (rc) return rc;
+    char path[2200];
+    snprintf(path, sizeof path, "%s/%s", run_dir, RUN_MODEL_IDENTITY_FILE);
+    json_t *old = json_load_file(path, 0, NULL);
+    if (old) {
+        char what[400];
+        if (run_model_identity_compare(old, mine, what, sizeof what))
+            fprintf(stderr, "updater: warning: %s: this run's base model differs from the one it started with (%s); "
+                            "its replay log now holds rollouts of both\n", path, what);
+    } else {
+        char *text = json_dumps(mine, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        rc = text ? rlhf_write_file_atomic(path, text, strlen(text), err) : RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        free(text);
+    }
+    json_decref(old);
+    json_decref(mine);
+    return rc;
+}
+
 static int updater_checkpoint(updater_session *u, rlhf_error *err) {
     json_t *extra = json_object();
     json_object_set(extra, "consumed", u->consumed);
@@ -257,6 +282,11 @@ int updater_main(const updater_options *o, rlhf_error *err) {
         return start_failure_status(err);
     }
     u.ps.mark_eval = 1; /* the launcher evaluates the checkpoints eval.every marks */
+    if (updater_record_model_identity(&u.ps, cfg->run_dir, err)) {
+        updater_session_fini(&u);
+        run_process_close(&proc);
+        return start_failure_status(err);
+    }
     int rc = 0;
     broker_client *bc = NULL;
     json_t *seen = NULL, *extra = NULL;

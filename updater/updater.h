@@ -132,6 +132,12 @@ typedef struct policy_state {
     double wall_start;
     double wall_offset;        /* wall_s of the run before this process (resume) */
     int mark_eval;             /* 1 (the live updater): checkpoints due for eval.every get eval.pending */
+    /* 1 (a replay whose prompts_per_step, max_staleness or publish_every differ from the recording):
+     * a group's lag is measured against recorded_version, the newest policy_version of the records
+     * consumed so far (the recording's publishing order), since the replay's own versions no longer
+     * line up with the recorded ones; it is never negative */
+    int recorded_clock;
+    uint64_t recorded_version;
 } policy_state;
 
 int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err);
@@ -139,6 +145,7 @@ void updater_policy_fini(policy_state *ps);
 
 /* Staleness lag of a group against the newest published version. */
 static inline long group_lag(const policy_state *ps, const scored_group *s) {
+    if (ps->recorded_clock) return (long)ps->recorded_version - (long)s->g.policy_version;
     return (long)ps->version - (long)s->g.policy_version;
 }
 

@@ -1,0 +1,171 @@
+/* cli/replay_check.c — what `rlhf replay` checks and says before it trains (see cli/replay_int.h):
+ *
+ *   - the model: the base the replay trains must be the one the log was sampled from. The live
+ *     updater wrote its identity (content hashes of config, weights, tokenizer: run/identity.c) to
+ *     model_identity.json beside the log; a different one is refused naming both, unless
+ *     --allow-other-model (then the importance ratios of the first steps are printed as a warning,
+ *     since they measure how far apart the two models are);
+ *   - the config: every key that differs from the recording's config.json (beside the log) is printed
+ *     with what it means at replay. Keys that decided how the log's samples were drawn (rl.k, the
+ *     generators' settings, the task's stop rules) cannot change anything: the samples are what they
+ *     are, so a different value is refused with that reason. The keys that decide which groups train
+ *     when (rl.prompts_per_step, rl.max_staleness, rl.publish_every) switch the replay to the
+ *     recording's clock (policy_state.recorded_clock), so staleness stays >= 0. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/replay_int.h"
+
+/* The folder of a path ("." when it has none). */
+static void dir_of(const char *path, char *out, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(out, cap, ".");
+    else snprintf(out, cap, "%.*s", (int)(slash - path), path);
+}
+
+int cmd_replay_check_model(const char *log_path, const policy_state *ps, int allow_other, int *other, rlhf_error *err) {
+    char dir[2048], path[2200];
+    *other = 0;
+    dir_of(log_path, dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/%s", dir, RUN_MODEL_IDENTITY_FILE);
+    json_t *rec = json_load_file(path, 0, NULL);
+    if (!rec) {
+        fprintf(stderr, "rlhf replay: warning: %s: not found (a log recorded before runs kept their model's identity, "
+                        "or moved without it): cannot check that this config's base model is the one that sampled "
+                        "the log\n", path);
+        return 0;
+    }
+    json_t *mine = NULL;
+    int rc = run_model_identity(ps->m, ps->tok, &mine, err);
+    char what[400];
+    if (!rc && run_model_identity_compare(rec, mine, what, sizeof what)) {
+        if (allow_other) {
+            *other = 1;
+            fprintf(stderr, "rlhf replay: warning: the log was sampled from another model (%s: %s); training on it "
+                            "anyway (--allow-other-model): watch is_ratio, printed for the first steps\n", path, what);
+        } else {
+            rc = rlhf_error_set(err, RLHF_EINVAL, path,
+                                "the log was sampled from another model than this config's base (%s; recorded model "
+                                "%s, this one %s); its token ids and log-probs mean nothing for this one. "
+                                "--allow-other-model trains on it anyway",
+                                what, json_string_value(json_object_get(rec, "model")),
+                                json_string_value(json_object_get(mine, "model")));
+        }
+    }
+    json_decref(mine);
+    json_decref(rec);
+    return rc;
+}
+
+/* Keys that do not take part in the comparison: names, places and thread counts. */
+static int ignored(const char *key) {
+    static const char *const keys[] = {"name", "run_dir", "model.threads", "generators.threads",
+                                       "updaters.reward_threads", "launcher", "checkpoint", "log", "eval",
+                                       "model.base_checkpoint", NULL};
+    for (int i = 0; keys[i]; i++) {
+        size_t n = strlen(keys[i]);
+        if (!strncmp(key, keys[i], n) && (key[n] == 0 || key[n] == '.')) return 1;
+    }
+    return 0;
+}
+
+/* What a changed key means at replay: REFUSE (a reason why it cannot change anything), CLOCK (changes
+ * which groups train when), UNUSED (the log replaces it) or TRAINS (it changes training). */
+enum { TRAINS, REFUSE, CLOCK, UNUSED };
+static int meaning(const char *key, const char **why) {
+    if (!strcmp(key, "rl.k") || !strncmp(key, "generators.", 11) || !strcmp(key, "task.stop") ||
+        !strcmp(key, "task.include_stop") || !strcmp(key, "mode") || !strcmp(key, "model.max_seq_len")) {
+        *why = "it decided how the log's samples were drawn, and they are what they are";
+        return REFUSE;
+    }
+    if (!strcmp(key, "rl.prompts_per_step") || !strcmp(key, "rl.max_staleness") || !strcmp(key, "rl.publish_every")) {
+        *why = "changes which groups train together and when; the replay measures staleness against the "
+               "recording's publishing order (the newest policy_version read so far), so it is never negative";
+        return CLOCK;
+    }
+    if (!strncmp(key, "task.", 5) || !strncmp(key, "broker", 6) || !strncmp(key, "prompts", 7)) {
+        *why = "not used at replay: the log holds the prompts that were served";
+        return UNUSED;
+    }
+    if (!strcmp(key, "rewards") || !strncmp(key, "rewards.", 8)) {
+        *why = "the replay scores the logged completions with these sources";
+        return TRAINS;
+    }
+    *why = "trains with this value";
+    return TRAINS;
+}
+
+/* Flattens an object into KEY -> value pairs (objects recursed; arrays and scalars are leaves). */
+static void flatten(json_t *obj, const char *prefix, json_t *out) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v) {
+        char key[512];
+        if (prefix[0]) snprintf(key, sizeof key, "%s.%s", prefix, k);
+        else snprintf(key, sizeof key, "%s", k);
+        if (json_is_object(v) && json_object_size(v) && strcmp(key, "model.arch")) flatten(v, key, out);
+        else json_object_set(out, key, v);
+    }
+}
+
+static char *short_json(json_t *v) {
+    if (!v) return strdup("(absent)");
+    char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
+    if (t && strlen(t) > 120) strcpy(t + 100, "...");
+    return t ? t : strdup("?");
+}
+
+int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock, rlhf_error *err) {
+    char dir[2048], path[2200];
+    *use_recorded_clock = 0;
+    dir_of(log_path, dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *rec_doc = json_load_file(path, 0, NULL);
+    if (!rec_doc) {
+        fprintf(stderr, "rlhf replay: warning: %s: not found: cannot say how this config differs from the "
+                        "recording's\n", path);
+        return 0;
+    }
+    /* the recorded config through the same parser, so defaults are filled in on both sides */
+    run_config rec;
+    rlhf_error perr = {0};
+    if (run_config_parse(&rec, rec_doc, path, &perr)) {
+        json_decref(rec_doc);
+        fprintf(stderr, "rlhf replay: warning: %s: cannot compare with the recording's config: %s\n", path, perr.msg);
+        return 0;
+    }
+    json_decref(rec_doc);
+    json_t *a = json_object(), *b = json_object();
+    flatten(rec.resolved, "", a);
+    flatten(cfg->resolved, "", b);
+    json_t *keys = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(a, k, v) json_object_set(keys, k, json_true());
+    json_object_foreach(b, k, v) json_object_set(keys, k, json_true());
+    int rc = 0, n_diff = 0;
+    json_object_foreach(keys, k, v) {
+        json_t *x = json_object_get(a, k), *y = json_object_get(b, k);
+        if (ignored(k) || (x && y && json_equal(x, y))) continue;
+        const char *why;
+        int m = meaning(k, &why);
+        char *xs = short_json(x), *ys = short_json(y);
+        if (m == REFUSE && !rc) {
+            char w[700];
+            snprintf(w, sizeof w, "%.500s: %s", cfg->source[0] ? cfg->source : "config", k);
+            rc = rlhf_error_set(err, RLHF_EINVAL, w, "%s here, %s in the recording (%s): cannot change at replay: %s",
+                                ys, xs, path, why);
+        } else if (m != REFUSE) {
+            if (!n_diff++) fprintf(stderr, "rlhf replay: this config differs from the recording's (%s):\n", path);
+            fprintf(stderr, "rlhf replay:   %s: %s (recorded %s): %s\n", k, ys, xs, why);
+            if (m == CLOCK) *use_recorded_clock = 1;
+        }
+        free(xs);
+        free(ys);
+    }
+    json_decref(keys);
+    json_decref(a);
+    json_decref(b);
+    run_config_free(&rec);
+    return rc;
+}

@@ -1,0 +1,18 @@
+/* cli/replay_int.h — private to cli/: the checks `rlhf replay` makes before it trains
+ * (cli/replay_check.c), used by cli/replay.c. */
+#ifndef RLHF_CLI_REPLAY_INT_H
+#define RLHF_CLI_REPLAY_INT_H
+
+#include "run/run.h"
+#include "updater/updater.h"
+
+/* The base model of ps against the identity recorded beside the log (LOG_DIR/model_identity.json).
+ * A different one: an error naming both, or with allow_other a warning and *other = 1. A log without
+ * a recorded identity: a warning, 0. */
+int cmd_replay_check_model(const char *log_path, const policy_state *ps, int allow_other, int *other, rlhf_error *err);
+/* cfg against the recording's config (LOG_DIR/config.json): prints every differing key with what it
+ * means; an error for a key that cannot change at replay. *use_recorded_clock = 1 when a key that
+ * decides which groups train when differs (policy_state.recorded_clock). */
+int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock, rlhf_error *err);
+
+#endif
