@@ -1,0 +1,192 @@
+/* tests/e2e/test_replay_tool.c — `rlhf replay` as a research tool, on a log recorded by a real run:
+ *
+ *   other_model:   a base with other weights is refused naming both identities and writes no
+ *                  checkpoint; --allow-other-model trains and prints the importance ratios of the
+ *                  first steps; the same config replays (identities equal);
+ *   config_diffs:  rl.k and a generator setting are refused with the reason; rl.lr is printed with its
+ *                  meaning; rl.prompts_per_step=16 (the log's groups no longer line up with its
+ *                  versions) keeps every staleness >= 0 and says where the log ran out;
+ *                  rl.max_staleness=0 too;
+ *   resume_live:   `rlhf run --resume` of a replay's output is refused (exit 2) unless --continue-live,
+ *                  after which the new steps carry no "replayed" mark and the replayed ones do. */
+#include <CUnit/CUnit.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "common/common.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/test_paths.h"
+#include "tests/test_proc.h"
+
+static char g_dir[64];
+static char g_rlhf[1024];
+static char g_run[256], g_log[300], g_cfg[300];
+
+static int run_cmd(const char *out_path, const char *const *args, double timeout) {
+    test_proc_opts o = {.out = out_path, .err = out_path};
+    return test_proc_run_args(g_rlhf, g_rlhf, args, &o, timeout);
+}
+
+static char *slurp(const char *path) {
+    char *d = NULL;
+    size_t n = 0;
+    if (rlhf_read_file(path, &d, &n, NULL)) return NULL;
+    return d;
+}
+
+static int contains(const char *path, const char *needle) {
+    char *d = slurp(path);
+    int yes = d && strstr(d, needle);
+    if (!yes) fprintf(stderr, "\n%s lacks \"%s\"; it holds:\n%s\n", path, needle, d ? d : "(nothing)");
+    free(d);
+    return yes;
+}
+
+/* One recorded run of the easy task (8 steps), shared by the tests. */
+static int suite_init(void) {
+    snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_rtool_XXXXXX");
+    if (!mkdtemp(g_dir)) return -1;
+    if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf) || access(g_rlhf, X_OK) != 0) return -1;
+    if (e2e_write_prompts(g_dir)) return -1;
+    char cfg[256], doc[2048], out[256];
+    snprintf(cfg, sizeof cfg, "%s/rec.json", g_dir);
+    snprintf(g_run, sizeof g_run, "%s/rec", g_dir);
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"rec\",\"run_dir\":\"rec\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":16},\"threads\":1},\n"
+             " \"task\":{\"train\":\"prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"^[0-9]\"}],\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"lr\":0.01,\"steps\":8,\"checkpoint_every\":4,\"seed\":3},\n"
+             " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4,\"threads\":1}}\n");
+    if (write_text(cfg, doc)) return -1;
+    snprintf(out, sizeof out, "%s/rec.out", g_dir);
+    const char *a[] = {"run", cfg, "--quiet", NULL};
+    if (run_cmd(out, a, 180) != 0) return -1;
+    snprintf(g_log, sizeof g_log, "%s/rollouts.log", g_run);
+    snprintf(g_cfg, sizeof g_cfg, "%s/config.json", g_run);
+    return access(g_log, F_OK) || access(g_cfg, F_OK);
+}
+
+static int suite_cleanup(void) {
+    if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
+    return 0;
+}
+
+/* `rlhf replay` of the recorded log into g_dir/NAME with the extra arguments; its exit status. */
+static int replay(const char *name, const char *out, const char *const *extra) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/%s", g_dir, name);
+    const char *a[24] = {"replay", g_log, "--config", g_cfg, "--out", dir, "--threads", "1"};
+    int n = 8;
+    for (int i = 0; extra && extra[i] && n < 23; i++) a[n++] = extra[i];
+    a[n] = NULL;
+    return run_cmd(out, a, 120);
+}
+
+static void test_other_model(void) {
+    char out[256], other[300], set[400], ck[400];
+    snprintf(out, sizeof out, "%s/other.out", g_dir);
+    CU_ASSERT_EQUAL(replay("same", out, NULL), 0);
+    /* another base: the recording's trained checkpoint has the same shape and other weights */
+    snprintf(other, sizeof other, "%s/checkpoints/step_8/model.safetensors", g_run);
+    snprintf(set, sizeof set, "model.base_checkpoint=%s", other);
+    const char *e1[] = {"--set", set, NULL};
+    CU_ASSERT_EQUAL(replay("other", out, e1), 1);
+    CU_ASSERT(contains(out, "the log was sampled from another model than this config's base (weights "));
+    CU_ASSERT(contains(out, "--allow-other-model trains on it anyway"));
+    snprintf(ck, sizeof ck, "%s/other/checkpoints", g_dir);
+    CU_ASSERT(access(ck, F_OK) != 0);
+    const char *e2[] = {"--set", set, "--allow-other-model", NULL};
+    CU_ASSERT_EQUAL(replay("other2", out, e2), 0);
+    CU_ASSERT(contains(out, "warning: step 1 on another model's log: is_ratio/mean "));
+    snprintf(ck, sizeof ck, "%s/other2/checkpoints/step_8/model.safetensors", g_dir);
+    CU_ASSERT(access(ck, F_OK) == 0);
+}
+
+/* every "staleness/min" of a metrics file is >= 0; the number of lines */
+static int staleness_never_negative(const char *metrics, int *lines) {
+    char *txt = slurp(metrics);
+    int ok = txt != NULL;
+    *lines = 0;
+    char *save = NULL;
+    for (char *l = txt ? strtok_r(txt, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(l, 0, NULL);
+        json_t *v = json_object_get(j, "staleness/min");
+        if (!json_is_number(v) || json_number_value(v) < 0) ok = 0;
+        if (json_object_get(j, "replayed") != json_true()) ok = 0;
+        json_decref(j);
+        (*lines)++;
+    }
+    free(txt);
+    return ok;
+}
+
+static void test_config_diffs(void) {
+    char out[256], m[300];
+    snprintf(out, sizeof out, "%s/diff.out", g_dir);
+    const char *k[] = {"--set", "rl.k=8", NULL};
+    CU_ASSERT_EQUAL(replay("k", out, k), 2);
+    CU_ASSERT(contains(out, "rl.k: 8 here, 4 in the recording"));
+    CU_ASSERT(contains(out, "cannot change at replay: it decided how the log's samples were drawn"));
+    const char *t[] = {"--set", "generators.temperature=0.5", NULL};
+    CU_ASSERT_EQUAL(replay("t", out, t), 2);
+    CU_ASSERT(contains(out, "generators.temperature: 0.5 here, 1.0 in the recording"));
+    const char *p[] = {"--set", "rl.prompts_per_step=16", "--set", "rl.lr=0.02", "--set", "rl.steps=50", NULL};
+    CU_ASSERT_EQUAL(replay("pps", out, p), 0);
+    CU_ASSERT(contains(out, "rl.lr: 0.02 (recorded 0.01): trains with this value"));
+    CU_ASSERT(contains(out, "rl.prompts_per_step: 16 (recorded 4): changes which groups train together"));
+    CU_ASSERT(contains(out, "the log ran out at step "));
+    int lines = 0;
+    snprintf(m, sizeof m, "%s/pps/metrics.jsonl", g_dir);
+    CU_ASSERT(staleness_never_negative(m, &lines));
+    CU_ASSERT(lines >= 1 && lines < 50);
+    const char *s0[] = {"--set", "rl.max_staleness=0", NULL};
+    CU_ASSERT_EQUAL(replay("s0", out, s0), 0);
+    snprintf(m, sizeof m, "%s/s0/metrics.jsonl", g_dir);
+    CU_ASSERT(staleness_never_negative(m, &lines));
+}
+
+static void test_resume_live(void) {
+    char out[256], dir[256];
+    snprintf(out, sizeof out, "%s/live.out", g_dir);
+    snprintf(dir, sizeof dir, "%s/tolive", g_dir);
+    CU_ASSERT_EQUAL_FATAL(replay("tolive", out, NULL), 0);
+    const char *a[] = {"run", "--resume", dir, "--quiet", "--set", "rl.steps=10", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, a, 60), 2);
+    CU_ASSERT(contains(out, "the output of `rlhf replay` of "));
+    CU_ASSERT(latest_ckpt(dir) == 8);
+    const char *b[] = {"run", "--resume", dir, "--quiet", "--set", "rl.steps=10", "--continue-live", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, b, 120), 0);
+    CU_ASSERT(latest_ckpt(dir) == 10);
+    char m[300];
+    snprintf(m, sizeof m, "%s/metrics.jsonl", dir);
+    char *txt = slurp(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
+    int n_replayed = 0, n_live = 0;
+    char *save = NULL;
+    for (char *l = strtok_r(txt, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(l, 0, NULL);
+        long step = (long)json_integer_value(json_object_get(j, "step"));
+        int replayed = json_object_get(j, "replayed") == json_true();
+        CU_ASSERT_EQUAL(replayed, step <= 8);
+        n_replayed += replayed;
+        n_live += !replayed;
+        json_decref(j);
+    }
+    free(txt);
+    CU_ASSERT_EQUAL(n_replayed, 8);
+    CU_ASSERT_EQUAL(n_live, 2);
+}
+
+void e2e_register_replay_tool(void);
+void e2e_register_replay_tool(void) {
+    CU_pSuite s = CU_add_suite("e2e_replay_tool", suite_init, suite_cleanup);
+    CU_add_test(s, "other_model", test_other_model);
+    CU_add_test(s, "config_diffs", test_config_diffs);
+    CU_add_test(s, "resume_live", test_resume_live);
+}
