@@ -15,24 +15,33 @@
 
 static const char usage[] =
     "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] [--set a.b=VALUE ...]\n"
-    "                   [--allow-other-model]\n"
+    "                   [--allow-other-model] [--rewards recorded|recompute]\n"
     "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
     "checkpoints under DIR (default: <log's directory>/replay).\n"
     "Before training it compares the config with the recording's (RUN_DIR/config.json), printing\n"
     "every key that differs and what that means, and refusing those that cannot change anything at\n"
     "replay (rl.k, generators.*, the task's stop rules); and the base model with the one that sampled\n"
-    "the log (RUN_DIR/model_identity.json): another is refused unless --allow-other-model.\n";
+    "the log (RUN_DIR/model_identity.json): another is refused unless --allow-other-model.\n"
+    "  --rewards R   recorded: train on the rewards the live run trained each group with\n"
+    "                (RUN_DIR/scores.jsonl); recompute: score the logged completions again with the\n"
+    "                config's sources. Default: recorded when the config's rewards are the\n"
+    "                recording's and scores.jsonl is there, else recompute (printed either way).\n";
 
 int cmd_replay(int argc, char **argv) {
-    const char *log_path = NULL, *config_path = NULL, *out_dir = NULL;
+    const char *log_path = NULL, *config_path = NULL, *out_dir = NULL, *rewards_mode = NULL;
     int threads = -1, npos = 0, allow_other = 0;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--out", RLHF_OPT_STR, &out_dir),
                              RLHF_OPT("--threads", RLHF_OPT_INT, &threads), RLHF_OPT("--set", RLHF_OPT_STRS, &set),
-                             RLHF_OPT("--allow-other-model", RLHF_OPT_FLAG, &allow_other), RLHF_OPT_END};
+                             RLHF_OPT("--allow-other-model", RLHF_OPT_FLAG, &allow_other),
+                             RLHF_OPT("--rewards", RLHF_OPT_STR, &rewards_mode), RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf replay", usage, opts, &log_path, 1, &npos);
     if (prc >= 0) return prc;
+    if (rewards_mode && strcmp(rewards_mode, "recorded") && strcmp(rewards_mode, "recompute")) {
+        fprintf(stderr, "rlhf replay: error: --rewards must be recorded or recompute, got '%s'\n%s", rewards_mode, usage);
+        return 2;
+    }
     if (!log_path || !config_path) {
         fprintf(stderr, "rlhf replay: error: %s\n%s", !log_path ? "missing LOG" : "missing --config", usage);
         return 2;
@@ -51,8 +60,8 @@ int cmd_replay(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%.*s/replay", n, slash ? log_path : ".");
     }
     snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
-    int recorded_clock = 0;
-    if (cmd_replay_check_config(log_path, &cfg, &recorded_clock, &err)) {
+    int recorded_clock = 0, rewards_changed = 1;
+    if (cmd_replay_check_config(log_path, &cfg, &recorded_clock, &rewards_changed, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_config_free(&cfg);
         return 2;
@@ -81,7 +90,42 @@ int cmd_replay(int argc, char **argv) {
     }
     int rc = 0, other_model = 0;
     replay_reader *rr = NULL;
+    json_t *scores = NULL;
     u.ps.recorded_clock = recorded_clock;
+    long n_score_lines = 0;
+    int use_recorded = 0;
+    if (!rewards_mode || !strcmp(rewards_mode, "recorded")) {
+        scores = cmd_replay_load_scores(log_path, &n_score_lines);
+        if (rewards_mode && !scores) {
+            rc = rlhf_error_set(&err, RLHF_EINVAL, log_path, "--rewards recorded: no %s beside the log (recorded "
+                                "before runs kept it); --rewards recompute scores the completions again",
+                                UPDATER_SCORES_FILE);
+            goto out;
+        }
+        if (rewards_mode && rewards_changed) {
+            rc = rlhf_error_set(&err, RLHF_EINVAL, "--rewards recorded", "the config's rewards differ from the "
+                                "recording's: recorded scores would not be what these sources give; --rewards "
+                                "recompute scores with them");
+            goto out;
+        }
+        use_recorded = scores && !rewards_changed;
+    }
+    if (use_recorded) {
+        fprintf(stderr, "rlhf replay: rewards: recorded (%ld groups in %s beside the log): training on what the live "
+                        "run trained with\n", n_score_lines, UPDATER_SCORES_FILE);
+    } else {
+        fprintf(stderr, "rlhf replay: rewards: recomputed with the config's sources (%s)\n",
+                rewards_mode ? "--rewards recompute"
+                : rewards_changed ? "they differ from the recording's" : "no " UPDATER_SCORES_FILE " beside the log");
+        size_t i;
+        json_t *src;
+        json_array_foreach(cfg.rewards, i, src) {
+            const char *type = json_string_value(json_object_get(src, "type"));
+            if (type && (!strcmp(type, "judge") || !strcmp(type, "remote_rm")))
+                fprintf(stderr, "rlhf replay: warning: rewards[%zu] (%s) is not deterministic: recomputed scores, and so "
+                                "the weights, may differ from the live run's\n", i, type);
+        }
+    }
     if ((rc = cmd_replay_check_model(log_path, &u.ps, allow_other, &other_model, &err))) goto out;
     /* a fresh output: replays must not continue an older replay's checkpoints or metrics */
     if (updater_latest_checkpoint_step(dir) >= 0) {
@@ -140,6 +184,8 @@ int cmd_replay(int argc, char **argv) {
     fprintf(stderr, "rlhf replay: %ld records in %s; training up to %d steps into %s\n", n_records, log_path,
             cfg.steps, dir);
     /* pass 2: train */
+    long n_read = 0;
+    int unrecorded = 0;
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
     while (u.ps.step < cfg.steps) {
         scored_group *sg = calloc(1, sizeof *sg);
@@ -150,9 +196,22 @@ int cmd_replay(int argc, char **argv) {
             rc = r < 0 ? r : 0;
             break;
         }
+        n_read++;
         if (u.ps.recorded_clock && sg->g.policy_version > u.ps.recorded_version)
             u.ps.recorded_version = sg->g.policy_version;
-        if (updater_scorer_score_now(u.sc, sg, &err)) {
+        if (use_recorded) {
+            if (cmd_replay_recorded_scores(scores, sg, u.src_names, u.n_sources)) {
+                /* the live run stopped before it consumed this group: what follows was never trained on */
+                fprintf(stderr, "rlhf replay: group %s #%llu (prompt %s) and later were never trained on by the live "
+                                "run (no recorded rewards in %s): stopping here; --rewards recompute scores them\n",
+                        sg->g.generator_id ? sg->g.generator_id : "?", (unsigned long long)sg->g.seq,
+                        sg->g.prompt_id ? sg->g.prompt_id : "?", UPDATER_SCORES_FILE);
+                unrecorded = 1;
+                n_read--;
+                updater_scored_group_free(sg);
+                break;
+            }
+        } else if (updater_scorer_score_now(u.sc, sg, &err)) {
             rlhf_error_print("rlhf replay: scoring", &err);
             sg->skipped = 1;
         }
@@ -181,14 +240,16 @@ int cmd_replay(int argc, char **argv) {
     if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
         rc = updater_checkpoint_save(&u.ps, dir, NULL, &err);
     if (!rc && u.ps.step < cfg.steps)
-        fprintf(stderr, "rlhf replay: the log ran out at step %ld of rl.steps=%d: all %ld records read (%ld groups "
-                        "held back, fewer than rl.prompts_per_step=%d)\n", u.ps.step, cfg.steps, n_records,
+        fprintf(stderr, "rlhf replay: %s at step %ld of rl.steps=%d: %ld of the log's %ld records trained or dropped "
+                        "(%ld more held back, fewer than rl.prompts_per_step=%d)\n",
+                unrecorded ? "stopped" : "the log ran out", u.ps.step, cfg.steps, n_read - (long)u.n_window, n_records,
                 (long)u.n_window, cfg.prompts_per_step);
     if (!rc)
         fprintf(stderr, "rlhf replay: %ld steps; final checkpoint %s/checkpoints/step_%ld/model.safetensors\n",
                 u.ps.step, dir, u.ps.step);
 out:
     if (rc) rlhf_error_print("rlhf replay", &err);
+    json_decref(scores);
     replay_reader_close(&rr);
     updater_session_fini(&u);
     run_dir_lock_release(&lock);

@@ -11,6 +11,7 @@
  *     are, so a different value is refused with that reason. The keys that decide which groups train
  *     when (rl.prompts_per_step, rl.max_staleness, rl.publish_every) switch the replay to the
  *     recording's clock (policy_state.recorded_clock), so staleness stays >= 0. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,9 +116,11 @@ static char *short_json(json_t *v) {
     return t ? t : strdup("?");
 }
 
-int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock, rlhf_error *err) {
+int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock,
+                            int *rewards_changed, rlhf_error *err) {
     char dir[2048], path[2200];
     *use_recorded_clock = 0;
+    *rewards_changed = 1; /* unknown: as if changed */
     dir_of(log_path, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_t *rec_doc = json_load_file(path, 0, NULL);
@@ -138,6 +141,7 @@ int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *us
     json_t *a = json_object(), *b = json_object();
     flatten(rec.resolved, "", a);
     flatten(cfg->resolved, "", b);
+    *rewards_changed = !json_equal(json_object_get(rec.resolved, "rewards"), json_object_get(cfg->resolved, "rewards"));
     json_t *keys = json_object();
     const char *k;
     json_t *v;
@@ -168,4 +172,65 @@ int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *us
     json_decref(b);
     run_config_free(&rec);
     return rc;
+}
+
+static void score_key(char *out, size_t cap, const char *gen, unsigned long long seq) {
+    snprintf(out, cap, "%s\t%llu", gen, seq);
+}
+
+json_t *cmd_replay_load_scores(const char *log_path, long *n_lines) {
+    char dir[2048], path[2200];
+    dir_of(log_path, dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/%s", dir, UPDATER_SCORES_FILE);
+    *n_lines = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    json_t *all = json_object();
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        if (line[n - 1] != '\n') break; /* a torn last line */
+        json_t *o = json_loads(line, 0, NULL);
+        const char *gen = json_string_value(json_object_get(o, "generator"));
+        if (gen && json_is_integer(json_object_get(o, "seq"))) {
+            char key[600];
+            score_key(key, sizeof key, gen, (unsigned long long)json_integer_value(json_object_get(o, "seq")));
+            json_object_set(all, key, o);
+            (*n_lines)++;
+        }
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    return all;
+}
+
+int cmd_replay_recorded_scores(json_t *scores, scored_group *sg, const char *const *names, int n_sources) {
+    char key[600];
+    score_key(key, sizeof key, sg->g.generator_id ? sg->g.generator_id : "", (unsigned long long)sg->g.seq);
+    json_t *o = json_object_get(scores, key);
+    json_t *tot = json_object_get(o, "total"), *rw = json_object_get(o, "rewards");
+    uint32_t k = sg->g.k;
+    if (!o || json_array_size(tot) != k) return -1;
+    sg->n_sources = n_sources;
+    sg->src = malloc(sizeof *sg->src * (size_t)n_sources * k);
+    sg->total = malloc(sizeof *sg->total * k);
+    sg->src_errors = calloc((size_t)n_sources, sizeof *sg->src_errors);
+    if (!sg->src || !sg->total || !sg->src_errors) return -1;
+    for (uint32_t i = 0; i < k; i++) {
+        json_t *v = json_array_get(tot, i);
+        sg->total[i] = json_is_number(v) ? (float)json_number_value(v) : NAN;
+    }
+    for (int s = 0; s < n_sources; s++) {
+        json_t *a = json_object_get(rw, names[s]);
+        if (json_array_size(a) != k) return -1;
+        for (uint32_t i = 0; i < k; i++) {
+            json_t *v = json_array_get(a, i);
+            sg->src[(size_t)s * k + i] = json_is_number(v) ? (float)json_number_value(v) : NAN;
+        }
+    }
+    sg->skipped = !strcmp(json_string_value(json_object_get(o, "fate")) ? json_string_value(json_object_get(o, "fate")) : "",
+                          "skipped");
+    return 0;
 }

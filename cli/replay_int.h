@@ -13,6 +13,15 @@ int cmd_replay_check_model(const char *log_path, const policy_state *ps, int all
 /* cfg against the recording's config (LOG_DIR/config.json): prints every differing key with what it
  * means; an error for a key that cannot change at replay. *use_recorded_clock = 1 when a key that
  * decides which groups train when differs (policy_state.recorded_clock). */
-int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock, rlhf_error *err);
+int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock,
+                            int *rewards_changed, rlhf_error *err);
+
+/* The rewards the live updater trained each group with (LOG_DIR/scores.jsonl, UPDATER_SCORES_FILE),
+ * keyed by generator and seq (the last line of a key wins: a resumed run consumes some groups again).
+ * NULL when the file is missing. */
+json_t *cmd_replay_load_scores(const char *log_path, long *n_lines);
+/* sg (read from the log, not scored) <- the recorded rewards of its group, in the order of the
+ * pipeline's sources (names). 0, or -1 when the group or a source has no record. */
+int cmd_replay_recorded_scores(json_t *scores, scored_group *sg, const char *const *names, int n_sources);
 
 #endif

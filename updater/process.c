@@ -309,6 +309,9 @@ int updater_main(const updater_options *o, rlhf_error *err) {
     snprintf(path, sizeof path, "%s/consumed.log", cfg->run_dir);
     u.consumed_log = fopen(path, "a");
     if (u.consumed_log) setvbuf(u.consumed_log, NULL, _IOLBF, 0);
+    snprintf(path, sizeof path, "%s/%s", cfg->run_dir, UPDATER_SCORES_FILE);
+    u.scores_log = fopen(path, "a");
+    if (u.scores_log) setvbuf(u.scores_log, NULL, _IOLBF, 0);
     fprintf(stderr, "updater: pid %d, %s at step %ld, policy_version %llu\n", (int)getpid(),
             loaded ? "resumed" : "starting", u.ps.step, (unsigned long long)u.ps.version);
 
@@ -510,6 +513,8 @@ out:
     broker_client_close(&bc);
     if (u.consumed_log) fclose(u.consumed_log);
     u.consumed_log = NULL;
+    if (u.scores_log) fclose(u.scores_log);
+    u.scores_log = NULL;
     json_decref(seen);
     updater_session_fini(&u);
     run_process_close(&proc);

@@ -155,6 +155,33 @@ void updater_session_mark_consumed(updater_session *u, const scored_group *sg) {
     if (!cur || (uint64_t)json_integer_value(cur) < sg->g.seq)
         json_object_set_new(u->consumed, gid, json_integer((json_int_t)sg->g.seq));
     if (u->consumed_log) fprintf(u->consumed_log, "%s %llu %ld\n", gid, (unsigned long long)sg->g.seq, u->ps.step);
+    if (u->scores_log) {
+        const char *fate = sg->fate ? sg->fate : "trained";
+        int in_step = !strcmp(fate, "trained") || !strcmp(fate, "zero_var");
+        json_t *o = json_object();
+        json_object_set_new(o, "generator", json_string(gid));
+        json_object_set_new(o, "seq", json_integer((json_int_t)sg->g.seq));
+        json_object_set_new(o, "step", json_integer(u->ps.step + (in_step ? 0 : 1)));
+        json_object_set_new(o, "policy_version", json_integer((json_int_t)sg->g.policy_version));
+        json_object_set_new(o, "fate", json_string(fate));
+        json_t *tot = json_array(), *rw = json_object();
+        for (uint32_t i = 0; i < sg->g.k; i++)
+            json_array_append_new(tot, sg->total && isfinite(sg->total[i]) ? json_real(sg->total[i]) : json_null());
+        for (int s = 0; s < sg->n_sources && s < u->n_sources && sg->src; s++) {
+            json_t *a = json_array();
+            for (uint32_t i = 0; i < sg->g.k; i++) {
+                float v = sg->src[(size_t)s * sg->g.k + i];
+                json_array_append_new(a, isfinite(v) ? json_real(v) : json_null());
+            }
+            json_object_set_new(rw, u->src_names[s], a);
+        }
+        json_object_set_new(o, "total", tot);
+        json_object_set_new(o, "rewards", rw);
+        char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+        if (line) fprintf(u->scores_log, "%s\n", line);
+        free(line);
+        json_decref(o);
+    }
 }
 
 void updater_session_fini(updater_session *u) {
@@ -178,6 +205,7 @@ int updater_session_offer(updater_session *u, scored_group *sg) {
     if (sg->skipped) {
         u->ps.groups_skipped++;
         u->w_skipped++;
+        sg->fate = "skipped";
         updater_session_mark_consumed(u, sg);
         updater_scored_group_free(sg);
         return u->n_window >= u->cfg->prompts_per_step;
@@ -186,6 +214,7 @@ int updater_session_offer(updater_session *u, scored_group *sg) {
     if (lag > u->cfg->max_staleness) {
         u->ps.groups_dropped_stale++;
         u->w_stale++;
+        sg->fate = "stale";
         updater_session_mark_consumed(u, sg);
         updater_scored_group_free(sg);
         return u->n_window >= u->cfg->prompts_per_step;
@@ -304,8 +333,13 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         gen_tok += (double)wire_rollout_group_total_tokens(&s->g);
         gen_s += s->g.gen_seconds;
         score_s += s->score_seconds;
-        if (s->g.k >= 2 && hi - lo > 1e-6f) kept[n_kept++] = s;
-        else n_zero++;
+        if (s->g.k >= 2 && hi - lo > 1e-6f) {
+            kept[n_kept++] = s;
+            s->fate = "trained";
+        } else {
+            n_zero++;
+            s->fate = "zero_var";
+        }
     }
     ps->groups_dropped_zero_var += n_zero;
     double t_wait_end = rlhf_now();
@@ -367,6 +401,7 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     for (int g = 0; g < u->n_window; g++) {
         if (group_lag(ps, u->window[g]) > cfg->max_staleness) {
             ps->groups_dropped_stale++;
+            u->window[g]->fate = "stale";
             updater_session_mark_consumed(u, u->window[g]);
             updater_scored_group_free(u->window[g]);
             u->w_stale_carry++;

@@ -86,6 +86,7 @@ typedef struct scored_group {
     int skipped;            /* a skip_group on_error policy fired: not trained */
     double score_seconds;   /* wall time spent scoring it */
     uint64_t log_index;     /* position in the replay log (records), or UINT64_MAX when unknown */
+    const char *fate;       /* set when it is consumed: "trained", "zero_var", "stale" or "skipped" */
     struct scored_group *next;
 } scored_group;
 void updater_scored_group_free(scored_group *s);
@@ -215,11 +216,19 @@ typedef struct updater_session {
     int queue_depth;            /* groups received but not yet scored (caller sets) */
     json_t *consumed;           /* {generator_id: highest seq finished (trained or dropped)} (owned) */
     FILE *consumed_log;         /* optional: one line "generator_id seq step" per finished group */
+    FILE *scores_log;           /* optional: RUN_DIR/scores.jsonl, one line per finished group with the
+                                 * rewards it was trained (or dropped) with (UPDATER_SCORES_FILE) */
     struct session_errors *errs; /* (n_sources) reward error counters, reasons and windows (session.c) */
     int failed;                 /* a source broke its max_error_rate: failed_err says which; stop the run */
     rlhf_error failed_err;
 } updater_session;
-/* Marks a group finished (consumed map, consumed log). */
+/* The rewards each consumed group was trained or dropped with, one JSON line per group, beside the
+ * replay log: {"generator","seq","step","policy_version","fate","total":[k],"rewards":{SOURCE:[k]}}
+ * (a failed source's value is null; "step" is the step that trained or dropped it). Appended line by
+ * line (a torn last line after a kill is ignored by readers); `rlhf replay --rewards recorded` and
+ * `rlhf replay-export` read it. */
+#define UPDATER_SCORES_FILE "scores.jsonl"
+/* Marks a group finished (consumed map, consumed log, scores log). */
 void updater_session_mark_consumed(updater_session *u, const scored_group *sg);
 
 /* with_threads: scoring threads = updaters.reward_threads (online); else one pipeline, used

@@ -7,6 +7,10 @@
  *                  meaning; rl.prompts_per_step=16 (the log's groups no longer line up with its
  *                  versions) keeps every staleness >= 0 and says where the log ran out;
  *                  rl.max_staleness=0 too;
+ *   rewards:       the default trains on the rewards the live run recorded (scores.jsonl) and says so;
+ *                  it and --rewards recompute both give the live run's weights byte for byte;
+ *                  --rewards recorded with changed reward sources is refused; past the groups the live
+ *                  run consumed, a recorded replay stops and says why;
  *   resume_live:   `rlhf run --resume` of a replay's output is refused (exit 2) unless --continue-live,
  *                  after which the new steps carry no "replayed" mark and the replayed ones do. */
 #include <CUnit/CUnit.h>
@@ -140,7 +144,7 @@ static void test_config_diffs(void) {
     CU_ASSERT_EQUAL(replay("pps", out, p), 0);
     CU_ASSERT(contains(out, "rl.lr: 0.02 (recorded 0.01): trains with this value"));
     CU_ASSERT(contains(out, "rl.prompts_per_step: 16 (recorded 4): changes which groups train together"));
-    CU_ASSERT(contains(out, "the log ran out at step "));
+    CU_ASSERT(contains(out, "rlhf replay: rewards: recorded ("));
     int lines = 0;
     snprintf(m, sizeof m, "%s/pps/metrics.jsonl", g_dir);
     CU_ASSERT(staleness_never_negative(m, &lines));
@@ -149,6 +153,39 @@ static void test_config_diffs(void) {
     CU_ASSERT_EQUAL(replay("s0", out, s0), 0);
     snprintf(m, sizeof m, "%s/s0/metrics.jsonl", g_dir);
     CU_ASSERT(staleness_never_negative(m, &lines));
+}
+
+static int same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    int same = !rlhf_read_file(a, &x, &nx, NULL) && !rlhf_read_file(b, &y, &ny, NULL) && nx == ny && !memcmp(x, y, nx);
+    free(x);
+    free(y);
+    return same;
+}
+
+static void test_rewards(void) {
+    char out[256], live[400], rep[400];
+    snprintf(out, sizeof out, "%s/rewards.out", g_dir);
+    snprintf(live, sizeof live, "%s/checkpoints/step_8/model.safetensors", g_run);
+    CU_ASSERT_EQUAL(replay("recorded", out, NULL), 0);
+    CU_ASSERT(contains(out, "rlhf replay: rewards: recorded ("));
+    snprintf(rep, sizeof rep, "%s/recorded/checkpoints/step_8/model.safetensors", g_dir);
+    CU_ASSERT(same_file(live, rep));
+    const char *rc[] = {"--rewards", "recompute", NULL};
+    CU_ASSERT_EQUAL(replay("recomputed", out, rc), 0);
+    CU_ASSERT(contains(out, "rlhf replay: rewards: recomputed with the config's sources (--rewards recompute)"));
+    snprintf(rep, sizeof rep, "%s/recomputed/checkpoints/step_8/model.safetensors", g_dir);
+    CU_ASSERT(same_file(live, rep));
+    const char *ch[] = {"--rewards", "recorded", "--set", "rewards=[{\"type\":\"regex\",\"pattern\":\"[0-9]\"}]", NULL};
+    CU_ASSERT_EQUAL(replay("changed", out, ch), 1);
+    CU_ASSERT(contains(out, "the config's rewards differ from the recording's"));
+    const char *more[] = {"--set", "rl.steps=50", NULL};
+    CU_ASSERT_EQUAL(replay("more", out, more), 0);
+    CU_ASSERT(contains(out, "and later were never trained on by the live run"));
+    const char *more2[] = {"--set", "rl.steps=50", "--rewards", "recompute", NULL};
+    CU_ASSERT_EQUAL(replay("more2", out, more2), 0);
+    CU_ASSERT(contains(out, "rlhf replay: the log ran out at step "));
 }
 
 static void test_resume_live(void) {
@@ -188,5 +225,6 @@ void e2e_register_replay_tool(void) {
     CU_pSuite s = CU_add_suite("e2e_replay_tool", suite_init, suite_cleanup);
     CU_add_test(s, "other_model", test_other_model);
     CU_add_test(s, "config_diffs", test_config_diffs);
+    CU_add_test(s, "rewards", test_rewards);
     CU_add_test(s, "resume_live", test_resume_live);
 }
