@@ -11,6 +11,11 @@
  *                  it and --rewards recompute both give the live run's weights byte for byte;
  *                  --rewards recorded with changed reward sources is refused; past the groups the live
  *                  run consumed, a recorded replay stops and says why;
+ *   info_export:   replay-info --json counts what the log and scores.jsonl hold; replay-export's output,
+ *                  read with pandas (tests/oracle/replay_export_check.py), matches the run's
+ *                  metrics.jsonl step by step (mean reward, staleness) and RLOO advantages recomputed
+ *                  there; --steps keeps exactly the groups scores.jsonl places in that range; a bad
+ *                  range exits 2;
  *   resume_live:   `rlhf run --resume` of a replay's output is refused (exit 2) unless --continue-live,
  *                  after which the new steps carry no "replayed" mark and the replayed ones do. */
 #include <CUnit/CUnit.h>
@@ -188,6 +193,76 @@ static void test_rewards(void) {
     CU_ASSERT(contains(out, "rlhf replay: the log ran out at step "));
 }
 
+static void test_info_export(void) {
+    char out[256], exp[256], sc[300], cmd[2048];
+    snprintf(out, sizeof out, "%s/info.out", g_dir);
+    const char *a[] = {"replay-info", g_log, "--json", NULL};
+    {
+        test_proc_opts o = {.out = out, .err = "/dev/null"};
+        CU_ASSERT_EQUAL_FATAL(test_proc_run_args(g_rlhf, g_rlhf, a, &o, 60), 0);
+    }
+    json_t *info = json_load_file(out, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(info);
+    /* scores.jsonl, counted here: groups consumed, and those of steps 3..4 */
+    snprintf(sc, sizeof sc, "%s/scores.jsonl", g_run);
+    char *txt = slurp(sc);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
+    long consumed = 0, in_3_4 = 0;
+    char *save = NULL;
+    for (char *l = strtok_r(txt, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(l, 0, NULL);
+        long step = (long)json_integer_value(json_object_get(j, "step"));
+        consumed++;
+        in_3_4 += step >= 3 && step <= 4;
+        json_decref(j);
+    }
+    free(txt);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(info, "consumed")), consumed);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(info, "steps")), 8);
+    CU_ASSERT(json_integer_value(json_object_get(info, "records")) >= consumed);
+    json_t *digit = json_object_get(json_object_get(info, "rewards"), "digit");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(digit, "n")) + json_integer_value(json_object_get(digit, "null")),
+                    4 * consumed);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_object_get(info, "model_identity"), "tokenizer")),
+                           "bytes");
+    json_decref(info);
+    /* the whole log, checked with pandas against metrics.jsonl */
+    snprintf(exp, sizeof exp, "%s/all.jsonl", g_dir);
+    const char *b[] = {"replay-export", g_log, "--jsonl", exp, NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(out, b, 60), 0);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/oracle/replay_export_check.py %s %s/metrics.jsonl 4 > %s 2>&1",
+             RLHF_SOURCE_ROOT, exp, g_run, out);
+    int rc = system(cmd);
+    CU_ASSERT_EQUAL(rc, 0);
+    if (rc) {
+        char *m = slurp(out);
+        fprintf(stderr, "replay_export_check: %s\n", m ? m : "");
+        free(m);
+    }
+    /* a step range: exactly the groups scores.jsonl places there */
+    snprintf(exp, sizeof exp, "%s/s34.jsonl", g_dir);
+    const char *c[] = {"replay-export", g_log, "--jsonl", exp, "--steps", "3:4", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(out, c, 60), 0);
+    txt = slurp(exp);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
+    long rows = 0;
+    int in_range = 1;
+    save = NULL;
+    for (char *l = strtok_r(txt, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(l, 0, NULL);
+        long step = (long)json_integer_value(json_object_get(j, "step"));
+        in_range &= step >= 3 && step <= 4;
+        rows++;
+        json_decref(j);
+    }
+    free(txt);
+    CU_ASSERT(in_range);
+    CU_ASSERT_EQUAL(rows, 4 * in_3_4);
+    const char *d[] = {"replay-export", g_log, "--jsonl", exp, "--steps", "4:3", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, d, 60), 2);
+    CU_ASSERT(contains(out, "--steps: expected A:B"));
+}
+
 static void test_resume_live(void) {
     char out[256], dir[256];
     snprintf(out, sizeof out, "%s/live.out", g_dir);
@@ -226,5 +301,6 @@ void e2e_register_replay_tool(void) {
     CU_add_test(s, "other_model", test_other_model);
     CU_add_test(s, "config_diffs", test_config_diffs);
     CU_add_test(s, "rewards", test_rewards);
+    CU_add_test(s, "info_export", test_info_export);
     CU_add_test(s, "resume_live", test_resume_live);
 }
