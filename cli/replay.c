@@ -91,11 +91,15 @@ int cmd_replay(int argc, char **argv) {
     int rc = 0, other_model = 0;
     replay_reader *rr = NULL;
     json_t *scores = NULL;
+    json_t *log_index = NULL;      /* "GENERATOR\tSEQ" -> record index */
+    replay_pos *positions = NULL; /* (records) where each record is */
+    long *order = NULL;            /* (records) the order pass 2 takes them in */
     u.ps.recorded_clock = recorded_clock;
     long n_score_lines = 0;
     int use_recorded = 0;
+    /* what the live updater did with each group: its rewards, and the order it consumed them in */
+    scores = cmd_replay_load_scores(log_path, &n_score_lines);
     if (!rewards_mode || !strcmp(rewards_mode, "recorded")) {
-        scores = cmd_replay_load_scores(log_path, &n_score_lines);
         if (rewards_mode && !scores) {
             rc = rlhf_error_set(&err, RLHF_EINVAL, log_path, "--rewards recorded: no %s beside the log (recorded "
                                 "before runs kept it); --rewards recompute scores the completions again",
@@ -143,7 +147,8 @@ int cmd_replay(int argc, char **argv) {
     if ((rc = run_config_write(&cfg, cfg_out, &err))) goto out;
     /* pass 1: every record must fit this model */
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
-    long n_records = 0;
+    long n_records = 0, cap_pos = 0;
+    log_index = json_object();
     const model_config *mc = &u.ps.m->cfg;
     for (;;) {
         wire_rollout_group g;
@@ -176,6 +181,18 @@ int cmd_replay(int argc, char **argv) {
             if (g.prompt_tokens[t] < 0 || g.prompt_tokens[t] >= mc->vocab_size)
                 rc = rlhf_error_set(&err, RLHF_EINVAL, where, "prompt token id %d is outside the vocabulary of %d",
                                     g.prompt_tokens[t], mc->vocab_size);
+        if (!rc && n_records == cap_pos) {
+            cap_pos = cap_pos ? 2 * cap_pos : 1024;
+            replay_pos *np = realloc(positions, sizeof *positions * (size_t)cap_pos);
+            if (!np) rc = RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory");
+            else positions = np;
+        }
+        if (!rc) {
+            char key[600];
+            snprintf(key, sizeof key, "%s\t%llu", g.generator_id ? g.generator_id : "", (unsigned long long)g.seq);
+            json_object_set_new(log_index, key, json_integer(n_records));
+            positions[n_records] = pos;
+        }
         wire_rollout_group_free(&g);
         if (rc) goto out;
         n_records++;
@@ -183,14 +200,26 @@ int cmd_replay(int argc, char **argv) {
     replay_reader_close(&rr);
     fprintf(stderr, "rlhf replay: %ld records in %s; training up to %d steps into %s\n", n_records, log_path,
             cfg.steps, dir);
-    /* pass 2: train */
-    long n_read = 0;
-    int unrecorded = 0;
+    /* pass 2: train, in the order the live updater consumed the groups when that is known (the broker
+     * drops groups that went stale in its queue: they are in the log, but the live updater never saw
+     * them), else in log order */
+    long n_read = 0, n_unrecorded = 0, n_consumed = 0;
+    if (scores && !(order = cmd_replay_live_order(scores, log_index, n_records, &n_consumed))) {
+        rc = RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (order)
+        fprintf(stderr, "rlhf replay: order: the live updater's (%s): the %ld groups it consumed, then the %ld it never "
+                        "got (dropped by the broker as stale, or in flight when the run ended)\n",
+                UPDATER_SCORES_FILE, n_consumed, n_records - n_consumed);
+    else
+        fprintf(stderr, "rlhf replay: order: the log's (no %s beside it)\n", UPDATER_SCORES_FILE);
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
-    while (u.ps.step < cfg.steps) {
+    while (u.ps.step < cfg.steps && n_read < n_records) {
         scored_group *sg = calloc(1, sizeof *sg);
         replay_pos pos;
-        int r = replay_reader_next(rr, &sg->g, &pos, &err);
+        int r = order ? replay_reader_seek(rr, positions[order[n_read]], &err) : 0;
+        if (r == 0) r = replay_reader_next(rr, &sg->g, &pos, &err);
         if (r <= 0) {
             free(sg);
             rc = r < 0 ? r : 0;
@@ -199,19 +228,18 @@ int cmd_replay(int argc, char **argv) {
         n_read++;
         if (u.ps.recorded_clock && sg->g.policy_version > u.ps.recorded_version)
             u.ps.recorded_version = sg->g.policy_version;
-        if (use_recorded) {
-            if (cmd_replay_recorded_scores(scores, sg, u.src_names, u.n_sources)) {
-                /* the live run stopped before it consumed this group: what follows was never trained on */
-                fprintf(stderr, "rlhf replay: group %s #%llu (prompt %s) and later were never trained on by the live "
-                                "run (no recorded rewards in %s): stopping here; --rewards recompute scores them\n",
-                        sg->g.generator_id ? sg->g.generator_id : "?", (unsigned long long)sg->g.seq,
-                        sg->g.prompt_id ? sg->g.prompt_id : "?", UPDATER_SCORES_FILE);
-                unrecorded = 1;
-                n_read--;
-                updater_scored_group_free(sg);
-                break;
-            }
-        } else if (updater_scorer_score_now(u.sc, sg, &err)) {
+        /* a group the live updater never consumed (the broker dropped it as stale, or it was in flight when
+         * the run ended) has no recorded rewards: it is scored as a recomputing replay would */
+        int from_record = use_recorded && cmd_replay_recorded_scores(scores, sg, u.src_names, u.n_sources) == 0;
+        if (use_recorded && !from_record) {
+            n_unrecorded++;
+            free(sg->src);
+            free(sg->total);
+            free(sg->src_errors);
+            sg->src = sg->total = NULL;
+            sg->src_errors = NULL;
+        }
+        if (!from_record && updater_scorer_score_now(u.sc, sg, &err)) {
             rlhf_error_print("rlhf replay: scoring", &err);
             sg->skipped = 1;
         }
@@ -239,10 +267,13 @@ int cmd_replay(int argc, char **argv) {
     }
     if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
         rc = updater_checkpoint_save(&u.ps, dir, NULL, &err);
+    if (!rc && n_unrecorded)
+        fprintf(stderr, "rlhf replay: %ld groups had no recorded rewards (the live updater never got them); they were "
+                        "scored with the config's sources\n", n_unrecorded);
     if (!rc && u.ps.step < cfg.steps)
         fprintf(stderr, "rlhf replay: %s at step %ld of rl.steps=%d: %ld of the log's %ld records trained or dropped "
                         "(%ld more held back, fewer than rl.prompts_per_step=%d)\n",
-                unrecorded ? "stopped" : "the log ran out", u.ps.step, cfg.steps, n_read - (long)u.n_window, n_records,
+                "the log ran out", u.ps.step, cfg.steps, n_read - (long)u.n_window, n_records,
                 (long)u.n_window, cfg.prompts_per_step);
     if (!rc)
         fprintf(stderr, "rlhf replay: %ld steps; final checkpoint %s/checkpoints/step_%ld/model.safetensors\n",
@@ -250,6 +281,9 @@ int cmd_replay(int argc, char **argv) {
 out:
     if (rc) rlhf_error_print("rlhf replay", &err);
     json_decref(scores);
+    json_decref(log_index);
+    free(positions);
+    free(order);
     replay_reader_close(&rr);
     updater_session_fini(&u);
     run_dir_lock_release(&lock);

@@ -196,6 +196,7 @@ json_t *cmd_replay_load_scores(const char *log_path, long *n_lines) {
         if (gen && json_is_integer(json_object_get(o, "seq"))) {
             char key[600];
             score_key(key, sizeof key, gen, (unsigned long long)json_integer_value(json_object_get(o, "seq")));
+            json_object_set_new(o, "_line", json_integer(*n_lines)); /* the live updater's order */
             json_object_set(all, key, o);
             (*n_lines)++;
         }
@@ -233,4 +234,47 @@ int cmd_replay_recorded_scores(json_t *scores, scored_group *sg, const char *con
     sg->skipped = !strcmp(json_string_value(json_object_get(o, "fate")) ? json_string_value(json_object_get(o, "fate")) : "",
                           "skipped");
     return 0;
+}
+
+typedef struct ordered {
+    long step, line, index;
+} ordered;
+
+static int cmp_ordered(const void *a, const void *b) {
+    const ordered *x = a, *y = b;
+    if (x->step != y->step) return x->step < y->step ? -1 : 1;
+    return x->line < y->line ? -1 : x->line > y->line;
+}
+
+long *cmd_replay_live_order(json_t *scores, json_t *log_index, long n_records, long *n_consumed) {
+    long *order = malloc(sizeof *order * (size_t)(n_records ? n_records : 1));
+    ordered *o = malloc(sizeof *o * (size_t)(n_records ? n_records : 1));
+    unsigned char *used = calloc((size_t)(n_records ? n_records : 1), 1);
+    long n = 0, m = 0;
+    *n_consumed = 0;
+    if (!order || !o || !used) {
+        free(order);
+        free(o);
+        free(used);
+        return NULL;
+    }
+    const char *key;
+    json_t *line;
+    json_object_foreach(scores, key, line) {
+        json_t *at = json_object_get(log_index, key);
+        if (!json_is_integer(at) || n >= n_records) continue;
+        o[n].step = (long)json_integer_value(json_object_get(line, "step"));
+        o[n].line = (long)json_integer_value(json_object_get(line, "_line"));
+        o[n].index = (long)json_integer_value(at);
+        used[o[n].index] = 1;
+        n++;
+    }
+    qsort(o, (size_t)n, sizeof *o, cmp_ordered);
+    for (long i = 0; i < n; i++) order[m++] = o[i].index;
+    for (long i = 0; i < n_records; i++)
+        if (!used[i]) order[m++] = i;
+    *n_consumed = n;
+    free(o);
+    free(used);
+    return order;
 }

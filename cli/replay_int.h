@@ -24,4 +24,10 @@ json_t *cmd_replay_load_scores(const char *log_path, long *n_lines);
  * pipeline's sources (names). 0, or -1 when the group or a source has no record. */
 int cmd_replay_recorded_scores(json_t *scores, scored_group *sg, const char *const *names, int n_sources);
 
+/* The order a replay feeds the log's groups in: the live updater's (log_index: {key: record index},
+ * key "GENERATOR\tSEQ"; scores from cmd_replay_load_scores) — the groups it consumed by step and then
+ * by the order it finished them, so every step holds what the live step held — followed by the groups
+ * it never consumed, in log order. n_records indices (malloc'd); *n_consumed of them first. */
+long *cmd_replay_live_order(json_t *scores, json_t *log_index, long n_records, long *n_consumed);
+
 #endif

@@ -492,6 +492,11 @@ static void test_bad_input(void) {
     const char *a5[] = {"replay", logf, "--config", fcfg, "--out", out, "--set", "model.base_checkpoint=",
                         "--set", "model.arch.max_seq_len=6", NULL};
     CU_ASSERT_NOT_EQUAL(run_cmd(log, a5, 30), 0);
+    CU_ASSERT(file_contains(log, "the log was sampled from another model than this config's base"));
+    /* told to go on anyway, the records themselves still do not fit */
+    const char *a5b[] = {"replay", logf, "--config", fcfg, "--out", out, "--set", "model.base_checkpoint=",
+                         "--set", "model.arch.max_seq_len=6", "--allow-other-model", NULL};
+    CU_ASSERT_NOT_EQUAL(run_cmd(log, a5b, 30), 0);
     CU_ASSERT(file_contains(log, "a log from another model?"));
     CU_ASSERT(file_contains(log, "record 0"));
 }
