@@ -15,7 +15,8 @@
 
 static const char usage[] =
     "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] [--set a.b=VALUE ...]\n"
-    "                   [--allow-other-model] [--rewards recorded|recompute]\n"
+    "                   [--allow-other-model] [--rewards recorded|recompute] [--steps A:B]\n"
+    "       rlhf replay --resume OUT [--threads N] [--set a.b=VALUE ...]\n"
     "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
     "checkpoints under DIR (default: <log's directory>/replay).\n"
     "Before training it compares the config with the recording's (RUN_DIR/config.json), printing\n"
@@ -25,22 +26,70 @@ static const char usage[] =
     "  --rewards R   recorded: train on the rewards the live run trained each group with\n"
     "                (RUN_DIR/scores.jsonl); recompute: score the logged completions again with the\n"
     "                config's sources. Default: recorded when the config's rewards are the\n"
-    "                recording's and scores.jsonl is there, else recompute (printed either way).\n";
+    "                recording's and scores.jsonl is there, else recompute (printed either way).\n"
+    "  --steps A:B   the live run's steps A..B: starts from its checkpoint step_(A-1) (when A > 1; it\n"
+    "                must have been kept) with the groups it consumed from step A on, and stops after\n"
+    "                step B (rl.steps = B). Needs scores.jsonl beside the log.\n"
+    "  --resume OUT  continues a stopped replay from OUT's last checkpoint (the log and config are\n"
+    "                OUT/config.json's); the result is byte-identical to an uninterrupted replay.\n";
+
+/* A replay's checkpoint: the policy state, plus the recording's clock (policy_state.recorded_version),
+ * which --resume cannot rebuild from the groups it skips. */
+static int replay_checkpoint(updater_session *u, const char *dir, rlhf_error *err) {
+    json_t *extra = json_pack("{s:I}", "replay_recorded_version", (json_int_t)u->ps.recorded_version);
+    int rc = updater_checkpoint_save(&u->ps, dir, extra, err);
+    json_decref(extra);
+    return rc;
+}
 
 int cmd_replay(int argc, char **argv) {
-    const char *log_path = NULL, *config_path = NULL, *out_dir = NULL, *rewards_mode = NULL;
+    const char *log_path = NULL, *config_path = NULL, *out_dir = NULL, *rewards_mode = NULL, *resume_dir = NULL,
+               *steps_range = NULL;
     int threads = -1, npos = 0, allow_other = 0;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--out", RLHF_OPT_STR, &out_dir),
                              RLHF_OPT("--threads", RLHF_OPT_INT, &threads), RLHF_OPT("--set", RLHF_OPT_STRS, &set),
                              RLHF_OPT("--allow-other-model", RLHF_OPT_FLAG, &allow_other),
-                             RLHF_OPT("--rewards", RLHF_OPT_STR, &rewards_mode), RLHF_OPT_END};
+                             RLHF_OPT("--rewards", RLHF_OPT_STR, &rewards_mode),
+                             RLHF_OPT("--resume", RLHF_OPT_STR, &resume_dir), RLHF_OPT("--steps", RLHF_OPT_STR, &steps_range),
+                             RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf replay", usage, opts, &log_path, 1, &npos);
     if (prc >= 0) return prc;
     if (rewards_mode && strcmp(rewards_mode, "recorded") && strcmp(rewards_mode, "recompute")) {
         fprintf(stderr, "rlhf replay: error: --rewards must be recorded or recompute, got '%s'\n%s", rewards_mode, usage);
         return 2;
+    }
+    long first_step = 1, last_step = -1; /* --steps A:B */
+    if (steps_range) {
+        char *colon = strchr(steps_range, ':'), *end = NULL;
+        int ok = colon && colon > steps_range && colon[1];
+        if (ok) first_step = strtol(steps_range, &end, 10), ok = end == colon && first_step >= 1;
+        if (ok) last_step = strtol(colon + 1, &end, 10), ok = !*end && last_step >= first_step;
+        if (!ok) {
+            fprintf(stderr, "rlhf replay: error: --steps: expected A:B with 1 <= A <= B, got '%s'\n%s", steps_range, usage);
+            return 2;
+        }
+    }
+    char resume_cfg[1100], resume_log[4096] = "";
+    if (resume_dir) {
+        if (log_path || config_path || out_dir || steps_range) {
+            fprintf(stderr, "rlhf replay: error: --resume OUT takes the log, the config and the output directory from "
+                            "OUT/config.json (no LOG, --config, --out or --steps)\n%s", usage);
+            return 2;
+        }
+        snprintf(resume_cfg, sizeof resume_cfg, "%s/config.json", resume_dir);
+        json_t *doc = json_load_file(resume_cfg, 0, NULL);
+        const char *of = json_string_value(json_object_get(json_object_get(doc, "launcher"), "replay_of"));
+        if (of && of[0]) snprintf(resume_log, sizeof resume_log, "%s", of);
+        json_decref(doc);
+        if (!resume_log[0]) {
+            fprintf(stderr, "rlhf replay: error: %s: not the output of a replay (no launcher.replay_of)\n", resume_cfg);
+            return 2;
+        }
+        log_path = resume_log;
+        config_path = resume_cfg;
+        out_dir = resume_dir;
     }
     if (!log_path || !config_path) {
         fprintf(stderr, "rlhf replay: error: %s\n%s", !log_path ? "missing LOG" : "missing --config", usage);
@@ -51,6 +100,10 @@ int cmd_replay(int argc, char **argv) {
     if (run_config_load(&cfg, config_path, sets, set.n, &err)) {
         rlhf_error_print("rlhf replay", &err);
         return 2;
+    }
+    if (last_step > 0) {
+        cfg.steps = (int)last_step;
+        json_object_set_new(json_object_get(cfg.resolved, "rl"), "steps", json_integer(last_step));
     }
     char dir[1024];
     if (out_dir) snprintf(dir, sizeof dir, "%s", out_dir);
@@ -131,12 +184,64 @@ int cmd_replay(int argc, char **argv) {
         }
     }
     if ((rc = cmd_replay_check_model(log_path, &u.ps, allow_other, &other_model, &err))) goto out;
-    /* a fresh output: replays must not continue an older replay's checkpoints or metrics */
-    if (updater_latest_checkpoint_step(dir) >= 0) {
-        rc = rlhf_error_set(&err, RLHF_EINVAL, dir, "already holds a replay's checkpoints; choose another --out");
+    long skip = 0; /* groups of the order already trained or dropped before the start */
+    if (resume_dir) {
+        json_t *extra = NULL;
+        int loaded = updater_checkpoint_load_latest(&u.ps, dir, &extra, &err);
+        if (loaded < 0) {
+            rc = loaded;
+            goto out;
+        }
+        if (loaded == 0) {
+            rc = rlhf_error_set(&err, RLHF_EINVAL, dir, "no checkpoint to resume from: start the replay again");
+            goto out;
+        }
+        skip = (long)u.ps.log_records;
+        u.ps.recorded_version = (uint64_t)json_integer_value(json_object_get(extra, "replay_recorded_version"));
+        json_decref(extra);
+        if ((rc = updater_metrics_truncate_after(u.metrics_path, u.ps.step, &err))) goto out;
+        fprintf(stderr, "rlhf replay: resuming %s at step %ld (%ld groups of the log done)\n", dir, u.ps.step, skip);
+    } else {
+        /* a fresh output: replays must not continue an older replay's checkpoints or metrics */
+        if (updater_latest_checkpoint_step(dir) >= 0) {
+            rc = rlhf_error_set(&err, RLHF_EINVAL, dir, "already holds a replay's checkpoints; choose another --out, or "
+                                "continue it with --resume %s", dir);
+            goto out;
+        }
+        remove(u.metrics_path);
+    }
+    if (steps_range && !scores) {
+        rc = rlhf_error_set(&err, RLHF_EINVAL, log_path, "--steps needs the live updater's %s beside the log (which "
+                            "groups each step consumed)", UPDATER_SCORES_FILE);
         goto out;
     }
-    remove(u.metrics_path);
+    if (steps_range && first_step > 1) {
+        /* the live run's state before step A: its checkpoint, and the groups it had consumed by then */
+        char live_dir[1100];
+        snprintf(live_dir, sizeof live_dir, "%.*s", (int)(strrchr(log_path, '/') ? strrchr(log_path, '/') - log_path : 1),
+                 strrchr(log_path, '/') ? log_path : ".");
+        json_t *extra = NULL;
+        if ((rc = updater_checkpoint_load_step(&u.ps, live_dir, (int)first_step - 1, &extra, &err)) < 0) {
+            char why[900];
+            snprintf(why, sizeof why, "%s", err.msg);
+            rc = rlhf_error_set(&err, RLHF_EINVAL, "--steps", "starting at step %ld needs the live run's checkpoint "
+                                "step_%ld (checkpoint.keep may have removed it): %s", first_step, first_step - 1, why);
+            goto out;
+        }
+        rc = 0;
+        json_decref(extra);
+        const char *key;
+        json_t *line;
+        json_object_foreach(scores, key, line) {
+            if (json_integer_value(json_object_get(line, "step")) < first_step) {
+                skip++;
+                uint64_t v = (uint64_t)json_integer_value(json_object_get(line, "policy_version"));
+                if (v > u.ps.recorded_version) u.ps.recorded_version = v;
+            }
+        }
+        fprintf(stderr, "rlhf replay: steps %ld..%ld: from the live run's checkpoint step_%ld, after the %ld groups it "
+                        "had consumed\n", first_step, last_step, first_step - 1, skip);
+    }
     char cfg_out[1100];
     snprintf(cfg_out, sizeof cfg_out, "%s/config.json", dir);
     /* marks the directory as a replay's: `rlhf run --resume` of it then asks before going live */
@@ -215,10 +320,11 @@ int cmd_replay(int argc, char **argv) {
     else
         fprintf(stderr, "rlhf replay: order: the log's (no %s beside it)\n", UPDATER_SCORES_FILE);
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
+    n_read = skip < n_records ? skip : n_records;
     while (u.ps.step < cfg.steps && n_read < n_records) {
         scored_group *sg = calloc(1, sizeof *sg);
         replay_pos pos;
-        int r = order ? replay_reader_seek(rr, positions[order[n_read]], &err) : 0;
+        int r = replay_reader_seek(rr, positions[order ? order[n_read] : n_read], &err);
         if (r == 0) r = replay_reader_next(rr, &sg->g, &pos, &err);
         if (r <= 0) {
             free(sg);
@@ -263,10 +369,10 @@ int cmd_replay(int argc, char **argv) {
         json_decref(m);
         if (rc) break;
         if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
-            if ((rc = updater_checkpoint_save(&u.ps, dir, NULL, &err))) break;
+            if ((rc = replay_checkpoint(&u, dir, &err))) break;
     }
     if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
-        rc = updater_checkpoint_save(&u.ps, dir, NULL, &err);
+        rc = replay_checkpoint(&u, dir, &err);
     if (!rc && n_unrecorded)
         fprintf(stderr, "rlhf replay: %ld groups had no recorded rewards (the live updater never got them); they were "
                         "scored with the config's sources\n", n_unrecorded);

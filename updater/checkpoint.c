@@ -258,6 +258,11 @@ int updater_checkpoint_load_latest(policy_state *ps, const char *dir, json_t **e
     if (extra_out) *extra_out = NULL;
     int step = updater_latest_checkpoint_step(dir);
     if (step < 0) return 0;
+    return updater_checkpoint_load_step(ps, dir, step, extra_out, err);
+}
+
+int updater_checkpoint_load_step(policy_state *ps, const char *dir, int step, json_t **extra_out, rlhf_error *err) {
+    if (extra_out) *extra_out = NULL;
     char ck[4096], p[4400];
     snprintf(ck, sizeof ck, "%s/checkpoints/step_%d", dir, step);
     snprintf(p, sizeof p, "%s/model.safetensors", ck);

@@ -165,6 +165,8 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
  * checkpoint was loaded, 0 when there is none, negative on error. *extra_out (may be NULL) gets
  * state.json's "extra" object (new reference or NULL). */
 int updater_checkpoint_load_latest(policy_state *ps, const char *dir, json_t **extra_out, rlhf_error *err);
+/* The same for DIR/checkpoints/step_STEP (1 when loaded; an error naming the file when it is missing). */
+int updater_checkpoint_load_step(policy_state *ps, const char *dir, int step, json_t **extra_out, rlhf_error *err);
 /* Evaluated checkpoints (those with step_N/eval.json) best first — held-out pass rate, then reward
  * mean, then the earlier step: steps_out[0] is what RUN_DIR/checkpoints/best names. Returns how many
  * (at most cap). */

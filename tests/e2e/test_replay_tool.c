@@ -16,6 +16,10 @@
  *                  metrics.jsonl step by step (mean reward, staleness) and RLOO advantages recomputed
  *                  there; --steps keeps exactly the groups scores.jsonl places in that range; a bad
  *                  range exits 2;
+ *   ranges_resume: --steps 5:8 starts from the live checkpoint step_4 and ends byte-identical to the live
+ *                  step_8 (model and optimizer); a replay stopped at step 3 and continued with --resume
+ *                  ends byte-identical to an uninterrupted one; --steps 2:8 without a kept step_1 is
+ *                  refused naming it;
  *   resume_live:   `rlhf run --resume` of a replay's output is refused (exit 2) unless --continue-live,
  *                  after which the new steps carry no "replayed" mark and the replayed ones do. */
 #include <CUnit/CUnit.h>
@@ -261,6 +265,49 @@ static void test_info_export(void) {
     CU_ASSERT(contains(out, "--steps: expected A:B"));
 }
 
+static void test_ranges_resume(void) {
+    char out[256], a[400], b[400], dir[256];
+    snprintf(out, sizeof out, "%s/ranges.out", g_dir);
+    const char *r58[] = {"--steps", "5:8", NULL};
+    CU_ASSERT_EQUAL_FATAL(replay("r58", out, r58), 0);
+    CU_ASSERT(contains(out, "from the live run's checkpoint step_4"));
+    for (int f = 0; f < 2; f++) {
+        const char *file = f ? "optimizer.safetensors" : "model.safetensors";
+        snprintf(a, sizeof a, "%s/checkpoints/step_8/%s", g_run, file);
+        snprintf(b, sizeof b, "%s/r58/checkpoints/step_8/%s", g_dir, file);
+        CU_ASSERT(same_file(a, b));
+    }
+    const char *r28[] = {"--steps", "2:8", NULL};
+    CU_ASSERT_EQUAL(replay("r28", out, r28), 1);
+    CU_ASSERT(contains(out, "starting at step 2 needs the live run's checkpoint step_1"));
+    /* stopped at 3, resumed to 8 */
+    const char *s3[] = {"--set", "rl.steps=3", NULL};
+    CU_ASSERT_EQUAL_FATAL(replay("part", out, s3), 0);
+    snprintf(dir, sizeof dir, "%s/part", g_dir);
+    const char *res[] = {"replay", "--resume", dir, "--threads", "1", "--set", "rl.steps=8", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(out, res, 120), 0);
+    CU_ASSERT(contains(out, "rlhf replay: resuming "));
+    for (int f = 0; f < 2; f++) {
+        const char *file = f ? "optimizer.safetensors" : "model.safetensors";
+        snprintf(a, sizeof a, "%s/recorded/checkpoints/step_8/%s", g_dir, file); /* test_rewards' whole replay */
+        snprintf(b, sizeof b, "%s/part/checkpoints/step_8/%s", g_dir, file);
+        CU_ASSERT(same_file(a, b));
+    }
+    /* metrics: steps 1..8 once each */
+    snprintf(a, sizeof a, "%s/part/metrics.jsonl", g_dir);
+    char *txt = slurp(a);
+    int n = 0, in_order = 1;
+    char *save = NULL;
+    for (char *l = txt ? strtok_r(txt, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(l, 0, NULL);
+        in_order &= json_integer_value(json_object_get(j, "step")) == ++n;
+        json_decref(j);
+    }
+    free(txt);
+    CU_ASSERT(in_order);
+    CU_ASSERT_EQUAL(n, 8);
+}
+
 static void test_resume_live(void) {
     char out[256], dir[256];
     snprintf(out, sizeof out, "%s/live.out", g_dir);
@@ -300,5 +347,6 @@ void e2e_register_replay_tool(void) {
     CU_add_test(s, "config_diffs", test_config_diffs);
     CU_add_test(s, "rewards", test_rewards);
     CU_add_test(s, "info_export", test_info_export);
+    CU_add_test(s, "ranges_resume", test_ranges_resume);
     CU_add_test(s, "resume_live", test_resume_live);
 }
