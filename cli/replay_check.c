@@ -125,8 +125,10 @@ int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *us
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_t *rec_doc = json_load_file(path, 0, NULL);
     if (!rec_doc) {
+        /* e.g. a merged log: its versions are not this replay's, so staleness uses the recording's clock */
         fprintf(stderr, "rlhf replay: warning: %s: not found: cannot say how this config differs from the "
-                        "recording's\n", path);
+                        "recording's; staleness is measured on the log's own versions\n", path);
+        *use_recorded_clock = 1;
         return 0;
     }
     /* the recorded config through the same parser, so defaults are filled in on both sides */

@@ -469,3 +469,101 @@ int cmd_replay_export(int argc, char **argv) {
     fprintf(stderr, "rlhf replay-export: %ld rows (%ld groups) to %s\n", rows, groups, out_path);
     return 0;
 }
+
+static const char merge_usage[] =
+    "usage: rlhf replay-merge LOG1 LOG2 [LOG3 ...] -o OUT\n"
+    "Writes one replay log holding every record of LOG1, then of LOG2, ... (each with its later\n"
+    "segments). Policy versions are rebased so they keep increasing across the inputs: the records of\n"
+    "log i get the highest version of logs 1..i-1 plus one added; generator ids of log i > 1 get the\n"
+    "suffix \"@i\" so (generator, seq) stays unique. OUT is written to OUT.tmp and renamed when complete;\n"
+    "an existing OUT is refused. A merged log has no scores.jsonl: `rlhf replay` of it recomputes the\n"
+    "rewards, in log order, measuring staleness on the recording's clock.\n";
+
+int cmd_replay_merge(int argc, char **argv) {
+    const char *out_path = NULL;
+    const char *logs[64];
+    int n_logs = 0;
+    /* positional LOGs and -o OUT, in any order */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(merge_usage, stdout);
+            return 0;
+        }
+        if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "rlhf replay-merge: error: %s needs a value\n%s", argv[i], merge_usage);
+                return 2;
+            }
+            out_path = argv[++i];
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "rlhf replay-merge: error: unknown option %s\n%s", argv[i], merge_usage);
+            return 2;
+        } else if (n_logs < 64) {
+            logs[n_logs++] = argv[i];
+        } else {
+            fprintf(stderr, "rlhf replay-merge: error: at most 64 logs\n");
+            return 2;
+        }
+    }
+    if (n_logs < 2 || !out_path) {
+        fprintf(stderr, "rlhf replay-merge: error: %s\n%s", !out_path ? "missing -o OUT" : "give at least two logs",
+                merge_usage);
+        return 2;
+    }
+    if (access(out_path, F_OK) == 0) {
+        fprintf(stderr, "rlhf replay-merge: error: %s: exists; choose a new name\n", out_path);
+        return 1;
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
+    unlink(tmp);
+    rlhf_error err = {0};
+    replay_writer *w = NULL;
+    replay_writer_opts wo = {.fsync_policy = BROKER_FSYNC_NEVER, .fsync_every = 0, .rotate_bytes = 0};
+    int rc = replay_writer_open(&w, tmp, &wo, NULL, NULL, &err);
+    uint64_t offset = 0, next_offset = 0;
+    long total = 0;
+    for (int l = 0; l < n_logs && !rc; l++) {
+        replay_reader *rr = NULL;
+        if ((rc = replay_reader_open(&rr, logs[l], &err))) break;
+        wire_rollout_group g;
+        replay_pos pos;
+        int r;
+        long n = 0;
+        memset(&g, 0, sizeof g);
+        while ((r = replay_reader_next(rr, &g, &pos, &err)) == 1) {
+            g.policy_version += offset;
+            if (g.policy_version + 1 > next_offset) next_offset = g.policy_version + 1;
+            if (l > 0) {
+                char id[600];
+                snprintf(id, sizeof id, "%s@%d", g.generator_id ? g.generator_id : "", l + 1);
+                free(g.generator_id);
+                g.generator_id = strdup(id);
+            }
+            rc = g.generator_id ? replay_writer_append_group(w, &g, NULL, &err) : RLHF_FAIL(&err, RLHF_ENOMEM, "out of memory");
+            wire_rollout_group_free(&g);
+            memset(&g, 0, sizeof g);
+            if (rc) break;
+            n++;
+        }
+        if (r < 0 && !rc) rc = r;
+        replay_reader_close(&rr);
+        if (!rc)
+            fprintf(stderr, "rlhf replay-merge: %s: %ld records, versions shifted by %llu\n", logs[l], n,
+                    (unsigned long long)offset);
+        total += n;
+        offset = next_offset;
+    }
+    if (w) {
+        int crc = replay_writer_close(&w, &err); /* fsyncs */
+        if (!rc) rc = crc;
+    }
+    if (!rc && rename(tmp, out_path) != 0) rc = rlhf_error_set(&err, RLHF_ESYS, out_path, "rename: %s", strerror(errno));
+    if (rc) {
+        rlhf_error_print("rlhf replay-merge", &err);
+        unlink(tmp);
+        return 1;
+    }
+    fprintf(stderr, "rlhf replay-merge: %ld records to %s\n", total, out_path);
+    return 0;
+}

@@ -50,6 +50,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(replay, "cli", "train an updater offline from a recorded replay log")                     \
     X(replay_info, "cli", "summarise a replay log: records, versions, staleness, rewards, model")   \
     X(replay_export, "cli", "a replay log as one JSON line per completion (for pandas)")            \
+    X(replay_merge, "cli", "several replay logs as one, policy versions rebased")                 \
     X(eval, "cli", "held-out pass rate of a checkpoint (sample + reward)")                      \
     X(reward_test, "rewards", "score a JSONL of samples with a reward config")                       \
     X(reward_plugin_host, "rewards", "internal: a .so reward plugin in a worker process (after a timeout)")   \

@@ -20,12 +20,17 @@
  *                  step_8 (model and optimizer); a replay stopped at step 3 and continued with --resume
  *                  ends byte-identical to an uninterrupted one; --steps 2:8 without a kept step_1 is
  *                  refused naming it;
+ *   merge:         replay-merge of the log with itself: twice the records, the second copy's versions
+ *                  shifted past the first's and its generator ids suffixed "@2"; the merged log
+ *                  replays (recomputed rewards, its own clock: staleness never negative); an existing
+ *                  output is refused;
  *   resume_live:   `rlhf run --resume` of a replay's output is refused (exit 2) unless --continue-live,
  *                  after which the new steps carry no "replayed" mark and the replayed ones do. */
 #include <CUnit/CUnit.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -308,6 +313,48 @@ static void test_ranges_resume(void) {
     CU_ASSERT_EQUAL(n, 8);
 }
 
+static void test_merge(void) {
+    char out[256], merged[300], mdir[256];
+    snprintf(out, sizeof out, "%s/merge.out", g_dir);
+    snprintf(mdir, sizeof mdir, "%s/mergedir", g_dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(mdir, 0755), 0);
+    snprintf(merged, sizeof merged, "%s/merged.log", mdir);
+    const char *a[] = {"replay-merge", g_log, g_log, "-o", merged, NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(out, a, 60), 0);
+    CU_ASSERT_EQUAL(run_cmd(out, a, 60), 1); /* exists */
+    CU_ASSERT(contains(out, "exists; choose a new name"));
+    /* the records, read back: the first half as recorded, the second rebased */
+    char info[256];
+    snprintf(info, sizeof info, "%s/orig.json", g_dir);
+    const char *i1[] = {"replay-info", g_log, "--json", NULL};
+    const char *i2[] = {"replay-info", merged, "--json", NULL};
+    test_proc_opts o = {.out = info, .err = "/dev/null"};
+    CU_ASSERT_EQUAL_FATAL(test_proc_run_args(g_rlhf, g_rlhf, i1, &o, 60), 0);
+    json_t *orig = json_load_file(info, 0, NULL);
+    CU_ASSERT_EQUAL_FATAL(test_proc_run_args(g_rlhf, g_rlhf, i2, &o, 60), 0);
+    json_t *mj = json_load_file(info, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(orig);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mj);
+    json_int_t rec = json_integer_value(json_object_get(orig, "records"));
+    json_int_t vmax = json_integer_value(json_array_get(json_object_get(orig, "policy_versions"), 1));
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(mj, "records")), 2 * rec);
+    CU_ASSERT_EQUAL(json_integer_value(json_array_get(json_object_get(mj, "policy_versions"), 1)), 2 * vmax + 1);
+    CU_ASSERT_EQUAL(json_object_size(json_object_get(mj, "generators")), 2); /* "gen" and "gen@2" */
+    json_decref(orig);
+    json_decref(mj);
+    /* replayed: log order, recomputed rewards, the log's own clock */
+    char dir[256], m[300];
+    snprintf(dir, sizeof dir, "%s/mreplay", g_dir);
+    const char *r[] = {"replay", merged, "--config", g_cfg, "--out", dir, "--threads", "1", "--set", "rl.steps=100", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(out, r, 120), 0);
+    CU_ASSERT(contains(out, "staleness is measured on the log's own versions"));
+    CU_ASSERT(contains(out, "rlhf replay: rewards: recomputed"));
+    int lines = 0;
+    snprintf(m, sizeof m, "%s/metrics.jsonl", dir);
+    CU_ASSERT(staleness_never_negative(m, &lines));
+    CU_ASSERT(lines > 8);
+}
+
 static void test_resume_live(void) {
     char out[256], dir[256];
     snprintf(out, sizeof out, "%s/live.out", g_dir);
@@ -348,5 +395,6 @@ void e2e_register_replay_tool(void) {
     CU_add_test(s, "rewards", test_rewards);
     CU_add_test(s, "info_export", test_info_export);
     CU_add_test(s, "ranges_resume", test_ranges_resume);
+    CU_add_test(s, "merge", test_merge);
     CU_add_test(s, "resume_live", test_resume_live);
 }
