@@ -44,6 +44,7 @@ typedef struct child {
     double started;
     int quick;         /* deaths in a row, each within RESTART_QUICK_S of its start */
     double restart_at; /* > 0: dead, to be started again at this rlhf_now() */
+    int mpi_ranks;     /* > 1: argv is an mpirun command line starting that many ranks */
 } child;
 
 /* A child that lived less than this died "quickly"; its next restart waits twice as long as the last,
@@ -79,6 +80,19 @@ static int spawn(child *c, const char *run_dir, rlhf_error *err) {
         /* SIGUSR1 means "reconnect" once a child has installed its handler; ignored until then */
         signal(SIGUSR1, SIG_IGN);
         setenv("RLHF_PROC_NAME", c->name, 1);
+        if (c->mpi_ranks > 1) {
+            /* data-parallel updaters: mpirun starts the ranks on this host. Root is allowed (containers,
+             * CI); shared memory between the ranks; no network probing; more ranks than cores is fine */
+            setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+            setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+            setenv("OMPI_MCA_btl", "self,vader", 1);
+            setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
+            setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
+            setenv("OMPI_MCA_hwloc_base_binding_policy", "none", 1);
+            execvp("mpirun", c->argv);
+            fprintf(stderr, "exec mpirun: %s (updaters.count > 1 needs openmpi-bin)\n", strerror(errno));
+            _exit(127);
+        }
         execv("/proc/self/exe", c->argv);
         fprintf(stderr, "exec /proc/self/exe: %s\n", strerror(errno));
         _exit(127);
@@ -486,7 +500,18 @@ int cmd_run(int argc, char **argv) {
         const char *a[] = {"broker", "--config", cfg_out, "--run-dir", cfg.run_dir, NULL};
         child_args(broker, "broker", a);
     }
-    {
+    if (cfg.upd_count > 1) {
+        /* rank 0 is the updater the broker knows; the others follow it (updater/dist.c) */
+        char np[16], self[4096];
+        snprintf(np, sizeof np, "%d", cfg.upd_count);
+        ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[sl > 0 ? sl : 0] = 0;
+        const char *a[] = {"-np", np, "--quiet", self, "updater", "--config", cfg_out, NULL};
+        child_args(upd, "updater", a);
+        free(upd->argv[0]);
+        upd->argv[0] = strdup("mpirun");
+        upd->mpi_ranks = cfg.upd_count;
+    } else {
         const char *a[] = {"updater", "--config", cfg_out, NULL};
         child_args(upd, "updater", a);
     }
@@ -499,8 +524,9 @@ int cmd_run(int argc, char **argv) {
     }
     int rc = 0;
     evaluator ev = {.step = -1};
-    fprintf(stderr, "[rlhf run] %s: %s mode, %d generator(s), 1 updater, steps %d..%d; logs in %s/logs/\n",
-            cfg.name, cfg.mode == RUN_MODE_SYNC ? "sync" : "async", G, start_step, cfg.steps, cfg.run_dir);
+    fprintf(stderr, "[rlhf run] %s: %s mode, %d generator(s), %d updater%s, steps %d..%d; logs in %s/logs/\n",
+            cfg.name, cfg.mode == RUN_MODE_SYNC ? "sync" : "async", G, cfg.upd_count,
+            cfg.upd_count > 1 ? "s (data-parallel, MPI)" : "", start_step, cfg.steps, cfg.run_dir);
     if (spawn(broker, cfg.run_dir, &err)) goto fail;
     usleep(200000); /* let the broker bind before peers connect (they retry anyway) */
     if (spawn(upd, cfg.run_dir, &err)) goto fail;

@@ -388,8 +388,7 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     if ((rc = sampler_weights_parse(&cfg->gen_weights, gets(doc, "generators.weights"), w, err))) goto fail;
 
     cfg->upd_count = geti(doc, "updaters.count");
-    if (cfg->upd_count != 1)
-        FAIL_AT("updaters.count", "must be 1: several updaters need a gradient all-reduce, which is not built");
+
     cfg->reward_threads = geti(doc, "updaters.reward_threads");
 
     /* the synchronous baseline: generation waits for each new version, nothing stale is used */

@@ -4,6 +4,7 @@
  * max_staleness, replay log) so the three kinds of process agree on one document. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -112,6 +113,23 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     char p[4096], w[1200];
     int rc;
     /* everything is checked before anything is created: a bad config leaves no run directory */
+
+    /* data-parallel updaters start under mpirun (cli/launcher.c) */
+    if (cfg->upd_count > 1) {
+        int found = 0;
+        const char *path = getenv("PATH");
+        char dirs[4096];
+        snprintf(dirs, sizeof dirs, "%s", path ? path : "/usr/bin:/bin");
+        char *save = NULL;
+        for (char *d = strtok_r(dirs, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
+            snprintf(p, sizeof p, "%s/mpirun", d);
+            found = access(p, X_OK) == 0;
+        }
+        if (!found)
+            return rlhf_error_set(err, RLHF_ESYS, "updaters.count",
+                                  "%d updaters run under mpirun, which is not on PATH: %s (Debian: apt-get install "
+                                  "openmpi-bin libopenmpi-dev)", cfg->upd_count, strerror(ENOENT));
+    }
 
     /* prompts: the training set with the selector that serves it (the broker's own when it names them) */
     json_t *b = cfg->broker;

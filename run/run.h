@@ -110,7 +110,7 @@ typedef struct run_config {
     sampler_weights gen_weights; /* generators.weights: "fp32" | "bf16" copy of the policy to sample with */
 
     /* "updaters" */
-    int upd_count;             /* updaters.count (only 1 supported: no gradient all-reduce yet) */
+    int upd_count;             /* updaters.count: data-parallel updater ranks, started under mpirun when > 1 */
     int reward_threads;        /* updaters.reward_threads: scoring threads beside the optimizer */
 
     json_t *resolved;          /* the whole resolved document (owned) */

@@ -16,6 +16,7 @@ PKGS=(
   libmicrohttpd-dev    # rlhf serve (OpenAI-compatible HTTP)
   libpcre2-dev libutf8proc-dev # Hugging Face tokenizers: pre-tokenizer regexes (PCRE2 JIT), NFC
   python3 python3-numpy python3-torch # numerical oracle tests (run with /usr/bin/python3)
+  libopenmpi-dev openmpi-bin # data-parallel policy updaters (updaters.count > 1) over MPI
   python3-pandas       # the replay-export test reads the export as researchers do (pandas.read_json)
 )
 

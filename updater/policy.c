@@ -106,11 +106,87 @@ static int build_batch(const seq_ref *seqs, int B, int32_t *tokens, int32_t *tar
     return T;
 }
 
+/* Commands rank 0 broadcasts to the follower ranks (first byte of each broadcast). */
+enum { DIST_CMD_STEP = 1, DIST_CMD_STOP = 2 };
+
+/* Rank 0: the step's groups to the followers. */
+static int broadcast_step(policy_state *ps, scored_group **groups, int n, rlhf_error *err) {
+    void *body = NULL;
+    size_t len = 0;
+    if (updater_dist_pack_groups(groups, n, &body, &len)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    /* command, rank 0's step count (steps without a trainable group move it without a broadcast), groups */
+    unsigned char *msg = malloc(len + 9);
+    if (!msg) {
+        free(body);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    int64_t step = ps->step;
+    msg[0] = DIST_CMD_STEP;
+    memcpy(msg + 1, &step, 8);
+    memcpy(msg + 9, body, len);
+    free(body);
+    void *b = msg;
+    size_t bn = len + 9;
+    int rc = updater_dist_bcast(ps->dist, &b, &bn, err);
+    free(msg);
+    return rc;
+}
+
+static int train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, rlhf_error *err);
+
 int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
                       rlhf_error *err) {
     (void)src_names;
+    if (updater_dist_size(ps->dist) > 1 && updater_dist_rank(ps->dist) == 0) {
+        int rc = broadcast_step(ps, groups, n, err);
+        if (rc) return rc;
+    }
+    return train_step(ps, groups, n, metrics, err);
+}
+
+void updater_policy_release_followers(updater_dist *d) {
+    if (updater_dist_size(d) < 2 || updater_dist_rank(d) != 0) return;
+    unsigned char stop = DIST_CMD_STOP;
+    void *b = &stop;
+    size_t n = 1;
+    rlhf_error err = {0};
+    if (updater_dist_bcast(d, &b, &n, &err)) fprintf(stderr, "updater: %s: %s\n", err.where, err.msg);
+}
+
+int updater_policy_follow(policy_state *ps, rlhf_error *err) {
+    for (;;) {
+        void *b = NULL;
+        size_t n = 0;
+        int rc = updater_dist_bcast(ps->dist, &b, &n, err);
+        if (rc) return rc;
+        unsigned char cmd = n ? ((unsigned char *)b)[0] : 0;
+        if (cmd != DIST_CMD_STEP) {
+            free(b);
+            if (cmd == DIST_CMD_STOP) return 0;
+            return rlhf_error_set(err, RLHF_ECORRUPT, "updater (MPI)", "unknown command %u from rank 0", cmd);
+        }
+        scored_group **gs = NULL;
+        int ng = 0;
+        int64_t step = 0;
+        rc = n >= 9 ? updater_dist_unpack_groups((unsigned char *)b + 9, n - 9, &gs, &ng) : RLHF_ECORRUPT;
+        if (n >= 9) memcpy(&step, (unsigned char *)b + 1, 8);
+        free(b);
+        ps->step = (long)step;
+        if (rc) return rlhf_error_set(err, rc, "updater (MPI)", "a step's groups from rank 0 do not unpack");
+        json_t *m = json_object();
+        rc = train_step(ps, gs, ng, m, err);
+        json_decref(m);
+        for (int i = 0; i < ng; i++) updater_scored_group_free(gs[i]);
+        free(gs);
+        if (rc) return rc;
+    }
+}
+
+static int train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, rlhf_error *err) {
     const run_config *cfg = ps->cfg;
     double t0 = rlhf_now();
+    /* data parallelism: micro-batch i is this rank's when i mod U == rank; sums over ranks follow */
+    const int U = updater_dist_size(ps->dist), rank = updater_dist_rank(ps->dist);
     int k_max = 0, S = 0;
     for (int g = 0; g < n; g++) {
         S += (int)groups[g]->g.k;
@@ -154,10 +230,14 @@ int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, js
     double kl_sum = 0;
     if (ps->ref) {
         for (int s0 = 0; s0 < S; s0 += MB) {
+            if ((s0 / MB) % U != rank) continue;
             int B = S - s0 < MB ? S - s0 : MB;
             int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
             if ((rc = model_forward(ps->ref_tr, tokens, targets, B, T, err))) goto done;
             rl_kl_penalty(kl + s0, logmu, model_trainer_logprobs(ps->ref_tr), mask, B, T);
+        }
+        if (U > 1) { /* each sample's KL was computed on one rank, zeros elsewhere: the sum is exact */
+            if ((rc = updater_dist_sum_f32(ps->dist, kl, (size_t)S, err))) goto done;
         }
         for (int s = 0; s < S; s++) {
             reward[s] -= cfg->kl_beta * kl[s];
@@ -179,6 +259,7 @@ int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, js
     long ntok = 0;
     model_trainer_zero_grad(ps->tr);
     for (int s0 = 0; s0 < S; s0 += MB) {
+        if ((s0 / MB) % U != rank) continue;
         int B = S - s0 < MB ? S - s0 : MB;
         int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
         if ((rc = model_forward(ps->tr, tokens, targets, B, T, err))) goto done;
@@ -199,7 +280,20 @@ int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, js
         ntok += st.n_tokens;
         if ((rc = model_backward_logprobs(ps->tr, coef, NULL, err))) goto done;
     }
-    /* 4. optimizer */
+    /* 4. data parallelism: every rank's gradient and statistics summed, in rank order */
+    if (U > 1) {
+        double sums[5] = {loss, ratio_sum, clip_sum, ent_sum, (double)ntok}, mx = ratio_max;
+        if ((rc = updater_dist_sum_f32(ps->dist, model_trainer_grads(ps->tr), ps->m->n_params, err)) ||
+            (rc = updater_dist_sum_f64(ps->dist, sums, 5, err)) || (rc = updater_dist_max_f64(ps->dist, &mx, 1, err)))
+            goto done;
+        loss = sums[0];
+        ratio_sum = sums[1];
+        clip_sum = sums[2];
+        ent_sum = sums[3];
+        ntok = (long)sums[4];
+        ratio_max = mx;
+    }
+    /* 5. optimizer */
     float gnorm = 0, lr = 0;
     if ((rc = adamw_step(ps->opt, ps->m, model_trainer_grads(ps->tr), &gnorm, &lr, err))) goto done;
     model_trainer_zero_grad(ps->tr);

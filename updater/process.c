@@ -271,7 +271,43 @@ static long count_restarts(const char *run_dir) {
 /* Set by the caller (its SIGTERM/SIGINT handler): finish the step in flight, checkpoint, return. */
 static int stop_requested(const updater_options *o) { return o->stop && *o->stop; }
 
+/* A follower rank of a data-parallel updater (updaters.count > 1, rank > 0): the same policy and
+ * optimizer as rank 0, loaded from the same checkpoint, stepped with the groups rank 0 broadcasts. */
+static int follower_main(const updater_options *o, updater_dist *dist, rlhf_error *err) {
+    run_process proc;
+    if (run_process_open(&proc, o->config_path, WIRE_ROLE_UPDATER, err)) return start_failure_status(err);
+    policy_state ps;
+    int rc = updater_policy_init(&ps, &proc.cfg, err);
+    if (rc) {
+        run_process_close(&proc);
+        return start_failure_status(err);
+    }
+    ps.dist = dist;
+    if (updater_checkpoint_load_latest(&ps, proc.cfg.run_dir, NULL, err) >= 0) rc = updater_policy_follow(&ps, err);
+    else rc = -1;
+    if (!rc)
+        fprintf(stderr, "updater rank %d: stopped with rank 0 after its step %ld (the last that trained)\n",
+                updater_dist_rank(dist), ps.step);
+    updater_policy_fini(&ps);
+    run_process_close(&proc);
+    if (!rc) return RLHF_EXIT_OK;
+    int st = rlhf_exit_status(err);
+    return st == RLHF_EXIT_OK ? RLHF_EXIT_TRANSIENT : st;
+}
+
+static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error *err);
+
 int updater_main(const updater_options *o, rlhf_error *err) {
+    updater_dist *dist = NULL;
+    if (updater_dist_create(&dist, err)) return RLHF_EXIT_ENV;
+    int st = updater_dist_rank(dist) > 0 ? follower_main(o, dist, err) : leader_main(o, dist, err);
+    /* whatever way rank 0 ends, the followers stop with it (they wait in a broadcast) */
+    if (updater_dist_rank(dist) == 0) updater_policy_release_followers(dist);
+    updater_dist_destroy(&dist);
+    return st;
+}
+
+static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error *err) {
     run_process proc;
     if (run_process_open(&proc, o->config_path, WIRE_ROLE_UPDATER, err)) return start_failure_status(err);
     run_config *cfg = &proc.cfg;
@@ -281,6 +317,9 @@ int updater_main(const updater_options *o, rlhf_error *err) {
         run_process_close(&proc);
         return start_failure_status(err);
     }
+    u.ps.dist = dist;
+    if (updater_dist_size(dist) > 1)
+        fprintf(stderr, "updater: rank 0 of %d data-parallel updaters (MPI)\n", updater_dist_size(dist));
     u.ps.mark_eval = 1; /* the launcher evaluates the checkpoints eval.every marks */
     if (updater_record_model_identity(&u.ps, cfg->run_dir, err)) {
         updater_session_fini(&u);

@@ -114,8 +114,11 @@ int updater_scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_err
 
 /* ---------------------------------------------------------------- the policy and its optimizer */
 
+typedef struct updater_dist updater_dist; /* data-parallel updaters over MPI (updater/dist.c) */
+
 typedef struct policy_state {
     run_config *cfg;           /* borrowed */
+    updater_dist *dist;        /* borrowed; NULL (or one rank): a single updater */
     model *m;                  /* the policy being trained */
     model *ref;                /* reference (base) model for the KL penalty, NULL when kl_beta = 0 */
     tokenizer *tok;            /* the run's tokenizer (model.tokenizer): decodes completions for scoring */
@@ -154,6 +157,32 @@ static inline long group_lag(const policy_state *ps, const scored_group *s) {
  * step's training metrics (train/..., is_ratio/..., kl, entropy). Does not bump version. */
 int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
                       rlhf_error *err);
+
+/* ---------------------------------------------------------------- data parallelism (updaters.count > 1)
+ *
+ * Under `mpirun -np U` (the launcher does it for updaters.count = U) rank 0 is the updater; ranks
+ * 1..U-1 follow (updater_policy_follow). updater_policy_train_step on rank 0 broadcasts the step's
+ * groups; every rank runs its share of the micro-batches (micro-batch i on rank i mod U) and the
+ * gradient and statistics are summed in rank order before the identical AdamW step. */
+/* MPI_Init when started by mpirun with more than one rank, else a single-rank no-op object. */
+int updater_dist_create(updater_dist **out, rlhf_error *err);
+void updater_dist_destroy(updater_dist **d);
+int updater_dist_rank(const updater_dist *d);
+int updater_dist_size(const updater_dist *d);
+/* In-place sums over ranks, in rank order (reproducible); no-ops on one rank. */
+int updater_dist_sum_f32(updater_dist *d, float *buf, size_t n, rlhf_error *err);
+int updater_dist_sum_f64(updater_dist *d, double *buf, size_t n, rlhf_error *err);
+int updater_dist_max_f64(updater_dist *d, double *buf, size_t n, rlhf_error *err);
+/* Rank 0's (*buf, *n) to every rank (others get a malloc'd copy in *buf). */
+int updater_dist_bcast(updater_dist *d, void **buf, size_t *n, rlhf_error *err);
+/* What the RL step reads of its groups, as bytes and back (the unpacked groups carry no texts, ids or
+ * per-source scores: free each with updater_scored_group_free). */
+int updater_dist_pack_groups(scored_group **groups, int n, void **out, size_t *out_n);
+int updater_dist_unpack_groups(const void *buf, size_t len, scored_group ***out, int *out_n);
+/* A follower rank's life: takes the steps rank 0 broadcasts until rank 0 says stop (0), or an error. */
+int updater_policy_follow(policy_state *ps, rlhf_error *err);
+/* Rank 0, at its end (also on errors): tells the followers to stop. */
+void updater_policy_release_followers(updater_dist *d);
 
 /* ---------------------------------------------------------------- checkpoints */
 

@@ -619,6 +619,7 @@ void e2e_register_lock(void);       /* tests/e2e/test_lock.c */
 void e2e_register_cli(void);        /* tests/e2e/test_cli.c */
 void e2e_register_eval_during(void); /* tests/e2e/test_eval_during.c */
 void e2e_register_replay_tool(void); /* tests/e2e/test_replay_tool.c */
+void e2e_register_dist_run(void);    /* tests/e2e/test_dist_run.c */
 int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
 
 int register_suites(void) {
@@ -629,6 +630,7 @@ int register_suites(void) {
     e2e_register_cli();
     e2e_register_eval_during();
     e2e_register_replay_tool();
+    e2e_register_dist_run();
     register_plugin_faults_suite();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);

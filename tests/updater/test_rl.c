@@ -328,6 +328,7 @@ static void test_config_relative_paths(void) {
 int register_loop_suite(void);
 int register_reward_errors_suite(void);
 int register_checkpoint_suite(void); /* tests/updater/test_checkpoint.c */
+int register_dist_suite(void);       /* tests/updater/test_dist.c */
 
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("rl_math", NULL, NULL);
@@ -341,5 +342,5 @@ int register_suites(void) {
     CU_add_test(c, "set_typed_by_schema", test_config_set_typed_by_schema);
     CU_add_test(c, "duplicate_keys", test_config_duplicate_keys);
     CU_add_test(c, "relative_paths", test_config_relative_paths);
-    return register_loop_suite() || register_reward_errors_suite() || register_checkpoint_suite();
+    return register_loop_suite() || register_reward_errors_suite() || register_checkpoint_suite() || register_dist_suite();
 }
