@@ -7,6 +7,7 @@
  * count give bit-identical weights. Every record is checked against the model (token ids inside
  * the vocabulary, prompt + completion within max_seq_len) before training starts, so a log from
  * another model is an error naming the log and the record. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,87 @@ static const char usage[] =
     "                step B (rl.steps = B). Needs scores.jsonl beside the log.\n"
     "  --resume OUT  continues a stopped replay from OUT's last checkpoint (the log and config are\n"
     "                OUT/config.json's); the result is byte-identical to an uninterrupted replay.\n";
+
+/* Where pass 2 reads its groups: the log in the chosen order, with the recorded rewards (or none). */
+typedef struct replay_feed {
+    replay_reader *rr;
+    const replay_pos *positions; /* (n_records) each record's place */
+    const long *order;           /* (n_records) the order to read them in; NULL: log order */
+    long n_records, next;        /* next: the next index of the order to read */
+    json_t *scores;              /* recorded rewards to train on, or NULL to score every group */
+    updater_session *u;
+    long n_unrecorded;           /* groups read that had no recorded rewards (scored) */
+} replay_feed;
+
+/* One step's worth of groups, and the scoring of those that need it (on a thread of its own). */
+typedef struct replay_batch {
+    scored_group **g;
+    unsigned char *need;         /* (n) 1: to be scored with the config's sources */
+    int n;
+    scorer *sc;
+    pthread_t thread;
+} replay_batch;
+
+static void replay_batch_free(replay_batch *b) {
+    for (int i = 0; i < b->n; i++)
+        if (b->g[i]) updater_scored_group_free(b->g[i]);
+    free(b->g);
+    free(b->need);
+    memset(b, 0, sizeof *b);
+}
+
+static int replay_read_batch(replay_feed *f, replay_batch *b, int max, rlhf_error *err) {
+    memset(b, 0, sizeof *b);
+    b->sc = f->u->sc;
+    b->g = calloc((size_t)max, sizeof *b->g);
+    b->need = calloc((size_t)max, 1);
+    if (!b->g || !b->need) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    while (b->n < max && f->next < f->n_records) {
+        scored_group *sg = calloc(1, sizeof *sg);
+        if (!sg) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        replay_pos pos;
+        int r = replay_reader_seek(f->rr, f->positions[f->order ? f->order[f->next] : f->next], err);
+        if (r == 0) r = replay_reader_next(f->rr, &sg->g, &pos, err);
+        if (r <= 0) {
+            free(sg);
+            return r < 0 ? r : 0;
+        }
+        f->next++;
+        /* a group the live updater never consumed (the broker dropped it as stale, or it was in flight when
+         * the run ended) has no recorded rewards: it is scored as a recomputing replay would */
+        int from_record = f->scores && cmd_replay_recorded_scores(f->scores, sg, f->u->src_names, f->u->n_sources) == 0;
+        if (f->scores && !from_record) {
+            f->n_unrecorded++;
+            free(sg->src);
+            free(sg->total);
+            free(sg->src_errors);
+            sg->src = sg->total = NULL;
+            sg->src_errors = NULL;
+        }
+        b->need[b->n] = !from_record;
+        b->g[b->n++] = sg;
+    }
+    return 0;
+}
+
+/* Scores the groups of b that need it, in one call (a sandboxed checker starts once per batch). */
+static void replay_score_batch(replay_batch *b) {
+    scored_group *todo[4096];
+    int m = 0;
+    for (int i = 0; i < b->n && m < 4096; i++)
+        if (b->need[i]) todo[m++] = b->g[i];
+    if (!m) return;
+    rlhf_error err = {0};
+    if (updater_scorer_score_batch_now(b->sc, todo, m, &err)) {
+        rlhf_error_print("rlhf replay: scoring", &err);
+        for (int i = 0; i < m; i++) todo[i]->skipped = 1;
+    }
+}
+
+static void *replay_score_thread(void *arg) {
+    replay_score_batch(arg);
+    return NULL;
+}
 
 /* A replay's checkpoint: the policy state, plus the recording's clock (policy_state.recorded_version),
  * which --resume cannot rebuild from the groups it skips. */
@@ -321,56 +403,57 @@ int cmd_replay(int argc, char **argv) {
         fprintf(stderr, "rlhf replay: order: the log's (no %s beside it)\n", UPDATER_SCORES_FILE);
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
     n_read = skip < n_records ? skip : n_records;
-    while (u.ps.step < cfg.steps && n_read < n_records) {
-        scored_group *sg = calloc(1, sizeof *sg);
-        replay_pos pos;
-        int r = replay_reader_seek(rr, positions[order ? order[n_read] : n_read], &err);
-        if (r == 0) r = replay_reader_next(rr, &sg->g, &pos, &err);
-        if (r <= 0) {
-            free(sg);
-            rc = r < 0 ? r : 0;
-            break;
+    /* a step's worth of groups is read and scored (on a thread of its own) while the one before trains:
+     * scoring (a sandboxed checker, a judge) then costs what training does not already */
+    replay_batch cur = {0}, next = {0};
+    replay_feed feed = {.rr = rr, .positions = positions, .order = order, .n_records = n_records, .next = n_read,
+                        .scores = use_recorded ? scores : NULL, .u = &u};
+    if ((rc = replay_read_batch(&feed, &cur, cfg.prompts_per_step, &err))) goto out;
+    replay_score_batch(&cur);
+    while (cur.n > 0 && !rc) {
+        if (u.ps.step < cfg.steps && (rc = replay_read_batch(&feed, &next, cfg.prompts_per_step, &err))) break;
+        int scoring = next.n > 0 && pthread_create(&next.thread, NULL, replay_score_thread, &next) == 0;
+        if (next.n > 0 && !scoring) replay_score_batch(&next);
+        for (int i = 0; i < cur.n && !rc; i++) {
+            scored_group *sg = cur.g[i];
+            cur.g[i] = NULL;
+            if (u.ps.step >= cfg.steps) {
+                updater_scored_group_free(sg);
+                continue;
+            }
+            n_read++;
+            if (u.ps.recorded_clock && sg->g.policy_version > u.ps.recorded_version)
+                u.ps.recorded_version = sg->g.policy_version;
+            int ready = updater_session_offer(&u, sg);
+            if (u.failed) { /* a reward source broke its max_error_rate */
+                err = u.failed_err;
+                rc = err.code ? err.code : RLHF_EIO;
+                break;
+            }
+            if (!ready) continue;
+            json_t *m = NULL;
+            if ((rc = updater_session_step(&u, &m, &err))) break;
+            if (other_model && u.ps.step <= 3)
+                fprintf(stderr, "rlhf replay: warning: step %ld on another model's log: is_ratio/mean %.4g, "
+                                "is_ratio/clip_frac %.4g\n", u.ps.step,
+                        json_number_value(json_object_get(m, "is_ratio/mean")),
+                        json_number_value(json_object_get(m, "is_ratio/clip_frac")));
+            /* timings vary run to run; the replay's metrics keep only what the data determines */
+            json_object_set_new(m, "replayed", json_true());
+            rc = updater_session_write_metrics(&u, m, &err);
+            json_decref(m);
+            if (rc) break;
+            if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
+                if ((rc = replay_checkpoint(&u, dir, &err))) break;
         }
-        n_read++;
-        if (u.ps.recorded_clock && sg->g.policy_version > u.ps.recorded_version)
-            u.ps.recorded_version = sg->g.policy_version;
-        /* a group the live updater never consumed (the broker dropped it as stale, or it was in flight when
-         * the run ended) has no recorded rewards: it is scored as a recomputing replay would */
-        int from_record = use_recorded && cmd_replay_recorded_scores(scores, sg, u.src_names, u.n_sources) == 0;
-        if (use_recorded && !from_record) {
-            n_unrecorded++;
-            free(sg->src);
-            free(sg->total);
-            free(sg->src_errors);
-            sg->src = sg->total = NULL;
-            sg->src_errors = NULL;
-        }
-        if (!from_record && updater_scorer_score_now(u.sc, sg, &err)) {
-            rlhf_error_print("rlhf replay: scoring", &err);
-            sg->skipped = 1;
-        }
-        int ready = updater_session_offer(&u, sg);
-        if (u.failed) { /* a reward source broke its max_error_rate */
-            err = u.failed_err;
-            rc = err.code ? err.code : RLHF_EIO;
-            break;
-        }
-        if (!ready) continue;
-        json_t *m = NULL;
-        if ((rc = updater_session_step(&u, &m, &err))) break;
-        if (other_model && u.ps.step <= 3)
-            fprintf(stderr, "rlhf replay: warning: step %ld on another model's log: is_ratio/mean %.4g, "
-                            "is_ratio/clip_frac %.4g\n", u.ps.step,
-                    json_number_value(json_object_get(m, "is_ratio/mean")),
-                    json_number_value(json_object_get(m, "is_ratio/clip_frac")));
-        /* timings vary run to run; the replay's metrics keep only what the data determines */
-        json_object_set_new(m, "replayed", json_true());
-        rc = updater_session_write_metrics(&u, m, &err);
-        json_decref(m);
-        if (rc) break;
-        if (u.ps.step % cfg.checkpoint_every == 0 || u.ps.step == cfg.steps)
-            if ((rc = replay_checkpoint(&u, dir, &err))) break;
+        if (scoring) pthread_join(next.thread, NULL);
+        replay_batch_free(&cur);
+        cur = next;
+        memset(&next, 0, sizeof next);
+        if (u.ps.step >= cfg.steps) break;
     }
+    replay_batch_free(&cur);
+    n_unrecorded = feed.n_unrecorded;
     if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
         rc = replay_checkpoint(&u, dir, &err);
     if (!rc && n_unrecorded)
