@@ -12,6 +12,7 @@
 #include <zmq.h>
 
 #include "model/model.h"
+#include "updater/updater.h"
 
 #ifndef RLHF_GIT_VERSION
 #define RLHF_GIT_VERSION "unknown"
@@ -111,9 +112,11 @@ int main(int argc, char **argv) {
         /* what this build can do, for bug reports and for choosing a config */
         int zmaj, zmin, zpatch;
         zmq_version(&zmaj, &zmin, &zpatch);
+        char mpi[256];
+        updater_dist_describe(mpi, sizeof mpi);
         printf("features: bf16 sampling weights: yes (every kernel set; generators.weights); libzmq %d.%d.%d "
-               "CURVE: %s; MPI: no (one updater process, no gradient all-reduce)\n",
-               zmaj, zmin, zpatch, zmq_has("curve") ? "yes" : "no");
+               "CURVE: %s; MPI: %s (data-parallel updaters, updaters.count)\n",
+               zmaj, zmin, zpatch, zmq_has("curve") ? "yes" : "no", mpi);
         return 0;
     }
     if (!sub || !strcmp(sub, "-h") || !strcmp(sub, "--help") || !strcmp(sub, "help")) {

@@ -88,6 +88,16 @@ void updater_dist_destroy(updater_dist **dp) {
     *dp = NULL;
 }
 
+void updater_dist_describe(char *buf, size_t cap) {
+    char v[MPI_MAX_LIBRARY_VERSION_STRING];
+    int n = 0;
+    /* one of the calls MPI allows before MPI_Init */
+    MPI_Get_library_version(v, &n);
+    char *nl = strchr(v, ',');
+    if (nl) *nl = 0;
+    snprintf(buf, cap, "%s", v);
+}
+
 int updater_dist_rank(const updater_dist *d) { return d ? d->rank : 0; }
 int updater_dist_size(const updater_dist *d) { return d ? d->size : 1; }
 

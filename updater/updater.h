@@ -168,6 +168,8 @@ int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, js
 int updater_dist_create(updater_dist **out, rlhf_error *err);
 void updater_dist_destroy(updater_dist **d);
 int updater_dist_rank(const updater_dist *d);
+/* The MPI library this build uses ("Open MPI v4.1.4"), for rlhf --version. */
+void updater_dist_describe(char *buf, size_t cap);
 int updater_dist_size(const updater_dist *d);
 /* In-place sums over ranks, in rank order (reproducible); no-ops on one rank. */
 int updater_dist_sum_f32(updater_dist *d, float *buf, size_t n, rlhf_error *err);
