@@ -1,6 +1,6 @@
 /* tests/updater/dist_step_check.c — the data-parallel RL step on fixed data, for tests/updater/test_dist.c.
  *
- *   dist_step_check BASE.safetensors OUT_PREFIX STEPS
+ *   dist_step_check BASE.safetensors OUT_PREFIX STEPS [THREADS]
  *
  * Every rank builds the policy from BASE (a tiny model) and the same config (KL penalty on, so the
  * reference pass is split too; 10 groups of k = 4 per step: three micro-batches of 16, 16 and 8
@@ -46,10 +46,11 @@ static scored_group *make_group(uint64_t *rng, int k, int vocab) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: dist_step_check BASE.safetensors OUT_PREFIX STEPS\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: dist_step_check BASE.safetensors OUT_PREFIX STEPS [THREADS]\n");
         return 2;
     }
+    const int threads = argc == 5 ? atoi(argv[4]) : 1;
     const int steps = atoi(argv[3]), G = 10, K = 4;
     char doc[2048];
     snprintf(doc, sizeof doc,
@@ -65,7 +66,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     json_decref(j);
-    model_set_threads(1);
+    model_set_threads(threads); /* per rank; bench/bench_dist_updaters.sh varies it */
     updater_dist *dist = NULL;
     if (updater_dist_create(&dist, &err)) {
         fprintf(stderr, "%s: %s\n", err.where, err.msg);
@@ -78,17 +79,20 @@ int main(int argc, char **argv) {
     }
     ps.dist = dist;
     int rc = 0;
+    double train_s = 0;
     if (updater_dist_rank(dist) > 0) {
         rc = updater_policy_follow(&ps, &err);
     } else {
         uint64_t rng = 12345;
         json_t *log = json_array();
         for (int s = 0; s < steps && !rc; s++) {
+            double t0 = rlhf_now();
             scored_group *gs[10];
             for (int g = 0; g < G; g++) gs[g] = make_group(&rng, K, ps.m->cfg.vocab_size);
             json_t *m = json_object();
             rc = updater_policy_train_step(&ps, gs, G, m, NULL, &err);
             json_array_append_new(log, m);
+            train_s += rlhf_now() - t0;
             for (int g = 0; g < G; g++) updater_scored_group_free(gs[g]);
         }
         updater_policy_release_followers(dist);
@@ -100,6 +104,7 @@ int main(int argc, char **argv) {
         json_decref(log);
     }
     if (rc) fprintf(stderr, "rank %d: %s: %s\n", updater_dist_rank(dist), err.where, err.msg);
+    else if (updater_dist_rank(dist) == 0) fprintf(stderr, "train_s %.4f\n", train_s);
     updater_policy_fini(&ps);
     run_config_free(&cfg);
     updater_dist_destroy(&dist);
