@@ -1,22 +1,27 @@
 /* rewards/plugin_host_cli.c — `rlhf reward-plugin-host PLUGIN.so`: serves a shared-object reward
  * plugin over the process-plugin protocol (docs/REWARD_PLUGINS.md) on stdin/stdout. A "plugin"
- * source moves its plugin here after a score_batch overran timeout_ms (rewards/plugin.c), so a
- * plugin that hangs again is killed with this process instead of stalling the updater. Not meant to
- * be started by hand; stdout carries only protocol lines, messages go to stderr. */
+ * source runs its plugin here (isolate "process", the default; under "none", after a score_batch
+ * overran timeout_ms; rewards/plugin.c), so a plugin that crashes or hangs takes this process down
+ * instead of the updater. Not meant to be started by hand. The protocol goes to the stdout this
+ * process was given, kept on a private descriptor; fd 1 is pointed at stderr, so a plugin's printf
+ * lands in the log instead of corrupting the protocol. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include "rewards/rewards_int.h"
+
+static FILE *proto_out; /* the protocol channel (the original stdout) */
 
 static int reply(json_t *j) {
     char *t = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     if (!t) return -1;
-    int rc = printf("%s\n", t) < 0 || fflush(stdout) ? -1 : 0;
+    int rc = fprintf(proto_out, "%s\n", t) < 0 || fflush(proto_out) ? -1 : 0;
     free(t);
     return rc;
 }
@@ -97,6 +102,12 @@ int cmd_reward_plugin_host(int argc, char **argv) {
     }
     /* a hung plugin would not notice its host's death on stdin: die with the host instead */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int proto_fd = dup(1);
+    proto_out = proto_fd >= 0 ? fdopen(proto_fd, "w") : NULL;
+    if (!proto_out || dup2(2, 1) < 0) {
+        fprintf(stderr, "rlhf reward-plugin-host: error: cannot set up the protocol channel\n");
+        return 1;
+    }
     char *line = NULL;
     size_t cap = 0;
     if (getline(&line, &cap, stdin) < 0) return 1;
@@ -110,7 +121,7 @@ int cmd_reward_plugin_host(int argc, char **argv) {
         free(cfg_txt);
         json_decref(init);
         free(line);
-        reply(json_pack("{s:s}", "error", err.msg));
+        reply(json_pack("{s:s,s:i}", "error", err.msg, "code", err.code));
         return 1;
     }
     free(cfg_txt);
