@@ -193,7 +193,10 @@ static void test_plugin_class_crash_stops(void) {
     snprintf(cfg, sizeof cfg, "%s/crash.json", s_dir);
     snprintf(run, sizeof run, "%s/crash", s_dir);
     snprintf(out, sizeof out, "%s/crash.out", s_dir);
-    snprintf(rewards, sizeof rewards, "[{\"type\":\"plugin\",\"name\":\"crashy\",\"path\":\"%s\"}]", so);
+    /* isolate "none": the plugin runs in the updater, whose fault handler names it (the default, a
+     * worker process, turns the crash into per-item errors: tests/rewards/test_isolation.c) */
+    snprintf(rewards, sizeof rewards, "[{\"type\":\"plugin\",\"name\":\"crashy\",\"path\":\"%s\",\"isolate\":\"none\"}]",
+             so);
     write_config(cfg, "crash", 6, rewards);
     int rc = test_proc_wait(start_run(cfg, out, NULL), 120);
     CU_ASSERT_EQUAL(rc, RLHF_EXIT_PLUGIN);
