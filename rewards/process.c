@@ -532,6 +532,8 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
         /* a restart inside a batch shares the batch's budget */
         double start_by = rlhf_now() + (double)c->start_timeout_ms / 1000.0;
         if (proc_start(c, start_by < deadline ? start_by : deadline, reason, sizeof reason)) {
+            /* it did not get to see the batch: not a death on these items (no quarantine count) */
+            c->died = 0;
             all_error(status, n, reason);
             proc_after_batch(c);
             return 0;
