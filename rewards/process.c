@@ -6,9 +6,14 @@
  *                                       "record", "group_id"}, ...]}
  *   child -> host:                    {"id": N, "results": [{"score": 0.5} | {"error": "why"} |
  *                                       {"skip": "why"}, ...]}
- * The child is killed and restarted (at the next batch) when it dies, overruns the batch deadline or
- * writes something that is not the expected JSON; the batch's items are then ERROR, never 0.
- * The channel is a socketpair, so writing to a dead child is EPIPE, not a SIGPIPE in the updater. */
+ * The child is killed and started again (right away) when it dies, overruns the batch deadline or
+ * writes something that is not the expected JSON; the batch's items are then ERROR, never 0. Bare
+ * NaN / Infinity tokens in a reply (Python's json.dumps) are an error of their item only.
+ * The channel is a socketpair, so writing to a dead child is EPIPE, not a SIGPIPE in the updater.
+ * The child's stderr is a pipe that the host drains (to its own stderr) while it waits on the child,
+ * keeping the tail for the reasons of a death or a failed init. After each batch the child's RSS and
+ * CPU time are read from /proc (published for reward_pipeline_source_resources) and max_rss_mb /
+ * restart_every may stop it, to be started afresh at the next batch. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -377,6 +382,21 @@ static int proc_start(process_ctx *c, double deadline, char *reason, size_t rlen
     return 0;
 }
 
+/* Starts the child again right after it was stopped (a death, timeout or bad output in a batch whose
+ * items are already ERROR, or a limit after a batch): the start gets its own start_timeout_ms instead
+ * of eating into the next batch's timeout_ms (a plugin that loads a model for longer than timeout_ms
+ * would otherwise never come back). On failure the next batch tries again and reports why. The
+ * last call's death, if any, stays recorded. */
+static void proc_restart_now(process_ctx *c) {
+    if (c->pid > 0 || (c->cancel && __atomic_load_n(c->cancel, __ATOMIC_RELAXED))) return;
+    int died = c->died, st = c->died_status;
+    char why[RLHF_REWARD_REASON_MAX];
+    if (proc_start(c, rlhf_now() + (double)c->start_timeout_ms / 1000.0, why, sizeof why))
+        fprintf(stderr, "rewards: %s %s did not restart: %s\n", c->label, c->argv[c->argv[1] ? 1 : 0], why);
+    c->died = died;
+    c->died_status = st;
+}
+
 /* /proc/PID/status VmRSS in KiB, -1 when unreadable. */
 static int64_t proc_rss_kb(pid_t pid) {
     char path[64], line[256];
@@ -418,25 +438,27 @@ static void proc_publish(process_ctx *c, int64_t rss_kb, double cpu) {
     __atomic_store_n(&c->pub_restarts, c->restarts + (c->pid <= 0 && c->starts > 0), __ATOMIC_RELAXED);
 }
 
-/* After each batch: enforce restart_every and max_rss_mb (the child is stopped now and started again
- * at the next batch) and publish the resource figures. */
-static void proc_after_batch(process_ctx *c) {
+/* After each batch: enforce restart_every and max_rss_mb (the child is stopped and started afresh
+ * now, so the restart counts toward this batch's time, not the next one's) and publish the resource
+ * figures. */
+static void proc_after_batch(process_ctx *c, int answered) {
     int64_t rss_kb = 0;
     double cpu = c->cpu_reaped_s;
     if (c->pid > 0) {
-        c->batches++;
+        c->batches += answered;
         rss_kb = proc_rss_kb(c->pid);
         cpu += proc_cpu_s(c->pid);
         if (c->max_rss_mb > 0 && rss_kb > c->max_rss_mb * 1024) {
             fprintf(stderr, "rewards: %s %s uses %.1f MB, more than max_rss_mb %lld: restarting it\n", c->label,
                     c->argv[c->argv[1] && c->argv[2] ? 2 : 0], (double)rss_kb / 1024.0, (long long)c->max_rss_mb);
             proc_kill(c);
-            rss_kb = 0;
-            cpu = c->cpu_reaped_s;
         } else if (c->restart_every > 0 && c->batches >= c->restart_every) {
             proc_kill(c);
-            rss_kb = 0;
-            cpu = c->cpu_reaped_s;
+        }
+        if (c->pid <= 0) {
+            proc_restart_now(c);
+            rss_kb = c->pid > 0 ? proc_rss_kb(c->pid) : 0;
+            cpu = c->cpu_reaped_s + (c->pid > 0 ? proc_cpu_s(c->pid) : 0);
         }
     }
     proc_publish(c, rss_kb, cpu);
@@ -535,7 +557,7 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
             /* it did not get to see the batch: not a death on these items (no quarantine count) */
             c->died = 0;
             all_error(status, n, reason);
-            proc_after_batch(c);
+            proc_after_batch(c, 0);
             return 0;
         }
     }
@@ -577,14 +599,16 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
     if (rc) {
         proc_kill(c);
         all_error(status, n, reason);
-        proc_after_batch(c);
+        proc_restart_now(c);
+        proc_after_batch(c, 0);
         return 0;
     }
     char *reply = proc_recv_line(c, deadline, "", reason, sizeof reason);
     if (!reply) {
         proc_kill(c);
         all_error(status, n, reason);
-        proc_after_batch(c);
+        proc_restart_now(c);
+        proc_after_batch(c, 0);
         return 0;
     }
     json_error_t je;
@@ -606,9 +630,10 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
     free(reply);
     if (reason[0]) {
         json_decref(j);
-        proc_kill(c); // the stream is out of step: start afresh next batch
+        proc_kill(c); // the stream is out of step: start afresh
         all_error(status, n, reason);
-        proc_after_batch(c);
+        proc_restart_now(c);
+        proc_after_batch(c, 0);
         return 0;
     }
     for (size_t i = 0; i < n; i++) {
@@ -626,7 +651,7 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
         else rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "result %zu has no numeric \"score\"", i);
     }
     json_decref(j);
-    proc_after_batch(c);
+    proc_after_batch(c, 1);
     return 0;
 }
 
