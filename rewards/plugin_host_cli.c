@@ -36,6 +36,10 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
     double *scores = calloc(n ? n : 1, sizeof *scores);
     rlhf_reward_status *st = calloc(n ? n : 1, sizeof *st);
     if (!items || !recs || !ids || !scores || !st) return -1;
+    /* the batch's deadline on this process's clock (CLOCK_MONOTONIC is system-wide, but the budget
+     * is what the protocol carries) */
+    json_t *budget = json_object_get(req, "budget_ms");
+    double deadline = json_is_integer(budget) ? rlhf_now() + (double)json_integer_value(budget) / 1000.0 : 0;
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_array_get(arr, i);
         items[i].prompt = json_string_value(json_object_get(it, "prompt"));
@@ -54,6 +58,7 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
         }
         json_t *gid = json_object_get(it, "group_id");
         items[i].group_id = json_is_integer(gid) ? (int64_t)json_integer_value(gid) : -1;
+        items[i].deadline = deadline;
     }
     int rc = n ? impl->plugin->score_batch(impl->ctx, items, n, scores, st) : 0;
     json_t *res = json_array();

@@ -2,8 +2,8 @@
  * its stdin/stdout. Protocol (docs/REWARD_PLUGINS.md):
  *   host -> child, once after start:  {"init": CONFIG, "abi_version": 1}
  *   child -> host:                    {"ok": true}   or   {"error": "why"}
- *   host -> child, per batch:         {"id": N, "items": [{"prompt", "completion", "completion_ids",
- *                                       "record", "group_id"}, ...]}
+ *   host -> child, per batch:         {"id": N, "budget_ms": MS, "items": [{"prompt", "completion",
+ *                                       "completion_ids", "record", "group_id"}, ...]}
  *   child -> host:                    {"id": N, "results": [{"score": 0.5} | {"error": "why"} |
  *                                       {"skip": "why"}, ...]}
  * The child is killed and started again (right away) when it dies, overruns the batch deadline or
@@ -565,6 +565,10 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
     json_t *req = json_object();
     json_t *arr = json_array();
     json_object_set_new(req, "id", json_integer((json_int_t)id));
+    /* what is left of the batch's budget, so the child can see its deadline (the plugin host gives
+     * it to a .so as items[].deadline) */
+    double left_ms = (deadline - rlhf_now()) * 1000.0;
+    json_object_set_new(req, "budget_ms", json_integer((json_int_t)(left_ms > 0 ? left_ms : 0)));
     json_object_set_new(req, "items", arr);
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_object();

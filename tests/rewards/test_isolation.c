@@ -70,6 +70,10 @@ static void test_so_segv_isolated(void) {
     CU_ASSERT_EQUAL(reward_pipeline_score(p, items + 2, 1, &sc, &err), 0);
     CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_OK);
     CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 4, 1e-12);
+    /* the plugin in its worker sees the batch's deadline (timeout_ms 10000 by default) */
+    rlhf_reward_item dl[1] = {rt_item("DEADLINE", NULL)};
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, dl, 1, &sc, &err), 0);
+    CU_ASSERT(sc.raw[0] > 5 && sc.raw[0] <= 10.0);
     int64_t restarts = -1;
     double rss = -1, cpu = -1;
     CU_ASSERT_EQUAL(reward_pipeline_source_resources(p, 0, &rss, &cpu, &restarts), 0);
