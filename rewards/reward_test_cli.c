@@ -211,9 +211,16 @@ int cmd_reward_test(int argc, char **argv) {
             }
             if (!jsonl) {
                 printf("# batch of %d:", n);
-                for (size_t s = 0; s < S; s++)
-                    printf(" %s %.1f ms (%lld errors)", reward_pipeline_source_name(p, s), sc.source_ms[s],
+                for (size_t s = 0; s < S; s++) {
+                    printf(" %s %.1f ms (%lld errors", reward_pipeline_source_name(p, s), sc.source_ms[s],
                            (long long)sc.source_errors[s]);
+                    /* a plugin in a child process: its memory shows a leak batch by batch */
+                    double rss, cpu;
+                    int64_t restarts;
+                    if (reward_pipeline_source_resources(p, s, &rss, &cpu, &restarts) == 0)
+                        printf("; child %.0f MB, %.2f s CPU, %lld restarts", rss, cpu, (long long)restarts);
+                    printf(")");
+                }
                 printf("\n");
             }
             /* what was scored is out before the next batch, whatever that one does */

@@ -74,6 +74,9 @@ static void test_reward_test_plugin_crash(void) {
         CU_ASSERT_PTR_NOT_NULL(strstr(out, "1        0.0000 error   kw=0(error: plugin segv_cli.so crashed (SIGSEGV) on item"));
         CU_ASSERT_PTR_NOT_NULL(strstr(out, "(id s1)"));
         CU_ASSERT_PTR_NOT_NULL(strstr(out, "2        3.0000 ok      kw=3(ok)"));
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, "(1 errors; child "));
+        /* one restart per crash: alone in its batch it crashes once, in a batch of 3 twice */
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, batch == 1 ? ", 1 restarts)" : ", 2 restarts)"));
     }
     /* under isolate "none" the crash is the caller's (the documented opt-in), but what was scored
      * before the crashing batch is printed */
