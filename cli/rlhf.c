@@ -54,7 +54,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(replay_merge, "cli", "several replay logs as one, policy versions rebased")                 \
     X(eval, "cli", "held-out pass rate of a checkpoint (sample + reward)")                      \
     X(reward_test, "rewards", "score a JSONL of samples with a reward config")                       \
-    X(reward_plugin_host, "rewards", "internal: a .so reward plugin in a worker process (after a timeout)")   \
+    X(reward_plugin_host, "rewards", "internal: the worker process of a .so reward plugin (isolate \"process\")")   \
     X(sandbox_run, "rewards/sandbox", "run a program in the code-execution sandbox")                 \
     X(serve, "serve", "OpenAI-compatible HTTP server for a checkpoint / reward model")              \
     X(train_rm, "rewards/rm", "train a reward model from preference pairs")                          \

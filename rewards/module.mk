@@ -9,3 +9,5 @@ HEADERS  += rewards/rewards.h
 TESTS    += test_rewards
 SAN_TESTS += test_rewards
 test_rewards_SRCS = $(wildcard tests/rewards/*.c)
+BENCHES  += bench_plugin_isolation
+bench_plugin_isolation_SRCS = bench/bench_plugin_isolation.c

@@ -231,6 +231,12 @@ void reward_reason_kind(const char *reason, char *out, size_t cap) {
     if (!o) snprintf(out, cap, "unknown");
 }
 
+int reward_pipeline_source_resources(const reward_pipeline *p, size_t s, double *rss_mb, double *cpu_s,
+                                     int64_t *restarts) {
+    if (s >= p->n_sources || !p->src[s].impl.resources) return 1;
+    return p->src[s].impl.resources(p->src[s].impl.ctx, rss_mb, cpu_s, restarts);
+}
+
 int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s) {
     return s < p->n_sources ? __atomic_load_n(&p->src[s].errors_total, __ATOMIC_RELAXED) : 0;
 }

@@ -1,22 +1,27 @@
 /* rewards/plugin_host_cli.c — `rlhf reward-plugin-host PLUGIN.so`: serves a shared-object reward
  * plugin over the process-plugin protocol (docs/REWARD_PLUGINS.md) on stdin/stdout. A "plugin"
- * source moves its plugin here after a score_batch overran timeout_ms (rewards/plugin.c), so a
- * plugin that hangs again is killed with this process instead of stalling the updater. Not meant to
- * be started by hand; stdout carries only protocol lines, messages go to stderr. */
+ * source runs its plugin here (isolate "process", the default; under "none", after a score_batch
+ * overran timeout_ms; rewards/plugin.c), so a plugin that crashes or hangs takes this process down
+ * instead of the updater. Not meant to be started by hand. The protocol goes to the stdout this
+ * process was given, kept on a private descriptor; fd 1 is pointed at stderr, so a plugin's printf
+ * lands in the log instead of corrupting the protocol. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include "rewards/rewards_int.h"
+
+static FILE *proto_out; /* the protocol channel (the original stdout) */
 
 static int reply(json_t *j) {
     char *t = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     if (!t) return -1;
-    int rc = printf("%s\n", t) < 0 || fflush(stdout) ? -1 : 0;
+    int rc = fprintf(proto_out, "%s\n", t) < 0 || fflush(proto_out) ? -1 : 0;
     free(t);
     return rc;
 }
@@ -31,6 +36,10 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
     double *scores = calloc(n ? n : 1, sizeof *scores);
     rlhf_reward_status *st = calloc(n ? n : 1, sizeof *st);
     if (!items || !recs || !ids || !scores || !st) return -1;
+    /* the batch's deadline on this process's clock (CLOCK_MONOTONIC is system-wide, but the budget
+     * is what the protocol carries) */
+    json_t *budget = json_object_get(req, "budget_ms");
+    double deadline = json_is_integer(budget) ? rlhf_now() + (double)json_integer_value(budget) / 1000.0 : 0;
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_array_get(arr, i);
         items[i].prompt = json_string_value(json_object_get(it, "prompt"));
@@ -49,6 +58,7 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
         }
         json_t *gid = json_object_get(it, "group_id");
         items[i].group_id = json_is_integer(gid) ? (int64_t)json_integer_value(gid) : -1;
+        items[i].deadline = deadline;
     }
     int rc = n ? impl->plugin->score_batch(impl->ctx, items, n, scores, st) : 0;
     json_t *res = json_array();
@@ -97,6 +107,12 @@ int cmd_reward_plugin_host(int argc, char **argv) {
     }
     /* a hung plugin would not notice its host's death on stdin: die with the host instead */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int proto_fd = dup(1);
+    proto_out = proto_fd >= 0 ? fdopen(proto_fd, "w") : NULL;
+    if (!proto_out || dup2(2, 1) < 0) {
+        fprintf(stderr, "rlhf reward-plugin-host: error: cannot set up the protocol channel\n");
+        return 1;
+    }
     char *line = NULL;
     size_t cap = 0;
     if (getline(&line, &cap, stdin) < 0) return 1;
@@ -110,7 +126,7 @@ int cmd_reward_plugin_host(int argc, char **argv) {
         free(cfg_txt);
         json_decref(init);
         free(line);
-        reply(json_pack("{s:s}", "error", err.msg));
+        reply(json_pack("{s:s,s:i}", "error", err.msg, "code", err.code));
         return 1;
     }
     free(cfg_txt);

@@ -18,6 +18,8 @@ static const char usage[] =
     "  --batch N      items per score call (default 64; sources' times are per batch, so\n"
     "                 --batch 1 gives per-item timings)\n"
     "  --jsonl        one JSON object per item instead of the table\n"
+    "each batch is printed as soon as it is scored; an item's status is error when a source failed\n"
+    "on it, skip when it is not trained on or no source applied\n"
     "exit status: 0 scored, 1 a source with on_error \"fail\" failed, 2 bad config or samples\n";
 
 typedef struct sample {
@@ -81,6 +83,20 @@ static int parse_sample(const char *line, const char *where, sample *s, rlhf_err
 
 static const char *status_name(int code) {
     return code == RLHF_REWARD_OK ? "ok" : code == RLHF_REWARD_SKIP ? "skip" : "error";
+}
+
+/* What happened to item i, as an author needs to see it: "error" when any source failed on it (the
+ * pipeline's item_status only says whether it is trained on), "skip" when it is left out or no source
+ * applied, else "ok". */
+static const char *item_status_name(const reward_scores *sc, size_t i) {
+    size_t S = sc->n_sources;
+    int ok = 0;
+    for (size_t s = 0; s < S; s++) {
+        int c = sc->status[i * S + s].code;
+        if (c == RLHF_REWARD_ERROR) return "error";
+        ok |= c == RLHF_REWARD_OK;
+    }
+    return sc->item_status[i].code == RLHF_REWARD_SKIP || !ok ? "skip" : "ok";
 }
 
 int cmd_reward_test(int argc, char **argv) {
@@ -165,7 +181,7 @@ int cmd_reward_test(int argc, char **argv) {
                     json_t *o = json_object();
                     json_object_set_new(o, "item", json_integer((json_int_t)index));
                     json_object_set_new(o, "total", json_real(sc.total[i]));
-                    json_object_set_new(o, "status", json_string(status_name(sc.item_status[i].code)));
+                    json_object_set_new(o, "status", json_string(item_status_name(&sc, (size_t)i)));
                     if (sc.item_status[i].reason[0]) json_object_set_new(o, "reason", json_string(sc.item_status[i].reason));
                     json_t *so = json_object();
                     for (size_t s = 0; s < S; s++) {
@@ -184,7 +200,7 @@ int cmd_reward_test(int argc, char **argv) {
                     free(t);
                     json_decref(o);
                 } else {
-                    printf("%-5zu %9.4f %-6s", index, sc.total[i], status_name(sc.item_status[i].code));
+                    printf("%-5zu %9.4f %-6s", index, sc.total[i], item_status_name(&sc, (size_t)i));
                     for (size_t s = 0; s < S; s++) {
                         const rlhf_reward_status *st = &sc.status[(size_t)i * S + s];
                         printf("  %s=%.4g(%s%s%s)", reward_pipeline_source_name(p, s), sc.raw[(size_t)i * S + s],
@@ -195,11 +211,20 @@ int cmd_reward_test(int argc, char **argv) {
             }
             if (!jsonl) {
                 printf("# batch of %d:", n);
-                for (size_t s = 0; s < S; s++)
-                    printf(" %s %.1f ms (%lld errors)", reward_pipeline_source_name(p, s), sc.source_ms[s],
+                for (size_t s = 0; s < S; s++) {
+                    printf(" %s %.1f ms (%lld errors", reward_pipeline_source_name(p, s), sc.source_ms[s],
                            (long long)sc.source_errors[s]);
+                    /* a plugin in a child process: its memory shows a leak batch by batch */
+                    double rss, cpu;
+                    int64_t restarts;
+                    if (reward_pipeline_source_resources(p, s, &rss, &cpu, &restarts) == 0)
+                        printf("; child %.0f MB, %.2f s CPU, %lld restarts", rss, cpu, (long long)restarts);
+                    printf(")");
+                }
                 printf("\n");
             }
+            /* what was scored is out before the next batch, whatever that one does */
+            fflush(stdout);
             if (src) {
                 rlhf_error_print("rlhf reward-test", &err);
                 rc = 1;

@@ -162,6 +162,14 @@ void reward_reason_kind(const char *reason, char *out, size_t cap);
 /* Errors counted per source since creation (reward_errors/<name>). */
 int64_t reward_pipeline_source_errors_total(const reward_pipeline *p, size_t s);
 
+/* Resources of source s when it runs in a child process (process plugins; .so plugins under isolate
+ * "process"), as of the end of its last batch: *rss_mb the current child's resident memory (0 when
+ * none runs), *cpu_s user+system CPU seconds of every child it started, *restarts how often the
+ * child was started again (crash, timeout, bad output, max_rss_mb, restart_every). Returns 0, or 1
+ * when the source runs in this process (outputs untouched). Safe from any thread, no waiting. */
+int reward_pipeline_source_resources(const reward_pipeline *p, size_t s, double *rss_mb, double *cpu_s,
+                                     int64_t *restarts);
+
 /* Scores n items with every source. Fills *out (allocating its arrays; reuse across calls is fine,
  * reward_scores_free releases). Returns 0; or a negative RLHF_E* code when a source with
  * on_error "fail" had an error (err names the source and item), or on bad arguments. A failing

@@ -31,6 +31,9 @@ typedef struct reward_source_impl {
     int64_t timeout_ms;                  /* the source's timeout_ms (input to the constructor) */
     const volatile int *cancel;          /* the pipeline's cancel flag (input): when it becomes non-zero,
                                             sources that wait (process, plugin watchdog) stop waiting */
+    /* optional, for sources that run in a child process: its resources as of the end of the last
+     * batch (reward_pipeline_source_resources); 0, or 1 when there is no child. Any thread. */
+    int (*resources)(void *ctx, double *rss_mb, double *cpu_s, int64_t *restarts);
 } reward_source_impl;
 
 typedef int (*reward_source_create_fn)(const json_t *src, const char *where, reward_source_impl *impl,
@@ -83,6 +86,18 @@ int reward_source_capitals_create(const json_t *src, const char *where, reward_s
  * directly (no watchdog): `rlhf reward-plugin-host` uses it; the "plugin" source wraps it. */
 int reward_plugin_load(const char *path, const char *config_json, const char *where, reward_source_impl *impl,
                        rlhf_error *err);
+
+/* The process source with the child named `label` in messages ("process plugin"; the .so worker is
+ * "plugin worker"). Keys: command, config, start_timeout_ms, max_rss_mb, restart_every. */
+int reward_process_create_labelled(const json_t *src, const char *where, const char *label, reward_source_impl *impl,
+                                   rlhf_error *err);
+/* 1 when the process source's child ended by itself (crash, exit, closed stdout) during the last
+ * score_batch call; *wstatus gets its wait status (-1 when it could not be reaped). 0 otherwise
+ * (including a child killed by the host for a timeout or bad output). */
+int reward_process_last_death(void *ctx, int *wstatus);
+/* The process source's resources: RSS of the current child (MiB, 0 when none runs), user+system CPU
+ * seconds of all its children so far, and restarts; as of the end of the last batch. Any thread. */
+int reward_process_resources(void *ctx, double *rss_mb, double *cpu_s, int64_t *restarts);
 
 /* A JSON string of s; invalid UTF-8 bytes become U+FFFD (model output is not always valid UTF-8). */
 json_t *reward_json_string_lossy(const char *s);

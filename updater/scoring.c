@@ -370,6 +370,27 @@ int updater_scorer_failed(scorer *s, rlhf_error *err) {
 double updater_scorer_max_error_rate(const scorer *s, int i, int64_t *window) {
     return reward_pipeline_source_max_error_rate(s->pipes[0], (size_t)i, window);
 }
+int updater_scorer_source_resources(const scorer *s, int i, double *rss_mb, double *cpu_s, int64_t *restarts) {
+    /* each scoring thread has its own pipeline, hence its own child: the source's total */
+    double rss = 0, cpu = 0;
+    int64_t rs = 0;
+    int any = 0;
+    for (int k = 0; k < s->n_threads; k++) {
+        double r1 = 0, c1 = 0;
+        int64_t n1 = 0;
+        if (reward_pipeline_source_resources(s->pipes[k], (size_t)i, &r1, &c1, &n1) == 0) {
+            any = 1;
+            rss += r1;
+            cpu += c1;
+            rs += n1;
+        }
+    }
+    if (!any) return 1;
+    *rss_mb = rss;
+    *cpu_s = cpu;
+    *restarts = rs;
+    return 0;
+}
 const char *updater_scorer_source_name(const scorer *s, int i) { return reward_pipeline_source_name(s->pipes[0], (size_t)i); }
 
 int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], s->tok, g, err); }

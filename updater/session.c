@@ -112,6 +112,17 @@ static void error_metrics(updater_session *u, json_t *m) {
         }
         all += e->step;
         e->step = 0;
+        /* sources in a child process (process plugins, isolated .so): memory, CPU, restarts */
+        double rss, cpu;
+        int64_t restarts;
+        if (updater_scorer_source_resources(u->sc, s, &rss, &cpu, &restarts) == 0) {
+            snprintf(key, sizeof key, "reward/%s/rss_mb", u->src_names[s]);
+            json_object_set_new(m, key, json_real(rss));
+            snprintf(key, sizeof key, "reward/%s/cpu_s", u->src_names[s]);
+            json_object_set_new(m, key, json_real(cpu));
+            snprintf(key, sizeof key, "reward/%s/restarts", u->src_names[s]);
+            json_object_set_new(m, key, json_integer(restarts));
+        }
     }
     json_object_set_new(m, "reward/errors", json_integer(all));
 }

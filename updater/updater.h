@@ -107,6 +107,9 @@ const char *updater_scorer_source_name(const scorer *s, int i);
 int updater_scorer_failed(scorer *s, rlhf_error *err);
 /* The source's max_error_rate and error_window (reward_pipeline_source_max_error_rate). */
 double updater_scorer_max_error_rate(const scorer *s, int i, int64_t *window);
+/* Source i's child processes summed over the scoring threads (reward_pipeline_source_resources);
+ * 1 when it runs in this process. */
+int updater_scorer_source_resources(const scorer *s, int i, double *rss_mb, double *cpu_s, int64_t *restarts);
 /* Scores synchronously on the caller's thread (replay: deterministic). */
 int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err);
 /* Same for n groups in one pipeline call (eval). */

@@ -13,7 +13,8 @@
 
 /* ---------------------------------------------------------------- a crash inside a reward plugin
  *
- * A shared-object reward plugin runs in this process: when it faults, restarting the updater only
+ * A shared-object reward plugin under isolate "none" runs in this process (by default it runs in a
+ * worker process, rewards/plugin.c, and a crash there is an item's ERROR): when it faults, restarting the updater only
  * repeats the fault on the same groups (recovered from the replay log). The fault handler finds the
  * object holding the faulting instruction; when that is neither this program nor a system library it
  * is a plugin, and the process exits with RLHF_EXIT_PLUGIN after one line naming it, so the launcher

@@ -1,5 +1,5 @@
-/* tests/e2e/test_plugin_faults.c — `rlhf run` with an in-process reward plugin that never returns
- * (tests/rewards/fixtures/hang_fixture.c built with -DFIXTURE_HANG_ALWAYS):
+/* tests/e2e/test_plugin_faults.c — `rlhf run` with an in-process reward plugin (isolate "none", the
+ * watchdog path) that never returns (tests/rewards/fixtures/hang_fixture.c built with -DFIXTURE_HANG_ALWAYS):
  *   - with a long timeout_ms, SIGTERM to the launcher ends the whole run within 5 s;
  *   - with a short one, every item is ERROR "timeout", the plugin moves to a worker process, and the
  *     source's error rate stops the run with the cause in the updater's log.
@@ -55,7 +55,7 @@ static void write_config(const char *path, const char *name, int timeout_ms) {
              "\"max_seq_len\":16},\"threads\":1},\n"
              " \"task\":{\"train\":\"%s/prompts.jsonl\"},\n"
              " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"[0-9]\"},\n"
-             "   {\"type\":\"plugin\",\"name\":\"stuck\",\"path\":\"%s\",\"timeout_ms\":%d}],\n"
+             "   {\"type\":\"plugin\",\"name\":\"stuck\",\"path\":\"%s\",\"timeout_ms\":%d,\"isolate\":\"none\"}],\n"
              " \"rl\":{\"k\":4,\"prompts_per_step\":8,\"lr\":0.01,\"steps\":20,\"seed\":5},\n"
              " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4,\"threads\":1}}\n",
              name, g_dir, name, g_dir, g_so, timeout_ms);

@@ -193,7 +193,10 @@ static void test_plugin_class_crash_stops(void) {
     snprintf(cfg, sizeof cfg, "%s/crash.json", s_dir);
     snprintf(run, sizeof run, "%s/crash", s_dir);
     snprintf(out, sizeof out, "%s/crash.out", s_dir);
-    snprintf(rewards, sizeof rewards, "[{\"type\":\"plugin\",\"name\":\"crashy\",\"path\":\"%s\"}]", so);
+    /* isolate "none": the plugin runs in the updater, whose fault handler names it (the default, a
+     * worker process, turns the crash into per-item errors: tests/rewards/test_isolation.c) */
+    snprintf(rewards, sizeof rewards, "[{\"type\":\"plugin\",\"name\":\"crashy\",\"path\":\"%s\",\"isolate\":\"none\"}]",
+             so);
     write_config(cfg, "crash", 6, rewards);
     int rc = test_proc_wait(start_run(cfg, out, NULL), 120);
     CU_ASSERT_EQUAL(rc, RLHF_EXIT_PLUGIN);
@@ -205,6 +208,38 @@ static void test_plugin_class_crash_stops(void) {
     CU_ASSERT(contains(out, "SIGSEGV"));
     CU_ASSERT_EQUAL(count_in(out, "restarting"), 0);
     CU_ASSERT_EQUAL(supervision_records(run, "updater", "stop", NULL), 1);
+    show_on_failure(rc == RLHF_EXIT_PLUGIN, out);
+}
+
+/* The same plugin with the default isolation (a worker process): the updater is never killed; every
+ * item is an ERROR naming the plugin and the signal, and the source's error rate stops the run with
+ * the plugin class and a sample reason. */
+static void test_plugin_crash_isolated_stops(void) {
+    char so[256], cmd[2048], cfg[256], out[256], rewards[512];
+    snprintf(so, sizeof so, "%s/crash_iso.so", s_dir);
+    snprintf(cmd, sizeof cmd, "cc -shared -fPIC -O1 -w -I%s -o %s %s/tests/rewards/fixtures/crash_fixture.c",
+             RLHF_SOURCE_ROOT, so, RLHF_SOURCE_ROOT);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    snprintf(cfg, sizeof cfg, "%s/crash_iso.json", s_dir);
+    snprintf(out, sizeof out, "%s/crash_iso.out", s_dir);
+    snprintf(rewards, sizeof rewards, "[{\"type\":\"plugin\",\"name\":\"crashy\",\"path\":\"%s\"}]", so);
+    write_config(cfg, "crash_iso", 6, rewards);
+    /* ASan (make sanitize) would turn the worker's SIGSEGV into an exit status */
+    const char *asan = getenv("ASAN_OPTIONS");
+    char *asan_saved = asan ? strdup(asan) : NULL, opts[1024];
+    snprintf(opts, sizeof opts, "%s%shandle_segv=0", asan ? asan : "", asan && asan[0] ? ":" : "");
+    setenv("ASAN_OPTIONS", opts, 1);
+    pid_t launcher = start_run(cfg, out, NULL);
+    if (asan_saved) setenv("ASAN_OPTIONS", asan_saved, 1);
+    else unsetenv("ASAN_OPTIONS");
+    free(asan_saved);
+    int rc = test_proc_wait(launcher, 120);
+    CU_ASSERT_EQUAL(rc, RLHF_EXIT_PLUGIN);
+    CU_ASSERT(contains(out, "exit status 4 (plugin)"));
+    CU_ASSERT(contains(out, "more than max_error_rate 0.5"));
+    CU_ASSERT(contains(out, "plugin crash_iso.so crashed (SIGSEGV) on item"));
+    CU_ASSERT(!contains(out, "reward plugin crashed with"));
+    CU_ASSERT_EQUAL(count_in(out, "restarting"), 0);
     show_on_failure(rc == RLHF_EXIT_PLUGIN, out);
 }
 
@@ -342,6 +377,8 @@ void e2e_register_supervision(void) {
     CU_add_test(s, "environment class: a full disk under metrics.jsonl stops the run with ENOSPC",
                 test_environment_class_disk_full);
     CU_add_test(s, "plugin class: a reward plugin that segfaults stops the run, naming it", test_plugin_class_crash_stops);
+    CU_add_test(s, "plugin class: a segfaulting plugin in its worker: item errors, then the error rate stops the run",
+                test_plugin_crash_isolated_stops);
     CU_add_test(s, "transient: a SIGSEGV'd generator is restarted after a backoff and counted",
                 test_transient_restarted_and_counted);
     CU_add_test(s, "SIGTERM while the updater waits out its backoff still stops the run", test_stop_during_backoff);

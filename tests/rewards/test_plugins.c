@@ -140,7 +140,8 @@ static void test_so_hang_watchdog(void) {
     snprintf(host, sizeof host, "%s/bin/rlhf", rt_build_dir());
     CU_ASSERT_EQUAL_FATAL(access(host, X_OK), 0);
     setenv("RLHF_PLUGIN_HOST", host, 1); /* this test binary is not rlhf */
-    snprintf(json, sizeof json, "[{\"type\":\"plugin\",\"name\":\"hang\",\"path\":\"%s\",\"timeout_ms\":300}]", so);
+    snprintf(json, sizeof json, "[{\"type\":\"plugin\",\"name\":\"hang\",\"path\":\"%s\",\"timeout_ms\":300,"
+             "\"isolate\":\"none\"}]", so);
     reward_pipeline *p = NULL;
     rlhf_error err = {0};
     CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, json, "cfg: rewards", &err), 0);
@@ -186,9 +187,10 @@ static void *cancel_later(void *arg) {
 static void test_cancel_ends_waits(void) {
     char so[512], json[1024];
     CU_ASSERT_EQUAL_FATAL(rt_build_so("tests/rewards/fixtures/hang_fixture.c", "", "hang.so", so, sizeof so), 0);
-    for (int kind = 0; kind < 2; kind++) {
-        if (kind == 0)
-            snprintf(json, sizeof json, "[{\"type\":\"plugin\",\"path\":\"%s\",\"timeout_ms\":60000}]", so);
+    for (int kind = 0; kind < 3; kind++) {
+        if (kind < 2) /* in this process (the watchdog) and in the worker process (the default) */
+            snprintf(json, sizeof json, "[{\"type\":\"plugin\",\"path\":\"%s\",\"timeout_ms\":60000%s}]", so,
+                     kind == 0 ? ",\"isolate\":\"none\"" : "");
         else
             snprintf(json, sizeof json, "[{\"type\":\"process\"," PROC_CMD ",\"timeout_ms\":60000}]");
         reward_pipeline *p = NULL;
@@ -223,7 +225,8 @@ static void test_process_garbage_and_bad_init(void) {
     rlhf_error err = {0};
     CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 1, &sc, &err), 0);
     CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_ERROR);
-    CU_ASSERT_PTR_NOT_NULL(strstr(sc.status[0].reason, "non-JSON"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(sc.status[0].reason, "\"this is not json\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(sc.status[0].reason, "stdout is the protocol channel; log to stderr"));
     reward_scores_free(&sc);
     reward_pipeline_destroy(&p);
 

@@ -43,6 +43,12 @@ int register_suites(void) {
     snprintf(scratch_dir, sizeof scratch_dir, "/tmp/rlhf-test-rewards-XXXXXX");
     if (!mkdtemp(scratch_dir)) return -1;
     atexit(cleanup_scratch);
-    if (rt_register_pipeline() || rt_register_plugins() || rt_register_exec() || rt_register_cli()) return -1;
+    /* .so plugins run in a worker process, `rlhf reward-plugin-host`; this binary is not rlhf */
+    static char host[PATH_MAX + 16];
+    snprintf(host, sizeof host, "%s/bin/rlhf", build_dir);
+    setenv("RLHF_PLUGIN_HOST", host, 1);
+    if (rt_register_pipeline() || rt_register_plugins() || rt_register_exec() || rt_register_cli() ||
+        rt_register_isolation())
+        return -1;
     return 0;
 }

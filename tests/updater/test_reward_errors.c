@@ -117,6 +117,11 @@ static void errors_counted_under(const char *policy, long want_skipped) {
         CU_ASSERT_EQUAL(mi(m, "reward/regex/errors"), 0);
         CU_ASSERT_EQUAL(mi(m, "reward/errors"), 4);
         CU_ASSERT_EQUAL(mi(m, "groups/skipped"), want_skipped);
+        /* the plugin's child: a python3 process, resident, never restarted; the regex has none */
+        CU_ASSERT(json_real_value(json_object_get(m, "reward/proc/rss_mb")) > 1);
+        CU_ASSERT(json_is_real(json_object_get(m, "reward/proc/cpu_s")));
+        CU_ASSERT_EQUAL(mi(m, "reward/proc/restarts"), 0);
+        CU_ASSERT_PTR_NULL(json_object_get(m, "reward/regex/rss_mb"));
         json_decref(m);
     }
     CU_ASSERT_EQUAL(u.failed, 0);
