@@ -50,7 +50,7 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
         json_t *gid = json_object_get(it, "group_id");
         items[i].group_id = json_is_integer(gid) ? (int64_t)json_integer_value(gid) : -1;
     }
-    int rc = n ? impl->plugin->score_batch(impl->ctx, items, n, scores, st) : 0;
+    int rc = n ? reward_plugin_score_direct(impl, items, n, scores, st) : 0;
     json_t *res = json_array();
     for (size_t i = 0; i < n; i++) {
         st[i].reason[RLHF_REWARD_REASON_MAX - 1] = 0;

@@ -43,7 +43,8 @@ const char *const *reward_source_types(void) {
 }
 
 static const char *const common_keys[] = {"type",     "name",           "weight",       "normalize", "timeout_ms",
-                                          "on_error", "max_error_rate", "error_window", NULL};
+                                          "on_error", "max_error_rate", "error_window", "range",     "out_of_range",
+                                          "concurrency", NULL};
 
 static int in_list(const char *k, const char *const *list) {
     for (; list && *list; list++)
@@ -65,7 +66,7 @@ int reward_check_keys(const json_t *obj, const char *where, const char *const *a
         for (const char *const *a = allowed; a && *a; a++)
             off += (size_t)snprintf(known + off, off < sizeof known ? sizeof known - off : 0, "%s%s", off ? ", " : "", *a);
         return rlhf_error_set(err, RLHF_EINVAL, w, "unknown key (common keys: type, name, weight, normalize, "
-                              "timeout_ms, on_error, max_error_rate, error_window%s%s)", known[0] ? "; this type's: " : "", known);
+                              "timeout_ms, on_error, max_error_rate, error_window, range, out_of_range, concurrency%s%s)", known[0] ? "; this type's: " : "", known);
     }
     return 0;
 }

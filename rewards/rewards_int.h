@@ -26,11 +26,17 @@
 
 typedef struct reward_source_impl {
     const rlhf_reward_plugin_v1 *plugin; /* vtable (static storage or owned by the loaded .so) */
+    const rlhf_reward_plugin_v2 *plugin_v2; /* the same struct when the loaded .so declared ABI v2, else NULL */
     void *ctx;                           /* given to score_batch/destroy */
     void *dl_handle;                     /* dlopen handle to dlclose after destroy, or NULL */
     int64_t timeout_ms;                  /* the source's timeout_ms (input to the constructor) */
     const volatile int *cancel;          /* the pipeline's cancel flag (input): when it becomes non-zero,
                                             sources that wait (process, plugin watchdog) stop waiting */
+    /* Optional, for sources that take the v2 batch (training state, metrics out): the pipeline calls
+     * it instead of plugin->score_batch. */
+    int (*score_v2)(void *ctx, const rlhf_reward_batch *batch, double *scores, rlhf_reward_status *status);
+    int has_range;                       /* a declared score range (a v2 plugin's); the config's "range" wins */
+    double range_lo, range_hi;
 } reward_source_impl;
 
 typedef int (*reward_source_create_fn)(const json_t *src, const char *where, reward_source_impl *impl,
@@ -83,6 +89,11 @@ int reward_source_capitals_create(const json_t *src, const char *where, reward_s
  * directly (no watchdog): `rlhf reward-plugin-host` uses it; the "plugin" source wraps it. */
 int reward_plugin_load(const char *path, const char *config_json, const char *where, reward_source_impl *impl,
                        rlhf_error *err);
+
+/* Calls a plugin loaded by reward_plugin_load directly: score_batch_v2 (step -1, versions -1,
+ * metrics dropped) for a v2 plugin that has it, else score_batch. */
+int reward_plugin_score_direct(const reward_source_impl *impl, const rlhf_reward_item *items, size_t n,
+                               double *scores, rlhf_reward_status *status);
 
 /* A JSON string of s; invalid UTF-8 bytes become U+FFFD (model output is not always valid UTF-8). */
 json_t *reward_json_string_lossy(const char *s);

@@ -22,5 +22,6 @@ int rt_register_pipeline(void);
 int rt_register_plugins(void);
 int rt_register_exec(void);
 int rt_register_cli(void);
+int rt_register_contract(void);
 
 #endif

@@ -43,6 +43,8 @@ int register_suites(void) {
     snprintf(scratch_dir, sizeof scratch_dir, "/tmp/rlhf-test-rewards-XXXXXX");
     if (!mkdtemp(scratch_dir)) return -1;
     atexit(cleanup_scratch);
-    if (rt_register_pipeline() || rt_register_plugins() || rt_register_exec() || rt_register_cli()) return -1;
+    if (rt_register_pipeline() || rt_register_plugins() || rt_register_exec() || rt_register_cli() ||
+        rt_register_contract())
+        return -1;
     return 0;
 }
