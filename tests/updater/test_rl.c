@@ -310,6 +310,7 @@ static void test_config_relative_paths(void) {
 
 int register_loop_suite(void);
 int register_reward_errors_suite(void);
+int register_unscored_suite(void);
 
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("rl_math", NULL, NULL);
@@ -323,5 +324,5 @@ int register_suites(void) {
     CU_add_test(c, "set_typed_by_schema", test_config_set_typed_by_schema);
     CU_add_test(c, "duplicate_keys", test_config_duplicate_keys);
     CU_add_test(c, "relative_paths", test_config_relative_paths);
-    return register_loop_suite() || register_reward_errors_suite();
+    return register_loop_suite() || register_reward_errors_suite() || register_unscored_suite();
 }
