@@ -247,6 +247,12 @@ void reward_scores_free(reward_scores *s);
  * stuck in score_batch is abandoned as after a timeout), and later calls return such ERRORs at once. */
 void reward_pipeline_cancel(reward_pipeline *p);
 
+/* Makes the files a JSON array of sources names absolute against base_dir (the config file's folder),
+ * in place: each source's "path" when relative; "command"[0] when it is relative and holds a '/' (a
+ * bare name is looked up in PATH); a later "command" argument when it is relative and base_dir/ARG is
+ * an existing file (["python3", "style.py"]). Other values are left as written. 0, or an error. */
+int reward_sources_resolve_paths(struct json_t *sources, const char *base_dir, struct rlhf_error *err);
+
 /* Names of the registered source types, NULL-terminated (for help texts). */
 const char *const *reward_source_types(void);
 
