@@ -214,6 +214,78 @@ static void test_concurrency(void) {
     reward_scores_free(&sc[1]);
 }
 
+/* The plugin template builds outside the source tree: `make install` into a temporary prefix, the
+ * template copied into a directory of its own, built with PKG_CONFIG_PATH pointing at the prefix
+ * (rlhf-plugin.pc: the include path and no library), and loaded by the installed `rlhf reward-test`,
+ * which prints the score the example's rule gives. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SAN_MAKE_ARG " SAN=1" /* the same build flags as the binaries already in BUILD: nothing to rebuild */
+#else
+#define SAN_MAKE_ARG ""
+#endif
+static int sh_q(const char *cmd, const char *log, int quiet) {
+    char full[16384];
+    snprintf(full, sizeof full, "(%s) > '%s' 2>&1", cmd, log);
+    int rc = system(full);
+    if (rc != 0 && !quiet) {
+        fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
+        snprintf(full, sizeof full, "tail -n 20 '%s' >&2", log);
+        if (system(full)) {
+        }
+    }
+    return rc;
+}
+static int sh(const char *cmd, const char *log) { return sh_q(cmd, log, 0); }
+static void test_template_out_of_tree(void) {
+    char dir[1024], cmd[8192], log[1100], out[1100];
+    snprintf(dir, sizeof dir, "%s/ootree", rt_scratch());
+    snprintf(log, sizeof log, "%s.log", dir);
+    snprintf(out, sizeof out, "%s.out", dir);
+    /* the outer make's jobserver is not ours: a clean environment for the inner one */
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p '%s/src' && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C '%s' BUILD='%s'%s PREFIX='%s/prefix' install",
+             dir, rt_root(), rt_build_dir(), SAN_MAKE_ARG, dir);
+    CU_ASSERT_EQUAL_FATAL(sh(cmd, log), 0);
+    snprintf(cmd, sizeof cmd, "cp '%s/examples/reward-plugin/keyword_reward.c' '%s/examples/reward-plugin/Makefile' '%s/src/'",
+             rt_root(), rt_root(), dir);
+    CU_ASSERT_EQUAL_FATAL(sh(cmd, log), 0);
+    /* header only: no library in --libs, the header installed where --cflags points */
+    snprintf(cmd, sizeof cmd,
+             "export PKG_CONFIG_PATH='%s/prefix/lib/pkgconfig'; test -z \"$(echo $(pkg-config --libs rlhf-plugin))\" && "
+             "test \"$(echo $(pkg-config --cflags rlhf-plugin))\" = '-I%s/prefix/include/rlhf' && "
+             "test -f '%s/prefix/include/rlhf/rewards/rewards.h'",
+             dir, dir, dir);
+    CU_ASSERT_EQUAL(sh(cmd, log), 0);
+    /* without PKG_CONFIG_PATH the template says what to do, rather than failing on a missing header */
+    snprintf(cmd, sizeof cmd, "cd '%s/src' && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PKG_CONFIG_PATH=/nonexistent "
+             "PKG_CONFIG_LIBDIR=/nonexistent make", dir);
+    CU_ASSERT_NOT_EQUAL(sh_q(cmd, log, 1), 0);
+    snprintf(cmd, sizeof cmd, "grep -q 'set PKG_CONFIG_PATH=PREFIX/lib/pkgconfig' '%s'", log);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s/src' && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PKG_CONFIG_PATH='%s/prefix/lib/pkgconfig' make",
+             dir, dir);
+    CU_ASSERT_EQUAL_FATAL(sh(cmd, log), 0);
+    /* a relative path: resolved against the config's folder, not the working directory */
+    snprintf(cmd, sizeof cmd,
+             "cd '%s/src' && printf '%%s\\n' '[{\"type\":\"plugin\",\"name\":\"kw\",\"path\":\"keyword_reward.so\","
+             "\"config\":{\"keywords\":[\"because\",\"therefore\"],\"per_hit\":0.25}}]' > rewards.json && "
+             "printf '%%s\\n' '{\"completion\":\"x because y, therefore z\"}' > samples.jsonl && cd / && "
+             "'%s/prefix/bin/rlhf' reward-test --jsonl '%s/src/rewards.json' '%s/src/samples.jsonl'",
+             dir, dir, dir, dir);
+    CU_ASSERT_EQUAL_FATAL(sh(cmd, out), 0);
+    FILE *f = fopen(out, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[4096] = "";
+    json_t *j = NULL;
+    while (!j && fgets(line, sizeof line, f)) j = json_loads(line, 0, NULL);
+    fclose(f);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+    /* two keywords at 0.25 each */
+    CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(j, "total")), 0.5, 1e-12);
+    json_decref(j);
+}
+
 int rt_register_contract(void) {
     CU_pSuite s = CU_add_suite("contract", NULL, NULL);
     if (!s) return -1;
@@ -222,5 +294,6 @@ int rt_register_contract(void) {
     CU_add_test(s, "config range: out of range is an ERROR, or clipped and counted", test_config_range);
     CU_add_test(s, "items no source scored", test_unscored_items);
     CU_add_test(s, "concurrency: sub-batches in flight at once, same results", test_concurrency);
+    CU_add_test(s, "plugin template builds out of tree with pkg-config rlhf-plugin", test_template_out_of_tree);
     return 0;
 }
