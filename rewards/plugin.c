@@ -106,22 +106,11 @@ int reward_plugin_load(const char *path, const char *config_json, const char *wh
     return 0;
 }
 
-int reward_plugin_score_direct(const reward_source_impl *impl, const rlhf_reward_item *items, size_t n,
-                               double *scores, rlhf_reward_status *status) {
+int reward_plugin_score_direct(const reward_source_impl *impl, const rlhf_reward_batch *b, double *scores,
+                               rlhf_reward_status *status) {
     const rlhf_reward_plugin_v2 *p2 = impl->plugin_v2;
-    if (p2 && p2->score_batch_v2) {
-        int64_t *vers = malloc((n ? n : 1) * sizeof *vers);
-        if (!vers) return -1;
-        for (size_t i = 0; i < n; i++) vers[i] = -1;
-        rlhf_reward_metric met[8];
-        size_t nm = 0;
-        rlhf_reward_batch b = {.struct_size = sizeof b, .items = items, .n = n, .step = -1, .policy_version = vers,
-                               .metrics = met, .max_metrics = 8, .n_metrics = &nm};
-        int rc = p2->score_batch_v2(impl->ctx, &b, scores, status);
-        free(vers);
-        return rc;
-    }
-    return impl->plugin->score_batch(impl->ctx, items, n, scores, status);
+    if (p2 && p2->score_batch_v2) return p2->score_batch_v2(impl->ctx, b, scores, status);
+    return impl->plugin->score_batch(impl->ctx, b->items, b->n, scores, status);
 }
 
 /* One score_batch call on its own thread. Owned jointly by the waiting caller and the thread (refs);
@@ -272,11 +261,15 @@ static int guard_run(plugin_guard *g, const rlhf_reward_item *items, size_t n, c
                      double *scores, rlhf_reward_status *status) {
     char reason[RLHF_REWARD_REASON_MAX] = "";
     if (n == 0) return 0;
-    if (g->proc.plugin) return g->proc.plugin->score_batch(g->proc.ctx, items, n, scores, status);
+    if (g->proc.plugin) {
+        if (b && g->proc.score_v2) return g->proc.score_v2(g->proc.ctx, b, scores, status);
+        return g->proc.plugin->score_batch(g->proc.ctx, items, n, scores, status);
+    }
     if (g->abandoned) {
         /* the worker could not be started at the last timeout: try again, never the abandoned ctx */
         if (guard_isolate(g, reason, sizeof reason) == 0)
-            return g->proc.plugin->score_batch(g->proc.ctx, items, n, scores, status);
+            return b && g->proc.score_v2 ? g->proc.score_v2(g->proc.ctx, b, scores, status)
+                                         : g->proc.plugin->score_batch(g->proc.ctx, items, n, scores, status);
         for (size_t i = 0; i < n; i++) rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "%s", reason);
         return 0;
     }

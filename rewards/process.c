@@ -39,6 +39,7 @@ typedef struct process_ctx {
     int64_t restarts;     // times the child was (re)started after the first
     int64_t starts;
     const volatile int *cancel; // the pipeline's cancel flag: stop waiting for the child
+    const rlhf_reward_batch *batch; // during a process_score_v2 call: the step and versions to send, metrics out
 } process_ctx;
 
 /* Waits for fd events like poll, but at most 100 ms at a time so a cancelled pipeline is noticed;
@@ -259,8 +260,11 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
         json_t *rec = json_loads(items[i].record_json, 0, NULL);
         json_object_set_new(it, "record", rec ? rec : json_object());
         json_object_set_new(it, "group_id", json_integer(items[i].group_id));
+        if (c->batch && c->batch->policy_version)
+            json_object_set_new(it, "policy_version", json_integer(c->batch->policy_version[i]));
         json_array_append_new(arr, it);
     }
+    if (c->batch) json_object_set_new(req, "step", json_integer(c->batch->step));
     char *txt = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     if (!txt) {
@@ -316,8 +320,28 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
         else if (json_is_number(sc)) scores[i] = json_number_value(sc);
         else rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "result %zu has no numeric \"score\"", i);
     }
+    /* optional "metrics": {"name": number, ...} of the batch (reward/<source>/<name>) */
+    const char *mk;
+    json_t *mv;
+    if (c->batch && c->batch->metrics)
+        json_object_foreach(json_object_get(j, "metrics"), mk, mv) {
+            if (*c->batch->n_metrics >= c->batch->max_metrics) break;
+            if (!json_is_number(mv)) continue;
+            rlhf_reward_metric *m = &c->batch->metrics[(*c->batch->n_metrics)++];
+            snprintf(m->name, sizeof m->name, "%s", mk);
+            m->value = json_number_value(mv);
+        }
     json_decref(j);
     return 0;
+}
+
+/* The same with the batch's training state: "step" in the request, "policy_version" per item. */
+static int process_score_v2(void *vctx, const rlhf_reward_batch *b, double *scores, rlhf_reward_status *status) {
+    process_ctx *c = vctx;
+    c->batch = b;
+    int rc = process_score(vctx, b->items, b->n, scores, status);
+    c->batch = NULL;
+    return rc;
 }
 
 static void process_destroy(void *vctx) {
@@ -388,6 +412,7 @@ int reward_source_process_create(const json_t *src, const char *where, reward_so
         return rlhf_error_set(err, RLHF_EIO, where, "%s", reason);
     }
     impl->plugin = &process_plugin;
+    impl->score_v2 = process_score_v2;
     impl->ctx = c;
     return 0;
 }

@@ -90,10 +90,10 @@ int reward_source_capitals_create(const json_t *src, const char *where, reward_s
 int reward_plugin_load(const char *path, const char *config_json, const char *where, reward_source_impl *impl,
                        rlhf_error *err);
 
-/* Calls a plugin loaded by reward_plugin_load directly: score_batch_v2 (step -1, versions -1,
- * metrics dropped) for a v2 plugin that has it, else score_batch. */
-int reward_plugin_score_direct(const reward_source_impl *impl, const rlhf_reward_item *items, size_t n,
-                               double *scores, rlhf_reward_status *status);
+/* Calls a plugin loaded by reward_plugin_load directly with a batch: score_batch_v2 for a v2 plugin
+ * that has it, else score_batch on b->items (a v1 plugin never sees the v2 batch). */
+int reward_plugin_score_direct(const reward_source_impl *impl, const rlhf_reward_batch *b, double *scores,
+                               rlhf_reward_status *status);
 
 /* A JSON string of s; invalid UTF-8 bytes become U+FFFD (model output is not always valid UTF-8). */
 json_t *reward_json_string_lossy(const char *s);

@@ -69,8 +69,10 @@ static void test_v2_state_metrics_range_keys(void) {
     CU_ASSERT_DOUBLE_EQUAL(sc.raw[0 * 2 + 1], 4.0, 1e-12);
     CU_ASSERT_STRING_EQUAL(sc.status[0 * 2 + 1].reason, "step 7 version 3");
     CU_ASSERT_STRING_EQUAL(sc.status[1 * 2 + 1].reason, "step 7 version 4");
-    CU_ASSERT_EQUAL_FATAL(sc.n_metrics, 2);
+    CU_ASSERT_EQUAL_FATAL(sc.n_metrics, 3);
     CU_ASSERT_EQUAL(sc.metrics[0].source, 1);
+    CU_ASSERT_STRING_EQUAL(sc.metrics[2].name, "step");
+    CU_ASSERT_DOUBLE_EQUAL(sc.metrics[2].value, 7.0, 1e-12);
     CU_ASSERT_STRING_EQUAL(sc.metrics[0].name, "calls");
     CU_ASSERT_DOUBLE_EQUAL(sc.metrics[0].value, 1.0, 1e-12);
     CU_ASSERT_STRING_EQUAL(sc.metrics[1].name, "items");
@@ -108,6 +110,46 @@ static void test_v2_state_metrics_range_keys(void) {
     CU_ASSERT(create_err(json, &err) < 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "config.scael: unknown key"));
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "scale, sleep_ms"));
+}
+
+/* Process plugins get the training state in the request ("step", and "policy_version" per item) and
+ * may reply with "metrics"; so does a .so served by `rlhf reward-plugin-host` (the worker process a
+ * plugin source moves to), which passes both to a v2 plugin. */
+static void test_process_state_and_metrics(void) {
+    char so[512], json[2048], rlhf[1100];
+    rlhf_reward_item items[2] = {rt_item("abc", NULL), rt_item("z", NULL)};
+    reward_score_opts o = {.step = 7, .policy_version = (int64_t[]){3, 4}};
+    reward_scores sc = {0};
+    rlhf_error err = {0};
+    reward_pipeline *p = make("[{\"type\":\"process\",\"name\":\"st\",\"command\":[\"/usr/bin/python3\","
+                              "\"tests/rewards/fixtures/proc_state.py\"]}]");
+    CU_ASSERT_EQUAL(reward_pipeline_score_ex(p, items, 2, &o, &sc, &err), 0);
+    CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_OK);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 7003, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[1], 7004, 1e-9);
+    CU_ASSERT_EQUAL_FATAL(sc.n_metrics, 2);
+    CU_ASSERT_STRING_EQUAL(sc.metrics[0].name, "items");
+    CU_ASSERT_DOUBLE_EQUAL(sc.metrics[0].value, 2, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(sc.metrics[1].value, 7, 1e-12);
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 2, &sc, &err), 0); /* no state: -1 */
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], -1001, 1e-9);
+    reward_pipeline_destroy(&p);
+
+    CU_ASSERT_EQUAL_FATAL(rt_build_so("tests/rewards/fixtures/v2_fixture.c", "", "v2h.so", so, sizeof so), 0);
+    snprintf(rlhf, sizeof rlhf, "%s/bin/rlhf", rt_build_dir());
+    snprintf(json, sizeof json,
+             "[{\"type\":\"process\",\"name\":\"host\",\"command\":[\"%s\",\"reward-plugin-host\",\"%s\"],"
+             "\"config\":{\"scale\":2}}]", rlhf, so);
+    p = make(json);
+    CU_ASSERT_EQUAL(reward_pipeline_score_ex(p, items, 2, &o, &sc, &err), 0);
+    CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 6.0, 1e-12);
+    CU_ASSERT_STRING_EQUAL(sc.status[0].reason, ""); /* the protocol carries no OK notes */
+    CU_ASSERT_EQUAL_FATAL(sc.n_metrics, 3);
+    CU_ASSERT_STRING_EQUAL(sc.metrics[0].name, "calls");
+    CU_ASSERT_DOUBLE_EQUAL(sc.metrics[1].value, 2, 1e-12);
+    CU_ASSERT_DOUBLE_EQUAL(sc.metrics[2].value, 7, 1e-12); /* the step reached the .so through the host */
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
 }
 
 /* A config range on a built-in: 1e12 is an ERROR by default, clipped and counted with "clip";
@@ -206,7 +248,7 @@ static void test_concurrency(void) {
         CU_ASSERT_DOUBLE_EQUAL(sc[1].raw[i], (double)(i + 1), 0);
     }
     /* each of the 4 sub-batches reported "calls" = 1 and its size; the metric is their mean */
-    CU_ASSERT_EQUAL_FATAL(sc[1].n_metrics, 2);
+    CU_ASSERT_EQUAL_FATAL(sc[1].n_metrics, 3);
     CU_ASSERT_DOUBLE_EQUAL(sc[1].metrics[0].value, 1.0, 1e-12);
     CU_ASSERT_DOUBLE_EQUAL(sc[1].metrics[1].value, N / 4.0, 1e-12);
     CU_ASSERT_DOUBLE_EQUAL(sc[0].metrics[1].value, N, 1e-12);
@@ -291,6 +333,7 @@ int rt_register_contract(void) {
     if (!s) return -1;
     CU_add_test(s, "ABI v1 plugin (frozen v1 structs) still loads", test_v1_plugin_still_loads);
     CU_add_test(s, "ABI v2: step, policy version, metrics, declared range and keys", test_v2_state_metrics_range_keys);
+    CU_add_test(s, "process plugins: step and policy_version in, metrics out", test_process_state_and_metrics);
     CU_add_test(s, "config range: out of range is an ERROR, or clipped and counted", test_config_range);
     CU_add_test(s, "items no source scored", test_unscored_items);
     CU_add_test(s, "concurrency: sub-batches in flight at once, same results", test_concurrency);

@@ -200,6 +200,11 @@ static void test_plugin_metrics_logged(void) {
     CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/calls"), 1.0, 1e-12);
     CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/items"), 3.0, 1e-12); /* one group per batch here */
     CU_ASSERT_EQUAL(mi(m, "reward/v2/skipped"), 0);
+    CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/step"), 0.0, 1e-12); /* scored before the first step */
+    json_decref(m);
+    /* the next step's batches are scored at step 1 */
+    m = step_on(&u, gs, ks, 4);
+    CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/step"), 1.0, 1e-12);
     json_decref(m);
     updater_session_fini(&u);
     run_config_free(&c);
