@@ -37,7 +37,8 @@ typedef enum rlhf_reward_status_code {
     RLHF_REWARD_OK = 0,    /* score is valid */
     RLHF_REWARD_ERROR = 1, /* the scorer failed on this item: NOT a zero reward; counted, on_error applies */
     RLHF_REWARD_SKIP = 2,  /* the source does not apply to this item (e.g. record has no "answer"): the
-                              source contributes nothing to the total and is left out of normalisation */
+                              source contributes nothing to the total and is left out of normalisation;
+                              an item every source SKIPs is not trained on (reward_scores.scored) */
 } rlhf_reward_status_code;
 
 #define RLHF_REWARD_REASON_MAX 160
@@ -65,8 +66,9 @@ typedef struct rlhf_reward_item {
 } rlhf_reward_item;
 
 typedef struct rlhf_reward_plugin_v1 {
-    uint32_t abi_version;  /* = RLHF_REWARD_ABI_VERSION */
-    uint32_t struct_size;  /* = sizeof(rlhf_reward_plugin_v1), a second guard against mismatched headers */
+    uint32_t abi_version;  /* = RLHF_REWARD_ABI_VERSION (a v1 plugin: 1, or the current value with the v1 size) */
+    uint32_t struct_size;  /* = sizeof(rlhf_reward_plugin_v1), or sizeof(rlhf_reward_plugin_v2) in a v2
+                              plugin: says the layout, and guards against mismatched headers */
     const char *name;      /* short identifier, e.g. "my_reward" */
     /* Parse `config_json` (a JSON value as text; "{}" when the config gave none) and create the
      * scorer's state. Return 0 and set *ctx_out, or non-zero with a one-line message in errbuf. */
