@@ -181,6 +181,7 @@ int cmd_eval(int argc, char **argv) {
             free(sgs[i].src_errors);
             free(sgs[i].src_status);
             free(sgs[i].src_skipped);
+            free(sgs[i].src_clipped);
             free(sgs[i].src_ms);
             free(sgs[i].unscored);
             free(sgs[i].metrics);

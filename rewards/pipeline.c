@@ -290,6 +290,7 @@ void reward_scores_free(reward_scores *s) {
     free(s->source_errors);
     free(s->scored);
     free(s->source_clipped);
+    free(s->clipped);
     free(s->source_skipped);
     free(s->metrics);
     memset(s, 0, sizeof *s);
@@ -309,9 +310,10 @@ static int scores_alloc(reward_scores *s, size_t n, size_t S) {
     s->source_errors = calloc(ss, sizeof *s->source_errors);
     s->scored = calloc(nn, sizeof *s->scored);
     s->source_clipped = calloc(ss, sizeof *s->source_clipped);
+    s->clipped = calloc(nn * ss, 1);
     s->source_skipped = calloc(ss, sizeof *s->source_skipped);
     if (!s->raw || !s->normalized || !s->status || !s->total || !s->item_status || !s->source_ms ||
-        !s->source_errors || !s->scored || !s->source_clipped || !s->source_skipped) {
+        !s->source_errors || !s->scored || !s->source_clipped || !s->source_skipped || !s->clipped) {
         reward_scores_free(s);
         return RLHF_ENOMEM;
     }
@@ -404,7 +406,7 @@ static int add_metrics(reward_scores *out, size_t src, const sub_call *calls, in
  * order. */
 static void run_source(pipeline_source *s, rlhf_reward_item *items, const rlhf_reward_item *in, size_t n,
                        const int64_t *versions, int64_t step, double *scores, rlhf_reward_status *status,
-                       double *ms_out, sub_call *calls, int *n_calls, int64_t *clipped) {
+                       double *ms_out, sub_call *calls, int *n_calls, unsigned char *clipped) {
     double t0 = rlhf_now();
     double deadline = t0 + (double)s->timeout_ms / 1000.0;
     *n_calls = 0;
@@ -469,7 +471,7 @@ static void run_source(pipeline_source *s, rlhf_reward_item *items, const rlhf_r
              * would swamp every advantage of the step */
             if (s->clip) {
                 scores[i] = scores[i] < s->range_lo ? s->range_lo : s->range_hi;
-                (*clipped)++;
+                clipped[i] = 1;
             } else {
                 rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "out of range: %g not in [%g, %g]", scores[i],
                                        s->range_lo, s->range_hi);
@@ -550,9 +552,11 @@ int reward_pipeline_score_ex(reward_pipeline *p, const rlhf_reward_item *items, 
     }
     double *col = malloc((n ? n : 1) * sizeof *col);
     rlhf_reward_status *cst = malloc((n ? n : 1) * sizeof *cst);
+    unsigned char *cclip = calloc(n ? n : 1, 1);
     int64_t *vers = malloc((n ? n : 1) * sizeof *vers);
     sub_call *calls = calloc(MAX_CONCURRENCY, sizeof *calls);
-    if (!col || !cst || !vers || !calls) {
+    if (!col || !cst || !vers || !calls || !cclip) {
+        free(cclip);
         free(col);
         free(cst);
         free(vers);
@@ -567,15 +571,17 @@ int reward_pipeline_score_ex(reward_pipeline *p, const rlhf_reward_item *items, 
     for (size_t s = 0; s < S; s++) {
         pipeline_source *src = &p->src[s];
         int n_calls = 0;
+        memset(cclip, 0, n ? n : 1);
         if (n)
-            run_source(src, p->items_buf, items, n, vers, step, col, cst, &out->source_ms[s], calls, &n_calls,
-                       &out->source_clipped[s]);
+            run_source(src, p->items_buf, items, n, vers, step, col, cst, &out->source_ms[s], calls, &n_calls, cclip);
         else out->source_ms[s] = 0;
         if (add_metrics(out, s, calls, n_calls) && rc == 0) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
         int64_t errs = 0, skips = 0;
         for (size_t i = 0; i < n; i++) {
             out->raw[i * S + s] = col[i];
             out->status[i * S + s] = cst[i];
+            out->clipped[i * S + s] = cclip[i];
+            out->source_clipped[s] += cclip[i];
             if (cst[i].code == RLHF_REWARD_ERROR) errs++;
             if (cst[i].code == RLHF_REWARD_SKIP) skips++;
         }
@@ -606,6 +612,7 @@ int reward_pipeline_score_ex(reward_pipeline *p, const rlhf_reward_item *items, 
     }
     free(col);
     free(cst);
+    free(cclip);
     free(vers);
     free(calls);
     pthread_mutex_unlock(&p->mu);

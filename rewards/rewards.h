@@ -96,7 +96,7 @@ typedef struct rlhf_reward_plugin_v1 {
 
 #define RLHF_REWARD_METRIC_NAME_MAX 48
 /* One named scalar a plugin reports for a batch; the updater logs it as reward/<source>/<name>
- * (the mean over the batches of the step). name: [A-Za-z0-9_./-], NUL-terminated. */
+ * (the mean over the step's groups of their batch's value). name: [A-Za-z0-9_./-], NUL-terminated. */
 typedef struct rlhf_reward_metric {
     char name[RLHF_REWARD_METRIC_NAME_MAX];
     double value;
@@ -198,6 +198,7 @@ typedef struct reward_scores {
                                    "zero"); 0 when no source applies (all SKIP): the updater leaves the item
                                    out of its group's RLOO baseline and of the loss */
     int64_t *source_clipped;    /* (n_sources,) scores clipped into the source's range ("out_of_range": "clip") */
+    unsigned char *clipped;     /* (n_items, n_sources) 1 where that score was clipped */
     int64_t *source_skipped;    /* (n_sources,) SKIP items per source in this batch */
     struct reward_source_metric *metrics; /* (n_metrics,) what v2 plugins reported for this batch */
     size_t n_metrics;

@@ -18,6 +18,7 @@ void updater_scored_group_free(scored_group *s) {
     free(s->src_status);
     free(s->unscored);
     free(s->src_skipped);
+    free(s->src_clipped);
     free(s->src_ms);
     free(s->metrics);
     free(s);
@@ -141,8 +142,9 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, long step, 
         sg->total = calloc((size_t)k + 1, sizeof(float));
         sg->src_errors = calloc((size_t)S + 1, sizeof(int));
         sg->src_skipped = calloc((size_t)S + 1, sizeof(int));
+        sg->src_clipped = calloc((size_t)S + 1, sizeof(int));
         sg->src_ms = calloc((size_t)S + 1, sizeof(double));
-        if (!sg->src || !sg->total || !sg->src_errors || !sg->src_skipped || !sg->src_ms) {
+        if (!sg->src || !sg->total || !sg->src_errors || !sg->src_skipped || !sg->src_clipped || !sg->src_ms) {
             rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory scoring a group");
             goto done;
         }
@@ -203,8 +205,9 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, long step, 
                     if (sc.status[(it + i) * S + s].code == RLHF_REWARD_ERROR && !sg->src_status)
                         sg->src_status = calloc((size_t)S * k, sizeof *sg->src_status);
             for (int s = 0; s < S && N; s++) sg->src_ms[s] = sc.source_ms[s] * k / (double)N;
-            if (gi == 0 && sc.n_metrics) {
-                /* the batch's plugin metrics travel with its first group (one value per batch) */
+            if (sc.n_metrics) {
+                /* every group carries its batch's plugin metrics: the step's value is the mean over its
+                 * groups, whichever of them are dropped before it */
                 sg->metrics = malloc(sc.n_metrics * sizeof *sg->metrics);
                 if (sg->metrics) {
                     memcpy(sg->metrics, sc.metrics, sc.n_metrics * sizeof *sg->metrics);
@@ -226,6 +229,7 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, long step, 
                     sg->src[(size_t)s * k + i] = v;
                     if (st->code == RLHF_REWARD_ERROR) sg->src_errors[s]++;
                     if (st->code == RLHF_REWARD_SKIP) sg->src_skipped[s]++;
+                    sg->src_clipped[s] += sc.clipped[it * S + s];
                     if (sg->src_status) sg->src_status[(size_t)s * k + i] = *st;
                 }
             }

@@ -265,10 +265,11 @@ void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sour
     json_object_set_new(m, "reward/std", json_real(cnt ? sqrt(fmax(0, sq / cnt - mean * mean)) : 0));
     for (int s = 0; s < n_sources; s++) {
         double ss = 0, sq2 = 0, ms = 0;
-        long c = 0, skipped = 0;
+        long c = 0, skipped = 0, clipped = 0;
         for (int g = 0; g < n; g++) {
             scored_group *x = groups[g];
             if (x->src_skipped && s < x->n_sources) skipped += x->src_skipped[s];
+            if (x->src_clipped && s < x->n_sources) clipped += x->src_clipped[s];
             if (x->src_ms && s < x->n_sources) ms += x->src_ms[s];
             for (uint32_t i = 0; i < x->g.k; i++) {
                 float v = x->src[(size_t)s * x->g.k + i];
@@ -287,10 +288,12 @@ void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sour
         json_object_set_new(m, key, c ? json_real(sqrt(fmax(0, sq2 / c - (ss / c) * (ss / c)))) : json_null());
         snprintf(key, sizeof key, "reward/%s/skipped", src_names[s]);
         json_object_set_new(m, key, json_integer(skipped));
+        snprintf(key, sizeof key, "reward/%s/clipped", src_names[s]);
+        json_object_set_new(m, key, json_integer(clipped));
         snprintf(key, sizeof key, "reward/%s/ms_per_item", src_names[s]);
         json_object_set_new(m, key, json_real(items ? ms / (double)items : 0));
     }
-    /* what v2 plugins reported: the mean over the step's batches that reported the name; the host's
+    /* what v2 plugins reported: the mean over the step's groups of their batch's value; the host's
      * own names (mean, std, errors, ...) are not overwritten */
     for (int g = 0; g < n; g++)
         for (size_t k = 0; k < groups[g]->n_metrics; k++) {

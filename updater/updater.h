@@ -92,9 +92,10 @@ typedef struct scored_group {
     unsigned char *unscored; // (k) 1 when no source scored sample i (every source SKIP): it is left out of
                              // the group's RLOO baseline and of the loss; NULL when every sample was scored
     int *src_skipped;       // (n_sources) SKIP items per source in this group
+    int *src_clipped;       // (n_sources) scores clipped into the source's range in this group
     double *src_ms;         // (n_sources) this group's share of each source's batch time, ms
     reward_source_metric *metrics; /* what v2 plugins reported for the batch this group was scored in
-                                      (on the batch's first group only; NULL otherwise) */
+                                      (every group of the batch carries the batch's values) */
     size_t n_metrics;
     double score_seconds;   /* wall time spent scoring it */
     uint64_t log_index;     /* position in the replay log (records), or UINT64_MAX when unknown */

@@ -102,6 +102,8 @@ static void test_v2_state_metrics_range_keys(void) {
     CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 2.0, 1e-12);
     CU_ASSERT_DOUBLE_EQUAL(sc.raw[1], 1.0, 1e-12);
     CU_ASSERT_EQUAL(sc.source_clipped[0], 1);
+    CU_ASSERT_EQUAL(sc.clipped[0], 1);
+    CU_ASSERT_EQUAL(sc.clipped[1], 0);
     CU_ASSERT_EQUAL(sc.source_errors[0], 0);
     reward_scores_free(&sc);
     reward_pipeline_destroy(&p);

@@ -180,14 +180,17 @@ static void test_skip_sample_not_trained(void) {
     run_config_free(&cb);
 }
 
-/* A v2 plugin's metrics are logged as reward/<source>/<metric> (mean over the step's batches). */
+/* A v2 plugin's metrics are logged as reward/<source>/<metric> (the mean over the step's groups of
+ * their batch's value), and clipped scores are counted per source. */
 static void test_plugin_metrics_logged(void) {
     char so[512], src[1100], cmd[4096], extra[1100];
     snprintf(so, sizeof so, "%s/v2.so", g_dir);
     CU_ASSERT_EQUAL_FATAL(test_source_path("tests/rewards/fixtures/v2_fixture.c", src, sizeof src), 0);
     snprintf(cmd, sizeof cmd, "cc -shared -fPIC -O1 -w -I%s -o %s %s", RLHF_SOURCE_ROOT, so, src);
     CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
-    snprintf(extra, sizeof extra, ",{\"type\":\"plugin\",\"name\":\"v2\",\"path\":\"%s\",\"weight\":0}", so);
+    snprintf(extra, sizeof extra,
+             ",{\"type\":\"plugin\",\"name\":\"v2\",\"path\":\"%s\",\"weight\":0,\"range\":[0,2],"
+             "\"out_of_range\":\"clip\"}", so);
     run_config c;
     CU_ASSERT_EQUAL_FATAL(make_cfg(&c, "rm", extra), 0);
     updater_session u;
@@ -200,6 +203,8 @@ static void test_plugin_metrics_logged(void) {
     CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/calls"), 1.0, 1e-12);
     CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/items"), 3.0, 1e-12); /* one group per batch here */
     CU_ASSERT_EQUAL(mi(m, "reward/v2/skipped"), 0);
+    CU_ASSERT_EQUAL(mi(m, "reward/v2/clipped"), 4); /* "ccc" (3) of each of the 4 groups, clipped to 2 */
+    CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/mean"), (1 + 2 + 2) / 3.0, 1e-9);
     CU_ASSERT_DOUBLE_EQUAL(md(m, "reward/v2/step"), 0.0, 1e-12); /* scored before the first step */
     json_decref(m);
     /* the next step's batches are scored at step 1 */
