@@ -10,8 +10,12 @@
  *
  * A constructor:
  *   - checks the source object's type-specific keys with reward_check_keys() (the common keys
- *     type/name/weight/normalize/timeout_ms/on_error are validated by the pipeline and always allowed);
- *   - fills impl->plugin (a static rlhf_reward_plugin_v1 whose init may be NULL) and impl->ctx;
+ *     type/name/weight/normalize/timeout_ms/on_error/..., range, out_of_range, concurrency are
+ *     validated by the pipeline and always allowed);
+ *   - may be called several times for one source ("concurrency": one instance each);
+ *   - fills impl->plugin (a static rlhf_reward_plugin_v1 whose init may be NULL) and impl->ctx; a
+ *     source that uses the training state or reports metrics also sets impl->score_v2, one with a
+ *     known score range impl->has_range/range_lo/range_hi;
  *   - reports errors with rlhf_error_set(err, RLHF_EINVAL, "<where>.<key>", ...), naming the JSON path.
  * The pipeline calls impl->plugin->score_batch(impl->ctx, ...) with items whose deadline is set from
  * the source's timeout_ms (impl->timeout_ms, already parsed, is given for sources that enforce their
