@@ -7,7 +7,8 @@
 #   make sanitize   ASan + UBSan build of the tests in SAN_TESTS, and run them
 #   make bench      build the benchmarks (run them as docs/PERFORMANCE.md says)
 #   make install    the rlhf binary (and its rlhf-broker/-generator/-updater names), library, public
-#                   headers and pkg-config file under PREFIX (default /usr/local)
+#                   headers and pkg-config files under PREFIX (default /usr/local): rlhf.pc (the
+#                   library) and rlhf-plugin.pc (only the include path a reward plugin needs)
 
 # `make` alone builds everything: module.mk files add rules of their own before `all` is defined
 .DEFAULT_GOAL := all
@@ -112,6 +113,7 @@ install: $(LIB) $(BUILD)/bin/rlhf
 	install -m 644 $(LIB) $(PREFIX)/lib/
 	for h in $(HEADERS); do install -D -m 644 $$h $(PREFIX)/include/rlhf/$$h; done
 	sed 's|@PREFIX@|$(PREFIX)|' scripts/rlhf.pc.in > $(PREFIX)/lib/pkgconfig/rlhf.pc
+	sed 's|@PREFIX@|$(PREFIX)|' scripts/rlhf-plugin.pc.in > $(PREFIX)/lib/pkgconfig/rlhf-plugin.pc
 
 clean:
 	rm -rf build build-san

@@ -212,6 +212,7 @@ int cmd_eval(int argc, char **argv) {
         if (!rc) rc = updater_scorer_score_batch_now(sc, ps, b, &err);
         for (int i = 0; i < b; i++) {
             for (int j = 0; j < samples && !rc; j++) {
+                if (sgs[i].unscored && sgs[i].unscored[j]) continue; /* no source scored it: no reward */
                 total++;
                 rsum += sgs[i].total[j];
                 if (!isnan(sgs[i].src[j]) && sgs[i].src[j] >= 1.0f - 1e-6f) pass++;
@@ -219,6 +220,12 @@ int cmd_eval(int argc, char **argv) {
             free(sgs[i].src);
             free(sgs[i].total);
             free(sgs[i].src_errors);
+            free(sgs[i].src_status);
+            free(sgs[i].src_skipped);
+            free(sgs[i].src_clipped);
+            free(sgs[i].src_ms);
+            free(sgs[i].unscored);
+            free(sgs[i].metrics);
         }
         free(sgs);
         free(ps);

@@ -233,6 +233,11 @@ int cmd_replay_recorded_scores(json_t *scores, scored_group *sg, const char *con
             sg->src[(size_t)s * k + i] = json_is_number(v) ? (float)json_number_value(v) : NAN;
         }
     }
+    json_t *un = json_object_get(o, "unscored");
+    if (json_array_size(un) == k) {
+        if (!(sg->unscored = calloc(k, 1))) return -1;
+        for (uint32_t i = 0; i < k; i++) sg->unscored[i] = json_is_true(json_array_get(un, i));
+    }
     sg->skipped = !strcmp(json_string_value(json_object_get(o, "fate")) ? json_string_value(json_object_get(o, "fate")) : "",
                           "skipped");
     return 0;

@@ -394,11 +394,12 @@ int cmd_replay_export(int argc, char **argv) {
         }
         const char *fate = json_string_value(json_object_get(rec, "fate"));
         int trained = fate && !strcmp(fate, "trained");
+        json_t *unscored = json_object_get(rec, "unscored"); /* samples no source scored: in no baseline */
         double sum = 0;
         int n_ok = 0;
         for (uint32_t i = 0; i < g.k && trained; i++) {
             json_t *v = json_array_get(tot, i);
-            if (json_is_number(v)) {
+            if (json_is_number(v) && !json_is_true(json_array_get(unscored, i))) {
                 sum += json_number_value(v);
                 n_ok++;
             }
@@ -431,9 +432,11 @@ int cmd_replay_export(int argc, char **argv) {
             json_object_foreach(rw, name, arr) json_object_set(rews, name, json_array_get(arr, i));
             json_object_set_new(row, "rewards", rews);
             json_t *ti = json_array_get(tot, i);
-            json_object_set_new(row, "total", json_is_number(ti) ? json_real(json_number_value(ti)) : json_null());
+            int scored = rec && !json_is_true(json_array_get(unscored, i));
+            json_object_set_new(row, "scored", json_boolean(scored));
+            json_object_set_new(row, "total", json_is_number(ti) && scored ? json_real(json_number_value(ti)) : json_null());
             /* RLOO: this sample's total minus the mean of the others' (samples with a total) */
-            json_object_set_new(row, "advantage", trained && json_is_number(ti) && n_ok >= 2
+            json_object_set_new(row, "advantage", trained && scored && json_is_number(ti) && n_ok >= 2
                                                       ? json_real(json_number_value(ti) -
                                                                   (sum - json_number_value(ti)) / (n_ok - 1))
                                                       : json_null());

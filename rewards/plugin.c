@@ -19,6 +19,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,14 +50,44 @@ int reward_plugin_load(const char *path, const char *config_json, const char *wh
     const rlhf_reward_plugin_v1 *p = entry();
     int rc = 0;
     if (!p) rc = rlhf_error_set(err, RLHF_EINVAL, w, "%s() returned NULL", RLHF_REWARD_PLUGIN_ENTRY);
-    else if (p->abi_version != RLHF_REWARD_ABI_VERSION)
-        rc = rlhf_error_set(err, RLHF_EUNSUPPORTED, w, "plugin ABI version %u, this build supports %u; rebuild "
+    else if (p->abi_version < RLHF_REWARD_ABI_VERSION_V1 || p->abi_version > RLHF_REWARD_ABI_VERSION)
+        rc = rlhf_error_set(err, RLHF_EUNSUPPORTED, w, "plugin ABI version %u, this build supports 1..%u; rebuild "
                             "the plugin against this rewards.h", p->abi_version, RLHF_REWARD_ABI_VERSION);
-    else if (p->struct_size != sizeof(rlhf_reward_plugin_v1))
-        rc = rlhf_error_set(err, RLHF_EUNSUPPORTED, w, "plugin struct_size %u, expected %zu (mismatched header)",
-                            p->struct_size, sizeof(rlhf_reward_plugin_v1));
-    else if (!p->score_batch)
+    /* the size says the layout: a v1 struct (also a v1 source rebuilt against this header, whose
+     * abi_version is now 2) or the whole v2 struct; a v1 plugin is never read past its v1 struct */
+    else if (p->struct_size != sizeof(rlhf_reward_plugin_v1) &&
+             !(p->abi_version >= 2 && p->struct_size == sizeof(rlhf_reward_plugin_v2)))
+        rc = rlhf_error_set(err, RLHF_EUNSUPPORTED, w, "plugin struct_size %u, expected %zu (v1) or %zu (v2) "
+                            "(mismatched header)", p->struct_size, sizeof(rlhf_reward_plugin_v1),
+                            sizeof(rlhf_reward_plugin_v2));
+    const rlhf_reward_plugin_v2 *p2 = !rc && p->struct_size == sizeof(rlhf_reward_plugin_v2)
+                                          ? (const rlhf_reward_plugin_v2 *)(const void *)p : NULL;
+    if (!rc && !p->score_batch && !(p2 && p2->score_batch_v2))
         rc = rlhf_error_set(err, RLHF_EINVAL, w, "plugin has no score_batch function");
+    if (!rc && p2 && p2->has_range &&
+        !(isfinite(p2->range_lo) && isfinite(p2->range_hi) && p2->range_lo <= p2->range_hi))
+        rc = rlhf_error_set(err, RLHF_EINVAL, w, "plugin declares a bad range [%g, %g]", p2->range_lo, p2->range_hi);
+    if (!rc && p2 && p2->config_keys) {
+        /* declared keys: a misspelt key is an error naming it, not a silently ignored setting */
+        json_t *cj = json_loads(config_json ? config_json : "{}", JSON_DECODE_ANY, NULL);
+        const char *k;
+        json_t *v;
+        if (json_is_object(cj))
+            json_object_foreach(cj, k, v) {
+                int known = 0;
+                for (const char *const *a = p2->config_keys; *a && !known; a++) known = !strcmp(*a, k);
+                if (!known) {
+                    char keys[256] = "";
+                    size_t off = 0;
+                    for (const char *const *a = p2->config_keys; *a && off < sizeof keys; a++)
+                        off += (size_t)snprintf(keys + off, sizeof keys - off, "%s%s", off ? ", " : "", *a);
+                    rc = rlhf_error_set(err, RLHF_EINVAL, w, "config.%s: unknown key for plugin '%s' (it accepts: %s)",
+                                        k, p->name ? p->name : "?", keys);
+                    break;
+                }
+            }
+        json_decref(cj);
+    }
     if (rc) {
         dlclose(h);
         return rc;
@@ -73,9 +104,22 @@ int reward_plugin_load(const char *path, const char *config_json, const char *wh
         }
     }
     impl->plugin = p;
+    impl->plugin_v2 = p2;
     impl->ctx = ctx;
     impl->dl_handle = h;
+    if (p2 && p2->has_range) {
+        impl->has_range = 1;
+        impl->range_lo = p2->range_lo;
+        impl->range_hi = p2->range_hi;
+    }
     return 0;
+}
+
+int reward_plugin_score_direct(const reward_source_impl *impl, const rlhf_reward_batch *b, double *scores,
+                               rlhf_reward_status *status) {
+    const rlhf_reward_plugin_v2 *p2 = impl->plugin_v2;
+    if (p2 && p2->score_batch_v2) return p2->score_batch_v2(impl->ctx, b, scores, status);
+    return impl->plugin->score_batch(impl->ctx, b->items, b->n, scores, status);
 }
 
 /* One score_batch call on its own thread. Owned jointly by the waiting caller and the thread (refs);
@@ -85,8 +129,13 @@ typedef struct guard_call {
     pthread_cond_t cv;
     int refs, done, rc;
     const rlhf_reward_plugin_v1 *plugin;
+    const rlhf_reward_plugin_v2 *plugin_v2; /* set for a v2 plugin: called with the batch below */
     void *ctx;
     size_t n;
+    int64_t step;
+    int64_t *versions;                      // (n) copy
+    rlhf_reward_metric metrics[32];
+    size_t n_metrics;
     rlhf_reward_item *items; // (n) pointing into the copies below
     char **strs;             // (3n) prompt, completion, record copies
     int32_t **ids;           // (n)
@@ -106,6 +155,7 @@ static void call_unref(guard_call *c) {
     free(c->items);
     free(c->scores);
     free(c->status);
+    free(c->versions);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
     free(c);
@@ -113,7 +163,15 @@ static void call_unref(guard_call *c) {
 
 static void *call_main(void *arg) {
     guard_call *c = arg;
-    int rc = c->plugin->score_batch(c->ctx, c->items, c->n, c->scores, c->status);
+    int rc;
+    if (c->plugin_v2 && c->plugin_v2->score_batch_v2) {
+        rlhf_reward_batch b = {.struct_size = sizeof b, .items = c->items, .n = c->n, .step = c->step,
+                               .policy_version = c->versions, .metrics = c->metrics,
+                               .max_metrics = sizeof c->metrics / sizeof c->metrics[0], .n_metrics = &c->n_metrics};
+        rc = c->plugin_v2->score_batch_v2(c->ctx, &b, c->scores, c->status);
+    } else {
+        rc = c->plugin->score_batch(c->ctx, c->items, c->n, c->scores, c->status);
+    }
     pthread_mutex_lock(&c->mu);
     c->rc = rc;
     c->done = 1;
@@ -322,15 +380,30 @@ static void copy_result(int rc, double sc, const rlhf_reward_status *st, double 
 
 /* Scores in the worker: quarantined items are not sent; when the worker dies, the batch is scored
  * again item by item to find the one it dies on. */
-static int worker_score(plugin_guard *g, const rlhf_reward_item *items, size_t n, double *scores,
-                        rlhf_reward_status *status) {
+/* The worker's plugin on items sub[0..m) — the v2 call with the batch's training state when the plugin
+ * takes it (vers: the items' policy versions, or NULL), else v1. */
+static int worker_call(plugin_guard *g, const rlhf_reward_item *sub, size_t m, const rlhf_reward_batch *b,
+                       const int64_t *vers, double *scores, rlhf_reward_status *status) {
+    if (b && g->proc.score_v2) {
+        rlhf_reward_batch sb = *b;
+        sb.items = sub;
+        sb.n = m;
+        sb.policy_version = vers;
+        return g->proc.score_v2(g->proc.ctx, &sb, scores, status);
+    }
+    return g->proc.plugin->score_batch(g->proc.ctx, sub, m, scores, status);
+}
+
+static int worker_score(plugin_guard *g, const rlhf_reward_item *items, size_t n, const rlhf_reward_batch *b,
+                        double *scores, rlhf_reward_status *status) {
     uint64_t *keys = malloc(n * sizeof *keys);
     size_t *idx = malloc(n * sizeof *idx);
     rlhf_reward_item *sub = malloc(n * sizeof *sub);
     double *ssc = calloc(n, sizeof *ssc);
     rlhf_reward_status *sst = calloc(n, sizeof *sst);
-    if (!keys || !idx || !sub || !ssc || !sst) {
-        free(keys), free(idx), free(sub), free(ssc), free(sst);
+    int64_t *vers = b && b->policy_version ? malloc(n * sizeof *vers) : NULL;
+    if (!keys || !idx || !sub || !ssc || !sst || (b && b->policy_version && !vers)) {
+        free(keys), free(idx), free(sub), free(ssc), free(sst), free(vers);
         snprintf(status[0].reason, sizeof status[0].reason, "out of memory");
         return -1;
     }
@@ -345,10 +418,11 @@ static int worker_score(plugin_guard *g, const rlhf_reward_item *items, size_t n
             continue;
         }
         idx[m] = i;
+        if (vers) vers[m] = b->policy_version[i];
         sub[m++] = items[i];
     }
     int ws = -1;
-    int rc = m ? g->proc.plugin->score_batch(g->proc.ctx, sub, m, ssc, sst) : 0;
+    int rc = m ? worker_call(g, sub, m, b, vers, ssc, sst) : 0;
     if (m && reward_process_last_death(g->proc.ctx, &ws)) {
         if (m == 1) {
             crash_item(g, items, idx[0], keys[idx[0]], ws, scores, status);
@@ -358,7 +432,7 @@ static int worker_score(plugin_guard *g, const rlhf_reward_item *items, size_t n
                 double s1 = 0;
                 rlhf_reward_status st1;
                 memset(&st1, 0, sizeof st1);
-                int rc1 = g->proc.plugin->score_batch(g->proc.ctx, &sub[k], 1, &s1, &st1);
+                int rc1 = worker_call(g, &sub[k], 1, b, vers ? &vers[k] : NULL, &s1, &st1);
                 if (reward_process_last_death(g->proc.ctx, &ws)) {
                     crash_item(g, items, idx[k], keys[idx[k]], ws, scores, status);
                     found = 1;
@@ -373,23 +447,33 @@ static int worker_score(plugin_guard *g, const rlhf_reward_item *items, size_t n
     } else {
         for (size_t k = 0; k < m; k++) copy_result(rc, ssc[k], &sst[k], &scores[idx[k]], &status[idx[k]]);
     }
-    free(keys), free(idx), free(sub), free(ssc), free(sst);
+    free(keys), free(idx), free(sub), free(ssc), free(sst), free(vers);
     return 0;
 }
 
-static int guard_score(void *vctx, const rlhf_reward_item *items, size_t n, double *scores,
-                       rlhf_reward_status *status) {
-    plugin_guard *g = vctx;
+/* b: the v2 batch (training state, metrics out) when the pipeline gave one, else NULL */
+static int guard_run(plugin_guard *g, const rlhf_reward_item *items, size_t n, const rlhf_reward_batch *b,
+                     double *scores, rlhf_reward_status *status) {
     char reason[RLHF_REWARD_REASON_MAX] = "";
     if (n == 0) return 0;
-    if (g->proc.plugin) return worker_score(g, items, n, scores, status);
+    if (g->proc.plugin) return worker_score(g, items, n, b, scores, status);
     if (g->abandoned) {
         /* the worker could not be started at the last timeout: try again, never the abandoned ctx */
-        if (guard_isolate(g, reason, sizeof reason) == 0) return worker_score(g, items, n, scores, status);
+        if (guard_isolate(g, reason, sizeof reason) == 0) return worker_score(g, items, n, b, scores, status);
         for (size_t i = 0; i < n; i++) rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "%s", reason);
         return 0;
     }
     guard_call *c = call_new(&g->inner, items, n);
+    if (c && g->inner.plugin_v2) {
+        c->plugin_v2 = g->inner.plugin_v2;
+        c->step = b ? b->step : -1;
+        if ((c->versions = malloc(n * sizeof *c->versions)) != NULL)
+            for (size_t i = 0; i < n; i++) c->versions[i] = b && b->policy_version ? b->policy_version[i] : -1;
+        else {
+            call_unref(c);
+            c = NULL;
+        }
+    }
     pthread_t th;
     pthread_attr_t at;
     pthread_attr_init(&at);
@@ -431,6 +515,12 @@ static int guard_score(void *vctx, const rlhf_reward_item *items, size_t n, doub
     if (done) {
         memcpy(scores, c->scores, n * sizeof *scores);
         memcpy(status, c->status, n * sizeof *status);
+        if (b && b->metrics && b->n_metrics) {
+            size_t nm = c->n_metrics < b->max_metrics ? c->n_metrics : b->max_metrics;
+            if (nm > sizeof c->metrics / sizeof c->metrics[0]) nm = sizeof c->metrics / sizeof c->metrics[0];
+            memcpy(b->metrics, c->metrics, nm * sizeof *b->metrics);
+            *b->n_metrics = nm;
+        }
     }
     pthread_mutex_unlock(&c->mu);
     call_unref(c);
@@ -453,6 +543,14 @@ static int guard_resources(void *vctx, double *rss_mb, double *cpu_s, int64_t *r
     plugin_guard *g = vctx;
     void *pc = __atomic_load_n(&g->proc_ctx_pub, __ATOMIC_ACQUIRE);
     return pc ? reward_process_resources(pc, rss_mb, cpu_s, restarts) : 1;
+}
+
+static int guard_score(void *vctx, const rlhf_reward_item *items, size_t n, double *scores,
+                       rlhf_reward_status *status) {
+    return guard_run(vctx, items, n, NULL, scores, status);
+}
+static int guard_score_v2(void *vctx, const rlhf_reward_batch *b, double *scores, rlhf_reward_status *status) {
+    return guard_run(vctx, b->items, b->n, b, scores, status);
 }
 
 static void guard_free(plugin_guard *g) {
@@ -538,6 +636,10 @@ int reward_source_plugin_create(const json_t *src, const char *where, reward_sou
         return rc;
     }
     impl->plugin = &guard_plugin;
+    if (g->inner.plugin_v2) impl->score_v2 = guard_score_v2;
+    impl->has_range = g->inner.has_range;
+    impl->range_lo = g->inner.range_lo;
+    impl->range_hi = g->inner.range_hi;
     impl->ctx = g;
     impl->dl_handle = NULL; /* the guard owns it */
     impl->resources = guard_resources;

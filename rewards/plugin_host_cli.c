@@ -35,7 +35,8 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
     int32_t **ids = calloc(n ? n : 1, sizeof *ids);
     double *scores = calloc(n ? n : 1, sizeof *scores);
     rlhf_reward_status *st = calloc(n ? n : 1, sizeof *st);
-    if (!items || !recs || !ids || !scores || !st) return -1;
+    int64_t *versions = calloc(n ? n : 1, sizeof *versions);
+    if (!items || !recs || !ids || !scores || !st || !versions) return -1;
     /* the batch's deadline on this process's clock (CLOCK_MONOTONIC is system-wide, but the budget
      * is what the protocol carries) */
     json_t *budget = json_object_get(req, "budget_ms");
@@ -59,8 +60,17 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
         json_t *gid = json_object_get(it, "group_id");
         items[i].group_id = json_is_integer(gid) ? (int64_t)json_integer_value(gid) : -1;
         items[i].deadline = deadline;
+        json_t *pv = json_object_get(it, "policy_version");
+        versions[i] = json_is_integer(pv) ? (int64_t)json_integer_value(pv) : -1;
     }
-    int rc = n ? impl->plugin->score_batch(impl->ctx, items, n, scores, st) : 0;
+    /* the training state and metrics of ABI v2 travel as "step", "policy_version" and "metrics" */
+    json_t *jstep = json_object_get(req, "step");
+    rlhf_reward_metric met[32];
+    size_t n_met = 0;
+    rlhf_reward_batch b = {.struct_size = sizeof b, .items = items, .n = n,
+                           .step = json_is_integer(jstep) ? (int64_t)json_integer_value(jstep) : -1,
+                           .policy_version = versions, .metrics = met, .max_metrics = 32, .n_metrics = &n_met};
+    int rc = n ? reward_plugin_score_direct(impl, &b, scores, st) : 0;
     json_t *res = json_array();
     for (size_t i = 0; i < n; i++) {
         st[i].reason[RLHF_REWARD_REASON_MAX - 1] = 0;
@@ -86,7 +96,17 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
     free(ids);
     free(scores);
     free(st);
-    return reply(json_pack("{s:O,s:o}", "id", json_object_get(req, "id"), "results", res));
+    free(versions);
+    json_t *out = json_pack("{s:O,s:o}", "id", json_object_get(req, "id"), "results", res);
+    if (out && rc == 0 && n_met) {
+        json_t *mo = json_object();
+        for (size_t k = 0; k < n_met && k < 32; k++) {
+            met[k].name[sizeof met[k].name - 1] = 0;
+            if (isfinite(met[k].value)) json_object_set_new(mo, met[k].name, json_real(met[k].value));
+        }
+        json_object_set_new(out, "metrics", mo);
+    }
+    return reply(out);
 }
 
 int cmd_reward_plugin_host(int argc, char **argv);

@@ -58,6 +58,7 @@ typedef struct process_ctx {
     /* published after each batch for reward_process_resources, read from other threads */
     int64_t pub_rss_kb, pub_cpu_ms, pub_restarts;
     const volatile int *cancel; // the pipeline's cancel flag: stop waiting for the child
+    const rlhf_reward_batch *batch; // during a process_score_v2 call: the step and versions to send, metrics out
 } process_ctx;
 
 /* Keeps the child's stderr flowing to ours (it is the plugin's log) while remembering its tail for
@@ -581,8 +582,11 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
         json_t *rec = json_loads(items[i].record_json, 0, NULL);
         json_object_set_new(it, "record", rec ? rec : json_object());
         json_object_set_new(it, "group_id", json_integer(items[i].group_id));
+        if (c->batch && c->batch->policy_version)
+            json_object_set_new(it, "policy_version", json_integer(c->batch->policy_version[i]));
         json_array_append_new(arr, it);
     }
+    if (c->batch) json_object_set_new(req, "step", json_integer(c->batch->step));
     char *txt = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     if (!txt) {
@@ -654,9 +658,29 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
                                    "{\"error\": ...} for an item you cannot score)", marked + 1);
         else rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "result %zu has no numeric \"score\"", i);
     }
+    /* optional "metrics": {"name": number, ...} of the batch (reward/<source>/<name>) */
+    const char *mk;
+    json_t *mv;
+    if (c->batch && c->batch->metrics)
+        json_object_foreach(json_object_get(j, "metrics"), mk, mv) {
+            if (*c->batch->n_metrics >= c->batch->max_metrics) break;
+            if (!json_is_number(mv)) continue;
+            rlhf_reward_metric *m = &c->batch->metrics[(*c->batch->n_metrics)++];
+            snprintf(m->name, sizeof m->name, "%s", mk);
+            m->value = json_number_value(mv);
+        }
     json_decref(j);
     proc_after_batch(c, 1);
     return 0;
+}
+
+/* The same with the batch's training state: "step" in the request, "policy_version" per item. */
+static int process_score_v2(void *vctx, const rlhf_reward_batch *b, double *scores, rlhf_reward_status *status) {
+    process_ctx *c = vctx;
+    c->batch = b;
+    int rc = process_score(vctx, b->items, b->n, scores, status);
+    c->batch = NULL;
+    return rc;
 }
 
 static void process_destroy(void *vctx) {
@@ -764,6 +788,7 @@ int reward_process_create_labelled(const json_t *src, const char *where, const c
     }
     proc_publish(c, proc_rss_kb(c->pid), proc_cpu_s(c->pid));
     impl->plugin = &process_plugin;
+    impl->score_v2 = process_score_v2;
     impl->ctx = c;
     impl->resources = process_resources_fn;
     return 0;

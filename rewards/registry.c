@@ -2,6 +2,7 @@
  * helpers constructors use to read their JSON config (each error names the JSON path). */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rewards/rewards_int.h"
 
@@ -43,7 +44,8 @@ const char *const *reward_source_types(void) {
 }
 
 static const char *const common_keys[] = {"type",     "name",           "weight",       "normalize", "timeout_ms",
-                                          "on_error", "max_error_rate", "error_window", NULL};
+                                          "on_error", "max_error_rate", "error_window", "range",     "out_of_range",
+                                          "concurrency", NULL};
 
 static int in_list(const char *k, const char *const *list) {
     for (; list && *list; list++)
@@ -65,7 +67,7 @@ int reward_check_keys(const json_t *obj, const char *where, const char *const *a
         for (const char *const *a = allowed; a && *a; a++)
             off += (size_t)snprintf(known + off, off < sizeof known ? sizeof known - off : 0, "%s%s", off ? ", " : "", *a);
         return rlhf_error_set(err, RLHF_EINVAL, w, "unknown key (common keys: type, name, weight, normalize, "
-                              "timeout_ms, on_error, max_error_rate, error_window%s%s)", known[0] ? "; this type's: " : "", known);
+                              "timeout_ms, on_error, max_error_rate, error_window, range, out_of_range, concurrency%s%s)", known[0] ? "; this type's: " : "", known);
     }
     return 0;
 }
@@ -139,4 +141,30 @@ json_t *reward_json_string_lossy(const char *s) {
     j = clean ? json_string(clean) : NULL;
     free(clean);
     return j;
+}
+
+int reward_sources_resolve_paths(json_t *sources, const char *base, rlhf_error *err) {
+    size_t i;
+    json_t *src;
+    json_array_foreach(sources, i, src) {
+        if (!json_is_object(src)) continue;
+        const char *path = json_string_value(json_object_get(src, "path"));
+        char abs[8192];
+        if (path && path[0] && path[0] != '/') {
+            if (snprintf(abs, sizeof abs, "%s/%s", base, path) >= (int)sizeof abs)
+                return rlhf_error_set(err, RLHF_EINVAL, path, "path too long");
+            json_string_set(json_object_get(src, "path"), abs);
+        }
+        size_t j;
+        json_t *a;
+        json_array_foreach(json_object_get(src, "command"), j, a) {
+            const char *s = json_string_value(a);
+            if (!s || !s[0] || s[0] == '/' || s[0] == '-') continue;
+            if (snprintf(abs, sizeof abs, "%s/%s", base, s) >= (int)sizeof abs) continue;
+            /* the program when it names a path (a bare name is looked up in PATH); an argument only
+             * when it names an existing file: arguments need not be paths */
+            if (j == 0 ? strchr(s, '/') != NULL : access(abs, F_OK) == 0) json_string_set(a, abs);
+        }
+    }
+    return 0;
 }

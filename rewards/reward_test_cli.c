@@ -121,8 +121,17 @@ int cmd_reward_test(int argc, char **argv) {
     char where[300];
     snprintf(where, sizeof where, "%s: rewards", cfg_path);
     json_t *sources = json_is_object(cfg) ? json_object_get(cfg, "rewards") : cfg;
+    /* relative files resolve against the config's folder, as in `rlhf run` */
+    char cdir[4096];
+    snprintf(cdir, sizeof cdir, "%s", cfg_path);
+    char *cslash = strrchr(cdir, '/');
+    if (cslash) *cslash = 0;
+    else snprintf(cdir, sizeof cdir, ".");
+    char *real_cdir = realpath(cdir, NULL);
+    int rrc = reward_sources_resolve_paths(sources, real_cdir ? real_cdir : cdir, &err);
+    free(real_cdir);
     reward_pipeline *p = NULL;
-    if (reward_pipeline_create(&p, sources, where, &err)) {
+    if (rrc || reward_pipeline_create(&p, sources, where, &err)) {
         rlhf_error_print("rlhf reward-test", &err);
         json_decref(cfg);
         return 2;

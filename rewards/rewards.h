@@ -3,7 +3,8 @@
  * and the composition object (`reward_pipeline`) the updater scores rollouts with.
  *
  * Two audiences:
- *   - plugin authors need only the "plugin ABI" half: fill an rlhf_reward_plugin_v1 and export
+ *   - plugin authors need only the "plugin ABI" half: fill an rlhf_reward_plugin_v2 (or the older
+ *     rlhf_reward_plugin_v1) and export
  *     `const rlhf_reward_plugin_v1 *rlhf_reward_plugin_entry(void)` from a .so (see
  *     docs/REWARD_PLUGINS.md, examples/reward-plugin/). No other project header or library is needed.
  *   - the updater (and `rlhf reward-test`) uses the "pipeline" half: build a pipeline from the
@@ -25,10 +26,10 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------------------------------
- * Plugin ABI, version 1. Bump RLHF_REWARD_ABI_VERSION on any incompatible change of the structs
- * below; a loader refuses a plugin whose abi_version differs from the host's.
+ * Plugin ABI. RLHF_REWARD_ABI_VERSION is the newest version (2, below the v1 structs); a loader
+ * accepts every version from 1 to it and refuses any other. The v1 structs never change.
  * ---------------------------------------------------------------------------------------------- */
-#define RLHF_REWARD_ABI_VERSION 1u
+#define RLHF_REWARD_ABI_VERSION 2u
 /* The symbol a shared-object plugin exports: const rlhf_reward_plugin_v1 *rlhf_reward_plugin_entry(void); */
 #define RLHF_REWARD_PLUGIN_ENTRY "rlhf_reward_plugin_entry"
 
@@ -36,7 +37,8 @@ typedef enum rlhf_reward_status_code {
     RLHF_REWARD_OK = 0,    /* score is valid */
     RLHF_REWARD_ERROR = 1, /* the scorer failed on this item: NOT a zero reward; counted, on_error applies */
     RLHF_REWARD_SKIP = 2,  /* the source does not apply to this item (e.g. record has no "answer"): the
-                              source contributes nothing to the total and is left out of normalisation */
+                              source contributes nothing to the total and is left out of normalisation;
+                              an item every source SKIPs is not trained on (reward_scores.scored) */
 } rlhf_reward_status_code;
 
 #define RLHF_REWARD_REASON_MAX 160
@@ -64,8 +66,9 @@ typedef struct rlhf_reward_item {
 } rlhf_reward_item;
 
 typedef struct rlhf_reward_plugin_v1 {
-    uint32_t abi_version;  /* = RLHF_REWARD_ABI_VERSION */
-    uint32_t struct_size;  /* = sizeof(rlhf_reward_plugin_v1), a second guard against mismatched headers */
+    uint32_t abi_version;  /* = RLHF_REWARD_ABI_VERSION (a v1 plugin: 1, or the current value with the v1 size) */
+    uint32_t struct_size;  /* = sizeof(rlhf_reward_plugin_v1), or sizeof(rlhf_reward_plugin_v2) in a v2
+                              plugin: says the layout, and guards against mismatched headers */
     const char *name;      /* short identifier, e.g. "my_reward" */
     /* Parse `config_json` (a JSON value as text; "{}" when the config gave none) and create the
      * scorer's state. Return 0 and set *ctx_out, or non-zero with a one-line message in errbuf. */
@@ -80,6 +83,51 @@ typedef struct rlhf_reward_plugin_v1 {
                        rlhf_reward_status *status_out);
     void (*destroy)(void *ctx);
 } rlhf_reward_plugin_v1;
+
+/* ------------------------------------------------------------------------------------------------
+ * Plugin ABI, version 2: everything of version 1, plus the training state, plugin metrics, a
+ * declared score range and declared config keys. A v2 plugin fills an rlhf_reward_plugin_v2 (whose
+ * first member is the v1 struct, with abi_version = 2 and struct_size = sizeof(rlhf_reward_plugin_v2))
+ * and its entry returns &plugin.v1. A v1 plugin (abi_version 1, struct_size = sizeof(rlhf_reward_plugin_v1))
+ * still loads and is only ever called through v1.score_batch with the v1 item array; the v2
+ * structs below are handed only to plugins that declared version 2.
+ * ---------------------------------------------------------------------------------------------- */
+#define RLHF_REWARD_ABI_VERSION_V1 1u
+
+#define RLHF_REWARD_METRIC_NAME_MAX 48
+/* One named scalar a plugin reports for a batch; the updater logs it as reward/<source>/<name>
+ * (the mean over the step's groups of their batch's value). name: [A-Za-z0-9_./-], NUL-terminated. */
+typedef struct rlhf_reward_metric {
+    char name[RLHF_REWARD_METRIC_NAME_MAX];
+    double value;
+} rlhf_reward_metric;
+
+/* What score_batch_v2 gets besides the items. All pointers are valid during the call only. */
+typedef struct rlhf_reward_batch {
+    uint32_t struct_size;           /* = sizeof(rlhf_reward_batch) of the host; later fields are appended */
+    const rlhf_reward_item *items;  /* (n,) as in v1 */
+    size_t n;
+    int64_t step;                   /* optimizer steps the updater had done when it scored the batch;
+                                       -1 outside a run (rlhf reward-test) */
+    const int64_t *policy_version;  /* (n,) the policy version that sampled each item; -1 when unknown */
+    rlhf_reward_metric *metrics;    /* (max_metrics,) out: the plugin may write up to max_metrics */
+    size_t max_metrics;
+    size_t *n_metrics;              /* out: how many it wrote (arrives 0) */
+} rlhf_reward_batch;
+
+typedef struct rlhf_reward_plugin_v2 {
+    rlhf_reward_plugin_v1 v1;  /* abi_version = RLHF_REWARD_ABI_VERSION (2), struct_size =
+                                  sizeof(rlhf_reward_plugin_v2); v1.score_batch may be NULL when
+                                  score_batch_v2 is set */
+    /* Like v1.score_batch, with the batch's training state and a place for metrics. */
+    int (*score_batch_v2)(void *ctx, const rlhf_reward_batch *batch, double *scores_out,
+                          rlhf_reward_status *status_out);
+    int32_t has_range;          /* 1: every OK score lies in [range_lo, range_hi] (the config's "range"
+                                   overrides); an OK score outside is handled by the source's out_of_range */
+    double range_lo, range_hi;
+    const char *const *config_keys; /* NULL-terminated keys init accepts at the top level of its config
+                                       object; the loader refuses any other key by name. NULL: not declared */
+} rlhf_reward_plugin_v2;
 
 typedef const rlhf_reward_plugin_v1 *(*rlhf_reward_plugin_entry_fn)(void);
 
@@ -117,6 +165,13 @@ static inline void rlhf_reward_status_set(rlhf_reward_status *st, int code, cons
  *   "max_error_rate" number in [0, 1], default 0.5; "error_window" integer, default 200: the updater
  *                stops the run when more than max_error_rate of the source's last error_window scored
  *                (non-SKIP) items were ERROR (1 = never). Read with reward_pipeline_source_max_error_rate.
+ *   "range"      [lo, hi], finite, lo <= hi: the scores the source may return (default: the plugin's
+ *                declared range, else any finite score). An OK score outside it is handled by
+ *   "out_of_range" "error" (default: the item is ERROR "out of range: 1e+12 not in [0, 1]") |
+ *                "clip" (clipped to the range, counted in reward_scores.source_clipped)
+ *   "concurrency" integer 1..64, default 1: the source is created this many times (each instance its
+ *                own ctx or process) and a batch is split into that many contiguous sub-batches scored
+ *                at once, results matched by item index (for remote or slow scorers)
  * plus the type's own keys (documented in docs/REWARD_PLUGINS.md). Unknown keys are errors naming
  * the JSON path, e.g. "config.json: rewards[2].wieght: unknown key".
  *
@@ -139,7 +194,20 @@ typedef struct reward_scores {
     rlhf_reward_status *item_status; /* (n_items,) OK, or SKIP (a skip_group policy fired; reason names the source) */
     double *source_ms;          /* (n_sources,) wall time spent in each source for this batch */
     int64_t *source_errors;     /* (n_sources,) ERROR items per source in this batch */
+    unsigned char *scored;      /* (n_items,) 1 when some source scored the item (OK, or ERROR under on_error
+                                   "zero"); 0 when no source applies (all SKIP): the updater leaves the item
+                                   out of its group's RLOO baseline and of the loss */
+    int64_t *source_clipped;    /* (n_sources,) scores clipped into the source's range ("out_of_range": "clip") */
+    unsigned char *clipped;     /* (n_items, n_sources) 1 where that score was clipped */
+    int64_t *source_skipped;    /* (n_sources,) SKIP items per source in this batch */
+    struct reward_source_metric *metrics; /* (n_metrics,) what v2 plugins reported for this batch */
+    size_t n_metrics;
 } reward_scores;
+typedef struct reward_source_metric {
+    size_t source;                             /* index of the source */
+    char name[RLHF_REWARD_METRIC_NAME_MAX];    /* logged as reward/<source name>/<name> */
+    double value;                              /* the mean over the sub-batches of a concurrent source */
+} reward_source_metric;
 
 /* Builds a pipeline from a JSON array of sources. `where` names the array for error messages
  * (e.g. "runs/x/config.json: rewards"). Loads plugins, starts process plugins, probes the sandbox. */
@@ -176,11 +244,25 @@ int reward_pipeline_source_resources(const reward_pipeline *p, size_t s, double 
  * source never crashes the caller. */
 int reward_pipeline_score(reward_pipeline *p, const rlhf_reward_item *items, size_t n, reward_scores *out,
                           struct rlhf_error *err);
+/* The training state a batch is scored in, for v2 sources (rlhf_reward_batch). */
+typedef struct reward_score_opts {
+    int64_t step;                   /* -1 when unknown */
+    const int64_t *policy_version;  /* (n,) or NULL (every item -1) */
+} reward_score_opts;
+/* reward_pipeline_score with the training state (opts may be NULL: step -1, versions -1). */
+int reward_pipeline_score_ex(reward_pipeline *p, const rlhf_reward_item *items, size_t n,
+                             const reward_score_opts *opts, reward_scores *out, struct rlhf_error *err);
 void reward_scores_free(reward_scores *s);
 /* Stops the pipeline for good, from any thread (e.g. at shutdown): a call in progress stops waiting
  * for its sources within about 0.1 s (their items become ERROR "cancelled" — an in-process plugin
  * stuck in score_batch is abandoned as after a timeout), and later calls return such ERRORs at once. */
 void reward_pipeline_cancel(reward_pipeline *p);
+
+/* Makes the files a JSON array of sources names absolute against base_dir (the config file's folder),
+ * in place: each source's "path" when relative; "command"[0] when it is relative and holds a '/' (a
+ * bare name is looked up in PATH); a later "command" argument when it is relative and base_dir/ARG is
+ * an existing file (["python3", "style.py"]). Other values are left as written. 0, or an error. */
+int reward_sources_resolve_paths(struct json_t *sources, const char *base_dir, struct rlhf_error *err);
 
 /* Names of the registered source types, NULL-terminated (for help texts). */
 const char *const *reward_source_types(void);

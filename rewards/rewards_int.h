@@ -10,8 +10,12 @@
  *
  * A constructor:
  *   - checks the source object's type-specific keys with reward_check_keys() (the common keys
- *     type/name/weight/normalize/timeout_ms/on_error are validated by the pipeline and always allowed);
- *   - fills impl->plugin (a static rlhf_reward_plugin_v1 whose init may be NULL) and impl->ctx;
+ *     type/name/weight/normalize/timeout_ms/on_error/..., range, out_of_range, concurrency are
+ *     validated by the pipeline and always allowed);
+ *   - may be called several times for one source ("concurrency": one instance each);
+ *   - fills impl->plugin (a static rlhf_reward_plugin_v1 whose init may be NULL) and impl->ctx; a
+ *     source that uses the training state or reports metrics also sets impl->score_v2, one with a
+ *     known score range impl->has_range/range_lo/range_hi;
  *   - reports errors with rlhf_error_set(err, RLHF_EINVAL, "<where>.<key>", ...), naming the JSON path.
  * The pipeline calls impl->plugin->score_batch(impl->ctx, ...) with items whose deadline is set from
  * the source's timeout_ms (impl->timeout_ms, already parsed, is given for sources that enforce their
@@ -26,6 +30,7 @@
 
 typedef struct reward_source_impl {
     const rlhf_reward_plugin_v1 *plugin; /* vtable (static storage or owned by the loaded .so) */
+    const rlhf_reward_plugin_v2 *plugin_v2; /* the same struct when the loaded .so declared ABI v2, else NULL */
     void *ctx;                           /* given to score_batch/destroy */
     void *dl_handle;                     /* dlopen handle to dlclose after destroy, or NULL */
     int64_t timeout_ms;                  /* the source's timeout_ms (input to the constructor) */
@@ -34,6 +39,11 @@ typedef struct reward_source_impl {
     /* optional, for sources that run in a child process: its resources as of the end of the last
      * batch (reward_pipeline_source_resources); 0, or 1 when there is no child. Any thread. */
     int (*resources)(void *ctx, double *rss_mb, double *cpu_s, int64_t *restarts);
+    /* Optional, for sources that take the v2 batch (training state, metrics out): the pipeline calls
+     * it instead of plugin->score_batch. */
+    int (*score_v2)(void *ctx, const rlhf_reward_batch *batch, double *scores, rlhf_reward_status *status);
+    int has_range;                       /* a declared score range (a v2 plugin's); the config's "range" wins */
+    double range_lo, range_hi;
 } reward_source_impl;
 
 typedef int (*reward_source_create_fn)(const json_t *src, const char *where, reward_source_impl *impl,
@@ -98,6 +108,10 @@ int reward_process_last_death(void *ctx, int *wstatus);
 /* The process source's resources: RSS of the current child (MiB, 0 when none runs), user+system CPU
  * seconds of all its children so far, and restarts; as of the end of the last batch. Any thread. */
 int reward_process_resources(void *ctx, double *rss_mb, double *cpu_s, int64_t *restarts);
+/* Calls a plugin loaded by reward_plugin_load directly with a batch: score_batch_v2 for a v2 plugin
+ * that has it, else score_batch on b->items (a v1 plugin never sees the v2 batch). */
+int reward_plugin_score_direct(const reward_source_impl *impl, const rlhf_reward_batch *b, double *scores,
+                               rlhf_reward_status *status);
 
 /* A JSON string of s; invalid UTF-8 bytes become U+FFFD (model output is not always valid UTF-8). */
 json_t *reward_json_string_lossy(const char *s);

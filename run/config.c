@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include "rewards/rewards.h"
 
 #include "run/run.h"
 
@@ -519,6 +522,8 @@ int run_config_load(run_config *cfg, const char *path, char *const *overrides, i
     int rc = 0;
     for (size_t i = 0; i < sizeof PATH_KEYS / sizeof PATH_KEYS[0] && !rc; i++)
         rc = resolve_path_key(doc, PATH_KEYS[i], old_run_config ? cwd : real_dir, err);
+    /* the files reward sources name (a plugin's .so, a process plugin's script) likewise */
+    if (!rc && !old_run_config) rc = reward_sources_resolve_paths(json_object_get(doc, "rewards"), real_dir, err);
     free(real_dir);
     for (int i = 0; i < n_overrides && !rc; i++) {
         rc = run_config_apply_override(doc, overrides[i], err);

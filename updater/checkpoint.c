@@ -229,6 +229,7 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
     json_object_set_new(s, "groups_dropped_stale", json_integer(ps->groups_dropped_stale));
     json_object_set_new(s, "groups_dropped_zero_var", json_integer(ps->groups_dropped_zero_var));
     json_object_set_new(s, "groups_skipped", json_integer(ps->groups_skipped));
+    json_object_set_new(s, "groups_dropped_unscored", json_integer(ps->groups_dropped_unscored));
     json_object_set_new(s, "wall_s", json_real(ps->wall_offset + rlhf_now() - ps->wall_start));
     if (ps->mark_eval && ps->cfg && ps->cfg->eval_every > 0 &&
         (ps->step % ps->cfg->eval_every == 0 || ps->step == ps->cfg->steps)) {
@@ -284,6 +285,7 @@ int updater_checkpoint_load_step(policy_state *ps, const char *dir, int step, js
     ps->groups_dropped_stale = (long)json_integer_value(json_object_get(s, "groups_dropped_stale"));
     ps->groups_dropped_zero_var = (long)json_integer_value(json_object_get(s, "groups_dropped_zero_var"));
     ps->groups_skipped = (long)json_integer_value(json_object_get(s, "groups_skipped"));
+    ps->groups_dropped_unscored = (long)json_integer_value(json_object_get(s, "groups_dropped_unscored"));
     ps->wall_offset = json_number_value(json_object_get(s, "wall_s"));
     ps->wall_start = rlhf_now();
     if (ps->step != step) {

@@ -188,9 +188,12 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     /* data parallelism: micro-batch i is this rank's when i mod U == rank; sums over ranks follow */
     const int U = updater_dist_size(ps->dist), rank = updater_dist_rank(ps->dist);
     int k_max = 0, S = 0;
+    /* a sample no reward source scored is not trained: it has no reward (not a 0), so it is neither in
+     * its group's baseline nor in the loss, nor in the token count that normalises it */
     for (int g = 0; g < n; g++) {
-        S += (int)groups[g]->g.k;
-        if ((int)groups[g]->g.k > k_max) k_max = (int)groups[g]->g.k;
+        int ks = updater_group_n_scored(groups[g]);
+        S += ks;
+        if (ks > k_max) k_max = ks;
     }
     seq_ref *seqs = calloc((size_t)S, sizeof *seqs);
     float *reward = calloc((size_t)S, sizeof(float));  // (S) per-sample reward incl. KL penalty
@@ -216,6 +219,10 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
             const wire_rollout_group *wg = &groups[g]->g;
             size_t off = 0;
             for (uint32_t i = 0; i < wg->k; i++) {
+                if (groups[g]->unscored && groups[g]->unscored[i]) {
+                    off += wg->n_tokens[i];
+                    continue;
+                }
                 seqs[s].g = wg;
                 seqs[s].i = (int)i;
                 seqs[s].tok_off = off;
@@ -248,7 +255,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     {
         int s = 0;
         for (int g = 0; g < n; g++) {
-            int k = (int)groups[g]->g.k;
+            int k = updater_group_n_scored(groups[g]);
             rl_rloo_advantages(adv + s, &keep[g], reward + s, 1, k);
             s += k;
         }

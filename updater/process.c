@@ -339,6 +339,7 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
         u.consumed = json_deep_copy(json_object_get(extra, "consumed"));
     }
     json_decref(extra);
+    updater_scorer_set_step(u.sc, u.ps.step); /* the training state v2 reward plugins see */
     seen = json_deep_copy(u.consumed);
     if (updater_metrics_truncate_after(u.metrics_path, u.ps.step, err)) {
         rc = 1;

@@ -32,6 +32,38 @@ int rl_rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k
     return dropped;
 }
 
+int rl_rloo_advantages_scored(float *adv, int *keep, const float *rewards, const unsigned char *scored, int G, int k) {
+    if (!scored) return rl_rloo_advantages(adv, keep, rewards, G, k);
+    int dropped = 0;
+    for (int g = 0; g < G; g++) {
+        const float *r = rewards + (size_t)g * k;        // (k)
+        const unsigned char *m = scored + (size_t)g * k; // (k)
+        float *a = adv + (size_t)g * k;                  // (k)
+        double sum = 0;
+        int n = 0;
+        float lo = 0, hi = 0;
+        for (int i = 0; i < k; i++) {
+            if (!m[i]) continue;
+            if (!n || r[i] < lo) lo = r[i];
+            if (!n || r[i] > hi) hi = r[i];
+            sum += r[i];
+            n++;
+        }
+        for (int i = 0; i < k; i++) a[i] = 0.0f;
+        /* a sample no source scored has no reward at all (not a 0): it is neither a baseline for the
+         * others nor trained; fewer than 2 scored leaves no baseline */
+        if (n < 2 || hi - lo <= 1e-6f) {
+            keep[g] = 0;
+            dropped++;
+            continue;
+        }
+        keep[g] = 1;
+        for (int i = 0; i < k; i++)
+            if (m[i]) a[i] = (float)(r[i] - (sum - r[i]) / (n - 1));
+    }
+    return dropped;
+}
+
 void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *mask,
                      const float *adv, int B, int T, const rl_loss_config *cfg) {
     long n = 0;

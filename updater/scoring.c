@@ -16,7 +16,18 @@ void updater_scored_group_free(scored_group *s) {
     free(s->total);
     free(s->src_errors);
     free(s->src_status);
+    free(s->unscored);
+    free(s->src_skipped);
+    free(s->src_clipped);
+    free(s->src_ms);
+    free(s->metrics);
     free(s);
+}
+
+int updater_group_n_scored(const scored_group *sg) {
+    int n = 0;
+    for (uint32_t i = 0; i < sg->g.k; i++) n += !sg->unscored || !sg->unscored[i];
+    return n;
 }
 
 void updater_group_queue_init(group_queue *q) {
@@ -97,6 +108,7 @@ struct scorer {
     int in_flight;
     int n_sources;
     const tokenizer *tok; /* turns completion ids into the text the reward sources see */
+    long step;            /* the optimizer step v2 sources see (atomic) */
     int failed;           /* an on_error "fail" source failed (under mu); failed_err says where */
     rlhf_error failed_err;
 };
@@ -104,7 +116,8 @@ struct scorer {
 /* Scores n groups with ONE pipeline call: sandboxed sources start one checker process per call
  * (per pool slot), so batching whatever groups are waiting amortises that start-up. Each group's
  * samples share its group_id (the on_error "skip_group" policy acts per group). */
-static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_group **gs, int n, rlhf_error *err) {
+static int score_groups(reward_pipeline *pipe, const tokenizer *tok, long step, scored_group **gs, int n,
+                        rlhf_error *err) {
     int S = (int)reward_pipeline_n_sources(pipe);
     double t0 = rlhf_now();
     size_t N = 0;
@@ -112,8 +125,9 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_grou
     rlhf_reward_item *items = calloc(N ? N : 1, sizeof *items);
     char **texts = calloc(N ? N : 1, sizeof *texts);
     char **recs = calloc(n > 0 ? (size_t)n : 1, sizeof *recs);
+    int64_t *versions = calloc(N ? N : 1, sizeof *versions);
     int rc = 0;
-    if (!items || !texts || !recs) {
+    if (!items || !texts || !recs || !versions) {
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory scoring groups");
         goto done;
     }
@@ -127,7 +141,10 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_grou
         sg->src = calloc((size_t)S * k + 1, sizeof(float));
         sg->total = calloc((size_t)k + 1, sizeof(float));
         sg->src_errors = calloc((size_t)S + 1, sizeof(int));
-        if (!sg->src || !sg->total || !sg->src_errors) {
+        sg->src_skipped = calloc((size_t)S + 1, sizeof(int));
+        sg->src_clipped = calloc((size_t)S + 1, sizeof(int));
+        sg->src_ms = calloc((size_t)S + 1, sizeof(double));
+        if (!sg->src || !sg->total || !sg->src_errors || !sg->src_skipped || !sg->src_clipped || !sg->src_ms) {
             rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory scoring a group");
             goto done;
         }
@@ -167,12 +184,14 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_grou
             items[it].record_json = recs[gi] ? recs[gi] : "{}";
             items[it].group_id = gi;
             items[it].deadline = 0;
+            versions[it] = (int64_t)g->policy_version;
             off += (size_t)nt;
         }
     }
     reward_scores sc;
     memset(&sc, 0, sizeof sc);
-    rc = reward_pipeline_score(pipe, items, N, &sc, err);
+    reward_score_opts opts = {.step = step, .policy_version = versions};
+    rc = reward_pipeline_score_ex(pipe, items, N, &opts, &sc, err);
     /* an on_error "fail" error still leaves every score and status filled: the groups carry their
      * errors to the metrics like under any other policy */
     if (sc.n_items == N && sc.status) {
@@ -185,14 +204,32 @@ static int score_groups(reward_pipeline *pipe, const tokenizer *tok, scored_grou
                 for (int s = 0; s < S; s++)
                     if (sc.status[(it + i) * S + s].code == RLHF_REWARD_ERROR && !sg->src_status)
                         sg->src_status = calloc((size_t)S * k, sizeof *sg->src_status);
+            for (int s = 0; s < S && N; s++) sg->src_ms[s] = sc.source_ms[s] * k / (double)N;
+            if (sc.n_metrics) {
+                /* every group carries its batch's plugin metrics: the step's value is the mean over its
+                 * groups, whichever of them are dropped before it */
+                sg->metrics = malloc(sc.n_metrics * sizeof *sg->metrics);
+                if (sg->metrics) {
+                    memcpy(sg->metrics, sc.metrics, sc.n_metrics * sizeof *sg->metrics);
+                    sg->n_metrics = sc.n_metrics;
+                }
+            }
             for (int i = 0; i < k; i++, it++) {
                 sg->total[i] = (float)sc.total[it];
                 if (sc.item_status[it].code == RLHF_REWARD_SKIP) sg->skipped = 1;
+                if (!sc.scored[it]) {
+                    if (!sg->unscored) sg->unscored = calloc((size_t)k, 1);
+                    /* without the flags the item would train as a 0: fail the batch rather than that */
+                    if (!sg->unscored) sg->skipped = 1;
+                    else sg->unscored[i] = 1;
+                }
                 for (int s = 0; s < S; s++) {
                     const rlhf_reward_status *st = &sc.status[it * S + s];
                     float v = st->code == RLHF_REWARD_OK ? (float)sc.raw[it * S + s] : NAN;
                     sg->src[(size_t)s * k + i] = v;
                     if (st->code == RLHF_REWARD_ERROR) sg->src_errors[s]++;
+                    if (st->code == RLHF_REWARD_SKIP) sg->src_skipped[s]++;
+                    sg->src_clipped[s] += sc.clipped[it * S + s];
                     if (sg->src_status) sg->src_status[(size_t)s * k + i] = *st;
                 }
             }
@@ -224,15 +261,14 @@ done:
     free(texts);
     free(recs);
     free(items);
+    free(versions);
     double dt = rlhf_now() - t0;
     /* the batch's scoring time, shared out by samples */
     for (int g = 0; g < n; g++) gs[g]->score_seconds = N ? dt * gs[g]->g.k / (double)N : 0;
     return rc;
 }
 
-static int score_group(reward_pipeline *pipe, const tokenizer *tok, scored_group *sg, rlhf_error *err) {
-    return score_groups(pipe, tok, &sg, 1, err);
-}
+
 
 typedef struct worker_arg {
     scorer *s;
@@ -259,7 +295,7 @@ static void *scorer_main(void *p) {
         batch[n++] = g;
         while (n < SCORER_MAX_BATCH && (g = updater_group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
         rlhf_error err = {0};
-        if (score_groups(pipe, s->tok, batch, n, &err) != 0) {
+        if (score_groups(pipe, s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), batch, n, &err) != 0) {
             /* an on_error "fail" source (or no memory): the groups carry no usable reward and are
              * counted as skipped; the updater stops the run with the first such error */
             for (int i = 0; i < n; i++) batch[i]->skipped = 1;
@@ -393,7 +429,10 @@ int updater_scorer_source_resources(const scorer *s, int i, double *rss_mb, doub
 }
 const char *updater_scorer_source_name(const scorer *s, int i) { return reward_pipeline_source_name(s->pipes[0], (size_t)i); }
 
-int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) { return score_group(s->pipes[0], s->tok, g, err); }
+void updater_scorer_set_step(scorer *s, long step) { __atomic_store_n(&s->step, step, __ATOMIC_RELAXED); }
+int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) {
+    return score_groups(s->pipes[0], s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), &g, 1, err);
+}
 int updater_scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err) {
-    return score_groups(s->pipes[0], s->tok, gs, n, err);
+    return score_groups(s->pipes[0], s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), gs, n, err);
 }

@@ -6,7 +6,9 @@
  * version - the group's policy_version <= rl.max_staleness; older ones are dropped and counted in
  * groups/dropped_stale). Groups whose k rewards are all equal carry no RLOO signal: counted in
  * groups/dropped_zero_var, not trained on (they still count toward the step's prompts, so sync and
- * async runs spend the same number of samples per step). */
+ * async runs spend the same number of samples per step). A sample no reward source scored (every
+ * source SKIP) is left out of its group's baseline and of the loss; a group with fewer than 2 scored
+ * samples is dropped and counted in groups/dropped_unscored. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +32,46 @@ struct session_errors {
     unsigned char *ring; /* (window) 1 = the item failed */
     int64_t ring_pos, ring_n, ring_err;
     char sample[RLHF_REWARD_REASON_MAX + 96]; /* the latest failure, "prompt ID: reason" */
+    long persisted; /* lines of this source in RUN_DIR/reward_errors.jsonl (at most SESSION_PERSIST_ERRORS) */
 };
+/* The first failures of each source are kept in RUN_DIR/reward_errors.jsonl (over the whole run,
+ * restarts included), so the reasons outlive the log's rotation and the metrics' counts. */
+#define SESSION_PERSIST_ERRORS 20
+
+/* One line of reward_errors.jsonl; a failure to write is reported and training goes on. */
+static void persist_error(updater_session *u, int s, const scored_group *sg, uint32_t i, const char *reason) {
+    struct session_errors *e = &u->errs[s];
+    if (e->persisted >= SESSION_PERSIST_ERRORS || !u->errors_path[0]) return;
+    e->persisted++;
+    json_t *rec = json_object();
+    json_object_set_new(rec, "step", json_integer(u->ps.step));
+    json_object_set_new(rec, "source", json_string(u->src_names[s]));
+    json_object_set_new(rec, "prompt_id", json_string(sg->g.prompt_id ? sg->g.prompt_id : "?"));
+    json_object_set_new(rec, "sample", json_integer(i));
+    json_object_set_new(rec, "policy_version", json_integer((json_int_t)sg->g.policy_version));
+    char *r = rlhf_utf8_sanitize(reason, strlen(reason));
+    json_object_set_new(rec, "reason", json_string(r ? r : ""));
+    free(r);
+    if (e->persisted == SESSION_PERSIST_ERRORS) json_object_set_new(rec, "last", json_true());
+    rlhf_error err = {0};
+    if (updater_metrics_append(u->errors_path, rec, &err)) rlhf_error_print("updater: reward_errors.jsonl", &err);
+    json_decref(rec);
+}
+
+/* Counts the lines per source an earlier process of this run wrote, so a restart adds no more. */
+static void count_persisted(updater_session *u) {
+    FILE *f = fopen(u->errors_path, "r");
+    if (!f) return;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *src = json_string_value(json_object_get(j, "source"));
+        for (int s = 0; src && s < u->n_sources; s++)
+            if (!strcmp(src, u->src_names[s])) u->errs[s].persisted++;
+        json_decref(j);
+    }
+    fclose(f);
+}
 
 static session_reason *reason_slot(struct session_errors *e, const char *kind) {
     for (int i = 0; i < e->n_kinds; i++)
@@ -68,6 +109,7 @@ static void count_errors(updater_session *u, const scored_group *sg) {
             r->step++;
             r->total++;
             snprintf(e->sample, sizeof e->sample, "prompt %s: %s", pid, st->reason);
+            persist_error(u, s, sg, i, st->reason);
             if (r->logged < SESSION_LOG_PER_KIND) {
                 r->logged++;
                 fprintf(stderr, "updater: reward source '%s' failed on prompt %s (sample %u): %s%s\n", u->src_names[s],
@@ -155,6 +197,8 @@ int updater_session_init(updater_session *u, run_config *cfg, int with_threads, 
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
     snprintf(u->metrics_path, sizeof u->metrics_path, "%s/metrics.jsonl", cfg->run_dir);
+    snprintf(u->errors_path, sizeof u->errors_path, "%s/reward_errors.jsonl", cfg->run_dir);
+    count_persisted(u);
     u->window_start = rlhf_now();
     u->consumed = json_object();
     return 0;
@@ -168,7 +212,7 @@ void updater_session_mark_consumed(updater_session *u, const scored_group *sg) {
     if (u->consumed_log) fprintf(u->consumed_log, "%s %llu %ld\n", gid, (unsigned long long)sg->g.seq, u->ps.step);
     if (u->scores_log) {
         const char *fate = sg->fate ? sg->fate : "trained";
-        int in_step = !strcmp(fate, "trained") || !strcmp(fate, "zero_var");
+        int in_step = !strcmp(fate, "trained") || !strcmp(fate, "zero_var") || !strcmp(fate, "unscored");
         json_t *o = json_object();
         json_object_set_new(o, "generator", json_string(gid));
         json_object_set_new(o, "seq", json_integer((json_int_t)sg->g.seq));
@@ -188,6 +232,11 @@ void updater_session_mark_consumed(updater_session *u, const scored_group *sg) {
         }
         json_object_set_new(o, "total", tot);
         json_object_set_new(o, "rewards", rw);
+        if (sg->unscored) { /* samples no source scored: out of the baseline and the loss */
+            json_t *un = json_array();
+            for (uint32_t i = 0; i < sg->g.k; i++) json_array_append_new(un, json_boolean(sg->unscored[i]));
+            json_object_set_new(o, "unscored", un);
+        }
         char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
         if (line) fprintf(u->scores_log, "%s\n", line);
         free(line);
@@ -240,10 +289,13 @@ int updater_session_offer(updater_session *u, scored_group *sg) {
 
 void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sources, const char *const *src_names) {
     double sum = 0, sq = 0, pass = 0;
-    long cnt = 0;
+    long cnt = 0, items = 0;
     for (int g = 0; g < n; g++) {
         scored_group *s = groups[g];
+        items += s->g.k;
         for (uint32_t i = 0; i < s->g.k; i++) {
+            /* a sample no source scored has no reward: not a 0 in the mean */
+            if (s->unscored && s->unscored[i]) continue;
             double r = s->total[i];
             sum += r;
             sq += r * r;
@@ -257,14 +309,18 @@ void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sour
     json_object_set_new(m, "reward/mean", json_real(mean));
     json_object_set_new(m, "reward/std", json_real(cnt ? sqrt(fmax(0, sq / cnt - mean * mean)) : 0));
     for (int s = 0; s < n_sources; s++) {
-        double ss = 0;
-        long c = 0;
+        double ss = 0, sq2 = 0, ms = 0;
+        long c = 0, skipped = 0, clipped = 0;
         for (int g = 0; g < n; g++) {
             scored_group *x = groups[g];
+            if (x->src_skipped && s < x->n_sources) skipped += x->src_skipped[s];
+            if (x->src_clipped && s < x->n_sources) clipped += x->src_clipped[s];
+            if (x->src_ms && s < x->n_sources) ms += x->src_ms[s];
             for (uint32_t i = 0; i < x->g.k; i++) {
                 float v = x->src[(size_t)s * x->g.k + i];
                 if (!isnan(v)) {
                     ss += v;
+                    sq2 += (double)v * v;
                     c++;
                 }
             }
@@ -273,7 +329,34 @@ void updater_metrics_rewards(json_t *m, scored_group **groups, int n, int n_sour
         snprintf(key, sizeof key, "reward/%s/mean", src_names[s]);
         /* no OK item: there is no mean (a 0 would read as a scored 0) */
         json_object_set_new(m, key, c ? json_real(ss / c) : json_null());
+        snprintf(key, sizeof key, "reward/%s/std", src_names[s]);
+        json_object_set_new(m, key, c ? json_real(sqrt(fmax(0, sq2 / c - (ss / c) * (ss / c)))) : json_null());
+        snprintf(key, sizeof key, "reward/%s/skipped", src_names[s]);
+        json_object_set_new(m, key, json_integer(skipped));
+        snprintf(key, sizeof key, "reward/%s/clipped", src_names[s]);
+        json_object_set_new(m, key, json_integer(clipped));
+        snprintf(key, sizeof key, "reward/%s/ms_per_item", src_names[s]);
+        json_object_set_new(m, key, json_real(items ? ms / (double)items : 0));
     }
+    /* what v2 plugins reported: the mean over the step's groups of their batch's value; the host's
+     * own names (mean, std, errors, ...) are not overwritten */
+    for (int g = 0; g < n; g++)
+        for (size_t k = 0; k < groups[g]->n_metrics; k++) {
+            const reward_source_metric *pm = &groups[g]->metrics[k];
+            if (pm->source >= (size_t)n_sources) continue;
+            char key[256];
+            snprintf(key, sizeof key, "reward/%s/%s", src_names[pm->source], pm->name);
+            if (json_object_get(m, key)) continue;
+            double vsum = 0;
+            int vc = 0;
+            for (int h = g; h < n; h++)
+                for (size_t q = 0; q < groups[h]->n_metrics; q++)
+                    if (groups[h]->metrics[q].source == pm->source && !strcmp(groups[h]->metrics[q].name, pm->name)) {
+                        vsum += groups[h]->metrics[q].value;
+                        vc++;
+                    }
+            json_object_set_new(m, key, json_real(vsum / vc));
+        }
     json_object_set_new(m, "pass_rate", json_real(cnt ? pass / cnt : 0));
 }
 
@@ -327,15 +410,19 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     scored_group **groups = u->window;
     /* split the step's groups: with reward spread (trained) and without (dropped_zero_var) */
     scored_group **kept = calloc((size_t)P + 1, sizeof *kept);
-    int n_kept = 0, n_zero = 0;
+    int n_kept = 0, n_zero = 0, n_unscored = 0;
     long lag_min = 0, lag_max = 0;
     double lag_sum = 0, gen_tok = 0, gen_s = 0, score_s = 0;
     for (int g = 0; g < P; g++) {
         scored_group *s = groups[g];
-        float lo = s->total[0], hi = s->total[0];
-        for (uint32_t i = 1; i < s->g.k; i++) {
-            if (s->total[i] < lo) lo = s->total[i];
-            if (s->total[i] > hi) hi = s->total[i];
+        /* the spread over the scored samples only: an unscored one has no reward to compare */
+        float lo = 0, hi = 0;
+        int n_scored = 0;
+        for (uint32_t i = 0; i < s->g.k; i++) {
+            if (s->unscored && s->unscored[i]) continue;
+            if (!n_scored || s->total[i] < lo) lo = s->total[i];
+            if (!n_scored || s->total[i] > hi) hi = s->total[i];
+            n_scored++;
         }
         long lag = group_lag(ps, s);
         if (g == 0 || lag < lag_min) lag_min = lag;
@@ -344,7 +431,10 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         gen_tok += (double)wire_rollout_group_total_tokens(&s->g);
         gen_s += s->g.gen_seconds;
         score_s += s->score_seconds;
-        if (s->g.k >= 2 && hi - lo > 1e-6f) {
+        if (n_scored < 2) {
+            n_unscored++;
+            s->fate = "unscored";
+        } else if (hi - lo > 1e-6f) {
             kept[n_kept++] = s;
             s->fate = "trained";
         } else {
@@ -353,6 +443,7 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         }
     }
     ps->groups_dropped_zero_var += n_zero;
+    ps->groups_dropped_unscored += n_unscored;
     double t_wait_end = rlhf_now();
     json_t *m = json_object();
     json_object_set_new(m, "step", json_integer(ps->step + 1));
@@ -384,6 +475,8 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     json_object_set_new(m, "groups/kept", json_integer(n_kept));
     json_object_set_new(m, "groups/dropped_stale", json_integer(u->w_stale));
     json_object_set_new(m, "groups/dropped_zero_var", json_integer(n_zero));
+    json_object_set_new(m, "groups/dropped_unscored", json_integer(n_unscored));
+    json_object_set_new(m, "groups/dropped_unscored_total", json_integer(ps->groups_dropped_unscored));
     json_object_set_new(m, "groups/skipped", json_integer(u->w_skipped));
     json_object_set_new(m, "groups/total", json_integer(ps->groups_total));
     json_object_set_new(m, "groups/dropped_stale_total", json_integer(ps->groups_dropped_stale));
@@ -426,6 +519,7 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     u->w_skipped = 0;
     u->wait_seconds = 0;
     u->window_start = rlhf_now();
+    updater_scorer_set_step(u->sc, ps->step);
     free(kept);
     *metrics_out = m;
     return 0;

@@ -38,6 +38,11 @@ extern "C" {
  * rewards (G, k) -> adv (G, k); keep (G): 0 when the group's rewards have no spread
  * (max - min <= 1e-6), whose advantages are then all 0. Returns the number of dropped groups. */
 int rl_rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k);
+/* The same over the scored samples only: scored (G, k) (NULL = all), 0 for a sample no reward source
+ * scored. Such a sample gets advantage 0 and is not in any baseline: A_i = r_i - mean_{j != i, scored} r_j.
+ * keep[g] = 0 when fewer than 2 samples of the group were scored, or the scored ones have no spread. */
+int rl_rloo_advantages_scored(float *adv, int *keep, const float *rewards, const unsigned char *scored, int G, int k);
+
 
 typedef struct rl_loss_config {
     int loss;        /* RL_LOSS_TIS | RL_LOSS_PPO_CLIP */
@@ -84,12 +89,22 @@ typedef struct scored_group {
     int *src_errors;        // (n_sources) ERROR items in this group
     rlhf_reward_status *src_status; // (n_sources, k) each source's status per sample; NULL when none failed
     int skipped;            /* a skip_group on_error policy fired: not trained */
+    unsigned char *unscored; // (k) 1 when no source scored sample i (every source SKIP): it is left out of
+                             // the group's RLOO baseline and of the loss; NULL when every sample was scored
+    int *src_skipped;       // (n_sources) SKIP items per source in this group
+    int *src_clipped;       // (n_sources) scores clipped into the source's range in this group
+    double *src_ms;         // (n_sources) this group's share of each source's batch time, ms
+    reward_source_metric *metrics; /* what v2 plugins reported for the batch this group was scored in
+                                      (every group of the batch carries the batch's values) */
+    size_t n_metrics;
     double score_seconds;   /* wall time spent scoring it */
     uint64_t log_index;     /* position in the replay log (records), or UINT64_MAX when unknown */
     const char *fate;       /* set when it is consumed: "trained", "zero_var", "stale" or "skipped" */
     struct scored_group *next;
 } scored_group;
 void updater_scored_group_free(scored_group *s);
+/* Samples of the group some reward source scored (all k when sg->unscored is NULL). */
+int updater_group_n_scored(const scored_group *sg);
 
 /* Scores groups on `n_threads` threads beside the optimizer: raw groups in, scored groups out.
  * One reward_pipeline per thread (a pipeline serialises its calls). */
@@ -110,6 +125,8 @@ double updater_scorer_max_error_rate(const scorer *s, int i, int64_t *window);
 /* Source i's child processes summed over the scoring threads (reward_pipeline_source_resources);
  * 1 when it runs in this process. */
 int updater_scorer_source_resources(const scorer *s, int i, double *rss_mb, double *cpu_s, int64_t *restarts);
+/* The optimizer step that v2 reward sources see as the batch's training state (rlhf_reward_batch.step). */
+void updater_scorer_set_step(scorer *s, long step);
 /* Scores synchronously on the caller's thread (replay: deterministic). */
 int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err);
 /* Same for n groups in one pipeline call (eval). */
@@ -134,7 +151,7 @@ typedef struct policy_state {
     rlhf_rng rng;
     uint64_t log_records;      /* replay-log records consumed (trained or dropped) */
     /* counters carried across steps for metrics */
-    long groups_total, groups_dropped_stale, groups_dropped_zero_var, groups_skipped;
+    long groups_total, groups_dropped_stale, groups_dropped_zero_var, groups_skipped, groups_dropped_unscored;
     double gen_seconds_acc, gen_tokens_acc;
     double wall_start;
     double wall_offset;        /* wall_s of the run before this process (resume) */
@@ -244,6 +261,7 @@ typedef struct updater_session {
     int n_sources;
     const char *src_names[SESSION_MAX_SOURCES];
     char metrics_path[2048];
+    char errors_path[2048];     /* RUN_DIR/reward_errors.jsonl: the first failures of each source */
     scored_group **window;      /* fresh scored groups waiting for the next step, in arrival order */
     int n_window, cap_window;
     long w_stale, w_stale_carry, w_skipped; /* per-step counters */

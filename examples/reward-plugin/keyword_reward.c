@@ -7,7 +7,8 @@
  * A record with "skip_keywords": true is skipped (status SKIP); a completion that is not valid
  * for scoring (here: empty) is an ERROR, to show how a scorer reports failure (not a zero reward).
  *
- * Build: make            (needs rewards.h: installed with `make install` or from the source tree)
+ * Build: make            (needs rewards.h: PKG_CONFIG_PATH=PREFIX/lib/pkgconfig after the project's
+ *                          `make install PREFIX=...`, or the source tree)
  * Use:   {"type": "plugin", "path": "/abs/path/keyword_reward.so", "config": {...}, "weight": 0.5}
  *
  * Rules of the ABI (docs/REWARD_PLUGINS.md): export rlhf_reward_plugin_entry(); fill every
@@ -19,7 +20,7 @@
 
 #include <jansson.h>
 
-#include <rewards/rewards.h> /* pkg-config --cflags rlhf, or -I<source tree> */
+#include <rewards/rewards.h> /* pkg-config --cflags rlhf-plugin, or -I<source tree> */
 
 typedef struct keyword_ctx {
     char **keywords; // (n_keywords,)
@@ -94,13 +95,39 @@ static int keyword_score_batch(void *vctx, const rlhf_reward_item *items, size_t
     return 0;
 }
 
-static const rlhf_reward_plugin_v1 keyword_plugin = {
-    .abi_version = RLHF_REWARD_ABI_VERSION,
-    .struct_size = sizeof(rlhf_reward_plugin_v1),
-    .name = "keyword_reward",
-    .init = keyword_init,
-    .score_batch = keyword_score_batch,
-    .destroy = keyword_destroy,
+/* ABI version 2: the same scoring, plus a metric of the batch (logged by the updater as
+ * reward/<source name>/hit_rate) and the training state (unused here: a curriculum would read
+ * batch->step or batch->policy_version[i]). */
+static int keyword_score_batch_v2(void *vctx, const rlhf_reward_batch *batch, double *scores_out,
+                                  rlhf_reward_status *status_out) {
+    int rc = keyword_score_batch(vctx, batch->items, batch->n, scores_out, status_out);
+    size_t ok = 0, hit = 0;
+    for (size_t i = 0; i < batch->n; i++)
+        if (status_out[i].code == RLHF_REWARD_OK) {
+            ok++;
+            hit += scores_out[i] > 0;
+        }
+    if (rc == 0 && ok && batch->max_metrics >= 1) {
+        snprintf(batch->metrics[0].name, sizeof batch->metrics[0].name, "hit_rate");
+        batch->metrics[0].value = (double)hit / (double)ok;
+        *batch->n_metrics = 1;
+    }
+    return rc;
+}
+
+/* the keys init understands: the loader refuses any other by name, so "keyword" for "keywords" is a
+ * clear error at start, not a setting silently ignored */
+static const char *const keyword_config_keys[] = {"keywords", "per_hit", "max_score", NULL};
+
+static const rlhf_reward_plugin_v2 keyword_plugin = {
+    .v1 = {.abi_version = RLHF_REWARD_ABI_VERSION,
+           .struct_size = sizeof(rlhf_reward_plugin_v2),
+           .name = "keyword_reward",
+           .init = keyword_init,
+           .score_batch = keyword_score_batch, /* hosts that pass no training state call this one */
+           .destroy = keyword_destroy},
+    .score_batch_v2 = keyword_score_batch_v2,
+    .config_keys = keyword_config_keys,
 };
 
-const rlhf_reward_plugin_v1 *rlhf_reward_plugin_entry(void) { return &keyword_plugin; }
+const rlhf_reward_plugin_v1 *rlhf_reward_plugin_entry(void) { return &keyword_plugin.v1; }

@@ -18,7 +18,7 @@ import pandas as pd
 export, metrics_path, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
 df = pd.read_json(export, lines=True)
 fails = []
-cols = {"step", "generator", "seq", "prompt_id", "prompt", "sample", "completion", "tokens", "n_tokens", "finish",
+cols = {"step", "generator", "seq", "prompt_id", "prompt", "sample", "completion", "tokens", "n_tokens", "finish", "scored",
         "logprob_sum", "rewards", "total", "advantage", "policy_version", "staleness", "fate"}
 missing = cols - set(df.columns)
 if missing:
@@ -34,7 +34,7 @@ with open(metrics_path) as f:
     for line in f:
         m = json.loads(line)
         metrics[m["step"]] = m
-in_step = df[df["fate"].isin(["trained", "zero_var"])]
+in_step = df[df["fate"].isin(["trained", "zero_var", "unscored"])]
 checked = 0
 for step, rows in in_step.groupby("step"):
     m = metrics.get(int(step))
@@ -48,9 +48,11 @@ for step, rows in in_step.groupby("step"):
         fails.append(f"step {step}: mean staleness {lag} vs staleness/mean {m['staleness/mean']}")
     checked += 1
 for (gen, seq), g in df.groupby(["generator", "seq"]):
-    tot = g.sort_values("sample")["total"].to_numpy(dtype=float)
-    adv = g.sort_values("sample")["advantage"].to_numpy(dtype=float)
-    if (g["fate"] == "trained").all():
+    g = g.sort_values("sample")
+    g = g[g["scored"]]  # a sample no source scored is in no baseline
+    tot = g["total"].to_numpy(dtype=float)
+    adv = g["advantage"].to_numpy(dtype=float)
+    if len(g) and (g["fate"] == "trained").all():
         want = tot - (tot.sum() - tot) / (len(tot) - 1)
         if not np.allclose(adv, want, atol=1e-6):
             fails.append(f"group {gen} #{seq}: advantage {adv} vs RLOO {want}")

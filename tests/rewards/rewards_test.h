@@ -23,5 +23,6 @@ int rt_register_plugins(void);
 int rt_register_exec(void);
 int rt_register_cli(void);
 int rt_register_isolation(void);
+int rt_register_contract(void);
 
 #endif

@@ -48,7 +48,7 @@ int register_suites(void) {
     snprintf(host, sizeof host, "%s/bin/rlhf", build_dir);
     setenv("RLHF_PLUGIN_HOST", host, 1);
     if (rt_register_pipeline() || rt_register_plugins() || rt_register_exec() || rt_register_cli() ||
-        rt_register_isolation())
+        rt_register_isolation() || rt_register_contract())
         return -1;
     return 0;
 }

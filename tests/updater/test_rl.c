@@ -325,10 +325,54 @@ static void test_config_relative_paths(void) {
     test_remove_tree(dir);
 }
 
+/* Reward sources' files resolve like the other paths: a plugin's or reward model's "path", a process
+ * command's program when it holds a '/', and a later argument naming a file under the config's
+ * folder; a bare program name and other arguments stay as written. Saved so in the resolved config. */
+static void test_config_reward_paths(void) {
+    char dir[] = "/tmp/rlhf_cfgr_XXXXXX", sub[256], p[512], want[2048];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(sub, sizeof sub, "%s/configs", dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(sub, 0755), 0);
+    snprintf(p, sizeof p, "%s/style.py", sub);
+    write_file(p, "print()\n");
+    snprintf(p, sizeof p, "%s/run.json", sub);
+    write_file(p, "{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"m.safetensors\"},\"task\":{\"train\":\"p.jsonl\"},\"rewards\":["
+                  "{\"type\":\"plugin\",\"path\":\"plugins/kw.so\"},"
+                  "{\"type\":\"process\",\"command\":[\"python3\",\"style.py\",\"--mode\",\"fast\",\"missing.py\"]},"
+                  "{\"type\":\"process\",\"name\":\"p2\",\"command\":[\"./bin/scorer\",\"/abs/x\"]},"
+                  "{\"type\":\"plugin\",\"name\":\"abs\",\"path\":\"/opt/r.so\"}]}\n");
+    rlhf_error err = {0};
+    run_config cfg;
+    int rc = run_config_load(&cfg, p, NULL, 0, &err);
+    if (rc) fprintf(stderr, "%s: %s\n", err.where, err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    json_t *r = json_object_get(cfg.resolved, "rewards");
+    snprintf(want, sizeof want, "%s/configs/plugins/kw.so", dir);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(r, 0), "path")), want);
+    json_t *cmd = json_object_get(json_array_get(r, 1), "command");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(cmd, 0)), "python3");
+    snprintf(want, sizeof want, "%s/configs/style.py", dir);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(cmd, 1)), want);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(cmd, 2)), "--mode");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(cmd, 3)), "fast");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(cmd, 4)), "missing.py");
+    cmd = json_object_get(json_array_get(r, 2), "command");
+    snprintf(want, sizeof want, "%s/configs/./bin/scorer", dir);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(cmd, 0)), want);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(cmd, 1)), "/abs/x");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(r, 3), "path")), "/opt/r.so");
+    /* cfg.rewards (what the updater builds its pipeline from) is the same resolved array */
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_array_get(cfg.rewards, 0), "path")),
+                           json_string_value(json_object_get(json_array_get(r, 0), "path")));
+    run_config_free(&cfg);
+    test_remove_tree(dir);
+}
+
 int register_loop_suite(void);
 int register_reward_errors_suite(void);
 int register_checkpoint_suite(void); /* tests/updater/test_checkpoint.c */
 int register_dist_suite(void);       /* tests/updater/test_dist.c */
+int register_unscored_suite(void);
 
 int register_suites(void) {
     CU_pSuite s = CU_add_suite("rl_math", NULL, NULL);
@@ -342,5 +386,7 @@ int register_suites(void) {
     CU_add_test(c, "set_typed_by_schema", test_config_set_typed_by_schema);
     CU_add_test(c, "duplicate_keys", test_config_duplicate_keys);
     CU_add_test(c, "relative_paths", test_config_relative_paths);
-    return register_loop_suite() || register_reward_errors_suite() || register_checkpoint_suite() || register_dist_suite();
+    CU_add_test(c, "reward_paths", test_config_reward_paths);
+    return register_loop_suite() || register_reward_errors_suite() || register_checkpoint_suite() ||
+           register_dist_suite() || register_unscored_suite();
 }
