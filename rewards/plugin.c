@@ -636,10 +636,12 @@ int reward_source_plugin_create(const json_t *src, const char *where, reward_sou
         return rc;
     }
     impl->plugin = &guard_plugin;
-    if (g->inner.plugin_v2) impl->score_v2 = guard_score_v2;
-    impl->has_range = g->inner.has_range;
-    impl->range_lo = g->inner.range_lo;
-    impl->range_hi = g->inner.range_hi;
+    /* in a worker, what the plugin declared came back through reward-plugin-host's init reply; the
+     * worker calls a v2 .so's score_batch_v2 and a v1 .so's score_batch, so the batch goes as v2 */
+    if (g->inner.plugin_v2 || isolate == ISOLATE_PROCESS) impl->score_v2 = guard_score_v2;
+    impl->has_range = isolate == ISOLATE_PROCESS ? g->proc.has_range : g->inner.has_range;
+    impl->range_lo = isolate == ISOLATE_PROCESS ? g->proc.range_lo : g->inner.range_lo;
+    impl->range_hi = isolate == ISOLATE_PROCESS ? g->proc.range_hi : g->inner.range_hi;
     impl->ctx = g;
     impl->dl_handle = NULL; /* the guard owns it */
     impl->resources = guard_resources;

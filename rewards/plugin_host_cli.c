@@ -84,6 +84,8 @@ static int serve_request(const reward_source_impl *impl, json_t *req) {
             json_array_append_new(res, json_pack("{s:s}", "error", "invalid status code"));
         else if (!isfinite(scores[i]))
             json_array_append_new(res, json_pack("{s:s}", "error", "non-finite score"));
+        else if (st[i].reason[0]) /* an OK item's note (e.g. a verdict) travels too */
+            json_array_append_new(res, json_pack("{s:f,s:s}", "score", scores[i], "note", st[i].reason));
         else
             json_array_append_new(res, json_pack("{s:f}", "score", scores[i]));
     }
@@ -151,7 +153,10 @@ int cmd_reward_plugin_host(int argc, char **argv) {
     }
     free(cfg_txt);
     json_decref(init);
-    if (reply(json_pack("{s:b}", "ok", 1))) return 1;
+    /* a v2 plugin's declared range, for the caller's out_of_range handling */
+    json_t *ok = json_pack("{s:b}", "ok", 1);
+    if (ok && impl.has_range) json_object_set_new(ok, "range", json_pack("[f,f]", impl.range_lo, impl.range_hi));
+    if (reply(ok)) return 1;
     int rc = 0;
     while (getline(&line, &cap, stdin) >= 0) {
         json_t *req = json_loads(line, 0, &je);

@@ -54,6 +54,8 @@ typedef struct process_ctx {
     int64_t batches;      // batches answered by the current child
     int died, died_status; // the child ended by itself during the last call; its wait status (-1 unknown)
     int init_code;        // the RLHF_E* "code" of an init error reply (0 when none)
+    int has_range;        // the init reply declared the plugin's score range ("range": [lo, hi])
+    double range_lo, range_hi;
     double cpu_reaped_s;  // user+system CPU of the children already reaped
     /* published after each batch for reward_process_resources, read from other threads */
     int64_t pub_rss_kb, pub_cpu_ms, pub_restarts;
@@ -366,6 +368,13 @@ static int proc_start(process_ctx *c, double deadline, char *reason, size_t rlen
     json_error_t je;
     json_t *j = json_loads(line, 0, &je);
     int ok = j && json_is_true(json_object_get(j, "ok"));
+    json_t *range = json_object_get(j, "range");
+    if (ok && json_array_size(range) == 2 && json_is_number(json_array_get(range, 0)) &&
+        json_is_number(json_array_get(range, 1))) {
+        c->has_range = 1;
+        c->range_lo = json_number_value(json_array_get(range, 0));
+        c->range_hi = json_number_value(json_array_get(range, 1));
+    }
     if (!ok) {
         const char *m = json_string_value(json_object_get(j, "error"));
         json_t *code = json_object_get(j, "code");
@@ -652,8 +661,11 @@ static int process_score(void *vctx, const rlhf_reward_item *items, size_t n, do
         const char *marked = json_string_value(sc);
         if (er) rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "%s", er);
         else if (sk) rlhf_reward_status_set(&status[i], RLHF_REWARD_SKIP, "%s", sk);
-        else if (json_is_number(sc)) scores[i] = json_number_value(sc);
-        else if (marked && marked[0] == '\001')
+        else if (json_is_number(sc)) {
+            scores[i] = json_number_value(sc);
+            const char *note = json_string_value(json_object_get(r, "note")); /* optional: OK's reason */
+            if (note) rlhf_reward_status_set(&status[i], RLHF_REWARD_OK, "%s", note);
+        } else if (marked && marked[0] == '\001')
             rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "non-finite score: %s is not a JSON number (send "
                                    "{\"error\": ...} for an item you cannot score)", marked + 1);
         else rlhf_reward_status_set(&status[i], RLHF_REWARD_ERROR, "result %zu has no numeric \"score\"", i);
@@ -789,6 +801,9 @@ int reward_process_create_labelled(const json_t *src, const char *where, const c
     proc_publish(c, proc_rss_kb(c->pid), proc_cpu_s(c->pid));
     impl->plugin = &process_plugin;
     impl->score_v2 = process_score_v2;
+    impl->has_range = c->has_range; /* declared in the init reply (a .so's own, through reward-plugin-host) */
+    impl->range_lo = c->range_lo;
+    impl->range_hi = c->range_hi;
     impl->ctx = c;
     impl->resources = process_resources_fn;
     return 0;

@@ -145,7 +145,7 @@ static void test_process_state_and_metrics(void) {
     p = make(json);
     CU_ASSERT_EQUAL(reward_pipeline_score_ex(p, items, 2, &o, &sc, &err), 0);
     CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 6.0, 1e-12);
-    CU_ASSERT_STRING_EQUAL(sc.status[0].reason, ""); /* the protocol carries no OK notes */
+    CU_ASSERT_STRING_EQUAL(sc.status[0].reason, "step 7 version 3"); /* an OK note travels as "note" */
     CU_ASSERT_EQUAL_FATAL(sc.n_metrics, 3);
     CU_ASSERT_STRING_EQUAL(sc.metrics[0].name, "calls");
     CU_ASSERT_DOUBLE_EQUAL(sc.metrics[1].value, 2, 1e-12);

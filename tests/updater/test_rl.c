@@ -195,7 +195,7 @@ static void test_config_errors_name_path(void) {
     expect_error("generators.top_p=1.5", "cfg.json: generators.top_p", "in [0.01, 1]");
     expect_error("rl.loss=grpo", "cfg.json: rl.loss", "\"tis\" or \"ppo_clip\"");
     expect_error("mode=fast", "cfg.json: mode", "async");
-    expect_error("updaters.count=2", "cfg.json: updaters.count", "all-reduce");
+    expect_error("updaters.count=0", "cfg.json: updaters.count", "must be an integer in [1, 256]");
     expect_error("task=3", "--set task", "must be an object");
     expect_error("rewards=[]", "cfg.json: rewards", "at least one");
     expect_error("extra=1", "cfg.json: extra", "unknown key");

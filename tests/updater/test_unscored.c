@@ -195,7 +195,12 @@ static void test_plugin_metrics_logged(void) {
     CU_ASSERT_EQUAL_FATAL(make_cfg(&c, "rm", extra), 0);
     updater_session u;
     rlhf_error err = {0};
-    CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &c, 0, &err), 0);
+    char host[1100]; /* .so plugins run in a worker process, rlhf reward-plugin-host; this binary is not rlhf */
+    CU_ASSERT_EQUAL_FATAL(test_bin_path("rlhf", host, sizeof host), 0);
+    setenv("RLHF_PLUGIN_HOST", host, 1);
+    int rc = updater_session_init(&u, &c, 0, &err);
+    if (rc) fprintf(stderr, "\nsession: %s: %s\n", err.where, err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
     const char *g[] = {"a", "bb", "ccc"};
     const char *const *gs[] = {g, g, g, g};
     int ks[] = {3, 3, 3, 3};
