@@ -16,6 +16,7 @@ extern char bindir[4096]; /* BUILD/bin: rlhf, synth_generator, synth_updater */
 typedef struct run {
     char dir[512];
     char endpoint[64];
+    char cred[600]; /* DIR/credentials: made by start_broker */
     pid_t broker;
 } run;
 
