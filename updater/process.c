@@ -283,7 +283,9 @@ int updater_main(const updater_options *o, rlhf_error *err) {
 
     char peer[64];
     snprintf(peer, sizeof peer, "updater.%d", (int)getpid());
-    if (broker_client_connect(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, 60000, err)) {
+    char cred[8400]; /* the launcher's credentials for this run (docs/BROKER.md "Authentication") */
+    snprintf(cred, sizeof cred, "%s/%s", cfg->run_dir, BROKER_CREDENTIALS_DIR);
+    if (broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, cred, 60000, err)) {
         rc = 1;
         goto out;
     }
@@ -334,7 +336,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             /* a new broker: new session, no credit outstanding, and it needs the current weights */
             *o->reconnect = 0;
             broker_client_close(&bc);
-            if ((rc = broker_client_connect(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, 60000, err))) break;
+            if ((rc = broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, cred, 60000, err))) break;
             granted_outstanding = 0;
             last_group = rlhf_now();
             long more = 0;
@@ -348,7 +350,8 @@ int updater_main(const updater_options *o, rlhf_error *err) {
             if (u.ps.version > 0 && (rc = publish(bc, u.ps.m, &pub_s, err))) break;
         }
         if (!training && broker_client_stopped(bc)) {
-            fprintf(stderr, "updater: the broker said stop\n");
+            fprintf(stderr, "updater: the broker said stop (%s) at step %ld of %d\n", broker_client_stop_reason(bc),
+                    u.ps.step, cfg->steps);
             break;
         }
         int holding = updater_scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
