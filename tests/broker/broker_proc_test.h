@@ -49,6 +49,13 @@ void test_generation_lag(void);
 void test_keep_freed_memory(void);
 #endif
 
+/* tests/broker/test_hostile.c */
+void test_hostile_control(void);
+void test_hostile_weights(void);
+void test_hostile_groups(void);
+void test_hostile_identity(void);
+void test_hostile_peer_table(void);
+
 /* tests/broker/test_broker_restart.c */
 void test_kill_and_restart(void);
 void test_sigterm_flushes(void);

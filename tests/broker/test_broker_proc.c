@@ -458,6 +458,11 @@ int register_broker_suites(void) {
     CU_add_test(s, "max_generation_lag: prompts wait for the newest weights", test_generation_lag);
     CU_add_test(s, "broker kill -9 and restart: clients rejoin, log recovered", test_broker_restart);
     CU_add_test(s, "selector state survives a broker restart", test_selector_state_restart);
+    CU_add_test(s, "hostile: CONTROL stop from no credential / a generator's refused, run goes on", test_hostile_control);
+    CU_add_test(s, "hostile: WEIGHTS from a generator, or a version jump from the updater, refused", test_hostile_weights);
+    CU_add_test(s, "hostile: groups without a lease or with token ids >= vocab refused", test_hostile_groups);
+    CU_add_test(s, "hostile: wrong role at HELLO answered; no or a foreign key cannot connect", test_hostile_identity);
+    CU_add_test(s, "hostile: peer table bounded over many reconnects", test_hostile_peer_table);
 #ifndef __SANITIZE_ADDRESS__
     CU_add_test(s, "keep freed memory: a second weights version does not page-fault", test_keep_freed_memory);
 #endif
