@@ -1033,7 +1033,11 @@ static void on_control(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
                     "connection's is the %s's", wire_role_name(b->cur_role));
         return;
     }
-    if (c.command == WIRE_CONTROL_STOP) b->stop_requested = 1;
+    if (c.command == WIRE_CONTROL_STOP) {
+        b->stop_requested = 1;
+        snprintf(b->stop_reason, sizeof b->stop_reason, "CONTROL stop from %.63s: %.150s", p ? p->id : "a peer without HELLO",
+                 c.reason);
+    }
     else if (c.command == WIRE_CONTROL_PAUSE) b->paused = 1;
     else {
         b->paused = 0;
@@ -1348,7 +1352,7 @@ out:
          (unsigned long long)b->ct.groups_accepted, (unsigned long long)b->ct.groups_delivered,
          (unsigned long long)(b->ct.dropped_stale_accept + b->ct.dropped_stale_queued + b->ct.dropped_stale_delivery),
          b->q_len);
-    broadcast_stop(b, b->stop_requested ? "CONTROL stop" : "broker shutting down");
+    broadcast_stop(b, b->stop_requested ? b->stop_reason : "broker shutting down");
     if (b->log) {
         rlhf_error le;
         rlhf_error_clear(&le);

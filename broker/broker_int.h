@@ -131,6 +131,7 @@ struct broker {
     broker_counters ct;
     broker_auth auth;
     uint64_t refusals_logged_seen; /* refusals seen by rate_log */
+    char stop_reason[256];         /* "CONTROL stop from ID: REASON", told to every peer */
     int cur_role;                  /* the credential role of the message being handled (0: --insecure) */
 
     /* Selector checkpoint (RUN_DIR/selector_state.json): the selector changes with every batch served

@@ -215,8 +215,12 @@ static void print_early_end(const char *run_dir, int step, int steps) {
             len = e ? (int)(e - cause) : (int)strlen(cause);
         }
     }
-    fprintf(stderr, "\n[rlhf run] the run ended at step %d of %d before its end: %.*s\n", step, steps,
-            cause ? (len > 300 ? 300 : len) : 40, cause ? cause : "the updater stopped (see logs/updater.log)");
+    if (cause)
+        fprintf(stderr, "\n[rlhf run] the run ended at step %d of %d before its end: %.*s\n", step, steps,
+                len > 300 ? 300 : len, cause);
+    else
+        fprintf(stderr, "\n[rlhf run] the run ended at step %d of %d before its end: the updater stopped (see %s)\n",
+                step, steps, path);
     free(text);
 }
 

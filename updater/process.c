@@ -349,11 +349,7 @@ int updater_main(const updater_options *o, rlhf_error *err) {
                             "replay log\n", more);
             if (u.ps.version > 0 && (rc = publish(bc, u.ps.m, &pub_s, err))) break;
         }
-        if (!training && broker_client_stopped(bc)) {
-            fprintf(stderr, "updater: the broker said stop (%s) at step %ld of %d\n", broker_client_stop_reason(bc),
-                    u.ps.step, cfg->steps);
-            break;
-        }
+        if (!training && broker_client_stopped(bc)) break;
         int holding = updater_scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
         long want = stop_requested(o) ? 0 : cap - holding - granted_outstanding;
         if (want > 0) {
@@ -472,6 +468,10 @@ int updater_main(const updater_options *o, rlhf_error *err) {
         if (tr->rc == 0) steps_done = u.ps.step;
     }
     trainer_destroy(&tr);
+    /* the launcher names this line as the cause of a run that ended early */
+    if (bc && broker_client_stopped(bc) && u.ps.step < cfg->steps)
+        fprintf(stderr, "updater: the broker said stop (%s) at step %ld of %d\n", broker_client_stop_reason(bc), u.ps.step,
+                cfg->steps);
     for (int i = 0; i < n_pending; i++) updater_scored_group_free(pending[i]);
     free(pending);
     if (rc == 0 && updater_latest_checkpoint_step(cfg->run_dir) != u.ps.step) rc = updater_checkpoint(&u, err);

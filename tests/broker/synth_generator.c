@@ -99,6 +99,7 @@ int main(int argc, char **argv) {
             g.created_at = rlhf_wall_time();
             r = broker_client_push_group(c, &g, &err);
             synth_group_free(&g);
+            if (r == RLHF_ESTATE) break; /* the broker stopped while this batch was generated */
             if (r) {
                 rlhf_error_print("synth_generator", &err);
                 rc = 1;
@@ -111,7 +112,7 @@ int main(int argc, char **argv) {
             seq++;
         }
         wire_prompt_batch_free(&pb);
-        if (rc) break;
+        if (rc || broker_client_stopped(c)) break;
     }
 done:
     broker_client_close(&c);
