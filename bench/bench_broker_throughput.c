@@ -373,7 +373,7 @@ int main(int argc, char **argv) {
     double gps_b = (groups - 1) / mb, gps_r = (groups - 1) / mr, gps_l = (groups - 1) / ml;
     printf("group: %d samples x %d tokens, %zu bytes on the wire; %d groups per run, %d repeats (medians), %s, broker "
            "path %s\n", K, TOKENS, gb, groups, repeats, ipc ? "ipc://" : "tcp://127.0.0.1",
-           auth ? "CURVE-authenticated and encrypted" : "insecure (no authentication)");
+           !auth ? "insecure (no authentication)" : ipc ? "PLAIN-authenticated (0700 directory)" : "CURVE-authenticated and encrypted");
     printf("broker path (gen -> broker -> updater, validated, %s):     %8.0f groups/s  %7.1f MB/s\n",
            log ? "replay-logged" : "no replay log", gps_b,
            gps_b * gb / 1e6);

@@ -9,6 +9,12 @@
  * The same files serve peers on other hosts (scale-out): copy the role's .key file and broker.key's
  * public line; CURVE encrypts and authenticates over any tcp:// network.
  *
+ * On one host over ipc:// the mechanism is PLAIN instead (user name = the role, password = the role's
+ * secret key), checked by the same ZAP handler: CURVE's encryption of every byte costs a 40 MB weights
+ * fan-out several times its unencrypted time (docs/PERFORMANCE.md "Broker: authentication"), and a
+ * Unix socket in a directory only this user can enter (mode 0700, checked by the broker) is not
+ * readable by anyone the encryption would keep out.
+ *
  * Files: broker.key, generator.key, updater.key, control.key (the launcher's / an operator's: the only
  * one allowed CONTROL; it says HELLO as an observer). Each holds two lines "public=Z85" and "secret=Z85"
  * (40 characters each). */
@@ -145,7 +151,14 @@ int broker_credential_load(broker_credential *c, const char *dir, int role, rlhf
 
 void broker_credential_clear(broker_credential *c) { memset(c, 0, sizeof *c); }
 
-int broker_credential_apply(void *sock, const broker_credential *c) {
+int broker_auth_is_curve(const char *endpoint) { return strncmp(endpoint, "tcp://", 6) == 0; }
+
+int broker_credential_apply(void *sock, const broker_credential *c, const char *endpoint) {
+    if (!broker_auth_is_curve(endpoint)) {
+        const char *user = wire_role_name(c->role);
+        if (zmq_setsockopt(sock, ZMQ_PLAIN_USERNAME, user, strlen(user)) != 0) return -1;
+        return zmq_setsockopt(sock, ZMQ_PLAIN_PASSWORD, c->secret_key, 40);
+    }
     if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, c->server_key, 40) != 0) return -1;
     if (zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, c->public_key, 40) != 0) return -1;
     if (zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, c->secret_key, 40) != 0) return -1;
@@ -154,14 +167,38 @@ int broker_credential_apply(void *sock, const broker_credential *c) {
 
 /* ---------------------------------------------------------------- the broker side */
 
-int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, rlhf_error *err) {
+/* ipc://PATH: PATH's directory must be this user's alone (PLAIN sends the password over the socket). */
+static int check_ipc_dir(const char *endpoint, rlhf_error *err) {
+    if (strncmp(endpoint, "ipc://", 6) != 0) return 0; /* inproc: inside this process */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", endpoint + 6);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    struct stat st;
+    if (stat(dir, &st) != 0) return rlhf_error_set(err, RLHF_EIO, "broker.endpoint", "%s: %s", dir, strerror(errno));
+    if (st.st_uid != geteuid() || (st.st_mode & 077))
+        return rlhf_error_set(err, RLHF_EINVAL, "broker.endpoint",
+                              "%s: an ipc:// socket with credentials must be in a directory only this user can enter "
+                              "(mode 0700, owned by uid %d; it is %03o, uid %d), or use tcp:// (CURVE)",
+                              dir, (int)geteuid(), (unsigned)(st.st_mode & 0777), (int)st.st_uid);
+    return 0;
+}
+
+int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, const char *endpoint, rlhf_error *err) {
     memset(a, 0, sizeof a[0]);
-    if (!zmq_has("curve"))
+    a->curve = broker_auth_is_curve(endpoint);
+    if (!a->curve) {
+        int rc = check_ipc_dir(endpoint, err);
+        if (rc) return rc;
+    }
+    if (a->curve && !zmq_has("curve"))
         return rlhf_error_set(err, RLHF_EUNSUPPORTED, "broker", "this libzmq has no CURVE: run with --insecure on a trusted host only");
     char sec[41];
     int rc = read_key_file(dir, SERVER_FILE, a->server_public, sec, err);
     for (int r = WIRE_ROLE_GENERATOR; !rc && r <= WIRE_ROLE_OBSERVER; r++)
-        rc = read_key_file(dir, role_file(r), a->client_public[r], NULL, err);
+        rc = read_key_file(dir, role_file(r), a->client_public[r], a->curve ? NULL : a->client_secret[r], err);
     if (rc) {
         memset(sec, 0, sizeof sec);
         return rc;
@@ -174,10 +211,14 @@ int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, 
         goto out;
     }
     zmq_setsockopt(a->zap, ZMQ_LINGER, &l0, sizeof l0);
-    if (zmq_setsockopt(router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
-        zmq_setsockopt(router, ZMQ_CURVE_SECRETKEY, sec, 40) != 0 ||
-        zmq_setsockopt(router, ZMQ_ZAP_DOMAIN, AUTH_DOMAIN, strlen(AUTH_DOMAIN)) != 0) {
-        rc = RLHF_FAIL(err, RLHF_ESYS, "CURVE server options: %s", zmq_strerror(errno));
+    if (a->curve ? zmq_setsockopt(router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
+                       zmq_setsockopt(router, ZMQ_CURVE_SECRETKEY, sec, 40) != 0
+                 : zmq_setsockopt(router, ZMQ_PLAIN_SERVER, &one, sizeof one) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "%s server options: %s", a->curve ? "CURVE" : "PLAIN", zmq_strerror(errno));
+        goto out;
+    }
+    if (zmq_setsockopt(router, ZMQ_ZAP_DOMAIN, AUTH_DOMAIN, strlen(AUTH_DOMAIN)) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "ZAP domain: %s", zmq_strerror(errno));
         goto out;
     }
     a->on = 1;
@@ -191,6 +232,16 @@ void broker_auth_close(broker_auth *a) {
     if (a->zap) zmq_close(a->zap);
     a->zap = NULL;
     a->on = 0;
+    memset(a->client_secret, 0, sizeof a->client_secret);
+}
+
+/* Equal strings of equal length, in time independent of where they differ. */
+static int same_secret(const void *x, size_t n, const char *secret) {
+    if (n != strlen(secret)) return 0;
+    const unsigned char *p = x;
+    unsigned diff = 0;
+    for (size_t i = 0; i < n; i++) diff |= p[i] ^ (unsigned char)secret[i];
+    return diff == 0;
 }
 
 /* Answers one ZAP request (RFC 27): frames version, request id, domain, address, identity, mechanism,
@@ -212,14 +263,23 @@ static void zap_answer(broker_auth *a) {
     }
     const char *status = "400", *text = "unknown key", *user = "";
     int role = 0;
-    if (n >= 7 && zmq_msg_size(&f[0]) == 3 && !memcmp(zmq_msg_data(&f[0]), "1.0", 3) &&
-        zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "CURVE", 5) && zmq_msg_size(&f[6]) == 32) {
+    int v10 = n >= 7 && zmq_msg_size(&f[0]) == 3 && !memcmp(zmq_msg_data(&f[0]), "1.0", 3);
+    if (v10 && a->curve && zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "CURVE", 5) &&
+        zmq_msg_size(&f[6]) == 32) {
         char z[41];
         zmq_z85_encode(z, zmq_msg_data(&f[6]), 32);
         for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++)
             if (!strcmp(z, a->client_public[r])) role = r;
+    } else if (v10 && !a->curve && n >= 8 && zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "PLAIN", 5)) {
+        text = "unknown user or wrong password";
+        for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++) {
+            const char *user = wire_role_name(r);
+            if (zmq_msg_size(&f[6]) == strlen(user) && !memcmp(zmq_msg_data(&f[6]), user, strlen(user)) &&
+                same_secret(zmq_msg_data(&f[7]), zmq_msg_size(&f[7]), a->client_secret[r]))
+                role = r;
+        }
     } else {
-        text = "expected a CURVE handshake";
+        text = a->curve ? "expected a CURVE handshake" : "expected a PLAIN handshake";
     }
     if (role) {
         status = "200";

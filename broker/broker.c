@@ -236,7 +236,7 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
         char dir[8300];
         if (cfg->credentials[0]) snprintf(dir, sizeof dir, "%s", cfg->credentials);
         else snprintf(dir, sizeof dir, "%s/%s", b->run_dir, BROKER_CREDENTIALS_DIR);
-        rc = broker_auth_open(&b->auth, b->zctx, b->router, dir, err);
+        rc = broker_auth_open(&b->auth, b->zctx, b->router, dir, cfg->endpoint, err);
         if (rc && err) {
             /* name the way out, once: the file is already in err->where */
             size_t l = strlen(err->msg);
@@ -272,7 +272,7 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
              (unsigned long long)replay_writer_records(b->log));
     }
     blog("listening on %s (max_staleness=%u queue_capacity=%u protocol=%d, %s)", cfg->endpoint, cfg->max_staleness,
-         cfg->queue_capacity, WIRE_PROTOCOL_VERSION, b->auth.on ? "CURVE authentication" : "NO authentication");
+         cfg->queue_capacity, WIRE_PROTOCOL_VERSION, !b->auth.on ? "NO authentication" : b->auth.curve ? "CURVE authentication" : "PLAIN authentication, 0700 directory");
     *out = b;
     return 0;
 fail:

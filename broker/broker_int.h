@@ -16,11 +16,16 @@ void broker_keep_freed_memory(void);
 
 /* ---------------------------------------------------------------- authentication (broker/auth.c) */
 
-/* Sets a client socket's CURVE options from a credential. */
-int broker_credential_apply(void *sock, const broker_credential *c);
+/* The mechanism for an endpoint: CURVE over tcp:// (encrypted, for any network), PLAIN otherwise
+ * (ipc:// in a directory of mode 0700: one host, no encryption cost). */
+int broker_auth_is_curve(const char *endpoint);
+/* Sets a client socket's security options from a credential, for the endpoint it will connect to. */
+int broker_credential_apply(void *sock, const broker_credential *c, const char *endpoint);
 
 typedef struct broker_auth {
     int on;                    /* 0: --insecure, no authentication */
+    int curve;                 /* 1: CURVE (tcp://); 0: PLAIN (ipc://, a 0700 directory) */
+    char client_secret[4][41]; /* PLAIN: the roles' passwords (their secret keys) */
     void *zap;                 /* REP socket on inproc://zeromq.zap.01 */
     char server_public[41];
     char client_public[4][41]; /* by wire_role */
@@ -28,7 +33,7 @@ typedef struct broker_auth {
 } broker_auth;
 
 /* Loads DIR's keys, binds the ZAP handler in zctx and makes `router` a CURVE server (before it binds). */
-int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, rlhf_error *err);
+int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, const char *endpoint, rlhf_error *err);
 void broker_auth_close(broker_auth *a);
 /* Answers the ZAP requests waiting (never blocks). */
 void broker_auth_serve(broker_auth *a);

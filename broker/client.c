@@ -356,8 +356,8 @@ int broker_client_connect_with(broker_client **out, const char *endpoint, int ro
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (c->secure && broker_credential_apply(c->sock, &c->cred) != 0) {
-        rc = RLHF_FAIL(err, RLHF_ESYS, "CURVE options: %s", zmq_strerror(errno));
+    if (c->secure && broker_credential_apply(c->sock, &c->cred, endpoint) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "security options: %s", zmq_strerror(errno));
         goto fail;
     }
     if (zmq_connect(c->sock, endpoint) != 0) {
@@ -388,7 +388,7 @@ int broker_client_connect_with(broker_client **out, const char *endpoint, int ro
     zmq_setsockopt(c->hb_pipe, ZMQ_LINGER, &l0, sizeof l0);
     zmq_setsockopt(c->hb_thread_pipe, ZMQ_LINGER, &l0, sizeof l0);
     zmq_setsockopt(c->hb_sock, ZMQ_LINGER, &l0, sizeof l0);
-    if (c->secure) broker_credential_apply(c->hb_sock, &c->cred);
+    if (c->secure) broker_credential_apply(c->hb_sock, &c->cred, endpoint);
     if (zmq_bind(c->hb_pipe, c->hb_pipe_name) != 0 || zmq_connect(c->hb_thread_pipe, c->hb_pipe_name) != 0 ||
         zmq_connect(c->hb_sock, endpoint) != 0) {
         rc = RLHF_FAIL(err, RLHF_ESYS, "heartbeat sockets: %s", zmq_strerror(errno));

@@ -213,10 +213,17 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     json_t *launcher = json_object_get(cfg->resolved, "launcher");
     int auto_ep = !json_object_get(b, "endpoint") || json_is_true(json_object_get(launcher, "auto_endpoint"));
     if (auto_ep) {
-        int port = free_tcp_port();
-        if (port < 0) return RLHF_FAIL(err, RLHF_ESYS, "cannot find a free TCP port for the broker");
-        char e[64];
-        snprintf(e, sizeof e, "tcp://127.0.0.1:%d", port);
+        /* One host: a Unix socket in the run's credentials directory (mode 0700), where the broker
+         * authenticates with PLAIN and nothing is encrypted (docs/BROKER.md "Authentication": CURVE
+         * costs a weights fan-out several times over); tcp loopback with CURVE when the path is too long
+         * for a Unix socket address. */
+        char e[1200];
+        snprintf(e, sizeof e, "ipc://%s/%s/broker.sock", cfg->run_dir, BROKER_CREDENTIALS_DIR);
+        if (strlen(e) - 6 > 100) {
+            int port = free_tcp_port();
+            if (port < 0) return RLHF_FAIL(err, RLHF_ESYS, "cannot find a free TCP port for the broker");
+            snprintf(e, sizeof e, "tcp://127.0.0.1:%d", port);
+        }
         json_object_set_new(b, "endpoint", json_string(e));
         json_object_set_new(launcher, "auto_endpoint", json_true());
     }

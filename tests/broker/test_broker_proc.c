@@ -226,7 +226,7 @@ static void test_other_protocol_version(void) {
     broker_credential cred; /* a real generator's key: the version is what is wrong here */
     rlhf_error ce;
     CU_ASSERT_EQUAL_FATAL(broker_credential_load(&cred, r.cred, WIRE_ROLE_GENERATOR, &ce), 0);
-    CU_ASSERT_EQUAL(broker_credential_apply(s, &cred), 0);
+    CU_ASSERT_EQUAL(broker_credential_apply(s, &cred, r.endpoint), 0);
     CU_ASSERT_EQUAL(zmq_connect(s, r.endpoint), 0);
     wire_out o;
     CU_ASSERT_EQUAL_FATAL(wire_encode_raw(99, WIRE_HELLO, json_pack("{sssssi}", "peer_id", "fake", "role", "generator",
@@ -255,7 +255,7 @@ static void test_other_protocol_version(void) {
     /* a message before HELLO, and garbage frames, are rejected too, and the broker keeps serving */
     s = zmq_socket(ctx, ZMQ_DEALER);
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    broker_credential_apply(s, &cred);
+    broker_credential_apply(s, &cred, r.endpoint);
     zmq_connect(s, r.endpoint);
     zmq_send(s, "garbage", 7, 0);
     wire_credit cr = {5};
@@ -463,6 +463,7 @@ int register_broker_suites(void) {
     CU_add_test(s, "hostile: groups without a lease or with token ids >= vocab refused", test_hostile_groups);
     CU_add_test(s, "hostile: wrong role at HELLO answered; no or a foreign key cannot connect", test_hostile_identity);
     CU_add_test(s, "hostile: peer table bounded over many reconnects", test_hostile_peer_table);
+    CU_add_test(s, "hostile: ipc:// with PLAIN: roles bound, wrong password refused, open directory refused", test_hostile_ipc_plain);
 #ifndef __SANITIZE_ADDRESS__
     CU_add_test(s, "keep freed memory: a second weights version does not page-fault", test_keep_freed_memory);
 #endif

@@ -218,7 +218,7 @@ void test_hostile_identity(void) {
     rlhf_error e;
     rlhf_error_clear(&e);
     CU_ASSERT_EQUAL_FATAL(broker_credential_load(&cred, r.cred, WIRE_ROLE_GENERATOR, &e), 0);
-    CU_ASSERT_EQUAL(broker_credential_apply(s, &cred), 0);
+    CU_ASSERT_EQUAL(broker_credential_apply(s, &cred, r.endpoint), 0);
     broker_credential_clear(&cred);
     CU_ASSERT_EQUAL(zmq_connect(s, r.endpoint), 0);
     wire_hello h = {"fake-updater", WIRE_ROLE_UPDATER, 1};
@@ -325,4 +325,69 @@ void test_hostile_peer_table(void) {
     json_decref(st);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
     CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+}
+
+/* One host, ipc://: PLAIN (the role as user, its secret key as password) checked by the same ZAP
+ * handler; a wrong password gets no connection; a socket whose directory others can enter is refused at
+ * start (exit 2, naming the directory). */
+void test_hostile_ipc_plain(void) {
+    char dir[600], cfg[700], log[700], bin[4200], ep[800], cred[700];
+    snprintf(dir, sizeof dir, "%s/hostile_ipc", tmpdir);
+    mkdir(dir, 0755);
+    snprintf(cred, sizeof cred, "%s/credentials", dir);
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(broker_credentials_create(cred, &e), 0);
+    snprintf(ep, sizeof ep, "ipc://%s/b.sock", cred);
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    char text[1024];
+    snprintf(text, sizeof text, "{\"broker\": {\"dataset\": \"%s/prompts.jsonl\", \"stats_interval_ms\": 0}}", tmpdir);
+    CU_ASSERT_EQUAL_FATAL(rlhf_write_file_atomic(cfg, text, strlen(text), &e), 0);
+    snprintf(log, sizeof log, "%s/broker.log", dir);
+    snprintf(bin, sizeof bin, "%s/rlhf", bindir);
+    char *argv[] = {bin, "broker", "--config", cfg, "--run-dir", dir, "--endpoint", ep, NULL};
+    pid_t brk = spawn(argv, log);
+    broker_client *c = NULL;
+    for (int i = 0; i < 50 && !c; i++) {
+        rlhf_error_clear(&e);
+        if (broker_client_connect_with(&c, ep, WIRE_ROLE_OBSERVER, "ipc-observer", cred, 200, &e) != 0) c = NULL;
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    /* a generator key: role bound as over CURVE, its stop refused */
+    broker_client *gen = NULL;
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&gen, ep, WIRE_ROLE_GENERATOR, "ipc-gen", cred, 3000, &e), 0);
+    CU_ASSERT_EQUAL(broker_client_control(gen, WIRE_CONTROL_STOP, "no", &e), 0);
+    CU_ASSERT_TRUE(wait_rejections(gen, 1));
+    CU_ASSERT_TRUE(last_rejection_is(gen, "not_authorized"));
+    broker_client_close(&gen);
+    /* no password, and another run's passwords: no connection */
+    broker_client *bad = NULL;
+    CU_ASSERT_EQUAL(broker_client_connect(&bad, ep, WIRE_ROLE_OBSERVER, "nopass", 500, &e), RLHF_ETIMEOUT);
+    char other[700];
+    snprintf(other, sizeof other, "%s/other_credentials", dir);
+    CU_ASSERT_EQUAL_FATAL(broker_credentials_create(other, &e), 0);
+    CU_ASSERT_EQUAL(broker_client_connect_with(&bad, ep, WIRE_ROLE_OBSERVER, "otherpass", other, 500, &e), RLHF_ETIMEOUT);
+    CU_ASSERT_PTR_NULL(bad);
+    json_t *st = NULL;
+    CU_ASSERT_EQUAL_FATAL(broker_client_get_stats(c, &st, 3000, &e), 0);
+    CU_ASSERT(stat_i(st, "auth/handshakes_denied") >= 1);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/not_authorized"), 1);
+    CU_ASSERT_PTR_NULL(peer_of(st, "otherpass"));
+    json_decref(st);
+    CU_ASSERT_EQUAL(broker_client_control(c, WIRE_CONTROL_STOP, "done", &e), 0);
+    broker_client_close(&c);
+    CU_ASSERT_EQUAL(test_proc_wait(brk, 10), 0);
+    /* a socket in a directory others may enter */
+    char open_dir[700], ep2[800];
+    snprintf(open_dir, sizeof open_dir, "%s/open", dir);
+    mkdir(open_dir, 0755);
+    chmod(open_dir, 0755);
+    snprintf(ep2, sizeof ep2, "ipc://%s/b.sock", open_dir);
+    char *argv2[] = {bin, "broker", "--config", cfg, "--run-dir", dir, "--endpoint", ep2, NULL};
+    CU_ASSERT_EQUAL(test_proc_wait(spawn(argv2, log), 10), RLHF_EXIT_CONFIG);
+    char *out = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(log, &out, &n, NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "only this user can enter (mode 0700"));
+    free(out);
 }
