@@ -56,6 +56,7 @@ void test_hostile_groups(void);
 void test_hostile_identity(void);
 void test_hostile_peer_table(void);
 void test_hostile_ipc_plain(void);
+void test_hostile_slow_reader(void);
 
 /* tests/broker/test_broker_restart.c */
 void test_kill_and_restart(void);

@@ -464,6 +464,8 @@ int register_broker_suites(void) {
     CU_add_test(s, "hostile: wrong role at HELLO answered; no or a foreign key cannot connect", test_hostile_identity);
     CU_add_test(s, "hostile: peer table bounded over many reconnects", test_hostile_peer_table);
     CU_add_test(s, "hostile: ipc:// with PLAIN: roles bound, wrong password refused, open directory refused", test_hostile_ipc_plain);
+    CU_add_test(s, "hostile: a peer that never reads its replies: broker RSS bounded, real peers go on",
+                test_hostile_slow_reader);
 #ifndef __SANITIZE_ADDRESS__
     CU_add_test(s, "keep freed memory: a second weights version does not page-fault", test_keep_freed_memory);
 #endif

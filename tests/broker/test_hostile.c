@@ -391,3 +391,73 @@ void test_hostile_ipc_plain(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "only this user can enter (mode 0700"));
     free(out);
 }
+
+static long rss_kb(pid_t pid) {
+    char p[64], line[256];
+    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(p, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
+    if (f) fclose(f);
+    return kb;
+}
+
+/* A peer that asks for stats replies as fast as it can and never reads them: what the broker holds for
+ * it is bounded by the per-peer send queue (ZMQ_SNDHWM 4096 messages, then replies are dropped), not by
+ * how much it asks; the real peers keep working meanwhile. */
+void test_hostile_slow_reader(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "hostile_slow", "\"queue_capacity\": 8"), 0);
+    pid_t u0 = start_upd(&r, "u0", "--credit 100000");
+    pid_t g0 = start_gen(&r, "g0", "--k 2 --tokens 8");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "g0"), 0);
+    sleep_ms(300);
+    long rss0 = rss_kb(r.broker);
+    long acc0 = accepted_now(&r);
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, rcvhwm = 1, sndtmo = 5000, rcvbuf = 4096;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
+    zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &sndtmo, sizeof sndtmo);
+    broker_credential cred;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(broker_credential_load(&cred, r.cred, WIRE_ROLE_OBSERVER, &e), 0);
+    broker_credential_apply(s, &cred, r.endpoint);
+    broker_credential_clear(&cred);
+    CU_ASSERT_EQUAL(zmq_connect(s, r.endpoint), 0);
+    wire_out o;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_stats_request(&o, NULL), 0);
+    int sent = 0;
+    const int asks = 40000; /* replies are ~3 KB: unbounded, the broker would hold over 100 MB for it */
+    for (; sent < asks; sent++)
+        if (wire_out_send(s, &o, NULL) != 0) break;
+    wire_out_free(&o);
+    CU_ASSERT_EQUAL(sent, asks);
+    /* let the broker answer everything it was sent */
+    long msgs = 0;
+    for (int i = 0; i < 300; i++) {
+        json_t *st = get_stats(&r);
+        msgs = st ? stat_i(st, "msgs/in") : 0;
+        json_decref(st);
+        if (msgs >= asks) break;
+        sleep_ms(50);
+    }
+    CU_ASSERT(msgs >= asks);
+    long rss1 = rss_kb(r.broker);
+    long acc1 = accepted_now(&r);
+    fprintf(stderr, "[slow reader: %d stats requests unread; broker RSS %ld -> %ld kB; groups accepted %ld -> %ld] ",
+            sent, rss0, rss1, acc0, acc1);
+    CU_ASSERT(rss0 > 0 && rss1 > 0);
+    CU_ASSERT(rss1 - rss0 < 48 * 1024);
+    CU_ASSERT(acc1 > acc0); /* the real generator and updater went on */
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(g0, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
+}
