@@ -576,18 +576,30 @@ static void lease_add(broker_peer *p, size_t index, double now) {
     p->leases[p->n_leases++] = (broker_lease){index, now};
 }
 
-/* Takes p's oldest lease of the prompt with id `prompt_id`: 1 when it held one. */
-static int lease_take(broker *b, broker_peer *p, const char *prompt_id) {
+/* p's oldest lease of the prompt with id `prompt_id` (its index in p->leases), or -1. */
+static long lease_find(const broker *b, const broker_peer *p, const char *prompt_id) {
     for (size_t i = 0; b->ds && i < p->n_leases; i++) {
         const prompt_record *r = prompt_dataset_get(b->ds, p->leases[i].index);
-        if (r && r->id && !strcmp(r->id, prompt_id)) {
-            memmove(p->leases + i, p->leases + i + 1, (p->n_leases - i - 1) * sizeof *p->leases);
-            p->n_leases--;
-            p->outstanding = (uint32_t)p->n_leases;
-            return 1;
-        }
+        if (r && r->id && !strcmp(r->id, prompt_id)) return (long)i;
     }
-    return 0;
+    return -1;
+}
+
+static void lease_remove(broker_peer *p, size_t i) {
+    memmove(p->leases + i, p->leases + i + 1, (p->n_leases - i - 1) * sizeof *p->leases);
+    p->n_leases--;
+    p->outstanding = (uint32_t)p->n_leases;
+}
+
+/* The group's prompt_text and prompt_record (when sent) must be the dataset's: the updater scores with
+ * them (an answer changed on the way would be rewarded). NULL when they are, else the field's name. */
+static const char *prompt_differs(const broker *b, const broker_peer *p, size_t lease, const wire_msg *m) {
+    const prompt_record *r = prompt_dataset_get(b->ds, p->leases[lease].index);
+    const char *text = json_string_value(json_object_get(m->meta, "prompt_text"));
+    if (!text || !r->prompt || strcmp(text, r->prompt) != 0) return "prompt_text";
+    const json_t *rec = json_object_get(m->meta, "prompt_record");
+    if (rec && !json_is_null(rec) && !(r->record && json_equal((json_t *)rec, r->record))) return "prompt_record";
+    return NULL;
 }
 
 /* Releases leases older than lease_timeout_ms (oldest first: they are in grant order). */
@@ -818,7 +830,19 @@ static void on_rollout_group(broker *b, broker_peer *p, const wire_frame *rid, w
         wire_rollout_group_free(&g);
         return;
     }
-    if (!lease_take(b, p, g.prompt_id)) {
+    long lease = lease_find(b, p, g.prompt_id);
+    const char *differs = lease >= 0 ? prompt_differs(b, p, (size_t)lease, m) : NULL;
+    if (differs) {
+        b->ct.rejected_prompt_mismatch++;
+        rate_log(b, "prompt_mismatch", "group for prompt %.64s from %s: %s differs from the dataset's", g.prompt_id,
+                 p->id, differs);
+        reply_error(b, &rx->views[0], "prompt_mismatch", 0, "ROLLOUT_GROUP.%s: not the dataset's for prompt \"%.64s\"",
+                    differs, g.prompt_id);
+        wire_rollout_group_free(&g);
+        return;
+    }
+    if (lease >= 0) lease_remove(p, (size_t)lease);
+    if (lease < 0) {
         b->ct.rejected_no_lease++;
         rate_log(b, "no_lease", "group for prompt %.64s from %s, which holds no lease of it", g.prompt_id, p->id);
         reply_error(b, &rx->views[0], "no_lease", 0,
@@ -1207,12 +1231,14 @@ json_t *broker_stats(const broker *b) {
     SETI("rejected/weights_not_newer", c->rejected_old_weights);
     SETI("rejected/not_authorized", c->rejected_not_authorized);
     SETI("rejected/no_lease", c->rejected_no_lease);
+    SETI("rejected/prompt_mismatch", c->rejected_prompt_mismatch);
     SETI("rejected/bad_token", c->rejected_bad_token);
     SETI("rejected/weights_version_jump", c->rejected_weights_version);
     SETI("rejected/too_many_peers", c->rejected_too_many_peers);
     rej += c->rejected_future_version + c->rejected_no_hello + c->rejected_unexpected + c->rejected_wrong_role +
            c->rejected_queue_overflow + c->rejected_old_weights + c->rejected_not_authorized + c->rejected_no_lease +
-           c->rejected_bad_token + c->rejected_weights_version + c->rejected_too_many_peers;
+           c->rejected_bad_token + c->rejected_weights_version + c->rejected_too_many_peers +
+           c->rejected_prompt_mismatch;
     SETI("rejected/total", rej);
     SETI("weights/received", c->weights_received);
     SETI("weights/sends", c->weights_sends);

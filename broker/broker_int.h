@@ -100,7 +100,7 @@ typedef struct broker_counters {
     uint64_t queue_max_depth, queue_max_bytes;
     uint64_t replay_records, replay_errors;
     uint64_t rejected_not_authorized, rejected_no_lease, rejected_bad_token, rejected_weights_version;
-    uint64_t rejected_too_many_peers, leases_expired, peers_forgotten;
+    uint64_t rejected_too_many_peers, rejected_prompt_mismatch, leases_expired, peers_forgotten;
 } broker_counters;
 
 struct broker {

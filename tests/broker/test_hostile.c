@@ -167,12 +167,26 @@ void test_hostile_groups(void) {
     synth_group_free(&g);
     CU_ASSERT_TRUE(wait_rejections(gen2, 1));
     CU_ASSERT_TRUE(last_rejection_is(gen2, "no_lease"));
+    /* 2b: its own lease, but another prompt text or another record (answer) than the dataset's */
+    synth_group_make(&g, "g-a", 9, 0, 2, 4, pb.prompts[0].id, "What is 1 + 1? Answer: 3");
+    CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
+    synth_group_free(&g);
+    CU_ASSERT_TRUE(wait_rejections(gen, 2));
+    CU_ASSERT_TRUE(last_rejection_is(gen, "prompt_mismatch"));
+    synth_group_make(&g, "g-a", 10, 0, 2, 4, pb.prompts[0].id, pb.prompts[0].text);
+    g.prompt_record = json_pack("{ssssss}", "id", pb.prompts[0].id, "prompt", pb.prompts[0].text, "answer", "forged");
+    CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
+    json_decref(g.prompt_record);
+    g.prompt_record = NULL;
+    synth_group_free(&g);
+    CU_ASSERT_TRUE(wait_rejections(gen, 3));
+    CU_ASSERT_TRUE(last_rejection_is(gen, "prompt_mismatch"));
     /* 3: its own lease, one completion token id >= vocab_size */
     synth_group_make(&g, "g-a", 1, 0, 2, 4, pb.prompts[0].id, pb.prompts[0].text);
     g.tokens[3] = 50000;
     CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
     synth_group_free(&g);
-    CU_ASSERT_TRUE(wait_rejections(gen, 2));
+    CU_ASSERT_TRUE(wait_rejections(gen, 4));
     CU_ASSERT_TRUE(last_rejection_is(gen, "bad_token"));
     /* 4: a good group for the other lease: accepted; 5: the same prompt again: its lease is used up */
     for (int i = 0; i < 2; i++) {
@@ -180,7 +194,7 @@ void test_hostile_groups(void) {
         CU_ASSERT_EQUAL(broker_client_push_group(gen, &g, &e), 0);
         synth_group_free(&g);
     }
-    CU_ASSERT_TRUE(wait_rejections(gen, 3));
+    CU_ASSERT_TRUE(wait_rejections(gen, 5));
     CU_ASSERT_TRUE(last_rejection_is(gen, "no_lease"));
     wire_prompt_batch_free(&pb);
     CU_ASSERT_EQUAL(broker_client_grant_credit(upd, 10, &e), 0);
@@ -193,9 +207,10 @@ void test_hostile_groups(void) {
     json_t *st = get_stats(&r);
     CU_ASSERT_EQUAL(stat_i(st, "rejected/no_lease"), 3);
     CU_ASSERT_EQUAL(stat_i(st, "rejected/bad_token"), 1);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/prompt_mismatch"), 2);
     CU_ASSERT_EQUAL(stat_i(st, "groups/accepted"), 1);
     CU_ASSERT_EQUAL(stat_i(st, "replay/records"), 1);
-    CU_ASSERT_EQUAL(stat_i(st, "prompts/outstanding"), 0); /* the refused group used no lease */
+    CU_ASSERT_EQUAL(stat_i(st, "prompts/outstanding"), 0); /* both leases answered (one with bad tokens) */
     json_decref(st);
     broker_client_close(&gen);
     broker_client_close(&gen2);
@@ -452,7 +467,9 @@ void test_hostile_slow_reader(void) {
     fprintf(stderr, "[slow reader: %d stats requests unread; broker RSS %ld -> %ld kB; groups accepted %ld -> %ld] ",
             sent, rss0, rss1, acc0, acc1);
     CU_ASSERT(rss0 > 0 && rss1 > 0);
+#ifndef __SANITIZE_ADDRESS__ /* ASan keeps freed memory in quarantine (hundreds of MB): RSS says nothing there */
     CU_ASSERT(rss1 - rss0 < 48 * 1024);
+#endif
     CU_ASSERT(acc1 > acc0); /* the real generator and updater went on */
     zmq_close(s);
     zmq_ctx_term(ctx);
