@@ -57,6 +57,7 @@ void test_hostile_identity(void);
 void test_hostile_peer_table(void);
 void test_hostile_ipc_plain(void);
 void test_hostile_slow_reader(void);
+void test_hostile_flood(void);
 
 /* tests/broker/test_broker_restart.c */
 void test_kill_and_restart(void);

@@ -466,6 +466,8 @@ int register_broker_suites(void) {
     CU_add_test(s, "hostile: ipc:// with PLAIN: roles bound, wrong password refused, open directory refused", test_hostile_ipc_plain);
     CU_add_test(s, "hostile: a peer that never reads its replies: broker RSS bounded, real peers go on",
                 test_hostile_slow_reader);
+    CU_add_test(s, "hostile: 10,000 malformed messages counted by reason, log rate-limited, peers go on",
+                test_hostile_flood);
 #ifndef __SANITIZE_ADDRESS__
     CU_add_test(s, "keep freed memory: a second weights version does not page-fault", test_keep_freed_memory);
 #endif

@@ -478,3 +478,82 @@ void test_hostile_slow_reader(void) {
     CU_ASSERT_EQUAL(test_proc_wait(g0, 10), 0);
     CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
 }
+
+/* A flood of malformed messages from an authenticated peer (regression for the classes the parsers
+ * already reject): each is counted under its reason, the broker's log stays short (rate limited), the
+ * real peers go on. */
+void test_hostile_flood(void) {
+    run r;
+    CU_ASSERT_EQUAL_FATAL(start_broker(&r, "hostile_flood", "\"queue_capacity\": 8"), 0);
+    pid_t u0 = start_upd(&r, "u0", "--credit 100000");
+    pid_t g0 = start_gen(&r, "g0", "--k 2 --tokens 8");
+    CU_ASSERT_EQUAL_FATAL(wait_peer(&r, "g0"), 0);
+    json_t *st = get_stats(&r);
+    long acc0 = stat_i(st, "groups/accepted"), rej0 = stat_i(st, "rejected/total");
+    json_decref(st);
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, sndtmo = 5000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &sndtmo, sizeof sndtmo);
+    broker_credential cred;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(broker_credential_load(&cred, r.cred, WIRE_ROLE_GENERATOR, &e), 0);
+    broker_credential_apply(s, &cred, r.endpoint);
+    broker_credential_clear(&cred);
+    CU_ASSERT_EQUAL(zmq_connect(s, r.endpoint), 0);
+    /* five classes, 2,000 each: one frame only, a short header, a bad magic, another version, bad JSON */
+    enum { PER_CLASS = 2000 };
+    uint8_t hdr[16] = {'R', 'L', 'H', 'F', 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    int sent = 0;
+    for (int i = 0; i < PER_CLASS; i++) {
+        sent += zmq_send(s, "x", 1, 0) == 1;
+        sent += zmq_send(s, hdr, 7, ZMQ_SNDMORE) == 7 && zmq_send(s, "{}", 2, 0) == 2;
+        uint8_t bad[16];
+        memcpy(bad, hdr, 16);
+        bad[0] = 'X';
+        sent += zmq_send(s, bad, 16, ZMQ_SNDMORE) == 16 && zmq_send(s, "{}", 2, 0) == 2;
+        memcpy(bad, hdr, 16);
+        bad[4] = 9;
+        sent += zmq_send(s, bad, 16, ZMQ_SNDMORE) == 16 && zmq_send(s, "{}", 2, 0) == 2;
+        sent += zmq_send(s, hdr, 16, ZMQ_SNDMORE) == 16 && zmq_send(s, "{not json", 9, 0) == 9;
+    }
+    CU_ASSERT_EQUAL(sent, 5 * PER_CLASS);
+    long rej = 0;
+    for (int i = 0; i < 400 && rej - rej0 < 5 * PER_CLASS; i++) {
+        st = get_stats(&r);
+        rej = st ? stat_i(st, "rejected/total") : 0;
+        json_decref(st);
+        if (rej - rej0 < 5 * PER_CLASS) sleep_ms(50);
+    }
+    CU_ASSERT_EQUAL(rej - rej0, 5 * PER_CLASS);
+    st = get_stats(&r);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/bad_frame_count"), PER_CLASS);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/bad_header"), 2 * PER_CLASS);
+    CU_ASSERT_EQUAL(stat_i(st, "rejected/version_mismatch"), PER_CLASS);
+    CU_ASSERT(stat_i(st, "rejected/bad_crc") + stat_i(st, "rejected/bad_json") == PER_CLASS);
+    long acc1 = stat_i(st, "groups/accepted");
+    json_decref(st);
+    for (int i = 0; i < 200 && acc1 <= acc0; i++) {
+        sleep_ms(20);
+        acc1 = accepted_now(&r);
+    }
+    CU_ASSERT(acc1 > acc0);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(g0, 10), 0);
+    CU_ASSERT_EQUAL(test_proc_wait(u0, 10), 0);
+    /* 10,000 rejections, a few dozen log lines: the first 50, then powers of two */
+    char log[700];
+    snprintf(log, sizeof log, "%s/broker.log", r.dir);
+    char *text = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(log, &text, &n, NULL), 0);
+    int lines = 0;
+    for (char *q = text; (q = strstr(q, "rejected a message")); q++) lines++;
+    free(text);
+    CU_ASSERT(lines >= 50 && lines <= 70);
+}
