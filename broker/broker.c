@@ -7,9 +7,9 @@
  * without blocking anyone else.
  *
  * Longer than the project's ~1,000 lines on purpose: the poll loop, the message handlers (dispatched
- * by the table `handlers`: type, allowed role, HELLO needed) and the peer/queue/parked-request state
- * they share are one unit whose invariants are read together; splitting it would put those
- * invariants in two places. */
+ * by the table `handlers`: type, allowed role, HELLO needed; the role is the connection's credential,
+ * broker/auth.c) and the peer/lease/queue/parked-request state they share are one unit whose
+ * invariants are read together; splitting it would put those invariants in two places. */
 #include "broker/broker_int.h"
 
 #include <errno.h>
