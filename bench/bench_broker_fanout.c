@@ -1,8 +1,10 @@
 /* bench/bench_broker_fanout.c — weight fan-out latency: one updater publishes a 40 MB version
  * (10M fp32 parameters, 2 tensors), the broker forwards it to 4 generator processes.
  *
- *   bench_broker_fanout [N_FLOATS] [GENERATORS] [REPEATS] [tcp|ipc]
+ *   bench_broker_fanout [N_FLOATS] [GENERATORS] [REPEATS] [tcp|ipc] [insecure|auth]
  *
+ * insecure (default here, comparable with the figures taken before authentication existed): the broker
+ * runs with --insecure; auth: every peer presents its CURVE key and the weights travel encrypted.
  * Latency = from the updater's publish call (encode + checksums + send) to the moment the last generator
  * holds the decoded tensors with every chunk's CRC-32 and the tensor table verified (wall clock, same
  * host). Generators report their receive time through a pipe. Prints the median, min and max; the
@@ -33,6 +35,8 @@ static pid_t fork_peer(void) {
     return pid;
 }
 
+static const char *g_cred; /* credentials directory (auth); NULL = insecure */
+
 static pid_t fork_broker(const char *endpoint) {
     pid_t pid = fork_peer();
     if (pid == 0) {
@@ -41,6 +45,8 @@ static pid_t fork_broker(const char *endpoint) {
         snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
         cfg.replay_path[0] = 0;
         cfg.stats_interval_ms = 0;
+        if (g_cred) snprintf(cfg.credentials, sizeof cfg.credentials, "%s", g_cred);
+        else cfg.insecure = 1;
         rlhf_error e;
         rlhf_error_clear(&e);
         broker *b;
@@ -65,7 +71,7 @@ static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions,
         rlhf_error e;
         rlhf_error_clear(&e);
         broker_client *c;
-        if (broker_client_connect(&c, endpoint, WIRE_ROLE_GENERATOR, id, 10000, &e) != 0) {
+        if (broker_client_connect_with(&c, endpoint, WIRE_ROLE_GENERATOR, id, g_cred, 10000, &e) != 0) {
             rlhf_error_print("bench generator", &e);
             _exit(1);
         }
@@ -147,14 +153,29 @@ int main(int argc, char **argv) {
     int n_gen = argc > 2 ? atoi(argv[2]) : 4;
     int repeats = argc > 3 ? atoi(argv[3]) : 7;
     use_ipc = argc > 4 && !strcmp(argv[4], "ipc");
+    int auth = argc > 5 && !strcmp(argv[5], "auth");
     if (n_floats < 2 || n_gen < 1 || n_gen > 64 || repeats < 1 || repeats > 64 ||
-        (argc > 4 && !use_ipc && strcmp(argv[4], "tcp"))) {
-        fprintf(stderr, "usage: bench_broker_fanout [N_FLOATS] [GENERATORS 1..64] [REPEATS 1..64] [tcp|ipc]\n");
+        (argc > 4 && !use_ipc && strcmp(argv[4], "tcp")) || (argc > 5 && !auth && strcmp(argv[5], "insecure"))) {
+        fprintf(stderr, "usage: bench_broker_fanout [N_FLOATS] [GENERATORS 1..64] [REPEATS 1..64] [tcp|ipc] "
+                        "[insecure|auth]\n");
         return 2;
     }
+    static char cred[64];
+    if (auth) {
+        snprintf(cred, sizeof cred, "/tmp/bench_fanout_cred.%d", (int)getpid());
+        rlhf_error ce;
+        rlhf_error_clear(&ce);
+        if (broker_credentials_create(cred, &ce) != 0) {
+            rlhf_error_print("bench", &ce);
+            return 1;
+        }
+        g_cred = cred;
+    }
     int port = 30000 + getpid() % 20000;
-    char endpoint[64];
-    if (use_ipc)
+    char endpoint[128];
+    if (use_ipc && auth) /* PLAIN over ipc:// needs a directory of mode 0700: the credentials' own */
+        snprintf(endpoint, sizeof endpoint, "ipc://%s/broker.sock", cred);
+    else if (use_ipc)
         snprintf(endpoint, sizeof endpoint, "ipc:///tmp/bench_fanout_broker.%d", port);
     else
         snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
@@ -171,7 +192,7 @@ int main(int argc, char **argv) {
     rlhf_error e;
     rlhf_error_clear(&e);
     broker_client *c;
-    if (broker_client_connect(&c, endpoint, WIRE_ROLE_UPDATER, "fan-upd", 10000, &e) != 0) {
+    if (broker_client_connect_with(&c, endpoint, WIRE_ROLE_UPDATER, "fan-upd", g_cred, 10000, &e) != 0) {
         rlhf_error_print("bench updater", &e);
         return 1;
     }
@@ -213,8 +234,13 @@ int main(int argc, char **argv) {
     free((void *)w.data);
     qsort(lat, repeats, sizeof *lat, cmp_double);
     qsort(raw, repeats, sizeof *raw, cmp_double);
-    printf("weights: %.1f MB (%ld fp32), %d generators, %d versions, %s\n", n_floats * 4 / 1e6, n_floats, n_gen, repeats,
-           use_ipc ? "ipc://" : "tcp://127.0.0.1");
+    printf("weights: %.1f MB (%ld fp32), %d generators, %d versions, %s, %s\n", n_floats * 4 / 1e6, n_floats, n_gen,
+           repeats, use_ipc ? "ipc://" : "tcp://127.0.0.1", !auth ? "insecure" : use_ipc ? "PLAIN-authenticated (0700 directory)" : "CURVE-authenticated and encrypted");
+    if (auth) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", cred);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", cred);
+    }
     if (use_ipc) {
         snprintf(endpoint, sizeof endpoint, "/tmp/bench_fanout_broker.%d", port);
         unlink(endpoint);

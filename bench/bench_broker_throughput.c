@@ -1,7 +1,9 @@
 /* bench/bench_broker_throughput.c — rollout throughput through the broker against raw ZeroMQ.
  *
- *   bench_broker_throughput [GROUPS_PER_RUN] [REPEATS] [nolog|log] [tcp|ipc]
+ *   bench_broker_throughput [GROUPS_PER_RUN] [REPEATS] [nolog|log] [tcp|ipc] [auth|insecure]
  *
+ * auth (default, as in a run): every broker-path peer presents its role's CURVE key and the traffic is
+ * encrypted; insecure: the broker runs with --insecure (what CURVE costs is the difference).
  * Broker path: a generator process (client API: prompt requests + pushes) -> broker process (validates,
  * appends to the replay log, queues, delivers on credit) -> this process as the updater (client API:
  * credit, receive, decode). Peer: one process PUSHing the same encoded bytes to this process PULLing
@@ -42,6 +44,8 @@ static pid_t fork_peer(void) {
 
 #define K 8
 #define TOKENS 256
+
+static const char *g_cred; /* the broker path's credentials directory; NULL = insecure */
 
 static size_t group_bytes(void) {
     wire_rollout_group g;
@@ -114,6 +118,8 @@ static pid_t fork_broker(const char *endpoint, const char *dir, const char *data
         cfg.stats_interval_ms = 0;
         cfg.replay_fsync = BROKER_FSYNC_NEVER;
         if (!log) cfg.replay_path[0] = 0;
+        if (g_cred) snprintf(cfg.credentials, sizeof cfg.credentials, "%s", g_cred);
+        else cfg.insecure = 1;
         rlhf_error e;
         rlhf_error_clear(&e);
         broker *b;
@@ -135,7 +141,7 @@ static pid_t fork_generator(const char *endpoint, int groups, int cpu_fd) {
         rlhf_error e;
         rlhf_error_clear(&e);
         broker_client *c;
-        if (broker_client_connect(&c, endpoint, WIRE_ROLE_GENERATOR, "bench-gen", 10000, &e) != 0) {
+        if (broker_client_connect_with(&c, endpoint, WIRE_ROLE_GENERATOR, "bench-gen", g_cred, 10000, &e) != 0) {
             rlhf_error_print("bench generator", &e);
             _exit(1);
         }
@@ -178,7 +184,7 @@ static double run_broker_path(const char *endpoint, pid_t brk, int groups, doubl
     broker_client *c;
     char id[64];
     snprintf(id, sizeof id, "bench-upd-%d", (int)gen);
-    if (broker_client_connect(&c, endpoint, WIRE_ROLE_UPDATER, id, 10000, &e) != 0) {
+    if (broker_client_connect_with(&c, endpoint, WIRE_ROLE_UPDATER, id, g_cred, 10000, &e) != 0) {
         rlhf_error_print("bench updater", &e);
         exit(1);
     }
@@ -318,9 +324,11 @@ int main(int argc, char **argv) {
     int repeats = argc > 2 ? atoi(argv[2]) : 5;
     int log = !(argc > 3 && !strcmp(argv[3], "nolog")); /* nolog: measure without the replay log */
     int ipc = argc > 4 && !strcmp(argv[4], "ipc");         /* ipc: every path over ipc:// instead of tcp */
+    int auth = !(argc > 5 && !strcmp(argv[5], "insecure"));
     if (groups < 10 || repeats < 1 || repeats > 64 || (argc > 3 && strcmp(argv[3], "nolog") && strcmp(argv[3], "log")) ||
-        (argc > 4 && !ipc && strcmp(argv[4], "tcp"))) {
-        fprintf(stderr, "usage: bench_broker_throughput [GROUPS_PER_RUN>=10] [REPEATS 1..64] [log|nolog] [tcp|ipc]\n");
+        (argc > 4 && !ipc && strcmp(argv[4], "tcp")) || (argc > 5 && auth && strcmp(argv[5], "auth"))) {
+        fprintf(stderr, "usage: bench_broker_throughput [GROUPS_PER_RUN>=10] [REPEATS 1..64] [log|nolog] [tcp|ipc] "
+                        "[auth|insecure]\n");
         return 2;
     }
     char dir[] = "/tmp/bench_broker.XXXXXX";
@@ -330,6 +338,17 @@ int main(int argc, char **argv) {
     FILE *f = fopen(dataset, "w");
     for (int i = 0; i < 100; i++) fprintf(f, "{\"id\": \"p%d\", \"prompt\": \"prompt number %d\"}\n", i, i);
     fclose(f);
+    static char cred[300];
+    if (auth) {
+        snprintf(cred, sizeof cred, "%s/credentials", dir);
+        rlhf_error ce;
+        rlhf_error_clear(&ce);
+        if (broker_credentials_create(cred, &ce) != 0) {
+            rlhf_error_print("bench", &ce);
+            return 1;
+        }
+        g_cred = cred;
+    }
     int port = 30000 + getpid() % 20000;
     char endpoint[200];
     if (ipc) {
@@ -352,8 +371,9 @@ int main(int argc, char **argv) {
     waitpid(brk, NULL, 0);
     double mb = median(tb, repeats), mr = median(tr, repeats), ml = median(tl, repeats);
     double gps_b = (groups - 1) / mb, gps_r = (groups - 1) / mr, gps_l = (groups - 1) / ml;
-    printf("group: %d samples x %d tokens, %zu bytes on the wire; %d groups per run, %d repeats (medians), %s\n", K,
-           TOKENS, gb, groups, repeats, ipc ? "ipc://" : "tcp://127.0.0.1");
+    printf("group: %d samples x %d tokens, %zu bytes on the wire; %d groups per run, %d repeats (medians), %s, broker "
+           "path %s\n", K, TOKENS, gb, groups, repeats, ipc ? "ipc://" : "tcp://127.0.0.1",
+           !auth ? "insecure (no authentication)" : ipc ? "PLAIN-authenticated (0700 directory)" : "CURVE-authenticated and encrypted");
     printf("broker path (gen -> broker -> updater, validated, %s):     %8.0f groups/s  %7.1f MB/s\n",
            log ? "replay-logged" : "no replay log", gps_b,
            gps_b * gb / 1e6);

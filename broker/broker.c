@@ -7,9 +7,9 @@
  * without blocking anyone else.
  *
  * Longer than the project's ~1,000 lines on purpose: the poll loop, the message handlers (dispatched
- * by the table `handlers`: type, allowed role, HELLO needed) and the peer/queue/parked-request state
- * they share are one unit whose invariants are read together; splitting it would put those
- * invariants in two places. */
+ * by the table `handlers`: type, allowed role, HELLO needed; the role is the connection's credential,
+ * broker/auth.c) and the peer/lease/queue/parked-request state they share are one unit whose
+ * invariants are read together; splitting it would put those invariants in two places. */
 #include "broker/broker_int.h"
 
 #include <errno.h>
@@ -48,6 +48,8 @@ void broker_config_default(broker_config *c) {
     c->heartbeat_timeout_ms = 5000;
     c->stats_interval_ms = 5000;
     c->seed = 1;
+    c->lease_timeout_ms = 600000;
+    c->max_peers = 1024;
 }
 
 void broker_config_free(broker_config *c) {
@@ -148,10 +150,17 @@ int broker_config_parse(broker_config *c, const json_t *obj, const char *path, r
             }
         } else if (!strcmp(key, "seed")) {
             if (!(rc = cfg_uint(v, p, 0, INT64_MAX, &u, err))) c->seed = u;
+        } else if (!strcmp(key, "vocab_size")) {
+            if (!(rc = cfg_uint(v, p, 0, INT32_MAX, &u, err))) c->vocab_size = (uint32_t)u;
+        } else if (!strcmp(key, "lease_timeout_ms")) {
+            if (!(rc = cfg_uint(v, p, 100, 86400000, &u, err))) c->lease_timeout_ms = (uint32_t)u;
+        } else if (!strcmp(key, "max_peers")) {
+            if (!(rc = cfg_uint(v, p, 4, 1u << 20, &u, err))) c->max_peers = (uint32_t)u;
         } else {
             rc = rlhf_error_set(err, RLHF_EINVAL, p,
                                 "unknown key (endpoint, max_staleness, queue_capacity, max_generation_lag, initial_version, replay, "
-                                "heartbeat_interval_ms, heartbeat_timeout_ms, stats_interval_ms, dataset, selector, seed)");
+                                "heartbeat_interval_ms, heartbeat_timeout_ms, stats_interval_ms, dataset, selector, seed, "
+                                "vocab_size, lease_timeout_ms, max_peers)");
         }
         if (rc) {
             broker_config_free(c);
@@ -220,6 +229,23 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
     zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
+    if (cfg->insecure) {
+        blog("WARNING: --insecure: no authentication; any process that reaches %s can stop this run, publish "
+             "weights or push groups", cfg->endpoint);
+    } else {
+        char dir[8300];
+        if (cfg->credentials[0]) snprintf(dir, sizeof dir, "%s", cfg->credentials);
+        else snprintf(dir, sizeof dir, "%s/%s", b->run_dir, BROKER_CREDENTIALS_DIR);
+        rc = broker_auth_open(&b->auth, b->zctx, b->router, dir, cfg->endpoint, err);
+        if (rc && err) {
+            /* name the way out, once: the file is already in err->where */
+            size_t l = strlen(err->msg);
+            snprintf(err->msg + l, sizeof err->msg - l, "%s",
+                     " (runs started by `rlhf run` have credentials; `rlhf broker --init-credentials` creates them, "
+                     "--insecure runs without on a trusted host)");
+        }
+        if (rc) goto fail;
+    }
     if (zmq_bind(b->router, cfg->endpoint) != 0) {
         /* a port in use may free up (a restart may help); any other refusal is the value's fault */
         int e = errno;
@@ -245,8 +271,8 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
         blog("replay log %s: %llu records recovered", b->replay_file,
              (unsigned long long)replay_writer_records(b->log));
     }
-    blog("listening on %s (max_staleness=%u queue_capacity=%u protocol=%d)", cfg->endpoint, cfg->max_staleness,
-         cfg->queue_capacity, WIRE_PROTOCOL_VERSION);
+    blog("listening on %s (max_staleness=%u queue_capacity=%u protocol=%d, %s)", cfg->endpoint, cfg->max_staleness,
+         cfg->queue_capacity, WIRE_PROTOCOL_VERSION, !b->auth.on ? "NO authentication" : b->auth.curve ? "CURVE authentication" : "PLAIN authentication, 0700 directory");
     *out = b;
     return 0;
 fail:
@@ -274,11 +300,13 @@ void broker_destroy(broker **bp) {
     }
     free(b->queue);
     if (b->has_weights) close_msgs(b->w_msgs, b->w_n);
+    for (size_t i = 0; i < b->n_peers; i++) free(b->peers[i].leases);
     free(b->peers);
     free(b->parked);
     prompt_selector_destroy(&b->sel);
     prompt_dataset_destroy(&b->ds);
     if (b->router) zmq_close(b->router);
+    broker_auth_close(&b->auth);
     if (b->zctx) zmq_ctx_term(b->zctx);
     broker_config_free(&b->cfg);
     free(b);
@@ -385,8 +413,33 @@ static void unpark_peer(broker *b, size_t idx) {
 /* A peer that went silent or was replaced: its grants and credit no longer hold anything back. */
 static void peer_release(broker *b, broker_peer *p) {
     p->outstanding = 0;
+    p->n_leases = 0;
     p->credit = 0;
     unpark_peer(b, (size_t)(p - b->peers));
+}
+
+/* Forgets peers that have been dead longer than `dead_for_s` (their grants and credit were released
+ * when they died); the table stays bounded however many ids connect over a run. */
+static void forget_dead_peers(broker *b, double dead_for_s) {
+    double now = rlhf_now();
+    for (size_t i = 0; i < b->n_peers;) {
+        broker_peer *p = &b->peers[i];
+        if (p->alive || now - p->last_seen < dead_for_s) {
+            i++;
+            continue;
+        }
+        size_t last = b->n_peers - 1;
+        free(p->leases);
+        unpark_peer(b, i);
+        if (i != last) {
+            b->peers[i] = b->peers[last];
+            for (size_t k = 0; k < b->n_parked; k++)
+                if (b->parked[k].peer == (int)last) b->parked[k].peer = (int)i;
+        }
+        b->n_peers--;
+        b->ct.peers_forgotten++;
+    }
+    if (b->rr_updater >= b->n_peers) b->rr_updater = 0;
 }
 
 static void touch(broker *b, broker_peer *p) {
@@ -509,6 +562,72 @@ static int generator_lagging(const broker *b, const broker_peer *p) {
     return lag_of(b, held) > (uint64_t)b->cfg.max_generation_lag;
 }
 
+/* Leases: each prompt handed to a generator is remembered until its group arrives, the lease times out
+ * (lease_timeout_ms) or the generator is gone; a group for any other prompt is refused (no_lease), so a
+ * peer cannot push made-up groups into the queue, the replay log and training. */
+static void lease_add(broker_peer *p, size_t index, double now) {
+    if (p->n_leases == p->cap_leases) {
+        size_t cap = p->cap_leases ? p->cap_leases * 2 : 16;
+        broker_lease *nl = realloc(p->leases, cap * sizeof *nl);
+        if (!nl) return; /* its group will be refused; the prompt is not lost from the dataset */
+        p->leases = nl;
+        p->cap_leases = cap;
+    }
+    p->leases[p->n_leases++] = (broker_lease){index, now};
+}
+
+/* p's oldest lease of the prompt with id `prompt_id` (its index in p->leases), or -1. */
+static long lease_find(const broker *b, const broker_peer *p, const char *prompt_id) {
+    for (size_t i = 0; b->ds && i < p->n_leases; i++) {
+        const prompt_record *r = prompt_dataset_get(b->ds, p->leases[i].index);
+        if (r && r->id && !strcmp(r->id, prompt_id)) return (long)i;
+    }
+    return -1;
+}
+
+static void lease_remove(broker_peer *p, size_t i) {
+    memmove(p->leases + i, p->leases + i + 1, (p->n_leases - i - 1) * sizeof *p->leases);
+    p->n_leases--;
+    p->outstanding = (uint32_t)p->n_leases;
+}
+
+/* The group's prompt_text and prompt_record (when sent) must be the dataset's: the updater scores with
+ * them (an answer changed on the way would be rewarded). NULL when they are, else the field's name. */
+static const char *prompt_differs(const broker *b, const broker_peer *p, size_t lease, const wire_msg *m) {
+    const prompt_record *r = prompt_dataset_get(b->ds, p->leases[lease].index);
+    const char *text = json_string_value(json_object_get(m->meta, "prompt_text"));
+    if (!text || !r->prompt || strcmp(text, r->prompt) != 0) return "prompt_text";
+    const json_t *rec = json_object_get(m->meta, "prompt_record");
+    if (rec && !json_is_null(rec) && !(r->record && json_equal((json_t *)rec, r->record))) return "prompt_record";
+    return NULL;
+}
+
+/* Releases leases older than lease_timeout_ms (oldest first: they are in grant order). */
+static void leases_expire(broker *b, broker_peer *p, double now) {
+    double limit = b->cfg.lease_timeout_ms / 1000.0;
+    size_t k = 0;
+    while (k < p->n_leases && now - p->leases[k].since > limit) k++;
+    if (!k) return;
+    memmove(p->leases, p->leases + k, (p->n_leases - k) * sizeof *p->leases);
+    p->n_leases -= k;
+    p->outstanding = (uint32_t)p->n_leases;
+    b->ct.leases_expired += k;
+}
+
+/* The first token id of a little-endian int32 payload outside [0, vocab): 1 and its position/value. */
+static int token_out_of_vocab(const wire_frame *f, uint32_t vocab, size_t *at, int32_t *value) {
+    const uint8_t *d = f->data;
+    for (size_t i = 0; i + 4 <= f->len; i += 4) {
+        int32_t t = (int32_t)((uint32_t)d[i] | (uint32_t)d[i + 1] << 8 | (uint32_t)d[i + 2] << 16 | (uint32_t)d[i + 3] << 24);
+        if (t < 0 || (uint32_t)t >= vocab) {
+            *at = i / 4;
+            *value = t;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Serves up to n prompts; returns 1 if served, 0 if it must wait. */
 static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_t n) {
     uint32_t g = grantable(b);
@@ -546,7 +665,9 @@ static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_
         goto out;
     }
     if (send_out(b, p, &o) == 0) {
-        p->outstanding += n;
+        double now = rlhf_now();
+        for (uint32_t i = 0; i < n; i++) lease_add(p, idx[i], now);
+        p->outstanding = (uint32_t)p->n_leases;
         b->ct.prompts_served += n;
         served = 1;
     } else {
@@ -601,6 +722,19 @@ static void count_reject(broker *b, int reason, const rlhf_error *e) {
         blog("rejected a message (%s): %s: %s", wire_reason_name(reason), e->where, e->msg);
 }
 
+/* Logs a refusal: the first 50 of all refusals, then at powers of two (a flood cannot fill the log). */
+static void rate_log(broker *b, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void rate_log(broker *b, const char *reason, const char *fmt, ...) {
+    uint64_t n = ++b->refusals_logged_seen;
+    if (n > 50 && (n & (n - 1)) != 0) return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    blog("refused (%s, %llu refusals so far): %s", reason, (unsigned long long)n, buf);
+}
+
 static void on_hello(broker *b, broker_peer *sender, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
     (void)sender, (void)rx; /* the peer is found by the id it names, not by its routing id */
     wire_hello h;
@@ -613,7 +747,30 @@ static void on_hello(broker *b, broker_peer *sender, const wire_frame *rid, wire
         return;
     }
     if (rid->len > BROKER_MAX_ROUTING_ID) return;
+    /* the role is the credential's, whatever a message claims */
+    if (b->auth.on && h.role != b->cur_role) {
+        b->ct.rejected_wrong_role++;
+        rate_log(b, "wrong_role", "HELLO from %s as %s with a %s credential", h.peer_id, wire_role_name(h.role),
+                 wire_role_name(b->cur_role));
+        reply_error(b, rid, "wrong_role", 0, "HELLO.role: \"%s\", but this connection's credential is the %s's",
+                    wire_role_name(h.role), wire_role_name(b->cur_role));
+        return;
+    }
     broker_peer *p = peer_by_id(b, h.peer_id);
+    if (p && b->auth.on && p->role != h.role) { /* a peer id is not taken over by another role */
+        b->ct.rejected_wrong_role++;
+        rate_log(b, "wrong_role", "HELLO as %s for peer id %s, which is a %s", wire_role_name(h.role), h.peer_id,
+                 wire_role_name(p->role));
+        reply_error(b, rid, "wrong_role", 0, "HELLO.peer_id: \"%s\" is a %s", h.peer_id, wire_role_name(p->role));
+        return;
+    }
+    if (!p && b->n_peers >= b->cfg.max_peers) forget_dead_peers(b, 0.0); /* the table is bounded */
+    if (!p && b->n_peers >= b->cfg.max_peers) {
+        b->ct.rejected_too_many_peers++;
+        rate_log(b, "too_many_peers", "HELLO from %s: %zu live peers", h.peer_id, b->n_peers);
+        reply_error(b, rid, "too_many_peers", 0, "the broker holds %zu live peers (broker.max_peers)", b->n_peers);
+        return;
+    }
     if (!p) {
         if (b->n_peers == b->cap_peers) {
             size_t cap = b->cap_peers ? b->cap_peers * 2 : 16;
@@ -666,7 +823,6 @@ static void on_rollout_group(broker *b, broker_peer *p, const wire_frame *rid, w
         reply_error(b, &rx->views[0], wire_reason_name(reason), 0, "%s: %s", e.where, e.msg);
         return;
     }
-    if (p->outstanding) p->outstanding--;
     if (strcmp(g.generator_id, p->id) != 0) {
         b->ct.rejected_unexpected++;
         reply_error(b, &rx->views[0], "generator_id_mismatch", 0, "group says generator \"%s\", peer is \"%s\"",
@@ -674,8 +830,39 @@ static void on_rollout_group(broker *b, broker_peer *p, const wire_frame *rid, w
         wire_rollout_group_free(&g);
         return;
     }
+    long lease = lease_find(b, p, g.prompt_id);
+    const char *differs = lease >= 0 ? prompt_differs(b, p, (size_t)lease, m) : NULL;
+    if (differs) {
+        b->ct.rejected_prompt_mismatch++;
+        rate_log(b, "prompt_mismatch", "group for prompt %.64s from %s: %s differs from the dataset's", g.prompt_id,
+                 p->id, differs);
+        reply_error(b, &rx->views[0], "prompt_mismatch", 0, "ROLLOUT_GROUP.%s: not the dataset's for prompt \"%.64s\"",
+                    differs, g.prompt_id);
+        wire_rollout_group_free(&g);
+        return;
+    }
+    if (lease >= 0) lease_remove(p, (size_t)lease);
+    if (lease < 0) {
+        b->ct.rejected_no_lease++;
+        rate_log(b, "no_lease", "group for prompt %.64s from %s, which holds no lease of it", g.prompt_id, p->id);
+        reply_error(b, &rx->views[0], "no_lease", 0,
+                    "ROLLOUT_GROUP.prompt_id: \"%.64s\" was not handed to %s (or its lease expired after %u ms)",
+                    g.prompt_id, p->id, b->cfg.lease_timeout_ms);
+        wire_rollout_group_free(&g);
+        return;
+    }
     uint64_t pv = g.policy_version;
     wire_rollout_group_free(&g);
+    size_t at = 0;
+    int32_t tok = 0;
+    for (int pl = 0; b->cfg.vocab_size && pl < 2 && (size_t)pl < m->n_payloads; pl++)
+        if (token_out_of_vocab(&m->payloads[pl], b->cfg.vocab_size, &at, &tok)) {
+            b->ct.rejected_bad_token++;
+            rate_log(b, "bad_token", "group from %s: token id %d not in the vocabulary", p->id, (int)tok);
+            reply_error(b, &rx->views[0], "bad_token", 0, "ROLLOUT_GROUP.payloads[%d][%zu]: token id %d outside the "
+                        "vocabulary [0, %u)", pl, at, (int)tok, b->cfg.vocab_size);
+            return;
+        }
     if (pv > b->newest_version) {
         b->ct.rejected_future_version++;
         reply_error(b, &rx->views[0], "future_version", 0, "policy_version %llu is newer than the newest published %llu",
@@ -761,6 +948,16 @@ static void on_weights(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
                     (unsigned long long)v, (unsigned long long)b->newest_version);
         return;
     }
+    /* Versions count publishes: each is the previous + 1. Only the first WEIGHTS a broker process gets
+     * may start anywhere at or above initial_version: a resumed updater's checkpoint version. */
+    if (b->has_weights && v != b->newest_version + 1) {
+        b->ct.rejected_weights_version++;
+        rate_log(b, "weights_version_jump", "WEIGHTS version %llu from %s after %llu", (unsigned long long)v, p->id,
+                 (unsigned long long)b->newest_version);
+        reply_error(b, &rx->views[0], "weights_version_jump", 0, "WEIGHTS.version: %llu, expected %llu (the newest + 1)",
+                    (unsigned long long)v, (unsigned long long)b->newest_version + 1);
+        return;
+    }
     if (b->has_weights) close_msgs(b->w_msgs, b->w_n);
     b->has_weights = 0;
     b->w_n = rx->n - 1;
@@ -777,7 +974,6 @@ static void on_weights(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
     b->has_weights = 1;
     b->newest_version = v;
     b->ct.weights_received++;
-    (void)p;
     for (size_t i = 0; i < b->n_peers; i++) offer_weights(b, &b->peers[i], 1);
     purge_stale(b);
     deliver(b);
@@ -817,6 +1013,10 @@ static void on_heartbeat(broker *b, broker_peer *p, const wire_frame *rid, wire_
     }
     b->ct.heartbeats++;
     broker_peer *hp = peer_by_id(b, h.peer_id);
+    if (hp && b->auth.on && hp->role != b->cur_role) { /* keeps nobody alive with another role's key */
+        b->ct.rejected_wrong_role++;
+        return;
+    }
     if (hp) {
         touch(b, hp);
         snprintf(hp->state, sizeof hp->state, "%s", h.state);
@@ -838,7 +1038,7 @@ static void on_stats_request(broker *b, broker_peer *p, const wire_frame *rid, w
 }
 
 static void on_control(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
-    (void)rid, (void)rx;
+    (void)rx;
     wire_control c;
     rlhf_error e = {0};
     int reason = 0;
@@ -848,7 +1048,20 @@ static void on_control(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
     }
     blog("CONTROL %s from %s: %s", c.command == WIRE_CONTROL_STOP ? "stop" : c.command == WIRE_CONTROL_PAUSE ? "pause" : "resume",
          p ? p->id : "an anonymous peer", c.reason);
-    if (c.command == WIRE_CONTROL_STOP) b->stop_requested = 1;
+    if (b->auth.on && b->cur_role != WIRE_ROLE_OBSERVER) {
+        /* only the launcher's (control) credential steers the run */
+        b->ct.rejected_not_authorized++;
+        rate_log(b, "not_authorized", "CONTROL from %s (%s credential)", p ? p->id : "a peer without HELLO",
+                 wire_role_name(b->cur_role));
+        reply_error(b, rid, "not_authorized", 0, "CONTROL: only the run's control credential may send it, this "
+                    "connection's is the %s's", wire_role_name(b->cur_role));
+        return;
+    }
+    if (c.command == WIRE_CONTROL_STOP) {
+        b->stop_requested = 1;
+        snprintf(b->stop_reason, sizeof b->stop_reason, "CONTROL stop from %.63s: %.150s", p ? p->id : "a peer without HELLO",
+                 c.reason);
+    }
     else if (c.command == WIRE_CONTROL_PAUSE) b->paused = 1;
     else {
         b->paused = 0;
@@ -921,8 +1134,8 @@ static const struct {
     {WIRE_ROLLOUT_GROUP, WIRE_ROLE_GENERATOR, 1, on_rollout_group},
     {WIRE_CREDIT, WIRE_ROLE_UPDATER, 1, on_credit},
     {WIRE_WEIGHTS, WIRE_ROLE_UPDATER, 1, on_weights},
-    {WIRE_WEIGHTS_ACK, ANY_ROLE, 1, on_weights_ack},
-    {WIRE_PROMPT_STATS, ANY_ROLE, 1, on_prompt_stats},
+    {WIRE_WEIGHTS_ACK, WIRE_ROLE_GENERATOR, 1, on_weights_ack},
+    {WIRE_PROMPT_STATS, WIRE_ROLE_UPDATER, 1, on_prompt_stats},
 };
 
 static void handle(broker *b, wire_rx *rx) {
@@ -940,6 +1153,12 @@ static void handle(broker *b, wire_rx *rx) {
                     e.msg);
         return;
     }
+    b->cur_role = broker_auth_role(&b->auth, &((zmq_msg_t *)rx->msgs)[1]);
+    if (b->auth.on && !b->cur_role) { /* cannot happen past the ZAP handler; refuse rather than trust */
+        b->ct.rejected_not_authorized++;
+        wire_msg_free(&m);
+        return;
+    }
     broker_peer *p = peer_by_rid(b, rid);
     if (p) touch(b, p);
     size_t i = 0, n = sizeof handlers / sizeof handlers[0];
@@ -952,6 +1171,9 @@ static void handle(broker *b, wire_rx *rx) {
         reply_error(b, rid, "unexpected_type", 0, "the broker does not accept %s", wire_type_name(m.type));
     } else if (handlers[i].role != ANY_ROLE && p->role != handlers[i].role) {
         b->ct.rejected_wrong_role++;
+        rate_log(b, "wrong_role", "%s from %s (%s)", wire_type_name(m.type), p->id, wire_role_name(p->role));
+        reply_error(b, rid, "wrong_role", 0, "%s: only a %s sends it, this peer is a %s", wire_type_name(m.type),
+                    wire_role_name(handlers[i].role), wire_role_name(p->role));
     } else {
         handlers[i].fn(b, p, rid, rx, &m);
     }
@@ -982,6 +1204,11 @@ json_t *broker_stats(const broker *b) {
     SETI("prompts/deferred", c->prompt_requests_deferred);
     SETI("prompts/deferred_generator_lag", c->prompt_requests_lagging);
     SETI("prompts/expired", c->prompt_batches_expired);
+    SETI("prompts/leases_expired", c->leases_expired);
+    SETI("peers/forgotten", c->peers_forgotten);
+    json_object_set_new(s, "auth", json_boolean(b->auth.on));
+    SETI("auth/handshakes_allowed", b->auth.allowed);
+    SETI("auth/handshakes_denied", b->auth.denied);
     SETI("groups/received", c->groups_received);
     SETI("groups/accepted", c->groups_accepted);
     SETI("groups/delivered", c->groups_delivered);
@@ -1002,8 +1229,16 @@ json_t *broker_stats(const broker *b) {
     SETI("rejected/wrong_role", c->rejected_wrong_role);
     SETI("rejected/queue_overflow", c->rejected_queue_overflow);
     SETI("rejected/weights_not_newer", c->rejected_old_weights);
+    SETI("rejected/not_authorized", c->rejected_not_authorized);
+    SETI("rejected/no_lease", c->rejected_no_lease);
+    SETI("rejected/prompt_mismatch", c->rejected_prompt_mismatch);
+    SETI("rejected/bad_token", c->rejected_bad_token);
+    SETI("rejected/weights_version_jump", c->rejected_weights_version);
+    SETI("rejected/too_many_peers", c->rejected_too_many_peers);
     rej += c->rejected_future_version + c->rejected_no_hello + c->rejected_unexpected + c->rejected_wrong_role +
-           c->rejected_queue_overflow + c->rejected_old_weights;
+           c->rejected_queue_overflow + c->rejected_old_weights + c->rejected_not_authorized + c->rejected_no_lease +
+           c->rejected_bad_token + c->rejected_weights_version + c->rejected_too_many_peers +
+           c->rejected_prompt_mismatch;
     SETI("rejected/total", rej);
     SETI("weights/received", c->weights_received);
     SETI("weights/sends", c->weights_sends);
@@ -1056,7 +1291,11 @@ static void check_liveness(broker *b) {
                      wire_role_name(p->role), now - p->last_seen, p->outstanding, p->credit);
             peer_release(b, p);
         }
+        if (p->n_leases) leases_expire(b, p, now);
     }
+    /* a peer dead this long is forgotten: ids of past processes do not pile up over a long run */
+    double forget = 10.0 * timeout < 60.0 ? 60.0 : 10.0 * timeout;
+    forget_dead_peers(b, forget);
 }
 
 static void broadcast_stop(broker *b, const char *why) {
@@ -1090,12 +1329,13 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
     double next_stats = rlhf_now() + b->cfg.stats_interval_ms / 1000.0, next_live = rlhf_now();
     int rc = 0;
     while (!b->stop_requested && !(stop && *stop)) {
-        zmq_pollitem_t it = {b->router, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&it, 1, 100);
+        zmq_pollitem_t it[2] = {{b->router, 0, ZMQ_POLLIN, 0}, {b->auth.zap, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(it, b->auth.on ? 2 : 1, 100);
         if (n < 0 && errno != EINTR) {
             rc = RLHF_FAIL(err, RLHF_EIO, "zmq_poll: %s", zmq_strerror(errno));
             break;
         }
+        broker_auth_serve(&b->auth); /* handshakes first: a connecting peer waits on them */
         /* Drain what is there, but come back to housekeeping at least every 256 messages. */
         for (int i = 0; i < 256 && !b->stop_requested; i++) {
             int r = wire_rx_recv(b->router, &rx, ZMQ_DONTWAIT, err);
@@ -1138,7 +1378,7 @@ out:
          (unsigned long long)b->ct.groups_accepted, (unsigned long long)b->ct.groups_delivered,
          (unsigned long long)(b->ct.dropped_stale_accept + b->ct.dropped_stale_queued + b->ct.dropped_stale_delivery),
          b->q_len);
-    broadcast_stop(b, b->stop_requested ? "CONTROL stop" : "broker shutting down");
+    broadcast_stop(b, b->stop_requested ? b->stop_reason : "broker shutting down");
     if (b->log) {
         rlhf_error le;
         rlhf_error_clear(&le);

@@ -45,6 +45,14 @@ typedef struct broker_config {
     char dataset[4096];             /* "dataset": prompts JSONL (relative paths: to the cwd); "" = no prompts */
     json_t *selector;               /* "selector": prompts selector config (owned), NULL = uniform */
     uint64_t seed;                  /* "seed" for the selector */
+    uint32_t vocab_size;            /* "vocab_size": token ids of a group must be < this (0 = unchecked; the
+                                     * launcher sets it from the model) */
+    uint32_t lease_timeout_ms;      /* "lease_timeout_ms": a granted prompt not answered this long is released and
+                                     * a group for it refused */
+    uint32_t max_peers;             /* "max_peers": the peer table's bound (dead peers are forgotten first) */
+    /* Not in the JSON (command line only): */
+    char credentials[4096];         /* CURVE credentials directory; "" = RUN_DIR/credentials */
+    int insecure;                   /* 1 = no authentication at all (--insecure): any local process can stop the run */
 } broker_config;
 
 void broker_config_default(broker_config *c);
@@ -71,6 +79,28 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err);
 json_t *broker_stats(const broker *b);
 void broker_destroy(broker **b);
 
+/* ---------------------------------------------------------------- authentication (CURVE)
+ *
+ * A run's credentials are a directory (RUN_DIR/BROKER_CREDENTIALS_DIR, mode 0700) of CURVE key pairs,
+ * one per role: broker.key, generator.key, updater.key and control.key (the launcher's: the only role
+ * allowed CONTROL; it says HELLO as an observer). The broker admits only those keys and binds each
+ * connection to its key's role (docs/BROKER.md "Authentication"). */
+#define BROKER_CREDENTIALS_DIR "credentials"
+
+typedef struct broker_credential {
+    int role;            /* WIRE_ROLE_*: what a connection with this key may be */
+    char public_key[41]; /* Z85 */
+    char secret_key[41];
+    char server_key[41]; /* the broker's public key */
+} broker_credential;
+
+/* Fresh key pairs for every role in DIR (files 0600 in a 0700 directory), replacing what is there:
+ * written complete elsewhere, then renamed into place. */
+int broker_credentials_create(const char *dir, rlhf_error *err);
+/* The key pair of ROLE (WIRE_ROLE_OBSERVER: control.key) and the broker's public key from DIR. */
+int broker_credential_load(broker_credential *c, const char *dir, int role, rlhf_error *err);
+void broker_credential_clear(broker_credential *c); /* wipes the secret */
+
 /* ---------------------------------------------------------------- client API */
 
 typedef struct broker_client broker_client;
@@ -82,6 +112,11 @@ typedef struct broker_client broker_client;
  * page-faulting ~10k fresh ones per 40 MB (docs/BROKER.md, "Weights fan-out"). */
 int broker_client_connect(broker_client **out, const char *endpoint, int role, const char *peer_id, int timeout_ms,
                           rlhf_error *err);
+/* The same with the key pair of ROLE from the credentials directory CREDENTIALS (NULL: none, for a broker
+ * started with --insecure). A broker that refuses the key never answers (RLHF_ETIMEOUT); one that refuses
+ * the role (HELLO role != the key's role) answers ERROR wrong_role: RLHF_EPROTO. */
+int broker_client_connect_with(broker_client **out, const char *endpoint, int role, const char *peer_id,
+                               const char *credentials, int timeout_ms, rlhf_error *err);
 /* Flushes queued sends (up to 2 s) and closes. */
 void broker_client_close(broker_client **c);
 const wire_welcome *broker_client_welcome(const broker_client *c);
@@ -91,6 +126,8 @@ const wire_welcome *broker_client_welcome(const broker_client *c);
 uint64_t broker_client_rejections(const broker_client *c, rlhf_error *last);
 /* 1 once the broker said CONTROL stop (every blocking call then returns RLHF_ESTATE). */
 int broker_client_stopped(const broker_client *c);
+/* The reason the broker gave with its CONTROL stop ("" before one). */
+const char *broker_client_stop_reason(const broker_client *c);
 /* Free-form state string shown in the broker's per-peer report ("generating", "training"). */
 void broker_client_set_state(broker_client *c, const char *state);
 

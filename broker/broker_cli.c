@@ -20,16 +20,24 @@ static int broker_exit_status(const rlhf_error *err) {
 }
 
 static const char broker_usage[] =
-    "usage: rlhf broker --config RUN_CONFIG.json [--run-dir DIR] [--endpoint URL]\n"
+    "usage: rlhf broker --config RUN_CONFIG.json [--run-dir DIR] [--endpoint URL] [--credentials DIR]\n"
+    "                   [--init-credentials | --insecure]\n"
     "  Runs the broker with the run config's \"broker\" section (docs/BROKER.md).\n"
-    "  --run-dir DIR   where the replay log goes (default: .)\n"
-    "  --endpoint URL  overrides broker.endpoint\n"
+    "  --run-dir DIR       where the replay log goes (default: .)\n"
+    "  --endpoint URL      overrides broker.endpoint\n"
+    "  --credentials DIR   the run's CURVE credentials (default: RUN_DIR/credentials; `rlhf run` creates them)\n"
+    "  --init-credentials  create fresh credentials there first (peers then need a copy of their role's key)\n"
+    "  --insecure          no authentication: any process that reaches the endpoint can stop the run\n"
     "  Stops cleanly on SIGINT/SIGTERM or a CONTROL stop, flushing the replay log.\n";
 
 int cmd_broker(int argc, char **argv) {
-    const char *config = NULL, *run_dir = ".", *endpoint = NULL;
+    const char *config = NULL, *run_dir = ".", *endpoint = NULL, *credentials = NULL;
+    int insecure = 0, init_credentials = 0;
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config), RLHF_OPT("--run-dir", RLHF_OPT_STR, &run_dir),
-                             RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint), RLHF_OPT_END};
+                             RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint),
+                             RLHF_OPT("--credentials", RLHF_OPT_STR, &credentials),
+                             RLHF_OPT("--insecure", RLHF_OPT_FLAG, &insecure),
+                             RLHF_OPT("--init-credentials", RLHF_OPT_FLAG, &init_credentials), RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf broker", broker_usage, opts, NULL, 0, NULL);
     if (prc >= 0) return prc;
     rlhf_error err;
@@ -58,6 +66,24 @@ int cmd_broker(int argc, char **argv) {
         }
     }
     if (endpoint) snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
+    if (insecure && (credentials || init_credentials)) {
+        fprintf(stderr, "rlhf broker: error: --insecure does not go with --credentials or --init-credentials\n");
+        broker_config_free(&cfg);
+        return RLHF_EXIT_CONFIG;
+    }
+    cfg.insecure = insecure;
+    if (credentials) snprintf(cfg.credentials, sizeof cfg.credentials, "%s", credentials);
+    if (init_credentials) {
+        char dir[8300];
+        if (credentials) snprintf(dir, sizeof dir, "%s", credentials);
+        else snprintf(dir, sizeof dir, "%s/%s", run_dir, BROKER_CREDENTIALS_DIR);
+        if (rlhf_mkdirs(run_dir, &err) || broker_credentials_create(dir, &err)) {
+            rlhf_error_print("rlhf broker", &err);
+            broker_config_free(&cfg);
+            return broker_exit_status(&err);
+        }
+        fprintf(stderr, "[broker] new credentials in %s\n", dir); /* the directory, never a key */
+    }
     rlhf_on_signals(on_signal, (const int[]){SIGINT, SIGTERM, 0});
     signal(SIGPIPE, SIG_IGN);
     broker *b = NULL;

@@ -14,6 +14,38 @@
  * the processes that receive weights. */
 void broker_keep_freed_memory(void);
 
+/* ---------------------------------------------------------------- authentication (broker/auth.c) */
+
+/* The mechanism for an endpoint: CURVE over tcp:// (encrypted, for any network), PLAIN otherwise
+ * (ipc:// in a directory of mode 0700: one host, no encryption cost). */
+int broker_auth_is_curve(const char *endpoint);
+/* Sets a client socket's security options from a credential, for the endpoint it will connect to. */
+int broker_credential_apply(void *sock, const broker_credential *c, const char *endpoint);
+
+typedef struct broker_auth {
+    int on;                    /* 0: --insecure, no authentication */
+    int curve;                 /* 1: CURVE (tcp://); 0: PLAIN (ipc://, a 0700 directory) */
+    char client_secret[4][41]; /* PLAIN: the roles' passwords (their secret keys) */
+    void *zap;                 /* REP socket on inproc://zeromq.zap.01 */
+    char server_public[41];
+    char client_public[4][41]; /* by wire_role */
+    uint64_t allowed, denied;  /* handshakes */
+} broker_auth;
+
+/* Loads DIR's keys, binds the ZAP handler in zctx and makes `router` a CURVE server (before it binds). */
+int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, const char *endpoint, rlhf_error *err);
+void broker_auth_close(broker_auth *a);
+/* Answers the ZAP requests waiting (never blocks). */
+void broker_auth_serve(broker_auth *a);
+/* The role (WIRE_ROLE_*) bound to the connection a received zmq_msg_t came from; 0 when unauthenticated. */
+int broker_auth_role(const broker_auth *a, void *zmsg);
+
+/* A prompt handed to a generator and not answered yet. */
+typedef struct broker_lease {
+    size_t index;  /* dataset record */
+    double since;  /* rlhf_now() when granted */
+} broker_lease;
+
 /* One peer, keyed by its peer id (HELLO). A restarted process reuses its record with a new routing id. */
 typedef struct broker_peer {
     char id[WIRE_ID_MAX];
@@ -34,6 +66,8 @@ typedef struct broker_peer {
     uint64_t groups_in;    /* generator: accepted groups */
     uint64_t groups_out;   /* updater: delivered groups */
     uint64_t restarts;     /* HELLOs after the first */
+    broker_lease *leases;  /* generator: prompts granted, not answered (outstanding == n_leases) */
+    size_t n_leases, cap_leases;
 } broker_peer;
 
 /* A prompt request the broker is holding back (queue full, or paused). */
@@ -65,6 +99,8 @@ typedef struct broker_counters {
     uint64_t prompt_stats_received, heartbeats;
     uint64_t queue_max_depth, queue_max_bytes;
     uint64_t replay_records, replay_errors;
+    uint64_t rejected_not_authorized, rejected_no_lease, rejected_bad_token, rejected_weights_version;
+    uint64_t rejected_too_many_peers, rejected_prompt_mismatch, leases_expired, peers_forgotten;
 } broker_counters;
 
 struct broker {
@@ -98,6 +134,10 @@ struct broker {
     int stop_requested;
     double started;
     broker_counters ct;
+    broker_auth auth;
+    uint64_t refusals_logged_seen; /* refusals seen by rate_log */
+    char stop_reason[256];         /* "CONTROL stop from ID: REASON", told to every peer */
+    int cur_role;                  /* the credential role of the message being handled (0: --insecure) */
 
     /* Selector checkpoint (RUN_DIR/selector_state.json): the selector changes with every batch served
      * and every PROMPT_STATS; it is written when it changed and a second has passed, and at shutdown. */

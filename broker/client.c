@@ -30,6 +30,9 @@ struct broker_client {
     wire_welcome welcome;
     int has_welcome;
     int stopped;
+    char stop_reason[256];
+    int secure;              /* cred holds this process's key pair */
+    broker_credential cred;
 
     wire_rx rx;
     wire_weights pending_weights; /* newest received, not yet returned: validated table, no blob */
@@ -193,7 +196,10 @@ static int dispatch(broker_client *c, rlhf_error *err) {
     case WIRE_CONTROL: {
         wire_control ctl;
         rc = wire_decode_control(&m, &ctl, &reason, err);
-        if (!rc && ctl.command == WIRE_CONTROL_STOP) c->stopped = 1;
+        if (!rc && ctl.command == WIRE_CONTROL_STOP) {
+            c->stopped = 1;
+            snprintf(c->stop_reason, sizeof c->stop_reason, "%s", ctl.reason);
+        }
         break;
     }
     case WIRE_ERROR: {
@@ -211,7 +217,9 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         else if (!strcmp(e.reason, "no_hello") && c->has_welcome)
             rehello(c);
         else if (!strcmp(e.reason, "no_hello") || !strcmp(e.reason, "no_dataset") ||
-                   !strcmp(e.reason, "selector_failed")) {
+                   !strcmp(e.reason, "selector_failed") ||
+                   (!c->has_welcome && (!strcmp(e.reason, "wrong_role") || !strcmp(e.reason, "too_many_peers")))) {
+            /* (a refused HELLO: the broker will never say WELCOME) */
             c->request_in_flight = 0; /* that request was answered, with an error */
             rc = rlhf_error_set(err, RLHF_EPROTO, c->endpoint, "broker rejected a message (%s): %s", e.reason,
                                 e.detail);
@@ -311,6 +319,11 @@ static void *hb_main(void *arg) {
 
 int broker_client_connect(broker_client **out, const char *endpoint, int role, const char *peer_id, int timeout_ms,
                           rlhf_error *err) {
+    return broker_client_connect_with(out, endpoint, role, peer_id, NULL, timeout_ms, err);
+}
+
+int broker_client_connect_with(broker_client **out, const char *endpoint, int role, const char *peer_id,
+                               const char *credentials, int timeout_ms, rlhf_error *err) {
     *out = NULL;
     if (!peer_id || !peer_id[0] || strlen(peer_id) >= WIRE_ID_MAX)
         return rlhf_error_set(err, RLHF_EINVAL, "peer_id", "must be 1..%d bytes", WIRE_ID_MAX - 1);
@@ -324,6 +337,14 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
     c->next_request_id = 1;
     pthread_mutex_init(&c->mu, NULL);
     int rc;
+    if (credentials) {
+        if ((rc = broker_credential_load(&c->cred, credentials, role, err))) {
+            pthread_mutex_destroy(&c->mu);
+            free(c);
+            return rc;
+        }
+        c->secure = 1;
+    }
     if (role == WIRE_ROLE_GENERATOR) broker_keep_freed_memory(); /* weights arrive here: no page faults per version */
     c->zctx = zmq_ctx_new();
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
@@ -335,6 +356,10 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (c->secure && broker_credential_apply(c->sock, &c->cred, endpoint) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "security options: %s", zmq_strerror(errno));
+        goto fail;
+    }
     if (zmq_connect(c->sock, endpoint) != 0) {
         rc = rlhf_error_set(err, RLHF_EINVAL, endpoint, "cannot connect: %s", zmq_strerror(errno));
         goto fail;
@@ -349,7 +374,9 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
     rc = pump(c, WIRE_WELCOME, timeout_ms, err);
     if (rc < 0) goto fail;
     if (rc == 0) {
-        rc = rlhf_error_set(err, RLHF_ETIMEOUT, endpoint, "no broker answered HELLO within %d ms", timeout_ms);
+        rc = rlhf_error_set(err, RLHF_ETIMEOUT, endpoint, "no broker answered HELLO within %d ms%s", timeout_ms,
+                            c->secure ? " (or it refused this process's credential)"
+                                      : " (a broker that requires credentials does not answer a peer without)");
         goto fail;
     }
     c->hb_interval_ms = c->welcome.heartbeat_interval_ms ? c->welcome.heartbeat_interval_ms : 500;
@@ -361,6 +388,7 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
     zmq_setsockopt(c->hb_pipe, ZMQ_LINGER, &l0, sizeof l0);
     zmq_setsockopt(c->hb_thread_pipe, ZMQ_LINGER, &l0, sizeof l0);
     zmq_setsockopt(c->hb_sock, ZMQ_LINGER, &l0, sizeof l0);
+    if (c->secure) broker_credential_apply(c->hb_sock, &c->cred, endpoint);
     if (zmq_bind(c->hb_pipe, c->hb_pipe_name) != 0 || zmq_connect(c->hb_thread_pipe, c->hb_pipe_name) != 0 ||
         zmq_connect(c->hb_sock, endpoint) != 0) {
         rc = RLHF_FAIL(err, RLHF_ESYS, "heartbeat sockets: %s", zmq_strerror(errno));
@@ -408,6 +436,7 @@ void broker_client_close(broker_client **cp) {
     free(c->batches);
     json_decref(c->stats_reply);
     pthread_mutex_destroy(&c->mu);
+    broker_credential_clear(&c->cred);
     free(c);
     *cp = NULL;
 }
@@ -419,6 +448,7 @@ uint64_t broker_client_rejections(const broker_client *c, rlhf_error *last) {
     return c->errors_received;
 }
 int broker_client_stopped(const broker_client *c) { return c->stopped; }
+const char *broker_client_stop_reason(const broker_client *c) { return c->stop_reason; }
 
 void broker_client_set_state(broker_client *c, const char *state) {
     pthread_mutex_lock(&c->mu);

@@ -210,6 +210,34 @@ static void print_cause(const char *run_dir, const child *c, pid_t pid, int st, 
     free(text);
 }
 
+/* The updater exited 0 before rl.steps: says so with the cause its log names (its "the broker said stop
+ * (REASON)" line, or its last line). */
+static void print_early_end(const char *run_dir, int step, int steps) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/logs/updater.log", run_dir);
+    char *text = NULL;
+    size_t n = 0;
+    const char *cause = NULL;
+    int len = 0;
+    if (rlhf_read_file(path, &text, &n, NULL) == 0) {
+        const char *last = NULL;
+        for (const char *p = text; (p = strstr(p, "said stop")) != NULL; p++) last = p;
+        if (last) {
+            while (last > text && last[-1] != '\n') last--;
+            cause = last;
+            const char *e = strchr(cause, '\n');
+            len = e ? (int)(e - cause) : (int)strlen(cause);
+        }
+    }
+    if (cause)
+        fprintf(stderr, "\n[rlhf run] the run ended at step %d of %d before its end: %.*s\n", step, steps,
+                len > 300 ? 300 : len, cause);
+    else
+        fprintf(stderr, "\n[rlhf run] the run ended at step %d of %d before its end: the updater stopped (see %s)\n",
+                step, steps, path);
+    free(text);
+}
+
 /* Waits up to `timeout` seconds for pid; SIGKILL after that. */
 static void stop_child(child *c, int sig, double timeout) {
     if (c->pid <= 0) return;
@@ -482,6 +510,18 @@ int cmd_run(int argc, char **argv) {
         return prestart_status(&err);
     }
 
+    /* fresh credentials at every launch (docs/BROKER.md "Authentication"): the broker admits only the
+     * processes started here; keys of an earlier launch stop working */
+    {
+        char cred[2100];
+        snprintf(cred, sizeof cred, "%s/%s", cfg.run_dir, BROKER_CREDENTIALS_DIR);
+        if (broker_credentials_create(cred, &err)) {
+            rlhf_error_print("rlhf run", &err);
+            run_config_free(&cfg);
+            return prestart_status(&err);
+        }
+    }
+
     int start_step = updater_latest_checkpoint_step(cfg.run_dir);
     if (start_step < 0) start_step = 0;
     if (start_step >= cfg.steps) {
@@ -662,6 +702,13 @@ int cmd_run(int argc, char **argv) {
     stop_child(&ev.c, SIGTERM, 5);
     child_free(&ev.c);
     int final_step = updater_latest_checkpoint_step(cfg.run_dir);
+    if (!fatal && !stopping && !rc && final_step < cfg.steps) {
+        /* the updater ended cleanly before rl.steps: something stopped the run (a CONTROL stop at the
+         * broker); that is not the run's own end */
+        print_early_end(cfg.run_dir, final_step < 0 ? 0 : final_step, cfg.steps);
+        rc = RLHF_EXIT_TRANSIENT;
+        fatal = 1;
+    }
     if (fatal)
         fprintf(stderr, "[rlhf run] run stopped at step %d; after fixing the cause continue with: rlhf run --resume %s\n",
                 final_step < 0 ? 0 : final_step, cfg.run_dir);

@@ -217,7 +217,9 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     /* the pid makes ids unique across restarts, so (generator_id, seq) names one group for good */
     char peer[64];
     snprintf(peer, sizeof peer, "generator-%d.%d", id, (int)getpid());
-    if ((rc = broker_client_connect(&bc, bcfg->endpoint, WIRE_ROLE_GENERATOR, peer, 60000, err))) goto out;
+    char cred[2100]; /* the launcher's credentials for this run (docs/BROKER.md "Authentication") */
+    snprintf(cred, sizeof cred, "%s/%s", cfg->run_dir, BROKER_CREDENTIALS_DIR);
+    if ((rc = broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err))) goto out;
     broker_client_wake_on_weights(bc, 1); /* take new weights while a prompt request waits (max_generation_lag) */
     fprintf(stderr, "generator %s: connected to %s, %s mode, %d prompt(s) x k=%d per batch, %s weights, %s kernels\n",
             peer, bcfg->endpoint, cfg->mode == RUN_MODE_SYNC ? "sync" : "async", per_batch, cfg->k,
@@ -239,7 +241,8 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         if (o->reconnect && *o->reconnect) {
             *o->reconnect = 0;
             broker_client_close(&bc);
-            if ((rc = broker_client_connect(&bc, bcfg->endpoint, WIRE_ROLE_GENERATOR, peer, 60000, err))) goto out;
+            if ((rc = broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err)))
+                goto out;
             broker_client_wake_on_weights(bc, 1);
             fprintf(stderr, "generator %s: reconnected to a restarted broker\n", peer);
         }

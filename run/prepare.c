@@ -168,13 +168,14 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     if ((rc = reward_pipeline_create(&pipe, cfg->rewards, w, err))) return rc;
     reward_pipeline_destroy(&pipe);
 
-    int seq, both_bias_and_qk_norm;
+    int seq, both_bias_and_qk_norm, vocab;
     tokenizer *tok = NULL;
     if (cfg->base_checkpoint[0]) {
         model *m = NULL;
         if ((rc = run_load_base(cfg, &m, err))) return rc;
         rc = run_load_tokenizer(cfg, m, &tok, err);
         seq = m->cfg.max_seq_len;
+        vocab = m->cfg.vocab_size;
         both_bias_and_qk_norm = m->cfg.attn_bias && m->cfg.qk_norm;
         model_destroy(&m);
         if (rc) return rc;
@@ -184,6 +185,7 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
         both_bias_and_qk_norm = arch.attn_bias && arch.qk_norm;
         if (cfg->max_seq_len > 0 && cfg->max_seq_len < arch.max_seq_len) arch.max_seq_len = cfg->max_seq_len;
         seq = arch.max_seq_len;
+        vocab = arch.vocab_size;
         /* the tokenizer the run will use must fit the vocabulary the base model will be created with */
         rc = tokenizer_load_for_model(&tok, cfg->tokenizer_path, NULL, arch.vocab_size, err);
         if (rc) {
@@ -216,6 +218,8 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     set_default(b, "queue_capacity", json_integer(cfg->prompts_per_step > 1 ? cfg->prompts_per_step / 2 : 1));
     /* the broker bounds staleness too (it drops what the updater would drop anyway) */
     json_object_set_new(b, "max_staleness", json_integer(cfg->max_staleness));
+    /* the broker refuses groups with token ids the model does not have (one would fail training) */
+    json_object_set_new(b, "vocab_size", json_integer(vocab));
     json_t *replay = json_object_get(b, "replay");
     if (!replay) {
         replay = json_object();
@@ -227,10 +231,17 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     json_t *launcher = json_object_get(cfg->resolved, "launcher");
     int auto_ep = !json_object_get(b, "endpoint") || json_is_true(json_object_get(launcher, "auto_endpoint"));
     if (auto_ep) {
-        int port = free_tcp_port();
-        if (port < 0) return RLHF_FAIL(err, RLHF_ESYS, "cannot find a free TCP port for the broker");
-        char e[64];
-        snprintf(e, sizeof e, "tcp://127.0.0.1:%d", port);
+        /* One host: a Unix socket in the run's credentials directory (mode 0700), where the broker
+         * authenticates with PLAIN and nothing is encrypted (docs/BROKER.md "Authentication": CURVE
+         * costs a weights fan-out several times over); tcp loopback with CURVE when the path is too long
+         * for a Unix socket address. */
+        char e[1200];
+        snprintf(e, sizeof e, "ipc://%s/%s/broker.sock", cfg->run_dir, BROKER_CREDENTIALS_DIR);
+        if (strlen(e) - 6 > 100) {
+            int port = free_tcp_port();
+            if (port < 0) return RLHF_FAIL(err, RLHF_ESYS, "cannot find a free TCP port for the broker");
+            snprintf(e, sizeof e, "tcp://127.0.0.1:%d", port);
+        }
         json_object_set_new(b, "endpoint", json_string(e));
         json_object_set_new(launcher, "auto_endpoint", json_true());
     }

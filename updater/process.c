@@ -357,7 +357,9 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
 
     char peer[64];
     snprintf(peer, sizeof peer, "updater.%d", (int)getpid());
-    if (broker_client_connect(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, 60000, err)) {
+    char cred[8400]; /* the launcher's credentials for this run (docs/BROKER.md "Authentication") */
+    snprintf(cred, sizeof cred, "%s/%s", cfg->run_dir, BROKER_CREDENTIALS_DIR);
+    if (broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, cred, 60000, err)) {
         rc = 1;
         goto out;
     }
@@ -408,7 +410,7 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
             /* a new broker: new session, no credit outstanding, and it needs the current weights */
             *o->reconnect = 0;
             broker_client_close(&bc);
-            if ((rc = broker_client_connect(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, 60000, err))) break;
+            if ((rc = broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_UPDATER, peer, cred, 60000, err))) break;
             granted_outstanding = 0;
             last_group = rlhf_now();
             long more = 0;
@@ -421,10 +423,7 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
                             "replay log\n", more);
             if (u.ps.version > 0 && (rc = publish(bc, u.ps.m, &pub_s, err))) break;
         }
-        if (!training && broker_client_stopped(bc)) {
-            fprintf(stderr, "updater: the broker said stop\n");
-            break;
-        }
+        if (!training && broker_client_stopped(bc)) break;
         int holding = updater_scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
         long want = stop_requested(o) ? 0 : cap - holding - granted_outstanding;
         if (want > 0) {
@@ -543,6 +542,10 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
         if (tr->rc == 0) steps_done = u.ps.step;
     }
     trainer_destroy(&tr);
+    /* the launcher names this line as the cause of a run that ended early */
+    if (bc && broker_client_stopped(bc) && u.ps.step < cfg->steps)
+        fprintf(stderr, "updater: the broker said stop (%s) at step %ld of %d\n", broker_client_stop_reason(bc), u.ps.step,
+                cfg->steps);
     for (int i = 0; i < n_pending; i++) updater_scored_group_free(pending[i]);
     free(pending);
     if (rc == 0 && updater_latest_checkpoint_step(cfg->run_dir) != u.ps.step) rc = updater_checkpoint(&u, err);

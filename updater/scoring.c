@@ -109,6 +109,7 @@ struct scorer {
     int n_sources;
     const tokenizer *tok; /* turns completion ids into the text the reward sources see */
     long step;            /* the optimizer step v2 sources see (atomic) */
+    int vocab;            /* token ids must be below it (0: unchecked) */
     int failed;           /* an on_error "fail" source failed (under mu); failed_err says where */
     rlhf_error failed_err;
 };
@@ -294,8 +295,21 @@ static void *scorer_main(void *p) {
         int n = 0;
         batch[n++] = g;
         while (n < SCORER_MAX_BATCH && (g = updater_group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
+        /* groups with token ids the model does not have go out skipped, unscored */
+        scored_group *bad[SCORER_MAX_BATCH];
+        int nb = 0, m = 0;
+        for (int i = 0; i < n; i++) {
+            if (s->vocab && updater_group_check_tokens(&batch[i]->g, s->vocab, NULL) != 0) {
+                batch[i]->skipped = batch[i]->bad_tokens = 1;
+                bad[nb++] = batch[i];
+            } else {
+                batch[m++] = batch[i];
+            }
+        }
+        n = m;
+        for (int i = 0; i < nb; i++) updater_group_queue_push(&s->out, bad[i]);
         rlhf_error err = {0};
-        if (score_groups(pipe, s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), batch, n, &err) != 0) {
+        if (n && score_groups(pipe, s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), batch, n, &err) != 0) {
             /* an on_error "fail" source (or no memory): the groups carry no usable reward and are
              * counted as skipped; the updater stops the run with the first such error */
             for (int i = 0; i < n; i++) batch[i]->skipped = 1;
@@ -431,8 +445,41 @@ const char *updater_scorer_source_name(const scorer *s, int i) { return reward_p
 
 void updater_scorer_set_step(scorer *s, long step) { __atomic_store_n(&s->step, step, __ATOMIC_RELAXED); }
 int updater_scorer_score_now(scorer *s, scored_group *g, rlhf_error *err) {
+    if (s->vocab && updater_group_check_tokens(&g->g, s->vocab, err) != 0) {
+        g->skipped = g->bad_tokens = 1;
+        return RLHF_ECORRUPT;
+    }
     return score_groups(s->pipes[0], s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), &g, 1, err);
 }
+
+void updater_scorer_set_vocab(scorer *s, int vocab) { s->vocab = vocab > 0 ? vocab : 0; }
+
+int updater_group_check_tokens(const wire_rollout_group *g, int vocab, rlhf_error *err) {
+    const char *who = g->prompt_id ? g->prompt_id : "?";
+    for (uint32_t i = 0; i < g->n_prompt_tokens; i++)
+        if (g->prompt_tokens[i] < 0 || g->prompt_tokens[i] >= vocab)
+            return rlhf_error_set(err, RLHF_ECORRUPT, who, "group %s/%llu: prompt token %u is %d, outside the vocabulary [0, %d)",
+                                  g->generator_id ? g->generator_id : "?", (unsigned long long)g->seq, i,
+                                  (int)g->prompt_tokens[i], vocab);
+    uint64_t n = wire_rollout_group_total_tokens(g);
+    for (uint64_t i = 0; i < n; i++)
+        if (g->tokens[i] < 0 || g->tokens[i] >= vocab)
+            return rlhf_error_set(err, RLHF_ECORRUPT, who, "group %s/%llu: completion token %llu is %d, outside the "
+                                  "vocabulary [0, %d)", g->generator_id ? g->generator_id : "?",
+                                  (unsigned long long)g->seq, (unsigned long long)i, (int)g->tokens[i], vocab);
+    return 0;
+}
+
 int updater_scorer_score_batch_now(scorer *s, scored_group **gs, int n, rlhf_error *err) {
-    return score_groups(s->pipes[0], s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), gs, n, err);
+    /* groups with token ids the model does not have are skipped unscored, as on the scoring threads */
+    scored_group **ok = malloc(sizeof *ok * (size_t)(n > 0 ? n : 1));
+    if (!ok) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (s->vocab && updater_group_check_tokens(&gs[i]->g, s->vocab, NULL) != 0) gs[i]->skipped = gs[i]->bad_tokens = 1;
+        else ok[m++] = gs[i];
+    }
+    int rc = m ? score_groups(s->pipes[0], s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), ok, m, err) : 0;
+    free(ok);
+    return rc;
 }

@@ -181,6 +181,7 @@ int updater_session_init(updater_session *u, run_config *cfg, int with_threads, 
         updater_policy_fini(&u->ps);
         return rc;
     }
+    updater_scorer_set_vocab(u->sc, u->ps.m->cfg.vocab_size);
     u->n_sources = updater_scorer_n_sources(u->sc);
     for (int s = 0; s < u->n_sources && s < SESSION_MAX_SOURCES; s++) u->src_names[s] = updater_scorer_source_name(u->sc, s);
     u->errs = calloc((size_t)u->n_sources + 1, sizeof *u->errs);
@@ -262,6 +263,15 @@ int updater_session_offer(updater_session *u, scored_group *sg) {
     u->ps.log_records++;
     u->ps.groups_total++;
     count_errors(u, sg);
+    if (sg->bad_tokens) {
+        /* data never stops the run: counted, logged the first times then at powers of two */
+        long n = ++u->bad_tokens_total;
+        if (n <= 5 || (n & (n - 1)) == 0) {
+            rlhf_error e = {0};
+            updater_group_check_tokens(&sg->g, u->ps.m->cfg.vocab_size, &e);
+            fprintf(stderr, "updater: skipped a group (%ld so far): %s: %s\n", n, e.where, e.msg);
+        }
+    }
     if (sg->skipped) {
         u->ps.groups_skipped++;
         u->w_skipped++;
@@ -478,6 +488,7 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     json_object_set_new(m, "groups/dropped_unscored", json_integer(n_unscored));
     json_object_set_new(m, "groups/dropped_unscored_total", json_integer(ps->groups_dropped_unscored));
     json_object_set_new(m, "groups/skipped", json_integer(u->w_skipped));
+    json_object_set_new(m, "groups/skipped_bad_tokens_total", json_integer(u->bad_tokens_total));
     json_object_set_new(m, "groups/total", json_integer(ps->groups_total));
     json_object_set_new(m, "groups/dropped_stale_total", json_integer(ps->groups_dropped_stale));
     json_object_set_new(m, "groups/dropped_zero_var_total", json_integer(ps->groups_dropped_zero_var));

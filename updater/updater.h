@@ -88,7 +88,8 @@ typedef struct scored_group {
     float *total;           // (k) weighted total
     int *src_errors;        // (n_sources) ERROR items in this group
     rlhf_reward_status *src_status; // (n_sources, k) each source's status per sample; NULL when none failed
-    int skipped;            /* a skip_group on_error policy fired: not trained */
+    int skipped;            /* a skip_group on_error policy fired, or bad_tokens: not trained */
+    int bad_tokens;         /* a token id outside the model's vocabulary: skipped unscored, counted */
     unsigned char *unscored; // (k) 1 when no source scored sample i (every source SKIP): it is left out of
                              // the group's RLOO baseline and of the loss; NULL when every sample was scored
     int *src_skipped;       // (n_sources) SKIP items per source in this group
@@ -113,6 +114,12 @@ int updater_scorer_create(scorer **out, const json_t *rewards, const char *where
                           rlhf_error *err);
 void updater_scorer_destroy(scorer **s);
 void updater_scorer_submit(scorer *s, scored_group *g);  /* takes ownership */
+/* Token ids of groups must be in [0, vocab) (0 = unchecked): a group with another is not scored but
+ * comes out skipped with bad_tokens set (submit and score_now alike), whatever path it came by (live, the
+ * replay log at recovery, `rlhf replay`): one such group would fail every training step it is in. */
+void updater_scorer_set_vocab(scorer *s, int vocab);
+/* 0 when every prompt and completion token id of g is in [0, vocab); else an error naming the group. */
+int updater_group_check_tokens(const wire_rollout_group *g, int vocab, rlhf_error *err);
 scored_group *updater_scorer_take(scorer *s, double timeout_s);
 int updater_scorer_in_flight(scorer *s);                /* submitted, not yet taken */
 int updater_scorer_n_sources(const scorer *s);
@@ -265,6 +272,7 @@ typedef struct updater_session {
     scored_group **window;      /* fresh scored groups waiting for the next step, in arrival order */
     int n_window, cap_window;
     long w_stale, w_stale_carry, w_skipped; /* per-step counters */
+    long bad_tokens_total;      /* groups skipped for token ids outside the vocabulary (logged rate-limited) */
     double window_start;        /* when the current step's collection began */
     double wait_seconds;        /* time the optimizer thread spent waiting for groups this step (caller adds) */
     int queue_depth;            /* groups received but not yet scored (caller sets) */

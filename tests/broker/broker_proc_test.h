@@ -16,6 +16,7 @@ extern char bindir[4096]; /* BUILD/bin: rlhf, synth_generator, synth_updater */
 typedef struct run {
     char dir[512];
     char endpoint[64];
+    char cred[600]; /* DIR/credentials: made by start_broker */
     pid_t broker;
 } run;
 
@@ -47,6 +48,16 @@ void test_generation_lag(void);
 #ifndef __SANITIZE_ADDRESS__
 void test_keep_freed_memory(void);
 #endif
+
+/* tests/broker/test_hostile.c */
+void test_hostile_control(void);
+void test_hostile_weights(void);
+void test_hostile_groups(void);
+void test_hostile_identity(void);
+void test_hostile_peer_table(void);
+void test_hostile_ipc_plain(void);
+void test_hostile_slow_reader(void);
+void test_hostile_flood(void);
 
 /* tests/broker/test_broker_restart.c */
 void test_kill_and_restart(void);

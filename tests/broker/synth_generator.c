@@ -18,16 +18,17 @@
 
 static const char usage[] =
     "usage: synth_generator --endpoint E --id ID [--groups N] [--k K] [--tokens T] [--batch B]\n"
-    "                       [--delay-ms D] [--out FILE] [--check-weights]\n"
+    "                       [--delay-ms D] [--out FILE] [--check-weights] [--credentials DIR]\n"
     "  --groups 0 (default) pushes until the broker stops; --out gets \"ID SEQ POLICY_VERSION\" per group\n"
     "  and \"weights V\" per verified weights version. Exit codes: 0 ok, 1 error, 2 usage, 3 bad weights.\n";
 
 int main(int argc, char **argv) {
-    const char *endpoint = NULL, *id = "gen", *out_path = NULL;
+    const char *endpoint = NULL, *id = "gen", *out_path = NULL, *credentials = NULL;
     int groups = 0, k = 8, tokens = 32, batch = 2, delay_ms = 0;
     int check_weights = 0;
     const rlhf_opt opts[] = {
         RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint),
+        RLHF_OPT("--credentials", RLHF_OPT_STR, &credentials),
         RLHF_OPT("--id", RLHF_OPT_STR, &id),
         RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
         RLHF_OPT("--groups", RLHF_OPT_INT, &groups),
@@ -45,7 +46,7 @@ int main(int argc, char **argv) {
     rlhf_error err;
     rlhf_error_clear(&err);
     broker_client *c;
-    if (broker_client_connect(&c, endpoint, WIRE_ROLE_GENERATOR, id, 10000, &err) != 0) {
+    if (broker_client_connect_with(&c, endpoint, WIRE_ROLE_GENERATOR, id, credentials, 10000, &err) != 0) {
         rlhf_error_print("synth_generator", &err);
         return 1;
     }
@@ -98,6 +99,7 @@ int main(int argc, char **argv) {
             g.created_at = rlhf_wall_time();
             r = broker_client_push_group(c, &g, &err);
             synth_group_free(&g);
+            if (r == RLHF_ESTATE) break; /* the broker stopped while this batch was generated */
             if (r) {
                 rlhf_error_print("synth_generator", &err);
                 rc = 1;
@@ -110,7 +112,7 @@ int main(int argc, char **argv) {
             seq++;
         }
         wire_prompt_batch_free(&pb);
-        if (rc) break;
+        if (rc || broker_client_stopped(c)) break;
     }
 done:
     broker_client_close(&c);

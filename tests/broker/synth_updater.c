@@ -15,16 +15,17 @@
 
 static const char usage[] =
     "usage: synth_updater --endpoint E --id ID [--credit C] [--sleep-ms S] [--publish-every P]\n"
-    "                     [--weights-floats F] [--first-version V] [--out FILE] [--stats]\n"
+    "                     [--weights-floats F] [--first-version V] [--out FILE] [--stats] [--credentials DIR]\n"
     "  --out gets \"GENERATOR SEQ POLICY_VERSION\" per received group; runs until the broker stops.\n"
     "  Exit codes: 0 ok, 1 error, 2 usage, 4 a group's payload did not verify.\n";
 
 int main(int argc, char **argv) {
-    const char *endpoint = NULL, *id = "upd", *out_path = NULL;
+    const char *endpoint = NULL, *id = "upd", *out_path = NULL, *credentials = NULL;
     int credit = 4, sleep_ms = 0, publish_every = 0, floats = 1000, first_version = 1;
     int send_stats = 0;
     const rlhf_opt opts[] = {
         RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint),
+        RLHF_OPT("--credentials", RLHF_OPT_STR, &credentials),
         RLHF_OPT("--id", RLHF_OPT_STR, &id),
         RLHF_OPT("--out", RLHF_OPT_STR, &out_path),
         RLHF_OPT("--credit", RLHF_OPT_INT, &credit),
@@ -42,7 +43,7 @@ int main(int argc, char **argv) {
     rlhf_error err;
     rlhf_error_clear(&err);
     broker_client *c;
-    if (broker_client_connect(&c, endpoint, WIRE_ROLE_UPDATER, id, 10000, &err) != 0) {
+    if (broker_client_connect_with(&c, endpoint, WIRE_ROLE_UPDATER, id, credentials, 10000, &err) != 0) {
         rlhf_error_print("synth_updater", &err);
         return 1;
     }

@@ -255,8 +255,8 @@ void test_generation_lag(void) {
     broker_client *gen, *upd;
     rlhf_error e;
     rlhf_error_clear(&e);
-    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-lag", 3000, &e), 0);
-    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-lag", 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-lag", r.cred, 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-lag", r.cred, 3000, &e), 0);
     broker_client_wake_on_weights(gen, 1);
     wire_prompt_batch pb;
     /* no weights published yet: nothing to lag behind */
@@ -292,7 +292,7 @@ void test_generation_lag(void) {
     CU_ASSERT_EQUAL_FATAL(broker_client_request_prompts(gen, 1, &pb, 3000, &e), 0);
     CU_ASSERT_EQUAL(pb.n, 1);
     wire_prompt_batch_free(&pb);
-    CU_ASSERT_EQUAL(broker_client_control(upd, WIRE_CONTROL_STOP, "done", &e), 0);
+    CU_ASSERT_EQUAL(send_stop(&r), 0);
     CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
     broker_client_close(&gen);
     broker_client_close(&upd);
@@ -307,12 +307,15 @@ void test_control_and_rejections(void) {
     broker_client *gen, *upd;
     rlhf_error e;
     rlhf_error_clear(&e);
-    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-ctl", 3000, &e), 0);
-    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-ctl", 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-ctl", r.cred, 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-ctl", r.cred, 3000, &e), 0);
     CU_ASSERT_EQUAL(broker_client_welcome(gen)->max_staleness, 1);
     CU_ASSERT_EQUAL(broker_client_welcome(gen)->has_weights, 0);
     /* paused: the request is held, not answered */
-    CU_ASSERT_EQUAL(broker_client_control(upd, WIRE_CONTROL_PAUSE, "test", &e), 0);
+    /* CONTROL comes from the run's control credential (an observer), not from a generator or updater */
+    broker_client *ctl;
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&ctl, r.endpoint, WIRE_ROLE_OBSERVER, "ctl", r.cred, 3000, &e), 0);
+    CU_ASSERT_EQUAL(broker_client_control(ctl, WIRE_CONTROL_PAUSE, "test", &e), 0);
     json_t *s = NULL;
     for (int i = 0; i < 100; i++) { /* other connections are not ordered with it: wait until it took effect */
         json_decref(s);
@@ -327,7 +330,7 @@ void test_control_and_rejections(void) {
     CU_ASSERT_EQUAL(stat_i(s, "prompts/parked"), 1);
     CU_ASSERT_TRUE(json_is_true(json_object_get(s, "paused")));
     json_decref(s);
-    CU_ASSERT_EQUAL(broker_client_control(upd, WIRE_CONTROL_RESUME, "test", &e), 0);
+    CU_ASSERT_EQUAL(broker_client_control(ctl, WIRE_CONTROL_RESUME, "test", &e), 0);
     CU_ASSERT_EQUAL_FATAL(broker_client_request_prompts(gen, 2, &pb, 3000, &e), 0);
     CU_ASSERT_EQUAL(pb.request_id, 1); /* the held request, not a second one */
     CU_ASSERT_EQUAL(pb.n, 2);
@@ -414,12 +417,13 @@ void test_control_and_rejections(void) {
     CU_ASSERT_TRUE(synth_group_check(&rg));
     wire_rollout_group_free(&rg);
     /* stop: both clients learn it */
-    CU_ASSERT_EQUAL(broker_client_control(gen, WIRE_CONTROL_STOP, "done", &e), 0);
+    CU_ASSERT_EQUAL(broker_client_control(ctl, WIRE_CONTROL_STOP, "done", &e), 0);
     CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);
     CU_ASSERT_EQUAL(broker_client_recv_group(upd, &rg, 3000, &e), RLHF_ESTATE);
     CU_ASSERT_TRUE(broker_client_stopped(upd));
     broker_client_close(&gen);
     broker_client_close(&upd);
+    broker_client_close(&ctl);
 }
 
 #ifndef __SANITIZE_ADDRESS__ /* ASan replaces malloc: mallopt does not apply there */

@@ -77,6 +77,11 @@ pid_t spawn(char *const argv[], const char *log) {
 int start_broker(run *r, const char *name, const char *extra) {
     snprintf(r->dir, sizeof r->dir, "%s/%s", tmpdir, name);
     mkdir(r->dir, 0755);
+    /* the run's credentials, as the launcher makes them; every client of the tests presents one */
+    snprintf(r->cred, sizeof r->cred, "%s/credentials", r->dir);
+    rlhf_error ce;
+    rlhf_error_clear(&ce);
+    if (broker_credentials_create(r->cred, &ce) != 0) return -1;
     for (int attempt = 0; attempt < 5; attempt++) {
         snprintf(r->endpoint, sizeof r->endpoint, "tcp://127.0.0.1:%d", next_port());
         char cfg[600], text[2048], log[600], bin[4200];
@@ -99,7 +104,7 @@ int start_broker(run *r, const char *name, const char *extra) {
             int st;
             if (waitpid(r->broker, &st, WNOHANG) == r->broker) break; /* exited: port in use? retry */
             rlhf_error_clear(&e);
-            if (broker_client_connect(&c, r->endpoint, WIRE_ROLE_OBSERVER, "probe", 100, &e) == 0) {
+            if (broker_client_connect_with(&c, r->endpoint, WIRE_ROLE_OBSERVER, "probe", r->cred, 100, &e) == 0) {
                 broker_client_close(&c);
                 /* still ours? (if it could not bind, the probe may have reached someone else's broker) */
                 if (waitpid(r->broker, &st, WNOHANG) == r->broker) break;
@@ -119,12 +124,13 @@ static pid_t start_synth(const run *r, const char *prog, const char *id, const c
     snprintf(out, sizeof out, "%s/%s.out", r->dir, id);
     snprintf(log, sizeof log, "%s/%s.log", r->dir, id);
     snprintf(cmd, sizeof cmd, "%s", extra_args ? extra_args : "");
-    char *argv[32] = {bin, "--endpoint", (char *)r->endpoint, "--id", (char *)id, "--out", out};
-    int n = 7;
+    char *argv[32] = {bin, "--endpoint", (char *)r->endpoint, "--id", (char *)id, "--out", out, "--credentials",
+                      (char *)r->cred};
+    int n = 9;
     for (char *tok = strtok(cmd, " "); tok && n < 30; tok = strtok(NULL, " ")) argv[n++] = strdup(tok);
     argv[n] = NULL;
     pid_t pid = spawn(argv, log);
-    for (int i = 7; i < n; i++) free(argv[i]);
+    for (int i = 9; i < n; i++) free(argv[i]);
     return pid;
 }
 
@@ -140,7 +146,8 @@ json_t *get_stats(const run *r) {
     broker_client *c;
     rlhf_error e;
     rlhf_error_clear(&e);
-    if (broker_client_connect(&c, r->endpoint, WIRE_ROLE_OBSERVER, "test-observer", 3000, &e) != 0) return NULL;
+    if (broker_client_connect_with(&c, r->endpoint, WIRE_ROLE_OBSERVER, "test-observer", r->cred, 3000, &e) != 0)
+        return NULL;
     json_t *s = NULL;
     broker_client_get_stats(c, &s, 3000, &e);
     broker_client_close(&c);
@@ -172,7 +179,8 @@ int send_stop(const run *r) {
     broker_client *c;
     rlhf_error e;
     rlhf_error_clear(&e);
-    if (broker_client_connect(&c, r->endpoint, WIRE_ROLE_OBSERVER, "test-stopper", 3000, &e) != 0) return -1;
+    if (broker_client_connect_with(&c, r->endpoint, WIRE_ROLE_OBSERVER, "test-stopper", r->cred, 3000, &e) != 0)
+        return -1;
     int rc = broker_client_control(c, WIRE_CONTROL_STOP, "test done", &e);
     broker_client_close(&c);
     return rc;
@@ -215,6 +223,10 @@ static void test_other_protocol_version(void) {
     int linger = 0, tmo = 3000;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    broker_credential cred; /* a real generator's key: the version is what is wrong here */
+    rlhf_error ce;
+    CU_ASSERT_EQUAL_FATAL(broker_credential_load(&cred, r.cred, WIRE_ROLE_GENERATOR, &ce), 0);
+    CU_ASSERT_EQUAL(broker_credential_apply(s, &cred, r.endpoint), 0);
     CU_ASSERT_EQUAL(zmq_connect(s, r.endpoint), 0);
     wire_out o;
     CU_ASSERT_EQUAL_FATAL(wire_encode_raw(99, WIRE_HELLO, json_pack("{sssssi}", "peer_id", "fake", "role", "generator",
@@ -243,6 +255,7 @@ static void test_other_protocol_version(void) {
     /* a message before HELLO, and garbage frames, are rejected too, and the broker keeps serving */
     s = zmq_socket(ctx, ZMQ_DEALER);
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    broker_credential_apply(s, &cred, r.endpoint);
     zmq_connect(s, r.endpoint);
     zmq_send(s, "garbage", 7, 0);
     wire_credit cr = {5};
@@ -252,6 +265,7 @@ static void test_other_protocol_version(void) {
     sleep_ms(200);
     zmq_close(s);
     zmq_ctx_term(ctx);
+    broker_credential_clear(&cred);
     st = get_stats(&r);
     CU_ASSERT_EQUAL(stat_i(st, "rejected/bad_frame_count"), 1);
     CU_ASSERT_EQUAL(stat_i(st, "rejected/no_hello"), 1);
@@ -323,6 +337,7 @@ static void test_bind_errors(void) {
     broker_config_default(&cfg);
     snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", ep);
     cfg.replay_path[0] = 0;
+    cfg.insecure = 1; /* about binding, not credentials */
     broker *b = NULL;
     rlhf_error e;
     rlhf_error_clear(&e);
@@ -348,7 +363,7 @@ static void test_bind_errors(void) {
     fclose(f);
     snprintf(log, sizeof log, "%s/badbind.log", tmpdir);
     snprintf(bin, sizeof bin, "%s/rlhf", bindir);
-    char *argv[] = {bin, "broker", "--config", cfgp, "--run-dir", tmpdir, NULL};
+    char *argv[] = {bin, "broker", "--config", cfgp, "--run-dir", tmpdir, "--insecure", NULL};
     CU_ASSERT_EQUAL(test_proc_wait(spawn(argv, log), 10), RLHF_EXIT_CONFIG);
     char *out = NULL;
     size_t n = 0;
@@ -402,6 +417,7 @@ static void test_bad_dataset_leaves_nothing(void) {
     broker_config_default(&c);
     snprintf(c.endpoint, sizeof c.endpoint, "ipc://%.200s/bad_dataset.sock", tmpdir);
     snprintf(c.dataset, sizeof c.dataset, "%.200s/no_such_prompts.jsonl", tmpdir);
+    c.insecure = 1; /* about the dataset, not credentials */
     rlhf_error e;
     rlhf_error_clear(&e);
     broker *b = NULL;
@@ -442,6 +458,16 @@ int register_broker_suites(void) {
     CU_add_test(s, "max_generation_lag: prompts wait for the newest weights", test_generation_lag);
     CU_add_test(s, "broker kill -9 and restart: clients rejoin, log recovered", test_broker_restart);
     CU_add_test(s, "selector state survives a broker restart", test_selector_state_restart);
+    CU_add_test(s, "hostile: CONTROL stop from no credential / a generator's refused, run goes on", test_hostile_control);
+    CU_add_test(s, "hostile: WEIGHTS from a generator, or a version jump from the updater, refused", test_hostile_weights);
+    CU_add_test(s, "hostile: groups without a lease or with token ids >= vocab refused", test_hostile_groups);
+    CU_add_test(s, "hostile: wrong role at HELLO answered; no or a foreign key cannot connect", test_hostile_identity);
+    CU_add_test(s, "hostile: peer table bounded over many reconnects", test_hostile_peer_table);
+    CU_add_test(s, "hostile: ipc:// with PLAIN: roles bound, wrong password refused, open directory refused", test_hostile_ipc_plain);
+    CU_add_test(s, "hostile: a peer that never reads its replies: broker RSS bounded, real peers go on",
+                test_hostile_slow_reader);
+    CU_add_test(s, "hostile: 10,000 malformed messages counted by reason, log rate-limited, peers go on",
+                test_hostile_flood);
 #ifndef __SANITIZE_ADDRESS__
     CU_add_test(s, "keep freed memory: a second weights version does not page-fault", test_keep_freed_memory);
 #endif

@@ -207,8 +207,8 @@ void test_broker_restart(void) {
     broker_client *gen, *upd;
     rlhf_error e;
     rlhf_error_clear(&e);
-    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-rs", 3000, &e), 0);
-    CU_ASSERT_EQUAL_FATAL(broker_client_connect(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-rs", 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&gen, r.endpoint, WIRE_ROLE_GENERATOR, "g-rs", r.cred, 3000, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&upd, r.endpoint, WIRE_ROLE_UPDATER, "u-rs", r.cred, 3000, &e), 0);
     CU_ASSERT_EQUAL(broker_client_grant_credit(upd, 10, &e), 0);
     uint64_t seq = 0;
     wire_prompt_batch pb;

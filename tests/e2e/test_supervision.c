@@ -11,7 +11,9 @@
  *                its signal, recorded in RUN_DIR/restarts.jsonl and counted in the step metrics
  *                (supervision/restarts), and the run completes.
  * Also: `rlhf run`'s own status for what its checks before start find (3 missing file, 2 bad value), and
- * SIGTERM while a dead updater waits out its backoff. test_e2e.c's run_with_faults covers SIGKILL of each process (transient, restarted). */
+ * SIGTERM while a dead updater waits out its backoff. And a CONTROL stop (issue 17): from no credential or a
+ * generator's it is refused and the run goes on; from the run's control credential it ends the run, and
+ * `rlhf run` exits 1 naming it instead of printing "done". test_e2e.c's run_with_faults covers SIGKILL of each process (transient, restarted). */
 #include <CUnit/CUnit.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@
 
 #include <jansson.h>
 
+#include "broker/broker.h"
 #include "common/common.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
@@ -370,6 +373,65 @@ static void test_stop_during_backoff(void) {
     show_on_failure(rc != -1, out);
 }
 
+/* Who may stop a run: only the launcher's control credential; an early end is not "done". */
+static void test_control_stop_needs_credential(void) {
+    char cfg[256], run[256], out[256], p[512], cred[512];
+    snprintf(cfg, sizeof cfg, "%s/ctl.json", s_dir);
+    snprintf(run, sizeof run, "%s/ctl", s_dir);
+    snprintf(out, sizeof out, "%s/ctl.out", s_dir);
+    write_config(cfg, "ctl", 400, NULL);
+    pid_t launcher = start_run(cfg, out, NULL);
+    int started = 0;
+    for (double t0 = test_proc_now(); test_proc_now() - t0 < 60 && !started;) {
+        started = last_step(run) >= 2;
+        if (waitpid(launcher, NULL, WNOHANG) == launcher) break;
+        usleep(20000);
+    }
+    if (!started) {
+        CU_FAIL("the run made no steps");
+        test_proc_stop(launcher, 30);
+        show_on_failure(0, out);
+        return;
+    }
+    snprintf(p, sizeof p, "%s/config.json", run);
+    json_t *c = json_load_file(p, 0, NULL);
+    const char *ep = json_string_value(json_object_get(json_object_get(c, "broker"), "endpoint"));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ep);
+    snprintf(cred, sizeof cred, "%s/credentials", run);
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    broker_client *bc = NULL;
+    /* no credential: no connection at all */
+    CU_ASSERT_EQUAL(broker_client_connect(&bc, ep, WIRE_ROLE_OBSERVER, "anon", 1000, &e), RLHF_ETIMEOUT);
+    /* a generator's credential: connected, but its stop is refused */
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&bc, ep, WIRE_ROLE_GENERATOR, "rogue", cred, 5000, &e), 0);
+    CU_ASSERT_EQUAL(broker_client_control(bc, WIRE_CONTROL_STOP, "rogue stop", &e), 0);
+    json_t *st = NULL;
+    for (int i = 0; i < 50 && broker_client_rejections(bc, NULL) == 0; i++) {
+        if (broker_client_get_stats(bc, &st, 1000, &e) == 0) json_decref(st);
+        st = NULL;
+    }
+    rlhf_error last;
+    CU_ASSERT_EQUAL(broker_client_rejections(bc, &last), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(last.msg, "not_authorized"));
+    broker_client_close(&bc);
+    long before = last_step(run);
+    for (double t0 = test_proc_now(); test_proc_now() - t0 < 60 && last_step(run) <= before + 1;) usleep(50000);
+    CU_ASSERT(last_step(run) > before + 1); /* still training */
+    CU_ASSERT_EQUAL(waitpid(launcher, NULL, WNOHANG), 0);
+    /* the control credential ends it: not the run's own end, so not "done" and not 0 */
+    CU_ASSERT_EQUAL_FATAL(broker_client_connect_with(&bc, ep, WIRE_ROLE_OBSERVER, "operator", cred, 5000, &e), 0);
+    CU_ASSERT_EQUAL(broker_client_control(bc, WIRE_CONTROL_STOP, "maintenance", &e), 0);
+    broker_client_close(&bc);
+    json_decref(c);
+    int rc = test_proc_wait(launcher, 120);
+    CU_ASSERT_EQUAL(rc, 1);
+    CU_ASSERT(contains(out, "before its end"));
+    CU_ASSERT(contains(out, "the broker said stop (CONTROL stop from operator: maintenance)"));
+    CU_ASSERT_FALSE(contains(out, "[rlhf run] done"));
+    show_on_failure(rc == 1, out);
+}
+
 void e2e_register_supervision(void);
 void e2e_register_supervision(void) {
     CU_pSuite s = CU_add_suite("e2e_supervision", suite_init, suite_cleanup);
@@ -382,5 +444,7 @@ void e2e_register_supervision(void) {
     CU_add_test(s, "transient: a SIGSEGV'd generator is restarted after a backoff and counted",
                 test_transient_restarted_and_counted);
     CU_add_test(s, "SIGTERM while the updater waits out its backoff still stops the run", test_stop_during_backoff);
+    CU_add_test(s, "CONTROL stop: refused without the control credential; with it the run exits 1, not done",
+                test_control_stop_needs_credential);
     CU_add_test(s, "rlhf run before start: missing run dir or dataset -> 3, bad value -> 2", test_launcher_prestart_classes);
 }

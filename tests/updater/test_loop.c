@@ -206,10 +206,99 @@ static void test_stale_groups_dropped(void) {
     run_config_free(&cfg);
 }
 
+/* A group carrying a token id the model does not have (259 here), written into a replay log and read back
+ * the way a restarted updater recovers (replay_reader -> scorer), and scored the way `rlhf replay` does
+ * (score_now): skipped and counted every time, never scored or trained; the good group beside it is. */
+static wire_rollout_group token_group(uint64_t seq, int32_t last_token) {
+    wire_rollout_group g;
+    memset(&g, 0, sizeof g);
+    g.prompt_id = strdup("p1");
+    g.prompt_text = strdup("q1:");
+    g.generator_id = strdup("g");
+    g.seq = seq;
+    g.k = 2;
+    g.n_prompt_tokens = 3;
+    g.prompt_tokens = malloc(3 * sizeof(int32_t));
+    for (int i = 0; i < 3; i++) g.prompt_tokens[i] = 'q' + i;
+    g.n_tokens = malloc(2 * sizeof(uint32_t));
+    g.n_tokens[0] = g.n_tokens[1] = 2;
+    g.finish = calloc(2, 1);
+    g.tokens = malloc(4 * sizeof(int32_t));
+    g.logprobs = malloc(4 * sizeof(float));
+    for (int i = 0; i < 4; i++) {
+        g.tokens[i] = '1' + i;
+        g.logprobs[i] = -1.0f;
+    }
+    g.tokens[3] = last_token;
+    return g;
+}
+
+static void test_bad_token_groups_skipped(void) {
+    run_config cfg;
+    CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, NULL), 0);
+    rlhf_error err = {0};
+    updater_session u;
+    CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &cfg, 1, &err), 0);
+    char log[128];
+    snprintf(log, sizeof log, "%s/bad_tokens.log", g_dir);
+    replay_writer *w = NULL;
+    replay_writer_opts o = {BROKER_FSYNC_NEVER, 1, 0};
+    CU_ASSERT_EQUAL_FATAL(replay_writer_open(&w, log, &o, NULL, NULL, &err), 0);
+    int32_t bad_ids[3] = {259, 1000000, -1};
+    for (int i = 0; i < 4; i++) {
+        wire_rollout_group g = token_group((uint64_t)i, i < 3 ? bad_ids[i] : '9');
+        CU_ASSERT_EQUAL(replay_writer_append_group(w, &g, NULL, &err), 0);
+        wire_rollout_group_free(&g);
+    }
+    CU_ASSERT_EQUAL(replay_writer_close(&w, &err), 0);
+    /* recovery: every record read back goes to the scorer threads */
+    replay_reader *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(replay_reader_open(&r, log, &err), 0);
+    int submitted = 0;
+    for (;;) {
+        scored_group *sg = calloc(1, sizeof *sg);
+        replay_pos pos;
+        if (replay_reader_next(r, &sg->g, &pos, &err) != 1) {
+            free(sg);
+            break;
+        }
+        updater_scorer_submit(u.sc, sg);
+        submitted++;
+    }
+    replay_reader_close(&r);
+    CU_ASSERT_EQUAL(submitted, 4);
+    int bad = 0, good = 0;
+    for (int i = 0; i < submitted; i++) {
+        scored_group *sg = updater_scorer_take(u.sc, 30.0);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(sg);
+        if (sg->g.seq < 3) {
+            bad += sg->bad_tokens && sg->skipped && !sg->total; /* not scored */
+        } else {
+            good += !sg->bad_tokens && !sg->skipped && sg->total != NULL;
+        }
+        updater_session_offer(&u, sg);
+    }
+    CU_ASSERT_EQUAL(bad, 3);
+    CU_ASSERT_EQUAL(good, 1);
+    CU_ASSERT_EQUAL(u.bad_tokens_total, 3);
+    CU_ASSERT_EQUAL(u.n_window, 1); /* only the good group waits for training */
+    /* `rlhf replay` scores in place: the same refusal, as an error naming the group */
+    scored_group *sg = calloc(1, sizeof *sg);
+    sg->g = token_group(9, 259);
+    CU_ASSERT_EQUAL(updater_scorer_score_now(u.sc, sg, &err), RLHF_ECORRUPT);
+    CU_ASSERT_TRUE(sg->skipped && sg->bad_tokens);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "outside the vocabulary [0, 259)"));
+    updater_session_offer(&u, sg);
+    CU_ASSERT_EQUAL(u.bad_tokens_total, 4);
+    updater_session_fini(&u);
+    run_config_free(&cfg);
+}
+
 int register_loop_suite(void) {
     CU_pSuite s = CU_add_suite("updater_loop", suite_init, suite_cleanup);
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
     CU_add_test(s, "nul_and_invalid_bytes_reach_rewards", test_nul_and_invalid_bytes_reach_rewards);
+    CU_add_test(s, "bad_token_groups_skipped (recovery and replay)", test_bad_token_groups_skipped);
     return 0;
 }

@@ -1,0 +1,322 @@
+/* broker/auth.c — who may talk to the broker: per-run CURVE credentials and the broker's ZAP handler.
+ *
+ * Every process of a run proves a role at the connection handshake (ZeroMQ CURVE): the launcher writes
+ * one key pair per role into RUN_DIR/credentials/ (mode 0700, files 0600, never printed), every process
+ * it starts loads the pair of its role, and the broker's ZAP handler (ZeroMQ's authentication protocol,
+ * answered on inproc://zeromq.zap.01 in the broker's own poll loop) admits only those public keys and
+ * names the role as the connection's User-Id. The broker then reads the role off every message it
+ * receives (zmq_msg_gets "User-Id"): a role is bound to the connection, not to what a message claims.
+ * The same files serve peers on other hosts (scale-out): copy the role's .key file and broker.key's
+ * public line; CURVE encrypts and authenticates over any tcp:// network.
+ *
+ * On one host over ipc:// the mechanism is PLAIN instead (user name = the role, password = the role's
+ * secret key), checked by the same ZAP handler: CURVE's encryption of every byte costs a 40 MB weights
+ * fan-out several times its unencrypted time (docs/PERFORMANCE.md "Broker: authentication"), and a
+ * Unix socket in a directory only this user can enter (mode 0700, checked by the broker) is not
+ * readable by anyone the encryption would keep out.
+ *
+ * Files: broker.key, generator.key, updater.key, control.key (the launcher's / an operator's: the only
+ * one allowed CONTROL; it says HELLO as an observer). Each holds two lines "public=Z85" and "secret=Z85"
+ * (40 characters each). */
+#include "broker/broker_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#define AUTH_DOMAIN "rlhf"
+#define AUTH_ZAP_ENDPOINT "inproc://zeromq.zap.01"
+
+/* The file of each credential role (wire_role), and the broker's own. */
+static const char *role_file(int role) {
+    switch (role) {
+    case WIRE_ROLE_GENERATOR: return "generator.key";
+    case WIRE_ROLE_UPDATER: return "updater.key";
+    case WIRE_ROLE_OBSERVER: return "control.key";
+    default: return NULL;
+    }
+}
+#define SERVER_FILE "broker.key"
+
+static int write_key_file(const char *dir, const char *name, rlhf_error *err) {
+    char pub[41], sec[41], path[4200], text[128];
+    if (zmq_curve_keypair(pub, sec) != 0)
+        return RLHF_FAIL(err, RLHF_EUNSUPPORTED, "zmq_curve_keypair: %s (libzmq without CURVE?)", zmq_strerror(errno));
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int n = snprintf(text, sizeof text, "public=%s\nsecret=%s\n", pub, sec);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return rlhf_error_set(err, RLHF_EIO, path, "cannot create: %s", strerror(errno));
+    int ok = write(fd, text, (size_t)n) == n && fsync(fd) == 0;
+    int e = errno;
+    close(fd);
+    memset(sec, 0, sizeof sec);
+    memset(text, 0, sizeof text);
+    if (!ok) return rlhf_error_set(err, RLHF_EIO, path, "cannot write: %s", strerror(e));
+    return 0;
+}
+
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char p[4400];
+        while ((e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+int broker_credentials_create(const char *dir, rlhf_error *err) {
+    if (strlen(dir) > 4000) return rlhf_error_set(err, RLHF_EINVAL, dir, "path too long");
+    /* written complete into a fresh 0700 directory, then renamed into place: a reader never sees half */
+    char tmp[4100], old[4100];
+    snprintf(tmp, sizeof tmp, "%s.new.XXXXXX", dir);
+    if (!mkdtemp(tmp)) return rlhf_error_set(err, RLHF_EIO, dir, "cannot create the credentials: %s", strerror(errno));
+    static const char *files[] = {SERVER_FILE, "generator.key", "updater.key", "control.key"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        int rc = write_key_file(tmp, files[i], err);
+        if (rc) {
+            remove_dir(tmp);
+            return rc;
+        }
+    }
+    old[0] = 0;
+    struct stat st;
+    if (lstat(dir, &st) == 0) { /* the previous launch's keys: replaced, so copies of them stop working */
+        snprintf(old, sizeof old, "%s.old.XXXXXX", dir);
+        if (!mkdtemp(old) || rmdir(old) != 0 || rename(dir, old) != 0) {
+            int e = errno;
+            remove_dir(tmp);
+            return rlhf_error_set(err, RLHF_EIO, dir, "cannot replace the credentials: %s", strerror(e));
+        }
+    }
+    if (rename(tmp, dir) != 0) {
+        int e = errno;
+        remove_dir(tmp);
+        return rlhf_error_set(err, RLHF_EIO, dir, "cannot install the credentials: %s", strerror(e));
+    }
+    if (old[0]) remove_dir(old);
+    return 0;
+}
+
+/* Reads "public=" and (when sec != NULL) "secret=" of DIR/NAME. */
+static int read_key_file(const char *dir, const char *name, char pub[41], char *sec, rlhf_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *text = NULL;
+    size_t n = 0;
+    int rc = rlhf_read_file(path, &text, &n, err);
+    if (rc) return rc;
+    rc = -1;
+    const char *p = strstr(text, "public="), *s = strstr(text, "secret=");
+    if (p && strspn(p + 7, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#") >= 40 &&
+        (!sec || s)) {
+        memcpy(pub, p + 7, 40);
+        pub[40] = 0;
+        if (sec) {
+            memcpy(sec, s + 7, 40);
+            sec[40] = 0;
+        }
+        /* the two halves must belong together (a file pieced from two runs would fail every handshake) */
+        char check[41];
+        rc = 0;
+        if (sec && (zmq_curve_public(check, sec) != 0 || strcmp(check, pub) != 0)) rc = -1;
+    }
+    memset(text, 0, n);
+    free(text);
+    if (rc) return rlhf_error_set(err, RLHF_ECORRUPT, path, "not a credential file (expected public=/secret= Z85 lines)");
+    return 0;
+}
+
+int broker_credential_load(broker_credential *c, const char *dir, int role, rlhf_error *err) {
+    memset(c, 0, sizeof *c);
+    const char *f = role_file(role);
+    if (!f) return rlhf_error_set(err, RLHF_EINVAL, "role", "no credential for role %d", role);
+    c->role = role;
+    int rc = read_key_file(dir, f, c->public_key, c->secret_key, err);
+    if (!rc) rc = read_key_file(dir, SERVER_FILE, c->server_key, NULL, err);
+    if (rc) memset(c, 0, sizeof *c);
+    return rc;
+}
+
+void broker_credential_clear(broker_credential *c) { memset(c, 0, sizeof *c); }
+
+int broker_auth_is_curve(const char *endpoint) { return strncmp(endpoint, "tcp://", 6) == 0; }
+
+int broker_credential_apply(void *sock, const broker_credential *c, const char *endpoint) {
+    if (!broker_auth_is_curve(endpoint)) {
+        const char *user = wire_role_name(c->role);
+        if (zmq_setsockopt(sock, ZMQ_PLAIN_USERNAME, user, strlen(user)) != 0) return -1;
+        return zmq_setsockopt(sock, ZMQ_PLAIN_PASSWORD, c->secret_key, 40);
+    }
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, c->server_key, 40) != 0) return -1;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, c->public_key, 40) != 0) return -1;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, c->secret_key, 40) != 0) return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the broker side */
+
+/* ipc://PATH: PATH's directory must be this user's alone (PLAIN sends the password over the socket). */
+static int check_ipc_dir(const char *endpoint, rlhf_error *err) {
+    if (strncmp(endpoint, "ipc://", 6) != 0) return 0; /* inproc: inside this process */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", endpoint + 6);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    struct stat st;
+    if (stat(dir, &st) != 0) return rlhf_error_set(err, RLHF_EIO, "broker.endpoint", "%s: %s", dir, strerror(errno));
+    if (st.st_uid != geteuid() || (st.st_mode & 077))
+        return rlhf_error_set(err, RLHF_EINVAL, "broker.endpoint",
+                              "%s: an ipc:// socket with credentials must be in a directory only this user can enter "
+                              "(mode 0700, owned by uid %d; it is %03o, uid %d), or use tcp:// (CURVE)",
+                              dir, (int)geteuid(), (unsigned)(st.st_mode & 0777), (int)st.st_uid);
+    return 0;
+}
+
+int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, const char *endpoint, rlhf_error *err) {
+    memset(a, 0, sizeof a[0]);
+    a->curve = broker_auth_is_curve(endpoint);
+    if (!a->curve) {
+        int rc = check_ipc_dir(endpoint, err);
+        if (rc) return rc;
+    }
+    if (a->curve && !zmq_has("curve"))
+        return rlhf_error_set(err, RLHF_EUNSUPPORTED, "broker", "this libzmq has no CURVE: run with --insecure on a trusted host only");
+    char sec[41];
+    int rc = read_key_file(dir, SERVER_FILE, a->server_public, sec, err);
+    for (int r = WIRE_ROLE_GENERATOR; !rc && r <= WIRE_ROLE_OBSERVER; r++)
+        rc = read_key_file(dir, role_file(r), a->client_public[r], a->curve ? NULL : a->client_secret[r], err);
+    if (rc) {
+        memset(sec, 0, sizeof sec);
+        return rc;
+    }
+    /* The handler must listen before the router binds: a CURVE server without one admits every key. */
+    a->zap = zmq_socket(zctx, ZMQ_REP);
+    int one = 1, l0 = 0;
+    if (!a->zap || zmq_bind(a->zap, AUTH_ZAP_ENDPOINT) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "ZAP handler %s: %s", AUTH_ZAP_ENDPOINT, zmq_strerror(errno));
+        goto out;
+    }
+    zmq_setsockopt(a->zap, ZMQ_LINGER, &l0, sizeof l0);
+    if (a->curve ? zmq_setsockopt(router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
+                       zmq_setsockopt(router, ZMQ_CURVE_SECRETKEY, sec, 40) != 0
+                 : zmq_setsockopt(router, ZMQ_PLAIN_SERVER, &one, sizeof one) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "%s server options: %s", a->curve ? "CURVE" : "PLAIN", zmq_strerror(errno));
+        goto out;
+    }
+    if (zmq_setsockopt(router, ZMQ_ZAP_DOMAIN, AUTH_DOMAIN, strlen(AUTH_DOMAIN)) != 0) {
+        rc = RLHF_FAIL(err, RLHF_ESYS, "ZAP domain: %s", zmq_strerror(errno));
+        goto out;
+    }
+    a->on = 1;
+out:
+    memset(sec, 0, sizeof sec);
+    if (rc) broker_auth_close(a);
+    return rc;
+}
+
+void broker_auth_close(broker_auth *a) {
+    if (a->zap) zmq_close(a->zap);
+    a->zap = NULL;
+    a->on = 0;
+    memset(a->client_secret, 0, sizeof a->client_secret);
+}
+
+/* Equal strings of equal length, in time independent of where they differ. */
+static int same_secret(const void *x, size_t n, const char *secret) {
+    if (n != strlen(secret)) return 0;
+    const unsigned char *p = x;
+    unsigned diff = 0;
+    for (size_t i = 0; i < n; i++) diff |= p[i] ^ (unsigned char)secret[i];
+    return diff == 0;
+}
+
+/* Answers one ZAP request (RFC 27): frames version, request id, domain, address, identity, mechanism,
+ * credentials...; reply version, request id, status, text, user id (the role's name), metadata. */
+static void zap_answer(broker_auth *a) {
+    zmq_msg_t f[8];
+    int n = 0, more = 1;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, a->zap, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            if (n == 0) return; /* nothing waiting */
+            break;
+        }
+        more = zmq_msg_more(&m);
+        if (n < 8) f[n++] = m;
+        else zmq_msg_close(&m);
+    }
+    const char *status = "400", *text = "unknown key", *user = "";
+    int role = 0;
+    int v10 = n >= 7 && zmq_msg_size(&f[0]) == 3 && !memcmp(zmq_msg_data(&f[0]), "1.0", 3);
+    if (v10 && a->curve && zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "CURVE", 5) &&
+        zmq_msg_size(&f[6]) == 32) {
+        char z[41];
+        zmq_z85_encode(z, zmq_msg_data(&f[6]), 32);
+        for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++)
+            if (!strcmp(z, a->client_public[r])) role = r;
+    } else if (v10 && !a->curve && n >= 8 && zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "PLAIN", 5)) {
+        text = "unknown user or wrong password";
+        for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++) {
+            const char *user = wire_role_name(r);
+            if (zmq_msg_size(&f[6]) == strlen(user) && !memcmp(zmq_msg_data(&f[6]), user, strlen(user)) &&
+                same_secret(zmq_msg_data(&f[7]), zmq_msg_size(&f[7]), a->client_secret[r]))
+                role = r;
+        }
+    } else {
+        text = a->curve ? "expected a CURVE handshake" : "expected a PLAIN handshake";
+    }
+    if (role) {
+        status = "200";
+        text = "OK";
+        user = wire_role_name(role);
+        a->allowed++;
+    } else {
+        a->denied++;
+        /* rate limited: the first ones, then at powers of two */
+        if (a->denied <= 10 || (a->denied & (a->denied - 1)) == 0)
+            fprintf(stderr, "[broker %.3f] refused a connection at the handshake (%s; %llu so far)\n", rlhf_wall_time(),
+                    text, (unsigned long long)a->denied);
+    }
+    zmq_send(a->zap, "1.0", 3, ZMQ_SNDMORE);
+    if (n >= 2) zmq_send(a->zap, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), ZMQ_SNDMORE);
+    else zmq_send(a->zap, "", 0, ZMQ_SNDMORE);
+    zmq_send(a->zap, status, 3, ZMQ_SNDMORE);
+    zmq_send(a->zap, text, strlen(text), ZMQ_SNDMORE);
+    zmq_send(a->zap, user, strlen(user), ZMQ_SNDMORE);
+    zmq_send(a->zap, "", 0, 0);
+    for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+}
+
+void broker_auth_serve(broker_auth *a) {
+    if (!a->on) return;
+    for (int i = 0; i < 64; i++) {
+        uint64_t before = a->allowed + a->denied;
+        zap_answer(a);
+        if (a->allowed + a->denied == before) break;
+    }
+}
+
+int broker_auth_role(const broker_auth *a, void *zmsg) {
+    if (!a->on) return 0;
+    const char *u = zmq_msg_gets((zmq_msg_t *)zmsg, "User-Id");
+    if (!u) return 0;
+    for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++)
+        if (!strcmp(u, wire_role_name(r))) return r;
+    return 0;
+}
