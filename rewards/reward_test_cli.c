@@ -38,7 +38,9 @@ static void sample_free(sample *s) {
 static int parse_sample(const char *line, const char *where, sample *s, rlhf_error *err) {
     memset(s, 0, sizeof *s);
     json_error_t je;
-    json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &je);
+    /* \u0000 is allowed: a completion holding a NUL byte is scored as training scores it (the byte, and
+     * any invalid UTF-8, as U+FFFD: nothing after it is cut off) */
+    json_t *j = json_loads(line, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
     if (!json_is_object(j)) {
         json_decref(j);
         return rlhf_error_set(err, RLHF_EINVAL, where, "not a JSON object%s%s", j ? "" : ": ", j ? "" : je.text);
@@ -49,8 +51,8 @@ static int parse_sample(const char *line, const char *where, sample *s, rlhf_err
         return rlhf_error_set(err, RLHF_EINVAL, where, "\"completion\" (string) is required");
     }
     const char *p = json_string_value(json_object_get(j, "prompt"));
-    s->completion = strdup(c);
-    s->prompt = strdup(p ? p : "");
+    s->completion = rlhf_utf8_sanitize(c, json_string_length(json_object_get(j, "completion")));
+    s->prompt = p ? rlhf_utf8_sanitize(p, json_string_length(json_object_get(j, "prompt"))) : strdup("");
     s->group_id = json_is_integer(json_object_get(j, "group_id")) ? json_integer_value(json_object_get(j, "group_id")) : -1;
     json_t *ids = json_object_get(j, "completion_ids");
     if (json_is_array(ids)) {

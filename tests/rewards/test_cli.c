@@ -57,6 +57,24 @@ static void test_reward_test_cli(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "cli_samples.jsonl:2"));
 }
 
+/* A completion with a NUL byte: training scores it with the byte (and whatever follows) as U+FFFD, so
+ * "4\0junk" is not the answer "4"; reward-test scores it the same way instead of refusing the line. The
+ * regex source sees the replacement character where the NUL was. */
+static void test_reward_test_nul(void) {
+    char cfg[512], samples[512], args[2048], out[16384];
+    snprintf(cfg, sizeof cfg, "%s/nul_rewards.json", rt_scratch());
+    snprintf(samples, sizeof samples, "%s/nul_samples.jsonl", rt_scratch());
+    write_text(cfg, "[{\"type\":\"exact_match\"},{\"type\":\"regex\",\"name\":\"fffd\",\"pattern\":\"4\\ufffdjunk\"}]");
+    write_text(samples, "{\"completion\":\"4\\u0000junk\",\"answer\":\"4\"}\n{\"completion\":\"4\",\"answer\":\"4\"}\n");
+    snprintf(args, sizeof args, "reward-test --jsonl %s %s", cfg, samples);
+    CU_ASSERT_EQUAL(run_rlhf(args, out, sizeof out), 0);
+    char *second = strstr(out, "\"item\":1");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(second);
+    *second = 0; /* the first item's line(s) only */
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"total\":1")); /* fffd matched, exact_match 0: total 0 + 1 */
+    CU_ASSERT_PTR_NULL(strstr(out, "\"total\":2"));
+}
+
 /* A .so that segfaults on the middle item: reward-test (plugins run in their worker process by default)
  * exits normally and prints every item, the crashing one as an error naming the plugin and signal. */
 static void test_reward_test_plugin_crash(void) {
@@ -176,6 +194,7 @@ int rt_register_cli(void) {
     if (!s) return -1;
     CU_add_test(s, "rlhf reward-test", test_reward_test_cli);
     CU_add_test(s, "rlhf reward-test with a .so that segfaults", test_reward_test_plugin_crash);
+    CU_add_test(s, "rlhf reward-test: a NUL byte is scored as training scores it", test_reward_test_nul);
     CU_add_test(s, "rlhf sandbox-run", test_sandbox_run_cli);
     CU_add_test(s, "config / output file errors: one line naming the file", test_cli_file_errors);
     CU_add_test(s, "killing the supervisor kills the sandbox", test_supervisor_death_kills_sandbox);
