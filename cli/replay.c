@@ -195,8 +195,8 @@ int cmd_replay(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%.*s/replay", n, slash ? log_path : ".");
     }
     snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
-    int recorded_clock = 0, rewards_changed = 1;
-    if (cmd_replay_check_config(log_path, &cfg, &recorded_clock, &rewards_changed, &err)) {
+    int recorded_clock = 0, rewards_changed = 1, n_differ = -1;
+    if (cmd_replay_check_config(log_path, &cfg, &recorded_clock, &rewards_changed, &n_differ, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_config_free(&cfg);
         return 2;
@@ -226,6 +226,7 @@ int cmd_replay(int argc, char **argv) {
     int rc = 0, other_model = 0;
     replay_reader *rr = NULL;
     json_t *scores = NULL;
+    char(*hashes)[17] = NULL;      /* the live run's weights_hash per step */
     json_t *log_index = NULL;      /* "GENERATOR\tSEQ" -> record index */
     replay_pos *positions = NULL; /* (records) where each record is */
     long *order = NULL;            /* (records) the order pass 2 takes them in */
@@ -406,6 +407,7 @@ int cmd_replay(int argc, char **argv) {
     /* a step's worth of groups is read and scored (on a thread of its own) while the one before trains:
      * scoring (a sandboxed checker, a judge) then costs what training does not already */
     replay_batch cur = {0}, next = {0};
+    long n_hashes = cmd_replay_recorded_hashes(log_path, &hashes), n_same = 0, diverged = 0;
     replay_feed feed = {.rr = rr, .positions = positions, .order = order, .n_records = n_records, .next = n_read,
                         .scores = use_recorded ? scores : NULL, .u = &u};
     if ((rc = replay_read_batch(&feed, &cur, cfg.prompts_per_step, &err))) goto out;
@@ -438,6 +440,18 @@ int cmd_replay(int argc, char **argv) {
                                 "is_ratio/clip_frac %.4g\n", u.ps.step,
                         json_number_value(json_object_get(m, "is_ratio/mean")),
                         json_number_value(json_object_get(m, "is_ratio/clip_frac")));
+            /* the same config trains the same weights: each version's content against the live run's */
+            const char *mine = json_string_value(json_object_get(m, "weights_hash"));
+            if (n_differ == 0 && mine && u.ps.step < n_hashes && hashes[u.ps.step][0]) {
+                if (strcmp(mine, hashes[u.ps.step]) == 0) n_same++;
+                else if (!diverged) {
+                    diverged = u.ps.step;
+                    fprintf(stderr, "rlhf replay: warning: the weights after step %ld differ from the live run's "
+                                    "(weights_hash %s, recorded %s): a different thread count or kernel (RLHF_ISA), or "
+                                    "a non-deterministic reward source, changes the bits\n", u.ps.step, mine,
+                            hashes[u.ps.step]);
+                }
+            }
             /* timings vary run to run; the replay's metrics keep only what the data determines */
             json_object_set_new(m, "replayed", json_true());
             rc = updater_session_write_metrics(&u, m, &err);
@@ -456,6 +470,9 @@ int cmd_replay(int argc, char **argv) {
     n_unrecorded = feed.n_unrecorded;
     if (!rc && u.ps.step > 0 && updater_latest_checkpoint_step(dir) != u.ps.step)
         rc = replay_checkpoint(&u, dir, &err);
+    if (!rc && n_same && !diverged)
+        fprintf(stderr, "rlhf replay: the weights of all %ld versions compared are the live run's, bit for bit "
+                        "(weights_hash in metrics.jsonl)\n", n_same);
     if (!rc && n_unrecorded)
         fprintf(stderr, "rlhf replay: %ld groups had no recorded rewards (the live updater never got them); they were "
                         "scored with the config's sources\n", n_unrecorded);
@@ -471,6 +488,7 @@ out:
     if (rc) rlhf_error_print("rlhf replay", &err);
     json_decref(scores);
     json_decref(log_index);
+    free(hashes);
     free(positions);
     free(order);
     replay_reader_close(&rr);

@@ -117,9 +117,10 @@ static char *short_json(json_t *v) {
 }
 
 int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock,
-                            int *rewards_changed, rlhf_error *err) {
+                            int *rewards_changed, int *n_differ, rlhf_error *err) {
     char dir[2048], path[2200];
     *use_recorded_clock = 0;
+    *n_differ = -1; /* unknown */
     *rewards_changed = 1; /* unknown: as if changed */
     dir_of(log_path, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -144,6 +145,7 @@ int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *us
     flatten(rec.resolved, "", a);
     flatten(cfg->resolved, "", b);
     *rewards_changed = !json_equal(json_object_get(rec.resolved, "rewards"), json_object_get(cfg->resolved, "rewards"));
+    *n_differ = 0;
     json_t *keys = json_object();
     const char *k;
     json_t *v;
@@ -163,6 +165,7 @@ int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *us
                                 ys, xs, path, why);
         } else if (m != REFUSE) {
             if (!n_diff++) fprintf(stderr, "rlhf replay: this config differs from the recording's (%s):\n", path);
+            if (m != UNUSED) (*n_differ)++;
             fprintf(stderr, "rlhf replay:   %s: %s (recorded %s): %s\n", k, ys, xs, why);
             if (m == CLOCK) *use_recorded_clock = 1;
         }
@@ -284,4 +287,43 @@ long *cmd_replay_live_order(json_t *scores, json_t *log_index, long n_records, l
     free(o);
     free(used);
     return order;
+}
+
+long cmd_replay_recorded_hashes(const char *log_path, char (**hashes)[17]) {
+    char dir[2048], path[2200];
+    dir_of(log_path, dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    *hashes = NULL;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    long cap = 0, n = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &lcap, f)) > 0) {
+        if (line[len - 1] != '\n') break;
+        json_t *o = json_loads(line, 0, NULL);
+        long step = (long)json_integer_value(json_object_get(o, "step"));
+        const char *h = json_string_value(json_object_get(o, "weights_hash"));
+        if (step > 0 && h && strlen(h) == 16) {
+            if (step >= cap) {
+                long nc = cap ? cap : 256;
+                while (nc <= step) nc *= 2;
+                char(*nh)[17] = realloc(*hashes, sizeof **hashes * (size_t)nc);
+                if (!nh) {
+                    json_decref(o);
+                    break;
+                }
+                memset(nh + cap, 0, sizeof *nh * (size_t)(nc - cap));
+                *hashes = nh;
+                cap = nc;
+            }
+            memcpy((*hashes)[step], h, 17);
+            if (step + 1 > n) n = step + 1;
+        }
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    return n;
 }

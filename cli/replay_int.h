@@ -14,7 +14,10 @@ int cmd_replay_check_model(const char *log_path, const policy_state *ps, int all
  * means; an error for a key that cannot change at replay. *use_recorded_clock = 1 when a key that
  * decides which groups train when differs (policy_state.recorded_clock). */
 int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *use_recorded_clock,
-                            int *rewards_changed, rlhf_error *err);
+                            int *rewards_changed, int *n_differ, rlhf_error *err);
+/* The live run's weights_hash of each step (LOG_DIR/metrics.jsonl): (*hashes)[step], "" where none;
+ * returns the array's length (0 when there are none). */
+long cmd_replay_recorded_hashes(const char *log_path, char (**hashes)[17]);
 
 /* The rewards the live updater trained each group with (LOG_DIR/scores.jsonl, UPDATER_SCORES_FILE),
  * keyed by generator and seq (the last line of a key wins: a resumed run consumes some groups again).

@@ -85,6 +85,7 @@ static const key_spec SPEC[] = {
     {"eval.temperature", K_NUM, 0, 100, "0"},
     {"log", K_OBJ, 0, 0, "{}"},
     {"log.samples_every", K_INT, 0, BIG, "10"},
+    {"log.weights_hash", K_BOOL, 0, 0, "true"},
     {"launcher", K_OBJ, 0, 0, "{}"},
     {"launcher.auto_endpoint", K_BOOL, 0, 0, "false"},
     {"launcher.resolved", K_BOOL, 0, 0, "false"},
@@ -373,6 +374,7 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
         FAIL_AT("eval.every", "must be a multiple of rl.checkpoint_every (%d): each evaluation scores a checkpoint",
                 cfg->checkpoint_every);
     cfg->samples_every = geti(doc, "log.samples_every");
+    cfg->weights_hash = json_is_true(get_path(doc, "log.weights_hash"));
     cfg->seed = (uint64_t)json_integer_value(get_path(doc, "rl.seed"));
 
     cfg->gen_count = geti(doc, "generators.count");

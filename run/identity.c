@@ -74,6 +74,10 @@ int run_model_identity(const model *m, const tokenizer *tok, json_t **out, rlhf_
     return *out ? 0 : RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
 }
 
+void run_weights_hash(const model *m, char out[17]) {
+    hex16(out, hash_bytes(1, m->params_mem, m->n_params * sizeof(float)));
+}
+
 int run_model_identity_compare(const json_t *recorded, const json_t *mine, char *what, size_t cap) {
     static const char *const parts[] = {"config", "weights", "tokenizer"};
     const char *a = json_string_value(json_object_get(recorded, "model"));

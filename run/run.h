@@ -94,6 +94,7 @@ typedef struct run_config {
                                 * a multiple of checkpoint_every; needs task.eval */
     int eval_samples;          /* eval.samples: completions per held-out prompt */
     float eval_temperature;    /* eval.temperature: 0 = greedy */
+    int weights_hash;          /* log.weights_hash: each published version's content hash in metrics.jsonl */
     int samples_every;         /* log.samples_every: steps between sample records in samples.jsonl (0 = none) */
     uint64_t seed;             /* rl.seed */
 
@@ -141,6 +142,8 @@ int run_model_identity(const model *m, const tokenizer *tok, json_t **out, rlhf_
 /* 0 when two identities name the same model; else 1 and `what` says which parts differ and how
  * ("weights 1a2b... vs 3c4d..."). */
 int run_model_identity_compare(const json_t *recorded, const json_t *mine, char *what, size_t cap);
+/* The content hash of a model's weights alone (the "weights" part of its identity), 16 hex digits. */
+void run_weights_hash(const model *m, char out[17]);
 
 
 /* Checks everything the processes of a run will need (datasets, selector config, reward sources,

@@ -476,7 +476,15 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         return rc;
     }
     double t_end = rlhf_now();
-    if (ps->step % cfg->publish_every == 0) ps->version++;
+    if (ps->step % cfg->publish_every == 0) {
+        ps->version++;
+        /* which weights this version is, by content: a replay compares its own step by step */
+        if (cfg->weights_hash) {
+            char h[17];
+            run_weights_hash(ps->m, h);
+            json_object_set_new(m, "weights_hash", json_string(h));
+        }
+    }
     json_object_set_new(m, "kl_beta", json_real(cfg->kl_beta));
     json_object_set_new(m, "staleness/min", json_integer(lag_min));
     json_object_set_new(m, "staleness/mean", json_real(P ? lag_sum / P : 0));

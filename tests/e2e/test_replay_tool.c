@@ -122,6 +122,8 @@ static void test_other_model(void) {
     const char *e2[] = {"--set", set, "--allow-other-model", NULL};
     CU_ASSERT_EQUAL(replay("other2", out, e2), 0);
     CU_ASSERT(contains(out, "warning: step 1 on another model's log: is_ratio/mean "));
+    /* each version's weights are compared with the live run's (weights_hash in metrics.jsonl) */
+    CU_ASSERT(contains(out, "warning: the weights after step 1 differ from the live run's (weights_hash "));
     snprintf(ck, sizeof ck, "%s/other2/checkpoints/step_8/model.safetensors", g_dir);
     CU_ASSERT(access(ck, F_OK) == 0);
 }
@@ -184,6 +186,7 @@ static void test_rewards(void) {
     snprintf(live, sizeof live, "%s/checkpoints/step_8/model.safetensors", g_run);
     CU_ASSERT_EQUAL(replay("recorded", out, NULL), 0);
     CU_ASSERT(contains(out, "rlhf replay: rewards: recorded ("));
+    CU_ASSERT(contains(out, "rlhf replay: the weights of all 8 versions compared are the live run's, bit for bit"));
     snprintf(rep, sizeof rep, "%s/recorded/checkpoints/step_8/model.safetensors", g_dir);
     CU_ASSERT(same_file(live, rep));
     const char *rc[] = {"--rewards", "recompute", NULL};
