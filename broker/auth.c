@@ -109,6 +109,50 @@ int broker_credentials_create(const char *dir, rlhf_error *err) {
     return 0;
 }
 
+/* Writes NAME in DIR (0600, fsync'd). */
+static int write_text_file(const char *dir, const char *name, const char *text, rlhf_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return rlhf_error_set(err, RLHF_EIO, path, "cannot create: %s", strerror(errno));
+    size_t n = strlen(text);
+    int ok = write(fd, text, n) == (ssize_t)n && fsync(fd) == 0;
+    int e = errno;
+    close(fd);
+    if (!ok) return rlhf_error_set(err, RLHF_EIO, path, "cannot write: %s", strerror(e));
+    return 0;
+}
+
+static int read_key_file(const char *dir, const char *name, char pub[41], char *sec, rlhf_error *err);
+
+int broker_credentials_export(const char *dir, int role, const char *out, rlhf_error *err) {
+    const char *f = role_file(role);
+    if (!f || role == WIRE_ROLE_OBSERVER)
+        return rlhf_error_set(err, RLHF_EINVAL, "role", "only generator and updater credentials are handed out");
+    struct stat st;
+    if (lstat(out, &st) == 0) return rlhf_error_set(err, RLHF_EINVAL, out, "exists; choose a new directory");
+    char pub[41], sec[41], server[41], tmp[4200], text[160];
+    int rc = read_key_file(dir, f, pub, sec, err);
+    if (!rc) rc = read_key_file(dir, SERVER_FILE, server, NULL, err);
+    if (rc) return rc;
+    /* the role's own pair and only the broker's PUBLIC key: a holder can be that role, not the broker */
+    snprintf(tmp, sizeof tmp, "%s.new.XXXXXX", out);
+    if (!mkdtemp(tmp)) rc = rlhf_error_set(err, RLHF_EIO, out, "cannot create: %s", strerror(errno));
+    if (!rc) {
+        snprintf(text, sizeof text, "public=%s\nsecret=%s\n", pub, sec);
+        rc = write_text_file(tmp, f, text, err);
+    }
+    if (!rc) {
+        snprintf(text, sizeof text, "public=%s\n", server);
+        rc = write_text_file(tmp, SERVER_FILE, text, err);
+    }
+    memset(sec, 0, sizeof sec);
+    memset(text, 0, sizeof text);
+    if (!rc && rename(tmp, out) != 0) rc = rlhf_error_set(err, RLHF_EIO, out, "cannot install: %s", strerror(errno));
+    if (rc) remove_dir(tmp);
+    return rc;
+}
+
 /* Reads "public=" and (when sec != NULL) "secret=" of DIR/NAME. */
 static int read_key_file(const char *dir, const char *name, char pub[41], char *sec, rlhf_error *err) {
     char path[4200];

@@ -100,6 +100,9 @@ int broker_credentials_create(const char *dir, rlhf_error *err);
 /* The key pair of ROLE (WIRE_ROLE_OBSERVER: control.key) and the broker's public key from DIR. */
 int broker_credential_load(broker_credential *c, const char *dir, int role, rlhf_error *err);
 void broker_credential_clear(broker_credential *c); /* wipes the secret */
+/* What a peer on another host needs to join as ROLE (WIRE_ROLE_GENERATOR or _UPDATER): a new directory
+ * OUT (0700) with that role's key pair and the broker's public key only. */
+int broker_credentials_export(const char *dir, int role, const char *out, rlhf_error *err);
 
 /* ---------------------------------------------------------------- client API */
 

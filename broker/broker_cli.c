@@ -170,3 +170,38 @@ int cmd_replay_cat(int argc, char **argv) {
     fprintf(stderr, "rlhf replay-cat: %llu records\n", (unsigned long long)n);
     return 0;
 }
+
+static const char credentials_usage[] =
+    "usage: rlhf credentials RUN_DIR --role generator|updater --out DIR\n"
+    "  Writes DIR (mode 0700): the role's key pair from RUN_DIR/credentials and the broker's public key,\n"
+    "  all a process on another host needs to join the run as that role (rlhf generator --credentials DIR\n"
+    "  --endpoint tcp://HOST:PORT). The broker's secret and the launcher's control key never leave\n"
+    "  RUN_DIR. Keys are made afresh at every launch unless launcher.keep_credentials is true.\n";
+
+int cmd_credentials(int argc, char **argv) {
+    const char *run_dir = NULL, *role_name = NULL, *out = NULL;
+    int npos = 0;
+    const rlhf_opt opts[] = {RLHF_OPT("--role", RLHF_OPT_STR, &role_name), RLHF_OPT("--out", RLHF_OPT_STR, &out),
+                             RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf credentials", credentials_usage, opts, &run_dir, 1, &npos);
+    if (prc >= 0) return prc;
+    int role = !role_name ? -1 : !strcmp(role_name, "generator") ? WIRE_ROLE_GENERATOR
+                               : !strcmp(role_name, "updater")   ? WIRE_ROLE_UPDATER
+                                                                 : -1;
+    if (!run_dir || !out || role < 0) {
+        fprintf(stderr, "rlhf credentials: error: %s\n%s",
+                !run_dir ? "missing RUN_DIR" : !out ? "missing --out DIR" : "--role must be generator or updater",
+                credentials_usage);
+        return 2;
+    }
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/%s", run_dir, BROKER_CREDENTIALS_DIR);
+    rlhf_error err = {0};
+    if (broker_credentials_export(dir, role, out, &err)) {
+        rlhf_error_print("rlhf credentials", &err);
+        return 1;
+    }
+    fprintf(stderr, "rlhf credentials: %s: the %s key pair and the broker's public key (keep it private)\n", out,
+            role_name);
+    return 0;
+}

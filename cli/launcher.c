@@ -515,7 +515,13 @@ int cmd_run(int argc, char **argv) {
     {
         char cred[2100];
         snprintf(cred, sizeof cred, "%s/%s", cfg.run_dir, BROKER_CREDENTIALS_DIR);
-        if (broker_credentials_create(cred, &err)) {
+        /* launcher.keep_credentials: a resumed run keeps its keys, so generators on other hosts holding
+         * `rlhf credentials` copies can rejoin */
+        broker_credential probe;
+        int keep = json_is_true(json_object_get(json_object_get(cfg.resolved, "launcher"), "keep_credentials")) &&
+                   broker_credential_load(&probe, cred, WIRE_ROLE_GENERATOR, NULL) == 0;
+        broker_credential_clear(&probe);
+        if (!keep && broker_credentials_create(cred, &err)) {
             rlhf_error_print("rlhf run", &err);
             run_config_free(&cfg);
             return prestart_status(&err);

@@ -45,6 +45,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(export, "model", "write a checkpoint as a Hugging Face model directory")                      \
     X(broker, "broker", "run the broker (prompts, rollouts, weights, replay log)")                  \
     X(replay_cat, "broker", "print a replay log as JSONL")                                           \
+    X(credentials, "broker", "hand a generator or updater key to a process on another host")        \
     X(generator, "generator", "run a trajectory generator process")                                 \
     X(updater, "updater", "run a policy updater process")                                           \
     X(run, "cli", "launch a training run from a config (broker + generators + updaters)")       \

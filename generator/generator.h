@@ -77,6 +77,9 @@ typedef struct generator_options {
     int id;                                   /* generator index in the run (>= 0) */
     volatile const sig_atomic_t *stop;        /* may be NULL */
     volatile sig_atomic_t *reconnect;         /* may be NULL */
+    const char *credentials;                  /* NULL: RUN_DIR/credentials; else a directory from
+                                               * `rlhf credentials` (a generator on another host) */
+    const char *endpoint;                     /* NULL: the config's broker.endpoint */
 } generator_options;
 /* Returns the process's exit status: 0 stopped cleanly, else an RLHF_EXIT_* class (common/common.h):
  * 2 an unreadable or invalid config, 3 environment (missing base checkpoint, disk), 1 transient. */

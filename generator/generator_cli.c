@@ -15,9 +15,15 @@ static void on_signal(int sig) {
 
 int cmd_generator(int argc, char **argv);
 int cmd_generator(int argc, char **argv) {
-    static const char usage[] = "usage: rlhf generator --config RUN_DIR/config.json --id N\n";
+    static const char usage[] =
+        "usage: rlhf generator --config RUN_DIR/config.json --id N [--credentials DIR] [--endpoint tcp://HOST:PORT]\n"
+        "  --credentials DIR  the key pair from `rlhf credentials RUN_DIR --role generator --out DIR` (a generator\n"
+        "                     on another host; default RUN_DIR/credentials)\n"
+        "  --endpoint E       the broker's address as seen from here (default: the config's broker.endpoint)\n";
     generator_options o = {.id = -1, .stop = &g_stop, .reconnect = &g_reconnect};
-    const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &o.config_path), RLHF_OPT("--id", RLHF_OPT_INT, &o.id), RLHF_OPT_END};
+    const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &o.config_path), RLHF_OPT("--id", RLHF_OPT_INT, &o.id),
+                             RLHF_OPT("--credentials", RLHF_OPT_STR, &o.credentials),
+                             RLHF_OPT("--endpoint", RLHF_OPT_STR, &o.endpoint), RLHF_OPT_END};
     int rc = rlhf_opts_parse(argc, argv, "rlhf generator", usage, opts, NULL, 0, NULL);
     if (rc >= 0) return rc;
     if (!o.config_path || o.id < 0) {

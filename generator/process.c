@@ -217,12 +217,14 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     /* the pid makes ids unique across restarts, so (generator_id, seq) names one group for good */
     char peer[64];
     snprintf(peer, sizeof peer, "generator-%d.%d", id, (int)getpid());
-    char cred[2100]; /* the launcher's credentials for this run (docs/BROKER.md "Authentication") */
+    char cred[4200]; /* the launcher's credentials for this run (docs/BROKER.md "Authentication") */
     snprintf(cred, sizeof cred, "%s/%s", cfg->run_dir, BROKER_CREDENTIALS_DIR);
-    if ((rc = broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err))) goto out;
+    if (o->credentials) snprintf(cred, sizeof cred, "%s", o->credentials);
+    const char *endpoint = o->endpoint ? o->endpoint : bcfg->endpoint;
+    if ((rc = broker_client_connect_with(&bc, endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err))) goto out;
     broker_client_wake_on_weights(bc, 1); /* take new weights while a prompt request waits (max_generation_lag) */
     fprintf(stderr, "generator %s: connected to %s, %s mode, %d prompt(s) x k=%d per batch, %s weights, %s kernels\n",
-            peer, bcfg->endpoint, cfg->mode == RUN_MODE_SYNC ? "sync" : "async", per_batch, cfg->k,
+            peer, endpoint, cfg->mode == RUN_MODE_SYNC ? "sync" : "async", per_batch, cfg->k,
             sampler_weights_name(cfg->gen_weights), sampler_kernels_name(smp));
     /* a restarted generator joins at the newest version: the broker sends it right after WELCOME */
     const wire_welcome *wel = broker_client_welcome(bc);
@@ -241,7 +243,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         if (o->reconnect && *o->reconnect) {
             *o->reconnect = 0;
             broker_client_close(&bc);
-            if ((rc = broker_client_connect_with(&bc, bcfg->endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err)))
+            if ((rc = broker_client_connect_with(&bc, endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err)))
                 goto out;
             broker_client_wake_on_weights(bc, 1);
             fprintf(stderr, "generator %s: reconnected to a restarted broker\n", peer);

@@ -90,6 +90,7 @@ static const key_spec SPEC[] = {
     {"launcher.auto_endpoint", K_BOOL, 0, 0, "false"},
     {"launcher.resolved", K_BOOL, 0, 0, "false"},
     {"launcher.replay_of", K_STR, 0, 0, "\"\""},
+    {"launcher.keep_credentials", K_BOOL, 0, 0, "false"},
 };
 #define NSPEC (sizeof SPEC / sizeof SPEC[0])
 

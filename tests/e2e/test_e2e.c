@@ -620,6 +620,7 @@ void e2e_register_cli(void);        /* tests/e2e/test_cli.c */
 void e2e_register_eval_during(void); /* tests/e2e/test_eval_during.c */
 void e2e_register_replay_tool(void); /* tests/e2e/test_replay_tool.c */
 void e2e_register_dist_run(void);    /* tests/e2e/test_dist_run.c */
+void e2e_register_remote_gen(void);  /* tests/e2e/test_remote_gen.c */
 int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
 
 int register_suites(void) {
@@ -631,6 +632,7 @@ int register_suites(void) {
     e2e_register_eval_during();
     e2e_register_replay_tool();
     e2e_register_dist_run();
+    e2e_register_remote_gen();
     register_plugin_faults_suite();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
