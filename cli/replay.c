@@ -1,4 +1,4 @@
-/* cli/replay.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--set a.b=c]`:
+/* cli/replay.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--skip-corrupt] [--set a.b=c]`:
  * trains an updater from a recorded replay log, with no broker and no generators. DIR is locked
  * for the replay's life (run_dir_lock_acquire): one run or replay per directory.
  *
@@ -6,7 +6,9 @@
  * trained with the same session code as the online updater; the same log, config, seed and thread
  * count give bit-identical weights. Every record is checked against the model (token ids inside
  * the vocabulary, prompt + completion within max_seq_len) before training starts, so a log from
- * another model is an error naming the log and the record. */
+ * another model is an error naming the log and the record. Damaged records (bad length or CRC) are
+ * listed (count, segment and offset) before training; without --skip-corrupt that is an error (exit
+ * 1), with it training uses every valid record. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,17 +16,47 @@
 #include "updater/updater.h"
 
 static const char usage[] =
-    "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] [--set a.b=VALUE ...]\n"
+    "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] [--skip-corrupt]\n"
+    "                   [--set a.b=VALUE ...]\n"
     "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
-    "checkpoints under DIR (default: <log's directory>/replay).\n";
+    "checkpoints under DIR (default: <log's directory>/replay). A log with damaged records is\n"
+    "refused (they are listed) unless --skip-corrupt: then every valid record is used.\n";
+
+/* Damaged stretches pass 1 skipped: printed (count, bytes, the first positions); an error unless
+ * --skip-corrupt. */
+static int report_damage(replay_reader *rr, const char *log_path, long n_records, int skip_corrupt, rlhf_error *err) {
+    const replay_damage *d;
+    size_t n = replay_reader_damage(rr, &d);
+    if (!n) return 0;
+    uint64_t bytes = 0;
+    char list[512] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        bytes += d[i].bytes;
+        if (i < 8 && used < sizeof list)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%u:%llu", i ? ", " : "", d[i].pos.segment,
+                                     (unsigned long long)d[i].pos.offset);
+    }
+    if (skip_corrupt) {
+        fprintf(stderr, "rlhf replay: warning: %s: skipped %zu damaged stretch(es), %llu bytes, at segment:offset %s%s; "
+                        "training on the %ld valid records (--skip-corrupt)\n",
+                log_path, n, (unsigned long long)bytes, list, n > 8 ? ", ..." : "", n_records);
+        return 0;
+    }
+    return rlhf_error_set(err, RLHF_ECORRUPT, log_path,
+                          "%zu damaged stretch(es), %llu bytes, at segment:offset %s%s (%ld valid records); "
+                          "train on the valid records with --skip-corrupt",
+                          n, (unsigned long long)bytes, list, n > 8 ? ", ..." : "", n_records);
+}
 
 int cmd_replay(int argc, char **argv) {
     const char *log_path = NULL, *config_path = NULL, *out_dir = NULL;
-    int threads = -1, npos = 0;
+    int threads = -1, npos = 0, skip_corrupt = 0;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--out", RLHF_OPT_STR, &out_dir),
                              RLHF_OPT("--threads", RLHF_OPT_INT, &threads), RLHF_OPT("--set", RLHF_OPT_STRS, &set),
+                             RLHF_OPT("--skip-corrupt", RLHF_OPT_FLAG, &skip_corrupt),
                              RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf replay", usage, opts, &log_path, 1, &npos);
     if (prc >= 0) return prc;
@@ -81,6 +113,7 @@ int cmd_replay(int argc, char **argv) {
     if ((rc = run_config_write(&cfg, cfg_out, &err))) goto out;
     /* pass 1: every record must fit this model */
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
+    replay_reader_skip_corrupt(rr, 1);
     long n_records = 0;
     const model_config *mc = &u.ps.m->cfg;
     for (;;) {
@@ -118,11 +151,13 @@ int cmd_replay(int argc, char **argv) {
         if (rc) goto out;
         n_records++;
     }
+    if ((rc = report_damage(rr, log_path, n_records, skip_corrupt, &err))) goto out;
     replay_reader_close(&rr);
     fprintf(stderr, "rlhf replay: %ld records in %s; training up to %d steps into %s\n", n_records, log_path,
             cfg.steps, dir);
     /* pass 2: train */
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
+    replay_reader_skip_corrupt(rr, 1); /* pass 1 found none, or --skip-corrupt */
     while (u.ps.step < cfg.steps) {
         scored_group *sg = calloc(1, sizeof *sg);
         replay_pos pos;
