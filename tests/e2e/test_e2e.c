@@ -716,6 +716,7 @@ void e2e_register_supervision(void); /* tests/e2e/test_supervision.c */
 void e2e_register_lock(void);       /* tests/e2e/test_lock.c */
 void e2e_register_cli(void);        /* tests/e2e/test_cli.c */
 int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
+void e2e_register_diskfull(void);   /* tests/e2e/test_diskfull.c */
 
 int register_suites(void) {
     e2e_register_generation();
@@ -724,6 +725,7 @@ int register_suites(void) {
     e2e_register_lock();
     e2e_register_cli();
     register_plugin_faults_suite();
+    e2e_register_diskfull();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);
