@@ -313,7 +313,8 @@ static int quarantine_copy(int fd, const char *fname, char *q, size_t qcap, rlhf
     int rc = copy_fd_to(fd, 0, (uint64_t)st.st_size, out, q, err);
     if (!rc && fsync(out) != 0) rc = rlhf_error_set(err, RLHF_EIO, q, "fsync failed: %s", strerror(errno));
     close(out);
-    if (!rc) fsync_parent(q);
+    if (rc) unlink(q); /* half a copy is no evidence */
+    else fsync_parent(q);
     return rc;
 }
 
@@ -450,15 +451,19 @@ int replay_writer_open(replay_writer **out, const char *path, const replay_write
     if (sc.n_damage) {
         /* Records after the damage are valid: cutting or rewriting would destroy them. Keep a copy,
          * change nothing, and say how to repair. */
-        char q[4400];
-        rc = quarantine_copy(fd, w->cur, q, sizeof q, err);
-        if (rc) goto fail;
+        char q[4400], copy[4600];
+        rlhf_error qe;
+        rlhf_error_clear(&qe);
+        if (quarantine_copy(fd, w->cur, q, sizeof q, &qe) == 0)
+            snprintf(copy, sizeof copy, "a copy is in %s", q);
+        else /* a full disk, say: the damage is still the news, and nothing was touched */
+            snprintf(copy, sizeof copy, "no copy could be made (%s: %s)", qe.where, qe.msg);
         rc = rlhf_error_set(err, RLHF_ECORRUPT, w->cur,
                             "damaged record at offset %llu (%llu bytes unreadable, %llu valid records after it); "
-                            "nothing was changed, a copy is in %s; to rewrite the log keeping every valid record: "
+                            "nothing was changed, %s; to rewrite the log keeping every valid record: "
                             "rlhf run --resume RUN_DIR --repair",
                             (unsigned long long)sc.damage_off, (unsigned long long)sc.damage_bytes,
-                            (unsigned long long)sc.records_after_damage, q);
+                            (unsigned long long)sc.records_after_damage, copy);
         goto fail;
     }
     uint64_t off = sc.valid_end;
