@@ -408,6 +408,8 @@ static void test_flip_every_byte(void) {
     }
     /* the oracle covered both classes */
     CU_ASSERT(torn_cases >= 1 && torn_cases < cases);
+    fprintf(stderr, " (%d bytes flipped in a %zu-byte log of %d records: %d torn tail, %d damage) ", cases, size, N,
+            torn_cases, cases - torn_cases);
     /* a flip in the 16-byte file header: not a replay log */
     for (size_t at = 0; at < 16; at++) {
         memcpy(bad, clean, size);
