@@ -884,8 +884,13 @@ static void on_rollout_group(broker *b, broker_peer *p, const wire_frame *rid, w
         rlhf_error le;
         rlhf_error_clear(&le);
         if (replay_writer_append(b->log, rx->views + 1, rx->n - 1, NULL, &le) != 0) {
+            /* A group the log does not hold is not accepted (after a restart nothing could recover
+             * it): the sender is told, and the broker stops with the cause (disk full: class 3). */
             b->ct.replay_errors++;
             blog("replay log append failed: %s: %s", le.where, le.msg);
+            if (!b->log_failed.code) b->log_failed = le;
+            reply_error(b, &rx->views[0], "replay_log", 0, "the broker cannot log the group: %s", le.msg);
+            return;
         } else {
             b->ct.replay_records++;
         }
@@ -1328,7 +1333,7 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
     wire_rx rx = {0};
     double next_stats = rlhf_now() + b->cfg.stats_interval_ms / 1000.0, next_live = rlhf_now();
     int rc = 0;
-    while (!b->stop_requested && !(stop && *stop)) {
+    while (!b->stop_requested && !b->log_failed.code && !(stop && *stop)) {
         zmq_pollitem_t it[2] = {{b->router, 0, ZMQ_POLLIN, 0}, {b->auth.zap, 0, ZMQ_POLLIN, 0}};
         int n = zmq_poll(it, b->auth.on ? 2 : 1, 100);
         if (n < 0 && errno != EINTR) {
@@ -1337,7 +1342,7 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
         }
         broker_auth_serve(&b->auth); /* handshakes first: a connecting peer waits on them */
         /* Drain what is there, but come back to housekeeping at least every 256 messages. */
-        for (int i = 0; i < 256 && !b->stop_requested; i++) {
+        for (int i = 0; i < 256 && !b->stop_requested && !b->log_failed.code; i++) {
             int r = wire_rx_recv(b->router, &rx, ZMQ_DONTWAIT, err);
             if (r < 0) {
                 rc = r;
@@ -1373,6 +1378,8 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err) {
     }
 out:
     wire_rx_free(&rx);
+    if (!rc && b->log_failed.code)
+        rc = rlhf_error_set(err, b->log_failed.code, b->log_failed.where, "%s", b->log_failed.msg);
     blog("stopping (%s): accepted %llu, delivered %llu, dropped stale %llu, queued %zu",
          b->stop_requested ? "CONTROL stop" : (stop && *stop) ? "signal" : "error",
          (unsigned long long)b->ct.groups_accepted, (unsigned long long)b->ct.groups_delivered,

@@ -183,7 +183,10 @@ typedef struct replay_writer_opts {
 } replay_writer_opts;
 
 /* Opens PATH's newest segment for append (creating PATH). A torn last record is cut off; its
- * position and size are reported through *torn_pos / *torn_bytes (may be NULL; bytes 0 = none). */
+ * position and size are reported through *torn_pos / *torn_bytes (may be NULL; bytes 0 = none).
+ * A damaged record there (bad marker, length or CRC that is not a torn tail): the segment is copied to
+ * SEGMENT.damaged-<UTC time>, nothing is changed, RLHF_ECORRUPT names the offset, the copy and the
+ * remedy (replay_log_repair, `rlhf run --resume RUN_DIR --repair`). */
 int replay_writer_open(replay_writer **out, const char *path, const replay_writer_opts *opts, replay_pos *torn_pos,
                        uint64_t *torn_bytes, rlhf_error *err);
 /* Appends one message (frames = header, metadata, payloads) as a record. */
@@ -194,13 +197,34 @@ uint64_t replay_writer_records(const replay_writer *w);
 /* fsync + close. */
 int replay_writer_close(replay_writer **w, rlhf_error *err);
 
+/* Rewrites every segment of PATH holding damage (after copying it to SEGMENT.damaged-<UTC time>) with
+ * all its valid records in order, atomically (temp + fsync + rename); a torn tail goes too. Offsets of
+ * the records after a damaged stretch change. */
+typedef struct replay_repair_report {
+    uint64_t records;           /* valid records in the whole log (all kept) */
+    uint32_t segments_repaired; /* 0: nothing was damaged, nothing written */
+    uint64_t damaged_stretches; /* unreadable byte ranges dropped (each one or more records) */
+    char quarantine[4400];      /* the last copy made */
+} replay_repair_report;
+int replay_log_repair(const char *path, replay_repair_report *rep, rlhf_error *err);
+
 typedef struct replay_reader replay_reader;
+/* A damaged stretch of a segment: where it starts, how many bytes up to the next valid record. */
+typedef struct replay_damage {
+    replay_pos pos;
+    uint64_t bytes;
+} replay_damage;
 /* A file that is not a replay log: RLHF_ECORRUPT naming the file and offset. */
 int replay_reader_open(replay_reader **out, const char *path, rlhf_error *err);
 /* 1: next record decoded into *g (wire_rollout_group_free) with its position; 0: end of log;
- * < 0: a corrupt record in the middle of a segment (error names file and offset). A torn last
- * record of a segment is skipped and remembered (replay_reader_torn). */
+ * < 0: a damaged record (bad marker, length or CRC; error names file and offset and where the next
+ * valid record starts), unless skip_corrupt is on. A torn last record of the newest segment is
+ * skipped and remembered (replay_reader_torn). */
 int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos, rlhf_error *err);
+/* on: next() skips damaged stretches (resyncing on the next valid record) and lists them. */
+void replay_reader_skip_corrupt(replay_reader *r, int on);
+/* Damaged stretches skipped so far, in log order (the list lives as long as the reader). */
+size_t replay_reader_damage(const replay_reader *r, const replay_damage **list);
 /* Continue from a position previously returned by next (e.g. from a checkpoint). */
 int replay_reader_seek(replay_reader *r, replay_pos pos, rlhf_error *err);
 /* Number of torn tails skipped so far; the last one's position and size. */

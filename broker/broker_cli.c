@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static volatile sig_atomic_t g_stop_signal; /* set by the signal handler only */
 
@@ -21,23 +22,47 @@ static int broker_exit_status(const rlhf_error *err) {
 
 static const char broker_usage[] =
     "usage: rlhf broker --config RUN_CONFIG.json [--run-dir DIR] [--endpoint URL] [--credentials DIR]\n"
-    "                   [--init-credentials | --insecure]\n"
+    "                   [--init-credentials | --insecure] [--repair]\n"
     "  Runs the broker with the run config's \"broker\" section (docs/BROKER.md).\n"
     "  --run-dir DIR       where the replay log goes (default: .)\n"
     "  --endpoint URL      overrides broker.endpoint\n"
     "  --credentials DIR   the run's CURVE credentials (default: RUN_DIR/credentials; `rlhf run` creates them)\n"
     "  --init-credentials  create fresh credentials there first (peers then need a copy of their role's key)\n"
     "  --insecure          no authentication: any process that reaches the endpoint can stop the run\n"
+    "  --repair            a replay log with damaged records is rewritten keeping every valid record\n"
+    "                      (after a copy to LOG.damaged-<time>); without it such a log is refused\n"
     "  Stops cleanly on SIGINT/SIGTERM or a CONTROL stop, flushing the replay log.\n";
+
+/* --repair: before the broker opens the log (which refuses damage), rewrite it keeping every valid
+ * record; says what it did in one line. */
+static int repair_replay_log(const broker_config *cfg, const char *run_dir, rlhf_error *err) {
+    char path[8300];
+    if (cfg->replay_path[0] == '/') snprintf(path, sizeof path, "%s", cfg->replay_path);
+    else snprintf(path, sizeof path, "%s/%s", run_dir, cfg->replay_path);
+    if (access(path, F_OK) != 0) return 0;
+    replay_repair_report rep;
+    int rc = replay_log_repair(path, &rep, err);
+    if (rc) return rc;
+    if (rep.segments_repaired)
+        fprintf(stderr, "[broker] replay log %s: repaired %u segment(s): dropped %llu damaged stretch(es), kept all "
+                        "%llu valid records; the damaged copy is %s\n",
+                path, rep.segments_repaired, (unsigned long long)rep.damaged_stretches,
+                (unsigned long long)rep.records, rep.quarantine);
+    else
+        fprintf(stderr, "[broker] replay log %s: no damage, nothing to repair (%llu records)\n", path,
+                (unsigned long long)rep.records);
+    return 0;
+}
 
 int cmd_broker(int argc, char **argv) {
     const char *config = NULL, *run_dir = ".", *endpoint = NULL, *credentials = NULL;
-    int insecure = 0, init_credentials = 0;
+    int insecure = 0, init_credentials = 0, repair = 0;
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config), RLHF_OPT("--run-dir", RLHF_OPT_STR, &run_dir),
                              RLHF_OPT("--endpoint", RLHF_OPT_STR, &endpoint),
                              RLHF_OPT("--credentials", RLHF_OPT_STR, &credentials),
                              RLHF_OPT("--insecure", RLHF_OPT_FLAG, &insecure),
-                             RLHF_OPT("--init-credentials", RLHF_OPT_FLAG, &init_credentials), RLHF_OPT_END};
+                             RLHF_OPT("--init-credentials", RLHF_OPT_FLAG, &init_credentials),
+                             RLHF_OPT("--repair", RLHF_OPT_FLAG, &repair), RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf broker", broker_usage, opts, NULL, 0, NULL);
     if (prc >= 0) return prc;
     rlhf_error err;
@@ -84,6 +109,11 @@ int cmd_broker(int argc, char **argv) {
         }
         fprintf(stderr, "[broker] new credentials in %s\n", dir); /* the directory, never a key */
     }
+    if (repair && cfg.replay_path[0] && repair_replay_log(&cfg, run_dir, &err)) {
+        broker_config_free(&cfg);
+        rlhf_error_print("rlhf broker", &err);
+        return broker_exit_status(&err);
+    }
     rlhf_on_signals(on_signal, (const int[]){SIGINT, SIGTERM, 0});
     signal(SIGPIPE, SIG_IGN);
     broker *b = NULL;
@@ -109,14 +139,16 @@ int cmd_broker(int argc, char **argv) {
 }
 
 static const char replay_cat_usage[] =
-    "usage: rlhf replay-cat [--meta] LOG\n"
+    "usage: rlhf replay-cat [--meta] [--skip-corrupt] LOG\n"
     "  Prints every rollout group of a replay log (and its later segments LOG.1, LOG.2, ...)\n"
-    "  as one JSON object per line. --meta leaves out token ids and log-probs.\n";
+    "  as one JSON object per line. --meta leaves out token ids and log-probs.\n"
+    "  A damaged record is an error (exit 1) unless --skip-corrupt: then it is skipped and listed.\n";
 
 int cmd_replay_cat(int argc, char **argv) {
     const char *path = NULL;
-    int meta_only = 0, npos = 0;
-    const rlhf_opt opts[] = {RLHF_OPT("--meta", RLHF_OPT_FLAG, &meta_only), RLHF_OPT_END};
+    int meta_only = 0, npos = 0, skip_corrupt = 0;
+    const rlhf_opt opts[] = {RLHF_OPT("--meta", RLHF_OPT_FLAG, &meta_only),
+                             RLHF_OPT("--skip-corrupt", RLHF_OPT_FLAG, &skip_corrupt), RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf replay-cat", replay_cat_usage, opts, &path, 1, &npos);
     if (prc >= 0) return prc;
     if (!path) {
@@ -130,6 +162,7 @@ int cmd_replay_cat(int argc, char **argv) {
         rlhf_error_print("rlhf replay-cat", &err);
         return 1;
     }
+    replay_reader_skip_corrupt(r, skip_corrupt);
     wire_rollout_group g;
     replay_pos pos;
     int rc;
@@ -159,6 +192,11 @@ int cmd_replay_cat(int argc, char **argv) {
     replay_pos tp;
     uint64_t tb;
     int torn = replay_reader_torn(r, &tp, &tb);
+    const replay_damage *d;
+    size_t nd = replay_reader_damage(r, &d);
+    for (size_t i = 0; i < nd; i++)
+        fprintf(stderr, "rlhf replay-cat: warning: %s: skipped a damaged stretch of %llu bytes at segment %u offset %llu\n",
+                path, (unsigned long long)d[i].bytes, d[i].pos.segment, (unsigned long long)d[i].pos.offset);
     replay_reader_close(&r);
     if (torn)
         fprintf(stderr, "rlhf replay-cat: warning: %s: skipped a torn last record (%llu bytes at segment %u offset %llu)\n",

@@ -132,6 +132,7 @@ struct broker {
 
     int paused;
     int stop_requested;
+    rlhf_error log_failed; /* the first replay-log append that failed: the broker stops with it */
     double started;
     broker_counters ct;
     broker_auth auth;

@@ -4,10 +4,13 @@
  *   16-byte header: "RLHFRLOG", u32 format version (1), u32 segment number
  *   records: u32 marker "RREC", u32 body length, u32 CRC-32 of the body, body
  *   body:    u32 frame count, then per frame u32 length + bytes (the wire encoding of the message)
- * All integers little-endian. A record is written with one write(2) of the whole record, so a crash
- * leaves at most one torn record at the end of the newest segment; the writer cuts it off on reopen and
- * readers skip it (reporting it). Anything else that fails validation is corruption, reported with the
- * file and offset. */
+ * All integers little-endian. A record is written with one writev(2) of the whole record, so a crash
+ * leaves at most one torn record at the end of the newest segment: a prefix of a record (its length
+ * runs past the end of the file) or zeros. The writer cuts it off on reopen; readers skip it (reporting
+ * it). Anything else that fails validation is damage: readers find the next valid record by scanning
+ * for the marker with a matching CRC (resync), so one bad byte costs one record, never the ones after
+ * it. Damage is never cut or rewritten silently: the writer keeps a copy and refuses to open the log;
+ * replay_log_repair rewrites it with every valid record (after the same copy). */
 #include "broker/broker.h"
 
 #include <errno.h>
@@ -17,6 +20,7 @@
 #include <sys/stat.h>
 #include <limits.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LOG_MAGIC "RLHFRLOG"
@@ -84,53 +88,110 @@ static int all_zero(int fd, uint64_t off, uint64_t size) {
     return 1;
 }
 
-/* Reads the record at `off`. Returns 1 (record: *body malloc'd, *next = following offset), 0 (clean end),
- * 2 (torn tail: *next = size), or a negative code for corruption. */
-static int read_record(int fd, const char *fname, uint64_t off, uint64_t size, uint8_t **body, uint32_t *body_len,
-                       uint64_t *next, rlhf_error *err) {
-    *body = NULL;
-    if (off == size) return 0;
-    if (size - off < REC_HEADER_BYTES) {
-        *next = size;
-        return 2;
-    }
+/* A complete, valid record at `off` (marker, a length inside the file, matching CRC)? Returns 1 with
+ * the body (malloc'd) and its length when body != NULL, 0 when the bytes there are not one, < 0 on a
+ * read or allocation failure. */
+static int record_at(int fd, const char *fname, uint64_t off, uint64_t size, uint8_t **body, uint32_t *body_len,
+                     rlhf_error *err) {
+    if (body) *body = NULL;
+    if (size - off < REC_HEADER_BYTES) return 0;
     uint8_t h[REC_HEADER_BYTES];
-    char where[4200];
-    snprintf(where, sizeof where, "%s: offset %llu", fname, (unsigned long long)off);
-    if (pread_full(fd, h, sizeof h, off) != 0) return rlhf_error_set(err, RLHF_EIO, where, "read failed: %s", strerror(errno));
-    if (get32(h) != REC_MARKER) {
-        if (all_zero(fd, off, size)) { /* a crash after the size grew but before data reached disk */
-            *next = size;
-            return 2;
-        }
-        return rlhf_error_set(err, RLHF_ECORRUPT, where, "not a replay record (marker 0x%08x)", get32(h));
-    }
+    if (pread_full(fd, h, sizeof h, off) != 0)
+        return rlhf_error_set(err, RLHF_EIO, fname, "read failed at offset %llu: %s", (unsigned long long)off,
+                              strerror(errno));
     uint32_t len = get32(h + 4), crc = get32(h + 8);
-    if ((uint64_t)len > size - off - REC_HEADER_BYTES) {
-        *next = size;
-        return 2;
+    if (get32(h) != REC_MARKER || len > REC_MAX_BODY || (uint64_t)len > size - off - REC_HEADER_BYTES) return 0;
+    if (!body) { /* a candidate found while resyncing: check its CRC in pieces, no allocation */
+        uint8_t buf[65536];
+        uint32_t c = 0;
+        for (uint64_t done = 0; done < len;) {
+            size_t n = len - done < sizeof buf ? (size_t)(len - done) : sizeof buf;
+            if (pread_full(fd, buf, n, off + REC_HEADER_BYTES + done) != 0)
+                return rlhf_error_set(err, RLHF_EIO, fname, "read failed: %s", strerror(errno));
+            c = rlhf_crc32(c, buf, n);
+            done += n;
+        }
+        return c == crc;
     }
-    if (len > REC_MAX_BODY) return rlhf_error_set(err, RLHF_ECORRUPT, where, "record length %u too large", len);
     uint8_t *b = malloc(len ? len : 1);
-    if (!b) return rlhf_error_set(err, RLHF_ENOMEM, where, "out of memory for a %u-byte record", len);
+    if (!b) return rlhf_error_set(err, RLHF_ENOMEM, fname, "out of memory for a %u-byte record", len);
     if (pread_full(fd, b, len, off + REC_HEADER_BYTES) != 0) {
         free(b);
-        return rlhf_error_set(err, RLHF_EIO, where, "read failed: %s", strerror(errno));
+        return rlhf_error_set(err, RLHF_EIO, fname, "read failed: %s", strerror(errno));
     }
-    uint64_t end = off + REC_HEADER_BYTES + len;
     if (rlhf_crc32(0, b, len) != crc) {
         free(b);
-        /* The last record (nothing but zeros after it): torn by a crash mid-write. */
-        if (end == size || all_zero(fd, end, size)) {
-            *next = size;
-            return 2;
-        }
-        return rlhf_error_set(err, RLHF_ECORRUPT, where, "record CRC-32 mismatch (not the last record: corruption)");
+        return 0;
     }
     *body = b;
     *body_len = len;
-    *next = end;
     return 1;
+}
+
+/* The first offset >= from where a valid record starts (the record marker, a length inside the file
+ * and a matching CRC), or `size` when there is none. */
+static int resync(int fd, const char *fname, uint64_t from, uint64_t size, uint64_t *found, rlhf_error *err) {
+    static const uint8_t marker[4] = {'R', 'R', 'E', 'C'};
+    uint8_t buf[65536];
+    uint64_t at = from;
+    *found = size;
+    while (at + REC_HEADER_BYTES <= size) {
+        size_t n = size - at < sizeof buf ? (size_t)(size - at) : sizeof buf;
+        if (pread_full(fd, buf, n, at) != 0)
+            return rlhf_error_set(err, RLHF_EIO, fname, "read failed: %s", strerror(errno));
+        for (size_t i = 0; i + 4 <= n; i++) {
+            if (memcmp(buf + i, marker, 4) != 0) continue;
+            int v = record_at(fd, fname, at + i, size, NULL, NULL, err);
+            if (v < 0) return v;
+            if (v) {
+                *found = at + i;
+                return 0;
+            }
+        }
+        if (n < 4) break;
+        at += n - 3; /* a marker across the chunk edge is seen in the next chunk */
+    }
+    return 0;
+}
+
+/* Bytes [off, size) hold no valid record: are they what a crash mid-append leaves (a torn tail)? That is
+ * a prefix of one record: the marker (or a prefix of it) with a length that runs past the end of the
+ * file, or nothing but zeros after the marker or after the header (the size grew before the data
+ * reached the disk). A complete-length
+ * record with a wrong CRC, or a wrong marker, is damage, not a torn write. */
+static int tail_is_torn(int fd, uint64_t off, uint64_t size) {
+    if (all_zero(fd, off, size)) return 1;
+    uint8_t h[REC_HEADER_BYTES];
+    uint64_t have = size - off < REC_HEADER_BYTES ? size - off : REC_HEADER_BYTES;
+    if (pread_full(fd, h, (size_t)have, off) != 0) return 0;
+    static const uint8_t marker[4] = {'R', 'R', 'E', 'C'};
+    if (memcmp(h, marker, have < 4 ? (size_t)have : 4) != 0) return 0;
+    if (have < REC_HEADER_BYTES) return 1;
+    /* the header reached the disk and nothing after it did (a body is never all zeros: it starts with
+     * its frame count) */
+    if (all_zero(fd, off + REC_HEADER_BYTES, size)) return 1;
+    return (uint64_t)get32(h + 4) > size - off - REC_HEADER_BYTES;
+}
+
+enum { ITEM_END = 0, ITEM_RECORD = 1, ITEM_TORN = 2, ITEM_DAMAGE = 3 };
+
+/* What starts at `off`: a record (*body malloc'd, *next = the following offset), the end, a torn tail
+ * (only in the newest segment: *next = size), or a damaged stretch (*next = the next valid record or
+ * the end). < 0: a read failure. */
+static int read_item(int fd, const char *fname, uint64_t off, uint64_t size, int newest, uint8_t **body,
+                     uint32_t *body_len, uint64_t *next, rlhf_error *err) {
+    *body = NULL;
+    if (off >= size) return ITEM_END;
+    int v = record_at(fd, fname, off, size, body, body_len, err);
+    if (v < 0) return v;
+    if (v) {
+        *next = off + REC_HEADER_BYTES + *body_len;
+        return ITEM_RECORD;
+    }
+    int rc = resync(fd, fname, off + 1, size, next, err);
+    if (rc) return rc;
+    if (*next == size && newest && tail_is_torn(fd, off, size)) return ITEM_TORN;
+    return ITEM_DAMAGE;
 }
 
 /* Splits a record body into frames (views into body). */
@@ -159,6 +220,160 @@ static int body_frames(const uint8_t *b, uint32_t len, wire_frame **frames, size
 bad:
     free(f);
     return rlhf_error_set(err, RLHF_ECORRUPT, where, "record frame lengths disagree with the record length");
+}
+
+/* What one segment holds: records, the end of the last one, a torn tail, damaged stretches. */
+typedef struct seg_scan {
+    uint64_t records, valid_end;
+    uint64_t torn_off, torn_bytes;     /* torn_bytes 0: none */
+    uint64_t n_damage, damage_off, damage_bytes; /* the first damaged stretch */
+    uint64_t records_after_damage;
+} seg_scan;
+
+static int scan_segment(int fd, const char *fname, uint64_t size, int newest, seg_scan *s, rlhf_error *err) {
+    memset(s, 0, sizeof *s);
+    uint64_t off = LOG_HEADER_BYTES, next = 0;
+    s->valid_end = off;
+    for (;;) {
+        uint8_t *body;
+        uint32_t len;
+        int k = read_item(fd, fname, off, size, newest, &body, &len, &next, err);
+        free(body);
+        if (k < 0) return k;
+        if (k == ITEM_END) return 0;
+        if (k == ITEM_TORN) {
+            s->torn_off = off;
+            s->torn_bytes = size - off;
+            return 0;
+        }
+        if (k == ITEM_DAMAGE) {
+            if (!s->n_damage) {
+                s->damage_off = off;
+                s->damage_bytes = next - off;
+            }
+            s->n_damage++;
+        } else {
+            s->records++;
+            if (s->n_damage) s->records_after_damage++;
+            s->valid_end = next;
+        }
+        off = next;
+    }
+}
+
+static int copy_fd_to(int fd, uint64_t from, uint64_t n, int out, const char *oname, rlhf_error *err) {
+    uint8_t buf[65536];
+    while (n) {
+        size_t k = n < sizeof buf ? (size_t)n : sizeof buf;
+        if (pread_full(fd, buf, k, from) != 0)
+            return rlhf_error_set(err, RLHF_EIO, oname, "read failed while copying: %s", strerror(errno));
+        for (size_t w = 0; w < k;) {
+            ssize_t r = write(out, buf + w, k - w);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) return rlhf_error_set(err, RLHF_EIO, oname, "write failed: %s", strerror(errno));
+            w += (size_t)r;
+        }
+        from += k;
+        n -= k;
+    }
+    return 0;
+}
+
+static int fsync_parent(const char *path) {
+    char d[4200];
+    snprintf(d, sizeof d, "%s", path);
+    char *slash = strrchr(d, '/');
+    if (slash) *slash = 0;
+    else snprintf(d, sizeof d, ".");
+    int dfd = open(slash && !d[0] ? "/" : d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return -1;
+    int rc = fsync(dfd);
+    close(dfd);
+    return rc;
+}
+
+/* Copies a damaged segment to FNAME.damaged-<UTC time> (fsync'd), the evidence kept before anything
+ * refuses or repairs; the name goes to q. */
+static int quarantine_copy(int fd, const char *fname, char *q, size_t qcap, rlhf_error *err) {
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    int out = -1;
+    for (int i = 0; i < 100 && out < 0; i++) {
+        if (i) snprintf(q, qcap, "%s.damaged-%s.%d", fname, stamp, i);
+        else snprintf(q, qcap, "%s.damaged-%s", fname, stamp);
+        out = open(q, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (out < 0 && errno != EEXIST) break;
+    }
+    if (out < 0) return rlhf_error_set(err, RLHF_EIO, q, "cannot create the quarantine copy: %s", strerror(errno));
+    struct stat st;
+    fstat(fd, &st);
+    int rc = copy_fd_to(fd, 0, (uint64_t)st.st_size, out, q, err);
+    if (!rc && fsync(out) != 0) rc = rlhf_error_set(err, RLHF_EIO, q, "fsync failed: %s", strerror(errno));
+    close(out);
+    if (rc) unlink(q); /* half a copy is no evidence */
+    else fsync_parent(q);
+    return rc;
+}
+
+/* Rewrites one damaged segment with every valid record, in order (temp + fsync + rename). */
+static int repair_segment(int fd, const char *fname, uint64_t size, int newest, rlhf_error *err) {
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.repair.tmp", fname);
+    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) return rlhf_error_set(err, RLHF_EIO, tmp, "cannot create: %s", strerror(errno));
+    int rc = copy_fd_to(fd, 0, LOG_HEADER_BYTES, out, tmp, err);
+    uint64_t off = LOG_HEADER_BYTES, next = 0;
+    while (!rc) {
+        uint8_t *body;
+        uint32_t len;
+        int k = read_item(fd, fname, off, size, newest, &body, &len, &next, err);
+        free(body);
+        if (k < 0) rc = k;
+        if (k <= 0 || k == ITEM_TORN) break;
+        if (k == ITEM_RECORD) rc = copy_fd_to(fd, off, next - off, out, tmp, err);
+        off = next;
+    }
+    if (!rc && fsync(out) != 0) rc = rlhf_error_set(err, RLHF_EIO, tmp, "fsync failed: %s", strerror(errno));
+    close(out);
+    if (!rc && rename(tmp, fname) != 0)
+        rc = rlhf_error_set(err, RLHF_EIO, fname, "cannot replace with the repaired copy: %s", strerror(errno));
+    if (rc) unlink(tmp);
+    else fsync_parent(fname);
+    return rc;
+}
+
+int replay_log_repair(const char *path, replay_repair_report *rep, rlhf_error *err) {
+    memset(rep, 0, sizeof *rep);
+    if (strlen(path) >= 4000) return rlhf_error_set(err, RLHF_EINVAL, path, "replay log path too long");
+    char p[4200], nextp[4200];
+    for (uint32_t seg = 0;; seg++) {
+        segment_path(p, sizeof p, path, seg);
+        if (!file_exists(p)) return 0;
+        segment_path(nextp, sizeof nextp, path, seg + 1);
+        int newest = !file_exists(nextp);
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return rlhf_error_set(err, RLHF_EIO, p, "cannot open replay log: %s", strerror(errno));
+        struct stat st;
+        fstat(fd, &st);
+        uint64_t size = (uint64_t)st.st_size;
+        seg_scan sc;
+        int rc = check_log_header(fd, p, size, seg, err);
+        if (!rc) rc = scan_segment(fd, p, size, newest, &sc, err);
+        if (!rc && sc.n_damage) {
+            rc = quarantine_copy(fd, p, rep->quarantine, sizeof rep->quarantine, err);
+            if (!rc) rc = repair_segment(fd, p, size, newest, err);
+            if (!rc) {
+                rep->segments_repaired++;
+                rep->damaged_stretches += sc.n_damage;
+            }
+        }
+        close(fd);
+        if (rc) return rc;
+        rep->records += sc.records;
+    }
 }
 
 /* ---------------------------------------------------------------- writer */
@@ -230,27 +445,38 @@ int replay_writer_open(replay_writer **out, const char *path, const replay_write
     uint64_t size = (uint64_t)st.st_size;
     rc = check_log_header(fd, w->cur, size, seg, err);
     if (rc) goto fail;
-    uint64_t off = LOG_HEADER_BYTES, next = 0;
-    for (;;) {
-        uint8_t *body;
-        uint32_t len;
-        rc = read_record(fd, w->cur, off, size, &body, &len, &next, err);
-        free(body);
-        if (rc < 0) goto fail;
-        if (rc == 0) break;
-        if (rc == 2) {
-            if (torn_pos) *torn_pos = (replay_pos){seg, off};
-            if (torn_bytes) *torn_bytes = size - off;
-            if (ftruncate(fd, (off_t)off) != 0 || fsync(fd) != 0) {
-                rc = rlhf_error_set(err, RLHF_EIO, w->cur, "cannot cut torn record at offset %llu: %s",
-                                    (unsigned long long)off, strerror(errno));
-                goto fail;
-            }
-            break;
-        }
-        w->records++;
-        off = next;
+    seg_scan sc;
+    rc = scan_segment(fd, w->cur, size, 1, &sc, err);
+    if (rc) goto fail;
+    if (sc.n_damage) {
+        /* Records after the damage are valid: cutting or rewriting would destroy them. Keep a copy,
+         * change nothing, and say how to repair. */
+        char q[4400], copy[4600];
+        rlhf_error qe;
+        rlhf_error_clear(&qe);
+        if (quarantine_copy(fd, w->cur, q, sizeof q, &qe) == 0)
+            snprintf(copy, sizeof copy, "a copy is in %s", q);
+        else /* a full disk, say: the damage is still the news, and nothing was touched */
+            snprintf(copy, sizeof copy, "no copy could be made (%s: %s)", qe.where, qe.msg);
+        rc = rlhf_error_set(err, RLHF_ECORRUPT, w->cur,
+                            "damaged record at offset %llu (%llu bytes unreadable, %llu valid records after it); "
+                            "nothing was changed, %s; to rewrite the log keeping every valid record: "
+                            "rlhf run --resume RUN_DIR --repair",
+                            (unsigned long long)sc.damage_off, (unsigned long long)sc.damage_bytes,
+                            (unsigned long long)sc.records_after_damage, copy);
+        goto fail;
     }
+    uint64_t off = sc.valid_end;
+    if (sc.torn_bytes) {
+        if (torn_pos) *torn_pos = (replay_pos){seg, sc.torn_off};
+        if (torn_bytes) *torn_bytes = sc.torn_bytes;
+        if (ftruncate(fd, (off_t)off) != 0 || fsync(fd) != 0) {
+            rc = rlhf_error_set(err, RLHF_EIO, w->cur, "cannot cut torn record at offset %llu: %s",
+                                (unsigned long long)off, strerror(errno));
+            goto fail;
+        }
+    }
+    w->records = sc.records;
     w->size = off;
     *out = w;
     return 0;
@@ -384,11 +610,15 @@ struct replay_reader {
     char cur[4200];
     uint32_t segment;
     int fd;
+    int newest;       /* no later segment exists: only here can a tail be torn */
+    int skip_corrupt; /* damaged stretches are skipped and listed instead of failing next() */
     uint64_t size;
     uint64_t off;
     int torn_count;
     replay_pos torn_pos;
     uint64_t torn_bytes;
+    replay_damage *damage;
+    size_t n_damage, cap_damage;
 };
 
 static int reader_open_segment(replay_reader *r, uint32_t seg, rlhf_error *err) {
@@ -403,6 +633,9 @@ static int reader_open_segment(replay_reader *r, uint32_t seg, rlhf_error *err) 
     r->segment = seg;
     r->size = (uint64_t)st.st_size;
     r->off = LOG_HEADER_BYTES;
+    char p[4200];
+    segment_path(p, sizeof p, r->base, seg + 1);
+    r->newest = !file_exists(p);
     return check_log_header(fd, r->cur, r->size, seg, err);
 }
 
@@ -422,6 +655,13 @@ int replay_reader_open(replay_reader **out, const char *path, rlhf_error *err) {
     return 0;
 }
 
+void replay_reader_skip_corrupt(replay_reader *r, int on) { r->skip_corrupt = on; }
+
+size_t replay_reader_damage(const replay_reader *r, const replay_damage **list) {
+    if (list) *list = r->damage;
+    return r->n_damage;
+}
+
 int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos, rlhf_error *err) {
     memset(g, 0, sizeof *g);
     for (;;) {
@@ -429,28 +669,49 @@ int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos,
         uint8_t *body = NULL;
         uint32_t len = 0;
         uint64_t next = 0, at = r->off;
-        int rc = read_record(r->fd, r->cur, at, r->size, &body, &len, &next, err);
-        if (rc < 0) return rc;
-        if (rc == 2) {
+        char where[4300];
+        snprintf(where, sizeof where, "%s: offset %llu", r->cur, (unsigned long long)at);
+        int k = read_item(r->fd, r->cur, at, r->size, r->newest, &body, &len, &next, err);
+        if (k < 0) return k;
+        if (k == ITEM_TORN) {
             r->torn_count++;
             r->torn_pos = (replay_pos){r->segment, at};
             r->torn_bytes = r->size - at;
             r->off = r->size;
             continue;
         }
-        if (rc == 0) {
+        if (k == ITEM_DAMAGE) {
+            if (!r->skip_corrupt) {
+                if (next < r->size)
+                    return rlhf_error_set(err, RLHF_ECORRUPT, where,
+                                          "damaged record (%llu bytes unreadable); the next valid record is at "
+                                          "offset %llu", (unsigned long long)(next - at), (unsigned long long)next);
+                return rlhf_error_set(err, RLHF_ECORRUPT, where,
+                                      "damaged record (%llu bytes unreadable, to the end of the segment)",
+                                      (unsigned long long)(next - at));
+            }
+            if (r->n_damage == r->cap_damage) {
+                size_t cap = r->cap_damage ? 2 * r->cap_damage : 8;
+                replay_damage *d = realloc(r->damage, cap * sizeof *d);
+                if (!d) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+                r->damage = d;
+                r->cap_damage = cap;
+            }
+            r->damage[r->n_damage++] = (replay_damage){{r->segment, at}, next - at};
+            r->off = next;
+            continue;
+        }
+        if (k == ITEM_END) {
             char p[4200];
             segment_path(p, sizeof p, r->base, r->segment + 1);
             if (!file_exists(p)) return 0;
-            rc = reader_open_segment(r, r->segment + 1, err);
+            int rc = reader_open_segment(r, r->segment + 1, err);
             if (rc) return rc;
             continue;
         }
-        char where[4300];
-        snprintf(where, sizeof where, "%s: offset %llu", r->cur, (unsigned long long)at);
         wire_frame *frames = NULL;
         size_t nf = 0;
-        rc = body_frames(body, len, &frames, &nf, where, err);
+        int rc = body_frames(body, len, &frames, &nf, where, err);
         if (rc == 0) {
             wire_msg m;
             rlhf_error e2;
@@ -492,6 +753,7 @@ int replay_reader_torn(const replay_reader *r, replay_pos *pos, uint64_t *bytes)
 void replay_reader_close(replay_reader **rp) {
     if (!rp || !*rp) return;
     if ((*rp)->fd >= 0) close((*rp)->fd);
+    free((*rp)->damage);
     free(*rp);
     *rp = NULL;
 }

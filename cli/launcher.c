@@ -417,23 +417,30 @@ static void eval_summary(const run_config *cfg) {
 }
 
 static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet]\n"
-                            "       rlhf run --resume RUN_DIR [--set a.b=VALUE ...] [--quiet] [--continue-live]\n"
+                            "       rlhf run --resume RUN_DIR [--repair] [--set a.b=VALUE ...] [--quiet] [--continue-live]\n"
+                            "Starts the broker, generators and updater of a training run and supervises them.\n"
+                            "  --repair         the broker rewrites a damaged replay log keeping every valid record\n"
+                            "                   (a copy of it is kept as LOG.damaged-<time>); without it a damaged\n"
+                            "                   log stops the run\n"
                             "  --continue-live  RUN_DIR is the output of `rlhf replay`: continue it as a live run\n"
-                            "                   (generators, a new replay log) from its last checkpoint\n"
-                            "Starts the broker, generators and updater of a training run and supervises them.\n";
+                            "                   (generators, a new replay log) from its last checkpoint\n";
 
 int cmd_run(int argc, char **argv) {
     const char *config_path = NULL, *resume_dir = NULL;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
-    int quiet = 0, npos = 0, continue_live = 0;
+    int quiet = 0, npos = 0, continue_live = 0, repair = 0;
     const rlhf_opt opts[] = {RLHF_OPT("--set", RLHF_OPT_STRS, &set), RLHF_OPT("--resume", RLHF_OPT_STR, &resume_dir),
-                             RLHF_OPT("--quiet", RLHF_OPT_FLAG, &quiet),
+                             RLHF_OPT("--quiet", RLHF_OPT_FLAG, &quiet), RLHF_OPT("--repair", RLHF_OPT_FLAG, &repair),
                              RLHF_OPT("--continue-live", RLHF_OPT_FLAG, &continue_live), RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf run", usage, opts, &config_path, 1, &npos);
     if (prc >= 0) return prc;
     if (!config_path == !resume_dir) {
         fprintf(stderr, "rlhf run: error: give either CONFIG.json or --resume RUN_DIR\n%s", usage);
+        return 2;
+    }
+    if (repair && !resume_dir) {
+        fprintf(stderr, "rlhf run: error: --repair goes with --resume RUN_DIR (a new run has no log to repair)\n");
         return 2;
     }
     char resume_cfg[2048];
@@ -543,7 +550,7 @@ int cmd_run(int argc, char **argv) {
     child *kids = calloc((size_t)G + 2, sizeof *kids);
     child *broker = &kids[0], *upd = &kids[1], *gens = &kids[2];
     {
-        const char *a[] = {"broker", "--config", cfg_out, "--run-dir", cfg.run_dir, NULL};
+        const char *a[] = {"broker", "--config", cfg_out, "--run-dir", cfg.run_dir, repair ? "--repair" : NULL, NULL};
         child_args(broker, "broker", a);
     }
     if (cfg.upd_count > 1) {

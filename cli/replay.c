@@ -1,4 +1,4 @@
-/* cli/replay.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--set a.b=c]`:
+/* cli/replay.c — `rlhf replay LOG --config CONFIG [--out DIR] [--threads N] [--skip-corrupt] [--set a.b=c]`:
  * trains an updater from a recorded replay log, with no broker and no generators. DIR is locked
  * for the replay's life (run_dir_lock_acquire): one run or replay per directory.
  *
@@ -6,7 +6,9 @@
  * trained with the same session code as the online updater; the same log, config, seed and thread
  * count give bit-identical weights. Every record is checked against the model (token ids inside
  * the vocabulary, prompt + completion within max_seq_len) before training starts, so a log from
- * another model is an error naming the log and the record. */
+ * another model is an error naming the log and the record. Damaged records (bad length or CRC) are
+ * listed (count, segment and offset) before training; without --skip-corrupt that is an error (exit
+ * 1), with it training uses every valid record. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +18,7 @@
 
 static const char usage[] =
     "usage: rlhf replay RUN_DIR/rollouts.log --config CONFIG.json [--out DIR] [--threads N] [--set a.b=VALUE ...]\n"
-    "                   [--allow-other-model] [--rewards recorded|recompute] [--steps A:B]\n"
+    "                   [--allow-other-model] [--rewards recorded|recompute] [--steps A:B] [--skip-corrupt]\n"
     "       rlhf replay --resume OUT [--threads N] [--set a.b=VALUE ...]\n"
     "Trains from a recorded replay log (no broker, no generators); writes metrics.jsonl and\n"
     "checkpoints under DIR (default: <log's directory>/replay).\n"
@@ -32,7 +34,9 @@ static const char usage[] =
     "                must have been kept) with the groups it consumed from step A on, and stops after\n"
     "                step B (rl.steps = B). Needs scores.jsonl beside the log.\n"
     "  --resume OUT  continues a stopped replay from OUT's last checkpoint (the log and config are\n"
-    "                OUT/config.json's); the result is byte-identical to an uninterrupted replay.\n";
+    "                OUT/config.json's); the result is byte-identical to an uninterrupted replay.\n"
+    "  --skip-corrupt  a log with damaged records is refused (they are listed) unless this is given:\n"
+    "                then every valid record is used.\n";
 
 /* Where pass 2 reads its groups: the log in the chosen order, with the recorded rewards (or none). */
 typedef struct replay_feed {
@@ -124,10 +128,37 @@ static int replay_checkpoint(updater_session *u, const char *dir, rlhf_error *er
     return rc;
 }
 
+/* Damaged stretches pass 1 skipped: printed (count, bytes, the first positions); an error unless
+ * --skip-corrupt. */
+static int report_damage(replay_reader *rr, const char *log_path, long n_records, int skip_corrupt, rlhf_error *err) {
+    const replay_damage *d;
+    size_t n = replay_reader_damage(rr, &d);
+    if (!n) return 0;
+    uint64_t bytes = 0;
+    char list[512] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        bytes += d[i].bytes;
+        if (i < 8 && used < sizeof list)
+            used += (size_t)snprintf(list + used, sizeof list - used, "%s%u:%llu", i ? ", " : "", d[i].pos.segment,
+                                     (unsigned long long)d[i].pos.offset);
+    }
+    if (skip_corrupt) {
+        fprintf(stderr, "rlhf replay: warning: %s: skipped %zu damaged stretch(es), %llu bytes, at segment:offset %s%s; "
+                        "training on the %ld valid records (--skip-corrupt)\n",
+                log_path, n, (unsigned long long)bytes, list, n > 8 ? ", ..." : "", n_records);
+        return 0;
+    }
+    return rlhf_error_set(err, RLHF_ECORRUPT, log_path,
+                          "%zu damaged stretch(es), %llu bytes, at segment:offset %s%s (%ld valid records); "
+                          "train on the valid records with --skip-corrupt",
+                          n, (unsigned long long)bytes, list, n > 8 ? ", ..." : "", n_records);
+}
+
 int cmd_replay(int argc, char **argv) {
     const char *log_path = NULL, *config_path = NULL, *out_dir = NULL, *rewards_mode = NULL, *resume_dir = NULL,
                *steps_range = NULL;
-    int threads = -1, npos = 0, allow_other = 0;
+    int threads = -1, npos = 0, allow_other = 0, skip_corrupt = 0;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--out", RLHF_OPT_STR, &out_dir),
@@ -135,6 +166,7 @@ int cmd_replay(int argc, char **argv) {
                              RLHF_OPT("--allow-other-model", RLHF_OPT_FLAG, &allow_other),
                              RLHF_OPT("--rewards", RLHF_OPT_STR, &rewards_mode),
                              RLHF_OPT("--resume", RLHF_OPT_STR, &resume_dir), RLHF_OPT("--steps", RLHF_OPT_STR, &steps_range),
+                             RLHF_OPT("--skip-corrupt", RLHF_OPT_FLAG, &skip_corrupt),
                              RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf replay", usage, opts, &log_path, 1, &npos);
     if (prc >= 0) return prc;
@@ -335,6 +367,7 @@ int cmd_replay(int argc, char **argv) {
     if ((rc = run_config_write(&cfg, cfg_out, &err))) goto out;
     /* pass 1: every record must fit this model */
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
+    replay_reader_skip_corrupt(rr, 1);
     long n_records = 0, cap_pos = 0;
     log_index = json_object();
     const model_config *mc = &u.ps.m->cfg;
@@ -385,6 +418,7 @@ int cmd_replay(int argc, char **argv) {
         if (rc) goto out;
         n_records++;
     }
+    if ((rc = report_damage(rr, log_path, n_records, skip_corrupt, &err))) goto out;
     replay_reader_close(&rr);
     fprintf(stderr, "rlhf replay: %ld records in %s; training up to %d steps into %s\n", n_records, log_path,
             cfg.steps, dir);
@@ -403,6 +437,7 @@ int cmd_replay(int argc, char **argv) {
     else
         fprintf(stderr, "rlhf replay: order: the log's (no %s beside it)\n", UPDATER_SCORES_FILE);
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
+    replay_reader_skip_corrupt(rr, 1); /* pass 1 found none, or --skip-corrupt */
     n_read = skip < n_records ? skip : n_records;
     /* a step's worth of groups is read and scored (on a thread of its own) while the one before trains:
      * scoring (a sandboxed checker, a judge) then costs what training does not already */

@@ -19,6 +19,7 @@
 
 /* A header larger than this is treated as corrupt rather than trusted with an allocation. */
 #define SAFETENSORS_MAX_HEADER (64u << 20)
+#define SAFETENSORS_MAX_NUMEL ((uint64_t)1 << 40) /* per tensor: 4 TiB of F32, far beyond any model here */
 
 /* ---------------------------------------------------------------- writing */
 
@@ -58,8 +59,22 @@ int safetensors_tensor_to_f32(const safetensors_tensor *t, float *dst, const cha
     size_t n = (size_t)safetensors_numel(t);
     const unsigned char *raw = t->raw ? t->raw : (const void *)t->data;
     if (t->dtype == SAFETENSORS_F32) {
-        if (n) memcpy(dst, raw, n * sizeof(float));
-        return 0;
+        if (!n) return 0;
+        memcpy(dst, raw, n * sizeof(float));
+        /* A NaN or Inf weight poisons every output downstream (scores printed as null, dropped
+         * log-probs, undefined float-to-int conversions): refused here, where every loader passes.
+         * One branch-free pass over the exponent bits (measured in bench/bench_safetensors). */
+        uint32_t bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &dst[i], sizeof u);
+            bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+        }
+        if (!bad) return 0;
+        size_t i = 0;
+        while (isfinite(dst[i])) i++;
+        return rlhf_error_set(err, RLHF_ECORRUPT, source, "tensor '%s' (F32) holds a non-finite value (%g) at flat "
+                              "index %zu", t->name, (double)dst[i], i);
     }
     if (t->dtype != SAFETENSORS_BF16 && t->dtype != SAFETENSORS_F16)
         return rlhf_error_set(err, RLHF_EUNSUPPORTED, source, "tensor '%s' has an unsupported dtype", t->name);
@@ -292,9 +307,21 @@ static int parse_entry(parsed_entry *pe, const char *name, json_t *v, uint64_t d
         if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > ((json_int_t)1 << 40))
             return rlhf_error_set(err, RLHF_ECORRUPT, src, "tensor '%s' shape[%d] is not a valid dimension", name, d);
         pe->shape[d] = json_integer_value(e);
+    }
+    /* The element count is bounded before it is formed, so [2^32, 2^32] cannot wrap to 0 and pass as an
+     * empty tensor; a zero dimension anywhere makes it empty whatever the others say. */
+    for (int d = 0; d < pe->ndim; d++)
+        if (pe->shape[d] == 0) numel = 0;
+    for (int d = 0; d < pe->ndim && numel; d++) {
+        if ((uint64_t)pe->shape[d] > SAFETENSORS_MAX_NUMEL / numel) {
+            char dims[160] = "", *q = dims;
+            for (int i = 0; i < pe->ndim && q < dims + 120; i++)
+                q += sprintf(q, "%s%lld", i ? ", " : "", (long long)pe->shape[i]);
+            return rlhf_error_set(err, RLHF_ECORRUPT, src,
+                                  "tensor '%s' shape [%s] has more than 2^40 elements (overflowing sizes are refused)",
+                                  name, dims);
+        }
         numel *= (uint64_t)pe->shape[d];
-        if (numel > ((uint64_t)1 << 40))
-            return rlhf_error_set(err, RLHF_ECORRUPT, src, "tensor '%s' shape is impossibly large", name);
     }
     if (!json_is_array(of) || json_array_size(of) != 2 || !json_is_integer(json_array_get(of, 0)) ||
         !json_is_integer(json_array_get(of, 1)))

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -26,6 +27,96 @@ void serve_config_default(serve_config *cfg) {
     cfg->max_body = 1u << 20;
     cfg->max_tokens_default = 128;
     cfg->max_connections = 256;
+    cfg->max_per_ip = 32;
+    cfg->request_timeout = 10;
+}
+
+/* ------------------------------------------------------------------------ request deadlines */
+
+/* libmicrohttpd's own timeout restarts at every byte, so a client sending one byte a second holds its
+ * connection (and, one thread per connection, a thread) forever. Each connection is tracked from
+ * NOTIFY_CONNECTION STARTED to CLOSED; while a request is being read, a reaper thread shuts the socket
+ * down once the deadline has passed, and the connection's own thread then sees the end of the stream
+ * and closes it. libmicrohttpd reports CLOSED before it closes the descriptor, and both run under
+ * conn_mu, so a shutdown never reaches a descriptor reused by another connection. */
+typedef struct serve_conn {
+    struct serve_conn *prev, *next;
+    int fd;
+    int reading;    /* a request is being read (not being answered) */
+    double started; /* when this request's reading began */
+} serve_conn;
+
+static void notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code) {
+    serve_server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        serve_conn *sc = calloc(1, sizeof *sc);
+        if (!sc || !ci) {
+            free(sc);
+            *socket_context = NULL;
+            return;
+        }
+        sc->fd = ci->connect_fd;
+        sc->reading = 1;
+        sc->started = rlhf_now();
+        pthread_mutex_lock(&s->conn_mu);
+        sc->next = s->conns;
+        if (s->conns) s->conns->prev = sc;
+        s->conns = sc;
+        pthread_mutex_unlock(&s->conn_mu);
+        *socket_context = sc;
+        return;
+    }
+    serve_conn *sc = *socket_context;
+    if (!sc) return;
+    pthread_mutex_lock(&s->conn_mu);
+    if (sc->prev) sc->prev->next = sc->next;
+    else s->conns = sc->next;
+    if (sc->next) sc->next->prev = sc->prev;
+    pthread_mutex_unlock(&s->conn_mu);
+    free(sc);
+    *socket_context = NULL;
+}
+
+/* The request on c has been read (reading = 0: no deadline while it is answered) or answered (1: the
+ * next request on the keep-alive connection has request_timeout from now). */
+static void conn_reading(serve_server *s, struct MHD_Connection *c, int reading) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    serve_conn *sc = ci ? ci->socket_context : NULL;
+    if (!sc) return;
+    pthread_mutex_lock(&s->conn_mu);
+    sc->reading = reading;
+    sc->started = rlhf_now();
+    pthread_mutex_unlock(&s->conn_mu);
+}
+
+static void *reaper_main(void *arg) {
+    serve_server *s = arg;
+    pthread_mutex_lock(&s->conn_mu);
+    while (!s->reaper_stop) {
+        double now = rlhf_now();
+        unsigned long closed = 0;
+        for (serve_conn *sc = s->conns; sc; sc = sc->next)
+            if (sc->reading && sc->fd >= 0 && now - sc->started > s->cfg.request_timeout) {
+                shutdown(sc->fd, SHUT_RDWR);
+                sc->fd = -1; /* once */
+                closed++;
+            }
+        s->timed_out += closed;
+        if (closed && s->log) {
+            fprintf(s->log, "rlhf serve: closed %lu connection(s) whose request was not complete after %d s "
+                            "(%lu in all)\n", closed, s->cfg.request_timeout, s->timed_out);
+            fflush(s->log);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&s->reaper_cv, &s->conn_mu, &ts);
+    }
+    pthread_mutex_unlock(&s->conn_mu);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------------------ HTTP */
@@ -491,6 +582,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > s->cfg.max_body) {
             cs->too_big = 1; /* refuse before reading the body */
+            conn_reading(s, c, 0);
             return reply_error(s, c, 413, "invalid_request_error", NULL, "request body of %s bytes exceeds %zu", cl,
                                s->cfg.max_body);
         }
@@ -509,6 +601,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         *data_size = 0;
         return MHD_YES;
     }
+    conn_reading(s, c, 0); /* the whole request is here: answering it has no deadline */
     if (cs->too_big)
         return reply_error(s, c, 413, "invalid_request_error", NULL, "request body exceeds %zu bytes", s->cfg.max_body);
     int is_get = !strcmp(method, "GET"), is_post = !strcmp(method, "POST");
@@ -548,7 +641,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls, (void)c, (void)toe;
+    (void)toe;
+    conn_reading(cls, c, 1); /* a keep-alive connection's next request: its deadline starts now */
     conn_state *cs = *con_cls;
     if (cs) {
         free(cs->body);
@@ -575,7 +669,7 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     if (cfg->port < 0 || cfg->port > 65535)
         return rlhf_error_set(err, RLHF_EINVAL, "", "--port %d is not in 0..65535", cfg->port);
     if (cfg->max_batch < 1 || cfg->max_queue < 1 || cfg->max_body < 16 || cfg->max_tokens_default < 0 ||
-        cfg->max_connections < 1)
+        cfg->max_connections < 1 || cfg->max_per_ip < 1 || cfg->request_timeout < 1)
         return rlhf_error_set(err, RLHF_EINVAL, "", "limits must be positive");
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
@@ -590,6 +684,8 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
     pthread_cond_init(&s->stream_cv, NULL);
+    pthread_mutex_init(&s->conn_mu, NULL);
+    pthread_cond_init(&s->reaper_cv, NULL);
     int rc = 0;
     if (cfg->model_path[0]) {
         if (!s->cfg.model_id[0]) id_from_path(cfg->model_path, s->cfg.model_id, sizeof s->cfg.model_id);
@@ -611,11 +707,21 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
         return RLHF_FAIL(err, RLHF_ESYS, "cannot start the worker thread");
     }
     s->worker_started = 1;
+    if (pthread_create(&s->reaper, NULL, reaper_main, s) != 0) {
+        serve_server_destroy(&s);
+        return RLHF_FAIL(err, RLHF_ESYS, "cannot start the request-deadline thread");
+    }
+    s->reaper_started = 1;
+    /* MHD's own timeout is idle time (reset by every byte): a backstop for a client that stops reading
+     * its response; the request deadline above is what bounds a slow sender */
+    unsigned idle = cfg->request_timeout > 60 ? (unsigned)cfg->request_timeout : 60u;
     s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0,
                                  NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                                 MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_CONNECTION_LIMIT,
-                                 (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-                                 MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
+                                 MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+                                 notify_connection, s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_per_ip,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, idle, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+                                 MHD_OPTION_END);
     if (!s->daemon) {
         int port = cfg->port;
         serve_server_destroy(&s);
@@ -633,6 +739,13 @@ void serve_server_destroy(serve_server **ps) {
     if (!ps || !*ps) return;
     serve_server *s = *ps;
     if (s->daemon) MHD_stop_daemon(s->daemon); /* waits for handler threads, which wait for the worker */
+    if (s->reaper_started) {
+        pthread_mutex_lock(&s->conn_mu);
+        s->reaper_stop = 1;
+        pthread_cond_signal(&s->reaper_cv);
+        pthread_mutex_unlock(&s->conn_mu);
+        pthread_join(s->reaper, NULL);
+    }
     if (s->worker_started) {
         pthread_mutex_lock(&s->mu);
         s->stopping = 1;
@@ -648,6 +761,8 @@ void serve_server_destroy(serve_server **ps) {
     pthread_cond_destroy(&s->work_cv);
     pthread_cond_destroy(&s->done_cv);
     pthread_cond_destroy(&s->stream_cv);
+    pthread_mutex_destroy(&s->conn_mu);
+    pthread_cond_destroy(&s->reaper_cv);
     free(s);
     *ps = NULL;
 }

@@ -21,7 +21,10 @@
  * sampler's max_batch KV-cache slots at every step and decodes all running sequences together with
  * sampler_step (continuous batching); streamed tokens go out as they are chosen (serve/serve_int.h).
  * Limits: bodies over max_body bytes get 413, more than max_queue waiting requests get 503 with
- * Retry-After; malformed requests get 400; errors use OpenAI's {"error":{"message","type","param","code"}}. */
+ * Retry-After; malformed requests get 400; errors use OpenAI's {"error":{"message","type","param","code"}}.
+ * Slow or idle clients: at most max_per_ip connections per address (more are closed at accept), and a
+ * request not complete request_timeout seconds after its connection opened (or after the previous
+ * response on a keep-alive connection) is closed, however steadily its bytes trickle in. */
 #ifndef RLHF_SERVE_SERVE_H
 #define RLHF_SERVE_SERVE_H
 
@@ -43,6 +46,10 @@ typedef struct serve_config {
     size_t max_body;        /* request body bytes (default 1 MiB) */
     int max_tokens_default; /* when a request gives none (default 128) */
     int max_connections;    /* concurrent connections (default 256) */
+    int max_per_ip;         /* concurrent connections from one address (default 32) */
+    int request_timeout;    /* seconds (default 10): a request's headers and body must all arrive within
+                             * this long of the connection opening or of the previous response on it
+                             * ending (so it is also the keep-alive idle limit); else it is closed */
 } serve_config;
 
 void serve_config_default(serve_config *cfg);

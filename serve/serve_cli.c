@@ -11,7 +11,8 @@
 static const char usage[] =
     "usage: rlhf serve --model CKPT [--reward-model RM] [--port P] [--host 127.0.0.1] [--model-id NAME]\n"
     "                  [--max-batch 8] [--max-queue 64] [--max-body BYTES] [--max-tokens 128]\n"
-    "                  [--max-connections 256] [--tokenizer T] [--max-seq-len N]\n"
+    "                  [--max-connections 256] [--max-per-ip 32] [--request-timeout 10] [--tokenizer T]\n"
+    "                  [--max-seq-len N]\n"
     "  --model: a checkpoint (.safetensors) or a Hugging Face model directory; --tokenizer: \"bytes\" or a\n"
     "  Hugging Face tokenizer directory (default: the model's own); --max-seq-len caps the model's context.\n"
     "  OpenAI-compatible: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions;\n"
@@ -36,6 +37,8 @@ int cmd_serve(int argc, char **argv) {
         RLHF_OPT_RANGE("--max-body", RLHF_OPT_INT, &max_body, 16, 1 << 30),
         RLHF_OPT_RANGE("--max-tokens", RLHF_OPT_INT, &cfg.max_tokens_default, 0, 1000000),
         RLHF_OPT_RANGE("--max-connections", RLHF_OPT_INT, &cfg.max_connections, 1, 100000),
+        RLHF_OPT_RANGE("--max-per-ip", RLHF_OPT_INT, &cfg.max_per_ip, 1, 100000),
+        RLHF_OPT_RANGE("--request-timeout", RLHF_OPT_INT, &cfg.request_timeout, 1, 86400),
         RLHF_OPT_END,
     };
     int prc = rlhf_opts_parse(argc, argv, "rlhf serve", usage, opts, NULL, 0, NULL);

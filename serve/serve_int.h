@@ -79,6 +79,13 @@ struct serve_server {
     int queued;
     int stopping;
     unsigned long serial;         /* request ids and default seeds */
+    /* request deadlines (serve.c): every open connection, and the thread that closes late ones */
+    pthread_mutex_t conn_mu;
+    struct serve_conn *conns;     /* doubly linked */
+    pthread_t reaper;
+    int reaper_started, reaper_stop;
+    pthread_cond_t reaper_cv;
+    unsigned long timed_out;      /* connections closed for a late request */
 };
 
 void serve_job_free(serve_job *j);

@@ -19,6 +19,7 @@
  * every checkpoint still waiting for its evaluation and the checkpoint.keep_best best evaluated ones. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -335,16 +336,29 @@ json_t *updater_metrics_last_record(const char *path) {
 int updater_metrics_append(const char *path, json_t *rec, rlhf_error *err) {
     char *txt = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
     if (!txt) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot serialise metrics");
-    FILE *f = fopen(path, "ab");
-    if (!f) {
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = errno;
         free(txt);
-        return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(errno));
+        return rlhf_error_set(err, RLHF_EIO, path, "cannot open: %s", strerror(e));
     }
-    fprintf(f, "%s\n", txt);
+    struct stat st;
+    off_t before = fstat(fd, &st) == 0 ? st.st_size : -1;
+    size_t n = strlen(txt);
+    txt[n++] = '\n'; /* json_dumps's terminator becomes the line end */
+    int bad = 0;
+    for (size_t done = 0; done < n && !bad;) {
+        ssize_t w = write(fd, txt + done, n - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) bad = w < 0 ? errno : EIO;
+        else done += (size_t)w;
+    }
+    if (!bad && fsync(fd) != 0) bad = errno;
+    /* a full disk must not leave half a line behind: the file goes back to its last whole line */
+    if (bad && before >= 0 && ftruncate(fd, before) != 0) { /* reported below either way */
+    }
+    close(fd);
     free(txt);
-    /* a full disk shows at the flush; fclose after a failed flush may report success */
-    int bad = fflush(f) != 0 || fsync(fileno(f)) != 0 ? errno : 0;
-    if (fclose(f) != 0 && !bad) bad = errno;
     if (bad) return rlhf_error_set(err, RLHF_EIO, path, "write failed: %s", strerror(bad));
     return 0;
 }

@@ -224,6 +224,7 @@ static long recover_from_log(const char *log_path, json_t *seen, scorer *sc) {
         rlhf_error_print("updater: replay log (not recovering from it)", &err);
         return 0;
     }
+    replay_reader_skip_corrupt(rr, 1); /* a damaged record costs itself, not the valid ones after it */
     long n = 0;
     for (;;) {
         scored_group *sg = calloc(1, sizeof *sg);
@@ -243,6 +244,11 @@ static long recover_from_log(const char *log_path, json_t *seen, scorer *sc) {
         updater_scorer_submit(sc, sg);
         n++;
     }
+    const replay_damage *d;
+    size_t nd = replay_reader_damage(rr, &d);
+    if (nd)
+        fprintf(stderr, "updater: replay log %s: skipped %zu damaged stretch(es), the first at segment %u offset %llu\n",
+                log_path, nd, d[0].pos.segment, (unsigned long long)d[0].pos.offset);
     replay_reader_close(&rr);
     return n;
 }

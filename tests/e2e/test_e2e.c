@@ -11,6 +11,9 @@
  *                     the metrics; the prompt selector's metrics are in metrics.jsonl and its state
  *                     (RUN_DIR/selector_state.json) survives the resume (usage counts not reset);
  *   replay_deterministic: two `rlhf replay` of one log -> bit-identical checkpoints;
+ *   damaged_log:      a bad length in a middle record of the log: `rlhf replay` refuses (or skips it with
+ *                     --skip-corrupt), `--resume` stops naming the offset, `--resume --repair` keeps every
+ *                     valid record;
  *   bad_input:        config errors name the JSON path before any process starts; a base checkpoint
  *                     that does not match model.arch; a replay log from another model;
  *   checks_before_start: a prompt too long for the context with generators.max_tokens (the first one,
@@ -448,6 +451,106 @@ static void test_replay_deterministic(void) {
     CU_ASSERT_EQUAL(last_step(out1), 12);
 }
 
+/* Reads a replay log skipping damage: the records' "generator:seq" keys into keys (n returned), the
+ * number of damaged stretches into *damaged. */
+static int log_keys(const char *path, char keys[][48], int cap, size_t *damaged) {
+    replay_reader *r;
+    *damaged = 0;
+    if (replay_reader_open(&r, path, NULL) != 0) return -1;
+    replay_reader_skip_corrupt(r, 1);
+    wire_rollout_group g;
+    int n = 0;
+    while (n < cap && replay_reader_next(r, &g, NULL, NULL) == 1) {
+        snprintf(keys[n++], 48, "%s:%llu", g.generator_id, (unsigned long long)g.seq);
+        wire_rollout_group_free(&g);
+    }
+    *damaged = replay_reader_damage(r, NULL);
+    replay_reader_close(&r);
+    return n;
+}
+
+/* A bad length field in a middle record of a run's replay log (finding: it was taken for a torn tail,
+ * `rlhf replay` trained on half the log and exited 0, a restarted broker truncated the rest).
+ * Now: `rlhf replay` lists it and exits 1, or trains on every valid record with --skip-corrupt;
+ * `rlhf run --resume` stops (environment class) naming the offset, changes nothing and keeps a copy;
+ * `--resume --repair` continues with every valid record still in the log. */
+static void test_damaged_log(void) {
+    char run[256], logf[512], cfg[256], out[256], log[256], cmd[700];
+    snprintf(run, sizeof run, "%s/damaged", g_dir);
+    snprintf(logf, sizeof logf, "%s/rollouts.log", run);
+    snprintf(cfg, sizeof cfg, "%s/faults/config.json", g_dir);
+    snprintf(out, sizeof out, "%s/replay_damaged", g_dir);
+    snprintf(log, sizeof log, "%s/damaged.out", g_dir);
+    snprintf(cmd, sizeof cmd, "cp -a '%s/faults' '%s' && rm -f '%s/run.lock'", g_dir, run, run);
+    CU_ASSERT_FATAL(system(cmd) == 0);
+    /* positions of the records; damage the length of the middle one */
+    replay_reader *r;
+    CU_ASSERT_FATAL(replay_reader_open(&r, logf, NULL) == 0);
+    replay_pos pos[4096];
+    int n = 0;
+    wire_rollout_group g;
+    while (n < 4096 && replay_reader_next(r, &g, &pos[n], NULL) == 1) {
+        wire_rollout_group_free(&g);
+        n++;
+    }
+    replay_reader_close(&r);
+    CU_ASSERT_FATAL(n >= 20 && pos[n - 1].segment == 0);
+    static char before[4096][48], after[4096][48];
+    size_t damaged;
+    CU_ASSERT_EQUAL_FATAL(log_keys(logf, before, 4096, &damaged), n);
+    int mid = n / 2;
+    int fd = open(logf, O_RDWR);
+    uint8_t b = 0x7f;
+    CU_ASSERT_EQUAL(pwrite(fd, &b, 1, (off_t)pos[mid].offset + 6), 1); /* length field, third byte */
+    close(fd);
+    char *damaged_bytes = slurp(logf);
+    /* rlhf replay: refused with the list, or all valid records with --skip-corrupt */
+    char want[128];
+    snprintf(want, sizeof want, "1 damaged stretch(es)");
+    const char *r1[] = {"replay", logf, "--config", cfg, "--out", out, "--set", "rl.steps=2", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, r1, 60), 1);
+    CU_ASSERT(file_contains(log, want));
+    snprintf(want, sizeof want, "0:%llu", (unsigned long long)pos[mid].offset);
+    CU_ASSERT(file_contains(log, want));
+    const char *r2[] = {"replay", logf, "--config", cfg, "--out", out, "--set", "rl.steps=2", "--skip-corrupt", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, r2, 60), 0);
+    snprintf(want, sizeof want, "training on the %d valid records", n - 1);
+    CU_ASSERT(file_contains(log, want));
+    /* a resume over it: stopped, nothing changed, a copy kept */
+    int last = latest_ckpt(run);
+    char steps[64];
+    snprintf(steps, sizeof steps, "rl.steps=%d", last + 2);
+    const char *a1[] = {"run", "--resume", run, "--quiet", "--set", steps, NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a1, 90), RLHF_EXIT_ENV);
+    snprintf(want, sizeof want, "damaged record at offset %llu", (unsigned long long)pos[mid].offset);
+    char blog[512];
+    snprintf(blog, sizeof blog, "%s/logs/broker.log", run);
+    CU_ASSERT(file_contains(blog, want));
+    CU_ASSERT(file_contains(blog, "--repair"));
+    char *now = slurp(logf);
+    CU_ASSERT(now && damaged_bytes && memcmp(now, damaged_bytes, (size_t)pos[n - 1].offset) == 0);
+    free(now);
+    snprintf(cmd, sizeof cmd, "ls '%s'.damaged-* >/dev/null 2>&1", logf);
+    CU_ASSERT(system(cmd) == 0);
+    /* --repair: continues; every record but the damaged one is still there */
+    const char *a2[] = {"run", "--resume", run, "--quiet", "--repair", "--set", steps, NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, a2, 120), 0);
+    CU_ASSERT_EQUAL(latest_ckpt(run), last + 2);
+    CU_ASSERT(file_contains(blog, "repaired 1 segment(s)"));
+    int m = log_keys(logf, after, 4096, &damaged);
+    CU_ASSERT_EQUAL(damaged, 0);
+    CU_ASSERT(m >= n - 1);
+    int missing = 0;
+    for (int i = 0; i < n; i++) {
+        if (i == mid) continue;
+        int found = 0;
+        for (int j = 0; j < m && !found; j++) found = strcmp(before[i], after[j]) == 0;
+        missing += !found;
+    }
+    CU_ASSERT_EQUAL(missing, 0);
+    free(damaged_bytes);
+}
+
 static void test_bad_input(void) {
     char cfg[256], log[256], p[512];
     snprintf(cfg, sizeof cfg, "%s/bad.json", g_dir);
@@ -622,6 +725,7 @@ void e2e_register_replay_tool(void); /* tests/e2e/test_replay_tool.c */
 void e2e_register_dist_run(void);    /* tests/e2e/test_dist_run.c */
 void e2e_register_remote_gen(void);  /* tests/e2e/test_remote_gen.c */
 int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
+void e2e_register_diskfull(void);   /* tests/e2e/test_diskfull.c */
 
 int register_suites(void) {
     e2e_register_generation();
@@ -634,10 +738,12 @@ int register_suites(void) {
     e2e_register_dist_run();
     e2e_register_remote_gen();
     register_plugin_faults_suite();
+    e2e_register_diskfull();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);
     CU_add_test(s, "replay_deterministic", test_replay_deterministic);
+    CU_add_test(s, "damaged_log", test_damaged_log);
     CU_add_test(s, "bad_input", test_bad_input);
     CU_add_test(s, "checks_before_start", test_checks_before_start);
     CU_add_test(s, "relative_paths_resume", test_relative_paths_resume);

@@ -523,6 +523,13 @@ static void test_weight_errors(void) {
     m->params_mem[5] = keep;
     expect_fail(d, NULL, RLHF_ECORRUPT, "tensor 'model.embed_tokens.weight' (BF16) holds a non-finite value",
                 "model.safetensors");
+    /* F32 too (it was copied unchecked: NaN weights loaded and scored "null") */
+    d = weights_dir("w_nan_f32");
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    CU_ASSERT_EQUAL(write_model(m, p, SAFETENSORS_F32, NULL, NULL, NULL, NAN), 0);
+    m->params_mem[5] = keep;
+    expect_fail(d, NULL, RLHF_ECORRUPT, "tensor 'model.embed_tokens.weight' (F32) holds a non-finite value (nan) at "
+                "flat index 5", "model.safetensors");
     model_destroy(&m);
 
     /* tied config, file also holds lm_head.weight: accepted only as an exact copy of the embedding */

@@ -2,6 +2,7 @@
  * round trips are bit-exact, a Python reader (json + numpy only) opens our files, and every kind
  * of damaged file is rejected with an error naming the file and the problem. */
 #include <CUnit/CUnit.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -318,6 +319,77 @@ static void test_reject_bad_offsets(void) {
     expect_reject(p, RLHF_ECORRUPT, "trailing");
 }
 
+/* Shapes whose element count overflows 64 bits wrapped to 0 and passed as empty tensors; each is
+ * refused naming the tensor, while a real empty tensor (a zero dimension) still loads. */
+static void test_reject_overflowing_shape(void) {
+    const char *p = tmp_path("huge.safetensors");
+    const char *shapes[] = {"[4294967296,4294967296]", "[1099511627776,16777216]", "[8589934592,2147483648]",
+                            "[65536,65536,65536,65536]", "[1099511627776,2]"};
+    char hdr[512];
+    for (int i = 0; i < 5; i++) {
+        snprintf(hdr, sizeof hdr, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                 "\"huge\":{\"dtype\":\"F32\",\"shape\":%s,\"data_offsets\":[4,4]}}", shapes[i]);
+        float one = 1;
+        write_raw(p, hdr, &one, 4);
+        expect_reject(p, RLHF_ECORRUPT, "tensor 'huge' shape [");
+        expect_reject(p, RLHF_ECORRUPT, "more than 2^40 elements");
+    }
+    float one = 1;
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                 "\"empty\":{\"dtype\":\"F32\",\"shape\":[1099511627776,0],\"data_offsets\":[4,4]}}", &one, 4);
+    safetensors_file *f = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL(safetensors_open(&f, p, &err), 0);
+    safetensors_close(&f);
+}
+
+/* F32 NaN / Inf in a model checkpoint (hand-written bytes): model_load refuses naming the tensor. */
+static void test_reject_non_finite_f32(void) {
+    model_config c = infer_test_config(0, 2);
+    model *m = infer_test_model(&c, 3);
+    const char *p = tmp_path("finite.safetensors");
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(model_save(m, p, &err), 0);
+    model_destroy(&m);
+    char *data;
+    size_t len;
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(p, &data, &len, &err), 0);
+    uint64_t hl = 0;
+    for (int i = 0; i < 8; i++) hl |= (uint64_t)(unsigned char)data[i] << (8 * i);
+    const char *name = "model.layers.1.self_attn.k_proj.weight";
+    json_error_t je;
+    json_t *h = json_loadb(data + 8, hl, 0, &je);
+    CU_ASSERT_FATAL(h != NULL);
+    json_t *t = json_object_get(h, name);
+    CU_ASSERT_FATAL(t != NULL);
+    size_t begin = (size_t)json_integer_value(json_array_get(json_object_get(t, "data_offsets"), 0));
+    json_decref(h);
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    const size_t where[] = {0, 7, 3};
+    for (int i = 0; i < 3; i++) {
+        char *copy = malloc(len);
+        memcpy(copy, data, len);
+        memcpy(copy + 8 + hl + begin + 4 * where[i], &bad[i], 4);
+        const char *q = tmp_path("nonfinite.safetensors");
+        CU_ASSERT_EQUAL(write_bytes(q, copy, len), 0);
+        free(copy);
+        model *m2 = NULL;
+        rlhf_error_clear(&err);
+        CU_ASSERT_EQUAL(model_load(&m2, q, NULL, &err), RLHF_ECORRUPT);
+        CU_ASSERT_PTR_NULL(m2);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "nonfinite.safetensors"));
+        char want[200];
+        snprintf(want, sizeof want, "tensor '%s' (F32) holds a non-finite value", name);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, want));
+        snprintf(want, sizeof want, "at flat index %zu", where[i]);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, want));
+    }
+    model *ok = NULL;
+    CU_ASSERT_EQUAL(model_load(&ok, p, NULL, &err), 0);
+    model_destroy(&ok);
+    free(data);
+}
+
 /* ---------------------------------------------------------------- model checkpoints */
 
 static void check_model_round_trip(int tie, int kvh) {
@@ -543,6 +615,8 @@ void infer_register_checkpoint(void) {
     CU_add_test(s, "corrupt headers rejected", test_reject_corrupt_header);
     CU_add_test(s, "wrong dtype rejected", test_reject_wrong_dtype);
     CU_add_test(s, "bad offsets rejected", test_reject_bad_offsets);
+    CU_add_test(s, "shapes whose size overflows rejected naming the tensor", test_reject_overflowing_shape);
+    CU_add_test(s, "F32 NaN/Inf weights rejected at load naming the tensor", test_reject_non_finite_f32);
     CU_add_test(s, "model round trip bit-exact (untied, tied+GQA)", test_model_round_trip);
     CU_add_test(s, "config mismatch names the key", test_model_config_mismatch);
     CU_add_test(s, "wrong shape / missing / extra tensors", test_model_wrong_shape_and_names);

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "model/model.h"
 #include "tests/model_infer/infer_test.h"
 #include "tests/test_paths.h"
@@ -248,9 +250,56 @@ static void test_sample_bad_input(void) {
     expect_one_error_line(in_dir("e5"), "cut.safetensors", "truncated");
 }
 
+/* Copies SRC to DST with element `index` of tensor `name` set to `value` (a hand patch: the header JSON
+ * read with jansson, the float written at its data offset). */
+static void patch_tensor(const char *src, const char *dst, const char *name, size_t index, float value) {
+    char *data;
+    size_t len;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(rlhf_read_file(src, &data, &len, &err), 0);
+    uint64_t hl = 0;
+    for (int i = 0; i < 8; i++) hl |= (uint64_t)(unsigned char)data[i] << (8 * i);
+    json_error_t je;
+    json_t *h = json_loadb(data + 8, hl, 0, &je);
+    CU_ASSERT_FATAL(h != NULL);
+    json_t *t = json_object_get(h, name);
+    CU_ASSERT_FATAL(t != NULL);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(t, "dtype")), "F32");
+    size_t begin = (size_t)json_integer_value(json_array_get(json_object_get(t, "data_offsets"), 0));
+    memcpy(data + 8 + hl + begin + 4 * index, &value, 4);
+    json_decref(h);
+    FILE *f = fopen(dst, "wb");
+    fwrite(data, 1, len, f);
+    fclose(f);
+    free(data);
+}
+
+/* NaN or Inf in a checkpoint: `rlhf sample` and `rlhf score` refuse it at load with one line naming the
+ * tensor (they printed "logprob": null / dropped log-probs and exited 0, with undefined behaviour in
+ * the float-to-int conversions). */
+static void test_non_finite_checkpoint(void) {
+    const char *tensors[] = {"model.layers.0.mlp.down_proj.weight", "model.norm.weight",
+                             "model.embed_tokens.weight"};
+    const float values[] = {NAN, INFINITY, -INFINITY};
+    CU_ASSERT_EQUAL_FATAL(write_text(in_dir("score.jsonl"), "{\"prompt\":\"ab\",\"completion\":\"cd\"}\n"), 0);
+    for (int i = 0; i < 3; i++) {
+        patch_tensor(in_dir("m.safetensors"), in_dir("nan.safetensors"), tensors[i], 5, values[i]);
+        const char *sample[] = {"sample", "--model", in_dir("nan.safetensors"), "--prompt", "a", NULL};
+        CU_ASSERT_EQUAL(run_rlhf(sample, in_dir("nan.out"), in_dir("nan.err")), 1);
+        expect_one_error_line(in_dir("nan.err"), tensors[i], "non-finite value");
+        const char *score[] = {"score", "--model", in_dir("nan.safetensors"), "--data", in_dir("score.jsonl"), NULL};
+        CU_ASSERT_EQUAL(run_rlhf(score, in_dir("nan.out"), in_dir("nan.err")), 1);
+        expect_one_error_line(in_dir("nan.err"), tensors[i], "non-finite value");
+    }
+    /* the unpatched file scores: the refusal is the patch's doing */
+    const char *score[] = {"score", "--model", in_dir("m.safetensors"), "--data", in_dir("score.jsonl"), NULL};
+    CU_ASSERT_EQUAL(run_rlhf(score, in_dir("nan.out"), in_dir("nan.err")), 0);
+}
+
 void infer_register_cli(void) {
     CU_pSuite s = CU_add_suite("cli", suite_init, suite_cleanup);
     CU_add_test(s, "rlhf init writes the seeded model; bad arch rejected", test_init);
     CU_add_test(s, "rlhf sample JSONL equals in-process sampling", test_sample_matches_library);
     CU_add_test(s, "rlhf sample bad input", test_sample_bad_input);
+    CU_add_test(s, "rlhf sample and score refuse NaN/Inf weights naming the tensor", test_non_finite_checkpoint);
 }

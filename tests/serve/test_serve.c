@@ -870,8 +870,11 @@ static void test_bad_preference_files(void) {
     free(msg);
 }
 
+void serve_register_slow_clients(void); /* tests/serve/test_slow_clients.c */
+
 int register_suites(void) {
     signal(SIGPIPE, SIG_IGN);
+    serve_register_slow_clients();
     CU_pSuite s = CU_add_suite("serve", suite_init, suite_clean);
     CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
     CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);
