@@ -5,7 +5,12 @@
 #define RLHF_TESTS_E2E_UTIL_H
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+#include "common/common.h"
+#include "tests/test_paths.h"
 
 static inline int write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
@@ -36,6 +41,32 @@ static inline int latest_ckpt(const char *run_dir) {
         if (sscanf(target, "step_%d", &s) != 1) s = -1;
     }
     return s;
+}
+
+/* A file's whole text (malloc'd), or NULL. */
+static inline char *e2e_slurp(const char *path) {
+    char *d = NULL;
+    size_t n = 0;
+    if (rlhf_read_file(path, &d, &n, NULL)) return NULL;
+    return d;
+}
+
+/* 1 when the file holds needle; else 0, and the file's text on stderr (what the test saw). */
+static inline int e2e_contains(const char *path, const char *needle) {
+    char *d = e2e_slurp(path);
+    int yes = d && strstr(d, needle);
+    if (!yes) fprintf(stderr, "\n%s lacks \"%s\"; it holds:\n%s\n", path, needle, d ? d : "(nothing)");
+    free(d);
+    return yes;
+}
+
+/* A suite's scratch directory /tmp/rlhf_NAME_XXXXXX (dir, cap >= 64), the rlhf binary of this build
+ * (rlhf, cap >= 1024) and the easy task's prompts there; 0 or -1. */
+static inline int e2e_suite_dir(const char *name, char *dir, size_t cap, char *rlhf, size_t rcap) {
+    snprintf(dir, cap, "/tmp/rlhf_%s_XXXXXX", name);
+    if (!mkdtemp(dir)) return -1;
+    if (test_bin_path("rlhf", rlhf, rcap) || access(rlhf, X_OK) != 0) return -1;
+    return e2e_write_prompts(dir);
 }
 
 #endif

@@ -18,25 +18,11 @@
 static char g_dir[64];
 static char g_rlhf[1024];
 
-static int suite_init(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_distrun_XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf) || access(g_rlhf, X_OK) != 0) return -1;
-    return e2e_write_prompts(g_dir);
-}
+static int suite_init(void) { return e2e_suite_dir("distrun", g_dir, sizeof g_dir, g_rlhf, sizeof g_rlhf); }
 
 static int suite_cleanup(void) {
     if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
     return 0;
-}
-
-static int contains(const char *path, const char *needle) {
-    char *d = NULL;
-    size_t n = 0;
-    int yes = !rlhf_read_file(path, &d, &n, NULL) && strstr(d, needle);
-    if (!yes) fprintf(stderr, "\n%s lacks \"%s\"; it holds:\n%s\n", path, needle, d ? d : "(nothing)");
-    free(d);
-    return yes;
 }
 
 static void test_two_updaters(void) {
@@ -57,22 +43,22 @@ static void test_two_updaters(void) {
     test_proc_opts o = {.out = out, .err = out};
     const char *a[] = {"run", cfg, "--quiet", NULL};
     CU_ASSERT_EQUAL_FATAL(test_proc_run_args(g_rlhf, g_rlhf, a, &o, 180), 0);
-    CU_ASSERT(contains(out, "2 updaters (data-parallel, MPI)"));
+    CU_ASSERT(e2e_contains(out, "2 updaters (data-parallel, MPI)"));
     snprintf(log, sizeof log, "%s/logs/updater.log", run);
-    CU_ASSERT(contains(log, "updater: rank 0 of 2 data-parallel updaters (MPI)"));
-    CU_ASSERT(contains(log, "updater rank 1: stopped with rank 0 after its step "));
+    CU_ASSERT(e2e_contains(log, "updater: rank 0 of 2 data-parallel updaters (MPI)"));
+    CU_ASSERT(e2e_contains(log, "updater rank 1: stopped with rank 0 after its step "));
     CU_ASSERT_EQUAL(latest_ckpt(run), 6);
     char m[300];
     snprintf(m, sizeof m, "%s/metrics.jsonl", run);
     for (int s = 1; s <= 6; s++) {
         char want[32];
         snprintf(want, sizeof want, "{\"step\":%d,", s);
-        CU_ASSERT(contains(m, want));
+        CU_ASSERT(e2e_contains(m, want));
     }
     const char *b[] = {"run", "--resume", run, "--quiet", "--set", "rl.steps=8", NULL};
     CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, b, &o, 180), 0);
     CU_ASSERT_EQUAL(latest_ckpt(run), 8);
-    CU_ASSERT(contains(log, "resumed at step 6"));
+    CU_ASSERT(e2e_contains(log, "resumed at step 6"));
 }
 
 void e2e_register_dist_run(void);

@@ -25,12 +25,7 @@
 static char g_dir[64];
 static char g_rlhf[1024];
 
-static int suite_init(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_evald_XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf) || access(g_rlhf, X_OK) != 0) return -1;
-    return e2e_write_prompts(g_dir);
-}
+static int suite_init(void) { return e2e_suite_dir("evald", g_dir, sizeof g_dir, g_rlhf, sizeof g_rlhf); }
 
 static int suite_cleanup(void) {
     if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
@@ -40,20 +35,6 @@ static int suite_cleanup(void) {
 static int run_cmd(const char *out_path, const char *const *args, double timeout) {
     test_proc_opts o = {.out = out_path, .err = out_path};
     return test_proc_run_args(g_rlhf, g_rlhf, args, &o, timeout);
-}
-
-static char *slurp(const char *path) {
-    char *d = NULL;
-    size_t n = 0;
-    if (rlhf_read_file(path, &d, &n, NULL)) return NULL;
-    return d;
-}
-
-static int contains(const char *path, const char *needle) {
-    char *d = slurp(path);
-    int yes = d && strstr(d, needle);
-    free(d);
-    return yes;
 }
 
 /* The easy task with held-out prompts (the same 16) and the given extra top-level sections. */
@@ -93,12 +74,12 @@ static void test_during_training(void) {
     const char *a[] = {"run", cfg, NULL};
     int rc = run_cmd(out, a, 180);
     CU_ASSERT_EQUAL_FATAL(rc, 0);
-    CU_ASSERT(contains(out, "[rlhf run] held-out eval of step 2: pass rate "));
-    CU_ASSERT(contains(out, "[rlhf run] held-out eval of step 6: pass rate "));
-    CU_ASSERT(contains(out, "[rlhf run] best held-out pass rate: "));
+    CU_ASSERT(e2e_contains(out, "[rlhf run] held-out eval of step 2: pass rate "));
+    CU_ASSERT(e2e_contains(out, "[rlhf run] held-out eval of step 6: pass rate "));
+    CU_ASSERT(e2e_contains(out, "[rlhf run] best held-out pass rate: "));
     /* eval.jsonl: steps 2, 4, 6 once each; the best by the documented order, computed here */
     snprintf(p, sizeof p, "%s/eval.jsonl", run);
-    char *txt = slurp(p);
+    char *txt = e2e_slurp(p);
     CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
     long steps[8], best = -1;
     double pass[8], rmean[8], best_pass = -1, best_r = -1;
@@ -137,7 +118,7 @@ static void test_during_training(void) {
     snprintf(out2, sizeof out2, "%s/best.out", g_dir);
     const char *b[] = {"eval", run, "--checkpoint", "best", "--threads", "1", NULL};
     CU_ASSERT_EQUAL_FATAL(run_cmd(out2, b, 60), 0);
-    char *o = slurp(out2);
+    char *o = e2e_slurp(out2);
     json_t *j = o ? json_loads(o, 0, NULL) : NULL;
     CU_ASSERT_PTR_NOT_NULL_FATAL(j);
     char want[128];
@@ -149,7 +130,7 @@ static void test_during_training(void) {
     /* --record compares like with like: the sampling options are refused */
     const char *c[] = {"eval", run, "--record", "--temperature", "1", NULL};
     CU_ASSERT_EQUAL(run_cmd(out2, c, 30), 2);
-    CU_ASSERT(contains(out2, "--record takes RUN_DIR, --checkpoint and --threads only"));
+    CU_ASSERT(e2e_contains(out2, "--record takes RUN_DIR, --checkpoint and --threads only"));
 }
 
 static void test_refusals(void) {
@@ -162,18 +143,18 @@ static void test_refusals(void) {
     CU_ASSERT_EQUAL_FATAL(run_cmd(out, a, 120), 0);
     const char *b[] = {"eval", run, "--checkpoint", "best", "--split", "train", NULL};
     CU_ASSERT_EQUAL(run_cmd(out, b, 30), 1);
-    CU_ASSERT(contains(out, "no checkpoint of "));
-    CU_ASSERT(contains(out, "eval.every in the config evaluates during training"));
+    CU_ASSERT(e2e_contains(out, "no checkpoint of "));
+    CU_ASSERT(e2e_contains(out, "eval.every in the config evaluates during training"));
     /* before start: eval.every without held-out prompts, and not a multiple of checkpoint_every */
     snprintf(cfg, sizeof cfg, "%s/bad.json", g_dir);
     write_cfg(cfg, "bad", "", ",\n \"eval\":{\"every\":2}");
     const char *c[] = {"run", cfg, "--quiet", NULL};
     CU_ASSERT_EQUAL(run_cmd(out, c, 30), RLHF_EXIT_CONFIG);
-    CU_ASSERT(contains(out, "bad.json: eval.every: needs task.eval"));
+    CU_ASSERT(e2e_contains(out, "bad.json: eval.every: needs task.eval"));
     write_cfg(cfg, "bad", ",\"eval\":\"prompts.jsonl\"", ",\n \"eval\":{\"every\":3}");
     const char *d[] = {"run", cfg, "--quiet", "--set", "rl.checkpoint_every=2", NULL};
     CU_ASSERT_EQUAL(run_cmd(out, d, 30), RLHF_EXIT_CONFIG);
-    CU_ASSERT(contains(out, "eval.every: must be a multiple of rl.checkpoint_every (2)"));
+    CU_ASSERT(e2e_contains(out, "eval.every: must be a multiple of rl.checkpoint_every (2)"));
 }
 
 void e2e_register_eval_during(void);

@@ -26,12 +26,7 @@
 static char g_dir[64];
 static char g_rlhf[1024];
 
-static int suite_init(void) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_remote_XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    if (test_bin_path("rlhf", g_rlhf, sizeof g_rlhf) || access(g_rlhf, X_OK) != 0) return -1;
-    return e2e_write_prompts(g_dir);
-}
+static int suite_init(void) { return e2e_suite_dir("remote", g_dir, sizeof g_dir, g_rlhf, sizeof g_rlhf); }
 
 static int suite_cleanup(void) {
     if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
@@ -47,13 +42,6 @@ static int free_port(void) {
         port = ntohs(a.sin_port);
     if (fd >= 0) close(fd);
     return port;
-}
-
-static char *slurp(const char *path) {
-    char *d = NULL;
-    size_t n = 0;
-    if (rlhf_read_file(path, &d, &n, NULL)) return NULL;
-    return d;
 }
 
 static void test_joins_over_curve(void) {
@@ -93,7 +81,7 @@ static void test_joins_over_curve(void) {
     CU_ASSERT_EQUAL_FATAL(test_proc_run_args(g_rlhf, g_rlhf, c, &oc, 30), 0);
     char p[400];
     snprintf(p, sizeof p, "%s/broker.key", creds_out);
-    char *bk = slurp(p);
+    char *bk = e2e_slurp(p);
     CU_ASSERT_PTR_NOT_NULL(bk);
     CU_ASSERT(bk && strstr(bk, "public=") && !strstr(bk, "secret=")); /* the broker's public key only */
     free(bk);
@@ -105,7 +93,7 @@ static void test_joins_over_curve(void) {
     CU_ASSERT_EQUAL_FATAL(mkdir(other, 0755), 0);
     snprintf(ocfg, sizeof ocfg, "%s/config.json", other);
     snprintf(p, sizeof p, "%s/config.json", run);
-    char *rc_txt = slurp(p);
+    char *rc_txt = e2e_slurp(p);
     CU_ASSERT_PTR_NOT_NULL_FATAL(rc_txt);
     CU_ASSERT_EQUAL_FATAL(write_text(ocfg, rc_txt), 0);
     free(rc_txt);
@@ -117,12 +105,12 @@ static void test_joins_over_curve(void) {
     int st_l = test_proc_wait(launcher, 240);
     CU_ASSERT_EQUAL(st_l, 0);
     if (waitpid(gen, NULL, WNOHANG) == 0) test_proc_stop(gen, 10);
-    char *gl = slurp(gout);
+    char *gl = e2e_slurp(gout);
     CU_ASSERT(gl && strstr(gl, "generator-7.") && strstr(gl, "connected to tcp://127.0.0.1:"));
     free(gl);
     /* groups of generator 7 were trained on */
     snprintf(p, sizeof p, "%s/scores.jsonl", run);
-    char *sc = slurp(p);
+    char *sc = e2e_slurp(p);
     CU_ASSERT_PTR_NOT_NULL_FATAL(sc);
     int from7 = 0, trained7 = 0;
     for (char *l = strstr(sc, "\"generator\":\"generator-7."); l; l = strstr(l + 1, "\"generator\":\"generator-7.")) {

@@ -49,21 +49,6 @@ static int run_cmd(const char *out_path, const char *const *args, double timeout
     return test_proc_run_args(g_rlhf, g_rlhf, args, &o, timeout);
 }
 
-static char *slurp(const char *path) {
-    char *d = NULL;
-    size_t n = 0;
-    if (rlhf_read_file(path, &d, &n, NULL)) return NULL;
-    return d;
-}
-
-static int contains(const char *path, const char *needle) {
-    char *d = slurp(path);
-    int yes = d && strstr(d, needle);
-    if (!yes) fprintf(stderr, "\n%s lacks \"%s\"; it holds:\n%s\n", path, needle, d ? d : "(nothing)");
-    free(d);
-    return yes;
-}
-
 /* One recorded run of the easy task (8 steps), shared by the tests. */
 static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_rtool_XXXXXX");
@@ -115,22 +100,22 @@ static void test_other_model(void) {
     snprintf(set, sizeof set, "model.base_checkpoint=%s", other);
     const char *e1[] = {"--set", set, NULL};
     CU_ASSERT_EQUAL(replay("other", out, e1), 1);
-    CU_ASSERT(contains(out, "the log was sampled from another model than this config's base (weights "));
-    CU_ASSERT(contains(out, "--allow-other-model trains on it anyway"));
+    CU_ASSERT(e2e_contains(out, "the log was sampled from another model than this config's base (weights "));
+    CU_ASSERT(e2e_contains(out, "--allow-other-model trains on it anyway"));
     snprintf(ck, sizeof ck, "%s/other/checkpoints", g_dir);
     CU_ASSERT(access(ck, F_OK) != 0);
     const char *e2[] = {"--set", set, "--allow-other-model", NULL};
     CU_ASSERT_EQUAL(replay("other2", out, e2), 0);
-    CU_ASSERT(contains(out, "warning: step 1 on another model's log: is_ratio/mean "));
+    CU_ASSERT(e2e_contains(out, "warning: step 1 on another model's log: is_ratio/mean "));
     /* each version's weights are compared with the live run's (weights_hash in metrics.jsonl) */
-    CU_ASSERT(contains(out, "warning: the weights after step 1 differ from the live run's (weights_hash "));
+    CU_ASSERT(e2e_contains(out, "warning: the weights after step 1 differ from the live run's (weights_hash "));
     snprintf(ck, sizeof ck, "%s/other2/checkpoints/step_8/model.safetensors", g_dir);
     CU_ASSERT(access(ck, F_OK) == 0);
 }
 
 /* every "staleness/min" of a metrics file is >= 0; the number of lines */
 static int staleness_never_negative(const char *metrics, int *lines) {
-    char *txt = slurp(metrics);
+    char *txt = e2e_slurp(metrics);
     int ok = txt != NULL;
     *lines = 0;
     char *save = NULL;
@@ -151,16 +136,16 @@ static void test_config_diffs(void) {
     snprintf(out, sizeof out, "%s/diff.out", g_dir);
     const char *k[] = {"--set", "rl.k=8", NULL};
     CU_ASSERT_EQUAL(replay("k", out, k), 2);
-    CU_ASSERT(contains(out, "rl.k: 8 here, 4 in the recording"));
-    CU_ASSERT(contains(out, "cannot change at replay: it decided how the log's samples were drawn"));
+    CU_ASSERT(e2e_contains(out, "rl.k: 8 here, 4 in the recording"));
+    CU_ASSERT(e2e_contains(out, "cannot change at replay: it decided how the log's samples were drawn"));
     const char *t[] = {"--set", "generators.temperature=0.5", NULL};
     CU_ASSERT_EQUAL(replay("t", out, t), 2);
-    CU_ASSERT(contains(out, "generators.temperature: 0.5 here, 1.0 in the recording"));
+    CU_ASSERT(e2e_contains(out, "generators.temperature: 0.5 here, 1.0 in the recording"));
     const char *p[] = {"--set", "rl.prompts_per_step=16", "--set", "rl.lr=0.02", "--set", "rl.steps=50", NULL};
     CU_ASSERT_EQUAL(replay("pps", out, p), 0);
-    CU_ASSERT(contains(out, "rl.lr: 0.02 (recorded 0.01): trains with this value"));
-    CU_ASSERT(contains(out, "rl.prompts_per_step: 16 (recorded 4): changes which groups train together"));
-    CU_ASSERT(contains(out, "rlhf replay: rewards: recorded ("));
+    CU_ASSERT(e2e_contains(out, "rl.lr: 0.02 (recorded 0.01): trains with this value"));
+    CU_ASSERT(e2e_contains(out, "rl.prompts_per_step: 16 (recorded 4): changes which groups train together"));
+    CU_ASSERT(e2e_contains(out, "rlhf replay: rewards: recorded ("));
     int lines = 0;
     snprintf(m, sizeof m, "%s/pps/metrics.jsonl", g_dir);
     CU_ASSERT(staleness_never_negative(m, &lines));
@@ -185,22 +170,22 @@ static void test_rewards(void) {
     snprintf(out, sizeof out, "%s/rewards.out", g_dir);
     snprintf(live, sizeof live, "%s/checkpoints/step_8/model.safetensors", g_run);
     CU_ASSERT_EQUAL(replay("recorded", out, NULL), 0);
-    CU_ASSERT(contains(out, "rlhf replay: rewards: recorded ("));
-    CU_ASSERT(contains(out, "rlhf replay: the weights of all 8 versions compared are the live run's, bit for bit"));
+    CU_ASSERT(e2e_contains(out, "rlhf replay: rewards: recorded ("));
+    CU_ASSERT(e2e_contains(out, "rlhf replay: the weights of all 8 versions compared are the live run's, bit for bit"));
     snprintf(rep, sizeof rep, "%s/recorded/checkpoints/step_8/model.safetensors", g_dir);
     CU_ASSERT(same_file(live, rep));
     const char *rc[] = {"--rewards", "recompute", NULL};
     CU_ASSERT_EQUAL(replay("recomputed", out, rc), 0);
-    CU_ASSERT(contains(out, "rlhf replay: rewards: recomputed with the config's sources (--rewards recompute)"));
+    CU_ASSERT(e2e_contains(out, "rlhf replay: rewards: recomputed with the config's sources (--rewards recompute)"));
     snprintf(rep, sizeof rep, "%s/recomputed/checkpoints/step_8/model.safetensors", g_dir);
     CU_ASSERT(same_file(live, rep));
     const char *ch[] = {"--rewards", "recorded", "--set", "rewards=[{\"type\":\"regex\",\"pattern\":\"[0-9]\"}]", NULL};
     CU_ASSERT_EQUAL(replay("changed", out, ch), 1);
-    CU_ASSERT(contains(out, "the config's rewards differ from the recording's"));
+    CU_ASSERT(e2e_contains(out, "the config's rewards differ from the recording's"));
     const char *more[] = {"--set", "rl.steps=50", NULL};
     CU_ASSERT_EQUAL(replay("more", out, more), 0);
-    CU_ASSERT(contains(out, "groups had no recorded rewards (the live updater never got them)"));
-    CU_ASSERT(contains(out, "rlhf replay: the log ran out at step "));
+    CU_ASSERT(e2e_contains(out, "groups had no recorded rewards (the live updater never got them)"));
+    CU_ASSERT(e2e_contains(out, "rlhf replay: the log ran out at step "));
 }
 
 static void test_info_export(void) {
@@ -215,7 +200,7 @@ static void test_info_export(void) {
     CU_ASSERT_PTR_NOT_NULL_FATAL(info);
     /* scores.jsonl, counted here: groups consumed, and those of steps 3..4 */
     snprintf(sc, sizeof sc, "%s/scores.jsonl", g_run);
-    char *txt = slurp(sc);
+    char *txt = e2e_slurp(sc);
     CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
     long consumed = 0, in_3_4 = 0;
     char *save = NULL;
@@ -245,7 +230,7 @@ static void test_info_export(void) {
     int rc = system(cmd);
     CU_ASSERT_EQUAL(rc, 0);
     if (rc) {
-        char *m = slurp(out);
+        char *m = e2e_slurp(out);
         fprintf(stderr, "replay_export_check: %s\n", m ? m : "");
         free(m);
     }
@@ -253,7 +238,7 @@ static void test_info_export(void) {
     snprintf(exp, sizeof exp, "%s/s34.jsonl", g_dir);
     const char *c[] = {"replay-export", g_log, "--jsonl", exp, "--steps", "3:4", NULL};
     CU_ASSERT_EQUAL_FATAL(run_cmd(out, c, 60), 0);
-    txt = slurp(exp);
+    txt = e2e_slurp(exp);
     CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
     long rows = 0;
     int in_range = 1;
@@ -270,7 +255,7 @@ static void test_info_export(void) {
     CU_ASSERT_EQUAL(rows, 4 * in_3_4);
     const char *d[] = {"replay-export", g_log, "--jsonl", exp, "--steps", "4:3", NULL};
     CU_ASSERT_EQUAL(run_cmd(out, d, 60), 2);
-    CU_ASSERT(contains(out, "--steps: expected A:B"));
+    CU_ASSERT(e2e_contains(out, "--steps: expected A:B"));
 }
 
 static void test_ranges_resume(void) {
@@ -278,7 +263,7 @@ static void test_ranges_resume(void) {
     snprintf(out, sizeof out, "%s/ranges.out", g_dir);
     const char *r58[] = {"--steps", "5:8", NULL};
     CU_ASSERT_EQUAL_FATAL(replay("r58", out, r58), 0);
-    CU_ASSERT(contains(out, "from the live run's checkpoint step_4"));
+    CU_ASSERT(e2e_contains(out, "from the live run's checkpoint step_4"));
     for (int f = 0; f < 2; f++) {
         const char *file = f ? "optimizer.safetensors" : "model.safetensors";
         snprintf(a, sizeof a, "%s/checkpoints/step_8/%s", g_run, file);
@@ -287,14 +272,14 @@ static void test_ranges_resume(void) {
     }
     const char *r28[] = {"--steps", "2:8", NULL};
     CU_ASSERT_EQUAL(replay("r28", out, r28), 1);
-    CU_ASSERT(contains(out, "starting at step 2 needs the live run's checkpoint step_1"));
+    CU_ASSERT(e2e_contains(out, "starting at step 2 needs the live run's checkpoint step_1"));
     /* stopped at 3, resumed to 8 */
     const char *s3[] = {"--set", "rl.steps=3", NULL};
     CU_ASSERT_EQUAL_FATAL(replay("part", out, s3), 0);
     snprintf(dir, sizeof dir, "%s/part", g_dir);
     const char *res[] = {"replay", "--resume", dir, "--threads", "1", "--set", "rl.steps=8", NULL};
     CU_ASSERT_EQUAL_FATAL(run_cmd(out, res, 120), 0);
-    CU_ASSERT(contains(out, "rlhf replay: resuming "));
+    CU_ASSERT(e2e_contains(out, "rlhf replay: resuming "));
     for (int f = 0; f < 2; f++) {
         const char *file = f ? "optimizer.safetensors" : "model.safetensors";
         snprintf(a, sizeof a, "%s/recorded/checkpoints/step_8/%s", g_dir, file); /* test_rewards' whole replay */
@@ -303,7 +288,7 @@ static void test_ranges_resume(void) {
     }
     /* metrics: steps 1..8 once each */
     snprintf(a, sizeof a, "%s/part/metrics.jsonl", g_dir);
-    char *txt = slurp(a);
+    char *txt = e2e_slurp(a);
     int n = 0, in_order = 1;
     char *save = NULL;
     for (char *l = txt ? strtok_r(txt, "\n", &save) : NULL; l; l = strtok_r(NULL, "\n", &save)) {
@@ -325,7 +310,7 @@ static void test_merge(void) {
     const char *a[] = {"replay-merge", g_log, g_log, "-o", merged, NULL};
     CU_ASSERT_EQUAL_FATAL(run_cmd(out, a, 60), 0);
     CU_ASSERT_EQUAL(run_cmd(out, a, 60), 1); /* exists */
-    CU_ASSERT(contains(out, "exists; choose a new name"));
+    CU_ASSERT(e2e_contains(out, "exists; choose a new name"));
     /* the records, read back: the first half as recorded, the second rebased */
     char info[256];
     snprintf(info, sizeof info, "%s/orig.json", g_dir);
@@ -350,8 +335,8 @@ static void test_merge(void) {
     snprintf(dir, sizeof dir, "%s/mreplay", g_dir);
     const char *r[] = {"replay", merged, "--config", g_cfg, "--out", dir, "--threads", "1", "--set", "rl.steps=100", NULL};
     CU_ASSERT_EQUAL_FATAL(run_cmd(out, r, 120), 0);
-    CU_ASSERT(contains(out, "staleness is measured on the log's own versions"));
-    CU_ASSERT(contains(out, "rlhf replay: rewards: recomputed"));
+    CU_ASSERT(e2e_contains(out, "staleness is measured on the log's own versions"));
+    CU_ASSERT(e2e_contains(out, "rlhf replay: rewards: recomputed"));
     int lines = 0;
     snprintf(m, sizeof m, "%s/metrics.jsonl", dir);
     CU_ASSERT(staleness_never_negative(m, &lines));
@@ -365,14 +350,14 @@ static void test_resume_live(void) {
     CU_ASSERT_EQUAL_FATAL(replay("tolive", out, NULL), 0);
     const char *a[] = {"run", "--resume", dir, "--quiet", "--set", "rl.steps=10", NULL};
     CU_ASSERT_EQUAL(run_cmd(out, a, 60), 2);
-    CU_ASSERT(contains(out, "the output of `rlhf replay` of "));
+    CU_ASSERT(e2e_contains(out, "the output of `rlhf replay` of "));
     CU_ASSERT(latest_ckpt(dir) == 8);
     const char *b[] = {"run", "--resume", dir, "--quiet", "--set", "rl.steps=10", "--continue-live", NULL};
     CU_ASSERT_EQUAL(run_cmd(out, b, 120), 0);
     CU_ASSERT(latest_ckpt(dir) == 10);
     char m[300];
     snprintf(m, sizeof m, "%s/metrics.jsonl", dir);
-    char *txt = slurp(m);
+    char *txt = e2e_slurp(m);
     CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
     int n_replayed = 0, n_live = 0;
     char *save = NULL;
