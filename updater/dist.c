@@ -5,7 +5,7 @@
  * ranks 1..U-1 are followers that hold the same policy and optimizer. Each step rank 0 broadcasts the
  * step's scored groups (what the RL step reads of them: tokens, behaviour log-probs, totals, which
  * samples were scored), every rank runs the forward/backward passes of its share of the
- * micro-batches, the gradients and the step's statistics are summed across ranks, and every rank takes
+ * samples (an equal split), the gradients and the step's statistics are summed across ranks, and every rank takes
  * the same AdamW step on the same summed gradient — so their weights stay identical without ever
  * being sent.
  *

@@ -185,7 +185,8 @@ int updater_policy_follow(policy_state *ps, rlhf_error *err) {
 static int train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, rlhf_error *err) {
     const run_config *cfg = ps->cfg;
     double t0 = rlhf_now();
-    /* data parallelism: micro-batch i is this rank's when i mod U == rank; sums over ranks follow */
+    /* data parallelism: this rank's share is the samples [s_lo, s_hi) — an equal split by sample, in
+     * micro-batches of its own; sums over ranks follow */
     const int U = updater_dist_size(ps->dist), rank = updater_dist_rank(ps->dist);
     int k_max = 0, S = 0;
     /* a sample no reward source scored is not trained: it has no reward (not a 0), so it is neither in
@@ -213,6 +214,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         goto done;
     }
     long n_tok_total = 0;
+    const int s_lo = (int)((long)S * rank / U), s_hi = (int)((long)S * (rank + 1) / U); // this rank's samples
     {
         int s = 0;
         for (int g = 0; g < n; g++) {
@@ -236,9 +238,8 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     /* 1. KL penalty against the reference model */
     double kl_sum = 0;
     if (ps->ref) {
-        for (int s0 = 0; s0 < S; s0 += MB) {
-            if ((s0 / MB) % U != rank) continue;
-            int B = S - s0 < MB ? S - s0 : MB;
+        for (int s0 = s_lo; s0 < s_hi; s0 += MB) {
+            int B = s_hi - s0 < MB ? s_hi - s0 : MB;
             int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
             if ((rc = model_forward(ps->ref_tr, tokens, targets, B, T, err))) goto done;
             rl_kl_penalty(kl + s0, logmu, model_trainer_logprobs(ps->ref_tr), mask, B, T);
@@ -265,9 +266,8 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     double loss = 0, ratio_sum = 0, ratio_max = 0, clip_sum = 0, ent_sum = 0;
     long ntok = 0;
     model_trainer_zero_grad(ps->tr);
-    for (int s0 = 0; s0 < S; s0 += MB) {
-        if ((s0 / MB) % U != rank) continue;
-        int B = S - s0 < MB ? S - s0 : MB;
+    for (int s0 = s_lo; s0 < s_hi; s0 += MB) {
+        int B = s_hi - s0 < MB ? s_hi - s0 : MB;
         int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
         if ((rc = model_forward(ps->tr, tokens, targets, B, T, err))) goto done;
         const float *logp = model_trainer_logprobs(ps->tr); // (B, T)

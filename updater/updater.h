@@ -189,7 +189,7 @@ int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, js
  *
  * Under `mpirun -np U` (the launcher does it for updaters.count = U) rank 0 is the updater; ranks
  * 1..U-1 follow (updater_policy_follow). updater_policy_train_step on rank 0 broadcasts the step's
- * groups; every rank runs its share of the micro-batches (micro-batch i on rank i mod U) and the
+ * groups; every rank runs its share of the samples (an equal split, in micro-batches) and the
  * gradient and statistics are summed in rank order before the identical AdamW step. */
 /* MPI_Init when started by mpirun with more than one rank, else a single-rank no-op object. */
 int updater_dist_create(updater_dist **out, rlhf_error *err);

@@ -1,9 +1,11 @@
 /* tests/updater/test_dist.c — data-parallel updaters over MPI (updater/dist.c), with real mpirun ranks:
  *
- *   matches_single: 3 RL steps (PPO-clip, KL penalty, three micro-batches) on fixed data give, on 2 and
- *                   on 3 ranks, the weights of a single updater to within 1e-6 (the partial gradient
- *                   sums are added in another order, so the last bits differ) and the same token counts
- *                   and statistics to 1e-6 relative;
+ *   matches_single: 3 RL steps (PPO-clip, KL penalty, 40 samples: micro-batches of 16) on fixed data
+ *                   give, on 2 and on 3 ranks, the weights of a single updater to within 1e-5 while the
+ *                   steps move them by 1e-2 (the partial gradient sums are added in another order and
+ *                   the micro-batches are cut elsewhere, so the last bits differ; a rank's share lost
+ *                   or counted twice shows in grad_norm), and the same token counts and statistics
+ *                   (loss, grad_norm, ratios, entropy, KL) to 1e-6 relative;
  *   reproducible:   two runs on 2 ranks give byte-identical weights (the sums go in rank order);
  *   pack_roundtrip: a step's groups packed for the broadcast and unpacked are what the step reads. */
 #include <CUnit/CUnit.h>
@@ -119,8 +121,9 @@ static void test_matches_single(void) {
     CU_ASSERT_EQUAL_FATAL(run_check("two", 2), 0);
     CU_ASSERT_EQUAL_FATAL(run_check("three", 3), 0);
     double d2 = max_weight_diff("single", "two"), d3 = max_weight_diff("single", "three");
-    CU_ASSERT(d2 >= 0 && d2 < 1e-6);
-    CU_ASSERT(d3 >= 0 && d3 < 1e-6);
+    CU_ASSERT(d2 >= 0 && d2 < 1e-5);
+    CU_ASSERT(d3 >= 0 && d3 < 1e-5);
+    if (d2 >= 1e-5 || d3 >= 1e-5) fprintf(stderr, "\nmax |w - w(1 rank)|: 2 ranks %g, 3 ranks %g\n", d2, d3);
     same_stats("single", "two");
     same_stats("single", "three");
 }
