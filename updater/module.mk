@@ -16,3 +16,7 @@ MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null || echo -I/usr/lib/x86_
 MPI_LIBS   := $(shell mpicc --showme:link 2>/dev/null || echo -L/usr/lib/x86_64-linux-gnu/openmpi/lib -lmpi)
 $(BUILD)/obj/updater/dist.o: CFLAGS += $(MPI_CFLAGS)
 LDLIBS += $(MPI_LIBS)
+# the gradient sum's bandwidth on this host (run under mpirun: bench/bench_dist_updaters.sh)
+BENCHES += bench_dist_allreduce
+bench_dist_allreduce_SRCS = bench/bench_dist_allreduce.c
+$(BUILD)/obj/bench/bench_dist_allreduce.o: CFLAGS += $(MPI_CFLAGS)
