@@ -333,8 +333,7 @@ int cmd_replay(int argc, char **argv) {
     if (steps_range && first_step > 1) {
         /* the live run's state before step A: its checkpoint, and the groups it had consumed by then */
         char live_dir[1100];
-        snprintf(live_dir, sizeof live_dir, "%.*s", (int)(strrchr(log_path, '/') ? strrchr(log_path, '/') - log_path : 1),
-                 strrchr(log_path, '/') ? log_path : ".");
+        cmd_replay_dir_of(log_path, live_dir, sizeof live_dir);
         json_t *extra = NULL;
         if ((rc = updater_checkpoint_load_step(&u.ps, live_dir, (int)first_step - 1, &extra, &err)) < 0) {
             char why[900];
@@ -410,7 +409,7 @@ int cmd_replay(int argc, char **argv) {
         }
         if (!rc) {
             char key[600];
-            snprintf(key, sizeof key, "%s\t%llu", g.generator_id ? g.generator_id : "", (unsigned long long)g.seq);
+            cmd_replay_group_key(key, sizeof key, g.generator_id, g.seq);
             json_object_set_new(log_index, key, json_integer(n_records));
             positions[n_records] = pos;
         }

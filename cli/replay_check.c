@@ -17,17 +17,20 @@
 
 #include "cli/replay_int.h"
 
-/* The folder of a path ("." when it has none). */
-static void dir_of(const char *path, char *out, size_t cap) {
+void cmd_replay_dir_of(const char *path, char *out, size_t cap) {
     const char *slash = strrchr(path, '/');
     if (!slash) snprintf(out, cap, ".");
     else snprintf(out, cap, "%.*s", (int)(slash - path), path);
 }
 
+void cmd_replay_group_key(char *out, size_t cap, const char *generator_id, uint64_t seq) {
+    snprintf(out, cap, "%s\t%llu", generator_id ? generator_id : "", (unsigned long long)seq);
+}
+
 int cmd_replay_check_model(const char *log_path, const policy_state *ps, int allow_other, int *other, rlhf_error *err) {
     char dir[2048], path[2200];
     *other = 0;
-    dir_of(log_path, dir, sizeof dir);
+    cmd_replay_dir_of(log_path, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/%s", dir, RUN_MODEL_IDENTITY_FILE);
     json_t *rec = json_load_file(path, 0, NULL);
     if (!rec) {
@@ -122,7 +125,7 @@ int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *us
     *use_recorded_clock = 0;
     *n_differ = -1; /* unknown */
     *rewards_changed = 1; /* unknown: as if changed */
-    dir_of(log_path, dir, sizeof dir);
+    cmd_replay_dir_of(log_path, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_t *rec_doc = json_load_file(path, 0, NULL);
     if (!rec_doc) {
@@ -179,13 +182,9 @@ int cmd_replay_check_config(const char *log_path, const run_config *cfg, int *us
     return rc;
 }
 
-static void score_key(char *out, size_t cap, const char *gen, unsigned long long seq) {
-    snprintf(out, cap, "%s\t%llu", gen, seq);
-}
-
 json_t *cmd_replay_load_scores(const char *log_path, long *n_lines) {
     char dir[2048], path[2200];
-    dir_of(log_path, dir, sizeof dir);
+    cmd_replay_dir_of(log_path, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/%s", dir, UPDATER_SCORES_FILE);
     *n_lines = 0;
     FILE *f = fopen(path, "r");
@@ -200,7 +199,7 @@ json_t *cmd_replay_load_scores(const char *log_path, long *n_lines) {
         const char *gen = json_string_value(json_object_get(o, "generator"));
         if (gen && json_is_integer(json_object_get(o, "seq"))) {
             char key[600];
-            score_key(key, sizeof key, gen, (unsigned long long)json_integer_value(json_object_get(o, "seq")));
+            cmd_replay_group_key(key, sizeof key, gen, (uint64_t)json_integer_value(json_object_get(o, "seq")));
             json_object_set_new(o, "_line", json_integer(*n_lines)); /* the live updater's order */
             json_object_set(all, key, o);
             (*n_lines)++;
@@ -214,7 +213,7 @@ json_t *cmd_replay_load_scores(const char *log_path, long *n_lines) {
 
 int cmd_replay_recorded_scores(json_t *scores, scored_group *sg, const char *const *names, int n_sources) {
     char key[600];
-    score_key(key, sizeof key, sg->g.generator_id ? sg->g.generator_id : "", (unsigned long long)sg->g.seq);
+    cmd_replay_group_key(key, sizeof key, sg->g.generator_id, sg->g.seq);
     json_t *o = json_object_get(scores, key);
     json_t *tot = json_object_get(o, "total"), *rw = json_object_get(o, "rewards");
     uint32_t k = sg->g.k;
@@ -291,7 +290,7 @@ long *cmd_replay_live_order(json_t *scores, json_t *log_index, long n_records, l
 
 long cmd_replay_recorded_hashes(const char *log_path, char (**hashes)[17]) {
     char dir[2048], path[2200];
-    dir_of(log_path, dir, sizeof dir);
+    cmd_replay_dir_of(log_path, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     *hashes = NULL;
     FILE *f = fopen(path, "r");

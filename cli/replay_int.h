@@ -6,6 +6,11 @@
 #include "run/run.h"
 #include "updater/updater.h"
 
+/* The folder of a path ("." when it has none): where a log's run directory files are. */
+void cmd_replay_dir_of(const char *path, char *out, size_t cap);
+/* "GENERATOR\tSEQ": the key that names one rollout group across the log, scores.jsonl and the replay. */
+void cmd_replay_group_key(char *out, size_t cap, const char *generator_id, uint64_t seq);
+
 /* The base model of ps against the identity recorded beside the log (LOG_DIR/model_identity.json).
  * A different one: an error naming both, or with allow_other a warning and *other = 1. A log without
  * a recorded identity: a warning, 0. */

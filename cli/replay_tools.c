@@ -23,16 +23,10 @@
 #include "broker/broker.h"
 #include "cli/replay_int.h"
 
-static void dir_of(const char *path, char *out, size_t cap) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(out, cap, ".");
-    else snprintf(out, cap, "%.*s", (int)(slash - path), path);
-}
-
 /* The recorded rewards of a group (scores.jsonl line) or NULL. */
 static json_t *recorded(json_t *scores, const wire_rollout_group *g) {
     char key[600];
-    snprintf(key, sizeof key, "%s\t%llu", g->generator_id ? g->generator_id : "", (unsigned long long)g->seq);
+    cmd_replay_group_key(key, sizeof key, g->generator_id, g->seq);
     return json_object_get(scores, key);
 }
 
@@ -41,7 +35,7 @@ static json_t *recorded(json_t *scores, const wire_rollout_group *g) {
  * step's groups, against which it measured their staleness). NULL when there is none. */
 static long *versions_by_step(const char *log_path, long *n_steps) {
     char dir[2048], path[2200];
-    dir_of(log_path, dir, sizeof dir);
+    cmd_replay_dir_of(log_path, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     *n_steps = 0;
     FILE *f = fopen(path, "r");
@@ -186,7 +180,7 @@ int cmd_replay_info(int argc, char **argv) {
         bytes += st.st_size;
     }
     char dir[2048], p[2200];
-    dir_of(log_path, dir, sizeof dir);
+    cmd_replay_dir_of(log_path, dir, sizeof dir);
     snprintf(p, sizeof p, "%s/%s", dir, RUN_MODEL_IDENTITY_FILE);
     json_t *ident = json_load_file(p, 0, NULL);
     snprintf(p, sizeof p, "%s/config.json", dir);
