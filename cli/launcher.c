@@ -83,12 +83,7 @@ static int spawn(child *c, const char *run_dir, rlhf_error *err) {
         if (c->mpi_ranks > 1) {
             /* data-parallel updaters: mpirun starts the ranks on this host. Root is allowed (containers,
              * CI); shared memory between the ranks; no network probing; more ranks than cores is fine */
-            setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-            setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-            setenv("OMPI_MCA_btl", "self,vader", 1);
-            setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-            setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
-            setenv("OMPI_MCA_hwloc_base_binding_policy", "none", 1);
+            run_mpirun_env();
             execvp("mpirun", c->argv);
             fprintf(stderr, "exec mpirun: %s (updaters.count > 1 needs openmpi-bin)\n", strerror(errno));
             _exit(127);

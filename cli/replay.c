@@ -9,6 +9,7 @@
  * another model is an error naming the log and the record. Damaged records (bad length or CRC) are
  * listed (count, segment and offset) before training; without --skip-corrupt that is an error (exit
  * 1), with it training uses every valid record. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,9 @@ static const char usage[] =
     "  --resume OUT  continues a stopped replay from OUT's last checkpoint (the log and config are\n"
     "                OUT/config.json's); the result is byte-identical to an uninterrupted replay.\n"
     "  --skip-corrupt  a log with damaged records is refused (they are listed) unless this is given:\n"
-    "                then every valid record is used.\n";
+    "                then every valid record is used.\n"
+    "  --updaters N  trains with N data-parallel updater ranks (mpirun -np N, as updaters.count does in a\n"
+    "                run): the same N and threads give the same weights bit for bit, run to run.\n";
 
 /* Where pass 2 reads its groups: the log in the chosen order, with the recorded rewards (or none). */
 typedef struct replay_feed {
@@ -155,10 +158,48 @@ static int report_damage(replay_reader *rr, const char *log_path, long n_records
                           n, (unsigned long long)bytes, list, n > 8 ? ", ..." : "", n_records);
 }
 
+/* Rank 0 (or the only rank) at its end: the followers stop with it. Returns `status`. */
+static int replay_leader_end(updater_dist **dist, int status) {
+    updater_policy_release_followers(*dist);
+    updater_dist_destroy(dist);
+    return status;
+}
+
+/* A follower rank of `rlhf replay --updaters N`: rank 0 reads the log, scores and writes everything;
+ * this rank takes rank 0's state, then trains its share of each step it broadcasts. Its errors end
+ * the whole job (MPI_Abort), since rank 0 would otherwise wait for it in the next gradient sum. */
+static int replay_follower(run_config *cfg, updater_dist *dist, int threads) {
+    rlhf_error err = {0};
+    void *state = NULL;
+    size_t n = 0;
+    int r = updater_policy_await_state(dist, &state, &n, &err); /* after rank 0 prepared the output dir */
+    policy_state ps;
+    int have_ps = 0;
+    if (r == 1) {
+        model_set_threads(updater_dist_threads(dist, threads >= 0 ? threads : cfg->train_threads));
+        updater_dist_set_bucket(dist, (size_t)cfg->upd_bucket_mb << 18);
+        r = updater_policy_init(&ps, cfg, &err);
+        have_ps = r == 0;
+        ps.dist = dist;
+        if (!r) r = updater_policy_apply_state(&ps, state, n, &err);
+        if (!r) r = updater_policy_follow(&ps, &err);
+    }
+    free(state);
+    if (have_ps) updater_policy_fini(&ps);
+    run_config_free(cfg);
+    if (r < 0) {
+        fprintf(stderr, "rlhf replay: rank %d: ", updater_dist_rank(dist));
+        rlhf_error_print("rlhf replay", &err);
+        updater_dist_abort(dist, 1);
+    }
+    updater_dist_destroy(&dist);
+    return 0;
+}
+
 int cmd_replay(int argc, char **argv) {
     const char *log_path = NULL, *config_path = NULL, *out_dir = NULL, *rewards_mode = NULL, *resume_dir = NULL,
                *steps_range = NULL;
-    int threads = -1, npos = 0, allow_other = 0, skip_corrupt = 0;
+    int threads = -1, npos = 0, allow_other = 0, skip_corrupt = 0, updaters = 1;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
     const rlhf_opt opts[] = {RLHF_OPT("--config", RLHF_OPT_STR, &config_path), RLHF_OPT("--out", RLHF_OPT_STR, &out_dir),
@@ -167,12 +208,24 @@ int cmd_replay(int argc, char **argv) {
                              RLHF_OPT("--rewards", RLHF_OPT_STR, &rewards_mode),
                              RLHF_OPT("--resume", RLHF_OPT_STR, &resume_dir), RLHF_OPT("--steps", RLHF_OPT_STR, &steps_range),
                              RLHF_OPT("--skip-corrupt", RLHF_OPT_FLAG, &skip_corrupt),
+                             RLHF_OPT("--updaters", RLHF_OPT_INT, &updaters),
                              RLHF_OPT_END};
     int prc = rlhf_opts_parse(argc, argv, "rlhf replay", usage, opts, &log_path, 1, &npos);
     if (prc >= 0) return prc;
     if (rewards_mode && strcmp(rewards_mode, "recorded") && strcmp(rewards_mode, "recompute")) {
         fprintf(stderr, "rlhf replay: error: --rewards must be recorded or recompute, got '%s'\n%s", rewards_mode, usage);
         return 2;
+    }
+    if (updaters < 1 || updaters > 256) {
+        fprintf(stderr, "rlhf replay: error: --updaters must be 1..256, got %d\n%s", updaters, usage);
+        return 2;
+    }
+    if (updaters > 1 && !getenv("OMPI_COMM_WORLD_SIZE")) {
+        /* the ranks are this same command under mpirun; each finds its rank in the environment */
+        run_mpirun_exec(updaters, argv);
+        fprintf(stderr, "rlhf replay: error: --updaters %d: cannot start mpirun: %s (Debian: apt-get install "
+                        "openmpi-bin)\n", updaters, strerror(errno));
+        return 3;
     }
     long first_step = 1, last_step = -1; /* --steps A:B */
     if (steps_range) {
@@ -210,9 +263,24 @@ int cmd_replay(int argc, char **argv) {
         return 2;
     }
     rlhf_error err = {0};
+    updater_dist *dist = NULL;
+    if (updaters > 1) {
+        if (updater_dist_create(&dist, &err)) {
+            rlhf_error_print("rlhf replay", &err);
+            return 3;
+        }
+        if (updater_dist_size(dist) != updaters) {
+            fprintf(stderr, "rlhf replay: error: --updaters %d, but mpirun started %d ranks\n", updaters,
+                    updater_dist_size(dist));
+            updater_dist_abort(dist, 2);
+        }
+    }
     run_config cfg;
     if (run_config_load(&cfg, config_path, sets, set.n, &err)) {
         rlhf_error_print("rlhf replay", &err);
+        if (updater_dist_rank(dist) > 0) updater_dist_abort(dist, 2);
+        updater_policy_release_followers(dist);
+        updater_dist_destroy(&dist);
         return 2;
     }
     if (last_step > 0) {
@@ -227,34 +295,37 @@ int cmd_replay(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%.*s/replay", n, slash ? log_path : ".");
     }
     snprintf(cfg.run_dir, sizeof cfg.run_dir, "%s", dir);
+    if (updater_dist_rank(dist) > 0) return replay_follower(&cfg, dist, threads);
     int recorded_clock = 0, rewards_changed = 1, n_differ = -1;
     if (cmd_replay_check_config(log_path, &cfg, &recorded_clock, &rewards_changed, &n_differ, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_config_free(&cfg);
-        return 2;
+        return replay_leader_end(&dist, 2);
     }
-    model_set_threads(threads >= 0 ? threads : cfg.train_threads);
+    model_set_threads(updater_dist_threads(dist, threads >= 0 ? threads : cfg.train_threads));
+    updater_dist_set_bucket(dist, (size_t)cfg.upd_bucket_mb << 18);
     /* one run per directory: a replay into a directory a run or another replay is writing is refused */
     run_dir_lock lock;
     if (run_dir_lock_acquire(&lock, dir, "rlhf replay", &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_config_free(&cfg);
-        return 1;
+        return replay_leader_end(&dist, 1);
     }
     /* a config with only model.arch gets its base initialised (from rl.seed) in the output dir */
     if (run_prepare_base(&cfg, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_dir_lock_release_unused(&lock);
         run_config_free(&cfg);
-        return 1;
+        return replay_leader_end(&dist, 1);
     }
     updater_session u;
     if (updater_session_init(&u, &cfg, 0, &err)) {
         rlhf_error_print("rlhf replay", &err);
         run_dir_lock_release(&lock);
         run_config_free(&cfg);
-        return 2;
+        return replay_leader_end(&dist, 2);
     }
+    u.ps.dist = dist;
     int rc = 0, other_model = 0;
     replay_reader *rr = NULL;
     json_t *scores = NULL;
@@ -435,6 +506,11 @@ int cmd_replay(int argc, char **argv) {
                 UPDATER_SCORES_FILE, n_consumed, n_records - n_consumed);
     else
         fprintf(stderr, "rlhf replay: order: the log's (no %s beside it)\n", UPDATER_SCORES_FILE);
+    /* the other ranks start from rank 0's state (a base, a resumed replay or a live checkpoint alike) */
+    if ((rc = updater_policy_share_state(&u.ps, &err))) goto out;
+    if (dist)
+        fprintf(stderr, "rlhf replay: %d data-parallel updater ranks (MPI), %d OpenMP thread(s) each\n",
+                updater_dist_size(dist), updater_dist_threads(dist, threads >= 0 ? threads : cfg.train_threads));
     if ((rc = replay_reader_open(&rr, log_path, &err))) goto out;
     replay_reader_skip_corrupt(rr, 1); /* pass 1 found none, or --skip-corrupt */
     n_read = skip < n_records ? skip : n_records;
@@ -529,5 +605,5 @@ out:
     updater_session_fini(&u);
     run_dir_lock_release(&lock);
     run_config_free(&cfg);
-    return rc ? 1 : 0;
+    return replay_leader_end(&dist, rc ? 1 : 0);
 }

@@ -76,6 +76,7 @@ static const key_spec SPEC[] = {
     {"updaters", K_OBJ, 0, 0, "{}"},
     {"updaters.count", K_INT, 1, 256, "1"},
     {"updaters.reward_threads", K_INT, 1, 256, "1"},
+    {"updaters.bucket_mb", K_INT, 1, 1024, "16"},
     {"checkpoint", K_OBJ, 0, 0, "{}"},
     {"checkpoint.keep", K_INT, 1, BIG, "5"}, /* RUN_CHECKPOINT_KEEP_DEFAULT */
     {"checkpoint.keep_best", K_INT, 0, BIG, "1"},
@@ -396,6 +397,7 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->upd_count = geti(doc, "updaters.count");
 
     cfg->reward_threads = geti(doc, "updaters.reward_threads");
+    cfg->upd_bucket_mb = geti(doc, "updaters.bucket_mb");
 
     /* the synchronous baseline: generation waits for each new version, nothing stale is used */
     if (cfg->mode == RUN_MODE_SYNC) {

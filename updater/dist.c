@@ -19,11 +19,18 @@
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "updater/updater_int.h"
 
+/* MPI counts are int, and a bucket is also the unit MPI pipelines; 16 MB measured as fast as any size
+ * on this host (docs/PERFORMANCE.md "Data-parallel updaters") */
+#define DIST_DEFAULT_BUCKET ((size_t)4 << 20)
+
 struct updater_dist {
     int rank, size;
+    int local_size;   /* ranks on this host (they share its cores) */
+    size_t bucket;    /* floats per all-reduce of the gradient sum */
     int initialised; /* 1: MPI_Init was called here, MPI_Finalize is ours too */
     MPI_Op sum_f32, sum_f64, max_f64;
 };
@@ -54,6 +61,8 @@ int updater_dist_create(updater_dist **out, rlhf_error *err) {
     updater_dist *d = calloc(1, sizeof *d);
     if (!d) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     d->size = 1;
+    d->local_size = 1;
+    d->bucket = DIST_DEFAULT_BUCKET;
     const char *world = getenv("OMPI_COMM_WORLD_SIZE");
     if (world && atoi(world) > 1) {
         int provided = 0;
@@ -70,6 +79,11 @@ int updater_dist_create(updater_dist **out, rlhf_error *err) {
         MPI_Op_create(op_sum_f32, 0, &d->sum_f32);
         MPI_Op_create(op_sum_f64, 0, &d->sum_f64);
         MPI_Op_create(op_max_f64, 0, &d->max_f64);
+        MPI_Comm node;
+        if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+            MPI_Comm_size(node, &d->local_size);
+            MPI_Comm_free(&node);
+        }
     }
     *out = d;
     return 0;
@@ -98,6 +112,11 @@ void updater_dist_describe(char *buf, size_t cap) {
     snprintf(buf, cap, "%s", v);
 }
 
+void updater_dist_abort(updater_dist *d, int status) {
+    if (d && d->size > 1) MPI_Abort(MPI_COMM_WORLD, status);
+    exit(status);
+}
+
 int updater_dist_rank(const updater_dist *d) { return d ? d->rank : 0; }
 int updater_dist_size(const updater_dist *d) { return d ? d->size : 1; }
 
@@ -108,13 +127,23 @@ static int mpi_fail(rlhf_error *err, const char *what, int code) {
     return rlhf_error_set(err, RLHF_EIO, "updater (MPI)", "%s failed: %.*s", what, n, s);
 }
 
-/* MPI counts are int: large buffers go in pieces (each piece's sum is still in rank order) */
-#define DIST_CHUNK (1 << 26)
+int updater_dist_threads(const updater_dist *d, int configured) {
+    /* an explicit model.threads is per rank (the user's choice); the default (0: every core) would have
+     * each rank of a host start a thread per core, so the host's cores are divided between its ranks */
+    if (!d || d->size < 2 || configured > 0) return configured;
+    int t = (int)sysconf(_SC_NPROCESSORS_ONLN) / (d->local_size > 0 ? d->local_size : 1);
+    return t < 1 ? 1 : t;
+}
 
+void updater_dist_set_bucket(updater_dist *d, size_t floats) {
+    if (d) d->bucket = floats < 1024 ? 1024 : floats > ((size_t)1 << 28) ? (size_t)1 << 28 : floats;
+}
+
+/* Buckets: each piece's sum is still in rank order, so the result does not depend on the bucket size */
 int updater_dist_sum_f32(updater_dist *d, float *buf, size_t n, rlhf_error *err) {
     if (!d || d->size < 2) return 0;
-    for (size_t o = 0; o < n; o += DIST_CHUNK) {
-        int c = (int)(n - o < DIST_CHUNK ? n - o : DIST_CHUNK);
+    for (size_t o = 0; o < n; o += d->bucket) {
+        int c = (int)(n - o < d->bucket ? n - o : d->bucket);
         int rc = MPI_Allreduce(MPI_IN_PLACE, buf + o, c, MPI_FLOAT, d->sum_f32, MPI_COMM_WORLD);
         if (rc != MPI_SUCCESS) return mpi_fail(err, "MPI_Allreduce (gradients)", rc);
     }

@@ -107,7 +107,7 @@ static int build_batch(const seq_ref *seqs, int B, int32_t *tokens, int32_t *tar
 }
 
 /* Commands rank 0 broadcasts to the follower ranks (first byte of each broadcast). */
-enum { DIST_CMD_STEP = 1, DIST_CMD_STOP = 2 };
+enum { DIST_CMD_STEP = 1, DIST_CMD_STOP = 2, DIST_CMD_STATE = 3 };
 
 /* Rank 0: the step's groups to the followers. */
 static int broadcast_step(policy_state *ps, scored_group **groups, int n, rlhf_error *err) {
@@ -153,6 +153,98 @@ void updater_policy_release_followers(updater_dist *d) {
     if (updater_dist_bcast(d, &b, &n, &err)) fprintf(stderr, "updater: %s: %s\n", err.where, err.msg);
 }
 
+/* The state message: command, step, the parameters (n_params floats), then every optimizer state
+ * tensor as (name length u8, name, numel u64, floats). Sizes are checked against this rank's own model
+ * and optimizer when applied: the ranks were started with the same config. */
+int updater_policy_share_state(policy_state *ps, rlhf_error *err) {
+    if (updater_dist_size(ps->dist) < 2 || updater_dist_rank(ps->dist) != 0) return 0;
+    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
+    int ns = adamw_state_tensors(ps->opt, st, ADAMW_MAX_STATE_TENSORS);
+    size_t len = 1 + 8 + 8 + ps->m->n_params * sizeof(float) + 4;
+    for (int i = 0; i < ns; i++) len += 1 + strlen(st[i].name) + 8 + st[i].numel * sizeof(float);
+    unsigned char *msg = malloc(len), *w = msg;
+    if (!msg) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    int64_t step = ps->step;
+    uint64_t np = ps->m->n_params;
+    uint32_t n32 = (uint32_t)ns;
+    *w++ = DIST_CMD_STATE;
+    memcpy(w, &step, 8), w += 8;
+    memcpy(w, &np, 8), w += 8;
+    memcpy(w, ps->m->params_mem, np * sizeof(float)), w += np * sizeof(float);
+    memcpy(w, &n32, 4), w += 4;
+    for (int i = 0; i < ns; i++) {
+        uint8_t nl = (uint8_t)strlen(st[i].name);
+        uint64_t numel = st[i].numel;
+        *w++ = nl;
+        memcpy(w, st[i].name, nl), w += nl;
+        memcpy(w, &numel, 8), w += 8;
+        memcpy(w, st[i].data, numel * sizeof(float)), w += numel * sizeof(float);
+    }
+    void *b = msg;
+    size_t bn = len;
+    int rc = updater_dist_bcast(ps->dist, &b, &bn, err);
+    free(msg);
+    return rc;
+}
+
+int updater_policy_apply_state(policy_state *ps, const void *buf, size_t n, rlhf_error *err) {
+    const unsigned char *r = buf, *end = r + n;
+#define NEED(k)                                                                                                        \
+    do {                                                                                                               \
+        if ((size_t)(end - r) < (size_t)(k))                                                                           \
+            return rlhf_error_set(err, RLHF_ECORRUPT, "updater (MPI)", "rank 0's state message is truncated");         \
+    } while (0)
+    NEED(1 + 8 + 8);
+    if (*r++ != DIST_CMD_STATE) return rlhf_error_set(err, RLHF_ECORRUPT, "updater (MPI)", "not a state message");
+    int64_t step;
+    uint64_t np;
+    memcpy(&step, r, 8), r += 8;
+    memcpy(&np, r, 8), r += 8;
+    if (np != ps->m->n_params)
+        return rlhf_error_set(err, RLHF_EINVAL, "updater (MPI)", "rank 0 has %llu parameters, this rank %zu (another config?)",
+                              (unsigned long long)np, ps->m->n_params);
+    NEED(np * sizeof(float) + 4);
+    memcpy(ps->m->params_mem, r, np * sizeof(float)), r += np * sizeof(float);
+    uint32_t ns;
+    memcpy(&ns, r, 4), r += 4;
+    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
+    int mine = adamw_state_tensors(ps->opt, st, ADAMW_MAX_STATE_TENSORS);
+    if ((int)ns != mine)
+        return rlhf_error_set(err, RLHF_EINVAL, "updater (MPI)", "rank 0 has %u optimizer tensors, this rank %d", ns, mine);
+    for (uint32_t i = 0; i < ns; i++) {
+        NEED(1);
+        uint8_t nl = *r++;
+        NEED(nl + 8);
+        const char *name = (const char *)r;
+        r += nl;
+        uint64_t numel;
+        memcpy(&numel, r, 8), r += 8;
+        NEED(numel * sizeof(float));
+        int j = 0;
+        while (j < mine && !(strlen(st[j].name) == nl && !memcmp(st[j].name, name, nl))) j++;
+        if (j == mine || st[j].numel != numel)
+            return rlhf_error_set(err, RLHF_EINVAL, "updater (MPI)", "rank 0's optimizer tensor %.*s does not match this "
+                                  "rank's", (int)nl, name);
+        memcpy(st[j].data, r, numel * sizeof(float)), r += numel * sizeof(float);
+    }
+#undef NEED
+    ps->step = (long)step;
+    return adamw_state_loaded(ps->opt, err);
+}
+
+int updater_policy_await_state(updater_dist *d, void **buf, size_t *n, rlhf_error *err) {
+    *buf = NULL;
+    *n = 0;
+    int rc = updater_dist_bcast(d, buf, n, err);
+    if (rc) return rc;
+    unsigned char cmd = *n ? ((unsigned char *)*buf)[0] : 0;
+    if (cmd == DIST_CMD_STATE) return 1;
+    free(*buf);
+    *buf = NULL;
+    if (cmd == DIST_CMD_STOP) return 0;
+    return rlhf_error_set(err, RLHF_ECORRUPT, "updater (MPI)", "expected rank 0's state, got command %u", cmd);
+}
+
 int updater_policy_follow(policy_state *ps, rlhf_error *err) {
     for (;;) {
         void *b = NULL;
@@ -160,10 +252,16 @@ int updater_policy_follow(policy_state *ps, rlhf_error *err) {
         int rc = updater_dist_bcast(ps->dist, &b, &n, err);
         if (rc) return rc;
         unsigned char cmd = n ? ((unsigned char *)b)[0] : 0;
+        if (cmd == DIST_CMD_STATE) {
+            rc = updater_policy_apply_state(ps, b, n, err);
+            free(b);
+            if (rc) return rc;
+            continue;
+        }
         if (cmd != DIST_CMD_STEP) {
             free(b);
             if (cmd == DIST_CMD_STOP) return 0;
-            return rlhf_error_set(err, RLHF_ECORRUPT, "updater (MPI)", "unknown command %u from rank 0", cmd);
+            return rlhf_error_set(err, RLHF_ECORRUPT, "updater (MPI)", "unknown command %u from rank 0 (%zu bytes)", cmd, n);
         }
         scored_group **gs = NULL;
         int ng = 0;
@@ -290,6 +388,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     /* 4. data parallelism: every rank's gradient and statistics summed, in rank order */
     if (U > 1) {
         double sums[5] = {loss, ratio_sum, clip_sum, ent_sum, (double)ntok}, mx = ratio_max;
+        double t_sum = rlhf_now();
         if ((rc = updater_dist_sum_f32(ps->dist, model_trainer_grads(ps->tr), ps->m->n_params, err)) ||
             (rc = updater_dist_sum_f64(ps->dist, sums, 5, err)) || (rc = updater_dist_max_f64(ps->dist, &mx, 1, err)))
             goto done;
@@ -299,6 +398,9 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         ent_sum = sums[3];
         ntok = (long)sums[4];
         ratio_max = mx;
+        /* the share of the step the ranks spend summing (what overlapping the sum with the backward
+         * pass could hide at most) */
+        json_object_set_new(metrics, "train/allreduce_seconds", json_real(rlhf_now() - t_sum));
     }
     /* 5. optimizer */
     float gnorm = 0, lr = 0;

@@ -277,11 +277,24 @@ static long count_restarts(const char *run_dir) {
 /* Set by the caller (its SIGTERM/SIGINT handler): finish the step in flight, checkpoint, return. */
 static int stop_requested(const updater_options *o) { return o->stop && *o->stop; }
 
+/* Data-parallel ranks on one host share its cores (updater_dist_threads); the gradient sum's bucket
+ * size comes from the config. Nothing changes for a single updater. */
+static void dist_configure(run_config *cfg, updater_dist *dist) {
+    if (updater_dist_size(dist) < 2) return;
+    int t = updater_dist_threads(dist, cfg->train_threads);
+    if (t != cfg->train_threads) {
+        cfg->train_threads = t;
+        model_set_threads(t);
+    }
+    updater_dist_set_bucket(dist, (size_t)cfg->upd_bucket_mb << 18); /* MB of floats */
+}
+
 /* A follower rank of a data-parallel updater (updaters.count > 1, rank > 0): the same policy and
  * optimizer as rank 0, loaded from the same checkpoint, stepped with the groups rank 0 broadcasts. */
 static int follower_main(const updater_options *o, updater_dist *dist, rlhf_error *err) {
     run_process proc;
     if (run_process_open(&proc, o->config_path, WIRE_ROLE_UPDATER, err)) return start_failure_status(err);
+    dist_configure(&proc.cfg, dist);
     policy_state ps;
     int rc = updater_policy_init(&ps, &proc.cfg, err);
     if (rc) {
@@ -307,6 +320,11 @@ int updater_main(const updater_options *o, rlhf_error *err) {
     updater_dist *dist = NULL;
     if (updater_dist_create(&dist, err)) return RLHF_EXIT_ENV;
     int st = updater_dist_rank(dist) > 0 ? follower_main(o, dist, err) : leader_main(o, dist, err);
+    if (updater_dist_rank(dist) > 0 && st != RLHF_EXIT_OK) {
+        /* rank 0 would wait for this rank in the next gradient sum: end the whole group with the class */
+        fprintf(stderr, "updater rank %d: %s: %s\n", updater_dist_rank(dist), err->where, err->msg);
+        updater_dist_abort(dist, st);
+    }
     /* whatever way rank 0 ends, the followers stop with it (they wait in a broadcast) */
     if (updater_dist_rank(dist) == 0) updater_policy_release_followers(dist);
     updater_dist_destroy(&dist);
@@ -317,6 +335,7 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
     run_process proc;
     if (run_process_open(&proc, o->config_path, WIRE_ROLE_UPDATER, err)) return start_failure_status(err);
     run_config *cfg = &proc.cfg;
+    dist_configure(cfg, dist);
     broker_config *bcfg = &proc.broker;
     updater_session u;
     if (updater_session_init(&u, cfg, 1, err)) {
@@ -325,7 +344,8 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
     }
     u.ps.dist = dist;
     if (updater_dist_size(dist) > 1)
-        fprintf(stderr, "updater: rank 0 of %d data-parallel updaters (MPI)\n", updater_dist_size(dist));
+        fprintf(stderr, "updater: rank 0 of %d data-parallel updaters (MPI), %d OpenMP thread(s) per rank\n",
+                updater_dist_size(dist), cfg->train_threads);
     u.ps.mark_eval = 1; /* the launcher evaluates the checkpoints eval.every marks */
     if (updater_record_model_identity(&u.ps, cfg->run_dir, err)) {
         updater_session_fini(&u);

@@ -208,8 +208,26 @@ int updater_dist_bcast(updater_dist *d, void **buf, size_t *n, rlhf_error *err);
  * per-source scores: free each with updater_scored_group_free). */
 int updater_dist_pack_groups(scored_group **groups, int n, void **out, size_t *out_n);
 int updater_dist_unpack_groups(const void *buf, size_t len, scored_group ***out, int *out_n);
-/* A follower rank's life: takes the steps rank 0 broadcasts until rank 0 says stop (0), or an error. */
+/* A follower rank's life: takes the steps (and states) rank 0 broadcasts until rank 0 says stop (0),
+ * or an error. */
 int updater_policy_follow(policy_state *ps, rlhf_error *err);
+/* Rank 0: sends its parameters, optimizer state and step to the followers, which take them over
+ * (updater_policy_follow) — for a start whose state only rank 0 can build (a replay from a live
+ * run's checkpoint). A no-op on one rank. */
+int updater_policy_share_state(policy_state *ps, rlhf_error *err);
+/* A follower: takes over the state message `buf` (the first broadcast it received). */
+int updater_policy_apply_state(policy_state *ps, const void *buf, size_t n, rlhf_error *err);
+/* The first broadcast a follower receives, to look at before it builds its policy: 1 (a state
+ * message, in *buf: malloc'd), 0 (rank 0 said stop), or a negative error. */
+int updater_policy_await_state(updater_dist *d, void **buf, size_t *n, rlhf_error *err);
+/* OpenMP threads for this rank: an explicit model.threads as it is (per rank); 0 (all cores) becomes
+ * the host's CPUs divided between the ranks on this host. `configured` unchanged on one rank. */
+int updater_dist_threads(const updater_dist *d, int configured);
+/* Ends the whole MPI job with `status` (a rank that cannot go on: the others would wait for it in the
+ * next collective); exit(status) on one rank. Does not return. */
+_Noreturn void updater_dist_abort(updater_dist *d, int status);
+/* The gradient sum goes in buckets of this many floats (updaters.bucket_mb), in rank order each. */
+void updater_dist_set_bucket(updater_dist *d, size_t floats);
 /* Rank 0, at its end (also on errors): tells the followers to stop. */
 void updater_policy_release_followers(updater_dist *d);
 

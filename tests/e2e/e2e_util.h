@@ -9,6 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
+#include "broker/broker.h"
 #include "common/common.h"
 #include "tests/test_paths.h"
 
@@ -67,6 +70,53 @@ static inline int e2e_suite_dir(const char *name, char *dir, size_t cap, char *r
     if (!mkdtemp(dir)) return -1;
     if (test_bin_path("rlhf", rlhf, rcap) || access(rlhf, X_OK) != 0) return -1;
     return e2e_write_prompts(dir);
+}
+
+/* No accepted rollout lost: every group of the replay log LOG at or below its generator's highest
+ * finished seq (RUN_DIR's latest checkpoint's "consumed") is in RUN_DIR/consumed.log. Returns the
+ * number lost; -1 when a file is unreadable or no group of the log was finished at all (nothing to
+ * check would make the check pass vacuously). */
+static inline long e2e_lost_rollouts(const char *run_dir, const char *log) {
+    char p[600];
+    snprintf(p, sizeof p, "%s/checkpoints/step_%d/state.json", run_dir, latest_ckpt(run_dir));
+    json_t *state = json_load_file(p, 0, NULL);
+    json_t *consumed_max = json_object_get(json_object_get(state, "extra"), "consumed");
+    snprintf(p, sizeof p, "%s/consumed.log", run_dir);
+    char *cons = e2e_slurp(p);
+    if (!consumed_max || !cons) {
+        json_decref(state);
+        free(cons);
+        return -1;
+    }
+    json_t *finished = json_object(); /* "GENERATOR SEQ" -> true */
+    char *save = NULL;
+    for (char *line = strtok_r(cons, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char gid[128], key[200];
+        unsigned long long seq;
+        if (sscanf(line, "%127s %llu", gid, &seq) == 2) {
+            snprintf(key, sizeof key, "%s %llu", gid, seq);
+            json_object_set_new(finished, key, json_true());
+        }
+    }
+    free(cons);
+    replay_reader *r;
+    long lost = 0, below = 0;
+    if (replay_reader_open(&r, log, NULL) != 0) lost = -1;
+    wire_rollout_group g;
+    while (lost >= 0 && replay_reader_next(r, &g, NULL, NULL) == 1) {
+        json_t *mx = json_object_get(consumed_max, g.generator_id);
+        if (mx && g.seq <= (uint64_t)json_integer_value(mx)) {
+            char key[200];
+            snprintf(key, sizeof key, "%s %llu", g.generator_id, (unsigned long long)g.seq);
+            below++;
+            if (!json_object_get(finished, key)) lost++;
+        }
+        wire_rollout_group_free(&g);
+    }
+    if (lost >= 0) replay_reader_close(&r);
+    json_decref(finished);
+    json_decref(state);
+    return below > 0 ? lost : -1;
 }
 
 #endif

@@ -138,52 +138,6 @@ static long log_clean_records(void) {
     return rc == 0 && !torn ? n : -1;
 }
 
-/* No accepted rollout lost: every group of the log at or below its generator's highest finished seq
- * (the latest checkpoint's "consumed") is in consumed.log. Returns the number lost (-1: unreadable). */
-static long lost_rollouts(void) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/checkpoints/step_%d/state.json", d_run, latest_ckpt(d_run));
-    json_t *state = json_load_file(p, 0, NULL);
-    json_t *consumed_max = json_object_get(json_object_get(state, "extra"), "consumed");
-    snprintf(p, sizeof p, "%s/consumed.log", d_run);
-    char *cons = slurp(p, NULL);
-    if (!consumed_max || !cons) {
-        json_decref(state);
-        free(cons);
-        return -1;
-    }
-    json_t *finished = json_object();
-    char *save = NULL;
-    for (char *line = strtok_r(cons, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        char gid[128], key[200];
-        unsigned long long seq;
-        if (sscanf(line, "%127s %llu", gid, &seq) == 2) {
-            snprintf(key, sizeof key, "%s %llu", gid, seq);
-            json_object_set_new(finished, key, json_true());
-        }
-    }
-    free(cons);
-    snprintf(p, sizeof p, "%s", d_log);
-    replay_reader *r;
-    long lost = 0, below = 0;
-    if (replay_reader_open(&r, p, NULL) != 0) lost = -1;
-    wire_rollout_group g;
-    while (lost >= 0 && replay_reader_next(r, &g, NULL, NULL) == 1) {
-        json_t *mx = json_object_get(consumed_max, g.generator_id);
-        if (mx && g.seq <= (uint64_t)json_integer_value(mx)) {
-            char key[200];
-            snprintf(key, sizeof key, "%s %llu", g.generator_id, (unsigned long long)g.seq);
-            below++;
-            if (!json_object_get(finished, key)) lost++;
-        }
-        wire_rollout_group_free(&g);
-    }
-    if (lost >= 0) replay_reader_close(&r);
-    json_decref(finished);
-    json_decref(state);
-    return below > 0 ? lost : -1;
-}
-
 /* Groups the broker accepted, over all its incarnations (their "stopping (...): accepted N" lines). */
 static long broker_accepted(void) {
     char p[512];
@@ -295,7 +249,7 @@ static void resume_and_check(const char *out, long steps) {
     CU_ASSERT_EQUAL(latest_ckpt(d_run), steps);
     CU_ASSERT_EQUAL(steps_whole_and_in_order(), steps);
     CU_ASSERT(log_clean_records() > 0);
-    CU_ASSERT_EQUAL(lost_rollouts(), 0);
+    CU_ASSERT_EQUAL(e2e_lost_rollouts(d_run, d_log), 0);
 }
 
 static void test_disk_full(void) {

@@ -3,11 +3,16 @@
  *   two_updaters: `rlhf run` starts the updater as two MPI ranks; the run finishes its 6 steps, rank 0
  *                 logs that it leads 2 ranks and rank 1 that it stopped with rank 0, every
  *                 step is in metrics.jsonl, and a --resume to step 8 starts both ranks from the step-6
- *                 checkpoint and finishes. (That 2 ranks compute what 1 does is tests/updater/test_dist.c.) */
+ *                 checkpoint and finishes. (That 2 ranks compute what 1 does is tests/updater/test_dist.c.)
+ *   rank_killed:  kill -9 of updater rank 1 in the middle of a run: mpirun ends the group, the launcher
+ *                 restarts the whole updater group from the last checkpoint (as data-parallel trainers do),
+ *                 the run reaches its last step with every step once in metrics.jsonl, and no rollout the
+ *                 broker accepted is lost (the replay log against consumed.log and the checkpoint). */
 #include <CUnit/CUnit.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/common.h"
@@ -64,8 +69,107 @@ static void test_two_updaters(void) {
     CU_ASSERT(e2e_contains(log, "resumed at step 6"));
 }
 
+/* The pid of the MPI rank `rank` of the updater group whose --config is `cfg_path` (its environment
+ * holds OMPI_COMM_WORLD_RANK, which Open MPI sets in every rank), or 0. */
+static pid_t updater_rank_pid(const char *cfg_path, int rank) {
+    char cmd[600], want[64];
+    snprintf(cmd, sizeof cmd, "pgrep -f 'updater --config %s'", cfg_path);
+    snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank);
+    FILE *p = popen(cmd, "r");
+    int pid = 0, found = 0;
+    while (p && !found && fscanf(p, "%d", &pid) == 1) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/environ", pid);
+        FILE *f = fopen(path, "r");
+        char var[4096];
+        size_t n = 0;
+        int c;
+        while (f && !found && (c = fgetc(f)) != EOF) {
+            if (c && n + 1 < sizeof var) var[n++] = (char)c;
+            if (c == 0) {
+                var[n] = 0;
+                found = strcmp(var, want) == 0;
+                n = 0;
+            }
+        }
+        if (f) fclose(f);
+    }
+    if (p) pclose(p);
+    return found ? pid : 0;
+}
+
+static long metrics_last_step(const char *run_dir) {
+    char p[300];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run_dir);
+    char *d = e2e_slurp(p);
+    long s = -1;
+    for (char *q = d; q && (q = strstr(q, "\"step\":")); q++) s = atol(q + 7);
+    free(d);
+    return s;
+}
+
+static void test_rank_killed(void) {
+    char cfg[256], out[256], run[256], run_cfg[300], doc[2048], log[300];
+    snprintf(cfg, sizeof cfg, "%s/kill.json", g_dir);
+    snprintf(out, sizeof out, "%s/kill.out", g_dir);
+    snprintf(run, sizeof run, "%s/kill", g_dir);
+    snprintf(run_cfg, sizeof run_cfg, "%s/config.json", run);
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"kill\",\"run_dir\":\"kill\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":16},\"threads\":1},\n"
+             " \"task\":{\"train\":\"prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"^[0-9]\"}],\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":8,\"lr\":0.01,\"steps\":14,\"checkpoint_every\":2,\"seed\":7},\n"
+             " \"updaters\":{\"count\":2},\n"
+             " \"generators\":{\"count\":2,\"max_tokens\":4,\"batch\":4,\"threads\":1}}\n");
+    CU_ASSERT_EQUAL_FATAL(write_text(cfg, doc), 0);
+    static const char *const env[] = {"ASAN_OPTIONS=detect_leaks=0:abort_on_error=1", NULL};
+    test_proc_opts o = {.out = out, .err = out, .env = env};
+    const char *a[] = {"run", cfg, "--quiet", NULL};
+    pid_t launcher = test_proc_spawn_args(g_rlhf, g_rlhf, a, &o);
+    CU_ASSERT_FATAL(launcher > 0);
+    /* past the step-2 checkpoint, and with the group's rank 1 found */
+    pid_t rank1 = 0;
+    for (double t0 = test_proc_now(); test_proc_now() - t0 < 120 && (rank1 <= 0 || metrics_last_step(run) < 3);) {
+        if (rank1 <= 0) rank1 = updater_rank_pid(run_cfg, 1);
+        if (waitpid(launcher, NULL, WNOHANG) == launcher) break;
+        usleep(20000);
+    }
+    long at = metrics_last_step(run);
+    if (rank1 <= 0 || at < 3 || at >= 14) {
+        CU_FAIL("the two-updater run did not get to step 3 with rank 1 running (or finished before the kill)");
+        test_proc_stop(launcher, 30);
+        return;
+    }
+    CU_ASSERT_EQUAL(kill(rank1, SIGKILL), 0);
+    int rc = test_proc_wait(launcher, 300);
+    CU_ASSERT_EQUAL(rc, 0);
+    /* the group was restarted as a whole, from a checkpoint, and finished */
+    CU_ASSERT(e2e_contains(out, "updater"));
+    snprintf(log, sizeof log, "%s/logs/updater.log", run);
+    CU_ASSERT(e2e_contains(log, "resumed at step"));
+    CU_ASSERT_EQUAL(latest_ckpt(run), 14);
+    char rs[300];
+    snprintf(rs, sizeof rs, "%s/restarts.jsonl", run);
+    CU_ASSERT(e2e_contains(rs, "\"process\":\"updater\""));
+    /* every step exactly once, in order, despite the restart from an older checkpoint */
+    char m[300];
+    snprintf(m, sizeof m, "%s/metrics.jsonl", run);
+    char *d = e2e_slurp(m);
+    long expect = 1, bad = d ? 0 : 1;
+    for (char *q = d; q && (q = strstr(q, "{\"step\":")); q++, expect++) bad += atol(q + 8) != expect;
+    free(d);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(expect - 1, 14);
+    char rlog[300];
+    snprintf(rlog, sizeof rlog, "%s/rollouts.log", run);
+    CU_ASSERT_EQUAL(e2e_lost_rollouts(run, rlog), 0);
+}
+
 void e2e_register_dist_run(void);
 void e2e_register_dist_run(void) {
     CU_pSuite s = CU_add_suite("e2e_dist_run", suite_init, suite_cleanup);
     CU_add_test(s, "two_updaters", test_two_updaters);
+    CU_add_test(s, "kill -9 of updater rank 1: the group restarts from a checkpoint, nothing lost", test_rank_killed);
 }

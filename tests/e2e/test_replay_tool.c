@@ -25,8 +25,13 @@
  *                  replays (recomputed rewards, its own clock: staleness never negative); an existing
  *                  output is refused;
  *   resume_live:   `rlhf run --resume` of a replay's output is refused (exit 2) unless --continue-live,
- *                  after which the new steps carry no "replayed" mark and the replayed ones do. */
+ *                  after which the new steps carry no "replayed" mark and the replayed ones do;
+ *   updaters:      --updaters 2 (two MPI ranks) twice: byte-identical weights and optimizer state run
+ *                  to run, within 1e-5 of the one-rank replay's (the partial sums are added in
+ *                  another order); with --steps 5:8 the second rank starts from the live checkpoint
+ *                  step_4 that rank 0 loaded (not from the base) and ends within 1e-5 of the live step_8. */
 #include <CUnit/CUnit.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +41,8 @@
 #include <jansson.h>
 
 #include "common/common.h"
+#include "model/model.h"
+#include "model/model_infer.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
@@ -375,6 +382,67 @@ static void test_resume_live(void) {
     CU_ASSERT_EQUAL(n_live, 2);
 }
 
+/* The largest |a - b| over two checkpoints' parameters (the same config); -1 when either won't load. */
+static double max_param_diff(const char *a, const char *b) {
+    model *x = NULL, *y = NULL;
+    double d = -1;
+    if (!model_load(&x, a, NULL, NULL) && !model_load(&y, b, NULL, NULL) && x->n_params == y->n_params) {
+        d = 0;
+        for (size_t i = 0; i < x->n_params; i++) {
+            double e = fabs((double)x->params_mem[i] - y->params_mem[i]);
+            if (!(e <= d)) d = e; /* a NaN poisons the result */
+        }
+    }
+    model_destroy(&x);
+    model_destroy(&y);
+    return d;
+}
+
+/* Replays under mpirun: Open MPI's allocations live until exit, so no leak check of those processes
+ * under `make sanitize` (as tests/e2e/test_dist_run.c). */
+static int replay_mpi(const char *name, const char *out, const char *const *extra) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/%s", g_dir, name);
+    const char *a[24] = {"replay", g_log, "--config", g_cfg, "--out", dir, "--threads", "1", "--updaters", "2"};
+    int n = 10;
+    for (int i = 0; extra && extra[i] && n < 23; i++) a[n++] = extra[i];
+    a[n] = NULL;
+    static const char *const env[] = {"ASAN_OPTIONS=detect_leaks=0:abort_on_error=1", NULL};
+    test_proc_opts o = {.out = out, .err = out, .env = env};
+    return test_proc_run_args(g_rlhf, g_rlhf, a, &o, 180);
+}
+
+static void test_updaters(void) {
+    char out[256], a[400], b[400], one[400];
+    snprintf(out, sizeof out, "%s/updaters.out", g_dir);
+    CU_ASSERT_EQUAL_FATAL(replay_mpi("u2a", out, NULL), 0);
+    CU_ASSERT(e2e_contains(out, "rlhf replay: 2 data-parallel updater ranks (MPI), 1 OpenMP thread(s) each"));
+    CU_ASSERT_EQUAL_FATAL(replay_mpi("u2b", out, NULL), 0);
+    for (int f = 0; f < 2; f++) {
+        const char *file = f ? "optimizer.safetensors" : "model.safetensors";
+        snprintf(a, sizeof a, "%s/u2a/checkpoints/step_8/%s", g_dir, file);
+        snprintf(b, sizeof b, "%s/u2b/checkpoints/step_8/%s", g_dir, file);
+        CU_ASSERT(same_file(a, b));
+    }
+    /* against one rank (the live run's weights: test_rewards showed the one-rank replay equals them) */
+    snprintf(a, sizeof a, "%s/u2a/checkpoints/step_8/model.safetensors", g_dir);
+    snprintf(one, sizeof one, "%s/checkpoints/step_8/model.safetensors", g_run);
+    snprintf(b, sizeof b, "%s/base.safetensors", g_run);
+    double d = max_param_diff(a, one), moved = max_param_diff(one, b);
+    CU_ASSERT(d >= 0 && d < 1e-5);
+    /* the comparison means something only if training moved the weights far more than the tolerance */
+    CU_ASSERT(moved > 1e-3);
+    /* from a live checkpoint: the follower must take rank 0's state, not the base */
+    const char *r58[] = {"--steps", "5:8", NULL};
+    CU_ASSERT_EQUAL_FATAL(replay_mpi("u2r58", out, r58), 0);
+    snprintf(a, sizeof a, "%s/u2r58/checkpoints/step_8/model.safetensors", g_dir);
+    d = max_param_diff(a, one);
+    CU_ASSERT(d >= 0 && d < 1e-5);
+    /* a bad count is a usage error before anything starts */
+    const char *bad[] = {"replay", g_log, "--config", g_cfg, "--updaters", "0", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, bad, 30), 2);
+}
+
 void e2e_register_replay_tool(void);
 void e2e_register_replay_tool(void) {
     CU_pSuite s = CU_add_suite("e2e_replay_tool", suite_init, suite_cleanup);
@@ -385,4 +453,5 @@ void e2e_register_replay_tool(void) {
     CU_add_test(s, "ranges_resume", test_ranges_resume);
     CU_add_test(s, "merge", test_merge);
     CU_add_test(s, "resume_live", test_resume_live);
+    CU_add_test(s, "updaters", test_updaters);
 }
