@@ -5,7 +5,8 @@
  * For the gradient sizes of the default task's model (0.84 M parameters), the SmolLM2-135M shape and a 500 M
  * one, times updater_dist_sum_f32 (the rank-ordered, reproducible sum the updaters use) and MPI_Allreduce
  * with the built-in MPI_SUM (whatever order Open MPI picks) on float buffers; prints the median of REPEAT
- * (default 5) on rank 0 with the bus bandwidth 2 (U-1)/U x bytes / time, the usual figure for a ring. */
+ * (default 5) on rank 0 with the bus bandwidth 2 (U-1)/U x bytes / time, the usual figure for a ring.
+ * Then the SmolLM2-135M gradient summed in buckets of 1, 4, 16, 64 and 256 MB (updaters.bucket_mb). */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,28 @@ int main(int argc, char **argv) {
                    sizes[k].name, bytes / 1e6, to * 1e3, bus / to / 1e9, tm * 1e3, bus / tm / 1e9);
         free(buf);
     }
+    /* bucket sizes: the sum of one gradient in pieces, each a rank-ordered all-reduce */
+    size_t n = 134515008;
+    float *buf = malloc(n * sizeof *buf);
+    if (!buf) MPI_Abort(MPI_COMM_WORLD, 1);
+    for (size_t i = 0; i < n; i++) buf[i] = (float)((i * 2654435761u) & 1023) * 1e-3f;
+    static const int bucket_mb[] = {1, 4, 16, 64, 256};
+    for (size_t k = 0; k < sizeof bucket_mb / sizeof bucket_mb[0]; k++) {
+        updater_dist_set_bucket(d, (size_t)bucket_mb[k] << 18);
+        double t[100];
+        for (int r = 0; r < repeat; r++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t0 = rlhf_now();
+            if (updater_dist_sum_f32(d, buf, n, &err)) MPI_Abort(MPI_COMM_WORLD, 1);
+            MPI_Barrier(MPI_COMM_WORLD);
+            t[r] = rlhf_now() - t0;
+        }
+        double tm = median(t, repeat), bus = 2.0 * (U - 1) / U * (double)n * 4;
+        if (rank == 0)
+            printf("SmolLM2-135M gradient, buckets of %3d MB: %9.2f ms (%5.2f GB/s bus)\n", bucket_mb[k], tm * 1e3,
+                   bus / tm / 1e9);
+    }
+    free(buf);
     updater_dist_destroy(&d);
     return 0;
 }

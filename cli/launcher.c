@@ -112,7 +112,11 @@ static void child_free(child *c) {
 }
 
 static const char *status_text(int st, char *buf, size_t n) {
-    if (WIFEXITED(st))
+    if (WIFEXITED(st) && WEXITSTATUS(st) > 128 && WEXITSTATUS(st) < 128 + 65 && sigabbrev_np(WEXITSTATUS(st) - 128)) {
+        /* mpirun's way of saying one of its ranks died by a signal (as a shell does) */
+        snprintf(buf, n, "exit status %d (128 + SIG%s: a process it started was killed)", WEXITSTATUS(st),
+                 sigabbrev_np(WEXITSTATUS(st) - 128));
+    } else if (WIFEXITED(st))
         snprintf(buf, n, "exit status %d (%s)", WEXITSTATUS(st), rlhf_exit_class_name(WEXITSTATUS(st)));
     else if (WIFSIGNALED(st)) {
         const char *abbrev = sigabbrev_np(WTERMSIG(st));

@@ -146,7 +146,7 @@ static void test_rank_killed(void) {
     int rc = test_proc_wait(launcher, 300);
     CU_ASSERT_EQUAL(rc, 0);
     /* the group was restarted as a whole, from a checkpoint, and finished */
-    CU_ASSERT(e2e_contains(out, "updater"));
+    CU_ASSERT(e2e_contains(out, "(128 + SIGKILL: a process it started was killed): a transient failure; restarting"));
     snprintf(log, sizeof log, "%s/logs/updater.log", run);
     CU_ASSERT(e2e_contains(log, "resumed at step"));
     CU_ASSERT_EQUAL(latest_ckpt(run), 14);
