@@ -56,6 +56,10 @@ static const key_spec SPEC[] = {
     {"rl.is_cap", K_NUM, 1, 1e6, "2.0"},
     {"rl.loss", K_STR, 0, 0, "\"tis\""},
     {"rl.clip_eps", K_NUM, 0, 1, "0.2"},
+    {"rl.behav_weight_cap", K_NUM, 1, 1e6, "5.0"},
+    {"rl.prox", K_STR, 0, 0, "\"recompute\""},
+    {"rl.ppo_epochs", K_INT, 1, 64, "1"},
+    {"rl.mini_batches", K_INT, 1, 1024, "1"},
     {"rl.kl_beta", K_NUM, 0, 1e6, "0.0"},
     {"rl.publish_every", K_INT, 1, BIG, "1"},
     {"rl.steps", K_INT, 1, BIG, "100"},
@@ -354,7 +358,18 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     const char *loss = gets(doc, "rl.loss");
     if (!strcmp(loss, "tis")) cfg->loss = RL_LOSS_TIS;
     else if (!strcmp(loss, "ppo_clip")) cfg->loss = RL_LOSS_PPO_CLIP;
-    else FAIL_AT("rl.loss", "must be \"tis\" or \"ppo_clip\", got \"%s\"", loss);
+    else if (!strcmp(loss, "decoupled_ppo")) cfg->loss = RL_LOSS_DECOUPLED_PPO;
+    else FAIL_AT("rl.loss", "must be \"tis\", \"ppo_clip\" or \"decoupled_ppo\", got \"%s\"", loss);
+    cfg->behav_weight_cap = getf(doc, "rl.behav_weight_cap");
+    const char *prox = gets(doc, "rl.prox");
+    if (!strcmp(prox, "recompute")) cfg->prox = RL_PROX_RECOMPUTE;
+    else if (!strcmp(prox, "interpolate")) cfg->prox = RL_PROX_INTERPOLATE;
+    else FAIL_AT("rl.prox", "must be \"recompute\" or \"interpolate\", got \"%s\"", prox);
+    cfg->ppo_epochs = geti(doc, "rl.ppo_epochs");
+    cfg->mini_batches = geti(doc, "rl.mini_batches");
+    if (cfg->mini_batches > cfg->prompts_per_step * cfg->k)
+        FAIL_AT("rl.mini_batches", "is %d, more than the %d samples of a step (rl.prompts_per_step x rl.k): every "
+                "update needs one", cfg->mini_batches, cfg->prompts_per_step * cfg->k);
     const char *exp_hf = gets(doc, "rl.export_hf");
     if (!strcmp(exp_hf, "none")) cfg->export_hf = RUN_EXPORT_HF_NONE;
     else if (!strcmp(exp_hf, "bf16")) cfg->export_hf = RUN_EXPORT_HF_BF16;

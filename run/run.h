@@ -31,7 +31,9 @@ extern "C" {
 
 /* ---------------------------------------------------------------- run configuration */
 
-enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1 };
+enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1, RL_LOSS_DECOUPLED_PPO = 2 };
+/* rl.prox: how decoupled PPO gets the proximal policy's log-probs */
+enum { RL_PROX_RECOMPUTE = 0, RL_PROX_INTERPOLATE = 1 };
 enum { RUN_MODE_ASYNC = 0, RUN_MODE_SYNC = 1 };
 enum { RUN_EXPORT_HF_NONE = 0, RUN_EXPORT_HF_BF16 = 1, RUN_EXPORT_HF_F32 = 2 };
 /* generators.behaviour_logprobs: which log-prob of each sampled token a rollout group carries as
@@ -82,8 +84,12 @@ typedef struct run_config {
     float grad_clip;           /* rl.grad_clip: global L2 norm, 0 = off */
     int max_staleness;         /* rl.max_staleness (sync mode forces 0) */
     float is_cap;              /* rl.is_cap: truncation c of the IS ratio */
-    int loss;                  /* rl.loss: RL_LOSS_TIS | RL_LOSS_PPO_CLIP */
+    int loss;                  /* rl.loss: RL_LOSS_TIS | RL_LOSS_PPO_CLIP | RL_LOSS_DECOUPLED_PPO */
     float clip_eps;            /* rl.clip_eps: PPO clip epsilon */
+    float behav_weight_cap;    /* rl.behav_weight_cap: decoupled PPO drops tokens whose pi_prox/mu exceeds it */
+    int prox;                  /* rl.prox: RL_PROX_RECOMPUTE | RL_PROX_INTERPOLATE */
+    int ppo_epochs;            /* rl.ppo_epochs: passes over each step's batch */
+    int mini_batches;          /* rl.mini_batches: optimizer updates per pass (the batch split by sample) */
     float kl_beta;             /* rl.kl_beta: weight of the KL-to-reference reward penalty */
     int publish_every;         /* rl.publish_every: steps between weight versions */
     int steps;                 /* rl.steps: optimizer steps in the run */

@@ -39,8 +39,11 @@ int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     ac.lr = cfg->lr;
     ac.weight_decay = cfg->weight_decay;
     ac.grad_clip = cfg->grad_clip;
-    ac.warmup_steps = cfg->warmup_steps;
-    ac.total_steps = cfg->steps;
+    /* the schedule counts optimizer updates; rl.warmup_steps and rl.steps count RL steps, each of
+     * rl.ppo_epochs x rl.mini_batches updates */
+    long upd = (long)cfg->ppo_epochs * cfg->mini_batches;
+    ac.warmup_steps = (int)(cfg->warmup_steps * upd);
+    ac.total_steps = (int)(cfg->steps * upd);
     ac.min_lr_ratio = cfg->lr_min_ratio;
     ac.schedule = cfg->lr_min_ratio < 1.0f ? ADAMW_SCHEDULE_COSINE : ADAMW_SCHEDULE_CONSTANT;
     if ((rc = adamw_create(&ps->opt, ps->m, &ac, err))) goto fail;
@@ -114,19 +117,22 @@ static int broadcast_step(policy_state *ps, scored_group **groups, int n, rlhf_e
     void *body = NULL;
     size_t len = 0;
     if (updater_dist_pack_groups(groups, n, &body, &len)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-    /* command, rank 0's step count (steps without a trainable group move it without a broadcast), groups */
-    unsigned char *msg = malloc(len + 9);
+    /* command, rank 0's step count (steps without a trainable group move it without a broadcast), the
+     * version the groups' lag is measured against (decoupled PPO's interpolation reads it), groups */
+    unsigned char *msg = malloc(len + 17);
     if (!msg) {
         free(body);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
     int64_t step = ps->step;
+    uint64_t lag_ref = ps->recorded_clock ? ps->recorded_version : ps->version;
     msg[0] = DIST_CMD_STEP;
     memcpy(msg + 1, &step, 8);
-    memcpy(msg + 9, body, len);
+    memcpy(msg + 9, &lag_ref, 8);
+    memcpy(msg + 17, body, len);
     free(body);
     void *b = msg;
-    size_t bn = len + 9;
+    size_t bn = len + 17;
     int rc = updater_dist_bcast(ps->dist, &b, &bn, err);
     free(msg);
     return rc;
@@ -266,10 +272,13 @@ int updater_policy_follow(policy_state *ps, rlhf_error *err) {
         scored_group **gs = NULL;
         int ng = 0;
         int64_t step = 0;
-        rc = n >= 9 ? updater_dist_unpack_groups((unsigned char *)b + 9, n - 9, &gs, &ng) : RLHF_ECORRUPT;
-        if (n >= 9) memcpy(&step, (unsigned char *)b + 1, 8);
+        uint64_t lag_ref = 0;
+        rc = n >= 17 ? updater_dist_unpack_groups((unsigned char *)b + 17, n - 17, &gs, &ng) : RLHF_ECORRUPT;
+        if (n >= 17) memcpy(&step, (unsigned char *)b + 1, 8), memcpy(&lag_ref, (unsigned char *)b + 9, 8);
         free(b);
         ps->step = (long)step;
+        ps->version = lag_ref; /* group_lag on this rank then measures what it measures on rank 0 */
+        ps->recorded_clock = 0;
         if (rc) return rlhf_error_set(err, rc, "updater (MPI)", "a step's groups from rank 0 do not unpack");
         json_t *m = json_object();
         rc = train_step(ps, gs, ng, m, err);
@@ -359,53 +368,157 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
             s += k;
         }
     }
-    /* 3. forward/backward per micro-batch, loss normalised by the step's token count */
-    rl_loss_config lc = {.loss = cfg->loss, .is_cap = cfg->is_cap, .clip_eps = cfg->clip_eps};
-    double loss = 0, ratio_sum = 0, ratio_max = 0, clip_sum = 0, ent_sum = 0;
-    long ntok = 0;
-    model_trainer_zero_grad(ps->tr);
-    for (int s0 = s_lo; s0 < s_hi; s0 += MB) {
-        int B = s_hi - s0 < MB ? s_hi - s0 : MB;
-        int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
-        if ((rc = model_forward(ps->tr, tokens, targets, B, T, err))) goto done;
-        const float *logp = model_trainer_logprobs(ps->tr); // (B, T)
-        const float *ent = model_trainer_entropy(ps->tr);   // (B, T)
-        rl_step_stats st;
-        rl_token_coeffs(coef, &st, logp, logmu, mask, adv + s0, B, T, &lc);
-        if (st.n_tokens == 0) continue;
-        /* rl_token_coeffs normalised by this micro-batch's tokens; rescale to the whole step's */
-        float scale = (float)((double)st.n_tokens / (double)n_tok_total);
-        for (size_t i = 0; i < (size_t)B * T; i++) coef[i] *= scale;
-        loss += st.loss * scale;
-        ratio_sum += st.ratio_mean * st.n_tokens;
-        clip_sum += st.clip_frac * st.n_tokens;
-        if (st.ratio_max > ratio_max) ratio_max = st.ratio_max;
-        for (size_t i = 0; i < (size_t)B * T; i++)
-            if (mask[i] != 0.0f) ent_sum += ent[i];
-        ntok += st.n_tokens;
-        if ((rc = model_backward_logprobs(ps->tr, coef, NULL, err))) goto done;
+    /* 3. rl.ppo_epochs passes over the batch, each split into rl.mini_batches optimizer updates (one
+     * pass, one update: the usual step). Each update: forward/backward per micro-batch of this rank's
+     * share of the mini-batch, the loss normalised by the mini-batch's token count over all ranks (so
+     * neither micro-batching nor the rank count changes it); the gradient summed over the ranks in rank
+     * order; one AdamW step. */
+    const int E = cfg->ppo_epochs, M = cfg->mini_batches < S ? cfg->mini_batches : S > 0 ? S : 1;
+    const int decoupled = cfg->loss == RL_LOSS_DECOUPLED_PPO;
+    rl_loss_config lc = {.loss = cfg->loss, .is_cap = cfg->is_cap, .clip_eps = cfg->clip_eps,
+                         .behav_cap = cfg->behav_weight_cap};
+    int *order = malloc((size_t)(S ? S : 1) * sizeof(int));            // (S) sample of each position
+    seq_ref *mseqs = malloc((size_t)(S ? S : 1) * sizeof *mseqs);       // (S) in this pass's order
+    float *madv = malloc((size_t)(S ? S : 1) * sizeof(float));          // (S)
+    long *lag = malloc((size_t)(S ? S : 1) * sizeof(long));             // (S) versions behind (interpolate)
+    long *mlag = malloc((size_t)(S ? S : 1) * sizeof(long));            // (S)
+    float *logprox = decoupled ? malloc(bt * sizeof(float)) : NULL;     // (MB, T) log pi_prox
+    float *prox_rows = NULL;                                            // (S, maxT) log pi_prox by position
+    if (!order || !mseqs || !madv || !lag || !mlag || (decoupled && !logprox)) {
+        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
+        goto done3;
     }
-    /* 4. data parallelism: every rank's gradient and statistics summed, in rank order */
-    if (U > 1) {
-        double sums[5] = {loss, ratio_sum, clip_sum, ent_sum, (double)ntok}, mx = ratio_max;
-        double t_sum = rlhf_now();
-        if ((rc = updater_dist_sum_f32(ps->dist, model_trainer_grads(ps->tr), ps->m->n_params, err)) ||
-            (rc = updater_dist_sum_f64(ps->dist, sums, 5, err)) || (rc = updater_dist_max_f64(ps->dist, &mx, 1, err)))
-            goto done;
-        loss = sums[0];
-        ratio_sum = sums[1];
-        clip_sum = sums[2];
-        ent_sum = sums[3];
-        ntok = (long)sums[4];
-        ratio_max = mx;
-        /* the share of the step the ranks spend summing (what overlapping the sum with the backward
-         * pass could hide at most) */
-        json_object_set_new(metrics, "train/allreduce_seconds", json_real(rlhf_now() - t_sum));
+    {
+        int s = 0;
+        for (int g = 0; g < n; g++)
+            for (int k = updater_group_n_scored(groups[g]); k > 0; k--) lag[s++] = group_lag(ps, groups[g]);
     }
-    /* 5. optimizer */
+    /* recomputed pi_prox: the weights this step starts from, before any of its updates. With one
+     * update per step that is the update's own forward pass (no extra pass); otherwise one forward over
+     * this rank's share, the rows summed over the ranks (each row computed on one rank, zeros elsewhere) */
+    if (decoupled && cfg->prox == RL_PROX_RECOMPUTE && E * M > 1) {
+        if (!(prox_rows = calloc((size_t)S * maxT, sizeof(float)))) {
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
+            goto done3;
+        }
+        for (int s0 = s_lo; s0 < s_hi; s0 += MB) {
+            int B = s_hi - s0 < MB ? s_hi - s0 : MB;
+            int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
+            if ((rc = model_forward(ps->tr, tokens, targets, B, T, err))) goto done3;
+            const float *lp = model_trainer_logprobs(ps->tr); // (B, T)
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < T; t++)
+                    if (mask[(size_t)b * T + t] != 0.0f) prox_rows[(size_t)(s0 + b) * maxT + t] = lp[(size_t)b * T + t];
+        }
+        if (U > 1 && (rc = updater_dist_sum_f32(ps->dist, prox_rows, (size_t)S * maxT, err))) goto done3;
+    }
+    double loss = 0, ratio_sum = 0, ratio_max = 0, clip_sum = 0, ent_sum = 0, behav_sum = 0, behav_max = 0;
+    double gnorm_sum = 0, allreduce_s = 0;
+    long ntok = 0, dropped = 0;
+    int n_updates = 0;
     float gnorm = 0, lr = 0;
-    if ((rc = adamw_step(ps->opt, ps->m, model_trainer_grads(ps->tr), &gnorm, &lr, err))) goto done;
     model_trainer_zero_grad(ps->tr);
+    for (int e = 0; e < E; e++) {
+        for (int i = 0; i < S; i++) order[i] = i;
+        if (M > 1) { /* a new order each pass, the same on every rank and in every replay of this step */
+            rlhf_rng pr;
+            rlhf_rng_seed(&pr, (cfg->seed + 1) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(ps->step + 1) * 0xBF58476D1CE4E5B9ull ^
+                                   (uint64_t)(e + 1) * 0x94D049BB133111EBull);
+            for (int i = S - 1; i > 0; i--) {
+                int j = (int)(rlhf_rng_u64(&pr) % (uint64_t)(i + 1)), t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+        }
+        for (int i = 0; i < S; i++) {
+            mseqs[i] = seqs[order[i]];
+            madv[i] = adv[order[i]];
+            mlag[i] = lag[order[i]];
+        }
+        double e_ratio = 0, e_clip = 0;
+        long e_tok = 0;
+        for (int j = 0; j < M; j++) {
+            const int m_lo = (int)((long)S * j / M), m_hi = (int)((long)S * (j + 1) / M), m_n = m_hi - m_lo;
+            long n_tok_mb = 0; /* the mini-batch's completion tokens, on all ranks */
+            for (int i = m_lo; i < m_hi; i++) n_tok_mb += mseqs[i].g->n_tokens[mseqs[i].i];
+            if (n_tok_mb == 0) continue;
+            const int r_lo = m_lo + (int)((long)m_n * rank / U), r_hi = m_lo + (int)((long)m_n * (rank + 1) / U);
+            double u_loss = 0, u_ratio = 0, u_clip = 0, u_ent = 0, u_behav = 0, u_rmax = 0, u_bmax = 0;
+            long u_tok = 0, u_drop = 0;
+            for (int s0 = r_lo; s0 < r_hi; s0 += MB) {
+                int B = r_hi - s0 < MB ? r_hi - s0 : MB;
+                int T = build_batch(mseqs + s0, B, tokens, targets, logmu, mask, maxT);
+                if ((rc = model_forward(ps->tr, tokens, targets, B, T, err))) goto done3;
+                const float *logp = model_trainer_logprobs(ps->tr); // (B, T)
+                const float *ent = model_trainer_entropy(ps->tr);   // (B, T)
+                if (decoupled) {
+                    if (cfg->prox == RL_PROX_INTERPOLATE) rl_interpolate_prox(logprox, logp, logmu, mask, mlag + s0, B, T);
+                    else if (!prox_rows) memcpy(logprox, logp, (size_t)B * T * sizeof(float));
+                    else
+                        for (int b = 0; b < B; b++)
+                            memcpy(logprox + (size_t)b * T, prox_rows + (size_t)order[s0 + b] * maxT, (size_t)T * sizeof(float));
+                }
+                rl_step_stats st;
+                rl_token_coeffs(coef, &st, logp, logmu, logprox, mask, madv + s0, B, T, &lc);
+                if (st.n_tokens == 0) continue;
+                /* rl_token_coeffs normalised by this micro-batch's tokens; rescale to the mini-batch's */
+                float scale = (float)((double)st.n_tokens / (double)n_tok_mb);
+                for (size_t i = 0; i < (size_t)B * T; i++) coef[i] *= scale;
+                u_loss += st.loss * scale;
+                u_ratio += st.ratio_mean * st.n_tokens;
+                u_clip += st.clip_frac * st.n_tokens;
+                u_behav += st.behav_mean * st.n_tokens;
+                u_drop += st.behav_dropped;
+                if (st.ratio_max > u_rmax) u_rmax = st.ratio_max;
+                if (st.behav_max > u_bmax) u_bmax = st.behav_max;
+                for (size_t i = 0; i < (size_t)B * T; i++)
+                    if (mask[i] != 0.0f) u_ent += ent[i];
+                u_tok += st.n_tokens;
+                if ((rc = model_backward_logprobs(ps->tr, coef, NULL, err))) goto done3;
+            }
+            /* 4. data parallelism: every rank's gradient and statistics summed, in rank order */
+            if (U > 1) {
+                double sums[7] = {u_loss, u_ratio, u_clip, u_ent, (double)u_tok, u_behav, (double)u_drop};
+                double mx[2] = {u_rmax, u_bmax};
+                double t_sum = rlhf_now();
+                if ((rc = updater_dist_sum_f32(ps->dist, model_trainer_grads(ps->tr), ps->m->n_params, err)) ||
+                    (rc = updater_dist_sum_f64(ps->dist, sums, 7, err)) || (rc = updater_dist_max_f64(ps->dist, mx, 2, err)))
+                    goto done3;
+                allreduce_s += rlhf_now() - t_sum;
+                u_loss = sums[0], u_ratio = sums[1], u_clip = sums[2], u_ent = sums[3], u_tok = (long)sums[4];
+                u_behav = sums[5], u_drop = (long)sums[6], u_rmax = mx[0], u_bmax = mx[1];
+            }
+            /* 5. optimizer */
+            if ((rc = adamw_step(ps->opt, ps->m, model_trainer_grads(ps->tr), &gnorm, &lr, err))) goto done3;
+            model_trainer_zero_grad(ps->tr);
+            n_updates++;
+            gnorm_sum += gnorm;
+            loss += u_loss;
+            ratio_sum += u_ratio, clip_sum += u_clip, ent_sum += u_ent, behav_sum += u_behav;
+            ntok += u_tok, dropped += u_drop;
+            if (u_rmax > ratio_max) ratio_max = u_rmax;
+            if (u_bmax > behav_max) behav_max = u_bmax;
+            e_ratio += u_ratio, e_clip += u_clip, e_tok += u_tok;
+        }
+        if (E > 1) { /* how far each pass has moved the policy from the behaviour policy */
+            char key[64];
+            snprintf(key, sizeof key, "ppo/epoch_%d/is_ratio_mean", e + 1);
+            json_object_set_new(metrics, key, json_real(e_tok ? e_ratio / e_tok : 1.0));
+            snprintf(key, sizeof key, "ppo/epoch_%d/clip_frac", e + 1);
+            json_object_set_new(metrics, key, json_real(e_tok ? e_clip / e_tok : 0.0));
+        }
+    }
+    if (n_updates > 1) { /* means over the step's updates */
+        loss /= n_updates;
+        gnorm = (float)(gnorm_sum / n_updates);
+    }
+    if (U > 1) json_object_set_new(metrics, "train/allreduce_seconds", json_real(allreduce_s));
+    if (decoupled) {
+        json_object_set_new(metrics, "behav_weight/mean", json_real(ntok ? behav_sum / ntok : 1.0));
+        json_object_set_new(metrics, "behav_weight/max", json_real(behav_max));
+        json_object_set_new(metrics, "behav_weight/dropped_tokens", json_integer(dropped));
+    }
+    json_object_set_new(metrics, "train/updates", json_integer(n_updates));
     ps->step++;
     double dt = rlhf_now() - t0;
     json_object_set_new(metrics, "loss", json_real(loss));
@@ -419,6 +532,14 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     json_object_set_new(metrics, "train/tokens", json_integer(ntok));
     json_object_set_new(metrics, "train/seconds", json_real(dt));
     json_object_set_new(metrics, "train/tokens_per_s", json_real(dt > 0 ? ntok / dt : 0));
+done3:
+    free(order);
+    free(mseqs);
+    free(madv);
+    free(lag);
+    free(mlag);
+    free(logprox);
+    free(prox_rows);
 done:
     free(seqs);
     free(reward);

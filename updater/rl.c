@@ -64,8 +64,19 @@ int rl_rloo_advantages_scored(float *adv, int *keep, const float *rewards, const
     return dropped;
 }
 
-void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *mask,
-                     const float *adv, int B, int T, const rl_loss_config *cfg) {
+void rl_interpolate_prox(float *logprox, const float *logp, const float *logmu, const float *mask, const long *lag,
+                         int B, int T) {
+    for (int b = 0; b < B; b++) {
+        double alpha = lag[b] > 0 ? (double)lag[b] / (double)(lag[b] + 1) : 0.0;
+        for (int t = 0; t < T; t++) {
+            size_t i = (size_t)b * T + t;
+            logprox[i] = mask[i] != 0.0f ? (float)(logmu[i] + alpha * ((double)logp[i] - (double)logmu[i])) : 0.0f;
+        }
+    }
+}
+
+void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *logprox,
+                     const float *mask, const float *adv, int B, int T, const rl_loss_config *cfg) {
     long n = 0;
     for (size_t i = 0; i < (size_t)B * T; i++) n += mask[i] != 0.0f;
     memset(st, 0, sizeof *st);
@@ -75,8 +86,8 @@ void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const fl
         return;
     }
     double inv_n = 1.0 / (double)n;
-    double ratio_sum = 0, ratio_max = 0, loss = 0;
-    long clipped = 0;
+    double ratio_sum = 0, ratio_max = 0, loss = 0, behav_sum = 0, behav_max = 0;
+    long clipped = 0, dropped = 0;
     for (int b = 0; b < B; b++) {
         double A = adv[b];
         for (int t = 0; t < T; t++) {
@@ -89,7 +100,24 @@ void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const fl
             ratio_sum += rho;
             if (rho > ratio_max) ratio_max = rho;
             double c;
-            if (cfg->loss == RL_LOSS_PPO_CLIP) {
+            if (cfg->loss == RL_LOSS_DECOUPLED_PPO) {
+                double w = exp((double)logprox[i] - (double)logmu[i]);
+                behav_sum += w;
+                if (w > behav_max) behav_max = w;
+                if (w > cfg->behav_cap) { /* too far off-policy to trust: no gradient, counted */
+                    dropped++;
+                    coef[i] = 0.0f;
+                    continue;
+                }
+                double r = exp((double)logp[i] - (double)logprox[i]);
+                double lo = 1.0 - cfg->clip_eps, hi = 1.0 + cfg->clip_eps;
+                double rc = r < lo ? lo : r > hi ? hi : r;
+                double unclipped = r * A, clippedv = rc * A;
+                int clip_active = clippedv < unclipped;
+                if (clip_active) clipped++;
+                c = clip_active ? 0.0 : w * r * A;
+                loss -= w * (clip_active ? clippedv : unclipped) * inv_n;
+            } else if (cfg->loss == RL_LOSS_PPO_CLIP) {
                 double lo = 1.0 - cfg->clip_eps, hi = 1.0 + cfg->clip_eps;
                 double rc = rho < lo ? lo : rho > hi ? hi : rho;
                 double unclipped = rho * A, clippedv = rc * A;
@@ -113,6 +141,9 @@ void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const fl
     st->ratio_mean = ratio_sum / n;
     st->ratio_max = ratio_max;
     st->clip_frac = (double)clipped / n;
+    st->behav_mean = behav_sum / n;
+    st->behav_max = behav_max;
+    st->behav_dropped = dropped;
 }
 
 void rl_kl_penalty(float *kl, const float *logp, const float *logref, const float *mask, int B, int T) {

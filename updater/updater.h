@@ -45,17 +45,21 @@ int rl_rloo_advantages_scored(float *adv, int *keep, const float *rewards, const
 
 
 typedef struct rl_loss_config {
-    int loss;        /* RL_LOSS_TIS | RL_LOSS_PPO_CLIP */
-    float is_cap;    /* TIS: coefficient = min(rho, is_cap) * A */
-    float clip_eps;  /* PPO: clipped objective with ratio in [1-eps, 1+eps] */
+    int loss;         /* RL_LOSS_TIS | RL_LOSS_PPO_CLIP | RL_LOSS_DECOUPLED_PPO */
+    float is_cap;     /* TIS: coefficient = min(rho, is_cap) * A */
+    float clip_eps;   /* PPO, decoupled PPO: clipped objective with ratio in [1-eps, 1+eps] */
+    float behav_cap;  /* decoupled PPO: tokens with pi_prox / mu above this are dropped (coefficient 0) */
 } rl_loss_config;
 
 typedef struct rl_step_stats {
     double loss;          /* value of the surrogate objective (per-token mean, sign: minimised) */
-    double ratio_mean;    /* mean of rho_t over masked tokens */
+    double ratio_mean;    /* mean of rho_t = pi_theta / mu over masked tokens */
     double ratio_max;
     double clip_frac;     /* TIS: fraction with rho > is_cap; PPO: fraction where the clip is active */
     long n_tokens;        /* masked tokens counted */
+    /* decoupled PPO: the behaviour weight pi_prox / mu over masked tokens, and the tokens dropped by the cap */
+    double behav_mean, behav_max;
+    long behav_dropped;
 } rl_step_stats;
 
 /* Per-token coefficients of the policy gradient.
@@ -68,9 +72,20 @@ typedef struct rl_step_stats {
  *        dL/dlogp_t = -(1/N) min(rho_t, c) A_i
  *   PPO: L = -(1/N) sum min(rho_t A_i, clip(rho_t, 1-e, 1+e) A_i)
  *        dL/dlogp_t = -(1/N) rho_t A_i where the unclipped term is the minimum, else 0
- * N = number of masked tokens in the whole batch (per-token mean). */
-void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *mask,
-                     const float *adv, int B, int T, const rl_loss_config *cfg);
+ *   decoupled PPO (logprox (B, T): log pi_prox, the proximal policy; w_t = pi_prox / mu, r_t = pi_theta / pi_prox):
+ *        L = -(1/N) sum_{w_t <= cap} w_t min(r_t A_i, clip(r_t, 1-e, 1+e) A_i)      (w stop-gradient)
+ *        dL/dlogp_t = -(1/N) w_t r_t A_i where the unclipped term is the minimum and w_t <= cap, else 0
+ * N = number of masked tokens in the whole batch (per-token mean; dropped tokens stay in N).
+ * logprox is read only by decoupled PPO (NULL otherwise). */
+void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *logprox,
+                     const float *mask, const float *adv, int B, int T, const rl_loss_config *cfg);
+/* Decoupled PPO's interpolated proximal log-probs (rl.prox = "interpolate"):
+ *   log pi_prox = log mu + alpha_i (log pi_theta - log mu),  alpha_i = lag_i / (lag_i + 1)
+ * where lag_i is how many versions the sample's behaviour policy is behind the weights this step starts
+ * from (pi_prox = those weights, pi_theta the step's result one version later; a fresh sample has
+ * pi_prox = mu). Writes logprox (B, T) on masked tokens, 0 elsewhere; logp is read as a constant. */
+void rl_interpolate_prox(float *logprox, const float *logp, const float *logmu, const float *mask, const long *lag,
+                         int B, int T);
 
 /* KL-to-reference penalty per sample with the k1 estimator on the sampled tokens:
  *   kl_i = sum_t mask_t * (logp_t - logref_t)

@@ -1,6 +1,6 @@
 /* tests/updater/dist_step_check.c — the data-parallel RL step on fixed data, for tests/updater/test_dist.c.
  *
- *   dist_step_check BASE.safetensors OUT_PREFIX STEPS [THREADS]
+ *   dist_step_check BASE.safetensors OUT_PREFIX STEPS [THREADS [RL_KEYS]]
  *
  * Every rank builds the policy from BASE (a tiny model) and the same config (KL penalty on, so the
  * reference pass is split too; 10 groups of k = 4 per step: three micro-batches of 16, 16 and 8
@@ -8,7 +8,9 @@
  * varying length, behaviour log-probs, rewards — and trains on them with updater_policy_train_step;
  * ranks 1.. follow (updater_policy_follow). Rank 0 then writes OUT_PREFIX.safetensors (the weights)
  * and OUT_PREFIX.json (each step's loss, grad_norm, is_ratio/mean, entropy, kl, train/tokens).
- * Run alone it is a single updater; under `mpirun -np U`, U data-parallel ranks. */
+ * Run alone it is a single updater; under `mpirun -np U`, U data-parallel ranks. RL_KEYS: more keys of
+ * the "rl" object instead of the default "\"lr\":0.01,\"loss\":\"ppo_clip\"" (rl.lr among them). The
+ * groups' behaviour versions are 0..2 behind the policy's version 2, so lags differ. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,18 +48,19 @@ static scored_group *make_group(uint64_t *rng, int k, int vocab) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4 && argc != 5) {
-        fprintf(stderr, "usage: dist_step_check BASE.safetensors OUT_PREFIX STEPS [THREADS]\n");
+    if (argc < 4 || argc > 6) {
+        fprintf(stderr, "usage: dist_step_check BASE.safetensors OUT_PREFIX STEPS [THREADS [RL_KEYS]]\n");
         return 2;
     }
-    const int threads = argc == 5 ? atoi(argv[4]) : 1;
+    const int threads = argc >= 5 ? atoi(argv[4]) : 1;
+    const char *rl_extra = argc == 6 ? argv[5] : "\"lr\":0.01,\"loss\":\"ppo_clip\"";
     const int steps = atoi(argv[3]), G = 10, K = 4;
     char doc[2048];
     snprintf(doc, sizeof doc,
              "{\"name\":\"dist\",\"run_dir\":\"/tmp\",\"model\":{\"base_checkpoint\":\"%s\",\"threads\":1},"
              "\"task\":{\"train\":\"/dev/null\"},\"rewards\":[{\"type\":\"regex\",\"pattern\":\"x\"}],"
-             "\"rl\":{\"k\":%d,\"prompts_per_step\":%d,\"lr\":0.01,\"kl_beta\":0.1,\"loss\":\"ppo_clip\"}}",
-             argv[1], K, G);
+             "\"rl\":{\"k\":%d,\"prompts_per_step\":%d,\"kl_beta\":0.1,%s}}",
+             argv[1], K, G, rl_extra);
     rlhf_error err = {0};
     json_t *j = json_loads(doc, 0, NULL);
     run_config cfg;
@@ -78,6 +81,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     ps.dist = dist;
+    ps.version = 2; /* the groups are 0..2 versions behind */
     int rc = 0;
     double train_s = 0;
     if (updater_dist_rank(dist) > 0) {
@@ -88,7 +92,10 @@ int main(int argc, char **argv) {
         for (int s = 0; s < steps && !rc; s++) {
             double t0 = rlhf_now();
             scored_group *gs[10];
-            for (int g = 0; g < G; g++) gs[g] = make_group(&rng, K, ps.m->cfg.vocab_size);
+            for (int g = 0; g < G; g++) {
+                gs[g] = make_group(&rng, K, ps.m->cfg.vocab_size);
+                gs[g]->g.policy_version = (uint64_t)(g % 3);
+            }
             json_t *m = json_object();
             rc = updater_policy_train_step(&ps, gs, G, m, NULL, &err);
             json_array_append_new(log, m);

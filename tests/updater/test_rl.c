@@ -50,7 +50,7 @@ static void test_tis_truncation(void) {
     make_logp(logp);
     rl_loss_config lc = {.loss = RL_LOSS_TIS, .is_cap = 2.0f, .clip_eps = 0.2f};
     rl_step_stats st;
-    rl_token_coeffs(coef, &st, logp, LOGMU, MASK, ADV, 2, 3, &lc);
+    rl_token_coeffs(coef, &st, logp, LOGMU, NULL, MASK, ADV, 2, 3, &lc);
     /* coef = -min(rho, 2) * A / 5 */
     NEAR(coef[0], -0.5 * 1 / 5);
     NEAR(coef[1], -2.0 * 1 / 5); /* rho 3 truncated to 2 */
@@ -67,7 +67,7 @@ static void test_tis_truncation(void) {
 static double ppo_objective(const float *logp, const rl_loss_config *lc) {
     float coef[6];
     rl_step_stats st;
-    rl_token_coeffs(coef, &st, logp, LOGMU, MASK, ADV, 2, 3, lc);
+    rl_token_coeffs(coef, &st, logp, LOGMU, NULL, MASK, ADV, 2, 3, lc);
     return st.loss;
 }
 
@@ -76,7 +76,7 @@ static void test_ppo_clip(void) {
     make_logp(logp);
     rl_loss_config lc = {.loss = RL_LOSS_PPO_CLIP, .is_cap = 2.0f, .clip_eps = 0.2f};
     rl_step_stats st;
-    rl_token_coeffs(coef, &st, logp, LOGMU, MASK, ADV, 2, 3, &lc);
+    rl_token_coeffs(coef, &st, logp, LOGMU, NULL, MASK, ADV, 2, 3, &lc);
     /* A=1:  rho 0.5 -> min(0.5, 0.8) unclipped: coef -0.5/5; rho 3 -> min(3, 1.2) clipped: 0
      * A=-2: rho 1 -> -2 both; rho 1.5 -> min(-3, -2.4) unclipped; rho 2.5 -> min(-5, -2.4) unclipped */
     NEAR(coef[0], -0.1);
@@ -99,6 +99,73 @@ static void test_ppo_clip(void) {
         double fd = (up - dn) / (2 * h);
         CU_ASSERT(fabs(fd - coef[i]) < 2e-3);
     }
+}
+
+/* Decoupled PPO on the same tokens: pi_prox between mu and pi_theta. Hand-computed, then finite
+ * differences of the reported objective w.r.t. each log pi_theta (logprox held fixed). */
+static float LOGPROX[6];
+static double dppo_objective(const float *logp, const rl_loss_config *lc) {
+    float coef[6];
+    rl_step_stats st;
+    rl_token_coeffs(coef, &st, logp, LOGMU, LOGPROX, MASK, ADV, 2, 3, lc);
+    return st.loss;
+}
+
+static void test_decoupled_ppo(void) {
+    float logp[6], coef[6];
+    make_logp(logp); /* rho = pi/mu = 0.5, 3, 1, 1, 1.5, 2.5 */
+    /* behaviour weights w = pi_prox/mu; the second is above the cap 5 (dropped); r = rho / w, none on a clip edge */
+    double w[6] = {0.8, 6, 1, 1.2, 1.4, 2}, rho[6] = {0.5, 3, 1, 1, 1.5, 2.5}, A[6] = {1, 1, 1, -2, -2, -2};
+    for (int i = 0; i < 6; i++) LOGPROX[i] = (float)(LOGMU[i] + log(w[i]));
+    rl_loss_config lc = {.loss = RL_LOSS_DECOUPLED_PPO, .is_cap = 2.0f, .clip_eps = 0.2f, .behav_cap = 5.0f};
+    rl_step_stats st;
+    rl_token_coeffs(coef, &st, logp, LOGMU, LOGPROX, MASK, ADV, 2, 3, &lc);
+    /* r = 0.625 (A 1: 0.625 < 0.8, unclipped), 0.833 and 1.071 (inside the clip), 1.25 (A -2: -2.5 < -2.4,
+     * unclipped): the gradient flows on every kept token, with w r = rho */
+    double loss = 0;
+    for (int i = 0; i < 6; i++) {
+        if (!MASK[i] || i == 1) {
+            NEAR(coef[i], 0);
+            continue;
+        }
+        NEAR(coef[i], -rho[i] * A[i] / 5);
+        double r = rho[i] / w[i], rc = r < 0.8 ? 0.8 : r > 1.2 ? 1.2 : r;
+        loss -= w[i] * fmin(r * A[i], rc * A[i]) / 5;
+    }
+    CU_ASSERT_EQUAL(st.behav_dropped, 1);
+    NEAR(st.behav_max, 6);
+    NEAR(st.behav_mean, (0.8 + 6 + 1.2 + 1.4 + 2) / 5);
+    NEAR(st.clip_frac, 0);
+    NEAR(st.loss, loss);
+    /* a clip that binds: r = 1.5 with A > 0 gives no gradient */
+    float lp2[6];
+    memcpy(lp2, logp, sizeof lp2);
+    lp2[0] = (float)(LOGPROX[0] + log(1.5));
+    rl_token_coeffs(coef, &st, lp2, LOGMU, LOGPROX, MASK, ADV, 2, 3, &lc);
+    NEAR(coef[0], 0);
+    NEAR(st.clip_frac, 1.0 / 5);
+    /* finite differences of the objective */
+    rl_token_coeffs(coef, &st, logp, LOGMU, LOGPROX, MASK, ADV, 2, 3, &lc);
+    for (int i = 0; i < 6; i++) {
+        float lp[6];
+        memcpy(lp, logp, sizeof lp);
+        double h = 1e-3;
+        lp[i] = (float)(logp[i] + h);
+        double up = dppo_objective(lp, &lc);
+        lp[i] = (float)(logp[i] - h);
+        double dn = dppo_objective(lp, &lc);
+        CU_ASSERT(fabs((up - dn) / (2 * h) - coef[i]) < 2e-3);
+    }
+}
+
+/* Interpolated pi_prox: alpha = lag / (lag + 1) per sample; a fresh sample's pi_prox is mu. */
+static void test_interpolate_prox(void) {
+    float logp[6], lp[6];
+    make_logp(logp);
+    long lag[2] = {0, 3};
+    rl_interpolate_prox(lp, logp, LOGMU, MASK, lag, 2, 3);
+    for (int t = 0; t < 3; t++) NEAR(lp[t], MASK[t] != 0 ? LOGMU[t] : 0);
+    for (int t = 3; t < 6; t++) NEAR(lp[t], LOGMU[t] + 0.75 * (logp[t] - LOGMU[t]));
 }
 
 static void test_kl_penalty(void) {
@@ -193,7 +260,10 @@ static void test_config_errors_name_path(void) {
     expect_error("rl.k=\"eight\"", "--set rl.k", "must be an integer");
     expect_error("rl.colour=3", "cfg.json: rl.colour", "unknown key");
     expect_error("generators.top_p=1.5", "cfg.json: generators.top_p", "in [0.01, 1]");
-    expect_error("rl.loss=grpo", "cfg.json: rl.loss", "\"tis\" or \"ppo_clip\"");
+    expect_error("rl.loss=grpo", "cfg.json: rl.loss", "\"tis\", \"ppo_clip\" or \"decoupled_ppo\"");
+    expect_error("rl.prox=exact", "cfg.json: rl.prox", "\"recompute\" or \"interpolate\"");
+    expect_error("rl.ppo_epochs=0", "cfg.json: rl.ppo_epochs", "");
+    expect_error("rl.mini_batches=1000", "cfg.json: rl.mini_batches", "samples of a step");
     expect_error("mode=fast", "cfg.json: mode", "async");
     expect_error("updaters.count=0", "cfg.json: updaters.count", "must be an integer in [1, 256]");
     expect_error("task=3", "--set task", "must be an object");
@@ -380,6 +450,8 @@ int register_suites(void) {
     CU_add_test(s, "tis_truncation", test_tis_truncation);
     CU_add_test(s, "ppo_clip", test_ppo_clip);
     CU_add_test(s, "kl_penalty", test_kl_penalty);
+    CU_add_test(s, "decoupled_ppo", test_decoupled_ppo);
+    CU_add_test(s, "interpolate_prox", test_interpolate_prox);
     CU_pSuite c = CU_add_suite("run_config", NULL, NULL);
     CU_add_test(c, "defaults_and_overrides", test_config_defaults_and_overrides);
     CU_add_test(c, "errors_name_path", test_config_errors_name_path);
