@@ -308,6 +308,8 @@ typedef struct sample_result {
     int32_t *tokens;          /* (n_tokens) sampled ids, including a final stop id */
     float *logprobs;          /* (n_tokens) log pi(y_t) at temperature 1 (see above) */
     float *sampling_logprobs; /* (n_tokens) log q(y_t) of the sampling distribution */
+    uint64_t *versions;       /* (n_tokens) the model's `version` when y_t was sampled (weights may change
+                               * between decode steps of a stream: sampler_source.before_step) */
     int n_tokens;
     sample_finish finish;
     int stop_string;          /* index of the stop string that matched, or -1 */
@@ -370,6 +372,11 @@ typedef struct sampler_source {
     int (*next)(void *ctx, sample_request *req, rlhf_error *err);
     int (*done)(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err);
     int (*before_step)(void *ctx, rlhf_error *err);
+    /* When before_step changed the weights: 0 keeps every sequence's KV cache (its earlier positions stay
+     * as the old weights computed them; the next tokens are sampled from that mix), 1 recomputes each
+     * sequence's cache (prompt and the tokens sampled so far) under the new weights before it samples
+     * again, so every token is sampled from one set of weights, the version recorded with it. */
+    int recompute_on_new_weights;
 } sampler_source;
 int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *src, rlhf_error *err);
 

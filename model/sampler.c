@@ -715,6 +715,7 @@ typedef struct slot_state {
     sample_request rq;  /* the request (its arrays are the caller's until done) */
     sample_result res;  /* its result so far */
     int fed;        /* prompt tokens already in the cache */
+    int refeed;     /* >= 0: recomputing the cache after new weights, positions [0, refeed) done; -1: not */
     int32_t last;   /* last sampled token (fed at the next decode step) */
     size_t text_cap;
     rlhf_rng rng;
@@ -725,6 +726,7 @@ void sample_result_free(sample_result *r) {
     free(r->tokens);
     free(r->logprobs);
     free(r->sampling_logprobs);
+    free(r->versions);
     free(r->text);
     memset(r, 0, sizeof *r);
     r->stop_string = -1;
@@ -786,6 +788,7 @@ static int accept_token(sampler *s, const tokenizer *tok, const sample_request *
     res->tokens[res->n_tokens] = y;
     res->logprobs[res->n_tokens] = lp_pi;
     res->sampling_logprobs[res->n_tokens] = lp_q;
+    res->versions[res->n_tokens] = s->m->version;
     res->n_tokens++;
     st->last = y;
     if (tok) {
@@ -850,7 +853,8 @@ static int result_start(sampler *s, const tokenizer *tok, const sample_request *
     res->tokens = malloc((size_t)cap * sizeof(int32_t));
     res->logprobs = malloc((size_t)cap * sizeof(float));
     res->sampling_logprobs = malloc((size_t)cap * sizeof(float));
-    return res->tokens && res->logprobs && res->sampling_logprobs ? 0 : RLHF_ENOMEM;
+    res->versions = malloc((size_t)cap * sizeof(uint64_t));
+    return res->tokens && res->logprobs && res->sampling_logprobs && res->versions ? 0 : RLHF_ENOMEM;
 }
 
 int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *src, rlhf_error *err) {
@@ -876,7 +880,15 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
                 rc = r;
                 break;
             }
-            if (r > 0) ensure_packed(s); /* the weights may have changed */
+            if (r > 0) {
+                ensure_packed(s); /* the weights may have changed */
+                if (src->recompute_on_new_weights)
+                    for (int b = 0; b < B; b++) {
+                        if (st[b].req < 0) continue;
+                        if (st[b].res.n_tokens == 0) st[b].fed = 0; /* its prompt again */
+                        else st[b].refeed = 0;                      /* its prompt and tokens again */
+                    }
+            }
         }
         /* admit waiting requests into free slots; asked again before every step while any is in flight */
         source_empty = 0;
@@ -906,6 +918,7 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
                 }
                 st[b].req = index;
                 st[b].fed = 0;
+                st[b].refeed = -1;
                 rlhf_rng_seed(&st[b].rng, rq.params.seed);
                 active++;
                 break;
@@ -915,12 +928,29 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
         /* rows: one decode row per generating slot, then prompt rows within the remaining budget */
         int R = 0, NL = 0;
         for (int b = 0; b < B; b++) {
-            if (st[b].req < 0 || st[b].fed < st[b].rq.prompt_len) continue;
+            if (st[b].req < 0 || st[b].fed < st[b].rq.prompt_len || st[b].refeed >= 0) continue;
             s->row_slot[R] = b;
             s->row_pos[R] = st[b].rq.prompt_len + st[b].res.n_tokens - 1;
             s->row_tok[R] = st[b].last;
             logit_slot[NL] = b;
             s->logit_rows[NL++] = R++;
+        }
+        /* a sequence recomputing its cache under new weights: prompt and sampled tokens but the last
+         * (which the next decode row feeds), no logits; it samples again from the next step on */
+        for (int b = 0; b < B && R < s->max_rows; b++) {
+            if (st[b].req < 0 || st[b].refeed < 0) continue;
+            const sample_request *rq = &st[b].rq;
+            int need = rq->prompt_len + st[b].res.n_tokens - 1, chunk = need - st[b].refeed;
+            if (chunk > s->max_rows - R) chunk = s->max_rows - R;
+            for (int t = 0; t < chunk; t++) {
+                int pos = st[b].refeed + t;
+                s->row_slot[R] = b;
+                s->row_pos[R] = pos;
+                s->row_tok[R] = pos < rq->prompt_len ? rq->prompt[pos] : st[b].res.tokens[pos - rq->prompt_len];
+                R++;
+            }
+            st[b].refeed += chunk;
+            if (st[b].refeed == need) st[b].refeed = -1;
         }
         for (int b = 0; b < B && R < s->max_rows; b++) {
             if (st[b].req < 0) continue;

@@ -514,6 +514,76 @@ static void test_stream(void) {
     model_destroy(&m);
 }
 
+/* The log-prob of each token of res under weights m, by the reference forward over prompt ++ tokens. */
+static float *rescored(const model *m, const sample_request *rq, const sample_result *res) {
+    int V = m->cfg.vocab_size, P = rq->prompt_len, n = res->n_tokens;
+    int32_t seq[64];
+    memcpy(seq, rq->prompt, (size_t)P * sizeof(int32_t));
+    memcpy(seq + P, res->tokens, (size_t)n * sizeof(int32_t));
+    float *ref = reference_logits(m, seq, P + n - 1), *lp = malloc((size_t)n * sizeof(float));
+    for (int t = 0; t < n; t++) lp[t] = (float)log_softmax_at(ref + (size_t)(P - 1 + t) * V, V, res->tokens[t], 1.0);
+    free(ref);
+    return lp;
+}
+
+/* New weights arriving in the middle of decoding (in-flight updates): every token records the version
+ * it was sampled with, and completions span both versions. With the cache recomputed under the new
+ * weights, each token's recorded log-prob is what that version's weights give for the whole prefix
+ * (re-scoring each span with its version's weights); with the cache kept, tokens after the switch were
+ * sampled with the old weights' keys and values of the earlier positions, which a re-scoring with either
+ * version does not reproduce — the reason the recompute mode exists. */
+static void test_inflight_versions(void) {
+    model_config c = infer_test_config(0, 2);
+    model *w0 = infer_test_model(&c, 47), *w1 = infer_test_model(&c, 47);
+    for (size_t i = 0; i < w1->n_params; i++) w1->params_mem[i] *= 0.9f; /* as trickle_before scales */
+    for (int recompute = 1; recompute >= 0; recompute--) {
+        model *m = infer_test_model(&c, 47);
+        static run_set rs;
+        make_requests(&rs, c.vocab_size, 5000);
+        rlhf_error err = {0};
+        sampler *s = NULL;
+        CU_ASSERT_EQUAL_FATAL(sampler_create(&s, m, 6, &err), 0);
+        static trickle t;
+        memset(&t, 0, sizeof t);
+        t.rs = &rs;
+        t.m = m;
+        t.swap_step = 6; /* all six admitted at step 1; the longest prompt (25) is still in prefill */
+        t.fail_at = -1;
+        sampler_source src = {.ctx = &t, .next = trickle_next, .done = trickle_done, .before_step = trickle_before,
+                              .recompute_on_new_weights = recompute};
+        CU_ASSERT_EQUAL_FATAL(sampler_run_stream(s, NULL, &src, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(t.n_done, 6);
+        int spanning = 0, mismatched_after = 0;
+        for (int i = 0; i < 6; i++) {
+            const sample_result *r = &t.res[i];
+            float *lp0 = rescored(w0, &rs.reqs[i], r), *lp1 = rescored(w1, &rs.reqs[i], r);
+            int first_v1 = -1;
+            for (int k = 0; k < r->n_tokens; k++) {
+                CU_ASSERT(r->versions[k] == 0 || r->versions[k] == 1);
+                if (k) CU_ASSERT(r->versions[k] >= r->versions[k - 1]);
+                if (r->versions[k] == 1 && first_v1 < 0) first_v1 = k;
+                if (r->versions[k] == 0) {
+                    CU_ASSERT(fabs(r->logprobs[k] - lp0[k]) < 1e-4); /* before the switch */
+                } else if (recompute) {
+                    CU_ASSERT(fabs(r->logprobs[k] - lp1[k]) < 1e-4);
+                } else {
+                    mismatched_after += fabs(r->logprobs[k] - lp1[k]) > 1e-4 && fabs(r->logprobs[k] - lp0[k]) > 1e-4;
+                }
+            }
+            spanning += first_v1 > 0;
+            free(lp0);
+            free(lp1);
+            sample_result_free(&t.res[i]);
+        }
+        CU_ASSERT(spanning >= 3); /* the test means something only if completions do span the versions */
+        if (!recompute) CU_ASSERT(mismatched_after > 0);
+        sampler_destroy(&s);
+        model_destroy(&m);
+    }
+    model_destroy(&w0);
+    model_destroy(&w1);
+}
+
 static void test_same_seed_same_tokens(void) {
     model_config c = infer_test_config(0, 2);
     model *m = infer_test_model(&c, 43);
@@ -920,6 +990,7 @@ void infer_register_sampler(void) {
         CU_add_test(s, "batched mixed-length sampling equals per-sequence", test_batched_equals_single);
         CU_add_test(s, "same seed same tokens", test_same_seed_same_tokens);
         CU_add_test(s, "streaming: requests arriving mid-run, weights replaced between steps", test_stream);
+        CU_add_test(s, "in-flight weights: per-token versions; recomputed cache rescored exactly", test_inflight_versions);
         CU_add_test(s, "log-probs, top-k, top-p against the reference", test_logprobs_match_reference);
     }
     s = CU_add_suite("kv_cache", NULL, NULL);
