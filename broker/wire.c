@@ -632,6 +632,38 @@ uint64_t wire_rollout_group_total_tokens(const wire_rollout_group *g) {
     return t;
 }
 
+/* 1 when some token's version differs from the group's policy_version (then token_versions is sent). */
+static int group_has_token_versions(const wire_rollout_group *x) {
+    if (!x->token_versions) return 0;
+    uint64_t total = wire_rollout_group_total_tokens(x);
+    for (uint64_t t = 0; t < total; t++)
+        if (x->token_versions[t] != x->policy_version) return 1;
+    return 0;
+}
+
+/* "token_versions": per sample, the points where the version changes, flattened [t0, v0, t1, v1, ...]
+ * (token index, its version); before the first point a sample's tokens are at policy_version. A
+ * completion spans few versions, so this is a few numbers, not one per token. */
+static json_t *token_versions_json(const wire_rollout_group *x) {
+    json_t *all = json_array();
+    uint64_t off = 0;
+    for (uint32_t i = 0; i < x->k; i++) {
+        json_t *pts = json_array();
+        uint64_t cur = x->policy_version;
+        for (uint32_t t = 0; t < x->n_tokens[i]; t++) {
+            uint64_t v = x->token_versions[off + t];
+            if (v != cur) {
+                json_array_append_new(pts, json_integer((json_int_t)t));
+                json_array_append_new(pts, json_integer((json_int_t)v));
+                cur = v;
+            }
+        }
+        off += x->n_tokens[i];
+        json_array_append_new(all, pts);
+    }
+    return all;
+}
+
 /* The reference encoder: builds the metadata as a jansson tree and serialises it. The fast encoder below
  * writes the same JSON straight into a buffer; tests check that both decode to the same message. */
 int wire_encode_rollout_group_reference(const wire_rollout_group *x, wire_out *o, rlhf_error *err) {
@@ -668,6 +700,7 @@ int wire_encode_rollout_group_reference(const wire_rollout_group *x, wire_out *o
         return RLHF_FAIL(err, RLHF_EINVAL, "rollout group: a string field is not valid UTF-8");
     }
     if (texts) json_object_set_new(meta, "texts", texts);
+    if (group_has_token_versions(x)) json_object_set_new(meta, "token_versions", token_versions_json(x));
     if (x->prompt_record) json_object_set(meta, "prompt_record", x->prompt_record);
     uint64_t total = wire_rollout_group_total_tokens(x);
     wire_frame pay[3] = {
@@ -839,6 +872,29 @@ int wire_encode_rollout_group(const wire_rollout_group *x, wire_out *o, rlhf_err
         }
         JW_LIT(&w, "]");
     }
+    if (group_has_token_versions(x)) {
+        JW_LIT(&w, ",\"token_versions\":[");
+        uint64_t off = 0;
+        for (uint32_t i = 0; i < x->k; i++) {
+            if (i) JW_LIT(&w, ",");
+            JW_LIT(&w, "[");
+            uint64_t cur = x->policy_version;
+            int first = 1;
+            for (uint32_t t = 0; t < x->n_tokens[i]; t++) {
+                uint64_t v = x->token_versions[off + t];
+                if (v == cur) continue;
+                if (!first) JW_LIT(&w, ",");
+                jw_u64(&w, t);
+                JW_LIT(&w, ",");
+                jw_u64(&w, v);
+                cur = v;
+                first = 0;
+            }
+            off += x->n_tokens[i];
+            JW_LIT(&w, "]");
+        }
+        JW_LIT(&w, "]");
+    }
     if (x->prompt_record) {
         char *rec = json_dumps(x->prompt_record, JSON_COMPACT | JSON_ENCODE_ANY);
         if (!rec) {
@@ -894,6 +950,7 @@ void wire_rollout_group_free(wire_rollout_group *x) {
     if (x->texts)
         for (uint32_t i = 0; i < x->k; i++) free(x->texts[i]);
     free(x->texts);
+    free(x->token_versions);
     memset(x, 0, sizeof *x);
 }
 
@@ -986,6 +1043,40 @@ static int decode_group(const wire_msg *m, wire_rollout_group *x, int copy, int 
             }
         }
     }
+    /* Per-token versions: per sample, change points (token index strictly increasing within the sample,
+     * version never below policy_version and never decreasing) */
+    json_t *tvs = json_object_get(m->meta, "token_versions");
+    if (tvs) {
+        if (!json_is_array(tvs) || json_array_size(tvs) != k) {
+            dfield(c, "token_versions", "must be an array of k=%u arrays", k);
+            goto fail;
+        }
+        for (uint32_t i = 0; i < k; i++) {
+            json_t *pts = json_array_get(tvs, i);
+            size_t np = json_is_array(pts) ? json_array_size(pts) : 1;
+            if (!json_is_array(pts) || np % 2) {
+                dfield(c, "token_versions", "entry %u must be an array of (token index, version) pairs", i);
+                goto fail;
+            }
+            long long prev_t = -1;
+            uint64_t prev_v = x->policy_version, n_i = (uint64_t)json_integer_value(json_array_get(lens, i));
+            for (size_t q = 0; q < np; q += 2) {
+                json_t *jt = json_array_get(pts, q), *jv = json_array_get(pts, q + 1);
+                if (!json_is_integer(jt) || json_integer_value(jt) <= prev_t || (uint64_t)json_integer_value(jt) >= n_i) {
+                    dfield(c, "token_versions", "entry %u: token indices must increase within [0, %llu)", i,
+                           (unsigned long long)n_i);
+                    goto fail;
+                }
+                if (!json_is_integer(jv) || json_integer_value(jv) < 0 || (uint64_t)json_integer_value(jv) < prev_v) {
+                    dfield(c, "token_versions", "entry %u: versions must not decrease nor be below policy_version %llu",
+                           i, (unsigned long long)x->policy_version);
+                    goto fail;
+                }
+                prev_t = json_integer_value(jt);
+                prev_v = (uint64_t)json_integer_value(jv);
+            }
+        }
+    }
     /* Log-probs: finite and <= 0 (read unaligned from the frame). */
     const uint8_t *lp = m->payloads[2].data;
     int lp_bad = 0; /* one branch-free (vectorised) pass; the slow loop below only finds the culprit */
@@ -1034,6 +1125,26 @@ static int decode_group(const wire_msg *m, wire_rollout_group *x, int copy, int 
         x->n_tokens[i] = (uint32_t)json_integer_value(json_array_get(lens, i));
         x->finish[i] = fin_codes[i];
     }
+    if (tvs) {
+        if (!(x->token_versions = malloc((total ? total : 1) * sizeof *x->token_versions))) {
+            RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+            goto fail;
+        }
+        uint64_t off = 0;
+        for (uint32_t i = 0; i < k; i++) {
+            json_t *pts = json_array_get(tvs, i);
+            uint64_t v = x->policy_version;
+            size_t q = 0, np = json_array_size(pts);
+            for (uint32_t t = 0; t < x->n_tokens[i]; t++) {
+                if (q < np && (uint64_t)json_integer_value(json_array_get(pts, q)) == t) {
+                    v = (uint64_t)json_integer_value(json_array_get(pts, q + 1));
+                    q += 2;
+                }
+                x->token_versions[off + t] = v;
+            }
+            off += x->n_tokens[i];
+        }
+    }
     if (texts) {
         x->texts = calloc(k, sizeof *x->texts);
         if (!x->texts) {
@@ -1073,6 +1184,12 @@ json_t *wire_rollout_group_to_json(const wire_rollout_group *g) {
         }
         off += g->n_tokens[i];
         json_t *s = json_pack("{sssoso}", "finish", wire_finish_name(g->finish[i]), "tokens", toks, "logprobs", lps);
+        if (g->token_versions) {
+            json_t *vs = json_array();
+            for (uint32_t t = 0; t < g->n_tokens[i]; t++)
+                json_array_append_new(vs, json_integer((json_int_t)g->token_versions[off - g->n_tokens[i] + t]));
+            json_object_set_new(s, "versions", vs);
+        }
         if (g->texts && g->texts[i]) json_object_set_new(s, "text", json_string(g->texts[i]));
         json_array_append_new(samples, s);
     }

@@ -194,6 +194,10 @@ typedef struct wire_rollout_group {
     float *logprobs;         // (sum n_tokens) behaviour log-probs, same layout
     uint8_t *finish;         // (k) wire_finish
     char **texts;            // (k) decoded completions, or NULL (then not sent)
+    /* (sum n_tokens) the weights version each token was sampled with, same layout as tokens; NULL: every
+     * token at policy_version (a generator that took no new weights mid-completion, or an older log).
+     * policy_version is the oldest of them. On the wire, per sample, the points where it changes. */
+    uint64_t *token_versions;
     double gen_seconds;      /* time spent sampling this group */
     double created_at;       /* wall clock when the generator finished it */
 } wire_rollout_group;

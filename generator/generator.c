@@ -89,8 +89,11 @@ int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int3
     for (int j = 0; j < k; j++) total += (size_t)res[j].n_tokens;
     g->tokens = malloc(sizeof(int32_t) * (total ? total : 1));
     g->logprobs = malloc(sizeof(float) * (total ? total : 1));
+    /* each token's version (weights taken between decode steps); the wire sends it only where it is not
+     * policy_version */
+    g->token_versions = malloc(sizeof(uint64_t) * (total ? total : 1));
     if (!g->prompt_id || !g->prompt_text || !g->generator_id || !g->prompt_tokens || !g->n_tokens || !g->finish ||
-        !g->texts || !g->tokens || !g->logprobs)
+        !g->texts || !g->tokens || !g->logprobs || !g->token_versions)
         return RLHF_ENOMEM;
     memcpy(g->prompt_tokens, pids, sizeof(int32_t) * (size_t)plen);
     size_t off = 0;
@@ -101,6 +104,8 @@ int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int3
         /* the behaviour log-prob: log q by default (the ratio's mu must be what was sampled from) */
         memcpy(g->logprobs + off, gp->policy_logprobs ? r->logprobs : r->sampling_logprobs,
                sizeof(float) * (size_t)r->n_tokens);
+        for (int t = 0; t < r->n_tokens; t++)
+            g->token_versions[off + t] = r->versions ? r->versions[t] : policy_version;
         off += (size_t)r->n_tokens;
         g->finish[j] = r->finish == SAMPLE_FINISH_STOP ? WIRE_FINISH_STOP : WIRE_FINISH_LENGTH;
     }

@@ -27,10 +27,13 @@ static int take_weights(broker_client *bc, model *m, int timeout_ms, rlhf_error 
  * The sampler keeps its slots full across prompt batches: once every request of the prompts in hand is
  * admitted and a slot is free, the next batch is asked for without waiting (one request in flight; the
  * broker answers it while decoding goes on), and a group is pushed as soon as its k completions are
- * done. New weights are taken between forward steps, so a sequence may finish under a newer version
- * than it started with: every token's behaviour log-prob is the one of the weights that sampled it,
- * and the group carries the OLDEST version any of its tokens saw (the version when its first sample
- * was admitted), so the broker's and the updater's staleness counts are upper bounds. */
+ * done. New weights are taken between forward steps (generators.inflight_updates), so a sequence may
+ * finish under a newer version than it started with: every token's behaviour log-prob is the one of the
+ * weights that sampled it, every token records that version (the group's token_versions), and the
+ * group carries the OLDEST version any of its tokens saw (the version when its first sample was
+ * admitted), the one the broker's staleness bound reads. generators.inflight_kv says whether a running
+ * sequence keeps its KV cache across new weights or recomputes it under them. With inflight_updates
+ * false, a new version waits until the sequences in flight end (no new one starts meanwhile). */
 
 typedef struct pending_prompt pending_prompt;
 typedef struct sample_tag {
@@ -65,7 +68,19 @@ typedef struct stream_ctx {
     double last_push;         /* when the stream started or last completed a group */
     int prompt_errors;
     int asked_this_step;      /* the broker was polled for prompts since the last forward step */
+    /* generators.inflight_updates = false: a version that arrived while sequences were decoding waits
+     * here; no new sequence starts until those in flight end, then it is applied */
+    int inflight_updates;
+    int held;
+    wire_weights held_w;
 } stream_ctx;
+
+/* Sequences admitted to the sampler and not yet done, over the prompts in hand. */
+static int stream_in_flight(const stream_ctx *c) {
+    int n = 0;
+    for (int i = 0; i < c->nq; i++) n += c->q[i]->admitted - c->q[i]->done;
+    return n;
+}
 
 static void pending_free(pending_prompt *pp, int k) {
     if (!pp) return;
@@ -120,6 +135,7 @@ static int stream_take_batch(stream_ctx *c, const wire_prompt_batch *pb, rlhf_er
 
 static int stream_next(void *ctx, sample_request *req, rlhf_error *err) {
     stream_ctx *c = ctx;
+    if (c->held) return 0; /* draining for a held version */
     int k = c->gp->k, open = 0;
     while (open < c->nq && c->q[open]->admitted == k) open++;
     if (open == c->nq) {
@@ -185,7 +201,21 @@ static int stream_before_step(void *ctx, rlhf_error *err) {
     stream_ctx *c = ctx;
     c->asked_this_step = 0;
     rlhf_error werr = {0};
-    if (take_weights(c->bc, c->m, 0, &werr) < 0) rlhf_error_print("generator: weights (ignored)", &werr);
+    if (!c->inflight_updates) {
+        if (!c->held) {
+            memset(&c->held_w, 0, sizeof c->held_w);
+            int r = broker_client_poll_weights(c->bc, &c->held_w, 0, &werr);
+            if (r < 0) rlhf_error_print("generator: weights (ignored)", &werr);
+            c->held = r > 0 && (c->held_w.version > c->m->version || c->m->version == 0);
+            if (r > 0 && !c->held) wire_weights_free(&c->held_w);
+        } /* while one is held, a newer one waits in the client (it keeps the newest) */
+        if (c->held && stream_in_flight(c) == 0) {
+            if (run_weights_apply(c->m, &c->held_w, &werr)) rlhf_error_print("generator: weights (ignored)", &werr);
+            wire_weights_free(&c->held_w);
+            c->held = 0;
+        }
+    } else if (take_weights(c->bc, c->m, 0, &werr) < 0)
+        rlhf_error_print("generator: weights (ignored)", &werr);
     if (c->m->version == c->last_version) return 0;
     c->last_version = c->m->version;
     return 1;
@@ -282,12 +312,18 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         if (cfg->mode == RUN_MODE_ASYNC) {
             stream_ctx sc = {.m = m, .tok = tok, .bc = bc, .gp = &gp, .peer = peer, .per_batch = per_batch,
                              .stop = o->stop, .seq = &seq, .tok_total = &tok_total, .last_version = m->version,
-                             .last_push = rlhf_now()};
+                             .last_push = rlhf_now(), .inflight_updates = cfg->gen_inflight_updates};
             rc = stream_take_batch(&sc, &pb, err);
             wire_prompt_batch_free(&pb);
             sampler_source src = {.ctx = &sc, .next = stream_next, .done = stream_done,
-                                  .before_step = stream_before_step};
+                                  .before_step = stream_before_step,
+                                  .recompute_on_new_weights = cfg->gen_inflight_recompute};
             if (!rc) rc = sampler_run_stream(smp, tok, &src, err);
+            if (sc.held) { /* the stream ended while draining (a stop): the version is applied next round */
+                rlhf_error werr = {0};
+                if (run_weights_apply(m, &sc.held_w, &werr)) rlhf_error_print("generator: weights (ignored)", &werr);
+                wire_weights_free(&sc.held_w);
+            }
             for (int i = 0; i < sc.nq; i++) pending_free(sc.q[i], cfg->k); /* left only after an error */
             free(sc.q);
             if (rc) goto out;

@@ -75,6 +75,8 @@ static const key_spec SPEC[] = {
     {"generators.behaviour_logprobs", K_STR, 0, 0, "\"sampling\""},
     {"generators.max_tokens", K_INT, 1, 1 << 20, "32"},
     {"generators.batch", K_INT, 1, 65536, "4"},
+    {"generators.inflight_updates", K_BOOL, 0, 0, "true"},
+    {"generators.inflight_kv", K_STR, 0, 0, "\"keep\""},
     {"generators.threads", K_INT, 0, 256, "1"},
     {"generators.weights", K_STR, 0, 0, "\"fp32\""},
     {"updaters", K_OBJ, 0, 0, "{}"},
@@ -405,6 +407,11 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     else FAIL_AT("generators.behaviour_logprobs", "must be \"sampling\" or \"policy\", got \"%s\"", blp);
     cfg->max_tokens = geti(doc, "generators.max_tokens");
     cfg->gen_batch = geti(doc, "generators.batch");
+    cfg->gen_inflight_updates = json_is_true(get_path(doc, "generators.inflight_updates"));
+    const char *ikv = gets(doc, "generators.inflight_kv");
+    if (!strcmp(ikv, "keep")) cfg->gen_inflight_recompute = 0;
+    else if (!strcmp(ikv, "recompute")) cfg->gen_inflight_recompute = 1;
+    else FAIL_AT("generators.inflight_kv", "must be \"keep\" or \"recompute\", got \"%s\"", ikv);
     cfg->gen_threads = geti(doc, "generators.threads");
     snprintf(w, sizeof w, "%s: generators.weights", where);
     if ((rc = sampler_weights_parse(&cfg->gen_weights, gets(doc, "generators.weights"), w, err))) goto fail;

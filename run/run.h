@@ -113,6 +113,9 @@ typedef struct run_config {
     int behaviour_logprobs;    /* generators.behaviour_logprobs: RUN_BEHAVIOUR_* */
     int max_tokens;            /* generators.max_tokens */
     int gen_batch;             /* generators.batch: prompts per sampling batch */
+    int gen_inflight_updates;  /* generators.inflight_updates: async generators take new weights between decode
+                                * steps of running sequences (1), or only once the sequences in flight end (0) */
+    int gen_inflight_recompute; /* generators.inflight_kv: 0 "keep" the KV cache across new weights, 1 "recompute" it */
     int gen_threads;           /* generators.threads: OpenMP threads per generator */
     sampler_weights gen_weights; /* generators.weights: "fp32" | "bf16" copy of the policy to sample with */
 

@@ -212,7 +212,8 @@ int updater_dist_pack_groups(scored_group **groups, int n, void **out, size_t *o
     for (int g = 0; g < n; g++) {
         const wire_rollout_group *x = &groups[g]->g;
         uint64_t tot = wire_rollout_group_total_tokens(x);
-        uint32_t h[3] = {x->k, x->n_prompt_tokens, groups[g]->unscored != NULL};
+        /* flags: 1 unscored samples follow, 2 per-token versions follow */
+        uint32_t h[3] = {x->k, x->n_prompt_tokens, (groups[g]->unscored != NULL) | (x->token_versions != NULL) << 1};
         put(&w, h, sizeof h);
         put(&w, &x->policy_version, sizeof x->policy_version);
         put(&w, x->prompt_tokens, sizeof(int32_t) * x->n_prompt_tokens);
@@ -221,6 +222,7 @@ int updater_dist_pack_groups(scored_group **groups, int n, void **out, size_t *o
         put(&w, x->logprobs, sizeof(float) * tot);
         put(&w, groups[g]->total, sizeof(float) * x->k);
         if (groups[g]->unscored) put(&w, groups[g]->unscored, x->k);
+        if (x->token_versions) put(&w, x->token_versions, sizeof(uint64_t) * tot);
     }
     if (w.oom) {
         free(w.p);
@@ -285,7 +287,8 @@ int updater_dist_unpack_groups(const void *buf, size_t len, scored_group ***out,
         s->g.tokens = take(&r, sizeof(int32_t) * tot);
         s->g.logprobs = take(&r, sizeof(float) * tot);
         s->total = take(&r, sizeof(float) * h[0]);
-        if (h[2]) s->unscored = take(&r, h[0]);
+        if (h[2] & 1) s->unscored = take(&r, h[0]);
+        if (h[2] & 2) s->g.token_versions = take(&r, sizeof(uint64_t) * tot);
     }
     if (r.bad || r.at != len) {
         for (int i = 0; i < n; i++)

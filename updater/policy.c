@@ -138,6 +138,21 @@ static int broadcast_step(policy_state *ps, scored_group **groups, int n, rlhf_e
     return rc;
 }
 
+/* Each completion token's lag (B, T), laid out as build_batch lays out the batch: versions the weights
+ * this step starts from are ahead of the version that sampled the token (its group's token_versions,
+ * or the group's policy_version); `ref` (B) is each sample's lag reference, group lag + policy_version. */
+static void build_token_lags(const seq_ref *seqs, const uint64_t *ref, int B, int T, long *lag) {
+    for (int b = 0; b < B; b++) {
+        const wire_rollout_group *g = seqs[b].g;
+        int P = (int)g->n_prompt_tokens, n = (int)g->n_tokens[seqs[b].i];
+        for (int t = 0; t < T; t++) {
+            int j = t + 1 - P;
+            uint64_t v = j >= 0 && j < n && g->token_versions ? g->token_versions[seqs[b].tok_off + j] : g->policy_version;
+            lag[(size_t)b * T + t] = j >= 0 && j < n ? (long)ref[b] - (long)v : 0;
+        }
+    }
+}
+
 static int train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, rlhf_error *err);
 
 int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, json_t *metrics, const char *const *src_names,
@@ -380,18 +395,20 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     int *order = malloc((size_t)(S ? S : 1) * sizeof(int));            // (S) sample of each position
     seq_ref *mseqs = malloc((size_t)(S ? S : 1) * sizeof *mseqs);       // (S) in this pass's order
     float *madv = malloc((size_t)(S ? S : 1) * sizeof(float));          // (S)
-    long *lag = malloc((size_t)(S ? S : 1) * sizeof(long));             // (S) versions behind (interpolate)
-    long *mlag = malloc((size_t)(S ? S : 1) * sizeof(long));            // (S)
+    uint64_t *lag_ref = malloc((size_t)(S ? S : 1) * sizeof(uint64_t)); // (S) the version lags count from
+    uint64_t *mref = malloc((size_t)(S ? S : 1) * sizeof(uint64_t));    // (S)
+    long *tok_lag = decoupled ? malloc(bt * sizeof(long)) : NULL;       // (MB, T) lag of each token
     float *logprox = decoupled ? malloc(bt * sizeof(float)) : NULL;     // (MB, T) log pi_prox
     float *prox_rows = NULL;                                            // (S, maxT) log pi_prox by position
-    if (!order || !mseqs || !madv || !lag || !mlag || (decoupled && !logprox)) {
+    if (!order || !mseqs || !madv || !lag_ref || !mref || (decoupled && (!logprox || !tok_lag))) {
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
         goto done3;
     }
     {
         int s = 0;
         for (int g = 0; g < n; g++)
-            for (int k = updater_group_n_scored(groups[g]); k > 0; k--) lag[s++] = group_lag(ps, groups[g]);
+            for (int k = updater_group_n_scored(groups[g]); k > 0; k--)
+                lag_ref[s++] = groups[g]->g.policy_version + (uint64_t)group_lag(ps, groups[g]);
     }
     /* recomputed pi_prox: the weights this step starts from, before any of its updates. With one
      * update per step that is the update's own forward pass (no extra pass); otherwise one forward over
@@ -433,7 +450,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         for (int i = 0; i < S; i++) {
             mseqs[i] = seqs[order[i]];
             madv[i] = adv[order[i]];
-            mlag[i] = lag[order[i]];
+            mref[i] = lag_ref[order[i]];
         }
         double e_ratio = 0, e_clip = 0;
         long e_tok = 0;
@@ -452,7 +469,10 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
                 const float *logp = model_trainer_logprobs(ps->tr); // (B, T)
                 const float *ent = model_trainer_entropy(ps->tr);   // (B, T)
                 if (decoupled) {
-                    if (cfg->prox == RL_PROX_INTERPOLATE) rl_interpolate_prox(logprox, logp, logmu, mask, mlag + s0, B, T);
+                    if (cfg->prox == RL_PROX_INTERPOLATE) {
+                        build_token_lags(mseqs + s0, mref + s0, B, T, tok_lag);
+                        rl_interpolate_prox(logprox, logp, logmu, mask, tok_lag, B, T);
+                    }
                     else if (!prox_rows) memcpy(logprox, logp, (size_t)B * T * sizeof(float));
                     else
                         for (int b = 0; b < B; b++)
@@ -536,8 +556,9 @@ done3:
     free(order);
     free(mseqs);
     free(madv);
-    free(lag);
-    free(mlag);
+    free(lag_ref);
+    free(mref);
+    free(tok_lag);
     free(logprox);
     free(prox_rows);
 done:

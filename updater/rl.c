@@ -67,9 +67,9 @@ int rl_rloo_advantages_scored(float *adv, int *keep, const float *rewards, const
 void rl_interpolate_prox(float *logprox, const float *logp, const float *logmu, const float *mask, const long *lag,
                          int B, int T) {
     for (int b = 0; b < B; b++) {
-        double alpha = lag[b] > 0 ? (double)lag[b] / (double)(lag[b] + 1) : 0.0;
         for (int t = 0; t < T; t++) {
             size_t i = (size_t)b * T + t;
+            double alpha = lag[i] > 0 ? (double)lag[i] / (double)(lag[i] + 1) : 0.0;
             logprox[i] = mask[i] != 0.0f ? (float)(logmu[i] + alpha * ((double)logp[i] - (double)logmu[i])) : 0.0f;
         }
     }

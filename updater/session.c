@@ -421,8 +421,8 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     /* split the step's groups: with reward spread (trained) and without (dropped_zero_var) */
     scored_group **kept = calloc((size_t)P + 1, sizeof *kept);
     int n_kept = 0, n_zero = 0, n_unscored = 0;
-    long lag_min = 0, lag_max = 0;
-    double lag_sum = 0, gen_tok = 0, gen_s = 0, score_s = 0;
+    long lag_min = 0, lag_max = 0, tok_lag_max = 0, n_lag_tok = 0, n_completions = 0, n_spanning = 0;
+    double lag_sum = 0, gen_tok = 0, gen_s = 0, score_s = 0, tok_lag_sum = 0;
     for (int g = 0; g < P; g++) {
         scored_group *s = groups[g];
         /* the spread over the scored samples only: an unscored one has no reward to compare */
@@ -438,6 +438,21 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         if (g == 0 || lag < lag_min) lag_min = lag;
         if (g == 0 || lag > lag_max) lag_max = lag;
         lag_sum += (double)lag;
+        { /* per token: a completion sampled while new weights arrived has tokens of several versions */
+            const wire_rollout_group *w = &s->g;
+            uint64_t ref = w->policy_version + (uint64_t)lag, off = 0;
+            for (uint32_t i = 0; i < w->k; off += w->n_tokens[i++]) {
+                uint32_t nt = w->n_tokens[i];
+                for (uint32_t t = 0; t < nt; t++) {
+                    long tl = (long)ref - (long)(w->token_versions ? w->token_versions[off + t] : w->policy_version);
+                    tok_lag_sum += (double)tl;
+                    if (tl > tok_lag_max) tok_lag_max = tl;
+                }
+                n_lag_tok += nt;
+                n_completions++;
+                n_spanning += nt > 0 && w->token_versions && w->token_versions[off] != w->token_versions[off + nt - 1];
+            }
+        }
         gen_tok += (double)wire_rollout_group_total_tokens(&s->g);
         gen_s += s->g.gen_seconds;
         score_s += s->score_seconds;
@@ -489,6 +504,11 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     json_object_set_new(m, "staleness/min", json_integer(lag_min));
     json_object_set_new(m, "staleness/mean", json_real(P ? lag_sum / P : 0));
     json_object_set_new(m, "staleness/max", json_integer(lag_max));
+    /* the same per token (in-flight weight updates give a completion's tokens different versions) */
+    json_object_set_new(m, "staleness/token_mean", json_real(n_lag_tok ? tok_lag_sum / (double)n_lag_tok : 0));
+    json_object_set_new(m, "staleness/token_max", json_integer(tok_lag_max));
+    json_object_set_new(m, "rollouts/spanning_versions_frac",
+                        json_real(n_completions ? (double)n_spanning / (double)n_completions : 0));
     json_object_set_new(m, "groups/step", json_integer(P));
     json_object_set_new(m, "groups/kept", json_integer(n_kept));
     json_object_set_new(m, "groups/dropped_stale", json_integer(u->w_stale));

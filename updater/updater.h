@@ -80,10 +80,11 @@ typedef struct rl_step_stats {
 void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *logprox,
                      const float *mask, const float *adv, int B, int T, const rl_loss_config *cfg);
 /* Decoupled PPO's interpolated proximal log-probs (rl.prox = "interpolate"):
- *   log pi_prox = log mu + alpha_i (log pi_theta - log mu),  alpha_i = lag_i / (lag_i + 1)
- * where lag_i is how many versions the sample's behaviour policy is behind the weights this step starts
- * from (pi_prox = those weights, pi_theta the step's result one version later; a fresh sample has
- * pi_prox = mu). Writes logprox (B, T) on masked tokens, 0 elsewhere; logp is read as a constant. */
+ *   log pi_prox = log mu + alpha_t (log pi_theta - log mu),  alpha_t = lag_t / (lag_t + 1)
+ * where lag_t (B, T) is how many versions the token's behaviour policy is behind the weights this step
+ * starts from (pi_prox = those weights, pi_theta the step's result one version later; a fresh token has
+ * pi_prox = mu; a completion sampled across versions has its tokens' own lags). Writes logprox (B, T)
+ * on masked tokens, 0 elsewhere; logp is read as a constant. */
 void rl_interpolate_prox(float *logprox, const float *logp, const float *logmu, const float *mask, const long *lag,
                          int B, int T);
 

@@ -371,6 +371,65 @@ static void test_reject_declared_length(void) {
     mb_free(&mb);
 }
 
+static void check_fast_matches_reference(const wire_rollout_group *g);
+
+/* Per-token versions (in-flight weight updates): sent as change points per sample, decoded back to
+ * one version per token; absent when every token is at policy_version (and then NULL, as in older
+ * logs); malformed points refused naming the field. */
+static void test_token_versions(void) {
+    wire_rollout_group g;
+    synth_group_make(&g, "gen", 3, 5, 3, 6, "p", "t"); /* completions of 6, 5 and 4 tokens, version 5 */
+    uint64_t tv[15] = {5, 5, 5, 5, 5, 5, /**/ 5, 5, 6, 6, 7, /**/ 6, 6, 6, 6};
+    g.token_versions = tv;
+    check_fast_matches_reference(&g);
+    wire_out o;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group(&g, &o, &e), 0);
+    json_t *meta = json_loadb(o.meta, o.meta_len, 0, NULL);
+    json_t *want = json_loads("[[],[2,6,4,7],[0,6]]", 0, NULL);
+    CU_ASSERT(json_equal(json_object_get(meta, "token_versions"), want));
+    json_decref(want);
+    msgbuf mb;
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    wire_msg m;
+    parse_ok(&mb, &m);
+    wire_rollout_group d;
+    CU_ASSERT_EQUAL_FATAL(wire_decode_rollout_group(&m, &d, NULL, &e), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d.token_versions);
+    CU_ASSERT_EQUAL(memcmp(d.token_versions, tv, sizeof tv), 0);
+    wire_rollout_group_free(&d);
+    wire_msg_free(&m);
+    /* malformed change points */
+    static const char *const bad[] = {"[[],[2],[]]", "[[],[2,6,1,7],[]]", "[[],[2,7,4,6],[]]", "[[],[5,6],[]]",
+                                      "[[],[0,4],[]]", "[[],[]]", "{}", "[[],[2,\"6\"],[]]"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        json_object_set_new(meta, "token_versions", json_loads(bad[i], JSON_DECODE_ANY, NULL));
+        char *txt = json_dumps(meta, JSON_COMPACT);
+        mb_set_meta(&mb, txt);
+        free(txt);
+        CU_ASSERT_EQUAL(group_reason(&mb, &e), WIRE_R_FIELD);
+        CU_ASSERT_PTR_NOT_NULL(strstr(e.where, "token_versions"));
+    }
+    json_decref(meta);
+    mb_free(&mb);
+    /* every token at policy_version: nothing sent, NULL decoded */
+    for (int i = 0; i < 15; i++) tv[i] = 5;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group(&g, &o, &e), 0);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    parse_ok(&mb, &m);
+    CU_ASSERT_PTR_NULL(json_object_get(m.meta, "token_versions"));
+    CU_ASSERT_EQUAL_FATAL(wire_decode_rollout_group(&m, &d, NULL, &e), 0);
+    CU_ASSERT_PTR_NULL(d.token_versions);
+    wire_rollout_group_free(&d);
+    wire_msg_free(&m);
+    mb_free(&mb);
+    g.token_versions = NULL;
+    synth_group_free(&g);
+}
+
 static void test_reject_huge_counts(void) {
     msgbuf mb;
     rlhf_error e;
@@ -676,6 +735,7 @@ int register_suites(void) {
     CU_add_test(s, "wrong frame counts rejected", test_reject_frame_counts);
     CU_add_test(s, "declared lengths larger than frames rejected", test_reject_declared_length);
     CU_add_test(s, "huge counts rejected before allocating", test_reject_huge_counts);
+    CU_add_test(s, "per-token versions: change points, round trip, refusals", test_token_versions);
     CU_add_test(s, "invalid JSON / wrong field types rejected", test_reject_invalid_json);
     CU_add_test(s, "unknown type, other version, bad header rejected", test_reject_unknown_type_and_version);
     CU_add_test(s, "bad CRC rejected", test_reject_bad_crc);

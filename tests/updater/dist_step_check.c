@@ -95,6 +95,14 @@ int main(int argc, char **argv) {
             for (int g = 0; g < G; g++) {
                 gs[g] = make_group(&rng, K, ps.m->cfg.vocab_size);
                 gs[g]->g.policy_version = (uint64_t)(g % 3);
+                if (g % 2 && g % 3 < 2) { /* completions that span two versions: from their third token on */
+                    wire_rollout_group *w = &gs[g]->g;
+                    uint64_t tot = wire_rollout_group_total_tokens(w), off = 0;
+                    w->token_versions = malloc(sizeof(uint64_t) * (tot ? tot : 1));
+                    for (uint32_t i = 0; i < w->k; off += w->n_tokens[i++])
+                        for (uint32_t t = 0; t < w->n_tokens[i]; t++)
+                            w->token_versions[off + t] = w->policy_version + (t >= 2);
+                }
             }
             json_t *m = json_object();
             rc = updater_policy_train_step(&ps, gs, G, m, NULL, &err);

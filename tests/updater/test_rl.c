@@ -158,14 +158,16 @@ static void test_decoupled_ppo(void) {
     }
 }
 
-/* Interpolated pi_prox: alpha = lag / (lag + 1) per sample; a fresh sample's pi_prox is mu. */
+/* Interpolated pi_prox: alpha = lag / (lag + 1) per token; a fresh token's pi_prox is mu; the second
+ * completion spans versions (lags 3, 3, 1). */
 static void test_interpolate_prox(void) {
     float logp[6], lp[6];
     make_logp(logp);
-    long lag[2] = {0, 3};
+    long lag[6] = {0, 0, 0, 3, 3, 1};
     rl_interpolate_prox(lp, logp, LOGMU, MASK, lag, 2, 3);
     for (int t = 0; t < 3; t++) NEAR(lp[t], MASK[t] != 0 ? LOGMU[t] : 0);
-    for (int t = 3; t < 6; t++) NEAR(lp[t], LOGMU[t] + 0.75 * (logp[t] - LOGMU[t]));
+    for (int t = 3; t < 5; t++) NEAR(lp[t], LOGMU[t] + 0.75 * (logp[t] - LOGMU[t]));
+    NEAR(lp[5], LOGMU[5] + 0.5 * (logp[5] - LOGMU[5]));
 }
 
 static void test_kl_penalty(void) {
