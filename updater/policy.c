@@ -382,6 +382,12 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
             rl_rloo_advantages(adv + s, &keep[g], reward + s, 1, k);
             s += k;
         }
+        ps->zero_var_after_kl = 0;
+        for (int g = 0; g < n; g++)
+            if (!keep[g]) {
+                groups[g]->fate = "zero_var";
+                ps->zero_var_after_kl++;
+            }
     }
     /* 3. rl.ppo_epochs passes over the batch, each split into rl.mini_batches optimizer updates (one
      * pass, one update: the usual step). Each update: forward/backward per micro-batch of this rank's

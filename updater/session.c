@@ -459,7 +459,10 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         if (n_scored < 2) {
             n_unscored++;
             s->fate = "unscored";
-        } else if (hi - lo > 1e-6f) {
+        } else if (hi - lo > 1e-6f || cfg->kl_beta > 0) {
+            /* with a KL penalty the spread that counts is that of the penalised rewards: the penalty is
+             * subtracted before the baseline (a KL-shaped reward), so it acts in groups whose task
+             * rewards are all equal too; the training step drops those still without spread */
             kept[n_kept++] = s;
             s->fate = "trained";
         } else {
@@ -489,6 +492,11 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         json_decref(m);
         free(kept);
         return rc;
+    }
+    if (n_kept > 0 && ps->zero_var_after_kl > 0) { /* no spread even with the penalty: not trained */
+        n_zero += ps->zero_var_after_kl;
+        n_kept -= ps->zero_var_after_kl;
+        ps->groups_dropped_zero_var += ps->zero_var_after_kl;
     }
     double t_end = rlhf_now();
     if (ps->step % cfg->publish_every == 0) {

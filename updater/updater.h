@@ -185,6 +185,9 @@ typedef struct policy_state {
      * line up with the recorded ones; it is never negative */
     int recorded_clock;
     uint64_t recorded_version;
+    /* the last step's groups that had no reward spread once the KL penalty was subtracted (marked
+     * fate "zero_var" by the step; with kl_beta = 0 the session never passes such a group) */
+    int zero_var_after_kl;
 } policy_state;
 
 int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err);

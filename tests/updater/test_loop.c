@@ -24,7 +24,9 @@ static int write_text(const char *path, const char *text) {
 }
 
 /* An easy task a random byte-level model can learn in a few steps: a completion containing a digit. */
-static int make_cfg(run_config *cfg, const char *extra_set) {
+static int make_cfg2(run_config *cfg, const char *extra_set, const char *extra_set2);
+static int make_cfg(run_config *cfg, const char *extra_set) { return make_cfg2(cfg, extra_set, NULL); }
+static int make_cfg2(run_config *cfg, const char *extra_set, const char *extra_set2) {
     char p[256], doc[2048];
     snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
     char lines[2048] = "";
@@ -46,6 +48,7 @@ static int make_cfg(run_config *cfg, const char *extra_set) {
     json_t *j = json_loads(doc, 0, &jerr);
     rlhf_error err = {0};
     if (extra_set) run_config_apply_override(j, extra_set, &err);
+    if (extra_set2) run_config_apply_override(j, extra_set2, &err);
     int rc = run_config_parse(cfg, j, "loop.json", &err);
     json_decref(j);
     if (rc) return rc;
@@ -142,6 +145,57 @@ static void test_reward_rises_in_process(void) {
 
 /* The reward sources see a completion as a C string of valid UTF-8: a NUL byte the model sampled must
  * not cut it short (which would score "3+3\0junk" as "3+3"), and it and an invalid byte arrive as U+FFFD. */
+/* With rl.kl_beta > 0 the penalty is part of the reward before the baseline (a KL-shaped reward), so
+ * a group whose task rewards are all equal is still trained on: the penalty differs between its
+ * samples. Every group here has task reward 0 (a pattern no completion matches); with the penalty the
+ * step trains all 8 and the weights move; without it all 8 are dropped for zero spread. */
+static void test_kl_acts_in_equal_reward_groups(void) {
+    for (int with_kl = 1; with_kl >= 0; with_kl--) {
+        run_config cfg;
+        CU_ASSERT_EQUAL_FATAL(make_cfg2(&cfg, with_kl ? "rl.kl_beta=0.5" : NULL,
+                                        "rewards=[{\"type\":\"regex\",\"pattern\":\"^NEVER$\"}]"), 0);
+        rlhf_error err = {0};
+        updater_session u;
+        CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &cfg, 0, &err), 0);
+        prompt_dataset *ds = NULL;
+        CU_ASSERT_EQUAL_FATAL(prompt_dataset_load(&ds, cfg.train_path, &err), 0);
+        tokenizer *tok = NULL;
+        tokenizer_create_bytes(&tok, 259, &err);
+        sampler *smp = NULL;
+        CU_ASSERT_EQUAL_FATAL(sampler_create(&smp, u.ps.m, 32, &err), 0);
+        /* the policy moves away from the reference first, so the penalty has something to measure */
+        for (size_t i = 0; i < u.ps.m->n_params; i++) u.ps.m->params_mem[i] *= 1.5f;
+        float *before = malloc(u.ps.m->n_params * sizeof(float));
+        memcpy(before, u.ps.m->params_mem, u.ps.m->n_params * sizeof(float));
+        uint64_t seq = 0;
+        int ready = 0;
+        sample_step(&u, smp, tok, ds, &seq, &ready);
+        CU_ASSERT_EQUAL_FATAL(ready, 1);
+        json_t *m = NULL;
+        CU_ASSERT_EQUAL_FATAL(updater_session_step(&u, &m, &err), 0);
+        CU_ASSERT_EQUAL(json_number_value(json_object_get(m, "reward/mean")), 0.0);
+        double moved = 0;
+        for (size_t i = 0; i < u.ps.m->n_params; i++) moved = fmax(moved, fabs(u.ps.m->params_mem[i] - before[i]));
+        if (with_kl) {
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(m, "groups/kept")), 8);
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(m, "groups/dropped_zero_var")), 0);
+            CU_ASSERT(json_number_value(json_object_get(m, "kl")) != 0.0);
+            CU_ASSERT(moved > 0);
+        } else {
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(m, "groups/kept")), 0);
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(m, "groups/dropped_zero_var")), 8);
+            CU_ASSERT_EQUAL(moved, 0);
+        }
+        json_decref(m);
+        free(before);
+        sampler_destroy(&smp);
+        tokenizer_destroy(&tok);
+        prompt_dataset_destroy(&ds);
+        updater_session_fini(&u);
+        run_config_free(&cfg);
+    }
+}
+
 static void test_nul_and_invalid_bytes_reach_rewards(void) {
     json_t *rewards = json_loads("[{\"type\":\"exact_match\",\"extract\":\"full\"}]", 0, NULL);
     scorer *sc = NULL;
@@ -298,6 +352,7 @@ int register_loop_suite(void) {
     CU_pSuite s = CU_add_suite("updater_loop", suite_init, suite_cleanup);
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
+    CU_add_test(s, "kl penalty acts in groups of equal task rewards", test_kl_acts_in_equal_reward_groups);
     CU_add_test(s, "nul_and_invalid_bytes_reach_rewards", test_nul_and_invalid_bytes_reach_rewards);
     CU_add_test(s, "bad_token_groups_skipped (recovery and replay)", test_bad_token_groups_skipped);
     return 0;
