@@ -57,6 +57,12 @@ static const key_spec SPEC[] = {
     {"rl.loss", K_STR, 0, 0, "\"tis\""},
     {"rl.clip_eps", K_NUM, 0, 1, "0.2"},
     {"rl.behav_weight_cap", K_NUM, 1, 1e6, "5.0"},
+    {"rl.clip_eps_low", K_NUM, 0, 1, "0.2"},
+    {"rl.clip_eps_high", K_NUM, 0, 100, "0.2"},
+    {"rl.clip_ratio_c", K_NUM, 0, 1e6, "0"},
+    {"rl.advantage", K_STR, 0, 0, "\"rloo\""},
+    {"rl.scale_rewards", K_STR, 0, 0, "\"group\""},
+    {"rl.loss_agg", K_STR, 0, 0, "\"token_mean\""},
     {"rl.prox", K_STR, 0, 0, "\"recompute\""},
     {"rl.ppo_epochs", K_INT, 1, 64, "1"},
     {"rl.mini_batches", K_INT, 1, 1024, "1"},
@@ -361,7 +367,30 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     if (!strcmp(loss, "tis")) cfg->loss = RL_LOSS_TIS;
     else if (!strcmp(loss, "ppo_clip")) cfg->loss = RL_LOSS_PPO_CLIP;
     else if (!strcmp(loss, "decoupled_ppo")) cfg->loss = RL_LOSS_DECOUPLED_PPO;
-    else FAIL_AT("rl.loss", "must be \"tis\", \"ppo_clip\" or \"decoupled_ppo\", got \"%s\"", loss);
+    else if (!strcmp(loss, "gspo")) cfg->loss = RL_LOSS_GSPO;
+    else if (!strcmp(loss, "cispo")) cfg->loss = RL_LOSS_CISPO;
+    else FAIL_AT("rl.loss", "must be \"tis\", \"ppo_clip\", \"decoupled_ppo\", \"gspo\" or \"cispo\", got \"%s\"", loss);
+    static const char *const adv_names[] = {"rloo", "grpo", "dr_grpo", "reinforce_pp", NULL};
+    static const char *const scale_names[] = {"group", "batch", "none", NULL};
+    static const char *const agg_names[] = {"token_mean", "seq_mean_token_sum", "seq_mean_token_mean",
+                                            "seq_mean_token_sum_norm", NULL};
+    const char *adv = gets(doc, "rl.advantage"), *scale = gets(doc, "rl.scale_rewards"), *agg = gets(doc, "rl.loss_agg");
+    cfg->advantage = cfg->scale_rewards = cfg->loss_agg = -1;
+    for (int i = 0; adv_names[i]; i++) if (!strcmp(adv, adv_names[i])) cfg->advantage = i;
+    for (int i = 0; scale_names[i]; i++) if (!strcmp(scale, scale_names[i])) cfg->scale_rewards = i;
+    for (int i = 0; agg_names[i]; i++) if (!strcmp(agg, agg_names[i])) cfg->loss_agg = i;
+    if (cfg->advantage < 0)
+        FAIL_AT("rl.advantage", "must be \"rloo\", \"grpo\", \"dr_grpo\" or \"reinforce_pp\", got \"%s\"", adv);
+    if (cfg->scale_rewards < 0) FAIL_AT("rl.scale_rewards", "must be \"group\", \"batch\" or \"none\", got \"%s\"", scale);
+    if (cfg->loss_agg < 0)
+        FAIL_AT("rl.loss_agg", "must be \"token_mean\", \"seq_mean_token_sum\", \"seq_mean_token_mean\" or "
+                "\"seq_mean_token_sum_norm\", got \"%s\"", agg);
+    if (cfg->scale_rewards != RL_SCALE_GROUP && cfg->advantage != RL_ADV_GRPO && get_path(in, "rl.scale_rewards"))
+        FAIL_AT("rl.scale_rewards", "applies to rl.advantage \"grpo\" only (the estimator is \"%s\")", adv);
+    cfg->clip_ratio_c = getf(doc, "rl.clip_ratio_c");
+    if (cfg->clip_ratio_c != 0 && cfg->clip_ratio_c <= 1)
+        FAIL_AT("rl.clip_ratio_c", "must be 0 (off) or above 1 (the dual clip bounds a negative advantage's term at "
+                "c x A), got %g", cfg->clip_ratio_c);
     cfg->behav_weight_cap = getf(doc, "rl.behav_weight_cap");
     const char *prox = gets(doc, "rl.prox");
     if (!strcmp(prox, "recompute")) cfg->prox = RL_PROX_RECOMPUTE;
@@ -378,6 +407,9 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     else if (!strcmp(exp_hf, "f32")) cfg->export_hf = RUN_EXPORT_HF_F32;
     else FAIL_AT("rl.export_hf", "must be \"none\", \"bf16\" or \"f32\", got \"%s\"", exp_hf);
     cfg->clip_eps = getf(doc, "rl.clip_eps");
+    /* clip_eps sets both sides; clip_eps_low / clip_eps_high override one (DAPO's clip-higher) */
+    cfg->clip_eps_low = get_path(in, "rl.clip_eps_low") ? getf(doc, "rl.clip_eps_low") : cfg->clip_eps;
+    cfg->clip_eps_high = get_path(in, "rl.clip_eps_high") ? getf(doc, "rl.clip_eps_high") : cfg->clip_eps;
     cfg->kl_beta = getf(doc, "rl.kl_beta");
     cfg->publish_every = geti(doc, "rl.publish_every");
     cfg->steps = geti(doc, "rl.steps");

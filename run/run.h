@@ -31,7 +31,13 @@ extern "C" {
 
 /* ---------------------------------------------------------------- run configuration */
 
-enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1, RL_LOSS_DECOUPLED_PPO = 2 };
+enum { RL_LOSS_TIS = 0, RL_LOSS_PPO_CLIP = 1, RL_LOSS_DECOUPLED_PPO = 2, RL_LOSS_GSPO = 3, RL_LOSS_CISPO = 4 };
+/* rl.advantage: the advantage estimator */
+enum { RL_ADV_RLOO = 0, RL_ADV_GRPO = 1, RL_ADV_DR_GRPO = 2, RL_ADV_REINFORCE_PP = 3 };
+/* rl.scale_rewards (grpo): what the centred rewards are divided by */
+enum { RL_SCALE_GROUP = 0, RL_SCALE_BATCH = 1, RL_SCALE_NONE = 2 };
+/* rl.loss_agg: how per-token terms become the loss */
+enum { RL_AGG_TOKEN_MEAN = 0, RL_AGG_SEQ_MEAN_TOKEN_SUM = 1, RL_AGG_SEQ_MEAN_TOKEN_MEAN = 2, RL_AGG_SEQ_MEAN_TOKEN_SUM_NORM = 3 };
 /* rl.prox: how decoupled PPO gets the proximal policy's log-probs */
 enum { RL_PROX_RECOMPUTE = 0, RL_PROX_INTERPOLATE = 1 };
 enum { RUN_MODE_ASYNC = 0, RUN_MODE_SYNC = 1 };
@@ -87,6 +93,11 @@ typedef struct run_config {
     int loss;                  /* rl.loss: RL_LOSS_TIS | RL_LOSS_PPO_CLIP | RL_LOSS_DECOUPLED_PPO */
     float clip_eps;            /* rl.clip_eps: PPO clip epsilon */
     float behav_weight_cap;    /* rl.behav_weight_cap: decoupled PPO drops tokens whose pi_prox/mu exceeds it */
+    float clip_eps_low, clip_eps_high; /* rl.clip_eps_low / rl.clip_eps_high (default: clip_eps): [1-low, 1+high] */
+    float clip_ratio_c;        /* rl.clip_ratio_c: PPO dual clip for negative advantages (0: off, else > 1) */
+    int advantage;             /* rl.advantage: RL_ADV_* */
+    int scale_rewards;         /* rl.scale_rewards: RL_SCALE_* (grpo) */
+    int loss_agg;              /* rl.loss_agg: RL_AGG_* */
     int prox;                  /* rl.prox: RL_PROX_RECOMPUTE | RL_PROX_INTERPOLATE */
     int ppo_epochs;            /* rl.ppo_epochs: passes over each step's batch */
     int mini_batches;          /* rl.mini_batches: optimizer updates per pass (the batch split by sample) */

@@ -374,14 +374,16 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
             kl_sum += kl[s];
         }
     }
-    /* 2. RLOO advantages (groups of possibly different k are handled one at a time) */
+    /* 2. advantages (rl.advantage; groups of possibly different k) */
     {
-        int s = 0;
-        for (int g = 0; g < n; g++) {
-            int k = updater_group_n_scored(groups[g]);
-            rl_rloo_advantages(adv + s, &keep[g], reward + s, 1, k);
-            s += k;
+        int *gk = malloc((size_t)(n ? n : 1) * sizeof(int)); // (n) scored samples per group
+        if (!gk) {
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
+            goto done;
         }
+        for (int g = 0; g < n; g++) gk[g] = updater_group_n_scored(groups[g]);
+        rl_advantages(adv, keep, reward, gk, n, cfg->advantage, cfg->scale_rewards);
+        free(gk);
         ps->zero_var_after_kl = 0;
         for (int g = 0; g < n; g++)
             if (!keep[g]) {
@@ -397,7 +399,8 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     const int E = cfg->ppo_epochs, M = cfg->mini_batches < S ? cfg->mini_batches : S > 0 ? S : 1;
     const int decoupled = cfg->loss == RL_LOSS_DECOUPLED_PPO;
     rl_loss_config lc = {.loss = cfg->loss, .is_cap = cfg->is_cap, .clip_eps = cfg->clip_eps,
-                         .behav_cap = cfg->behav_weight_cap};
+                         .clip_low = cfg->clip_eps_low, .clip_high = cfg->clip_eps_high, .clip_c = cfg->clip_ratio_c,
+                         .behav_cap = cfg->behav_weight_cap, .agg = cfg->loss_agg, .norm_len = cfg->max_tokens};
     int *order = malloc((size_t)(S ? S : 1) * sizeof(int));            // (S) sample of each position
     seq_ref *mseqs = malloc((size_t)(S ? S : 1) * sizeof *mseqs);       // (S) in this pass's order
     float *madv = malloc((size_t)(S ? S : 1) * sizeof(float));          // (S)
@@ -462,9 +465,16 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         long e_tok = 0;
         for (int j = 0; j < M; j++) {
             const int m_lo = (int)((long)S * j / M), m_hi = (int)((long)S * (j + 1) / M), m_n = m_hi - m_lo;
-            long n_tok_mb = 0; /* the mini-batch's completion tokens, on all ranks */
-            for (int i = m_lo; i < m_hi; i++) n_tok_mb += mseqs[i].g->n_tokens[mseqs[i].i];
+            long n_tok_mb = 0, n_seq_mb = 0; /* the mini-batch's completion tokens and sequences, on all ranks */
+            for (int i = m_lo; i < m_hi; i++) {
+                n_tok_mb += mseqs[i].g->n_tokens[mseqs[i].i];
+                n_seq_mb += mseqs[i].g->n_tokens[mseqs[i].i] > 0;
+            }
             if (n_tok_mb == 0) continue;
+            /* the aggregation's denominators are the whole update's: neither micro-batching nor the rank
+             * count changes the gradient */
+            lc.norm_tokens = (double)n_tok_mb;
+            lc.norm_seqs = (double)n_seq_mb;
             const int r_lo = m_lo + (int)((long)m_n * rank / U), r_hi = m_lo + (int)((long)m_n * (rank + 1) / U);
             double u_loss = 0, u_ratio = 0, u_clip = 0, u_ent = 0, u_behav = 0, u_rmax = 0, u_bmax = 0;
             long u_tok = 0, u_drop = 0;
@@ -487,10 +497,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
                 rl_step_stats st;
                 rl_token_coeffs(coef, &st, logp, logmu, logprox, mask, madv + s0, B, T, &lc);
                 if (st.n_tokens == 0) continue;
-                /* rl_token_coeffs normalised by this micro-batch's tokens; rescale to the mini-batch's */
-                float scale = (float)((double)st.n_tokens / (double)n_tok_mb);
-                for (size_t i = 0; i < (size_t)B * T; i++) coef[i] *= scale;
-                u_loss += st.loss * scale;
+                u_loss += st.loss;
                 u_ratio += st.ratio_mean * st.n_tokens;
                 u_clip += st.clip_frac * st.n_tokens;
                 u_behav += st.behav_mean * st.n_tokens;

@@ -41,14 +41,29 @@ int rl_rloo_advantages(float *adv, int *keep, const float *rewards, int G, int k
 /* The same over the scored samples only: scored (G, k) (NULL = all), 0 for a sample no reward source
  * scored. Such a sample gets advantage 0 and is not in any baseline: A_i = r_i - mean_{j != i, scored} r_j.
  * keep[g] = 0 when fewer than 2 samples of the group were scored, or the scored ones have no spread. */
+/* The advantage estimators of rl.advantage over a step's G groups (group g: k[g] samples, rewards back
+ * to back in `rewards` (S)); adv (S); keep (G) 0 for a group without spread (k < 2 or max - min <= 1e-6:
+ * all-zero advantages under every estimator). Returns how many were dropped.
+ *   rloo          A_i = r_i - mean_{j != i} r_j
+ *   grpo          A_i = (r_i - mean_g) / (std + 1e-6), std the group's (scale group), the step's rewards'
+ *                 (scale batch), or 1 (scale none); std unbiased (n - 1)
+ *   dr_grpo       A_i = r_i - mean_g
+ *   reinforce_pp  r_i - mean_g, then whitened over the kept samples of the step: (a - mean) / (std + 1e-6) */
+int rl_advantages(float *adv, int *keep, const float *rewards, const int *k, int G, int estimator, int scale);
 int rl_rloo_advantages_scored(float *adv, int *keep, const float *rewards, const unsigned char *scored, int G, int k);
 
 
 typedef struct rl_loss_config {
-    int loss;         /* RL_LOSS_TIS | RL_LOSS_PPO_CLIP | RL_LOSS_DECOUPLED_PPO */
+    int loss;         /* RL_LOSS_*: tis, ppo_clip, decoupled_ppo, gspo, cispo */
     float is_cap;     /* TIS: coefficient = min(rho, is_cap) * A */
-    float clip_eps;   /* PPO, decoupled PPO: clipped objective with ratio in [1-eps, 1+eps] */
+    float clip_eps;   /* both sides of the clip when clip_low / clip_high are 0 */
+    float clip_low, clip_high; /* PPO, decoupled PPO, GSPO, CISPO: the ratio's range [1-low, 1+high] */
+    float clip_c;     /* PPO dual clip: a negative advantage's term is at least clip_c * A (0: off) */
     float behav_cap;  /* decoupled PPO: tokens with pi_prox / mu above this are dropped (coefficient 0) */
+    int agg;          /* RL_AGG_*: token_mean (default), seq_mean_token_sum, seq_mean_token_mean, seq_mean_token_sum_norm */
+    /* the update's denominators (over every rank's share of the mini-batch): tokens, sequences with at
+     * least one token, and the constant length of seq_mean_token_sum_norm; 0: this call's own counts */
+    double norm_tokens, norm_seqs, norm_len;
 } rl_loss_config;
 
 typedef struct rl_step_stats {
@@ -75,7 +90,14 @@ typedef struct rl_step_stats {
  *   decoupled PPO (logprox (B, T): log pi_prox, the proximal policy; w_t = pi_prox / mu, r_t = pi_theta / pi_prox):
  *        L = -(1/N) sum_{w_t <= cap} w_t min(r_t A_i, clip(r_t, 1-e, 1+e) A_i)      (w stop-gradient)
  *        dL/dlogp_t = -(1/N) w_t r_t A_i where the unclipped term is the minimum and w_t <= cap, else 0
- * N = number of masked tokens in the whole batch (per-token mean; dropped tokens stay in N).
+ *   CISPO: L = -(1/N) sum sg(clip(rho_t, 1-lo, 1+hi)) A_i log pi(y_t): every token contributes
+ *   GSPO (sequence ratio s_i = exp(mean_t (log pi - log mu)) over the sequence's tokens):
+ *        L = -sum_i W_i min(s_i A_i, clip(s_i, 1-lo, 1+hi) A_i), W_i the sequence's total weight below;
+ *        dL/dlogp_t = -W_i s_i A_i / |y_i| where unclipped, else 0
+ *   PPO's clip uses [1-lo, 1+hi]; with clip_c > 0 a negative advantage's term is max(min(...), clip_c A_i).
+ * The 1/N above is the token_mean aggregation (N = the update's tokens; dropped tokens stay in N). Each
+ * token's weight by cfg->agg: token_mean 1/N; seq_mean_token_sum 1/G; seq_mean_token_mean 1/(G |y_i|);
+ * seq_mean_token_sum_norm 1/(G L), G the update's sequences, L = norm_len.
  * logprox is read only by decoupled PPO (NULL otherwise). */
 void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const float *logmu, const float *logprox,
                      const float *mask, const float *adv, int B, int T, const rl_loss_config *cfg);

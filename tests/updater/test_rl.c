@@ -170,6 +170,100 @@ static void test_interpolate_prox(void) {
     NEAR(lp[5], LOGMU[5] + 0.5 * (logp[5] - LOGMU[5]));
 }
 
+/* Every estimator x loss x aggregation against tests/oracle/rl_variants_check.py (PyTorch float64, from
+ * the documented formulas; autograd gives dL/dlog pi): random batches of 3 groups x 4 samples (one group
+ * without spread, one empty completion, ratios on both sides of every clip edge and past the dual clip,
+ * behaviour weights above the cap), the coefficients computed in two micro-batches with the whole
+ * batch's denominators (so micro-batching is checked too). */
+static void test_variants_against_torch(void) {
+    static const struct { const char *name; int adv, scale; } advs[] = {
+        {"rloo", RL_ADV_RLOO, RL_SCALE_GROUP}, {"grpo", RL_ADV_GRPO, RL_SCALE_GROUP}, {"grpo", RL_ADV_GRPO, RL_SCALE_BATCH},
+        {"grpo", RL_ADV_GRPO, RL_SCALE_NONE}, {"dr_grpo", RL_ADV_DR_GRPO, RL_SCALE_GROUP},
+        {"reinforce_pp", RL_ADV_REINFORCE_PP, RL_SCALE_GROUP}};
+    static const char *const scale_names[] = {"group", "batch", "none"};
+    static const struct { const char *name; int loss; float lo, hi, c; } losses[] = {
+        {"tis", RL_LOSS_TIS, 0.2f, 0.2f, 0}, {"ppo_clip", RL_LOSS_PPO_CLIP, 0.2f, 0.28f, 0},
+        {"ppo_clip", RL_LOSS_PPO_CLIP, 0.2f, 0.2f, 3.0f}, {"decoupled_ppo", RL_LOSS_DECOUPLED_PPO, 0.2f, 0.2f, 0},
+        {"gspo", RL_LOSS_GSPO, 0.1f, 0.15f, 0}, {"cispo", RL_LOSS_CISPO, 0.5f, 0.3f, 0}};
+    static const char *const aggs[] = {"token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm"};
+    enum { G = 3, K = 4, S = G * K, T = 7 };
+    json_t *cases = json_array();
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 2026);
+    for (size_t a = 0; a < sizeof advs / sizeof *advs; a++)
+        for (size_t l = 0; l < sizeof losses / sizeof *losses; l++)
+            for (int g = 0; g < 4; g++) {
+                float rewards[S], adv[S], logp[S * T], logmu[S * T], logprox[S * T], mask[S * T], coef[S * T];
+                int keep[G], ks[G] = {K, K, K};
+                for (int s = 0; s < S; s++) rewards[s] = s < K ? 0.5f : (float)(rlhf_rng_u64(&rng) % 5) / 4.0f;
+                rewards[K] = 0.0f, rewards[K + 1] = 1.0f; /* the second group has spread for sure */
+                rl_advantages(adv, keep, rewards, ks, G, advs[a].adv, advs[a].scale);
+                for (int s = 0; s < S; s++) {
+                    int p = 1 + (int)(rlhf_rng_u64(&rng) % 2), len = s == 5 ? 0 : 1 + (int)(rlhf_rng_u64(&rng) % 5);
+                    for (int t = 0; t < T; t++) {
+                        size_t i = (size_t)s * T + t;
+                        mask[i] = t >= p && t < p + len ? 1.0f : 0.0f;
+                        logmu[i] = -0.3f - 3.0f * rlhf_rng_uniform(&rng);
+                        logp[i] = logmu[i] + (-1.2f + 2.7f * rlhf_rng_uniform(&rng));   /* rho in [0.30, 4.5] */
+                        logprox[i] = logmu[i] + (-0.3f + 1.3f * rlhf_rng_uniform(&rng)); /* w in [0.74, 2.7] */
+                        if (logp[i] > 0) logp[i] = -1e-3f;
+                    }
+                }
+                long n_tok = 0, n_seq = 0;
+                for (int s = 0; s < S; s++) {
+                    long nb = 0;
+                    for (int t = 0; t < T; t++) nb += mask[(size_t)s * T + t] != 0.0f;
+                    n_tok += nb, n_seq += nb > 0;
+                }
+                rl_loss_config lc = {.loss = losses[l].loss, .is_cap = 2.0f, .clip_low = losses[l].lo,
+                                     .clip_high = losses[l].hi, .clip_c = losses[l].c, .behav_cap = 2.0f, .agg = g,
+                                     .norm_tokens = (double)n_tok, .norm_seqs = (double)n_seq, .norm_len = 6};
+                rl_step_stats st1, st2;
+                rl_token_coeffs(coef, &st1, logp, logmu, logprox, mask, adv, 5, T, &lc);
+                rl_token_coeffs(coef + 5 * T, &st2, logp + 5 * T, logmu + 5 * T, logprox + 5 * T, mask + 5 * T, adv + 5,
+                                S - 5, T, &lc);
+                json_t *jr = json_array(), *ja = json_array(), *jk = json_array(), *jkeep = json_array();
+                json_t *jp = json_array(), *jm = json_array(), *jx = json_array(), *jmask = json_array(), *jc = json_array();
+                for (int s = 0; s < S; s++) json_array_append_new(jr, json_real(rewards[s])), json_array_append_new(ja, json_real(adv[s]));
+                for (int q = 0; q < G; q++) json_array_append_new(jk, json_integer(ks[q])), json_array_append_new(jkeep, json_integer(keep[q]));
+                for (int i = 0; i < S * T; i++) {
+                    json_array_append_new(jp, json_real(logp[i]));
+                    json_array_append_new(jm, json_real(logmu[i]));
+                    json_array_append_new(jx, json_real(logprox[i]));
+                    json_array_append_new(jmask, json_real(mask[i]));
+                    json_array_append_new(jc, json_real(coef[i]));
+                }
+                json_t *cfg = json_pack("{sssssssssfsfsfsfsfsfsfsf}", "advantage", advs[a].name, "scale",
+                                        scale_names[advs[a].scale], "loss", losses[l].name, "agg", aggs[g], "clip_low",
+                                        (double)losses[l].lo, "clip_high", (double)losses[l].hi, "clip_c", (double)losses[l].c,
+                                        "is_cap", 2.0, "behav_cap", 2.0, "N", (double)n_tok, "G", (double)n_seq, "L", 6.0);
+                json_array_append_new(cases, json_pack("{sososososisisososososososf}", "cfg", cfg, "rewards", jr, "k", jk,
+                                                       "keep", jkeep, "B", S, "T", T, "logp", jp, "logmu", jm,
+                                                       "logprox", jx, "mask", jmask, "coef", jc, "adv", ja,
+                                                       "loss", st1.loss + st2.loss));
+                json_object_set(json_array_get(cases, json_array_size(cases) - 1), "adv_rows", ja);
+            }
+    char path[] = "/tmp/rlhf_rlvar_XXXXXX.json";
+    int fd = mkstemps(path, 5);
+    CU_ASSERT_FATAL(fd >= 0);
+    close(fd);
+    CU_ASSERT_EQUAL_FATAL(json_dump_file(cases, path, JSON_REAL_PRECISION(17)), 0);
+    json_decref(cases);
+    char cmd[1200], out[64];
+    snprintf(out, sizeof out, "%s.out", path);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/oracle/rl_variants_check.py %s > %s 2>&1", RLHF_SOURCE_ROOT, path, out);
+    int rc = system(cmd);
+    char *txt = NULL;
+    size_t n = 0;
+    rlhf_read_file(out, &txt, &n, NULL);
+    if (rc != 0 || !txt || !strstr(txt, " 0 disagreements")) fprintf(stderr, "\n%s\n", txt ? txt : "(no output)");
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT(txt && strstr(txt, "144 cases, 0 disagreements"));
+    free(txt);
+    unlink(out);
+    unlink(path);
+}
+
 static void test_kl_penalty(void) {
     float logp[6] = {-1, -2, -3, -0.5f, -0.5f, -0.5f};
     float logref[6] = {-1.5f, -1, -9, -1, -1, -1};
@@ -262,7 +356,11 @@ static void test_config_errors_name_path(void) {
     expect_error("rl.k=\"eight\"", "--set rl.k", "must be an integer");
     expect_error("rl.colour=3", "cfg.json: rl.colour", "unknown key");
     expect_error("generators.top_p=1.5", "cfg.json: generators.top_p", "in [0.01, 1]");
-    expect_error("rl.loss=grpo", "cfg.json: rl.loss", "\"tis\", \"ppo_clip\" or \"decoupled_ppo\"");
+    expect_error("rl.loss=grpo", "cfg.json: rl.loss", "\"decoupled_ppo\", \"gspo\" or \"cispo\"");
+    expect_error("rl.advantage=ppo", "cfg.json: rl.advantage", "\"reinforce_pp\"");
+    expect_error("rl.loss_agg=sum", "cfg.json: rl.loss_agg", "\"seq_mean_token_sum_norm\"");
+    expect_error("rl.scale_rewards=batch", "cfg.json: rl.scale_rewards", "applies to rl.advantage \"grpo\" only");
+    expect_error("rl.clip_ratio_c=0.5", "cfg.json: rl.clip_ratio_c", "must be 0 (off) or above 1");
     expect_error("rl.prox=exact", "cfg.json: rl.prox", "\"recompute\" or \"interpolate\"");
     expect_error("rl.ppo_epochs=0", "cfg.json: rl.ppo_epochs", "");
     expect_error("rl.mini_batches=1000", "cfg.json: rl.mini_batches", "samples of a step");
@@ -454,6 +552,7 @@ int register_suites(void) {
     CU_add_test(s, "kl_penalty", test_kl_penalty);
     CU_add_test(s, "decoupled_ppo", test_decoupled_ppo);
     CU_add_test(s, "interpolate_prox", test_interpolate_prox);
+    CU_add_test(s, "every estimator x loss x aggregation against PyTorch", test_variants_against_torch);
     CU_pSuite c = CU_add_suite("run_config", NULL, NULL);
     CU_add_test(c, "defaults_and_overrides", test_config_defaults_and_overrides);
     CU_add_test(c, "errors_name_path", test_config_errors_name_path);
