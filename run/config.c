@@ -67,6 +67,14 @@ static const key_spec SPEC[] = {
     {"rl.ppo_epochs", K_INT, 1, 64, "1"},
     {"rl.mini_batches", K_INT, 1, 1024, "1"},
     {"rl.kl_beta", K_NUM, 0, 1e6, "0.0"},
+    {"rl.kl", K_OBJ, 0, 0, "{}"},
+    {"rl.kl.estimator", K_STR, 0, 0, "\"k1\""},
+    {"rl.kl.in", K_STR, 0, 0, "\"reward\""},
+    {"rl.entropy_coef", K_NUM, 0, 1e3, "0.0"},
+    {"rl.overlong", K_OBJ, 0, 0, "{}"},
+    {"rl.overlong.buffer", K_INT, 0, 1 << 20, "0"},
+    {"rl.overlong.penalty", K_NUM, 0, 1e6, "1.0"},
+    {"rl.ref_reset_every", K_INT, 0, BIG, "0"},
     {"rl.publish_every", K_INT, 1, BIG, "1"},
     {"rl.steps", K_INT, 1, BIG, "100"},
     {"rl.checkpoint_every", K_INT, 1, BIG, "10"},
@@ -411,6 +419,18 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->clip_eps_low = get_path(in, "rl.clip_eps_low") ? getf(doc, "rl.clip_eps_low") : cfg->clip_eps;
     cfg->clip_eps_high = get_path(in, "rl.clip_eps_high") ? getf(doc, "rl.clip_eps_high") : cfg->clip_eps;
     cfg->kl_beta = getf(doc, "rl.kl_beta");
+    const char *kle = gets(doc, "rl.kl.estimator"), *kli = gets(doc, "rl.kl.in");
+    if (!strcmp(kle, "k1") || !strcmp(kle, "k2") || !strcmp(kle, "k3")) cfg->kl_estimator = kle[1] - '0';
+    else FAIL_AT("rl.kl.estimator", "must be \"k1\", \"k2\" or \"k3\", got \"%s\"", kle);
+    if (!strcmp(kli, "reward")) cfg->kl_in_loss = 0;
+    else if (!strcmp(kli, "loss")) cfg->kl_in_loss = 1;
+    else FAIL_AT("rl.kl.in", "must be \"reward\" or \"loss\", got \"%s\"", kli);
+    cfg->entropy_coef = getf(doc, "rl.entropy_coef");
+    cfg->overlong_buffer = geti(doc, "rl.overlong.buffer");
+    cfg->overlong_penalty = getf(doc, "rl.overlong.penalty");
+    cfg->ref_reset_every = geti(doc, "rl.ref_reset_every");
+    if (cfg->ref_reset_every > 0 && cfg->kl_beta == 0)
+        FAIL_AT("rl.ref_reset_every", "resets the reference model of the KL term, and rl.kl_beta is 0 (no reference)");
     cfg->publish_every = geti(doc, "rl.publish_every");
     cfg->steps = geti(doc, "rl.steps");
     cfg->checkpoint_every = geti(doc, "rl.checkpoint_every");
@@ -438,6 +458,9 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     else if (!strcmp(blp, "policy")) cfg->behaviour_logprobs = RUN_BEHAVIOUR_POLICY;
     else FAIL_AT("generators.behaviour_logprobs", "must be \"sampling\" or \"policy\", got \"%s\"", blp);
     cfg->max_tokens = geti(doc, "generators.max_tokens");
+    if (cfg->overlong_buffer > cfg->max_tokens)
+        FAIL_AT("rl.overlong.buffer", "is %d, more than generators.max_tokens %d (the zone ends at max_tokens)",
+                cfg->overlong_buffer, cfg->max_tokens);
     cfg->gen_batch = geti(doc, "generators.batch");
     cfg->gen_inflight_updates = json_is_true(get_path(doc, "generators.inflight_updates"));
     const char *ikv = gets(doc, "generators.inflight_kv");

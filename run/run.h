@@ -101,7 +101,13 @@ typedef struct run_config {
     int prox;                  /* rl.prox: RL_PROX_RECOMPUTE | RL_PROX_INTERPOLATE */
     int ppo_epochs;            /* rl.ppo_epochs: passes over each step's batch */
     int mini_batches;          /* rl.mini_batches: optimizer updates per pass (the batch split by sample) */
-    float kl_beta;             /* rl.kl_beta: weight of the KL-to-reference reward penalty */
+    float kl_beta;             /* rl.kl_beta: weight of the KL-to-reference term */
+    int kl_estimator;          /* rl.kl.estimator: 1, 2 or 3 (k1, k2, k3) */
+    int kl_in_loss;            /* rl.kl.in: 0 "reward" (a penalty before the baseline), 1 "loss" (a loss term) */
+    float entropy_coef;        /* rl.entropy_coef: an entropy bonus in the loss (aggregated like the policy term) */
+    int overlong_buffer;       /* rl.overlong.buffer: DAPO's soft overlong zone, tokens before generators.max_tokens */
+    float overlong_penalty;    /* rl.overlong.penalty: the reward taken at max_tokens (linear over the buffer) */
+    int ref_reset_every;       /* rl.ref_reset_every: the reference model becomes the policy every N steps (0: never) */
     int publish_every;         /* rl.publish_every: steps between weight versions */
     int steps;                 /* rl.steps: optimizer steps in the run */
     int checkpoint_every;      /* rl.checkpoint_every */

@@ -330,6 +330,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     float *mask = malloc(bt * sizeof(float));          // (MB, T)
     float *coef = malloc(bt * sizeof(float));          // (MB, T)
     int *keep = calloc((size_t)n, sizeof(int));
+    float *ref_rows = NULL; // (S, maxT) log ref by position: the KL term in the loss (rl.kl.in = "loss")
     int rc = 0;
     if (!seqs || !reward || !adv || !kl || !tokens || !targets || !logmu || !mask || !coef || !keep) {
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
@@ -360,20 +361,38 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     /* 1. KL penalty against the reference model */
     double kl_sum = 0;
     if (ps->ref) {
+        if (cfg->kl_in_loss && !(ref_rows = calloc((size_t)(S ? S : 1) * maxT, sizeof(float)))) {
+            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
+            goto done;
+        }
         for (int s0 = s_lo; s0 < s_hi; s0 += MB) {
             int B = s_hi - s0 < MB ? s_hi - s0 : MB;
             int T = build_batch(seqs + s0, B, tokens, targets, logmu, mask, maxT);
             if ((rc = model_forward(ps->ref_tr, tokens, targets, B, T, err))) goto done;
-            rl_kl_penalty(kl + s0, logmu, model_trainer_logprobs(ps->ref_tr), mask, B, T);
+            const float *lr = model_trainer_logprobs(ps->ref_tr); // (B, T)
+            rl_kl_penalty_est(kl + s0, logmu, lr, mask, B, T, cfg->kl_estimator);
+            for (int b = 0; ref_rows && b < B; b++)
+                for (int t = 0; t < T; t++)
+                    if (mask[(size_t)b * T + t] != 0.0f) ref_rows[(size_t)(s0 + b) * maxT + t] = lr[(size_t)b * T + t];
         }
         if (U > 1) { /* each sample's KL was computed on one rank, zeros elsewhere: the sum is exact */
             if ((rc = updater_dist_sum_f32(ps->dist, kl, (size_t)S, err))) goto done;
+            if (ref_rows && (rc = updater_dist_sum_f32(ps->dist, ref_rows, (size_t)S * maxT, err))) goto done;
         }
         for (int s = 0; s < S; s++) {
-            reward[s] -= cfg->kl_beta * kl[s];
+            if (!cfg->kl_in_loss) reward[s] -= cfg->kl_beta * kl[s]; /* a KL-shaped reward */
             kl_sum += kl[s];
         }
     }
+    /* DAPO's soft overlong punishment, on the reward before the baseline */
+    long n_overlong = 0;
+    for (int s = 0; cfg->overlong_buffer > 0 && s < S; s++) {
+        float p = rl_overlong_shaping((int)seqs[s].g->n_tokens[seqs[s].i], cfg->max_tokens, cfg->overlong_buffer,
+                                      cfg->overlong_penalty);
+        reward[s] += p;
+        n_overlong += p != 0.0f;
+    }
+    if (cfg->overlong_buffer > 0) json_object_set_new(metrics, "rewards/overlong_shaped", json_integer(n_overlong));
     /* 2. advantages (rl.advantage; groups of possibly different k) */
     {
         int *gk = malloc((size_t)(n ? n : 1) * sizeof(int)); // (n) scored samples per group
@@ -400,7 +419,12 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     const int decoupled = cfg->loss == RL_LOSS_DECOUPLED_PPO;
     rl_loss_config lc = {.loss = cfg->loss, .is_cap = cfg->is_cap, .clip_eps = cfg->clip_eps,
                          .clip_low = cfg->clip_eps_low, .clip_high = cfg->clip_eps_high, .clip_c = cfg->clip_ratio_c,
-                         .behav_cap = cfg->behav_weight_cap, .agg = cfg->loss_agg, .norm_len = cfg->max_tokens};
+                         .behav_cap = cfg->behav_weight_cap, .agg = cfg->loss_agg, .norm_len = cfg->max_tokens,
+                         .kl_loss_beta = ref_rows ? cfg->kl_beta : 0.0f, .entropy_coef = cfg->entropy_coef,
+                         .kl_estimator = cfg->kl_estimator};
+    const int regularise = ref_rows || cfg->entropy_coef > 0;
+    float *logref = regularise ? malloc(bt * sizeof(float)) : NULL; // (MB, T) log ref of this micro-batch
+    float *dent = regularise ? malloc(bt * sizeof(float)) : NULL;   // (MB, T) dL/d entropy
     int *order = malloc((size_t)(S ? S : 1) * sizeof(int));            // (S) sample of each position
     seq_ref *mseqs = malloc((size_t)(S ? S : 1) * sizeof *mseqs);       // (S) in this pass's order
     float *madv = malloc((size_t)(S ? S : 1) * sizeof(float));          // (S)
@@ -409,7 +433,8 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     long *tok_lag = decoupled ? malloc(bt * sizeof(long)) : NULL;       // (MB, T) lag of each token
     float *logprox = decoupled ? malloc(bt * sizeof(float)) : NULL;     // (MB, T) log pi_prox
     float *prox_rows = NULL;                                            // (S, maxT) log pi_prox by position
-    if (!order || !mseqs || !madv || !lag_ref || !mref || (decoupled && (!logprox || !tok_lag))) {
+    if (!order || !mseqs || !madv || !lag_ref || !mref || (decoupled && (!logprox || !tok_lag)) ||
+        (regularise && (!logref || !dent))) {
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
         goto done3;
     }
@@ -439,7 +464,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         if (U > 1 && (rc = updater_dist_sum_f32(ps->dist, prox_rows, (size_t)S * maxT, err))) goto done3;
     }
     double loss = 0, ratio_sum = 0, ratio_max = 0, clip_sum = 0, ent_sum = 0, behav_sum = 0, behav_max = 0;
-    double gnorm_sum = 0, allreduce_s = 0;
+    double gnorm_sum = 0, allreduce_s = 0, kl_loss_sum = 0;
     long ntok = 0, dropped = 0;
     int n_updates = 0;
     float gnorm = 0, lr = 0;
@@ -476,7 +501,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
             lc.norm_tokens = (double)n_tok_mb;
             lc.norm_seqs = (double)n_seq_mb;
             const int r_lo = m_lo + (int)((long)m_n * rank / U), r_hi = m_lo + (int)((long)m_n * (rank + 1) / U);
-            double u_loss = 0, u_ratio = 0, u_clip = 0, u_ent = 0, u_behav = 0, u_rmax = 0, u_bmax = 0;
+            double u_loss = 0, u_ratio = 0, u_clip = 0, u_ent = 0, u_behav = 0, u_rmax = 0, u_bmax = 0, u_kl = 0;
             long u_tok = 0, u_drop = 0;
             for (int s0 = r_lo; s0 < r_hi; s0 += MB) {
                 int B = r_hi - s0 < MB ? r_hi - s0 : MB;
@@ -498,6 +523,13 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
                 rl_token_coeffs(coef, &st, logp, logmu, logprox, mask, madv + s0, B, T, &lc);
                 if (st.n_tokens == 0) continue;
                 u_loss += st.loss;
+                if (regularise) {
+                    for (int b = 0; ref_rows && b < B; b++)
+                        memcpy(logref + (size_t)b * T, ref_rows + (size_t)order[s0 + b] * maxT, (size_t)T * sizeof(float));
+                    double klv = 0;
+                    u_loss += rl_regularizers(coef, dent, logp, ref_rows ? logref : NULL, ent, mask, B, T, &lc, &klv);
+                    u_kl += klv;
+                }
                 u_ratio += st.ratio_mean * st.n_tokens;
                 u_clip += st.clip_frac * st.n_tokens;
                 u_behav += st.behav_mean * st.n_tokens;
@@ -507,19 +539,19 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
                 for (size_t i = 0; i < (size_t)B * T; i++)
                     if (mask[i] != 0.0f) u_ent += ent[i];
                 u_tok += st.n_tokens;
-                if ((rc = model_backward_logprobs(ps->tr, coef, NULL, err))) goto done3;
+                if ((rc = model_backward_logprobs(ps->tr, coef, cfg->entropy_coef > 0 ? dent : NULL, err))) goto done3;
             }
             /* 4. data parallelism: every rank's gradient and statistics summed, in rank order */
             if (U > 1) {
-                double sums[7] = {u_loss, u_ratio, u_clip, u_ent, (double)u_tok, u_behav, (double)u_drop};
+                double sums[8] = {u_loss, u_ratio, u_clip, u_ent, (double)u_tok, u_behav, (double)u_drop, u_kl};
                 double mx[2] = {u_rmax, u_bmax};
                 double t_sum = rlhf_now();
                 if ((rc = updater_dist_sum_f32(ps->dist, model_trainer_grads(ps->tr), ps->m->n_params, err)) ||
-                    (rc = updater_dist_sum_f64(ps->dist, sums, 7, err)) || (rc = updater_dist_max_f64(ps->dist, mx, 2, err)))
+                    (rc = updater_dist_sum_f64(ps->dist, sums, 8, err)) || (rc = updater_dist_max_f64(ps->dist, mx, 2, err)))
                     goto done3;
                 allreduce_s += rlhf_now() - t_sum;
                 u_loss = sums[0], u_ratio = sums[1], u_clip = sums[2], u_ent = sums[3], u_tok = (long)sums[4];
-                u_behav = sums[5], u_drop = (long)sums[6], u_rmax = mx[0], u_bmax = mx[1];
+                u_behav = sums[5], u_drop = (long)sums[6], u_kl = sums[7], u_rmax = mx[0], u_bmax = mx[1];
             }
             /* 5. optimizer */
             if ((rc = adamw_step(ps->opt, ps->m, model_trainer_grads(ps->tr), &gnorm, &lr, err))) goto done3;
@@ -528,7 +560,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
             gnorm_sum += gnorm;
             loss += u_loss;
             ratio_sum += u_ratio, clip_sum += u_clip, ent_sum += u_ent, behav_sum += u_behav;
-            ntok += u_tok, dropped += u_drop;
+            ntok += u_tok, dropped += u_drop, kl_loss_sum += u_kl;
             if (u_rmax > ratio_max) ratio_max = u_rmax;
             if (u_bmax > behav_max) behav_max = u_bmax;
             e_ratio += u_ratio, e_clip += u_clip, e_tok += u_tok;
@@ -552,7 +584,14 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         json_object_set_new(metrics, "behav_weight/dropped_tokens", json_integer(dropped));
     }
     json_object_set_new(metrics, "train/updates", json_integer(n_updates));
+    if (ref_rows) /* the aggregated KL term of the loss (before kl_beta), mean over the updates */
+        json_object_set_new(metrics, "kl/loss_term", json_real(n_updates ? kl_loss_sum / n_updates : 0.0));
     ps->step++;
+    if (cfg->ref_reset_every > 0 && ps->ref && ps->step % cfg->ref_reset_every == 0) {
+        /* the reference becomes the current policy: the KL term then anchors to a recent policy */
+        if ((rc = model_copy_weights(ps->ref, ps->m, err))) goto done3;
+        json_object_set_new(metrics, "kl/ref_reset", json_true());
+    }
     double dt = rlhf_now() - t0;
     json_object_set_new(metrics, "loss", json_real(loss));
     json_object_set_new(metrics, "is_ratio/mean", json_real(ntok ? ratio_sum / ntok : 1.0));
@@ -566,6 +605,8 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     json_object_set_new(metrics, "train/seconds", json_real(dt));
     json_object_set_new(metrics, "train/tokens_per_s", json_real(dt > 0 ? ntok / dt : 0));
 done3:
+    free(logref);
+    free(dent);
     free(order);
     free(mseqs);
     free(madv);
@@ -575,6 +616,7 @@ done3:
     free(logprox);
     free(prox_rows);
 done:
+    free(ref_rows);
     free(seqs);
     free(reward);
     free(adv);

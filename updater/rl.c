@@ -151,6 +151,14 @@ static void clip_range(const rl_loss_config *cfg, double *lo, double *hi) {
     *hi = 1.0 + h;
 }
 
+/* The weight of each token of a sequence of `len` tokens in the aggregate (rl.loss_agg). */
+static double agg_weight(int agg, long len, double N, double G, double L) {
+    return agg == RL_AGG_SEQ_MEAN_TOKEN_SUM        ? 1.0 / G
+           : agg == RL_AGG_SEQ_MEAN_TOKEN_MEAN     ? 1.0 / (G * (double)len)
+           : agg == RL_AGG_SEQ_MEAN_TOKEN_SUM_NORM ? 1.0 / (G * L)
+                                                   : 1.0 / N;
+}
+
 /* One token's term of a token-level loss: its objective value (what the loss reports) and the
  * derivative of that objective with respect to log pi (the coefficient before aggregation). Returns 1
  * when a clip (or the cap) is active on this token. */
@@ -252,11 +260,7 @@ void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const fl
         for (int t = 0; t < T; t++)
             if (mask[row + t] != 0.0f) len++, dsum += (double)logp[row + t] - (double)logmu[row + t];
         if (len == 0) continue;
-        /* every token's weight in the aggregate */
-        double w = cfg->agg == RL_AGG_SEQ_MEAN_TOKEN_SUM    ? 1.0 / G
-                   : cfg->agg == RL_AGG_SEQ_MEAN_TOKEN_MEAN ? 1.0 / (G * (double)len)
-                   : cfg->agg == RL_AGG_SEQ_MEAN_TOKEN_SUM_NORM ? 1.0 / (G * L)
-                                                            : 1.0 / N;
+        double w = agg_weight(cfg->agg, len, N, G, L); /* every token's weight in the aggregate */
         const double A = adv[b];
         for (int t = 0; t < T; t++) {
             if (mask[row + t] == 0.0f) continue;
@@ -293,12 +297,78 @@ void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const fl
 }
 
 void rl_kl_penalty(float *kl, const float *logp, const float *logref, const float *mask, int B, int T) {
+    rl_kl_penalty_est(kl, logp, logref, mask, B, T, 1);
+}
+
+double rl_kl_token(int estimator, double logp, double logref, double *grad) {
+    double d = logref - logp;
+    if (estimator == 2) {
+        *grad = -d;
+        return 0.5 * d * d;
+    }
+    if (estimator == 3) {
+        double e = exp(d);
+        *grad = 1.0 - e;
+        return e - 1.0 - d;
+    }
+    *grad = 1.0;
+    return -d;
+}
+
+void rl_kl_penalty_est(float *kl, const float *logp, const float *logref, const float *mask, int B, int T, int estimator) {
     for (int b = 0; b < B; b++) {
-        double s = 0;
+        double s = 0, g;
         for (int t = 0; t < T; t++) {
             size_t i = (size_t)b * T + t;
-            if (mask[i] != 0.0f) s += (double)logp[i] - (double)logref[i];
+            if (mask[i] != 0.0f) s += rl_kl_token(estimator, logp[i], logref[i], &g);
         }
         kl[b] = (float)s;
     }
+}
+
+double rl_regularizers(float *coef, float *dent, const float *logp, const float *logref, const float *ent,
+                       const float *mask, int B, int T, const rl_loss_config *cfg, double *kl_out) {
+    long n = 0, seqs = 0;
+    for (int b = 0; b < B; b++) {
+        long nb = 0;
+        for (int t = 0; t < T; t++) nb += mask[(size_t)b * T + t] != 0.0f;
+        n += nb;
+        seqs += nb > 0;
+    }
+    const double N = cfg->norm_tokens > 0 ? cfg->norm_tokens : (double)n;
+    const double G = cfg->norm_seqs > 0 ? cfg->norm_seqs : (double)seqs;
+    const double L = cfg->norm_len > 0 ? cfg->norm_len : 1.0;
+    double added = 0, kl = 0;
+    if (dent) memset(dent, 0, sizeof(float) * (size_t)B * T);
+    for (int b = 0; b < B; b++) {
+        const size_t row = (size_t)b * T;
+        long len = 0;
+        for (int t = 0; t < T; t++) len += mask[row + t] != 0.0f;
+        if (len == 0) continue;
+        double w = agg_weight(cfg->agg, len, N, G, L);
+        for (int t = 0; t < T; t++) {
+            size_t i = row + t;
+            if (mask[i] == 0.0f) continue;
+            if (cfg->kl_loss_beta > 0 && logref) {
+                double g, k = rl_kl_token(cfg->kl_estimator, logp[i], logref[i], &g);
+                coef[i] += (float)(cfg->kl_loss_beta * w * g);
+                added += cfg->kl_loss_beta * w * k;
+                kl += w * k;
+            }
+            if (cfg->entropy_coef > 0 && dent && ent) {
+                dent[i] = (float)(-cfg->entropy_coef * w);
+                added -= cfg->entropy_coef * w * ent[i];
+            }
+        }
+    }
+    if (kl_out) *kl_out = kl;
+    return added;
+}
+
+float rl_overlong_shaping(int n_tokens, int max_tokens, int buffer, float penalty) {
+    if (buffer <= 0) return 0.0f;
+    int start = max_tokens - buffer;
+    if (n_tokens <= start) return 0.0f;
+    if (n_tokens >= max_tokens) return -penalty;
+    return (float)(-(double)penalty * (double)(n_tokens - start) / (double)buffer);
 }

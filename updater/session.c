@@ -459,10 +459,11 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         if (n_scored < 2) {
             n_unscored++;
             s->fate = "unscored";
-        } else if (hi - lo > 1e-6f || cfg->kl_beta > 0) {
-            /* with a KL penalty the spread that counts is that of the penalised rewards: the penalty is
-             * subtracted before the baseline (a KL-shaped reward), so it acts in groups whose task
-             * rewards are all equal too; the training step drops those still without spread */
+        } else if (hi - lo > 1e-6f || (cfg->kl_beta > 0 && !cfg->kl_in_loss) || cfg->overlong_buffer > 0) {
+            /* with a KL penalty in the reward (or overlong shaping) the spread that counts is that of the
+             * shaped rewards: the penalty is subtracted before the baseline (a KL-shaped reward), so it acts
+             * in groups whose task rewards are all equal too; the training step drops those still
+             * without spread */
             kept[n_kept++] = s;
             s->fate = "trained";
         } else {

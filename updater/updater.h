@@ -64,6 +64,10 @@ typedef struct rl_loss_config {
     /* the update's denominators (over every rank's share of the mini-batch): tokens, sequences with at
      * least one token, and the constant length of seq_mean_token_sum_norm; 0: this call's own counts */
     double norm_tokens, norm_seqs, norm_len;
+    /* rl_regularizers: the KL term in the loss (rl.kl.in = "loss": its weight, 0 off; estimator 1..3)
+     * and the entropy bonus (rl.entropy_coef), aggregated with the policy term's weights */
+    float kl_loss_beta, entropy_coef;
+    int kl_estimator;
 } rl_loss_config;
 
 typedef struct rl_step_stats {
@@ -109,6 +113,25 @@ void rl_token_coeffs(float *coef, rl_step_stats *st, const float *logp, const fl
  * on masked tokens, 0 elsewhere; logp is read as a constant. */
 void rl_interpolate_prox(float *logprox, const float *logp, const float *logmu, const float *mask, const long *lag,
                          int B, int T);
+
+/* One token's KL estimate between the policy (log p) and the reference (log r) on a token sampled from
+ * the policy, and its derivative in log p (Schulman's estimators, with d = log r - log p):
+ *   k1 = -d                      d/dlogp = 1
+ *   k2 = d^2 / 2                 d/dlogp = -d
+ *   k3 = exp(d) - 1 - d          d/dlogp = 1 - exp(d)      (unbiased and never negative) */
+double rl_kl_token(int estimator, double logp, double logref, double *grad);
+/* KL per sample with `estimator` (1..3), summed over its completion tokens: kl (B). */
+void rl_kl_penalty_est(float *kl, const float *logp, const float *logref, const float *mask, int B, int T, int estimator);
+/* The regularisers of the loss, added with the policy term's aggregation weights w_t (cfg->agg and
+ * denominators): the KL term beta * sum_t w_t k(log pi_t, log ref_t) (cfg->kl_loss_beta > 0; its gradient
+ * added to coef) and the entropy bonus -entropy_coef * sum_t w_t H_t (its dL/dH into dent, (B, T), when
+ * dent is not NULL). logref may be NULL when kl_loss_beta is 0. Returns the value added to the loss; *kl_out
+ * gets the KL term's value before beta. */
+double rl_regularizers(float *coef, float *dent, const float *logp, const float *logref, const float *ent,
+                       const float *mask, int B, int T, const rl_loss_config *cfg, double *kl_out);
+/* DAPO's soft overlong punishment: 0 up to max_tokens - buffer tokens, then falling linearly to -penalty
+ * at max_tokens (and beyond). */
+float rl_overlong_shaping(int n_tokens, int max_tokens, int buffer, float penalty);
 
 /* KL-to-reference penalty per sample with the k1 estimator on the sampled tokens:
  *   kl_i = sum_t mask_t * (logp_t - logref_t)

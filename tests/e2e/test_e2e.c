@@ -726,6 +726,7 @@ void e2e_register_dist_run(void);    /* tests/e2e/test_dist_run.c */
 void e2e_register_remote_gen(void);  /* tests/e2e/test_remote_gen.c */
 int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
 void e2e_register_diskfull(void);   /* tests/e2e/test_diskfull.c */
+void e2e_register_rl_recipes(void); /* tests/e2e/test_rl_recipes.c */
 
 int register_suites(void) {
     e2e_register_generation();
@@ -739,6 +740,7 @@ int register_suites(void) {
     e2e_register_remote_gen();
     register_plugin_faults_suite();
     e2e_register_diskfull();
+    e2e_register_rl_recipes();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);

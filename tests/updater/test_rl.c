@@ -264,6 +264,49 @@ static void test_variants_against_torch(void) {
     unlink(path);
 }
 
+/* The KL estimators (values and derivatives by finite differences), the KL term in the loss and the
+ * entropy bonus with the aggregation weights, and DAPO's overlong shaping. */
+static void test_regularizers(void) {
+    double g;
+    NEAR(rl_kl_token(1, -1.0, -1.5, &g), 0.5);
+    NEAR(g, 1.0);
+    NEAR(rl_kl_token(2, -1.0, -1.5, &g), 0.125);
+    NEAR(g, 0.5);
+    NEAR(rl_kl_token(3, -1.0, -1.5, &g), exp(-0.5) - 1 + 0.5);
+    NEAR(g, 1 - exp(-0.5));
+    for (int est = 1; est <= 3; est++) {
+        double h = 1e-5, up = rl_kl_token(est, -0.7 + h, -1.2, &g), dn = rl_kl_token(est, -0.7 - h, -1.2, &g);
+        rl_kl_token(est, -0.7, -1.2, &g);
+        CU_ASSERT(fabs((up - dn) / (2 * h) - g) < 1e-6);
+        CU_ASSERT(rl_kl_token(3, -0.7, -1.2 + 0.3 * est, &g) >= 0); /* k3 never negative */
+    }
+    /* in the loss, token_mean over 5 tokens: coef gets beta * g / 5; entropy: dL/dH = -coef / 5 */
+    float logp[6], logref[6] = {-1.5f, -1, -9, -1, -1, -1}, ent[6] = {1, 2, 3, 4, 5, 6}, coef[6] = {0}, dent[6];
+    make_logp(logp);
+    rl_loss_config lc = {.agg = RL_AGG_TOKEN_MEAN, .kl_loss_beta = 0.5f, .kl_estimator = 3, .entropy_coef = 0.01f};
+    double kl = 0, added = rl_regularizers(coef, dent, logp, logref, ent, MASK, 2, 3, &lc, &kl);
+    double want_kl = 0, want_added = 0;
+    for (int i = 0; i < 6; i++) {
+        if (!MASK[i]) {
+            NEAR(coef[i], 0);
+            NEAR(dent[i], 0);
+            continue;
+        }
+        double k = rl_kl_token(3, logp[i], logref[i], &g);
+        NEAR(coef[i], 0.5 * g / 5);
+        NEAR(dent[i], -0.01 / 5);
+        want_kl += k / 5;
+        want_added += 0.5 * k / 5 - 0.01 * ent[i] / 5;
+    }
+    NEAR(kl, want_kl);
+    NEAR(added, want_added);
+    /* overlong: max_tokens 100, buffer 20: nothing up to 80, -penalty/2 at 90, -penalty at 100 */
+    NEAR(rl_overlong_shaping(80, 100, 20, 1.0f), 0);
+    NEAR(rl_overlong_shaping(90, 100, 20, 1.0f), -0.5);
+    NEAR(rl_overlong_shaping(100, 100, 20, 2.0f), -2.0);
+    NEAR(rl_overlong_shaping(100, 100, 0, 2.0f), 0);
+}
+
 static void test_kl_penalty(void) {
     float logp[6] = {-1, -2, -3, -0.5f, -0.5f, -0.5f};
     float logref[6] = {-1.5f, -1, -9, -1, -1, -1};
@@ -361,6 +404,8 @@ static void test_config_errors_name_path(void) {
     expect_error("rl.loss_agg=sum", "cfg.json: rl.loss_agg", "\"seq_mean_token_sum_norm\"");
     expect_error("rl.scale_rewards=batch", "cfg.json: rl.scale_rewards", "applies to rl.advantage \"grpo\" only");
     expect_error("rl.clip_ratio_c=0.5", "cfg.json: rl.clip_ratio_c", "must be 0 (off) or above 1");
+    expect_error("rl.kl.estimator=k4", "cfg.json: rl.kl.estimator", "\"k3\"");
+    expect_error("rl.ref_reset_every=5", "cfg.json: rl.ref_reset_every", "rl.kl_beta is 0");
     expect_error("rl.prox=exact", "cfg.json: rl.prox", "\"recompute\" or \"interpolate\"");
     expect_error("rl.ppo_epochs=0", "cfg.json: rl.ppo_epochs", "");
     expect_error("rl.mini_batches=1000", "cfg.json: rl.mini_batches", "samples of a step");
@@ -552,6 +597,7 @@ int register_suites(void) {
     CU_add_test(s, "kl_penalty", test_kl_penalty);
     CU_add_test(s, "decoupled_ppo", test_decoupled_ppo);
     CU_add_test(s, "interpolate_prox", test_interpolate_prox);
+    CU_add_test(s, "kl estimators, kl in the loss, entropy bonus, overlong shaping", test_regularizers);
     CU_add_test(s, "every estimator x loss x aggregation against PyTorch", test_variants_against_torch);
     CU_pSuite c = CU_add_suite("run_config", NULL, NULL);
     CU_add_test(c, "defaults_and_overrides", test_config_defaults_and_overrides);
