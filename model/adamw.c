@@ -13,7 +13,8 @@ struct adamw {
     size_t n;            /* parameters */
     float *mom;          /* first moment, model layout */
     float *var;          /* second moment */
-    long step;           /* steps taken */
+    long step;           /* steps taken (Adam's bias correction counts these) */
+    long sched_step;     /* >= 0: the learning-rate schedule's position for the next step; -1: `step` */
     float step_f;        /* "adamw.step" as a float tensor, synced on save/restore */
 };
 
@@ -48,6 +49,7 @@ int adamw_create(adamw **out, const model *m, const adamw_config *cfg, rlhf_erro
                          "bad AdamW config: lr %g beta1 %g beta2 %g eps %g weight_decay %g warmup %d", cfg->lr,
                          cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, cfg->warmup_steps);
     adamw *o = calloc(1, sizeof *o);
+    if (o) o->sched_step = -1;
     if (!o) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     o->cfg = *cfg;
     o->m = m;
@@ -71,6 +73,7 @@ void adamw_destroy(adamw **po) {
 }
 
 long adamw_get_step(const adamw *o) { return o->step; }
+void adamw_set_schedule_step(adamw *o, long step) { o->sched_step = step; }
 adamw_config *adamw_get_config(adamw *o) { return &o->cfg; }
 
 int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr_out, rlhf_error *err) {
@@ -86,7 +89,8 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
         float coef = o->cfg.grad_clip / (norm + 1e-6f);
         if (coef < 1.0f) clip = coef;
     }
-    float lr = adamw_lr_at(&o->cfg, o->step);
+    float lr = adamw_lr_at(&o->cfg, o->sched_step >= 0 ? o->sched_step : o->step);
+    o->sched_step = -1;
     o->step++;
     float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
     double bc1 = 1.0 - pow(b1, (double)o->step), bc2 = 1.0 - pow(b2, (double)o->step);

@@ -103,6 +103,11 @@ void adamw_destroy(adamw **o);
  * leaves parameters, state and gradients untouched. */
 int adamw_step(adamw *o, struct model *m, float *grads, float *grad_norm_out, float *lr_out, rlhf_error *err);
 long adamw_get_step(const adamw *o);
+/* The learning-rate schedule's position for the next adamw_step only (it then counts its own steps
+ * again): a caller whose schedule follows its own clock (the updater's RL steps, which may take no
+ * update when nothing was trainable) sets it before each step. Adam's bias correction still counts the
+ * steps taken. */
+void adamw_set_schedule_step(adamw *o, long step);
 adamw_config *adamw_get_config(adamw *o);
 
 /* Optimizer state as named float tensors for a safetensors companion file: for each model tensor

@@ -553,7 +553,9 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
                 u_loss = sums[0], u_ratio = sums[1], u_clip = sums[2], u_ent = sums[3], u_tok = (long)sums[4];
                 u_behav = sums[5], u_drop = (long)sums[6], u_kl = sums[7], u_rmax = mx[0], u_bmax = mx[1];
             }
-            /* 5. optimizer */
+            /* 5. optimizer; the schedule follows the RL steps (a step with nothing trainable still moves
+             * it), in updates: rl.ppo_epochs x rl.mini_batches of them per step */
+            adamw_set_schedule_step(ps->opt, ps->step * cfg->ppo_epochs * cfg->mini_batches + e * cfg->mini_batches + j);
             if ((rc = adamw_step(ps->opt, ps->m, model_trainer_grads(ps->tr), &gnorm, &lr, err))) goto done3;
             model_trainer_zero_grad(ps->tr);
             n_updates++;

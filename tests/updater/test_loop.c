@@ -196,6 +196,48 @@ static void test_kl_acts_in_equal_reward_groups(void) {
     }
 }
 
+/* The learning-rate schedule follows the RL steps: after steps that trained nothing (no group had
+ * spread) the first update is at its step's place in the warmup, not at the warmup's start. */
+static void test_schedule_counts_steps(void) {
+    run_config cfg;
+    CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, "rl.warmup_steps=4"), 0);
+    rlhf_error err = {0};
+    updater_session u;
+    CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &cfg, 0, &err), 0);
+    prompt_dataset *ds = NULL;
+    CU_ASSERT_EQUAL_FATAL(prompt_dataset_load(&ds, cfg.train_path, &err), 0);
+    tokenizer *tok = NULL;
+    tokenizer_create_bytes(&tok, 259, &err);
+    sampler *smp = NULL;
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&smp, u.ps.m, 32, &err), 0);
+    u.ps.step = 2; /* two steps went by with nothing to train */
+    uint64_t seq = 0;
+    json_t *m = NULL;
+    for (int tries = 0; tries < 10; tries++) { /* until a step trains (some group has spread) */
+        int ready = 0;
+        sample_step(&u, smp, tok, ds, &seq, &ready);
+        CU_ASSERT_EQUAL_FATAL(ready, 1);
+        long before = u.ps.step;
+        CU_ASSERT_EQUAL_FATAL(updater_session_step(&u, &m, &err), 0);
+        if (json_integer_value(json_object_get(m, "groups/kept")) > 0) {
+            adamw_config ac = *adamw_get_config(u.ps.opt);
+            CU_ASSERT(fabs(json_number_value(json_object_get(m, "lr")) - adamw_lr_at(&ac, before)) < 1e-9);
+            CU_ASSERT(fabs(json_number_value(json_object_get(m, "lr")) - 0.01 * (before + 1) / 4) < 1e-7);
+            json_decref(m);
+            m = NULL;
+            break;
+        }
+        json_decref(m);
+        m = NULL;
+    }
+    CU_ASSERT_EQUAL(adamw_get_step(u.ps.opt), 1); /* Adam's own count: the updates taken */
+    sampler_destroy(&smp);
+    tokenizer_destroy(&tok);
+    prompt_dataset_destroy(&ds);
+    updater_session_fini(&u);
+    run_config_free(&cfg);
+}
+
 static void test_nul_and_invalid_bytes_reach_rewards(void) {
     json_t *rewards = json_loads("[{\"type\":\"exact_match\",\"extract\":\"full\"}]", 0, NULL);
     scorer *sc = NULL;
@@ -353,6 +395,7 @@ int register_loop_suite(void) {
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
     CU_add_test(s, "kl penalty acts in groups of equal task rewards", test_kl_acts_in_equal_reward_groups);
+    CU_add_test(s, "the lr schedule follows the RL steps, not the updates taken", test_schedule_counts_steps);
     CU_add_test(s, "nul_and_invalid_bytes_reach_rewards", test_nul_and_invalid_bytes_reach_rewards);
     CU_add_test(s, "bad_token_groups_skipped (recovery and replay)", test_bad_token_groups_skipped);
     return 0;
