@@ -174,7 +174,7 @@ static int write_version(broker *b, rlhf_error *err) {
         return rlhf_error_set(err, RLHF_EINVAL, "broker.weights_shm_dir", "%s: path too long", b->cfg.weights_shm_dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", s->cur.path);
     unlink(tmp); /* ours from a failed attempt: the name carries this process's pid and start time */
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) return rlhf_error_set(err, RLHF_EIO, "broker.weights_shm_dir", "%s: %s", tmp, strerror(errno));
     zmq_msg_t *f = b->w_msgs;
     uint64_t off = 0;
@@ -201,10 +201,8 @@ static int write_version(broker *b, rlhf_error *err) {
      * as a torn or tampered file would be, so the generator's check and its fallback can be exercised. */
     if (!rc && getenv("RLHF_TEST_FAULT_SHM_CORRUPT") && off > 0) {
         uint8_t byte = 0;
-        if (pread(fd, &byte, 1, (off_t)(off / 2)) == 1) {
-            byte ^= 0x5a;
-            if (pwrite(fd, &byte, 1, (off_t)(off / 2)) != 1) rc = RLHF_FAIL(err, RLHF_EIO, "corruption hook failed");
-        }
+        if (pread(fd, &byte, 1, (off_t)(off / 2)) != 1 || (byte ^= 0x5a, pwrite(fd, &byte, 1, (off_t)(off / 2)) != 1))
+            rc = RLHF_FAIL(err, RLHF_EIO, "the test-only corruption hook could not change the file");
     }
     close(fd);
     if (!rc && rename(tmp, s->cur.path) != 0)
