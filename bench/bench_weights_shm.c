@@ -109,7 +109,7 @@ static pid_t fork_generator(const char *endpoint, int idx, int fd, int versions,
 }
 
 typedef struct path_result {
-    double total[64], fanout[64];
+    double total[64], fanout[64], write_ms[64];
     int n;
     int all_ok, via_shm; /* every report verified; reports that came through the file */
     long long bytes_out, shm_written;
@@ -166,6 +166,7 @@ static int run_path(int shm, const char *dir, long n_floats, int n_gen, int vers
         double recv = json_real_value(json_object_get(s, "weights/received_at"));
         res->bytes_out = json_integer_value(json_object_get(s, "bytes/out"));
         res->shm_written = json_integer_value(json_object_get(s, "weights/shm_bytes_written"));
+        res->write_ms[r] = json_real_value(json_object_get(s, "weights/shm_write_ms"));
         json_decref(s);
         res->total[r] = last - t0;
         res->fanout[r] = last - recv;
@@ -196,11 +197,12 @@ static void report(const char *name, path_result *r, int versions, double mb, in
         if (r->fanout[i] < flo) flo = r->fanout[i];
         if (r->fanout[i] > fhi) fhi = r->fanout[i];
     }
-    printf("%-5s total median %7.1f ms (min %.1f, max %.1f) | fan-out median %7.1f ms (min %.1f, max %.1f) | "
-           "broker: %.0f MB sent over ZeroMQ, %.0f MB written to files per version, %.2f s CPU in all | "
-           "%d/%d generator versions through the file%s\n",
+    printf("%-5s total median %7.1f ms (min %.1f, max %.1f) | fan-out median %7.1f ms (min %.1f, max %.1f; of it "
+           "the broker's file write, median %.1f ms) | broker: %.0f MB sent over ZeroMQ, %.0f MB written to files per "
+           "version, %.2f s CPU in all | %d/%d generator versions through the file%s\n",
            name, median(r->total, r->n) * 1e3, lo * 1e3, hi * 1e3, median(r->fanout, r->n) * 1e3, flo * 1e3,
-           fhi * 1e3, r->bytes_out / 1e6 / versions, r->shm_written / 1e6 / versions, r->broker_cpu_s, r->via_shm,
+           fhi * 1e3, median(r->write_ms, r->n), r->bytes_out / 1e6 / versions, r->shm_written / 1e6 / versions,
+           r->broker_cpu_s, r->via_shm,
            versions * n_gen, r->all_ok ? "" : "  (SOME VERSIONS FAILED THE CHECK)");
     (void)mb;
 }

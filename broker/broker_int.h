@@ -71,6 +71,7 @@ typedef struct broker_shm {
     int cur_written;           /* 1: file written, msg encoded; -1: writing failed (bytes for everyone) */
     wire_out msg;
     double received_at;        /* wall clock when the newest version was accepted */
+    double write_ms;           /* how long writing the last file took */
     uint64_t sends, fallbacks, write_errors, bytes_written, unlinked, swept;
 } broker_shm;
 

@@ -228,7 +228,9 @@ const wire_out *broker_shm_offer(broker *b) {
     }
     rlhf_error e;
     rlhf_error_clear(&e);
+    double t0 = rlhf_now();
     int rc = write_version(b, &e);
+    s->write_ms = (rlhf_now() - t0) * 1e3;
     if (!rc) {
         broker_shm_file *f = &s->files[s->n_files++]; /* from here on, close/gc unlink it */
         f->version = s->cur.w.version;
@@ -273,6 +275,7 @@ void broker_shm_stats(const broker *b, json_t *st) {
     json_object_set_new(st, "weights/shm_unlinked", json_integer((json_int_t)s->unlinked));
     json_object_set_new(st, "weights/shm_swept", json_integer((json_int_t)s->swept));
     json_object_set_new(st, "weights/received_at", json_real(s->received_at));
+    json_object_set_new(st, "weights/shm_write_ms", json_real(s->write_ms));
 }
 
 /* ---------------------------------------------------------------- client side */
