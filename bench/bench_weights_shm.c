@@ -39,6 +39,12 @@ static pid_t fork_peer(void) {
     return pid;
 }
 
+static volatile sig_atomic_t g_term; /* the broker child's stop flag */
+static void on_term(int sig) {
+    (void)sig;
+    g_term = 1;
+}
+
 static pid_t fork_broker(const char *endpoint, int shm, const char *dir) {
     pid_t pid = fork_peer();
     if (pid == 0) {
@@ -57,8 +63,9 @@ static pid_t fork_broker(const char *endpoint, int shm, const char *dir) {
             rlhf_error_print("bench broker", &e);
             _exit(1);
         }
-        static volatile sig_atomic_t never;
-        int rc = broker_run(b, &never, &e);
+        /* SIGTERM ends broker_run, so broker_destroy removes the weights files it wrote */
+        signal(SIGTERM, on_term);
+        int rc = broker_run(b, &g_term, &e);
         broker_destroy(&b);
         _exit(rc ? 1 : 0);
     }
