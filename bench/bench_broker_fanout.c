@@ -8,7 +8,9 @@
  * Latency = from the updater's publish call (encode + checksums + send) to the moment the last generator
  * holds the decoded tensors with every chunk's CRC-32 and the tensor table verified (wall clock, same
  * host). Generators report their receive time through a pipe. Prints the median, min and max; the
- * peer figure is one raw ZeroMQ PUSH of the same 40 MB to one PULL in the same run. */
+ * peer figure is one raw ZeroMQ PUSH of the same 40 MB to one PULL in the same run. The broker runs with
+ * broker.weights_shm off, so the same-host generators get the bytes over ZeroMQ, as before that existed
+ * (bench_weights_shm compares the two paths). */
 #include <signal.h>
 #include <sys/prctl.h>
 #include <stdio.h>
@@ -37,6 +39,12 @@ static pid_t fork_peer(void) {
 
 static const char *g_cred; /* credentials directory (auth); NULL = insecure */
 
+static volatile sig_atomic_t g_term; /* the broker child's stop flag */
+static void on_term(int sig) {
+    (void)sig;
+    g_term = 1;
+}
+
 static pid_t fork_broker(const char *endpoint) {
     pid_t pid = fork_peer();
     if (pid == 0) {
@@ -47,6 +55,7 @@ static pid_t fork_broker(const char *endpoint) {
         cfg.stats_interval_ms = 0;
         if (g_cred) snprintf(cfg.credentials, sizeof cfg.credentials, "%s", g_cred);
         else cfg.insecure = 1;
+        cfg.weights_shm = 0; /* this benchmark measures the bytes over ZeroMQ (the file: bench_weights_shm) */
         rlhf_error e;
         rlhf_error_clear(&e);
         broker *b;
@@ -54,8 +63,9 @@ static pid_t fork_broker(const char *endpoint) {
             rlhf_error_print("bench broker", &e);
             _exit(1);
         }
-        static volatile sig_atomic_t never;
-        int rc = broker_run(b, &never, &e);
+        /* SIGTERM ends broker_run, so broker_destroy removes the weights files it wrote */
+        signal(SIGTERM, on_term);
+        int rc = broker_run(b, &g_term, &e);
         broker_destroy(&b);
         _exit(rc ? 1 : 0);
     }

@@ -130,6 +130,7 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
         blog("replay log %s: %llu records recovered", b->replay_file,
              (unsigned long long)replay_writer_records(b->log));
     }
+    broker_shm_open(b); /* removes what dead brokers left in weights_shm_dir */
     blog("listening on %s (max_staleness=%u queue_capacity=%u protocol=%d, %s)", cfg->endpoint, cfg->max_staleness,
          cfg->queue_capacity, WIRE_PROTOCOL_VERSION, !b->auth.on ? "NO authentication" : b->auth.curve ? "CURVE authentication" : "PLAIN authentication, 0700 directory");
     *out = b;
@@ -159,6 +160,7 @@ void broker_destroy(broker **bp) {
     }
     free(b->queue);
     if (b->has_weights) close_msgs(b->w_msgs, b->w_n);
+    broker_shm_close(b);
     for (size_t i = 0; i < b->n_peers; i++) free(b->peers[i].leases);
     free(b->peers);
     free(b->parked);
@@ -320,11 +322,15 @@ static void offer_weights(broker *b, broker_peer *p, int count_deferred) {
         if (count_deferred) b->ct.weights_send_skipped++; /* it gets the newest once it acknowledges */
         return;
     }
-    int rc = send_msgs(b, p, b->w_msgs, b->w_n, 1);
+    /* a generator on this host gets the file's name, the others (and any whose map failed) the bytes */
+    const wire_out *shm = p->shm_ok ? broker_shm_offer(b) : NULL;
+    int rc = shm ? send_out(b, p, shm) : send_msgs(b, p, b->w_msgs, b->w_n, 1);
     if (rc == 0) {
         p->sent_version = b->newest_version;
         p->has_sent = 1;
+        p->sent_shm = shm != NULL;
         b->ct.weights_sends++;
+        if (shm) b->shm.sends++;
     }
 }
 
@@ -657,6 +663,8 @@ static void on_hello(broker *b, broker_peer *sender, const wire_frame *rid, wire
     p->connected = 1;
     p->has_sent = p->has_acked = 0;
     p->sent_version = p->acked_version = 0;
+    p->sent_shm = 0;
+    p->shm_ok = b->shm.on && h.role == WIRE_ROLE_GENERATOR && h.shm && !strcmp(h.host, b->shm.host);
     snprintf(p->state, sizeof p->state, "joined");
     p->alive = 0;
     touch(b, p);
@@ -668,6 +676,7 @@ static void on_hello(broker *b, broker_peer *sender, const wire_frame *rid, wire
         wire_out_free(&o);
     }
     offer_weights(b, p, 0); /* a (re)joining generator gets the newest version at once */
+    broker_shm_gc(b);       /* what its previous incarnation was sent is not needed any more */
 }
 
 static void on_rollout_group(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
@@ -805,8 +814,8 @@ static void on_weights(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
         return;
     }
     uint64_t v = w.version;
-    wire_weights_free(&w);
     if (b->has_weights ? v <= b->newest_version : v < b->newest_version) {
+        wire_weights_free(&w);
         b->ct.rejected_old_weights++;
         reply_error(b, &rx->views[0], "weights_not_newer", 0, "weights version %llu is not newer than %llu",
                     (unsigned long long)v, (unsigned long long)b->newest_version);
@@ -815,6 +824,7 @@ static void on_weights(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
     /* Versions count publishes: each is the previous + 1. Only the first WEIGHTS a broker process gets
      * may start anywhere at or above initial_version: a resumed updater's checkpoint version. */
     if (b->has_weights && v != b->newest_version + 1) {
+        wire_weights_free(&w);
         b->ct.rejected_weights_version++;
         rate_log(b, "weights_version_jump", "WEIGHTS version %llu from %s after %llu", (unsigned long long)v, p->id,
                  (unsigned long long)b->newest_version);
@@ -827,6 +837,7 @@ static void on_weights(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
     b->w_n = rx->n - 1;
     b->w_msgs = malloc(b->w_n * sizeof(zmq_msg_t));
     if (!b->w_msgs) {
+        wire_weights_free(&w);
         blog("out of memory holding weights version %llu", (unsigned long long)v);
         return;
     }
@@ -838,7 +849,9 @@ static void on_weights(broker *b, broker_peer *p, const wire_frame *rid, wire_rx
     b->has_weights = 1;
     b->newest_version = v;
     b->ct.weights_received++;
+    broker_shm_new_version(b, &w, m); /* takes the table; the file is written when a generator needs it */
     for (size_t i = 0; i < b->n_peers; i++) offer_weights(b, &b->peers[i], 1);
+    broker_shm_gc(b);
     purge_stale(b);
     deliver(b);
 }
@@ -976,7 +989,30 @@ static void on_weights_ack(broker *b, broker_peer *p, const wire_frame *rid, wir
     if (!p->has_acked || v > p->acked_version) p->acked_version = v;
     p->has_acked = 1;
     offer_weights(b, p, 0);
+    broker_shm_gc(b);
     if (b->cfg.max_generation_lag >= 0) serve_parked(b); /* its parked request may be fresh enough now */
+}
+
+/* A same-host generator could not use a weights file (not there, not mappable, a chunk's CRC wrong): it
+ * gets the bytes over ZeroMQ from now on, starting with the newest version. */
+static void on_weights_shm_failed(broker *b, broker_peer *p, const wire_frame *rid, wire_rx *rx, const wire_msg *m) {
+    (void)rid, (void)rx;
+    uint64_t v;
+    char why[32];
+    rlhf_error e = {0};
+    int reason = 0;
+    if (wire_decode_weights_shm_failed(m, &v, why, sizeof why, &reason, &e) != 0) {
+        count_reject(b, reason, &e);
+        return;
+    }
+    b->shm.fallbacks++;
+    rate_log(b, "weights_shm_failed", "generator %s could not use the weights file of version %llu (%s): it gets "
+             "the bytes over ZeroMQ from now on", p->id, (unsigned long long)v, why);
+    p->shm_ok = 0;
+    if (p->has_sent && p->sent_shm && p->sent_version == v) p->has_sent = 0; /* nothing it can use in flight */
+    p->sent_shm = 0;
+    offer_weights(b, p, 0);
+    broker_shm_gc(b);
 }
 
 /* Who may send what. A message from a peer without HELLO, when `hello` says one is needed, is
@@ -999,6 +1035,7 @@ static const struct {
     {WIRE_CREDIT, WIRE_ROLE_UPDATER, 1, on_credit},
     {WIRE_WEIGHTS, WIRE_ROLE_UPDATER, 1, on_weights},
     {WIRE_WEIGHTS_ACK, WIRE_ROLE_GENERATOR, 1, on_weights_ack},
+    {WIRE_WEIGHTS_SHM_FAILED, WIRE_ROLE_GENERATOR, 1, on_weights_shm_failed},
     {WIRE_PROMPT_STATS, WIRE_ROLE_UPDATER, 1, on_prompt_stats},
 };
 
@@ -1107,6 +1144,7 @@ json_t *broker_stats(const broker *b) {
     SETI("weights/received", c->weights_received);
     SETI("weights/sends", c->weights_sends);
     SETI("weights/sends_deferred", c->weights_send_skipped);
+    broker_shm_stats(b, s);
     SETI("prompt_stats/received", c->prompt_stats_received);
     SETI("prompt_stats/rejected", c->rejected_prompt_stats);
     SETI("heartbeats", c->heartbeats);
@@ -1160,6 +1198,7 @@ static void check_liveness(broker *b) {
     /* a peer dead this long is forgotten: ids of past processes do not pile up over a long run */
     double forget = 10.0 * timeout < 60.0 ? 60.0 : 10.0 * timeout;
     forget_dead_peers(b, forget);
+    broker_shm_gc(b); /* a dead generator no longer holds a weights file */
 }
 
 static void broadcast_stop(broker *b, const char *why) {

@@ -50,6 +50,9 @@ typedef struct broker_config {
     uint32_t lease_timeout_ms;      /* "lease_timeout_ms": a granted prompt not answered this long is released and
                                      * a group for it refused */
     uint32_t max_peers;             /* "max_peers": the peer table's bound (dead peers are forgotten first) */
+    int weights_shm;                /* "weights_shm": "auto" (1): generators on this host get weights through a file
+                                     * in weights_shm_dir; "off" (0): every generator gets the bytes over ZeroMQ */
+    char weights_shm_dir[256];      /* "weights_shm_dir": where those files go, "/dev/shm" */
     /* Not in the JSON (command line only): */
     char credentials[4096];         /* CURVE credentials directory; "" = RUN_DIR/credentials */
     int insecure;                   /* 1 = no authentication at all (--insecure): any local process can stop the run */
@@ -78,6 +81,10 @@ int broker_run(broker *b, volatile sig_atomic_t *stop, rlhf_error *err);
 /* Counters snapshot (new reference): see docs/BROKER.md "Counters". */
 json_t *broker_stats(const broker *b);
 void broker_destroy(broker **b);
+/* Removes the weights files (broker.weights_shm_dir) that brokers of this user left behind when they died
+ * without cleaning up (kill -9): every DIR/rlhf-w.* whose writing process is gone. A running broker does
+ * this at start; the launcher at the end of a run. Returns how many were removed (>= 0). */
+int broker_weights_shm_sweep(const char *dir);
 
 /* ---------------------------------------------------------------- authentication (CURVE)
  *
@@ -152,6 +159,11 @@ int broker_client_poll_weights(broker_client *c, wire_weights *out, int timeout_
  * than dst_cap is an error (the version stays pending). */
 int broker_client_poll_weights_into(broker_client *c, wire_weights *out, void *dst, size_t dst_cap, int timeout_ms,
                                     rlhf_error *err);
+
+/* Weights versions this client took through a shared-memory file (WEIGHTS_SHM: a broker on the same host),
+ * and in *failed how many such files it could not use (missing, unmappable, a chunk CRC wrong; the broker
+ * then sends it the bytes over ZeroMQ) with the last failure in *last_failure (either may be NULL). */
+uint64_t broker_client_weights_shm(const broker_client *c, uint64_t *failed, rlhf_error *last_failure);
 
 /* updater side */
 int broker_client_grant_credit(broker_client *c, uint32_t n, rlhf_error *err);

@@ -40,6 +40,63 @@ void broker_auth_serve(broker_auth *a);
 /* The role (WIRE_ROLE_*) bound to the connection a received zmq_msg_t came from; 0 when unauthenticated. */
 int broker_auth_role(const broker_auth *a, void *zmsg);
 
+/* ---------------------------------------------------------------- weights through shared memory
+ * (broker/weights_shm.c; docs/BROKER.md "Weights through shared memory")
+ *
+ * The broker writes each version a same-host generator needs once into a file
+ * DIR/rlhf-w.PID.START.VERSION (PID and START = the broker process's pid and start time in clock ticks,
+ * so a file whose writer is gone, even if its pid was reused, is recognised as stale) and sends those
+ * generators WEIGHTS_SHM naming it; the file is 0600, written as NAME.tmp and renamed into place. */
+#define BROKER_SHM_PREFIX "rlhf-w."
+
+/* This host as HELLO.host: the kernel's boot id and the hostname ("" when neither is readable). Two
+ * processes with the same id share a kernel; whether they share DIR is what the map then proves. */
+void broker_host_id(char *buf, size_t cap);
+
+typedef struct broker_shm_file {
+    uint64_t version;
+    char path[WIRE_SHM_PATH_MAX];
+} broker_shm_file;
+
+typedef struct broker_shm {
+    int on;                    /* broker.weights_shm = auto and this host's id is known */
+    char host[WIRE_HOST_MAX];
+    char tag[64];              /* "PID.START" of this broker process */
+    broker_shm_file *files;    /* written and not yet unlinked */
+    size_t n_files, cap_files;
+    /* the newest version: its table and chunk CRCs (from its WEIGHTS message), and, once written, the
+     * WEIGHTS_SHM message naming its file */
+    wire_weights_shm cur;
+    int has_cur;
+    int cur_written;           /* 1: file written, msg encoded; -1: writing failed (bytes for everyone) */
+    wire_out msg;
+    double received_at;        /* wall clock when the newest version was accepted */
+    double write_ms;           /* how long writing the last file took */
+    uint64_t sends, fallbacks, write_errors, bytes_written, unlinked, swept;
+} broker_shm;
+
+struct broker;
+struct wire_msg;
+/* At broker_create: sweeps stale files of dead brokers from the directory (logged). */
+void broker_shm_open(struct broker *b);
+/* At broker_destroy: unlinks every file this broker wrote. */
+void broker_shm_close(struct broker *b);
+/* A new newest version was accepted: w (its table; taken over) and the chunk CRCs of m's payloads. */
+void broker_shm_new_version(struct broker *b, wire_weights *w, const wire_msg *m);
+/* The WEIGHTS_SHM message of the newest version for a same-host generator, writing its file first if
+ * that has not been done; NULL when it cannot be (the caller sends the bytes). */
+const wire_out *broker_shm_offer(struct broker *b);
+/* Unlinks the files no generator may still need: every version but the newest that no live generator
+ * was sent through shared memory without acknowledging it yet. */
+void broker_shm_gc(struct broker *b);
+/* Adds the weights/shm_* counters to a stats object. */
+void broker_shm_stats(const struct broker *b, json_t *s);
+
+/* Client side: maps x->path read-only and checks it (a regular file of this user, exactly x->w.nbytes)
+ * and every chunk's CRC-32. 0 and *map (x->w.nbytes bytes; munmap) or a negative code with err and
+ * *why ("open", "size", "map", "crc"). */
+int broker_shm_map_verify(const wire_weights_shm *x, uint8_t **map, const char **why, rlhf_error *err);
+
 /* A prompt handed to a generator and not answered yet. */
 typedef struct broker_lease {
     size_t index;  /* dataset record */
@@ -62,6 +119,8 @@ typedef struct broker_peer {
     uint64_t sent_version; /* generator: newest weights version sent to it (0 = none) */
     uint64_t acked_version;/* generator: newest version it acknowledged holding */
     int has_sent;          /* sent_version is meaningful */
+    int shm_ok;            /* generator on this host that can take weights through a shared-memory file */
+    int sent_shm;          /* sent_version went as WEIGHTS_SHM (its file is needed until acknowledged) */
     int has_acked;
     uint64_t groups_in;    /* generator: accepted groups */
     uint64_t groups_out;   /* updater: delivered groups */
@@ -123,6 +182,8 @@ struct broker {
     queued_group *queue; /* ring */
     size_t q_head, q_len, q_cap;
     uint64_t q_bytes;
+
+    broker_shm shm; /* weights to same-host generators through shared memory */
 
     /* newest weights: frames as received, forwarded with zmq_msg_copy (no byte copies) */
     void *w_msgs;

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <zmq.h>
@@ -37,7 +38,11 @@ struct broker_client {
     wire_rx rx;
     wire_weights pending_weights; /* newest received, not yet returned: validated table, no blob */
     wire_rx pending_rx;           /* its frames (header, metadata, chunks) */
+    wire_weights_shm pending_shm; /* or: the newest came as WEIGHTS_SHM (a file on this host) */
+    int pending_is_shm;
     int has_pending_weights;
+    uint64_t shm_taken, shm_failed; /* versions taken through a shared-memory file; files that failed */
+    rlhf_error shm_last_error;
     uint64_t weights_arrivals;   /* WEIGHTS messages accepted so far: wakes a waiting prompt request */
     int wake_on_weights;         /* broker_client_wake_on_weights */
     group_fifo groups;
@@ -103,11 +108,24 @@ static int have(const broker_client *c, int type) {
 static int send_out(broker_client *c, wire_out *o, rlhf_error *err);
 static void pub_buf_unref(void *data, void *hint);
 
+/* HELLO: a generator also says which host it is on and that it can map weights files, so that a broker
+ * on the same host sends it WEIGHTS_SHM instead of the bytes. */
+static void hello_fill(const broker_client *c, wire_hello *h) {
+    memset(h, 0, sizeof *h);
+    h->role = c->role;
+    h->pid = (int64_t)getpid();
+    snprintf(h->peer_id, sizeof h->peer_id, "%s", c->id);
+    if (c->role == WIRE_ROLE_GENERATOR) {
+        broker_host_id(h->host, sizeof h->host);
+        h->shm = h->host[0] != 0;
+    }
+}
+
 /* The broker restarted (our DEALER reconnected by itself) and does not know us: introduce ourselves
  * again, re-grant the credit it lost; a prompt request it never saw is sent again by the next call. */
 static void rehello(broker_client *c) {
-    wire_hello h = {{0}, c->role, (int64_t)getpid()};
-    snprintf(h.peer_id, sizeof h.peer_id, "%s", c->id);
+    wire_hello h;
+    hello_fill(c, &h);
     wire_out o;
     if (wire_encode_hello(&h, &o, NULL) == 0) send_out(c, &o, NULL);
     c->request_in_flight = 0;
@@ -116,6 +134,10 @@ static void rehello(broker_client *c) {
         wire_credit cr = {c->credit_outstanding};
         if (wire_encode_credit(&cr, &o, NULL) == 0) send_out(c, &o, NULL);
     }
+}
+
+static uint64_t pending_version(const broker_client *c) {
+    return c->pending_is_shm ? c->pending_shm.w.version : c->pending_weights.version;
 }
 
 /* Handles one received message. Returns 0, or an error that the waiting call should report. */
@@ -141,17 +163,37 @@ static int dispatch(broker_client *c, rlhf_error *err) {
         wire_weights w;
         rc = wire_decode_weights_header(&m, &w, &reason, err);
         if (rc) break;
-        if (c->has_pending_weights && c->pending_weights.version >= w.version) {
+        if (c->has_pending_weights && pending_version(c) >= w.version) {
             wire_weights_free(&w);
             break;
         }
         wire_weights_free(&c->pending_weights);
+        wire_weights_shm_free(&c->pending_shm);
+        c->pending_is_shm = 0;
         c->pending_weights = w;
         c->has_pending_weights = 1;
         c->weights_arrivals++;
         wire_rx t = c->pending_rx;
         c->pending_rx = c->rx;
         c->rx = t;
+        break;
+    }
+    case WIRE_WEIGHTS_SHM: {
+        /* the same, naming a file on this host: it is mapped and checked when the caller takes it */
+        wire_weights_shm x;
+        rc = wire_decode_weights_shm(&m, &x, &reason, err);
+        if (rc) break;
+        if (c->has_pending_weights && pending_version(c) >= x.w.version) {
+            wire_weights_shm_free(&x);
+            break;
+        }
+        wire_weights_free(&c->pending_weights);
+        wire_rx_free(&c->pending_rx);
+        wire_weights_shm_free(&c->pending_shm);
+        c->pending_shm = x;
+        c->pending_is_shm = 1;
+        c->has_pending_weights = 1;
+        c->weights_arrivals++;
         break;
     }
     case WIRE_ROLLOUT_GROUP: {
@@ -364,8 +406,8 @@ int broker_client_connect_with(broker_client **out, const char *endpoint, int ro
         rc = rlhf_error_set(err, RLHF_EINVAL, endpoint, "cannot connect: %s", zmq_strerror(errno));
         goto fail;
     }
-    wire_hello h = {{0}, role, (int64_t)getpid()};
-    snprintf(h.peer_id, sizeof h.peer_id, "%s", peer_id);
+    wire_hello h;
+    hello_fill(c, &h);
     wire_out o;
     rc = wire_encode_hello(&h, &o, err);
     if (rc) goto fail;
@@ -426,6 +468,7 @@ void broker_client_close(broker_client **cp) {
     wire_rx_free(&c->rx);
     wire_weights_free(&c->pending_weights);
     wire_rx_free(&c->pending_rx);
+    wire_weights_shm_free(&c->pending_shm);
     while (c->groups.len) {
         wire_rollout_group g;
         fifo_pop(&c->groups, &g);
@@ -488,6 +531,12 @@ int broker_client_request_prompts(broker_client *c, uint32_t n, wire_prompt_batc
 
 void broker_client_wake_on_weights(broker_client *c, int on) { c->wake_on_weights = on; }
 
+uint64_t broker_client_weights_shm(const broker_client *c, uint64_t *failed, rlhf_error *last_failure) {
+    if (failed) *failed = c->shm_failed;
+    if (last_failure) *last_failure = c->shm_last_error;
+    return c->shm_taken;
+}
+
 int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf_error *err) {
     if (c->stopped) return rlhf_error_set(err, RLHF_ESTATE, c->endpoint, "the broker stopped");
     wire_out o;
@@ -496,12 +545,64 @@ int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf
     return send_out(c, &o, err);
 }
 
+/* The pending version is a WEIGHTS_SHM: map the file and check it. 1: taken (out->data is the mapping, or
+ * dst holding a copy); 0: the file failed, the broker was told (WEIGHTS_SHM_FAILED) and sends the bytes;
+ * < 0: the caller's error (dst too small: the version stays pending). */
+static int take_shm(broker_client *c, wire_weights *out, uint8_t *dst, size_t dst_cap, rlhf_error *err) {
+    wire_weights_shm *x = &c->pending_shm;
+    if (dst && dst_cap < x->w.nbytes)
+        return rlhf_error_set(err, RLHF_EINVAL, c->endpoint, "weights version %llu has %llu bytes, buffer holds %zu",
+                              (unsigned long long)x->w.version, (unsigned long long)x->w.nbytes, dst_cap);
+    uint8_t *map = NULL;
+    const char *why = "";
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int rc = broker_shm_map_verify(x, &map, &why, &e);
+    if (rc) {
+        c->shm_failed++;
+        c->shm_last_error = e;
+        wire_out o;
+        if (!c->stopped && wire_encode_weights_shm_failed(x->w.version, why, &o, NULL) == 0) send_out(c, &o, NULL);
+        wire_weights_shm_free(x);
+        c->pending_is_shm = 0;
+        c->has_pending_weights = 0;
+        return 0;
+    }
+    *out = x->w;
+    memset(&x->w, 0, sizeof x->w);
+    if (dst) { /* into the caller's parameter memory; the mapping goes at once */
+        if (out->nbytes) memcpy(dst, map, out->nbytes);
+        if (map) munmap(map, out->nbytes);
+        out->data = dst;
+    } else { /* zero copy: the caller reads the file's pages; wire_weights_free unmaps them */
+        out->data = map;
+        out->mapped = map;
+        out->mapped_len = (size_t)out->nbytes;
+    }
+    c->shm_taken++;
+    wire_weights_shm_free(x);
+    c->pending_is_shm = 0;
+    c->has_pending_weights = 0;
+    return 1;
+}
+
 static int take_weights(broker_client *c, wire_weights *out, uint8_t *dst, size_t dst_cap, int timeout_ms,
                         rlhf_error *err) {
     memset(out, 0, sizeof *out);
+    double deadline = rlhf_now() + (timeout_ms < 0 ? 1e9 : timeout_ms / 1000.0);
+again:;
     int rc = pump(c, WIRE_WEIGHTS, timeout_ms, err);
     if (rc < 0 && !(rc == RLHF_ESTATE && c->has_pending_weights)) return rc;
     if (!c->has_pending_weights) return 0;
+    if (c->pending_is_shm) {
+        rc = take_shm(c, out, dst, dst_cap, err);
+        if (rc < 0) return rc;
+        if (rc == 1) goto ack;
+        /* the file could not be used: the broker sends the bytes; wait for them in what is left */
+        double left = deadline - rlhf_now();
+        timeout_ms = left > 0 ? (int)(left * 1000.0) : 0;
+        goto again;
+    }
     wire_weights *w = &c->pending_weights;
     if (dst && dst_cap < w->nbytes)
         return rlhf_error_set(err, RLHF_EINVAL, c->endpoint, "weights version %llu has %llu bytes, buffer holds %zu",
@@ -518,6 +619,7 @@ static int take_weights(broker_client *c, wire_weights *out, uint8_t *dst, size_
     out->owned_data = dst ? NULL : buf;
     memset(w, 0, sizeof *w);
     c->has_pending_weights = 0;
+ack:;
     /* Tell the broker this version is consumed: it sends the next only then (one version in flight). */
     wire_out o;
     if (!c->stopped && wire_encode_weights_ack(out->version, &o, NULL) == 0) send_out(c, &o, NULL);

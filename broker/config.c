@@ -22,6 +22,8 @@ void broker_config_default(broker_config *c) {
     c->seed = 1;
     c->lease_timeout_ms = 600000;
     c->max_peers = 1024;
+    c->weights_shm = 1;
+    snprintf(c->weights_shm_dir, sizeof c->weights_shm_dir, "/dev/shm");
 }
 
 void broker_config_free(broker_config *c) {
@@ -128,11 +130,22 @@ int broker_config_parse(broker_config *c, const json_t *obj, const char *path, r
             if (!(rc = cfg_uint(v, p, 100, 86400000, &u, err))) c->lease_timeout_ms = (uint32_t)u;
         } else if (!strcmp(key, "max_peers")) {
             if (!(rc = cfg_uint(v, p, 4, 1u << 20, &u, err))) c->max_peers = (uint32_t)u;
+        } else if (!strcmp(key, "weights_shm")) {
+            char s[16];
+            if (!(rc = cfg_str(v, p, s, sizeof s, err))) {
+                if (!strcmp(s, "auto")) c->weights_shm = 1;
+                else if (!strcmp(s, "off")) c->weights_shm = 0;
+                else rc = rlhf_error_set(err, RLHF_EINVAL, p, "\"%s\": expected \"auto\" or \"off\"", s);
+            }
+        } else if (!strcmp(key, "weights_shm_dir")) {
+            rc = cfg_str(v, p, c->weights_shm_dir, sizeof c->weights_shm_dir, err);
+            if (!rc && c->weights_shm_dir[0] != '/')
+                rc = rlhf_error_set(err, RLHF_EINVAL, p, "\"%s\": must be an absolute path", c->weights_shm_dir);
         } else {
             rc = rlhf_error_set(err, RLHF_EINVAL, p,
                                 "unknown key (endpoint, max_staleness, queue_capacity, max_generation_lag, initial_version, replay, "
                                 "heartbeat_interval_ms, heartbeat_timeout_ms, stats_interval_ms, dataset, selector, seed, "
-                                "vocab_size, lease_timeout_ms, max_peers)");
+                                "vocab_size, lease_timeout_ms, max_peers, weights_shm, weights_shm_dir)");
         }
         if (rc) {
             broker_config_free(c);

@@ -11,3 +11,5 @@ synth_generator_SRCS = tests/broker/synth_generator.c
 synth_updater_SRCS = tests/broker/synth_updater.c
 BENCHES   += $(patsubst bench/%.c,%,$(wildcard bench/bench_broker*.c))
 $(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_broker*.c)),$(eval $(b)_SRCS = bench/$(b).c))
+BENCHES   += bench_weights_shm
+bench_weights_shm_SRCS = bench/bench_weights_shm.c

@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <zmq.h>
 
@@ -36,6 +37,8 @@ static const char *const type_names[WIRE_TYPE_END] = {
     [WIRE_STATS] = "STATS",
     [WIRE_ERROR] = "ERROR",
     [WIRE_WEIGHTS_ACK] = "WEIGHTS_ACK",
+    [WIRE_WEIGHTS_SHM] = "WEIGHTS_SHM",
+    [WIRE_WEIGHTS_SHM_FAILED] = "WEIGHTS_SHM_FAILED",
 };
 
 const char *wire_type_name(int type) {
@@ -464,9 +467,13 @@ static void *dup_bytes(const void *p, size_t n) {
 /* ---------------------------------------------------------------- HELLO / WELCOME */
 
 int wire_encode_hello(const wire_hello *x, wire_out *o, rlhf_error *err) {
-    return encode(WIRE_HELLO, json_pack("{sssssI}", "peer_id", x->peer_id, "role", wire_role_name(x->role), "pid",
-                                        (json_int_t)x->pid),
-                  NULL, 0, o, err);
+    json_t *meta = json_pack("{sssssI}", "peer_id", x->peer_id, "role", wire_role_name(x->role), "pid",
+                             (json_int_t)x->pid);
+    if (meta && x->host[0]) { /* optional: only a peer that knows its host says so */
+        json_object_set_new(meta, "host", json_string(x->host));
+        json_object_set_new(meta, "shm", json_boolean(x->shm));
+    }
+    return encode(WIRE_HELLO, meta, NULL, 0, o, err);
 }
 
 static int role_from(dctx *c, json_t *obj, const char *key, int *role) {
@@ -494,6 +501,17 @@ int wire_decode_hello(const wire_msg *m, wire_hello *x, int *reason, rlhf_error 
     TRY(role_from(c, m->meta, "role", &x->role));
     TRY(get_uint(c, m->meta, "pid", INT64_MAX, &pid));
     x->pid = (int64_t)pid;
+    TRY(get_str(c, m->meta, "host", x->host, sizeof x->host, NULL, 0));
+    json_t *shm = json_object_get(m->meta, "shm");
+    if (shm && !json_is_boolean(shm)) {
+        dfield(c, "shm", "must be a boolean");
+        goto fail;
+    }
+    if (shm && !x->host[0]) {
+        dfield(c, "shm", "needs a non-empty \"host\"");
+        goto fail;
+    }
+    x->shm = json_is_true(shm);
     return 0;
 fail:
     return err ? err->code : RLHF_EPROTO;
@@ -1221,14 +1239,8 @@ fail:
 
 /* ---------------------------------------------------------------- WEIGHTS */
 
-int wire_encode_weights(const wire_weights *x, wire_out *o, rlhf_error *err) {
-    memset(o, 0, sizeof *o);
-    uint64_t chunk = x->chunk_bytes ? x->chunk_bytes : WIRE_DEFAULT_CHUNK_BYTES;
-    uint64_t nchunks = (x->nbytes + chunk - 1) / chunk;
-    if (nchunks > WIRE_MAX_PAYLOADS)
-        return RLHF_FAIL(err, RLHF_EINVAL, "weights: %llu bytes in %llu-byte chunks needs %llu frames > limit %d",
-                         (unsigned long long)x->nbytes, (unsigned long long)chunk, (unsigned long long)nchunks,
-                         WIRE_MAX_PAYLOADS);
+/* The metadata WEIGHTS and WEIGHTS_SHM share: version, dtype, sizes, the tensor table. */
+static json_t *weights_meta(const wire_weights *x, uint64_t chunk) {
     json_t *tensors = json_array();
     for (uint32_t i = 0; i < x->n_tensors; i++) {
         const wire_tensor *t = &x->tensors[i];
@@ -1237,20 +1249,26 @@ int wire_encode_weights(const wire_weights *x, wire_out *o, rlhf_error *err) {
         json_array_append_new(tensors, json_pack("{sssosIsI}", "name", t->name, "shape", shape, "offset",
                                                  (json_int_t)t->offset, "nbytes", (json_int_t)t->nbytes));
     }
+    return json_pack("{sIsssIsIso}", "version", (json_int_t)x->version, "dtype", "f32", "nbytes",
+                     (json_int_t)x->nbytes, "chunk_bytes", (json_int_t)chunk, "tensors", tensors);
+}
+
+int wire_encode_weights(const wire_weights *x, wire_out *o, rlhf_error *err) {
+    memset(o, 0, sizeof *o);
+    uint64_t chunk = x->chunk_bytes ? x->chunk_bytes : WIRE_DEFAULT_CHUNK_BYTES;
+    uint64_t nchunks = (x->nbytes + chunk - 1) / chunk;
+    if (nchunks > WIRE_MAX_PAYLOADS)
+        return RLHF_FAIL(err, RLHF_EINVAL, "weights: %llu bytes in %llu-byte chunks needs %llu frames > limit %d",
+                         (unsigned long long)x->nbytes, (unsigned long long)chunk, (unsigned long long)nchunks,
+                         WIRE_MAX_PAYLOADS);
     wire_frame *pay = calloc(nchunks + 1, sizeof *pay);
-    if (!pay) {
-        json_decref(tensors);
-        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-    }
+    if (!pay) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     for (uint64_t i = 0; i < nchunks; i++) {
         uint64_t off = i * chunk;
         pay[i].data = x->data + off;
         pay[i].len = (size_t)(x->nbytes - off < chunk ? x->nbytes - off : chunk);
     }
-    int rc = encode(WIRE_WEIGHTS,
-                    json_pack("{sIsssIsIso}", "version", (json_int_t)x->version, "dtype", "f32", "nbytes",
-                              (json_int_t)x->nbytes, "chunk_bytes", (json_int_t)chunk, "tensors", tensors),
-                    pay, (size_t)nchunks, o, err);
+    int rc = encode(WIRE_WEIGHTS, weights_meta(x, chunk), pay, (size_t)nchunks, o, err);
     free(pay);
     return rc;
 }
@@ -1259,19 +1277,23 @@ void wire_weights_free(wire_weights *x) {
     if (!x) return;
     free(x->tensors);
     free(x->owned_data);
+    if (x->mapped) munmap(x->mapped, x->mapped_len);
     memset(x, 0, sizeof *x);
 }
 
-static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *reason, rlhf_error *err);
+/* type WIRE_WEIGHTS: the chunks are the payload frames; WIRE_WEIGHTS_SHM: no payloads (the chunks'
+ * CRCs are in the metadata, read by wire_decode_weights_shm). */
+static int decode_weights(const wire_msg *m, int type, wire_weights *x, int copy, int *reason, rlhf_error *err);
 int wire_decode_weights(const wire_msg *m, wire_weights *x, int *reason, rlhf_error *err) {
-    return decode_weights(m, x, 1, reason, err);
+    return decode_weights(m, WIRE_WEIGHTS, x, 1, reason, err);
 }
 int wire_decode_weights_header(const wire_msg *m, wire_weights *x, int *reason, rlhf_error *err) {
-    return decode_weights(m, x, 0, reason, err);
+    return decode_weights(m, WIRE_WEIGHTS, x, 0, reason, err);
 }
 
-static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *reason, rlhf_error *err) {
-    DCTX(WIRE_WEIGHTS);
+static int decode_weights(const wire_msg *m, int type, wire_weights *x, int copy, int *reason, rlhf_error *err) {
+    DCTX(type);
+    char where[64];
     memset(x, 0, sizeof *x);
     uint64_t chunk = 0;
     char dtype[8];
@@ -1283,7 +1305,8 @@ static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *rea
     }
     TRY(get_uint(c, m->meta, "nbytes", INT64_MAX, &x->nbytes));
     if (x->nbytes > WIRE_MAX_WEIGHT_BYTES) {
-        rej(reason, WIRE_R_TOO_LARGE, err, "WEIGHTS.nbytes", "%llu > limit %llu", (unsigned long long)x->nbytes,
+        snprintf(where, sizeof where, "%s.nbytes", c->tn);
+        rej(reason, WIRE_R_TOO_LARGE, err, where, "%llu > limit %llu", (unsigned long long)x->nbytes,
             (unsigned long long)WIRE_MAX_WEIGHT_BYTES);
         goto fail;
     }
@@ -1294,7 +1317,15 @@ static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *rea
     }
     /* Every chunk but the last is exactly chunk_bytes; together they are nbytes. */
     uint64_t want_chunks = (x->nbytes + chunk - 1) / chunk;
-    if (m->n_payloads != want_chunks) {
+    if (type == WIRE_WEIGHTS_SHM) {
+        if (want_chunks > WIRE_MAX_PAYLOADS) { /* the same bound as the frames of a WEIGHTS message */
+            snprintf(where, sizeof where, "%s.chunk_bytes", c->tn);
+            rej(reason, WIRE_R_TOO_LARGE, err, where, "%llu chunks > limit %d", (unsigned long long)want_chunks,
+                WIRE_MAX_PAYLOADS);
+            goto fail;
+        }
+        TRY(want_payloads(c, 0));
+    } else if (m->n_payloads != want_chunks) {
         rej(reason, WIRE_R_FRAME_COUNT, err, "WEIGHTS", "%zu chunk frames, nbytes/chunk_bytes implies %llu",
             m->n_payloads, (unsigned long long)want_chunks);
         goto fail;
@@ -1302,7 +1333,6 @@ static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *rea
     for (size_t i = 0; i < m->n_payloads; i++) {
         uint64_t want = i + 1 < m->n_payloads ? chunk : x->nbytes - i * chunk;
         if (m->payloads[i].len != want) {
-            char where[64];
             snprintf(where, sizeof where, "WEIGHTS.payloads[%zu]", i);
             rej(reason, WIRE_R_LENGTH, err, where, "chunk is %zu bytes, expected %llu", m->payloads[i].len,
                 (unsigned long long)want);
@@ -1315,8 +1345,8 @@ static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *rea
         goto fail;
     }
     if (json_array_size(jt) > WIRE_MAX_TENSORS) {
-        rej(reason, WIRE_R_TOO_LARGE, err, "WEIGHTS.tensors", "%zu tensors > limit %d", json_array_size(jt),
-            WIRE_MAX_TENSORS);
+        snprintf(where, sizeof where, "%s.tensors", c->tn);
+        rej(reason, WIRE_R_TOO_LARGE, err, where, "%zu tensors > limit %d", json_array_size(jt), WIRE_MAX_TENSORS);
         goto fail;
     }
     x->n_tensors = (uint32_t)json_array_size(jt);
@@ -1329,7 +1359,7 @@ static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *rea
     for (uint32_t i = 0; i < x->n_tensors; i++) {
         json_t *t = json_array_get(jt, i);
         char tn[64];
-        snprintf(tn, sizeof tn, "WEIGHTS.tensors[%u]", i);
+        snprintf(tn, sizeof tn, "%s.tensors[%u]", c->tn, i);
         dctx ct = *c;
         ct.tn = tn;
         wire_tensor *w = &x->tensors[i];
@@ -1370,7 +1400,7 @@ static int decode_weights(const wire_msg *m, wire_weights *x, int copy, int *rea
         prev_end = w->offset + w->nbytes;
     }
     x->chunk_bytes = (uint32_t)chunk;
-    if (!copy) return 0;
+    if (!copy || type != WIRE_WEIGHTS) return 0;
     x->owned_data = malloc(x->nbytes ? x->nbytes : 1);
     if (!x->owned_data) {
         RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for %llu weight bytes", (unsigned long long)x->nbytes);
@@ -1556,6 +1586,99 @@ int wire_decode_weights_ack(const wire_msg *m, uint64_t *version, int *reason, r
     DCTX(WIRE_WEIGHTS_ACK);
     TRY(want_payloads(c, 0));
     TRY(get_uint(c, m->meta, "version", INT64_MAX, version));
+    return 0;
+fail:
+    return err ? err->code : RLHF_EPROTO;
+}
+
+/* ---------------------------------------------------------------- WEIGHTS_SHM / WEIGHTS_SHM_FAILED */
+
+/* An absolute path without "." or ".." components: the receiver opens exactly the file named. */
+static int shm_path_ok(const char *p) {
+    if (p[0] != '/') return 0;
+    for (const char *s = p; *s;) {
+        while (*s == '/') s++;
+        size_t n = strcspn(s, "/");
+        if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.')) return 0;
+        s += n;
+    }
+    return 1;
+}
+
+int wire_encode_weights_shm(const wire_weights_shm *x, wire_out *o, rlhf_error *err) {
+    memset(o, 0, sizeof *o);
+    uint64_t chunk = x->w.chunk_bytes ? x->w.chunk_bytes : WIRE_DEFAULT_CHUNK_BYTES;
+    uint64_t nchunks = (x->w.nbytes + chunk - 1) / chunk;
+    if (nchunks != x->n_chunks || nchunks > WIRE_MAX_PAYLOADS)
+        return RLHF_FAIL(err, RLHF_EINVAL, "weights_shm: %u chunk CRCs for %llu chunks (limit %d)", x->n_chunks,
+                         (unsigned long long)nchunks, WIRE_MAX_PAYLOADS);
+    if (!shm_path_ok(x->path))
+        return RLHF_FAIL(err, RLHF_EINVAL, "weights_shm: path \"%s\" is not absolute and canonical", x->path);
+    json_t *meta = weights_meta(&x->w, chunk), *crcs = json_array();
+    for (uint32_t i = 0; i < x->n_chunks; i++) json_array_append_new(crcs, json_integer((json_int_t)x->chunk_crc[i]));
+    if (meta) {
+        json_object_set_new(meta, "path", json_string(x->path));
+        json_object_set_new(meta, "chunk_crc32", crcs);
+    } else {
+        json_decref(crcs);
+    }
+    return encode(WIRE_WEIGHTS_SHM, meta, NULL, 0, o, err);
+}
+
+void wire_weights_shm_free(wire_weights_shm *x) {
+    if (!x) return;
+    wire_weights_free(&x->w);
+    free(x->chunk_crc);
+    memset(x, 0, sizeof *x);
+}
+
+int wire_decode_weights_shm(const wire_msg *m, wire_weights_shm *x, int *reason, rlhf_error *err) {
+    memset(x, 0, sizeof *x);
+    int rc = decode_weights(m, WIRE_WEIGHTS_SHM, &x->w, 0, reason, err);
+    if (rc) return rc;
+    DCTX(WIRE_WEIGHTS_SHM);
+    TRY(get_str(c, m->meta, "path", x->path, sizeof x->path, NULL, 1));
+    if (!shm_path_ok(x->path)) {
+        dfield(c, "path", "must be absolute, without \".\" or \"..\" components");
+        goto fail;
+    }
+    uint64_t nchunks = (x->w.nbytes + x->w.chunk_bytes - 1) / x->w.chunk_bytes;
+    json_t *jc = json_object_get(m->meta, "chunk_crc32");
+    if (!json_is_array(jc) || json_array_size(jc) != nchunks) {
+        dfield(c, "chunk_crc32", "must be an array of %llu CRC-32s (one per chunk)", (unsigned long long)nchunks);
+        goto fail;
+    }
+    x->n_chunks = (uint32_t)nchunks;
+    x->chunk_crc = calloc(nchunks + 1, sizeof *x->chunk_crc);
+    if (!x->chunk_crc) {
+        RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (uint32_t i = 0; i < x->n_chunks; i++) {
+        json_t *v = json_array_get(jc, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 0xffffffffLL) {
+            dfield(c, "chunk_crc32", "entry %u must be an integer in [0, 2^32)", i);
+            goto fail;
+        }
+        x->chunk_crc[i] = (uint32_t)json_integer_value(v);
+    }
+    return 0;
+fail:
+    wire_weights_shm_free(x);
+    return err ? err->code : RLHF_EPROTO;
+}
+
+int wire_encode_weights_shm_failed(uint64_t version, const char *why, wire_out *o, rlhf_error *err) {
+    return encode(WIRE_WEIGHTS_SHM_FAILED, json_pack("{sIss}", "version", (json_int_t)version, "why", why ? why : ""),
+                  NULL, 0, o, err);
+}
+
+int wire_decode_weights_shm_failed(const wire_msg *m, uint64_t *version, char *why, size_t why_cap, int *reason,
+                                   rlhf_error *err) {
+    DCTX(WIRE_WEIGHTS_SHM_FAILED);
+    TRY(want_payloads(c, 0));
+    TRY(get_uint(c, m->meta, "version", INT64_MAX, version));
+    TRY(get_str(c, m->meta, "why", why, why_cap, NULL, 1));
     return 0;
 fail:
     return err ? err->code : RLHF_EPROTO;

@@ -42,6 +42,8 @@ extern "C" {
 #define WIRE_MAX_SOURCES 256
 #define WIRE_ID_MAX 64                      /* peer ids (bytes incl. NUL) */
 #define WIRE_DEFAULT_CHUNK_BYTES (4u << 20) /* WEIGHTS payload chunk size */
+#define WIRE_HOST_MAX 128                   /* HELLO.host (bytes incl. NUL) */
+#define WIRE_SHM_PATH_MAX 512               /* WEIGHTS_SHM.path (bytes incl. NUL) */
 
 typedef enum wire_type {
     WIRE_HELLO = 1,          /* peer -> broker: who I am (first message on a connection) */
@@ -58,6 +60,8 @@ typedef enum wire_type {
     WIRE_STATS = 12,         /* broker -> requester: counters snapshot */
     WIRE_ERROR = 13,         /* broker -> peer: your message was rejected, and why */
     WIRE_WEIGHTS_ACK = 14,   /* generator -> broker: I now hold version v (one weights message in flight) */
+    WIRE_WEIGHTS_SHM = 15,   /* broker -> same-host generator: version v is in a shared-memory file (no bytes) */
+    WIRE_WEIGHTS_SHM_FAILED = 16, /* generator -> broker: that file could not be used: send the bytes */
     WIRE_TYPE_END
 } wire_type;
 const char *wire_type_name(int type); /* "ROLLOUT_GROUP", or "unknown" */
@@ -151,6 +155,8 @@ typedef struct wire_hello {
     char peer_id[WIRE_ID_MAX];
     int role; /* wire_role */
     int64_t pid;
+    char host[WIRE_HOST_MAX]; /* optional ("" = not sent): the peer's host identity (boot id + hostname) */
+    int shm;                  /* optional: 1 = this peer can take weights through a shared-memory file */
 } wire_hello;
 
 typedef struct wire_welcome {
@@ -223,7 +229,19 @@ typedef struct wire_weights {
     const uint8_t *data;  /* (nbytes) blob; decoders allocate it (owned_data) */
     uint8_t *owned_data;
     uint32_t chunk_bytes; /* encoder: payload chunk size (0 = WIRE_DEFAULT_CHUNK_BYTES) */
+    void *mapped;         /* data is a read-only mapping of a WEIGHTS_SHM file (wire_weights_free unmaps it) */
+    size_t mapped_len;
 } wire_weights;
+
+/* WEIGHTS_SHM: the metadata of a WEIGHTS message (version, tensor table, nbytes, chunk_bytes) without
+ * its payloads, plus where the blob is (an absolute path on the receiver's host) and every chunk's
+ * CRC-32, which the receiver checks on the mapped file before using a byte of it. */
+typedef struct wire_weights_shm {
+    wire_weights w;            /* data/owned_data unused (NULL) */
+    char path[WIRE_SHM_PATH_MAX];
+    uint32_t n_chunks;         /* ceil(nbytes / chunk_bytes) */
+    uint32_t *chunk_crc;       /* (n_chunks) */
+} wire_weights_shm;
 
 typedef struct wire_prompt_stats {
     char *prompt_id;
@@ -285,6 +303,14 @@ int wire_decode_weights(const wire_msg *m, wire_weights *x, int *reason, rlhf_er
  * x->data stays NULL. The broker forwards the frames it received. */
 int wire_decode_weights_header(const wire_msg *m, wire_weights *x, int *reason, rlhf_error *err);
 int wire_encode_weights_ack(uint64_t version, wire_out *o, rlhf_error *err);
+/* WEIGHTS_SHM: x->w's table and sizes, x->path (absolute, no "..", no NUL), x->chunk_crc. */
+int wire_encode_weights_shm(const wire_weights_shm *x, wire_out *o, rlhf_error *err);
+int wire_decode_weights_shm(const wire_msg *m, wire_weights_shm *x, int *reason, rlhf_error *err);
+void wire_weights_shm_free(wire_weights_shm *x);
+/* WEIGHTS_SHM_FAILED: the version whose file failed and why (a short word: open, map, size, crc). */
+int wire_encode_weights_shm_failed(uint64_t version, const char *why, wire_out *o, rlhf_error *err);
+int wire_decode_weights_shm_failed(const wire_msg *m, uint64_t *version, char *why, size_t why_cap, int *reason,
+                                   rlhf_error *err);
 int wire_decode_weights_ack(const wire_msg *m, uint64_t *version, int *reason, rlhf_error *err);
 int wire_decode_prompt_stats(const wire_msg *m, wire_prompt_stats *x, int *reason, rlhf_error *err);
 int wire_decode_control(const wire_msg *m, wire_control *x, int *reason, rlhf_error *err);

@@ -424,6 +424,15 @@ static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [
                             "  --continue-live  RUN_DIR is the output of `rlhf replay`: continue it as a live run\n"
                             "                   (generators, a new replay log) from its last checkpoint\n";
 
+/* Weights files (broker.weights_shm_dir) that a broker of this run left when it died by kill -9: removed
+ * with the run (a broker removes its own when it stops, and stale ones of dead brokers at its start). */
+static void sweep_weights_files(const run_config *cfg) {
+    broker_config bc;
+    if (broker_config_parse(&bc, cfg->broker, "broker", NULL) == 0 && bc.weights_shm)
+        broker_weights_shm_sweep(bc.weights_shm_dir);
+    broker_config_free(&bc);
+}
+
 int cmd_run(int argc, char **argv) {
     const char *config_path = NULL, *resume_dir = NULL;
     char *sets[64];
@@ -699,6 +708,8 @@ int cmd_run(int argc, char **argv) {
     for (int g = 0; g < G; g++) stop_child(&gens[g], SIGTERM, 5);
     stop_child(upd, SIGTERM, 30);
     stop_child(broker, SIGTERM, 10);
+    /* weights files a broker of this run left when it died (kill -9) go with the run (BROKER.md) */
+    sweep_weights_files(&cfg);
     /* a run that reached its end evaluates what is still due (its last checkpoint at least) before it says
      * done; a stopped one leaves them marked, and --resume evaluates them */
     if (cfg.eval_every > 0 && !fatal && !stopping && !g_stop_requested) {
@@ -743,6 +754,7 @@ fail:
     child_free(&ev.c);
     for (int i = 0; i < G + 2; i++) stop_child(&kids[i], SIGTERM, 5);
     for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
+    sweep_weights_files(&cfg);
     free(kids);
     run_config_free(&cfg);
     return 1;

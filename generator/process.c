@@ -14,10 +14,21 @@
 static int take_weights(broker_client *bc, model *m, int timeout_ms, rlhf_error *err) {
     wire_weights w;
     memset(&w, 0, sizeof w);
+    uint64_t failed_before = 0, failed = 0;
+    broker_client_weights_shm(bc, &failed_before, NULL);
     int r = broker_client_poll_weights(bc, &w, timeout_ms, err);
+    rlhf_error why;
+    uint64_t via_shm = broker_client_weights_shm(bc, &failed, &why);
+    if (failed != failed_before) /* the broker now sends this generator the bytes; say why, once per failure */
+        fprintf(stderr, "generator: the weights file could not be used (%llu so far), the bytes come over ZeroMQ: "
+                "%s: %s\n", (unsigned long long)failed, why.where, why.msg);
     if (r <= 0) return r;
+    /* from a shared-memory file the blob is a read-only mapping of it: applied from there, no copy */
     int rc = 0;
     if (w.version > m->version || m->version == 0) rc = run_weights_apply(m, &w, err);
+    if (!rc && via_shm == 1 && w.mapped) /* the first one: say which path weights take */
+        fprintf(stderr, "generator: weights come through a shared-memory file (broker.weights_shm), from version %llu\n",
+                (unsigned long long)w.version);
     wire_weights_free(&w);
     return rc ? rc : 1;
 }

@@ -59,6 +59,12 @@ void test_hostile_ipc_plain(void);
 void test_hostile_slow_reader(void);
 void test_hostile_flood(void);
 
+/* tests/broker/test_weights_shm.c */
+void test_shm_versions_verified(void);
+void test_shm_fallback_unwritable(void);
+void test_shm_fallback_crc(void);
+void test_shm_no_leftovers_after_kill(void);
+
 /* tests/broker/test_broker_restart.c */
 void test_kill_and_restart(void);
 void test_sigterm_flushes(void);

@@ -471,5 +471,14 @@ int register_broker_suites(void) {
 #ifndef __SANITIZE_ADDRESS__
     CU_add_test(s, "keep freed memory: a second weights version does not page-fault", test_keep_freed_memory);
 #endif
+    /* a suite of its own so that `test_broker weights_shm` runs just these */
+    CU_pSuite w = CU_add_suite("weights_shm", suite_init, suite_clean);
+    if (!w) return -1;
+    CU_add_test(w, "shm: versions through the file hash as over ZeroMQ; old files unlinked; none after stop",
+                test_shm_versions_verified);
+    CU_add_test(w, "shm: directory not writable -> the bytes over ZeroMQ, counted", test_shm_fallback_unwritable);
+    CU_add_test(w, "shm: a chunk CRC mismatch -> refused, the bytes over ZeroMQ, counted", test_shm_fallback_crc);
+    CU_add_test(w, "shm: kill -9 of the broker leaves a file; the next broker / the sweep removes it",
+                test_shm_no_leftovers_after_kill);
     return 0;
 }

@@ -236,7 +236,7 @@ void test_hostile_identity(void) {
     CU_ASSERT_EQUAL(broker_credential_apply(s, &cred, r.endpoint), 0);
     broker_credential_clear(&cred);
     CU_ASSERT_EQUAL(zmq_connect(s, r.endpoint), 0);
-    wire_hello h = {"fake-updater", WIRE_ROLE_UPDATER, 1};
+    wire_hello h = {"fake-updater", WIRE_ROLE_UPDATER, 1, "", 0};
     wire_out o;
     CU_ASSERT_EQUAL_FATAL(wire_encode_hello(&h, &o, NULL), 0);
     CU_ASSERT_EQUAL(wire_out_send(s, &o, NULL), 0);

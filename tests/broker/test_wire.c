@@ -167,11 +167,178 @@ static void test_roundtrip_weights(void) {
     free((void *)w.data);
 }
 
+/* A WEIGHTS_SHM message's metadata with one change applied: decode must refuse it with `want`. */
+static void shm_meta_refused(const msgbuf *orig, const char *key, json_t *value_steal, int want, const char *where) {
+    msgbuf mb;
+    wire_out o;
+    wire_msg m;
+    parse_ok(orig, &m);
+    json_t *j = json_deep_copy(m.meta);
+    wire_msg_free(&m);
+    json_object_del(j, "payloads"); /* rebuilt by wire_encode_raw */
+    if (value_steal) json_object_set_new(j, key, value_steal);
+    else json_object_del(j, key);
+    CU_ASSERT_EQUAL_FATAL(wire_encode_raw(WIRE_PROTOCOL_VERSION, WIRE_WEIGHTS_SHM, j, NULL, 0, &o, NULL), 0);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    parse_ok(&mb, &m);
+    wire_weights_shm d;
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    int reason = 0;
+    CU_ASSERT_NOT_EQUAL(wire_decode_weights_shm(&m, &d, &reason, &e), 0);
+    CU_ASSERT_EQUAL(reason, want);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.where, where));
+    CU_ASSERT_PTR_NULL(d.chunk_crc); /* nothing half-decoded is left */
+    CU_ASSERT_PTR_NULL(d.w.tensors);
+    wire_msg_free(&m);
+    mb_free(&mb);
+}
+
+static void test_roundtrip_weights_shm(void) {
+    wire_weights w;
+    wire_tensor t[2];
+    synth_weights_make(&w, t, 11, 100003);
+    w.chunk_bytes = 65536;
+    wire_weights_shm x;
+    memset(&x, 0, sizeof x);
+    x.w = w;
+    snprintf(x.path, sizeof x.path, "/dev/shm/rlhf-w.123.456.11");
+    x.n_chunks = (uint32_t)((w.nbytes + 65535) / 65536);
+    uint32_t crcs[8];
+    CU_ASSERT_EQUAL_FATAL(x.n_chunks, 7);
+    for (uint32_t i = 0; i < x.n_chunks; i++) { /* the oracle: each chunk's CRC over the blob itself */
+        uint64_t off = (uint64_t)i * 65536, n = w.nbytes - off < 65536 ? w.nbytes - off : 65536;
+        crcs[i] = rlhf_crc32(0, w.data + off, (size_t)n);
+    }
+    x.chunk_crc = crcs;
+    msgbuf mb;
+    ROUNDTRIP(wire_encode_weights_shm(&x, &o_, NULL), WIRE_WEIGHTS_SHM, mb);
+    CU_ASSERT_EQUAL(mb.n, 2); /* metadata only: no bytes travel */
+    wire_msg m;
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(m.type, WIRE_WEIGHTS_SHM);
+    wire_weights_shm d;
+    CU_ASSERT_EQUAL_FATAL(wire_decode_weights_shm(&m, &d, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(d.w.version, 11);
+    CU_ASSERT_EQUAL(d.w.nbytes, w.nbytes);
+    CU_ASSERT_EQUAL(d.w.chunk_bytes, 65536);
+    CU_ASSERT_EQUAL(d.w.n_tensors, 2);
+    CU_ASSERT_STRING_EQUAL(d.w.tensors[1].name, "layer1.w");
+    CU_ASSERT_EQUAL(d.w.tensors[1].offset, t[1].offset);
+    CU_ASSERT_PTR_NULL(d.w.data);
+    CU_ASSERT_STRING_EQUAL(d.path, x.path);
+    CU_ASSERT_EQUAL_FATAL(d.n_chunks, 7);
+    CU_ASSERT_EQUAL(memcmp(d.chunk_crc, crcs, sizeof crcs[0] * 7), 0);
+    wire_weights_shm_free(&d);
+    /* the WEIGHTS decoder does not take it, nor this one a WEIGHTS */
+    wire_weights wd;
+    int reason = 0;
+    CU_ASSERT_NOT_EQUAL(wire_decode_weights_header(&m, &wd, &reason, NULL), 0);
+    CU_ASSERT_EQUAL(reason, WIRE_R_TYPE);
+    wire_msg_free(&m);
+    /* every field checked */
+    shm_meta_refused(&mb, "path", json_string("dev/shm/x"), WIRE_R_FIELD, "WEIGHTS_SHM.path");
+    shm_meta_refused(&mb, "path", json_string("/dev/shm/../etc/passwd"), WIRE_R_FIELD, "WEIGHTS_SHM.path");
+    shm_meta_refused(&mb, "path", NULL, WIRE_R_FIELD, "WEIGHTS_SHM.path");
+    shm_meta_refused(&mb, "chunk_crc32", json_pack("[iii]", 1, 2, 3), WIRE_R_FIELD, "WEIGHTS_SHM.chunk_crc32");
+    shm_meta_refused(&mb, "chunk_crc32", json_pack("[iiiiiii]", 1, 2, 3, 4, 5, 6, -1), WIRE_R_FIELD,
+                     "WEIGHTS_SHM.chunk_crc32");
+    shm_meta_refused(&mb, "chunk_crc32", NULL, WIRE_R_FIELD, "WEIGHTS_SHM.chunk_crc32");
+    shm_meta_refused(&mb, "nbytes", json_integer((json_int_t)WIRE_MAX_WEIGHT_BYTES + 1), WIRE_R_TOO_LARGE,
+                     "WEIGHTS_SHM.nbytes");
+    shm_meta_refused(&mb, "chunk_bytes", json_integer(1), WIRE_R_TOO_LARGE, "WEIGHTS_SHM.chunk_bytes");
+    shm_meta_refused(&mb, "dtype", json_string("bf16"), WIRE_R_FIELD, "WEIGHTS_SHM.dtype");
+    /* bytes attached to it: refused (the blob travels only in the file) */
+    parse_ok(&mb, &m);
+    json_t *j = json_deep_copy(m.meta);
+    wire_msg_free(&m);
+    mb_free(&mb);
+    json_object_del(j, "payloads");
+    wire_frame junk = {"abc", 3};
+    wire_out o;
+    CU_ASSERT_EQUAL_FATAL(wire_encode_raw(WIRE_PROTOCOL_VERSION, WIRE_WEIGHTS_SHM, j, &junk, 1, &o, NULL), 0);
+    mb_from(&mb, &o);
+    wire_out_free(&o);
+    parse_ok(&mb, &m);
+    CU_ASSERT_NOT_EQUAL(wire_decode_weights_shm(&m, &d, &reason, NULL), 0);
+    CU_ASSERT_EQUAL(reason, WIRE_R_FRAME_COUNT);
+    wire_msg_free(&m);
+    mb_free(&mb);
+    /* the encoder refuses what the decoder would */
+    rlhf_error e;
+    snprintf(x.path, sizeof x.path, "relative/path");
+    CU_ASSERT_NOT_EQUAL(wire_encode_weights_shm(&x, &o, &e), 0);
+    snprintf(x.path, sizeof x.path, "/dev/shm/x");
+    x.n_chunks = 6;
+    CU_ASSERT_NOT_EQUAL(wire_encode_weights_shm(&x, &o, &e), 0);
+    free((void *)w.data);
+}
+
+static void test_roundtrip_hello_host_and_shm_failed(void) {
+    msgbuf mb;
+    wire_msg m;
+    wire_hello h = {"gen-2", WIRE_ROLE_GENERATOR, 77, "b00t-1d/host-a", 1}, hd;
+    ROUNDTRIP(wire_encode_hello(&h, &o_, NULL), WIRE_HELLO, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_hello(&m, &hd, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(hd.host, "b00t-1d/host-a");
+    CU_ASSERT_EQUAL(hd.shm, 1);
+    wire_msg_free(&m);
+    mb_free(&mb);
+    /* without a host: neither key is sent, both decode as absent */
+    wire_hello h0 = {"gen-3", WIRE_ROLE_GENERATOR, 78, "", 1};
+    ROUNDTRIP(wire_encode_hello(&h0, &o_, NULL), WIRE_HELLO, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_PTR_NULL(json_object_get(m.meta, "shm"));
+    CU_ASSERT_EQUAL(wire_decode_hello(&m, &hd, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(hd.host, "");
+    CU_ASSERT_EQUAL(hd.shm, 0);
+    wire_msg_free(&m);
+    mb_free(&mb);
+    /* wrong types refused */
+    const char *bad[] = {"{\"peer_id\": \"g\", \"role\": \"generator\", \"pid\": 1, \"host\": \"h\", \"shm\": 1, \"payloads\": []}",
+                         "{\"peer_id\": \"g\", \"role\": \"generator\", \"pid\": 1, \"host\": 5, \"payloads\": []}",
+                         "{\"peer_id\": \"g\", \"role\": \"generator\", \"pid\": 1, \"shm\": true, \"payloads\": []}"};
+    const char *where[] = {"HELLO.shm", "HELLO.host", "HELLO.shm"};
+    for (int i = 0; i < 3; i++) {
+        ROUNDTRIP(wire_encode_hello(&h, &o_, NULL), WIRE_HELLO, mb);
+        mb_set_meta(&mb, bad[i]);
+        parse_ok(&mb, &m);
+        rlhf_error e;
+        rlhf_error_clear(&e);
+        int reason = 0;
+        CU_ASSERT_NOT_EQUAL(wire_decode_hello(&m, &hd, &reason, &e), 0);
+        CU_ASSERT_EQUAL(reason, WIRE_R_FIELD);
+        CU_ASSERT_STRING_EQUAL(e.where, where[i]);
+        wire_msg_free(&m);
+        mb_free(&mb);
+    }
+    /* WEIGHTS_SHM_FAILED */
+    uint64_t v = 0;
+    char why[16];
+    ROUNDTRIP(wire_encode_weights_shm_failed(5, "crc", &o_, NULL), WIRE_WEIGHTS_SHM_FAILED, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_weights_shm_failed(&m, &v, why, sizeof why, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(v, 5);
+    CU_ASSERT_STRING_EQUAL(why, "crc");
+    wire_msg_free(&m);
+    mb_set_meta(&mb, "{\"version\": 5, \"payloads\": []}");
+    parse_ok(&mb, &m);
+    int reason = 0;
+    CU_ASSERT_NOT_EQUAL(wire_decode_weights_shm_failed(&m, &v, why, sizeof why, &reason, NULL), 0);
+    CU_ASSERT_EQUAL(reason, WIRE_R_FIELD);
+    wire_msg_free(&m);
+    mb_free(&mb);
+    CU_ASSERT_STRING_EQUAL(wire_type_name(WIRE_WEIGHTS_SHM), "WEIGHTS_SHM");
+    CU_ASSERT_STRING_EQUAL(wire_type_name(WIRE_WEIGHTS_SHM_FAILED), "WEIGHTS_SHM_FAILED");
+}
+
 static void test_roundtrip_small_types(void) {
     msgbuf mb;
     wire_msg m;
     /* HELLO */
-    wire_hello h = {"gen-1", WIRE_ROLE_GENERATOR, 1234}, hd;
+    wire_hello h = {"gen-1", WIRE_ROLE_GENERATOR, 1234, "", 0}, hd;
     ROUNDTRIP(wire_encode_hello(&h, &o_, NULL), WIRE_HELLO, mb);
     parse_ok(&mb, &m);
     CU_ASSERT_EQUAL(wire_decode_hello(&m, &hd, NULL, NULL), 0);
@@ -560,7 +727,7 @@ static void test_reject_bad_values(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "log-prob 3"));
     mb_free(&mb);
     /* empty peer id, unknown role */
-    wire_hello h = {"x", WIRE_ROLE_GENERATOR, 1};
+    wire_hello h = {"x", WIRE_ROLE_GENERATOR, 1, "", 0};
     wire_encode_hello(&h, &o, NULL);
     mb_from(&mb, &o);
     wire_out_free(&o);
@@ -732,6 +899,8 @@ int register_suites(void) {
     CU_add_test(s, "ROLLOUT_GROUP round trip", test_roundtrip_rollout_group);
     CU_add_test(s, "WEIGHTS round trip (chunked)", test_roundtrip_weights);
     CU_add_test(s, "every other type round trips", test_roundtrip_small_types);
+    CU_add_test(s, "WEIGHTS_SHM round trip; path, chunk CRCs, sizes checked", test_roundtrip_weights_shm);
+    CU_add_test(s, "HELLO host/shm and WEIGHTS_SHM_FAILED round trip and refusals", test_roundtrip_hello_host_and_shm_failed);
     CU_add_test(s, "wrong frame counts rejected", test_reject_frame_counts);
     CU_add_test(s, "declared lengths larger than frames rejected", test_reject_declared_length);
     CU_add_test(s, "huge counts rejected before allocating", test_reject_huge_counts);
