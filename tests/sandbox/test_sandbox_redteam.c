@@ -179,7 +179,41 @@ static void test_two_pools_distinct_uids(void) {
     CU_ASSERT_PTR_NOT_NULL_FATAL(p3);
     long u3 = slot0_host_uid(p3);
     CU_ASSERT(u3 + 2 <= u2 || u2 + 2 <= u3);
+    /* another process on the host: its pool's range does not overlap ours either */
+    int fds[2];
+    CU_ASSERT_EQUAL_FATAL(pipe(fds), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        close(fds[0]);
+        sandbox_pool *cp = make_pool(2, 5000, 0, 0);
+        long long base = cp ? (long long)sandbox_pool_host_uid_base(cp) : -1;
+        ssize_t w = write(fds[1], &base, sizeof base);
+        sandbox_pool_destroy(&cp);
+        _exit(w == (ssize_t)sizeof base ? 0 : 1);
+    }
+    close(fds[1]);
+    long long cb = -1;
+    CU_ASSERT_EQUAL(read(fds[0], &cb, sizeof cb), (ssize_t)sizeof cb);
+    close(fds[0]);
+    int st;
+    waitpid(child, &st, 0);
+    long long b2 = (long long)sandbox_pool_host_uid_base(p2), b3 = (long long)sandbox_pool_host_uid_base(p3);
+    CU_ASSERT(cb >= 100000);
+    CU_ASSERT((cb + 2 <= b2 || b2 + 2 <= cb) && (cb + 2 <= b3 || b3 + 2 <= cb));
+    /* an explicit base inside a live pool's range is refused, naming the key */
+    sandbox_config c;
+    sandbox_config_default(&c);
+    c.pool_size = 1;
+    c.host_uid_base = b2 + 1;
+    sandbox_pool *clash = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT(sandbox_pool_create(&clash, &c, &err) < 0);
+    CU_ASSERT_PTR_NULL(clash);
+    CU_ASSERT_STRING_EQUAL(err.where, "sandbox.host_uid_base");
     sandbox_pool_destroy(&p2);
+    /* released with its pool: the same explicit range is free now */
+    CU_ASSERT_EQUAL(sandbox_pool_create(&clash, &c, &err), 0);
+    sandbox_pool_destroy(&clash);
     sandbox_pool_destroy(&p3);
 }
 
@@ -497,7 +531,7 @@ int register_redteam_suite(void) {
     CU_pSuite s = CU_add_suite("sandbox_redteam", NULL, NULL);
     if (!s) return -1;
     CU_add_test(s, "signals to group 0 and -1 reach no other sandbox and no host process", test_signals_stay_inside);
-    CU_add_test(s, "two pools of one process have distinct host uids", test_two_pools_distinct_uids);
+    CU_add_test(s, "pools of one process and of two processes have distinct host uids", test_two_pools_distinct_uids);
     CU_add_test(s, "24 x 64 MiB SysV shm stays under the run's memory bound", test_memory_sysv_shm);
     CU_add_test(s, "50 memfds stay under the run's memory bound", test_memory_memfd);
     CU_add_test(s, "8 forked children stay under the run's memory bound", test_memory_fork);
