@@ -333,15 +333,15 @@ static const char fork_attack[] =
     "for i in range(kids):\n"
     "    os.wait()\n";
 
-/* A run of `attack` in a pool with memory_mb 128, max_procs 3: the host memory it takes stays under the
- * bound the pool states, and nothing of it is left after the run. */
-static void memory_attack(const char *attack, const char *name) {
+/* A run of `attack` in a pool with memory_mb 128 and `max_procs`: the host memory it takes stays under
+ * the bound the pool states, and nothing of it is left after the run. */
+static void memory_attack(const char *attack, const char *name, int64_t max_procs) {
     sandbox_config c;
     sandbox_config_default(&c);
     c.pool_size = 1;
     c.wall_ms = 15000;
     c.memory_bytes = 128ll << 20;
-    c.max_procs = 3;
+    c.max_procs = max_procs;
     sandbox_pool *p = NULL;
     rlhf_error err = {0};
     CU_ASSERT_EQUAL_FATAL(sandbox_pool_create(&p, &c, &err), 0);
@@ -349,29 +349,39 @@ static void memory_attack(const char *attack, const char *name) {
     CU_ASSERT_FATAL(uid >= 1000);
     /* the bound: every process at its address-space limit, /tmp full, the root tmpfs and SysV shm */
     long bound_kb = (long)((c.max_procs * c.memory_bytes + c.tmp_bytes + (2 << 20)) >> 10);
-    mem_watch w = {.uid_lo = uid, .uid_hi = uid + 1, .shmem0_kb = meminfo_kb("Shmem:")};
-    pthread_t t;
-    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, watch_thread, &w), 0);
-    sandbox_result r;
-    sandbox_request req = {.program = attack};
-    sandbox_pool_run(p, &req, &r);
-    w.stop = 1;
-    pthread_join(t, NULL);
-    long after_kb = meminfo_kb("Shmem:") - w.shmem0_kb;
-    fprintf(stderr, "%s: %s (%s) '%.80s'; peak %ld MiB (shared %ld MiB), bound %ld MiB, shared after %ld MiB\n", name,
-            sandbox_verdict_name(r.verdict), r.reason, r.out ? r.out : "", w.peak_kb >> 10, w.peak_shmem_kb >> 10,
-            bound_kb >> 10, after_kb >> 10);
-    CU_ASSERT_NOT_EQUAL(r.verdict, SANDBOX_SANDBOX_ERROR);
-    CU_ASSERT(w.peak_kb > 0);       /* the watch saw the run */
-    CU_ASSERT(w.peak_kb < bound_kb);
-    CU_ASSERT(after_kb < 256 << 10); /* nothing held after the run (others' noise allowed) */
-    sandbox_result_free(&r);
+    /* the host's Shmem also moves with other processes' /dev/shm files: an attempt whose figures are
+     * over the bound is repeated, up to 3 times (the old sandbox took 1.5 GiB in every attempt) */
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        mem_watch w = {.uid_lo = uid, .uid_hi = uid + 1, .shmem0_kb = meminfo_kb("Shmem:")};
+        pthread_t t;
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, watch_thread, &w), 0);
+        sandbox_result r;
+        sandbox_request req = {.program = attack};
+        sandbox_pool_run(p, &req, &r);
+        w.stop = 1;
+        pthread_join(t, NULL);
+        long after_kb = meminfo_kb("Shmem:") - w.shmem0_kb;
+        fprintf(stderr, "%s (attempt %d): %s (%s) '%.80s'; peak %ld MiB (shared %ld MiB), bound %ld MiB, shared after %ld MiB\n",
+                name, attempt, sandbox_verdict_name(r.verdict), r.reason, r.out ? r.out : "", w.peak_kb >> 10,
+                w.peak_shmem_kb >> 10, bound_kb >> 10, after_kb >> 10);
+        int last = attempt == 3 || (w.peak_kb < bound_kb && after_kb < 256 << 10);
+        if (last) {
+            CU_ASSERT_NOT_EQUAL(r.verdict, SANDBOX_SANDBOX_ERROR);
+            CU_ASSERT(w.peak_kb > 0); /* the watch saw the run */
+            CU_ASSERT(w.peak_kb < bound_kb);
+            CU_ASSERT(after_kb < 256 << 10); /* nothing held after the run */
+        }
+        sandbox_result_free(&r);
+        if (last) break;
+    }
     sandbox_pool_destroy(&p);
 }
 
-static void test_memory_sysv_shm(void) { memory_attack(shm_attack, "24 x 64 MiB SysV shm"); }
-static void test_memory_memfd(void) { memory_attack(memfd_attack, "50 x 15 MiB memfds"); }
-static void test_memory_fork(void) { memory_attack(fork_attack, "8 children x 100 MiB"); }
+/* bound 3 x 128 + 16 + 2 = 402 MiB */
+static void test_memory_sysv_shm(void) { memory_attack(shm_attack, "24 x 64 MiB SysV shm", 3); }
+static void test_memory_memfd(void) { memory_attack(memfd_attack, "50 x 15 MiB memfds", 3); }
+/* bound 6 x 128 + 16 + 2 = 786 MiB; pid 1 and the program count, so 4 children get to allocate */
+static void test_memory_fork(void) { memory_attack(fork_attack, "8 children x 100 MiB", 6); }
 
 static void test_memory_bound_validated(void) {
     /* max_procs x memory_mb is the bound a run may take; a config whose bound exceeds the host's memory
