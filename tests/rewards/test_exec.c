@@ -175,10 +175,13 @@ static void test_exec_test_code_cannot_be_skipped(void) {
         rt_item("def f(x):\n    raise SystemExit(0)\n", ut),
         rt_item("def f(x):\n    return 2 * x\n", "{\"test_code\":\"def helper():\\n    raise SystemExit(0)\\n"
                 "assert f(2) == 5 or helper()\\n\"}"),
+        /* the record's stdin still reaches the program (after the harness took the nonce line) */
+        rt_item("import sys\nx = int(input()) * 2\nrest = sys.stdin.read()\n",
+                "{\"stdin\":\"21\\nmore\\n\",\"test_code\":\"assert x == 42 and rest == 'more\\\\n'\"}"),
     };
-    CU_ASSERT_EQUAL(reward_pipeline_score(p, uitems, 4, &sc, &err), 0);
-    double uwant[] = {1, 0, 0, 1};
-    for (size_t i = 0; i < 4; i++) {
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, uitems, 5, &sc, &err), 0);
+    double uwant[] = {1, 0, 0, 1, 1};
+    for (size_t i = 0; i < 5; i++) {
         if (sc.raw[i] != uwant[i]) fprintf(stderr, "unittest item %zu: got %g (%s)\n", i, sc.raw[i], sc.status[i].reason);
         CU_ASSERT_DOUBLE_EQUAL(sc.raw[i], uwant[i], 0);
     }
