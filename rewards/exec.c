@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "rewards/rewards_int.h"
 #include "rewards/sandbox/sandbox.h"
@@ -103,9 +104,126 @@ static int outputs_equal(const char *a, size_t na, const char *b, size_t nb) {
 typedef struct exec_case {
     size_t item;
     char *program;        /* owned */
-    const char *stdin_s;  /* borrowed from the record */
+    const char *stdin_s;  /* borrowed from the record, or stdin_owned */
     const char *expect;   /* expected stdout, or NULL: pass = exit 0 */
+    char *stdin_owned;    /* test_code: the nonce line, then the record's stdin */
+    char marker[64];      /* test_code: the line the harness prints after the last test ("" otherwise) */
 } exec_case;
+
+/* test_code runs under this harness (docs/SANDBOX.md, "exec with test_code"). The program and the tests
+ * come as hex, so no quoting can break out of the literals; the nonce comes as stdin's first line and
+ * is read before any of the program's code runs. Program and tests share one fresh __main__ module
+ * (so unittest.main() finds the tests' classes); fd 0 is then /dev/null (the memfd that held it is
+ * gone) and the rest of stdin is sys.stdin. The program runs, the builtins module is restored to what
+ * it was before (a program patching len or isinstance cannot steer the tests), the tests run, and only
+ * then the marker with the nonce is written to fd 1 and the process leaves with os._exit(0) (no atexit
+ * hook of the program runs). Leaving early (os._exit, sys.exit, a hook) leaves no marker; a marker the
+ * program prints itself lacks the nonce. A SystemExit in the tests counts only with status 0 and when
+ * no frame of the program's code raised it (unittest.main() ends that way; a program function raising
+ * SystemExit(0) does not). */
+static const char test_code_harness_py[] =
+    "import os, sys\n"
+    "def _rlhf_harness(program, tests):\n"
+    "    data = b''\n"
+    "    while True:\n"
+    "        chunk = os.read(0, 1 << 16)\n"
+    "        if not chunk:\n"
+    "            break\n"
+    "        data += chunk\n"
+    "    nonce, _, rest = data.partition(b'\\n')\n"
+    "    del data\n"
+    "    null = os.open('/dev/null', os.O_RDONLY)\n"
+    "    os.dup2(null, 0)\n"
+    "    os.close(null)\n"
+    "    import builtins, io, traceback\n"
+    "    sys.stdin = io.TextIOWrapper(io.BytesIO(rest), encoding='utf-8')\n"
+    "    del rest\n"
+    "    write, leave, saved = os.write, os._exit, dict(builtins.__dict__)\n"
+    "    import types\n"
+    "    main = types.ModuleType('__main__')\n"
+    "    main.__builtins__ = builtins\n"
+    "    sys.modules['__main__'] = main\n"
+    "    g = main.__dict__\n"
+    "    def fail(what):\n"
+    "        try:\n"
+    "            traceback.print_exc()\n"
+    "            sys.stderr.flush()\n"
+    "        except BaseException:\n"
+    "            pass\n"
+    "        write(2, ('rlhf harness: ' + what + '\\n').encode())\n"
+    "        leave(1)\n"
+    "    try:\n"
+    "        exec(compile(program, '<solution>', 'exec'), g)\n"
+    "    except BaseException:\n"
+    "        fail('the program stopped before the tests ran')\n"
+    "    builtins.__dict__.clear()\n"
+    "    builtins.__dict__.update(saved)\n"
+    "    try:\n"
+    "        exec(compile(tests, '<tests>', 'exec'), g)\n"
+    "    except SystemExit as e:\n"
+    "        tb, own = e.__traceback__, False\n"
+    "        while tb is not None:\n"
+    "            own = own or tb.tb_frame.f_code.co_filename == '<solution>'\n"
+    "            tb = tb.tb_next\n"
+    "        if e.code not in (None, 0) or own:\n"
+    "            fail('the tests ended with SystemExit(%r)%s' % (e.code, ' from the program' if own else ''))\n"
+    "    except BaseException:\n"
+    "        fail('a test failed')\n"
+    "    for f in (sys.stdout, sys.__stdout__):\n"
+    "        try:\n"
+    "            f.flush()\n"
+    "        except BaseException:\n"
+    "            pass\n"
+    "    write(1, b'\\n' + b'rlhf-tests-passed ' + nonce + b'\\n')\n"
+    "    leave(0)\n";
+
+/* Hex of s (NUL-terminated), malloc'd. */
+static char *hex_of(const char *s) {
+    size_t n = strlen(s);
+    char *h = malloc(2 * n + 1);
+    if (!h) return NULL;
+    for (size_t i = 0; i < n; i++) snprintf(h + 2 * i, 3, "%02x", (unsigned char)s[i]);
+    h[2 * n] = 0;
+    return h;
+}
+
+/* The harness program for `prog` + `tests`, and its stdin (a fresh nonce line, then `stdin_s`); the
+ * marker the harness prints when every test ran goes to c->marker. 0, or -1 (out of memory or no
+ * randomness). */
+static int build_test_harness(exec_case *c, const char *prog, const char *tests, const char *stdin_s) {
+    unsigned char rnd[16];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) return -1;
+    char nonce[33];
+    for (int i = 0; i < 16; i++) snprintf(nonce + 2 * i, 3, "%02x", rnd[i]);
+    snprintf(c->marker, sizeof c->marker, "rlhf-tests-passed %s\n", nonce);
+    char *hp = hex_of(prog), *ht = hex_of(tests);
+    size_t l = sizeof test_code_harness_py + (hp ? strlen(hp) : 0) + (ht ? strlen(ht) : 0) + 128;
+    c->program = hp && ht ? malloc(l) : NULL;
+    if (c->program)
+        snprintf(c->program, l, "%s_rlhf_harness(bytes.fromhex('%s'), bytes.fromhex('%s'))\n", test_code_harness_py,
+                 hp, ht);
+    free(hp);
+    free(ht);
+    size_t sl = 34 + (stdin_s ? strlen(stdin_s) : 0);
+    c->stdin_owned = malloc(sl);
+    if (c->stdin_owned) snprintf(c->stdin_owned, sl, "%s\n%s", nonce, stdin_s ? stdin_s : "");
+    c->stdin_s = c->stdin_owned;
+    return c->program && c->stdin_owned ? 0 : -1;
+}
+
+/* A test_code run passes only when its stdout ends with the harness's marker (then removed). */
+static void check_test_marker(exec_case *c, sandbox_result *r) {
+    size_t ml = strlen(c->marker);
+    if (r->verdict != SANDBOX_PASS) return;
+    if (r->out && r->out_len >= ml && !memcmp(r->out + r->out_len - ml, c->marker, ml)) {
+        r->out_len -= ml;
+        r->out[r->out_len] = 0;
+        if (r->out_len && r->out[r->out_len - 1] == '\n') r->out[--r->out_len] = 0; /* the harness's own newline */
+        return;
+    }
+    r->verdict = SANDBOX_FAIL;
+    snprintf(r->reason, sizeof r->reason, "exited 0 but the tests did not run to their end");
+}
 
 static const char *json_str2(const json_t *o, const char *a, const char *b) {
     const char *s = json_string_value(json_object_get(o, a));
@@ -150,17 +268,17 @@ static int exec_score(void *vctx, const rlhf_reward_item *items, size_t n, doubl
         if (ntests) {
             for (size_t t = 0; t < ntests; t++) {
                 json_t *tc = json_array_get(tests, t);
-                cases[nc++] = (exec_case){i, t == 0 ? prog : strdup(prog), json_str2(tc, "stdin", "input"),
-                                          json_str2(tc, "stdout", "output")};
+                cases[nc++] = (exec_case){.item = i, .program = t == 0 ? prog : strdup(prog),
+                                          .stdin_s = json_str2(tc, "stdin", "input"), .expect = json_str2(tc, "stdout", "output")};
             }
         } else if (test_code) {
-            size_t l = strlen(prog) + strlen(test_code) + 2;
-            char *full = malloc(l);
-            if (full) snprintf(full, l, "%s\n%s", prog, test_code);
+            exec_case *c = &cases[nc++];
+            *c = (exec_case){.item = i};
+            if (build_test_harness(c, prog, test_code, json_str2(recs[i], "stdin", "input"))) rc = -1;
             free(prog);
-            cases[nc++] = (exec_case){i, full, json_str2(recs[i], "stdin", "input"), NULL};
         } else {
-            cases[nc++] = (exec_case){i, prog, json_str2(recs[i], "stdin", "input"), expect};
+            cases[nc++] = (exec_case){.item = i, .program = prog, .stdin_s = json_str2(recs[i], "stdin", "input"),
+                                      .expect = expect};
         }
     }
     sandbox_request *req = calloc(nc ? nc : 1, sizeof *req);
@@ -207,6 +325,7 @@ static int exec_score(void *vctx, const rlhf_reward_item *items, size_t n, doubl
             char why[RLHF_REWARD_REASON_MAX] = "";
             for (; k < nc && cases[k].item == i; k++) {
                 sandbox_result *r = &res[k];
+                if (cases[k].marker[0]) check_test_marker(&cases[k], r);
                 if (r->verdict == SANDBOX_PASS && cases[k].expect &&
                     !outputs_equal(r->out ? r->out : "", r->out_len, cases[k].expect, strlen(cases[k].expect)))
                     r->verdict = SANDBOX_FAIL;
@@ -227,6 +346,7 @@ static int exec_score(void *vctx, const rlhf_reward_item *items, size_t n, doubl
     }
     for (size_t k = 0; k < nc; k++) {
         free(cases[k].program);
+        free(cases[k].stdin_owned);
         sandbox_result_free(&res[k]);
     }
     for (size_t i = 0; i < n; i++) json_decref(recs[i]);

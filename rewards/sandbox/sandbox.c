@@ -26,14 +26,12 @@ static const char *const step_names[ST_NSTEPS] = {
     "mount root tmpfs", "mkdir", "symlink", "bind mount", "remount bind read-only", "create device node file",
     "mount /tmp tmpfs", "write program file", "mount /proc", "pivot_root", "detach old root",
     "remount root read-only", "sethostname", "fork program", "set up stdio", "setrlimit", "chdir /tmp",
-    "no_new_privs", "seccomp filter", "execve", "drop capabilities"};
+    "no_new_privs", "seccomp filter", "execve", "drop capabilities", "setsid", "mask /proc files"};
 
 static char *const clean_env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8",
                                   "PYTHONDONTWRITEBYTECODE=1", "PYTHONIOENCODING=utf-8", NULL};
 
-static int write_proc_file(pid_t pid, const char *name, const char *text) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+static int write_file(const char *path, const char *text) {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return -1;
     ssize_t n = (ssize_t)strlen(text);
@@ -42,6 +40,43 @@ static int write_proc_file(pid_t pid, const char *name, const char *text) {
     close(fd);
     errno = e;
     return w == n ? 0 : -1;
+}
+
+static int write_proc_file(pid_t pid, const char *name, const char *text) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+    return write_file(path, text);
+}
+
+/* The run's IPC namespace starts with the kernel's defaults (shmmax/shmall unlimited, 32000 message
+ * queues), which no rlimit counts: a program could hold gigabytes of host memory in SysV segments.
+ * The child, uid 65534 with root unmapped, may not write these sysctls (they belong to global root
+ * then), so this thread enters the namespace, writes them and comes back (setns of an IPC namespace
+ * acts on the calling thread only). 0, or -1 with errno. */
+static int limit_ipc(pid_t pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/ipc", (int)pid);
+    int own = open("/proc/thread-self/ns/ipc", O_RDONLY | O_CLOEXEC), ns = open(path, O_RDONLY | O_CLOEXEC);
+    int rc = own >= 0 && ns >= 0 ? setns(ns, CLONE_NEWIPC) : -1;
+    int e = errno;
+    if (rc == 0) {
+        char shmmax[32], shmall[32];
+        snprintf(shmmax, sizeof shmmax, "%d", SB_SHM_BYTES);
+        snprintf(shmall, sizeof shmall, "%ld", SB_SHM_BYTES / sysconf(_SC_PAGESIZE));
+        rc = write_file("/proc/sys/kernel/shmmax", shmmax) || write_file("/proc/sys/kernel/shmall", shmall) ||
+                     write_file("/proc/sys/kernel/shmmni", "4") || write_file("/proc/sys/kernel/msgmni", "4")
+                 ? -1
+                 : 0;
+        e = errno;
+        if (setns(own, CLONE_NEWIPC)) {
+            fprintf(stderr, "rewards/sandbox: cannot return to the thread's IPC namespace: %s\n", strerror(errno));
+            abort();
+        }
+    }
+    if (own >= 0) close(own);
+    if (ns >= 0) close(ns);
+    errno = e;
+    return rc;
 }
 
 typedef struct capbuf {
@@ -127,7 +162,7 @@ void sandbox_run_one(sandbox_pool *p, int slot, unsigned features, int allow_fau
     run_plan pl;
     memset(&pl, 0, sizeof pl);
     pl.pool = p;
-    pl.host_uid = (uid_t)(cfg->host_uid_base + slot);
+    pl.host_uid = (uid_t)(p->uid_base + slot);
     const char *fname = req->file_name && req->file_name[0] ? req->file_name : "main.py";
     if (strchr(fname, '/') || strlen(fname) > 64) {
         set_reason(res, SANDBOX_SANDBOX_ERROR, "bad file_name '%s'", fname);
@@ -192,9 +227,14 @@ void sandbox_run_one(sandbox_pool *p, int slot, unsigned features, int allow_fau
             return;
         }
     }
+    /* no signal may run the caller's handlers in the child before it resets them to the default */
+    sigset_t all, old_mask;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old_mask);
     pid_t pid = (pid_t)syscall(SYS_clone, pl.clone_flags | SIGCHLD, 0, 0, 0, 0);
     if (pid == 0) _exit(sandbox_child_main(&pl));
     int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     if (own_net >= 0) {
         /* back to the caller's own network namespace; if that failed this thread would be cut off
          * from the network, which the updater must not be: abort loudly rather than go on */
@@ -217,7 +257,11 @@ void sandbox_run_one(sandbox_pool *p, int slot, unsigned features, int allow_fau
     char map[64];
     snprintf(map, sizeof map, "%d %u 1\n", SB_UID, (unsigned)pl.host_uid);
     int map_ok = write_proc_file(pid, "uid_map", map) == 0 && write_proc_file(pid, "gid_map", map) == 0;
-    int map_errno = errno;
+    int map_errno = errno, ipc_ok = 1;
+    if (map_ok && (pl.clone_flags & CLONE_NEWIPC) && limit_ipc(pid)) {
+        ipc_ok = map_ok = 0;
+        map_errno = errno;
+    }
     if (map_ok) map_ok = send(sv[0], "g", 1, MSG_NOSIGNAL) == 1;
     else send(sv[0], "x", 1, MSG_NOSIGNAL);
 
@@ -285,6 +329,11 @@ void sandbox_run_one(sandbox_pool *p, int slot, unsigned features, int allow_fau
     res->err_len = errb.len;
     if (errb.data) errb.data[errb.len] = 0;
 
+    if (!ipc_ok) {
+        set_reason(res, SANDBOX_SANDBOX_ERROR, "limiting SysV IPC (kernel.shm*, msgmni) in the run's IPC namespace: %s",
+                   strerror(map_errno));
+        return;
+    }
     if (!map_ok) {
         set_reason(res, SANDBOX_SANDBOX_ERROR, "writing uid_map/gid_map for host uid %u: %s", (unsigned)pl.host_uid,
                    strerror(map_errno));
@@ -335,6 +384,7 @@ void sandbox_run_one(sandbox_pool *p, int slot, unsigned features, int allow_fau
 
 const char *sandbox_pool_features(const sandbox_pool *p) { return p->features_text; }
 int sandbox_pool_size(const sandbox_pool *p) { return p->n_slots; }
+int64_t sandbox_pool_host_uid_base(const sandbox_pool *p) { return p->uid_base; }
 
 int sandbox_pool_run(sandbox_pool *p, const sandbox_request *req, sandbox_result *res) {
     if (!p || !req || !res) return RLHF_EINVAL;

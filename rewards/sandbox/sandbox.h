@@ -52,13 +52,17 @@ typedef struct sandbox_config {
     int64_t wall_ms;            /* wall-clock limit, default 5000 */
     int64_t cpu_s;              /* RLIMIT_CPU, default ceil(wall)+1 */
     int64_t memory_bytes;       /* RLIMIT_AS, default 512 MiB */
-    int64_t max_procs;          /* RLIMIT_NPROC for the run's host uid, default 64 */
+    int64_t max_procs;          /* RLIMIT_NPROC for the run's host uid, default 16; max_procs x memory_bytes
+                                   (+ tmp_bytes + 2 MiB) is the host memory one run may take, and must
+                                   not exceed the host's memory (sandbox_config_memory_bound) */
     int64_t max_file_bytes;     /* RLIMIT_FSIZE, default 16 MiB */
     int64_t max_open_files;     /* RLIMIT_NOFILE, default 64 */
     int64_t tmp_bytes;          /* size of the private /tmp tmpfs, default 16 MiB */
     int64_t stdout_cap;         /* bytes, default 1 MiB */
     int64_t stderr_cap;         /* bytes, default 64 KiB */
-    int64_t host_uid_base;      /* slot i runs as host uid/gid base+i; default 100000 + (pid % 8192) * 256 */
+    int64_t host_uid_base;      /* slot i runs as host uid/gid base+i; 0 (default) = the pool reserves a
+                                   free range of 256 from 100000 on (see sandbox_pool_host_uid_base);
+                                   any value is reserved the same way and refused when in use */
     int pool_size;              /* concurrent sandboxes; default = online cores */
     unsigned allow_degraded;    /* SANDBOX_F_* bits allowed to be missing */
     unsigned want;              /* SANDBOX_F_* bits to use when available; default all but CGROUP */
@@ -72,7 +76,7 @@ typedef struct sandbox_config {
 void sandbox_config_default(sandbox_config *cfg);
 /* Reads a "sandbox" JSON object over the defaults; unknown keys are errors naming `where`.
  * Keys: interpreter, wall_ms, cpu_s, memory_mb, max_procs, max_file_mb, max_open_files, tmp_mb,
- *       stdout_kb, stderr_kb, host_uid_base, pool_size, allow_degraded (array of "net", "ipc", "uts",
+ *       stdout_kb, stderr_kb, host_uid_base (0 = reserve a free range), pool_size, allow_degraded (array of "net", "ipc", "uts",
  *       "seccomp", "cgroup"), cgroup (bool), binds (array of absolute paths). */
 int sandbox_config_parse(sandbox_config *cfg, const struct json_t *obj, const char *where, rlhf_error *err);
 
@@ -102,6 +106,12 @@ typedef struct sandbox_result {
 
 void sandbox_result_free(sandbox_result *r);
 
+/* The most host memory one run may take: every process of it (max_procs) at its address-space limit,
+ * a full /tmp, the 1 MiB root and 1 MiB of SysV IPC. Kernel memory (page tables, pipe buffers) is not
+ * counted. sandbox_config_parse and sandbox_pool_create refuse configs whose bound exceeds the host's
+ * physical memory. */
+int64_t sandbox_config_memory_bound(const sandbox_config *cfg);
+
 typedef struct sandbox_pool sandbox_pool;
 
 /* Builds the seccomp program, probes what the host allows (a real run of /bin/true with each
@@ -111,6 +121,9 @@ void sandbox_pool_destroy(sandbox_pool **p);
 /* What the probe found, e.g. "userns+pidns+netns+mountns+ipcns+utsns+seccomp" and what is degraded. */
 const char *sandbox_pool_features(const sandbox_pool *p);
 int sandbox_pool_size(const sandbox_pool *p);
+/* The host uid of slot 0 (slot i runs as this + i): reserved for the pool's lifetime, never shared with
+ * another live pool of this or any other process on the host (docs/SANDBOX.md, "Host uids"). */
+int64_t sandbox_pool_host_uid_base(const sandbox_pool *p);
 
 /* Runs one request on a free slot (blocks while all slots are busy). Always fills *res; returns 0,
  * or a negative code only for bad arguments. Sandbox failures are verdict SANDBOX_ERROR. */

@@ -83,32 +83,30 @@ static void sort3(int a[3]) {
             }
 }
 
-/* pid 2: the sandboxed program. */
+/* Binds /dev/null read-only over `path` (a /proc file that would show the host). */
+static int mask_file(const char *null_path, const char *path) {
+    if (mount(null_path, path, NULL, MS_BIND, NULL)) return -1;
+    return mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
+}
+
+/* pid 2: the sandboxed program. stdin/stdout/stderr are 0..2 and the control socket is 3 (close-on-exec),
+ * the rlimits are set: pid 1 arranged both before forking. */
 static void program_main(const run_plan *pl) {
-    int ctl = pl->fd_ctl;
-    /* stdin from a sealed-in-memory file: no pipe to feed, so no writer can block or get SIGPIPE */
-    int in = -1;
-    if (pl->stdin_len) {
-        in = (int)syscall(SYS_memfd_create, "stdin", 0);
-        if (in < 0 || sandbox_write_all_fd(in, pl->stdin_data, pl->stdin_len) || lseek(in, 0, SEEK_SET) != 0)
-            child_fail(ctl, ST_STDIO);
-    } else {
-        in = open("/dev/null", O_RDONLY);
-        if (in < 0) child_fail(ctl, ST_STDIO);
-    }
-    /* move everything out of the way of 0..3 first, then into place */
-    int fin = fcntl(in, F_DUPFD, 10), fout = fcntl(pl->fd_out, F_DUPFD, 10), ferr = fcntl(pl->fd_err, F_DUPFD, 10),
-        fctl = fcntl(ctl, F_DUPFD, 10);
-    if (fin < 0 || fout < 0 || ferr < 0 || fctl < 0) child_fail(ctl, ST_STDIO);
-    ctl = fctl;
-    if (dup2(fin, 0) < 0 || dup2(fout, 1) < 0 || dup2(ferr, 2) < 0 || dup3(fctl, 3, O_CLOEXEC) < 0)
-        child_fail(ctl, ST_STDIO);
-    ctl = 3;
-    syscall(SYS_close_range, 4u, ~0u, 0);
-    if (setrlimit(RLIMIT_AS, &pl->rl_as) || setrlimit(RLIMIT_CPU, &pl->rl_cpu) ||
-        setrlimit(RLIMIT_NPROC, &pl->rl_nproc) || setrlimit(RLIMIT_FSIZE, &pl->rl_fsize) ||
-        setrlimit(RLIMIT_NOFILE, &pl->rl_nofile) || setrlimit(RLIMIT_CORE, &pl->rl_core))
-        child_fail(ctl, ST_RLIMIT);
+    int ctl = 3;
+    (void)pl;
+    /* the program's own mount table would show the host's devices and the binds' host paths; pid 1
+     * masked its own, this process masks its own (and its main thread's) while it still may mount */
+    static const char *const self_masked[] = SB_PROC_SELF_MASKED;
+    static const char *const dirs[] = {"/proc/self/", "/proc/thread-self/"};
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < sizeof self_masked / sizeof self_masked[0]; i++) {
+            char path[64];
+            size_t dl = c_strlen(dirs[d]), fl = c_strlen(self_masked[i]);
+            memcpy(path, dirs[d], dl);
+            memcpy(path + dl, self_masked[i], fl + 1);
+            /* a thread's directory has no mountstats */
+            if (mask_file("/dev/null", path) && !(d == 1 && errno == ENOENT)) child_fail(ctl, ST_MASK_PROC);
+        }
     if (chdir("/tmp")) child_fail(ctl, ST_CHDIR);
     if (set_caps(0, 0, 0)) child_fail(ctl, ST_DROPCAPS);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) child_fail(ctl, ST_NNP);
@@ -120,8 +118,43 @@ static void program_main(const run_plan *pl) {
     child_fail(ctl, ST_EXEC);
 }
 
+/* Default disposition for every signal and an empty mask: pid 1 is a copy of a process that may have
+ * handlers installed (a namespace's init with a handler would run it on signals from inside, where
+ * SIG_DFL makes the kernel drop them) and signals blocked (a mask survives execve into the program). */
+static void reset_signals(void) {
+    struct {
+        unsigned long handler, flags, restorer, mask;
+    } dfl = {0, 0, 0, 0}; /* the kernel's struct sigaction; handler 0 = SIG_DFL */
+    for (int sig = 1; sig <= 64; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
+    unsigned long none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+}
+
+/* /proc/1/cmdline would be the supervisor's argv (pid 1 is a copy of it, never exec'd). The strings
+ * are in this copy's memory: overwrite them with a neutral name, and the environment with zeros. A
+ * non-NUL last byte makes the kernel read the name up to its first NUL (as for setproctitle). */
+static void scrub_argv(const sandbox_pool *pool) {
+    if (!pool->arg_start) return;
+    static const char name[] = "sandbox-init";
+    char *a = (char *)pool->arg_start;
+    size_t n = pool->arg_end - pool->arg_start;
+    memset(a, 0, n);
+    memcpy(a, name, n > sizeof name ? sizeof name : n - 1);
+    if (n > sizeof name) a[n - 1] = ' ';
+    if (pool->env_end > pool->env_start) memset((char *)pool->env_start, 0, pool->env_end - pool->env_start);
+}
+
+/* Touches stack below the current frame: once RLIMIT_AS is set (below the supervisor's address space,
+ * which this copy has), the stack could not grow without failing. */
+static __attribute__((noinline)) void touch_stack(void) {
+    volatile char buf[64 << 10];
+    for (size_t i = 0; i < sizeof buf; i += 4096) buf[i] = 0;
+}
+
 /* pid 1 in the new namespaces: set up the root, fork the program, reap, report its status. */
 int sandbox_child_main(const run_plan *pl) {
+    reset_signals(); /* the supervisor blocked every signal around clone; from here on they are default */
     int keep[3] = {pl->fd_out, pl->fd_err, pl->fd_ctl};
     sort3(keep);
     close_all_but(keep); /* fds other threads of the supervisor opened must not be held open here */
@@ -134,6 +167,11 @@ int sandbox_child_main(const run_plan *pl) {
         _exit(121); /* the supervisor gave up on us */
     }
     if (go != 'g') _exit(121);
+    /* our own session and process group: kill(0, ...) from the program must not reach the
+     * supervisor's group (other sandboxes' processes, host processes), nor may SIGCONT, which the
+     * kernel lets through within a session whatever the uids */
+    if (setsid() < 0) child_fail(ctl, ST_SETSID);
+    scrub_argv(pl->pool);
     if (pl->fault_step) {
         errno = EPERM;
         child_fail(ctl, pl->fault_step);
@@ -171,12 +209,15 @@ int sandbox_child_main(const run_plan *pl) {
             if (mount(NULL, op->dst, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL))
                 child_fail(ctl, ST_BIND_RO);
             break;
-        case OP_BIND_DEV: {
+        case OP_BIND_DEV:
+        case OP_BIND_FILE_RO: {
             int fd = open(op->dst, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
             if (fd < 0) child_fail(ctl, ST_DEVFILE);
             close(fd);
             if (mount(op->src, op->dst, NULL, MS_BIND, NULL)) child_fail(ctl, ST_BIND);
-            if (mount(NULL, op->dst, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL))
+            /* devices stay writable (/dev/null); plain files are read-only */
+            unsigned long ro = op->kind == OP_BIND_FILE_RO ? MS_RDONLY | MS_NODEV : 0;
+            if (mount(NULL, op->dst, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC | ro, NULL))
                 child_fail(ctl, ST_BIND_RO);
             break;
         }
@@ -196,6 +237,8 @@ int sandbox_child_main(const run_plan *pl) {
     /* a fresh /proc for the new pid namespace; mounted before the old root goes, because the
      * kernel only lets a user namespace mount proc while a full proc is visible in its mount ns */
     if (mount("proc", pool->root_proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) child_fail(ctl, ST_PROC);
+    for (int i = 0; i < pool->n_proc_masks; i++)
+        if (mask_file(pool->root_null, pool->proc_masks[i])) child_fail(ctl, ST_MASK_PROC);
     if (syscall(SYS_pivot_root, pool->root, pool->root_old)) child_fail(ctl, ST_PIVOT);
     if (chdir("/")) child_fail(ctl, ST_PIVOT);
     if (umount2("/.old", MNT_DETACH)) child_fail(ctl, ST_UMOUNT_OLD);
@@ -204,6 +247,35 @@ int sandbox_child_main(const run_plan *pl) {
         child_fail(ctl, ST_ROOT_RO);
     if ((pl->clone_flags & CLONE_NEWUTS) && sethostname("sandbox", 7)) child_fail(ctl, ST_HOSTNAME);
 
+    /* stdin from a sealed-in-memory file: no pipe to feed, so no writer can block or get SIGPIPE.
+     * Made here, before the rlimits (RLIMIT_FSIZE would cap it) and the seccomp filter (which refuses
+     * memfd_create to the program) */
+    int in = -1;
+    if (pl->stdin_len) {
+        in = (int)syscall(SYS_memfd_create, "stdin", 0);
+        if (in < 0 || sandbox_write_all_fd(in, pl->stdin_data, pl->stdin_len) || lseek(in, 0, SEEK_SET) != 0)
+            child_fail(ctl, ST_STDIO);
+    } else {
+        in = open("/dev/null", O_RDONLY);
+        if (in < 0) child_fail(ctl, ST_STDIO);
+    }
+    /* the program's stdio as 0..2 and the control socket as 3 here already, so that the program's
+     * rlimits (RLIMIT_NOFILE may be 8) can be set on this process too: /proc/1/limits then shows
+     * the run's limits, not the supervisor's. Everything moves out of 0..3 first, then into place */
+    int fin = fcntl(in, F_DUPFD, 4), fout = fcntl(pl->fd_out, F_DUPFD, 4), ferr = fcntl(pl->fd_err, F_DUPFD, 4),
+        fctl = fcntl(ctl, F_DUPFD, 4);
+    if (fin < 0 || fout < 0 || ferr < 0 || fctl < 0) child_fail(ctl, ST_STDIO);
+    ctl = fctl;
+    if (dup2(fin, 0) < 0 || dup2(fout, 1) < 0 || dup2(ferr, 2) < 0 || dup3(fctl, 3, O_CLOEXEC) < 0)
+        child_fail(ctl, ST_STDIO);
+    ctl = 3;
+    syscall(SYS_close_range, 4u, ~0u, 0);
+    touch_stack();
+    if (setrlimit(RLIMIT_AS, &pl->rl_as) || setrlimit(RLIMIT_CPU, &pl->rl_cpu) ||
+        setrlimit(RLIMIT_NPROC, &pl->rl_nproc) || setrlimit(RLIMIT_FSIZE, &pl->rl_fsize) ||
+        setrlimit(RLIMIT_NOFILE, &pl->rl_nofile) || setrlimit(RLIMIT_CORE, &pl->rl_core))
+        child_fail(ctl, ST_RLIMIT);
+
     sb_msg ready = {MSG_READY, 0, 0, 0};
     if (send(ctl, &ready, sizeof ready, MSG_NOSIGNAL) != (ssize_t)sizeof ready) _exit(121);
     pid_t prog = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
@@ -211,8 +283,9 @@ int sandbox_child_main(const run_plan *pl) {
     if (prog == 0) program_main(pl);
     /* init: keep nothing the program's output could be held open by, no capabilities, not
      * dumpable (so the program cannot read our memory through /proc), then reap */
-    close(pl->fd_out);
-    close(pl->fd_err);
+    close(0);
+    close(1);
+    close(2);
     set_caps(0, 0, 0);
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     for (;;) {

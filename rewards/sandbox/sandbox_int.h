@@ -20,7 +20,8 @@
 enum sb_step {
     ST_SYNC = 1, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_CAPS, ST_MNT_PRIVATE, ST_ROOT_TMPFS, ST_MKDIR, ST_SYMLINK,
     ST_BIND, ST_BIND_RO, ST_DEVFILE, ST_TMP_TMPFS, ST_WRITE_FILE, ST_PROC, ST_PIVOT, ST_UMOUNT_OLD, ST_ROOT_RO,
-    ST_HOSTNAME, ST_FORK, ST_STDIO, ST_RLIMIT, ST_CHDIR, ST_NNP, ST_SECCOMP, ST_EXEC, ST_DROPCAPS, ST_NSTEPS
+    ST_HOSTNAME, ST_FORK, ST_STDIO, ST_RLIMIT, ST_CHDIR, ST_NNP, ST_SECCOMP, ST_EXEC, ST_DROPCAPS, ST_SETSID,
+    ST_MASK_PROC, ST_NSTEPS
 };
 _Static_assert(ST_PIVOT == SANDBOX_FAULT_STEP_PIVOT_ROOT, "fault step constant out of date");
 _Static_assert(ST_SECCOMP == SANDBOX_FAULT_STEP_SECCOMP, "fault step constant out of date");
@@ -30,7 +31,16 @@ typedef struct sb_msg {
     int32_t kind, step, err, status;
 } sb_msg;
 
-enum { OP_MKDIR, OP_SYMLINK, OP_BIND_RO, OP_BIND_DEV, OP_WRITE };
+enum { OP_MKDIR, OP_SYMLINK, OP_BIND_RO, OP_BIND_DEV, OP_BIND_FILE_RO, OP_WRITE };
+
+/* SysV IPC limits written into each run's IPC namespace (kernel.shmmax, shmall in pages, shmmni,
+ * msgmni): 1 MiB of shared memory and 4 message queues of the default 16 KiB in all. */
+#define SB_SHM_BYTES (1 << 20)
+/* Files of the run's fresh /proc that would show the host (kernel command line, boot id) or the
+ * mount table (host devices, filesystems and paths): /dev/null is bound over them. Relative to /proc;
+ * "self" entries are masked for pid 1 and for the program's first process. */
+#define SB_PROC_MASKED {"cmdline", "sys/kernel/random/boot_id"}
+#define SB_PROC_SELF_MASKED {"mountinfo", "mounts", "mountstats"}
 typedef struct mount_op {
     int kind;
     char src[256];  /* host path (bind), symlink target, or file content (write) */
@@ -41,7 +51,14 @@ struct sandbox_pool {
     sandbox_config cfg;
     /* where the new root's tmpfs is mounted in the private mount namespace before pivot_root: an
      * existing host directory that no bind source lies under (the mount hides what is below it) */
-    char root[64], root_tmp[80], root_proc[80], root_old[80];
+    char root[64], root_tmp[80], root_proc[80], root_old[80], root_null[80];
+    char proc_masks[8][128]; /* absolute paths before pivot_root of the /proc files pid 1 masks */
+    int n_proc_masks;
+    int64_t uid_base; /* slot i runs as host uid uid_base + i; reserved through uid_lock_fd */
+    int uid_lock_fd;
+    /* the supervisor's argv and environment strings (from /proc/self/stat), which pid 1, a copy of
+     * the supervisor, overwrites so that /proc/1/cmdline and /proc/1/environ show nothing of it */
+    unsigned long arg_start, arg_end, env_start, env_end;
     unsigned features; /* SANDBOX_F_* in use after the probe */
     char features_text[1024];
     mount_op ops[SB_MAX_OPS];

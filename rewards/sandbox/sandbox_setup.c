@@ -37,15 +37,13 @@ void sandbox_config_default(sandbox_config *c) {
     c->wall_ms = 5000;
     c->cpu_s = 0; /* derived from wall_ms per run */
     c->memory_bytes = 512ll << 20;
-    c->max_procs = 64;
+    c->max_procs = 16; /* x memory_mb = 8 GiB, the most one run may take (sandbox_config_memory_bound) */
     c->max_file_bytes = 16ll << 20;
     c->max_open_files = 64;
     c->tmp_bytes = 16ll << 20;
     c->stdout_cap = 1ll << 20;
     c->stderr_cap = 64ll << 10;
-    /* distinct per process, so two updaters' sandboxes never share a host uid (RLIMIT_NPROC is
-     * counted per uid); 256 slots per process */
-    c->host_uid_base = 100000 + (int64_t)(getpid() % 8192) * 256;
+    c->host_uid_base = 0; /* the pool reserves a free range (reserve_uids) */
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     c->pool_size = n > 0 ? (int)n : 1;
     c->allow_degraded = 0;
@@ -61,6 +59,26 @@ static int feature_bit(const char *name) {
     return 0;
 }
 
+int64_t sandbox_config_memory_bound(const sandbox_config *c) {
+    /* the 1 MiB root tmpfs and SB_SHM_BYTES of SysV IPC */
+    return c->max_procs * c->memory_bytes + c->tmp_bytes + (1 << 20) + SB_SHM_BYTES;
+}
+
+/* Without a memory cgroup, RLIMIT_AS per process is all that bounds a run: a config whose runs may
+ * each take more than the host has is refused rather than left to the OOM killer. */
+static int check_memory_bound(const sandbox_config *c, const char *where, rlhf_error *err) {
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || psize <= 0) return rlhf_error_set(err, RLHF_ESYS, where, "cannot read the host's memory size");
+    int64_t host = (int64_t)pages * psize, bound = sandbox_config_memory_bound(c);
+    if (bound > host)
+        return rlhf_error_set(err, RLHF_EINVAL, where,
+                              "max_procs x memory_mb + tmp_mb = %lld x %lld + %lld MiB, the most host memory one run "
+                              "may take, exceeds the host's %lld MiB; lower max_procs or memory_mb",
+                              (long long)c->max_procs, (long long)(c->memory_bytes >> 20),
+                              (long long)(c->tmp_bytes >> 20), (long long)(host >> 20));
+    return 0;
+}
+
 int sandbox_config_parse(sandbox_config *c, const json_t *obj, const char *where, rlhf_error *err) {
     if (!obj) return 0;
     if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, where, "expected a JSON object");
@@ -72,13 +90,14 @@ int sandbox_config_parse(sandbox_config *c, const json_t *obj, const char *where
         {"wall_ms", offsetof(sandbox_config, wall_ms), 1, 1, 3600000},
         {"cpu_s", offsetof(sandbox_config, cpu_s), 1, 1, 3600},
         {"memory_mb", offsetof(sandbox_config, memory_bytes), 1 << 20, 16, 1 << 20},
-        {"max_procs", offsetof(sandbox_config, max_procs), 1, 1, 100000},
+        {"max_procs", offsetof(sandbox_config, max_procs), 1, 2, 100000}, /* pid 1 counts too */
         {"max_file_mb", offsetof(sandbox_config, max_file_bytes), 1 << 20, 1, 1 << 20},
         {"max_open_files", offsetof(sandbox_config, max_open_files), 1, 8, 65536},
         {"tmp_mb", offsetof(sandbox_config, tmp_bytes), 1 << 20, 1, 1 << 16},
         {"stdout_kb", offsetof(sandbox_config, stdout_cap), 1 << 10, 1, 1 << 20},
         {"stderr_kb", offsetof(sandbox_config, stderr_cap), 1 << 10, 1, 1 << 20},
         {"host_uid_base", offsetof(sandbox_config, host_uid_base), 1, 1000, 2000000000},
+        /* 0 in the struct means "reserve a free range"; in JSON leave the key out for that */
     };
     const char *k;
     json_t *v;
@@ -148,7 +167,7 @@ int sandbox_config_parse(sandbox_config *c, const json_t *obj, const char *where
                                   "allow_degraded, cgroup, binds)");
         }
     }
-    return 0;
+    return check_memory_bound(c, where, err);
 }
 
 void sandbox_result_free(sandbox_result *r) {
@@ -189,6 +208,13 @@ static int build_ops(sandbox_pool *p, rlhf_error *err) {
     snprintf(p->root_tmp, sizeof p->root_tmp, "%s/tmp", p->root);
     snprintf(p->root_proc, sizeof p->root_proc, "%s/proc", p->root);
     snprintf(p->root_old, sizeof p->root_old, "%s/.old", p->root);
+    snprintf(p->root_null, sizeof p->root_null, "%s/dev/null", p->root);
+    static const char *const masked[] = SB_PROC_MASKED, *const self_masked[] = SB_PROC_SELF_MASKED;
+    p->n_proc_masks = 0;
+    for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++)
+        snprintf(p->proc_masks[p->n_proc_masks++], sizeof p->proc_masks[0], "%s/%s", p->root_proc, masked[i]);
+    for (size_t i = 0; i < sizeof self_masked / sizeof self_masked[0]; i++)
+        snprintf(p->proc_masks[p->n_proc_masks++], sizeof p->proc_masks[0], "%s/1/%s", p->root_proc, self_masked[i]);
     add_op(p, OP_BIND_RO, "/usr", "/usr");
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) {
         struct stat st;
@@ -211,7 +237,7 @@ static int build_ops(sandbox_pool *p, rlhf_error *err) {
     struct stat st;
     if (!stat("/etc/ld.so.cache", &st)) {
         add_op(p, OP_WRITE, "", "/etc/ld.so.cache");
-        p->ops[p->n_ops - 1].kind = OP_BIND_DEV; /* a read-only file bind: same steps as a device file */
+        p->ops[p->n_ops - 1].kind = OP_BIND_FILE_RO;
         snprintf(p->ops[p->n_ops - 1].src, sizeof p->ops[0].src, "/etc/ld.so.cache");
     }
     add_op(p, OP_MKDIR, NULL, "/dev");
@@ -254,7 +280,10 @@ static int build_seccomp(sandbox_pool *p, rlhf_error *err) {
         "fspick", "mount_setattr", "syslog", "reboot", "swapon", "swapoff", "acct", "settimeofday",
         "clock_settime", "clock_adjtime", "adjtimex", "quotactl", "lookup_dcookie", "fanotify_init", "iopl",
         "ioperm", "sethostname", "setdomainname", "vhangup", "personality", "uselib", "mknod", "mknodat",
-        "pidfd_getfd", "kcmp", NULL};
+        "pidfd_getfd", "kcmp",
+        /* memory outside RLIMIT_AS: a memfd's pages need not be mapped (SysV shm is bounded by the
+         * IPC namespace's limits instead, see SB_SHM_BYTES) */
+        "memfd_create", "memfd_secret", NULL};
     int rc = 0;
     for (const char *const *s = denied; *s && !rc; s++) {
         int nr = seccomp_syscall_resolve_name(*s);
@@ -362,7 +391,7 @@ static int probe(sandbox_pool *p, rlhf_error *err) {
                               "the host does not allow: %s; add them to sandbox.allow_degraded to run without", why);
     p->features = feats;
     snprintf(p->features_text, sizeof p->features_text, "userns(uid %d->host %lld+slot)+pidns+mountns+pivot_root+proc%s%s%s%s%s%s",
-             SB_UID, (long long)p->cfg.host_uid_base, feats & SANDBOX_F_NET ? (p->netns_fd >= 0 ? "+netns(one per pool)" : "+netns") : "", feats & SANDBOX_F_IPC ? "+ipcns" : "",
+             SB_UID, (long long)p->uid_base, feats & SANDBOX_F_NET ? (p->netns_fd >= 0 ? "+netns(one per pool)" : "+netns") : "", feats & SANDBOX_F_IPC ? "+ipcns" : "",
              feats & SANDBOX_F_UTS ? "+utsns" : "", feats & SANDBOX_F_SECCOMP ? "+seccomp" : "", missing ? " DEGRADED: " : "",
              missing ? why : "");
     return 0;
@@ -386,19 +415,96 @@ static int make_shared_netns(void) {
     return fd;
 }
 
+/* Host uids. Every slot of every live pool on the host must have its own uid: RLIMIT_NPROC is counted
+ * per uid, and a process may signal or ptrace processes of its own uid. A pool reserves its range
+ * [base, base + n_slots) as a write lock on those bytes of one host-wide lock file (byte offset = uid),
+ * taken with F_OFD_SETLK: open-file-description locks conflict between two pools of one process as
+ * well as between processes, and the kernel drops them when the pool closes the file or its process
+ * dies (SIGKILL included), so no stale reservation outlives its holder. The file lives in the first
+ * of these directories that exists; every process on the host finds the same one. */
+static const char *const uid_lock_dirs[] = {"/run/lock", "/var/lock", "/tmp"};
+#define UID_AUTO_FIRST 100000
+#define UID_AUTO_BLOCK 256
+#define UID_AUTO_BLOCKS 8192
+
+static int reserve_uids(sandbox_pool *p, rlhf_error *err) {
+    const char *dir = NULL;
+    struct stat st;
+    for (size_t i = 0; i < sizeof uid_lock_dirs / sizeof uid_lock_dirs[0] && !dir; i++)
+        if (!stat(uid_lock_dirs[i], &st) && S_ISDIR(st.st_mode)) dir = uid_lock_dirs[i];
+    if (!dir) return rlhf_error_set(err, RLHF_EUNSUPPORTED, "sandbox", "no /run/lock, /var/lock or /tmp for the host uid reservations");
+    char path[64];
+    snprintf(path, sizeof path, "%s/rlhf-sandbox-uids", dir);
+    p->uid_lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (p->uid_lock_fd < 0)
+        return rlhf_error_set(err, RLHF_ESYS, "sandbox", "cannot open the host uid reservation file %s: %s", path,
+                              strerror(errno));
+    int64_t fixed = p->cfg.host_uid_base;
+    int tries = fixed ? 1 : UID_AUTO_BLOCKS;
+    /* start at a block chosen by the pid so that processes rarely probe each other's blocks */
+    int first = (int)(getpid() % UID_AUTO_BLOCKS);
+    for (int t = 0; t < tries; t++) {
+        int64_t base = fixed ? fixed : UID_AUTO_FIRST + (int64_t)((first + t) % UID_AUTO_BLOCKS) * UID_AUTO_BLOCK;
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)base, .l_len = p->n_slots};
+        if (fcntl(p->uid_lock_fd, F_OFD_SETLK, &fl) == 0) {
+            p->uid_base = base;
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EACCES)
+            return rlhf_error_set(err, RLHF_ESYS, "sandbox", "locking host uids in %s: %s", path, strerror(errno));
+    }
+    if (fixed)
+        return rlhf_error_set(err, RLHF_ESTATE, "sandbox.host_uid_base",
+                              "host uids %lld..%lld are in use by another sandbox pool (of this or another process)",
+                              (long long)fixed, (long long)fixed + p->n_slots - 1);
+    return rlhf_error_set(err, RLHF_ESTATE, "sandbox", "every host uid range from %d on is in use by other sandbox pools",
+                          UID_AUTO_FIRST);
+}
+
+/* Where the kernel keeps this process's argv and environment strings (fields 48-51 of
+ * /proc/self/stat); left 0 when unreadable (then pid 1 cannot scrub them and says nothing). */
+static void find_arg_env(sandbox_pool *p) {
+    char buf[4096];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return;
+    buf[n] = 0;
+    char *s = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (!s) return;
+    s += 2;
+    while (*s && *s != ' ') s++; /* field 3, the state letter */
+    unsigned long v[52] = {0};
+    for (int field = 4; field <= 51 && *s; field++) {
+        char *end;
+        while (*s == ' ') s++;
+        v[field] = strtoul(s, &end, 10);
+        if (end == s) return;
+        s = end;
+    }
+    if (v[49] > v[48] && v[51] >= v[50]) {
+        p->arg_start = v[48], p->arg_end = v[49], p->env_start = v[50], p->env_end = v[51];
+    }
+}
+
 int sandbox_pool_create(sandbox_pool **out, const sandbox_config *cfg, rlhf_error *err) {
     *out = NULL;
     sandbox_pool *p = calloc(1, sizeof *p);
     if (!p) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     p->cfg = *cfg;
     p->netns_fd = -1;
+    p->uid_lock_fd = -1;
     if (p->cfg.pool_size < 1) p->cfg.pool_size = 1;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->n_slots = p->cfg.pool_size;
     p->slot_busy = calloc((size_t)p->n_slots, 1);
     int rc = p->slot_busy ? 0 : RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    if (!rc) rc = check_memory_bound(&p->cfg, "sandbox", err);
+    if (!rc) rc = reserve_uids(p, err);
     if (!rc) rc = build_ops(p, err);
+    find_arg_env(p);
     if (!rc && (p->cfg.want & SANDBOX_F_SECCOMP)) {
         rc = build_seccomp(p, err);
         if (rc && (p->cfg.allow_degraded & SANDBOX_F_SECCOMP)) {
@@ -422,6 +528,7 @@ void sandbox_pool_destroy(sandbox_pool **pp) {
     sandbox_pool *p = *pp;
     free(p->bpf);
     if (p->netns_fd >= 0) close(p->netns_fd);
+    if (p->uid_lock_fd >= 0) close(p->uid_lock_fd); /* releases the pool's host uids */
     free(p->slot_busy);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);

@@ -133,6 +133,62 @@ static void test_exec_outputs_and_tests(void) {
     reward_pipeline_destroy(&p);
 }
 
+/* test_code: the verdict comes from the appended tests having run to their end, not from the exit
+ * status; a program that leaves early, exits 0 from a hook, patches builtins or prints a marker of its
+ * own scores 0 (docs/SANDBOX.md, "exec with test_code"). */
+static void test_exec_test_code_cannot_be_skipped(void) {
+    reward_pipeline *p = make("[{\"type\":\"exec\",\"extract\":\"full\",\"sandbox\":{\"wall_ms\":5000}}]");
+    if (!p) return;
+    const char *rec = "{\"test_code\":\"assert f(2) == 4\\nassert f(5) == 10\\nassert len(g(3)) == 3\"}";
+    rlhf_reward_item items[] = {
+        rt_item("def f(x):\n    return x * 2\ndef g(n):\n    return [0] * n\nprint('hello')\n", rec),
+        rt_item("def f(x):\n    return 0\nimport os\nos._exit(0)\n", rec),
+        rt_item("def f(x):\n    return 0\nimport sys\nsys.exit(0)\n", rec),
+        rt_item("def f(x):\n    return 0\ntry:\n    import sys\n    sys.exit(0)\nexcept SystemExit:\n    pass\n"
+                "import os, sys\nsys.excepthook = lambda *a: os._exit(0)\n", rec),
+        rt_item("def f(x):\n    return 0\nimport atexit, os\natexit.register(lambda: os._exit(0))\n", rec),
+        rt_item("import builtins\ndef f(x):\n    return x * 2\ndef g(n):\n    return []\nbuiltins.len = lambda x: 3\n", rec),
+        rt_item("import sys, os\ndef f(x):\n    return 0\nfor m in ['PASS', 'OK', 'rlhf-tests-passed', 'rlhf-tests-passed 0']:\n"
+                "    print(m)\nsys.stdout.flush()\nos._exit(0)\n", rec),
+        rt_item("import os, threading, time\ndef f(x):\n    return 0\n"
+                "threading.Thread(target=lambda: (time.sleep(0.01), os._exit(0))).start()\n", rec),
+    };
+    size_t n = sizeof items / sizeof items[0];
+    reward_scores sc = {0};
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, items, n, &sc, &err), 0);
+    CU_ASSERT_STRING_EQUAL(sc.status[0].reason, "pass 1/1");
+    for (size_t i = 0; i < n; i++) {
+        double want = i == 0 ? 1.0 : 0.0;
+        if (sc.raw[i] != want) fprintf(stderr, "test_code item %zu: got %g (%s)\n", i, sc.raw[i], sc.status[i].reason);
+        CU_ASSERT_EQUAL(sc.status[i].code, RLHF_REWARD_OK);
+        CU_ASSERT_DOUBLE_EQUAL(sc.raw[i], want, 0);
+    }
+    reward_scores_free(&sc);
+    /* unittest.main() ends the tests with SystemExit: 0 only when its tests ran and passed; a program
+     * function raising SystemExit(0) does not count */
+    const char *ut = "{\"test_code\":\"import unittest\\nclass T(unittest.TestCase):\\n    def test_f(self):\\n"
+                     "        self.assertEqual(f(2), 4)\\nunittest.main()\\n\"}";
+    rlhf_reward_item uitems[] = {
+        rt_item("def f(x):\n    return 2 * x\n", ut),
+        rt_item("def f(x):\n    return 5\n", ut),
+        rt_item("def f(x):\n    raise SystemExit(0)\n", ut),
+        rt_item("def f(x):\n    return 2 * x\n", "{\"test_code\":\"def helper():\\n    raise SystemExit(0)\\n"
+                "assert f(2) == 5 or helper()\\n\"}"),
+        /* the record's stdin still reaches the program (after the harness took the nonce line) */
+        rt_item("import sys\nx = int(input()) * 2\nrest = sys.stdin.read()\n",
+                "{\"stdin\":\"21\\nmore\\n\",\"test_code\":\"assert x == 42 and rest == 'more\\\\n'\"}"),
+    };
+    CU_ASSERT_EQUAL(reward_pipeline_score(p, uitems, 5, &sc, &err), 0);
+    double uwant[] = {1, 0, 0, 1, 1};
+    for (size_t i = 0; i < 5; i++) {
+        if (sc.raw[i] != uwant[i]) fprintf(stderr, "unittest item %zu: got %g (%s)\n", i, sc.raw[i], sc.status[i].reason);
+        CU_ASSERT_DOUBLE_EQUAL(sc.raw[i], uwant[i], 0);
+    }
+    reward_scores_free(&sc);
+    reward_pipeline_destroy(&p);
+}
+
 int rt_register_exec(void) {
     CU_pSuite s = CU_add_suite("exec_rewards", NULL, NULL);
     if (!s) return -1;
@@ -140,5 +196,6 @@ int rt_register_exec(void) {
     CU_add_test(s, "countdown use_all_numbers", test_countdown_exact_numbers);
     CU_add_test(s, "sandbox failure is a reward ERROR", test_sandbox_failure_is_error);
     CU_add_test(s, "exec: stdout, test cases, test code, partial credit", test_exec_outputs_and_tests);
+    CU_add_test(s, "exec: test_code cannot be skipped or forged", test_exec_test_code_cannot_be_skipped);
     return 0;
 }

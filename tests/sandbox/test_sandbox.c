@@ -49,7 +49,8 @@ static int host_sandbox_procs(void) {
         char *u = strstr(buf, "\nUid:");
         if (!u) continue;
         long uid = strtol(u + 5, NULL, 10);
-        if (uid >= cfg.host_uid_base && uid < cfg.host_uid_base + cfg.pool_size) n++;
+        long base = (long)sandbox_pool_host_uid_base(pool);
+        if (uid >= base && uid < base + cfg.pool_size) n++;
     }
     if (d) closedir(d);
     return n;
@@ -113,9 +114,10 @@ static void test_probe_and_identity(void) {
     CU_ASSERT_PTR_NULL(strstr(r.out, "'work'"));
     /* uid 65534 inside maps to this pool's unprivileged host uid (one per slot), never 0 */
     char m0[64], m1[64];
-    snprintf(m0, sizeof m0, "['65534', '%lld', '1']", (long long)cfg.host_uid_base);
-    snprintf(m1, sizeof m1, "['65534', '%lld', '1']", (long long)cfg.host_uid_base + 1);
-    CU_ASSERT(cfg.host_uid_base >= 100000);
+    long long base = (long long)sandbox_pool_host_uid_base(pool);
+    snprintf(m0, sizeof m0, "['65534', '%lld', '1']", base);
+    snprintf(m1, sizeof m1, "['65534', '%lld', '1']", base + 1);
+    CU_ASSERT(base >= 100000);
     CU_ASSERT(strstr(r.out, m0) || strstr(r.out, m1));
     sandbox_result_free(&r);
 }
@@ -447,6 +449,8 @@ static void test_config_refusals(void) {
     CU_ASSERT_PTR_NULL(p);
 }
 
+int register_redteam_suite(void); /* tests/sandbox/test_sandbox_redteam.c */
+
 static void cleanup_scratch(void) {
     if (scratch_dir[0]) test_remove_tree(scratch_dir);
 }
@@ -478,5 +482,5 @@ int register_suites(void) {
     CU_add_test(s, "setup failure (fault injection) is sandbox_error", test_setup_fault_is_sandbox_error);
     CU_add_test(s, "probe refuses a missing layer unless allowed degraded", test_probe_refuses_missing_layer);
     CU_add_test(s, "bad sandbox configs refused", test_config_refusals);
-    return 0;
+    return register_redteam_suite();
 }
