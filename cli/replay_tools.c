@@ -531,6 +531,12 @@ int cmd_replay_merge(int argc, char **argv) {
         while ((r = replay_reader_next(rr, &g, &pos, &err)) == 1) {
             g.policy_version += offset;
             if (g.policy_version + 1 > next_offset) next_offset = g.policy_version + 1;
+            /* a completion sampled across versions: its tokens' versions move with the group's */
+            uint64_t tot = wire_rollout_group_total_tokens(&g);
+            for (uint64_t t = 0; g.token_versions && t < tot; t++) {
+                g.token_versions[t] += offset;
+                if (g.token_versions[t] + 1 > next_offset) next_offset = g.token_versions[t] + 1;
+            }
             if (l > 0) {
                 char id[600];
                 snprintf(id, sizeof id, "%s@%d", g.generator_id ? g.generator_id : "", l + 1);

@@ -27,9 +27,11 @@
  *   resume_live:   `rlhf run --resume` of a replay's output is refused (exit 2) unless --continue-live,
  *                  after which the new steps carry no "replayed" mark and the replayed ones do;
  *   updaters:      --updaters 2 (two MPI ranks) twice: byte-identical weights and optimizer state run
- *                  to run, within 1e-5 of the one-rank replay's (the partial sums are added in
- *                  another order); with --steps 5:8 the second rank starts from the live checkpoint
- *                  step_4 that rank 0 loaded (not from the base) and ends within 1e-5 of the live step_8. */
+ *                  to run, within 1e-3 of the one-rank replay's (the partial sums are added in
+ *                  another order, which Adam amplifies for gradients near 0; the weights move by more
+ *                  than 1e-3 and a wrong follower by about lr = 0.01 a step); with --steps 5:8 the
+ *                  second rank starts from the live checkpoint step_4 that rank 0 loaded (not from the
+ *                  base) and ends within 1e-3 of the live step_8. */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -428,8 +430,10 @@ static void test_updaters(void) {
     snprintf(a, sizeof a, "%s/u2a/checkpoints/step_8/model.safetensors", g_dir);
     snprintf(one, sizeof one, "%s/checkpoints/step_8/model.safetensors", g_run);
     snprintf(b, sizeof b, "%s/base.safetensors", g_run);
+    /* Adam turns last-bit differences of a gradient element near 0 into updates of up to lr (0.01): over
+     * 8 steps 2e-5 was seen; a follower that trained from other weights is off by about lr per step */
     double d = max_param_diff(a, one), moved = max_param_diff(one, b);
-    CU_ASSERT(d >= 0 && d < 1e-5);
+    CU_ASSERT(d >= 0 && d < 1e-3);
     /* the comparison means something only if training moved the weights far more than the tolerance */
     CU_ASSERT(moved > 1e-3);
     /* from a live checkpoint: the follower must take rank 0's state, not the base */
@@ -437,7 +441,7 @@ static void test_updaters(void) {
     CU_ASSERT_EQUAL_FATAL(replay_mpi("u2r58", out, r58), 0);
     snprintf(a, sizeof a, "%s/u2r58/checkpoints/step_8/model.safetensors", g_dir);
     d = max_param_diff(a, one);
-    CU_ASSERT(d >= 0 && d < 1e-5);
+    CU_ASSERT(d >= 0 && d < 1e-3);
     /* a bad count is a usage error before anything starts */
     const char *bad[] = {"replay", g_log, "--config", g_cfg, "--updaters", "0", NULL};
     CU_ASSERT_EQUAL(run_cmd(out, bad, 30), 2);
