@@ -89,6 +89,8 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
     if (cfg->insecure) {
+        rc = broker_auth_check_insecure_bind(cfg->endpoint, cfg->insecure_remote, err);
+        if (rc) goto fail;
         blog("WARNING: --insecure: no authentication; any process that reaches %s can stop this run, publish "
              "weights or push groups", cfg->endpoint);
     } else {
@@ -103,6 +105,7 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
                      " (runs started by `rlhf run` have credentials; `rlhf broker --init-credentials` creates them, "
                      "--insecure runs without on a trusted host)");
         }
+        if (!rc) rc = broker_auth_allow(&b->auth, b->cfg.authorized, b->cfg.n_authorized, err);
         if (rc) goto fail;
     }
     if (zmq_bind(b->router, cfg->endpoint) != 0) {
@@ -1073,6 +1076,7 @@ json_t *broker_stats(const broker *b) {
     json_object_set_new(s, "auth", json_boolean(b->auth.on));
     SETI("auth/handshakes_allowed", b->auth.allowed);
     SETI("auth/handshakes_denied", b->auth.denied);
+    SETI("auth/authorized_keys", b->auth.n_authorized);
     SETI("groups/received", c->groups_received);
     SETI("groups/accepted", c->groups_accepted);
     SETI("groups/delivered", c->groups_delivered);

@@ -30,11 +30,20 @@ typedef struct broker_auth {
     char server_public[41];
     char client_public[4][41]; /* by wire_role */
     uint64_t allowed, denied;  /* handshakes */
+    /* keys of other hosts (broker.authorized_keys, CURVE only); points into the broker's config */
+    const broker_authorized_key *authorized;
+    uint32_t n_authorized;
+    unsigned char authorized_seen[BROKER_MAX_AUTHORIZED_KEYS]; /* its first handshake was logged */
 } broker_auth;
 
 /* Loads DIR's keys, binds the ZAP handler in zctx and makes `router` a CURVE server (before it binds). */
 int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, const char *endpoint, rlhf_error *err);
 void broker_auth_close(broker_auth *a);
+/* Admits KEYS too (CURVE only: over PLAIN they are an error naming broker.authorized_keys). */
+int broker_auth_allow(broker_auth *a, const broker_authorized_key *keys, uint32_t n, rlhf_error *err);
+/* A bind of ENDPOINT without authentication (--insecure) is refused on a non-loopback address unless
+ * allow (broker.insecure) says so: one line naming broker.endpoint and both ways out. */
+int broker_auth_check_insecure_bind(const char *endpoint, int allow, rlhf_error *err);
 /* Answers the ZAP requests waiting (never blocks). */
 void broker_auth_serve(broker_auth *a);
 /* The role (WIRE_ROLE_*) bound to the connection a received zmq_msg_t came from; 0 when unauthenticated. */
