@@ -110,6 +110,7 @@ typedef struct broker_counters {
     uint64_t replay_records, replay_errors;
     uint64_t rejected_not_authorized, rejected_no_lease, rejected_bad_token, rejected_weights_version;
     uint64_t rejected_too_many_peers, rejected_prompt_mismatch, leases_expired, peers_forgotten;
+    uint64_t prompts_released, prompts_reissued; /* leases of dead/expired holders; served again to others */
 } broker_counters;
 
 struct broker {
@@ -128,6 +129,11 @@ struct broker {
 
     parked_request *parked;
     size_t n_parked, cap_parked;
+
+    /* dataset indices of prompts whose holder died or whose lease expired unanswered: served again,
+     * before the selector picks new ones (a generator that leaves takes no prompt with it) */
+    size_t *reissue;
+    size_t n_reissue, cap_reissue;
 
     queued_group *queue; /* ring */
     size_t q_head, q_len, q_cap;

@@ -59,6 +59,9 @@ void test_hostile_ipc_plain(void);
 void test_hostile_slow_reader(void);
 void test_hostile_flood(void);
 
+/* tests/broker/test_elastic.c */
+void test_elastic_reissue(void);
+
 /* tests/broker/test_broker_restart.c */
 void test_kill_and_restart(void);
 void test_sigterm_flushes(void);
