@@ -206,6 +206,13 @@ int broker_credential_load_files(broker_credential *c, int role, const char *key
     if (role != WIRE_ROLE_GENERATOR && role != WIRE_ROLE_UPDATER)
         return rlhf_error_set(err, RLHF_EINVAL, "role", "a key file serves a generator or an updater");
     c->role = role;
+    /* a secret others can read is no longer this host's alone: refused, as ssh refuses such a key */
+    struct stat st;
+    if (stat(key_file, &st) == 0 && (st.st_mode & 077))
+        return rlhf_error_set(err, RLHF_EINVAL, key_file,
+                              "a secret key readable by others (mode %03o); chmod 600 it, or make a new one with "
+                              "`rlhf keygen`",
+                              (unsigned)(st.st_mode & 0777));
     int rc = read_key_path(key_file, c->public_key, c->secret_key, err);
     if (!rc) rc = read_key_path(server_key_file, c->server_key, NULL, err);
     if (rc) memset(c, 0, sizeof *c);

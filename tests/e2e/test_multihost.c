@@ -20,7 +20,8 @@
  *                           with B's key gets WELCOME; a generator with an unlisted key never connects; the
  *                           refusals are in the broker's auth/handshakes_denied; kill -9 of B's generator
  *                           mid-run: the broker declares it dead and releases its prompts, C's generator
- *                           goes on and the run finishes every step. */
+ *                           goes on and the run finishes every step. A key file others can read is
+ *                           refused (exit 2, naming it); --key without --server-key is a usage error. */
 #include <CUnit/CUnit.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -506,6 +507,25 @@ static void test_trains_across_hosts(void) {
     CU_ASSERT(json_integer_value(json_object_get(fs, "auth/handshakes_denied")) >= 2);
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(fs, "auth/authorized_keys")), 2);
     json_decref(fs);
+
+    /* a key file others can read is refused before connecting, naming it (exit 2: the same at every
+     * restart); --key without --server-key is a usage error */
+    char open_key[240], kout[200];
+    snprintf(open_key, sizeof open_key, "%s/open.key", g_dir);
+    snprintf(kout, sizeof kout, "%s/open-key.out", g_dir);
+    char *kt = e2e_slurp(kb);
+    CU_ASSERT_FATAL(kt != NULL);
+    CU_ASSERT_EQUAL_FATAL(write_text(open_key, kt), 0);
+    free(kt);
+    chmod(open_key, 0644);
+    test_proc_opts ko = {.out = kout, .err = kout};
+    const char *go[] = {"generator", "--config", cfg_run, "--id", "14", "--connect", MH_ENDPOINT, "--server-key",
+                        server_pub, "--key", open_key, NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, go, &ko, 60), 2);
+    CU_ASSERT(e2e_contains(kout, "a secret key readable by others (mode 644)"));
+    const char *gu[] = {"generator", "--config", cfg_run, "--id", "14", "--connect", MH_ENDPOINT, "--key", kb, NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, gu, &ko, 60), 2);
+    CU_ASSERT(e2e_contains(kout, "--key and --server-key go together"));
 }
 
 void e2e_register_multihost(void);
