@@ -23,6 +23,7 @@
  *                           goes on and the run finishes every step. A key file others can read is
  *                           refused (exit 2, naming it); --key without --server-key is a usage error. */
 #include <CUnit/CUnit.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -85,20 +86,19 @@ static void netns_teardown(void) {
 
 /* Namespaces rlhf-mh<pid>-? of test processes that no longer exist (killed before their cleanup). */
 static void remove_stale_namespaces(void) {
-    FILE *f = fopen("/proc/self/mounts", "r");
-    if (!f) return;
-    char line[1024];
-    while (fgets(line, sizeof line, f)) {
-        char *p = strstr(line, "/run/netns/rlhf-mh");
+    DIR *d = opendir("/run/netns");
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
         int pid = 0;
         char which = 0;
-        if (!p || sscanf(p, "/run/netns/rlhf-mh%d-%c", &pid, &which) != 2) continue;
+        if (sscanf(e->d_name, "rlhf-mh%d-%c", &pid, &which) != 2) continue;
         if (pid <= 0 || pid == (int)getpid() || kill(pid, 0) == 0 || errno != ESRCH) continue;
-        char name[40];
-        snprintf(name, sizeof name, "rlhf-mh%d-%c", pid, which);
+        char name[64];
+        snprintf(name, sizeof name, "%.60s", e->d_name);
         IP("netns", "del", name);
     }
-    fclose(f);
+    closedir(d);
 }
 
 /* A with a bridge at 192.0.2.1/24; B and C each one end of a veth pair whose other end is on the bridge. */
