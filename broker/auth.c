@@ -20,6 +20,7 @@
  * (40 characters each). */
 #include "broker/broker_int.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -27,7 +28,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <arpa/inet.h>
 
 #include <zmq.h>
 
@@ -350,6 +350,20 @@ int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, 
         rc = RLHF_FAIL(err, RLHF_ESYS, "ZAP domain: %s", zmq_strerror(errno));
         goto out;
     }
+    /* a peer without CURVE (or not speaking ZMTP at all) fails before ZAP: counted from the router's events */
+    char mon[64];
+    snprintf(mon, sizeof mon, "inproc://rlhf-broker-monitor-%p", (void *)a);
+    if (zmq_socket_monitor(router, mon, ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) ==
+        0) {
+        a->monitor = zmq_socket(zctx, ZMQ_PAIR);
+        if (a->monitor) {
+            zmq_setsockopt(a->monitor, ZMQ_LINGER, &l0, sizeof l0);
+            if (zmq_connect(a->monitor, mon) != 0) {
+                zmq_close(a->monitor);
+                a->monitor = NULL;
+            }
+        }
+    }
     a->on = 1;
 out:
     memset(sec, 0, sizeof sec);
@@ -391,6 +405,8 @@ int broker_auth_check_insecure_bind(const char *endpoint, int allow, rlhf_error 
 void broker_auth_close(broker_auth *a) {
     if (a->zap) zmq_close(a->zap);
     a->zap = NULL;
+    if (a->monitor) zmq_close(a->monitor);
+    a->monitor = NULL;
     a->on = 0;
     memset(a->client_secret, 0, sizeof a->client_secret);
 }
@@ -472,8 +488,32 @@ static void zap_answer(broker_auth *a) {
     for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
 }
 
+/* Counts the monitor's handshake failures waiting (each event: 6 bytes of event and value, then the
+ * endpoint). */
+static void count_failed_handshakes(broker_auth *a) {
+    for (int i = 0; a->monitor && i < 256; i++) {
+        uint8_t ev[6];
+        int n = zmq_recv(a->monitor, ev, sizeof ev, ZMQ_DONTWAIT);
+        if (n < 0) return;
+        int more = 0;
+        size_t ml = sizeof more;
+        zmq_getsockopt(a->monitor, ZMQ_RCVMORE, &more, &ml);
+        while (more) { /* the endpoint frame */
+            char skip[256];
+            if (zmq_recv(a->monitor, skip, sizeof skip, 0) < 0) break;
+            zmq_getsockopt(a->monitor, ZMQ_RCVMORE, &more, &ml);
+        }
+        a->failed++;
+        if (a->failed <= 10 || (a->failed & (a->failed - 1)) == 0)
+            fprintf(stderr, "[broker %.3f] refused a connection at the handshake (no %s key, another mechanism or "
+                            "not ZeroMQ; %llu so far)\n",
+                    rlhf_wall_time(), a->curve ? "CURVE" : "PLAIN", (unsigned long long)a->failed);
+    }
+}
+
 void broker_auth_serve(broker_auth *a) {
     if (!a->on) return;
+    count_failed_handshakes(a);
     for (int i = 0; i < 64; i++) {
         uint64_t before = a->allowed + a->denied;
         zap_answer(a);

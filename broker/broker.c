@@ -1124,6 +1124,7 @@ json_t *broker_stats(const broker *b) {
     json_object_set_new(s, "auth", json_boolean(b->auth.on));
     SETI("auth/handshakes_allowed", b->auth.allowed);
     SETI("auth/handshakes_denied", b->auth.denied);
+    SETI("auth/handshakes_failed", b->auth.failed);
     SETI("auth/authorized_keys", b->auth.n_authorized);
     SETI("groups/received", c->groups_received);
     SETI("groups/accepted", c->groups_accepted);

@@ -26,8 +26,6 @@ extern "C" {
 
 typedef enum broker_fsync { BROKER_FSYNC_ALWAYS = 0, BROKER_FSYNC_EVERY_N = 1, BROKER_FSYNC_NEVER = 2 } broker_fsync;
 
-/* The run config's "broker" object. Every key is optional (defaults in docs/BROKER.md); unknown keys
- * and wrong types are errors naming the JSON path, e.g. "broker.max_staleness". */
 /* "authorized_keys": a CURVE client key from another host (e.g. `rlhf keygen` there) the broker admits in
  * addition to the run's own credentials, with the role a connection holding it may take. */
 #define BROKER_MAX_AUTHORIZED_KEYS 256
@@ -37,6 +35,8 @@ typedef struct broker_authorized_key {
     char name[64];       /* "name": shown in the broker's log when it first connects (default: "key-N") */
 } broker_authorized_key;
 
+/* The run config's "broker" object. Every key is optional (defaults in docs/BROKER.md); unknown keys
+ * and wrong types are errors naming the JSON path, e.g. "broker.max_staleness". */
 typedef struct broker_config {
     char endpoint[256];             /* "endpoint": ROUTER bind address, tcp://127.0.0.1:5555 */
     uint32_t max_staleness;         /* "max_staleness": lag bound in weight versions (0 = synchronous) */

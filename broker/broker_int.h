@@ -34,6 +34,10 @@ typedef struct broker_auth {
     const broker_authorized_key *authorized;
     uint32_t n_authorized;
     unsigned char authorized_seen[BROKER_MAX_AUTHORIZED_KEYS]; /* its first handshake was logged */
+    /* handshakes that never reach the ZAP handler (a peer without CURVE, another mechanism, not ZMTP):
+     * seen through a monitor of the router */
+    void *monitor; /* PAIR on the router's monitor endpoint */
+    uint64_t failed;
 } broker_auth;
 
 /* Loads DIR's keys, binds the ZAP handler in zctx and makes `router` a CURVE server (before it binds). */

@@ -18,7 +18,8 @@
  *                           (keys from `rlhf keygen`, listed in broker.authorized_keys); a raw DEALER
  *                           without CURVE and one with an unlisted key get no answer within 3 s while one
  *                           with B's key gets WELCOME; a generator with an unlisted key never connects; the
- *                           refusals are in the broker's auth/handshakes_denied; kill -9 of B's generator
+ *                           refusals are in the broker's auth/handshakes_denied (unlisted keys) and
+ *                           auth/handshakes_failed (no CURVE); kill -9 of B's generator
  *                           mid-run: the broker declares it dead and releases its prompts, C's generator
  *                           goes on and the run finishes every step. A key file others can read is
  *                           refused (exit 2, naming it); --key without --server-key is a usage error. */
@@ -504,7 +505,8 @@ static void test_trains_across_hosts(void) {
     /* the refusals are counted where an operator reads them */
     json_t *fs = final_stats(blog);
     CU_ASSERT_PTR_NOT_NULL_FATAL(fs);
-    CU_ASSERT(json_integer_value(json_object_get(fs, "auth/handshakes_denied")) >= 2);
+    CU_ASSERT(json_integer_value(json_object_get(fs, "auth/handshakes_denied")) >= 2); /* unlisted keys */
+    CU_ASSERT(json_integer_value(json_object_get(fs, "auth/handshakes_failed")) >= 1); /* the DEALER without CURVE */
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(fs, "auth/authorized_keys")), 2);
     json_decref(fs);
 
