@@ -4,13 +4,15 @@
  * documentation range, assigned only inside them, and no link reaches the host's own namespace, so no
  * packet leaves. Everything made is removed at the end, also after a failure (and namespaces left by a
  * test process that was killed are removed by the next run: the pid is in their names). CI runs as root;
- * without `ip netns` the suite FAILS, saying why — a skip would count as a pass.
+ * without `ip netns` the suite FAILS, saying why — a skip would count as a pass. (MH_KEEP=1 in the
+ * environment keeps the scratch directory with every log after a passing run.)
  *
  *   keygen:                 `rlhf keygen --out FILE` writes a 0600 key pair and FILE.pub; stdout/stderr
  *                           hold the public key and the path and no 8-character piece of the secret; an
  *                           existing FILE is refused and left as it was; no --out is a usage error.
  *   bad_authorized_key:     a malformed broker.authorized_keys entry stops the broker with an error naming
- *                           broker.authorized_keys[1].public (exit 2), before it binds.
+ *                           broker.authorized_keys[1].public (exit 2), before it binds; `rlhf run` with
+ *                           authorized keys and no tcp:// broker.endpoint stops before starting anything.
  *   insecure_bind:          `rlhf broker --insecure` on a non-loopback address is refused in one line (exit
  *                           2, nothing written); with broker.insecure: true it starts (in host A).
  *   trains_across_hosts:    `rlhf run` in A with generators.count 0 and CURVE on tcp://192.0.2.1; the
@@ -288,6 +290,24 @@ static void test_bad_authorized_key(void) {
     CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, a, &o, 30), 2);
     CU_ASSERT(e2e_contains(out, "broker.authorized_keys[1].public"));
     CU_ASSERT(access(run, F_OK) != 0); /* refused before anything was written */
+    /* `rlhf run` with keys of other hosts but no address they can reach: refused before any process starts */
+    snprintf(cfg, sizeof cfg, "%s/nokeyendpoint.json", g_dir);
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"nokeyep\",\"run_dir\":\"nokeyep\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":16},\"threads\":1},\n"
+             " \"task\":{\"train\":\"prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"^[0-9]\"}],\n"
+             " \"broker\":{\"authorized_keys\":[{\"public\":\"%s\",\"role\":\"generator\"}]},\n"
+             " \"generators\":{\"count\":0,\"max_tokens\":4}}\n",
+             pub);
+    CU_ASSERT_EQUAL_FATAL(write_text(cfg, doc), 0);
+    const char *r[] = {"run", cfg, "--quiet", NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, r, &o, 60), 2);
+    CU_ASSERT(e2e_contains(out, "broker.authorized_keys: keys of other hosts need broker.endpoint"));
+    char logs[240];
+    snprintf(logs, sizeof logs, "%s/nokeyep/logs/broker.log", g_dir);
+    CU_ASSERT(access(logs, F_OK) != 0); /* no broker was started */
 }
 
 static void test_insecure_bind(void) {
