@@ -20,6 +20,7 @@
  * (40 characters each). */
 #include "broker/broker_int.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -153,10 +154,16 @@ int broker_credentials_export(const char *dir, int role, const char *out, rlhf_e
     return rc;
 }
 
+static int read_key_path(const char *path, char pub[41], char *sec, rlhf_error *err);
+
 /* Reads "public=" and (when sec != NULL) "secret=" of DIR/NAME. */
 static int read_key_file(const char *dir, const char *name, char pub[41], char *sec, rlhf_error *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
+    return read_key_path(path, pub, sec, err);
+}
+
+static int read_key_path(const char *path, char pub[41], char *sec, rlhf_error *err) {
     char *text = NULL;
     size_t n = 0;
     int rc = rlhf_read_file(path, &text, &n, err);
@@ -191,6 +198,84 @@ int broker_credential_load(broker_credential *c, const char *dir, int role, rlhf
     if (!rc) rc = read_key_file(dir, SERVER_FILE, c->server_key, NULL, err);
     if (rc) memset(c, 0, sizeof *c);
     return rc;
+}
+
+int broker_credential_load_files(broker_credential *c, int role, const char *key_file, const char *server_key_file,
+                                 rlhf_error *err) {
+    memset(c, 0, sizeof *c);
+    if (role != WIRE_ROLE_GENERATOR && role != WIRE_ROLE_UPDATER)
+        return rlhf_error_set(err, RLHF_EINVAL, "role", "a key file serves a generator or an updater");
+    c->role = role;
+    /* a secret others can read is no longer this host's alone: refused, as ssh refuses such a key */
+    struct stat st;
+    if (stat(key_file, &st) == 0 && (st.st_mode & 077))
+        return rlhf_error_set(err, RLHF_EINVAL, key_file,
+                              "a secret key readable by others (mode %03o); chmod 600 it, or make a new one with "
+                              "`rlhf keygen`",
+                              (unsigned)(st.st_mode & 0777));
+    int rc = read_key_path(key_file, c->public_key, c->secret_key, err);
+    if (!rc) rc = read_key_path(server_key_file, c->server_key, NULL, err);
+    if (rc) memset(c, 0, sizeof *c);
+    return rc;
+}
+
+/* Writes `text` to a fresh temporary file beside PATH with `mode`, fsync'd, then links it to PATH, which
+ * fails when PATH exists (a key file is never replaced); the directory is fsync'd. */
+static int write_new_file(const char *path, const char *text, mode_t mode, rlhf_error *err) {
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
+        return rlhf_error_set(err, RLHF_EINVAL, path, "path too long");
+    int fd = mkstemp(tmp); /* O_EXCL, mode 0600 */
+    if (fd < 0) return rlhf_error_set(err, RLHF_EIO, path, "cannot create: %s", strerror(errno));
+    size_t n = strlen(text);
+    int ok = fchmod(fd, mode) == 0 && write(fd, text, n) == (ssize_t)n && fsync(fd) == 0;
+    int e = errno;
+    close(fd);
+    if (ok && link(tmp, path) != 0) {
+        ok = 0;
+        e = errno;
+    }
+    unlink(tmp);
+    if (!ok) return rlhf_error_set(err, RLHF_EIO, path, "cannot write: %s", e == EEXIST ? "exists (keys are never "
+                                                                                      "overwritten; choose a new path)"
+                                                                                    : strerror(e));
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+}
+
+int broker_keygen(const char *path, char public_key[41], rlhf_error *err) {
+    char pub[41], sec[41], text[128], pubpath[4200];
+    if (snprintf(pubpath, sizeof pubpath, "%s.pub", path) >= (int)sizeof pubpath)
+        return rlhf_error_set(err, RLHF_EINVAL, path, "path too long");
+    struct stat st;
+    if (lstat(path, &st) == 0 || lstat(pubpath, &st) == 0)
+        return rlhf_error_set(err, RLHF_EINVAL, lstat(path, &st) == 0 ? path : pubpath,
+                              "exists (keys are never overwritten; choose a new path)");
+    if (zmq_curve_keypair(pub, sec) != 0)
+        return RLHF_FAIL(err, RLHF_EUNSUPPORTED, "zmq_curve_keypair: %s (libzmq without CURVE?)", zmq_strerror(errno));
+    snprintf(text, sizeof text, "public=%s\nsecret=%s\n", pub, sec);
+    int rc = write_new_file(path, text, 0600, err);
+    memset(sec, 0, sizeof sec);
+    memset(text, 0, sizeof text);
+    if (rc) return rc;
+    snprintf(text, sizeof text, "public=%s\n", pub);
+    rc = write_new_file(pubpath, text, 0644, err);
+    if (rc) {
+        unlink(path); /* both files or neither */
+        return rc;
+    }
+    if (public_key) memcpy(public_key, pub, 41);
+    return 0;
 }
 
 void broker_credential_clear(broker_credential *c) { memset(c, 0, sizeof *c); }
@@ -265,6 +350,20 @@ int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, 
         rc = RLHF_FAIL(err, RLHF_ESYS, "ZAP domain: %s", zmq_strerror(errno));
         goto out;
     }
+    /* a peer without CURVE (or not speaking ZMTP at all) fails before ZAP: counted from the router's events */
+    char mon[64];
+    snprintf(mon, sizeof mon, "inproc://rlhf-broker-monitor-%p", (void *)a);
+    if (zmq_socket_monitor(router, mon, ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) ==
+        0) {
+        a->monitor = zmq_socket(zctx, ZMQ_PAIR);
+        if (a->monitor) {
+            zmq_setsockopt(a->monitor, ZMQ_LINGER, &l0, sizeof l0);
+            if (zmq_connect(a->monitor, mon) != 0) {
+                zmq_close(a->monitor);
+                a->monitor = NULL;
+            }
+        }
+    }
     a->on = 1;
 out:
     memset(sec, 0, sizeof sec);
@@ -272,9 +371,42 @@ out:
     return rc;
 }
 
+int broker_auth_allow(broker_auth *a, const broker_authorized_key *keys, uint32_t n, rlhf_error *err) {
+    if (n == 0) return 0;
+    if (a->on && !a->curve)
+        return rlhf_error_set(err, RLHF_EINVAL, "broker.authorized_keys",
+                              "keys of other hosts need a tcp:// broker.endpoint (CURVE); this broker listens on ipc://");
+    a->authorized = keys;
+    a->n_authorized = n;
+    memset(a->authorized_seen, 0, sizeof a->authorized_seen);
+    return 0;
+}
+
+/* 1 when a tcp:// bind address is the loopback interface only (127.0.0.0/8, ::1, localhost, lo). */
+static int tcp_bind_is_loopback(const char *endpoint) {
+    char host[256];
+    snprintf(host, sizeof host, "%s", endpoint + 6);
+    char *colon = strrchr(host, ':');
+    if (colon) *colon = 0;
+    if (!strcmp(host, "localhost") || !strcmp(host, "lo") || !strcmp(host, "[::1]") || !strcmp(host, "::1")) return 1;
+    struct in_addr v4;
+    return inet_pton(AF_INET, host, &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
+}
+
+int broker_auth_check_insecure_bind(const char *endpoint, int allow, rlhf_error *err) {
+    if (allow || strncmp(endpoint, "tcp://", 6) != 0 || tcp_bind_is_loopback(endpoint)) return 0;
+    return rlhf_error_set(err, RLHF_EINVAL, "broker.endpoint",
+                          "%s is not a loopback address and --insecure turns authentication off: anyone who reaches "
+                          "it could stop the run or push groups; use the run's credentials (CURVE), or set "
+                          "\"broker\": {\"insecure\": true} to allow it",
+                          endpoint);
+}
+
 void broker_auth_close(broker_auth *a) {
     if (a->zap) zmq_close(a->zap);
     a->zap = NULL;
+    if (a->monitor) zmq_close(a->monitor);
+    a->monitor = NULL;
     a->on = 0;
     memset(a->client_secret, 0, sizeof a->client_secret);
 }
@@ -314,6 +446,15 @@ static void zap_answer(broker_auth *a) {
         zmq_z85_encode(z, zmq_msg_data(&f[6]), 32);
         for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++)
             if (!strcmp(z, a->client_public[r])) role = r;
+        for (uint32_t i = 0; !role && i < a->n_authorized; i++)
+            if (!strcmp(z, a->authorized[i].public_key)) {
+                role = a->authorized[i].role;
+                if (!a->authorized_seen[i]) { /* once per key: a busy host's reconnects do not flood the log */
+                    a->authorized_seen[i] = 1;
+                    fprintf(stderr, "[broker %.3f] admitted authorized key \"%s\" (%s) at the handshake\n",
+                            rlhf_wall_time(), a->authorized[i].name, wire_role_name(role));
+                }
+            }
     } else if (v10 && !a->curve && n >= 8 && zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "PLAIN", 5)) {
         text = "unknown user or wrong password";
         for (int r = WIRE_ROLE_GENERATOR; r <= WIRE_ROLE_OBSERVER; r++) {
@@ -347,8 +488,32 @@ static void zap_answer(broker_auth *a) {
     for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
 }
 
+/* Counts the monitor's handshake failures waiting (each event: 6 bytes of event and value, then the
+ * endpoint). */
+static void count_failed_handshakes(broker_auth *a) {
+    for (int i = 0; a->monitor && i < 256; i++) {
+        uint8_t ev[6];
+        int n = zmq_recv(a->monitor, ev, sizeof ev, ZMQ_DONTWAIT);
+        if (n < 0) return;
+        int more = 0;
+        size_t ml = sizeof more;
+        zmq_getsockopt(a->monitor, ZMQ_RCVMORE, &more, &ml);
+        while (more) { /* the endpoint frame */
+            char skip[256];
+            if (zmq_recv(a->monitor, skip, sizeof skip, 0) < 0) break;
+            zmq_getsockopt(a->monitor, ZMQ_RCVMORE, &more, &ml);
+        }
+        a->failed++;
+        if (a->failed <= 10 || (a->failed & (a->failed - 1)) == 0)
+            fprintf(stderr, "[broker %.3f] refused a connection at the handshake (no %s key, another mechanism or "
+                            "not ZeroMQ; %llu so far)\n",
+                    rlhf_wall_time(), a->curve ? "CURVE" : "PLAIN", (unsigned long long)a->failed);
+    }
+}
+
 void broker_auth_serve(broker_auth *a) {
     if (!a->on) return;
+    count_failed_handshakes(a);
     for (int i = 0; i < 64; i++) {
         uint64_t before = a->allowed + a->denied;
         zap_answer(a);

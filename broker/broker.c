@@ -89,6 +89,8 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
     if (cfg->insecure) {
+        rc = broker_auth_check_insecure_bind(cfg->endpoint, cfg->insecure_remote, err);
+        if (rc) goto fail;
         blog("WARNING: --insecure: no authentication; any process that reaches %s can stop this run, publish "
              "weights or push groups", cfg->endpoint);
     } else {
@@ -103,6 +105,7 @@ int broker_create(broker **out, const broker_config *cfg, const char *run_dir, r
                      " (runs started by `rlhf run` have credentials; `rlhf broker --init-credentials` creates them, "
                      "--insecure runs without on a trusted host)");
         }
+        if (!rc) rc = broker_auth_allow(&b->auth, b->cfg.authorized, b->cfg.n_authorized, err);
         if (rc) goto fail;
     }
     if (zmq_bind(b->router, cfg->endpoint) != 0) {
@@ -164,6 +167,7 @@ void broker_destroy(broker **bp) {
     for (size_t i = 0; i < b->n_peers; i++) free(b->peers[i].leases);
     free(b->peers);
     free(b->parked);
+    free(b->reissue);
     prompt_selector_destroy(&b->sel);
     prompt_dataset_destroy(&b->ds);
     if (b->router) zmq_close(b->router);
@@ -271,8 +275,41 @@ static void unpark_peer(broker *b, size_t idx) {
     b->n_parked = j;
 }
 
+/* Leases [0, k) of p go back to be served to another generator (in grant order). */
+static void reissue_leases(broker *b, broker_peer *p, size_t k) {
+    if (!k || !b->ds) return;
+    if (b->n_reissue + k > b->cap_reissue) {
+        size_t cap = b->cap_reissue ? b->cap_reissue : 16;
+        while (cap < b->n_reissue + k) cap *= 2;
+        size_t *nr = realloc(b->reissue, cap * sizeof *nr);
+        if (!nr) return; /* out of memory: the selector serves new prompts instead */
+        b->reissue = nr;
+        b->cap_reissue = cap;
+    }
+    for (size_t i = 0; i < k; i++) b->reissue[b->n_reissue++] = p->leases[i].index;
+    b->ct.prompts_released += k;
+}
+
+/* Serving idx[0, k) failed: they go back to the front of the reissue list. */
+static void reissue_put_back(broker *b, const size_t *idx, size_t k) {
+    if (!k) return;
+    if (b->n_reissue + k > b->cap_reissue) {
+        size_t cap = b->cap_reissue ? b->cap_reissue : 16;
+        while (cap < b->n_reissue + k) cap *= 2;
+        size_t *nr = realloc(b->reissue, cap * sizeof *nr);
+        if (!nr) return;
+        b->reissue = nr;
+        b->cap_reissue = cap;
+    }
+    memmove(b->reissue + k, b->reissue, b->n_reissue * sizeof *b->reissue);
+    memcpy(b->reissue, idx, k * sizeof *idx);
+    b->n_reissue += k;
+    b->ct.prompts_reissued -= k;
+}
+
 /* A peer that went silent or was replaced: its grants and credit no longer hold anything back. */
 static void peer_release(broker *b, broker_peer *p) {
+    reissue_leases(b, p, p->n_leases);
     p->outstanding = 0;
     p->n_leases = 0;
     p->credit = 0;
@@ -473,6 +510,7 @@ static void leases_expire(broker *b, broker_peer *p, double now) {
     size_t k = 0;
     while (k < p->n_leases && now - p->leases[k].since > limit) k++;
     if (!k) return;
+    reissue_leases(b, p, k);
     memmove(p->leases, p->leases + k, (p->n_leases - k) * sizeof *p->leases);
     p->n_leases -= k;
     p->outstanding = (uint32_t)p->n_leases;
@@ -508,8 +546,17 @@ static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_
     rlhf_error_clear(&e);
     int served = 0;
     if (!idx || !pr) goto out;
-    b->selector_changes++;
-    if (prompt_selector_next(b->sel, n, idx, &e) != 0) {
+    /* prompts released by a generator that went away come first (oldest first), then the selector's */
+    uint32_t again = b->n_reissue < n ? (uint32_t)b->n_reissue : n;
+    if (again) {
+        memcpy(idx, b->reissue, again * sizeof *idx);
+        memmove(b->reissue, b->reissue + again, (b->n_reissue - again) * sizeof *b->reissue);
+        b->n_reissue -= again;
+        b->ct.prompts_reissued += again;
+    }
+    if (again < n) b->selector_changes++;
+    if (again < n && prompt_selector_next(b->sel, n - again, idx + again, &e) != 0) {
+        reissue_put_back(b, idx, again);
         blog("prompt selector failed: %s: %s", e.where, e.msg);
         wire_frame rid = {p->rid, p->rid_len};
         reply_error(b, &rid, "selector_failed", 0, "%s: %s", e.where, e.msg);
@@ -527,6 +574,7 @@ static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_
     wire_out o;
     if (wire_encode_prompt_batch(&batch, &o, &e) != 0) {
         blog("cannot encode a prompt batch: %s", e.msg);
+        reissue_put_back(b, idx, again);
         goto out;
     }
     if (send_out(b, p, &o) == 0) {
@@ -536,6 +584,7 @@ static int serve_prompts(broker *b, broker_peer *p, uint64_t request_id, uint32_
         b->ct.prompts_served += n;
         served = 1;
     } else {
+        reissue_put_back(b, idx, again);
         served = 1; /* peer gone or its pipe is full: drop the request rather than spin on it */
         b->ct.prompt_batches_expired++;
     }
@@ -1106,10 +1155,14 @@ json_t *broker_stats(const broker *b) {
     SETI("prompts/deferred_generator_lag", c->prompt_requests_lagging);
     SETI("prompts/expired", c->prompt_batches_expired);
     SETI("prompts/leases_expired", c->leases_expired);
+    SETI("prompts/released", c->prompts_released);
+    SETI("prompts/reissued", c->prompts_reissued);
     SETI("peers/forgotten", c->peers_forgotten);
     json_object_set_new(s, "auth", json_boolean(b->auth.on));
     SETI("auth/handshakes_allowed", b->auth.allowed);
     SETI("auth/handshakes_denied", b->auth.denied);
+    SETI("auth/handshakes_failed", b->auth.failed);
+    SETI("auth/authorized_keys", b->auth.n_authorized);
     SETI("groups/received", c->groups_received);
     SETI("groups/accepted", c->groups_accepted);
     SETI("groups/delivered", c->groups_delivered);

@@ -26,6 +26,15 @@ extern "C" {
 
 typedef enum broker_fsync { BROKER_FSYNC_ALWAYS = 0, BROKER_FSYNC_EVERY_N = 1, BROKER_FSYNC_NEVER = 2 } broker_fsync;
 
+/* "authorized_keys": a CURVE client key from another host (e.g. `rlhf keygen` there) the broker admits in
+ * addition to the run's own credentials, with the role a connection holding it may take. */
+#define BROKER_MAX_AUTHORIZED_KEYS 256
+typedef struct broker_authorized_key {
+    char public_key[41]; /* "public": Z85 */
+    int role;            /* "role": WIRE_ROLE_GENERATOR or WIRE_ROLE_UPDATER */
+    char name[64];       /* "name": shown in the broker's log when it first connects (default: "key-N") */
+} broker_authorized_key;
+
 /* The run config's "broker" object. Every key is optional (defaults in docs/BROKER.md); unknown keys
  * and wrong types are errors naming the JSON path, e.g. "broker.max_staleness". */
 typedef struct broker_config {
@@ -53,6 +62,9 @@ typedef struct broker_config {
     int weights_shm;                /* "weights_shm": "auto" (1): generators on this host get weights through a file
                                      * in weights_shm_dir; "off" (0): every generator gets the bytes over ZeroMQ */
     char weights_shm_dir[256];      /* "weights_shm_dir": where those files go, "/dev/shm" */
+    broker_authorized_key authorized[BROKER_MAX_AUTHORIZED_KEYS]; /* "authorized_keys" (tcp:// / CURVE only) */
+    uint32_t n_authorized;
+    int insecure_remote;            /* "insecure": true lets --insecure bind a non-loopback address */
     /* Not in the JSON (command line only): */
     char credentials[4096];         /* CURVE credentials directory; "" = RUN_DIR/credentials */
     int insecure;                   /* 1 = no authentication at all (--insecure): any local process can stop the run */
@@ -107,6 +119,14 @@ int broker_credentials_create(const char *dir, rlhf_error *err);
 /* The key pair of ROLE (WIRE_ROLE_OBSERVER: control.key) and the broker's public key from DIR. */
 int broker_credential_load(broker_credential *c, const char *dir, int role, rlhf_error *err);
 void broker_credential_clear(broker_credential *c); /* wipes the secret */
+/* `rlhf keygen`: a fresh CURVE key pair in PATH ("public=Z85\nsecret=Z85\n", mode 0600; never replaces a
+ * file: PATH must not exist) and its public line alone in PATH.pub (mode 0644, for other hosts).
+ * public_key (may be NULL) receives the public key; the secret is wiped from memory. */
+int broker_keygen(const char *path, char public_key[41], rlhf_error *err);
+/* The key pair of a peer on another host from files: KEY_FILE (public= and secret= lines, e.g. from
+ * `rlhf keygen`) and the broker's public key from the public= line of SERVER_KEY_FILE. */
+int broker_credential_load_files(broker_credential *c, int role, const char *key_file, const char *server_key_file,
+                                 rlhf_error *err);
 /* What a peer on another host needs to join as ROLE (WIRE_ROLE_GENERATOR or _UPDATER): a new directory
  * OUT (0700) with that role's key pair and the broker's public key only. */
 int broker_credentials_export(const char *dir, int role, const char *out, rlhf_error *err);
@@ -127,6 +147,9 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
  * the role (HELLO role != the key's role) answers ERROR wrong_role: RLHF_EPROTO. */
 int broker_client_connect_with(broker_client **out, const char *endpoint, int role, const char *peer_id,
                                const char *credentials, int timeout_ms, rlhf_error *err);
+/* The same with a credential already loaded (broker_credential_load_files; copied, the caller may clear it). */
+int broker_client_connect_cred(broker_client **out, const char *endpoint, int role, const char *peer_id,
+                               const broker_credential *cred, int timeout_ms, rlhf_error *err);
 /* Flushes queued sends (up to 2 s) and closes. */
 void broker_client_close(broker_client **c);
 const wire_welcome *broker_client_welcome(const broker_client *c);

@@ -243,3 +243,30 @@ int cmd_credentials(int argc, char **argv) {
             role_name);
     return 0;
 }
+
+static const char keygen_usage[] =
+    "usage: rlhf keygen --out FILE\n"
+    "  Writes a fresh CURVE key pair to FILE (mode 0600: public= and secret= lines; it never replaces a file)\n"
+    "  and its public line alone to FILE.pub. Prints the public key and the paths, never the secret.\n"
+    "  A generator on another host: `rlhf generator --key FILE --server-key BROKER.pub --connect tcp://...`,\n"
+    "  with FILE's public key in the run's broker.authorized_keys (docs/MULTI_HOST.md).\n";
+
+int cmd_keygen(int argc, char **argv) {
+    const char *out = NULL;
+    const rlhf_opt opts[] = {RLHF_OPT("--out", RLHF_OPT_STR, &out), RLHF_OPT_END};
+    int prc = rlhf_opts_parse(argc, argv, "rlhf keygen", keygen_usage, opts, NULL, 0, NULL);
+    if (prc >= 0) return prc;
+    if (!out || !out[0]) {
+        fprintf(stderr, "rlhf keygen: error: missing --out FILE\n%s", keygen_usage);
+        return 2;
+    }
+    rlhf_error err = {0};
+    char pub[41];
+    if (broker_keygen(out, pub, &err)) {
+        rlhf_error_print("rlhf keygen", &err);
+        return err.code == RLHF_EINVAL ? RLHF_EXIT_CONFIG : rlhf_exit_status(&err);
+    }
+    printf("public=%s\n", pub);
+    fprintf(stderr, "rlhf keygen: key pair in %s (mode 0600, keep it on this host), public key in %s.pub\n", out, out);
+    return 0;
+}

@@ -30,11 +30,24 @@ typedef struct broker_auth {
     char server_public[41];
     char client_public[4][41]; /* by wire_role */
     uint64_t allowed, denied;  /* handshakes */
+    /* keys of other hosts (broker.authorized_keys, CURVE only); points into the broker's config */
+    const broker_authorized_key *authorized;
+    uint32_t n_authorized;
+    unsigned char authorized_seen[BROKER_MAX_AUTHORIZED_KEYS]; /* its first handshake was logged */
+    /* handshakes that never reach the ZAP handler (a peer without CURVE, another mechanism, not ZMTP):
+     * seen through a monitor of the router */
+    void *monitor; /* PAIR on the router's monitor endpoint */
+    uint64_t failed;
 } broker_auth;
 
 /* Loads DIR's keys, binds the ZAP handler in zctx and makes `router` a CURVE server (before it binds). */
 int broker_auth_open(broker_auth *a, void *zctx, void *router, const char *dir, const char *endpoint, rlhf_error *err);
 void broker_auth_close(broker_auth *a);
+/* Admits KEYS too (CURVE only: over PLAIN they are an error naming broker.authorized_keys). */
+int broker_auth_allow(broker_auth *a, const broker_authorized_key *keys, uint32_t n, rlhf_error *err);
+/* A bind of ENDPOINT without authentication (--insecure) is refused on a non-loopback address unless
+ * allow (broker.insecure) says so: one line naming broker.endpoint and both ways out. */
+int broker_auth_check_insecure_bind(const char *endpoint, int allow, rlhf_error *err);
 /* Answers the ZAP requests waiting (never blocks). */
 void broker_auth_serve(broker_auth *a);
 /* The role (WIRE_ROLE_*) bound to the connection a received zmq_msg_t came from; 0 when unauthenticated. */
@@ -160,6 +173,7 @@ typedef struct broker_counters {
     uint64_t replay_records, replay_errors;
     uint64_t rejected_not_authorized, rejected_no_lease, rejected_bad_token, rejected_weights_version;
     uint64_t rejected_too_many_peers, rejected_prompt_mismatch, leases_expired, peers_forgotten;
+    uint64_t prompts_released, prompts_reissued; /* leases of dead/expired holders; served again to others */
 } broker_counters;
 
 struct broker {
@@ -178,6 +192,11 @@ struct broker {
 
     parked_request *parked;
     size_t n_parked, cap_parked;
+
+    /* dataset indices of prompts whose holder died or whose lease expired unanswered: served again,
+     * before the selector picks new ones (a generator that leaves takes no prompt with it) */
+    size_t *reissue;
+    size_t n_reissue, cap_reissue;
 
     queued_group *queue; /* ring */
     size_t q_head, q_len, q_cap;

@@ -364,8 +364,22 @@ int broker_client_connect(broker_client **out, const char *endpoint, int role, c
     return broker_client_connect_with(out, endpoint, role, peer_id, NULL, timeout_ms, err);
 }
 
+static int client_connect(broker_client **out, const char *endpoint, int role, const char *peer_id,
+                          const char *credentials, const broker_credential *cred, int timeout_ms, rlhf_error *err);
+
 int broker_client_connect_with(broker_client **out, const char *endpoint, int role, const char *peer_id,
                                const char *credentials, int timeout_ms, rlhf_error *err) {
+    return client_connect(out, endpoint, role, peer_id, credentials, NULL, timeout_ms, err);
+}
+
+int broker_client_connect_cred(broker_client **out, const char *endpoint, int role, const char *peer_id,
+                               const broker_credential *cred, int timeout_ms, rlhf_error *err) {
+    return client_connect(out, endpoint, role, peer_id, NULL, cred, timeout_ms, err);
+}
+
+/* credentials: a directory to load ROLE's pair from; cred: a pair already loaded; neither: no security. */
+static int client_connect(broker_client **out, const char *endpoint, int role, const char *peer_id,
+                          const char *credentials, const broker_credential *cred, int timeout_ms, rlhf_error *err) {
     *out = NULL;
     if (!peer_id || !peer_id[0] || strlen(peer_id) >= WIRE_ID_MAX)
         return rlhf_error_set(err, RLHF_EINVAL, "peer_id", "must be 1..%d bytes", WIRE_ID_MAX - 1);
@@ -385,6 +399,9 @@ int broker_client_connect_with(broker_client **out, const char *endpoint, int ro
             free(c);
             return rc;
         }
+        c->secure = 1;
+    } else if (cred) {
+        c->cred = *cred;
         c->secure = 1;
     }
     if (role == WIRE_ROLE_GENERATOR) broker_keep_freed_memory(); /* weights arrive here: no page faults per version */

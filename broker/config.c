@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <zmq.h>
+
 #include "broker/broker_int.h"
 
 void broker_config_default(broker_config *c) {
@@ -80,6 +82,59 @@ static int parse_replay(broker_config *c, const json_t *obj, const char *path, r
     return 0;
 }
 
+/* "authorized_keys": [{"public": Z85, "role": "generator"|"updater", "name": "host-b"}, ...] */
+static int parse_authorized_keys(broker_config *c, const json_t *arr, const char *path, rlhf_error *err) {
+    if (!json_is_array(arr)) return rlhf_error_set(err, RLHF_EINVAL, path, "must be an array of {public, role, name}");
+    if (json_array_size(arr) > BROKER_MAX_AUTHORIZED_KEYS)
+        return rlhf_error_set(err, RLHF_EINVAL, path, "%zu keys; at most %d", json_array_size(arr),
+                              BROKER_MAX_AUTHORIZED_KEYS);
+    size_t i;
+    json_t *e;
+    json_array_foreach((json_t *)arr, i, e) {
+        char p[1100];
+        snprintf(p, sizeof p, "%.1000s[%zu]", path, i);
+        if (!json_is_object(e)) return rlhf_error_set(err, RLHF_EINVAL, p, "must be an object {public, role, name}");
+        broker_authorized_key *k = &c->authorized[i];
+        memset(k, 0, sizeof *k);
+        snprintf(k->name, sizeof k->name, "key-%zu", i);
+        const char *key;
+        json_t *v;
+        json_object_foreach(e, key, v) {
+            char q[1200];
+            snprintf(q, sizeof q, "%s.%.60s", p, key);
+            int rc = 0;
+            if (!strcmp(key, "public")) {
+                uint8_t raw[32];
+                /* a CURVE public key is 32 bytes, 40 characters of Z85 */
+                if (!json_is_string(v) || json_string_length(v) != 40 || !zmq_z85_decode(raw, json_string_value(v)))
+                    return rlhf_error_set(err, RLHF_EINVAL, q,
+                                          "not a CURVE public key (40 Z85 characters, the public= line of `rlhf keygen`)");
+                snprintf(k->public_key, sizeof k->public_key, "%s", json_string_value(v));
+            } else if (!strcmp(key, "role")) {
+                const char *r = json_is_string(v) ? json_string_value(v) : "";
+                if (!strcmp(r, "generator")) k->role = WIRE_ROLE_GENERATOR;
+                else if (!strcmp(r, "updater")) k->role = WIRE_ROLE_UPDATER;
+                else return rlhf_error_set(err, RLHF_EINVAL, q, "must be \"generator\" or \"updater\"");
+            } else if (!strcmp(key, "name")) {
+                rc = cfg_str(v, q, k->name, sizeof k->name, err);
+                if (!rc && (!k->name[0] || strspn(k->name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                           "0123456789._-") != strlen(k->name)))
+                    rc = rlhf_error_set(err, RLHF_EINVAL, q, "1..63 of A-Z a-z 0-9 . _ -");
+            } else {
+                rc = rlhf_error_set(err, RLHF_EINVAL, q, "unknown key (public, role, name)");
+            }
+            if (rc) return rc;
+        }
+        if (!k->public_key[0]) return rlhf_error_set(err, RLHF_EINVAL, p, "missing \"public\"");
+        if (!k->role) return rlhf_error_set(err, RLHF_EINVAL, p, "missing \"role\" (generator or updater)");
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(c->authorized[j].public_key, k->public_key))
+                return rlhf_error_set(err, RLHF_EINVAL, p, "the same public key as %s[%zu]", path, j);
+    }
+    c->n_authorized = (uint32_t)json_array_size(arr);
+    return 0;
+}
+
 int broker_config_parse(broker_config *c, const json_t *obj, const char *path, rlhf_error *err) {
     broker_config_default(c);
     if (!path) path = "broker";
@@ -141,11 +196,17 @@ int broker_config_parse(broker_config *c, const json_t *obj, const char *path, r
             rc = cfg_str(v, p, c->weights_shm_dir, sizeof c->weights_shm_dir, err);
             if (!rc && c->weights_shm_dir[0] != '/')
                 rc = rlhf_error_set(err, RLHF_EINVAL, p, "\"%s\": must be an absolute path", c->weights_shm_dir);
+        } else if (!strcmp(key, "authorized_keys")) {
+            rc = parse_authorized_keys(c, v, p, err);
+        } else if (!strcmp(key, "insecure")) {
+            if (!json_is_boolean(v)) rc = rlhf_error_set(err, RLHF_EINVAL, p, "must be true or false");
+            else c->insecure_remote = json_is_true(v);
         } else {
             rc = rlhf_error_set(err, RLHF_EINVAL, p,
                                 "unknown key (endpoint, max_staleness, queue_capacity, max_generation_lag, initial_version, replay, "
                                 "heartbeat_interval_ms, heartbeat_timeout_ms, stats_interval_ms, dataset, selector, seed, "
-                                "vocab_size, lease_timeout_ms, max_peers, weights_shm, weights_shm_dir)");
+                                "vocab_size, lease_timeout_ms, max_peers, weights_shm, weights_shm_dir, authorized_keys, "
+                                "insecure)");
         }
         if (rc) {
             broker_config_free(c);

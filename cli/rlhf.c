@@ -46,6 +46,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(broker, "broker", "run the broker (prompts, rollouts, weights, replay log)")                  \
     X(replay_cat, "broker", "print a replay log as JSONL")                                           \
     X(credentials, "broker", "hand a generator or updater key to a process on another host")        \
+    X(keygen, "broker", "write a CURVE key pair for a peer on another host (secret never printed)")  \
     X(generator, "generator", "run a trajectory generator process")                                 \
     X(updater, "updater", "run a policy updater process")                                           \
     X(run, "cli", "launch a training run from a config (broker + generators + updaters)")       \

@@ -80,6 +80,10 @@ typedef struct generator_options {
     const char *credentials;                  /* NULL: RUN_DIR/credentials; else a directory from
                                                * `rlhf credentials` (a generator on another host) */
     const char *endpoint;                     /* NULL: the config's broker.endpoint */
+    const char *key_file;                     /* with server_key_file: this host's key pair (`rlhf keygen`),
+                                               * listed in the broker's broker.authorized_keys; replaces
+                                               * `credentials` (tcp:// endpoints only: CURVE) */
+    const char *server_key_file;              /* a file whose public= line is the broker's public key */
 } generator_options;
 /* Returns the process's exit status: 0 stopped cleanly, else an RLHF_EXIT_* class (common/common.h):
  * 2 an unreadable or invalid config, 3 environment (missing base checkpoint, disk), 1 transient. */

@@ -232,6 +232,12 @@ static int stream_before_step(void *ctx, rlhf_error *err) {
     return 1;
 }
 
+static int connect_broker(broker_client **bc, const char *endpoint, const char *peer, const broker_credential *key,
+                          const char *cred, rlhf_error *err) {
+    if (key) return broker_client_connect_cred(bc, endpoint, WIRE_ROLE_GENERATOR, peer, key, 60000, err);
+    return broker_client_connect_with(bc, endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err);
+}
+
 int generator_main(const generator_options *o, rlhf_error *err) {
     run_process proc;
     /* the run config is unreadable or invalid: the same at every restart */
@@ -239,6 +245,18 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         return rlhf_exit_status(err) == RLHF_EXIT_ENV ? RLHF_EXIT_ENV : RLHF_EXIT_CONFIG;
     const run_config *cfg = &proc.cfg;
     const broker_config *bcfg = &proc.broker;
+    broker_credential key; /* --key/--server-key: this host's own key pair instead of the run's credentials */
+    memset(&key, 0, sizeof key);
+    if (o->key_file) { /* a key that cannot be used is the same at every restart: a config error */
+        const char *ep = o->endpoint ? o->endpoint : bcfg->endpoint;
+        int krc = strncmp(ep, "tcp://", 6) != 0
+                      ? rlhf_error_set(err, RLHF_EINVAL, ep, "--key needs a tcp:// broker endpoint (CURVE)")
+                      : broker_credential_load_files(&key, WIRE_ROLE_GENERATOR, o->key_file, o->server_key_file, err);
+        if (krc) {
+            run_process_close(&proc);
+            return RLHF_EXIT_CONFIG;
+        }
+    }
     int id = o->id;
     model *m = NULL;
     tokenizer *tok = NULL;
@@ -262,7 +280,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     snprintf(cred, sizeof cred, "%s/%s", cfg->run_dir, BROKER_CREDENTIALS_DIR);
     if (o->credentials) snprintf(cred, sizeof cred, "%s", o->credentials);
     const char *endpoint = o->endpoint ? o->endpoint : bcfg->endpoint;
-    if ((rc = broker_client_connect_with(&bc, endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err))) goto out;
+    if ((rc = connect_broker(&bc, endpoint, peer, o->key_file ? &key : NULL, cred, err))) goto out;
     broker_client_wake_on_weights(bc, 1); /* take new weights while a prompt request waits (max_generation_lag) */
     fprintf(stderr, "generator %s: connected to %s, %s mode, %d prompt(s) x k=%d per batch, %s weights, %s kernels\n",
             peer, endpoint, cfg->mode == RUN_MODE_SYNC ? "sync" : "async", per_batch, cfg->k,
@@ -284,8 +302,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         if (o->reconnect && *o->reconnect) {
             *o->reconnect = 0;
             broker_client_close(&bc);
-            if ((rc = broker_client_connect_with(&bc, endpoint, WIRE_ROLE_GENERATOR, peer, cred, 60000, err)))
-                goto out;
+            if ((rc = connect_broker(&bc, endpoint, peer, o->key_file ? &key : NULL, cred, err))) goto out;
             broker_client_wake_on_weights(bc, 1);
             fprintf(stderr, "generator %s: reconnected to a restarted broker\n", peer);
         }
@@ -367,6 +384,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
             (unsigned long long)seq, tok_total, tok_total / (rlhf_now() - t_start + 1e-9));
 out:
     broker_client_close(&bc);
+    broker_credential_clear(&key);
     sampler_destroy(&smp);
     tokenizer_destroy(&tok);
     model_destroy(&m);

@@ -81,7 +81,7 @@ static const key_spec SPEC[] = {
     {"rl.export_hf", K_STR, 0, 0, "\"none\""},
     {"rl.seed", K_INT, 0, 9.0e15, "1"},
     {"generators", K_OBJ, 0, 0, "{}"},
-    {"generators.count", K_INT, 1, 256, "1"},
+    {"generators.count", K_INT, 0, 256, "1"},
     {"generators.temperature", K_NUM, 0.01, 100, "1.0"},
     {"generators.top_p", K_NUM, 0.01, 1, "1.0"},
     {"generators.top_k", K_INT, 0, 1 << 30, "0"},
@@ -449,6 +449,10 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->seed = (uint64_t)json_integer_value(get_path(doc, "rl.seed"));
 
     cfg->gen_count = geti(doc, "generators.count");
+    /* 0: every generator joins from another host (docs/MULTI_HOST.md); sync mode splits each step's prompts
+     * among generators.count generators, so it needs to know them */
+    if (cfg->gen_count == 0 && cfg->mode == RUN_MODE_SYNC)
+        FAIL_AT("generators.count", "0 (generators only on other hosts) needs mode \"async\"");
     cfg->temperature = getf(doc, "generators.temperature");
     cfg->top_p = getf(doc, "generators.top_p");
     cfg->top_k = geti(doc, "generators.top_k");

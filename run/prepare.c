@@ -248,6 +248,11 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
     broker_config bc;
     broker_config_default(&bc);
     rc = broker_config_parse(&bc, b, "broker", err);
+    /* keys of other hosts with an address only this host reaches: say so now, not when nobody joins */
+    if (!rc && bc.n_authorized && (auto_ep || strncmp(bc.endpoint, "tcp://", 6) != 0))
+        rc = rlhf_error_set(err, RLHF_EINVAL, "broker.authorized_keys",
+                            "keys of other hosts need broker.endpoint: a tcp:// address they can reach (it is %s)",
+                            auto_ep ? "chosen by the launcher, on this host only" : bc.endpoint);
     broker_config_free(&bc);
     if (rc) return rc;
     json_object_set(cfg->resolved, "broker", b);

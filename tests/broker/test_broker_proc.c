@@ -337,7 +337,8 @@ static void test_bind_errors(void) {
     broker_config_default(&cfg);
     snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", ep);
     cfg.replay_path[0] = 0;
-    cfg.insecure = 1; /* about binding, not credentials */
+    cfg.insecure = 1;        /* about binding, not credentials */
+    cfg.insecure_remote = 1; /* and not about the non-loopback refusal (tests/e2e/test_multihost.c) */
     broker *b = NULL;
     rlhf_error e;
     rlhf_error_clear(&e);
@@ -357,7 +358,7 @@ static void test_bind_errors(void) {
     /* the CLI says the same and exits with the config class (2): a launcher does not restart it */
     char cfgp[600], text[512], log[600], bin[4200];
     snprintf(cfgp, sizeof cfgp, "%s/badbind.json", tmpdir);
-    snprintf(text, sizeof text, "{\"broker\": {\"endpoint\": \"tcp://256.0.0.1:1\"}}");
+    snprintf(text, sizeof text, "{\"broker\": {\"endpoint\": \"tcp://256.0.0.1:1\", \"insecure\": true}}");
     FILE *f = fopen(cfgp, "w");
     fputs(text, f);
     fclose(f);
@@ -379,6 +380,13 @@ static void test_config_errors(void) {
         const char *json, *where;
     } cases[] = {
         {"{\"max_staleness\": \"two\"}", "broker.max_staleness"},
+        {"{\"authorized_keys\": [{\"public\": \"not-a-key\", \"role\": \"generator\"}]}",
+         "broker.authorized_keys[0].public"},
+        {"{\"authorized_keys\": [{\"public\": \"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7\", \"role\": \"observer\"}]}",
+         "broker.authorized_keys[0].role"},
+        {"{\"authorized_keys\": [{\"role\": \"generator\"}]}", "broker.authorized_keys[0]"},
+        {"{\"authorized_keys\": {}}", "broker.authorized_keys"},
+        {"{\"insecure\": 1}", "broker.insecure"},
         {"{\"max_stalenes\": 2}", "broker.max_stalenes"},
         {"{\"queue_capacity\": 0}", "broker.queue_capacity"},
         {"{\"replay\": {\"fsync\": \"sometimes\"}}", "broker.replay.fsync"},
@@ -403,6 +411,17 @@ static void test_config_errors(void) {
     CU_ASSERT_EQUAL(c.replay_fsync, BROKER_FSYNC_NEVER);
     CU_ASSERT_EQUAL(c.replay_rotate_bytes, 1000);
     CU_ASSERT_PTR_NOT_NULL(c.selector);
+    broker_config_free(&c);
+    json_decref(j);
+    j = json_loads("{\"authorized_keys\": [{\"public\": \"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7\", \"role\": "
+                   "\"updater\", \"name\": \"host-b\"}], \"insecure\": true}",
+                   0, NULL);
+    CU_ASSERT_EQUAL(broker_config_parse(&c, j, "broker", &e), 0);
+    CU_ASSERT_EQUAL(c.n_authorized, 1);
+    CU_ASSERT_STRING_EQUAL(c.authorized[0].public_key, "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7");
+    CU_ASSERT_EQUAL(c.authorized[0].role, WIRE_ROLE_UPDATER);
+    CU_ASSERT_STRING_EQUAL(c.authorized[0].name, "host-b");
+    CU_ASSERT_EQUAL(c.insecure_remote, 1);
     broker_config_free(&c);
     json_decref(j);
 }
@@ -456,6 +475,7 @@ int register_broker_suites(void) {
     CU_add_test(s, "SIGTERM flushes the replay log; replay-cat", test_sigterm_flushes);
     CU_add_test(s, "pause/resume, rejections, stale purge, credit (client API)", test_control_and_rejections);
     CU_add_test(s, "max_generation_lag: prompts wait for the newest weights", test_generation_lag);
+    CU_add_test(s, "elastic: prompts of a generator that left are served to the next one", test_elastic_reissue);
     CU_add_test(s, "broker kill -9 and restart: clients rejoin, log recovered", test_broker_restart);
     CU_add_test(s, "selector state survives a broker restart", test_selector_state_restart);
     CU_add_test(s, "hostile: CONTROL stop from no credential / a generator's refused, run goes on", test_hostile_control);

@@ -328,7 +328,14 @@ void test_hostile_peer_table(void) {
     }
     CU_ASSERT(ok >= 8);
     CU_ASSERT(most <= 8);
-    json_t *st = get_stats(&r);
+    /* the last visitors may still fill the table (alive for heartbeat_timeout_ms after they left): this
+     * observer is refused like them until they are declared dead */
+    json_t *st = NULL;
+    int observer_refused = 0;
+    for (int i = 0; i < 50 && !(st = get_stats(&r)); i++) {
+        observer_refused++;
+        sleep_ms(200);
+    }
     CU_ASSERT_PTR_NOT_NULL_FATAL(st);
     CU_ASSERT(json_array_size(json_object_get(st, "peers")) <= 8);
     fprintf(stderr, "[peers: %d connected, %d refused, at most %zu in the table, %ld forgotten] ", ok, refused, most,
@@ -336,7 +343,8 @@ void test_hostile_peer_table(void) {
     /* every id ever admitted (the visitors, the start-up probe, this observer) is in the table or forgotten */
     CU_ASSERT_EQUAL(stat_i(st, "peers/forgotten") + (long)json_array_size(json_object_get(st, "peers")), ok + 2);
     CU_ASSERT(stat_i(st, "peers/forgotten") >= ok - 6);
-    CU_ASSERT_EQUAL(stat_i(st, "rejected/too_many_peers"), refused);
+    CU_ASSERT(stat_i(st, "rejected/too_many_peers") >= refused &&
+              stat_i(st, "rejected/too_many_peers") <= refused + observer_refused);
     json_decref(st);
     CU_ASSERT_EQUAL(send_stop(&r), 0);
     CU_ASSERT_EQUAL(test_proc_wait(r.broker, 10), 0);

@@ -724,6 +724,7 @@ void e2e_register_eval_during(void); /* tests/e2e/test_eval_during.c */
 void e2e_register_replay_tool(void); /* tests/e2e/test_replay_tool.c */
 void e2e_register_dist_run(void);    /* tests/e2e/test_dist_run.c */
 void e2e_register_remote_gen(void);  /* tests/e2e/test_remote_gen.c */
+void e2e_register_multihost(void);   /* tests/e2e/test_multihost.c */
 int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
 void e2e_register_diskfull(void);   /* tests/e2e/test_diskfull.c */
 void e2e_register_rl_recipes(void); /* tests/e2e/test_rl_recipes.c */
@@ -738,6 +739,7 @@ int register_suites(void) {
     e2e_register_replay_tool();
     e2e_register_dist_run();
     e2e_register_remote_gen();
+    e2e_register_multihost();
     register_plugin_faults_suite();
     e2e_register_diskfull();
     e2e_register_rl_recipes();

@@ -409,6 +409,21 @@ static void test_config_errors_name_path(void) {
     expect_error("rl.prox=exact", "cfg.json: rl.prox", "\"recompute\" or \"interpolate\"");
     expect_error("rl.ppo_epochs=0", "cfg.json: rl.ppo_epochs", "");
     expect_error("rl.mini_batches=1000", "cfg.json: rl.mini_batches", "samples of a step");
+    {   /* generators only on other hosts: async yes, sync (which splits a step among known generators) no */
+        rlhf_error err = {0};
+        run_config cfg;
+        CU_ASSERT_EQUAL(parse_with(BASE, "generators.count=0", &err, &cfg), 0);
+        CU_ASSERT_EQUAL(cfg.gen_count, 0);
+        run_config_free(&cfg);
+        json_t *doc = json_loads(BASE, 0, NULL);
+        json_object_set_new(doc, "mode", json_string("sync"));
+        char *sync = json_dumps(doc, JSON_COMPACT);
+        json_decref(doc);
+        CU_ASSERT_EQUAL(parse_with(sync, "generators.count=0", &err, &cfg), RLHF_EINVAL);
+        CU_ASSERT_STRING_EQUAL(err.where, "cfg.json: generators.count");
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "needs mode \"async\""));
+        free(sync);
+    }
     expect_error("mode=fast", "cfg.json: mode", "async");
     expect_error("updaters.count=0", "cfg.json: updaters.count", "must be an integer in [1, 256]");
     expect_error("task=3", "--set task", "must be an object");
