@@ -45,6 +45,7 @@ typedef struct child {
     int quick;         /* deaths in a row, each within RESTART_QUICK_S of its start */
     double restart_at; /* > 0: dead, to be started again at this rlhf_now() */
     int mpi_ranks;     /* > 1: argv is an mpirun command line starting that many ranks */
+    int mpi_hostfile;  /* 1: with --hostfile (ranks on other hosts: TCP between them) */
 } child;
 
 /* A child that lived less than this died "quickly"; its next restart waits twice as long as the last,
@@ -83,7 +84,7 @@ static int spawn(child *c, const char *run_dir, rlhf_error *err) {
         if (c->mpi_ranks > 1) {
             /* data-parallel updaters: mpirun starts the ranks on this host. Root is allowed (containers,
              * CI); shared memory between the ranks; no network probing; more ranks than cores is fine */
-            run_mpirun_env();
+            run_mpirun_env(c->mpi_hostfile);
             execvp("mpirun", c->argv);
             fprintf(stderr, "exec mpirun: %s (updaters.count > 1 needs openmpi-bin)\n", strerror(errno));
             _exit(127);
@@ -568,7 +569,9 @@ int cmd_run(int argc, char **argv) {
         ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
         self[sl > 0 ? sl : 0] = 0;
         const char *a[] = {"-np", np, "--quiet", self, "updater", "--config", cfg_out, NULL};
-        child_args(upd, "updater", a);
+        const char *ah[] = {"-np", np, "--hostfile", cfg.upd_hostfile, "--quiet", self, "updater", "--config", cfg_out, NULL};
+        child_args(upd, "updater", cfg.upd_hostfile[0] ? ah : a);
+        upd->mpi_hostfile = cfg.upd_hostfile[0] != 0;
         free(upd->argv[0]);
         upd->argv[0] = strdup("mpirun");
         upd->mpi_ranks = cfg.upd_count;

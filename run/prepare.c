@@ -130,6 +130,8 @@ int run_prepare(run_config *cfg, rlhf_error *err) {
                                   "%d updaters run under mpirun, which is not on PATH: %s (Debian: apt-get install "
                                   "openmpi-bin libopenmpi-dev)", cfg->upd_count, strerror(ENOENT));
     }
+    if (cfg->upd_hostfile[0] && access(cfg->upd_hostfile, R_OK) != 0)
+        return rlhf_error_set(err, RLHF_ESYS, "updaters.hostfile", "%s: %s", cfg->upd_hostfile, strerror(errno));
 
     /* prompts: the training set with the selector that serves it (the broker's own when it names them) */
     json_t *b = cfg->broker;

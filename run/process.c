@@ -26,13 +26,13 @@ void run_process_close(run_process *p) {
     run_config_free(&p->cfg);
 }
 
-void run_mpirun_env(void) {
+void run_mpirun_env(int multi_host) {
     /* root is allowed (containers, CI); shared memory between the ranks of a host (single-copy
      * mechanisms need ptrace rights a container may not give); more ranks than cores is fine; no
      * binding, since the ranks divide the cores among their OpenMP threads themselves */
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_btl", "self,vader", 1);
+    setenv("OMPI_MCA_btl", multi_host ? "self,vader,tcp" : "self,vader", 1);
     setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
     setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
     setenv("OMPI_MCA_hwloc_base_binding_policy", "none", 1);
@@ -55,7 +55,7 @@ int run_mpirun_exec(int np, char *const *args) {
     argv[k++] = "--quiet";
     argv[k++] = self;
     for (int i = 0; i < n; i++) argv[k++] = args[i];
-    run_mpirun_env();
+    run_mpirun_env(0);
     execvp("mpirun", argv);
     int e = errno;
     free(argv);

@@ -140,6 +140,7 @@ typedef struct run_config {
     int upd_count;             /* updaters.count: data-parallel updater ranks, started under mpirun when > 1 */
     int reward_threads;        /* updaters.reward_threads: scoring threads beside the optimizer */
     int upd_bucket_mb;         /* updaters.bucket_mb: MB of gradient per all-reduce between updater ranks */
+    char upd_hostfile[1024];   /* updaters.hostfile: an Open MPI hostfile placing the updater ranks ("": this host) */
 
     json_t *resolved;          /* the whole resolved document (owned) */
     char source[1024];         /* where the config came from (file name), for error messages */
@@ -232,9 +233,9 @@ typedef struct run_process {
 int run_process_open(run_process *p, const char *config_path, int role, rlhf_error *err);
 void run_process_close(run_process *p);
 
-/* Data-parallel updaters on one host: the environment mpirun and its ranks need (root allowed, shared
- * memory between ranks, oversubscription, no core binding). */
-void run_mpirun_env(void);
+/* Data-parallel updaters: the environment mpirun and its ranks need (root allowed, shared memory between
+ * the ranks of a host, oversubscription, no core binding); multi_host adds TCP between hosts. */
+void run_mpirun_env(int multi_host);
 /* Replaces this process with `mpirun -np NP --quiet THIS_BINARY ARGS...` (ARGS NULL-terminated, without
  * argv[0]) in that environment; returns -1 with errno only when mpirun cannot be started. */
 int run_mpirun_exec(int np, char *const *args);

@@ -405,6 +405,7 @@ static void test_config_errors_name_path(void) {
     expect_error("rl.scale_rewards=batch", "cfg.json: rl.scale_rewards", "applies to rl.advantage \"grpo\" only");
     expect_error("rl.clip_ratio_c=0.5", "cfg.json: rl.clip_ratio_c", "must be 0 (off) or above 1");
     expect_error("rl.kl.estimator=k4", "cfg.json: rl.kl.estimator", "\"k3\"");
+    expect_error("updaters.hostfile=/etc/hosts", "cfg.json: updaters.hostfile", "updaters.count is 1");
     expect_error("rl.ref_reset_every=5", "cfg.json: rl.ref_reset_every", "rl.kl_beta is 0");
     expect_error("rl.prox=exact", "cfg.json: rl.prox", "\"recompute\" or \"interpolate\"");
     expect_error("rl.ppo_epochs=0", "cfg.json: rl.ppo_epochs", "");
