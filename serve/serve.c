@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -329,6 +330,66 @@ static char *chat_prompt(json_t *msgs, const char **bad) {
     return q;
 }
 
+/* The prompt of a chat request through the model's chat template (add_generation_prompt on, the
+ * request's tools passed on). Text-part lists become strings; an assistant's content may be null (a
+ * turn of tool calls). On a bad message or a template error *bad (static) or why (the template's
+ * line:column and message) says why. */
+static char *template_prompt(serve_server *s, json_t *req, const char **bad, char *why, size_t why_cap) {
+    json_t *msgs = json_array(), *m;
+    size_t i;
+    json_array_foreach(json_object_get(req, "messages"), i, m) {
+        json_t *role = json_object_get(m, "role"), *raw = json_object_get(m, "content");
+        json_t *content = json_is_null(raw) && json_is_string(role) && !strcmp(json_string_value(role), "assistant")
+                              ? json_string("")
+                              : message_text(raw);
+        if (!json_is_object(m) || !json_is_string(role) || !content) {
+            *bad = "each message needs a string \"role\" and a \"content\" string (or list of text parts)";
+            json_decref(content);
+            json_decref(msgs);
+            return NULL;
+        }
+        json_t *copy = json_copy(m);
+        json_object_set_new(copy, "content", content);
+        json_array_append_new(msgs, copy);
+    }
+    json_t *tools = json_object_get(req, "tools");
+    template_chat_args a = {.messages = msgs, .tools = json_is_array(tools) ? tools : NULL, .add_generation_prompt = 1,
+                            .bos_token = s->bos_token, .eos_token = s->eos_token};
+    char *out = NULL;
+    rlhf_error err = {0};
+    if (template_render_chat(s->chat_tmpl, &a, &out, NULL, &err)) {
+        snprintf(why, why_cap, "the chat template failed: %s: %s", err.where, err.msg);
+        *bad = why;
+    }
+    json_decref(msgs);
+    return out;
+}
+
+/* The chat template: cfg->chat_template, else the tokenizer directory's, else the model directory's. */
+static int load_chat_template(serve_server *s, rlhf_error *err) {
+    const serve_config *cfg = &s->cfg;
+    char *text = NULL, name[1100];
+    int rc = 0;
+    struct stat st;
+    if (cfg->chat_template[0]) {
+        size_t len;
+        if ((rc = rlhf_read_file(cfg->chat_template, &text, &len, err))) return rc;
+        snprintf(name, sizeof name, "%s", cfg->chat_template);
+    } else {
+        const char *dirs[] = {cfg->tokenizer, cfg->model_path};
+        for (int k = 0; k < 2 && !text && !rc; k++) {
+            if (!dirs[k][0] || stat(dirs[k], &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+            free(s->bos_token), free(s->eos_token);
+            rc = template_load_hf(dirs[k], &text, &s->bos_token, &s->eos_token, err);
+            snprintf(name, sizeof name, "%s/tokenizer_config.json:chat_template", dirs[k]);
+        }
+        if (rc || !text) return rc;
+    }
+    rc = template_create(&s->chat_tmpl, text, strlen(text), name, err);
+    free(text);
+    return rc;
+}
+
 static const char *finish_name(int f) { return f == SAMPLE_FINISH_STOP ? "stop" : "length"; }
 
 /* Streaming: the connection thread sends the job's SSE bytes as the worker appends them. */
@@ -423,7 +484,8 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
             serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "messages", "messages must be a non-empty array");
         }
-        prompt = chat_prompt(msgs, &bad);
+        char why[1100];
+        prompt = s->chat_tmpl ? template_prompt(s, req, &bad, why, sizeof why) : chat_prompt(msgs, &bad);
         if (!prompt) {
             serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "messages", "%s", bad ? bad : "out of memory");
@@ -448,7 +510,9 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
         return ret;
     }
     rlhf_error err = {0};
-    if (!prompt || tokenizer_encode(s->tok, prompt, strlen(prompt), 1, &j->prompt_ids, &j->prompt_len, &err) != 0) {
+    /* a template writes the BOS token itself (Hugging Face encodes its text without special tokens) */
+    int add_bos = !(chat && s->chat_tmpl);
+    if (!prompt || tokenizer_encode(s->tok, prompt, strlen(prompt), add_bos, &j->prompt_ids, &j->prompt_len, &err) != 0) {
         free(prompt);
         serve_job_free(j);
         return reply_error(s, c, 400, "invalid_request_error", chat ? "messages" : "prompt", "cannot tokenise: %s",
@@ -690,7 +754,7 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     if (cfg->model_path[0]) {
         if (!s->cfg.model_id[0]) id_from_path(cfg->model_path, s->cfg.model_id, sizeof s->cfg.model_id);
         if ((rc = model_load_for_inference(&s->m, &s->tok, cfg->model_path, cfg->tokenizer, cfg->max_seq_len, err)) ||
-            (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err))) {
+            (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err)) || (rc = load_chat_template(s, err))) {
             serve_server_destroy(&s);
             return rc;
         }
@@ -755,6 +819,9 @@ void serve_server_destroy(serve_server **ps) {
     }
     sampler_destroy(&s->smp);
     tokenizer_destroy(&s->tok);
+    template_destroy(&s->chat_tmpl);
+    free(s->bos_token);
+    free(s->eos_token);
     model_destroy(&s->m);
     reward_model_destroy(&s->rm);
     pthread_mutex_destroy(&s->mu);

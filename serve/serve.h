@@ -37,6 +37,9 @@ typedef struct serve_config {
     char model_path[1024];  /* checkpoint to generate with; "" = none (reward model only) */
     char rm_path[1024];     /* reward model checkpoint; "" = none */
     char tokenizer[1024];   /* "" = the model's own, "bytes", or a Hugging Face tokenizer directory */
+    char chat_template[1024]; /* a Jinja file for /v1/chat/completions; "" = the chat_template of the
+                               * tokenizer's or the model's tokenizer_config.json, if any (else the
+                               * plain "<|role|>\ncontent\n" layout) */
     int max_seq_len;        /* > 0: caps the model's context (KV cache per slot); 0 = the model's */
     char model_id[128];     /* id in /v1/models and responses; "" = file name without extension */
     char host[64];          /* default "127.0.0.1" */

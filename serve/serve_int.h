@@ -18,6 +18,7 @@
 #include "model/model.h"
 #include "rewards/rm/rm.h"
 #include "serve/serve.h"
+#include "template/template.h"
 
 enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
 enum { SERVE_MAX_STOPS = 4 };
@@ -64,6 +65,8 @@ struct serve_server {
     FILE *log;
     model *m;
     tokenizer *tok;
+    struct template_program *chat_tmpl; /* NULL: no template (the plain layout) */
+    char *bos_token, *eos_token;        /* the template's bos_token / eos_token (may be NULL) */
     sampler *smp;
     reward_model *rm;
     char rm_id[128];

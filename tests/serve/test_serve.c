@@ -182,6 +182,39 @@ static void test_judge_against_serve(void) {
     peer_stop(&srv);
 }
 
+/* --chat-template: chat prompts are the template's text (bytes tokenizer: one id a byte, no BOS added
+ * since a template writes its own), a template error is a 400 naming the template's line:column, and
+ * an assistant turn with content null is accepted. */
+static void test_serve_chat_template(void) {
+    char tpl[128];
+    snprintf(tpl, sizeof tpl, "%s/chat.jinja", g_dir);
+    FILE *f = fopen(tpl, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("{% for m in messages %}\n"
+          "{% if m.role == 'system' %}{{ raise_exception('no system role here') }}{% endif %}\n"
+          "<|{{ m.role }}|>\n{{ m.content | trim }}\n"
+          "{% endfor %}\n"
+          "{% if add_generation_prompt %}<|assistant|>\n{% endif %}\n", f);
+    fclose(f);
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, "--chat-template", tpl), 0);
+    const char *req = "{\"messages\":[{\"role\":\"user\",\"content\":\"   Q: p\\nA: 12  \"},{\"role\":\"assistant\","
+                      "\"content\":null},{\"role\":\"user\",\"content\":\"again\"}],\"max_tokens\":4,\"temperature\":0}";
+    char *body = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", req, &body), 200);
+    json_t *j = json_loads(body, 0, NULL);
+    free(body);
+    const char *want = "<|user|>\nQ: p\nA: 12\n<|assistant|>\n\n<|user|>\nagain\n<|assistant|>\n";
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens")), (json_int_t)strlen(want));
+    json_decref(j);
+    const char *sys = "{\"messages\":[{\"role\":\"system\",\"content\":\"x\"}],\"max_tokens\":4}";
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", sys, &body), 400);
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "chat.jinja:2:"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "no system role here"));
+    free(body);
+    peer_stop(&srv);
+}
+
 static void test_serve_completions_and_stream(void) {
     peer srv;
     CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, NULL, NULL), 0);
@@ -878,6 +911,7 @@ int register_suites(void) {
     CU_pSuite s = CU_add_suite("serve", suite_init, suite_clean);
     CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
     CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);
+    CU_add_test(s, "chat_template", test_serve_chat_template);
     CU_add_test(s, "rejects_bad_requests", test_serve_rejects_bad_requests);
     CU_add_test(s, "queue_bound", test_serve_queue_bound);
     CU_add_test(s, "greedy_matches_sampler_run", test_serve_matches_sampler_run);
