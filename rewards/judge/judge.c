@@ -36,32 +36,92 @@ struct judge_client {
     judge_stats stats;
 };
 
-/* Replaces every occurrence of the API key in s (in place, shrinking) so that no reason or log line can
- * carry it, even when a server echoes the Authorization header back. */
-static void redact(const judge_client *jc, char *s) {
-    if (!jc->api_key || !jc->api_key[0] || !s) return;
-    size_t kl = strlen(jc->api_key);
-    static const char mask[] = "[redacted]";
+/* s with the secret masked, as a malloc'd string (NULL when out of memory): every occurrence of the API
+ * key, every prefix of it of JUDGE_MASK_PREFIX or more characters (a server that echoes a header it cut
+ * short), and whatever token follows "Bearer " (an echoed Authorization header, whoever's key it holds)
+ * become "[redacted]". This runs on the whole text BEFORE anything cuts it to a buffer: a cut after
+ * masking can only shorten "[redacted]", never leave the start of a key behind. */
+#define JUDGE_MASK_PREFIX 8
+typedef struct mask_buf {
     char *p;
-    while ((p = strstr(s, jc->api_key)) != NULL) {
-        size_t tail = strlen(p + kl);
-        if (kl >= sizeof mask - 1) {
-            memcpy(p, mask, sizeof mask - 1);
-            memmove(p + sizeof mask - 1, p + kl, tail + 1);
+    size_t n, cap;
+} mask_buf;
+
+static int mask_put(mask_buf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = (b->n + n + 1) * 2;
+        char *p = realloc(b->p, cap);
+        if (!p) return -1;
+        b->p = p, b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return 0;
+}
+
+static char *mask_secret(const judge_client *jc, const char *s) {
+    static const char mask[] = "[redacted]";
+    const char *key = jc->api_key && jc->api_key[0] ? jc->api_key : NULL;
+    size_t kl = key ? strlen(key) : 0, n = strlen(s);
+    size_t min_prefix = kl < JUDGE_MASK_PREFIX ? kl : JUDGE_MASK_PREFIX;
+    mask_buf b = {0};
+    int bad = mask_put(&b, "", 0);
+    for (size_t i = 0; i < n && !bad;) {
+        if (!strncasecmp(s + i, "Bearer ", 7)) {
+            size_t j = i + 7;
+            while (j < n && s[j] == ' ') j++;
+            size_t t = j;
+            while (t < n && !strchr(" \"',\r\n", s[t])) t++;
+            if (t > j) {
+                bad = mask_put(&b, s + i, 7) || mask_put(&b, mask, sizeof mask - 1);
+                i = t;
+                continue;
+            }
+        }
+        size_t l = 0;
+        while (key && l < kl && i + l < n && s[i + l] == key[l]) l++;
+        if (key && (l == kl || l >= min_prefix)) {
+            bad = mask_put(&b, mask, sizeof mask - 1);
+            i += l;
         } else {
-            memmove(p, p + kl, tail + 1); /* too short to mask without growing: drop it */
+            bad = mask_put(&b, s + i, 1);
+            i++;
         }
     }
+    if (bad) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* Formats, masks, then cuts to cap bytes (in this order: see mask_secret). */
+__attribute__((format(printf, 4, 5))) static void masked_format(const judge_client *jc, char *dst, size_t cap,
+                                                                 const char *fmt, ...) {
+    char *raw = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&raw, fmt, ap);
+    va_end(ap);
+    char *m = n >= 0 ? mask_secret(jc, raw) : NULL;
+    snprintf(dst, cap, "%s", m ? m : "(out of memory)");
+    if (raw) explicit_bzero(raw, strlen(raw));
+    free(raw);
+    free(m);
 }
 
 __attribute__((format(printf, 2, 3))) static void jlog(const judge_client *jc, const char *fmt, ...) {
     if (!jc->log) return;
-    char line[1024];
+    char *raw = NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    int n = vasprintf(&raw, fmt, ap);
     va_end(ap);
-    redact(jc, line);
+    if (n < 0) return;
+    char line[1024];
+    masked_format(jc, line, sizeof line, "%s", raw);
+    free(raw);
     fprintf(jc->log, "judge[%s]: %s\n", jc->name, line);
     fflush(jc->log);
 }
@@ -280,17 +340,18 @@ static void release_easy(judge_client *jc, judge_req *r) {
 static void finish_error(judge_client *jc, judge_req *r, judge_item *it, judge_reason reason, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 static void finish_error(judge_client *jc, judge_req *r, judge_item *it, judge_reason reason, const char *fmt, ...) {
-    char d[sizeof it->detail];
+    char *d = NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(d, sizeof d, fmt, ap);
+    if (vasprintf(&d, fmt, ap) < 0) d = NULL;
     va_end(ap);
     it->ok = 0;
     it->score = NAN;
     it->raw_score = NAN;
     it->reason = reason;
-    snprintf(it->detail, sizeof it->detail, "%s: %.140s", judge_reason_name(reason), d);
-    redact(jc, it->detail);
+    /* masked whole, then cut to the detail's size */
+    masked_format(jc, it->detail, sizeof it->detail, "%s: %s", judge_reason_name(reason), d ? d : "(out of memory)");
+    free(d);
     it->attempts = r ? r->attempts : 0;
     if (r) r->state = REQ_DONE;
 }
@@ -374,11 +435,10 @@ static void short_server_message(const judge_client *jc, const char *body, char 
     out[0] = 0;
     json_t *j = body ? json_loads(body, 0, NULL) : NULL;
     json_t *m = json_object_get(json_object_get(j, "error"), "message");
-    if (json_is_string(m)) snprintf(out, cap, ": %s", json_string_value(m));
+    if (json_is_string(m)) masked_format(jc, out, cap, ": %s", json_string_value(m)); /* masked before the cut */
     json_decref(j);
     for (char *p = out; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ' ';
-    redact(jc, out);
 }
 
 static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode res, double now) {

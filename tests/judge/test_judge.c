@@ -445,6 +445,87 @@ static int file_contains(const char *path, const char *needle) {
     return found;
 }
 
+/* No 8-character piece of KEY in S. */
+static int holds_key_piece(const char *s, const char *key) {
+    size_t kl = strlen(key);
+    for (size_t i = 0; i + 8 <= kl; i++) {
+        char piece[9];
+        memcpy(piece, key + i, 8);
+        piece[8] = 0;
+        if (strstr(s, piece)) return 1;
+    }
+    return 0;
+}
+
+/* A server that echoes the Authorization header (or only the key, or only its first K characters)
+ * behind 0..200 filler characters: every cut the client makes to a reason or a log line falls at every
+ * offset of a 144-character key, and no piece of it survives in any reason or log line. */
+static void test_key_masked_at_every_offset(void) {
+    char key[145];
+    for (int i = 0; i < 144; i++) key[i] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(i * 7 + 3) % 62];
+    memcpy(key, "sk-proj-", 8);
+    key[144] = 0;
+    setenv("RLHF_TEST_JUDGE_KEY2", key, 1);
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--require-key-env RLHF_TEST_JUDGE_KEY2", NULL, NULL, NULL), 0);
+    char log_path[] = "/tmp/rlhf-judge-mask-XXXXXX";
+    int fd = mkstemp(log_path);
+    CU_ASSERT_FATAL(fd >= 0);
+    FILE *log = fdopen(fd, "w");
+    judge_config cfg;
+    judge_config_default(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+    snprintf(cfg.model, sizeof cfg.model, "m");
+    snprintf(cfg.api_key_env, sizeof cfg.api_key_env, "RLHF_TEST_JUDGE_KEY2");
+    cfg.retries = 0;
+    cfg.concurrency = 8;
+    cfg.breaker_failures = 100000;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "mask", log, NULL), 0);
+    judge_config_free(&cfg);
+    enum { PADS = 201, CUTS = 144, N = PADS * 2 + CUTS * 2 };
+    judge_item *it = calloc(N, sizeof *it);
+    char (*text)[96] = calloc(N, sizeof *text);
+    int k = 0;
+    for (int pad = 0; pad < PADS; pad++) {
+        snprintf(text[k], sizeof text[k], "fault=echo_auth pad=%d", pad), k++;
+        snprintf(text[k], sizeof text[k], "fault=echo_auth bare=1 pad=%d", pad), k++;
+    }
+    for (int cut = 1; cut <= CUTS; cut++) {
+        snprintf(text[k], sizeof text[k], "fault=echo_auth cut=%d", cut + 7), k++; /* "Bearer " + cut characters */
+        snprintf(text[k], sizeof text[k], "fault=echo_auth bare=1 cut=%d", cut), k++;
+    }
+    for (int i = 0; i < N; i++) it[i].prompt = "p", it[i].completion = text[i];
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    int leaks = 0, echoed = 0;
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 0);
+        echoed += strstr(it[i].detail, "HTTP 401") != NULL;
+        if (holds_key_piece(it[i].detail, key)) {
+            if (leaks++ < 3) fprintf(stderr, "\n  leak in item %d (%s): %s\n", i, text[i], it[i].detail);
+        }
+    }
+    CU_ASSERT_EQUAL(echoed, N);
+    CU_ASSERT_EQUAL(leaks, 0);
+    /* short prefixes are masked too (not only the 8-character pieces the check looks for) */
+    CU_ASSERT_PTR_NOT_NULL(strstr(it[PADS * 2 + 2 * 7 + 1].detail, "[redacted]")); /* bare, 8 characters */
+    fclose(log);
+    judge_client_destroy(&jc);
+    char *data = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL(rlhf_read_file(log_path, &data, &len, NULL), 0);
+    CU_ASSERT(!data || !holds_key_piece(data, key));
+    free(data);
+    unlink(log_path);
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "auth_failures")), 0);
+    json_decref(st);
+    peer_stop(&srv);
+    free(it);
+    free(text);
+    unsetenv("RLHF_TEST_JUDGE_KEY2");
+}
+
 static void test_api_key_never_leaks(void) {
     const char *key = "sk-test-9f8e7d6c5b4a-SECRET";
     setenv("RLHF_TEST_JUDGE_KEY", key, 1);
@@ -569,5 +650,6 @@ int register_suites(void) {
     CU_add_test(h, "deadline", test_deadline);
     CU_add_test(h, "batch_200_under_30pct_faults", test_batch_under_faults);
     CU_add_test(h, "api_key_never_leaks", test_api_key_never_leaks);
+    CU_add_test(h, "key_masked_at_every_offset", test_key_masked_at_every_offset);
     return 0;
 }

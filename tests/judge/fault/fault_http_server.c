@@ -12,6 +12,8 @@
  *   times=N        apply the fault only to the first N requests with this same message (then answer)
  *   score=X        the score to answer with (default 5)
  *   retry_after=S  Retry-After seconds on 429/503 (default --retry-after, 1)
+ *   pad=N cut=K bare=1  echo_auth: N blanks before the echo, only K characters of the header value, the
+ *                  value without "Bearer "
  * Without a fault directive, --fault-rate F injects a random fault from
  * {429, 500, 503, slow, truncate, nonjson, wrongshape, outofrange} into a fraction F of requests.
  * The answer is {"score": X} as the message content when the request carries a response_format (unless
@@ -213,9 +215,19 @@ static enum MHD_Result chat(server_state *st, struct MHD_Connection *c, const up
     case F_NONJSON: ret = send_text(c, 200, "text/html", "<html><body>502 Bad Gateway</body></html>", NULL); break;
     case F_WRONGSHAPE: ret = send_json(c, 200, json_pack("{s:s, s:f}", "result", "ok", "score", score), NULL); break;
     case F_ECHO_AUTH: {
+        /* pad=N: N filler characters first (moves the key across every cut a client makes); cut=K: only
+         * the first K characters of the header value (a server that truncates); bare=1: without
+         * "Bearer " (the key alone) */
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-        char msg[512];
-        snprintf(msg, sizeof msg, "Incorrect API key provided: %s", auth ? auth : "(none)");
+        char pb[32], cb[32], bb[8], msg[2048];
+        int pad = directive(text, "pad", pb, sizeof pb) ? atoi(pb) : 0;
+        int cut = directive(text, "cut", cb, sizeof cb) ? atoi(cb) : -1;
+        const char *v = auth ? auth : "(none)";
+        if (directive(text, "bare", bb, sizeof bb) && !strncmp(v, "Bearer ", 7)) v += 7;
+        if (pad < 0 || pad > 1000) pad = 0;
+        int vl = (int)strlen(v);
+        if (cut >= 0 && cut < vl) vl = cut;
+        snprintf(msg, sizeof msg, "%*sIncorrect API key provided: %.*s", pad, "", vl, v);
         ret = send_json(c, 401, error_body(msg, "invalid_request_error"), NULL);
         break;
     }
