@@ -155,9 +155,7 @@ int judge_client_create(judge_client **out, const judge_config *cfg, const char 
     jc->cfg.system_text = cfg->system_text ? strdup(cfg->system_text) : NULL;
     snprintf(jc->name, sizeof jc->name, "%s", name ? name : "judge");
     jc->log = log;
-    size_t ul = strlen(cfg->base_url);
-    while (ul > 0 && cfg->base_url[ul - 1] == '/') ul--;
-    snprintf(jc->url, sizeof jc->url, "%.*s/v1/chat/completions", (int)ul, cfg->base_url);
+    judge_chat_url(cfg->base_url, jc->url, sizeof jc->url);
     jc->rf_supported = cfg->response_format != JUDGE_RF_NONE;
     rlhf_rng_seed(&jc->rng, cfg->seed);
     jc->headers = curl_slist_append(NULL, "Content-Type: application/json");
@@ -232,6 +230,7 @@ typedef struct judge_req {
     char last_error[128]; /* why the previous attempt failed, for the final reason */
     judge_reason last_reason;
     char curl_err[CURL_ERROR_SIZE];
+    char location[256];    /* a 3xx's Location header, cut */
 } judge_req;
 
 static char *build_body(const judge_client *jc, const char *rendered, int with_rf) {
@@ -268,6 +267,15 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
     judge_req *r = ud;
     size_t n = size * nmemb;
+    if (n > 9 && !strncasecmp(data, "Location:", 9)) {
+        size_t i = 9;
+        while (i < n && (data[i] == ' ' || data[i] == '\t')) i++;
+        size_t m = n - i;
+        while (m > 0 && isspace((unsigned char)data[i + m - 1])) m--;
+        if (m > sizeof r->location - 1) m = sizeof r->location - 1;
+        memcpy(r->location, data + i, m);
+        r->location[m] = 0;
+    }
     if (n > 12 && !strncasecmp(data, "Retry-After:", 12)) {
         char v[128];
         size_t m = n - 12 < sizeof v - 1 ? n - 12 : sizeof v - 1;
@@ -299,6 +307,7 @@ static int start_attempt(judge_client *jc, judge_req *r, const judge_item *it, d
     r->too_large = 0;
     r->retry_after_ms = -1;
     r->curl_err[0] = 0;
+    r->location[0] = 0;
     long timeout = jc->cfg.call_timeout_ms;
     if (it->deadline > 0) {
         double left = (it->deadline - now) * 1000.0;
@@ -318,6 +327,12 @@ static int start_attempt(judge_client *jc, judge_req *r, const judge_item *it, d
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->curl_err);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* One connection per attempt: on a reused connection that dies before a reply, libcurl silently sends
+     * the POST again on a new one (2 items x 4 attempts reached a server as 14 requests, not 8), so a
+     * retry budget would not bound what the endpoint sees. A fresh connection costs about one loopback
+     * round trip (bench_judge at 0 ms latency: 1605 -> see docs/JUDGE.md); a judge call takes far longer. */
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* a redirect would carry the key to another place */
     if (curl_multi_add_handle(jc->multi, e) != CURLM_OK) {
         jc->pool[jc->n_pool++] = e;
         r->easy = NULL;
@@ -447,7 +462,7 @@ static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode 
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     release_easy(jc, r);
     if (jc->breaker_state == BREAKER_HALF_OPEN) jc->probe_in_flight = 0;
-    char what[160];
+    char what[400];
     if (res != CURLE_OK) {
         if (r->too_large) {
             breaker_result(jc, 0, now);
@@ -458,7 +473,7 @@ static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode 
         if (res == CURLE_OPERATION_TIMEDOUT) reason = JUDGE_ERR_TIMEOUT;
         else if (res == CURLE_PARTIAL_FILE) reason = JUDGE_ERR_TRUNCATED;
         else if (res == CURLE_OUT_OF_MEMORY) reason = JUDGE_ERR_INTERNAL;
-        snprintf(what, sizeof what, "%.150s", r->curl_err[0] ? r->curl_err : curl_easy_strerror(res));
+        snprintf(what, sizeof what, "%.150s (POST %.200s)", r->curl_err[0] ? r->curl_err : curl_easy_strerror(res), jc->url);
         breaker_result(jc, 1, now);
         retry_or_fail(jc, r, it, reason, now, what);
         return;
@@ -495,10 +510,15 @@ static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode 
         r->attempts--; /* the schema probe does not use up a retry */
         return;
     }
+    if (status >= 300 && status < 400) {
+        finish_error(jc, r, it, JUDGE_ERR_HTTP_3XX, "HTTP %ld from POST %s, redirecting to %s: not followed (set base_url "
+                     "to where the API is)", status, jc->url, r->location[0] ? r->location : "(no Location)");
+        return;
+    }
     if (status < 200 || status >= 300) {
-        char msg[128];
+        char msg[160];
         short_server_message(jc, r->resp.p, msg, sizeof msg);
-        finish_error(jc, r, it, JUDGE_ERR_HTTP_4XX, "HTTP %ld%s", status, msg);
+        finish_error(jc, r, it, JUDGE_ERR_HTTP_4XX, "HTTP %ld from POST %s%s", status, jc->url, msg);
         return;
     }
     json_error_t jerr;

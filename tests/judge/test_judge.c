@@ -445,6 +445,95 @@ static int file_contains(const char *path, const char *needle) {
     return found;
 }
 
+/* Each attempt is one request on the wire: the server counts what it received. A connection closed
+ * without a reply (after earlier requests made it a reused one) is where libcurl would silently send the
+ * POST again; with retries 3 each failing item costs exactly 4 requests. */
+static void test_one_request_per_attempt(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    judge_config cfg;
+    judge_config_default(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+    snprintf(cfg.model, sizeof cfg.model, "m");
+    cfg.retries = 3;
+    cfg.backoff_ms = 1;
+    cfg.backoff_max_ms = 5;
+    cfg.concurrency = 2;
+    cfg.breaker_failures = 1000;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "count", NULL, NULL), 0);
+    judge_config_free(&cfg);
+    /* warm connections first, so that the faults below hit reused ones */
+    judge_item warm[4] = {{.prompt = "p", .completion = "w1 score=3"}, {.prompt = "p", .completion = "w2 score=3"},
+                          {.prompt = "p", .completion = "w3 score=3"}, {.prompt = "p", .completion = "w4 score=3"}};
+    CU_ASSERT_EQUAL(judge_score(jc, warm, 4, NULL), 0);
+    for (int i = 0; i < 4; i++) CU_ASSERT_EQUAL(warm[i].ok, 1);
+    judge_item it[3] = {{.prompt = "p", .completion = "a fault=close"}, {.prompt = "p", .completion = "b fault=close"},
+                        {.prompt = "p", .completion = "c fault=500 retry_after=0"}};
+    CU_ASSERT_EQUAL(judge_score(jc, it, 3, NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 0);
+        CU_ASSERT_EQUAL(it[i].attempts, 4);
+    }
+    json_t *st = peer_stats(&srv);
+    json_t *byf = json_object_get(st, "faults");
+    long closes = (long)json_integer_value(json_object_get(byf, "close"));
+    long fives = (long)json_integer_value(json_object_get(byf, "500"));
+    long chat = (long)json_integer_value(json_object_get(st, "chat_requests"));
+    fprintf(stderr, "\n  server saw %ld chat requests: %ld closed without reply (2 items), %ld HTTP 500 (1 item)\n", chat,
+            closes, fives);
+    CU_ASSERT_EQUAL(closes, 8);
+    CU_ASSERT_EQUAL(fives, 4);
+    CU_ASSERT_EQUAL(chat, 4 + 12);
+    CU_ASSERT_EQUAL((long)judge_client_stats(jc)->http_requests, 4 + 12);
+    json_decref(st);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+/* base_url as the OpenAI SDK takes it (http://host:port/v1) or as a bare host; a wrong path is an error
+ * naming the URL posted to; a redirect is its own class, not followed, not retried. */
+static void test_base_url_and_redirect(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    const char *forms[3] = {"%s/v1", "%s/v1/", "%s/nope/v1"};
+    for (int f = 0; f < 3; f++) {
+        judge_config cfg;
+        judge_config_default(&cfg);
+        snprintf(cfg.base_url, sizeof cfg.base_url, forms[f], srv.base_url);
+        snprintf(cfg.model, sizeof cfg.model, "m");
+        cfg.retries = 2;
+        cfg.backoff_ms = 1;
+        judge_client *jc = NULL;
+        CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "url", NULL, NULL), 0);
+        judge_config_free(&cfg);
+        judge_item it[2] = {{.prompt = "p", .completion = "u score=9"}, {.prompt = "p", .completion = "u fault=redirect"}};
+        CU_ASSERT_EQUAL(judge_score(jc, it, f == 2 ? 1 : 2, NULL), 0);
+        if (f < 2) {
+            CU_ASSERT_EQUAL(it[0].ok, 1);
+            CU_ASSERT_DOUBLE_EQUAL(it[0].raw_score, 9, 1e-12);
+            CU_ASSERT_EQUAL(it[1].ok, 0);
+            CU_ASSERT_EQUAL(it[1].reason, JUDGE_ERR_HTTP_3XX);
+            CU_ASSERT_EQUAL(it[1].attempts, 1);
+            CU_ASSERT_STRING_EQUAL(judge_reason_name(it[1].reason), "http_3xx");
+            CU_ASSERT_PTR_NOT_NULL(strstr(it[1].detail, "/v2/chat/completions"));
+            CU_ASSERT_PTR_NOT_NULL(strstr(it[1].detail, "not followed"));
+        } else {
+            char want[300];
+            snprintf(want, sizeof want, "HTTP 404 from POST %s/nope/v1/chat/completions", srv.base_url);
+            CU_ASSERT_EQUAL(it[0].reason, JUDGE_ERR_HTTP_4XX);
+            if (!strstr(it[0].detail, want)) fprintf(stderr, "\n  detail: %s\n", it[0].detail);
+            CU_ASSERT_PTR_NOT_NULL(strstr(it[0].detail, want));
+        }
+        judge_client_destroy(&jc);
+    }
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "redirected")), 0);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(st, "faults"), "redirect")), 2);
+    json_decref(st);
+    peer_stop(&srv);
+}
+
 /* No 8-character piece of KEY in S. */
 static int holds_key_piece(const char *s, const char *key) {
     size_t kl = strlen(key);
@@ -651,5 +740,7 @@ int register_suites(void) {
     CU_add_test(h, "batch_200_under_30pct_faults", test_batch_under_faults);
     CU_add_test(h, "api_key_never_leaks", test_api_key_never_leaks);
     CU_add_test(h, "key_masked_at_every_offset", test_key_masked_at_every_offset);
+    CU_add_test(h, "one_request_per_attempt", test_one_request_per_attempt);
+    CU_add_test(h, "base_url_and_redirect", test_base_url_and_redirect);
     return 0;
 }

@@ -8,7 +8,9 @@
  * Prints "fault_http_server: listening on 127.0.0.1:PORT" on stdout once ready (P = 0 picks a port).
  *
  * Per-request control: directives of the form key=value anywhere in the last user message:
- *   fault=none|429|500|503|slow|truncate|nonjson|wrongshape|outofrange|noscore|echo_auth|400|big
+ *   fault=none|429|500|503|slow|truncate|nonjson|wrongshape|outofrange|noscore|echo_auth|400|big|close
+ *                  (close: the connection is closed without a reply)|redirect (307 to /v2/chat/completions
+ *                  of this server: a client that follows it is counted in /stats "redirected")
  *   times=N        apply the fault only to the first N requests with this same message (then answer)
  *   score=X        the score to answer with (default 5)
  *   retry_after=S  Retry-After seconds on 429/503 (default --retry-after, 1)
@@ -39,11 +41,11 @@
 
 enum fault {
     F_NONE, F_429, F_500, F_503, F_SLOW, F_TRUNCATE, F_NONJSON, F_WRONGSHAPE, F_OUTOFRANGE, F_NOSCORE,
-    F_ECHO_AUTH, F_400, F_BIG, F_N
+    F_ECHO_AUTH, F_400, F_BIG, F_CLOSE, F_REDIRECT, F_N
 };
 static const char *const fault_names[F_N] = {"none",       "429",        "500",        "503",      "slow",
                                              "truncate",   "nonjson",    "wrongshape", "outofrange", "noscore",
-                                             "echo_auth",  "400",        "big"};
+                                             "echo_auth",  "400",        "big",        "close",      "redirect"};
 static const enum fault random_faults[] = {F_429, F_500, F_503, F_SLOW, F_TRUNCATE, F_NONJSON, F_WRONGSHAPE,
                                            F_OUTOFRANGE};
 
@@ -56,7 +58,7 @@ typedef struct server_state {
     rlhf_rng rng;
     uint64_t seen_hash[SEEN_SLOTS]; /* message hash -> requests seen, for times=N */
     int seen_count[SEEN_SLOTS];
-    long requests, chat_requests, auth_failures, rf_requests;
+    long requests, chat_requests, auth_failures, rf_requests, redirected;
     long by_fault[F_N];
 } server_state;
 
@@ -208,6 +210,14 @@ static enum MHD_Result chat(server_state *st, struct MHD_Connection *c, const up
     else snprintf(content, sizeof content, "The answer was checked.\nscore: %.17g", score);
     enum MHD_Result ret;
     switch (f) {
+    case F_CLOSE: ret = MHD_NO; break;
+    case F_REDIRECT: {
+        struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        MHD_add_response_header(r, "Location", "/v2/chat/completions");
+        ret = MHD_queue_response(c, 307, r);
+        MHD_destroy_response(r);
+        break;
+    }
     case F_429: ret = send_json(c, 429, error_body("rate limited", "rate_limit_error"), ra); break;
     case F_500: ret = send_json(c, 500, error_body("internal error", "server_error"), NULL); break;
     case F_503: ret = send_json(c, 503, error_body("overloaded", "server_error"), ra); break;
@@ -285,6 +295,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     }
     pthread_mutex_lock(&st->mu);
     st->requests++;
+    if (!strcmp(url, "/v2/chat/completions")) st->redirected++;
     pthread_mutex_unlock(&st->mu);
     if (st->required_key && strcmp(url, "/health") != 0) {
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
@@ -307,9 +318,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         pthread_mutex_lock(&st->mu);
         json_t *faults = json_object();
         for (int k = 0; k < F_N; k++) json_object_set_new(faults, fault_names[k], json_integer(st->by_fault[k]));
-        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:o}", "requests", (json_int_t)st->requests, "chat_requests",
+        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "requests", (json_int_t)st->requests, "chat_requests",
                               (json_int_t)st->chat_requests, "auth_failures", (json_int_t)st->auth_failures,
-                              "rf_requests", (json_int_t)st->rf_requests, "faults", faults);
+                              "rf_requests", (json_int_t)st->rf_requests, "redirected", (json_int_t)st->redirected,
+                              "faults", faults);
         pthread_mutex_unlock(&st->mu);
         return send_json(c, 200, j, NULL);
     }
