@@ -534,6 +534,50 @@ static void test_base_url_and_redirect(void) {
     peer_stop(&srv);
 }
 
+/* `rlhf reward-test --jsonl` with a judge: a failed judgement shows status error with raw, normalized and
+ * total null, never a 0 beside an ok; a good one its score. */
+static void test_reward_test_shows_failures(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    char dir[] = "/tmp/rlhf-judge-rt-XXXXXX";
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    char cfg_path[128], samples[128], out_path[128], bin[4096], cmd[8192];
+    snprintf(cfg_path, sizeof cfg_path, "%s/r.json", dir);
+    snprintf(samples, sizeof samples, "%s/s.jsonl", dir);
+    snprintf(out_path, sizeof out_path, "%s/out.jsonl", dir);
+    char cfg_json[512];
+    snprintf(cfg_json, sizeof cfg_json,
+             "[{\"type\":\"judge\",\"name\":\"j\",\"base_url\":\"%s/v1\",\"model\":\"m\",\"retries\":0,"
+             "\"on_error\":\"skip_group\"}]", srv.base_url);
+    const char *lines = "{\"prompt\":\"p\",\"completion\":\"rt score=7\"}\n{\"prompt\":\"p\",\"completion\":\"rt fault=400\"}\n";
+    CU_ASSERT_EQUAL(rlhf_write_file_atomic(cfg_path, cfg_json, strlen(cfg_json), NULL), 0);
+    CU_ASSERT_EQUAL(rlhf_write_file_atomic(samples, lines, strlen(lines), NULL), 0);
+    peer_bin_path("rlhf", bin, sizeof bin);
+    snprintf(cmd, sizeof cmd, "'%s' reward-test --jsonl '%s' '%s' > '%s' 2>/dev/null", bin, cfg_path, samples, out_path);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+    FILE *f = fopen(out_path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[4096];
+    json_t *o[2] = {0};
+    for (int i = 0; i < 2 && fgets(line, sizeof line, f); i++) o[i] = json_loads(line, 0, NULL);
+    fclose(f);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o[0]);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o[1]);
+    json_t *j0 = json_object_get(json_object_get(o[0], "sources"), "j"), *j1 = json_object_get(json_object_get(o[1], "sources"), "j");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j0, "status")), "ok");
+    CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(j0, "raw")), 0.7, 1e-12);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o[1], "status")), "error");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j1, "status")), "error");
+    CU_ASSERT(json_is_null(json_object_get(j1, "raw")));
+    CU_ASSERT(json_is_null(json_object_get(j1, "normalized")));
+    CU_ASSERT(json_is_null(json_object_get(o[1], "total")));
+    CU_ASSERT_PTR_NOT_NULL(strstr(json_string_value(json_object_get(j1, "reason")), "http_4xx: HTTP 400 from POST"));
+    json_decref(o[0]);
+    json_decref(o[1]);
+    unlink(cfg_path), unlink(samples), unlink(out_path), rmdir(dir);
+    peer_stop(&srv);
+}
+
 /* No 8-character piece of KEY in S. */
 static int holds_key_piece(const char *s, const char *key) {
     size_t kl = strlen(key);
@@ -742,5 +786,6 @@ int register_suites(void) {
     CU_add_test(h, "key_masked_at_every_offset", test_key_masked_at_every_offset);
     CU_add_test(h, "one_request_per_attempt", test_one_request_per_attempt);
     CU_add_test(h, "base_url_and_redirect", test_base_url_and_redirect);
+    CU_add_test(h, "reward_test_shows_failures", test_reward_test_shows_failures);
     return 0;
 }
