@@ -595,8 +595,10 @@ static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, 
         return reply_error(s, c, 404, "invalid_request_error", NULL,
                            "this server has no reward model (start rlhf serve with --reward-model)");
     json_t *q = json_object_get(req, "query");
-    if (!json_is_array(q) || json_array_size(q) == 0 || json_array_size(q) > 65536)
-        return reply_error(s, c, 400, "invalid_request_error", "query", "query must be an array of 1..65536 strings");
+    if (!json_is_array(q) || json_array_size(q) > 65536)
+        return reply_error(s, c, 400, "invalid_request_error", "query", "query must be an array of 0..65536 strings");
+    /* nothing to score is an answer, not an error (OpenRLHF's clients may send an empty batch) */
+    if (json_array_size(q) == 0) return reply_json(c, 200, json_pack("{s:[]}", "rewards"));
     serve_job *j = calloc(1, sizeof *j);
     size_t n = json_array_size(q);
     if (j) {

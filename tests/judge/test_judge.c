@@ -578,6 +578,50 @@ static void test_reward_test_shows_failures(void) {
     peer_stop(&srv);
 }
 
+/* The remote reward model (remote_rm) against the fault server's /get_reward: OpenRLHF's full URL and a
+ * base URL both work; a 429 is rate limiting (http_429), retried after the server's Retry-After (1 s,
+ * longer than the client's own 100 ms backoff); one request per attempt. */
+static void test_remote_rm_rate_limit(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    for (int form = 0; form < 2; form++) {
+        char cfg_json[512];
+        snprintf(cfg_json, sizeof cfg_json, "[{\"type\":\"remote_rm\",\"name\":\"rm\",\"url\":\"%s%s\",\"retries\":2}]",
+                 srv.base_url, form ? "/get_reward" : "/");
+        reward_pipeline *p = NULL;
+        rlhf_error err = {0};
+        CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, cfg_json, "rm.json", &err), 0);
+        char c0[64], c1[64];
+        snprintf(c0, sizeof c0, " fault=429 times=1 retry_after=1 form%d score=0.25", form);
+        snprintf(c1, sizeof c1, " form%d score=0.75", form);
+        rlhf_reward_item items[2] = {{.prompt = "p", .completion = c0, .record_json = "{}", .group_id = -1},
+                                     {.prompt = "p", .completion = c1, .record_json = "{}", .group_id = -1}};
+        reward_scores sc = {0};
+        double t0 = rlhf_now();
+        CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 2, &sc, &err), 0);
+        double took = rlhf_now() - t0;
+        CU_ASSERT(took >= 0.95); /* the Retry-After, not the 100 ms backoff */
+        CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_OK);
+        CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 0.25, 1e-12);
+        CU_ASSERT_DOUBLE_EQUAL(sc.raw[1], 0.75, 1e-12);
+        reward_scores_free(&sc);
+        /* still rate limited after the retries: http_429, each attempt one request */
+        json_t *st = peer_stats(&srv);
+        long before = (long)json_integer_value(json_object_get(st, "rm_requests"));
+        json_decref(st);
+        snprintf(c0, sizeof c0, " fault=429 times=99 retry_after=0 form%d", form);
+        CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 1, &sc, &err), 0);
+        CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_ERROR);
+        CU_ASSERT_EQUAL(strncmp(sc.status[0].reason, "http_429", 8), 0);
+        st = peer_stats(&srv);
+        CU_ASSERT_EQUAL((long)json_integer_value(json_object_get(st, "rm_requests")) - before, 3);
+        json_decref(st);
+        reward_scores_free(&sc);
+        reward_pipeline_destroy(&p);
+    }
+    peer_stop(&srv);
+}
+
 /* No 8-character piece of KEY in S. */
 static int holds_key_piece(const char *s, const char *key) {
     size_t kl = strlen(key);
@@ -787,5 +831,6 @@ int register_suites(void) {
     CU_add_test(h, "one_request_per_attempt", test_one_request_per_attempt);
     CU_add_test(h, "base_url_and_redirect", test_base_url_and_redirect);
     CU_add_test(h, "reward_test_shows_failures", test_reward_test_shows_failures);
+    CU_add_test(h, "remote_rm_rate_limit", test_remote_rm_rate_limit);
     return 0;
 }

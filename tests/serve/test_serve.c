@@ -771,6 +771,11 @@ static void test_rm_inprocess_vs_remote(void) {
     CU_ASSERT_FATAL(access(g_rm_path, R_OK) == 0);
     peer srv;
     CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--reward-model", g_rm_path, "--max-batch", "8"), 0);
+    /* an empty batch is an empty answer, not an error */
+    char *empty = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/get_reward", "{\"query\":[]}", &empty), 200);
+    CU_ASSERT_PTR_NOT_NULL(empty && strstr(empty, "{\"rewards\":[]}") ? empty : NULL);
+    free(empty);
     char cfg[2048];
     snprintf(cfg, sizeof cfg,
              "[{\"type\":\"rm\",\"name\":\"rm_local\",\"path\":\"%s\",\"batch_size\":8},"

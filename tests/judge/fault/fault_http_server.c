@@ -21,6 +21,7 @@
  * The answer is {"score": X} as the message content when the request carries a response_format (unless
  * --no-response-format, which refuses such requests with 400), else the text "...\nscore: X".
  * --latency-ms delays every answer (the fixed-latency peer of bench_judge).
+ * POST /get_reward answers the remote reward-model API (see get_reward below).
  * GET /stats returns request counts per fault; GET /v1/models lists one model; GET /health says ok. */
 #include <microhttpd.h>
 #include <jansson.h>
@@ -58,7 +59,7 @@ typedef struct server_state {
     rlhf_rng rng;
     uint64_t seen_hash[SEEN_SLOTS]; /* message hash -> requests seen, for times=N */
     int seen_count[SEEN_SLOTS];
-    long requests, chat_requests, auth_failures, rf_requests, redirected;
+    long requests, chat_requests, auth_failures, rf_requests, redirected, rm_requests;
     long by_fault[F_N];
 } server_state;
 
@@ -150,6 +151,46 @@ static json_t *completion_json(const char *content) {
                      "object", "chat.completion", "created", 0, "model", "fault-injector", "choices", "index", 0,
                      "message", "role", "assistant", "content", content, "finish_reason", "stop", "usage",
                      "prompt_tokens", 1, "completion_tokens", 1, "total_tokens", 2);
+}
+
+/* POST /get_reward (the remote reward-model API): {"query": [...]} -> {"rewards": [...]}, each the query's
+ * score=X (default 0.5); fault=429|503 (with times=N, retry_after=S) in the first query. */
+static enum MHD_Result get_reward(server_state *st, struct MHD_Connection *c, const upload *up) {
+    json_t *req = json_loadb(up->p ? up->p : "", up->len, 0, NULL);
+    json_t *q = json_object_get(req, "query");
+    if (!json_is_array(q)) {
+        json_decref(req);
+        return send_json(c, 400, error_body("query must be an array", "invalid_request_error"), NULL);
+    }
+    const char *first = json_string_value(json_array_get(q, 0));
+    char buf[64], ra[80];
+    snprintf(ra, sizeof ra, "%d", st->retry_after_s);
+    enum fault f = F_NONE;
+    pthread_mutex_lock(&st->mu);
+    st->rm_requests++;
+    if (first && directive(first, "fault", buf, sizeof buf)) {
+        if (!strcmp(buf, "429")) f = F_429;
+        if (!strcmp(buf, "503")) f = F_503;
+        int seen = seen_inc(st, first);
+        char tb[32];
+        if (directive(first, "times", tb, sizeof tb) && seen > atoi(tb)) f = F_NONE;
+    }
+    st->by_fault[f]++;
+    pthread_mutex_unlock(&st->mu);
+    if (first && directive(first, "retry_after", buf, sizeof buf)) snprintf(ra, sizeof ra, "%s", buf);
+    if (f != F_NONE) {
+        json_decref(req);
+        return send_json(c, f == F_429 ? 429 : 503, error_body(f == F_429 ? "rate limited" : "overloaded", "server_error"), ra);
+    }
+    json_t *rw = json_array();
+    size_t i;
+    json_t *x;
+    json_array_foreach(q, i, x) {
+        const char *t = json_string_value(x);
+        json_array_append_new(rw, json_real(t && directive(t, "score", buf, sizeof buf) ? strtod(buf, NULL) : 0.5));
+    }
+    json_decref(req);
+    return send_json(c, 200, json_pack("{s:o}", "rewards", rw), NULL);
 }
 
 static enum MHD_Result chat(server_state *st, struct MHD_Connection *c, const upload *up) {
@@ -308,6 +349,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     }
     if (up->too_big) return send_json(c, 413, error_body("request too large", "invalid_request_error"), NULL);
     if (!strcmp(method, "POST") && !strcmp(url, "/v1/chat/completions")) return chat(st, c, up);
+    if (!strcmp(method, "POST") && !strcmp(url, "/get_reward")) return get_reward(st, c, up);
     if (!strcmp(method, "GET") && !strcmp(url, "/health")) return send_text(c, 200, "text/plain", "ok\n", NULL);
     if (!strcmp(method, "GET") && !strcmp(url, "/v1/models"))
         return send_json(c, 200,
@@ -318,10 +360,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         pthread_mutex_lock(&st->mu);
         json_t *faults = json_object();
         for (int k = 0; k < F_N; k++) json_object_set_new(faults, fault_names[k], json_integer(st->by_fault[k]));
-        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "requests", (json_int_t)st->requests, "chat_requests",
+        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "requests", (json_int_t)st->requests, "chat_requests",
                               (json_int_t)st->chat_requests, "auth_failures", (json_int_t)st->auth_failures,
                               "rf_requests", (json_int_t)st->rf_requests, "redirected", (json_int_t)st->redirected,
-                              "faults", faults);
+                              "rm_requests", (json_int_t)st->rm_requests, "faults", faults);
         pthread_mutex_unlock(&st->mu);
         return send_json(c, 200, j, NULL);
     }
