@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -151,10 +152,13 @@ static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, jso
     return reply(c, status, "application/json", s, NULL);
 }
 
-static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
-                                   const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
-                                   const char *param, const char *fmt, ...) {
+/* An OpenAI-shaped error: {"error": {"message", "type", "param", "code"}}; code NULL = null. */
+static enum MHD_Result reply_error_code(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
+                                        const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+#define reply_error(s, c, status, type, param, ...) reply_error_code((s), (c), (status), (type), (param), NULL, __VA_ARGS__)
+static enum MHD_Result reply_error_code(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
+                                        const char *param, const char *code, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -166,8 +170,8 @@ static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, un
         fflush(s->log);
     }
     char *safe = rlhf_utf8_sanitize(msg, strlen(msg));
-    json_t *j = json_pack("{s:{s:s, s:s, s:o, s:n}}", "error", "message", safe ? safe : "error", "type", type,
-                          "param", param ? json_string(param) : json_null(), "code");
+    json_t *j = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", safe ? safe : "error", "type", type,
+                          "param", param ? json_string(param) : json_null(), "code", code ? json_string(code) : json_null());
     free(safe);
     if (status == 503) {
         char *b = json_dumps(j, JSON_COMPACT);
@@ -192,13 +196,22 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         return -1;                                                                            \
     } while (0)
     json_object_foreach(req, key, v) {
+        if (json_is_null(v)) continue; /* OpenAI: an explicit null is the default */
         if (!strcmp(key, "max_tokens") || !strcmp(key, "max_completion_tokens")) {
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1000000)
-                BAD(key, "%s must be an integer in 0..1000000", key);
+            if (!json_is_integer(v)) BAD(key, "Invalid '%s': expected an integer", key);
+            if (json_integer_value(v) < 1)
+                BAD(key, "Invalid '%s': integer below minimum value. Expected a value >= 1, but got %lld instead.", key,
+                    (long long)json_integer_value(v));
+            if (json_integer_value(v) > 1000000)
+                BAD(key, "Invalid '%s': integer above maximum value. Expected a value <= 1000000, but got %lld instead.",
+                    key, (long long)json_integer_value(v));
             p.max_new_tokens = (int)json_integer_value(v);
         } else if (!strcmp(key, "temperature")) {
-            if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 100)
-                BAD(key, "temperature must be a number in [0, 100]");
+            if (!json_is_number(v)) BAD(key, "Invalid 'temperature': expected a number");
+            if (json_number_value(v) < 0 || json_number_value(v) > 2)
+                BAD(key, "Invalid 'temperature': decimal %s value. Expected a value %s, but got %g instead.",
+                    json_number_value(v) < 0 ? "below minimum" : "above maximum",
+                    json_number_value(v) < 0 ? ">= 0" : "<= 2", json_number_value(v));
             p.temperature = (float)json_number_value(v);
         } else if (!strcmp(key, "top_p")) {
             if (!json_is_number(v) || !(json_number_value(v) > 0 && json_number_value(v) <= 1))
@@ -220,7 +233,14 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
             if (!json_is_boolean(v)) BAD(key, "stream must be true or false");
             *stream = json_is_true(v);
         } else if (!strcmp(key, "n")) {
-            if (!json_is_integer(v) || json_integer_value(v) != 1) BAD(key, "only n = 1 is supported");
+            if (!json_is_integer(v) || json_integer_value(v) < 1)
+                BAD(key, "Invalid 'n': integer below minimum value. Expected a value >= 1.");
+            if (json_integer_value(v) != 1) BAD(key, "only n = 1 is supported by this server");
+        } else if (!strcmp(key, "stream_options")) {
+            json_t *iu = json_object_get(v, "include_usage");
+            if (!json_is_object(v) || (iu && !json_is_boolean(iu) && !json_is_null(iu)))
+                BAD(key, "stream_options must be an object {\"include_usage\": true|false}");
+            j->include_usage = json_is_true(iu);
         } else if (!strcmp(key, "stop")) {
             int ns = 0;
             if (json_is_string(v)) {
@@ -299,8 +319,11 @@ static char *chat_prompt(json_t *msgs, const char **bad) {
     size_t i;
     json_t *m;
     json_array_foreach(msgs, i, m) {
-        json_t *role = json_object_get(m, "role");
-        json_t *content = message_text(json_object_get(m, "content"));
+        json_t *role = json_object_get(m, "role"), *raw = json_object_get(m, "content");
+        /* an assistant turn of tool calls has content null */
+        json_t *content = json_is_null(raw) && json_is_string(role) && !strcmp(json_string_value(role), "assistant")
+                              ? json_string("")
+                              : message_text(raw);
         if (!json_is_string(role) || !content) {
             *bad = "each message needs a string \"role\" and a \"content\" string (or list of text parts)";
             json_decref(content);
@@ -473,6 +496,12 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
     if (!s->m)
         return reply_error(s, c, 404, "invalid_request_error", "model",
                            "this server has no generation model (start rlhf serve with --model)");
+    /* the model asked for must be the one served (OpenAI's 404); a request naming none gets it */
+    json_t *mname = json_object_get(req, "model");
+    if (mname && !json_is_null(mname) && (!json_is_string(mname) || strcmp(json_string_value(mname), s->cfg.model_id)))
+        return reply_error_code(s, c, 404, "invalid_request_error", "model", "model_not_found",
+                                "The model `%.200s` does not exist or you do not have access to it.",
+                                json_is_string(mname) ? json_string_value(mname) : "(not a string)");
     serve_job *j = calloc(1, sizeof *j);
     if (!j) return reply_error(s, c, 500, "server_error", NULL, "out of memory");
     enum MHD_Result ret = MHD_YES;
@@ -539,6 +568,7 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
                                    "chat.completion.chunk", "created", (json_int_t)j->created, "model",
                                    s->cfg.model_id, "choices", "index", 0, "delta", "role", "assistant", "content", "",
                                    "finish_reason");
+            json_object_set_new(ev, "system_fingerprint", json_string(SERVE_FINGERPRINT));
             char *t = json_dumps(ev, JSON_COMPACT);
             json_decref(ev);
             size_t n = t ? strlen(t) + 9 : 0;
@@ -585,6 +615,7 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
                              chat ? "chat.completion" : "text_completion", "created", (json_int_t)j->created, "model",
                              s->cfg.model_id, "choices", choice, "usage", "prompt_tokens", j->prompt_len,
                              "completion_tokens", j->n_tokens, "total_tokens", j->prompt_len + j->n_tokens);
+    json_object_set_new(resp, "system_fingerprint", json_string(SERVE_FINGERPRINT));
     free(text);
     serve_job_free(j);
     return reply_json(c, 200, resp);
@@ -636,6 +667,18 @@ static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, 
     return ret;
 }
 
+/* Authorization: Bearer KEY, compared in constant time (a timing difference would reveal the key's
+ * prefix); the key is never echoed. */
+static int authorized(const serve_server *s, struct MHD_Connection *c) {
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
+    h += 7;
+    size_t kl = strlen(s->api_key), hl = strlen(h);
+    unsigned char diff = (unsigned char)(kl != hl);
+    for (size_t i = 0; i < kl; i++) diff |= (unsigned char)(s->api_key[i] ^ (i < hl ? h[i] : 0));
+    return diff == 0;
+}
+
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                const char *version, const char *data, size_t *data_size, void **con_cls) {
     (void)version;
@@ -677,6 +720,18 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         int q = s->queued;
         pthread_mutex_unlock(&s->mu);
         return reply_json(c, 200, json_pack("{s:s, s:i}", "status", "ok", "queued", q));
+    }
+    if (s->api_key && !authorized(s, c))
+        return reply_error_code(s, c, 401, "invalid_request_error", NULL, "invalid_api_key",
+                                "Incorrect API key provided. Send it as Authorization: Bearer KEY.");
+    if (!strncmp(url, "/v1/models/", 11)) {
+        if (!is_get) return reply_error(s, c, 405, "invalid_request_error", NULL, "use GET %s", url);
+        const char *id = url + 11;
+        if ((s->m && !strcmp(id, s->cfg.model_id)) || (s->rm && !strcmp(id, s->rm_id)))
+            return reply_json(c, 200, json_pack("{s:s, s:s, s:i, s:s}", "id", id, "object", "model", "created", 0,
+                                                "owned_by", "rlhf"));
+        return reply_error_code(s, c, 404, "invalid_request_error", "model", "model_not_found",
+                                "The model `%.200s` does not exist or you do not have access to it.", id);
     }
     if (!strcmp(url, "/v1/models")) {
         if (!is_get) return reply_error(s, c, 405, "invalid_request_error", NULL, "use GET /v1/models");
@@ -742,10 +797,21 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     addr.sin_port = htons((uint16_t)cfg->port);
     if (inet_pton(AF_INET, cfg->host, &addr.sin_addr) != 1)
         return rlhf_error_set(err, RLHF_EINVAL, "", "--host '%s' is not an IPv4 address", cfg->host);
+    const char *key = cfg->api_key_env[0] ? getenv(cfg->api_key_env) : NULL;
+    if (cfg->api_key_env[0] && (!key || !key[0]))
+        return rlhf_error_set(err, RLHF_EINVAL, "--api-key-env", "environment variable %s is not set (or empty)",
+                              cfg->api_key_env);
+    if (!key && (ntohl(addr.sin_addr.s_addr) >> 24) != 127)
+        return rlhf_error_set(err, RLHF_EINVAL, "--host", "%s is not a loopback address: anyone who reaches it could "
+                              "use the server; give an API key with --api-key-env NAME", cfg->host);
     serve_server *s = calloc(1, sizeof *s);
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     s->cfg = *cfg;
     s->log = log;
+    if (key && !(s->api_key = strdup(key))) {
+        free(s);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
@@ -822,6 +888,8 @@ void serve_server_destroy(serve_server **ps) {
     sampler_destroy(&s->smp);
     tokenizer_destroy(&s->tok);
     template_destroy(&s->chat_tmpl);
+    if (s->api_key) explicit_bzero(s->api_key, strlen(s->api_key));
+    free(s->api_key);
     free(s->bos_token);
     free(s->eos_token);
     model_destroy(&s->m);

@@ -43,6 +43,8 @@ typedef struct serve_config {
     int max_seq_len;        /* > 0: caps the model's context (KV cache per slot); 0 = the model's */
     char model_id[128];     /* id in /v1/models and responses; "" = file name without extension */
     char host[64];          /* default "127.0.0.1" */
+    char api_key_env[128];  /* an environment variable holding the API key every request must carry
+                             * (Authorization: Bearer KEY); "" = none, allowed on a loopback host only */
     int port;               /* 0 = any free port (see serve_port) */
     int max_batch;          /* sampler slots and RM batch (default 8) */
     int max_queue;          /* waiting requests before 503 (default 64) */

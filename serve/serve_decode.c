@@ -185,9 +185,10 @@ static void sse_raw(serve_job *j, const char *line) {
 }
 
 static json_t *chunk(serve_server *s, serve_job *j, json_t *choice) {
-    return json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", j->rid, "object",
-                     j->chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)j->created, "model",
-                     s->cfg.model_id, "choices", choice);
+    json_t *ev = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:s}", "id", j->rid, "object",
+                           j->chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)j->created,
+                           "model", s->cfg.model_id, "choices", choice, "system_fingerprint", SERVE_FINGERPRINT);
+    return ev;
 }
 
 /* Length of the longest prefix of t[0..n) that does not end inside a UTF-8 sequence. */
@@ -235,12 +236,18 @@ static void finish_job(serve_server *s, serve_job *j, int finish) {
         stream_progress(s, j, 1);
         json_t *choice = j->chat ? json_pack("{s:i, s:{}, s:s}", "index", 0, "delta", "finish_reason", finish_str(finish))
                                  : json_pack("{s:i, s:s, s:s}", "index", 0, "text", "", "finish_reason", finish_str(finish));
-        json_t *ev = chunk(s, j, choice);
-        json_object_set_new(ev, "usage", json_pack("{s:i, s:i, s:i}", "prompt_tokens", j->prompt_len,
-                                                   "completion_tokens", j->n_tokens, "total_tokens",
-                                                   j->prompt_len + j->n_tokens));
+        json_t *ev = chunk(s, j, choice), *usage = NULL;
+        /* as OpenAI: the usage only with stream_options.include_usage, in a chunk of its own (no choices) */
+        if (j->include_usage) {
+            usage = chunk(s, j, json_object());
+            json_array_clear(json_object_get(usage, "choices"));
+            json_object_set_new(usage, "usage", json_pack("{s:i, s:i, s:i}", "prompt_tokens", j->prompt_len,
+                                                          "completion_tokens", j->n_tokens, "total_tokens",
+                                                          j->prompt_len + j->n_tokens));
+        }
         pthread_mutex_lock(&s->mu);
         sse_event(j, ev);
+        if (usage) sse_event(j, usage);
         sse_raw(j, "data: [DONE]\n\n");
     } else {
         pthread_mutex_lock(&s->mu);

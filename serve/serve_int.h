@@ -21,6 +21,8 @@
 #include "template/template.h"
 
 enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
+/* OpenAI's system_fingerprint: names the serving configuration (one server, one model) */
+#define SERVE_FINGERPRINT "fp_rlhf_serve"
 enum { SERVE_MAX_STOPS = 4 };
 
 typedef struct serve_job {
@@ -33,6 +35,7 @@ typedef struct serve_job {
     int n_stops;
     int stream, chat;
     int logprobs;                 /* the response lists each token with its log-probs (not streamed) */
+    int include_usage;            /* stream_options.include_usage: a last chunk with only the usage */
     struct serve_server *server;  /* for the streaming callbacks */
     char rid[64];                 /* response id */
     long long created;
@@ -67,6 +70,7 @@ struct serve_server {
     tokenizer *tok;
     struct template_program *chat_tmpl; /* NULL: no template (the plain layout) */
     char *bos_token, *eos_token;        /* the template's bos_token / eos_token (may be NULL) */
+    char *api_key;                      /* from cfg.api_key_env: requests must carry it; NULL = open */
     sampler *smp;
     reward_model *rm;
     char rm_id[128];

@@ -218,7 +218,7 @@ static void test_serve_chat_template(void) {
 static void test_serve_completions_and_stream(void) {
     peer srv;
     CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, NULL, NULL), 0);
-    const char *req = "{\"model\":\"x\",\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,"
+    const char *req = "{\"model\":\"judge-model\",\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,"
                       "\"temperature\":0}";
     char *body = NULL;
     CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", req, &body), 200);
@@ -232,7 +232,7 @@ static void test_serve_completions_and_stream(void) {
     CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) > 0);
 
     /* The same request streamed: the deltas concatenate to the same text; [DONE] closes it. */
-    const char *sreq = "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"Q: p\\nA: 12\"}],"
+    const char *sreq = "{\"model\":\"judge-model\",\"messages\":[{\"role\":\"user\",\"content\":\"Q: p\\nA: 12\"}],"
                        "\"max_tokens\":12,\"temperature\":0,\"stream\":true}";
     CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", sreq, &body), 200);
     char acc[256] = "";
@@ -324,7 +324,7 @@ static void test_serve_rejects_bad_requests(void) {
     } cases[] = {
         {"POST", "/v1/chat/completions", "{not json", 400, "not JSON"},
         {"POST", "/v1/chat/completions", "[1,2]", 400, "JSON object"},
-        {"POST", "/v1/chat/completions", "{\"model\":\"x\"}", 400, "messages"},
+        {"POST", "/v1/chat/completions", "{\"user\":\"u\"}", 400, "messages"},
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\"}]}", 400, "content"},
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":\"hot\"}",
          400, "temperature"},
@@ -504,7 +504,7 @@ static void test_serve_logprobs(void) {
         char *body = NULL;
         const char *req = variant == 0
                               ? "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":12,\"seed\":9,"
-                                "\"temperature\":4,\"top_k\":5,\"min_p\":0.05,\"logprobs\":true}"
+                                "\"temperature\":2,\"top_k\":5,\"min_p\":0.05,\"logprobs\":true}"
                               : "{\"prompt\":\"<|user|>\\nhi\\n<|assistant|>\\n\",\"max_tokens\":12,\"temperature\":0,"
                                 "\"logprobs\":0}";
         CU_ASSERT_EQUAL(peer_http(&srv, "POST", variant == 0 ? "/v1/chat/completions" : "/v1/completions", req, &body),
@@ -564,7 +564,7 @@ static void test_serve_logprobs(void) {
         CU_ASSERT_EQUAL_FATAL(model_reference_logits(m, seq, T, lg, NULL), 0);
         for (int t = 0; t < n; t++) {
             double rp, rq;
-            ref_logprobs(lg + (size_t)(plen - 1 + t) * V, V, ids[t], 4.0, 5, 0.05, &rp, &rq);
+            ref_logprobs(lg + (size_t)(plen - 1 + t) * V, V, ids[t], 2.0, 5, 0.05, &rp, &rq);
             CU_ASSERT(fabs(lp[t] - rp) < 1e-4);
             if (variant == 0) CU_ASSERT(fabs(lq[t] - rq) < 1e-4);
             if (!(fabs(lp[t] - rp) < 1e-4) || (variant == 0 && !(fabs(lq[t] - rq) < 1e-4)))
