@@ -69,7 +69,7 @@ int cmd_serve(int argc, char **argv) {
     rlhf_error err = {0};
     if (serve_server_create(&s, &cfg, stderr, &err) != 0) {
         rlhf_error_print("rlhf serve", &err);
-        return 1;
+        return rlhf_exit_status(&err); /* a bad option value is a usage error (2), a missing file 3 */
     }
     printf("rlhf serve: listening on %s:%d\n", cfg.host, serve_port(s));
     fflush(stdout);

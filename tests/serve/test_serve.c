@@ -909,6 +909,9 @@ static void test_bad_preference_files(void) {
 }
 
 void serve_register_slow_clients(void); /* tests/serve/test_slow_clients.c */
+void serve_add_openai_sdk_tests(CU_pSuite s); /* tests/serve/test_openai_sdk.c */
+const char *serve_test_judge_model(void);
+const char *serve_test_judge_model(void) { return g_judge_model; }
 
 int register_suites(void) {
     signal(SIGPIPE, SIG_IGN);
@@ -926,5 +929,6 @@ int register_suites(void) {
     CU_add_test(s, "rm_inprocess_vs_remote", test_rm_inprocess_vs_remote);
     CU_add_test(s, "capitals_ground_truth", test_capitals_source);
     CU_add_test(s, "bad_preference_files", test_bad_preference_files);
+    serve_add_openai_sdk_tests(s);
     return 0;
 }
