@@ -235,7 +235,9 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         } else if (!strcmp(key, "n")) {
             if (!json_is_integer(v) || json_integer_value(v) < 1)
                 BAD(key, "Invalid 'n': integer below minimum value. Expected a value >= 1.");
-            if (json_integer_value(v) != 1) BAD(key, "only n = 1 is supported by this server");
+            if (json_integer_value(v) > SERVE_MAX_N)
+                BAD(key, "Invalid 'n': integer above maximum value. Expected a value <= %d.", SERVE_MAX_N);
+            j->n_choices = (int)json_integer_value(v);
         } else if (!strcmp(key, "stream_options")) {
             json_t *iu = json_object_get(v, "include_usage");
             if (!json_is_object(v) || (iu && !json_is_boolean(iu) && !json_is_null(iu)))
@@ -281,6 +283,7 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         /* other OpenAI fields (model, user, presence_penalty, ...) are accepted and ignored */
     }
     if (*stream && j->logprobs) BAD("logprobs", "logprobs are not offered with stream: true");
+    if (*stream && j->n_choices > 1) BAD("n", "n > 1 is not offered with stream: true");
 #undef BAD
     j->params = p; /* EOS and the stop strings end generation (serve/serve_decode.c) */
     return 0;
@@ -595,29 +598,56 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
         MHD_destroy_response(r); /* the daemon holds its own reference until the stream ends */
         return ret;
     }
-    if (serve_submit(s, j) != 0) {
-        serve_job_free(j);
-        return reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
+    /* n > 1: one job per sample (seeds seed, seed+1, ...), queued together so the worker decodes them
+     * in the same steps */
+    int nc = j->n_choices > 1 ? j->n_choices : 1, submitted = 0;
+    serve_job *jobs[SERVE_MAX_N] = {j};
+    for (int k = 1; k < nc; k++) {
+        serve_job *x = jobs[k] = calloc(1, sizeof *x);
+        if (!x) break;
+        *x = (serve_job){.kind = j->kind, .params = j->params, .n_stops = j->n_stops, .chat = j->chat,
+                         .logprobs = j->logprobs, .server = s, .created = j->created, .prompt_len = j->prompt_len};
+        x->params.seed = j->params.seed + (uint64_t)k;
+        memcpy(x->rid, j->rid, sizeof x->rid);
+        x->prompt_ids = malloc((size_t)j->prompt_len * sizeof *x->prompt_ids);
+        if (x->prompt_ids) memcpy(x->prompt_ids, j->prompt_ids, (size_t)j->prompt_len * sizeof *x->prompt_ids);
+        for (int i = 0; i < j->n_stops; i++) x->stops[i] = strdup(j->stops[i]);
+        if (!x->prompt_ids) break;
     }
-    serve_wait(s, j);
-    if (j->failed) {
-        ret = reply_error(s, c, 500, "server_error", NULL, "%s", j->errmsg);
-        serve_job_free(j);
+    int ready = 1;
+    for (int k = 0; k < nc; k++) ready &= jobs[k] && jobs[k]->prompt_ids;
+    while (ready && submitted < nc && serve_submit(s, jobs[submitted]) == 0) submitted++;
+    for (int k = 0; k < submitted; k++) serve_wait(s, jobs[k]);
+    const char *why = !ready ? "out of memory" : NULL;
+    for (int k = 0; k < submitted && !why; k++)
+        if (jobs[k]->failed) why = jobs[k]->errmsg;
+    if (why || submitted < nc) {
+        ret = why ? reply_error(s, c, 500, "server_error", NULL, "%s", why)
+                  : reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
+        for (int k = 0; k < nc; k++) serve_job_free(jobs[k]);
         return ret;
     }
-    char *text = rlhf_utf8_sanitize(j->text ? j->text : "", j->text_len);
-    json_t *choice = chat ? json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", 0, "message", "role", "assistant", "content",
-                                      text ? text : "", "finish_reason", finish_name(j->finish))
-                          : json_pack("{s:i, s:s, s:s}", "index", 0, "text", text ? text : "", "finish_reason",
-                                      finish_name(j->finish));
-    if (j->logprobs && choice) json_object_set_new(choice, "logprobs", logprobs_json(s, j));
-    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:{s:i, s:i, s:i}}", "id", j->rid, "object",
+    json_t *choices = json_array();
+    int completion_tokens = 0;
+    for (int k = 0; k < nc; k++) {
+        serve_job *x = jobs[k];
+        char *text = rlhf_utf8_sanitize(x->text ? x->text : "", x->text_len);
+        json_t *choice = chat ? json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", k, "message", "role", "assistant",
+                                          "content", text ? text : "", "finish_reason", finish_name(x->finish))
+                              : json_pack("{s:i, s:s, s:s}", "index", k, "text", text ? text : "", "finish_reason",
+                                          finish_name(x->finish));
+        if (x->logprobs && choice) json_object_set_new(choice, "logprobs", logprobs_json(s, x));
+        json_array_append_new(choices, choice);
+        completion_tokens += x->n_tokens;
+        free(text);
+    }
+    /* the prompt is counted once, as OpenAI does for n > 1 */
+    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:o, s:{s:i, s:i, s:i}, s:s}", "id", j->rid, "object",
                              chat ? "chat.completion" : "text_completion", "created", (json_int_t)j->created, "model",
-                             s->cfg.model_id, "choices", choice, "usage", "prompt_tokens", j->prompt_len,
-                             "completion_tokens", j->n_tokens, "total_tokens", j->prompt_len + j->n_tokens);
-    json_object_set_new(resp, "system_fingerprint", json_string(SERVE_FINGERPRINT));
-    free(text);
-    serve_job_free(j);
+                             s->cfg.model_id, "choices", choices, "usage", "prompt_tokens", j->prompt_len,
+                             "completion_tokens", completion_tokens, "total_tokens", j->prompt_len + completion_tokens,
+                             "system_fingerprint", SERVE_FINGERPRINT);
+    for (int k = 0; k < nc; k++) serve_job_free(jobs[k]);
     return reply_json(c, 200, resp);
 }
 

@@ -23,7 +23,7 @@
 enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
 /* OpenAI's system_fingerprint: names the serving configuration (one server, one model) */
 #define SERVE_FINGERPRINT "fp_rlhf_serve"
-enum { SERVE_MAX_STOPS = 4 };
+enum { SERVE_MAX_STOPS = 4, SERVE_MAX_N = 16 };
 
 typedef struct serve_job {
     int kind;
@@ -36,6 +36,7 @@ typedef struct serve_job {
     int stream, chat;
     int logprobs;                 /* the response lists each token with its log-probs (not streamed) */
     int include_usage;            /* stream_options.include_usage: a last chunk with only the usage */
+    int n_choices;                /* "n": samples of the prompt (non-streamed), each a job decoded alongside */
     struct serve_server *server;  /* for the streaming callbacks */
     char rid[64];                 /* response id */
     long long created;

@@ -53,6 +53,11 @@ async function main() {
   out.logprobs = lp.choices[0].logprobs.content.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes,
                                                               top: Array.isArray(t.top_logprobs) }));
   out.logprobs_text = lp.choices[0].message.content;
+  // n > 1: the samples of one prompt, decoded together
+  const nc = await client.chat.completions.create({ model, messages: q, max_tokens: 12, temperature: 1, seed: 5, n: 3 });
+  out.n3 = { indexes: nc.choices.map((ch) => ch.index), texts: nc.choices.map((ch) => ch.message.content),
+             usage: nc.usage };
+  out.n_stream = await attempt(() => client.chat.completions.create({ model, messages: q, n: 2, stream: true }));
   // the legacy completions route
   const lc = await client.completions.create({ model, prompt: '<|user|>\nQ: p\nA: 12\n<|assistant|>\n', max_tokens: 12,
                                                 temperature: 0 });

@@ -85,6 +85,16 @@ static void test_openai_sdk(void) {
     }
     CU_ASSERT_STRING_EQUAL(spelled, json_string_value(json_object_get(r, "logprobs_text")));
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "completion")), "score: 7\n");
+    /* n = 3: three choices indexed 0, 1, 2; the prompt counted once, each completion's tokens added */
+    json_t *n3 = json_object_get(r, "n3"), *idx = json_object_get(n3, "indexes"), *n3u = json_object_get(n3, "usage");
+    CU_ASSERT_EQUAL(json_array_size(idx), 3);
+    for (int k = 0; k < 3; k++) CU_ASSERT_EQUAL(json_integer_value(json_array_get(idx, (size_t)k)), k);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(n3, "texts")), 3);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(n3u, "prompt_tokens")), json_integer_value(json_object_get(u, "prompt_tokens")));
+    CU_ASSERT(json_integer_value(json_object_get(n3u, "completion_tokens")) >= 3);
+    e = err_of(r, "n_stream");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(e, "status")), 400);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(e, "param")), "n");
     /* refusals */
     e = err_of(r, "bad_temperature");
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(e, "status")), 400);
