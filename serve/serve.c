@@ -273,8 +273,10 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
                 j->logprobs = json_is_integer(v);
             }
         } else if (!strcmp(key, "top_logprobs")) {
-            if (!json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 0))
-                BAD(key, "top_logprobs must be 0 or null: alternatives per token are not offered");
+            if (!j->chat) BAD(key, "top_logprobs is a chat field (completions: logprobs 0 only)");
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > SERVE_MAX_TOP_LOGPROBS)
+                BAD(key, "Invalid 'top_logprobs': expected an integer in 0..%d", SERVE_MAX_TOP_LOGPROBS);
+            j->top_logprobs = (int)json_integer_value(v);
         } else if (!strcmp(key, "response_format")) {
             json_t *t = json_object_get(v, "type");
             if (!(json_is_string(t) && !strcmp(json_string_value(t), "text")))
@@ -282,6 +284,7 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         }
         /* other OpenAI fields (model, user, presence_penalty, ...) are accepted and ignored */
     }
+    if (j->top_logprobs && !j->logprobs) BAD("top_logprobs", "top_logprobs needs logprobs: true");
     if (*stream && j->logprobs) BAD("logprobs", "logprobs are not offered with stream: true");
     if (*stream && j->n_choices > 1) BAD("n", "n > 1 is not offered with stream: true");
 #undef BAD
@@ -470,8 +473,22 @@ static json_t *logprobs_json(serve_server *s, const serve_job *j) {
         json_t *bytes = json_array();
         for (size_t i = 0; i < nb; i++) json_array_append_new(bytes, json_integer((unsigned char)b[i]));
         if (j->chat) {
-            json_array_append_new(content, json_pack("{s:s, s:f, s:o, s:[], s:f}", "token", txt ? txt : "", "logprob",
-                                                     (double)j->out_lp[t], "bytes", bytes, "top_logprobs",
+            json_t *top = json_array();
+            for (int k = 0; k < j->top_logprobs; k++) {
+                int32_t id = j->out_top_ids[(size_t)t * j->top_logprobs + k];
+                if (id < 0) continue;
+                char tb[256];
+                size_t tn = s->tok->ops->token_bytes(s->tok, id, tb, sizeof tb);
+                if (tn > sizeof tb) tn = sizeof tb;
+                char *tt = rlhf_utf8_sanitize(tb, tn);
+                json_t *tbytes = json_array();
+                for (size_t i = 0; i < tn; i++) json_array_append_new(tbytes, json_integer((unsigned char)tb[i]));
+                json_array_append_new(top, json_pack("{s:s, s:f, s:o}", "token", tt ? tt : "", "logprob",
+                                                     (double)j->out_top_lp[(size_t)t * j->top_logprobs + k], "bytes", tbytes));
+                free(tt);
+            }
+            json_array_append_new(content, json_pack("{s:s, s:f, s:o, s:o, s:f}", "token", txt ? txt : "", "logprob",
+                                                     (double)j->out_lp[t], "bytes", bytes, "top_logprobs", top,
                                                      "sampling_logprob", (double)j->out_lq[t]));
         } else {
             json_decref(bytes);
@@ -606,7 +623,8 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
         serve_job *x = jobs[k] = calloc(1, sizeof *x);
         if (!x) break;
         *x = (serve_job){.kind = j->kind, .params = j->params, .n_stops = j->n_stops, .chat = j->chat,
-                         .logprobs = j->logprobs, .server = s, .created = j->created, .prompt_len = j->prompt_len};
+                         .logprobs = j->logprobs, .top_logprobs = j->top_logprobs, .server = s, .created = j->created,
+                         .prompt_len = j->prompt_len};
         x->params.seed = j->params.seed + (uint64_t)k;
         memcpy(x->rid, j->rid, sizeof x->rid);
         x->prompt_ids = malloc((size_t)j->prompt_len * sizeof *x->prompt_ids);

@@ -23,7 +23,7 @@
 enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
 /* OpenAI's system_fingerprint: names the serving configuration (one server, one model) */
 #define SERVE_FINGERPRINT "fp_rlhf_serve"
-enum { SERVE_MAX_STOPS = 4, SERVE_MAX_N = 16 };
+enum { SERVE_MAX_STOPS = 4, SERVE_MAX_N = 16, SERVE_MAX_TOP_LOGPROBS = 20 };
 
 typedef struct serve_job {
     int kind;
@@ -48,6 +48,9 @@ typedef struct serve_job {
     int32_t *out_ids;             // (n_tokens) with logprobs: the sampled ids,
     float *out_lp;                // (n_tokens) log pi(y) at temperature 1, unfiltered,
     float *out_lq;                // (n_tokens) log q(y) of the distribution sampled from (0 when greedy)
+    int top_logprobs;             /* chat "top_logprobs": the K most probable tokens at each position */
+    int32_t *out_top_ids;         // (n_tokens, top_logprobs) their ids, most probable first
+    float *out_top_lp;            // (n_tokens, top_logprobs) their log-probs (temperature 1, no filters)
     int out_cap;
     int finish;                   /* sample_finish */
     /* streaming: SSE bytes produced (under mu) and sent by the connection thread */

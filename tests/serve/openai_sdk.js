@@ -49,9 +49,13 @@ async function main() {
                                                           fps: [...fps] };
   }
   // log-probs in OpenAI's shape
-  const lp = await client.chat.completions.create({ model, messages: q, max_tokens: 6, temperature: 0, logprobs: true });
-  out.logprobs = lp.choices[0].logprobs.content.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes,
-                                                              top: Array.isArray(t.top_logprobs) }));
+  const lp = await client.chat.completions.create({ model, messages: q, max_tokens: 6, temperature: 0, logprobs: true,
+                                                   top_logprobs: 2 });
+  out.logprobs = lp.choices[0].logprobs.content.map((t) => ({
+    token: t.token, logprob: t.logprob, bytes: t.bytes,
+    top: Array.isArray(t.top_logprobs) && t.top_logprobs.length === 2 && t.top_logprobs[0].token === t.token &&
+         Math.abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6 && t.top_logprobs[1].logprob <= t.top_logprobs[0].logprob,
+  }));
   out.logprobs_text = lp.choices[0].message.content;
   // n > 1: the samples of one prompt, decoded together
   const nc = await client.chat.completions.create({ model, messages: q, max_tokens: 12, temperature: 1, seed: 5, n: 3 });

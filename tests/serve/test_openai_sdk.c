@@ -70,7 +70,8 @@ static void test_openai_sdk(void) {
     CU_ASSERT(json_equal(json_object_get(su, "usage"), u));
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(sp, "usageChunks")), 0);
     CU_ASSERT_EQUAL(json_integer_value(json_object_get(su, "chunks")), json_integer_value(json_object_get(sp, "chunks")) + 1);
-    /* log-probs: one entry per token whose tokens spell the text, log-probs <= 0, bytes, top_logprobs a list */
+    /* log-probs: one entry per token whose tokens spell the text, log-probs <= 0, bytes; top_logprobs 2
+     * entries, greedy: the first is the token itself with its log-prob, the second no more probable */
     json_t *lp = json_object_get(r, "logprobs");
     CU_ASSERT_EQUAL(json_array_size(lp), 6);
     char spelled[64] = "";

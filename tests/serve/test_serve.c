@@ -511,7 +511,7 @@ static void test_serve_logprobs(void) {
         char *body = NULL;
         const char *req = variant == 0
                               ? "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":12,\"seed\":9,"
-                                "\"temperature\":2,\"top_k\":5,\"min_p\":0.05,\"logprobs\":true}"
+                                "\"temperature\":2,\"top_k\":5,\"min_p\":0.05,\"logprobs\":true,\"top_logprobs\":3}"
                               : "{\"prompt\":\"<|user|>\\nhi\\n<|assistant|>\\n\",\"max_tokens\":12,\"temperature\":0,"
                                 "\"logprobs\":0}";
         CU_ASSERT_EQUAL(peer_http(&srv, "POST", variant == 0 ? "/v1/chat/completions" : "/v1/completions", req, &body),
@@ -574,6 +574,26 @@ static void test_serve_logprobs(void) {
             ref_logprobs(lg + (size_t)(plen - 1 + t) * V, V, ids[t], 2.0, 5, 0.05, &rp, &rq);
             CU_ASSERT(fabs(lp[t] - rp) < 1e-4);
             if (variant == 0) CU_ASSERT(fabs(lq[t] - rq) < 1e-4);
+            if (variant == 0) { /* top_logprobs: the 3 most probable tokens of the reference row, in order */
+                const float *row = lg + (size_t)(plen - 1 + t) * V;
+                int best[3] = {-1, -1, -1};
+                for (int k = 0; k < 3; k++)
+                    for (int v = 0; v < V; v++) {
+                        int used = 0;
+                        for (int q = 0; q < k; q++) used |= best[q] == v;
+                        if (!used && (best[k] < 0 || row[v] > row[best[k]])) best[k] = v;
+                    }
+                json_t *top = json_object_get(json_array_get(json_object_get(lpj, "content"), (size_t)t), "top_logprobs");
+                CU_ASSERT_EQUAL(json_array_size(top), 3);
+                for (int k = 0; k < 3 && k < (int)json_array_size(top); k++) {
+                    double want, ignored;
+                    ref_logprobs(row, V, best[k], 1.0, 0, 0, &want, &ignored);
+                    json_t *e = json_array_get(top, (size_t)k), *tb = json_object_get(e, "bytes");
+                    int id = json_array_size(tb) == 1 ? (int)json_integer_value(json_array_get(tb, 0)) : -1;
+                    CU_ASSERT(fabs(json_real_value(json_object_get(e, "logprob")) - want) < 1e-4);
+                    if (id >= 0) CU_ASSERT_EQUAL(id, best[k]);
+                }
+            }
             if (!(fabs(lp[t] - rp) < 1e-4) || (variant == 0 && !(fabs(lq[t] - rq) < 1e-4)))
                 fprintf(stderr, "\n  variant %d token %d: %g %g vs reference %g %g\n", variant, t, lp[t], lq[t], rp, rq);
         }
@@ -593,8 +613,10 @@ static void test_serve_logprobs(void) {
          "not offered with stream"},
         {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":\"yes\"}",
          "logprobs must be true or false"},
-        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":true,\"top_logprobs\":3}",
-         "top_logprobs must be 0"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":true,\"top_logprobs\":21}",
+         "Invalid 'top_logprobs'"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"top_logprobs\":2}",
+         "needs logprobs: true"},
         {"/v1/completions", "{\"prompt\":\"a\",\"logprobs\":2}", "logprobs must be 0"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
