@@ -24,7 +24,7 @@ static tval str_val(const char *s, size_t n) { return template_val_json(json_str
 static const tval *arg(tval *args, int nargs, char **kwn, tval *kwv, int nkw, int i, const char *name) {
     for (int k = 0; k < nkw; k++)
         if (kwn && kwn[k] && !strcmp(kwn[k], name)) return &kwv[k];
-    return i < nargs ? &args[i] : NULL;
+    return i >= 0 && i < nargs ? &args[i] : NULL;
 }
 
 static size_t ulen(const char *s, size_t n) {

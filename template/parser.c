@@ -14,6 +14,7 @@ typedef struct parser {
     int n, i;
     rlhf_error *err;
     int failed;
+    int depth; /* nesting of expressions and blocks: bounded, so a hostile template cannot exhaust the stack */
 } parser;
 
 static tmpl_tok *cur(parser *P) { return &P->t[P->i]; }
@@ -354,11 +355,18 @@ static tmpl_node *parse_filters(parser *P, tmpl_node *n) {
 
 static tmpl_node *parse_unary(parser *P, int with_filter) {
     tmpl_node *n;
+    if (P->depth > 200) {
+        fail_at(P, cur(P)->pos, "%s", "the template nests more than 200 deep (expressions, blocks or elif chains)");
+        return NULL;
+    }
     if (is_op(P, "-") || is_op(P, "+")) {
+        P->depth++;
         tmpl_node *m = node(P, is_op(P, "-") ? E_NEG : E_POS, cur(P)->pos);
         if (!m) return NULL;
         P->i++;
-        if (!(m->a = parse_unary(P, 0))) return template_node_free(m), NULL;
+        m->a = parse_unary(P, 0);
+        P->depth--;
+        if (!m->a) return template_node_free(m), NULL;
         n = m;
     } else {
         n = parse_postfix(P);
@@ -418,10 +426,17 @@ static tmpl_node *parse_compare(parser *P) {
 }
 static tmpl_node *parse_not(parser *P) {
     if (is_name(P, "not")) {
+        if (P->depth > 200) {
+            fail_at(P, cur(P)->pos, "%s", "the template nests more than 200 deep (expressions, blocks or elif chains)");
+            return NULL;
+        }
         tmpl_node *m = node(P, E_NOT, cur(P)->pos);
         if (!m) return NULL;
         P->i++;
-        if (!(m->a = parse_not(P))) return template_node_free(m), NULL;
+        P->depth++;
+        m->a = parse_not(P);
+        P->depth--;
+        if (!m->a) return template_node_free(m), NULL;
         return m;
     }
     return parse_compare(P);
@@ -436,7 +451,18 @@ static tmpl_node *parse_or(parser *P) {
     while (n && is_name(P, "or")) n = binary(P, n, parse_and, E_OR);
     return n;
 }
+static tmpl_node *parse_expr_inner(parser *P);
 static tmpl_node *parse_expr(parser *P) {
+    if (++P->depth > 200) {
+        fail_at(P, cur(P)->pos, "%s", "the template nests more than 200 deep (expressions, blocks or elif chains)");
+        P->depth--;
+        return NULL;
+    }
+    tmpl_node *n = parse_expr_inner(P);
+    P->depth--;
+    return n;
+}
+static tmpl_node *parse_expr_inner(parser *P) {
     tmpl_node *n = parse_or(P);
     while (n && is_name(P, "if")) {
         tmpl_node *m = node(P, E_COND, cur(P)->pos);
@@ -467,7 +493,9 @@ static tmpl_node *parse_if(parser *P, size_t pos) {
     if (parse_body(P, &n->body, stops, &which, pos)) return template_node_free(n), NULL;
     size_t at = P->t[P->i - 1].pos;
     if (which == 0) { /* elif: the rest is an if nested in the else branch; it consumes the endif */
+        P->depth++; /* an elif chain nests: it counts toward the bound */
         tmpl_node *e = parse_if(P, at);
+        P->depth--;
         if (!e || list_add(P, &n->alt, e)) return template_node_free(n), NULL;
         return n;
     }
@@ -592,6 +620,7 @@ static tmpl_node *parse_macro(parser *P, size_t pos) {
 
 /* Parses statements until `{% STOP` for one of STOPS (the tag's name consumed, its `%}` not) or the end. */
 static int parse_body(parser *P, tmpl_list *body, const char *const *stops, int *stopped, size_t open_pos) {
+    if (P->depth > 200) return fail_at(P, open_pos, "%s", "the template nests more than 200 deep (expressions, blocks or elif chains)");
     while (1) {
         tmpl_tok *t = cur(P);
         if (t->kind == TT_END) {
@@ -634,6 +663,7 @@ static int parse_body(parser *P, tmpl_list *body, const char *const *stops, int 
                 }
         P->i += 2;
         tmpl_node *n = NULL;
+        P->depth++;
         if (!strcmp(kw->s, "if")) n = parse_if(P, kw->pos);
         else if (!strcmp(kw->s, "for")) n = parse_for(P, kw->pos);
         else if (!strcmp(kw->s, "set")) n = parse_set(P, kw->pos);
@@ -642,10 +672,13 @@ static int parse_body(parser *P, tmpl_list *body, const char *const *stops, int 
             n = node(P, kw->s[0] == 'b' ? N_BREAK : N_CONTINUE, kw->pos);
             if (n && close_stmt(P)) template_node_free(n), n = NULL;
         } else if (!strncmp(kw->s, "end", 3) || !strcmp(kw->s, "else") || !strcmp(kw->s, "elif")) {
+            P->depth--;
             return fail_at(P, kw->pos, "`%s` without a block it closes", kw->s);
         } else {
+            P->depth--;
             return fail_at(P, kw->pos, "the `%s` statement is not supported in chat templates", kw->s);
         }
+        P->depth--;
         if (!n || list_add(P, body, n)) return -1;
     }
 }

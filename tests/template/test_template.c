@@ -232,6 +232,7 @@ static void test_error_locations(void) {
         {"{{ 'x' + 1 }}", "t:1:8", "cannot combine a string and a integer"},
         {"{{ messages[0].nope.deeper }}", "t:1:20", "undefined value"},
         {"{% macro f(a) %}{{ a }}{% endmacro %}{{ f(1, 2) }}", "t:1:41", "takes 1 arguments, 2 given"},
+        {"{{ messages | selectattr('role') | map | list }}", "t:1:34", "`map` is supported with an attribute name only"},
     };
     json_t *ctx = json_pack("{s:[{s:s}]}", "messages", "role", "user");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -249,6 +250,23 @@ static void test_error_locations(void) {
         template_destroy(&p);
     }
     json_decref(ctx);
+    /* nesting is bounded (no stack exhaustion): 5000 parentheses, 5000 nested ifs, 50000 elifs */
+    const char *parts[3][3] = {{"{{ ", "(", "1"}, {"", "{% if a %}", "x"}, {"{% if a %}", "{% elif b %}x", ""}};
+    for (int k = 0; k < 3; k++) {
+        size_t reps = k == 2 ? 50000 : 5000, pl = strlen(parts[k][1]);
+        char *src = malloc(reps * (pl + 11) + 64), *w = src;
+        w += sprintf(w, "%s", parts[k][0]);
+        for (size_t i = 0; i < reps; i++) memcpy(w, parts[k][1], pl), w += pl;
+        w += sprintf(w, "%s", parts[k][2]);
+        for (size_t i = 0; k < 2 && i < reps; i++) w += sprintf(w, "%s", k == 0 ? ")" : "{% endif %}");
+        w += sprintf(w, "%s", k == 0 ? " }}" : k == 2 ? "{% endif %}" : "");
+        template_program *p = NULL;
+        rlhf_error err = {0};
+        CU_ASSERT_EQUAL(template_create(&p, src, (size_t)(w - src), "deep", &err), RLHF_EINVAL);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "nests more than 200 deep"));
+        template_destroy(&p);
+        free(src);
+    }
 }
 
 /* `rlhf chat-template --model DIR` prints what the library renders; usage errors exit 2 */
