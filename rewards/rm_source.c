@@ -4,7 +4,7 @@
  *   {"type":"rm", "path":"RM.safetensors", "batch_size":16}
  *       r = the RM's scalar for prompt + completion (rewards/rm/rm.h), batched forward in this process.
  *   {"type":"remote_rm", "url":"http://host:port", "batch_size":64, "call_timeout_ms":30000, "retries":2,
- *    "label_field":"answer"}
+ *    "label_field":"answer", "api_key_env":"NAME"}   (api_key_env: sent as Authorization: Bearer $NAME)
  *       POST {url}/get_reward  {"query":[prompt+completion...], "prompts":[prompt...], "labels":[record[label_field]
  *       or ""...]}  ->  {"rewards":[...]}; served by `rlhf serve --reward-model RM`. `url` is a base URL or
  *       OpenRLHF's full .../get_reward one. A failed call (after the retries on connection errors, 5xx and
@@ -295,6 +295,8 @@ static void remote_rm_destroy(void *ctx) {
     remote_rm *s = ctx;
     if (!s) return;
     if (s->easy) curl_easy_cleanup(s->easy);
+    for (struct curl_slist *h = s->headers; h; h = h->next) /* the Authorization header holds the key */
+        if (h->data) explicit_bzero(h->data, strlen(h->data));
     curl_slist_free_all(s->headers);
     free(s);
     curl_global_cleanup();
@@ -310,18 +312,25 @@ static const rlhf_reward_plugin_v1 remote_rm_vtable = {
 
 int reward_source_remote_rm_create(const json_t *src, const char *where, reward_source_impl *impl,
                                    rlhf_error *err) {
-    static const char *const keys[] = {"url", "batch_size", "call_timeout_ms", "retries", "label_field", NULL};
+    static const char *const keys[] = {"url", "batch_size", "call_timeout_ms", "retries", "label_field", "api_key_env", NULL};
     int rc = reward_check_keys(src, where, keys, err);
     if (rc) return rc;
-    const char *url = NULL, *label = "answer";
+    const char *url = NULL, *label = "answer", *key_env = NULL;
     int64_t batch = 64, timeout = 30000, retries = 2;
     char w[300];
     if ((rc = reward_get_string(src, "url", where, 1, &url, err)) ||
         (rc = reward_get_int(src, "batch_size", where, 0, &batch, err)) ||
         (rc = reward_get_int(src, "call_timeout_ms", where, 0, &timeout, err)) ||
         (rc = reward_get_int(src, "retries", where, 0, &retries, err)) ||
-        (rc = reward_get_string(src, "label_field", where, 0, &label, err)))
+        (rc = reward_get_string(src, "label_field", where, 0, &label, err)) ||
+        (rc = reward_get_string(src, "api_key_env", where, 0, &key_env, err)))
         return rc;
+    /* a server started with `rlhf serve --api-key-env` wants the key as a Bearer token */
+    const char *key = key_env && key_env[0] ? getenv(key_env) : NULL;
+    if (key_env && key_env[0] && (!key || !key[0])) {
+        snprintf(w, sizeof w, "%s.api_key_env", where);
+        return rlhf_error_set(err, RLHF_EINVAL, w, "environment variable %s is not set (or empty)", key_env);
+    }
     if (batch < 1 || batch > 65536) {
         snprintf(w, sizeof w, "%s.batch_size", where);
         return rlhf_error_set(err, RLHF_EINVAL, w, "must be in 1..65536, got %lld", (long long)batch);
@@ -361,6 +370,16 @@ int reward_source_remote_rm_create(const json_t *src, const char *where, reward_
     s->easy = curl_easy_init();
     s->headers = curl_slist_append(NULL, "Content-Type: application/json");
     s->headers = curl_slist_append(s->headers, "Expect:");
+    if (key && s->headers) {
+        size_t hl = strlen(key) + 32;
+        char *h = malloc(hl);
+        if (h) {
+            snprintf(h, hl, "Authorization: Bearer %s", key);
+            s->headers = curl_slist_append(s->headers, h);
+            explicit_bzero(h, hl);
+            free(h);
+        }
+    }
     if (!s->easy || !s->headers) {
         remote_rm_destroy(s);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");

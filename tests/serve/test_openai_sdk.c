@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/common.h"
+#include "rewards/rewards.h"
 #include "tests/peer/peer.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
@@ -114,6 +115,23 @@ static void test_openai_sdk(void) {
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(e, "kind")), "AuthenticationError");
     CU_ASSERT_PTR_NULL(strstr(json_string_value(json_object_get(e, "message")), "sk-wrong"));
     json_decref(r);
+    /* remote_rm with and without api_key_env: without, 401; with, past the check (404: no reward model here) */
+    for (int with_key = 0; with_key < 2; with_key++) {
+        char cfg[512];
+        snprintf(cfg, sizeof cfg, "[{\"type\":\"remote_rm\",\"url\":\"%s\",\"retries\":0%s}]", srv.base_url,
+                 with_key ? ",\"api_key_env\":\"RLHF_TEST_SERVE_KEY\"" : "");
+        reward_pipeline *p = NULL;
+        rlhf_error err = {0};
+        CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, cfg, "rm.json", &err), 0);
+        rlhf_reward_item it = {.prompt = "p", .completion = "c", .record_json = "{}", .group_id = -1};
+        reward_scores sc = {0};
+        CU_ASSERT_EQUAL(reward_pipeline_score(p, &it, 1, &sc, &err), 0);
+        CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_ERROR);
+        CU_ASSERT_PTR_NOT_NULL(strstr(sc.status[0].reason, with_key ? "HTTP 404" : "HTTP 401"));
+        CU_ASSERT_PTR_NULL(strstr(sc.status[0].reason, KEY));
+        reward_scores_free(&sc);
+        reward_pipeline_destroy(&p);
+    }
     /* without the key, plain HTTP is refused too (health stays open for probes) */
     char *body = NULL;
     CU_ASSERT_EQUAL(peer_http(&srv, "GET", "/v1/models", NULL, &body), 401);
