@@ -97,7 +97,7 @@ int main(int argc, char **argv) {
     char bin[4096], mb[16];
     peer_bin_path("rlhf", bin, sizeof bin);
     snprintf(mb, sizeof mb, "%d", max_batch);
-    char *sargv[] = {bin, "serve", "--port", "0", "--model", (char *)model_path, "--max-batch", mb, "--max-queue", "1024",
+    char *sargv[] = {bin, "serve", "--port", "0", "--model", (char *)model_path, "--max-batch", mb, "--max-queue", "1024", "--model-id", "bench",
                      NULL};
     peer srv;
     if (peer_start(&srv, sargv, 30.0) != 0) {

@@ -60,7 +60,8 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(sandbox_run, "rewards/sandbox", "run a program in the code-execution sandbox")                 \
     X(serve, "serve", "OpenAI-compatible HTTP server for a checkpoint / reward model")              \
     X(train_rm, "rewards/rm", "train a reward model from preference pairs")                          \
-    X(prompts, "prompts", "prompt datasets and task generators: rlhf prompts gen|stats ...")
+    X(prompts, "prompts", "prompt datasets and task generators: rlhf prompts gen|stats ...")             \
+    X(chat_template, "template", "render a message list through a chat template (Jinja)")
 
 #define DECL(name, mod, help) int cmd_##name(int argc, char **argv) __attribute__((weak));
 CMDS(DECL)

@@ -126,6 +126,10 @@ static int check_record(prompt_dataset *ds, json_t *rec, const char *where, cons
     }
     if (!*id) return rlhf_error_set(err, RLHF_ECORRUPT, where, "empty `id`");
     json_t *jp = json_object_get(rec, "prompt");
+    if (!jp && json_object_get(rec, "messages"))
+        return rlhf_error_set(err, RLHF_ECORRUPT, where,
+                              "`messages` without `prompt`: rlhf run renders such lines through the model's chat "
+                              "template (docs/CHAT_TEMPLATES.md); rlhf chat-template shows the text");
     if (!json_is_string(jp))
         return rlhf_error_set(err, RLHF_ECORRUPT, where, "%s `prompt` (need a string)", jp ? "non-string" : "missing");
     if (prompt_dataset_find(ds, id) >= 0)

@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "common/common.h"
+#include "template/template.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,6 +58,20 @@ size_t prompt_dataset_other_split(const prompt_dataset *ds);
 /* 1 if the record at index is held-out (by field or hash), else 0. */
 int prompt_dataset_is_heldout(const prompt_dataset *ds, size_t index);
 const char *prompt_dataset_path(const prompt_dataset *ds);
+
+/* Datasets of chat messages (prompts/messages.c): a line {"id", "messages": [{role, content}, ...],
+ * "tools"?, ...} becomes {"id", "messages", "prompt": TEXT, ...}, TEXT the chat template's rendering with
+ * add_generation_prompt, without a leading bos_token (the tokenizer adds the BOS id). */
+typedef struct prompt_chat {
+    const template_program *tmpl;        /* NULL: a `messages` line is an error */
+    const char *bos_token, *eos_token;   /* may be NULL */
+} prompt_chat;
+/* *has = 1 when some line of PATH has `messages` and no `prompt`. */
+int prompt_dataset_has_messages(const char *path, int *has, rlhf_error *err);
+/* Writes OUT (atomically): IN with every `messages` line rendered; other lines as they are. Errors name
+ * IN:LINE (and the template's line:column). */
+int prompt_dataset_render_messages(const char *in, const char *out, const prompt_chat *chat, size_t *n_rendered,
+                                   rlhf_error *err);
 
 /* ---------------------------------------------------------------- selection */
 

@@ -1,6 +1,7 @@
 /* rewards/reward_test_cli.c — `rlhf reward-test REWARD_CONFIG SAMPLES.jsonl`: score samples with a
  * reward config and print per-item scores, statuses and timings (a tool for reward authors). */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -191,15 +192,18 @@ int cmd_reward_test(int argc, char **argv) {
                 if (jsonl) {
                     json_t *o = json_object();
                     json_object_set_new(o, "item", json_integer((json_int_t)index));
-                    json_object_set_new(o, "total", json_real(sc.total[i]));
+                    /* an item no source scored has no total (a 0 would read as a scored 0) */
+                    json_object_set_new(o, "total", sc.scored[i] && isfinite(sc.total[i]) ? json_real(sc.total[i]) : json_null());
                     json_object_set_new(o, "status", json_string(item_status_name(&sc, (size_t)i)));
                     if (sc.item_status[i].reason[0]) json_object_set_new(o, "reason", json_string(sc.item_status[i].reason));
                     json_t *so = json_object();
                     for (size_t s = 0; s < S; s++) {
                         json_t *e = json_object();
                         const rlhf_reward_status *st = &sc.status[(size_t)i * S + s];
-                        json_object_set_new(e, "raw", json_real(sc.raw[(size_t)i * S + s]));
-                        json_object_set_new(e, "normalized", json_real(sc.normalized[(size_t)i * S + s]));
+                        /* a failed or skipped judgement has no score: null, never a 0 beside its status */
+                        int ok = st->code == RLHF_REWARD_OK;
+                        json_object_set_new(e, "raw", ok ? json_real(sc.raw[(size_t)i * S + s]) : json_null());
+                        json_object_set_new(e, "normalized", ok ? json_real(sc.normalized[(size_t)i * S + s]) : json_null());
                         json_object_set_new(e, "status", json_string(status_name(st->code)));
                         if (st->reason[0]) json_object_set_new(e, "reason", json_string(st->reason));
                         json_object_set_new(e, "batch_ms", json_real(sc.source_ms[s]));
@@ -214,8 +218,10 @@ int cmd_reward_test(int argc, char **argv) {
                     printf("%-5zu %9.4f %-6s", index, sc.total[i], item_status_name(&sc, (size_t)i));
                     for (size_t s = 0; s < S; s++) {
                         const rlhf_reward_status *st = &sc.status[(size_t)i * S + s];
-                        printf("  %s=%.4g(%s%s%s)", reward_pipeline_source_name(p, s), sc.raw[(size_t)i * S + s],
-                               status_name(st->code), st->reason[0] ? ": " : "", st->reason);
+                        char v[32] = "-";
+                        if (st->code == RLHF_REWARD_OK) snprintf(v, sizeof v, "%.4g", sc.raw[(size_t)i * S + s]);
+                        printf("  %s=%s(%s%s%s)", reward_pipeline_source_name(p, s), v, status_name(st->code),
+                               st->reason[0] ? ": " : "", st->reason);
                     }
                     printf("\n");
                 }

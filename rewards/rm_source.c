@@ -4,10 +4,12 @@
  *   {"type":"rm", "path":"RM.safetensors", "batch_size":16}
  *       r = the RM's scalar for prompt + completion (rewards/rm/rm.h), batched forward in this process.
  *   {"type":"remote_rm", "url":"http://host:port", "batch_size":64, "call_timeout_ms":30000, "retries":2,
- *    "label_field":"answer"}
+ *    "label_field":"answer", "api_key_env":"NAME"}   (api_key_env: sent as Authorization: Bearer $NAME)
  *       POST {url}/get_reward  {"query":[prompt+completion...], "prompts":[prompt...], "labels":[record[label_field]
- *       or ""...]}  ->  {"rewards":[...]}; served by `rlhf serve --reward-model RM`. A failed call (after the
- *       retries on connection errors and 5xx) marks every item of that request ERROR with the reason.
+ *       or ""...]}  ->  {"rewards":[...]}; served by `rlhf serve --reward-model RM`. `url` is a base URL or
+ *       OpenRLHF's full .../get_reward one. A failed call (after the retries on connection errors, 5xx and
+ *       429, each waiting the server's Retry-After when it is longer than the backoff, up to 60 s) marks
+ *       every item of that request ERROR with the reason (http_429 when still rate limited).
  *   {"type":"capitals", "measure":"capitals"|"words"}
  *       the synthetic preference task's ground truth (prompts/prompts.h): "capitals" (default,
  *       prompt_capitals_truth) the share of the completion's letters in upper case, 0 when it has none;
@@ -18,6 +20,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -102,6 +106,8 @@ int reward_source_rm_create(const json_t *src, const char *where, reward_source_
 
 /* ------------------------------------------------------------------------------- remote_rm */
 
+enum { REMOTE_RM_MAX_RETRY_AFTER_MS = 60000 }; /* a longer Retry-After fails the call instead of blocking */
+
 typedef struct remote_rm {
     char url[1100];
     int batch_size, call_timeout_ms, retries;
@@ -110,7 +116,28 @@ typedef struct remote_rm {
     struct curl_slist *headers;
 } remote_rm;
 
-typedef struct { char *p; size_t n; int too_big; } body_buf;
+typedef struct { char *p; size_t n; int too_big; double retry_after_ms; } body_buf;
+
+/* Retry-After of a 429/503: seconds or an HTTP date. */
+static size_t remote_on_header(char *d, size_t s, size_t m, void *ud) {
+    body_buf *b = ud;
+    size_t k = s * m;
+    if (k > 12 && !strncasecmp(d, "Retry-After:", 12)) {
+        char v[128];
+        size_t n = k - 12 < sizeof v - 1 ? k - 12 : sizeof v - 1;
+        memcpy(v, d + 12, n);
+        v[n] = 0;
+        char *t = v;
+        while (*t == ' ' || *t == '\t') t++;
+        for (char *e = t + strlen(t); e > t && isspace((unsigned char)e[-1]);) *--e = 0;
+        if (isdigit((unsigned char)*t)) b->retry_after_ms = strtod(t, NULL) * 1000.0;
+        else {
+            time_t when = curl_getdate(t, NULL);
+            if (when > 0) b->retry_after_ms = fmax(0, difftime(when, time(NULL)) * 1000.0);
+        }
+    }
+    return k;
+}
 
 static size_t remote_on_body(char *d, size_t s, size_t m, void *ud) {
     body_buf *b = ud;
@@ -160,8 +187,22 @@ static int remote_call(remote_rm *s, const rlhf_reward_item *items, size_t n, do
     for (size_t i = 0; i < n; i++)
         if (items[i].deadline > 0 && (deadline == 0 || items[i].deadline < deadline)) deadline = items[i].deadline;
     int rc = -1;
+    double wait_ms = 0; /* before the next attempt: the backoff, or the server's Retry-After when longer */
     for (int attempt = 0; attempt <= s->retries; attempt++) {
-        if (attempt) usleep((useconds_t)(100000u << (attempt - 1 < 6 ? attempt - 1 : 6)));
+        if (attempt) {
+            double backoff = (double)(100u << (attempt - 1 < 6 ? attempt - 1 : 6));
+            double d = wait_ms > backoff ? wait_ms : backoff;
+            if (d > REMOTE_RM_MAX_RETRY_AFTER_MS) {
+                snprintf(reason + strlen(reason), rcap - strlen(reason), "; Retry-After %.0f ms is more than %d",
+                         d, REMOTE_RM_MAX_RETRY_AFTER_MS);
+                break;
+            }
+            if (deadline > 0 && rlhf_now() + d / 1000.0 >= deadline) {
+                snprintf(reason + strlen(reason), rcap - strlen(reason), "; no time left before the deadline to retry");
+                break;
+            }
+            usleep((useconds_t)(d * 1000.0));
+        }
         long timeout_ms = s->call_timeout_ms;
         if (deadline > 0) {
             double left = (deadline - rlhf_now()) * 1000.0;
@@ -171,7 +212,7 @@ static int remote_call(remote_rm *s, const rlhf_reward_item *items, size_t n, do
             }
             if (left < timeout_ms) timeout_ms = (long)left;
         }
-        body_buf b = {0};
+        body_buf b = {.retry_after_ms = -1};
         char cerr[CURL_ERROR_SIZE] = "";
         curl_easy_reset(s->easy);
         curl_easy_setopt(s->easy, CURLOPT_URL, s->url);
@@ -180,6 +221,10 @@ static int remote_call(remote_rm *s, const rlhf_reward_item *items, size_t n, do
         curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
         curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, remote_on_body);
         curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, &b);
+        curl_easy_setopt(s->easy, CURLOPT_HEADERFUNCTION, remote_on_header);
+        curl_easy_setopt(s->easy, CURLOPT_HEADERDATA, &b);
+        /* one request per attempt: on a kept-alive connection that dies, libcurl re-sends the POST itself */
+        curl_easy_setopt(s->easy, CURLOPT_FORBID_REUSE, 1L);
         curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS, timeout_ms);
         curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(s->easy, CURLOPT_ERRORBUFFER, cerr);
@@ -192,8 +237,14 @@ static int remote_call(remote_rm *s, const rlhf_reward_item *items, size_t n, do
             free(b.p);
             continue; /* retried */
         }
-        if (status >= 500 || status == 429 || status == 408) {
-            snprintf(reason, rcap, "http_5xx: HTTP %ld from %.100s", status, s->url);
+        wait_ms = b.retry_after_ms > 0 ? b.retry_after_ms : 0;
+        if (status == 429) {
+            snprintf(reason, rcap, "http_429: rate limited (HTTP 429) by %.80s, %d attempts", s->url, attempt + 1);
+            free(b.p);
+            continue;
+        }
+        if (status >= 500 || status == 408) {
+            snprintf(reason, rcap, "http_5xx: HTTP %ld from %.80s, %d attempts", status, s->url, attempt + 1);
             free(b.p);
             continue;
         }
@@ -244,6 +295,8 @@ static void remote_rm_destroy(void *ctx) {
     remote_rm *s = ctx;
     if (!s) return;
     if (s->easy) curl_easy_cleanup(s->easy);
+    for (struct curl_slist *h = s->headers; h; h = h->next) /* the Authorization header holds the key */
+        if (h->data) explicit_bzero(h->data, strlen(h->data));
     curl_slist_free_all(s->headers);
     free(s);
     curl_global_cleanup();
@@ -259,18 +312,25 @@ static const rlhf_reward_plugin_v1 remote_rm_vtable = {
 
 int reward_source_remote_rm_create(const json_t *src, const char *where, reward_source_impl *impl,
                                    rlhf_error *err) {
-    static const char *const keys[] = {"url", "batch_size", "call_timeout_ms", "retries", "label_field", NULL};
+    static const char *const keys[] = {"url", "batch_size", "call_timeout_ms", "retries", "label_field", "api_key_env", NULL};
     int rc = reward_check_keys(src, where, keys, err);
     if (rc) return rc;
-    const char *url = NULL, *label = "answer";
+    const char *url = NULL, *label = "answer", *key_env = NULL;
     int64_t batch = 64, timeout = 30000, retries = 2;
     char w[300];
     if ((rc = reward_get_string(src, "url", where, 1, &url, err)) ||
         (rc = reward_get_int(src, "batch_size", where, 0, &batch, err)) ||
         (rc = reward_get_int(src, "call_timeout_ms", where, 0, &timeout, err)) ||
         (rc = reward_get_int(src, "retries", where, 0, &retries, err)) ||
-        (rc = reward_get_string(src, "label_field", where, 0, &label, err)))
+        (rc = reward_get_string(src, "label_field", where, 0, &label, err)) ||
+        (rc = reward_get_string(src, "api_key_env", where, 0, &key_env, err)))
         return rc;
+    /* a server started with `rlhf serve --api-key-env` wants the key as a Bearer token */
+    const char *key = key_env && key_env[0] ? getenv(key_env) : NULL;
+    if (key_env && key_env[0] && (!key || !key[0])) {
+        snprintf(w, sizeof w, "%s.api_key_env", where);
+        return rlhf_error_set(err, RLHF_EINVAL, w, "environment variable %s is not set (or empty)", key_env);
+    }
     if (batch < 1 || batch > 65536) {
         snprintf(w, sizeof w, "%s.batch_size", where);
         return rlhf_error_set(err, RLHF_EINVAL, w, "must be in 1..65536, got %lld", (long long)batch);
@@ -298,9 +358,11 @@ int reward_source_remote_rm_create(const json_t *src, const char *where, reward_
         curl_global_cleanup();
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
+    /* a base URL (http://host:port) or OpenRLHF's full one (http://host:port/get_reward) */
     size_t ul = strlen(url);
     while (ul > 0 && url[ul - 1] == '/') ul--;
-    snprintf(s->url, sizeof s->url, "%.*s/get_reward", (int)ul, url);
+    if (ul >= 11 && !strncmp(url + ul - 11, "/get_reward", 11)) snprintf(s->url, sizeof s->url, "%.*s", (int)ul, url);
+    else snprintf(s->url, sizeof s->url, "%.*s/get_reward", (int)ul, url);
     s->batch_size = (int)batch;
     s->call_timeout_ms = (int)timeout;
     s->retries = (int)retries;
@@ -308,6 +370,16 @@ int reward_source_remote_rm_create(const json_t *src, const char *where, reward_
     s->easy = curl_easy_init();
     s->headers = curl_slist_append(NULL, "Content-Type: application/json");
     s->headers = curl_slist_append(s->headers, "Expect:");
+    if (key && s->headers) {
+        size_t hl = strlen(key) + 32;
+        char *h = malloc(hl);
+        if (h) {
+            snprintf(h, hl, "Authorization: Bearer %s", key);
+            s->headers = curl_slist_append(s->headers, h);
+            explicit_bzero(h, hl);
+            free(h);
+        }
+    }
     if (!s->easy || !s->headers) {
         remote_rm_destroy(s);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");

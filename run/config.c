@@ -37,6 +37,7 @@ static const key_spec SPEC[] = {
     {"task.name", K_STR, 0, 0, "\"custom\""},
     {"task.train", K_STR, 0, 0, NULL},
     {"task.eval", K_STR, 0, 0, "\"\""},
+    {"task.chat_template", K_STR, 0, 0, "\"\""},
     {"task.eval_prompts", K_INT, 0, BIG, "0"},
     {"task.stop", K_ARR, 0, 0, "[\"\\n\"]"},
     {"task.include_stop", K_BOOL, 0, 0, "false"},
@@ -338,6 +339,9 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     if (!cfg->train_path[0]) FAIL_AT("task.train", "must name a prompt JSONL file");
     if ((rc = copy_str(cfg->eval_path, sizeof cfg->eval_path, gets(doc, "task.eval"), where, "task.eval", err)))
         goto fail;
+    if ((rc = copy_str(cfg->chat_template, sizeof cfg->chat_template, gets(doc, "task.chat_template"), where,
+                       "task.chat_template", err)))
+        goto fail;
     cfg->eval_prompts = geti(doc, "task.eval_prompts");
     json_t *stops = get_path(doc, "task.stop");
     if (json_array_size(stops) > RUN_MAX_STOPS)
@@ -508,7 +512,7 @@ fail:
  * (so a run starts the same from any directory); one given with --set, to the working directory. The
  * resolved config saves them absolute, so `--resume` works from anywhere. */
 static const char *const PATH_KEYS[] = {"run_dir", "model.base_checkpoint", "model.tokenizer", "task.train",
-                                        "task.eval", "broker.dataset"};
+                                        "task.eval", "task.chat_template", "broker.dataset"};
 
 static int is_path_key(const char *path) {
     for (size_t i = 0; i < sizeof PATH_KEYS / sizeof PATH_KEYS[0]; i++)

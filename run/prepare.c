@@ -109,7 +109,21 @@ static int check_dataset_and_selector(const run_config *cfg, const char *dataset
     return rc;
 }
 
+static int prepare_checked(run_config *cfg, rlhf_error *err);
+
 int run_prepare(run_config *cfg, rlhf_error *err) {
+    run_chat_data cd;
+    int rc = run_chat_data_render(cfg, &cd, err);
+    if (rc) return rc;
+    rc = prepare_checked(cfg, err);
+    if (rc) {
+        run_chat_data_cleanup(&cd);
+        return rc;
+    }
+    return run_chat_data_commit(cfg, &cd, err);
+}
+
+static int prepare_checked(run_config *cfg, rlhf_error *err) {
     char p[4096], w[1200];
     int rc;
     /* everything is checked before anything is created: a bad config leaves no run directory */

@@ -71,6 +71,8 @@ typedef struct run_config {
     char task_name[64];        /* "task.name": countdown | arith | custom */
     char train_path[1024];     /* "task.train": prompt JSONL */
     char eval_path[1024];      /* "task.eval": held-out prompt JSONL (optional) */
+    char chat_template[1024];  /* "task.chat_template": a Jinja file for `messages` datasets; "" = the model's
+                                * own (tokenizer_config.json), docs/CHAT_TEMPLATES.md */
     int eval_prompts;          /* "task.eval_prompts": how many held-out prompts to score (0 = all) */
     char *stop[RUN_MAX_STOPS]; /* "task.stop": stop strings of a completion (owned; default one: "\n") */
     int n_stop;
@@ -243,4 +245,16 @@ int run_mpirun_exec(int np, char *const *args);
 #ifdef __cplusplus
 }
 #endif
+/* Datasets of chat messages (run/chat_data.c). run_prepare renders every dataset of the config with
+ * `messages` lines through the chat template into a scratch directory (the config then names those
+ * files), and after its checks moves them to RUN_DIR/prompts/ (the resolved config names them there). */
+typedef struct run_chat_data {
+    char scratch[1024];        /* "" = nothing rendered */
+    char rendered[3][2100];    /* task.train, task.eval, broker.dataset: the scratch file or "" */
+    char final_name[3][256];
+} run_chat_data;
+int run_chat_data_render(run_config *cfg, run_chat_data *cd, rlhf_error *err);
+int run_chat_data_commit(run_config *cfg, run_chat_data *cd, rlhf_error *err);
+void run_chat_data_cleanup(run_chat_data *cd);
+
 #endif

@@ -22,6 +22,7 @@ import tempfile
 # floor of each folder of the library and the binary; a sub-package is its own folder
 FLOORS = {
     "common": 0,
+    "template": 0.5,  # chat templates: below model/ and prompts/, which both render messages
     "model": 1,
     "prompts": 1,
     "rewards/sandbox": 2,
@@ -44,6 +45,7 @@ TESTED = {
     "tests/model_infer": "model",
     "tests/model": "model",
     "tests/prompts": "prompts",
+    "tests/template": "template",
     "tests/rewards": "rewards",
     "tests/sandbox": "rewards/sandbox",
     "tests/judge": "rewards/judge",
@@ -72,6 +74,7 @@ PREFIXES = {
     "model": ["model_", "sampler_", "sample_", "tokenizer_", "adamw_", "safetensors_", "ops_",
               r"re:^[a-z0-9]+_(forward|backward)(_ref|_pair)?$"],
     "prompts": ["prompt_"],
+    "template": ["template_"],
     "rewards": ["reward_"],
     "rewards/sandbox": ["sandbox_"],
     "rewards/judge": ["judge_"],

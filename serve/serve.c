@@ -10,7 +10,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -150,10 +152,13 @@ static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, jso
     return reply(c, status, "application/json", s, NULL);
 }
 
-static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
-                                   const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
-                                   const char *param, const char *fmt, ...) {
+/* An OpenAI-shaped error: {"error": {"message", "type", "param", "code"}}; code NULL = null. */
+static enum MHD_Result reply_error_code(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
+                                        const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+#define reply_error(s, c, status, type, param, ...) reply_error_code((s), (c), (status), (type), (param), NULL, __VA_ARGS__)
+static enum MHD_Result reply_error_code(serve_server *s, struct MHD_Connection *c, unsigned status, const char *type,
+                                        const char *param, const char *code, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -165,8 +170,8 @@ static enum MHD_Result reply_error(serve_server *s, struct MHD_Connection *c, un
         fflush(s->log);
     }
     char *safe = rlhf_utf8_sanitize(msg, strlen(msg));
-    json_t *j = json_pack("{s:{s:s, s:s, s:o, s:n}}", "error", "message", safe ? safe : "error", "type", type,
-                          "param", param ? json_string(param) : json_null(), "code");
+    json_t *j = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", safe ? safe : "error", "type", type,
+                          "param", param ? json_string(param) : json_null(), "code", code ? json_string(code) : json_null());
     free(safe);
     if (status == 503) {
         char *b = json_dumps(j, JSON_COMPACT);
@@ -191,13 +196,22 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         return -1;                                                                            \
     } while (0)
     json_object_foreach(req, key, v) {
+        if (json_is_null(v)) continue; /* OpenAI: an explicit null is the default */
         if (!strcmp(key, "max_tokens") || !strcmp(key, "max_completion_tokens")) {
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1000000)
-                BAD(key, "%s must be an integer in 0..1000000", key);
+            if (!json_is_integer(v)) BAD(key, "Invalid '%s': expected an integer", key);
+            if (json_integer_value(v) < 1)
+                BAD(key, "Invalid '%s': integer below minimum value. Expected a value >= 1, but got %lld instead.", key,
+                    (long long)json_integer_value(v));
+            if (json_integer_value(v) > 1000000)
+                BAD(key, "Invalid '%s': integer above maximum value. Expected a value <= 1000000, but got %lld instead.",
+                    key, (long long)json_integer_value(v));
             p.max_new_tokens = (int)json_integer_value(v);
         } else if (!strcmp(key, "temperature")) {
-            if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 100)
-                BAD(key, "temperature must be a number in [0, 100]");
+            if (!json_is_number(v)) BAD(key, "Invalid 'temperature': expected a number");
+            if (json_number_value(v) < 0 || json_number_value(v) > 2)
+                BAD(key, "Invalid 'temperature': decimal %s value. Expected a value %s, but got %g instead.",
+                    json_number_value(v) < 0 ? "below minimum" : "above maximum",
+                    json_number_value(v) < 0 ? ">= 0" : "<= 2", json_number_value(v));
             p.temperature = (float)json_number_value(v);
         } else if (!strcmp(key, "top_p")) {
             if (!json_is_number(v) || !(json_number_value(v) > 0 && json_number_value(v) <= 1))
@@ -219,7 +233,16 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
             if (!json_is_boolean(v)) BAD(key, "stream must be true or false");
             *stream = json_is_true(v);
         } else if (!strcmp(key, "n")) {
-            if (!json_is_integer(v) || json_integer_value(v) != 1) BAD(key, "only n = 1 is supported");
+            if (!json_is_integer(v) || json_integer_value(v) < 1)
+                BAD(key, "Invalid 'n': integer below minimum value. Expected a value >= 1.");
+            if (json_integer_value(v) > SERVE_MAX_N)
+                BAD(key, "Invalid 'n': integer above maximum value. Expected a value <= %d.", SERVE_MAX_N);
+            j->n_choices = (int)json_integer_value(v);
+        } else if (!strcmp(key, "stream_options")) {
+            json_t *iu = json_object_get(v, "include_usage");
+            if (!json_is_object(v) || (iu && !json_is_boolean(iu) && !json_is_null(iu)))
+                BAD(key, "stream_options must be an object {\"include_usage\": true|false}");
+            j->include_usage = json_is_true(iu);
         } else if (!strcmp(key, "stop")) {
             int ns = 0;
             if (json_is_string(v)) {
@@ -250,8 +273,10 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
                 j->logprobs = json_is_integer(v);
             }
         } else if (!strcmp(key, "top_logprobs")) {
-            if (!json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 0))
-                BAD(key, "top_logprobs must be 0 or null: alternatives per token are not offered");
+            if (!j->chat) BAD(key, "top_logprobs is a chat field (completions: logprobs 0 only)");
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > SERVE_MAX_TOP_LOGPROBS)
+                BAD(key, "Invalid 'top_logprobs': expected an integer in 0..%d", SERVE_MAX_TOP_LOGPROBS);
+            j->top_logprobs = (int)json_integer_value(v);
         } else if (!strcmp(key, "response_format")) {
             json_t *t = json_object_get(v, "type");
             if (!(json_is_string(t) && !strcmp(json_string_value(t), "text")))
@@ -259,7 +284,9 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
         }
         /* other OpenAI fields (model, user, presence_penalty, ...) are accepted and ignored */
     }
+    if (j->top_logprobs && !j->logprobs) BAD("top_logprobs", "top_logprobs needs logprobs: true");
     if (*stream && j->logprobs) BAD("logprobs", "logprobs are not offered with stream: true");
+    if (*stream && j->n_choices > 1) BAD("n", "n > 1 is not offered with stream: true");
 #undef BAD
     j->params = p; /* EOS and the stop strings end generation (serve/serve_decode.c) */
     return 0;
@@ -298,8 +325,11 @@ static char *chat_prompt(json_t *msgs, const char **bad) {
     size_t i;
     json_t *m;
     json_array_foreach(msgs, i, m) {
-        json_t *role = json_object_get(m, "role");
-        json_t *content = message_text(json_object_get(m, "content"));
+        json_t *role = json_object_get(m, "role"), *raw = json_object_get(m, "content");
+        /* an assistant turn of tool calls has content null */
+        json_t *content = json_is_null(raw) && json_is_string(role) && !strcmp(json_string_value(role), "assistant")
+                              ? json_string("")
+                              : message_text(raw);
         if (!json_is_string(role) || !content) {
             *bad = "each message needs a string \"role\" and a \"content\" string (or list of text parts)";
             json_decref(content);
@@ -327,6 +357,66 @@ static char *chat_prompt(json_t *msgs, const char **bad) {
     }
     strcpy(q + len, "<|assistant|>\n");
     return q;
+}
+
+/* The prompt of a chat request through the model's chat template (add_generation_prompt on, the
+ * request's tools passed on). Text-part lists become strings; an assistant's content may be null (a
+ * turn of tool calls). On a bad message or a template error *bad (static) or why (the template's
+ * line:column and message) says why. */
+static char *template_prompt(serve_server *s, json_t *req, const char **bad, char *why, size_t why_cap) {
+    json_t *msgs = json_array(), *m;
+    size_t i;
+    json_array_foreach(json_object_get(req, "messages"), i, m) {
+        json_t *role = json_object_get(m, "role"), *raw = json_object_get(m, "content");
+        json_t *content = json_is_null(raw) && json_is_string(role) && !strcmp(json_string_value(role), "assistant")
+                              ? json_string("")
+                              : message_text(raw);
+        if (!json_is_object(m) || !json_is_string(role) || !content) {
+            *bad = "each message needs a string \"role\" and a \"content\" string (or list of text parts)";
+            json_decref(content);
+            json_decref(msgs);
+            return NULL;
+        }
+        json_t *copy = json_copy(m);
+        json_object_set_new(copy, "content", content);
+        json_array_append_new(msgs, copy);
+    }
+    json_t *tools = json_object_get(req, "tools");
+    template_chat_args a = {.messages = msgs, .tools = json_is_array(tools) ? tools : NULL, .add_generation_prompt = 1,
+                            .bos_token = s->bos_token, .eos_token = s->eos_token};
+    char *out = NULL;
+    rlhf_error err = {0};
+    if (template_render_chat(s->chat_tmpl, &a, &out, NULL, &err)) {
+        snprintf(why, why_cap, "the chat template failed: %s: %s", err.where, err.msg);
+        *bad = why;
+    }
+    json_decref(msgs);
+    return out;
+}
+
+/* The chat template: cfg->chat_template, else the tokenizer directory's, else the model directory's. */
+static int load_chat_template(serve_server *s, rlhf_error *err) {
+    const serve_config *cfg = &s->cfg;
+    char *text = NULL, name[1100];
+    int rc = 0;
+    struct stat st;
+    if (cfg->chat_template[0]) {
+        size_t len;
+        if ((rc = rlhf_read_file(cfg->chat_template, &text, &len, err))) return rc;
+        snprintf(name, sizeof name, "%s", cfg->chat_template);
+    } else {
+        const char *dirs[] = {cfg->tokenizer, cfg->model_path};
+        for (int k = 0; k < 2 && !text && !rc; k++) {
+            if (!dirs[k][0] || stat(dirs[k], &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+            free(s->bos_token), free(s->eos_token);
+            rc = template_load_hf(dirs[k], &text, &s->bos_token, &s->eos_token, err);
+            snprintf(name, sizeof name, "%s/tokenizer_config.json:chat_template", dirs[k]);
+        }
+        if (rc || !text) return rc;
+    }
+    rc = template_create(&s->chat_tmpl, text, strlen(text), name, err);
+    free(text);
+    return rc;
 }
 
 static const char *finish_name(int f) { return f == SAMPLE_FINISH_STOP ? "stop" : "length"; }
@@ -383,8 +473,22 @@ static json_t *logprobs_json(serve_server *s, const serve_job *j) {
         json_t *bytes = json_array();
         for (size_t i = 0; i < nb; i++) json_array_append_new(bytes, json_integer((unsigned char)b[i]));
         if (j->chat) {
-            json_array_append_new(content, json_pack("{s:s, s:f, s:o, s:[], s:f}", "token", txt ? txt : "", "logprob",
-                                                     (double)j->out_lp[t], "bytes", bytes, "top_logprobs",
+            json_t *top = json_array();
+            for (int k = 0; k < j->top_logprobs; k++) {
+                int32_t id = j->out_top_ids[(size_t)t * j->top_logprobs + k];
+                if (id < 0) continue;
+                char tb[256];
+                size_t tn = s->tok->ops->token_bytes(s->tok, id, tb, sizeof tb);
+                if (tn > sizeof tb) tn = sizeof tb;
+                char *tt = rlhf_utf8_sanitize(tb, tn);
+                json_t *tbytes = json_array();
+                for (size_t i = 0; i < tn; i++) json_array_append_new(tbytes, json_integer((unsigned char)tb[i]));
+                json_array_append_new(top, json_pack("{s:s, s:f, s:o}", "token", tt ? tt : "", "logprob",
+                                                     (double)j->out_top_lp[(size_t)t * j->top_logprobs + k], "bytes", tbytes));
+                free(tt);
+            }
+            json_array_append_new(content, json_pack("{s:s, s:f, s:o, s:o, s:f}", "token", txt ? txt : "", "logprob",
+                                                     (double)j->out_lp[t], "bytes", bytes, "top_logprobs", top,
                                                      "sampling_logprob", (double)j->out_lq[t]));
         } else {
             json_decref(bytes);
@@ -412,6 +516,12 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
     if (!s->m)
         return reply_error(s, c, 404, "invalid_request_error", "model",
                            "this server has no generation model (start rlhf serve with --model)");
+    /* the model asked for must be the one served (OpenAI's 404); a request naming none gets it */
+    json_t *mname = json_object_get(req, "model");
+    if (mname && !json_is_null(mname) && (!json_is_string(mname) || strcmp(json_string_value(mname), s->cfg.model_id)))
+        return reply_error_code(s, c, 404, "invalid_request_error", "model", "model_not_found",
+                                "The model `%.200s` does not exist or you do not have access to it.",
+                                json_is_string(mname) ? json_string_value(mname) : "(not a string)");
     serve_job *j = calloc(1, sizeof *j);
     if (!j) return reply_error(s, c, 500, "server_error", NULL, "out of memory");
     enum MHD_Result ret = MHD_YES;
@@ -423,7 +533,8 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
             serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "messages", "messages must be a non-empty array");
         }
-        prompt = chat_prompt(msgs, &bad);
+        char why[1100];
+        prompt = s->chat_tmpl ? template_prompt(s, req, &bad, why, sizeof why) : chat_prompt(msgs, &bad);
         if (!prompt) {
             serve_job_free(j);
             return reply_error(s, c, 400, "invalid_request_error", "messages", "%s", bad ? bad : "out of memory");
@@ -448,7 +559,9 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
         return ret;
     }
     rlhf_error err = {0};
-    if (!prompt || tokenizer_encode(s->tok, prompt, strlen(prompt), 1, &j->prompt_ids, &j->prompt_len, &err) != 0) {
+    /* a template writes the BOS token itself (Hugging Face encodes its text without special tokens) */
+    int add_bos = !(chat && s->chat_tmpl);
+    if (!prompt || tokenizer_encode(s->tok, prompt, strlen(prompt), add_bos, &j->prompt_ids, &j->prompt_len, &err) != 0) {
         free(prompt);
         serve_job_free(j);
         return reply_error(s, c, 400, "invalid_request_error", chat ? "messages" : "prompt", "cannot tokenise: %s",
@@ -475,6 +588,7 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
                                    "chat.completion.chunk", "created", (json_int_t)j->created, "model",
                                    s->cfg.model_id, "choices", "index", 0, "delta", "role", "assistant", "content", "",
                                    "finish_reason");
+            json_object_set_new(ev, "system_fingerprint", json_string(SERVE_FINGERPRINT));
             char *t = json_dumps(ev, JSON_COMPACT);
             json_decref(ev);
             size_t n = t ? strlen(t) + 9 : 0;
@@ -501,28 +615,57 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
         MHD_destroy_response(r); /* the daemon holds its own reference until the stream ends */
         return ret;
     }
-    if (serve_submit(s, j) != 0) {
-        serve_job_free(j);
-        return reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
+    /* n > 1: one job per sample (seeds seed, seed+1, ...), queued together so the worker decodes them
+     * in the same steps */
+    int nc = j->n_choices > 1 ? j->n_choices : 1, submitted = 0;
+    serve_job *jobs[SERVE_MAX_N] = {j};
+    for (int k = 1; k < nc; k++) {
+        serve_job *x = jobs[k] = calloc(1, sizeof *x);
+        if (!x) break;
+        *x = (serve_job){.kind = j->kind, .params = j->params, .n_stops = j->n_stops, .chat = j->chat,
+                         .logprobs = j->logprobs, .top_logprobs = j->top_logprobs, .server = s, .created = j->created,
+                         .prompt_len = j->prompt_len};
+        x->params.seed = j->params.seed + (uint64_t)k;
+        memcpy(x->rid, j->rid, sizeof x->rid);
+        x->prompt_ids = malloc((size_t)j->prompt_len * sizeof *x->prompt_ids);
+        if (x->prompt_ids) memcpy(x->prompt_ids, j->prompt_ids, (size_t)j->prompt_len * sizeof *x->prompt_ids);
+        for (int i = 0; i < j->n_stops; i++) x->stops[i] = strdup(j->stops[i]);
+        if (!x->prompt_ids) break;
     }
-    serve_wait(s, j);
-    if (j->failed) {
-        ret = reply_error(s, c, 500, "server_error", NULL, "%s", j->errmsg);
-        serve_job_free(j);
+    int ready = 1;
+    for (int k = 0; k < nc; k++) ready &= jobs[k] && jobs[k]->prompt_ids;
+    while (ready && submitted < nc && serve_submit(s, jobs[submitted]) == 0) submitted++;
+    for (int k = 0; k < submitted; k++) serve_wait(s, jobs[k]);
+    const char *why = !ready ? "out of memory" : NULL;
+    for (int k = 0; k < submitted && !why; k++)
+        if (jobs[k]->failed) why = jobs[k]->errmsg;
+    if (why || submitted < nc) {
+        ret = why ? reply_error(s, c, 500, "server_error", NULL, "%s", why)
+                  : reply_error(s, c, 503, "server_error", NULL, "server busy: %d requests waiting", s->cfg.max_queue);
+        for (int k = 0; k < nc; k++) serve_job_free(jobs[k]);
         return ret;
     }
-    char *text = rlhf_utf8_sanitize(j->text ? j->text : "", j->text_len);
-    json_t *choice = chat ? json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", 0, "message", "role", "assistant", "content",
-                                      text ? text : "", "finish_reason", finish_name(j->finish))
-                          : json_pack("{s:i, s:s, s:s}", "index", 0, "text", text ? text : "", "finish_reason",
-                                      finish_name(j->finish));
-    if (j->logprobs && choice) json_object_set_new(choice, "logprobs", logprobs_json(s, j));
-    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:{s:i, s:i, s:i}}", "id", j->rid, "object",
+    json_t *choices = json_array();
+    int completion_tokens = 0;
+    for (int k = 0; k < nc; k++) {
+        serve_job *x = jobs[k];
+        char *text = rlhf_utf8_sanitize(x->text ? x->text : "", x->text_len);
+        json_t *choice = chat ? json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", k, "message", "role", "assistant",
+                                          "content", text ? text : "", "finish_reason", finish_name(x->finish))
+                              : json_pack("{s:i, s:s, s:s}", "index", k, "text", text ? text : "", "finish_reason",
+                                          finish_name(x->finish));
+        if (x->logprobs && choice) json_object_set_new(choice, "logprobs", logprobs_json(s, x));
+        json_array_append_new(choices, choice);
+        completion_tokens += x->n_tokens;
+        free(text);
+    }
+    /* the prompt is counted once, as OpenAI does for n > 1 */
+    json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:o, s:{s:i, s:i, s:i}, s:s}", "id", j->rid, "object",
                              chat ? "chat.completion" : "text_completion", "created", (json_int_t)j->created, "model",
-                             s->cfg.model_id, "choices", choice, "usage", "prompt_tokens", j->prompt_len,
-                             "completion_tokens", j->n_tokens, "total_tokens", j->prompt_len + j->n_tokens);
-    free(text);
-    serve_job_free(j);
+                             s->cfg.model_id, "choices", choices, "usage", "prompt_tokens", j->prompt_len,
+                             "completion_tokens", completion_tokens, "total_tokens", j->prompt_len + completion_tokens,
+                             "system_fingerprint", SERVE_FINGERPRINT);
+    for (int k = 0; k < nc; k++) serve_job_free(jobs[k]);
     return reply_json(c, 200, resp);
 }
 
@@ -531,8 +674,10 @@ static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, 
         return reply_error(s, c, 404, "invalid_request_error", NULL,
                            "this server has no reward model (start rlhf serve with --reward-model)");
     json_t *q = json_object_get(req, "query");
-    if (!json_is_array(q) || json_array_size(q) == 0 || json_array_size(q) > 65536)
-        return reply_error(s, c, 400, "invalid_request_error", "query", "query must be an array of 1..65536 strings");
+    if (!json_is_array(q) || json_array_size(q) > 65536)
+        return reply_error(s, c, 400, "invalid_request_error", "query", "query must be an array of 0..65536 strings");
+    /* nothing to score is an answer, not an error (OpenRLHF's clients may send an empty batch) */
+    if (json_array_size(q) == 0) return reply_json(c, 200, json_pack("{s:[]}", "rewards"));
     serve_job *j = calloc(1, sizeof *j);
     size_t n = json_array_size(q);
     if (j) {
@@ -568,6 +713,18 @@ static enum MHD_Result do_get_reward(serve_server *s, struct MHD_Connection *c, 
     }
     serve_job_free(j);
     return ret;
+}
+
+/* Authorization: Bearer KEY, compared in constant time (a timing difference would reveal the key's
+ * prefix); the key is never echoed. */
+static int authorized(const serve_server *s, struct MHD_Connection *c) {
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7)) return 0;
+    h += 7;
+    size_t kl = strlen(s->api_key), hl = strlen(h);
+    unsigned char diff = (unsigned char)(kl != hl);
+    for (size_t i = 0; i < kl; i++) diff |= (unsigned char)(s->api_key[i] ^ (i < hl ? h[i] : 0));
+    return diff == 0;
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -611,6 +768,18 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         int q = s->queued;
         pthread_mutex_unlock(&s->mu);
         return reply_json(c, 200, json_pack("{s:s, s:i}", "status", "ok", "queued", q));
+    }
+    if (s->api_key && !authorized(s, c))
+        return reply_error_code(s, c, 401, "invalid_request_error", NULL, "invalid_api_key",
+                                "Incorrect API key provided. Send it as Authorization: Bearer KEY.");
+    if (!strncmp(url, "/v1/models/", 11)) {
+        if (!is_get) return reply_error(s, c, 405, "invalid_request_error", NULL, "use GET %s", url);
+        const char *id = url + 11;
+        if ((s->m && !strcmp(id, s->cfg.model_id)) || (s->rm && !strcmp(id, s->rm_id)))
+            return reply_json(c, 200, json_pack("{s:s, s:s, s:i, s:s}", "id", id, "object", "model", "created", 0,
+                                                "owned_by", "rlhf"));
+        return reply_error_code(s, c, 404, "invalid_request_error", "model", "model_not_found",
+                                "The model `%.200s` does not exist or you do not have access to it.", id);
     }
     if (!strcmp(url, "/v1/models")) {
         if (!is_get) return reply_error(s, c, 405, "invalid_request_error", NULL, "use GET /v1/models");
@@ -676,10 +845,21 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     addr.sin_port = htons((uint16_t)cfg->port);
     if (inet_pton(AF_INET, cfg->host, &addr.sin_addr) != 1)
         return rlhf_error_set(err, RLHF_EINVAL, "", "--host '%s' is not an IPv4 address", cfg->host);
+    const char *key = cfg->api_key_env[0] ? getenv(cfg->api_key_env) : NULL;
+    if (cfg->api_key_env[0] && (!key || !key[0]))
+        return rlhf_error_set(err, RLHF_EINVAL, "--api-key-env", "environment variable %s is not set (or empty)",
+                              cfg->api_key_env);
+    if (!key && (ntohl(addr.sin_addr.s_addr) >> 24) != 127)
+        return rlhf_error_set(err, RLHF_EINVAL, "--host", "%s is not a loopback address: anyone who reaches it could "
+                              "use the server; give an API key with --api-key-env NAME", cfg->host);
     serve_server *s = calloc(1, sizeof *s);
     if (!s) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     s->cfg = *cfg;
     s->log = log;
+    if (key && !(s->api_key = strdup(key))) {
+        free(s);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->done_cv, NULL);
@@ -690,7 +870,7 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     if (cfg->model_path[0]) {
         if (!s->cfg.model_id[0]) id_from_path(cfg->model_path, s->cfg.model_id, sizeof s->cfg.model_id);
         if ((rc = model_load_for_inference(&s->m, &s->tok, cfg->model_path, cfg->tokenizer, cfg->max_seq_len, err)) ||
-            (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err))) {
+            (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err)) || (rc = load_chat_template(s, err))) {
             serve_server_destroy(&s);
             return rc;
         }
@@ -755,6 +935,11 @@ void serve_server_destroy(serve_server **ps) {
     }
     sampler_destroy(&s->smp);
     tokenizer_destroy(&s->tok);
+    template_destroy(&s->chat_tmpl);
+    if (s->api_key) explicit_bzero(s->api_key, strlen(s->api_key));
+    free(s->api_key);
+    free(s->bos_token);
+    free(s->eos_token);
     model_destroy(&s->m);
     reward_model_destroy(&s->rm);
     pthread_mutex_destroy(&s->mu);

@@ -1,22 +1,26 @@
 /* serve/serve.h — `rlhf serve`: an OpenAI-compatible HTTP server (libmicrohttpd) for a project
  * checkpoint and/or a reward model (serve/'s public header; the CLI is serve/serve_cli.c).
  *
- * Routes:
+ * Routes (with --api-key-env, all but /health need "Authorization: Bearer KEY", else 401):
  *   GET  /health                {"status":"ok","queued":N}
- *   GET  /v1/models             the model (and reward model) ids
- *   POST /v1/chat/completions   messages -> one completion; "stream": true answers Server-Sent Events
+ *   GET  /v1/models             the model (and reward model) ids; GET /v1/models/{id} one of them (else 404)
+ *   POST /v1/chat/completions   messages -> n completions; "stream": true answers Server-Sent Events
  *                               (chat.completion.chunk objects, then "data: [DONE]")
- *   POST /v1/completions        prompt (a string) -> one completion; "stream" as above
- *   POST /get_reward            {"query":[text...]} -> {"rewards":[...]} (OpenRLHF API; needs a reward model)
- * Request fields used: max_tokens (or max_completion_tokens), temperature in [0, 100] (default 1), top_p
- * in (0, 1], top_k (0 or -1: off), min_p in [0, 1] (filters in that order after the temperature, as
- * model/'s sampler), seed, stop (string or up to 4 strings), stream, n (must be 1), logprobs (chat: true;
- * completions: 0) with top_logprobs 0: each sampled token's "logprob" (temperature 1, unfiltered) and
- * "sampling_logprob" (log q of the distribution drawn from; not with stream). "model" is echoed, not
- * checked. A response_format other than {"type":"text"} is refused with 400 (so a judge client falls
- * back to its text pattern); so is a value out of range, naming the field.
- * Chat prompt: each message as "<|ROLE|>\nCONTENT\n", then "<|assistant|>\n"; generation stops at any of
- * the tokenizer's EOS ids, a stop string (the earliest match), max_tokens or the model's max_seq_len.
+ *   POST /v1/completions        prompt (a string) -> n completions; "stream" as above
+ *   POST /get_reward            {"query":[text...]} -> {"rewards":[...]} (OpenRLHF API; needs a reward model;
+ *                               an empty query list gets {"rewards":[]})
+ * Request fields used (an explicit null is the default): max_tokens (or max_completion_tokens, >= 1),
+ * temperature in [0, 2] (default 1), top_p in (0, 1], top_k (0 or -1: off), min_p in [0, 1] (filters in
+ * that order after the temperature, as model/'s sampler), seed, stop (string or up to 4 strings), stream,
+ * stream_options.include_usage (a last chunk with only the usage), n (1..16, not streamed; sample k uses
+ * seed + k), logprobs (chat: true; completions: 0) and chat's top_logprobs (0..20): each sampled token's
+ * "logprob" (temperature 1, unfiltered), "sampling_logprob" (log q of the distribution drawn from) and the
+ * K most probable tokens; not with stream. "model" must be the served id (404 model_not_found). A
+ * response_format other than {"type":"text"} is refused with 400 (so a judge client falls back to its
+ * text pattern); so is a value out of range, naming the field. Responses carry system_fingerprint.
+ * Chat prompt: the chat template (chat_template below), else each message as "<|ROLE|>\nCONTENT\n", then
+ * "<|assistant|>\n"; generation stops at any of the tokenizer's EOS ids, a stop string (the earliest
+ * match), max_tokens or the model's max_seq_len.
  * Batching: every handler thread queues its request; one worker admits waiting requests into the
  * sampler's max_batch KV-cache slots at every step and decodes all running sequences together with
  * sampler_step (continuous batching); streamed tokens go out as they are chosen (serve/serve_int.h).
@@ -37,9 +41,14 @@ typedef struct serve_config {
     char model_path[1024];  /* checkpoint to generate with; "" = none (reward model only) */
     char rm_path[1024];     /* reward model checkpoint; "" = none */
     char tokenizer[1024];   /* "" = the model's own, "bytes", or a Hugging Face tokenizer directory */
+    char chat_template[1024]; /* a Jinja file for /v1/chat/completions; "" = the chat_template of the
+                               * tokenizer's or the model's tokenizer_config.json, if any (else the
+                               * plain "<|role|>\ncontent\n" layout) */
     int max_seq_len;        /* > 0: caps the model's context (KV cache per slot); 0 = the model's */
     char model_id[128];     /* id in /v1/models and responses; "" = file name without extension */
     char host[64];          /* default "127.0.0.1" */
+    char api_key_env[128];  /* an environment variable holding the API key every request must carry
+                             * (Authorization: Bearer KEY); "" = none, allowed on a loopback host only */
     int port;               /* 0 = any free port (see serve_port) */
     int max_batch;          /* sampler slots and RM batch (default 8) */
     int max_queue;          /* waiting requests before 503 (default 64) */

@@ -12,21 +12,28 @@ static const char usage[] =
     "usage: rlhf serve --model CKPT [--reward-model RM] [--port P] [--host 127.0.0.1] [--model-id NAME]\n"
     "                  [--max-batch 8] [--max-queue 64] [--max-body BYTES] [--max-tokens 128]\n"
     "                  [--max-connections 256] [--max-per-ip 32] [--request-timeout 10] [--tokenizer T]\n"
-    "                  [--max-seq-len N]\n"
+    "                  [--max-seq-len N] [--chat-template FILE.jinja] [--api-key-env NAME]\n"
     "  --model: a checkpoint (.safetensors) or a Hugging Face model directory; --tokenizer: \"bytes\" or a\n"
     "  Hugging Face tokenizer directory (default: the model's own); --max-seq-len caps the model's context.\n"
+    "  Chat requests go through --chat-template, else the chat_template of the tokenizer's or the model's\n"
+    "  tokenizer_config.json (docs/CHAT_TEMPLATES.md), else the plain \"<|role|>\\ncontent\\n\" layout.\n"
     "  OpenAI-compatible: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions;\n"
     "  with --reward-model also POST /get_reward {\"query\":[...]} -> {\"rewards\":[...]}.\n"
-    "  --model may be left out when --reward-model is given. --port 0 picks a free port.\n";
+    "  --model may be left out when --reward-model is given. --port 0 picks a free port.\n"
+    "  --api-key-env NAME: every request must carry Authorization: Bearer $NAME (required with a --host that\n"
+    "  is not loopback).\n";
 
 int cmd_serve(int argc, char **argv) {
     serve_config cfg;
     serve_config_default(&cfg);
     const char *model = NULL, *rm = NULL, *model_id = NULL, *host = NULL, *tok_spec = NULL;
+    const char *chat_template = NULL, *api_key_env = NULL;
     int max_body = (int)cfg.max_body;
     const rlhf_opt opts[] = {
         RLHF_OPT("--model", RLHF_OPT_STR, &model),
         RLHF_OPT("--tokenizer", RLHF_OPT_STR, &tok_spec),
+        RLHF_OPT("--chat-template", RLHF_OPT_STR, &chat_template),
+        RLHF_OPT("--api-key-env", RLHF_OPT_STR, &api_key_env),
         RLHF_OPT_RANGE("--max-seq-len", RLHF_OPT_INT, &cfg.max_seq_len, 2, 1 << 24),
         RLHF_OPT("--reward-model", RLHF_OPT_STR, &rm),
         RLHF_OPT("--model-id", RLHF_OPT_STR, &model_id),
@@ -46,6 +53,8 @@ int cmd_serve(int argc, char **argv) {
     if (model) snprintf(cfg.model_path, sizeof cfg.model_path, "%s", model);
     if (rm) snprintf(cfg.rm_path, sizeof cfg.rm_path, "%s", rm);
     if (tok_spec) snprintf(cfg.tokenizer, sizeof cfg.tokenizer, "%s", tok_spec);
+    if (chat_template) snprintf(cfg.chat_template, sizeof cfg.chat_template, "%s", chat_template);
+    if (api_key_env) snprintf(cfg.api_key_env, sizeof cfg.api_key_env, "%s", api_key_env);
     if (model_id) snprintf(cfg.model_id, sizeof cfg.model_id, "%s", model_id);
     if (host) snprintf(cfg.host, sizeof cfg.host, "%s", host);
     cfg.max_body = (size_t)max_body;
@@ -60,7 +69,7 @@ int cmd_serve(int argc, char **argv) {
     rlhf_error err = {0};
     if (serve_server_create(&s, &cfg, stderr, &err) != 0) {
         rlhf_error_print("rlhf serve", &err);
-        return 1;
+        return rlhf_exit_status(&err); /* a bad option value is a usage error (2), a missing file 3 */
     }
     printf("rlhf serve: listening on %s:%d\n", cfg.host, serve_port(s));
     fflush(stdout);

@@ -19,6 +19,8 @@ void serve_job_free(serve_job *j) {
     free(j->out_ids);
     free(j->out_lp);
     free(j->out_lq);
+    free(j->out_top_ids);
+    free(j->out_top_lp);
     free(j->sse);
     for (int i = 0; j->texts && i < j->n_texts; i++) free(j->texts[i]);
     free(j->texts);
@@ -58,6 +60,26 @@ typedef struct cand {
 static int cand_desc(const void *a, const void *b) {
     float x = ((const cand *)a)->p, y = ((const cand *)b)->p;
     return x < y ? 1 : x > y ? -1 : ((const cand *)a)->id - ((const cand *)b)->id;
+}
+
+/* The K most probable tokens of a logits row and their log-probs (temperature 1, unfiltered: the same
+ * distribution as a token's own `logprob`), most probable first, ties to the lower id. */
+static void top_logprobs(const float *logits, int V, int K, int32_t *ids, float *lps) {
+    int n = 0;
+    for (int v = 0; v < V; v++) {
+        if (n == K && !(logits[v] > logits[ids[n - 1]])) continue;
+        int at = n < K ? n++ : K - 1;
+        while (at > 0 && logits[v] > logits[ids[at - 1]]) {
+            ids[at] = ids[at - 1];
+            at--;
+        }
+        ids[at] = v;
+    }
+    float mx = n ? logits[ids[0]] : 0;
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += exp((double)logits[v] - mx);
+    for (int k = 0; k < n; k++) lps[k] = (float)((double)logits[ids[k]] - mx - log(sum));
+    for (int k = n; k < K; k++) ids[k] = -1, lps[k] = -INFINITY;
 }
 
 static double log_softmax_at(const float *logits, int V, float mx, int32_t y) {
@@ -185,9 +207,10 @@ static void sse_raw(serve_job *j, const char *line) {
 }
 
 static json_t *chunk(serve_server *s, serve_job *j, json_t *choice) {
-    return json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", j->rid, "object",
-                     j->chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)j->created, "model",
-                     s->cfg.model_id, "choices", choice);
+    json_t *ev = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:s}", "id", j->rid, "object",
+                           j->chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)j->created,
+                           "model", s->cfg.model_id, "choices", choice, "system_fingerprint", SERVE_FINGERPRINT);
+    return ev;
 }
 
 /* Length of the longest prefix of t[0..n) that does not end inside a UTF-8 sequence. */
@@ -235,12 +258,18 @@ static void finish_job(serve_server *s, serve_job *j, int finish) {
         stream_progress(s, j, 1);
         json_t *choice = j->chat ? json_pack("{s:i, s:{}, s:s}", "index", 0, "delta", "finish_reason", finish_str(finish))
                                  : json_pack("{s:i, s:s, s:s}", "index", 0, "text", "", "finish_reason", finish_str(finish));
-        json_t *ev = chunk(s, j, choice);
-        json_object_set_new(ev, "usage", json_pack("{s:i, s:i, s:i}", "prompt_tokens", j->prompt_len,
-                                                   "completion_tokens", j->n_tokens, "total_tokens",
-                                                   j->prompt_len + j->n_tokens));
+        json_t *ev = chunk(s, j, choice), *usage = NULL;
+        /* as OpenAI: the usage only with stream_options.include_usage, in a chunk of its own (no choices) */
+        if (j->include_usage) {
+            usage = chunk(s, j, json_object());
+            json_array_clear(json_object_get(usage, "choices"));
+            json_object_set_new(usage, "usage", json_pack("{s:i, s:i, s:i}", "prompt_tokens", j->prompt_len,
+                                                          "completion_tokens", j->n_tokens, "total_tokens",
+                                                          j->prompt_len + j->n_tokens));
+        }
         pthread_mutex_lock(&s->mu);
         sse_event(j, ev);
+        if (usage) sse_event(j, usage);
         sse_raw(j, "data: [DONE]\n\n");
     } else {
         pthread_mutex_lock(&s->mu);
@@ -464,12 +493,25 @@ void *serve_worker_main(void *arg) {
                 if (nl) j->out_lp = nl;
                 float *nq = realloc(j->out_lq, (size_t)cap * sizeof *nq);
                 if (nq) j->out_lq = nq;
-                if (ni && nl && nq) j->out_cap = cap;
+                int ok = ni && nl && nq;
+                if (ok && j->top_logprobs > 0) {
+                    size_t kk = (size_t)cap * (size_t)j->top_logprobs;
+                    int32_t *ti = realloc(j->out_top_ids, kk * sizeof *ti);
+                    if (ti) j->out_top_ids = ti;
+                    float *tl = realloc(j->out_top_lp, kk * sizeof *tl);
+                    if (tl) j->out_top_lp = tl;
+                    ok = ti && tl;
+                }
+                if (ok) j->out_cap = cap;
             }
             if (j->logprobs && j->n_tokens < j->out_cap) {
                 j->out_ids[j->n_tokens] = id;
                 j->out_lp[j->n_tokens] = lp;
                 j->out_lq[j->n_tokens] = lq;
+                if (j->top_logprobs > 0)
+                    top_logprobs(logits + (size_t)i * V, V, j->top_logprobs,
+                                 j->out_top_ids + (size_t)j->n_tokens * j->top_logprobs,
+                                 j->out_top_lp + (size_t)j->n_tokens * j->top_logprobs);
             }
             j->n_tokens++;
             int finish = SAMPLE_FINISH_NONE;

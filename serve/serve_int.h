@@ -18,9 +18,12 @@
 #include "model/model.h"
 #include "rewards/rm/rm.h"
 #include "serve/serve.h"
+#include "template/template.h"
 
 enum { JOB_GENERATE = 0, JOB_REWARD = 1 };
-enum { SERVE_MAX_STOPS = 4 };
+/* OpenAI's system_fingerprint: names the serving configuration (one server, one model) */
+#define SERVE_FINGERPRINT "fp_rlhf_serve"
+enum { SERVE_MAX_STOPS = 4, SERVE_MAX_N = 16, SERVE_MAX_TOP_LOGPROBS = 20 };
 
 typedef struct serve_job {
     int kind;
@@ -32,6 +35,8 @@ typedef struct serve_job {
     int n_stops;
     int stream, chat;
     int logprobs;                 /* the response lists each token with its log-probs (not streamed) */
+    int include_usage;            /* stream_options.include_usage: a last chunk with only the usage */
+    int n_choices;                /* "n": samples of the prompt (non-streamed), each a job decoded alongside */
     struct serve_server *server;  /* for the streaming callbacks */
     char rid[64];                 /* response id */
     long long created;
@@ -43,6 +48,9 @@ typedef struct serve_job {
     int32_t *out_ids;             // (n_tokens) with logprobs: the sampled ids,
     float *out_lp;                // (n_tokens) log pi(y) at temperature 1, unfiltered,
     float *out_lq;                // (n_tokens) log q(y) of the distribution sampled from (0 when greedy)
+    int top_logprobs;             /* chat "top_logprobs": the K most probable tokens at each position */
+    int32_t *out_top_ids;         // (n_tokens, top_logprobs) their ids, most probable first
+    float *out_top_lp;            // (n_tokens, top_logprobs) their log-probs (temperature 1, no filters)
     int out_cap;
     int finish;                   /* sample_finish */
     /* streaming: SSE bytes produced (under mu) and sent by the connection thread */
@@ -64,6 +72,9 @@ struct serve_server {
     FILE *log;
     model *m;
     tokenizer *tok;
+    struct template_program *chat_tmpl; /* NULL: no template (the plain layout) */
+    char *bos_token, *eos_token;        /* the template's bos_token / eos_token (may be NULL) */
+    char *api_key;                      /* from cfg.api_key_env: requests must carry it; NULL = open */
     sampler *smp;
     reward_model *rm;
     char rm_id[128];

@@ -36,32 +36,92 @@ struct judge_client {
     judge_stats stats;
 };
 
-/* Replaces every occurrence of the API key in s (in place, shrinking) so that no reason or log line can
- * carry it, even when a server echoes the Authorization header back. */
-static void redact(const judge_client *jc, char *s) {
-    if (!jc->api_key || !jc->api_key[0] || !s) return;
-    size_t kl = strlen(jc->api_key);
-    static const char mask[] = "[redacted]";
+/* s with the secret masked, as a malloc'd string (NULL when out of memory): every occurrence of the API
+ * key, every prefix of it of JUDGE_MASK_PREFIX or more characters (a server that echoes a header it cut
+ * short), and whatever token follows "Bearer " (an echoed Authorization header, whoever's key it holds)
+ * become "[redacted]". This runs on the whole text BEFORE anything cuts it to a buffer: a cut after
+ * masking can only shorten "[redacted]", never leave the start of a key behind. */
+#define JUDGE_MASK_PREFIX 8
+typedef struct mask_buf {
     char *p;
-    while ((p = strstr(s, jc->api_key)) != NULL) {
-        size_t tail = strlen(p + kl);
-        if (kl >= sizeof mask - 1) {
-            memcpy(p, mask, sizeof mask - 1);
-            memmove(p + sizeof mask - 1, p + kl, tail + 1);
+    size_t n, cap;
+} mask_buf;
+
+static int mask_put(mask_buf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = (b->n + n + 1) * 2;
+        char *p = realloc(b->p, cap);
+        if (!p) return -1;
+        b->p = p, b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return 0;
+}
+
+static char *mask_secret(const judge_client *jc, const char *s) {
+    static const char mask[] = "[redacted]";
+    const char *key = jc->api_key && jc->api_key[0] ? jc->api_key : NULL;
+    size_t kl = key ? strlen(key) : 0, n = strlen(s);
+    size_t min_prefix = kl < JUDGE_MASK_PREFIX ? kl : JUDGE_MASK_PREFIX;
+    mask_buf b = {0};
+    int bad = mask_put(&b, "", 0);
+    for (size_t i = 0; i < n && !bad;) {
+        if (!strncasecmp(s + i, "Bearer ", 7)) {
+            size_t j = i + 7;
+            while (j < n && s[j] == ' ') j++;
+            size_t t = j;
+            while (t < n && !strchr(" \"',\r\n", s[t])) t++;
+            if (t > j) {
+                bad = mask_put(&b, s + i, 7) || mask_put(&b, mask, sizeof mask - 1);
+                i = t;
+                continue;
+            }
+        }
+        size_t l = 0;
+        while (key && l < kl && i + l < n && s[i + l] == key[l]) l++;
+        if (key && (l == kl || l >= min_prefix)) {
+            bad = mask_put(&b, mask, sizeof mask - 1);
+            i += l;
         } else {
-            memmove(p, p + kl, tail + 1); /* too short to mask without growing: drop it */
+            bad = mask_put(&b, s + i, 1);
+            i++;
         }
     }
+    if (bad) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* Formats, masks, then cuts to cap bytes (in this order: see mask_secret). */
+__attribute__((format(printf, 4, 5))) static void masked_format(const judge_client *jc, char *dst, size_t cap,
+                                                                 const char *fmt, ...) {
+    char *raw = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&raw, fmt, ap);
+    va_end(ap);
+    char *m = n >= 0 ? mask_secret(jc, raw) : NULL;
+    snprintf(dst, cap, "%s", m ? m : "(out of memory)");
+    if (raw) explicit_bzero(raw, strlen(raw));
+    free(raw);
+    free(m);
 }
 
 __attribute__((format(printf, 2, 3))) static void jlog(const judge_client *jc, const char *fmt, ...) {
     if (!jc->log) return;
-    char line[1024];
+    char *raw = NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    int n = vasprintf(&raw, fmt, ap);
     va_end(ap);
-    redact(jc, line);
+    if (n < 0) return;
+    char line[1024];
+    masked_format(jc, line, sizeof line, "%s", raw);
+    free(raw);
     fprintf(jc->log, "judge[%s]: %s\n", jc->name, line);
     fflush(jc->log);
 }
@@ -95,9 +155,7 @@ int judge_client_create(judge_client **out, const judge_config *cfg, const char 
     jc->cfg.system_text = cfg->system_text ? strdup(cfg->system_text) : NULL;
     snprintf(jc->name, sizeof jc->name, "%s", name ? name : "judge");
     jc->log = log;
-    size_t ul = strlen(cfg->base_url);
-    while (ul > 0 && cfg->base_url[ul - 1] == '/') ul--;
-    snprintf(jc->url, sizeof jc->url, "%.*s/v1/chat/completions", (int)ul, cfg->base_url);
+    judge_chat_url(cfg->base_url, jc->url, sizeof jc->url);
     jc->rf_supported = cfg->response_format != JUDGE_RF_NONE;
     rlhf_rng_seed(&jc->rng, cfg->seed);
     jc->headers = curl_slist_append(NULL, "Content-Type: application/json");
@@ -172,6 +230,7 @@ typedef struct judge_req {
     char last_error[128]; /* why the previous attempt failed, for the final reason */
     judge_reason last_reason;
     char curl_err[CURL_ERROR_SIZE];
+    char location[256];    /* a 3xx's Location header, cut */
 } judge_req;
 
 static char *build_body(const judge_client *jc, const char *rendered, int with_rf) {
@@ -208,6 +267,15 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
     judge_req *r = ud;
     size_t n = size * nmemb;
+    if (n > 9 && !strncasecmp(data, "Location:", 9)) {
+        size_t i = 9;
+        while (i < n && (data[i] == ' ' || data[i] == '\t')) i++;
+        size_t m = n - i;
+        while (m > 0 && isspace((unsigned char)data[i + m - 1])) m--;
+        if (m > sizeof r->location - 1) m = sizeof r->location - 1;
+        memcpy(r->location, data + i, m);
+        r->location[m] = 0;
+    }
     if (n > 12 && !strncasecmp(data, "Retry-After:", 12)) {
         char v[128];
         size_t m = n - 12 < sizeof v - 1 ? n - 12 : sizeof v - 1;
@@ -239,6 +307,7 @@ static int start_attempt(judge_client *jc, judge_req *r, const judge_item *it, d
     r->too_large = 0;
     r->retry_after_ms = -1;
     r->curl_err[0] = 0;
+    r->location[0] = 0;
     long timeout = jc->cfg.call_timeout_ms;
     if (it->deadline > 0) {
         double left = (it->deadline - now) * 1000.0;
@@ -258,6 +327,12 @@ static int start_attempt(judge_client *jc, judge_req *r, const judge_item *it, d
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->curl_err);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* One connection per attempt: on a reused connection that dies before a reply, libcurl silently sends
+     * the POST again on a new one (2 items x 4 attempts reached a server as 14 requests, not 8), so a
+     * retry budget would not bound what the endpoint sees. A fresh connection costs about one loopback
+     * round trip (bench_judge at 0 ms latency: 1605 -> see docs/JUDGE.md); a judge call takes far longer. */
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* a redirect would carry the key to another place */
     if (curl_multi_add_handle(jc->multi, e) != CURLM_OK) {
         jc->pool[jc->n_pool++] = e;
         r->easy = NULL;
@@ -280,17 +355,18 @@ static void release_easy(judge_client *jc, judge_req *r) {
 static void finish_error(judge_client *jc, judge_req *r, judge_item *it, judge_reason reason, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 static void finish_error(judge_client *jc, judge_req *r, judge_item *it, judge_reason reason, const char *fmt, ...) {
-    char d[sizeof it->detail];
+    char *d = NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(d, sizeof d, fmt, ap);
+    if (vasprintf(&d, fmt, ap) < 0) d = NULL;
     va_end(ap);
     it->ok = 0;
     it->score = NAN;
     it->raw_score = NAN;
     it->reason = reason;
-    snprintf(it->detail, sizeof it->detail, "%s: %.140s", judge_reason_name(reason), d);
-    redact(jc, it->detail);
+    /* masked whole, then cut to the detail's size */
+    masked_format(jc, it->detail, sizeof it->detail, "%s: %s", judge_reason_name(reason), d ? d : "(out of memory)");
+    free(d);
     it->attempts = r ? r->attempts : 0;
     if (r) r->state = REQ_DONE;
 }
@@ -374,11 +450,10 @@ static void short_server_message(const judge_client *jc, const char *body, char 
     out[0] = 0;
     json_t *j = body ? json_loads(body, 0, NULL) : NULL;
     json_t *m = json_object_get(json_object_get(j, "error"), "message");
-    if (json_is_string(m)) snprintf(out, cap, ": %s", json_string_value(m));
+    if (json_is_string(m)) masked_format(jc, out, cap, ": %s", json_string_value(m)); /* masked before the cut */
     json_decref(j);
     for (char *p = out; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ' ';
-    redact(jc, out);
 }
 
 static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode res, double now) {
@@ -387,7 +462,7 @@ static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode 
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     release_easy(jc, r);
     if (jc->breaker_state == BREAKER_HALF_OPEN) jc->probe_in_flight = 0;
-    char what[160];
+    char what[400];
     if (res != CURLE_OK) {
         if (r->too_large) {
             breaker_result(jc, 0, now);
@@ -398,7 +473,7 @@ static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode 
         if (res == CURLE_OPERATION_TIMEDOUT) reason = JUDGE_ERR_TIMEOUT;
         else if (res == CURLE_PARTIAL_FILE) reason = JUDGE_ERR_TRUNCATED;
         else if (res == CURLE_OUT_OF_MEMORY) reason = JUDGE_ERR_INTERNAL;
-        snprintf(what, sizeof what, "%.150s", r->curl_err[0] ? r->curl_err : curl_easy_strerror(res));
+        snprintf(what, sizeof what, "%.150s (POST %.200s)", r->curl_err[0] ? r->curl_err : curl_easy_strerror(res), jc->url);
         breaker_result(jc, 1, now);
         retry_or_fail(jc, r, it, reason, now, what);
         return;
@@ -435,10 +510,15 @@ static void on_done(judge_client *jc, judge_req *r, judge_item *items, CURLcode 
         r->attempts--; /* the schema probe does not use up a retry */
         return;
     }
+    if (status >= 300 && status < 400) {
+        finish_error(jc, r, it, JUDGE_ERR_HTTP_3XX, "HTTP %ld from POST %s, redirecting to %s: not followed (set base_url "
+                     "to where the API is)", status, jc->url, r->location[0] ? r->location : "(no Location)");
+        return;
+    }
     if (status < 200 || status >= 300) {
-        char msg[128];
+        char msg[160];
         short_server_message(jc, r->resp.p, msg, sizeof msg);
-        finish_error(jc, r, it, JUDGE_ERR_HTTP_4XX, "HTTP %ld%s", status, msg);
+        finish_error(jc, r, it, JUDGE_ERR_HTTP_4XX, "HTTP %ld from POST %s%s", status, jc->url, msg);
         return;
     }
     json_error_t jerr;

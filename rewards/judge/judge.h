@@ -67,6 +67,7 @@ typedef enum judge_reason {
     JUDGE_ERR_TOO_LARGE,    /* "too_large": response body over 1 MiB */
     JUDGE_ERR_TEMPLATE,     /* "template": a {FIELD} the record does not have */
     JUDGE_ERR_INTERNAL,     /* "internal": out of memory, curl setup */
+    JUDGE_ERR_HTTP_3XX,     /* "http_3xx": a redirect; never followed (the key would go elsewhere), not retried */
     JUDGE_N_REASONS
 } judge_reason;
 
@@ -109,7 +110,7 @@ typedef struct judge_item {
     double score;             /* out: normalised to [0, 1] when ok, NaN otherwise */
     double raw_score;         /* out: as the judge said it */
     judge_reason reason;      /* out */
-    char detail[160];         /* out: reason with specifics, e.g. "http_5xx: HTTP 503 after 4 attempts" */
+    char detail[384];         /* out: reason with specifics, e.g. "http_5xx: HTTP 503 after 4 attempts" */
     int attempts;             /* out: HTTP attempts made for this item (0 for cache hits / followers) */
     int from_cache;           /* out */
 } judge_item;

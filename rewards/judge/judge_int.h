@@ -15,6 +15,8 @@ extern const char judge_default_template[];
 
 /* Checks that base_url is an absolute http(s) URL with a host; errors name `where`. */
 int judge_check_base_url(const char *url, const char *where, rlhf_error *err);
+/* The URL chat requests are posted to, from base_url (0, or -1 when it does not fit cap). */
+int judge_chat_url(const char *base_url, char *out, size_t cap);
 
 /* A growable NUL-terminated string; oom is set (and the text kept as it was) when an append fails. */
 typedef struct sbuf {

@@ -16,6 +16,7 @@
 static const char *const reason_names[JUDGE_N_REASONS] = {
     "ok",        "timeout",   "connect",      "truncated",    "http_429", "http_5xx",  "http_4xx", "non_json",
     "bad_shape", "no_score",  "out_of_range", "circuit_open", "too_large", "template", "internal",
+    "http_3xx",
 };
 
 const char *judge_reason_name(judge_reason r) {
@@ -96,6 +97,24 @@ int judge_check_base_url(const char *url, const char *where, rlhf_error *err) {
     curl_free(host);
     curl_url_cleanup(u);
     return rc;
+}
+
+/* The OpenAI SDK's convention: base_url is the API root, e.g. http://host:8000/v1, and the endpoint is
+ * base_url + "/chat/completions". A bare host (no path) means its /v1; a URL already ending in
+ * /chat/completions is taken as it is. */
+int judge_chat_url(const char *base, char *out, size_t cap) {
+    size_t ul = strlen(base);
+    while (ul > 0 && base[ul - 1] == '/') ul--;
+    const char *rest = strstr(base, "://");
+    rest = rest ? rest + 3 : base;
+    const char *slash = memchr(rest, '/', (size_t)(base + ul - rest));
+    static const char tail[] = "/chat/completions";
+    int n;
+    if (ul >= sizeof tail - 1 && !strncmp(base + ul - (sizeof tail - 1), tail, sizeof tail - 1))
+        n = snprintf(out, cap, "%.*s", (int)ul, base);
+    else if (!slash) n = snprintf(out, cap, "%.*s/v1%s", (int)ul, base, tail);
+    else n = snprintf(out, cap, "%.*s%s", (int)ul, base, tail);
+    return n >= 0 && (size_t)n < cap ? 0 : -1;
 }
 
 int judge_config_parse(judge_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {

@@ -25,6 +25,7 @@
 #include "broker/broker.h"
 #include "common/common.h"
 #include "model/model.h"
+#include "prompts/prompts.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/test_paths.h"
 #include "tests/test_proc.h"
@@ -287,9 +288,71 @@ static void test_example_config(void) {
     CU_ASSERT_EQUAL(last_step(run), 1);
 }
 
+/* A dataset of chat messages: rendered at launch through task.chat_template into RUN_DIR/prompts/ (the
+ * resolved config names that file, the broker serves its prompts), and the run trains on it. A template
+ * that raises, or a messages dataset with no template at all, is refused before any run directory exists. */
+static void test_chat_dataset(void) {
+    char data[256], tpl[256], bad_tpl[256], run[256], log[256], p[512];
+    snprintf(data, sizeof data, "%s/chat.jsonl", g_dir);
+    snprintf(tpl, sizeof tpl, "%s/chat.jinja", g_dir);
+    snprintf(bad_tpl, sizeof bad_tpl, "%s/bad.jinja", g_dir);
+    snprintf(run, sizeof run, "%s/chatrun", g_dir);
+    snprintf(log, sizeof log, "%s/chatrun.out", g_dir);
+    FILE *f = fopen(data, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    for (int i = 0; i < 8; i++)
+        fprintf(f, "{\"id\":\"c%d\",\"messages\":[{\"role\":\"user\",\"content\":\"  q%d \"}]}\n", i, i);
+    fclose(f);
+    CU_ASSERT_EQUAL(write_text(tpl, "{% for m in messages %}{{ m.content | trim }}{% endfor %}\n"
+                                    "{% if add_generation_prompt %}:{% endif %}\n"), 0);
+    CU_ASSERT_EQUAL(write_text(bad_tpl, "{% for m in messages %}\n  {{ raise_exception('users only') }}\n{% endfor %}"), 0);
+    char sets[4][512];
+    snprintf(sets[0], sizeof sets[0], "model.base_checkpoint=\"%s/base-hf\"", g_dir);
+    snprintf(sets[1], sizeof sets[1], "task.train=\"%s\"", data);
+    snprintf(sets[2], sizeof sets[2], "run_dir=\"%s\"", run);
+    snprintf(sets[3], sizeof sets[3], "task.chat_template=\"%s\"", bad_tpl);
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "%s/chat.json", g_dir);
+    write_config(cfg, "chatrun", "unused", 1);
+    const char *bad[] = {"run", cfg, "--quiet", "--set", sets[0], "--set", sets[1], "--set", sets[2], "--set", sets[3],
+                         "--set", "rl.export_hf=\"none\"", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, bad, 60), RLHF_EXIT_CONFIG);
+    CU_ASSERT(file_contains(log, "chat.jsonl:1"));
+    CU_ASSERT(file_contains(log, "bad.jinja:2:6"));
+    CU_ASSERT(file_contains(log, "users only"));
+    CU_ASSERT(access(run, F_OK) != 0);
+    /* the exported model directory has no chat_template of its own */
+    const char *none[] = {"run", cfg, "--quiet", "--set", sets[0], "--set", sets[1], "--set", sets[2],
+                          "--set", "rl.export_hf=\"none\"", NULL};
+    CU_ASSERT_EQUAL(run_cmd(log, none, 60), RLHF_EXIT_CONFIG);
+    CU_ASSERT(file_contains(log, "task.chat_template"));
+    CU_ASSERT(access(run, F_OK) != 0);
+
+    snprintf(sets[3], sizeof sets[3], "task.chat_template=\"%s\"", tpl);
+    const char *good[] = {"run", cfg, "--quiet", "--set", sets[0], "--set", sets[1], "--set", sets[2], "--set", sets[3],
+                          "--set", "rl.export_hf=\"none\"", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(log, good, 120), 0);
+    CU_ASSERT_EQUAL(last_step(run), 1);
+    snprintf(p, sizeof p, "%s/prompts/train-chat.jsonl", run);
+    prompt_dataset *ds = NULL;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(prompt_dataset_load(&ds, p, &err), 0);
+    CU_ASSERT_EQUAL(prompt_dataset_size(ds), 8);
+    CU_ASSERT_STRING_EQUAL(prompt_dataset_get(ds, 3)->prompt, "q3:");
+    CU_ASSERT_PTR_NOT_NULL(json_object_get(prompt_dataset_get(ds, 3)->record, "messages"));
+    prompt_dataset_destroy(&ds);
+    char conf[512];
+    snprintf(conf, sizeof conf, "%s/config.json", run);
+    json_t *rc = json_load_file(conf, 0, NULL);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_object_get(rc, "task"), "train")), p);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(json_object_get(rc, "broker"), "dataset")), p);
+    json_decref(rc);
+}
+
 void e2e_register_hf_run(void);
 void e2e_register_hf_run(void) {
     CU_pSuite s = CU_add_suite("e2e_hf", suite_init, suite_cleanup);
     CU_add_test(s, "hf_bpe_run", test_hf_bpe_run);
     CU_add_test(s, "example_config", test_example_config);
+    CU_add_test(s, "chat_dataset", test_chat_dataset);
 }

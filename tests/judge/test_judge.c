@@ -445,6 +445,264 @@ static int file_contains(const char *path, const char *needle) {
     return found;
 }
 
+/* Each attempt is one request on the wire: the server counts what it received. A connection closed
+ * without a reply (after earlier requests made it a reused one) is where libcurl would silently send the
+ * POST again; with retries 3 each failing item costs exactly 4 requests. */
+static void test_one_request_per_attempt(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    judge_config cfg;
+    judge_config_default(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+    snprintf(cfg.model, sizeof cfg.model, "m");
+    cfg.retries = 3;
+    cfg.backoff_ms = 1;
+    cfg.backoff_max_ms = 5;
+    cfg.concurrency = 2;
+    cfg.breaker_failures = 1000;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "count", NULL, NULL), 0);
+    judge_config_free(&cfg);
+    /* warm connections first, so that the faults below hit reused ones */
+    judge_item warm[4] = {{.prompt = "p", .completion = "w1 score=3"}, {.prompt = "p", .completion = "w2 score=3"},
+                          {.prompt = "p", .completion = "w3 score=3"}, {.prompt = "p", .completion = "w4 score=3"}};
+    CU_ASSERT_EQUAL(judge_score(jc, warm, 4, NULL), 0);
+    for (int i = 0; i < 4; i++) CU_ASSERT_EQUAL(warm[i].ok, 1);
+    judge_item it[3] = {{.prompt = "p", .completion = "a fault=close"}, {.prompt = "p", .completion = "b fault=close"},
+                        {.prompt = "p", .completion = "c fault=500 retry_after=0"}};
+    CU_ASSERT_EQUAL(judge_score(jc, it, 3, NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 0);
+        CU_ASSERT_EQUAL(it[i].attempts, 4);
+    }
+    json_t *st = peer_stats(&srv);
+    json_t *byf = json_object_get(st, "faults");
+    long closes = (long)json_integer_value(json_object_get(byf, "close"));
+    long fives = (long)json_integer_value(json_object_get(byf, "500"));
+    long chat = (long)json_integer_value(json_object_get(st, "chat_requests"));
+    fprintf(stderr, "\n  server saw %ld chat requests: %ld closed without reply (2 items), %ld HTTP 500 (1 item)\n", chat,
+            closes, fives);
+    CU_ASSERT_EQUAL(closes, 8);
+    CU_ASSERT_EQUAL(fives, 4);
+    CU_ASSERT_EQUAL(chat, 4 + 12);
+    CU_ASSERT_EQUAL((long)judge_client_stats(jc)->http_requests, 4 + 12);
+    json_decref(st);
+    judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+/* base_url as the OpenAI SDK takes it (http://host:port/v1) or as a bare host; a wrong path is an error
+ * naming the URL posted to; a redirect is its own class, not followed, not retried. */
+static void test_base_url_and_redirect(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    const char *forms[3] = {"%s/v1", "%s/v1/", "%s/nope/v1"};
+    for (int f = 0; f < 3; f++) {
+        judge_config cfg;
+        judge_config_default(&cfg);
+        snprintf(cfg.base_url, sizeof cfg.base_url, forms[f], srv.base_url);
+        snprintf(cfg.model, sizeof cfg.model, "m");
+        cfg.retries = 2;
+        cfg.backoff_ms = 1;
+        judge_client *jc = NULL;
+        CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "url", NULL, NULL), 0);
+        judge_config_free(&cfg);
+        judge_item it[2] = {{.prompt = "p", .completion = "u score=9"}, {.prompt = "p", .completion = "u fault=redirect"}};
+        CU_ASSERT_EQUAL(judge_score(jc, it, f == 2 ? 1 : 2, NULL), 0);
+        if (f < 2) {
+            CU_ASSERT_EQUAL(it[0].ok, 1);
+            CU_ASSERT_DOUBLE_EQUAL(it[0].raw_score, 9, 1e-12);
+            CU_ASSERT_EQUAL(it[1].ok, 0);
+            CU_ASSERT_EQUAL(it[1].reason, JUDGE_ERR_HTTP_3XX);
+            CU_ASSERT_EQUAL(it[1].attempts, 1);
+            CU_ASSERT_STRING_EQUAL(judge_reason_name(it[1].reason), "http_3xx");
+            CU_ASSERT_PTR_NOT_NULL(strstr(it[1].detail, "/v2/chat/completions"));
+            CU_ASSERT_PTR_NOT_NULL(strstr(it[1].detail, "not followed"));
+        } else {
+            char want[300];
+            snprintf(want, sizeof want, "HTTP 404 from POST %s/nope/v1/chat/completions", srv.base_url);
+            CU_ASSERT_EQUAL(it[0].reason, JUDGE_ERR_HTTP_4XX);
+            if (!strstr(it[0].detail, want)) fprintf(stderr, "\n  detail: %s\n", it[0].detail);
+            CU_ASSERT_PTR_NOT_NULL(strstr(it[0].detail, want));
+        }
+        judge_client_destroy(&jc);
+    }
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "redirected")), 0);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(st, "faults"), "redirect")), 2);
+    json_decref(st);
+    peer_stop(&srv);
+}
+
+/* `rlhf reward-test --jsonl` with a judge: a failed judgement shows status error with raw, normalized and
+ * total null, never a 0 beside an ok; a good one its score. */
+static void test_reward_test_shows_failures(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    char dir[] = "/tmp/rlhf-judge-rt-XXXXXX";
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    char cfg_path[128], samples[128], out_path[128], bin[4096], cmd[8192];
+    snprintf(cfg_path, sizeof cfg_path, "%s/r.json", dir);
+    snprintf(samples, sizeof samples, "%s/s.jsonl", dir);
+    snprintf(out_path, sizeof out_path, "%s/out.jsonl", dir);
+    char cfg_json[512];
+    snprintf(cfg_json, sizeof cfg_json,
+             "[{\"type\":\"judge\",\"name\":\"j\",\"base_url\":\"%s/v1\",\"model\":\"m\",\"retries\":0,"
+             "\"on_error\":\"skip_group\"}]", srv.base_url);
+    const char *lines = "{\"prompt\":\"p\",\"completion\":\"rt score=7\"}\n{\"prompt\":\"p\",\"completion\":\"rt fault=400\"}\n";
+    CU_ASSERT_EQUAL(rlhf_write_file_atomic(cfg_path, cfg_json, strlen(cfg_json), NULL), 0);
+    CU_ASSERT_EQUAL(rlhf_write_file_atomic(samples, lines, strlen(lines), NULL), 0);
+    peer_bin_path("rlhf", bin, sizeof bin);
+    snprintf(cmd, sizeof cmd, "'%s' reward-test --jsonl '%s' '%s' > '%s' 2>/dev/null", bin, cfg_path, samples, out_path);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+    FILE *f = fopen(out_path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[4096];
+    json_t *o[2] = {0};
+    for (int i = 0; i < 2 && fgets(line, sizeof line, f); i++) o[i] = json_loads(line, 0, NULL);
+    fclose(f);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o[0]);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o[1]);
+    json_t *j0 = json_object_get(json_object_get(o[0], "sources"), "j"), *j1 = json_object_get(json_object_get(o[1], "sources"), "j");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j0, "status")), "ok");
+    CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(j0, "raw")), 0.7, 1e-12);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(o[1], "status")), "error");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j1, "status")), "error");
+    CU_ASSERT(json_is_null(json_object_get(j1, "raw")));
+    CU_ASSERT(json_is_null(json_object_get(j1, "normalized")));
+    CU_ASSERT(json_is_null(json_object_get(o[1], "total")));
+    CU_ASSERT_PTR_NOT_NULL(strstr(json_string_value(json_object_get(j1, "reason")), "http_4xx: HTTP 400 from POST"));
+    json_decref(o[0]);
+    json_decref(o[1]);
+    unlink(cfg_path), unlink(samples), unlink(out_path), rmdir(dir);
+    peer_stop(&srv);
+}
+
+/* The remote reward model (remote_rm) against the fault server's /get_reward: OpenRLHF's full URL and a
+ * base URL both work; a 429 is rate limiting (http_429), retried after the server's Retry-After (1 s,
+ * longer than the client's own 100 ms backoff); one request per attempt. */
+static void test_remote_rm_rate_limit(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, NULL, NULL, NULL, NULL), 0);
+    for (int form = 0; form < 2; form++) {
+        char cfg_json[512];
+        snprintf(cfg_json, sizeof cfg_json, "[{\"type\":\"remote_rm\",\"name\":\"rm\",\"url\":\"%s%s\",\"retries\":2}]",
+                 srv.base_url, form ? "/get_reward" : "/");
+        reward_pipeline *p = NULL;
+        rlhf_error err = {0};
+        CU_ASSERT_EQUAL_FATAL(reward_pipeline_create_str(&p, cfg_json, "rm.json", &err), 0);
+        char c0[64], c1[64];
+        snprintf(c0, sizeof c0, " fault=429 times=1 retry_after=1 form%d score=0.25", form);
+        snprintf(c1, sizeof c1, " form%d score=0.75", form);
+        rlhf_reward_item items[2] = {{.prompt = "p", .completion = c0, .record_json = "{}", .group_id = -1},
+                                     {.prompt = "p", .completion = c1, .record_json = "{}", .group_id = -1}};
+        reward_scores sc = {0};
+        double t0 = rlhf_now();
+        CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 2, &sc, &err), 0);
+        double took = rlhf_now() - t0;
+        CU_ASSERT(took >= 0.95); /* the Retry-After, not the 100 ms backoff */
+        CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_OK);
+        CU_ASSERT_DOUBLE_EQUAL(sc.raw[0], 0.25, 1e-12);
+        CU_ASSERT_DOUBLE_EQUAL(sc.raw[1], 0.75, 1e-12);
+        reward_scores_free(&sc);
+        /* still rate limited after the retries: http_429, each attempt one request */
+        json_t *st = peer_stats(&srv);
+        long before = (long)json_integer_value(json_object_get(st, "rm_requests"));
+        json_decref(st);
+        snprintf(c0, sizeof c0, " fault=429 times=99 retry_after=0 form%d", form);
+        CU_ASSERT_EQUAL(reward_pipeline_score(p, items, 1, &sc, &err), 0);
+        CU_ASSERT_EQUAL(sc.status[0].code, RLHF_REWARD_ERROR);
+        CU_ASSERT_EQUAL(strncmp(sc.status[0].reason, "http_429", 8), 0);
+        st = peer_stats(&srv);
+        CU_ASSERT_EQUAL((long)json_integer_value(json_object_get(st, "rm_requests")) - before, 3);
+        json_decref(st);
+        reward_scores_free(&sc);
+        reward_pipeline_destroy(&p);
+    }
+    peer_stop(&srv);
+}
+
+/* No 8-character piece of KEY in S. */
+static int holds_key_piece(const char *s, const char *key) {
+    size_t kl = strlen(key);
+    for (size_t i = 0; i + 8 <= kl; i++) {
+        char piece[9];
+        memcpy(piece, key + i, 8);
+        piece[8] = 0;
+        if (strstr(s, piece)) return 1;
+    }
+    return 0;
+}
+
+/* A server that echoes the Authorization header (or only the key, or only its first K characters)
+ * behind 0..200 filler characters: every cut the client makes to a reason or a log line falls at every
+ * offset of a 144-character key, and no piece of it survives in any reason or log line. */
+static void test_key_masked_at_every_offset(void) {
+    char key[145];
+    for (int i = 0; i < 144; i++) key[i] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(i * 7 + 3) % 62];
+    memcpy(key, "sk-proj-", 8);
+    key[144] = 0;
+    setenv("RLHF_TEST_JUDGE_KEY2", key, 1);
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_fault_server(&srv, "--require-key-env RLHF_TEST_JUDGE_KEY2", NULL, NULL, NULL), 0);
+    char log_path[] = "/tmp/rlhf-judge-mask-XXXXXX";
+    int fd = mkstemp(log_path);
+    CU_ASSERT_FATAL(fd >= 0);
+    FILE *log = fdopen(fd, "w");
+    judge_config cfg;
+    judge_config_default(&cfg);
+    snprintf(cfg.base_url, sizeof cfg.base_url, "%s", srv.base_url);
+    snprintf(cfg.model, sizeof cfg.model, "m");
+    snprintf(cfg.api_key_env, sizeof cfg.api_key_env, "RLHF_TEST_JUDGE_KEY2");
+    cfg.retries = 0;
+    cfg.concurrency = 8;
+    cfg.breaker_failures = 100000;
+    judge_client *jc = NULL;
+    CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "mask", log, NULL), 0);
+    judge_config_free(&cfg);
+    enum { PADS = 201, CUTS = 144, N = PADS * 2 + CUTS * 2 };
+    judge_item *it = calloc(N, sizeof *it);
+    char (*text)[96] = calloc(N, sizeof *text);
+    int k = 0;
+    for (int pad = 0; pad < PADS; pad++) {
+        snprintf(text[k], sizeof text[k], "fault=echo_auth pad=%d", pad), k++;
+        snprintf(text[k], sizeof text[k], "fault=echo_auth bare=1 pad=%d", pad), k++;
+    }
+    for (int cut = 1; cut <= CUTS; cut++) {
+        snprintf(text[k], sizeof text[k], "fault=echo_auth cut=%d", cut + 7), k++; /* "Bearer " + cut characters */
+        snprintf(text[k], sizeof text[k], "fault=echo_auth bare=1 cut=%d", cut), k++;
+    }
+    for (int i = 0; i < N; i++) it[i].prompt = "p", it[i].completion = text[i];
+    CU_ASSERT_EQUAL(judge_score(jc, it, N, NULL), 0);
+    int leaks = 0, echoed = 0;
+    for (int i = 0; i < N; i++) {
+        CU_ASSERT_EQUAL(it[i].ok, 0);
+        echoed += strstr(it[i].detail, "HTTP 401") != NULL;
+        if (holds_key_piece(it[i].detail, key)) {
+            if (leaks++ < 3) fprintf(stderr, "\n  leak in item %d (%s): %s\n", i, text[i], it[i].detail);
+        }
+    }
+    CU_ASSERT_EQUAL(echoed, N);
+    CU_ASSERT_EQUAL(leaks, 0);
+    /* short prefixes are masked too (not only the 8-character pieces the check looks for) */
+    CU_ASSERT_PTR_NOT_NULL(strstr(it[PADS * 2 + 2 * 7 + 1].detail, "[redacted]")); /* bare, 8 characters */
+    fclose(log);
+    judge_client_destroy(&jc);
+    char *data = NULL;
+    size_t len = 0;
+    CU_ASSERT_EQUAL(rlhf_read_file(log_path, &data, &len, NULL), 0);
+    CU_ASSERT(!data || !holds_key_piece(data, key));
+    free(data);
+    unlink(log_path);
+    json_t *st = peer_stats(&srv);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(st, "auth_failures")), 0);
+    json_decref(st);
+    peer_stop(&srv);
+    free(it);
+    free(text);
+    unsetenv("RLHF_TEST_JUDGE_KEY2");
+}
+
 static void test_api_key_never_leaks(void) {
     const char *key = "sk-test-9f8e7d6c5b4a-SECRET";
     setenv("RLHF_TEST_JUDGE_KEY", key, 1);
@@ -569,5 +827,10 @@ int register_suites(void) {
     CU_add_test(h, "deadline", test_deadline);
     CU_add_test(h, "batch_200_under_30pct_faults", test_batch_under_faults);
     CU_add_test(h, "api_key_never_leaks", test_api_key_never_leaks);
+    CU_add_test(h, "key_masked_at_every_offset", test_key_masked_at_every_offset);
+    CU_add_test(h, "one_request_per_attempt", test_one_request_per_attempt);
+    CU_add_test(h, "base_url_and_redirect", test_base_url_and_redirect);
+    CU_add_test(h, "reward_test_shows_failures", test_reward_test_shows_failures);
+    CU_add_test(h, "remote_rm_rate_limit", test_remote_rm_rate_limit);
     return 0;
 }

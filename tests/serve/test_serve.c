@@ -182,10 +182,43 @@ static void test_judge_against_serve(void) {
     peer_stop(&srv);
 }
 
+/* --chat-template: chat prompts are the template's text (bytes tokenizer: one id a byte, no BOS added
+ * since a template writes its own), a template error is a 400 naming the template's line:column, and
+ * an assistant turn with content null is accepted. */
+static void test_serve_chat_template(void) {
+    char tpl[128];
+    snprintf(tpl, sizeof tpl, "%s/chat.jinja", g_dir);
+    FILE *f = fopen(tpl, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("{% for m in messages %}\n"
+          "{% if m.role == 'system' %}{{ raise_exception('no system role here') }}{% endif %}\n"
+          "<|{{ m.role }}|>\n{{ m.content | trim }}\n"
+          "{% endfor %}\n"
+          "{% if add_generation_prompt %}<|assistant|>\n{% endif %}\n", f);
+    fclose(f);
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, "--chat-template", tpl), 0);
+    const char *req = "{\"messages\":[{\"role\":\"user\",\"content\":\"   Q: p\\nA: 12  \"},{\"role\":\"assistant\","
+                      "\"content\":null},{\"role\":\"user\",\"content\":\"again\"}],\"max_tokens\":4,\"temperature\":0}";
+    char *body = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", req, &body), 200);
+    json_t *j = json_loads(body, 0, NULL);
+    free(body);
+    const char *want = "<|user|>\nQ: p\nA: 12\n<|assistant|>\n\n<|user|>\nagain\n<|assistant|>\n";
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens")), (json_int_t)strlen(want));
+    json_decref(j);
+    const char *sys = "{\"messages\":[{\"role\":\"system\",\"content\":\"x\"}],\"max_tokens\":4}";
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", sys, &body), 400);
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "chat.jinja:2:"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(body, "no system role here"));
+    free(body);
+    peer_stop(&srv);
+}
+
 static void test_serve_completions_and_stream(void) {
     peer srv;
     CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_judge_model, NULL, NULL), 0);
-    const char *req = "{\"model\":\"x\",\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,"
+    const char *req = "{\"model\":\"judge-model\",\"prompt\":\"<|user|>\\nQ: p\\nA: 12\\n<|assistant|>\\n\",\"max_tokens\":12,"
                       "\"temperature\":0}";
     char *body = NULL;
     CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", req, &body), 200);
@@ -199,7 +232,7 @@ static void test_serve_completions_and_stream(void) {
     CU_ASSERT(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")) > 0);
 
     /* The same request streamed: the deltas concatenate to the same text; [DONE] closes it. */
-    const char *sreq = "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"Q: p\\nA: 12\"}],"
+    const char *sreq = "{\"model\":\"judge-model\",\"messages\":[{\"role\":\"user\",\"content\":\"Q: p\\nA: 12\"}],"
                        "\"max_tokens\":12,\"temperature\":0,\"stream\":true}";
     CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/chat/completions", sreq, &body), 200);
     char acc[256] = "";
@@ -291,11 +324,18 @@ static void test_serve_rejects_bad_requests(void) {
     } cases[] = {
         {"POST", "/v1/chat/completions", "{not json", 400, "not JSON"},
         {"POST", "/v1/chat/completions", "[1,2]", 400, "JSON object"},
-        {"POST", "/v1/chat/completions", "{\"model\":\"x\"}", 400, "messages"},
+        {"POST", "/v1/chat/completions", "{\"user\":\"u\"}", 400, "messages"},
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\"}]}", 400, "content"},
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":\"hot\"}",
          400, "temperature"},
-        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":3}", 400, "n = 1"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":17}", 400,
+         "Expected a value <= 16"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":0}", 400,
+         "Expected a value >= 1"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":2.5}",
+         400, "Expected a value <= 2"},
+        {"POST", "/v1/completions", "{\"prompt\":\"a\",\"max_tokens\":0}", 400, "Expected a value >= 1"},
+        {"POST", "/v1/completions", "{\"prompt\":\"a\",\"model\":\"gpt-4o\"}", 404, "does not exist"},
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"min_p\":1.5}", 400,
          "min_p must be a number in [0, 1]"},
         {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"min_p\":-0.1}", 400,
@@ -471,7 +511,7 @@ static void test_serve_logprobs(void) {
         char *body = NULL;
         const char *req = variant == 0
                               ? "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":12,\"seed\":9,"
-                                "\"temperature\":4,\"top_k\":5,\"min_p\":0.05,\"logprobs\":true}"
+                                "\"temperature\":2,\"top_k\":5,\"min_p\":0.05,\"logprobs\":true,\"top_logprobs\":3}"
                               : "{\"prompt\":\"<|user|>\\nhi\\n<|assistant|>\\n\",\"max_tokens\":12,\"temperature\":0,"
                                 "\"logprobs\":0}";
         CU_ASSERT_EQUAL(peer_http(&srv, "POST", variant == 0 ? "/v1/chat/completions" : "/v1/completions", req, &body),
@@ -531,9 +571,29 @@ static void test_serve_logprobs(void) {
         CU_ASSERT_EQUAL_FATAL(model_reference_logits(m, seq, T, lg, NULL), 0);
         for (int t = 0; t < n; t++) {
             double rp, rq;
-            ref_logprobs(lg + (size_t)(plen - 1 + t) * V, V, ids[t], 4.0, 5, 0.05, &rp, &rq);
+            ref_logprobs(lg + (size_t)(plen - 1 + t) * V, V, ids[t], 2.0, 5, 0.05, &rp, &rq);
             CU_ASSERT(fabs(lp[t] - rp) < 1e-4);
             if (variant == 0) CU_ASSERT(fabs(lq[t] - rq) < 1e-4);
+            if (variant == 0) { /* top_logprobs: the 3 most probable tokens of the reference row, in order */
+                const float *row = lg + (size_t)(plen - 1 + t) * V;
+                int best[3] = {-1, -1, -1};
+                for (int k = 0; k < 3; k++)
+                    for (int v = 0; v < V; v++) {
+                        int used = 0;
+                        for (int q = 0; q < k; q++) used |= best[q] == v;
+                        if (!used && (best[k] < 0 || row[v] > row[best[k]])) best[k] = v;
+                    }
+                json_t *top = json_object_get(json_array_get(json_object_get(lpj, "content"), (size_t)t), "top_logprobs");
+                CU_ASSERT_EQUAL(json_array_size(top), 3);
+                for (int k = 0; k < 3 && k < (int)json_array_size(top); k++) {
+                    double want, ignored;
+                    ref_logprobs(row, V, best[k], 1.0, 0, 0, &want, &ignored);
+                    json_t *e = json_array_get(top, (size_t)k), *tb = json_object_get(e, "bytes");
+                    int id = json_array_size(tb) == 1 ? (int)json_integer_value(json_array_get(tb, 0)) : -1;
+                    CU_ASSERT(fabs(json_real_value(json_object_get(e, "logprob")) - want) < 1e-4);
+                    if (id >= 0) CU_ASSERT_EQUAL(id, best[k]);
+                }
+            }
             if (!(fabs(lp[t] - rp) < 1e-4) || (variant == 0 && !(fabs(lq[t] - rq) < 1e-4)))
                 fprintf(stderr, "\n  variant %d token %d: %g %g vs reference %g %g\n", variant, t, lp[t], lq[t], rp, rq);
         }
@@ -553,8 +613,10 @@ static void test_serve_logprobs(void) {
          "not offered with stream"},
         {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":\"yes\"}",
          "logprobs must be true or false"},
-        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":true,\"top_logprobs\":3}",
-         "top_logprobs must be 0"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"logprobs\":true,\"top_logprobs\":21}",
+         "Invalid 'top_logprobs'"},
+        {"/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"top_logprobs\":2}",
+         "needs logprobs: true"},
         {"/v1/completions", "{\"prompt\":\"a\",\"logprobs\":2}", "logprobs must be 0"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -738,6 +800,11 @@ static void test_rm_inprocess_vs_remote(void) {
     CU_ASSERT_FATAL(access(g_rm_path, R_OK) == 0);
     peer srv;
     CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--reward-model", g_rm_path, "--max-batch", "8"), 0);
+    /* an empty batch is an empty answer, not an error */
+    char *empty = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/get_reward", "{\"query\":[]}", &empty), 200);
+    CU_ASSERT_PTR_NOT_NULL(empty && strstr(empty, "{\"rewards\":[]}") ? empty : NULL);
+    free(empty);
     char cfg[2048];
     snprintf(cfg, sizeof cfg,
              "[{\"type\":\"rm\",\"name\":\"rm_local\",\"path\":\"%s\",\"batch_size\":8},"
@@ -871,6 +938,9 @@ static void test_bad_preference_files(void) {
 }
 
 void serve_register_slow_clients(void); /* tests/serve/test_slow_clients.c */
+void serve_add_openai_sdk_tests(CU_pSuite s); /* tests/serve/test_openai_sdk.c */
+const char *serve_test_judge_model(void);
+const char *serve_test_judge_model(void) { return g_judge_model; }
 
 int register_suites(void) {
     signal(SIGPIPE, SIG_IGN);
@@ -878,6 +948,7 @@ int register_suites(void) {
     CU_pSuite s = CU_add_suite("serve", suite_init, suite_clean);
     CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
     CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);
+    CU_add_test(s, "chat_template", test_serve_chat_template);
     CU_add_test(s, "rejects_bad_requests", test_serve_rejects_bad_requests);
     CU_add_test(s, "queue_bound", test_serve_queue_bound);
     CU_add_test(s, "greedy_matches_sampler_run", test_serve_matches_sampler_run);
@@ -887,5 +958,6 @@ int register_suites(void) {
     CU_add_test(s, "rm_inprocess_vs_remote", test_rm_inprocess_vs_remote);
     CU_add_test(s, "capitals_ground_truth", test_capitals_source);
     CU_add_test(s, "bad_preference_files", test_bad_preference_files);
+    serve_add_openai_sdk_tests(s);
     return 0;
 }

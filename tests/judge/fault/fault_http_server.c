@@ -8,15 +8,20 @@
  * Prints "fault_http_server: listening on 127.0.0.1:PORT" on stdout once ready (P = 0 picks a port).
  *
  * Per-request control: directives of the form key=value anywhere in the last user message:
- *   fault=none|429|500|503|slow|truncate|nonjson|wrongshape|outofrange|noscore|echo_auth|400|big
+ *   fault=none|429|500|503|slow|truncate|nonjson|wrongshape|outofrange|noscore|echo_auth|400|big|close
+ *                  (close: the connection is closed without a reply)|redirect (307 to /v2/chat/completions
+ *                  of this server: a client that follows it is counted in /stats "redirected")
  *   times=N        apply the fault only to the first N requests with this same message (then answer)
  *   score=X        the score to answer with (default 5)
  *   retry_after=S  Retry-After seconds on 429/503 (default --retry-after, 1)
+ *   pad=N cut=K bare=1  echo_auth: N blanks before the echo, only K characters of the header value, the
+ *                  value without "Bearer "
  * Without a fault directive, --fault-rate F injects a random fault from
  * {429, 500, 503, slow, truncate, nonjson, wrongshape, outofrange} into a fraction F of requests.
  * The answer is {"score": X} as the message content when the request carries a response_format (unless
  * --no-response-format, which refuses such requests with 400), else the text "...\nscore: X".
  * --latency-ms delays every answer (the fixed-latency peer of bench_judge).
+ * POST /get_reward answers the remote reward-model API (see get_reward below).
  * GET /stats returns request counts per fault; GET /v1/models lists one model; GET /health says ok. */
 #include <microhttpd.h>
 #include <jansson.h>
@@ -37,11 +42,11 @@
 
 enum fault {
     F_NONE, F_429, F_500, F_503, F_SLOW, F_TRUNCATE, F_NONJSON, F_WRONGSHAPE, F_OUTOFRANGE, F_NOSCORE,
-    F_ECHO_AUTH, F_400, F_BIG, F_N
+    F_ECHO_AUTH, F_400, F_BIG, F_CLOSE, F_REDIRECT, F_N
 };
 static const char *const fault_names[F_N] = {"none",       "429",        "500",        "503",      "slow",
                                              "truncate",   "nonjson",    "wrongshape", "outofrange", "noscore",
-                                             "echo_auth",  "400",        "big"};
+                                             "echo_auth",  "400",        "big",        "close",      "redirect"};
 static const enum fault random_faults[] = {F_429, F_500, F_503, F_SLOW, F_TRUNCATE, F_NONJSON, F_WRONGSHAPE,
                                            F_OUTOFRANGE};
 
@@ -54,7 +59,7 @@ typedef struct server_state {
     rlhf_rng rng;
     uint64_t seen_hash[SEEN_SLOTS]; /* message hash -> requests seen, for times=N */
     int seen_count[SEEN_SLOTS];
-    long requests, chat_requests, auth_failures, rf_requests;
+    long requests, chat_requests, auth_failures, rf_requests, redirected, rm_requests;
     long by_fault[F_N];
 } server_state;
 
@@ -148,6 +153,46 @@ static json_t *completion_json(const char *content) {
                      "prompt_tokens", 1, "completion_tokens", 1, "total_tokens", 2);
 }
 
+/* POST /get_reward (the remote reward-model API): {"query": [...]} -> {"rewards": [...]}, each the query's
+ * score=X (default 0.5); fault=429|503 (with times=N, retry_after=S) in the first query. */
+static enum MHD_Result get_reward(server_state *st, struct MHD_Connection *c, const upload *up) {
+    json_t *req = json_loadb(up->p ? up->p : "", up->len, 0, NULL);
+    json_t *q = json_object_get(req, "query");
+    if (!json_is_array(q)) {
+        json_decref(req);
+        return send_json(c, 400, error_body("query must be an array", "invalid_request_error"), NULL);
+    }
+    const char *first = json_string_value(json_array_get(q, 0));
+    char buf[64], ra[80];
+    snprintf(ra, sizeof ra, "%d", st->retry_after_s);
+    enum fault f = F_NONE;
+    pthread_mutex_lock(&st->mu);
+    st->rm_requests++;
+    if (first && directive(first, "fault", buf, sizeof buf)) {
+        if (!strcmp(buf, "429")) f = F_429;
+        if (!strcmp(buf, "503")) f = F_503;
+        int seen = seen_inc(st, first);
+        char tb[32];
+        if (directive(first, "times", tb, sizeof tb) && seen > atoi(tb)) f = F_NONE;
+    }
+    st->by_fault[f]++;
+    pthread_mutex_unlock(&st->mu);
+    if (first && directive(first, "retry_after", buf, sizeof buf)) snprintf(ra, sizeof ra, "%s", buf);
+    if (f != F_NONE) {
+        json_decref(req);
+        return send_json(c, f == F_429 ? 429 : 503, error_body(f == F_429 ? "rate limited" : "overloaded", "server_error"), ra);
+    }
+    json_t *rw = json_array();
+    size_t i;
+    json_t *x;
+    json_array_foreach(q, i, x) {
+        const char *t = json_string_value(x);
+        json_array_append_new(rw, json_real(t && directive(t, "score", buf, sizeof buf) ? strtod(buf, NULL) : 0.5));
+    }
+    json_decref(req);
+    return send_json(c, 200, json_pack("{s:o}", "rewards", rw), NULL);
+}
+
 static enum MHD_Result chat(server_state *st, struct MHD_Connection *c, const upload *up) {
     json_error_t jerr;
     json_t *req = json_loadb(up->p ? up->p : "", up->len, 0, &jerr);
@@ -206,6 +251,14 @@ static enum MHD_Result chat(server_state *st, struct MHD_Connection *c, const up
     else snprintf(content, sizeof content, "The answer was checked.\nscore: %.17g", score);
     enum MHD_Result ret;
     switch (f) {
+    case F_CLOSE: ret = MHD_NO; break;
+    case F_REDIRECT: {
+        struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        MHD_add_response_header(r, "Location", "/v2/chat/completions");
+        ret = MHD_queue_response(c, 307, r);
+        MHD_destroy_response(r);
+        break;
+    }
     case F_429: ret = send_json(c, 429, error_body("rate limited", "rate_limit_error"), ra); break;
     case F_500: ret = send_json(c, 500, error_body("internal error", "server_error"), NULL); break;
     case F_503: ret = send_json(c, 503, error_body("overloaded", "server_error"), ra); break;
@@ -213,9 +266,19 @@ static enum MHD_Result chat(server_state *st, struct MHD_Connection *c, const up
     case F_NONJSON: ret = send_text(c, 200, "text/html", "<html><body>502 Bad Gateway</body></html>", NULL); break;
     case F_WRONGSHAPE: ret = send_json(c, 200, json_pack("{s:s, s:f}", "result", "ok", "score", score), NULL); break;
     case F_ECHO_AUTH: {
+        /* pad=N: N filler characters first (moves the key across every cut a client makes); cut=K: only
+         * the first K characters of the header value (a server that truncates); bare=1: without
+         * "Bearer " (the key alone) */
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-        char msg[512];
-        snprintf(msg, sizeof msg, "Incorrect API key provided: %s", auth ? auth : "(none)");
+        char pb[32], cb[32], bb[8], msg[2048];
+        int pad = directive(text, "pad", pb, sizeof pb) ? atoi(pb) : 0;
+        int cut = directive(text, "cut", cb, sizeof cb) ? atoi(cb) : -1;
+        const char *v = auth ? auth : "(none)";
+        if (directive(text, "bare", bb, sizeof bb) && !strncmp(v, "Bearer ", 7)) v += 7;
+        if (pad < 0 || pad > 1000) pad = 0;
+        int vl = (int)strlen(v);
+        if (cut >= 0 && cut < vl) vl = cut;
+        snprintf(msg, sizeof msg, "%*sIncorrect API key provided: %.*s", pad, "", vl, v);
         ret = send_json(c, 401, error_body(msg, "invalid_request_error"), NULL);
         break;
     }
@@ -273,6 +336,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     }
     pthread_mutex_lock(&st->mu);
     st->requests++;
+    if (!strcmp(url, "/v2/chat/completions")) st->redirected++;
     pthread_mutex_unlock(&st->mu);
     if (st->required_key && strcmp(url, "/health") != 0) {
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
@@ -285,6 +349,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     }
     if (up->too_big) return send_json(c, 413, error_body("request too large", "invalid_request_error"), NULL);
     if (!strcmp(method, "POST") && !strcmp(url, "/v1/chat/completions")) return chat(st, c, up);
+    if (!strcmp(method, "POST") && !strcmp(url, "/get_reward")) return get_reward(st, c, up);
     if (!strcmp(method, "GET") && !strcmp(url, "/health")) return send_text(c, 200, "text/plain", "ok\n", NULL);
     if (!strcmp(method, "GET") && !strcmp(url, "/v1/models"))
         return send_json(c, 200,
@@ -295,9 +360,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         pthread_mutex_lock(&st->mu);
         json_t *faults = json_object();
         for (int k = 0; k < F_N; k++) json_object_set_new(faults, fault_names[k], json_integer(st->by_fault[k]));
-        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:o}", "requests", (json_int_t)st->requests, "chat_requests",
+        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "requests", (json_int_t)st->requests, "chat_requests",
                               (json_int_t)st->chat_requests, "auth_failures", (json_int_t)st->auth_failures,
-                              "rf_requests", (json_int_t)st->rf_requests, "faults", faults);
+                              "rf_requests", (json_int_t)st->rf_requests, "redirected", (json_int_t)st->redirected,
+                              "rm_requests", (json_int_t)st->rm_requests, "faults", faults);
         pthread_mutex_unlock(&st->mu);
         return send_json(c, 200, j, NULL);
     }
