@@ -1,6 +1,8 @@
 /* tests/model_infer/test_sampler.c — the KV-cache forward against the plain reference forward and
  * model-train's full forward; batched sampling against per-sequence sampling; seeds; top-k, top-p,
- * stops and limits; returned log-probs against the reference. */
+ * stops and limits; returned log-probs against the reference; weights changing mid-stream.
+ * A little over 1,000 lines: one suite over one sampler, whose cases share the request sets and the
+ * reference helpers above them; splitting it would copy those. */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <omp.h>
