@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""tests/fuzz/make_corpus.py — writes the seed corpora of the fuzz targets into tests/fuzz/corpus/<target>/.
+
+Binary seeds (wire messages of every type, safetensors files, Hugging Face directories, replay-log
+segments) are real encodings written by BUILD/bin/fuzz_seeds (tests/fuzz/fuzz_seeds.c); text seeds
+(configs, overrides, datasets, judge replies, tokenizer texts and tokenizer.json files) are written here,
+the configs from examples/configs. Run after `make` (for fuzz_seeds):
+
+    python3 tests/fuzz/make_corpus.py [BUILD]
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CORPUS = os.path.join(ROOT, "tests/fuzz/corpus")
+SEP = b"\n#--#\n"
+
+
+def put(target, name, data, flag=None):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    if flag is not None:
+        data = bytes([flag]) + data
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def join(*parts):
+    return SEP.join(p.encode() if isinstance(p, str) else p for p in parts)
+
+
+def run_config():
+    for name in ("countdown.json", "arith.json", "hf-model.json", "countdown-bpe.json"):
+        with open(os.path.join(ROOT, "examples/configs", name), "rb") as f:
+            text = f.read()
+        put("fuzz_run_config", name, text)
+    with open(os.path.join(ROOT, "examples/configs/countdown.json"), "rb") as f:
+        base = f.read()
+    put("fuzz_run_config", "overrides", join(base, "rl.k=4", "generators.count=2", "task.stop=[\"\\n\", \"END\"]",
+                                             "rewards=[{\"type\":\"length\",\"name\":\"len\"}]"))
+    put("fuzz_run_config", "override_string", join(base, "name=other run", "broker.endpoint=tcp://127.0.0.1:5555"))
+    put("fuzz_run_config", "minimal", "{}")
+
+
+def prompts():
+    lines = [
+        {"id": "p0", "prompt": "Add 2 and 3.", "answer": "5"},
+        {"id": "p1", "prompt": "q1", "split": "heldout", "metadata": {"level": 2}},
+        {"id": "p2", "prompt": "\u00e9t\u00e9 \u20ac", "tests": ["assert f(1) == 2"], "split": "train"},
+    ]
+    text = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n"
+    put("fuzz_prompts", "three", text, 0)
+    put("fuzz_prompts", "three_train", text, 1)
+    put("fuzz_prompts", "three_heldout_fraction", text, 2 | 8 | 0x30)
+    put("fuzz_prompts", "bad_lines_skipped", text + "not json\n{\"id\": \"p0\", \"prompt\": \"dup\"}\n\n{\"prompt\": 3}\n", 4)
+    with open(os.path.join(ROOT, "examples/configs/tiny-prompts.jsonl"), "rb") as f:
+        put("fuzz_prompts", "tiny_prompts", f.read()[:4000], 0)
+
+
+def judge():
+    put("fuzz_judge", "schema", '{"score": 7}')
+    put("fuzz_judge", "fenced", '```json\n{"score": 0.5, "why": "ok"}\n```')
+    put("fuzz_judge", "pattern", "The answer is right.\n**Score**: 9/10\n")
+    put("fuzz_judge", "pattern_eq", "score = -1.5e2 and later score: 3")
+    put("fuzz_judge", "render", join("Score: 4", "Prompt: {prompt}\nAnswer: {completion}\nReference: {answer}",
+                                     '{"answer": "42", "tests": [1, 2]}'))
+    put("fuzz_judge", "render_missing", join("nothing", "{prompt} {missing_field} {{literal}}", '{"a": 1}'))
+
+
+def tokenizer():
+    for i, t in enumerate(["Hello, world!", "  indented\n\tcode()  ", "\u00e9t\u00e9 \u20ac 123456 \U0001F600",
+                           "it's they're I'll", "<|begin_of_text|>hi<|eot_id|>", "\xff\xfe bytes"]):
+        put("fuzz_tokenizer", f"text{i}", t.encode("utf-8", "surrogateescape") if i < 5 else b"\xff\xfe bytes \xc3", 0)
+    # tokenizer.json files: the fixture cut down further (a few tokens, merges and one special token)
+    with open(os.path.join(ROOT, "tests/fuzz/fixtures/llama3-small/tokenizer.json"), encoding="utf-8") as f:
+        j = json.load(f)
+    vocab = j["model"]["vocab"]
+    keep = {t: i for t, i in vocab.items() if len(t) == 1 or i < 300}
+    ids = {t: n for n, t in enumerate(sorted(keep, key=lambda t: keep[t]))}
+    merges = []
+    for m in j["model"]["merges"]:
+        a, b = m.split(" ") if isinstance(m, str) else m
+        if a in ids and b in ids and a + b in ids:
+            merges.append(m)
+    small = dict(j)
+    small["model"] = dict(j["model"], vocab=ids, merges=merges)
+    small["added_tokens"] = [dict(j["added_tokens"][0], id=len(ids))]
+    put("fuzz_tokenizer", "json_small", json.dumps(small, ensure_ascii=False), 1)
+    # the same as a SentencePiece-style (Llama-2 layout) byte-fallback model
+    sp = dict(small)
+    sp["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                                                            {"type": "Replace", "pattern": {"String": " "},
+                                                             "content": "\u2581"}]}
+    sp["pre_tokenizer"] = None
+    sp["decoder"] = {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"},
+                                                       "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+                                                      {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    sp["model"] = dict(small["model"], byte_fallback=True)
+    put("fuzz_tokenizer", "json_sentencepiece", json.dumps(sp, ensure_ascii=False), 1)
+
+
+def main():
+    build = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build")
+    if os.path.isdir(CORPUS):
+        shutil.rmtree(CORPUS)
+    subprocess.run([os.path.join(build, "bin/fuzz_seeds"), CORPUS], check=True)
+    run_config()
+    prompts()
+    judge()
+    tokenizer()
+    total = 0
+    for d, _, files in os.walk(CORPUS):
+        total += sum(os.path.getsize(os.path.join(d, f)) for f in files)
+    print(f"{CORPUS}: {total} bytes")
+
+
+if __name__ == "__main__":
+    main()
