@@ -72,6 +72,17 @@ def judge():
     put("fuzz_judge", "render_missing", join("nothing", "{prompt} {missing_field} {{literal}}", '{"a": 1}'))
 
 
+def remote_rm():
+    # flag: status (0/1: 200, 2: 422, 3: 503) | (items - 1) << 2
+    put("fuzz_remote_rm", "one", '{"rewards": [0.5]}', 0)
+    put("fuzz_remote_rm", "three_mixed", '{"rewards": [[1.0], -2, 3e5]}', 2 << 2)
+    put("fuzz_remote_rm", "wrong_count", '{"rewards": [1, 2]}', 0)
+    put("fuzz_remote_rm", "not_finite_shape", '{"rewards": ["1", null, [1, 2]]}', 2 << 2)
+    put("fuzz_remote_rm", "http_422", '{"error": {"message": "bad"}}', 2)
+    put("fuzz_remote_rm", "http_503", "busy", 3)
+    put("fuzz_remote_rm", "eight", '{"rewards": [1, 2, 3, 4, 5, 6, 7, 8], "extra": {}}', 7 << 2)
+
+
 def tokenizer():
     for i, t in enumerate(["Hello, world!", "  indented\n\tcode()  ", "\u00e9t\u00e9 \u20ac 123456 \U0001F600",
                            "it's they're I'll", "<|begin_of_text|>hi<|eot_id|>", "\xff\xfe bytes"]):
@@ -112,6 +123,7 @@ def main():
     run_config()
     prompts()
     judge()
+    remote_rm()
     tokenizer()
     total = 0
     for d, _, files in os.walk(CORPUS):
