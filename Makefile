@@ -53,6 +53,7 @@ SAN_TESTS  :=   # the subset `make sanitize` runs
 BENCHES    :=   # benchmark binary names; NAME_SRCS
 PROGRAMS   :=   # other programs (synthetic peers, ...); NAME_SRCS
 FUZZERS    :=   # libFuzzer targets (tests/fuzz/module.mk); NAME_SRCS, NAME_MAX_LEN
+FUZZ_HELPERS :=  # programs the fuzz targets run (built beside them)
 HEADERS    :=   # public headers for `make install`
 CLI_ALIASES := rlhf-broker rlhf-generator rlhf-updater
 
@@ -123,7 +124,7 @@ FUZZ_SECONDS ?= 8
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build-fuzz FUZZ=1 fuzz-bins
 
-fuzz-bins: $(addprefix $(BUILD)/fuzz/,$(FUZZERS))
+fuzz-bins: $(addprefix $(BUILD)/fuzz/,$(FUZZERS) $(FUZZ_HELPERS))
 
 fuzz-smoke: fuzz
 	@bash scripts/fuzz-run.sh build-fuzz $(FUZZ_SECONDS) $(foreach f,$(FUZZERS),$(f):$($(f)_MAX_LEN))

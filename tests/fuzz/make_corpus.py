@@ -83,6 +83,18 @@ def remote_rm():
     put("fuzz_remote_rm", "eight", '{"rewards": [1, 2, 3, 4, 5, 6, 7, 8], "extra": {}}', 7 << 2)
 
 
+def process():
+    # flag: items - 1; the batch reply, then the init reply of the next start
+    put("fuzz_process", "one", '{"id": @ID@, "results": [{"score": 0.5}]}', 0)
+    put("fuzz_process", "mixed", '{"id": @ID@, "results": [{"score": 1, "note": "pass 3/3"}, {"error": "boom"}, '
+                                 '{"skip": "no answer"}, {"score": NaN}], "metrics": {"cpu": 0.25, "x": "y"}}', 3)
+    put("fuzz_process", "infinity", '{"id": @ID@, "results": [{"score": -Infinity}, {"score": "NaN"}]}', 1)
+    put("fuzz_process", "wrong_id", '{"id": 0, "results": [{"score": 1}]}', 0)
+    put("fuzz_process", "init_range", join('{"id": @ID@, "results": [{"score": 2}, {"score": -1}]}',
+                                           '{"ok": true, "range": [0, 1]}'), 1)
+    put("fuzz_process", "init_error", join('garbage', '{"error": "no model", "code": -3}'), 0)
+
+
 def tokenizer():
     for i, t in enumerate(["Hello, world!", "  indented\n\tcode()  ", "\u00e9t\u00e9 \u20ac 123456 \U0001F600",
                            "it's they're I'll", "<|begin_of_text|>hi<|eot_id|>", "\xff\xfe bytes"]):
@@ -124,6 +136,7 @@ def main():
     prompts()
     judge()
     remote_rm()
+    process()
     tokenizer()
     total = 0
     for d, _, files in os.walk(CORPUS):
