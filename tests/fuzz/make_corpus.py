@@ -95,6 +95,23 @@ def process():
     put("fuzz_process", "init_error", join('garbage', '{"error": "no model", "code": -3}'), 0)
 
 
+def serve():
+    # flag: route (0 completions, 1 chat, 2 get_reward, 3 unknown)
+    put("fuzz_serve", "completion", '{"model": "m", "prompt": "ab", "max_tokens": 4, "temperature": 0}', 0)
+    put("fuzz_serve", "completion_sampling", '{"prompt": "x", "max_tokens": 6, "temperature": 0.7, "top_p": 0.9, '
+                                             '"top_k": 5, "min_p": 0.05, "seed": 3, "stop": ["a", "bc"], '
+                                             '"logprobs": 0}', 0)
+    put("fuzz_serve", "completion_stream", '{"prompt": "hello", "max_tokens": 3, "stream": true, "stop": "z"}', 0)
+    put("fuzz_serve", "chat", '{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", '
+                              '"content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 3, '
+                              '"logprobs": true, "top_logprobs": 0, "n": 1}', 1)
+    put("fuzz_serve", "chat_stream", '{"messages": [{"role": "user", "content": "2+2?"}], "stream": true, '
+                                     '"response_format": {"type": "text"}}', 1)
+    put("fuzz_serve", "chat_schema", '{"messages": [], "response_format": {"type": "json_schema"}}', 1)
+    put("fuzz_serve", "get_reward", '{"query": ["a", "b"]}', 2)
+    put("fuzz_serve", "unknown", '{}', 3)
+
+
 def tokenizer():
     for i, t in enumerate(["Hello, world!", "  indented\n\tcode()  ", "\u00e9t\u00e9 \u20ac 123456 \U0001F600",
                            "it's they're I'll", "<|begin_of_text|>hi<|eot_id|>", "\xff\xfe bytes"]):
@@ -137,6 +154,7 @@ def main():
     judge()
     remote_rm()
     process()
+    serve()
     tokenizer()
     total = 0
     for d, _, files in os.walk(CORPUS):

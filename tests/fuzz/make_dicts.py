@@ -20,6 +20,7 @@ SOURCES = {
     "fuzz_judge": ["rewards/judge/judge_parse.c"],
     "fuzz_remote_rm": ["rewards/rm_source.c"],
     "fuzz_process": ["rewards/process.c"],
+    "fuzz_serve": ["serve/serve.c"],
 }
 JSON_TOKENS = ['{', '}', '[', ']', ':', ',', '"', 'true', 'false', 'null', '-1', '0', '1e308', '4294967296',
                '18446744073709551616', '\\u0000', '\\ud800']
