@@ -1,60 +1,32 @@
 /* tests/fuzz/fuzz_remote_rm.c — the remote reward model's responses (rewards/rm_source.c, "remote_rm").
  *
- * A "remote_rm" reward source scores against an HTTP server in this process (libmicrohttpd on a loopback
- * port) that answers every POST /get_reward with the fuzz input: the whole client path runs, curl
- * included, as it does against `rlhf serve --reward-model` or an OpenRLHF server.
+ * A "remote_rm" reward source scores against an HTTP server in this process (fuzz_http.h) that answers
+ * every POST /get_reward with the fuzz input: the whole client path runs, curl included, as it does
+ * against `rlhf serve --reward-model` or an OpenRLHF server.
  * Input: one flag byte, then the response body. flags & 3: HTTP status (200, 200, 422, 503); (flags >> 2)
  * & 7: items in the batch - 1. Properties: every item gets a status; an OK item's score is finite; a
  * non-200 answer makes every item an ERROR. */
-#include <arpa/inet.h>
 #include <math.h>
-#include <microhttpd.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/common.h"
 #include "rewards/rewards.h"
+#include "tests/fuzz/fuzz_http.h"
 #include "tests/fuzz/fuzz_util.h"
 
-static struct MHD_Daemon *g_daemon;
 static reward_pipeline *g_pipe;
-static const uint8_t *g_body;
-static size_t g_body_len;
 static unsigned g_status;
-
-static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
-                              const char *version, const char *upload, size_t *upload_size, void **con_cls) {
-    (void)cls, (void)url, (void)method, (void)version, (void)upload;
-    static int started;
-    if (!*con_cls) { /* first call: headers only */
-        *con_cls = &started;
-        return MHD_YES;
-    }
-    if (*upload_size) { /* the request body: read and dropped */
-        *upload_size = 0;
-        return MHD_YES;
-    }
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(g_body_len, (void *)g_body, MHD_RESPMEM_MUST_COPY);
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    enum MHD_Result ok = MHD_queue_response(c, g_status, r);
-    MHD_destroy_response(r);
-    return ok;
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    g_daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL, answer, NULL,
-                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&a, MHD_OPTION_END);
-    if (!g_daemon) abort();
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(g_daemon, MHD_DAEMON_INFO_BIND_PORT);
+    unsigned port = fuzz_http_start();
     char src[256];
     snprintf(src, sizeof src,
              "[{\"type\": \"remote_rm\", \"name\": \"rm\", \"url\": \"http://127.0.0.1:%u/get_reward\", "
              "\"retries\": 0, \"call_timeout_ms\": 10000, \"batch_size\": 8}]",
-             (unsigned)info->port);
+             port);
     rlhf_error err;
     if (reward_pipeline_create_str(&g_pipe, src, "fuzz", &err)) {
         fprintf(stderr, "fuzz_remote_rm: %s: %s\n", err.where, err.msg);
@@ -68,8 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const unsigned statuses[4] = {200, 200, 422, 503};
     g_status = statuses[data[0] & 3];
     size_t n = 1 + ((data[0] >> 2) & 7);
-    g_body = data + 1;
-    g_body_len = size - 1;
+    fuzz_http_next = (fuzz_http_answer){g_status, data + 1, size - 1, NULL, NULL};
     rlhf_reward_item items[8];
     for (size_t i = 0; i < n; i++)
         items[i] = (rlhf_reward_item){.prompt = "What is 2+2?", .completion = "4", .record_json = "{\"answer\": \"4\"}",

@@ -72,6 +72,21 @@ def judge():
     put("fuzz_judge", "render_missing", join("nothing", "{prompt} {missing_field} {{literal}}", '{"a": 1}'))
 
 
+def judge_http():
+    # flag: status (0-3: 200, 4: 400, 5: 404, 6: 429, 7: 503) | 8: response_format none
+    ok = lambda content: json.dumps({"id": "c1", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                       "content": content}}]})
+    put("fuzz_judge_http", "schema", ok('{"score": 7}'), 0)
+    put("fuzz_judge_http", "pattern", ok("Fine.\nScore: 4"), 8)
+    put("fuzz_judge_http", "out_of_range", ok("score = 11"), 8)
+    put("fuzz_judge_http", "no_score", ok("no number here"), 0)
+    put("fuzz_judge_http", "bad_shape", '{"choices": []}', 0)
+    put("fuzz_judge_http", "not_json", "<html>busy</html>", 0)
+    put("fuzz_judge_http", "schema_refused", '{"error": {"message": "response_format unsupported"}}', 4)
+    put("fuzz_judge_http", "rate_limited", '{"error": {"message": "slow down"}}', 6)
+    put("fuzz_judge_http", "server_error", "oops", 7)
+
+
 def remote_rm():
     # flag: status (0/1: 200, 2: 422, 3: 503) | (items - 1) << 2
     put("fuzz_remote_rm", "one", '{"rewards": [0.5]}', 0)
@@ -152,6 +167,7 @@ def main():
     run_config()
     prompts()
     judge()
+    judge_http()
     remote_rm()
     process()
     serve()

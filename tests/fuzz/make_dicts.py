@@ -18,6 +18,7 @@ SOURCES = {
                         "prompts/selector.c", "model/model.c"],
     "fuzz_prompts": ["prompts/dataset.c"],
     "fuzz_judge": ["rewards/judge/judge_parse.c"],
+    "fuzz_judge_http": ["rewards/judge/judge.c", "rewards/judge/judge_parse.c"],
     "fuzz_remote_rm": ["rewards/rm_source.c"],
     "fuzz_process": ["rewards/process.c"],
     "fuzz_serve": ["serve/serve.c"],
