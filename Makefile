@@ -5,6 +5,8 @@
 #   make run        the main job on the embedded default (see README)
 #   make test       install dependencies, build, check the layout (scripts/check_includes.py), run every CUnit test binary
 #   make sanitize   ASan + UBSan build of the tests in SAN_TESTS, and run them
+#   make fuzz       libFuzzer targets (tests/fuzz/, clang, ASan + UBSan) into build-fuzz/fuzz/; `make test`
+#                   runs each for FUZZ_SECONDS over its committed corpus (fuzz-smoke; docs/FUZZING.md)
 #   make bench      build the benchmarks (run them as docs/PERFORMANCE.md says)
 #   make install    the rlhf binary (and its rlhf-broker/-generator/-updater names), library, public
 #                   headers and pkg-config files under PREFIX (default /usr/local): rlhf.pc (the
@@ -26,6 +28,18 @@ CFLAGS_BASE := -std=gnu11 -g -Wall -Wextra -fopenmp -I. -MMD -MP -D_GNU_SOURCE -
 ifeq ($(SAN),1)
   CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(FUZZ),1)
+  # libFuzzer needs clang; the library gets coverage instrumentation (fuzzer-no-link), the targets the driver.
+  CC := clang
+  CFLAGS := $(CFLAGS_BASE) -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=fuzzer,address,undefined
+  # clang ignores the kernels' `#pragma GCC target`: give it their instruction sets as flags (still chosen
+  # at run time, model/kernels_int.h)
+  $(BUILD)/obj/model/kernels_avx2.o: CFLAGS += -mavx2 -mfma -Wno-unknown-pragmas
+  $(BUILD)/obj/model/kernels_avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma \
+                                                 -Wno-unknown-pragmas
+  CFLAGS += -Wno-pass-failed
 else
   CFLAGS := $(CFLAGS_BASE) $(OPT)
 endif
@@ -38,6 +52,8 @@ TESTS      :=   # test binary names; NAME_SRCS lists each one's sources (tests/t
 SAN_TESTS  :=   # the subset `make sanitize` runs
 BENCHES    :=   # benchmark binary names; NAME_SRCS
 PROGRAMS   :=   # other programs (synthetic peers, ...); NAME_SRCS
+FUZZERS    :=   # libFuzzer targets (tests/fuzz/module.mk); NAME_SRCS, NAME_MAX_LEN
+FUZZ_HELPERS :=  # programs the fuzz targets run (built beside them)
 HEADERS    :=   # public headers for `make install`
 CLI_ALIASES := rlhf-broker rlhf-generator rlhf-updater
 
@@ -50,7 +66,7 @@ include $(addsuffix /module.mk,$(MODULES))
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB := $(BUILD)/librlhf.a
 
-.PHONY: all deps run test test-bins check-layout sanitize bench install clean
+.PHONY: all deps run test test-bins check-layout sanitize fuzz fuzz-bins fuzz-smoke bench install clean
 all: deps $(BUILD)/bin/rlhf test-bins bench
 
 deps:
@@ -79,6 +95,7 @@ $(BUILD)/tests/%: LDLIBS += -lcunit
 $(foreach t,$(TESTS),$(eval $(call PROG_template,$(t),tests,tests/test_main.c)))
 $(foreach b,$(BENCHES),$(eval $(call PROG_template,$(b),bench,)))
 $(foreach p,$(PROGRAMS),$(eval $(call PROG_template,$(p),bin,)))
+$(foreach f,$(FUZZERS),$(eval $(call PROG_template,$(f),fuzz,)))
 
 test-bins: $(BUILD)/bin/rlhf $(addprefix $(BUILD)/tests/,$(TESTS)) $(addprefix $(BUILD)/bin/,$(PROGRAMS))
 
@@ -86,6 +103,7 @@ test: deps
 	@$(MAKE) --no-print-directory test-bins
 	@$(MAKE) --no-print-directory check-layout
 	@BUILD=$(BUILD) bash scripts/run-tests.sh $(TESTS)
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 # The floors of the tree (docs/ARCHITECTURE.md): includes, symbol prefixes, the checker's own test,
 # and every installed public header compiling on its own.
@@ -99,6 +117,17 @@ sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build-san SAN=1 test-bins
 	@BUILD=build-san ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  bash scripts/run-tests.sh $(SAN_TESTS)
+
+# Fuzzing (docs/FUZZING.md). `make fuzz` builds; fuzz-smoke replays each target's corpus and regression
+# inputs and fuzzes FUZZ_SECONDS more, so a parser change that crashes fails `make test`.
+FUZZ_SECONDS ?= 8
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz FUZZ=1 fuzz-bins
+
+fuzz-bins: $(addprefix $(BUILD)/fuzz/,$(FUZZERS) $(FUZZ_HELPERS))
+
+fuzz-smoke: fuzz
+	@bash scripts/fuzz-run.sh build-fuzz $(FUZZ_SECONDS) $(foreach f,$(FUZZERS),$(f):$($(f)_MAX_LEN))
 
 bench: $(addprefix $(BUILD)/bench/,$(BENCHES)) $(BUILD)/bin/rlhf
 
@@ -116,6 +145,6 @@ install: $(LIB) $(BUILD)/bin/rlhf
 	sed 's|@PREFIX@|$(PREFIX)|' scripts/rlhf-plugin.pc.in > $(PREFIX)/lib/pkgconfig/rlhf-plugin.pc
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -662,6 +662,19 @@ size_t replay_reader_damage(const replay_reader *r, const replay_damage **list) 
     return r->n_damage;
 }
 
+/* Lists a skipped stretch of the current segment. */
+static int add_damage(replay_reader *r, uint64_t at, uint64_t bytes, rlhf_error *err) {
+    if (r->n_damage == r->cap_damage) {
+        size_t cap = r->cap_damage ? 2 * r->cap_damage : 8;
+        replay_damage *d = realloc(r->damage, cap * sizeof *d);
+        if (!d) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        r->damage = d;
+        r->cap_damage = cap;
+    }
+    r->damage[r->n_damage++] = (replay_damage){{r->segment, at}, bytes};
+    return 0;
+}
+
 int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos, rlhf_error *err) {
     memset(g, 0, sizeof *g);
     for (;;) {
@@ -690,14 +703,7 @@ int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos,
                                       "damaged record (%llu bytes unreadable, to the end of the segment)",
                                       (unsigned long long)(next - at));
             }
-            if (r->n_damage == r->cap_damage) {
-                size_t cap = r->cap_damage ? 2 * r->cap_damage : 8;
-                replay_damage *d = realloc(r->damage, cap * sizeof *d);
-                if (!d) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-                r->damage = d;
-                r->cap_damage = cap;
-            }
-            r->damage[r->n_damage++] = (replay_damage){{r->segment, at}, next - at};
+            if (add_damage(r, at, next - at, err)) return RLHF_ENOMEM;
             r->off = next;
             continue;
         }
@@ -725,6 +731,13 @@ int replay_reader_next(replay_reader *r, wire_rollout_group *g, replay_pos *pos,
         }
         free(frames);
         free(body);
+        if (rc && r->skip_corrupt && rc != RLHF_ENOMEM) {
+            /* intact framing (its CRC matches) around a body that is no group: damage like any other,
+             * else a reader told to skip damage would stop here for good (found by tests/fuzz) */
+            if (add_damage(r, at, next - at, err)) return RLHF_ENOMEM;
+            r->off = next;
+            continue;
+        }
         if (rc) return rc;
         if (pos) *pos = (replay_pos){r->segment, at};
         r->off = next;

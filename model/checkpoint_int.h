@@ -21,6 +21,9 @@ int model_ckpt_layout(const model *m, model_ckpt_entry **out, int *n_out);
 /* Checks t's shape against e and converts its values (any read dtype) into m's buffer. */
 int model_ckpt_fill(model *m, const model_ckpt_entry *e, const safetensors_tensor *t, const char *source,
                     rlhf_error *err);
+/* Hugging Face config.json (already parsed) -> cfg, max_seq_len capped at cap when cap > 0; errors name
+ * `file` and the key (hf.c; here so that tests/fuzz/fuzz_hf.c reaches it without a model directory). */
+int model_hf_parse_config(model_config *cfg, const json_t *j, const char *file, int cap, rlhf_error *err);
 /* Loads a Hugging Face model directory (hf.c). */
 int model_hf_load_dir(model **out, const char *dir, const model_load_options *opt, rlhf_error *err);
 

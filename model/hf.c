@@ -163,7 +163,7 @@ static int parse_rope_scaling(model_config *cfg, const json_t *rs, const char *f
 }
 
 /* config.json -> cfg (max_seq_len capped at cap when cap > 0). */
-static int hf_parse_config(model_config *cfg, const json_t *j, const char *file, int cap, rlhf_error *err) {
+int model_hf_parse_config(model_config *cfg, const json_t *j, const char *file, int cap, rlhf_error *err) {
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(j)) return rlhf_error_set(err, RLHF_ECORRUPT, file, "not a JSON object");
     const char *k;
@@ -447,7 +447,7 @@ int model_hf_load_dir(model **out, const char *dir, const model_load_options *op
     json_t *j = rlhf_json_load_file(cfg_path, JSON_REJECT_DUPLICATES, err);
     if (!j) return err && err->code ? err->code : RLHF_ECORRUPT;
     model_config cfg;
-    int rc = hf_parse_config(&cfg, j, cfg_path, opt ? opt->max_seq_len : 0, err);
+    int rc = model_hf_parse_config(&cfg, j, cfg_path, opt ? opt->max_seq_len : 0, err);
     if (!rc && opt && opt->expect) rc = model_config_compare(&cfg, opt->expect, cfg_path, err);
     char *text = rc ? NULL : json_dumps(j, JSON_COMPACT);
     json_decref(j);

@@ -56,6 +56,7 @@ TESTED = {
     "tests/generator": "generator",
     "tests/updater": "updater",
     "tests/e2e": "cli",
+    "tests/fuzz/fuzz_hf": "model",  # reaches config.json parsing through model/checkpoint_int.h
     "bench/bench_model": "model",
     "bench/bench_prompts": "prompts",
     "bench/bench_sandbox": "rewards/sandbox",

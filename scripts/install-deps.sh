@@ -19,6 +19,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin # data-parallel policy updaters (updaters.count > 1) over MPI
   python3-pandas       # the replay-export test reads the export as researchers do (pandas.read_json)
   iproute2             # `ip netns`: the multi-host test puts broker and generators in network namespaces
+  clang libclang-rt-14-dev libomp-dev # make fuzz: libFuzzer + ASan/UBSan runtimes, OpenMP for clang
 )
 
 missing=()

@@ -475,6 +475,42 @@ static void test_damage_in_rotated_segment(void) {
     CU_ASSERT_EQUAL(nd, 0);
 }
 
+/* A record whose CRC is intact but whose body is not a ROLLOUT_GROUP (a writer bug, a hand-edited log):
+ * a reader that skips damage lists it and reads on; one that does not stops there with an error naming
+ * it. Found by tests/fuzz/fuzz_replay_log: the skipping reader used to stop there for good. */
+static void test_intact_crc_bad_body(void) {
+    char p[512];
+    path_of(p, sizeof p, "badbody.log");
+    replay_pos pos[3];
+    write_groups(p, 3, pos, NULL);
+    size_t n = 0;
+    uint8_t *b = slurp(p, &n);
+    CU_ASSERT_FATAL(b != NULL);
+    uint64_t off = pos[1].offset;
+    uint32_t len = le32(b + off + 4);
+    uint8_t *body = b + off + 12;
+    uint8_t *magic = memmem(body, len, "RLHF", 4); /* frame 0 of the message inside: its wire header */
+    CU_ASSERT_FATAL(magic != NULL);
+    magic[0] = 'X';
+    uint32_t crc = rlhf_crc32(0, body, len);
+    for (int i = 0; i < 4; i++) b[off + 8 + i] = (uint8_t)(crc >> (8 * i));
+    spit(p, b, n);
+    free(b);
+    uint64_t seqs[3];
+    size_t nd;
+    replay_damage d;
+    int torn;
+    CU_ASSERT_EQUAL(read_skipping(p, seqs, &nd, &d, &torn), 2);
+    CU_ASSERT_EQUAL(nd, 1);
+    CU_ASSERT_EQUAL(d.pos.offset, pos[1].offset);
+    CU_ASSERT_EQUAL(seqs[1], 2);
+    int torn_n, code;
+    rlhf_error e;
+    CU_ASSERT_EQUAL(read_all(p, &torn_n, NULL, &code, &e), 1);
+    CU_ASSERT(code < 0);
+    CU_ASSERT(strstr(e.msg, "not a valid ROLLOUT_GROUP") != NULL);
+}
+
 int register_replay_suites(void) {
     CU_pSuite s = CU_add_suite("replay_log", suite_init, suite_clean);
     if (!s) return -1;
@@ -486,5 +522,6 @@ int register_replay_suites(void) {
     CU_add_test(s, "every byte flipped: torn tail or damage, no valid record lost, writer refuses, repair keeps all",
                 test_flip_every_byte);
     CU_add_test(s, "damage in a rotated segment: later segments still read, repair", test_damage_in_rotated_segment);
+    CU_add_test(s, "intact CRC around a body that is no group: skipped as damage, else an error", test_intact_crc_bad_body);
     return 0;
 }
