@@ -513,7 +513,7 @@ static int encode_segment(enc_ctx *c, const char *s, size_t n) {
     tokenizer_bpe *b = c->b;
     char *norm = NULL;
     size_t nl = n;
-    int rc;
+    int rc = 0; /* read by the loop below also when there is no normaliser */
     if (b->n_norm) {
         if ((rc = tokenizer_bpe_normalize(b, s, n, &norm, &nl, c->err))) return rc;
         s = norm;

@@ -336,7 +336,6 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory in the RL step");
         goto done;
     }
-    long n_tok_total = 0;
     const int s_lo = (int)((long)S * rank / U), s_hi = (int)((long)S * (rank + 1) / U); // this rank's samples
     {
         int s = 0;
@@ -353,7 +352,6 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
                 seqs[s].tok_off = off;
                 reward[s] = groups[g]->total[i];
                 off += wg->n_tokens[i];
-                n_tok_total += wg->n_tokens[i];
                 s++;
             }
         }
