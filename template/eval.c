@@ -3,6 +3,7 @@
  * expressions with Python's semantics for +, -, *, /, //, %, **, comparisons, `in`, and/or (which
  * return an operand) and slicing. Values are JSON (jansson) plus undefined, namespaces, macros and
  * bound methods (template_int.h). Filters, tests and methods are in template/builtins.c. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,15 +353,20 @@ static int eval_slice(tmpl_ctx *c, const tmpl_node *e, tval *out) {
     if (str) {
         tmpl_buf buf = {0};
         template_buf_add(&buf, "", 0);
-        for (long long i = a; step > 0 ? i < b : i > b; i += step) {
+        /* a step past the 64-bit range ends the slice (no overflowing index) */
+        for (long long i = a; step > 0 ? i < b : i > b;) {
             size_t x = utf8_offset(s, bl, (size_t)i), y = utf8_offset(s, bl, (size_t)i + 1);
             template_buf_add(&buf, s + x, y - x);
+            if (__builtin_add_overflow(i, step, &i)) break;
         }
         *out = template_val_json(json_stringn_nocheck(buf.s ? buf.s : "", buf.n));
         free(buf.s);
     } else {
         json_t *arr = json_array();
-        for (long long i = a; step > 0 ? i < b : i > b; i += step) json_array_append(arr, json_array_get(obj.j, (size_t)i));
+        for (long long i = a; step > 0 ? i < b : i > b;) {
+            json_array_append(arr, json_array_get(obj.j, (size_t)i));
+            if (__builtin_add_overflow(i, step, &i)) break;
+        }
         *out = template_val_json(arr);
     }
     rc = 0;
@@ -436,21 +442,35 @@ static int binop(tmpl_ctx *c, const tmpl_node *e, tval *l, tval *r, tval *out) {
         long long x = ints ? json_integer_value(l->j) : 0, y = ints ? json_integer_value(r->j) : 0;
         double a = json_number_value(l->j), b = json_number_value(r->j);
         json_t *res = NULL;
-        if (!strcmp(op, "+")) res = ints ? json_integer(x + y) : json_real(a + b);
-        else if (!strcmp(op, "-")) res = ints ? json_integer(x - y) : json_real(a - b);
-        else if (!strcmp(op, "*")) res = ints ? json_integer(x * y) : json_real(a * b);
+        long long z = 0;
+        /* integers are 64-bit here (Python's are unbounded): a result beyond that is an error, never UB */
+        if (ints && ((!strcmp(op, "+") && __builtin_add_overflow(x, y, &z)) ||
+                     (!strcmp(op, "-") && __builtin_sub_overflow(x, y, &z)) ||
+                     (!strcmp(op, "*") && __builtin_mul_overflow(x, y, &z))))
+            return FAIL(c, e->pos, "integer overflow in `%s` (integers are 64-bit)", op);
+        if (!strcmp(op, "+")) res = ints ? json_integer(z) : json_real(a + b);
+        else if (!strcmp(op, "-")) res = ints ? json_integer(z) : json_real(a - b);
+        else if (!strcmp(op, "*")) res = ints ? json_integer(z) : json_real(a * b);
         else if (!strcmp(op, "<")) res = json_boolean(a < b);
         else if (!strcmp(op, ">")) res = json_boolean(a > b);
         else if (!strcmp(op, "<=")) res = json_boolean(a <= b);
         else if (!strcmp(op, ">=")) res = json_boolean(a >= b);
-        else if (!strcmp(op, "**")) res = ints && y >= 0 ? json_integer((long long)pow((double)x, (double)y)) : json_real(pow(a, b));
+        else if (!strcmp(op, "**")) {
+            double pw = ints && y >= 0 ? pow((double)x, (double)y) : pow(a, b);
+            if (ints && y >= 0 && !(fabs(pw) < 9.2e18))
+                return FAIL(c, e->pos, "integer overflow in `**` (integers are 64-bit)");
+            res = ints && y >= 0 ? json_integer((long long)pw) : json_real(pw);
+        }
         else {
             if (b == 0) return FAIL(c, e->pos, "division by zero");
             if (!strcmp(op, "/")) res = json_real(a / b);
-            else if (!strcmp(op, "//")) res = ints ? json_integer((long long)floor(a / b)) : json_real(floor(a / b));
-            else if (!strcmp(op, "%")) {
+            else if (!strcmp(op, "//")) {
+                double q = floor(a / b);
+                if (ints && !(fabs(q) < 9.2e18)) return FAIL(c, e->pos, "integer overflow in `//` (integers are 64-bit)");
+                res = ints ? json_integer((long long)q) : json_real(q);
+            } else if (!strcmp(op, "%")) {
                 if (ints) {
-                    long long m = x % y;
+                    long long m = y == -1 ? 0 : x % y; /* LLONG_MIN % -1 overflows in C */
                     if (m != 0 && ((m < 0) != (y < 0))) m += y;
                     res = json_integer(m);
                 } else {
@@ -587,6 +607,10 @@ static int eval(tmpl_ctx *c, const tmpl_node *e, tval *out) {
         }
         if (e->kind == E_POS) *out = v;
         else {
+            if (json_is_integer(v.j) && json_integer_value(v.j) == LLONG_MIN) {
+                template_val_free(&v);
+                return FAIL(c, e->pos, "integer overflow in unary `-` (integers are 64-bit)");
+            }
             *out = template_val_json(json_is_integer(v.j) ? json_integer(-json_integer_value(v.j)) : json_real(-json_real_value(v.j)));
             template_val_free(&v);
         }

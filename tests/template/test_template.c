@@ -233,6 +233,10 @@ static void test_error_locations(void) {
         {"{{ messages[0].nope.deeper }}", "t:1:20", "undefined value"},
         {"{% macro f(a) %}{{ a }}{% endmacro %}{{ f(1, 2) }}", "t:1:41", "takes 1 arguments, 2 given"},
         {"{{ messages | selectattr('role') | map | list }}", "t:1:34", "`map` is supported with an attribute name only"},
+        /* found by fuzz_template: integer arithmetic past 64 bits was undefined behaviour */
+        {"{{ 9223372036854775807 * 88 }}", "t:1:24", "integer overflow in `*`"},
+        {"{{ 9223372036854775807 + 1 }}", "t:1:24", "integer overflow in `+`"},
+        {"{{ 10 ** 40 }}", "t:1:7", "integer overflow in `**`"},
     };
     json_t *ctx = json_pack("{s:[{s:s}]}", "messages", "role", "user");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

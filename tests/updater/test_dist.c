@@ -165,6 +165,31 @@ static void test_epochs_match_single(void) {
     g_rl_keys = NULL;
 }
 
+/* Several PPO epochs over one mini-batch: the first epoch's update is the one-epoch step's (same data,
+ * same weights), so its ratio statistics are that step's; the second epoch then moves the weights on. */
+static void test_first_epoch_is_the_step(void) {
+    g_rl_keys = "\"lr\":0.01,\"loss\":\"ppo_clip\",\"ppo_epochs\":2";
+    CU_ASSERT_EQUAL_FATAL(run_check("ep2_m1", 1), 0);
+    g_rl_keys = NULL;
+    char pa[300], pb[300];
+    snprintf(pa, sizeof pa, "%s/single.json", g_dir); /* test_matches_single's one-epoch run */
+    snprintf(pb, sizeof pb, "%s/ep2_m1.json", g_dir);
+    json_t *a = json_load_file(pa, 0, NULL), *b = json_load_file(pb, 0, NULL);
+    json_t *x = json_array_get(a, 0), *y = json_array_get(b, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(x);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(y);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(y, "train/updates")), 2);
+    double r1 = json_number_value(json_object_get(x, "is_ratio/mean"));
+    double c1 = json_number_value(json_object_get(x, "is_ratio/clip_frac"));
+    CU_ASSERT(fabs(json_number_value(json_object_get(y, "ppo/epoch_1/is_ratio_mean")) - r1) <= 1e-9 * fmax(1, r1));
+    CU_ASSERT(fabs(json_number_value(json_object_get(y, "ppo/epoch_1/clip_frac")) - c1) <= 1e-12);
+    /* the second epoch sees the moved policy */
+    CU_ASSERT(json_number_value(json_object_get(y, "ppo/epoch_2/is_ratio_mean")) != r1);
+    json_decref(a);
+    json_decref(b);
+    CU_ASSERT(max_weight_diff("single", "ep2_m1") > 1e-4);
+}
+
 static void test_reproducible(void) {
     CU_ASSERT_EQUAL_FATAL(run_check("two_again", 2), 0);
     CU_ASSERT_EQUAL(max_weight_diff("two", "two_again"), 0.0);
@@ -219,5 +244,6 @@ int register_dist_suite(void) {
     return !CU_add_test(s, "pack_roundtrip", test_pack_roundtrip) ||
            !CU_add_test(s, "matches_single", test_matches_single) ||
            !CU_add_test(s, "reproducible", test_reproducible) ||
-           !CU_add_test(s, "epochs_match_single", test_epochs_match_single);
+           !CU_add_test(s, "epochs_match_single", test_epochs_match_single) ||
+           !CU_add_test(s, "first_epoch_is_the_step", test_first_epoch_is_the_step);
 }
