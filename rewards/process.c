@@ -298,8 +298,15 @@ static void quote_line(const char *line, char *out, size_t cap, size_t max) {
 static void not_protocol(const process_ctx *c, const char *line, char *reason, size_t rlen) {
     char q[64];
     quote_line(line, q, sizeof q, 40);
-    snprintf(reason, rlen, "%s wrote a line that is not the protocol: \"%s\" (stdout is the protocol channel; log to "
-                           "stderr)", c->label, q);
+    char full[320];
+    snprintf(full, sizeof full, "%.160s wrote a line that is not the protocol: \"%s\" (stdout is the protocol channel; "
+                                "log to stderr)", c->label, q);
+    /* cut to the caller's buffer (a cut reason is still one line) */
+    size_t n = strlen(full);
+    if (!rlen) return;
+    if (n >= rlen) n = rlen - 1;
+    memcpy(reason, full, n);
+    reason[n] = 0;
 }
 
 /* Starts the child and performs the init handshake, which must finish by `deadline`. */

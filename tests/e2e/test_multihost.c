@@ -376,7 +376,7 @@ static int probe(const char *ns, const char *key, const char *server_pub, int ti
             free(t);
         }
         if (zmq_connect(s, MH_ENDPOINT) != 0) _exit(3);
-        wire_hello h = {{0}, WIRE_ROLE_GENERATOR, (int64_t)getpid()};
+        wire_hello h = {.role = WIRE_ROLE_GENERATOR, .pid = (int64_t)getpid()};
         snprintf(h.peer_id, sizeof h.peer_id, "probe-%d", (int)getpid());
         wire_out o;
         if (wire_encode_hello(&h, &o, NULL) || wire_out_send(s, &o, NULL)) _exit(3);
