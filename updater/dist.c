@@ -23,8 +23,8 @@
 
 #include "updater/updater_int.h"
 
-/* MPI counts are int, and a bucket is also the unit MPI pipelines; 16 MB measured as fast as any size
- * on this host (docs/PERFORMANCE.md "Data-parallel updaters") */
+/* MPI counts are int, and a bucket is also the unit MPI pipelines. 16 MB (updaters.bucket_mb) is a
+ * choice, not yet a measurement: bench/bench_dist_allreduce.c sweeps 1-256 MB on a quiet machine */
 #define DIST_DEFAULT_BUCKET ((size_t)4 << 20)
 
 struct updater_dist {
