@@ -55,7 +55,10 @@ def main():
         mode, seed = os.path.basename(d).rsplit("-s", 1)
         if os.path.exists(f"{d}/eval.json"):
             modes.setdefault(mode, {})[int(seed)] = load(d)
-    order = [m for m in ("sync", "async", "sync2") if m in modes]
+    known = ("sync", "async", "sync2", "async-noinf", "dppo-rec", "dppo-int", "dppo-rec-noinf", "dppo-int-noinf")
+    order = [m for m in known if m in modes] + sorted(m for m in modes if m not in known)
+    if "sync" not in modes:
+        sys.exit("async_vs_sync_report: no sync runs (they set the target)")
     seeds = sorted(set.intersection(*(set(modes[m]) for m in order)))
     if not seeds:
         sys.exit("async_vs_sync_report: no seed has every mode")
@@ -69,7 +72,7 @@ def main():
     target = curve["sync"][steps - 1]
     print(f"seeds {seeds}; target: the sync runs' final mean reward (seed-averaged, last {WINDOW} steps, "
           f"step {steps}) = {target:.4f}")
-    print(f"{'mode':6} {'wall@' + str(steps):>9} {'reward@' + str(steps):>10} {'t_target_s':>10} {'at_step':>7} "
+    print(f"{'mode':14} {'wall@' + str(steps):>9} {'reward@' + str(steps):>10} {'t_target_s':>10} {'at_step':>7} "
           f"{'pass_greedy':>11} {'pass_sampled':>12}   (wall: median over seeds; pass rates: mean over seeds, at step {steps})")
     tt = {}
     for m in order:
@@ -78,7 +81,7 @@ def main():
         pg = statistics.mean(modes[m][s][1]["pass_rate"] for s in seeds)
         ps = statistics.mean(modes[m][s][1]["sampled"] for s in seeds)
         ts = f"{tt[m]:.1f}" if tt[m] is not None else "not reached"
-        print(f"{m:6} {wall_at[m][steps - 1]:>9.1f} {curve[m][steps - 1]:>10.4f} {ts:>10} "
+        print(f"{m:14} {wall_at[m][steps - 1]:>9.1f} {curve[m][steps - 1]:>10.4f} {ts:>10} "
               f"{str(hit + 1 if hit is not None else None):>7} {pg:>11.3f} {ps:>12.3f}")
     try:
         base = json.load(open(f"{out}/eval_base.json"))["pass_rate"]
@@ -86,25 +89,24 @@ def main():
         print(f"base model held-out pass rate: greedy {base:.3f}, sampled {bs:.3f}")
     except OSError:
         pass
-    for ref in [m for m in order if m != "async"]:
-        thr = wall_at[ref][steps - 1] / wall_at["async"][steps - 1]
-        if tt[ref] and tt["async"]:
-            print(f"speedup of async over {ref}: {tt[ref] / tt['async']:.2f}x to the sync runs' final reward; "
+    for m in [m for m in order if m != "sync"]:
+        thr = wall_at["sync"][steps - 1] / wall_at[m][steps - 1]
+        if tt["sync"] and tt[m]:
+            print(f"speedup of {m} over sync: {tt['sync'] / tt[m]:.2f}x to the sync runs' final reward; "
                   f"{thr:.2f}x in wall time for the same {steps} steps")
         else:
-            print(f"speedup of async over {ref}: target not reached by one of them; {thr:.2f}x in wall time for the "
-                  f"same {steps} steps")
+            print(f"speedup of {m} over sync: target not reached; {thr:.2f}x in wall time for the same {steps} steps")
     print(f"\nreward curve (seed-averaged {WINDOW}-step moving mean, every 25 steps):")
     for m in order:
-        print(f"  {m:6} " + " ".join(f"{curve[m][i]:.3f}" for i in range(24, len(curve[m]), 25)))
+        print(f"  {m:14} " + " ".join(f"{curve[m][i]:.3f}" for i in range(24, len(curve[m]), 25)))
     print(f"\nwhere the time went over the first {steps} steps (seconds, summed over steps, mean over seeds; gen_busy ="
           " generator sampling time of the groups used):")
     keys = ["wall_s", "train_s", "wait_s", "score_s", "publish_s", "gen_busy_s", "gen_tokens", "staleness_mean",
             "dropped_stale"]
-    print(f"{'mode':6} " + " ".join(f"{k:>14}" for k in keys))
+    print(f"{'mode':14} " + " ".join(f"{k:>14}" for k in keys))
     for m in order:
         bs = [breakdown([r for r in modes[m][s][0] if r["step"] <= steps]) for s in seeds]
-        print(f"{m:6} " + " ".join(f"{statistics.mean(b[k] for b in bs):>14.1f}" for k in keys))
+        print(f"{m:14} " + " ".join(f"{statistics.mean(b[k] for b in bs):>14.1f}" for k in keys))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@
 # rates are taken at step STEPS in both modes.
 # SYNC2=1 adds a third mode: sync with 2 OpenMP threads in the model and generator (sync's phases run
 # one at a time, so each could use both cores).
+# MODES chooses the modes (default "sync async"; sync must be among them, it sets the target). Besides
+# sync, async and sync2 (above), the staleness variants of issue 19, all async:
+#   async-noinf        TIS, new weights applied only between batches (generators.inflight_updates false)
+#   dppo-rec, dppo-int decoupled PPO with the proximal policy recomputed / interpolated, in-flight updates on
+#   dppo-rec-noinf, dppo-int-noinf   the same with in-flight updates off
+# ("async" is TIS with in-flight updates on, the config's default.)
 set -euo pipefail
 BUILD=${BUILD:-build}
 R="$BUILD/bin/rlhf"
@@ -28,19 +34,28 @@ BASE=runs/data/countdown/base.safetensors
 BUILD=$BUILD THREADS=$THREADS bash scripts/prepare-countdown.sh runs/data/countdown
 mkdir -p "$OUT"
 
-modes="sync async"
-[ "$SYNC2" = 1 ] && modes="sync async sync2"
+modes=${MODES:-"sync async"}
+[ "$SYNC2" = 1 ] && modes="$modes sync2"
 for seed in $SEEDS; do
   for mode in $modes; do
     name="$mode-s$seed"
     steps=$STEPS
     extra=()
+    run_mode=async
     case $mode in
+      sync) run_mode=sync ;;
       async) steps=$ASYNC_STEPS ;;
-      sync2) extra=(--set model.threads=2 --set generators.threads=2) ;;
+      async-noinf) steps=$ASYNC_STEPS; extra=(--set generators.inflight_updates=false) ;;
+      dppo-rec|dppo-int|dppo-rec-noinf|dppo-int-noinf)
+        steps=$ASYNC_STEPS
+        prox=recompute; [ "${mode#dppo-int}" != "$mode" ] && prox=interpolate
+        extra=(--set rl.loss=decoupled_ppo --set "rl.prox=$prox")
+        [ "${mode%-noinf}" != "$mode" ] && extra+=(--set generators.inflight_updates=false) ;;
+      sync2) run_mode=sync; extra=(--set model.threads=2 --set generators.threads=2) ;;
+      *) echo "bench_async_vs_sync: unknown mode '$mode'" >&2; exit 2 ;;
     esac
     echo "== $OUT/$name ($steps steps)" >&2
-    "$R" run "$CONFIG" --quiet --set "name=$name" --set "run_dir=$OUT/$name" --set "mode=${mode%2}" \
+    "$R" run "$CONFIG" --quiet --set "name=$name" --set "run_dir=$OUT/$name" --set "mode=$run_mode" \
         --set "rl.steps=$steps" --set "rl.seed=$seed" --set "rl.checkpoint_every=$STEPS" "${extra[@]}"
     ck="$OUT/$name/checkpoints/step_$STEPS/model.safetensors"
     "$R" eval --config "$OUT/$name/config.json" --checkpoint "$ck" --threads "$THREADS" > "$OUT/$name/eval.json"
