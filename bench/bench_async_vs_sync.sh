@@ -10,7 +10,8 @@
 # scoring) from its metrics.jsonl.
 # The async runs may go on past STEPS (ASYNC_STEPS, default 1.25 x STEPS) so that their time to the
 # sync runs' final reward is measured even when it is first crossed a few steps later; held-out pass
-# rates are taken at step STEPS in both modes.
+# rates are taken at step STEPS in both modes (by `rlhf eval` after the run: eval.every is 0 so no evaluation
+# runs inside the timed runs).
 # SYNC2=1 adds a third mode: sync with 2 OpenMP threads in the model and generator (sync's phases run
 # one at a time, so each could use both cores).
 # MODES chooses the modes (default "sync async"; sync must be among them, it sets the target). Besides
@@ -56,7 +57,7 @@ for seed in $SEEDS; do
     esac
     echo "== $OUT/$name ($steps steps)" >&2
     "$R" run "$CONFIG" --quiet --set "name=$name" --set "run_dir=$OUT/$name" --set "mode=$run_mode" \
-        --set "rl.steps=$steps" --set "rl.seed=$seed" --set "rl.checkpoint_every=$STEPS" "${extra[@]}"
+        --set "rl.steps=$steps" --set "rl.seed=$seed" --set "rl.checkpoint_every=$STEPS" --set eval.every=0 "${extra[@]}"
     ck="$OUT/$name/checkpoints/step_$STEPS/model.safetensors"
     "$R" eval --config "$OUT/$name/config.json" --checkpoint "$ck" --threads "$THREADS" > "$OUT/$name/eval.json"
     "$R" eval --config "$OUT/$name/config.json" --checkpoint "$ck" \
