@@ -98,6 +98,7 @@ static const key_spec SPEC[] = {
     {"updaters.count", K_INT, 1, 256, "1"},
     {"updaters.reward_threads", K_INT, 1, 256, "1"},
     {"updaters.bucket_mb", K_INT, 1, 1024, "16"},
+    {"updaters.distributed_scoring", K_BOOL, 0, 0, "true"},
     {"updaters.hostfile", K_STR, 0, 0, "\"\""},
     {"checkpoint", K_OBJ, 0, 0, "{}"},
     {"checkpoint.keep", K_INT, 1, BIG, "5"}, /* RUN_CHECKPOINT_KEEP_DEFAULT */
@@ -484,6 +485,7 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
 
     cfg->reward_threads = geti(doc, "updaters.reward_threads");
     cfg->upd_bucket_mb = geti(doc, "updaters.bucket_mb");
+    cfg->upd_distributed_scoring = json_is_true(get_path(doc, "updaters.distributed_scoring"));
     snprintf(cfg->upd_hostfile, sizeof cfg->upd_hostfile, "%s", gets(doc, "updaters.hostfile"));
     if (cfg->upd_hostfile[0] && cfg->upd_count < 2)
         FAIL_AT("updaters.hostfile", "places updater ranks on hosts, and updaters.count is %d (set it to the ranks)",

@@ -142,6 +142,7 @@ typedef struct run_config {
     int upd_count;             /* updaters.count: data-parallel updater ranks, started under mpirun when > 1 */
     int reward_threads;        /* updaters.reward_threads: scoring threads beside the optimizer */
     int upd_bucket_mb;         /* updaters.bucket_mb: MB of gradient per all-reduce between updater ranks */
+    int upd_distributed_scoring; /* updaters.distributed_scoring: every updater rank scores a share of the groups */
     char upd_hostfile[1024];   /* updaters.hostfile: an Open MPI hostfile placing the updater ranks ("": this host) */
 
     json_t *resolved;          /* the whole resolved document (owned) */

@@ -167,6 +167,7 @@ int updater_policy_train_step(policy_state *ps, scored_group **groups, int n, js
 
 void updater_policy_release_followers(updater_dist *d) {
     if (updater_dist_size(d) < 2 || updater_dist_rank(d) != 0) return;
+    updater_dist_stop_scoring_servers(d);
     unsigned char stop = DIST_CMD_STOP;
     void *b = &stop;
     size_t n = 1;

@@ -289,6 +289,28 @@ static void dist_configure(run_config *cfg, updater_dist *dist) {
     updater_dist_set_bucket(dist, (size_t)cfg->upd_bucket_mb << 18); /* MB of floats */
 }
 
+typedef struct serve_arg {
+    const run_config *cfg;
+    const tokenizer *tok;
+    int vocab;
+    updater_dist *dist;
+    int rc;
+    rlhf_error err;
+} serve_arg;
+
+static void *serve_main(void *p) {
+    serve_arg *a = p;
+    char where[1200];
+    snprintf(where, sizeof where, "%s/config.json: rewards", a->cfg->run_dir);
+    a->rc = updater_scorer_serve(a->cfg->rewards, where, a->tok, a->vocab, a->dist, &a->err);
+    if (a->rc) {
+        /* rank 0 waits for this rank's scores: the job cannot go on without them */
+        fprintf(stderr, "updater rank %d: scoring: %s: %s\n", updater_dist_rank(a->dist), a->err.where, a->err.msg);
+        updater_dist_abort(a->dist, rlhf_exit_status(&a->err));
+    }
+    return NULL;
+}
+
 /* A follower rank of a data-parallel updater (updaters.count > 1, rank > 0): the same policy and
  * optimizer as rank 0, loaded from the same checkpoint, stepped with the groups rank 0 broadcasts. */
 static int follower_main(const updater_options *o, updater_dist *dist, rlhf_error *err) {
@@ -302,8 +324,21 @@ static int follower_main(const updater_options *o, updater_dist *dist, rlhf_erro
         return start_failure_status(err);
     }
     ps.dist = dist;
+    /* rank 0 sends this rank a share of the groups to score while the steps go on (its scorer's threads) */
+    serve_arg sa = {.cfg = &proc.cfg, .tok = ps.tok, .vocab = ps.m->cfg.vocab_size, .dist = dist};
+    pthread_t server;
+    int serving = proc.cfg.upd_distributed_scoring && updater_dist_scoring_possible(dist) &&
+                  pthread_create(&server, NULL, serve_main, &sa) == 0;
     if (updater_checkpoint_load_latest(&ps, proc.cfg.run_dir, NULL, err) >= 0) rc = updater_policy_follow(&ps, err);
     else rc = -1;
+    if (serving && !rc) {
+        /* rank 0 stopped the server before it said stop to this loop */
+        pthread_join(server, NULL);
+        if (sa.rc) {
+            *err = sa.err;
+            rc = sa.rc;
+        }
+    }
     if (!rc)
         fprintf(stderr, "updater rank %d: stopped with rank 0 after its step %ld (the last that trained)\n",
                 updater_dist_rank(dist), ps.step);
@@ -336,6 +371,8 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
     if (run_process_open(&proc, o->config_path, WIRE_ROLE_UPDATER, err)) return start_failure_status(err);
     run_config *cfg = &proc.cfg;
     dist_configure(cfg, dist);
+    /* the followers start scoring servers by the same rule; whatever happens next, rank 0's end stops them */
+    if (cfg->upd_distributed_scoring && updater_dist_scoring_possible(dist)) updater_dist_set_scoring_servers(dist, 1);
     broker_config *bcfg = &proc.broker;
     updater_session u;
     if (updater_session_init(&u, cfg, 1, err)) {
@@ -343,9 +380,14 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
         return start_failure_status(err);
     }
     u.ps.dist = dist;
-    if (updater_dist_size(dist) > 1)
-        fprintf(stderr, "updater: rank 0 of %d data-parallel updaters (MPI), %d OpenMP thread(s) per rank\n",
-                updater_dist_size(dist), cfg->train_threads);
+    if (updater_dist_size(dist) > 1) {
+        int spread = cfg->upd_distributed_scoring && updater_scorer_attach_ranks(u.sc, dist) == 0;
+        fprintf(stderr, "updater: rank 0 of %d data-parallel updaters (MPI), %d OpenMP thread(s) per rank, scoring %s\n",
+                updater_dist_size(dist), cfg->train_threads,
+                spread ? "on every rank"
+                : cfg->upd_distributed_scoring ? "on rank 0 (this MPI gives no MPI_THREAD_MULTIPLE)"
+                                                : "on rank 0 (updaters.distributed_scoring false)");
+    }
     u.ps.mark_eval = 1; /* the launcher evaluates the checkpoints eval.every marks */
     if (updater_record_model_identity(&u.ps, cfg->run_dir, err)) {
         updater_session_fini(&u);
@@ -528,6 +570,8 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
                 json_object_set_new(m, "time/publish_s", json_real(pub_s));
             }
             json_object_set_new(m, "recovered_groups", json_integer(recovered));
+            if (updater_dist_size(dist) > 1)
+                json_object_set_new(m, "scoring/remote_groups", json_integer(updater_scorer_remote_groups(u.sc)));
             add_selector_metrics(bc, m, &selector_stats_unavailable);
             json_object_set_new(m, "supervision/restarts", json_integer(count_restarts(cfg->run_dir)));
             if ((rc = updater_session_write_metrics(&u, m, err))) {

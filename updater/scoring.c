@@ -112,6 +112,10 @@ struct scorer {
     int vocab;            /* token ids must be below it (0: unchecked) */
     int failed;           /* an on_error "fail" source failed (under mu); failed_err says where */
     rlhf_error failed_err;
+    updater_dist *dist;   /* rank 0 of a job that scores on every rank, else NULL */
+    int n_remote;         /* follower ranks, one sending thread each (remote_main) */
+    pthread_t *remote_threads;
+    long remote_groups;   /* scored by other ranks (under mu) */
 };
 
 /* Scores n groups with ONE pipeline call: sandboxed sources start one checker process per call
@@ -276,53 +280,163 @@ typedef struct worker_arg {
     int idx;
 } worker_arg;
 
+static void scorer_fail(scorer *s, const rlhf_error *err) {
+    pthread_mutex_lock(&s->mu);
+    if (!s->failed) {
+        s->failed = 1;
+        s->failed_err = *err;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Pops a batch of raw groups (waits up to a second for the first): the groups with token ids outside
+ * the vocabulary go straight out, skipped. 0 when the queue is closed and empty, else 1 (*n may be 0). */
+static int next_batch(scorer *s, scored_group **batch, int *n) {
+    *n = 0;
+    scored_group *g = updater_group_queue_pop(&s->in, 1.0);
+    if (!g) {
+        pthread_mutex_lock(&s->in.mu);
+        int closed = s->in.closed && !s->in.head;
+        pthread_mutex_unlock(&s->in.mu);
+        return !closed;
+    }
+    /* take whatever else is already waiting: one pipeline call for all of it */
+    int m = 0;
+    batch[m++] = g;
+    while (m < SCORER_MAX_BATCH && (g = updater_group_queue_pop(&s->in, 0)) != NULL) batch[m++] = g;
+    for (int i = 0; i < m; i++) {
+        if (s->vocab && updater_group_check_tokens(&batch[i]->g, s->vocab, NULL) != 0) {
+            batch[i]->skipped = batch[i]->bad_tokens = 1;
+            updater_group_queue_push(&s->out, batch[i]);
+        } else {
+            batch[(*n)++] = batch[i];
+        }
+    }
+    return 1;
+}
+
 static void *scorer_main(void *p) {
     worker_arg *wa = p;
     scorer *s = wa->s;
     reward_pipeline *pipe = s->pipes[wa->idx];
     free(wa);
     scored_group *batch[SCORER_MAX_BATCH];
-    for (;;) {
-        scored_group *g = updater_group_queue_pop(&s->in, 1.0);
-        if (!g) {
-            pthread_mutex_lock(&s->in.mu);
-            int closed = s->in.closed && !s->in.head;
-            pthread_mutex_unlock(&s->in.mu);
-            if (closed) break;
-            continue;
-        }
-        /* take whatever else is already waiting: one pipeline call for all of it */
-        int n = 0;
-        batch[n++] = g;
-        while (n < SCORER_MAX_BATCH && (g = updater_group_queue_pop(&s->in, 0)) != NULL) batch[n++] = g;
-        /* groups with token ids the model does not have go out skipped, unscored */
-        scored_group *bad[SCORER_MAX_BATCH];
-        int nb = 0, m = 0;
-        for (int i = 0; i < n; i++) {
-            if (s->vocab && updater_group_check_tokens(&batch[i]->g, s->vocab, NULL) != 0) {
-                batch[i]->skipped = batch[i]->bad_tokens = 1;
-                bad[nb++] = batch[i];
-            } else {
-                batch[m++] = batch[i];
-            }
-        }
-        n = m;
-        for (int i = 0; i < nb; i++) updater_group_queue_push(&s->out, bad[i]);
+    int n;
+    while (next_batch(s, batch, &n)) {
         rlhf_error err = {0};
         if (n && score_groups(pipe, s->tok, __atomic_load_n(&s->step, __ATOMIC_RELAXED), batch, n, &err) != 0) {
             /* an on_error "fail" source (or no memory): the groups carry no usable reward and are
              * counted as skipped; the updater stops the run with the first such error */
             for (int i = 0; i < n; i++) batch[i]->skipped = 1;
+            scorer_fail(s, &err);
+        }
+        for (int i = 0; i < n; i++) updater_group_queue_push(&s->out, batch[i]);
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- scoring on the other ranks */
+
+typedef struct remote_arg {
+    scorer *s;
+    int rank;
+} remote_arg;
+
+/* Rank 0's thread for follower `rank`: the same queue as the local threads, scored over there. An MPI
+ * failure here is the job's failure (a rank that died takes the job down; the launcher restarts it). */
+static void *remote_main(void *p) {
+    remote_arg *ra = p;
+    scorer *s = ra->s;
+    int rank = ra->rank;
+    free(ra);
+    scored_group *batch[SCORER_MAX_BATCH];
+    int n;
+    while (next_batch(s, batch, &n)) {
+        if (!n) continue;
+        rlhf_error err = {0};
+        void *req = NULL, *rep = NULL;
+        size_t req_n = 0, rep_n = 0;
+        int failed = 0;
+        rlhf_error ferr = {0};
+        int rc = updater_dist_pack_score_request(__atomic_load_n(&s->step, __ATOMIC_RELAXED), batch, n, &req, &req_n, &err);
+        if (!rc) rc = updater_dist_send(s->dist, rank, req, req_n, &err);
+        if (!rc) rc = updater_dist_recv(s->dist, rank, &rep, &rep_n, &err);
+        if (!rc && updater_dist_unpack_scores(rep, rep_n, batch, n, &failed, &ferr))
+            rc = rlhf_error_set(&err, RLHF_ECORRUPT, "updater (MPI)", "rank %d's scores do not unpack", rank);
+        free(req);
+        free(rep);
+        if (rc || failed) {
+            for (int i = 0; i < n; i++) batch[i]->skipped = 1;
+            scorer_fail(s, rc ? &err : &ferr);
+        } else {
             pthread_mutex_lock(&s->mu);
-            if (!s->failed) {
-                s->failed = 1;
-                s->failed_err = err;
-            }
+            s->remote_groups += n;
             pthread_mutex_unlock(&s->mu);
         }
         for (int i = 0; i < n; i++) updater_group_queue_push(&s->out, batch[i]);
     }
     return NULL;
+}
+
+int updater_scorer_attach_ranks(scorer *s, updater_dist *d) {
+    if (!updater_dist_scoring_possible(d) || updater_dist_rank(d) != 0 || s->threads[0]) return 1;
+    s->remote_threads = calloc((size_t)updater_dist_size(d), sizeof *s->remote_threads);
+    if (!s->remote_threads) return 1;
+    s->dist = d;
+    s->n_remote = updater_dist_size(d) - 1;
+    updater_dist_set_scoring_servers(d, 1);
+    return 0;
+}
+
+long updater_scorer_remote_groups(scorer *s) {
+    pthread_mutex_lock(&s->mu);
+    long n = s->remote_groups;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+int updater_scorer_serve(const json_t *rewards, const char *where, const tokenizer *tok, int vocab, updater_dist *d,
+                         rlhf_error *err) {
+    reward_pipeline *pipe = NULL;
+    int rc = reward_pipeline_create(&pipe, rewards, where, err);
+    if (rc) return rc;
+    for (;;) {
+        void *buf = NULL;
+        size_t n = 0;
+        if ((rc = updater_dist_recv(d, 0, &buf, &n, err))) break;
+        if (n >= 1 && ((unsigned char *)buf)[0] == DIST_SCORE_STOP) {
+            free(buf);
+            break;
+        }
+        long step = 0;
+        scored_group **gs = NULL;
+        int ng = 0;
+        rc = updater_dist_unpack_score_request(buf, n, &step, &gs, &ng, err);
+        free(buf);
+        if (rc) break;
+        /* rank 0 checked the token ids before sending; a group failing here would be a corrupted
+         * message, and is skipped like a bad group there */
+        int m = 0;
+        scored_group **ok = malloc(sizeof *ok * (size_t)(ng ? ng : 1));
+        for (int i = 0; ok && i < ng; i++) {
+            if (vocab && updater_group_check_tokens(&gs[i]->g, vocab, NULL) != 0) gs[i]->skipped = gs[i]->bad_tokens = 1;
+            else ok[m++] = gs[i];
+        }
+        rlhf_error serr = {0};
+        int src = !ok ? RLHF_FAIL(&serr, RLHF_ENOMEM, "out of memory")
+                      : m ? score_groups(pipe, tok, step, ok, m, &serr) : 0;
+        free(ok);
+        void *rep = NULL;
+        size_t rep_n = 0;
+        rc = updater_dist_pack_scores(gs, ng, src ? &serr : NULL, &rep, &rep_n) ? RLHF_FAIL(err, RLHF_ENOMEM, "out of memory")
+                                                                                 : updater_dist_send(d, 0, rep, rep_n, err);
+        free(rep);
+        for (int i = 0; i < ng; i++) updater_scored_group_free(gs[i]);
+        free(gs);
+        if (rc) break;
+    }
+    reward_pipeline_destroy(&pipe);
+    return rc;
 }
 
 int updater_scorer_create(scorer **out, const json_t *rewards, const char *where, int n_threads, const tokenizer *tok,
@@ -362,6 +476,15 @@ static int scorer_start(scorer *s) {
             return -1;
         }
     }
+    for (int r = 0; r < s->n_remote; r++) {
+        remote_arg *ra = malloc(sizeof *ra);
+        ra->s = s;
+        ra->rank = r + 1;
+        if (pthread_create(&s->remote_threads[r], NULL, remote_main, ra) != 0) {
+            free(ra);
+            s->remote_threads[r] = 0;
+        }
+    }
     return 0;
 }
 
@@ -374,6 +497,10 @@ void updater_scorer_destroy(scorer **sp) {
     for (int i = 0; i < s->n_threads; i++) reward_pipeline_cancel(s->pipes[i]);
     for (int i = 0; i < s->n_threads; i++)
         if (s->threads[i]) pthread_join(s->threads[i], NULL);
+    /* a batch out on another rank comes back first (within its sources' timeouts) */
+    for (int r = 0; r < s->n_remote; r++)
+        if (s->remote_threads[r]) pthread_join(s->remote_threads[r], NULL);
+    free(s->remote_threads);
     for (int i = 0; i < s->n_threads; i++) reward_pipeline_destroy(&s->pipes[i]);
     updater_group_queue_fini(&s->in);
     updater_group_queue_fini(&s->out);

@@ -292,8 +292,40 @@ int updater_dist_threads(const updater_dist *d, int configured);
 _Noreturn void updater_dist_abort(updater_dist *d, int status);
 /* The gradient sum goes in buckets of this many floats (updaters.bucket_mb), in rank order each. */
 void updater_dist_set_bucket(updater_dist *d, size_t floats);
-/* Rank 0, at its end (also on errors): tells the followers to stop. */
+/* Rank 0, at its end (also on errors): tells the followers to stop (their scoring servers too). */
 void updater_policy_release_followers(updater_dist *d);
+
+/* Scoring on every rank (updaters.distributed_scoring): rank 0's scorer sends batches of raw groups to
+ * the followers' scoring servers and takes back their rewards, so each rank scores a share (threads
+ * pull from one queue: a rank that scores faster takes more). Needs MPI_THREAD_MULTIPLE. */
+enum { DIST_SCORE_REQUEST = 1, DIST_SCORE_STOP = 2 };
+/* 1 when this MPI job can score on every rank (more than one rank, MPI_THREAD_MULTIPLE provided). */
+int updater_dist_scoring_possible(const updater_dist *d);
+/* Rank 0: the followers run scoring servers, which updater_dist_stop_scoring_servers (and
+ * updater_policy_release_followers) stop. */
+void updater_dist_set_scoring_servers(updater_dist *d, int on);
+void updater_dist_stop_scoring_servers(updater_dist *d);
+/* Scoring messages between two ranks (a communicator apart from the step's collectives). recv: from
+ * MPI_ANY_SOURCE when `from` < 0; *buf malloc'd. */
+int updater_dist_send(updater_dist *d, int to, const void *buf, size_t n, rlhf_error *err);
+int updater_dist_recv(updater_dist *d, int from, void **buf, size_t *n, rlhf_error *err);
+/* A request: the step v2 sources see and the raw groups; unpacked into new scored_groups. */
+int updater_dist_pack_score_request(long step, scored_group **gs, int n, void **out, size_t *out_n, rlhf_error *err);
+int updater_dist_unpack_score_request(const void *buf, size_t len, long *step, scored_group ***out, int *out_n,
+                                      rlhf_error *err);
+/* A reply: each group's rewards, and the scoring error when `failed` (else NULL); unpacked into the
+ * groups of the request (same order), *failed and ferr set when the other rank's scoring failed. */
+int updater_dist_pack_scores(scored_group **gs, int n, const rlhf_error *failed, void **out, size_t *out_n);
+int updater_dist_unpack_scores(const void *buf, size_t len, scored_group **gs, int n, int *failed, rlhf_error *ferr);
+/* Rank 0: every follower takes a share of what `s` scores from now on. 0, or 1 when this job cannot
+ * (one rank, or no MPI_THREAD_MULTIPLE: rank 0 scores everything, as before). */
+int updater_scorer_attach_ranks(scorer *s, updater_dist *d);
+/* Groups the other ranks scored so far. */
+long updater_scorer_remote_groups(scorer *s);
+/* A follower: scores what rank 0 sends, with its own pipeline of the run's reward sources, until rank 0
+ * says stop (0) or an error. */
+int updater_scorer_serve(const json_t *rewards, const char *where, const tokenizer *tok, int vocab, updater_dist *d,
+                         rlhf_error *err);
 
 /* ---------------------------------------------------------------- checkpoints */
 

@@ -4,11 +4,15 @@
  *                 logs that it leads 2 ranks and rank 1 that it stopped with rank 0, every
  *                 step is in metrics.jsonl, and a --resume to step 8 starts both ranks from the step-6
  *                 checkpoint and finishes. (That 2 ranks compute what 1 does is tests/updater/test_dist.c.)
+ *                 Scoring: both ranks score a share of the groups (scoring/remote_groups > 0 in the
+ *                 metrics), and every group's rewards in scores.jsonl are the ones a single-rank
+ *                 `rlhf replay --rewards recompute` of the same log computes.
  *   rank_killed:  kill -9 of updater rank 1 in the middle of a run: mpirun ends the group, the launcher
  *                 restarts the whole updater group from the last checkpoint (as data-parallel trainers do),
  *                 the run reaches its last step with every step once in metrics.jsonl, and no rollout the
  *                 broker accepted is lost (the replay log against consumed.log and the checkpoint). */
 #include <CUnit/CUnit.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +32,44 @@ static int suite_init(void) { return e2e_suite_dir("distrun", g_dir, sizeof g_di
 static int suite_cleanup(void) {
     if (CU_get_number_of_failures() == 0 && g_dir[0]) test_remove_tree(g_dir);
     return 0;
+}
+
+/* The last value of an integer metric in metrics.jsonl, or -1. */
+static long last_int_metric(const char *path, const char *key) {
+    FILE *f = fopen(path, "r");
+    char line[65536];
+    long v = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        json_t *x = o ? json_object_get(o, key) : NULL;
+        if (json_is_integer(x)) v = (long)json_integer_value(x);
+        json_decref(o);
+    }
+    if (f) fclose(f);
+    return v;
+}
+
+/* Line by line: the recorded total of each replay-export row (`exp`; null when its group was never
+ * consumed) against reward-test's total of the same item (`rescored`). Returns the rows that differ;
+ * *matched those that agree. */
+static int compare_totals(const char *exp, const char *rescored, int *matched) {
+    FILE *a = fopen(exp, "r"), *b = fopen(rescored, "r");
+    static char la[65536], lb[65536];
+    int differ = 0;
+    *matched = 0;
+    while (a && b && fgets(la, sizeof la, a) && fgets(lb, sizeof lb, b)) {
+        json_t *x = json_loads(la, 0, NULL), *y = json_loads(lb, 0, NULL);
+        json_t *tx = x ? json_object_get(x, "total") : NULL, *ty = y ? json_object_get(y, "total") : NULL;
+        if (json_is_number(tx)) {
+            if (json_is_number(ty) && json_number_value(tx) == json_number_value(ty)) (*matched)++;
+            else differ++;
+        }
+        json_decref(x);
+        json_decref(y);
+    }
+    if (a) fclose(a);
+    if (b) fclose(b);
+    return differ;
 }
 
 static void test_two_updaters(void) {
@@ -54,10 +96,30 @@ static void test_two_updaters(void) {
     CU_ASSERT(e2e_contains(out, "2 updaters (data-parallel, MPI)"));
     snprintf(log, sizeof log, "%s/logs/updater.log", run);
     CU_ASSERT(e2e_contains(log, "updater: rank 0 of 2 data-parallel updaters (MPI)"));
+    CU_ASSERT(e2e_contains(log, "scoring on every rank"));
     CU_ASSERT(e2e_contains(log, "updater rank 1: stopped with rank 0 after its step "));
     CU_ASSERT_EQUAL(latest_ckpt(run), 6);
     char m[300];
     snprintf(m, sizeof m, "%s/metrics.jsonl", run);
+    long remote = last_int_metric(m, "scoring/remote_groups");
+    printf("\n  groups scored by rank 1: %ld of 48\n", remote);
+    CU_ASSERT(remote > 0 && remote <= 48);
+    /* the oracle: every logged completion scored again in one process (`rlhf reward-test`) against
+     * the rewards the run trained with (replay-export shows scores.jsonl's beside each completion) */
+    char logf[300], exp[300], rescored[300], rcfg[300];
+    snprintf(logf, sizeof logf, "%s/rollouts.log", run);
+    snprintf(exp, sizeof exp, "%s/dist-export.jsonl", g_dir);
+    snprintf(rescored, sizeof rescored, "%s/dist-rescored.jsonl", g_dir);
+    snprintf(rcfg, sizeof rcfg, "%s/config.json", run);
+    const char *ex[] = {"replay-export", logf, "--jsonl", exp, NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, ex, &o, 60), 0);
+    test_proc_opts ro = {.out = rescored, .err = out, .env = env};
+    const char *rt[] = {"reward-test", "--jsonl", rcfg, exp, NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, rt, &ro, 60), 0);
+    int matched = 0, differ = compare_totals(exp, rescored, &matched);
+    printf("  %d trained-with reward(s) equal a single-process rescoring, %d differ\n", matched, differ);
+    CU_ASSERT(matched >= 4 * 40);
+    CU_ASSERT_EQUAL(differ, 0);
     for (int s = 1; s <= 6; s++) {
         char want[32];
         snprintf(want, sizeof want, "{\"step\":%d,", s);
