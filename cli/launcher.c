@@ -18,6 +18,7 @@
  * stops the run. Every restart and stop is one line of RUN_DIR/restarts.jsonl. */
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,25 @@ typedef struct child {
     double restart_at; /* > 0: dead, to be started again at this rlhf_now() */
     int mpi_ranks;     /* > 1: argv is an mpirun command line starting that many ranks */
     int mpi_hostfile;  /* 1: with --hostfile (ranks on other hosts: TCP between them) */
+    /* the ranks' shared-memory segments go here, not loose in /dev/shm: a rank killed by a signal cannot
+     * remove its own, so the launcher empties this directory whenever the group has ended ("" none) */
+    char mpi_shm_dir[64];
 } child;
+
+/* Empties (and with `remove_dir`, removes) a child's MPI shared-memory directory. */
+static void clear_mpi_shm(const child *c, int remove_dir) {
+    if (!c->mpi_shm_dir[0]) return;
+    DIR *d = opendir(c->mpi_shm_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char p[512];
+        snprintf(p, sizeof p, "%s/%s", c->mpi_shm_dir, e->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+    if (remove_dir) rmdir(c->mpi_shm_dir);
+}
 
 /* A child that lived less than this died "quickly"; its next restart waits twice as long as the last,
  * from RESTART_DELAY0_S up to RESTART_DELAY_MAX_S; RESTART_QUICK_MAX quick deaths in a row is a crash
@@ -85,6 +104,8 @@ static int spawn(child *c, const char *run_dir, rlhf_error *err) {
             /* data-parallel updaters: mpirun starts the ranks on this host. Root is allowed (containers,
              * CI); shared memory between the ranks; no network probing; more ranks than cores is fine */
             run_mpirun_env(c->mpi_hostfile);
+            if (c->mpi_shm_dir[0] && (mkdir(c->mpi_shm_dir, 0700) == 0 || errno == EEXIST))
+                setenv("OMPI_MCA_btl_vader_backing_directory", c->mpi_shm_dir, 1);
             execvp("mpirun", c->argv);
             fprintf(stderr, "exec mpirun: %s (updaters.count > 1 needs openmpi-bin)\n", strerror(errno));
             _exit(127);
@@ -108,6 +129,7 @@ static void child_args(child *c, const char *name, const char *const *args) {
 }
 
 static void child_free(child *c) {
+    if (c->pid <= 0) clear_mpi_shm(c, 1); /* a group that still runs keeps its segments */
     for (int i = 0; i < c->argc; i++) free(c->argv[i]);
     c->argc = 0;
 }
@@ -575,6 +597,8 @@ int cmd_run(int argc, char **argv) {
         free(upd->argv[0]);
         upd->argv[0] = strdup("mpirun");
         upd->mpi_ranks = cfg.upd_count;
+        if (access("/dev/shm", W_OK) == 0)
+            snprintf(upd->mpi_shm_dir, sizeof upd->mpi_shm_dir, "/dev/shm/rlhf-mpi.%d", (int)getpid());
     } else {
         const char *a[] = {"updater", "--config", cfg_out, NULL};
         child_args(upd, "updater", a);
@@ -632,6 +656,7 @@ int cmd_run(int argc, char **argv) {
                 if (kids[i].pid == pid) c = &kids[i];
             if (!c) continue;
             c->pid = 0;
+            clear_mpi_shm(c, 0);
             if (c == upd) {
                 if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
                     updater_done = 1;

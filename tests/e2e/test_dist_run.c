@@ -204,9 +204,30 @@ static void test_rank_killed(void) {
         test_proc_stop(launcher, 30);
         return;
     }
+    /* where the group's shared-memory segments are (the launcher names a directory per run) */
+    char shm[4096] = "";
+    char envp[64];
+    snprintf(envp, sizeof envp, "/proc/%d/environ", (int)rank1);
+    FILE *ef = fopen(envp, "r");
+    char var[4096];
+    size_t vn = 0;
+    int ch;
+    while (ef && (ch = fgetc(ef)) != EOF) {
+        if (ch && vn + 1 < sizeof var) var[vn++] = (char)ch;
+        if (ch == 0) {
+            var[vn] = 0;
+            if (!strncmp(var, "OMPI_MCA_btl_vader_backing_directory=", 37)) snprintf(shm, sizeof shm, "%s", var + 37);
+            vn = 0;
+        }
+    }
+    if (ef) fclose(ef);
     CU_ASSERT_EQUAL(kill(rank1, SIGKILL), 0);
     int rc = test_proc_wait(launcher, 300);
     CU_ASSERT_EQUAL(rc, 0);
+    /* the segments of the killed group and of its restart are gone with the run: nothing is left in
+     * /dev/shm (a killed rank cannot remove its own) */
+    CU_ASSERT(strncmp(shm, "/dev/shm/rlhf-mpi.", 18) == 0);
+    CU_ASSERT(shm[0] && access(shm, F_OK) != 0);
     /* the group was restarted as a whole, from a checkpoint, and finished */
     CU_ASSERT(e2e_contains(out, "(128 + SIGKILL: a process it started was killed): a transient failure; restarting"));
     snprintf(log, sizeof log, "%s/logs/updater.log", run);
