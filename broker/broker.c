@@ -351,6 +351,42 @@ static void touch(broker *b, broker_peer *p) {
 
 /* ---------------------------------------------------------------- weights fan-out */
 
+/* A generator on another host (p->host_files), the newest version: 1 when it was sent WEIGHTS_SHM naming
+ * the file a sibling on its host wrote (the sibling got the bytes and acknowledged them), -1 when a
+ * sibling is taking the bytes now (p waits for its file: the liveness loop offers again), 0 when p gets
+ * the bytes itself (and becomes its host's writer of this version). */
+static int offer_host_file(broker *b, broker_peer *p, int count_deferred) {
+    uint64_t v = b->newest_version;
+    broker_peer *writer = NULL;
+    int writing = 0;
+    for (size_t k = 0; k < b->n_peers && !writer; k++) {
+        broker_peer *q = &b->peers[k];
+        if (q == p || !q->host_files || !q->connected || !q->alive || strcmp(q->host, p->host) != 0) continue;
+        if (!q->has_sent || q->sent_version != v || q->sent_shm) continue; /* not this version's writer */
+        if (q->has_acked && q->acked_version >= v) writer = q;
+        else writing = 1;
+    }
+    if (!writer) {
+        if (writing && count_deferred) b->ct.weights_send_skipped++;
+        return writing ? -1 : 0;
+    }
+    char path[WIRE_SHM_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s%lld.%llu", b->cfg.weights_shm_dir, BROKER_HOST_FILE_PREFIX,
+             (long long)writer->pid, (unsigned long long)v);
+    wire_out o;
+    rlhf_error e = {0};
+    if (broker_shm_encode_at(b, path, &o, &e) != 0) return 0;
+    int rc = send_out(b, p, &o);
+    wire_out_free(&o);
+    if (rc != 0) return -1; /* its pipe is full: the liveness loop offers again */
+    p->sent_version = v;
+    p->has_sent = 1;
+    p->sent_shm = 1;
+    b->ct.weights_sends++;
+    b->shm.host_file_sends++;
+    return 1;
+}
+
 /* Sends the newest weights to a generator that holds nothing unacknowledged. */
 static void offer_weights(broker *b, broker_peer *p, int count_deferred) {
     if (!b->has_weights || p->role != WIRE_ROLE_GENERATOR || !p->connected) return;
@@ -358,6 +394,11 @@ static void offer_weights(broker *b, broker_peer *p, int count_deferred) {
     if (p->has_sent && (!p->has_acked || p->acked_version < p->sent_version)) {
         if (count_deferred) b->ct.weights_send_skipped++; /* it gets the newest once it acknowledges */
         return;
+    }
+    /* a generator on another host: the file a sibling there wrote, or the bytes (then it writes one) */
+    if (p->host_files && b->shm.has_cur && b->shm.cur.w.version == b->newest_version) {
+        int r = offer_host_file(b, p, count_deferred);
+        if (r != 0) return; /* sent, or waiting for its host's writer */
     }
     /* a generator on this host gets the file's name, the others (and any whose map failed) the bytes */
     const wire_out *shm = p->shm_ok ? broker_shm_offer(b) : NULL;
@@ -714,11 +755,14 @@ static void on_hello(broker *b, broker_peer *sender, const wire_frame *rid, wire
     p->sent_version = p->acked_version = 0;
     p->sent_shm = 0;
     p->shm_ok = b->shm.on && h.role == WIRE_ROLE_GENERATOR && h.shm && !strcmp(h.host, b->shm.host);
+    snprintf(p->host, sizeof p->host, "%s", h.host);
+    p->host_files = b->shm.on && h.role == WIRE_ROLE_GENERATOR && h.shm && h.host[0] && !p->shm_ok;
     snprintf(p->state, sizeof p->state, "joined");
     p->alive = 0;
     touch(b, p);
     wire_welcome w = {b->newest_version, b->has_weights && h.role == WIRE_ROLE_GENERATOR, b->cfg.heartbeat_interval_ms,
-                      b->cfg.max_staleness};
+                      b->cfg.max_staleness, ""};
+    if (p->host_files) snprintf(w.host_files_dir, sizeof w.host_files_dir, "%s", b->cfg.weights_shm_dir);
     wire_out o;
     if (wire_encode_welcome(&w, &o, NULL) == 0) {
         send_out(b, p, &o);
@@ -1054,10 +1098,12 @@ static void on_weights_shm_failed(broker *b, broker_peer *p, const wire_frame *r
         count_reject(b, reason, &e);
         return;
     }
-    b->shm.fallbacks++;
+    if (p->host_files) b->shm.host_file_fallbacks++;
+    else b->shm.fallbacks++;
     rate_log(b, "weights_shm_failed", "generator %s could not use the weights file of version %llu (%s): it gets "
              "the bytes over ZeroMQ from now on", p->id, (unsigned long long)v, why);
     p->shm_ok = 0;
+    p->host_files = 0;
     if (p->has_sent && p->sent_shm && p->sent_version == v) p->has_sent = 0; /* nothing it can use in flight */
     p->sent_shm = 0;
     offer_weights(b, p, 0);

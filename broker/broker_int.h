@@ -61,9 +61,16 @@ int broker_auth_role(const broker_auth *a, void *zmsg);
  * so a file whose writer is gone, even if its pid was reused, is recognised as stale) and sends those
  * generators WEIGHTS_SHM naming it; the file is 0600, written as NAME.tmp and renamed into place. */
 #define BROKER_SHM_PREFIX "rlhf-w."
+/* Generators on other hosts (docs/BROKER.md "Generators on other hosts"): the first of a host to get a
+ * version as bytes writes it to DIR/rlhf-h.PID.VERSION there (PID: that generator's); the broker sends
+ * the others of that host WEIGHTS_SHM naming it once the writer acknowledged the version, so the bytes
+ * cross the network once per host and version. */
+#define BROKER_HOST_FILE_PREFIX "rlhf-h."
 
-/* This host as HELLO.host: the kernel's boot id and the hostname ("" when neither is readable). Two
- * processes with the same id share a kernel; whether they share DIR is what the map then proves. */
+/* This host as HELLO.host: the kernel's boot id and the hostname ("" when neither is readable), or the
+ * environment's RLHF_HOST_ID when set (containers that share a kernel but not DIR; tests that play
+ * several hosts on one). Two processes with the same id share a kernel; whether they share DIR is what
+ * the map then proves. */
 void broker_host_id(char *buf, size_t cap);
 
 typedef struct broker_shm_file {
@@ -86,6 +93,7 @@ typedef struct broker_shm {
     double received_at;        /* wall clock when the newest version was accepted */
     double write_ms;           /* how long writing the last file took */
     uint64_t sends, fallbacks, write_errors, bytes_written, unlinked, swept;
+    uint64_t host_file_sends, host_file_fallbacks; /* generators on other hosts (BROKER_HOST_FILE_PREFIX) */
 } broker_shm;
 
 struct broker;
@@ -104,6 +112,14 @@ const wire_out *broker_shm_offer(struct broker *b);
 void broker_shm_gc(struct broker *b);
 /* Adds the weights/shm_* counters to a stats object. */
 void broker_shm_stats(const struct broker *b, json_t *s);
+
+/* The WEIGHTS_SHM message of the newest version naming `path` (a file on another host); 0 or an error. */
+int broker_shm_encode_at(const struct broker *b, const char *path, wire_out *o, rlhf_error *err);
+/* Client side: writes `data` to DIR/rlhf-h.PID.VERSION (NAME.tmp, renamed); the path in `path`. */
+int broker_host_file_write(const char *dir, uint64_t version, const uint8_t *data, uint64_t n, char *path, size_t cap,
+                           rlhf_error *err);
+/* Client side: removes the host files whose writer process is gone (this user's); how many. */
+int broker_host_files_sweep(const char *dir);
 
 /* Client side: maps x->path read-only and checks it (a regular file of this user, exactly x->w.nbytes)
  * and every chunk's CRC-32. 0 and *map (x->w.nbytes bytes; munmap) or a negative code with err and
@@ -134,6 +150,9 @@ typedef struct broker_peer {
     int has_sent;          /* sent_version is meaningful */
     int shm_ok;            /* generator on this host that can take weights through a shared-memory file */
     int sent_shm;          /* sent_version went as WEIGHTS_SHM (its file is needed until acknowledged) */
+    int host_files;        /* generator on another host that writes the versions it gets as bytes to a file
+                              there, and maps its same-host siblings' files (BROKER_HOST_FILE_PREFIX) */
+    char host[WIRE_HOST_MAX]; /* HELLO.host ("" when not sent) */
     int has_acked;
     uint64_t groups_in;    /* generator: accepted groups */
     uint64_t groups_out;   /* updater: delivered groups */

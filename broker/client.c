@@ -43,6 +43,12 @@ struct broker_client {
     int has_pending_weights;
     uint64_t shm_taken, shm_failed; /* versions taken through a shared-memory file; files that failed */
     rlhf_error shm_last_error;
+    /* welcome.host_files_dir set (a generator on another host than the broker's): the versions taken as
+     * bytes are written there for this host's other generators; the newest two files are kept (a
+     * sibling may still be about to open the older), older ones and all at close are unlinked */
+    char host_files[2][WIRE_SHM_PATH_MAX];
+    uint64_t host_files_written, host_file_errors;
+    int host_files_swept;
     uint64_t weights_arrivals;   /* WEIGHTS messages accepted so far: wakes a waiting prompt request */
     int wake_on_weights;         /* broker_client_wake_on_weights */
     group_fifo groups;
@@ -156,6 +162,11 @@ static int dispatch(broker_client *c, rlhf_error *err) {
     case WIRE_WELCOME:
         rc = wire_decode_welcome(&m, &c->welcome, &reason, err);
         if (!rc) c->has_welcome = 1;
+        if (!rc && c->welcome.host_files_dir[0] && !c->host_files_swept) {
+            /* what generators of this host that died left there */
+            broker_host_files_sweep(c->welcome.host_files_dir);
+            c->host_files_swept = 1;
+        }
         break;
     case WIRE_WEIGHTS: {
         /* Checksums were verified by wire_parse; validate the table now, copy the blob only when the
@@ -486,6 +497,8 @@ void broker_client_close(broker_client **cp) {
     wire_weights_free(&c->pending_weights);
     wire_rx_free(&c->pending_rx);
     wire_weights_shm_free(&c->pending_shm);
+    for (int i = 0; i < 2; i++)
+        if (c->host_files[i][0]) unlink(c->host_files[i]);
     while (c->groups.len) {
         wire_rollout_group g;
         fifo_pop(&c->groups, &g);
@@ -603,6 +616,27 @@ static int take_shm(broker_client *c, wire_weights *out, uint8_t *dst, size_t ds
     return 1;
 }
 
+/* A version taken as bytes on a host other than the broker's: written for this host's other generators
+ * before it is acknowledged (the broker names the file to them only after the acknowledgement). A
+ * failure is reported once in a while and costs only that: a sibling that cannot open the file says so
+ * and gets the bytes. */
+static void write_host_file(broker_client *c, const wire_weights *w) {
+    char path[WIRE_SHM_PATH_MAX];
+    rlhf_error e;
+    rlhf_error_clear(&e);
+    if (broker_host_file_write(c->welcome.host_files_dir, w->version, w->data, w->nbytes, path, sizeof path, &e)) {
+        c->host_file_errors++;
+        if ((c->host_file_errors & (c->host_file_errors - 1)) == 0)
+            fprintf(stderr, "broker client %s: weights file for this host's generators (error %llu): %s: %s\n", c->id,
+                    (unsigned long long)c->host_file_errors, e.where, e.msg);
+        return;
+    }
+    if (c->host_files[0][0] && strcmp(c->host_files[0], path) != 0) unlink(c->host_files[0]);
+    memcpy(c->host_files[0], c->host_files[1], sizeof c->host_files[0]);
+    snprintf(c->host_files[1], sizeof c->host_files[1], "%s", path);
+    c->host_files_written++;
+}
+
 static int take_weights(broker_client *c, wire_weights *out, uint8_t *dst, size_t dst_cap, int timeout_ms,
                         rlhf_error *err) {
     memset(out, 0, sizeof *out);
@@ -636,6 +670,7 @@ again:;
     out->owned_data = dst ? NULL : buf;
     memset(w, 0, sizeof *w);
     c->has_pending_weights = 0;
+    if (c->has_welcome && c->welcome.host_files_dir[0]) write_host_file(c, out);
 ack:;
     /* Tell the broker this version is consumed: it sends the next only then (one version in flight). */
     wire_out o;

@@ -49,6 +49,11 @@ static void read_line(const char *path, char *buf, size_t cap) {
 }
 
 void broker_host_id(char *buf, size_t cap) {
+    const char *forced = getenv("RLHF_HOST_ID");
+    if (forced && forced[0]) {
+        snprintf(buf, cap, "%s", forced);
+        return;
+    }
     char boot[64], host[HOST_NAME_MAX + 1];
     read_line("/proc/sys/kernel/random/boot_id", boot, sizeof boot);
     if (gethostname(host, sizeof host) != 0) host[0] = 0;
@@ -264,8 +269,19 @@ void broker_shm_gc(broker *b) {
     }
 }
 
+int broker_shm_encode_at(const broker *b, const char *path, wire_out *o, rlhf_error *err) {
+    const broker_shm *s = &b->shm;
+    if (!s->on || !s->has_cur) return rlhf_error_set(err, RLHF_ESTATE, "weights_shm", "no version's table to offer");
+    wire_weights_shm x = s->cur; /* borrowed: the encoder copies what it sends */
+    if (snprintf(x.path, sizeof x.path, "%s", path) >= (int)sizeof x.path)
+        return rlhf_error_set(err, RLHF_EINVAL, path, "path too long");
+    return wire_encode_weights_shm(&x, o, err);
+}
+
 void broker_shm_stats(const broker *b, json_t *st) {
     const broker_shm *s = &b->shm;
+    json_object_set_new(st, "weights/host_file_sends", json_integer((json_int_t)s->host_file_sends));
+    json_object_set_new(st, "weights/host_file_fallbacks", json_integer((json_int_t)s->host_file_fallbacks));
     json_object_set_new(st, "weights/shm", json_boolean(s->on));
     json_object_set_new(st, "weights/shm_sends", json_integer((json_int_t)s->sends));
     json_object_set_new(st, "weights/shm_fallbacks", json_integer((json_int_t)s->fallbacks));
@@ -313,4 +329,58 @@ int broker_shm_map_verify(const wire_weights_shm *x, uint8_t **map, const char *
     *map = p;
     *why = "";
     return 0;
+}
+
+/* ---------------------------------------------------------------- host files (generators on other hosts) */
+
+int broker_host_file_write(const char *dir, uint64_t version, const uint8_t *data, uint64_t n, char *path, size_t cap,
+                           rlhf_error *err) {
+    char tmp[WIRE_SHM_PATH_MAX + 8];
+    int k = snprintf(path, cap, "%s/%s%ld.%llu", dir, BROKER_HOST_FILE_PREFIX, (long)getpid(), (unsigned long long)version);
+    if (k < 0 || (size_t)k >= cap || (size_t)k + 5 > sizeof tmp)
+        return rlhf_error_set(err, RLHF_EINVAL, dir, "weights file path too long");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    unlink(tmp); /* ours from a failed attempt: the name carries this process's pid */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return rlhf_error_set(err, RLHF_EIO, tmp, "%s", strerror(errno));
+    uint64_t done = 0;
+    int rc = 0;
+    while (done < n) {
+        size_t part = n - done > ((size_t)4 << 20) ? (size_t)4 << 20 : (size_t)(n - done);
+        ssize_t w = pwrite(fd, data + done, part, (off_t)done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            rc = rlhf_error_set(err, RLHF_EIO, tmp, "%s", w < 0 ? strerror(errno) : "short write");
+            break;
+        }
+        done += (uint64_t)w;
+    }
+    if (!rc && fsync(fd) != 0) rc = rlhf_error_set(err, RLHF_EIO, tmp, "fsync: %s", strerror(errno));
+    close(fd);
+    if (!rc && rename(tmp, path) != 0) rc = rlhf_error_set(err, RLHF_EIO, path, "rename: %s", strerror(errno));
+    if (rc) unlink(tmp);
+    return rc;
+}
+
+int broker_host_files_sweep(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    uid_t me = geteuid();
+    size_t pl = strlen(BROKER_HOST_FILE_PREFIX);
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, BROKER_HOST_FILE_PREFIX, pl) != 0) continue;
+        long pid = 0;
+        if (sscanf(e->d_name + pl, "%ld.", &pid) != 1 || pid <= 0) continue;
+        /* a live process of that pid keeps the file (maybe another one that reused the pid: a file left
+         * until the next sweep is better than a live generator's file gone) */
+        if (kill((pid_t)pid, 0) == 0 || errno == EPERM) continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) || st.st_uid != me)
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0) removed++;
+    }
+    closedir(d);
+    return removed;
 }

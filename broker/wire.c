@@ -518,11 +518,11 @@ fail:
 }
 
 int wire_encode_welcome(const wire_welcome *x, wire_out *o, rlhf_error *err) {
-    return encode(WIRE_WELCOME,
-                  json_pack("{sIsbsIsI}", "newest_version", (json_int_t)x->newest_version, "has_weights",
-                            x->has_weights, "heartbeat_interval_ms", (json_int_t)x->heartbeat_interval_ms,
-                            "max_staleness", (json_int_t)x->max_staleness),
-                  NULL, 0, o, err);
+    json_t *meta = json_pack("{sIsbsIsI}", "newest_version", (json_int_t)x->newest_version, "has_weights",
+                             x->has_weights, "heartbeat_interval_ms", (json_int_t)x->heartbeat_interval_ms,
+                             "max_staleness", (json_int_t)x->max_staleness);
+    if (meta && x->host_files_dir[0]) json_object_set_new(meta, "host_files_dir", json_string(x->host_files_dir));
+    return encode(WIRE_WELCOME, meta, NULL, 0, o, err);
 }
 
 int wire_decode_welcome(const wire_msg *m, wire_welcome *x, int *reason, rlhf_error *err) {
@@ -538,6 +538,11 @@ int wire_decode_welcome(const wire_msg *m, wire_welcome *x, int *reason, rlhf_er
     x->has_weights = json_is_true(hw);
     TRY(get_u32f(c, m->meta, "heartbeat_interval_ms", UINT32_MAX, &x->heartbeat_interval_ms));
     TRY(get_u32f(c, m->meta, "max_staleness", UINT32_MAX, &x->max_staleness));
+    TRY(get_str(c, m->meta, "host_files_dir", x->host_files_dir, sizeof x->host_files_dir, NULL, 0));
+    if (x->host_files_dir[0] && x->host_files_dir[0] != '/') {
+        dfield(c, "host_files_dir", "must be an absolute path");
+        goto fail;
+    }
     return 0;
 fail:
     return err ? err->code : RLHF_EPROTO;

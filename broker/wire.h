@@ -164,6 +164,10 @@ typedef struct wire_welcome {
     int has_weights;          /* 1: the broker holds a weights version and sends it next */
     uint32_t heartbeat_interval_ms;
     uint32_t max_staleness;
+    /* optional ("" = not sent): a generator on another host than the broker's, which can map weights
+     * files, writes every version it receives as bytes to DIR/rlhf-h.PID.VERSION on its host, so that the
+     * broker sends its same-host siblings WEIGHTS_SHM naming that file instead of the bytes again */
+    char host_files_dir[WIRE_SHM_PATH_MAX];
 } wire_welcome;
 
 typedef struct wire_prompt_request {

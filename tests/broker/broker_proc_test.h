@@ -64,6 +64,7 @@ void test_shm_versions_verified(void);
 void test_shm_fallback_unwritable(void);
 void test_shm_fallback_crc(void);
 void test_shm_no_leftovers_after_kill(void);
+void test_shm_other_host_once(void);
 /* tests/broker/test_elastic.c */
 void test_elastic_reissue(void);
 

@@ -500,5 +500,7 @@ int register_broker_suites(void) {
     CU_add_test(w, "shm: a chunk CRC mismatch -> refused, the bytes over ZeroMQ, counted", test_shm_fallback_crc);
     CU_add_test(w, "shm: kill -9 of the broker leaves a file; the next broker / the sweep removes it",
                 test_shm_no_leftovers_after_kill);
+    CU_add_test(w, "shm: 3 generators on another host: the bytes once per version, the others map the writer's "
+                   "file; a dead writer's file swept; none left", test_shm_other_host_once);
     return 0;
 }

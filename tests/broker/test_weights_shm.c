@@ -289,3 +289,73 @@ void test_shm_no_leftovers_after_kill(void) {
     json_decref(s);
     CU_ASSERT_EQUAL(stop_broker(&r3), 0);
 }
+
+/* Names in DIR starting with "rlhf-h." (the files generators on another host write for each other). */
+static int host_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) n += !strncmp(e->d_name, "rlhf-h.", 7);
+    closedir(d);
+    return n;
+}
+
+/* Three generators on "another host" (RLHF_HOST_ID differs from the broker's): per version one of them gets
+ * the bytes and writes the host file, the other two get WEIGHTS_SHM naming it, and every one of them
+ * holds the version's exact floats; bytes sent to that host: one version's worth per version. A file a
+ * dead generator of that host left is swept when a generator joins; nothing is left after they close. */
+void test_shm_other_host_once(void) {
+    run r;
+    char dir[600], extra[800], stale[700];
+    snprintf(dir, sizeof dir, "%s/shm-host", tmpdir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(dir, 0700), 0);
+    /* a file of a generator that is gone: a child that exited */
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    waitpid(dead, NULL, 0);
+    snprintf(stale, sizeof stale, "%s/rlhf-h.%d.7", dir, (int)dead);
+    FILE *f = fopen(stale, "w");
+    CU_ASSERT_FATAL(f != NULL);
+    fputs("stale", f);
+    fclose(f);
+    snprintf(extra, sizeof extra, "\"weights_shm_dir\": \"%s\"", dir);
+    setenv("RLHF_HOST_ID", "test-host-A", 1);
+    int started = start_broker(&r, "shm_host", extra);
+    setenv("RLHF_HOST_ID", "test-host-B", 1); /* the generators below say they are on another host */
+    CU_ASSERT_EQUAL_FATAL(started, 0);
+    broker_client *u = connect_as(&r, WIRE_ROLE_UPDATER, "u");
+    broker_client *g[3];
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "g%d", i);
+        g[i] = connect_as(&r, WIRE_ROLE_GENERATOR, id);
+    }
+    unsetenv("RLHF_HOST_ID");
+    CU_ASSERT_FATAL(u && g[0] && g[1] && g[2]);
+    CU_ASSERT_EQUAL(access(stale, F_OK), -1); /* swept at the first WELCOME naming the directory */
+    json_t *s0 = get_stats(&r);
+    long out0 = stat_i(s0, "bytes/out");
+    json_decref(s0);
+    for (uint64_t v = 1; v <= 3; v++) {
+        CU_ASSERT_EQUAL(publish(u, v), 0);
+        for (int i = 0; i < 3; i++) CU_ASSERT_NOT_EQUAL(take_hash(g[i], v), 0);
+    }
+    uint64_t mapped = 0;
+    for (int i = 0; i < 3; i++) mapped += broker_client_weights_shm(g[i], NULL, NULL);
+    CU_ASSERT_EQUAL(mapped, 6); /* two of three per version */
+    json_t *s = stats_when(&r, "weights/host_file_sends", 6);
+    CU_ASSERT_EQUAL(stat_i(s, "weights/host_file_sends"), 6);
+    CU_ASSERT_EQUAL(stat_i(s, "weights/host_file_fallbacks"), 0);
+    CU_ASSERT_EQUAL(stat_i(s, "weights/shm_sends"), 0);         /* none is on the broker's host */
+    CU_ASSERT_EQUAL(stat_i(s, "weights/shm_bytes_written"), 0); /* so the broker wrote no file */
+    long sent = stat_i(s, "bytes/out") - out0;
+    printf("[bytes out to the other host: %ld for 3 versions of %d]", sent, FLOATS * 4);
+    CU_ASSERT(sent >= 3L * FLOATS * 4 && sent < 4L * FLOATS * 4); /* once per version, not three times */
+    json_decref(s);
+    CU_ASSERT(host_files(dir) >= 1 && host_files(dir) <= 2);
+    for (int i = 0; i < 3; i++) broker_client_close(&g[i]);
+    CU_ASSERT_EQUAL(host_files(dir), 0);
+    broker_client_close(&u);
+    CU_ASSERT_EQUAL(stop_broker(&r), 0);
+}

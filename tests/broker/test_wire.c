@@ -348,7 +348,7 @@ static void test_roundtrip_small_types(void) {
     wire_msg_free(&m);
     mb_free(&mb);
     /* WELCOME */
-    wire_welcome w = {17, 1, 250, 0}, wd;
+    wire_welcome w = {17, 1, 250, 0, ""}, wd;
     ROUNDTRIP(wire_encode_welcome(&w, &o_, NULL), WIRE_WELCOME, mb);
     parse_ok(&mb, &m);
     CU_ASSERT_EQUAL(wire_decode_welcome(&m, &wd, NULL, NULL), 0);
@@ -356,6 +356,15 @@ static void test_roundtrip_small_types(void) {
     CU_ASSERT_EQUAL(wd.has_weights, 1);
     CU_ASSERT_EQUAL(wd.heartbeat_interval_ms, 250);
     CU_ASSERT_EQUAL(wd.max_staleness, 0);
+    CU_ASSERT_STRING_EQUAL(wd.host_files_dir, ""); /* optional, not sent */
+    wire_msg_free(&m);
+    mb_free(&mb);
+    /* WELCOME to a generator on another host: where it writes the versions it gets as bytes */
+    snprintf(w.host_files_dir, sizeof w.host_files_dir, "/dev/shm");
+    ROUNDTRIP(wire_encode_welcome(&w, &o_, NULL), WIRE_WELCOME, mb);
+    parse_ok(&mb, &m);
+    CU_ASSERT_EQUAL(wire_decode_welcome(&m, &wd, NULL, NULL), 0);
+    CU_ASSERT_STRING_EQUAL(wd.host_files_dir, "/dev/shm");
     wire_msg_free(&m);
     mb_free(&mb);
     /* PROMPT_REQUEST */

@@ -104,7 +104,8 @@ static void wire_seeds(void) {
     } while (0)
     wire_hello h = {.peer_id = "generator-0.123", .role = WIRE_ROLE_GENERATOR, .pid = 123};
     EMIT("hello", wire_encode_hello(&h, &o, &err));
-    wire_welcome w = {.newest_version = 3, .has_weights = 1, .heartbeat_interval_ms = 1000, .max_staleness = 2};
+    wire_welcome w = {.newest_version = 3, .has_weights = 1, .heartbeat_interval_ms = 1000, .max_staleness = 2,
+                      .host_files_dir = "/dev/shm"};
     EMIT("welcome", wire_encode_welcome(&w, &o, &err));
     wire_prompt_request pr = {.request_id = 9, .n = 4};
     EMIT("prompt_request", wire_encode_prompt_request(&pr, &o, &err));
