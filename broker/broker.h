@@ -175,7 +175,9 @@ int broker_client_request_prompts(broker_client *c, uint32_t n, wire_prompt_batc
 void broker_client_wake_on_weights(broker_client *c, int on);
 int broker_client_push_group(broker_client *c, const wire_rollout_group *g, rlhf_error *err);
 /* Newest weights received and not yet returned: 1 and fills *out (free with wire_weights_free), or 0
- * when none arrived within timeout_ms (0 = just check). Verified (CRC, tensor table) before returning. */
+ * when none arrived within timeout_ms (0 = just check). Verified (CRC, tensor table) before returning.
+ * A version that came through a weights file (WEIGHTS_SHM) is in a buffer the client keeps for the next
+ * one: out->data is valid until the next poll on this client (apply or copy it before). */
 int broker_client_poll_weights(broker_client *c, wire_weights *out, int timeout_ms, rlhf_error *err);
 /* Same, but the blob is copied into the caller's buffer (e.g. its parameter memory, reused across
  * versions: no allocation, no page faults); out->data = dst, out->owned_data = NULL. A version larger

@@ -121,11 +121,10 @@ int broker_host_file_write(const char *dir, uint64_t version, const uint8_t *dat
 /* Client side: removes the host files whose writer process is gone (this user's); how many. */
 int broker_host_files_sweep(const char *dir);
 
-/* Client side: maps x->path read-only and checks it (a regular file of this user, exactly x->w.nbytes)
- * and every chunk's CRC-32. 0 and *map (x->w.nbytes bytes; munmap) or a negative code with err and
- * *why ("open", "size", "map", "crc"). */
-int broker_shm_map_verify(const wire_weights_shm *x, uint8_t **map, const char **why, rlhf_error *err);
-
+/* Client side: reads x->path into buf (x->w.nbytes bytes) after checking it is a regular file of this
+ * user holding exactly x->w.nbytes, then checks every chunk's CRC-32. 0, or a negative code with err and
+ * *why ("open", "size", "read", "crc"); buf's content is unspecified after a failure. */
+int broker_shm_read_verify(const wire_weights_shm *x, uint8_t *buf, const char **why, rlhf_error *err);
 /* A prompt handed to a generator and not answered yet. */
 typedef struct broker_lease {
     size_t index;  /* dataset record */

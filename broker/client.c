@@ -48,6 +48,8 @@ struct broker_client {
      * sibling may still be about to open the older), older ones and all at close are unlinked */
     char host_files[2][WIRE_SHM_PATH_MAX];
     uint64_t host_files_written, host_file_errors;
+    uint8_t *shm_buf;            /* versions from a weights file are read here (kept: its pages stay faulted in) */
+    size_t shm_buf_cap;
     int host_files_swept;
     uint64_t weights_arrivals;   /* WEIGHTS messages accepted so far: wakes a waiting prompt request */
     int wake_on_weights;         /* broker_client_wake_on_weights */
@@ -499,6 +501,7 @@ void broker_client_close(broker_client **cp) {
     wire_weights_shm_free(&c->pending_shm);
     for (int i = 0; i < 2; i++)
         if (c->host_files[i][0]) unlink(c->host_files[i]);
+    if (c->shm_buf) munmap(c->shm_buf, c->shm_buf_cap);
     while (c->groups.len) {
         wire_rollout_group g;
         fifo_pop(&c->groups, &g);
@@ -583,11 +586,28 @@ static int take_shm(broker_client *c, wire_weights *out, uint8_t *dst, size_t ds
     if (dst && dst_cap < x->w.nbytes)
         return rlhf_error_set(err, RLHF_EINVAL, c->endpoint, "weights version %llu has %llu bytes, buffer holds %zu",
                               (unsigned long long)x->w.version, (unsigned long long)x->w.nbytes, dst_cap);
-    uint8_t *map = NULL;
     const char *why = "";
     rlhf_error e;
     rlhf_error_clear(&e);
-    int rc = broker_shm_map_verify(x, &map, &why, &e);
+    int rc = 0;
+    if (c->shm_buf_cap < x->w.nbytes) {
+        /* one buffer for every version, its pages faulted in once (huge pages where the kernel gives them):
+         * a fresh mapping of each version's file cost a page fault per 4 KiB, most of the fan-out time */
+        if (c->shm_buf) munmap(c->shm_buf, c->shm_buf_cap);
+        c->shm_buf_cap = (size_t)x->w.nbytes;
+        c->shm_buf = mmap(NULL, c->shm_buf_cap ? c->shm_buf_cap : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                          -1, 0);
+        if (c->shm_buf == MAP_FAILED) {
+            c->shm_buf = NULL;
+            c->shm_buf_cap = 0;
+            why = "memory";
+            rc = rlhf_error_set(&e, RLHF_ENOMEM, x->path, "no memory for a %llu-byte weights buffer",
+                                (unsigned long long)x->w.nbytes);
+        } else {
+            madvise(c->shm_buf, c->shm_buf_cap, MADV_HUGEPAGE);
+        }
+    }
+    if (!rc) rc = broker_shm_read_verify(x, c->shm_buf, &why, &e);
     if (rc) {
         c->shm_failed++;
         c->shm_last_error = e;
@@ -600,14 +620,11 @@ static int take_shm(broker_client *c, wire_weights *out, uint8_t *dst, size_t ds
     }
     *out = x->w;
     memset(&x->w, 0, sizeof x->w);
-    if (dst) { /* into the caller's parameter memory; the mapping goes at once */
-        if (out->nbytes) memcpy(dst, map, out->nbytes);
-        if (map) munmap(map, out->nbytes);
+    if (dst) { /* into the caller's parameter memory */
+        if (out->nbytes) memcpy(dst, c->shm_buf, out->nbytes);
         out->data = dst;
-    } else { /* zero copy: the caller reads the file's pages; wire_weights_free unmaps them */
-        out->data = map;
-        out->mapped = map;
-        out->mapped_len = (size_t)out->nbytes;
+    } else { /* the client's buffer: valid until the next take on this client */
+        out->data = c->shm_buf;
     }
     c->shm_taken++;
     wire_weights_shm_free(x);

@@ -296,8 +296,7 @@ void broker_shm_stats(const broker *b, json_t *st) {
 
 /* ---------------------------------------------------------------- client side */
 
-int broker_shm_map_verify(const wire_weights_shm *x, uint8_t **map, const char **why, rlhf_error *err) {
-    *map = NULL;
+int broker_shm_read_verify(const wire_weights_shm *x, uint8_t *buf, const char **why, rlhf_error *err) {
     *why = "open";
     int fd = open(x->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return rlhf_error_set(err, RLHF_EIO, x->path, "cannot open: %s", strerror(errno));
@@ -308,25 +307,30 @@ int broker_shm_map_verify(const wire_weights_shm *x, uint8_t **map, const char *
         return rlhf_error_set(err, RLHF_EPROTO, x->path, "not a regular file of this user holding %llu bytes",
                               (unsigned long long)x->w.nbytes);
     }
-    size_t len = (size_t)x->w.nbytes;
-    /* MAP_POPULATE: the CRC pass touches every page anyway; one call maps them all instead of a fault each */
-    void *p = len ? mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0) : NULL;
-    close(fd);
-    if (len && p == MAP_FAILED) {
-        *why = "map";
-        return rlhf_error_set(err, RLHF_EIO, x->path, "mmap: %s", strerror(errno));
+    /* the kernel copies from the file's pages into buf: no new mapping, so none of the first-touch page
+     * faults a fresh mapping of every version costs (docs/PERFORMANCE.md "Weights through shared memory") */
+    uint64_t done = 0;
+    while (done < x->w.nbytes) {
+        size_t part = x->w.nbytes - done > ((uint64_t)8 << 20) ? (size_t)8 << 20 : (size_t)(x->w.nbytes - done);
+        ssize_t r = pread(fd, buf + done, part, (off_t)done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            *why = "read";
+            close(fd);
+            return rlhf_error_set(err, RLHF_EIO, x->path, "read: %s", r < 0 ? strerror(errno) : "short file");
+        }
+        done += (uint64_t)r;
     }
+    close(fd);
     for (uint32_t i = 0; i < x->n_chunks; i++) {
         uint64_t off = (uint64_t)i * x->w.chunk_bytes;
         size_t n = (size_t)(x->w.nbytes - off < x->w.chunk_bytes ? x->w.nbytes - off : x->w.chunk_bytes);
-        if (rlhf_crc32(0, (const uint8_t *)p + off, n) != x->chunk_crc[i]) {
-            munmap(p, len);
+        if (rlhf_crc32(0, buf + off, n) != x->chunk_crc[i]) {
             *why = "crc";
             return rlhf_error_set(err, RLHF_ECORRUPT, x->path, "chunk %u (bytes %llu..%llu): CRC-32 mismatch", i,
                                   (unsigned long long)off, (unsigned long long)(off + n));
         }
     }
-    *map = p;
     *why = "";
     return 0;
 }

@@ -12,7 +12,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include <zmq.h>
 
@@ -1282,7 +1281,6 @@ void wire_weights_free(wire_weights *x) {
     if (!x) return;
     free(x->tensors);
     free(x->owned_data);
-    if (x->mapped) munmap(x->mapped, x->mapped_len);
     memset(x, 0, sizeof *x);
 }
 

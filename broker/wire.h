@@ -233,13 +233,11 @@ typedef struct wire_weights {
     const uint8_t *data;  /* (nbytes) blob; decoders allocate it (owned_data) */
     uint8_t *owned_data;
     uint32_t chunk_bytes; /* encoder: payload chunk size (0 = WIRE_DEFAULT_CHUNK_BYTES) */
-    void *mapped;         /* data is a read-only mapping of a WEIGHTS_SHM file (wire_weights_free unmaps it) */
-    size_t mapped_len;
 } wire_weights;
 
 /* WEIGHTS_SHM: the metadata of a WEIGHTS message (version, tensor table, nbytes, chunk_bytes) without
  * its payloads, plus where the blob is (an absolute path on the receiver's host) and every chunk's
- * CRC-32, which the receiver checks on the mapped file before using a byte of it. */
+ * CRC-32, which the receiver checks on the file's bytes before using a byte of it. */
 typedef struct wire_weights_shm {
     wire_weights w;            /* data/owned_data unused (NULL) */
     char path[WIRE_SHM_PATH_MAX];

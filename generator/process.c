@@ -23,10 +23,11 @@ static int take_weights(broker_client *bc, model *m, int timeout_ms, rlhf_error 
         fprintf(stderr, "generator: the weights file could not be used (%llu so far), the bytes come over ZeroMQ: "
                 "%s: %s\n", (unsigned long long)failed, why.where, why.msg);
     if (r <= 0) return r;
-    /* from a shared-memory file the blob is a read-only mapping of it: applied from there, no copy */
+    /* from a shared-memory file the blob is in the client's kept buffer (read there, checked): copied into
+     * the parameters before the next poll */
     int rc = 0;
     if (w.version > m->version || m->version == 0) rc = run_weights_apply(m, &w, err);
-    if (!rc && via_shm == 1 && w.mapped) /* the first one: say which path weights take */
+    if (!rc && via_shm == 1) /* the first one: say which path weights take */
         fprintf(stderr, "generator: weights come through a shared-memory file (broker.weights_shm), from version %llu\n",
                 (unsigned long long)w.version);
     wire_weights_free(&w);
