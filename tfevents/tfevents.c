@@ -230,44 +230,30 @@ int tfevents_writer_scalars(tfevents_writer *w, int64_t step, double wall_time, 
     return rc;
 }
 
-int tfevents_writer_metrics(tfevents_writer *w, const json_t *rec, double wall_time, const char *side_prefix,
-                            const char *side_step_key, rlhf_error *err) {
+int tfevents_writer_metrics(tfevents_writer *w, const json_t *rec, double wall_time, const char *skip_prefix,
+                            rlhf_error *err) {
     if (!json_is_object(rec)) return RLHF_FAIL(err, RLHF_EINVAL, "a metrics record must be a JSON object");
     json_t *step_v = json_object_get(rec, "step");
     if (!json_is_integer(step_v)) return RLHF_FAIL(err, RLHF_EINVAL, "a metrics record without an integer \"step\"");
-    json_t *side_v = side_prefix && side_step_key ? json_object_get(rec, side_step_key) : NULL;
-    int has_side = json_is_number(side_v);
-    size_t cap = json_object_size(rec);
-    const char **tags = calloc(cap + 1, sizeof *tags), **side_tags = calloc(cap + 1, sizeof *side_tags);
-    float *values = calloc(cap + 1, sizeof *values), *side_values = calloc(cap + 1, sizeof *side_values);
+    size_t cap = json_object_size(rec) + 1;
+    const char **tags = calloc(cap, sizeof *tags);
+    float *values = calloc(cap, sizeof *values);
     int rc = 0;
-    if (!tags || !side_tags || !values || !side_values) {
+    if (!tags || !values) {
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-        goto out;
-    }
-    size_t n = 0, ns = 0;
-    const char *key;
-    json_t *v;
-    size_t plen = side_prefix ? strlen(side_prefix) : 0;
-    json_object_foreach((json_t *)rec, key, v) {
-        if (!json_is_number(v) || !strcmp(key, "step")) continue;
-        if (side_step_key && !strcmp(key, side_step_key)) continue;
-        float x = (float)json_number_value(v);
-        if (has_side && !strncmp(key, side_prefix, plen)) {
-            side_tags[ns] = key;
-            side_values[ns++] = x;
-        } else {
+    } else {
+        size_t n = 0, plen = skip_prefix ? strlen(skip_prefix) : 0;
+        const char *key;
+        json_t *v;
+        json_object_foreach((json_t *)rec, key, v) {
+            if (!json_is_number(v) || !strcmp(key, "step")) continue;
+            if (plen && !strncmp(key, skip_prefix, plen)) continue;
             tags[n] = key;
-            values[n++] = x;
+            values[n++] = (float)json_number_value(v);
         }
+        rc = tfevents_writer_scalars(w, (int64_t)json_integer_value(step_v), wall_time, tags, values, n, err);
     }
-    rc = tfevents_writer_scalars(w, (int64_t)json_integer_value(step_v), wall_time, tags, values, n, err);
-    if (!rc && ns)
-        rc = tfevents_writer_scalars(w, (int64_t)json_number_value(side_v), wall_time, side_tags, side_values, ns, err);
-out:
     free(tags);
-    free(side_tags);
     free(values);
-    free(side_values);
     return rc;
 }

@@ -39,13 +39,12 @@ const char *tfevents_writer_path(const tfevents_writer *w);
 int tfevents_writer_scalars(tfevents_writer *w, int64_t step, double wall_time, const char *const *tags,
                             const float *values, size_t n, rlhf_error *err);
 
-/* A metrics.jsonl record as events: every number in the flat object `rec` except "step" becomes a scalar
- * of the event at rec's "step", its key the tag; booleans, strings and nested values are left out. The
- * keys under `side_prefix` (NULL: none), when rec holds a number at `side_step_key`, go to a second event
- * at that step instead (held-out evaluation of an earlier checkpoint: "eval/" at "eval/step"); the
- * side_step_key itself is not a scalar. */
-int tfevents_writer_metrics(tfevents_writer *w, const json_t *rec, double wall_time, const char *side_prefix,
-                            const char *side_step_key, rlhf_error *err);
+/* A metrics.jsonl record as one event: every number in the flat object `rec` except "step" becomes a
+ * scalar of the event at rec's "step", its key the tag; booleans, strings and nested values are left
+ * out, and so are the keys starting with skip_prefix (NULL: none; the updater skips "eval/", whose
+ * scalars the evaluation writes itself at the step of the checkpoint it scored). */
+int tfevents_writer_metrics(tfevents_writer *w, const json_t *rec, double wall_time, const char *skip_prefix,
+                            rlhf_error *err);
 
 /* --- the encoding, for tests and other writers --- */
 
