@@ -720,7 +720,7 @@ int cmd_run(int argc, char **argv) {
         if (updater_done) break;
         double now = rlhf_now();
         if (cfg.eval_every > 0 && !stopping && ev.c.pid <= 0 && now >= ev.next_scan) {
-            ev.next_scan = now + 1.0;
+            ev.next_scan = now + 0.25; /* a checkpoint due for evaluation is picked up within a few steps */
             if (eval_start(&ev, &cfg, &err)) goto fail;
         }
         if (now - last_events > 1.0) {

@@ -400,7 +400,7 @@ int cmd_plot(int argc, char **argv) {
             svg ? " dynamic background rgb 'white'" : " background rgb 'white'");
     fputs("set output ", g);
     put_quoted(g, out_tmp);
-    fprintf(g, "\nset multiplot layout %d,%d\nset grid\nset key top left noenhanced opaque box\nset xlabel '%s'\n", rows, cols,
+    fprintf(g, "\nset multiplot layout %d,%d\nset grid\nset key top left noenhanced box\nset xlabel '%s'\n", rows, cols,
             x_wall ? "seconds since the run started" : "step");
     for (int m = 0; m < n_metrics; m++) {
         fputs("set title ", g);
