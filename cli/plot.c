@@ -6,7 +6,8 @@
  * eval.jsonl, at the step of the checkpoint each record scored (from metrics.jsonl's eval/ keys when a
  * run has no eval.jsonl). The x axis is the step, or with --x wall the seconds since the run started
  * (metrics.jsonl's wall_s). Without --metric the panels are the defaults (DEFAULT_METRICS) that at
- * least one run has.
+ * least one run has. --smooth N draws each training curve as a trailing N-point mean (one run's
+ * per-step reward is noisy); the held-out points stay as they are.
  *
  * Bad input is one line naming the run and what is wrong: a missing directory, a run without
  * metrics.jsonl or without a complete step, a line that is not JSON (where it is), a metric no run has.
@@ -32,7 +33,7 @@
 extern char **environ;
 
 static const char usage[] =
-    "usage: rlhf plot RUN_DIR... -o FILE.png|FILE.svg [--metric NAME ...] [--x step|wall]\n"
+    "usage: rlhf plot RUN_DIR... -o FILE.png|FILE.svg [--metric NAME ...] [--x step|wall] [--smooth N]\n"
     "  Overlays the runs' curves, one panel per metric (gnuplot).\n"
     "  -o FILE           the image: .png or .svg (written whole, via a temporary file)\n"
     "  --metric NAME     a key of metrics.jsonl (reward/mean, kl, ...) or a held-out figure\n"
@@ -40,7 +41,9 @@ static const char usage[] =
     "                    eval/reward_mean); repeatable. Default: reward/mean, pass_rate,\n"
     "                    eval/pass_rate_greedy, eval/pass_rate_sampled, kl, entropy,\n"
     "                    staleness/mean, gen/tokens_per_s (those some run has)\n"
-    "  --x step|wall     x axis: the training step (default) or seconds since the run started\n";
+    "  --x step|wall     x axis: the training step (default) or seconds since the run started\n"
+    "  --smooth N        each training curve as the mean of its last N points (default 1 = raw);\n"
+    "                    held-out figures are drawn as they are\n";
 
 static const char *const DEFAULT_METRICS[] = {"reward/mean",    "pass_rate", "eval/pass_rate_greedy",
                                               "eval/pass_rate_sampled", "kl", "entropy", "staleness/mean",
@@ -276,12 +279,13 @@ static void remove_dir(const char *dir, int n_runs, int n_metrics) {
 
 int cmd_plot(int argc, char **argv) {
     const char *out = NULL, *x_axis = "step";
+    int smooth = 1;
     const char *dirs[MAX_RUNS + 1];
     char *metric_v[MAX_METRICS + 1];
     rlhf_opt_strs metric_opt = {.v = metric_v, .cap = MAX_METRICS};
     const rlhf_opt opts[] = {RLHF_OPT("-o", RLHF_OPT_STR, &out), RLHF_OPT("--out", RLHF_OPT_STR, &out),
                              RLHF_OPT("--metric", RLHF_OPT_STRS, &metric_opt), RLHF_OPT("--x", RLHF_OPT_STR, &x_axis),
-                             RLHF_OPT_END};
+                             RLHF_OPT_RANGE("--smooth", RLHF_OPT_INT, &smooth, 1, 1000000), RLHF_OPT_END};
     int n_runs = 0;
     int prc = rlhf_opts_parse(argc, argv, "rlhf plot", usage, opts, dirs, MAX_RUNS + 1, &n_runs);
     if (prc >= 0) return prc;
@@ -379,7 +383,13 @@ int cmd_plot(int argc, char **argv) {
             snprintf(p, sizeof p, "%s/run%d_metric%d.dat", tmp, r, m);
             FILE *f = rc ? NULL : fopen(p, "w");
             if (!rc && !f) rc = rlhf_error_set(&err, RLHF_EIO, p, "cannot write: %s", strerror(errno));
-            for (size_t i = 0; f && i < s.n; i++) fprintf(f, "%.17g %.9g\n", s.x[i], s.y[i]);
+            int window = strncmp(metrics[m], "eval/", 5) ? smooth : 1;
+            double sum = 0;
+            for (size_t i = 0; f && i < s.n; i++) { /* the trailing mean of up to `window` points */
+                sum += s.y[i];
+                if (i >= (size_t)window) sum -= s.y[i - (size_t)window];
+                fprintf(f, "%.17g %.9g\n", s.x[i], sum / (double)(i + 1 < (size_t)window ? i + 1 : (size_t)window));
+            }
             if (f && fclose(f) != 0) rc = rlhf_error_set(&err, RLHF_EIO, p, "cannot write: %s", strerror(errno));
             any_points |= s.n > 0;
             free(s.x);
@@ -403,8 +413,13 @@ int cmd_plot(int argc, char **argv) {
     fprintf(g, "\nset multiplot layout %d,%d\nset grid\nset key top left noenhanced box\nset xlabel '%s'\n", rows, cols,
             x_wall ? "seconds since the run started" : "step");
     for (int m = 0; m < n_metrics; m++) {
+        char title[300];
+        if (smooth > 1 && strncmp(metrics[m], "eval/", 5))
+            snprintf(title, sizeof title, "%s (mean of the last %d points)", metrics[m], smooth);
+        else
+            snprintf(title, sizeof title, "%s", metrics[m]);
         fputs("set title ", g);
-        put_quoted(g, metrics[m]);
+        put_quoted(g, title);
         fputs(" noenhanced\nplot", g);
         int plotted = 0;
         for (int r = 0; r < n_runs; r++) {

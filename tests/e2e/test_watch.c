@@ -12,7 +12,7 @@
  *                    hold the whole run;
  *   plot:            two fixture runs (one with a torn last line, said once) give a PNG (signature,
  *                    IHDR size, > 5 KB) and an SVG with one path per run (tests/oracle/plot_svg_check.py,
- *                    Python's XML parser); --x wall works;
+ *                    Python's XML parser); --x wall and --smooth work;
  *   plot_errors:     a missing directory, a directory without metrics.jsonl, a line that is not JSON, an
  *                    unknown metric, a missing output directory are each one line naming what, with
  *                    status 1 (2 for usage errors, 0 for --help), and leave no file behind. */
@@ -302,6 +302,13 @@ static void test_plot(void) {
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s plot_sync:4 > %s 2>&1", script, svg, log);
     st = system(cmd);
     CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    /* a smoothed curve keeps its points */
+    const char *pm[] = {"plot", a, b, "-o", svg, "--metric", "kl", "--smooth", "5", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, err, pm, 60), 0);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s plot_sync:40 plot_async:30 > %s 2>&1", script, svg, log);
+    st = system(cmd);
+    CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CU_ASSERT(count_in(svg, "kl (mean of the last 5 points)") == 1);
     /* no temporary file is left beside the image */
     DIR *d = opendir(g_dir);
     struct dirent *e;
@@ -358,6 +365,8 @@ static void test_plot_errors(void) {
     bad_plot(u2, 2, "-o FILE.png|FILE.svg is required", png);
     const char *u3[] = {"plot", a, "-o", png, "--x", "time", NULL};
     bad_plot(u3, 2, "--x must be step or wall", png);
+    const char *u5[] = {"plot", a, "-o", png, "--smooth", "0", NULL};
+    bad_plot(u5, 2, "--smooth", png);
     const char *u4[] = {"plot", "-o", png, NULL};
     bad_plot(u4, 2, "give at least one RUN_DIR", png);
     const char *h[] = {"plot", "--help", NULL};
