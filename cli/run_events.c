@@ -12,6 +12,7 @@
 void cmd_run_events_init(cmd_run_events *e, const char *run_dir, long from_step) {
     memset(e, 0, sizeof *e);
     snprintf(e->run_dir, sizeof e->run_dir, "%s", run_dir);
+    e->from_step = from_step;
     e->last_step = from_step;
     char path[2200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
@@ -26,8 +27,10 @@ static int writer(cmd_run_events *e) {
     if (e->w) return 1;
     if (e->failed) return 0;
     rlhf_error err = {0};
-    if (tfevents_writer_create(&e->w, e->run_dir, &err)) {
+    if (tfevents_writer_create(&e->w, e->run_dir, &err) ||
+        (e->from_step > 0 && tfevents_writer_restart(e->w, e->from_step + 1, rlhf_wall_time(), &err))) {
         rlhf_error_print("rlhf run: TensorBoard events (training goes on)", &err);
+        tfevents_writer_destroy(&e->w);
         e->failed = 1;
         return 0;
     }

@@ -13,6 +13,7 @@
 typedef struct cmd_run_events {
     tfevents_writer *w;       /* NULL until the first event; NULL for good after a failure */
     char run_dir[2048];
+    long from_step;           /* the checkpoint the launch resumed from (0: a new run) */
     long last_step;           /* the newest training step mirrored */
     off_t offset;             /* bytes of metrics.jsonl read */
     ino_t inode;              /* of metrics.jsonl when offset was taken (a rewrite starts it over) */
@@ -20,7 +21,9 @@ typedef struct cmd_run_events {
 } cmd_run_events;
 
 /* Starts mirroring RUN_DIR: steps after from_step, lines after the metrics.jsonl there is now (a resumed
- * run's updater cuts the lines after its checkpoint and writes them again). No file until an event. */
+ * run's updater cuts the lines after its checkpoint and writes them again). No file until an event;
+ * a resumed run's file starts with a restart event at from_step + 1, so that TensorBoard drops what
+ * older files hold of the steps trained again. */
 void cmd_run_events_init(cmd_run_events *e, const char *run_dir, long from_step);
 /* Mirrors the whole lines metrics.jsonl gained since the last call (their eval/ keys are left out:
  * cmd_run_events_eval writes those at the step they scored). */

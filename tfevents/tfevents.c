@@ -115,19 +115,24 @@ static void pb_len_delimited(pb_buf *b, unsigned field, const void *data, size_t
 }
 
 /* Event fields */
-enum { EVENT_WALL_TIME = 1, EVENT_STEP = 2, EVENT_FILE_VERSION = 3, EVENT_SUMMARY = 5 };
+enum { EVENT_WALL_TIME = 1, EVENT_STEP = 2, EVENT_FILE_VERSION = 3, EVENT_SUMMARY = 5, EVENT_SESSION_LOG = 7 };
+enum { SESSION_LOG_STATUS = 1, SESSION_STATUS_START = 1 };
 enum { SUMMARY_VALUE = 1 };
 enum { VALUE_TAG = 1, VALUE_SIMPLE_VALUE = 2 };
 
-/* One Event (step, wall_time, the scalars or, with n == 0 and version != NULL, file_version), framed,
- * appended to out. */
-static void encode_event(pb_buf *out, int64_t step, double wall_time, const char *version, const char *const *tags,
-                         const float *values, size_t n) {
+/* One Event (step, wall_time, and the scalars, or with n == 0: file_version when version != NULL, a
+ * SessionLog START when start), framed, appended to out. */
+static void encode_event(pb_buf *out, int64_t step, double wall_time, const char *version, int start,
+                         const char *const *tags, const float *values, size_t n) {
     pb_buf ev = {0}, summary = {0}, value = {0};
     pb_double(&ev, EVENT_WALL_TIME, wall_time);
     pb_key(&ev, EVENT_STEP, 0);
     pb_varint(&ev, (uint64_t)step); /* int64: two's complement as a 10-byte varint when negative */
     if (version) pb_len_delimited(&ev, EVENT_FILE_VERSION, version, strlen(version));
+    if (start) {
+        const uint8_t session_log[2] = {(SESSION_LOG_STATUS << 3) | 0, SESSION_STATUS_START};
+        pb_len_delimited(&ev, EVENT_SESSION_LOG, session_log, sizeof session_log);
+    }
     for (size_t i = 0; i < n; i++) {
         value.len = 0;
         pb_len_delimited(&value, VALUE_TAG, tags[i], strlen(tags[i]));
@@ -199,7 +204,7 @@ int tfevents_writer_create(tfevents_writer **out, const char *dir, rlhf_error *e
         return rc;
     }
     pb_buf b = {0};
-    encode_event(&b, 0, now, TFEVENTS_FILE_VERSION, NULL, NULL, 0);
+    encode_event(&b, 0, now, TFEVENTS_FILE_VERSION, 0, NULL, NULL, 0);
     int rc = append_records(w, &b, err);
     free(b.p);
     if (rc) {
@@ -224,7 +229,15 @@ const char *tfevents_writer_path(const tfevents_writer *w) { return w->path; }
 int tfevents_writer_scalars(tfevents_writer *w, int64_t step, double wall_time, const char *const *tags,
                             const float *values, size_t n, rlhf_error *err) {
     pb_buf b = {0};
-    encode_event(&b, step, wall_time, NULL, tags, values, n);
+    encode_event(&b, step, wall_time, NULL, 0, tags, values, n);
+    int rc = append_records(w, &b, err);
+    free(b.p);
+    return rc;
+}
+
+int tfevents_writer_restart(tfevents_writer *w, int64_t step, double wall_time, rlhf_error *err) {
+    pb_buf b = {0};
+    encode_event(&b, step, wall_time, NULL, 1, NULL, NULL, 0);
     int rc = append_records(w, &b, err);
     free(b.p);
     return rc;

@@ -4,8 +4,10 @@
  * A file is a sequence of TFRecords, each
  *     uint64 length (little endian) | uint32 masked CRC-32C of those 8 bytes | data | uint32 masked CRC-32C of data
  * (mask: ((crc >> 15) | (crc << 17)) + 0xa282ead8), whose data is an `Event` protocol buffer:
- *     Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+ *     Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+ *               SessionLog session_log = 7; }
  *     Summary { repeated Value value = 1; }    Value { string tag = 1; float simple_value = 2; }
+ *     SessionLog { SessionStatus status = 1; }   (START = 1)
  * The first record of a file is the event with file_version "brain.Event:2"; every later one carries
  * one step's scalars. Encoded by hand here (varints, fixed64 / fixed32 little endian).
  *
@@ -38,6 +40,11 @@ const char *tfevents_writer_path(const tfevents_writer *w);
  * Appended, fsync'd; on a failed write the file goes back to its last whole record. */
 int tfevents_writer_scalars(tfevents_writer *w, int64_t step, double wall_time, const char *const *tags,
                             const float *values, size_t n, rlhf_error *err);
+
+/* A SessionLog START event at `step`: TensorBoard drops the events of every step >= step it read
+ * before it (from this file or older ones): what a run resumed from a checkpoint at step - 1 writes
+ * first, so the steps a crash made it train twice are shown once, as trained the second time. */
+int tfevents_writer_restart(tfevents_writer *w, int64_t step, double wall_time, rlhf_error *err);
 
 /* A metrics.jsonl record as one event: every number in the flat object `rec` except "step" becomes a
  * scalar of the event at rec's "step", its key the tag; booleans, strings and nested values are left

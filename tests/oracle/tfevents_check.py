@@ -8,7 +8,9 @@ Every record's TFRecord framing is checked: the uint64 length, the masked CRC-32
 the data, the masked CRC-32C of the data (CRC-32C computed here bit by bit from the reflected
 polynomial 0x82F63B78). The data is parsed as a tensorflow `Event` with Google's protobuf runtime
 (python3-protobuf), the messages built here from their field definitions (no hand decoding). The
-first event of each file must be file_version "brain.Event:2"; the others carry scalars.
+first event of each file must be file_version "brain.Event:2"; the others carry scalars or a
+SessionLog START, which drops every scalar read so far at its step or later, as TensorBoard does
+(a run resumed from a checkpoint writes one at the first step it trains again).
 
 EXPECT.jsonl holds metrics records (metrics.jsonl itself): every number but "step" must be a scalar of
 that step, its value the number rounded to float32, and nothing else may be in the files. With
@@ -60,6 +62,9 @@ def event_class():
     add(event, "step", 2, F.TYPE_INT64)
     add(event, "file_version", 3, F.TYPE_STRING)
     add(event, "summary", 5, F.TYPE_MESSAGE, type_name=".tfcheck.Summary")
+    session_log = fd.message_type.add(name="SessionLog")
+    add(session_log, "status", 1, F.TYPE_INT32)  # an enum on the wire: START = 1
+    add(event, "session_log", 7, F.TYPE_MESSAGE, type_name=".tfcheck.SessionLog")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
     return message_factory.MessageFactory(pool).GetPrototype(pool.FindMessageTypeByName("tfcheck.Event"))
@@ -108,6 +113,13 @@ def read_file(path, Event, allow_torn, fails, scalars):
         else:
             if ev.file_version:
                 fails.append(f"{where}: file_version {ev.file_version!r} in a later event")
+            if ev.HasField("session_log"):
+                if ev.session_log.status != 1 or ev.HasField("summary"):
+                    fails.append(f"{where}: a session_log event that is not START alone ({ev})")
+                dropped = [k for k in scalars if k[0] >= ev.step]
+                for k in dropped:
+                    del scalars[k]
+                print(f"{where}: restart at step {ev.step}: {len(dropped)} scalars of earlier writes dropped")
             for v in ev.summary.value:
                 scalars[(ev.step, v.tag)] = v.simple_value
         pos += 16 + length

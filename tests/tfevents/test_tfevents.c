@@ -10,6 +10,8 @@
  *                     prefix holds); one flipped data byte is a data CRC failure; a flipped length byte
  *                     a length CRC failure;
  *   two writers:      a second writer in the same directory (a resume) makes a second file, both read;
+ *                     its restart event at step 3 drops what the first file held from step 3 on (the
+ *                     steps a crashed run trained after its last checkpoint);
  *   bad directory:    a missing directory is an error naming the file, and nothing is left behind. */
 #include <CUnit/CUnit.h>
 #include <dirent.h>
@@ -221,9 +223,10 @@ static void test_two_writers(void) {
     tfevents_writer *a = NULL, *b = NULL;
     rlhf_error err = {0};
     CU_ASSERT_EQUAL_FATAL(tfevents_writer_create(&a, sub, &err), 0);
-    write_events(a, 0, 2);
+    write_events(a, 0, 3); /* steps 1-3; the resumed writer trains 3 again */
     /* the second writer of the same second and process still gets a file of its own */
     CU_ASSERT_EQUAL_FATAL(tfevents_writer_create(&b, sub, &err), 0);
+    CU_ASSERT_EQUAL(tfevents_writer_restart(b, 3, rlhf_wall_time(), &err), 0);
     CU_ASSERT(strcmp(tfevents_writer_path(a), tfevents_writer_path(b)) != 0);
     write_events(b, 2, 4);
     snprintf(files, sizeof files, "%s %s", tfevents_writer_path(a), tfevents_writer_path(b));
@@ -234,6 +237,7 @@ static void test_two_writers(void) {
     char *out;
     CU_ASSERT_EQUAL(oracle(expect, files, NULL, &out), 0);
     CU_ASSERT(strstr(out, "in 2 files") != NULL);
+    CU_ASSERT(strstr(out, "restart at step 3: 3 scalars of earlier writes dropped") != NULL);
     free(out);
 }
 
