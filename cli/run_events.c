@@ -43,6 +43,20 @@ static void failed(cmd_run_events *e, const rlhf_error *err) {
     e->failed = 1;
 }
 
+/* Remembers the CRC of the line mirrored for `step`. */
+static void remember(cmd_run_events *e, long step, uint32_t crc) {
+    if (step >= e->n_line_crc) {
+        long n = e->n_line_crc ? e->n_line_crc : 256;
+        while (n <= step) n *= 2;
+        uint32_t *q = realloc(e->line_crc, (size_t)n * sizeof *q);
+        if (!q) return; /* then a rewrite mirrors that step again: harmless */
+        memset(q + e->n_line_crc, 0, (size_t)(n - e->n_line_crc) * sizeof *q);
+        e->line_crc = q;
+        e->n_line_crc = n;
+    }
+    e->line_crc[step] = crc;
+}
+
 void cmd_run_events_poll(cmd_run_events *e) {
     if (e->failed) return;
     char path[2200];
@@ -50,16 +64,20 @@ void cmd_run_events_poll(cmd_run_events *e) {
     FILE *f = fopen(path, "r");
     if (!f) return;
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || st.st_size == e->offset) {
+    if (fstat(fileno(f), &st) != 0 || (st.st_ino == e->inode && st.st_size == e->offset)) {
         fclose(f);
         return;
     }
-    if (st.st_ino != e->inode || st.st_size < e->offset) e->offset = 0; /* rewritten: steps say what is new */
+    /* rewritten (an updater resumed from its checkpoint): read it all again; lines equal to the ones
+     * mirrored are skipped, the first that differs is where the updater went back to */
+    int rewritten = st.st_ino != e->inode || st.st_size < e->offset;
+    if (rewritten) e->offset = 0;
     e->inode = st.st_ino;
     if (fseeko(f, e->offset, SEEK_SET) != 0) {
         fclose(f);
         return;
     }
+    if (rewritten) e->checking = 1;
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -68,10 +86,32 @@ void cmd_run_events_poll(cmd_run_events *e) {
         e->offset += len;
         json_t *rec = json_loads(line, 0, NULL);
         json_t *s = json_object_get(rec, "step");
-        if (json_is_integer(s) && json_integer_value(s) > e->last_step && writer(e)) {
+        long step = json_is_integer(s) ? (long)json_integer_value(s) : -1;
+        uint32_t crc = rlhf_crc32(0, line, (size_t)len) | 1; /* never 0, which means "none" */
+        if (step <= e->from_step) { /* an earlier launch's step */
+            json_decref(rec);
+            continue;
+        }
+        if (e->checking) {
+            if (step <= e->last_step && step < e->n_line_crc && e->line_crc[step] == crc) {
+                json_decref(rec);
+                continue;
+            }
+            e->checking = 0;
+            if (step <= e->last_step && writer(e)) {
+                rlhf_error err = {0};
+                if (tfevents_writer_restart(e->w, step, rlhf_wall_time(), &err)) failed(e, &err);
+                e->last_step = step - 1;
+            }
+        }
+        if (step > e->last_step && !e->failed && writer(e)) {
             rlhf_error err = {0};
-            if (tfevents_writer_metrics(e->w, rec, rlhf_wall_time(), "eval/", &err)) failed(e, &err);
-            else e->last_step = (long)json_integer_value(s);
+            if (tfevents_writer_metrics(e->w, rec, rlhf_wall_time(), "eval/", &err)) {
+                failed(e, &err);
+            } else {
+                e->last_step = step;
+                remember(e, step, crc);
+            }
         }
         json_decref(rec);
         if (e->failed) break;
@@ -100,4 +140,8 @@ void cmd_run_events_eval(cmd_run_events *e, const json_t *r) {
         failed(e, &err);
 }
 
-void cmd_run_events_fini(cmd_run_events *e) { tfevents_writer_destroy(&e->w); }
+void cmd_run_events_fini(cmd_run_events *e) {
+    tfevents_writer_destroy(&e->w);
+    free(e->line_crc);
+    e->line_crc = NULL;
+}

@@ -6,6 +6,7 @@
 #define RLHF_CLI_RUN_EVENTS_INT_H
 
 #include <jansson.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "tfevents/tfevents.h"
@@ -17,6 +18,9 @@ typedef struct cmd_run_events {
     long last_step;           /* the newest training step mirrored */
     off_t offset;             /* bytes of metrics.jsonl read */
     ino_t inode;              /* of metrics.jsonl when offset was taken (a rewrite starts it over) */
+    int checking;             /* after a rewrite: lines are compared with the mirrored ones until one differs */
+    uint32_t *line_crc;       /* [step]: CRC-32 of the line mirrored for each step after from_step (0: none) */
+    long n_line_crc;
     int failed;               /* a write failed: said once, nothing more is written */
 } cmd_run_events;
 
@@ -26,7 +30,9 @@ typedef struct cmd_run_events {
  * older files hold of the steps trained again. */
 void cmd_run_events_init(cmd_run_events *e, const char *run_dir, long from_step);
 /* Mirrors the whole lines metrics.jsonl gained since the last call (their eval/ keys are left out:
- * cmd_run_events_eval writes those at the step they scored). */
+ * cmd_run_events_eval writes those at the step they scored). When the updater restarted during the
+ * launch and cut metrics.jsonl back to its checkpoint (a rewrite of the file), the first step whose
+ * line differs from the one mirrored gets a restart event, and the steps from there are mirrored again. */
 void cmd_run_events_poll(cmd_run_events *e);
 /* A record of eval.jsonl: eval/pass_rate, eval/reward_mean, eval/pass_rate_greedy, eval/pass_rate_sampled
  * at its "step". */

@@ -10,6 +10,10 @@
  *                    step they name; the terminal shows them;
  *   resume:          `rlhf run --resume` with more steps adds a second event file; both files together
  *                    hold the whole run;
+ *   updater_restart: kill -9 of the updater between two checkpoints (100 and 200): it resumes from 100 and
+ *                    trains some steps again; the event file says so (a restart event at the first
+ *                    step after the checkpoint) and, read as TensorBoard reads it, holds exactly the
+ *                    final metrics.jsonl;
  *   plot:            two fixture runs (one with a torn last line, said once) give a PNG (signature,
  *                    IHDR size, > 5 KB) and an SVG with one path per run (tests/oracle/plot_svg_check.py,
  *                    Python's XML parser); --x wall and --smooth work;
@@ -18,6 +22,8 @@
  *                    status 1 (2 for usage errors, 0 for --help), and leave no file behind. */
 #include <CUnit/CUnit.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,6 +223,100 @@ static void test_resume(void) {
     CU_ASSERT(e2e_contains(log, " over 50 steps in 2 files"));
 }
 
+static long file_size(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* The child of `parent` whose command line holds `word` (0: none). */
+static pid_t child_with(pid_t parent, const char *word) {
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    pid_t found = 0;
+    while (d && (e = readdir(d))) {
+        int pid = atoi(e->d_name);
+        if (pid <= 0) continue;
+        char p[64], buf[4096];
+        snprintf(p, sizeof p, "/proc/%d/stat", pid);
+        FILE *f = fopen(p, "r");
+        if (!f) continue;
+        int ppid = 0;
+        char state;
+        int ok = fscanf(f, "%*d %*s %c %d", &state, &ppid) == 2;
+        fclose(f);
+        if (!ok || ppid != parent) continue;
+        snprintf(p, sizeof p, "/proc/%d/cmdline", pid);
+        int fd = open(p, O_RDONLY);
+        if (fd < 0) continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        for (ssize_t i = 0; i < n; i++)
+            if (!buf[i]) buf[i] = ' ';
+        if (n > 0 && (buf[n] = 0, strstr(buf, word))) found = pid;
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+/* The last step of RUN/metrics.jsonl (0: none). */
+static long metrics_last_step(const char *run) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run);
+    char *t = e2e_slurp(p);
+    long step = 0;
+    for (char *q = t; q && (q = strstr(q, "{\"step\":")); q++) step = atol(q + 8);
+    free(t);
+    return step;
+}
+
+static void test_updater_restart(void) {
+    char cfg[256], out[256], run[256], files[2048], expect[512], log[512];
+    snprintf(cfg, sizeof cfg, "%s/restart.json", g_dir);
+    snprintf(out, sizeof out, "%s/restart.out", g_dir);
+    snprintf(run, sizeof run, "%s/restart", g_dir);
+    char doc[2048];
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"restart\",\"run_dir\":\"%s\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":24},\"threads\":1},\n"
+             " \"task\":{\"train\":\"prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"^[0-9]\"}],\n"
+             " \"rl\":{\"k\":8,\"prompts_per_step\":16,\"lr\":0.01,\"steps\":200,\"checkpoint_every\":100,"
+             "\"seed\":7,\"max_staleness\":1000},\n"
+             " \"generators\":{\"count\":1,\"max_tokens\":12,\"batch\":8,\"threads\":1}}\n",
+             run);
+    write_text(cfg, doc);
+    const char *a[] = {"run", cfg, "--quiet", NULL};
+    test_proc_opts o = {.out = out, .err = out, .die_with_parent = 1};
+    pid_t launcher = test_proc_spawn_args(g_rlhf, g_rlhf, a, &o);
+    CU_ASSERT_FATAL(launcher > 0);
+    /* kill the updater between checkpoints 100 and 200, once the launcher has mirrored a step after 100:
+     * it reads metrics.jsonl once a second, so the event file grows after step 101 is in metrics.jsonl */
+    long at = 0;
+    for (double t0 = test_proc_now(); test_proc_now() - t0 < 120; usleep(2000)) {
+        at = metrics_last_step(run);
+        if (at >= 101 || waitpid(launcher, NULL, WNOHANG) == launcher) break;
+    }
+    pid_t upd = 0;
+    if (at >= 101 && at < 199 && event_files(run, files, sizeof files) == 1) {
+        long size0 = file_size(files);
+        for (double t0 = test_proc_now(); file_size(files) == size0 && test_proc_now() - t0 < 10;) usleep(2000);
+        at = metrics_last_step(run);
+        if (at < 199) upd = child_with(launcher, " updater ");
+        if (upd > 0) kill(upd, SIGKILL);
+    }
+    int rc = test_proc_wait(launcher, 300);
+    printf("\n  updater killed after step %ld%s", at, upd > 0 ? "" : " (missed the window: too fast or too slow)");
+    CU_ASSERT_FATAL(upd > 0);
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_EQUAL(event_files(run, files, sizeof files), 1);
+    snprintf(expect, sizeof expect, "%s/metrics.jsonl", run);
+    snprintf(log, sizeof log, "%s/tfevents_check_restart.out", g_dir);
+    CU_ASSERT_EQUAL(tfevents_oracle(expect, files, log), 0);
+    CU_ASSERT(e2e_contains(log, " over 200 steps in 1 files"));
+    CU_ASSERT(e2e_contains(log, ": restart at step 101: "));
+}
+
 /* ---------------------------------------------------------------- rlhf plot */
 
 /* A fixture run: N steps of reward/mean, pass_rate, kl, wall_s; torn: a last line cut short. */
@@ -239,11 +339,6 @@ static void write_fixture(const char *dir, int n, double slope, int torn, int wi
                        "\"pass_rate_sampled\":%.3f}\n", s, 0.01 * s, 0.01 * s, 0.005 * s);
         fclose(f);
     }
-}
-
-static long file_size(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 ? (long)st.st_size : -1;
 }
 
 static int count_in(const char *path, const char *needle) {
@@ -381,6 +476,7 @@ void e2e_register_watch(void) {
     CU_pSuite s = CU_add_suite("e2e_watch", suite_init, suite_cleanup);
     CU_add_test(s, "events_and_eval", test_events_and_eval);
     CU_add_test(s, "resume", test_resume);
+    CU_add_test(s, "updater_restart", test_updater_restart);
     CU_add_test(s, "plot", test_plot);
     CU_add_test(s, "plot_errors", test_plot_errors);
 }
