@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "updater/updater_int.h"
 
@@ -602,8 +603,12 @@ static void add_eval(updater_session *u, json_t *m) {
     }
     char path[2100];
     snprintf(path, sizeof path, "%s/eval.jsonl", u->cfg->run_dir);
+    struct stat st;
+    if (stat(path, &st) != 0 || (st.st_size == u->eval_file_size && !u->eval_more)) return; /* nothing new */
     FILE *f = fopen(path, "r");
     if (!f) return;
+    u->eval_file_size = st.st_size;
+    u->eval_more = 0;
     json_t *oldest = NULL;
     char *line = NULL;
     size_t cap = 0;
@@ -613,9 +618,11 @@ static void add_eval(updater_session *u, json_t *m) {
         json_t *o = json_loads(line, 0, NULL);
         long step = json_is_integer(json_object_get(o, "step")) ? (long)json_integer_value(json_object_get(o, "step")) : -1;
         if (step > u->eval_reported && (!oldest || step < (long)json_integer_value(json_object_get(oldest, "step")))) {
+            if (oldest) u->eval_more = 1;
             json_decref(oldest);
             oldest = o;
         } else {
+            if (step > u->eval_reported) u->eval_more = 1;
             json_decref(o);
         }
     }

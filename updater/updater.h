@@ -367,6 +367,8 @@ typedef struct updater_session {
     rlhf_error failed_err;
     long eval_reported;         /* the newest checkpoint step whose held-out evaluation is in metrics.jsonl */
     int eval_scanned;           /* eval_reported has been read from metrics.jsonl */
+    long eval_file_size;        /* RUN_DIR/eval.jsonl's size when last read (unchanged: nothing new) */
+    int eval_more;              /* it held more than one unreported evaluation: read it again next step */
 } updater_session;
 /* The rewards each consumed group was trained or dropped with, one JSON line per group, beside the
  * replay log: {"generator","seq","step","policy_version","fate","total":[k],"rewards":{SOURCE:[k]}}
