@@ -2,7 +2,7 @@
  * held-out evaluation during training (greedy and sampled) in eval.jsonl, metrics.jsonl and the
  * progress line, and `rlhf plot`.
  *
- *   events_and_eval: `rlhf run` (eval.every 10 over 40 steps) writes one events.out.tfevents.* file
+ *   events_and_eval: `rlhf run` (eval.every 10 over 60 steps) writes one events.out.tfevents.* file
  *                    whose scalars are exactly metrics.jsonl's numbers and the evaluations' figures at
  *                    their checkpoints' steps, checked by tests/oracle/tfevents_check.py (Python's
  *                    protobuf runtime, CRC-32C recomputed); every eval.jsonl record has the greedy and
@@ -133,7 +133,7 @@ static void test_events_and_eval(void) {
              "\"max_seq_len\":16},\"threads\":1},\n"
              " \"task\":{\"train\":\"prompts.jsonl\",\"eval\":\"prompts.jsonl\"},\n"
              " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"^[0-9]\"}],\n"
-             " \"rl\":{\"k\":4,\"prompts_per_step\":8,\"lr\":0.01,\"steps\":40,\"checkpoint_every\":1,\"seed\":7},\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":8,\"lr\":0.01,\"steps\":60,\"checkpoint_every\":1,\"seed\":7},\n"
              " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4,\"threads\":1},\n"
              " \"checkpoint\":{\"keep\":2,\"keep_best\":1},\n"
              " \"eval\":{\"every\":10,\"sampled_samples\":3,\"sampled_temperature\":1.5}}\n",
@@ -145,7 +145,7 @@ static void test_events_and_eval(void) {
     CU_ASSERT(e2e_contains(out, "; greedy "));
     CU_ASSERT(e2e_contains(out, "(x3 at T=1.5)"));
 
-    /* eval.jsonl: steps 10, 20, 30, 40 with both figures, the sampled one as configured */
+    /* eval.jsonl: steps 10, 20, ..., 60 with both figures, the sampled one as configured */
     snprintf(p, sizeof p, "%s/eval.jsonl", g_run);
     char *evals = e2e_slurp(p);
     CU_ASSERT_PTR_NOT_NULL_FATAL(evals);
@@ -165,9 +165,9 @@ static void test_events_and_eval(void) {
         json_object_set_new(by_step, k, r);
     }
     free(evals);
-    CU_ASSERT_EQUAL(json_object_size(by_step), 4);
+    CU_ASSERT_EQUAL(json_object_size(by_step), 6);
     CU_ASSERT_PTR_NOT_NULL(json_object_get(by_step, "10"));
-    CU_ASSERT_PTR_NOT_NULL(json_object_get(by_step, "40"));
+    CU_ASSERT_PTR_NOT_NULL(json_object_get(by_step, "60"));
 
     /* metrics.jsonl: the evaluations that ended during training, each once, equal to their records */
     snprintf(p, sizeof p, "%s/metrics.jsonl", g_run);
@@ -196,31 +196,31 @@ static void test_events_and_eval(void) {
         json_decref(m);
     }
     free(metrics);
-    printf("\n  %d of 4 evaluations ended during training (in metrics.jsonl)", reported);
-    CU_ASSERT(reported >= 1); /* step 10's has 30 steps to end in */
+    printf("\n  %d of 6 evaluations ended during training (in metrics.jsonl)", reported);
+    CU_ASSERT(reported >= 1); /* step 10's has 50 steps to end in */
     if (reported) CU_ASSERT(e2e_contains(out, " eval@"));
     json_decref(by_step);
 
     /* the event file: one, holding exactly metrics.jsonl and the evaluations */
     char files[2048], expect[512], log[512];
     CU_ASSERT_EQUAL(event_files(g_run, files, sizeof files), 1);
-    CU_ASSERT_EQUAL(write_expectation(g_run, expect, sizeof expect), 4);
+    CU_ASSERT_EQUAL(write_expectation(g_run, expect, sizeof expect), 6);
     snprintf(log, sizeof log, "%s/tfevents_check.out", g_dir);
     CU_ASSERT_EQUAL(tfevents_oracle(expect, files, log), 0);
     CU_ASSERT(e2e_contains(log, "tfevents_check: ok "));
-    CU_ASSERT(e2e_contains(log, " over 40 steps in 1 files")); /* 40 training steps; eval steps are among them */
+    CU_ASSERT(e2e_contains(log, " over 60 steps in 1 files")); /* 60 training steps; eval steps are among them */
 }
 
 static void test_resume(void) {
     char out[256], files[2048], expect[512], log[512];
     snprintf(out, sizeof out, "%s/watch_resume.out", g_dir);
-    const char *a[] = {"run", "--resume", g_run, "--set", "rl.steps=50", NULL};
+    const char *a[] = {"run", "--resume", g_run, "--set", "rl.steps=70", NULL};
     CU_ASSERT_EQUAL_FATAL(run_cmd(out, NULL, a, 300), 0);
     CU_ASSERT_EQUAL(event_files(g_run, files, sizeof files), 2);
-    CU_ASSERT_EQUAL(write_expectation(g_run, expect, sizeof expect), 5); /* 10, 20, ..., 50 */
+    CU_ASSERT_EQUAL(write_expectation(g_run, expect, sizeof expect), 7); /* 10, 20, ..., 70 */
     snprintf(log, sizeof log, "%s/tfevents_check_resume.out", g_dir);
     CU_ASSERT_EQUAL(tfevents_oracle(expect, files, log), 0);
-    CU_ASSERT(e2e_contains(log, " over 50 steps in 2 files"));
+    CU_ASSERT(e2e_contains(log, " over 70 steps in 2 files"));
 }
 
 static long file_size(const char *p) {
