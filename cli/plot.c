@@ -140,9 +140,10 @@ static int load_run(run_data *r, const char *dir, rlhf_error *err) {
         return rlhf_error_set(err, RLHF_EINVAL, dir, "no such run directory");
     char path[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    if (access(path, F_OK) != 0)
+    if (stat(path, &st) != 0)
         return rlhf_error_set(err, RLHF_EINVAL, dir, "no metrics.jsonl (not a run directory, or the run has not "
                                                      "finished a step yet)");
+    if (!S_ISREG(st.st_mode)) return rlhf_error_set(err, RLHF_EINVAL, path, "not a regular file");
     int torn = 0;
     if (read_jsonl(path, &r->records, &torn, err)) return -1;
     if (torn) fprintf(stderr, "rlhf plot: note: %s: torn last line skipped (the run is writing it, or was killed)\n", path);
@@ -153,7 +154,7 @@ static int load_run(run_data *r, const char *dir, rlhf_error *err) {
     json_t *o;
     json_array_foreach(r->records, i, o) add_numeric_keys(r->keys, o, "");
     snprintf(path, sizeof path, "%s/eval.jsonl", dir);
-    if (access(path, F_OK) == 0) {
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
         if (read_jsonl(path, &r->evals, &torn, err)) return -1;
         if (torn) fprintf(stderr, "rlhf plot: note: %s: torn last line skipped\n", path);
         json_array_foreach(r->evals, i, o) add_numeric_keys(r->keys, o, "eval/");

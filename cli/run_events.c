@@ -64,7 +64,8 @@ void cmd_run_events_poll(cmd_run_events *e) {
     FILE *f = fopen(path, "r");
     if (!f) return;
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || (st.st_ino == e->inode && st.st_size == e->offset)) {
+    /* only a regular file: a device in its place (a test's /dev/full) would read forever */
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_ino == e->inode && st.st_size == e->offset)) {
         fclose(f);
         return;
     }

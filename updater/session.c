@@ -577,8 +577,10 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
 /* The newest "eval/step" of metrics.jsonl (-1: none), read once per process: a resumed run's
  * metrics were cut back to its checkpoint, so evaluations reported after it are reported again. */
 static long eval_reported_in_metrics(const char *path) {
-    FILE *f = fopen(path, "r");
     long newest = -1;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return newest;
+    FILE *f = fopen(path, "r");
     if (!f) return newest;
     char *line = NULL;
     size_t cap = 0;
@@ -604,7 +606,8 @@ static void add_eval(updater_session *u, json_t *m) {
     char path[2100];
     snprintf(path, sizeof path, "%s/eval.jsonl", u->cfg->run_dir);
     struct stat st;
-    if (stat(path, &st) != 0 || (st.st_size == u->eval_file_size && !u->eval_more)) return; /* nothing new */
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_size == u->eval_file_size && !u->eval_more))
+        return; /* nothing new */
     FILE *f = fopen(path, "r");
     if (!f) return;
     u->eval_file_size = st.st_size;
