@@ -14,6 +14,8 @@
  *                    trains some steps again; the event file says so (a restart event at the first
  *                    step after the checkpoint) and, read as TensorBoard reads it, holds exactly the
  *                    final metrics.jsonl;
+ *   sampled_refusal: eval.sampled_temperature 0 is refused before start (exit 2, key named); with
+ *                    eval.sampled_samples 0 only the greedy figure is recorded;
  *   plot:            two fixture runs (one with a torn last line, said once) give a PNG (signature,
  *                    IHDR size, > 5 KB) and an SVG with one path per run (tests/oracle/plot_svg_check.py,
  *                    Python's XML parser); --x wall and --smooth work;
@@ -221,6 +223,31 @@ static void test_resume(void) {
     snprintf(log, sizeof log, "%s/tfevents_check_resume.out", g_dir);
     CU_ASSERT_EQUAL(tfevents_oracle(expect, files, log), 0);
     CU_ASSERT(e2e_contains(log, " over 70 steps in 2 files"));
+}
+
+static int count_in(const char *path, const char *needle);
+
+/* A sampled held-out figure at temperature 0 is refused before anything starts, naming the key. */
+static void test_sampled_refusal(void) {
+    char out[256], run[256];
+    snprintf(out, sizeof out, "%s/refusal.out", g_dir);
+    snprintf(run, sizeof run, "%s/refused", g_dir);
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "%s/watch.json", g_dir); /* events_and_eval's config */
+    char set_dir[300];
+    snprintf(set_dir, sizeof set_dir, "run_dir=%s", run);
+    const char *a[] = {"run", cfg, "--set", set_dir, "--set", "eval.sampled_temperature=0", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, NULL, a, 60), 2);
+    CU_ASSERT(e2e_contains(out, "eval.sampled_temperature: must be > 0"));
+    CU_ASSERT_EQUAL(access(run, F_OK), -1);
+    /* and eval.sampled_samples 0 turns the sampled figure off: allowed */
+    const char *b[] = {"run", cfg, "--set", set_dir, "--set", "eval.sampled_samples=0", "--set",
+                       "eval.sampled_temperature=0", "--set", "rl.steps=10", "--quiet", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, NULL, b, 120), 0);
+    char p[512];
+    snprintf(p, sizeof p, "%s/eval.jsonl", run);
+    CU_ASSERT(count_in(p, "\"pass_rate_greedy\"") >= 1);
+    CU_ASSERT_EQUAL(count_in(p, "pass_rate_sampled"), 0);
 }
 
 static long file_size(const char *p) {
@@ -477,6 +504,7 @@ void e2e_register_watch(void) {
     CU_add_test(s, "events_and_eval", test_events_and_eval);
     CU_add_test(s, "resume", test_resume);
     CU_add_test(s, "updater_restart", test_updater_restart);
+    CU_add_test(s, "sampled_refusal", test_sampled_refusal);
     CU_add_test(s, "plot", test_plot);
     CU_add_test(s, "plot_errors", test_plot_errors);
 }
