@@ -69,3 +69,9 @@ first=$(echo $SEEDS | cut -d' ' -f1)
 "$R" eval --config "$OUT/sync-s$first/config.json" --checkpoint "$BASE" --threads "$THREADS" \
     --samples 4 --temperature 1 > "$OUT/eval_base_sampled.json"
 python3 bench/async_vs_sync_report.py --steps "$STEPS" "$OUT"
+# every run's reward curve overlaid (20-step trailing mean), by step and by wall time (rlhf plot, gnuplot;
+# docs/PERFORMANCE.md)
+"$R" plot "$OUT"/*-s[0-9]* -o "$OUT/reward.png" --smooth 20 --metric reward/mean --metric pass_rate ||
+  echo "bench_async_vs_sync: no $OUT/reward.png (rlhf plot failed)" >&2
+"$R" plot "$OUT"/*-s[0-9]* -o "$OUT/reward_wall.png" --smooth 20 --x wall --metric reward/mean --metric pass_rate ||
+  echo "bench_async_vs_sync: no $OUT/reward_wall.png (rlhf plot failed)" >&2

@@ -18,7 +18,12 @@
  * run's "eval" section says (eval.samples, eval.temperature, task.eval_prompts of task.eval; the
  * options that would change that are refused, so every recorded figure is comparable) and records it
  * (updater_checkpoint_record_eval): step_N/eval.json, a line of RUN_DIR/eval.jsonl, and
- * RUN_DIR/checkpoints/best. `--checkpoint best` then names that checkpoint. */
+ * RUN_DIR/checkpoints/best. `--checkpoint best` then names that checkpoint. The record also holds the
+ * greedy figure (pass_rate_greedy, reward_mean_greedy: one completion per prompt at temperature 0) and
+ * the sampled one (pass_rate_sampled, reward_mean_sampled: eval.sampled_samples completions at
+ * eval.sampled_temperature; absent when eval.sampled_samples is 0); a figure that is the configured
+ * evaluation itself is not computed twice. The updater copies them into metrics.jsonl
+ * (eval/pass_rate_greedy, ...) and the launcher into the TensorBoard event file. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -39,7 +44,9 @@ static const char usage[] =
     "                    held-out pass rate of those evaluated during training (eval.every);\n"
     "                    base: its base model; N: checkpoints/step_N; else a model file or HF directory\n"
     "  --record          evaluate as the run's \"eval\" section says and record the result in\n"
-    "                    checkpoints/step_N/eval.json, RUN_DIR/eval.jsonl and checkpoints/best\n"
+    "                    checkpoints/step_N/eval.json, RUN_DIR/eval.jsonl and checkpoints/best, with\n"
+    "                    the greedy and the sampled pass rate beside it (eval.sampled_samples,\n"
+    "                    eval.sampled_temperature)\n"
     "  --split S         eval (default): task.eval's prompts (an error when the config has none);\n"
     "                    train: task.train's\n"
     "  --temperature T   0 = greedy (default)\n"
@@ -82,6 +89,74 @@ static int pick_checkpoint(run_config *cfg, const char *which, int *step_out, rl
     snprintf(cfg->base_checkpoint, sizeof cfg->base_checkpoint, "%.1000s", p);
     *step_out = step;
     return 0;
+}
+
+/* One figure of a held-out evaluation: the pass rate and reward mean of fig->samples completions per
+ * prompt at fig->temperature over the first N prompts of ds. */
+typedef struct eval_figure {
+    int samples;
+    float temperature;
+    double pass_rate, reward_mean;
+} eval_figure;
+
+static int evaluate(model *m, tokenizer *tok, scorer *sc, const prompt_dataset *ds, int N, const gen_params *base,
+                    eval_figure *fig, rlhf_error *err) {
+    int samples = fig->samples;
+    int batch = 32;
+    int rc;
+    sampler *smp = NULL;
+    if ((rc = sampler_create(&smp, m, batch * samples > 256 ? 256 : batch * samples, err))) return rc;
+    gen_params gp = *base;
+    gp.k = samples;
+    gp.temperature = fig->temperature;
+    long total = 0, pass = 0;
+    double rsum = 0;
+    for (int i0 = 0; i0 < N && !rc; i0 += batch) {
+        int b = N - i0 < batch ? N - i0 : batch;
+        wire_prompt *pr = calloc((size_t)b, sizeof *pr);
+        for (int i = 0; i < b; i++) {
+            const prompt_record *r = prompt_dataset_get(ds, (size_t)(i0 + i));
+            pr[i].id = (char *)r->id;
+            pr[i].text = (char *)r->prompt;
+            pr[i].index = (uint64_t)(i0 + i);
+            pr[i].record = r->record;
+        }
+        wire_rollout_group *gs = calloc((size_t)b, sizeof *gs);
+        rc = generator_sample_groups(m, smp, tok, pr, b, &gp, "eval", (uint64_t)i0, gs, err);
+        scored_group *sgs = calloc((size_t)b, sizeof *sgs);
+        scored_group **ps = calloc((size_t)b, sizeof *ps);
+        for (int i = 0; i < b; i++) {
+            sgs[i].g = gs[i];
+            ps[i] = &sgs[i];
+        }
+        if (!rc) rc = updater_scorer_score_batch_now(sc, ps, b, err);
+        for (int i = 0; i < b; i++) {
+            for (int j = 0; j < samples && !rc; j++) {
+                if (sgs[i].unscored && sgs[i].unscored[j]) continue; /* no source scored it: no reward */
+                total++;
+                rsum += sgs[i].total[j];
+                if (!isnan(sgs[i].src[j]) && sgs[i].src[j] >= 1.0f - 1e-6f) pass++;
+            }
+            free(sgs[i].src);
+            free(sgs[i].total);
+            free(sgs[i].src_errors);
+            free(sgs[i].src_status);
+            free(sgs[i].src_skipped);
+            free(sgs[i].src_clipped);
+            free(sgs[i].src_ms);
+            free(sgs[i].unscored);
+            free(sgs[i].metrics);
+        }
+        free(sgs);
+        free(ps);
+        for (int i = 0; i < b; i++) wire_rollout_group_free(&gs[i]);
+        free(gs);
+        free(pr);
+    }
+    sampler_destroy(&smp);
+    fig->pass_rate = total ? (double)pass / total : 0.0;
+    fig->reward_mean = total ? rsum / total : 0.0;
+    return rc;
 }
 
 int cmd_eval(int argc, char **argv) {
@@ -147,7 +222,6 @@ int cmd_eval(int argc, char **argv) {
     prompt_dataset *ds = NULL;
     model *m = NULL;
     tokenizer *tok = NULL;
-    sampler *smp = NULL;
     scorer *sc = NULL;
     int rc = 0;
     if (!data) {
@@ -177,67 +251,43 @@ int cmd_eval(int argc, char **argv) {
     if ((rc = run_load_tokenizer(&cfg, m, &tok, &err))) goto out;
     int N = (int)prompt_dataset_size(ds);
     if (n > 0 && n < N) N = n;
-    int batch = 32;
-    if ((rc = sampler_create(&smp, m, batch * samples > 256 ? 256 : batch * samples, &err))) goto out;
-    if ((rc = updater_scorer_create(&sc, cfg.rewards, "rewards", 1, tok, &err))) goto out;
     gen_params gp;
     generator_params_from_config(&cfg, &gp); /* the task's stop rules and max_tokens */
-    gp.k = samples;
-    gp.temperature = temperature;
     gp.top_p = top_p;
     gp.top_k = top_k;
     gp.min_p = min_p;
     gp.seed = cfg.seed + 424242;
-    long total = 0, pass = 0;
-    double rsum = 0;
+    if ((rc = updater_scorer_create(&sc, cfg.rewards, "rewards", 1, tok, &err))) goto out;
     double t0 = rlhf_now();
-    for (int i0 = 0; i0 < N && !rc; i0 += batch) {
-        int b = N - i0 < batch ? N - i0 : batch;
-        wire_prompt *pr = calloc((size_t)b, sizeof *pr);
-        for (int i = 0; i < b; i++) {
-            const prompt_record *r = prompt_dataset_get(ds, (size_t)(i0 + i));
-            pr[i].id = (char *)r->id;
-            pr[i].text = (char *)r->prompt;
-            pr[i].index = (uint64_t)(i0 + i);
-            pr[i].record = r->record;
+    eval_figure main_fig = {.samples = samples, .temperature = temperature}, greedy = {0}, sampled = {0};
+    rc = evaluate(m, tok, sc, ds, N, &gp, &main_fig, &err);
+    if (record && !rc) {
+        /* the greedy and the sampled figure beside the configured one (eval/pass_rate_greedy,
+         * eval/pass_rate_sampled in metrics.jsonl); one that is the configured evaluation is not run twice */
+        greedy = (eval_figure){.samples = 1, .temperature = 0};
+        if (temperature == 0) greedy = main_fig;
+        else rc = evaluate(m, tok, sc, ds, N, &gp, &greedy, &err);
+        sampled = (eval_figure){.samples = cfg.eval_sampled_samples, .temperature = cfg.eval_sampled_temperature};
+        if (!rc && sampled.samples > 0) {
+            if (temperature > 0 && samples == sampled.samples && temperature == sampled.temperature) sampled = main_fig;
+            else rc = evaluate(m, tok, sc, ds, N, &gp, &sampled, &err);
         }
-        wire_rollout_group *gs = calloc((size_t)b, sizeof *gs);
-        rc = generator_sample_groups(m, smp, tok, pr, b, &gp, "eval", (uint64_t)i0, gs, &err);
-        scored_group *sgs = calloc((size_t)b, sizeof *sgs);
-        scored_group **ps = calloc((size_t)b, sizeof *ps);
-        for (int i = 0; i < b; i++) {
-            sgs[i].g = gs[i];
-            ps[i] = &sgs[i];
-        }
-        if (!rc) rc = updater_scorer_score_batch_now(sc, ps, b, &err);
-        for (int i = 0; i < b; i++) {
-            for (int j = 0; j < samples && !rc; j++) {
-                if (sgs[i].unscored && sgs[i].unscored[j]) continue; /* no source scored it: no reward */
-                total++;
-                rsum += sgs[i].total[j];
-                if (!isnan(sgs[i].src[j]) && sgs[i].src[j] >= 1.0f - 1e-6f) pass++;
-            }
-            free(sgs[i].src);
-            free(sgs[i].total);
-            free(sgs[i].src_errors);
-            free(sgs[i].src_status);
-            free(sgs[i].src_skipped);
-            free(sgs[i].src_clipped);
-            free(sgs[i].src_ms);
-            free(sgs[i].unscored);
-            free(sgs[i].metrics);
-        }
-        free(sgs);
-        free(ps);
-        for (int i = 0; i < b; i++) wire_rollout_group_free(&gs[i]);
-        free(gs);
-        free(pr);
     }
     if (!rc) {
         json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:f, s:f, s:f}", "checkpoint", cfg.base_checkpoint, "data", data,
-                              "prompts", N, "samples", samples, "pass_rate", total ? (double)pass / total : 0.0,
-                              "reward_mean", total ? rsum / total : 0.0, "seconds", rlhf_now() - t0);
+                              "prompts", N, "samples", samples, "pass_rate", main_fig.pass_rate,
+                              "reward_mean", main_fig.reward_mean, "seconds", rlhf_now() - t0);
         json_object_set_new(o, "temperature", json_real(temperature));
+        if (record) {
+            json_object_set_new(o, "pass_rate_greedy", json_real(greedy.pass_rate));
+            json_object_set_new(o, "reward_mean_greedy", json_real(greedy.reward_mean));
+            if (sampled.samples > 0) {
+                json_object_set_new(o, "pass_rate_sampled", json_real(sampled.pass_rate));
+                json_object_set_new(o, "reward_mean_sampled", json_real(sampled.reward_mean));
+                json_object_set_new(o, "samples_sampled", json_integer(sampled.samples));
+                json_object_set_new(o, "temperature_sampled", json_real(sampled.temperature));
+            }
+        }
         int is_best = 0;
         if (record) {
             json_t *r = json_deep_copy(o);
@@ -256,7 +306,6 @@ int cmd_eval(int argc, char **argv) {
 out:
     if (rc) rlhf_error_print("rlhf eval", &err);
     updater_scorer_destroy(&sc);
-    sampler_destroy(&smp);
     tokenizer_destroy(&tok);
     model_destroy(&m);
     prompt_dataset_destroy(&ds);

@@ -27,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/run_events_int.h"
 #include "run/run.h"
 #include "updater/updater.h"
 
@@ -325,10 +326,24 @@ static void progress(const run_config *cfg, double t_start, int start_step, int 
     if (restarts) snprintf(restarts_text, sizeof restarts_text, "  restarts %d", restarts);
     char errs[160];
     progress_errors(m, errs, sizeof errs);
+    /* the newest held-out evaluation (eval.every): greedy and sampled pass rates of its checkpoint */
+    char eval_text[96] = "";
+    if (cfg->eval_every > 0) {
+        snprintf(path, sizeof path, "%s/eval.jsonl", cfg->run_dir);
+        json_t *r = updater_metrics_last_record(path);
+        json_t *g = json_object_get(r, "pass_rate_greedy"), *sp = json_object_get(r, "pass_rate_sampled");
+        if (json_is_number(g))
+            snprintf(eval_text, sizeof eval_text, "  eval@%lld greedy %.2f",
+                     (long long)json_integer_value(json_object_get(r, "step")), json_number_value(g));
+        if (json_is_number(g) && json_is_number(sp))
+            snprintf(eval_text + strlen(eval_text), sizeof eval_text - strlen(eval_text), " sampled %.2f",
+                     json_number_value(sp));
+        json_decref(r);
+    }
     fprintf(stderr,
-            "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f  %s  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
+            "%s[rlhf run] step %d/%d  reward %.3f  pass %.2f%s  %s  staleness %.1f  gen %.0f tok/s  train %.0f tok/s  "
             "ETA %s%s   %s",
-            tty ? "\r" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr, errs,
+            tty ? "\r" : "", step, cfg->steps, json_number_value(json_object_get(m, "reward/mean")), pr, eval_text, errs,
             json_number_value(json_object_get(m, "staleness/mean")),
             json_number_value(json_object_get(m, "gen/tokens_per_s")),
             json_number_value(json_object_get(m, "train/tokens_per_s")), eta, restarts_text, tty ? "" : "\n");
@@ -395,7 +410,7 @@ static int eval_start(evaluator *ev, const run_config *cfg, rlhf_error *err) {
 }
 
 /* The evaluator child ended with status st: print its result (or its cause). */
-static void eval_finished(evaluator *ev, const run_config *cfg, pid_t pid, int st) {
+static void eval_finished(evaluator *ev, const run_config *cfg, pid_t pid, int st, cmd_run_events *events) {
     char p[2200], q[2200];
     ev->c.pid = 0;
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -416,11 +431,20 @@ static void eval_finished(evaluator *ev, const run_config *cfg, pid_t pid, int s
     }
     long best = -1;
     updater_checkpoint_ranking(cfg->run_dir, &best, 1);
-    fprintf(stderr, "\n[rlhf run] held-out eval of step %ld: pass rate %.1f%%, reward mean %.3f (%lld prompts x %lld)%s\n",
+    if (r) cmd_run_events_eval(events, r);
+    char sampled[64] = "";
+    if (json_is_number(json_object_get(r, "pass_rate_sampled")))
+        snprintf(sampled, sizeof sampled, ", sampled %.1f%% (x%lld at T=%.2g)",
+                 100.0 * json_number_value(json_object_get(r, "pass_rate_sampled")),
+                 (long long)json_integer_value(json_object_get(r, "samples_sampled")),
+                 json_number_value(json_object_get(r, "temperature_sampled")));
+    fprintf(stderr, "\n[rlhf run] held-out eval of step %ld: pass rate %.1f%%, reward mean %.3f (%lld prompts x %lld); "
+                    "greedy %.1f%%%s%s\n",
             ev->step, 100.0 * json_number_value(json_object_get(r, "pass_rate")),
             json_number_value(json_object_get(r, "reward_mean")),
             (long long)json_integer_value(json_object_get(r, "prompts")),
             (long long)json_integer_value(json_object_get(r, "samples")),
+            100.0 * json_number_value(json_object_get(r, "pass_rate_greedy")), sampled,
             best == ev->step ? ": the best so far (checkpoints/best)" : "");
     json_decref(r);
     ev->step = -1;
@@ -612,6 +636,8 @@ int cmd_run(int argc, char **argv) {
     }
     int rc = 0;
     evaluator ev = {.step = -1};
+    cmd_run_events events;
+    cmd_run_events_init(&events, cfg.run_dir, start_step);
     fprintf(stderr, "[rlhf run] %s: %s mode, %d generator(s), %d updater%s, steps %d..%d; logs in %s/logs/\n",
             cfg.name, cfg.mode == RUN_MODE_SYNC ? "sync" : "async", G, cfg.upd_count,
             cfg.upd_count > 1 ? "s (data-parallel, MPI)" : "", start_step, cfg.steps, cfg.run_dir);
@@ -622,7 +648,7 @@ int cmd_run(int argc, char **argv) {
         if (spawn(&gens[g], cfg.run_dir, &err)) goto fail;
 
     int tty = isatty(2) && !quiet;
-    double t_start = rlhf_now(), last_progress = 0;
+    double t_start = rlhf_now(), last_progress = 0, last_events = 0;
     long last_sample = start_step; /* samples of earlier launches were shown then */
     int updater_done = 0, stopping = 0, fatal = 0, total_restarts = 0;
     double stop_sent = 0;
@@ -649,7 +675,7 @@ int cmd_run(int argc, char **argv) {
             status_text(st, why, sizeof why);
             child *c = NULL;
             if (ev.c.pid == pid) {
-                eval_finished(&ev, &cfg, pid, st);
+                eval_finished(&ev, &cfg, pid, st, &events);
                 continue;
             }
             for (int i = 0; i < G + 2; i++)
@@ -719,8 +745,12 @@ int cmd_run(int argc, char **argv) {
         if (updater_done) break;
         double now = rlhf_now();
         if (cfg.eval_every > 0 && !stopping && ev.c.pid <= 0 && now >= ev.next_scan) {
-            ev.next_scan = now + 1.0;
+            ev.next_scan = now + 0.25; /* a checkpoint due for evaluation is picked up within a few steps */
             if (eval_start(&ev, &cfg, &err)) goto fail;
+        }
+        if (now - last_events > 1.0) {
+            cmd_run_events_poll(&events);
+            last_events = now;
         }
         if (!quiet && now - last_progress > (tty ? 1.0 : 15.0)) {
             print_new_sample(&cfg, &last_sample, tty);
@@ -729,6 +759,7 @@ int cmd_run(int argc, char **argv) {
         }
         usleep(50000);
     }
+    cmd_run_events_poll(&events); /* the last steps */
     if (!quiet) {
         print_new_sample(&cfg, &last_sample, 0);
         progress(&cfg, t_start, start_step, 0, total_restarts);
@@ -745,7 +776,7 @@ int cmd_run(int argc, char **argv) {
             if (ev.c.pid <= 0 && (eval_start(&ev, &cfg, &err) || ev.step < 0)) break;
             int st;
             pid_t pid = waitpid(ev.c.pid, &st, WNOHANG);
-            if (pid == ev.c.pid) eval_finished(&ev, &cfg, pid, st);
+            if (pid == ev.c.pid) eval_finished(&ev, &cfg, pid, st, &events);
             else usleep(50000);
         }
         if (err.code) rlhf_error_print("rlhf run", &err);
@@ -772,6 +803,7 @@ int cmd_run(int argc, char **argv) {
     if (total_restarts)
         fprintf(stderr, "[rlhf run] %d restart(s) during the run: %s/restarts.jsonl\n", total_restarts, cfg.run_dir);
     if (cfg.eval_every > 0) eval_summary(&cfg);
+    cmd_run_events_fini(&events);
     for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
     free(kids);
     run_config_free(&cfg);
@@ -783,6 +815,7 @@ fail:
     for (int i = 0; i < G + 2; i++) stop_child(&kids[i], SIGTERM, 5);
     for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
     sweep_weights_files(&cfg);
+    cmd_run_events_fini(&events);
     free(kids);
     run_config_free(&cfg);
     return 1;

@@ -1,7 +1,8 @@
 # cli/: the `rlhf` binary. cli/rlhf.c is its subcommand table; the commands that belong to no single
-# folder live here: `rlhf run` (cli/launcher.c), `rlhf replay` (cli/replay.c), `rlhf eval` (cli/eval.c).
+# folder live here: `rlhf run` (cli/launcher.c, its TensorBoard mirror cli/run_events.c), `rlhf replay`
+# (cli/replay.c), `rlhf eval` (cli/eval.c), `rlhf plot` (cli/plot.c).
 # Every other subcommand is a *_cli.c in the folder it runs. Linked into the rlhf binary only.
-CMD_SRCS += cli/launcher.c cli/replay.c cli/replay_check.c cli/replay_tools.c cli/eval.c
+CMD_SRCS += cli/launcher.c cli/replay.c cli/replay_check.c cli/replay_tools.c cli/eval.c cli/run_events.c cli/plot.c
 # The end-to-end test: `rlhf run`, `rlhf replay`, `rlhf eval` and the processes they start, the run
 # directory lock (tests/e2e/test_lock.c), and the command line as a user meets it: every command's
 # --help, strict number flags, --version, make install (tests/e2e/test_cli.c).

@@ -55,6 +55,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(replay_export, "cli", "a replay log as one JSON line per completion (for pandas)")            \
     X(replay_merge, "cli", "several replay logs as one, policy versions rebased")                 \
     X(eval, "cli", "held-out pass rate of a checkpoint (sample + reward)")                      \
+    X(plot, "cli", "overlay runs' curves (metrics.jsonl, eval.jsonl) in a PNG or SVG (gnuplot)")   \
     X(reward_test, "rewards", "score a JSONL of samples with a reward config")                       \
     X(reward_plugin_host, "rewards", "internal: the worker process of a .so reward plugin (isolate \"process\")")   \
     X(sandbox_run, "rewards/sandbox", "run a program in the code-execution sandbox")                 \

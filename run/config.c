@@ -107,6 +107,8 @@ static const key_spec SPEC[] = {
     {"eval.every", K_INT, 0, BIG, "0"},
     {"eval.samples", K_INT, 1, 1024, "1"},
     {"eval.temperature", K_NUM, 0, 100, "0"},
+    {"eval.sampled_samples", K_INT, 0, 1024, "4"},
+    {"eval.sampled_temperature", K_NUM, 0, 100, "1"},
     {"log", K_OBJ, 0, 0, "{}"},
     {"log.samples_every", K_INT, 0, BIG, "10"},
     {"log.weights_hash", K_BOOL, 0, 0, "true"},
@@ -445,11 +447,16 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->eval_every = geti(doc, "eval.every");
     cfg->eval_samples = geti(doc, "eval.samples");
     cfg->eval_temperature = getf(doc, "eval.temperature");
+    cfg->eval_sampled_samples = geti(doc, "eval.sampled_samples");
+    cfg->eval_sampled_temperature = getf(doc, "eval.sampled_temperature");
     if (cfg->eval_every > 0 && !cfg->eval_path[0])
         FAIL_AT("eval.every", "needs task.eval: the held-out prompts evaluated during training");
     if (cfg->eval_every > 0 && cfg->eval_every % cfg->checkpoint_every != 0)
         FAIL_AT("eval.every", "must be a multiple of rl.checkpoint_every (%d): each evaluation scores a checkpoint",
                 cfg->checkpoint_every);
+    if (cfg->eval_sampled_samples > 0 && cfg->eval_sampled_temperature <= 0)
+        FAIL_AT("eval.sampled_temperature", "must be > 0: the sampled figure samples (eval.sampled_samples 0 turns it "
+                "off; the greedy one is always there)");
     cfg->samples_every = geti(doc, "log.samples_every");
     cfg->weights_hash = json_is_true(get_path(doc, "log.weights_hash"));
     cfg->seed = (uint64_t)json_integer_value(get_path(doc, "rl.seed"));

@@ -119,6 +119,9 @@ typedef struct run_config {
                                 * a multiple of checkpoint_every; needs task.eval */
     int eval_samples;          /* eval.samples: completions per held-out prompt */
     float eval_temperature;    /* eval.temperature: 0 = greedy */
+    int eval_sampled_samples;  /* eval.sampled_samples: completions per prompt of the sampled figure beside the
+                                * greedy one (eval/pass_rate_sampled; 0 = none) */
+    float eval_sampled_temperature; /* eval.sampled_temperature: its temperature (> 0) */
     int weights_hash;          /* log.weights_hash: each published version's content hash in metrics.jsonl */
     int samples_every;         /* log.samples_every: steps between sample records in samples.jsonl (0 = none) */
     uint64_t seed;             /* rl.seed */

@@ -23,6 +23,7 @@ import tempfile
 FLOORS = {
     "common": 0,
     "template": 0.5,  # chat templates: below model/ and prompts/, which both render messages
+    "tfevents": 0.5,  # TensorBoard event files: the updater writes its metrics there too
     "model": 1,
     "prompts": 1,
     "rewards/sandbox": 2,
@@ -46,6 +47,7 @@ TESTED = {
     "tests/model": "model",
     "tests/prompts": "prompts",
     "tests/template": "template",
+    "tests/tfevents": "tfevents",
     "tests/rewards": "rewards",
     "tests/sandbox": "rewards/sandbox",
     "tests/judge": "rewards/judge",
@@ -76,6 +78,7 @@ PREFIXES = {
               r"re:^[a-z0-9]+_(forward|backward)(_ref|_pair)?$"],
     "prompts": ["prompt_"],
     "template": ["template_"],
+    "tfevents": ["tfevents_"],
     "rewards": ["reward_"],
     "rewards/sandbox": ["sandbox_"],
     "rewards/judge": ["judge_"],

@@ -20,6 +20,8 @@ PKGS=(
   python3-pandas       # the replay-export test reads the export as researchers do (pandas.read_json)
   iproute2             # `ip netns`: the multi-host test puts broker and generators in network namespaces
   clang libclang-rt-14-dev libomp-dev # make fuzz: libFuzzer + ASan/UBSan runtimes, OpenMP for clang
+  python3-protobuf     # the TensorBoard event-file test reads the files with Google's protobuf runtime
+  gnuplot-nox          # rlhf plot: run comparison plots (PNG, SVG)
 )
 
 missing=()

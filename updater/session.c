@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "updater/updater_int.h"
 
@@ -573,6 +574,77 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     return 0;
 }
 
+/* The newest "eval/step" of metrics.jsonl (-1: none), read once per process: a resumed run's
+ * metrics were cut back to its checkpoint, so evaluations reported after it are reported again. */
+static long eval_reported_in_metrics(const char *path) {
+    long newest = -1;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return newest;
+    FILE *f = fopen(path, "r");
+    if (!f) return newest;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        if (!strstr(line, "\"eval/step\"")) continue;
+        json_t *o = json_loads(line, 0, NULL);
+        json_t *s = json_object_get(o, "eval/step");
+        if (json_is_integer(s) && json_integer_value(s) > newest) newest = (long)json_integer_value(s);
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    return newest;
+}
+
+/* Adds the oldest evaluation of RUN_DIR/eval.jsonl newer than u->eval_reported to m. */
+static void add_eval(updater_session *u, json_t *m) {
+    if (!u->eval_scanned) {
+        u->eval_reported = eval_reported_in_metrics(u->metrics_path);
+        u->eval_scanned = 1;
+    }
+    char path[2100];
+    snprintf(path, sizeof path, "%s/eval.jsonl", u->cfg->run_dir);
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_size == u->eval_file_size && !u->eval_more))
+        return; /* nothing new */
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    u->eval_file_size = st.st_size;
+    u->eval_more = 0;
+    json_t *oldest = NULL;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        if (line[len - 1] != '\n') break; /* an evaluation still writing its line */
+        json_t *o = json_loads(line, 0, NULL);
+        long step = json_is_integer(json_object_get(o, "step")) ? (long)json_integer_value(json_object_get(o, "step")) : -1;
+        if (step > u->eval_reported && (!oldest || step < (long)json_integer_value(json_object_get(oldest, "step")))) {
+            if (oldest) u->eval_more = 1;
+            json_decref(oldest);
+            oldest = o;
+        } else {
+            if (step > u->eval_reported) u->eval_more = 1;
+            json_decref(o);
+        }
+    }
+    free(line);
+    fclose(f);
+    if (!oldest) return;
+    static const char *const keys[] = {"pass_rate", "reward_mean", "pass_rate_greedy", "pass_rate_sampled"};
+    json_object_set_new(m, "eval/step", json_incref(json_object_get(oldest, "step")));
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        json_t *v = json_object_get(oldest, keys[i]);
+        char k[64];
+        snprintf(k, sizeof k, "eval/%s", keys[i]);
+        if (json_is_number(v)) json_object_set_new(m, k, json_real(json_number_value(v)));
+    }
+    u->eval_reported = (long)json_integer_value(json_object_get(oldest, "step"));
+    json_decref(oldest);
+}
+
 int updater_session_write_metrics(updater_session *u, json_t *m, rlhf_error *err) {
+    if (u->cfg->eval_every > 0) add_eval(u, m);
     return updater_metrics_append(u->metrics_path, m, err);
 }

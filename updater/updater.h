@@ -397,6 +397,10 @@ typedef struct updater_session {
     struct session_errors *errs; /* (n_sources) reward error counters, reasons and windows (session.c) */
     int failed;                 /* a source broke its max_error_rate: failed_err says which; stop the run */
     rlhf_error failed_err;
+    long eval_reported;         /* the newest checkpoint step whose held-out evaluation is in metrics.jsonl */
+    int eval_scanned;           /* eval_reported has been read from metrics.jsonl */
+    long eval_file_size;        /* RUN_DIR/eval.jsonl's size when last read (unchanged: nothing new) */
+    int eval_more;              /* it held more than one unreported evaluation: read it again next step */
 } updater_session;
 /* The rewards each consumed group was trained or dropped with, one JSON line per group, beside the
  * replay log: {"generator","seq","step","policy_version","fate","total":[k],"rewards":{SOURCE:[k]}}
@@ -418,6 +422,11 @@ int updater_session_offer(updater_session *u, scored_group *sg);
 /* Trains one step on the oldest rl.prompts_per_step waiting groups; *metrics_out gets the step's
  * metrics record (new reference; the caller adds what it knows, then writes it). */
 int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *err);
+/* Appends the step's record to metrics.jsonl. With eval.every, the oldest held-out evaluation of
+ * RUN_DIR/eval.jsonl not yet in metrics.jsonl is added to the record first: "eval/step" (the checkpoint
+ * it scored), "eval/pass_rate", "eval/reward_mean", "eval/pass_rate_greedy", "eval/pass_rate_sampled"
+ * (those its record holds). An evaluation that ends after the updater's last step is only in
+ * eval.jsonl and the TensorBoard events. */
 int updater_session_write_metrics(updater_session *u, json_t *m, rlhf_error *err);
 
 /* ---------------------------------------------------------------- the updater process */

@@ -728,6 +728,7 @@ void e2e_register_multihost(void);   /* tests/e2e/test_multihost.c */
 int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
 void e2e_register_diskfull(void);   /* tests/e2e/test_diskfull.c */
 void e2e_register_rl_recipes(void); /* tests/e2e/test_rl_recipes.c */
+void e2e_register_watch(void);      /* tests/e2e/test_watch.c */
 
 int register_suites(void) {
     e2e_register_generation();
@@ -743,6 +744,7 @@ int register_suites(void) {
     register_plugin_faults_suite();
     e2e_register_diskfull();
     e2e_register_rl_recipes();
+    e2e_register_watch();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);
