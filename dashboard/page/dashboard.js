@@ -1,7 +1,7 @@
 // dashboard/page/dashboard.js — the dashboard page: polls the server's incremental endpoints every 2 s
 // and draws each chart with uPlot (one series per run and metric; several runs overlaid on a shared step
 // axis). Every chart's container carries data-series, data-points (the non-null points given to uPlot)
-// and data-ink (canvas pixels drawn), which the browser test reads.
+// and data-ink (coloured canvas pixels: the drawn curves), which the browser test reads.
 (function () {
   'use strict';
   const POLL_MS = 2000;
@@ -134,7 +134,12 @@
       const c = u.ctx.canvas;
       const px = u.ctx.getImageData(0, 0, c.width, c.height).data;
       let n = 0;
-      for (let i = 3; i < px.length; i += 4) if (px[i] !== 0) n++;
+      // coloured pixels only: the series' strokes, not the grey axes and grid
+      for (let i = 0; i < px.length; i += 4) {
+        if (px[i + 3] === 0) continue;
+        const hi = Math.max(px[i], px[i + 1], px[i + 2]), lo = Math.min(px[i], px[i + 1], px[i + 2]);
+        if (hi - lo > 40) n++;
+      }
       return n;
     } catch (e) { return -1; }
   }
