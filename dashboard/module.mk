@@ -19,3 +19,4 @@ $(BUILD)/bin/rlhf: | $(DASHBOARD_ASSETS)
 # the page of a running run in headless Chromium (tests/dashboard/test_browser.c)
 TESTS     += test_dashboard
 test_dashboard_SRCS = $(wildcard tests/dashboard/*.c)
+$(BUILD)/tests/test_dashboard: | $(DASHBOARD_ASSETS)
