@@ -129,6 +129,16 @@
     return { data: [xs].concat(ys), points: points };
   }
 
+  // axis labels that fit: 12k, 1.5M, 0.25
+  function shortNumber(v) {
+    if (v === null || v === undefined) return '';
+    const a = Math.abs(v);
+    if (a >= 1e6) return +(v / 1e6).toFixed(1) + 'M';
+    if (a >= 1e4) return +(v / 1e3).toFixed(0) + 'k';
+    if (a >= 1e3) return +(v / 1e3).toFixed(1) + 'k';
+    return String(+v.toPrecision(3));
+  }
+
   function inkOf(u) {
     try {
       const c = u.ctx.canvas;
@@ -168,7 +178,7 @@
       const opts = {
         width: width, height: 220,
         scales: { x: { time: false } },
-        axes: [{ label: 'step' }, {}],
+        axes: [{ label: 'step' }, { size: 56, values: function (u, vals) { return vals.map(shortNumber); } }],
         legend: { live: true },
         series: [{ label: 'step' }].concat(series.map(function (s, i) {
           return {
