@@ -17,6 +17,8 @@
  *                                           version, generator) with their rewards, advantages, step and fate
  *                                           from scores.jsonl (the updater's record); S filters on the text
  *   GET /api/config?run=I                   config.json with secret-looking values masked
+ *   GET /api/processes?run=I                the run's processes on this host (CPU, memory from /proc) and
+ *                                           per process its supervision events (restarts.jsonl)
  * A non-loopback listen address needs a token (Authorization: Bearer T, or ?token=T on the page's URL). */
 #ifndef RLHF_DASHBOARD_H
 #define RLHF_DASHBOARD_H

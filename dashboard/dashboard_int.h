@@ -31,6 +31,12 @@ void dashboard_jsonl_init(dashboard_jsonl *j, const char *dir, const char *name)
 void dashboard_jsonl_refresh(dashboard_jsonl *j);
 void dashboard_jsonl_fini(dashboard_jsonl *j);
 
+#define DASHBOARD_MAX_PROCS 64
+typedef struct dashboard_cpu_sample {
+    int pid;
+    double cpu_s, t; /* CPU seconds at monotonic time t */
+} dashboard_cpu_sample;
+
 /* One run directory. */
 typedef struct dashboard_run {
     char dir[4096];
@@ -41,6 +47,8 @@ typedef struct dashboard_run {
     replay_pos *pos; /* start of every record of rollouts.log read so far */
     size_t n_pos, cap_pos;
     char log_note[1024]; /* the last problem reading rollouts.log, "" = none */
+    dashboard_cpu_sample cpu[DASHBOARD_MAX_PROCS]; /* the previous /api/processes sample */
+    int n_cpu;
 } dashboard_run;
 
 /* 0, or RLHF_EINVAL when DIR is not a directory or holds none of a run's files. */
@@ -52,6 +60,7 @@ json_t *dashboard_api_run_info(dashboard_run *r, int index);
 json_t *dashboard_api_rows(dashboard_run *r, dashboard_jsonl *j, long since, unsigned generation);
 json_t *dashboard_api_rollouts(dashboard_run *r, int limit, const char *filter);
 json_t *dashboard_api_config(dashboard_run *r);
+json_t *dashboard_api_processes(dashboard_run *r); /* dashboard/procs.c */
 
 /* Masks secret-looking values of a config in place (keys naming keys, tokens, passwords, secrets,
  * authorization; values that look like API keys; passwords in URLs), then cuts strings longer than

@@ -209,12 +209,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         json_object_set_new(o, "run", json_integer(run));
         return reply_json(c, 200, o);
     }
+    if (!strcmp(api, "processes")) {
+        json_t *o = dashboard_api_processes(r);
+        json_object_set_new(o, "run", json_integer(run));
+        return reply_json(c, 200, o);
+    }
     if (!strcmp(api, "config")) {
         json_t *o = dashboard_api_config(r);
         json_object_set_new(o, "run", json_integer(run));
         return reply_json(c, 200, o);
     }
-    return reply_error(c, 404, "no such endpoint (runs, metrics, eval, restarts, rollouts, config)");
+    return reply_error(c, 404, "no such endpoint (runs, metrics, eval, restarts, rollouts, config, processes)");
 }
 
 static void free_fields(dashboard *d) {

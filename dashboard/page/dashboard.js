@@ -195,7 +195,98 @@
     }
   }
 
-  function drawAll() { CHARTS.forEach(drawChart); }
+  function drawAll() { CHARTS.forEach(drawChart); drawProcChart(); }
+
+  // ------------------------------------------------------------ processes (CPU sampled while the page is open)
+  const PROC_CHART = { id: 'proc_cpu', title: 'CPU % per process (sampled by this page; x: seconds)' };
+  const procHistory = { t: [], series: {} }; // label -> [values aligned with t]
+  const pageStart = Date.now();
+
+  function recordProcesses(answers) {
+    const t = (Date.now() - pageStart) / 1000;
+    procHistory.t.push(+t.toFixed(1));
+    const n = procHistory.t.length;
+    answers.forEach(function (a, ri) {
+      const prefix = state.runs.length > 1 ? state.runs[ri].name + ': ' : '';
+      a.processes.forEach(function (p) {
+        if (typeof p.cpu_pct !== 'number') return;
+        const label = prefix + p.name;
+        if (!procHistory.series[label]) procHistory.series[label] = new Array(n - 1).fill(null);
+        procHistory.series[label].push(p.cpu_pct);
+      });
+    });
+    for (const k in procHistory.series) while (procHistory.series[k].length < n) procHistory.series[k].push(null);
+    if (n > 300) { procHistory.t.shift(); for (const k in procHistory.series) procHistory.series[k].shift(); }
+  }
+
+  function drawProcChart() {
+    const def = PROC_CHART;
+    const box = chartBox(def);
+    const plot = box.querySelector('.plot');
+    const labels = Object.keys(procHistory.series).sort();
+    let points = 0;
+    labels.forEach(function (l) { procHistory.series[l].forEach(function (v) { if (v !== null) points++; }); });
+    box.setAttribute('data-series', String(labels.length));
+    box.setAttribute('data-points', String(points));
+    const data = [procHistory.t.slice()].concat(labels.map(function (l) { return procHistory.series[l].slice(); }));
+    const sig = labels.join('|');
+    let c = state.charts[def.id];
+    if (!labels.length) {
+      if (!c) { plot.textContent = ''; plot.appendChild(el('div', { class: 'empty' }, 'no process of these runs is running here')); }
+      return;
+    }
+    if (!c || c.sig !== sig) {
+      if (c && c.u) c.u.destroy();
+      plot.textContent = '';
+      const opts = {
+        width: Math.max(300, box.clientWidth - 14), height: 220,
+        scales: { x: { time: false } },
+        axes: [{ label: 'seconds' }, { size: 56, values: function (u, vals) { return vals.map(shortNumber); } }],
+        series: [{ label: 's' }].concat(labels.map(function (l, i) {
+          return { label: l, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true };
+        })),
+        hooks: { draw: [function (u) { box.setAttribute('data-ink', String(inkOf(u))); }] },
+      };
+      state.charts[def.id] = { sig: sig, u: new uPlot(opts, data, plot) };
+    } else {
+      c.u.setData(data);
+    }
+  }
+
+  function renderProcesses(answers) {
+    const body = document.querySelector('#processes tbody');
+    body.textContent = '';
+    const notes = document.getElementById('processes-notes');
+    notes.textContent = '';
+    answers.forEach(function (a, ri) {
+      const name = state.runs[ri].name;
+      a.notes.forEach(function (n) { notes.appendChild(el('div', null, name + ': ' + n)); });
+      const seen = {};
+      a.processes.forEach(function (p) {
+        seen[p.name] = 1;
+        const sup = a.supervision[p.name];
+        const tr = el('tr', { 'data-process': p.name });
+        [name, p.name, p.pid, fmt(p.cpu_pct), fmt(p.cpu_s), fmt(p.rss_mb), p.threads,
+          sup ? sup.events + ' event(s), restarts ' + sup.restarts + ', last: ' + sup.last_action + ' (' + sup.last_class + ')' : 'no restart']
+          .forEach(function (v) { tr.appendChild(el('td', null, v)); });
+        body.appendChild(tr);
+      });
+      Object.keys(a.supervision).forEach(function (pn) {
+        if (seen[pn]) return;
+        const sup = a.supervision[pn];
+        const tr = el('tr', { 'data-process': pn });
+        [name, pn, '—', '—', '—', '—', '—', sup.events + ' event(s), restarts ' + sup.restarts + ', last: ' + sup.last_action + ' (' + sup.last_class + ')']
+          .forEach(function (v) { tr.appendChild(el('td', null, v)); });
+        body.appendChild(tr);
+      });
+    });
+    document.getElementById('processes').setAttribute('data-rows', String(body.children.length));
+  }
+
+  function pollProcesses() {
+    return Promise.all(state.runs.map(function (_, i) { return api('/api/processes?run=' + i); }))
+      .then(function (answers) { recordProcesses(answers); renderProcesses(answers); });
+  }
 
   // ------------------------------------------------------------ polling
   function pollRun(i) {
@@ -217,7 +308,7 @@
   }
 
   function poll() {
-    Promise.all(state.runs.map(function (_, i) { return pollRun(i); })).then(function () {
+    Promise.all(state.runs.map(function (_, i) { return pollRun(i); }).concat([pollProcesses()])).then(function () {
       drawAll();
       renderRuns();
       state.pollErrors = 0;
