@@ -39,7 +39,10 @@ static int run_process_name(dashboard_run *r, const char **argv, int argc, char 
     char cfg[4200];
     snprintf(cfg, sizeof cfg, "%s/config.json", r->dir);
     if (!strcmp(role, "eval")) {
-        if (strcmp(argv[2], r->dir) != 0) return 0;
+        char *real = realpath(argv[2], NULL);
+        int same = real && !strcmp(real, r->dir);
+        free(real);
+        if (!same) return 0;
         snprintf(name, cap, "eval");
         return 1;
     }
@@ -48,6 +51,11 @@ static int run_process_name(dashboard_run *r, const char **argv, int argc, char 
     const char *id = NULL;
     for (int i = 2; i + 1 < argc; i++) {
         if (!strcmp(argv[i], "--config") && !strcmp(argv[i + 1], cfg)) ours = 1;
+        else if (!strcmp(argv[i], "--config")) { /* the same file by another path (a symlink on the way) */
+            char *real = realpath(argv[i + 1], NULL);
+            ours = real && !strcmp(real, cfg);
+            free(real);
+        }
         if (!strcmp(argv[i], "--id")) id = argv[i + 1];
     }
     if (!ours) return 0;

@@ -9,6 +9,7 @@
  *                      step and fate from scores.jsonl; the filter; limit; a missing log is named;
  *   config_masked:     secret-looking values are masked (before cutting), the rest is intact, no secret
  *                      byte is anywhere in the answer;
+ *   processes:         a run with no process on this host says so; restarts.jsonl summarised per process;
  *   bad_requests:      unknown run index, bad limit, unknown endpoint; the page and the library are served;
  *   refusals:          an unknown run directory, a non-loopback address without a token, a missing charting
  *                      library: each refused with one error naming it; the CLI exits 2 on an unknown dir;
@@ -327,6 +328,29 @@ static void test_config_masked(void) {
     json_decref(j);
 }
 
+static void test_processes(void) {
+    /* a finished run: no process, said so; its supervision events per process */
+    write_file(g_run_c, "restarts.jsonl",
+               "{\"time\":1.0,\"process\":\"generator-0\",\"pid\":11,\"signal\":9,\"class\":\"signal\","
+               "\"action\":\"restart\",\"restarts\":1}\n"
+               "{\"time\":2.0,\"process\":\"generator-0\",\"pid\":12,\"exit_status\":1,\"class\":\"transient\","
+               "\"action\":\"restart\",\"restarts\":2}\n"
+               "{\"time\":3.0,\"process\":\"broker\",\"pid\":13,\"exit_status\":3,\"class\":\"environment\","
+               "\"action\":\"stop\",\"restarts\":0}\n",
+               "w");
+    json_t *j = get_json("/api/processes?run=2", 200);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "processes")), 0);
+    const char *note = json_string_value(json_array_get(json_object_get(j, "notes"), 0));
+    CU_ASSERT_TRUE(note && strstr(note, "no process of this run"));
+    json_t *g0 = json_object_get(json_object_get(j, "supervision"), "generator-0");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(g0, "events")), 2);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(g0, "restarts")), 2);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(g0, "last_class")), "transient");
+    json_t *b = json_object_get(json_object_get(j, "supervision"), "broker");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(b, "last_action")), "stop");
+    json_decref(j);
+}
+
 static void test_bad_requests(void) {
     json_decref(get_json("/api/metrics?run=3", 400));
     json_decref(get_json("/api/metrics?run=-1", 400));
@@ -461,7 +485,7 @@ int register_api_suite(void) {
     if (!s) return -1;
     if (!CU_add_test(s, "runs_missing", test_runs_missing) || !CU_add_test(s, "metrics_torn", test_metrics_torn) ||
         !CU_add_test(s, "metrics_since", test_metrics_since) || !CU_add_test(s, "rollouts", test_rollouts) ||
-        !CU_add_test(s, "config_masked", test_config_masked) || !CU_add_test(s, "bad_requests", test_bad_requests) ||
+        !CU_add_test(s, "config_masked", test_config_masked) || !CU_add_test(s, "processes", test_processes) || !CU_add_test(s, "bad_requests", test_bad_requests) ||
         !CU_add_test(s, "refusals", test_refusals) || !CU_add_test(s, "token", test_token))
         return -1;
     return 0;

@@ -5,7 +5,8 @@
  *   live_run:      two loads of the page a few steps apart: every chart the run has data for is drawn (its
  *                  container's data-points > 0 and data-ink, the coloured pixels of its canvas, > 0), the
  *                  reward chart's points grow from the first load to the second, the rollouts table shows
- *                  a completion that is in the run's replay log (read here with broker/'s reader), and a
+ *                  a completion that is in the run's replay log (read here with broker/'s reader), the
+ *                  processes table lists the run's broker, updater and generator with a CPU chart, and a
  *                  screenshot is written to BUILD/tests/artifacts/dashboard.png;
  *   missing_files: a run with no metrics yet and one with a torn last metrics line and no replay log: the
  *                  page shows what exists and names what is missing (and the torn line).
@@ -226,6 +227,13 @@ static void test_live_run(void) {
     if (found <= 0) fprintf(stderr, "\nnone of %d shown completions (%d non-empty) is in %s\n", n_shown, checked, log);
     for (int i = 0; i < n_shown; i++) free(shown[i]);
     free(shown);
+
+    /* the run's processes, found on this host, in the table and the CPU chart */
+    CU_ASSERT(attr_of(d2, "processes", "data-rows") >= 3);
+    CU_ASSERT_PTR_NOT_NULL(strstr(d2, "data-process=\"updater\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(d2, "data-process=\"broker\""));
+    CU_ASSERT_PTR_NOT_NULL(strstr(d2, "data-process=\"generator-0\""));
+    CU_ASSERT(attr_of(d2, "chart-proc_cpu", "data-points") > 0);
 
     /* the screenshot, a test artifact in the build directory */
     char build[1024], shot[1200];
