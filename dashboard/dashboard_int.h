@@ -47,6 +47,9 @@ typedef struct dashboard_run {
     replay_pos *pos; /* start of every record of rollouts.log read so far */
     size_t n_pos, cap_pos;
     char log_note[1024]; /* the last problem reading rollouts.log, "" = none */
+    struct tokenizer *tok; /* the run's tokenizer, loaded when a group without texts is shown */
+    int tok_tried;
+    char tok_note[600];
     dashboard_cpu_sample cpu[DASHBOARD_MAX_PROCS]; /* the previous /api/processes sample */
     int n_cpu;
 } dashboard_run;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "broker/wire.h"
+#include "model/model.h"
 #include "dashboard/dashboard_int.h"
 
 void dashboard_jsonl_init(dashboard_jsonl *j, const char *dir, const char *name) {
@@ -132,6 +133,7 @@ void dashboard_run_fini(dashboard_run *r) {
     json_decref(r->score_index);
     r->score_index = NULL;
     r->score_indexed = 0;
+    tokenizer_destroy(&r->tok);
     free(r->pos);
     r->pos = NULL;
     r->n_pos = r->cap_pos = 0;
@@ -280,7 +282,53 @@ static json_t *find_score(dashboard_run *r, const wire_rollout_group *g) {
     return json_object_get(r->score_index, key);
 }
 
-static json_t *group_json(const wire_rollout_group *g, json_t *score, const char *filter, int *match) {
+/* The run's tokenizer (config.json's model.tokenizer and base checkpoint, as the run loaded it), for
+ * groups recorded without their texts; NULL (and tok_note says why) when it cannot be loaded. */
+static tokenizer *run_tokenizer(dashboard_run *r) {
+    if (r->tok_tried) return r->tok;
+    r->tok_tried = 1;
+    char path[4300];
+    snprintf(path, sizeof path, "%s/config.json", r->dir);
+    json_t *cfg = json_load_file(path, 0, NULL);
+    json_t *model = json_object_get(cfg, "model");
+    const char *spec = json_string_value(json_object_get(model, "tokenizer"));
+    const char *base = json_string_value(json_object_get(model, "base_checkpoint"));
+    json_int_t vocab = json_integer_value(json_object_get(json_object_get(model, "arch"), "vocab_size"));
+    char own[4300];
+    if (!base || !base[0]) {
+        snprintf(own, sizeof own, "%s/base.safetensors", r->dir);
+        base = own;
+    }
+    rlhf_error err = {0};
+    if (!cfg) snprintf(r->tok_note, sizeof r->tok_note, "config.json is missing: completions recorded without "
+                       "their text cannot be decoded");
+    else if (tokenizer_load_for_model(&r->tok, spec && spec[0] ? spec : NULL, base,
+                                      vocab > 0 ? (int)vocab : TOKENIZER_BYTES_MIN_VOCAB, &err))
+        snprintf(r->tok_note, sizeof r->tok_note, "the run's tokenizer: %.200s: %.300s", err.where, err.msg);
+    json_decref(cfg);
+    return r->tok;
+}
+
+/* Completion i's text: the one the generator recorded, else its tokens decoded with the run's tokenizer
+ * (*decoded = 1), else NULL. */
+static char *completion_text(dashboard_run *r, const wire_rollout_group *g, uint32_t i, size_t off, int *decoded) {
+    *decoded = 0;
+    if (g->texts && g->texts[i]) return rlhf_utf8_sanitize(g->texts[i], strlen(g->texts[i]));
+    tokenizer *tok = g->tokens && g->n_tokens ? run_tokenizer(r) : NULL;
+    if (!tok) return NULL;
+    char *bytes = NULL, *text = NULL;
+    size_t n = 0;
+    rlhf_error err = {0};
+    if (tokenizer_decode(tok, g->tokens + off, (int)g->n_tokens[i], &bytes, &n, &err) == 0) {
+        text = rlhf_utf8_sanitize(bytes, n);
+        *decoded = 1;
+    }
+    free(bytes);
+    return text;
+}
+
+static json_t *group_json(dashboard_run *r, const wire_rollout_group *g, json_t *score, const char *filter,
+                          int *match) {
     char *prompt = g->prompt_text ? rlhf_utf8_sanitize(g->prompt_text, strlen(g->prompt_text)) : NULL;
     *match = contains_ci(prompt, filter) || contains_ci(g->prompt_id, filter) || contains_ci(g->generator_id, filter);
     json_t *comps = json_array();
@@ -292,12 +340,16 @@ static json_t *group_json(const wire_rollout_group *g, json_t *score, const char
         json_t *t = json_array_get(total, i);
         if (json_is_number(t)) sum += json_number_value(t), scored++;
     }
+    size_t off = 0;
     for (uint32_t i = 0; i < g->k; i++) {
         json_t *c = json_object();
-        char *text = g->texts && g->texts[i] ? rlhf_utf8_sanitize(g->texts[i], strlen(g->texts[i])) : NULL;
+        int decoded = 0;
+        char *text = completion_text(r, g, i, off, &decoded);
+        off += g->n_tokens ? g->n_tokens[i] : 0;
         if (text) {
             if (contains_ci(text, filter)) *match = 1;
             json_object_set_new(c, "text", json_string(text));
+            if (decoded) json_object_set_new(c, "decoded", json_true()); /* not recorded: decoded here */
         } else {
             json_object_set_new(c, "text", json_null());
         }
@@ -353,13 +405,14 @@ json_t *dashboard_api_rollouts(dashboard_run *r, int limit, const char *filter) 
                 scanned++;
                 if (replay_reader_seek(rr, r->pos[i], &err) || replay_reader_next(rr, &g, &pos, &err) != 1) break;
                 int match = 0;
-                json_t *o = group_json(&g, find_score(r, &g), filter, &match);
+                json_t *o = group_json(r, &g, find_score(r, &g), filter, &match);
                 if (match) json_array_append_new(rows, o);
                 else json_decref(o);
                 wire_rollout_group_free(&g);
             }
             replay_reader_close(&rr);
         }
+        if (r->tok_note[0]) json_array_append_new(notes, json_string(r->tok_note));
     }
     return json_pack("{s:o, s:I, s:I, s:o, s:o}", "rollouts", rows, "records", (json_int_t)r->n_pos, "scanned",
                      (json_int_t)scanned, "missing", missing, "notes", notes);

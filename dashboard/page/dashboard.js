@@ -344,6 +344,7 @@
       g.completions.forEach(function (c) {
         const li = el('li');
         li.appendChild(el('span', { class: 'completion' }, c.text === null ? '[' + c.tokens + ' tokens, no text recorded]' : c.text));
+        if (c.decoded) li.appendChild(el('span', { class: 'score', title: 'not recorded by the generator: decoded from its tokens with the run\'s tokenizer' }, '(decoded)'));
         let s = 'reward ' + fmt(c.reward);
         const per = Object.keys(c.rewards || {}).map(function (k) { return k + ' ' + fmt(c.rewards[k]); });
         if (per.length) s += ' · ' + per.join(', ');

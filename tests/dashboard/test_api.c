@@ -7,6 +7,7 @@
  *                      gives every row again with a new generation;
  *   rollouts:          the newest groups of a real replay log, newest first, with their rewards, advantages,
  *                      step and fate from scores.jsonl; the filter; limit; a missing log is named;
+ *   rollouts_decoded:  a log recorded without completion texts: decoded with the run's tokenizer;
  *   config_masked:     secret-looking values are masked (before cutting), the rest is intact, no secret
  *                      byte is anywhere in the answer;
  *   processes:         a run with no process on this host says so; restarts.jsonl summarised per process;
@@ -33,7 +34,7 @@
 #include "tests/test_proc.h"
 
 static char g_dir[64];
-static char g_run_a[128], g_run_b[128], g_run_c[128];
+static char g_run_a[128], g_run_b[128], g_run_c[128], g_run_d[128];
 static dashboard *g_dash;
 static char g_url[128];
 
@@ -46,8 +47,11 @@ static void write_file(const char *dir, const char *name, const char *text, cons
     fclose(f);
 }
 
-/* k=4 groups with texts "g<seq>-c<i>" (seq 0..n-1), versions seq/2, prompts "prompt <seq>". */
-static int write_log(const char *path, int n) {
+/* k=4 groups with texts "g<seq>-c<i>" (seq 0..n-1; none when !texts: the tokens are "ABC", "DEF", "GHI",
+ * "JKL" in bytes), versions seq/2, prompts "prompt <seq>". */
+static int write_log_texts(const char *path, int n, int texts);
+static int write_log(const char *path, int n) { return write_log_texts(path, n, 1); }
+static int write_log_texts(const char *path, int n, int with_texts) {
     replay_writer *w = NULL;
     rlhf_error err = {0};
     replay_writer_opts o = {0};
@@ -80,7 +84,7 @@ static int write_log(const char *path, int n) {
         g.tokens = toks;
         g.logprobs = lps;
         g.finish = fin;
-        g.texts = tp;
+        g.texts = with_texts ? tp : NULL;
         replay_pos pos;
         if (replay_writer_append_group(w, &g, &pos, &err)) return -1;
     }
@@ -93,7 +97,8 @@ static int suite_init(void) {
     snprintf(g_run_a, sizeof g_run_a, "%s/torn", g_dir);
     snprintf(g_run_b, sizeof g_run_b, "%s/fresh", g_dir);
     snprintf(g_run_c, sizeof g_run_c, "%s/logged", g_dir);
-    mkdir(g_run_a, 0755), mkdir(g_run_b, 0755), mkdir(g_run_c, 0755);
+    snprintf(g_run_d, sizeof g_run_d, "%s/untexted", g_dir);
+    mkdir(g_run_a, 0755), mkdir(g_run_b, 0755), mkdir(g_run_c, 0755), mkdir(g_run_d, 0755);
     char p[256];
     FILE *f;
     /* A: three steps and a torn fourth line, a config with secrets, no replay log */
@@ -132,13 +137,21 @@ static int suite_init(void) {
     fputs("{\"step\":1,\"reward/mean\":0.5}\n", f);
     fclose(f);
 
+    /* D: a log recorded without completion texts, and a config naming the byte-level tokenizer */
+    snprintf(p, sizeof p, "%s/rollouts.log", g_run_d);
+    if (write_log_texts(p, 2, 0)) return -1;
+    snprintf(p, sizeof p, "%s/config.json", g_run_d);
+    if (!(f = fopen(p, "w"))) return -1;
+    fputs("{\"name\":\"untexted\",\"model\":{\"arch\":{\"vocab_size\":259},\"tokenizer\":\"bytes\"}}\n", f);
+    fclose(f);
+
     curl_global_init(CURL_GLOBAL_DEFAULT);
     dashboard_config c;
     dashboard_config_default(&c);
     snprintf(c.listen, sizeof c.listen, "127.0.0.1:0");
     c.token_env[0] = 0;
-    c.run_dirs[0] = g_run_a, c.run_dirs[1] = g_run_b, c.run_dirs[2] = g_run_c;
-    c.n_runs = 3;
+    c.run_dirs[0] = g_run_a, c.run_dirs[1] = g_run_b, c.run_dirs[2] = g_run_c, c.run_dirs[3] = g_run_d;
+    c.n_runs = 4;
     rlhf_error err = {0};
     if (dashboard_create(&g_dash, &c, &err)) {
         fprintf(stderr, "dashboard_create: %s: %s\n", err.where, err.msg);
@@ -180,7 +193,7 @@ static int missing_has(json_t *o, const char *file) {
 static void test_runs_missing(void) {
     json_t *j = get_json("/api/runs", 200);
     json_t *runs = json_object_get(j, "runs");
-    CU_ASSERT_EQUAL_FATAL(json_array_size(runs), 3);
+    CU_ASSERT_EQUAL_FATAL(json_array_size(runs), 4);
     json_t *a = json_array_get(runs, 0), *b = json_array_get(runs, 1), *c = json_array_get(runs, 2);
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(a, "name")), "torn-run");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(c, "name")), "logged"); /* no config: the dir's name */
@@ -300,6 +313,24 @@ static void test_rollouts(void) {
     json_decref(j);
 }
 
+/* a log without texts: the completions decoded with the run's tokenizer, marked so; the filter sees them */
+static void test_rollouts_decoded(void) {
+    json_t *j = get_json("/api/rollouts?run=3&limit=5", 200);
+    json_t *rows = json_object_get(j, "rollouts");
+    CU_ASSERT_EQUAL_FATAL(json_array_size(rows), 2);
+    json_t *cs = json_object_get(json_array_get(rows, 0), "completions");
+    const char *want[] = {"ABC", "DEF", "GHI", "JKL"};
+    for (int i = 0; i < 4; i++) {
+        json_t *c = json_array_get(cs, (size_t)i);
+        CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(c, "text")), want[i]);
+        CU_ASSERT_TRUE(json_is_true(json_object_get(c, "decoded")));
+    }
+    json_decref(j);
+    j = get_json("/api/rollouts?run=3&limit=5&filter=ghi", 200);
+    CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "rollouts")), 2);
+    json_decref(j);
+}
+
 static void test_config_masked(void) {
     char url[256], *body = NULL;
     snprintf(url, sizeof url, "%s/api/config?run=0", g_url);
@@ -352,7 +383,7 @@ static void test_processes(void) {
 }
 
 static void test_bad_requests(void) {
-    json_decref(get_json("/api/metrics?run=3", 400));
+    json_decref(get_json("/api/metrics?run=4", 400));
     json_decref(get_json("/api/metrics?run=-1", 400));
     json_decref(get_json("/api/rollouts?run=2&limit=0", 400));
     json_decref(get_json("/api/nothing?run=0", 404));
@@ -485,6 +516,7 @@ int register_api_suite(void) {
     if (!s) return -1;
     if (!CU_add_test(s, "runs_missing", test_runs_missing) || !CU_add_test(s, "metrics_torn", test_metrics_torn) ||
         !CU_add_test(s, "metrics_since", test_metrics_since) || !CU_add_test(s, "rollouts", test_rollouts) ||
+        !CU_add_test(s, "rollouts_decoded", test_rollouts_decoded) ||
         !CU_add_test(s, "config_masked", test_config_masked) || !CU_add_test(s, "processes", test_processes) || !CU_add_test(s, "bad_requests", test_bad_requests) ||
         !CU_add_test(s, "refusals", test_refusals) || !CU_add_test(s, "token", test_token))
         return -1;
