@@ -146,6 +146,22 @@ static int authorized(const dashboard *d, struct MHD_Connection *c) {
     return token_ok(d->token, MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "token"));
 }
 
+/* Without a token the server trusts whoever reaches it, which on a loopback address is this machine's
+ * users, but a web page in this machine's browser could reach it too through a name of its own that
+ * resolves to 127.0.0.1 (DNS rebinding). So the Host header must name the server by an address literal
+ * or "localhost". */
+static int host_ok(struct MHD_Connection *c) {
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host");
+    if (!h) return 1; /* HTTP/1.0 */
+    char host[300];
+    snprintf(host, sizeof host, "%s", h);
+    if (host[0] == '[') return strchr(host, ']') != NULL; /* an IPv6 literal */
+    char *colon = strchr(host, ':');
+    if (colon) *colon = 0;
+    struct in_addr a;
+    return !strcasecmp(host, "localhost") || inet_pton(AF_INET, host, &a) == 1;
+}
+
 static int arg_long(struct MHD_Connection *c, const char *name, long dflt, long lo, long hi, long *out) {
     const char *v = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
     if (!v || !v[0]) {
@@ -166,6 +182,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     dashboard *d = cls;
     if (strcmp(method, "GET") && strcmp(method, "HEAD")) return reply_error(c, 405, "only GET");
     if (!d->quiet) fprintf(stderr, "dashboard: GET %s\n", url);
+    if (!d->token && !host_ok(c))
+        return reply_error(c, 403, "the Host header names this server by a name, not its address: open it by its "
+                                   "address (http://127.0.0.1:PORT/), or give it a token");
     if (!authorized(d, c))
         return reply_error(c, 401, "this dashboard needs its token: open it as http://ADDR:PORT/?token=TOKEN "
                                    "(or send Authorization: Bearer TOKEN)");

@@ -26,7 +26,13 @@ static inline size_t dash_buf_write(char *p, size_t size, size_t n, void *ud) {
 
 /* GET URL (with an Authorization: Bearer header when bearer is not NULL): the HTTP status, the body in
  * *body (malloc'd, NUL-terminated; free it); -1 when the request failed. */
+static inline long dash_get_host(const char *url, const char *bearer, const char *host, char **body);
 static inline long dash_get(const char *url, const char *bearer, char **body) {
+    return dash_get_host(url, bearer, NULL, body);
+}
+
+/* The same with a Host header of the caller's (NULL: curl's own). */
+static inline long dash_get_host(const char *url, const char *bearer, const char *host, char **body) {
     dash_buf b = {calloc(1, 1), 0};
     CURL *c = curl_easy_init();
     struct curl_slist *h = NULL;
@@ -34,6 +40,11 @@ static inline long dash_get(const char *url, const char *bearer, char **body) {
     if (bearer) {
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer);
         h = curl_slist_append(h, auth);
+    }
+    char hosthdr[300];
+    if (host) {
+        snprintf(hosthdr, sizeof hosthdr, "Host: %s", host);
+        h = curl_slist_append(h, hosthdr);
     }
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, dash_buf_write);

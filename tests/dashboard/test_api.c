@@ -11,7 +11,8 @@
  *   config_masked:     secret-looking values are masked (before cutting), the rest is intact, no secret
  *                      byte is anywhere in the answer;
  *   processes:         a run with no process on this host says so; restarts.jsonl summarised per process;
- *   bad_requests:      unknown run index, bad limit, unknown endpoint; the page and the library are served;
+ *   bad_requests:      unknown run index, bad limit, unknown endpoint, a Host header that is a name (DNS
+ *                      rebinding) without a token; the page and the library are served;
  *   refusals:          an unknown run directory, a non-loopback address without a token, a missing charting
  *                      library: each refused with one error naming it; the CLI exits 2 on an unknown dir;
  *   token:             on 127.0.0.2 with a token: none or a wrong one is 401, Bearer or ?token= pass; the
@@ -392,6 +393,11 @@ static void test_bad_requests(void) {
     CU_ASSERT_EQUAL(dash_get(url, NULL, &body), 200);
     CU_ASSERT_TRUE(body && strstr(body, "uPlot.iife.min.js") && strstr(body, "dashboard.js"));
     free(body);
+    /* a page that reaches the server through a name of its own (DNS rebinding) is refused */
+    snprintf(url, sizeof url, "%s/api/runs", g_url);
+    CU_ASSERT_EQUAL(dash_get_host(url, NULL, "evil.example:8420", NULL), 403);
+    CU_ASSERT_EQUAL(dash_get_host(url, NULL, "localhost:8420", NULL), 200);
+    CU_ASSERT_EQUAL(dash_get_host(url, NULL, "127.0.0.1", NULL), 200);
     snprintf(url, sizeof url, "%s/uPlot.iife.min.js", g_url);
     CU_ASSERT_EQUAL(dash_get(url, NULL, &body), 200);
     CU_ASSERT_TRUE(body && strstr(body, "uPlot") && strlen(body) > 10000);
