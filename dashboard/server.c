@@ -282,6 +282,17 @@ int dashboard_create(dashboard **out, const dashboard_config *cfg, rlhf_error *e
         }
         d->n_runs++;
     }
+    /* runs of the same name (two runs of one config) are told apart by their directories */
+    int dup[DASHBOARD_MAX_RUNS] = {0};
+    for (int i = 0; i < d->n_runs; i++)
+        for (int j = 0; j < d->n_runs; j++) dup[i] |= j != i && !strcmp(d->runs[i].name, d->runs[j].name);
+    for (int i = 0; i < d->n_runs; i++) {
+        if (!dup[i]) continue;
+        const char *base = strrchr(d->runs[i].dir, '/');
+        char named[sizeof d->runs[i].name];
+        snprintf(named, sizeof named, "%.120s (%.120s)", d->runs[i].name, base && base[1] ? base + 1 : d->runs[i].dir);
+        memcpy(d->runs[i].name, named, sizeof named);
+    }
     char dir[4096];
     if (cfg->assets_dir[0]) {
         snprintf(dir, sizeof dir, "%s", cfg->assets_dir);

@@ -55,8 +55,16 @@
     box.textContent = '';
     state.runs.forEach(function (run, i) {
       const d = el('div', { class: 'run', 'data-run': i });
-      const sw = el('span', { class: 'swatch' });
-      sw.style.borderTopColor = COLORS[i % COLORS.length];
+      // runs are told apart by their line style (the same in every chart); colours tell the metrics apart
+      const svgNS = 'http://www.w3.org/2000/svg';
+      const sw = document.createElementNS(svgNS, 'svg');
+      sw.setAttribute('width', '36');
+      sw.setAttribute('height', '8');
+      sw.setAttribute('class', 'swatch');
+      const line = document.createElementNS(svgNS, 'line');
+      [['x1', 0], ['y1', 4], ['x2', 36], ['y2', 4], ['stroke', '#333'], ['stroke-width', 2],
+        ['stroke-dasharray', DASHES[i % DASHES.length].join(',') || 'none']].forEach(function (a) { line.setAttribute(a[0], a[1]); });
+      sw.appendChild(line);
       d.appendChild(sw);
       d.appendChild(el('b', null, run.name));
       d.appendChild(el('span', { class: 'dir' }, '  ' + run.dir + '  ·  ' + (state.data[i] ? state.data[i].metrics.length : 0) + ' steps'));
@@ -175,6 +183,9 @@
       if (c && c.u) c.u.destroy();
       plot.textContent = '';
       const width = Math.max(300, box.clientWidth - 14);
+      // one colour per metric, the same for every run (whose line style differs)
+      const keyIndex = {};
+      series.forEach(function (s) { const k = s.key + '|' + s.from; if (!(k in keyIndex)) keyIndex[k] = Object.keys(keyIndex).length; });
       const opts = {
         width: width, height: 220,
         scales: { x: { time: false } },
@@ -182,7 +193,7 @@
         legend: { live: true },
         series: [{ label: 'step' }].concat(series.map(function (s, i) {
           return {
-            label: s.label, stroke: COLORS[(series.length > 1 && state.runs.length > 1 ? s.run * 3 + i : i) % COLORS.length],
+            label: s.label, stroke: COLORS[keyIndex[s.key + '|' + s.from] % COLORS.length],
             dash: DASHES[s.run % DASHES.length], width: 1.5, spanGaps: true,
             points: { show: cd.data[0].length < 40 },
           };
