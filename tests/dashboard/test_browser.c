@@ -10,6 +10,8 @@
  *                  screenshot is written to BUILD/tests/artifacts/dashboard.png;
  *   missing_files: a run with no metrics yet and one with a torn last metrics line and no replay log: the
  *                  page shows what exists and names what is missing (and the torn line).
+ *   run_refusals:  `rlhf run --dashboard` on a non-loopback address without a token, or with a bad address:
+ *                  exit 2 naming it, before any process of the run starts.
  * Chromium missing is a failure, not a skip (scripts/install-deps.sh installs it). */
 #include <CUnit/CUnit.h>
 #include <signal.h>
@@ -301,10 +303,48 @@ static void test_missing_files(void) {
     CU_ASSERT_EQUAL(test_proc_stop(pid, 10), 0);
 }
 
+/* rlhf run --dashboard refuses what `rlhf dashboard` refuses, before any process of the run starts */
+static void test_run_refusals(void) {
+    char cfg[256], run[128], out[256], doc[2048];
+    snprintf(cfg, sizeof cfg, "%s/refused.json", g_dir);
+    snprintf(run, sizeof run, "%s/refused", g_dir);
+    snprintf(out, sizeof out, "%s/refused.out", g_dir);
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"refused\",\"run_dir\":\"%s\",\n"
+             " \"model\":{\"arch\":{\"dim\":32,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+             "\"max_seq_len\":16},\"threads\":1},\n"
+             " \"task\":{\"train\":\"%s/prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"^[0-9]\"}],\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"steps\":2},\n"
+             " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4,\"threads\":1}}\n",
+             run, g_dir);
+    CU_ASSERT_EQUAL_FATAL(write_text(cfg, doc), 0);
+    test_proc_opts o = {.out = out, .err = out, .die_with_parent = 1};
+    const char *const env[] = {"RLHF_DASHBOARD_TOKEN=", NULL};
+    o.env = env;
+    const char *open[] = {"run", cfg, "--quiet", "--dashboard", "0.0.0.0:0", NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, open, &o, 120), 2);
+    char *t = slurp(out);
+    CU_ASSERT_TRUE(t && strstr(t, "not a loopback address") && strstr(t, "RLHF_DASHBOARD_TOKEN"));
+    free(t);
+    char p[256];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run);
+    CU_ASSERT_NOT_EQUAL(access(p, F_OK), 0);
+    snprintf(p, sizeof p, "%s/logs/broker.log", run);
+    CU_ASSERT_NOT_EQUAL(access(p, F_OK), 0); /* no process started */
+    const char *bad[] = {"run", cfg, "--quiet", "--dashboard=127.0.0.1:70000", NULL};
+    CU_ASSERT_EQUAL(test_proc_run_args(g_rlhf, g_rlhf, bad, &o, 60), 2);
+    t = slurp(out);
+    CU_ASSERT_TRUE(t && strstr(t, "--dashboard") && strstr(t, "70000"));
+    free(t);
+}
+
 int register_browser_suite(void);
 int register_browser_suite(void) {
     CU_pSuite s = CU_add_suite("dashboard_browser", suite_init, suite_cleanup);
     if (!s) return -1;
-    if (!CU_add_test(s, "live_run", test_live_run) || !CU_add_test(s, "missing_files", test_missing_files)) return -1;
+    if (!CU_add_test(s, "live_run", test_live_run) || !CU_add_test(s, "missing_files", test_missing_files) ||
+        !CU_add_test(s, "run_refusals", test_run_refusals))
+        return -1;
     return 0;
 }
