@@ -4,6 +4,7 @@
 #define RLHF_DASHBOARD_INT_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include <jansson.h>
@@ -25,6 +26,11 @@ typedef struct dashboard_jsonl {
     size_t torn;      /* bytes of an unterminated last line, 0 = none */
     int exists;
     unsigned generation; /* bumped when the file started over (clients then read from 0) */
+    /* NULL: every row is kept in rows. Else each row goes to on_row with the byte offset of its line,
+     * and is not kept (a file too large to hold parsed, like scores.jsonl); on_row(ctx, NULL, 0) says
+     * that the file started over */
+    void (*on_row)(void *ctx, json_t *row, off_t offset);
+    void *ctx;
 } dashboard_jsonl;
 
 void dashboard_jsonl_init(dashboard_jsonl *j, const char *dir, const char *name);
@@ -37,13 +43,20 @@ typedef struct dashboard_cpu_sample {
     double cpu_s, t; /* CPU seconds at monotonic time t */
 } dashboard_cpu_sample;
 
+typedef struct dashboard_score_ref {
+    uint64_t key; /* 0 = empty slot */
+    off_t offset;
+} dashboard_score_ref;
+
 /* One run directory. */
 typedef struct dashboard_run {
     char dir[4096];
     char name[256];
     dashboard_jsonl metrics, eval, restarts, scores;
-    json_t *score_index; /* "generator_id#seq" -> row of scores.jsonl */
-    size_t score_indexed; /* rows of scores.jsonl indexed */
+    /* scores.jsonl: an open-addressing table of (hash of "generator#seq", byte offset of the line), 16 bytes
+     * a group; the line is read again when a group is shown */
+    struct dashboard_score_ref *score_refs;
+    size_t n_score_refs, cap_score_refs; /* cap: a power of 2 (0 = none yet) */
     replay_pos *pos; /* start of every record of rollouts.log read so far */
     size_t n_pos, cap_pos;
     char log_note[1024]; /* the last problem reading rollouts.log, "" = none */

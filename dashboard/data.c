@@ -28,6 +28,7 @@ void dashboard_jsonl_fini(dashboard_jsonl *j) {
 }
 
 static void jsonl_restart(dashboard_jsonl *j) {
+    if (j->on_row) j->on_row(j->ctx, NULL, 0); /* start over */
     json_array_clear(j->rows);
     j->offset = 0;
     j->lines = 0;
@@ -74,7 +75,10 @@ void dashboard_jsonl_refresh(dashboard_jsonl *j) {
         while (*s == ' ' || *s == '\t' || *s == '\r') s++;
         if (*s) {
             json_t *row = json_loads(s, 0, NULL);
-            if (json_is_object(row)) {
+            if (json_is_object(row) && j->on_row) {
+                j->on_row(j->ctx, row, j->offset + (off_t)(p - buf));
+                json_decref(row);
+            } else if (json_is_object(row)) {
                 json_array_append_new(j->rows, row);
             } else {
                 json_decref(row);
@@ -87,6 +91,74 @@ void dashboard_jsonl_refresh(dashboard_jsonl *j) {
     j->offset += (off_t)(p - buf);
     j->torn = (size_t)(end - p);
     free(buf);
+}
+
+/* ---------------------------------------------------------------- scores.jsonl index */
+
+static uint64_t score_key(const char *generator, uint64_t seq) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over "generator#seq" */
+    for (const char *p = generator; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ '#') * 1099511628211ull;
+    for (int i = 0; i < 8; i++) h = (h ^ ((seq >> (8 * i)) & 0xff)) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+static void score_put(dashboard_run *r, uint64_t key, off_t off) {
+    if ((r->n_score_refs + 1) * 2 > r->cap_score_refs) { /* keep it at most half full */
+        size_t cap = r->cap_score_refs ? r->cap_score_refs * 2 : 1024;
+        dashboard_score_ref *t = calloc(cap, sizeof *t);
+        if (!t) return;
+        for (size_t i = 0; i < r->cap_score_refs; i++) {
+            if (!r->score_refs[i].key) continue;
+            size_t at = r->score_refs[i].key & (cap - 1);
+            while (t[at].key) at = (at + 1) & (cap - 1);
+            t[at] = r->score_refs[i];
+        }
+        free(r->score_refs);
+        r->score_refs = t;
+        r->cap_score_refs = cap;
+    }
+    size_t at = key & (r->cap_score_refs - 1);
+    while (r->score_refs[at].key && r->score_refs[at].key != key) at = (at + 1) & (r->cap_score_refs - 1);
+    if (!r->score_refs[at].key) r->n_score_refs++;
+    r->score_refs[at] = (dashboard_score_ref){key, off}; /* a group scored again: its newest line */
+}
+
+/* dashboard_jsonl's on_row for scores.jsonl; row NULL: the file started over, forget everything. */
+static void index_score(void *ctx, json_t *row, off_t off) {
+    dashboard_run *r = ctx;
+    if (!row) {
+        r->n_score_refs = 0;
+        if (r->score_refs) memset(r->score_refs, 0, r->cap_score_refs * sizeof *r->score_refs);
+        return;
+    }
+    const char *gid = json_string_value(json_object_get(row, "generator"));
+    if (gid) score_put(r, score_key(gid, (uint64_t)json_integer_value(json_object_get(row, "seq"))), off);
+}
+
+/* The scores.jsonl record of a group (a new reference), or NULL (not scored yet, or no scores.jsonl). */
+static json_t *find_score(dashboard_run *r, const wire_rollout_group *g) {
+    if (!r->cap_score_refs || !g->generator_id) return NULL;
+    uint64_t key = score_key(g->generator_id, g->seq);
+    size_t at = key & (r->cap_score_refs - 1);
+    while (r->score_refs[at].key && r->score_refs[at].key != key) at = (at + 1) & (r->cap_score_refs - 1);
+    if (!r->score_refs[at].key) return NULL;
+    int fd = open(r->scores.path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    char buf[65536];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, r->score_refs[at].offset);
+    close(fd);
+    if (n <= 0) return NULL;
+    buf[n] = 0;
+    char *nl = strchr(buf, '\n');
+    if (nl) *nl = 0;
+    json_t *row = json_loads(buf, 0, NULL);
+    const char *gid = json_string_value(json_object_get(row, "generator"));
+    if (!gid || strcmp(gid, g->generator_id) || (uint64_t)json_integer_value(json_object_get(row, "seq")) != g->seq) {
+        json_decref(row); /* a hash collision, or the file changed under us */
+        return NULL;
+    }
+    return row;
 }
 
 /* ---------------------------------------------------------------- runs */
@@ -121,7 +193,8 @@ int dashboard_run_init(dashboard_run *r, const char *dir, rlhf_error *err) {
     dashboard_jsonl_init(&r->eval, r->dir, "eval.jsonl");
     dashboard_jsonl_init(&r->restarts, r->dir, "restarts.jsonl");
     dashboard_jsonl_init(&r->scores, r->dir, "scores.jsonl");
-    r->score_index = json_object();
+    r->scores.on_row = index_score;
+    r->scores.ctx = r;
     return 0;
 }
 
@@ -130,9 +203,9 @@ void dashboard_run_fini(dashboard_run *r) {
     dashboard_jsonl_fini(&r->eval);
     dashboard_jsonl_fini(&r->restarts);
     dashboard_jsonl_fini(&r->scores);
-    json_decref(r->score_index);
-    r->score_index = NULL;
-    r->score_indexed = 0;
+    free(r->score_refs);
+    r->score_refs = NULL;
+    r->n_score_refs = r->cap_score_refs = 0;
     tokenizer_destroy(&r->tok);
     free(r->pos);
     r->pos = NULL;
@@ -256,31 +329,8 @@ static int contains_ci(const char *hay, const char *needle) {
     return 0;
 }
 
-/* scores.jsonl, indexed by generator and seq (rows that started over are indexed again). */
-static void refresh_scores(dashboard_run *r) {
-    unsigned gen = r->scores.generation;
-    dashboard_jsonl_refresh(&r->scores);
-    if (gen != r->scores.generation) {
-        json_object_clear(r->score_index);
-        r->score_indexed = 0;
-    }
-    size_t n = json_array_size(r->scores.rows);
-    for (; r->score_indexed < n; r->score_indexed++) {
-        json_t *row = json_array_get(r->scores.rows, r->score_indexed);
-        const char *gid = json_string_value(json_object_get(row, "generator"));
-        if (!gid) continue;
-        char key[512];
-        snprintf(key, sizeof key, "%s#%" JSON_INTEGER_FORMAT, gid, json_integer_value(json_object_get(row, "seq")));
-        json_object_set(r->score_index, key, row);
-    }
-}
-
-/* The scores.jsonl record of a group, or NULL (not scored yet, or scores.jsonl is missing). */
-static json_t *find_score(dashboard_run *r, const wire_rollout_group *g) {
-    char key[512];
-    snprintf(key, sizeof key, "%s#%" PRIu64, g->generator_id ? g->generator_id : "", g->seq);
-    return json_object_get(r->score_index, key);
-}
+/* scores.jsonl, indexed by generator and seq (a file that started over is indexed again: index_score). */
+static void refresh_scores(dashboard_run *r) { dashboard_jsonl_refresh(&r->scores); }
 
 /* The run's tokenizer (config.json's model.tokenizer and base checkpoint, as the run loaded it), for
  * groups recorded without their texts; NULL (and tok_note says why) when it cannot be loaded. */
@@ -405,7 +455,9 @@ json_t *dashboard_api_rollouts(dashboard_run *r, int limit, const char *filter) 
                 scanned++;
                 if (replay_reader_seek(rr, r->pos[i], &err) || replay_reader_next(rr, &g, &pos, &err) != 1) break;
                 int match = 0;
-                json_t *o = group_json(r, &g, find_score(r, &g), filter, &match);
+                json_t *score = find_score(r, &g);
+                json_t *o = group_json(r, &g, score, filter, &match);
+                json_decref(score);
                 if (match) json_array_append_new(rows, o);
                 else json_decref(o);
                 wire_rollout_group_free(&g);

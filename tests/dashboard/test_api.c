@@ -292,6 +292,31 @@ static void test_rollouts(void) {
     CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(json_object_get(c0, "rewards"), "exact")), 1.0, 1e-9);
     CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(c0, "advantage")), 1.0 - (0.0 + 0.5 + 0.5) / 3, 1e-9);
     json_decref(j);
+    /* scores.jsonl replaced (a new file): read again from its start */
+    char tmp[256], dst[256];
+    snprintf(tmp, sizeof tmp, "%s/scores.jsonl.tmp", g_run_c);
+    snprintf(dst, sizeof dst, "%s/scores.jsonl", g_run_c);
+    FILE *f = fopen(tmp, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("{\"generator\":\"generator-0.1\",\"seq\":13,\"step\":9,\"fate\":\"zero_var\",\"total\":[1,1,1,1],"
+          "\"rewards\":{\"exact\":[1,1,1,1]}}\n", f);
+    fclose(f);
+    CU_ASSERT_EQUAL(rename(tmp, dst), 0);
+    j = get_json("/api/rollouts?run=2&limit=30", 200);
+    rows = json_object_get(j, "rollouts");
+    size_t i;
+    json_array_foreach(rows, i, g) {
+        json_int_t seq = json_integer_value(json_object_get(g, "seq"));
+        if (seq == 13) {
+            CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(g, "fate")), "zero_var");
+            CU_ASSERT_EQUAL(json_integer_value(json_object_get(g, "step")), 9);
+            CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(json_array_get(json_object_get(g, "completions"), 0),
+                                                                     "advantage")), 0.0, 1e-12);
+        } else {
+            CU_ASSERT_TRUE(json_is_null(json_object_get(g, "fate"))); /* the old file's scores are gone */
+        }
+    }
+    json_decref(j);
     /* the filter matches prompts too, case-insensitively; nothing matching: an empty list */
     j = get_json("/api/rollouts?run=2&limit=50&filter=PROMPT%202", 200);
     CU_ASSERT_EQUAL(json_array_size(json_object_get(j, "rollouts")), 11); /* 2, 20..29 */
