@@ -100,15 +100,9 @@
     const out = [];
     state.data.forEach(function (d, ri) {
       const prefix = state.runs.length > 1 ? state.runs[ri].name + ': ' : '';
-      const seen = {};
-      d.metrics.forEach(function (row) {
-        for (const k in row) {
-          if (seen[k] || typeof row[k] !== 'number') continue;
-          if (def.keys && def.keys.some(function (re) { return re.test(k); })) {
-            seen[k] = 1;
-            out.push({ run: ri, key: k, label: prefix + k, from: 'metrics' });
-          }
-        }
+      d.keys.forEach(function (k) {
+        if (def.keys && def.keys.some(function (re) { return re.test(k); }))
+          out.push({ run: ri, key: k, label: prefix + k, from: 'metrics' });
       });
       (def.evalKeys || []).forEach(function (k) {
         if (d.eval.some(function (row) { return typeof row[k] === 'number'; }))
@@ -309,6 +303,8 @@
       const m = r[0], e = r[1];
       if (m.reset || m.generation !== d.mgen) d.metrics = [];
       if (e.reset || e.generation !== d.egen) d.eval = [];
+      if (!d.metrics.length) d.keys = new Set();
+      m.rows.forEach(function (row) { for (const k in row) if (typeof row[k] === 'number') d.keys.add(k); });
       d.metrics = d.metrics.concat(m.rows);
       d.eval = d.eval.concat(e.rows);
       d.mnext = m.next; d.mgen = m.generation;
@@ -403,7 +399,8 @@
     }
     api('/api/runs').then(function (j) {
       state.runs = j.runs;
-      state.data = j.runs.map(function () { return { metrics: [], eval: [], mnext: 0, mgen: 0, enext: 0, egen: 0 }; });
+      // per run: rows so far, the numeric metric names seen in them, where the next poll starts
+      state.data = j.runs.map(function () { return { metrics: [], keys: new Set(), eval: [], mnext: 0, mgen: 0, enext: 0, egen: 0 }; });
       renderRuns();
       fillRunSelect('rollout-run');
       fillRunSelect('config-run');
