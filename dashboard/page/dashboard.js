@@ -131,6 +131,13 @@
     return { data: [xs].concat(ys), points: points };
   }
 
+  // a flat series (KL 0 all along) gets a small range around its value, not 0..100
+  function yRange(u, min, max) {
+    if (min === null || max === null) return [0, 1];
+    if (min === max) { const d = Math.abs(min) * 0.1 || 1; return [min - d, max + d]; }
+    return uPlot.rangeNum(min, max, 0.1, true);
+  }
+
   // axis labels that fit: 12k, 1.5M, 0.25
   function shortNumber(v) {
     if (v === null || v === undefined) return '';
@@ -182,7 +189,7 @@
       series.forEach(function (s) { const k = s.key + '|' + s.from; if (!(k in keyIndex)) keyIndex[k] = Object.keys(keyIndex).length; });
       const opts = {
         width: width, height: 220,
-        scales: { x: { time: false } },
+        scales: { x: { time: false }, y: { range: yRange } },
         axes: [{ label: 'step' }, { size: 56, values: function (u, vals) { return vals.map(shortNumber); } }],
         legend: { live: true },
         series: [{ label: 'step' }].concat(series.map(function (s, i) {
