@@ -18,5 +18,6 @@ $(BUILD)/bin/rlhf: | $(DASHBOARD_ASSETS)
 # test_dashboard: the JSON endpoints against the real server with libcurl (tests/dashboard/test_api.c) and
 # the page of a running run in headless Chromium (tests/dashboard/test_browser.c)
 TESTS     += test_dashboard
+SAN_TESTS += test_dashboard
 test_dashboard_SRCS = $(wildcard tests/dashboard/*.c)
 $(BUILD)/tests/test_dashboard: | $(DASHBOARD_ASSETS)
