@@ -10,7 +10,8 @@
 #   make bench      build the benchmarks (run them as docs/PERFORMANCE.md says)
 #   make install    the rlhf binary (and its rlhf-broker/-generator/-updater names), library, public
 #                   headers and pkg-config files under PREFIX (default /usr/local): rlhf.pc (the
-#                   library) and rlhf-plugin.pc (only the include path a reward plugin needs)
+#                   library) and rlhf-plugin.pc (only the include path a reward plugin needs); the
+#                   dashboard's charting library under PREFIX/share/rlhf/dashboard
 
 # `make` alone builds everything: module.mk files add rules of their own before `all` is defined
 .DEFAULT_GOAL := all
@@ -143,6 +144,9 @@ install: $(LIB) $(BUILD)/bin/rlhf
 	for h in $(HEADERS); do install -D -m 644 $$h $(PREFIX)/include/rlhf/$$h; done
 	sed 's|@PREFIX@|$(PREFIX)|' scripts/rlhf.pc.in > $(PREFIX)/lib/pkgconfig/rlhf.pc
 	sed 's|@PREFIX@|$(PREFIX)|' scripts/rlhf-plugin.pc.in > $(PREFIX)/lib/pkgconfig/rlhf-plugin.pc
+	@# the dashboard's charting library (dashboard/module.mk), where the installed binary looks for it
+	if [ -d $(BUILD)/share/rlhf/dashboard ]; then install -d $(PREFIX)/share/rlhf/dashboard && \
+	  install -m 644 $(BUILD)/share/rlhf/dashboard/* $(PREFIX)/share/rlhf/dashboard/; fi
 
 clean:
 	rm -rf build build-san build-fuzz

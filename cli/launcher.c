@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "cli/run_events_int.h"
+#include "dashboard/dashboard.h"
 #include "run/run.h"
 #include "updater/updater.h"
 
@@ -462,9 +463,12 @@ static void eval_summary(const run_config *cfg) {
     json_decref(r);
 }
 
-static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet]\n"
+static const char usage[] = "usage: rlhf run CONFIG.json [--set a.b=VALUE ...] [--quiet] [--dashboard [ADDR:PORT]]\n"
                             "       rlhf run --resume RUN_DIR [--repair] [--set a.b=VALUE ...] [--quiet] [--continue-live]\n"
+                            "                [--dashboard [ADDR:PORT]]\n"
                             "Starts the broker, generators and updater of a training run and supervises them.\n"
+                            "  --dashboard      serve the run's live dashboard while it runs (default " DASHBOARD_DEFAULT_LISTEN ";\n"
+                            "                   an ADDR that is not loopback needs a token in $" DASHBOARD_DEFAULT_TOKEN_ENV ")\n"
                             "  --repair         the broker rewrites a damaged replay log keeping every valid record\n"
                             "                   (a copy of it is kept as LOG.damaged-<time>); without it a damaged\n"
                             "                   log stops the run\n"
@@ -480,8 +484,61 @@ static void sweep_weights_files(const run_config *cfg) {
     broker_config_free(&bc);
 }
 
+/* "--dashboard" takes an optional value: the next argument when it looks like ADDR:PORT or PORT (a config
+ * path never does). Removes it from argv; *listen gets the address, NULL without the option. */
+static int take_dashboard_option(int *argc, char **argv, const char **listen) {
+    int w = 1, i = 1;
+    *listen = NULL;
+    for (; i < *argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) break;
+        if (!strcmp(a, "--dashboard")) {
+            const char *v = i + 1 < *argc ? argv[i + 1] : NULL;
+            int addr = v && v[0] && v[0] != '-' && !strchr(v, '/') && !strstr(v, ".json") &&
+                       (strchr(v, ':') || strspn(v, "0123456789") == strlen(v));
+            *listen = addr ? argv[++i] : DASHBOARD_DEFAULT_LISTEN;
+            continue;
+        }
+        if (!strncmp(a, "--dashboard=", 12)) {
+            *listen = a + 12;
+            continue;
+        }
+        argv[w++] = argv[i];
+    }
+    for (; i < *argc; i++) argv[w++] = argv[i];
+    *argc = w;
+    char host[64];
+    int port;
+    rlhf_error err = {0};
+    if (*listen && dashboard_parse_listen(*listen, host, &port, &err)) {
+        fprintf(stderr, "rlhf run: error: --dashboard: %s: %s\n", err.where, err.msg);
+        return 2;
+    }
+    return -1;
+}
+
+/* The run's dashboard, a thread of this launcher (libmicrohttpd's): it only reads the run directory, so
+ * it needs no supervision of its own, lives exactly as long as the run, and a bad address, a missing
+ * token or a missing charting library stop the run before any process starts. */
+static int start_dashboard(dashboard **out, const char *listen, const char *run_dir, rlhf_error *err) {
+    dashboard_config dc;
+    dashboard_config_default(&dc);
+    snprintf(dc.listen, sizeof dc.listen, "%s", listen);
+    dc.run_dirs[0] = run_dir;
+    dc.n_runs = 1;
+    int rc = dashboard_create(out, &dc, err);
+    if (rc) return rc;
+    char host[64];
+    int port;
+    dashboard_parse_listen(listen, host, &port, NULL);
+    fprintf(stderr, "[rlhf run] dashboard: http://%s:%d/\n", host, dashboard_port(*out));
+    return 0;
+}
+
 int cmd_run(int argc, char **argv) {
-    const char *config_path = NULL, *resume_dir = NULL;
+    const char *config_path = NULL, *resume_dir = NULL, *dash_listen = NULL;
+    int drc = take_dashboard_option(&argc, argv, &dash_listen);
+    if (drc >= 0) return drc;
     char *sets[64];
     rlhf_opt_strs set = {sets, 0, 64};
     int quiet = 0, npos = 0, continue_live = 0, repair = 0;
@@ -599,6 +656,12 @@ int cmd_run(int argc, char **argv) {
         return 0;
     }
 
+    dashboard *dash = NULL;
+    if (dash_listen && start_dashboard(&dash, dash_listen, cfg.run_dir, &err)) {
+        rlhf_error_print("rlhf run: --dashboard", &err);
+        run_config_free(&cfg);
+        return err.code == RLHF_EINVAL ? RLHF_EXIT_CONFIG : RLHF_EXIT_ENV;
+    }
     rlhf_on_signals(on_stop_signal, (const int[]){SIGINT, SIGTERM, 0});
 
     int G = cfg.gen_count;
@@ -806,6 +869,7 @@ int cmd_run(int argc, char **argv) {
     cmd_run_events_fini(&events);
     for (int i = 0; i < G + 2; i++) child_free(&kids[i]);
     free(kids);
+    dashboard_destroy(&dash);
     run_config_free(&cfg);
     return rc;
 fail:
@@ -817,6 +881,7 @@ fail:
     sweep_weights_files(&cfg);
     cmd_run_events_fini(&events);
     free(kids);
+    dashboard_destroy(&dash);
     run_config_free(&cfg);
     return 1;
 }

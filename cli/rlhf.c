@@ -60,6 +60,7 @@ typedef int (*cmd_fn)(int argc, char **argv);
     X(reward_plugin_host, "rewards", "internal: the worker process of a .so reward plugin (isolate \"process\")")   \
     X(sandbox_run, "rewards/sandbox", "run a program in the code-execution sandbox")                 \
     X(serve, "serve", "OpenAI-compatible HTTP server for a checkpoint / reward model")              \
+    X(dashboard, "dashboard", "a live page of runs' curves, rollouts and config (HTTP)")            \
     X(train_rm, "rewards/rm", "train a reward model from preference pairs")                          \
     X(prompts, "prompts", "prompt datasets and task generators: rlhf prompts gen|stats ...")             \
     X(chat_template, "template", "render a message list through a chat template (Jinja)")

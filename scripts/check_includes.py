@@ -32,6 +32,7 @@ FLOORS = {
     "rewards": 3,
     "broker": 3,
     "serve": 4,
+    "dashboard": 4,  # reads a run directory (the replay log through broker/), beside serve/
     "run": 4,
     "generator": 5,
     "updater": 5,
@@ -54,6 +55,7 @@ TESTED = {
     "tests/rm": "rewards/rm",
     "tests/broker": "broker",
     "tests/serve": "serve",
+    "tests/dashboard": "dashboard",
     "tests/run": "run",
     "tests/generator": "generator",
     "tests/updater": "updater",
@@ -85,6 +87,7 @@ PREFIXES = {
     "rewards/rm": ["rm_", "reward_model_"],
     "broker": ["broker_", "wire_", "replay_"],  # the broker, its wire protocol, its replay log
     "serve": ["serve_"],
+    "dashboard": ["dashboard_"],
     "run": ["run_"],
     "generator": ["generator_"],
     "updater": ["updater_", "rl_"],  # rl_: the RL math of one update (updater/rl.c)

