@@ -1,0 +1,411 @@
+/* guided/mask.c — token masks: the vocabulary as a trie of byte strings (preorder arrays), one walk of
+ * the trie per DFA state (a subtree is skipped as soon as its prefix leaves the language), the mask cached
+ * in the DFA state; the per-sequence matcher and its sample_constraint; compiling specs, and the cache
+ * of compiled grammars. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "guided/guided_int.h"
+
+/* cached masks above this many bytes: further masks go to the matcher's own buffer, uncached */
+#define GUIDED_MASK_CACHE_BYTES ((size_t)512 << 20)
+
+/* ---------------------------------------------------------------- vocabulary trie */
+
+static int cmp_tok(const void *x, const void *y, void *ctx) {
+    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    const guided_vocab *v = ctx;
+    size_t la = v->len[a], lb = v->len[b], m = la < lb ? la : lb;
+    int c = memcmp(v->bytes[a], v->bytes[b], m);
+    if (c) return c;
+    if (la != lb) return la < lb ? -1 : 1;
+    return (a > b) - (a < b);
+}
+
+void guided_vocab_destroy(guided_vocab **vp) {
+    if (!vp || !*vp) return;
+    guided_vocab *v = *vp;
+    if (v->bytes)
+        for (int i = 0; i < v->vocab_size; i++) free(v->bytes[i]);
+    free(v->bytes);
+    free(v->len);
+    free(v->byte);
+    free(v->depth);
+    free(v->end);
+    free(v->tok_first);
+    free(v->tok_n);
+    free(v->ids);
+    free(v);
+    *vp = NULL;
+}
+
+int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *err) {
+    *out = NULL;
+    if (tok->n_eos_ids < 1 && tok->eos_id < 0)
+        return RLHF_FAIL(err, RLHF_EINVAL, "guided generation needs a tokenizer with an EOS id");
+    guided_vocab *v = calloc(1, sizeof *v);
+    if (!v) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    int V = tok->vocab_size;
+    v->vocab_size = V;
+    v->bytes = calloc((size_t)V, sizeof *v->bytes);
+    v->len = calloc((size_t)V, sizeof *v->len);
+    v->ids = malloc((size_t)V * sizeof *v->ids);
+    if (!v->bytes || !v->len || !v->ids) goto oom;
+    if (tok->n_eos_ids > 0)
+        for (int i = 0; i < tok->n_eos_ids && v->n_eos < 8; i++) v->eos[v->n_eos++] = tok->eos_ids[i];
+    else
+        v->eos[v->n_eos++] = tok->eos_id;
+    int n_tok = 0;
+    size_t total = 0;
+    char buf[256];
+    for (int id = 0; id < V; id++) {
+        int special = 0;
+        for (int k = 0; k < v->n_eos; k++) special |= v->eos[k] == id;
+        if (special || (tok->ops->special_text && tok->ops->special_text(tok, id))) continue;
+        size_t n = tok->ops->token_bytes(tok, id, buf, sizeof buf);
+        if (n == 0 || n > sizeof buf) continue; /* special, unused, or longer than any walk goes */
+        if (!(v->bytes[id] = malloc(n))) goto oom;
+        memcpy(v->bytes[id], buf, n);
+        v->len[id] = (uint16_t)n;
+        v->ids[n_tok++] = id;
+        total += n;
+    }
+    qsort_r(v->ids, (size_t)n_tok, sizeof *v->ids, cmp_tok, v);
+    size_t cap = total + 1; /* at most one node per byte, plus the root */
+    v->byte = malloc(cap);
+    v->depth = malloc(cap * sizeof *v->depth);
+    v->end = malloc(cap * sizeof *v->end);
+    v->tok_first = malloc(cap * sizeof *v->tok_first);
+    v->tok_n = calloc(cap, sizeof *v->tok_n);
+    int32_t *path = malloc(258 * sizeof *path); /* node of each depth on the current path */
+    if (!v->byte || !v->depth || !v->end || !v->tok_first || !v->tok_n || !path) {
+        free(path);
+        goto oom;
+    }
+    int nn = 1, pd = 0; /* nodes; depth of the current path */
+    v->byte[0] = 0;
+    v->depth[0] = 0;
+    v->tok_first[0] = -1;
+    path[0] = 0;
+    const char *prev = NULL;
+    size_t prev_len = 0;
+    for (int i = 0; i < n_tok; i++) {
+        int32_t id = v->ids[i];
+        const char *b = v->bytes[id];
+        size_t n = v->len[id], lcp = 0;
+        while (prev && lcp < n && lcp < prev_len && b[lcp] == prev[lcp]) lcp++;
+        while (pd > (int)lcp) v->end[path[pd--]] = nn; /* close the nodes past the common prefix */
+        for (size_t d = lcp; d < n; d++) {
+            v->byte[nn] = (uint8_t)b[d];
+            v->depth[nn] = (uint16_t)(d + 1);
+            v->tok_first[nn] = -1;
+            path[++pd] = nn++;
+        }
+        int32_t node = path[pd];
+        if (v->tok_first[node] < 0) v->tok_first[node] = i;
+        v->tok_n[node]++;
+        if ((int)n > v->max_depth) v->max_depth = (int)n;
+        prev = b;
+        prev_len = n;
+    }
+    while (pd > 0) v->end[path[pd--]] = nn;
+    v->end[0] = nn;
+    v->n_nodes = nn;
+    free(path);
+    *out = v;
+    return 0;
+oom:
+    guided_vocab_destroy(&v);
+    return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for the vocabulary");
+}
+
+/* ---------------------------------------------------------------- masks */
+
+/* The mask of DFA state d into bits (V bits, zeroed here): one preorder walk of the trie. */
+static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64_t *bits, int *n_allowed,
+                     int32_t *only, rlhf_error *err) {
+    memset(bits, 0, (size_t)(v->vocab_size + 63) / 64 * sizeof(uint64_t));
+    int32_t stack[258];
+    stack[0] = d;
+    int n = 0;
+    int32_t last = -1;
+    for (int i = 1; i < v->n_nodes;) {
+        int dep = v->depth[i];
+        int32_t nd = guided_dfa_step(g, stack[dep - 1], v->byte[i]);
+        if (nd < 0) {
+            if (nd == -3)
+                return rlhf_error_set(err, RLHF_EINVAL, g->desc, "the automaton exceeds %d DFA states (too large)",
+                                      GUIDED_MAX_DFA_STATES);
+            i = v->end[i];
+            continue;
+        }
+        stack[dep] = nd;
+        for (int k = 0; k < v->tok_n[i]; k++) {
+            int32_t id = v->ids[v->tok_first[i] + k];
+            bits[id >> 6] |= 1ull << (id & 63);
+            last = id;
+            n++;
+        }
+        i++;
+    }
+    if (g->ds[d].accepting)
+        for (int k = 0; k < v->n_eos; k++) {
+            int32_t id = v->eos[k];
+            if (id < 0 || id >= v->vocab_size || ((bits[id >> 6] >> (id & 63)) & 1)) continue;
+            bits[id >> 6] |= 1ull << (id & 63);
+            last = id;
+            n++;
+        }
+    *n_allowed = n;
+    *only = n == 1 ? last : -1;
+    return 0;
+}
+
+struct guided_matcher {
+    guided_grammar *g;
+    const guided_vocab *v;
+    int32_t state; /* DFA state; -1 after EOS */
+    uint64_t *own; /* the mask when the cache is full */
+    sample_constraint hook;
+};
+
+int guided_matcher_mask(guided_matcher *m, const uint64_t **bits, int *n_allowed, int32_t *only, rlhf_error *err) {
+    guided_grammar *g = m->g;
+    if (m->state < 0) return rlhf_error_set(err, RLHF_ESTATE, g->desc, "the sequence already ended (EOS)");
+    gdfa_state *x = &g->ds[m->state];
+    if (!x->mask) {
+        size_t words = (size_t)(m->v->vocab_size + 63) / 64;
+        uint64_t *b = NULL;
+        if (g->mask_bytes + words * 8 <= GUIDED_MASK_CACHE_BYTES) b = malloc(words * 8);
+        int cached = b != NULL;
+        if (!b) {
+            if (!m->own && !(m->own = malloc(words * 8))) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+            b = m->own;
+        }
+        int n;
+        int32_t one;
+        int rc = walk_mask(g, m->v, m->state, b, &n, &one, err);
+        x = &g->ds[m->state]; /* the walk may have grown the state array */
+        if (rc) {
+            if (cached) free(b);
+            return rc;
+        }
+        if (n == 0) {
+            if (cached) free(b);
+            return rlhf_error_set(err, RLHF_EINVAL, g->desc, "no token of the vocabulary continues the output here");
+        }
+        if (!cached) {
+            *bits = b, *n_allowed = n, *only = one;
+            return 0;
+        }
+        x->mask = b;
+        x->n_allowed = n;
+        x->only = one;
+        g->mask_bytes += words * 8;
+    }
+    *bits = x->mask;
+    *n_allowed = x->n_allowed;
+    *only = x->only;
+    return 0;
+}
+
+int guided_matcher_accept(guided_matcher *m, int32_t id, rlhf_error *err) {
+    guided_grammar *g = m->g;
+    const guided_vocab *v = m->v;
+    if (m->state < 0) return rlhf_error_set(err, RLHF_ESTATE, g->desc, "token after the end of the sequence");
+    for (int k = 0; k < v->n_eos; k++)
+        if (id == v->eos[k]) {
+            if (!g->ds[m->state].accepting)
+                return rlhf_error_set(err, RLHF_EINVAL, g->desc, "EOS before the output is complete");
+            m->state = -1;
+            return 0;
+        }
+    if (id < 0 || id >= v->vocab_size || !v->bytes[id])
+        return rlhf_error_set(err, RLHF_EINVAL, g->desc, "token %d is not allowed here", id);
+    int32_t d = m->state;
+    for (int i = 0; i < v->len[id] && d >= 0; i++) d = guided_dfa_step(g, d, (uint8_t)v->bytes[id][i]);
+    if (d < 0) return rlhf_error_set(err, RLHF_EINVAL, g->desc, "token %d is not allowed here", id);
+    m->state = d;
+    return 0;
+}
+
+int guided_matcher_accepting(const guided_matcher *m) { return m->state < 0 || m->g->ds[m->state].accepting; }
+
+static int hook_mask(void *ctx, const uint64_t **bits, int *n, int32_t *only, rlhf_error *err) {
+    return guided_matcher_mask(ctx, bits, n, only, err);
+}
+static int hook_accept(void *ctx, int32_t id, rlhf_error *err) { return guided_matcher_accept(ctx, id, err); }
+
+int guided_matcher_create(guided_matcher **out, guided_grammar *g, const guided_vocab *v, rlhf_error *err) {
+    *out = NULL;
+    if (g->vocab && g->vocab != v)
+        return rlhf_error_set(err, RLHF_EINVAL, g->desc, "the grammar serves another vocabulary already");
+    guided_matcher *m = calloc(1, sizeof *m);
+    if (!m) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    g->vocab = v;
+    m->g = g;
+    m->v = v;
+    m->hook = (sample_constraint){m, hook_mask, hook_accept};
+    *out = m;
+    return 0;
+}
+
+void guided_matcher_reset(guided_matcher *m) { m->state = 0; }
+
+void guided_matcher_destroy(guided_matcher **mp) {
+    if (!mp || !*mp) return;
+    free((*mp)->own);
+    free(*mp);
+    *mp = NULL;
+}
+
+const sample_constraint *guided_matcher_constraint(guided_matcher *m) { return &m->hook; }
+
+/* ---------------------------------------------------------------- compiling */
+
+int guided_compile_schema(guided_grammar **out, const json_t *schema, rlhf_error *err) {
+    gnfa a = {0};
+    gfrag f;
+    int rc = guided_schema_build(&a, schema, &f, err);
+    if (rc) {
+        free(a.st);
+        return rc;
+    }
+    return guided_grammar_from_nfa(out, &a, f, "$", err);
+}
+
+int guided_compile_regex(guided_grammar **out, const char *regex, rlhf_error *err) {
+    gnfa a = {0};
+    gfrag f;
+    int rc = guided_regex_build(&a, regex, strlen(regex), 0, "regex", &f, err);
+    if (rc) {
+        free(a.st);
+        return rc;
+    }
+    return guided_grammar_from_nfa(out, &a, f, "regex", err);
+}
+
+int guided_compile_json_object(guided_grammar **out, rlhf_error *err) {
+    gnfa a = {0};
+    gfrag f = guided_schema_any_object(&a);
+    return guided_grammar_from_nfa(out, &a, f, "json_object", err);
+}
+
+int guided_compile_spec(guided_grammar **out, const json_t *spec, const char *where, rlhf_error *err) {
+    *out = NULL;
+    if (!json_is_object(spec) || json_object_size(spec) != 1)
+        return rlhf_error_set(err, RLHF_EINVAL, where,
+                              "must be an object with one key: \"schema\", \"regex\" or \"json_object\"");
+    const json_t *x;
+    int rc;
+    char w[256];
+    if ((x = json_object_get(spec, "schema"))) {
+        rc = guided_compile_schema(out, x, err);
+        if (rc && strncmp(err->where, "$", 1) == 0) { /* the JSON path inside the spec */
+            snprintf(w, sizeof w, "%s.schema%s", where, err->where + 1);
+            snprintf(err->where, sizeof err->where, "%s", w);
+        }
+        return rc;
+    }
+    if ((x = json_object_get(spec, "regex"))) {
+        if (!json_is_string(x)) return rlhf_error_set(err, RLHF_EINVAL, where, "regex must be a string");
+        rc = guided_compile_regex(out, json_string_value(x), err);
+        if (rc && !strcmp(err->where, "regex")) {
+            snprintf(w, sizeof w, "%s.regex", where);
+            snprintf(err->where, sizeof err->where, "%s", w);
+        }
+        return rc;
+    }
+    if ((x = json_object_get(spec, "json_object"))) {
+        if (!json_is_true(x)) return rlhf_error_set(err, RLHF_EINVAL, where, "json_object must be true");
+        return guided_compile_json_object(out, err);
+    }
+    return rlhf_error_set(err, RLHF_EINVAL, where, "must be an object with one key: \"schema\", \"regex\" or \"json_object\"");
+}
+
+/* ---------------------------------------------------------------- cache */
+
+typedef struct centry {
+    char *key;
+    guided_grammar *g;
+    int refs;
+    unsigned long used;
+} centry;
+
+struct guided_cache {
+    centry *e;
+    int n, cap;
+    unsigned long clock;
+};
+
+int guided_cache_create(guided_cache **out, int capacity, rlhf_error *err) {
+    *out = NULL;
+    if (capacity < 1) return RLHF_FAIL(err, RLHF_EINVAL, "cache capacity must be >= 1");
+    guided_cache *c = calloc(1, sizeof *c);
+    if (!c || !(c->e = calloc((size_t)capacity, sizeof *c->e))) {
+        free(c);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    c->cap = capacity;
+    *out = c;
+    return 0;
+}
+
+void guided_cache_destroy(guided_cache **cp) {
+    if (!cp || !*cp) return;
+    guided_cache *c = *cp;
+    for (int i = 0; i < c->n; i++) {
+        free(c->e[i].key);
+        guided_grammar_destroy(&c->e[i].g);
+    }
+    free(c->e);
+    free(c);
+    *cp = NULL;
+}
+
+int guided_cache_get(guided_cache *c, const json_t *spec, const char *where, guided_grammar **g, int *hit,
+                     rlhf_error *err) {
+    *g = NULL;
+    if (hit) *hit = 0;
+    char *key = json_dumps(spec, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    if (!key) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    for (int i = 0; i < c->n; i++)
+        if (!strcmp(c->e[i].key, key)) {
+            free(key);
+            c->e[i].refs++;
+            c->e[i].used = ++c->clock;
+            *g = c->e[i].g;
+            if (hit) *hit = 1;
+            return 0;
+        }
+    int slot = c->n;
+    if (c->n == c->cap) { /* the least recently used grammar no matcher holds */
+        slot = -1;
+        for (int i = 0; i < c->n; i++)
+            if (c->e[i].refs == 0 && (slot < 0 || c->e[i].used < c->e[slot].used)) slot = i;
+        if (slot < 0) {
+            free(key);
+            return rlhf_error_set(err, RLHF_ESTATE, where, "every one of the %d cached grammars is in use", c->cap);
+        }
+    }
+    guided_grammar *ng;
+    int rc = guided_compile_spec(&ng, spec, where, err);
+    if (rc) {
+        free(key);
+        return rc;
+    }
+    if (slot < c->n) {
+        free(c->e[slot].key);
+        guided_grammar_destroy(&c->e[slot].g);
+    } else {
+        c->n++;
+    }
+    c->e[slot] = (centry){key, ng, 1, ++c->clock};
+    *g = ng;
+    return 0;
+}
+
+void guided_cache_release(guided_cache *c, guided_grammar *g) {
+    for (int i = 0; i < c->n; i++)
+        if (c->e[i].g == g && c->e[i].refs > 0) c->e[i].refs--;
+}
