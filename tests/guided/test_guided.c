@@ -12,8 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "generator/generator.h"
 #include "guided/guided_int.h"
 #include "model/model.h"
+#include "run/run.h"
 #include "tests/test_paths.h"
 
 static guided_grammar *schema_of(const char *text, rlhf_error *err) {
@@ -279,6 +281,93 @@ static void test_cache(void) {
     guided_cache_destroy(&c);
 }
 
+/* task.guided: a config error names the path; the generator's groups follow the grammar (checked by
+ * Python's re.fullmatch through the oracle) and carry the masked distribution's log-probs */
+static int run_oracle(const char *args, char *last, size_t cap);
+static char g_dir[PATH_MAX];
+
+static void test_task_guided(void) {
+    rlhf_error err = {0};
+    const char *bad = "{\"model\":{\"arch\":{\"dim\":16,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":32,\"vocab_size\":259,\"max_seq_len\":128}},\"task\":{\"train\":\"t.jsonl\",\"guided\":{\"schema\":{\"type\":\"object\",\"properties\":"
+                      "{\"n\":{\"type\":\"number\",\"maximum\":3}}}}},\"rewards\":[{\"type\":\"countdown\",\"name\":\"c\"}]}";
+    json_t *doc = json_loads(bad, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
+    run_config cfg;
+    CU_ASSERT_NOT_EQUAL(run_config_parse(&cfg, doc, "cfg.json", &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "task.guided.schema.properties.n.maximum"));
+    printf("\n  config error: %s: %s", err.where, err.msg);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "unsupported keyword"));
+    json_decref(doc);
+    const char *good = "{\"model\":{\"arch\":{\"dim\":16,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":32,\"vocab_size\":259,\"max_seq_len\":128}},"
+                       "\"task\":{\"train\":\"t.jsonl\",\"guided\":{\"regex\":\"(\\\\d{1,3}[+*-]){1,3}\\\\d{1,3}\"}},"
+                       "\"rewards\":[{\"type\":\"countdown\",\"name\":\"c\"}]}";
+    doc = json_loads(good, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(doc);
+    memset(&cfg, 0, sizeof cfg);
+    int rc = run_config_parse(&cfg, doc, "cfg.json", &err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    if (rc) printf("\n  %s: %s\n", err.where, err.msg);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg.guided);
+    json_decref(doc);
+
+    tokenizer *tok = NULL;
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_bytes(&tok, 259, &err), 0);
+    model_config c = {.dim = 16, .n_layers = 1, .n_heads = 2, .n_kv_heads = 2, .ffn_dim = 32, .vocab_size = 259,
+                      .max_seq_len = 128, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tie_embeddings = 1};
+    model *md = NULL;
+    CU_ASSERT_EQUAL_FATAL(model_create(&md, &c, &err), 0);
+    model_init_random(md, 3);
+    sampler *s = NULL;
+    CU_ASSERT_EQUAL_FATAL(sampler_create(&s, md, 8, &err), 0);
+    gen_params gp;
+    cfg.k = 4;
+    cfg.temperature = 1.0f;
+    cfg.top_p = 1.0f;
+    cfg.max_tokens = 100;
+    generator_params_from_config(&cfg, &gp);
+    gp.stop = NULL, gp.n_stop = 0;
+    guided_grammar *g = NULL;
+    guided_vocab *v = NULL;
+    CU_ASSERT_EQUAL_FATAL(guided_compile_spec(&g, cfg.guided, "task.guided", &err), 0);
+    CU_ASSERT_EQUAL_FATAL(guided_vocab_create(&v, tok, &err), 0);
+    gp.guided = g;
+    gp.guided_vocab = v;
+    wire_prompt prompts[2] = {{.id = "p0", .text = "1 2 3 -> 6"}, {.id = "p1", .text = "4 5 -> 9"}};
+    wire_rollout_group groups[2];
+    memset(groups, 0, sizeof groups);
+    CU_ASSERT_EQUAL_FATAL(generator_sample_groups(md, s, tok, prompts, 2, &gp, "gen-0", 0, groups, &err), 0);
+    char path[PATH_MAX + 32], args[PATH_MAX + 64], last[512];
+    snprintf(path, sizeof path, "%s/groups.jsonl", g_dir);
+    FILE *o = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    for (int i = 0; i < 2; i++) {
+        for (int j = 0; j < 4; j++) {
+            CU_ASSERT_EQUAL(groups[i].finish[j], WIRE_FINISH_STOP);
+            json_t *rec = json_pack("{s:s,s:O,s:s}", "kind", "regex", "spec", json_object_get(cfg.guided, "regex"),
+                                    "text", groups[i].texts[j]);
+            char *t = json_dumps(rec, JSON_COMPACT);
+            fprintf(o, "%s\n", t);
+            free(t);
+            json_decref(rec);
+        }
+        /* the behaviour log-probs are log q of the masked distribution: <= 0, and forced ones 0 */
+        uint32_t total = 0;
+        for (int j = 0; j < 4; j++) total += groups[i].n_tokens[j];
+        for (uint32_t t = 0; t < total; t++) CU_ASSERT(groups[i].logprobs[t] <= 0.0f);
+        wire_rollout_group_free(&groups[i]);
+    }
+    fclose(o);
+    snprintf(args, sizeof args, "check %s", path);
+    CU_ASSERT_EQUAL(run_oracle(args, last, sizeof last), 0);
+    printf("\n  generator groups: oracle: %s", last);
+    guided_grammar_destroy(&g);
+    guided_vocab_destroy(&v);
+    sampler_destroy(&s);
+    model_destroy(&md);
+    tokenizer_destroy(&tok);
+    run_config_free(&cfg);
+}
+
 /* ---------------------------------------------------------------- fuzz campaign */
 
 static int run_oracle(const char *args, char *last, size_t cap) {
@@ -391,8 +480,6 @@ static int sample_specs(const char *specs, const char *out, const tokenizer *tok
     return written;
 }
 
-static char g_dir[PATH_MAX];
-
 static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/test_guided.XXXXXX");
     return mkdtemp(g_dir) ? 0 : -1;
@@ -442,6 +529,7 @@ int register_suites(void) {
     CU_add_test(s, "pathological schemas and regexes fail with an error", test_bounds);
     CU_add_test(s, "masks, forced tokens, EOS, log-probs through the sampler", test_masks_and_forced_tokens);
     CU_add_test(s, "compiled grammars are cached", test_cache);
+    CU_add_test(s, "task.guided: config errors, generator groups follow the grammar", test_task_guided);
     CU_pSuite f = CU_add_suite("guided_fuzz", suite_init, suite_clean);
     if (!f) return -1;
     CU_add_test(f, "fuzzed schemas and regexes, byte vocabulary: oracle-valid", test_fuzz_bytes);
