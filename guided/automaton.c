@@ -275,7 +275,7 @@ int32_t guided_dfa_step(guided_grammar *g, int32_t d, uint8_t b) {
     n = closure(g, n, &acc);
     t = intern(g, n, acc);
     if (t == -3) return -3;
-    g->trans[(size_t)d * 256 + b] = t;
+    for (int c = g->cls_lo[b]; c <= g->cls_hi[b]; c++) g->trans[(size_t)d * 256 + c] = t;
     return t;
 }
 
@@ -342,6 +342,16 @@ int guided_grammar_from_nfa(guided_grammar **out, gnfa *a, gfrag f, const char *
     if (!g->live[f.start]) {
         guided_grammar_destroy(&g);
         return rlhf_error_set(err, RLHF_EINVAL, where, "no string satisfies it (the language is empty)");
+    }
+    /* byte classes from the range boundaries */
+    uint8_t cut[257] = {0};
+    for (int s2 = 0; s2 < n; s2++)
+        if (st[s2].kind == GN_RANGE) cut[st[s2].lo] = 1, cut[st[s2].hi + 1] = 1;
+    for (int lo = 0; lo < 256;) {
+        int hi = lo;
+        while (hi + 1 < 256 && !cut[hi + 1]) hi++;
+        for (int b = lo; b <= hi; b++) g->cls_lo[b] = (uint8_t)lo, g->cls_hi[b] = (uint8_t)hi;
+        lo = hi + 1;
     }
     g->tmp[0] = f.start;
     int acc;

@@ -112,6 +112,9 @@ struct guided_grammar {
     const struct guided_vocab *vocab; /* the vocabulary the cached masks belong to */
     size_t mask_bytes;                /* memory the cached masks hold */
     int overflow;                     /* GUIDED_MAX_DFA_STATES reached */
+    /* byte classes: bytes that no range state tells apart (intervals between range boundaries); a
+     * transition computed for one byte is stored for its whole interval */
+    uint8_t cls_lo[256], cls_hi[256];
     char desc[96];                    /* what it was compiled from, for errors */
 };
 
@@ -135,6 +138,14 @@ struct guided_vocab {
     int n_eos;
     char **bytes;         // (vocab_size) each token's bytes (NULL for special / unused ids)
     uint16_t *len;        // (vocab_size)
+};
+
+struct guided_matcher {
+    guided_grammar *g;
+    const guided_vocab *v;
+    int32_t state; /* DFA state; -1 after EOS */
+    uint64_t *own; /* the mask when the cache is full */
+    sample_constraint hook;
 };
 
 #endif

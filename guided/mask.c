@@ -129,9 +129,13 @@ static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64
     stack[0] = d;
     int n = 0;
     int32_t last = -1;
+    const uint16_t *depth = v->depth;
+    const uint8_t *byte = v->byte;
+    const int32_t *tok_n = v->tok_n;
     for (int i = 1; i < v->n_nodes;) {
-        int dep = v->depth[i];
-        int32_t nd = guided_dfa_step(g, stack[dep - 1], v->byte[i]);
+        int dep = depth[i];
+        int32_t nd = g->trans[(size_t)stack[dep - 1] * 256 + byte[i]]; /* computed already: the common case */
+        if (nd == -2) nd = guided_dfa_step(g, stack[dep - 1], byte[i]);
         if (nd < 0) {
             if (nd == -3)
                 return rlhf_error_set(err, RLHF_EINVAL, g->desc, "the automaton exceeds %d DFA states (too large)",
@@ -140,7 +144,7 @@ static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64
             continue;
         }
         stack[dep] = nd;
-        for (int k = 0; k < v->tok_n[i]; k++) {
+        for (int k = 0; k < tok_n[i]; k++) {
             int32_t id = v->ids[v->tok_first[i] + k];
             bits[id >> 6] |= 1ull << (id & 63);
             last = id;
@@ -160,14 +164,6 @@ static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64
     *only = n == 1 ? last : -1;
     return 0;
 }
-
-struct guided_matcher {
-    guided_grammar *g;
-    const guided_vocab *v;
-    int32_t state; /* DFA state; -1 after EOS */
-    uint64_t *own; /* the mask when the cache is full */
-    sample_constraint hook;
-};
 
 int guided_matcher_mask(guided_matcher *m, const uint64_t **bits, int *n_allowed, int32_t *only, rlhf_error *err) {
     guided_grammar *g = m->g;
