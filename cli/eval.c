@@ -148,6 +148,8 @@ int cmd_eval(int argc, char **argv) {
     model *m = NULL;
     tokenizer *tok = NULL;
     sampler *smp = NULL;
+    guided_grammar *guided = NULL; /* task.guided: evaluation samples under the same mask as training */
+    guided_vocab *gvocab = NULL;
     scorer *sc = NULL;
     int rc = 0;
     if (!data) {
@@ -188,6 +190,13 @@ int cmd_eval(int argc, char **argv) {
     gp.top_k = top_k;
     gp.min_p = min_p;
     gp.seed = cfg.seed + 424242;
+    if (cfg.guided) {
+        if ((rc = guided_compile_spec(&guided, cfg.guided, "task.guided", &err)) ||
+            (rc = guided_vocab_create(&gvocab, tok, &err)))
+            goto out;
+        gp.guided = guided;
+        gp.guided_vocab = gvocab;
+    }
     long total = 0, pass = 0;
     double rsum = 0;
     double t0 = rlhf_now();
@@ -257,6 +266,8 @@ out:
     if (rc) rlhf_error_print("rlhf eval", &err);
     updater_scorer_destroy(&sc);
     sampler_destroy(&smp);
+    guided_grammar_destroy(&guided);
+    guided_vocab_destroy(&gvocab);
     tokenizer_destroy(&tok);
     model_destroy(&m);
     prompt_dataset_destroy(&ds);
