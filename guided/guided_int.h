@@ -132,6 +132,7 @@ struct guided_vocab {
     int32_t *end;         // (n_nodes) one past the node's subtree in preorder
     int32_t *tok_first;   // (n_nodes) index into ids of the tokens spelled by this node's path, -1: none
     int32_t *tok_n;       // (n_nodes)
+    uint32_t *node;       // (n_nodes) byte | depth << 8 | (tok_n > 0) << 31: what the mask walk reads
     int32_t *ids;         /* token ids sorted by their bytes */
     int max_depth;
     int32_t eos[8];

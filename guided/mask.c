@@ -30,6 +30,7 @@ void guided_vocab_destroy(guided_vocab **vp) {
     free(v->bytes);
     free(v->len);
     free(v->byte);
+    free(v->node);
     free(v->depth);
     free(v->end);
     free(v->tok_first);
@@ -112,6 +113,10 @@ int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *er
     v->end[0] = nn;
     v->n_nodes = nn;
     free(path);
+    /* the walk's hot array: byte | depth << 8 | (the node ends a token) << 31 */
+    if (!(v->node = malloc((size_t)nn * sizeof *v->node))) goto oom;
+    for (int i = 0; i < nn; i++)
+        v->node[i] = v->byte[i] | (uint32_t)v->depth[i] << 8 | (uint32_t)(v->tok_n[i] > 0) << 31;
     *out = v;
     return 0;
 oom:
@@ -129,13 +134,12 @@ static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64
     stack[0] = d;
     int n = 0;
     int32_t last = -1;
-    const uint16_t *depth = v->depth;
-    const uint8_t *byte = v->byte;
-    const int32_t *tok_n = v->tok_n;
+    const uint32_t *node = v->node;
     for (int i = 1; i < v->n_nodes;) {
-        int dep = depth[i];
-        int32_t nd = g->trans[(size_t)stack[dep - 1] * 256 + byte[i]]; /* computed already: the common case */
-        if (nd == -2) nd = guided_dfa_step(g, stack[dep - 1], byte[i]);
+        uint32_t x = node[i];
+        int dep = (int)((x >> 8) & 0xFFFF), b = (int)(x & 0xFF);
+        int32_t nd = g->trans[(size_t)stack[dep - 1] * 256 + b]; /* computed already: the common case */
+        if (nd == -2) nd = guided_dfa_step(g, stack[dep - 1], (uint8_t)b);
         if (nd < 0) {
             if (nd == -3)
                 return rlhf_error_set(err, RLHF_EINVAL, g->desc, "the automaton exceeds %d DFA states (too large)",
@@ -144,7 +148,11 @@ static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64
             continue;
         }
         stack[dep] = nd;
-        for (int k = 0; k < tok_n[i]; k++) {
+        if (!(x >> 31)) {
+            i++;
+            continue;
+        }
+        for (int k = 0; k < v->tok_n[i]; k++) {
             int32_t id = v->ids[v->tok_first[i] + k];
             bits[id >> 6] |= 1ull << (id & 63);
             last = id;
