@@ -111,6 +111,7 @@ struct guided_grammar {
     int32_t *stack, *tmp;
     const struct guided_vocab *vocab; /* the vocabulary the cached masks belong to */
     size_t mask_bytes;                /* memory the cached masks hold */
+    int no_plain_shortcut;            /* tests: always walk the full trie */
     int overflow;                     /* GUIDED_MAX_DFA_STATES reached */
     /* byte classes: bytes that no range state tells apart (intervals between range boundaries); a
      * transition computed for one byte is stored for its whole interval */
@@ -124,17 +125,30 @@ int guided_grammar_from_nfa(guided_grammar **out, gnfa *a, gfrag f, const char *
  * (g->overflow is set). */
 int32_t guided_dfa_step(guided_grammar *g, int32_t d, uint8_t b);
 
+/* A trie of token byte strings in preorder; node 0 is the root (the empty prefix). */
+typedef struct gtrie {
+    int n_nodes;
+    uint32_t *node;      // (n_nodes) byte | depth << 8 | (the node ends a token) << 31: what the walk reads
+    int32_t *end;        // (n_nodes) one past the node's subtree in preorder
+    int32_t *tok_first;  // (n_nodes) index into ids of the tokens the node's path spells, -1: none
+    int32_t *tok_n;      // (n_nodes)
+    int32_t *ids;        /* the trie's token ids, sorted by their bytes */
+} gtrie;
+
+/* "Plain" bytes: printable ASCII but `"` and `\`. A DFA state whose successors on every plain byte are one
+ * state (inside a JSON string, a free-text state) sends every plain token of length L to the same state, so
+ * the mask of such a state takes the plain tokens by length (pcum/plen) and walks only the trie of the
+ * other tokens (`rest`). */
+#define GUIDED_PLAIN(b) ((b) >= 0x20 && (b) < 0x7f && (b) != '"' && (b) != '\\')
+
 struct guided_vocab {
     int vocab_size;
-    int n_nodes;          /* trie nodes in preorder; node 0 is the root (empty prefix) */
-    uint8_t *byte;        // (n_nodes) the byte leading into the node
-    uint16_t *depth;      // (n_nodes)
-    int32_t *end;         // (n_nodes) one past the node's subtree in preorder
-    int32_t *tok_first;   // (n_nodes) index into ids of the tokens spelled by this node's path, -1: none
-    int32_t *tok_n;       // (n_nodes)
-    uint32_t *node;       // (n_nodes) byte | depth << 8 | (tok_n > 0) << 31: what the mask walk reads
-    int32_t *ids;         /* token ids sorted by their bytes */
-    int max_depth;
+    gtrie full;           /* every token */
+    gtrie rest;           /* the tokens that are not plain */
+    int max_depth;        /* longest token */
+    int plain_max;        /* longest plain token */
+    uint64_t *plen;       // (plain_max + 1, words) plain tokens of exactly length L
+    uint64_t *pcum;       // (plain_max + 1, words) plain tokens of length 1..L
     int32_t eos[8];
     int n_eos;
     char **bytes;         // (vocab_size) each token's bytes (NULL for special / unused ids)

@@ -22,6 +22,15 @@ static int cmp_tok(const void *x, const void *y, void *ctx) {
     return (a > b) - (a < b);
 }
 
+static void trie_free(gtrie *t) {
+    free(t->node);
+    free(t->end);
+    free(t->tok_first);
+    free(t->tok_n);
+    free(t->ids);
+    memset(t, 0, sizeof *t);
+}
+
 void guided_vocab_destroy(guided_vocab **vp) {
     if (!vp || !*vp) return;
     guided_vocab *v = *vp;
@@ -29,15 +38,53 @@ void guided_vocab_destroy(guided_vocab **vp) {
         for (int i = 0; i < v->vocab_size; i++) free(v->bytes[i]);
     free(v->bytes);
     free(v->len);
-    free(v->byte);
-    free(v->node);
-    free(v->depth);
-    free(v->end);
-    free(v->tok_first);
-    free(v->tok_n);
-    free(v->ids);
+    trie_free(&v->full);
+    trie_free(&v->rest);
+    free(v->plen);
+    free(v->pcum);
     free(v);
     *vp = NULL;
+}
+
+/* The trie of ids[0..n) (sorted by bytes; taken over by t). */
+static int trie_build(gtrie *t, const guided_vocab *v, int32_t *ids, int n) {
+    memset(t, 0, sizeof *t);
+    t->ids = ids;
+    size_t cap = 1;
+    for (int i = 0; i < n; i++) cap += v->len[ids[i]]; /* at most one node per byte, plus the root */
+    t->node = malloc(cap * sizeof *t->node);
+    t->end = malloc(cap * sizeof *t->end);
+    t->tok_first = malloc(cap * sizeof *t->tok_first);
+    t->tok_n = calloc(cap, sizeof *t->tok_n);
+    int32_t path[260]; /* node of each depth on the current path */
+    if (!t->node || !t->end || !t->tok_first || !t->tok_n) return RLHF_ENOMEM;
+    int nn = 1, pd = 0;
+    t->node[0] = 0;
+    t->tok_first[0] = -1;
+    path[0] = 0;
+    const char *prev = NULL;
+    size_t prev_len = 0;
+    for (int i = 0; i < n; i++) {
+        const char *b = v->bytes[ids[i]];
+        size_t len = v->len[ids[i]], lcp = 0;
+        while (prev && lcp < len && lcp < prev_len && b[lcp] == prev[lcp]) lcp++;
+        while (pd > (int)lcp) t->end[path[pd--]] = nn; /* close the nodes past the common prefix */
+        for (size_t d = lcp; d < len; d++) {
+            t->node[nn] = (uint8_t)b[d] | (uint32_t)(d + 1) << 8;
+            t->tok_first[nn] = -1;
+            path[++pd] = nn++;
+        }
+        int32_t node = path[pd];
+        if (t->tok_first[node] < 0) t->tok_first[node] = i;
+        t->tok_n[node]++;
+        t->node[node] |= 1u << 31;
+        prev = b;
+        prev_len = len;
+    }
+    while (pd > 0) t->end[path[pd--]] = nn;
+    t->end[0] = nn;
+    t->n_nodes = nn;
+    return 0;
 }
 
 int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *err) {
@@ -50,14 +97,16 @@ int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *er
     v->vocab_size = V;
     v->bytes = calloc((size_t)V, sizeof *v->bytes);
     v->len = calloc((size_t)V, sizeof *v->len);
-    v->ids = malloc((size_t)V * sizeof *v->ids);
-    if (!v->bytes || !v->len || !v->ids) goto oom;
+    int32_t *ids = malloc((size_t)V * sizeof *ids), *rest = malloc((size_t)V * sizeof *rest);
+    if (!v->bytes || !v->len || !ids || !rest) {
+        free(ids), free(rest);
+        goto oom;
+    }
     if (tok->n_eos_ids > 0)
         for (int i = 0; i < tok->n_eos_ids && v->n_eos < 8; i++) v->eos[v->n_eos++] = tok->eos_ids[i];
     else
         v->eos[v->n_eos++] = tok->eos_id;
-    int n_tok = 0;
-    size_t total = 0;
+    int n_tok = 0, n_rest = 0;
     char buf[256];
     for (int id = 0; id < V; id++) {
         int special = 0;
@@ -65,58 +114,40 @@ int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *er
         if (special || (tok->ops->special_text && tok->ops->special_text(tok, id))) continue;
         size_t n = tok->ops->token_bytes(tok, id, buf, sizeof buf);
         if (n == 0 || n > sizeof buf) continue; /* special, unused, or longer than any walk goes */
-        if (!(v->bytes[id] = malloc(n))) goto oom;
+        if (!(v->bytes[id] = malloc(n))) {
+            free(ids), free(rest);
+            goto oom;
+        }
         memcpy(v->bytes[id], buf, n);
         v->len[id] = (uint16_t)n;
-        v->ids[n_tok++] = id;
-        total += n;
+        ids[n_tok++] = id;
+        if ((int)n > v->max_depth) v->max_depth = (int)n;
+        int plain = 1;
+        for (size_t k = 0; k < n; k++) plain &= GUIDED_PLAIN((uint8_t)buf[k]);
+        if (plain && (int)n > v->plain_max) v->plain_max = (int)n;
     }
-    qsort_r(v->ids, (size_t)n_tok, sizeof *v->ids, cmp_tok, v);
-    size_t cap = total + 1; /* at most one node per byte, plus the root */
-    v->byte = malloc(cap);
-    v->depth = malloc(cap * sizeof *v->depth);
-    v->end = malloc(cap * sizeof *v->end);
-    v->tok_first = malloc(cap * sizeof *v->tok_first);
-    v->tok_n = calloc(cap, sizeof *v->tok_n);
-    int32_t *path = malloc(258 * sizeof *path); /* node of each depth on the current path */
-    if (!v->byte || !v->depth || !v->end || !v->tok_first || !v->tok_n || !path) {
-        free(path);
+    qsort_r(ids, (size_t)n_tok, sizeof *ids, cmp_tok, v);
+    size_t words = (size_t)(V + 63) / 64;
+    v->plen = calloc((size_t)(v->plain_max + 1) * words, sizeof(uint64_t));
+    v->pcum = calloc((size_t)(v->plain_max + 1) * words, sizeof(uint64_t));
+    if (!v->plen || !v->pcum) {
+        free(ids), free(rest);
         goto oom;
     }
-    int nn = 1, pd = 0; /* nodes; depth of the current path */
-    v->byte[0] = 0;
-    v->depth[0] = 0;
-    v->tok_first[0] = -1;
-    path[0] = 0;
-    const char *prev = NULL;
-    size_t prev_len = 0;
     for (int i = 0; i < n_tok; i++) {
-        int32_t id = v->ids[i];
-        const char *b = v->bytes[id];
-        size_t n = v->len[id], lcp = 0;
-        while (prev && lcp < n && lcp < prev_len && b[lcp] == prev[lcp]) lcp++;
-        while (pd > (int)lcp) v->end[path[pd--]] = nn; /* close the nodes past the common prefix */
-        for (size_t d = lcp; d < n; d++) {
-            v->byte[nn] = (uint8_t)b[d];
-            v->depth[nn] = (uint16_t)(d + 1);
-            v->tok_first[nn] = -1;
-            path[++pd] = nn++;
-        }
-        int32_t node = path[pd];
-        if (v->tok_first[node] < 0) v->tok_first[node] = i;
-        v->tok_n[node]++;
-        if ((int)n > v->max_depth) v->max_depth = (int)n;
-        prev = b;
-        prev_len = n;
+        int32_t id = ids[i];
+        int plain = 1;
+        for (int k = 0; k < v->len[id]; k++) plain &= GUIDED_PLAIN((uint8_t)v->bytes[id][k]);
+        if (plain) v->plen[(size_t)v->len[id] * words + (size_t)(id >> 6)] |= 1ull << (id & 63);
+        else rest[n_rest++] = id; /* stays sorted */
     }
-    while (pd > 0) v->end[path[pd--]] = nn;
-    v->end[0] = nn;
-    v->n_nodes = nn;
-    free(path);
-    /* the walk's hot array: byte | depth << 8 | (the node ends a token) << 31 */
-    if (!(v->node = malloc((size_t)nn * sizeof *v->node))) goto oom;
-    for (int i = 0; i < nn; i++)
-        v->node[i] = v->byte[i] | (uint32_t)v->depth[i] << 8 | (uint32_t)(v->tok_n[i] > 0) << 31;
+    for (int L = 1; L <= v->plain_max; L++)
+        for (size_t w = 0; w < words; w++)
+            v->pcum[(size_t)L * words + w] = v->pcum[(size_t)(L - 1) * words + w] | v->plen[(size_t)L * words + w];
+    int rc = trie_build(&v->full, v, ids, n_tok);
+    if (!rc) rc = trie_build(&v->rest, v, rest, n_rest);
+    else free(rest);
+    if (rc) goto oom;
     *out = v;
     return 0;
 oom:
@@ -126,47 +157,93 @@ oom:
 
 /* ---------------------------------------------------------------- masks */
 
-/* The mask of DFA state d into bits (V bits, zeroed here): one preorder walk of the trie. */
-static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64_t *bits, int *n_allowed,
-                     int32_t *only, rlhf_error *err) {
-    memset(bits, 0, (size_t)(v->vocab_size + 63) / 64 * sizeof(uint64_t));
-    int32_t stack[258];
+static int overflow_error(guided_grammar *g, rlhf_error *err) {
+    return rlhf_error_set(err, RLHF_EINVAL, g->desc, "the automaton exceeds %d DFA states (too large)",
+                          GUIDED_MAX_DFA_STATES);
+}
+
+/* Sets in bits the tokens of trie t whose bytes keep DFA state d live: one preorder walk (a dead step
+ * skips the node's subtree). */
+static int walk_trie(guided_grammar *g, const gtrie *t, int32_t d, uint64_t *bits, rlhf_error *err) {
+    int32_t stack[260];
     stack[0] = d;
-    int n = 0;
-    int32_t last = -1;
-    const uint32_t *node = v->node;
-    for (int i = 1; i < v->n_nodes;) {
+    const uint32_t *node = t->node;
+    for (int i = 1; i < t->n_nodes;) {
         uint32_t x = node[i];
         int dep = (int)((x >> 8) & 0xFFFF), b = (int)(x & 0xFF);
         int32_t nd = g->trans[(size_t)stack[dep - 1] * 256 + b]; /* computed already: the common case */
         if (nd == -2) nd = guided_dfa_step(g, stack[dep - 1], (uint8_t)b);
         if (nd < 0) {
-            if (nd == -3)
-                return rlhf_error_set(err, RLHF_EINVAL, g->desc, "the automaton exceeds %d DFA states (too large)",
-                                      GUIDED_MAX_DFA_STATES);
-            i = v->end[i];
+            if (nd == -3) return overflow_error(g, err);
+            i = t->end[i];
             continue;
         }
         stack[dep] = nd;
-        if (!(x >> 31)) {
-            i++;
-            continue;
-        }
-        for (int k = 0; k < v->tok_n[i]; k++) {
-            int32_t id = v->ids[v->tok_first[i] + k];
-            bits[id >> 6] |= 1ull << (id & 63);
-            last = id;
-            n++;
-        }
+        if (x >> 31)
+            for (int k = 0; k < t->tok_n[i]; k++) {
+                int32_t id = t->ids[t->tok_first[i] + k];
+                bits[id >> 6] |= 1ull << (id & 63);
+            }
         i++;
     }
+    return 0;
+}
+
+/* The plain chain of d: live[L] = 1 when L plain bytes from d end in a live state. 1 when every state on
+ * the way is plain-uniform (its plain successors are one state), 0 when not (then the full walk is
+ * needed), negative on the DFA bound. */
+static int plain_chain(guided_grammar *g, int32_t d, int max, uint8_t *live, rlhf_error *err) {
+    int32_t c = d;
+    memset(live, 0, (size_t)max + 1);
+    for (int L = 1; L <= max; L++) {
+        int32_t u = -4;
+        for (int b = 0x20; b < 0x7f; b++) {
+            if (!GUIDED_PLAIN(b)) continue;
+            int32_t nd = g->trans[(size_t)c * 256 + b];
+            if (nd == -2) nd = guided_dfa_step(g, c, (uint8_t)b);
+            if (nd == -3) return overflow_error(g, err);
+            if (u == -4) u = nd;
+            else if (nd != u) return 0;
+        }
+        if (u < 0) return 1; /* dead: no longer plain token lives */
+        live[L] = 1;
+        c = u;
+    }
+    return 1;
+}
+
+/* The mask of DFA state d into bits (V bits, zeroed here). */
+static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64_t *bits, int *n_allowed,
+                     int32_t *only, rlhf_error *err) {
+    size_t words = (size_t)(v->vocab_size + 63) / 64;
+    memset(bits, 0, words * sizeof(uint64_t));
+    uint8_t live[260];
+    int rc = g->no_plain_shortcut ? 0 : plain_chain(g, d, v->plain_max, live, err);
+    if (rc < 0) return rc;
+    if (rc == 1) { /* plain tokens by length, the others by a walk of their own trie */
+        int m = 0;
+        while (m < v->plain_max && live[m + 1]) m++;
+        const uint64_t *cum = v->pcum + (size_t)m * words;
+        for (size_t w = 0; w < words; w++) bits[w] = cum[w];
+        for (int L = m + 2; L <= v->plain_max; L++)
+            if (live[L])
+                for (size_t w = 0; w < words; w++) bits[w] |= v->plen[(size_t)L * words + w];
+        rc = walk_trie(g, &v->rest, d, bits, err);
+    } else {
+        rc = walk_trie(g, &v->full, d, bits, err);
+    }
+    if (rc) return rc;
     if (g->ds[d].accepting)
         for (int k = 0; k < v->n_eos; k++) {
             int32_t id = v->eos[k];
-            if (id < 0 || id >= v->vocab_size || ((bits[id >> 6] >> (id & 63)) & 1)) continue;
-            bits[id >> 6] |= 1ull << (id & 63);
-            last = id;
-            n++;
+            if (id >= 0 && id < v->vocab_size) bits[id >> 6] |= 1ull << (id & 63);
+        }
+    int n = 0;
+    int32_t last = -1;
+    for (size_t w = 0; w < words; w++)
+        if (bits[w]) {
+            n += __builtin_popcountll(bits[w]);
+            last = (int32_t)(w * 64 + 63 - (size_t)__builtin_clzll(bits[w]));
         }
     *n_allowed = n;
     *only = n == 1 ? last : -1;

