@@ -191,9 +191,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     double t_vocab = now() - t0;
-    printf("vocabulary: %s, %d ids, trie of %d nodes (of the non-plain tokens: %d; longest token %d bytes, "
-           "longest plain one %d), built in %.1f ms\n",
-           dir, tok->vocab_size, v->full.n_nodes, v->rest.n_nodes, v->max_depth, v->plain_max, t_vocab * 1e3);
+    printf("vocabulary: %s, %d ids, trie of %d nodes (of the tokens that are not plain ASCII text: %d, not whole "
+           "characters of text: %d; longest token %d bytes), built in %.1f ms\n",
+           dir, tok->vocab_size, v->full.n_nodes, v->rest[0].n_nodes, v->rest[1].n_nodes, v->max_depth, t_vocab * 1e3);
 
     /* compile: 20-property schema, fresh each time */
     json_t *s20 = json_loads(SCHEMA20, 0, NULL), *nested = json_loads(NESTED, 0, NULL);

@@ -141,14 +141,19 @@ typedef struct gtrie {
  * other tokens (`rest`). */
 #define GUIDED_PLAIN(b) ((b) >= 0x20 && (b) < 0x7f && (b) != '"' && (b) != '\\')
 
+/* Two levels of that shortcut: 0, plain tokens (length in bytes); 1, "text" tokens — whole characters, each
+ * plain or a valid non-ASCII UTF-8 sequence (length in characters), for states whose successors on every
+ * such character are one state. */
+enum { GUIDED_LEVELS = 2 };
+
 struct guided_vocab {
     int vocab_size;
     gtrie full;           /* every token */
-    gtrie rest;           /* the tokens that are not plain */
     int max_depth;        /* longest token */
-    int plain_max;        /* longest plain token */
-    uint64_t *plen;       // (plain_max + 1, words) plain tokens of exactly length L
-    uint64_t *pcum;       // (plain_max + 1, words) plain tokens of length 1..L
+    gtrie rest[GUIDED_LEVELS];   /* the tokens outside the level's class */
+    int lmax[GUIDED_LEVELS];     /* longest token of the class (bytes / characters) */
+    uint64_t *plen[GUIDED_LEVELS]; // (lmax + 1, words) the class's tokens of exactly length L
+    uint64_t *pcum[GUIDED_LEVELS]; // (lmax + 1, words) the class's tokens of length 1..L
     int32_t eos[8];
     int n_eos;
     char **bytes;         // (vocab_size) each token's bytes (NULL for special / unused ids)

