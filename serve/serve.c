@@ -181,22 +181,6 @@ static enum MHD_Result reply_error_code(serve_server *s, struct MHD_Connection *
     return reply_json(c, status, j);
 }
 
-/* The job's grammar (compiled once per spec: the server's cache), and its matcher; the vocabulary trie is
- * built at the first guided request. */
-static int serve_attach_guided(serve_server *s, serve_job *j, rlhf_error *err) {
-    pthread_mutex_lock(&s->guided_mu);
-    int rc = 0;
-    if (!s->gcache) rc = guided_cache_create(&s->gcache, 64, err);
-    if (!rc && !s->gvocab) rc = guided_vocab_create(&s->gvocab, s->tok, err);
-    if (!rc) rc = guided_cache_get(s->gcache, j->guided_spec, "response_format.json_schema", &j->grammar, NULL, err);
-    if (!rc) {
-        j->server = s; /* serve_job_free releases the grammar */
-        rc = guided_matcher_create(&j->matcher, j->grammar, s->gvocab, err);
-    }
-    pthread_mutex_unlock(&s->guided_mu);
-    return rc;
-}
-
 /* Reads the sampling fields shared by both completion routes. 0, or -1 after replying 400. */
 static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req, serve_job *j, unsigned long id,
                           int *stream, enum MHD_Result *ret) {

@@ -35,6 +35,22 @@ void serve_job_free(serve_job *j) {
     free(j);
 }
 
+/* The job's grammar (compiled once per spec: the server's cache), and its matcher; the vocabulary trie is
+ * built at the first guided request. */
+int serve_attach_guided(serve_server *s, serve_job *j, rlhf_error *err) {
+    pthread_mutex_lock(&s->guided_mu);
+    int rc = 0;
+    if (!s->gcache) rc = guided_cache_create(&s->gcache, 64, err);
+    if (!rc && !s->gvocab) rc = guided_vocab_create(&s->gvocab, s->tok, err);
+    if (!rc) rc = guided_cache_get(s->gcache, j->guided_spec, "response_format.json_schema", &j->grammar, NULL, err);
+    if (!rc) {
+        j->server = s; /* serve_job_free releases the grammar */
+        rc = guided_matcher_create(&j->matcher, j->grammar, s->gvocab, err);
+    }
+    pthread_mutex_unlock(&s->guided_mu);
+    return rc;
+}
+
 int serve_submit(serve_server *s, serve_job *j) {
     pthread_mutex_lock(&s->mu);
     if (s->queued >= s->cfg.max_queue || s->stopping) {

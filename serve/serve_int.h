@@ -111,6 +111,8 @@ struct serve_server {
 };
 
 void serve_job_free(serve_job *j);
+/* The job's grammar for j->guided_spec (the server's cache) and its matcher; the error names the spec's path. */
+int serve_attach_guided(serve_server *s, serve_job *j, rlhf_error *err);
 /* Queues j (0), or refuses when max_queue jobs wait or the server stops (-1). Caller holds no lock. */
 int serve_submit(serve_server *s, serve_job *j);
 /* Blocks until j is done. */
