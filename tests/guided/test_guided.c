@@ -258,6 +258,59 @@ static void test_masks_and_forced_tokens(void) {
     tokenizer_destroy(&tok);
 }
 
+/* A constrained request's tokens and log-probs are the same alone and among other constrained requests
+ * (the sampler's promise: they depend on the seed and the weights only; forced tokens draw nothing). */
+static void test_batch_independent(void) {
+    rlhf_error err = {0};
+    tokenizer *tok = NULL;
+    CU_ASSERT_EQUAL_FATAL(tokenizer_create_bytes(&tok, 259, &err), 0);
+    guided_vocab *v = NULL;
+    CU_ASSERT_EQUAL_FATAL(guided_vocab_create(&v, tok, &err), 0);
+    model_config c = {.dim = 16, .n_layers = 1, .n_heads = 2, .n_kv_heads = 2, .ffn_dim = 32, .vocab_size = 259,
+                      .max_seq_len = 96, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .tie_embeddings = 1};
+    model *md = NULL;
+    CU_ASSERT_EQUAL_FATAL(model_create(&md, &c, &err), 0);
+    model_init_random(md, 8);
+    guided_grammar *g1 = NULL, *g2 = NULL;
+    CU_ASSERT_EQUAL_FATAL(guided_compile_regex(&g1, "[a-z]{1,6}( [a-z]{1,6}){0,3}", &err), 0);
+    CU_ASSERT_EQUAL_FATAL(guided_compile_json_object(&g2, &err), 0);
+    int32_t prompt[3] = {TOKENIZER_BYTES_BOS, 'h', 'i'};
+    sample_result alone, mixed[4];
+    for (int pass = 0; pass < 2; pass++) {
+        int n = pass == 0 ? 1 : 4;
+        sampler *s = NULL;
+        CU_ASSERT_EQUAL_FATAL(sampler_create(&s, md, n, &err), 0);
+        guided_matcher *ms[4] = {0};
+        sample_request rq[4];
+        for (int k = 0; k < n; k++) {
+            CU_ASSERT_EQUAL_FATAL(guided_matcher_create(&ms[k], k % 2 ? g2 : g1, v, &err), 0);
+            rq[k] = (sample_request){.prompt = prompt, .prompt_len = 3, .params = sample_params_default()};
+            rq[k].params.max_new_tokens = 60;
+            rq[k].params.seed = k == 0 ? 77 : (uint64_t)(1000 + k);
+            rq[k].params.top_p = 0.95f;
+            rq[k].params.stop_ids = tok->eos_ids;
+            rq[k].params.n_stop_ids = tok->n_eos_ids;
+            rq[k].params.constraint = guided_matcher_constraint(ms[k]);
+        }
+        CU_ASSERT_EQUAL_FATAL(sampler_run(s, tok, rq, n, pass == 0 ? &alone : mixed, &err), 0);
+        for (int k = 0; k < n; k++) guided_matcher_destroy(&ms[k]);
+        sampler_destroy(&s);
+    }
+    CU_ASSERT_EQUAL(alone.n_tokens, mixed[0].n_tokens);
+    if (alone.n_tokens == mixed[0].n_tokens) {
+        CU_ASSERT_EQUAL(memcmp(alone.tokens, mixed[0].tokens, (size_t)alone.n_tokens * sizeof(int32_t)), 0);
+        CU_ASSERT_EQUAL(memcmp(alone.sampling_logprobs, mixed[0].sampling_logprobs, (size_t)alone.n_tokens * sizeof(float)), 0);
+    }
+    CU_ASSERT_EQUAL(guided_grammar_matches(g1, alone.text, alone.text_len), 1);
+    sample_result_free(&alone);
+    for (int k = 0; k < 4; k++) sample_result_free(&mixed[k]);
+    guided_grammar_destroy(&g1);
+    guided_grammar_destroy(&g2);
+    model_destroy(&md);
+    guided_vocab_destroy(&v);
+    tokenizer_destroy(&tok);
+}
+
 static void test_cache(void) {
     rlhf_error err = {0};
     guided_cache *c = NULL;
@@ -618,6 +671,7 @@ int register_suites(void) {
     CU_add_test(s, "pathological schemas and regexes fail with an error", test_bounds);
     CU_add_test(s, "masks, forced tokens, EOS, log-probs through the sampler", test_masks_and_forced_tokens);
     CU_add_test(s, "compiled grammars are cached", test_cache);
+    CU_add_test(s, "a constrained request samples the same alone or batched", test_batch_independent);
     CU_add_test(s, "task.guided: config errors, generator groups follow the grammar", test_task_guided);
     CU_add_test(s, "the plain-token mask shortcut equals the full walk", test_mask_shortcut);
     CU_pSuite f = CU_add_suite("guided_fuzz", suite_init, suite_clean);
