@@ -222,6 +222,8 @@ int cmd_eval(int argc, char **argv) {
     prompt_dataset *ds = NULL;
     model *m = NULL;
     tokenizer *tok = NULL;
+    guided_grammar *guided = NULL; /* task.guided: evaluation samples under the same mask as training */
+    guided_vocab *gvocab = NULL;
     scorer *sc = NULL;
     int rc = 0;
     if (!data) {
@@ -258,6 +260,13 @@ int cmd_eval(int argc, char **argv) {
     gp.min_p = min_p;
     gp.seed = cfg.seed + 424242;
     if ((rc = updater_scorer_create(&sc, cfg.rewards, "rewards", 1, tok, &err))) goto out;
+    if (cfg.guided) {
+        if ((rc = guided_compile_spec(&guided, cfg.guided, "task.guided", &err)) ||
+            (rc = guided_vocab_create(&gvocab, tok, &err)))
+            goto out;
+        gp.guided = guided;
+        gp.guided_vocab = gvocab;
+    }
     double t0 = rlhf_now();
     eval_figure main_fig = {.samples = samples, .temperature = temperature}, greedy = {0}, sampled = {0};
     rc = evaluate(m, tok, sc, ds, N, &gp, &main_fig, &err);
@@ -306,6 +315,8 @@ int cmd_eval(int argc, char **argv) {
 out:
     if (rc) rlhf_error_print("rlhf eval", &err);
     updater_scorer_destroy(&sc);
+    guided_grammar_destroy(&guided);
+    guided_vocab_destroy(&gvocab);
     tokenizer_destroy(&tok);
     model_destroy(&m);
     prompt_dataset_destroy(&ds);

@@ -78,7 +78,8 @@ static int ignored(const char *key) {
 enum { TRAINS, REFUSE, CLOCK, UNUSED };
 static int meaning(const char *key, const char **why) {
     if (!strcmp(key, "rl.k") || !strncmp(key, "generators.", 11) || !strcmp(key, "task.stop") ||
-        !strcmp(key, "task.include_stop") || !strcmp(key, "mode") || !strcmp(key, "model.max_seq_len")) {
+        !strcmp(key, "task.include_stop") || !strcmp(key, "mode") || !strcmp(key, "model.max_seq_len") ||
+        (!strncmp(key, "task.guided", 11) && (key[11] == 0 || key[11] == '.'))) {
         *why = "it decided how the log's samples were drawn, and they are what they are";
         return REFUSE;
     }

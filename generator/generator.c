@@ -30,7 +30,8 @@ void generator_params_from_config(const run_config *cfg, gen_params *gp) {
 }
 
 int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_prompt *p, const gen_params *gp,
-                              uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, rlhf_error *err) {
+                              uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, guided_matcher **gm,
+                              rlhf_error *err) {
     int rc = tokenizer_encode(tok, p->text, strlen(p->text), 1, pids, plen, err);
     if (rc) return rc;
     int room = m->cfg.max_seq_len - *plen;
@@ -57,6 +58,14 @@ int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_p
         r->params.stop_strings = gp->n_stop ? gp->stop : NULL;
         r->params.n_stop_strings = gp->n_stop;
         r->params.include_stop = gp->include_stop;
+        if (gp->guided) {
+            if ((rc = guided_matcher_create(&gm[j], gp->guided, gp->guided_vocab, err))) {
+                free(*pids);
+                *pids = NULL;
+                return rc;
+            }
+            r->params.constraint = guided_matcher_constraint(gm[j]);
+        }
     }
     return 0;
 }
@@ -122,14 +131,15 @@ int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wi
     sample_result *res = calloc((size_t)R, sizeof *res);
     int32_t **pids = calloc((size_t)n, sizeof *pids);
     int *plen = calloc((size_t)n, sizeof *plen);
-    if (!reqs || !res || !pids || !plen) {
+    guided_matcher **gm = calloc((size_t)R, sizeof *gm);
+    if (!reqs || !res || !pids || !plen || !gm) {
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
         goto done;
     }
     double t0 = rlhf_now();
     for (int i = 0; i < n; i++)
         if ((rc = generator_prompt_requests(m, tok, &prompts[i], gp, seq0 + (uint64_t)i, &pids[i], &plen[i],
-                                            &reqs[i * k], err)))
+                                            &reqs[i * k], &gm[i * k], err)))
             goto done;
     if ((rc = sampler_run(s, tok, reqs, R, res, err))) goto done;
     double dt = rlhf_now() - t0;
@@ -140,6 +150,8 @@ int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wi
 done:
     for (int i = 0; i < R && res; i++) sample_result_free(&res[i]);
     for (int i = 0; i < n && pids; i++) free(pids[i]);
+    for (int i = 0; i < R && gm; i++) guided_matcher_destroy(&gm[i]);
+    free(gm);
     free(pids);
     free(plen);
     free(reqs);

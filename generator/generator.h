@@ -21,6 +21,7 @@
 
 #include "common/common.h"
 #include "broker/wire.h"
+#include "guided/guided.h"
 #include "model/model.h"
 
 #ifdef __cplusplus
@@ -45,6 +46,10 @@ typedef struct gen_params {
      * top-k, top-p, min-p; sample_result.sampling_logprobs); 1: log pi at temperature 1, unfiltered
      * (sample_result.logprobs). See generators.behaviour_logprobs in docs/RUNNING.md. */
     int policy_logprobs;
+    /* task.guided (docs/GUIDED.md): every sample is masked by a matcher of this grammar over this
+     * vocabulary (both the caller's; NULL: unguided) */
+    guided_grammar *guided;
+    const guided_vocab *guided_vocab;
 } gen_params;
 
 /* Samples k completions for each of prompts[0..n) with `s` (a sampler over `m`) and fills
@@ -59,10 +64,12 @@ int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wi
                     rlhf_error *err);
 
 /* The two halves of generator_sample_groups, for callers that admit prompts one at a time (the
- * generator process's streaming loop): the k requests of prompt p with sequence number seq (pids gets
+ * generator process's streaming loop): the k requests of prompt p with sequence number seq (gm: k matchers,
+ * created here when gp->guided, each request's constraint; the caller destroys them after the results; pids gets
  * the encoded prompt, freed by the caller; reqs (k) point into it), and the group from its k results. */
 int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_prompt *p, const gen_params *gp,
-                              uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, rlhf_error *err);
+                              uint64_t seq, int32_t **pids, int *plen, sample_request *reqs, guided_matcher **gm,
+                              rlhf_error *err);
 /* g (overwritten) <- the group; RLHF_ENOMEM when an allocation failed (free g with wire_rollout_group_free). */
 int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int32_t *pids, int plen,
                          const sample_result *res, const gen_params *gp, const char *generator_id, uint64_t seq,

@@ -60,6 +60,7 @@ struct pending_prompt {
     sample_request *reqs;     /* (k); reqs[j].user = &tags[j] */
     sample_result *res;       /* (k) */
     sample_tag *tags;         /* (k) */
+    guided_matcher **gm;      /* (k) task.guided: each sample's matcher */
     int admitted, done;
     uint64_t seq, version;    /* version: when its first sample was admitted */
 };
@@ -100,6 +101,8 @@ static void pending_free(pending_prompt *pp, int k) {
     free(pp->res);
     free(pp->reqs);
     free(pp->tags);
+    for (int j = 0; j < k && pp->gm; j++) guided_matcher_destroy(&pp->gm[j]);
+    free(pp->gm);
     free(pp->pids);
     free(pp->p.id);
     free(pp->p.text);
@@ -127,11 +130,12 @@ static int stream_take_batch(stream_ctx *c, const wire_prompt_batch *pb, rlhf_er
         pp->reqs = calloc((size_t)k, sizeof *pp->reqs);
         pp->res = calloc((size_t)k, sizeof *pp->res);
         pp->tags = calloc((size_t)k, sizeof *pp->tags);
+        pp->gm = calloc((size_t)k, sizeof *pp->gm);
         pp->seq = (*c->seq)++;
-        int rc = !pp->p.id || !pp->p.text || !pp->reqs || !pp->res || !pp->tags
+        int rc = !pp->p.id || !pp->p.text || !pp->reqs || !pp->res || !pp->tags || !pp->gm
                      ? RLHF_FAIL(err, RLHF_ENOMEM, "out of memory")
                      : generator_prompt_requests(c->m, c->tok, &pp->p, c->gp, pp->seq, &pp->pids, &pp->plen,
-                                                 pp->reqs, err);
+                                                 pp->reqs, pp->gm, err);
         if (rc) {
             pending_free(pp, k);
             return rc;
@@ -263,6 +267,8 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     tokenizer *tok = NULL;
     sampler *smp = NULL;
     broker_client *bc = NULL;
+    guided_grammar *guided = NULL;
+    guided_vocab *gvocab = NULL;
     int rc = 0;
     if ((rc = run_load_base(cfg, &m, err))) goto out;
     m->version = bcfg->initial_version;
@@ -295,6 +301,13 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     gen_params gp;
     generator_params_from_config(cfg, &gp);
     gp.seed = cfg->seed * 7919u + (uint64_t)id * 104729u + (uint64_t)getpid();
+    if (cfg->guided) { /* task.guided: one grammar for the run, its masks cached as sampling goes */
+        if ((rc = guided_compile_spec(&guided, cfg->guided, "task.guided", err)) ||
+            (rc = guided_vocab_create(&gvocab, tok, err)))
+            goto out;
+        gp.guided = guided;
+        gp.guided_vocab = gvocab;
+    }
     uint64_t seq = 0;
     long sampled_version = -1; /* sync: the version whose quota is done */
     int quota_left = per_batch;
@@ -384,6 +397,8 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     fprintf(stderr, "generator %s: stopping after %llu groups, %.0f tokens (%.0f tok/s)\n", peer,
             (unsigned long long)seq, tok_total, tok_total / (rlhf_now() - t_start + 1e-9));
 out:
+    guided_grammar_destroy(&guided);
+    guided_vocab_destroy(&gvocab);
     broker_client_close(&bc);
     broker_credential_clear(&key);
     sampler_destroy(&smp);

@@ -277,6 +277,20 @@ const char *sample_finish_name(sample_finish f); /* "stop", "length", "max_seq_l
  *   3. min_p: of those, keep the tokens with p_T(y) >= min_p * max p_T (the most probable token is
  *      always kept, so the ratio is the same before or after renormalising).
  * The token is drawn from what is left, renormalised: that is q. Greedy decoding ignores all three. */
+/* A constraint on what may be sampled (guided generation: guided/guided.h implements it). Per request: ctx
+ * is that sequence's state. Before each token the sampler calls mask(): the allowed ids are the set bits
+ * of (*allowed)[id / 64] (vocab_size bits; valid until the next call on ctx), n_allowed of them (0: the
+ * sampler fails with mask's error, or a generic one), *only the one when n_allowed == 1. Disallowed
+ * logits become -inf before temperature and the filters, so q — and the sampling log-prob recorded — is
+ * the masked, renormalised distribution; log pi stays the unmasked policy's. When exactly one token is
+ * allowed it is emitted without a draw (log q = 0; no uniform is consumed). After the token is chosen,
+ * accept() advances ctx. mask/accept run on the sampler's calling thread, one sequence at a time. */
+typedef struct sample_constraint {
+    void *ctx;
+    int (*mask)(void *ctx, const uint64_t **allowed, int *n_allowed, int32_t *only, rlhf_error *err);
+    int (*accept)(void *ctx, int32_t id, rlhf_error *err);
+} sample_constraint;
+
 typedef struct sample_params {
     float temperature;         /* 0: greedy (argmax); otherwise > 0 */
     int top_k;                 /* 0: off */
@@ -292,6 +306,7 @@ typedef struct sample_params {
     const char *const *stop_strings;
     int n_stop_strings;
     int include_stop;          /* 0: the text is cut before the matched stop string; 1: it ends with it */
+    const sample_constraint *constraint; /* NULL: none (see sample_constraint) */
 } sample_params;
 
 /* Defaults: temperature 1, top_k 0, top_p 1, min_p 0, max_new_tokens 64, seed 0, no stops. */

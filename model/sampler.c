@@ -708,6 +708,40 @@ static int32_t choose_token(const model_kernels *k, const float *logits, int V, 
     return y;
 }
 
+/* A constrained choice (sample_constraint): the allowed logits are gathered (in id order) and chosen from
+ * by choose_token, so temperature and the filters act on the masked distribution and log q is its
+ * renormalised log-prob; log pi is the unmasked policy's. One allowed token is taken without a draw. */
+typedef struct cmask_t {
+    const uint64_t *bits; /* NULL: the sequence is not constrained */
+    int n;
+    int32_t only;
+} cmask_t;
+
+static int32_t choose_masked(const model_kernels *k, const float *logits, int V, const sample_params *sp, rlhf_rng *rng,
+                             cand *scratch, float *e, float *sub, const cmask_t *cm, float *lp_pi, float *lp_q) {
+    float mx = k->max_value(logits, V);
+    double lse = (double)mx + log(k->exp_shifted(e, logits, V, mx, 1.0f));
+    int32_t y;
+    if (cm->n == 1) {
+        y = cm->only;
+        *lp_q = 0.0f;
+    } else {
+        int32_t *ids = (int32_t *)(sub + V);
+        int n = 0;
+        for (int w = 0; w < (V + 63) / 64; w++)
+            for (uint64_t b = cm->bits[w]; b; b &= b - 1) {
+                int id = w * 64 + __builtin_ctzll(b);
+                if (id >= V) break;
+                sub[n] = logits[id];
+                ids[n++] = id;
+            }
+        float ignored;
+        y = ids[choose_token(k, sub, n, sp, rng, scratch, e, &ignored, lp_q)];
+    }
+    *lp_pi = (float)((double)logits[y] - lse);
+    return y;
+}
+
 /* ---------------------------------------------------------------- sampler_run */
 
 typedef struct slot_state {
@@ -864,9 +898,12 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
     int V = s->m->cfg.vocab_size, B = s->max_batch;
     slot_state *st = calloc((size_t)B, sizeof *st);
     int *logit_slot = malloc((size_t)B * sizeof(int));
-    if (!st || !logit_slot) {
+    cmask_t *cmask = calloc((size_t)B, sizeof *cmask);
+    float *sub_logits = NULL; /* (n_threads, 2V): the allowed logits and their ids, when a request is constrained */
+    if (!st || !logit_slot || !cmask) {
         free(st);
         free(logit_slot);
+        free(cmask);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     }
     for (int b = 0; b < B; b++) st[b].req = -1;
@@ -971,6 +1008,22 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
             }
         }
         forward_rows(s, R, s->row_slot, s->row_pos, s->row_tok, NL, s->logit_rows, s->logits);
+        /* constrained sequences: their masks, asked on this thread (sample_constraint) */
+        for (int i = 0; i < NL && !rc; i++) {
+            const sample_constraint *c = st[logit_slot[i]].rq.params.constraint;
+            cmask[i].bits = NULL;
+            if (!c) continue;
+            if (!sub_logits && !(sub_logits = malloc((size_t)s->n_threads * V * (sizeof(float) + sizeof(int32_t))))) {
+                rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+                break;
+            }
+            if ((rc = c->mask(c->ctx, &cmask[i].bits, &cmask[i].n, &cmask[i].only, err))) break;
+            if (cmask[i].n <= 0 || !cmask[i].bits) {
+                rc = rlhf_error_set(err, RLHF_EINVAL, "sampler", "the constraint allows no token");
+                break;
+            }
+        }
+        if (rc) break;
         /* choose tokens: independent per sequence, so parallel and order-free */
         int32_t *ys = s->pick_tok; // (NL)
         float *lps = s->pick_lp;   // (NL, 2)
@@ -981,13 +1034,20 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
 #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < NL; i++) {
                 slot_state *ss = &st[logit_slot[i]];
-                ys[i] = choose_token(s->k, s->logits + (size_t)i * V, V, &ss->rq.params, &ss->rng, scratch, e,
-                                     &lps[2 * i], &lps[2 * i + 1]);
+                if (cmask[i].bits)
+                    ys[i] = choose_masked(s->k, s->logits + (size_t)i * V, V, &ss->rq.params, &ss->rng, scratch, e,
+                                          sub_logits + (size_t)omp_get_thread_num() * V * 2, &cmask[i], &lps[2 * i],
+                                          &lps[2 * i + 1]);
+                else
+                    ys[i] = choose_token(s->k, s->logits + (size_t)i * V, V, &ss->rq.params, &ss->rng, scratch, e,
+                                         &lps[2 * i], &lps[2 * i + 1]);
             }
         }
         int oom = 0;
         for (int i = 0; i < NL && !rc; i++) {
             slot_state *ss = &st[logit_slot[i]];
+            const sample_constraint *c = ss->rq.params.constraint;
+            if (c && (rc = c->accept(c->ctx, ys[i], err))) break;
             if (accept_token(s, tok, &ss->rq, &ss->res, ss, ys[i], lps[2 * i], lps[2 * i + 1], &oom)) {
                 if (oom) {
                     rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampled text");
@@ -1004,6 +1064,8 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
     for (int b = 0; b < B; b++) sample_result_free(&st[b].res); /* sequences cut short by an error */
     free(st);
     free(logit_slot);
+    free(cmask);
+    free(sub_logits);
     return rc;
 }
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "guided/guided.h"
 #include "rewards/rewards.h"
 
 #include "run/run.h"
@@ -41,6 +42,7 @@ static const key_spec SPEC[] = {
     {"task.eval_prompts", K_INT, 0, BIG, "0"},
     {"task.stop", K_ARR, 0, 0, "[\"\\n\"]"},
     {"task.include_stop", K_BOOL, 0, 0, "false"},
+    {"task.guided", K_ANY_OBJ, 0, 0, "null"},
     {"rewards", K_ARR, 0, 0, NULL},
     {"broker", K_ANY_OBJ, 0, 0, "{}"},
     {"prompts", K_OBJ, 0, 0, "{}"},
@@ -362,6 +364,13 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
         cfg->n_stop++;
     }
     cfg->include_stop = json_is_true(get_path(doc, "task.include_stop"));
+    json_t *guided = get_path(doc, "task.guided");
+    if (guided && !json_is_null(guided)) { /* compiled here once so that a bad schema is a config error */
+        guided_grammar *g = NULL;
+        if ((rc = guided_compile_spec(&g, guided, "task.guided", err))) goto fail;
+        guided_grammar_destroy(&g);
+        cfg->guided = json_incref(guided);
+    }
 
     cfg->rewards = json_incref(get_path(doc, "rewards"));
     if (json_array_size(cfg->rewards) == 0) FAIL_AT("rewards", "must list at least one reward source");
@@ -677,7 +686,8 @@ void run_config_free(run_config *cfg) {
     json_decref(cfg->broker);
     json_decref(cfg->selector);
     json_decref(cfg->resolved);
-    cfg->arch = cfg->rewards = cfg->broker = cfg->selector = cfg->resolved = NULL;
+    json_decref(cfg->guided);
+    cfg->arch = cfg->rewards = cfg->broker = cfg->selector = cfg->resolved = cfg->guided = NULL;
     for (int i = 0; i < cfg->n_stop; i++) free(cfg->stop[i]);
     cfg->n_stop = 0;
 }

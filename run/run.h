@@ -77,6 +77,7 @@ typedef struct run_config {
     char *stop[RUN_MAX_STOPS]; /* "task.stop": stop strings of a completion (owned; default one: "\n") */
     int n_stop;
     int include_stop;          /* "task.include_stop": the matched stop string stays in the completion */
+    json_t *guided;            /* "task.guided": {"schema": {...}} | {"regex": "..."} (docs/GUIDED.md), or NULL */
 
     json_t *rewards;           /* "rewards": array given to the reward pipeline */
     json_t *broker;            /* "broker": object given to the broker's own parser */

@@ -26,6 +26,7 @@ FLOORS = {
     "tfevents": 0.5,  # TensorBoard event files: the updater writes its metrics there too
     "model": 1,
     "prompts": 1,
+    "guided": 1.5,  # guided generation: needs model/'s tokenizer; serve/ and generator/ mask with it
     "rewards/sandbox": 2,
     "rewards/judge": 2,
     "rewards/rm": 2,
@@ -45,6 +46,8 @@ TESTED = {
     "tests/common": "common",
     "tests/model_train": "model",
     "tests/model_infer": "model",
+    "tests/guided": "guided",
+    "bench/bench_guided": "guided",
     "tests/model": "model",
     "tests/prompts": "prompts",
     "tests/template": "template",
@@ -79,6 +82,7 @@ PREFIXES = {
     "model": ["model_", "sampler_", "sample_", "tokenizer_", "adamw_", "safetensors_", "ops_",
               r"re:^[a-z0-9]+_(forward|backward)(_ref|_pair)?$"],
     "prompts": ["prompt_"],
+    "guided": ["guided_"],
     "template": ["template_"],
     "tfevents": ["tfevents_"],
     "rewards": ["reward_"],

@@ -18,6 +18,7 @@ PKGS=(
   python3 python3-numpy python3-torch # numerical oracle tests (run with /usr/bin/python3)
   libopenmpi-dev openmpi-bin # data-parallel policy updaters (updaters.count > 1) over MPI
   python3-pandas       # the replay-export test reads the export as researchers do (pandas.read_json)
+  python3-jsonschema   # tests/guided: every guided completion is validated against its schema by an independent validator
   iproute2             # `ip netns`: the multi-host test puts broker and generators in network namespaces
   clang libclang-rt-14-dev libomp-dev # make fuzz: libFuzzer + ASan/UBSan runtimes, OpenMP for clang
   python3-protobuf     # the TensorBoard event-file test reads the files with Google's protobuf runtime

@@ -278,15 +278,38 @@ static int parse_sampling(serve_server *s, struct MHD_Connection *c, json_t *req
                 BAD(key, "Invalid 'top_logprobs': expected an integer in 0..%d", SERVE_MAX_TOP_LOGPROBS);
             j->top_logprobs = (int)json_integer_value(v);
         } else if (!strcmp(key, "response_format")) {
+            /* OpenAI's structured outputs: {"type": "json_schema", "json_schema": {"name", "schema",
+             * "strict"}} or {"type": "json_object"}; docs/GUIDED.md */
             json_t *t = json_object_get(v, "type");
-            if (!(json_is_string(t) && !strcmp(json_string_value(t), "text")))
-                BAD(key, "response_format is not supported by this server (only {\"type\":\"text\"})");
+            const char *ty = json_is_string(t) ? json_string_value(t) : "";
+            json_decref(j->guided_spec);
+            j->guided_spec = NULL;
+            if (!json_is_object(v)) BAD(key, "response_format must be an object with a \"type\"");
+            if (!strcmp(ty, "json_object")) {
+                j->guided_spec = json_pack("{s:b}", "json_object", 1);
+            } else if (!strcmp(ty, "json_schema")) {
+                json_t *js = json_object_get(v, "json_schema"), *name = json_object_get(js, "name"),
+                       *strict = json_object_get(js, "strict");
+                if (!json_is_object(js)) BAD(key, "response_format.json_schema must be an object {name, schema, strict}");
+                if (!json_is_string(name) || !json_string_length(name))
+                    BAD(key, "response_format.json_schema.name must be a non-empty string");
+                if (strict && !json_is_boolean(strict) && !json_is_null(strict))
+                    BAD(key, "response_format.json_schema.strict must be true or false");
+                json_t *schema = json_object_get(js, "schema");
+                j->guided_spec = schema ? json_pack("{s:O}", "schema", schema) : json_pack("{s:b}", "json_object", 1);
+            } else if (strcmp(ty, "text")) {
+                BAD(key, "response_format.type must be \"text\", \"json_object\" or \"json_schema\"");
+            }
         }
         /* other OpenAI fields (model, user, presence_penalty, ...) are accepted and ignored */
     }
     if (j->top_logprobs && !j->logprobs) BAD("top_logprobs", "top_logprobs needs logprobs: true");
     if (*stream && j->logprobs) BAD("logprobs", "logprobs are not offered with stream: true");
     if (*stream && j->n_choices > 1) BAD("n", "n > 1 is not offered with stream: true");
+    if (j->guided_spec) {
+        rlhf_error gerr = {0};
+        if (serve_attach_guided(s, j, &gerr)) BAD("response_format", "%s: %s", gerr.where, gerr.msg);
+    }
 #undef BAD
     j->params = p; /* EOS and the stop strings end generation (serve/serve_decode.c) */
     return 0;
@@ -627,13 +650,18 @@ static enum MHD_Result do_completion(serve_server *s, struct MHD_Connection *c, 
                          .prompt_len = j->prompt_len};
         x->params.seed = j->params.seed + (uint64_t)k;
         memcpy(x->rid, j->rid, sizeof x->rid);
+        if (j->guided_spec) { /* its own matcher (and hold on the cached grammar) */
+            rlhf_error gerr = {0};
+            x->guided_spec = json_incref(j->guided_spec);
+            if (serve_attach_guided(s, x, &gerr)) break;
+        }
         x->prompt_ids = malloc((size_t)j->prompt_len * sizeof *x->prompt_ids);
         if (x->prompt_ids) memcpy(x->prompt_ids, j->prompt_ids, (size_t)j->prompt_len * sizeof *x->prompt_ids);
         for (int i = 0; i < j->n_stops; i++) x->stops[i] = strdup(j->stops[i]);
         if (!x->prompt_ids) break;
     }
     int ready = 1;
-    for (int k = 0; k < nc; k++) ready &= jobs[k] && jobs[k]->prompt_ids;
+    for (int k = 0; k < nc; k++) ready &= jobs[k] && jobs[k]->prompt_ids && (!jobs[k]->guided_spec || jobs[k]->matcher);
     while (ready && submitted < nc && serve_submit(s, jobs[submitted]) == 0) submitted++;
     for (int k = 0; k < submitted; k++) serve_wait(s, jobs[k]);
     const char *why = !ready ? "out of memory" : NULL;
@@ -866,6 +894,7 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     pthread_cond_init(&s->stream_cv, NULL);
     pthread_mutex_init(&s->conn_mu, NULL);
     pthread_cond_init(&s->reaper_cv, NULL);
+    pthread_mutex_init(&s->guided_mu, NULL);
     int rc = 0;
     if (cfg->model_path[0]) {
         if (!s->cfg.model_id[0]) id_from_path(cfg->model_path, s->cfg.model_id, sizeof s->cfg.model_id);
@@ -934,6 +963,9 @@ void serve_server_destroy(serve_server **ps) {
         pthread_join(s->worker, NULL);
     }
     sampler_destroy(&s->smp);
+    guided_cache_destroy(&s->gcache);
+    guided_vocab_destroy(&s->gvocab);
+    pthread_mutex_destroy(&s->guided_mu);
     tokenizer_destroy(&s->tok);
     template_destroy(&s->chat_tmpl);
     if (s->api_key) explicit_bzero(s->api_key, strlen(s->api_key));

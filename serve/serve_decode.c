@@ -25,7 +25,30 @@ void serve_job_free(serve_job *j) {
     for (int i = 0; j->texts && i < j->n_texts; i++) free(j->texts[i]);
     free(j->texts);
     free(j->rewards);
+    guided_matcher_destroy(&j->matcher);
+    if (j->grammar && j->server) {
+        pthread_mutex_lock(&j->server->guided_mu);
+        guided_cache_release(j->server->gcache, j->grammar);
+        pthread_mutex_unlock(&j->server->guided_mu);
+    }
+    json_decref(j->guided_spec);
     free(j);
+}
+
+/* The job's grammar (compiled once per spec: the server's cache), and its matcher; the vocabulary trie is
+ * built at the first guided request. */
+int serve_attach_guided(serve_server *s, serve_job *j, rlhf_error *err) {
+    pthread_mutex_lock(&s->guided_mu);
+    int rc = 0;
+    if (!s->gcache) rc = guided_cache_create(&s->gcache, 64, err);
+    if (!rc && !s->gvocab) rc = guided_vocab_create(&s->gvocab, s->tok, err);
+    if (!rc) rc = guided_cache_get(s->gcache, j->guided_spec, "response_format.json_schema", &j->grammar, NULL, err);
+    if (!rc) {
+        j->server = s; /* serve_job_free releases the grammar */
+        rc = guided_matcher_create(&j->matcher, j->grammar, s->gvocab, err);
+    }
+    pthread_mutex_unlock(&s->guided_mu);
+    return rc;
 }
 
 int serve_submit(serve_server *s, serve_job *j) {
@@ -378,6 +401,7 @@ void *serve_worker_main(void *arg) {
     int *logit_rows = malloc((size_t)B * sizeof(int)), *logit_slot = malloc((size_t)B * sizeof(int));
     float *logits = malloc((size_t)B * (V ? V : 1) * sizeof(float)); // (B, V)
     float *scratch = malloc((size_t)2 * (V ? V : 1) * sizeof(float));
+    float *masked = malloc((size_t)(V ? V : 1) * sizeof(float)); /* a guided job's logits under its mask */
     serve_job **rew = NULL;
     int rew_cap = 0;
     int n_active = 0;
@@ -484,7 +508,40 @@ void *serve_worker_main(void *arg) {
             slot_state *st = &slots[b];
             serve_job *j = st->job;
             float lp = 0.0f, lq = 0.0f;
-            int32_t id = serve_choose_token(logits + (size_t)i * V, V, &j->params, &st->rng, scratch, &lp, &lq);
+            int32_t id;
+            if (j->matcher) { /* guided: sample from the masked distribution; log pi stays the unmasked one */
+                const float *lg = logits + (size_t)i * V;
+                const uint64_t *bits;
+                int n_allowed;
+                int32_t only;
+                rlhf_error gerr = {0};
+                if (guided_matcher_mask(j->matcher, &bits, &n_allowed, &only, &gerr)) {
+                    char msg[300];
+                    snprintf(msg, sizeof msg, "guided generation failed: %.100s: %.150s", gerr.where, gerr.msg);
+                    fail_job(s, j, msg);
+                    st->job = NULL;
+                    n_active--;
+                    continue;
+                }
+                if (n_allowed == 1) { /* forced: no draw */
+                    id = only;
+                    lq = 0.0f;
+                } else {
+                    for (int v = 0; v < V; v++) masked[v] = (bits[v >> 6] >> (v & 63)) & 1 ? lg[v] : -INFINITY;
+                    id = serve_choose_token(masked, V, &j->params, &st->rng, scratch, NULL, &lq);
+                }
+                float mx = lg[0];
+                for (int v = 1; v < V; v++) mx = lg[v] > mx ? lg[v] : mx;
+                lp = (float)log_softmax_at(lg, V, mx, id);
+                if (guided_matcher_accept(j->matcher, id, &gerr)) {
+                    fail_job(s, j, "guided generation failed: a token outside the mask");
+                    st->job = NULL;
+                    n_active--;
+                    continue;
+                }
+            } else {
+                id = serve_choose_token(logits + (size_t)i * V, V, &j->params, &st->rng, scratch, &lp, &lq);
+            }
             if (j->logprobs && j->n_tokens == j->out_cap) {
                 int cap = j->out_cap ? 2 * j->out_cap : 64;
                 int32_t *ni = realloc(j->out_ids, (size_t)cap * sizeof *ni);
@@ -539,6 +596,7 @@ void *serve_worker_main(void *arg) {
     free(logit_slot);
     free(logits);
     free(scratch);
+    free(masked);
     free(rew);
     return NULL;
 }

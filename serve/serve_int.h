@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "guided/guided.h"
 #include "model/model.h"
 #include "rewards/rm/rm.h"
 #include "serve/serve.h"
@@ -57,6 +58,11 @@ typedef struct serve_job {
     char *sse;
     size_t sse_len, sse_cap, sse_sent;
     int cancelled;                /* the client went away: stop generating */
+    /* guided generation (response_format json_schema / json_object): the spec, the cached grammar this
+     * job holds (released by serve_job_free through `server`) and the job's matcher (worker-only) */
+    json_t *guided_spec;
+    guided_grammar *grammar;
+    guided_matcher *matcher;
     /* reward */
     char **texts;                 // (n_texts)
     int n_texts;
@@ -97,9 +103,16 @@ struct serve_server {
     int reaper_started, reaper_stop;
     pthread_cond_t reaper_cv;
     unsigned long timed_out;      /* connections closed for a late request */
+    /* guided generation: compiled grammars by spec and the vocabulary trie (made at the first guided
+     * request), both under guided_mu; a grammar's automaton and masks are then used by the worker only */
+    pthread_mutex_t guided_mu;
+    guided_cache *gcache;
+    guided_vocab *gvocab;
 };
 
 void serve_job_free(serve_job *j);
+/* The job's grammar for j->guided_spec (the server's cache) and its matcher; the error names the spec's path. */
+int serve_attach_guided(serve_server *s, serve_job *j, rlhf_error *err);
 /* Queues j (0), or refuses when max_queue jobs wait or the server stops (-1). Caller holds no lock. */
 int serve_submit(serve_server *s, serve_job *j);
 /* Blocks until j is done. */

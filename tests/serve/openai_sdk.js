@@ -66,6 +66,15 @@ async function main() {
   const lc = await client.completions.create({ model, prompt: '<|user|>\nQ: p\nA: 12\n<|assistant|>\n', max_tokens: 12,
                                                 temperature: 0 });
   out.completion = lc.choices[0].text;
+  // structured output (guided decoding): the SDK's response_format json_schema
+  const schema = { type: 'object', properties: { score: { enum: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10] },
+                                                 ok: { type: 'boolean' } },
+                   required: ['score', 'ok'], additionalProperties: false };
+  const js = await client.chat.completions.create({ model, messages: q, max_tokens: 40, temperature: 1, seed: 3,
+    response_format: { type: 'json_schema', json_schema: { name: 'grade', schema, strict: true } } });
+  out.json_schema = { content: js.choices[0].message.content, finish: js.choices[0].finish_reason };
+  out.bad_schema = await attempt(() => client.chat.completions.create({ model, messages: q,
+    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'integer', minimum: 0 } } } }));
   // refusals, as the SDK raises them
   out.bad_temperature = await attempt(() => client.chat.completions.create({ model, messages: q, temperature: 2.5 }));
   out.bad_max_tokens = await attempt(() => client.chat.completions.create({ model, messages: q, max_tokens: 0 }));

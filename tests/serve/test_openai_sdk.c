@@ -45,6 +45,22 @@ static void test_openai_sdk(void) {
     json_t *r = json_load_file(out, 0, NULL);
     unlink(out);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    /* structured output through the SDK: an object with exactly score (0..10) and ok (boolean); an
+     * unsupported keyword is the SDK's BadRequestError naming the schema path */
+    json_t *jsr = json_object_get(r, "json_schema");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(jsr, "finish")), "stop");
+    json_t *doc = json_loads(json_string_value(json_object_get(jsr, "content")) ? json_string_value(json_object_get(jsr, "content")) : "",
+                             0, NULL);
+    CU_ASSERT(json_is_object(doc) && json_object_size(doc) == 2);
+    json_t *score = json_object_get(doc, "score");
+    CU_ASSERT(json_is_integer(score) && json_integer_value(score) >= 0 && json_integer_value(score) <= 10);
+    CU_ASSERT(json_is_boolean(json_object_get(doc, "ok")));
+    json_decref(doc);
+    json_t *bs = err_of(r, "bad_schema");
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(bs, "status")), 400);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(bs, "param")), "response_format");
+    CU_ASSERT_PTR_NOT_NULL(strstr(json_string_value(json_object_get(bs, "message")) ? json_string_value(json_object_get(bs, "message")) : "",
+                                  "response_format.json_schema.schema.minimum: unsupported keyword"));
     /* models */
     CU_ASSERT_STRING_EQUAL(json_string_value(json_array_get(json_object_get(r, "list"), 0)), "judge-model");
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r, "retrieve")), "judge-model");

@@ -158,6 +158,9 @@ static void test_judge_against_serve(void) {
     cfg.max_tokens = 16;
     cfg.concurrency = 16;
     cfg.call_timeout_ms = 60000;
+    /* the text pattern: this model was trained to answer "score: 7" in text (rlhf serve would honour a
+     * json_schema response_format with guided decoding, which test_serve_guided checks) */
+    cfg.response_format = JUDGE_RF_NONE;
     judge_client *jc = NULL;
     CU_ASSERT_EQUAL_FATAL(judge_client_create(&jc, &cfg, "served", NULL, NULL), 0);
     judge_config_free(&cfg);
@@ -177,8 +180,126 @@ static void test_judge_against_serve(void) {
         ok += it[i].ok && it[i].raw_score == 7;
     }
     CU_ASSERT_EQUAL(ok, N); /* 16 concurrent requests, batched by the server, all answered by the model */
-    CU_ASSERT_EQUAL(judge_client_stats(jc)->rf_fallbacks, 1); /* serve refuses json_schema: text pattern used */
+    CU_ASSERT_EQUAL(judge_client_stats(jc)->rf_fallbacks, 0);
     judge_client_destroy(&jc);
+    peer_stop(&srv);
+}
+
+/* response_format: every choice of a json_schema request validates against the schema (Debian's
+ * python3-jsonschema, tests/guided/oracle.py), also streamed; json_object gives a JSON object; forced
+ * tokens carry sampling_logprob 0; an unsupported keyword and an empty language are 400s naming the path. */
+static void test_serve_guided(void) {
+    peer srv;
+    CU_ASSERT_EQUAL_FATAL(start_serve(&srv, "--model", g_random_model, "--max-batch", "4"), 0);
+    const char *schema = "{\"type\":\"object\",\"properties\":{\"city\":{\"enum\":[\"Paris\",\"Rome\"]},"
+                         "\"code\":{\"type\":\"string\",\"pattern\":\"^[a-z]{2,4}$\"},\"ok\":{\"type\":\"boolean\"},"
+                         "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":2},\"maxItems\":1}},"
+                         "\"required\":[\"city\",\"code\",\"ok\"],\"additionalProperties\":false}";
+    char req[2048], path[300], line[4096];
+    snprintf(path, sizeof path, "%s/guided-serve.jsonl", g_dir);
+    FILE *out = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+    int n_checked = 0;
+    for (int stream = 0; stream < 2; stream++) {
+        snprintf(req, sizeof req,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"a city\"}],\"max_tokens\":80,\"temperature\":1,"
+                 "\"seed\":3,%s\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"city\","
+                 "\"strict\":true,\"schema\":%s}}}",
+                 stream ? "\"stream\":true," : "\"n\":4,\"logprobs\":true,", schema);
+        char *body = NULL;
+        CU_ASSERT_EQUAL_FATAL(peer_http(&srv, "POST", "/v1/chat/completions", req, &body), 200);
+        json_t *texts = json_array();
+        if (!stream) {
+            json_t *j = json_loads(body, 0, NULL);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+            json_t *choices = json_object_get(j, "choices");
+            CU_ASSERT_EQUAL(json_array_size(choices), 4);
+            size_t i;
+            json_t *ch;
+            json_array_foreach(choices, i, ch) {
+                CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(ch, "finish_reason")), "stop");
+                json_array_append(texts, json_object_get(json_object_get(ch, "message"), "content"));
+                /* the first token, "{", is forced: log q = 0 while log pi < 0 */
+                json_t *t0 = json_array_get(json_object_get(json_object_get(ch, "logprobs"), "content"), 0);
+                CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(t0, "token")), "{");
+                CU_ASSERT_EQUAL(json_real_value(json_object_get(t0, "sampling_logprob")), 0.0);
+                CU_ASSERT(json_number_value(json_object_get(t0, "logprob")) < 0.0);
+            }
+            json_decref(j);
+        } else {
+            char acc[1024] = "";
+            for (char *l = strtok(body, "\n"); l; l = strtok(NULL, "\n")) {
+                if (strncmp(l, "data: {", 7) != 0) continue;
+                json_t *ev = json_loads(l + 6, 0, NULL);
+                const char *piece = json_string_value(
+                    json_object_get(json_object_get(json_array_get(json_object_get(ev, "choices"), 0), "delta"), "content"));
+                if (piece) strncat(acc, piece, sizeof acc - strlen(acc) - 1);
+                json_decref(ev);
+            }
+            json_array_append_new(texts, json_string(acc));
+        }
+        free(body);
+        size_t i;
+        json_t *t;
+        json_array_foreach(texts, i, t) {
+            json_t *rec = json_pack("{s:s,s:o,s:O,s:s}", "kind", "schema", "spec", json_loads(schema, 0, NULL), "text", t,
+                                    "finish", "stop");
+            char *d = json_dumps(rec, JSON_COMPACT);
+            fprintf(out, "%s\n", d);
+            free(d);
+            json_decref(rec);
+            n_checked++;
+        }
+        json_decref(texts);
+    }
+    /* json_object: any JSON object */
+    char *body = NULL;
+    CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions",
+                              "{\"prompt\":\"x\",\"max_tokens\":90,\"response_format\":{\"type\":\"json_object\"}}", &body),
+                    200);
+    json_t *j = json_loads(body, 0, NULL);
+    free(body);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    if (!strcmp(json_string_value(json_object_get(ch, "finish_reason")), "stop")) {
+        json_t *rec = json_pack("{s:s,s:{s:s},s:O,s:s}", "kind", "schema", "spec", "type", "object", "text",
+                                json_object_get(ch, "text"), "finish", "stop");
+        char *d = json_dumps(rec, JSON_COMPACT);
+        fprintf(out, "%s\n", d);
+        free(d);
+        json_decref(rec);
+        n_checked++;
+    } else { /* a random model may nest past 90 tokens; then the text is a prefix of an object */
+        CU_ASSERT_EQUAL(json_string_value(json_object_get(ch, "text"))[0], '{');
+    }
+    json_decref(j);
+    fclose(out);
+    char script[4096], cmd[8192];
+    snprintf(script, sizeof script, "%s/tests/guided/oracle.py", RLHF_SOURCE_ROOT);
+    snprintf(cmd, sizeof cmd, "python3 %s check %s", script, path);
+    FILE *p = popen(cmd, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    while (fgets(line, sizeof line, p)) fputs(line, stderr);
+    CU_ASSERT_EQUAL(pclose(p), 0);
+    CU_ASSERT(n_checked >= 5);
+    /* errors name the schema path */
+    struct {
+        const char *rf, *part;
+    } bad[] = {
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"type\":\"object\",\"properties\":"
+         "{\"n\":{\"type\":\"integer\",\"minimum\":0}}}}}",
+         "response_format.json_schema.schema.properties.n.minimum: unsupported keyword"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"type\":\"string\",\"enum\":[1]}}}",
+         "language is empty"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{}}}", "name must be a non-empty string"},
+        {"{\"type\":\"yaml\"}", "response_format.type must be"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(req, sizeof req, "{\"prompt\":\"x\",\"response_format\":%s}", bad[i].rf);
+        CU_ASSERT_EQUAL(peer_http(&srv, "POST", "/v1/completions", req, &body), 400);
+        CU_ASSERT_PTR_NOT_NULL(strstr(body, bad[i].part));
+        if (!strstr(body, bad[i].part)) fprintf(stderr, "response_format %s -> %s\n", bad[i].rf, body);
+        free(body);
+    }
     peer_stop(&srv);
 }
 
@@ -949,6 +1070,7 @@ int register_suites(void) {
     CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
     CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);
     CU_add_test(s, "chat_template", test_serve_chat_template);
+    CU_add_test(s, "guided_response_format", test_serve_guided);
     CU_add_test(s, "rejects_bad_requests", test_serve_rejects_bad_requests);
     CU_add_test(s, "queue_bound", test_serve_queue_bound);
     CU_add_test(s, "greedy_matches_sampler_run", test_serve_matches_sampler_run);
