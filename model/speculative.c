@@ -691,7 +691,7 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
             budget -= want;
         }
         if (sp->o.kind == SAMPLER_SPEC_NGRAM) {
-#pragma omp parallel for schedule(dynamic, 1) if (n_gen > 8)
+#pragma omp parallel for schedule(dynamic, 1) if (n_gen >= 32)
             for (int b = 0; b < B; b++)
                 if (st[b].g > 0) st[b].g = ngram_propose(sp, st, B, b, st[b].g, st[b].draft);
         } else if (draft_model) {
@@ -758,7 +758,8 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
         int nv = 0;
         for (int b = 0; b < B; b++)
             if (st[b].req >= 0 && st[b].lrow >= 0) vlist[nv++] = b;
-#pragma omp parallel if (nv > 1)
+        /* threads only when the rows' filtering is worth a parallel region */
+#pragma omp parallel if (nv > 1 && (size_t)NL * V >= 65536)
         {
             int th = omp_get_thread_num();
             cand *cs = cands + (size_t)th * V;

@@ -43,6 +43,7 @@ TESTED = {
     "tests/common": "common",
     "tests/model_train": "model",
     "tests/model_infer": "model",
+    "tests/model_spec": "model",
     "tests/model": "model",
     "tests/prompts": "prompts",
     "tests/template": "template",
