@@ -9,7 +9,7 @@
 # Environment: BUILD (build), DATA (runs/data/countdown: the countdown task, its corpus and pretrained
 # base model, made by scripts/prepare-countdown.sh when missing), DRAFT (a draft checkpoint; default
 # DATA/draft.safetensors, pretrained here on the same corpus when missing: dim 56, 2 layers, about 1/8
-# of the base model's parameters), THREADS (1), N_PROMPTS (32), K (8).
+# of the base model's parameters), THREADS (1), N_PROMPTS (32), K (8), TEMPS ("1.0"; e.g. "1.0 0.5").
 set -euo pipefail
 REPEATS=${1:-5}
 BUILD=${BUILD:-build}
@@ -61,7 +61,7 @@ EOF
 echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load average/load average/') threads=$THREADS prompts=$N_PROMPTS k=$K"
 for rep in $(seq "$REPEATS"); do
   for task in countdown long; do
-    for temp in 1.0 0.5; do
+    for temp in ${TEMPS:-1.0}; do
       for streams in 1 64; do
         for mode in plain ngram draft; do
           run_one "$task" "$streams" "$mode" "$temp"

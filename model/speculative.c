@@ -55,6 +55,8 @@ struct sampler_spec {
     int n_hist;
     uint64_t clock;
     double f0, f1, f2, fy, fxy; /* cost fit sums (weights decay by 0.97 per step) */
+    double t_round;             /* draft model: seconds per draft forward step (moving average; 0 unknown) */
+    double g_num, g_den;        /* acceptance over all sequences (decayed): a new sequence's prior */
 };
 
 /* The processed distribution of one row. w (V) holds the unnormalised weights of the tokens that
@@ -398,6 +400,20 @@ static double cost_per_row(const sampler_spec *sp, int n_gen) {
     return c < 0.005 ? 0.005 : c > 1.0 ? 1.0 : c;
 }
 
+/* The cost of one draft-model forward step relative to a plain target step with n_gen rows (0 for the
+ * n-gram proposer, whose lookup is cheap): a draft step is shared by every drafting sequence, as the
+ * target's step is, so drafting g tokens costs a sequence about g such steps. */
+static double draft_step_cost(const sampler_spec *sp, int n_gen) {
+    if (sp->o.kind != SAMPLER_SPEC_DRAFT_MODEL) return 0.0;
+    double den = sp->f0 * sp->f2 - sp->f1 * sp->f1;
+    if (sp->t_round <= 0.0 || sp->f0 < 4.0 || den <= 1e-9 * sp->f0 * sp->f2) return 0.1;
+    double b = (sp->f0 * sp->fxy - sp->f1 * sp->fy) / den, a = (sp->fy - b * sp->f1) / sp->f0;
+    double step = a + b * (n_gen > 0 ? n_gen : 1);
+    if (step <= 0.0) step = sp->fy / sp->f0;
+    double d = sp->t_round / step;
+    return d < 0.0 ? 0.0 : d > 4.0 ? 4.0 : d;
+}
+
 static int choose_gamma(const sampler_spec *sp, spec_slot *sl, double c) {
     int G = sp->o.gamma;
     if (!sp->o.adaptive) return G;
@@ -407,7 +423,7 @@ static int choose_gamma(const sampler_spec *sp, spec_slot *sl, double c) {
     for (int g = 1; g <= G; g++) {
         pw *= alpha; /* alpha^(g+1) */
         double e = alpha >= 0.9999 ? g + 1 : (1.0 - pw) / (1.0 - alpha);
-        double v = e / (1.0 + c * g);
+        double v = e / (1.0 + c * g); /* c: extra target rows and draft steps, per token drafted */
         if (v > best_v * 1.02) {
             best_v = v;
             best = g;
@@ -482,7 +498,11 @@ static int draft_model_propose(sampler_spec *sp, spec_slot *st, int B, draft_buf
                     pending = 1;
             }
             if (R == 0) break;
+            double t0 = rlhf_now();
             if ((rc = sampler_step(ds, R, db->slot, db->pos, db->tok, NL, db->lrows, db->logits, err))) return rc;
+            double dt = rlhf_now() - t0;
+            if (R <= 2 * NL) /* steps of one or two rows per sequence; a prompt's catch-up is no draft round */
+                sp->t_round = sp->t_round > 0.0 ? 0.9 * sp->t_round + 0.1 * dt : dt;
             for (int i = 0; i < NL; i++) {
                 spec_slot *sl = &st[db->lslot[i]];
                 size_t at = (size_t)db->lslot[i] * G + round;
@@ -657,6 +677,10 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
                 sl->req = index;
                 sl->refeed = -1;
                 sl->key = hash_tokens(rq.prompt, rq.prompt_len);
+                if (sp->g_den > 0) { /* the prior: what drafting achieved lately, worth two observations */
+                    sl->a_num = 2.0 * sp->g_num / sp->g_den;
+                    sl->a_den = 2.0;
+                }
                 rlhf_rng_seed(&sl->rng, rq.params.seed);
                 rlhf_rng_seed(&sl->drng, rq.params.seed ^ 0x5be2c3a1d4f60719ull);
                 active++;
@@ -674,7 +698,7 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
             if (sl->fed < sl->rq.prompt_len) n_prefill++;
             else if (sl->refeed < 0) n_gen++;
         }
-        double c = cost_per_row(sp, n_gen);
+        double c = cost_per_row(sp, n_gen) + draft_step_cost(sp, n_gen);
         int budget = (LC < maxr ? LC : maxr) - n_gen - n_prefill;
         double t_draft = rlhf_now();
         for (int b = 0; b < B; b++) {
@@ -789,6 +813,8 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
                 /* acceptance evidence: n_acc kept, one rejection unless all were kept; decayed */
                 sl->a_num = 0.9 * sl->a_num + sl->n_acc;
                 sl->a_den = 0.9 * sl->a_den + sl->n_acc + (sl->n_acc < sl->g ? 1 : 0);
+                sp->g_num = 0.99 * sp->g_num + sl->n_acc;
+                sp->g_den = 0.99 * sp->g_den + sl->n_acc + (sl->n_acc < sl->g ? 1 : 0);
                 if (draft_model) {
                     int keep = sl->n_acc < sl->g - 1 ? sl->n_acc : sl->g - 1;
                     if (sl->dfed > L + keep) sl->dfed = L + keep;
