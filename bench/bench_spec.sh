@@ -54,8 +54,9 @@ run_one() { # task streams mode temperature -> one line "task streams mode T tok
 import re, sys
 t = open(sys.argv[1]).read()
 tps = re.search(r"\(([0-9.]+) tokens/s", t).group(1)
+cpu = re.search(r"([0-9.]+) tokens per CPU s", t).group(1)
 acc = re.search(r"acceptance ([0-9.]+)\), ([0-9.]+) tokens per verify", t)
-print(*sys.argv[2:6], tps, acc.group(1) if acc else "-", acc.group(2) if acc else "-")
+print(*sys.argv[2:6], tps, acc.group(1) if acc else "-", acc.group(2) if acc else "-", cpu)
 EOF
 }
 echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load average/load average/') threads=$THREADS prompts=$N_PROMPTS k=$K"
@@ -75,15 +76,19 @@ python3 - "$OUT/raw.txt" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    task, streams, mode, temp, tps, acc, tpv = line.split()
-    rows.setdefault((task, temp, int(streams)), {}).setdefault(mode, []).append((float(tps), acc, tpv))
-print(f"{'task':10} {'T':>4} {'streams':>7} {'plain tok/s':>11} {'ngram tok/s':>11} {'x':>5} {'acc':>5} {'tok/ver':>7}"
-      f" {'draft tok/s':>11} {'x':>5} {'acc':>5} {'tok/ver':>7}")
-for (task, temp, streams), m in sorted(rows.items()):
-    med = {k: statistics.median(v[0] for v in m[k]) for k in m}
-    def col(k):
-        acc = statistics.median(float(v[1]) for v in m[k]) if m[k][0][1] != "-" else float("nan")
-        tpv = statistics.median(float(v[2]) for v in m[k]) if m[k][0][2] != "-" else float("nan")
-        return f"{med[k]:11.0f} {med[k] / med['plain']:5.2f} {acc:5.2f} {tpv:7.2f}"
-    print(f"{task:10} {temp:>4} {streams:7d} {med['plain']:11.0f} {col('ngram')} {col('draft')}")
+    task, streams, mode, temp, tps, acc, tpv, cpu = line.split()
+    rows.setdefault((task, temp, int(streams)), {}).setdefault(mode, []).append((float(tps), acc, tpv, float(cpu)))
+# wall: tokens/s (what a user waits for; on a shared machine it carries the neighbours' load too);
+# cpu: tokens per CPU second of the sampling (the work it took, less sensitive to the load)
+for metric, idx in (("wall tokens/s", 0), ("tokens per CPU s", 3)):
+    print(f"## {metric}")
+    print(f"{'task':10} {'T':>4} {'streams':>7} {'plain':>8} {'ngram':>8} {'x':>5} {'acc':>5} {'tok/ver':>7}"
+          f" {'draft':>8} {'x':>5} {'acc':>5} {'tok/ver':>7}")
+    for (task, temp, streams), m in sorted(rows.items()):
+        med = {k: statistics.median(v[idx] for v in m[k]) for k in m}
+        def col(k):
+            acc = statistics.median(float(v[1]) for v in m[k]) if m[k][0][1] != "-" else float("nan")
+            tpv = statistics.median(float(v[2]) for v in m[k]) if m[k][0][2] != "-" else float("nan")
+            return f"{med[k]:8.0f} {med[k] / med['plain']:5.2f} {acc:5.2f} {tpv:7.2f}"
+        print(f"{task:10} {temp:>4} {streams:7d} {med['plain']:8.0f} {col('ngram')} {col('draft')}")
 EOF

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* ---------------------------------------------------------------- rlhf init */
 
@@ -318,9 +319,13 @@ int cmd_sample(int argc, char **argv) {
         }
         if (sampler_spec_create(&spec, &so, &err)) goto fail;
     }
+    struct timespec c0, c1; /* CPU time as well: on a shared machine wall time measures the neighbours too */
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
     double t0 = rlhf_now();
     if (sampler_run_spec(s, spec, tok, reqs, n_req, res, &err)) goto fail;
     double dt = rlhf_now() - t0;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double cpu = (double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec);
     long total_tokens = 0;
     for (int r = 0; r < n_req; r++) {
         sample_result *o = &res[r];
@@ -362,8 +367,9 @@ int cmd_sample(int argc, char **argv) {
         rlhf_error_set(&err, RLHF_EIO, "stdout", "write failed: %s", strerror(errno));
         goto fail;
     }
-    fprintf(stderr, "%s: %d samples, %ld tokens in %.2f s (%.1f tokens/s, %d threads)\n", prog, n_req, total_tokens, dt,
-            dt > 0 ? total_tokens / dt : 0.0, omp_get_max_threads());
+    fprintf(stderr, "%s: %d samples, %ld tokens in %.2f s (%.1f tokens/s, %d threads; %.2f CPU s, %.1f tokens per CPU s)\n",
+            prog, n_req, total_tokens, dt, dt > 0 ? total_tokens / dt : 0.0, omp_get_max_threads(), cpu,
+            cpu > 0 ? total_tokens / cpu : 0.0);
     if (spec) {
         sampler_spec_stats ss;
         sampler_spec_get_stats(spec, &ss);
