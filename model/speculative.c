@@ -29,6 +29,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { SPEC_MAX_GAMMA = 16, HIST_PROMPTS = 512, PROBE_EVERY = 16 };
 
@@ -390,13 +391,30 @@ static int ngram_propose(sampler_spec *sp, spec_slot *st, int B, int b, int want
 
 /* ---------------------------------------------------------------- how many to draft */
 
-static double cost_per_row(const sampler_spec *sp, int n_gen) {
+/* Process CPU seconds: the cost fit measures the work a step takes; wall time on a shared machine would
+ * carry the neighbours' load into it. */
+static double cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* The fit time = a + b * rows of the steps seen; 0 when it is not usable yet (too few steps, too little
+ * spread in the row counts, or a slope or intercept that makes no sense). */
+static int cost_fit(const sampler_spec *sp, double *a, double *b) {
     double den = sp->f0 * sp->f2 - sp->f1 * sp->f1;
-    if (sp->f0 < 4.0 || den <= 1e-9 * sp->f0 * sp->f2) return 0.05; /* not enough variety in the rows yet */
-    double b = (sp->f0 * sp->fxy - sp->f1 * sp->fy) / den, a = (sp->fy - b * sp->f1) / sp->f0;
-    if (b <= 0.0) return 0.005;
-    if (a <= 0.0) return 1.0;
-    double c = b / (a / (n_gen > 0 ? n_gen : 1) + b);
+    if (sp->f0 < 8.0 || den <= 1e-6 * sp->f0 * sp->f2) return 0;
+    *b = (sp->f0 * sp->fxy - sp->f1 * sp->fy) / den;
+    *a = (sp->fy - *b * sp->f1) / sp->f0;
+    return *b > 0.0 && *a >= 0.0;
+}
+
+/* The cost of one more row for a sequence relative to its share of a plain step of n_gen rows. Without a
+ * usable fit: n / (n + 8), i.e. rows nearly free for a single stream (memory-bound decoding) and nearly
+ * full price for a large batch (compute-bound), the cautious side of both. */
+static double cost_per_row(const sampler_spec *sp, int n_gen) {
+    double a, b, n = n_gen > 0 ? n_gen : 1;
+    double c = cost_fit(sp, &a, &b) ? b / (a / n + b) : n / (n + 8.0);
     return c < 0.005 ? 0.005 : c > 1.0 ? 1.0 : c;
 }
 
@@ -405,11 +423,9 @@ static double cost_per_row(const sampler_spec *sp, int n_gen) {
  * target's step is, so drafting g tokens costs a sequence about g such steps. */
 static double draft_step_cost(const sampler_spec *sp, int n_gen) {
     if (sp->o.kind != SAMPLER_SPEC_DRAFT_MODEL) return 0.0;
-    double den = sp->f0 * sp->f2 - sp->f1 * sp->f1;
-    if (sp->t_round <= 0.0 || sp->f0 < 4.0 || den <= 1e-9 * sp->f0 * sp->f2) return 0.1;
-    double b = (sp->f0 * sp->fxy - sp->f1 * sp->fy) / den, a = (sp->fy - b * sp->f1) / sp->f0;
+    double a, b;
+    if (sp->t_round <= 0.0 || !cost_fit(sp, &a, &b)) return 0.25;
     double step = a + b * (n_gen > 0 ? n_gen : 1);
-    if (step <= 0.0) step = sp->fy / sp->f0;
     double d = sp->t_round / step;
     return d < 0.0 ? 0.0 : d > 4.0 ? 4.0 : d;
 }
@@ -498,9 +514,9 @@ static int draft_model_propose(sampler_spec *sp, spec_slot *st, int B, draft_buf
                     pending = 1;
             }
             if (R == 0) break;
-            double t0 = rlhf_now();
+            double t0 = cpu_now();
             if ((rc = sampler_step(ds, R, db->slot, db->pos, db->tok, NL, db->lrows, db->logits, err))) return rc;
-            double dt = rlhf_now() - t0;
+            double dt = cpu_now() - t0;
             if (R <= 2 * NL) /* steps of one or two rows per sequence; a prompt's catch-up is no draft round */
                 sp->t_round = sp->t_round > 0.0 ? 0.9 * sp->t_round + 0.1 * dt : dt;
             for (int i = 0; i < NL; i++) {
@@ -769,9 +785,9 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
             }
         }
         if (R == 0) continue; /* only refeeds waiting for room: cannot happen with R budget > 0 */
-        double t0 = rlhf_now();
+        double t0 = cpu_now();
         if ((rc = sampler_step(s, R, rslot, rpos, rtok, NL, lrows, logits, err))) break;
-        double dt = rlhf_now() - t0;
+        double dt = cpu_now() - t0;
         /* the cost fit: decayed sums of (rows, seconds) */
         sp->f0 = 0.97 * sp->f0 + 1.0;
         sp->f1 = 0.97 * sp->f1 + R;

@@ -306,8 +306,9 @@ static void test_greedy_identical(void) {
             sampler_spec_get_stats(sp, &stt);
             printf("\n  %s adaptive=%d: drafted %llu accepted %llu", sampler_spec_kind_name(o.kind), adaptive,
                    (unsigned long long)stt.drafted, (unsigned long long)stt.accepted);
-            CU_ASSERT(stt.accepted > 0);
-            if (kind == SAMPLER_SPEC_NGRAM && !adaptive) CU_ASSERT(stt.accepted < stt.drafted || stt.drafted > 0);
+            /* drafts were verified (the adaptive run may give up on a random draft model after probing) */
+            CU_ASSERT(stt.drafted > 0);
+            if (!adaptive || kind == SAMPLER_SPEC_NGRAM) CU_ASSERT(stt.accepted > 0);
             sampler_spec_destroy(&sp);
         }
     for (int i = 0; i < NREQ; i++) sample_result_free(&plain[i]);
