@@ -432,8 +432,9 @@ int sampler_spec_create(sampler_spec **out, const sampler_spec_options *opt, rlh
 void sampler_spec_destroy(sampler_spec **sp);
 void sampler_spec_get_stats(const sampler_spec *sp, sampler_spec_stats *out);
 /* sampler_run_stream / sampler_run with speculation (sp NULL or kind OFF: exactly the plain calls). A
- * request's tokens depend on its seed and on the drafts, which may come from its batch neighbours; their
- * distribution does not. One call at a time per sampler_spec. */
+ * request's tokens depend on its seed and on the drafts, which may come from its batch neighbours and
+ * (adaptive) on measured step times; their distribution does not, and greedy output equals plain greedy
+ * output. One call at a time per sampler_spec. */
 int sampler_run_stream_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sampler_source *src,
                             rlhf_error *err);
 int sampler_run_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sample_request *reqs, int n,

@@ -56,7 +56,7 @@ struct sampler_spec {
     int n_hist;
     uint64_t clock;
     double f0, f1, f2, fy, fxy; /* cost fit sums (weights decay by 0.97 per step) */
-    double t_round;             /* draft model: seconds per draft forward step (moving average; 0 unknown) */
+    double dp_time, dp_tokens;  /* draft model: CPU seconds of its draft phases and the drafts they made (decayed) */
     double g_num, g_den;        /* acceptance over all sequences (decayed): a new sequence's prior */
 };
 
@@ -423,10 +423,11 @@ static double cost_per_row(const sampler_spec *sp, int n_gen) {
  * target's step is, so drafting g tokens costs a sequence about g such steps. */
 static double draft_step_cost(const sampler_spec *sp, int n_gen) {
     if (sp->o.kind != SAMPLER_SPEC_DRAFT_MODEL) return 0.0;
-    double a, b;
-    if (sp->t_round <= 0.0 || !cost_fit(sp, &a, &b)) return 0.25;
-    double step = a + b * (n_gen > 0 ? n_gen : 1);
-    double d = sp->t_round / step;
+    double a, b, n = n_gen > 0 ? n_gen : 1;
+    if (sp->dp_tokens <= 0.0 || !cost_fit(sp, &a, &b)) return 0.25;
+    /* a draft token's share of the draft phases (its catch-up of new context included) against a
+     * sequence's share of a plain step */
+    double d = sp->dp_time / sp->dp_tokens / (a / n + b);
     return d < 0.0 ? 0.0 : d > 4.0 ? 4.0 : d;
 }
 
@@ -514,11 +515,7 @@ static int draft_model_propose(sampler_spec *sp, spec_slot *st, int B, draft_buf
                     pending = 1;
             }
             if (R == 0) break;
-            double t0 = cpu_now();
             if ((rc = sampler_step(ds, R, db->slot, db->pos, db->tok, NL, db->lrows, db->logits, err))) return rc;
-            double dt = cpu_now() - t0;
-            if (R <= 2 * NL) /* steps of one or two rows per sequence; a prompt's catch-up is no draft round */
-                sp->t_round = sp->t_round > 0.0 ? 0.9 * sp->t_round + 0.1 * dt : dt;
             for (int i = 0; i < NL; i++) {
                 spec_slot *sl = &st[db->lslot[i]];
                 size_t at = (size_t)db->lslot[i] * G + round;
@@ -735,7 +732,13 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
             for (int b = 0; b < B; b++)
                 if (st[b].g > 0) st[b].g = ngram_propose(sp, st, B, b, st[b].g, st[b].draft);
         } else if (draft_model) {
+            double c0 = cpu_now(), ndraft = 0;
             if ((rc = draft_model_propose(sp, st, B, &db, cands, err))) break;
+            for (int b = 0; b < B; b++) ndraft += st[b].req >= 0 ? st[b].g : 0;
+            if (ndraft > 0) {
+                sp->dp_time = 0.95 * sp->dp_time + (cpu_now() - c0);
+                sp->dp_tokens = 0.95 * sp->dp_tokens + ndraft;
+            }
         }
         sp->st.draft_seconds += rlhf_now() - t_draft;
         /* rows: each generating slot's last token and drafts (all with logits), then refeeds, then prompts */
