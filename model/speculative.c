@@ -713,7 +713,7 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
         }
         double c = cost_per_row(sp, n_gen) + draft_step_cost(sp, n_gen);
         int budget = (LC < maxr ? LC : maxr) - n_gen - n_prefill;
-        double t_draft = rlhf_now();
+        double t_draft = rlhf_now(), c_step = cpu_now(); /* c_step: the step's work for the cost fit */
         for (int b = 0; b < B; b++) {
             spec_slot *sl = &st[b];
             if (sl->req < 0 || sl->fed < sl->rq.prompt_len || sl->refeed >= 0) continue;
@@ -735,8 +735,9 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
             double c0 = cpu_now(), ndraft = 0;
             if ((rc = draft_model_propose(sp, st, B, &db, cands, err))) break;
             for (int b = 0; b < B; b++) ndraft += st[b].req >= 0 ? st[b].g : 0;
+            c_step = cpu_now(); /* the draft phase is costed on its own */
             if (ndraft > 0) {
-                sp->dp_time = 0.95 * sp->dp_time + (cpu_now() - c0);
+                sp->dp_time = 0.95 * sp->dp_time + (c_step - c0);
                 sp->dp_tokens = 0.95 * sp->dp_tokens + ndraft;
             }
         }
@@ -788,15 +789,7 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
             }
         }
         if (R == 0) continue; /* only refeeds waiting for room: cannot happen with R budget > 0 */
-        double t0 = cpu_now();
         if ((rc = sampler_step(s, R, rslot, rpos, rtok, NL, lrows, logits, err))) break;
-        double dt = cpu_now() - t0;
-        /* the cost fit: decayed sums of (rows, seconds) */
-        sp->f0 = 0.97 * sp->f0 + 1.0;
-        sp->f1 = 0.97 * sp->f1 + R;
-        sp->f2 = 0.97 * sp->f2 + (double)R * R;
-        sp->fy = 0.97 * sp->fy + dt;
-        sp->fxy = 0.97 * sp->fxy + R * dt;
         sp->st.steps++;
         int nv = 0;
         for (int b = 0; b < B; b++)
@@ -812,6 +805,16 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
                 spec_slot *sl = &st[vlist[i]];
                 verify_slot(sp, k, sl, vlist[i], logits + (size_t)sl->lrow * V, V, &db, cs, w);
             }
+        }
+        if (R == NL) { /* the cost fit, on steps of decode and verify rows only (prompt rows cost less: no
+                        * logits, no token choice): decayed sums of (rows, CPU seconds of lookup, forward and
+                        * verification) */
+            double dt = cpu_now() - c_step;
+            sp->f0 = 0.97 * sp->f0 + 1.0;
+            sp->f1 = 0.97 * sp->f1 + R;
+            sp->f2 = 0.97 * sp->f2 + (double)R * R;
+            sp->fy = 0.97 * sp->fy + dt;
+            sp->fxy = 0.97 * sp->fxy + R * dt;
         }
         int oom = 0;
         for (int i = 0; i < nv && !rc; i++) {
