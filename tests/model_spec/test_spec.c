@@ -279,7 +279,29 @@ static void test_greedy_identical(void) {
     static sample_request reqs[NREQ];
     static sample_result plain[NREQ], spec[NREQ];
     fill_requests(reqs, prompts, plen, p, 40);
+    /* a stop id that greedy decoding reaches mid-completion (its 9th token): whatever was verified after it
+     * is dropped */
+    static int32_t stop_ids[NREQ];
     CU_ASSERT_EQUAL_FATAL(sampler_run(s, NULL, reqs, NREQ, plain, &err), 0);
+    for (int i = 0; i < NREQ; i++) {
+        stop_ids[i] = plain[i].tokens[plain[i].n_tokens > 8 ? 8 : plain[i].n_tokens - 1];
+        sample_result_free(&plain[i]);
+    }
+    for (int i = 0; i < NREQ; i++) {
+        if (i % 3 == 1) {
+            reqs[i].params.stop_ids = &stop_ids[i];
+            reqs[i].params.n_stop_ids = 1;
+        }
+        if (i % 3 == 2) reqs[i].params.max_new_tokens = 100; /* runs into max_seq_len: drafts near the end */
+    }
+    CU_ASSERT_EQUAL_FATAL(sampler_run(s, NULL, reqs, NREQ, plain, &err), 0);
+    int n_stop = 0, n_maxlen = 0;
+    for (int i = 0; i < NREQ; i++) {
+        n_stop += plain[i].finish == SAMPLE_FINISH_STOP;
+        n_maxlen += plain[i].finish == SAMPLE_FINISH_MAX_SEQ_LEN;
+    }
+    CU_ASSERT(n_maxlen > 0);
+    CU_ASSERT(n_stop > 0);
     for (int kind = SAMPLER_SPEC_NGRAM; kind <= SAMPLER_SPEC_DRAFT_MODEL; kind++)
         for (int adaptive = 0; adaptive < 2; adaptive++) {
             sampler_spec_options o = sampler_spec_options_default();
