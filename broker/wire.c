@@ -723,6 +723,10 @@ int wire_encode_rollout_group_reference(const wire_rollout_group *x, wire_out *o
     }
     if (texts) json_object_set_new(meta, "texts", texts);
     if (group_has_token_versions(x)) json_object_set_new(meta, "token_versions", token_versions_json(x));
+    if (x->spec_verifies)
+        json_object_set_new(meta, "spec",
+                            json_pack("[IIII]", (json_int_t)x->spec_drafted, (json_int_t)x->spec_accepted,
+                                      (json_int_t)x->spec_verifies, (json_int_t)x->spec_tokens));
     if (x->prompt_record) json_object_set(meta, "prompt_record", x->prompt_record);
     uint64_t total = wire_rollout_group_total_tokens(x);
     wire_frame pay[3] = {
@@ -914,6 +918,15 @@ int wire_encode_rollout_group(const wire_rollout_group *x, wire_out *o, rlhf_err
             }
             off += x->n_tokens[i];
             JW_LIT(&w, "]");
+        }
+        JW_LIT(&w, "]");
+    }
+    if (x->spec_verifies) { /* speculative decoding's counters for this group's sampling time */
+        const uint64_t sv[4] = {x->spec_drafted, x->spec_accepted, x->spec_verifies, x->spec_tokens};
+        JW_LIT(&w, ",\"spec\":[");
+        for (int i = 0; i < 4; i++) {
+            if (i) JW_LIT(&w, ",");
+            jw_u64(&w, sv[i]);
         }
         JW_LIT(&w, "]");
     }
@@ -1120,6 +1133,22 @@ static int decode_group(const wire_msg *m, wire_rollout_group *x, int copy, int 
     TRY(get_str(c, m->meta, "prompt_id", NULL, 0, &x->prompt_id, 1));
     TRY(get_real(c, m->meta, "gen_seconds", &x->gen_seconds, 0));
     TRY(get_real(c, m->meta, "created_at", &x->created_at, 0));
+    json_t *spec = json_object_get(m->meta, "spec");
+    if (spec) { /* optional: [drafted, accepted, verifies, tokens] of speculative decoding */
+        uint64_t *dst[4] = {&x->spec_drafted, &x->spec_accepted, &x->spec_verifies, &x->spec_tokens};
+        if (!json_is_array(spec) || json_array_size(spec) != 4) {
+            dfield(c, "spec", "must be an array of 4 counts");
+            goto fail;
+        }
+        for (int i = 0; i < 4; i++) {
+            json_t *v = json_array_get(spec, (size_t)i);
+            if (!json_is_integer(v) || json_integer_value(v) < 0) {
+                dfield(c, "spec", "must be an array of 4 non-negative integers");
+                goto fail;
+            }
+            *dst[i] = (uint64_t)json_integer_value(v);
+        }
+    }
     json_t *rec = json_object_get(m->meta, "prompt_record");
     if (rec && !json_is_object(rec)) {
         dfield(c, "prompt_record", "must be an object");

@@ -209,6 +209,9 @@ typedef struct wire_rollout_group {
      * policy_version is the oldest of them. On the wire, per sample, the points where it changes. */
     uint64_t *token_versions;
     double gen_seconds;      /* time spent sampling this group */
+    /* speculative decoding over this group's sampling time (0 when off; the optional "spec" field):
+     * draft tokens verified, kept, verify steps, tokens those steps emitted */
+    uint64_t spec_drafted, spec_accepted, spec_verifies, spec_tokens;
     double created_at;       /* wall clock when the generator finished it */
 } wire_rollout_group;
 uint64_t wire_rollout_group_total_tokens(const wire_rollout_group *g);

@@ -123,6 +123,14 @@ int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int3
     return 0;
 }
 
+void generator_group_spec_counters(wire_rollout_group *g, const sampler_spec_stats *before,
+                                   const sampler_spec_stats *after) {
+    g->spec_drafted = after->drafted - before->drafted;
+    g->spec_accepted = after->accepted - before->accepted;
+    g->spec_verifies = after->verifies - before->verifies;
+    g->spec_tokens = after->spec_tokens - before->spec_tokens;
+}
+
 int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wire_prompt *prompts, int n,
                             const gen_params *gp, const char *generator_id, uint64_t seq0, wire_rollout_group *groups,
                             rlhf_error *err) {
@@ -141,12 +149,18 @@ int generator_sample_groups(model *m, sampler *s, const tokenizer *tok, const wi
         if ((rc = generator_prompt_requests(m, tok, &prompts[i], gp, seq0 + (uint64_t)i, &pids[i], &plen[i],
                                             &reqs[i * k], &gm[i * k], err)))
             goto done;
-    if ((rc = sampler_run(s, tok, reqs, R, res, err))) goto done;
+    sampler_spec_stats before, after;
+    sampler_spec_get_stats(gp->spec, &before);
+    if ((rc = sampler_run_spec(s, gp->spec, tok, reqs, R, res, err))) goto done;
+    sampler_spec_get_stats(gp->spec, &after);
     double dt = rlhf_now() - t0;
-    for (int i = 0; i < n && !rc; i++)
+    for (int i = 0; i < n && !rc; i++) {
         if (generator_group_fill(&groups[i], &prompts[i], pids[i], plen[i], &res[i * k], gp, generator_id,
                                  seq0 + (uint64_t)i, m->version, dt / n))
             rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        else if (i == n - 1) /* the batch's counters: with its last group (the updater sums them per step) */
+            generator_group_spec_counters(&groups[i], &before, &after);
+    }
 done:
     for (int i = 0; i < R && res; i++) sample_result_free(&res[i]);
     for (int i = 0; i < n && pids; i++) free(pids[i]);

@@ -50,6 +50,10 @@ typedef struct gen_params {
      * vocabulary (both the caller's; NULL: unguided) */
     guided_grammar *guided;
     const guided_vocab *guided_vocab;
+    /* NULL: plain decoding. Else speculative decoding with this drafter state (generators.speculative; the
+     * caller's, kept across batches so that earlier rollouts of a prompt feed the n-gram drafter); each
+     * group carries the drafter's counters over its sampling time (wire_rollout_group.spec_*). */
+    sampler_spec *spec;
 } gen_params;
 
 /* Samples k completions for each of prompts[0..n) with `s` (a sampler over `m`) and fills
@@ -74,6 +78,10 @@ int generator_prompt_requests(const model *m, const tokenizer *tok, const wire_p
 int generator_group_fill(wire_rollout_group *g, const wire_prompt *p, const int32_t *pids, int plen,
                          const sample_result *res, const gen_params *gp, const char *generator_id, uint64_t seq,
                          uint64_t policy_version, double gen_seconds);
+
+/* g->spec_* <- the speculative-decoding counters accumulated between two snapshots of the drafter's stats. */
+void generator_group_spec_counters(wire_rollout_group *g, const sampler_spec_stats *before,
+                                   const sampler_spec_stats *after);
 
 /* What `rlhf generator` runs: loads the run's config and base model, connects to the broker as
  * generator-ID.PID and samples until *stop is set or the broker says stop; *reconnect (set by the

@@ -78,6 +78,7 @@ typedef struct stream_ctx {
     uint64_t *seq;            /* the process's next group sequence number */
     double *tok_total;
     uint64_t last_version;    /* m->version at the last weights check */
+    sampler_spec_stats spec_last; /* the drafter's counters when the previous group was pushed */
     double last_push;         /* when the stream started or last completed a group */
     int prompt_errors;
     int asked_this_step;      /* the broker was polled for prompts since the last forward step */
@@ -197,6 +198,12 @@ static int stream_done(void *ctx, const sample_request *req, long index, sample_
         wire_rollout_group_free(&g);
         return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for a rollout group");
     }
+    if (c->gp->spec) { /* the drafter's counters since the previous group, as gen_seconds */
+        sampler_spec_stats now_st;
+        sampler_spec_get_stats(c->gp->spec, &now_st);
+        generator_group_spec_counters(&g, &c->spec_last, &now_st);
+        c->spec_last = now_st;
+    }
     *c->tok_total += (double)wire_rollout_group_total_tokens(&g);
     rlhf_error perr = {0};
     if (broker_client_push_group(c->bc, &g, &perr)) rlhf_error_print("generator: push", &perr);
@@ -265,7 +272,9 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     int id = o->id;
     model *m = NULL;
     tokenizer *tok = NULL;
-    sampler *smp = NULL;
+    sampler *smp = NULL, *draft_s = NULL;
+    model *draft_m = NULL;
+    sampler_spec *spec = NULL;
     broker_client *bc = NULL;
     guided_grammar *guided = NULL;
     guided_vocab *gvocab = NULL;
@@ -300,6 +309,20 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     }
     gen_params gp;
     generator_params_from_config(cfg, &gp);
+    if (cfg->gen_spec.kind != SAMPLER_SPEC_OFF) { /* generators.speculative */
+        sampler_spec_options spo = cfg->gen_spec;
+        if (spo.kind == SAMPLER_SPEC_DRAFT_MODEL) {
+            model_load_options lo = {.max_seq_len = m->cfg.max_seq_len};
+            if ((rc = model_load_with(&draft_m, cfg->gen_draft_checkpoint, &lo, err))) goto out;
+            sampler_options dso = {.max_batch = slots, .weights = cfg->gen_weights};
+            if ((rc = sampler_create_with(&draft_s, draft_m, &dso, err))) goto out;
+            spo.draft = draft_s;
+        }
+        if ((rc = sampler_spec_create(&spec, &spo, err))) goto out;
+        gp.spec = spec;
+        fprintf(stderr, "generator %s: speculative decoding, drafter %s, gamma %d%s\n", peer,
+                sampler_spec_kind_name(spo.kind), spo.gamma, spo.adaptive ? " (adaptive)" : "");
+    }
     gp.seed = cfg->seed * 7919u + (uint64_t)id * 104729u + (uint64_t)getpid();
     if (cfg->guided) { /* task.guided: one grammar for the run, its masks cached as sampling goes */
         if ((rc = guided_compile_spec(&guided, cfg->guided, "task.guided", err)) ||
@@ -360,7 +383,8 @@ int generator_main(const generator_options *o, rlhf_error *err) {
             sampler_source src = {.ctx = &sc, .next = stream_next, .done = stream_done,
                                   .before_step = stream_before_step,
                                   .recompute_on_new_weights = cfg->gen_inflight_recompute};
-            if (!rc) rc = sampler_run_stream(smp, tok, &src, err);
+            sampler_spec_get_stats(gp.spec, &sc.spec_last);
+            if (!rc) rc = sampler_run_stream_spec(smp, gp.spec, tok, &src, err);
             if (sc.held) { /* the stream ended while draining (a stop): the version is applied next round */
                 rlhf_error werr = {0};
                 if (run_weights_apply(m, &sc.held_w, &werr)) rlhf_error_print("generator: weights (ignored)", &werr);
@@ -396,11 +420,22 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     }
     fprintf(stderr, "generator %s: stopping after %llu groups, %.0f tokens (%.0f tok/s)\n", peer,
             (unsigned long long)seq, tok_total, tok_total / (rlhf_now() - t_start + 1e-9));
+    if (spec) {
+        sampler_spec_stats ss;
+        sampler_spec_get_stats(spec, &ss);
+        fprintf(stderr, "generator %s: speculative decoding: %llu of %llu draft tokens kept (%.2f), %.2f tokens per "
+                "verify step\n", peer, (unsigned long long)ss.accepted, (unsigned long long)ss.drafted,
+                ss.drafted ? (double)ss.accepted / (double)ss.drafted : 0.0,
+                ss.verifies ? (double)ss.spec_tokens / (double)ss.verifies : 0.0);
+    }
 out:
     guided_grammar_destroy(&guided);
     guided_vocab_destroy(&gvocab);
     broker_client_close(&bc);
     broker_credential_clear(&key);
+    sampler_spec_destroy(&spec);
+    sampler_destroy(&draft_s);
+    model_destroy(&draft_m);
     sampler_destroy(&smp);
     tokenizer_destroy(&tok);
     model_destroy(&m);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* ---------------------------------------------------------------- rlhf init */
 
@@ -78,6 +79,10 @@ static const char sample_usage[] =
     "  --stop STR         stop string (repeatable): the text is cut before it, the tokens end with the\n"
     "                     token that completed it\n"
     "  --include-stop     keep the matched stop string at the end of the text\n"
+    "  --ngram-draft      speculative decoding, drafts from the other samples of the prompt (and itself)\n"
+    "  --draft-model D    speculative decoding, drafts from the smaller model D (same tokenizer)\n"
+    "  --gamma G          most draft tokens per verify step (default 4)\n"
+    "  --no-adaptive      draft gamma tokens every step (default: per sample, from its acceptance)\n"
     "  --no-eos-stop      do not stop at the tokenizer's EOS ids (by default any of them ends a sample)\n"
     "  --batch B          sequences decoded together (default 64)\n"
     "  --threads N        OpenMP/OpenBLAS threads (default: OMP_NUM_THREADS or all cores)\n"
@@ -176,7 +181,8 @@ int cmd_sample(int argc, char **argv) {
     int n_samples = 1, max_tokens = 64, top_k = 0, batch = 64, threads = 0;
     float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f;
     uint64_t seed = 0;
-    int no_eos_stop = 0, include_stop = 0;
+    int no_eos_stop = 0, include_stop = 0, ngram_draft = 0, gamma = 4, no_adaptive = 0;
+    const char *draft_path = NULL;
     char **stops = calloc((size_t)argc + 1, sizeof *stops);
     rlhf_opt_strs stop = {stops, 0, argc};
     int status = 2;
@@ -199,6 +205,10 @@ int cmd_sample(int argc, char **argv) {
         RLHF_OPT("--include-stop", RLHF_OPT_FLAG, &include_stop),
         RLHF_OPT_RANGE("--batch", RLHF_OPT_INT, &batch, 1, 4096),
         RLHF_OPT_RANGE("--threads", RLHF_OPT_INT, &threads, 1, 1024),
+        RLHF_OPT("--ngram-draft", RLHF_OPT_FLAG, &ngram_draft),
+        RLHF_OPT("--draft-model", RLHF_OPT_STR, &draft_path),
+        RLHF_OPT_RANGE("--gamma", RLHF_OPT_INT, &gamma, 1, 16),
+        RLHF_OPT("--no-adaptive", RLHF_OPT_FLAG, &no_adaptive),
         RLHF_OPT_END,
     };
     int prc = rlhf_opts_parse(argc, argv, prog, sample_usage, opts, NULL, 0, NULL);
@@ -217,13 +227,19 @@ int cmd_sample(int argc, char **argv) {
                 sample_usage);
         goto done;
     }
+    if (ngram_draft && draft_path) {
+        fprintf(stderr, "%s: error: --ngram-draft and --draft-model exclude each other\n", prog);
+        goto done;
+    }
     if (threads > 0) omp_set_num_threads(threads);
     status = 1;
 
     rlhf_error err = {0};
     model *m = NULL;
     tokenizer *tok = NULL;
-    sampler *s = NULL;
+    sampler *s = NULL, *ds = NULL;
+    model *dm = NULL;
+    sampler_spec *spec = NULL;
     prompt_item *ps = NULL;
     int n_prompts = 0;
     int32_t **ids = NULL;
@@ -290,9 +306,26 @@ int cmd_sample(int argc, char **argv) {
     }
     if (batch > n_req) batch = n_req;
     if (sampler_create(&s, m, batch, &err)) goto fail;
+    if (ngram_draft || draft_path) {
+        sampler_spec_options so = sampler_spec_options_default();
+        so.kind = ngram_draft ? SAMPLER_SPEC_NGRAM : SAMPLER_SPEC_DRAFT_MODEL;
+        so.gamma = gamma;
+        so.adaptive = !no_adaptive;
+        if (draft_path) {
+            model_load_options lo = {.max_seq_len = m->cfg.max_seq_len};
+            if (model_load_with(&dm, draft_path, &lo, &err)) goto fail;
+            if (sampler_create(&ds, dm, batch, &err)) goto fail;
+            so.draft = ds;
+        }
+        if (sampler_spec_create(&spec, &so, &err)) goto fail;
+    }
+    struct timespec c0, c1; /* CPU time as well: on a shared machine wall time measures the neighbours too */
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
     double t0 = rlhf_now();
-    if (sampler_run(s, tok, reqs, n_req, res, &err)) goto fail;
+    if (sampler_run_spec(s, spec, tok, reqs, n_req, res, &err)) goto fail;
     double dt = rlhf_now() - t0;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double cpu = (double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec);
     long total_tokens = 0;
     for (int r = 0; r < n_req; r++) {
         sample_result *o = &res[r];
@@ -334,8 +367,19 @@ int cmd_sample(int argc, char **argv) {
         rlhf_error_set(&err, RLHF_EIO, "stdout", "write failed: %s", strerror(errno));
         goto fail;
     }
-    fprintf(stderr, "%s: %d samples, %ld tokens in %.2f s (%.1f tokens/s, %d threads)\n", prog, n_req, total_tokens, dt,
-            dt > 0 ? total_tokens / dt : 0.0, omp_get_max_threads());
+    fprintf(stderr, "%s: %d samples, %ld tokens in %.2f s (%.1f tokens/s, %d threads; %.2f CPU s, %.1f tokens per CPU s)\n",
+            prog, n_req, total_tokens, dt, dt > 0 ? total_tokens / dt : 0.0, omp_get_max_threads(), cpu,
+            cpu > 0 ? total_tokens / cpu : 0.0);
+    if (spec) {
+        sampler_spec_stats ss;
+        sampler_spec_get_stats(spec, &ss);
+        fprintf(stderr, "%s: speculative (%s): %llu of %llu draft tokens kept (acceptance %.3f), %.2f tokens per "
+                "verify step, %llu verify steps, %llu plain tokens\n", prog, sampler_spec_kind_name(ngram_draft ?
+                SAMPLER_SPEC_NGRAM : SAMPLER_SPEC_DRAFT_MODEL), (unsigned long long)ss.accepted,
+                (unsigned long long)ss.drafted, ss.drafted ? (double)ss.accepted / (double)ss.drafted : 0.0,
+                ss.verifies ? (double)ss.spec_tokens / (double)ss.verifies : 0.0, (unsigned long long)ss.verifies,
+                (unsigned long long)ss.plain_tokens);
+    }
     status = 0;
 fail:
     if (status) rlhf_error_print(prog, &err);
@@ -348,6 +392,9 @@ fail:
     free(ids);
     free(n_ids);
     free_prompts(ps, n_prompts);
+    sampler_spec_destroy(&spec);
+    sampler_destroy(&ds);
+    model_destroy(&dm);
     sampler_destroy(&s);
     tokenizer_destroy(&tok);
     model_destroy(&m);

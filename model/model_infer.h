@@ -395,6 +395,66 @@ typedef struct sampler_source {
 } sampler_source;
 int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *src, rlhf_error *err);
 
+/* ---------------------------------------------------------------- speculative decoding (model/speculative.c)
+ *
+ * A proposer drafts up to gamma tokens per sequence; the target verifies them in one forward step (the
+ * draft tokens are rows of the step, like prompt rows, appended to the sequence's KV cache) and keeps a
+ * prefix by rejection sampling, so every emitted token is distributed exactly as plain sampling from
+ * q, the target's processed distribution (temperature, top-k, top-p, min-p): a draft token x is kept
+ * with probability min(1, q(x)/d(x)) (d: the proposer's distribution; a point mass for the n-gram
+ * proposer, so min(1, q(x))); at the first rejection a token is drawn from max(0, q - d) renormalised;
+ * when all are kept one more token is drawn from q. The cache past the kept length is simply
+ * overwritten later. Every emitted token records the same log-probs plain decoding records (log pi at
+ * temperature 1 and log q), computed from the target's logits. Greedy decoding gives the same tokens as
+ * plain greedy decoding. Per sequence the number of drafted tokens follows its acceptance rate and the
+ * measured cost of an extra row, down to none (plain decoding, with an occasional probe).
+ *
+ * Proposers:
+ *   SAMPLER_SPEC_NGRAM: no model. The longest suffix (ngram_max .. ngram_min tokens) of the sequence is
+ *     looked up in the other sequences of the same prompt (same prompt tokens) now decoding, in the
+ *     completions of that prompt finished earlier (kept across runs by the sampler_spec object, up to
+ *     history completions per prompt), and in the sequence itself; the tokens that followed are the draft.
+ *   SAMPLER_SPEC_DRAFT_MODEL: a smaller model with the same vocabulary (draft, a sampler over it with at
+ *     least the target sampler's max_batch) samples the draft from its own processed distribution. */
+typedef enum sampler_spec_kind { SAMPLER_SPEC_OFF = 0, SAMPLER_SPEC_NGRAM = 1, SAMPLER_SPEC_DRAFT_MODEL = 2 } sampler_spec_kind;
+typedef struct sampler_spec_options {
+    sampler_spec_kind kind;
+    int gamma;        /* most draft tokens per verify step, 1..16 (default 4) */
+    int ngram_max;    /* longest suffix looked up (default 8) */
+    int ngram_min;    /* shortest (default 2) */
+    int history;      /* finished completions kept per prompt (default 16; 0: only sequences in flight) */
+    int adaptive;     /* 1 (default): per-sequence gamma from its acceptance and the cost of a row; 0: always gamma */
+    sampler *draft;   /* SAMPLER_SPEC_DRAFT_MODEL: the draft model's sampler (the caller's; outlives the spec) */
+} sampler_spec_options;
+sampler_spec_options sampler_spec_options_default(void); /* kind OFF, the defaults above */
+/* "off", "ngram", "draft"; anything else is an error naming `where` */
+int sampler_spec_kind_parse(sampler_spec_kind *k, const char *name, const char *where, rlhf_error *err);
+const char *sampler_spec_kind_name(sampler_spec_kind k);
+
+/* Counters since sampler_spec_create (summed over runs). */
+typedef struct sampler_spec_stats {
+    uint64_t steps;        /* target forward steps */
+    uint64_t verifies;     /* (sequence, step) pairs that verified at least one draft token */
+    uint64_t drafted;      /* draft tokens verified */
+    uint64_t accepted;     /* draft tokens kept */
+    uint64_t spec_tokens;  /* tokens emitted by verify steps (kept drafts + one drawn token each, fewer at a stop) */
+    uint64_t plain_tokens; /* tokens emitted by plain decode rows */
+    double draft_seconds;  /* time in the proposer (n-gram lookup or draft model) */
+} sampler_spec_stats;
+
+typedef struct sampler_spec sampler_spec;
+int sampler_spec_create(sampler_spec **out, const sampler_spec_options *opt, rlhf_error *err);
+void sampler_spec_destroy(sampler_spec **sp);
+void sampler_spec_get_stats(const sampler_spec *sp, sampler_spec_stats *out);
+/* sampler_run_stream / sampler_run with speculation (sp NULL or kind OFF: exactly the plain calls). A
+ * request's tokens depend on its seed and on the drafts, which may come from its batch neighbours and
+ * (adaptive) on measured step times; their distribution does not, and greedy output equals plain greedy
+ * output. One call at a time per sampler_spec. */
+int sampler_run_stream_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sampler_source *src,
+                            rlhf_error *err);
+int sampler_run_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sample_request *reqs, int n,
+                     sample_result *results, rlhf_error *err);
+
 /* Low-level step (used by tests, scoring and custom decoding loops): feeds n_rows tokens, row r being
  * token tok[r] at position pos[r] of the sequence in cache slot slot[r]; rows of one slot must be
  * consecutive positions in increasing order and the slot's cache must already hold positions

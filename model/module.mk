@@ -19,3 +19,6 @@ BENCHES  += $(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c)) bench_toke
 bench_tokenizer_SRCS = bench/bench_tokenizer.c
 $(foreach b,$(patsubst bench/%.c,%,$(wildcard bench/bench_model_*.c)),$(eval $(b)_SRCS = bench/$(b).c))
 $(BUILD)/obj/model/%.o: CFLAGS += -fno-math-errno # sqrtf/expf loops vectorize; nothing here reads errno
+# Speculative decoding (model/speculative.c) against the reference forward, plain decoding and the scorer.
+TESTS    += test_model_spec
+test_model_spec_SRCS = $(wildcard tests/model_spec/*.c)

@@ -891,6 +891,27 @@ static int result_start(sampler *s, const tokenizer *tok, const sample_request *
     return res->tokens && res->logprobs && res->sampling_logprobs && res->versions ? 0 : RLHF_ENOMEM;
 }
 
+/* The pieces model/speculative.c shares with this loop (sampler_int.h). */
+int sampler_int_validate(const sampler *s, const tokenizer *tok, const sample_request *rq, int i, rlhf_error *err) {
+    return validate_request(s, tok, rq, i, err);
+}
+int sampler_int_result_start(sampler *s, const tokenizer *tok, const sample_request *rq, sample_result *res,
+                             size_t *text_cap) {
+    return result_start(s, tok, rq, res, text_cap);
+}
+int sampler_int_accept(sampler *s, const tokenizer *tok, const sample_request *rq, sample_result *res,
+                       size_t *text_cap, int32_t y, float lp_pi, float lp_q, int *oom) {
+    slot_state st;
+    memset(&st, 0, sizeof st);
+    st.text_cap = *text_cap;
+    int r = accept_token(s, tok, rq, res, &st, y, lp_pi, lp_q, oom);
+    *text_cap = st.text_cap;
+    return r;
+}
+int sampler_int_max_batch(const sampler *s) { return s->max_batch; }
+const model *sampler_int_model(const sampler *s) { return s->m; }
+const model_kernels *sampler_int_kernels(const sampler *s) { return s->k; }
+
 int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *src, rlhf_error *err) {
     if (tok && tok->vocab_size != s->m->cfg.vocab_size)
         return RLHF_FAIL(err, RLHF_EINVAL, "tokenizer vocab_size %d differs from the model's %d", tok->vocab_size,

@@ -18,4 +18,17 @@ void sampler_matmul_packed_bf16(const model_kernels *k, float *out, const float 
 /* out (R, OC) (+)= in (R, IC; rows ld_in apart) @ W^T, W packed; k's panel kernel, OpenMP over panels. */
 void sampler_matmul_packed(const model_kernels *k, float *out, const float *in, int ld_in, const float *Wp, int R,
                            int IC, int OC, int accumulate);
+
+/* For model/speculative.c, which runs its own decoding loop over the same sampler: request checks,
+ * result set-up and the per-token bookkeeping (stop ids and strings, limits) of sampler_run_stream. */
+#include "model/model.h"
+int sampler_int_validate(const sampler *s, const tokenizer *tok, const sample_request *rq, int i, rlhf_error *err);
+int sampler_int_result_start(sampler *s, const tokenizer *tok, const sample_request *rq, sample_result *res,
+                             size_t *text_cap);
+/* Records y (log pi, log q) for rq; 1 when the sequence is finished (or *oom set). */
+int sampler_int_accept(sampler *s, const tokenizer *tok, const sample_request *rq, sample_result *res,
+                       size_t *text_cap, int32_t y, float lp_pi, float lp_q, int *oom);
+int sampler_int_max_batch(const sampler *s);
+const struct model *sampler_int_model(const sampler *s);
+const model_kernels *sampler_int_kernels(const sampler *s);
 #endif

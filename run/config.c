@@ -96,6 +96,14 @@ static const key_spec SPEC[] = {
     {"generators.inflight_kv", K_STR, 0, 0, "\"keep\""},
     {"generators.threads", K_INT, 0, 256, "1"},
     {"generators.weights", K_STR, 0, 0, "\"fp32\""},
+    {"generators.speculative", K_OBJ, 0, 0, "{}"},
+    {"generators.speculative.drafter", K_STR, 0, 0, "\"off\""},
+    {"generators.speculative.gamma", K_INT, 1, 16, "4"},
+    {"generators.speculative.ngram_max", K_INT, 1, 64, "8"},
+    {"generators.speculative.ngram_min", K_INT, 1, 64, "2"},
+    {"generators.speculative.history", K_INT, 0, 1024, "16"},
+    {"generators.speculative.adaptive", K_BOOL, 0, 0, "true"},
+    {"generators.speculative.draft_checkpoint", K_STR, 0, 0, "\"\""},
     {"updaters", K_OBJ, 0, 0, "{}"},
     {"updaters.count", K_INT, 1, 256, "1"},
     {"updaters.reward_threads", K_INT, 1, 256, "1"},
@@ -496,6 +504,34 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
     cfg->gen_threads = geti(doc, "generators.threads");
     snprintf(w, sizeof w, "%s: generators.weights", where);
     if ((rc = sampler_weights_parse(&cfg->gen_weights, gets(doc, "generators.weights"), w, err))) goto fail;
+    {
+        sampler_spec_options *so = &cfg->gen_spec;
+        *so = sampler_spec_options_default();
+        snprintf(w, sizeof w, "%s: generators.speculative.drafter", where);
+        if ((rc = sampler_spec_kind_parse(&so->kind, gets(doc, "generators.speculative.drafter"), w, err))) goto fail;
+        so->gamma = geti(doc, "generators.speculative.gamma");
+        so->ngram_max = geti(doc, "generators.speculative.ngram_max");
+        so->ngram_min = geti(doc, "generators.speculative.ngram_min");
+        so->history = geti(doc, "generators.speculative.history");
+        so->adaptive = json_is_true(get_path(doc, "generators.speculative.adaptive"));
+        if (so->ngram_min > so->ngram_max)
+            FAIL_AT("generators.speculative.ngram_min", "is %d, more than generators.speculative.ngram_max %d",
+                    so->ngram_min, so->ngram_max);
+        if ((rc = copy_str(cfg->gen_draft_checkpoint, sizeof cfg->gen_draft_checkpoint,
+                           gets(doc, "generators.speculative.draft_checkpoint"), where,
+                           "generators.speculative.draft_checkpoint", err)))
+            goto fail;
+        if (so->kind == SAMPLER_SPEC_DRAFT_MODEL && !cfg->gen_draft_checkpoint[0])
+            FAIL_AT("generators.speculative.draft_checkpoint",
+                    "is needed with drafter \"draft\" (a checkpoint with the policy's tokenizer)");
+        if (so->kind != SAMPLER_SPEC_OFF && cfg->guided)
+            FAIL_AT("generators.speculative.drafter", "is \"%s\", and task.guided is set: speculative decoding does not "
+                    "apply a grammar's mask yet, so it cannot be combined with guided generation (set drafter \"off\")",
+                    sampler_spec_kind_name(so->kind));
+        if (so->kind != SAMPLER_SPEC_DRAFT_MODEL && cfg->gen_draft_checkpoint[0])
+            FAIL_AT("generators.speculative.draft_checkpoint", "is set but drafter is \"%s\", not \"draft\"",
+                    sampler_spec_kind_name(so->kind));
+    }
 
     cfg->upd_count = geti(doc, "updaters.count");
 
@@ -530,7 +566,8 @@ fail:
  * (so a run starts the same from any directory); one given with --set, to the working directory. The
  * resolved config saves them absolute, so `--resume` works from anywhere. */
 static const char *const PATH_KEYS[] = {"run_dir", "model.base_checkpoint", "model.tokenizer", "task.train",
-                                        "task.eval", "task.chat_template", "broker.dataset"};
+                                        "task.eval", "task.chat_template", "broker.dataset",
+                                        "generators.speculative.draft_checkpoint"};
 
 static int is_path_key(const char *path) {
     for (size_t i = 0; i < sizeof PATH_KEYS / sizeof PATH_KEYS[0]; i++)

@@ -141,6 +141,10 @@ typedef struct run_config {
     int gen_inflight_recompute; /* generators.inflight_kv: 0 "keep" the KV cache across new weights, 1 "recompute" it */
     int gen_threads;           /* generators.threads: OpenMP threads per generator */
     sampler_weights gen_weights; /* generators.weights: "fp32" | "bf16" copy of the policy to sample with */
+    /* generators.speculative: {drafter "off" | "ngram" | "draft", gamma, ngram_max, ngram_min, history,
+     * adaptive}; .draft is left NULL (the generator loads draft_checkpoint and makes its sampler) */
+    sampler_spec_options gen_spec;
+    char gen_draft_checkpoint[1024]; /* generators.speculative.draft_checkpoint ("" unless drafter "draft") */
 
     /* "updaters" */
     int upd_count;             /* updaters.count: data-parallel updater ranks, started under mpirun when > 1 */

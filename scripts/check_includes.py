@@ -48,6 +48,7 @@ TESTED = {
     "tests/model_infer": "model",
     "tests/guided": "guided",
     "bench/bench_guided": "guided",
+    "tests/model_spec": "model",
     "tests/model": "model",
     "tests/prompts": "prompts",
     "tests/template": "template",

@@ -424,6 +424,7 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     int n_kept = 0, n_zero = 0, n_unscored = 0;
     long lag_min = 0, lag_max = 0, tok_lag_max = 0, n_lag_tok = 0, n_completions = 0, n_spanning = 0;
     double lag_sum = 0, gen_tok = 0, gen_s = 0, score_s = 0, tok_lag_sum = 0;
+    double spec_drafted = 0, spec_accepted = 0, spec_verifies = 0, spec_tokens = 0; /* generators.speculative */
     for (int g = 0; g < P; g++) {
         scored_group *s = groups[g];
         /* the spread over the scored samples only: an unscored one has no reward to compare */
@@ -456,6 +457,10 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         }
         gen_tok += (double)wire_rollout_group_total_tokens(&s->g);
         gen_s += s->g.gen_seconds;
+        spec_drafted += (double)s->g.spec_drafted;
+        spec_accepted += (double)s->g.spec_accepted;
+        spec_verifies += (double)s->g.spec_verifies;
+        spec_tokens += (double)s->g.spec_tokens;
         score_s += s->score_seconds;
         if (n_scored < 2) {
             n_unscored++;
@@ -534,6 +539,11 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     json_object_set_new(m, "gen/tokens", json_integer((json_int_t)gen_tok));
     json_object_set_new(m, "gen/tokens_per_s", json_real(window > 0 ? gen_tok / window : 0));
     json_object_set_new(m, "gen/seconds", json_real(gen_s));
+    if (spec_verifies > 0) { /* speculative decoding: share of draft tokens kept, tokens per verify step */
+        json_object_set_new(m, "gen/spec_acceptance", json_real(spec_drafted > 0 ? spec_accepted / spec_drafted : 0));
+        json_object_set_new(m, "gen/spec_tokens_per_verify", json_real(spec_tokens / spec_verifies));
+        json_object_set_new(m, "gen/spec_drafted", json_integer((json_int_t)spec_drafted));
+    }
     json_object_set_new(m, "time/wait_s", json_real(u->wait_seconds));
     json_object_set_new(m, "time/score_s", json_real(score_s));
     json_object_set_new(m, "time/step_s", json_real(window));

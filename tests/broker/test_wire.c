@@ -75,6 +75,8 @@ static void parse_ok(const msgbuf *mb, wire_msg *m) {
     CU_ASSERT_EQUAL_FATAL(wire_parse(mb->f, mb->n, m, NULL, &e), 0);
 }
 
+static void check_fast_matches_reference(const wire_rollout_group *g);
+
 static void test_roundtrip_rollout_group(void) {
     wire_rollout_group g;
     synth_group_make(&g, "gen-7", 42, 3, 8, 256, "p17", "What is 2+2?");
@@ -83,6 +85,11 @@ static void test_roundtrip_rollout_group(void) {
     g.prompt_record = json_pack("{ssss}", "id", "p17", "answer", "4");
     g.gen_seconds = 1.25;
     g.created_at = 1700000000.5;
+    g.spec_drafted = 400; /* speculative decoding's counters (the optional "spec" field) */
+    g.spec_accepted = 250;
+    g.spec_verifies = 120;
+    g.spec_tokens = 370;
+    check_fast_matches_reference(&g);
     msgbuf mb;
     wire_out o;
     CU_ASSERT_EQUAL_FATAL(wire_encode_rollout_group(&g, &o, NULL), 0);
@@ -116,6 +123,10 @@ static void test_roundtrip_rollout_group(void) {
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(d.prompt_record, "answer")), "4");
     CU_ASSERT_DOUBLE_EQUAL(d.gen_seconds, 1.25, 1e-12);
     CU_ASSERT_DOUBLE_EQUAL(d.created_at, 1700000000.5, 1e-3);
+    CU_ASSERT_EQUAL(d.spec_drafted, 400);
+    CU_ASSERT_EQUAL(d.spec_accepted, 250);
+    CU_ASSERT_EQUAL(d.spec_verifies, 120);
+    CU_ASSERT_EQUAL(d.spec_tokens, 370);
     CU_ASSERT_TRUE(synth_group_check(&d));
     wire_rollout_group_free(&d);
     /* the broker's validate-only path sees the same routing fields and copies no arrays */

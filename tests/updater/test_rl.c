@@ -391,6 +391,12 @@ static void test_config_defaults_and_overrides(void) {
     run_config_free(&cfg);
     CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "generators.top_k=50", &err, &cfg), 0);
     CU_ASSERT_EQUAL(cfg.top_k, 50);
+    CU_ASSERT_EQUAL(cfg.gen_spec.kind, SAMPLER_SPEC_OFF);
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "generators.speculative={\"drafter\":\"ngram\",\"gamma\":6}", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.gen_spec.kind, SAMPLER_SPEC_NGRAM);
+    CU_ASSERT_EQUAL(cfg.gen_spec.gamma, 6);
+    CU_ASSERT_EQUAL(cfg.gen_spec.adaptive, 1);
     run_config_free(&cfg);
 }
 
@@ -443,6 +449,17 @@ static void test_config_errors_name_path(void) {
     expect_error("generators.top_k=0.5", "--set generators.top_k", "must be an integer");
     expect_error("generators.behaviour_logprobs=q", "cfg.json: generators.behaviour_logprobs",
                  "\"sampling\" or \"policy\"");
+    /* generators.speculative */
+    expect_error("generators.speculative.drafter=medusa", "cfg.json: generators.speculative.drafter",
+                 "\"off\", \"ngram\" or \"draft\"");
+    expect_error("generators.speculative.gamma=0", "cfg.json: generators.speculative.gamma", "");
+    expect_error("generators.speculative.gamma=17", "cfg.json: generators.speculative.gamma", "");
+    expect_error("generators.speculative.drafter=draft", "cfg.json: generators.speculative.draft_checkpoint",
+                 "is needed");
+    expect_error("generators.speculative.draft_checkpoint=/d.safetensors", "cfg.json: generators.speculative.draft_checkpoint",
+                 "drafter is \"off\"");
+    expect_error("generators.speculative.ngram_min=9", "cfg.json: generators.speculative.ngram_min", "ngram_max");
+    expect_error("generators.speculative.beam=2", "cfg.json: generators.speculative.beam", "");
     rlhf_error err = {0};
     run_config cfg;
     CU_ASSERT_EQUAL(parse_with("{\"rewards\":[1]}", NULL, &err, &cfg), RLHF_EINVAL);
