@@ -462,6 +462,14 @@ static void test_config_errors_name_path(void) {
     expect_error("generators.speculative.beam=2", "cfg.json: generators.speculative.beam", "");
     rlhf_error err = {0};
     run_config cfg;
+    /* speculative decoding applies no grammar mask: with task.guided it is refused, naming both */
+    CU_ASSERT_EQUAL(parse_with("{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"m.safetensors\"},"
+                               "\"task\":{\"train\":\"p.jsonl\",\"guided\":{\"regex\":\"[0-9]+\"}},"
+                               "\"rewards\":[{\"type\":\"exact_match\"}]}",
+                               "generators.speculative.drafter=ngram", &err, &cfg),
+                    RLHF_EINVAL);
+    CU_ASSERT_STRING_EQUAL(err.where, "cfg.json: generators.speculative.drafter");
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "task.guided"));
     CU_ASSERT_EQUAL(parse_with("{\"rewards\":[1]}", NULL, &err, &cfg), RLHF_EINVAL);
     CU_ASSERT_STRING_EQUAL(err.where, "cfg.json: task");
     json_t *empty = json_object();
