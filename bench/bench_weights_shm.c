@@ -8,8 +8,9 @@
  * ipc:// (what `rlhf run` uses on one host), the broker started with --insecure as in bench_broker_fanout.
  * into (default): each generator takes a version into its reused parameter buffer
  * (broker_client_poll_weights_into: one copy out of the file, or out of ZeroMQ's frames); map: it takes
- * the file's mapping itself (broker_client_poll_weights, what `rlhf generator` does: no copy; over
- * ZeroMQ that call allocates and copies).
+ * the version as broker_client_poll_weights returns it (what `rlhf generator` does: from a file, the
+ * client's kept read buffer — files were mapped until 2026-12-05, hence the name; over ZeroMQ that call
+ * allocates and copies).
  *
  * Per version, two times: total = the updater's publish call -> the last generator holding the version
  * verified (every chunk's CRC-32 and the tensor table); fan-out = the broker accepting the version
@@ -231,7 +232,7 @@ int main(int argc, char **argv) {
     if (run_path(0, dir, n_floats, n_gen, versions, map, &zmq) != 0) return 1;
     printf("weights: %.1f MB (%ld fp32), %d generator processes, %d versions per path, ipc://, generators take "
            "them %s\n", mb, n_floats, n_gen, versions,
-           map ? "as returned (poll_weights: the file's mapping / a fresh copy)" : "into a reused buffer (poll_weights_into)");
+           map ? "as returned (poll_weights: the client's read buffer / a fresh copy)" : "into a reused buffer (poll_weights_into)");
     report("shm", &shm, versions, mb, n_gen);
     report("zmq", &zmq, versions, mb, n_gen);
     return shm.all_ok && zmq.all_ok && shm.via_shm == versions * n_gen ? 0 : 1;
