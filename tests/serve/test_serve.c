@@ -1,7 +1,9 @@
 /* tests/serve/test_serve.c — `rlhf serve` over real HTTP (a separate process) with a real model: a tiny
  * model briefly trained here to answer every chat with "score: 7" acts as the judge; malformed and
  * oversized requests; SSE streaming; reward models (training accuracy on the synthetic preference task,
- * in-process vs remote scores, bad preference files). */
+ * in-process vs remote scores, bad preference files).
+ * A little over 1,000 lines: one suite whose cases share one server process and the judge model trained
+ * once for all of them; splitting it would train or start them again per file. */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <omp.h>
