@@ -388,6 +388,10 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
                  const int *logit_rows, float *logits, rlhf_error *err);
 int sampler_max_rows(const sampler *s);
+/* Bytes of the sampler's KV cache (keys and values): only layers that project their own K/V (kv_share)
+ * have one; a local layer (attention_pattern) keeps a ring of its window plus 31 positions per slot, a
+ * global layer max_seq_len positions. */
+size_t sampler_kv_bytes(const sampler *s);
 /* The kernel set this sampler runs: "ref", "avx2" or "avx512". sampler_create takes the best the CPU
  * has, or the one the environment variable RLHF_ISA=ref|avx2|avx512 names (an unknown name, or one the
  * CPU cannot run, fails sampler_create with an error naming it). Speed does not depend on the -march
