@@ -571,6 +571,18 @@ static void forward_step(sampler *s, int R, const int *slot, const int *pos, con
 
 size_t sampler_kv_bytes(const sampler *s) { return 2 * s->kv_floats * sizeof(float); }
 
+void sampler_kv_fill(sampler *s, uint64_t seed) {
+    float *caches[2] = {s->k_cache, s->v_cache};
+    for (int c = 0; c < 2; c++) {
+        float *p = caches[c];
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < s->kv_floats; i++) {
+            uint64_t h = (i + seed + (uint64_t)c * 0x9e3779b97f4a7c15ull) * 0xd1b54a32d192ed03ull;
+            p[i] = (float)((h >> 40) & 0xffff) / 65536.0f - 0.5f;
+        }
+    }
+}
+
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
                  const int *logit_rows, float *logits, rlhf_error *err) {
     if (n_rows < 1 || n_rows > s->max_rows)

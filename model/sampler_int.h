@@ -3,6 +3,7 @@
 #ifndef RLHF_SAMPLER_INT_H
 #define RLHF_SAMPLER_INT_H
 #include <stddef.h>
+#include <stdint.h>
 
 #include "model/kernels_int.h"
 
@@ -18,4 +19,9 @@ void sampler_matmul_packed_bf16(const model_kernels *k, float *out, const float 
 /* out (R, OC) (+)= in (R, IC; rows ld_in apart) @ W^T, W packed; k's panel kernel, OpenMP over panels. */
 void sampler_matmul_packed(const model_kernels *k, float *out, const float *in, int ld_in, const float *Wp, int R,
                            int IC, int OC, int accumulate);
+/* Writes every float of the KV cache (keys and values, every slot and position) with small pseudo-random
+ * values: the decode benchmark's stand-in for a long prefill, so its timed steps read resident, written
+ * pages, not the shared zero page. */
+typedef struct sampler sampler;
+void sampler_kv_fill(sampler *s, uint64_t seed);
 #endif
