@@ -13,6 +13,7 @@
 #include "model/kernels_int.h"
 #include "model/model.h"
 #include "tests/model_infer/infer_test.h"
+#include "tests/test_paths.h"
 
 /* dim 32, 4 heads, 2 KV heads, max_seq_len 100, n_layers layers, plus the JSON members of opts. */
 static int parse_opts(model_config *out, int n_layers, const char *opts, rlhf_error *err) {
@@ -344,6 +345,29 @@ static void test_config_errors(void) {
     }
 }
 
+/* The example arch files of docs/MODEL.md parse and build a model (rlhf init --arch takes them). */
+static void test_example_configs(void) {
+    static const char *const files[] = {"examples/configs/countdown-arch-kvshare.json",
+                                        "examples/configs/countdown-arch-local.json",
+                                        "examples/configs/countdown-arch-kvshare-local.json"};
+    static const int kv_layers[] = {5, 8, 5};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[4096];
+        CU_ASSERT_EQUAL_FATAL(test_source_path(files[i], path, sizeof path), 0);
+        json_error_t jerr;
+        json_t *j = json_load_file(path, 0, &jerr);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+        model_config c;
+        rlhf_error err = {0};
+        int rc = model_config_parse(&c, j, files[i], &err);
+        if (rc) printf("\n  %s: %s\n", files[i], err.msg);
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT_EQUAL(model_kv_layers(&c), kv_layers[i]);
+        CU_ASSERT(c.has_layer_opts);
+        json_decref(j);
+    }
+}
+
 static int isa_ref(void) { return setenv("RLHF_ISA", "ref", 1); }
 static int isa_avx2(void) { return setenv("RLHF_ISA", "avx2", 1); }
 static int isa_avx512(void) { return setenv("RLHF_ISA", "avx512", 1); }
@@ -367,4 +391,5 @@ void infer_register_layer_opts(void) {
     CU_add_test(s, "checkpoint: no k/v tensors in sharing layers, config and weights round trip", test_checkpoint_round_trip);
     CU_add_test(s, "presets expand as documented, explicit lists round trip, no keys = plain model", test_config_presets);
     CU_add_test(s, "impossible combinations: one error naming the key", test_config_errors);
+    CU_add_test(s, "examples/configs/countdown-arch-{kvshare,local,kvshare-local}.json parse", test_example_configs);
 }
