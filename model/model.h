@@ -96,6 +96,12 @@ static inline int model_attn_rope(const model_config *c, int l) {
  * in that stack (-1 for a sharing layer). */
 int model_kv_layers(const model_config *c);
 int model_kv_slot(const model_config *c, int l);
+/* 1 when some layer shares K/V or is not global with RoPE (such a model has no Hugging Face architecture). */
+static inline int model_uses_layer_opts(const model_config *c) {
+    for (int l = 0; c->has_layer_opts && l < c->n_layers; l++)
+        if (model_kv_source(c, l) != l || model_attn_kind_of(c, l) != MODEL_ATTN_GLOBAL) return 1;
+    return 0;
+}
 /* The checkpoint/JSON names of an attention kind: "global", "global_nope", "local". */
 const char *model_attn_kind_name(model_attn_kind k);
 /* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2): rope_theta^(-2i/D), scaled as
