@@ -245,8 +245,9 @@ int model_config_compare(const struct model_config *got, const struct model_conf
 
 /* ================================================================ sampling
  *
- * A `sampler` owns a KV cache of `max_batch` slots (each cfg.max_seq_len positions) and scratch
- * buffers. sampler_run() generates for any number of requests with continuous batching: up to
+ * A `sampler` owns a KV cache of `max_batch` slots (each cfg.max_seq_len positions; with kv_share only
+ * the layers that project K/V have one, and a local layer keeps a ring of its window + 31 positions) and
+ * scratch buffers. sampler_run() generates for any number of requests with continuous batching: up to
  * max_batch sequences decode together (one GEMM per weight matrix per step over all of them); a
  * finished slot takes the next waiting request. Each request has its own RNG stream seeded from
  * its seed and draws exactly one uniform number per sampled token, and every kernel computes a row

@@ -10,8 +10,9 @@
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).
  *
- * Why one file of ~1,000 lines: the forward step, the slot bookkeeping of continuous batching and the
- * per-request sampling and stop rules all work on the same private sampler state; the parts that
+ * Why one file of ~1,150 lines: the forward step (with the per-layer caches of kv_share and the ring
+ * buffers of local layers, and the pass splitting those need), the slot bookkeeping of continuous batching
+ * and the per-request sampling and stop rules all work on the same private sampler state; the parts that
  * stand alone already live elsewhere (kernels*.c, sampler_ref.c, sampler_int.h).
  *
  * Sampling of each sequence draws from its own RNG stream (one uniform per token), and no kernel
