@@ -226,7 +226,13 @@ int model_config_parse(model_config *cfg, const json_t *obj, const char *where, 
     json_t *rs = json_object_get(obj, "rope_scaling");
     if (rs && !json_is_null(rs) && (rc = parse_rope_scaling(cfg, rs, where, err))) return rc;
     if ((rc = parse_layer_opts(cfg, obj, where, err))) return rc;
-    return model_config_validate(cfg, where, err);
+    if ((rc = model_config_validate(cfg, where, err))) return rc;
+    if (cfg->has_layer_opts && !model_uses_layer_opts(cfg)) { /* e.g. "kv_share": "none": the plain model */
+        memset(cfg->attn_kind, 0, sizeof cfg->attn_kind);
+        memset(cfg->kv_src, 0, sizeof cfg->kv_src);
+        cfg->has_layer_opts = 0;
+    }
+    return 0;
 }
 
 /* The per-layer options as the code can run them: a sharing layer reads an earlier layer that projects

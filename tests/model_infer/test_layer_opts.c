@@ -300,7 +300,10 @@ static void test_config_presets(void) {
     CU_ASSERT_EQUAL(model_config_parse(&back, j, "round trip", &err), 0);
     CU_ASSERT_EQUAL(memcmp(&back, &c, sizeof c), 0);
     json_decref(j);
-    CU_ASSERT_EQUAL_FATAL(parse_opts(&c, 4, "{}", &err), 0);
+    CU_ASSERT_EQUAL_FATAL(parse_opts(&c, 4, "{\"kv_share\": \"none\", \"attention_pattern\": \"global\"}", &err), 0);
+    model_config plain;
+    CU_ASSERT_EQUAL_FATAL(parse_opts(&plain, 4, "{}", &err), 0);
+    CU_ASSERT_EQUAL(memcmp(&c, &plain, sizeof c), 0); /* explicit defaults are the plain model */
     CU_ASSERT_EQUAL(c.has_layer_opts, 0);
     for (int l = 0; l < 4; l++) CU_ASSERT(model_kv_source(&c, l) == l && model_attn_kind_of(&c, l) == MODEL_ATTN_GLOBAL);
     j = model_config_to_json(&c);
