@@ -500,6 +500,9 @@ static int export_config(const model *m, safetensors_dtype dtype, json_t **out, 
     if (c->attn_bias && c->qk_norm)
         return RLHF_FAIL(err, RLHF_EUNSUPPORTED, "a model with both attn_bias and qk_norm has no Hugging Face "
                          "architecture (Qwen3's attention_bias also puts a bias on o_proj)");
+    if (model_uses_layer_opts(c))
+        return RLHF_FAIL(err, RLHF_EUNSUPPORTED, "a model with kv_share or attention_pattern (shared K/V, local or "
+                         "NoPE layers) has no Hugging Face architecture to export to");
     if (m->hf_config) {
         json_error_t je;
         if (!(j = json_loads(m->hf_config, 0, &je)))

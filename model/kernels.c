@@ -53,12 +53,13 @@ static float ref_sum16(const float *x) {
     return s;
 }
 
-static void ref_attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int n, int D, int T,
-                            float *sc) {
+static void ref_attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int start, int n,
+                            int D, int T, float *sc) {
     float mx = -INFINITY;
     for (int t = 0; t < n; t++) {
+        int c = start + t < T ? start + t : start + t - T; /* cache index of the t-th position */
         float d = 0.0f;
-        for (int i = 0; i < D; i++) d += q[i] * kT[(size_t)i * T + t];
+        for (int i = 0; i < D; i++) d += q[i] * kT[(size_t)i * T + c];
         sc[t] = d;
         mx = d > mx ? d : mx;
     }
@@ -66,8 +67,10 @@ static void ref_attend_head(float *o, const float *q, const float *kT, const flo
     for (int t = 0; t < n; t++) sum += (sc[t] = expf(sc[t] - mx));
     float inv = (float)(1.0 / sum);
     for (int i = 0; i < D; i++) o[i] = 0.0f;
-    for (int t = 0; t < n; t++)
-        for (int i = 0; i < D; i++) o[i] += sc[t] * v[(size_t)t * ldv + i];
+    for (int t = 0; t < n; t++) {
+        int c = start + t < T ? start + t : start + t - T;
+        for (int i = 0; i < D; i++) o[i] += sc[t] * v[(size_t)c * ldv + i];
+    }
     for (int i = 0; i < D; i++) o[i] *= inv;
 }
 

@@ -207,8 +207,9 @@ static float avx2_sum16(const float *x) { return hsum(_mm256_add_ps(_mm256_loadu
 
 /* Scores 64 positions (8 vectors) at a time, then softmax, then the values weighted in chunks of 64
  * dimensions (8 accumulators). Loads past n or D are masked, so nothing outside the cache is read. */
-static void avx2_attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int n, int D, int T,
-                             float *sc) {
+/* sc[0..n) = q . key t for the n contiguous cache indices kT[., 0..n) (rows T apart); full vectors may be
+ * stored up to 63 floats past n (the caller's scratch has the room, and later scores overwrite them). */
+static void avx2_scores(float *sc, const float *q, const float *kT, int n, int D, int T) {
     for (int t0 = 0; t0 < n; t0 += 64) {
         int left = n - t0, nv = (left + 7) / 8;
         if (nv > 8) nv = 8;
@@ -231,6 +232,14 @@ static void avx2_attend_head(float *o, const float *q, const float *kT, const fl
         for (int j = 0; j < 8; j++)
             if (j < nv) _mm256_storeu_ps(sc + t0 + 8 * j, acc[j]); /* sc has 128 floats of slack past T */
     }
+}
+
+static void avx2_attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int start, int n,
+                             int D, int T, float *sc) {
+    /* the ring's indices start..start+n1-1, then (wrapped) 0..n-n1-1 */
+    int n1 = start + n <= T ? n : T - start;
+    avx2_scores(sc, q, kT + start, n1, D, T);
+    if (n > n1) avx2_scores(sc + n1, q, kT, n - n1, D, T);
     float mx = avx2_max_value(sc, n);
     double sum = avx2_exp_shifted(sc, sc, n, mx, 1.0f);
     __m256 vinv = _mm256_set1_ps((float)(1.0 / sum));
@@ -242,15 +251,19 @@ static void avx2_attend_head(float *o, const float *q, const float *kT, const fl
         __m256 a[8];
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
-        for (int t = 0; t < n; t++) {
-            __m256 p = _mm256_broadcast_ss(sc + t);
-            const float *vt = v + (size_t)t * ldv + d0;
+        for (int seg = 0; seg < 2; seg++) {
+            const float *vs = seg ? v : v + (size_t)start * ldv, *ps = seg ? sc + n1 : sc;
+            int cnt = seg ? n - n1 : n1;
+            for (int t = 0; t < cnt; t++) {
+                __m256 p = _mm256_broadcast_ss(ps + t);
+                const float *vt = vs + (size_t)t * ldv + d0;
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                if (j < nd) {
-                    __m256 x = j == nd - 1 ? _mm256_maskload_ps(vt + 8 * j, dm) : _mm256_loadu_ps(vt + 8 * j);
-                    a[j] = _mm256_fmadd_ps(p, x, a[j]);
-                }
+                for (int j = 0; j < 8; j++)
+                    if (j < nd) {
+                        __m256 x = j == nd - 1 ? _mm256_maskload_ps(vt + 8 * j, dm) : _mm256_loadu_ps(vt + 8 * j);
+                        a[j] = _mm256_fmadd_ps(p, x, a[j]);
+                    }
+            }
         }
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++)

@@ -138,8 +138,8 @@ static float avx512_sum16(const float *x) { return _mm512_reduce_add_ps(_mm512_l
 /* Scores 128 positions (8 vectors) at a time: with the keys transposed, 16 positions' scores are one
  * FMA per dimension. Then softmax, then the values weighted with two accumulator sets (even and odd
  * positions) per 128 dimensions. Masked loads: nothing past n or D is read. */
-static void avx512_attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int n, int D,
-                               int T, float *sc) {
+/* sc[0..n) = q . key t for the n contiguous cache indices kT[., 0..n) (rows T apart) */
+static void avx512_scores(float *sc, const float *q, const float *kT, int n, int D, int T) {
     for (int t0 = 0; t0 < n; t0 += 128) {
         int left = n - t0, nv = (left + 15) / 16;
         if (nv > 8) nv = 8;
@@ -160,6 +160,14 @@ static void avx512_attend_head(float *o, const float *q, const float *kT, const 
         for (int j = 0; j < 8; j++)
             if (j < nv) _mm512_mask_storeu_ps(sc + t0 + 16 * j, j == nv - 1 ? tail : 0xffff, acc[j]);
     }
+}
+
+static void avx512_attend_head(float *o, const float *q, const float *kT, const float *v, int ldv, int start, int n,
+                               int D, int T, float *sc) {
+    /* the ring's indices start..start+n1-1, then (wrapped) 0..n-n1-1 */
+    int n1 = start + n <= T ? n : T - start;
+    avx512_scores(sc, q, kT + start, n1, D, T);
+    if (n > n1) avx512_scores(sc + n1, q, kT, n - n1, D, T);
     float mx = avx512_max_value(sc, n);
     double sum = avx512_exp_shifted(sc, sc, n, mx, 1.0f);
     __m512 vinv = _mm512_set1_ps((float)(1.0 / sum));
@@ -170,25 +178,28 @@ static void avx512_attend_head(float *o, const float *q, const float *kT, const 
         __m512 a0[8], a1[8];
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) a0[j] = a1[j] = _mm512_setzero_ps();
-        int t = 0;
-        for (; t + 2 <= n; t += 2) {
-            __m512 p0 = _mm512_set1_ps(sc[t]), p1 = _mm512_set1_ps(sc[t + 1]);
-            const float *v0 = v + (size_t)t * ldv + d0, *v1 = v0 + ldv;
+        for (int seg = 0; seg < 2; seg++) {
+            const float *vs = seg ? v : v + (size_t)start * ldv, *ps = seg ? sc + n1 : sc;
+            int cnt = seg ? n - n1 : n1, t = 0;
+            for (; t + 2 <= cnt; t += 2) {
+                __m512 p0 = _mm512_set1_ps(ps[t]), p1 = _mm512_set1_ps(ps[t + 1]);
+                const float *v0 = vs + (size_t)t * ldv + d0, *v1 = v0 + ldv;
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                if (j < nd) {
-                    __mmask16 m = j == nd - 1 ? dm : 0xffff;
-                    a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, v0 + 16 * j), a0[j]);
-                    a1[j] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, v1 + 16 * j), a1[j]);
-                }
-        }
-        if (t < n) {
-            __m512 p0 = _mm512_set1_ps(sc[t]);
-            const float *v0 = v + (size_t)t * ldv + d0;
+                for (int j = 0; j < 8; j++)
+                    if (j < nd) {
+                        __mmask16 m = j == nd - 1 ? dm : 0xffff;
+                        a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m, v0 + 16 * j), a0[j]);
+                        a1[j] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m, v1 + 16 * j), a1[j]);
+                    }
+            }
+            if (t < cnt) {
+                __m512 p0 = _mm512_set1_ps(ps[t]);
+                const float *v0 = vs + (size_t)t * ldv + d0;
 #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                if (j < nd)
-                    a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(j == nd - 1 ? dm : 0xffff, v0 + 16 * j), a0[j]);
+                for (int j = 0; j < 8; j++)
+                    if (j < nd)
+                        a0[j] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(j == nd - 1 ? dm : 0xffff, v0 + 16 * j), a0[j]);
+            }
         }
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++)

@@ -48,10 +48,12 @@ typedef struct model_kernels {
      * in the same order as panel, so the result equals panel on the bf16-rounded weights. */
     void (*panel_bf16)(float *out, const float *x, int ld_in, const uint16_t *wp, int nr, int IC, int OC, int o0,
                        int accumulate);
-    /* One query head over its cache: q (D) already scaled by 1/sqrt(D); kT (D, T) keys transposed; v (n,
-     * ldv) values by position; n positions; sc (T + 128) scratch; o (D) output. */
-    void (*attend_head)(float *o, const float *q, const float *kT, const float *v, int ldv, int n, int D, int T,
-                        float *sc);
+    /* One query head over its cache: q (D) already scaled by 1/sqrt(D); kT (D, T) keys transposed; v (T,
+     * ldv) values by cache index; it attends over the n cache indices start, start+1, ... taken modulo T (a
+     * ring buffer: local attention layers keep their last positions so; global layers pass start = 0);
+     * 0 <= start < T, 1 <= n <= T; sc (T + 128) scratch; o (D) output. */
+    void (*attend_head)(float *o, const float *q, const float *kT, const float *v, int ldv, int start, int n, int D,
+                        int T, float *sc);
     /* e[i] = exp(scale * (x[i] - shift)), the argument clamped at -87; returns sum(e) (double). e may be x. */
     double (*exp_shifted)(float *e, const float *x, int n, float shift, float scale);
     float (*max_value)(const float *x, int n); /* n >= 1 */

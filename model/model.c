@@ -4,12 +4,14 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char *const config_keys[] = {"dim",          "n_layers",   "n_heads",        "n_kv_heads", "ffn_dim",
                                           "vocab_size",   "max_seq_len", "rope_theta",    "norm_eps",   "tie_embeddings",
-                                          "head_dim",     "attn_bias",   "qk_norm",       "rope_scaling", NULL};
+                                          "head_dim",     "attn_bias",   "qk_norm",       "rope_scaling", "kv_share",
+                                          "attention_pattern", "attention_window", NULL};
 
 static int get_int(const json_t *obj, const char *key, int *out, int required, const char *where, rlhf_error *err) {
     json_t *v = json_object_get(obj, key);
@@ -74,6 +76,121 @@ static int parse_rope_scaling(model_config *cfg, const json_t *rs, const char *w
     return get_float(rs, "factor", &cfg->rope_factor, where, err);
 }
 
+const char *model_attn_kind_name(model_attn_kind k) {
+    return k == MODEL_ATTN_LOCAL ? "local" : k == MODEL_ATTN_GLOBAL_NOPE ? "global_nope" : "global";
+}
+
+int model_kv_layers(const model_config *c) {
+    int n = 0;
+    for (int l = 0; l < c->n_layers; l++) n += model_kv_source(c, l) == l;
+    return n;
+}
+
+int model_kv_slot(const model_config *c, int l) {
+    if (model_kv_source(c, l) != l) return -1;
+    int slot = 0;
+    for (int i = 0; i < l; i++) slot += model_kv_source(c, i) == i;
+    return slot;
+}
+
+/* "kv_share": "none", "seed" (the last floor(3L/8) layers reuse the K/V of the layer before them, the
+ * last of the first block) or a list of n_layers entries, -1 (own K/V) or an earlier producing layer. */
+static int parse_kv_share(model_config *cfg, const json_t *v, const char *where, rlhf_error *err) {
+    int L = cfg->n_layers;
+    if (json_is_string(v)) {
+        const char *name = json_string_value(v);
+        if (!strcmp(name, "none")) return 0;
+        if (strcmp(name, "seed") != 0)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share': unknown preset \"%s\" (\"none\", \"seed\" "
+                                  "or a list of source layers, -1 for none)", name);
+        int n_share = 3 * L / 8, src = L - n_share - 1;
+        for (int l = L - n_share; l < L; l++) cfg->kv_src[l] = (short)(src + 1);
+        return 0;
+    }
+    if (!json_is_array(v))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share' must be \"none\", \"seed\" or a list of layers");
+    if ((int)json_array_size(v) != L)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share' has %zu entries; n_layers is %d",
+                              json_array_size(v), L);
+    for (int l = 0; l < L; l++) {
+        json_t *e = json_array_get(v, (size_t)l);
+        if (!json_is_integer(e))
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share[%d]' must be an integer (a layer, or -1)", l);
+        json_int_t s = json_integer_value(e);
+        if (s < -1 || s >= l)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share[%d]' is %lld: a layer shares the K/V of an "
+                                  "earlier layer (0..%d) or -1", l, (long long)s, l - 1);
+        cfg->kv_src[l] = (short)(s + 1);
+    }
+    return 0;
+}
+
+static int parse_attn_kind(const char *name, model_attn_kind *out) {
+    if (!strcmp(name, "global")) *out = MODEL_ATTN_GLOBAL;
+    else if (!strcmp(name, "global_nope")) *out = MODEL_ATTN_GLOBAL_NOPE;
+    else if (!strcmp(name, "local")) *out = MODEL_ATTN_LOCAL;
+    else return -1;
+    return 0;
+}
+
+/* "attention_pattern": a preset "global", "global_nope", "local", "<n>local_1global" or
+ * "<n>local_1global_nope" (blocks of n local layers then one global one, repeated), or a list of
+ * n_layers names. */
+static int parse_attention_pattern(model_config *cfg, const json_t *v, const char *where, rlhf_error *err) {
+    int L = cfg->n_layers;
+    model_attn_kind k;
+    if (json_is_string(v)) {
+        const char *name = json_string_value(v);
+        int n_local = 0, used = 0;
+        if (!parse_attn_kind(name, &k)) {
+            for (int l = 0; l < L; l++) cfg->attn_kind[l] = (unsigned char)k;
+            return 0;
+        }
+        if (sscanf(name, "%dlocal_1global%n", &n_local, &used) == 1 && n_local >= 1 && n_local <= 64 &&
+            (!name[used] || !strcmp(name + used, "_nope"))) {
+            model_attn_kind g = name[used] ? MODEL_ATTN_GLOBAL_NOPE : MODEL_ATTN_GLOBAL;
+            for (int l = 0; l < L; l++)
+                cfg->attn_kind[l] = (unsigned char)(l % (n_local + 1) == n_local ? g : MODEL_ATTN_LOCAL);
+            return 0;
+        }
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_pattern': unknown preset \"%s\" (global, "
+                              "global_nope, local, <n>local_1global, <n>local_1global_nope, or a list)", name);
+    }
+    if (!json_is_array(v))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_pattern' must be a preset name or a list");
+    if ((int)json_array_size(v) != L)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_pattern' has %zu entries; n_layers is %d",
+                              json_array_size(v), L);
+    for (int l = 0; l < L; l++) {
+        const char *name = json_string_value(json_array_get(v, (size_t)l));
+        if (!name || parse_attn_kind(name, &k))
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_pattern[%d]' must be \"global\", "
+                                  "\"global_nope\" or \"local\"", l);
+        cfg->attn_kind[l] = (unsigned char)k;
+    }
+    return 0;
+}
+
+static int parse_layer_opts(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {
+    json_t *share = json_object_get(obj, "kv_share"), *pat = json_object_get(obj, "attention_pattern");
+    json_t *win = json_object_get(obj, "attention_window");
+    if (!share && !pat && !win) return 0;
+    if (cfg->n_layers > MODEL_MAX_LAYERS)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "keys 'kv_share'/'attention_pattern' support at most %d layers "
+                              "(n_layers is %d)", MODEL_MAX_LAYERS, cfg->n_layers);
+    cfg->has_layer_opts = 1;
+    int rc;
+    if (share && (rc = parse_kv_share(cfg, share, where, err))) return rc;
+    if (pat && (rc = parse_attention_pattern(cfg, pat, where, err))) return rc;
+    if (win) {
+        if (!json_is_integer(win) || json_integer_value(win) <= 0 || json_integer_value(win) > cfg->max_seq_len)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_window' must be an integer in 1..max_seq_len "
+                                  "(%d)", cfg->max_seq_len);
+        cfg->attention_window = (int)json_integer_value(win);
+    }
+    return 0;
+}
+
 int model_config_parse(model_config *cfg, const json_t *obj, const char *where, rlhf_error *err) {
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(obj)) return rlhf_error_set(err, RLHF_EINVAL, where, "model config must be a JSON object");
@@ -108,7 +225,51 @@ int model_config_parse(model_config *cfg, const json_t *obj, const char *where, 
                               cfg->dim, cfg->n_heads);
     json_t *rs = json_object_get(obj, "rope_scaling");
     if (rs && !json_is_null(rs) && (rc = parse_rope_scaling(cfg, rs, where, err))) return rc;
-    return model_config_validate(cfg, where, err);
+    if ((rc = parse_layer_opts(cfg, obj, where, err))) return rc;
+    if ((rc = model_config_validate(cfg, where, err))) return rc;
+    if (cfg->has_layer_opts && !model_uses_layer_opts(cfg)) { /* e.g. "kv_share": "none": the plain model */
+        memset(cfg->attn_kind, 0, sizeof cfg->attn_kind);
+        memset(cfg->kv_src, 0, sizeof cfg->kv_src);
+        cfg->has_layer_opts = 0;
+    }
+    return 0;
+}
+
+/* The per-layer options as the code can run them: a sharing layer reads an earlier layer that projects
+ * its own K/V, with the same position encoding, and sees no position its source's cache does not hold
+ * (a local layer may read a global RoPE layer's K/V; a global one only a global one of its kind). */
+static int validate_layer_opts(const model_config *c, const char *where, rlhf_error *err) {
+    if (!c->has_layer_opts) return 0;
+    if (c->n_layers > MODEL_MAX_LAYERS)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share'/'attention_pattern': at most %d layers",
+                              MODEL_MAX_LAYERS);
+    int any_local = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (c->attn_kind[l] > MODEL_ATTN_LOCAL)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_pattern[%d]': unknown kind %d", l,
+                                  c->attn_kind[l]);
+        any_local |= c->attn_kind[l] == MODEL_ATTN_LOCAL;
+        int s = c->kv_src[l] - 1;
+        if (s < 0) continue;
+        if (s >= l)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share[%d]' is %d: only an earlier layer's K/V "
+                                  "can be shared", l, s);
+        if (c->kv_src[s])
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share[%d]' is %d, which itself shares layer %d's "
+                                  "K/V: name the producing layer", l, s, c->kv_src[s] - 1);
+        model_attn_kind kl = (model_attn_kind)c->attn_kind[l], ks = (model_attn_kind)c->attn_kind[s];
+        if (kl != ks && !(kl == MODEL_ATTN_LOCAL && ks == MODEL_ATTN_GLOBAL))
+            return rlhf_error_set(err, RLHF_EINVAL, where, "key 'kv_share[%d]': layer %d (%s) cannot attend with the "
+                                  "K/V of layer %d (%s) (attention_pattern): the kinds must match, or a local layer "
+                                  "reads a global one", l, l, model_attn_kind_name(kl), s, model_attn_kind_name(ks));
+    }
+    if (any_local && (c->attention_window <= 0 || c->attention_window > c->max_seq_len))
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_window' must be in 1..max_seq_len (%d) when a "
+                              "layer is local, got %d", c->max_seq_len, c->attention_window);
+    if (!any_local && c->attention_window)
+        return rlhf_error_set(err, RLHF_EINVAL, where, "key 'attention_window' is set but no layer is local "
+                              "(attention_pattern)");
+    return 0;
 }
 
 int model_config_validate(const model_config *c, const char *where, rlhf_error *err) {
@@ -136,7 +297,7 @@ int model_config_validate(const model_config *c, const char *where, rlhf_error *
                               "original_max_position_embeddings > 0");
     if (c->rope_scaling < MODEL_ROPE_NONE || c->rope_scaling > MODEL_ROPE_LLAMA3)
         return rlhf_error_set(err, RLHF_EINVAL, where, "unknown rope_scaling kind %d", (int)c->rope_scaling);
-    return 0;
+    return validate_layer_opts(c, where, err);
 }
 
 double model_rope_inv_freq(const model_config *c, int i) {
@@ -175,6 +336,21 @@ json_t *model_config_to_json(const model_config *c) {
                                       "low_freq_factor", (double)c->rope_low_freq_factor, "high_freq_factor",
                                       (double)c->rope_high_freq_factor, "original_max_position_embeddings",
                                       c->rope_original_max_pos));
+    }
+    if (c->has_layer_opts) { /* explicit lists, whatever preset they came from */
+        json_t *share = json_array(), *pat = json_array();
+        int any_share = 0, any_other = 0;
+        for (int l = 0; l < c->n_layers; l++) {
+            json_array_append_new(share, json_integer(c->kv_src[l] - 1));
+            json_array_append_new(pat, json_string(model_attn_kind_name((model_attn_kind)c->attn_kind[l])));
+            any_share |= c->kv_src[l] != 0;
+            any_other |= c->attn_kind[l] != MODEL_ATTN_GLOBAL;
+        }
+        if (any_share) json_object_set_new(j, "kv_share", share);
+        else json_decref(share);
+        if (any_other) json_object_set_new(j, "attention_pattern", pat);
+        else json_decref(pat);
+        if (c->attention_window) json_object_set_new(j, "attention_window", json_integer(c->attention_window));
     }
     return j;
 }
@@ -231,7 +407,9 @@ static void layout(model *m) {
         t->is_norm = tensor_spec[id].is_norm;
         t->rows = (int)shape[id][0];
         t->cols = (int)shape[id][1];
-        t->numel = shape[id][0] * shape[id][1] * (t->per_layer ? L : 1);
+        int kv = id == MODEL_T_WK || id == MODEL_T_WV || id == MODEL_T_BK || id == MODEL_T_BV || id == MODEL_T_K_NORM;
+        t->n_stack = !t->per_layer ? 1 : kv ? model_kv_layers(c) : (int)L;
+        t->numel = shape[id][0] * shape[id][1] * (size_t)t->n_stack;
         t->offset = off;
         off += t->numel;
     }

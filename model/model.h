@@ -31,6 +31,14 @@ extern "C" {
  * smooth blend between; see model_rope_inv_freq). */
 typedef enum model_rope_scaling { MODEL_ROPE_NONE = 0, MODEL_ROPE_LINEAR = 1, MODEL_ROPE_LLAMA3 = 2 } model_rope_scaling;
 
+/* Attention of one layer ("attention_pattern"): global causal attention with RoPE (every model before
+ * the key existed), global without position encoding (NoPE), or local with RoPE over the last
+ * attention_window positions (the query's own included). */
+typedef enum model_attn_kind { MODEL_ATTN_GLOBAL = 0, MODEL_ATTN_GLOBAL_NOPE = 1, MODEL_ATTN_LOCAL = 2 } model_attn_kind;
+
+/* Most layers the per-layer options (kv_share, attention_pattern) describe; models without them have no limit. */
+enum { MODEL_MAX_LAYERS = 256 };
+
 typedef struct model_config {
     int dim;            /* C: model width */
     int n_layers;       /* L */
@@ -50,6 +58,11 @@ typedef struct model_config {
     float rope_low_freq_factor;  /* llama3 */
     float rope_high_freq_factor; /* llama3: > rope_low_freq_factor */
     int rope_original_max_pos;   /* llama3: original_max_position_embeddings */
+    /* Per-layer attention options; all zero = today's model (every layer global with RoPE, its own K/V). */
+    int has_layer_opts;          /* 1: the arrays below are set (kv_share or attention_pattern was given) */
+    int attention_window;        /* W of local layers (1..max_seq_len); 0 when no layer is local */
+    unsigned char attn_kind[MODEL_MAX_LAYERS]; /* model_attn_kind per layer */
+    short kv_src[MODEL_MAX_LAYERS]; /* 0: the layer projects its own K/V; s + 1: it reuses layer s's (post-RoPE) */
 } model_config;
 
 /* Parses {"dim":..,"n_layers":..,...}; unknown or mistyped keys and dimensions that do not divide
@@ -64,6 +77,33 @@ int model_config_parse(model_config *cfg, const json_t *obj, const char *where, 
 json_t *model_config_to_json(const model_config *cfg);
 int model_config_validate(const model_config *cfg, const char *where, rlhf_error *err);
 static inline int model_head_dim(const model_config *c) { return c->head_dim ? c->head_dim : c->dim / c->n_heads; }
+/* The layer whose K/V layer l attends with (l itself unless it shares: kv_share). */
+static inline int model_kv_source(const model_config *c, int l) {
+    return c->has_layer_opts && l < MODEL_MAX_LAYERS && c->kv_src[l] ? c->kv_src[l] - 1 : l;
+}
+static inline model_attn_kind model_attn_kind_of(const model_config *c, int l) {
+    return c->has_layer_opts && l < MODEL_MAX_LAYERS ? (model_attn_kind)c->attn_kind[l] : MODEL_ATTN_GLOBAL;
+}
+/* Attention window of layer l: attention_window for local layers, 0 (unbounded) otherwise. */
+static inline int model_attn_window(const model_config *c, int l) {
+    return model_attn_kind_of(c, l) == MODEL_ATTN_LOCAL ? c->attention_window : 0;
+}
+/* 1 when layer l rotates q and k by RoPE (global and local layers; not global_nope). */
+static inline int model_attn_rope(const model_config *c, int l) {
+    return model_attn_kind_of(c, l) != MODEL_ATTN_GLOBAL_NOPE;
+}
+/* Layers that project their own K/V (the stack depth of wk, wv, bk, bv, k_norm), and the slot of layer l
+ * in that stack (-1 for a sharing layer). */
+int model_kv_layers(const model_config *c);
+int model_kv_slot(const model_config *c, int l);
+/* 1 when some layer shares K/V or is not global with RoPE (such a model has no Hugging Face architecture). */
+static inline int model_uses_layer_opts(const model_config *c) {
+    for (int l = 0; c->has_layer_opts && l < c->n_layers; l++)
+        if (model_kv_source(c, l) != l || model_attn_kind_of(c, l) != MODEL_ATTN_GLOBAL) return 1;
+    return 0;
+}
+/* The checkpoint/JSON names of an attention kind: "global", "global_nope", "local". */
+const char *model_attn_kind_name(model_attn_kind k);
 /* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2): rope_theta^(-2i/D), scaled as
  * rope_scaling says. Every RoPE table of the project (training, sampling, reference) is built from it. */
 double model_rope_inv_freq(const model_config *c, int i);
@@ -73,18 +113,20 @@ double model_rope_inv_freq(const model_config *c, int i);
 /* Pointers into one contiguous buffer; the order below is the buffer order. Shapes use
  * C = dim, L = n_layers, H = n_heads, KVH = n_kv_heads, D = head_dim, F = ffn_dim, V = vocab_size.
  * The optional tensors (bq, bk, bv with attn_bias; q_norm, k_norm with qk_norm; lm_head unless tied)
- * take no room when absent and their pointers are NULL (lm_head then equals embed). */
+ * take no room when absent and their pointers are NULL (lm_head then equals embed). LK = model_kv_layers():
+ * the K/V tensors stack only the layers that project their own K/V (all L unless kv_share); the slice of
+ * layer l is model_kv_slot(cfg, l). */
 typedef struct model_params {
     float *embed;      /* (V, C)        model.embed_tokens.weight */
     float *attn_norm;  /* (L, C)        model.layers.{i}.input_layernorm.weight */
     float *wq;         /* (L, H*D, C)   model.layers.{i}.self_attn.q_proj.weight */
-    float *wk;         /* (L, KVH*D, C) model.layers.{i}.self_attn.k_proj.weight */
-    float *wv;         /* (L, KVH*D, C) model.layers.{i}.self_attn.v_proj.weight */
+    float *wk;         /* (LK, KVH*D, C) model.layers.{i}.self_attn.k_proj.weight */
+    float *wv;         /* (LK, KVH*D, C) model.layers.{i}.self_attn.v_proj.weight */
     float *bq;         /* (L, H*D)      model.layers.{i}.self_attn.q_proj.bias   (attn_bias) */
-    float *bk;         /* (L, KVH*D)    model.layers.{i}.self_attn.k_proj.bias   (attn_bias) */
-    float *bv;         /* (L, KVH*D)    model.layers.{i}.self_attn.v_proj.bias   (attn_bias) */
+    float *bk;         /* (LK, KVH*D)   model.layers.{i}.self_attn.k_proj.bias   (attn_bias) */
+    float *bv;         /* (LK, KVH*D)   model.layers.{i}.self_attn.v_proj.bias   (attn_bias) */
     float *q_norm;     /* (L, D)        model.layers.{i}.self_attn.q_norm.weight (qk_norm) */
-    float *k_norm;     /* (L, D)        model.layers.{i}.self_attn.k_norm.weight (qk_norm) */
+    float *k_norm;     /* (LK, D)       model.layers.{i}.self_attn.k_norm.weight (qk_norm) */
     float *wo;         /* (L, C, H*D)   model.layers.{i}.self_attn.o_proj.weight */
     float *ffn_norm;   /* (L, C)        model.layers.{i}.post_attention_layernorm.weight */
     float *w_gate;     /* (L, F, C)     model.layers.{i}.mlp.gate_proj.weight */
@@ -109,7 +151,8 @@ typedef struct model_tensor_info {
     const char *hf_name; /* Hugging Face name; "%d" stands for the layer in per-layer tensors */
     size_t offset;     /* in floats, from the start of the buffer */
     size_t numel;      /* all layers together */
-    int per_layer;     /* 1: stacked (L, ...) */
+    int per_layer;     /* 1: stacked (L, ...) or, for the K/V tensors, (model_kv_layers, ...) */
+    int n_stack;       /* slices stacked: L, model_kv_layers() for wk, wv, bk, bv, k_norm, 1 when not per layer */
     int rows, cols;    /* per-layer matrix shape (cols = 1 for vectors) */
     int is_norm;       /* an RMSNorm weight (initialised to 1; no weight decay) */
 } model_tensor_info;

@@ -245,8 +245,9 @@ int model_config_compare(const struct model_config *got, const struct model_conf
 
 /* ================================================================ sampling
  *
- * A `sampler` owns a KV cache of `max_batch` slots (each cfg.max_seq_len positions) and scratch
- * buffers. sampler_run() generates for any number of requests with continuous batching: up to
+ * A `sampler` owns a KV cache of `max_batch` slots (each cfg.max_seq_len positions; with kv_share only
+ * the layers that project K/V have one, and a local layer keeps a ring of its window + 31 positions) and
+ * scratch buffers. sampler_run() generates for any number of requests with continuous batching: up to
  * max_batch sequences decode together (one GEMM per weight matrix per step over all of them); a
  * finished slot takes the next waiting request. Each request has its own RNG stream seeded from
  * its seed and draws exactly one uniform number per sampled token, and every kernel computes a row
@@ -463,6 +464,10 @@ int sampler_run_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
                  const int *logit_rows, float *logits, rlhf_error *err);
 int sampler_max_rows(const sampler *s);
+/* Bytes of the sampler's KV cache (keys and values): only layers that project their own K/V (kv_share)
+ * have one; a local layer (attention_pattern) keeps a ring of its window plus 31 positions per slot, a
+ * global layer max_seq_len positions. */
+size_t sampler_kv_bytes(const sampler *s);
 /* The kernel set this sampler runs: "ref", "avx2" or "avx512". sampler_create takes the best the CPU
  * has, or the one the environment variable RLHF_ISA=ref|avx2|avx512 names (an unknown name, or one the
  * CPU cannot run, fails sampler_create with an error naming it). Speed does not depend on the -march

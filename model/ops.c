@@ -357,7 +357,7 @@ void rope_backward_ref(float *dinp, const float *dout, const float *cos_t, const
 size_t ops_attention_scratch_floats(int T) { return (size_t)T * T; }
 
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
-                       int KVH, int D) {
+                       int KVH, int D, int W) {
     // out (B, T, H, D), att (B, H, T, T), q (B, T, H, D), k/v (B, T, KVH, D)
     int G = H / KVH;
     int HD = H * D, KD = KVH * D;
@@ -375,16 +375,18 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, Q, HD, K, KD, 0.0f, P, T);
         for (int t = 0; t < T; t++) {
             float *row = P + (size_t)t * T;
+            int j0 = W > 0 && t - W + 1 > 0 ? t - W + 1 : 0; /* local window: positions j0..t */
             float mx = -INFINITY;
-            for (int j = 0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+            for (int j = j0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
             float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-            for (int j = 0; j <= t; j++) {
+            for (int j = j0; j <= t; j++) {
                 row[j] = fast_expf(row[j] - mx);
                 sum += row[j];
             }
             float inv = 1.0f / sum;
-            for (int j = 0; j <= t; j++) row[j] *= inv;
+            for (int j = 0; j < j0; j++) row[j] = 0.0f;
+            for (int j = j0; j <= t; j++) row[j] *= inv;
             for (int j = t + 1; j < T; j++) row[j] = 0.0f;
         }
         // O (T, D) = P (T, T) · V (T, D)
@@ -393,7 +395,7 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
-                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D,
+                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D, int W,
                         int acc_q, int acc_k, int acc_v) {
     // dq (B, T, H, D), dk/dv (B, T, KVH, D), dout (B, T, H, D), att (B, H, T, T)
     int G = H / KVH;
@@ -424,10 +426,12 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             for (int t = 0; t < T; t++) {
                 const float *pr = P + (size_t)t * T;
                 float *dr = dS + (size_t)t * T;
+                int j0 = W > 0 && t - W + 1 > 0 ? t - W + 1 : 0; /* P is zero outside the window */
                 float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                for (int j = 0; j <= t; j++) dot += pr[j] * dr[j];
-                for (int j = 0; j <= t; j++) dr[j] = pr[j] * (dr[j] - dot);
+                for (int j = j0; j <= t; j++) dot += pr[j] * dr[j];
+                for (int j = 0; j < j0; j++) dr[j] = 0.0f;
+                for (int j = j0; j <= t; j++) dr[j] = pr[j] * (dr[j] - dot);
                 for (int j = t + 1; j < T; j++) dr[j] = 0.0f;
             }
             // dQ (T, D) += scale * dS · K ;  dK (T, D) += scale * dS^T · Q
@@ -439,7 +443,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 }
 
 void attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
-                           int H, int KVH, int D) {
+                           int H, int KVH, int D, int W) {
     int G = H / KVH;
     double scale = 1.0 / sqrt((double)D);
     for (int b = 0; b < B; b++)
@@ -448,8 +452,9 @@ void attention_forward_ref(float *out, float *att, const float *q, const float *
             for (int t = 0; t < T; t++) {
                 const float *qt = q + (((size_t)b * T + t) * H + h) * D;
                 float *P = att + (((size_t)b * H + h) * T + t) * T;
+                int j0 = W > 0 && t - W + 1 > 0 ? t - W + 1 : 0;
                 double mx = -INFINITY;
-                for (int j = 0; j <= t; j++) {
+                for (int j = j0; j <= t; j++) {
                     const float *kj = k + (((size_t)b * T + j) * KVH + kh) * D;
                     double s = 0.0;
                     for (int d = 0; d < D; d++) s += (double)qt[d] * kj[d];
@@ -457,12 +462,12 @@ void attention_forward_ref(float *out, float *att, const float *q, const float *
                     if (P[j] > mx) mx = P[j];
                 }
                 double sum = 0.0;
-                for (int j = 0; j <= t; j++) sum += exp(P[j] - mx);
-                for (int j = 0; j < T; j++) P[j] = j <= t ? (float)(exp(P[j] - mx) / sum) : 0.0f;
+                for (int j = j0; j <= t; j++) sum += exp(P[j] - mx);
+                for (int j = 0; j < T; j++) P[j] = j >= j0 && j <= t ? (float)(exp(P[j] - mx) / sum) : 0.0f;
                 float *ot = out + (((size_t)b * T + t) * H + h) * D;
                 for (int d = 0; d < D; d++) {
                     double s = 0.0;
-                    for (int j = 0; j <= t; j++) s += (double)P[j] * v[(((size_t)b * T + j) * KVH + kh) * D + d];
+                    for (int j = j0; j <= t; j++) s += (double)P[j] * v[(((size_t)b * T + j) * KVH + kh) * D + d];
                     ot[d] = (float)s;
                 }
             }
@@ -470,7 +475,7 @@ void attention_forward_ref(float *out, float *att, const float *q, const float *
 }
 
 void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
-                            const float *k, const float *v, int B, int T, int H, int KVH, int D) {
+                            const float *k, const float *v, int B, int T, int H, int KVH, int D, int W) {
     int G = H / KVH;
     double scale = 1.0 / sqrt((double)D);
     for (int b = 0; b < B; b++)
@@ -481,7 +486,8 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
                 const float *dot_ = dout + (((size_t)b * T + t) * H + h) * D;
                 /* dP_j = dO_t · v_j ; dS_j = P_j (dP_j - sum_i P_i dP_i) */
                 double dP[T > 0 ? T : 1], acc = 0.0;
-                for (int j = 0; j <= t; j++) {
+                int j0 = W > 0 && t - W + 1 > 0 ? t - W + 1 : 0;
+                for (int j = j0; j <= t; j++) {
                     const float *vj = v + (((size_t)b * T + j) * KVH + kh) * D;
                     double s = 0.0;
                     for (int d = 0; d < D; d++) s += (double)dot_[d] * vj[d];
@@ -490,7 +496,7 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
                 }
                 const float *qt = q + (((size_t)b * T + t) * H + h) * D;
                 float *dqt = dq + (((size_t)b * T + t) * H + h) * D;
-                for (int j = 0; j <= t; j++) {
+                for (int j = j0; j <= t; j++) {
                     double dS = P[j] * (dP[j] - acc) * scale;
                     const float *kj = k + (((size_t)b * T + j) * KVH + kh) * D;
                     float *dkj = dk + (((size_t)b * T + j) * KVH + kh) * D;

@@ -62,20 +62,21 @@ void rope_forward_ref(float *out, const float *inp, const float *cos_t, const fl
 void rope_backward_ref(float *dinp, const float *dout, const float *cos_t, const float *sin_t, int B, int T, int NH,
                        int D);
 
-/* ---- causal self-attention with grouped KV heads (query head h reads kv head h / (H/KVH)).
+/* ---- causal self-attention with grouped KV heads (query head h reads kv head h / (H/KVH)); W > 0 makes it
+ * local: position t sees positions max(0, t-W+1)..t only (W <= 0: all of 0..t).
  * q (B, T, H, D), k/v (B, T, KVH, D), out (B, T, H, D); att (B, H, T, T) saves the softmax
  * probabilities (zero above the diagonal). scratch: at least ops_attention_scratch_floats(T) floats per
  * OpenMP thread (omp_get_max_threads()). */
 size_t ops_attention_scratch_floats(int T);
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T, int H,
-                       int KVH, int D);
+                       int KVH, int D, int W);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
-                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D,
+                        const float *k, const float *v, float *scratch, int B, int T, int H, int KVH, int D, int W,
                         int acc_q, int acc_k, int acc_v);
 void attention_forward_ref(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
-                           int H, int KVH, int D);
+                           int H, int KVH, int D, int W);
 void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
-                            const float *k, const float *v, int B, int T, int H, int KVH, int D);
+                            const float *k, const float *v, int B, int T, int H, int KVH, int D, int W);
 
 /* ---- SwiGLU: out = silu(gate) * up, all (N) elements */
 void swiglu_forward(float *out, const float *gate, const float *up, size_t N);

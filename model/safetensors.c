@@ -559,7 +559,7 @@ const char *safetensors_meta(const safetensors_file *f, const char *key) {
 int model_ckpt_layout(const model *m, model_ckpt_entry **out, int *n_out) {
     const model_config *c = &m->cfg;
     int L = c->n_layers, n = 0;
-    for (int t = 0; t < m->n_tensors; t++) n += m->tensors[t].per_layer ? L : 1;
+    for (int t = 0; t < m->n_tensors; t++) n += m->tensors[t].n_stack;
     model_ckpt_entry *e = calloc((size_t)n, sizeof *e);
     if (!e) return RLHF_ENOMEM;
     int k = 0;
@@ -569,11 +569,14 @@ int model_ckpt_layout(const model *m, model_ckpt_entry **out, int *n_out) {
                 const model_tensor_info *ti = &m->tensors[t];
                 int before = ti->id == MODEL_T_EMBED;
                 if (pass == 1 ? !ti->per_layer : (ti->per_layer || before != (pass == 0))) continue;
+                /* the K/V tensors stack only the layers that project their own K/V (kv_share) */
+                int slice = ti->per_layer && ti->n_stack != L ? model_kv_slot(c, layer) : layer;
+                if (slice < 0) continue;
                 snprintf(e[k].name, MODEL_CKPT_NAME_MAX, ti->hf_name, layer);
                 e[k].ndim = ti->cols > 1 ? 2 : 1;
                 e[k].shape[0] = ti->rows;
                 e[k].shape[1] = ti->cols > 1 ? ti->cols : 0;
-                e[k].offset = ti->offset + (ti->per_layer ? (size_t)layer * ti->rows * ti->cols : 0);
+                e[k].offset = ti->offset + (ti->per_layer ? (size_t)slice * ti->rows * ti->cols : 0);
                 k++;
             }
     }
@@ -681,6 +684,16 @@ int model_config_compare(const model_config *got, const model_config *exp, const
         got->rope_high_freq_factor != exp->rope_high_freq_factor ||
         got->rope_original_max_pos != exp->rope_original_max_pos)
         return rlhf_error_set(err, RLHF_EINVAL, where, "model config key 'rope_scaling' differs");
+    for (int l = 0; l < got->n_layers; l++) {
+        if (model_kv_source(got, l) != model_kv_source(exp, l))
+            return rlhf_error_set(err, RLHF_EINVAL, where, "model config key 'kv_share' differs (layer %d reads layer "
+                                  "%d's K/V, expected %d's)", l, model_kv_source(got, l), model_kv_source(exp, l));
+        if (model_attn_kind_of(got, l) != model_attn_kind_of(exp, l))
+            return rlhf_error_set(err, RLHF_EINVAL, where, "model config key 'attention_pattern' differs (layer %d is %s, "
+                                  "expected %s)", l, model_attn_kind_name(model_attn_kind_of(got, l)),
+                                  model_attn_kind_name(model_attn_kind_of(exp, l)));
+    }
+    CMP_INT(attention_window)
 #undef CMP_INT
     return 0;
 }

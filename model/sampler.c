@@ -10,8 +10,9 @@
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).
  *
- * Why one file of ~1,000 lines: the forward step, the slot bookkeeping of continuous batching and the
- * per-request sampling and stop rules all work on the same private sampler state; the parts that
+ * Why one file of ~1,150 lines: the forward step (with the per-layer caches of kv_share and the ring
+ * buffers of local layers, and the pass splitting those need), the slot bookkeeping of continuous batching
+ * and the per-request sampling and stop rules all work on the same private sampler state; the parts that
  * stand alone already live elsewhere (kernels*.c, sampler_ref.c, sampler_int.h).
  *
  * Sampling of each sequence draws from its own RNG stream (one uniform per token), and no kernel
@@ -40,9 +41,18 @@ struct sampler {
     int max_batch; /* cache slots */
     int max_rows;  /* rows per step: max_batch decode rows + a prefill budget */
     int T;         /* max_seq_len */
-    size_t slot_stride; /* floats per (layer, slot) in the caches: T * KVH * D */
-    float *k_cache;  /* (L, max_batch, KVH, D, T) keys, transposed per head (see attend_head) */
-    float *v_cache;  /* (L, max_batch, T, KVH*D) */
+    /* The caches hold only the layers that project their own K/V (kv_share); a global layer keeps T
+     * positions per slot, a local one a ring of kv_len = min(T, W + SAMPLER_RING_SLACK) positions where
+     * position p lives at index p % kv_len. Layer l's block starts at kv_off[l] (its source's when it
+     * shares) and is (max_batch, KVH, D, kv_len) for keys, (max_batch, kv_len, KVH*D) for values. */
+    float *k_cache;  /* keys, transposed per head (see attend_head) */
+    float *v_cache;
+    size_t *kv_off;  /* (L) floats from the cache start to the layer's (or its source's) block */
+    int *kv_len;     /* (L) positions per slot in that block */
+    size_t kv_floats; /* floats of each cache */
+    int ring_rows;   /* most rows of one slot a forward pass may hold (0: no limit; see forward_step) */
+    int *split_idx;  /* (6 R) scratch of forward_step: row ranks, then a pass's rows and logit rows */
+    int *split_cnt;  /* (max_batch) */
     float *rope_cos; /* (T, D/2) */
     float *rope_sin; /* (T, D/2) */
     /* per-step scratch, R = max_rows */
@@ -82,6 +92,12 @@ static int region_threads(const sampler *s) {
 /* ---------------------------------------------------------------- kernels */
 
 enum { PANEL = KERNEL_PANEL }; /* output columns per packed panel (kernels_int.h) */
+
+/* A local layer's ring holds W + SAMPLER_RING_SLACK positions, so one forward pass can take up to
+ * SAMPLER_RING_SLACK + 1 consecutive rows of a sequence (a prefill chunk) without a row's key overwriting
+ * one an earlier row of the same pass still sees (forward_step splits longer runs). 32 rows keep prefill
+ * matmuls efficient at a memory cost of 31 positions per local layer. */
+enum { SAMPLER_RING_SLACK = 31 };
 
 size_t sampler_packed_size(int O, int I) { return (size_t)((O + PANEL - 1) / PANEL) * PANEL * (size_t)I; }
 
@@ -183,8 +199,12 @@ void sampler_sync_weights(sampler *s) {
     int C = c->dim, D = model_head_dim(c), HD = c->n_heads * D, KD = c->n_kv_heads * D, F = c->ffn_dim;
     for (int l = 0; l < c->n_layers; l++) {
         size_t base = (size_t)l * s->pk_layer;
-        pack_into(s, base + s->pk_off[0], C, p->wq + (size_t)l * HD * C, HD, p->wk + (size_t)l * KD * C, KD,
-                  p->wv + (size_t)l * KD * C, KD);
+        int ks = model_kv_slot(c, l); /* -1: a kv_share layer, q only */
+        if (ks >= 0)
+            pack_into(s, base + s->pk_off[0], C, p->wq + (size_t)l * HD * C, HD, p->wk + (size_t)ks * KD * C, KD,
+                      p->wv + (size_t)ks * KD * C, KD);
+        else
+            pack_into(s, base + s->pk_off[0], C, p->wq + (size_t)l * HD * C, HD, NULL, 0, NULL, 0);
         pack_into(s, base + s->pk_off[1], HD, p->wo + (size_t)l * C * HD, C, NULL, 0, NULL, 0);
         pack_into(s, base + s->pk_off[2], C, p->w_gate + (size_t)l * F * C, F, p->w_up + (size_t)l * F * C, F, NULL, 0);
         pack_into(s, base + s->pk_off[3], F, p->w_down + (size_t)l * C * F, C, NULL, 0, NULL, 0);
@@ -248,12 +268,14 @@ static void smp_swiglu_forward(const model_kernels *k, float *gu, int R, int F) 
     for (int r = 0; r < R; r++) k->swiglu(gu + (size_t)r * 2 * F, gu + (size_t)r * 2 * F + F, F);
 }
 
-/* out (R, H*D): row r, head h attends over positions 0..pos[r] of its slot's cache. For this layer:
- * kc (max_batch, KVH, D, T) keys transposed, vc (max_batch, T, KVH*D) values; slot_stride floats per
- * slot in both. OpenMP over (row, head); per-thread scratch (T) scores. */
+/* out (R, H*D): row r, head h attends over positions 0..pos[r] of its slot's cache (the last W of them when
+ * W > 0). For this layer: kc (max_batch, KVH, D, Tc) keys transposed, vc (max_batch, Tc, KVH*D) values,
+ * position p at index p % Tc (Tc = T for global layers: no wrap); Tc * KVH * D floats per slot in both.
+ * OpenMP over (row, head); per-thread scratch (T) scores. */
 static void smp_attention_forward(const model_kernels *k, float *out, const float *q, int ldq, const float *kc, const float *vc,
-                                  const int *slot, const int *pos, int R, int H, int KVH, int D, size_t slot_stride,
+                                  const int *slot, const int *pos, int R, int H, int KVH, int D, int Tc, int W,
                                   float *scratch, int T, int n_threads) {
+    size_t slot_stride = (size_t)Tc * KVH * D;
     int group = H / KVH, KD = KVH * D;
     float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel if (R * H > 1) num_threads(n_threads)
@@ -265,9 +287,10 @@ static void smp_attention_forward(const model_kernels *k, float *out, const floa
             for (int h = 0; h < H; h++) {
                 const float *qh = q + (size_t)r * ldq + (size_t)h * D;
                 for (int i = 0; i < D; i++) qs[i] = qh[i] * scale;
-                const float *kT = kc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D * T;
+                const float *kT = kc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D * Tc;
                 const float *vb = vc + (size_t)slot[r] * slot_stride + (size_t)(h / group) * D;
-                k->attend_head(out + ((size_t)r * H + h) * D, qs, kT, vb, KD, pos[r] + 1, D, T, sc);
+                int n = W > 0 && pos[r] + 1 > W ? W : pos[r] + 1, start = (pos[r] - n + 1) % Tc;
+                k->attend_head(out + ((size_t)r * H + h) * D, qs, kT, vb, KD, start, n, D, Tc, sc);
             }
         }
     }
@@ -325,8 +348,26 @@ int sampler_create_with(sampler **out, const model *m, const sampler_options *op
     s->max_rows = max_batch + (c->max_seq_len < 512 ? c->max_seq_len : 512);
     int D = model_head_dim(c), KD = c->n_kv_heads * D, HD = c->n_heads * D;
     size_t R = (size_t)s->max_rows, C = (size_t)c->dim, F = (size_t)c->ffn_dim, V = (size_t)c->vocab_size;
-    s->slot_stride = (size_t)s->T * KD;
-    size_t cache = (size_t)c->n_layers * max_batch * s->slot_stride;
+    s->kv_off = calloc((size_t)c->n_layers, sizeof *s->kv_off);
+    s->kv_len = calloc((size_t)c->n_layers, sizeof *s->kv_len);
+    s->split_idx = malloc(6 * R * sizeof(int));
+    s->split_cnt = malloc((size_t)max_batch * sizeof(int));
+    size_t cache = 0;
+    for (int l = 0; s->kv_off && s->kv_len && l < c->n_layers; l++) {
+        int src = model_kv_source(c, l);
+        if (src != l) { /* kv_share: no cache of its own */
+            s->kv_off[l] = s->kv_off[src];
+            s->kv_len[l] = s->kv_len[src];
+            continue;
+        }
+        int W = model_attn_window(c, l);
+        /* a consumer's window never exceeds its source's (model_config_validate) */
+        s->kv_len[l] = W > 0 && W + SAMPLER_RING_SLACK < s->T ? W + SAMPLER_RING_SLACK : s->T;
+        if (s->kv_len[l] < s->T) s->ring_rows = SAMPLER_RING_SLACK + 1;
+        s->kv_off[l] = cache;
+        cache += (size_t)max_batch * s->kv_len[l] * KD;
+    }
+    s->kv_floats = cache;
     s->k_cache = big_alloc(cache * sizeof(float));
     s->v_cache = big_alloc(cache * sizeof(float));
     s->rope_cos = malloc((size_t)s->T * (D / 2) * sizeof(float));
@@ -362,7 +403,7 @@ int sampler_create_with(sampler **out, const model *m, const sampler_options *op
         s->wpack = big_alloc((s->pk_head + sampler_packed_size(c->vocab_size, c->dim)) *
                              (s->bf16 ? sizeof(uint16_t) : sizeof(float)));
     }
-    if (!s->wpack || !s->k_cache || !s->v_cache || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->qkv ||
+    if (!s->wpack || !s->k_cache || !s->v_cache || !s->kv_off || !s->kv_len || !s->split_idx || !s->split_cnt || !s->rope_cos || !s->rope_sin || !s->x || !s->xn || !s->qkv ||
         !s->att || !s->gu || !s->xl || !s->logits || !s->row_slot || !s->row_pos || !s->logit_rows ||
         !s->row_tok || !s->att_scratch || !s->pick_cands || !s->pick_e || !s->pick_tok || !s->pick_lp) {
         sampler_destroy(&s);
@@ -387,6 +428,10 @@ void sampler_destroy(sampler **ps) {
     free(s->wpack);
     free(s->k_cache);
     free(s->v_cache);
+    free(s->kv_off);
+    free(s->kv_len);
+    free(s->split_idx);
+    free(s->split_cnt);
     free(s->rope_cos);
     free(s->rope_sin);
     free(s->x);
@@ -418,9 +463,10 @@ static void packed_matmul(sampler *s, float *out, const float *in, int ld_in, si
                s->bf16, R, IC, OC, accumulate);
 }
 
-/* Unchecked step: see sampler_step. */
+/* Unchecked step: see sampler_step. The logits of logit_rows[i] go to row logit_dst[i] of logits (logit_dst
+ * ascending; NULL: row i). */
 static void forward_rows(sampler *s, int R, const int *slot, const int *pos, const int32_t *tok, int n_logits,
-                         const int *logit_rows, float *logits) {
+                         const int *logit_rows, const int *logit_dst, float *logits) {
     const model *m = s->m;
     const model_config *c = &m->cfg;
     const model_params *p = &m->p;
@@ -435,29 +481,34 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
     }
     for (int l = 0; l < c->n_layers; l++) {
         size_t pk = (size_t)l * s->pk_layer; /* this layer's packed matrices */
+        int ks = model_kv_slot(c, l), own = ks >= 0, rope = model_attn_rope(c, l);
+        int ld = own ? QKV : HD; /* a kv_share layer projects q only: rows HD apart */
         smp_rmsnorm_forward(s->k, xn, x, p->attn_norm + (size_t)l * C, R, C, c->norm_eps);
-        packed_matmul(s, s->qkv, xn, C, pk + s->pk_off[0], R, C, QKV, 0); // (R, H*D | KVH*D | KVH*D)
-        float *q = s->qkv, *k = s->qkv + HD, *v = s->qkv + HD + KD;     // rows QKV apart
+        packed_matmul(s, s->qkv, xn, C, pk + s->pk_off[0], R, C, ld, 0); // (R, H*D | KVH*D | KVH*D) or (R, H*D)
+        float *q = s->qkv, *k = s->qkv + HD, *v = s->qkv + HD + KD;     // rows ld apart
         if (c->attn_bias)
-            smp_qkv_bias_forward(s->qkv, QKV, p->bq + (size_t)l * HD, p->bk + (size_t)l * KD, p->bv + (size_t)l * KD,
-                                 R, HD, KD);
+            smp_qkv_bias_forward(s->qkv, ld, p->bq + (size_t)l * HD, own ? p->bk + (size_t)ks * KD : NULL,
+                                 own ? p->bv + (size_t)ks * KD : NULL, R, HD, own ? KD : 0);
         if (c->qk_norm) { /* per head, before RoPE */
-            smp_head_rmsnorm_forward(s->k, q, QKV, p->q_norm + (size_t)l * D, R, H, D, c->norm_eps);
-            smp_head_rmsnorm_forward(s->k, k, QKV, p->k_norm + (size_t)l * D, R, KVH, D, c->norm_eps);
+            smp_head_rmsnorm_forward(s->k, q, ld, p->q_norm + (size_t)l * D, R, H, D, c->norm_eps);
+            if (own) smp_head_rmsnorm_forward(s->k, k, ld, p->k_norm + (size_t)ks * D, R, KVH, D, c->norm_eps);
         }
-        smp_rope_forward(s->k, q, QKV, pos, s->rope_cos, s->rope_sin, R, H, D);
-        smp_rope_forward(s->k, k, QKV, pos, s->rope_cos, s->rope_sin, R, KVH, D);
-        float *kc = s->k_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, KVH, D, T)
-        float *vc = s->v_cache + (size_t)l * s->max_batch * s->slot_stride; // (B, T, KVH*D)
-        for (int r = 0; r < R; r++) {
+        if (rope) smp_rope_forward(s->k, q, ld, pos, s->rope_cos, s->rope_sin, R, H, D);
+        if (rope && own) smp_rope_forward(s->k, k, ld, pos, s->rope_cos, s->rope_sin, R, KVH, D);
+        int Tc = s->kv_len[l];                      /* positions per slot in this layer's (or its source's) cache */
+        size_t slot_stride = (size_t)Tc * KD;
+        float *kc = s->k_cache + s->kv_off[l]; // (B, KVH, D, Tc)
+        float *vc = s->v_cache + s->kv_off[l]; // (B, Tc, KVH*D)
+        for (int r = 0; own && r < R; r++) {
             const float *kr = k + (size_t)r * QKV;
-            float *kT = kc + (size_t)slot[r] * s->slot_stride + pos[r];
-            for (int j = 0; j < KD; j++) kT[(size_t)j * s->T] = kr[j]; /* (KVH*D) -> column pos of (KVH, D, T) */
-            memcpy(vc + (size_t)slot[r] * s->slot_stride + (size_t)pos[r] * KD, v + (size_t)r * QKV,
+            int at = pos[r] % Tc; /* ring index (= pos for a global layer) */
+            float *kT = kc + (size_t)slot[r] * slot_stride + at;
+            for (int j = 0; j < KD; j++) kT[(size_t)j * Tc] = kr[j]; /* (KVH*D) -> column at of (KVH, D, Tc) */
+            memcpy(vc + (size_t)slot[r] * slot_stride + (size_t)at * KD, v + (size_t)r * QKV,
                    (size_t)KD * sizeof(float));
         }
-        smp_attention_forward(s->k, s->att, q, QKV, kc, vc, slot, pos, R, H, KVH, D, s->slot_stride, s->att_scratch, s->T,
-                          region_threads(s));
+        smp_attention_forward(s->k, s->att, q, ld, kc, vc, slot, pos, R, H, KVH, D, Tc, model_attn_window(c, l),
+                              s->att_scratch, s->T, region_threads(s));
         packed_matmul(s, x, s->att, HD, pk + s->pk_off[1], R, HD, C, 1); // x += att @ wo^T
         smp_rmsnorm_forward(s->k, xn, x, p->ffn_norm + (size_t)l * C, R, C, c->norm_eps);
         packed_matmul(s, s->gu, xn, C, pk + s->pk_off[2], R, C, 2 * F, 0); // (R, F | F)
@@ -467,7 +518,70 @@ static void forward_rows(sampler *s, int R, const int *slot, const int *pos, con
     /* only the rows whose next-token distribution is wanted go through the final norm and lm_head */
     for (int i = 0; i < n_logits; i++)
         smp_rmsnorm_forward(s->k, s->xl + (size_t)i * C, x + (size_t)logit_rows[i] * C, p->final_norm, 1, C, c->norm_eps);
-    if (n_logits > 0) packed_matmul(s, logits, s->xl, C, s->pk_head, n_logits, C, V, 0); // (n_logits, V)
+    /* (n_logits, V); one matmul per run of consecutive destination rows */
+    for (int i0 = 0, i1; i0 < n_logits; i0 = i1) {
+        for (i1 = i0 + 1; logit_dst && i1 < n_logits && logit_dst[i1] == logit_dst[i1 - 1] + 1; i1++) {}
+        if (!logit_dst) i1 = n_logits;
+        packed_matmul(s, logits + (size_t)(logit_dst ? logit_dst[i0] : i0) * V, s->xl + (size_t)i0 * C, C, s->pk_head,
+                      i1 - i0, C, V, 0);
+    }
+}
+
+/* forward_rows, split into passes when local layers keep ring buffers: a pass holds at most ring_rows
+ * rows of any one sequence (its rows in step order), so no row's key or value overwrites a ring entry a
+ * row of the same pass still attends to; later passes see the earlier ones' entries like a later step. */
+static void forward_step(sampler *s, int R, const int *slot, const int *pos, const int32_t *tok, int n_logits,
+                         const int *logit_rows, float *logits) {
+    int most = 0, *rank = s->split_idx, *cnt = s->split_cnt;
+    if (s->ring_rows) {
+        for (int r = 0; r < R; r++) cnt[slot[r]] = 0;
+        for (int r = 0; r < R; r++) {
+            rank[r] = cnt[slot[r]]++;
+            most = rank[r] + 1 > most ? rank[r] + 1 : most;
+        }
+    }
+    if (!s->ring_rows || most <= s->ring_rows) {
+        forward_rows(s, R, slot, pos, tok, n_logits, logit_rows, NULL, logits);
+        return;
+    }
+    int *ps = rank + R; /* a pass's rows, logit rows and logit destinations */
+    int *p_slot = ps, *p_pos = ps + R, *p_tok = ps + 2 * R, *p_lrow = ps + 3 * R, *p_ldst = ps + 4 * R;
+    for (int pass = 0; pass * s->ring_rows < most; pass++) {
+        int n = 0, nl = 0, lo = pass * s->ring_rows, hi = lo + s->ring_rows;
+        for (int r = 0; r < R; r++) {
+            if (rank[r] < lo || rank[r] >= hi) continue;
+            p_slot[n] = slot[r];
+            p_pos[n] = pos[r];
+            p_tok[n] = tok[r];
+            for (int i = 0; i < n_logits; i++)
+                if (logit_rows[i] == r) {
+                    p_lrow[nl] = n;
+                    p_ldst[nl++] = i;
+                }
+            n++;
+        }
+        /* destinations ascending, as forward_rows wants */
+        for (int a = 1; a < nl; a++)
+            for (int b = a; b > 0 && p_ldst[b] < p_ldst[b - 1]; b--) {
+                int t = p_ldst[b]; p_ldst[b] = p_ldst[b - 1]; p_ldst[b - 1] = t;
+                t = p_lrow[b]; p_lrow[b] = p_lrow[b - 1]; p_lrow[b - 1] = t;
+            }
+        forward_rows(s, n, p_slot, p_pos, (const int32_t *)p_tok, nl, p_lrow, p_ldst, logits);
+    }
+}
+
+size_t sampler_kv_bytes(const sampler *s) { return 2 * s->kv_floats * sizeof(float); }
+
+void sampler_kv_fill(sampler *s, uint64_t seed) {
+    float *caches[2] = {s->k_cache, s->v_cache};
+    for (int c = 0; c < 2; c++) {
+        float *p = caches[c];
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < s->kv_floats; i++) {
+            uint64_t h = (i + seed + (uint64_t)c * 0x9e3779b97f4a7c15ull) * 0xd1b54a32d192ed03ull;
+            p[i] = (float)((h >> 40) & 0xffff) / 65536.0f - 0.5f;
+        }
+    }
 }
 
 int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const int32_t *tok, int n_logits,
@@ -490,7 +604,7 @@ int sampler_step(sampler *s, int n_rows, const int *slot, const int *pos, const 
         if (logit_rows[i] < 0 || logit_rows[i] >= n_rows)
             return RLHF_FAIL(err, RLHF_EINVAL, "sampler_step: logit row %d out of range", logit_rows[i]);
     ensure_packed(s);
-    forward_rows(s, n_rows, slot, pos, tok, n_logits, logit_rows, logits);
+    forward_step(s, n_rows, slot, pos, tok, n_logits, logit_rows, logits);
     return 0;
 }
 
@@ -1028,7 +1142,7 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
                 s->logit_rows[NL++] = R - 1;
             }
         }
-        forward_rows(s, R, s->row_slot, s->row_pos, s->row_tok, NL, s->logit_rows, s->logits);
+        forward_step(s, R, s->row_slot, s->row_pos, s->row_tok, NL, s->logit_rows, s->logits);
         /* constrained sequences: their masks, asked on this thread (sample_constraint) */
         for (int i = 0; i < NL && !rc; i++) {
             const sample_constraint *c = st[logit_slot[i]].rq.params.constraint;

@@ -3,6 +3,7 @@
 #ifndef RLHF_SAMPLER_INT_H
 #define RLHF_SAMPLER_INT_H
 #include <stddef.h>
+#include <stdint.h>
 
 #include "model/kernels_int.h"
 
@@ -31,4 +32,9 @@ int sampler_int_accept(sampler *s, const tokenizer *tok, const sample_request *r
 int sampler_int_max_batch(const sampler *s);
 const struct model *sampler_int_model(const sampler *s);
 const model_kernels *sampler_int_kernels(const sampler *s);
+/* Writes every float of the KV cache (keys and values, every slot and position) with small pseudo-random
+ * values: the decode benchmark's stand-in for a long prefill, so its timed steps read resident, written
+ * pages, not the shared zero page. */
+typedef struct sampler sampler;
+void sampler_kv_fill(sampler *s, uint64_t seed);
 #endif

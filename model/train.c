@@ -50,6 +50,7 @@ typedef struct layer_acts {
     float *ln2, *rstd2;        // (N, C), (N)
     float *gate, *up, *swi;    // (N, F)
     float *mlp, *res2;         // (N, C)
+    float *katt;               // (N, KVH*D) the keys attention reads (kr, or k/kn without RoPE); not an arena slot
 } layer_acts;
 
 struct model_trainer {
@@ -383,8 +384,8 @@ static int replay_backward(model_trainer *t, int end, rlhf_error *err) {
         case OP_ATTENTION: {
             int aq = acc_flag(t, op, 0), ak = acc_flag(t, op, 1), av = acc_flag(t, op, 2);
             attention_backward(GRAD(t, op->in[0]), GRAD(t, op->in[1]), GRAD(t, op->in[2]), dout, op->aux, op->in[0],
-                               op->in[1], op->in[2], t->scratch, t->B, t->T, c->n_heads, c->n_kv_heads, D, aq, ak,
-                               av);
+                               op->in[1], op->in[2], t->scratch, t->B, t->T, c->n_heads, c->n_kv_heads, D, op->oc,
+                               aq, ak, av);
             break;
         }
         case OP_SWIGLU: {
@@ -449,34 +450,49 @@ static void forward_body(model_trainer *t) {
         size_t lc = (size_t)l * C, lqc = (size_t)l * HD * C, lkc = (size_t)l * KD * C, lfc = (size_t)l * F * C;
         size_t lq = (size_t)l * HD, lk = (size_t)l * KD, ld = (size_t)l * D;
         /* Qwen2's q/k/v biases (NULL for Llama: the plain matmuls) */
+        /* kv_share: a sharing layer has no k/v projections and attends with its source layer's keys (after
+         * RoPE) and values, so their gradients collect every consumer's contribution (the tape's
+         * accumulate flags). The K/V tensors stack only producing layers: slice ks. */
+        int src = model_kv_source(c, l), own = src == l, ks = own ? model_kv_slot(c, l) : 0;
+        int rope = model_attn_rope(c, l), W = model_attn_window(c, l);
+        lkc = (size_t)ks * KD * C;
+        lk = (size_t)ks * KD;
+        size_t lkd = (size_t)ks * D;
         const float *bq = c->attn_bias ? p->bq + lq : NULL, *bk = c->attn_bias ? p->bk + lk : NULL;
         const float *bv = c->attn_bias ? p->bv + lk : NULL;
         float *dbq = c->attn_bias ? dp->bq + lq : NULL, *dbk = c->attn_bias ? dp->bk + lk : NULL;
         float *dbv = c->attn_bias ? dp->bv + lk : NULL;
         rec_rmsnorm(t, a->ln1, a->rstd1, x, p->attn_norm + lc, dp->attn_norm + lc, N, C);
-        if (HD == KD)
+        if (own && HD == KD)
             rec_matmul_pair(t, a->q, a->k, a->ln1, p->wq + lqc, dp->wq + lqc, bq, dbq, p->wk + lkc, dp->wk + lkc, bk,
                             dbk, N, C, HD);
         else {
             rec_matmul_bias(t, a->q, a->ln1, p->wq + lqc, dp->wq + lqc, bq, dbq, N, C, HD);
-            rec_matmul_bias(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, bk, dbk, N, C, KD);
+            if (own) rec_matmul_bias(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, bk, dbk, N, C, KD);
         }
-        rec_matmul_bias(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, bv, dbv, N, C, KD);
+        if (own) rec_matmul_bias(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, bv, dbv, N, C, KD);
         float *q = a->q, *k = a->k; // (N, H*D), (N, KVH*D): what RoPE rotates
         if (c->qk_norm) { /* Qwen3: RMSNorm over each head's D values, before RoPE */
             rec_rmsnorm(t, a->qn, a->rstdq, a->q, p->q_norm + ld, dp->q_norm + ld, N * H, D);
-            rec_rmsnorm(t, a->kn, a->rstdk, a->k, p->k_norm + ld, dp->k_norm + ld, N * KVH, D);
+            if (own) rec_rmsnorm(t, a->kn, a->rstdk, a->k, p->k_norm + lkd, dp->k_norm + lkd, N * KVH, D);
             q = a->qn;
             k = a->kn;
         }
-        rec_rope(t, a->qr, q, H);
-        rec_rope(t, a->kr, k, KVH);
-        attention_forward(a->atty, a->att, a->qr, a->kr, a->v, B, T, H, KVH, D);
+        if (rope) { /* global_nope layers attend with unrotated q, k */
+            rec_rope(t, a->qr, q, H);
+            q = a->qr;
+            if (own) rec_rope(t, a->kr, k, KVH);
+            k = a->kr;
+        }
+        a->katt = k;
+        const layer_acts *sa = &t->layers[src]; /* == a unless this layer shares */
+        attention_forward(a->atty, a->att, q, sa->katt, sa->v, B, T, H, KVH, D, W);
         op = push(t, OP_ATTENTION, a->atty, (size_t)N * HD);
-        op->in[0] = a->qr;
-        op->in[1] = a->kr;
-        op->in[2] = a->v;
+        op->in[0] = q;
+        op->in[1] = sa->katt;
+        op->in[2] = sa->v;
         op->aux = a->att;
+        op->oc = W;
         rec_matmul(t, a->attproj, a->atty, p->wo + lqc, dp->wo + lqc, N, HD, C);
         rec_residual(t, a->res1, x, a->attproj, (size_t)N * C);
         rec_rmsnorm(t, a->ln2, a->rstd2, a->res1, p->ffn_norm + lc, dp->ffn_norm + lc, N, C);

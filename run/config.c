@@ -344,6 +344,18 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
                        "model.tokenizer", err)))
         goto fail;
     cfg->max_seq_len = geti(doc, "model.max_seq_len");
+    if (cfg->arch) {
+        /* the model config, its per-layer options (kv_share, attention_pattern) included, is checked here,
+         * before any process starts: one error naming the key */
+        model_config mc;
+        snprintf(w, sizeof w, "%s: model.arch", where);
+        if ((rc = model_config_parse(&mc, cfg->arch, w, err))) goto fail;
+        if (cfg->max_seq_len > 0 && cfg->max_seq_len < mc.max_seq_len) {
+            mc.max_seq_len = cfg->max_seq_len;
+            snprintf(w, sizeof w, "%s: model.max_seq_len caps model.arch", where);
+            if ((rc = model_config_validate(&mc, w, err))) goto fail;
+        }
+    }
 
     if ((rc = copy_str(cfg->task_name, sizeof cfg->task_name, gets(doc, "task.name"), where, "task.name", err)))
         goto fail;

@@ -184,7 +184,7 @@ static int prepare_checked(run_config *cfg, rlhf_error *err) {
     if ((rc = reward_pipeline_create(&pipe, cfg->rewards, w, err))) return rc;
     reward_pipeline_destroy(&pipe);
 
-    int seq, both_bias_and_qk_norm, vocab;
+    int seq, both_bias_and_qk_norm, layer_opts, vocab;
     tokenizer *tok = NULL;
     if (cfg->base_checkpoint[0]) {
         model *m = NULL;
@@ -193,12 +193,14 @@ static int prepare_checked(run_config *cfg, rlhf_error *err) {
         seq = m->cfg.max_seq_len;
         vocab = m->cfg.vocab_size;
         both_bias_and_qk_norm = m->cfg.attn_bias && m->cfg.qk_norm;
+        layer_opts = model_uses_layer_opts(&m->cfg);
         model_destroy(&m);
         if (rc) return rc;
     } else {
         model_config arch;
         if ((rc = model_config_parse(&arch, cfg->arch, "model.arch", err))) return rc;
         both_bias_and_qk_norm = arch.attn_bias && arch.qk_norm;
+        layer_opts = model_uses_layer_opts(&arch);
         if (cfg->max_seq_len > 0 && cfg->max_seq_len < arch.max_seq_len) arch.max_seq_len = cfg->max_seq_len;
         seq = arch.max_seq_len;
         vocab = arch.vocab_size;
@@ -222,6 +224,10 @@ static int prepare_checked(run_config *cfg, rlhf_error *err) {
         return rlhf_error_set(err, RLHF_EINVAL, "rl.export_hf",
                               "the model has both q/k/v biases and q/k norms, which no Hugging Face architecture "
                               "has: it cannot be exported");
+    if (cfg->export_hf != RUN_EXPORT_HF_NONE && layer_opts)
+        return rlhf_error_set(err, RLHF_EINVAL, "rl.export_hf",
+                              "the model uses kv_share or attention_pattern, which no Hugging Face architecture has: "
+                              "it cannot be exported");
 
     /* broker: what the rest of the config already says, unless the broker section says otherwise */
     set_default(b, "dataset", json_string(cfg->train_path));

@@ -17,7 +17,7 @@ int run_weights_from_model(const model *m, wire_weights *w, rlhf_error *err) {
         snprintf(t->name, sizeof t->name, "%s", ti->name);
         if (ti->per_layer) {
             t->ndim = 3;
-            t->shape[0] = (uint64_t)m->cfg.n_layers;
+            t->shape[0] = (uint64_t)ti->n_stack;
             t->shape[1] = (uint64_t)ti->rows;
             t->shape[2] = (uint64_t)ti->cols;
         } else {

@@ -12,6 +12,7 @@ void infer_register_checkpoint(void);
 void infer_register_sampler(void);
 void infer_register_cli(void);
 void infer_register_stops(void);
+void infer_register_layer_opts(void); /* test_layer_opts.c */
 /* test_kernels.c: the vector-table tests (vector_table) or the table-choice test, into suite s */
 #include <CUnit/CUnit.h>
 void infer_register_kernel_tests(CU_pSuite s, int vector_table);

@@ -145,8 +145,8 @@ static void test_attend_head(void) {
             for (int p = 0; p < T; p++)
                 for (int i = 0; i < ldv; i++) v[(size_t)p * ldv + i] = p < n && i < D ? rlhf_rng_normal(&g) : NAN;
             o[D] = want[D] = 7.0f;
-            k->attend_head(o, q, kT, v, ldv, n, D, T, sc);
-            model_kernels_ref.attend_head(want, q, kT, v, ldv, n, D, T, sc_ref);
+            k->attend_head(o, q, kT, v, ldv, 0, n, D, T, sc);
+            model_kernels_ref.attend_head(want, q, kT, v, ldv, 0, n, D, T, sc_ref);
             if (!close_all(o, want, (size_t)D + 1, 1e-5)) {
                 printf("  attend_head D %d n %d\n", D, n);
                 bad++;
@@ -160,6 +160,51 @@ static void test_attend_head(void) {
     free(want);
     free(sc);
     free(sc_ref);
+}
+
+/* A local layer's ring buffer: the n positions stored at cache indices start, start+1, ... (mod T), NaN
+ * everywhere else, give what the reference kernel gives on the same positions stored from index 0, on
+ * every kernel table this CPU runs (ref included). */
+static void test_attend_head_ring(void) {
+    enum { T = 287 };
+    static const int Ds[] = {8, 64, 80};
+    static const int ns[] = {1, 17, 64, 200, 256, 287};
+    static const int starts[] = {0, 1, 100, 250, 286};
+    rlhf_rng g;
+    rlhf_rng_seed(&g, 21);
+    int ldv = 88, bad = 0, runs = 0;
+    float *kl = malloc((size_t)80 * T * sizeof(float)), *kr = malloc((size_t)80 * T * sizeof(float));
+    float *vl = malloc((size_t)T * ldv * sizeof(float)), *vr = malloc((size_t)T * ldv * sizeof(float));
+    float *q = malloc(80 * sizeof(float)), *o = malloc(88 * sizeof(float)), *want = malloc(88 * sizeof(float));
+    float *sc = malloc((T + 128) * sizeof(float));
+    for (int isa = 0; isa < 3; isa++) {
+        if (!model_isa_supported((model_isa)isa)) continue;
+        const model_kernels *k = model_kernels_of((model_isa)isa);
+        for (size_t d = 0; d < sizeof Ds / sizeof *Ds; d++)
+            for (size_t a = 0; a < sizeof ns / sizeof *ns; a++)
+                for (size_t b = 0; b < sizeof starts / sizeof *starts; b++) {
+                    int D = Ds[d], n = ns[a], start = starts[b];
+                    fill_normal(q, (size_t)D, &g, 1.0f / sqrtf((float)D));
+                    for (size_t i = 0; i < (size_t)80 * T; i++) kl[i] = kr[i] = NAN;
+                    for (size_t i = 0; i < (size_t)T * ldv; i++) vl[i] = vr[i] = NAN;
+                    for (int t = 0; t < n; t++) {
+                        int c = (start + t) % T;
+                        for (int i = 0; i < D; i++) kl[(size_t)i * T + t] = kr[(size_t)i * T + c] = 2.0f * rlhf_rng_normal(&g);
+                        for (int i = 0; i < D; i++) vl[(size_t)t * ldv + i] = vr[(size_t)c * ldv + i] = rlhf_rng_normal(&g);
+                    }
+                    o[D] = want[D] = 7.0f;
+                    k->attend_head(o, q, kr, vr, ldv, start, n, D, T, sc);
+                    model_kernels_ref.attend_head(want, q, kl, vl, ldv, 0, n, D, T, sc);
+                    runs++;
+                    if (!close_all(o, want, (size_t)D + 1, 1e-5)) {
+                        printf("  %s attend_head ring D %d n %d start %d\n", k->name, D, n, start);
+                        bad++;
+                    }
+                }
+    }
+    CU_ASSERT(runs >= 90);
+    CU_ASSERT_EQUAL(bad, 0);
+    free(kl), free(kr), free(vl), free(vr), free(q), free(o), free(want), free(sc);
 }
 
 static void test_softmax_pieces(void) {
@@ -290,5 +335,7 @@ void infer_register_kernel_tests(CU_pSuite s, int vector_table) {
     } else {
         CU_add_test(s, "bf16 panel equals the fp32 panel on the rounded weights (reference)", test_panel_bf16);
         CU_add_test(s, "RLHF_ISA chooses a table; bad names and missing CPU features are errors", test_isa_choice);
+        CU_add_test(s, "ring-buffer attention (local layers) equals the reference on unwrapped positions, every table",
+                    test_attend_head_ring);
     }
 }

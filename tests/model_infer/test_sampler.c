@@ -1008,6 +1008,7 @@ int register_suites(void) {
     infer_register_checkpoint();
     infer_register_sampler();
     infer_register_stops();
+    infer_register_layer_opts();
     infer_register_cli();
     return 0;
 }

@@ -13,12 +13,25 @@
 #include "tests/model_train/helpers.h"
 
 /* qwen: 0 Llama; 1 Qwen2/Qwen3 features together: q/k/v biases, per-head q/k norms and head_dim 6
- * (H*D = 24 != C = 16), with llama3 RoPE scaling */
+ * (H*D = 24 != C = 16), with llama3 RoPE scaling; 2 the per-layer options on 4 layers: attention_pattern
+ * global, local (window 3), global_nope, global_nope and kv_share -1, 0, -1, 2 (layers 1 and 3 have no
+ * k/v projections; layer 0's and layer 2's K/V gradients collect two layers' contributions); 3 the same
+ * with Qwen's biases and q/k norms */
 static model *small_model_arch(int n_layers, int tie, int n_kv_heads, uint64_t seed, float scale, int qwen) {
     model_config c = {.dim = 16, .n_layers = n_layers, .n_heads = 4, .n_kv_heads = n_kv_heads, .ffn_dim = 24,
                       .vocab_size = 19, .max_seq_len = 12, .rope_theta = 10000.0f, .norm_eps = 1e-5f,
                       .tie_embeddings = tie};
-    if (qwen) {
+    if (qwen >= 2) {
+        c.n_layers = 4;
+        static const unsigned char kinds[4] = {MODEL_ATTN_GLOBAL, MODEL_ATTN_LOCAL, MODEL_ATTN_GLOBAL_NOPE,
+                                               MODEL_ATTN_GLOBAL_NOPE};
+        static const short src[4] = {0, 1, 0, 3}; /* source layer + 1, 0 = own K/V */
+        c.has_layer_opts = 1;
+        c.attention_window = 3;
+        for (int l = 0; l < 4; l++) c.attn_kind[l] = kinds[l], c.kv_src[l] = src[l];
+        c.attn_bias = c.qk_norm = qwen == 3;
+    }
+    if (qwen == 1) {
         c.attn_bias = c.qk_norm = 1;
         c.head_dim = 6;
         c.rope_scaling = MODEL_ROPE_LLAMA3;
@@ -124,6 +137,14 @@ static void whole_model_fd(int tie, int kv, int hidden, uint64_t seed) { whole_m
 static void test_fd_qwen(void) {
     whole_model_fd_arch(0, 2, 0, 400, 1);
     whole_model_fd_arch(1, 1, 1, 500, 1);
+}
+
+/* kv_share and attention_pattern: every gradient (the shared K/V projections' included) and the
+ * hidden-state backward against finite differences */
+static void test_fd_layer_opts(void) {
+    whole_model_fd_arch(0, 2, 0, 600, 2);
+    whole_model_fd_arch(1, 4, 1, 700, 2);
+    whole_model_fd_arch(0, 2, 0, 800, 3);
 }
 
 /* model_config_parse / model_config_to_json with the keys of Qwen2/Qwen3 and RoPE scaling: a round
@@ -679,6 +700,8 @@ void register_model_suite(void) {
     CU_add_test(s, "hidden-state backward == finite differences (MQA)", test_fd_hidden_gqa);
     CU_add_test(s, "Qwen2/3 features (q/k/v biases, q/k norms, head_dim 6 at dim 16, llama3 RoPE): every "
                    "gradient and the hidden-state backward == finite differences", test_fd_qwen);
+    CU_add_test(s, "kv_share + attention_pattern (local W=3, NoPE; with and without biases/q-k norms): every "
+                   "gradient and the hidden-state backward == finite differences", test_fd_layer_opts);
     CU_add_test(s, "config keys head_dim, attn_bias, qk_norm, rope_scaling: round trip, bad values named",
                 test_config_arch_keys);
     CU_add_test(s, "7 layers: batched right-padded log-probs, entropies, grads == unbatched",

@@ -218,19 +218,20 @@ static void test_rope(void) {
 
 typedef struct {
     float *q, *k, *v, *out, *att, *r;
-    int B, T, H, KVH, D;
+    int B, T, H, KVH, D, W;
 } att_ctx;
 static double att_loss(void *p) {
     att_ctx *c = p;
-    attention_forward_ref(c->out, c->att, c->q, c->k, c->v, c->B, c->T, c->H, c->KVH, c->D);
+    attention_forward_ref(c->out, c->att, c->q, c->k, c->v, c->B, c->T, c->H, c->KVH, c->D, c->W);
     return dot_rd(c->out, c->r, (size_t)c->B * c->T * c->H * c->D);
 }
 
-static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
+/* W > 0: local attention over the last W positions (attention_pattern "local"). */
+static void attention_case(int B, int T, int H, int KVH, int D, int W, uint64_t seed) {
     rlhf_rng rng;
     rlhf_rng_seed(&rng, seed);
     size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KVH * D, na = (size_t)B * H * T * T;
-    att_ctx c = {.B = B, .T = T, .H = H, .KVH = KVH, .D = D};
+    att_ctx c = {.B = B, .T = T, .H = H, .KVH = KVH, .D = D, .W = W};
     c.q = rand_buf(&rng, nq, 1.0f);
     c.k = rand_buf(&rng, nk, 1.0f);
     c.v = rand_buf(&rng, nk, 1.0f);
@@ -238,8 +239,8 @@ static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
     c.att = zeros(na);
     c.r = rand_buf(&rng, nq, 1.0f);
     float *out2 = zeros(nq), *att2 = zeros(na);
-    attention_forward(out2, att2, c.q, c.k, c.v, B, T, H, KVH, D);
-    attention_forward_ref(c.out, c.att, c.q, c.k, c.v, B, T, H, KVH, D);
+    attention_forward(out2, att2, c.q, c.k, c.v, B, T, H, KVH, D, W);
+    attention_forward_ref(c.out, c.att, c.q, c.k, c.v, B, T, H, KVH, D, W);
     CU_ASSERT(rel_err(out2, c.out, nq) < SAME_TOL);
     CU_ASSERT(rel_err(att2, c.att, na) < SAME_TOL);
     float *dq1 = zeros(nq), *dk1 = zeros(nk), *dv1 = zeros(nk), *dq2 = zeros(nq), *dk2 = zeros(nk), *dv2 = zeros(nk);
@@ -249,8 +250,8 @@ static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
     nthreads = omp_get_max_threads();
 #endif
     float *scratch = zeros((size_t)nthreads * ops_attention_scratch_floats(T));
-    attention_backward(dq1, dk1, dv1, c.r, att2, c.q, c.k, c.v, scratch, B, T, H, KVH, D, 1, 1, 1);
-    attention_backward_ref(dq2, dk2, dv2, c.r, c.att, c.q, c.k, c.v, B, T, H, KVH, D);
+    attention_backward(dq1, dk1, dv1, c.r, att2, c.q, c.k, c.v, scratch, B, T, H, KVH, D, W, 1, 1, 1);
+    attention_backward_ref(dq2, dk2, dv2, c.r, c.att, c.q, c.k, c.v, B, T, H, KVH, D, W);
     CU_ASSERT(rel_err(dq1, dq2, nq) < SAME_TOL);
     CU_ASSERT(rel_err(dk1, dk2, nk) < SAME_TOL);
     CU_ASSERT(rel_err(dv1, dv2, nk) < SAME_TOL);
@@ -264,7 +265,7 @@ static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
             c.v[((size_t)b * T + T - 1) * KVH * D + i] -= 3.0f;
         }
     float *out3 = zeros(nq);
-    attention_forward(out3, att2, c.q, c.k, c.v, B, T, H, KVH, D);
+    attention_forward(out3, att2, c.q, c.k, c.v, B, T, H, KVH, D, W);
     int same = 1, changed = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
@@ -274,13 +275,41 @@ static void attention_case(int B, int T, int H, int KVH, int D, uint64_t seed) {
                 else changed |= out3[o] != out2[o];
             }
     CU_ASSERT(same && changed);
+    if (W > 0 && W < T) {
+        /* the window: changing position 0's k and v changes the outputs at t = 0..W-1 and no later one */
+        for (int b = 0; b < B; b++)
+            for (size_t i = 0; i < (size_t)KVH * D; i++) {
+                c.k[(size_t)b * T * KVH * D + i] += 3.0f;
+                c.v[(size_t)b * T * KVH * D + i] -= 3.0f;
+            }
+        float *out4 = zeros(nq);
+        attention_forward(out4, att2, c.q, c.k, c.v, B, T, H, KVH, D, W);
+        int inside = 1, outside = 1;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                int diff = 0;
+                for (size_t i = 0; i < (size_t)H * D; i++) {
+                    size_t o = ((size_t)b * T + t) * H * D + i;
+                    diff |= out4[o] != out3[o];
+                }
+                if (t < W) inside &= diff;
+                else outside &= !diff;
+            }
+        CU_ASSERT(inside && outside);
+        free(out4);
+    }
     free(c.q), free(c.k), free(c.v), free(c.out), free(c.att), free(c.r), free(out2), free(att2), free(out3);
     free(dq1), free(dk1), free(dv1), free(dq2), free(dk2), free(dv2), free(scratch);
 }
 
-static void test_attention_mha(void) { attention_case(2, 7, 2, 2, 4, 5); }
-static void test_attention_gqa(void) { attention_case(3, 6, 6, 2, 4, 6); }
-static void test_attention_mqa_long(void) { attention_case(1, 33, 4, 1, 8, 7); }
+static void test_attention_mha(void) { attention_case(2, 7, 2, 2, 4, 0, 5); }
+static void test_attention_gqa(void) { attention_case(3, 6, 6, 2, 4, 0, 6); }
+static void test_attention_mqa_long(void) { attention_case(1, 33, 4, 1, 8, 0, 7); }
+static void test_attention_local(void) {
+    attention_case(2, 9, 2, 2, 4, 3, 8);   /* window 3 of 9 */
+    attention_case(1, 17, 6, 2, 4, 1, 9);  /* window 1: each position sees itself only */
+    attention_case(2, 33, 4, 1, 8, 8, 10); /* GQA, window 8 of 33 */
+}
 
 /* ------------------------------------------------------------------ SwiGLU and residual */
 
@@ -445,10 +474,10 @@ static void test_overwrite_mode(void) {
     /* attention (GQA: the first head of each group writes dk/dv, the second adds) */
     float *q = rand_buf(&rng, nq, 1.0f), *k = rand_buf(&rng, nk, 1.0f), *v = rand_buf(&rng, nk, 1.0f);
     float *out = zeros(nq), *att = zeros(na), *scratch = zeros(64 * ops_attention_scratch_floats(T));
-    attention_forward(out, att, q, k, v, B, T, H, KVH, D);
+    attention_forward(out, att, q, k, v, B, T, H, KVH, D, 0);
     float *dq1 = zeros(nq), *dk1 = zeros(nk), *dv1 = zeros(nk), *dq2 = nan_buf(nq), *dk2 = nan_buf(nk), *dv2 = nan_buf(nk);
-    attention_backward_ref(dq1, dk1, dv1, g, att, q, k, v, B, T, H, KVH, D);
-    attention_backward(dq2, dk2, dv2, g, att, q, k, v, scratch, B, T, H, KVH, D, 0, 0, 0);
+    attention_backward_ref(dq1, dk1, dv1, g, att, q, k, v, B, T, H, KVH, D, 0);
+    attention_backward(dq2, dk2, dv2, g, att, q, k, v, scratch, B, T, H, KVH, D, 0, 0, 0, 0);
     CU_ASSERT(rel_err(dq2, dq1, nq) < SAME_TOL && rel_err(dk2, dk1, nk) < SAME_TOL && rel_err(dv2, dv1, nk) < SAME_TOL);
     /* swiglu and residual */
     float *sg1 = zeros(nq), *su1 = zeros(nq), *sg2 = nan_buf(nq), *su2 = nan_buf(nq);
@@ -492,6 +521,7 @@ void register_ops_suite(void) {
     CU_add_test(s, "attention MHA fast == ref, causal, finite differences", test_attention_mha);
     CU_add_test(s, "attention GQA (6 heads, 2 kv) fast == ref, finite differences", test_attention_gqa);
     CU_add_test(s, "attention MQA T=33 fast == ref, finite differences", test_attention_mqa_long);
+    CU_add_test(s, "local attention (windows 3, 1, 8) fast == ref, window mask, finite differences", test_attention_local);
     CU_add_test(s, "bias forward/backward fast == ref (parallel and serial, accumulating)", test_bias);
     CU_add_test(s, "swiglu and residual, backward == finite differences", test_swiglu_residual);
     CU_add_test(s, "logsoftmax logp+entropy weights, masked rows, finite differences", test_logsoftmax);

@@ -130,6 +130,11 @@ static model_config oracle_config(int tie, int n_kv_heads) {
     return cfg;
 }
 
+/* Weights are scaled by this much from init (5 unless a case says otherwise: a deep stack at 5x is so
+ * chaotic that AdamW's first step, about lr * sign(gradient), flips on float32 rounding of small
+ * gradients and the parameter comparison measures that, not the model). */
+static float g_weight_scale = 5.0f;
+
 static void oracle_case(model_config cfg, uint64_t seed) {
     int B = 3, T = 12, N = B * T, V = cfg.vocab_size, steps = 3;
     worst_seen = 0;
@@ -140,7 +145,8 @@ static void oracle_case(model_config cfg, uint64_t seed) {
     rlhf_rng rng;
     rlhf_rng_seed(&rng, seed + 1);
     /* weights well away from init scale, norms not all 1, so every path matters */
-    for (size_t i = 0; i < m->n_params; i++) m->params_mem[i] = m->params_mem[i] * 5.0f + 0.01f * rlhf_rng_normal(&rng);
+    for (size_t i = 0; i < m->n_params; i++)
+        m->params_mem[i] = m->params_mem[i] * g_weight_scale + 0.01f * rlhf_rng_normal(&rng);
     /* biases start at 0: make them matter; q/k norms near 1 (5x would saturate every softmax) */
     for (int i = 0; i < m->n_tensors; i++) {
         const model_tensor_info *ti = &m->tensors[i];
@@ -289,6 +295,48 @@ static void test_oracle_rope_scaling(void) {
     oracle_case(c, 6100);
 }
 
+/* oracle_config(tie, kv) with n_layers layers and the per-layer options of `opts` (a JSON object's members),
+ * through model_config_parse as a run's config would go. */
+static model_config oracle_config_opts(int tie, int n_kv_heads, int n_layers, const char *opts) {
+    model_config c = oracle_config(tie, n_kv_heads);
+    c.n_layers = n_layers;
+    json_t *j = model_config_to_json(&c);
+    json_error_t jerr;
+    json_t *o = json_loads(opts, 0, &jerr);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(o);
+    json_object_update(j, o);
+    rlhf_error err = {0};
+    model_config out;
+    int rc = model_config_parse(&out, j, "oracle case", &err);
+    if (rc) fprintf(stderr, "  %s\n", err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    json_decref(o);
+    json_decref(j);
+    return out;
+}
+
+/* kv_share: the seed's split (6 layers: 4 and 5 reuse layer 3's K/V), then two producers each read by a later
+ * layer with GQA, q/k norms and biases (the sharing layers have none of their own) */
+static void test_oracle_kv_share(void) {
+    g_weight_scale = 3.0f; /* 6 layers */
+    oracle_case(oracle_config_opts(0, 2, 6, "{\"kv_share\": \"seed\"}"), 7000);
+    g_weight_scale = 5.0f;
+    oracle_case(oracle_config_opts(1, 2, 5, "{\"kv_share\": [-1, -1, 0, 1, 0], \"qk_norm\": true, \"attn_bias\": true}"),
+                7200);
+}
+
+/* attention_pattern: 3 local layers (window 4 of T = 12) and one global NoPE layer, twice; a list with a
+ * local layer reading a global RoPE layer's K/V (kv_share) */
+static void test_oracle_attention_pattern(void) {
+    g_weight_scale = 3.0f; /* 8 layers */
+    oracle_case(oracle_config_opts(0, 2, 8, "{\"attention_pattern\": \"3local_1global_nope\", \"attention_window\": 4}"),
+                8000);
+    g_weight_scale = 5.0f;
+    oracle_case(oracle_config_opts(1, 4, 4, "{\"attention_pattern\": [\"global\", \"local\", \"global_nope\", \"local\"], "
+                                            "\"attention_window\": 3, \"kv_share\": [-1, 0, -1, 0]}"),
+                8100);
+}
+
 void register_oracle_suite(void);
 void register_oracle_suite(void) {
     CU_pSuite s = CU_add_suite("oracle", NULL, NULL);
@@ -299,4 +347,8 @@ void register_oracle_suite(void) {
     CU_add_test(s, "PyTorch oracle: head_dim 12 at dim 32 with 4 heads, plain, GQA + qk_norm, MQA + biases",
                 test_oracle_head_dim);
     CU_add_test(s, "PyTorch oracle: rope_scaling llama3 and linear, GQA", test_oracle_rope_scaling);
+    CU_add_test(s, "PyTorch oracle: kv_share (seed split; explicit list with qk_norm + biases), grads and AdamW",
+                test_oracle_kv_share);
+    CU_add_test(s, "PyTorch oracle: attention_pattern 3local_1global_nope W=4; global/local/nope list + kv_share",
+                test_oracle_attention_pattern);
 }

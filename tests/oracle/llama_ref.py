@@ -3,7 +3,10 @@
 used as the oracle of test_model_train and as the PyTorch peer of bench/bench_model_train.sh.
 Written from the Hugging Face model definitions: Llama, Qwen2 (q/k/v Linear layers with bias=True) and
 Qwen3 (q_norm/k_norm: RMSNorm(head_dim) over each head of q and k, before the rotary embedding); any
-head_dim (not necessarily dim / n_heads); rope_scaling "linear" and "llama3".
+head_dim (not necessarily dim / n_heads); rope_scaling "linear" and "llama3"; and the project's own
+per-layer options, written from docs/MODEL.md: kv_share (a layer without k/v projections attends with an
+earlier layer's keys after RoPE and its values) and attention_pattern (global with RoPE, global_nope
+without position encoding, local: RoPE and only the last attention_window positions).
 
     llama_ref.py oracle DIR   read DIR/case.json, params.bin, tokens.bin, targets.bin; compute in float64
                               the logits, log-probs, entropies, mean masked cross-entropy, every parameter
@@ -14,7 +17,8 @@ head_dim (not necessarily dim / n_heads); rope_scaling "linear" and "llama3".
 Parameter file layout (float32, one flat buffer, the order of model/model.h): embed (V,C), then per layer
 stacked: attn_norm (L,C), wq (L,H*D,C), wk (L,KVH*D,C), wv (L,KVH*D,C), [bq (L,H*D), bk (L,KVH*D),
 bv (L,KVH*D) with attn_bias], [q_norm (L,D), k_norm (L,D) with qk_norm], wo (L,C,H*D), ffn_norm (L,C),
-w_gate (L,F,C), w_up (L,F,C), w_down (L,C,F), then final_norm (C), lm_head (V,C) unless tied.
+w_gate (L,F,C), w_up (L,F,C), w_down (L,C,F), then final_norm (C), lm_head (V,C) unless tied. With
+kv_share, wk, wv, bk, bv and k_norm stack only the LK layers that have their own K/V (in layer order).
 """
 import array
 import json
@@ -31,16 +35,23 @@ def head_dim(cfg):
     return cfg.get("head_dim") or cfg["dim"] // cfg["n_heads"]
 
 
+def kv_sources(cfg):
+    """Per layer: the layer whose K/V it attends with (itself unless kv_share names another)."""
+    share = cfg.get("kv_share") or [-1] * cfg["n_layers"]
+    return [l if s < 0 else s for l, s in enumerate(share)]
+
+
 def layout(cfg):
     C, L, H = cfg["dim"], cfg["n_layers"], cfg["n_heads"]
     KVH = cfg.get("n_kv_heads", H)
     D, F, V = head_dim(cfg), cfg["ffn_dim"], cfg["vocab_size"]
-    spec = [("embed", (V, C)), ("attn_norm", (L, C)), ("wq", (L, H * D, C)), ("wk", (L, KVH * D, C)),
-            ("wv", (L, KVH * D, C))]
+    LK = sum(1 for l, s in enumerate(kv_sources(cfg)) if s == l)
+    spec = [("embed", (V, C)), ("attn_norm", (L, C)), ("wq", (L, H * D, C)), ("wk", (LK, KVH * D, C)),
+            ("wv", (LK, KVH * D, C))]
     if cfg.get("attn_bias", False):
-        spec += [("bq", (L, H * D)), ("bk", (L, KVH * D)), ("bv", (L, KVH * D))]
+        spec += [("bq", (L, H * D)), ("bk", (LK, KVH * D)), ("bv", (LK, KVH * D))]
     if cfg.get("qk_norm", False):
-        spec += [("q_norm", (L, D)), ("k_norm", (L, D))]
+        spec += [("q_norm", (L, D)), ("k_norm", (LK, D))]
     spec += [("wo", (L, C, H * D)), ("ffn_norm", (L, C)), ("w_gate", (L, F, C)), ("w_up", (L, F, C)),
              ("w_down", (L, C, F)), ("final_norm", (C,))]
     if not cfg.get("tie_embeddings", False):
@@ -117,22 +128,42 @@ class Llama(torch.nn.Module):
         emb = torch.cat((ang, ang), dim=-1)
         cos, sin = emb.cos().to(dt)[None, None], emb.sin().to(dt)[None, None]  # (1, 1, T, D)
         mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+        pattern = cfg.get("attention_pattern") or ["global"] * cfg["n_layers"]
+        W = cfg.get("attention_window", 0)
+        # local layers: position t sees t-W+1..t, so also mask everything W or more below the diagonal
+        local_mask = mask | torch.ones(T, T, dtype=torch.bool).tril(-W) if W else mask
+        srcs = kv_sources(cfg)
+        kv_of = {}  # producing layer -> its (k after RoPE, v), (B, KVH, T, D)
         x = self.embed[tokens]  # (B, T, C)
         for l in range(cfg["n_layers"]):
+            own, slot = srcs[l] == l, sum(1 for i in range(l) if srcs[i] == i)
+            rope = pattern[l] != "global_nope"
             h = self.rmsnorm(x, self.attn_norm[l], eps)
-            q, k, v = h @ self.wq[l].T, h @ self.wk[l].T, h @ self.wv[l].T
+            q = h @ self.wq[l].T
             if cfg.get("attn_bias", False):  # Qwen2
-                q, k, v = q + self.bq[l], k + self.bk[l], v + self.bv[l]
-            q, k, v = q.view(B, T, H, D), k.view(B, T, KVH, D), v.view(B, T, KVH, D)
+                q = q + self.bq[l]
+            q = q.view(B, T, H, D)
             if cfg.get("qk_norm", False):  # Qwen3: each head of q and k, before the rotary embedding
-                q, k = self.rmsnorm(q, self.q_norm[l], eps), self.rmsnorm(k, self.k_norm[l], eps)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            q = q * cos + self.rotate_half(q) * sin
-            k = k * cos + self.rotate_half(k) * sin
+                q = self.rmsnorm(q, self.q_norm[l], eps)
+            q = q.transpose(1, 2)
+            if rope:
+                q = q * cos + self.rotate_half(q) * sin
+            if own:
+                k, v = h @ self.wk[slot].T, h @ self.wv[slot].T
+                if cfg.get("attn_bias", False):
+                    k, v = k + self.bk[slot], v + self.bv[slot]
+                k, v = k.view(B, T, KVH, D), v.view(B, T, KVH, D)
+                if cfg.get("qk_norm", False):
+                    k = self.rmsnorm(k, self.k_norm[slot], eps)
+                k, v = k.transpose(1, 2), v.transpose(1, 2)
+                if rope:
+                    k = k * cos + self.rotate_half(k) * sin
+                kv_of[l] = (k, v)
+            k, v = kv_of[srcs[l]]
             k = k.repeat_interleave(H // KVH, dim=1)
             v = v.repeat_interleave(H // KVH, dim=1)
             s = (q @ k.transpose(-1, -2)) / math.sqrt(D)
-            s = s.masked_fill(mask, float("-inf"))
+            s = s.masked_fill(local_mask if pattern[l] == "local" else mask, float("-inf"))
             y = torch.softmax(s, dim=-1) @ v  # (B, H, T, D)
             y = y.transpose(1, 2).reshape(B, T, H * D)
             x = x + y @ self.wo[l].T

@@ -56,6 +56,59 @@ static int make_cfg2(run_config *cfg, const char *extra_set, const char *extra_s
     return rc;
 }
 
+/* The per-layer attention options of model.arch are checked by run_config_parse (before any process
+ * starts): a combination the model cannot run is one error naming the key; a good one passes. */
+static void test_config_layer_opts(void) {
+    static const struct {
+        const char *set, *key;
+    } cases[] = {
+        {"model.arch.kv_share=[-1,-1,1,-1]", "kv_share[2]"},
+        {"model.arch.attention_window=0", "attention_window"},
+        {"model.arch.attention_window=8", "attention_window"},
+        {"model.arch.attention_pattern=[\"local\",\"global\"]", "attention_pattern"},
+        {"model.arch.attention_pattern=\"windowed\"", "attention_pattern"},
+        {"model.max_seq_len=12", "attention_window"}, /* the cap falls below the window of 14 */
+        {NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char p[256], doc[2048];
+        snprintf(p, sizeof p, "%s/prompts.jsonl", g_dir);
+        CU_ASSERT_EQUAL_FATAL(write_text(p, "{\"id\":\"p0\",\"prompt\":\"q0:\"}\n"), 0);
+        snprintf(doc, sizeof doc,
+                 "{\"name\":\"opts\",\"run_dir\":\"%s/run_opts\","
+                 "\"model\":{\"arch\":{\"dim\":32,\"n_layers\":4,\"n_heads\":2,\"ffn_dim\":64,\"vocab_size\":259,"
+                 "\"max_seq_len\":16,\"kv_share\":[-1,-1,0,1],\"attention_pattern\":\"1local_1global_nope\","
+                 "\"attention_window\":14}},\"task\":{\"train\":\"%s\"},"
+                 "\"rewards\":[{\"type\":\"regex\",\"pattern\":\"[0-9]\"}]}",
+                 g_dir, p);
+        json_error_t jerr;
+        json_t *j = json_loads(doc, 0, &jerr);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+        rlhf_error err = {0};
+        if (cases[i].set) {
+            /* the base arch has a local layer 0: drop the pattern for the window-only case */
+            if (strstr(cases[i].set, "attention_window=8"))
+                json_object_del(json_object_get(json_object_get(j, "model"), "arch"), "attention_pattern");
+            CU_ASSERT_EQUAL_FATAL(run_config_apply_override(j, cases[i].set, &err), 0);
+        }
+        run_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        int rc = run_config_parse(&cfg, j, "opts.json", &err);
+        json_decref(j);
+        if (!cases[i].set) {
+            CU_ASSERT_EQUAL(rc, 0);
+            if (rc) rlhf_error_print("good layer options", &err);
+        } else {
+            char all[1200];
+            snprintf(all, sizeof all, "%s %s", err.where, err.msg);
+            CU_ASSERT_NOT_EQUAL(rc, 0);
+            CU_ASSERT_PTR_NOT_NULL(strstr(all, cases[i].key));
+            if (!rc || !strstr(all, cases[i].key)) printf("\n  %s: rc %d, \"%s\"\n", cases[i].set, rc, all);
+        }
+        if (!rc) run_config_free(&cfg);
+    }
+}
+
 static int suite_init(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/rlhf_loop_XXXXXX");
     model_set_threads(1); /* a tiny model: threads only add synchronisation on a shared 2-core machine */
@@ -391,7 +444,10 @@ static void test_bad_token_groups_skipped(void) {
 }
 
 int register_loop_suite(void) {
-    CU_pSuite s = CU_add_suite("updater_loop", suite_init, suite_cleanup);
+    CU_pSuite s = CU_add_suite("run_config_layer_opts", suite_init, suite_cleanup);
+    CU_add_test(s, "model.arch kv_share/attention_pattern/attention_window checked at config parse, naming the key",
+                test_config_layer_opts);
+    s = CU_add_suite("updater_loop", suite_init, suite_cleanup);
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
     CU_add_test(s, "kl penalty acts in groups of equal task rewards", test_kl_acts_in_equal_reward_groups);
