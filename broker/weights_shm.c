@@ -86,18 +86,17 @@ static unsigned long long proc_start(long pid) {
 
 /* ---------------------------------------------------------------- sweeping stale files */
 
-int broker_weights_shm_sweep(const char *dir) {
+/* Removes DIR's regular files of this user named PREFIX... whose writer `gone` says is gone (it reads the
+ * rest of the name after PREFIX: 1 gone, 0 alive or not a name of ours). How many were removed. */
+static int sweep(const char *dir, const char *prefix, int (*gone)(const char *rest)) {
     DIR *d = opendir(dir);
     if (!d) return 0;
     int removed = 0;
     struct dirent *e;
     uid_t me = geteuid();
+    size_t pl = strlen(prefix);
     while ((e = readdir(d))) {
-        if (strncmp(e->d_name, BROKER_SHM_PREFIX, strlen(BROKER_SHM_PREFIX)) != 0) continue;
-        long pid = 0;
-        unsigned long long start = 0;
-        if (sscanf(e->d_name + strlen(BROKER_SHM_PREFIX), "%ld.%llu.", &pid, &start) != 2 || pid <= 0) continue;
-        if (proc_start(pid) == start) continue; /* its broker is alive: its files are its own business */
+        if (strncmp(e->d_name, prefix, pl) != 0 || !gone(e->d_name + pl)) continue;
         struct stat st;
         if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) || st.st_uid != me)
             continue;
@@ -106,6 +105,16 @@ int broker_weights_shm_sweep(const char *dir) {
     closedir(d);
     return removed;
 }
+
+/* PID.START.VERSION: gone unless process PID is alive with that start time (a reused pid does not count) */
+static int broker_gone(const char *rest) {
+    long pid = 0;
+    unsigned long long start = 0;
+    if (sscanf(rest, "%ld.%llu.", &pid, &start) != 2 || pid <= 0) return 0;
+    return proc_start(pid) != start;
+}
+
+int broker_weights_shm_sweep(const char *dir) { return sweep(dir, BROKER_SHM_PREFIX, broker_gone); }
 
 /* ---------------------------------------------------------------- broker side */
 
@@ -366,25 +375,12 @@ int broker_host_file_write(const char *dir, uint64_t version, const uint8_t *dat
     return rc;
 }
 
-int broker_host_files_sweep(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int removed = 0;
-    struct dirent *e;
-    uid_t me = geteuid();
-    size_t pl = strlen(BROKER_HOST_FILE_PREFIX);
-    while ((e = readdir(d))) {
-        if (strncmp(e->d_name, BROKER_HOST_FILE_PREFIX, pl) != 0) continue;
-        long pid = 0;
-        if (sscanf(e->d_name + pl, "%ld.", &pid) != 1 || pid <= 0) continue;
-        /* a live process of that pid keeps the file (maybe another one that reused the pid: a file left
-         * until the next sweep is better than a live generator's file gone) */
-        if (kill((pid_t)pid, 0) == 0 || errno == EPERM) continue;
-        struct stat st;
-        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) || st.st_uid != me)
-            continue;
-        if (unlinkat(dirfd(d), e->d_name, 0) == 0) removed++;
-    }
-    closedir(d);
-    return removed;
+/* PID.VERSION: gone when no process has that pid (a live process that reused it keeps the file until a
+ * later sweep: better than a live generator's file gone) */
+static int generator_gone(const char *rest) {
+    long pid = 0;
+    if (sscanf(rest, "%ld.", &pid) != 1 || pid <= 0) return 0;
+    return kill((pid_t)pid, 0) != 0 && errno != EPERM;
 }
+
+int broker_host_files_sweep(const char *dir) { return sweep(dir, BROKER_HOST_FILE_PREFIX, generator_gone); }
