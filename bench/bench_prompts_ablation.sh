@@ -330,3 +330,10 @@ print("\nmean_ckpts: held-out pass rate averaged over the checkpoints after the 
       "\nthe final point). ratio_vs_U: generated tokens to reach uniform's final held-out pass rate / uniform's tokens for it,"
       "\nper seed, median over seeds (inf = never within the budget; nan = uniform did not beat the base). Issue 7 target: cohesion <= 0.70, final not lower.")
 EOF
+# the runs' curves overlaid (rlhf plot; one line per policy and seed): docs/PERFORMANCE.md shows it
+runs=()
+for d in "$OUT"/abl-*; do [ -f "$d/metrics.jsonl" ] && runs+=("$d"); done
+if [ ${#runs[@]} -gt 0 ]; then
+  "$R" plot "${runs[@]}" -o "$OUT/reward.png" --smooth 20 --metric reward/mean --metric pass_rate ||
+    echo "bench_prompts_ablation: no $OUT/reward.png (rlhf plot failed)" >&2
+fi
