@@ -384,7 +384,6 @@ int updater_scorer_attach_ranks(scorer *s, updater_dist *d) {
     if (!s->remote_threads) return 1;
     s->dist = d;
     s->n_remote = updater_dist_size(d) - 1;
-    updater_dist_set_scoring_servers(d, 1);
     return 0;
 }
 

@@ -301,8 +301,8 @@ void updater_policy_release_followers(updater_dist *d);
 enum { DIST_SCORE_REQUEST = 1, DIST_SCORE_STOP = 2 };
 /* 1 when this MPI job can score on every rank (more than one rank, MPI_THREAD_MULTIPLE provided). */
 int updater_dist_scoring_possible(const updater_dist *d);
-/* Rank 0: the followers run scoring servers, which updater_dist_stop_scoring_servers (and
- * updater_policy_release_followers) stop. */
+/* Rank 0, once at start (leader_main, by the same rule the followers use to start theirs): the followers
+ * run scoring servers, which updater_dist_stop_scoring_servers (and updater_policy_release_followers) stop. */
 void updater_dist_set_scoring_servers(updater_dist *d, int on);
 void updater_dist_stop_scoring_servers(updater_dist *d);
 /* Scoring messages between two ranks (a communicator apart from the step's collectives). recv: from
