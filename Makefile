@@ -68,7 +68,10 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 LIB := $(BUILD)/librlhf.a
 
 .PHONY: all deps run test test-bins check-layout sanitize fuzz fuzz-bins fuzz-smoke bench install clean
-all: deps $(BUILD)/bin/rlhf test-bins bench
+# deps first, then a fresh make: what deps installs (npm's uplot, copied into the build by
+# dashboard/module.mk) is only seen by a make that parses the makefiles after it.
+all: deps
+	@$(MAKE) --no-print-directory $(BUILD)/bin/rlhf test-bins bench
 
 deps:
 	@bash scripts/install-deps.sh

@@ -17,6 +17,12 @@ WINDOW = int(os.environ.get("WINDOW", "20"))  # steps in the moving average of r
 def load(run):
     rows = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()]
     ev = json.load(open(f"{run}/eval.json"))
+    ev["by_step"] = {}  # step -> greedy held-out pass rate of that checkpoint (eval_step_N.json)
+    for f in glob.glob(f"{run}/eval_step_*.json"):
+        try:
+            ev["by_step"][int(f.rsplit("_", 1)[1].split(".")[0])] = json.load(open(f))["pass_rate"]
+        except (OSError, ValueError, KeyError):
+            pass
     try:
         ev["sampled"] = json.load(open(f"{run}/eval_sampled.json"))["pass_rate"]
     except OSError:
@@ -40,6 +46,7 @@ def breakdown(rows):
         "gen_busy_s": s("gen/seconds"),
         "gen_tokens": s("gen/tokens"),
         "staleness_mean": sum(r["staleness/mean"] for r in rows) / len(rows),
+        "staleness_max": max(r.get("staleness/max", 0) for r in rows),
         "dropped_stale": rows[-1].get("groups/dropped_stale_total", 0),
     }
 
@@ -102,11 +109,75 @@ def main():
     print(f"\nwhere the time went over the first {steps} steps (seconds, summed over steps, mean over seeds; gen_busy ="
           " generator sampling time of the groups used):")
     keys = ["wall_s", "train_s", "wait_s", "score_s", "publish_s", "gen_busy_s", "gen_tokens", "staleness_mean",
-            "dropped_stale"]
+            "staleness_max", "dropped_stale"]
     print(f"{'mode':14} " + " ".join(f"{k:>14}" for k in keys))
     for m in order:
         bs = [breakdown([r for r in modes[m][s][0] if r["step"] <= steps]) for s in seeds]
         print(f"{m:14} " + " ".join(f"{statistics.mean(b[k] for b in bs):>14.1f}" for k in keys))
+    equal_wall(modes, order, seeds, steps, wall_at)
+    two_core_bound(modes, order, seeds, steps)
+
+
+def pass_at_wall(rows, by_step, wall):
+    """The greedy held-out pass rate at a wall time, interpolated linearly between the run's checkpoints
+    (by the wall time of their steps); past the last checkpoint, the last one's."""
+    walls = {r["step"]: r["wall_s"] for r in rows}
+    pts = sorted((walls[s], p) for s, p in by_step.items() if s in walls)
+    if not pts:
+        return None
+    if wall <= pts[0][0]:
+        return pts[0][1]
+    for (w0, p0), (w1, p1) in zip(pts, pts[1:]):
+        if w0 <= wall <= w1:
+            return p0 + (p1 - p0) * (wall - w0) / (w1 - w0) if w1 > w0 else p1
+    return pts[-1][1]
+
+
+def equal_wall(modes, order, seeds, steps, wall_at):
+    if not all(modes[m][s][1]["by_step"] for m in order for s in seeds):
+        return
+    wall = wall_at["sync"][steps - 1]
+    sync = {s: modes["sync"][s][1]["by_step"].get(steps) for s in seeds}
+    sd_sync = statistics.stdev(sync.values()) if len(seeds) > 1 else 0.0
+    print(f"\nheld-out pass rate (greedy, 200 prompts) at equal wall time: {wall:.1f} s, the sync runs' median wall "
+          f"time at step {steps} (async: interpolated between their checkpoints); seed noise = the sync runs' "
+          f"sd over seeds {sd_sync:.3f}, of a mean over {len(seeds)} seeds {sd_sync / len(seeds) ** 0.5:.3f}")
+    print(f"{'mode':14} {'pass@wall':>9} {'sd':>6} {'vs sync (paired)':>17} {'sd':>6} {'ahead/behind':>12}")
+    for m in order:
+        ps = {s: pass_at_wall(modes[m][s][0], modes[m][s][1]["by_step"], wall) for s in seeds}
+        d = [ps[s] - sync[s] for s in seeds]
+        print(f"{m:14} {statistics.mean(ps.values()):>9.3f} {statistics.stdev(ps.values()) if len(seeds) > 1 else 0:>6.3f} "
+              f"{statistics.mean(d):>+17.3f} {statistics.stdev(d) if len(seeds) > 1 else 0:>6.3f} "
+              f"{sum(x > 0 for x in d):>6}/{sum(x < 0 for x in d)}")
+    print(f"greedy pass rate by checkpoint (mean over seeds):")
+    for m in order:
+        cks = sorted(set.intersection(*(set(modes[m][s][1]["by_step"]) for s in seeds)))
+        print(f"  {m:14} " + " ".join(f"{c}:{statistics.mean(modes[m][s][1]['by_step'][c] for s in seeds):.3f}"
+                                      for c in cks))
+
+
+def two_core_bound(modes, order, seeds, steps):
+    """The stages' time (generator sampling, scoring, training, publishing), each one thread, summed over the
+    first STEPS steps. On 2 cores no schedule finishes before half that sum of the sync runs' (uncontended)
+    stage times: sync wall / (sum / 2) is the speedup bound. A variant reaches a fraction of it; the rest is
+    the stages running slower side by side (the contention factor: the async stage sum over the sync one)
+    and the time the busiest stage still waits."""
+    def stage_sum(b):
+        return b["gen_busy_s"] + b["score_s"] + b["train_s"] + b["publish_s"]
+    sb = [breakdown([r for r in modes["sync"][s][0] if r["step"] <= steps]) for s in seeds]
+    sync_wall = statistics.mean(b["wall_s"] for b in sb)
+    sync_sum = statistics.mean(stage_sum(b) for b in sb)
+    bound = sync_wall / (sync_sum / 2)
+    print(f"\n2-core bound over the first {steps} steps: the sync runs' stage times sum to {sync_sum:.1f} s "
+          f"(wall {sync_wall:.1f} s), so 2 cores could finish in {sync_sum / 2:.1f} s at best: a bound of "
+          f"{bound:.2f}x over sync")
+    print(f"{'mode':14} {'wall_s':>7} {'x sync':>7} {'of bound':>8} {'stage sum':>9} {'cores busy':>10} {'contention':>10}")
+    for m in order:
+        bs = [breakdown([r for r in modes[m][s][0] if r["step"] <= steps]) for s in seeds]
+        wall = statistics.mean(b["wall_s"] for b in bs)
+        ssum = statistics.mean(stage_sum(b) for b in bs)
+        x = sync_wall / wall
+        print(f"{m:14} {wall:>7.1f} {x:>7.2f} {x / bound:>8.2f} {ssum:>9.1f} {ssum / wall:>10.2f} {ssum / sync_sum:>10.2f}")
 
 
 if __name__ == "__main__":

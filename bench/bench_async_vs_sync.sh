@@ -9,9 +9,11 @@
 # speedup, the held-out pass rates, and where each run's time went (generating, waiting, training,
 # scoring) from its metrics.jsonl.
 # The async runs may go on past STEPS (ASYNC_STEPS, default 1.25 x STEPS) so that their time to the
-# sync runs' final reward is measured even when it is first crossed a few steps later; held-out pass
-# rates are taken at step STEPS in both modes (by `rlhf eval` after the run: eval.every is 0 so no evaluation
-# runs inside the timed runs).
+# sync runs' final reward is measured even when it is first crossed a few steps later. Every run keeps a
+# checkpoint every CK_EVERY steps (default 25) and `rlhf eval` scores each greedily on the held-out set
+# after the run (eval.every is 0, so no evaluation runs inside the timed runs): the held-out pass rate at
+# equal steps (step STEPS) and at equal wall time (the sync runs' median wall time at STEPS, interpolated
+# between checkpoints). OUT sets the output directory (default runs/bench-avs-DATE).
 # SYNC2=1 adds a third mode: sync with 2 OpenMP threads in the model and generator (sync's phases run
 # one at a time, so each could use both cores).
 # MODES chooses the modes (default "sync async"; sync must be among them, it sets the target). Besides
@@ -30,7 +32,8 @@ THREADS=${THREADS:-2}
 ASYNC_STEPS=${ASYNC_STEPS:-$(( STEPS * 5 / 4 ))}
 SYNC2=${SYNC2:-0}
 STAMP=$(date +%Y%m%d-%H%M%S)
-OUT=runs/bench-avs-$STAMP
+OUT=${OUT:-runs/bench-avs-$STAMP}
+CK_EVERY=${CK_EVERY:-25}   # STEPS must be a multiple
 BASE=runs/data/countdown/base.safetensors
 BUILD=$BUILD THREADS=$THREADS bash scripts/prepare-countdown.sh runs/data/countdown
 mkdir -p "$OUT"
@@ -57,9 +60,16 @@ for seed in $SEEDS; do
     esac
     echo "== $OUT/$name ($steps steps)" >&2
     "$R" run "$CONFIG" --quiet --set "name=$name" --set "run_dir=$OUT/$name" --set "mode=$run_mode" \
-        --set "rl.steps=$steps" --set "rl.seed=$seed" --set "rl.checkpoint_every=$STEPS" --set eval.every=0 "${extra[@]}"
+        --set "rl.steps=$steps" --set "rl.seed=$seed" --set "rl.checkpoint_every=$CK_EVERY" \
+        --set checkpoint.keep=1000 --set eval.every=0 ${extra[@]+"${extra[@]}"}
+    # every checkpoint greedily on the held-out set: the pass rate at equal steps (step STEPS) and, by
+    # interpolation between checkpoints, at the sync runs' wall time
+    for ((s = CK_EVERY; s <= steps; s += CK_EVERY)); do
+      "$R" eval --config "$OUT/$name/config.json" --checkpoint "$OUT/$name/checkpoints/step_$s/model.safetensors" \
+          --threads "$THREADS" > "$OUT/$name/eval_step_$s.json"
+    done
     ck="$OUT/$name/checkpoints/step_$STEPS/model.safetensors"
-    "$R" eval --config "$OUT/$name/config.json" --checkpoint "$ck" --threads "$THREADS" > "$OUT/$name/eval.json"
+    cp "$OUT/$name/eval_step_$STEPS.json" "$OUT/$name/eval.json"
     "$R" eval --config "$OUT/$name/config.json" --checkpoint "$ck" \
         --threads "$THREADS" --samples 4 --temperature 1 > "$OUT/$name/eval_sampled.json"
   done
