@@ -148,7 +148,7 @@ def draw(out, modes, recipes, rows, base):
                 blocks.append((mode, rec, i))
                 i += 1
     png = os.path.join(out, "recipes.png")
-    gp = [f"set terminal pngcairo size 1400,{520 * len(modes)} font ',10'",
+    gp = [f"set terminal pngcairo size 1400,{520 * len(modes)} font ',10' noenhanced",
           f"set output '{png}.tmp'",
           f"set multiplot layout {len(modes)},2",
           "set key bottom right font ',9'", "set grid", "set ylabel 'held-out pass rate (greedy)'"]
