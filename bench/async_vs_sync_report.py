@@ -83,7 +83,8 @@ def main():
           f"{'pass_greedy':>11} {'pass_sampled':>12}   (wall: median over seeds; pass rates: mean over seeds, at step {steps})")
     tt = {}
     for m in order:
-        hit = next((i for i, v in enumerate(curve[m]) if v >= target), None)
+        # only where the moving mean spans a whole window (its first points average one or two steps)
+        hit = next((i for i, v in enumerate(curve[m]) if i >= WINDOW - 1 and v >= target), None)
         tt[m] = wall_at[m][hit] if hit is not None else None
         pg = statistics.mean(modes[m][s][1]["pass_rate"] for s in seeds)
         ps = statistics.mean(modes[m][s][1]["sampled"] for s in seeds)
