@@ -117,6 +117,7 @@ def main():
         print(f"{m:14} " + " ".join(f"{statistics.mean(b[k] for b in bs):>14.1f}" for k in keys))
     equal_wall(modes, order, seeds, steps, wall_at)
     two_core_bound(modes, order, seeds, steps)
+    cpu_bound(out, order, seeds)
 
 
 def pass_at_wall(rows, by_step, wall):
@@ -155,6 +156,48 @@ def equal_wall(modes, order, seeds, steps, wall_at):
         cks = sorted(set.intersection(*(set(modes[m][s][1]["by_step"]) for s in seeds)))
         print(f"  {m:14} " + " ".join(f"{c}:{statistics.mean(modes[m][s][1]['by_step'][c] for s in seeds):.3f}"
                                       for c in cks))
+
+
+def cpu_account(run):
+    """RUN/cpu.json (the launcher's wait4 of each process): {process: user + sys seconds}, or None."""
+    try:
+        doc = json.load(open(f"{run}/cpu.json"))
+    except (OSError, ValueError):
+        return None
+    return {k: v["user_s"] + v["sys_s"] for k, v in doc["processes"].items()}, doc["wall_s"]
+
+
+def cpu_bound(out, order, seeds):
+    """The bound from measured CPU time: the whole run's CPU seconds (every process, reward sandboxes
+    included) of the sync runs, over 2 cores, against each mode's wall time. Whole runs (sync to STEPS,
+    async to ASYNC_STEPS), so per step."""
+    acc = {}
+    for m in order:
+        rows = []
+        for s in seeds:
+            a = cpu_account(os.path.join(out, f"{m}-s{s}"))
+            if a is None:
+                return
+            procs, wall = a
+            steps = max(json.loads(l)["step"] for l in open(os.path.join(out, f"{m}-s{s}", "metrics.jsonl")) if l.strip())
+            rows.append(({k: v / steps for k, v in procs.items()}, wall / steps))
+        acc[m] = rows
+    sync_cpu = statistics.mean(sum(p.values()) for p, _ in acc["sync"])
+    sync_wall = statistics.mean(w for _, w in acc["sync"])
+    bound = sync_wall / (sync_cpu / 2)
+    procs = sorted({k for m in order for p, _ in acc[m] for k in p})
+    print(f"\nmeasured CPU time (RUN/cpu.json: user + sys of every process, its reward sandboxes included), per "
+          f"step, mean over seeds: sync spends {1e3 * sync_cpu:.0f} ms of CPU in {1e3 * sync_wall:.0f} ms of wall time "
+          f"a step, so 2 cores could do a step in {1e3 * sync_cpu / 2:.0f} ms: a bound of {bound:.2f}x over sync")
+    print(f"{'mode':14} {'wall ms':>8} {'x sync':>7} {'of bound':>8} {'CPU ms':>7} {'cores':>6} {'CPU vs sync':>11}   "
+          + " ".join(f"{k:>12}" for k in procs) + "   (CPU ms per step)")
+    for m in order:
+        wall = statistics.mean(w for _, w in acc[m])
+        cpu = statistics.mean(sum(p.values()) for p, _ in acc[m])
+        x = sync_wall / wall
+        per = " ".join(f"{1e3 * statistics.mean(p.get(k, 0) for p, _ in acc[m]):>12.0f}" for k in procs)
+        print(f"{m:14} {1e3 * wall:>8.0f} {x:>7.2f} {x / bound:>8.2f} {1e3 * cpu:>7.0f} {cpu / wall:>6.2f} "
+              f"{cpu / sync_cpu:>11.2f}   {per}")
 
 
 def two_core_bound(modes, order, seeds, steps):
