@@ -117,8 +117,8 @@ int adamw_step_params(adamw *o, float *params, size_t n_params, float *grads, fl
 #pragma omp parallel
     for (int ti = 0; ti < o->n_tensors; ti++) {
         const model_tensor_info *ti_ = &o->tensors[ti];
-        /* norm weights (vectors) are not decayed */
-        float decay = ti_->cols > 1 ? 1.0f - lr * o->cfg.weight_decay : 1.0f;
+        /* norm weights and biases (vectors) are not decayed */
+        float decay = ti_->decay ? 1.0f - lr * o->cfg.weight_decay : 1.0f;
         float *p = params + ti_->offset, *g = grads + ti_->offset;
         float *mm = o->mom + ti_->offset, *vv = o->var + ti_->offset;
         size_t len = ti_->numel;

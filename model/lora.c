@@ -147,6 +147,7 @@ int model_lora_create(model_lora **out, const model *m, const model_lora_config 
             ti->name = lora_names[t][ab];
             ti->hf_name = ab ? lora_spec[t].key_b : lora_spec[t].key_a;
             ti->per_layer = 1;
+            ti->decay = 1; /* as torch's AdamW decays every adapter PEFT hands it, B of rank 1 included */
             ti->n_stack = base->n_stack;
             ti->rows = ab ? base->rows : (int)R;
             ti->cols = ab ? (int)R : base->cols;

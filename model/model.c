@@ -407,6 +407,7 @@ static void layout(model *m) {
         t->is_norm = tensor_spec[id].is_norm;
         t->rows = (int)shape[id][0];
         t->cols = (int)shape[id][1];
+        t->decay = t->cols > 1;
         int kv = id == MODEL_T_WK || id == MODEL_T_WV || id == MODEL_T_BK || id == MODEL_T_BV || id == MODEL_T_K_NORM;
         t->n_stack = !t->per_layer ? 1 : kv ? model_kv_layers(c) : (int)L;
         t->numel = shape[id][0] * shape[id][1] * (size_t)t->n_stack;

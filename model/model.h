@@ -155,6 +155,7 @@ typedef struct model_tensor_info {
     int n_stack;       /* slices stacked: L, model_kv_layers() for wk, wv, bk, bv, k_norm, 1 when not per layer */
     int rows, cols;    /* per-layer matrix shape (cols = 1 for vectors) */
     int is_norm;       /* an RMSNorm weight (initialised to 1; no weight decay) */
+    int decay;         /* AdamW decays it: the model's matrices (cols > 1), every LoRA adapter tensor */
 } model_tensor_info;
 
 typedef struct model {

@@ -106,7 +106,7 @@ float adamw_lr_at(const adamw_config *c, long step);
 typedef struct adamw adamw;
 int adamw_create(adamw **out, const struct model *m, const adamw_config *cfg, rlhf_error *err);
 /* The same for any parameter set laid out by a tensor table (a LoRA adapter set: model_lora); the table
- * must outlive the optimizer. Weight decay applies to the tensors with cols > 1. */
+ * must outlive the optimizer. Weight decay applies to the tensors with `decay` set. */
 struct model_tensor_info;
 enum { ADAMW_MAX_TENSORS = 20 };
 int adamw_create_params(adamw **out, const struct model_tensor_info *tensors, int n_tensors, size_t n_params,
