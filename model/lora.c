@@ -112,6 +112,19 @@ json_t *model_lora_config_to_json(const model_lora_config *c) {
                      (double)c->dropout, "targets", targets);
 }
 
+int model_lora_check(const model_config *mc, const model_lora_config *lc, const char *where, rlhf_error *err) {
+    int C = mc->dim, HD = mc->n_heads * model_head_dim(mc), KD = mc->n_kv_heads * model_head_dim(mc), F = mc->ffn_dim;
+    const int side[MODEL_LORA_N_TARGETS][2] = {{HD, C}, {KD, C}, {KD, C}, {C, HD}, {F, C}, {F, C}, {C, F}};
+    for (int t = 0; t < MODEL_LORA_N_TARGETS; t++) {
+        if (!(lc->targets & (1u << t))) continue;
+        int small = side[t][0] < side[t][1] ? side[t][0] : side[t][1];
+        if (lc->rank > small)
+            return rlhf_error_set(err, RLHF_EINVAL, where, "rank: %d exceeds %s's smaller side %d (%d x %d)", lc->rank,
+                                  lora_spec[t].module, small, side[t][0], side[t][1]);
+    }
+    return 0;
+}
+
 int model_lora_create(model_lora **out, const model *m, const model_lora_config *cfg, rlhf_error *err) {
     *out = NULL;
     if (cfg->rank < 1 || !(cfg->alpha > 0) || !(cfg->dropout >= 0 && cfg->dropout < 1) || !cfg->targets ||
@@ -214,4 +227,107 @@ int model_lora_merge(model *dst, const model *base, const model_lora *l, rlhf_er
         }
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------- PEFT format */
+
+/* The layer of slice s of target t's stack: s itself, except for k/v with kv_share (only the layers
+ * that project their own K/V are stacked). */
+static int slice_layer(const model_config *mc, int t, int s) {
+    if (t != MODEL_LORA_K && t != MODEL_LORA_V) return s;
+    for (int l = 0; l < mc->n_layers; l++)
+        if (model_kv_slot(mc, l) == s) return l;
+    return -1;
+}
+
+int model_lora_save_peft(const model_lora *l, const model *base, const char *dir, const char *base_name,
+                         rlhf_error *err) {
+    int rc = rlhf_mkdirs(dir, err);
+    if (rc) return rc;
+    int n = 0, R = l->cfg.rank;
+    for (int t = 0; t < MODEL_LORA_N_TARGETS; t++) n += l->a[t] ? 2 * l->n_stack[t] : 0;
+    safetensors_tensor *ts = calloc((size_t)(n ? n : 1), sizeof *ts);
+    char(*names)[128] = calloc((size_t)(n ? n : 1), sizeof *names);
+    if (!ts || !names) {
+        free(ts), free(names);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    }
+    int k = 0;
+    for (int t = 0; t < MODEL_LORA_N_TARGETS; t++)
+        for (int s = 0; l->a[t] && s < l->n_stack[t]; s++)
+            for (int ab = 0; ab < 2; ab++, k++) {
+                snprintf(names[k], sizeof names[k], ab ? lora_spec[t].key_b : lora_spec[t].key_a,
+                         slice_layer(&base->cfg, t, s));
+                ts[k].name = names[k];
+                ts[k].ndim = 2; /* (R, IC) and (OC, R), rank 1 included */
+                ts[k].shape[0] = ab ? l->out_dim[t] : R;
+                ts[k].shape[1] = ab ? R : l->in_dim[t];
+                ts[k].data = ab ? l->b[t] + (size_t)s * l->out_dim[t] * R : l->a[t] + (size_t)s * R * l->in_dim[t];
+            }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    json_t *meta = json_pack("{s:s}", "format", "pt");
+    rc = safetensors_write(path, ts, n, meta, err);
+    json_decref(meta);
+    free(ts), free(names);
+    if (rc) return rc;
+    json_t *targets = json_array();
+    for (int t = 0; t < MODEL_LORA_N_TARGETS; t++)
+        if (l->a[t]) json_array_append_new(targets, json_string(lora_spec[t].module));
+    json_t *cfg = json_pack("{s:s, s:s, s:i, s:f, s:f, s:o, s:s, s:b, s:b, s:b, s:n, s:s?}", "peft_type", "LORA",
+                            "task_type", "CAUSAL_LM", "r", R, "lora_alpha", (double)l->cfg.alpha, "lora_dropout",
+                            (double)l->cfg.dropout, "target_modules", targets, "bias", "none", "fan_in_fan_out", 0,
+                            "inference_mode", 1, "use_rslora", 0, "modules_to_save", "base_model_name_or_path",
+                            base_name);
+    char *txt = cfg ? json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(cfg);
+    if (!txt) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    rc = rlhf_write_file_atomic(path, txt, strlen(txt), err);
+    free(txt);
+    return rc;
+}
+
+int model_lora_load_peft(model_lora *l, const model *base, const char *dir, rlhf_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    json_error_t je;
+    json_t *cfg = json_load_file(path, 0, &je);
+    if (!cfg) return rlhf_error_set(err, RLHF_ECORRUPT, path, "invalid JSON: %s", je.text);
+    json_t *r = json_object_get(cfg, "r"), *alpha = json_object_get(cfg, "lora_alpha");
+    json_t *tm = json_object_get(cfg, "target_modules");
+    unsigned targets = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(tm, i, e) for (int t = 0; t < MODEL_LORA_N_TARGETS; t++) if (json_is_string(e) &&
+                                                                                !strcmp(json_string_value(e), lora_spec[t].module)) targets |= 1u << t;
+    int ok = json_is_integer(r) && json_integer_value(r) == l->cfg.rank && json_is_number(alpha) &&
+             fabs(json_number_value(alpha) - (double)l->cfg.alpha) <= 1e-6 * fabs((double)l->cfg.alpha) &&
+             json_is_array(tm) && json_array_size(tm) > 0 && targets == l->cfg.targets;
+    json_decref(cfg);
+    if (!ok)
+        return rlhf_error_set(err, RLHF_EINVAL, path, "r, lora_alpha or target_modules differ from model.lora (rank %d, "
+                              "alpha %g)", l->cfg.rank, (double)l->cfg.alpha);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    safetensors_file *f = NULL;
+    int rc = safetensors_open(&f, path, err);
+    if (rc) return rc;
+    int R = l->cfg.rank;
+    for (int t = 0; !rc && t < MODEL_LORA_N_TARGETS; t++)
+        for (int s = 0; !rc && l->a[t] && s < l->n_stack[t]; s++)
+            for (int ab = 0; !rc && ab < 2; ab++) {
+                char name[128];
+                snprintf(name, sizeof name, ab ? lora_spec[t].key_b : lora_spec[t].key_a, slice_layer(&base->cfg, t, s));
+                const safetensors_tensor *st = safetensors_find(f, name);
+                int64_t rows = ab ? l->out_dim[t] : R, cols = ab ? R : l->in_dim[t];
+                if (!st || st->ndim != 2 || st->shape[0] != rows || st->shape[1] != cols) {
+                    rc = rlhf_error_set(err, RLHF_ECORRUPT, path, "tensor %s missing or not (%lld, %lld)", name,
+                                        (long long)rows, (long long)cols);
+                    break;
+                }
+                float *dst = ab ? l->b[t] + (size_t)s * l->out_dim[t] * R : l->a[t] + (size_t)s * R * l->in_dim[t];
+                rc = safetensors_tensor_to_f32(st, dst, path, err);
+            }
+    safetensors_close(&f);
+    return rc;
 }

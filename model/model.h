@@ -231,10 +231,21 @@ typedef struct model_lora {
     int n_stack[MODEL_LORA_N_TARGETS], in_dim[MODEL_LORA_N_TARGETS], out_dim[MODEL_LORA_N_TARGETS];
 } model_lora;
 
+/* The config against a model config: a rank wider than a targeted projection's smaller side is an error
+ * naming `where`. */
+int model_lora_check(const model_config *mc, const model_lora_config *lc, const char *where, rlhf_error *err);
 /* An adapter set for model m's shape (zeroed); a target m does not have is an error. */
 int model_lora_create(model_lora **out, const struct model *m, const model_lora_config *cfg, rlhf_error *err);
 void model_lora_destroy(model_lora **l);
 void model_lora_init(model_lora *l, uint64_t seed); /* A uniform ±1/sqrt(IC), B = 0 */
+/* The PEFT format (what the `peft` library saves and loads): DIR/adapter_model.safetensors with one
+ * (R, IC) lora_A and one (OC, R) lora_B tensor per adapted module and layer, named
+ * base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight, and DIR/adapter_config.json
+ * (peft_type LORA, r, lora_alpha, lora_dropout, target_modules, base_model_name_or_path = base_name).
+ * Saving makes DIR; loading checks the config against l's and every tensor's shape (errors name the file). */
+int model_lora_save_peft(const model_lora *l, const struct model *base, const char *dir, const char *base_name,
+                         rlhf_error *err);
+int model_lora_load_peft(model_lora *l, const struct model *base, const char *dir, rlhf_error *err);
 /* dst's weights = base's with every adapted W replaced by W + scale · B · A (dst and base of one config;
  * dst == base merges in place). Sampling with the merged weights computes what training computes. */
 int model_lora_merge(struct model *dst, const struct model *base, const model_lora *l, rlhf_error *err);

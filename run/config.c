@@ -34,6 +34,7 @@ static const key_spec SPEC[] = {
     {"model.threads", K_INT, 0, 256, "0"},
     {"model.tokenizer", K_STR, 0, 0, "\"\""},
     {"model.max_seq_len", K_INT, 0, 1 << 24, "0"},
+    {"model.lora", K_ANY_OBJ, 0, 0, "null"},
     {"task", K_OBJ, 0, 0, NULL},
     {"task.name", K_STR, 0, 0, "\"custom\""},
     {"task.train", K_STR, 0, 0, NULL},
@@ -354,6 +355,17 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
             mc.max_seq_len = cfg->max_seq_len;
             snprintf(w, sizeof w, "%s: model.max_seq_len caps model.arch", where);
             if ((rc = model_config_validate(&mc, w, err))) goto fail;
+        }
+    }
+
+    json_t *lora = get_path(doc, "model.lora");
+    if (json_is_object(lora)) { /* LoRA: checked here against model.arch too (a rank wider than a projection) */
+        snprintf(w, sizeof w, "%s: model.lora", where);
+        if ((rc = model_lora_config_parse(&cfg->lora, lora, w, err))) goto fail;
+        if (cfg->arch) {
+            model_config mc;
+            if ((rc = model_config_parse(&mc, cfg->arch, w, err)) || (rc = model_lora_check(&mc, &cfg->lora, w, err)))
+                goto fail;
         }
     }
 
