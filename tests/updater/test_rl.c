@@ -352,6 +352,16 @@ static void test_config_lora_lr(void) {
     CU_ASSERT_EQUAL_FATAL(parse_with(with_lr, NULL, &err, &cfg), 0);
     CU_ASSERT_DOUBLE_EQUAL(cfg.lr, 2e-3, 1e-9);
     run_config_free(&cfg);
+    /* the example LoRA run of docs/MODEL.md */
+    char path[4096];
+    CU_ASSERT_EQUAL_FATAL(test_source_path("examples/configs/countdown-lora.json", path, sizeof path), 0);
+    json_t *ex = json_load_file(path, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ex);
+    CU_ASSERT_EQUAL_FATAL(run_config_parse(&cfg, ex, "countdown-lora.json", &err), 0);
+    CU_ASSERT_EQUAL(cfg.lora.rank, 8);
+    CU_ASSERT_DOUBLE_EQUAL(cfg.lr, 1e-3, 1e-9);
+    run_config_free(&cfg);
+    json_decref(ex);
     CU_ASSERT_NOT_EQUAL(parse_with(BASE, "model.lora={\"rank\":8,\"targets\":[\"wq\"]}", &err, &cfg), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "model.lora"));
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "targets[0]: \"wq\" is not a linear layer"));
