@@ -172,6 +172,8 @@ double rlhf_wall_time(void);
 /* Deterministic RNG (xorshift64*), explicit state: no hidden globals. */
 typedef struct { uint64_t s; } rlhf_rng;
 void rlhf_rng_seed(rlhf_rng *r, uint64_t seed);
+/* splitmix64's output function of x: a stateless hash (counter-based random numbers, seed scrambling). */
+uint64_t rlhf_mix64(uint64_t x);
 uint64_t rlhf_rng_u64(rlhf_rng *r);
 float rlhf_rng_uniform(rlhf_rng *r);  /* [0, 1) */
 float rlhf_rng_normal(rlhf_rng *r);   /* N(0, 1) */

@@ -324,11 +324,7 @@ static void rec_matmul_pair(model_trainer *t, float *out_a, float *out_b, float 
 /* Dropout of the adapters' inputs: element i of the op with key k is kept when a hash of (k, i) is at
  * least p, so the backward recomputes the mask instead of storing it. */
 static inline int lora_keep(uint64_t key, size_t i, float p) {
-    uint64_t z = key + (uint64_t)i * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+    return (float)(rlhf_mix64(key + (uint64_t)i * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
 /* The LoRA branch of target `target`, slice `slice`, on the matmul that just wrote out (N, OC) from
