@@ -3,7 +3,8 @@
  *              generator's behaviour log-probs to the updater's is 1 (within fp32 noise), so each version's
  *              adapters were delivered and applied before sampling, never stale; the generator logs the
  *              content hash of every version it applied, equal to the updater's weights_hash of it; the
- *              WEIGHTS messages carried adapters alone (their size in the generator's log).
+ *              WEIGHTS messages carried adapters alone (their size in the generator's log); the run's
+ *              cpu.json accounts every process's CPU time.
  *   peft:      the checkpoint's adapter/ directory is PEFT's format, and the checkpoint's merged weights
  *              are base + adapters (tests/oracle/peft_check.py, its own safetensors reader).
  *   replay:    `rlhf replay` of the run gives every version's weights bit for bit, and so does a replay
@@ -105,6 +106,21 @@ static void test_adapters(void) {
         CU_ASSERT_PTR_NOT_NULL(strstr(gl, needle));
     }
     free(gl);
+    /* where the machine time went (the launcher's wait4 of every process it started) */
+    snprintf(p, sizeof p, "%s/cpu.json", g_run);
+    json_t *cpu = json_load_file(p, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cpu);
+    const char *procs[] = {"broker", "updater", "generator-0"};
+    double sum = 0;
+    for (int i = 0; i < 3; i++) {
+        json_t *pr = json_object_get(json_object_get(cpu, "processes"), procs[i]);
+        CU_ASSERT(json_is_object(pr));
+        sum += json_number_value(json_object_get(pr, "user_s")) + json_number_value(json_object_get(pr, "sys_s"));
+    }
+    CU_ASSERT(sum > 0);
+    CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(cpu, "cpu_s")), sum, 1e-6);
+    CU_ASSERT(json_number_value(json_object_get(cpu, "wall_s")) > 0);
+    json_decref(cpu);
 }
 
 static void test_peft(void) {
