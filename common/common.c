@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -245,6 +246,18 @@ double rlhf_wall_time(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void *rlhf_big_alloc(size_t bytes) {
+    bytes = bytes ? bytes : 64;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    madvise(p, bytes, MADV_DONTFORK); /* an optimisation: failure leaves an ordinary mapping */
+    return p;
+}
+
+void rlhf_big_free(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : 64);
 }
 
 uint64_t rlhf_mix64(uint64_t x) {

@@ -60,8 +60,8 @@ int adamw_create_params(adamw **out, const model_tensor_info *tensors, int n_ten
     o->tensors = tensors;
     o->n_tensors = n_tensors;
     o->n = n_params;
-    o->mom = calloc(o->n ? o->n : 1, sizeof(float));
-    o->var = calloc(o->n ? o->n : 1, sizeof(float));
+    o->mom = rlhf_big_alloc(o->n * sizeof(float)); /* zeroed; out of the updater's forks (common.h) */
+    o->var = rlhf_big_alloc(o->n * sizeof(float));
     if (!o->mom || !o->var) {
         adamw_destroy(&o);
         return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate AdamW state for %zu parameters", n_params);
@@ -76,8 +76,8 @@ int adamw_create(adamw **out, const model *m, const adamw_config *cfg, rlhf_erro
 
 void adamw_destroy(adamw **po) {
     if (!po || !*po) return;
-    free((*po)->mom);
-    free((*po)->var);
+    rlhf_big_free((*po)->mom, (*po)->n * sizeof(float));
+    rlhf_big_free((*po)->var, (*po)->n * sizeof(float));
     free(*po);
     *po = NULL;
 }

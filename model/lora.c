@@ -171,13 +171,11 @@ int model_lora_create(model_lora **out, const model *m, const model_lora_config 
         }
     }
     l->n_params = off;
-    size_t bytes = (off * sizeof(float) + 63) & ~(size_t)63;
-    l->mem = aligned_alloc(64, bytes ? bytes : 64);
+    l->mem = rlhf_big_alloc(off * sizeof(float)); /* zeroed; out of the updater's forks (common.h) */
     if (!l->mem) {
         free(l);
         return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate %zu LoRA parameters", off);
     }
-    memset(l->mem, 0, bytes);
     for (int t = 0; t < MODEL_LORA_N_TARGETS; t++)
         if (cfg->targets & (1u << t)) {
             l->a[t] = l->mem + offs[t][0];
@@ -189,7 +187,7 @@ int model_lora_create(model_lora **out, const model *m, const model_lora_config 
 
 void model_lora_destroy(model_lora **pl) {
     if (!pl || !*pl) return;
-    free((*pl)->mem);
+    rlhf_big_free((*pl)->mem, (*pl)->n_params * sizeof(float));
     free(*pl);
     *pl = NULL;
 }

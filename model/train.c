@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 typedef enum {
     OP_EMBEDDING,
@@ -91,6 +90,7 @@ struct model_trainer {
      * gradients (l->mem's layout), the saved u of every adapter op of a forward, and scratch */
     model_lora *lora;
     float *lora_grads;
+    size_t lora_grads_bytes;
     float *lora_u, *lora_u_next;   // (n_lora_ops, max_N, R) pool, bump pointer during a forward
     float *lora_du;                // (max_N, R)
     float *lora_xd, *lora_xd_next; // dropout copies of the adapters' inputs (dropout > 0 only)
@@ -112,22 +112,13 @@ static void *alloc64_raw(size_t bytes) {
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
-/* The activation arenas are mapped on their own and left out of fork(): the updater forks a sandbox
- * for every reward-checker run, and copying the arenas' page tables at fork, then taking a
- * write-protect fault on every arena page at the next step, cost more CPU than the checker itself
- * (perf of an async run: copy_page_range, do_wp_page and page faults were 24% of the updater's time).
- * A forked child never touches them. Anonymous mappings are page-aligned and zero-filled. */
-static void *arena_alloc(size_t bytes) {
-    bytes = bytes ? bytes : 64;
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    madvise(p, bytes, MADV_DONTFORK); /* an optimisation: failure is harmless */
-    return p;
-}
-
-static void arena_free(void *p, size_t bytes) {
-    if (p) munmap(p, bytes ? bytes : 64);
-}
+/* The activation arenas and the parameter gradients are left out of fork() (rlhf_big_alloc): the updater
+ * forks a sandbox for every reward-checker run, and copying their page tables at fork, then taking a
+ * write-protect fault on every page at the next step, cost more CPU than the checker itself (perf of an
+ * async run: copy_page_range, do_wp_page and page faults were 24% of the updater's time). A forked child
+ * never touches them. */
+static void *arena_alloc(size_t bytes) { return rlhf_big_alloc(bytes); }
+static void arena_free(void *p, size_t bytes) { rlhf_big_free(p, bytes); }
 
 static void *alloc64(size_t bytes) {
     void *p = alloc64_raw(bytes);
@@ -168,7 +159,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
      * probabilities, rstd, lse) are never touched, so those pages cost no resident memory. */
     t->act = arena_alloc(total * sizeof(float));
     t->act_grad = arena_alloc(total * sizeof(float));
-    t->grads = alloc64(m->n_params * sizeof(float));
+    t->grads = arena_alloc(m->n_params * sizeof(float));
     t->scratch_threads = omp_get_max_threads();
     t->scratch = alloc64((size_t)t->scratch_threads * ops_attention_scratch_floats(max_T) * sizeof(float));
     t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
@@ -219,7 +210,7 @@ void model_trainer_destroy(model_trainer **pt) {
     model_trainer *t = *pt;
     arena_free(t->act, t->act_numel * sizeof(float));
     arena_free(t->act_grad, t->act_numel * sizeof(float));
-    free(t->grads);
+    arena_free(t->grads, t->m->n_params * sizeof(float));
     free(t->scratch);
     free(t->rope_cos);
     free(t->rope_sin);
@@ -228,7 +219,7 @@ void model_trainer_destroy(model_trainer **pt) {
     free(t->layers);
     free(t->tape);
     free(t->touched);
-    free(t->lora_grads);
+    arena_free(t->lora_grads, t->lora_grads_bytes);
     free(t->lora_u);
     free(t->lora_du);
     free(t->lora_xd);
@@ -734,7 +725,7 @@ float *model_trainer_lora_grads(model_trainer *t) { return t->lora ? t->lora_gra
 
 int model_trainer_set_lora(model_trainer *t, model_lora *l, uint64_t dropout_seed, rlhf_error *err) {
     const model_config *c = &t->m->cfg;
-    free(t->lora_grads);
+    arena_free(t->lora_grads, t->lora_grads_bytes);
     free(t->lora_u);
     free(t->lora_du);
     free(t->lora_xd);
@@ -768,7 +759,8 @@ int model_trainer_set_lora(model_trainer *t, model_lora *l, uint64_t dropout_see
             return RLHF_FAIL(err, RLHF_EINVAL, "LoRA adapter %s does not fit this trainer's model",
                              model_lora_target_name((model_lora_target)k));
     }
-    t->lora_grads = alloc64(l->n_params * sizeof(float));
+    t->lora_grads = arena_alloc(l->n_params * sizeof(float));
+    t->lora_grads_bytes = l->n_params * sizeof(float);
     t->lora_u_numel = (size_t)ops * N * R;
     t->lora_u = alloc64(t->lora_u_numel * sizeof(float));
     t->lora_du = alloc64(N * R * sizeof(float));
