@@ -1282,8 +1282,11 @@ static json_t *weights_meta(const wire_weights *x, uint64_t chunk) {
         json_array_append_new(tensors, json_pack("{sssosIsI}", "name", t->name, "shape", shape, "offset",
                                                  (json_int_t)t->offset, "nbytes", (json_int_t)t->nbytes));
     }
-    return json_pack("{sIsssIsIso}", "version", (json_int_t)x->version, "dtype", "f32", "nbytes",
-                     (json_int_t)x->nbytes, "chunk_bytes", (json_int_t)chunk, "tensors", tensors);
+    json_t *meta = json_pack("{sIsssIsIso}", "version", (json_int_t)x->version, "dtype", "f32", "nbytes",
+                             (json_int_t)x->nbytes, "chunk_bytes", (json_int_t)chunk, "tensors", tensors);
+    if (meta && x->lora) json_object_set_new(meta, "kind", json_string("lora"));
+    if (meta && x->content_hash[0]) json_object_set_new(meta, "content_hash", json_string(x->content_hash));
+    return meta;
 }
 
 int wire_encode_weights(const wire_weights *x, wire_out *o, rlhf_error *err) {
@@ -1335,6 +1338,19 @@ static int decode_weights(const wire_msg *m, int type, wire_weights *x, int copy
         dfield(c, "dtype", "\"%s\" unsupported (only f32)", dtype);
         goto fail;
     }
+    char kind[8];
+    TRY(get_str(c, m->meta, "kind", kind, sizeof kind, NULL, 0));
+    if (kind[0] && strcmp(kind, "full") != 0 && strcmp(kind, "lora") != 0) {
+        dfield(c, "kind", "\"%s\" unknown (full or lora)", kind);
+        goto fail;
+    }
+    x->lora = !strcmp(kind, "lora");
+    TRY(get_str(c, m->meta, "content_hash", x->content_hash, sizeof x->content_hash, NULL, 0));
+    for (const char *h = x->content_hash; *h; h++)
+        if (!((*h >= '0' && *h <= '9') || (*h >= 'a' && *h <= 'f')) || strlen(x->content_hash) != 16) {
+            dfield(c, "content_hash", "must be 16 lowercase hex digits");
+            goto fail;
+        }
     TRY(get_uint(c, m->meta, "nbytes", INT64_MAX, &x->nbytes));
     if (x->nbytes > WIRE_MAX_WEIGHT_BYTES) {
         snprintf(where, sizeof where, "%s.nbytes", c->tn);

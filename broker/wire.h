@@ -230,6 +230,11 @@ typedef struct wire_tensor {
 
 typedef struct wire_weights {
     uint64_t version;
+    /* Optional metadata keys "kind" and "content_hash" (absent in a full-weights message of an older sender):
+     * kind "lora" (lora = 1): the tensors are a LoRA adapter set, applied on the receiver's own base weights;
+     * content_hash: 16 lowercase hex digits of a hash of the blob (run_weights_content_hash), "" = none. */
+    int lora;
+    char content_hash[17];
     uint32_t n_tensors;
     wire_tensor *tensors; /* (n_tensors) */
     uint64_t nbytes;      /* blob size */

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,7 +53,50 @@ typedef struct child {
     /* the ranks' shared-memory segments go here, not loose in /dev/shm: a rank killed by a signal cannot
      * remove its own, so the launcher empties this directory whenever the group has ended ("" none) */
     char mpi_shm_dir[64];
+    /* CPU seconds of this child's processes that ended (every restart; with their own waited-for
+     * children: reward sandboxes, MPI ranks), from wait4 */
+    double cpu_user, cpu_sys;
 } child;
+
+/* Adds a reaped child's rusage to its account. */
+static void account(child *c, const struct rusage *ru) {
+    if (!c || !ru) return;
+    c->cpu_user += (double)ru->ru_utime.tv_sec + 1e-6 * (double)ru->ru_utime.tv_usec;
+    c->cpu_sys += (double)ru->ru_stime.tv_sec + 1e-6 * (double)ru->ru_stime.tv_usec;
+}
+
+/* RUN_DIR/cpu.json: each process's CPU seconds this launcher saw end (user, system; a process's reward
+ * sandboxes and MPI ranks included), the wall time, and their ratio (cores busy on average): where a
+ * run's machine time went. One line on stderr too (not with --quiet). Best effort: a run's result does
+ * not depend on it. */
+static void write_cpu_account(const run_config *cfg, const child *kids, int n, double wall, int quiet) {
+    json_t *procs = json_object();
+    double total = 0;
+    char line[1024];
+    size_t len = 0;
+    line[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const child *c = &kids[i];
+        if (!c->name[0]) continue;
+        double t = c->cpu_user + c->cpu_sys;
+        total += t;
+        json_object_set_new(procs, c->name, json_pack("{s:f, s:f}", "user_s", c->cpu_user, "sys_s", c->cpu_sys));
+        if (len < sizeof line)
+            len += (size_t)snprintf(line + len, sizeof line - len, "%s%s %.1f s", len ? ", " : "", c->name, t);
+    }
+    json_t *doc = json_pack("{s:o, s:f, s:f, s:f}", "processes", procs, "cpu_s", total, "wall_s", wall, "cores_busy",
+                            wall > 0 ? total / wall : 0.0);
+    char *txt = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(doc);
+    char path[2048];
+    snprintf(path, sizeof path, "%s/cpu.json", cfg->run_dir);
+    rlhf_error err = {0};
+    if (txt && rlhf_write_file_atomic(path, txt, strlen(txt), &err)) rlhf_error_print("rlhf run (cpu.json)", &err);
+    free(txt);
+    if (!quiet)
+        fprintf(stderr, "[rlhf run] CPU time: %s; %.1f s in all over %.1f s: %.2f cores busy on average\n", line, total,
+                wall, wall > 0 ? total / wall : 0.0);
+}
 
 /* Empties (and with `remove_dir`, removes) a child's MPI shared-memory directory. */
 static void clear_mpi_shm(const child *c, int remove_dir) {
@@ -268,16 +312,18 @@ static void stop_child(child *c, int sig, double timeout) {
     kill(c->pid, sig);
     double t0 = rlhf_now();
     int st;
+    struct rusage ru;
     while (rlhf_now() - t0 < timeout) {
-        pid_t r = waitpid(c->pid, &st, WNOHANG);
+        pid_t r = wait4(c->pid, &st, WNOHANG, &ru);
         if (r == c->pid || (r < 0 && errno == ECHILD)) {
+            if (r == c->pid) account(c, &ru);
             c->pid = 0;
             return;
         }
         usleep(20000);
     }
     kill(c->pid, SIGKILL);
-    waitpid(c->pid, &st, 0);
+    if (wait4(c->pid, &st, 0, &ru) == c->pid) account(c, &ru);
     c->pid = 0;
 }
 
@@ -733,7 +779,8 @@ int cmd_run(int argc, char **argv) {
         }
         int st;
         pid_t pid;
-        while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        struct rusage ru;
+        while ((pid = wait4(-1, &st, WNOHANG, &ru)) > 0) {
             char why[96];
             status_text(st, why, sizeof why);
             child *c = NULL;
@@ -744,6 +791,7 @@ int cmd_run(int argc, char **argv) {
             for (int i = 0; i < G + 2; i++)
                 if (kids[i].pid == pid) c = &kids[i];
             if (!c) continue;
+            account(c, &ru);
             c->pid = 0;
             clear_mpi_shm(c, 0);
             if (c == upd) {
@@ -863,6 +911,7 @@ int cmd_run(int argc, char **argv) {
     else if (!rc)
         fprintf(stderr, "[rlhf run] done: %d steps in %.1f s; checkpoints in %s/checkpoints/\n", final_step,
                 rlhf_now() - t_start, cfg.run_dir);
+    write_cpu_account(&cfg, kids, G + 2, rlhf_now() - t_start, quiet);
     if (total_restarts)
         fprintf(stderr, "[rlhf run] %d restart(s) during the run: %s/restarts.jsonl\n", total_restarts, cfg.run_dir);
     if (cfg.eval_every > 0) eval_summary(&cfg);

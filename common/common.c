@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -247,12 +248,28 @@ double rlhf_wall_time(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-void rlhf_rng_seed(rlhf_rng *r, uint64_t seed) {
-    /* splitmix64 scramble so that small seeds give unrelated streams; never 0 state */
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+void *rlhf_big_alloc(size_t bytes) {
+    bytes = bytes ? bytes : 64;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    madvise(p, bytes, MADV_DONTFORK); /* an optimisation: failure leaves an ordinary mapping */
+    return p;
+}
+
+void rlhf_big_free(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : 64);
+}
+
+uint64_t rlhf_mix64(uint64_t x) {
+    uint64_t z = x + 0x9E3779B97F4A7C15ull; /* splitmix64 */
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    return z ^ (z >> 31);
+}
+
+void rlhf_rng_seed(rlhf_rng *r, uint64_t seed) {
+    /* scrambled so that small seeds give unrelated streams; never 0 state */
+    uint64_t z = rlhf_mix64(seed);
     r->s = z ? z : 0x2545F4914F6CDD1Dull;
 }
 

@@ -172,6 +172,15 @@ double rlhf_wall_time(void);
 /* Deterministic RNG (xorshift64*), explicit state: no hidden globals. */
 typedef struct { uint64_t s; } rlhf_rng;
 void rlhf_rng_seed(rlhf_rng *r, uint64_t seed);
+/* Large buffers that a process writes while it forks children (the updater's weights, gradients and
+ * AdamW state while reward sandboxes start): an anonymous mapping left out of fork (MADV_DONTFORK), so
+ * a child gets no copy-on-write view of it and the parent takes no write fault (and, threads running
+ * on other CPUs, no TLB shootdown) on every page it touches after each fork. Zero-filled, page-aligned;
+ * NULL when out of memory. Free with rlhf_big_free and the same size. */
+void *rlhf_big_alloc(size_t bytes);
+void rlhf_big_free(void *p, size_t bytes);
+/* splitmix64's output function of x: a stateless hash (counter-based random numbers, seed scrambling). */
+uint64_t rlhf_mix64(uint64_t x);
 uint64_t rlhf_rng_u64(rlhf_rng *r);
 float rlhf_rng_uniform(rlhf_rng *r);  /* [0, 1) */
 float rlhf_rng_normal(rlhf_rng *r);   /* N(0, 1) */

@@ -10,8 +10,29 @@
 #include "generator/generator.h"
 #include "run/run.h"
 
+/* The policy this generator samples with: m. With model.lora also the base weights and the adapter set:
+ * every version carries adapters alone, and m becomes base + adapters (merged once per version, so
+ * sampling costs what it costs without LoRA). */
+typedef struct gen_policy {
+    model *m;
+    model *base;
+    model_lora *lora;
+} gen_policy;
+
+static int policy_apply(gen_policy *p, const wire_weights *w, rlhf_error *err) {
+    if (!p->lora) return run_weights_apply(p->m, w, err);
+    double t0 = rlhf_now();
+    int rc = run_weights_apply_lora(p->m, p->base, p->lora, w, err);
+    /* the version and content hash applied, so a run's log proves which adapters sampled which version */
+    if (!rc)
+        fprintf(stderr, "generator: applied LoRA adapters of version %llu: %llu bytes, content hash %s, merged in %.1f ms\n",
+                (unsigned long long)w->version, (unsigned long long)w->nbytes, w->content_hash, 1e3 * (rlhf_now() - t0));
+    return rc;
+}
+
 /* Applies the newest weights the broker fanned out, if any arrived (waits up to timeout_ms). */
-static int take_weights(broker_client *bc, model *m, int timeout_ms, rlhf_error *err) {
+static int take_weights(broker_client *bc, gen_policy *pol, int timeout_ms, rlhf_error *err) {
+    model *m = pol->m;
     wire_weights w;
     memset(&w, 0, sizeof w);
     uint64_t failed_before = 0, failed = 0;
@@ -26,7 +47,7 @@ static int take_weights(broker_client *bc, model *m, int timeout_ms, rlhf_error 
     /* from a shared-memory file the blob is in the client's kept buffer (read there, checked): copied into
      * the parameters before the next poll */
     int rc = 0;
-    if (w.version > m->version || m->version == 0) rc = run_weights_apply(m, &w, err);
+    if (w.version > m->version || m->version == 0) rc = policy_apply(pol, &w, err);
     if (!rc && via_shm == 1) /* the first one: say which path weights take */
         fprintf(stderr, "generator: weights come through a shared-memory file (broker.weights_shm), from version %llu\n",
                 (unsigned long long)w.version);
@@ -67,6 +88,7 @@ struct pending_prompt {
 
 typedef struct stream_ctx {
     model *m;
+    gen_policy *pol;
     const tokenizer *tok;
     broker_client *bc;
     const gen_params *gp;
@@ -233,11 +255,11 @@ static int stream_before_step(void *ctx, rlhf_error *err) {
             if (r > 0 && !c->held) wire_weights_free(&c->held_w);
         } /* while one is held, a newer one waits in the client (it keeps the newest) */
         if (c->held && stream_in_flight(c) == 0) {
-            if (run_weights_apply(c->m, &c->held_w, &werr)) rlhf_error_print("generator: weights (ignored)", &werr);
+            if (policy_apply(c->pol, &c->held_w, &werr)) rlhf_error_print("generator: weights (ignored)", &werr);
             wire_weights_free(&c->held_w);
             c->held = 0;
         }
-    } else if (take_weights(c->bc, c->m, 0, &werr) < 0)
+    } else if (take_weights(c->bc, c->pol, 0, &werr) < 0)
         rlhf_error_print("generator: weights (ignored)", &werr);
     if (c->m->version == c->last_version) return 0;
     c->last_version = c->m->version;
@@ -279,8 +301,15 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     guided_grammar *guided = NULL;
     guided_vocab *gvocab = NULL;
     int rc = 0;
+    gen_policy pol = {0};
     if ((rc = run_load_base(cfg, &m, err))) goto out;
     m->version = bcfg->initial_version;
+    pol.m = m;
+    if (cfg->lora.rank) { /* model.lora: keep the base; versions bring adapters */
+        if ((rc = model_create(&pol.base, &m->cfg, err)) || (rc = model_copy_weights(pol.base, m, err)) ||
+            (rc = model_lora_create(&pol.lora, m, &cfg->lora, err)))
+            goto out;
+    }
     if ((rc = run_load_tokenizer(cfg, m, &tok, err))) goto out;
     int per_batch = cfg->gen_batch;
     if (cfg->mode == RUN_MODE_SYNC) per_batch = (cfg->prompts_per_step + cfg->gen_count - 1) / cfg->gen_count;
@@ -304,7 +333,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
     /* a restarted generator joins at the newest version: the broker sends it right after WELCOME */
     const wire_welcome *wel = broker_client_welcome(bc);
     if (wel && wel->has_weights) {
-        if ((rc = take_weights(bc, m, 5000, err)) < 0) goto out;
+        if ((rc = take_weights(bc, &pol, 5000, err)) < 0) goto out;
         rc = 0;
     }
     gen_params gp;
@@ -344,7 +373,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
             fprintf(stderr, "generator %s: reconnected to a restarted broker\n", peer);
         }
         if (broker_client_stopped(bc)) break;
-        int r = take_weights(bc, m, 0, err);
+        int r = take_weights(bc, &pol, 0, err);
         if (r < 0) {
             rlhf_error_print("generator: weights (ignored)", err);
         }
@@ -352,7 +381,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
             if ((long)m->version == sampled_version) {
                 /* synchronous baseline: wait for the updater's next version */
                 broker_client_set_state(bc, "waiting_for_weights");
-                r = take_weights(bc, m, 500, err);
+                r = take_weights(bc, &pol, 500, err);
                 if (r < 0) rlhf_error_print("generator: weights (ignored)", err);
                 continue;
             }
@@ -375,7 +404,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
         }
         broker_client_set_state(bc, "generating");
         if (cfg->mode == RUN_MODE_ASYNC) {
-            stream_ctx sc = {.m = m, .tok = tok, .bc = bc, .gp = &gp, .peer = peer, .per_batch = per_batch,
+            stream_ctx sc = {.m = m, .pol = &pol, .tok = tok, .bc = bc, .gp = &gp, .peer = peer, .per_batch = per_batch,
                              .stop = o->stop, .seq = &seq, .tok_total = &tok_total, .last_version = m->version,
                              .last_push = rlhf_now(), .inflight_updates = cfg->gen_inflight_updates};
             rc = stream_take_batch(&sc, &pb, err);
@@ -387,7 +416,7 @@ int generator_main(const generator_options *o, rlhf_error *err) {
             if (!rc) rc = sampler_run_stream_spec(smp, gp.spec, tok, &src, err);
             if (sc.held) { /* the stream ended while draining (a stop): the version is applied next round */
                 rlhf_error werr = {0};
-                if (run_weights_apply(m, &sc.held_w, &werr)) rlhf_error_print("generator: weights (ignored)", &werr);
+                if (policy_apply(&pol, &sc.held_w, &werr)) rlhf_error_print("generator: weights (ignored)", &werr);
                 wire_weights_free(&sc.held_w);
             }
             for (int i = 0; i < sc.nq; i++) pending_free(sc.q[i], cfg->k); /* left only after an error */
@@ -439,6 +468,8 @@ out:
     sampler_destroy(&smp);
     tokenizer_destroy(&tok);
     model_destroy(&m);
+    model_destroy(&pol.base);
+    model_lora_destroy(&pol.lora);
     run_process_close(&proc);
     if (!rc) return RLHF_EXIT_OK;
     int st = rlhf_exit_status(err); /* the class of the failure tells the launcher whether to restart */

@@ -9,7 +9,9 @@
 
 struct adamw {
     adamw_config cfg;
-    const model *m;      /* for the tensor table (names, offsets, decay mask) */
+    const model_tensor_info *tensors; /* the parameter set's table (names, offsets, decay mask): a model's or a
+                                       * LoRA adapter set's */
+    int n_tensors;
     size_t n;            /* parameters */
     float *mom;          /* first moment, model layout */
     float *var;          /* second moment */
@@ -41,33 +43,41 @@ float adamw_lr_at(const adamw_config *c, long step) {
     return (float)(floor_lr + 0.5 * ((double)c->lr - floor_lr) * (1.0 + cos(M_PI * progress)));
 }
 
-int adamw_create(adamw **out, const model *m, const adamw_config *cfg, rlhf_error *err) {
+int adamw_create_params(adamw **out, const model_tensor_info *tensors, int n_tensors, size_t n_params,
+                        const adamw_config *cfg, rlhf_error *err) {
     *out = NULL;
     if (!(cfg->lr >= 0) || !(cfg->beta1 >= 0 && cfg->beta1 < 1) || !(cfg->beta2 >= 0 && cfg->beta2 < 1) ||
         !(cfg->eps > 0) || !(cfg->weight_decay >= 0) || cfg->warmup_steps < 0)
         return RLHF_FAIL(err, RLHF_EINVAL,
                          "bad AdamW config: lr %g beta1 %g beta2 %g eps %g weight_decay %g warmup %d", cfg->lr,
                          cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, cfg->warmup_steps);
+    if (n_tensors > ADAMW_MAX_TENSORS)
+        return RLHF_FAIL(err, RLHF_EINVAL, "AdamW: %d tensors, at most %d", n_tensors, ADAMW_MAX_TENSORS);
     adamw *o = calloc(1, sizeof *o);
     if (o) o->sched_step = -1;
     if (!o) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     o->cfg = *cfg;
-    o->m = m;
-    o->n = m->n_params;
-    o->mom = calloc(o->n ? o->n : 1, sizeof(float));
-    o->var = calloc(o->n ? o->n : 1, sizeof(float));
+    o->tensors = tensors;
+    o->n_tensors = n_tensors;
+    o->n = n_params;
+    o->mom = rlhf_big_alloc(o->n * sizeof(float)); /* zeroed; out of the updater's forks (common.h) */
+    o->var = rlhf_big_alloc(o->n * sizeof(float));
     if (!o->mom || !o->var) {
         adamw_destroy(&o);
-        return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate AdamW state for %zu parameters", m->n_params);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate AdamW state for %zu parameters", n_params);
     }
     *out = o;
     return 0;
 }
 
+int adamw_create(adamw **out, const model *m, const adamw_config *cfg, rlhf_error *err) {
+    return adamw_create_params(out, m->tensors, m->n_tensors, m->n_params, cfg, err);
+}
+
 void adamw_destroy(adamw **po) {
     if (!po || !*po) return;
-    free((*po)->mom);
-    free((*po)->var);
+    rlhf_big_free((*po)->mom, (*po)->n * sizeof(float));
+    rlhf_big_free((*po)->var, (*po)->n * sizeof(float));
     free(*po);
     *po = NULL;
 }
@@ -77,7 +87,12 @@ void adamw_set_schedule_step(adamw *o, long step) { o->sched_step = step; }
 adamw_config *adamw_get_config(adamw *o) { return &o->cfg; }
 
 int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr_out, rlhf_error *err) {
-    if (m->n_params != o->n) return RLHF_FAIL(err, RLHF_EINVAL, "AdamW state is for a different model");
+    return adamw_step_params(o, m->params_mem, m->n_params, grads, grad_norm_out, lr_out, err);
+}
+
+int adamw_step_params(adamw *o, float *params, size_t n_params, float *grads, float *grad_norm_out, float *lr_out,
+                      rlhf_error *err) {
+    if (n_params != o->n) return RLHF_FAIL(err, RLHF_EINVAL, "AdamW state is for a different parameter set");
     size_t n = o->n;
     double ss = 0.0;
 #pragma omp parallel for simd reduction(+ : ss) schedule(static)
@@ -98,13 +113,12 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
      * division per element instead of two (the update loop is bound by divide/sqrt throughput). */
     float bc2_sqrt = (float)sqrt(bc2);
     float step_size = (float)(lr / bc1 * sqrt(bc2)), eps_scaled = eps * bc2_sqrt;
-    float *params = m->params_mem;
     /* One parallel region for all tensors; tensors are independent, so no barrier between them. */
 #pragma omp parallel
-    for (int ti = 0; ti < m->n_tensors; ti++) {
-        const model_tensor_info *ti_ = &m->tensors[ti];
-        /* norm weights (vectors) are not decayed */
-        float decay = ti_->cols > 1 ? 1.0f - lr * o->cfg.weight_decay : 1.0f;
+    for (int ti = 0; ti < o->n_tensors; ti++) {
+        const model_tensor_info *ti_ = &o->tensors[ti];
+        /* norm weights and biases (vectors) are not decayed */
+        float decay = ti_->decay ? 1.0f - lr * o->cfg.weight_decay : 1.0f;
         float *p = params + ti_->offset, *g = grads + ti_->offset;
         float *mm = o->mom + ti_->offset, *vv = o->var + ti_->offset;
         size_t len = ti_->numel;
@@ -126,14 +140,13 @@ int adamw_step(adamw *o, model *m, float *grads, float *grad_norm_out, float *lr
 
 /* The state tensors of o, with the step count read from / written to *step_f. */
 static int state_tensors(const adamw *o, adamw_state_tensor *out, int max, float *step_f) {
-    const model *m = o->m;
     int k = 0;
     for (int pass = 0; pass < 2; pass++)
-        for (int i = 0; i < m->n_tensors; i++) {
+        for (int i = 0; i < o->n_tensors; i++) {
             if (k < max) {
-                snprintf(out[k].name, sizeof out[k].name, "adamw.%s.%s", pass ? "v" : "m", m->tensors[i].name);
-                out[k].data = (pass ? o->var : o->mom) + m->tensors[i].offset;
-                out[k].numel = m->tensors[i].numel;
+                snprintf(out[k].name, sizeof out[k].name, "adamw.%s.%s", pass ? "v" : "m", o->tensors[i].name);
+                out[k].data = (pass ? o->var : o->mom) + o->tensors[i].offset;
+                out[k].numel = o->tensors[i].numel;
             }
             k++;
         }

@@ -407,6 +407,7 @@ static void layout(model *m) {
         t->is_norm = tensor_spec[id].is_norm;
         t->rows = (int)shape[id][0];
         t->cols = (int)shape[id][1];
+        t->decay = t->cols > 1;
         int kv = id == MODEL_T_WK || id == MODEL_T_WV || id == MODEL_T_BK || id == MODEL_T_BV || id == MODEL_T_K_NORM;
         t->n_stack = !t->per_layer ? 1 : kv ? model_kv_layers(c) : (int)L;
         t->numel = shape[id][0] * shape[id][1] * (size_t)t->n_stack;
@@ -445,15 +446,15 @@ int model_create(model **out, const model_config *cfg, rlhf_error *err) {
     m->cfg = *cfg;
     m->cfg.head_dim = model_head_dim(cfg); /* 0 (= dim / n_heads) made explicit */
     layout(m);
-    /* 64-byte alignment for SIMD loads; zeroed so norms etc. are defined before init */
-    size_t bytes = (m->n_params * sizeof(float) + 63) & ~(size_t)63;
-    m->params_mem = aligned_alloc(64, bytes);
+    /* page-aligned (so 64-byte aligned for SIMD loads), zeroed so norms etc. are defined before init, and
+     * left out of fork: the updater starts reward sandboxes while its trainer writes these weights */
+    size_t bytes = m->n_params * sizeof(float);
+    m->params_mem = rlhf_big_alloc(bytes);
     if (!m->params_mem) {
         size_t n = m->n_params;
         free(m);
         return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate %zu parameters", n);
     }
-    memset(m->params_mem, 0, bytes);
     model_params_view(m, m->params_mem, &m->p);
     *out = m;
     return 0;
@@ -461,7 +462,7 @@ int model_create(model **out, const model_config *cfg, rlhf_error *err) {
 
 void model_destroy(model **pm) {
     if (!pm || !*pm) return;
-    free((*pm)->params_mem);
+    rlhf_big_free((*pm)->params_mem, (*pm)->n_params * sizeof(float));
     free((*pm)->hf_config);
     free((*pm)->tokenizer_dir);
     free(*pm);

@@ -155,6 +155,7 @@ typedef struct model_tensor_info {
     int n_stack;       /* slices stacked: L, model_kv_layers() for wk, wv, bk, bv, k_norm, 1 when not per layer */
     int rows, cols;    /* per-layer matrix shape (cols = 1 for vectors) */
     int is_norm;       /* an RMSNorm weight (initialised to 1; no weight decay) */
+    int decay;         /* AdamW decays it: the model's matrices (cols > 1), every LoRA adapter tensor */
 } model_tensor_info;
 
 typedef struct model {
@@ -185,6 +186,69 @@ void model_params_view(const model *m, float *base, model_params *out);
 const model_tensor_info *model_tensor(const model *m, model_tensor_id id);
 /* Copies weights between two models of the same config. */
 int model_copy_weights(model *dst, const model *src, rlhf_error *err);
+
+/* ---------------------------------------------------------------- LoRA adapters (model/lora.c)
+ *
+ * Low-rank adapters (Hu et al., 2021) on chosen linear layers of every transformer layer: for a base
+ * weight W (OC, IC) the layer computes y = x W^T + scale · (x' A^T) B^T with A (R, IC), B (OC, R),
+ * scale = alpha / R, and x' = dropout(x) in training (x at sampling and scoring). A starts uniform in
+ * ±1/sqrt(IC) (PEFT's kaiming_uniform(a = sqrt(5)) bound) and B at zero, so a fresh adapter set leaves
+ * the model unchanged. Targets use PEFT's module names: q_proj, k_proj, v_proj, o_proj, gate_proj,
+ * up_proj, down_proj ("all-linear": all seven; embeddings and lm_head never). With kv_share, k_proj and
+ * v_proj adapters exist for the layers that project their own K/V only. */
+typedef enum model_lora_target {
+    MODEL_LORA_Q, MODEL_LORA_K, MODEL_LORA_V, MODEL_LORA_O, MODEL_LORA_GATE, MODEL_LORA_UP, MODEL_LORA_DOWN,
+    MODEL_LORA_N_TARGETS
+} model_lora_target;
+
+typedef struct model_lora_config {
+    int rank;          /* R >= 1 */
+    float alpha;       /* scale = alpha / rank */
+    float dropout;     /* on the adapter's input in training, 0 <= p < 1 */
+    unsigned targets;  /* bit (1 << model_lora_target) per targeted projection */
+} model_lora_config;
+
+/* {"rank": R, "alpha": A, "dropout": p, "targets": "all-linear" | ["q_proj", ...]}; defaults: alpha 32,
+ * dropout 0, targets all-linear; rank is required. Unknown keys, a module name that is not one of the
+ * seven, and values out of range are errors naming the key under `where`. */
+int model_lora_config_parse(model_lora_config *c, const json_t *obj, const char *where, rlhf_error *err);
+json_t *model_lora_config_to_json(const model_lora_config *c);
+/* PEFT's module name of a target ("q_proj", ...) */
+const char *model_lora_target_name(model_lora_target t);
+
+typedef struct model_lora {
+    model_lora_config cfg;
+    float scale;             /* alpha / rank */
+    size_t n_params;         /* floats in mem */
+    float *mem;              /* owns every adapter tensor */
+    /* Tensor table in buffer order, for AdamW, checkpoints and the PEFT export: per target, "lora_a.NAME"
+     * (n_stack, R, IC) then "lora_b.NAME" (n_stack, OC, R), NAME the base tensor's name (wq, ...);
+     * hf_name is PEFT's key (base_model.model.model.layers.%d.self_attn.q_proj.lora_A.weight). */
+    model_tensor_info tensors[2 * MODEL_LORA_N_TARGETS];
+    int n_tensors;
+    /* Per target (NULL when not targeted): A and B of every slice, and the slice shapes. */
+    float *a[MODEL_LORA_N_TARGETS], *b[MODEL_LORA_N_TARGETS];
+    int n_stack[MODEL_LORA_N_TARGETS], in_dim[MODEL_LORA_N_TARGETS], out_dim[MODEL_LORA_N_TARGETS];
+} model_lora;
+
+/* The config against a model config: a rank wider than a targeted projection's smaller side is an error
+ * naming `where`. */
+int model_lora_check(const model_config *mc, const model_lora_config *lc, const char *where, rlhf_error *err);
+/* An adapter set for model m's shape (zeroed); a target m does not have is an error. */
+int model_lora_create(model_lora **out, const struct model *m, const model_lora_config *cfg, rlhf_error *err);
+void model_lora_destroy(model_lora **l);
+void model_lora_init(model_lora *l, uint64_t seed); /* A uniform ±1/sqrt(IC), B = 0 */
+/* The PEFT format (what the `peft` library saves and loads): DIR/adapter_model.safetensors with one
+ * (R, IC) lora_A and one (OC, R) lora_B tensor per adapted module and layer, named
+ * base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight, and DIR/adapter_config.json
+ * (peft_type LORA, r, lora_alpha, lora_dropout, target_modules, base_model_name_or_path = base_name).
+ * Saving makes DIR; loading checks the config against l's and every tensor's shape (errors name the file). */
+int model_lora_save_peft(const model_lora *l, const struct model *base, const char *dir, const char *base_name,
+                         rlhf_error *err);
+int model_lora_load_peft(model_lora *l, const struct model *base, const char *dir, rlhf_error *err);
+/* dst's weights = base's with every adapted W replaced by W + scale · B · A (dst and base of one config;
+ * dst == base merges in place). Sampling with the merged weights computes what training computes. */
+int model_lora_merge(struct model *dst, const struct model *base, const model_lora *l, rlhf_error *err);
 
 /* ---------------------------------------------------------------- threads */
 

@@ -68,6 +68,16 @@ void model_trainer_zero_grad(model_trainer *t);
 /* Bytes the trainer allocated (activations, their gradients, parameter gradients, scratch). */
 size_t model_trainer_bytes(const model_trainer *t);
 
+/* ================================================================ LoRA in training (the adapters: model.h)
+ *
+ * Attaches an adapter set to a trainer (NULL detaches): forwards add every adapter's branch, and the
+ * base weights are frozen — backwards accumulate into the adapters' gradients (model_trainer_lora_grads,
+ * laid out as l->mem) and leave model_trainer_grads untouched. dropout_seed picks the dropout masks
+ * of the following forwards (each forward draws new masks from it and a counter). */
+struct model_lora;
+int model_trainer_set_lora(model_trainer *t, struct model_lora *l, uint64_t dropout_seed, rlhf_error *err);
+float *model_trainer_lora_grads(model_trainer *t);
+
 /* ================================================================ AdamW
  *
  * Decoupled weight decay (Loshchilov & Hutter; as torch.optim.AdamW): p -= lr*wd*p, then the Adam
@@ -95,6 +105,12 @@ float adamw_lr_at(const adamw_config *c, long step);
 
 typedef struct adamw adamw;
 int adamw_create(adamw **out, const struct model *m, const adamw_config *cfg, rlhf_error *err);
+/* The same for any parameter set laid out by a tensor table (a LoRA adapter set: model_lora); the table
+ * must outlive the optimizer. Weight decay applies to the tensors with `decay` set. */
+struct model_tensor_info;
+enum { ADAMW_MAX_TENSORS = 20 };
+int adamw_create_params(adamw **out, const struct model_tensor_info *tensors, int n_tensors, size_t n_params,
+                        const adamw_config *cfg, rlhf_error *err);
 void adamw_destroy(adamw **o);
 /* One step on m->params_mem with gradients `grads` (model layout). The gradients are CONSUMED: on
  * return they are all zero, ready for the next accumulation (this saves a separate zero_grad pass
@@ -102,6 +118,9 @@ void adamw_destroy(adamw **o);
  * and the LR used to *grad_norm_out / *lr_out (either may be NULL). A non-finite norm is an error and
  * leaves parameters, state and gradients untouched. */
 int adamw_step(adamw *o, struct model *m, float *grads, float *grad_norm_out, float *lr_out, rlhf_error *err);
+/* adamw_step on a parameter set of adamw_create_params (params and grads laid out by its table). */
+int adamw_step_params(adamw *o, float *params, size_t n_params, float *grads, float *grad_norm_out, float *lr_out,
+                      rlhf_error *err);
 long adamw_get_step(const adamw *o);
 /* The learning-rate schedule's position for the next adamw_step only (it then counts its own steps
  * again): a caller whose schedule follows its own clock (the updater's RL steps, which may take no
@@ -118,11 +137,12 @@ typedef struct adamw_state_tensor {
     float *data; /* points into the optimizer (read to save, write to restore) */
     size_t numel;
 } adamw_state_tensor;
-/* Fills up to `max` entries; returns how many there are (2 * n_tensors + 1). */
+/* Fills up to `max` entries; returns how many there are (2 * n_tensors + 1). A LoRA run's state names
+ * the adapter tensors (model_lora: "lora_a.wq", ...). */
 int adamw_state_tensors(adamw *o, adamw_state_tensor *out, int max);
 /* Call after writing the tensors' data: takes the step count from the "adamw.step" float. */
 int adamw_state_loaded(adamw *o, rlhf_error *err);
-enum { ADAMW_MAX_STATE_TENSORS = 2 * 12 + 1 };
+enum { ADAMW_MAX_STATE_TENSORS = 2 * ADAMW_MAX_TENSORS + 1 };
 
 /* The optimizer-state file (as model_save / model_load for weights): a safetensors file holding the
  * adamw_state_tensors above and __metadata__ {"format": "rlhf-adamw"}. Written atomically. */

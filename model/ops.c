@@ -98,7 +98,7 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
                 for (int c = 0; c < C; c++) dx[c] = r * weight[c] * dy[c] - x[c] * k;
         }
 #pragma omp for schedule(static)
-        for (int ch = 0; ch < nchunks; ch++) {
+        for (int ch = 0; ch < (dweight ? nchunks : 0); ch++) {
             int c0 = ch * COL_CHUNK, c1 = c0 + COL_CHUNK < C ? c0 + COL_CHUNK : C;
             float acc[COL_CHUNK] = {0};
             for (int n = 0; n < N; n++) {
@@ -178,7 +178,7 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
      * runs whole on its own thread (OpenBLAS is single-threaded inside a parallel region): at these
      * sizes that beats splitting each product across threads, which packs operands twice and
      * synchronises per call. */
-    if (dinp && omp_get_max_threads() == 2 && !omp_in_parallel()) {
+    if (dinp && dweight && omp_get_max_threads() == 2 && !omp_in_parallel()) {
 #pragma omp parallel sections num_threads(2)
         {
 #pragma omp section
@@ -197,7 +197,8 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight, IC,
                     acc_inp ? 1.0f : 0.0f, dinp, IC);
     // dweight (OC, IC) += dout^T (OC, N) · inp (N, IC)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
+    if (dweight)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
 }
 
 void matmul_forward_ref(float *out, const float *inp, const float *weight, int N, int IC, int OC) {
@@ -217,6 +218,62 @@ void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const f
             for (int i = 0; i < IC; i++) {
                 if (dinp) dinp[(size_t)n * IC + i] += g * weight[(size_t)o * IC + i];
                 dweight[(size_t)o * IC + i] += g * inp[(size_t)n * IC + i];
+            }
+        }
+}
+
+/* ------------------------------------------------------------------ LoRA branch */
+
+void lora_forward(float *out, float *u, const float *inp, const float *a, const float *b, float scale, int N, int IC,
+                  int OC, int R) {
+    // out (N, OC) += scale · u · B^T,  u (N, R) = inp (N, IC) · A (R, IC)^T,  B (OC, R)
+    matmul_forward(u, inp, a, N, IC, R);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, R, scale, u, R, b, R, 1.0f, out, OC);
+}
+
+void lora_backward(float *dinp, float *da, float *db, float *du, const float *dout, const float *inp, const float *u,
+                   const float *a, const float *b, float scale, int N, int IC, int OC, int R, int acc_inp) {
+    // dB (OC, R) += scale · dout^T (OC, N) · u (N, R)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, R, N, scale, dout, OC, u, R, 1.0f, db, R);
+    // du (N, R) = scale · dout (N, OC) · B (OC, R)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, R, OC, scale, dout, OC, b, R, 0.0f, du, R);
+    // dA (R, IC) += du^T (R, N) · inp (N, IC)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, IC, N, 1.0f, du, R, inp, IC, 1.0f, da, IC);
+    // dinp (N, IC) (+)= du (N, R) · A (R, IC)
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, R, 1.0f, du, R, a, IC, acc_inp ? 1.0f : 0.0f,
+                    dinp, IC);
+}
+
+void lora_forward_ref(float *out, float *u, const float *inp, const float *a, const float *b, float scale, int N,
+                      int IC, int OC, int R) {
+    for (int n = 0; n < N; n++) {
+        for (int r = 0; r < R; r++) {
+            double s = 0.0;
+            for (int i = 0; i < IC; i++) s += (double)inp[(size_t)n * IC + i] * a[(size_t)r * IC + i];
+            u[(size_t)n * R + r] = (float)s;
+        }
+        for (int o = 0; o < OC; o++) {
+            double s = 0.0;
+            for (int r = 0; r < R; r++) s += (double)u[(size_t)n * R + r] * b[(size_t)o * R + r];
+            out[(size_t)n * OC + o] += (float)(scale * s);
+        }
+    }
+}
+
+void lora_backward_ref(float *dinp, float *da, float *db, const float *dout, const float *inp, const float *u,
+                       const float *a, const float *b, float scale, int N, int IC, int OC, int R) {
+    for (int n = 0; n < N; n++)
+        for (int r = 0; r < R; r++) {
+            double du = 0.0;
+            for (int o = 0; o < OC; o++) {
+                double g = (double)scale * dout[(size_t)n * OC + o];
+                du += g * b[(size_t)o * R + r];
+                db[(size_t)o * R + r] += (float)(g * u[(size_t)n * R + r]);
+            }
+            for (int i = 0; i < IC; i++) {
+                da[(size_t)r * IC + i] += (float)(du * inp[(size_t)n * IC + i]);
+                if (dinp) dinp[(size_t)n * IC + i] += (float)(du * a[(size_t)r * IC + i]);
             }
         }
 }

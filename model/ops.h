@@ -23,6 +23,7 @@ void embedding_backward_ref(float *dembed, const float *dout, const int32_t *tok
 
 /* ---- RMSNorm: out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps); rstd (N) is saved */
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+/* dweight NULL: a frozen weight, no weight gradient */
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int N, int C, int acc_inp);
 void rmsnorm_forward_ref(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
@@ -36,11 +37,25 @@ void matmul_forward(float *out, const float *inp, const float *weight, int N, in
  * each (N, OC); with exactly two threads each runs whole on its own thread. */
 void matmul_forward_pair(float *out_a, float *out_b, const float *inp, const float *weight_a, const float *weight_b,
                          int N, int IC, int OC);
+/* dweight NULL: a frozen weight (LoRA's base), only dinp is computed; dinp NULL: no input gradient. */
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, int N,
                      int IC, int OC, int acc_inp);
 void matmul_forward_ref(float *out, const float *inp, const float *weight, int N, int IC, int OC);
 void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                          int N, int IC, int OC);
+
+/* ---- LoRA branch of a linear layer (Hu et al., 2021): out (N, OC) += scale · (inp · A^T) · B^T, with
+ * A (R, IC), B (OC, R), R the rank. The forward saves u (N, R) = inp · A^T for the backward, which
+ * accumulates dA (R, IC) and dB (OC, R), and writes or accumulates (acc_inp) dinp (N, IC) = scale · dout
+ * · B · A; du (N, R) is its scratch. inp is what A reads: the layer's input, or its dropout copy. */
+void lora_forward(float *out, float *u, const float *inp, const float *a, const float *b, float scale, int N, int IC,
+                  int OC, int R);
+void lora_backward(float *dinp, float *da, float *db, float *du, const float *dout, const float *inp, const float *u,
+                   const float *a, const float *b, float scale, int N, int IC, int OC, int R, int acc_inp);
+void lora_forward_ref(float *out, float *u, const float *inp, const float *a, const float *b, float scale, int N,
+                      int IC, int OC, int R);
+void lora_backward_ref(float *dinp, float *da, float *db, const float *dout, const float *inp, const float *u,
+                       const float *a, const float *b, float scale, int N, int IC, int OC, int R);
 
 /* ---- bias of a linear layer (Qwen2's q/k/v projections): out (N, OC) += bias (OC) on every row; the
  * backward adds the column sums of dout to dbias (dout itself passes through unchanged). */

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 typedef enum {
     OP_EMBEDDING,
@@ -21,6 +20,7 @@ typedef enum {
     OP_SWIGLU,
     OP_RESIDUAL,
     OP_LOGSOFTMAX,
+    OP_LORA, /* a LoRA branch added to the output of the matmul at tape index base_op */
 } op_kind;
 
 typedef struct tape_op {
@@ -34,8 +34,16 @@ typedef struct tape_op {
     float *dw;         /* its gradient */
     const float *b;    /* matmul bias added to every output row (attn_bias), or NULL */
     float *db;         /* its gradient */
-    float *aux;        /* saved statistics: rstd, attention probabilities, lse */
+    float *aux;        /* saved statistics: rstd, attention probabilities, lse; LoRA: u (N, R) */
     int n, ic, oc;     /* rows and matmul sizes / C for norms and embedding, V for log-softmax */
+    /* OP_LORA: B (w is A) and its gradient, the input A read (in[0] or its dropout copy), rank, scale,
+     * the dropout key, and the tape index of the base matmul whose output it adds to */
+    const float *w2;
+    float *dw2;
+    const float *xa;
+    int r, base_op;
+    float scale;
+    uint64_t drop_key;
 } tape_op;
 
 typedef struct layer_acts {
@@ -78,6 +86,18 @@ struct model_trainer {
     double loss_sum;
     int loss_count;
     int backward_pending;      /* a tape exists that has not been replayed */
+    /* LoRA (model_trainer_set_lora): the adapters (NULL: none; the base weights then train), their
+     * gradients (l->mem's layout), the saved u of every adapter op of a forward, and scratch */
+    model_lora *lora;
+    float *lora_grads;
+    size_t lora_grads_bytes;
+    float *lora_u, *lora_u_next;   // (n_lora_ops, max_N, R) pool, bump pointer during a forward
+    float *lora_du;                // (max_N, R)
+    float *lora_xd, *lora_xd_next; // dropout copies of the adapters' inputs (dropout > 0 only)
+    float *lora_dx;                // (max_N, max(C, H*D, F)) dropout backward scratch (dropout > 0 only)
+    size_t lora_u_numel, lora_xd_numel;
+    uint64_t dropout_seed, forward_count;
+    int base_tape_cap;             /* tape entries without adapters */
 };
 
 #define GRAD(t, p) ((t)->act_grad + ((p) - (t)->act))
@@ -92,22 +112,13 @@ static void *alloc64_raw(size_t bytes) {
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
-/* The activation arenas are mapped on their own and left out of fork(): the updater forks a sandbox
- * for every reward-checker run, and copying the arenas' page tables at fork, then taking a
- * write-protect fault on every arena page at the next step, cost more CPU than the checker itself
- * (perf of an async run: copy_page_range, do_wp_page and page faults were 24% of the updater's time).
- * A forked child never touches them. Anonymous mappings are page-aligned and zero-filled. */
-static void *arena_alloc(size_t bytes) {
-    bytes = bytes ? bytes : 64;
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    madvise(p, bytes, MADV_DONTFORK); /* an optimisation: failure is harmless */
-    return p;
-}
-
-static void arena_free(void *p, size_t bytes) {
-    if (p) munmap(p, bytes ? bytes : 64);
-}
+/* The activation arenas and the parameter gradients are left out of fork() (rlhf_big_alloc): the updater
+ * forks a sandbox for every reward-checker run, and copying their page tables at fork, then taking a
+ * write-protect fault on every page at the next step, cost more CPU than the checker itself (perf of an
+ * async run: copy_page_range, do_wp_page and page faults were 24% of the updater's time). A forked child
+ * never touches them. */
+static void *arena_alloc(size_t bytes) { return rlhf_big_alloc(bytes); }
+static void arena_free(void *p, size_t bytes) { rlhf_big_free(p, bytes); }
 
 static void *alloc64(size_t bytes) {
     void *p = alloc64_raw(bytes);
@@ -148,7 +159,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
      * probabilities, rstd, lse) are never touched, so those pages cost no resident memory. */
     t->act = arena_alloc(total * sizeof(float));
     t->act_grad = arena_alloc(total * sizeof(float));
-    t->grads = alloc64(m->n_params * sizeof(float));
+    t->grads = arena_alloc(m->n_params * sizeof(float));
     t->scratch_threads = omp_get_max_threads();
     t->scratch = alloc64((size_t)t->scratch_threads * ops_attention_scratch_floats(max_T) * sizeof(float));
     t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
@@ -157,6 +168,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->targets = alloc64(N * sizeof(int32_t));
     t->layers = calloc(L, sizeof *t->layers);
     t->tape_cap = (int)((TAPE_OPS_PER_LAYER + QKN * TAPE_OPS_QK_NORM) * L + TAPE_OPS_OUTSIDE_LAYERS);
+    t->base_tape_cap = t->tape_cap;
     t->tape = calloc((size_t)t->tape_cap, sizeof *t->tape);
     t->touched = calloc((size_t)t->tape_cap, 1);
     if (!t->act || !t->act_grad || !t->grads || !t->scratch || !t->rope_cos || !t->rope_sin || !t->tokens ||
@@ -198,7 +210,7 @@ void model_trainer_destroy(model_trainer **pt) {
     model_trainer *t = *pt;
     arena_free(t->act, t->act_numel * sizeof(float));
     arena_free(t->act_grad, t->act_numel * sizeof(float));
-    free(t->grads);
+    arena_free(t->grads, t->m->n_params * sizeof(float));
     free(t->scratch);
     free(t->rope_cos);
     free(t->rope_sin);
@@ -207,6 +219,11 @@ void model_trainer_destroy(model_trainer **pt) {
     free(t->layers);
     free(t->tape);
     free(t->touched);
+    arena_free(t->lora_grads, t->lora_grads_bytes);
+    free(t->lora_u);
+    free(t->lora_du);
+    free(t->lora_xd);
+    free(t->lora_dx);
     free(t);
     *pt = NULL;
 }
@@ -214,7 +231,9 @@ void model_trainer_destroy(model_trainer **pt) {
 size_t model_trainer_bytes(const model_trainer *t) {
     const model_config *c = &t->m->cfg;
     size_t D = model_head_dim(c), N = (size_t)t->max_B * t->max_T;
-    return 2 * t->act_numel * sizeof(float) + t->m->n_params * sizeof(float) +
+    size_t lora = t->lora ? (t->lora->n_params + t->lora_u_numel + t->lora_xd_numel +
+                             (size_t)t->max_B * t->max_T * t->lora->cfg.rank) * sizeof(float) : 0;
+    return lora + 2 * t->act_numel * sizeof(float) + t->m->n_params * sizeof(float) +
            (size_t)t->scratch_threads * ops_attention_scratch_floats(t->max_T) * sizeof(float) +
            2 * (size_t)t->max_T * (D / 2) * sizeof(float) + 2 * N * sizeof(int32_t);
 }
@@ -234,6 +253,9 @@ static tape_op *push(model_trainer *t, op_kind kind, float *out, size_t out_nume
     return op;
 }
 
+/* A base weight's gradient buffer, or NULL while LoRA adapters are attached (the base is frozen). */
+static float *trainable(const model_trainer *t, float *g) { return t->lora ? NULL : g; }
+
 /* RMSNorm of N rows of C: the residual stream (C = dim) or every head of q/k (N*H rows of head_dim). */
 static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, const float *w, float *dw, int N,
                         int C) {
@@ -241,7 +263,7 @@ static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, c
     tape_op *op = push(t, OP_RMSNORM, out, (size_t)N * C);
     op->in[0] = inp;
     op->w = w;
-    op->dw = dw;
+    op->dw = trainable(t, dw);
     op->aux = rstd;
     op->n = N;
     op->ic = C;
@@ -255,9 +277,9 @@ static void rec_matmul_bias(model_trainer *t, float *out, float *inp, const floa
     tape_op *op = push(t, OP_MATMUL, out, (size_t)N * OC);
     op->in[0] = inp;
     op->w = w;
-    op->dw = dw;
+    op->dw = trainable(t, dw);
     op->b = b;
-    op->db = db;
+    op->db = trainable(t, db);
     op->n = N;
     op->ic = IC;
     op->oc = OC;
@@ -281,13 +303,59 @@ static void rec_matmul_pair(model_trainer *t, float *out_a, float *out_b, float 
         tape_op *op = push(t, OP_MATMUL, outs[i], (size_t)N * OC);
         op->in[0] = inp;
         op->w = ws[i];
-        op->dw = dws[i];
+        op->dw = trainable(t, dws[i]);
         op->b = bs[i];
-        op->db = dbs[i];
+        op->db = trainable(t, dbs[i]);
         op->n = N;
         op->ic = IC;
         op->oc = OC;
     }
+}
+
+/* Dropout of the adapters' inputs: element i of the op with key k is kept when a hash of (k, i) is at
+ * least p, so the backward recomputes the mask instead of storing it. */
+static inline int lora_keep(uint64_t key, size_t i, float p) {
+    return (float)(rlhf_mix64(key + (uint64_t)i * 0x9E3779B97F4A7C15ull) >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+/* The LoRA branch of target `target`, slice `slice`, on the matmul that just wrote out (N, OC) from
+ * inp (N, IC): out += scale · (inp' A^T) B^T. No adapter for this target: nothing. */
+static void rec_lora(model_trainer *t, int target, int slice, float *out, float *inp, int N, int IC, int OC) {
+    model_lora *l = t->lora;
+    if (!l || !l->a[target]) return;
+    int R = l->cfg.rank;
+    const float *A = l->a[target] + (size_t)slice * R * IC, *Bm = l->b[target] + (size_t)slice * OC * R;
+    float *u = t->lora_u_next; // (N, R)
+    t->lora_u_next += (size_t)N * R;
+    const float *xa = inp;
+    uint64_t key = 0;
+    if (l->cfg.dropout > 0) {
+        float p = l->cfg.dropout, keep_scale = 1.0f / (1.0f - p);
+        float *xd = t->lora_xd_next; // (N, IC)
+        t->lora_xd_next += (size_t)N * IC;
+        key = t->dropout_seed ^ (t->forward_count * 0xD1B54A32D192ED03ull) ^ ((uint64_t)t->tape_len << 48);
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)N * IC; i++) xd[i] = lora_keep(key, i, p) ? inp[i] * keep_scale : 0.0f;
+        xa = xd;
+    }
+    lora_forward(out, u, xa, A, Bm, l->scale, N, IC, OC, R);
+    int base = t->tape_len - 1;
+    while (base >= 0 && t->tape[base].out != out) base--;
+    tape_op *op = push(t, OP_LORA, out, (size_t)N * OC);
+    op->in[0] = inp;
+    op->w = A;
+    op->dw = t->lora_grads + (A - l->mem);
+    op->w2 = Bm;
+    op->dw2 = t->lora_grads + (Bm - l->mem);
+    op->xa = xa;
+    op->aux = u;
+    op->scale = l->scale;
+    op->r = R;
+    op->drop_key = key;
+    op->base_op = base;
+    op->n = N;
+    op->ic = IC;
+    op->oc = OC;
 }
 
 static void rec_rope(model_trainer *t, float *out, float *inp, int NH) {
@@ -366,7 +434,7 @@ static int replay_backward(model_trainer *t, int end, rlhf_error *err) {
         if (!t->touched[i]) zero_floats(dout, op->out_numel); /* no consumer (not in this architecture) */
         switch (op->kind) {
         case OP_EMBEDDING:
-            embedding_backward(op->dw, dout, t->tokens, op->n, op->ic);
+            if (op->dw) embedding_backward(op->dw, dout, t->tokens, op->n, op->ic);
             break;
         case OP_RMSNORM:
             rmsnorm_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->aux, op->n, op->ic,
@@ -403,6 +471,25 @@ static int replay_backward(model_trainer *t, int end, rlhf_error *err) {
             logsoftmax_backward(GRAD(t, op->in[0]), dout, GRAD(t, op->out2), op->in[0], op->aux, op->out2,
                                 t->targets, op->n, op->oc, acc_flag(t, op, 0));
             break;
+        case OP_LORA: {
+            float p = t->lora->cfg.dropout;
+            int acc = acc_flag(t, op, 0);
+            float *dx = GRAD(t, op->in[0]);
+            lora_backward(p > 0 ? t->lora_dx : dx, op->dw, op->dw2, t->lora_du, dout, op->xa, op->aux, op->w, op->w2,
+                          op->scale, op->n, op->ic, op->oc, op->r, p > 0 ? 0 : acc);
+            if (p > 0) { /* the branch saw dropout(x): its input gradient passes the same mask */
+                float keep_scale = 1.0f / (1.0f - p);
+                size_t n = (size_t)op->n * op->ic;
+#pragma omp parallel for schedule(static)
+                for (size_t j = 0; j < n; j++) {
+                    float g = lora_keep(op->drop_key, j, p) ? t->lora_dx[j] * keep_scale : 0.0f;
+                    dx[j] = acc ? dx[j] + g : g;
+                }
+            }
+            /* the base matmul's output is this op's output: its gradient is complete here */
+            if (op->base_op >= 0) t->touched[op->base_op] = 1;
+            break;
+        }
         }
     }
     return 0;
@@ -436,11 +523,14 @@ static void forward_body(model_trainer *t) {
     const model_params *p = &m->p;
     model_params *dp = &t->dp;
     t->tape_len = 0;
+    t->lora_u_next = t->lora_u;
+    t->lora_xd_next = t->lora_xd;
+    t->forward_count++;
 
     embedding_forward(t->x0, t->tokens, p->embed, N, C);
     tape_op *op = push(t, OP_EMBEDDING, t->x0, (size_t)N * C);
     op->w = p->embed;
-    op->dw = dp->embed;
+    op->dw = trainable(t, dp->embed);
     op->n = N;
     op->ic = C;
 
@@ -471,6 +561,11 @@ static void forward_body(model_trainer *t) {
             if (own) rec_matmul_bias(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, bk, dbk, N, C, KD);
         }
         if (own) rec_matmul_bias(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, bv, dbv, N, C, KD);
+        rec_lora(t, MODEL_LORA_Q, l, a->q, a->ln1, N, C, HD);
+        if (own) {
+            rec_lora(t, MODEL_LORA_K, ks, a->k, a->ln1, N, C, KD);
+            rec_lora(t, MODEL_LORA_V, ks, a->v, a->ln1, N, C, KD);
+        }
         float *q = a->q, *k = a->k; // (N, H*D), (N, KVH*D): what RoPE rotates
         if (c->qk_norm) { /* Qwen3: RMSNorm over each head's D values, before RoPE */
             rec_rmsnorm(t, a->qn, a->rstdq, a->q, p->q_norm + ld, dp->q_norm + ld, N * H, D);
@@ -494,15 +589,19 @@ static void forward_body(model_trainer *t) {
         op->aux = a->att;
         op->oc = W;
         rec_matmul(t, a->attproj, a->atty, p->wo + lqc, dp->wo + lqc, N, HD, C);
+        rec_lora(t, MODEL_LORA_O, l, a->attproj, a->atty, N, HD, C);
         rec_residual(t, a->res1, x, a->attproj, (size_t)N * C);
         rec_rmsnorm(t, a->ln2, a->rstd2, a->res1, p->ffn_norm + lc, dp->ffn_norm + lc, N, C);
         rec_matmul_pair(t, a->gate, a->up, a->ln2, p->w_gate + lfc, dp->w_gate + lfc, NULL, NULL, p->w_up + lfc,
                         dp->w_up + lfc, NULL, NULL, N, C, F);
+        rec_lora(t, MODEL_LORA_GATE, l, a->gate, a->ln2, N, C, F);
+        rec_lora(t, MODEL_LORA_UP, l, a->up, a->ln2, N, C, F);
         swiglu_forward(a->swi, a->gate, a->up, (size_t)N * F);
         op = push(t, OP_SWIGLU, a->swi, (size_t)N * F);
         op->in[0] = a->gate;
         op->in[1] = a->up;
         rec_matmul(t, a->mlp, a->swi, p->w_down + lfc, dp->w_down + lfc, N, F, C);
+        rec_lora(t, MODEL_LORA_DOWN, l, a->mlp, a->swi, N, F, C);
         rec_residual(t, a->res2, a->res1, a->mlp, (size_t)N * C);
         x = a->res2;
     }
@@ -617,4 +716,71 @@ int model_backward_hidden(model_trainer *t, const float *dhidden, rlhf_error *er
 
 float *model_trainer_grads(model_trainer *t) { return t->grads; }
 
-void model_trainer_zero_grad(model_trainer *t) { zero_floats(t->grads, t->m->n_params); }
+void model_trainer_zero_grad(model_trainer *t) {
+    zero_floats(t->grads, t->m->n_params);
+    if (t->lora) zero_floats(t->lora_grads, t->lora->n_params);
+}
+
+float *model_trainer_lora_grads(model_trainer *t) { return t->lora ? t->lora_grads : NULL; }
+
+int model_trainer_set_lora(model_trainer *t, model_lora *l, uint64_t dropout_seed, rlhf_error *err) {
+    const model_config *c = &t->m->cfg;
+    arena_free(t->lora_grads, t->lora_grads_bytes);
+    free(t->lora_u);
+    free(t->lora_du);
+    free(t->lora_xd);
+    free(t->lora_dx);
+    t->lora_grads = t->lora_u = t->lora_du = t->lora_xd = t->lora_dx = NULL;
+    t->lora_u_numel = t->lora_xd_numel = 0;
+    t->lora = NULL;
+    t->backward_pending = 0; /* a tape recorded with or without adapters is not replayed across the change */
+    if (!l) {
+        t->tape_cap = t->base_tape_cap;
+        return 0;
+    }
+    size_t N = (size_t)t->max_B * t->max_T, R = l->cfg.rank;
+    size_t HD = (size_t)c->n_heads * model_head_dim(c), C = c->dim, F = c->ffn_dim;
+    size_t widest = C > HD ? C : HD;
+    widest = widest > F ? widest : F;
+    int ops = 0;
+    size_t xd = 0; /* floats of the dropout copies of one forward: N x the input width of each adapter op */
+    for (int k = 0; k < MODEL_LORA_N_TARGETS; k++)
+        if (l->a[k]) {
+            ops += l->n_stack[k];
+            xd += (size_t)l->n_stack[k] * N * l->in_dim[k];
+        }
+    for (int k = 0; k < MODEL_LORA_N_TARGETS; k++) {
+        if (!l->a[k]) continue;
+        const model_tensor_info *base = NULL;
+        static const model_tensor_id ids[MODEL_LORA_N_TARGETS] = {MODEL_T_WQ, MODEL_T_WK, MODEL_T_WV, MODEL_T_WO,
+                                                                  MODEL_T_W_GATE, MODEL_T_W_UP, MODEL_T_W_DOWN};
+        base = model_tensor(t->m, ids[k]);
+        if (!base || base->n_stack != l->n_stack[k] || base->rows != l->out_dim[k] || base->cols != l->in_dim[k])
+            return RLHF_FAIL(err, RLHF_EINVAL, "LoRA adapter %s does not fit this trainer's model",
+                             model_lora_target_name((model_lora_target)k));
+    }
+    t->lora_grads = arena_alloc(l->n_params * sizeof(float));
+    t->lora_grads_bytes = l->n_params * sizeof(float);
+    t->lora_u_numel = (size_t)ops * N * R;
+    t->lora_u = alloc64(t->lora_u_numel * sizeof(float));
+    t->lora_du = alloc64(N * R * sizeof(float));
+    if (l->cfg.dropout > 0) {
+        t->lora_xd_numel = xd;
+        t->lora_xd = alloc64(xd * sizeof(float));
+        t->lora_dx = alloc64(N * widest * sizeof(float));
+    }
+    int cap = t->base_tape_cap + ops;
+    tape_op *tape = realloc(t->tape, (size_t)cap * sizeof *tape);
+    if (tape) t->tape = tape;
+    unsigned char *touched = tape ? realloc(t->touched, (size_t)cap) : NULL;
+    if (touched) t->touched = touched;
+    if (!t->lora_grads || !t->lora_u || !t->lora_du || (l->cfg.dropout > 0 && (!t->lora_xd || !t->lora_dx)) ||
+        !tape || !touched)
+        return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate LoRA training buffers (rank %d, %d adapter ops)",
+                         l->cfg.rank, ops);
+    t->tape_cap = cap;
+    t->lora = l;
+    t->dropout_seed = dropout_seed;
+    t->forward_count = 0;
+    return 0;
+}

@@ -14,6 +14,7 @@
 #include "run/run.h"
 
 enum { K_INT, K_NUM, K_STR, K_BOOL, K_OBJ, K_ARR, K_ANY_OBJ };
+#define RUN_DEFAULT_LR "1e-4" /* rl.lr of full fine-tuning; 10x with model.lora (below) */
 
 typedef struct key_spec {
     const char *path;   /* "rl.max_staleness" */
@@ -34,6 +35,7 @@ static const key_spec SPEC[] = {
     {"model.threads", K_INT, 0, 256, "0"},
     {"model.tokenizer", K_STR, 0, 0, "\"\""},
     {"model.max_seq_len", K_INT, 0, 1 << 24, "0"},
+    {"model.lora", K_ANY_OBJ, 0, 0, "null"},
     {"task", K_OBJ, 0, 0, NULL},
     {"task.name", K_STR, 0, 0, "\"custom\""},
     {"task.train", K_STR, 0, 0, NULL},
@@ -50,7 +52,7 @@ static const key_spec SPEC[] = {
     {"rl", K_OBJ, 0, 0, "{}"},
     {"rl.k", K_INT, 2, 1024, "8"},
     {"rl.prompts_per_step", K_INT, 1, 65536, "8"},
-    {"rl.lr", K_NUM, 0, 1, "1e-4"},
+    {"rl.lr", K_NUM, 0, 1, RUN_DEFAULT_LR},
     {"rl.lr_min_ratio", K_NUM, 0, 1, "1.0"},
     {"rl.warmup_steps", K_INT, 0, BIG, "0"},
     {"rl.weight_decay", K_NUM, 0, 1, "0.0"},
@@ -357,6 +359,17 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
         }
     }
 
+    json_t *lora = get_path(doc, "model.lora");
+    if (json_is_object(lora)) { /* LoRA: checked here against model.arch too (a rank wider than a projection) */
+        snprintf(w, sizeof w, "%s: model.lora", where);
+        if ((rc = model_lora_config_parse(&cfg->lora, lora, w, err))) goto fail;
+        if (cfg->arch) {
+            model_config mc;
+            if ((rc = model_config_parse(&mc, cfg->arch, w, err)) || (rc = model_lora_check(&mc, &cfg->lora, w, err)))
+                goto fail;
+        }
+    }
+
     if ((rc = copy_str(cfg->task_name, sizeof cfg->task_name, gets(doc, "task.name"), where, "task.name", err)))
         goto fail;
     if ((rc = copy_str(cfg->train_path, sizeof cfg->train_path, gets(doc, "task.train"), where, "task.train", err)))
@@ -401,6 +414,12 @@ int run_config_parse(run_config *cfg, json_t *in, const char *where, rlhf_error 
 
     cfg->k = geti(doc, "rl.k");
     cfg->prompts_per_step = geti(doc, "rl.prompts_per_step");
+    /* LoRA's default learning rate is 10x full fine-tuning's: "LoRA Without Regret" (Schulman et al., 2025)
+     * finds the best LoRA rate about 10x the best full one for RL and SFT alike, at any rank with alpha 32
+     * and the 1/rank scale. Written into the resolved config, so a resume or replay reads the same. */
+    json_t *in_rl = json_object_get(in, "rl");
+    if (json_is_object(get_path(doc, "model.lora")) && !(json_is_object(in_rl) && json_object_get(in_rl, "lr")))
+        json_object_set_new(json_object_get(doc, "rl"), "lr", json_real(10 * strtod(RUN_DEFAULT_LR, NULL)));
     cfg->lr = getf(doc, "rl.lr");
     cfg->lr_min_ratio = getf(doc, "rl.lr_min_ratio");
     cfg->warmup_steps = geti(doc, "rl.warmup_steps");

@@ -78,6 +78,8 @@ void run_weights_hash(const model *m, char out[17]) {
     hex16(out, hash_bytes(1, m->params_mem, m->n_params * sizeof(float)));
 }
 
+void run_weights_content_hash(const void *data, size_t n, char out[17]) { hex16(out, hash_bytes(1, data, n)); }
+
 int run_model_identity_compare(const json_t *recorded, const json_t *mine, char *what, size_t cap) {
     static const char *const parts[] = {"config", "weights", "tokenizer"};
     const char *a = json_string_value(json_object_get(recorded, "model"));

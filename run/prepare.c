@@ -194,6 +194,12 @@ static int prepare_checked(run_config *cfg, rlhf_error *err) {
         vocab = m->cfg.vocab_size;
         both_bias_and_qk_norm = m->cfg.attn_bias && m->cfg.qk_norm;
         layer_opts = model_uses_layer_opts(&m->cfg);
+        /* model.lora against the base it will adapt (a config with model.arch was checked at parse) */
+        if (!rc && cfg->lora.rank) {
+            char lw[1200];
+            snprintf(lw, sizeof lw, "%.600s: model.lora", cfg->source);
+            rc = model_lora_check(&m->cfg, &cfg->lora, lw, err);
+        }
         model_destroy(&m);
         if (rc) return rc;
     } else {

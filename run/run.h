@@ -62,6 +62,7 @@ typedef struct run_config {
     int train_threads;          /* "model.threads": OpenMP threads of the updater (0 = all cores) */
     char tokenizer_path[1024];  /* "model.tokenizer": "" = the base model's own (the tokenizer.json of an HF
                                  * directory, else byte-level); "bytes"; or a directory holding tokenizer.json */
+    model_lora_config lora;     /* "model.lora": LoRA adapters (model.h), rank 0 = none (full fine-tuning) */
     int max_seq_len;            /* "model.max_seq_len": 0 = the model's; else caps it (an HF model's
                                  * max_position_embeddings sizes every KV cache and activation buffer) */
     int export_hf;              /* "rl.export_hf": "none" | "bf16" | "f32": each checkpoint also as a
@@ -183,6 +184,8 @@ int run_model_identity(const model *m, const tokenizer *tok, json_t **out, rlhf_
 int run_model_identity_compare(const json_t *recorded, const json_t *mine, char *what, size_t cap);
 /* The content hash of a model's weights alone (the "weights" part of its identity), 16 hex digits. */
 void run_weights_hash(const model *m, char out[17]);
+/* The same hash of any bytes: a WEIGHTS message's content_hash (for a full model, equal to run_weights_hash). */
+void run_weights_content_hash(const void *data, size_t n, char out[17]);
 
 
 /* Checks everything the processes of a run will need (datasets, selector config, reward sources,
@@ -207,6 +210,13 @@ int run_weights_apply(model *m, const wire_weights *w, rlhf_error *err);
 /* Builds a WEIGHTS message body from m (borrowing m's parameter memory; tensors owned by *w:
  * free with free(w->tensors)). */
 int run_weights_from_model(const model *m, wire_weights *w, rlhf_error *err);
+/* LoRA runs send the adapters alone: a WEIGHTS message of kind "lora" whose tensors are l's table
+ * ("lora_a.wq", ...) and whose content_hash is the adapters' bytes' (borrowing l->mem). */
+int run_weights_from_lora(const model_lora *l, uint64_t version, wire_weights *w, rlhf_error *err);
+/* Applies a WEIGHTS message of kind "lora" on the receiver's side: the table must match l's, the
+ * blob's hash its content_hash; l takes the adapters and m becomes base + the adapters (model_lora_merge),
+ * at w's version. A full-weights message here, or adapters for a run without LoRA, is an error. */
+int run_weights_apply_lora(model *m, const model *base, model_lora *l, const wire_weights *w, rlhf_error *err);
 
 /* ---------------------------------------------------------------- one run per directory */
 

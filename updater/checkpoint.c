@@ -207,9 +207,24 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
     if ((rc = rlhf_mkdirs(tmp, err))) return rc;
     snprintf(p, sizeof p, "%s/model.safetensors", tmp);
     ps->m->version = ps->version;
-    if ((rc = model_save(ps->m, p, err))) return rc;
+    /* With model.lora: model.safetensors holds the merged policy (what eval, sample, serve and export read),
+     * adapter/ the adapters in the PEFT format (what a resume trains on, and what PEFT loads). */
+    model *merged = NULL;
+    if (ps->lora) {
+        if ((rc = model_create(&merged, &ps->m->cfg, err))) return rc;
+        if ((rc = updater_policy_merged(ps, merged, err))) goto merged_out;
+        merged->hf_config = ps->m->hf_config;       /* borrowed for the save's metadata */
+        merged->tokenizer_dir = ps->m->tokenizer_dir;
+    }
+    const model *pol = merged ? merged : ps->m;
+    if ((rc = model_save(pol, p, err))) goto merged_out;
+    if (ps->lora) {
+        snprintf(p, sizeof p, "%s/adapter", tmp);
+        if ((rc = model_lora_save_peft(ps->lora, ps->m, p, ps->cfg ? ps->cfg->base_checkpoint : NULL, err)))
+            goto merged_out;
+    }
     snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
-    if ((rc = adamw_save(ps->opt, p, err))) return rc;
+    if ((rc = adamw_save(ps->opt, p, err))) goto merged_out;
     if (ps->cfg && ps->cfg->export_hf != RUN_EXPORT_HF_NONE) {
         /* the same weights as a Hugging Face directory, to serve or evaluate elsewhere */
         snprintf(p, sizeof p, "%s/hf", tmp);
@@ -217,8 +232,12 @@ int updater_checkpoint_save(const policy_state *ps, const char *dir, json_t *ext
             .dtype = ps->cfg->export_hf == RUN_EXPORT_HF_BF16 ? SAFETENSORS_BF16 : SAFETENSORS_F32,
             .tokenizer_from = ps->m->tokenizer_dir,
         };
-        if ((rc = model_export_hf(ps->m, p, &eo, err))) return rc;
+        if ((rc = model_export_hf(pol, p, &eo, err))) goto merged_out;
     }
+merged_out:
+    if (merged) merged->hf_config = merged->tokenizer_dir = NULL;
+    model_destroy(&merged);
+    if (rc) return rc;
     json_t *s = json_object();
     json_object_set_new(s, "step", json_integer(ps->step));
     json_object_set_new(s, "policy_version", json_integer((json_int_t)ps->version));
@@ -267,8 +286,14 @@ int updater_checkpoint_load_step(policy_state *ps, const char *dir, int step, js
     if (extra_out) *extra_out = NULL;
     char ck[4096], p[4400];
     snprintf(ck, sizeof ck, "%s/checkpoints/step_%d", dir, step);
-    snprintf(p, sizeof p, "%s/model.safetensors", ck);
-    int rc = model_load_into(ps->m, p, err);
+    int rc = 0;
+    if (ps->lora) { /* the base stays the run's base; the adapters come back */
+        snprintf(p, sizeof p, "%s/adapter", ck);
+        rc = model_lora_load_peft(ps->lora, ps->m, p, err);
+    } else {
+        snprintf(p, sizeof p, "%s/model.safetensors", ck);
+        rc = model_load_into(ps->m, p, err);
+    }
     if (rc) return rc;
     snprintf(p, sizeof p, "%s/optimizer.safetensors", ck);
     if ((rc = adamw_load(ps->opt, p, err))) return rc;

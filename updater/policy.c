@@ -46,7 +46,14 @@ int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     ac.total_steps = (int)(cfg->steps * upd);
     ac.min_lr_ratio = cfg->lr_min_ratio;
     ac.schedule = cfg->lr_min_ratio < 1.0f ? ADAMW_SCHEDULE_COSINE : ADAMW_SCHEDULE_CONSTANT;
-    if ((rc = adamw_create(&ps->opt, ps->m, &ac, err))) goto fail;
+    if (cfg->lora.rank) { /* model.lora: the base stays frozen; only the adapters are in the gradient and AdamW */
+        if ((rc = model_lora_create(&ps->lora, ps->m, &cfg->lora, err))) goto fail;
+        model_lora_init(ps->lora, cfg->seed * 0x9E3779B97F4A7C15ull + 29);
+        if ((rc = model_trainer_set_lora(ps->tr, ps->lora, cfg->seed * 0xD1B54A32D192ED03ull + 31, err))) goto fail;
+        if ((rc = adamw_create_params(&ps->opt, ps->lora->tensors, ps->lora->n_tensors, ps->lora->n_params, &ac, err)))
+            goto fail;
+    } else if ((rc = adamw_create(&ps->opt, ps->m, &ac, err)))
+        goto fail;
     if (cfg->kl_beta > 0) {
         if ((rc = run_load_base(cfg, &ps->ref, err))) goto fail;
         if ((rc = model_trainer_create(&ps->ref_tr, ps->ref, ps->micro_batch, T, err))) goto fail;
@@ -59,8 +66,24 @@ fail:
     return rc;
 }
 
+float *updater_policy_params(policy_state *ps, size_t *n) {
+    *n = ps->lora ? ps->lora->n_params : ps->m->n_params;
+    return ps->lora ? ps->lora->mem : ps->m->params_mem;
+}
+
+float *updater_policy_grads(policy_state *ps) {
+    return ps->lora ? model_trainer_lora_grads(ps->tr) : model_trainer_grads(ps->tr);
+}
+
+int updater_policy_merged(const policy_state *ps, model *dst, rlhf_error *err) {
+    int rc = ps->lora ? model_lora_merge(dst, ps->m, ps->lora, err) : model_copy_weights(dst, ps->m, err);
+    if (!rc) dst->version = ps->m->version;
+    return rc;
+}
+
 void updater_policy_fini(policy_state *ps) {
     model_trainer_destroy(&ps->tr);
+    model_lora_destroy(&ps->lora);
     model_trainer_destroy(&ps->ref_tr);
     adamw_destroy(&ps->opt);
     model_destroy(&ps->m);
@@ -182,17 +205,19 @@ int updater_policy_share_state(policy_state *ps, rlhf_error *err) {
     if (updater_dist_size(ps->dist) < 2 || updater_dist_rank(ps->dist) != 0) return 0;
     adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
     int ns = adamw_state_tensors(ps->opt, st, ADAMW_MAX_STATE_TENSORS);
-    size_t len = 1 + 8 + 8 + ps->m->n_params * sizeof(float) + 4;
+    size_t np_ = 0;
+    float *params = updater_policy_params(ps, &np_);
+    size_t len = 1 + 8 + 8 + np_ * sizeof(float) + 4;
     for (int i = 0; i < ns; i++) len += 1 + strlen(st[i].name) + 8 + st[i].numel * sizeof(float);
     unsigned char *msg = malloc(len), *w = msg;
     if (!msg) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     int64_t step = ps->step;
-    uint64_t np = ps->m->n_params;
+    uint64_t np = np_;
     uint32_t n32 = (uint32_t)ns;
     *w++ = DIST_CMD_STATE;
     memcpy(w, &step, 8), w += 8;
     memcpy(w, &np, 8), w += 8;
-    memcpy(w, ps->m->params_mem, np * sizeof(float)), w += np * sizeof(float);
+    memcpy(w, params, np * sizeof(float)), w += np * sizeof(float);
     memcpy(w, &n32, 4), w += 4;
     for (int i = 0; i < ns; i++) {
         uint8_t nl = (uint8_t)strlen(st[i].name);
@@ -222,11 +247,13 @@ int updater_policy_apply_state(policy_state *ps, const void *buf, size_t n, rlhf
     uint64_t np;
     memcpy(&step, r, 8), r += 8;
     memcpy(&np, r, 8), r += 8;
-    if (np != ps->m->n_params)
+    size_t mine_np = 0;
+    float *params = updater_policy_params(ps, &mine_np);
+    if (np != mine_np)
         return rlhf_error_set(err, RLHF_EINVAL, "updater (MPI)", "rank 0 has %llu parameters, this rank %zu (another config?)",
-                              (unsigned long long)np, ps->m->n_params);
+                              (unsigned long long)np, mine_np);
     NEED(np * sizeof(float) + 4);
-    memcpy(ps->m->params_mem, r, np * sizeof(float)), r += np * sizeof(float);
+    memcpy(params, r, np * sizeof(float)), r += np * sizeof(float);
     uint32_t ns;
     memcpy(&ns, r, 4), r += 4;
     adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
@@ -545,7 +572,9 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
                 double sums[8] = {u_loss, u_ratio, u_clip, u_ent, (double)u_tok, u_behav, (double)u_drop, u_kl};
                 double mx[2] = {u_rmax, u_bmax};
                 double t_sum = rlhf_now();
-                if ((rc = updater_dist_sum_f32(ps->dist, model_trainer_grads(ps->tr), ps->m->n_params, err)) ||
+                size_t np = 0;
+                updater_policy_params(ps, &np);
+                if ((rc = updater_dist_sum_f32(ps->dist, updater_policy_grads(ps), np, err)) ||
                     (rc = updater_dist_sum_f64(ps->dist, sums, 8, err)) || (rc = updater_dist_max_f64(ps->dist, mx, 2, err)))
                     goto done3;
                 allreduce_s += rlhf_now() - t_sum;
@@ -555,7 +584,9 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
             /* 5. optimizer; the schedule follows the RL steps (a step with nothing trainable still moves
              * it), in updates: rl.ppo_epochs x rl.mini_batches of them per step */
             adamw_set_schedule_step(ps->opt, ps->step * cfg->ppo_epochs * cfg->mini_batches + e * cfg->mini_batches + j);
-            if ((rc = adamw_step(ps->opt, ps->m, model_trainer_grads(ps->tr), &gnorm, &lr, err))) goto done3;
+            size_t np = 0;
+            float *params = updater_policy_params(ps, &np);
+            if ((rc = adamw_step_params(ps->opt, params, np, updater_policy_grads(ps), &gnorm, &lr, err))) goto done3;
             model_trainer_zero_grad(ps->tr);
             n_updates++;
             gnorm_sum += gnorm;
@@ -590,7 +621,7 @@ static int train_step(policy_state *ps, scored_group **groups, int n, json_t *me
     ps->step++;
     if (cfg->ref_reset_every > 0 && ps->ref && ps->step % cfg->ref_reset_every == 0) {
         /* the reference becomes the current policy: the KL term then anchors to a recent policy */
-        if ((rc = model_copy_weights(ps->ref, ps->m, err))) goto done3;
+        if ((rc = updater_policy_merged(ps, ps->ref, err))) goto done3;
         json_object_set_new(metrics, "kl/ref_reset", json_true());
     }
     double dt = rlhf_now() - t0;

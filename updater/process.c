@@ -134,10 +134,13 @@ static void trainer_destroy(trainer **tp) {
     *tp = NULL;
 }
 
-static int publish(broker_client *bc, model *m, double *seconds, rlhf_error *err) {
+/* A version of the policy: the whole model, or with model.lora the adapters alone (their content hash
+ * in the message; generators merge them into their own copy of the base). */
+static int publish(broker_client *bc, policy_state *ps, double *seconds, rlhf_error *err) {
     double t0 = rlhf_now();
     wire_weights w;
-    int rc = run_weights_from_model(m, &w, err);
+    ps->m->version = ps->version;
+    int rc = ps->lora ? run_weights_from_lora(ps->lora, ps->version, &w, err) : run_weights_from_model(ps->m, &w, err);
     if (rc) return rc;
     rc = broker_client_publish_weights(bc, &w, err);
     free(w.tensors);
@@ -444,8 +447,7 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
     }
     /* generators (re)started against a broker that lost its weights must get the current version */
     if (u.ps.version > 0) {
-        u.ps.m->version = u.ps.version;
-        if (publish(bc, u.ps.m, &pub_s, err)) {
+        if (publish(bc, &u.ps, &pub_s, err)) {
             rc = 1;
             goto out;
         }
@@ -489,7 +491,7 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
             }
             fprintf(stderr, "updater: reconnected to a restarted broker; %ld accepted group(s) recovered from the "
                             "replay log\n", more);
-            if (u.ps.version > 0 && (rc = publish(bc, u.ps.m, &pub_s, err))) break;
+            if (u.ps.version > 0 && (rc = publish(bc, &u.ps, &pub_s, err))) break;
         }
         if (!training && broker_client_stopped(bc)) break;
         int holding = updater_scorer_in_flight(u.sc) + n_pending + (training ? held_leftover : u.n_window);
@@ -562,8 +564,7 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
             }
             steps_done = u.ps.step;
             if (u.ps.version != v_before) {
-                u.ps.m->version = u.ps.version;
-                if ((rc = publish(bc, u.ps.m, &pub_s, err))) {
+                if ((rc = publish(bc, &u.ps, &pub_s, err))) {
                     json_decref(m);
                     break;
                 }

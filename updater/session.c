@@ -511,7 +511,8 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
         /* which weights this version is, by content: a replay compares its own step by step */
         if (cfg->weights_hash) {
             char h[17];
-            run_weights_hash(ps->m, h);
+            if (ps->lora) run_weights_content_hash(ps->lora->mem, ps->lora->n_params * sizeof(float), h);
+            else run_weights_hash(ps->m, h); /* equal to the published message's content_hash either way */
             json_object_set_new(m, "weights_hash", json_string(h));
         }
     }

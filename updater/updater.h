@@ -207,12 +207,13 @@ typedef struct updater_dist updater_dist; /* data-parallel updaters over MPI (up
 typedef struct policy_state {
     run_config *cfg;           /* borrowed */
     updater_dist *dist;        /* borrowed; NULL (or one rank): a single updater */
-    model *m;                  /* the policy being trained */
+    model *m;                  /* the policy being trained; with model.lora its frozen base */
     model *ref;                /* reference (base) model for the KL penalty, NULL when kl_beta = 0 */
     tokenizer *tok;            /* the run's tokenizer (model.tokenizer): decodes completions for scoring */
     model_trainer *tr;
     model_trainer *ref_tr;
-    adamw *opt;
+    adamw *opt;                /* over the model's parameters, or (model.lora) over the adapters' */
+    model_lora *lora;          /* model.lora: the trained adapters (NULL: full fine-tuning) */
     int micro_batch;           /* sequences per forward/backward */
     long step;                 /* optimizer steps done */
     uint64_t version;          /* newest published policy_version */
@@ -236,6 +237,12 @@ typedef struct policy_state {
 } policy_state;
 
 int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err);
+/* The trained parameters: the adapters with model.lora, else the model's (their floats and count), and
+ * their gradient buffer. */
+float *updater_policy_params(policy_state *ps, size_t *n);
+float *updater_policy_grads(policy_state *ps);
+/* The current policy as one model in dst (of m's config): base + adapters merged with model.lora. */
+int updater_policy_merged(const policy_state *ps, model *dst, rlhf_error *err);
 void updater_policy_fini(policy_state *ps);
 
 /* Staleness lag of a group against the newest published version. */

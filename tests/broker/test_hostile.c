@@ -440,7 +440,7 @@ void test_hostile_slow_reader(void) {
     long acc0 = accepted_now(&r);
     void *ctx = zmq_ctx_new();
     void *s = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0, rcvhwm = 1, sndtmo = 5000, rcvbuf = 4096;
+    int linger = 0, rcvhwm = 1, sndtmo = 30000, rcvbuf = 4096; /* 30 s: a loaded machine (ASan) reads slowly */
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf);

@@ -729,6 +729,7 @@ int register_plugin_faults_suite(void); /* tests/e2e/test_plugin_faults.c */
 void e2e_register_diskfull(void);   /* tests/e2e/test_diskfull.c */
 void e2e_register_rl_recipes(void); /* tests/e2e/test_rl_recipes.c */
 void e2e_register_watch(void);      /* tests/e2e/test_watch.c */
+void e2e_register_lora(void);       /* tests/e2e/test_lora_run.c */
 
 int register_suites(void) {
     e2e_register_generation();
@@ -745,6 +746,7 @@ int register_suites(void) {
     e2e_register_diskfull();
     e2e_register_rl_recipes();
     e2e_register_watch();
+    e2e_register_lora();
     CU_pSuite s = CU_add_suite("e2e", suite_init, suite_cleanup);
     CU_add_test(s, "run_with_faults", test_run_with_faults);
     CU_add_test(s, "resume_after_sigint", test_resume_after_sigint);

@@ -56,6 +56,12 @@ static double rel_err_f64(const float *a, const double *b, size_t n) {
     return d / fmax(s, 1e-30);
 }
 
+static double max_abs_f(const float *a, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
+    return m;
+}
+
 static double worst_seen;
 static void check(const char *what, const float *a, const double *b, size_t n) {
     double e = rel_err_f64(a, b, n);
@@ -113,7 +119,7 @@ static int run_oracle(const char *dir) {
 }
 
 static void rm_dir(const char *dir) {
-    const char *names[] = {"case.json", "params.bin", "tokens.bin", "targets.bin", "logits.f64", "logp.f64",
+    const char *names[] = {"case.json", "params.bin", "lora.bin", "tokens.bin", "targets.bin", "logits.f64", "logp.f64",
                            "entropy.f64", "loss.f64", "grads.f64", "params_after.f64"};
     char path[600];
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -134,6 +140,9 @@ static model_config oracle_config(int tie, int n_kv_heads) {
  * chaotic that AdamW's first step, about lr * sign(gradient), flips on float32 rounding of small
  * gradients and the parameter comparison measures that, not the model). */
 static float g_weight_scale = 5.0f;
+/* LoRA cases: the adapters' config (rank 0: none). The base is frozen; gradients and AdamW compare the
+ * adapters. */
+static model_lora_config g_lora;
 
 static void oracle_case(model_config cfg, uint64_t seed) {
     int B = 3, T = 12, N = B * T, V = cfg.vocab_size, steps = 3;
@@ -175,6 +184,20 @@ static void oracle_case(model_config cfg, uint64_t seed) {
     oc.grad_clip = 0.5f, oc.warmup_steps = 2, oc.total_steps = 5, oc.min_lr_ratio = 0.1f;
     oc.schedule = ADAMW_SCHEDULE_COSINE;
 
+    model_lora *lora = NULL;
+    if (g_lora.rank) {
+        CU_ASSERT_EQUAL_FATAL(model_lora_create(&lora, m, &g_lora, &err), 0);
+        model_lora_init(lora, seed + 2);
+        for (int t = 0; t < MODEL_LORA_N_TARGETS; t++) /* B = 0 would make the branch invisible */
+            for (size_t i = 0; lora->b[t] && i < (size_t)lora->n_stack[t] * lora->out_dim[t] * g_lora.rank; i++)
+                lora->b[t][i] = 0.3f * rlhf_rng_normal(&rng);
+    }
+    /* the trained parameter set: the model's, or the adapters' */
+    float *tp = lora ? lora->mem : m->params_mem;
+    size_t tn = lora ? lora->n_params : m->n_params;
+    const model_tensor_info *tt = lora ? lora->tensors : m->tensors;
+    int ntt = lora ? lora->n_tensors : m->n_tensors;
+
     char dir[] = "/tmp/rlhf_oracle_XXXXXX";
     CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
     json_t *mj = model_config_to_json(&cfg);
@@ -183,11 +206,13 @@ static void oracle_case(model_config cfg, uint64_t seed) {
                            (double)oc.eps, "weight_decay", (double)oc.weight_decay, "grad_clip", (double)oc.grad_clip,
                            "warmup_steps", oc.warmup_steps, "total_steps", oc.total_steps, "min_lr_ratio",
                            (double)oc.min_lr_ratio, "schedule", "cosine", "B", B, "T", T, "steps", steps);
+    if (lora) json_object_set_new(cj, "lora", model_lora_config_to_json(&g_lora));
     char *cs = json_dumps(cj, JSON_COMPACT);
     json_decref(cj);
     CU_ASSERT_EQUAL(write_raw(dir, "case.json", cs, strlen(cs)), 0);
     free(cs);
     CU_ASSERT_EQUAL(write_raw(dir, "params.bin", m->params_mem, m->n_params * sizeof(float)), 0);
+    if (lora) CU_ASSERT_EQUAL(write_raw(dir, "lora.bin", lora->mem, lora->n_params * sizeof(float)), 0);
     CU_ASSERT_EQUAL(write_raw(dir, "tokens.bin", tok, sizeof tok), 0);
     CU_ASSERT_EQUAL(write_raw(dir, "targets.bin", tg, sizeof tg), 0);
     int orc = run_oracle(dir);
@@ -196,10 +221,12 @@ static void oracle_case(model_config cfg, uint64_t seed) {
 
     model_trainer *tr = NULL;
     CU_ASSERT_EQUAL_FATAL(model_trainer_create(&tr, m, B, T, &err), 0);
+    if (lora) CU_ASSERT_EQUAL_FATAL(model_trainer_set_lora(tr, lora, 1, &err), 0);
     CU_ASSERT_EQUAL_FATAL(model_forward(tr, tok, tg, B, T, &err), 0);
     double *logits = read_f64(dir, "logits.f64", (size_t)N * V), *logp = read_f64(dir, "logp.f64", N);
     double *ent = read_f64(dir, "entropy.f64", N), *loss = read_f64(dir, "loss.f64", 1);
-    double *grads = read_f64(dir, "grads.f64", m->n_params), *after = read_f64(dir, "params_after.f64", m->n_params);
+    double *grads = read_f64(dir, "grads.f64", tn), *after = read_f64(dir, "params_after.f64", tn);
+    float *tgrads = lora ? model_trainer_lora_grads(tr) : model_trainer_grads(tr);
     CU_ASSERT_FATAL(logits && logp && ent && loss && grads && after);
     check("logits", model_trainer_logits(tr), logits, (size_t)N * V);
     check("logp", model_trainer_logprobs(tr), logp, N);
@@ -208,28 +235,28 @@ static void oracle_case(model_config cfg, uint64_t seed) {
     check("loss", &l, loss, 1);
     model_trainer_zero_grad(tr);
     CU_ASSERT_EQUAL(model_backward_loss(tr, &err), 0);
-    for (int i = 0; i < m->n_tensors; i++) {
+    for (int i = 0; i < ntt; i++) {
         char what[64];
-        snprintf(what, sizeof what, "grad %s", m->tensors[i].name);
-        check(what, model_trainer_grads(tr) + m->tensors[i].offset, grads + m->tensors[i].offset,
-              m->tensors[i].numel);
+        snprintf(what, sizeof what, "grad %s", tt[i].name);
+        check(what, tgrads + tt[i].offset, grads + tt[i].offset, tt[i].numel);
     }
+    if (lora) CU_ASSERT(max_abs_f(model_trainer_grads(tr), m->n_params) == 0.0); /* the base is frozen */
     adamw *o = NULL;
-    CU_ASSERT_EQUAL_FATAL(adamw_create(&o, m, &oc, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(adamw_create_params(&o, tt, ntt, tn, &oc, &err), 0);
     for (int s = 0; s < steps; s++) {
         model_trainer_zero_grad(tr);
         CU_ASSERT_EQUAL(model_forward(tr, tok, tg, B, T, &err), 0);
         CU_ASSERT_EQUAL(model_backward_loss(tr, &err), 0);
         float norm = 0;
-        CU_ASSERT_EQUAL(adamw_step(o, m, model_trainer_grads(tr), &norm, NULL, &err), 0);
+        CU_ASSERT_EQUAL(adamw_step_params(o, tp, tn, tgrads, &norm, NULL, &err), 0);
         if (s == 0) CU_ASSERT(norm > oc.grad_clip); /* clipping is exercised */
     }
-    for (int i = 0; i < m->n_tensors; i++) {
+    for (int i = 0; i < ntt; i++) {
         char what[64];
-        snprintf(what, sizeof what, "after AdamW %s", m->tensors[i].name);
-        check_after_adamw(what, m->params_mem + m->tensors[i].offset, after + m->tensors[i].offset,
-                          grads + m->tensors[i].offset, m->tensors[i].numel);
+        snprintf(what, sizeof what, "after AdamW %s", tt[i].name);
+        check_after_adamw(what, tp + tt[i].offset, after + tt[i].offset, grads + tt[i].offset, tt[i].numel);
     }
+    model_lora_destroy(&lora);
     free(logits), free(logp), free(ent), free(loss), free(grads), free(after);
     adamw_destroy(&o);
     model_trainer_destroy(&tr);
@@ -237,6 +264,24 @@ static void oracle_case(model_config cfg, uint64_t seed) {
     fprintf(stderr, "  [worst max|c-torch|/max|torch| over all tensors: %.2g] ", worst_seen);
     if (getenv("RLHF_ORACLE_KEEP")) fprintf(stderr, "  kept %s\n", dir);
     else rm_dir(dir);
+}
+
+static void test_oracle_lora(void) {
+    g_lora = (model_lora_config){.rank = 4, .alpha = 8.0f, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
+    oracle_case(oracle_config(0, 2), 3000);
+    g_lora = (model_lora_config){0};
+}
+
+static void test_oracle_lora_kv_share(void) {
+    model_config c = oracle_config(1, 2);
+    c.n_layers = 3;
+    c.has_layer_opts = 1;
+    c.kv_src[2] = 1; /* layer 2 attends with layer 0's K/V */
+    c.attn_bias = c.qk_norm = 1;
+    g_lora = (model_lora_config){.rank = 1, .alpha = 2.0f,
+                                 .targets = (1u << MODEL_LORA_Q) | (1u << MODEL_LORA_V) | (1u << MODEL_LORA_DOWN)};
+    oracle_case(c, 3100);
+    g_lora = (model_lora_config){0};
 }
 
 static void test_oracle_gqa_untied(void) { oracle_case(oracle_config(0, 2), 1000); }
@@ -340,6 +385,10 @@ static void test_oracle_attention_pattern(void) {
 void register_oracle_suite(void);
 void register_oracle_suite(void) {
     CU_pSuite s = CU_add_suite("oracle", NULL, NULL);
+    CU_add_test(s, "PyTorch oracle: LoRA rank 4 on every linear layer (GQA, frozen base): logits, adapter grads, AdamW",
+                test_oracle_lora);
+    CU_add_test(s, "PyTorch oracle: LoRA rank 1 on q, v, down with kv_share and Qwen's biases + q/k norms",
+                test_oracle_lora_kv_share);
     CU_add_test(s, "PyTorch oracle: GQA untied — logits, loss, grads, 3 AdamW steps within 1e-4", test_oracle_gqa_untied);
     CU_add_test(s, "PyTorch oracle: MHA tied — logits, loss, grads, 3 AdamW steps within 1e-4", test_oracle_mha_tied);
     CU_add_test(s, "PyTorch oracle: q/k/v biases (Qwen2), MHA and GQA", test_oracle_attn_bias);

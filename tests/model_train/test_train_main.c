@@ -3,6 +3,7 @@ void register_ops_suite(void);
 void register_model_suite(void);
 void register_oracle_suite(void);
 void register_cli_suite(void);
+void register_lora_suite(void);
 int register_suites(void);
 
 int register_suites(void) {
@@ -10,5 +11,6 @@ int register_suites(void) {
     register_model_suite();
     register_oracle_suite();
     register_cli_suite();
+    register_lora_suite();
     return 0;
 }

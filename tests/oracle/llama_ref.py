@@ -11,6 +11,9 @@ without position encoding, local: RoPE and only the last attention_window positi
     llama_ref.py oracle DIR   read DIR/case.json, params.bin, tokens.bin, targets.bin; compute in float64
                               the logits, log-probs, entropies, mean masked cross-entropy, every parameter
                               gradient, then run the case's AdamW steps; write *.f64 files back to DIR.
+                              With "lora" in case.json ({"rank", "alpha", "targets": PEFT module names}) and
+                              DIR/lora.bin, the base is frozen and the adapters train: grads.f64 and
+                              params_after.f64 then hold the adapters' gradients and values.
     llama_ref.py bench ARCH_JSON B T STEPS THREADS
                               time float32 training steps (forward + backward + AdamW), print JSON.
 
@@ -19,6 +22,9 @@ stacked: attn_norm (L,C), wq (L,H*D,C), wk (L,KVH*D,C), wv (L,KVH*D,C), [bq (L,H
 bv (L,KVH*D) with attn_bias], [q_norm (L,D), k_norm (L,D) with qk_norm], wo (L,C,H*D), ffn_norm (L,C),
 w_gate (L,F,C), w_up (L,F,C), w_down (L,C,F), then final_norm (C), lm_head (V,C) unless tied. With
 kv_share, wk, wv, bk, bv and k_norm stack only the LK layers that have their own K/V (in layer order).
+LoRA file layout (written from docs/MODEL.md "LoRA"): for each targeted module in the order q_proj, k_proj,
+v_proj, o_proj, gate_proj, up_proj, down_proj: A (S, R, IC) then B (S, OC, R), S the layers of the base
+tensor's stack; the branch adds (alpha / R) * (x A^T) B^T to the module's output.
 """
 import array
 import json
@@ -81,6 +87,9 @@ class Llama(torch.nn.Module):
             off += n
         assert off == len(flat), f"parameter file has {len(flat)} floats, layout wants {off}"
 
+    def linear(self, h, name, i):
+        return h @ getattr(self, name)[i].T
+
     def head(self):
         return self.embed if self.cfg.get("tie_embeddings", False) else self.lm_head
 
@@ -139,7 +148,7 @@ class Llama(torch.nn.Module):
             own, slot = srcs[l] == l, sum(1 for i in range(l) if srcs[i] == i)
             rope = pattern[l] != "global_nope"
             h = self.rmsnorm(x, self.attn_norm[l], eps)
-            q = h @ self.wq[l].T
+            q = self.linear(h, "wq", l)
             if cfg.get("attn_bias", False):  # Qwen2
                 q = q + self.bq[l]
             q = q.view(B, T, H, D)
@@ -149,7 +158,7 @@ class Llama(torch.nn.Module):
             if rope:
                 q = q * cos + self.rotate_half(q) * sin
             if own:
-                k, v = h @ self.wk[slot].T, h @ self.wv[slot].T
+                k, v = self.linear(h, "wk", slot), self.linear(h, "wv", slot)
                 if cfg.get("attn_bias", False):
                     k, v = k + self.bk[slot], v + self.bv[slot]
                 k, v = k.view(B, T, KVH, D), v.view(B, T, KVH, D)
@@ -166,11 +175,46 @@ class Llama(torch.nn.Module):
             s = s.masked_fill(local_mask if pattern[l] == "local" else mask, float("-inf"))
             y = torch.softmax(s, dim=-1) @ v  # (B, H, T, D)
             y = y.transpose(1, 2).reshape(B, T, H * D)
-            x = x + y @ self.wo[l].T
+            x = x + self.linear(y, "wo", l)
             h = self.rmsnorm(x, self.ffn_norm[l], eps)
-            x = x + (Fn.silu(h @ self.w_gate[l].T) * (h @ self.w_up[l].T)) @ self.w_down[l].T
+            x = x + self.linear(Fn.silu(self.linear(h, "w_gate", l)) * self.linear(h, "w_up", l), "w_down", l)
         hidden = self.rmsnorm(x, self.final_norm, eps)
         return hidden @ self.head().T  # (B, T, V)
+
+
+LORA_MODULES = [("q_proj", "wq"), ("k_proj", "wk"), ("v_proj", "wv"), ("o_proj", "wo"), ("gate_proj", "w_gate"),
+                ("up_proj", "w_up"), ("down_proj", "w_down")]
+
+
+class LoraLlama(Llama):
+    """The Llama above with frozen base weights and LoRA adapters on the case's target modules."""
+
+    def __init__(self, cfg, flat, lora_cfg, lora_flat, dtype):
+        super().__init__(cfg, flat, dtype)
+        for n in self.names:
+            getattr(self, n).requires_grad_(False)
+        self.scale = lora_cfg["alpha"] / lora_cfg["rank"]
+        R = lora_cfg["rank"]
+        shapes = dict(layout(cfg))
+        self.lora_names, off = [], 0
+        for module, base in LORA_MODULES:
+            if module not in lora_cfg["targets"]:
+                continue
+            S, OC, IC = shapes[base]
+            for part, shape in (("A", (S, R, IC)), ("B", (S, OC, R))):
+                n = math.prod(shape)
+                name = f"lora_{part}_{base}"
+                setattr(self, name, torch.nn.Parameter(torch.tensor(lora_flat[off:off + n], dtype=dtype).reshape(shape)))
+                self.lora_names.append(name)
+                off += n
+        assert off == len(lora_flat), f"lora file has {len(lora_flat)} floats, layout wants {off}"
+
+    def linear(self, h, base, i):
+        y = h @ getattr(self, base)[i].T
+        if hasattr(self, f"lora_A_{base}"):
+            a, b = getattr(self, f"lora_A_{base}")[i], getattr(self, f"lora_B_{base}")[i]
+            y = y + self.scale * ((h @ a.T) @ b.T)
+        return y
 
 
 def masked_ce(logits, targets):
@@ -210,21 +254,19 @@ def write(path, t):
         f.write(array.array("d", t.detach().to(torch.float64).reshape(-1).tolist()).tobytes())
 
 
-def flat_grads(model):
-    return torch.cat([getattr(model, n).grad.reshape(-1) for n in model.names])
-
-
-def flat_params(model):
-    return torch.cat([getattr(model, n).detach().reshape(-1) for n in model.names])
-
-
 def oracle(d):
     case = json.load(open(os.path.join(d, "case.json")))
     cfg, oc, B, T = case["model"], case["adamw"], case["B"], case["T"]
     flat = read(os.path.join(d, "params.bin"), torch.float32).tolist()
     tokens = read(os.path.join(d, "tokens.bin"), torch.int32).long().view(B, T)
     targets = read(os.path.join(d, "targets.bin"), torch.int32).long().view(B, T)
-    model = Llama(cfg, flat, torch.float64)
+    lora_cfg = case.get("lora")
+    if lora_cfg:
+        lora_flat = read(os.path.join(d, "lora.bin"), torch.float32).tolist()
+        model = LoraLlama(cfg, flat, lora_cfg, lora_flat, torch.float64)
+    else:
+        model = Llama(cfg, flat, torch.float64)
+    trained = model.lora_names if lora_cfg else model.names
     logits = model(tokens)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * (targets >= 0)
@@ -235,18 +277,22 @@ def oracle(d):
     write(os.path.join(d, "logp.f64"), logp)
     write(os.path.join(d, "entropy.f64"), entropy)
     write(os.path.join(d, "loss.f64"), loss.reshape(1))
-    write(os.path.join(d, "grads.f64"), flat_grads(model))
-    opt = make_optimizer(model, oc)
+    write(os.path.join(d, "grads.f64"), torch.cat([getattr(model, n).grad.reshape(-1) for n in trained]))
+    if lora_cfg:  # every adapter is decayed, as torch's AdamW decays what PEFT hands it
+        opt = torch.optim.AdamW([getattr(model, n) for n in trained], lr=oc["lr"], betas=(oc["beta1"], oc["beta2"]),
+                                eps=oc["eps"], weight_decay=oc["weight_decay"])
+    else:
+        opt = make_optimizer(model, oc)
     for step in range(case["steps"]):
         opt.zero_grad()
         loss = masked_ce(model(tokens), targets)
         loss.backward()
         if oc["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), oc["grad_clip"])
+            torch.nn.utils.clip_grad_norm_([getattr(model, n) for n in trained], oc["grad_clip"])
         for g in opt.param_groups:
             g["lr"] = lr_at(oc, step)
         opt.step()
-    write(os.path.join(d, "params_after.f64"), flat_params(model))
+    write(os.path.join(d, "params_after.f64"), torch.cat([getattr(model, n).detach().reshape(-1) for n in trained]))
 
 
 def bench(arch_path, B, T, steps, threads):

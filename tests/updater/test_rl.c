@@ -333,6 +333,40 @@ static int parse_with(const char *json, const char *set, rlhf_error *err, run_co
     return rc;
 }
 
+/* model.lora: rl.lr defaults to 10x full fine-tuning's default (written into the resolved config); a
+ * given rl.lr stays; without LoRA the default is full fine-tuning's */
+static void test_config_lora_lr(void) {
+    run_config cfg;
+    rlhf_error err = {0};
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, NULL, &err, &cfg), 0);
+    CU_ASSERT_DOUBLE_EQUAL(cfg.lr, 1e-4, 1e-9);
+    CU_ASSERT_EQUAL(cfg.lora.rank, 0);
+    run_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(parse_with(BASE, "model.lora={\"rank\":8}", &err, &cfg), 0);
+    CU_ASSERT_EQUAL(cfg.lora.rank, 8);
+    CU_ASSERT_DOUBLE_EQUAL(cfg.lr, 1e-3, 1e-9);
+    CU_ASSERT_DOUBLE_EQUAL(json_number_value(json_object_get(json_object_get(cfg.resolved, "rl"), "lr")), 1e-3, 1e-12);
+    run_config_free(&cfg);
+    const char *with_lr = "{\"name\":\"t\",\"model\":{\"base_checkpoint\":\"m.safetensors\",\"lora\":{\"rank\":4}},"
+                          "\"task\":{\"train\":\"p.jsonl\"},\"rewards\":[{\"type\":\"exact_match\"}],\"rl\":{\"lr\":2e-3}}";
+    CU_ASSERT_EQUAL_FATAL(parse_with(with_lr, NULL, &err, &cfg), 0);
+    CU_ASSERT_DOUBLE_EQUAL(cfg.lr, 2e-3, 1e-9);
+    run_config_free(&cfg);
+    /* the example LoRA run of docs/MODEL.md */
+    char path[4096];
+    CU_ASSERT_EQUAL_FATAL(test_source_path("examples/configs/countdown-lora.json", path, sizeof path), 0);
+    json_t *ex = json_load_file(path, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ex);
+    CU_ASSERT_EQUAL_FATAL(run_config_parse(&cfg, ex, "countdown-lora.json", &err), 0);
+    CU_ASSERT_EQUAL(cfg.lora.rank, 8);
+    CU_ASSERT_DOUBLE_EQUAL(cfg.lr, 1e-3, 1e-9);
+    run_config_free(&cfg);
+    json_decref(ex);
+    CU_ASSERT_NOT_EQUAL(parse_with(BASE, "model.lora={\"rank\":8,\"targets\":[\"wq\"]}", &err, &cfg), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "model.lora"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "targets[0]: \"wq\" is not a linear layer"));
+}
+
 static void expect_error(const char *set, const char *where, const char *msg_part) {
     rlhf_error err = {0};
     run_config cfg;
@@ -647,6 +681,7 @@ int register_suites(void) {
     CU_add_test(c, "duplicate_keys", test_config_duplicate_keys);
     CU_add_test(c, "relative_paths", test_config_relative_paths);
     CU_add_test(c, "reward_paths", test_config_reward_paths);
+    CU_add_test(c, "lora_lr_default", test_config_lora_lr);
     return register_loop_suite() || register_reward_errors_suite() || register_checkpoint_suite() ||
            register_dist_suite() || register_unscored_suite();
 }

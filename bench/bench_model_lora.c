@@ -1,0 +1,197 @@
+/* bench/bench_model_lora.c — LoRA against full fine-tuning at one model shape (default: SmolLM2-135M's,
+ * random weights), in one process so machine noise cancels:
+ *   - bytes of one WEIGHTS version: the encoded message (header + payload frames) of the whole model vs
+ *     of the adapters alone (kind "lora");
+ *   - the receiving generator's work per version: full weights copied in (run_weights_apply) vs
+ *     adapters hash-checked and merged into its base copy (run_weights_apply_lora);
+ *   - one training step (forward + backward + AdamW) at B x T: full vs adapters only;
+ *   - peak RSS of a process that builds the model, trainer and optimizer and runs 2 steps (each
+ *     configuration in its own forked child, so one does not inflate the other's maximum).
+ *   bench_model_lora [--ranks 1,16] [--reps 5] [--B 4] [--T 128] [--threads 2] [--arch JSON] */
+#include "bench/bench_util.h"
+#include "broker/wire.h"
+#include "model/model.h"
+#include "run/run.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *SMOL = "{\"dim\":576,\"n_layers\":30,\"n_heads\":9,\"n_kv_heads\":3,\"ffn_dim\":1536,"
+                          "\"vocab_size\":49152,\"max_seq_len\":2048,\"rope_theta\":100000,\"tie_embeddings\":true}";
+
+static size_t wire_bytes(const wire_weights *w) {
+    wire_out o;
+    rlhf_error err = {0};
+    if (wire_encode_weights(w, &o, &err)) {
+        fprintf(stderr, "bench_model_lora: %s\n", err.msg);
+        exit(1);
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < wire_out_nframes(&o); i++) n += wire_out_frame(&o, i).len;
+    wire_out_free(&o);
+    return n;
+}
+
+/* Median seconds of one training step (forward, backward, AdamW) with or without adapters. */
+static double step_seconds(model *m, model_lora *l, int B, int T, int reps) {
+    rlhf_error err = {0};
+    model_trainer *tr = NULL;
+    adamw *opt = NULL;
+    adamw_config ac;
+    adamw_config_default(&ac);
+    if (model_trainer_create(&tr, m, B, T, &err) || (l && model_trainer_set_lora(tr, l, 1, &err)) ||
+        (l ? adamw_create_params(&opt, l->tensors, l->n_tensors, l->n_params, &ac, &err) : adamw_create(&opt, m, &ac, &err))) {
+        fprintf(stderr, "bench_model_lora: %s\n", err.msg);
+        exit(1);
+    }
+    int32_t *tok = malloc((size_t)B * T * sizeof(int32_t)), *tg = malloc((size_t)B * T * sizeof(int32_t));
+    rlhf_rng rng;
+    rlhf_rng_seed(&rng, 3);
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(rlhf_rng_u64(&rng) % (uint64_t)m->cfg.vocab_size);
+        tg[i] = (int32_t)(rlhf_rng_u64(&rng) % (uint64_t)m->cfg.vocab_size);
+    }
+    double *t = malloc((size_t)(reps + 1) * sizeof(double));
+    for (int r = 0; r <= reps; r++) { /* the first is a warm-up */
+        double t0 = rlhf_now();
+        model_forward(tr, tok, tg, B, T, &err);
+        model_backward_loss(tr, &err);
+        if (l) adamw_step_params(opt, l->mem, l->n_params, model_trainer_lora_grads(tr), NULL, NULL, &err);
+        else adamw_step(opt, m, model_trainer_grads(tr), NULL, NULL, &err);
+        t[r] = rlhf_now() - t0;
+    }
+    double med = median(t + 1, reps);
+    free(t), free(tok), free(tg);
+    adamw_destroy(&opt);
+    model_trainer_destroy(&tr);
+    return med;
+}
+
+/* Peak RSS (MB) of a child that builds the model (+ adapters of rank R, or none when R = 0), trainer and
+ * optimizer and trains 2 steps. */
+static double child_rss_mb(const model_config *mc, int R, int B, int T) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        model *m = NULL;
+        model_lora *l = NULL;
+        rlhf_error err = {0};
+        if (model_create(&m, mc, &err)) _exit(1);
+        model_init_random(m, 1);
+        if (R) {
+            model_lora_config lc = {.rank = R, .alpha = 32, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
+            if (model_lora_create(&l, m, &lc, &err)) _exit(1);
+            model_lora_init(l, 2);
+        }
+        step_seconds(m, l, B, T, 1);
+        _exit(0);
+    }
+    int st = 0;
+    struct rusage ru;
+    if (wait4(pid, &st, 0, &ru) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return -1;
+    return ru.ru_maxrss / 1024.0;
+}
+
+int main(int argc, char **argv) {
+    const char *arch = SMOL, *ranks_s = "1,16";
+    int reps = 5, B = 4, T = 128, threads = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help")) {
+            printf("usage: bench_model_lora [--ranks 1,16] [--reps 5] [--B 4] [--T 128] [--threads 2] [--arch JSON]\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "bench_model_lora: %s needs a value\n", a);
+            return 2;
+        }
+        if (!strcmp(a, "--ranks")) ranks_s = v;
+        else if (!strcmp(a, "--reps")) reps = atoi(v);
+        else if (!strcmp(a, "--B")) B = atoi(v);
+        else if (!strcmp(a, "--T")) T = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--arch")) arch = v;
+        else {
+            fprintf(stderr, "bench_model_lora: unknown option %s\n", a);
+            return 2;
+        }
+        i++;
+    }
+    if (reps < 1 || B < 1 || T < 1 || threads < 1) {
+        fprintf(stderr, "bench_model_lora: --reps, --B, --T and --threads must be >= 1\n");
+        return 2;
+    }
+    model_set_threads(threads);
+    rlhf_error err = {0};
+    json_t *aj = json_loads(arch, 0, NULL);
+    model_config mc;
+    model *m = NULL, *base = NULL;
+    if (!aj || model_config_parse(&mc, aj, "--arch", &err) || model_create(&m, &mc, &err) ||
+        model_create(&base, &mc, &err)) {
+        fprintf(stderr, "bench_model_lora: %s\n", aj ? err.msg : "--arch is not JSON");
+        return 2;
+    }
+    json_decref(aj);
+    model_init_random(m, 1);
+    model_copy_weights(base, m, &err);
+    printf("model: %zu parameters (%.1f MB fp32), B=%d T=%d, %d threads, median of %d\n", m->n_params,
+           m->n_params * 4 / 1e6, B, T, threads, reps);
+    wire_weights full;
+    run_weights_from_model(m, &full, &err);
+    size_t full_bytes = wire_bytes(&full);
+    double *t = malloc((size_t)reps * sizeof(double));
+    for (int r = 0; r < reps; r++) {
+        double t0 = rlhf_now();
+        run_weights_apply(m, &full, &err);
+        t[r] = rlhf_now() - t0;
+    }
+    double full_apply = median(t, reps);
+    free(full.tensors);
+    double full_step = step_seconds(m, NULL, B, T, reps);
+    double full_rss = child_rss_mb(&mc, 0, B, T);
+    printf("%-10s %14s %12s %14s %12s %10s\n", "policy", "WEIGHTS bytes", "vs full", "apply (ms)", "step (ms)",
+           "peak RSS MB");
+    printf("%-10s %14zu %12s %14.2f %12.1f %10.0f\n", "full", full_bytes, "1", 1e3 * full_apply, 1e3 * full_step,
+           full_rss);
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", ranks_s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int R = atoi(tok);
+        model_lora_config lc = {.rank = R, .alpha = 32, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
+        model_lora *l = NULL, *recv = NULL;
+        if (R < 1 || model_lora_create(&l, m, &lc, &err) || model_lora_create(&recv, m, &lc, &err)) {
+            fprintf(stderr, "bench_model_lora: rank %s: %s\n", tok, err.msg);
+            return 2;
+        }
+        model_lora_init(l, 2);
+        for (size_t i = 0; i < l->n_params; i++) l->mem[i] += 1e-3f; /* B != 0: a real merge */
+        wire_weights w;
+        run_weights_from_lora(l, 7, &w, &err);
+        size_t bytes = wire_bytes(&w);
+        for (int r = 0; r < reps; r++) {
+            double t0 = rlhf_now();
+            if (run_weights_apply_lora(m, base, recv, &w, &err)) {
+                fprintf(stderr, "bench_model_lora: %s\n", err.msg);
+                return 1;
+            }
+            t[r] = rlhf_now() - t0;
+        }
+        double apply = median(t, reps);
+        free(w.tensors);
+        double step = step_seconds(m, l, B, T, reps);
+        double rss = child_rss_mb(&mc, R, B, T);
+        char rel[32];
+        snprintf(rel, sizeof rel, "1/%.0f", (double)full_bytes / (double)bytes);
+        printf("lora r=%-3d %14zu %12s %14.2f %12.1f %10.0f   (adapters %zu floats: %zu bytes + %zu header)\n", R, bytes,
+               rel, 1e3 * apply, 1e3 * step, rss, l->n_params, l->n_params * 4, bytes - l->n_params * 4);
+        model_lora_destroy(&l);
+        model_lora_destroy(&recv);
+    }
+    free(t);
+    model_destroy(&m);
+    model_destroy(&base);
+    return 0;
+}
