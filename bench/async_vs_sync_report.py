@@ -115,9 +115,28 @@ def main():
     for m in order:
         bs = [breakdown([r for r in modes[m][s][0] if r["step"] <= steps]) for s in seeds]
         print(f"{m:14} " + " ".join(f"{statistics.mean(b[k] for b in bs):>14.1f}" for k in keys))
+    write_means(out, modes, order, seeds)
     equal_wall(modes, order, seeds, steps, wall_at)
     two_core_bound(modes, order, seeds, steps)
     cpu_bound(out, order, seeds)
+
+
+def write_means(out, modes, order, seeds):
+    """OUT/means/MODE/metrics.jsonl: one line per step with the seed-mean reward/mean and pass_rate and the
+    seed-median wall_s, so that `rlhf plot OUT/means/*` draws one readable curve per mode (every run
+    overlaid is 8 lines a mode)."""
+    for m in order:
+        n = min(len(modes[m][s][0]) for s in seeds)
+        d = os.path.join(out, "means", m)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "metrics.jsonl.tmp"), "w") as f:
+            for i in range(n):
+                rows = [modes[m][s][0][i] for s in seeds]
+                f.write(json.dumps({"step": rows[0]["step"],
+                                    "wall_s": statistics.median(r["wall_s"] for r in rows),
+                                    "reward/mean": statistics.mean(r["reward/mean"] for r in rows),
+                                    "pass_rate": statistics.mean(r.get("pass_rate", 0.0) for r in rows)}) + "\n")
+        os.replace(os.path.join(d, "metrics.jsonl.tmp"), os.path.join(d, "metrics.jsonl"))
 
 
 def pass_at_wall(rows, by_step, wall):

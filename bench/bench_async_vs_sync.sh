@@ -85,3 +85,9 @@ python3 bench/async_vs_sync_report.py --steps "$STEPS" "$OUT"
   echo "bench_async_vs_sync: no $OUT/reward.png (rlhf plot failed)" >&2
 "$R" plot "$OUT"/*-s[0-9]* -o "$OUT/reward_wall.png" --smooth 20 --x wall --metric reward/mean --metric pass_rate ||
   echo "bench_async_vs_sync: no $OUT/reward_wall.png (rlhf plot failed)" >&2
+# one curve per mode: the seed-mean reward and pass rate by step and by (seed-median) wall time
+# (OUT/means/MODE, written by the report)
+for x in step wall; do
+  "$R" plot "$OUT"/means/* -o "$OUT/reward_means_$x.png" --smooth 20 --x $x --metric reward/mean --metric pass_rate ||
+    echo "bench_async_vs_sync: no $OUT/reward_means_$x.png (rlhf plot failed)" >&2
+done
