@@ -663,8 +663,10 @@ static int address_mapped(const void *addr) {
     return found;
 }
 
-/* The activation arenas are not inherited by a forked child (the updater forks a sandbox per
- * reward-checker run; copying and re-faulting the arenas at every fork cost more than the checker). */
+/* The activation arenas, the weights, the gradients and the AdamW state are not inherited by a forked
+ * child (the updater forks a sandbox per reward-checker run; copying and re-faulting them at every fork
+ * cost more than the checker, and with the trainer running on the other CPU every re-owned page took a
+ * TLB shootdown). */
 static void test_arenas_not_inherited_by_fork(void) {
     model *m = small_model(0, 4, 11, 1.0f);
     model_trainer *tr = NULL;
@@ -676,9 +678,21 @@ static void test_arenas_not_inherited_by_fork(void) {
     const float *logits = model_trainer_logits(tr); /* inside the activation arena */
     float before = logits[5];
     CU_ASSERT_EQUAL(address_mapped(logits), 1);
+    adamw *opt = NULL;
+    adamw_config ac;
+    adamw_config_default(&ac);
+    CU_ASSERT_EQUAL_FATAL(adamw_create(&opt, m, &ac, &err), 0);
+    adamw_state_tensor st[ADAMW_MAX_STATE_TENSORS];
+    adamw_state_tensors(opt, st, ADAMW_MAX_STATE_TENSORS);
+    const void *kept[] = {logits, m->params_mem, model_trainer_grads(tr), st[0].data};
+    for (size_t i = 0; i < sizeof kept / sizeof *kept; i++) CU_ASSERT_EQUAL(address_mapped(kept[i]), 1);
     fflush(NULL);
     pid_t pid = fork();
-    if (pid == 0) _exit(address_mapped(logits) == 0 ? 0 : 1);
+    if (pid == 0) {
+        int inherited = 0;
+        for (size_t i = 0; i < sizeof kept / sizeof *kept; i++) inherited += address_mapped(kept[i]);
+        _exit(inherited == 0 ? 0 : 1);
+    }
     CU_ASSERT_FATAL(pid > 0);
     int status = 0;
     CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
@@ -687,6 +701,7 @@ static void test_arenas_not_inherited_by_fork(void) {
     CU_ASSERT_EQUAL(logits[5], before);
     CU_ASSERT_EQUAL(model_forward(tr, tok, tg, 2, 8, &err), 0);
     CU_ASSERT_EQUAL(model_trainer_logits(tr)[5], before);
+    adamw_destroy(&opt);
     model_trainer_destroy(&tr);
     model_destroy(&m);
 }
@@ -709,7 +724,8 @@ void register_model_suite(void) {
     CU_add_test(s, "mean masked CE and its backward == log-prob path", test_loss_matches_logprobs);
     CU_add_test(s, "bad batch shapes, ids and call order are rejected", test_bad_input);
     CU_add_test(s, "1 thread at create, 6 at backward: same gradients", test_threads_raised_after_create);
-    CU_add_test(s, "activation arenas are not inherited by a forked child", test_arenas_not_inherited_by_fork);
+    CU_add_test(s, "arenas, weights, gradients and AdamW state are not inherited by a forked child",
+                test_arenas_not_inherited_by_fork);
     CU_pSuite a = CU_add_suite("adamw", NULL, NULL);
     CU_add_test(a, "warmup + cosine / constant schedule", test_lr_schedule);
     CU_add_test(a, "first step == closed form, decay on matrices only, clipping, NaN rejected",
