@@ -749,15 +749,12 @@ int model_trainer_set_lora(model_trainer *t, model_lora *l, uint64_t dropout_see
             ops += l->n_stack[k];
             xd += (size_t)l->n_stack[k] * N * l->in_dim[k];
         }
-    for (int k = 0; k < MODEL_LORA_N_TARGETS; k++) {
-        if (!l->a[k]) continue;
-        const model_tensor_info *base = NULL;
-        static const model_tensor_id ids[MODEL_LORA_N_TARGETS] = {MODEL_T_WQ, MODEL_T_WK, MODEL_T_WV, MODEL_T_WO,
-                                                                  MODEL_T_W_GATE, MODEL_T_W_UP, MODEL_T_W_DOWN};
-        base = model_tensor(t->m, ids[k]);
-        if (!base || base->n_stack != l->n_stack[k] || base->rows != l->out_dim[k] || base->cols != l->in_dim[k])
-            return RLHF_FAIL(err, RLHF_EINVAL, "LoRA adapter %s does not fit this trainer's model",
-                             model_lora_target_name((model_lora_target)k));
+    /* each adapter pair (A, B) must fit its base tensor, which the table names by id */
+    for (int i = 0; i + 1 < l->n_tensors; i += 2) {
+        const model_tensor_info *a = &l->tensors[i], *b = &l->tensors[i + 1];
+        const model_tensor_info *base = model_tensor(t->m, a->id);
+        if (!base || base->n_stack != a->n_stack || base->cols != a->cols || base->rows != b->rows)
+            return RLHF_FAIL(err, RLHF_EINVAL, "LoRA adapter %s does not fit this trainer's model", a->name);
     }
     t->lora_grads = arena_alloc(l->n_params * sizeof(float));
     t->lora_grads_bytes = l->n_params * sizeof(float);
