@@ -3,8 +3,10 @@
 eval_step_N.json for every checkpoint, eval_sampled.json) and prints, per mode and recipe, the held-out
 pass rate (greedy at every checkpoint, 4 samples at temperature 1 at the last) as mean and standard
 deviation over seeds, the completion tokens and wall time spent to each checkpoint, and each recipe's
-per-seed difference from rloo_tis (the paired comparison: same seed, same prompts order). Draws
-OUT/recipes.png: pass rate against tokens and against wall time, one panel pair per mode (gnuplot)."""
+per-seed difference from the reference recipe (--ref, default rloo_tis: the paired comparison, same
+seed, same prompts order). Draws OUT/recipes.png: pass rate against tokens and against wall time, one
+panel pair per mode (gnuplot). bench/bench_model_variants_rl.sh uses it too, with its variants as the
+"recipes" and --ref full."""
 import glob
 import json
 import math
@@ -14,7 +16,8 @@ import statistics
 import subprocess
 import sys
 
-ORDER = ["rloo_tis", "grpo", "dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp", "ppo_epochs"]
+ORDER = ["rloo_tis", "grpo", "dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp", "ppo_epochs",
+         "full", "lora_r1", "lora_r8", "lora_r32", "plain8", "kvshare", "local", "kvshare_local"]
 
 
 def mean_sd(xs):
@@ -54,11 +57,15 @@ def load(run, steps):
 
 def main():
     args = sys.argv[1:]
-    steps = None
-    if len(args) >= 2 and args[0] == "--steps":
-        steps, args = int(args[1]), args[2:]
+    steps, ref_name = None, "rloo_tis"
+    while len(args) >= 2 and args[0] in ("--steps", "--ref"):
+        if args[0] == "--steps":
+            steps = int(args[1])
+        else:
+            ref_name = args[1]
+        args = args[2:]
     if len(args) != 1:
-        sys.exit("usage: rl_recipes_report.py [--steps N] OUT_DIR")
+        sys.exit("usage: rl_recipes_report.py [--steps N] [--ref RECIPE] OUT_DIR")
     out = args[0]
     runs = {}  # (mode, recipe) -> {seed: data}
     for d in sorted(glob.glob(os.path.join(out, "*-s[0-9]*"))):
@@ -86,7 +93,7 @@ def main():
         print(f"\n== {mode} mode, {steps} steps (mean ± sd over seeds; wall: median)")
         print(f"{'recipe':14} {'seeds':>5} {'greedy@end':>13} {'sampled@end':>13} {'greedy AUC':>11} "
               f"{'reward(last20)':>14} {'tokens':>8} {'wall_s':>7}   greedy pass rate at each checkpoint")
-        ref = runs.get((mode, "rloo_tis"), {})
+        ref = runs.get((mode, ref_name), {})
         for rec in recipes:
             rs = runs.get((mode, rec))
             if not rs:
@@ -108,11 +115,11 @@ def main():
                 plot_rows.append((mode, rec, statistics.mean(rs[s]["cum_tokens"].get(c, float("nan")) for s in seeds),
                                   statistics.median(rs[s]["wall"].get(c, float("nan")) for s in seeds), g[0], g[1]))
         if ref:
-            print(f"paired with rloo_tis (same seed): greedy@end difference, mean ± sd over seeds, and seeds where "
+            print(f"paired with {ref_name} (same seed): greedy@end difference, mean ± sd over seeds, and seeds where "
                   f"the recipe is ahead / behind")
             for rec in recipes:
                 rs = runs.get((mode, rec))
-                if not rs or rec == "rloo_tis":
+                if not rs or rec == ref_name:
                     continue
                 seeds = sorted(set(rs) & set(ref))
                 diffs = []
