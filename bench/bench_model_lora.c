@@ -71,33 +71,49 @@ static double step_seconds(model *m, model_lora *l, int B, int T, int reps) {
     return med;
 }
 
-/* Peak RSS (MB) of a child that builds the model (+ adapters of rank R, or none when R = 0), trainer and
- * optimizer and trains 2 steps. */
-static double child_rss_mb(const model_config *mc, int R, int B, int T) {
+/* --rss-child R: build the model (+ adapters of rank R, or none when R = 0), trainer and optimizer, train 2
+ * steps, exit. Run in a fresh process (fork + exec of this program): a plain fork of a process whose
+ * OpenMP thread pool exists leaves the child's pool waiting on threads that were not copied (the first
+ * version of this benchmark hung there). */
+static int rss_child(const model_config *mc, int R, int B, int T) {
+    model *m = NULL;
+    model_lora *l = NULL;
+    rlhf_error err = {0};
+    if (model_create(&m, mc, &err)) return 1;
+    model_init_random(m, 1);
+    if (R) {
+        model_lora_config lc = {.rank = R, .alpha = 32, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
+        if (model_lora_create(&l, m, &lc, &err)) return 1;
+        model_lora_init(l, 2);
+    }
+    step_seconds(m, l, B, T, 1);
+    return 0;
+}
+
+/* Peak RSS (MB) of `self --rss-child R ...` (same shape and threads). */
+static double child_rss_mb(const char *arch, int R, int B, int T, int threads) {
+    char rs[16], bs[16], ts[16], th[16];
+    snprintf(rs, sizeof rs, "%d", R);
+    snprintf(bs, sizeof bs, "%d", B);
+    snprintf(ts, sizeof ts, "%d", T);
+    snprintf(th, sizeof th, "%d", threads);
+    char *const args[] = {"bench_model_lora", "--rss-child", rs, "--B", bs, "--T", ts, "--threads", th,
+                          "--arch", (char *)arch, NULL};
+    fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
-        model *m = NULL;
-        model_lora *l = NULL;
-        rlhf_error err = {0};
-        if (model_create(&m, mc, &err)) _exit(1);
-        model_init_random(m, 1);
-        if (R) {
-            model_lora_config lc = {.rank = R, .alpha = 32, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
-            if (model_lora_create(&l, m, &lc, &err)) _exit(1);
-            model_lora_init(l, 2);
-        }
-        step_seconds(m, l, B, T, 1);
-        _exit(0);
+        execv("/proc/self/exe", args);
+        _exit(127);
     }
     int st = 0;
     struct rusage ru;
-    if (wait4(pid, &st, 0, &ru) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return -1;
+    if (pid < 0 || wait4(pid, &st, 0, &ru) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) return -1;
     return ru.ru_maxrss / 1024.0;
 }
 
 int main(int argc, char **argv) {
     const char *arch = SMOL, *ranks_s = "1,16";
-    int reps = 5, B = 4, T = 128, threads = 2;
+    int reps = 5, B = 4, T = 128, threads = 2, rss_rank = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
@@ -114,6 +130,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--T")) T = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--arch")) arch = v;
+        else if (!strcmp(a, "--rss-child")) rss_rank = atoi(v); /* internal: child_rss_mb */
         else {
             fprintf(stderr, "bench_model_lora: unknown option %s\n", a);
             return 2;
@@ -129,12 +146,14 @@ int main(int argc, char **argv) {
     json_t *aj = json_loads(arch, 0, NULL);
     model_config mc;
     model *m = NULL, *base = NULL;
-    if (!aj || model_config_parse(&mc, aj, "--arch", &err) || model_create(&m, &mc, &err) ||
-        model_create(&base, &mc, &err)) {
+    int bad = !aj || model_config_parse(&mc, aj, "--arch", &err);
+    json_decref(aj);
+    if (!bad && rss_rank >= 0) return rss_child(&mc, rss_rank, B, T);
+    if (bad || model_create(&m, &mc, &err) || model_create(&base, &mc, &err)) {
         fprintf(stderr, "bench_model_lora: %s\n", aj ? err.msg : "--arch is not JSON");
         return 2;
     }
-    json_decref(aj);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* each row as it is measured */
     model_init_random(m, 1);
     model_copy_weights(base, m, &err);
     printf("model: %zu parameters (%.1f MB fp32), B=%d T=%d, %d threads, median of %d\n", m->n_params,
@@ -142,6 +161,10 @@ int main(int argc, char **argv) {
     wire_weights full;
     run_weights_from_model(m, &full, &err);
     size_t full_bytes = wire_bytes(&full);
+    /* a received version lives in its own buffer, as a generator's does (the table points into m) */
+    uint8_t *recv_copy = malloc(full.nbytes);
+    memcpy(recv_copy, full.data, full.nbytes);
+    full.data = recv_copy;
     double *t = malloc((size_t)reps * sizeof(double));
     for (int r = 0; r < reps; r++) {
         double t0 = rlhf_now();
@@ -150,8 +173,9 @@ int main(int argc, char **argv) {
     }
     double full_apply = median(t, reps);
     free(full.tensors);
+    free(recv_copy);
     double full_step = step_seconds(m, NULL, B, T, reps);
-    double full_rss = child_rss_mb(&mc, 0, B, T);
+    double full_rss = child_rss_mb(arch, 0, B, T, threads);
     printf("%-10s %14s %12s %14s %12s %10s\n", "policy", "WEIGHTS bytes", "vs full", "apply (ms)", "step (ms)",
            "peak RSS MB");
     printf("%-10s %14zu %12s %14.2f %12.1f %10.0f\n", "full", full_bytes, "1", 1e3 * full_apply, 1e3 * full_step,
@@ -182,7 +206,7 @@ int main(int argc, char **argv) {
         double apply = median(t, reps);
         free(w.tensors);
         double step = step_seconds(m, l, B, T, reps);
-        double rss = child_rss_mb(&mc, R, B, T);
+        double rss = child_rss_mb(arch, R, B, T, threads);
         char rel[32];
         snprintf(rel, sizeof rel, "1/%.0f", (double)full_bytes / (double)bytes);
         printf("lora r=%-3d %14zu %12s %14.2f %12.1f %10.0f   (adapters %zu floats: %zu bytes + %zu header)\n", R, bytes,

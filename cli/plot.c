@@ -48,7 +48,7 @@ static const char usage[] =
 static const char *const DEFAULT_METRICS[] = {"reward/mean",    "pass_rate", "eval/pass_rate_greedy",
                                               "eval/pass_rate_sampled", "kl", "entropy", "staleness/mean",
                                               "gen/tokens_per_s"};
-#define MAX_RUNS 32
+#define MAX_RUNS 128 /* a benchmark's seeds x variants (issue 19's had 56 runs) */
 #define MAX_METRICS 32
 
 typedef struct series {
@@ -281,15 +281,23 @@ static void remove_dir(const char *dir, int n_runs, int n_metrics) {
 int cmd_plot(int argc, char **argv) {
     const char *out = NULL, *x_axis = "step";
     int smooth = 1;
-    const char *dirs[MAX_RUNS + 1];
+    /* room for every argument, so that too many runs is this command's own error, not the parser's */
+    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    if (!dirs) {
+        fprintf(stderr, "rlhf plot: error: out of memory\n");
+        return 1;
+    }
     char *metric_v[MAX_METRICS + 1];
     rlhf_opt_strs metric_opt = {.v = metric_v, .cap = MAX_METRICS};
     const rlhf_opt opts[] = {RLHF_OPT("-o", RLHF_OPT_STR, &out), RLHF_OPT("--out", RLHF_OPT_STR, &out),
                              RLHF_OPT("--metric", RLHF_OPT_STRS, &metric_opt), RLHF_OPT("--x", RLHF_OPT_STR, &x_axis),
                              RLHF_OPT_RANGE("--smooth", RLHF_OPT_INT, &smooth, 1, 1000000), RLHF_OPT_END};
     int n_runs = 0;
-    int prc = rlhf_opts_parse(argc, argv, "rlhf plot", usage, opts, dirs, MAX_RUNS + 1, &n_runs);
-    if (prc >= 0) return prc;
+    int prc = rlhf_opts_parse(argc, argv, "rlhf plot", usage, opts, dirs, argc + 1, &n_runs);
+    if (prc >= 0) {
+        free(dirs);
+        return prc;
+    }
     const char *ext = out ? strrchr(out, '.') : NULL;
     const char *bad = !n_runs                                   ? "give at least one RUN_DIR"
                       : n_runs > MAX_RUNS                       ? "at most " RLHF_STR(MAX_RUNS) " runs"
@@ -299,6 +307,7 @@ int cmd_plot(int argc, char **argv) {
                                                                               : NULL;
     if (bad) {
         fprintf(stderr, "rlhf plot: error: %s\n%s", bad, usage);
+        free(dirs);
         return 2;
     }
     int svg = !strcmp(ext, ".svg"), x_wall = !strcmp(x_axis, "wall");
@@ -310,6 +319,7 @@ int cmd_plot(int argc, char **argv) {
             free_run(&runs[loaded]);
             break;
         }
+    free(dirs); /* the runs keep argv's strings, not this array */
     if (loaded < n_runs) {
         rlhf_error_print("rlhf plot", &err);
         for (int r = 0; r < loaded; r++) free_run(&runs[r]);

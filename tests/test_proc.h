@@ -55,7 +55,7 @@ static inline pid_t test_proc_spawn(const char *path, char *const argv[], const 
     _exit(127);
 }
 
-enum { TEST_PROC_MAX_ARGS = 64 };
+enum { TEST_PROC_MAX_ARGS = 256 };
 
 /* test_proc_spawn with argv = {argv0, args[0], args[1], ..., NULL}: args is NULL-terminated; at most
  * TEST_PROC_MAX_ARGS - 2 of them are passed. */

@@ -491,6 +491,23 @@ static void test_plot_errors(void) {
     bad_plot(u5, 2, "--smooth", png);
     const char *u4[] = {"plot", "-o", png, NULL};
     bad_plot(u4, 2, "give at least one RUN_DIR", png);
+    /* more runs than a plot takes: the command's own limit, not the option parser's "unexpected argument"
+     * (which is what 33 runs got when the limit was 32) */
+    const char *many[136];
+    int nm = 0;
+    many[nm++] = "plot";
+    many[nm++] = "-o";
+    many[nm++] = png;
+    for (int i = 0; i < 129; i++) many[nm++] = a;
+    many[nm] = NULL;
+    bad_plot(many, 2, "at most 128 runs", png);
+    /* 40 runs (a benchmark's seeds x variants) are drawn */
+    many[3 + 40] = NULL;
+    char out40[256];
+    snprintf(out40, sizeof out40, "%s/plot40.out", g_dir);
+    CU_ASSERT_EQUAL(run_cmd(out40, NULL, many, 60), 0);
+    CU_ASSERT_EQUAL(access(png, F_OK), 0);
+    unlink(png);
     const char *h[] = {"plot", "--help", NULL};
     char out[256];
     snprintf(out, sizeof out, "%s/help.out", g_dir);
