@@ -18,6 +18,7 @@
 # REUSE=DIR takes the "full" runs from an earlier bench_rl_recipes.sh output (its MODE-rloo_tis-sSEED runs
 # are the same config) instead of running them again.
 set -euo pipefail
+. bench/countdown_run.sh
 BUILD=${BUILD:-build}
 R="$BUILD/bin/rlhf"
 STEPS=${1:-${STEPS:-150}}
@@ -27,7 +28,7 @@ MODES=${MODES:-"async"}
 VARIANTS=${VARIANTS:-"full lora_r1 lora_r8 lora_r32 plain8 kvshare local kvshare_local"}
 LORA_LR=${LORA_LR:-3e-3}
 CONFIG=examples/configs/countdown.json
-DATA=runs/data/countdown
+DATA=${DATA:-runs/data/countdown}   # the arch variants' bases are pretrained here (prompts: CONFIG's)
 THREADS=${THREADS:-2}
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${OUT:-runs/bench-variants-$STAMP}
@@ -77,17 +78,7 @@ for seed in $SEEDS; do
       fi
       extra=()
       while IFS= read -r kv; do [ -n "$kv" ] && extra+=(--set "$kv"); done < <(variant_args "$v")
-      echo "== $OUT/$name ($STEPS steps)" >&2
-      "$R" run "$CONFIG" --quiet --set "name=$name" --set "run_dir=$OUT/$name" --set "mode=$mode" \
-          --set "rl.steps=$STEPS" --set "rl.seed=$seed" --set "rl.checkpoint_every=$CK_EVERY" --set checkpoint.keep=1000 \
-          --set eval.every=0 \
-          ${extra[@]+"${extra[@]}"}
-      for ((s = CK_EVERY; s <= STEPS; s += CK_EVERY)); do
-        "$R" eval --config "$OUT/$name/config.json" --checkpoint "$OUT/$name/checkpoints/step_$s/model.safetensors" \
-            --threads "$THREADS" > "$OUT/$name/eval_step_$s.json"
-      done
-      "$R" eval --config "$OUT/$name/config.json" --checkpoint "$OUT/$name/checkpoints/step_$STEPS/model.safetensors" \
-          --threads "$THREADS" --samples 4 --temperature 1 > "$OUT/$name/eval_sampled.json"
+      countdown_run_and_eval "$name" "$mode" "$seed" ${extra[@]+"${extra[@]}"}
     done
   done
 done

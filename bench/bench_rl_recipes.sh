@@ -20,6 +20,7 @@
 #   reinforce_pp  REINFORCE++ (group baseline, batch-whitened advantages), PPO-clip, token mean
 #   ppo_epochs    RLOO with PPO-clip and 2 epochs over the step's batch (one mini-batch)
 set -euo pipefail
+. bench/countdown_run.sh
 BUILD=${BUILD:-build}
 R="$BUILD/bin/rlhf"
 STEPS=${1:-${STEPS:-150}}
@@ -58,17 +59,7 @@ for seed in $SEEDS; do
       name="$mode-$recipe-s$seed"
       extra=()
       for kv in $(recipe_args "$recipe"); do extra+=(--set "$kv"); done
-      echo "== $OUT/$name ($STEPS steps)" >&2
-      "$R" run "$CONFIG" --quiet --set "name=$name" --set "run_dir=$OUT/$name" --set "mode=$mode" \
-          --set "rl.steps=$STEPS" --set "rl.seed=$seed" --set "rl.checkpoint_every=$CK_EVERY" --set checkpoint.keep=1000 \
-          --set eval.every=0 \
-          ${extra[@]+"${extra[@]}"}
-      for ((s = CK_EVERY; s <= STEPS; s += CK_EVERY)); do
-        "$R" eval --config "$OUT/$name/config.json" --checkpoint "$OUT/$name/checkpoints/step_$s/model.safetensors" \
-            --threads "$THREADS" > "$OUT/$name/eval_step_$s.json"
-      done
-      "$R" eval --config "$OUT/$name/config.json" --checkpoint "$OUT/$name/checkpoints/step_$STEPS/model.safetensors" \
-          --threads "$THREADS" --samples 4 --temperature 1 > "$OUT/$name/eval_sampled.json"
+      countdown_run_and_eval "$name" "$mode" "$seed" ${extra[@]+"${extra[@]}"}
     done
   done
 done
