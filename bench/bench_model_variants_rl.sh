@@ -19,17 +19,13 @@
 # are the same config) instead of running them again.
 set -euo pipefail
 . bench/countdown_run.sh
-BUILD=${BUILD:-build}
-R="$BUILD/bin/rlhf"
 STEPS=${1:-${STEPS:-150}}
-CK_EVERY=${CK_EVERY:-25}
 SEEDS=${SEEDS:-"1 2 3"}
 MODES=${MODES:-"async"}
 VARIANTS=${VARIANTS:-"full lora_r1 lora_r8 lora_r32 plain8 kvshare local kvshare_local"}
 LORA_LR=${LORA_LR:-3e-3}
 CONFIG=examples/configs/countdown.json
 DATA=${DATA:-runs/data/countdown}   # the arch variants' bases are pretrained here (prompts: CONFIG's)
-THREADS=${THREADS:-2}
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${OUT:-runs/bench-variants-$STAMP}
 REUSE=${REUSE:-}

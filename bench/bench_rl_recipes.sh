@@ -21,15 +21,11 @@
 #   ppo_epochs    RLOO with PPO-clip and 2 epochs over the step's batch (one mini-batch)
 set -euo pipefail
 . bench/countdown_run.sh
-BUILD=${BUILD:-build}
-R="$BUILD/bin/rlhf"
 STEPS=${1:-${STEPS:-150}}
-CK_EVERY=${CK_EVERY:-25}
 SEEDS=${SEEDS:-"1 2 3 4 5 6"}
 MODES=${MODES:-"sync async"}
 RECIPES=${RECIPES:-"rloo_tis grpo dr_grpo dapo gspo cispo reinforce_pp ppo_epochs"}
 CONFIG=${CONFIG:-examples/configs/countdown.json}
-THREADS=${THREADS:-2}
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${OUT:-runs/bench-recipes-$STAMP}
 BUILD=$BUILD THREADS=$THREADS bash scripts/prepare-countdown.sh runs/data/countdown

@@ -1,10 +1,16 @@
 # bench/countdown_run.sh — sourced by bench_rl_recipes.sh and bench_model_variants_rl.sh: one measured
 # countdown run and its held-out evaluation, the same way for every benchmark that compares runs.
 #   countdown_run_and_eval NAME MODE SEED [--set KEY=VALUE ...]
-# Uses R (the rlhf binary), CONFIG, OUT, STEPS, CK_EVERY, THREADS. Runs `rlhf run CONFIG` into OUT/NAME
+# Sets the defaults the function needs (BUILD, R = the rlhf binary, CK_EVERY, THREADS; each overridable
+# from the environment); the caller sets CONFIG, OUT and STEPS. Runs `rlhf run CONFIG` into OUT/NAME
 # with a checkpoint every CK_EVERY steps and no evaluation inside the timed run (eval.every 0), then
 # `rlhf eval` scores every checkpoint greedily on the held-out set (OUT/NAME/eval_step_N.json) and the
 # last one also with 4 samples at temperature 1 (OUT/NAME/eval_sampled.json).
+BUILD=${BUILD:-build}
+R="$BUILD/bin/rlhf"
+CK_EVERY=${CK_EVERY:-25}
+THREADS=${THREADS:-2}
+
 countdown_run_and_eval() {
   local name=$1 mode=$2 seed=$3 s
   shift 3
