@@ -146,11 +146,11 @@ int main(int argc, char **argv) {
     json_t *aj = json_loads(arch, 0, NULL);
     model_config mc;
     model *m = NULL, *base = NULL;
-    int bad = !aj || model_config_parse(&mc, aj, "--arch", &err);
+    int not_json = !aj, bad = not_json || model_config_parse(&mc, aj, "--arch", &err);
     json_decref(aj);
     if (!bad && rss_rank >= 0) return rss_child(&mc, rss_rank, B, T);
     if (bad || model_create(&m, &mc, &err) || model_create(&base, &mc, &err)) {
-        fprintf(stderr, "bench_model_lora: %s\n", aj ? err.msg : "--arch is not JSON");
+        fprintf(stderr, "bench_model_lora: %s\n", not_json ? "--arch is not JSON" : err.msg);
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0); /* each row as it is measured */
