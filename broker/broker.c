@@ -1382,7 +1382,15 @@ out:
          (unsigned long long)b->ct.groups_accepted, (unsigned long long)b->ct.groups_delivered,
          (unsigned long long)(b->ct.dropped_stale_accept + b->ct.dropped_stale_queued + b->ct.dropped_stale_delivery),
          b->q_len);
-    broadcast_stop(b, b->stop_requested ? b->stop_reason : "broker shutting down");
+    {
+        /* peers log why: a failed replay log is named in the stop they receive */
+        char why[256];
+        if (b->stop_requested) snprintf(why, sizeof why, "%s", b->stop_reason);
+        else if (b->log_failed.code)
+            snprintf(why, sizeof why, "broker shutting down: %.110s: %.110s", b->log_failed.where, b->log_failed.msg);
+        else snprintf(why, sizeof why, "broker shutting down");
+        broadcast_stop(b, why);
+    }
     if (b->log) {
         rlhf_error le;
         rlhf_error_clear(&le);

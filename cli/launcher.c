@@ -306,6 +306,33 @@ static void print_early_end(const char *run_dir, int step, int steps) {
     free(text);
 }
 
+/* The updater ended cleanly before rl.steps because a peer told it to stop. When that peer is the
+ * broker failing (a full replay log: it says "broker shutting down" to everyone, then syncs and exits
+ * with its class), the updater's exit is reaped first; waits up to `timeout` seconds for the broker's
+ * own exit so the run reports the broker's cause and class rather than the updater's "said stop".
+ * Returns the fatal exit status it reported, or 0. */
+static int reap_failed_broker(const char *run_dir, child *broker, double timeout) {
+    double t0 = rlhf_now();
+    while (broker->pid > 0 && rlhf_now() - t0 < timeout) {
+        int st;
+        struct rusage ru;
+        pid_t r = wait4(broker->pid, &st, WNOHANG, &ru);
+        if (r == 0) {
+            usleep(20000);
+            continue;
+        }
+        pid_t pid = broker->pid;
+        if (r == pid) account(broker, &ru);
+        broker->pid = 0;
+        clear_mpi_shm(broker, 0);
+        if (r != pid || !status_fatal(st)) return 0;
+        print_cause(run_dir, broker, pid, st, "stopping the run");
+        log_supervision(run_dir, broker, pid, st, "stop", -1);
+        return WEXITSTATUS(st);
+    }
+    return 0;
+}
+
 /* Waits up to `timeout` seconds for pid; SIGKILL after that. */
 static void stop_child(child *c, int sig, double timeout) {
     if (c->pid <= 0) return;
@@ -797,6 +824,13 @@ int cmd_run(int argc, char **argv) {
             if (c == upd) {
                 if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
                     updater_done = 1;
+                    if (!stopping && updater_latest_checkpoint_step(cfg.run_dir) < cfg.steps) {
+                        int brc = reap_failed_broker(cfg.run_dir, broker, 10.0);
+                        if (brc) {
+                            rc = brc;
+                            fatal = 1;
+                        }
+                    }
                     break;
                 }
                 if (stopping) {
