@@ -1391,6 +1391,12 @@ out:
         else snprintf(why, sizeof why, "broker shutting down");
         broadcast_stop(b, why);
     }
+    {
+        /* test-only fault: a broker slow to exit after its stop, so its peers end first (the launcher must
+         * still report the broker's cause) */
+        const char *delay = getenv("RLHF_TEST_FAULT_BROKER_EXIT_DELAY_MS");
+        if (delay && atoi(delay) > 0) usleep((useconds_t)atoi(delay) * 1000);
+    }
     if (b->log) {
         rlhf_error le;
         rlhf_error_clear(&le);

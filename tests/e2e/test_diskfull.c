@@ -347,7 +347,11 @@ static void test_replay_log_full(void) {
     snprintf(cfg, sizeof cfg, "%s/config2.json", d_dir);
     snprintf(out, sizeof out, "%s/logfull.out", d_dir);
     const char *args[] = {"run", cfg, "--quiet", NULL};
+    /* the broker lingers after telling its peers to stop, so the updater's clean exit is seen first: the
+     * run must still end with the broker's class and cause (CI once saw that order by chance) */
+    setenv("RLHF_TEST_FAULT_BROKER_EXIT_DELAY_MS", "1500", 1);
     int rc = test_proc_wait(start(out, args), 120);
+    unsetenv("RLHF_TEST_FAULT_BROKER_EXIT_DELAY_MS");
     CU_ASSERT_EQUAL(rc, RLHF_EXIT_ENV);
     snprintf(want, sizeof want, "involves: %s", d_log);
     CU_ASSERT(contains(out, want));
