@@ -71,6 +71,9 @@ int adamw_create_params(adamw **out, const model_tensor_info *tensors, int n_ten
 }
 
 int adamw_create(adamw **out, const model *m, const adamw_config *cfg, rlhf_error *err) {
+    *out = NULL;
+    int rc = model_require_fp32(m, "training every weight (AdamW over the model)", err);
+    if (rc) return rc;
     return adamw_create_params(out, m->tensors, m->n_tensors, m->n_params, cfg, err);
 }
 

@@ -18,7 +18,12 @@ typedef struct model_ckpt_entry {
 /* The model's tensors in file order (embed, per layer, final norm, lm_head); *out is malloc'd.
  * Returns 0 or RLHF_ENOMEM. */
 int model_ckpt_layout(const model *m, model_ckpt_entry **out, int *n_out);
-/* Checks t's shape against e and converts its values (any read dtype) into m's buffer. */
+/* With keep_bf16: ts[i] is the file's tensor for e[i] (NULL: missing); when every matrix among them is
+ * BF16, model_keep_bf16(m). Returns 0 or its error. */
+int model_ckpt_keep_bf16_if(model *m, const model_ckpt_entry *e, const safetensors_tensor *const *ts, int n,
+                            rlhf_error *err);
+/* Checks t's shape against e and converts its values (any read dtype) into m's buffer (a matrix of a
+ * model kept in bf16: the BF16 bits as they are). */
 int model_ckpt_fill(model *m, const model_ckpt_entry *e, const safetensors_tensor *t, const char *source,
                     rlhf_error *err);
 /* Hugging Face config.json (already parsed) -> cfg, max_seq_len capped at cap when cap > 0; errors name

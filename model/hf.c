@@ -373,11 +373,21 @@ static int ends_with(const char *s, const char *suffix) {
 }
 
 /* Loads every expected tensor and accounts for every tensor of every shard. */
-static int hf_fill(model *m, const hf_shards *s, const char *dir, rlhf_error *err) {
+static int hf_fill(model *m, const hf_shards *s, const char *dir, int keep_bf16, rlhf_error *err) {
     model_ckpt_entry *e;
     int n;
     if (model_ckpt_layout(m, &e, &n)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     int rc = 0;
+    if (keep_bf16) {
+        const safetensors_tensor **ts = calloc((size_t)n, sizeof *ts);
+        if (!ts) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        for (int i = 0; ts && i < n; i++) {
+            int sh;
+            ts[i] = shards_find(s, e[i].name, &sh);
+        }
+        if (ts) rc = model_ckpt_keep_bf16_if(m, e, ts, n, err);
+        free(ts);
+    }
     for (int i = 0; i < n && !rc; i++) {
         int sh;
         const safetensors_tensor *t = shards_find(s, e[i].name, &sh);
@@ -422,8 +432,14 @@ static int hf_fill(model *m, const hf_shards *s, const char *dir, rlhf_error *er
                     break;
                 }
                 int sh2 = t->ndim == 2 && t->shape[0] == em->rows && t->shape[1] == em->cols;
-                if (!sh2 || safetensors_tensor_to_f32(t, tmp, src, err) ||
-                    memcmp(tmp, m->params_mem + em->offset, em->numel * sizeof *tmp))
+                int same = sh2 && !safetensors_tensor_to_f32(t, tmp, src, err);
+                for (size_t o = 0; same && o < em->numel; o += 4096) { /* the embedding as loaded, either storage */
+                    float part[4096];
+                    size_t k = em->numel - o < 4096 ? em->numel - o : 4096;
+                    model_tensor_read_f32(m, em, o, k, part);
+                    same = !memcmp(tmp + o, part, k * sizeof *part);
+                }
+                if (!same)
                     rc = rlhf_error_set(err, RLHF_ECORRUPT, src, "tensor 'lm_head.weight' differs from "
                                         "'model.embed_tokens.weight' but config.json says tie_word_embeddings");
                 continue;
@@ -458,7 +474,7 @@ int model_hf_load_dir(model **out, const char *dir, const model_load_options *op
     if (!(rc = shards_open(&s, dir, err)) && !(rc = model_create(&m, &cfg, err))) {
         m->hf_config = text;
         text = NULL;
-        rc = hf_fill(m, &s, dir, err);
+        rc = hf_fill(m, &s, dir, opt && opt->keep_bf16, err);
     }
     shards_free(&s);
     free(text);
@@ -667,6 +683,8 @@ static int export_into(const model *m, const char *tmp, const model_export_optio
 int model_export_hf(const model *m, const char *dir, const model_export_options *opt, rlhf_error *err) {
     model_export_options o = {0};
     if (opt) o = *opt;
+    int rc0 = model_require_fp32(m, "exporting a Hugging Face directory", err);
+    if (rc0) return rc0;
     if (o.dtype != SAFETENSORS_F32 && o.dtype != SAFETENSORS_BF16)
         return RLHF_FAIL(err, RLHF_EINVAL, "export dtype must be F32 or BF16, got %s", safetensors_dtype_name(o.dtype));
     size_t len = strlen(dir);

@@ -205,9 +205,17 @@ void model_lora_init(model_lora *l, uint64_t seed) {
 }
 
 int model_lora_merge(model *dst, const model *base, const model_lora *l, rlhf_error *err) {
-    if (dst != base) {
-        int rc = model_copy_weights(dst, base, err);
-        if (rc) return rc;
+    int rc = model_require_fp32(dst, "merging LoRA adapters into a model", err);
+    if (rc) return rc;
+    if (dst != base && base->bf16_mem) { /* a base kept in bf16: every tensor widened (exactly) into dst */
+        if (memcmp(&dst->cfg, &base->cfg, sizeof dst->cfg) != 0)
+            return RLHF_FAIL(err, RLHF_EINVAL, "model configs differ");
+        for (int i = 0; i < base->n_tensors; i++)
+            model_tensor_read_f32(base, &base->tensors[i], 0, base->tensors[i].numel,
+                                  dst->params_mem + base->tensors[i].offset);
+        dst->version = base->version;
+    } else if (dst != base && (rc = model_copy_weights(dst, base, err))) {
+        return rc;
     }
     int R = l->cfg.rank;
     for (int t = 0; t < MODEL_LORA_N_TARGETS; t++) {

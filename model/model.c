@@ -1,5 +1,6 @@
 /* model/model.c — model configuration, the flat parameter buffer, and the kernels' thread count. */
 #include "model/model.h"
+#include "model/kernels_int.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -460,9 +461,53 @@ int model_create(model **out, const model_config *cfg, rlhf_error *err) {
     return 0;
 }
 
+/* A matrix: every 2-D weight (its values go to bf16 storage with model_keep_bf16). */
+static int is_matrix(const model_tensor_info *t) { return t->cols > 1; }
+
+int model_keep_bf16(model *m, rlhf_error *err) {
+    if (m->bf16_mem) return 0;
+    m->bf16_mem = rlhf_big_alloc(m->n_params * sizeof(uint16_t));
+    if (!m->bf16_mem) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate %zu bf16 parameters", m->n_params);
+    const uint16_t **slot16[MODEL_N_PARAM_TENSORS] = {
+        [MODEL_T_EMBED] = &m->p16.embed, [MODEL_T_WQ] = &m->p16.wq,         [MODEL_T_WK] = &m->p16.wk,
+        [MODEL_T_WV] = &m->p16.wv,       [MODEL_T_WO] = &m->p16.wo,         [MODEL_T_W_GATE] = &m->p16.w_gate,
+        [MODEL_T_W_UP] = &m->p16.w_up,   [MODEL_T_W_DOWN] = &m->p16.w_down, [MODEL_T_LM_HEAD] = &m->p16.lm_head,
+    };
+    float **slot[MODEL_N_PARAM_TENSORS] = {
+        [MODEL_T_EMBED] = &m->p.embed, [MODEL_T_WQ] = &m->p.wq,         [MODEL_T_WK] = &m->p.wk,
+        [MODEL_T_WV] = &m->p.wv,       [MODEL_T_WO] = &m->p.wo,         [MODEL_T_W_GATE] = &m->p.w_gate,
+        [MODEL_T_W_UP] = &m->p.w_up,   [MODEL_T_W_DOWN] = &m->p.w_down, [MODEL_T_LM_HEAD] = &m->p.lm_head,
+    };
+    for (int i = 0; i < m->n_tensors; i++) {
+        const model_tensor_info *t = &m->tensors[i];
+        if (!is_matrix(t)) continue;
+        *slot16[t->id] = m->bf16_mem + t->offset;
+        *slot[t->id] = NULL; /* a use of the fp32 matrix of such a model faults at once, not reads zeros */
+    }
+    if (m->cfg.tie_embeddings) m->p16.lm_head = m->p16.embed;
+    m->p.lm_head = NULL;
+    return 0;
+}
+
+int model_require_fp32(const model *m, const char *what, rlhf_error *err) {
+    if (!m->bf16_mem) return 0;
+    return RLHF_FAIL(err, RLHF_EUNSUPPORTED, "%s needs the model's weights in fp32; this model keeps a frozen bf16 "
+                     "base (LoRA training only)", what);
+}
+
+void model_tensor_read_f32(const model *m, const model_tensor_info *t, size_t offset, size_t n, float *dst) {
+    if (m->bf16_mem && is_matrix(t)) {
+        const uint16_t *src = m->bf16_mem + t->offset + offset;
+        for (size_t i = 0; i < n; i++) dst[i] = model_bf16_to_f32(src[i]);
+    } else {
+        memcpy(dst, m->params_mem + t->offset + offset, n * sizeof(float));
+    }
+}
+
 void model_destroy(model **pm) {
     if (!pm || !*pm) return;
     rlhf_big_free((*pm)->params_mem, (*pm)->n_params * sizeof(float));
+    rlhf_big_free((*pm)->bf16_mem, (*pm)->n_params * sizeof(uint16_t));
     free((*pm)->hf_config);
     free((*pm)->tokenizer_dir);
     free(*pm);
@@ -488,6 +533,8 @@ void model_init_random(model *m, uint64_t seed) {
 int model_copy_weights(model *dst, const model *src, rlhf_error *err) {
     if (memcmp(&dst->cfg, &src->cfg, sizeof dst->cfg) != 0)
         return RLHF_FAIL(err, RLHF_EINVAL, "model configs differ");
+    int rc = model_require_fp32(src, "copying weights", err);
+    if (rc || (rc = model_require_fp32(dst, "copying weights", err))) return rc;
     memcpy(dst->params_mem, src->params_mem, src->n_params * sizeof(float));
     dst->version = src->version;
     return 0;

@@ -158,11 +158,34 @@ typedef struct model_tensor_info {
     int decay;         /* AdamW decays it: the model's matrices (cols > 1), every LoRA adapter tensor */
 } model_tensor_info;
 
+/* The matrices of a model whose frozen base is kept in bfloat16 (model_keep_bf16), laid out as params_mem. */
+typedef struct model_params_bf16 {
+    const uint16_t *embed;  /* (V, C) */
+    const uint16_t *wq;     /* (L, H*D, C) */
+    const uint16_t *wk;     /* (LK, KVH*D, C) */
+    const uint16_t *wv;     /* (LK, KVH*D, C) */
+    const uint16_t *wo;     /* (L, C, H*D) */
+    const uint16_t *w_gate; /* (L, F, C) */
+    const uint16_t *w_up;   /* (L, F, C) */
+    const uint16_t *w_down; /* (L, C, F) */
+    const uint16_t *lm_head; /* (V, C); == embed when tie_embeddings */
+} model_params_bf16;
+
 typedef struct model {
     model_config cfg;
     size_t n_params;      /* floats in `params_mem` (lm_head not counted when tied) */
     float *params_mem;    /* owns all parameters */
     model_params p;
+    /* A frozen base kept in bfloat16 (model_keep_bf16; LoRA training of a BF16 checkpoint): NULL for an
+     * ordinary model. Then the matrices (embed, wq, wk, wv, wo, w_gate, w_up, w_down, lm_head) live only
+     * here, as the file stored them, at their params_mem offsets (in elements); their params_mem regions
+     * are never written (mapped, not resident) and their pointers in p are NULL; the vectors (norms,
+     * biases) stay fp32 in params_mem. Half the resident bytes of the fp32 base. The trainer reads it
+     * (backwards need adapters attached: the base is frozen), model_lora_merge widens it, and the
+     * identity hashes read it as its fp32 values; every other use of the weights refuses such a model
+     * by name (model_require_fp32). */
+    uint16_t *bf16_mem;
+    model_params_bf16 p16;
     model_tensor_info tensors[MODEL_N_PARAM_TENSORS];
     int n_tensors;        /* tensors present (see model_params) */
     uint64_t version;     /* policy_version of these weights (0 = base) */
@@ -186,6 +209,16 @@ void model_params_view(const model *m, float *base, model_params *out);
 const model_tensor_info *model_tensor(const model *m, model_tensor_id id);
 /* Copies weights between two models of the same config. */
 int model_copy_weights(model *dst, const model *src, rlhf_error *err);
+/* Moves a model's matrices to bfloat16 storage (see model.bf16_mem), before they are filled: the loaders
+ * call it with model_load_options.keep_bf16 on a file whose matrices are all BF16, then copy those bits
+ * unchanged. Returns 0, or RLHF_ENOMEM. */
+int model_keep_bf16(model *m, rlhf_error *err);
+/* 0 for an fp32 model; for one with a bf16 frozen base, RLHF_EUNSUPPORTED with "WHAT needs the model's
+ * weights in fp32; this model keeps a frozen bf16 base (LoRA training only)". */
+int model_require_fp32(const model *m, const char *what, rlhf_error *err);
+/* Matrix slice values as fp32, whichever the storage: n values of tensor `id` from element `offset`
+ * (within the tensor) into dst. */
+void model_tensor_read_f32(const model *m, const model_tensor_info *t, size_t offset, size_t n, float *dst);
 
 /* ---------------------------------------------------------------- LoRA adapters (model/lora.c)
  *

@@ -204,6 +204,9 @@ typedef struct model_load_options {
      * longest context the model was trained for (Qwen3: 40960), and the sampler sizes its KV cache by
      * max_seq_len. 0: keep it. */
     int max_seq_len;
+    /* 1: when every matrix of the file is BF16, keep them so (model.bf16_mem: a frozen base at half the
+     * memory, for LoRA training); other files load as usual. 0: everything widened to fp32. */
+    int keep_bf16;
 } model_load_options;
 
 /* Creates a model from PATH, which is either

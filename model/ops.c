@@ -1,6 +1,7 @@
 /* model/ops.c — fp32 training kernels: fast (OpenMP + OpenBLAS) and plain reference versions.
  * See ops.h for the conventions (outputs, inputs, sizes; backward accumulates). */
 #include "model/model.h"
+#include "model/kernels_int.h"
 #include "model/ops.h"
 
 #include <cblas.h>
@@ -199,6 +200,105 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
     // dweight (OC, IC) += dout^T (OC, N) · inp (N, IC)
     if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
+}
+
+/* Rows [o0, o1) of a bf16 weight (OC, IC), widened into w (o1 - o0, IC). */
+static void widen_rows(float *w, const uint16_t *weight, int o0, int o1, int IC) {
+    size_t n = (size_t)(o1 - o0) * IC;
+    const uint16_t *src = weight + (size_t)o0 * IC;
+#pragma omp parallel for schedule(static) if (n >= 65536)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&w[i], &u, sizeof u);
+    }
+}
+
+static int bf16_chunk_rows(int IC, int OC) {
+    int rows = MATMUL_BF16_SCRATCH / IC;
+    rows = rows < 1 ? 1 : rows;
+    return rows < OC ? rows : OC;
+}
+
+void matmulbf16_forward(float *out, float *wbuf, const float *inp, const uint16_t *weight, int N, int IC, int OC) {
+    // out (N, OC) = inp (N, IC) · widen(weight (OC, IC))^T; wbuf (MATMUL_BF16_SCRATCH)
+    int rows = bf16_chunk_rows(IC, OC);
+    int nt = omp_get_max_threads();
+    for (int o0 = 0; o0 < OC; o0 += rows) {
+        int o1 = o0 + rows < OC ? o0 + rows : OC, oc = o1 - o0;
+        widen_rows(wbuf, weight, o0, o1, IC);
+        if (nt >= 2 && N >= 32 * nt && !omp_in_parallel()) { /* row blocks per thread, as matmul_forward */
+#pragma omp parallel num_threads(nt)
+            {
+                int i = omp_get_thread_num(), n = omp_get_num_threads();
+                int r0 = (int)((long)N * i / n), r1 = (int)((long)N * (i + 1) / n);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, oc, IC, 1.0f, inp + (size_t)r0 * IC, IC,
+                            wbuf, IC, 0.0f, out + (size_t)r0 * OC + o0, OC);
+            }
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, oc, IC, 1.0f, inp, IC, wbuf, IC, 0.0f, out + o0,
+                        OC);
+        }
+    }
+}
+
+void matmulbf16_backward(float *dinp, float *wbuf, const float *dout, const uint16_t *weight, int N, int IC, int OC,
+                          int acc_inp) {
+    // dinp (N, IC) (+)= dout (N, OC) · widen(weight (OC, IC)); wbuf (MATMUL_BF16_SCRATCH)
+    int rows = bf16_chunk_rows(IC, OC);
+    int nt = omp_get_max_threads();
+    for (int o0 = 0; o0 < OC; o0 += rows) {
+        int o1 = o0 + rows < OC ? o0 + rows : OC, oc = o1 - o0;
+        float beta = (o0 == 0 && !acc_inp) ? 0.0f : 1.0f;
+        widen_rows(wbuf, weight, o0, o1, IC);
+        if (nt >= 2 && N >= 32 * nt && !omp_in_parallel()) {
+#pragma omp parallel num_threads(nt)
+            {
+                int i = omp_get_thread_num(), n = omp_get_num_threads();
+                int r0 = (int)((long)N * i / n), r1 = (int)((long)N * (i + 1) / n);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, IC, oc, 1.0f,
+                            dout + (size_t)r0 * OC + o0, OC, wbuf, IC, beta, dinp + (size_t)r0 * IC, IC);
+            }
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, oc, 1.0f, dout + o0, OC, wbuf, IC, beta, dinp,
+                        IC);
+        }
+    }
+}
+
+void matmulbf16_forward_ref(float *out, const float *inp, const uint16_t *weight, int N, int IC, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            float s = 0.0f;
+            for (int i = 0; i < IC; i++) s += inp[(size_t)n * IC + i] * model_bf16_to_f32(weight[(size_t)o * IC + i]);
+            out[(size_t)n * OC + o] = s;
+        }
+}
+
+void matmulbf16_backward_ref(float *dinp, const float *dout, const uint16_t *weight, int N, int IC, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < IC; i++) {
+            float s = 0.0f;
+            for (int o = 0; o < OC; o++) s += dout[(size_t)n * OC + o] * model_bf16_to_f32(weight[(size_t)o * IC + i]);
+            dinp[(size_t)n * IC + i] += s;
+        }
+}
+
+void embeddingbf16_forward(float *out, const int32_t *tokens, const uint16_t *embed, int N, int C) {
+    // out (N, C), tokens (N), embed (V, C) bf16
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *src = embed + (size_t)tokens[n] * C;
+        float *dst = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) {
+            uint32_t u = (uint32_t)src[c] << 16;
+            memcpy(&dst[c], &u, sizeof u);
+        }
+    }
+}
+
+void embeddingbf16_forward_ref(float *out, const int32_t *tokens, const uint16_t *embed, int N, int C) {
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) out[(size_t)n * C + c] = model_bf16_to_f32(embed[(size_t)tokens[n] * C + c]);
 }
 
 void matmul_forward_ref(float *out, const float *inp, const float *weight, int N, int IC, int OC) {

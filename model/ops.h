@@ -44,6 +44,21 @@ void matmul_forward_ref(float *out, const float *inp, const float *weight, int N
 void matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                          int N, int IC, int OC);
 
+/* ---- linear with a frozen bf16 weight (a LoRA base kept in bfloat16, model.bf16_mem): weight (OC, IC) holds
+ * bfloat16 bits, each widened to fp32 exactly, so the results are matmul_forward's and matmul_backward's input
+ * gradient on the widened weights. The fast versions widen MATMUL_BF16_SCRATCH / IC rows at a time into wbuf
+ * (MATMUL_BF16_SCRATCH floats, the caller's) and call sgemm on them: an fp32 copy of the weight never exists
+ * whole. A frozen weight has no weight gradient. */
+enum { MATMUL_BF16_SCRATCH = 1 << 18 };
+void matmulbf16_forward(float *out, float *wbuf, const float *inp, const uint16_t *weight, int N, int IC, int OC);
+void matmulbf16_backward(float *dinp, float *wbuf, const float *dout, const uint16_t *weight, int N, int IC, int OC,
+                          int acc_inp);
+void matmulbf16_forward_ref(float *out, const float *inp, const uint16_t *weight, int N, int IC, int OC);
+void matmulbf16_backward_ref(float *dinp, const float *dout, const uint16_t *weight, int N, int IC, int OC);
+/* ---- embedding from a bf16 table (V, C): out[n] = widen(embed[tokens[n]]) */
+void embeddingbf16_forward(float *out, const int32_t *tokens, const uint16_t *embed, int N, int C);
+void embeddingbf16_forward_ref(float *out, const int32_t *tokens, const uint16_t *embed, int N, int C);
+
 /* ---- LoRA branch of a linear layer (Hu et al., 2021): out (N, OC) += scale · (inp · A^T) · B^T, with
  * A (R, IC), B (OC, R), R the rank. The forward saves u (N, R) = inp · A^T for the backward, which
  * accumulates dA (R, IC) and dB (OC, R), and writes or accumulates (acc_inp) dinp (N, IC) = scale · dout

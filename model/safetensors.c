@@ -588,6 +588,8 @@ int model_ckpt_layout(const model *m, model_ckpt_entry **out, int *n_out) {
 static int model_tensors(const model *m, safetensors_tensor **ts_out, int *n_out, json_t **meta_out, rlhf_error *err) {
     model_ckpt_entry *e;
     int n;
+    int rc = model_require_fp32(m, "saving a checkpoint", err);
+    if (rc) return rc;
     if (model_ckpt_layout(m, &e, &n)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     safetensors_tensor *ts = calloc((size_t)n, sizeof *ts);
     json_t *cfg = model_config_to_json(&m->cfg);
@@ -739,15 +741,43 @@ int model_ckpt_fill(model *m, const model_ckpt_entry *e, const safetensors_tenso
         return rlhf_error_set(err, RLHF_ECORRUPT, source, "tensor '%s' has shape [%s], expected [%lld]", e->name, got,
                               (long long)e->shape[0]);
     }
+    if (m->bf16_mem && e->ndim == 2 && t->dtype == SAFETENSORS_BF16) {
+        /* a frozen bf16 base (model_keep_bf16): the file's bits, unchanged */
+        size_t n = (size_t)e->shape[0] * (size_t)e->shape[1];
+        uint16_t *dst = m->bf16_mem + e->offset;
+        memcpy(dst, t->raw, n * sizeof *dst);
+        for (size_t i = 0; i < n; i++)
+            if ((dst[i] & 0x7f80u) == 0x7f80u)
+                return rlhf_error_set(err, RLHF_ECORRUPT, source, "tensor '%s' (BF16) holds a non-finite value (%g) "
+                                      "at flat index %zu", e->name, (double)model_bf16_to_f32(dst[i]), i);
+        return 0;
+    }
+    if (m->bf16_mem && e->ndim == 2)
+        return rlhf_error_set(err, RLHF_EINVAL, source, "tensor '%s' is %s in a model kept in bf16", e->name,
+                              safetensors_dtype_name(t->dtype));
     return safetensors_tensor_to_f32(t, m->params_mem + e->offset, source, err);
 }
 
+int model_ckpt_keep_bf16_if(model *m, const model_ckpt_entry *e, const safetensors_tensor *const *ts, int n,
+                            rlhf_error *err) {
+    for (int i = 0; i < n; i++)
+        if (e[i].ndim == 2 && (!ts[i] || ts[i]->dtype != SAFETENSORS_BF16)) return 0;
+    return model_keep_bf16(m, err);
+}
+
 /* Copies the file's tensors into m (same config), checking names and shapes. */
-static int fill_weights(model *m, const safetensors_file *f, rlhf_error *err) {
+static int fill_weights(model *m, const safetensors_file *f, int keep_bf16, rlhf_error *err) {
     model_ckpt_entry *e;
     int n;
     if (model_ckpt_layout(m, &e, &n)) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
     int rc = 0;
+    if (keep_bf16) {
+        const safetensors_tensor **ts = calloc((size_t)n, sizeof *ts);
+        if (!ts) rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+        for (int i = 0; ts && i < n; i++) ts[i] = safetensors_find(f, e[i].name);
+        if (ts) rc = model_ckpt_keep_bf16_if(m, e, ts, n, err);
+        free(ts);
+    }
     for (int i = 0; i < n && !rc; i++) {
         const safetensors_tensor *t = safetensors_find(f, e[i].name);
         if (!t) {
@@ -788,7 +818,7 @@ static int from_checkpoint(model **out, const safetensors_file *f, const model_l
     const char *tk = safetensors_meta(f, MODEL_META_TOKENIZER);
     if (!rc && tk && strcmp(tk, "bytes") != 0 && !(m->tokenizer_dir = strdup(tk)))
         rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-    if (rc || (rc = fill_weights(m, f, err))) {
+    if (rc || (rc = fill_weights(m, f, opt && opt->keep_bf16, err))) {
         model_destroy(&m);
         return rc;
     }

@@ -330,6 +330,8 @@ int sampler_create(sampler **out, const model *m, int max_batch, rlhf_error *err
 int sampler_create_with(sampler **out, const model *m, const sampler_options *opt, rlhf_error *err) {
     *out = NULL;
     int max_batch = opt->max_batch;
+    int rc0 = model_require_fp32(m, "sampling", err);
+    if (rc0) return rc0;
     if (opt->weights != SAMPLER_WEIGHTS_FP32 && opt->weights != SAMPLER_WEIGHTS_BF16)
         return RLHF_FAIL(err, RLHF_EINVAL, "sampler weights: unknown precision %d", (int)opt->weights);
     if (max_batch < 1 || max_batch > 65536)

@@ -31,6 +31,7 @@ typedef struct tape_op {
     float *in[3];      /* activation inputs */
     int prod[3];       /* tape index of the op that produced in[k] (-1: none) */
     const float *w;    /* parameter read (matmul/norm weight, embedding table) */
+    const uint16_t *w16; /* or the matmul's frozen bf16 weight (model.bf16_mem) */
     float *dw;         /* its gradient */
     const float *b;    /* matmul bias added to every output row (attn_bias), or NULL */
     float *db;         /* its gradient */
@@ -70,6 +71,7 @@ struct model_trainer {
     float *grads;              /* parameter gradients, model layout */
     model_params dp;           /* views into grads */
     float *scratch;            /* attention backward, per thread */
+    float *wbuf;               /* (MATMUL_BF16_SCRATCH) widened rows of a bf16 base's matrices, or NULL */
     int scratch_threads;       /* threads `scratch` has room for */
     float *rope_cos, *rope_sin; // (max_T, D/2)
     int32_t *tokens, *targets; // (max_B * max_T)
@@ -160,6 +162,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->act = arena_alloc(total * sizeof(float));
     t->act_grad = arena_alloc(total * sizeof(float));
     t->grads = arena_alloc(m->n_params * sizeof(float));
+    if (m->bf16_mem && !(t->wbuf = alloc64_raw(MATMUL_BF16_SCRATCH * sizeof(float)))) t->grads = NULL;
     t->scratch_threads = omp_get_max_threads();
     t->scratch = alloc64((size_t)t->scratch_threads * ops_attention_scratch_floats(max_T) * sizeof(float));
     t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
@@ -212,6 +215,7 @@ void model_trainer_destroy(model_trainer **pt) {
     arena_free(t->act_grad, t->act_numel * sizeof(float));
     arena_free(t->grads, t->m->n_params * sizeof(float));
     free(t->scratch);
+    free(t->wbuf);
     free(t->rope_cos);
     free(t->rope_sin);
     free(t->tokens);
@@ -233,7 +237,8 @@ size_t model_trainer_bytes(const model_trainer *t) {
     size_t D = model_head_dim(c), N = (size_t)t->max_B * t->max_T;
     size_t lora = t->lora ? (t->lora->n_params + t->lora_u_numel + t->lora_xd_numel +
                              (size_t)t->max_B * t->max_T * t->lora->cfg.rank) * sizeof(float) : 0;
-    return lora + 2 * t->act_numel * sizeof(float) + t->m->n_params * sizeof(float) +
+    size_t wbuf = t->wbuf ? MATMUL_BF16_SCRATCH * sizeof(float) : 0;
+    return lora + wbuf + 2 * t->act_numel * sizeof(float) + t->m->n_params * sizeof(float) +
            (size_t)t->scratch_threads * ops_attention_scratch_floats(t->max_T) * sizeof(float) +
            2 * (size_t)t->max_T * (D / 2) * sizeof(float) + 2 * N * sizeof(int32_t);
 }
@@ -253,8 +258,9 @@ static tape_op *push(model_trainer *t, op_kind kind, float *out, size_t out_nume
     return op;
 }
 
-/* A base weight's gradient buffer, or NULL while LoRA adapters are attached (the base is frozen). */
-static float *trainable(const model_trainer *t, float *g) { return t->lora ? NULL : g; }
+/* A base weight's gradient buffer, or NULL while LoRA adapters are attached or the base is kept in bf16
+ * (the base is frozen). */
+static float *trainable(const model_trainer *t, float *g) { return t->lora || t->m->bf16_mem ? NULL : g; }
 
 /* RMSNorm of N rows of C: the residual stream (C = dim) or every head of q/k (N*H rows of head_dim). */
 static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, const float *w, float *dw, int N,
@@ -269,14 +275,17 @@ static void rec_rmsnorm(model_trainer *t, float *out, float *rstd, float *inp, c
     op->ic = C;
 }
 
-/* out (N, OC) = inp (N, IC) · w^T (+ b (OC) on every row when b is not NULL) */
-static void rec_matmul_bias(model_trainer *t, float *out, float *inp, const float *w, float *dw, const float *b,
-                            float *db, int N, int IC, int OC) {
-    matmul_forward(out, inp, w, N, IC, OC);
+/* out (N, OC) = inp (N, IC) · w^T (+ b (OC) on every row when b is not NULL); w16 instead of w: the
+ * frozen bf16 weight of a base kept in bf16 */
+static void rec_matmul_bias(model_trainer *t, float *out, float *inp, const float *w, const uint16_t *w16, float *dw,
+                            const float *b, float *db, int N, int IC, int OC) {
+    if (w16) matmulbf16_forward(out, t->wbuf, inp, w16, N, IC, OC);
+    else matmul_forward(out, inp, w, N, IC, OC);
     if (b) bias_forward(out, b, N, OC);
     tape_op *op = push(t, OP_MATMUL, out, (size_t)N * OC);
     op->in[0] = inp;
     op->w = w;
+    op->w16 = w16;
     op->dw = trainable(t, dw);
     op->b = b;
     op->db = trainable(t, db);
@@ -285,15 +294,21 @@ static void rec_matmul_bias(model_trainer *t, float *out, float *inp, const floa
     op->oc = OC;
 }
 
-static void rec_matmul(model_trainer *t, float *out, float *inp, const float *w, float *dw, int N, int IC, int OC) {
-    rec_matmul_bias(t, out, inp, w, dw, NULL, NULL, N, IC, OC);
+static void rec_matmul(model_trainer *t, float *out, float *inp, const float *w, const uint16_t *w16, float *dw, int N,
+                       int IC, int OC) {
+    rec_matmul_bias(t, out, inp, w, w16, dw, NULL, NULL, N, IC, OC);
 }
 
 /* Two matmuls of the same input and shape (q|k, gate|up), computed side by side; recorded as two
  * ordinary tape entries. Biases b_a, b_b (OC) as in rec_matmul_bias, or NULL. */
-static void rec_matmul_pair(model_trainer *t, float *out_a, float *out_b, float *inp, const float *w_a, float *dw_a,
-                            const float *b_a, float *db_a, const float *w_b, float *dw_b, const float *b_b,
-                            float *db_b, int N, int IC, int OC) {
+static void rec_matmul_pair(model_trainer *t, float *out_a, float *out_b, float *inp, const float *w_a,
+                            const uint16_t *w16_a, float *dw_a, const float *b_a, float *db_a, const float *w_b,
+                            const uint16_t *w16_b, float *dw_b, const float *b_b, float *db_b, int N, int IC, int OC) {
+    if (w16_a || w16_b) { /* a bf16 base: one after the other, each through the shared widening buffer */
+        rec_matmul_bias(t, out_a, inp, w_a, w16_a, dw_a, b_a, db_a, N, IC, OC);
+        rec_matmul_bias(t, out_b, inp, w_b, w16_b, dw_b, b_b, db_b, N, IC, OC);
+        return;
+    }
     matmul_forward_pair(out_a, out_b, inp, w_a, w_b, N, IC, OC);
     float *outs[2] = {out_a, out_b};
     const float *ws[2] = {w_a, w_b}, *bs[2] = {b_a, b_b};
@@ -441,8 +456,12 @@ static int replay_backward(model_trainer *t, int end, rlhf_error *err) {
                              acc_flag(t, op, 0));
             break;
         case OP_MATMUL:
-            matmul_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->n, op->ic, op->oc,
-                            acc_flag(t, op, 0));
+            if (op->w16)
+                matmulbf16_backward(GRAD(t, op->in[0]), t->wbuf, dout, op->w16, op->n, op->ic, op->oc,
+                                     acc_flag(t, op, 0));
+            else
+                matmul_backward(GRAD(t, op->in[0]), op->dw, dout, op->in[0], op->w, op->n, op->ic, op->oc,
+                                acc_flag(t, op, 0));
             if (op->db) bias_backward(op->db, dout, op->n, op->oc);
             break;
         case OP_ROPE:
@@ -521,13 +540,18 @@ static void forward_body(model_trainer *t) {
     int C = c->dim, H = c->n_heads, KVH = c->n_kv_heads, D = model_head_dim(c), F = c->ffn_dim;
     int HD = H * D, KD = KVH * D;
     const model_params *p = &m->p;
+    const model_params_bf16 *p16 = m->bf16_mem ? &m->p16 : NULL; /* a base kept in bf16: its matrices */
     model_params *dp = &t->dp;
+/* a matrix slice of either storage: the fp32 pointer (NULL for a bf16 base) and the bf16 one (else NULL) */
+#define MW(name, off) (p16 ? NULL : p->name + (off))
+#define MW16(name, off) (p16 ? p16->name + (off) : NULL)
     t->tape_len = 0;
     t->lora_u_next = t->lora_u;
     t->lora_xd_next = t->lora_xd;
     t->forward_count++;
 
-    embedding_forward(t->x0, t->tokens, p->embed, N, C);
+    if (p16) embeddingbf16_forward(t->x0, t->tokens, p16->embed, N, C);
+    else embedding_forward(t->x0, t->tokens, p->embed, N, C);
     tape_op *op = push(t, OP_EMBEDDING, t->x0, (size_t)N * C);
     op->w = p->embed;
     op->dw = trainable(t, dp->embed);
@@ -554,13 +578,13 @@ static void forward_body(model_trainer *t) {
         float *dbv = c->attn_bias ? dp->bv + lk : NULL;
         rec_rmsnorm(t, a->ln1, a->rstd1, x, p->attn_norm + lc, dp->attn_norm + lc, N, C);
         if (own && HD == KD)
-            rec_matmul_pair(t, a->q, a->k, a->ln1, p->wq + lqc, dp->wq + lqc, bq, dbq, p->wk + lkc, dp->wk + lkc, bk,
-                            dbk, N, C, HD);
+            rec_matmul_pair(t, a->q, a->k, a->ln1, MW(wq, lqc), MW16(wq, lqc), dp->wq + lqc, bq, dbq, MW(wk, lkc),
+                            MW16(wk, lkc), dp->wk + lkc, bk, dbk, N, C, HD);
         else {
-            rec_matmul_bias(t, a->q, a->ln1, p->wq + lqc, dp->wq + lqc, bq, dbq, N, C, HD);
-            if (own) rec_matmul_bias(t, a->k, a->ln1, p->wk + lkc, dp->wk + lkc, bk, dbk, N, C, KD);
+            rec_matmul_bias(t, a->q, a->ln1, MW(wq, lqc), MW16(wq, lqc), dp->wq + lqc, bq, dbq, N, C, HD);
+            if (own) rec_matmul_bias(t, a->k, a->ln1, MW(wk, lkc), MW16(wk, lkc), dp->wk + lkc, bk, dbk, N, C, KD);
         }
-        if (own) rec_matmul_bias(t, a->v, a->ln1, p->wv + lkc, dp->wv + lkc, bv, dbv, N, C, KD);
+        if (own) rec_matmul_bias(t, a->v, a->ln1, MW(wv, lkc), MW16(wv, lkc), dp->wv + lkc, bv, dbv, N, C, KD);
         rec_lora(t, MODEL_LORA_Q, l, a->q, a->ln1, N, C, HD);
         if (own) {
             rec_lora(t, MODEL_LORA_K, ks, a->k, a->ln1, N, C, KD);
@@ -588,24 +612,26 @@ static void forward_body(model_trainer *t) {
         op->in[2] = sa->v;
         op->aux = a->att;
         op->oc = W;
-        rec_matmul(t, a->attproj, a->atty, p->wo + lqc, dp->wo + lqc, N, HD, C);
+        rec_matmul(t, a->attproj, a->atty, MW(wo, lqc), MW16(wo, lqc), dp->wo + lqc, N, HD, C);
         rec_lora(t, MODEL_LORA_O, l, a->attproj, a->atty, N, HD, C);
         rec_residual(t, a->res1, x, a->attproj, (size_t)N * C);
         rec_rmsnorm(t, a->ln2, a->rstd2, a->res1, p->ffn_norm + lc, dp->ffn_norm + lc, N, C);
-        rec_matmul_pair(t, a->gate, a->up, a->ln2, p->w_gate + lfc, dp->w_gate + lfc, NULL, NULL, p->w_up + lfc,
-                        dp->w_up + lfc, NULL, NULL, N, C, F);
+        rec_matmul_pair(t, a->gate, a->up, a->ln2, MW(w_gate, lfc), MW16(w_gate, lfc), dp->w_gate + lfc, NULL, NULL,
+                        MW(w_up, lfc), MW16(w_up, lfc), dp->w_up + lfc, NULL, NULL, N, C, F);
         rec_lora(t, MODEL_LORA_GATE, l, a->gate, a->ln2, N, C, F);
         rec_lora(t, MODEL_LORA_UP, l, a->up, a->ln2, N, C, F);
         swiglu_forward(a->swi, a->gate, a->up, (size_t)N * F);
         op = push(t, OP_SWIGLU, a->swi, (size_t)N * F);
         op->in[0] = a->gate;
         op->in[1] = a->up;
-        rec_matmul(t, a->mlp, a->swi, p->w_down + lfc, dp->w_down + lfc, N, F, C);
+        rec_matmul(t, a->mlp, a->swi, MW(w_down, lfc), MW16(w_down, lfc), dp->w_down + lfc, N, F, C);
         rec_lora(t, MODEL_LORA_DOWN, l, a->mlp, a->swi, N, F, C);
         rec_residual(t, a->res2, a->res1, a->mlp, (size_t)N * C);
         x = a->res2;
     }
     rec_rmsnorm(t, t->lnf, t->rstdf, x, p->final_norm, dp->final_norm, N, C);
+#undef MW
+#undef MW16
     t->hidden_end = t->tape_len;
     link_producers(t);
     t->has_head = 0;
@@ -637,7 +663,8 @@ int model_forward(model_trainer *t, const int32_t *tokens, const int32_t *target
     forward_body(t);
     const model_config *c = &t->m->cfg;
     int N = B * T, C = c->dim, V = c->vocab_size;
-    rec_matmul(t, t->logits, t->lnf, t->m->p.lm_head, t->dp.lm_head, N, C, V);
+    const model *m = t->m;
+    rec_matmul(t, t->logits, t->lnf, m->p.lm_head, m->bf16_mem ? m->p16.lm_head : NULL, t->dp.lm_head, N, C, V);
     link_producers(t);
     t->has_head = 1;
     t->loss_sum = 0.0;
@@ -679,9 +706,19 @@ float model_trainer_loss(const model_trainer *t, int *n_tokens_out) {
 
 /* ------------------------------------------------------------------ backward */
 
+/* A base kept in bf16 is frozen: a backward through it trains adapters or nothing. */
+static int check_trainable(const model_trainer *t, rlhf_error *err) {
+    if (t->m->bf16_mem && !t->lora)
+        return RLHF_FAIL(err, RLHF_ESTATE, "this model keeps a frozen bf16 base: a backward needs LoRA adapters "
+                         "attached (model_trainer_set_lora)");
+    return 0;
+}
+
 int model_backward_logprobs(model_trainer *t, const float *dlogp, const float *dentropy, rlhf_error *err) {
     if (!t->backward_pending || !t->has_targets)
         return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_logprobs needs a model_forward with targets first");
+    int frc = check_trainable(t, err);
+    if (frc) return frc;
     size_t N = (size_t)t->B * t->T;
     if (dlogp) memcpy(GRAD(t, t->logp), dlogp, N * sizeof(float));
     else memset(GRAD(t, t->logp), 0, N * sizeof(float));
@@ -695,6 +732,8 @@ int model_backward_logprobs(model_trainer *t, const float *dlogp, const float *d
 int model_backward_loss(model_trainer *t, rlhf_error *err) {
     if (!t->backward_pending || !t->has_targets)
         return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_loss needs a model_forward with targets first");
+    int frc = check_trainable(t, err);
+    if (frc) return frc;
     size_t N = (size_t)t->B * t->T;
     memset(GRAD(t, t->ent), 0, N * sizeof(float));
     float *g = GRAD(t, t->logp);
@@ -708,6 +747,8 @@ int model_backward_loss(model_trainer *t, rlhf_error *err) {
 int model_backward_hidden(model_trainer *t, const float *dhidden, rlhf_error *err) {
     if (!t->backward_pending)
         return RLHF_FAIL(err, RLHF_ESTATE, "model_backward_hidden needs a forward first");
+    int frc = check_trainable(t, err);
+    if (frc) return frc;
     memcpy(GRAD(t, t->lnf), dhidden, (size_t)t->B * t->T * t->m->cfg.dim * sizeof(float));
     int rc = replay_backward(t, t->hidden_end, err);
     t->backward_pending = 0;
@@ -717,8 +758,10 @@ int model_backward_hidden(model_trainer *t, const float *dhidden, rlhf_error *er
 float *model_trainer_grads(model_trainer *t) { return t->grads; }
 
 void model_trainer_zero_grad(model_trainer *t) {
-    zero_floats(t->grads, t->m->n_params);
+    /* with adapters attached the base's gradients are never written: zeroing them would only make a
+     * base-sized buffer resident and cost a pass over it every step */
     if (t->lora) zero_floats(t->lora_grads, t->lora->n_params);
+    else zero_floats(t->grads, t->m->n_params);
 }
 
 float *model_trainer_lora_grads(model_trainer *t) { return t->lora ? t->lora_grads : NULL; }

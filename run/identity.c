@@ -22,20 +22,82 @@ static uint64_t mix(uint64_t h) {
     return h;
 }
 
-/* Hash of n bytes, chained from h. */
-static uint64_t hash_bytes(uint64_t h, const void *data, size_t n) {
-    const unsigned char *p = data;
-    h ^= (uint64_t)n * 0x9e3779b97f4a7c15ULL;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+/* The word loop of hash_bytes over n8 bytes (a multiple of 8). */
+static uint64_t hash_words(uint64_t h, const unsigned char *p, size_t n8) {
+    for (size_t i = 0; i + 8 <= n8; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
         h = (h ^ mix(w)) * 0x9e3779b97f4a7c15ULL;
         h ^= h >> 29;
     }
+    return h;
+}
+
+/* Hash of n bytes, chained from h. */
+static uint64_t hash_bytes(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    h ^= (uint64_t)n * 0x9e3779b97f4a7c15ULL;
+    size_t i = n & ~(size_t)7;
+    h = hash_words(h, p, i);
     uint64_t tail = 0;
     memcpy(&tail, p + i, n - i);
     return mix(h ^ mix(tail ^ (uint64_t)(n - i)));
+}
+
+/* hash_bytes fed in pieces: the same value as one call over their concatenation (total length known
+ * up front). */
+typedef struct hash_stream {
+    uint64_t h;
+    unsigned char pend[8];
+    size_t npend;
+} hash_stream;
+
+static void hash_stream_begin(hash_stream *s, uint64_t h, size_t total) {
+    s->h = h ^ (uint64_t)total * 0x9e3779b97f4a7c15ULL;
+    s->npend = 0;
+}
+
+static void hash_stream_feed(hash_stream *s, const unsigned char *p, size_t n) {
+    if (s->npend) {
+        size_t take = 8 - s->npend < n ? 8 - s->npend : n;
+        memcpy(s->pend + s->npend, p, take);
+        s->npend += take;
+        p += take;
+        n -= take;
+        if (s->npend < 8) return;
+        s->h = hash_words(s->h, s->pend, 8);
+        s->npend = 0;
+    }
+    size_t w = n & ~(size_t)7;
+    s->h = hash_words(s->h, p, w);
+    memcpy(s->pend, p + w, n - w);
+    s->npend = n - w;
+}
+
+static uint64_t hash_stream_end(const hash_stream *s) {
+    uint64_t tail = 0;
+    memcpy(&tail, s->pend, s->npend);
+    return mix(s->h ^ mix(tail ^ (uint64_t)s->npend));
+}
+
+/* hash_bytes(1, params as fp32, n_params * 4) whichever the storage: a model keeping a frozen bf16 base
+ * (model.bf16_mem) hashes as its widened values, so it has the identity of the same file loaded in fp32. */
+static uint64_t hash_weights(const model *m) {
+    size_t n = m->n_params * sizeof(float);
+    if (!m->bf16_mem) return hash_bytes(1, m->params_mem, n);
+    hash_stream hs;
+    hash_stream_begin(&hs, 1, n);
+    enum { CHUNK = 4096 };
+    float buf[CHUNK];
+    for (int t = 0; t < m->n_tensors; t++) { /* the tensors tile the buffer in order */
+        const model_tensor_info *ti = &m->tensors[t];
+        for (size_t o = 0; o < ti->numel; o += CHUNK) {
+            size_t k = ti->numel - o < CHUNK ? ti->numel - o : CHUNK;
+            model_tensor_read_f32(m, ti, o, k, buf);
+            hash_stream_feed(&hs, (const unsigned char *)buf, k * sizeof(float));
+        }
+    }
+    return hash_stream_end(&hs);
 }
 
 static void hex16(char out[17], uint64_t h) { snprintf(out, 17, "%016llx", (unsigned long long)h); }
@@ -48,7 +110,7 @@ int run_model_identity(const model *m, const tokenizer *tok, json_t **out, rlhf_
     if (!cfg_text) return RLHF_FAIL(err, RLHF_ENOMEM, "cannot serialise the model config");
     uint64_t hc = hash_bytes(0, cfg_text, strlen(cfg_text));
     free(cfg_text);
-    uint64_t hw = hash_bytes(1, m->params_mem, m->n_params * sizeof(float));
+    uint64_t hw = hash_weights(m);
     uint64_t ht = 2;
     char tok_name[64] = "bytes";
     if (tok && tok->source_dir) {
@@ -75,7 +137,7 @@ int run_model_identity(const model *m, const tokenizer *tok, json_t **out, rlhf_
 }
 
 void run_weights_hash(const model *m, char out[17]) {
-    hex16(out, hash_bytes(1, m->params_mem, m->n_params * sizeof(float)));
+    hex16(out, hash_weights(m));
 }
 
 void run_weights_content_hash(const void *data, size_t n, char out[17]) { hex16(out, hash_bytes(1, data, n)); }

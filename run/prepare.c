@@ -295,6 +295,10 @@ static int prepare_checked(run_config *cfg, rlhf_error *err) {
 }
 
 int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
+    return run_load_base_keep_bf16(cfg, 0, out, err);
+}
+
+int run_load_base_keep_bf16(const run_config *cfg, int keep_bf16, model **out, rlhf_error *err) {
     model_config arch, *expect = NULL;
     if (cfg->arch) {
         char w[1200];
@@ -304,7 +308,7 @@ int run_load_base(const run_config *cfg, model **out, rlhf_error *err) {
         expect = &arch;
     }
     if (!cfg->base_checkpoint[0]) return rlhf_error_set(err, RLHF_EINVAL, "model.base_checkpoint", "not set");
-    model_load_options lo = {.expect = expect, .max_seq_len = cfg->max_seq_len};
+    model_load_options lo = {.expect = expect, .max_seq_len = cfg->max_seq_len, .keep_bf16 = keep_bf16};
     int rc = model_load_with(out, cfg->base_checkpoint, &lo, err);
     if (rc) return rc;
     /* an HF model states the longest context it was trained for, and every KV cache and training

@@ -199,6 +199,8 @@ int run_prepare_base(run_config *cfg, rlhf_error *err);
 enum { RUN_MAX_SEQ_LEN_UNCAPPED = 8192 };
 /* Loads the base policy named by the config (checking it against model.arch when both are given). */
 int run_load_base(const run_config *cfg, model **out, rlhf_error *err);
+/* The same; keep_bf16: a base whose matrices are all BF16 stays so (model.bf16_mem, frozen: LoRA training). */
+int run_load_base_keep_bf16(const run_config *cfg, int keep_bf16, model **out, rlhf_error *err);
 /* The run's tokenizer for its base model m (model.tokenizer above); the same in every process. Its ids
  * must fit m's vocabulary. */
 int run_load_tokenizer(const run_config *cfg, const model *m, tokenizer **out, rlhf_error *err);

@@ -7,6 +7,8 @@
 
 int run_weights_from_model(const model *m, wire_weights *w, rlhf_error *err) {
     memset(w, 0, sizeof *w);
+    int rc = model_require_fp32(m, "sending full weights", err);
+    if (rc) return rc;
     w->version = m->version;
     w->n_tensors = (uint32_t)m->n_tensors;
     w->tensors = calloc((size_t)m->n_tensors, sizeof *w->tensors);
@@ -92,6 +94,8 @@ int run_weights_apply_lora(model *m, const model *base, model_lora *l, const wir
 }
 
 int run_weights_apply(model *m, const wire_weights *w, rlhf_error *err) {
+    int rc0 = model_require_fp32(m, "applying full weights", err);
+    if (rc0) return rc0;
     if (w->lora)
         return rlhf_error_set(err, RLHF_EPROTO, "WEIGHTS", "version %llu holds LoRA adapters, and this process has no "
                               "model.lora to apply them with (another run's config?)", (unsigned long long)w->version);

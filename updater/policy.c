@@ -19,7 +19,9 @@
 int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
     memset(ps, 0, sizeof *ps);
     ps->cfg = cfg;
-    int rc = run_load_base(cfg, &ps->m, err);
+    /* with model.lora the base is frozen: a BF16 base stays in bf16 (half the memory; the generators widen
+     * the same bits, so both sides compute with the same base) */
+    int rc = run_load_base_keep_bf16(cfg, cfg->lora.rank > 0, &ps->m, err);
     if (rc) return rc;
     ps->m->version = 0;
     if ((rc = run_load_tokenizer(cfg, ps->m, &ps->tok, err))) goto fail;

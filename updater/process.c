@@ -392,6 +392,10 @@ static int leader_main(const updater_options *o, updater_dist *dist, rlhf_error 
                                                 : "on rank 0 (updaters.distributed_scoring false)");
     }
     u.ps.mark_eval = 1; /* the launcher evaluates the checkpoints eval.every marks */
+    if (u.ps.lora)
+        fprintf(stderr, "updater: LoRA rank %d on %zu adapter parameters; the base (%zu parameters) is frozen, kept in "
+                "%s\n", u.ps.lora->cfg.rank, u.ps.lora->n_params, u.ps.m->n_params,
+                u.ps.m->bf16_mem ? "bf16 as its file stores it (half the memory of fp32)" : "fp32");
     if (updater_record_model_identity(&u.ps, cfg->run_dir, err)) {
         updater_session_fini(&u);
         run_process_close(&proc);

@@ -154,6 +154,76 @@ static void test_replay(void) {
     CU_ASSERT(e2e_contains(out, "the weights of all 3 versions compared are the live run's, bit for bit"));
 }
 
+/* The run's base exported as a BF16 Hugging Face directory and trained with the same adapters: the updater
+ * keeps the base in bf16 (its log says so) while the generator widens the same bits, so every step's
+ * importance ratio is still 1; the merged checkpoint is base + adapters; replay gives every version bit for
+ * bit (the replay's base is kept in bf16 too, with the same identity hash). */
+static void test_bf16_base(void) {
+    char out[300], hf[300], cfg[300], run[300], p[400];
+    snprintf(out, sizeof out, "%s/bf16.out", g_dir);
+    snprintf(hf, sizeof hf, "%s/base-bf16", g_dir);
+    snprintf(p, sizeof p, "%s/base.safetensors", g_run);
+    const char *e[] = {"export", p, "--hf", hf, "--dtype", "bf16", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(out, e, 60), 0);
+    snprintf(cfg, sizeof cfg, "%s/lora-bf16.json", g_dir);
+    snprintf(run, sizeof run, "%s/lora-bf16", g_dir);
+    char doc[2048];
+    snprintf(doc, sizeof doc,
+             "{\"name\":\"lora-bf16\",\"run_dir\":\"%s\",\"mode\":\"sync\",\n"
+             " \"model\":{\"base_checkpoint\":\"%s\",\"tokenizer\":\"bytes\",\"threads\":1,"
+             "\"lora\":{\"rank\":2,\"alpha\":4}},\n"
+             " \"task\":{\"train\":\"prompts.jsonl\"},\n"
+             " \"rewards\":[{\"type\":\"capitals\",\"name\":\"caps\"}],\n"
+             " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"lr\":0.05,\"steps\":4,\"checkpoint_every\":2,\"seed\":5},\n"
+             " \"checkpoint\":{\"keep\":10},\n"
+             " \"generators\":{\"count\":1,\"max_tokens\":4,\"batch\":4,\"threads\":1}}\n",
+             run, hf);
+    CU_ASSERT_EQUAL_FATAL(write_text(cfg, doc), 0);
+    const char *a[] = {"run", cfg, "--quiet", NULL};
+    CU_ASSERT_EQUAL_FATAL(run_cmd(out, a, 180), 0);
+    snprintf(p, sizeof p, "%s/logs/updater.log", run);
+    CU_ASSERT(e2e_contains(p, "is frozen, kept in bf16 as its file stores it"));
+    snprintf(p, sizeof p, "%s/metrics.jsonl", run);
+    char *txt = e2e_slurp(p);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(txt);
+    int trained = 0;
+    double worst = 0;
+    char *save = NULL;
+    for (char *l = strtok_r(txt, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(l, 0, NULL);
+        if (json_integer_value(json_object_get(j, "groups/kept")) > 0) {
+            trained++;
+            double rmax = json_number_value(json_object_get(j, "is_ratio/max"));
+            double rmean = json_number_value(json_object_get(j, "is_ratio/mean"));
+            worst = fmax(worst, fmax(fabs(rmax - 1), fabs(rmean - 1)));
+        }
+        json_decref(j);
+    }
+    free(txt);
+    CU_ASSERT(trained >= 2);
+    if (worst > 1e-3) fprintf(stderr, "\n  bf16 base: largest |is_ratio - 1| %.3g\n", worst);
+    CU_ASSERT(worst <= 1e-3);
+    /* merged = base + adapters, the base read from the BF16 directory by the independent reader */
+    char script[1200], adir[400], merged[400], pout[300];
+    CU_ASSERT_EQUAL_FATAL(test_source_path("tests/oracle/peft_check.py", script, sizeof script), 0);
+    snprintf(adir, sizeof adir, "%s/checkpoints/step_4/adapter", run);
+    snprintf(p, sizeof p, "%s/model.safetensors", hf);
+    snprintf(merged, sizeof merged, "%s/checkpoints/step_4/model.safetensors", run);
+    snprintf(pout, sizeof pout, "%s/peft-bf16.out", g_dir);
+    char *argv[] = {"python3", script, adir, p, merged, NULL};
+    test_proc_opts o = {.out = pout, .err = pout};
+    CU_ASSERT_EQUAL(test_proc_run("/usr/bin/python3", argv, &o, 120), 0);
+    CU_ASSERT(e2e_contains(pout, "merged = base + adapters"));
+    /* replay */
+    char log[400], rcfg[400], dir[300];
+    snprintf(log, sizeof log, "%s/rollouts.log", run);
+    snprintf(rcfg, sizeof rcfg, "%s/config.json", run);
+    snprintf(dir, sizeof dir, "%s/replayed-bf16", g_dir);
+    const char *r[] = {"replay", log, "--config", rcfg, "--out", dir, "--threads", "1", NULL};
+    CU_ASSERT_EQUAL(run_cmd(out, r, 120), 0);
+    CU_ASSERT(e2e_contains(out, "the weights of all 4 versions compared are the live run's, bit for bit"));
+}
+
 static void test_errors(void) {
     char cfg[300], out[300];
     struct {
@@ -189,5 +259,7 @@ void e2e_register_lora(void) {
                 test_adapters);
     CU_add_test(s, "LoRA checkpoint: PEFT's format, merged = base + adapters (independent reader)", test_peft);
     CU_add_test(s, "LoRA replay: every version bit for bit, and from checkpoint step_3", test_replay);
+    CU_add_test(s, "LoRA on a BF16 base kept in bf16: is_ratio 1, merged = base + adapters, replay bit for bit",
+                test_bf16_base);
     CU_add_test(s, "LoRA config errors name model.lora before any process starts", test_errors);
 }

@@ -4,6 +4,7 @@ void register_model_suite(void);
 void register_oracle_suite(void);
 void register_cli_suite(void);
 void register_lora_suite(void);
+void register_lora_bf16_suite(void);
 int register_suites(void);
 
 int register_suites(void) {
@@ -12,5 +13,6 @@ int register_suites(void) {
     register_oracle_suite();
     register_cli_suite();
     register_lora_suite();
+    register_lora_bf16_suite();
     return 0;
 }
