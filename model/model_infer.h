@@ -450,6 +450,7 @@ typedef struct sampler_spec sampler_spec;
 int sampler_spec_create(sampler_spec **out, const sampler_spec_options *opt, rlhf_error *err);
 void sampler_spec_destroy(sampler_spec **sp);
 void sampler_spec_get_stats(const sampler_spec *sp, sampler_spec_stats *out);
+const sampler_spec_options *sampler_spec_options_of(const sampler_spec *sp); /* as created (defaults filled) */
 /* sampler_run_stream / sampler_run with speculation (sp NULL or kind OFF: exactly the plain calls). A
  * request's tokens depend on its seed and on the drafts, which may come from its batch neighbours and
  * (adaptive) on measured step times; their distribution does not, and greedy output equals plain greedy
@@ -458,6 +459,49 @@ int sampler_run_stream_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, 
                             rlhf_error *err);
 int sampler_run_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sample_request *reqs, int n,
                      sample_result *results, rlhf_error *err);
+
+/* Speculation one step at a time, for a caller that runs its own decoding loop over sampler_step (rlhf
+ * serve); sampler_run_stream_spec is this loop around a sampler_source. A batch holds the speculative
+ * state of the target sampler's max_batch cache slots (drafts, acceptance estimates, RNG streams, the
+ * draft model's cache). A sequence in slot b has a context of L = prompt_len + n tokens (n = tokens
+ * committed); while it generates, the target's cache holds positions 0..L-2. Every step, in this order:
+ *   1. sampler_spec_propose(slots that generate this step): each gets g draft tokens (0..gamma, fewer
+ *      near max_new_tokens or max_seq_len, `budget` rows at most in all; the draft model runs here);
+ *   2. the caller's sampler_step: per generating slot g + 1 rows with logits, in consecutive logits rows
+ *      from lrow: its last token at position L-1, draft i at position L+i (sampler_spec_drafts); any
+ *      other rows (prompt chunks; a slot whose prompt ends here takes one logits row, its last);
+ *   3. sampler_spec_verify(every slot of the batch that has logits rows this step): 1..g+1 emitted
+ *      tokens each (sampler_spec_emitted), with log pi and log q from the target's row that emitted them;
+ *   4. the caller takes emitted tokens one at a time through its own stop and length checks and reports
+ *      how many it took with sampler_spec_commit (the rest, past a stop, are discarded).
+ * A slot with g = 0 (or a prompt that just ended) is plain sampling from its one row. The guarantees are
+ * those of sampler_run_stream_spec. Slots not begun are left alone (a caller may decode them itself,
+ * e.g. with a constraint, which this API does not take). */
+typedef struct sampler_spec_batch sampler_spec_batch;
+/* `target` is the sampler the caller steps; sp (kind not OFF) and target must outlive the batch, and one
+ * batch at a time uses sp. A draft model must have target's vocab_size and at least its max_batch. */
+int sampler_spec_batch_create(sampler_spec_batch **out, sampler_spec *sp, sampler *target, rlhf_error *err);
+void sampler_spec_batch_destroy(sampler_spec_batch **bt);
+/* A new sequence in slot (0..max_batch-1): prompt (borrowed until sampler_spec_seq_end) and params
+ * (copied; only the sampling fields, seed and max_new_tokens are used). */
+void sampler_spec_seq_begin(sampler_spec_batch *bt, int slot, const int32_t *prompt, int prompt_len,
+                            const sample_params *params);
+/* The sequence leaves its slot; finished = 1 keeps its completion for the n-gram proposer. */
+void sampler_spec_seq_end(sampler_spec_batch *bt, int slot, int finished);
+int sampler_spec_propose(sampler_spec_batch *bt, int n, const int *slots, int budget, rlhf_error *err);
+/* The draft tokens of slot this step; returns g. */
+int sampler_spec_drafts(const sampler_spec_batch *bt, int slot, const int32_t **draft);
+/* slots[i]'s rows are logits rows lrow[i] .. lrow[i] + g of logits (V floats each); n_rows: the rows of
+ * the step (the cost model learns from steps whose every row had logits). */
+void sampler_spec_verify(sampler_spec_batch *bt, int n, const int *slots, const int *lrow, const float *logits,
+                         int n_rows);
+/* Slot's emitted tokens after verify: returns their count; lp_pi (log pi at temperature 1, unfiltered)
+ * and lp_q (log q of the distribution drawn from, 0 when greedy) per token; either pointer may be NULL. */
+int sampler_spec_emitted(const sampler_spec_batch *bt, int slot, const int32_t **tokens, const float **lp_pi,
+                         const float **lp_q);
+/* The caller took the first n_taken emitted tokens (>= 1 unless the sequence is abandoned) into the
+ * sequence; acceptance counters and estimates are updated. */
+int sampler_spec_commit(sampler_spec_batch *bt, int slot, int n_taken, rlhf_error *err);
 
 /* Low-level step (used by tests, scoring and custom decoding loops): feeds n_rows tokens, row r being
  * token tok[r] at position pos[r] of the sequence in cache slot slot[r]; rows of one slot must be

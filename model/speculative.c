@@ -1,12 +1,12 @@
 /* model/speculative.c — speculative decoding over the KV-cache sampler (model_infer.h, "speculative
- * decoding").
+ * decoding"): the proposers, the verification and the step API (sampler_spec_batch) that both decoding
+ * loops use — sampler_run_stream_spec (model/speculative_run.c) and rlhf serve's worker.
  *
- * The loop mirrors sampler_run_stream (admission, chunked prefill, refeed after new weights, the same
- * per-token bookkeeping through sampler_int_accept), with one change: a generating sequence feeds its
- * last token plus g draft tokens as g + 1 rows of one forward step (sampler_step: the same path prompt
- * rows take, so the rows see each other through the cache), and takes logits for all of them. The
- * verification then walks the rows in order with the target's processed distribution q of each row
- * (spec_dist_build: temperature, top-k, top-p, min-p, exactly the filters of the plain sampler):
+ * A generating sequence feeds its last token plus g draft tokens as g + 1 rows of one forward step
+ * (sampler_step: the same path prompt rows take, so the rows see each other through the cache), and
+ * takes logits for all of them. The verification then walks the rows in order with the target's
+ * processed distribution q of each row (spec_dist_build: temperature, top-k, top-p, min-p, exactly the
+ * filters of the plain sampler):
  *   point-mass draft x (n-gram): keep x with probability q(x); else draw from q without x, renormalised;
  *   draft model with distribution d: keep x with probability min(1, q(x)/d(x)); else draw from
  *     max(0, q - d) renormalised;
@@ -67,13 +67,14 @@ typedef struct spec_dist {
     double lse, kept;
 } spec_dist;
 
+/* One cache slot's sequence, as the step API sees it: its context is prompt ++ toks. */
 typedef struct spec_slot {
-    long req;
-    sample_request rq;
-    sample_result res;
-    int fed, refeed;
-    int32_t last;
-    size_t text_cap;
+    int active;
+    const int32_t *prompt; /* the caller's */
+    int prompt_len;
+    sample_params p;
+    int32_t *toks;         /* (n_toks) the committed tokens; cap allocated (kept across sequences) */
+    int n_toks, cap;
     rlhf_rng rng, drng; /* acceptance and bonus draws; the draft model's own draws */
     uint64_t key;       /* hash of the prompt */
     double a_num, a_den;
@@ -81,10 +82,9 @@ typedef struct spec_slot {
     int g;                          /* draft tokens this step */
     int32_t draft[SPEC_MAX_GAMMA];
     int dfed;                       /* draft model: context tokens in the draft model's cache */
-    int lrow;                       /* first logits row of this step, -1: none */
     int n_emit, n_acc;
     int32_t emit[SPEC_MAX_GAMMA + 1];
-    float emit_lp[SPEC_MAX_GAMMA + 1][2];
+    float emit_lp[SPEC_MAX_GAMMA + 1], emit_lq[SPEC_MAX_GAMMA + 1];
 } spec_slot;
 
 sampler_spec_options sampler_spec_options_default(void) {
@@ -157,6 +157,8 @@ void sampler_spec_get_stats(const sampler_spec *sp, sampler_spec_stats *out) {
     if (sp) *out = sp->st;
     else memset(out, 0, sizeof *out);
 }
+
+const sampler_spec_options *sampler_spec_options_of(const sampler_spec *sp) { return &sp->o; }
 
 /* ---------------------------------------------------------------- the processed distribution */
 
@@ -301,8 +303,8 @@ static hist_entry *hist_find(sampler_spec *sp, uint64_t key, const int32_t *prom
  * keeps nothing). */
 static void hist_add(sampler_spec *sp, const spec_slot *sl) {
     int H = sp->o.history;
-    if (H <= 0 || sl->res.n_tokens < 1) return;
-    hist_entry *h = hist_find(sp, sl->key, sl->rq.prompt, sl->rq.prompt_len);
+    if (H <= 0 || sl->n_toks < 1) return;
+    hist_entry *h = hist_find(sp, sl->key, sl->prompt, sl->prompt_len);
     if (!h) {
         if (sp->n_hist < HIST_PROMPTS) h = &sp->hist[sp->n_hist++];
         else { /* the least recently used prompt goes */
@@ -311,26 +313,26 @@ static void hist_add(sampler_spec *sp, const spec_slot *sl) {
                 if (sp->hist[i].used < h->used) h = &sp->hist[i];
             hist_clear(h);
         }
-        h->prompt = malloc((size_t)sl->rq.prompt_len * sizeof(int32_t));
+        h->prompt = malloc((size_t)sl->prompt_len * sizeof(int32_t));
         h->seq = calloc((size_t)H, sizeof *h->seq);
         h->len = calloc((size_t)H, sizeof *h->len);
         if (!h->prompt || !h->seq || !h->len) {
             hist_clear(h);
             return;
         }
-        memcpy(h->prompt, sl->rq.prompt, (size_t)sl->rq.prompt_len * sizeof(int32_t));
-        h->plen = sl->rq.prompt_len;
+        memcpy(h->prompt, sl->prompt, (size_t)sl->prompt_len * sizeof(int32_t));
+        h->plen = sl->prompt_len;
         h->key = sl->key;
     }
     h->used = ++sp->clock;
-    int32_t *copy = malloc((size_t)sl->res.n_tokens * sizeof(int32_t));
+    int32_t *copy = malloc((size_t)sl->n_toks * sizeof(int32_t));
     if (!copy) return;
-    memcpy(copy, sl->res.tokens, (size_t)sl->res.n_tokens * sizeof(int32_t));
+    memcpy(copy, sl->toks, (size_t)sl->n_toks * sizeof(int32_t));
     int at = h->next;
     if (h->n < H) h->n++;
     else free(h->seq[at]);
     h->seq[at] = copy;
-    h->len[at] = sl->res.n_tokens;
+    h->len[at] = sl->n_toks;
     h->next = (at + 1) % H;
 }
 
@@ -364,21 +366,21 @@ static void match_in(const vseq *ctx, const vseq *v, int from, int upto, int nmi
 
 static int ngram_propose(sampler_spec *sp, spec_slot *st, int B, int b, int want, int32_t *out) {
     spec_slot *me = &st[b];
-    vseq ctx = {me->rq.prompt, me->res.tokens, me->rq.prompt_len, me->rq.prompt_len + me->res.n_tokens};
+    vseq ctx = {me->prompt, me->toks, me->prompt_len, me->prompt_len + me->n_toks};
     int nmin = sp->o.ngram_min, nmax = sp->o.ngram_max, best_n = 0, best_cont = 0, best_j = -1;
     const vseq *best_v = NULL;
     enum { MAXV = 1100 };
     static __thread vseq vs[MAXV]; /* per-thread: proposals run one per thread */
     int nv = 0;
     for (int o = 0; o < B && nv < MAXV; o++) /* the other sequences of this prompt, decoding now */
-        if (o != b && st[o].req >= 0 && st[o].key == me->key && st[o].rq.prompt_len == me->rq.prompt_len &&
-            st[o].res.n_tokens > 0)
-            vs[nv++] = (vseq){me->rq.prompt, st[o].res.tokens, me->rq.prompt_len, me->rq.prompt_len + st[o].res.n_tokens};
-    hist_entry *h = hist_find(sp, me->key, me->rq.prompt, me->rq.prompt_len);
+        if (o != b && st[o].active && st[o].key == me->key && st[o].prompt_len == me->prompt_len &&
+            st[o].n_toks > 0)
+            vs[nv++] = (vseq){me->prompt, st[o].toks, me->prompt_len, me->prompt_len + st[o].n_toks};
+    hist_entry *h = hist_find(sp, me->key, me->prompt, me->prompt_len);
     if (h)
         for (int i = 0; i < h->n && nv < MAXV; i++) { /* newest first */
             int at = ((h->next - 1 - i) % h->n + h->n) % h->n;
-            vs[nv++] = (vseq){me->rq.prompt, h->seq[at], me->rq.prompt_len, me->rq.prompt_len + h->len[at]};
+            vs[nv++] = (vseq){me->prompt, h->seq[at], me->prompt_len, me->prompt_len + h->len[at]};
         }
     for (int i = 0; i < nv; i++)
         match_in(&ctx, &vs[i], vs[i].plen, vs[i].len, nmin, nmax, want, &best_n, &best_cont, &best_v, &best_j);
@@ -465,7 +467,7 @@ typedef struct draft_buf {
 } draft_buf;
 
 static int32_t ctx_token(const spec_slot *sl, int i) {
-    return i < sl->rq.prompt_len ? sl->rq.prompt[i] : sl->res.tokens[i - sl->rq.prompt_len];
+    return i < sl->prompt_len ? sl->prompt[i] : sl->toks[i - sl->prompt_len];
 }
 
 /* Drafts st[b].g tokens for every slot with g > 0 with the draft model, keeping its distributions. */
@@ -476,13 +478,13 @@ static int draft_model_propose(sampler_spec *sp, spec_slot *st, int B, draft_buf
     int DT = sampler_int_model(ds)->cfg.max_seq_len;
     for (int b = 0; b < B; b++) { /* the draft's context must fit it */
         spec_slot *sl = &st[b];
-        int L = sl->rq.prompt_len + sl->res.n_tokens;
+        int L = sl->prompt_len + sl->n_toks;
         if (sl->g > DT - L) sl->g = DT - L > 0 ? DT - L : 0;
     }
     for (int b = 0; b < B; b++) { /* the last context token is fed again: its logits give the first draft */
         spec_slot *sl = &st[b];
-        int L = sl->rq.prompt_len + sl->res.n_tokens;
-        if (sl->req >= 0 && sl->g > 0 && sl->dfed > L - 1) sl->dfed = L - 1;
+        int L = sl->prompt_len + sl->n_toks;
+        if (sl->active && sl->g > 0 && sl->dfed > L - 1) sl->dfed = L - 1;
     }
     for (int round = 0; round < G; round++) {
         /* round 0: the context tokens not yet in the draft cache, in chunks of the row budget; round r > 0:
@@ -491,8 +493,8 @@ static int draft_model_propose(sampler_spec *sp, spec_slot *st, int B, draft_buf
             int R = 0, NL = 0, pending = 0;
             for (int b = 0; b < B; b++) {
                 spec_slot *sl = &st[b];
-                if (sl->req < 0 || sl->g <= round) continue;
-                int L = sl->rq.prompt_len + sl->res.n_tokens;
+                if (!sl->active || sl->g <= round) continue;
+                int L = sl->prompt_len + sl->n_toks;
                 if (sl->dfed != L + round - 1 && !(round == 0 && sl->dfed < L)) continue;
                 int chunk = round == 0 ? L - sl->dfed : 1;
                 if (chunk > maxr - R) chunk = maxr - R;
@@ -520,7 +522,7 @@ static int draft_model_propose(sampler_spec *sp, spec_slot *st, int B, draft_buf
                 spec_slot *sl = &st[db->lslot[i]];
                 size_t at = (size_t)db->lslot[i] * G + round;
                 float *w = db->q + at * V;
-                spec_dist_build(k, db->logits + (size_t)i * V, V, &sl->rq.params, cands, w, &db->dd[at]);
+                spec_dist_build(k, db->logits + (size_t)i * V, V, &sl->p, cands, w, &db->dd[at]);
                 sl->draft[round] = dist_draw(&db->dd[at], w, V, &sl->drng);
             }
             if (!pending) break;
@@ -534,7 +536,7 @@ static int draft_model_propose(sampler_spec *sp, spec_slot *st, int B, draft_buf
 /* Verifies st->g drafts against the g + 1 rows of logits (V each) and fills st->emit. */
 static void verify_slot(const sampler_spec *sp, const model_kernels *k, spec_slot *sl, int slot_index,
                         const float *logits, int V, const draft_buf *db, cand *cands, float *w) {
-    const sample_params *p = &sl->rq.params;
+    const sample_params *p = &sl->p;
     int G = sp->o.gamma, draft_model = sp->o.kind == SAMPLER_SPEC_DRAFT_MODEL;
     sl->n_emit = sl->n_acc = 0;
     for (int i = 0; i <= sl->g; i++) {
@@ -584,23 +586,38 @@ static void verify_slot(const sampler_spec *sp, const model_kernels *k, spec_slo
                 }
             }
         }
+        float lp[2];
         sl->emit[sl->n_emit] = y;
-        dist_logprobs(&d, row, w, y, sl->emit_lp[sl->n_emit]);
+        dist_logprobs(&d, row, w, y, lp);
+        sl->emit_lp[sl->n_emit] = lp[0];
+        sl->emit_lq[sl->n_emit] = lp[1];
         sl->n_emit++;
         if (i < sl->g && !accepted) break;
         if (i < sl->g) sl->n_acc++;
     }
 }
 
-/* ---------------------------------------------------------------- the loop */
+/* ---------------------------------------------------------------- the step API */
 
-static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const sampler_source *src, rlhf_error *err) {
-    const model *m = sampler_int_model(s);
-    const model_kernels *k = sampler_int_kernels(s);
-    int V = m->cfg.vocab_size, B = sampler_int_max_batch(s), T = m->cfg.max_seq_len, G = sp->o.gamma;
-    int maxr = sampler_max_rows(s), draft_model = sp->o.kind == SAMPLER_SPEC_DRAFT_MODEL;
-    if (tok && tok->vocab_size != V)
-        return RLHF_FAIL(err, RLHF_EINVAL, "tokenizer vocab_size %d differs from the model's %d", tok->vocab_size, V);
+struct sampler_spec_batch {
+    sampler_spec *sp;
+    sampler *s;
+    const model_kernels *k;
+    int B, V, T, nth;
+    spec_slot *st;  /* (B) */
+    cand *cands;    /* (nth, V) per-thread scratch of the verification */
+    float *wbuf;    /* (nth, V) */
+    draft_buf db;
+    double c_step;  /* CPU clock when the step's timed work began (after the draft model's phase) */
+    int timed;      /* propose ran since the last verify */
+};
+
+int sampler_spec_batch_create(sampler_spec_batch **out, sampler_spec *sp, sampler *target, rlhf_error *err) {
+    *out = NULL;
+    if (!sp || !target) return RLHF_FAIL(err, RLHF_EINVAL, "speculative decoding: no spec or no target sampler");
+    const model *m = sampler_int_model(target);
+    int V = m->cfg.vocab_size, B = sampler_int_max_batch(target), G = sp->o.gamma;
+    int draft_model = sp->o.kind == SAMPLER_SPEC_DRAFT_MODEL;
     if (draft_model) {
         const model *dm = sampler_int_model(sp->o.draft);
         if (dm->cfg.vocab_size != V)
@@ -610,317 +627,203 @@ static int spec_loop(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
             return RLHF_FAIL(err, RLHF_EINVAL, "draft model: its sampler has %d slots, the target's %d",
                              sampler_int_max_batch(sp->o.draft), B);
     }
-    /* logits rows: one per generating slot plus the drafts, bounded by the rows of a step and memory */
-    int LC = B * (G + 1);
-    if (LC > maxr) LC = maxr;
-    if ((size_t)LC * V > ((size_t)64 << 20)) LC = (int)(((size_t)64 << 20) / (size_t)V);
-    if (LC < B) LC = B;
-    int nth = omp_get_max_threads();
-    spec_slot *st = calloc((size_t)B, sizeof *st);
-    float *logits = malloc((size_t)LC * V * sizeof(float));
-    int *rslot = malloc((size_t)maxr * sizeof(int)), *rpos = malloc((size_t)maxr * sizeof(int));
-    int *lrows = malloc((size_t)LC * sizeof(int)), *vlist = malloc((size_t)B * sizeof(int));
-    int32_t *rtok = malloc((size_t)maxr * sizeof(int32_t));
-    cand *cands = malloc((size_t)nth * V * sizeof(cand));
-    float *wbuf = malloc((size_t)nth * V * sizeof(float));
-    draft_buf db;
-    memset(&db, 0, sizeof db);
-    int rc = 0;
-    if (draft_model) {
+    sampler_spec_batch *bt = calloc(1, sizeof *bt);
+    if (!bt) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
+    bt->sp = sp;
+    bt->s = target;
+    bt->k = sampler_int_kernels(target);
+    bt->B = B;
+    bt->V = V;
+    bt->T = m->cfg.max_seq_len;
+    bt->nth = omp_get_max_threads();
+    bt->st = calloc((size_t)B, sizeof *bt->st);
+    bt->cands = malloc((size_t)bt->nth * V * sizeof(cand));
+    bt->wbuf = malloc((size_t)bt->nth * V * sizeof(float));
+    int ok = bt->st && bt->cands && bt->wbuf;
+    if (ok && draft_model) {
+        draft_buf *db = &bt->db;
         int dmax = sampler_max_rows(sp->o.draft);
         int nr = dmax > B ? dmax : B;
-        db.q = malloc((size_t)B * G * V * sizeof(float));
-        db.dd = calloc((size_t)B * G, sizeof *db.dd);
-        db.logits = malloc((size_t)B * V * sizeof(float));
-        db.slot = malloc((size_t)nr * sizeof(int));
-        db.pos = malloc((size_t)nr * sizeof(int));
-        db.lrows = malloc((size_t)nr * sizeof(int));
-        db.lslot = malloc((size_t)nr * sizeof(int));
-        db.tok = malloc((size_t)nr * sizeof(int32_t));
-        if (!db.q || !db.dd || !db.logits || !db.slot || !db.pos || !db.lrows || !db.lslot || !db.tok)
-            rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for the draft model's buffers");
+        db->q = malloc((size_t)B * G * V * sizeof(float));
+        db->dd = calloc((size_t)B * G, sizeof *db->dd);
+        db->logits = malloc((size_t)B * V * sizeof(float));
+        db->slot = malloc((size_t)nr * sizeof(int));
+        db->pos = malloc((size_t)nr * sizeof(int));
+        db->lrows = malloc((size_t)nr * sizeof(int));
+        db->lslot = malloc((size_t)nr * sizeof(int));
+        db->tok = malloc((size_t)nr * sizeof(int32_t));
+        ok = db->q && db->dd && db->logits && db->slot && db->pos && db->lrows && db->lslot && db->tok;
     }
-    if (!rc && (!st || !logits || !rslot || !rpos || !lrows || !vlist || !rtok || !cands || !wbuf))
-        rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory");
-    for (int b = 0; st && b < B; b++) st[b].req = -1;
-    long admitted = 0;
-    int active = 0;
-    while (!rc) {
-        if (src->before_step) {
-            int r = src->before_step(src->ctx, err);
-            if (r < 0) {
-                rc = r;
-                break;
-            }
-            if (r > 0 && src->recompute_on_new_weights)
-                for (int b = 0; b < B; b++) {
-                    if (st[b].req < 0) continue;
-                    if (st[b].res.n_tokens == 0) st[b].fed = 0;
-                    else st[b].refeed = 0;
-                }
-        }
-        int source_empty = 0;
-        for (int b = 0; b < B && !source_empty && !rc; b++) {
-            if (st[b].req >= 0) continue;
-            while (!rc) {
-                sample_request rq;
-                int got = src->next(src->ctx, &rq, err);
-                if (got <= 0) {
-                    if (got < 0) rc = got;
-                    source_empty = 1;
-                    break;
-                }
-                if ((rc = sampler_int_validate(s, tok, &rq, (int)admitted, err))) break;
-                long index = admitted++;
-                spec_slot *sl = &st[b];
-                memset(sl, 0, sizeof *sl);
-                sl->req = -1;
-                sl->rq = rq;
-                if (sampler_int_result_start(s, tok, &rq, &sl->res, &sl->text_cap)) {
-                    sample_result_free(&sl->res);
-                    rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampling results");
-                    break;
-                }
-                if (rq.params.max_new_tokens == 0) {
-                    sl->res.finish = SAMPLE_FINISH_LENGTH;
-                    rc = src->done(src->ctx, &sl->rq, index, &sl->res, err);
-                    memset(&sl->res, 0, sizeof sl->res);
-                    continue;
-                }
-                sl->req = index;
-                sl->refeed = -1;
-                sl->key = hash_tokens(rq.prompt, rq.prompt_len);
-                if (sp->g_den > 0) { /* the prior: what drafting achieved lately, worth two observations */
-                    sl->a_num = 2.0 * sp->g_num / sp->g_den;
-                    sl->a_den = 2.0;
-                }
-                rlhf_rng_seed(&sl->rng, rq.params.seed);
-                rlhf_rng_seed(&sl->drng, rq.params.seed ^ 0x5be2c3a1d4f60719ull);
-                active++;
-                break;
-            }
-        }
-        if (rc || active == 0) break;
-        /* how many drafts each generating slot gets this step */
-        int n_gen = 0, n_prefill = 0;
-        for (int b = 0; b < B; b++) {
-            spec_slot *sl = &st[b];
-            sl->g = 0;
-            sl->lrow = -1;
-            if (sl->req < 0) continue;
-            if (sl->fed < sl->rq.prompt_len) n_prefill++;
-            else if (sl->refeed < 0) n_gen++;
-        }
-        double c = cost_per_row(sp, n_gen) + draft_step_cost(sp, n_gen);
-        int budget = (LC < maxr ? LC : maxr) - n_gen - n_prefill;
-        double t_draft = rlhf_now(), c_step = cpu_now(); /* c_step: the step's work for the cost fit */
-        for (int b = 0; b < B; b++) {
-            spec_slot *sl = &st[b];
-            if (sl->req < 0 || sl->fed < sl->rq.prompt_len || sl->refeed >= 0) continue;
-            int L = sl->rq.prompt_len + sl->res.n_tokens;
-            int want = choose_gamma(sp, sl, c);
-            if (want > T - L) want = T - L;
-            if (want > sl->rq.params.max_new_tokens - sl->res.n_tokens - 1)
-                want = sl->rq.params.max_new_tokens - sl->res.n_tokens - 1;
-            if (want > budget) want = budget;
-            if (want <= 0) continue;
-            sl->g = want;
-            budget -= want;
-        }
-        if (sp->o.kind == SAMPLER_SPEC_NGRAM) {
-#pragma omp parallel for schedule(dynamic, 1) if (n_gen >= 32)
-            for (int b = 0; b < B; b++)
-                if (st[b].g > 0) st[b].g = ngram_propose(sp, st, B, b, st[b].g, st[b].draft);
-        } else if (draft_model) {
-            double c0 = cpu_now(), ndraft = 0;
-            if ((rc = draft_model_propose(sp, st, B, &db, cands, err))) break;
-            for (int b = 0; b < B; b++) ndraft += st[b].req >= 0 ? st[b].g : 0;
-            c_step = cpu_now(); /* the draft phase is costed on its own */
-            if (ndraft > 0) {
-                sp->dp_time = 0.95 * sp->dp_time + (c_step - c0);
-                sp->dp_tokens = 0.95 * sp->dp_tokens + ndraft;
-            }
-        }
-        sp->st.draft_seconds += rlhf_now() - t_draft;
-        /* rows: each generating slot's last token and drafts (all with logits), then refeeds, then prompts */
-        int R = 0, NL = 0;
-        for (int b = 0; b < B; b++) {
-            spec_slot *sl = &st[b];
-            if (sl->req < 0 || sl->fed < sl->rq.prompt_len || sl->refeed >= 0) continue;
-            int L = sl->rq.prompt_len + sl->res.n_tokens;
-            sl->lrow = NL;
-            for (int i = 0; i <= sl->g; i++) {
-                rslot[R] = b;
-                rpos[R] = L - 1 + i;
-                rtok[R] = i == 0 ? sl->last : sl->draft[i - 1];
-                lrows[NL++] = R++;
-            }
-        }
-        for (int b = 0; b < B && R < maxr; b++) {
-            spec_slot *sl = &st[b];
-            if (sl->req < 0 || sl->refeed < 0) continue;
-            int need = sl->rq.prompt_len + sl->res.n_tokens - 1, chunk = need - sl->refeed;
-            if (chunk > maxr - R) chunk = maxr - R;
-            for (int t = 0; t < chunk; t++) {
-                rslot[R] = b;
-                rpos[R] = sl->refeed + t;
-                rtok[R] = ctx_token(sl, sl->refeed + t);
-                R++;
-            }
-            sl->refeed += chunk;
-            if (sl->refeed == need) sl->refeed = -1;
-        }
-        for (int b = 0; b < B && R < maxr; b++) {
-            spec_slot *sl = &st[b];
-            if (sl->req < 0 || sl->fed >= sl->rq.prompt_len) continue;
-            int chunk = sl->rq.prompt_len - sl->fed;
-            if (chunk > maxr - R) chunk = maxr - R;
-            for (int t = 0; t < chunk; t++) {
-                rslot[R] = b;
-                rpos[R] = sl->fed + t;
-                rtok[R] = sl->rq.prompt[sl->fed + t];
-                R++;
-            }
-            sl->fed += chunk;
-            if (sl->fed == sl->rq.prompt_len) {
-                sl->lrow = NL;
-                sl->g = 0;
-                lrows[NL++] = R - 1;
-            }
-        }
-        if (R == 0) continue; /* only refeeds waiting for room: cannot happen with R budget > 0 */
-        if ((rc = sampler_step(s, R, rslot, rpos, rtok, NL, lrows, logits, err))) break;
-        sp->st.steps++;
-        int nv = 0;
-        for (int b = 0; b < B; b++)
-            if (st[b].req >= 0 && st[b].lrow >= 0) vlist[nv++] = b;
-        /* threads only when the rows' filtering is worth a parallel region */
-#pragma omp parallel if (nv > 1 && (size_t)NL * V >= 65536)
-        {
-            int th = omp_get_thread_num();
-            cand *cs = cands + (size_t)th * V;
-            float *w = wbuf + (size_t)th * V;
-#pragma omp for schedule(dynamic, 1)
-            for (int i = 0; i < nv; i++) {
-                spec_slot *sl = &st[vlist[i]];
-                verify_slot(sp, k, sl, vlist[i], logits + (size_t)sl->lrow * V, V, &db, cs, w);
-            }
-        }
-        if (R == NL) { /* the cost fit, on steps of decode and verify rows only (prompt rows cost less: no
-                        * logits, no token choice): decayed sums of (rows, CPU seconds of lookup, forward and
-                        * verification) */
-            double dt = cpu_now() - c_step;
-            sp->f0 = 0.97 * sp->f0 + 1.0;
-            sp->f1 = 0.97 * sp->f1 + R;
-            sp->f2 = 0.97 * sp->f2 + (double)R * R;
-            sp->fy = 0.97 * sp->fy + dt;
-            sp->fxy = 0.97 * sp->fxy + R * dt;
-        }
-        int oom = 0;
-        for (int i = 0; i < nv && !rc; i++) {
-            int b = vlist[i];
-            spec_slot *sl = &st[b];
-            int L = sl->rq.prompt_len + sl->res.n_tokens, finished = 0, emitted = 0;
-            for (int e = 0; e < sl->n_emit && !finished; e++) {
-                finished = sampler_int_accept(s, tok, &sl->rq, &sl->res, &sl->text_cap, sl->emit[e],
-                                              sl->emit_lp[e][0], sl->emit_lp[e][1], &oom);
-                sl->last = sl->emit[e];
-                emitted++;
-            }
-            if (sl->g > 0) {
-                sp->st.verifies++;
-                sp->st.drafted += (uint64_t)sl->g;
-                sp->st.accepted += (uint64_t)sl->n_acc;
-                sp->st.spec_tokens += (uint64_t)emitted;
-                /* acceptance evidence: n_acc kept, one rejection unless all were kept; decayed */
-                sl->a_num = 0.9 * sl->a_num + sl->n_acc;
-                sl->a_den = 0.9 * sl->a_den + sl->n_acc + (sl->n_acc < sl->g ? 1 : 0);
-                sp->g_num = 0.99 * sp->g_num + sl->n_acc;
-                sp->g_den = 0.99 * sp->g_den + sl->n_acc + (sl->n_acc < sl->g ? 1 : 0);
-                if (draft_model) {
-                    int keep = sl->n_acc < sl->g - 1 ? sl->n_acc : sl->g - 1;
-                    if (sl->dfed > L + keep) sl->dfed = L + keep;
-                }
-            } else
-                sp->st.plain_tokens += (uint64_t)emitted;
-            if (oom) {
-                rc = RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for sampled text");
-                break;
-            }
-            if (finished) {
-                hist_add(sp, sl);
-                long index = sl->req;
-                sl->req = -1;
-                active--;
-                rc = src->done(src->ctx, &sl->rq, index, &sl->res, err);
-                memset(&sl->res, 0, sizeof sl->res);
-            }
-        }
+    if (!ok) {
+        sampler_spec_batch_destroy(&bt);
+        return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for speculative decoding's buffers");
     }
-    for (int b = 0; st && b < B; b++) sample_result_free(&st[b].res);
-    free(st);
-    free(logits);
-    free(rslot);
-    free(rpos);
-    free(lrows);
-    free(vlist);
-    free(rtok);
-    free(cands);
-    free(wbuf);
-    free(db.q);
-    free(db.dd);
-    free(db.logits);
-    free(db.slot);
-    free(db.pos);
-    free(db.lrows);
-    free(db.lslot);
-    free(db.tok);
-    return rc;
-}
-
-int sampler_run_stream_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sampler_source *src,
-                            rlhf_error *err) {
-    if (!sp || sp->o.kind == SAMPLER_SPEC_OFF) return sampler_run_stream(s, tok, src, err);
-    return spec_loop(s, sp, tok, src, err);
-}
-
-typedef struct spec_array {
-    const sample_request *reqs;
-    int n, next;
-    sample_result *results;
-} spec_array;
-
-static int spec_array_next(void *ctx, sample_request *req, rlhf_error *err) {
-    (void)err;
-    spec_array *a = ctx;
-    if (a->next >= a->n) return 0;
-    *req = a->reqs[a->next++];
-    return 1;
-}
-
-static int spec_array_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err) {
-    (void)err;
-    (void)req;
-    spec_array *a = ctx;
-    a->results[index] = *res;
+    *out = bt;
     return 0;
 }
 
-int sampler_run_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sample_request *reqs, int n,
-                     sample_result *results, rlhf_error *err) {
-    if (!sp || sp->o.kind == SAMPLER_SPEC_OFF) return sampler_run(s, tok, reqs, n, results, err);
-    if (n < 0) return RLHF_FAIL(err, RLHF_EINVAL, "negative request count");
-    int rc;
-    for (int i = 0; i < n; i++)
-        if ((rc = sampler_int_validate(s, tok, &reqs[i], i, err))) return rc;
-    for (int i = 0; i < n; i++) {
-        memset(&results[i], 0, sizeof results[i]);
-        results[i].stop_string = -1;
+void sampler_spec_batch_destroy(sampler_spec_batch **pbt) {
+    if (!pbt || !*pbt) return;
+    sampler_spec_batch *bt = *pbt;
+    for (int b = 0; bt->st && b < bt->B; b++) free(bt->st[b].toks);
+    free(bt->st);
+    free(bt->cands);
+    free(bt->wbuf);
+    free(bt->db.q);
+    free(bt->db.dd);
+    free(bt->db.logits);
+    free(bt->db.slot);
+    free(bt->db.pos);
+    free(bt->db.lrows);
+    free(bt->db.lslot);
+    free(bt->db.tok);
+    free(bt);
+    *pbt = NULL;
+}
+
+void sampler_spec_seq_begin(sampler_spec_batch *bt, int slot, const int32_t *prompt, int prompt_len,
+                            const sample_params *params) {
+    sampler_spec *sp = bt->sp;
+    spec_slot *sl = &bt->st[slot];
+    int32_t *toks = sl->toks; /* the token buffer is reused */
+    int cap = sl->cap;
+    memset(sl, 0, sizeof *sl);
+    sl->toks = toks;
+    sl->cap = cap;
+    sl->active = 1;
+    sl->prompt = prompt;
+    sl->prompt_len = prompt_len;
+    sl->p = *params;
+    sl->key = hash_tokens(prompt, prompt_len);
+    if (sp->g_den > 0) { /* the prior: what drafting achieved lately, worth two observations */
+        sl->a_num = 2.0 * sp->g_num / sp->g_den;
+        sl->a_den = 2.0;
     }
-    spec_array a = {.reqs = reqs, .n = n, .results = results};
-    sampler_source src = {.ctx = &a, .next = spec_array_next, .done = spec_array_done};
-    rc = spec_loop(s, sp, tok, &src, err);
-    if (rc)
-        for (int i = 0; i < n; i++) sample_result_free(&results[i]);
+    rlhf_rng_seed(&sl->rng, params->seed);
+    rlhf_rng_seed(&sl->drng, params->seed ^ 0x5be2c3a1d4f60719ull);
+}
+
+void sampler_spec_seq_end(sampler_spec_batch *bt, int slot, int finished) {
+    spec_slot *sl = &bt->st[slot];
+    if (finished && sl->active) hist_add(bt->sp, sl);
+    sl->active = 0;
+    sl->g = sl->n_emit = 0;
+}
+
+int sampler_spec_propose(sampler_spec_batch *bt, int n, const int *slots, int budget, rlhf_error *err) {
+    sampler_spec *sp = bt->sp;
+    spec_slot *st = bt->st;
+    int B = bt->B, rc = 0;
+    for (int b = 0; b < B; b++) st[b].g = 0;
+    double c = cost_per_row(sp, n) + draft_step_cost(sp, n);
+    double t_draft = rlhf_now();
+    bt->c_step = cpu_now(); /* the step's work for the cost fit */
+    bt->timed = 1;
+    if (sp->o.kind == SAMPLER_SPEC_OFF) return 0;
+    for (int i = 0; i < n; i++) {
+        spec_slot *sl = &st[slots[i]];
+        int L = sl->prompt_len + sl->n_toks;
+        int want = choose_gamma(sp, sl, c);
+        if (want > bt->T - L) want = bt->T - L;
+        if (want > sl->p.max_new_tokens - sl->n_toks - 1) want = sl->p.max_new_tokens - sl->n_toks - 1;
+        if (want > budget) want = budget;
+        if (want <= 0) continue;
+        sl->g = want;
+        budget -= want;
+    }
+    if (sp->o.kind == SAMPLER_SPEC_NGRAM) {
+#pragma omp parallel for schedule(dynamic, 1) if (n >= 32) num_threads(bt->nth)
+        for (int b = 0; b < B; b++)
+            if (st[b].g > 0) st[b].g = ngram_propose(sp, st, B, b, st[b].g, st[b].draft);
+    } else {
+        double c0 = cpu_now(), ndraft = 0;
+        rc = draft_model_propose(sp, st, B, &bt->db, bt->cands, err);
+        for (int b = 0; b < B; b++) ndraft += st[b].active ? st[b].g : 0;
+        bt->c_step = cpu_now(); /* the draft phase is costed on its own */
+        if (!rc && ndraft > 0) {
+            sp->dp_time = 0.95 * sp->dp_time + (bt->c_step - c0);
+            sp->dp_tokens = 0.95 * sp->dp_tokens + ndraft;
+        }
+    }
+    sp->st.draft_seconds += rlhf_now() - t_draft;
     return rc;
+}
+
+int sampler_spec_drafts(const sampler_spec_batch *bt, int slot, const int32_t **draft) {
+    *draft = bt->st[slot].draft;
+    return bt->st[slot].g;
+}
+
+void sampler_spec_verify(sampler_spec_batch *bt, int n, const int *slots, const int *lrow, const float *logits,
+                         int n_rows) {
+    sampler_spec *sp = bt->sp;
+    int V = bt->V, NL = 0;
+    for (int i = 0; i < n; i++) NL += bt->st[slots[i]].g + 1;
+    /* threads only when the rows' filtering is worth a parallel region */
+#pragma omp parallel if (n > 1 && (size_t)NL * V >= 65536) num_threads(bt->nth)
+    {
+        int th = omp_get_thread_num();
+        cand *cs = bt->cands + (size_t)th * V;
+        float *w = bt->wbuf + (size_t)th * V;
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n; i++)
+            verify_slot(sp, bt->k, &bt->st[slots[i]], slots[i], logits + (size_t)lrow[i] * V, V, &bt->db, cs, w);
+    }
+    sp->st.steps++;
+    if (bt->timed && n_rows == NL && NL > 0) { /* the cost fit, on steps of decode and verify rows only
+                        * (prompt rows cost less: no logits, no token choice): decayed sums of (rows, CPU
+                        * seconds of lookup, forward and verification) */
+        double dt = cpu_now() - bt->c_step;
+        sp->f0 = 0.97 * sp->f0 + 1.0;
+        sp->f1 = 0.97 * sp->f1 + n_rows;
+        sp->f2 = 0.97 * sp->f2 + (double)n_rows * n_rows;
+        sp->fy = 0.97 * sp->fy + dt;
+        sp->fxy = 0.97 * sp->fxy + n_rows * dt;
+    }
+    bt->timed = 0;
+}
+
+int sampler_spec_emitted(const sampler_spec_batch *bt, int slot, const int32_t **tokens, const float **lp_pi,
+                         const float **lp_q) {
+    const spec_slot *sl = &bt->st[slot];
+    if (tokens) *tokens = sl->emit;
+    if (lp_pi) *lp_pi = sl->emit_lp;
+    if (lp_q) *lp_q = sl->emit_lq;
+    return sl->n_emit;
+}
+
+int sampler_spec_commit(sampler_spec_batch *bt, int slot, int n_taken, rlhf_error *err) {
+    sampler_spec *sp = bt->sp;
+    spec_slot *sl = &bt->st[slot];
+    if (n_taken > sl->n_emit) n_taken = sl->n_emit;
+    if (n_taken < 0) n_taken = 0;
+    int L = sl->prompt_len + sl->n_toks;
+    if (sl->n_toks + n_taken > sl->cap) {
+        int cap = sl->cap ? 2 * sl->cap : 64;
+        while (cap < sl->n_toks + n_taken) cap *= 2;
+        int32_t *t = realloc(sl->toks, (size_t)cap * sizeof *t);
+        if (!t) return RLHF_FAIL(err, RLHF_ENOMEM, "out of memory for a sequence's tokens");
+        sl->toks = t;
+        sl->cap = cap;
+    }
+    memcpy(sl->toks + sl->n_toks, sl->emit, (size_t)n_taken * sizeof(int32_t));
+    sl->n_toks += n_taken;
+    if (sl->g > 0) {
+        sp->st.verifies++;
+        sp->st.drafted += (uint64_t)sl->g;
+        sp->st.accepted += (uint64_t)sl->n_acc;
+        sp->st.spec_tokens += (uint64_t)n_taken;
+        /* acceptance evidence: n_acc kept, one rejection unless all were kept; decayed */
+        sl->a_num = 0.9 * sl->a_num + sl->n_acc;
+        sl->a_den = 0.9 * sl->a_den + sl->n_acc + (sl->n_acc < sl->g ? 1 : 0);
+        sp->g_num = 0.99 * sp->g_num + sl->n_acc;
+        sp->g_den = 0.99 * sp->g_den + sl->n_acc + (sl->n_acc < sl->g ? 1 : 0);
+        if (sp->o.kind == SAMPLER_SPEC_DRAFT_MODEL) { /* the draft cache keeps the kept drafts it computed */
+            int keep = sl->n_acc < sl->g - 1 ? sl->n_acc : sl->g - 1;
+            if (sl->dfed > L + keep) sl->dfed = L + keep;
+        }
+    } else
+        sp->st.plain_tokens += (uint64_t)n_taken;
+    sl->g = sl->n_emit = 0;
+    return 0;
 }

@@ -31,6 +31,8 @@ void serve_config_default(serve_config *cfg) {
     cfg->max_connections = 256;
     cfg->max_per_ip = 32;
     cfg->request_timeout = 10;
+    cfg->spec_gamma = 4;
+    cfg->spec_adaptive = 1;
 }
 
 /* ------------------------------------------------------------------------ request deadlines */
@@ -793,9 +795,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!strcmp(url, "/health")) {
         if (!is_get) return reply_error(s, c, 405, "invalid_request_error", NULL, "use GET /health");
         pthread_mutex_lock(&s->mu);
-        int q = s->queued;
+        json_t *h = json_pack("{s:s, s:i}", "status", "ok", "queued", s->queued), *spec = serve_spec_health(s);
         pthread_mutex_unlock(&s->mu);
-        return reply_json(c, 200, json_pack("{s:s, s:i}", "status", "ok", "queued", q));
+        if (spec) json_object_set_new(h, "speculative", spec);
+        return reply_json(c, 200, h);
     }
     if (s->api_key && !authorized(s, c))
         return reply_error_code(s, c, 401, "invalid_request_error", NULL, "invalid_api_key",
@@ -899,7 +902,8 @@ int serve_server_create(serve_server **out, const serve_config *cfg, FILE *log, 
     if (cfg->model_path[0]) {
         if (!s->cfg.model_id[0]) id_from_path(cfg->model_path, s->cfg.model_id, sizeof s->cfg.model_id);
         if ((rc = model_load_for_inference(&s->m, &s->tok, cfg->model_path, cfg->tokenizer, cfg->max_seq_len, err)) ||
-            (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err)) || (rc = load_chat_template(s, err))) {
+            (rc = sampler_create(&s->smp, s->m, cfg->max_batch, err)) || (rc = load_chat_template(s, err)) ||
+            (rc = serve_spec_setup(s, err))) {
             serve_server_destroy(&s);
             return rc;
         }
@@ -962,6 +966,7 @@ void serve_server_destroy(serve_server **ps) {
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->worker, NULL);
     }
+    serve_spec_teardown(s);
     sampler_destroy(&s->smp);
     guided_cache_destroy(&s->gcache);
     guided_vocab_destroy(&s->gvocab);

@@ -2,7 +2,9 @@
  * checkpoint and/or a reward model (serve/'s public header; the CLI is serve/serve_cli.c).
  *
  * Routes (with --api-key-env, all but /health need "Authorization: Bearer KEY", else 401):
- *   GET  /health                {"status":"ok","queued":N}
+ *   GET  /health                {"status":"ok","queued":N}, with speculative decoding also "speculative":
+ *                               {drafter, gamma, adaptive, steps, verifies, drafted, accepted, acceptance,
+ *                               spec_tokens, plain_tokens} (counters since start)
  *   GET  /v1/models             the model (and reward model) ids; GET /v1/models/{id} one of them (else 404)
  *   POST /v1/chat/completions   messages -> n completions; "stream": true answers Server-Sent Events
  *                               (chat.completion.chunk objects, then "data: [DONE]")
@@ -59,6 +61,13 @@ typedef struct serve_config {
     int request_timeout;    /* seconds (default 10): a request's headers and body must all arrive within
                              * this long of the connection opening or of the previous response on it
                              * ending (so it is also the keep-alive idle limit); else it is closed */
+    /* Speculative decoding (model/'s sampler_spec; serve/serve_spec.c): drafts verified by the model in
+     * one step, emitted tokens distributed exactly as plain decoding's, greedy output identical. At most
+     * one drafter; requests with a response_format (guided decoding) decode plainly. */
+    char draft_model[1024]; /* a smaller checkpoint or HF directory with the model's vocabulary; "" = none */
+    int ngram_draft;        /* 1: drafts from other sequences of the same prompt and the sequence itself */
+    int spec_gamma;         /* most draft tokens per verify step, 1..16 (default 4) */
+    int spec_adaptive;      /* 1 (default): per sequence, from its acceptance and the step cost; 0: gamma */
 } serve_config;
 
 void serve_config_default(serve_config *cfg);

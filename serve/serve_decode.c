@@ -1,6 +1,7 @@
 /* serve/serve_decode.c — the worker of `rlhf serve`: continuous batching over the sampler's KV-cache
- * slots with sampler_step, token choice, stop handling, SSE events as tokens appear, and batched
- * reward-model scoring. See serve/serve_int.h. */
+ * slots with sampler_step, token choice (or speculative decoding through model/'s step API,
+ * sampler_spec_batch), stop handling, SSE events as tokens appear, and batched reward-model scoring.
+ * See serve/serve_int.h. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -297,6 +298,7 @@ static void finish_job(serve_server *s, serve_job *j, int finish) {
     } else {
         pthread_mutex_lock(&s->mu);
     }
+    if (s->spec) sampler_spec_get_stats(s->spec, &s->spec_stats); /* /health counts this job's steps */
     j->done = 1;
     pthread_cond_broadcast(&s->stream_cv);
     pthread_cond_broadcast(&s->done_cv);
@@ -354,9 +356,11 @@ static void run_rewards(serve_server *s, serve_job **jobs, int n) {
 
 typedef struct slot_state {
     serve_job *job;   /* NULL: free */
-    int fed;          /* positions already in this slot's KV cache */
-    int32_t next;     /* token to feed at position `fed` once the prompt is in */
-    rlhf_rng rng;
+    int fed;          /* prompt positions already in this slot's KV cache */
+    int32_t next;     /* the last chosen token, fed next at position prompt_len + n_tokens - 1 */
+    int spec;         /* decoded speculatively: a sequence of s->spec_bt in the same slot */
+    int lrow;         /* its first logits row this step, -1: none */
+    rlhf_rng rng;     /* plain token choice */
 } slot_state;
 
 /* Appends token bytes to the job's text; returns 1 when a stop string completed (text cut before the
@@ -391,15 +395,108 @@ static int append_token(serve_server *s, serve_job *j, int32_t id) {
     return 1;
 }
 
+/* Records token id, chosen from logits row `row` (V), in job j: its log-probs when asked for (log pi and
+ * the top log-probs computed here from the row, so they are the same numbers whichever path chose the
+ * token; lq as the chooser drew it), its text, and the finish checks in the order plain decoding makes
+ * them. Returns the finish reason (SAMPLE_FINISH_NONE: go on). */
+static int take_token(serve_server *s, serve_job *j, int32_t id, float lq, const float *row, int V, int T) {
+    if (j->logprobs && j->n_tokens == j->out_cap) {
+        int cap = j->out_cap ? 2 * j->out_cap : 64;
+        int32_t *ni = realloc(j->out_ids, (size_t)cap * sizeof *ni);
+        if (ni) j->out_ids = ni;
+        float *nl = realloc(j->out_lp, (size_t)cap * sizeof *nl);
+        if (nl) j->out_lp = nl;
+        float *nq = realloc(j->out_lq, (size_t)cap * sizeof *nq);
+        if (nq) j->out_lq = nq;
+        int ok = ni && nl && nq;
+        if (ok && j->top_logprobs > 0) {
+            size_t kk = (size_t)cap * (size_t)j->top_logprobs;
+            int32_t *ti = realloc(j->out_top_ids, kk * sizeof *ti);
+            if (ti) j->out_top_ids = ti;
+            float *tl = realloc(j->out_top_lp, kk * sizeof *tl);
+            if (tl) j->out_top_lp = tl;
+            ok = ti && tl;
+        }
+        if (ok) j->out_cap = cap;
+    }
+    if (j->logprobs && j->n_tokens < j->out_cap) {
+        float mx = row[0];
+        for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+        j->out_ids[j->n_tokens] = id;
+        j->out_lp[j->n_tokens] = (float)log_softmax_at(row, V, mx, id);
+        j->out_lq[j->n_tokens] = lq;
+        if (j->top_logprobs > 0)
+            top_logprobs(row, V, j->top_logprobs, j->out_top_ids + (size_t)j->n_tokens * j->top_logprobs,
+                         j->out_top_lp + (size_t)j->n_tokens * j->top_logprobs);
+    }
+    j->n_tokens++;
+    int eos = 0;
+    for (int e = 0; e < s->tok->n_eos_ids; e++) eos |= id == s->tok->eos_ids[e];
+    if (eos) return SAMPLE_FINISH_STOP;
+    if (append_token(s, j, id)) return SAMPLE_FINISH_STOP;
+    if (j->n_tokens >= j->params.max_new_tokens) return SAMPLE_FINISH_LENGTH;
+    if (j->prompt_len + j->n_tokens >= T) return SAMPLE_FINISH_MAX_SEQ_LEN; /* as sampler_run */
+    return SAMPLE_FINISH_NONE;
+}
+
+/* Plain token choice for slot st from its logits row: serve_choose_token, under a guided job's mask.
+ * Returns the id (-1: the job failed, with msg filled) and log q in *lq. */
+static int32_t choose_plain(serve_job *j, slot_state *st, const float *row, int V, float *scratch, float *masked,
+                            float *lq, char *msg, size_t msg_cap) {
+    if (!j->matcher) return serve_choose_token(row, V, &j->params, &st->rng, scratch, NULL, lq);
+    /* guided: sample from the masked distribution; log pi stays the unmasked one (take_token) */
+    const uint64_t *bits;
+    int n_allowed;
+    int32_t only, id;
+    rlhf_error gerr = {0};
+    if (guided_matcher_mask(j->matcher, &bits, &n_allowed, &only, &gerr)) {
+        snprintf(msg, msg_cap, "guided generation failed: %.100s: %.150s", gerr.where, gerr.msg);
+        return -1;
+    }
+    if (n_allowed == 1) { /* forced: no draw */
+        id = only;
+        *lq = 0.0f;
+    } else {
+        for (int v = 0; v < V; v++) masked[v] = (bits[v >> 6] >> (v & 63)) & 1 ? row[v] : -INFINITY;
+        id = serve_choose_token(masked, V, &j->params, &st->rng, scratch, NULL, lq);
+    }
+    if (guided_matcher_accept(j->matcher, id, &gerr)) {
+        snprintf(msg, msg_cap, "guided generation failed: a token outside the mask");
+        return -1;
+    }
+    return id;
+}
+
+/* The slot's job leaves it (finished, failed or cancelled: the caller reports which to the client). */
+static void slot_release(serve_server *s, slot_state *slots, int b, int finished, int *n_active) {
+    if (slots[b].spec) sampler_spec_seq_end(s->spec_bt, b, finished);
+    slots[b].job = NULL;
+    slots[b].spec = 0;
+    (*n_active)--;
+}
+
+/* Each step: admit waiting jobs into free slots; a decode row per running sequence (with speculation, its
+ * last token and its drafts: sampler_spec_propose), then prompt chunks in the remaining rows; one
+ * sampler_step; then each sequence's tokens — one chosen here, or with speculation the ones verification
+ * emitted, taken one at a time through the same stop and length checks (take_token) until one finishes
+ * the job, the rest discarded. A guided job (a matcher) is never drafted for: model/'s verification
+ * takes no mask, so it is chosen here from its one row. */
 void *serve_worker_main(void *arg) {
     serve_server *s = arg;
     int B = s->cfg.max_batch, V = s->m ? s->m->cfg.vocab_size : 0, T = s->m ? s->m->cfg.max_seq_len : 0;
     int R = s->smp ? sampler_max_rows(s->smp) : 0;
+    /* logits rows: one per sequence, with speculation also its drafts (bounded by a step's rows and memory) */
+    int LC = s->spec ? B * (sampler_spec_options_of(s->spec)->gamma + 1) : B;
+    if (LC > R) LC = R;
+    if (V && (size_t)LC * V > ((size_t)64 << 20)) LC = (int)(((size_t)64 << 20) / (size_t)V);
+    if (LC < B) LC = B;
     slot_state *slots = calloc((size_t)B, sizeof *slots);
     int *row_slot = malloc((size_t)(R ? R : 1) * sizeof(int)), *row_pos = malloc((size_t)(R ? R : 1) * sizeof(int));
     int32_t *row_tok = malloc((size_t)(R ? R : 1) * sizeof(int32_t));
-    int *logit_rows = malloc((size_t)B * sizeof(int)), *logit_slot = malloc((size_t)B * sizeof(int));
-    float *logits = malloc((size_t)B * (V ? V : 1) * sizeof(float)); // (B, V)
+    int *logit_rows = malloc((size_t)LC * sizeof(int));
+    int *gen = malloc((size_t)B * sizeof(int)), *vslot = malloc((size_t)B * sizeof(int));
+    int *vrow = malloc((size_t)B * sizeof(int));
+    float *logits = malloc((size_t)LC * (V ? V : 1) * sizeof(float)); // (LC, V)
     float *scratch = malloc((size_t)2 * (V ? V : 1) * sizeof(float));
     float *masked = malloc((size_t)(V ? V : 1) * sizeof(float)); /* a guided job's logits under its mask */
     serve_job **rew = NULL;
@@ -409,6 +506,7 @@ void *serve_worker_main(void *arg) {
         /* Admit: rewards all at once; generation jobs into free slots (the rest keep waiting). */
         int nr = 0;
         pthread_mutex_lock(&s->mu);
+        if (s->spec) sampler_spec_get_stats(s->spec, &s->spec_stats);
         while (!s->head && n_active == 0 && !s->stopping) pthread_cond_wait(&s->work_cv, &s->mu);
         if (!s->head && n_active == 0 && s->stopping) {
             pthread_mutex_unlock(&s->mu);
@@ -440,8 +538,9 @@ void *serve_worker_main(void *arg) {
             } else {
                 int b = 0;
                 while (slots[b].job) b++;
-                slots[b] = (slot_state){.job = j, .fed = 0};
+                slots[b] = (slot_state){.job = j, .fed = 0, .spec = s->spec_bt && !j->matcher};
                 rlhf_rng_seed(&slots[b].rng, j->params.seed);
+                if (slots[b].spec) sampler_spec_seq_begin(s->spec_bt, b, j->prompt_ids, j->prompt_len, &j->params);
                 n_active++;
             }
         }
@@ -458,23 +557,42 @@ void *serve_worker_main(void *arg) {
             int cancelled = j->cancelled;
             pthread_mutex_unlock(&s->mu);
             if (j->params.max_new_tokens == 0 || cancelled) {
+                slot_release(s, slots, b, 0, &n_active);
                 finish_job(s, j, SAMPLE_FINISH_LENGTH);
-                slots[b].job = NULL;
-                n_active--;
             }
         }
         if (!n_active) continue;
 
-        /* One step: a decode row per running sequence first, then prompt chunks in the remaining rows. */
-        int nrow = 0, nlog = 0;
+        /* One step. A sequence past its prompt feeds its last token at position prompt_len + n_tokens - 1
+         * (the cache holds everything before it), with speculation followed by its drafts. */
+        rlhf_error err = {0};
+        int n_gen = 0, n_spec = 0, n_prefill = 0, nrow = 0, nlog = 0;
         for (int b = 0; b < B; b++) {
             slot_state *st = &slots[b];
-            if (!st->job || st->fed < st->job->prompt_len) continue;
-            row_slot[nrow] = b, row_pos[nrow] = st->fed, row_tok[nrow] = st->next;
-            logit_rows[nlog] = nrow, logit_slot[nlog] = b;
-            nrow++, nlog++;
+            st->lrow = -1;
+            if (!st->job) continue;
+            if (st->fed < st->job->prompt_len) n_prefill++;
+            else {
+                n_gen++;
+                if (st->spec) gen[n_spec++] = b;
+            }
         }
-        for (int b = 0; b < B && nrow < R; b++) {
+        int rc = 0;
+        if (s->spec_bt) /* every step (also with n_spec = 0): the step's cost is measured from here */
+            rc = sampler_spec_propose(s->spec_bt, n_spec, gen, (LC < R ? LC : R) - n_gen - n_prefill, &err);
+        for (int b = 0; b < B && !rc; b++) {
+            slot_state *st = &slots[b];
+            if (!st->job || st->fed < st->job->prompt_len) continue;
+            const int32_t *draft = NULL;
+            int g = st->spec ? sampler_spec_drafts(s->spec_bt, b, &draft) : 0;
+            st->lrow = nlog;
+            for (int t = 0; t <= g; t++) {
+                row_slot[nrow] = b, row_pos[nrow] = st->job->prompt_len + st->job->n_tokens - 1 + t;
+                row_tok[nrow] = t == 0 ? st->next : draft[t - 1];
+                logit_rows[nlog++] = nrow++;
+            }
+        }
+        for (int b = 0; b < B && nrow < R && !rc; b++) {
             slot_state *st = &slots[b];
             if (!st->job || st->fed >= st->job->prompt_len) continue;
             int chunk_len = st->job->prompt_len - st->fed;
@@ -484,108 +602,59 @@ void *serve_worker_main(void *arg) {
                 nrow++;
             }
             st->fed += chunk_len;
-            if (st->fed == st->job->prompt_len) logit_rows[nlog] = nrow - 1, logit_slot[nlog] = b, nlog++;
+            if (st->fed == st->job->prompt_len) st->lrow = nlog, logit_rows[nlog++] = nrow - 1;
         }
-        rlhf_error err = {0};
-        if (sampler_step(s->smp, nrow, row_slot, row_pos, row_tok, nlog, logit_rows, logits, &err) != 0) {
+        if (!rc) rc = sampler_step(s->smp, nrow, row_slot, row_pos, row_tok, nlog, logit_rows, logits, &err);
+        if (rc) {
             char msg[300];
             snprintf(msg, sizeof msg, "generation failed: %.200s", err.msg);
             for (int b = 0; b < B; b++)
                 if (slots[b].job) {
-                    fail_job(s, slots[b].job, msg);
-                    slots[b].job = NULL;
+                    serve_job *j = slots[b].job;
+                    slot_release(s, slots, b, 0, &n_active);
+                    fail_job(s, j, msg);
                 }
-            n_active = 0;
             continue;
         }
-        /* Decode rows advanced their sequence by one position. */
-        for (int i = 0; i < nlog; i++) {
-            slot_state *st = &slots[logit_slot[i]];
-            if (row_pos[logit_rows[i]] == st->fed && st->fed >= st->job->prompt_len) st->fed++;
+        if (s->spec_bt) {
+            int nv = 0;
+            for (int b = 0; b < B; b++)
+                if (slots[b].spec && slots[b].lrow >= 0) vslot[nv] = b, vrow[nv++] = slots[b].lrow;
+            sampler_spec_verify(s->spec_bt, nv, vslot, vrow, logits, nrow);
         }
-        for (int i = 0; i < nlog; i++) {
-            int b = logit_slot[i];
+        for (int b = 0; b < B; b++) {
             slot_state *st = &slots[b];
             serve_job *j = st->job;
-            float lp = 0.0f, lq = 0.0f;
-            int32_t id;
-            if (j->matcher) { /* guided: sample from the masked distribution; log pi stays the unmasked one */
-                const float *lg = logits + (size_t)i * V;
-                const uint64_t *bits;
-                int n_allowed;
-                int32_t only;
-                rlhf_error gerr = {0};
-                if (guided_matcher_mask(j->matcher, &bits, &n_allowed, &only, &gerr)) {
-                    char msg[300];
-                    snprintf(msg, sizeof msg, "guided generation failed: %.100s: %.150s", gerr.where, gerr.msg);
-                    fail_job(s, j, msg);
-                    st->job = NULL;
-                    n_active--;
-                    continue;
-                }
-                if (n_allowed == 1) { /* forced: no draw */
-                    id = only;
-                    lq = 0.0f;
-                } else {
-                    for (int v = 0; v < V; v++) masked[v] = (bits[v >> 6] >> (v & 63)) & 1 ? lg[v] : -INFINITY;
-                    id = serve_choose_token(masked, V, &j->params, &st->rng, scratch, NULL, &lq);
-                }
-                float mx = lg[0];
-                for (int v = 1; v < V; v++) mx = lg[v] > mx ? lg[v] : mx;
-                lp = (float)log_softmax_at(lg, V, mx, id);
-                if (guided_matcher_accept(j->matcher, id, &gerr)) {
-                    fail_job(s, j, "guided generation failed: a token outside the mask");
-                    st->job = NULL;
-                    n_active--;
-                    continue;
-                }
-            } else {
-                id = serve_choose_token(logits + (size_t)i * V, V, &j->params, &st->rng, scratch, &lp, &lq);
-            }
-            if (j->logprobs && j->n_tokens == j->out_cap) {
-                int cap = j->out_cap ? 2 * j->out_cap : 64;
-                int32_t *ni = realloc(j->out_ids, (size_t)cap * sizeof *ni);
-                if (ni) j->out_ids = ni;
-                float *nl = realloc(j->out_lp, (size_t)cap * sizeof *nl);
-                if (nl) j->out_lp = nl;
-                float *nq = realloc(j->out_lq, (size_t)cap * sizeof *nq);
-                if (nq) j->out_lq = nq;
-                int ok = ni && nl && nq;
-                if (ok && j->top_logprobs > 0) {
-                    size_t kk = (size_t)cap * (size_t)j->top_logprobs;
-                    int32_t *ti = realloc(j->out_top_ids, kk * sizeof *ti);
-                    if (ti) j->out_top_ids = ti;
-                    float *tl = realloc(j->out_top_lp, kk * sizeof *tl);
-                    if (tl) j->out_top_lp = tl;
-                    ok = ti && tl;
-                }
-                if (ok) j->out_cap = cap;
-            }
-            if (j->logprobs && j->n_tokens < j->out_cap) {
-                j->out_ids[j->n_tokens] = id;
-                j->out_lp[j->n_tokens] = lp;
-                j->out_lq[j->n_tokens] = lq;
-                if (j->top_logprobs > 0)
-                    top_logprobs(logits + (size_t)i * V, V, j->top_logprobs,
-                                 j->out_top_ids + (size_t)j->n_tokens * j->top_logprobs,
-                                 j->out_top_lp + (size_t)j->n_tokens * j->top_logprobs);
-            }
-            j->n_tokens++;
+            if (!j || st->lrow < 0) continue;
             int finish = SAMPLE_FINISH_NONE;
-            int eos = 0;
-            for (int e = 0; e < s->tok->n_eos_ids; e++) eos |= id == s->tok->eos_ids[e];
-            if (eos) finish = SAMPLE_FINISH_STOP;
-            else if (append_token(s, j, id)) finish = SAMPLE_FINISH_STOP;
-            else if (j->n_tokens >= j->params.max_new_tokens) finish = SAMPLE_FINISH_LENGTH;
-            else if (j->prompt_len + j->n_tokens >= T) finish = SAMPLE_FINISH_MAX_SEQ_LEN; /* as sampler_run */
-            if (finish) {
-                finish_job(s, j, finish);
-                st->job = NULL;
-                n_active--;
+            char msg[300] = "";
+            if (st->spec) {
+                const int32_t *emit;
+                const float *lq;
+                int n_emit = sampler_spec_emitted(s->spec_bt, b, &emit, NULL, &lq), taken = 0;
+                for (int e = 0; e < n_emit && !finish; e++, taken++) {
+                    finish = take_token(s, j, emit[e], lq[e], logits + (size_t)(st->lrow + e) * V, V, T);
+                    st->next = emit[e];
+                }
+                if (sampler_spec_commit(s->spec_bt, b, taken, &err))
+                    snprintf(msg, sizeof msg, "generation failed: %.200s", err.msg);
             } else {
-                st->next = id;
-                if (j->stream) stream_progress(s, j, 0);
+                const float *row = logits + (size_t)st->lrow * V;
+                float lq = 0.0f;
+                int32_t id = choose_plain(j, st, row, V, scratch, masked, &lq, msg, sizeof msg);
+                if (id >= 0) {
+                    finish = take_token(s, j, id, lq, row, V, T);
+                    st->next = id;
+                }
             }
+            if (msg[0]) {
+                slot_release(s, slots, b, 0, &n_active);
+                fail_job(s, j, msg);
+            } else if (finish) {
+                slot_release(s, slots, b, 1, &n_active);
+                finish_job(s, j, finish);
+            } else if (j->stream)
+                stream_progress(s, j, 0);
         }
     }
     free(slots);
@@ -593,7 +662,9 @@ void *serve_worker_main(void *arg) {
     free(row_pos);
     free(row_tok);
     free(logit_rows);
-    free(logit_slot);
+    free(gen);
+    free(vslot);
+    free(vrow);
     free(logits);
     free(scratch);
     free(masked);

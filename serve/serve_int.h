@@ -5,10 +5,11 @@
  * worker thread owns the model: it admits waiting generation jobs into free KV-cache slots of the
  * sampler at every step (continuous batching: a request that arrives while others decode joins at the
  * next step), feeds prompt chunks and one decode row per running sequence through sampler_step, picks
- * each sequence's next token, and scores waiting /get_reward jobs as one batched RM forward. Streaming
- * jobs receive their SSE events as tokens are produced; the connection thread sends them from a content
- * reader that waits on `stream_cv`. Everything a job shares with a connection thread is guarded by the
- * server's `mu`. */
+ * each sequence's next token (with --draft-model / --ngram-draft: feeds its drafts too and takes the
+ * tokens model/'s verification emits, serve/serve_spec.c), and scores waiting /get_reward jobs as one
+ * batched RM forward. Streaming jobs receive their SSE events as tokens are produced; the connection
+ * thread sends them from a content reader that waits on `stream_cv`. Everything a job shares with a
+ * connection thread is guarded by the server's `mu`. */
 #ifndef RLHF_SERVE_SERVE_INT_H
 #define RLHF_SERVE_SERVE_INT_H
 
@@ -108,6 +109,14 @@ struct serve_server {
     pthread_mutex_t guided_mu;
     guided_cache *gcache;
     guided_vocab *gvocab;
+    /* speculative decoding (serve/serve_spec.c; NULL when off): the draft model and its sampler, the spec
+     * and the worker's batch over smp's slots; spec_stats is the worker's copy of the counters for
+     * /health, updated under mu */
+    model *draft_m;
+    sampler *draft_smp;
+    sampler_spec *spec;
+    sampler_spec_batch *spec_bt;
+    sampler_spec_stats spec_stats;
 };
 
 void serve_job_free(serve_job *j);
@@ -118,6 +127,14 @@ int serve_submit(serve_server *s, serve_job *j);
 /* Blocks until j is done. */
 void serve_wait(serve_server *s, serve_job *j);
 void *serve_worker_main(void *arg);
+
+/* Speculative decoding (serve/serve_spec.c). setup: after the model is loaded, the draft model (checked
+ * against the model's vocabulary), the spec and the batch; nothing when cfg has no drafter. teardown:
+ * after the worker stopped, logs the acceptance counters to s->log and frees them. health: the
+ * "speculative" object of /health (caller holds mu), NULL when off. */
+int serve_spec_setup(serve_server *s, rlhf_error *err);
+void serve_spec_teardown(serve_server *s);
+json_t *serve_spec_health(const serve_server *s);
 
 /* Picks a token from logits (V) under p's temperature, then top_k, top_p, min_p (the order of model/'s
  * sampler) with one uniform draw from rng (temperature 0: argmax). `scratch` holds 2*V floats. Writes

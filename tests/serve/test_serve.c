@@ -1061,6 +1061,7 @@ static void test_bad_preference_files(void) {
 }
 
 void serve_register_slow_clients(void); /* tests/serve/test_slow_clients.c */
+void serve_register_spec(void);         /* tests/serve/test_serve_spec.c */
 void serve_add_openai_sdk_tests(CU_pSuite s); /* tests/serve/test_openai_sdk.c */
 const char *serve_test_judge_model(void);
 const char *serve_test_judge_model(void) { return g_judge_model; }
@@ -1068,6 +1069,7 @@ const char *serve_test_judge_model(void) { return g_judge_model; }
 int register_suites(void) {
     signal(SIGPIPE, SIG_IGN);
     serve_register_slow_clients();
+    serve_register_spec();
     CU_pSuite s = CU_add_suite("serve", suite_init, suite_clean);
     CU_add_test(s, "judge_against_rlhf_serve", test_judge_against_serve);
     CU_add_test(s, "completions_and_stream", test_serve_completions_and_stream);
