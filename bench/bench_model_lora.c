@@ -6,7 +6,9 @@
  *     adapters hash-checked and merged into its base copy (run_weights_apply_lora);
  *   - one training step (forward + backward + AdamW) at B x T: full vs adapters only;
  *   - peak RSS of a process that builds the model, trainer and optimizer and runs 2 steps (each
- *     configuration in its own forked child, so one does not inflate the other's maximum).
+ *     configuration in its own exec'd child, so one does not inflate the other's maximum);
+ *   - the same step and RSS with the base kept in bf16 (the model written as a BF16 Hugging Face
+ *     directory in a temp dir and loaded with keep_bf16, as a LoRA updater loads a BF16 base).
  *   bench_model_lora [--ranks 1,16] [--reps 5] [--B 4] [--T 128] [--threads 2] [--arch JSON] */
 #include "bench/bench_util.h"
 #include "broker/wire.h"
@@ -15,6 +17,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -75,12 +78,17 @@ static double step_seconds(model *m, model_lora *l, int B, int T, int reps) {
  * steps, exit. Run in a fresh process (fork + exec of this program): a plain fork of a process whose
  * OpenMP thread pool exists leaves the child's pool waiting on threads that were not copied (the first
  * version of this benchmark hung there). */
-static int rss_child(const model_config *mc, int R, int B, int T) {
+static int rss_child(const model_config *mc, int R, int B, int T, const char *bf16_dir) {
     model *m = NULL;
     model_lora *l = NULL;
     rlhf_error err = {0};
-    if (model_create(&m, mc, &err)) return 1;
-    model_init_random(m, 1);
+    model_load_options lo = {.keep_bf16 = 1};
+    if (bf16_dir) {
+        if (model_load_with(&m, bf16_dir, &lo, &err) || !m->bf16_mem) return 1;
+    } else {
+        if (model_create(&m, mc, &err)) return 1;
+        model_init_random(m, 1);
+    }
     if (R) {
         model_lora_config lc = {.rank = R, .alpha = 32, .targets = (1u << MODEL_LORA_N_TARGETS) - 1};
         if (model_lora_create(&l, m, &lc, &err)) return 1;
@@ -91,14 +99,14 @@ static int rss_child(const model_config *mc, int R, int B, int T) {
 }
 
 /* Peak RSS (MB) of `self --rss-child R ...` (same shape and threads). */
-static double child_rss_mb(const char *arch, int R, int B, int T, int threads) {
+static double child_rss_mb(const char *arch, int R, int B, int T, int threads, const char *bf16_dir) {
     char rs[16], bs[16], ts[16], th[16];
     snprintf(rs, sizeof rs, "%d", R);
     snprintf(bs, sizeof bs, "%d", B);
     snprintf(ts, sizeof ts, "%d", T);
     snprintf(th, sizeof th, "%d", threads);
     char *const args[] = {"bench_model_lora", "--rss-child", rs, "--B", bs, "--T", ts, "--threads", th,
-                          "--arch", (char *)arch, NULL};
+                          "--arch", (char *)arch, bf16_dir ? "--rss-bf16-base" : NULL, (char *)bf16_dir, NULL};
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
@@ -114,6 +122,7 @@ static double child_rss_mb(const char *arch, int R, int B, int T, int threads) {
 int main(int argc, char **argv) {
     const char *arch = SMOL, *ranks_s = "1,16";
     int reps = 5, B = 4, T = 128, threads = 2, rss_rank = -1;
+    const char *rss_bf16 = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
@@ -131,6 +140,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--arch")) arch = v;
         else if (!strcmp(a, "--rss-child")) rss_rank = atoi(v); /* internal: child_rss_mb */
+        else if (!strcmp(a, "--rss-bf16-base")) rss_bf16 = v;  /* internal: child_rss_mb */
         else {
             fprintf(stderr, "bench_model_lora: unknown option %s\n", a);
             return 2;
@@ -148,7 +158,7 @@ int main(int argc, char **argv) {
     model *m = NULL, *base = NULL;
     int not_json = !aj, bad = not_json || model_config_parse(&mc, aj, "--arch", &err);
     json_decref(aj);
-    if (!bad && rss_rank >= 0) return rss_child(&mc, rss_rank, B, T);
+    if (!bad && rss_rank >= 0) return rss_child(&mc, rss_rank, B, T, rss_bf16);
     if (bad || model_create(&m, &mc, &err) || model_create(&base, &mc, &err)) {
         fprintf(stderr, "bench_model_lora: %s\n", not_json ? "--arch is not JSON" : err.msg);
         return 2;
@@ -175,7 +185,21 @@ int main(int argc, char **argv) {
     free(full.tensors);
     free(recv_copy);
     double full_step = step_seconds(m, NULL, B, T, reps);
-    double full_rss = child_rss_mb(arch, 0, B, T, threads);
+    double full_rss = child_rss_mb(arch, 0, B, T, threads, NULL);
+    /* the base as a BF16 file, loaded kept in bf16 (what a LoRA updater does with such a base) */
+    char tmpl[] = "/tmp/bench_lora_bf16_XXXXXX", bdir[64];
+    model *mb = NULL;
+    model_load_options lo = {.keep_bf16 = 1};
+    model_export_options eo = {.dtype = SAFETENSORS_BF16};
+    if (!mkdtemp(tmpl)) {
+        perror("bench_model_lora: mkdtemp");
+        return 1;
+    }
+    snprintf(bdir, sizeof bdir, "%s/base", tmpl);
+    if (model_export_hf(m, bdir, &eo, &err) || model_load_with(&mb, bdir, &lo, &err)) {
+        fprintf(stderr, "bench_model_lora: bf16 base: %s\n", err.msg);
+        return 1;
+    }
     printf("%-10s %14s %12s %14s %12s %10s\n", "policy", "WEIGHTS bytes", "vs full", "apply (ms)", "step (ms)",
            "peak RSS MB");
     printf("%-10s %14zu %12s %14.2f %12.1f %10.0f\n", "full", full_bytes, "1", 1e3 * full_apply, 1e3 * full_step,
@@ -206,14 +230,30 @@ int main(int argc, char **argv) {
         double apply = median(t, reps);
         free(w.tensors);
         double step = step_seconds(m, l, B, T, reps);
-        double rss = child_rss_mb(arch, R, B, T, threads);
+        double rss = child_rss_mb(arch, R, B, T, threads, NULL);
         char rel[32];
         snprintf(rel, sizeof rel, "1/%.0f", (double)full_bytes / (double)bytes);
         printf("lora r=%-3d %14zu %12s %14.2f %12.1f %10.0f   (adapters %zu floats: %zu bytes + %zu header)\n", R, bytes,
                rel, 1e3 * apply, 1e3 * step, rss, l->n_params, l->n_params * 4, bytes - l->n_params * 4);
+        /* the same adapters on the base kept in bf16 */
+        model_lora *lb = NULL;
+        if (model_lora_create(&lb, mb, &lc, &err)) {
+            fprintf(stderr, "bench_model_lora: %s\n", err.msg);
+            return 1;
+        }
+        memcpy(lb->mem, l->mem, l->n_params * sizeof(float));
+        double step_b = step_seconds(mb, lb, B, T, reps);
+        double rss_b = child_rss_mb(arch, R, B, T, threads, bdir);
+        printf("%-10s %14s %12s %14s %12.1f %10.0f   (the same, base kept in bf16)\n", "  bf16 base", "", "", "",
+               1e3 * step_b, rss_b);
+        model_lora_destroy(&lb);
         model_lora_destroy(&l);
         model_lora_destroy(&recv);
     }
+    model_destroy(&mb);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
+    if (system(cmd) != 0) fprintf(stderr, "bench_model_lora: could not remove %s\n", tmpl);
     free(t);
     model_destroy(&m);
     model_destroy(&base);

@@ -9,7 +9,9 @@
 # Environment: BUILD (build), DATA (runs/data/countdown: the countdown task, its corpus and pretrained
 # base model, made by scripts/prepare-countdown.sh when missing), DRAFT (a draft checkpoint; default
 # DATA/draft.safetensors, pretrained here on the same corpus when missing: dim 56, 2 layers, about 1/8
-# of the base model's parameters), THREADS (1), N_PROMPTS (32), K (8), TEMPS ("1.0"; e.g. "1.0 0.5").
+# of the base model's parameters), THREADS (1), N_PROMPTS (32), K (8), TEMPS ("1.0"; e.g. "1.0 0.5"),
+# TARGET (the model decoded; default DATA/base.safetensors), TASKS ("countdown long"), STREAMS ("1 64"),
+# MODES ("plain ngram draft"; plain first: the ratios are against it).
 set -euo pipefail
 REPEATS=${1:-5}
 BUILD=${BUILD:-build}
@@ -21,6 +23,7 @@ K=${K:-8}
 OUT=${OUT:-$(mktemp -d)}
 [ -s "$DATA/base.safetensors" ] || BUILD="$BUILD" bash scripts/prepare-countdown.sh "$DATA"
 DRAFT=${DRAFT:-$DATA/draft.safetensors}
+TARGET=${TARGET:-$DATA/base.safetensors}
 if [ ! -s "$DRAFT" ]; then
   echo "== pretraining the draft model on $DATA/corpus.jsonl"
   printf '{"dim": 56, "n_layers": 2, "n_heads": 4, "ffn_dim": 168, "vocab_size": 259, "max_seq_len": 48}\n' \
@@ -48,7 +51,7 @@ run_one() { # task streams mode temperature -> one line "task streams mode T tok
     draft) extra+=(--draft-model "$DRAFT") ;;
   esac
   local log="$OUT/log.txt"
-  "$R" sample --model "$DATA/base.safetensors" --prompts "$OUT/prompts.jsonl" -n "$K" --temperature "$temp" \
+  "$R" sample --model "$TARGET" --prompts "$OUT/prompts.jsonl" -n "$K" --temperature "$temp" \
       --batch "$streams" --threads "$THREADS" --seed 7 "${extra[@]}" > /dev/null 2> "$log"
   python3 - "$log" "$task" "$streams" "$mode" "$temp" <<'EOF'
 import re, sys
@@ -61,10 +64,10 @@ EOF
 }
 echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load average/load average/') threads=$THREADS prompts=$N_PROMPTS k=$K"
 for rep in $(seq "$REPEATS"); do
-  for task in countdown long; do
+  for task in ${TASKS:-countdown long}; do
     for temp in ${TEMPS:-1.0}; do
-      for streams in 1 64; do
-        for mode in plain ngram draft; do
+      for streams in ${STREAMS:-1 64}; do
+        for mode in ${MODES:-plain ngram draft}; do
           run_one "$task" "$streams" "$mode" "$temp"
         done
       done
@@ -87,6 +90,8 @@ for metric, idx in (("wall tokens/s", 0), ("tokens per CPU s", 3)):
     for (task, temp, streams), m in sorted(rows.items()):
         med = {k: statistics.median(v[idx] for v in m[k]) for k in m}
         def col(k):
+            if k not in m:
+                return f"{'-':>8} {'-':>5} {'-':>5} {'-':>7}"
             acc = statistics.median(float(v[1]) for v in m[k]) if m[k][0][1] != "-" else float("nan")
             tpv = statistics.median(float(v[2]) for v in m[k]) if m[k][0][2] != "-" else float("nan")
             return f"{med[k]:8.0f} {med[k] / med['plain']:5.2f} {acc:5.2f} {tpv:7.2f}"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 25's draft-model target, measured where it applies: single-stream decoding of a target whose
+# weights do not fit the last-level cache (memory-bound: a verify step of gamma + 1 rows reads the weights
+# once, as one token does), with a draft of about 1/8 its parameters pretrained on the same corpus.
+#   target  dim 384, 8 layers, ffn 1024: 14.4 M parameters, 58 MB of fp32 weights (the L3 of the machines
+#           here is 32 MB); pretrained here on the countdown corpus (cached as DATA/target-14m.safetensors)
+#   draft   the 8-layer dim-128 base of bench_model_variants_rl.sh (1.77 M parameters, 1/8.1 of the target;
+#           DATA/base-plain8.safetensors, pretrained when missing by scripts/prepare-countdown.sh)
+# Then bench/bench_spec.sh with TARGET / DRAFT, one stream, plain vs draft (and n-gram), interleaved repeats.
+#   bash bench/bench_spec_memory_bound.sh [REPEATS] [PRETRAIN_STEPS]     (defaults 5, 600)
+set -euo pipefail
+REPEATS=${1:-5}
+STEPS=${2:-600}
+BUILD=${BUILD:-build}
+R="$BUILD/bin/rlhf"
+DATA=${DATA:-runs/data/countdown}
+THREADS=${THREADS:-2}
+[ -s "$DATA/base.safetensors" ] || BUILD="$BUILD" bash scripts/prepare-countdown.sh "$DATA"
+if [ ! -s "$DATA/base-plain8.safetensors" ]; then
+  tmp=$(mktemp)
+  sed 's/"n_layers": *4/"n_layers": 8/' examples/configs/countdown-arch.json > "$tmp"
+  BUILD="$BUILD" bash scripts/prepare-countdown.sh "$DATA" "$tmp" plain8
+  rm -f "$tmp"
+fi
+TARGET=$DATA/target-14m.safetensors
+if [ ! -s "$TARGET" ]; then
+  echo "== pretraining the target model $TARGET ($STEPS steps of 32x48 on $DATA/corpus.jsonl, $THREADS threads)"
+  arch=$(mktemp)
+  printf '{"dim": 384, "n_layers": 8, "n_heads": 6, "ffn_dim": 1024, "vocab_size": 259, "max_seq_len": 48}\n' > "$arch"
+  "$R" init --arch "$arch" --out "$DATA/target-14m-init.safetensors" --seed 5
+  "$R" pretrain --model "$DATA/target-14m-init.safetensors" --data "$DATA/corpus.jsonl" --steps "$STEPS" --batch 32 \
+       --seq 48 --lr 1e-3 --warmup 50 --schedule cosine --min-lr-ratio 0.1 --threads "$THREADS" \
+       --log-every 50 --out "$TARGET.tmp"
+  mv "$TARGET.tmp" "$TARGET"
+  rm -f "$arch"
+fi
+TARGET="$TARGET" DRAFT="$DATA/base-plain8.safetensors" STREAMS=1 THREADS=1 MODES="${MODES:-plain draft ngram}" \
+  BUILD="$BUILD" DATA="$DATA" bash bench/bench_spec.sh "$REPEATS"
