@@ -56,7 +56,12 @@ int updater_policy_init(policy_state *ps, run_config *cfg, rlhf_error *err) {
             goto fail;
     } else if ((rc = adamw_create(&ps->opt, ps->m, &ac, err)))
         goto fail;
-    if (cfg->kl_beta > 0) {
+    if (cfg->kl_beta > 0 && ps->lora && cfg->ref_reset_every <= 0) {
+        /* the reference is the base the adapters sit on: the same weights, a trainer without adapters */
+        ps->ref = ps->m;
+        ps->ref_is_base = 1;
+        if ((rc = model_trainer_create(&ps->ref_tr, ps->ref, ps->micro_batch, T, err))) goto fail;
+    } else if (cfg->kl_beta > 0) {
         if ((rc = run_load_base(cfg, &ps->ref, err))) goto fail;
         if ((rc = model_trainer_create(&ps->ref_tr, ps->ref, ps->micro_batch, T, err))) goto fail;
     }
@@ -88,6 +93,7 @@ void updater_policy_fini(policy_state *ps) {
     model_lora_destroy(&ps->lora);
     model_trainer_destroy(&ps->ref_tr);
     adamw_destroy(&ps->opt);
+    if (ps->ref_is_base) ps->ref = NULL;
     model_destroy(&ps->m);
     model_destroy(&ps->ref);
     tokenizer_destroy(&ps->tok);

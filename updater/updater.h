@@ -209,6 +209,8 @@ typedef struct policy_state {
     updater_dist *dist;        /* borrowed; NULL (or one rank): a single updater */
     model *m;                  /* the policy being trained; with model.lora its frozen base */
     model *ref;                /* reference (base) model for the KL penalty, NULL when kl_beta = 0 */
+    int ref_is_base;           /* ref == m: with model.lora and no rl.ref_reset_every the reference is the
+                                * frozen base itself, read by ref_tr without the adapters (no second copy) */
     tokenizer *tok;            /* the run's tokenizer (model.tokenizer): decodes completions for scoring */
     model_trainer *tr;
     model_trainer *ref_tr;

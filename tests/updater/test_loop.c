@@ -125,8 +125,10 @@ static int suite_cleanup(void) {
     return 0;
 }
 
-static void sample_step(updater_session *u, sampler *smp, tokenizer *tok, prompt_dataset *ds, uint64_t *seq,
-                        int *ready) {
+/* 8 groups of 4 sampled by smp (over the model `pol`: the policy as the generators hold it), scored and
+ * offered to the session. */
+static void sample_step_with(updater_session *u, model *pol, sampler *smp, tokenizer *tok, prompt_dataset *ds,
+                             uint64_t *seq, int *ready) {
     wire_prompt pr[8];
     wire_rollout_group gs[8];
     for (int i = 0; i < 8; i++) {
@@ -139,14 +141,64 @@ static void sample_step(updater_session *u, sampler *smp, tokenizer *tok, prompt
     static const char *const one_line[1] = {"\n"};
     gen_params gp = {.k = 4, .temperature = 1, .top_p = 1, .max_tokens = 4, .seed = 11, .stop = one_line, .n_stop = 1};
     rlhf_error err = {0};
-    u->ps.m->version = u->ps.version;
-    CU_ASSERT_EQUAL_FATAL(generator_sample_groups(u->ps.m, smp, tok, pr, 8, &gp, "g", *seq, gs, &err), 0);
+    pol->version = u->ps.version;
+    CU_ASSERT_EQUAL_FATAL(generator_sample_groups(pol, smp, tok, pr, 8, &gp, "g", *seq, gs, &err), 0);
     *seq += 8;
     for (int i = 0; i < 8; i++) {
         scored_group *sg = calloc(1, sizeof *sg);
         sg->g = gs[i];
         CU_ASSERT_EQUAL(updater_scorer_score_now(u->sc, sg, &err), 0);
         *ready = updater_session_offer(u, sg);
+    }
+}
+
+static void sample_step(updater_session *u, sampler *smp, tokenizer *tok, prompt_dataset *ds, uint64_t *seq,
+                        int *ready) {
+    sample_step_with(u, u->ps.m, smp, tok, ds, seq, ready);
+}
+
+/* With model.lora and rl.kl_beta (no rl.ref_reset_every) the reference is the frozen base itself, read
+ * without the adapters: no second copy of the model. The KL of the first step is then ~0 while the
+ * adapters add nothing (B = 0: the policy is the base) and clearly not 0 once they do — which a reference
+ * that included the adapters, or that was not the base, would get the other way round. */
+static void test_lora_kl_reference_is_the_base(void) {
+    for (int moved = 0; moved <= 1; moved++) {
+        run_config cfg;
+        CU_ASSERT_EQUAL_FATAL(make_cfg2(&cfg, "rl.kl_beta=0.5", "model.lora={\"rank\":2,\"alpha\":16}"), 0);
+        rlhf_error err = {0};
+        updater_session u;
+        CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &cfg, 0, &err), 0);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(u.ps.lora);
+        CU_ASSERT(u.ps.ref == u.ps.m && u.ps.ref_is_base);
+        if (moved)
+            for (size_t i = 0; i < u.ps.lora->n_params; i++) u.ps.lora->mem[i] += 0.05f * ((float)(i % 7) - 3.0f);
+        model *pol = NULL;
+        CU_ASSERT_EQUAL_FATAL(model_create(&pol, &u.ps.m->cfg, &err), 0);
+        CU_ASSERT_EQUAL_FATAL(model_lora_merge(pol, u.ps.m, u.ps.lora, &err), 0);
+        prompt_dataset *ds = NULL;
+        CU_ASSERT_EQUAL_FATAL(prompt_dataset_load(&ds, cfg.train_path, &err), 0);
+        tokenizer *tok = NULL;
+        tokenizer_create_bytes(&tok, 259, &err);
+        sampler *smp = NULL;
+        CU_ASSERT_EQUAL_FATAL(sampler_create(&smp, pol, 32, &err), 0);
+        uint64_t seq = 0;
+        int ready = 0;
+        sample_step_with(&u, pol, smp, tok, ds, &seq, &ready);
+        CU_ASSERT_EQUAL_FATAL(ready, 1);
+        json_t *m = NULL;
+        int src = updater_session_step(&u, &m, &err);
+        if (src) fprintf(stderr, "\n  step: %s: %s\n", err.where, err.msg);
+        CU_ASSERT_EQUAL_FATAL(src, 0);
+        double kl = json_number_value(json_object_get(m, "kl"));
+        CU_ASSERT(moved ? fabs(kl) > 1e-2 : fabs(kl) < 1e-4);
+        if (moved ? fabs(kl) <= 1e-2 : fabs(kl) >= 1e-4) fprintf(stderr, "\n  adapters moved %d: kl %g\n", moved, kl);
+        json_decref(m);
+        sampler_destroy(&smp);
+        tokenizer_destroy(&tok);
+        prompt_dataset_destroy(&ds);
+        model_destroy(&pol);
+        updater_session_fini(&u);
+        run_config_free(&cfg);
     }
 }
 
@@ -451,6 +503,8 @@ int register_loop_suite(void) {
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
     CU_add_test(s, "kl penalty acts in groups of equal task rewards", test_kl_acts_in_equal_reward_groups);
+    CU_add_test(s, "model.lora + kl_beta: the reference is the frozen base itself, without the adapters",
+                test_lora_kl_reference_is_the_base);
     CU_add_test(s, "the lr schedule follows the RL steps, not the updates taken", test_schedule_counts_steps);
     CU_add_test(s, "nul_and_invalid_bytes_reach_rewards", test_nul_and_invalid_bytes_reach_rewards);
     CU_add_test(s, "bad_token_groups_skipped (recovery and replay)", test_bad_token_groups_skipped);
