@@ -8,11 +8,16 @@
  *   - peak RSS of a process that builds the model, trainer and optimizer and runs 2 steps (each
  *     configuration in its own exec'd child, so one does not inflate the other's maximum);
  *   - the same step and RSS with the base kept in bf16 (the model written as a BF16 Hugging Face
- *     directory in a temp dir and loaded with keep_bf16, as a LoRA updater loads a BF16 base).
+ *     directory in a temp dir and loaded with keep_bf16, as a LoRA updater loads a BF16 base);
+ *   - merged vs on the fly: what applying the adapters on the fly would add to one decode step of N
+ *     rows (N = 1 and 64 streams): the adapter branch x·A^T·B^T of every adapted matrix at N rows (the
+ *     fp32 kernels), against merging once per version (the apply time above); the number of decode steps
+ *     a version must last for merging to be the cheaper way.
  *   bench_model_lora [--ranks 1,16] [--reps 5] [--B 4] [--T 128] [--threads 2] [--arch JSON] */
 #include "bench/bench_util.h"
 #include "broker/wire.h"
 #include "model/model.h"
+#include "model/ops.h"
 #include "run/run.h"
 
 #include <stdio.h>
@@ -72,6 +77,32 @@ static double step_seconds(model *m, model_lora *l, int B, int T, int reps) {
     adamw_destroy(&opt);
     model_trainer_destroy(&tr);
     return med;
+}
+
+/* Median ms of the adapter branches of one decode step of N rows: lora_forward on every adapted matrix of
+ * every layer (what applying the adapters on the fly adds to the step's base matmuls). */
+static double branch_ms(const model_lora *l, int N, int reps) {
+    int R = l->cfg.rank, widest = 1;
+    for (int t = 0; t < MODEL_LORA_N_TARGETS; t++)
+        if (l->a[t]) {
+            widest = l->in_dim[t] > widest ? l->in_dim[t] : widest;
+            widest = l->out_dim[t] > widest ? l->out_dim[t] : widest;
+        }
+    float *x = calloc((size_t)N * widest, sizeof(float)), *y = calloc((size_t)N * widest, sizeof(float));
+    float *u = calloc((size_t)N * R, sizeof(float));
+    for (size_t i = 0; i < (size_t)N * widest; i++) x[i] = 0.01f * (float)(i % 17);
+    double *t = malloc((size_t)(reps + 1) * sizeof(double));
+    for (int r = 0; r <= reps; r++) {
+        double t0 = rlhf_now();
+        for (int k = 0; k < MODEL_LORA_N_TARGETS; k++)
+            for (int sl = 0; l->a[k] && sl < l->n_stack[k]; sl++)
+                lora_forward(y, u, x, l->a[k] + (size_t)sl * R * l->in_dim[k], l->b[k] + (size_t)sl * l->out_dim[k] * R,
+                             l->scale, N, l->in_dim[k], l->out_dim[k], R);
+        t[r] = rlhf_now() - t0;
+    }
+    double med = median(t + 1, reps);
+    free(x), free(y), free(u), free(t);
+    return 1e3 * med;
 }
 
 /* --rss-child R: build the model (+ adapters of rank R, or none when R = 0), trainer and optimizer, train 2
@@ -230,6 +261,7 @@ int main(int argc, char **argv) {
         double apply = median(t, reps);
         free(w.tensors);
         double step = step_seconds(m, l, B, T, reps);
+        double otf1 = branch_ms(l, 1, reps * 4), otf64 = branch_ms(l, 64, reps * 4);
         double rss = child_rss_mb(arch, R, B, T, threads, NULL);
         char rel[32];
         snprintf(rel, sizeof rel, "1/%.0f", (double)full_bytes / (double)bytes);
@@ -246,6 +278,9 @@ int main(int argc, char **argv) {
         double rss_b = child_rss_mb(arch, R, B, T, threads, bdir);
         printf("%-10s %14s %12s %14s %12.1f %10.0f   (the same, base kept in bf16)\n", "  bf16 base", "", "", "",
                1e3 * step_b, rss_b);
+        printf("  on the fly: +%.3f ms per decode step at 1 stream, +%.3f ms at 64; merging (%.1f ms per version) is "
+               "cheaper once a version lasts more than %.0f decode steps at 1 stream, %.0f at 64\n",
+               otf1, otf64, 1e3 * apply, 1e3 * apply / otf1, 1e3 * apply / otf64);
         model_lora_destroy(&lb);
         model_lora_destroy(&l);
         model_lora_destroy(&recv);

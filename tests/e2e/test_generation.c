@@ -8,7 +8,11 @@
  *   behaviour_logprobs:  the recorded log-probs of groups sampled by the base weights (policy_version 0)
  *                        equal log q of a plain reference of the sampling distribution (temperature, top-k,
  *                        min-p on model_reference_logits) with "sampling", and the temperature-1 log-softmax
- *                        with "policy". */
+ *                        with "policy";
+ *   speculative:         the same two checks of a run whose generator decodes speculatively
+ *                        (generators.speculative: the n-gram drafter and a draft model, drafting every
+ *                        step): the stop rules hold and every token's recorded log-prob is the target's,
+ *                        not the draft's, while the generator drafted and kept drafts (gen/spec_* metrics). */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -46,8 +50,10 @@ static int suite_cleanup(void) {
 static const char *const STOPS[] = {"A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "xy"};
 enum { N_STOPS = sizeof STOPS / sizeof STOPS[0], MAX_TOKENS = 8 };
 
-/* Runs a 2-step job with these generator settings; returns the run directory's path in run_dir. */
-static int run_job(const char *name, const char *behaviour, int include_stop, char *run_dir, size_t cap) {
+/* Runs a 2-step job with these generator settings (spec: "" or a generators.speculative object); returns the
+ * run directory's path in run_dir. */
+static int run_job(const char *name, const char *behaviour, int include_stop, const char *spec, char *run_dir,
+                   size_t cap) {
     snprintf(run_dir, cap, "%s/%s", g_dir, name);
     char stops[512] = "";
     for (int i = 0; i < N_STOPS; i++) {
@@ -64,8 +70,9 @@ static int run_job(const char *name, const char *behaviour, int include_stop, ch
              " \"rewards\":[{\"type\":\"regex\",\"name\":\"digit\",\"pattern\":\"[0-9]\"}],\n"
              " \"rl\":{\"k\":4,\"prompts_per_step\":4,\"lr\":0.01,\"steps\":2,\"checkpoint_every\":1,\"seed\":3},\n"
              " \"generators\":{\"count\":1,\"max_tokens\":%d,\"batch\":4,\"threads\":1,\"temperature\":0.7,"
-             "\"top_k\":40,\"min_p\":0.02,\"behaviour_logprobs\":\"%s\"}}\n",
-             name, run_dir, g_dir, stops, include_stop ? "true" : "false", MAX_TOKENS, behaviour);
+             "\"top_k\":40,\"min_p\":0.02,\"behaviour_logprobs\":\"%s\"%s%s}}\n",
+             name, run_dir, g_dir, stops, include_stop ? "true" : "false", MAX_TOKENS, behaviour,
+             spec[0] ? ",\"speculative\":" : "", spec);
     snprintf(path, sizeof path, "%s/%s.json", g_dir, name);
     snprintf(log, sizeof log, "%s/%s.out", g_dir, name);
     FILE *f = fopen(path, "w");
@@ -193,17 +200,64 @@ static int check_log(const char *run_dir, int policy_logprobs, int include_stop,
     return samples;
 }
 
+/* The generator's speculative counters summed over the run's steps (metrics.jsonl). */
+static void spec_counters(const char *run_dir, long *drafted, double *acceptance_max) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    *drafted = 0;
+    *acceptance_max = 0;
+    FILE *f = fopen(path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[65536];
+    while (fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        *drafted += (long)json_integer_value(json_object_get(j, "gen/spec_drafted"));
+        *acceptance_max = fmax(*acceptance_max, json_number_value(json_object_get(j, "gen/spec_acceptance")));
+        json_decref(j);
+    }
+    fclose(f);
+}
+
 static void test_generation_rules(void) {
-    static const struct {
+    /* a draft model of the same vocabulary, another random model than the run's base */
+    char arch[256], draft[256], spec_draft[512], out[256];
+    snprintf(arch, sizeof arch, "%s/draft-arch.json", g_dir);
+    snprintf(draft, sizeof draft, "%s/draft.safetensors", g_dir);
+    snprintf(out, sizeof out, "%s/draft-init.out", g_dir);
+    FILE *af = fopen(arch, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(af);
+    fputs("{\"dim\":16,\"n_layers\":1,\"n_heads\":2,\"ffn_dim\":32,\"vocab_size\":259,\"max_seq_len\":24}\n", af);
+    fclose(af);
+    const char *init[] = {"init", "--arch", arch, "--out", draft, "--seed", "9", NULL};
+    test_proc_opts io = {.out = out, .err = out};
+    CU_ASSERT_EQUAL_FATAL(test_proc_run_args(g_rlhf, g_rlhf, init, &io, 60), 0);
+    snprintf(spec_draft, sizeof spec_draft, "{\"drafter\":\"draft\",\"draft_checkpoint\":\"%s\",\"gamma\":3,"
+             "\"adaptive\":false}", draft);
+    static const char spec_ngram[] = "{\"drafter\":\"ngram\",\"gamma\":4,\"adaptive\":false}";
+    const struct {
         const char *name, *behaviour;
         int include_stop;
-    } jobs[2] = {{"gen_sampling", "sampling", 0}, {"gen_policy", "policy", 1}};
-    for (int i = 0; i < 2; i++) {
+        const char *spec;
+    } jobs[4] = {{"gen_sampling", "sampling", 0, ""},
+                 {"gen_policy", "policy", 1, ""},
+                 {"gen_spec_ngram", "sampling", 0, spec_ngram},
+                 {"gen_spec_draft", "policy", 1, spec_draft}};
+    for (int i = 0; i < 4; i++) {
         char run_dir[256];
-        CU_ASSERT_EQUAL_FATAL(run_job(jobs[i].name, jobs[i].behaviour, jobs[i].include_stop, run_dir, sizeof run_dir),
+        CU_ASSERT_EQUAL_FATAL(run_job(jobs[i].name, jobs[i].behaviour, jobs[i].include_stop, jobs[i].spec, run_dir,
+                                      sizeof run_dir),
                               0);
         int n_stop = 0, n_length = 0, n_lp = 0;
-        int n = check_log(run_dir, i == 1, jobs[i].include_stop, &n_stop, &n_length, &n_lp);
+        int n = check_log(run_dir, !strcmp(jobs[i].behaviour, "policy"), jobs[i].include_stop, &n_stop, &n_length,
+                          &n_lp);
+        if (jobs[i].spec[0]) { /* it did speculate: drafts were verified, and some kept */
+            long drafted = 0;
+            double acc = 0;
+            spec_counters(run_dir, &drafted, &acc);
+            printf("\n  %s: %ld draft tokens verified, acceptance up to %.2f", jobs[i].name, drafted, acc);
+            CU_ASSERT(drafted > 0);
+            CU_ASSERT(acc > 0);
+        }
         printf("\n  %s: %d samples, %d ended at a stop string, %d at max_tokens; log-probs of %d checked ",
                jobs[i].name, n, n_stop, n_length, n_lp);
         CU_ASSERT(n >= 8);
