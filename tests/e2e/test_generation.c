@@ -12,7 +12,7 @@
  *   speculative:         the same two checks of a run whose generator decodes speculatively
  *                        (generators.speculative: the n-gram drafter and a draft model, drafting every
  *                        step): the stop rules hold and every token's recorded log-prob is the target's,
- *                        not the draft's, while the generator drafted and kept drafts (gen/spec_* metrics). */
+ *                        not the draft's, while the generator drafted (gen/spec_* metrics). */
 #include <CUnit/CUnit.h>
 #include <math.h>
 #include <stdio.h>
@@ -233,7 +233,9 @@ static void test_generation_rules(void) {
     CU_ASSERT_EQUAL_FATAL(test_proc_run_args(g_rlhf, g_rlhf, init, &io, 60), 0);
     snprintf(spec_draft, sizeof spec_draft, "{\"drafter\":\"draft\",\"draft_checkpoint\":\"%s\",\"gamma\":3,"
              "\"adaptive\":false}", draft);
-    static const char spec_ngram[] = "{\"drafter\":\"ngram\",\"gamma\":4,\"adaptive\":false}";
+    /* matches of a single token count (a random model's samples seldom repeat longer n-grams) */
+    static const char spec_ngram[] = "{\"drafter\":\"ngram\",\"gamma\":4,\"adaptive\":false,\"ngram_min\":1,"
+                                     "\"ngram_max\":2}";
     const struct {
         const char *name, *behaviour;
         int include_stop;
@@ -250,13 +252,14 @@ static void test_generation_rules(void) {
         int n_stop = 0, n_length = 0, n_lp = 0;
         int n = check_log(run_dir, !strcmp(jobs[i].behaviour, "policy"), jobs[i].include_stop, &n_stop, &n_length,
                           &n_lp);
-        if (jobs[i].spec[0]) { /* it did speculate: drafts were verified, and some kept */
+        if (jobs[i].spec[0]) { /* it did speculate: drafts were verified (and the draft model's partly kept:
+                                * hundreds of drafts at ~0.07; the n-gram drafter's dozen are often all rejected) */
             long drafted = 0;
             double acc = 0;
             spec_counters(run_dir, &drafted, &acc);
             printf("\n  %s: %ld draft tokens verified, acceptance up to %.2f", jobs[i].name, drafted, acc);
             CU_ASSERT(drafted > 0);
-            CU_ASSERT(acc > 0);
+            if (strstr(jobs[i].spec, "draft_checkpoint")) CU_ASSERT(acc > 0);
         }
         printf("\n  %s: %d samples, %d ended at a stop string, %d at max_tokens; log-probs of %d checked ",
                jobs[i].name, n, n_stop, n_length, n_lp);
