@@ -11,7 +11,8 @@
 # DATA/draft.safetensors, pretrained here on the same corpus when missing: dim 56, 2 layers, about 1/8
 # of the base model's parameters), THREADS (1), N_PROMPTS (32), K (8), TEMPS ("1.0"; e.g. "1.0 0.5"),
 # TARGET (the model decoded; default DATA/base.safetensors), TASKS ("countdown long"), STREAMS ("1 64"),
-# MODES ("plain ngram draft"; plain first: the ratios are against it).
+# MODES ("plain ngram draft"; plain first: the ratios are against it), GAMMA (4: most draft tokens per
+# verify step).
 set -euo pipefail
 REPEATS=${1:-5}
 BUILD=${BUILD:-build}
@@ -47,8 +48,8 @@ run_one() { # task streams mode temperature -> one line "task streams mode T tok
   local task=$1 streams=$2 mode=$3 temp=$4 extra=()
   [ "$task" = long ] && extra+=(--no-eos-stop --max-tokens 48) || extra+=(--max-tokens 24)
   case $mode in
-    ngram) extra+=(--ngram-draft) ;;
-    draft) extra+=(--draft-model "$DRAFT") ;;
+    ngram) extra+=(--ngram-draft --gamma "${GAMMA:-4}") ;;
+    draft) extra+=(--draft-model "$DRAFT" --gamma "${GAMMA:-4}") ;;
   esac
   local log="$OUT/log.txt"
   "$R" sample --model "$TARGET" --prompts "$OUT/prompts.jsonl" -n "$K" --temperature "$temp" \
