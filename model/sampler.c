@@ -1206,25 +1206,18 @@ int sampler_run_stream(sampler *s, const tokenizer *tok, const sampler_source *s
     return rc;
 }
 
-/* sampler_run as a stream over an array: requests in order, results into their places */
-typedef struct array_source {
-    const sample_request *reqs;
-    int n, next;
-    sample_result *results;
-} array_source;
-
-static int array_next(void *ctx, sample_request *req, rlhf_error *err) {
+int sampler_array_next(void *ctx, sample_request *req, rlhf_error *err) {
     (void)err;
-    array_source *a = ctx;
+    sampler_array_source *a = ctx;
     if (a->next >= a->n) return 0;
     *req = a->reqs[a->next++];
     return 1;
 }
 
-static int array_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err) {
+int sampler_array_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err) {
     (void)err;
     (void)req;
-    array_source *a = ctx;
+    sampler_array_source *a = ctx;
     a->results[index] = *res;
     return 0;
 }
@@ -1242,8 +1235,8 @@ int sampler_run(sampler *s, const tokenizer *tok, const sample_request *reqs, in
         memset(&results[i], 0, sizeof results[i]);
         results[i].stop_string = -1;
     }
-    array_source a = {.reqs = reqs, .n = n, .results = results};
-    sampler_source src = {.ctx = &a, .next = array_next, .done = array_done};
+    sampler_array_source a = {.reqs = reqs, .n = n, .results = results};
+    sampler_source src = {.ctx = &a, .next = sampler_array_next, .done = sampler_array_done};
     rc = sampler_run_stream(s, tok, &src, err);
     if (rc)
         for (int i = 0; i < n; i++) sample_result_free(&results[i]);

@@ -20,9 +20,20 @@ void sampler_matmul_packed_bf16(const model_kernels *k, float *out, const float 
 void sampler_matmul_packed(const model_kernels *k, float *out, const float *in, int ld_in, const float *Wp, int R,
                            int IC, int OC, int accumulate);
 
+#include "model/model.h"
+
+/* sampler_run's requests as a stream (sampler_source with these two): in order, each result into its
+ * place (results[index]); used by sampler_run and sampler_run_spec. */
+typedef struct sampler_array_source {
+    const sample_request *reqs;
+    int n, next;
+    sample_result *results;
+} sampler_array_source;
+int sampler_array_next(void *ctx, sample_request *req, rlhf_error *err);
+int sampler_array_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err);
+
 /* For model/speculative.c, which runs its own decoding loop over the same sampler: request checks,
  * result set-up and the per-token bookkeeping (stop ids and strings, limits) of sampler_run_stream. */
-#include "model/model.h"
 int sampler_int_validate(const sampler *s, const tokenizer *tok, const sample_request *rq, int i, rlhf_error *err);
 int sampler_int_result_start(sampler *s, const tokenizer *tok, const sample_request *rq, sample_result *res,
                              size_t *text_cap);

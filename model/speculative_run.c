@@ -207,28 +207,6 @@ int sampler_run_stream_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, 
     return spec_loop(s, sp, tok, src, err);
 }
 
-typedef struct spec_array {
-    const sample_request *reqs;
-    int n, next;
-    sample_result *results;
-} spec_array;
-
-static int spec_array_next(void *ctx, sample_request *req, rlhf_error *err) {
-    (void)err;
-    spec_array *a = ctx;
-    if (a->next >= a->n) return 0;
-    *req = a->reqs[a->next++];
-    return 1;
-}
-
-static int spec_array_done(void *ctx, const sample_request *req, long index, sample_result *res, rlhf_error *err) {
-    (void)err;
-    (void)req;
-    spec_array *a = ctx;
-    a->results[index] = *res;
-    return 0;
-}
-
 int sampler_run_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const sample_request *reqs, int n,
                      sample_result *results, rlhf_error *err) {
     if (!sp || sampler_spec_options_of(sp)->kind == SAMPLER_SPEC_OFF) return sampler_run(s, tok, reqs, n, results, err);
@@ -240,8 +218,8 @@ int sampler_run_spec(sampler *s, sampler_spec *sp, const tokenizer *tok, const s
         memset(&results[i], 0, sizeof results[i]);
         results[i].stop_string = -1;
     }
-    spec_array a = {.reqs = reqs, .n = n, .results = results};
-    sampler_source src = {.ctx = &a, .next = spec_array_next, .done = spec_array_done};
+    sampler_array_source a = {.reqs = reqs, .n = n, .results = results};
+    sampler_source src = {.ctx = &a, .next = sampler_array_next, .done = sampler_array_done};
     rc = spec_loop(s, sp, tok, &src, err);
     if (rc)
         for (int i = 0; i < n; i++) sample_result_free(&results[i]);

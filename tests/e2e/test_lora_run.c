@@ -54,6 +54,16 @@ static int run_cmd(const char *out, const char *const *args, int timeout_s) {
     return test_proc_run_args(g_rlhf, g_rlhf, args, &o, timeout_s);
 }
 
+/* One metrics record: a step that trained counts in *trained and moves *worst to its largest |is_ratio - 1|
+ * (max and mean). Sync mode: the generator sampled with the version the updater trains from, so both are 1. */
+static void ratio_gap(json_t *j, int *trained, double *worst) {
+    if (json_integer_value(json_object_get(j, "groups/kept")) <= 0) return;
+    (*trained)++;
+    double rmax = json_number_value(json_object_get(j, "is_ratio/max"));
+    double rmean = json_number_value(json_object_get(j, "is_ratio/mean"));
+    *worst = fmax(*worst, fmax(fabs(rmax - 1), fabs(rmean - 1)));
+}
+
 static void test_adapters(void) {
     char out[300], p[400];
     snprintf(out, sizeof out, "%s/run.out", g_dir);
@@ -74,13 +84,7 @@ static void test_adapters(void) {
             snprintf(hashes[s], sizeof hashes[s], "%s", h);
             if (s > 1 && strcmp(hashes[s], hashes[s - 1]) != 0) distinct++;
         }
-        if (json_integer_value(json_object_get(j, "groups/kept")) > 0) {
-            trained++;
-            /* sync mode: the generator sampled with the version the updater trains from */
-            double rmax = json_number_value(json_object_get(j, "is_ratio/max"));
-            double rmean = json_number_value(json_object_get(j, "is_ratio/mean"));
-            worst = fmax(worst, fmax(fabs(rmax - 1), fabs(rmean - 1)));
-        }
+        ratio_gap(j, &trained, &worst);
         steps++;
         json_decref(j);
     }
@@ -123,18 +127,24 @@ static void test_adapters(void) {
     json_decref(cpu);
 }
 
-static void test_peft(void) {
-    char script[1200], adir[400], base[400], merged[400], out[300];
+/* tests/oracle/peft_check.py (its own safetensors reader): the adapter directory is PEFT's format and the
+ * merged checkpoint is base + adapters. */
+static void peft_check(const char *adir, const char *base, const char *merged, const char *out) {
+    char script[1200];
     CU_ASSERT_EQUAL_FATAL(test_source_path("tests/oracle/peft_check.py", script, sizeof script), 0);
+    char *argv[] = {"python3", script, (char *)adir, (char *)base, (char *)merged, NULL};
+    test_proc_opts o = {.out = out, .err = out};
+    CU_ASSERT_EQUAL(test_proc_run("/usr/bin/python3", argv, &o, 120), 0);
+    CU_ASSERT(e2e_contains(out, "merged = base + adapters"));
+}
+
+static void test_peft(void) {
+    char adir[400], base[400], merged[400], out[300];
     snprintf(adir, sizeof adir, "%s/checkpoints/step_6/adapter", g_run);
     snprintf(base, sizeof base, "%s/base.safetensors", g_run);
     snprintf(merged, sizeof merged, "%s/checkpoints/step_6/model.safetensors", g_run);
     snprintf(out, sizeof out, "%s/peft.out", g_dir);
-    char *argv[] = {"python3", script, adir, base, merged, NULL};
-    test_proc_opts o = {.out = out, .err = out};
-    int rc = test_proc_run("/usr/bin/python3", argv, &o, 120);
-    CU_ASSERT_EQUAL(rc, 0);
-    CU_ASSERT(e2e_contains(out, "merged = base + adapters"));
+    peft_check(adir, base, merged, out);
 }
 
 static void test_replay(void) {
@@ -191,12 +201,7 @@ static void test_bf16_base(void) {
     char *save = NULL;
     for (char *l = strtok_r(txt, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
         json_t *j = json_loads(l, 0, NULL);
-        if (json_integer_value(json_object_get(j, "groups/kept")) > 0) {
-            trained++;
-            double rmax = json_number_value(json_object_get(j, "is_ratio/max"));
-            double rmean = json_number_value(json_object_get(j, "is_ratio/mean"));
-            worst = fmax(worst, fmax(fabs(rmax - 1), fabs(rmean - 1)));
-        }
+        ratio_gap(j, &trained, &worst);
         json_decref(j);
     }
     free(txt);
@@ -204,16 +209,12 @@ static void test_bf16_base(void) {
     if (worst > 1e-3) fprintf(stderr, "\n  bf16 base: largest |is_ratio - 1| %.3g\n", worst);
     CU_ASSERT(worst <= 1e-3);
     /* merged = base + adapters, the base read from the BF16 directory by the independent reader */
-    char script[1200], adir[400], merged[400], pout[300];
-    CU_ASSERT_EQUAL_FATAL(test_source_path("tests/oracle/peft_check.py", script, sizeof script), 0);
+    char adir[400], merged[400], pout[300];
     snprintf(adir, sizeof adir, "%s/checkpoints/step_4/adapter", run);
     snprintf(p, sizeof p, "%s/model.safetensors", hf);
     snprintf(merged, sizeof merged, "%s/checkpoints/step_4/model.safetensors", run);
     snprintf(pout, sizeof pout, "%s/peft-bf16.out", g_dir);
-    char *argv[] = {"python3", script, adir, p, merged, NULL};
-    test_proc_opts o = {.out = pout, .err = pout};
-    CU_ASSERT_EQUAL(test_proc_run("/usr/bin/python3", argv, &o, 120), 0);
-    CU_ASSERT(e2e_contains(pout, "merged = base + adapters"));
+    peft_check(adir, p, merged, pout);
     /* replay */
     char log[400], rcfg[400], dir[300];
     snprintf(log, sizeof log, "%s/rollouts.log", run);
