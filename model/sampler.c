@@ -10,7 +10,7 @@
  * row sees the earlier prompt rows of its own sequence: causal masking is just "positions
  * 0..pos". Attention is OpenMP-parallel over (row, head).
  *
- * Why one file of ~1,150 lines: the forward step (with the per-layer caches of kv_share and the ring
+ * Why one file of ~1,250 lines: the forward step (with the per-layer caches of kv_share and the ring
  * buffers of local layers, and the pass splitting those need), the slot bookkeeping of continuous batching
  * and the per-request sampling and stop rules all work on the same private sampler state; the parts that
  * stand alone already live elsewhere (kernels*.c, sampler_ref.c, sampler_int.h).
