@@ -162,7 +162,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->act = arena_alloc(total * sizeof(float));
     t->act_grad = arena_alloc(total * sizeof(float));
     t->grads = arena_alloc(m->n_params * sizeof(float));
-    if (m->bf16_mem && !(t->wbuf = alloc64_raw(MATMUL_BF16_SCRATCH * sizeof(float)))) t->grads = NULL;
+    if (m->bf16_mem) t->wbuf = alloc64_raw(MATMUL_BF16_SCRATCH * sizeof(float));
     t->scratch_threads = omp_get_max_threads();
     t->scratch = alloc64((size_t)t->scratch_threads * ops_attention_scratch_floats(max_T) * sizeof(float));
     t->rope_cos = alloc64(T * (D / 2) * sizeof(float));
@@ -175,7 +175,7 @@ int model_trainer_create(model_trainer **out, model *m, int max_B, int max_T, rl
     t->tape = calloc((size_t)t->tape_cap, sizeof *t->tape);
     t->touched = calloc((size_t)t->tape_cap, 1);
     if (!t->act || !t->act_grad || !t->grads || !t->scratch || !t->rope_cos || !t->rope_sin || !t->tokens ||
-        !t->targets || !t->layers || !t->tape || !t->touched) {
+        !t->targets || !t->layers || !t->tape || !t->touched || (m->bf16_mem && !t->wbuf)) {
         model_trainer_destroy(&t);
         return RLHF_FAIL(err, RLHF_ENOMEM, "cannot allocate trainer for B=%d T=%d (%zu activation floats)", max_B,
                          max_T, total);
