@@ -352,7 +352,8 @@ static void match_in(const vseq *ctx, const vseq *v, int from, int upto, int nmi
     int L = ctx->len;
     for (int j = upto - 1; j >= from && j >= 1; j--) {
         int n = 0;
-        while (n < nmax && j - 1 - n >= 0 && vs_at(v, j - 1 - n) == vs_at(ctx, L - 1 - n)) n++;
+        /* both ends bounded: a longer sequence can match the whole of a short context (prompt included) */
+        while (n < nmax && j - 1 - n >= 0 && L - 1 - n >= 0 && vs_at(v, j - 1 - n) == vs_at(ctx, L - 1 - n)) n++;
         if (n < nmin) continue;
         int cont = v->len - j < want ? v->len - j : want;
         if (n > *best_n || (n == *best_n && cont > *best_cont)) {
