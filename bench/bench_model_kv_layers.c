@@ -39,6 +39,12 @@ int main(int argc, char **argv) {
     int dim = 512, layers = 8, heads = 8, kv_heads = 4, ffn = 1536, vocab = 8192, streams = 64, positions = 1024;
     int window = 256, steps = 8, repeats = 5, threads = 0;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help")) {
+            printf("usage: %s [--dim 512] [--layers 8] [--heads 8] [--kv-heads 4] [--ffn 1536] [--vocab 8192]\n"
+                   "       [--streams 64] [--positions 1024] [--window 256] [--steps 8] [--repeats 5] [--threads N]\n",
+                   prog);
+            return 0;
+        }
         int *dst = !strcmp(argv[i], "--dim")         ? &dim
                    : !strcmp(argv[i], "--layers")    ? &layers
                    : !strcmp(argv[i], "--heads")     ? &heads
