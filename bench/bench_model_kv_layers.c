@@ -1,7 +1,9 @@
 /* bench/bench_model_kv_layers.c — what the per-layer attention options save in batched decoding: KV-cache
  * bytes and decode tokens/s of 64 streams at ~1024 positions, for the same dims three ways: plain (every
- * layer global with its own K/V), kv_share "seed" (the last 37.5% of layers reuse one layer's K/V) and
- * attention_pattern "3local_1global_nope" with attention_window 256.
+ * layer global with its own K/V), kv_share "seed" (the last 37.5% of layers reuse one layer's K/V),
+ * attention_pattern "3local_1global_nope" with attention_window 256, and both (the local pattern, with the
+ * last block's two later local layers reading the first's K/V and its global layer the previous global
+ * layer's: examples/configs/countdown-arch-kvshare-local.json's scheme; needs a multiple of 4 layers, >= 8).
  *
  * Each timed repeat runs `steps` decode steps of all streams (one row per stream, logits for every row)
  * at positions P - steps .. P - 1 (P = --positions), after sampler_kv_fill wrote the whole cache (a
@@ -31,8 +33,8 @@ static double cpu_seconds(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-enum { N_CONFIGS = 3 };
-static const char *const names[N_CONFIGS] = {"plain", "kv_share seed", "3local_1global_nope"};
+enum { N_CONFIGS = 4 };
+static const char *const names[N_CONFIGS] = {"plain", "kv_share seed", "3local_1global_nope", "kv_share + local"};
 
 int main(int argc, char **argv) {
     const char *prog = "bench_model_kv_layers";
@@ -78,15 +80,26 @@ int main(int argc, char **argv) {
              "{\"dim\": %d, \"n_layers\": %d, \"n_heads\": %d, \"n_kv_heads\": %d, \"ffn_dim\": %d, \"vocab_size\": %d, "
              "\"max_seq_len\": %d, \"tie_embeddings\": true}",
              dim, layers, heads, kv_heads, ffn, vocab, positions);
-    const char *extra[N_CONFIGS] = {"{}", "{\"kv_share\": \"seed\"}", NULL};
-    char local[128];
+    const char *extra[N_CONFIGS] = {"{}", "{\"kv_share\": \"seed\"}", NULL, NULL};
+    char local[128], both[1024];
     snprintf(local, sizeof local, "{\"attention_pattern\": \"3local_1global_nope\", \"attention_window\": %d}", window);
     extra[2] = local;
+    int n_configs = layers % 4 == 0 && layers >= 8 ? N_CONFIGS : N_CONFIGS - 1;
+    if (n_configs == N_CONFIGS) { /* last block l, l, l, g: its 2nd and 3rd read the 1st's K/V, its g the previous g's */
+        int n = snprintf(both, sizeof both, "{\"attention_pattern\": \"3local_1global_nope\", \"attention_window\": %d, "
+                         "\"kv_share\": [", window);
+        for (int l = 0; l < layers; l++) {
+            int src = l == layers - 3 || l == layers - 2 ? layers - 4 : l == layers - 1 ? layers - 5 : -1;
+            n += snprintf(both + n, sizeof both - (size_t)n, "%s%d", l ? ", " : "", src);
+        }
+        snprintf(both + n, sizeof both - (size_t)n, "]}");
+        extra[3] = both;
+    }
     model *m[N_CONFIGS] = {0};
     sampler *s[N_CONFIGS] = {0};
     rlhf_error err = {0};
     int rc = 0;
-    for (int k = 0; k < N_CONFIGS && !rc; k++) {
+    for (int k = 0; k < n_configs && !rc; k++) {
         json_error_t jerr;
         json_t *j = json_loads(arch, 0, &jerr), *o = json_loads(extra[k], 0, &jerr);
         json_object_update(j, o);
@@ -112,16 +125,16 @@ int main(int argc, char **argv) {
     int32_t *tok = malloc((size_t)streams * sizeof(int32_t));
     float *logits = malloc((size_t)streams * vocab * sizeof(float));
     double *tps[N_CONFIGS], *tpc[N_CONFIGS];
-    for (int k = 0; k < N_CONFIGS; k++) tps[k] = calloc((size_t)repeats, sizeof(double));
-    for (int k = 0; k < N_CONFIGS; k++) tpc[k] = calloc((size_t)repeats, sizeof(double));
+    for (int k = 0; k < n_configs; k++) tps[k] = calloc((size_t)repeats, sizeof(double));
+    for (int k = 0; k < n_configs; k++) tpc[k] = calloc((size_t)repeats, sizeof(double));
     for (int i = 0; i < streams; i++) slot[i] = i, rows[i] = i, tok[i] = (int32_t)((i * 7919 + 13) % vocab);
     /* warm-up: pack weights, page everything in, start the thread pool */
-    for (int k = 0; k < N_CONFIGS && !rc; k++) {
+    for (int k = 0; k < n_configs && !rc; k++) {
         for (int i = 0; i < streams; i++) pos[i] = positions - steps - 1;
         rc = sampler_step(s[k], streams, slot, pos, tok, streams, rows, logits, &err);
     }
     for (int r = 0; r < repeats && !rc; r++)
-        for (int k = 0; k < N_CONFIGS && !rc; k++) {
+        for (int k = 0; k < n_configs && !rc; k++) {
             double t0 = rlhf_now(), c0 = cpu_seconds();
             for (int st = 0; st < steps && !rc; st++) {
                 for (int i = 0; i < streams; i++) pos[i] = positions - steps + st;
@@ -144,13 +157,13 @@ int main(int argc, char **argv) {
            "| tokens per CPU-second (median) | vs plain |\n",
            streams, positions, repeats);
     printf("|---|---|---|---|---|---|---|\n");
-    for (int k = 0; k < N_CONFIGS; k++) {
+    for (int k = 0; k < n_configs; k++) {
         double b = (double)sampler_kv_bytes(s[k]), t = k ? median(tps[k], repeats) : base_tps;
         double tc = k ? median(tpc[k], repeats) : base_tpc;
         printf("| %s | %.1f MiB | %+.1f%% | %.1f | %.2fx | %.1f | %.2fx |\n", names[k], b / (1 << 20),
                100.0 * (b / base_bytes - 1.0), t, t / base_tps, tc, tc / base_tpc);
     }
-    for (int k = 0; k < N_CONFIGS; k++) {
+    for (int k = 0; k < n_configs; k++) {
         sampler_destroy(&s[k]);
         model_destroy(&m[k]);
         free(tps[k]);
