@@ -178,8 +178,15 @@ static void test_make_install(void) {
     snprintf(pre_arg, sizeof pre_arg, "PREFIX=%s", prefix);
     snprintf(build_arg, sizeof build_arg, "BUILD=%s", build);
     /* the make running `make test` passes its jobserver in MAKEFLAGS: this make is on its own */
+    /* the same flags as the build it installs from: under `make sanitize` a make without SAN=1 would
+     * relink the sanitized objects without the sanitizer runtime (and break every later test's binary) */
+#if defined(__SANITIZE_ADDRESS__)
+    const char *san_arg = "SAN=1";
+#else
+    const char *san_arg = NULL;
+#endif
     const char *args[] = {"-u", "MAKEFLAGS", "-u", "MAKELEVEL", "-u", "MFLAGS", "make", "--no-print-directory", "-C",
-                          RLHF_SOURCE_ROOT, "install", pre_arg, build_arg, NULL};
+                          RLHF_SOURCE_ROOT, "install", pre_arg, build_arg, san_arg, NULL};
     test_proc_opts o = {.out = make_out, .err = make_out};
     int rc = test_proc_run_args("/usr/bin/env", "env", args, &o, 300);
     CU_ASSERT_EQUAL(rc, 0);
