@@ -84,6 +84,8 @@ static inline long e2e_lost_rollouts(const char *run_dir, const char *log) {
     snprintf(p, sizeof p, "%s/consumed.log", run_dir);
     char *cons = e2e_slurp(p);
     if (!consumed_max || !cons) {
+        fprintf(stderr, "\n  e2e_lost_rollouts: %s\n", !consumed_max ? "no \"consumed\" in the latest checkpoint's state.json"
+                                                                   : "no consumed.log");
         json_decref(state);
         free(cons);
         return -1;
@@ -109,13 +111,20 @@ static inline long e2e_lost_rollouts(const char *run_dir, const char *log) {
             char key[200];
             snprintf(key, sizeof key, "%s %llu", g.generator_id, (unsigned long long)g.seq);
             below++;
-            if (!json_object_get(finished, key)) lost++;
+            if (!json_object_get(finished, key)) {
+                if (lost < 5) /* which, so a failure says more than its count */
+                    fprintf(stderr, "\n  e2e_lost_rollouts: %s (at or below consumed %lld) is not in consumed.log", key,
+                            (long long)json_integer_value(mx));
+                lost++;
+            }
         }
         wire_rollout_group_free(&g);
     }
     if (lost >= 0) replay_reader_close(&r);
     json_decref(finished);
     json_decref(state);
+    if (lost < 0) fprintf(stderr, "\n  e2e_lost_rollouts: cannot open the replay log %s\n", log);
+    else if (below == 0) fprintf(stderr, "\n  e2e_lost_rollouts: no group of %s at or below the consumed marks\n", log);
     return below > 0 ? lost : -1;
 }
 
