@@ -9,10 +9,12 @@
  * async runs spend the same number of samples per step). A sample no reward source scored (every
  * source SKIP) is left out of its group's baseline and of the loss; a group with fewer than 2 scored
  * samples is dropped and counted in groups/dropped_unscored. */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "updater/updater_int.h"
 
@@ -211,7 +213,25 @@ void updater_session_mark_consumed(updater_session *u, const scored_group *sg) {
     json_t *cur = json_object_get(u->consumed, gid);
     if (!cur || (uint64_t)json_integer_value(cur) < sg->g.seq)
         json_object_set_new(u->consumed, gid, json_integer((json_int_t)sg->g.seq));
-    if (u->consumed_log) fprintf(u->consumed_log, "%s %llu %ld\n", gid, (unsigned long long)sg->g.seq, u->ps.step);
+    if (u->consumed_log && !u->consumed_log_err.code) {
+        /* one write of the whole line; a failure part-way (disk full) is cut back off, so the file never
+         * holds a torn line that the next append would run into, and the step stops with the cause */
+        char line[512];
+        int n = snprintf(line, sizeof line, "%s %llu %ld\n", gid, (unsigned long long)sg->g.seq, u->ps.step);
+        if (n > 0 && n < (int)sizeof line) {
+            int fd = fileno(u->consumed_log);
+            off_t before = lseek(fd, 0, SEEK_END);
+            ssize_t w = write(fd, line, (size_t)n);
+            if (w != n) {
+                int e = w < 0 ? errno : ENOSPC;
+                if (before >= 0 && ftruncate(fd, before) != 0) { /* the cut failing too changes nothing more */
+                }
+                char where[4200];
+                snprintf(where, sizeof where, "%s/consumed.log", u->cfg->run_dir);
+                rlhf_error_set(&u->consumed_log_err, RLHF_EIO, where, "append failed: %s", strerror(e));
+            }
+        }
+    }
     if (u->scores_log) {
         const char *fate = sg->fate ? sg->fate : "trained";
         int in_step = !strcmp(fate, "trained") || !strcmp(fate, "zero_var") || !strcmp(fate, "unscored");
@@ -415,6 +435,8 @@ static void write_sample(updater_session *u, const scored_group *s, long step) {
 }
 
 int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *err) {
+    if (u->consumed_log_err.code) /* the audit trail could not be written: stop before a checkpoint passes it */
+        return rlhf_error_set(err, u->consumed_log_err.code, u->consumed_log_err.where, "%s", u->consumed_log_err.msg);
     const run_config *cfg = u->cfg;
     policy_state *ps = &u->ps;
     int P = cfg->prompts_per_step < u->n_window ? cfg->prompts_per_step : u->n_window;
@@ -581,6 +603,10 @@ int updater_session_step(updater_session *u, json_t **metrics_out, rlhf_error *e
     u->window_start = rlhf_now();
     updater_scorer_set_step(u->sc, ps->step);
     free(kept);
+    if (u->consumed_log_err.code) { /* a group's line is missing from the audit trail: no checkpoint may pass it */
+        json_decref(m);
+        return rlhf_error_set(err, u->consumed_log_err.code, u->consumed_log_err.where, "%s", u->consumed_log_err.msg);
+    }
     *metrics_out = m;
     return 0;
 }

@@ -400,7 +400,9 @@ typedef struct updater_session {
     double wait_seconds;        /* time the optimizer thread spent waiting for groups this step (caller adds) */
     int queue_depth;            /* groups received but not yet scored (caller sets) */
     json_t *consumed;           /* {generator_id: highest seq finished (trained or dropped)} (owned) */
-    FILE *consumed_log;         /* optional: one line "generator_id seq step" per finished group */
+    FILE *consumed_log;         /* optional: one line "generator_id seq step" per finished group, each
+                                 * appended by one write(2) and cut back off if it fails part-way */
+    rlhf_error consumed_log_err; /* the first append that failed (disk full...): the next step stops with it */
     FILE *scores_log;           /* optional: RUN_DIR/scores.jsonl, one line per finished group with the
                                  * rewards it was trained (or dropped) with (UPDATER_SCORES_FILE) */
     struct session_errors *errs; /* (n_sources) reward error counters, reasons and windows (session.c) */

@@ -4,9 +4,13 @@
  * reward rises on an easy task, that zero-spread groups are dropped and counted, and that groups
  * older than max_staleness are dropped. */
 #include <CUnit/CUnit.h>
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "generator/generator.h"
@@ -200,6 +204,68 @@ static void test_lora_kl_reference_is_the_base(void) {
         updater_session_fini(&u);
         run_config_free(&cfg);
     }
+}
+
+/* consumed.log on a full filesystem (a 4 KiB tmpfs): every append either lands whole or is cut back off
+ * (no torn line for the next append to run into), and the next step stops with "No space left on device"
+ * naming the file instead of letting a checkpoint pass a group the audit trail lacks. */
+static void test_consumed_log_disk_full(void) {
+    run_config cfg;
+    CU_ASSERT_EQUAL_FATAL(make_cfg(&cfg, NULL), 0);
+    rlhf_error err = {0};
+    updater_session u;
+    CU_ASSERT_EQUAL_FATAL(updater_session_init(&u, &cfg, 0, &err), 0);
+    char fs[300], path[400];
+    snprintf(fs, sizeof fs, "%s/tinyfs", g_dir);
+    CU_ASSERT_EQUAL_FATAL(mkdir(fs, 0700) == 0 || errno == EEXIST, 1);
+    if (mount("tmpfs", fs, "tmpfs", 0, "size=4k") != 0) {
+        fprintf(stderr, "\n  cannot mount a tmpfs at %s: %s\n", fs, strerror(errno));
+        CU_FAIL_FATAL("mount");
+    }
+    snprintf(path, sizeof path, "%s/consumed.log", fs);
+    u.consumed_log = fopen(path, "a");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(u.consumed_log);
+    scored_group sg;
+    memset(&sg, 0, sizeof sg);
+    char gid[64];
+    memset(gid, 'g', 40);
+    gid[40] = 0;
+    sg.g.generator_id = gid;
+    int n = 0;
+    for (; n < 1000 && !u.consumed_log_err.code; n++) { /* ~55-byte lines into 4 KiB */
+        sg.g.seq = (uint64_t)n;
+        updater_session_mark_consumed(&u, &sg);
+    }
+    CU_ASSERT(u.consumed_log_err.code != 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(u.consumed_log_err.msg, "No space left on device"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(u.consumed_log_err.where, "consumed.log"));
+    fclose(u.consumed_log);
+    u.consumed_log = NULL;
+    /* whole lines only: the last append that did not fit left nothing behind */
+    FILE *f = fopen(path, "r");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    char line[256];
+    int lines = 0, whole = 1;
+    while (fgets(line, sizeof line, f)) {
+        char g2[64], extra[8];
+        unsigned long long seq;
+        long step;
+        whole &= strchr(line, '\n') != NULL && sscanf(line, "%63s %llu %ld %7s", g2, &seq, &step, extra) == 3 &&
+                 seq == (unsigned long long)lines;
+        lines++;
+    }
+    fclose(f);
+    CU_ASSERT(whole);
+    CU_ASSERT(lines > 10 && lines == n - 1); /* every append before the failing one, in order */
+    umount2(fs, MNT_DETACH);
+    json_t *m = NULL;
+    rlhf_error_clear(&err);
+    CU_ASSERT(updater_session_step(&u, &m, &err) != 0);
+    CU_ASSERT_PTR_NULL(m);
+    CU_ASSERT_EQUAL(rlhf_exit_status(&err), RLHF_EXIT_ENV);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.where, "consumed.log"));
+    updater_session_fini(&u);
+    run_config_free(&cfg);
 }
 
 static void test_reward_rises_in_process(void) {
@@ -503,6 +569,8 @@ int register_loop_suite(void) {
     CU_add_test(s, "reward_rises_in_process", test_reward_rises_in_process);
     CU_add_test(s, "stale_groups_dropped", test_stale_groups_dropped);
     CU_add_test(s, "kl penalty acts in groups of equal task rewards", test_kl_acts_in_equal_reward_groups);
+    CU_add_test(s, "consumed.log on a full disk: whole lines only, the next step stops naming it",
+                test_consumed_log_disk_full);
     CU_add_test(s, "model.lora + kl_beta: the reference is the frozen base itself, without the adapters",
                 test_lora_kl_reference_is_the_base);
     CU_add_test(s, "the lr schedule follows the RL steps, not the updates taken", test_schedule_counts_steps);
