@@ -224,8 +224,9 @@ void updater_session_mark_consumed(updater_session *u, const scored_group *sg) {
             ssize_t w = write(fd, line, (size_t)n);
             if (w != n) {
                 int e = w < 0 ? errno : ENOSPC;
-                if (before >= 0 && ftruncate(fd, before) != 0) { /* the cut failing too changes nothing more */
-                }
+                /* take the partial line back; if even that fails, the step still stops with the cause */
+                int cut = before >= 0 ? ftruncate(fd, before) : -1;
+                (void)cut;
                 char where[4200];
                 snprintf(where, sizeof where, "%s/consumed.log", u->cfg->run_dir);
                 rlhf_error_set(&u->consumed_log_err, RLHF_EIO, where, "append failed: %s", strerror(e));
